@@ -1,0 +1,11 @@
+//! Types and logic shared by netmon's eBPF programs and its user-space side.
+//!
+//! Everything here is `no_std` and free of syscalls, so the kernel programs, the
+//! daemon, the pcap analyzer and the tests all classify a frame with the same code.
+#![no_std]
+
+pub mod classify;
+pub mod maps;
+
+pub use classify::{classify, wire_cost, Classified, Frame, IpHeader, L3, L4};
+pub use maps::{Counter, Direction, DirectionTotals, PairKey, PairStats};

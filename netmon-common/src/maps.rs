@@ -1,0 +1,199 @@
+//! Map keys, values and names: the contract between the eBPF programs and user space.
+//!
+//! Every type is `#[repr(C)]` with explicit padding so that both sides agree on the
+//! layout byte for byte, and keys are built from zeroed memory so padding never
+//! makes two equal keys differ.
+
+/// Name of the per-CPU hash map from [`PairKey`] to [`PairStats`].
+pub const PAIRS_MAP: &str = "PAIRS";
+/// Name of the per-CPU array of [`DirectionTotals`], indexed by [`Direction`].
+pub const TOTALS_MAP: &str = "TOTALS";
+/// Default capacity of the pair table (`--max-pairs`).
+pub const DEFAULT_MAX_PAIRS: u32 = 262_144;
+
+/// Which way a frame crossed the interface.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Direction {
+    /// Received: seen by the XDP program.
+    Ingress = 0,
+    /// Sent: seen by the TC egress classifier.
+    Egress = 1,
+}
+
+impl Direction {
+    /// Both directions, in map-index order.
+    pub const ALL: [Direction; 2] = [Direction::Ingress, Direction::Egress];
+
+    /// The direction stored under `raw` in a key, if valid.
+    pub fn from_raw(raw: u8) -> Option<Self> {
+        match raw {
+            0 => Some(Direction::Ingress),
+            1 => Some(Direction::Egress),
+            _ => None,
+        }
+    }
+
+    /// Lower-case name used in logs and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Direction::Ingress => "ingress",
+            Direction::Egress => "egress",
+        }
+    }
+}
+
+/// Key of the pair table: one direction of traffic between two addresses over one L4 protocol.
+///
+/// Addresses are IPv6, with IPv4 stored IPv4-mapped (`::ffff:a.b.c.d`), so one
+/// table holds both families. Ports are zero unless flows are keyed per 5-tuple.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct PairKey {
+    /// Source address, network byte order.
+    pub src: [u8; 16],
+    /// Destination address, network byte order.
+    pub dst: [u8; 16],
+    /// Source port (host byte order), or 0.
+    pub src_port: u16,
+    /// Destination port (host byte order), or 0.
+    pub dst_port: u16,
+    /// IP protocol number of the L4 header (6 TCP, 17 UDP, …).
+    pub proto: u8,
+    /// [`Direction`] as its `u8` value.
+    pub direction: u8,
+    /// Explicit padding; always zero.
+    pub _pad: [u8; 2],
+}
+
+/// Per-CPU value of the pair table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PairStats {
+    /// Wire bytes (whole L2 frames).
+    pub bytes: u64,
+    /// Wire frames.
+    pub frames: u64,
+    /// `CLOCK_MONOTONIC` ns of the first frame this CPU counted, 0 if none.
+    pub first_seen_ns: u64,
+    /// `CLOCK_MONOTONIC` ns of the latest frame this CPU counted, 0 if none.
+    pub last_seen_ns: u64,
+}
+
+/// Frames and bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Hash)]
+pub struct Counter {
+    /// Frame count.
+    pub frames: u64,
+    /// Byte count.
+    pub bytes: u64,
+}
+
+impl Counter {
+    /// Adds `frames` frames of `bytes` bytes in all.
+    #[inline(always)]
+    pub fn add(&mut self, frames: u64, bytes: u64) {
+        self.frames += frames;
+        self.bytes += bytes;
+    }
+
+    /// Component-wise wrapping difference `self - earlier`.
+    pub fn since(self, earlier: Counter) -> Counter {
+        Counter {
+            frames: self.frames.wrapping_sub(earlier.frames),
+            bytes: self.bytes.wrapping_sub(earlier.bytes),
+        }
+    }
+
+    /// Component-wise sum.
+    pub fn plus(self, other: Counter) -> Counter {
+        Counter {
+            frames: self.frames + other.frames,
+            bytes: self.bytes + other.bytes,
+        }
+    }
+
+    /// True when nothing was counted.
+    pub fn is_zero(&self) -> bool {
+        self.frames == 0 && self.bytes == 0
+    }
+}
+
+/// Interface totals for one direction; exact whatever the state of the pair table.
+///
+/// Invariants the datapath keeps:
+/// - `all` = sum of `l3`;
+/// - `l3[Ipv4] + l3[Ipv6]` = sum of `l4` + `malformed`;
+/// - sum of `l4` = what the pair table holds + `table_full`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct DirectionTotals {
+    /// Every frame the hook saw.
+    pub all: Counter,
+    /// By L3 family, indexed by [`crate::L3`].
+    pub l3: [Counter; crate::L3::COUNT],
+    /// IP frames by L4 protocol, indexed by [`crate::L4`].
+    pub l4: [Counter; crate::L4::COUNT],
+    /// IPv4/IPv6 EtherType whose base header is truncated or invalid: no pair.
+    pub malformed: Counter,
+    /// IP frames a full pair table could not attribute (logged as pair `other`).
+    pub table_full: Counter,
+}
+
+impl DirectionTotals {
+    /// Component-wise wrapping difference `self - earlier`.
+    pub fn since(&self, earlier: &DirectionTotals) -> DirectionTotals {
+        let mut out = DirectionTotals {
+            all: self.all.since(earlier.all),
+            malformed: self.malformed.since(earlier.malformed),
+            table_full: self.table_full.since(earlier.table_full),
+            ..*self
+        };
+        for i in 0..out.l3.len() {
+            out.l3[i] = self.l3[i].since(earlier.l3[i]);
+        }
+        for i in 0..out.l4.len() {
+            out.l4[i] = self.l4[i].since(earlier.l4[i]);
+        }
+        out
+    }
+
+    /// Component-wise sum, used to fold the per-CPU copies together.
+    pub fn plus(&self, other: &DirectionTotals) -> DirectionTotals {
+        let mut out = DirectionTotals {
+            all: self.all.plus(other.all),
+            malformed: self.malformed.plus(other.malformed),
+            table_full: self.table_full.plus(other.table_full),
+            ..*self
+        };
+        for i in 0..out.l3.len() {
+            out.l3[i] = self.l3[i].plus(other.l3[i]);
+        }
+        for i in 0..out.l4.len() {
+            out.l4[i] = self.l4[i].plus(other.l4[i]);
+        }
+        out
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain `#[repr(C)]` integers and byte arrays with explicit padding.
+    unsafe impl aya::Pod for super::PairKey {}
+    unsafe impl aya::Pod for super::PairStats {}
+    unsafe impl aya::Pod for super::DirectionTotals {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<PairKey>(), 16 + 16 + 2 + 2 + 1 + 1 + 2);
+        assert_eq!(size_of::<PairStats>(), 32);
+        assert_eq!(size_of::<DirectionTotals>(), 16 * (1 + 4 + 5 + 2));
+    }
+}

@@ -1,0 +1,50 @@
+//! netmon's kernel side: an XDP program counts what arrives, a TC classifier
+//! counts what leaves. Both classify with `netmon_common::classify` and record
+//! into the same maps, so the two directions can never disagree on a key.
+#![no_std]
+#![no_main]
+
+mod frame;
+mod maps;
+mod record;
+
+use aya_ebpf::{
+    bindings::{xdp_action, TC_ACT_UNSPEC},
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
+use netmon_common::{classify, wire_cost, Direction};
+
+use crate::frame::{TcFrame, XdpFrame};
+
+/// Ingress hook. Always passes the frame on.
+#[xdp]
+pub fn netmon_ingress(ctx: XdpContext) -> u32 {
+    let frame = XdpFrame(&ctx);
+    let len = (ctx.data_end() - ctx.data()) as u64;
+    record::frame(Direction::Ingress, &classify(&frame), 1, len);
+    xdp_action::XDP_PASS
+}
+
+/// Egress hook. Returns "next" so that programs attached after it still run.
+#[classifier]
+pub fn netmon_egress(ctx: TcContext) -> i32 {
+    let frame = TcFrame(&ctx);
+    let class = classify(&frame);
+    // SAFETY: the context points at a valid __sk_buff for the program's lifetime.
+    let gso_segs = unsafe { (*ctx.skb.skb).gso_segs } as u64;
+    let header_len = class.ip.map_or(0, |ip| ip.header_len as u64);
+    let (frames, bytes) = wire_cost(ctx.len() as u64, gso_segs, header_len);
+    record::frame(Direction::Egress, &class, frames, bytes);
+    TC_ACT_UNSPEC
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

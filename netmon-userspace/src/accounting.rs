@@ -1,0 +1,229 @@
+//! From cumulative kernel counters to per-interval deltas, and from deltas to the
+//! running totals per (source, destination) that `network_log.json` holds.
+//!
+//! Pure logic: no syscalls, so every rule here is unit-tested.
+
+use std::{collections::HashMap, net::IpAddr};
+
+use indexmap::IndexMap;
+use netmon_common::{Counter, Direction, DirectionTotals, PairKey};
+
+use crate::datapath::{PairReading, Snapshot};
+
+/// One pair's traffic during one interval.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PairDelta {
+    /// Which pair, protocol and direction.
+    pub key: PairKey,
+    /// What it carried during the interval.
+    pub counter: Counter,
+    /// Its first and last frame, as the kernel last recorded them.
+    pub seen: PairReading,
+}
+
+/// What the datapath counted during one interval.
+#[derive(Clone, Debug, Default)]
+pub struct IntervalUsage {
+    /// Pairs that carried traffic, largest first.
+    pub pairs: Vec<PairDelta>,
+    /// Interface totals for the interval, indexed by [`Direction`].
+    pub totals: [DirectionTotals; 2],
+    /// Entries in the pair table at the end of the interval.
+    pub table_entries: usize,
+    /// Capacity of the pair table.
+    pub table_capacity: u32,
+}
+
+impl IntervalUsage {
+    /// All frames and bytes in one direction.
+    pub fn direction_total(&self, direction: Direction) -> Counter {
+        self.totals[direction as usize].all
+    }
+}
+
+/// Turns successive snapshots into interval deltas.
+#[derive(Debug, Default)]
+pub struct Meter {
+    pairs: HashMap<PairKey, Counter>,
+    totals: [DirectionTotals; 2],
+}
+
+impl Meter {
+    /// The usage between the previous snapshot (or zero) and `snapshot`.
+    ///
+    /// A counter lower than before belongs to a new map entry, so all of it is new.
+    pub fn advance(&mut self, snapshot: &Snapshot) -> IntervalUsage {
+        let mut pairs = Vec::new();
+        let mut next = HashMap::with_capacity(snapshot.pairs.len());
+        for (key, reading) in &snapshot.pairs {
+            let now = reading.counter;
+            let before = self.pairs.get(key).copied().unwrap_or_default();
+            let counter = if now.frames >= before.frames && now.bytes >= before.bytes {
+                now.since(before)
+            } else {
+                now
+            };
+            if !counter.is_zero() {
+                pairs.push(PairDelta {
+                    key: *key,
+                    counter,
+                    seen: *reading,
+                });
+            }
+            next.insert(*key, now);
+        }
+        pairs.sort_by(|a, b| b.counter.bytes.cmp(&a.counter.bytes).then(a.key.cmp(&b.key)));
+        let totals = [0, 1].map(|d| snapshot.totals[d].since(&self.totals[d]));
+        self.pairs = next;
+        self.totals = snapshot.totals;
+        IntervalUsage {
+            pairs,
+            totals,
+            table_entries: snapshot.pairs.len(),
+            table_capacity: snapshot.capacity,
+        }
+    }
+}
+
+/// A (source, destination) address pair, as the old log keys it.
+pub type AddressPair = (IpAddr, IpAddr);
+
+/// Running totals per address pair, in first-seen order, across intervals and restarts.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ledger {
+    pairs: IndexMap<AddressPair, Counter>,
+}
+
+impl Ledger {
+    /// A ledger holding `pairs`, in the given order.
+    pub fn from_pairs(pairs: impl IntoIterator<Item = (AddressPair, Counter)>) -> Self {
+        let mut ledger = Ledger::default();
+        for (pair, counter) in pairs {
+            ledger.add(pair, counter);
+        }
+        ledger
+    }
+
+    /// Adds an interval's usage: every protocol and direction of a pair counts
+    /// towards its (source, destination) total.
+    pub fn record(&mut self, usage: &IntervalUsage) {
+        for delta in &usage.pairs {
+            self.add(address_pair(&delta.key), delta.counter);
+        }
+    }
+
+    /// Adds `counter` to `pair`.
+    pub fn add(&mut self, pair: AddressPair, counter: Counter) {
+        let entry = self.pairs.entry(pair).or_default();
+        *entry = entry.plus(counter);
+    }
+
+    /// The pairs and their totals, in first-seen order.
+    pub fn pairs(&self) -> impl Iterator<Item = (&AddressPair, &Counter)> {
+        self.pairs.iter()
+    }
+
+    /// The total of a pair, if it was ever seen.
+    pub fn get(&self, pair: &AddressPair) -> Option<Counter> {
+        self.pairs.get(pair).copied()
+    }
+
+    /// The sum over all pairs.
+    pub fn total(&self) -> Counter {
+        self.pairs.values().fold(Counter::default(), |a, c| a.plus(*c))
+    }
+}
+
+/// The (source, destination) of a key, IPv4-mapped addresses shown as IPv4.
+pub fn address_pair(key: &PairKey) -> AddressPair {
+    (address(key.src), address(key.dst))
+}
+
+/// An address as stored in a key, IPv4-mapped addresses shown as IPv4.
+pub fn address(raw: [u8; 16]) -> IpAddr {
+    std::net::Ipv6Addr::from(raw).to_canonical()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(src: u8, dst: u8, proto: u8, direction: Direction) -> PairKey {
+        let mut k = PairKey {
+            proto,
+            direction: direction as u8,
+            ..Default::default()
+        };
+        k.src[10..12].copy_from_slice(&[0xff, 0xff]);
+        k.dst[10..12].copy_from_slice(&[0xff, 0xff]);
+        k.src[12..].copy_from_slice(&[10, 200, 0, src]);
+        k.dst[12..].copy_from_slice(&[10, 200, 0, dst]);
+        k
+    }
+
+    fn snapshot(pairs: &[(PairKey, u64, u64)]) -> Snapshot {
+        Snapshot {
+            pairs: pairs
+                .iter()
+                .map(|&(k, frames, bytes)| {
+                    (
+                        k,
+                        PairReading {
+                            counter: Counter { frames, bytes },
+                            ..Default::default()
+                        },
+                    )
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn deltas_are_differences_of_cumulative_counters() {
+        let a = key(1, 2, 17, Direction::Egress);
+        let b = key(2, 1, 17, Direction::Ingress);
+        let mut meter = Meter::default();
+        let first = meter.advance(&snapshot(&[(a, 2, 200)]));
+        assert_eq!(first.pairs.len(), 1);
+        assert_eq!(first.pairs[0].counter, Counter { frames: 2, bytes: 200 });
+        let second = meter.advance(&snapshot(&[(a, 5, 500), (b, 1, 60)]));
+        let got: Vec<_> = second.pairs.iter().map(|d| (d.key, d.counter)).collect();
+        assert_eq!(
+            got,
+            vec![
+                (a, Counter { frames: 3, bytes: 300 }),
+                (b, Counter { frames: 1, bytes: 60 })
+            ]
+        );
+        // Nothing new: no pairs reported.
+        assert!(meter.advance(&snapshot(&[(a, 5, 500), (b, 1, 60)])).pairs.is_empty());
+    }
+
+    #[test]
+    fn a_recreated_entry_counts_in_full() {
+        let a = key(1, 2, 6, Direction::Egress);
+        let mut meter = Meter::default();
+        meter.advance(&snapshot(&[(a, 10, 1000)]));
+        let usage = meter.advance(&snapshot(&[(a, 1, 70)]));
+        assert_eq!(usage.pairs[0].counter, Counter { frames: 1, bytes: 70 });
+    }
+
+    #[test]
+    fn ledger_merges_protocols_and_directions_per_address_pair() {
+        let mut meter = Meter::default();
+        let usage = meter.advance(&snapshot(&[
+            (key(1, 2, 17, Direction::Egress), 1, 100),
+            (key(1, 2, 6, Direction::Egress), 2, 150),
+            (key(1, 2, 6, Direction::Ingress), 1, 10),
+            (key(2, 1, 6, Direction::Ingress), 1, 60),
+        ]));
+        let mut ledger = Ledger::default();
+        ledger.record(&usage);
+        let one: IpAddr = "10.200.0.1".parse().unwrap();
+        let two: IpAddr = "10.200.0.2".parse().unwrap();
+        assert_eq!(ledger.get(&(one, two)), Some(Counter { frames: 4, bytes: 260 }));
+        assert_eq!(ledger.get(&(two, one)), Some(Counter { frames: 1, bytes: 60 }));
+        assert_eq!(ledger.total(), Counter { frames: 5, bytes: 320 });
+    }
+}

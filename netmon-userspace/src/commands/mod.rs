@@ -1,0 +1,3 @@
+//! One module per `netmon` subcommand.
+
+pub mod run;

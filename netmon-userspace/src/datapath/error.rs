@@ -1,0 +1,72 @@
+use aya::{programs::ProgramError, EbpfError};
+
+/// Why loading, attaching or reading the datapath failed. Each message names the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    /// The interface does not exist (in this network namespace).
+    #[error("interface '{0}' not found: check the name with `ip link` (in the right network namespace)")]
+    NoInterface(String),
+    /// The kernel refused for lack of privilege.
+    #[error("the kernel refused to load eBPF programs ({0}): run netmon as root, or give it CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON")]
+    Permission(String),
+    /// Loading the object failed for another reason.
+    #[error("loading netmon's eBPF object failed: {0}; netmon needs a kernel with BPF, BTF and JIT (Linux 5.15 or newer)")]
+    Load(#[source] EbpfError),
+    /// The embedded object lacks a program (a build problem).
+    #[error("the embedded eBPF object has no program '{0}': rebuild with `cargo xtask build`")]
+    MissingProgram(String),
+    /// The embedded object lacks a map (a build problem).
+    #[error("the embedded eBPF object has no map '{0}': rebuild with `cargo xtask build`")]
+    MissingMap(&'static str),
+    /// Loading or verifying one program failed.
+    #[error("the kernel rejected eBPF program '{name}': {source}")]
+    Program {
+        /// Program name.
+        name: String,
+        /// aya's error, with the verifier log.
+        #[source]
+        source: ProgramError,
+    },
+    /// Attaching a program failed.
+    #[error("attaching {hook} to '{iface}' failed: {source}; if another XDP or TC program owns the hook, remove it (`ip link set dev {iface} xdp off`) or pick another interface")]
+    Attach {
+        /// Which hook.
+        hook: &'static str,
+        /// Interface.
+        iface: String,
+        /// aya's error.
+        #[source]
+        source: ProgramError,
+    },
+    /// Reading a map failed.
+    #[error("reading map {map} failed: {source}")]
+    Map {
+        /// Map name.
+        map: &'static str,
+        /// aya's error.
+        #[source]
+        source: aya::maps::MapError,
+    },
+}
+
+impl DatapathError {
+    pub(crate) fn from_load(e: EbpfError) -> Self {
+        let text = e.to_string();
+        if text.contains("Operation not permitted") || text.contains("Permission denied") {
+            DatapathError::Permission(text)
+        } else {
+            DatapathError::Load(e)
+        }
+    }
+
+    pub(crate) fn program(name: &str, source: ProgramError) -> Self {
+        let text = source.to_string();
+        if text.contains("Operation not permitted") || text.contains("Permission denied") {
+            return DatapathError::Permission(text);
+        }
+        DatapathError::Program {
+            name: name.to_string(),
+            source,
+        }
+    }
+}

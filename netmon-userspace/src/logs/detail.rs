@@ -1,0 +1,170 @@
+//! The detail log: JSON Lines, one [`DetailRecord`] per interval.
+
+use std::{collections::BTreeMap, fs::OpenOptions, io::Write, net::IpAddr, os::unix::fs::OpenOptionsExt, path::Path};
+
+use netmon_common::{Counter, Direction, DirectionTotals, L3, L4};
+use serde::{Deserialize, Serialize};
+
+use super::LogError;
+use crate::accounting::{address, IntervalUsage};
+
+/// One interval of the detail log.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DetailRecord {
+    /// Interval start (RFC 3339, UTC).
+    pub start: String,
+    /// Interval end (RFC 3339, UTC).
+    pub end: String,
+    /// Interval length in seconds.
+    pub interval_s: f64,
+    /// Interface the counters come from.
+    pub iface: String,
+    /// Pairs that carried traffic, largest first.
+    pub pairs: Vec<PairRecord>,
+    /// Per-direction protocol breakdown and totals, keyed `ingress` / `egress`.
+    pub protocols: BTreeMap<String, ProtocolRecord>,
+    /// Pair table fill.
+    pub table: TableRecord,
+}
+
+/// One pair's traffic in one direction during the interval.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairRecord {
+    /// `ingress` or `egress`.
+    pub direction: String,
+    /// Source address.
+    pub src: IpAddr,
+    /// Destination address.
+    pub dst: IpAddr,
+    /// L4 protocol name (`tcp`, `udp`, `icmp`, `icmpv6`, `other`).
+    pub proto: String,
+    /// IP protocol number.
+    pub proto_num: u8,
+    /// Frames during the interval.
+    pub frames: u64,
+    /// Wire bytes during the interval.
+    pub bytes: u64,
+}
+
+/// Frames and bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CounterRecord {
+    /// Frames.
+    pub frames: u64,
+    /// Bytes.
+    pub bytes: u64,
+}
+
+impl From<Counter> for CounterRecord {
+    fn from(c: Counter) -> Self {
+        CounterRecord {
+            frames: c.frames,
+            bytes: c.bytes,
+        }
+    }
+}
+
+/// One direction's interface totals during the interval.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProtocolRecord {
+    /// Every frame.
+    pub all: CounterRecord,
+    /// By L3 family.
+    pub l3: BTreeMap<String, CounterRecord>,
+    /// IP frames by L4 protocol.
+    pub l4: BTreeMap<String, CounterRecord>,
+    /// IP frames with a truncated or invalid header.
+    pub malformed: CounterRecord,
+    /// IP frames a full pair table could not attribute to a pair.
+    pub table_full: CounterRecord,
+}
+
+impl From<&DirectionTotals> for ProtocolRecord {
+    fn from(t: &DirectionTotals) -> Self {
+        ProtocolRecord {
+            all: t.all.into(),
+            l3: L3::ALL
+                .iter()
+                .map(|l3| (l3.name().to_string(), t.l3[*l3 as usize].into()))
+                .collect(),
+            l4: L4::ALL
+                .iter()
+                .map(|l4| (l4.name().to_string(), t.l4[*l4 as usize].into()))
+                .collect(),
+            malformed: t.malformed.into(),
+            table_full: t.table_full.into(),
+        }
+    }
+}
+
+/// Pair table fill at the end of the interval.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableRecord {
+    /// Entries in use.
+    pub pairs: usize,
+    /// Capacity (`--max-pairs`).
+    pub capacity: u32,
+    /// Frames and bytes that found the table full during the interval.
+    pub failed_inserts: CounterRecord,
+}
+
+impl DetailRecord {
+    /// The record of one interval.
+    pub fn new(
+        iface: &str,
+        start: jiff::Timestamp,
+        end: jiff::Timestamp,
+        usage: &IntervalUsage,
+    ) -> Self {
+        let pairs = usage
+            .pairs
+            .iter()
+            .map(|d| PairRecord {
+                direction: Direction::from_raw(d.key.direction)
+                    .map_or("unknown", Direction::name)
+                    .to_string(),
+                src: address(d.key.src),
+                dst: address(d.key.dst),
+                proto: L4::of(d.key.proto).name().to_string(),
+                proto_num: d.key.proto,
+                frames: d.counter.frames,
+                bytes: d.counter.bytes,
+            })
+            .collect();
+        let protocols = Direction::ALL
+            .iter()
+            .map(|d| (d.name().to_string(), (&usage.totals[*d as usize]).into()))
+            .collect();
+        let failed = usage.totals[0].table_full.plus(usage.totals[1].table_full);
+        DetailRecord {
+            start: start.to_string(),
+            end: end.to_string(),
+            interval_s: (end - start).total(jiff::Unit::Second).unwrap_or(0.0),
+            iface: iface.to_string(),
+            pairs,
+            protocols,
+            table: TableRecord {
+                pairs: usage.table_entries,
+                capacity: usage.table_capacity,
+                failed_inserts: failed.into(),
+            },
+        }
+    }
+}
+
+/// Appends one record as one line, in a single write so readers never see half a line.
+pub fn append(path: &Path, record: &DetailRecord) -> Result<(), LogError> {
+    let io = |source| LogError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut line = serde_json::to_string(record).expect("detail record serialises");
+    line.push('\n');
+    let mut file = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o640)
+        .open(path)
+        .map_err(io)?;
+    file.write_all(line.as_bytes()).map_err(io)
+}

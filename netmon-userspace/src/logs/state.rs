@@ -1,0 +1,102 @@
+//! The exact record behind `network_log.json`: bytes and frames per pair, unrounded.
+//!
+//! The log shows kilobytes with two decimals; restarting from it alone would lose
+//! up to 5 bytes per pair each time. The state file carries the exact counts and is
+//! written, atomically, just before the log.
+
+use std::{net::IpAddr, path::Path};
+
+use netmon_common::Counter;
+use serde::{Deserialize, Serialize};
+
+use super::LogError;
+use crate::accounting::Ledger;
+
+const FORMAT: &str = "netmon-state";
+const VERSION: u32 = 1;
+
+#[derive(Serialize, Deserialize)]
+struct StateFile {
+    format: String,
+    version: u32,
+    pairs: Vec<StatePair>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StatePair {
+    src: IpAddr,
+    dst: IpAddr,
+    bytes: u64,
+    frames: u64,
+}
+
+/// The state file that goes with a log: `network_log.json` → `network_log.state.json`.
+pub fn path_for(log: &Path) -> std::path::PathBuf {
+    log.with_extension("state.json")
+}
+
+/// Serialises the ledger.
+pub fn render(ledger: &Ledger) -> String {
+    let file = StateFile {
+        format: FORMAT.into(),
+        version: VERSION,
+        pairs: ledger
+            .pairs()
+            .map(|(&(src, dst), c)| StatePair {
+                src,
+                dst,
+                bytes: c.bytes,
+                frames: c.frames,
+            })
+            .collect(),
+    };
+    serde_json::to_string(&file).expect("state serialises")
+}
+
+/// Parses a state file.
+pub fn parse(path: &Path, text: &str) -> Result<Ledger, LogError> {
+    let corrupt = |reason: String| LogError::Corrupt {
+        path: path.to_path_buf(),
+        what: "netmon state file",
+        reason,
+    };
+    let file: StateFile = serde_json::from_str(text).map_err(|e| corrupt(e.to_string()))?;
+    if file.format != FORMAT || file.version != VERSION {
+        return Err(corrupt(format!(
+            "format {:?} version {}, this netmon reads {FORMAT:?} version {VERSION}",
+            file.format, file.version
+        )));
+    }
+    Ok(Ledger::from_pairs(file.pairs.into_iter().map(|p| {
+        (
+            (p.src, p.dst),
+            Counter {
+                frames: p.frames,
+                bytes: p.bytes,
+            },
+        )
+    })))
+}
+
+/// Writes the state file atomically, readable by its owner only.
+pub fn write(path: &Path, ledger: &Ledger) -> Result<(), LogError> {
+    super::atomic::write(path, render(ledger).as_bytes(), 0o600)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_exactly() {
+        let a: IpAddr = "10.200.0.1".parse().unwrap();
+        let b: IpAddr = "fd00:200::2".parse().unwrap();
+        let ledger = Ledger::from_pairs([
+            ((a, b), Counter { frames: 3, bytes: 1_234_567 }),
+            ((b, a), Counter { frames: 1, bytes: 5 }),
+        ]);
+        let back = parse(Path::new("s"), &render(&ledger)).unwrap();
+        assert_eq!(back, ledger);
+        assert_eq!(path_for(Path::new("/x/network_log.json")), Path::new("/x/network_log.state.json"));
+    }
+}
