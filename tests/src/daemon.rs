@@ -1,0 +1,138 @@
+//! The real `netmon` binary, run inside a test namespace.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::PathBuf,
+    process::{Child, ExitStatus, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::Host;
+
+/// Where the `netmon` binary is: `$NETMON_BIN`, else the workspace's release build.
+pub fn binary() -> PathBuf {
+    std::env::var_os("NETMON_BIN").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/netmon")
+    })
+}
+
+/// A running `netmon run`.
+pub struct Netmon {
+    child: Option<Child>,
+    lines: mpsc::Receiver<String>,
+    /// Everything it printed to stderr so far.
+    pub stderr: Vec<String>,
+}
+
+impl Netmon {
+    /// Starts `netmon run --iface <host's iface> <args>` in `host`'s namespace and
+    /// waits until both programs are attached.
+    pub fn start(host: &Host, args: &[&str]) -> Result<Netmon> {
+        let binary = binary();
+        let mut child = host
+            .command(binary.to_str().context("binary path")?)
+            .args(["run", "--iface", &host.iface])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {} (built by `cargo xtask build`)", binary.display()))?;
+        let (tx, rx) = mpsc::channel();
+        for stream in [
+            Box::new(child.stderr.take().expect("piped")) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stdout.take().expect("piped")),
+        ] {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        let mut netmon = Netmon {
+            child: Some(child),
+            lines: rx,
+            stderr: Vec::new(),
+        };
+        netmon.wait_for("counting on", Duration::from_secs(20))?;
+        Ok(netmon)
+    }
+
+    /// Waits until a line containing `needle` is printed.
+    pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.stderr.push(line.clone());
+                    if line.contains(needle) {
+                        return Ok(line);
+                    }
+                }
+                Err(_) => bail!("netmon did not print {needle:?}; it printed {:?}", self.stderr),
+            }
+        }
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    pub fn stop(mut self) -> Result<Vec<String>> {
+        let status = self.signal_and_wait(libc::SIGTERM)?;
+        self.stderr.extend(self.lines.try_iter());
+        if !status.success() {
+            bail!("netmon exited with {status}: {:?}", self.stderr);
+        }
+        Ok(std::mem::take(&mut self.stderr))
+    }
+
+    /// Sends SIGKILL, as a crash would.
+    pub fn kill(mut self) -> Result<()> {
+        self.signal_and_wait(libc::SIGKILL)?;
+        Ok(())
+    }
+
+    fn signal_and_wait(&mut self, signal: i32) -> Result<ExitStatus> {
+        let mut child = self.child.take().context("already stopped")?;
+        // SAFETY: signalling our own child (`ip netns exec` execs netmon in place).
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                // Drain what it printed while stopping.
+                while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(200)) {
+                    self.stderr.push(line);
+                }
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("netmon did not exit within 20 s of signal {signal}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Netmon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Runs `netmon` with `args` to completion (for commands that exit by themselves).
+pub fn run_once(host: &Host, args: &[&str]) -> Result<std::process::Output> {
+    let binary = binary();
+    host.command(binary.to_str().context("binary path")?)
+        .args(args)
+        .output()
+        .context("running netmon")
+}

@@ -1,0 +1,216 @@
+//! Two network namespaces joined by a veth pair, removed on drop.
+
+use std::{
+    fs::File,
+    net::{Ipv4Addr, Ipv6Addr},
+    os::fd::AsRawFd,
+    process::{Command, Output},
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use anyhow::{bail, Context as _, Result};
+
+/// Every namespace a test network creates starts with this, then the owner's pid.
+const PREFIX: &str = "nmt";
+static NEXT_ID: AtomicU32 = AtomicU32::new(0);
+
+/// One end of the test network.
+#[derive(Clone, Debug)]
+pub struct Host {
+    /// Network namespace name (under /run/netns).
+    pub netns: String,
+    /// The veth interface inside it.
+    pub iface: String,
+    /// Its MAC address.
+    pub mac: [u8; 6],
+    /// Its IPv4 address (/24).
+    pub ipv4: Ipv4Addr,
+    /// Its IPv6 address (/64).
+    pub ipv6: Ipv6Addr,
+}
+
+impl Host {
+    /// A command that runs `program` inside this host's namespace.
+    pub fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.netns, program]);
+        cmd
+    }
+
+    /// Runs `f` on a thread that has joined this host's network namespace, so
+    /// that every socket it opens lives there.
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+        let path = format!("/run/netns/{}", self.netns);
+        let handle = std::thread::spawn(move || -> Result<T> {
+            enter(&path)?;
+            Ok(f())
+        });
+        handle
+            .join()
+            .map_err(|_| anyhow::anyhow!("thread in {} panicked", self.netns))?
+    }
+
+    /// Spawns `f` on a thread inside this host's network namespace.
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<T> + Send + 'static,
+    ) -> std::thread::JoinHandle<Result<T>> {
+        let path = format!("/run/netns/{}", self.netns);
+        std::thread::spawn(move || {
+            enter(&path)?;
+            f()
+        })
+    }
+
+    /// MAC address in `aa:bb:…` form.
+    pub fn mac_string(&self) -> String {
+        self.mac
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    }
+}
+
+/// Moves the calling thread into the network namespace at `path`.
+fn enter(path: &str) -> Result<()> {
+    let ns = File::open(path).with_context(|| format!("opening {path}"))?;
+    // SAFETY: setns on a valid namespace fd affects only the calling thread.
+    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("setns");
+    }
+    Ok(())
+}
+
+/// Link-layer settings of the veth pair.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Offloads {
+    /// Keep TSO on `a` (tcpdump then sees GSO super-packets on egress).
+    pub tso: bool,
+}
+
+/// Two hosts, `a` (where netmon runs) and `b` (its peer), on one veth pair.
+///
+/// Quiet by construction: static neighbour entries (no ARP or NDP), no IPv6
+/// link-local addresses and no DAD, so the only IP traffic between the two
+/// addresses is what a test sends.
+#[derive(Debug)]
+pub struct TestNet {
+    /// The monitored host.
+    pub a: Host,
+    /// The peer.
+    pub b: Host,
+}
+
+impl TestNet {
+    /// Creates a fresh pair of namespaces with default offloads (TSO off on `a`).
+    pub fn create() -> Result<TestNet> {
+        Self::create_with(Offloads::default())
+    }
+
+    /// Creates a fresh pair of namespaces.
+    pub fn create_with(offloads: Offloads) -> Result<TestNet> {
+        sweep_stale();
+        let pid = std::process::id();
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let host = |side: char, last: u8| Host {
+            netns: format!("{PREFIX}-{pid}-{id}-{side}"),
+            iface: format!("nm{pid}x{id}{side}"),
+            mac: [0x02, 0, 0, 0, id as u8, last],
+            ipv4: Ipv4Addr::new(10, 200, 0, last),
+            ipv6: Ipv6Addr::new(0xfd00, 0x200, 0, 0, 0, 0, 0, last as u16),
+        };
+        let net = TestNet {
+            a: host('a', 1),
+            b: host('b', 2),
+        };
+        // From here on, Drop removes whatever was made.
+        net.build(offloads)?;
+        Ok(net)
+    }
+
+    fn build(&self, offloads: Offloads) -> Result<()> {
+        let (a, b) = (&self.a, &self.b);
+        ip(&["netns", "add", &a.netns])?;
+        ip(&["netns", "add", &b.netns])?;
+        ip(&[
+            "link", "add", &a.iface, "address", &a.mac_string(), "netns", &a.netns, "type", "veth",
+            "peer", "name", &b.iface, "address", &b.mac_string(), "netns", &b.netns,
+        ])?;
+        for (host, peer) in [(a, b), (b, a)] {
+            let ns = host.netns.as_str();
+            let dev = host.iface.as_str();
+            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+            ip(&["-n", ns, "link", "set", dev, "addrgenmode", "none"])?;
+            sysctl(ns, &format!("net.ipv6.conf.{dev}.accept_dad=0"))?;
+            sysctl(ns, "net.ipv4.ping_group_range=0 2147483647")?;
+            ip(&["-n", ns, "addr", "add", &format!("{}/24", host.ipv4), "dev", dev])?;
+            ip(&["-n", ns, "addr", "add", &format!("{}/64", host.ipv6), "dev", dev, "nodad"])?;
+            for peer_addr in [peer.ipv4.to_string(), peer.ipv6.to_string()] {
+                ip(&[
+                    "-n", ns, "neigh", "replace", &peer_addr, "lladdr", &peer.mac_string(), "dev",
+                    dev, "nud", "permanent",
+                ])?;
+            }
+            ip(&["-n", ns, "link", "set", dev, "up"])?;
+        }
+        // tcpdump sees frames as the wire carries them only without TSO on
+        // egress and GRO on ingress; see the README on tcpdump agreement.
+        let tso = if offloads.tso { "on" } else { "off" };
+        run(a.command("ethtool").args(["-K", &a.iface, "tso", tso, "gro", "off"]))?;
+        Ok(())
+    }
+}
+
+impl Drop for TestNet {
+    fn drop(&mut self) {
+        // Deleting a namespace deletes the veth end inside it, and so the pair.
+        for host in [&self.a, &self.b] {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &host.netns])
+                .output();
+        }
+    }
+}
+
+/// Removes namespaces left by test processes that no longer exist (killed runs).
+fn sweep_stale() {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let name = line.split_whitespace().next().unwrap_or("");
+        let mut parts = name.split('-');
+        if parts.next() != Some(PREFIX) {
+            continue;
+        }
+        let Some(pid) = parts.next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = Command::new("ip").args(["netns", "del", name]).output();
+        }
+    }
+}
+
+fn ip(args: &[&str]) -> Result<Output> {
+    run(Command::new("ip").args(args))
+}
+
+fn sysctl(netns: &str, setting: &str) -> Result<Output> {
+    run(Command::new("ip").args(["netns", "exec", netns, "sysctl", "-qw", setting]))
+}
+
+/// Runs a command to completion; a failure names the command and its stderr.
+pub fn run(cmd: &mut Command) -> Result<Output> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("running {cmd:?} (is it installed? `cargo xtask test` installs it)"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(out)
+}

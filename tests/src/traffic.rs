@@ -1,0 +1,130 @@
+//! Bounded traffic between the two hosts of a [`TestNet`]: UDP datagrams, a TCP
+//! transfer and ICMP echoes, each checked end to end so a test knows exactly
+//! what crossed the wire.
+
+use std::{
+    io::{Read, Write},
+    mem::MaybeUninit,
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    sync::mpsc,
+    time::Duration,
+};
+
+use anyhow::{bail, ensure, Context as _, Result};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::Host;
+
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Ethernet + IPv4 header bytes.
+pub const IPV4_OVERHEAD: u64 = 14 + 20;
+/// Ethernet + IPv6 header bytes.
+pub const IPV6_OVERHEAD: u64 = 14 + 40;
+/// UDP and ICMP echo header bytes.
+pub const L4_OVERHEAD: u64 = 8;
+
+/// Wire size of a UDP datagram or ICMP echo with `payload` bytes to `dst`.
+pub fn frame_len(dst: IpAddr, payload: usize) -> u64 {
+    let ip = if dst.is_ipv4() { IPV4_OVERHEAD } else { IPV6_OVERHEAD };
+    ip + L4_OVERHEAD + payload as u64
+}
+
+/// Sends one UDP datagram per entry of `sizes` from `from` to `dst:port` on `to`,
+/// and returns once `to` has received every one.
+pub fn udp(from: &Host, to: &Host, dst: IpAddr, port: u16, sizes: &[usize]) -> Result<()> {
+    let expected: Vec<usize> = sizes.to_vec();
+    let count = sizes.len();
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let bind: SocketAddr = (unspecified(dst), port).into();
+    let sink = to.spawn(move || -> Result<Vec<usize>> {
+        let socket = UdpSocket::bind(bind).context("binding the UDP sink")?;
+        socket.set_read_timeout(Some(TIMEOUT))?;
+        ready_tx.send(()).ok();
+        let mut buf = vec![0u8; 65536];
+        let mut got = Vec::with_capacity(count);
+        while got.len() < count {
+            let n = socket.recv(&mut buf).context("UDP sink timed out")?;
+            got.push(n);
+        }
+        Ok(got)
+    });
+    ready_rx.recv_timeout(TIMEOUT).context("UDP sink did not start")?;
+    let sizes = sizes.to_vec();
+    from.run(move || -> Result<()> {
+        let socket = UdpSocket::bind((unspecified(dst), 0))?;
+        for size in sizes {
+            let payload = vec![0xa5u8; size];
+            socket.send_to(&payload, (dst, port))?;
+        }
+        Ok(())
+    })??;
+    let got = sink.join().map_err(|_| anyhow::anyhow!("UDP sink panicked"))??;
+    ensure!(got == expected, "UDP sink received {got:?}, sent {expected:?}");
+    Ok(())
+}
+
+/// Sends `bytes` bytes over one TCP connection from `from` to `dst:port` on `to`,
+/// and returns once `to` has read them all and the connection is closed.
+pub fn tcp(from: &Host, to: &Host, dst: IpAddr, port: u16, bytes: usize) -> Result<()> {
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let bind: SocketAddr = (unspecified(dst), port).into();
+    let sink = to.spawn(move || -> Result<usize> {
+        let listener = TcpListener::bind(bind).context("binding the TCP sink")?;
+        ready_tx.send(()).ok();
+        let (mut stream, _) = listener.accept()?;
+        stream.set_read_timeout(Some(TIMEOUT))?;
+        let mut received = Vec::new();
+        stream.read_to_end(&mut received)?;
+        Ok(received.len())
+    });
+    ready_rx.recv_timeout(TIMEOUT).context("TCP sink did not start")?;
+    from.run(move || -> Result<()> {
+        let mut stream = TcpStream::connect_timeout(&(dst, port).into(), TIMEOUT)?;
+        stream.write_all(&vec![0x5au8; bytes])?;
+        stream.shutdown(std::net::Shutdown::Write)?;
+        // Wait for the peer's FIN so the whole exchange is on the wire.
+        let mut rest = Vec::new();
+        stream.set_read_timeout(Some(TIMEOUT))?;
+        stream.read_to_end(&mut rest)?;
+        Ok(())
+    })??;
+    let received = sink.join().map_err(|_| anyhow::anyhow!("TCP sink panicked"))??;
+    ensure!(received == bytes, "TCP sink read {received} of {bytes} bytes");
+    Ok(())
+}
+
+/// Sends one ICMP echo request per entry of `payloads` from `from` to `dst` and
+/// waits for each reply (the peer's kernel answers).
+pub fn ping(from: &Host, dst: IpAddr, payloads: &[usize]) -> Result<()> {
+    let payloads = payloads.to_vec();
+    from.run(move || -> Result<()> {
+        let (domain, protocol, request) = match dst {
+            IpAddr::V4(_) => (Domain::IPV4, Protocol::ICMPV4, 8u8),
+            IpAddr::V6(_) => (Domain::IPV6, Protocol::ICMPV6, 128u8),
+        };
+        // A ping socket: the kernel fills in the identifier and checksum.
+        let socket = Socket::new(domain, Type::DGRAM, Some(protocol))
+            .context("opening an ICMP ping socket")?;
+        socket.set_read_timeout(Some(TIMEOUT))?;
+        for (seq, size) in payloads.iter().enumerate() {
+            let mut packet = vec![request, 0, 0, 0, 0, 0];
+            packet.extend_from_slice(&(seq as u16).to_be_bytes());
+            packet.extend(std::iter::repeat_n(0x42u8, *size));
+            socket.send_to(&packet, &SocketAddr::new(dst, 0).into())?;
+            let mut buf = [MaybeUninit::<u8>::uninit(); 65536];
+            let n = socket.recv(&mut buf).context("no ICMP echo reply")?;
+            if n != packet.len() {
+                bail!("echo reply of {n} bytes to a request of {}", packet.len());
+            }
+        }
+        Ok(())
+    })?
+}
+
+fn unspecified(like: IpAddr) -> IpAddr {
+    match like {
+        IpAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+        IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+    }
+}

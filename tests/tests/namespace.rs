@@ -1,0 +1,189 @@
+//! The real `netmon` binary on a veth pair between two throw-away namespaces:
+//! exact per-pair accounting, checked against what was sent and what tcpdump saw.
+
+use std::{collections::BTreeMap, net::IpAddr, path::Path, time::Duration};
+
+use anyhow::{Context as _, Result};
+use netmon::{
+    accounting::Ledger,
+    logs::{detail::DetailRecord, network_log, state},
+};
+use netmon_common::{Counter, Direction, L4};
+use netmon_tests::{
+    capture::{self, Capture, Way},
+    daemon::Netmon,
+    scenario::{self, raw, Expected},
+    traffic, TestNet,
+};
+
+/// Per-(flow, direction) sums over every record of a detail log.
+fn detail_pairs(path: &Path) -> Result<(Expected, Vec<DetailRecord>)> {
+    let text = std::fs::read_to_string(path)?;
+    let records: Vec<DetailRecord> = text
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()
+        .context("parsing the detail log")?;
+    let mut sums = Expected::new();
+    for record in &records {
+        for p in &record.pairs {
+            let direction = match p.direction.as_str() {
+                "ingress" => Direction::Ingress,
+                _ => Direction::Egress,
+            };
+            sums.entry(((raw(p.src), raw(p.dst), p.proto_num), direction))
+                .or_default()
+                .add(p.frames, p.bytes);
+        }
+    }
+    Ok((sums, records))
+}
+
+/// What tcpdump saw, per (flow, direction).
+fn captured(inbound: &[capture::Frame], outbound: &[capture::Frame]) -> Expected {
+    let mut out = Expected::new();
+    for (frames, direction) in [(inbound, Direction::Ingress), (outbound, Direction::Egress)] {
+        for (flow, counter) in capture::per_flow(frames) {
+            out.insert((flow, direction), counter);
+        }
+    }
+    out
+}
+
+/// Keeps only flows between the two test hosts (drops e.g. IPv6 multicast chatter).
+fn between(net: &TestNet, flows: &Expected) -> Expected {
+    let ours = [
+        raw(IpAddr::V4(net.a.ipv4)),
+        raw(IpAddr::V4(net.b.ipv4)),
+        raw(IpAddr::V6(net.a.ipv6)),
+        raw(IpAddr::V6(net.b.ipv6)),
+    ];
+    flows
+        .iter()
+        .filter(|(((src, dst, _), _), _)| ours.contains(src) && ours.contains(dst))
+        .map(|(k, v)| (*k, *v))
+        .collect()
+}
+
+fn ledger_of(flows: &Expected) -> BTreeMap<(IpAddr, IpAddr), Counter> {
+    let mut out: BTreeMap<(IpAddr, IpAddr), Counter> = BTreeMap::new();
+    for (((src, dst, _), _), c) in flows {
+        let key = (
+            netmon::accounting::address(*src),
+            netmon::accounting::address(*dst),
+        );
+        let e = out.entry(key).or_default();
+        *e = e.plus(*c);
+    }
+    out
+}
+
+struct Run {
+    detail: Expected,
+    records: Vec<DetailRecord>,
+    tcpdump: Expected,
+    sent: Expected,
+}
+
+/// Runs netmon and two tcpdumps around `send`, then stops them all.
+fn observe(net: &TestNet, dir: &Path, tag: &str, send: impl FnOnce() -> Result<Expected>) -> Result<Run> {
+    let log = dir.join("network_log.json");
+    let detail = dir.join(format!("detail-{tag}.jsonl"));
+    let netmon = Netmon::start(
+        &net.a,
+        &[
+            "--interval", "1s", "--quiet",
+            "--log", log.to_str().unwrap(),
+            "--detail-log", detail.to_str().unwrap(),
+        ],
+    )?;
+    let inbound = Capture::start(&net.a, Way::In, &dir.join(format!("{tag}-in.pcap")))?;
+    let outbound = Capture::start(&net.a, Way::Out, &dir.join(format!("{tag}-out.pcap")))?;
+    let sent = send()?;
+    // Let the last ACKs cross before the captures close.
+    std::thread::sleep(Duration::from_millis(300));
+    let (inbound, outbound) = (inbound.stop()?, outbound.stop()?);
+    netmon.stop()?;
+    let (detail, records) = detail_pairs(&detail)?;
+    Ok(Run {
+        detail: between(net, &detail),
+        records,
+        tcpdump: between(net, &captured(&inbound, &outbound)),
+        sent,
+    })
+}
+
+#[test]
+fn counts_every_pair_exactly_and_keeps_totals_across_restarts() -> Result<()> {
+    let net = TestNet::create()?;
+    let dir = tempfile::tempdir()?;
+    let log = dir.path().join("network_log.json");
+
+    let first = observe(&net, dir.path(), "first", || scenario::mixed(&net, 5201))?;
+
+    // UDP and ICMP: exactly the sizes sent, in netmon and in tcpdump.
+    for (key, counter) in &first.sent {
+        assert_eq!(first.detail.get(key), Some(counter), "netmon, {key:?}");
+        assert_eq!(first.tcpdump.get(key), Some(counter), "tcpdump, {key:?}");
+    }
+    // Everything between the hosts, TCP included: netmon equals tcpdump.
+    assert_eq!(first.detail, first.tcpdump);
+    let tcp_flows = first.detail.keys().filter(|((_, _, p), _)| *p == 6).count();
+    assert_eq!(tcp_flows, 4, "both TCP connections, both directions");
+
+    // Interface totals per L4 protocol equal tcpdump's (no other TCP/UDP/ICMPv4 on the link).
+    for (direction, way) in [(Direction::Ingress, "ingress"), (Direction::Egress, "egress")] {
+        for l4 in [L4::Tcp, L4::Udp, L4::Icmp] {
+            let netmon_total = first.records.iter().fold(Counter::default(), |acc, r| {
+                let c = r.protocols[way].l4[l4.name()];
+                acc.plus(Counter { frames: c.frames, bytes: c.bytes })
+            });
+            let tcpdump_total = first
+                .tcpdump
+                .iter()
+                .filter(|(((_, _, p), d), _)| *d == direction && L4::of(*p) == l4)
+                .fold(Counter::default(), |acc, (_, c)| acc.plus(*c));
+            assert_eq!(netmon_total, tcpdump_total, "{way} {l4:?}");
+        }
+    }
+
+    // network_log.json: kB per (src, dst), all protocols and directions summed.
+    let expected_ledger = ledger_of(&first.tcpdump);
+    check_logs(&log, &expected_ledger)?;
+
+    // A restart continues the totals.
+    let second = observe(&net, dir.path(), "second", || {
+        traffic::udp(&net.a, &net.b, IpAddr::V4(net.b.ipv4), 5300, &[10, 20, 30])?;
+        traffic::udp(&net.b, &net.a, IpAddr::V6(net.a.ipv6), 5300, &[700])?;
+        Ok(Expected::new())
+    })?;
+    assert_eq!(second.detail, second.tcpdump);
+    let mut both = first.tcpdump.clone();
+    for (k, c) in &second.tcpdump {
+        let e = both.entry(*k).or_default();
+        *e = e.plus(*c);
+    }
+    check_logs(&log, &ledger_of(&both))?;
+    Ok(())
+}
+
+/// The state file holds exact totals; the log their kB, in the old format.
+fn check_logs(log: &Path, expected: &BTreeMap<(IpAddr, IpAddr), Counter>) -> Result<()> {
+    let state_path = state::path_for(log);
+    let exact: Ledger = state::parse(&state_path, &std::fs::read_to_string(&state_path)?)?;
+    let text = std::fs::read_to_string(log)?;
+    let object: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text)?;
+    for (pair, counter) in expected {
+        assert_eq!(exact.get(pair), Some(*counter), "state for {pair:?}");
+        let key = network_log::pair_key(pair);
+        assert_eq!(
+            object.get(&key).and_then(|v| v.as_f64()),
+            Some(network_log::kilobytes(counter.bytes)),
+            "{key} in {text}"
+        );
+    }
+    let total = object.get(network_log::TOTAL_KEY).and_then(|v| v.as_f64());
+    assert_eq!(total, Some(network_log::kilobytes(exact.total().bytes)));
+    Ok(())
+}
+
