@@ -50,7 +50,8 @@ pub struct Snapshot {
     pub capacity: u32,
 }
 
-pub(super) fn read(ebpf: &Ebpf, capacity: u32) -> Result<Snapshot, DatapathError> {
+/// Reads the counters of a loaded object (attached or not).
+pub fn read(ebpf: &Ebpf, capacity: u32) -> Result<Snapshot, DatapathError> {
     let map_error = |map| move |source| DatapathError::Map { map, source };
     let totals_map: PerCpuArray<_, DirectionTotals> = PerCpuArray::try_from(
         ebpf.map(TOTALS_MAP)
