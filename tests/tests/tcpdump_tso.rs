@@ -1,0 +1,63 @@
+//! The one documented difference from tcpdump: with TSO on, tcpdump records a
+//! GSO super-packet as one long frame, netmon counts the segments the wire carries.
+
+use std::{net::IpAddr, time::Duration};
+
+use anyhow::Result;
+use netmon::logs::detail::DetailRecord;
+use netmon_common::Counter;
+use netmon_tests::{
+    capture::{Capture, Way},
+    daemon::Netmon,
+    netns::Offloads,
+    traffic, TestNet,
+};
+
+/// TCP payload per segment on a 1500-byte MTU with timestamps: 1500 - 20 - 20 - 12.
+const MSS: u64 = 1448;
+
+#[test]
+fn tso_super_packets_count_as_wire_segments() -> Result<()> {
+    let net = TestNet::create_with(Offloads { tso: true })?;
+    let dir = tempfile::tempdir()?;
+    let detail = dir.path().join("detail.jsonl");
+    let netmon = Netmon::start(
+        &net.a,
+        &[
+            "--interval", "1s", "--quiet",
+            "--log", dir.path().join("log.json").to_str().unwrap(),
+            "--detail-log", detail.to_str().unwrap(),
+        ],
+    )?;
+    let outbound = Capture::start(&net.a, Way::Out, &dir.path().join("out.pcap"))?;
+    traffic::tcp(&net.a, &net.b, IpAddr::V4(net.b.ipv4), 5201, 1_000_000)?;
+    std::thread::sleep(Duration::from_millis(300));
+    let frames = outbound.stop()?;
+    netmon.stop()?;
+
+    // Expand each captured TCP frame into segments, from its own headers.
+    let mut expected = Counter::default();
+    let mut super_packets = 0;
+    for frame in frames.iter().filter(|f| f.data.len() > 34 && f.data[12..14] == [8, 0] && f.data[23] == 6) {
+        let ihl = (frame.data[14] & 0x0f) as u64 * 4;
+        let doff = (frame.data[14 + ihl as usize + 12] >> 4) as u64 * 4;
+        let headers = 14 + ihl + doff;
+        let payload = frame.wire_len as u64 - headers;
+        let segments = payload.div_ceil(MSS).max(1);
+        if segments > 1 {
+            super_packets += 1;
+        }
+        expected.add(segments, frame.wire_len as u64 + (segments - 1) * headers);
+    }
+    assert!(super_packets > 0, "TSO produced no super-packets; the test proves nothing");
+
+    let mut counted = Counter::default();
+    for line in std::fs::read_to_string(&detail)?.lines() {
+        let record: DetailRecord = serde_json::from_str(line)?;
+        for p in record.pairs.iter().filter(|p| p.direction == "egress" && p.proto == "tcp") {
+            counted.add(p.frames, p.bytes);
+        }
+    }
+    assert_eq!(counted, expected);
+    Ok(())
+}
