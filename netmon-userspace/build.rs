@@ -13,5 +13,8 @@ fn main() {
             object.display()
         );
     }
-    println!("cargo:rustc-env=NETMON_EBPF_OBJECT={}", object.canonicalize().unwrap().display());
+    println!(
+        "cargo:rustc-env=NETMON_EBPF_OBJECT={}",
+        object.canonicalize().unwrap().display()
+    );
 }

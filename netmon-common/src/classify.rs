@@ -166,7 +166,10 @@ impl Classified {
 #[inline(always)]
 pub fn classify<F: Frame + ?Sized>(frame: &F) -> Classified {
     let Some(eth) = frame.bytes::<ETH_HLEN>(0) else {
-        return Classified { l3: L3::Other, ip: None };
+        return Classified {
+            l3: L3::Other,
+            ip: None,
+        };
     };
     let mut ethertype = u16::from_be_bytes([eth[12], eth[13]]);
     let mut offset = ETH_HLEN;
@@ -176,7 +179,10 @@ pub fn classify<F: Frame + ?Sized>(frame: &F) -> Classified {
         }
         // Tag control information (2 bytes), then the encapsulated EtherType.
         let Some(tag) = frame.bytes::<4>(offset) else {
-            return Classified { l3: L3::Other, ip: None };
+            return Classified {
+                l3: L3::Other,
+                ip: None,
+            };
         };
         ethertype = u16::from_be_bytes([tag[2], tag[3]]);
         offset += 4;
@@ -190,8 +196,14 @@ pub fn classify<F: Frame + ?Sized>(frame: &F) -> Classified {
             l3: L3::Ipv6,
             ip: parse_ipv6(frame, offset),
         },
-        ETHERTYPE_ARP => Classified { l3: L3::Arp, ip: None },
-        _ => Classified { l3: L3::Other, ip: None },
+        ETHERTYPE_ARP => Classified {
+            l3: L3::Arp,
+            ip: None,
+        },
+        _ => Classified {
+            l3: L3::Other,
+            ip: None,
+        },
     }
 }
 
@@ -343,7 +355,13 @@ mod tests {
 
     #[test]
     fn short_frame_is_other() {
-        assert_eq!(classify(&[0u8; 13][..]), Classified { l3: L3::Other, ip: None });
+        assert_eq!(
+            classify(&[0u8; 13][..]),
+            Classified {
+                l3: L3::Other,
+                ip: None
+            }
+        );
     }
 
     #[test]

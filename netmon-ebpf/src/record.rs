@@ -57,7 +57,7 @@ fn add_to_pair(key: &PairKey, frames: u64, bytes: u64) -> bool {
         first_seen_ns: now,
         last_seen_ns: now,
     };
-    if PAIRS.insert(key, &fresh, BPF_NOEXIST as u64).is_ok() {
+    if PAIRS.insert(key, fresh, BPF_NOEXIST as u64).is_ok() {
         return true;
     }
     // Another CPU may have inserted the key between our lookup and insert.

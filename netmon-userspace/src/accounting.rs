@@ -72,7 +72,12 @@ impl Meter {
             }
             next.insert(*key, now);
         }
-        pairs.sort_by(|a, b| b.counter.bytes.cmp(&a.counter.bytes).then(a.key.cmp(&b.key)));
+        pairs.sort_by(|a, b| {
+            b.counter
+                .bytes
+                .cmp(&a.counter.bytes)
+                .then(a.key.cmp(&b.key))
+        });
         let totals = [0, 1].map(|d| snapshot.totals[d].since(&self.totals[d]));
         self.pairs = next;
         self.totals = snapshot.totals;
@@ -130,7 +135,9 @@ impl Ledger {
 
     /// The sum over all pairs.
     pub fn total(&self) -> Counter {
-        self.pairs.values().fold(Counter::default(), |a, c| a.plus(*c))
+        self.pairs
+            .values()
+            .fold(Counter::default(), |a, c| a.plus(*c))
     }
 }
 
@@ -186,18 +193,39 @@ mod tests {
         let mut meter = Meter::default();
         let first = meter.advance(&snapshot(&[(a, 2, 200)]));
         assert_eq!(first.pairs.len(), 1);
-        assert_eq!(first.pairs[0].counter, Counter { frames: 2, bytes: 200 });
+        assert_eq!(
+            first.pairs[0].counter,
+            Counter {
+                frames: 2,
+                bytes: 200
+            }
+        );
         let second = meter.advance(&snapshot(&[(a, 5, 500), (b, 1, 60)]));
         let got: Vec<_> = second.pairs.iter().map(|d| (d.key, d.counter)).collect();
         assert_eq!(
             got,
             vec![
-                (a, Counter { frames: 3, bytes: 300 }),
-                (b, Counter { frames: 1, bytes: 60 })
+                (
+                    a,
+                    Counter {
+                        frames: 3,
+                        bytes: 300
+                    }
+                ),
+                (
+                    b,
+                    Counter {
+                        frames: 1,
+                        bytes: 60
+                    }
+                )
             ]
         );
         // Nothing new: no pairs reported.
-        assert!(meter.advance(&snapshot(&[(a, 5, 500), (b, 1, 60)])).pairs.is_empty());
+        assert!(meter
+            .advance(&snapshot(&[(a, 5, 500), (b, 1, 60)]))
+            .pairs
+            .is_empty());
     }
 
     #[test]
@@ -206,7 +234,13 @@ mod tests {
         let mut meter = Meter::default();
         meter.advance(&snapshot(&[(a, 10, 1000)]));
         let usage = meter.advance(&snapshot(&[(a, 1, 70)]));
-        assert_eq!(usage.pairs[0].counter, Counter { frames: 1, bytes: 70 });
+        assert_eq!(
+            usage.pairs[0].counter,
+            Counter {
+                frames: 1,
+                bytes: 70
+            }
+        );
     }
 
     #[test]
@@ -222,8 +256,26 @@ mod tests {
         ledger.record(&usage);
         let one: IpAddr = "10.200.0.1".parse().unwrap();
         let two: IpAddr = "10.200.0.2".parse().unwrap();
-        assert_eq!(ledger.get(&(one, two)), Some(Counter { frames: 4, bytes: 260 }));
-        assert_eq!(ledger.get(&(two, one)), Some(Counter { frames: 1, bytes: 60 }));
-        assert_eq!(ledger.total(), Counter { frames: 5, bytes: 320 });
+        assert_eq!(
+            ledger.get(&(one, two)),
+            Some(Counter {
+                frames: 4,
+                bytes: 260
+            })
+        );
+        assert_eq!(
+            ledger.get(&(two, one)),
+            Some(Counter {
+                frames: 1,
+                bytes: 60
+            })
+        );
+        assert_eq!(
+            ledger.total(),
+            Counter {
+                frames: 5,
+                bytes: 320
+            }
+        );
     }
 }

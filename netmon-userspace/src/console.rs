@@ -29,7 +29,7 @@ pub fn summary(usage: &IntervalUsage, elapsed: Duration) -> String {
     let mut interval = Ledger::default();
     interval.record(usage);
     let mut top: Vec<_> = interval.pairs().map(|(p, c)| (*p, c.bytes)).collect();
-    top.sort_by(|a, b| b.1.cmp(&a.1));
+    top.sort_by_key(|&(_, bytes)| std::cmp::Reverse(bytes));
     let top: Vec<String> = top
         .iter()
         .take(3)

@@ -49,7 +49,22 @@ impl Capture {
         };
         let mut child = host
             .command("tcpdump")
-            .args(["-i", &host.iface, "-Q", q, "-n", "-U", "--immediate-mode", "-B", "32768", "-s", "0", "-Z", "root", "-w"])
+            .args([
+                "-i",
+                &host.iface,
+                "-Q",
+                q,
+                "-n",
+                "-U",
+                "--immediate-mode",
+                "-B",
+                "32768",
+                "-s",
+                "0",
+                "-Z",
+                "root",
+                "-w",
+            ])
             .arg(path)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -14,9 +14,11 @@ use crate::Host;
 
 /// Where the `netmon` binary is: `$NETMON_BIN`, else the workspace's release build.
 pub fn binary() -> PathBuf {
-    std::env::var_os("NETMON_BIN").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/netmon")
-    })
+    std::env::var_os("NETMON_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/netmon")
+        })
 }
 
 /// A running `netmon run`.
@@ -31,6 +33,15 @@ impl Netmon {
     /// Starts `netmon run --iface <host's iface> <args>` in `host`'s namespace and
     /// waits until both programs are attached.
     pub fn start(host: &Host, args: &[&str]) -> Result<Netmon> {
+        Self::spawn(host, args, false)
+    }
+
+    /// Like [`Netmon::start`], also echoing everything netmon prints to our stdout.
+    pub fn start_echoing(host: &Host, args: &[&str]) -> Result<Netmon> {
+        Self::spawn(host, args, true)
+    }
+
+    fn spawn(host: &Host, args: &[&str], echo: bool) -> Result<Netmon> {
         let binary = binary();
         let mut child = host
             .command(binary.to_str().context("binary path")?)
@@ -40,7 +51,12 @@ impl Netmon {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .with_context(|| format!("starting {} (built by `cargo xtask build`)", binary.display()))?;
+            .with_context(|| {
+                format!(
+                    "starting {} (built by `cargo xtask build`)",
+                    binary.display()
+                )
+            })?;
         let (tx, rx) = mpsc::channel();
         for stream in [
             Box::new(child.stderr.take().expect("piped")) as Box<dyn std::io::Read + Send>,
@@ -49,6 +65,9 @@ impl Netmon {
             let tx = tx.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if echo {
+                        println!("{line}");
+                    }
                     if tx.send(line).is_err() {
                         break;
                     }
@@ -76,7 +95,10 @@ impl Netmon {
                         return Ok(line);
                     }
                 }
-                Err(_) => bail!("netmon did not print {needle:?}; it printed {:?}", self.stderr),
+                Err(_) => bail!(
+                    "netmon did not print {needle:?}; it printed {:?}",
+                    self.stderr
+                ),
             }
         }
     }

@@ -134,8 +134,22 @@ impl TestNet {
         ip(&["netns", "add", &a.netns])?;
         ip(&["netns", "add", &b.netns])?;
         ip(&[
-            "link", "add", &a.iface, "address", &a.mac_string(), "netns", &a.netns, "type", "veth",
-            "peer", "name", &b.iface, "address", &b.mac_string(), "netns", &b.netns,
+            "link",
+            "add",
+            &a.iface,
+            "address",
+            &a.mac_string(),
+            "netns",
+            &a.netns,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &b.iface,
+            "address",
+            &b.mac_string(),
+            "netns",
+            &b.netns,
         ])?;
         for (host, peer) in [(a, b), (b, a)] {
             let ns = host.netns.as_str();
@@ -144,12 +158,38 @@ impl TestNet {
             ip(&["-n", ns, "link", "set", dev, "addrgenmode", "none"])?;
             sysctl(ns, &format!("net.ipv6.conf.{dev}.accept_dad=0"))?;
             sysctl(ns, "net.ipv4.ping_group_range=0 2147483647")?;
-            ip(&["-n", ns, "addr", "add", &format!("{}/24", host.ipv4), "dev", dev])?;
-            ip(&["-n", ns, "addr", "add", &format!("{}/64", host.ipv6), "dev", dev, "nodad"])?;
+            ip(&[
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{}/24", host.ipv4),
+                "dev",
+                dev,
+            ])?;
+            ip(&[
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{}/64", host.ipv6),
+                "dev",
+                dev,
+                "nodad",
+            ])?;
             for peer_addr in [peer.ipv4.to_string(), peer.ipv6.to_string()] {
                 ip(&[
-                    "-n", ns, "neigh", "replace", &peer_addr, "lladdr", &peer.mac_string(), "dev",
-                    dev, "nud", "permanent",
+                    "-n",
+                    ns,
+                    "neigh",
+                    "replace",
+                    &peer_addr,
+                    "lladdr",
+                    &peer.mac_string(),
+                    "dev",
+                    dev,
+                    "nud",
+                    "permanent",
                 ])?;
             }
             ip(&["-n", ns, "link", "set", dev, "up"])?;
@@ -157,7 +197,9 @@ impl TestNet {
         // tcpdump sees frames as the wire carries them only without TSO on
         // egress and GRO on ingress; see the README on tcpdump agreement.
         let tso = if offloads.tso { "on" } else { "off" };
-        run(a.command("ethtool").args(["-K", &a.iface, "tso", tso, "gro", "off"]))?;
+        run(a
+            .command("ethtool")
+            .args(["-K", &a.iface, "tso", tso, "gro", "off"]))?;
         Ok(())
     }
 }
@@ -203,9 +245,9 @@ fn sysctl(netns: &str, setting: &str) -> Result<Output> {
 
 /// Runs a command to completion; a failure names the command and its stderr.
 pub fn run(cmd: &mut Command) -> Result<Output> {
-    let out = cmd
-        .output()
-        .with_context(|| format!("running {cmd:?} (is it installed? `cargo xtask test` installs it)"))?;
+    let out = cmd.output().with_context(|| {
+        format!("running {cmd:?} (is it installed? `cargo xtask test` installs it)")
+    })?;
     if !out.status.success() {
         bail!(
             "{cmd:?} failed: {}",

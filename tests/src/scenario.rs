@@ -46,13 +46,33 @@ pub fn mixed(net: &TestNet, port: u16) -> Result<Expected> {
         traffic::ping(a, b_addr, &PING_SIZES)?;
         for size in UDP_SIZES {
             let len = traffic::frame_len(b_addr, size);
-            add(&mut expected, (raw(a_addr), raw(b_addr), PROTO_UDP), Direction::Egress, len);
-            add(&mut expected, (raw(b_addr), raw(a_addr), PROTO_UDP), Direction::Ingress, len);
+            add(
+                &mut expected,
+                (raw(a_addr), raw(b_addr), PROTO_UDP),
+                Direction::Egress,
+                len,
+            );
+            add(
+                &mut expected,
+                (raw(b_addr), raw(a_addr), PROTO_UDP),
+                Direction::Ingress,
+                len,
+            );
         }
         for size in PING_SIZES {
             let len = traffic::frame_len(b_addr, size);
-            add(&mut expected, (raw(a_addr), raw(b_addr), icmp), Direction::Egress, len);
-            add(&mut expected, (raw(b_addr), raw(a_addr), icmp), Direction::Ingress, len);
+            add(
+                &mut expected,
+                (raw(a_addr), raw(b_addr), icmp),
+                Direction::Egress,
+                len,
+            );
+            add(
+                &mut expected,
+                (raw(b_addr), raw(a_addr), icmp),
+                Direction::Ingress,
+                len,
+            );
         }
     }
     traffic::tcp(a, b, IpAddr::V4(b.ipv4), port, TCP_V4_BYTES)?;

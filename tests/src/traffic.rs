@@ -26,7 +26,11 @@ pub const L4_OVERHEAD: u64 = 8;
 
 /// Wire size of a UDP datagram or ICMP echo with `payload` bytes to `dst`.
 pub fn frame_len(dst: IpAddr, payload: usize) -> u64 {
-    let ip = if dst.is_ipv4() { IPV4_OVERHEAD } else { IPV6_OVERHEAD };
+    let ip = if dst.is_ipv4() {
+        IPV4_OVERHEAD
+    } else {
+        IPV6_OVERHEAD
+    };
     ip + L4_OVERHEAD + payload as u64
 }
 
@@ -49,7 +53,9 @@ pub fn udp(from: &Host, to: &Host, dst: IpAddr, port: u16, sizes: &[usize]) -> R
         }
         Ok(got)
     });
-    ready_rx.recv_timeout(TIMEOUT).context("UDP sink did not start")?;
+    ready_rx
+        .recv_timeout(TIMEOUT)
+        .context("UDP sink did not start")?;
     let sizes = sizes.to_vec();
     from.run(move || -> Result<()> {
         let socket = UdpSocket::bind((unspecified(dst), 0))?;
@@ -59,8 +65,13 @@ pub fn udp(from: &Host, to: &Host, dst: IpAddr, port: u16, sizes: &[usize]) -> R
         }
         Ok(())
     })??;
-    let got = sink.join().map_err(|_| anyhow::anyhow!("UDP sink panicked"))??;
-    ensure!(got == expected, "UDP sink received {got:?}, sent {expected:?}");
+    let got = sink
+        .join()
+        .map_err(|_| anyhow::anyhow!("UDP sink panicked"))??;
+    ensure!(
+        got == expected,
+        "UDP sink received {got:?}, sent {expected:?}"
+    );
     Ok(())
 }
 
@@ -78,7 +89,9 @@ pub fn tcp(from: &Host, to: &Host, dst: IpAddr, port: u16, bytes: usize) -> Resu
         stream.read_to_end(&mut received)?;
         Ok(received.len())
     });
-    ready_rx.recv_timeout(TIMEOUT).context("TCP sink did not start")?;
+    ready_rx
+        .recv_timeout(TIMEOUT)
+        .context("TCP sink did not start")?;
     from.run(move || -> Result<()> {
         let mut stream = TcpStream::connect_timeout(&(dst, port).into(), TIMEOUT)?;
         stream.write_all(&vec![0x5au8; bytes])?;
@@ -89,8 +102,13 @@ pub fn tcp(from: &Host, to: &Host, dst: IpAddr, port: u16, bytes: usize) -> Resu
         stream.read_to_end(&mut rest)?;
         Ok(())
     })??;
-    let received = sink.join().map_err(|_| anyhow::anyhow!("TCP sink panicked"))??;
-    ensure!(received == bytes, "TCP sink read {received} of {bytes} bytes");
+    let received = sink
+        .join()
+        .map_err(|_| anyhow::anyhow!("TCP sink panicked"))??;
+    ensure!(
+        received == bytes,
+        "TCP sink read {received} of {bytes} bytes"
+    );
     Ok(())
 }
 

@@ -86,15 +86,24 @@ struct Run {
 }
 
 /// Runs netmon and two tcpdumps around `send`, then stops them all.
-fn observe(net: &TestNet, dir: &Path, tag: &str, send: impl FnOnce() -> Result<Expected>) -> Result<Run> {
+fn observe(
+    net: &TestNet,
+    dir: &Path,
+    tag: &str,
+    send: impl FnOnce() -> Result<Expected>,
+) -> Result<Run> {
     let log = dir.join("network_log.json");
     let detail = dir.join(format!("detail-{tag}.jsonl"));
     let netmon = Netmon::start(
         &net.a,
         &[
-            "--interval", "1s", "--quiet",
-            "--log", log.to_str().unwrap(),
-            "--detail-log", detail.to_str().unwrap(),
+            "--interval",
+            "1s",
+            "--quiet",
+            "--log",
+            log.to_str().unwrap(),
+            "--detail-log",
+            detail.to_str().unwrap(),
         ],
     )?;
     let inbound = Capture::start(&net.a, Way::In, &dir.join(format!("{tag}-in.pcap")))?;
@@ -132,11 +141,17 @@ fn counts_every_pair_exactly_and_keeps_totals_across_restarts() -> Result<()> {
     assert_eq!(tcp_flows, 4, "both TCP connections, both directions");
 
     // Interface totals per L4 protocol equal tcpdump's (no other TCP/UDP/ICMPv4 on the link).
-    for (direction, way) in [(Direction::Ingress, "ingress"), (Direction::Egress, "egress")] {
+    for (direction, way) in [
+        (Direction::Ingress, "ingress"),
+        (Direction::Egress, "egress"),
+    ] {
         for l4 in [L4::Tcp, L4::Udp, L4::Icmp] {
             let netmon_total = first.records.iter().fold(Counter::default(), |acc, r| {
                 let c = r.protocols[way].l4[l4.name()];
-                acc.plus(Counter { frames: c.frames, bytes: c.bytes })
+                acc.plus(Counter {
+                    frames: c.frames,
+                    bytes: c.bytes,
+                })
             });
             let tcpdump_total = first
                 .tcpdump
@@ -186,4 +201,3 @@ fn check_logs(log: &Path, expected: &BTreeMap<(IpAddr, IpAddr), Counter>) -> Res
     assert_eq!(total, Some(network_log::kilobytes(exact.total().bytes)));
     Ok(())
 }
-

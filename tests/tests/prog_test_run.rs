@@ -159,7 +159,10 @@ fn ipv4_udp_tcp_icmp() {
         (Layer::IcmpEcho, 1),
     ] {
         let frame = build(&[Layer::Ethernet, ipv4(), l4, Layer::Payload(100)]);
-        both_hooks(&frame, Expect::of(&frame, L3::Ipv4, Some((v4(V4_SRC), v4(V4_DST), proto))));
+        both_hooks(
+            &frame,
+            Expect::of(&frame, L3::Ipv4, Some((v4(V4_SRC), v4(V4_DST), proto))),
+        );
     }
 }
 
@@ -176,13 +179,24 @@ fn ipv4_with_options() {
         Layer::Udp(1, 2),
         Layer::Payload(33),
     ]);
-    both_hooks(&frame, Expect::of(&frame, L3::Ipv4, Some((v4(V4_SRC), v4(V4_DST), 17))));
+    both_hooks(
+        &frame,
+        Expect::of(&frame, L3::Ipv4, Some((v4(V4_SRC), v4(V4_DST), 17))),
+    );
 }
 
 #[test]
 fn ipv4_other_protocol_and_later_fragment() {
-    let gre = build(&[Layer::Ethernet, ipv4(), Layer::IpProto(47), Layer::Payload(40)]);
-    both_hooks(&gre, Expect::of(&gre, L3::Ipv4, Some((v4(V4_SRC), v4(V4_DST), 47))));
+    let gre = build(&[
+        Layer::Ethernet,
+        ipv4(),
+        Layer::IpProto(47),
+        Layer::Payload(40),
+    ]);
+    both_hooks(
+        &gre,
+        Expect::of(&gre, L3::Ipv4, Some((v4(V4_SRC), v4(V4_DST), 47))),
+    );
     let fragment = build(&[
         Layer::Ethernet,
         Layer::Ipv4 {
@@ -194,7 +208,10 @@ fn ipv4_other_protocol_and_later_fragment() {
         Layer::IpProto(17),
         Layer::Payload(500),
     ]);
-    both_hooks(&fragment, Expect::of(&fragment, L3::Ipv4, Some((v4(V4_SRC), v4(V4_DST), 17))));
+    both_hooks(
+        &fragment,
+        Expect::of(&fragment, L3::Ipv4, Some((v4(V4_SRC), v4(V4_DST), 17))),
+    );
 }
 
 #[test]
@@ -205,7 +222,14 @@ fn ipv6_udp_tcp_icmpv6() {
         (Layer::IcmpEcho, 58),
     ] {
         let frame = build(&[Layer::Ethernet, ipv6(), l4, Layer::Payload(64)]);
-        both_hooks(&frame, Expect::of(&frame, L3::Ipv6, Some((V6_SRC.octets(), V6_DST.octets(), proto))));
+        both_hooks(
+            &frame,
+            Expect::of(
+                &frame,
+                L3::Ipv6,
+                Some((V6_SRC.octets(), V6_DST.octets(), proto)),
+            ),
+        );
     }
 }
 
@@ -218,31 +242,77 @@ fn ipv6_each_extension_header() {
         Layer::Ipv6Fragment { offset: 0 },
     ];
     for ext in &exts {
-        let frame = build(&[Layer::Ethernet, ipv6(), ext.clone(), Layer::Udp(1000, 2000), Layer::Payload(10)]);
-        both_hooks(&frame, Expect::of(&frame, L3::Ipv6, Some((V6_SRC.octets(), V6_DST.octets(), 17))));
+        let frame = build(&[
+            Layer::Ethernet,
+            ipv6(),
+            ext.clone(),
+            Layer::Udp(1000, 2000),
+            Layer::Payload(10),
+        ]);
+        both_hooks(
+            &frame,
+            Expect::of(
+                &frame,
+                L3::Ipv6,
+                Some((V6_SRC.octets(), V6_DST.octets(), 17)),
+            ),
+        );
     }
     // All four in one chain.
     let mut chain = vec![Layer::Ethernet, ipv6()];
     chain.extend(exts.iter().cloned());
     chain.extend([Layer::Tcp(1, 2, 0), Layer::Payload(5)]);
     let frame = build(&chain);
-    both_hooks(&frame, Expect::of(&frame, L3::Ipv6, Some((V6_SRC.octets(), V6_DST.octets(), 6))));
+    both_hooks(
+        &frame,
+        Expect::of(
+            &frame,
+            L3::Ipv6,
+            Some((V6_SRC.octets(), V6_DST.octets(), 6)),
+        ),
+    );
     // A later fragment: protocol from the fragment header, no L4 header.
-    let frame = build(&[Layer::Ethernet, ipv6(), Layer::Ipv6Fragment { offset: 100 }, Layer::IpProto(17), Layer::Payload(200)]);
-    both_hooks(&frame, Expect::of(&frame, L3::Ipv6, Some((V6_SRC.octets(), V6_DST.octets(), 17))));
+    let frame = build(&[
+        Layer::Ethernet,
+        ipv6(),
+        Layer::Ipv6Fragment { offset: 100 },
+        Layer::IpProto(17),
+        Layer::Payload(200),
+    ]);
+    both_hooks(
+        &frame,
+        Expect::of(
+            &frame,
+            L3::Ipv6,
+            Some((V6_SRC.octets(), V6_DST.octets(), 17)),
+        ),
+    );
 }
 
 #[test]
 fn vlan_and_qinq() {
-    for tags in [vec![Layer::Vlan(0x8100)], vec![Layer::Vlan(0x88a8), Layer::Vlan(0x8100)]] {
+    for tags in [
+        vec![Layer::Vlan(0x8100)],
+        vec![Layer::Vlan(0x88a8), Layer::Vlan(0x8100)],
+    ] {
         let mut layers = vec![Layer::Ethernet];
         layers.extend(tags);
         layers.extend([ipv4(), Layer::Udp(7, 9), Layer::Payload(20)]);
         let frame = build(&layers);
-        both_hooks(&frame, Expect::of(&frame, L3::Ipv4, Some((v4(V4_SRC), v4(V4_DST), 17))));
+        both_hooks(
+            &frame,
+            Expect::of(&frame, L3::Ipv4, Some((v4(V4_SRC), v4(V4_DST), 17))),
+        );
     }
     // A third tag is beyond what netmon parses: the frame counts as "other".
-    let frame = build(&[Layer::Ethernet, Layer::Vlan(0x88a8), Layer::Vlan(0x8100), Layer::Vlan(0x8100), ipv4(), Layer::Payload(8)]);
+    let frame = build(&[
+        Layer::Ethernet,
+        Layer::Vlan(0x88a8),
+        Layer::Vlan(0x8100),
+        Layer::Vlan(0x8100),
+        ipv4(),
+        Layer::Payload(8),
+    ]);
     both_hooks(&frame, Expect::of(&frame, L3::Other, None));
 }
 
@@ -251,7 +321,11 @@ fn arp_and_other_ethertypes() {
     let arp = build(&[Layer::Ethernet, Layer::Arp]);
     both_hooks(&arp, Expect::of(&arp, L3::Arp, None));
     for ethertype in [0x88cc, 0x8847, 0x88b5] {
-        let frame = build(&[Layer::Ethernet, Layer::EtherType(ethertype), Layer::Payload(46)]);
+        let frame = build(&[
+            Layer::Ethernet,
+            Layer::EtherType(ethertype),
+            Layer::Payload(46),
+        ]);
         both_hooks(&frame, Expect::of(&frame, L3::Other, None));
     }
 }
@@ -304,7 +378,11 @@ fn truncated_at_every_boundary() {
         // The reference classifier agrees with the kernel.
         let reference = classify(frame);
         assert_eq!(reference.l3, expect.l3, "len {len}");
-        assert_eq!(reference.ip.map(|ip| ip.proto), expect.pair.map(|p| p.2), "len {len}");
+        assert_eq!(
+            reference.ip.map(|ip| ip.proto),
+            expect.pair.map(|p| p.2),
+            "len {len}"
+        );
     }
     for &len in &cuts[1..] {
         let frame = &full[..len];
@@ -312,7 +390,11 @@ fn truncated_at_every_boundary() {
         run_tc(&mut ebpf, frame, None);
         let reference = classify(frame);
         let pair = reference.ip.map(|ip| (ip.src, ip.dst, ip.proto));
-        check(&ebpf, Direction::Egress, &Expect::of(frame, reference.l3, pair));
+        check(
+            &ebpf,
+            Direction::Egress,
+            &Expect::of(frame, reference.l3, pair),
+        );
     }
 }
 
@@ -321,7 +403,12 @@ fn gso_super_packet_counts_as_its_segments() {
     // 14 + 20 + 32 bytes of headers repeated in each of 3 segments of up to
     // 1000 bytes (test runs take at most about a page of data).
     let payload = 1000 * 2 + 500;
-    let frame = build(&[Layer::Ethernet, ipv4(), Layer::Tcp(5201, 40000, 12), Layer::Payload(payload)]);
+    let frame = build(&[
+        Layer::Ethernet,
+        ipv4(),
+        Layer::Tcp(5201, 40000, 12),
+        Layer::Payload(payload),
+    ]);
     let headers = 14 + 20 + 32;
     let mut ebpf = load();
     run_tc(&mut ebpf, &frame, Some((3, 1000)));
@@ -337,7 +424,12 @@ fn gso_super_packet_counts_as_its_segments() {
 #[test]
 fn pairs_accumulate_per_direction() {
     let mut ebpf = load();
-    let frame = build(&[Layer::Ethernet, ipv4(), Layer::Udp(1, 2), Layer::Payload(100)]);
+    let frame = build(&[
+        Layer::Ethernet,
+        ipv4(),
+        Layer::Udp(1, 2),
+        Layer::Payload(100),
+    ]);
     for _ in 0..5 {
         run_xdp(&mut ebpf, &frame);
     }

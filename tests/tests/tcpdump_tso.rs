@@ -24,9 +24,13 @@ fn tso_super_packets_count_as_wire_segments() -> Result<()> {
     let netmon = Netmon::start(
         &net.a,
         &[
-            "--interval", "1s", "--quiet",
-            "--log", dir.path().join("log.json").to_str().unwrap(),
-            "--detail-log", detail.to_str().unwrap(),
+            "--interval",
+            "1s",
+            "--quiet",
+            "--log",
+            dir.path().join("log.json").to_str().unwrap(),
+            "--detail-log",
+            detail.to_str().unwrap(),
         ],
     )?;
     let outbound = Capture::start(&net.a, Way::Out, &dir.path().join("out.pcap"))?;
@@ -38,7 +42,10 @@ fn tso_super_packets_count_as_wire_segments() -> Result<()> {
     // Expand each captured TCP frame into segments, from its own headers.
     let mut expected = Counter::default();
     let mut super_packets = 0;
-    for frame in frames.iter().filter(|f| f.data.len() > 34 && f.data[12..14] == [8, 0] && f.data[23] == 6) {
+    for frame in frames
+        .iter()
+        .filter(|f| f.data.len() > 34 && f.data[12..14] == [8, 0] && f.data[23] == 6)
+    {
         let ihl = (frame.data[14] & 0x0f) as u64 * 4;
         let doff = (frame.data[14 + ihl as usize + 12] >> 4) as u64 * 4;
         let headers = 14 + ihl + doff;
@@ -49,12 +56,19 @@ fn tso_super_packets_count_as_wire_segments() -> Result<()> {
         }
         expected.add(segments, frame.wire_len as u64 + (segments - 1) * headers);
     }
-    assert!(super_packets > 0, "TSO produced no super-packets; the test proves nothing");
+    assert!(
+        super_packets > 0,
+        "TSO produced no super-packets; the test proves nothing"
+    );
 
     let mut counted = Counter::default();
     for line in std::fs::read_to_string(&detail)?.lines() {
         let record: DetailRecord = serde_json::from_str(line)?;
-        for p in record.pairs.iter().filter(|p| p.direction == "egress" && p.proto == "tcp") {
+        for p in record
+            .pairs
+            .iter()
+            .filter(|p| p.direction == "egress" && p.proto == "tcp")
+        {
             counted.add(p.frames, p.bytes);
         }
     }

@@ -1,1 +1,56 @@
-fn main(){}
+//! `cargo xtask …`: build, run, test and demo netmon, installing what the machine lacks.
+
+mod build;
+mod demo;
+mod toolchain;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "netmon's build, test and demo tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Build the eBPF object (nightly, bpfel-unknown-none).
+    BuildEbpf,
+    /// Build the eBPF object, then the release `netmon` binary that embeds it.
+    Build,
+    /// Build, then run `netmon` with the given arguments.
+    Run {
+        /// Arguments for netmon, after `--`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Install what the tests need, build, and run every test (as root).
+    Test {
+        /// Extra arguments for `cargo test`, after `--`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run netmon on a throw-away two-namespace network with ~10 s of mixed traffic.
+    Demo,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::BuildEbpf => build::ebpf(),
+        Command::Build => build::all(),
+        Command::Run { args } => build::all().and_then(|()| build::run_netmon(&args)),
+        Command::Test { args } => build::test(&args),
+        Command::Demo => demo::run(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

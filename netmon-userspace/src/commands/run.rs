@@ -54,7 +54,9 @@ pub fn parse_interval(text: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(text)
         .map_err(|e| format!("'{text}' is not a duration ({e}); write it like 10s, 500ms or 1m"))?;
     if d < Duration::from_millis(10) {
-        return Err(format!("'{text}' is too short; the interval must be at least 10ms"));
+        return Err(format!(
+            "'{text}' is too short; the interval must be at least 10ms"
+        ));
     }
     Ok(d)
 }
@@ -70,7 +72,10 @@ impl Files {
     fn new(args: &RunArgs) -> Self {
         Files {
             log: args.log.clone(),
-            state: args.state.clone().unwrap_or_else(|| state::path_for(&args.log)),
+            state: args
+                .state
+                .clone()
+                .unwrap_or_else(|| state::path_for(&args.log)),
             detail: args.detail_log.clone(),
         }
     }
@@ -94,14 +99,20 @@ impl Files {
 
     /// Renames every existing file to `NAME.TIMESTAMP.bak`.
     fn move_aside(&self) -> anyhow::Result<()> {
-        let stamp = jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ").to_string();
+        let stamp = jiff::Timestamp::now()
+            .strftime("%Y%m%dT%H%M%SZ")
+            .to_string();
         for path in [&self.log, &self.state, &self.detail] {
             if path.exists() {
                 let mut aside = path.as_os_str().to_owned();
                 aside.push(format!(".{stamp}.bak"));
                 std::fs::rename(path, &aside)
                     .with_context(|| format!("moving {} aside", path.display()))?;
-                log::info!("moved {} to {}", path.display(), Path::new(&aside).display());
+                log::info!(
+                    "moved {} to {}",
+                    path.display(),
+                    Path::new(&aside).display()
+                );
             }
         }
         Ok(())
@@ -169,7 +180,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         );
     }
     drop(datapath);
-    log::info!("detached from {}; totals saved to {}", args.iface, daemon.files.log.display());
+    log::info!(
+        "detached from {}; totals saved to {}",
+        args.iface,
+        daemon.files.log.display()
+    );
     Ok(())
 }
 

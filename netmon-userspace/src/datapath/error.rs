@@ -4,7 +4,9 @@ use aya::{programs::ProgramError, EbpfError};
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
     /// The interface does not exist (in this network namespace).
-    #[error("interface '{0}' not found: check the name with `ip link` (in the right network namespace)")]
+    #[error(
+        "interface '{0}' not found: check the name with `ip link` (in the right network namespace)"
+    )]
     NoInterface(String),
     /// The kernel refused for lack of privilege.
     #[error("the kernel refused to load eBPF programs ({0}): run netmon as root, or give it CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON")]

@@ -25,17 +25,19 @@ pub struct PairReading {
 impl PairReading {
     /// Folds the per-CPU values of one entry together.
     pub fn fold<'a>(per_cpu: impl IntoIterator<Item = &'a PairStats>) -> Self {
-        per_cpu.into_iter().fold(Self::default(), |acc, s| PairReading {
-            counter: acc.counter.plus(Counter {
-                frames: s.frames,
-                bytes: s.bytes,
-            }),
-            first_seen_ns: match (acc.first_seen_ns, s.first_seen_ns) {
-                (0, x) | (x, 0) => x,
-                (a, b) => a.min(b),
-            },
-            last_seen_ns: acc.last_seen_ns.max(s.last_seen_ns),
-        })
+        per_cpu
+            .into_iter()
+            .fold(Self::default(), |acc, s| PairReading {
+                counter: acc.counter.plus(Counter {
+                    frames: s.frames,
+                    bytes: s.bytes,
+                }),
+                first_seen_ns: match (acc.first_seen_ns, s.first_seen_ns) {
+                    (0, x) | (x, 0) => x,
+                    (a, b) => a.min(b),
+                },
+                last_seen_ns: acc.last_seen_ns.max(s.last_seen_ns),
+            })
     }
 }
 
@@ -67,9 +69,11 @@ pub fn read(ebpf: &Ebpf, capacity: u32) -> Result<Snapshot, DatapathError> {
             .iter()
             .fold(DirectionTotals::default(), |acc, t| acc.plus(t));
     }
-    let pairs_map: PerCpuHashMap<_, PairKey, PairStats> =
-        PerCpuHashMap::try_from(ebpf.map(PAIRS_MAP).ok_or(DatapathError::MissingMap(PAIRS_MAP))?)
-            .map_err(map_error(PAIRS_MAP))?;
+    let pairs_map: PerCpuHashMap<_, PairKey, PairStats> = PerCpuHashMap::try_from(
+        ebpf.map(PAIRS_MAP)
+            .ok_or(DatapathError::MissingMap(PAIRS_MAP))?,
+    )
+    .map_err(map_error(PAIRS_MAP))?;
     let mut pairs = Vec::new();
     for entry in pairs_map.iter() {
         let (key, per_cpu) = entry.map_err(map_error(PAIRS_MAP))?;

@@ -1,6 +1,9 @@
 //! The detail log: JSON Lines, one [`DetailRecord`] per interval.
 
-use std::{collections::BTreeMap, fs::OpenOptions, io::Write, net::IpAddr, os::unix::fs::OpenOptionsExt, path::Path};
+use std::{
+    collections::BTreeMap, fs::OpenOptions, io::Write, net::IpAddr, os::unix::fs::OpenOptionsExt,
+    path::Path,
+};
 
 use netmon_common::{Counter, Direction, DirectionTotals, L3, L4};
 use serde::{Deserialize, Serialize};

@@ -49,8 +49,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Ledger, LogError> {
         what: "network log",
         reason,
     };
-    let value: Value =
-        serde_json::from_str(text).map_err(|e| corrupt(format!("not JSON: {e}")))?;
+    let value: Value = serde_json::from_str(text).map_err(|e| corrupt(format!("not JSON: {e}")))?;
     let Value::Object(object) = value else {
         return Err(corrupt("not a JSON object".into()));
     };
@@ -99,7 +98,10 @@ mod tests {
     #[test]
     fn reads_the_old_scripts_file() {
         let ledger = parse(Path::new("network_log.json"), OLD).unwrap();
-        let pairs: Vec<_> = ledger.pairs().map(|(p, c)| (pair_key(p), c.bytes)).collect();
+        let pairs: Vec<_> = ledger
+            .pairs()
+            .map(|(p, c)| (pair_key(p), c.bytes))
+            .collect();
         assert_eq!(
             pairs,
             vec![
@@ -115,9 +117,27 @@ mod tests {
         let b: IpAddr = "213.158.160.51".parse().unwrap();
         let c: IpAddr = "fd00:200::2".parse().unwrap();
         let ledger = Ledger::from_pairs([
-            ((a, b), Counter { frames: 1, bytes: 20_626_784 }),
-            ((b, a), Counter { frames: 1, bytes: 22_000 }),
-            ((a, c), Counter { frames: 1, bytes: 1_005 }),
+            (
+                (a, b),
+                Counter {
+                    frames: 1,
+                    bytes: 20_626_784,
+                },
+            ),
+            (
+                (b, a),
+                Counter {
+                    frames: 1,
+                    bytes: 22_000,
+                },
+            ),
+            (
+                (a, c),
+                Counter {
+                    frames: 1,
+                    bytes: 1_005,
+                },
+            ),
         ]);
         assert_eq!(
             render(&ledger),
@@ -127,7 +147,12 @@ mod tests {
 
     #[test]
     fn rejects_what_it_cannot_read() {
-        for bad in ["[1]", "{\"nonsense\": 1}", "{\"('1.2.3.4', '5.6.7.8')\": \"x\"}", "{"] {
+        for bad in [
+            "[1]",
+            "{\"nonsense\": 1}",
+            "{\"('1.2.3.4', '5.6.7.8')\": \"x\"}",
+            "{",
+        ] {
             let err = parse(Path::new("l.json"), bad).unwrap_err().to_string();
             assert!(err.contains("--reset-state"), "{err}");
         }

@@ -92,11 +92,26 @@ mod tests {
         let a: IpAddr = "10.200.0.1".parse().unwrap();
         let b: IpAddr = "fd00:200::2".parse().unwrap();
         let ledger = Ledger::from_pairs([
-            ((a, b), Counter { frames: 3, bytes: 1_234_567 }),
-            ((b, a), Counter { frames: 1, bytes: 5 }),
+            (
+                (a, b),
+                Counter {
+                    frames: 3,
+                    bytes: 1_234_567,
+                },
+            ),
+            (
+                (b, a),
+                Counter {
+                    frames: 1,
+                    bytes: 5,
+                },
+            ),
         ]);
         let back = parse(Path::new("s"), &render(&ledger)).unwrap();
         assert_eq!(back, ledger);
-        assert_eq!(path_for(Path::new("/x/network_log.json")), Path::new("/x/network_log.state.json"));
+        assert_eq!(
+            path_for(Path::new("/x/network_log.json")),
+            Path::new("/x/network_log.state.json")
+        );
     }
 }

@@ -1,0 +1,115 @@
+//! Building, running and testing netmon.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::toolchain;
+
+/// The workspace root (xtask lives one level below it).
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The release `netmon` binary.
+pub fn netmon_binary() -> PathBuf {
+    root().join("target/release/netmon")
+}
+
+/// A cargo invocation at the workspace root, free of the variables that
+/// `cargo xtask` itself runs under (they would pin the wrong toolchain).
+fn cargo(toolchain: Option<&str>) -> Command {
+    let mut cmd = match toolchain {
+        Some(t) => {
+            let mut c = Command::new("rustup");
+            c.args(["run", t, "cargo"]);
+            c
+        }
+        None => Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())),
+    };
+    for var in [
+        "RUSTC",
+        "RUSTUP_TOOLCHAIN",
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTFLAGS",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.current_dir(root());
+    cmd
+}
+
+fn status(cmd: &mut Command, what: &str) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("starting {what}"))?;
+    if !status.success() {
+        bail!("{what} failed ({status})");
+    }
+    Ok(())
+}
+
+/// `cargo xtask build-ebpf`.
+pub fn ebpf() -> Result<()> {
+    toolchain::ensure_ebpf()?;
+    status(
+        cargo(Some("nightly")).args([
+            "build",
+            "--locked",
+            "--package",
+            "netmon-ebpf",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--release",
+        ]),
+        "building the eBPF object",
+    )
+}
+
+/// `cargo xtask build`.
+pub fn all() -> Result<()> {
+    ebpf()?;
+    status(
+        cargo(None).args([
+            "build",
+            "--locked",
+            "--release",
+            "--package",
+            "netmon-userspace",
+        ]),
+        "building netmon",
+    )
+}
+
+/// `cargo xtask run -- ARGS`.
+pub fn run_netmon(args: &[String]) -> Result<()> {
+    if !toolchain::is_root() {
+        toolchain::say(
+            "netmon needs root (or CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON) to load its programs",
+        );
+    }
+    status(Command::new(netmon_binary()).args(args), "netmon")
+}
+
+/// `cargo xtask test -- ARGS`.
+pub fn test(args: &[String]) -> Result<()> {
+    if !toolchain::is_root() {
+        bail!("the tests load eBPF programs and create network namespaces, so they need root: run `sudo -E cargo xtask test`");
+    }
+    toolchain::ensure_test_tools()?;
+    all()?;
+    status(
+        cargo(None)
+            .env("NETMON_BIN", netmon_binary())
+            .args(["test", "--locked", "--release"])
+            .args(args),
+        "the tests",
+    )
+}
