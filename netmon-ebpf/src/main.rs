@@ -22,7 +22,7 @@ use crate::frame::{TcFrame, XdpFrame};
 pub fn netmon_ingress(ctx: XdpContext) -> u32 {
     let frame = XdpFrame(&ctx);
     let len = (ctx.data_end() - ctx.data()) as u64;
-    record::frame(Direction::Ingress, &classify(&frame), 1, len);
+    record::frame(&ctx, Direction::Ingress, &classify(&frame), 1, len);
     xdp_action::XDP_PASS
 }
 
@@ -35,7 +35,7 @@ pub fn netmon_egress(ctx: TcContext) -> i32 {
     let gso_segs = unsafe { (*ctx.skb.skb).gso_segs } as u64;
     let header_len = class.ip.map_or(0, |ip| ip.header_len as u64);
     let (frames, bytes) = wire_cost(ctx.len() as u64, gso_segs, header_len);
-    record::frame(Direction::Egress, &class, frames, bytes);
+    record::frame(&ctx, Direction::Egress, &class, frames, bytes);
     TC_ACT_UNSPEC
 }
 

@@ -1,13 +1,20 @@
 //! Recording one classified frame into the maps.
 
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_coarse_ns};
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_coarse_ns, EbpfContext};
+use aya_log_ebpf::warn;
 use netmon_common::{Classified, Counter, Direction, PairKey, PairStats, L4};
 
 use crate::maps::{PAIRS, TOTALS};
 
 /// Adds `frames`/`bytes` to the interface totals and, for IP, to the frame's pair.
 #[inline(always)]
-pub fn frame(direction: Direction, class: &Classified, frames: u64, bytes: u64) {
+pub fn frame<C: EbpfContext>(
+    ctx: &C,
+    direction: Direction,
+    class: &Classified,
+    frames: u64,
+    bytes: u64,
+) {
     let Some(totals) = TOTALS.get_ptr_mut(direction as u32) else {
         return;
     };
@@ -32,6 +39,13 @@ pub fn frame(direction: Direction, class: &Classified, frames: u64, bytes: u64) 
         _pad: [0; 2],
     };
     if !add_to_pair(&key, frames, bytes) {
+        // Rare by construction: once per CPU per load, when the table first overflows.
+        if totals.table_full.frames == 0 {
+            warn!(
+                ctx,
+                "pair table full: new pairs are counted as table_full until entries are freed"
+            );
+        }
         totals.table_full.add(frames, bytes);
     }
 }

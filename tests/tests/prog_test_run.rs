@@ -441,3 +441,96 @@ fn pairs_accumulate_per_direction() {
     };
     check(&ebpf, Direction::Ingress, &expect);
 }
+
+/// Collects what the programs log through aya-log.
+struct Collect(std::sync::Mutex<Vec<String>>);
+
+impl log::Log for Collect {
+    fn enabled(&self, _: &log::Metadata) -> bool {
+        true
+    }
+    fn log(&self, record: &log::Record) {
+        self.0.lock().unwrap().push(record.args().to_string());
+    }
+    fn flush(&self) {}
+}
+
+#[test]
+fn full_pair_table_keeps_totals_exact_and_says_so_once() {
+    // The warning is once per CPU: keep every test run on one CPU.
+    // SAFETY: a zeroed cpu_set_t with CPU 0 set, applied to this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
+            0
+        );
+    }
+    let mut ebpf = datapath::load(&LoadOptions { max_pairs: 2 }).unwrap();
+    let messages: &'static Collect = Box::leak(Box::new(Collect(Default::default())));
+    let mut logger = aya_log::EbpfLogger::init_with_logger(&mut ebpf, messages).unwrap();
+    let frame_to = |last: u8| {
+        build(&[
+            Layer::Ethernet,
+            Layer::Ipv4 {
+                src: V4_SRC,
+                dst: Ipv4Addr::new(10, 200, 1, last),
+                options: vec![],
+                fragment_offset: 0,
+            },
+            Layer::Udp(1, 2),
+            Layer::Payload(10 * last as usize),
+        ])
+    };
+    let frames: Vec<Vec<u8>> = (1..=4).map(frame_to).collect();
+    for frame in &frames {
+        run_xdp(&mut ebpf, frame);
+    }
+    logger.flush();
+    let snapshot = readout::read(&ebpf, 2).unwrap();
+    let kept: BTreeMap<_, _> = snapshot
+        .pairs
+        .iter()
+        .map(|(k, r)| (k.dst[15], r.counter))
+        .collect();
+    let len = |i: usize| frames[i].len() as u64;
+    assert_eq!(
+        kept,
+        BTreeMap::from([
+            (
+                1,
+                Counter {
+                    frames: 1,
+                    bytes: len(0)
+                }
+            ),
+            (
+                2,
+                Counter {
+                    frames: 1,
+                    bytes: len(1)
+                }
+            )
+        ])
+    );
+    let totals = snapshot.totals[Direction::Ingress as usize];
+    assert_eq!(
+        totals.table_full,
+        Counter {
+            frames: 2,
+            bytes: len(2) + len(3)
+        }
+    );
+    assert_eq!(
+        totals.all,
+        Counter {
+            frames: 4,
+            bytes: (0..4).map(len).sum()
+        }
+    );
+    assert_eq!(totals.l4[L4::Udp as usize], totals.all);
+    let logged = messages.0.lock().unwrap().clone();
+    assert_eq!(logged.len(), 1, "{logged:?}");
+    assert!(logged[0].contains("pair table full"), "{logged:?}");
+}
