@@ -70,14 +70,20 @@ pub struct PairKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct PairStats {
-    /// Wire bytes (whole L2 frames).
+    /// Wire bytes (whole L2 frames) delivered.
     pub bytes: u64,
-    /// Wire frames.
+    /// Wire frames delivered.
     pub frames: u64,
     /// `CLOCK_MONOTONIC` ns of the first frame this CPU counted, 0 if none.
     pub first_seen_ns: u64,
     /// `CLOCK_MONOTONIC` ns of the latest frame this CPU counted, 0 if none.
     pub last_seen_ns: u64,
+    /// Bytes the policy dropped.
+    pub dropped_bytes: u64,
+    /// Frames the policy dropped.
+    pub dropped_frames: u64,
+    /// This CPU's cached policy decision for the pair.
+    pub policy: crate::policy::FlowPolicy,
 }
 
 /// Frames and bytes.
@@ -125,7 +131,7 @@ impl Counter {
 /// Invariants the datapath keeps:
 /// - `all` = sum of `l3`;
 /// - `l3[Ipv4] + l3[Ipv6]` = sum of `l4` + `malformed`;
-/// - sum of `l4` = what the pair table holds + `table_full`.
+/// - sum of `l4` = what the pair table holds (delivered + dropped) + `table_full`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct DirectionTotals {
@@ -139,6 +145,8 @@ pub struct DirectionTotals {
     pub malformed: Counter,
     /// IP frames a full pair table could not attribute (logged as pair `other`).
     pub table_full: Counter,
+    /// Frames the policy dropped (block rules and spent quotas).
+    pub dropped: Counter,
 }
 
 impl DirectionTotals {
@@ -148,6 +156,7 @@ impl DirectionTotals {
             all: self.all.since(earlier.all),
             malformed: self.malformed.since(earlier.malformed),
             table_full: self.table_full.since(earlier.table_full),
+            dropped: self.dropped.since(earlier.dropped),
             ..*self
         };
         for i in 0..out.l3.len() {
@@ -165,6 +174,7 @@ impl DirectionTotals {
             all: self.all.plus(other.all),
             malformed: self.malformed.plus(other.malformed),
             table_full: self.table_full.plus(other.table_full),
+            dropped: self.dropped.plus(other.dropped),
             ..*self
         };
         for i in 0..out.l3.len() {
@@ -193,7 +203,9 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<PairKey>(), 16 + 16 + 2 + 2 + 1 + 1 + 2);
-        assert_eq!(size_of::<PairStats>(), 32);
-        assert_eq!(size_of::<DirectionTotals>(), 16 * (1 + 4 + 5 + 2));
+        assert_eq!(size_of::<PairStats>(), 48 + 32);
+        assert_eq!(size_of::<DirectionTotals>(), 16 * (1 + 4 + 5 + 3));
+        assert_eq!(size_of::<crate::policy::RuleEntry>(), 16);
+        assert_eq!(size_of::<crate::policy::RuleList>(), 8 + 16 * 4);
     }
 }

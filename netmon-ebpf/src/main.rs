@@ -3,30 +3,39 @@
 //! into the same maps, so the two directions can never disagree on a key.
 #![no_std]
 #![no_main]
+// Atomic add on shared quota counters (the BPF target lacks AtomicU64::fetch_add).
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod frame;
 mod maps;
 mod record;
 
 use aya_ebpf::{
-    bindings::{xdp_action, TC_ACT_UNSPEC},
+    bindings::{xdp_action, TC_ACT_SHOT, TC_ACT_UNSPEC},
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
 use netmon_common::{classify, wire_cost, Direction};
 
-use crate::frame::{TcFrame, XdpFrame};
+use crate::{
+    frame::{TcFrame, XdpFrame},
+    record::Verdict,
+};
 
-/// Ingress hook. Always passes the frame on.
+/// Ingress hook: drops what the policy blocks, passes the rest.
 #[xdp]
 pub fn netmon_ingress(ctx: XdpContext) -> u32 {
     let frame = XdpFrame(&ctx);
     let len = (ctx.data_end() - ctx.data()) as u64;
-    record::frame(&ctx, Direction::Ingress, &classify(&frame), 1, len);
-    xdp_action::XDP_PASS
+    match record::frame(&ctx, Direction::Ingress, &classify(&frame), 1, len) {
+        Verdict::Pass => xdp_action::XDP_PASS,
+        Verdict::Drop => xdp_action::XDP_DROP,
+    }
 }
 
-/// Egress hook. Returns "next" so that programs attached after it still run.
+/// Egress hook: drops what the policy blocks; otherwise returns "next" so
+/// that programs attached after it still run.
 #[classifier]
 pub fn netmon_egress(ctx: TcContext) -> i32 {
     let frame = TcFrame(&ctx);
@@ -35,8 +44,10 @@ pub fn netmon_egress(ctx: TcContext) -> i32 {
     let gso_segs = unsafe { (*ctx.skb.skb).gso_segs } as u64;
     let header_len = class.ip.map_or(0, |ip| ip.header_len as u64);
     let (frames, bytes) = wire_cost(ctx.len() as u64, gso_segs, header_len);
-    record::frame(&ctx, Direction::Egress, &class, frames, bytes);
-    TC_ACT_UNSPEC
+    match record::frame(&ctx, Direction::Egress, &class, frames, bytes) {
+        Verdict::Pass => TC_ACT_UNSPEC,
+        Verdict::Drop => TC_ACT_SHOT as i32,
+    }
 }
 
 #[cfg(not(test))]

@@ -1,12 +1,16 @@
-//! The maps both hooks write. Names and types come from `netmon_common::maps`.
+//! The maps both hooks use. Names and types come from `netmon_common`.
 
 use aya_ebpf::{
     macros::map,
-    maps::{PerCpuArray, PerCpuHashMap},
+    maps::{lpm_trie::LpmTrie, Array, PerCpuArray, PerCpuHashMap},
 };
-use netmon_common::{maps::DEFAULT_MAX_PAIRS, DirectionTotals, PairKey, PairStats};
+use netmon_common::{
+    maps::DEFAULT_MAX_PAIRS,
+    policy::{PolicyState, QuotaState, RuleList, MAX_PREFIXES, MAX_RULES, MAX_RULE_LISTS},
+    Counter, DirectionTotals, PairKey, PairStats,
+};
 
-/// Per-pair counters; user space sets the capacity at load time (`--max-pairs`).
+/// Per-pair counters and cached policy decisions; capacity set at load time (`--max-pairs`).
 #[map(name = "PAIRS")]
 pub static PAIRS: PerCpuHashMap<PairKey, PairStats> =
     PerCpuHashMap::with_max_entries(DEFAULT_MAX_PAIRS, 0);
@@ -14,3 +18,27 @@ pub static PAIRS: PerCpuHashMap<PairKey, PairStats> =
 /// Interface totals, one entry per `Direction`.
 #[map(name = "TOTALS")]
 pub static TOTALS: PerCpuArray<DirectionTotals> = PerCpuArray::with_max_entries(2, 0);
+
+/// IPv4 prefixes (network byte order) → rule list.
+#[map(name = "PREFIXES_V4")]
+pub static PREFIXES_V4: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(MAX_PREFIXES, 0);
+
+/// IPv6 prefixes (network byte order) → rule list.
+#[map(name = "PREFIXES_V6")]
+pub static PREFIXES_V6: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(MAX_PREFIXES, 0);
+
+/// Rule lists, shared by every prefix with the same applicable rules.
+#[map(name = "RULE_LISTS")]
+pub static RULE_LISTS: Array<RuleList> = Array::with_max_entries(MAX_RULE_LISTS, 0);
+
+/// The policy generation (entry 0).
+#[map(name = "POLICY")]
+pub static POLICY: Array<PolicyState> = Array::with_max_entries(1, 0);
+
+/// Frames and bytes each rule decided, per direction (`rule * 2 + direction`).
+#[map(name = "RULE_STATS")]
+pub static RULE_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(MAX_RULES * 2, 0);
+
+/// Quota budgets and use, by the quota's rule id.
+#[map(name = "QUOTAS")]
+pub static QUOTAS: Array<QuotaState> = Array::with_max_entries(MAX_RULES, 0);

@@ -1,12 +1,30 @@
-//! Recording one classified frame into the maps.
+//! Recording and enforcing one classified frame.
 
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_coarse_ns, EbpfContext};
+use core::intrinsics::{atomic_xadd, AtomicOrdering};
+
+use aya_ebpf::{
+    bindings::BPF_NOEXIST, helpers::bpf_ktime_get_coarse_ns, maps::lpm_trie::Key, EbpfContext,
+};
 use aya_log_ebpf::warn;
-use netmon_common::{Classified, Counter, Direction, PairKey, PairStats, L4};
+use netmon_common::{
+    policy::{decide, Decision, FlowPolicy, PacketFacts, RuleKind, RuleList, NO_LIST, NO_RULE},
+    Classified, Counter, Direction, IpHeader, PairKey, PairStats, L4,
+};
 
-use crate::maps::{PAIRS, TOTALS};
+use crate::maps::{
+    PAIRS, POLICY, PREFIXES_V4, PREFIXES_V6, QUOTAS, RULE_LISTS, RULE_STATS, TOTALS,
+};
 
-/// Adds `frames`/`bytes` to the interface totals and, for IP, to the frame's pair.
+/// What the hook does with the frame.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Let it through.
+    Pass,
+    /// Drop it: a block rule or a spent quota.
+    Drop,
+}
+
+/// Counts the frame in the interface totals and, for IP, in its pair; applies the policy.
 #[inline(always)]
 pub fn frame<C: EbpfContext>(
     ctx: &C,
@@ -14,9 +32,9 @@ pub fn frame<C: EbpfContext>(
     class: &Classified,
     frames: u64,
     bytes: u64,
-) {
+) -> Verdict {
     let Some(totals) = TOTALS.get_ptr_mut(direction as u32) else {
-        return;
+        return Verdict::Pass;
     };
     // SAFETY: per-CPU value; nothing else on this CPU touches it while we run.
     let totals = unsafe { &mut *totals };
@@ -26,7 +44,7 @@ pub fn frame<C: EbpfContext>(
         if class.is_malformed() {
             totals.malformed.add(frames, bytes);
         }
-        return;
+        return Verdict::Pass;
     };
     add(totals.l4.get_mut(L4::of(ip.proto) as usize), frames, bytes);
     let key = PairKey {
@@ -38,16 +56,43 @@ pub fn frame<C: EbpfContext>(
         direction: direction as u8,
         _pad: [0; 2],
     };
-    if !add_to_pair(&key, frames, bytes) {
-        // Rare by construction: once per CPU per load, when the table first overflows.
-        if totals.table_full.frames == 0 {
-            warn!(
-                ctx,
-                "pair table full: new pairs are counted as table_full until entries are freed"
-            );
+    let packet = PacketFacts {
+        proto: ip.proto,
+        src_port: ip.src_port,
+        dst_port: ip.dst_port,
+        direction,
+    };
+    let generation = policy_generation();
+    // SAFETY: bpf_ktime_get_coarse_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let mut stats = pair_entry(&key, now);
+    let decision = decision(stats.as_deref_mut(), &ip, &packet, generation);
+    let verdict = enforce(&decision, direction, frames, bytes);
+    match stats {
+        Some(stats) if verdict == Verdict::Drop => {
+            stats.dropped_frames += frames;
+            stats.dropped_bytes += bytes;
         }
-        totals.table_full.add(frames, bytes);
+        Some(stats) => {
+            stats.frames += frames;
+            stats.bytes += bytes;
+            stats.last_seen_ns = now;
+        }
+        None => {
+            // Rare by construction: once per CPU per load, when the table first overflows.
+            if totals.table_full.frames == 0 {
+                warn!(
+                    ctx,
+                    "pair table full: new pairs are counted as table_full until entries are freed"
+                );
+            }
+            totals.table_full.add(frames, bytes);
+        }
     }
+    if verdict == Verdict::Drop {
+        totals.dropped.add(frames, bytes);
+    }
+    verdict
 }
 
 #[inline(always)]
@@ -57,41 +102,129 @@ fn add(counter: Option<&mut Counter>, frames: u64, bytes: u64) {
     }
 }
 
-/// Returns false when the pair table is full and the pair has no entry.
+/// The pair's per-CPU entry, created on first sight; `None` when the table is full.
 #[inline(always)]
-fn add_to_pair(key: &PairKey, frames: u64, bytes: u64) -> bool {
-    // SAFETY: bpf_ktime_get_coarse_ns has no preconditions.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
-    if bump(key, frames, bytes, now) {
-        return true;
+fn pair_entry(key: &PairKey, now: u64) -> Option<&'static mut PairStats> {
+    if let Some(stats) = PAIRS.get_ptr_mut(key) {
+        // SAFETY: per-CPU value of a live entry; only this CPU writes it.
+        let stats = unsafe { &mut *stats };
+        if stats.first_seen_ns == 0 {
+            stats.first_seen_ns = now;
+        }
+        return Some(stats);
     }
     let fresh = PairStats {
-        bytes,
-        frames,
         first_seen_ns: now,
-        last_seen_ns: now,
+        ..Default::default()
     };
-    if PAIRS.insert(key, fresh, BPF_NOEXIST as u64).is_ok() {
-        return true;
+    // Fails when the table is full, or when another CPU inserted the key first.
+    let _ = PAIRS.insert(key, fresh, BPF_NOEXIST as u64);
+    let stats = PAIRS.get_ptr_mut(key)?;
+    // SAFETY: as above.
+    let stats = unsafe { &mut *stats };
+    if stats.first_seen_ns == 0 {
+        stats.first_seen_ns = now;
     }
-    // Another CPU may have inserted the key between our lookup and insert.
-    bump(key, frames, bytes, now)
+    Some(stats)
+}
+
+/// The policy generation in force; 0 when there are no rules at all.
+#[inline(always)]
+fn policy_generation() -> u32 {
+    POLICY.get(0).map_or(0, |p| p.generation)
+}
+
+/// The decision for a packet: from the flow's cache when it holds the current
+/// generation, else from the LPM tries (then cached in the flow, if it has an entry).
+#[inline(always)]
+fn decision(
+    stats: Option<&mut PairStats>,
+    ip: &IpHeader,
+    packet: &PacketFacts,
+    generation: u32,
+) -> Decision {
+    if generation == 0 {
+        return Decision::PASS;
+    }
+    let (src_list, dst_list) = match &stats {
+        Some(s) if s.policy.generation == generation => {
+            if s.policy.cacheable == 1 {
+                return s.policy.decision;
+            }
+            (s.policy.src_list, s.policy.dst_list)
+        }
+        _ => (list_of(&ip.src), list_of(&ip.dst)),
+    };
+    let (src, dst) = (list(src_list), list(dst_list));
+    let decision = decide(src, dst, packet);
+    if let Some(stats) = stats {
+        let port_free = |l: Option<&RuleList>| l.is_none_or(|l| l.port_free == 1);
+        stats.policy = FlowPolicy {
+            generation,
+            src_list,
+            dst_list,
+            decision,
+            cacheable: (port_free(src) && port_free(dst)) as u8,
+            _pad: [0; 7],
+        };
+    }
+    decision
+}
+
+/// The rule list of an address, from the LPM tries.
+#[inline(always)]
+fn list_of(addr: &[u8; 16]) -> u32 {
+    let mapped = addr[..10] == [0; 10] && addr[10] == 0xff && addr[11] == 0xff;
+    let found = if mapped {
+        PREFIXES_V4.get(Key::new(32, [addr[12], addr[13], addr[14], addr[15]]))
+    } else {
+        PREFIXES_V6.get(Key::new(128, *addr))
+    };
+    found.copied().unwrap_or(NO_LIST)
 }
 
 #[inline(always)]
-fn bump(key: &PairKey, frames: u64, bytes: u64, now: u64) -> bool {
-    match PAIRS.get_ptr_mut(key) {
-        Some(stats) => {
-            // SAFETY: per-CPU value of a live entry; only this CPU writes it.
-            let stats = unsafe { &mut *stats };
-            if stats.first_seen_ns == 0 {
-                stats.first_seen_ns = now;
+fn list(index: u32) -> Option<&'static RuleList> {
+    if index == NO_LIST {
+        return None;
+    }
+    RULE_LISTS.get(index)
+}
+
+/// Applies a decision: block rules and spent quotas drop; quotas count what passes.
+#[inline(always)]
+fn enforce(decision: &Decision, direction: Direction, frames: u64, bytes: u64) -> Verdict {
+    if decision.blocks() {
+        count_rule(decision.filter, direction, frames, bytes);
+        return Verdict::Drop;
+    }
+    if decision.quota != NO_RULE {
+        if let Some(quota) = QUOTAS.get_ptr_mut(decision.quota) {
+            // SAFETY: a live array element shared by all CPUs; `used` is only
+            // changed atomically. Check, then add: concurrent CPUs can each pass
+            // one packet past the limit, and no more.
+            unsafe {
+                if core::ptr::read_volatile(&(*quota).used) >= (*quota).limit {
+                    count_rule(decision.quota, direction, frames, bytes);
+                    return Verdict::Drop;
+                }
+                // The BPF target has no `AtomicU64::fetch_add`; this is BPF_ATOMIC add.
+                atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&mut (*quota).used, bytes);
             }
-            stats.bytes += bytes;
-            stats.frames += frames;
-            stats.last_seen_ns = now;
-            true
         }
-        None => false,
+    }
+    if decision.action == RuleKind::Allow as u8 {
+        count_rule(decision.filter, direction, frames, bytes);
+    }
+    Verdict::Pass
+}
+
+#[inline(always)]
+fn count_rule(rule: u32, direction: Direction, frames: u64, bytes: u64) {
+    if let Some(counter) =
+        RULE_STATS.get_ptr_mut(rule.wrapping_mul(2).wrapping_add(direction as u32))
+    {
+        // SAFETY: per-CPU value; only this CPU writes it.
+        unsafe { (*counter).add(frames, bytes) };
     }
 }

@@ -7,11 +7,17 @@ use std::{
 };
 
 use aya::{
+    maps::{PerCpuArray, PerCpuHashMap, PerCpuValues},
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
+    util::nr_cpus,
     Ebpf,
 };
 use netmon::datapath::{self, readout, LoadOptions, EGRESS_PROGRAM, INGRESS_PROGRAM};
-use netmon_common::{classify, Counter, Direction, DirectionTotals, PairKey, L3, L4};
+use netmon_common::{
+    classify,
+    maps::{PAIRS_MAP, TOTALS_MAP},
+    Counter, Direction, DirectionTotals, PairKey, PairStats, L3, L4,
+};
 use netmon_tests::frames::{boundaries, build, Layer};
 
 const XDP_PASS: u32 = 2;
@@ -29,6 +35,23 @@ fn load() -> Ebpf {
         max_pairs: CAPACITY,
     })
     .expect("load netmon's programs (run the tests as root)")
+}
+
+/// Empties the pair table and zeroes the totals, so one load serves many frames.
+fn reset(ebpf: &mut Ebpf) {
+    let mut pairs: PerCpuHashMap<_, PairKey, PairStats> =
+        PerCpuHashMap::try_from(ebpf.map_mut(PAIRS_MAP).unwrap()).unwrap();
+    let keys: Vec<PairKey> = pairs.keys().map(Result::unwrap).collect();
+    for key in keys {
+        pairs.remove(&key).unwrap();
+    }
+    let mut totals: PerCpuArray<_, DirectionTotals> =
+        PerCpuArray::try_from(ebpf.map_mut(TOTALS_MAP).unwrap()).unwrap();
+    let cpus = nr_cpus().unwrap();
+    for direction in 0..2 {
+        let zero = PerCpuValues::try_from(vec![DirectionTotals::default(); cpus]).unwrap();
+        totals.set(direction, zero, 0).unwrap();
+    }
 }
 
 fn run_xdp(ebpf: &mut Ebpf, frame: &[u8]) {
@@ -359,6 +382,7 @@ fn truncated_at_every_boundary() {
     let cuts = boundaries(&layers);
     assert_eq!(cuts, vec![0, 14, 18, 22, 62, 70, 78, 86, 102]);
     let pair = |proto| Some((V6_SRC.octets(), V6_DST.octets(), proto));
+    let mut ebpf = load();
     for len in 14..=full.len() {
         let frame = &full[..len];
         let expect = match len {
@@ -372,7 +396,7 @@ fn truncated_at_every_boundary() {
             64..=73 => Expect::of(frame, L3::Ipv6, pair(44)),
             _ => Expect::of(frame, L3::Ipv6, pair(17)),
         };
-        let mut ebpf = load();
+        reset(&mut ebpf);
         run_xdp(&mut ebpf, frame);
         check(&ebpf, Direction::Ingress, &expect);
         // The reference classifier agrees with the kernel.
@@ -386,7 +410,7 @@ fn truncated_at_every_boundary() {
     }
     for &len in &cuts[1..] {
         let frame = &full[..len];
-        let mut ebpf = load();
+        reset(&mut ebpf);
         run_tc(&mut ebpf, frame, None);
         let reference = classify(frame);
         let pair = reference.ip.map(|ip| (ip.src, ip.dst, ip.proto));
