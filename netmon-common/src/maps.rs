@@ -193,6 +193,7 @@ mod pod {
     unsafe impl aya::Pod for super::PairKey {}
     unsafe impl aya::Pod for super::PairStats {}
     unsafe impl aya::Pod for super::DirectionTotals {}
+    unsafe impl aya::Pod for super::Counter {}
 }
 
 #[cfg(test)]

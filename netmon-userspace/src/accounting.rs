@@ -15,8 +15,10 @@ use crate::datapath::{PairReading, Snapshot};
 pub struct PairDelta {
     /// Which pair, protocol and direction.
     pub key: PairKey,
-    /// What it carried during the interval.
+    /// What it delivered during the interval.
     pub counter: Counter,
+    /// What the policy dropped during the interval.
+    pub dropped: Counter,
     /// Its first and last frame, as the kernel last recorded them.
     pub seen: PairReading,
 }
@@ -44,8 +46,17 @@ impl IntervalUsage {
 /// Turns successive snapshots into interval deltas.
 #[derive(Debug, Default)]
 pub struct Meter {
-    pairs: HashMap<PairKey, Counter>,
+    pairs: HashMap<PairKey, (Counter, Counter)>,
     totals: [DirectionTotals; 2],
+}
+
+/// `now - before`, or all of `now` when it is lower (a new map entry).
+fn growth(now: Counter, before: Counter) -> Counter {
+    if now.frames >= before.frames && now.bytes >= before.bytes {
+        now.since(before)
+    } else {
+        now
+    }
 }
 
 impl Meter {
@@ -56,21 +67,18 @@ impl Meter {
         let mut pairs = Vec::new();
         let mut next = HashMap::with_capacity(snapshot.pairs.len());
         for (key, reading) in &snapshot.pairs {
-            let now = reading.counter;
-            let before = self.pairs.get(key).copied().unwrap_or_default();
-            let counter = if now.frames >= before.frames && now.bytes >= before.bytes {
-                now.since(before)
-            } else {
-                now
-            };
-            if !counter.is_zero() {
+            let (delivered, dropped) = self.pairs.get(key).copied().unwrap_or_default();
+            let counter = growth(reading.counter, delivered);
+            let dropped = growth(reading.dropped, dropped);
+            if !counter.is_zero() || !dropped.is_zero() {
                 pairs.push(PairDelta {
                     key: *key,
                     counter,
+                    dropped,
                     seen: *reading,
                 });
             }
-            next.insert(*key, now);
+            next.insert(*key, (reading.counter, reading.dropped));
         }
         pairs.sort_by(|a, b| {
             b.counter
@@ -112,7 +120,7 @@ impl Ledger {
     /// Adds an interval's usage: every protocol and direction of a pair counts
     /// towards its (source, destination) total.
     pub fn record(&mut self, usage: &IntervalUsage) {
-        for delta in &usage.pairs {
+        for delta in usage.pairs.iter().filter(|d| !d.counter.is_zero()) {
             self.add(address_pair(&delta.key), delta.counter);
         }
     }

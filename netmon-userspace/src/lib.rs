@@ -2,7 +2,12 @@
 //! accounts, writing logs, and the daemon that ties them together.
 
 pub mod accounting;
+pub mod alerts;
 pub mod commands;
 pub mod console;
+pub mod control;
 pub mod datapath;
+pub mod enforcer;
 pub mod logs;
+pub mod policy;
+pub mod units;

@@ -3,9 +3,10 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use netmon::commands;
+use netmon::{commands, policy::Action};
 
-/// Kernel-accelerated network bandwidth monitor: per-IP-pair accounting in XDP and TC.
+/// Kernel-accelerated network bandwidth monitor and enforcer: per-IP-pair
+/// accounting, blocklists and quotas in XDP and TC.
 #[derive(Debug, Parser)]
 #[command(name = "netmon", version, about)]
 struct Cli {
@@ -15,8 +16,21 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Attach to an interface and account its traffic until stopped.
+    /// Attach to an interface and account (and enforce) its traffic until stopped.
     Run(commands::run::RunArgs),
+    /// Drop traffic to and from a CIDR (optionally by protocol, port, direction).
+    Block(commands::block::RuleArgs),
+    /// Remove a rule added with `block` or `allow`.
+    Unblock(commands::block::RuleArgs),
+    /// Let traffic through as an exception inside a blocked range.
+    Allow(commands::block::RuleArgs),
+    /// Remove an `allow` rule.
+    Disallow(commands::block::RuleArgs),
+    /// List the rules in force with their counters.
+    Rules(commands::rules::RulesArgs),
+    /// Byte quotas per billing period.
+    #[command(subcommand)]
+    Quota(commands::quota::QuotaCommand),
 }
 
 fn main() -> ExitCode {
@@ -27,6 +41,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => runtime().and_then(|rt| rt.block_on(commands::run::run(args))),
+        Command::Block(args) => commands::block::add(Action::Block, &args),
+        Command::Unblock(args) => commands::block::remove(&args, Action::Block),
+        Command::Allow(args) => commands::block::add(Action::Allow, &args),
+        Command::Disallow(args) => commands::block::remove(&args, Action::Allow),
+        Command::Rules(args) => commands::rules::run(&args),
+        Command::Quota(command) => commands::quota::run(&command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

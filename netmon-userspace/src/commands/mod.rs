@@ -1,3 +1,6 @@
 //! One module per `netmon` subcommand.
 
+pub mod block;
+pub mod quota;
+pub mod rules;
 pub mod run;

@@ -1,4 +1,5 @@
-//! `netmon run`: attach to an interface, then poll, account and log every interval.
+//! `netmon run`: attach to an interface, then poll, account, enforce and log
+//! every interval, and answer the CLI on the control socket.
 
 use std::{
     path::{Path, PathBuf},
@@ -7,14 +8,20 @@ use std::{
 
 use anyhow::{bail, Context as _};
 use clap::Args;
+use jiff::{tz::TimeZone, SignedDuration, Timestamp};
 use netmon_common::maps::DEFAULT_MAX_PAIRS;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
     accounting::{Ledger, Meter},
+    alerts::{Alerter, UsageAlarm},
     console,
+    control::{self, Request, Response},
     datapath::{Datapath, LoadOptions, XdpAttachMode},
+    enforcer::{Enforcer, PersistedPolicy},
     logs::{self, detail::DetailRecord, network_log, state, LogError},
+    policy::Period,
+    units::{parse_interval, parse_size},
 };
 
 /// Options of `netmon run`.
@@ -32,7 +39,7 @@ pub struct RunArgs {
     /// The per-interval detail log (JSON Lines).
     #[arg(long, default_value = "netmon-detail.jsonl")]
     pub detail_log: PathBuf,
-    /// Exact totals behind the log [default: the log's name with .state.json].
+    /// Exact totals, CLI rules and quota usage [default: the log's name with .state.json].
     #[arg(long)]
     pub state: Option<PathBuf>,
     /// XDP attach mode for the ingress program.
@@ -41,24 +48,30 @@ pub struct RunArgs {
     /// Capacity of the kernel's pair table.
     #[arg(long, default_value_t = DEFAULT_MAX_PAIRS, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_pairs: u32,
+    /// Policy file of block/allow rules and quotas (TOML); re-read when it changes and on SIGHUP.
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+    /// Alert when delivered traffic in the alert period reaches this size (e.g. 500MB).
+    #[arg(long, value_parser = parse_size)]
+    pub alert_threshold: Option<u64>,
+    /// Period of --alert-threshold: daily, weekly, monthly or total.
+    #[arg(long, default_value = "total", value_parser = |s: &str| Period::parse(s, None))]
+    pub alert_period: Period,
+    /// Program run (without a shell) for every alert, with the event as JSON on stdin.
+    #[arg(long)]
+    pub alert_exec: Option<PathBuf>,
+    /// Time zone of quota periods (IANA name, e.g. Europe/Berlin) [default: the system's].
+    #[arg(long)]
+    pub timezone: Option<String>,
     /// Do not print the per-interval summary line.
     #[arg(long)]
     pub quiet: bool,
     /// Move the existing log, state and detail files aside (timestamped) and start from zero.
     #[arg(long)]
     pub reset_state: bool,
-}
-
-/// Parses an interval such as `10s` or `500ms`.
-pub fn parse_interval(text: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(text)
-        .map_err(|e| format!("'{text}' is not a duration ({e}); write it like 10s, 500ms or 1m"))?;
-    if d < Duration::from_millis(10) {
-        return Err(format!(
-            "'{text}' is too short; the interval must be at least 10ms"
-        ));
-    }
-    Ok(d)
+    /// Testing aid: start netmon's clock at this instant (RFC 3339); it then runs at real speed.
+    #[arg(long, hide = true)]
+    pub fake_now: Option<Timestamp>,
 }
 
 /// Where the daemon keeps its files.
@@ -80,28 +93,29 @@ impl Files {
         }
     }
 
-    /// The totals recorded so far: the exact state file, else the log alone.
-    fn load(&self) -> Result<Ledger, LogError> {
+    /// What was recorded so far: the exact state file, else the log alone.
+    fn load(&self) -> Result<(Ledger, PersistedPolicy), LogError> {
         if let Some(text) = read_if_present(&self.state)? {
             return state::parse(&self.state, &text);
         }
         match read_if_present(&self.log)? {
-            Some(text) => network_log::parse(&self.log, &text),
-            None => Ok(Ledger::default()),
+            Some(text) => Ok((
+                network_log::parse(&self.log, &text)?,
+                PersistedPolicy::default(),
+            )),
+            None => Ok(Default::default()),
         }
     }
 
     /// Writes the state, then the log that is derived from it.
-    fn save(&self, ledger: &Ledger) -> Result<(), LogError> {
-        state::write(&self.state, ledger)?;
+    fn save(&self, ledger: &Ledger, policy: &PersistedPolicy) -> Result<(), LogError> {
+        state::write(&self.state, ledger, policy)?;
         network_log::write(&self.log, ledger)
     }
 
     /// Renames every existing file to `NAME.TIMESTAMP.bak`.
     fn move_aside(&self) -> anyhow::Result<()> {
-        let stamp = jiff::Timestamp::now()
-            .strftime("%Y%m%dT%H%M%SZ")
-            .to_string();
+        let stamp = Timestamp::now().strftime("%Y%m%dT%H%M%SZ").to_string();
         for path in [&self.log, &self.state, &self.detail] {
             if path.exists() {
                 let mut aside = path.as_os_str().to_owned();
@@ -130,20 +144,52 @@ fn read_if_present(path: &Path) -> Result<Option<String>, LogError> {
     }
 }
 
+/// netmon's clock: the system's, or shifted by `--fake-now`.
+#[derive(Clone, Copy)]
+struct Clock(SignedDuration);
+
+impl Clock {
+    fn now(&self) -> Timestamp {
+        Timestamp::now() + self.0
+    }
+}
+
 /// Runs the daemon until SIGINT or SIGTERM.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let files = Files::new(&args);
     if args.reset_state {
         files.move_aside()?;
     }
-    let mut ledger = files.load()?;
+    let (mut ledger, persisted) = files.load()?;
+    let clock = Clock(
+        args.fake_now
+            .map_or(SignedDuration::ZERO, |t| t.duration_since(Timestamp::now())),
+    );
+    let tz = match &args.timezone {
+        Some(name) => TimeZone::get(name).with_context(|| {
+            format!("'{name}' is not a time zone; use an IANA name like Europe/Berlin")
+        })?,
+        None => TimeZone::system(),
+    };
+    let mut total = persisted.total.clone();
+    let mut enforcer = Enforcer::new(
+        &args.iface,
+        args.policy.clone(),
+        persisted.clone(),
+        tz.clone(),
+    )
+    .map_err(anyhow::Error::msg)?;
     // Fail now, before attaching, if the logs cannot be written.
-    files.save(&ledger)?;
+    files.save(&ledger, &persisted)?;
 
     let options = LoadOptions {
         max_pairs: args.max_pairs,
     };
     let mut datapath = Datapath::attach(&args.iface, &options, args.xdp_mode)?;
+    enforcer
+        .apply(datapath.ebpf_mut(), clock.now())
+        .map_err(|e| anyhow::anyhow!("the policy cannot be enforced: {e}"))?;
+    let listener = control::Listener::bind(&args.iface)?;
     log::info!(
         "counting on {} (XDP {:?} mode, TC egress), every {}; log {}",
         datapath.iface(),
@@ -157,21 +203,41 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         quiet: args.quiet,
         meter: Meter::default(),
         pending_detail: Vec::new(),
-        interval_start: (jiff::Timestamp::now(), Instant::now()),
+        interval_start: (Timestamp::now(), Instant::now()),
+        alerter: Alerter {
+            exec: args.alert_exec.clone(),
+        },
+        alarm: args.alert_threshold.map(|threshold| UsageAlarm {
+            threshold,
+            period: args.alert_period,
+            tz,
+        }),
+        clock,
     };
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let mut ticker = tokio::time::interval(args.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;
+    let mut policy_check = tokio::time::interval(Duration::from_secs(1));
+    policy_check.tick().await;
     loop {
         tokio::select! {
-            _ = ticker.tick() => daemon.poll(&mut datapath, &mut ledger)?,
+            _ = ticker.tick() => daemon.poll(&mut datapath, &mut enforcer, &mut ledger, &mut total)?,
+            _ = policy_check.tick() => daemon.reload(&mut datapath, &mut enforcer, false),
+            _ = sighup.recv() => daemon.reload(&mut datapath, &mut enforcer, true),
+            request = listener.next() => {
+                let (request, stream) = request.context("the control socket failed")?;
+                let response = daemon.handle(request, &mut datapath, &mut enforcer);
+                daemon.save(&datapath, &enforcer, &ledger, &total);
+                control::answer(stream, response).await;
+            }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
         }
     }
-    daemon.poll(&mut datapath, &mut ledger)?;
+    daemon.poll(&mut datapath, &mut enforcer, &mut ledger, &mut total)?;
     if !daemon.pending_detail.is_empty() {
         bail!(
             "{} interval(s) could not be appended to {}",
@@ -179,6 +245,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             daemon.files.detail.display()
         );
     }
+    drop(listener);
     drop(datapath);
     log::info!(
         "detached from {}; totals saved to {}",
@@ -195,25 +262,43 @@ struct Daemon {
     meter: Meter,
     /// Detail records not yet written, kept until a write succeeds.
     pending_detail: Vec<DetailRecord>,
-    interval_start: (jiff::Timestamp, Instant),
+    interval_start: (Timestamp, Instant),
+    alerter: Alerter,
+    alarm: Option<UsageAlarm>,
+    clock: Clock,
 }
 
 impl Daemon {
-    /// Reads the counters, accounts the interval and writes the logs.
-    ///
-    /// A failed write is reported and retried at the next interval; counting goes on.
-    fn poll(&mut self, datapath: &mut Datapath, ledger: &mut Ledger) -> anyhow::Result<()> {
+    /// Reads the counters, accounts the interval, rolls quota periods, alerts,
+    /// and writes the logs. A failed write is reported and retried next interval.
+    fn poll(
+        &mut self,
+        datapath: &mut Datapath,
+        enforcer: &mut Enforcer,
+        ledger: &mut Ledger,
+        total: &mut crate::alerts::PeriodUsage,
+    ) -> anyhow::Result<()> {
         let snapshot = datapath.read()?;
-        let (end, end_instant) = (jiff::Timestamp::now(), Instant::now());
+        let (end, end_instant) = (Timestamp::now(), Instant::now());
         let usage = self.meter.advance(&snapshot);
         ledger.record(&usage);
+        let now = self.clock.now();
+        let mut events = enforcer
+            .tick(datapath.ebpf_mut(), now)
+            .map_err(anyhow::Error::msg)?;
+        if let Some(alarm) = &self.alarm {
+            let delivered: u64 = usage.pairs.iter().map(|p| p.counter.bytes).sum();
+            events.extend(alarm.add(total, delivered, now, datapath.iface()));
+        }
         let (start, start_instant) = self.interval_start;
         self.interval_start = (end, end_instant);
         self.pending_detail
             .push(DetailRecord::new(datapath.iface(), start, end, &usage));
 
-        if let Err(e) = self.files.save(ledger) {
-            log::warn!("{e}; keeping the previous file and retrying next interval");
+        // Persist first, so that an alert is never repeated after a restart.
+        self.save(datapath, enforcer, ledger, total);
+        for event in &events {
+            self.alerter.deliver(event);
         }
         while let Some(record) = self.pending_detail.first() {
             match logs::detail::append(&self.files.detail, record) {
@@ -234,5 +319,73 @@ impl Daemon {
             );
         }
         Ok(())
+    }
+
+    fn save(
+        &self,
+        datapath: &Datapath,
+        enforcer: &Enforcer,
+        ledger: &Ledger,
+        total: &crate::alerts::PeriodUsage,
+    ) {
+        let mut persisted = enforcer.persisted(datapath.ebpf());
+        persisted.total = total.clone();
+        if let Err(e) = self.files.save(ledger, &persisted) {
+            log::warn!("{e}; keeping the previous file and retrying next interval");
+        }
+    }
+
+    fn reload(&mut self, datapath: &mut Datapath, enforcer: &mut Enforcer, forced: bool) {
+        match enforcer.reload(datapath.ebpf_mut(), self.clock.now(), forced) {
+            Some(Ok(())) => log::info!("policy reloaded"),
+            Some(Err(e)) => log::error!("policy not reloaded: {e}; the policy in force stays"),
+            None => {}
+        }
+    }
+
+    fn handle(
+        &mut self,
+        request: Request,
+        datapath: &mut Datapath,
+        enforcer: &mut Enforcer,
+    ) -> Response {
+        let now = self.clock.now();
+        let ebpf = datapath.ebpf_mut();
+        let result = match request {
+            Request::AddRule { rule } => {
+                let text = rule.to_string();
+                enforcer.add_rule(ebpf, rule, now).map(|id| {
+                    log::info!("rule {id} added: {text}");
+                    serde_json::json!({ "id": id, "rule": text })
+                })
+            }
+            Request::RemoveRule { rule, id } => {
+                enforcer.remove_rule(ebpf, rule, id, now).map(|text| {
+                    log::info!("rule removed: {text}");
+                    serde_json::json!({ "removed": text })
+                })
+            }
+            Request::Rules => enforcer
+                .rules(ebpf)
+                .map(|r| serde_json::to_value(r).expect("serialises")),
+            Request::SetQuota { quota } => {
+                let name = quota.name.clone();
+                enforcer.set_quota(ebpf, quota, now).map(|id| {
+                    log::info!("quota '{name}' set (id {id})");
+                    serde_json::json!({ "id": id, "name": name })
+                })
+            }
+            Request::ResetQuota { name } => enforcer.reset_quota(ebpf, &name).map(|()| {
+                log::info!("quota '{name}' reset");
+                serde_json::json!({ "reset": name })
+            }),
+            Request::Quotas => enforcer
+                .quotas(ebpf, now)
+                .map(|q| serde_json::to_value(q).expect("serialises")),
+        };
+        match result {
+            Ok(value) => Response::Ok(value),
+            Err(e) => Response::Error(e),
+        }
     }
 }

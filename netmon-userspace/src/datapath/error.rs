@@ -40,6 +40,9 @@ pub enum DatapathError {
         #[source]
         source: ProgramError,
     },
+    /// The policy does not fit the datapath.
+    #[error("{0}")]
+    Policy(String),
     /// Reading a map failed.
     #[error("reading map {map} failed: {source}")]
     Map {

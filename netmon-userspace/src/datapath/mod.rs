@@ -1,6 +1,7 @@
 //! The kernel side as user space sees it: load netmon's eBPF object, attach it to
 //! an interface, read its maps. Every aya call netmon makes lives under this module.
 
+pub mod enforce;
 mod error;
 pub mod readout;
 
@@ -135,6 +136,16 @@ impl Datapath {
     /// The XDP mode actually in use.
     pub fn xdp_mode(&self) -> XdpMode {
         self.xdp_mode
+    }
+
+    /// The loaded object, for policy updates and counters.
+    pub fn ebpf(&self) -> &Ebpf {
+        &self.ebpf
+    }
+
+    /// The loaded object, mutably.
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
     }
 
     /// Reads the maps' cumulative counters.

@@ -14,8 +14,10 @@ use super::DatapathError;
 /// One pair's counters, summed over CPUs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct PairReading {
-    /// Frames and bytes since the entry was created.
+    /// Frames and bytes delivered since the entry was created.
     pub counter: Counter,
+    /// Frames and bytes the policy dropped since the entry was created.
+    pub dropped: Counter,
     /// Earliest first-seen over CPUs (`CLOCK_MONOTONIC` ns).
     pub first_seen_ns: u64,
     /// Latest last-seen over CPUs (`CLOCK_MONOTONIC` ns).
@@ -31,6 +33,10 @@ impl PairReading {
                 counter: acc.counter.plus(Counter {
                     frames: s.frames,
                     bytes: s.bytes,
+                }),
+                dropped: acc.dropped.plus(Counter {
+                    frames: s.dropped_frames,
+                    bytes: s.dropped_bytes,
                 }),
                 first_seen_ns: match (acc.first_seen_ns, s.first_seen_ns) {
                     (0, x) | (x, 0) => x,

@@ -47,6 +47,12 @@ pub struct PairRecord {
     pub frames: u64,
     /// Wire bytes during the interval.
     pub bytes: u64,
+    /// Frames the policy dropped during the interval (not in `frames`).
+    #[serde(default)]
+    pub dropped_frames: u64,
+    /// Bytes the policy dropped during the interval (not in `bytes`).
+    #[serde(default)]
+    pub dropped_bytes: u64,
 }
 
 /// Frames and bytes.
@@ -80,6 +86,9 @@ pub struct ProtocolRecord {
     pub malformed: CounterRecord,
     /// IP frames a full pair table could not attribute to a pair.
     pub table_full: CounterRecord,
+    /// Frames the policy dropped (included in `all`, `l3` and `l4`).
+    #[serde(default)]
+    pub dropped: CounterRecord,
 }
 
 impl From<&DirectionTotals> for ProtocolRecord {
@@ -96,6 +105,7 @@ impl From<&DirectionTotals> for ProtocolRecord {
                 .collect(),
             malformed: t.malformed.into(),
             table_full: t.table_full.into(),
+            dropped: t.dropped.into(),
         }
     }
 }
@@ -132,6 +142,8 @@ impl DetailRecord {
                 proto_num: d.key.proto,
                 frames: d.counter.frames,
                 bytes: d.counter.bytes,
+                dropped_frames: d.dropped.frames,
+                dropped_bytes: d.dropped.bytes,
             })
             .collect();
         let protocols = Direction::ALL

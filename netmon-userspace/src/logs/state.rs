@@ -10,7 +10,7 @@ use netmon_common::Counter;
 use serde::{Deserialize, Serialize};
 
 use super::LogError;
-use crate::accounting::Ledger;
+use crate::{accounting::Ledger, enforcer::PersistedPolicy};
 
 const FORMAT: &str = "netmon-state";
 const VERSION: u32 = 1;
@@ -20,6 +20,8 @@ struct StateFile {
     format: String,
     version: u32,
     pairs: Vec<StatePair>,
+    #[serde(default)]
+    policy: PersistedPolicy,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -35,8 +37,8 @@ pub fn path_for(log: &Path) -> std::path::PathBuf {
     log.with_extension("state.json")
 }
 
-/// Serialises the ledger.
-pub fn render(ledger: &Ledger) -> String {
+/// Serialises the ledger and the policy state.
+pub fn render(ledger: &Ledger, policy: &PersistedPolicy) -> String {
     let file = StateFile {
         format: FORMAT.into(),
         version: VERSION,
@@ -49,12 +51,13 @@ pub fn render(ledger: &Ledger) -> String {
                 frames: c.frames,
             })
             .collect(),
+        policy: policy.clone(),
     };
     serde_json::to_string(&file).expect("state serialises")
 }
 
 /// Parses a state file.
-pub fn parse(path: &Path, text: &str) -> Result<Ledger, LogError> {
+pub fn parse(path: &Path, text: &str) -> Result<(Ledger, PersistedPolicy), LogError> {
     let corrupt = |reason: String| LogError::Corrupt {
         path: path.to_path_buf(),
         what: "netmon state file",
@@ -67,7 +70,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Ledger, LogError> {
             file.format, file.version
         )));
     }
-    Ok(Ledger::from_pairs(file.pairs.into_iter().map(|p| {
+    let ledger = Ledger::from_pairs(file.pairs.into_iter().map(|p| {
         (
             (p.src, p.dst),
             Counter {
@@ -75,12 +78,13 @@ pub fn parse(path: &Path, text: &str) -> Result<Ledger, LogError> {
                 bytes: p.bytes,
             },
         )
-    })))
+    }));
+    Ok((ledger, file.policy))
 }
 
 /// Writes the state file atomically, readable by its owner only.
-pub fn write(path: &Path, ledger: &Ledger) -> Result<(), LogError> {
-    super::atomic::write(path, render(ledger).as_bytes(), 0o600)
+pub fn write(path: &Path, ledger: &Ledger, policy: &PersistedPolicy) -> Result<(), LogError> {
+    super::atomic::write(path, render(ledger, policy).as_bytes(), 0o600)
 }
 
 #[cfg(test)]
@@ -107,8 +111,9 @@ mod tests {
                 },
             ),
         ]);
-        let back = parse(Path::new("s"), &render(&ledger)).unwrap();
-        assert_eq!(back, ledger);
+        let policy = PersistedPolicy::default();
+        let back = parse(Path::new("s"), &render(&ledger, &policy)).unwrap();
+        assert_eq!(back, (ledger, policy));
         assert_eq!(
             path_for(Path::new("/x/network_log.json")),
             Path::new("/x/network_log.state.json")

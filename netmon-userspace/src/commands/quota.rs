@@ -1,0 +1,124 @@
+//! `netmon quota set|list|reset`.
+
+use clap::{Args, Subcommand};
+
+use super::{block::MatchArgs, rules::Format};
+use crate::{
+    console::human_bytes,
+    control::{self, Request},
+    enforcer::QuotaView,
+    policy::{Period, Quota},
+    units::parse_size,
+};
+
+/// `netmon quota …`.
+#[derive(Debug, Subcommand)]
+pub enum QuotaCommand {
+    /// Set (or replace) a byte budget for a CIDR.
+    Set(SetArgs),
+    /// List quotas: used, limit, %, next reset, whether blocked now.
+    List {
+        /// The daemon's interface (needed when several daemons run).
+        #[arg(long)]
+        iface: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Start a quota's period over: usage 0, traffic flows again.
+    Reset {
+        /// The quota's name (as `quota list` shows it).
+        name: String,
+        /// The daemon's interface (needed when several daemons run).
+        #[arg(long)]
+        iface: Option<String>,
+    },
+}
+
+/// Options of `netmon quota set`.
+#[derive(Debug, Args)]
+pub struct SetArgs {
+    #[command(flatten)]
+    pub matcher: MatchArgs,
+    /// Budget: 2GB, 500MiB, …
+    #[arg(value_parser = parse_size)]
+    pub limit: u64,
+    /// daily, weekly, monthly or total.
+    #[arg(long, default_value = "monthly")]
+    pub period: String,
+    /// First day of a monthly period (1 to 31).
+    #[arg(long)]
+    pub start_day: Option<u8>,
+    /// Warn at these percentages of the budget, e.g. 80,95.
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub warn: Vec<u8>,
+    /// Name [default: what it matches].
+    #[arg(long)]
+    pub name: Option<String>,
+}
+
+/// Runs a quota subcommand.
+pub fn run(command: &QuotaCommand) -> anyhow::Result<()> {
+    match command {
+        QuotaCommand::Set(args) => {
+            if args.limit == 0 {
+                anyhow::bail!("a quota of 0 bytes blocks everything; use `netmon block` instead");
+            }
+            let matcher = args
+                .matcher
+                .to_match(args.matcher.cidr.into_iter().collect())?;
+            let quota = Quota {
+                name: args.name.clone().unwrap_or_else(|| matcher.to_string()),
+                matcher,
+                limit: args.limit,
+                period: Period::parse(&args.period, args.start_day).map_err(anyhow::Error::msg)?,
+                warn: args.warn.clone(),
+            };
+            let answer = control::ask(args.matcher.iface.as_deref(), &Request::SetQuota { quota })?;
+            println!(
+                "quota '{}' set",
+                answer["name"].as_str().unwrap_or_default()
+            );
+        }
+        QuotaCommand::List { iface, format } => {
+            let answer = control::ask(iface.as_deref(), &Request::Quotas)?;
+            if *format == Format::Json {
+                println!("{}", serde_json::to_string_pretty(&answer)?);
+                return Ok(());
+            }
+            let quotas: Vec<QuotaView> = serde_json::from_value(answer)?;
+            if quotas.is_empty() {
+                println!("no quotas");
+                return Ok(());
+            }
+            println!(
+                "{:<20}  {:<24}  {:>10}  {:>10}  {:>6}  {:<10}  {:<21}  BLOCKED",
+                "NAME", "MATCH", "USED", "LIMIT", "%", "PERIOD", "NEXT RESET"
+            );
+            for q in quotas {
+                println!(
+                    "{:<20}  {:<24}  {:>10}  {:>10}  {:>5.1}%  {:<10}  {:<21}  {}",
+                    q.name,
+                    q.matches,
+                    human_bytes(q.used as f64),
+                    human_bytes(q.limit as f64),
+                    q.used as f64 * 100.0 / q.limit.max(1) as f64,
+                    q.period,
+                    q.next_reset
+                        .as_deref()
+                        .map(|t| &t[..t.len().min(19)])
+                        .unwrap_or("never"),
+                    if q.blocked { "yes" } else { "no" }
+                );
+            }
+        }
+        QuotaCommand::Reset { name, iface } => {
+            control::ask(
+                iface.as_deref(),
+                &Request::ResetQuota { name: name.clone() },
+            )?;
+            println!("quota '{name}' reset");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,199 @@
+//! Writing the compiled policy into the maps, as a diff, and reading what the
+//! rules and quotas did.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use aya::{
+    maps::{lpm_trie::Key, Array, LpmTrie, MapData, PerCpuArray, PerCpuValues},
+    util::nr_cpus,
+    Ebpf,
+};
+use netmon_common::{
+    policy::{
+        PolicyState, QuotaState, RuleList, MAX_RULE_LISTS, POLICY_MAP, PREFIXES_V4_MAP,
+        PREFIXES_V6_MAP, QUOTAS_MAP, RULE_LISTS_MAP, RULE_STATS_MAP,
+    },
+    Counter, Direction,
+};
+
+use super::DatapathError;
+use crate::policy::{compile::Tables, Cidr};
+
+/// What the kernel holds now, so that each update writes only the difference and
+/// never removes a prefix before its replacement is in place.
+#[derive(Debug, Default)]
+pub struct Enforcement {
+    prefixes: BTreeMap<Cidr, u32>,
+    lists: HashMap<RuleList, u32>,
+    last_generation: u32,
+}
+
+/// How much an update changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Prefixes added or re-pointed.
+    pub prefixes_written: usize,
+    /// Prefixes removed.
+    pub prefixes_removed: usize,
+    /// Rule lists written.
+    pub lists_written: usize,
+}
+
+fn map_error(map: &'static str) -> impl Fn(aya::maps::MapError) -> DatapathError {
+    move |source| DatapathError::Map { map, source }
+}
+
+fn map_mut<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut aya::maps::Map, DatapathError> {
+    ebpf.map_mut(name).ok_or(DatapathError::MissingMap(name))
+}
+
+impl Enforcement {
+    /// Makes the kernel enforce `tables`: new lists first, then prefixes added or
+    /// re-pointed, then stale prefixes removed, then the generation bumped so
+    /// that flows drop their cached decisions.
+    pub fn apply(&mut self, ebpf: &mut Ebpf, tables: &Tables) -> Result<Applied, DatapathError> {
+        let mut applied = Applied::default();
+        let mut in_use: HashSet<u32> = self.lists.values().copied().collect();
+        let mut free = (0..MAX_RULE_LISTS)
+            .filter(|id| !in_use.contains(id))
+            .collect::<Vec<_>>()
+            .into_iter();
+        let mut ids = Vec::with_capacity(tables.lists.len());
+        {
+            let mut lists: Array<&mut MapData, RuleList> =
+                Array::try_from(map_mut(ebpf, RULE_LISTS_MAP)?)
+                    .map_err(map_error(RULE_LISTS_MAP))?;
+            for list in &tables.lists {
+                let id = match self.lists.get(list) {
+                    Some(id) => *id,
+                    None => {
+                        let id = free.next().ok_or_else(|| {
+                            DatapathError::Policy(format!(
+                                "the policy needs more than {MAX_RULE_LISTS} distinct rule lists"
+                            ))
+                        })?;
+                        lists.set(id, list, 0).map_err(map_error(RULE_LISTS_MAP))?;
+                        applied.lists_written += 1;
+                        in_use.insert(id);
+                        id
+                    }
+                };
+                ids.push(id);
+            }
+        }
+        let wanted: BTreeMap<Cidr, u32> = tables
+            .prefixes
+            .iter()
+            .map(|(cidr, local)| (*cidr, ids[*local as usize]))
+            .collect();
+        {
+            let [v4, v6] = ebpf.maps_disjoint_mut([PREFIXES_V4_MAP, PREFIXES_V6_MAP]);
+            let mut v4: LpmTrie<&mut MapData, [u8; 4], u32> =
+                LpmTrie::try_from(v4.ok_or(DatapathError::MissingMap(PREFIXES_V4_MAP))?)
+                    .map_err(map_error(PREFIXES_V4_MAP))?;
+            let mut v6: LpmTrie<&mut MapData, [u8; 16], u32> =
+                LpmTrie::try_from(v6.ok_or(DatapathError::MissingMap(PREFIXES_V6_MAP))?)
+                    .map_err(map_error(PREFIXES_V6_MAP))?;
+            for (cidr, id) in &wanted {
+                if self.prefixes.get(cidr) == Some(id) {
+                    continue;
+                }
+                match cidr.addr() {
+                    std::net::IpAddr::V4(a) => {
+                        v4.insert(&Key::new(cidr.prefix_len() as u32, a.octets()), id, 0)
+                    }
+                    std::net::IpAddr::V6(a) => {
+                        v6.insert(&Key::new(cidr.prefix_len() as u32, a.octets()), id, 0)
+                    }
+                }
+                .map_err(map_error(PREFIXES_V4_MAP))?;
+                applied.prefixes_written += 1;
+            }
+            for cidr in self.prefixes.keys().filter(|c| !wanted.contains_key(c)) {
+                match cidr.addr() {
+                    std::net::IpAddr::V4(a) => v4.remove(&Key::new(cidr.prefix_len() as u32, a.octets())),
+                    std::net::IpAddr::V6(a) => v6.remove(&Key::new(cidr.prefix_len() as u32, a.octets())),
+                }
+                .map_err(map_error(PREFIXES_V4_MAP))?;
+                applied.prefixes_removed += 1;
+            }
+        }
+        // 0 tells the datapath there is no policy at all; otherwise never reuse a value.
+        let generation = if tables.is_empty() {
+            0
+        } else {
+            self.last_generation = self.last_generation.wrapping_add(1).max(1);
+            self.last_generation
+        };
+        let mut policy: Array<&mut MapData, PolicyState> =
+            Array::try_from(map_mut(ebpf, POLICY_MAP)?).map_err(map_error(POLICY_MAP))?;
+        policy
+            .set(
+                0,
+                PolicyState {
+                    generation,
+                    _pad: 0,
+                },
+                0,
+            )
+            .map_err(map_error(POLICY_MAP))?;
+        self.lists = tables.lists.iter().copied().zip(ids).collect();
+        self.prefixes = wanted;
+        Ok(applied)
+    }
+}
+
+/// Frames and bytes rule `id` decided, per direction, summed over CPUs.
+pub fn rule_counters(ebpf: &Ebpf, id: u32) -> Result<[Counter; 2], DatapathError> {
+    let stats: PerCpuArray<&MapData, Counter> = PerCpuArray::try_from(
+        ebpf.map(RULE_STATS_MAP)
+            .ok_or(DatapathError::MissingMap(RULE_STATS_MAP))?,
+    )
+    .map_err(map_error(RULE_STATS_MAP))?;
+    let mut out = [Counter::default(); 2];
+    for direction in Direction::ALL {
+        let per_cpu = stats
+            .get(&(id * 2 + direction as u32), 0)
+            .map_err(map_error(RULE_STATS_MAP))?;
+        out[direction as usize] = per_cpu.iter().fold(Counter::default(), |a, c| a.plus(*c));
+    }
+    Ok(out)
+}
+
+/// Zeroes rule `id`'s counters, before the id is given to a new rule.
+pub fn clear_rule_counters(ebpf: &mut Ebpf, id: u32) -> Result<(), DatapathError> {
+    let mut stats: PerCpuArray<&mut MapData, Counter> =
+        PerCpuArray::try_from(map_mut(ebpf, RULE_STATS_MAP)?).map_err(map_error(RULE_STATS_MAP))?;
+    let cpus = nr_cpus().map_err(|(_, e)| DatapathError::Policy(format!("counting CPUs: {e}")))?;
+    for direction in Direction::ALL {
+        let zero = PerCpuValues::try_from(vec![Counter::default(); cpus])
+            .map_err(|e| DatapathError::Policy(e.to_string()))?;
+        stats
+            .set(id * 2 + direction as u32, zero, 0)
+            .map_err(map_error(RULE_STATS_MAP))?;
+    }
+    Ok(())
+}
+
+/// Quota `id`'s budget and use.
+pub fn quota(ebpf: &Ebpf, id: u32) -> Result<QuotaState, DatapathError> {
+    let quotas: Array<&MapData, QuotaState> = Array::try_from(
+        ebpf.map(QUOTAS_MAP)
+            .ok_or(DatapathError::MissingMap(QUOTAS_MAP))?,
+    )
+    .map_err(map_error(QUOTAS_MAP))?;
+    quotas.get(&id, 0).map_err(map_error(QUOTAS_MAP))
+}
+
+/// Sets quota `id`'s budget and use (`used` 0 resets it).
+///
+/// A packet counted between the kernel's last add and this write is not
+/// carried over: a reset may forgive a few packets, never charge extra.
+pub fn set_quota(ebpf: &mut Ebpf, id: u32, state: QuotaState) -> Result<(), DatapathError> {
+    let mut quotas: Array<&mut MapData, QuotaState> =
+        Array::try_from(map_mut(ebpf, QUOTAS_MAP)?).map_err(map_error(QUOTAS_MAP))?;
+    quotas.set(id, state, 0).map_err(map_error(QUOTAS_MAP))
+}

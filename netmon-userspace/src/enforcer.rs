@@ -1,0 +1,515 @@
+//! The policy in force on one interface: rules and quotas from the policy file
+//! and from the CLI, their stable ids, quota periods and alerts.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    path::PathBuf,
+    time::SystemTime,
+};
+
+use aya::Ebpf;
+use jiff::{tz::TimeZone, Timestamp};
+use netmon_common::policy::{QuotaState, RuleKind, MAX_RULES};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    alerts::AlertEvent,
+    datapath::enforce::{self, Enforcement},
+    logs::detail::CounterRecord,
+    policy::{compile::compile, file, Item, PolicySet, Quota, Rule},
+};
+
+/// What survives a restart: CLI-made rules and quotas, and quota usage.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PersistedPolicy {
+    /// Rules and quotas added with the CLI.
+    #[serde(default)]
+    pub runtime: PolicySet,
+    /// Usage of every quota in its current period.
+    #[serde(default)]
+    pub quotas: Vec<QuotaUsage>,
+    /// Delivered bytes in the `--alert-threshold` period.
+    #[serde(default)]
+    pub total: crate::alerts::PeriodUsage,
+}
+
+/// One quota's usage, as persisted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuotaUsage {
+    /// Quota name.
+    pub name: String,
+    /// Bytes used in the period.
+    pub used: u64,
+    /// Start of the period the usage belongs to; absent for `total`.
+    pub period_start: Option<Timestamp>,
+    /// Warn levels already alerted in this period (100 = exhausted).
+    #[serde(default)]
+    pub fired: Vec<u8>,
+}
+
+/// A rule as `netmon rules` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleView {
+    /// Datapath id.
+    pub id: u32,
+    /// `block …` / `allow …`.
+    pub rule: String,
+    /// `file` or `cli`.
+    pub origin: String,
+    /// Frames and bytes it decided on ingress (dropped, or passed for allow).
+    pub ingress: CounterRecord,
+    /// The same on egress.
+    pub egress: CounterRecord,
+}
+
+/// A quota as `netmon quota list` shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct QuotaView {
+    /// Datapath id.
+    pub id: u32,
+    /// Name.
+    pub name: String,
+    /// What it matches.
+    pub matches: String,
+    /// `file` or `cli`.
+    pub origin: String,
+    /// Bytes used this period.
+    pub used: u64,
+    /// Budget.
+    pub limit: u64,
+    /// Period.
+    pub period: String,
+    /// Next reset (RFC 3339), absent for `total`.
+    pub next_reset: Option<String>,
+    /// True once the budget is spent: matching traffic is dropped.
+    pub blocked: bool,
+    /// Frames and bytes dropped because it was spent, both directions.
+    pub dropped: CounterRecord,
+}
+
+#[derive(Clone, Debug, Default)]
+struct QuotaPeriod {
+    start: Option<Timestamp>,
+    fired: BTreeSet<u8>,
+}
+
+/// The policy in force, and how to change it.
+pub struct Enforcer {
+    iface: String,
+    file: Option<PathBuf>,
+    file_stamp: Option<(SystemTime, u64)>,
+    file_set: PolicySet,
+    runtime: PolicySet,
+    ids: HashMap<String, u32>,
+    kernel: Enforcement,
+    periods: HashMap<String, QuotaPeriod>,
+    restored: HashMap<String, QuotaUsage>,
+    tz: TimeZone,
+}
+
+fn quota_key(name: &str) -> String {
+    format!("quota {name}")
+}
+
+impl Enforcer {
+    /// Reads the policy file (if any); nothing is written to the kernel yet.
+    pub fn new(
+        iface: &str,
+        file: Option<PathBuf>,
+        persisted: PersistedPolicy,
+        tz: TimeZone,
+    ) -> Result<Self, String> {
+        let mut enforcer = Enforcer {
+            iface: iface.to_string(),
+            file,
+            file_stamp: None,
+            file_set: PolicySet::default(),
+            runtime: persisted.runtime,
+            ids: HashMap::new(),
+            kernel: Enforcement::default(),
+            periods: HashMap::new(),
+            restored: persisted
+                .quotas
+                .into_iter()
+                .map(|q| (q.name.clone(), q))
+                .collect(),
+            tz,
+        };
+        if let Some(path) = enforcer.file.clone() {
+            enforcer.file_stamp = stamp(&path);
+            enforcer.file_set = file::load(&path)?;
+        }
+        Ok(enforcer)
+    }
+
+    /// Writes the whole policy into the kernel (at start and after every change).
+    /// On error nothing changes and the policy in force stays.
+    pub fn apply(&mut self, ebpf: &mut Ebpf, now: Timestamp) -> Result<(), String> {
+        let mut seen = HashMap::new();
+        for (origin, set) in [
+            ("the policy file", &self.file_set),
+            ("the CLI", &self.runtime),
+        ] {
+            for key in set
+                .rules
+                .iter()
+                .map(Rule::key)
+                .chain(set.quotas.iter().map(|q| quota_key(&q.name)))
+            {
+                if let Some(first) = seen.insert(key.clone(), origin) {
+                    return Err(format!(
+                        "{key} is defined twice (in {first} and in {origin})"
+                    ));
+                }
+            }
+        }
+        // Stable ids: a rule keeps its id (and counters) while it exists.
+        let mut ids: HashMap<String, u32> = HashMap::new();
+        let mut fresh = Vec::new();
+        let mut taken: BTreeSet<u32> = self
+            .ids
+            .iter()
+            .filter(|(k, _)| seen.contains_key(*k))
+            .map(|(_, id)| *id)
+            .collect();
+        for key in seen.keys() {
+            let id = match self.ids.get(key) {
+                Some(id) => *id,
+                None => {
+                    let id = (0..MAX_RULES)
+                        .find(|id| !taken.contains(id))
+                        .ok_or_else(|| format!("more than {MAX_RULES} rules and quotas"))?;
+                    taken.insert(id);
+                    fresh.push(id);
+                    id
+                }
+            };
+            ids.insert(key.clone(), id);
+        }
+        let rules = self.file_set.rules.iter().chain(&self.runtime.rules);
+        let quotas: Vec<&Quota> = self
+            .file_set
+            .quotas
+            .iter()
+            .chain(&self.runtime.quotas)
+            .collect();
+        let mut items: Vec<Item> = rules
+            .map(|r| Item {
+                id: ids[&r.key()],
+                kind: match r.action {
+                    crate::policy::Action::Block => RuleKind::Block,
+                    crate::policy::Action::Allow => RuleKind::Allow,
+                },
+                matcher: &r.matcher,
+            })
+            .collect();
+        items.extend(quotas.iter().map(|q| Item {
+            id: ids[&quota_key(&q.name)],
+            kind: RuleKind::Quota,
+            matcher: &q.matcher,
+        }));
+        let tables = compile(&items)?;
+
+        // Counters and budgets before the lists that use them go live.
+        let err = |e: crate::datapath::DatapathError| e.to_string();
+        for id in &fresh {
+            enforce::clear_rule_counters(ebpf, *id).map_err(err)?;
+        }
+        for quota in &quotas {
+            let id = ids[&quota_key(&quota.name)];
+            let start = quota.period.start_at(now, &self.tz);
+            let used = if fresh.contains(&id) {
+                let period = self.periods.entry(quota.name.clone()).or_default();
+                period.start = start;
+                period.fired.clear();
+                match self.restored.remove(&quota.name) {
+                    Some(r) if r.period_start == start => {
+                        period.fired = r.fired.into_iter().collect();
+                        r.used
+                    }
+                    _ => 0,
+                }
+            } else {
+                enforce::quota(ebpf, id).map_err(err)?.used
+            };
+            enforce::set_quota(
+                ebpf,
+                id,
+                QuotaState {
+                    limit: quota.limit,
+                    used,
+                },
+            )
+            .map_err(err)?;
+        }
+        let applied = self.kernel.apply(ebpf, &tables).map_err(err)?;
+        log::debug!("policy applied: {applied:?}");
+        self.periods
+            .retain(|name, _| ids.contains_key(&quota_key(name)));
+        self.ids = ids;
+        Ok(())
+    }
+
+    /// Re-reads the policy file when it changed (or when `force`, for SIGHUP).
+    /// An invalid file is reported and the policy in force stays.
+    pub fn reload(
+        &mut self,
+        ebpf: &mut Ebpf,
+        now: Timestamp,
+        force: bool,
+    ) -> Option<Result<(), String>> {
+        let path = self.file.clone()?;
+        let new_stamp = stamp(&path);
+        if !force && new_stamp == self.file_stamp {
+            return None;
+        }
+        self.file_stamp = new_stamp;
+        let set = match file::load(&path) {
+            Ok(set) => set,
+            Err(e) => return Some(Err(e)),
+        };
+        let previous = std::mem::replace(&mut self.file_set, set);
+        let result = self.apply(ebpf, now);
+        if result.is_err() {
+            self.file_set = previous;
+        }
+        Some(result)
+    }
+
+    /// Adds a CLI rule.
+    pub fn add_rule(&mut self, ebpf: &mut Ebpf, rule: Rule, now: Timestamp) -> Result<u32, String> {
+        rule.matcher.validate()?;
+        let key = rule.key();
+        self.runtime.rules.push(rule);
+        if let Err(e) = self.apply(ebpf, now) {
+            self.runtime.rules.pop();
+            return Err(e);
+        }
+        Ok(self.ids[&key])
+    }
+
+    /// Removes a CLI rule, chosen by its spelling or its id.
+    pub fn remove_rule(
+        &mut self,
+        ebpf: &mut Ebpf,
+        rule: Option<Rule>,
+        id: Option<u32>,
+        now: Timestamp,
+    ) -> Result<String, String> {
+        let wanted = |r: &Rule| match (&rule, id) {
+            (Some(want), _) => r.key() == want.key(),
+            (None, Some(id)) => self.ids.get(&r.key()) == Some(&id),
+            (None, None) => false,
+        };
+        if self.file_set.rules.iter().any(wanted) {
+            return Err(
+                "that rule comes from the policy file; remove it there (netmon re-reads the file)"
+                    .into(),
+            );
+        }
+        let Some(pos) = self.runtime.rules.iter().position(wanted) else {
+            return Err("no such rule; `netmon rules` lists them".into());
+        };
+        let removed = self.runtime.rules.remove(pos);
+        if let Err(e) = self.apply(ebpf, now) {
+            self.runtime.rules.insert(pos, removed);
+            return Err(e);
+        }
+        Ok(removed.to_string())
+    }
+
+    /// Adds or replaces a CLI quota.
+    pub fn set_quota(
+        &mut self,
+        ebpf: &mut Ebpf,
+        quota: Quota,
+        now: Timestamp,
+    ) -> Result<u32, String> {
+        quota.matcher.validate()?;
+        if self.file_set.quotas.iter().any(|q| q.name == quota.name) {
+            return Err(format!(
+                "quota '{}' comes from the policy file; change it there",
+                quota.name
+            ));
+        }
+        let previous = self.runtime.quotas.clone();
+        self.runtime.quotas.retain(|q| q.name != quota.name);
+        let name = quota.name.clone();
+        self.runtime.quotas.push(quota);
+        if let Err(e) = self.apply(ebpf, now) {
+            self.runtime.quotas = previous;
+            return Err(e);
+        }
+        Ok(self.ids[&quota_key(&name)])
+    }
+
+    /// Starts a quota's period over: usage 0, traffic flows again.
+    pub fn reset_quota(&mut self, ebpf: &mut Ebpf, name: &str) -> Result<(), String> {
+        let quota = self
+            .quota(name)
+            .ok_or_else(|| format!("no quota named '{name}'; `netmon quota list` lists them"))?;
+        let id = self.ids[&quota_key(name)];
+        enforce::set_quota(
+            ebpf,
+            id,
+            QuotaState {
+                limit: quota.limit,
+                used: 0,
+            },
+        )
+        .map_err(|e| e.to_string())?;
+        if let Some(period) = self.periods.get_mut(name) {
+            period.fired.clear();
+        }
+        Ok(())
+    }
+
+    fn quota(&self, name: &str) -> Option<Quota> {
+        self.file_set
+            .quotas
+            .iter()
+            .chain(&self.runtime.quotas)
+            .find(|q| q.name == name)
+            .cloned()
+    }
+
+    /// Resets quotas whose period ended, and returns the alerts newly due.
+    pub fn tick(&mut self, ebpf: &mut Ebpf, now: Timestamp) -> Result<Vec<AlertEvent>, String> {
+        let mut events = Vec::new();
+        let quotas: Vec<Quota> = self
+            .file_set
+            .quotas
+            .iter()
+            .chain(&self.runtime.quotas)
+            .cloned()
+            .collect();
+        for quota in quotas {
+            let id = self.ids[&quota_key(&quota.name)];
+            let start = quota.period.start_at(now, &self.tz);
+            let period = self.periods.entry(quota.name.clone()).or_default();
+            if period.start != start {
+                log::info!(
+                    "quota '{}': a new {} period began; usage starts again from 0",
+                    quota.name,
+                    quota.period
+                );
+                enforce::set_quota(
+                    ebpf,
+                    id,
+                    QuotaState {
+                        limit: quota.limit,
+                        used: 0,
+                    },
+                )
+                .map_err(|e| e.to_string())?;
+                period.start = start;
+                period.fired.clear();
+            }
+            let used = enforce::quota(ebpf, id).map_err(|e| e.to_string())?.used;
+            let mut levels: Vec<u8> = quota.warn.clone();
+            levels.push(100);
+            for level in levels {
+                if period.fired.contains(&level)
+                    || (used as u128) * 100 < level as u128 * quota.limit as u128
+                {
+                    continue;
+                }
+                period.fired.insert(level);
+                events.push(AlertEvent {
+                    event: if level == 100 {
+                        "quota_exhausted"
+                    } else {
+                        "quota_warning"
+                    },
+                    iface: self.iface.clone(),
+                    name: quota.name.clone(),
+                    level_percent: level,
+                    used_bytes: used,
+                    limit_bytes: quota.limit,
+                    period_start: period.start.map(|t| t.to_string()),
+                    time: now.to_string(),
+                });
+            }
+        }
+        Ok(events)
+    }
+
+    /// The rules with their counters.
+    pub fn rules(&self, ebpf: &Ebpf) -> Result<Vec<RuleView>, String> {
+        let mut out = Vec::new();
+        for (origin, set) in [("file", &self.file_set), ("cli", &self.runtime)] {
+            for rule in &set.rules {
+                let id = self.ids[&rule.key()];
+                let [ingress, egress] =
+                    enforce::rule_counters(ebpf, id).map_err(|e| e.to_string())?;
+                out.push(RuleView {
+                    id,
+                    rule: rule.to_string(),
+                    origin: origin.into(),
+                    ingress: ingress.into(),
+                    egress: egress.into(),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// The quotas with their usage.
+    pub fn quotas(&self, ebpf: &Ebpf, now: Timestamp) -> Result<Vec<QuotaView>, String> {
+        let mut out = Vec::new();
+        for (origin, set) in [("file", &self.file_set), ("cli", &self.runtime)] {
+            for quota in &set.quotas {
+                let id = self.ids[&quota_key(&quota.name)];
+                let state = enforce::quota(ebpf, id).map_err(|e| e.to_string())?;
+                let [i, e] = enforce::rule_counters(ebpf, id).map_err(|e| e.to_string())?;
+                out.push(QuotaView {
+                    id,
+                    name: quota.name.clone(),
+                    matches: quota.matcher.to_string(),
+                    origin: origin.into(),
+                    used: state.used,
+                    limit: state.limit,
+                    period: quota.period.to_string(),
+                    next_reset: quota
+                        .period
+                        .next_reset(&now.to_zoned(self.tz.clone()))
+                        .map(|z| z.timestamp().to_string()),
+                    blocked: state.used >= state.limit,
+                    dropped: i.plus(e).into(),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// What to persist now.
+    pub fn persisted(&self, ebpf: &Ebpf) -> PersistedPolicy {
+        let quotas = self
+            .file_set
+            .quotas
+            .iter()
+            .chain(&self.runtime.quotas)
+            .filter_map(|q| {
+                let id = self.ids.get(&quota_key(&q.name))?;
+                let used = enforce::quota(ebpf, *id).ok()?.used;
+                let period = self.periods.get(&q.name).cloned().unwrap_or_default();
+                Some(QuotaUsage {
+                    name: q.name.clone(),
+                    used,
+                    period_start: period.start,
+                    fired: period.fired.into_iter().collect(),
+                })
+            })
+            .collect();
+        PersistedPolicy {
+            runtime: self.runtime.clone(),
+            quotas,
+            total: Default::default(),
+        }
+    }
+}
+
+fn stamp(path: &std::path::Path) -> Option<(SystemTime, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}

@@ -1,0 +1,183 @@
+//! Compiling rules and quotas into the datapath's tables: a rule list per
+//! prefix, holding its own rules and those inherited from covering prefixes.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use netmon_common::policy::{RuleEntry, RuleList, MAX_RULES_PER_LIST};
+
+use super::{Cidr, Item};
+
+/// The compiled policy, ready to be written into the maps.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Tables {
+    /// Distinct rule lists; prefixes refer to them by index.
+    pub lists: Vec<RuleList>,
+    /// Every prefix (IPv4 and IPv6) and the index of its list.
+    pub prefixes: BTreeMap<Cidr, u32>,
+}
+
+impl Tables {
+    /// True when no rule or quota exists: the datapath can skip the policy.
+    pub fn is_empty(&self) -> bool {
+        self.prefixes.is_empty()
+    }
+}
+
+/// Compiles `items`. Fails when more than [`MAX_RULES_PER_LIST`] rules would
+/// apply to one address.
+pub fn compile(items: &[Item<'_>]) -> Result<Tables, String> {
+    let mut own: BTreeMap<Cidr, Vec<(u8, RuleEntry)>> = BTreeMap::new();
+    for item in items {
+        let (port, port_side) = item.matcher.port_condition();
+        let narrowness = (port != 0) as u8 * 2 + item.matcher.proto.is_some() as u8;
+        let cidrs: Vec<Cidr> = if item.matcher.cidrs.is_empty() {
+            vec![Cidr::any(false), Cidr::any(true)]
+        } else {
+            item.matcher.cidrs.clone()
+        };
+        for cidr in cidrs {
+            let entry = RuleEntry {
+                rule: item.id,
+                kind: item.kind as u8,
+                prefix_len: cidr.prefix_len(),
+                proto: item.matcher.proto.map_or(0, |p| p.0),
+                directions: item.matcher.direction.bits(),
+                port,
+                port_side,
+                _pad: [0; 5],
+            };
+            own.entry(cidr).or_default().push((narrowness, entry));
+        }
+    }
+    // Within one prefix: narrower rules first, then block, allow, quota, then by id.
+    for entries in own.values_mut() {
+        entries.sort_by_key(|(narrowness, e)| (std::cmp::Reverse(*narrowness), e.kind, e.rule));
+        entries.dedup_by_key(|(_, e)| (e.rule, e.kind));
+    }
+    let lengths: [BTreeSet<u8>; 2] = [false, true].map(|v6| {
+        own.keys()
+            .filter(|c| c.is_ipv6() == v6)
+            .map(|c| c.prefix_len())
+            .collect()
+    });
+
+    let mut tables = Tables::default();
+    let mut index_of: HashMap<RuleList, u32> = HashMap::new();
+    for cidr in own.keys() {
+        let mut entries: Vec<RuleEntry> = Vec::new();
+        // Own rules, then each covering prefix's, longest first.
+        for len in lengths[cidr.is_ipv6() as usize]
+            .iter()
+            .rev()
+            .filter(|l| **l <= cidr.prefix_len())
+        {
+            if let Some(rules) = own.get(&cidr.truncate(*len)) {
+                entries.extend(rules.iter().map(|(_, e)| *e));
+            }
+        }
+        if entries.len() > MAX_RULES_PER_LIST {
+            return Err(format!(
+                "{cidr} is covered by {} rules and quotas; at most {MAX_RULES_PER_LIST} can apply to one address: \
+                 merge or remove some",
+                entries.len()
+            ));
+        }
+        let mut list = RuleList {
+            len: entries.len() as u32,
+            port_free: entries.iter().all(|e| e.port == 0) as u32,
+            ..Default::default()
+        };
+        list.entries[..entries.len()].copy_from_slice(&entries);
+        let next = tables.lists.len() as u32;
+        let index = *index_of.entry(list).or_insert_with(|| {
+            tables.lists.push(list);
+            next
+        });
+        tables.prefixes.insert(*cidr, index);
+    }
+    Ok(tables)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{Directions, Match, Proto};
+    use netmon_common::policy::RuleKind;
+
+    fn cidr(s: &str) -> Cidr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn lists_inherit_covering_rules_most_specific_first() {
+        let block8 = Match {
+            cidrs: vec![cidr("10.0.0.0/8")],
+            ..Default::default()
+        };
+        let allow32 = Match {
+            cidrs: vec![cidr("10.1.2.3/32")],
+            ..Default::default()
+        };
+        let quic = Match {
+            proto: Some(Proto(17)),
+            dport: Some(443),
+            direction: Directions::Out,
+            ..Default::default()
+        };
+        let items = [
+            Item {
+                id: 0,
+                kind: RuleKind::Block,
+                matcher: &block8,
+            },
+            Item {
+                id: 1,
+                kind: RuleKind::Allow,
+                matcher: &allow32,
+            },
+            Item {
+                id: 2,
+                kind: RuleKind::Block,
+                matcher: &quic,
+            },
+        ];
+        let t = compile(&items).unwrap();
+        let list = |c: &str| t.lists[t.prefixes[&cidr(c)] as usize];
+        let rules = |c: &str| {
+            let l = list(c);
+            l.entries[..l.len as usize]
+                .iter()
+                .map(|e| (e.rule, e.prefix_len))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(rules("10.1.2.3/32"), vec![(1, 32), (0, 8), (2, 0)]);
+        assert_eq!(rules("10.0.0.0/8"), vec![(0, 8), (2, 0)]);
+        assert_eq!(rules("0.0.0.0/0"), vec![(2, 0)]);
+        assert_eq!(rules("::/0"), vec![(2, 0)]);
+        assert_eq!(list("::/0").port_free, 0);
+        // IPv4 /0 and IPv6 /0 hold the same list.
+        assert_eq!(t.prefixes[&cidr("0.0.0.0/0")], t.prefixes[&cidr("::/0")]);
+        assert_eq!(t.lists.len(), 3);
+    }
+
+    #[test]
+    fn too_many_rules_on_one_address_is_an_error() {
+        let matches: Vec<Match> = (0..5)
+            .map(|i| Match {
+                cidrs: vec![cidr("10.0.0.0/8")],
+                port: Some(1000 + i),
+                ..Default::default()
+            })
+            .collect();
+        let items: Vec<Item> = matches
+            .iter()
+            .enumerate()
+            .map(|(i, m)| Item {
+                id: i as u32,
+                kind: RuleKind::Block,
+                matcher: m,
+            })
+            .collect();
+        assert!(compile(&items).unwrap_err().contains("at most 4"));
+    }
+}

@@ -1,0 +1,331 @@
+//! The policy file (`--policy policy.toml`) and plain blocklist files.
+//!
+//! ```toml
+//! [[block]]
+//! cidr = "142.250.0.0/16"
+//!
+//! [[block]]              # the old QUIC block
+//! proto = "udp"
+//! dport = 443
+//!
+//! [[block]]
+//! file = "firehol_level1.netset"   # one CIDR per line, # comments
+//!
+//! [[allow]]
+//! cidr = "142.250.10.0/24"
+//!
+//! [[quota]]
+//! name = "google"
+//! cidr = "172.217.0.0/16"
+//! limit = "2GB"
+//! period = "monthly"
+//! start_day = 1
+//! warn = [80, 95]
+//! ```
+
+use std::{
+    collections::HashSet,
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{Action, Cidr, Directions, Match, Period, PolicySet, Proto, Quota, Rule};
+use crate::units::parse_size;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    block: Vec<Spanned<RawRule>>,
+    #[serde(default)]
+    allow: Vec<Spanned<RawRule>>,
+    #[serde(default)]
+    quota: Vec<Spanned<RawQuota>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMatch {
+    cidr: Option<String>,
+    file: Option<String>,
+    proto: Option<String>,
+    port: Option<i64>,
+    sport: Option<i64>,
+    dport: Option<i64>,
+    direction: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    #[serde(flatten)]
+    matcher: RawMatch,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawQuota {
+    name: Option<String>,
+    limit: toml::Value,
+    period: String,
+    start_day: Option<i64>,
+    warn: Option<Vec<i64>>,
+    #[serde(flatten)]
+    matcher: RawMatch,
+}
+
+/// Reads and validates a policy file. Errors are `FILE:LINE: reason`.
+pub fn load(path: &Path) -> Result<PolicySet, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("{}: {e}; check the --policy path", path.display()))?;
+    parse(path, &text)
+}
+
+/// Parses policy text; `path` names it in errors and anchors relative `file =` paths.
+pub fn parse(path: &Path, text: &str) -> Result<PolicySet, String> {
+    let at = |offset: usize, why: String| {
+        let line = text[..offset.min(text.len())].matches('\n').count() + 1;
+        format!("{}:{line}: {why}", path.display())
+    };
+    let raw: RawFile = toml::from_str(text).map_err(|e| {
+        let offset = e.span().map_or(0, |s| s.start);
+        at(offset, e.message().to_string())
+    })?;
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let mut set = PolicySet::default();
+    let mut seen = HashSet::new();
+    for (action, entries) in [(Action::Block, &raw.block), (Action::Allow, &raw.allow)] {
+        for entry in entries {
+            let offset = entry.span().start;
+            let (matcher, source) =
+                to_match(&entry.get_ref().matcher, &base).map_err(|e| at(offset, e))?;
+            let rule = Rule {
+                action,
+                matcher,
+                source,
+            };
+            if !seen.insert(rule.key()) {
+                return Err(at(offset, format!("duplicate rule: {rule}")));
+            }
+            set.rules.push(rule);
+        }
+    }
+    for entry in &raw.quota {
+        let offset = entry.span().start;
+        let quota = to_quota(entry.get_ref(), &base).map_err(|e| at(offset, e))?;
+        if !seen.insert(format!("quota {}", quota.name)) {
+            return Err(at(offset, format!("duplicate quota name '{}'", quota.name)));
+        }
+        set.quotas.push(quota);
+    }
+    Ok(set)
+}
+
+fn port(value: Option<i64>, what: &str) -> Result<Option<u16>, String> {
+    value
+        .map(|p| u16::try_from(p).map_err(|_| format!("{what} {p} is not a port (1 to 65535)")))
+        .transpose()
+}
+
+fn to_match(raw: &RawMatch, base: &Path) -> Result<(Match, Option<String>), String> {
+    let mut source = None;
+    let cidrs = match (&raw.cidr, &raw.file) {
+        (Some(_), Some(_)) => return Err("give either cidr or file, not both".into()),
+        (Some(c), None) => vec![c.parse::<Cidr>()?],
+        (None, Some(f)) => {
+            let path = resolve(base, f);
+            source = Some(path.display().to_string());
+            read_blocklist(&path)?
+        }
+        (None, None) => vec![],
+    };
+    let matcher = Match {
+        cidrs,
+        proto: raw.proto.as_deref().map(str::parse::<Proto>).transpose()?,
+        port: port(raw.port, "port")?,
+        sport: port(raw.sport, "sport")?,
+        dport: port(raw.dport, "dport")?,
+        direction: match raw.direction.as_deref() {
+            None | Some("both") => Directions::Both,
+            Some("in") => Directions::In,
+            Some("out") => Directions::Out,
+            Some(other) => return Err(format!("direction '{other}' is not in, out or both")),
+        },
+    };
+    matcher.validate()?;
+    Ok((matcher, source))
+}
+
+fn to_quota(raw: &RawQuota, base: &Path) -> Result<Quota, String> {
+    let (matcher, _) = to_match(&raw.matcher, base)?;
+    let limit = match &raw.limit {
+        toml::Value::String(s) => parse_size(s)?,
+        toml::Value::Integer(n) if *n > 0 => *n as u64,
+        other => {
+            return Err(format!(
+                "limit {other} is not a size; write it like \"2GB\""
+            ))
+        }
+    };
+    if limit == 0 {
+        return Err("a quota limit of 0 bytes blocks everything; use a block rule".into());
+    }
+    let start_day = raw
+        .start_day
+        .map(|d| {
+            u8::try_from(d)
+                .map_err(|_| format!("start day {d} is not a day of the month (1 to 31)"))
+        })
+        .transpose()?;
+    let period = Period::parse(&raw.period, start_day)?;
+    let warn = raw
+        .warn
+        .iter()
+        .flatten()
+        .map(|p| match u8::try_from(*p) {
+            Ok(p @ 1..=100) => Ok(p),
+            _ => Err(format!("warn level {p} is not a percentage from 1 to 100")),
+        })
+        .collect::<Result<Vec<u8>, String>>()?;
+    let name = match &raw.name {
+        Some(n) if !n.trim().is_empty() => n.trim().to_string(),
+        _ => matcher.to_string(),
+    };
+    Ok(Quota {
+        name,
+        matcher,
+        limit,
+        period,
+        warn,
+    })
+}
+
+fn resolve(base: &Path, file: &str) -> PathBuf {
+    let p = Path::new(file);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}
+
+/// Reads a plain blocklist: one CIDR or address per line, `#` comments
+/// (FireHOL `.netset`/`.ipset` style). Errors are `FILE:LINE: reason`.
+pub fn read_blocklist(path: &Path) -> Result<Vec<Cidr>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("{}: {e}; check the blocklist path", path.display()))?;
+    let mut cidrs = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let entry = line.split('#').next().unwrap_or("").trim();
+        if entry.is_empty() {
+            continue;
+        }
+        cidrs.push(
+            entry
+                .parse::<Cidr>()
+                .map_err(|e| format!("{}:{}: {e}", path.display(), n + 1))?,
+        );
+    }
+    if cidrs.is_empty() {
+        return Err(format!("{}: no CIDRs in the file", path.display()));
+    }
+    cidrs.sort();
+    cidrs.dedup();
+    Ok(cidrs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[[block]]
+cidr = "142.250.0.0/16"
+
+[[block]]
+proto = "udp"
+dport = 443
+
+[[allow]]
+cidr = "142.250.10.0/24"
+
+[[quota]]
+name = "google"
+cidr = "172.217.0.0/16"
+limit = "2GB"
+period = "monthly"
+start_day = 1
+warn = [80, 95]
+"#;
+
+    #[test]
+    fn reads_rules_and_quotas() {
+        let set = parse(Path::new("p.toml"), GOOD).unwrap();
+        let rules: Vec<String> = set.rules.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            rules,
+            [
+                "block 142.250.0.0/16",
+                "block any udp dport 443",
+                "allow 142.250.10.0/24"
+            ]
+        );
+        assert_eq!(set.quotas[0].limit, 2_000_000_000);
+        assert_eq!(set.quotas[0].period, Period::Monthly { start_day: 1 });
+        assert_eq!(set.quotas[0].warn, vec![80, 95]);
+    }
+
+    #[test]
+    fn errors_name_file_and_line() {
+        let cases = [
+            (
+                "[[block]]\ncidr = \"1.2.3.0/33\"\n",
+                "p.toml:1: '1.2.3.0/33' is not a valid CIDR",
+            ),
+            (
+                "[[block]]\ncidr = \"10.0.0.0/8\"\n\n[[block]]\ncidr = \"10.0.0.0/8\"\n",
+                "p.toml:4: duplicate rule",
+            ),
+            (
+                "[[quota]]\ncidr = \"10.0.0.0/8\"\nlimit = \"-5MB\"\nperiod = \"daily\"\n",
+                "negative",
+            ),
+            (
+                "[[quota]]\ncidr = \"10.0.0.0/8\"\nlimit = \"5XB\"\nperiod = \"daily\"\n",
+                "unknown unit",
+            ),
+            (
+                "[[quota]]\ncidr = \"10.0.0.0/8\"\nlimit = \"5MB\"\nperiod = \"hourly\"\n",
+                "p.toml:1: 'hourly' is not a period",
+            ),
+            ("[[block]]\ncidr = \"bogus\"\n", "p.toml:1:"),
+            (
+                "[[block]]\ncdir = \"10.0.0.0/8\"\n",
+                "p.toml:1: unknown field `cdir`",
+            ),
+            ("[[block]\n", "p.toml:1:"),
+        ];
+        for (text, want) in cases {
+            let err = parse(Path::new("p.toml"), text).unwrap_err();
+            assert!(err.contains(want), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn blocklists_skip_comments_and_name_bad_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("list.netset");
+        std::fs::write(&path, "# FireHOL\n10.0.0.0/8\n192.0.2.1 # host\n\n").unwrap();
+        let cidrs = read_blocklist(&path).unwrap();
+        assert_eq!(
+            cidrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            ["10.0.0.0/8", "192.0.2.1/32"]
+        );
+        std::fs::write(&path, "10.0.0.0/8\nnot-an-ip\n").unwrap();
+        assert!(read_blocklist(&path).unwrap_err().ends_with(
+            "list.netset:2: 'not-an-ip' is not a CIDR: 'not-an-ip' is not an IP address"
+        ));
+    }
+}

@@ -1,0 +1,310 @@
+//! What netmon enforces: block and allow rules and byte quotas, as the user
+//! writes them (policy file, CLI), and their compilation into datapath tables.
+//!
+//! Pure logic; `crate::datapath::enforce` writes the result into the kernel.
+
+pub mod cidr;
+pub mod compile;
+pub mod file;
+pub mod period;
+
+use std::fmt;
+
+use netmon_common::{
+    classify::{PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP},
+    policy::{RuleKind, DIRECTION_IN, DIRECTION_OUT, PORT_DESTINATION, PORT_EITHER, PORT_SOURCE},
+};
+use serde::{Deserialize, Serialize};
+
+pub use cidr::Cidr;
+pub use period::Period;
+
+/// Which directions a rule covers.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Directions {
+    /// Received traffic only.
+    In,
+    /// Sent traffic only.
+    Out,
+    /// Both.
+    #[default]
+    Both,
+}
+
+impl Directions {
+    fn bits(self) -> u8 {
+        match self {
+            Directions::In => DIRECTION_IN,
+            Directions::Out => DIRECTION_OUT,
+            Directions::Both => DIRECTION_IN | DIRECTION_OUT,
+        }
+    }
+}
+
+/// An L4 protocol: a name (`tcp`, `udp`, `icmp`, `icmpv6`) or a number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Proto(pub u8);
+
+impl std::str::FromStr for Proto {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Proto, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "tcp" => Ok(Proto(PROTO_TCP)),
+            "udp" => Ok(Proto(PROTO_UDP)),
+            "icmp" => Ok(Proto(PROTO_ICMP)),
+            "icmpv6" | "ipv6-icmp" => Ok(Proto(PROTO_ICMPV6)),
+            other => match other.parse::<u8>() {
+                Ok(0) | Err(_) => Err(format!(
+                    "'{s}' is not a protocol; use tcp, udp, icmp, icmpv6 or a number from 1 to 255"
+                )),
+                Ok(n) => Ok(Proto(n)),
+            },
+        }
+    }
+}
+
+impl TryFrom<String> for Proto {
+    type Error = String;
+    fn try_from(s: String) -> Result<Proto, String> {
+        s.parse()
+    }
+}
+
+impl From<Proto> for String {
+    fn from(p: Proto) -> String {
+        p.to_string()
+    }
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            PROTO_TCP => write!(f, "tcp"),
+            PROTO_UDP => write!(f, "udp"),
+            PROTO_ICMP => write!(f, "icmp"),
+            PROTO_ICMPV6 => write!(f, "icmpv6"),
+            n => write!(f, "{n}"),
+        }
+    }
+}
+
+/// Which packets a rule or quota is about.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Match {
+    /// Source or destination inside one of these; empty means any address.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cidrs: Vec<Cidr>,
+    /// L4 protocol, or any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proto: Option<Proto>,
+    /// Source or destination port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// Source port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sport: Option<u16>,
+    /// Destination port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dport: Option<u16>,
+    /// Directions covered.
+    #[serde(default)]
+    pub direction: Directions,
+}
+
+impl Match {
+    /// Checks the combination: at most one port condition, ports non-zero, an
+    /// address list only when imported (`cidrs` of more than one come from files).
+    pub fn validate(&self) -> Result<(), String> {
+        let ports = [self.port, self.sport, self.dport];
+        if ports.iter().flatten().count() > 1 {
+            return Err("give at most one of port, sport and dport".into());
+        }
+        if ports.iter().flatten().any(|p| *p == 0) {
+            return Err("port 0 is not a port; leave the port out to match every port".into());
+        }
+        if ports.iter().flatten().count() == 1 {
+            if let Some(p) = self.proto {
+                if p.0 != PROTO_TCP && p.0 != PROTO_UDP {
+                    return Err(format!("{p} has no ports; ports go with tcp or udp"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// (port, side) for the datapath.
+    fn port_condition(&self) -> (u16, u8) {
+        match (self.port, self.sport, self.dport) {
+            (Some(p), _, _) => (p, PORT_EITHER),
+            (_, Some(p), _) => (p, PORT_SOURCE),
+            (_, _, Some(p)) => (p, PORT_DESTINATION),
+            _ => (0, PORT_EITHER),
+        }
+    }
+}
+
+impl fmt::Display for Match {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts: Vec<String> = Vec::new();
+        match self.cidrs.len() {
+            0 => parts.push("any".into()),
+            1 => parts.push(self.cidrs[0].to_string()),
+            n => parts.push(format!("{} (+{} more)", self.cidrs[0], n - 1)),
+        }
+        if let Some(p) = self.proto {
+            parts.push(p.to_string());
+        }
+        if let Some(p) = self.port {
+            parts.push(format!("port {p}"));
+        }
+        if let Some(p) = self.sport {
+            parts.push(format!("sport {p}"));
+        }
+        if let Some(p) = self.dport {
+            parts.push(format!("dport {p}"));
+        }
+        match self.direction {
+            Directions::In => parts.push("in".into()),
+            Directions::Out => parts.push("out".into()),
+            Directions::Both => {}
+        }
+        write!(f, "{}", parts.join(" "))
+    }
+}
+
+/// Block or allow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Drop matching packets.
+    Block,
+    /// Let matching packets through, as an exception to less specific blocks.
+    Allow,
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Action::Block => "block",
+            Action::Allow => "allow",
+        })
+    }
+}
+
+/// A block or allow rule.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Rule {
+    /// What it does.
+    pub action: Action,
+    /// What it matches.
+    #[serde(flatten)]
+    pub matcher: Match,
+    /// Where it was imported from, when it came from a blocklist file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+}
+
+impl Rule {
+    /// The rule's identity: two rules with the same key are duplicates.
+    pub fn key(&self) -> String {
+        match &self.source {
+            Some(src) => format!("{} list {src} {}", self.action, self.matcher),
+            None => format!("{} {}", self.action, self.matcher),
+        }
+    }
+}
+
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.source {
+            Some(src) => write!(f, "{} {} from {src}", self.action, self.matcher),
+            None => write!(f, "{} {}", self.action, self.matcher),
+        }
+    }
+}
+
+/// A byte budget over a period.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Quota {
+    /// Name used in the CLI, logs and alerts.
+    pub name: String,
+    /// Which traffic counts against it.
+    #[serde(flatten)]
+    pub matcher: Match,
+    /// Budget in bytes.
+    pub limit: u64,
+    /// When usage starts again from zero.
+    pub period: Period,
+    /// Percentages of the budget at which to warn.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warn: Vec<u8>,
+}
+
+/// Rules and quotas from one source (the policy file, or the CLI).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicySet {
+    /// Block and allow rules.
+    #[serde(default)]
+    pub rules: Vec<Rule>,
+    /// Quotas.
+    #[serde(default)]
+    pub quotas: Vec<Quota>,
+}
+
+/// One enforceable item with its datapath id, for compilation.
+#[derive(Clone, Debug)]
+pub struct Item<'a> {
+    /// Rule id (counters and quota state index).
+    pub id: u32,
+    /// Block, allow or quota.
+    pub kind: RuleKind,
+    /// What it matches.
+    pub matcher: &'a Match,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn match_validation_and_display() {
+        let m = Match {
+            cidrs: vec!["142.250.0.0/16".parse().unwrap()],
+            proto: Some("udp".parse().unwrap()),
+            dport: Some(443),
+            direction: Directions::Out,
+            ..Default::default()
+        };
+        m.validate().unwrap();
+        assert_eq!(m.to_string(), "142.250.0.0/16 udp dport 443 out");
+        let both = Match {
+            port: Some(1),
+            dport: Some(2),
+            ..Default::default()
+        };
+        assert!(both.validate().is_err());
+        let icmp_port = Match {
+            proto: Some(Proto(1)),
+            port: Some(7),
+            ..Default::default()
+        };
+        assert!(icmp_port.validate().unwrap_err().contains("no ports"));
+        assert!("sctp".parse::<Proto>().is_err());
+        assert_eq!("132".parse::<Proto>().unwrap(), Proto(132));
+    }
+}
