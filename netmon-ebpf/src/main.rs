@@ -46,7 +46,7 @@ pub fn netmon_egress(ctx: TcContext) -> i32 {
     let (frames, bytes) = wire_cost(ctx.len() as u64, gso_segs, header_len);
     match record::frame(&ctx, Direction::Egress, &class, frames, bytes) {
         Verdict::Pass => TC_ACT_UNSPEC,
-        Verdict::Drop => TC_ACT_SHOT as i32,
+        Verdict::Drop => TC_ACT_SHOT,
     }
 }
 

@@ -158,3 +158,11 @@ pub fn run_once(host: &Host, args: &[&str]) -> Result<std::process::Output> {
         .output()
         .context("running netmon")
 }
+
+/// Runs a `netmon` CLI command (block, rules, quota …) from the test process.
+pub fn cli(args: &[&str]) -> Result<std::process::Output> {
+    std::process::Command::new(binary())
+        .args(args)
+        .output()
+        .context("running the netmon CLI")
+}

@@ -27,6 +27,10 @@ pub struct Host {
     pub ipv4: Ipv4Addr,
     /// Its IPv6 address (/64).
     pub ipv6: Ipv6Addr,
+    /// A second IPv4 address, for "other traffic" next to a blocked one.
+    pub ipv4_alt: Ipv4Addr,
+    /// A second IPv6 address.
+    pub ipv6_alt: Ipv6Addr,
 }
 
 impl Host {
@@ -119,6 +123,8 @@ impl TestNet {
             mac: [0x02, 0, 0, 0, id as u8, last],
             ipv4: Ipv4Addr::new(10, 200, 0, last),
             ipv6: Ipv6Addr::new(0xfd00, 0x200, 0, 0, 0, 0, 0, last as u16),
+            ipv4_alt: Ipv4Addr::new(10, 200, 0, last + 10),
+            ipv6_alt: Ipv6Addr::new(0xfd00, 0x200, 0, 0, 0, 0, 0, last as u16 + 10),
         };
         let net = TestNet {
             a: host('a', 1),

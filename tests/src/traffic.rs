@@ -37,25 +37,40 @@ pub fn frame_len(dst: IpAddr, payload: usize) -> u64 {
 /// Sends one UDP datagram per entry of `sizes` from `from` to `dst:port` on `to`,
 /// and returns once `to` has received every one.
 pub fn udp(from: &Host, to: &Host, dst: IpAddr, port: u16, sizes: &[usize]) -> Result<()> {
-    let expected: Vec<usize> = sizes.to_vec();
+    let got = udp_received(from, to, dst, port, sizes, TIMEOUT)?;
+    ensure!(got == sizes, "UDP sink received {got:?}, sent {sizes:?}");
+    Ok(())
+}
+
+/// Sends one UDP datagram per entry of `sizes` and returns the sizes of those
+/// that arrived, waiting up to `quiet` for each next one.
+pub fn udp_received(
+    from: &Host,
+    to: &Host,
+    dst: IpAddr,
+    port: u16,
+    sizes: &[usize],
+    quiet: Duration,
+) -> Result<Vec<usize>> {
     let count = sizes.len();
     let (ready_tx, ready_rx) = mpsc::channel();
     let bind: SocketAddr = (unspecified(dst), port).into();
     let sink = to.spawn(move || -> Result<Vec<usize>> {
         let socket = UdpSocket::bind(bind).context("binding the UDP sink")?;
-        socket.set_read_timeout(Some(TIMEOUT))?;
+        socket.set_read_timeout(Some(quiet))?;
         ready_tx.send(()).ok();
         let mut buf = vec![0u8; 65536];
         let mut got = Vec::with_capacity(count);
         while got.len() < count {
-            let n = socket.recv(&mut buf).context("UDP sink timed out")?;
-            got.push(n);
+            match socket.recv(&mut buf) {
+                Ok(n) => got.push(n),
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => break,
+                Err(e) => return Err(e.into()),
+            }
         }
         Ok(got)
     });
-    ready_rx
-        .recv_timeout(TIMEOUT)
-        .context("UDP sink did not start")?;
+    ready_rx.recv_timeout(TIMEOUT).context("UDP sink did not start")?;
     let sizes = sizes.to_vec();
     from.run(move || -> Result<()> {
         let socket = UdpSocket::bind((unspecified(dst), 0))?;
@@ -65,14 +80,7 @@ pub fn udp(from: &Host, to: &Host, dst: IpAddr, port: u16, sizes: &[usize]) -> R
         }
         Ok(())
     })??;
-    let got = sink
-        .join()
-        .map_err(|_| anyhow::anyhow!("UDP sink panicked"))??;
-    ensure!(
-        got == expected,
-        "UDP sink received {got:?}, sent {expected:?}"
-    );
-    Ok(())
+    sink.join().map_err(|_| anyhow::anyhow!("UDP sink panicked"))?
 }
 
 /// Sends `bytes` bytes over one TCP connection from `from` to `dst:port` on `to`,

@@ -1,91 +1,22 @@
 //! The loaded XDP and TC programs, run on hand-built frames with
 //! BPF_PROG_TEST_RUN: each test checks the verdict and the exact map contents.
 
-use std::{
-    collections::BTreeMap,
-    net::{Ipv4Addr, Ipv6Addr},
-};
+mod common;
 
-use aya::{
-    maps::{PerCpuArray, PerCpuHashMap, PerCpuValues},
-    programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
-    util::nr_cpus,
-    Ebpf,
-};
-use netmon::datapath::{self, readout, LoadOptions, EGRESS_PROGRAM, INGRESS_PROGRAM};
-use netmon_common::{
-    classify,
-    maps::{PAIRS_MAP, TOTALS_MAP},
-    Counter, Direction, DirectionTotals, PairKey, PairStats, L3, L4,
-};
+use std::{collections::BTreeMap, net::Ipv4Addr};
+
+use aya::Ebpf;
+use common::*;
+use netmon::datapath::{self, readout, LoadOptions};
+use netmon_common::{classify, Counter, Direction, DirectionTotals, PairKey, L3, L4};
 use netmon_tests::frames::{boundaries, build, Layer};
 
-const XDP_PASS: u32 = 2;
-/// TC_ACT_UNSPEC: "continue with the next program", netmon's egress verdict.
-const TC_NEXT: u32 = u32::MAX;
-const CAPACITY: u32 = 1024;
-
-const V4_SRC: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 1);
-const V4_DST: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 2);
-const V6_SRC: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x200, 0, 0, 0, 0, 0, 1);
-const V6_DST: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x200, 0, 0, 0, 0, 0, 2);
-
-fn load() -> Ebpf {
-    datapath::load(&LoadOptions {
-        max_pairs: CAPACITY,
-    })
-    .expect("load netmon's programs (run the tests as root)")
-}
-
-/// Empties the pair table and zeroes the totals, so one load serves many frames.
-fn reset(ebpf: &mut Ebpf) {
-    let mut pairs: PerCpuHashMap<_, PairKey, PairStats> =
-        PerCpuHashMap::try_from(ebpf.map_mut(PAIRS_MAP).unwrap()).unwrap();
-    let keys: Vec<PairKey> = pairs.keys().map(Result::unwrap).collect();
-    for key in keys {
-        pairs.remove(&key).unwrap();
-    }
-    let mut totals: PerCpuArray<_, DirectionTotals> =
-        PerCpuArray::try_from(ebpf.map_mut(TOTALS_MAP).unwrap()).unwrap();
-    let cpus = nr_cpus().unwrap();
-    for direction in 0..2 {
-        let zero = PerCpuValues::try_from(vec![DirectionTotals::default(); cpus]).unwrap();
-        totals.set(direction, zero, 0).unwrap();
-    }
-}
-
 fn run_xdp(ebpf: &mut Ebpf, frame: &[u8]) {
-    let prog: &mut Xdp = datapath::program(ebpf, INGRESS_PROGRAM).unwrap();
-    let opts = TestRunOptions {
-        data_in: Some(frame),
-        ..TestRunOptions::new()
-    };
-    let result = prog.test_run(opts).expect("XDP test run");
-    assert_eq!(result.return_value, XDP_PASS, "XDP verdict");
-}
-
-/// `__sk_buff` with only `gso_segs` and `gso_size` set (offsets from the UAPI header).
-fn skb_ctx(gso_segs: u32, gso_size: u32) -> [u8; 192] {
-    let mut ctx = [0u8; 192];
-    ctx[164..168].copy_from_slice(&gso_segs.to_ne_bytes());
-    ctx[176..180].copy_from_slice(&gso_size.to_ne_bytes());
-    ctx
+    assert_eq!(xdp(ebpf, frame), XDP_PASS, "XDP verdict");
 }
 
 fn run_tc(ebpf: &mut Ebpf, frame: &[u8], gso: Option<(u32, u32)>) {
-    let prog: &mut SchedClassifier = datapath::program(ebpf, EGRESS_PROGRAM).unwrap();
-    let ctx = gso.map(|(segs, size)| skb_ctx(segs, size));
-    let opts = TestRunOptions {
-        data_in: Some(frame),
-        ctx_in: ctx.as_ref().map(|c| &c[..]),
-        ..TestRunOptions::new()
-    };
-    let result = prog.test_run(opts).expect("TC test run");
-    assert_eq!(result.return_value, TC_NEXT, "TC verdict");
-}
-
-fn v4(addr: Ipv4Addr) -> [u8; 16] {
-    addr.to_ipv6_mapped().octets()
+    assert_eq!(tc(ebpf, frame, gso), TC_NEXT, "TC verdict");
 }
 
 /// What one frame must leave in the maps.

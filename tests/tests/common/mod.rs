@@ -1,0 +1,96 @@
+//! Running the loaded programs with BPF_PROG_TEST_RUN, shared by the test-run suites.
+#![allow(dead_code)]
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use aya::{
+    maps::{PerCpuArray, PerCpuHashMap, PerCpuValues},
+    programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
+    util::nr_cpus,
+    Ebpf,
+};
+use netmon::datapath::{self, LoadOptions, EGRESS_PROGRAM, INGRESS_PROGRAM};
+use netmon_common::{
+    maps::{PAIRS_MAP, TOTALS_MAP},
+    DirectionTotals, PairKey, PairStats,
+};
+
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const TC_SHOT: u32 = 2;
+/// TC_ACT_UNSPEC: "continue with the next program", netmon's egress pass.
+pub const TC_NEXT: u32 = u32::MAX;
+pub const CAPACITY: u32 = 1024;
+
+pub const V4_SRC: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 1);
+pub const V4_DST: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 2);
+pub const V6_SRC: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x200, 0, 0, 0, 0, 0, 1);
+pub const V6_DST: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x200, 0, 0, 0, 0, 0, 2);
+
+pub fn load() -> Ebpf {
+    datapath::load(&LoadOptions {
+        max_pairs: CAPACITY,
+    })
+    .expect("load netmon's programs (run the tests as root)")
+}
+
+/// Runs the XDP program once; returns its verdict.
+pub fn xdp(ebpf: &mut Ebpf, frame: &[u8]) -> u32 {
+    let prog: &mut Xdp = datapath::program(ebpf, INGRESS_PROGRAM).unwrap();
+    let opts = TestRunOptions {
+        data_in: Some(frame),
+        ..TestRunOptions::new()
+    };
+    prog.test_run(opts).expect("XDP test run").return_value
+}
+
+/// `__sk_buff` with only `gso_segs` and `gso_size` set (offsets from the UAPI header).
+fn skb_ctx(gso_segs: u32, gso_size: u32) -> [u8; 192] {
+    let mut ctx = [0u8; 192];
+    ctx[164..168].copy_from_slice(&gso_segs.to_ne_bytes());
+    ctx[176..180].copy_from_slice(&gso_size.to_ne_bytes());
+    ctx
+}
+
+/// Runs the TC program once, optionally as a GSO packet; returns its verdict.
+pub fn tc(ebpf: &mut Ebpf, frame: &[u8], gso: Option<(u32, u32)>) -> u32 {
+    let prog: &mut SchedClassifier = datapath::program(ebpf, EGRESS_PROGRAM).unwrap();
+    let ctx = gso.map(|(segs, size)| skb_ctx(segs, size));
+    let opts = TestRunOptions {
+        data_in: Some(frame),
+        ctx_in: ctx.as_ref().map(|c| &c[..]),
+        ..TestRunOptions::new()
+    };
+    prog.test_run(opts).expect("TC test run").return_value
+}
+
+/// Empties the pair table and zeroes the totals, so one load serves many frames.
+pub fn reset(ebpf: &mut Ebpf) {
+    let mut pairs: PerCpuHashMap<_, PairKey, PairStats> =
+        PerCpuHashMap::try_from(ebpf.map_mut(PAIRS_MAP).unwrap()).unwrap();
+    let keys: Vec<PairKey> = pairs.keys().map(Result::unwrap).collect();
+    for key in keys {
+        pairs.remove(&key).unwrap();
+    }
+    let mut totals: PerCpuArray<_, DirectionTotals> =
+        PerCpuArray::try_from(ebpf.map_mut(TOTALS_MAP).unwrap()).unwrap();
+    let cpus = nr_cpus().unwrap();
+    for direction in 0..2 {
+        let zero = PerCpuValues::try_from(vec![DirectionTotals::default(); cpus]).unwrap();
+        totals.set(direction, zero, 0).unwrap();
+    }
+}
+
+/// Keeps this thread on CPU 0, for tests whose outcome is per CPU.
+pub fn pin_to_one_cpu() {
+    // SAFETY: a zeroed cpu_set_t with CPU 0 set, applied to this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set), 0);
+    }
+}
+
+pub fn v4(addr: Ipv4Addr) -> [u8; 16] {
+    addr.to_ipv6_mapped().octets()
+}
