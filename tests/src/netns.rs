@@ -2,7 +2,7 @@
 
 use std::{
     fs::File,
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::AsRawFd,
     process::{Command, Output},
     sync::atomic::{AtomicU32, Ordering},
@@ -137,68 +137,39 @@ impl TestNet {
 
     fn build(&self, offloads: Offloads) -> Result<()> {
         let (a, b) = (&self.a, &self.b);
-        ip(&["netns", "add", &a.netns])?;
-        ip(&["netns", "add", &b.netns])?;
-        ip(&[
-            "link",
-            "add",
-            &a.iface,
-            "address",
-            &a.mac_string(),
-            "netns",
-            &a.netns,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &b.iface,
-            "address",
-            &b.mac_string(),
-            "netns",
-            &b.netns,
-        ])?;
+        ip(&format!("netns add {}", a.netns))?;
+        ip(&format!("netns add {}", b.netns))?;
+        ip(&format!(
+            "link add {} address {} netns {} type veth peer name {} address {} netns {}",
+            a.iface,
+            a.mac_string(),
+            a.netns,
+            b.iface,
+            b.mac_string(),
+            b.netns
+        ))?;
         for (host, peer) in [(a, b), (b, a)] {
-            let ns = host.netns.as_str();
-            let dev = host.iface.as_str();
-            ip(&["-n", ns, "link", "set", "lo", "up"])?;
-            ip(&["-n", ns, "link", "set", dev, "addrgenmode", "none"])?;
+            let (ns, dev) = (&host.netns, &host.iface);
+            ip(&format!("-n {ns} link set lo up"))?;
+            ip(&format!("-n {ns} link set {dev} addrgenmode none"))?;
             sysctl(ns, &format!("net.ipv6.conf.{dev}.accept_dad=0"))?;
             sysctl(ns, "net.ipv4.ping_group_range=0 2147483647")?;
-            ip(&[
-                "-n",
-                ns,
-                "addr",
-                "add",
-                &format!("{}/24", host.ipv4),
-                "dev",
-                dev,
-            ])?;
-            ip(&[
-                "-n",
-                ns,
-                "addr",
-                "add",
-                &format!("{}/64", host.ipv6),
-                "dev",
-                dev,
-                "nodad",
-            ])?;
-            for peer_addr in [peer.ipv4.to_string(), peer.ipv6.to_string()] {
-                ip(&[
-                    "-n",
-                    ns,
-                    "neigh",
-                    "replace",
-                    &peer_addr,
-                    "lladdr",
-                    &peer.mac_string(),
-                    "dev",
-                    dev,
-                    "nud",
-                    "permanent",
-                ])?;
+            for v4 in [host.ipv4, host.ipv4_alt] {
+                ip(&format!("-n {ns} addr add {v4}/24 dev {dev}"))?;
             }
-            ip(&["-n", ns, "link", "set", dev, "up"])?;
+            // The second addresses are never picked as a source unless bound to:
+            // IPv4 makes them secondary, IPv6 needs them deprecated.
+            ip(&format!("-n {ns} addr add {}/64 dev {dev} nodad", host.ipv6))?;
+            ip(&format!("-n {ns} addr add {}/64 dev {dev} nodad preferred_lft 0", host.ipv6_alt))?;
+            let peer_addrs = [peer.ipv4, peer.ipv4_alt].map(IpAddr::V4);
+            let peer_addrs6 = [peer.ipv6, peer.ipv6_alt].map(IpAddr::V6);
+            for addr in peer_addrs.iter().chain(&peer_addrs6) {
+                let mac = peer.mac_string();
+                ip(&format!(
+                    "-n {ns} neigh replace {addr} lladdr {mac} dev {dev} nud permanent"
+                ))?;
+            }
+            ip(&format!("-n {ns} link set {dev} up"))?;
         }
         // tcpdump sees frames as the wire carries them only without TSO on
         // egress and GRO on ingress; see the README on tcpdump agreement.
@@ -241,8 +212,9 @@ fn sweep_stale() {
     }
 }
 
-fn ip(args: &[&str]) -> Result<Output> {
-    run(Command::new("ip").args(args))
+/// Runs `ip` with space-separated arguments.
+fn ip(args: &str) -> Result<Output> {
+    run(Command::new("ip").args(args.split_whitespace()))
 }
 
 fn sysctl(netns: &str, setting: &str) -> Result<Output> {

@@ -37,15 +37,17 @@ pub fn frame_len(dst: IpAddr, payload: usize) -> u64 {
 /// Sends one UDP datagram per entry of `sizes` from `from` to `dst:port` on `to`,
 /// and returns once `to` has received every one.
 pub fn udp(from: &Host, to: &Host, dst: IpAddr, port: u16, sizes: &[usize]) -> Result<()> {
-    let got = udp_received(from, to, dst, port, sizes, TIMEOUT)?;
+    let got = udp_received(from, unspecified(dst), to, dst, port, sizes, TIMEOUT)?;
     ensure!(got == sizes, "UDP sink received {got:?}, sent {sizes:?}");
     Ok(())
 }
 
-/// Sends one UDP datagram per entry of `sizes` and returns the sizes of those
-/// that arrived, waiting up to `quiet` for each next one.
+/// Sends one UDP datagram per entry of `sizes` from `src` (an address of
+/// `from`, or unspecified) and returns the sizes of those that arrived,
+/// waiting up to `quiet` for each next one.
 pub fn udp_received(
     from: &Host,
+    src: IpAddr,
     to: &Host,
     dst: IpAddr,
     port: u16,
@@ -64,23 +66,33 @@ pub fn udp_received(
         while got.len() < count {
             match socket.recv(&mut buf) {
                 Ok(n) => got.push(n),
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => break,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    break
+                }
                 Err(e) => return Err(e.into()),
             }
         }
         Ok(got)
     });
-    ready_rx.recv_timeout(TIMEOUT).context("UDP sink did not start")?;
+    ready_rx
+        .recv_timeout(TIMEOUT)
+        .context("UDP sink did not start")?;
     let sizes = sizes.to_vec();
     from.run(move || -> Result<()> {
-        let socket = UdpSocket::bind((unspecified(dst), 0))?;
+        let socket = UdpSocket::bind((src, 0))?;
         for size in sizes {
             let payload = vec![0xa5u8; size];
             socket.send_to(&payload, (dst, port))?;
         }
         Ok(())
     })??;
-    sink.join().map_err(|_| anyhow::anyhow!("UDP sink panicked"))?
+    sink.join()
+        .map_err(|_| anyhow::anyhow!("UDP sink panicked"))?
 }
 
 /// Sends `bytes` bytes over one TCP connection from `from` to `dst:port` on `to`,
@@ -148,7 +160,61 @@ pub fn ping(from: &Host, dst: IpAddr, payloads: &[usize]) -> Result<()> {
     })?
 }
 
-fn unspecified(like: IpAddr) -> IpAddr {
+/// Sends `size`-byte UDP datagrams from `src` to `dst:port` every millisecond
+/// for `duration`, while `to` counts what arrives. Returns (sent, received).
+pub fn udp_stream(
+    from: &Host,
+    src: IpAddr,
+    to: &Host,
+    dst: IpAddr,
+    port: u16,
+    size: usize,
+    duration: Duration,
+) -> std::thread::JoinHandle<Result<(usize, usize)>> {
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let bind: SocketAddr = (unspecified(dst), port).into();
+    let sink = to.spawn(move || -> Result<usize> {
+        let socket = UdpSocket::bind(bind).context("binding the UDP sink")?;
+        socket.set_read_timeout(Some(Duration::from_millis(500)))?;
+        ready_tx.send(()).ok();
+        let mut buf = vec![0u8; 65536];
+        let mut received = 0;
+        let deadline = std::time::Instant::now() + duration + Duration::from_millis(500);
+        while std::time::Instant::now() < deadline {
+            if socket.recv(&mut buf).is_ok() {
+                received += 1;
+            }
+        }
+        Ok(received)
+    });
+    let sender = from.spawn(move || -> Result<usize> {
+        ready_rx
+            .recv_timeout(TIMEOUT)
+            .context("UDP sink did not start")?;
+        let socket = UdpSocket::bind((src, 0))?;
+        let payload = vec![0x11u8; size];
+        let mut sent = 0;
+        let end = std::time::Instant::now() + duration;
+        while std::time::Instant::now() < end {
+            socket.send_to(&payload, (dst, port))?;
+            sent += 1;
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(sent)
+    });
+    std::thread::spawn(move || {
+        let sent = sender
+            .join()
+            .map_err(|_| anyhow::anyhow!("sender panicked"))??;
+        let received = sink
+            .join()
+            .map_err(|_| anyhow::anyhow!("sink panicked"))??;
+        Ok((sent, received))
+    })
+}
+
+/// The unspecified address of `like`'s family.
+pub fn unspecified(like: IpAddr) -> IpAddr {
     match like {
         IpAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
         IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),

@@ -41,7 +41,7 @@ pub struct SetArgs {
     #[command(flatten)]
     pub matcher: MatchArgs,
     /// Budget: 2GB, 500MiB, …
-    #[arg(value_parser = parse_size)]
+    #[arg(value_parser = parse_size, allow_hyphen_values = true)]
     pub limit: u64,
     /// daily, weekly, monthly or total.
     #[arg(long, default_value = "monthly")]

@@ -114,8 +114,12 @@ impl Enforcement {
             }
             for cidr in self.prefixes.keys().filter(|c| !wanted.contains_key(c)) {
                 match cidr.addr() {
-                    std::net::IpAddr::V4(a) => v4.remove(&Key::new(cidr.prefix_len() as u32, a.octets())),
-                    std::net::IpAddr::V6(a) => v6.remove(&Key::new(cidr.prefix_len() as u32, a.octets())),
+                    std::net::IpAddr::V4(a) => {
+                        v4.remove(&Key::new(cidr.prefix_len() as u32, a.octets()))
+                    }
+                    std::net::IpAddr::V6(a) => {
+                        v6.remove(&Key::new(cidr.prefix_len() as u32, a.octets()))
+                    }
                 }
                 .map_err(map_error(PREFIXES_V4_MAP))?;
                 applied.prefixes_removed += 1;

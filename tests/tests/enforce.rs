@@ -1,0 +1,507 @@
+//! Enforcement on a real veth pair: block and allow rules, quotas, alerts,
+//! reloads and bad input, driven through the real `netmon` binary and its CLI.
+
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{ensure, Result};
+use netmon_tests::{
+    capture::{self, Capture, Way},
+    daemon::{cli, Netmon},
+    scenario::raw,
+    traffic::{self, frame_len, unspecified},
+    TestNet,
+};
+use serde_json::Value;
+
+const QUIET: Duration = Duration::from_millis(400);
+
+/// Starts netmon on `a` with a 1 s interval, its files in `dir`.
+fn start(net: &TestNet, dir: &Path, extra: &[&str]) -> Result<Netmon> {
+    let log = dir.join("network_log.json");
+    let detail = dir.join("detail.jsonl");
+    let mut args = vec![
+        "--interval",
+        "1s",
+        "--quiet",
+        "--log",
+        log.to_str().unwrap(),
+        "--detail-log",
+        detail.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    Netmon::start(&net.a, &args)
+}
+
+/// Runs a CLI command against the daemon on `a`; returns stdout, or the error line.
+fn ctl(net: &TestNet, args: &[&str]) -> Result<String, String> {
+    let mut args = args.to_vec();
+    args.extend(["--iface", &net.a.iface]);
+    let out = cli(&args).map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+fn json(net: &TestNet, args: &[&str]) -> Value {
+    let mut args = args.to_vec();
+    args.extend(["--format", "json"]);
+    serde_json::from_str(&ctl(net, &args).expect("CLI")).expect("JSON")
+}
+
+/// (ingress, egress) (frames, bytes) of the rule spelled `rule`.
+fn rule_counters(net: &TestNet, rule: &str) -> [(u64, u64); 2] {
+    let rules = json(net, &["rules"]);
+    let r = rules
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["rule"] == rule)
+        .unwrap_or_else(|| panic!("{rule} in {rules}"));
+    ["ingress", "egress"].map(|d| {
+        (
+            r[d]["frames"].as_u64().unwrap(),
+            r[d]["bytes"].as_u64().unwrap(),
+        )
+    })
+}
+
+fn sent(dst: IpAddr, sizes: &[usize]) -> (u64, u64) {
+    (
+        sizes.len() as u64,
+        sizes.iter().map(|s| frame_len(dst, *s)).sum(),
+    )
+}
+
+fn v4(ip: std::net::Ipv4Addr) -> IpAddr {
+    IpAddr::V4(ip)
+}
+
+fn v6(ip: std::net::Ipv6Addr) -> IpAddr {
+    IpAddr::V6(ip)
+}
+
+#[test]
+fn blocked_cidrs_drop_both_ways_while_other_traffic_flows() -> Result<()> {
+    let net = TestNet::create()?;
+    let dir = tempfile::tempdir()?;
+    let netmon = start(&net, dir.path(), &[])?;
+    let (a, b) = (&net.a, &net.b);
+    let rule4 = format!("block {}/32", b.ipv4);
+    let rule6 = format!("block {}/128", b.ipv6);
+    ctl(&net, &["block", &b.ipv4.to_string()]).unwrap();
+    ctl(&net, &["block", &format!("{}/128", b.ipv6)]).unwrap();
+    // What b sends and a's XDP drops is visible in a capture on b.
+    let b_out = Capture::start(b, Way::Out, &dir.path().join("b-out.pcap"))?;
+
+    let sizes = [100, 700, 1400];
+    for (blocked, alt, a_addr) in [
+        (v4(b.ipv4), v4(b.ipv4_alt), v4(a.ipv4)),
+        (v6(b.ipv6), v6(b.ipv6_alt), v6(a.ipv6)),
+    ] {
+        let out = traffic::udp_received(a, unspecified(blocked), b, blocked, 7000, &sizes, QUIET)?;
+        ensure!(out.is_empty(), "egress to {blocked} got through: {out:?}");
+        let back = traffic::udp_received(b, blocked, a, a_addr, 7001, &sizes, QUIET)?;
+        ensure!(
+            back.is_empty(),
+            "ingress from {blocked} got through: {back:?}"
+        );
+        traffic::udp(a, b, alt, 7002, &sizes)?;
+        let from_alt = traffic::udp_received(b, alt, a, a_addr, 7003, &sizes, QUIET)?;
+        assert_eq!(from_alt, sizes, "other traffic flows");
+    }
+    let b_frames = b_out.stop()?;
+
+    for (rule, blocked) in [(&rule4, v4(b.ipv4)), (&rule6, v6(b.ipv6))] {
+        let [ingress, egress] = rule_counters(&net, rule);
+        assert_eq!(egress, sent(blocked, &sizes), "{rule} egress = what a sent");
+        assert_eq!(
+            ingress,
+            sent(blocked, &sizes),
+            "{rule} ingress = what b sent"
+        );
+        // … and what tcpdump saw b send from the blocked address.
+        let seen = capture::per_flow(&b_frames)
+            .iter()
+            .filter(|((src, _, proto), _)| *src == raw(blocked) && *proto == 17)
+            .fold((0, 0), |acc, (_, c)| (acc.0 + c.frames, acc.1 + c.bytes));
+        assert_eq!(ingress, seen, "{rule} ingress = tcpdump on the peer");
+    }
+    netmon.stop()?;
+    Ok(())
+}
+
+#[test]
+fn rule_counters_match_what_was_sent() -> Result<()> {
+    let net = TestNet::create()?;
+    let dir = tempfile::tempdir()?;
+    let _netmon = start(&net, dir.path(), &[])?;
+    let (a, b) = (&net.a, &net.b);
+    ctl(&net, &["block", &b.ipv4.to_string()]).unwrap();
+    let sizes = [64, 512];
+    traffic::udp_received(
+        a,
+        unspecified(v4(b.ipv4)),
+        b,
+        v4(b.ipv4),
+        7100,
+        &sizes,
+        QUIET,
+    )?;
+    traffic::udp_received(
+        b,
+        v4(b.ipv4),
+        a,
+        v4(a.ipv4),
+        7101,
+        &[1000, 1000, 1000],
+        QUIET,
+    )?;
+    let counters = rule_counters(&net, &format!("block {}/32", b.ipv4));
+    assert_eq!(
+        counters,
+        [
+            sent(v4(b.ipv4), &[1000, 1000, 1000]),
+            sent(v4(b.ipv4), &sizes)
+        ]
+    );
+    Ok(())
+}
+
+#[test]
+fn port_rules_allow_exceptions_and_unblock() -> Result<()> {
+    let net = TestNet::create()?;
+    let dir = tempfile::tempdir()?;
+    let _netmon = start(&net, dir.path(), &[])?;
+    let (a, b) = (&net.a, &net.b);
+
+    // The old QUIC block: UDP to port 443 only.
+    ctl(&net, &["block", "--proto", "udp", "--dport", "443"]).unwrap();
+    let quic = traffic::udp_received(
+        a,
+        unspecified(v4(b.ipv4)),
+        b,
+        v4(b.ipv4),
+        443,
+        &[1200],
+        QUIET,
+    )?;
+    assert!(quic.is_empty(), "UDP to 443 dropped");
+    traffic::tcp(a, b, v4(b.ipv4), 443, 50_000)?;
+    traffic::udp(a, b, v4(b.ipv4), 444, &[1200])?;
+    assert_eq!(
+        rule_counters(&net, "block any udp dport 443"),
+        [(0, 0), (1, frame_len(v4(b.ipv4), 1200))]
+    );
+
+    // An allow rule inside a blocked range.
+    ctl(&net, &["block", "10.200.0.0/24"]).unwrap();
+    ctl(&net, &["allow", &format!("{}/32", b.ipv4_alt)]).unwrap();
+    traffic::udp(a, b, v4(b.ipv4_alt), 7200, &[300])?;
+    let blocked = traffic::udp_received(
+        a,
+        unspecified(v4(b.ipv4)),
+        b,
+        v4(b.ipv4),
+        7201,
+        &[300],
+        QUIET,
+    )?;
+    assert!(blocked.is_empty());
+
+    // Unblock restores traffic.
+    ctl(&net, &["unblock", "10.200.0.0/24"]).unwrap();
+    traffic::udp(a, b, v4(b.ipv4), 7202, &[300])?;
+    Ok(())
+}
+
+fn quota(net: &TestNet, name: &str) -> Value {
+    let list = json(net, &["quota", "list"]);
+    list.as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["name"] == name)
+        .cloned()
+        .unwrap()
+}
+
+#[test]
+fn quota_stops_delivery_resets_and_survives_restart() -> Result<()> {
+    let net = TestNet::create()?;
+    let dir = tempfile::tempdir()?;
+    let netmon = start(&net, dir.path(), &[])?;
+    let (a, b) = (&net.a, &net.b);
+    ctl(
+        &net,
+        &[
+            "quota",
+            "set",
+            &b.ipv4.to_string(),
+            "100kB",
+            "--period",
+            "daily",
+            "--name",
+            "peer",
+        ],
+    )
+    .unwrap();
+    let sizes = vec![1000usize; 150];
+    let frame = frame_len(v4(a.ipv4), 1000);
+    let got = traffic::udp_received(b, v4(b.ipv4), a, v4(a.ipv4), 7300, &sizes, QUIET)?;
+    let delivered = got.len() as u64 * frame;
+    let cpus = std::thread::available_parallelism()?.get() as u64;
+    assert!(
+        (100_000..=100_000 + cpus * 1514).contains(&delivered),
+        "delivered {delivered} bytes for a 100 kB quota"
+    );
+    let q = quota(&net, "peer");
+    assert_eq!(q["used"].as_u64(), Some(delivered));
+    assert_eq!(q["blocked"], true);
+
+    // A restart keeps the used bytes, so the quota stays spent.
+    netmon.stop()?;
+    let _netmon = start(&net, dir.path(), &[])?;
+    assert_eq!(quota(&net, "peer")["used"].as_u64(), Some(delivered));
+    let after = traffic::udp_received(b, v4(b.ipv4), a, v4(a.ipv4), 7301, &[1000; 5], QUIET)?;
+    assert!(after.is_empty(), "still spent after a restart");
+
+    ctl(&net, &["quota", "reset", "peer"]).unwrap();
+    traffic::udp(b, a, v4(a.ipv4), 7302, &[1000; 5])?;
+    assert_eq!(quota(&net, "peer")["used"].as_u64(), Some(5 * frame));
+    Ok(())
+}
+
+#[test]
+fn quota_period_rolls_over_under_an_injected_clock() -> Result<()> {
+    let net = TestNet::create()?;
+    let dir = tempfile::tempdir()?;
+    let mut netmon = start(
+        &net,
+        dir.path(),
+        &["--fake-now", "2026-11-28T23:59:57Z", "--timezone", "UTC"],
+    )?;
+    let (a, b) = (&net.a, &net.b);
+    ctl(
+        &net,
+        &[
+            "quota",
+            "set",
+            &b.ipv4.to_string(),
+            "5kB",
+            "--period",
+            "daily",
+            "--name",
+            "day",
+        ],
+    )
+    .unwrap();
+    let first = traffic::udp_received(b, v4(b.ipv4), a, v4(a.ipv4), 7400, &[1000; 10], QUIET)?;
+    assert_eq!(first.len(), 5, "1042-byte frames: 5 pass a 5 kB budget");
+    netmon.wait_for("a new daily period began", Duration::from_secs(10))?;
+    let second = traffic::udp_received(b, v4(b.ipv4), a, v4(a.ipv4), 7401, &[1000; 10], QUIET)?;
+    assert_eq!(second.len(), 5, "the new day has a fresh budget");
+    Ok(())
+}
+
+#[test]
+fn alerts_run_the_program_once_per_crossing() -> Result<()> {
+    let net = TestNet::create()?;
+    let dir = tempfile::tempdir()?;
+    let events = dir.path().join("events");
+    std::fs::create_dir(&events)?;
+    let script = dir.path().join("alert.sh");
+    // One file per run: runs for events of the same poll overlap.
+    std::fs::write(
+        &script,
+        format!("#!/bin/sh\ncat > {}/event.$$\n", events.display()),
+    )?;
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let mut netmon = start(
+        &net,
+        dir.path(),
+        &[
+            "--alert-exec",
+            script.to_str().unwrap(),
+            "--alert-threshold",
+            "15kB",
+            "--alert-period",
+            "daily",
+        ],
+    )?;
+    let (a, b) = (&net.a, &net.b);
+    ctl(
+        &net,
+        &[
+            "quota",
+            "set",
+            &b.ipv4.to_string(),
+            "10kB",
+            "--period",
+            "daily",
+            "--warn",
+            "50",
+            "--name",
+            "peer",
+        ],
+    )
+    .unwrap();
+    traffic::udp_received(b, v4(b.ipv4), a, v4(a.ipv4), 7500, &[1000; 20], QUIET)?;
+    let other = traffic::udp_received(b, v4(b.ipv4_alt), a, v4(a.ipv4), 7501, &[1000; 10], QUIET)?;
+    assert_eq!(other.len(), 10, "traffic outside the quota flows");
+    // Three crossings; then several more polls must add nothing.
+    netmon.wait_for("crossed the alert threshold", Duration::from_secs(10))?;
+    std::thread::sleep(Duration::from_secs(3));
+    let lines: Vec<Value> = std::fs::read_dir(&events)?
+        .map(|e| Ok(serde_json::from_str(&std::fs::read_to_string(e?.path())?)?))
+        .collect::<Result<_>>()?;
+    let mut kinds: Vec<(String, u64)> = lines
+        .iter()
+        .map(|e| {
+            (
+                e["event"].as_str().unwrap().to_string(),
+                e["level_percent"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    kinds.sort();
+    assert_eq!(
+        kinds,
+        [
+            ("quota_exhausted".into(), 100),
+            ("quota_warning".into(), 50),
+            ("usage_threshold".into(), 100)
+        ]
+    );
+    let exhausted = lines
+        .iter()
+        .find(|e| e["event"] == "quota_exhausted")
+        .unwrap();
+    assert_eq!(exhausted["name"], "peer");
+    assert_eq!(exhausted["limit_bytes"], 10_000);
+    Ok(())
+}
+
+fn write_policy(path: &PathBuf, blocked: &str, extra: Option<&str>) {
+    let mut text = format!("[[block]]\ncidr = \"{blocked}\"\n");
+    if let Some(extra) = extra {
+        text.push_str(&format!("\n[[block]]\ncidr = \"{extra}\"\n"));
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+#[test]
+fn reloads_never_let_blocked_traffic_through() -> Result<()> {
+    let net = TestNet::create()?;
+    let dir = tempfile::tempdir()?;
+    let policy = dir.path().join("policy.toml");
+    let (a, b) = (&net.a, &net.b);
+    write_policy(&policy, &format!("{}/32", b.ipv4), None);
+    let mut netmon = start(&net, dir.path(), &["--policy", policy.to_str().unwrap()])?;
+    let stream = traffic::udp_stream(
+        b,
+        v4(b.ipv4),
+        a,
+        v4(a.ipv4),
+        7600,
+        200,
+        Duration::from_secs(4),
+    );
+    for round in 0..6 {
+        std::thread::sleep(Duration::from_millis(500));
+        let extra = (round % 2 == 0).then_some("10.99.0.0/16");
+        write_policy(&policy, &format!("{}/32", b.ipv4), extra);
+        if round % 3 == 0 {
+            // SAFETY: signalling a child we started.
+            let pid = netmon_pid(&net)?;
+            unsafe { libc::kill(pid, libc::SIGHUP) };
+        }
+    }
+    // An invalid file is refused with file:line, and the policy in force stays.
+    std::fs::write(&policy, "[[block]]\ncidr = \"10.1.2.3/33\"\n")?;
+    let line = netmon.wait_for("policy not reloaded", Duration::from_secs(5))?;
+    assert!(
+        line.contains("policy.toml:1:") && line.contains("/33"),
+        "{line}"
+    );
+    let (sent, received) = stream.join().unwrap()?;
+    assert!(sent > 1000, "the sender kept sending ({sent})");
+    assert_eq!(
+        received, 0,
+        "nothing of the blocked range got through during reloads"
+    );
+    let counters = rule_counters(&net, &format!("block {}/32", b.ipv4));
+    assert_eq!(
+        counters[0],
+        (sent as u64, sent as u64 * frame_len(v4(a.ipv4), 200))
+    );
+    Ok(())
+}
+
+fn netmon_pid(net: &TestNet) -> Result<i32> {
+    let out = std::process::Command::new("pgrep")
+        .args(["-f", &format!("run --iface {}", net.a.iface)])
+        .output()?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .unwrap_or("0")
+        .trim()
+        .parse()?)
+}
+
+#[test]
+fn bad_input_is_refused_and_changes_nothing() -> Result<()> {
+    let net = TestNet::create()?;
+    let dir = tempfile::tempdir()?;
+    // An invalid policy file keeps netmon from starting, naming file and line.
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, "[[block]]\ncidr = \"10.0.0.0/8\"\n\n[[quota]]\ncidr = \"10.0.0.0/8\"\nlimit = \"1GB\"\nperiod = \"hourly\"\n")?;
+    let err = Netmon::start(
+        &net.a,
+        &[
+            "--policy",
+            policy.to_str().unwrap(),
+            "--log",
+            dir.path().join("l.json").to_str().unwrap(),
+        ],
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        err.contains("policy.toml:4: 'hourly' is not a period"),
+        "{err}"
+    );
+
+    write_policy(&policy, "10.0.0.0/8", None);
+    let _netmon = start(&net, dir.path(), &["--policy", policy.to_str().unwrap()])?;
+    ctl(&net, &["block", "192.0.2.0/24"]).unwrap();
+    let before = json(&net, &["rules"]);
+    let cases: [(&[&str], &str); 7] = [
+        (
+            &["block", "1.2.3.0/33"],
+            "/33 is longer than an IPv4 address",
+        ),
+        (&["block", "10.0.0.300"], "not an IP address"),
+        (&["block", "192.0.2.0/24"], "defined twice"),
+        (&["block", "10.0.0.0/8"], "defined twice"),
+        (&["quota", "set", "10.0.0.0/8", "-5MB"], "negative"),
+        (&["quota", "set", "10.0.0.0/8", "5XB"], "unknown unit 'XB'"),
+        (
+            &["quota", "set", "10.0.0.0/8", "5MB", "--period", "hourly"],
+            "'hourly' is not a period",
+        ),
+    ];
+    for (args, want) in cases {
+        let err = ctl(&net, args).unwrap_err();
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+    assert_eq!(json(&net, &["rules"]), before, "nothing changed");
+    assert_eq!(json(&net, &["quota", "list"]), serde_json::json!([]));
+    Ok(())
+}
