@@ -50,6 +50,18 @@ pub fn netmon_egress(ctx: TcContext) -> i32 {
     }
 }
 
+/// Benchmark baseline: the cheapest possible XDP program. Never attached by netmon.
+#[xdp]
+pub fn baseline_xdp(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+/// Benchmark baseline: the cheapest possible TC program. Never attached by netmon.
+#[classifier]
+pub fn baseline_tc(_ctx: TcContext) -> i32 {
+    aya_ebpf::bindings::TC_ACT_OK as i32
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

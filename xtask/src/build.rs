@@ -113,3 +113,19 @@ pub fn test(args: &[String]) -> Result<()> {
         "the tests",
     )
 }
+
+/// `cargo xtask bench [--quick]`.
+pub fn bench(quick: bool) -> Result<()> {
+    if !toolchain::is_root() {
+        bail!("the benchmarks load eBPF programs and create network namespaces, so they need root: run `sudo -E cargo xtask bench`");
+    }
+    toolchain::ensure_test_tools()?;
+    all()?;
+    let mut cmd = cargo(None);
+    cmd.env("NETMON_BIN", netmon_binary())
+        .args(["bench", "--locked", "--package", "netmon-tests", "--bench", "datapath", "--"]);
+    if quick {
+        cmd.arg("--quick");
+    }
+    status(&mut cmd, "the benchmarks")
+}

@@ -35,6 +35,12 @@ enum Command {
     },
     /// Run netmon on a throw-away two-namespace network with ~10 s of mixed traffic.
     Demo,
+    /// Run the benchmarks (as root); the table goes to stdout and target/bench/report.md.
+    Bench {
+        /// Fewer repetitions: a quick look, not figures to write down.
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -45,6 +51,7 @@ fn main() -> ExitCode {
         Command::Run { args } => build::all().and_then(|()| build::run_netmon(&args)),
         Command::Test { args } => build::test(&args),
         Command::Demo => demo::run(),
+        Command::Bench { quick } => build::bench(quick),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

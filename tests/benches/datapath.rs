@@ -1,0 +1,162 @@
+//! `cargo xtask bench`: netmon's per-packet cost and policy load time, side by
+//! side with references, as a markdown table (also written to target/bench/report.md).
+//!
+//! Benchmarks, not tests: nothing here asserts a speed.
+
+use std::{
+    fmt::Write as _,
+    net::Ipv4Addr,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use aya::{
+    programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
+    Ebpf,
+};
+use netmon::{
+    datapath::{self, enforce::Enforcement, LoadOptions, EGRESS_PROGRAM, INGRESS_PROGRAM},
+    policy::{compile::compile, Cidr, Item, Match},
+};
+use netmon_common::policy::RuleKind;
+use netmon_tests::{
+    daemon::{cli, Netmon},
+    frames::{build, Layer},
+    TestNet,
+};
+
+struct Row {
+    metric: String,
+    netmon: f64,
+    reference: Option<(String, f64)>,
+    unit: &'static str,
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let repeat = if quick { 200_000 } else { 2_000_000 };
+    let prefixes = 100_000;
+    let mut rows = Vec::new();
+
+    let mut ebpf = datapath::load(&LoadOptions::default()).expect("load (run as root)");
+    for name in ["baseline_xdp", "baseline_tc"] {
+        ebpf.program_mut(name).unwrap().load_with_type(name);
+    }
+    let frame = build(&[
+        Layer::Ethernet,
+        Layer::Ipv4 { src: Ipv4Addr::new(10, 200, 0, 1), dst: Ipv4Addr::new(10, 200, 0, 2), options: vec![], fragment_offset: 0 },
+        Layer::Udp(40000, 53),
+        Layer::Payload(64),
+    ]);
+    let xdp_empty = per_packet::<Xdp>(&mut ebpf, "baseline_xdp", &frame, repeat);
+    let tc_empty = per_packet::<SchedClassifier>(&mut ebpf, "baseline_tc", &frame, repeat);
+    let xdp_none = per_packet::<Xdp>(&mut ebpf, INGRESS_PROGRAM, &frame, repeat);
+    let tc_none = per_packet::<SchedClassifier>(&mut ebpf, EGRESS_PROGRAM, &frame, repeat);
+
+    let cidrs = random_prefixes(prefixes);
+    let blocklist = Match { cidrs: cidrs.clone(), ..Default::default() };
+    let started = Instant::now();
+    let tables = compile(&[Item { id: 0, kind: RuleKind::Block, matcher: &blocklist }]).unwrap();
+    let compiled = started.elapsed();
+    let mut enforcement = Enforcement::default();
+    enforcement.apply(&mut ebpf, &tables).unwrap();
+    let loaded = started.elapsed();
+    let xdp_100k = per_packet::<Xdp>(&mut ebpf, INGRESS_PROGRAM, &frame, repeat);
+    let tc_100k = per_packet::<SchedClassifier>(&mut ebpf, EGRESS_PROGRAM, &frame, repeat);
+
+    let ns = |d: Duration| d.as_nanos() as f64;
+    let row = |metric: &str, netmon: f64, reference: Option<(&str, f64)>, unit| Row {
+        metric: metric.into(),
+        netmon,
+        reference: reference.map(|(n, v)| (n.to_string(), v)),
+        unit,
+    };
+    rows.push(row("XDP per packet, warm flow, no policy", ns(xdp_none), Some(("empty XDP_PASS program", ns(xdp_empty))), "ns"));
+    rows.push(row(&format!("XDP per packet, warm flow, {prefixes} prefixes"), ns(xdp_100k), Some(("empty XDP_PASS program", ns(xdp_empty))), "ns"));
+    rows.push(row("TC per packet, warm flow, no policy", ns(tc_none), Some(("empty TC_ACT_OK program", ns(tc_empty))), "ns"));
+    rows.push(row(&format!("TC per packet, warm flow, {prefixes} prefixes"), ns(tc_100k), Some(("empty TC_ACT_OK program", ns(tc_empty))), "ns"));
+    rows.push(row(&format!("compile {prefixes} CIDRs into rule lists"), compiled.as_secs_f64() * 1000.0, None, "ms"));
+    rows.push(row(&format!("compile + load {prefixes} CIDRs into the LPM tries"), loaded.as_secs_f64() * 1000.0, None, "ms"));
+    drop(ebpf);
+
+    rows.push(row(
+        &format!("`netmon block --file` of {prefixes} CIDRs into a running daemon"),
+        cli_import(&cidrs).as_secs_f64() * 1000.0,
+        None,
+        "ms",
+    ));
+    report(&rows, repeat);
+}
+
+/// Average run time of `program` on `frame` over `repeat` runs (BPF_PROG_TEST_RUN).
+fn per_packet<P>(ebpf: &mut Ebpf, program: &str, frame: &[u8], repeat: u32) -> Duration
+where
+    for<'a> &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+    P: for<'b> TestRun<Opts<'b> = TestRunOptions<'b>, Result = aya::programs::TestRunResult>,
+{
+    let prog: &mut P = datapath::program(ebpf, program).unwrap();
+    let opts = |repeat| TestRunOptions { data_in: Some(frame), repeat, ..TestRunOptions::new() };
+    prog.test_run(opts(1000)).unwrap();
+    prog.test_run(opts(repeat)).unwrap().duration
+}
+
+trait LoadWithType {
+    fn load_with_type(&mut self, name: &str);
+}
+
+impl LoadWithType for aya::programs::Program {
+    fn load_with_type(&mut self, name: &str) {
+        match self {
+            aya::programs::Program::Xdp(p) => p.load().unwrap(),
+            aya::programs::Program::SchedClassifier(p) => p.load().unwrap(),
+            _ => panic!("{name}: unexpected program type"),
+        }
+    }
+}
+
+/// `count` distinct random IPv4 prefixes (/16 to /32) outside 10.0.0.0/8.
+fn random_prefixes(count: usize) -> Vec<Cidr> {
+    let mut rng = fastrand::Rng::with_seed(42);
+    let mut set = std::collections::BTreeSet::new();
+    while set.len() < count {
+        let len = rng.u8(16..=32);
+        let addr = Ipv4Addr::from(rng.u32(0x0b00_0000..0xdf00_0000));
+        let cidr = Cidr::new(addr.into(), 32).unwrap().truncate(len);
+        set.insert(cidr);
+    }
+    set.into_iter().collect()
+}
+
+/// Wall time of `netmon block --file` with `cidrs`, into a daemon on a test network.
+fn cli_import(cidrs: &[Cidr]) -> Duration {
+    let net = TestNet::create().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("blocklist.netset");
+    let text: String = cidrs.iter().map(|c| format!("{c}\n")).collect();
+    std::fs::write(&list, format!("# {} random prefixes\n{text}", cidrs.len())).unwrap();
+    let log = dir.path().join("log.json");
+    let _netmon = Netmon::start(&net.a, &["--quiet", "--log", log.to_str().unwrap(), "--detail-log", dir.path().join("d.jsonl").to_str().unwrap()]).unwrap();
+    let started = Instant::now();
+    let out = cli(&["block", "--file", list.to_str().unwrap(), "--iface", &net.a.iface]).unwrap();
+    let took = started.elapsed();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    took
+}
+
+fn report(rows: &[Row], repeat: u32) {
+    let mut md = String::new();
+    writeln!(md, "| metric | netmon | reference | ratio |").unwrap();
+    writeln!(md, "|---|---|---|---|").unwrap();
+    for r in rows {
+        let (reference, ratio) = match &r.reference {
+            Some((name, v)) => (format!("{v:.1} {} ({name})", r.unit), format!("{:.2}×", r.netmon / v)),
+            None => ("".into(), "".into()),
+        };
+        writeln!(md, "| {} | {:.1} {} | {reference} | {ratio} |", r.metric, r.netmon, r.unit).unwrap();
+    }
+    writeln!(md, "\nPer-packet figures: BPF_PROG_TEST_RUN, {repeat} repeats, 106-byte UDP frame.").unwrap();
+    print!("{md}");
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("report.md"), md).unwrap();
+}
