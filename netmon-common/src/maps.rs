@@ -8,6 +8,10 @@
 pub const PAIRS_MAP: &str = "PAIRS";
 /// Name of the per-CPU array of [`DirectionTotals`], indexed by [`Direction`].
 pub const TOTALS_MAP: &str = "TOTALS";
+/// Version of every map's key and value layout. Bump it with any change to
+/// them: netmon refuses pinned maps of another version instead of misreading them.
+pub const LAYOUT_VERSION: u32 = 1;
+
 /// Default capacity of the pair table (`--max-pairs`).
 pub const DEFAULT_MAX_PAIRS: u32 = 262_144;
 

@@ -117,15 +117,18 @@ pub struct RuleList {
     pub entries: [RuleEntry; MAX_RULES_PER_LIST],
 }
 
-/// Global policy state.
+/// Global state: the policy generation, and what identifies this set of maps.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct PolicyState {
     /// Bumped by user space after every change; flows whose cache holds another
-    /// generation recompute their decision. Starts at 1; 0 means "never computed".
+    /// generation recompute their decision. 0 means "no policy".
     pub generation: u32,
-    /// Explicit padding; always zero.
-    pub _pad: u32,
+    /// [`crate::maps::LAYOUT_VERSION`] of the build that created the maps.
+    pub layout: u32,
+    /// Random id given when the maps were created: a state file whose counters
+    /// were read from other maps (before a reboot, say) is never subtracted.
+    pub instance: u64,
 }
 
 /// A quota's budget and use in the current period.

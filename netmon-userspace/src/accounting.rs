@@ -43,6 +43,68 @@ impl IntervalUsage {
     }
 }
 
+/// The counter values a [`Meter`] has accounted, as the state file keeps them:
+/// after a crash, deltas are taken against these, so nothing counts twice.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Baseline {
+    /// The maps these values were read from (`PolicyState::instance`).
+    pub instance: u64,
+    /// Per pair: key (hex), delivered frames and bytes, dropped frames and bytes.
+    pub pairs: Vec<(String, [u64; 4])>,
+    /// Interface totals per direction, as the raw `DirectionTotals` words.
+    pub totals: [Vec<u64>; 2],
+}
+
+const TOTALS_WORDS: usize = size_of::<DirectionTotals>() / 8;
+
+fn totals_to_words(t: &DirectionTotals) -> Vec<u64> {
+    // SAFETY: DirectionTotals is #[repr(C)] and made only of u64s.
+    unsafe { std::slice::from_raw_parts((t as *const DirectionTotals).cast::<u64>(), TOTALS_WORDS) }
+        .to_vec()
+}
+
+fn totals_from_words(words: &[u64]) -> Option<DirectionTotals> {
+    if words.len() != TOTALS_WORDS {
+        return None;
+    }
+    let mut t = DirectionTotals::default();
+    // SAFETY: as above; the lengths match.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            words.as_ptr(),
+            (&mut t as *mut DirectionTotals).cast::<u64>(),
+            TOTALS_WORDS,
+        )
+    };
+    Some(t)
+}
+
+fn key_to_hex(key: &PairKey) -> String {
+    // SAFETY: PairKey is #[repr(C)] bytes with explicit zero padding.
+    let bytes = unsafe {
+        std::slice::from_raw_parts((key as *const PairKey).cast::<u8>(), size_of::<PairKey>())
+    };
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn key_from_hex(hex: &str) -> Option<PairKey> {
+    if hex.len() != 2 * size_of::<PairKey>() {
+        return None;
+    }
+    let mut key = PairKey::default();
+    // SAFETY: as above; every byte pattern is a valid PairKey.
+    let bytes = unsafe {
+        std::slice::from_raw_parts_mut(
+            (&mut key as *mut PairKey).cast::<u8>(),
+            size_of::<PairKey>(),
+        )
+    };
+    for (i, b) in bytes.iter_mut().enumerate() {
+        *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(key)
+}
+
 /// Turns successive snapshots into interval deltas.
 #[derive(Debug, Default)]
 pub struct Meter {
@@ -60,6 +122,49 @@ fn growth(now: Counter, before: Counter) -> Counter {
 }
 
 impl Meter {
+    /// A meter that has already accounted `baseline`; `None` when it is malformed.
+    pub fn from_baseline(baseline: &Baseline) -> Option<Meter> {
+        let mut pairs = HashMap::with_capacity(baseline.pairs.len());
+        for (hex, [f, b, df, db]) in &baseline.pairs {
+            pairs.insert(
+                key_from_hex(hex)?,
+                (
+                    Counter {
+                        frames: *f,
+                        bytes: *b,
+                    },
+                    Counter {
+                        frames: *df,
+                        bytes: *db,
+                    },
+                ),
+            );
+        }
+        Some(Meter {
+            pairs,
+            totals: [
+                totals_from_words(&baseline.totals[0])?,
+                totals_from_words(&baseline.totals[1])?,
+            ],
+        })
+    }
+
+    /// What has been accounted so far, for the state file.
+    pub fn baseline(&self, instance: u64) -> Baseline {
+        Baseline {
+            instance,
+            pairs: self
+                .pairs
+                .iter()
+                .map(|(k, (d, x))| (key_to_hex(k), [d.frames, d.bytes, x.frames, x.bytes]))
+                .collect(),
+            totals: [
+                totals_to_words(&self.totals[0]),
+                totals_to_words(&self.totals[1]),
+            ],
+        }
+    }
+
     /// The usage between the previous snapshot (or zero) and `snapshot`.
     ///
     /// A counter lower than before belongs to a new map entry, so all of it is new.
@@ -234,6 +339,24 @@ mod tests {
             .advance(&snapshot(&[(a, 5, 500), (b, 1, 60)]))
             .pairs
             .is_empty());
+    }
+
+    #[test]
+    fn a_meter_restored_from_its_baseline_counts_only_what_is_new() {
+        let a = key(1, 2, 17, Direction::Egress);
+        let mut meter = Meter::default();
+        meter.advance(&snapshot(&[(a, 2, 200)]));
+        let baseline = meter.baseline(7);
+        let json = serde_json::to_string(&baseline).unwrap();
+        let mut restored = Meter::from_baseline(&serde_json::from_str(&json).unwrap()).unwrap();
+        let usage = restored.advance(&snapshot(&[(a, 3, 260)]));
+        assert_eq!(
+            usage.pairs[0].counter,
+            Counter {
+                frames: 1,
+                bytes: 60
+            }
+        );
     }
 
     #[test]

@@ -31,6 +31,9 @@ pub struct PersistedPolicy {
     /// Delivered bytes in the `--alert-threshold` period.
     #[serde(default)]
     pub total: crate::alerts::PeriodUsage,
+    /// Datapath id of every rule and quota, so they keep them across restarts.
+    #[serde(default)]
+    pub ids: std::collections::BTreeMap<String, u32>,
 }
 
 /// One quota's usage, as persisted.
@@ -104,6 +107,8 @@ pub struct Enforcer {
     kernel: Enforcement,
     periods: HashMap<String, QuotaPeriod>,
     restored: HashMap<String, QuotaUsage>,
+    /// The kernel's quota state is not the truth yet (new maps): restore it from the state file.
+    restore_quotas: bool,
     tz: TimeZone,
 }
 
@@ -125,8 +130,9 @@ impl Enforcer {
             file_stamp: None,
             file_set: PolicySet::default(),
             runtime: persisted.runtime,
-            ids: HashMap::new(),
+            ids: persisted.ids.into_iter().collect(),
             kernel: Enforcement::default(),
+            restore_quotas: true,
             periods: HashMap::new(),
             restored: persisted
                 .quotas
@@ -140,6 +146,14 @@ impl Enforcer {
             enforcer.file_set = file::load(&path)?;
         }
         Ok(enforcer)
+    }
+
+    /// Takes over the policy that pinned maps from an earlier run hold; their
+    /// quota usage is then more recent than the state file's.
+    pub fn adopt(&mut self, ebpf: &Ebpf) -> Result<(), String> {
+        self.kernel = Enforcement::adopt(ebpf).map_err(|e| e.to_string())?;
+        self.restore_quotas = false;
+        Ok(())
     }
 
     /// Writes the whole policy into the kernel (at start and after every change).
@@ -218,19 +232,31 @@ impl Enforcer {
         for quota in &quotas {
             let id = ids[&quota_key(&quota.name)];
             let start = quota.period.start_at(now, &self.tz);
-            let used = if fresh.contains(&id) {
+            let known = self.periods.contains_key(&quota.name);
+            // What the state file says of this quota's current period, if anything.
+            let restored = self
+                .restored
+                .remove(&quota.name)
+                .filter(|r| r.period_start == start);
+            if !known {
                 let period = self.periods.entry(quota.name.clone()).or_default();
                 period.start = start;
-                period.fired.clear();
-                match self.restored.remove(&quota.name) {
-                    Some(r) if r.period_start == start => {
-                        period.fired = r.fired.into_iter().collect();
-                        r.used
-                    }
-                    _ => 0,
-                }
+                period.fired = restored
+                    .iter()
+                    .flat_map(|r| r.fired.iter().copied())
+                    .collect();
+            }
+            let kernel_used = || enforce::quota(ebpf, id).map(|q| q.used).map_err(err);
+            let used = if known && !fresh.contains(&id) {
+                kernel_used()?
             } else {
-                enforce::quota(ebpf, id).map_err(err)?.used
+                match restored {
+                    // Adopted maps counted on while we were away: they know better.
+                    Some(_) if !self.restore_quotas && !fresh.contains(&id) => kernel_used()?,
+                    Some(r) => r.used,
+                    // A new quota, or a period that ended while netmon was down.
+                    None => 0,
+                }
             };
             enforce::set_quota(
                 ebpf,
@@ -505,6 +531,7 @@ impl Enforcer {
             runtime: self.runtime.clone(),
             quotas,
             total: Default::default(),
+            ids: self.ids.iter().map(|(k, v)| (k.clone(), *v)).collect(),
         }
     }
 }

@@ -44,7 +44,12 @@ fn main() {
     }
     let frame = build(&[
         Layer::Ethernet,
-        Layer::Ipv4 { src: Ipv4Addr::new(10, 200, 0, 1), dst: Ipv4Addr::new(10, 200, 0, 2), options: vec![], fragment_offset: 0 },
+        Layer::Ipv4 {
+            src: Ipv4Addr::new(10, 200, 0, 1),
+            dst: Ipv4Addr::new(10, 200, 0, 2),
+            options: vec![],
+            fragment_offset: 0,
+        },
         Layer::Udp(40000, 53),
         Layer::Payload(64),
     ]);
@@ -54,9 +59,17 @@ fn main() {
     let tc_none = per_packet::<SchedClassifier>(&mut ebpf, EGRESS_PROGRAM, &frame, repeat);
 
     let cidrs = random_prefixes(prefixes);
-    let blocklist = Match { cidrs: cidrs.clone(), ..Default::default() };
+    let blocklist = Match {
+        cidrs: cidrs.clone(),
+        ..Default::default()
+    };
     let started = Instant::now();
-    let tables = compile(&[Item { id: 0, kind: RuleKind::Block, matcher: &blocklist }]).unwrap();
+    let tables = compile(&[Item {
+        id: 0,
+        kind: RuleKind::Block,
+        matcher: &blocklist,
+    }])
+    .unwrap();
     let compiled = started.elapsed();
     let mut enforcement = Enforcement::default();
     enforcement.apply(&mut ebpf, &tables).unwrap();
@@ -71,12 +84,42 @@ fn main() {
         reference: reference.map(|(n, v)| (n.to_string(), v)),
         unit,
     };
-    rows.push(row("XDP per packet, warm flow, no policy", ns(xdp_none), Some(("empty XDP_PASS program", ns(xdp_empty))), "ns"));
-    rows.push(row(&format!("XDP per packet, warm flow, {prefixes} prefixes"), ns(xdp_100k), Some(("empty XDP_PASS program", ns(xdp_empty))), "ns"));
-    rows.push(row("TC per packet, warm flow, no policy", ns(tc_none), Some(("empty TC_ACT_OK program", ns(tc_empty))), "ns"));
-    rows.push(row(&format!("TC per packet, warm flow, {prefixes} prefixes"), ns(tc_100k), Some(("empty TC_ACT_OK program", ns(tc_empty))), "ns"));
-    rows.push(row(&format!("compile {prefixes} CIDRs into rule lists"), compiled.as_secs_f64() * 1000.0, None, "ms"));
-    rows.push(row(&format!("compile + load {prefixes} CIDRs into the LPM tries"), loaded.as_secs_f64() * 1000.0, None, "ms"));
+    rows.push(row(
+        "XDP per packet, warm flow, no policy",
+        ns(xdp_none),
+        Some(("empty XDP_PASS program", ns(xdp_empty))),
+        "ns",
+    ));
+    rows.push(row(
+        &format!("XDP per packet, warm flow, {prefixes} prefixes"),
+        ns(xdp_100k),
+        Some(("empty XDP_PASS program", ns(xdp_empty))),
+        "ns",
+    ));
+    rows.push(row(
+        "TC per packet, warm flow, no policy",
+        ns(tc_none),
+        Some(("empty TC_ACT_OK program", ns(tc_empty))),
+        "ns",
+    ));
+    rows.push(row(
+        &format!("TC per packet, warm flow, {prefixes} prefixes"),
+        ns(tc_100k),
+        Some(("empty TC_ACT_OK program", ns(tc_empty))),
+        "ns",
+    ));
+    rows.push(row(
+        &format!("compile {prefixes} CIDRs into rule lists"),
+        compiled.as_secs_f64() * 1000.0,
+        None,
+        "ms",
+    ));
+    rows.push(row(
+        &format!("compile + load {prefixes} CIDRs into the LPM tries"),
+        loaded.as_secs_f64() * 1000.0,
+        None,
+        "ms",
+    ));
     drop(ebpf);
 
     rows.push(row(
@@ -95,7 +138,11 @@ where
     P: for<'b> TestRun<Opts<'b> = TestRunOptions<'b>, Result = aya::programs::TestRunResult>,
 {
     let prog: &mut P = datapath::program(ebpf, program).unwrap();
-    let opts = |repeat| TestRunOptions { data_in: Some(frame), repeat, ..TestRunOptions::new() };
+    let opts = |repeat| TestRunOptions {
+        data_in: Some(frame),
+        repeat,
+        ..TestRunOptions::new()
+    };
     prog.test_run(opts(1000)).unwrap();
     prog.test_run(opts(repeat)).unwrap().duration
 }
@@ -135,11 +182,32 @@ fn cli_import(cidrs: &[Cidr]) -> Duration {
     let text: String = cidrs.iter().map(|c| format!("{c}\n")).collect();
     std::fs::write(&list, format!("# {} random prefixes\n{text}", cidrs.len())).unwrap();
     let log = dir.path().join("log.json");
-    let _netmon = Netmon::start(&net.a, &["--quiet", "--log", log.to_str().unwrap(), "--detail-log", dir.path().join("d.jsonl").to_str().unwrap()]).unwrap();
+    let _netmon = Netmon::start(
+        &net.a,
+        &[
+            "--quiet",
+            "--log",
+            log.to_str().unwrap(),
+            "--detail-log",
+            dir.path().join("d.jsonl").to_str().unwrap(),
+        ],
+    )
+    .unwrap();
     let started = Instant::now();
-    let out = cli(&["block", "--file", list.to_str().unwrap(), "--iface", &net.a.iface]).unwrap();
+    let out = cli(&[
+        "block",
+        "--file",
+        list.to_str().unwrap(),
+        "--iface",
+        &net.a.iface,
+    ])
+    .unwrap();
     let took = started.elapsed();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     took
 }
 
@@ -149,12 +217,24 @@ fn report(rows: &[Row], repeat: u32) {
     writeln!(md, "|---|---|---|---|").unwrap();
     for r in rows {
         let (reference, ratio) = match &r.reference {
-            Some((name, v)) => (format!("{v:.1} {} ({name})", r.unit), format!("{:.2}×", r.netmon / v)),
+            Some((name, v)) => (
+                format!("{v:.1} {} ({name})", r.unit),
+                format!("{:.2}×", r.netmon / v),
+            ),
             None => ("".into(), "".into()),
         };
-        writeln!(md, "| {} | {:.1} {} | {reference} | {ratio} |", r.metric, r.netmon, r.unit).unwrap();
+        writeln!(
+            md,
+            "| {} | {:.1} {} | {reference} | {ratio} |",
+            r.metric, r.netmon, r.unit
+        )
+        .unwrap();
     }
-    writeln!(md, "\nPer-packet figures: BPF_PROG_TEST_RUN, {repeat} repeats, 106-byte UDP frame.").unwrap();
+    writeln!(
+        md,
+        "\nPer-packet figures: BPF_PROG_TEST_RUN, {repeat} repeats, 106-byte UDP frame."
+    )
+    .unwrap();
     print!("{md}");
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     std::fs::create_dir_all(&dir).unwrap();

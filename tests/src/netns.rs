@@ -159,8 +159,14 @@ impl TestNet {
             }
             // The second addresses are never picked as a source unless bound to:
             // IPv4 makes them secondary, IPv6 needs them deprecated.
-            ip(&format!("-n {ns} addr add {}/64 dev {dev} nodad", host.ipv6))?;
-            ip(&format!("-n {ns} addr add {}/64 dev {dev} nodad preferred_lft 0", host.ipv6_alt))?;
+            ip(&format!(
+                "-n {ns} addr add {}/64 dev {dev} nodad",
+                host.ipv6
+            ))?;
+            ip(&format!(
+                "-n {ns} addr add {}/64 dev {dev} nodad preferred_lft 0",
+                host.ipv6_alt
+            ))?;
             let peer_addrs = [peer.ipv4, peer.ipv4_alt].map(IpAddr::V4);
             let peer_addrs6 = [peer.ipv6, peer.ipv6_alt].map(IpAddr::V6);
             for addr in peer_addrs.iter().chain(&peer_addrs6) {

@@ -185,8 +185,7 @@ fn counts_every_pair_exactly_and_keeps_totals_across_restarts() -> Result<()> {
 /// The state file holds exact totals; the log their kB, in the old format.
 fn check_logs(log: &Path, expected: &BTreeMap<(IpAddr, IpAddr), Counter>) -> Result<()> {
     let state_path = state::path_for(log);
-    let (exact, _): (Ledger, _) =
-        state::parse(&state_path, &std::fs::read_to_string(&state_path)?)?;
+    let exact: Ledger = state::parse(&state_path, &std::fs::read_to_string(&state_path)?)?.ledger;
     let text = std::fs::read_to_string(log)?;
     let object: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text)?;
     for (pair, counter) in expected {

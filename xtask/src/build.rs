@@ -122,8 +122,15 @@ pub fn bench(quick: bool) -> Result<()> {
     toolchain::ensure_test_tools()?;
     all()?;
     let mut cmd = cargo(None);
-    cmd.env("NETMON_BIN", netmon_binary())
-        .args(["bench", "--locked", "--package", "netmon-tests", "--bench", "datapath", "--"]);
+    cmd.env("NETMON_BIN", netmon_binary()).args([
+        "bench",
+        "--locked",
+        "--package",
+        "netmon-tests",
+        "--bench",
+        "datapath",
+        "--",
+    ]);
     if quick {
         cmd.arg("--quick");
     }

@@ -17,9 +17,15 @@ use crate::{
     alerts::{Alerter, UsageAlarm},
     console,
     control::{self, Request, Response},
-    datapath::{Datapath, LoadOptions, XdpAttachMode},
-    enforcer::{Enforcer, PersistedPolicy},
-    logs::{self, detail::DetailRecord, network_log, state, LogError},
+    datapath::{pins::DEFAULT_BPFFS, Datapath, LoadOptions, XdpAttachMode},
+    enforcer::Enforcer,
+    logs::{
+        self,
+        detail::DetailRecord,
+        network_log,
+        state::{self, State},
+        LogError,
+    },
     policy::Period,
     units::{parse_interval, parse_size},
 };
@@ -69,6 +75,14 @@ pub struct RunArgs {
     /// Move the existing log, state and detail files aside (timestamped) and start from zero.
     #[arg(long)]
     pub reset_state: bool,
+    /// Where bpffs is (mounted there if it is not): maps and links are pinned
+    /// under <bpffs>/netmon/<iface>.
+    #[arg(long, default_value = DEFAULT_BPFFS)]
+    pub bpffs: PathBuf,
+    /// On SIGINT/SIGTERM, leave the programs attached and the maps pinned, still
+    /// counting and enforcing, for the next `netmon run` to adopt (upgrades).
+    #[arg(long)]
+    pub keep_attached: bool,
     /// Testing aid: start netmon's clock at this instant (RFC 3339); it then runs at real speed.
     #[arg(long, hide = true)]
     pub fake_now: Option<Timestamp>,
@@ -94,23 +108,23 @@ impl Files {
     }
 
     /// What was recorded so far: the exact state file, else the log alone.
-    fn load(&self) -> Result<(Ledger, PersistedPolicy), LogError> {
+    fn load(&self) -> Result<State, LogError> {
         if let Some(text) = read_if_present(&self.state)? {
             return state::parse(&self.state, &text);
         }
         match read_if_present(&self.log)? {
-            Some(text) => Ok((
-                network_log::parse(&self.log, &text)?,
-                PersistedPolicy::default(),
-            )),
-            None => Ok(Default::default()),
+            Some(text) => Ok(State {
+                ledger: network_log::parse(&self.log, &text)?,
+                ..Default::default()
+            }),
+            None => Ok(State::default()),
         }
     }
 
     /// Writes the state, then the log that is derived from it.
-    fn save(&self, ledger: &Ledger, policy: &PersistedPolicy) -> Result<(), LogError> {
-        state::write(&self.state, ledger, policy)?;
-        network_log::write(&self.log, ledger)
+    fn save(&self, state: &State) -> Result<(), LogError> {
+        state::write(&self.state, state)?;
+        network_log::write(&self.log, &state.ledger)
     }
 
     /// Renames every existing file to `NAME.TIMESTAMP.bak`.
@@ -137,9 +151,9 @@ fn read_if_present(path: &Path) -> Result<Option<String>, LogError> {
     match std::fs::read_to_string(path) {
         Ok(text) => Ok(Some(text)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(LogError::Io {
+        Err(cause) => Err(LogError::Io {
             path: path.to_path_buf(),
-            source,
+            cause,
         }),
     }
 }
@@ -160,7 +174,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     if args.reset_state {
         files.move_aside()?;
     }
-    let (mut ledger, persisted) = files.load()?;
+    let saved = files.load()?;
     let clock = Clock(
         args.fake_now
             .map_or(SignedDuration::ZERO, |t| t.duration_since(Timestamp::now())),
@@ -171,37 +185,67 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         })?,
         None => TimeZone::system(),
     };
-    let mut total = persisted.total.clone();
     let mut enforcer = Enforcer::new(
         &args.iface,
         args.policy.clone(),
-        persisted.clone(),
+        saved.policy.clone(),
         tz.clone(),
     )
     .map_err(anyhow::Error::msg)?;
     // Fail now, before attaching, if the logs cannot be written.
-    files.save(&ledger, &persisted)?;
+    files.save(&saved)?;
 
     let options = LoadOptions {
         max_pairs: args.max_pairs,
     };
-    let mut datapath = Datapath::attach(&args.iface, &options, args.xdp_mode)?;
-    enforcer
-        .apply(datapath.ebpf_mut(), clock.now())
-        .map_err(|e| anyhow::anyhow!("the policy cannot be enforced: {e}"))?;
-    let listener = control::Listener::bind(&args.iface)?;
+    let mut datapath = Datapath::attach(&args.iface, &options, args.xdp_mode, &args.bpffs)?;
+    let meter = match &saved.baseline {
+        Some(b) if datapath.adopted() && b.instance == datapath.instance() => Meter::from_baseline(
+            b,
+        )
+        .context("the state file's counter baseline is malformed; start with --reset-state")?,
+        _ => Meter::default(),
+    };
+    let started = (|| -> anyhow::Result<control::Listener> {
+        if datapath.adopted() {
+            enforcer
+                .adopt(datapath.ebpf())
+                .map_err(anyhow::Error::msg)?;
+        }
+        enforcer
+            .apply(datapath.ebpf_mut(), clock.now())
+            .map_err(|e| anyhow::anyhow!("the policy cannot be enforced: {e}"))?;
+        control::Listener::bind(&args.iface)
+    })();
+    let listener = match started {
+        Ok(listener) => listener,
+        Err(e) => {
+            // Leave adopted programs running; remove what this run attached.
+            let adopted = datapath.adopted();
+            datapath.shutdown(adopted)?;
+            return Err(e);
+        }
+    };
     log::info!(
-        "counting on {} (XDP {:?} mode, TC egress), every {}; log {}",
+        "counting on {} ({}, TC egress), every {}; log {}; pins {}",
         datapath.iface(),
-        datapath.xdp_mode(),
+        match datapath.xdp_mode() {
+            Some(mode) => format!("XDP {mode:?} mode"),
+            None => "adopted the running programs".into(),
+        },
         humantime::format_duration(args.interval),
-        files.log.display()
+        files.log.display(),
+        datapath.pin_dir().display()
     );
 
     let mut daemon = Daemon {
         files,
         quiet: args.quiet,
-        meter: Meter::default(),
+        meter,
+        ledger: saved.ledger,
+        total: saved.policy.total,
+        enforcer,
+        datapath,
         pending_detail: Vec::new(),
         interval_start: (Timestamp::now(), Instant::now()),
         alerter: Alerter {
@@ -224,42 +268,60 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     policy_check.tick().await;
     loop {
         tokio::select! {
-            _ = ticker.tick() => daemon.poll(&mut datapath, &mut enforcer, &mut ledger, &mut total)?,
-            _ = policy_check.tick() => daemon.reload(&mut datapath, &mut enforcer, false),
-            _ = sighup.recv() => daemon.reload(&mut datapath, &mut enforcer, true),
+            _ = ticker.tick() => daemon.poll()?,
+            _ = policy_check.tick() => daemon.reload(false),
+            _ = sighup.recv() => daemon.reload(true),
             request = listener.next() => {
                 let (request, stream) = request.context("the control socket failed")?;
-                let response = daemon.handle(request, &mut datapath, &mut enforcer);
-                daemon.save(&datapath, &enforcer, &ledger, &total);
+                let response = daemon.handle(request);
+                daemon.save();
                 control::answer(stream, response).await;
             }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
         }
     }
-    daemon.poll(&mut datapath, &mut enforcer, &mut ledger, &mut total)?;
-    if !daemon.pending_detail.is_empty() {
-        bail!(
-            "{} interval(s) could not be appended to {}",
-            daemon.pending_detail.len(),
-            daemon.files.detail.display()
+    daemon.poll()?;
+    drop(listener);
+    let Daemon {
+        datapath,
+        files,
+        pending_detail,
+        ..
+    } = daemon;
+    let pin_dir = datapath.pin_dir().to_path_buf();
+    datapath.shutdown(args.keep_attached)?;
+    if args.keep_attached {
+        log::info!(
+            "left the programs attached and counting; the next run adopts {}",
+            pin_dir.display()
+        );
+    } else {
+        log::info!(
+            "detached from {}; totals saved to {}",
+            args.iface,
+            files.log.display()
         );
     }
-    drop(listener);
-    drop(datapath);
-    log::info!(
-        "detached from {}; totals saved to {}",
-        args.iface,
-        daemon.files.log.display()
-    );
+    if !pending_detail.is_empty() {
+        bail!(
+            "{} interval(s) could not be appended to {}",
+            pending_detail.len(),
+            files.detail.display()
+        );
+    }
     Ok(())
 }
 
-/// The polling loop's state between intervals.
+/// The daemon between intervals: what it counts, enforces and writes.
 struct Daemon {
     files: Files,
     quiet: bool,
     meter: Meter,
+    ledger: Ledger,
+    total: crate::alerts::PeriodUsage,
+    enforcer: Enforcer,
+    datapath: Datapath,
     /// Detail records not yet written, kept until a write succeeds.
     pending_detail: Vec<DetailRecord>,
     interval_start: (Timestamp, Instant),
@@ -271,32 +333,28 @@ struct Daemon {
 impl Daemon {
     /// Reads the counters, accounts the interval, rolls quota periods, alerts,
     /// and writes the logs. A failed write is reported and retried next interval.
-    fn poll(
-        &mut self,
-        datapath: &mut Datapath,
-        enforcer: &mut Enforcer,
-        ledger: &mut Ledger,
-        total: &mut crate::alerts::PeriodUsage,
-    ) -> anyhow::Result<()> {
-        let snapshot = datapath.read()?;
+    fn poll(&mut self) -> anyhow::Result<()> {
+        let snapshot = self.datapath.read()?;
         let (end, end_instant) = (Timestamp::now(), Instant::now());
         let usage = self.meter.advance(&snapshot);
-        ledger.record(&usage);
+        self.ledger.record(&usage);
         let now = self.clock.now();
-        let mut events = enforcer
-            .tick(datapath.ebpf_mut(), now)
+        let mut events = self
+            .enforcer
+            .tick(self.datapath.ebpf_mut(), now)
             .map_err(anyhow::Error::msg)?;
         if let Some(alarm) = &self.alarm {
             let delivered: u64 = usage.pairs.iter().map(|p| p.counter.bytes).sum();
-            events.extend(alarm.add(total, delivered, now, datapath.iface()));
+            events.extend(alarm.add(&mut self.total, delivered, now, self.datapath.iface()));
         }
         let (start, start_instant) = self.interval_start;
         self.interval_start = (end, end_instant);
         self.pending_detail
-            .push(DetailRecord::new(datapath.iface(), start, end, &usage));
+            .push(DetailRecord::new(self.datapath.iface(), start, end, &usage));
 
-        // Persist first, so that an alert is never repeated after a restart.
-        self.save(datapath, enforcer, ledger, total);
+        // Persist first: an alert is never repeated after a restart, and the
+        // ledger and the counters it accounts are written together.
+        self.save();
         for event in &events {
             self.alerter.deliver(event);
         }
@@ -321,36 +379,35 @@ impl Daemon {
         Ok(())
     }
 
-    fn save(
-        &self,
-        datapath: &Datapath,
-        enforcer: &Enforcer,
-        ledger: &Ledger,
-        total: &crate::alerts::PeriodUsage,
-    ) {
-        let mut persisted = enforcer.persisted(datapath.ebpf());
-        persisted.total = total.clone();
-        if let Err(e) = self.files.save(ledger, &persisted) {
+    /// Writes state and log; on failure the previous files stay and the next interval retries.
+    fn save(&self) {
+        let mut policy = self.enforcer.persisted(self.datapath.ebpf());
+        policy.total = self.total.clone();
+        let state = State {
+            ledger: self.ledger.clone(),
+            policy,
+            baseline: Some(self.meter.baseline(self.datapath.instance())),
+        };
+        if let Err(e) = self.files.save(&state) {
             log::warn!("{e}; keeping the previous file and retrying next interval");
         }
     }
 
-    fn reload(&mut self, datapath: &mut Datapath, enforcer: &mut Enforcer, forced: bool) {
-        match enforcer.reload(datapath.ebpf_mut(), self.clock.now(), forced) {
+    fn reload(&mut self, forced: bool) {
+        match self
+            .enforcer
+            .reload(self.datapath.ebpf_mut(), self.clock.now(), forced)
+        {
             Some(Ok(())) => log::info!("policy reloaded"),
             Some(Err(e)) => log::error!("policy not reloaded: {e}; the policy in force stays"),
             None => {}
         }
     }
 
-    fn handle(
-        &mut self,
-        request: Request,
-        datapath: &mut Datapath,
-        enforcer: &mut Enforcer,
-    ) -> Response {
+    fn handle(&mut self, request: Request) -> Response {
         let now = self.clock.now();
-        let ebpf = datapath.ebpf_mut();
+        let enforcer = &mut self.enforcer;
+        let ebpf = self.datapath.ebpf_mut();
         let result = match request {
             Request::AddRule { rule } => {
                 let text = rule.to_string();

@@ -40,7 +40,7 @@ pub struct Applied {
 }
 
 fn map_error(map: &'static str) -> impl Fn(aya::maps::MapError) -> DatapathError {
-    move |source| DatapathError::Map { map, source }
+    move |cause| DatapathError::Map { map, cause }
 }
 
 fn map_mut<'a>(
@@ -51,6 +51,51 @@ fn map_mut<'a>(
 }
 
 impl Enforcement {
+    /// What pinned maps from an earlier run already hold, so that the first
+    /// update is a diff against it (removing what the new policy lacks) and
+    /// the generation keeps counting up.
+    pub fn adopt(ebpf: &Ebpf) -> Result<Enforcement, DatapathError> {
+        let mut adopted = Enforcement::default();
+        let policy: Array<&MapData, PolicyState> = Array::try_from(
+            ebpf.map(POLICY_MAP)
+                .ok_or(DatapathError::MissingMap(POLICY_MAP))?,
+        )
+        .map_err(map_error(POLICY_MAP))?;
+        adopted.last_generation = policy.get(&0, 0).map_err(map_error(POLICY_MAP))?.generation;
+        let v4: LpmTrie<&MapData, [u8; 4], u32> = LpmTrie::try_from(
+            ebpf.map(PREFIXES_V4_MAP)
+                .ok_or(DatapathError::MissingMap(PREFIXES_V4_MAP))?,
+        )
+        .map_err(map_error(PREFIXES_V4_MAP))?;
+        for entry in v4.iter() {
+            let (key, list) = entry.map_err(map_error(PREFIXES_V4_MAP))?;
+            let cidr = Cidr::new(std::net::IpAddr::from(key.data()), key.prefix_len() as u8)
+                .map_err(DatapathError::Policy)?;
+            adopted.prefixes.insert(cidr, list);
+        }
+        let v6: LpmTrie<&MapData, [u8; 16], u32> = LpmTrie::try_from(
+            ebpf.map(PREFIXES_V6_MAP)
+                .ok_or(DatapathError::MissingMap(PREFIXES_V6_MAP))?,
+        )
+        .map_err(map_error(PREFIXES_V6_MAP))?;
+        for entry in v6.iter() {
+            let (key, list) = entry.map_err(map_error(PREFIXES_V6_MAP))?;
+            let cidr = Cidr::new(std::net::IpAddr::from(key.data()), key.prefix_len() as u8)
+                .map_err(DatapathError::Policy)?;
+            adopted.prefixes.insert(cidr, list);
+        }
+        let lists: Array<&MapData, RuleList> = Array::try_from(
+            ebpf.map(RULE_LISTS_MAP)
+                .ok_or(DatapathError::MissingMap(RULE_LISTS_MAP))?,
+        )
+        .map_err(map_error(RULE_LISTS_MAP))?;
+        for id in adopted.prefixes.values().copied().collect::<HashSet<u32>>() {
+            let list = lists.get(&id, 0).map_err(map_error(RULE_LISTS_MAP))?;
+            adopted.lists.insert(list, id);
+        }
+        Ok(adopted)
+    }
+
     /// Makes the kernel enforce `tables`: new lists first, then prefixes added or
     /// re-pointed, then stale prefixes removed, then the generation bumped so
     /// that flows drop their cached decisions.
@@ -134,12 +179,13 @@ impl Enforcement {
         };
         let mut policy: Array<&mut MapData, PolicyState> =
             Array::try_from(map_mut(ebpf, POLICY_MAP)?).map_err(map_error(POLICY_MAP))?;
+        let state = policy.get(&0, 0).map_err(map_error(POLICY_MAP))?;
         policy
             .set(
                 0,
                 PolicyState {
                     generation,
-                    _pad: 0,
+                    ..state
                 },
                 0,
             )

@@ -13,7 +13,7 @@ pub enum DatapathError {
     Permission(String),
     /// Loading the object failed for another reason.
     #[error("loading netmon's eBPF object failed: {0}; netmon needs a kernel with BPF, BTF and JIT (Linux 5.15 or newer)")]
-    Load(#[source] EbpfError),
+    Load(EbpfError),
     /// The embedded object lacks a program (a build problem).
     #[error("the embedded eBPF object has no program '{0}': rebuild with `cargo xtask build`")]
     MissingProgram(String),
@@ -21,36 +21,39 @@ pub enum DatapathError {
     #[error("the embedded eBPF object has no map '{0}': rebuild with `cargo xtask build`")]
     MissingMap(&'static str),
     /// Loading or verifying one program failed.
-    #[error("the kernel rejected eBPF program '{name}': {source}")]
+    #[error("the kernel rejected eBPF program '{name}': {cause}")]
     Program {
         /// Program name.
         name: String,
         /// aya's error, with the verifier log.
-        #[source]
-        source: ProgramError,
+        cause: ProgramError,
     },
     /// Attaching a program failed.
-    #[error("attaching {hook} to '{iface}' failed: {source}; if another XDP or TC program owns the hook, remove it (`ip link set dev {iface} xdp off`) or pick another interface")]
+    #[error("attaching {hook} to '{iface}' failed: {cause}; if another XDP or TC program owns the hook, remove it (`ip link set dev {iface} xdp off`) or pick another interface")]
     Attach {
         /// Which hook.
         hook: &'static str,
         /// Interface.
         iface: String,
         /// aya's error.
-        #[source]
-        source: ProgramError,
+        cause: ProgramError,
     },
+    /// bpffs or the pin directory is unusable.
+    #[error("{0}")]
+    Pins(String),
+    /// Pinned maps from another build.
+    #[error("{0}")]
+    Layout(String),
     /// The policy does not fit the datapath.
     #[error("{0}")]
     Policy(String),
     /// Reading a map failed.
-    #[error("reading map {map} failed: {source}")]
+    #[error("reading map {map} failed: {cause}")]
     Map {
         /// Map name.
         map: &'static str,
         /// aya's error.
-        #[source]
-        source: aya::maps::MapError,
+        cause: aya::maps::MapError,
     },
 }
 
@@ -71,7 +74,7 @@ impl DatapathError {
         }
         DatapathError::Program {
             name: name.to_string(),
-            source,
+            cause: source,
         }
     }
 }

@@ -3,13 +3,26 @@
 
 pub mod enforce;
 mod error;
+pub mod pins;
 pub mod readout;
 
+use std::path::Path;
+
 use aya::{
-    programs::{SchedClassifier, TcAttachType, Xdp, XdpMode},
+    maps::{Array, MapData, MapInfo},
+    programs::{
+        links::{FdLink, PinnedLink},
+        tc::SchedClassifierLink,
+        xdp::XdpLink,
+        SchedClassifier, TcAttachType, Xdp, XdpMode,
+    },
     Ebpf, EbpfLoader,
 };
-use netmon_common::maps::{DEFAULT_MAX_PAIRS, PAIRS_MAP};
+use netmon_common::{
+    maps::{DEFAULT_MAX_PAIRS, LAYOUT_VERSION, PAIRS_MAP},
+    policy::{PolicyState, POLICY_MAP},
+};
+use pins::{Hook, PinDir, MAP_LAYOUTS};
 
 pub use error::DatapathError;
 pub use readout::{PairReading, Snapshot};
@@ -50,17 +63,7 @@ impl Default for LoadOptions {
 
 /// Loads the object and both programs into the kernel (verified, not attached).
 pub fn load(options: &LoadOptions) -> Result<Ebpf, DatapathError> {
-    let mut ebpf = EbpfLoader::new()
-        .map_max_entries(PAIRS_MAP, options.max_pairs)
-        .load(EBPF_OBJECT)
-        .map_err(DatapathError::from_load)?;
-    program::<Xdp>(&mut ebpf, INGRESS_PROGRAM)?
-        .load()
-        .map_err(|e| DatapathError::program(INGRESS_PROGRAM, e))?;
-    program::<SchedClassifier>(&mut ebpf, EGRESS_PROGRAM)?
-        .load()
-        .map_err(|e| DatapathError::program(EGRESS_PROGRAM, e))?;
-    Ok(ebpf)
+    load_with(EbpfLoader::new().map_max_entries(PAIRS_MAP, options.max_pairs))
 }
 
 /// Looks up a program of the object by name and type.
@@ -76,26 +79,59 @@ where
         .map_err(|e| DatapathError::program(name, e))
 }
 
-/// netmon's programs, attached to one interface. Dropping it detaches them.
+/// netmon's programs, attached to one interface, with maps and links pinned
+/// so that counting and enforcement go on if the daemon dies.
 pub struct Datapath {
     ebpf: Ebpf,
     iface: String,
-    xdp_mode: XdpMode,
+    xdp_mode: Option<XdpMode>,
     max_pairs: u32,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    pins: PinDir,
+    links: Vec<PinnedLink>,
+    adopted: bool,
+    instance: u64,
 }
 
 impl Datapath {
-    /// Loads the programs and attaches XDP (ingress) and TC (egress) to `iface`.
+    /// Loads the programs and attaches XDP (ingress) and TC (egress) to `iface`,
+    /// or adopts the maps and links an earlier run left pinned under `bpffs`,
+    /// replacing its programs without a gap in counting.
     pub fn attach(
         iface: &str,
         options: &LoadOptions,
         mode: XdpAttachMode,
+        bpffs: &Path,
     ) -> Result<Self, DatapathError> {
         if interface_index(iface).is_none() {
             return Err(DatapathError::NoInterface(iface.to_string()));
         }
-        let mut ebpf = load(options)?;
+        let pins = PinDir::prepare(bpffs, iface)?;
+        pins.check_layout()?;
+        let adopted = pins.has_maps();
+        let mut max_pairs = options.max_pairs;
+        if adopted {
+            if let Ok(info) = MapInfo::from_pin(pins.map(PAIRS_MAP)) {
+                if info.max_entries() != max_pairs {
+                    log::warn!(
+                        "the pinned pair table holds {} pairs; --max-pairs {max_pairs} takes effect after a stop without --keep-attached",
+                        info.max_entries()
+                    );
+                    max_pairs = info.max_entries();
+                }
+            }
+        }
+        let mut loader = EbpfLoader::new();
+        loader.map_max_entries(PAIRS_MAP, max_pairs);
+        let paths: Vec<_> = MAP_LAYOUTS
+            .iter()
+            .map(|(name, _, _)| (*name, pins.map(name)))
+            .collect();
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = load_with(&mut loader)?;
+        let instance = identify(&mut ebpf, adopted)?;
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
             Ok(logger) => Some(logger),
             Err(e) => {
@@ -103,29 +139,49 @@ impl Datapath {
                 None
             }
         };
-        let xdp_mode = attach_xdp(&mut ebpf, iface, mode)?;
-        // tcx on kernels >= 6.6 (aya picks it), a clsact qdisc otherwise.
-        let tcx = aya::util::KernelVersion::current()
-            .is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0));
-        if !tcx {
-            if let Err(e) = aya::programs::tc::qdisc_add_clsact(iface) {
-                log::debug!("clsact qdisc on {iface}: {e} (already present?)");
-            }
-        }
-        program::<SchedClassifier>(&mut ebpf, EGRESS_PROGRAM)?
-            .attach(iface, TcAttachType::Egress)
-            .map_err(|source| DatapathError::Attach {
-                hook: "TC egress",
-                iface: iface.to_string(),
-                source,
-            })?;
+        let mut links = Vec::new();
+        let xdp_mode = attach_xdp(&mut ebpf, iface, mode, &pins, &mut links)?;
+        attach_tc(&mut ebpf, iface, &pins, &mut links)?;
         Ok(Self {
             ebpf,
             iface: iface.to_string(),
             xdp_mode,
-            max_pairs: options.max_pairs,
+            max_pairs,
             logger,
+            pins,
+            links,
+            adopted,
+            instance,
         })
+    }
+
+    /// True when this run took over maps and links pinned by an earlier one.
+    pub fn adopted(&self) -> bool {
+        self.adopted
+    }
+
+    /// The random id of this set of maps.
+    pub fn instance(&self) -> u64 {
+        self.instance
+    }
+
+    /// Where the maps and links are pinned.
+    pub fn pin_dir(&self) -> &Path {
+        self.pins.path()
+    }
+
+    /// Stops: with `keep_attached`, the programs keep counting and enforcing
+    /// for the next run to adopt; otherwise they are detached and the pins removed.
+    pub fn shutdown(self, keep_attached: bool) -> Result<(), DatapathError> {
+        if !keep_attached {
+            self.pins.remove().map_err(|e| {
+                DatapathError::Pins(format!("removing {}: {e}", self.pins.path().display()))
+            })?;
+        }
+        // Closing our descriptors detaches whatever is no longer pinned.
+        drop(self.links);
+        drop(self.ebpf);
+        Ok(())
     }
 
     /// The interface the programs are attached to.
@@ -133,8 +189,8 @@ impl Datapath {
         &self.iface
     }
 
-    /// The XDP mode actually in use.
-    pub fn xdp_mode(&self) -> XdpMode {
+    /// The XDP mode in use, when netmon attached it (not when adopted).
+    pub fn xdp_mode(&self) -> Option<XdpMode> {
         self.xdp_mode
     }
 
@@ -157,34 +213,161 @@ impl Datapath {
     }
 }
 
-fn attach_xdp(ebpf: &mut Ebpf, iface: &str, mode: XdpAttachMode) -> Result<XdpMode, DatapathError> {
-    let xdp = program::<Xdp>(ebpf, INGRESS_PROGRAM)?;
-    let attach_error = |source| DatapathError::Attach {
-        hook: "XDP",
-        iface: iface.to_string(),
-        source,
+/// Loads the object and both programs with `loader`.
+fn load_with(loader: &mut EbpfLoader<'_>) -> Result<Ebpf, DatapathError> {
+    let mut ebpf = loader.load(EBPF_OBJECT).map_err(DatapathError::from_load)?;
+    program::<Xdp>(&mut ebpf, INGRESS_PROGRAM)?
+        .load()
+        .map_err(|e| DatapathError::program(INGRESS_PROGRAM, e))?;
+    program::<SchedClassifier>(&mut ebpf, EGRESS_PROGRAM)?
+        .load()
+        .map_err(|e| DatapathError::program(EGRESS_PROGRAM, e))?;
+    Ok(ebpf)
+}
+
+/// Stamps new maps with the layout version and a random instance id; reads
+/// the id of adopted ones.
+fn identify(ebpf: &mut Ebpf, adopted: bool) -> Result<u64, DatapathError> {
+    let map_error = |cause| DatapathError::Map {
+        map: POLICY_MAP,
+        cause,
     };
-    match mode {
-        XdpAttachMode::Native => xdp
-            .attach(iface, XdpMode::Driver)
-            .map(|_| XdpMode::Driver)
-            .map_err(attach_error),
-        XdpAttachMode::Skb => xdp
-            .attach(iface, XdpMode::Skb)
-            .map(|_| XdpMode::Skb)
-            .map_err(attach_error),
+    let mut policy: Array<&mut MapData, PolicyState> = Array::try_from(
+        ebpf.map_mut(POLICY_MAP)
+            .ok_or(DatapathError::MissingMap(POLICY_MAP))?,
+    )
+    .map_err(map_error)?;
+    let state = policy.get(&0, 0).map_err(map_error)?;
+    if adopted && state.instance != 0 {
+        return Ok(state.instance);
+    }
+    let mut bytes = [0u8; 8];
+    // SAFETY: getrandom writes at most `bytes.len()` bytes into the buffer.
+    unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    let instance = u64::from_ne_bytes(bytes) | 1;
+    policy
+        .set(
+            0,
+            PolicyState {
+                generation: 0,
+                layout: LAYOUT_VERSION,
+                instance,
+            },
+            0,
+        )
+        .map_err(map_error)?;
+    Ok(instance)
+}
+
+fn attach_error(
+    hook: &'static str,
+    iface: &str,
+) -> impl Fn(aya::programs::ProgramError) -> DatapathError {
+    let iface = iface.to_string();
+    move |cause| DatapathError::Attach {
+        hook,
+        iface: iface.clone(),
+        cause,
+    }
+}
+
+/// Pins a link (so that it outlives us) and keeps its descriptor.
+fn pin_link(
+    link: Result<FdLink, impl std::fmt::Display>,
+    path: std::path::PathBuf,
+    links: &mut Vec<PinnedLink>,
+    hook: &str,
+) {
+    match link {
+        Ok(fd_link) => match fd_link.pin(&path) {
+            Ok(pinned) => links.push(pinned),
+            Err(e) => log::warn!(
+                "cannot pin the {hook} link at {} ({e}); a crash will detach it",
+                path.display()
+            ),
+        },
+        Err(e) => {
+            log::warn!("the {hook} attachment cannot be pinned ({e}); a crash will detach it")
+        }
+    }
+}
+
+fn attach_xdp(
+    ebpf: &mut Ebpf,
+    iface: &str,
+    mode: XdpAttachMode,
+    pins: &PinDir,
+    links: &mut Vec<PinnedLink>,
+) -> Result<Option<XdpMode>, DatapathError> {
+    let xdp = program::<Xdp>(ebpf, INGRESS_PROGRAM)?;
+    let path = pins.link(Hook::Ingress);
+    if let Ok(pinned) = PinnedLink::from_pin(&path) {
+        // Swap our program into the running link: no frame goes uncounted.
+        let link = XdpLink::try_from(FdLink::from(pinned))
+            .map_err(|e| DatapathError::Pins(format!("adopting {}: {e}", path.display())))?;
+        xdp.attach_to_link(link)
+            .map_err(attach_error("XDP", iface))?;
+        links.push(PinnedLink::from_pin(&path).map_err(|e| DatapathError::Pins(e.to_string()))?);
+        return Ok(None);
+    }
+    let (id, used) = match mode {
+        XdpAttachMode::Native => (
+            xdp.attach(iface, XdpMode::Driver)
+                .map_err(attach_error("XDP", iface))?,
+            XdpMode::Driver,
+        ),
+        XdpAttachMode::Skb => (
+            xdp.attach(iface, XdpMode::Skb)
+                .map_err(attach_error("XDP", iface))?,
+            XdpMode::Skb,
+        ),
         XdpAttachMode::Auto => match xdp.attach(iface, XdpMode::Driver) {
-            Ok(_) => Ok(XdpMode::Driver),
+            Ok(id) => (id, XdpMode::Driver),
             Err(native) => {
-                log::warn!(
-                    "native XDP unavailable on {iface} ({native}); using skb mode, which costs more per packet"
-                );
-                xdp.attach(iface, XdpMode::Skb)
-                    .map(|_| XdpMode::Skb)
-                    .map_err(attach_error)
+                log::warn!("native XDP unavailable on {iface} ({native}); using skb mode, which costs more per packet");
+                (
+                    xdp.attach(iface, XdpMode::Skb)
+                        .map_err(attach_error("XDP", iface))?,
+                    XdpMode::Skb,
+                )
             }
         },
+    };
+    let link = xdp.take_link(id).map_err(attach_error("XDP", iface))?;
+    pin_link(FdLink::try_from(link), path, links, "XDP");
+    Ok(Some(used))
+}
+
+fn attach_tc(
+    ebpf: &mut Ebpf,
+    iface: &str,
+    pins: &PinDir,
+    links: &mut Vec<PinnedLink>,
+) -> Result<(), DatapathError> {
+    let tc = program::<SchedClassifier>(ebpf, EGRESS_PROGRAM)?;
+    let path = pins.link(Hook::Egress);
+    if let Ok(pinned) = PinnedLink::from_pin(&path) {
+        let link = SchedClassifierLink::try_from(FdLink::from(pinned))
+            .map_err(|e| DatapathError::Pins(format!("adopting {}: {e}", path.display())))?;
+        tc.attach_to_link(link)
+            .map_err(attach_error("TC egress", iface))?;
+        links.push(PinnedLink::from_pin(&path).map_err(|e| DatapathError::Pins(e.to_string()))?);
+        return Ok(());
     }
+    // tcx on kernels >= 6.6 (aya picks it), a clsact qdisc otherwise.
+    let tcx = aya::util::KernelVersion::current()
+        .is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0));
+    if !tcx {
+        if let Err(e) = aya::programs::tc::qdisc_add_clsact(iface) {
+            log::debug!("clsact qdisc on {iface}: {e} (already present?)");
+        }
+    }
+    let id = tc
+        .attach(iface, TcAttachType::Egress)
+        .map_err(attach_error("TC egress", iface))?;
+    let link = tc.take_link(id).map_err(attach_error("TC egress", iface))?;
+    pin_link(FdLink::try_from(link), path, links, "TC egress");
+    Ok(())
 }
 
 /// The kernel's index of `iface`, if it exists.

@@ -60,7 +60,7 @@ pub struct Snapshot {
 
 /// Reads the counters of a loaded object (attached or not).
 pub fn read(ebpf: &Ebpf, capacity: u32) -> Result<Snapshot, DatapathError> {
-    let map_error = |map| move |source| DatapathError::Map { map, source };
+    let map_error = |map| move |cause| DatapathError::Map { map, cause };
     let totals_map: PerCpuArray<_, DirectionTotals> = PerCpuArray::try_from(
         ebpf.map(TOTALS_MAP)
             .ok_or(DatapathError::MissingMap(TOTALS_MAP))?,

@@ -11,9 +11,9 @@ use super::LogError;
 
 /// Replaces `path` with `contents`; readers see the old file or the new one, never a mix.
 pub fn write(path: &Path, contents: &[u8], mode: u32) -> Result<(), LogError> {
-    let io = |source| LogError::Io {
+    let io = |cause| LogError::Io {
         path: path.to_path_buf(),
-        source,
+        cause,
     };
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,

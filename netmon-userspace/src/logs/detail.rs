@@ -169,9 +169,9 @@ impl DetailRecord {
 
 /// Appends one record as one line, in a single write so readers never see half a line.
 pub fn append(path: &Path, record: &DetailRecord) -> Result<(), LogError> {
-    let io = |source| LogError::Io {
+    let io = |cause| LogError::Io {
         path: path.to_path_buf(),
-        source,
+        cause,
     };
     let mut line = serde_json::to_string(record).expect("detail record serialises");
     line.push('\n');

@@ -12,13 +12,12 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
     /// The file could not be read or written.
-    #[error("{}: {source}; check the path and its permissions", path.display())]
+    #[error("{}: {cause}; check the path and its permissions", path.display())]
     Io {
         /// The file.
         path: PathBuf,
         /// The OS error.
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The file exists but is not what netmon wrote.
     #[error("{} is not a valid {what} ({reason}); netmon will not overwrite it: repair it, or start with --reset-state to move it aside", path.display())]

@@ -10,7 +10,10 @@ use netmon_common::Counter;
 use serde::{Deserialize, Serialize};
 
 use super::LogError;
-use crate::{accounting::Ledger, enforcer::PersistedPolicy};
+use crate::{
+    accounting::{Baseline, Ledger},
+    enforcer::PersistedPolicy,
+};
 
 const FORMAT: &str = "netmon-state";
 const VERSION: u32 = 1;
@@ -22,6 +25,19 @@ struct StateFile {
     pairs: Vec<StatePair>,
     #[serde(default)]
     policy: PersistedPolicy,
+    #[serde(default)]
+    baseline: Option<Baseline>,
+}
+
+/// Everything the state file holds.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct State {
+    /// Exact totals per address pair.
+    pub ledger: Ledger,
+    /// CLI rules, rule ids and quota usage.
+    pub policy: PersistedPolicy,
+    /// Kernel counter values already in the ledger.
+    pub baseline: Option<Baseline>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -37,8 +53,13 @@ pub fn path_for(log: &Path) -> std::path::PathBuf {
     log.with_extension("state.json")
 }
 
-/// Serialises the ledger and the policy state.
-pub fn render(ledger: &Ledger, policy: &PersistedPolicy) -> String {
+/// Serialises the state.
+pub fn render(state: &State) -> String {
+    let State {
+        ledger,
+        policy,
+        baseline,
+    } = state;
     let file = StateFile {
         format: FORMAT.into(),
         version: VERSION,
@@ -52,12 +73,13 @@ pub fn render(ledger: &Ledger, policy: &PersistedPolicy) -> String {
             })
             .collect(),
         policy: policy.clone(),
+        baseline: baseline.clone(),
     };
     serde_json::to_string(&file).expect("state serialises")
 }
 
 /// Parses a state file.
-pub fn parse(path: &Path, text: &str) -> Result<(Ledger, PersistedPolicy), LogError> {
+pub fn parse(path: &Path, text: &str) -> Result<State, LogError> {
     let corrupt = |reason: String| LogError::Corrupt {
         path: path.to_path_buf(),
         what: "netmon state file",
@@ -79,12 +101,16 @@ pub fn parse(path: &Path, text: &str) -> Result<(Ledger, PersistedPolicy), LogEr
             },
         )
     }));
-    Ok((ledger, file.policy))
+    Ok(State {
+        ledger,
+        policy: file.policy,
+        baseline: file.baseline,
+    })
 }
 
 /// Writes the state file atomically, readable by its owner only.
-pub fn write(path: &Path, ledger: &Ledger, policy: &PersistedPolicy) -> Result<(), LogError> {
-    super::atomic::write(path, render(ledger, policy).as_bytes(), 0o600)
+pub fn write(path: &Path, state: &State) -> Result<(), LogError> {
+    super::atomic::write(path, render(state).as_bytes(), 0o600)
 }
 
 #[cfg(test)]
@@ -111,9 +137,12 @@ mod tests {
                 },
             ),
         ]);
-        let policy = PersistedPolicy::default();
-        let back = parse(Path::new("s"), &render(&ledger, &policy)).unwrap();
-        assert_eq!(back, (ledger, policy));
+        let state = State {
+            ledger,
+            ..Default::default()
+        };
+        let back = parse(Path::new("s"), &render(&state)).unwrap();
+        assert_eq!(back, state);
         assert_eq!(
             path_for(Path::new("/x/network_log.json")),
             Path::new("/x/network_log.state.json")
