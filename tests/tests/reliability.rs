@@ -1,0 +1,219 @@
+//! Kernel state that outlives the daemon: crashes, upgrades and restarts lose
+//! no bytes and count none twice; pinned maps of another layout are refused.
+
+use std::{net::IpAddr, path::Path, time::Duration};
+
+use anyhow::Result;
+use aya::maps::{Array, Map, MapData};
+use netmon::{accounting::Ledger, logs::state};
+use netmon_common::{policy::PolicyState, Counter};
+use netmon_tests::{
+    bpffs::BpfFs,
+    capture::{self, Capture, Way},
+    daemon::{cli, Netmon},
+    scenario::raw,
+    traffic::{self, frame_len},
+    Host, TestNet,
+};
+
+fn args<'a>(bpffs: &'a BpfFs, dir: &'a Path, extra: &[&'a str]) -> Vec<String> {
+    let mut v: Vec<String> = [
+        "--interval",
+        "1s",
+        "--quiet",
+        "--bpffs",
+        bpffs.path().to_str().unwrap(),
+        "--log",
+        dir.join("network_log.json").to_str().unwrap(),
+        "--detail-log",
+        dir.join("detail.jsonl").to_str().unwrap(),
+    ]
+    .iter()
+    .map(ToString::to_string)
+    .collect();
+    v.extend(extra.iter().map(ToString::to_string));
+    v
+}
+
+fn start(net: &TestNet, args: &[String]) -> Result<Netmon> {
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    Netmon::start(&net.a, &refs)
+}
+
+fn exact_totals(dir: &Path) -> Result<Ledger> {
+    let path = dir.join("network_log.state.json");
+    Ok(state::parse(&path, &std::fs::read_to_string(&path)?)?.ledger)
+}
+
+fn v4(ip: std::net::Ipv4Addr) -> IpAddr {
+    IpAddr::V4(ip)
+}
+
+fn xdp_attached(host: &Host) -> Result<bool> {
+    let out = std::process::Command::new("ip")
+        .args(["-n", &host.netns, "-d", "link", "show", "dev", &host.iface])
+        .output()?;
+    Ok(String::from_utf8_lossy(&out.stdout).contains("prog/xdp"))
+}
+
+#[test]
+fn sigkill_every_8_seconds_loses_nothing_and_counts_nothing_twice() -> Result<()> {
+    let bpffs = BpfFs::mount()?;
+    let net = TestNet::create()?;
+    let dir = tempfile::tempdir()?;
+    let args = args(&bpffs, dir.path(), &[]);
+    let (a, b) = (&net.a, &net.b);
+    let inbound_cap = Capture::start(a, Way::In, &dir.path().join("in.pcap"))?;
+    let outbound_cap = Capture::start(a, Way::Out, &dir.path().join("out.pcap"))?;
+    let mut netmon = start(&net, &args)?;
+    let inbound = traffic::udp_stream(
+        b,
+        v4(b.ipv4),
+        a,
+        v4(a.ipv4),
+        7800,
+        1000,
+        Duration::from_secs(40),
+    );
+    let outbound = traffic::udp_stream(
+        a,
+        v4(a.ipv4),
+        b,
+        v4(b.ipv4),
+        7801,
+        300,
+        Duration::from_secs(40),
+    );
+    for _ in 0..4 {
+        std::thread::sleep(Duration::from_secs(8));
+        netmon.kill()?;
+        netmon = start(&net, &args)?;
+    }
+    let (sent_in, received_in) = inbound.join().unwrap()?;
+    let (sent_out, received_out) = outbound.join().unwrap()?;
+    std::thread::sleep(Duration::from_millis(300));
+    let (frames_in, frames_out) = (inbound_cap.stop()?, outbound_cap.stop()?);
+    netmon.stop()?;
+    assert_eq!(
+        (received_in, received_out),
+        (sent_in, sent_out),
+        "the veth lost nothing"
+    );
+
+    let totals = exact_totals(dir.path())?;
+    let sent = |n: usize, size| Counter {
+        frames: n as u64,
+        bytes: n as u64 * frame_len(v4(a.ipv4), size),
+    };
+    let seen = |frames: &[capture::Frame], src: IpAddr| {
+        capture::per_flow(frames)
+            .iter()
+            .filter(|((s, _, p), _)| *s == raw(src) && *p == 17)
+            .fold(Counter::default(), |acc, (_, c)| acc.plus(*c))
+    };
+    assert_eq!(
+        totals.get(&(v4(b.ipv4), v4(a.ipv4))),
+        Some(sent(sent_in, 1000)),
+        "b → a = what b sent"
+    );
+    assert_eq!(
+        totals.get(&(v4(a.ipv4), v4(b.ipv4))),
+        Some(sent(sent_out, 300)),
+        "a → b = what a sent"
+    );
+    assert_eq!(
+        seen(&frames_in, v4(b.ipv4)),
+        sent(sent_in, 1000),
+        "… = tcpdump in"
+    );
+    assert_eq!(
+        seen(&frames_out, v4(a.ipv4)),
+        sent(sent_out, 300),
+        "… = tcpdump out"
+    );
+    assert!(!xdp_attached(a)?, "a clean stop detaches");
+    Ok(())
+}
+
+#[test]
+fn keep_attached_keeps_counting_and_enforcing_until_the_next_run() -> Result<()> {
+    let bpffs = BpfFs::mount()?;
+    let net = TestNet::create()?;
+    let dir = tempfile::tempdir()?;
+    let (a, b) = (&net.a, &net.b);
+    let netmon = start(&net, &args(&bpffs, dir.path(), &["--keep-attached"]))?;
+    let out = cli(&["block", &b.ipv4_alt.to_string(), "--iface", &a.iface])?;
+    assert!(out.status.success());
+    netmon.stop()?;
+    assert!(xdp_attached(a)?, "still attached");
+    let pins = bpffs.path().join("netmon").join(&a.iface);
+    assert!(pins.join("PAIRS").exists() && pins.join("link_ingress").exists());
+
+    // No daemon runs: the kernel counts and enforces on its own.
+    traffic::udp(b, a, v4(a.ipv4), 7900, &[100, 200, 300])?;
+    let blocked = traffic::udp_received(
+        b,
+        v4(b.ipv4_alt),
+        a,
+        v4(a.ipv4),
+        7901,
+        &[100],
+        Duration::from_millis(400),
+    )?;
+    assert!(blocked.is_empty(), "the block stays enforced");
+
+    let netmon = start(&net, &args(&bpffs, dir.path(), &[]))?;
+    netmon.stop()?;
+    let totals = exact_totals(dir.path())?;
+    let expected = Counter {
+        frames: 3,
+        bytes: [100, 200, 300]
+            .iter()
+            .map(|s| frame_len(v4(a.ipv4), *s))
+            .sum(),
+    };
+    assert_eq!(
+        totals.get(&(v4(b.ipv4), v4(a.ipv4))),
+        Some(expected),
+        "counted while no daemon ran"
+    );
+    assert!(
+        !xdp_attached(a)?,
+        "the second run, stopped normally, detached"
+    );
+    assert!(!pins.exists(), "and removed its pins");
+    Ok(())
+}
+
+#[test]
+fn pinned_maps_of_another_layout_are_refused() -> Result<()> {
+    let bpffs = BpfFs::mount()?;
+    let net = TestNet::create()?;
+    let dir = tempfile::tempdir()?;
+    start(&net, &args(&bpffs, dir.path(), &["--keep-attached"]))?.stop()?;
+    let policy_pin = bpffs
+        .path()
+        .join("netmon")
+        .join(&net.a.iface)
+        .join("POLICY");
+    let mut policy: Array<MapData, PolicyState> =
+        Array::try_from(Map::Array(MapData::from_pin(&policy_pin)?))?;
+    let state = policy.get(&0, 0)?;
+    policy.set(
+        0,
+        PolicyState {
+            layout: 999,
+            ..state
+        },
+        0,
+    )?;
+    let err = start(&net, &args(&bpffs, dir.path(), &[]))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("layout version 999") && err.contains("another netmon version"),
+        "{err}"
+    );
+    Ok(())
+}
