@@ -10,4 +10,5 @@ pub mod datapath;
 pub mod enforcer;
 pub mod logs;
 pub mod policy;
+pub mod privileges;
 pub mod units;

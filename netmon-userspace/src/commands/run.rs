@@ -170,6 +170,7 @@ impl Clock {
 
 /// Runs the daemon until SIGINT or SIGTERM.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    crate::privileges::check()?;
     let files = Files::new(&args);
     if args.reset_state {
         files.move_aside()?;
@@ -226,6 +227,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             return Err(e);
         }
     };
+    // Everything that needs more than CAP_BPF is done.
+    crate::privileges::drop_after_attach()?;
     log::info!(
         "counting on {} ({}, TC egress), every {}; log {}; pins {}",
         datapath.iface(),

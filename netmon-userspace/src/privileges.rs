@@ -1,0 +1,51 @@
+//! What netmon needs from the kernel's permission checks, said up front, and
+//! given back once the programs are attached.
+
+use caps::{CapSet, Capability, CapsHashSet};
+
+/// Capabilities loading and attaching need (root has them all).
+const NEEDED: [(Capability, &str); 3] = [
+    (Capability::CAP_BPF, "CAP_BPF"),
+    (Capability::CAP_NET_ADMIN, "CAP_NET_ADMIN"),
+    (Capability::CAP_PERFMON, "CAP_PERFMON"),
+];
+
+/// Fails with one line naming the missing capabilities and the fix.
+pub fn check() -> anyhow::Result<()> {
+    let effective = caps::read(None, CapSet::Effective).unwrap_or_default();
+    let missing: Vec<&str> = NEEDED
+        .iter()
+        .filter(|(cap, _)| {
+            !effective.contains(cap) && !effective.contains(&Capability::CAP_SYS_ADMIN)
+        })
+        .map(|(_, name)| *name)
+        .collect();
+    if !missing.is_empty() {
+        anyhow::bail!(
+            "netmon lacks {} to load and attach its eBPF programs: run it as root (sudo), or grant \
+             CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (setcap cap_bpf,cap_net_admin,cap_perfmon+ep netmon)",
+            missing.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// Keeps only CAP_BPF, which reading and updating the maps needs, and forbids
+/// regaining the rest (also for `--alert-exec` programs).
+pub fn drop_after_attach() -> anyhow::Result<()> {
+    let keep: CapsHashSet = [Capability::CAP_BPF].into_iter().collect();
+    // The bounding set first: shrinking it needs CAP_SETPCAP, dropped below.
+    for cap in caps::all() {
+        if !keep.contains(&cap) {
+            let _ = caps::drop(None, CapSet::Bounding, cap);
+        }
+    }
+    for set in [CapSet::Inheritable, CapSet::Effective, CapSet::Permitted] {
+        let current = caps::read(None, set).unwrap_or_default();
+        caps::set(None, set, &current.intersection(&keep).copied().collect())
+            .map_err(|e| anyhow::anyhow!("dropping capabilities: {e}"))?;
+    }
+    // SAFETY: prctl with constant arguments.
+    unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+    Ok(())
+}

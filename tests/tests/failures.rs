@@ -1,0 +1,319 @@
+//! Bad arguments, missing privileges, occupied hooks, corrupt and unwritable
+//! files, a full disk: one clear line each, and nothing recorded is lost or torn.
+
+use std::{
+    ffi::CString,
+    net::IpAddr,
+    os::unix::ffi::OsStrExt,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::Result;
+use netmon::logs::state;
+use netmon_common::Counter;
+use netmon_tests::{
+    bpffs::BpfFs,
+    daemon::{binary, run_once, Netmon},
+    traffic::{self, frame_len},
+    TestNet,
+};
+
+fn files(dir: &Path) -> Vec<String> {
+    vec![
+        "--interval".into(),
+        "1s".into(),
+        "--quiet".into(),
+        "--log".into(),
+        dir.join("network_log.json").display().to_string(),
+        "--detail-log".into(),
+        dir.join("detail.jsonl").display().to_string(),
+    ]
+}
+
+fn start(net: &TestNet, args: &[String]) -> Result<Netmon> {
+    Netmon::start(&net.a, &args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+/// What a `netmon` run that must fail printed on stderr. netmon's own errors
+/// are one line; argument errors come from clap, with a usage hint.
+fn failure(net: &TestNet, args: &[&str]) -> String {
+    let out = run_once(&net.a, args).unwrap();
+    assert!(!out.status.success(), "{args:?} succeeded");
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    let ours = err
+        .lines()
+        .filter(|l| l.starts_with("netmon: error:"))
+        .count();
+    let clap = err.lines().filter(|l| l.starts_with("error:")).count();
+    assert_eq!(ours + clap, 1, "exactly one error line: {err}");
+    err
+}
+
+#[test]
+fn errors_name_the_cause_and_the_fix() -> Result<()> {
+    let net = TestNet::create()?;
+    let dir = tempfile::tempdir()?;
+    let log = dir.path().join("l.json");
+    let log = log.to_str().unwrap();
+    let err = failure(&net, &["run", "--iface", "nosuch0", "--log", log]);
+    assert!(
+        err.contains("interface 'nosuch0' not found") && err.contains("ip link"),
+        "{err}"
+    );
+    let err = failure(
+        &net,
+        &["run", "--iface", &net.a.iface, "--interval", "10parsecs"],
+    );
+    assert!(
+        err.contains("is not a duration") || err.contains("'10parsecs'"),
+        "{err}"
+    );
+    let err = failure(
+        &net,
+        &["run", "--iface", &net.a.iface, "--alert-threshold", "5XB"],
+    );
+    assert!(err.contains("unknown unit 'XB'"), "{err}");
+    let err = failure(
+        &net,
+        &[
+            "run",
+            "--iface",
+            &net.a.iface,
+            "--log",
+            log,
+            "--bpffs",
+            "/etc/hostname/bpf",
+        ],
+    );
+    assert!(
+        err.contains("bpffs is not mounted at /etc/hostname/bpf") && err.contains("mount -t bpf"),
+        "{err}"
+    );
+
+    // Without privileges.
+    let out = net
+        .a
+        .command("setpriv")
+        .args([
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+        ])
+        .arg(binary())
+        .args([
+            "run",
+            "--iface",
+            &net.a.iface,
+            "--log",
+            "/tmp/never-written.json",
+        ])
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("lacks CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON") && err.contains("run it as root"),
+        "{err}"
+    );
+
+    // A hook another program holds.
+    let first = BpfFs::mount()?;
+    let other = BpfFs::mount()?;
+    let mut args = files(dir.path());
+    args.extend(["--bpffs".into(), first.path().display().to_string()]);
+    let _running = start(&net, &args)?;
+    let err = failure(
+        &net,
+        &[
+            "run",
+            "--iface",
+            &net.a.iface,
+            "--log",
+            log,
+            "--bpffs",
+            other.path().to_str().unwrap(),
+        ],
+    );
+    assert!(
+        err.contains("attaching XDP to") && err.contains("xdp off"),
+        "{err}"
+    );
+    Ok(())
+}
+
+#[test]
+fn the_daemon_keeps_only_cap_bpf() -> Result<()> {
+    let net = TestNet::create()?;
+    let dir = tempfile::tempdir()?;
+    let _netmon = start(&net, &files(dir.path()))?;
+    let pgrep = std::process::Command::new("pgrep")
+        .args(["-f", &format!("run --iface {}", net.a.iface)])
+        .output()?;
+    let pid = String::from_utf8_lossy(&pgrep.stdout)
+        .lines()
+        .next()
+        .unwrap()
+        .trim()
+        .to_string();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap()
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .to_string()
+    };
+    let cap_bpf = format!("{:016x}", 1u64 << 39);
+    assert_eq!(field("CapEff:"), cap_bpf);
+    assert_eq!(field("CapPrm:"), cap_bpf);
+    assert_eq!(field("CapBnd:"), cap_bpf);
+    assert_eq!(field("NoNewPrivs:"), "1");
+    let mode = |p: &Path| {
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(p).unwrap().permissions())
+            & 0o777
+    };
+    assert_eq!(mode(&dir.path().join("network_log.state.json")), 0o600);
+    assert_eq!(mode(&dir.path().join("network_log.json")), 0o640);
+    Ok(())
+}
+
+#[test]
+fn a_corrupt_log_is_never_overwritten() -> Result<()> {
+    let net = TestNet::create()?;
+    let dir = tempfile::tempdir()?;
+    let log = dir.path().join("network_log.json");
+    std::fs::write(&log, "{\"('10.0.0.1', '10.0.0.2')\": 12.5, oops")?;
+    let mut args = vec!["run".to_string(), "--iface".into(), net.a.iface.clone()];
+    args.extend(files(dir.path()));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let err = failure(&net, &refs);
+    assert!(
+        err.contains("is not a valid network log") && err.contains("--reset-state"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&log)?,
+        "{\"('10.0.0.1', '10.0.0.2')\": 12.5, oops"
+    );
+
+    // --reset-state moves it aside and starts from zero.
+    let mut args = files(dir.path());
+    args.push("--reset-state".into());
+    start(&net, &args)?.stop()?;
+    let aside: Vec<PathBuf> = std::fs::read_dir(dir.path())?
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.to_string_lossy().contains("network_log.json.")
+                && p.to_string_lossy().ends_with(".bak")
+        })
+        .collect();
+    assert_eq!(aside.len(), 1);
+    assert_eq!(
+        std::fs::read_to_string(&aside[0])?,
+        "{\"('10.0.0.1', '10.0.0.2')\": 12.5, oops"
+    );
+    assert_eq!(std::fs::read_to_string(&log)?, "{\"total_k_bytes\": 0.0}");
+    Ok(())
+}
+
+/// A small tmpfs, unmounted on drop.
+struct SmallFs(tempfile::TempDir);
+
+impl SmallFs {
+    fn mount(options: &str) -> Result<SmallFs> {
+        let dir = tempfile::tempdir()?;
+        let target = CString::new(dir.path().as_os_str().as_bytes())?;
+        let data = CString::new(options)?;
+        // SAFETY: valid NUL-terminated strings.
+        let rc = unsafe {
+            libc::mount(
+                c"tmpfs".as_ptr(),
+                target.as_ptr(),
+                c"tmpfs".as_ptr(),
+                0,
+                data.as_ptr().cast(),
+            )
+        };
+        anyhow::ensure!(rc == 0, "mount tmpfs: {}", std::io::Error::last_os_error());
+        Ok(SmallFs(dir))
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let target = CString::new(self.0.path().as_os_str().as_bytes()).unwrap();
+        // SAFETY: unmounting our own mount point.
+        unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+#[test]
+fn an_unwritable_directory_stops_the_start() -> Result<()> {
+    let net = TestNet::create()?;
+    let fs = SmallFs::mount("size=64k,ro")?;
+    let mut args = vec!["run".to_string(), "--iface".into(), net.a.iface.clone()];
+    args.extend(files(fs.0.path()));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let err = failure(&net, &refs);
+    assert!(
+        err.contains("Read-only file system") && err.contains("check the path and its permissions"),
+        "{err}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_full_disk_keeps_the_old_files_and_loses_nothing() -> Result<()> {
+    let net = TestNet::create()?;
+    let fs = SmallFs::mount("size=256k")?;
+    let dir = fs.0.path();
+    let mut netmon = start(&net, &files(dir))?;
+    let (a, b) = (&net.a, &net.b);
+    traffic::udp(b, a, IpAddr::V4(a.ipv4), 8100, &[500; 10])?;
+    std::thread::sleep(Duration::from_millis(1500));
+    let before = std::fs::read_to_string(dir.join("network_log.json"))?;
+
+    // Fill the disk, then keep sending.
+    let filler = dir.join("filler");
+    let _ = std::fs::write(&filler, vec![0u8; 512 * 1024]);
+    traffic::udp(b, a, IpAddr::V4(a.ipv4), 8101, &[700; 10])?;
+    netmon.wait_for("retrying next interval", Duration::from_secs(5))?;
+    assert_eq!(
+        std::fs::read_to_string(dir.join("network_log.json"))?,
+        before,
+        "the old log is intact"
+    );
+    serde_json::from_str::<serde_json::Value>(&before)?;
+
+    // Space again: the next interval writes everything, nothing lost.
+    std::fs::remove_file(&filler)?;
+    std::thread::sleep(Duration::from_millis(2500));
+    netmon.stop()?;
+    let path = dir.join("network_log.state.json");
+    let totals = state::parse(&path, &std::fs::read_to_string(&path)?)?.ledger;
+    let want = Counter {
+        frames: 20,
+        bytes: 10 * frame_len(IpAddr::V4(a.ipv4), 500) + 10 * frame_len(IpAddr::V4(a.ipv4), 700),
+    };
+    assert_eq!(
+        totals.get(&(IpAddr::V4(b.ipv4), IpAddr::V4(a.ipv4))),
+        Some(want)
+    );
+    let details = std::fs::read_to_string(dir.join("detail.jsonl"))?;
+    let frames: u64 = details
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .flat_map(|r| r["pairs"].as_array().unwrap().clone())
+        .filter(|p| p["src"] == b.ipv4.to_string())
+        .map(|p| p["frames"].as_u64().unwrap())
+        .sum();
+    assert_eq!(frames, 20, "every interval reached the detail log");
+    Ok(())
+}
