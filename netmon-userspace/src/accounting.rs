@@ -165,6 +165,19 @@ impl Meter {
         }
     }
 
+    /// Accounts the final counters of a pair removed from the table, and forgets
+    /// it: what it carried since the last snapshot, if anything.
+    pub fn retire(&mut self, key: &PairKey, last: &PairReading) -> Option<PairDelta> {
+        let (delivered, dropped) = self.pairs.remove(key).unwrap_or_default();
+        let delta = PairDelta {
+            key: *key,
+            counter: growth(last.counter, delivered),
+            dropped: growth(last.dropped, dropped),
+            seen: *last,
+        };
+        (!delta.counter.is_zero() || !delta.dropped.is_zero()).then_some(delta)
+    }
+
     /// The usage between the previous snapshot (or zero) and `snapshot`.
     ///
     /// A counter lower than before belongs to a new map entry, so all of it is new.
@@ -355,6 +368,35 @@ mod tests {
             Counter {
                 frames: 1,
                 bytes: 60
+            }
+        );
+    }
+
+    #[test]
+    fn retiring_a_pair_accounts_what_came_after_the_last_snapshot() {
+        let a = key(1, 2, 17, Direction::Egress);
+        let mut meter = Meter::default();
+        meter.advance(&snapshot(&[(a, 2, 200)]));
+        let last = PairReading {
+            counter: Counter {
+                frames: 3,
+                bytes: 290,
+            },
+            ..Default::default()
+        };
+        assert_eq!(
+            meter.retire(&a, &last).unwrap().counter,
+            Counter {
+                frames: 1,
+                bytes: 90
+            }
+        );
+        // Gone from the baseline: a new entry counts in full.
+        assert_eq!(
+            meter.advance(&snapshot(&[(a, 1, 50)])).pairs[0].counter,
+            Counter {
+                frames: 1,
+                bytes: 50
             }
         );
     }

@@ -220,3 +220,44 @@ pub fn unspecified(like: IpAddr) -> IpAddr {
         IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
     }
 }
+
+/// Sends raw Ethernet frames out of `from`'s interface (AF_PACKET), for traffic
+/// no socket would make: spoofed sources, floods of distinct addresses.
+pub fn raw_frames(from: &Host, frames: Vec<Vec<u8>>) -> Result<()> {
+    let iface = from.iface.clone();
+    from.run(move || -> Result<()> {
+        let name = std::ffi::CString::new(iface)?;
+        // SAFETY: plain socket calls with a valid, zeroed sockaddr_ll.
+        unsafe {
+            let index = libc::if_nametoindex(name.as_ptr());
+            ensure!(index != 0, "no interface {name:?}");
+            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+            ensure!(
+                fd >= 0,
+                "AF_PACKET socket: {}",
+                std::io::Error::last_os_error()
+            );
+            let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+            addr.sll_family = libc::AF_PACKET as u16;
+            addr.sll_ifindex = index as i32;
+            addr.sll_halen = 6;
+            for frame in &frames {
+                let sent = libc::sendto(
+                    fd,
+                    frame.as_ptr().cast(),
+                    frame.len(),
+                    0,
+                    (&addr as *const libc::sockaddr_ll).cast(),
+                    size_of::<libc::sockaddr_ll>() as u32,
+                );
+                if sent < 0 {
+                    let e = std::io::Error::last_os_error();
+                    libc::close(fd);
+                    bail!("sending a raw frame: {e}");
+                }
+            }
+            libc::close(fd);
+        }
+        Ok(())
+    })?
+}

@@ -69,6 +69,9 @@ pub struct RunArgs {
     /// Time zone of quota periods (IANA name, e.g. Europe/Berlin) [default: the system's].
     #[arg(long)]
     pub timezone: Option<String>,
+    /// Remove pairs idle for this long from the kernel's table, once accounted (0 keeps them).
+    #[arg(long, default_value = "10m", value_parser = crate::units::parse_duration)]
+    pub idle_timeout: Duration,
     /// Do not print the per-interval summary line.
     #[arg(long)]
     pub quiet: bool,
@@ -168,6 +171,17 @@ impl Clock {
     }
 }
 
+/// `CLOCK_MONOTONIC` in ns, the clock of the datapath's first/last-seen stamps.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime fills the timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// Runs the daemon until SIGINT or SIGTERM.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     crate::privileges::check()?;
@@ -260,6 +274,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             tz,
         }),
         clock,
+        idle_timeout: args.idle_timeout,
     };
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -331,6 +346,7 @@ struct Daemon {
     alerter: Alerter,
     alarm: Option<UsageAlarm>,
     clock: Clock,
+    idle_timeout: Duration,
 }
 
 impl Daemon {
@@ -339,7 +355,8 @@ impl Daemon {
     fn poll(&mut self) -> anyhow::Result<()> {
         let snapshot = self.datapath.read()?;
         let (end, end_instant) = (Timestamp::now(), Instant::now());
-        let usage = self.meter.advance(&snapshot);
+        let mut usage = self.meter.advance(&snapshot);
+        self.retire_idle(&snapshot, &mut usage)?;
         self.ledger.record(&usage);
         let now = self.clock.now();
         let mut events = self
@@ -379,6 +396,43 @@ impl Daemon {
                 console::summary(&usage, end_instant - start_instant)
             );
         }
+        Ok(())
+    }
+
+    /// Removes pairs idle for longer than `--idle-timeout`; anything they carried
+    /// since the snapshot joins this interval's usage.
+    fn retire_idle(
+        &mut self,
+        snapshot: &crate::datapath::Snapshot,
+        usage: &mut crate::accounting::IntervalUsage,
+    ) -> anyhow::Result<()> {
+        if self.idle_timeout.is_zero() {
+            return Ok(());
+        }
+        let now = monotonic_ns();
+        let timeout = self.idle_timeout.as_nanos() as u64;
+        let idle: Vec<_> = snapshot
+            .pairs
+            .iter()
+            .filter(|(_, r)| now.saturating_sub(r.last_seen_ns.max(r.first_seen_ns)) > timeout)
+            .map(|(k, _)| *k)
+            .collect();
+        if idle.is_empty() {
+            return Ok(());
+        }
+        for (key, last) in self.datapath.remove_pairs(&idle)? {
+            if let Some(extra) = self.meter.retire(&key, &last) {
+                match usage.pairs.iter_mut().find(|p| p.key == key) {
+                    Some(p) => {
+                        p.counter = p.counter.plus(extra.counter);
+                        p.dropped = p.dropped.plus(extra.dropped);
+                    }
+                    None => usage.pairs.push(extra),
+                }
+            }
+        }
+        usage.table_entries = usage.table_entries.saturating_sub(idle.len());
+        log::debug!("removed {} idle pairs", idle.len());
         Ok(())
     }
 

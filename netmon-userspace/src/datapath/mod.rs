@@ -5,6 +5,7 @@ pub mod enforce;
 mod error;
 pub mod pins;
 pub mod readout;
+mod sys;
 
 use std::path::Path;
 
@@ -202,6 +203,30 @@ impl Datapath {
     /// The loaded object, mutably.
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {
         &mut self.ebpf
+    }
+
+    /// Removes pairs from the table and returns their final counters, read and
+    /// removed atomically so that no frame counted in between goes missing.
+    pub fn remove_pairs(
+        &mut self,
+        keys: &[netmon_common::PairKey],
+    ) -> Result<Vec<(netmon_common::PairKey, PairReading)>, DatapathError> {
+        use std::os::fd::{AsFd, AsRawFd};
+        let cpus = aya::util::nr_cpus()
+            .map_err(|(_, e)| DatapathError::Policy(format!("counting CPUs: {e}")))?;
+        let Some(aya::maps::Map::PerCpuHashMap(data)) = self.ebpf.map(PAIRS_MAP) else {
+            return Err(DatapathError::MissingMap(PAIRS_MAP));
+        };
+        let fd = data.fd().as_fd().as_raw_fd();
+        let mut removed = Vec::with_capacity(keys.len());
+        for key in keys {
+            match sys::lookup_and_delete_per_cpu::<_, netmon_common::PairStats>(fd, key, cpus) {
+                Ok(values) => removed.push((*key, PairReading::fold(values.iter()))),
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(e) => return Err(DatapathError::Pins(format!("removing an idle pair: {e}"))),
+            }
+        }
+        Ok(removed)
     }
 
     /// Reads the maps' cumulative counters.
