@@ -6,6 +6,7 @@ pub mod alerts;
 pub mod commands;
 pub mod console;
 pub mod control;
+pub mod crosscheck;
 pub mod datapath;
 pub mod enforcer;
 pub mod logs;

@@ -168,3 +168,44 @@ fn idle_pairs_leave_the_table_after_they_are_accounted() -> Result<()> {
     assert_eq!(frames, 3, "counted before removal and again after");
     Ok(())
 }
+
+#[test]
+fn frames_that_bypass_the_hooks_are_reported_once() -> Result<()> {
+    use aya::programs::{tc::TcAttachOptions, LinkOrder, SchedClassifier, TcAttachType};
+    let net = TestNet::create()?;
+    let dir = tempfile::tempdir()?;
+    let mut netmon = start(&net, dir.path(), &[])?;
+    // A program ahead of netmon's on egress that passes everything: what it
+    // passes, netmon's classifier never sees, but the interface counts.
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let iface = net.a.iface.clone();
+    let holder = net.a.spawn(move || -> Result<()> {
+        let mut ebpf = netmon::datapath::load(&Default::default())?;
+        let prog: &mut SchedClassifier = ebpf.program_mut("baseline_tc").unwrap().try_into()?;
+        prog.load()?;
+        prog.attach_with_options(
+            &iface,
+            TcAttachType::Egress,
+            TcAttachOptions::TcxOrder(LinkOrder::first()),
+        )?;
+        ready_tx.send(()).ok();
+        let _ = done_rx.recv_timeout(Duration::from_secs(30));
+        Ok(())
+    });
+    ready_rx.recv_timeout(Duration::from_secs(10))?;
+    traffic::udp(&net.a, &net.b, IpAddr::V4(net.b.ipv4), 8400, &[64; 3000])?;
+    let line = netmon.wait_for("bypassed netmon's hooks", Duration::from_secs(5))?;
+    assert!(line.contains("egress frames"), "{line}");
+    traffic::udp(&net.a, &net.b, IpAddr::V4(net.b.ipv4), 8401, &[64; 3000])?;
+    std::thread::sleep(Duration::from_millis(2500));
+    done_tx.send(()).ok();
+    holder.join().unwrap()?;
+    let said = netmon.stop()?;
+    assert_eq!(
+        said.iter().filter(|l| l.contains("bypassed")).count(),
+        1,
+        "warned once: {said:?}"
+    );
+    Ok(())
+}

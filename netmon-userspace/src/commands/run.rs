@@ -275,6 +275,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }),
         clock,
         idle_timeout: args.idle_timeout,
+        crosscheck: crate::crosscheck::CrossCheck::new(&args.iface),
     };
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -347,6 +348,7 @@ struct Daemon {
     alarm: Option<UsageAlarm>,
     clock: Clock,
     idle_timeout: Duration,
+    crosscheck: crate::crosscheck::CrossCheck,
 }
 
 impl Daemon {
@@ -356,6 +358,8 @@ impl Daemon {
         let snapshot = self.datapath.read()?;
         let (end, end_instant) = (Timestamp::now(), Instant::now());
         let mut usage = self.meter.advance(&snapshot);
+        let frames = [0, 1].map(|d| usage.totals[d].all.frames);
+        self.crosscheck.interval(self.datapath.iface(), frames);
         self.retire_idle(&snapshot, &mut usage)?;
         self.ledger.record(&usage);
         let now = self.clock.now();
