@@ -9,6 +9,7 @@ pub mod control;
 pub mod crosscheck;
 pub mod datapath;
 pub mod enforcer;
+pub mod fuzzing;
 pub mod logs;
 pub mod policy;
 pub mod privileges;

@@ -136,3 +136,30 @@ pub fn bench(quick: bool) -> Result<()> {
     }
     status(&mut cmd, "the benchmarks")
 }
+
+/// The cargo-fuzz targets, in netmon-userspace/fuzz.
+const FUZZ_TARGETS: [&str; 3] = ["policy_file", "units", "log_files"];
+
+/// `cargo xtask fuzz [--seconds N]`.
+pub fn fuzz(seconds: u32) -> Result<()> {
+    ebpf()?;
+    if toolchain::which("cargo-fuzz").is_none() {
+        toolchain::say("installing cargo-fuzz (runs the libFuzzer targets)");
+        status(
+            Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]),
+            "installing cargo-fuzz",
+        )?;
+    }
+    for target in FUZZ_TARGETS {
+        let mut cmd = cargo(Some("nightly"));
+        cmd.current_dir(root().join("netmon-userspace")).args([
+            "fuzz",
+            "run",
+            target,
+            "--",
+            &format!("-max_total_time={seconds}"),
+        ]);
+        status(&mut cmd, &format!("fuzzing {target}"))?;
+    }
+    Ok(())
+}

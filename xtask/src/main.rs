@@ -35,6 +35,12 @@ enum Command {
     },
     /// Run netmon on a throw-away two-namespace network with ~10 s of mixed traffic.
     Demo,
+    /// Run each cargo-fuzz target of the user-space parsers for a while.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u32,
+    },
     /// Run the benchmarks (as root); the table goes to stdout and target/bench/report.md.
     Bench {
         /// Fewer repetitions: a quick look, not figures to write down.
@@ -52,6 +58,7 @@ fn main() -> ExitCode {
         Command::Test { args } => build::test(&args),
         Command::Demo => demo::run(),
         Command::Bench { quick } => build::bench(quick),
+        Command::Fuzz { seconds } => build::fuzz(seconds),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
