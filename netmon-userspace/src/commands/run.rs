@@ -185,6 +185,10 @@ fn monotonic_ns() -> u64 {
 /// Runs the daemon until SIGINT or SIGTERM.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     crate::privileges::check()?;
+    // Handlers first: a stop requested during start-up is then a clean stop after it.
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let files = Files::new(&args);
     if args.reset_state {
         files.move_aside()?;
@@ -277,9 +281,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         idle_timeout: args.idle_timeout,
         crosscheck: crate::crosscheck::CrossCheck::new(&args.iface),
     };
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let mut ticker = tokio::time::interval(args.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;
