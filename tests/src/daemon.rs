@@ -36,6 +36,23 @@ impl Netmon {
         Self::spawn(host, args, false)
     }
 
+    /// Starts netmon on `host` with a 1 s interval, quiet, its log and detail
+    /// log (`network_log.json`, `detail.jsonl`) in `dir`, and `extra` arguments.
+    pub fn start_in(host: &Host, dir: &std::path::Path, extra: &[&str]) -> Result<Netmon> {
+        let (log, detail) = (dir.join("network_log.json"), dir.join("detail.jsonl"));
+        let mut args = vec![
+            "--interval",
+            "1s",
+            "--quiet",
+            "--log",
+            log.to_str().context("path")?,
+            "--detail-log",
+            detail.to_str().context("path")?,
+        ];
+        args.extend_from_slice(extra);
+        Self::start(host, &args)
+    }
+
     /// Like [`Netmon::start`], also echoing everything netmon prints to our stdout.
     pub fn start_echoing(host: &Host, args: &[&str]) -> Result<Netmon> {
         Self::spawn(host, args, true)

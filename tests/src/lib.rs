@@ -4,10 +4,10 @@
 //! Used by the integration tests under `tests/` and by `cargo xtask demo`.
 //! Nothing here touches the machine's own interfaces, routes or firewall.
 
-pub mod bpffs;
 pub mod capture;
 pub mod daemon;
 pub mod frames;
+pub mod mounts;
 pub mod netns;
 pub mod scenario;
 pub mod traffic;

@@ -1,11 +1,7 @@
 //! Enforcement on a real veth pair: block and allow rules, quotas, alerts,
 //! reloads and bad input, driven through the real `netmon` binary and its CLI.
 
-use std::{
-    net::IpAddr,
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{net::IpAddr, path::PathBuf, time::Duration};
 
 use anyhow::{ensure, Result};
 use netmon_tests::{
@@ -20,20 +16,8 @@ use serde_json::Value;
 const QUIET: Duration = Duration::from_millis(400);
 
 /// Starts netmon on `a` with a 1 s interval, its files in `dir`.
-fn start(net: &TestNet, dir: &Path, extra: &[&str]) -> Result<Netmon> {
-    let log = dir.join("network_log.json");
-    let detail = dir.join("detail.jsonl");
-    let mut args = vec![
-        "--interval",
-        "1s",
-        "--quiet",
-        "--log",
-        log.to_str().unwrap(),
-        "--detail-log",
-        detail.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    Netmon::start(&net.a, &args)
+fn start(net: &TestNet, dir: &std::path::Path, extra: &[&str]) -> Result<Netmon> {
+    Netmon::start_in(&net.a, dir, extra)
 }
 
 /// Runs a CLI command against the daemon on `a`; returns stdout, or the error line.

@@ -2,9 +2,7 @@
 //! files, a full disk: one clear line each, and nothing recorded is lost or torn.
 
 use std::{
-    ffi::CString,
     net::IpAddr,
-    os::unix::ffi::OsStrExt,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -13,8 +11,8 @@ use anyhow::Result;
 use netmon::logs::state;
 use netmon_common::Counter;
 use netmon_tests::{
-    bpffs::BpfFs,
     daemon::{binary, run_once, Netmon},
+    mounts::TempMount,
     traffic::{self, frame_len},
     TestNet,
 };
@@ -29,10 +27,6 @@ fn files(dir: &Path) -> Vec<String> {
         "--detail-log".into(),
         dir.join("detail.jsonl").display().to_string(),
     ]
-}
-
-fn start(net: &TestNet, args: &[String]) -> Result<Netmon> {
-    Netmon::start(&net.a, &args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
 /// What a `netmon` run that must fail printed on stderr. netmon's own errors
@@ -121,11 +115,13 @@ fn errors_name_the_cause_and_the_fix() -> Result<()> {
     );
 
     // A hook another program holds.
-    let first = BpfFs::mount()?;
-    let other = BpfFs::mount()?;
-    let mut args = files(dir.path());
-    args.extend(["--bpffs".into(), first.path().display().to_string()]);
-    let _running = start(&net, &args)?;
+    let first = TempMount::bpffs()?;
+    let other = TempMount::bpffs()?;
+    let _running = Netmon::start_in(
+        &net.a,
+        dir.path(),
+        &["--bpffs", first.path().to_str().unwrap()],
+    )?;
     let err = failure(
         &net,
         &[
@@ -149,7 +145,7 @@ fn errors_name_the_cause_and_the_fix() -> Result<()> {
 fn the_daemon_keeps_only_cap_bpf() -> Result<()> {
     let net = TestNet::create()?;
     let dir = tempfile::tempdir()?;
-    let _netmon = start(&net, &files(dir.path()))?;
+    let _netmon = Netmon::start_in(&net.a, dir.path(), &[])?;
     let pgrep = std::process::Command::new("pgrep")
         .args(["-f", &format!("run --iface {}", net.a.iface)])
         .output()?;
@@ -204,9 +200,7 @@ fn a_corrupt_log_is_never_overwritten() -> Result<()> {
     );
 
     // --reset-state moves it aside and starts from zero.
-    let mut args = files(dir.path());
-    args.push("--reset-state".into());
-    start(&net, &args)?.stop()?;
+    Netmon::start_in(&net.a, dir.path(), &["--reset-state"])?.stop()?;
     let aside: Vec<PathBuf> = std::fs::read_dir(dir.path())?
         .map(|e| e.unwrap().path())
         .filter(|p| {
@@ -223,43 +217,12 @@ fn a_corrupt_log_is_never_overwritten() -> Result<()> {
     Ok(())
 }
 
-/// A small tmpfs, unmounted on drop.
-struct SmallFs(tempfile::TempDir);
-
-impl SmallFs {
-    fn mount(options: &str) -> Result<SmallFs> {
-        let dir = tempfile::tempdir()?;
-        let target = CString::new(dir.path().as_os_str().as_bytes())?;
-        let data = CString::new(options)?;
-        // SAFETY: valid NUL-terminated strings.
-        let rc = unsafe {
-            libc::mount(
-                c"tmpfs".as_ptr(),
-                target.as_ptr(),
-                c"tmpfs".as_ptr(),
-                0,
-                data.as_ptr().cast(),
-            )
-        };
-        anyhow::ensure!(rc == 0, "mount tmpfs: {}", std::io::Error::last_os_error());
-        Ok(SmallFs(dir))
-    }
-}
-
-impl Drop for SmallFs {
-    fn drop(&mut self) {
-        let target = CString::new(self.0.path().as_os_str().as_bytes()).unwrap();
-        // SAFETY: unmounting our own mount point.
-        unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
-    }
-}
-
 #[test]
 fn an_unwritable_directory_stops_the_start() -> Result<()> {
     let net = TestNet::create()?;
-    let fs = SmallFs::mount("size=64k,ro")?;
+    let fs = TempMount::new("tmpfs", "size=64k,ro")?;
     let mut args = vec!["run".to_string(), "--iface".into(), net.a.iface.clone()];
-    args.extend(files(fs.0.path()));
+    args.extend(files(fs.path()));
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let err = failure(&net, &refs);
     assert!(
@@ -272,9 +235,9 @@ fn an_unwritable_directory_stops_the_start() -> Result<()> {
 #[test]
 fn a_full_disk_keeps_the_old_files_and_loses_nothing() -> Result<()> {
     let net = TestNet::create()?;
-    let fs = SmallFs::mount("size=256k")?;
-    let dir = fs.0.path();
-    let mut netmon = start(&net, &files(dir))?;
+    let fs = TempMount::new("tmpfs", "size=256k")?;
+    let dir = fs.path();
+    let mut netmon = Netmon::start_in(&net.a, dir, &[])?;
     let (a, b) = (&net.a, &net.b);
     traffic::udp(b, a, IpAddr::V4(a.ipv4), 8100, &[500; 10])?;
     std::thread::sleep(Duration::from_millis(1500));

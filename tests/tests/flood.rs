@@ -17,18 +17,7 @@ use netmon_tests::{
 };
 
 fn start(net: &TestNet, dir: &std::path::Path, extra: &[&str]) -> Result<Netmon> {
-    let (log, detail) = (dir.join("network_log.json"), dir.join("detail.jsonl"));
-    let mut args = vec![
-        "--interval",
-        "1s",
-        "--quiet",
-        "--log",
-        log.to_str().unwrap(),
-        "--detail-log",
-        detail.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    Netmon::start(&net.a, &args)
+    Netmon::start_in(&net.a, dir, extra)
 }
 
 fn records(dir: &std::path::Path) -> Result<Vec<DetailRecord>> {

@@ -8,36 +8,19 @@ use aya::maps::{Array, Map, MapData};
 use netmon::{accounting::Ledger, logs::state};
 use netmon_common::{policy::PolicyState, Counter};
 use netmon_tests::{
-    bpffs::BpfFs,
     capture::{self, Capture, Way},
     daemon::{cli, Netmon},
+    mounts::TempMount,
     scenario::raw,
     traffic::{self, frame_len},
     Host, TestNet,
 };
 
-fn args<'a>(bpffs: &'a BpfFs, dir: &'a Path, extra: &[&'a str]) -> Vec<String> {
-    let mut v: Vec<String> = [
-        "--interval",
-        "1s",
-        "--quiet",
-        "--bpffs",
-        bpffs.path().to_str().unwrap(),
-        "--log",
-        dir.join("network_log.json").to_str().unwrap(),
-        "--detail-log",
-        dir.join("detail.jsonl").to_str().unwrap(),
-    ]
-    .iter()
-    .map(ToString::to_string)
-    .collect();
-    v.extend(extra.iter().map(ToString::to_string));
-    v
-}
-
-fn start(net: &TestNet, args: &[String]) -> Result<Netmon> {
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    Netmon::start(&net.a, &refs)
+/// Starts netmon on `a` with its files in `dir` and its pins on `bpffs`.
+fn start(net: &TestNet, bpffs: &TempMount, dir: &Path, extra: &[&str]) -> Result<Netmon> {
+    let mut args = vec!["--bpffs", bpffs.path().to_str().unwrap()];
+    args.extend_from_slice(extra);
+    Netmon::start_in(&net.a, dir, &args)
 }
 
 fn exact_totals(dir: &Path) -> Result<Ledger> {
@@ -58,14 +41,13 @@ fn xdp_attached(host: &Host) -> Result<bool> {
 
 #[test]
 fn sigkill_every_8_seconds_loses_nothing_and_counts_nothing_twice() -> Result<()> {
-    let bpffs = BpfFs::mount()?;
+    let bpffs = TempMount::bpffs()?;
     let net = TestNet::create()?;
     let dir = tempfile::tempdir()?;
-    let args = args(&bpffs, dir.path(), &[]);
     let (a, b) = (&net.a, &net.b);
     let inbound_cap = Capture::start(a, Way::In, &dir.path().join("in.pcap"))?;
     let outbound_cap = Capture::start(a, Way::Out, &dir.path().join("out.pcap"))?;
-    let mut netmon = start(&net, &args)?;
+    let mut netmon = start(&net, &bpffs, dir.path(), &[])?;
     let inbound = traffic::udp_stream(
         b,
         v4(b.ipv4),
@@ -87,7 +69,7 @@ fn sigkill_every_8_seconds_loses_nothing_and_counts_nothing_twice() -> Result<()
     for _ in 0..4 {
         std::thread::sleep(Duration::from_secs(8));
         netmon.kill()?;
-        netmon = start(&net, &args)?;
+        netmon = start(&net, &bpffs, dir.path(), &[])?;
     }
     let (sent_in, received_in) = inbound.join().unwrap()?;
     let (sent_out, received_out) = outbound.join().unwrap()?;
@@ -137,11 +119,11 @@ fn sigkill_every_8_seconds_loses_nothing_and_counts_nothing_twice() -> Result<()
 
 #[test]
 fn keep_attached_keeps_counting_and_enforcing_until_the_next_run() -> Result<()> {
-    let bpffs = BpfFs::mount()?;
+    let bpffs = TempMount::bpffs()?;
     let net = TestNet::create()?;
     let dir = tempfile::tempdir()?;
     let (a, b) = (&net.a, &net.b);
-    let netmon = start(&net, &args(&bpffs, dir.path(), &["--keep-attached"]))?;
+    let netmon = start(&net, &bpffs, dir.path(), &["--keep-attached"])?;
     let out = cli(&["block", &b.ipv4_alt.to_string(), "--iface", &a.iface])?;
     assert!(out.status.success());
     netmon.stop()?;
@@ -162,7 +144,7 @@ fn keep_attached_keeps_counting_and_enforcing_until_the_next_run() -> Result<()>
     )?;
     assert!(blocked.is_empty(), "the block stays enforced");
 
-    let netmon = start(&net, &args(&bpffs, dir.path(), &[]))?;
+    let netmon = start(&net, &bpffs, dir.path(), &[])?;
     netmon.stop()?;
     let totals = exact_totals(dir.path())?;
     let expected = Counter {
@@ -187,10 +169,10 @@ fn keep_attached_keeps_counting_and_enforcing_until_the_next_run() -> Result<()>
 
 #[test]
 fn pinned_maps_of_another_layout_are_refused() -> Result<()> {
-    let bpffs = BpfFs::mount()?;
+    let bpffs = TempMount::bpffs()?;
     let net = TestNet::create()?;
     let dir = tempfile::tempdir()?;
-    start(&net, &args(&bpffs, dir.path(), &["--keep-attached"]))?.stop()?;
+    start(&net, &bpffs, dir.path(), &["--keep-attached"])?.stop()?;
     let policy_pin = bpffs
         .path()
         .join("netmon")
@@ -207,7 +189,7 @@ fn pinned_maps_of_another_layout_are_refused() -> Result<()> {
         },
         0,
     )?;
-    let err = start(&net, &args(&bpffs, dir.path(), &[]))
+    let err = start(&net, &bpffs, dir.path(), &[])
         .err()
         .unwrap()
         .to_string();

@@ -20,19 +20,8 @@ const MSS: u64 = 1448;
 fn tso_super_packets_count_as_wire_segments() -> Result<()> {
     let net = TestNet::create_with(Offloads { tso: true })?;
     let dir = tempfile::tempdir()?;
-    let detail = dir.path().join("detail.jsonl");
-    let netmon = Netmon::start(
-        &net.a,
-        &[
-            "--interval",
-            "1s",
-            "--quiet",
-            "--log",
-            dir.path().join("log.json").to_str().unwrap(),
-            "--detail-log",
-            detail.to_str().unwrap(),
-        ],
-    )?;
+    let detail = dir.path().join("detail.jsonl"); // written by Netmon::start_in
+    let netmon = Netmon::start_in(&net.a, dir.path(), &[])?;
     let outbound = Capture::start(&net.a, Way::Out, &dir.path().join("out.pcap"))?;
     traffic::tcp(&net.a, &net.b, IpAddr::V4(net.b.ipv4), 5201, 1_000_000)?;
     std::thread::sleep(Duration::from_millis(300));

@@ -1,37 +1,46 @@
-//! A private bpffs for tests that pin state across `netmon run`s.
+//! Temporary mounts for tests: a private bpffs for tests that pin state across
+//! `netmon run`s, small or read-only tmpfs for tests of full and unwritable disks.
 //!
 //! `ip netns exec` gives each run a fresh /sys, so pins under /sys/fs/bpf there
 //! die with the process; a bpffs mounted here, before the runs start, is shared
-//! by all of them and unmounted on drop. The machine's /sys/fs/bpf is untouched.
+//! by all of them. Everything is unmounted on drop; the machine's own mounts
+//! are untouched.
 
 use std::{ffi::CString, os::unix::ffi::OsStrExt, path::Path};
 
 use anyhow::{bail, Result};
 
-/// A bpffs mounted on a temporary directory.
-pub struct BpfFs {
+/// A filesystem mounted on a temporary directory.
+pub struct TempMount {
     dir: tempfile::TempDir,
 }
 
-impl BpfFs {
-    /// Mounts a fresh bpffs.
-    pub fn mount() -> Result<BpfFs> {
+impl TempMount {
+    /// Mounts a fresh `fstype` (e.g. "tmpfs" with "size=256k,ro").
+    pub fn new(fstype: &str, options: &str) -> Result<TempMount> {
         let dir = tempfile::tempdir()?;
         let target = CString::new(dir.path().as_os_str().as_bytes())?;
+        let fstype = CString::new(fstype)?;
+        let options = CString::new(options)?;
         // SAFETY: valid NUL-terminated strings.
         let rc = unsafe {
             libc::mount(
-                c"bpf".as_ptr(),
+                fstype.as_ptr(),
                 target.as_ptr(),
-                c"bpf".as_ptr(),
+                fstype.as_ptr(),
                 0,
-                std::ptr::null(),
+                options.as_ptr().cast(),
             )
         };
         if rc != 0 {
-            bail!("mounting bpffs: {}", std::io::Error::last_os_error());
+            bail!("mounting {fstype:?}: {}", std::io::Error::last_os_error());
         }
-        Ok(BpfFs { dir })
+        Ok(TempMount { dir })
+    }
+
+    /// A fresh bpffs.
+    pub fn bpffs() -> Result<TempMount> {
+        Self::new("bpf", "")
     }
 
     /// Its mount point.
@@ -40,7 +49,7 @@ impl BpfFs {
     }
 }
 
-impl Drop for BpfFs {
+impl Drop for TempMount {
     fn drop(&mut self) {
         if let Ok(target) = CString::new(self.dir.path().as_os_str().as_bytes()) {
             // SAFETY: unmounting our own mount point.
