@@ -3,6 +3,8 @@
 
 pub mod accounting;
 pub mod alerts;
+pub mod analysis;
+pub mod capture;
 pub mod commands;
 pub mod console;
 pub mod control;
@@ -13,4 +15,5 @@ pub mod fuzzing;
 pub mod logs;
 pub mod policy;
 pub mod privileges;
+pub mod report;
 pub mod units;

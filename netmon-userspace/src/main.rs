@@ -31,6 +31,10 @@ enum Command {
     /// Byte quotas per billing period.
     #[command(subcommand)]
     Quota(commands::quota::QuotaCommand),
+    /// Account a capture file (pcap/pcapng) as the daemon would, into a detail log and the old log.
+    Analyze(commands::analyze::AnalyzeArgs),
+    /// Reports from a detail log: hierarchy, io, conversations, top.
+    Report(commands::report::ReportArgs),
 }
 
 fn main() -> ExitCode {
@@ -47,6 +51,8 @@ fn main() -> ExitCode {
         Command::Disallow(args) => commands::block::remove(&args, Action::Allow),
         Command::Rules(args) => commands::rules::run(&args),
         Command::Quota(command) => commands::quota::run(&command),
+        Command::Analyze(args) => commands::analyze::run(&args),
+        Command::Report(args) => commands::report::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

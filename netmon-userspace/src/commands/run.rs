@@ -2,7 +2,7 @@
 //! every interval, and answer the CLI on the control socket.
 
 use std::{
-    path::{Path, PathBuf},
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
@@ -19,13 +19,7 @@ use crate::{
     control::{self, Request, Response},
     datapath::{pins::DEFAULT_BPFFS, Datapath, LoadOptions, XdpAttachMode},
     enforcer::Enforcer,
-    logs::{
-        self,
-        detail::DetailRecord,
-        network_log,
-        state::{self, State},
-        LogError,
-    },
+    logs::{self, detail::DetailRecord, state::State, Files},
     policy::Period,
     units::{parse_interval, parse_size},
 };
@@ -91,76 +85,6 @@ pub struct RunArgs {
     pub fake_now: Option<Timestamp>,
 }
 
-/// Where the daemon keeps its files.
-struct Files {
-    log: PathBuf,
-    state: PathBuf,
-    detail: PathBuf,
-}
-
-impl Files {
-    fn new(args: &RunArgs) -> Self {
-        Files {
-            log: args.log.clone(),
-            state: args
-                .state
-                .clone()
-                .unwrap_or_else(|| state::path_for(&args.log)),
-            detail: args.detail_log.clone(),
-        }
-    }
-
-    /// What was recorded so far: the exact state file, else the log alone.
-    fn load(&self) -> Result<State, LogError> {
-        if let Some(text) = read_if_present(&self.state)? {
-            return state::parse(&self.state, &text);
-        }
-        match read_if_present(&self.log)? {
-            Some(text) => Ok(State {
-                ledger: network_log::parse(&self.log, &text)?,
-                ..Default::default()
-            }),
-            None => Ok(State::default()),
-        }
-    }
-
-    /// Writes the state, then the log that is derived from it.
-    fn save(&self, state: &State) -> Result<(), LogError> {
-        state::write(&self.state, state)?;
-        network_log::write(&self.log, &state.ledger)
-    }
-
-    /// Renames every existing file to `NAME.TIMESTAMP.bak`.
-    fn move_aside(&self) -> anyhow::Result<()> {
-        let stamp = Timestamp::now().strftime("%Y%m%dT%H%M%SZ").to_string();
-        for path in [&self.log, &self.state, &self.detail] {
-            if path.exists() {
-                let mut aside = path.as_os_str().to_owned();
-                aside.push(format!(".{stamp}.bak"));
-                std::fs::rename(path, &aside)
-                    .with_context(|| format!("moving {} aside", path.display()))?;
-                log::info!(
-                    "moved {} to {}",
-                    path.display(),
-                    Path::new(&aside).display()
-                );
-            }
-        }
-        Ok(())
-    }
-}
-
-fn read_if_present(path: &Path) -> Result<Option<String>, LogError> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => Ok(Some(text)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(cause) => Err(LogError::Io {
-            path: path.to_path_buf(),
-            cause,
-        }),
-    }
-}
-
 /// netmon's clock: the system's, or shifted by `--fake-now`.
 #[derive(Clone, Copy)]
 struct Clock(SignedDuration);
@@ -189,7 +113,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-    let files = Files::new(&args);
+    let files = Files::new(&args.log, args.state.clone(), &args.detail_log);
     if args.reset_state {
         files.move_aside()?;
     }

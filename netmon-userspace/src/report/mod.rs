@@ -1,0 +1,283 @@
+//! Reports that replace the tshark steps, computed from detail logs (the
+//! daemon's, or `netmon analyze`'s): protocol hierarchy, traffic per interval,
+//! conversations, top talkers. Pure functions from records to tables.
+
+mod table;
+
+use std::{collections::BTreeMap, io::BufRead, net::IpAddr, path::Path};
+
+use jiff::Timestamp;
+
+use crate::logs::detail::{DetailRecord, PairRecord};
+pub use table::{Cell, Format, Table};
+
+/// Reads the records of a detail log that overlap `[since, until)`.
+pub fn load(
+    path: &Path,
+    since: Option<Timestamp>,
+    until: Option<Timestamp>,
+) -> anyhow::Result<Vec<DetailRecord>> {
+    let file = std::fs::File::open(path).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: {e}; point --detail-log at netmon's detail log",
+            path.display()
+        )
+    })?;
+    let mut records = Vec::new();
+    for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = line.map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let record: DetailRecord = match serde_json::from_str(&line) {
+            Ok(r) => r,
+            // A daemon may be writing the last line right now.
+            Err(e) if e.is_eof() => {
+                log::warn!("{}:{}: incomplete last line skipped", path.display(), n + 1);
+                continue;
+            }
+            Err(e) => anyhow::bail!("{}:{}: not a detail record ({e})", path.display(), n + 1),
+        };
+        let (start, end) = (timestamp(&record.start)?, timestamp(&record.end)?);
+        if since.is_some_and(|s| end <= s) || until.is_some_and(|u| start >= u) {
+            continue;
+        }
+        records.push(record);
+    }
+    if records.is_empty() {
+        anyhow::bail!(
+            "{} holds no records in the chosen time range",
+            path.display()
+        );
+    }
+    Ok(records)
+}
+
+fn timestamp(text: &str) -> anyhow::Result<Timestamp> {
+    text.parse()
+        .map_err(|e| anyhow::anyhow!("bad timestamp {text:?} in the detail log: {e}"))
+}
+
+fn family(addr: &IpAddr) -> &'static str {
+    if addr.is_ipv4() {
+        "ipv4"
+    } else {
+        "ipv6"
+    }
+}
+
+fn all_pairs(records: &[DetailRecord]) -> impl Iterator<Item = &PairRecord> {
+    records.iter().flat_map(|r| r.pairs.iter())
+}
+
+fn seen(p: &PairRecord) -> (u64, u64) {
+    (p.frames + p.dropped_frames, p.bytes + p.dropped_bytes)
+}
+
+/// `io,phs`: eth → L3 family → L4 protocol, frames and bytes, both directions.
+pub fn hierarchy(records: &[DetailRecord]) -> Table {
+    let mut table = Table::new(&["protocol", "frames", "bytes"]);
+    let mut eth = (0, 0);
+    let mut l3: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+    for r in records {
+        for p in r.protocols.values() {
+            eth.0 += p.all.frames;
+            eth.1 += p.all.bytes;
+            for (name, c) in &p.l3 {
+                let e = l3.entry(name.as_str()).or_default();
+                e.0 += c.frames;
+                e.1 += c.bytes;
+            }
+        }
+    }
+    let mut l4: BTreeMap<(&str, &str), (u64, u64)> = BTreeMap::new();
+    for p in all_pairs(records) {
+        let e = l4.entry((family(&p.src), p.proto.as_str())).or_default();
+        let (f, b) = seen(p);
+        e.0 += f;
+        e.1 += b;
+    }
+    table.push(vec![Cell::text("eth"), Cell::Int(eth.0), Cell::Int(eth.1)]);
+    for name in ["ipv4", "ipv6", "arp", "other"] {
+        let (frames, bytes) = l3.get(name).copied().unwrap_or_default();
+        if frames == 0 {
+            continue;
+        }
+        table.push(vec![
+            Cell::text(format!("  {name}")),
+            Cell::Int(frames),
+            Cell::Int(bytes),
+        ]);
+        let mut children: Vec<_> = l4.iter().filter(|((f, _), _)| *f == name).collect();
+        children.sort_by(|a, b| b.1 .1.cmp(&a.1 .1));
+        let mut attributed = (0, 0);
+        for ((_, proto), (f, b)) in children {
+            attributed = (attributed.0 + f, attributed.1 + b);
+            table.push(vec![
+                Cell::text(format!("    {proto}")),
+                Cell::Int(*f),
+                Cell::Int(*b),
+            ]);
+        }
+        if attributed.0 < frames && matches!(name, "ipv4" | "ipv6") {
+            table.push(vec![
+                Cell::text("    (malformed or unattributed)"),
+                Cell::Int(frames - attributed.0),
+                Cell::Int(bytes - attributed.1),
+            ]);
+        }
+    }
+    table
+}
+
+/// `io,stat`: frames and bytes per interval from the first record, then a `Dur` row.
+pub fn io(records: &[DetailRecord], interval: std::time::Duration) -> anyhow::Result<Table> {
+    let mut table = Table::new(&["interval", "frames", "bytes"]);
+    let t0 = timestamp(&records[0].start)?;
+    let step = interval.as_nanos().max(1) as i128;
+    let mut bins: BTreeMap<i128, (u64, u64)> = BTreeMap::new();
+    let mut last_end = t0;
+    for r in records {
+        let start = timestamp(&r.start)?;
+        last_end = last_end.max(timestamp(&r.end)?);
+        let bin = (start.as_nanosecond() - t0.as_nanosecond()) / step;
+        let e = bins.entry(bin).or_default();
+        for p in r.protocols.values() {
+            e.0 += p.all.frames;
+            e.1 += p.all.bytes;
+        }
+    }
+    let last_bin = bins.keys().next_back().copied().unwrap_or(0);
+    let secs = |bin: i128| bin as f64 * step as f64 / 1e9;
+    let mut total = (0, 0);
+    for bin in 0..=last_bin {
+        let (f, b) = bins.get(&bin).copied().unwrap_or_default();
+        total = (total.0 + f, total.1 + b);
+        table.push(vec![
+            Cell::text(format!(
+                "{} <> {}",
+                fmt_secs(secs(bin)),
+                fmt_secs(secs(bin + 1))
+            )),
+            Cell::Int(f),
+            Cell::Int(b),
+        ]);
+    }
+    let duration = (last_end.as_nanosecond() - t0.as_nanosecond()) as f64 / 1e9;
+    table.push(vec![
+        Cell::text(format!("Dur {}", fmt_secs(duration))),
+        Cell::Int(total.0),
+        Cell::Int(total.1),
+    ]);
+    Ok(table)
+}
+
+fn fmt_secs(s: f64) -> String {
+    if s.fract() == 0.0 {
+        format!("{s:.0}")
+    } else {
+        format!("{s:.1}")
+    }
+}
+
+#[derive(Default)]
+struct Conversation {
+    ab: (u64, u64),
+    ba: (u64, u64),
+    first: Option<Timestamp>,
+    last: Option<Timestamp>,
+}
+
+/// `conv`: A <-> B, frames and bytes each way, relative start and duration, by bytes.
+pub fn conversations(records: &[DetailRecord], proto: Option<&str>) -> anyhow::Result<Table> {
+    let mut table = Table::new(&[
+        "a",
+        "b",
+        "frames_a_to_b",
+        "bytes_a_to_b",
+        "frames_b_to_a",
+        "bytes_b_to_a",
+        "frames",
+        "bytes",
+        "rel_start_s",
+        "duration_s",
+    ]);
+    let t0 = timestamp(&records[0].start)?;
+    let mut convs: BTreeMap<(IpAddr, IpAddr), Conversation> = BTreeMap::new();
+    for r in records {
+        let (start, end) = (timestamp(&r.start)?, timestamp(&r.end)?);
+        for p in r
+            .pairs
+            .iter()
+            .filter(|p| proto.is_none_or(|want| p.proto == want))
+        {
+            let (a, b, forward) = if p.src <= p.dst {
+                (p.src, p.dst, true)
+            } else {
+                (p.dst, p.src, false)
+            };
+            let c = convs.entry((a, b)).or_default();
+            let (f, by) = seen(p);
+            let side = if forward { &mut c.ab } else { &mut c.ba };
+            side.0 += f;
+            side.1 += by;
+            c.first = Some(c.first.map_or(start, |x| x.min(start)));
+            c.last = Some(c.last.map_or(end, |x| x.max(end)));
+        }
+    }
+    let mut rows: Vec<_> = convs.into_iter().collect();
+    rows.sort_by(|x, y| {
+        (y.1.ab.1 + y.1.ba.1)
+            .cmp(&(x.1.ab.1 + x.1.ba.1))
+            .then(x.0.cmp(&y.0))
+    });
+    for ((a, b), c) in rows {
+        let first = c.first.unwrap_or(t0);
+        let last = c.last.unwrap_or(first);
+        let secs = |from: Timestamp, to: Timestamp| {
+            (to.as_nanosecond() - from.as_nanosecond()) as f64 / 1e9
+        };
+        table.push(vec![
+            Cell::text(a.to_string()),
+            Cell::text(b.to_string()),
+            Cell::Int(c.ab.0),
+            Cell::Int(c.ab.1),
+            Cell::Int(c.ba.0),
+            Cell::Int(c.ba.1),
+            Cell::Int(c.ab.0 + c.ba.0),
+            Cell::Int(c.ab.1 + c.ba.1),
+            Cell::Float(secs(t0, first)),
+            Cell::Float(secs(first, last)),
+        ]);
+    }
+    Ok(table)
+}
+
+/// Top talkers: (source, destination) pairs by bytes, with their share of all bytes.
+pub fn top(records: &[DetailRecord], n: usize) -> Table {
+    let mut table = Table::new(&["src", "dst", "frames", "bytes", "share_percent"]);
+    let mut pairs: BTreeMap<(IpAddr, IpAddr), (u64, u64)> = BTreeMap::new();
+    for p in all_pairs(records) {
+        let e = pairs.entry((p.src, p.dst)).or_default();
+        e.0 += p.frames;
+        e.1 += p.bytes;
+    }
+    let total: u64 = pairs.values().map(|v| v.1).sum();
+    let mut rows: Vec<_> = pairs.into_iter().collect();
+    rows.sort_by(|x, y| y.1 .1.cmp(&x.1 .1).then(x.0.cmp(&y.0)));
+    for ((src, dst), (frames, bytes)) in rows.into_iter().take(n) {
+        let share = if total == 0 {
+            0.0
+        } else {
+            bytes as f64 * 100.0 / total as f64
+        };
+        table.push(vec![
+            Cell::text(src.to_string()),
+            Cell::text(dst.to_string()),
+            Cell::Int(frames),
+            Cell::Int(bytes),
+            Cell::Float((share * 100.0).round() / 100.0),
+        ]);
+    }
+    table
+}

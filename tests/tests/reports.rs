@@ -1,0 +1,251 @@
+//! `netmon analyze` and `netmon report` on captures the tests write: golden
+//! outputs for every report and format, and bad input that must not panic.
+
+use std::{net::Ipv4Addr, path::Path, process::Output, time::Duration};
+
+use anyhow::Result;
+use netmon_tests::{
+    daemon::cli,
+    frames::{build, Layer},
+};
+use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
+
+fn ipv4(src: [u8; 4], dst: [u8; 4], l4: Layer, payload: usize) -> Vec<u8> {
+    build(&[
+        Layer::Ethernet,
+        Layer::Ipv4 {
+            src: Ipv4Addr::from(src),
+            dst: Ipv4Addr::from(dst),
+            options: vec![],
+            fragment_offset: 0,
+        },
+        l4,
+        Layer::Payload(payload),
+    ])
+}
+
+/// A capture of known frames: (seconds, frame).
+fn known_frames() -> Vec<(u64, Vec<u8>)> {
+    let (a, b, c) = ([192, 168, 1, 7], [213, 158, 160, 51], [142, 250, 203, 238]);
+    vec![
+        (0, ipv4(a, b, Layer::Udp(5000, 53), 58)),  // 100 bytes
+        (1, ipv4(b, a, Layer::Udp(53, 5000), 158)), // 200
+        (3, ipv4(a, c, Layer::Tcp(40000, 443, 0), 246)), // 300
+        (12, ipv4(c, a, Layer::Tcp(443, 40000, 0), 946)), // 1000
+        (12, ipv4(a, b, Layer::IcmpEcho, 358)),     // 400
+        (25, build(&[Layer::Ethernet, Layer::Arp])), // 42
+    ]
+}
+
+fn write_pcap(path: &Path, frames: &[(u64, Vec<u8>)], datalink: pcap_file::DataLink) -> Result<()> {
+    let header = PcapHeader {
+        datalink,
+        ..Default::default()
+    };
+    let mut writer = PcapWriter::with_header(std::fs::File::create(path)?, header)?;
+    for (secs, frame) in frames {
+        writer.write_packet(&PcapPacket::new(
+            Duration::from_secs(1_700_000_000 + secs),
+            frame.len() as u32,
+            frame,
+        ))?;
+    }
+    Ok(())
+}
+
+fn run(args: &[&str]) -> Output {
+    cli(args).unwrap()
+}
+
+fn stdout(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn reports_of_a_known_capture_are_exact_in_every_format() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let pcap = dir.path().join("known.pcap");
+    write_pcap(&pcap, &known_frames(), pcap_file::DataLink::ETHERNET)?;
+    let detail = dir.path().join("known.jsonl");
+    let log = dir.path().join("network_log.json");
+    let (pcap_s, detail_s, log_s) = (
+        pcap.to_str().unwrap(),
+        detail.to_str().unwrap(),
+        log.to_str().unwrap(),
+    );
+    // The old log accumulates like the old script's: analyze twice, totals double.
+    for _ in 0..2 {
+        stdout(&[
+            "analyze",
+            pcap_s,
+            "--detail-log",
+            detail_s,
+            "--log",
+            log_s,
+            "--interval",
+            "1s",
+        ]);
+    }
+    assert_eq!(
+        std::fs::read_to_string(&log)?,
+        "{\"('192.168.1.7', '213.158.160.51')\": 1.0, \"('213.158.160.51', '192.168.1.7')\": 0.4, \
+         \"('192.168.1.7', '142.250.203.238')\": 0.6, \"('142.250.203.238', '192.168.1.7')\": 2.0, \"total_k_bytes\": 4.0}"
+    );
+    let report = |args: &[&str]| {
+        let mut all = vec!["report"];
+        all.extend_from_slice(args);
+        all.extend(["--detail-log", detail_s]);
+        stdout(&all)
+    };
+    assert_eq!(
+        report(&["hierarchy"]),
+        [
+            "PROTOCOL  FRAMES  BYTES",
+            "eth            6   2042",
+            "  ipv4         5   2000",
+            "    tcp        2   1300",
+            "    icmp       1    400",
+            "    udp        2    300",
+            "  arp          1     42",
+            "",
+        ]
+        .join("\n")
+    );
+    assert_eq!(
+        report(&["io", "--interval", "10s"]),
+        "INTERVAL  FRAMES  BYTES\n0 <> 10        3    600\n10 <> 20       2   1400\n20 <> 30       1     42\nDur 26         6   2042\n"
+    );
+    assert_eq!(
+        report(&["conversations", "--format", "csv"]),
+        "a,b,frames_a_to_b,bytes_a_to_b,frames_b_to_a,bytes_b_to_a,frames,bytes,rel_start_s,duration_s\n\
+         142.250.203.238,192.168.1.7,1,1000,1,300,2,1300,3.000,10.000\n\
+         192.168.1.7,213.158.160.51,2,500,1,200,3,700,0.000,13.000\n"
+    );
+    assert_eq!(
+        report(&["conversations", "--proto", "udp", "--format", "csv"]),
+        "a,b,frames_a_to_b,bytes_a_to_b,frames_b_to_a,bytes_b_to_a,frames,bytes,rel_start_s,duration_s\n\
+         192.168.1.7,213.158.160.51,1,100,1,200,2,300,0.000,2.000\n"
+    );
+    let top: serde_json::Value =
+        serde_json::from_str(&report(&["top", "-n", "2", "--format", "json"]))?;
+    assert_eq!(
+        top,
+        serde_json::json!([
+            {"src": "142.250.203.238", "dst": "192.168.1.7", "frames": 1, "bytes": 1000, "share_percent": 50.0},
+            {"src": "192.168.1.7", "dst": "213.158.160.51", "frames": 2, "bytes": 500, "share_percent": 25.0}
+        ])
+    );
+    // A time window: only the intervals from second 10 on.
+    let since = "2023-11-14T22:13:30Z"; // 1_700_000_010
+    assert_eq!(
+        report(&[
+            "io",
+            "--interval",
+            "10s",
+            "--since",
+            since,
+            "--format",
+            "csv"
+        ]),
+        "interval,frames,bytes\n0 <> 10,2,1400\n10 <> 20,1,42\nDur 14,3,1442\n"
+    );
+    Ok(())
+}
+
+#[test]
+fn bad_captures_and_logs_give_clear_errors_or_partial_reports() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = |name: &str| dir.path().join(name);
+    let frames = known_frames();
+
+    // Truncated in the middle of the last record: a partial analysis and a warning.
+    write_pcap(&path("full.pcap"), &frames, pcap_file::DataLink::ETHERNET)?;
+    let bytes = std::fs::read(path("full.pcap"))?;
+    std::fs::write(path("cut.pcap"), &bytes[..bytes.len() - 20])?;
+    let out = run(&[
+        "analyze",
+        path("cut.pcap").to_str().unwrap(),
+        "--detail-log",
+        path("cut.jsonl").to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("ends in the middle of a record, after 5 complete frames")
+            || err.contains("ends early, after 5"),
+        "{err}"
+    );
+    let hierarchy = stdout(&[
+        "report",
+        "hierarchy",
+        "--detail-log",
+        path("cut.jsonl").to_str().unwrap(),
+        "--format",
+        "csv",
+    ]);
+    assert!(hierarchy.contains("eth,5,2000"), "{hierarchy}");
+
+    let failure = |args: &[&str], want: &str| {
+        let out = run(args);
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    };
+    write_pcap(&path("raw.pcap"), &frames, pcap_file::DataLink::RAW)?;
+    failure(
+        &[
+            "analyze",
+            path("raw.pcap").to_str().unwrap(),
+            "--detail-log",
+            path("x.jsonl").to_str().unwrap(),
+        ],
+        "netmon reads Ethernet captures",
+    );
+    std::fs::write(path("text.pcap"), "this is not a capture\n")?;
+    failure(
+        &[
+            "analyze",
+            path("text.pcap").to_str().unwrap(),
+            "--detail-log",
+            path("x.jsonl").to_str().unwrap(),
+        ],
+        "is not a pcap or pcapng capture",
+    );
+    std::fs::write(path("empty.jsonl"), "")?;
+    failure(
+        &[
+            "report",
+            "top",
+            "--detail-log",
+            path("empty.jsonl").to_str().unwrap(),
+        ],
+        "holds no records",
+    );
+    std::fs::write(path("junk.jsonl"), "{\"not\": \"a record\"}\n")?;
+    failure(
+        &[
+            "report",
+            "io",
+            "--detail-log",
+            path("junk.jsonl").to_str().unwrap(),
+        ],
+        "junk.jsonl:1: not a detail record",
+    );
+    failure(
+        &[
+            "report",
+            "io",
+            "--detail-log",
+            path("missing.jsonl").to_str().unwrap(),
+        ],
+        "point --detail-log",
+    );
+    Ok(())
+}
