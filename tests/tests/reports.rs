@@ -106,13 +106,13 @@ fn reports_of_a_known_capture_are_exact_in_every_format() -> Result<()> {
     assert_eq!(
         report(&["hierarchy"]),
         [
-            "PROTOCOL  FRAMES  BYTES",
-            "eth            6   2042",
-            "  ipv4         5   2000",
-            "    tcp        2   1300",
-            "    icmp       1    400",
-            "    udp        2    300",
-            "  arp          1     42",
+            "PROTOCOL  PATH           FRAMES  BYTES",
+            "eth       eth                 6   2042",
+            "  ipv4    eth:ipv4            5   2000",
+            "    tcp   eth:ipv4:tcp        2   1300",
+            "    icmp  eth:ipv4:icmp       1    400",
+            "    udp   eth:ipv4:udp        2    300",
+            "  arp     eth:arp             1     42",
             "",
         ]
         .join("\n")
@@ -189,7 +189,7 @@ fn bad_captures_and_logs_give_clear_errors_or_partial_reports() -> Result<()> {
         "--format",
         "csv",
     ]);
-    assert!(hierarchy.contains("eth,5,2000"), "{hierarchy}");
+    assert!(hierarchy.contains("eth,eth,5,2000"), "{hierarchy}");
 
     let failure = |args: &[&str], want: &str| {
         let out = run(args);

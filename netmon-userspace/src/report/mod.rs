@@ -74,9 +74,10 @@ fn seen(p: &PairRecord) -> (u64, u64) {
     (p.frames + p.dropped_frames, p.bytes + p.dropped_bytes)
 }
 
-/// `io,phs`: eth → L3 family → L4 protocol, frames and bytes, both directions.
+/// `io,phs`: eth → L3 family → L4 protocol, frames and bytes, both directions;
+/// `path` names each row unambiguously (`eth:ipv4:tcp`).
 pub fn hierarchy(records: &[DetailRecord]) -> Table {
-    let mut table = Table::new(&["protocol", "frames", "bytes"]);
+    let mut table = Table::new(&["protocol", "path", "frames", "bytes"]);
     let mut eth = (0, 0);
     let mut l3: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
     for r in records {
@@ -97,7 +98,12 @@ pub fn hierarchy(records: &[DetailRecord]) -> Table {
         e.0 += f;
         e.1 += b;
     }
-    table.push(vec![Cell::text("eth"), Cell::Int(eth.0), Cell::Int(eth.1)]);
+    table.push(vec![
+        Cell::text("eth"),
+        Cell::text("eth"),
+        Cell::Int(eth.0),
+        Cell::Int(eth.1),
+    ]);
     for name in ["ipv4", "ipv6", "arp", "other"] {
         let (frames, bytes) = l3.get(name).copied().unwrap_or_default();
         if frames == 0 {
@@ -105,6 +111,7 @@ pub fn hierarchy(records: &[DetailRecord]) -> Table {
         }
         table.push(vec![
             Cell::text(format!("  {name}")),
+            Cell::text(format!("eth:{name}")),
             Cell::Int(frames),
             Cell::Int(bytes),
         ]);
@@ -115,6 +122,7 @@ pub fn hierarchy(records: &[DetailRecord]) -> Table {
             attributed = (attributed.0 + f, attributed.1 + b);
             table.push(vec![
                 Cell::text(format!("    {proto}")),
+                Cell::text(format!("eth:{name}:{proto}")),
                 Cell::Int(*f),
                 Cell::Int(*b),
             ]);
@@ -122,6 +130,7 @@ pub fn hierarchy(records: &[DetailRecord]) -> Table {
         if attributed.0 < frames && matches!(name, "ipv4" | "ipv6") {
             table.push(vec![
                 Cell::text("    (malformed or unattributed)"),
+                Cell::text(format!("eth:{name}:-")),
                 Cell::Int(frames - attributed.0),
                 Cell::Int(bytes - attributed.1),
             ]);
