@@ -114,10 +114,11 @@ fn llvm_packages(llvm: u32) -> Vec<String> {
 }
 
 /// The tools the kernel tests and the demo run: (command, Debian package).
-const TEST_TOOLS: [(&str, &str); 3] = [
+const TEST_TOOLS: [(&str, &str); 4] = [
     ("ip", "iproute2"),
     ("tcpdump", "tcpdump"),
     ("ethtool", "ethtool"),
+    ("tshark", "tshark"),
 ];
 
 /// Makes sure the test and demo tools are installed.

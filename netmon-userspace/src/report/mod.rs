@@ -116,7 +116,7 @@ pub fn hierarchy(records: &[DetailRecord]) -> Table {
             Cell::Int(bytes),
         ]);
         let mut children: Vec<_> = l4.iter().filter(|((f, _), _)| *f == name).collect();
-        children.sort_by(|a, b| b.1 .1.cmp(&a.1 .1));
+        children.sort_by_key(|(_, (_, bytes))| std::cmp::Reverse(*bytes));
         let mut attributed = (0, 0);
         for ((_, proto), (f, b)) in children {
             attributed = (attributed.0 + f, attributed.1 + b);
