@@ -7,6 +7,7 @@
 pub mod classify;
 pub mod maps;
 pub mod policy;
+pub mod service;
 
 pub use classify::{classify, wire_cost, Classified, Frame, IpHeader, L3, L4};
 pub use maps::{Counter, Direction, DirectionTotals, PairKey, PairStats};

@@ -10,7 +10,7 @@ pub const PAIRS_MAP: &str = "PAIRS";
 pub const TOTALS_MAP: &str = "TOTALS";
 /// Version of every map's key and value layout. Bump it with any change to
 /// them: netmon refuses pinned maps of another version instead of misreading them.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Default capacity of the pair table (`--max-pairs`).
 pub const DEFAULT_MAX_PAIRS: u32 = 262_144;

@@ -59,7 +59,7 @@ pub fn baseline_xdp(_ctx: XdpContext) -> u32 {
 /// Benchmark baseline: the cheapest possible TC program. Never attached by netmon.
 #[classifier]
 pub fn baseline_tc(_ctx: TcContext) -> i32 {
-    aya_ebpf::bindings::TC_ACT_OK as i32
+    aya_ebpf::bindings::TC_ACT_OK
 }
 
 #[cfg(not(test))]

@@ -7,6 +7,7 @@ use aya_ebpf::{
 use netmon_common::{
     maps::DEFAULT_MAX_PAIRS,
     policy::{PolicyState, QuotaState, RuleList, MAX_PREFIXES, MAX_RULES, MAX_RULE_LISTS},
+    service::SERVICE_COUNTERS,
     Counter, DirectionTotals, PairKey, PairStats,
 };
 
@@ -42,3 +43,11 @@ pub static RULE_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(MAX_
 /// Quota budgets and use, by the quota's rule id.
 #[map(name = "QUOTAS")]
 pub static QUOTAS: Array<QuotaState> = Array::with_max_entries(MAX_RULES, 0);
+
+/// Port → service slot, filled by user space.
+#[map(name = "PORT_SERVICES")]
+pub static PORT_SERVICES: Array<u8> = Array::with_max_entries(65_536, 0);
+
+/// Frames and bytes per (direction, family, TCP/UDP, service slot).
+#[map(name = "SERVICES")]
+pub static SERVICES: PerCpuArray<Counter> = PerCpuArray::with_max_entries(SERVICE_COUNTERS, 0);

@@ -7,12 +7,14 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use netmon_common::{
+    classify::{PROTO_TCP, PROTO_UDP},
     policy::{decide, Decision, FlowPolicy, PacketFacts, RuleKind, RuleList, NO_LIST, NO_RULE},
-    Classified, Counter, Direction, IpHeader, PairKey, PairStats, L4,
+    service, Classified, Counter, Direction, IpHeader, PairKey, PairStats, L4,
 };
 
 use crate::maps::{
-    PAIRS, POLICY, PREFIXES_V4, PREFIXES_V6, QUOTAS, RULE_LISTS, RULE_STATS, TOTALS,
+    PAIRS, POLICY, PORT_SERVICES, PREFIXES_V4, PREFIXES_V6, QUOTAS, RULE_LISTS, RULE_STATS,
+    SERVICES, TOTALS,
 };
 
 /// What the hook does with the frame.
@@ -47,6 +49,7 @@ pub fn frame<C: EbpfContext>(
         return Verdict::Pass;
     };
     add(totals.l4.get_mut(L4::of(ip.proto) as usize), frames, bytes);
+    count_service(direction, &ip, frames, bytes);
     let key = PairKey {
         src: ip.src,
         dst: ip.dst,
@@ -93,6 +96,27 @@ pub fn frame<C: EbpfContext>(
         totals.dropped.add(frames, bytes);
     }
     verdict
+}
+
+/// Counts TCP and UDP under the service of the flow's well-known port.
+#[inline(always)]
+fn count_service(direction: Direction, ip: &IpHeader, frames: u64, bytes: u64) {
+    let tcp = ip.proto == PROTO_TCP;
+    if !tcp && ip.proto != PROTO_UDP {
+        return;
+    }
+    let slot = service::flow_slot(ip.src_port, ip.dst_port, |port| {
+        PORT_SERVICES
+            .get(port as u32)
+            .copied()
+            .unwrap_or(service::SLOT_OTHER)
+    });
+    let ipv6 = !(ip.src[..10] == [0; 10] && ip.src[10] == 0xff && ip.src[11] == 0xff);
+    let index = service::counter_index(direction, ipv6, tcp, slot);
+    if let Some(counter) = SERVICES.get_ptr_mut(index) {
+        // SAFETY: per-CPU value; only this CPU writes it.
+        unsafe { (*counter).add(frames, bytes) };
+    }
 }
 
 #[inline(always)]

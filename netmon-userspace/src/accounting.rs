@@ -34,6 +34,8 @@ pub struct IntervalUsage {
     pub table_entries: usize,
     /// Capacity of the pair table.
     pub table_capacity: u32,
+    /// Service counters for the interval (see `netmon_common::service`).
+    pub services: Vec<Counter>,
 }
 
 impl IntervalUsage {
@@ -53,6 +55,9 @@ pub struct Baseline {
     pub pairs: Vec<(String, [u64; 4])>,
     /// Interface totals per direction, as the raw `DirectionTotals` words.
     pub totals: [Vec<u64>; 2],
+    /// Service counters: frames and bytes.
+    #[serde(default)]
+    pub services: Vec<[u64; 2]>,
 }
 
 const TOTALS_WORDS: usize = size_of::<DirectionTotals>() / 8;
@@ -110,6 +115,7 @@ fn key_from_hex(hex: &str) -> Option<PairKey> {
 pub struct Meter {
     pairs: HashMap<PairKey, (Counter, Counter)>,
     totals: [DirectionTotals; 2],
+    services: Vec<Counter>,
 }
 
 /// `now - before`, or all of `now` when it is lower (a new map entry).
@@ -146,6 +152,14 @@ impl Meter {
                 totals_from_words(&baseline.totals[0])?,
                 totals_from_words(&baseline.totals[1])?,
             ],
+            services: baseline
+                .services
+                .iter()
+                .map(|[f, b]| Counter {
+                    frames: *f,
+                    bytes: *b,
+                })
+                .collect(),
         })
     }
 
@@ -162,6 +176,7 @@ impl Meter {
                 totals_to_words(&self.totals[0]),
                 totals_to_words(&self.totals[1]),
             ],
+            services: self.services.iter().map(|c| [c.frames, c.bytes]).collect(),
         }
     }
 
@@ -205,13 +220,21 @@ impl Meter {
                 .then(a.key.cmp(&b.key))
         });
         let totals = [0, 1].map(|d| snapshot.totals[d].since(&self.totals[d]));
+        let services = snapshot
+            .services
+            .iter()
+            .enumerate()
+            .map(|(i, now)| growth(*now, self.services.get(i).copied().unwrap_or_default()))
+            .collect();
         self.pairs = next;
         self.totals = snapshot.totals;
+        self.services = snapshot.services.clone();
         IntervalUsage {
             pairs,
             totals,
             table_entries: snapshot.pairs.len(),
             table_capacity: snapshot.capacity,
+            services,
         }
     }
 }

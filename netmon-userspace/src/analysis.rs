@@ -3,7 +3,11 @@
 
 use std::collections::HashMap;
 
-use netmon_common::{classify, Counter, Direction, DirectionTotals, PairKey, L4};
+use netmon_common::{
+    classify,
+    classify::{PROTO_TCP, PROTO_UDP},
+    service, Counter, Direction, DirectionTotals, PairKey, L4,
+};
 
 use crate::{
     accounting::{IntervalUsage, PairDelta},
@@ -21,6 +25,7 @@ struct Bin {
     start_ns: i128,
     pairs: HashMap<PairKey, Counter>,
     totals: DirectionTotals,
+    services: Vec<Counter>,
 }
 
 /// One finished interval.
@@ -61,6 +66,7 @@ impl Analyzer {
             start_ns: start,
             pairs: HashMap::new(),
             totals: DirectionTotals::default(),
+            services: vec![Counter::default(); service::SERVICE_COUNTERS as usize],
         });
         let class = classify(frame.data);
         let len = frame.wire_len as u64;
@@ -79,6 +85,13 @@ impl Analyzer {
                 ..Default::default()
             };
             bin.pairs.entry(key).or_default().add(1, len);
+            let tcp = ip.proto == PROTO_TCP;
+            if tcp || ip.proto == PROTO_UDP {
+                let slot = service::flow_slot(ip.src_port, ip.dst_port, service::slot_of);
+                let ipv6 = std::net::Ipv6Addr::from(ip.src).to_ipv4_mapped().is_none();
+                let index = service::counter_index(Direction::Ingress, ipv6, tcp, slot) as usize;
+                bin.services[index].add(1, len);
+            }
         }
         closed
     }
@@ -111,6 +124,7 @@ impl Analyzer {
                 totals: [bin.totals, DirectionTotals::default()],
                 table_entries,
                 table_capacity: 0,
+                services: bin.services,
             },
         })
     }

@@ -489,3 +489,46 @@ fn full_pair_table_keeps_totals_exact_and_says_so_once() {
     assert_eq!(logged.len(), 1, "{logged:?}");
     assert!(logged[0].contains("pair table full"), "{logged:?}");
 }
+
+#[test]
+fn tcp_and_udp_count_under_the_service_of_their_well_known_port() {
+    use netmon_common::service::{counter_index, slot_of, SLOT_OTHER};
+    let mut ebpf = load();
+    let quic = build(&[
+        Layer::Ethernet,
+        ipv4(),
+        Layer::Udp(50000, 443),
+        Layer::Payload(1200),
+    ]);
+    let tls = build(&[
+        Layer::Ethernet,
+        ipv4(),
+        Layer::Tcp(443, 50000, 0),
+        Layer::Payload(100),
+    ]);
+    let high = build(&[
+        Layer::Ethernet,
+        ipv6(),
+        Layer::Udp(40000, 50000),
+        Layer::Payload(10),
+    ]);
+    run_xdp(&mut ebpf, &quic);
+    run_xdp(&mut ebpf, &quic);
+    run_tc(&mut ebpf, &tls, None);
+    run_xdp(&mut ebpf, &high);
+    let services = readout::read(&ebpf, CAPACITY).unwrap().services;
+    let mut want = vec![Counter::default(); services.len()];
+    want[counter_index(Direction::Ingress, false, false, slot_of(443)) as usize] = Counter {
+        frames: 2,
+        bytes: 2 * quic.len() as u64,
+    };
+    want[counter_index(Direction::Egress, false, true, slot_of(443)) as usize] = Counter {
+        frames: 1,
+        bytes: tls.len() as u64,
+    };
+    want[counter_index(Direction::Ingress, true, false, SLOT_OTHER) as usize] = Counter {
+        frames: 1,
+        bytes: high.len() as u64,
+    };
+    assert_eq!(services, want);
+}

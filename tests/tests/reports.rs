@@ -106,13 +106,15 @@ fn reports_of_a_known_capture_are_exact_in_every_format() -> Result<()> {
     assert_eq!(
         report(&["hierarchy"]),
         [
-            "PROTOCOL  PATH           FRAMES  BYTES",
-            "eth       eth                 6   2042",
-            "  ipv4    eth:ipv4            5   2000",
-            "    tcp   eth:ipv4:tcp        2   1300",
-            "    icmp  eth:ipv4:icmp       1    400",
-            "    udp   eth:ipv4:udp        2    300",
-            "  arp     eth:arp             1     42",
+            "PROTOCOL   PATH              FRAMES  BYTES",
+            "eth        eth                    6   2042",
+            "  ipv4     eth:ipv4               5   2000",
+            "    tcp    eth:ipv4:tcp           2   1300",
+            "      tls  eth:ipv4:tcp:tls       2   1300",
+            "    icmp   eth:ipv4:icmp          1    400",
+            "    udp    eth:ipv4:udp           2    300",
+            "      dns  eth:ipv4:udp:dns       2    300",
+            "  arp      eth:arp                1     42",
             "",
         ]
         .join("\n")

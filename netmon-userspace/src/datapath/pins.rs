@@ -14,6 +14,7 @@ use netmon_common::{
         PolicyState, QuotaState, RuleList, POLICY_MAP, PREFIXES_V4_MAP, PREFIXES_V6_MAP,
         QUOTAS_MAP, RULE_LISTS_MAP, RULE_STATS_MAP,
     },
+    service::{PORT_SERVICES_MAP, SERVICES_MAP},
     Counter, DirectionTotals, PairKey, PairStats,
 };
 
@@ -24,7 +25,7 @@ pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// Every map netmon pins, with its key and value size in this build.
-pub const MAP_LAYOUTS: [(&str, usize, usize); 8] = [
+pub const MAP_LAYOUTS: [(&str, usize, usize); 10] = [
     (PAIRS_MAP, size_of::<PairKey>(), size_of::<PairStats>()),
     (TOTALS_MAP, 4, size_of::<DirectionTotals>()),
     (PREFIXES_V4_MAP, 4 + 4, 4),
@@ -33,6 +34,8 @@ pub const MAP_LAYOUTS: [(&str, usize, usize); 8] = [
     (POLICY_MAP, 4, size_of::<PolicyState>()),
     (RULE_STATS_MAP, 4, size_of::<Counter>()),
     (QUOTAS_MAP, 4, size_of::<QuotaState>()),
+    (PORT_SERVICES_MAP, 4, 1),
+    (SERVICES_MAP, 4, size_of::<Counter>()),
 ];
 
 /// Which hook a pinned link belongs to.

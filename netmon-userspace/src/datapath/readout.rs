@@ -6,6 +6,7 @@ use aya::{
 };
 use netmon_common::{
     maps::{PAIRS_MAP, TOTALS_MAP},
+    service::{SERVICES_MAP, SERVICE_COUNTERS},
     Counter, Direction, DirectionTotals, PairKey, PairStats,
 };
 
@@ -56,6 +57,8 @@ pub struct Snapshot {
     pub totals: [DirectionTotals; 2],
     /// Capacity of the pair table.
     pub capacity: u32,
+    /// Service counters, indexed by `netmon_common::service::counter_index`.
+    pub services: Vec<Counter>,
 }
 
 /// Reads the counters of a loaded object (attached or not).
@@ -85,9 +88,22 @@ pub fn read(ebpf: &Ebpf, capacity: u32) -> Result<Snapshot, DatapathError> {
         let (key, per_cpu) = entry.map_err(map_error(PAIRS_MAP))?;
         pairs.push((key, PairReading::fold(per_cpu.iter())));
     }
+    let services_map: PerCpuArray<_, Counter> = PerCpuArray::try_from(
+        ebpf.map(SERVICES_MAP)
+            .ok_or(DatapathError::MissingMap(SERVICES_MAP))?,
+    )
+    .map_err(map_error(SERVICES_MAP))?;
+    let mut services = Vec::with_capacity(SERVICE_COUNTERS as usize);
+    for index in 0..SERVICE_COUNTERS {
+        let per_cpu = services_map
+            .get(&index, 0)
+            .map_err(map_error(SERVICES_MAP))?;
+        services.push(per_cpu.iter().fold(Counter::default(), |a, c| a.plus(*c)));
+    }
     Ok(Snapshot {
         pairs,
         totals,
         capacity,
+        services,
     })
 }

@@ -89,6 +89,9 @@ pub struct ProtocolRecord {
     /// Frames the policy dropped (included in `all`, `l3` and `l4`).
     #[serde(default)]
     pub dropped: CounterRecord,
+    /// TCP and UDP by service (`ipv4:udp:dns`, …), where there was traffic.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub services: BTreeMap<String, CounterRecord>,
 }
 
 impl From<&DirectionTotals> for ProtocolRecord {
@@ -106,6 +109,7 @@ impl From<&DirectionTotals> for ProtocolRecord {
             malformed: t.malformed.into(),
             table_full: t.table_full.into(),
             dropped: t.dropped.into(),
+            services: BTreeMap::new(),
         }
     }
 }
@@ -146,10 +150,24 @@ impl DetailRecord {
                 dropped_bytes: d.dropped.bytes,
             })
             .collect();
-        let protocols = Direction::ALL
+        let mut protocols: BTreeMap<String, ProtocolRecord> = Direction::ALL
             .iter()
             .map(|d| (d.name().to_string(), (&usage.totals[*d as usize]).into()))
             .collect();
+        for (index, counter) in usage
+            .services
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| !c.is_zero())
+        {
+            if let Some((direction, family, proto, name)) = netmon_common::service::describe(index)
+            {
+                if let Some(p) = protocols.get_mut(direction.name()) {
+                    p.services
+                        .insert(format!("{family}:{proto}:{name}"), (*counter).into());
+                }
+            }
+        }
         let failed = usage.totals[0].table_full.plus(usage.totals[1].table_full);
         DetailRecord {
             start: start.to_string(),

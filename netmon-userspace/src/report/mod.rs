@@ -74,7 +74,7 @@ fn seen(p: &PairRecord) -> (u64, u64) {
     (p.frames + p.dropped_frames, p.bytes + p.dropped_bytes)
 }
 
-/// `io,phs`: eth → L3 family → L4 protocol, frames and bytes, both directions;
+/// `io,phs`: eth → L3 family → L4 protocol → service, frames and bytes, both directions;
 /// `path` names each row unambiguously (`eth:ipv4:tcp`).
 pub fn hierarchy(records: &[DetailRecord]) -> Table {
     let mut table = Table::new(&["protocol", "path", "frames", "bytes"]);
@@ -89,6 +89,14 @@ pub fn hierarchy(records: &[DetailRecord]) -> Table {
                 e.0 += c.frames;
                 e.1 += c.bytes;
             }
+        }
+    }
+    let mut services: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+    for p in records.iter().flat_map(|r| r.protocols.values()) {
+        for (key, c) in &p.services {
+            let e = services.entry(key.as_str()).or_default();
+            e.0 += c.frames;
+            e.1 += c.bytes;
         }
     }
     let mut l4: BTreeMap<(&str, &str), (u64, u64)> = BTreeMap::new();
@@ -126,6 +134,21 @@ pub fn hierarchy(records: &[DetailRecord]) -> Table {
                 Cell::Int(*f),
                 Cell::Int(*b),
             ]);
+            let prefix = format!("{name}:{proto}:");
+            let mut below: Vec<_> = services
+                .iter()
+                .filter(|(k, _)| k.starts_with(&prefix))
+                .collect();
+            below.sort_by_key(|(_, (_, bytes))| std::cmp::Reverse(*bytes));
+            for (key, (f, b)) in below {
+                let service = &key[prefix.len()..];
+                table.push(vec![
+                    Cell::text(format!("      {service}")),
+                    Cell::text(format!("eth:{name}:{proto}:{service}")),
+                    Cell::Int(*f),
+                    Cell::Int(*b),
+                ]);
+            }
         }
         if attributed.0 < frames && matches!(name, "ipv4" | "ipv6") {
             table.push(vec![
