@@ -12,6 +12,13 @@ pub const TOTALS_MAP: &str = "TOTALS";
 /// them: netmon refuses pinned maps of another version instead of misreading them.
 pub const LAYOUT_VERSION: u32 = 2;
 
+/// Name of the load-time global that sets the pair table's granularity.
+pub const GRANULARITY_GLOBAL: &str = "GRANULARITY";
+/// Keys are (source, destination, protocol, direction).
+pub const GRANULARITY_PAIR: u8 = 0;
+/// Keys add the source and destination ports (TCP and UDP).
+pub const GRANULARITY_5TUPLE: u8 = 1;
+
 /// Default capacity of the pair table (`--max-pairs`).
 pub const DEFAULT_MAX_PAIRS: u32 = 262_144;
 

@@ -4,6 +4,7 @@ use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST, helpers::bpf_ktime_get_coarse_ns, maps::lpm_trie::Key, EbpfContext,
+    Global,
 };
 use aya_log_ebpf::warn;
 use netmon_common::{
@@ -16,6 +17,10 @@ use crate::maps::{
     PAIRS, POLICY, PORT_SERVICES, PREFIXES_V4, PREFIXES_V6, QUOTAS, RULE_LISTS, RULE_STATS,
     SERVICES, TOTALS,
 };
+
+/// Pair-table granularity, set by user space at load time (`--granularity`).
+#[unsafe(no_mangle)]
+static GRANULARITY: Global<u8> = Global::new(netmon_common::maps::GRANULARITY_PAIR);
 
 /// What the hook does with the frame.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -50,11 +55,13 @@ pub fn frame<C: EbpfContext>(
     };
     add(totals.l4.get_mut(L4::of(ip.proto) as usize), frames, bytes);
     count_service(direction, &ip, frames, bytes);
+    // Ports are part of the key only at 5-tuple granularity.
+    let five_tuple = GRANULARITY.load() == netmon_common::maps::GRANULARITY_5TUPLE;
     let key = PairKey {
         src: ip.src,
         dst: ip.dst,
-        src_port: 0,
-        dst_port: 0,
+        src_port: if five_tuple { ip.src_port } else { 0 },
+        dst_port: if five_tuple { ip.dst_port } else { 0 },
         proto: ip.proto,
         direction: direction as u8,
         _pad: [0; 2],

@@ -141,7 +141,11 @@ fn compare(ebpf: &Ebpf, reference: &[Reference; 2], batch: usize) {
 
 #[test]
 fn a_million_random_frames_match_the_reference_classifier() {
-    let mut ebpf = datapath::load(&LoadOptions { max_pairs: 65_536 }).unwrap();
+    let mut ebpf = datapath::load(&LoadOptions {
+        max_pairs: 65_536,
+        ..Default::default()
+    })
+    .unwrap();
     let mut rng = fastrand::Rng::with_seed(0x6e65_746d_6f6e);
     let mut reference: [Reference; 2] = Default::default();
     let mut tc_frames = 0;

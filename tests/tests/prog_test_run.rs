@@ -422,7 +422,11 @@ fn full_pair_table_keeps_totals_exact_and_says_so_once() {
             0
         );
     }
-    let mut ebpf = datapath::load(&LoadOptions { max_pairs: 2 }).unwrap();
+    let mut ebpf = datapath::load(&LoadOptions {
+        max_pairs: 2,
+        ..Default::default()
+    })
+    .unwrap();
     let messages: &'static Collect = Box::leak(Box::new(Collect(Default::default())));
     let mut logger = aya_log::EbpfLogger::init_with_logger(&mut ebpf, messages).unwrap();
     let frame_to = |last: u8| {

@@ -237,3 +237,88 @@ fn live_reports_equal_tshark_and_analyze_of_the_same_capture() -> Result<()> {
     }
     Ok(())
 }
+
+/// UDP conversations per (address, port) pair from tshark's dissection.
+fn udp_conversations(pcap: &Path) -> Result<BTreeMap<(String, String), (u64, u64)>> {
+    let out = Command::new("tshark")
+        .args(["-n", "-r"])
+        .arg(pcap)
+        .args([
+            "-Y",
+            "udp && ip",
+            "-T",
+            "fields",
+            "-e",
+            "ip.src",
+            "-e",
+            "udp.srcport",
+            "-e",
+            "ip.dst",
+            "-e",
+            "udp.dstport",
+            "-e",
+            "frame.len",
+        ])
+        .output()?;
+    let mut totals = BTreeMap::new();
+    for line in String::from_utf8(out.stdout)?.lines() {
+        let f: Vec<&str> = line.split('\t').collect();
+        let (a, b) = (format!("{}:{}", f[0], f[1]), format!("{}:{}", f[2], f[3]));
+        let key = if (f[0], f[1].parse::<u16>()?) <= (f[2], f[3].parse::<u16>()?) {
+            (a, b)
+        } else {
+            (b, a)
+        };
+        let e: &mut (u64, u64) = totals.entry(key).or_default();
+        *e = (e.0 + 1, e.1 + f[4].parse::<u64>()?);
+    }
+    Ok(totals)
+}
+
+#[test]
+fn five_tuple_granularity_gives_port_level_conversations_equal_to_tshark() -> Result<()> {
+    let net = TestNet::create()?;
+    let dir = tempfile::tempdir()?;
+    let netmon = Netmon::start_in(&net.a, dir.path(), &["--granularity", "5tuple"])?;
+    let pcap = dir.path().join("out.pcap");
+    let outbound = Capture::start(&net.a, Way::Out, &pcap)?;
+    // Two sockets, two source ports, one destination port; and a second destination port.
+    let b = IpAddr::V4(net.b.ipv4);
+    netmon_tests::traffic::udp(&net.a, &net.b, b, 7000, &[100, 200])?;
+    netmon_tests::traffic::udp(&net.a, &net.b, b, 7000, &[300])?;
+    netmon_tests::traffic::udp(&net.a, &net.b, b, 7001, &[400, 500, 600])?;
+    std::thread::sleep(Duration::from_millis(200));
+    outbound.stop()?;
+    netmon.stop()?;
+    let detail = dir.path().join("detail.jsonl");
+    let ours: BTreeMap<(String, String), (u64, u64)> =
+        report(&detail, &["conversations", "--proto", "udp"])?
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let key = (
+                    r["a"].as_str().unwrap().to_string(),
+                    r["b"].as_str().unwrap().to_string(),
+                );
+                (
+                    key,
+                    (r["frames"].as_u64().unwrap(), r["bytes"].as_u64().unwrap()),
+                )
+            })
+            .collect();
+    let theirs = udp_conversations(&pcap)?;
+    assert_eq!(ours.len(), 3, "three port pairs: {ours:?}");
+    assert_eq!(ours, theirs);
+    // The old log still sums per address pair.
+    let log: Value = serde_json::from_str(&std::fs::read_to_string(
+        dir.path().join("network_log.json"),
+    )?)?;
+    let key = format!("('{}', '{}')", net.a.ipv4, net.b.ipv4);
+    let udp_bytes: u64 = [100, 200, 300, 400, 500, 600].iter().map(|s| 42 + s).sum();
+    assert_eq!(
+        log[&key].as_f64(),
+        Some(netmon::logs::network_log::kilobytes(udp_bytes))
+    );
+    Ok(())
+}

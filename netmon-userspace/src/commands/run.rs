@@ -17,7 +17,7 @@ use crate::{
     alerts::{Alerter, UsageAlarm},
     console,
     control::{self, Request, Response},
-    datapath::{pins::DEFAULT_BPFFS, Datapath, LoadOptions, XdpAttachMode},
+    datapath::{pins::DEFAULT_BPFFS, Datapath, Granularity, LoadOptions, XdpAttachMode},
     enforcer::Enforcer,
     logs::{self, detail::DetailRecord, state::State, Files},
     policy::Period,
@@ -45,6 +45,10 @@ pub struct RunArgs {
     /// XDP attach mode for the ingress program.
     #[arg(long, value_enum, default_value_t = XdpAttachMode::Auto)]
     pub xdp_mode: XdpAttachMode,
+    /// Pair table keys: per address pair (like the old log), or per 5-tuple
+    /// (adds TCP/UDP ports, for port-level conversations).
+    #[arg(long, value_enum, default_value_t = Granularity::Pair)]
+    pub granularity: Granularity,
     /// Capacity of the kernel's pair table.
     #[arg(long, default_value_t = DEFAULT_MAX_PAIRS, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_pairs: u32,
@@ -140,6 +144,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let options = LoadOptions {
         max_pairs: args.max_pairs,
+        granularity: args.granularity,
     };
     let mut datapath = Datapath::attach(&args.iface, &options, args.xdp_mode, &args.bpffs)?;
     let meter = match &saved.baseline {

@@ -47,24 +47,58 @@ pub enum XdpAttachMode {
     Skb,
 }
 
+/// What the pair table's keys distinguish.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Granularity {
+    /// (source, destination, L4 protocol, direction).
+    #[default]
+    Pair,
+    /// Also the TCP/UDP ports: port-level conversations, more table entries.
+    #[value(name = "5tuple")]
+    FiveTuple,
+}
+
 /// Settings fixed when the object is loaded.
 #[derive(Clone, Copy, Debug)]
 pub struct LoadOptions {
     /// Capacity of the pair table.
     pub max_pairs: u32,
+    /// Keys per pair or per 5-tuple.
+    pub granularity: Granularity,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
         Self {
             max_pairs: DEFAULT_MAX_PAIRS,
+            granularity: Granularity::Pair,
         }
+    }
+}
+
+impl LoadOptions {
+    /// An object loader with these settings.
+    fn loader(&self) -> EbpfLoader<'static> {
+        static PAIR: u8 = netmon_common::maps::GRANULARITY_PAIR;
+        static FIVE_TUPLE: u8 = netmon_common::maps::GRANULARITY_5TUPLE;
+        let mut loader = EbpfLoader::new();
+        loader
+            .map_max_entries(PAIRS_MAP, self.max_pairs)
+            .override_global(
+                netmon_common::maps::GRANULARITY_GLOBAL,
+                match self.granularity {
+                    Granularity::Pair => &PAIR,
+                    Granularity::FiveTuple => &FIVE_TUPLE,
+                },
+                true,
+            );
+        loader
     }
 }
 
 /// Loads the object and both programs into the kernel (verified, not attached).
 pub fn load(options: &LoadOptions) -> Result<Ebpf, DatapathError> {
-    load_with(EbpfLoader::new().map_max_entries(PAIRS_MAP, options.max_pairs))
+    load_with(&mut options.loader())
 }
 
 /// Looks up a program of the object by name and type.
@@ -122,8 +156,11 @@ impl Datapath {
                 }
             }
         }
-        let mut loader = EbpfLoader::new();
-        loader.map_max_entries(PAIRS_MAP, max_pairs);
+        let mut loader = LoadOptions {
+            max_pairs,
+            ..*options
+        }
+        .loader();
         let paths: Vec<_> = MAP_LAYOUTS
             .iter()
             .map(|(name, _, _)| (*name, pins.map(name)))

@@ -43,6 +43,12 @@ pub struct PairRecord {
     pub proto: String,
     /// IP protocol number.
     pub proto_num: u8,
+    /// Source port, at 5-tuple granularity.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub src_port: u16,
+    /// Destination port, at 5-tuple granularity.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub dst_port: u16,
     /// Frames during the interval.
     pub frames: u64,
     /// Wire bytes during the interval.
@@ -53,6 +59,10 @@ pub struct PairRecord {
     /// Bytes the policy dropped during the interval (not in `bytes`).
     #[serde(default)]
     pub dropped_bytes: u64,
+}
+
+fn is_zero(port: &u16) -> bool {
+    *port == 0
 }
 
 /// Frames and bytes.
@@ -144,6 +154,8 @@ impl DetailRecord {
                 dst: address(d.key.dst),
                 proto: L4::of(d.key.proto).name().to_string(),
                 proto_num: d.key.proto,
+                src_port: d.key.src_port,
+                dst_port: d.key.dst_port,
                 frames: d.counter.frames,
                 bytes: d.counter.bytes,
                 dropped_frames: d.dropped.frames,

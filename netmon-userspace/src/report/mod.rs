@@ -220,7 +220,22 @@ struct Conversation {
     last: Option<Timestamp>,
 }
 
-/// `conv`: A <-> B, frames and bytes each way, relative start and duration, by bytes.
+/// An address, with its port at 5-tuple granularity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Endpoint(IpAddr, u16);
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.0, self.1) {
+            (addr, 0) => write!(f, "{addr}"),
+            (IpAddr::V4(a), port) => write!(f, "{a}:{port}"),
+            (IpAddr::V6(a), port) => write!(f, "[{a}]:{port}"),
+        }
+    }
+}
+
+/// `conv`: A <-> B, frames and bytes each way, relative start and duration, by
+/// bytes; per port too when the log was recorded at 5-tuple granularity.
 pub fn conversations(records: &[DetailRecord], proto: Option<&str>) -> anyhow::Result<Table> {
     let mut table = Table::new(&[
         "a",
@@ -235,7 +250,7 @@ pub fn conversations(records: &[DetailRecord], proto: Option<&str>) -> anyhow::R
         "duration_s",
     ]);
     let t0 = timestamp(&records[0].start)?;
-    let mut convs: BTreeMap<(IpAddr, IpAddr), Conversation> = BTreeMap::new();
+    let mut convs: BTreeMap<(Endpoint, Endpoint), Conversation> = BTreeMap::new();
     for r in records {
         let (start, end) = (timestamp(&r.start)?, timestamp(&r.end)?);
         for p in r
@@ -243,10 +258,11 @@ pub fn conversations(records: &[DetailRecord], proto: Option<&str>) -> anyhow::R
             .iter()
             .filter(|p| proto.is_none_or(|want| p.proto == want))
         {
-            let (a, b, forward) = if p.src <= p.dst {
-                (p.src, p.dst, true)
+            let (src, dst) = (Endpoint(p.src, p.src_port), Endpoint(p.dst, p.dst_port));
+            let (a, b, forward) = if src <= dst {
+                (src, dst, true)
             } else {
-                (p.dst, p.src, false)
+                (dst, src, false)
             };
             let c = convs.entry((a, b)).or_default();
             let (f, by) = seen(p);

@@ -30,6 +30,7 @@ pub const V6_DST: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x200, 0, 0, 0, 0, 0, 2);
 pub fn load() -> Ebpf {
     datapath::load(&LoadOptions {
         max_pairs: CAPACITY,
+        ..Default::default()
     })
     .expect("load netmon's programs (run the tests as root)")
 }
