@@ -143,6 +143,34 @@ fn reports_of_a_known_capture_are_exact_in_every_format() -> Result<()> {
             {"src": "192.168.1.7", "dst": "213.158.160.51", "frames": 2, "bytes": 500, "share_percent": 25.0}
         ])
     );
+    // Charts: an SVG naming the pairs in its legend, a PNG of the stated size.
+    let svg = dir.path().join("usage.svg");
+    let png = dir.path().join("usage.png");
+    report(&["chart", "--out", svg.to_str().unwrap(), "--top", "2"]);
+    report(&["chart", "--out", png.to_str().unwrap()]);
+    let svg_text = std::fs::read_to_string(&svg)?;
+    assert!(
+        svg_text.starts_with("<svg") && svg_text.contains("142.250.203.238 → 192.168.1.7"),
+        "{svg_text:.200}"
+    );
+    assert!(
+        svg_text.contains("other pairs") && !svg_text.contains("213.158.160.51 → 192.168.1.7"),
+        "top 2 only"
+    );
+    let png_bytes = std::fs::read(&png)?;
+    assert_eq!(&png_bytes[1..4], b"PNG");
+    let size = |at: usize| u32::from_be_bytes(png_bytes[at..at + 4].try_into().unwrap());
+    assert_eq!((size(16), size(20)), (1100, 600), "IHDR width and height");
+    let out = run(&[
+        "report",
+        "chart",
+        "--out",
+        dir.path().join("usage.txt").to_str().unwrap(),
+        "--detail-log",
+        detail_s,
+    ]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("as .svg or .png"));
+
     // A time window: only the intervals from second 10 on.
     let since = "2023-11-14T22:13:30Z"; // 1_700_000_010
     assert_eq!(

@@ -52,6 +52,18 @@ pub enum Report {
         #[arg(short = 'n', default_value_t = 10)]
         n: usize,
     },
+    /// Bytes per interval, stacked for the top pairs, as an SVG or PNG picture.
+    Chart {
+        /// The picture to write: a .svg or .png file.
+        #[arg(long)]
+        out: PathBuf,
+        /// Interval length.
+        #[arg(long, default_value = "10s", value_parser = parse_interval)]
+        interval: Duration,
+        /// Pairs drawn on their own; the rest are stacked as "other pairs".
+        #[arg(long, default_value_t = 5)]
+        top: usize,
+    },
 }
 
 fn parse_when(text: &str) -> Result<Timestamp, String> {
@@ -76,6 +88,11 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
         Report::Io { interval } => report::io(&records, *interval)?,
         Report::Conversations { proto } => report::conversations(&records, proto.as_deref())?,
         Report::Top { n } => report::top(&records, *n),
+        Report::Chart { out, interval, top } => {
+            report::chart::draw(&records, *interval, *top, out)?;
+            eprintln!("wrote {}", out.display());
+            return Ok(());
+        }
     };
     print!("{}", table.render(args.format));
     Ok(())

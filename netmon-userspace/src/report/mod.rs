@@ -2,6 +2,7 @@
 //! daemon's, or `netmon analyze`'s): protocol hierarchy, traffic per interval,
 //! conversations, top talkers. Pure functions from records to tables.
 
+pub mod chart;
 mod table;
 
 use std::{collections::BTreeMap, io::BufRead, net::IpAddr, path::Path};
