@@ -84,8 +84,9 @@ fn stack(
     }
     // Cumulative from the bottom: series i is drawn up to the sum of 0..=i.
     for i in 1..series.len() {
-        for bin in 0..bins {
-            series[i][bin] += series[i - 1][bin];
+        let (below, this) = series.split_at_mut(i);
+        for (bytes, under) in this[0].iter_mut().zip(&below[i - 1]) {
+            *bytes += under;
         }
     }
     let mut labels: Vec<String> = chosen.iter().map(|(s, d)| format!("{s} → {d}")).collect();
