@@ -279,3 +279,79 @@ fn bad_captures_and_logs_give_clear_errors_or_partial_reports() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn every_report_says_the_same_in_table_json_and_csv_and_pcapng_reads_like_pcap() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let pcap = dir.path().join("known.pcap");
+    write_pcap(&pcap, &known_frames(), pcap_file::DataLink::ETHERNET)?;
+    let pcapng = dir.path().join("known.pcapng");
+    let converted = std::process::Command::new("editcap")
+        .args(["-F", "pcapng"])
+        .arg(&pcap)
+        .arg(&pcapng)
+        .status()?;
+    assert!(converted.success(), "editcap (installed with tshark)");
+    let mut outputs = Vec::new();
+    for capture in [&pcap, &pcapng] {
+        let detail = dir.path().join(format!(
+            "{}.jsonl",
+            capture.extension().unwrap().to_str().unwrap()
+        ));
+        stdout(&[
+            "analyze",
+            capture.to_str().unwrap(),
+            "--detail-log",
+            detail.to_str().unwrap(),
+        ]);
+        let mut per_capture = Vec::new();
+        for report in [
+            &["hierarchy"][..],
+            &["io", "--interval", "10s"],
+            &["conversations"],
+            &["top"],
+        ] {
+            let render = |format: &str| {
+                let mut args = vec!["report"];
+                args.extend_from_slice(report);
+                args.extend(["--detail-log", detail.to_str().unwrap(), "--format", format]);
+                stdout(&args)
+            };
+            let (table, json, csv) = (render("table"), render("json"), render("csv"));
+            // The same rows, cell by cell, in the three formats.
+            let json: Vec<serde_json::Map<String, serde_json::Value>> =
+                serde_json::from_str(&json)?;
+            let csv_rows: Vec<Vec<String>> = csv
+                .lines()
+                .skip(1)
+                .map(|l| l.split(',').map(String::from).collect())
+                .collect();
+            let table_rows: Vec<&str> = table.lines().skip(1).collect();
+            assert_eq!(json.len(), csv_rows.len(), "{report:?}");
+            assert_eq!(table_rows.len(), csv_rows.len(), "{report:?}");
+            let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+            for ((object, csv_row), table_row) in json.iter().zip(&csv_rows).zip(&table_rows) {
+                for (column, cell) in header.iter().zip(csv_row) {
+                    let value = &object[*column];
+                    let text = value
+                        .as_str()
+                        .map(String::from)
+                        .unwrap_or_else(|| value.to_string());
+                    if let Some(f) = value.as_f64().filter(|_| !value.is_u64()) {
+                        assert_eq!(format!("{f:.3}"), *cell, "{report:?} {column}");
+                    } else {
+                        assert_eq!(&text, cell, "{report:?} {column}");
+                    }
+                    assert!(
+                        table_row.contains(cell.as_str()),
+                        "{report:?}: {cell} in {table_row:?}"
+                    );
+                }
+            }
+            per_capture.push(table);
+        }
+        outputs.push(per_capture);
+    }
+    assert_eq!(outputs[0], outputs[1], "pcapng reads exactly like pcap");
+    Ok(())
+}

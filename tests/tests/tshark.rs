@@ -289,8 +289,12 @@ fn five_tuple_granularity_gives_port_level_conversations_equal_to_tshark() -> Re
     netmon_tests::traffic::udp(&net.a, &net.b, b, 7001, &[400, 500, 600])?;
     std::thread::sleep(Duration::from_millis(200));
     outbound.stop()?;
-    netmon.stop()?;
     let detail = dir.path().join("detail.jsonl");
+    // Reports work on the detail log of a running daemon.
+    std::thread::sleep(Duration::from_millis(1200));
+    let live_top = report(&detail, &["top"])?;
+    assert_eq!(live_top[0]["src"], net.a.ipv4.to_string(), "{live_top}");
+    netmon.stop()?;
     let ours: BTreeMap<(String, String), (u64, u64)> =
         report(&detail, &["conversations", "--proto", "udp"])?
             .as_array()
