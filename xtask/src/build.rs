@@ -23,7 +23,9 @@ pub fn netmon_binary() -> PathBuf {
 }
 
 /// A cargo invocation at the workspace root, free of the variables that
-/// `cargo xtask` itself runs under (they would pin the wrong toolchain).
+/// `cargo xtask` itself runs under (they would pin the wrong compiler).
+/// RUSTUP_TOOLCHAIN stays: without it, rustup would obey `rust-toolchain`
+/// files that some crates ship in their sources.
 fn cargo(toolchain: Option<&str>) -> Command {
     let mut cmd = match toolchain {
         Some(t) => {

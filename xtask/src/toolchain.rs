@@ -114,8 +114,10 @@ fn llvm_packages(llvm: u32) -> Vec<String> {
 }
 
 /// The tools the kernel tests and the demo run: (command, Debian package).
-const TEST_TOOLS: [(&str, &str); 4] = [
+const TEST_TOOLS: [(&str, &str); 6] = [
     ("ip", "iproute2"),
+    ("sysctl", "procps"),
+    ("setpriv", "util-linux"),
     ("tcpdump", "tcpdump"),
     ("ethtool", "ethtool"),
     ("tshark", "tshark"),
