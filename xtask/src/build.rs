@@ -37,7 +37,6 @@ fn cargo(toolchain: Option<&str>) -> Command {
     };
     for var in [
         "RUSTC",
-        "RUSTUP_TOOLCHAIN",
         "RUSTC_WRAPPER",
         "RUSTC_WORKSPACE_WRAPPER",
         "RUSTFLAGS",
