@@ -18,7 +18,7 @@ use netmon::{
     datapath::{self, enforce::Enforcement, LoadOptions, EGRESS_PROGRAM, INGRESS_PROGRAM},
     policy::{compile::compile, Cidr, Item, Match},
 };
-use netmon_common::policy::RuleKind;
+use netmon_common::{policy::RuleKind, PairKey, PairStats};
 use netmon_tests::{
     daemon::{cli, Netmon},
     frames::{build, Layer},
@@ -132,6 +132,29 @@ fn main() {
         reference: Some(("tshark".into(), tshark_pps)),
         unit: "packets/s",
     });
+    for pairs in if quick {
+        vec![10_000, 100_000]
+    } else {
+        vec![10_000, 100_000, 1_000_000]
+    } {
+        let (batched, iterated, memlock) = readout(pairs);
+        rows.push(row(
+            &format!("read {pairs} pairs (BPF_MAP_LOOKUP_BATCH vs aya iteration)"),
+            batched.as_secs_f64() * 1000.0,
+            Some(("key-by-key iteration", iterated.as_secs_f64() * 1000.0)),
+            "ms",
+        ));
+        if pairs == 100_000 {
+            let cpus = aya::util::nr_cpus().unwrap() as f64;
+            let predicted = (size_of::<PairKey>() + size_of::<PairStats>()) as f64 * cpus.max(1.0);
+            rows.push(row(
+                "kernel memory per pair (memlock / capacity)",
+                memlock as f64 / pairs as f64,
+                Some(("key + per-CPU values", predicted)),
+                "bytes",
+            ));
+        }
+    }
     rows.push(row(
         &format!("`netmon block --file` of {prefixes} CIDRs into a running daemon"),
         cli_import(&cidrs).as_secs_f64() * 1000.0,
@@ -280,6 +303,62 @@ fn analyze_throughput(packets: u32) -> (f64, f64, u32) {
             .arg(&pcap),
     );
     (packets as f64 / netmon, packets as f64 / tshark, packets)
+}
+
+/// Time to read a table of `pairs` entries batched and key by key, and the map's memlock.
+fn readout(pairs: u32) -> (Duration, Duration, u64) {
+    use netmon::datapath::readout::{read_pairs, Readout};
+    let ebpf = datapath::load(&LoadOptions {
+        max_pairs: pairs,
+        ..Default::default()
+    })
+    .unwrap();
+    {
+        let map = ebpf.map(netmon_common::maps::PAIRS_MAP).unwrap();
+        let aya::maps::Map::PerCpuHashMap(data) = map else {
+            panic!("PAIRS is a per-CPU hash")
+        };
+        let cpus = aya::util::nr_cpus().unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&std::os::fd::AsFd::as_fd(data.fd()));
+        let values = vec![
+            PairStats {
+                bytes: 1500,
+                frames: 1,
+                ..Default::default()
+            };
+            cpus
+        ];
+        for i in 0..pairs {
+            let mut key = PairKey {
+                proto: 17,
+                ..Default::default()
+            };
+            key.src[..4].copy_from_slice(&i.to_be_bytes());
+            netmon::datapath::sys::update_per_cpu(fd, &key, &values).unwrap();
+        }
+    }
+    let time = |how| {
+        let started = Instant::now();
+        let n = read_pairs(&ebpf, how).unwrap().len();
+        assert_eq!(n, pairs as usize);
+        started.elapsed()
+    };
+    let batched = time(Readout::Batched);
+    let iterated = time(Readout::Iterated);
+    let map = ebpf.map(netmon_common::maps::PAIRS_MAP).unwrap();
+    let aya::maps::Map::PerCpuHashMap(data) = map else {
+        unreachable!()
+    };
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&std::os::fd::AsFd::as_fd(data.fd()));
+    let fdinfo = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).unwrap();
+    let memlock = fdinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("memlock:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    (batched, iterated, memlock)
 }
 
 fn report(rows: &[Row], repeat: u32) {

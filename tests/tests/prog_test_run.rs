@@ -536,3 +536,35 @@ fn tcp_and_udp_count_under_the_service_of_their_well_known_port() {
     };
     assert_eq!(services, want);
 }
+
+#[test]
+fn batched_readout_equals_key_by_key_iteration() {
+    use netmon::datapath::readout::{read_pairs, Readout};
+    let mut ebpf = datapath::load(&LoadOptions {
+        max_pairs: 16_384,
+        ..Default::default()
+    })
+    .unwrap();
+    for i in 0..10_000u32 {
+        let frame = build(&[
+            Layer::Ethernet,
+            Layer::Ipv4 {
+                src: Ipv4Addr::from(0x0a01_0000 + i),
+                dst: V4_DST,
+                options: vec![],
+                fragment_offset: 0,
+            },
+            Layer::Udp(1, 2),
+            Layer::Payload((i % 300) as usize),
+        ]);
+        run_xdp(&mut ebpf, &frame);
+    }
+    let sorted = |how| {
+        let mut v = read_pairs(&ebpf, how).unwrap();
+        v.sort_by_key(|(k, _)| *k);
+        v
+    };
+    let batched = sorted(Readout::Batched);
+    assert_eq!(batched.len(), 10_000);
+    assert_eq!(batched, sorted(Readout::Iterated));
+}

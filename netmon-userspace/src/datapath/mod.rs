@@ -5,7 +5,7 @@ pub mod enforce;
 mod error;
 pub mod pins;
 pub mod readout;
-mod sys;
+pub mod sys;
 
 use std::path::Path;
 

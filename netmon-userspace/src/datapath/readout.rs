@@ -61,7 +61,59 @@ pub struct Snapshot {
     pub services: Vec<Counter>,
 }
 
-/// Reads the counters of a loaded object (attached or not).
+/// How to read the pair table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Readout {
+    /// BPF_MAP_LOOKUP_BATCH, 4096 entries per syscall (falls back to iteration
+    /// on kernels without it).
+    Batched,
+    /// aya's key-by-key iteration: two syscalls per entry.
+    Iterated,
+}
+
+/// Entries per BPF_MAP_LOOKUP_BATCH call.
+const BATCH: usize = 4096;
+
+/// Every entry of the pair table, folded over CPUs.
+pub fn read_pairs(ebpf: &Ebpf, how: Readout) -> Result<Vec<(PairKey, PairReading)>, DatapathError> {
+    let map_error = |cause| DatapathError::Map {
+        map: PAIRS_MAP,
+        cause,
+    };
+    let map = ebpf
+        .map(PAIRS_MAP)
+        .ok_or(DatapathError::MissingMap(PAIRS_MAP))?;
+    if how == Readout::Batched {
+        if let aya::maps::Map::PerCpuHashMap(data) = map {
+            use std::os::fd::{AsFd, AsRawFd};
+            let cpus = aya::util::nr_cpus()
+                .map_err(|(_, e)| DatapathError::Policy(format!("counting CPUs: {e}")))?;
+            let fd = data.fd().as_fd().as_raw_fd();
+            let mut pairs = Vec::new();
+            let read = super::sys::lookup_batch_per_cpu::<PairKey, PairStats>(
+                fd,
+                cpus,
+                BATCH,
+                |key, values| pairs.push((key, PairReading::fold(values))),
+            );
+            match read {
+                Ok(()) => return Ok(pairs),
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+                Err(e) => return Err(DatapathError::Pins(format!("reading the pair table: {e}"))),
+            }
+        }
+    }
+    let pairs_map: PerCpuHashMap<_, PairKey, PairStats> =
+        PerCpuHashMap::try_from(map).map_err(map_error)?;
+    let mut pairs = Vec::new();
+    for entry in pairs_map.iter() {
+        let (key, per_cpu) = entry.map_err(map_error)?;
+        pairs.push((key, PairReading::fold(per_cpu.iter())));
+    }
+    Ok(pairs)
+}
+
+/// Reads all counters of a loaded object (attached or not).
 pub fn read(ebpf: &Ebpf, capacity: u32) -> Result<Snapshot, DatapathError> {
     let map_error = |map| move |cause| DatapathError::Map { map, cause };
     let totals_map: PerCpuArray<_, DirectionTotals> = PerCpuArray::try_from(
@@ -78,16 +130,7 @@ pub fn read(ebpf: &Ebpf, capacity: u32) -> Result<Snapshot, DatapathError> {
             .iter()
             .fold(DirectionTotals::default(), |acc, t| acc.plus(t));
     }
-    let pairs_map: PerCpuHashMap<_, PairKey, PairStats> = PerCpuHashMap::try_from(
-        ebpf.map(PAIRS_MAP)
-            .ok_or(DatapathError::MissingMap(PAIRS_MAP))?,
-    )
-    .map_err(map_error(PAIRS_MAP))?;
-    let mut pairs = Vec::new();
-    for entry in pairs_map.iter() {
-        let (key, per_cpu) = entry.map_err(map_error(PAIRS_MAP))?;
-        pairs.push((key, PairReading::fold(per_cpu.iter())));
-    }
+    let pairs = read_pairs(ebpf, Readout::Batched)?;
     let services_map: PerCpuArray<_, Counter> = PerCpuArray::try_from(
         ebpf.map(SERVICES_MAP)
             .ok_or(DatapathError::MissingMap(SERVICES_MAP))?,
