@@ -112,6 +112,9 @@ pub struct Enforcer {
     tz: TimeZone,
 }
 
+/// How long the policy file must be unchanged before it is read.
+const SETTLE: std::time::Duration = std::time::Duration::from_millis(300);
+
 fn quota_key(name: &str) -> String {
     format!("quota {name}")
 }
@@ -287,6 +290,17 @@ impl Enforcer {
         let path = self.file.clone()?;
         let new_stamp = stamp(&path);
         if !force && new_stamp == self.file_stamp {
+            return None;
+        }
+        // A file changed moments ago may be half written (an `echo >` truncates
+        // first, and an empty file is a valid, empty policy): wait until it
+        // has been still for a while; the next check picks it up.
+        let settled = new_stamp.is_none_or(|(mtime, _)| {
+            SystemTime::now()
+                .duration_since(mtime)
+                .map_or(true, |age| age >= SETTLE)
+        });
+        if !settled {
             return None;
         }
         self.file_stamp = new_stamp;

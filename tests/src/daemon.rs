@@ -120,6 +120,11 @@ impl Netmon {
         }
     }
 
+    /// The daemon's pid (`ip netns exec` execs netmon in place).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
     /// Sends SIGTERM and waits for a clean exit.
     pub fn stop(mut self) -> Result<Vec<String>> {
         let status = self.signal_and_wait(libc::SIGTERM)?;

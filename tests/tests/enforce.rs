@@ -401,8 +401,7 @@ fn reloads_never_let_blocked_traffic_through() -> Result<()> {
         write_policy(&policy, &format!("{}/32", b.ipv4), extra);
         if round % 3 == 0 {
             // SAFETY: signalling a child we started.
-            let pid = netmon_pid(&net)?;
-            unsafe { libc::kill(pid, libc::SIGHUP) };
+            unsafe { libc::kill(netmon.pid() as i32, libc::SIGHUP) };
         }
     }
     // An invalid file is refused with file:line, and the policy in force stays.
@@ -424,18 +423,6 @@ fn reloads_never_let_blocked_traffic_through() -> Result<()> {
         (sent as u64, sent as u64 * frame_len(v4(a.ipv4), 200))
     );
     Ok(())
-}
-
-fn netmon_pid(net: &TestNet) -> Result<i32> {
-    let out = std::process::Command::new("pgrep")
-        .args(["-f", &format!("run --iface {}", net.a.iface)])
-        .output()?;
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .next()
-        .unwrap_or("0")
-        .trim()
-        .parse()?)
 }
 
 #[test]

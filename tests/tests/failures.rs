@@ -145,16 +145,8 @@ fn errors_name_the_cause_and_the_fix() -> Result<()> {
 fn the_daemon_keeps_only_cap_bpf() -> Result<()> {
     let net = TestNet::create()?;
     let dir = tempfile::tempdir()?;
-    let _netmon = Netmon::start_in(&net.a, dir.path(), &[])?;
-    let pgrep = std::process::Command::new("pgrep")
-        .args(["-f", &format!("run --iface {}", net.a.iface)])
-        .output()?;
-    let pid = String::from_utf8_lossy(&pgrep.stdout)
-        .lines()
-        .next()
-        .unwrap()
-        .trim()
-        .to_string();
+    let netmon = Netmon::start_in(&net.a, dir.path(), &[])?;
+    let pid = netmon.pid();
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let field = |name: &str| {
         status

@@ -44,7 +44,7 @@ fn spoofed(from: Ipv4Addr, to: &Host, payload: usize) -> Vec<u8> {
     frame
 }
 
-fn rss_kib(pid: &str) -> u64 {
+fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
         .lines()
@@ -83,15 +83,7 @@ fn four_times_the_table_of_spoofed_sources_keeps_totals_exact() -> Result<()> {
     std::thread::sleep(Duration::from_millis(1500));
     let rules = cli(&["rules", "--iface", &net.a.iface])?;
     assert!(rules.status.success());
-    let pid = String::from_utf8_lossy(
-        &std::process::Command::new("pgrep")
-            .args(["-f", &format!("run --iface {}", net.a.iface)])
-            .output()?
-            .stdout,
-    )
-    .trim()
-    .to_string();
-    let rss = rss_kib(&pid);
+    let rss = rss_kib(netmon.pid());
     assert!(rss < 64 * 1024, "daemon RSS {rss} KiB");
     netmon.stop()?;
 
