@@ -59,6 +59,8 @@ pub fn udp_received(
     let bind: SocketAddr = (unspecified(dst), port).into();
     let sink = to.spawn(move || -> Result<Vec<usize>> {
         let socket = UdpSocket::bind(bind).context("binding the UDP sink")?;
+        // Room for a whole burst: a test counts what the network delivered.
+        roomy(&socket)?;
         socket.set_read_timeout(Some(quiet))?;
         ready_tx.send(()).ok();
         let mut buf = vec![0u8; 65536];
@@ -175,6 +177,7 @@ pub fn udp_stream(
     let bind: SocketAddr = (unspecified(dst), port).into();
     let sink = to.spawn(move || -> Result<usize> {
         let socket = UdpSocket::bind(bind).context("binding the UDP sink")?;
+        roomy(&socket)?;
         socket.set_read_timeout(Some(Duration::from_millis(500)))?;
         ready_tx.send(()).ok();
         let mut buf = vec![0u8; 65536];
@@ -211,6 +214,29 @@ pub fn udp_stream(
             .map_err(|_| anyhow::anyhow!("sink panicked"))??;
         Ok((sent, received))
     })
+}
+
+/// Gives a sink room for a whole burst (SO_RCVBUFFORCE: root passes rmem_max),
+/// so that a test counts what the network delivered, not socket overflows.
+fn roomy(socket: &UdpSocket) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let size: libc::c_int = 16 << 20;
+    // SAFETY: setsockopt on a live socket with a c_int option value.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&size as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as u32,
+        )
+    };
+    ensure!(
+        rc == 0,
+        "SO_RCVBUFFORCE: {}",
+        std::io::Error::last_os_error()
+    );
+    Ok(())
 }
 
 /// The unspecified address of `like`'s family.
