@@ -303,8 +303,13 @@ impl Enforcer {
         if !settled {
             return None;
         }
+        let loaded = file::load(&path);
+        // Changed while we read it (a rewrite began): not this time.
+        if stamp(&path) != new_stamp {
+            return None;
+        }
         self.file_stamp = new_stamp;
-        let set = match file::load(&path) {
+        let set = match loaded {
             Ok(set) => set,
             Err(e) => return Some(Err(e)),
         };

@@ -376,12 +376,16 @@ fn alerts_run_the_program_once_per_crossing() -> Result<()> {
     Ok(())
 }
 
+/// Replaces the policy file the way editors and configuration tools do: a
+/// new file renamed over the old one, so no reader ever sees half of it.
 fn write_policy(path: &PathBuf, blocked: &str, extra: Option<&str>) {
     let mut text = format!("[[block]]\ncidr = \"{blocked}\"\n");
     if let Some(extra) = extra {
         text.push_str(&format!("\n[[block]]\ncidr = \"{extra}\"\n"));
     }
-    std::fs::write(path, text).unwrap();
+    let tmp = path.with_extension("toml.new");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
 }
 
 #[test]
@@ -411,7 +415,8 @@ fn reloads_never_let_blocked_traffic_through() -> Result<()> {
         }
     }
     // An invalid file is refused with file:line, and the policy in force stays.
-    std::fs::write(&policy, "[[block]]\ncidr = \"10.1.2.3/33\"\n")?;
+    std::fs::write(policy.with_extension("toml.new"), "[[block]]\ncidr = \"10.1.2.3/33\"\n")?;
+    std::fs::rename(policy.with_extension("toml.new"), &policy)?;
     let line = netmon.wait_for("policy not reloaded", Duration::from_secs(5))?;
     assert!(
         line.contains("policy.toml:1:") && line.contains("/33"),
