@@ -155,6 +155,23 @@ fn main() {
             ));
         }
     }
+    let seconds = if quick { 2 } else { 5 };
+    let none = throughput(Mode::NoProgram, seconds);
+    for mode in [Mode::NetmonNative, Mode::NetmonSkb, Mode::Tcpdump] {
+        let got = throughput(mode, seconds);
+        rows.push(row(
+            &format!("veth TCP throughput, {}", mode.name()),
+            got.0,
+            Some(("no program", none.0)),
+            "Mbit/s",
+        ));
+        rows.push(row(
+            &format!("veth UDP 64-byte throughput, {}", mode.name()),
+            got.1,
+            Some(("no program", none.1)),
+            "Mbit/s",
+        ));
+    }
     rows.push(row(
         &format!("`netmon block --file` of {prefixes} CIDRs into a running daemon"),
         cli_import(&cidrs).as_secs_f64() * 1000.0,
@@ -359,6 +376,83 @@ fn readout(pairs: u32) -> (Duration, Duration, u64) {
         .parse()
         .unwrap();
     (batched, iterated, memlock)
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    NoProgram,
+    NetmonNative,
+    NetmonSkb,
+    Tcpdump,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::NoProgram => "no program",
+            Mode::NetmonNative => "netmon (native XDP + TC)",
+            Mode::NetmonSkb => "netmon (skb XDP + TC)",
+            Mode::Tcpdump => "tcpdump -w",
+        }
+    }
+}
+
+/// iperf3 from b to a (through a's ingress hook, ACKs through its egress):
+/// TCP and UDP with 64-byte payloads, in Mbit/s received.
+fn throughput(mode: Mode, seconds: u32) -> (f64, f64) {
+    use netmon_tests::capture::{Capture, Way};
+    let net = TestNet::create_with(netmon_tests::netns::Offloads { tso: true }).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let _netmon = match mode {
+        Mode::NetmonNative => {
+            Some(Netmon::start_in(&net.a, dir.path(), &["--xdp-mode", "native"]).unwrap())
+        }
+        Mode::NetmonSkb => {
+            Some(Netmon::start_in(&net.a, dir.path(), &["--xdp-mode", "skb"]).unwrap())
+        }
+        _ => None,
+    };
+    let _capture = (mode == Mode::Tcpdump)
+        .then(|| Capture::start(&net.a, Way::In, &dir.path().join("c.pcap")).unwrap());
+    let mut server = net
+        .a
+        .command("iperf3")
+        .args(["-s", "-B", &net.a.ipv4.to_string()])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let run = |extra: &[&str]| -> f64 {
+        let out = net
+            .b
+            .command("iperf3")
+            .args([
+                "-c",
+                &net.a.ipv4.to_string(),
+                "-J",
+                "-t",
+                &seconds.to_string(),
+            ])
+            .args(extra)
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let end = &v["end"];
+        match end.get("sum_received") {
+            Some(r) if extra.is_empty() => r["bits_per_second"].as_f64().unwrap_or(0.0) / 1e6,
+            _ => {
+                let sum = &end["sum"];
+                let sent = sum["bits_per_second"].as_f64().unwrap_or(0.0);
+                sent * (1.0 - sum["lost_percent"].as_f64().unwrap_or(100.0) / 100.0) / 1e6
+            }
+        }
+    };
+    let tcp = run(&[]);
+    std::thread::sleep(Duration::from_millis(300));
+    let udp = run(&["-u", "-l", "64", "-b", "0"]);
+    let _ = server.kill();
+    let _ = server.wait();
+    (tcp, udp)
 }
 
 fn report(rows: &[Row], repeat: u32) {

@@ -415,7 +415,10 @@ fn reloads_never_let_blocked_traffic_through() -> Result<()> {
         }
     }
     // An invalid file is refused with file:line, and the policy in force stays.
-    std::fs::write(policy.with_extension("toml.new"), "[[block]]\ncidr = \"10.1.2.3/33\"\n")?;
+    std::fs::write(
+        policy.with_extension("toml.new"),
+        "[[block]]\ncidr = \"10.1.2.3/33\"\n",
+    )?;
     std::fs::rename(policy.with_extension("toml.new"), &policy)?;
     let line = netmon.wait_for("policy not reloaded", Duration::from_secs(5))?;
     assert!(
