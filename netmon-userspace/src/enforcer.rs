@@ -394,15 +394,7 @@ impl Enforcer {
             .quota(name)
             .ok_or_else(|| format!("no quota named '{name}'; `netmon quota list` lists them"))?;
         let id = self.ids[&quota_key(name)];
-        enforce::set_quota(
-            ebpf,
-            id,
-            QuotaState {
-                limit: quota.limit,
-                used: 0,
-            },
-        )
-        .map_err(|e| e.to_string())?;
+        restart_quota(ebpf, id, quota.limit)?;
         if let Some(period) = self.periods.get_mut(name) {
             period.fired.clear();
         }
@@ -438,15 +430,7 @@ impl Enforcer {
                     quota.name,
                     quota.period
                 );
-                enforce::set_quota(
-                    ebpf,
-                    id,
-                    QuotaState {
-                        limit: quota.limit,
-                        used: 0,
-                    },
-                )
-                .map_err(|e| e.to_string())?;
+                restart_quota(ebpf, id, quota.limit)?;
                 period.start = start;
                 period.fired.clear();
             }
@@ -553,6 +537,11 @@ impl Enforcer {
             ids: self.ids.iter().map(|(k, v)| (k.clone(), *v)).collect(),
         }
     }
+}
+
+/// Sets a quota's use back to zero: traffic flows again.
+fn restart_quota(ebpf: &mut Ebpf, id: u32, limit: u64) -> Result<(), String> {
+    enforce::set_quota(ebpf, id, QuotaState { limit, used: 0 }).map_err(|e| e.to_string())
 }
 
 fn stamp(path: &std::path::Path) -> Option<(SystemTime, u64)> {

@@ -13,7 +13,7 @@ use netmon_common::maps::DEFAULT_MAX_PAIRS;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
-    accounting::{Ledger, Meter},
+    accounting::Meter,
     alerts::{Alerter, UsageAlarm},
     console,
     control::{self, Request, Response},
@@ -192,8 +192,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         files,
         quiet: args.quiet,
         meter,
-        ledger: saved.ledger,
-        total: saved.policy.total,
+        state: saved,
         enforcer,
         datapath,
         pending_detail: Vec::new(),
@@ -267,8 +266,8 @@ struct Daemon {
     files: Files,
     quiet: bool,
     meter: Meter,
-    ledger: Ledger,
-    total: crate::alerts::PeriodUsage,
+    /// What the state file holds; kept here and written in place each interval.
+    state: State,
     enforcer: Enforcer,
     datapath: Datapath,
     /// Detail records not yet written, kept until a write succeeds.
@@ -291,7 +290,7 @@ impl Daemon {
         let frames = [0, 1].map(|d| usage.totals[d].all.frames);
         self.crosscheck.interval(self.datapath.iface(), frames);
         self.retire_idle(&snapshot, &mut usage)?;
-        self.ledger.record(&usage);
+        self.state.ledger.record(&usage);
         let now = self.clock.now();
         let mut events = self
             .enforcer
@@ -299,7 +298,12 @@ impl Daemon {
             .map_err(anyhow::Error::msg)?;
         if let Some(alarm) = &self.alarm {
             let delivered: u64 = usage.pairs.iter().map(|p| p.counter.bytes).sum();
-            events.extend(alarm.add(&mut self.total, delivered, now, self.datapath.iface()));
+            events.extend(alarm.add(
+                &mut self.state.policy.total,
+                delivered,
+                now,
+                self.datapath.iface(),
+            ));
         }
         let (start, start_instant) = self.interval_start;
         self.interval_start = (end, end_instant);
@@ -371,15 +375,12 @@ impl Daemon {
     }
 
     /// Writes state and log; on failure the previous files stay and the next interval retries.
-    fn save(&self) {
-        let mut policy = self.enforcer.persisted(self.datapath.ebpf());
-        policy.total = self.total.clone();
-        let state = State {
-            ledger: self.ledger.clone(),
-            policy,
-            baseline: Some(self.meter.baseline(self.datapath.instance())),
-        };
-        if let Err(e) = self.files.save(&state) {
+    fn save(&mut self) {
+        let total = std::mem::take(&mut self.state.policy.total);
+        self.state.policy = self.enforcer.persisted(self.datapath.ebpf());
+        self.state.policy.total = total;
+        self.state.baseline = Some(self.meter.baseline(self.datapath.instance()));
+        if let Err(e) = self.files.save(&self.state) {
             log::warn!("{e}; keeping the previous file and retrying next interval");
         }
     }
