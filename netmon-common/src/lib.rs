@@ -4,6 +4,7 @@
 //! daemon, the pcap analyzer and the tests all classify a frame with the same code.
 #![no_std]
 
+pub mod bench;
 pub mod classify;
 pub mod maps;
 pub mod policy;

@@ -10,7 +10,7 @@ pub const PAIRS_MAP: &str = "PAIRS";
 pub const TOTALS_MAP: &str = "TOTALS";
 /// Version of every map's key and value layout. Bump it with any change to
 /// them: netmon refuses pinned maps of another version instead of misreading them.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Name of the load-time global that sets the pair table's granularity.
 pub const GRANULARITY_GLOBAL: &str = "GRANULARITY";
@@ -85,10 +85,6 @@ pub struct PairStats {
     pub bytes: u64,
     /// Wire frames delivered.
     pub frames: u64,
-    /// `CLOCK_MONOTONIC` ns of the first frame this CPU counted, 0 if none.
-    pub first_seen_ns: u64,
-    /// `CLOCK_MONOTONIC` ns of the latest frame this CPU counted, 0 if none.
-    pub last_seen_ns: u64,
     /// Bytes the policy dropped.
     pub dropped_bytes: u64,
     /// Frames the policy dropped.
@@ -215,7 +211,7 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<PairKey>(), 16 + 16 + 2 + 2 + 1 + 1 + 2);
-        assert_eq!(size_of::<PairStats>(), 48 + 32);
+        assert_eq!(size_of::<PairStats>(), 32 + 32);
         assert_eq!(size_of::<DirectionTotals>(), 16 * (1 + 4 + 5 + 3));
         assert_eq!(size_of::<crate::policy::RuleEntry>(), 16);
         assert_eq!(size_of::<crate::policy::RuleList>(), 8 + 16 * 4);

@@ -18,13 +18,19 @@ impl Frame for XdpFrame<'_> {
     }
 }
 
-/// A TC frame, read with `bpf_skb_load_bytes` so that headers outside the
-/// linear part of the skb are still found.
+/// A TC frame: read directly from the skb's linear part, where headers almost
+/// always are, else with `bpf_skb_load_bytes`, which also finds headers in
+/// paged fragments.
 pub struct TcFrame<'a>(pub &'a TcContext);
 
 impl Frame for TcFrame<'_> {
     #[inline(always)]
     fn bytes<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
+        let start = self.0.data();
+        if start + offset + N <= self.0.data_end() {
+            // SAFETY: the range [start + offset, start + offset + N) was bounds-checked above.
+            return Some(unsafe { core::ptr::read_unaligned((start + offset) as *const [u8; N]) });
+        }
         self.0.load::<[u8; N]>(offset).ok()
     }
 }

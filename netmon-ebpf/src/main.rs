@@ -16,7 +16,7 @@ use aya_ebpf::{
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use netmon_common::{classify, wire_cost, Direction};
+use netmon_common::{bench, classify, wire_cost, Direction};
 
 use crate::{
     frame::{TcFrame, XdpFrame},
@@ -26,26 +26,49 @@ use crate::{
 /// Ingress hook: drops what the policy blocks, passes the rest.
 #[xdp]
 pub fn netmon_ingress(ctx: XdpContext) -> u32 {
-    let frame = XdpFrame(&ctx);
-    let len = (ctx.data_end() - ctx.data()) as u64;
-    match record::frame(&ctx, Direction::Ingress, &classify(&frame), 1, len) {
-        Verdict::Pass => xdp_action::XDP_PASS,
-        Verdict::Drop => xdp_action::XDP_DROP,
-    }
+    ingress(&ctx)
 }
 
 /// Egress hook: drops what the policy blocks; otherwise returns "next" so
 /// that programs attached after it still run.
 #[classifier]
 pub fn netmon_egress(ctx: TcContext) -> i32 {
-    let frame = TcFrame(&ctx);
+    egress(&ctx, TC_ACT_UNSPEC)
+}
+
+/// Ingress hook for `--ingress tc`: the egress logic, on received frames.
+/// Used where XDP costs more than it saves (virtual devices, GRO-heavy TCP).
+#[classifier]
+pub fn netmon_ingress_tc(ctx: TcContext) -> i32 {
+    record_tc(&ctx, Direction::Ingress, TC_ACT_UNSPEC)
+}
+
+#[inline(always)]
+fn ingress(ctx: &XdpContext) -> u32 {
+    let frame = XdpFrame(ctx);
+    let len = (ctx.data_end() - ctx.data()) as u64;
+    match record::frame(ctx, Direction::Ingress, &classify(&frame), 1, len) {
+        Verdict::Pass => xdp_action::XDP_PASS,
+        Verdict::Drop => xdp_action::XDP_DROP,
+    }
+}
+
+#[inline(always)]
+fn egress(ctx: &TcContext, pass: i32) -> i32 {
+    record_tc(ctx, Direction::Egress, pass)
+}
+
+/// Counts and enforces one skb; a GSO/GRO super-packet counts as its wire segments.
+#[inline(always)]
+fn record_tc(ctx: &TcContext, direction: Direction, pass: i32) -> i32 {
+    let frame = TcFrame(ctx);
     let class = classify(&frame);
     // SAFETY: the context points at a valid __sk_buff for the program's lifetime.
     let gso_segs = unsafe { (*ctx.skb.skb).gso_segs } as u64;
     let header_len = class.ip.map_or(0, |ip| ip.header_len as u64);
     let (frames, bytes) = wire_cost(ctx.len() as u64, gso_segs, header_len);
-    match record::frame(&ctx, Direction::Egress, &class, frames, bytes) {
-        Verdict::Pass => TC_ACT_UNSPEC,
+    match record::frame(ctx, direction, &class, frames, bytes) {
+        Verdict::Pass => pass,
         Verdict::Drop => TC_ACT_SHOT,
     }
 }
@@ -60,6 +83,30 @@ pub fn baseline_xdp(_ctx: XdpContext) -> u32 {
 #[classifier]
 pub fn baseline_tc(_ctx: TcContext) -> i32 {
     aya_ebpf::bindings::TC_ACT_OK
+}
+
+/// Benchmark: the ingress program on a different flow each run. BPF_PROG_TEST_RUN
+/// reuses one buffer, so stepping the IPv4 source in place walks
+/// `netmon_common::bench::FLOWS` flows. Never attached by netmon.
+#[xdp]
+pub fn bench_flows_xdp(ctx: XdpContext) -> u32 {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if start + bench::SOURCE_OFFSET + 4 <= end {
+        // SAFETY: bounds-checked above; the frame is ours to rewrite.
+        unsafe { bench::step_source((start + bench::SOURCE_OFFSET) as *mut [u8; 4]) };
+    }
+    ingress(&ctx)
+}
+
+/// Benchmark: the egress program on a different flow each run (see `bench_flows_xdp`).
+#[classifier]
+pub fn bench_flows_tc(ctx: TcContext) -> i32 {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if start + bench::SOURCE_OFFSET + 4 <= end {
+        // SAFETY: as above; test-run skbs are linear and writable.
+        unsafe { bench::step_source((start + bench::SOURCE_OFFSET) as *mut [u8; 4]) };
+    }
+    egress(&ctx, TC_ACT_UNSPEC)
 }
 
 #[cfg(not(test))]

@@ -2,10 +2,7 @@
 
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
-use aya_ebpf::{
-    bindings::BPF_NOEXIST, helpers::bpf_ktime_get_coarse_ns, maps::lpm_trie::Key, EbpfContext,
-    Global,
-};
+use aya_ebpf::{bindings::BPF_NOEXIST, maps::lpm_trie::Key, EbpfContext, Global};
 use aya_log_ebpf::warn;
 use netmon_common::{
     classify::{PROTO_TCP, PROTO_UDP},
@@ -73,9 +70,7 @@ pub fn frame<C: EbpfContext>(
         direction,
     };
     let generation = policy_generation();
-    // SAFETY: bpf_ktime_get_coarse_ns has no preconditions.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
-    let mut stats = pair_entry(&key, now);
+    let mut stats = pair_entry(&key);
     let decision = decision(stats.as_deref_mut(), &ip, &packet, generation);
     let verdict = enforce(&decision, direction, frames, bytes);
     match stats {
@@ -86,7 +81,6 @@ pub fn frame<C: EbpfContext>(
         Some(stats) => {
             stats.frames += frames;
             stats.bytes += bytes;
-            stats.last_seen_ns = now;
         }
         None => {
             // Rare by construction: once per CPU per load, when the table first overflows.
@@ -134,29 +128,20 @@ fn add(counter: Option<&mut Counter>, frames: u64, bytes: u64) {
 }
 
 /// The pair's per-CPU entry, created on first sight; `None` when the table is full.
+///
+/// No timestamps: user space notices idle pairs by their counters standing
+/// still between polls, which keeps a clock read off the per-packet path.
 #[inline(always)]
-fn pair_entry(key: &PairKey, now: u64) -> Option<&'static mut PairStats> {
+fn pair_entry(key: &PairKey) -> Option<&'static mut PairStats> {
     if let Some(stats) = PAIRS.get_ptr_mut(key) {
         // SAFETY: per-CPU value of a live entry; only this CPU writes it.
-        let stats = unsafe { &mut *stats };
-        if stats.first_seen_ns == 0 {
-            stats.first_seen_ns = now;
-        }
-        return Some(stats);
+        return Some(unsafe { &mut *stats });
     }
-    let fresh = PairStats {
-        first_seen_ns: now,
-        ..Default::default()
-    };
     // Fails when the table is full, or when another CPU inserted the key first.
-    let _ = PAIRS.insert(key, fresh, BPF_NOEXIST as u64);
+    let _ = PAIRS.insert(key, PairStats::default(), BPF_NOEXIST as u64);
     let stats = PAIRS.get_ptr_mut(key)?;
     // SAFETY: as above.
-    let stats = unsafe { &mut *stats };
-    if stats.first_seen_ns == 0 {
-        stats.first_seen_ns = now;
-    }
-    Some(stats)
+    Some(unsafe { &mut *stats })
 }
 
 /// The policy generation in force; 0 when there are no rules at all.

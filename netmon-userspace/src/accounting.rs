@@ -19,8 +19,6 @@ pub struct PairDelta {
     pub counter: Counter,
     /// What the policy dropped during the interval.
     pub dropped: Counter,
-    /// Its first and last frame, as the kernel last recorded them.
-    pub seen: PairReading,
 }
 
 /// What the datapath counted during one interval.
@@ -110,13 +108,25 @@ fn key_from_hex(hex: &str) -> Option<PairKey> {
     Some(key)
 }
 
-/// Turns successive snapshots into interval deltas.
+/// Turns successive snapshots into interval deltas, and notices idle pairs.
 #[derive(Debug, Default)]
 pub struct Meter {
-    pairs: HashMap<PairKey, (Counter, Counter)>,
+    pairs: HashMap<PairKey, Accounted>,
     totals: [DirectionTotals; 2],
     services: Vec<Counter>,
 }
+
+/// What has been accounted of one pair, and when it last grew.
+#[derive(Clone, Copy, Debug, Default)]
+struct Accounted {
+    delivered: Counter,
+    dropped: Counter,
+    /// The `now_ns` of the last snapshot in which the pair grew, or [`UNKNOWN`].
+    active_ns: u64,
+}
+
+/// `active_ns` of a pair restored from a baseline: taken as active at the next snapshot.
+const UNKNOWN: u64 = u64::MAX;
 
 /// `now - before`, or all of `now` when it is lower (a new map entry).
 fn growth(now: Counter, before: Counter) -> Counter {
@@ -134,16 +144,17 @@ impl Meter {
         for (hex, [f, b, df, db]) in &baseline.pairs {
             pairs.insert(
                 key_from_hex(hex)?,
-                (
-                    Counter {
+                Accounted {
+                    delivered: Counter {
                         frames: *f,
                         bytes: *b,
                     },
-                    Counter {
+                    dropped: Counter {
                         frames: *df,
                         bytes: *db,
                     },
-                ),
+                    active_ns: UNKNOWN,
+                },
             );
         }
         Some(Meter {
@@ -170,7 +181,10 @@ impl Meter {
             pairs: self
                 .pairs
                 .iter()
-                .map(|(k, (d, x))| (key_to_hex(k), [d.frames, d.bytes, x.frames, x.bytes]))
+                .map(|(k, a)| {
+                    let (d, x) = (a.delivered, a.dropped);
+                    (key_to_hex(k), [d.frames, d.bytes, x.frames, x.bytes])
+                })
                 .collect(),
             totals: [
                 totals_to_words(&self.totals[0]),
@@ -180,38 +194,67 @@ impl Meter {
         }
     }
 
+    /// Pairs whose counters have not moved for more than `timeout_ns` before
+    /// `now_ns`, judged from the snapshots [`Meter::advance`] has seen.
+    pub fn idle(&self, now_ns: u64, timeout_ns: u64) -> Vec<PairKey> {
+        self.pairs
+            .iter()
+            .filter(|(_, a)| {
+                a.active_ns != UNKNOWN && now_ns.saturating_sub(a.active_ns) > timeout_ns
+            })
+            .map(|(k, _)| *k)
+            .collect()
+    }
+
     /// Accounts the final counters of a pair removed from the table, and forgets
     /// it: what it carried since the last snapshot, if anything.
     pub fn retire(&mut self, key: &PairKey, last: &PairReading) -> Option<PairDelta> {
-        let (delivered, dropped) = self.pairs.remove(key).unwrap_or_default();
+        let before = self.pairs.remove(key).unwrap_or_default();
         let delta = PairDelta {
             key: *key,
-            counter: growth(last.counter, delivered),
-            dropped: growth(last.dropped, dropped),
-            seen: *last,
+            counter: growth(last.counter, before.delivered),
+            dropped: growth(last.dropped, before.dropped),
         };
         (!delta.counter.is_zero() || !delta.dropped.is_zero()).then_some(delta)
     }
 
-    /// The usage between the previous snapshot (or zero) and `snapshot`.
+    /// The usage between the previous snapshot (or zero) and `snapshot`,
+    /// taken at `now_ns` (any monotonic clock, the one [`Meter::idle`] is asked with).
     ///
     /// A counter lower than before belongs to a new map entry, so all of it is new.
-    pub fn advance(&mut self, snapshot: &Snapshot) -> IntervalUsage {
+    pub fn advance(&mut self, snapshot: &Snapshot, now_ns: u64) -> IntervalUsage {
         let mut pairs = Vec::new();
         let mut next = HashMap::with_capacity(snapshot.pairs.len());
         for (key, reading) in &snapshot.pairs {
-            let (delivered, dropped) = self.pairs.get(key).copied().unwrap_or_default();
-            let counter = growth(reading.counter, delivered);
-            let dropped = growth(reading.dropped, dropped);
-            if !counter.is_zero() || !dropped.is_zero() {
+            let before = self.pairs.get(key).copied();
+            let counter = growth(
+                reading.counter,
+                before.map_or_else(Counter::default, |b| b.delivered),
+            );
+            let dropped = growth(
+                reading.dropped,
+                before.map_or_else(Counter::default, |b| b.dropped),
+            );
+            let grew = !counter.is_zero() || !dropped.is_zero();
+            if grew {
                 pairs.push(PairDelta {
                     key: *key,
                     counter,
                     dropped,
-                    seen: *reading,
                 });
             }
-            next.insert(*key, (reading.counter, reading.dropped));
+            let active_ns = match before {
+                Some(b) if !grew && b.active_ns != UNKNOWN => b.active_ns,
+                _ => now_ns,
+            };
+            next.insert(
+                *key,
+                Accounted {
+                    delivered: reading.counter,
+                    dropped: reading.dropped,
+                    active_ns,
+                },
+            );
         }
         pairs.sort_by(|a, b| {
             b.counter
@@ -340,7 +383,7 @@ mod tests {
         let a = key(1, 2, 17, Direction::Egress);
         let b = key(2, 1, 17, Direction::Ingress);
         let mut meter = Meter::default();
-        let first = meter.advance(&snapshot(&[(a, 2, 200)]));
+        let first = meter.advance(&snapshot(&[(a, 2, 200)]), 0);
         assert_eq!(first.pairs.len(), 1);
         assert_eq!(
             first.pairs[0].counter,
@@ -349,7 +392,7 @@ mod tests {
                 bytes: 200
             }
         );
-        let second = meter.advance(&snapshot(&[(a, 5, 500), (b, 1, 60)]));
+        let second = meter.advance(&snapshot(&[(a, 5, 500), (b, 1, 60)]), 0);
         let got: Vec<_> = second.pairs.iter().map(|d| (d.key, d.counter)).collect();
         assert_eq!(
             got,
@@ -372,7 +415,7 @@ mod tests {
         );
         // Nothing new: no pairs reported.
         assert!(meter
-            .advance(&snapshot(&[(a, 5, 500), (b, 1, 60)]))
+            .advance(&snapshot(&[(a, 5, 500), (b, 1, 60)]), 0)
             .pairs
             .is_empty());
     }
@@ -381,11 +424,11 @@ mod tests {
     fn a_meter_restored_from_its_baseline_counts_only_what_is_new() {
         let a = key(1, 2, 17, Direction::Egress);
         let mut meter = Meter::default();
-        meter.advance(&snapshot(&[(a, 2, 200)]));
+        meter.advance(&snapshot(&[(a, 2, 200)]), 0);
         let baseline = meter.baseline(7);
         let json = serde_json::to_string(&baseline).unwrap();
         let mut restored = Meter::from_baseline(&serde_json::from_str(&json).unwrap()).unwrap();
-        let usage = restored.advance(&snapshot(&[(a, 3, 260)]));
+        let usage = restored.advance(&snapshot(&[(a, 3, 260)]), 0);
         assert_eq!(
             usage.pairs[0].counter,
             Counter {
@@ -396,10 +439,31 @@ mod tests {
     }
 
     #[test]
+    fn a_pair_is_idle_once_its_counters_stand_still_past_the_timeout() {
+        let (a, b) = (
+            key(1, 2, 17, Direction::Ingress),
+            key(3, 4, 6, Direction::Egress),
+        );
+        let mut meter = Meter::default();
+        meter.advance(&snapshot(&[(a, 1, 100), (b, 1, 100)]), 1_000);
+        meter.advance(&snapshot(&[(a, 1, 100), (b, 2, 200)]), 2_000);
+        // a last grew at 1000, b at 2000.
+        assert_eq!(meter.idle(2_500, 1_500), vec![]);
+        assert_eq!(meter.idle(2_500, 1_499), vec![a]);
+        // Restored from a baseline, a pair counts as active at the next snapshot.
+        let mut restored = Meter::from_baseline(&meter.baseline(7)).unwrap();
+        assert_eq!(restored.idle(u64::MAX - 1, 0), vec![]);
+        restored.advance(&snapshot(&[(a, 1, 100), (b, 2, 200)]), 9_000);
+        let mut idle = restored.idle(9_600, 500);
+        idle.sort();
+        assert_eq!(idle, vec![a.min(b), a.max(b)]);
+    }
+
+    #[test]
     fn retiring_a_pair_accounts_what_came_after_the_last_snapshot() {
         let a = key(1, 2, 17, Direction::Egress);
         let mut meter = Meter::default();
-        meter.advance(&snapshot(&[(a, 2, 200)]));
+        meter.advance(&snapshot(&[(a, 2, 200)]), 0);
         let last = PairReading {
             counter: Counter {
                 frames: 3,
@@ -416,7 +480,7 @@ mod tests {
         );
         // Gone from the baseline: a new entry counts in full.
         assert_eq!(
-            meter.advance(&snapshot(&[(a, 1, 50)])).pairs[0].counter,
+            meter.advance(&snapshot(&[(a, 1, 50)]), 0).pairs[0].counter,
             Counter {
                 frames: 1,
                 bytes: 50
@@ -428,8 +492,8 @@ mod tests {
     fn a_recreated_entry_counts_in_full() {
         let a = key(1, 2, 6, Direction::Egress);
         let mut meter = Meter::default();
-        meter.advance(&snapshot(&[(a, 10, 1000)]));
-        let usage = meter.advance(&snapshot(&[(a, 1, 70)]));
+        meter.advance(&snapshot(&[(a, 10, 1000)]), 0);
+        let usage = meter.advance(&snapshot(&[(a, 1, 70)]), 0);
         assert_eq!(
             usage.pairs[0].counter,
             Counter {
@@ -442,12 +506,15 @@ mod tests {
     #[test]
     fn ledger_merges_protocols_and_directions_per_address_pair() {
         let mut meter = Meter::default();
-        let usage = meter.advance(&snapshot(&[
-            (key(1, 2, 17, Direction::Egress), 1, 100),
-            (key(1, 2, 6, Direction::Egress), 2, 150),
-            (key(1, 2, 6, Direction::Ingress), 1, 10),
-            (key(2, 1, 6, Direction::Ingress), 1, 60),
-        ]));
+        let usage = meter.advance(
+            &snapshot(&[
+                (key(1, 2, 17, Direction::Egress), 1, 100),
+                (key(1, 2, 6, Direction::Egress), 2, 150),
+                (key(1, 2, 6, Direction::Ingress), 1, 10),
+                (key(2, 1, 6, Direction::Ingress), 1, 60),
+            ]),
+            0,
+        );
         let mut ledger = Ledger::default();
         ledger.record(&usage);
         let one: IpAddr = "10.200.0.1".parse().unwrap();

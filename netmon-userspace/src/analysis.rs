@@ -12,7 +12,6 @@ use netmon_common::{
 use crate::{
     accounting::{IntervalUsage, PairDelta},
     capture::CapturedFrame,
-    datapath::PairReading,
 };
 
 /// Accumulates frames into intervals of a fixed length, from the first frame's time.
@@ -106,7 +105,6 @@ impl Analyzer {
                 key,
                 counter,
                 dropped: Counter::default(),
-                seen: PairReading::default(),
             })
             .collect();
         pairs.sort_by(|a, b| {

@@ -89,7 +89,8 @@ fn enter(path: &str) -> Result<()> {
 /// Link-layer settings of the veth pair.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Offloads {
-    /// Keep TSO on `a` (tcpdump then sees GSO super-packets on egress).
+    /// Keep TSO on both ends (tcpdump then sees GSO super-packets, which
+    /// veth hands over unsegmented).
     pub tso: bool,
 }
 
@@ -107,7 +108,7 @@ pub struct TestNet {
 }
 
 impl TestNet {
-    /// Creates a fresh pair of namespaces with default offloads (TSO off on `a`).
+    /// Creates a fresh pair of namespaces with default offloads (TSO off on both ends).
     pub fn create() -> Result<TestNet> {
         Self::create_with(Offloads::default())
     }
@@ -180,9 +181,11 @@ impl TestNet {
         // tcpdump sees frames as the wire carries them only without TSO on
         // egress and GRO on ingress; see the README on tcpdump agreement.
         let tso = if offloads.tso { "on" } else { "off" };
-        run(a
-            .command("ethtool")
-            .args(["-K", &a.iface, "tso", tso, "gro", "off"]))?;
+        for host in [a, b] {
+            run(host
+                .command("ethtool")
+                .args(["-K", &host.iface, "tso", tso, "gro", "off"]))?;
+        }
         Ok(())
     }
 }

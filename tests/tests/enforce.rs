@@ -71,16 +71,25 @@ fn v6(ip: std::net::Ipv6Addr) -> IpAddr {
 }
 
 #[test]
-fn blocked_cidrs_drop_both_ways_while_other_traffic_flows() -> Result<()> {
+fn blocked_cidrs_drop_both_ways_while_other_traffic_flows_at_tc_ingress() -> Result<()> {
+    blocked_cidrs_drop_both_ways_while_other_traffic_flows("tc")
+}
+
+#[test]
+fn blocked_cidrs_drop_both_ways_while_other_traffic_flows_with_native_xdp() -> Result<()> {
+    blocked_cidrs_drop_both_ways_while_other_traffic_flows("xdp")
+}
+
+fn blocked_cidrs_drop_both_ways_while_other_traffic_flows(ingress: &str) -> Result<()> {
     let net = TestNet::create()?;
     let dir = tempfile::tempdir()?;
-    let netmon = start(&net, dir.path(), &[])?;
+    let netmon = start(&net, dir.path(), &["--ingress", ingress])?;
     let (a, b) = (&net.a, &net.b);
     let rule4 = format!("block {}/32", b.ipv4);
     let rule6 = format!("block {}/128", b.ipv6);
     ctl(&net, &["block", &b.ipv4.to_string()]).unwrap();
     ctl(&net, &["block", &format!("{}/128", b.ipv6)]).unwrap();
-    // What b sends and a's XDP drops is visible in a capture on b.
+    // What b sends and a's ingress hook drops is visible in a capture on b.
     let b_out = Capture::start(b, Way::Out, &dir.path().join("b-out.pcap"))?;
 
     let sizes = [100, 700, 1400];

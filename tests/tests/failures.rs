@@ -114,13 +114,18 @@ fn errors_name_the_cause_and_the_fix() -> Result<()> {
         "{err}"
     );
 
-    // A hook another program holds.
+    // A hook another program holds (native XDP takes one program per interface).
     let first = TempMount::bpffs()?;
     let other = TempMount::bpffs()?;
     let _running = Netmon::start_in(
         &net.a,
         dir.path(),
-        &["--bpffs", first.path().to_str().unwrap()],
+        &[
+            "--bpffs",
+            first.path().to_str().unwrap(),
+            "--ingress",
+            "xdp",
+        ],
     )?;
     let err = failure(
         &net,
@@ -132,6 +137,8 @@ fn errors_name_the_cause_and_the_fix() -> Result<()> {
             log,
             "--bpffs",
             other.path().to_str().unwrap(),
+            "--ingress",
+            "xdp",
         ],
     );
     assert!(

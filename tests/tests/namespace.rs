@@ -83,13 +83,16 @@ struct Run {
     records: Vec<DetailRecord>,
     tcpdump: Expected,
     sent: Expected,
+    /// What netmon printed.
+    output: Vec<String>,
 }
 
-/// Runs netmon and two tcpdumps around `send`, then stops them all.
+/// Runs netmon (with `--ingress ingress`) and two tcpdumps around `send`, then stops them all.
 fn observe(
     net: &TestNet,
     dir: &Path,
     tag: &str,
+    ingress: &str,
     send: impl FnOnce() -> Result<Expected>,
 ) -> Result<Run> {
     let log = dir.join("network_log.json");
@@ -104,6 +107,8 @@ fn observe(
             log.to_str().unwrap(),
             "--detail-log",
             detail.to_str().unwrap(),
+            "--ingress",
+            ingress,
         ],
     )?;
     let inbound = Capture::start(&net.a, Way::In, &dir.join(format!("{tag}-in.pcap")))?;
@@ -112,23 +117,62 @@ fn observe(
     // Let the last ACKs cross before the captures close.
     std::thread::sleep(Duration::from_millis(300));
     let (inbound, outbound) = (inbound.stop()?, outbound.stop()?);
-    netmon.stop()?;
+    let output = netmon.stop()?;
     let (detail, records) = detail_pairs(&detail)?;
     Ok(Run {
         detail: between(net, &detail),
         records,
         tcpdump: between(net, &captured(&inbound, &outbound)),
         sent,
+        output,
     })
 }
 
+/// The default on veth: TC ingress (native XDP there would turn off the peer's TSO).
 #[test]
-fn counts_every_pair_exactly_and_keeps_totals_across_restarts() -> Result<()> {
+fn counts_every_pair_exactly_and_keeps_totals_across_restarts_at_tc_ingress() -> Result<()> {
+    counts_every_pair_exactly_and_keeps_totals_across_restarts("auto", "(TC ingress, TC egress)")
+}
+
+#[test]
+fn counts_every_pair_exactly_and_keeps_totals_across_restarts_with_native_xdp() -> Result<()> {
+    counts_every_pair_exactly_and_keeps_totals_across_restarts("xdp", "(native XDP, TC egress)")
+}
+
+#[test]
+fn counts_every_pair_exactly_with_skb_mode_xdp() -> Result<()> {
+    let net = TestNet::create()?;
+    let dir = tempfile::tempdir()?;
+    let run = observe(&net, dir.path(), "skb", "xdp-skb", || {
+        scenario::mixed(&net, 5201)
+    })?;
+    assert!(
+        run.output
+            .iter()
+            .any(|l| l.contains("(skb-mode XDP, TC egress)")),
+        "{:?}",
+        run.output
+    );
+    assert_eq!(run.detail, run.tcpdump);
+    Ok(())
+}
+
+fn counts_every_pair_exactly_and_keeps_totals_across_restarts(
+    ingress: &str,
+    announced: &str,
+) -> Result<()> {
     let net = TestNet::create()?;
     let dir = tempfile::tempdir()?;
     let log = dir.path().join("network_log.json");
 
-    let first = observe(&net, dir.path(), "first", || scenario::mixed(&net, 5201))?;
+    let first = observe(&net, dir.path(), "first", ingress, || {
+        scenario::mixed(&net, 5201)
+    })?;
+    assert!(
+        first.output.iter().any(|l| l.contains(announced)),
+        "netmon should say it counts with {announced}: {:?}",
+        first.output
+    );
 
     // UDP and ICMP: exactly the sizes sent, in netmon and in tcpdump.
     for (key, counter) in &first.sent {
@@ -167,7 +211,7 @@ fn counts_every_pair_exactly_and_keeps_totals_across_restarts() -> Result<()> {
     check_logs(&log, &expected_ledger)?;
 
     // A restart continues the totals.
-    let second = observe(&net, dir.path(), "second", || {
+    let second = observe(&net, dir.path(), "second", ingress, || {
         traffic::udp(&net.a, &net.b, IpAddr::V4(net.b.ipv4), 5300, &[10, 20, 30])?;
         traffic::udp(&net.b, &net.a, IpAddr::V6(net.a.ipv6), 5300, &[700])?;
         Ok(Expected::new())

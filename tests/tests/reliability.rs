@@ -47,7 +47,7 @@ fn sigkill_every_8_seconds_loses_nothing_and_counts_nothing_twice() -> Result<()
     let (a, b) = (&net.a, &net.b);
     let inbound_cap = Capture::start(a, Way::In, &dir.path().join("in.pcap"))?;
     let outbound_cap = Capture::start(a, Way::Out, &dir.path().join("out.pcap"))?;
-    let mut netmon = start(&net, &bpffs, dir.path(), &[])?;
+    let mut netmon = start(&net, &bpffs, dir.path(), &["--ingress", "xdp"])?;
     let inbound = traffic::udp_stream(
         b,
         v4(b.ipv4),
@@ -118,18 +118,38 @@ fn sigkill_every_8_seconds_loses_nothing_and_counts_nothing_twice() -> Result<()
 }
 
 #[test]
-fn keep_attached_keeps_counting_and_enforcing_until_the_next_run() -> Result<()> {
+fn keep_attached_keeps_counting_and_enforcing_until_the_next_run_with_native_xdp() -> Result<()> {
+    keep_attached_keeps_counting_and_enforcing_until_the_next_run("xdp", "link_ingress")
+}
+
+#[test]
+fn keep_attached_keeps_counting_and_enforcing_until_the_next_run_at_tc_ingress() -> Result<()> {
+    keep_attached_keeps_counting_and_enforcing_until_the_next_run("tc", "link_ingress_tc")
+}
+
+/// `ingress` is the hook of the first run; the second asks for the default and
+/// adopts whatever the first left pinned (`link`).
+fn keep_attached_keeps_counting_and_enforcing_until_the_next_run(
+    ingress: &str,
+    link: &str,
+) -> Result<()> {
     let bpffs = TempMount::bpffs()?;
     let net = TestNet::create()?;
     let dir = tempfile::tempdir()?;
     let (a, b) = (&net.a, &net.b);
-    let netmon = start(&net, &bpffs, dir.path(), &["--keep-attached"])?;
+    let netmon = start(
+        &net,
+        &bpffs,
+        dir.path(),
+        &["--keep-attached", "--ingress", ingress],
+    )?;
     let out = cli(&["block", &b.ipv4_alt.to_string(), "--iface", &a.iface])?;
     assert!(out.status.success());
     netmon.stop()?;
-    assert!(xdp_attached(a)?, "still attached");
+    // (tcx attachments do not show in `ip link`; the traffic below shows them at work.)
+    assert_eq!(xdp_attached(a)?, ingress == "xdp", "XDP still attached");
     let pins = bpffs.path().join("netmon").join(&a.iface);
-    assert!(pins.join("PAIRS").exists() && pins.join("link_ingress").exists());
+    assert!(pins.join("PAIRS").exists() && pins.join(link).exists());
 
     // No daemon runs: the kernel counts and enforces on its own.
     traffic::udp(b, a, v4(a.ipv4), 7900, &[100, 200, 300])?;

@@ -1,13 +1,15 @@
 //! The one documented difference from tcpdump: with TSO on, tcpdump records a
-//! GSO super-packet as one long frame, netmon counts the segments the wire carries.
+//! GSO super-packet as one long frame, netmon counts the segments the wire
+//! carries — on egress, and on ingress at TC (veth hands super-packets over
+//! unsegmented).
 
-use std::{net::IpAddr, time::Duration};
+use std::{net::IpAddr, path::Path, time::Duration};
 
 use anyhow::Result;
 use netmon::logs::detail::DetailRecord;
 use netmon_common::Counter;
 use netmon_tests::{
-    capture::{Capture, Way},
+    capture::{self, Capture, Way},
     daemon::Netmon,
     netns::Offloads,
     traffic, TestNet,
@@ -17,18 +19,36 @@ use netmon_tests::{
 const MSS: u64 = 1448;
 
 #[test]
-fn tso_super_packets_count_as_wire_segments() -> Result<()> {
+fn tso_super_packets_count_as_wire_segments_on_egress() -> Result<()> {
     let net = TestNet::create_with(Offloads { tso: true })?;
     let dir = tempfile::tempdir()?;
-    let detail = dir.path().join("detail.jsonl"); // written by Netmon::start_in
     let netmon = Netmon::start_in(&net.a, dir.path(), &[])?;
     let outbound = Capture::start(&net.a, Way::Out, &dir.path().join("out.pcap"))?;
     traffic::tcp(&net.a, &net.b, IpAddr::V4(net.b.ipv4), 5201, 1_000_000)?;
     std::thread::sleep(Duration::from_millis(300));
     let frames = outbound.stop()?;
     netmon.stop()?;
+    assert_eq!(counted(dir.path(), "egress")?, as_wire_segments(&frames));
+    Ok(())
+}
 
-    // Expand each captured TCP frame into segments, from its own headers.
+#[test]
+fn gso_super_packets_count_as_wire_segments_at_tc_ingress() -> Result<()> {
+    let net = TestNet::create_with(Offloads { tso: true })?;
+    let dir = tempfile::tempdir()?;
+    let netmon = Netmon::start_in(&net.a, dir.path(), &["--ingress", "tc"])?;
+    let inbound = Capture::start(&net.a, Way::In, &dir.path().join("in.pcap"))?;
+    traffic::tcp(&net.b, &net.a, IpAddr::V4(net.a.ipv4), 5201, 1_000_000)?;
+    std::thread::sleep(Duration::from_millis(300));
+    let frames = inbound.stop()?;
+    netmon.stop()?;
+    assert_eq!(counted(dir.path(), "ingress")?, as_wire_segments(&frames));
+    Ok(())
+}
+
+/// Captured IPv4 TCP frames expanded into the segments the wire carries, from
+/// each frame's own headers. Fails the test when no frame was a super-packet.
+fn as_wire_segments(frames: &[capture::Frame]) -> Counter {
     let mut expected = Counter::default();
     let mut super_packets = 0;
     for frame in frames
@@ -49,18 +69,21 @@ fn tso_super_packets_count_as_wire_segments() -> Result<()> {
         super_packets > 0,
         "TSO produced no super-packets; the test proves nothing"
     );
+    expected
+}
 
+/// IPv4 TCP frames and bytes netmon counted in `direction` (detail log in `dir`).
+fn counted(dir: &Path, direction: &str) -> Result<Counter> {
     let mut counted = Counter::default();
-    for line in std::fs::read_to_string(&detail)?.lines() {
+    for line in std::fs::read_to_string(dir.join("detail.jsonl"))?.lines() {
         let record: DetailRecord = serde_json::from_str(line)?;
         for p in record
             .pairs
             .iter()
-            .filter(|p| p.direction == "egress" && p.proto == "tcp")
+            .filter(|p| p.direction == direction && p.proto == "tcp" && p.src.is_ipv4())
         {
             counted.add(p.frames, p.bytes);
         }
     }
-    assert_eq!(counted, expected);
-    Ok(())
+    Ok(counted)
 }

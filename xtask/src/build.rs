@@ -116,11 +116,11 @@ pub fn test(args: &[String]) -> Result<()> {
 }
 
 /// `cargo xtask bench [--quick]`.
-pub fn bench(quick: bool) -> Result<()> {
+pub fn bench(quick: bool, sections: &[String]) -> Result<()> {
     if !toolchain::is_root() {
         bail!("the benchmarks load eBPF programs and create network namespaces, so they need root: run `sudo -E cargo xtask bench`");
     }
-    toolchain::ensure_test_tools()?;
+    toolchain::ensure_bench_tools()?;
     all()?;
     let mut cmd = cargo(None);
     cmd.env("NETMON_BIN", netmon_binary()).args([
@@ -129,12 +129,13 @@ pub fn bench(quick: bool) -> Result<()> {
         "--package",
         "netmon-tests",
         "--bench",
-        "datapath",
+        "bench",
         "--",
     ]);
     if quick {
         cmd.arg("--quick");
     }
+    cmd.args(sections);
     status(&mut cmd, "the benchmarks")
 }
 

@@ -46,6 +46,9 @@ enum Command {
         /// Fewer repetitions: a quick look, not figures to write down.
         #[arg(long)]
         quick: bool,
+        /// Only these sections (per-packet, readout, blocklist, memory, analyze,
+        /// cpu, throughput); all when none are given.
+        sections: Vec<String>,
     },
 }
 
@@ -57,7 +60,7 @@ fn main() -> ExitCode {
         Command::Run { args } => build::all().and_then(|()| build::run_netmon(&args)),
         Command::Test { args } => build::test(&args),
         Command::Demo => demo::run(),
-        Command::Bench { quick } => build::bench(quick),
+        Command::Bench { quick, sections } => build::bench(quick, &sections),
         Command::Fuzz { seconds } => build::fuzz(seconds),
     };
     match result {

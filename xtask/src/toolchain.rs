@@ -123,23 +123,45 @@ const TEST_TOOLS: [(&str, &str); 6] = [
     ("tshark", "tshark"),
 ];
 
+/// What the benchmarks run besides the test tools: the references they compare with.
+const BENCH_TOOLS: [(&str, &str); 4] = [
+    ("iperf3", "iperf3"),
+    ("iptables", "iptables"),
+    ("iptables-restore", "iptables"),
+    ("python3", "python3"),
+];
+
 /// Makes sure the test and demo tools are installed.
 pub fn ensure_test_tools() -> Result<()> {
-    let missing: Vec<&str> = TEST_TOOLS
+    ensure_tools(&TEST_TOOLS, "test")
+}
+
+/// Makes sure the test tools and the benchmarks' references are installed.
+pub fn ensure_bench_tools() -> Result<()> {
+    ensure_test_tools()?;
+    ensure_tools(&BENCH_TOOLS, "benchmark")
+}
+
+fn ensure_tools(tools: &[(&str, &str)], purpose: &str) -> Result<()> {
+    let mut missing: Vec<&str> = tools
         .iter()
         .filter(|(cmd, _)| which(cmd).is_none())
         .map(|(_, pkg)| *pkg)
         .collect();
+    missing.dedup();
     if missing.is_empty() {
         return Ok(());
     }
     if !is_root() || which("apt-get").is_none() {
         bail!(
-            "missing test tools; run:\n  sudo apt-get update && sudo apt-get install -y {}",
+            "missing {purpose} tools; run:\n  sudo apt-get update && sudo apt-get install -y {}",
             missing.join(" ")
         );
     }
-    say(&format!("installing the test tools {}", missing.join(", ")));
+    say(&format!(
+        "installing the {purpose} tools {}",
+        missing.join(", ")
+    ));
     apt_install(&missing)
 }
 

@@ -17,7 +17,7 @@ use crate::{
     alerts::{Alerter, UsageAlarm},
     console,
     control::{self, Request, Response},
-    datapath::{pins::DEFAULT_BPFFS, Datapath, Granularity, LoadOptions, XdpAttachMode},
+    datapath::{pins::DEFAULT_BPFFS, Datapath, Granularity, IngressHook, LoadOptions},
     enforcer::Enforcer,
     logs::{self, detail::DetailRecord, state::State, Files},
     policy::Period,
@@ -42,9 +42,10 @@ pub struct RunArgs {
     /// Exact totals, CLI rules and quota usage [default: the log's name with .state.json].
     #[arg(long)]
     pub state: Option<PathBuf>,
-    /// XDP attach mode for the ingress program.
-    #[arg(long, value_enum, default_value_t = XdpAttachMode::Auto)]
-    pub xdp_mode: XdpAttachMode,
+    /// Hook for received traffic: native XDP on hardware NICs, TC ingress on
+    /// virtual devices (auto), or one of them by name.
+    #[arg(long, alias = "xdp-mode", value_enum, default_value_t = IngressHook::Auto)]
+    pub ingress: IngressHook,
     /// Pair table keys: per address pair (like the old log), or per 5-tuple
     /// (adds TCP/UDP ports, for port-level conversations).
     #[arg(long, value_enum, default_value_t = Granularity::Pair)]
@@ -146,7 +147,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         max_pairs: args.max_pairs,
         granularity: args.granularity,
     };
-    let mut datapath = Datapath::attach(&args.iface, &options, args.xdp_mode, &args.bpffs)?;
+    let mut datapath = Datapath::attach(&args.iface, &options, args.ingress, &args.bpffs)?;
     let meter = match &saved.baseline {
         Some(b) if datapath.adopted() && b.instance == datapath.instance() => Meter::from_baseline(
             b,
@@ -179,8 +180,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     log::info!(
         "counting on {} ({}, TC egress), every {}; log {}; pins {}",
         datapath.iface(),
-        match datapath.xdp_mode() {
-            Some(mode) => format!("XDP {mode:?} mode"),
+        match datapath.ingress() {
+            Some(ingress) => ingress.to_string(),
             None => "adopted the running programs".into(),
         },
         humantime::format_duration(args.interval),
@@ -286,10 +287,10 @@ impl Daemon {
     fn poll(&mut self) -> anyhow::Result<()> {
         let snapshot = self.datapath.read()?;
         let (end, end_instant) = (Timestamp::now(), Instant::now());
-        let mut usage = self.meter.advance(&snapshot);
+        let mut usage = self.meter.advance(&snapshot, monotonic_ns());
         let frames = [0, 1].map(|d| usage.totals[d].all.frames);
         self.crosscheck.interval(self.datapath.iface(), frames);
-        self.retire_idle(&snapshot, &mut usage)?;
+        self.retire_idle(&mut usage)?;
         self.state.ledger.record(&usage);
         let now = self.clock.now();
         let mut events = self
@@ -339,22 +340,13 @@ impl Daemon {
 
     /// Removes pairs idle for longer than `--idle-timeout`; anything they carried
     /// since the snapshot joins this interval's usage.
-    fn retire_idle(
-        &mut self,
-        snapshot: &crate::datapath::Snapshot,
-        usage: &mut crate::accounting::IntervalUsage,
-    ) -> anyhow::Result<()> {
+    fn retire_idle(&mut self, usage: &mut crate::accounting::IntervalUsage) -> anyhow::Result<()> {
         if self.idle_timeout.is_zero() {
             return Ok(());
         }
-        let now = monotonic_ns();
-        let timeout = self.idle_timeout.as_nanos() as u64;
-        let idle: Vec<_> = snapshot
-            .pairs
-            .iter()
-            .filter(|(_, r)| now.saturating_sub(r.last_seen_ns.max(r.first_seen_ns)) > timeout)
-            .map(|(k, _)| *k)
-            .collect();
+        let idle = self
+            .meter
+            .idle(monotonic_ns(), self.idle_timeout.as_nanos() as u64);
         if idle.is_empty() {
             return Ok(());
         }

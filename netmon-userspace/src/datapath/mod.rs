@@ -33,18 +33,46 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("NETMON_EBPF_OBJECT
 
 /// Name of the XDP (ingress) program in the object.
 pub const INGRESS_PROGRAM: &str = "netmon_ingress";
+/// Name of the TC ingress program in the object (`--ingress tc`).
+pub const INGRESS_TC_PROGRAM: &str = "netmon_ingress_tc";
 /// Name of the TC (egress) program in the object.
 pub const EGRESS_PROGRAM: &str = "netmon_egress";
 
-/// How to attach the XDP program.
+/// Where to count and enforce received traffic (`--ingress`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum XdpAttachMode {
-    /// Native (driver) mode, falling back to skb mode when the driver lacks it.
+pub enum IngressHook {
+    /// Native XDP on a hardware NIC whose driver runs it; TC ingress on virtual
+    /// devices (veth, bridges, bonds, tunnels) and where native XDP fails.
     Auto,
-    /// Native (driver) mode only.
-    Native,
-    /// Generic skb mode: works on every interface, costs more per packet.
-    Skb,
+    /// Native (driver) XDP only: drops before the kernel allocates an skb.
+    #[value(alias = "native")]
+    Xdp,
+    /// Generic (skb) XDP: works everywhere, but linearizes GRO packets.
+    #[value(name = "xdp-skb", alias = "skb")]
+    XdpSkb,
+    /// TC ingress classifier: after GRO, so a TCP stream costs one run per
+    /// coalesced packet; on veth it keeps the peer's TSO/GSO on.
+    Tc,
+}
+
+/// The ingress hook in use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ingress {
+    /// XDP, in this mode.
+    Xdp(XdpMode),
+    /// The TC ingress classifier.
+    Tc,
+}
+
+impl std::fmt::Display for Ingress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Ingress::Xdp(XdpMode::Driver) => f.write_str("native XDP"),
+            Ingress::Xdp(XdpMode::Skb) => f.write_str("skb-mode XDP"),
+            Ingress::Xdp(mode) => write!(f, "XDP ({mode:?})"),
+            Ingress::Tc => f.write_str("TC ingress"),
+        }
+    }
 }
 
 /// What the pair table's keys distinguish.
@@ -119,7 +147,7 @@ where
 pub struct Datapath {
     ebpf: Ebpf,
     iface: String,
-    xdp_mode: Option<XdpMode>,
+    ingress: Option<Ingress>,
     max_pairs: u32,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     pins: PinDir,
@@ -135,7 +163,7 @@ impl Datapath {
     pub fn attach(
         iface: &str,
         options: &LoadOptions,
-        mode: XdpAttachMode,
+        hook: IngressHook,
         bpffs: &Path,
     ) -> Result<Self, DatapathError> {
         if interface_index(iface).is_none() {
@@ -178,12 +206,12 @@ impl Datapath {
             }
         };
         let mut links = Vec::new();
-        let xdp_mode = attach_xdp(&mut ebpf, iface, mode, &pins, &mut links)?;
-        attach_tc(&mut ebpf, iface, &pins, &mut links)?;
+        let ingress = attach_ingress(&mut ebpf, iface, hook, &pins, &mut links)?;
+        attach_tc(&mut ebpf, iface, TcAttachType::Egress, &pins, &mut links)?;
         Ok(Self {
             ebpf,
             iface: iface.to_string(),
-            xdp_mode,
+            ingress,
             max_pairs,
             logger,
             pins,
@@ -227,9 +255,9 @@ impl Datapath {
         &self.iface
     }
 
-    /// The XDP mode in use, when netmon attached it (not when adopted).
-    pub fn xdp_mode(&self) -> Option<XdpMode> {
-        self.xdp_mode
+    /// The ingress hook in use, when netmon attached it (not when adopted).
+    pub fn ingress(&self) -> Option<Ingress> {
+        self.ingress
     }
 
     /// The loaded object, for policy updates and counters.
@@ -376,10 +404,61 @@ fn pin_link(
     }
 }
 
+/// Attaches the ingress program: into the link an earlier run pinned (XDP or
+/// TC, whichever it was), else at the hook `hook` picks. `None` when adopted.
+fn attach_ingress(
+    ebpf: &mut Ebpf,
+    iface: &str,
+    hook: IngressHook,
+    pins: &PinDir,
+    links: &mut Vec<PinnedLink>,
+) -> Result<Option<Ingress>, DatapathError> {
+    if pins.link(Hook::TcIngress).exists() {
+        attach_tc(ebpf, iface, TcAttachType::Ingress, pins, links)?;
+        return Ok(None);
+    }
+    let xdp_mode = match hook {
+        IngressHook::Tc => None,
+        IngressHook::Xdp => Some(XdpMode::Driver),
+        IngressHook::XdpSkb => Some(XdpMode::Skb),
+        IngressHook::Auto if is_virtual(iface) => None,
+        IngressHook::Auto => Some(XdpMode::Driver),
+    };
+    let adopting = pins.link(Hook::Ingress).exists();
+    match xdp_mode {
+        Some(mode) => match attach_xdp(ebpf, iface, mode, pins, links) {
+            Ok(used) => Ok(used.map(Ingress::Xdp)),
+            Err(e) if hook == IngressHook::Auto && !adopting => {
+                log::warn!("native XDP unavailable on {iface} ({e}); counting received traffic at TC ingress instead");
+                attach_tc(ebpf, iface, TcAttachType::Ingress, pins, links)?;
+                Ok(Some(Ingress::Tc))
+            }
+            Err(e) => Err(e),
+        },
+        // An XDP link left by an earlier run is adopted whatever was asked.
+        None if adopting => attach_xdp(ebpf, iface, XdpMode::Skb, pins, links).map(|_| None),
+        None => {
+            attach_tc(ebpf, iface, TcAttachType::Ingress, pins, links)?;
+            Ok(Some(Ingress::Tc))
+        }
+    }
+}
+
+/// True for devices without a bus device behind them (veth, bridge, bond,
+/// tunnels, loopback): native XDP there only adds work, or, on veth, turns
+/// off the peer's TSO/GSO.
+fn is_virtual(iface: &str) -> bool {
+    !Path::new("/sys/class/net")
+        .join(iface)
+        .join("device")
+        .exists()
+}
+
+/// Attaches XDP in `mode`, or swaps our program into a pinned XDP link. `None` when adopted.
 fn attach_xdp(
     ebpf: &mut Ebpf,
     iface: &str,
-    mode: XdpAttachMode,
+    mode: XdpMode,
     pins: &PinDir,
     links: &mut Vec<PinnedLink>,
 ) -> Result<Option<XdpMode>, DatapathError> {
@@ -394,47 +473,36 @@ fn attach_xdp(
         links.push(PinnedLink::from_pin(&path).map_err(|e| DatapathError::Pins(e.to_string()))?);
         return Ok(None);
     }
-    let (id, used) = match mode {
-        XdpAttachMode::Native => (
-            xdp.attach(iface, XdpMode::Driver)
-                .map_err(attach_error("XDP", iface))?,
-            XdpMode::Driver,
-        ),
-        XdpAttachMode::Skb => (
-            xdp.attach(iface, XdpMode::Skb)
-                .map_err(attach_error("XDP", iface))?,
-            XdpMode::Skb,
-        ),
-        XdpAttachMode::Auto => match xdp.attach(iface, XdpMode::Driver) {
-            Ok(id) => (id, XdpMode::Driver),
-            Err(native) => {
-                log::warn!("native XDP unavailable on {iface} ({native}); using skb mode, which costs more per packet");
-                (
-                    xdp.attach(iface, XdpMode::Skb)
-                        .map_err(attach_error("XDP", iface))?,
-                    XdpMode::Skb,
-                )
-            }
-        },
-    };
+    let id = xdp
+        .attach(iface, mode)
+        .map_err(attach_error("XDP", iface))?;
     let link = xdp.take_link(id).map_err(attach_error("XDP", iface))?;
     pin_link(FdLink::try_from(link), path, links, "XDP");
-    Ok(Some(used))
+    Ok(Some(mode))
 }
 
+/// Attaches a TC program (egress, or ingress for `--ingress tc`), or swaps
+/// ours into the link an earlier run pinned.
 fn attach_tc(
     ebpf: &mut Ebpf,
     iface: &str,
+    direction: TcAttachType,
     pins: &PinDir,
     links: &mut Vec<PinnedLink>,
 ) -> Result<(), DatapathError> {
-    let tc = program::<SchedClassifier>(ebpf, EGRESS_PROGRAM)?;
-    let path = pins.link(Hook::Egress);
+    let (name, hook, what) = match direction {
+        TcAttachType::Ingress => (INGRESS_TC_PROGRAM, Hook::TcIngress, "TC ingress"),
+        _ => (EGRESS_PROGRAM, Hook::Egress, "TC egress"),
+    };
+    let tc = program::<SchedClassifier>(ebpf, name)?;
+    if tc.fd().is_err() {
+        tc.load().map_err(|e| DatapathError::program(name, e))?;
+    }
+    let path = pins.link(hook);
     if let Ok(pinned) = PinnedLink::from_pin(&path) {
         let link = SchedClassifierLink::try_from(FdLink::from(pinned))
             .map_err(|e| DatapathError::Pins(format!("adopting {}: {e}", path.display())))?;
-        tc.attach_to_link(link)
-            .map_err(attach_error("TC egress", iface))?;
+        tc.attach_to_link(link).map_err(attach_error(what, iface))?;
         links.push(PinnedLink::from_pin(&path).map_err(|e| DatapathError::Pins(e.to_string()))?);
         return Ok(());
     }
@@ -447,10 +515,10 @@ fn attach_tc(
         }
     }
     let id = tc
-        .attach(iface, TcAttachType::Egress)
-        .map_err(attach_error("TC egress", iface))?;
-    let link = tc.take_link(id).map_err(attach_error("TC egress", iface))?;
-    pin_link(FdLink::try_from(link), path, links, "TC egress");
+        .attach(iface, direction)
+        .map_err(attach_error(what, iface))?;
+    let link = tc.take_link(id).map_err(attach_error(what, iface))?;
+    pin_link(FdLink::try_from(link), path, links, what);
     Ok(())
 }
 

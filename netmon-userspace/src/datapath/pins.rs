@@ -41,8 +41,10 @@ pub const MAP_LAYOUTS: [(&str, usize, usize); 10] = [
 /// Which hook a pinned link belongs to.
 #[derive(Clone, Copy, Debug)]
 pub enum Hook {
-    /// XDP.
+    /// XDP ingress.
     Ingress,
+    /// TC ingress (`--ingress tc`).
+    TcIngress,
     /// TC egress.
     Egress,
 }
@@ -85,6 +87,7 @@ impl PinDir {
     pub fn link(&self, hook: Hook) -> PathBuf {
         self.dir.join(match hook {
             Hook::Ingress => "link_ingress",
+            Hook::TcIngress => "link_ingress_tc",
             Hook::Egress => "link_egress",
         })
     }

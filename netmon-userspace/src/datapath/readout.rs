@@ -19,10 +19,6 @@ pub struct PairReading {
     pub counter: Counter,
     /// Frames and bytes the policy dropped since the entry was created.
     pub dropped: Counter,
-    /// Earliest first-seen over CPUs (`CLOCK_MONOTONIC` ns).
-    pub first_seen_ns: u64,
-    /// Latest last-seen over CPUs (`CLOCK_MONOTONIC` ns).
-    pub last_seen_ns: u64,
 }
 
 impl PairReading {
@@ -39,11 +35,6 @@ impl PairReading {
                     frames: s.dropped_frames,
                     bytes: s.dropped_bytes,
                 }),
-                first_seen_ns: match (acc.first_seen_ns, s.first_seen_ns) {
-                    (0, x) | (x, 0) => x,
-                    (a, b) => a.min(b),
-                },
-                last_seen_ns: acc.last_seen_ns.max(s.last_seen_ns),
             })
     }
 }

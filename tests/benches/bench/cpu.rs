@@ -1,0 +1,201 @@
+//! CPU-seconds per million packets: netmon (its programs' run time from
+//! bpf_stats, plus the daemon's CPU) against the pipeline it replaces
+//! (tcpdump capture, tshark io,phs, io,stat and conv, and per-pair summing).
+
+use std::{
+    net::{IpAddr, SocketAddr, UdpSocket},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use netmon_tests::{daemon::Netmon, Host, TestNet};
+
+use crate::{
+    report::{Row, Target},
+    Scale,
+};
+
+/// UDP port the workload goes to; a bound socket there swallows it without ICMP replies.
+const PORT: u16 = 9_000;
+
+/// The old script's per-pair summing, as it read tshark's fields.
+const SUM_PER_PAIR: &str = r#"
+import json, sys
+pairs = {}
+for line in sys.stdin:
+    f = line.split()
+    if len(f) == 3:
+        key = str((f[0], f[1]))
+        pairs[key] = pairs.get(key, 0) + int(f[2]) / 1000
+out = {k: round(v, 2) for k, v in pairs.items()}
+out["total_k_bytes"] = round(sum(pairs.values()), 2)
+json.dump(out, open(sys.argv[1], "w"), indent=2)
+"#;
+
+pub fn run(scale: Scale) -> Vec<Row> {
+    let packets = scale.pick(1_000_000, 200_000);
+    let netmon = netmon_cpu(packets);
+    let old = old_pipeline_cpu(packets);
+    let per_million = |s: f64| s * 1e6 / packets as f64;
+    vec![Row::new(
+        format!("CPU-seconds per million packets ({packets} UDP packets; programs + daemon)"),
+        per_million(netmon.0 + netmon.1),
+        "s",
+    )
+    .against(
+        "tcpdump + tshark io,phs, io,stat, conv,udp + per-pair summing",
+        per_million(old.iter().map(|(_, s)| s).sum()),
+    )
+    .target(Target::RatioAtMost(1.0 / 300.0))]
+    .into_iter()
+    .chain([
+        Row::new(
+            "  of which netmon's programs (bpf_stats run time)",
+            per_million(netmon.0),
+            "s",
+        ),
+        Row::new("  of which the netmon daemon", per_million(netmon.1), "s"),
+    ])
+    .chain(old.into_iter().map(|(step, seconds)| {
+        Row::new(format!("  old pipeline: {step}"), per_million(seconds), "s")
+    }))
+    .collect()
+}
+
+/// (programs' run time, daemon CPU) in seconds while `packets` cross the interface.
+fn netmon_cpu(packets: u32) -> (f64, f64) {
+    let net = TestNet::create().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let netmon = Netmon::start_in(&net.a, dir.path(), &[]).unwrap();
+    // BPF_ENABLE_STATS: run time is recorded while this descriptor is open.
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("enabling bpf_stats");
+    let (programs_before, daemon_before) = (programs_run_time(), process_cpu(netmon.pid()));
+    send(&net, packets);
+    // The daemon's share includes the poll that reads and logs the traffic.
+    std::thread::sleep(Duration::from_millis(1500));
+    let (programs_after, daemon_after) = (programs_run_time(), process_cpu(netmon.pid()));
+    netmon.stop().unwrap();
+    (
+        programs_after - programs_before,
+        daemon_after - daemon_before,
+    )
+}
+
+/// CPU seconds of each step of the old pipeline over the same traffic.
+fn old_pipeline_cpu(packets: u32) -> Vec<(&'static str, f64)> {
+    let net = TestNet::create().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pcap = dir.path().join("chunk.pcap");
+    let mut tcpdump = net
+        .a
+        .command("tcpdump")
+        .args(["-i", &net.a.iface, "-n", "-s", "0", "-B", "65536", "-w"])
+        .arg(&pcap)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    send(&net, packets);
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(tcpdump.id() as i32, libc::SIGINT) };
+    let capture = child_cpu(&mut tcpdump);
+    let tshark = |args: &[&str]| {
+        let mut cmd = Command::new("tshark");
+        cmd.args(["-n", "-q", "-r"]).arg(&pcap).args(args);
+        cmd
+    };
+    let mut steps = vec![("tcpdump -w", capture)];
+    for (step, args) in [
+        ("tshark -z io,phs", ["-z", "io,phs"]),
+        ("tshark -z io,stat,10", ["-z", "io,stat,10"]),
+        ("tshark -z conv,udp", ["-z", "conv,udp"]),
+    ] {
+        steps.push((step, run_cpu(&mut tshark(&args))));
+    }
+    let summing = format!(
+        "tshark -n -r {} -T fields -e ip.src -e ip.dst -e frame.len | python3 -c '{}' {}",
+        pcap.display(),
+        SUM_PER_PAIR,
+        dir.path().join("network_log.json").display()
+    );
+    steps.push((
+        "tshark -T fields | python per-pair sum",
+        run_cpu(Command::new("sh").args(["-c", &summing])),
+    ));
+    steps
+}
+
+/// Sends `packets` 64-byte UDP datagrams from b to a, as fast as b can.
+fn send(net: &TestNet, packets: u32) {
+    let (a, b) = (net.a.clone(), net.b.clone());
+    let to: SocketAddr = (IpAddr::V4(a.ipv4), PORT).into();
+    let sink = sink(&a);
+    b.run(move || {
+        let socket = UdpSocket::bind((IpAddr::V4(b.ipv4), 0)).unwrap();
+        socket.connect(to).unwrap();
+        let payload = [0u8; 64];
+        let mut sent = 0;
+        while sent < packets {
+            if socket.send(&payload).is_ok() {
+                sent += 1;
+            }
+        }
+    })
+    .unwrap();
+    drop(sink);
+}
+
+/// A bound, never-read UDP socket on `host`: datagrams to it are dropped
+/// quietly when its buffer is full, with no ICMP.
+fn sink(host: &Host) -> UdpSocket {
+    let addr: SocketAddr = (IpAddr::V4(host.ipv4), PORT).into();
+    host.run(move || UdpSocket::bind(addr).unwrap()).unwrap()
+}
+
+/// Sum of the run time of every loaded program named `netmon_*`, in seconds.
+fn programs_run_time() -> f64 {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|p| p.name_as_str().is_some_and(|n| n.starts_with("netmon_")))
+        .map(|p| p.run_time().as_secs_f64())
+        .sum()
+}
+
+/// User + system CPU seconds of every thread of `pid` so far (schedstat, ns precision).
+fn process_cpu(pid: u32) -> f64 {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    tasks
+        .filter_map(Result::ok)
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum::<u64>() as f64
+        / 1e9
+}
+
+/// Runs `cmd` to completion; its CPU seconds, its waited-for children included.
+fn run_cpu(cmd: &mut Command) -> f64 {
+    let started = Instant::now();
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let cpu = child_cpu(&mut child);
+    eprintln!("    ({:.1} s wall)", started.elapsed().as_secs_f64());
+    cpu
+}
+
+/// Waits for `child` and returns its user + system CPU seconds (wait4 rusage).
+fn child_cpu(child: &mut std::process::Child) -> f64 {
+    // SAFETY: wait4 on our own child; `usage` is written by the kernel.
+    unsafe {
+        let mut status = 0;
+        let mut usage: libc::rusage = std::mem::zeroed();
+        let rc = libc::wait4(child.id() as i32, &mut status, 0, &mut usage);
+        assert!(rc > 0, "wait4: {}", std::io::Error::last_os_error());
+        let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        seconds(usage.ru_utime) + seconds(usage.ru_stime)
+    }
+}

@@ -1,0 +1,89 @@
+//! `cargo xtask bench [--quick] [SECTION…]`: netmon side by side with the
+//! references it replaces or competes with, as a markdown table (metric,
+//! netmon, reference, ratio, target), also written to target/bench/report.md.
+//!
+//! Benchmarks, not tests: nothing here asserts a speed. A missed target is
+//! reported as missed.
+
+mod analyze;
+mod blocklist;
+mod cpu;
+mod memory;
+mod per_packet;
+mod readout;
+mod report;
+mod throughput;
+mod workload;
+
+use report::Row;
+
+/// Every section, in the order they run.
+const SECTIONS: [&str; 7] = [
+    "per-packet",
+    "readout",
+    "blocklist",
+    "memory",
+    "analyze",
+    "cpu",
+    "throughput",
+];
+
+/// How long the measurements run.
+#[derive(Clone, Copy)]
+pub struct Scale {
+    /// A quick look (`--quick`), not figures to write down.
+    pub quick: bool,
+}
+
+impl Scale {
+    /// `full` normally, `quick` with `--quick`.
+    pub fn pick<T>(self, full: T, quick: T) -> T {
+        if self.quick {
+            quick
+        } else {
+            full
+        }
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let scale = Scale {
+        quick: args.iter().any(|a| a == "--quick"),
+    };
+    // `cargo bench` passes `--bench`; anything else that is not a flag names a section.
+    let wanted: Vec<&str> = args
+        .iter()
+        .map(String::as_str)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    if let Some(unknown) = wanted.iter().find(|w| !SECTIONS.contains(w)) {
+        eprintln!(
+            "bench: no section `{unknown}`; the sections are {}",
+            SECTIONS.join(", ")
+        );
+        std::process::exit(2);
+    }
+    let mut rows: Vec<Row> = Vec::new();
+    for section in SECTIONS {
+        if !wanted.is_empty() && !wanted.contains(&section) {
+            continue;
+        }
+        eprintln!("bench: {section}");
+        let got = match section {
+            "per-packet" => per_packet::run(scale),
+            "readout" => readout::run(scale),
+            "blocklist" => blocklist::run(scale),
+            "memory" => memory::run(scale),
+            "analyze" => analyze::run(scale),
+            "cpu" => cpu::run(scale),
+            "throughput" => throughput::run(scale),
+            _ => unreachable!(),
+        };
+        for row in &got {
+            eprintln!("  {}", row.one_line());
+        }
+        rows.extend(got);
+    }
+    report::write(&rows, scale);
+}

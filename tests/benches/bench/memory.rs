@@ -1,0 +1,86 @@
+//! The daemon's memory with a full table: RSS of `netmon run` once it has
+//! polled 1M pairs (filled into its pinned pair table from here).
+
+use std::time::Duration;
+
+use aya::maps::{MapData, PerCpuHashMap};
+use netmon_common::{PairKey, PairStats};
+use netmon_tests::{daemon::Netmon, mounts::TempMount, TestNet};
+
+use crate::{
+    report::{Row, Target},
+    Scale,
+};
+
+pub fn run(scale: Scale) -> Vec<Row> {
+    let pairs: u32 = scale.pick(1_000_000, 100_000);
+    let net = TestNet::create().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let bpffs = TempMount::bpffs().unwrap();
+    let netmon = Netmon::start_in(
+        &net.a,
+        dir.path(),
+        &[
+            "--bpffs",
+            bpffs.path().to_str().unwrap(),
+            "--max-pairs",
+            &pairs.to_string(),
+            "--interval",
+            "2s",
+        ],
+    )
+    .unwrap();
+    let pin = bpffs.path().join("netmon").join(&net.a.iface).join("PAIRS");
+    let map = MapData::from_pin(&pin).unwrap_or_else(|e| panic!("{}: {e}", pin.display()));
+    let map = aya::maps::Map::PerCpuHashMap(map);
+    let table: PerCpuHashMap<_, PairKey, PairStats> = PerCpuHashMap::try_from(&map).unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&std::os::fd::AsFd::as_fd(table_fd(&map)));
+    let cpus = aya::util::nr_cpus().unwrap();
+    let values = vec![
+        PairStats {
+            bytes: 1500,
+            frames: 1,
+            ..Default::default()
+        };
+        cpus
+    ];
+    for i in 0..pairs {
+        let mut key = PairKey {
+            proto: 17,
+            ..Default::default()
+        };
+        key.src[10..12].copy_from_slice(&[0xff, 0xff]);
+        key.src[12..].copy_from_slice(&(0x0b00_0000 + i).to_be_bytes());
+        key.dst[10..].copy_from_slice(&[0xff, 0xff, 10, 200, 0, 1]);
+        netmon::datapath::sys::update_per_cpu(fd, &key, &values).unwrap();
+    }
+    drop(table);
+    // Two polls with every pair in them: the first accounts them all, the second none.
+    std::thread::sleep(Duration::from_secs(5));
+    let status = std::fs::read_to_string(format!("/proc/{}/status", netmon.pid())).unwrap();
+    let kb = |field: &str| -> f64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+            .unwrap()
+    };
+    let (rss, peak) = (kb("VmRSS:") / 1024.0, kb("VmHWM:") / 1024.0);
+    netmon.stop().unwrap();
+    vec![
+        Row::new(format!("daemon peak RSS with {pairs} pairs"), peak, "MB")
+            .target(Target::AtMost(200.0)),
+        Row::new(
+            format!("daemon RSS with {pairs} pairs, after two polls"),
+            rss,
+            "MB",
+        ),
+    ]
+}
+
+fn table_fd(map: &aya::maps::Map) -> std::os::fd::BorrowedFd<'_> {
+    let aya::maps::Map::PerCpuHashMap(data) = map else {
+        unreachable!()
+    };
+    std::os::fd::AsFd::as_fd(data.fd())
+}

@@ -1,0 +1,127 @@
+//! Per-packet cost of the XDP and TC programs (BPF_PROG_TEST_RUN), against
+//! empty programs, for a warm flow and 100k flows, with 0, 10k and 100k prefixes.
+
+use std::net::Ipv4Addr;
+
+use aya::programs::{SchedClassifier, Xdp};
+use netmon::datapath::{enforce::Enforcement, EGRESS_PROGRAM, INGRESS_PROGRAM};
+use netmon_common::bench::{FIRST_SOURCE, FLOWS};
+
+use crate::{
+    report::{Row, Target},
+    workload::{load_blocklist, load_with_bench_programs, random_prefixes, test_run_ns, udp_frame},
+    Scale,
+};
+
+pub fn run(scale: Scale) -> Vec<Row> {
+    // One CPU for warm-up and timed runs alike: per-CPU values (and the
+    // per-flow verdict cache in them) warmed on one CPU do not help another.
+    let _pinned = PinnedToCpu::new(0);
+    let repeat = scale.pick(2_000_000, 200_000);
+    let mut ebpf = load_with_bench_programs();
+    let warm = udp_frame(Ipv4Addr::new(10, 200, 0, 1), Ipv4Addr::new(10, 200, 0, 2));
+    let walk = udp_frame(Ipv4Addr::from(FIRST_SOURCE), Ipv4Addr::new(10, 200, 0, 2));
+    let xdp_empty = test_run_ns::<Xdp>(&mut ebpf, "baseline_xdp", &warm, 10_000, repeat);
+    let tc_empty = test_run_ns::<SchedClassifier>(&mut ebpf, "baseline_tc", &warm, 10_000, repeat);
+    let empty_xdp = |row: Row| row.against("empty XDP_PASS program", xdp_empty);
+    let empty_tc = |row: Row| row.against("empty TC_ACT_OK program", tc_empty);
+
+    let all = random_prefixes(100_000);
+    let mut enforcement = Enforcement::default();
+    let mut rows = Vec::new();
+    for prefixes in [0, 10_000, 100_000] {
+        // Every tenth prefix, so the 10k set spans the same address space as the 100k one.
+        let cidrs: Vec<_> = all
+            .iter()
+            .step_by(100_000 / prefixes.max(1))
+            .take(prefixes)
+            .cloned()
+            .collect();
+        load_blocklist(&mut ebpf, &mut enforcement, &cidrs);
+        let xdp = test_run_ns::<Xdp>(&mut ebpf, INGRESS_PROGRAM, &warm, 10_000, repeat);
+        let tc = test_run_ns::<SchedClassifier>(&mut ebpf, EGRESS_PROGRAM, &warm, 10_000, repeat);
+        let target = |row: Row| match prefixes {
+            100_000 => row.target(Target::RatioAtMost(2.5)),
+            _ => row,
+        };
+        rows.push(target(empty_xdp(Row::new(
+            format!("XDP per packet, one warm flow, {prefixes} blocked prefixes"),
+            xdp,
+            "ns",
+        ))));
+        rows.push(target(empty_tc(Row::new(
+            format!("TC per packet, one warm flow, {prefixes} blocked prefixes"),
+            tc,
+            "ns",
+        ))));
+    }
+    // The bench programs rewrite the source before each run, so the key differs
+    // every packet; the rewrite is counted against netmon.
+    for prefixes in [0, 100_000] {
+        let cidrs = if prefixes == 0 {
+            Vec::new()
+        } else {
+            all.clone()
+        };
+        load_blocklist(&mut ebpf, &mut enforcement, &cidrs);
+        let warm_up = 2 * FLOWS;
+        let xdp = test_run_ns::<Xdp>(&mut ebpf, "bench_flows_xdp", &walk, warm_up, repeat);
+        let tc =
+            test_run_ns::<SchedClassifier>(&mut ebpf, "bench_flows_tc", &walk, warm_up, repeat);
+        let target = |row: Row| row.target(Target::RatioAtMost(4.0));
+        rows.push(target(empty_xdp(Row::new(
+            format!("XDP per packet, {FLOWS} flows in turn, {prefixes} blocked prefixes"),
+            xdp,
+            "ns",
+        ))));
+        rows.push(target(empty_tc(Row::new(
+            format!("TC per packet, {FLOWS} flows in turn, {prefixes} blocked prefixes"),
+            tc,
+            "ns",
+        ))));
+    }
+    // Dropping: the destination lies in one of 10k blocked prefixes.
+    let cidrs: Vec<_> = all.iter().step_by(10).cloned().collect();
+    load_blocklist(&mut ebpf, &mut enforcement, &cidrs);
+    let std::net::IpAddr::V4(blocked) = cidrs[cidrs.len() / 2].addr() else {
+        unreachable!()
+    };
+    let drop = udp_frame(Ipv4Addr::new(10, 200, 0, 1), blocked);
+    let xdp = test_run_ns::<Xdp>(&mut ebpf, INGRESS_PROGRAM, &drop, 10_000, repeat);
+    let tc = test_run_ns::<SchedClassifier>(&mut ebpf, EGRESS_PROGRAM, &drop, 10_000, repeat);
+    rows.push(empty_xdp(Row::new(
+        "XDP per dropped packet, destination in one of 10000 blocked prefixes",
+        xdp,
+        "ns",
+    )));
+    rows.push(empty_tc(Row::new(
+        "TC per dropped packet, destination in one of 10000 blocked prefixes",
+        tc,
+        "ns",
+    )));
+    rows
+}
+
+/// Keeps the calling thread on one CPU until dropped.
+struct PinnedToCpu(libc::cpu_set_t);
+
+impl PinnedToCpu {
+    fn new(cpu: usize) -> PinnedToCpu {
+        // SAFETY: plain libc calls on a zeroed cpu_set_t owned here.
+        unsafe {
+            let mut before: libc::cpu_set_t = std::mem::zeroed();
+            libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut before);
+            let mut only: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut only);
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &only);
+            PinnedToCpu(before)
+        }
+    }
+}
+
+impl Drop for PinnedToCpu {
+    fn drop(&mut self) {
+        // SAFETY: restores the mask read in `new`.
+        unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &self.0) };
+    }
+}

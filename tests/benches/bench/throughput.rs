@@ -1,0 +1,304 @@
+//! veth throughput between two namespaces (iperf3 from b into a: through a's
+//! ingress hook, ACKs through its egress): TCP, and UDP with 64-byte payloads,
+//! with nothing attached and with each way of watching or filtering the link.
+
+use std::{process::Stdio, time::Duration};
+
+use netmon::policy::Cidr;
+use netmon_tests::{
+    capture::{Capture, Way},
+    daemon::{cli, Netmon},
+    netns::Offloads,
+    TestNet,
+};
+
+use crate::{
+    report::{Row, Target},
+    workload::random_prefixes,
+    Scale,
+};
+
+#[derive(Clone, Copy, PartialEq)]
+enum Setup {
+    NoProgram,
+    Netmon {
+        ingress: &'static str,
+        prefixes: usize,
+    },
+    Tcpdump,
+    Iptables {
+        rules: usize,
+    },
+}
+
+impl Setup {
+    fn name(self) -> String {
+        match self {
+            Setup::NoProgram => "no program".into(),
+            Setup::Netmon { ingress, prefixes } => {
+                let hook = match ingress {
+                    "auto" => "--ingress auto = TC ingress on veth",
+                    "xdp" => "native XDP",
+                    "xdp-skb" => "skb-mode XDP",
+                    other => other,
+                };
+                match prefixes {
+                    0 => format!("netmon ({hook})"),
+                    n => format!("netmon ({hook}), {n} blocked prefixes, none matching"),
+                }
+            }
+            Setup::Tcpdump => "tcpdump -w".into(),
+            Setup::Iptables { rules } => {
+                format!("iptables, {rules} linear CIDR DROP rules, none matching")
+            }
+        }
+    }
+}
+
+pub fn run(scale: Scale) -> Vec<Row> {
+    let seconds = scale.pick(5, 2);
+    let cidrs = random_prefixes(100_000);
+    let none = measure(Setup::NoProgram, seconds, &cidrs);
+    let mut rows = Vec::new();
+    for setup in [
+        Setup::Netmon {
+            ingress: "auto",
+            prefixes: 0,
+        },
+        Setup::Netmon {
+            ingress: "xdp",
+            prefixes: 0,
+        },
+        Setup::Netmon {
+            ingress: "xdp-skb",
+            prefixes: 0,
+        },
+        Setup::Netmon {
+            ingress: "auto",
+            prefixes: 100_000,
+        },
+        Setup::Tcpdump,
+        Setup::Iptables { rules: 10_000 },
+    ] {
+        let (tcp, udp) = measure(setup, seconds, &cidrs);
+        let recommended = matches!(
+            setup,
+            Setup::Netmon {
+                ingress: "auto",
+                ..
+            }
+        );
+        let mut tcp_row = Row::new(format!("veth TCP, {}", setup.name()), tcp, "Mbit/s")
+            .against("no program", none.0);
+        let mut udp_row = Row::new(format!("veth UDP 64-byte, {}", setup.name()), udp, "Mbit/s")
+            .against("no program", none.1);
+        if recommended {
+            tcp_row = tcp_row.target(Target::RatioAtLeast(0.95));
+        }
+        if setup
+            == (Setup::Netmon {
+                ingress: "auto",
+                prefixes: 100_000,
+            })
+        {
+            udp_row = udp_row.target(Target::RatioAtLeast(0.95));
+        }
+        rows.push(tcp_row);
+        rows.push(udp_row);
+    }
+    rows.extend(drop_rate(seconds, &cidrs));
+    rows
+}
+
+/// (TCP, UDP 64-byte) Mbit/s received by a under `setup`.
+fn measure(setup: Setup, seconds: u32, cidrs: &[Cidr]) -> (f64, f64) {
+    let net = TestNet::create_with(Offloads { tso: true }).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let _guard = prepare(&net, dir.path(), setup, cidrs);
+    let mut server = iperf3_server(&net);
+    let tcp = iperf3(&net, seconds, &[]).received;
+    std::thread::sleep(Duration::from_millis(300));
+    let udp = iperf3(&net, seconds, &["-u", "-l", "64", "-b", "0"]).received;
+    let _ = server.kill();
+    let _ = server.wait();
+    (tcp, udp)
+}
+
+/// Whatever keeps `setup` in place until dropped.
+enum Guard {
+    Netmon(#[allow(dead_code)] Netmon),
+    Capture(#[allow(dead_code)] Capture),
+    Nothing,
+}
+
+fn prepare(net: &TestNet, dir: &std::path::Path, setup: Setup, cidrs: &[Cidr]) -> Guard {
+    match setup {
+        Setup::NoProgram => Guard::Nothing,
+        Setup::Netmon { ingress, prefixes } => {
+            let netmon = Netmon::start_in(&net.a, dir, &["--ingress", ingress]).unwrap();
+            if prefixes > 0 {
+                block_file(net, dir, &cidrs[..prefixes]);
+            }
+            Guard::Netmon(netmon)
+        }
+        Setup::Tcpdump => {
+            Guard::Capture(Capture::start(&net.a, Way::In, &dir.join("c.pcap")).unwrap())
+        }
+        Setup::Iptables { rules } => {
+            iptables_restore(net, &cidrs[..rules], None);
+            Guard::Nothing
+        }
+    }
+}
+
+/// `netmon block --file` with `cidrs`, into the daemon on `net.a`.
+fn block_file(net: &TestNet, dir: &std::path::Path, cidrs: &[Cidr]) {
+    let list = dir.join("blocklist.netset");
+    std::fs::write(
+        &list,
+        cidrs.iter().map(|c| format!("{c}\n")).collect::<String>(),
+    )
+    .unwrap();
+    let out = cli(&[
+        "block",
+        "--file",
+        list.to_str().unwrap(),
+        "--iface",
+        &net.a.iface,
+    ])
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Loads `cidrs` as source DROP rules into a's INPUT chain with iptables-restore,
+/// then `last` (a rule that matches) if given.
+pub fn iptables_restore(net: &TestNet, cidrs: &[Cidr], last: Option<&str>) {
+    let mut rules = String::from("*filter\n:INPUT ACCEPT [0:0]\n");
+    for cidr in cidrs {
+        rules.push_str(&format!("-A INPUT -s {cidr} -j DROP\n"));
+    }
+    if let Some(rule) = last {
+        rules.push_str(rule);
+        rules.push('\n');
+    }
+    rules.push_str("COMMIT\n");
+    let mut child = net
+        .a
+        .command("iptables-restore")
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(rules.as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success(), "iptables-restore failed");
+}
+
+fn iperf3_server(net: &TestNet) -> std::process::Child {
+    let server = net
+        .a
+        .command("iperf3")
+        .args(["-s", "-B", &net.a.ipv4.to_string()])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    server
+}
+
+struct Rates {
+    /// Mbit/s the sender sent.
+    sent: f64,
+    /// Mbit/s the receiver got.
+    received: f64,
+}
+
+/// One iperf3 run from b to a with `extra` arguments.
+fn iperf3(net: &TestNet, seconds: u32, extra: &[&str]) -> Rates {
+    let out = net
+        .b
+        .command("iperf3")
+        .args([
+            "-c",
+            &net.a.ipv4.to_string(),
+            "-J",
+            "-t",
+            &seconds.to_string(),
+        ])
+        .args(extra)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let end = &v["end"];
+    if let Some(received) = end.get("sum_received") {
+        let sent = end["sum_sent"]["bits_per_second"].as_f64().unwrap_or(0.0) / 1e6;
+        return Rates {
+            sent,
+            received: received["bits_per_second"].as_f64().unwrap_or(0.0) / 1e6,
+        };
+    }
+    let sum = &end["sum"];
+    let sent = sum["bits_per_second"].as_f64().unwrap_or(0.0) / 1e6;
+    let lost = sum["lost_percent"].as_f64().unwrap_or(100.0) / 100.0;
+    Rates {
+        sent,
+        received: sent * (1.0 - lost),
+    }
+}
+
+/// Per-packet drop cost: a 64-byte UDP flood from a source blocked by the
+/// last of 10,001 rules, as the rate b manages to send (on veth the receiver's
+/// work runs on the sender's CPU).
+fn drop_rate(seconds: u32, cidrs: &[Cidr]) -> Vec<Row> {
+    let flood = |netmon: bool| -> f64 {
+        let net = TestNet::create_with(Offloads { tso: true }).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let blocked = net.b.ipv4_alt;
+        let _netmon = netmon.then(|| {
+            let netmon = Netmon::start_in(&net.a, dir.path(), &[]).unwrap();
+            block_file(&net, dir.path(), &cidrs[..10_000]);
+            let rule = [
+                "block",
+                "--proto",
+                "udp",
+                &format!("{blocked}/32"),
+                "--iface",
+                &net.a.iface,
+            ];
+            assert!(cli(&rule).unwrap().status.success());
+            netmon
+        });
+        if !netmon {
+            let last = format!("-A INPUT -p udp -s {blocked}/32 -j DROP");
+            iptables_restore(&net, &cidrs[..10_000], Some(&last));
+        }
+        let mut server = iperf3_server(&net);
+        let rates = iperf3(
+            &net,
+            seconds,
+            &["-u", "-l", "64", "-b", "0", "-B", &blocked.to_string()],
+        );
+        let _ = server.kill();
+        let _ = server.wait();
+        assert!(
+            rates.received < rates.sent * 0.01,
+            "the flood should be dropped"
+        );
+        rates.sent * 1e6 / 8.0 / (64.0 + 8.0 + 20.0 + 14.0) / 1e3
+    };
+    let (netmon, iptables) = (flood(true), flood(false));
+    vec![Row::new(
+        "UDP 64-byte flood dropped by rule 10001 of 10001 (block --proto udp): packets/s b sends",
+        netmon,
+        "kpps",
+    )
+    .against("iptables, same rules", iptables)]
+}

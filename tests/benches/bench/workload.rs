@@ -1,0 +1,102 @@
+//! Inputs shared by the sections: frames, blocklists, loaded programs.
+
+use std::net::Ipv4Addr;
+
+use aya::{
+    programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
+    Ebpf,
+};
+use netmon::{
+    datapath::{self, enforce::Enforcement},
+    policy::{compile::compile, compile::Tables, Cidr, Item, Match},
+};
+use netmon_common::policy::RuleKind;
+use netmon_tests::frames::{build, Layer};
+
+/// A 106-byte IPv4 UDP frame (64-byte payload) from `src` to `dst`.
+pub fn udp_frame(src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
+    build(&[
+        Layer::Ethernet,
+        Layer::Ipv4 {
+            src,
+            dst,
+            options: vec![],
+            fragment_offset: 0,
+        },
+        Layer::Udp(40000, 53),
+        Layer::Payload(64),
+    ])
+}
+
+/// `count` distinct random IPv4 prefixes (/16 to /32) outside 10.0.0.0/8,
+/// so that the test networks' addresses never match.
+pub fn random_prefixes(count: usize) -> Vec<Cidr> {
+    let mut rng = fastrand::Rng::with_seed(42);
+    let mut set = std::collections::BTreeSet::new();
+    while set.len() < count {
+        let len = rng.u8(16..=32);
+        let addr = Ipv4Addr::from(rng.u32(0x0b00_0000..0xdf00_0000));
+        let cidr = Cidr::new(addr.into(), 32).unwrap().truncate(len);
+        set.insert(cidr);
+    }
+    set.into_iter().collect()
+}
+
+/// The policy "block every one of `cidrs`", compiled.
+pub fn blocklist(cidrs: &[Cidr]) -> Tables {
+    let matcher = Match {
+        cidrs: cidrs.to_vec(),
+        ..Default::default()
+    };
+    compile(&[Item {
+        id: 0,
+        kind: RuleKind::Block,
+        matcher: &matcher,
+    }])
+    .unwrap()
+}
+
+/// Loads netmon's object, plus the benchmark-only programs it carries.
+pub fn load_with_bench_programs() -> Ebpf {
+    let mut ebpf = datapath::load(&Default::default()).expect("load netmon (run as root)");
+    for name in ["baseline_xdp", "bench_flows_xdp"] {
+        datapath::program::<Xdp>(&mut ebpf, name)
+            .unwrap()
+            .load()
+            .unwrap();
+    }
+    for name in ["baseline_tc", "bench_flows_tc"] {
+        datapath::program::<SchedClassifier>(&mut ebpf, name)
+            .unwrap()
+            .load()
+            .unwrap();
+    }
+    ebpf
+}
+
+/// Writes `cidrs` as block rules into a loaded object's tries.
+pub fn load_blocklist(ebpf: &mut Ebpf, enforcement: &mut Enforcement, cidrs: &[Cidr]) {
+    enforcement.apply(ebpf, &blocklist(cidrs)).unwrap();
+}
+
+/// Average ns per run of `program` on `frame`: `warm_up` runs, then `repeat` timed ones.
+pub fn test_run_ns<P>(
+    ebpf: &mut Ebpf,
+    program: &str,
+    frame: &[u8],
+    warm_up: u32,
+    repeat: u32,
+) -> f64
+where
+    for<'a> &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+    P: for<'b> TestRun<Opts<'b> = TestRunOptions<'b>, Result = aya::programs::TestRunResult>,
+{
+    let prog: &mut P = datapath::program(ebpf, program).unwrap();
+    let opts = |repeat| TestRunOptions {
+        data_in: Some(frame),
+        repeat,
+        ..TestRunOptions::new()
+    };
+    prog.test_run(opts(warm_up)).unwrap();
+    prog.test_run(opts(repeat)).unwrap().duration.as_nanos() as f64
+}
