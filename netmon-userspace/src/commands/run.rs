@@ -371,10 +371,12 @@ impl Daemon {
         let total = std::mem::take(&mut self.state.policy.total);
         self.state.policy = self.enforcer.persisted(self.datapath.ebpf());
         self.state.policy.total = total;
+        // Built for the write only: at a million pairs it is tens of MB.
         self.state.baseline = Some(self.meter.baseline(self.datapath.instance()));
         if let Err(e) = self.files.save(&self.state) {
             log::warn!("{e}; keeping the previous file and retrying next interval");
         }
+        self.state.baseline = None;
     }
 
     fn reload(&mut self, forced: bool) {

@@ -136,27 +136,42 @@ impl Enforcement {
             .collect();
         {
             let [v4, v6] = ebpf.maps_disjoint_mut([PREFIXES_V4_MAP, PREFIXES_V6_MAP]);
+            let (fd_v4, fd_v6) = (
+                v4.as_deref().and_then(raw_fd),
+                v6.as_deref().and_then(raw_fd),
+            );
             let mut v4: LpmTrie<&mut MapData, [u8; 4], u32> =
                 LpmTrie::try_from(v4.ok_or(DatapathError::MissingMap(PREFIXES_V4_MAP))?)
                     .map_err(map_error(PREFIXES_V4_MAP))?;
             let mut v6: LpmTrie<&mut MapData, [u8; 16], u32> =
                 LpmTrie::try_from(v6.ok_or(DatapathError::MissingMap(PREFIXES_V6_MAP))?)
                     .map_err(map_error(PREFIXES_V6_MAP))?;
+            let mut batch_v4 = (Vec::new(), Vec::new());
+            let mut batch_v6 = (Vec::new(), Vec::new());
             for (cidr, id) in &wanted {
                 if self.prefixes.get(cidr) == Some(id) {
                     continue;
                 }
                 match cidr.addr() {
                     std::net::IpAddr::V4(a) => {
-                        v4.insert(&Key::new(cidr.prefix_len() as u32, a.octets()), id, 0)
+                        batch_v4
+                            .0
+                            .push(Key::new(cidr.prefix_len() as u32, a.octets()));
+                        batch_v4.1.push(*id);
                     }
                     std::net::IpAddr::V6(a) => {
-                        v6.insert(&Key::new(cidr.prefix_len() as u32, a.octets()), id, 0)
+                        batch_v6
+                            .0
+                            .push(Key::new(cidr.prefix_len() as u32, a.octets()));
+                        batch_v6.1.push(*id);
                     }
                 }
-                .map_err(map_error(PREFIXES_V4_MAP))?;
                 applied.prefixes_written += 1;
             }
+            write_prefixes(&mut v4, fd_v4, &batch_v4.0, &batch_v4.1)
+                .map_err(map_error(PREFIXES_V4_MAP))?;
+            write_prefixes(&mut v6, fd_v6, &batch_v6.0, &batch_v6.1)
+                .map_err(map_error(PREFIXES_V6_MAP))?;
             for cidr in self.prefixes.keys().filter(|c| !wanted.contains_key(c)) {
                 match cidr.addr() {
                     std::net::IpAddr::V4(a) => {
@@ -193,6 +208,43 @@ impl Enforcement {
         self.lists = tables.lists.iter().copied().zip(ids).collect();
         self.prefixes = wanted;
         Ok(applied)
+    }
+}
+
+/// Writes prefixes into a trie: batched (one syscall per 16k prefixes), or one
+/// by one where the kernel has no batch update for LPM tries.
+fn write_prefixes<const N: usize>(
+    trie: &mut LpmTrie<&mut MapData, [u8; N], u32>,
+    fd: Option<std::os::fd::RawFd>,
+    keys: &[Key<[u8; N]>],
+    ids: &[u32],
+) -> Result<(), aya::maps::MapError> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    match fd.map(|fd| super::sys::update_batch(fd, keys, ids)) {
+        Some(Ok(())) => return Ok(()),
+        None => {}
+        Some(Err(e)) if e.raw_os_error() == Some(libc::EINVAL) => {}
+        Some(Err(io_error)) => {
+            return Err(aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                call: "bpf_map_update_batch",
+                io_error,
+            }))
+        }
+    }
+    for (key, id) in keys.iter().zip(ids) {
+        trie.insert(key, id, 0)?;
+    }
+    Ok(())
+}
+
+/// The descriptor of an LPM trie map.
+fn raw_fd(map: &aya::maps::Map) -> Option<std::os::fd::RawFd> {
+    use std::os::fd::{AsFd, AsRawFd};
+    match map {
+        aya::maps::Map::LpmTrie(data) => Some(data.fd().as_fd().as_raw_fd()),
+        _ => None,
     }
 }
 

@@ -1,5 +1,5 @@
 //! The raw bpf() calls aya 0.14 lacks: BPF_MAP_LOOKUP_AND_DELETE_ELEM and
-//! BPF_MAP_LOOKUP_BATCH.
+//! BPF_MAP_LOOKUP_BATCH and BPF_MAP_UPDATE_BATCH.
 
 use std::os::fd::RawFd;
 
@@ -142,6 +142,38 @@ pub fn update_per_cpu<K, V: Copy>(fd: RawFd, key: &K, values: &[V]) -> std::io::
     };
     if rc < 0 {
         return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+
+/// Writes `keys[i] → values[i]` for every i with BPF_MAP_UPDATE_BATCH, in
+/// chunks: one syscall per chunk instead of one per entry. `Err(EINVAL)` where
+/// the map type or kernel has no batch update.
+pub fn update_batch<K, V>(fd: RawFd, keys: &[K], values: &[V]) -> std::io::Result<()> {
+    assert_eq!(keys.len(), values.len());
+    const CHUNK: usize = 16_384;
+    for (keys, values) in keys.chunks(CHUNK).zip(values.chunks(CHUNK)) {
+        let attr = BatchAttr {
+            keys: keys.as_ptr() as u64,
+            values: values.as_ptr() as u64,
+            count: keys.len() as u32,
+            map_fd: fd as u32,
+            ..Default::default()
+        };
+        // SAFETY: `keys` and `values` hold `count` entries each, live for the call.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_UPDATE_BATCH,
+                &attr as *const BatchAttr,
+                size_of::<BatchAttr>() as u32,
+            )
+        };
+        if rc < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
     }
     Ok(())
 }

@@ -11,6 +11,16 @@ use super::LogError;
 
 /// Replaces `path` with `contents`; readers see the old file or the new one, never a mix.
 pub fn write(path: &Path, contents: &[u8], mode: u32) -> Result<(), LogError> {
+    write_with(path, mode, |out| out.write_all(contents))
+}
+
+/// Like [`write`], with the contents streamed by `fill` (through a buffer),
+/// so that large files never exist whole in memory.
+pub fn write_with(
+    path: &Path,
+    mode: u32,
+    fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> Result<(), LogError> {
     let io = |cause| LogError::Io {
         path: path.to_path_buf(),
         cause,
@@ -31,13 +41,15 @@ pub fn write(path: &Path, contents: &[u8], mode: u32) -> Result<(), LogError> {
         std::process::id()
     ));
     let result = (|| {
-        let mut file = OpenOptions::new()
+        let file = OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
             .mode(mode)
             .open(&tmp)?;
-        file.write_all(contents)?;
+        let mut out = std::io::BufWriter::with_capacity(1 << 16, file);
+        fill(&mut out)?;
+        let file = out.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
         fs::rename(&tmp, path)?;
         File::open(dir)?.sync_all()

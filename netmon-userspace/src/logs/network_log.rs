@@ -25,18 +25,25 @@ pub fn pair_key((src, dst): &AddressPair) -> String {
 
 /// Renders the ledger exactly as the old script's `json.dumps` did, separators included.
 pub fn render(ledger: &Ledger) -> String {
+    let mut out = Vec::new();
+    render_to(ledger, &mut out).expect("writing to memory");
+    String::from_utf8(out).expect("JSON is UTF-8")
+}
+
+/// [`render`], streamed into `out` one pair at a time.
+fn render_to(ledger: &Ledger, out: &mut dyn std::io::Write) -> std::io::Result<()> {
     let entries = ledger
         .pairs()
         .map(|(pair, counter)| (pair_key(pair), counter.bytes))
         .chain([(TOTAL_KEY.to_string(), ledger.total().bytes)]);
-    let body: Vec<String> = entries
-        .map(|(key, bytes)| {
-            let key = Value::String(key);
-            let kb = Value::Number(Number::from_f64(kilobytes(bytes)).expect("finite"));
-            format!("{key}: {kb}")
-        })
-        .collect();
-    format!("{{{}}}", body.join(", "))
+    out.write_all(b"{")?;
+    for (i, (key, bytes)) in entries.enumerate() {
+        let key = Value::String(key);
+        let kb = Value::Number(Number::from_f64(kilobytes(bytes)).expect("finite"));
+        let separator = if i == 0 { "" } else { ", " };
+        write!(out, "{separator}{key}: {kb}")?;
+    }
+    out.write_all(b"}")
 }
 
 /// Reads a log written by netmon or by the old script, for its pairs and totals.
@@ -86,7 +93,7 @@ fn parse_pair_key(key: &str) -> Option<AddressPair> {
 
 /// Writes the log atomically.
 pub fn write(path: &Path, ledger: &Ledger) -> Result<(), LogError> {
-    super::atomic::write(path, render(ledger).as_bytes(), 0o640)
+    super::atomic::write_with(path, 0o640, |out| render_to(ledger, out))
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use crate::{
 const FORMAT: &str = "netmon-state";
 const VERSION: u32 = 1;
 
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct StateFile {
     format: String,
     version: u32,
@@ -27,6 +27,29 @@ struct StateFile {
     policy: PersistedPolicy,
     #[serde(default)]
     baseline: Option<Baseline>,
+}
+
+/// [`StateFile`] as written: borrowed, the pairs streamed from the ledger.
+#[derive(Serialize)]
+struct StateFileRef<'a> {
+    format: &'a str,
+    version: u32,
+    pairs: PairsRef<'a>,
+    policy: &'a PersistedPolicy,
+    baseline: &'a Option<Baseline>,
+}
+
+struct PairsRef<'a>(&'a Ledger);
+
+impl Serialize for PairsRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.pairs().map(|(&(src, dst), c)| StatePair {
+            src,
+            dst,
+            bytes: c.bytes,
+            frames: c.frames,
+        }))
+    }
 }
 
 /// Everything the state file holds.
@@ -55,27 +78,21 @@ pub fn path_for(log: &Path) -> std::path::PathBuf {
 
 /// Serialises the state.
 pub fn render(state: &State) -> String {
-    let State {
-        ledger,
-        policy,
-        baseline,
-    } = state;
-    let file = StateFile {
-        format: FORMAT.into(),
+    let mut out = Vec::new();
+    render_to(state, &mut out).expect("writing to memory");
+    String::from_utf8(out).expect("JSON is UTF-8")
+}
+
+/// [`render`], streamed into `out`.
+fn render_to(state: &State, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    let file = StateFileRef {
+        format: FORMAT,
         version: VERSION,
-        pairs: ledger
-            .pairs()
-            .map(|(&(src, dst), c)| StatePair {
-                src,
-                dst,
-                bytes: c.bytes,
-                frames: c.frames,
-            })
-            .collect(),
-        policy: policy.clone(),
-        baseline: baseline.clone(),
+        pairs: PairsRef(&state.ledger),
+        policy: &state.policy,
+        baseline: &state.baseline,
     };
-    serde_json::to_string(&file).expect("state serialises")
+    serde_json::to_writer(out, &file).map_err(std::io::Error::other)
 }
 
 /// Parses a state file.
@@ -110,7 +127,7 @@ pub fn parse(path: &Path, text: &str) -> Result<State, LogError> {
 
 /// Writes the state file atomically, readable by its owner only.
 pub fn write(path: &Path, state: &State) -> Result<(), LogError> {
-    super::atomic::write(path, render(state).as_bytes(), 0o600)
+    super::atomic::write_with(path, 0o600, |out| render_to(state, out))
 }
 
 #[cfg(test)]

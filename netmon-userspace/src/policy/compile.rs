@@ -61,6 +61,10 @@ pub fn compile(items: &[Item<'_>]) -> Result<Tables, String> {
             .collect()
     });
 
+    // Covering prefixes are looked up once per present length: hashing beats
+    // the ordered map's comparisons there.
+    let by_prefix: HashMap<Cidr, &Vec<(u8, RuleEntry)>> =
+        own.iter().map(|(c, r)| (*c, r)).collect();
     let mut tables = Tables::default();
     let mut index_of: HashMap<RuleList, u32> = HashMap::new();
     for cidr in own.keys() {
@@ -71,7 +75,7 @@ pub fn compile(items: &[Item<'_>]) -> Result<Tables, String> {
             .rev()
             .filter(|l| **l <= cidr.prefix_len())
         {
-            if let Some(rules) = own.get(&cidr.truncate(*len)) {
+            if let Some(rules) = by_prefix.get(&cidr.truncate(*len)) {
                 entries.extend(rules.iter().map(|(_, e)| *e));
             }
         }

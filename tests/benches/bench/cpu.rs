@@ -3,20 +3,17 @@
 //! (tcpdump capture, tshark io,phs, io,stat and conv, and per-pair summing).
 
 use std::{
-    net::{IpAddr, SocketAddr, UdpSocket},
+    net::IpAddr,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use netmon_tests::{daemon::Netmon, Host, TestNet};
+use netmon_tests::{daemon::Netmon, TestNet};
 
 use crate::{
     report::{Row, Target},
     Scale,
 };
-
-/// UDP port the workload goes to; a bound socket there swallows it without ICMP replies.
-const PORT: u16 = 9_000;
 
 /// The old script's per-pair summing, as it read tshark's fields.
 const SUM_PER_PAIR: &str = r#"
@@ -70,7 +67,7 @@ fn netmon_cpu(packets: u32) -> (f64, f64) {
     // BPF_ENABLE_STATS: run time is recorded while this descriptor is open.
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("enabling bpf_stats");
     let (programs_before, daemon_before) = (programs_run_time(), process_cpu(netmon.pid()));
-    send(&net, packets);
+    crate::workload::send_udp(&net, IpAddr::V4(net.b.ipv4), packets);
     // The daemon's share includes the poll that reads and logs the traffic.
     std::thread::sleep(Duration::from_millis(1500));
     let (programs_after, daemon_after) = (programs_run_time(), process_cpu(netmon.pid()));
@@ -96,7 +93,7 @@ fn old_pipeline_cpu(packets: u32) -> Vec<(&'static str, f64)> {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(700));
-    send(&net, packets);
+    crate::workload::send_udp(&net, IpAddr::V4(net.b.ipv4), packets);
     std::thread::sleep(Duration::from_millis(300));
     // SAFETY: signalling our own child.
     unsafe { libc::kill(tcpdump.id() as i32, libc::SIGINT) };
@@ -125,33 +122,6 @@ fn old_pipeline_cpu(packets: u32) -> Vec<(&'static str, f64)> {
         run_cpu(Command::new("sh").args(["-c", &summing])),
     ));
     steps
-}
-
-/// Sends `packets` 64-byte UDP datagrams from b to a, as fast as b can.
-fn send(net: &TestNet, packets: u32) {
-    let (a, b) = (net.a.clone(), net.b.clone());
-    let to: SocketAddr = (IpAddr::V4(a.ipv4), PORT).into();
-    let sink = sink(&a);
-    b.run(move || {
-        let socket = UdpSocket::bind((IpAddr::V4(b.ipv4), 0)).unwrap();
-        socket.connect(to).unwrap();
-        let payload = [0u8; 64];
-        let mut sent = 0;
-        while sent < packets {
-            if socket.send(&payload).is_ok() {
-                sent += 1;
-            }
-        }
-    })
-    .unwrap();
-    drop(sink);
-}
-
-/// A bound, never-read UDP socket on `host`: datagrams to it are dropped
-/// quietly when its buffer is full, with no ICMP.
-fn sink(host: &Host) -> UdpSocket {
-    let addr: SocketAddr = (IpAddr::V4(host.ipv4), PORT).into();
-    host.run(move || UdpSocket::bind(addr).unwrap()).unwrap()
 }
 
 /// Sum of the run time of every loaded program named `netmon_*`, in seconds.

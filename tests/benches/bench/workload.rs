@@ -100,3 +100,32 @@ where
     prog.test_run(opts(warm_up)).unwrap();
     prog.test_run(opts(repeat)).unwrap().duration.as_nanos() as f64
 }
+
+/// UDP port [`send_udp`] sends to.
+const SINK_PORT: u16 = 9_000;
+
+/// Sends `packets` 64-byte UDP datagrams from `src` (an address of b) to a, as
+/// fast as b can, into a bound socket nobody reads (full-buffer drops, no
+/// ICMP). Returns how many datagrams reached that socket's buffer, at most
+/// its size.
+pub fn send_udp(net: &netmon_tests::TestNet, src: std::net::IpAddr, packets: u32) -> usize {
+    use std::net::{IpAddr, SocketAddr, UdpSocket};
+    let to: SocketAddr = (IpAddr::V4(net.a.ipv4), SINK_PORT).into();
+    let sink = net.a.run(move || UdpSocket::bind(to).unwrap()).unwrap();
+    sink.set_nonblocking(true).unwrap();
+    net.b
+        .run(move || {
+            let socket = UdpSocket::bind((src, 0)).unwrap();
+            socket.connect(to).unwrap();
+            let payload = [0u8; 64];
+            let mut sent = 0;
+            while sent < packets {
+                if socket.send(&payload).is_ok() {
+                    sent += 1;
+                }
+            }
+        })
+        .unwrap();
+    let mut buf = [0u8; 128];
+    std::iter::from_fn(|| sink.recv(&mut buf).ok()).count()
+}
