@@ -61,6 +61,13 @@ impl Cidr {
         self.addr.is_ipv6()
     }
 
+    /// True when every address of `other` is in `self`.
+    pub fn covers(&self, other: &Cidr) -> bool {
+        self.addr.is_ipv4() == other.addr.is_ipv4()
+            && self.len <= other.len
+            && other.truncate(self.len) == *self
+    }
+
     /// The enclosing prefix of length `len` (≤ this one's).
     pub fn truncate(&self, len: u8) -> Cidr {
         let c = Cidr {

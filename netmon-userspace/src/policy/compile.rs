@@ -1,7 +1,7 @@
 //! Compiling rules and quotas into the datapath's tables: a rule list per
 //! prefix, holding its own rules and those inherited from covering prefixes.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 
 use netmon_common::policy::{RuleEntry, RuleList, MAX_RULES_PER_LIST};
 
@@ -54,50 +54,48 @@ pub fn compile(items: &[Item<'_>]) -> Result<Tables, String> {
         entries.sort_by_key(|(narrowness, e)| (std::cmp::Reverse(*narrowness), e.kind, e.rule));
         entries.dedup_by_key(|(_, e)| (e.rule, e.kind));
     }
-    let lengths: [BTreeSet<u8>; 2] = [false, true].map(|v6| {
-        own.keys()
-            .filter(|c| c.is_ipv6() == v6)
-            .map(|c| c.prefix_len())
-            .collect()
-    });
-
-    // Covering prefixes are looked up once per present length: hashing beats
-    // the ordered map's comparisons there.
-    let by_prefix: HashMap<Cidr, &Vec<(u8, RuleEntry)>> =
-        own.iter().map(|(c, r)| (*c, r)).collect();
     let mut tables = Tables::default();
     let mut index_of: HashMap<RuleList, u32> = HashMap::new();
-    for cidr in own.keys() {
-        let mut entries: Vec<RuleEntry> = Vec::new();
-        // Own rules, then each covering prefix's, longest first.
-        for len in lengths[cidr.is_ipv6() as usize]
-            .iter()
-            .rev()
-            .filter(|l| **l <= cidr.prefix_len())
-        {
-            if let Some(rules) = by_prefix.get(&cidr.truncate(*len)) {
-                entries.extend(rules.iter().map(|(_, e)| *e));
-            }
+    let mut previous: Option<(RuleList, u32)> = None;
+    // `own` is ordered by (address, length), so every prefix comes after the
+    // prefixes that cover it: exactly those are left on this stack.
+    let mut covering: Vec<(Cidr, &Vec<(u8, RuleEntry)>)> = Vec::new();
+    for (cidr, rules) in &own {
+        while covering.last().is_some_and(|(top, _)| !top.covers(cidr)) {
+            covering.pop();
         }
-        if entries.len() > MAX_RULES_PER_LIST {
+        // Own rules, then each covering prefix's, longest first.
+        let applying = std::iter::once(rules).chain(covering.iter().rev().map(|(_, r)| *r));
+        let count: usize = applying.clone().map(|r| r.len()).sum();
+        if count > MAX_RULES_PER_LIST {
             return Err(format!(
-                "{cidr} is covered by {} rules and quotas; at most {MAX_RULES_PER_LIST} can apply to one address: \
-                 merge or remove some",
-                entries.len()
+                "{cidr} is covered by {count} rules and quotas; at most {MAX_RULES_PER_LIST} can apply to one address: \
+                 merge or remove some"
             ));
         }
         let mut list = RuleList {
-            len: entries.len() as u32,
-            port_free: entries.iter().all(|e| e.port == 0) as u32,
+            len: count as u32,
+            port_free: 1,
             ..Default::default()
         };
-        list.entries[..entries.len()].copy_from_slice(&entries);
-        let next = tables.lists.len() as u32;
-        let index = *index_of.entry(list).or_insert_with(|| {
-            tables.lists.push(list);
-            next
-        });
+        for (slot, (_, entry)) in list.entries.iter_mut().zip(applying.flatten()) {
+            *slot = *entry;
+            list.port_free &= (entry.port == 0) as u32;
+        }
+        // Big blocklists repeat one list prefix after prefix: skip the hashing then.
+        let index = match previous {
+            Some((last, index)) if last == list => index,
+            _ => {
+                let next = tables.lists.len() as u32;
+                *index_of.entry(list).or_insert_with(|| {
+                    tables.lists.push(list);
+                    next
+                })
+            }
+        };
+        previous = Some((list, index));
         tables.prefixes.insert(*cidr, index);
+        covering.push((*cidr, rules));
     }
     Ok(tables)
 }
@@ -162,6 +160,46 @@ mod tests {
         // IPv4 /0 and IPv6 /0 hold the same list.
         assert_eq!(t.prefixes[&cidr("0.0.0.0/0")], t.prefixes[&cidr("::/0")]);
         assert_eq!(t.lists.len(), 3);
+    }
+
+    #[test]
+    fn siblings_do_not_inherit_from_each_other() {
+        let matchers: Vec<Match> = [
+            "10.0.0.0/8",
+            "10.1.0.0/16",
+            "10.1.2.0/24",
+            "10.2.0.0/16",
+            "11.0.0.0/8",
+        ]
+        .iter()
+        .map(|c| Match {
+            cidrs: vec![cidr(c)],
+            ..Default::default()
+        })
+        .collect();
+        let items: Vec<Item> = matchers
+            .iter()
+            .enumerate()
+            .map(|(i, m)| Item {
+                id: i as u32,
+                kind: RuleKind::Block,
+                matcher: m,
+            })
+            .collect();
+        let t = compile(&items).unwrap();
+        let rules = |c: &str| {
+            let l = t.lists[t.prefixes[&cidr(c)] as usize];
+            l.entries[..l.len as usize]
+                .iter()
+                .map(|e| e.rule)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(rules("10.1.2.0/24"), vec![2, 1, 0]);
+        assert_eq!(rules("10.2.0.0/16"), vec![3, 0]);
+        assert_eq!(rules("11.0.0.0/8"), vec![4]);
+        assert!(cidr("10.0.0.0/8").covers(&cidr("10.2.0.0/16")));
+        assert!(!cidr("10.1.0.0/16").covers(&cidr("10.2.0.0/16")));
+        assert!(!cidr("0.0.0.0/0").covers(&cidr("::/0")));
     }
 
     #[test]
