@@ -4,13 +4,15 @@
 //! layout byte for byte, and keys are built from zeroed memory so padding never
 //! makes two equal keys differ.
 
-/// Name of the per-CPU hash map from [`PairKey`] to [`PairStats`].
-pub const PAIRS_MAP: &str = "PAIRS";
+/// Name of the per-CPU hash map of IPv4 pairs, from [`PairKeyV4`] to [`PairStats`].
+pub const PAIRS_V4_MAP: &str = "PAIRS_V4";
+/// Name of the per-CPU hash map of IPv6 pairs, from [`PairKey`] to [`PairStats`].
+pub const PAIRS_V6_MAP: &str = "PAIRS_V6";
 /// Name of the per-CPU array of [`DirectionTotals`], indexed by [`Direction`].
 pub const TOTALS_MAP: &str = "TOTALS";
 /// Version of every map's key and value layout. Bump it with any change to
 /// them: netmon refuses pinned maps of another version instead of misreading them.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// Name of the load-time global that sets the pair table's granularity.
 pub const GRANULARITY_GLOBAL: &str = "GRANULARITY";
@@ -19,7 +21,7 @@ pub const GRANULARITY_PAIR: u8 = 0;
 /// Keys add the source and destination ports (TCP and UDP).
 pub const GRANULARITY_5TUPLE: u8 = 1;
 
-/// Default capacity of the pair table (`--max-pairs`).
+/// Default capacity of each pair table (`--max-pairs`).
 pub const DEFAULT_MAX_PAIRS: u32 = 262_144;
 
 /// Which way a frame crossed the interface.
@@ -54,10 +56,11 @@ impl Direction {
     }
 }
 
-/// Key of the pair table: one direction of traffic between two addresses over one L4 protocol.
+/// One direction of traffic between two addresses over one L4 protocol: the
+/// key user space knows pairs by, and the key of the IPv6 pair table.
 ///
 /// Addresses are IPv6, with IPv4 stored IPv4-mapped (`::ffff:a.b.c.d`), so one
-/// table holds both families. Ports are zero unless flows are keyed per 5-tuple.
+/// type holds both families. Ports are zero unless flows are keyed per 5-tuple.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct PairKey {
@@ -77,7 +80,75 @@ pub struct PairKey {
     pub _pad: [u8; 2],
 }
 
-/// Per-CPU value of the pair table.
+impl PairKey {
+    /// The IPv4 table's key for this pair, when both addresses are IPv4-mapped.
+    #[inline(always)]
+    pub fn to_v4(&self) -> Option<PairKeyV4> {
+        if !(is_v4_mapped(&self.src) && is_v4_mapped(&self.dst)) {
+            return None;
+        }
+        Some(PairKeyV4 {
+            src: [self.src[12], self.src[13], self.src[14], self.src[15]],
+            dst: [self.dst[12], self.dst[13], self.dst[14], self.dst[15]],
+            src_port: self.src_port,
+            dst_port: self.dst_port,
+            proto: self.proto,
+            direction: self.direction,
+            _pad: [0; 2],
+        })
+    }
+}
+
+/// True for an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`).
+#[inline(always)]
+pub fn is_v4_mapped(addr: &[u8; 16]) -> bool {
+    addr[..10] == [0; 10] && addr[10] == 0xff && addr[11] == 0xff
+}
+
+/// Key of the IPv4 pair table: [`PairKey`] with 4-byte addresses, so that the
+/// per-packet hash and compare cover 16 bytes instead of 40.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct PairKeyV4 {
+    /// Source address, network byte order.
+    pub src: [u8; 4],
+    /// Destination address, network byte order.
+    pub dst: [u8; 4],
+    /// Source port (host byte order), or 0.
+    pub src_port: u16,
+    /// Destination port (host byte order), or 0.
+    pub dst_port: u16,
+    /// IP protocol number of the L4 header.
+    pub proto: u8,
+    /// [`Direction`] as its `u8` value.
+    pub direction: u8,
+    /// Explicit padding; always zero.
+    pub _pad: [u8; 2],
+}
+
+impl PairKeyV4 {
+    /// The same pair as a [`PairKey`], addresses IPv4-mapped.
+    pub fn widen(&self) -> PairKey {
+        let mapped = |a: [u8; 4]| {
+            let mut m = [0u8; 16];
+            m[10] = 0xff;
+            m[11] = 0xff;
+            m[12..].copy_from_slice(&a);
+            m
+        };
+        PairKey {
+            src: mapped(self.src),
+            dst: mapped(self.dst),
+            src_port: self.src_port,
+            dst_port: self.dst_port,
+            proto: self.proto,
+            direction: self.direction,
+            _pad: [0; 2],
+        }
+    }
+}
+
+/// Per-CPU value of the pair tables.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct PairStats {
@@ -198,6 +269,7 @@ impl DirectionTotals {
 mod pod {
     // SAFETY: plain `#[repr(C)]` integers and byte arrays with explicit padding.
     unsafe impl aya::Pod for super::PairKey {}
+    unsafe impl aya::Pod for super::PairKeyV4 {}
     unsafe impl aya::Pod for super::PairStats {}
     unsafe impl aya::Pod for super::DirectionTotals {}
     unsafe impl aya::Pod for super::Counter {}
@@ -211,6 +283,7 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<PairKey>(), 16 + 16 + 2 + 2 + 1 + 1 + 2);
+        assert_eq!(size_of::<PairKeyV4>(), 4 + 4 + 2 + 2 + 1 + 1 + 2);
         assert_eq!(size_of::<PairStats>(), 32 + 32);
         assert_eq!(size_of::<DirectionTotals>(), 16 * (1 + 4 + 5 + 3));
         assert_eq!(size_of::<crate::policy::RuleEntry>(), 16);

@@ -8,13 +8,22 @@ use netmon_common::{
     maps::DEFAULT_MAX_PAIRS,
     policy::{PolicyState, QuotaState, RuleList, MAX_PREFIXES, MAX_RULES, MAX_RULE_LISTS},
     service::SERVICE_COUNTERS,
-    Counter, DirectionTotals, PairKey, PairStats,
+    Counter, DirectionTotals, PairKey, PairKeyV4, PairStats,
 };
 
-/// Per-pair counters and cached policy decisions; capacity set at load time (`--max-pairs`).
-#[map(name = "PAIRS")]
-pub static PAIRS: PerCpuHashMap<PairKey, PairStats> =
+const BPF_F_NO_PREALLOC: u32 = aya_ebpf::bindings::BPF_F_NO_PREALLOC;
+
+/// IPv4 pairs' counters and cached policy decisions; capacity set at load time
+/// (`--max-pairs`). Preallocated: most traffic is IPv4, and inserts stay cheap.
+#[map(name = "PAIRS_V4")]
+pub static PAIRS_V4: PerCpuHashMap<PairKeyV4, PairStats> =
     PerCpuHashMap::with_max_entries(DEFAULT_MAX_PAIRS, 0);
+
+/// IPv6 pairs, likewise; allocated on insert, so that an IPv4-only server
+/// does not hold a second preallocated table.
+#[map(name = "PAIRS_V6")]
+pub static PAIRS_V6: PerCpuHashMap<PairKey, PairStats> =
+    PerCpuHashMap::with_max_entries(DEFAULT_MAX_PAIRS, BPF_F_NO_PREALLOC);
 
 /// Interface totals, one entry per `Direction`.
 #[map(name = "TOTALS")]

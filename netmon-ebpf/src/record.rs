@@ -2,17 +2,22 @@
 
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
-use aya_ebpf::{bindings::BPF_NOEXIST, maps::lpm_trie::Key, EbpfContext, Global};
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    maps::{lpm_trie::Key, PerCpuHashMap},
+    EbpfContext, Global,
+};
 use aya_log_ebpf::warn;
 use netmon_common::{
     classify::{PROTO_TCP, PROTO_UDP},
+    maps::is_v4_mapped,
     policy::{decide, Decision, FlowPolicy, PacketFacts, RuleKind, RuleList, NO_LIST, NO_RULE},
     service, Classified, Counter, Direction, IpHeader, PairKey, PairStats, L4,
 };
 
 use crate::maps::{
-    PAIRS, POLICY, PORT_SERVICES, PREFIXES_V4, PREFIXES_V6, QUOTAS, RULE_LISTS, RULE_STATS,
-    SERVICES, TOTALS,
+    PAIRS_V4, PAIRS_V6, POLICY, PORT_SERVICES, PREFIXES_V4, PREFIXES_V6, QUOTAS, RULE_LISTS,
+    RULE_STATS, SERVICES, TOTALS,
 };
 
 /// Pair-table granularity, set by user space at load time (`--granularity`).
@@ -70,7 +75,10 @@ pub fn frame<C: EbpfContext>(
         direction,
     };
     let generation = policy_generation();
-    let mut stats = pair_entry(&key);
+    let mut stats = match key.to_v4() {
+        Some(v4) => pair_entry(&PAIRS_V4, &v4),
+        None => pair_entry(&PAIRS_V6, &key),
+    };
     let decision = decision(stats.as_deref_mut(), &ip, &packet, generation);
     let verdict = enforce(&decision, direction, frames, bytes);
     match stats {
@@ -112,7 +120,7 @@ fn count_service(direction: Direction, ip: &IpHeader, frames: u64, bytes: u64) {
             .copied()
             .unwrap_or(service::SLOT_OTHER)
     });
-    let ipv6 = !(ip.src[..10] == [0; 10] && ip.src[10] == 0xff && ip.src[11] == 0xff);
+    let ipv6 = !is_v4_mapped(&ip.src);
     let index = service::counter_index(direction, ipv6, tcp, slot);
     if let Some(counter) = SERVICES.get_ptr_mut(index) {
         // SAFETY: per-CPU value; only this CPU writes it.
@@ -127,19 +135,23 @@ fn add(counter: Option<&mut Counter>, frames: u64, bytes: u64) {
     }
 }
 
-/// The pair's per-CPU entry, created on first sight; `None` when the table is full.
+/// The pair's per-CPU entry in `table`, created on first sight; `None` when
+/// the table is full.
 ///
 /// No timestamps: user space notices idle pairs by their counters standing
 /// still between polls, which keeps a clock read off the per-packet path.
 #[inline(always)]
-fn pair_entry(key: &PairKey) -> Option<&'static mut PairStats> {
-    if let Some(stats) = PAIRS.get_ptr_mut(key) {
+fn pair_entry<K>(
+    table: &'static PerCpuHashMap<K, PairStats>,
+    key: &K,
+) -> Option<&'static mut PairStats> {
+    if let Some(stats) = table.get_ptr_mut(key) {
         // SAFETY: per-CPU value of a live entry; only this CPU writes it.
         return Some(unsafe { &mut *stats });
     }
     // Fails when the table is full, or when another CPU inserted the key first.
-    let _ = PAIRS.insert(key, PairStats::default(), BPF_NOEXIST as u64);
-    let stats = PAIRS.get_ptr_mut(key)?;
+    let _ = table.insert(key, PairStats::default(), BPF_NOEXIST as u64);
+    let stats = table.get_ptr_mut(key)?;
     // SAFETY: as above.
     Some(unsafe { &mut *stats })
 }
@@ -190,8 +202,7 @@ fn decision(
 /// The rule list of an address, from the LPM tries.
 #[inline(always)]
 fn list_of(addr: &[u8; 16]) -> u32 {
-    let mapped = addr[..10] == [0; 10] && addr[10] == 0xff && addr[11] == 0xff;
-    let found = if mapped {
+    let found = if is_v4_mapped(addr) {
         PREFIXES_V4.get(Key::new(32, [addr[12], addr[13], addr[14], addr[15]]))
     } else {
         PREFIXES_V6.get(Key::new(128, *addr))

@@ -20,7 +20,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use netmon_common::{
-    maps::{DEFAULT_MAX_PAIRS, LAYOUT_VERSION, PAIRS_MAP},
+    maps::{DEFAULT_MAX_PAIRS, LAYOUT_VERSION, PAIRS_V4_MAP, PAIRS_V6_MAP},
     policy::{PolicyState, POLICY_MAP},
 };
 use pins::{Hook, PinDir, MAP_LAYOUTS};
@@ -111,7 +111,8 @@ impl LoadOptions {
         static FIVE_TUPLE: u8 = netmon_common::maps::GRANULARITY_5TUPLE;
         let mut loader = EbpfLoader::new();
         loader
-            .map_max_entries(PAIRS_MAP, self.max_pairs)
+            .map_max_entries(PAIRS_V4_MAP, self.max_pairs)
+            .map_max_entries(PAIRS_V6_MAP, self.max_pairs)
             .override_global(
                 netmon_common::maps::GRANULARITY_GLOBAL,
                 match self.granularity {
@@ -174,7 +175,7 @@ impl Datapath {
         let adopted = pins.has_maps();
         let mut max_pairs = options.max_pairs;
         if adopted {
-            if let Ok(info) = MapInfo::from_pin(pins.map(PAIRS_MAP)) {
+            if let Ok(info) = MapInfo::from_pin(pins.map(PAIRS_V4_MAP)) {
                 if info.max_entries() != max_pairs {
                     log::warn!(
                         "the pinned pair table holds {} pairs; --max-pairs {max_pairs} takes effect after a stop without --keep-attached",
@@ -276,16 +277,19 @@ impl Datapath {
         &mut self,
         keys: &[netmon_common::PairKey],
     ) -> Result<Vec<(netmon_common::PairKey, PairReading)>, DatapathError> {
-        use std::os::fd::{AsFd, AsRawFd};
         let cpus = aya::util::nr_cpus()
             .map_err(|(_, e)| DatapathError::Policy(format!("counting CPUs: {e}")))?;
-        let Some(aya::maps::Map::PerCpuHashMap(data)) = self.ebpf.map(PAIRS_MAP) else {
-            return Err(DatapathError::MissingMap(PAIRS_MAP));
-        };
-        let fd = data.fd().as_fd().as_raw_fd();
+        let (v4, v6) = (
+            readout::pairs_fd(&self.ebpf, PAIRS_V4_MAP)?,
+            readout::pairs_fd(&self.ebpf, PAIRS_V6_MAP)?,
+        );
         let mut removed = Vec::with_capacity(keys.len());
         for key in keys {
-            match sys::lookup_and_delete_per_cpu::<_, netmon_common::PairStats>(fd, key, cpus) {
+            let taken = match key.to_v4() {
+                Some(narrow) => sys::lookup_and_delete_per_cpu(v4, &narrow, cpus),
+                None => sys::lookup_and_delete_per_cpu(v6, key, cpus),
+            };
+            match taken {
                 Ok(values) => removed.push((*key, PairReading::fold(values.iter()))),
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
                 Err(e) => return Err(DatapathError::Pins(format!("removing an idle pair: {e}"))),

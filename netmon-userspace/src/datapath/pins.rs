@@ -9,13 +9,13 @@ use std::{
 
 use aya::maps::{Array, Map, MapData, MapInfo};
 use netmon_common::{
-    maps::{LAYOUT_VERSION, PAIRS_MAP, TOTALS_MAP},
+    maps::{LAYOUT_VERSION, PAIRS_V4_MAP, PAIRS_V6_MAP, TOTALS_MAP},
     policy::{
         PolicyState, QuotaState, RuleList, POLICY_MAP, PREFIXES_V4_MAP, PREFIXES_V6_MAP,
         QUOTAS_MAP, RULE_LISTS_MAP, RULE_STATS_MAP,
     },
     service::{PORT_SERVICES_MAP, SERVICES_MAP},
-    Counter, DirectionTotals, PairKey, PairStats,
+    Counter, DirectionTotals, PairKey, PairKeyV4, PairStats,
 };
 
 use super::DatapathError;
@@ -25,8 +25,9 @@ pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// Every map netmon pins, with its key and value size in this build.
-pub const MAP_LAYOUTS: [(&str, usize, usize); 10] = [
-    (PAIRS_MAP, size_of::<PairKey>(), size_of::<PairStats>()),
+pub const MAP_LAYOUTS: [(&str, usize, usize); 11] = [
+    (PAIRS_V4_MAP, size_of::<PairKeyV4>(), size_of::<PairStats>()),
+    (PAIRS_V6_MAP, size_of::<PairKey>(), size_of::<PairStats>()),
     (TOTALS_MAP, 4, size_of::<DirectionTotals>()),
     (PREFIXES_V4_MAP, 4 + 4, 4),
     (PREFIXES_V6_MAP, 4 + 16, 4),

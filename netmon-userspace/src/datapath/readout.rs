@@ -5,9 +5,9 @@ use aya::{
     Ebpf,
 };
 use netmon_common::{
-    maps::{PAIRS_MAP, TOTALS_MAP},
+    maps::{PAIRS_V4_MAP, PAIRS_V6_MAP, TOTALS_MAP},
     service::{SERVICES_MAP, SERVICE_COUNTERS},
-    Counter, Direction, DirectionTotals, PairKey, PairStats,
+    Counter, Direction, DirectionTotals, PairKey, PairKeyV4, PairStats,
 };
 
 use super::DatapathError;
@@ -65,43 +65,62 @@ pub enum Readout {
 /// Entries per BPF_MAP_LOOKUP_BATCH call.
 const BATCH: usize = 4096;
 
-/// Every entry of the pair table, folded over CPUs.
+/// Every entry of both pair tables, folded over CPUs, IPv4 keys widened.
 pub fn read_pairs(ebpf: &Ebpf, how: Readout) -> Result<Vec<(PairKey, PairReading)>, DatapathError> {
-    let map_error = |cause| DatapathError::Map {
-        map: PAIRS_MAP,
-        cause,
-    };
-    let map = ebpf
-        .map(PAIRS_MAP)
-        .ok_or(DatapathError::MissingMap(PAIRS_MAP))?;
+    let mut pairs = Vec::new();
+    read_table(
+        ebpf,
+        PAIRS_V4_MAP,
+        how,
+        |k: PairKeyV4| k.widen(),
+        &mut pairs,
+    )?;
+    read_table(ebpf, PAIRS_V6_MAP, how, |k: PairKey| k, &mut pairs)?;
+    Ok(pairs)
+}
+
+/// Appends every entry of the pair table `name` (keys `K`) to `pairs`.
+fn read_table<K: aya::Pod + Default>(
+    ebpf: &Ebpf,
+    name: &'static str,
+    how: Readout,
+    widen: impl Fn(K) -> PairKey,
+    pairs: &mut Vec<(PairKey, PairReading)>,
+) -> Result<(), DatapathError> {
+    let map_error = |cause| DatapathError::Map { map: name, cause };
     if how == Readout::Batched {
-        if let aya::maps::Map::PerCpuHashMap(data) = map {
-            use std::os::fd::{AsFd, AsRawFd};
-            let cpus = aya::util::nr_cpus()
-                .map_err(|(_, e)| DatapathError::Policy(format!("counting CPUs: {e}")))?;
-            let fd = data.fd().as_fd().as_raw_fd();
-            let mut pairs = Vec::new();
-            let read = super::sys::lookup_batch_per_cpu::<PairKey, PairStats>(
-                fd,
-                cpus,
-                BATCH,
-                |key, values| pairs.push((key, PairReading::fold(values))),
-            );
-            match read {
-                Ok(()) => return Ok(pairs),
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
-                Err(e) => return Err(DatapathError::Pins(format!("reading the pair table: {e}"))),
-            }
+        let cpus = aya::util::nr_cpus()
+            .map_err(|(_, e)| DatapathError::Policy(format!("counting CPUs: {e}")))?;
+        let before = pairs.len();
+        let read = super::sys::lookup_batch_per_cpu::<K, PairStats>(
+            pairs_fd(ebpf, name)?,
+            cpus,
+            BATCH,
+            |key, values| pairs.push((widen(key), PairReading::fold(values))),
+        );
+        match read {
+            Ok(()) => return Ok(()),
+            // Kernels before 5.6: no batch lookup; iterate instead.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => pairs.truncate(before),
+            Err(e) => return Err(DatapathError::Pins(format!("reading {name}: {e}"))),
         }
     }
-    let pairs_map: PerCpuHashMap<_, PairKey, PairStats> =
-        PerCpuHashMap::try_from(map).map_err(map_error)?;
-    let mut pairs = Vec::new();
-    for entry in pairs_map.iter() {
+    let map = ebpf.map(name).ok_or(DatapathError::MissingMap(name))?;
+    let table: PerCpuHashMap<_, K, PairStats> = PerCpuHashMap::try_from(map).map_err(map_error)?;
+    for entry in table.iter() {
         let (key, per_cpu) = entry.map_err(map_error)?;
-        pairs.push((key, PairReading::fold(per_cpu.iter())));
+        pairs.push((widen(key), PairReading::fold(per_cpu.iter())));
     }
-    Ok(pairs)
+    Ok(())
+}
+
+/// The raw descriptor of the pair table `name`.
+pub fn pairs_fd(ebpf: &Ebpf, name: &'static str) -> Result<std::os::fd::RawFd, DatapathError> {
+    use std::os::fd::{AsFd, AsRawFd};
+    match ebpf.map(name) {
+        Some(aya::maps::Map::PerCpuHashMap(data)) => Ok(data.fd().as_fd().as_raw_fd()),
+        _ => Err(DatapathError::MissingMap(name)),
+    }
 }
 
 /// Reads all counters of a loaded object (attached or not).

@@ -127,9 +127,9 @@ impl From<&DirectionTotals> for ProtocolRecord {
 /// Pair table fill at the end of the interval.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TableRecord {
-    /// Entries in use.
+    /// Entries in use, IPv4 and IPv6 together.
     pub pairs: usize,
-    /// Capacity (`--max-pairs`).
+    /// Capacity of each family's table (`--max-pairs`).
     pub capacity: u32,
     /// Frames and bytes that found the table full during the interval.
     pub failed_inserts: CounterRecord,

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use aya::maps::MapData;
-use netmon_common::{PairKey, PairStats};
+use netmon_common::PairStats;
 use netmon_tests::{daemon::Netmon, mounts::TempMount, TestNet};
 
 use crate::{
@@ -30,7 +30,11 @@ pub fn run(scale: Scale) -> Vec<Row> {
         ],
     )
     .unwrap();
-    let pin = bpffs.path().join("netmon").join(&net.a.iface).join("PAIRS");
+    let pin = bpffs
+        .path()
+        .join("netmon")
+        .join(&net.a.iface)
+        .join("PAIRS_V4");
     let map = MapData::from_pin(&pin).unwrap_or_else(|e| panic!("{}: {e}", pin.display()));
     let fd = std::os::fd::AsRawFd::as_raw_fd(&std::os::fd::AsFd::as_fd(map.fd()));
     let cpus = aya::util::nr_cpus().unwrap();
@@ -43,13 +47,7 @@ pub fn run(scale: Scale) -> Vec<Row> {
         cpus
     ];
     for i in 0..pairs {
-        let mut key = PairKey {
-            proto: 17,
-            ..Default::default()
-        };
-        key.src[10..12].copy_from_slice(&[0xff, 0xff]);
-        key.src[12..].copy_from_slice(&(0x0b00_0000 + i).to_be_bytes());
-        key.dst[10..].copy_from_slice(&[0xff, 0xff, 10, 200, 0, 1]);
+        let key = crate::readout::pair(i);
         netmon::datapath::sys::update_per_cpu(fd, &key, &values).unwrap();
     }
     // Polls (1 s apart) with every pair in them: the first accounts them all, the rest none.

@@ -2,18 +2,15 @@
 //! aya's key-by-key iteration, at 10k, 100k and 1M pairs; and the kernel memory
 //! a pair costs against the prediction from the struct sizes.
 
-use std::{
-    os::fd::{AsFd, AsRawFd},
-    time::Instant,
-};
+use std::time::Instant;
 
-use aya::{maps::Map, Ebpf};
+use aya::Ebpf;
 use netmon::datapath::{
     self,
     readout::{read_pairs, Readout},
     LoadOptions,
 };
-use netmon_common::{maps::PAIRS_MAP, PairKey, PairStats};
+use netmon_common::{maps::PAIRS_V4_MAP, PairKeyV4, PairStats};
 
 use crate::{
     report::{Row, Target},
@@ -48,10 +45,11 @@ pub fn run(scale: Scale) -> Vec<Row> {
         rows.push(row);
         if pairs == 100_000 {
             let cpus = aya::util::nr_cpus().unwrap() as f64;
-            let predicted = (size_of::<PairKey>() + size_of::<PairStats>()) as f64 * cpus;
+            let predicted =
+                (size_of::<PairKeyV4>() + size_of::<PairStats>() * cpus as usize) as f64;
             rows.push(
                 Row::new(
-                    "kernel memory per pair (memlock / capacity)",
+                    "kernel memory per IPv4 pair (memlock / capacity)",
                     memlock(&ebpf) as f64 / pairs as f64,
                     "bytes",
                 )
@@ -69,7 +67,7 @@ pub fn filled_table(pairs: u32) -> Ebpf {
         ..Default::default()
     })
     .unwrap();
-    let fd = pairs_fd(&ebpf);
+    let fd = netmon::datapath::readout::pairs_fd(&ebpf, PAIRS_V4_MAP).unwrap();
     let cpus = aya::util::nr_cpus().unwrap();
     let values = vec![
         PairStats {
@@ -80,29 +78,25 @@ pub fn filled_table(pairs: u32) -> Ebpf {
         cpus
     ];
     for i in 0..pairs {
-        let mut key = PairKey {
-            proto: 17,
-            ..Default::default()
-        };
-        key.src[10..12].copy_from_slice(&[0xff, 0xff]);
-        key.src[12..].copy_from_slice(&(0x0b00_0000 + i).to_be_bytes());
-        key.dst[10..].copy_from_slice(&[0xff, 0xff, 10, 200, 0, 1]);
-        datapath::sys::update_per_cpu(fd, &key, &values).unwrap();
+        datapath::sys::update_per_cpu(fd, &pair(i), &values).unwrap();
     }
     ebpf
 }
 
-/// The raw descriptor of the pair table.
-pub fn pairs_fd(ebpf: &Ebpf) -> i32 {
-    let Some(Map::PerCpuHashMap(data)) = ebpf.map(PAIRS_MAP) else {
-        panic!("PAIRS is a per-CPU hash")
-    };
-    data.fd().as_fd().as_raw_fd()
+/// The `i`-th of the distinct IPv4 pairs the table benchmarks fill in.
+pub fn pair(i: u32) -> PairKeyV4 {
+    PairKeyV4 {
+        src: (0x0b00_0000 + i).to_be_bytes(),
+        dst: [10, 200, 0, 1],
+        proto: 17,
+        ..Default::default()
+    }
 }
 
 /// The pair table's memlock, from /proc/self/fdinfo.
 fn memlock(ebpf: &Ebpf) -> u64 {
-    let fdinfo = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", pairs_fd(ebpf))).unwrap();
+    let fd = netmon::datapath::readout::pairs_fd(ebpf, PAIRS_V4_MAP).unwrap();
+    let fdinfo = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).unwrap();
     fdinfo
         .lines()
         .find_map(|l| l.strip_prefix("memlock:"))
