@@ -101,7 +101,7 @@ pub fn run(args: &AnalyzeArgs) -> anyhow::Result<()> {
     std::io::Write::flush(&mut detail)
         .with_context(|| format!("writing {}", args.detail_log.display()))?;
     if let Some(files) = &files {
-        files.save(&state)?;
+        files.save(&state, None)?;
     }
     if let Some(warning) = &summary.truncated {
         log::warn!("{warning}; the reports cover what was read");

@@ -141,7 +141,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     )
     .map_err(anyhow::Error::msg)?;
     // Fail now, before attaching, if the logs cannot be written.
-    files.save(&saved)?;
+    files.save(&saved, None)?;
 
     let options = LoadOptions {
         max_pairs: args.max_pairs,
@@ -193,7 +193,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         files,
         quiet: args.quiet,
         meter,
-        state: saved,
+        // The meter holds the baseline from here on; the state file gets it from there.
+        state: State {
+            baseline: None,
+            ..saved
+        },
         enforcer,
         datapath,
         pending_detail: Vec::new(),
@@ -371,12 +375,13 @@ impl Daemon {
         let total = std::mem::take(&mut self.state.policy.total);
         self.state.policy = self.enforcer.persisted(self.datapath.ebpf());
         self.state.policy.total = total;
-        // Built for the write only: at a million pairs it is tens of MB.
-        self.state.baseline = Some(self.meter.baseline(self.datapath.instance()));
-        if let Err(e) = self.files.save(&self.state) {
+        let baseline = crate::accounting::BaselineView {
+            meter: &self.meter,
+            instance: self.datapath.instance(),
+        };
+        if let Err(e) = self.files.save(&self.state, Some(&baseline)) {
             log::warn!("{e}; keeping the previous file and retrying next interval");
         }
-        self.state.baseline = None;
     }
 
     fn reload(&mut self, forced: bool) {

@@ -71,8 +71,12 @@ impl Files {
     }
 
     /// Writes the state, then the log that is derived from it.
-    pub fn save(&self, state: &State) -> Result<(), LogError> {
-        state::write(&self.state, state)?;
+    pub fn save(
+        &self,
+        state: &State,
+        live: Option<&crate::accounting::BaselineView>,
+    ) -> Result<(), LogError> {
+        state::write(&self.state, state, live)?;
         network_log::write(&self.log, &state.ledger)
     }
 

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::LogError;
 use crate::{
-    accounting::{Baseline, Ledger},
+    accounting::{Baseline, BaselineView, Ledger},
     enforcer::PersistedPolicy,
 };
 
@@ -36,7 +36,15 @@ struct StateFileRef<'a> {
     version: u32,
     pairs: PairsRef<'a>,
     policy: &'a PersistedPolicy,
-    baseline: &'a Option<Baseline>,
+    baseline: BaselineOut<'a>,
+}
+
+/// The baseline to write: the state's own, or a running meter's.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum BaselineOut<'a> {
+    Stored(&'a Option<Baseline>),
+    Live(&'a BaselineView<'a>),
 }
 
 struct PairsRef<'a>(&'a Ledger);
@@ -79,18 +87,25 @@ pub fn path_for(log: &Path) -> std::path::PathBuf {
 /// Serialises the state.
 pub fn render(state: &State) -> String {
     let mut out = Vec::new();
-    render_to(state, &mut out).expect("writing to memory");
+    render_to(state, None, &mut out).expect("writing to memory");
     String::from_utf8(out).expect("JSON is UTF-8")
 }
 
-/// [`render`], streamed into `out`.
-fn render_to(state: &State, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+/// [`render`], streamed into `out`; with `live`, its baseline instead of the state's.
+fn render_to(
+    state: &State,
+    live: Option<&BaselineView>,
+    out: &mut dyn std::io::Write,
+) -> std::io::Result<()> {
     let file = StateFileRef {
         format: FORMAT,
         version: VERSION,
         pairs: PairsRef(&state.ledger),
         policy: &state.policy,
-        baseline: &state.baseline,
+        baseline: match live {
+            Some(view) => BaselineOut::Live(view),
+            None => BaselineOut::Stored(&state.baseline),
+        },
     };
     serde_json::to_writer(out, &file).map_err(std::io::Error::other)
 }
@@ -125,9 +140,10 @@ pub fn parse(path: &Path, text: &str) -> Result<State, LogError> {
     })
 }
 
-/// Writes the state file atomically, readable by its owner only.
-pub fn write(path: &Path, state: &State) -> Result<(), LogError> {
-    super::atomic::write_with(path, 0o600, |out| render_to(state, out))
+/// Writes the state file atomically, readable by its owner only; with `live`,
+/// that meter's baseline instead of the state's.
+pub fn write(path: &Path, state: &State, live: Option<&BaselineView>) -> Result<(), LogError> {
+    super::atomic::write_with(path, 0o600, |out| render_to(state, live, out))
 }
 
 #[cfg(test)]
