@@ -19,7 +19,7 @@ use crate::{
     control::{self, Request, Response},
     datapath::{pins::DEFAULT_BPFFS, Datapath, Granularity, IngressHook, LoadOptions},
     enforcer::Enforcer,
-    logs::{self, detail::DetailRecord, state::State, Files},
+    logs::{self, state::State, Files},
     policy::Period,
     units::{parse_interval, parse_size},
 };
@@ -276,7 +276,7 @@ struct Daemon {
     enforcer: Enforcer,
     datapath: Datapath,
     /// Detail records not yet written, kept until a write succeeds.
-    pending_detail: Vec<DetailRecord>,
+    pending_detail: Vec<logs::detail::Interval>,
     interval_start: (Timestamp, Instant),
     alerter: Alerter,
     alarm: Option<UsageAlarm>,
@@ -312,8 +312,13 @@ impl Daemon {
         }
         let (start, start_instant) = self.interval_start;
         self.interval_start = (end, end_instant);
-        self.pending_detail
-            .push(DetailRecord::new(self.datapath.iface(), start, end, &usage));
+        let summary = (!self.quiet).then(|| console::summary(&usage, end_instant - start_instant));
+        self.pending_detail.push(logs::detail::Interval {
+            iface: self.datapath.iface().to_string(),
+            start,
+            end,
+            usage,
+        });
 
         // Persist first: an alert is never repeated after a restart, and the
         // ledger and the counters it accounts are written together.
@@ -332,12 +337,8 @@ impl Daemon {
                 }
             }
         }
-        if !self.quiet {
-            println!(
-                "{}  {}",
-                end.strftime("%H:%M:%S"),
-                console::summary(&usage, end_instant - start_instant)
-            );
+        if let Some(summary) = summary {
+            println!("{}  {summary}", end.strftime("%H:%M:%S"));
         }
         Ok(())
     }

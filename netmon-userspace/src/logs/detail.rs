@@ -143,73 +143,197 @@ impl DetailRecord {
         end: jiff::Timestamp,
         usage: &IntervalUsage,
     ) -> Self {
-        let pairs = usage
-            .pairs
-            .iter()
-            .map(|d| PairRecord {
-                direction: Direction::from_raw(d.key.direction)
-                    .map_or("unknown", Direction::name)
-                    .to_string(),
-                src: address(d.key.src),
-                dst: address(d.key.dst),
-                proto: L4::of(d.key.proto).name().to_string(),
-                proto_num: d.key.proto,
-                src_port: d.key.src_port,
-                dst_port: d.key.dst_port,
-                frames: d.counter.frames,
-                bytes: d.counter.bytes,
-                dropped_frames: d.dropped.frames,
-                dropped_bytes: d.dropped.bytes,
-            })
-            .collect();
-        let mut protocols: BTreeMap<String, ProtocolRecord> = Direction::ALL
-            .iter()
-            .map(|d| (d.name().to_string(), (&usage.totals[*d as usize]).into()))
-            .collect();
-        for (index, counter) in usage
-            .services
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| !c.is_zero())
-        {
-            if let Some((direction, family, proto, name)) = netmon_common::service::describe(index)
-            {
-                if let Some(p) = protocols.get_mut(direction.name()) {
-                    p.services
-                        .insert(format!("{family}:{proto}:{name}"), (*counter).into());
-                }
-            }
-        }
-        let failed = usage.totals[0].table_full.plus(usage.totals[1].table_full);
         DetailRecord {
             start: start.to_string(),
             end: end.to_string(),
-            interval_s: (end - start).total(jiff::Unit::Second).unwrap_or(0.0),
+            interval_s: seconds(start, end),
             iface: iface.to_string(),
-            pairs,
-            protocols,
-            table: TableRecord {
-                pairs: usage.table_entries,
-                capacity: usage.table_capacity,
-                failed_inserts: failed.into(),
-            },
+            pairs: usage.pairs.iter().map(pair_record).collect(),
+            protocols: protocols(usage),
+            table: table(usage),
         }
     }
 }
 
-/// Appends one record as one line, in a single write so readers never see half a line.
-pub fn append(path: &Path, record: &DetailRecord) -> Result<(), LogError> {
+/// One interval as the daemon queues it until written: the raw usage, a
+/// third of the size of its [`DetailRecord`], rendered pair by pair on write.
+#[derive(Clone, Debug)]
+pub struct Interval {
+    /// Interface the counters come from.
+    pub iface: String,
+    /// Interval start.
+    pub start: jiff::Timestamp,
+    /// Interval end.
+    pub end: jiff::Timestamp,
+    /// What the datapath counted.
+    pub usage: IntervalUsage,
+}
+
+fn seconds(start: jiff::Timestamp, end: jiff::Timestamp) -> f64 {
+    (end - start).total(jiff::Unit::Second).unwrap_or(0.0)
+}
+
+/// Serialises exactly as the interval's [`DetailRecord`] would.
+impl Serialize for Interval {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        struct Pairs<'a>(&'a IntervalUsage);
+        impl Serialize for Pairs<'_> {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.collect_seq(self.0.pairs.iter().map(pair_record))
+            }
+        }
+        let mut s = serializer.serialize_struct("DetailRecord", 7)?;
+        s.serialize_field("start", &self.start.to_string())?;
+        s.serialize_field("end", &self.end.to_string())?;
+        s.serialize_field("interval_s", &seconds(self.start, self.end))?;
+        s.serialize_field("iface", &self.iface)?;
+        s.serialize_field("pairs", &Pairs(&self.usage))?;
+        s.serialize_field("protocols", &protocols(&self.usage))?;
+        s.serialize_field("table", &table(&self.usage))?;
+        s.end()
+    }
+}
+
+fn pair_record(d: &crate::accounting::PairDelta) -> PairRecord {
+    PairRecord {
+        direction: Direction::from_raw(d.key.direction)
+            .map_or("unknown", Direction::name)
+            .to_string(),
+        src: address(d.key.src),
+        dst: address(d.key.dst),
+        proto: L4::of(d.key.proto).name().to_string(),
+        proto_num: d.key.proto,
+        src_port: d.key.src_port,
+        dst_port: d.key.dst_port,
+        frames: d.counter.frames,
+        bytes: d.counter.bytes,
+        dropped_frames: d.dropped.frames,
+        dropped_bytes: d.dropped.bytes,
+    }
+}
+
+fn protocols(usage: &IntervalUsage) -> BTreeMap<String, ProtocolRecord> {
+    let mut protocols: BTreeMap<String, ProtocolRecord> = Direction::ALL
+        .iter()
+        .map(|d| (d.name().to_string(), (&usage.totals[*d as usize]).into()))
+        .collect();
+    for (index, counter) in usage
+        .services
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| !c.is_zero())
+    {
+        if let Some((direction, family, proto, name)) = netmon_common::service::describe(index) {
+            if let Some(p) = protocols.get_mut(direction.name()) {
+                p.services
+                    .insert(format!("{family}:{proto}:{name}"), (*counter).into());
+            }
+        }
+    }
+    protocols
+}
+
+fn table(usage: &IntervalUsage) -> TableRecord {
+    let failed = usage.totals[0].table_full.plus(usage.totals[1].table_full);
+    TableRecord {
+        pairs: usage.table_entries,
+        capacity: usage.table_capacity,
+        failed_inserts: failed.into(),
+    }
+}
+
+/// Appends one record as one line. The line is streamed (a million pairs make
+/// a line of a hundred MB); readers skip an incomplete last line, and a failed
+/// write is cut off again, so the file never keeps half a line.
+pub fn append(path: &Path, record: &impl Serialize) -> Result<(), LogError> {
     let io = |cause| LogError::Io {
         path: path.to_path_buf(),
         cause,
     };
-    let mut line = serde_json::to_string(record).expect("detail record serialises");
-    line.push('\n');
-    let mut file = OpenOptions::new()
+    let file = OpenOptions::new()
         .append(true)
         .create(true)
         .mode(0o640)
         .open(path)
         .map_err(io)?;
-    file.write_all(line.as_bytes()).map_err(io)
+    let before = file.metadata().map_err(io)?.len();
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, &file);
+    let written = serde_json::to_writer(&mut out, record)
+        .map_err(std::io::Error::other)
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush());
+    drop(out);
+    if let Err(cause) = written {
+        let _ = file.set_len(before);
+        return Err(io(cause));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::accounting::PairDelta;
+    use netmon_common::PairKey;
+
+    #[test]
+    fn a_queued_interval_writes_the_line_its_record_would() {
+        let mut key = PairKey {
+            proto: 17,
+            direction: 1,
+            src_port: 53,
+            ..Default::default()
+        };
+        key.src[10..].copy_from_slice(&[0xff, 0xff, 10, 200, 0, 1]);
+        key.dst[..2].copy_from_slice(&[0xfd, 0x00]);
+        let mut usage = IntervalUsage {
+            pairs: vec![PairDelta {
+                key,
+                counter: Counter {
+                    frames: 3,
+                    bytes: 300,
+                },
+                dropped: Counter {
+                    frames: 1,
+                    bytes: 90,
+                },
+            }],
+            table_entries: 1,
+            table_capacity: 64,
+            services: vec![Counter::default(); netmon_common::service::SERVICE_COUNTERS as usize],
+            ..Default::default()
+        };
+        usage.services[5] = Counter {
+            frames: 2,
+            bytes: 20,
+        };
+        usage.totals[1].all = Counter {
+            frames: 4,
+            bytes: 390,
+        };
+        let (start, end) = (
+            "2026-11-28T10:00:00Z".parse().unwrap(),
+            "2026-11-28T10:00:10Z".parse().unwrap(),
+        );
+        let record = DetailRecord::new("eth0", start, end, &usage);
+        let interval = Interval {
+            iface: "eth0".into(),
+            start,
+            end,
+            usage,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("detail.jsonl");
+        append(&path, &interval).unwrap();
+        append(&path, &record).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0], lines[1]);
+        assert_eq!(
+            serde_json::from_str::<DetailRecord>(lines[0]).unwrap(),
+            record
+        );
+    }
 }

@@ -85,5 +85,5 @@ fn main() {
         }
         rows.extend(got);
     }
-    report::write(&rows, scale);
+    report::write(&rows, scale, wanted.is_empty());
 }

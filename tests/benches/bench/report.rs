@@ -118,8 +118,9 @@ impl Row {
     }
 }
 
-/// Prints the table and writes it to target/bench/report.md.
-pub fn write(rows: &[Row], scale: Scale) {
+/// Prints the table and writes it to target/bench/report.md; a full run of
+/// every section also replaces the results in tests/benches/BENCHMARKS.md.
+pub fn write(rows: &[Row], scale: Scale, every_section: bool) {
     let mut md = String::new();
     writeln!(md, "{}\n", machine(scale)).unwrap();
     writeln!(md, "| metric | netmon | reference | ratio | target |").unwrap();
@@ -130,7 +131,31 @@ pub fn write(rows: &[Row], scale: Scale) {
     print!("{md}");
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("report.md"), md).unwrap();
+    std::fs::write(dir.join("report.md"), &md).unwrap();
+    if every_section && !scale.quick {
+        record(&md);
+    }
+}
+
+const BEGIN: &str = "<!-- results: written by `cargo xtask bench` -->";
+const END: &str = "<!-- end of results -->";
+
+/// Puts `md` between the markers of BENCHMARKS.md.
+fn record(md: &str) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/BENCHMARKS.md");
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return;
+    };
+    let (Some(begin), Some(end)) = (text.find(BEGIN), text.find(END)) else {
+        eprintln!(
+            "bench: {} lacks the result markers; not updated",
+            path.display()
+        );
+        return;
+    };
+    let updated = format!("{}{BEGIN}\n{md}{}", &text[..begin], &text[end..]);
+    std::fs::write(&path, updated).unwrap();
+    eprintln!("bench: results recorded in {}", path.display());
 }
 
 /// One line naming the machine, kernel and run.
