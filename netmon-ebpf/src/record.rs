@@ -12,7 +12,7 @@ use netmon_common::{
     classify::{PROTO_TCP, PROTO_UDP},
     maps::is_v4_mapped,
     policy::{decide, Decision, FlowPolicy, PacketFacts, RuleKind, RuleList, NO_LIST, NO_RULE},
-    service, Classified, Counter, Direction, IpHeader, PairKey, PairStats, L4,
+    service, Classified, Counter, Direction, IpHeader, PairKey, PairKeyV4, PairStats, L4,
 };
 
 use crate::maps::{
@@ -59,14 +59,10 @@ pub fn frame<C: EbpfContext>(
     count_service(direction, &ip, frames, bytes);
     // Ports are part of the key only at 5-tuple granularity.
     let five_tuple = GRANULARITY.load() == netmon_common::maps::GRANULARITY_5TUPLE;
-    let key = PairKey {
-        src: ip.src,
-        dst: ip.dst,
-        src_port: if five_tuple { ip.src_port } else { 0 },
-        dst_port: if five_tuple { ip.dst_port } else { 0 },
-        proto: ip.proto,
-        direction: direction as u8,
-        _pad: [0; 2],
+    let (src_port, dst_port) = if five_tuple {
+        (ip.src_port, ip.dst_port)
+    } else {
+        (0, 0)
     };
     let packet = PacketFacts {
         proto: ip.proto,
@@ -75,9 +71,29 @@ pub fn frame<C: EbpfContext>(
         direction,
     };
     let generation = policy_generation();
-    let mut stats = match key.to_v4() {
-        Some(v4) => pair_entry(&PAIRS_V4, &v4),
-        None => pair_entry(&PAIRS_V6, &key),
+    // The same family rule as user space's `PairKey::to_v4`.
+    let mut stats = if is_v4_mapped(&ip.src) && is_v4_mapped(&ip.dst) {
+        let key = PairKeyV4 {
+            src: [ip.src[12], ip.src[13], ip.src[14], ip.src[15]],
+            dst: [ip.dst[12], ip.dst[13], ip.dst[14], ip.dst[15]],
+            src_port,
+            dst_port,
+            proto: ip.proto,
+            direction: direction as u8,
+            _pad: [0; 2],
+        };
+        pair_entry(&PAIRS_V4, &key)
+    } else {
+        let key = PairKey {
+            src: ip.src,
+            dst: ip.dst,
+            src_port,
+            dst_port,
+            proto: ip.proto,
+            direction: direction as u8,
+            _pad: [0; 2],
+        };
+        pair_entry(&PAIRS_V6, &key)
     };
     let decision = decision(stats.as_deref_mut(), &ip, &packet, generation);
     let verdict = enforce(&decision, direction, frames, bytes);

@@ -77,7 +77,7 @@ impl Host {
 }
 
 /// Moves the calling thread into the network namespace at `path`.
-fn enter(path: &str) -> Result<()> {
+pub fn enter(path: &str) -> Result<()> {
     let ns = File::open(path).with_context(|| format!("opening {path}"))?;
     // SAFETY: setns on a valid namespace fd affects only the calling thread.
     if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {

@@ -50,6 +50,10 @@ pub fn run(scale: Scale) -> Vec<Row> {
             "  of which netmon's programs (bpf_stats run time)",
             per_million(netmon.0),
             "s",
+        )
+        .against(
+            "an empty TC program on the same traffic",
+            per_million(empty_program_cpu(packets)),
         ),
         Row::new("  of which the netmon daemon", per_million(netmon.1), "s"),
     ])
@@ -76,6 +80,32 @@ fn netmon_cpu(packets: u32) -> (f64, f64) {
         programs_after - programs_before,
         daemon_after - daemon_before,
     )
+}
+
+/// bpf_stats run time, in seconds, of `baseline_tc` (returns at once) at TC
+/// ingress while `packets` arrive: what the measurement itself costs.
+fn empty_program_cpu(packets: u32) -> f64 {
+    use aya::programs::{tc::TcAttachType, SchedClassifier};
+    let net = TestNet::create().unwrap();
+    let mut ebpf = netmon::datapath::load(&Default::default()).unwrap();
+    let program: &mut SchedClassifier =
+        netmon::datapath::program(&mut ebpf, "baseline_tc").unwrap();
+    program.load().unwrap();
+    // The interface lives in a's namespace: attach from a thread in there.
+    let (netns, iface) = (format!("/run/netns/{}", net.a.netns), net.a.iface.clone());
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                netmon_tests::netns::enter(&netns).unwrap();
+                program.attach(&iface, TcAttachType::Ingress).unwrap();
+            })
+            .join()
+            .unwrap()
+    });
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("enabling bpf_stats");
+    let before = program.info().unwrap().run_time();
+    crate::workload::send_udp(&net, IpAddr::V4(net.b.ipv4), packets);
+    (program.info().unwrap().run_time() - before).as_secs_f64()
 }
 
 /// CPU seconds of each step of the old pipeline over the same traffic.
