@@ -157,6 +157,8 @@ fn add(counter: Option<&mut Counter>, frames: u64, bytes: u64) {
 /// No timestamps: user space notices idle pairs by their counters standing
 /// still between polls, which keeps a clock read off the per-packet path.
 #[inline(always)]
+// The value is this CPU's slot in kernel memory, not something borrowed from `table`.
+#[allow(clippy::mut_from_ref)]
 fn pair_entry<K>(
     table: &'static PerCpuHashMap<K, PairStats>,
     key: &K,

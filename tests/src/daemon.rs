@@ -21,6 +21,16 @@ pub fn binary() -> PathBuf {
         })
 }
 
+/// A field of `/proc/PID/status` in KiB (`VmRSS:`, `VmHWM:`, …).
+pub fn status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
 /// A running `netmon run`.
 pub struct Netmon {
     child: Option<Child>,

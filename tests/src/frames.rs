@@ -57,6 +57,21 @@ pub enum Layer {
     Payload(usize),
 }
 
+/// An untagged IPv4 UDP frame with `payload` bytes of payload.
+pub fn udp4(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: usize) -> Vec<u8> {
+    build(&[
+        Layer::Ethernet,
+        Layer::Ipv4 {
+            src,
+            dst,
+            options: vec![],
+            fragment_offset: 0,
+        },
+        Layer::Udp(sport, dport),
+        Layer::Payload(payload),
+    ])
+}
+
 /// A frame made of `layers`; lengths and next-protocol fields are filled in.
 pub fn build(layers: &[Layer]) -> Vec<u8> {
     let mut out = Vec::new();

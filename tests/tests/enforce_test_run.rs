@@ -18,21 +18,7 @@ use netmon_common::{
     policy::{QuotaState, RuleKind},
     Counter, Direction, PairKey,
 };
-use netmon_tests::frames::{build, Layer};
-
-fn udp4(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: usize) -> Vec<u8> {
-    build(&[
-        Layer::Ethernet,
-        Layer::Ipv4 {
-            src,
-            dst,
-            options: vec![],
-            fragment_offset: 0,
-        },
-        Layer::Udp(sport, dport),
-        Layer::Payload(payload),
-    ])
-}
+use netmon_tests::frames::{build, udp4, Layer};
 
 fn tcp4(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16) -> Vec<u8> {
     build(&[

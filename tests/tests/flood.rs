@@ -44,19 +44,6 @@ fn spoofed(from: Ipv4Addr, to: &Host, payload: usize) -> Vec<u8> {
     frame
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .unwrap()
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
 #[test]
 fn four_times_the_table_of_spoofed_sources_keeps_totals_exact() -> Result<()> {
     const CAPACITY: usize = 4096;
@@ -83,7 +70,7 @@ fn four_times_the_table_of_spoofed_sources_keeps_totals_exact() -> Result<()> {
     std::thread::sleep(Duration::from_millis(1500));
     let rules = cli(&["rules", "--iface", &net.a.iface])?;
     assert!(rules.status.success());
-    let rss = rss_kib(netmon.pid());
+    let rss = netmon_tests::daemon::status_kib(netmon.pid(), "VmRSS:");
     assert!(rss < 64 * 1024, "daemon RSS {rss} KiB");
     netmon.stop()?;
 

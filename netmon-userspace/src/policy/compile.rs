@@ -106,6 +106,19 @@ mod tests {
     use crate::policy::{Directions, Match, Proto};
     use netmon_common::policy::RuleKind;
 
+    /// One block rule per matcher, ids in order.
+    fn blocks(matchers: &[Match]) -> Vec<Item<'_>> {
+        matchers
+            .iter()
+            .enumerate()
+            .map(|(i, m)| Item {
+                id: i as u32,
+                kind: RuleKind::Block,
+                matcher: m,
+            })
+            .collect()
+    }
+
     fn cidr(s: &str) -> Cidr {
         s.parse().unwrap()
     }
@@ -177,16 +190,7 @@ mod tests {
             ..Default::default()
         })
         .collect();
-        let items: Vec<Item> = matchers
-            .iter()
-            .enumerate()
-            .map(|(i, m)| Item {
-                id: i as u32,
-                kind: RuleKind::Block,
-                matcher: m,
-            })
-            .collect();
-        let t = compile(&items).unwrap();
+        let t = compile(&blocks(&matchers)).unwrap();
         let rules = |c: &str| {
             let l = t.lists[t.prefixes[&cidr(c)] as usize];
             l.entries[..l.len as usize]
@@ -211,15 +215,8 @@ mod tests {
                 ..Default::default()
             })
             .collect();
-        let items: Vec<Item> = matches
-            .iter()
-            .enumerate()
-            .map(|(i, m)| Item {
-                id: i as u32,
-                kind: RuleKind::Block,
-                matcher: m,
-            })
-            .collect();
-        assert!(compile(&items).unwrap_err().contains("at most 4"));
+        assert!(compile(&blocks(&matches))
+            .unwrap_err()
+            .contains("at most 4"));
     }
 }

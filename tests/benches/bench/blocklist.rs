@@ -5,14 +5,11 @@
 use std::time::Instant;
 
 use netmon::datapath::{self, enforce::Enforcement};
-use netmon_tests::{
-    daemon::{cli, Netmon},
-    TestNet,
-};
+use netmon_tests::{daemon::Netmon, TestNet};
 
 use crate::{
     report::{Row, Target},
-    throughput::iptables_restore,
+    throughput::{block_list, iptables_restore, write_list},
     workload::{blocklist, random_prefixes},
     Scale,
 };
@@ -40,26 +37,11 @@ pub fn run(_scale: Scale) -> Vec<Row> {
     let end_to_end = {
         let net = TestNet::create().unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let list = dir.path().join("blocklist.netset");
-        let text: String = cidrs.iter().map(|c| format!("{c}\n")).collect();
-        std::fs::write(&list, format!("# {PREFIXES} random prefixes\n{text}")).unwrap();
+        let list = write_list(dir.path(), &cidrs);
         let _netmon = Netmon::start_in(&net.a, dir.path(), &[]).unwrap();
         let started = Instant::now();
-        let out = cli(&[
-            "block",
-            "--file",
-            list.to_str().unwrap(),
-            "--iface",
-            &net.a.iface,
-        ])
-        .unwrap();
-        let took = started.elapsed().as_secs_f64() * 1000.0;
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        took
+        block_list(&net, &list);
+        started.elapsed().as_secs_f64() * 1000.0
     };
     vec![
         Row::new(

@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use aya::maps::MapData;
-use netmon_common::PairStats;
 use netmon_tests::{daemon::Netmon, mounts::TempMount, TestNet};
 
 use crate::{
@@ -36,30 +35,13 @@ pub fn run(scale: Scale) -> Vec<Row> {
         .join(&net.a.iface)
         .join("PAIRS_V4");
     let map = MapData::from_pin(&pin).unwrap_or_else(|e| panic!("{}: {e}", pin.display()));
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&std::os::fd::AsFd::as_fd(map.fd()));
-    let cpus = aya::util::nr_cpus().unwrap();
-    let values = vec![
-        PairStats {
-            bytes: 1500,
-            frames: 1,
-            ..Default::default()
-        };
-        cpus
-    ];
-    for i in 0..pairs {
-        let key = crate::readout::pair(i);
-        netmon::datapath::sys::update_per_cpu(fd, &key, &values).unwrap();
-    }
+    crate::readout::fill(
+        std::os::fd::AsRawFd::as_raw_fd(&std::os::fd::AsFd::as_fd(map.fd())),
+        pairs,
+    );
     // Polls (1 s apart) with every pair in them: the first accounts them all, the rest none.
     std::thread::sleep(Duration::from_secs(5));
-    let status = std::fs::read_to_string(format!("/proc/{}/status", netmon.pid())).unwrap();
-    let kb = |field: &str| -> f64 {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(field))
-            .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
-            .unwrap()
-    };
+    let kb = |field: &str| netmon_tests::daemon::status_kib(netmon.pid(), field) as f64;
     let (rss, peak) = (kb("VmRSS:") / 1024.0, kb("VmHWM:") / 1024.0);
     netmon.stop().unwrap();
     vec![

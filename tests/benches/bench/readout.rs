@@ -67,7 +67,15 @@ pub fn filled_table(pairs: u32) -> Ebpf {
         ..Default::default()
     })
     .unwrap();
-    let fd = netmon::datapath::readout::pairs_fd(&ebpf, PAIRS_V4_MAP).unwrap();
+    fill(
+        netmon::datapath::readout::pairs_fd(&ebpf, PAIRS_V4_MAP).unwrap(),
+        pairs,
+    );
+    ebpf
+}
+
+/// Writes `pairs` distinct IPv4 pairs, one 1500-byte frame each, into the table `fd`.
+pub fn fill(fd: std::os::fd::RawFd, pairs: u32) {
     let cpus = aya::util::nr_cpus().unwrap();
     let values = vec![
         PairStats {
@@ -80,7 +88,6 @@ pub fn filled_table(pairs: u32) -> Ebpf {
     for i in 0..pairs {
         datapath::sys::update_per_cpu(fd, &pair(i), &values).unwrap();
     }
-    ebpf
 }
 
 /// The `i`-th of the distinct IPv4 pairs the table benchmarks fill in.

@@ -163,12 +163,19 @@ fn prepare(net: &TestNet, dir: &std::path::Path, setup: Setup, cidrs: &[Cidr]) -
 
 /// `netmon block --file` with `cidrs`, into the daemon on `net.a`.
 fn block_file(net: &TestNet, dir: &std::path::Path, cidrs: &[Cidr]) {
+    block_list(net, &write_list(dir, cidrs));
+}
+
+/// `cidrs` as a blocklist file in `dir`, one per line.
+pub fn write_list(dir: &std::path::Path, cidrs: &[Cidr]) -> std::path::PathBuf {
     let list = dir.join("blocklist.netset");
-    std::fs::write(
-        &list,
-        cidrs.iter().map(|c| format!("{c}\n")).collect::<String>(),
-    )
-    .unwrap();
+    let text: String = cidrs.iter().map(|c| format!("{c}\n")).collect();
+    std::fs::write(&list, format!("# {} prefixes\n{text}", cidrs.len())).unwrap();
+    list
+}
+
+/// `netmon block --file list` into the daemon on `net.a`.
+pub fn block_list(net: &TestNet, list: &std::path::Path) {
     let out = cli(&[
         "block",
         "--file",

@@ -11,21 +11,10 @@ use netmon::{
     policy::{compile::compile, compile::Tables, Cidr, Item, Match},
 };
 use netmon_common::policy::RuleKind;
-use netmon_tests::frames::{build, Layer};
 
 /// A 106-byte IPv4 UDP frame (64-byte payload) from `src` to `dst`.
 pub fn udp_frame(src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
-    build(&[
-        Layer::Ethernet,
-        Layer::Ipv4 {
-            src,
-            dst,
-            options: vec![],
-            fragment_offset: 0,
-        },
-        Layer::Udp(40000, 53),
-        Layer::Payload(64),
-    ])
+    netmon_tests::frames::udp4(src, dst, 40000, 53, 64)
 }
 
 /// `count` distinct random IPv4 prefixes (/16 to /32) outside 10.0.0.0/8,
