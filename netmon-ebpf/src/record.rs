@@ -12,7 +12,7 @@ use netmon_common::{
     classify::{PROTO_TCP, PROTO_UDP},
     maps::is_v4_mapped,
     policy::{decide, Decision, FlowPolicy, PacketFacts, RuleKind, RuleList, NO_LIST, NO_RULE},
-    service, Classified, Counter, Direction, IpHeader, PairKey, PairKeyV4, PairStats, L4,
+    service, Classified, Counter, Direction, IpHeader, PairKey, PairKeyV4, PairStats, L3, L4,
 };
 
 use crate::maps::{
@@ -56,7 +56,11 @@ pub fn frame<C: EbpfContext>(
         return Verdict::Pass;
     };
     add(totals.l4.get_mut(L4::of(ip.proto) as usize), frames, bytes);
-    count_service(direction, &ip, frames, bytes);
+    // IPv4 pairs go to the IPv4 table: every IPv4 packet, and (the rule user
+    // space's `PairKey::to_v4` follows) IPv6 ones between IPv4-mapped addresses.
+    // Deciding by family first spares IPv4 packets two 12-byte compares.
+    let v4 = class.l3 == L3::Ipv4 || (is_v4_mapped(&ip.src) && is_v4_mapped(&ip.dst));
+    count_service(direction, &ip, v4, frames, bytes);
     // Ports are part of the key only at 5-tuple granularity.
     let five_tuple = GRANULARITY.load() == netmon_common::maps::GRANULARITY_5TUPLE;
     let (src_port, dst_port) = if five_tuple {
@@ -71,8 +75,7 @@ pub fn frame<C: EbpfContext>(
         direction,
     };
     let generation = policy_generation();
-    // The same family rule as user space's `PairKey::to_v4`.
-    let mut stats = if is_v4_mapped(&ip.src) && is_v4_mapped(&ip.dst) {
+    let mut stats = if v4 {
         let key = PairKeyV4 {
             src: [ip.src[12], ip.src[13], ip.src[14], ip.src[15]],
             dst: [ip.dst[12], ip.dst[13], ip.dst[14], ip.dst[15]],
@@ -125,7 +128,7 @@ pub fn frame<C: EbpfContext>(
 
 /// Counts TCP and UDP under the service of the flow's well-known port.
 #[inline(always)]
-fn count_service(direction: Direction, ip: &IpHeader, frames: u64, bytes: u64) {
+fn count_service(direction: Direction, ip: &IpHeader, v4: bool, frames: u64, bytes: u64) {
     let tcp = ip.proto == PROTO_TCP;
     if !tcp && ip.proto != PROTO_UDP {
         return;
@@ -136,7 +139,7 @@ fn count_service(direction: Direction, ip: &IpHeader, frames: u64, bytes: u64) {
             .copied()
             .unwrap_or(service::SLOT_OTHER)
     });
-    let ipv6 = !is_v4_mapped(&ip.src);
+    let ipv6 = !v4;
     let index = service::counter_index(direction, ipv6, tcp, slot);
     if let Some(counter) = SERVICES.get_ptr_mut(index) {
         // SAFETY: per-CPU value; only this CPU writes it.

@@ -75,6 +75,10 @@ pub fn run(scale: Scale) -> Vec<Row> {
         },
         Setup::Netmon {
             ingress: "auto",
+            prefixes: 10_000,
+        },
+        Setup::Netmon {
+            ingress: "auto",
             prefixes: 100_000,
         },
         Setup::Tcpdump,
