@@ -20,7 +20,6 @@ use crate::{
 
 #[derive(Clone, Copy, PartialEq)]
 enum Setup {
-    NoProgram,
     Netmon {
         ingress: &'static str,
         prefixes: usize,
@@ -34,7 +33,6 @@ enum Setup {
 impl Setup {
     fn name(self) -> String {
         match self {
-            Setup::NoProgram => "no program".into(),
             Setup::Netmon { ingress, prefixes } => {
                 let hook = match ingress {
                     "auto" => "--ingress auto = TC ingress on veth",
@@ -58,7 +56,6 @@ impl Setup {
 pub fn run(scale: Scale) -> Vec<Row> {
     let seconds = scale.pick(3, 1);
     let cidrs = random_prefixes(100_000);
-    let none = measure(Setup::NoProgram, seconds, &cidrs);
     let mut rows = Vec::new();
     for setup in [
         Setup::Netmon {
@@ -84,7 +81,7 @@ pub fn run(scale: Scale) -> Vec<Row> {
         Setup::Tcpdump,
         Setup::Iptables { rules: 10_000 },
     ] {
-        let (tcp, udp) = measure(setup, seconds, &cidrs);
+        let (none, (tcp, udp)) = measure(setup, seconds, &cidrs);
         // The targets: TCP in the recommended mode (the default hook, no
         // rules); UDP 64-byte with 100k prefixes loaded.
         let recommended = setup
@@ -93,9 +90,9 @@ pub fn run(scale: Scale) -> Vec<Row> {
                 prefixes: 0,
             };
         let mut tcp_row = Row::new(format!("veth TCP, {}", setup.name()), tcp, "Mbit/s")
-            .against("no program", none.0);
+            .against("no program, same namespaces", none.0);
         let mut udp_row = Row::new(format!("veth UDP 64-byte, {}", setup.name()), udp, "Mbit/s")
-            .against("no program", none.1);
+            .against("no program, same namespaces", none.1);
         if recommended {
             tcp_row = tcp_row.target(Target::RatioAtLeast(0.95));
         }
@@ -114,11 +111,12 @@ pub fn run(scale: Scale) -> Vec<Row> {
     rows
 }
 
-/// (TCP, UDP 64-byte) Mbit/s received by a under `setup`.
-fn measure(setup: Setup, seconds: u32, cidrs: &[Cidr]) -> (f64, f64) {
+/// (TCP, UDP 64-byte) Mbit/s received by a, first with nothing attached, then
+/// under `setup`, on the same pair of namespaces: each setup gets its own
+/// reference, taken a moment before (runs on separate pairs differ by ±10%).
+fn measure(setup: Setup, seconds: u32, cidrs: &[Cidr]) -> ((f64, f64), (f64, f64)) {
     let net = TestNet::create_with(Offloads { tso: true }).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let _guard = prepare(&net, dir.path(), setup, cidrs);
     let mut server = iperf3_server(&net);
     // Median of three runs each: single runs on a 2-CPU VM vary by ±10%.
     let median = |extra: &[&str]| {
@@ -131,11 +129,13 @@ fn measure(setup: Setup, seconds: u32, cidrs: &[Cidr]) -> (f64, f64) {
         runs.sort_by(f64::total_cmp);
         runs[1]
     };
-    let tcp = median(&[]);
-    let udp = median(&["-u", "-l", "64", "-b", "0"]);
+    let udp_args = ["-u", "-l", "64", "-b", "0"];
+    let none = (median(&[]), median(&udp_args));
+    let _guard = prepare(&net, dir.path(), setup, cidrs);
+    let with = (median(&[]), median(&udp_args));
     let _ = server.kill();
     let _ = server.wait();
-    (tcp, udp)
+    (none, with)
 }
 
 /// Whatever keeps `setup` in place until dropped.
@@ -147,7 +147,6 @@ enum Guard {
 
 fn prepare(net: &TestNet, dir: &std::path::Path, setup: Setup, cidrs: &[Cidr]) -> Guard {
     match setup {
-        Setup::NoProgram => Guard::Nothing,
         Setup::Netmon { ingress, prefixes } => {
             let netmon = Netmon::start_in(&net.a, dir, &["--ingress", ingress]).unwrap();
             if prefixes > 0 {
