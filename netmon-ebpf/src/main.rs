@@ -1,6 +1,7 @@
-//! netmon's kernel side: an XDP program counts what arrives, a TC classifier
-//! counts what leaves. Both classify with `netmon_common::classify` and record
-//! into the same maps, so the two directions can never disagree on a key.
+//! netmon's kernel side: an XDP program (or, with `--ingress tc`, a TC
+//! classifier) counts what arrives, a TC classifier counts what leaves. All
+//! classify with `netmon_common::classify` and record into the same maps, so
+//! the two directions can never disagree on a key.
 #![no_std]
 #![no_main]
 // Atomic add on shared quota counters (the BPF target lacks AtomicU64::fetch_add).
@@ -33,14 +34,14 @@ pub fn netmon_ingress(ctx: XdpContext) -> u32 {
 /// that programs attached after it still run.
 #[classifier]
 pub fn netmon_egress(ctx: TcContext) -> i32 {
-    egress(&ctx, TC_ACT_UNSPEC)
+    egress(&ctx)
 }
 
 /// Ingress hook for `--ingress tc`: the egress logic, on received frames.
 /// Used where XDP costs more than it saves (virtual devices, GRO-heavy TCP).
 #[classifier]
 pub fn netmon_ingress_tc(ctx: TcContext) -> i32 {
-    record_tc(&ctx, Direction::Ingress, TC_ACT_UNSPEC)
+    record_tc(&ctx, Direction::Ingress)
 }
 
 #[inline(always)]
@@ -54,13 +55,14 @@ fn ingress(ctx: &XdpContext) -> u32 {
 }
 
 #[inline(always)]
-fn egress(ctx: &TcContext, pass: i32) -> i32 {
-    record_tc(ctx, Direction::Egress, pass)
+fn egress(ctx: &TcContext) -> i32 {
+    record_tc(ctx, Direction::Egress)
 }
 
-/// Counts and enforces one skb; a GSO/GRO super-packet counts as its wire segments.
+/// Counts and enforces one skb; a GSO/GRO super-packet counts as its wire
+/// segments. Passing returns "next", so that programs after netmon still run.
 #[inline(always)]
-fn record_tc(ctx: &TcContext, direction: Direction, pass: i32) -> i32 {
+fn record_tc(ctx: &TcContext, direction: Direction) -> i32 {
     let frame = TcFrame(ctx);
     let class = classify(&frame);
     // SAFETY: the context points at a valid __sk_buff for the program's lifetime.
@@ -68,7 +70,7 @@ fn record_tc(ctx: &TcContext, direction: Direction, pass: i32) -> i32 {
     let header_len = class.ip.map_or(0, |ip| ip.header_len as u64);
     let (frames, bytes) = wire_cost(ctx.len() as u64, gso_segs, header_len);
     match record::frame(ctx, direction, &class, frames, bytes) {
-        Verdict::Pass => pass,
+        Verdict::Pass => TC_ACT_UNSPEC,
         Verdict::Drop => TC_ACT_SHOT,
     }
 }
@@ -106,7 +108,7 @@ pub fn bench_flows_tc(ctx: TcContext) -> i32 {
         // SAFETY: as above; test-run skbs are linear and writable.
         unsafe { bench::step_source((start + bench::SOURCE_OFFSET) as *mut [u8; 4]) };
     }
-    egress(&ctx, TC_ACT_UNSPEC)
+    egress(&ctx)
 }
 
 #[cfg(not(test))]
