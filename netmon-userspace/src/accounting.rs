@@ -6,7 +6,7 @@
 use std::{collections::HashMap, net::IpAddr};
 
 use indexmap::IndexMap;
-use netmon_common::{Counter, Direction, DirectionTotals, PairKey};
+use netmon_common::{Counter, Direction, DirectionTotals, PairKey, PairKeyV4};
 
 use crate::datapath::{PairReading, Snapshot};
 
@@ -70,12 +70,12 @@ pub struct BaselineView<'a> {
 impl serde::Serialize for BaselineView<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
-        struct Pairs<'a>(&'a HashMap<PairKey, Accounted>);
+        struct Pairs<'a>(&'a PairMap);
         impl serde::Serialize for Pairs<'_> {
             fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
                 serializer.collect_seq(self.0.iter().map(|(k, a)| {
                     let (d, x) = (a.delivered, a.dropped);
-                    (key_to_hex(k), [d.frames, d.bytes, x.frames, x.bytes])
+                    (key_to_hex(&k), [d.frames, d.bytes, x.frames, x.bytes])
                 }))
             }
         }
@@ -149,11 +149,49 @@ fn key_from_hex(hex: &str) -> Option<PairKey> {
 /// Turns successive snapshots into interval deltas, and notices idle pairs.
 #[derive(Debug, Default)]
 pub struct Meter {
-    pairs: HashMap<PairKey, Accounted>,
+    pairs: PairMap,
     totals: [DirectionTotals; 2],
     services: Vec<Counter>,
     /// Snapshots seen, to spot pairs that left the table.
     poll: u32,
+}
+
+/// Accounted counters per pair, IPv4 pairs under their 16-byte key: at a
+/// million pairs this map is the bulk of the daemon's memory.
+#[derive(Debug, Default)]
+struct PairMap {
+    v4: HashMap<PairKeyV4, Accounted>,
+    v6: HashMap<PairKey, Accounted>,
+}
+
+impl PairMap {
+    fn entry(&mut self, key: &PairKey, fresh: Accounted) -> &mut Accounted {
+        match key.to_v4() {
+            Some(narrow) => self.v4.entry(narrow).or_insert(fresh),
+            None => self.v6.entry(*key).or_insert(fresh),
+        }
+    }
+
+    fn remove(&mut self, key: &PairKey) -> Option<Accounted> {
+        match key.to_v4() {
+            Some(narrow) => self.v4.remove(&narrow),
+            None => self.v6.remove(key),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.v4.len() + self.v6.len()
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(&Accounted) -> bool) {
+        self.v4.retain(|_, a| keep(a));
+        self.v6.retain(|_, a| keep(a));
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (PairKey, &Accounted)> {
+        let v4 = self.v4.iter().map(|(k, a)| (k.widen(), a));
+        v4.chain(self.v6.iter().map(|(k, a)| (*k, a)))
+    }
 }
 
 /// What has been accounted of one pair, and when it last grew.
@@ -182,23 +220,20 @@ fn growth(now: Counter, before: Counter) -> Counter {
 impl Meter {
     /// A meter that has already accounted `baseline`; `None` when it is malformed.
     pub fn from_baseline(baseline: &Baseline) -> Option<Meter> {
-        let mut pairs = HashMap::with_capacity(baseline.pairs.len());
+        let mut pairs = PairMap::default();
         for (hex, [f, b, df, db]) in &baseline.pairs {
-            pairs.insert(
-                key_from_hex(hex)?,
-                Accounted {
-                    delivered: Counter {
-                        frames: *f,
-                        bytes: *b,
-                    },
-                    dropped: Counter {
-                        frames: *df,
-                        bytes: *db,
-                    },
-                    active_ns: UNKNOWN,
-                    poll: 0,
+            *pairs.entry(&key_from_hex(hex)?, Accounted::default()) = Accounted {
+                delivered: Counter {
+                    frames: *f,
+                    bytes: *b,
                 },
-            );
+                dropped: Counter {
+                    frames: *df,
+                    bytes: *db,
+                },
+                active_ns: UNKNOWN,
+                poll: 0,
+            };
         }
         Some(Meter {
             poll: 0,
@@ -227,7 +262,7 @@ impl Meter {
                 .iter()
                 .map(|(k, a)| {
                     let (d, x) = (a.delivered, a.dropped);
-                    (key_to_hex(k), [d.frames, d.bytes, x.frames, x.bytes])
+                    (key_to_hex(&k), [d.frames, d.bytes, x.frames, x.bytes])
                 })
                 .collect(),
             totals: [
@@ -246,7 +281,7 @@ impl Meter {
             .filter(|(_, a)| {
                 a.active_ns != UNKNOWN && now_ns.saturating_sub(a.active_ns) > timeout_ns
             })
-            .map(|(k, _)| *k)
+            .map(|(k, _)| k)
             .collect()
     }
 
@@ -272,10 +307,13 @@ impl Meter {
         self.poll = self.poll.wrapping_add(1);
         let mut pairs = Vec::new();
         for (key, reading) in &snapshot.pairs {
-            let entry = self.pairs.entry(*key).or_insert(Accounted {
-                active_ns: now_ns,
-                ..Default::default()
-            });
+            let entry = self.pairs.entry(
+                key,
+                Accounted {
+                    active_ns: now_ns,
+                    ..Default::default()
+                },
+            );
             let counter = growth(reading.counter, entry.delivered);
             let dropped = growth(reading.dropped, entry.dropped);
             if !counter.is_zero() || !dropped.is_zero() || entry.active_ns == UNKNOWN {
@@ -295,7 +333,7 @@ impl Meter {
         // Pairs gone from the table (removed by someone else) are forgotten.
         if self.pairs.len() > snapshot.pairs.len() {
             let poll = self.poll;
-            self.pairs.retain(|_, a| a.poll == poll);
+            self.pairs.retain(|a| a.poll == poll);
         }
         pairs.sort_by(|a, b| {
             b.counter
