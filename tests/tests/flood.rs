@@ -130,7 +130,16 @@ fn idle_pairs_leave_the_table_after_they_are_accounted() -> Result<()> {
     assert!(
         records.iter().any(|r| r.table.pairs == 0),
         "the idle pair was removed: {:?}",
-        records.iter().map(|r| r.table.pairs).collect::<Vec<_>>()
+        records
+            .iter()
+            .map(|r| (
+                r.table.pairs,
+                r.pairs
+                    .iter()
+                    .map(|p| format!("{} {}>{} {}", p.direction, p.src, p.dst, p.proto))
+                    .collect::<Vec<_>>()
+            ))
+            .collect::<Vec<_>>()
     );
     let frames: u64 = records
         .iter()
