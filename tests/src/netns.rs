@@ -197,6 +197,8 @@ impl Drop for TestNet {
             let _ = Command::new("ip")
                 .args(["netns", "del", &host.netns])
                 .output();
+            // A daemon killed by a test leaves its control socket behind.
+            let _ = std::fs::remove_file(format!("/run/netmon/{}.sock", host.iface));
         }
     }
 }
