@@ -5,6 +5,7 @@
 //! Nothing here touches the machine's own interfaces, routes or firewall.
 
 pub mod capture;
+pub mod cpu;
 pub mod daemon;
 pub mod frames;
 pub mod mounts;
@@ -12,4 +13,5 @@ pub mod netns;
 pub mod scenario;
 pub mod traffic;
 
+pub use cpu::PinnedToCpu;
 pub use netns::{Host, TestNet};

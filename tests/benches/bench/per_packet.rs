@@ -16,7 +16,7 @@ use crate::{
 pub fn run(scale: Scale) -> Vec<Row> {
     // One CPU for warm-up and timed runs alike: per-CPU values (and the
     // per-flow verdict cache in them) warmed on one CPU do not help another.
-    let _pinned = PinnedToCpu::new(0);
+    let _pinned = netmon_tests::PinnedToCpu::new(0);
     let repeat = scale.pick(2_000_000, 200_000);
     let mut ebpf = load_with_bench_programs();
     let warm = udp_frame(Ipv4Addr::new(10, 200, 0, 1), Ipv4Addr::new(10, 200, 0, 2));
@@ -72,32 +72,17 @@ pub fn run(scale: Scale) -> Vec<Row> {
         };
         // Where the kernel places a fresh table moves these figures by ±30%:
         // the median of three objects.
-        let median = |mut runs: Vec<f64>| {
+        let median_of_3 = |run: &dyn Fn(&mut aya::Ebpf) -> f64| {
+            let mut runs: Vec<f64> = (0..3).map(|_| run(&mut fresh(&cidrs))).collect();
             runs.sort_by(f64::total_cmp);
-            runs[runs.len() / 2]
+            runs[1]
         };
-        let xdp = median(
-            (0..3)
-                .map(|_| {
-                    let mut ebpf = fresh(&cidrs);
-                    test_run_ns::<Xdp>(&mut ebpf, "bench_flows_xdp", &walk, warm_up, repeat)
-                })
-                .collect(),
-        );
-        let tc = median(
-            (0..3)
-                .map(|_| {
-                    let mut ebpf = fresh(&cidrs);
-                    test_run_ns::<SchedClassifier>(
-                        &mut ebpf,
-                        "bench_flows_tc",
-                        &walk,
-                        warm_up,
-                        repeat,
-                    )
-                })
-                .collect(),
-        );
+        let xdp = median_of_3(&|ebpf| {
+            test_run_ns::<Xdp>(ebpf, "bench_flows_xdp", &walk, warm_up, repeat)
+        });
+        let tc = median_of_3(&|ebpf| {
+            test_run_ns::<SchedClassifier>(ebpf, "bench_flows_tc", &walk, warm_up, repeat)
+        });
         let target = |row: Row| row.target(Target::RatioAtMost(4.0));
         rows.push(target(empty_xdp(Row::new(
             format!("XDP per packet, {FLOWS} flows in turn, {prefixes} blocked prefixes (median of 3 tables)"),
@@ -130,28 +115,4 @@ pub fn run(scale: Scale) -> Vec<Row> {
         "ns",
     )));
     rows
-}
-
-/// Keeps the calling thread on one CPU until dropped.
-struct PinnedToCpu(libc::cpu_set_t);
-
-impl PinnedToCpu {
-    fn new(cpu: usize) -> PinnedToCpu {
-        // SAFETY: plain libc calls on a zeroed cpu_set_t owned here.
-        unsafe {
-            let mut before: libc::cpu_set_t = std::mem::zeroed();
-            libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut before);
-            let mut only: libc::cpu_set_t = std::mem::zeroed();
-            libc::CPU_SET(cpu, &mut only);
-            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &only);
-            PinnedToCpu(before)
-        }
-    }
-}
-
-impl Drop for PinnedToCpu {
-    fn drop(&mut self) {
-        // SAFETY: restores the mask read in `new`.
-        unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &self.0) };
-    }
 }

@@ -102,17 +102,9 @@ fn clear<K: aya::Pod>(ebpf: &mut Ebpf, name: &str) {
     }
 }
 
-/// Keeps this thread on CPU 0, for tests whose outcome is per CPU.
+/// Keeps this thread on CPU 0 for the rest of the test, whose outcome is per CPU.
 pub fn pin_to_one_cpu() {
-    // SAFETY: a zeroed cpu_set_t with CPU 0 set, applied to this thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(0, &mut set);
-        assert_eq!(
-            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
-            0
-        );
-    }
+    std::mem::forget(netmon_tests::PinnedToCpu::new(0));
 }
 
 pub fn v4(addr: Ipv4Addr) -> [u8; 16] {
