@@ -11,4 +11,4 @@ pub mod policy;
 pub mod service;
 
 pub use classify::{classify, wire_cost, Classified, Frame, IpHeader, L3, L4};
-pub use maps::{Counter, Direction, DirectionTotals, PairKey, PairKeyV4, PairStats};
+pub use maps::{Counter, Direction, DirectionTotals, PairKey, PairKeyV4, PairStats, SlotKey};

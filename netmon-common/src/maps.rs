@@ -4,15 +4,33 @@
 //! layout byte for byte, and keys are built from zeroed memory so padding never
 //! makes two equal keys differ.
 
-/// Name of the per-CPU hash map of IPv4 pairs, from [`PairKeyV4`] to [`PairStats`].
-pub const PAIRS_V4_MAP: &str = "PAIRS_V4";
-/// Name of the per-CPU hash map of IPv6 pairs, from [`PairKey`] to [`PairStats`].
-pub const PAIRS_V6_MAP: &str = "PAIRS_V6";
+/// Name of the hash map from an IPv4 pair's [`PairKeyV4`] to its slot.
+pub const FLOWS_V4_MAP: &str = "FLOWS_V4";
+/// Name of the hash map from an IPv6 pair's [`PairKey`] to its slot.
+pub const FLOWS_V6_MAP: &str = "FLOWS_V6";
+/// Name of the memory-mappable array of [`PairStats`], entry `slot * lanes + cpu`.
+pub const LANES_MAP: &str = "LANES";
+/// Name of the memory-mappable array of [`SlotKey`], by slot.
+pub const SLOT_KEYS_MAP: &str = "SLOT_KEYS";
+/// Name of the queue of free slots (`u32`).
+pub const FREE_SLOTS_MAP: &str = "FREE_SLOTS";
+/// Name of the per-CPU array of [`CachedSlot`]s: each CPU's cache of recent
+/// IPv4 pairs' slots.
+pub const SLOT_CACHE_MAP: &str = "SLOT_CACHE";
+/// Name of the array whose entry 0 (`u32`) is the slot epoch: bumped by user
+/// space whenever it frees slots, so that no cache hands out a freed one.
+/// 0 (never set) disables the caches.
+pub const SLOT_EPOCH_MAP: &str = "SLOT_EPOCH";
+/// log2 of the entries in each CPU's slot cache (32 bytes each: 256 KiB per CPU).
+pub const SLOT_CACHE_BITS: u32 = 13;
+/// Name of the load-time global holding the lanes per slot: the number of
+/// possible CPUs.
+pub const CPU_LANES_GLOBAL: &str = "CPU_LANES";
 /// Name of the per-CPU array of [`DirectionTotals`], indexed by [`Direction`].
 pub const TOTALS_MAP: &str = "TOTALS";
 /// Version of every map's key and value layout. Bump it with any change to
 /// them: netmon refuses pinned maps of another version instead of misreading them.
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// Name of the load-time global that sets the pair table's granularity.
 pub const GRANULARITY_GLOBAL: &str = "GRANULARITY";
@@ -106,8 +124,9 @@ pub fn is_v4_mapped(addr: &[u8; 16]) -> bool {
 }
 
 /// Key of the IPv4 pair table: [`PairKey`] with 4-byte addresses, so that the
-/// per-packet hash and compare cover 16 bytes instead of 40.
-#[repr(C)]
+/// per-packet hash and compare cover 16 bytes instead of 40. 8-byte aligned,
+/// so that it compares and hashes as two words.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct PairKeyV4 {
     /// Source address, network byte order.
@@ -127,6 +146,21 @@ pub struct PairKeyV4 {
 }
 
 impl PairKeyV4 {
+    /// The key as two words.
+    #[inline(always)]
+    pub fn words(&self) -> [u64; 2] {
+        // SAFETY: 16 bytes of plain integers without implicit padding, 8-byte aligned.
+        unsafe { core::mem::transmute::<PairKeyV4, [u64; 2]>(*self) }
+    }
+
+    /// The key's entry in a CPU's slot cache: a multiplicative hash of its words.
+    #[inline(always)]
+    pub fn cache_index(&self) -> u32 {
+        let [a, b] = self.words();
+        let mixed = (a ^ b.rotate_left(29)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        (mixed >> (64 - SLOT_CACHE_BITS)) as u32
+    }
+
     /// The same pair as a [`PairKey`], addresses IPv4-mapped.
     pub fn widen(&self) -> PairKey {
         let mapped = |a: [u8; 4]| {
@@ -148,7 +182,37 @@ impl PairKeyV4 {
     }
 }
 
-/// Per-CPU value of the pair tables.
+/// An entry of a CPU's slot cache: `key` had `slot` in slot epoch `epoch`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CachedSlot {
+    /// The pair.
+    pub key: PairKeyV4,
+    /// Its slot.
+    pub slot: u32,
+    /// The slot epoch the entry was written in; stale once the epoch moves on.
+    pub epoch: u32,
+    /// Explicit padding to 32 bytes (two entries per cache line); always zero.
+    pub _pad: u64,
+}
+
+/// Who a slot counts for.
+///
+/// The datapath writes the key, then sets `live`; user space sets `live` back
+/// to zero before it returns the slot to the free queue.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SlotKey {
+    /// The pair, IPv4 addresses IPv4-mapped.
+    pub key: PairKey,
+    /// 1 while the slot belongs to `key`.
+    pub live: u32,
+    /// Explicit padding; always zero.
+    pub _pad: u32,
+}
+
+/// One CPU's lane of a pair's counters: what that CPU counted for the pair,
+/// and its cached policy decision.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct PairStats {
@@ -271,6 +335,7 @@ mod pod {
     unsafe impl aya::Pod for super::PairKey {}
     unsafe impl aya::Pod for super::PairKeyV4 {}
     unsafe impl aya::Pod for super::PairStats {}
+    unsafe impl aya::Pod for super::SlotKey {}
     unsafe impl aya::Pod for super::DirectionTotals {}
     unsafe impl aya::Pod for super::Counter {}
 }
@@ -285,6 +350,9 @@ mod tests {
         assert_eq!(size_of::<PairKey>(), 16 + 16 + 2 + 2 + 1 + 1 + 2);
         assert_eq!(size_of::<PairKeyV4>(), 4 + 4 + 2 + 2 + 1 + 1 + 2);
         assert_eq!(size_of::<PairStats>(), 32 + 32);
+        assert_eq!(size_of::<SlotKey>(), 40 + 4 + 4);
+        assert_eq!(size_of::<CachedSlot>(), 32);
+        assert_eq!(align_of::<PairKeyV4>(), 8);
         assert_eq!(size_of::<DirectionTotals>(), 16 * (1 + 4 + 5 + 3));
         assert_eq!(size_of::<crate::policy::RuleEntry>(), 16);
         assert_eq!(size_of::<crate::policy::RuleList>(), 8 + 16 * 4);

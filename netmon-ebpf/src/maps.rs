@@ -2,28 +2,56 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{lpm_trie::LpmTrie, Array, PerCpuArray, PerCpuHashMap},
+    maps::{lpm_trie::LpmTrie, Array, HashMap, PerCpuArray, Queue},
 };
 use netmon_common::{
-    maps::DEFAULT_MAX_PAIRS,
+    maps::{CachedSlot, SlotKey, DEFAULT_MAX_PAIRS, SLOT_CACHE_BITS},
     policy::{PolicyState, QuotaState, RuleList, MAX_PREFIXES, MAX_RULES, MAX_RULE_LISTS},
     service::SERVICE_COUNTERS,
     Counter, DirectionTotals, PairKey, PairKeyV4, PairStats,
 };
 
 const BPF_F_NO_PREALLOC: u32 = aya_ebpf::bindings::BPF_F_NO_PREALLOC;
+const BPF_F_MMAPABLE: u32 = aya_ebpf::bindings::BPF_F_MMAPABLE;
 
-/// IPv4 pairs' counters and cached policy decisions; capacity set at load time
-/// (`--max-pairs`). Preallocated: most traffic is IPv4, and inserts stay cheap.
-#[map(name = "PAIRS_V4")]
-pub static PAIRS_V4: PerCpuHashMap<PairKeyV4, PairStats> =
-    PerCpuHashMap::with_max_entries(DEFAULT_MAX_PAIRS, 0);
+// The pair table is three maps: an index from a pair's key to its slot, the
+// counters of each slot (one lane per CPU), and each slot's key. The last two
+// are arrays user space maps into memory, so a poll reads the whole table
+// without a syscall per pair. Capacities are set at load time (`--max-pairs`).
 
-/// IPv6 pairs, likewise; allocated on insert, so that an IPv4-only server
-/// does not hold a second preallocated table.
-#[map(name = "PAIRS_V6")]
-pub static PAIRS_V6: PerCpuHashMap<PairKey, PairStats> =
-    PerCpuHashMap::with_max_entries(DEFAULT_MAX_PAIRS, BPF_F_NO_PREALLOC);
+/// IPv4 pairs → slot. Preallocated: most traffic is IPv4, and inserts stay cheap.
+#[map(name = "FLOWS_V4")]
+pub static FLOWS_V4: HashMap<PairKeyV4, u32> = HashMap::with_max_entries(DEFAULT_MAX_PAIRS, 0);
+
+/// IPv6 pairs → slot; allocated on insert, so that an IPv4-only server does
+/// not hold a second preallocated index.
+#[map(name = "FLOWS_V6")]
+pub static FLOWS_V6: HashMap<PairKey, u32> =
+    HashMap::with_max_entries(DEFAULT_MAX_PAIRS, BPF_F_NO_PREALLOC);
+
+/// Counters and cached policy decisions: entry `slot * CPU_LANES + cpu`.
+/// Each CPU writes only its own lane, so no atomics are needed.
+#[map(name = "LANES")]
+pub static LANES: Array<PairStats> = Array::with_max_entries(DEFAULT_MAX_PAIRS, BPF_F_MMAPABLE);
+
+/// The key each slot counts for, written when a slot is claimed.
+#[map(name = "SLOT_KEYS")]
+pub static SLOT_KEYS: Array<SlotKey> = Array::with_max_entries(DEFAULT_MAX_PAIRS, BPF_F_MMAPABLE);
+
+/// Each CPU's cache of recent IPv4 pairs' slots, direct-mapped by a hash of
+/// the key: a hit spares the index's hash-table lookup, most of a warm flow's cost.
+#[map(name = "SLOT_CACHE")]
+pub static SLOT_CACHE: PerCpuArray<CachedSlot> =
+    PerCpuArray::with_max_entries(1 << SLOT_CACHE_BITS, 0);
+
+/// Entry 0: the slot epoch cached entries must carry to be used.
+#[map(name = "SLOT_EPOCH")]
+pub static SLOT_EPOCH: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Slots not in use. User space fills it at load and returns the slots of
+/// pairs it retires; the datapath claims one per new pair.
+#[map(name = "FREE_SLOTS")]
+pub static FREE_SLOTS: Queue<u32> = Queue::with_max_entries(DEFAULT_MAX_PAIRS, 0);
 
 /// Interface totals, one entry per `Direction`.
 #[map(name = "TOTALS")]

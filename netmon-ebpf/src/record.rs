@@ -4,25 +4,30 @@ use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    maps::{lpm_trie::Key, PerCpuHashMap},
+    helpers::bpf_get_smp_processor_id,
+    maps::{lpm_trie::Key, HashMap},
     EbpfContext, Global,
 };
 use aya_log_ebpf::warn;
 use netmon_common::{
     classify::{PROTO_TCP, PROTO_UDP},
-    maps::is_v4_mapped,
+    maps::{is_v4_mapped, CachedSlot},
     policy::{decide, Decision, FlowPolicy, PacketFacts, RuleKind, RuleList, NO_LIST, NO_RULE},
     service, Classified, Counter, Direction, IpHeader, PairKey, PairKeyV4, PairStats, L3, L4,
 };
 
 use crate::maps::{
-    PAIRS_V4, PAIRS_V6, POLICY, PORT_SERVICES, PREFIXES_V4, PREFIXES_V6, QUOTAS, RULE_LISTS,
-    RULE_STATS, SERVICES, TOTALS,
+    FLOWS_V4, FLOWS_V6, FREE_SLOTS, LANES, POLICY, PORT_SERVICES, PREFIXES_V4, PREFIXES_V6, QUOTAS,
+    RULE_LISTS, RULE_STATS, SERVICES, SLOT_CACHE, SLOT_EPOCH, SLOT_KEYS, TOTALS,
 };
 
 /// Pair-table granularity, set by user space at load time (`--granularity`).
 #[unsafe(no_mangle)]
 static GRANULARITY: Global<u8> = Global::new(netmon_common::maps::GRANULARITY_PAIR);
+
+/// Lanes per slot in `LANES`: the number of possible CPUs, set at load time.
+#[unsafe(no_mangle)]
+static CPU_LANES: Global<u32> = Global::new(1);
 
 /// What the hook does with the frame.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -85,7 +90,7 @@ pub fn frame<C: EbpfContext>(
             direction: direction as u8,
             _pad: [0; 2],
         };
-        pair_entry(&PAIRS_V4, &key)
+        v4_slot(&key).and_then(lane)
     } else {
         let key = PairKey {
             src: ip.src,
@@ -96,7 +101,7 @@ pub fn frame<C: EbpfContext>(
             direction: direction as u8,
             _pad: [0; 2],
         };
-        pair_entry(&PAIRS_V6, &key)
+        slot_of(&FLOWS_V6, &key, |k| *k).and_then(lane)
     };
     let decision = decision(stats.as_deref_mut(), &ip, &packet, generation);
     let verdict = enforce(&decision, direction, frames, bytes);
@@ -154,27 +159,92 @@ fn add(counter: Option<&mut Counter>, frames: u64, bytes: u64) {
     }
 }
 
-/// The pair's per-CPU entry in `table`, created on first sight; `None` when
-/// the table is full.
+/// The slot of an IPv4 pair: from this CPU's slot cache when it holds the
+/// pair under the current epoch, else from the index (then cached).
+#[inline(always)]
+fn v4_slot(key: &PairKeyV4) -> Option<u32> {
+    let epoch = SLOT_EPOCH.get(0).copied().unwrap_or(0);
+    let cached = SLOT_CACHE.get_ptr_mut(key.cache_index());
+    if let Some(entry) = cached {
+        // SAFETY: this CPU's entry; nothing else touches it while we run.
+        let entry = unsafe { &*entry };
+        if entry.epoch == epoch && epoch != 0 && entry.key.words() == key.words() {
+            return Some(entry.slot);
+        }
+    }
+    let slot = slot_of(&FLOWS_V4, key, PairKeyV4::widen)?;
+    if let Some(entry) = cached {
+        // SAFETY: as above.
+        unsafe {
+            *entry = CachedSlot {
+                key: *key,
+                slot,
+                epoch,
+                _pad: 0,
+            }
+        };
+    }
+    Some(slot)
+}
+
+/// The pair's slot, claiming one for a new pair; `None` when no slot is free.
 ///
 /// No timestamps: user space notices idle pairs by their counters standing
 /// still between polls, which keeps a clock read off the per-packet path.
 #[inline(always)]
-// The value is this CPU's slot in kernel memory, not something borrowed from `table`.
-#[allow(clippy::mut_from_ref)]
-fn pair_entry<K>(
-    table: &'static PerCpuHashMap<K, PairStats>,
+fn slot_of<K>(
+    flows: &'static HashMap<K, u32>,
     key: &K,
-) -> Option<&'static mut PairStats> {
-    if let Some(stats) = table.get_ptr_mut(key) {
-        // SAFETY: per-CPU value of a live entry; only this CPU writes it.
-        return Some(unsafe { &mut *stats });
+    widen: impl FnOnce(&K) -> PairKey,
+) -> Option<u32> {
+    // SAFETY: slots are plain integers, copied out at once.
+    match unsafe { flows.get(key) } {
+        Some(slot) => Some(*slot),
+        None => claim_slot(flows, key, widen(key)),
     }
-    // Fails when the table is full, or when another CPU inserted the key first.
-    let _ = table.insert(key, PairStats::default(), BPF_NOEXIST as u64);
-    let stats = table.get_ptr_mut(key)?;
-    // SAFETY: as above.
-    Some(unsafe { &mut *stats })
+}
+
+/// This CPU's lane of a slot's counters.
+#[inline(always)]
+fn lane(slot: u32) -> Option<&'static mut PairStats> {
+    let lanes = CPU_LANES.load();
+    // SAFETY: a helper without arguments or side effects.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    if cpu >= lanes {
+        return None;
+    }
+    let lane = LANES.get_ptr_mut(slot.wrapping_mul(lanes).wrapping_add(cpu))?;
+    // SAFETY: this CPU's lane; no other CPU writes it, and user space only
+    // writes lanes of slots no program can reach any more.
+    Some(unsafe { &mut *lane })
+}
+
+/// Takes a free slot for `key`, records whose it is, and indexes it. Runs on
+/// a pair's first frame only.
+#[inline(always)]
+fn claim_slot<K>(flows: &'static HashMap<K, u32>, key: &K, wide: PairKey) -> Option<u32> {
+    let slot = FREE_SLOTS.pop().ok().flatten()?;
+    let owner = SLOT_KEYS.get_ptr_mut(slot);
+    if let Some(owner) = owner {
+        // SAFETY: a free slot is ours alone until it is indexed below. The key
+        // is written before `live`, and both before the index makes the slot
+        // reachable.
+        unsafe {
+            (*owner).key = wide;
+            core::ptr::write_volatile(&mut (*owner).live, 1);
+        }
+    }
+    if flows.insert(key, slot, BPF_NOEXIST as u64).is_ok() {
+        return Some(slot);
+    }
+    // Another CPU indexed the pair first (or the index is full): give the slot back.
+    if let Some(owner) = owner {
+        // SAFETY: as above; the slot was never reachable.
+        unsafe { core::ptr::write_volatile(&mut (*owner).live, 0) };
+    }
+    let _ = FREE_SLOTS.push(slot, 0);
+    // SAFETY: as in `pair_entry`.
+    unsafe { flows.get(key) }.copied()
 }
 
 /// The policy generation in force; 0 when there are no rules at all.

@@ -73,7 +73,7 @@ fn pair(
     proto: u8,
     direction: Direction,
 ) -> (Counter, Counter) {
-    let snapshot = readout::read(ebpf, CAPACITY).unwrap();
+    let snapshot = readout::read(ebpf).unwrap();
     let key = PairKey {
         src,
         dst,
@@ -117,7 +117,7 @@ fn blocked_ipv4_cidr_drops_both_ways_and_counts_per_rule() {
         pair(&ebpf, v4(V4_SRC), v4(other), 17, Direction::Egress),
         (c(1, fine.len()), c(0, 0))
     );
-    let totals = readout::read(&ebpf, CAPACITY).unwrap().totals;
+    let totals = readout::read(&ebpf).unwrap().totals;
     assert_eq!(
         totals[Direction::Ingress as usize].dropped,
         c(2, 2 * back.len())

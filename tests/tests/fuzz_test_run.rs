@@ -119,7 +119,7 @@ impl Reference {
 }
 
 fn compare(ebpf: &Ebpf, reference: &[Reference; 2], batch: usize) {
-    let snapshot = readout::read(ebpf, 65_536).unwrap();
+    let snapshot = readout::read(ebpf).unwrap();
     let pairs: BTreeMap<PairKey, Counter> = snapshot
         .pairs
         .iter()

@@ -149,7 +149,7 @@ fn keep_attached_keeps_counting_and_enforcing_until_the_next_run(
     // (tcx attachments do not show in `ip link`; the traffic below shows them at work.)
     assert_eq!(xdp_attached(a)?, ingress == "xdp", "XDP still attached");
     let pins = bpffs.path().join("netmon").join(&a.iface);
-    assert!(pins.join("PAIRS_V4").exists() && pins.join(link).exists());
+    assert!(pins.join(netmon_common::maps::FLOWS_V4_MAP).exists() && pins.join(link).exists());
 
     // No daemon runs: the kernel counts and enforces on its own.
     traffic::udp(b, a, v4(a.ipv4), 7900, &[100, 200, 300])?;

@@ -3,6 +3,7 @@
 
 pub mod enforce;
 mod error;
+pub mod pairs;
 pub mod pins;
 pub mod readout;
 pub mod sys;
@@ -20,7 +21,10 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use netmon_common::{
-    maps::{DEFAULT_MAX_PAIRS, LAYOUT_VERSION, PAIRS_V4_MAP, PAIRS_V6_MAP},
+    maps::{
+        CPU_LANES_GLOBAL, DEFAULT_MAX_PAIRS, FLOWS_V4_MAP, FLOWS_V6_MAP, FREE_SLOTS_MAP, LANES_MAP,
+        LAYOUT_VERSION, SLOT_KEYS_MAP,
+    },
     policy::{PolicyState, POLICY_MAP},
 };
 use pins::{Hook, PinDir, MAP_LAYOUTS};
@@ -106,13 +110,27 @@ impl Default for LoadOptions {
 
 impl LoadOptions {
     /// An object loader with these settings.
-    fn loader(&self) -> EbpfLoader<'static> {
+    fn loader(&self) -> Result<EbpfLoader<'static>, DatapathError> {
         static PAIR: u8 = netmon_common::maps::GRANULARITY_PAIR;
         static FIVE_TUPLE: u8 = netmon_common::maps::GRANULARITY_5TUPLE;
+        let lanes = cpu_lanes()?;
         let mut loader = EbpfLoader::new();
         loader
-            .map_max_entries(PAIRS_V4_MAP, self.max_pairs)
-            .map_max_entries(PAIRS_V6_MAP, self.max_pairs)
+            .map_max_entries(FLOWS_V4_MAP, self.max_pairs)
+            .map_max_entries(FLOWS_V6_MAP, self.max_pairs)
+            .map_max_entries(SLOT_KEYS_MAP, self.max_pairs)
+            .map_max_entries(FREE_SLOTS_MAP, self.max_pairs)
+            .map_max_entries(
+                LANES_MAP,
+                self.max_pairs.checked_mul(*lanes).ok_or_else(|| {
+                    DatapathError::Policy(format!(
+                        "--max-pairs {} times {lanes} CPUs is more counters than one map holds; \
+                         use a smaller --max-pairs",
+                        self.max_pairs
+                    ))
+                })?,
+            )
+            .override_global(CPU_LANES_GLOBAL, lanes, true)
             .override_global(
                 netmon_common::maps::GRANULARITY_GLOBAL,
                 match self.granularity {
@@ -121,13 +139,28 @@ impl LoadOptions {
                 },
                 true,
             );
-        loader
+        Ok(loader)
     }
 }
 
-/// Loads the object and both programs into the kernel (verified, not attached).
+/// Counter lanes per pair: one per possible CPU, the ids
+/// `bpf_get_smp_processor_id` returns.
+fn cpu_lanes() -> Result<&'static u32, DatapathError> {
+    static LANES: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    if let Some(lanes) = LANES.get() {
+        return Ok(lanes);
+    }
+    let cpus = aya::util::nr_cpus()
+        .map_err(|(_, e)| DatapathError::Policy(format!("counting CPUs: {e}")))?;
+    Ok(LANES.get_or_init(|| cpus as u32))
+}
+
+/// Loads the object and both programs into the kernel (verified, not attached),
+/// with an empty pair table.
 pub fn load(options: &LoadOptions) -> Result<Ebpf, DatapathError> {
-    load_with(&mut options.loader())
+    let ebpf = load_with(&mut options.loader()?)?;
+    pairs::PairTable::of(&ebpf)?.free_all()?;
+    Ok(ebpf)
 }
 
 /// Looks up a program of the object by name and type.
@@ -149,7 +182,6 @@ pub struct Datapath {
     ebpf: Ebpf,
     iface: String,
     ingress: Option<Ingress>,
-    max_pairs: u32,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     pins: PinDir,
     links: Vec<PinnedLink>,
@@ -175,7 +207,7 @@ impl Datapath {
         let adopted = pins.has_maps();
         let mut max_pairs = options.max_pairs;
         if adopted {
-            if let Ok(info) = MapInfo::from_pin(pins.map(PAIRS_V4_MAP)) {
+            if let Ok(info) = MapInfo::from_pin(pins.map(SLOT_KEYS_MAP)) {
                 if info.max_entries() != max_pairs {
                     log::warn!(
                         "the pinned pair table holds {} pairs; --max-pairs {max_pairs} takes effect after a stop without --keep-attached",
@@ -189,7 +221,7 @@ impl Datapath {
             max_pairs,
             ..*options
         }
-        .loader();
+        .loader()?;
         let paths: Vec<_> = MAP_LAYOUTS
             .iter()
             .map(|(name, _, _)| (*name, pins.map(name)))
@@ -199,6 +231,15 @@ impl Datapath {
         }
         let mut ebpf = load_with(&mut loader)?;
         let instance = identify(&mut ebpf, adopted)?;
+        let table = pairs::PairTable::of(&ebpf)?;
+        if adopted {
+            let orphans = table.release_orphans()?;
+            if orphans > 0 {
+                log::info!("freed {orphans} pair slots an interrupted run left claimed");
+            }
+        } else {
+            table.free_all()?;
+        }
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
             Ok(logger) => Some(logger),
             Err(e) => {
@@ -213,7 +254,6 @@ impl Datapath {
             ebpf,
             iface: iface.to_string(),
             ingress,
-            max_pairs,
             logger,
             pins,
             links,
@@ -271,31 +311,13 @@ impl Datapath {
         &mut self.ebpf
     }
 
-    /// Removes pairs from the table and returns their final counters, read and
-    /// removed atomically so that no frame counted in between goes missing.
+    /// Removes pairs from the table and returns their final counters: every
+    /// frame counted for them up to the removal, none lost in between.
     pub fn remove_pairs(
         &mut self,
         keys: &[netmon_common::PairKey],
     ) -> Result<Vec<(netmon_common::PairKey, PairReading)>, DatapathError> {
-        let cpus = aya::util::nr_cpus()
-            .map_err(|(_, e)| DatapathError::Policy(format!("counting CPUs: {e}")))?;
-        let (v4, v6) = (
-            readout::pairs_fd(&self.ebpf, PAIRS_V4_MAP)?,
-            readout::pairs_fd(&self.ebpf, PAIRS_V6_MAP)?,
-        );
-        let mut removed = Vec::with_capacity(keys.len());
-        for key in keys {
-            let taken = match key.to_v4() {
-                Some(narrow) => sys::lookup_and_delete_per_cpu(v4, &narrow, cpus),
-                None => sys::lookup_and_delete_per_cpu(v6, key, cpus),
-            };
-            match taken {
-                Ok(values) => removed.push((*key, PairReading::fold(values.iter()))),
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
-                Err(e) => return Err(DatapathError::Pins(format!("removing an idle pair: {e}"))),
-            }
-        }
-        Ok(removed)
+        pairs::PairTable::of(&self.ebpf)?.retire(keys)
     }
 
     /// Reads the maps' cumulative counters.
@@ -303,7 +325,7 @@ impl Datapath {
         if let Some(logger) = &mut self.logger {
             logger.flush();
         }
-        readout::read(&self.ebpf, self.max_pairs)
+        readout::read(&self.ebpf)
     }
 }
 

@@ -1,8 +1,11 @@
-//! The raw bpf() calls aya 0.14 lacks: BPF_MAP_LOOKUP_AND_DELETE_ELEM and
-//! BPF_MAP_LOOKUP_BATCH and BPF_MAP_UPDATE_BATCH.
+//! The raw bpf() calls aya 0.14 lacks or that need no typed map: single
+//! elements on a bare descriptor, BPF_MAP_LOOKUP_AND_DELETE_ELEM,
+//! BPF_MAP_LOOKUP_BATCH and BPF_MAP_UPDATE_BATCH; and memory-mapping an array.
 
 use std::os::fd::RawFd;
 
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
 
 #[repr(C)]
@@ -15,27 +18,28 @@ struct MapElemAttr {
     flags: u64,
 }
 
-/// Removes `key` from a per-CPU hash map and returns its last per-CPU values,
-/// atomically: no update can land between the read and the removal.
-pub fn lookup_and_delete_per_cpu<K, V: Copy + Default>(
+/// One element command on `fd`; `key` and `value` may be null where the
+/// command allows (queues have no keys).
+fn elem(
+    cmd: libc::c_long,
     fd: RawFd,
-    key: &K,
-    cpus: usize,
-) -> std::io::Result<Vec<V>> {
-    // The kernel writes each CPU's value rounded up to 8 bytes.
-    assert_eq!(size_of::<V>() % 8, 0, "per-CPU values are 8-byte multiples");
-    let mut values = vec![V::default(); cpus];
+    key: *const u8,
+    value: *mut u8,
+    flags: u64,
+) -> std::io::Result<()> {
     let attr = MapElemAttr {
         map_fd: fd as u32,
-        key: key as *const K as u64,
-        value: values.as_mut_ptr() as u64,
+        key: key as u64,
+        value: value as u64,
+        flags,
         ..Default::default()
     };
-    // SAFETY: `attr` points at a key and a buffer of `cpus` values, both live for the call.
+    // SAFETY: the callers pass pointers to a key and value of the map's sizes,
+    // live for the call.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_bpf,
-            BPF_MAP_LOOKUP_AND_DELETE_ELEM,
+            cmd,
             &attr as *const MapElemAttr,
             size_of::<MapElemAttr>() as u32,
         )
@@ -43,7 +47,83 @@ pub fn lookup_and_delete_per_cpu<K, V: Copy + Default>(
     if rc < 0 {
         return Err(std::io::Error::last_os_error());
     }
-    Ok(values)
+    Ok(())
+}
+
+/// The value of `key` in a map whose values are one `V` (not per-CPU).
+pub fn lookup<K, V: Copy + Default>(fd: RawFd, key: &K) -> std::io::Result<V> {
+    let mut value = V::default();
+    elem(
+        BPF_MAP_LOOKUP_ELEM,
+        fd,
+        (key as *const K).cast(),
+        (&mut value as *mut V).cast(),
+        0,
+    )?;
+    Ok(value)
+}
+
+/// Removes `key`.
+pub fn delete<K>(fd: RawFd, key: &K) -> std::io::Result<()> {
+    elem(
+        BPF_MAP_DELETE_ELEM,
+        fd,
+        (key as *const K).cast(),
+        std::ptr::null_mut(),
+        0,
+    )
+}
+
+/// Writes `key → value` in a map whose values are one `V`.
+pub fn update<K, V>(fd: RawFd, key: &K, value: &V) -> std::io::Result<()> {
+    elem(
+        BPF_MAP_UPDATE_ELEM,
+        fd,
+        (key as *const K).cast(),
+        (value as *const V).cast_mut().cast(),
+        0,
+    )
+}
+
+/// Appends `value` to a queue map.
+pub fn push<V>(fd: RawFd, value: &V) -> std::io::Result<()> {
+    elem(
+        BPF_MAP_UPDATE_ELEM,
+        fd,
+        std::ptr::null(),
+        (value as *const V).cast_mut().cast(),
+        0,
+    )
+}
+
+/// Takes the head of a queue map; `Ok(None)` when it is empty.
+pub fn pop<V: Copy + Default>(fd: RawFd) -> std::io::Result<Option<V>> {
+    let mut value = V::default();
+    match elem(
+        BPF_MAP_LOOKUP_AND_DELETE_ELEM,
+        fd,
+        std::ptr::null(),
+        (&mut value as *mut V).cast(),
+        0,
+    ) {
+        Ok(()) => Ok(Some(value)),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Removes `key` from a map whose values are one `V` and returns its last
+/// value, atomically.
+pub fn lookup_and_delete<K, V: Copy + Default>(fd: RawFd, key: &K) -> std::io::Result<V> {
+    let mut value = V::default();
+    elem(
+        BPF_MAP_LOOKUP_AND_DELETE_ELEM,
+        fd,
+        (key as *const K).cast(),
+        (&mut value as *mut V).cast(),
+        0,
+    )?;
+    Ok(value)
 }
 
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
@@ -61,19 +141,20 @@ struct BatchAttr {
     flags: u64,
 }
 
-/// Reads a whole per-CPU hash map with BPF_MAP_LOOKUP_BATCH, `chunk` entries
-/// per call: one syscall per chunk instead of two per entry.
+/// Reads a whole hash or array map with BPF_MAP_LOOKUP_BATCH, `chunk`
+/// entries per call: one syscall per chunk instead of two per entry. Each key
+/// comes with `per_key` values (the CPU count for per-CPU maps, else 1).
 /// `Err(EINVAL)` on kernels without batch support (before 5.6).
-pub fn lookup_batch_per_cpu<K: Copy + Default, V: Copy + Default>(
+pub fn lookup_batch<K: Copy + Default, V: Copy + Default>(
     fd: RawFd,
-    cpus: usize,
+    per_key: usize,
     chunk: usize,
     mut each: impl FnMut(K, &[V]),
 ) -> std::io::Result<()> {
-    assert_eq!(size_of::<V>() % 8, 0, "per-CPU values are 8-byte multiples");
+    assert_eq!(size_of::<V>() % 8, 0, "values are 8-byte multiples");
     let mut keys = vec![K::default(); chunk];
-    let mut values = vec![V::default(); chunk * cpus];
-    // Hash maps use a u32 bucket cursor as the batch token.
+    let mut values = vec![V::default(); chunk * per_key];
+    // Hash maps use a u32 bucket cursor as the batch token, arrays a u32 index.
     let (mut token_in, mut token_out) = (0u32, 0u32);
     let mut first = true;
     loop {
@@ -110,7 +191,7 @@ pub fn lookup_batch_per_cpu<K: Copy + Default, V: Copy + Default>(
             }
         };
         for i in 0..attr.count as usize {
-            each(keys[i], &values[i * cpus..(i + 1) * cpus]);
+            each(keys[i], &values[i * per_key..(i + 1) * per_key]);
         }
         if done {
             return Ok(());
@@ -121,30 +202,6 @@ pub fn lookup_batch_per_cpu<K: Copy + Default, V: Copy + Default>(
 }
 
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
-
-/// Writes one entry of a per-CPU map from user space (benchmarks fill tables with it).
-pub fn update_per_cpu<K, V: Copy>(fd: RawFd, key: &K, values: &[V]) -> std::io::Result<()> {
-    assert_eq!(size_of::<V>() % 8, 0, "per-CPU values are 8-byte multiples");
-    let attr = MapElemAttr {
-        map_fd: fd as u32,
-        key: key as *const K as u64,
-        value: values.as_ptr() as u64,
-        ..Default::default()
-    };
-    // SAFETY: `attr` points at a key and one value per possible CPU, live for the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_UPDATE_ELEM,
-            &attr as *const MapElemAttr,
-            size_of::<MapElemAttr>() as u32,
-        )
-    };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
 
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 
@@ -176,4 +233,77 @@ pub fn update_batch<K, V>(fd: RawFd, keys: &[K], values: &[V]) -> std::io::Resul
         }
     }
     Ok(())
+}
+
+/// Entries `first .. first + count` of a BPF_F_MMAPABLE array of `T`, mapped
+/// into memory; unmapped on drop. Reads and writes are volatile: the datapath
+/// writes the same memory concurrently.
+pub struct ArrayWindow<T> {
+    mapping: *mut libc::c_void,
+    mapped_len: usize,
+    entries: *mut T,
+    count: usize,
+}
+
+impl<T: Copy> ArrayWindow<T> {
+    /// Maps the entries (whole pages around them), writable if `writable`.
+    pub fn map(fd: RawFd, first: usize, count: usize, writable: bool) -> std::io::Result<Self> {
+        // The kernel lays entries out at 8-byte strides.
+        assert_eq!(size_of::<T>() % 8, 0, "array entries are 8-byte multiples");
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+        let (begin, end) = (first * size_of::<T>(), (first + count) * size_of::<T>());
+        let offset = begin / page * page;
+        let mapped_len = (end.div_ceil(page) * page - offset).max(page);
+        let prot = if writable {
+            libc::PROT_READ | libc::PROT_WRITE
+        } else {
+            libc::PROT_READ
+        };
+        // SAFETY: a fresh shared mapping of the map's memory; the kernel checks
+        // that the range lies inside the array.
+        let mapping = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                mapped_len,
+                prot,
+                libc::MAP_SHARED,
+                fd,
+                offset as libc::off_t,
+            )
+        };
+        if mapping == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Self {
+            mapping,
+            mapped_len,
+            // SAFETY: `begin - offset` lies inside the mapping.
+            entries: unsafe { mapping.cast::<u8>().add(begin - offset) }.cast(),
+            count,
+        })
+    }
+
+    /// Entry `first + i`.
+    #[inline]
+    pub fn get(&self, i: usize) -> T {
+        assert!(i < self.count);
+        // SAFETY: in bounds of the mapping, aligned (page-aligned base, 8-byte strides).
+        unsafe { std::ptr::read_volatile(self.entries.add(i)) }
+    }
+
+    /// Overwrites entry `first + i` (the window must be writable).
+    #[inline]
+    pub fn set(&mut self, i: usize, value: T) {
+        assert!(i < self.count);
+        // SAFETY: as in `get`; the mapping is writable or this faults, by contract.
+        unsafe { std::ptr::write_volatile(self.entries.add(i), value) }
+    }
+}
+
+impl<T> Drop for ArrayWindow<T> {
+    fn drop(&mut self) {
+        // SAFETY: the mapping this window made, unmapped once.
+        unsafe { libc::munmap(self.mapping, self.mapped_len) };
+    }
 }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use aya::maps::MapData;
+use netmon::datapath::pairs::PairTable;
 use netmon_tests::{daemon::Netmon, mounts::TempMount, TestNet};
 
 use crate::{
@@ -23,22 +23,13 @@ pub fn run(scale: Scale) -> Vec<Row> {
             "--bpffs",
             bpffs.path().to_str().unwrap(),
             "--max-pairs",
-            // Room to spare: the preallocated table's per-CPU free lists can
-            // report it full a little before the last entry.
-            &(pairs + pairs / 16).to_string(),
+            &pairs.to_string(),
         ],
     )
     .unwrap();
-    let pin = bpffs
-        .path()
-        .join("netmon")
-        .join(&net.a.iface)
-        .join("PAIRS_V4");
-    let map = MapData::from_pin(&pin).unwrap_or_else(|e| panic!("{}: {e}", pin.display()));
-    crate::readout::fill(
-        std::os::fd::AsRawFd::as_raw_fd(&std::os::fd::AsFd::as_fd(map.fd())),
-        pairs,
-    );
+    let pins = bpffs.path().join("netmon").join(&net.a.iface);
+    let table = PairTable::pinned(&pins).unwrap_or_else(|e| panic!("{}: {e}", pins.display()));
+    crate::readout::fill(&table, pairs);
     // Polls (1 s apart) with every pair in them: the first accounts them all, the rest none.
     std::thread::sleep(Duration::from_secs(5));
     let kb = |field: &str| netmon_tests::daemon::status_kib(netmon.pid(), field) as f64;

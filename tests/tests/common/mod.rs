@@ -4,16 +4,13 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use aya::{
-    maps::{PerCpuArray, PerCpuHashMap, PerCpuValues},
+    maps::{PerCpuArray, PerCpuValues},
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
     util::nr_cpus,
     Ebpf,
 };
-use netmon::datapath::{self, LoadOptions, EGRESS_PROGRAM, INGRESS_PROGRAM};
-use netmon_common::{
-    maps::{PAIRS_V4_MAP, PAIRS_V6_MAP, TOTALS_MAP},
-    DirectionTotals, PairKey, PairKeyV4, PairStats,
-};
+use netmon::datapath::{self, pairs::PairTable, LoadOptions, EGRESS_PROGRAM, INGRESS_PROGRAM};
+use netmon_common::{maps::TOTALS_MAP, DirectionTotals};
 
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
@@ -81,24 +78,13 @@ pub fn try_tc(ebpf: &mut Ebpf, frame: &[u8], gso: Option<(u32, u32)>) -> Option<
 
 /// Empties the pair table and zeroes the totals, so one load serves many frames.
 pub fn reset(ebpf: &mut Ebpf) {
-    clear::<PairKeyV4>(ebpf, PAIRS_V4_MAP);
-    clear::<PairKey>(ebpf, PAIRS_V6_MAP);
+    PairTable::of(ebpf).unwrap().clear().unwrap();
     let mut totals: PerCpuArray<_, DirectionTotals> =
         PerCpuArray::try_from(ebpf.map_mut(TOTALS_MAP).unwrap()).unwrap();
     let cpus = nr_cpus().unwrap();
     for direction in 0..2 {
         let zero = PerCpuValues::try_from(vec![DirectionTotals::default(); cpus]).unwrap();
         totals.set(direction, zero, 0).unwrap();
-    }
-}
-
-/// Removes every entry of the pair table `name`.
-fn clear<K: aya::Pod>(ebpf: &mut Ebpf, name: &str) {
-    let mut pairs: PerCpuHashMap<_, K, PairStats> =
-        PerCpuHashMap::try_from(ebpf.map_mut(name).unwrap()).unwrap();
-    let keys: Vec<K> = pairs.keys().map(Result::unwrap).collect();
-    for key in keys {
-        pairs.remove(&key).unwrap();
     }
 }
 

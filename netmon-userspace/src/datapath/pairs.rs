@@ -1,0 +1,427 @@
+//! The pair table as user space sees it.
+//!
+//! The datapath keeps it in four maps (see `netmon-ebpf/src/maps.rs`): an
+//! index from each pair's key to a slot (one hash map per family), the
+//! counters of every slot in one lane per CPU, the key each slot counts for,
+//! and a queue of free slots. The counters and keys are arrays user space maps
+//! into memory, so a poll reads the whole table without a syscall per pair.
+//! User space fills the free queue at load and returns the slots of the pairs
+//! it retires, after making sure no program still writes them.
+
+use std::{
+    marker::PhantomData,
+    os::fd::{AsFd, AsRawFd, RawFd},
+};
+
+use aya::{
+    maps::{Map, MapData},
+    Ebpf,
+};
+use netmon_common::{
+    maps::{FLOWS_V4_MAP, FLOWS_V6_MAP, FREE_SLOTS_MAP, LANES_MAP, SLOT_EPOCH_MAP, SLOT_KEYS_MAP},
+    PairKey, PairKeyV4, PairStats, SlotKey,
+};
+
+use super::{
+    readout::PairReading,
+    sys::{self, ArrayWindow},
+    DatapathError,
+};
+
+/// Slots per memory window while reading the whole table: a multiple of 256
+/// keeps every window page-aligned, whatever the lane count.
+const WINDOW_SLOTS: u32 = 4096;
+
+/// The maps of the pair table, in the order [`PairTable::with_maps`] takes them.
+const MAPS: [&str; 6] = [
+    FLOWS_V4_MAP,
+    FLOWS_V6_MAP,
+    LANES_MAP,
+    SLOT_KEYS_MAP,
+    FREE_SLOTS_MAP,
+    SLOT_EPOCH_MAP,
+];
+
+/// Entries per batch syscall for [`PairTable::read_batched`].
+const BATCH: usize = 4096;
+
+/// The pair table of a loaded object (borrowing its maps) or of pinned maps.
+pub struct PairTable<'a> {
+    flows_v4: RawFd,
+    flows_v6: RawFd,
+    lanes: RawFd,
+    keys: RawFd,
+    free: RawFd,
+    epoch: RawFd,
+    capacity: u32,
+    cpu_lanes: u32,
+    /// The maps, when opened from pins rather than borrowed.
+    _pinned: Vec<MapData>,
+    _ebpf: PhantomData<&'a Ebpf>,
+}
+
+impl<'a> PairTable<'a> {
+    /// The pair table of `ebpf`.
+    pub fn of(ebpf: &'a Ebpf) -> Result<Self, DatapathError> {
+        let mut maps = Vec::with_capacity(MAPS.len());
+        for name in MAPS {
+            match ebpf.map(name) {
+                Some(Map::Array(data) | Map::HashMap(data) | Map::Queue(data)) => maps.push(data),
+                _ => return Err(DatapathError::MissingMap(name)),
+            }
+        }
+        Self::with_maps(&maps)
+    }
+
+    /// The pair table pinned in `dir` by a running (or kept-attached) netmon.
+    pub fn pinned(dir: &std::path::Path) -> Result<PairTable<'static>, DatapathError> {
+        let maps = MAPS
+            .iter()
+            .map(|&map| {
+                MapData::from_pin(dir.join(map)).map_err(|cause| DatapathError::Map { map, cause })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let table = PairTable::with_maps(&maps.iter().collect::<Vec<_>>())?;
+        Ok(PairTable {
+            _pinned: maps,
+            _ebpf: PhantomData,
+            ..table
+        })
+    }
+
+    /// The table over `maps`, in the order of [`MAPS`].
+    fn with_maps(maps: &[&MapData]) -> Result<Self, DatapathError> {
+        let fd = |i: usize| maps[i].fd().as_fd().as_raw_fd();
+        let max_entries = |i: usize| {
+            maps[i]
+                .info()
+                .map(|info| info.max_entries())
+                .map_err(|cause| DatapathError::Map {
+                    map: MAPS[i],
+                    cause,
+                })
+        };
+        let capacity = max_entries(3)?;
+        Ok(Self {
+            flows_v4: fd(0),
+            flows_v6: fd(1),
+            lanes: fd(2),
+            keys: fd(3),
+            free: fd(4),
+            epoch: fd(5),
+            capacity,
+            cpu_lanes: max_entries(2)? / capacity.max(1),
+            _pinned: Vec::new(),
+            _ebpf: PhantomData,
+        })
+    }
+
+    /// How many pairs the table holds at most.
+    pub fn capacity(&self) -> u32 {
+        self.capacity
+    }
+
+    /// Marks every slot free and turns the slot caches on: the start of a
+    /// fresh table.
+    pub fn free_all(&self) -> Result<(), DatapathError> {
+        for slot in 0..self.capacity {
+            sys::push(self.free, &slot).map_err(failed("filling the free-slot queue"))?;
+        }
+        sys::update(self.epoch, &0u32, &1u32).map_err(failed("starting the slot epoch"))
+    }
+
+    /// Calls `each` with every pair in the table and its counters, folded over
+    /// CPUs, read straight from the mapped arrays. Pairs with nothing counted
+    /// yet (a slot claimed a moment ago) are left for the next read.
+    pub fn read(&self, mut each: impl FnMut(PairKey, PairReading)) -> Result<(), DatapathError> {
+        let lanes = self.cpu_lanes as usize;
+        let mut first = 0;
+        while first < self.capacity {
+            let count = WINDOW_SLOTS.min(self.capacity - first) as usize;
+            let keys = ArrayWindow::<SlotKey>::map(self.keys, first as usize, count, false)
+                .map_err(failed("mapping the slot keys"))?;
+            let counters = ArrayWindow::<PairStats>::map(
+                self.lanes,
+                first as usize * lanes,
+                count * lanes,
+                false,
+            )
+            .map_err(failed("mapping the counters"))?;
+            for i in 0..count {
+                let owner = keys.get(i);
+                if owner.live == 0 {
+                    continue;
+                }
+                let reading =
+                    PairReading::fold((0..lanes).map(|cpu| counters.get(i * lanes + cpu)));
+                if reading != PairReading::default() {
+                    each(owner.key, reading);
+                }
+            }
+            first += count as u32;
+        }
+        Ok(())
+    }
+
+    /// [`read`](Self::read) with BPF_MAP_LOOKUP_BATCH syscalls instead of
+    /// mapped memory: for comparison in the benchmarks and tests.
+    pub fn read_batched(
+        &self,
+        mut each: impl FnMut(PairKey, PairReading),
+    ) -> Result<(), DatapathError> {
+        let mut owners = Vec::with_capacity(self.capacity as usize);
+        sys::lookup_batch::<u32, SlotKey>(self.keys, 1, BATCH, |_, owner| owners.push(owner[0]))
+            .map_err(failed("reading the slot keys"))?;
+        let lanes = self.cpu_lanes as usize;
+        let mut slot_lanes = Vec::with_capacity(lanes);
+        sys::lookup_batch::<u32, PairStats>(self.lanes, 1, BATCH, |index, lane| {
+            slot_lanes.push(lane[0]);
+            if slot_lanes.len() < lanes {
+                return;
+            }
+            let owner = owners[index as usize / lanes];
+            let reading = PairReading::fold(slot_lanes.drain(..));
+            if owner.live != 0 && reading != PairReading::default() {
+                each(owner.key, reading);
+            }
+        })
+        .map_err(failed("reading the counters"))
+    }
+
+    /// [`read`](Self::read) the way aya's typed maps allow: the index walked
+    /// key by key, each lane looked up on its own. The benchmarks' reference.
+    pub fn read_iterated(
+        &self,
+        ebpf: &Ebpf,
+        mut each: impl FnMut(PairKey, PairReading),
+    ) -> Result<(), DatapathError> {
+        let lanes = self.cpu_lanes;
+        let mut emit = |key: PairKey, slot: u32| -> Result<(), DatapathError> {
+            let mut per_cpu = Vec::with_capacity(lanes as usize);
+            for cpu in 0..lanes {
+                per_cpu.push(
+                    sys::lookup::<u32, PairStats>(self.lanes, &(slot * lanes + cpu))
+                        .map_err(failed("reading a lane"))?,
+                );
+            }
+            let reading = PairReading::fold(per_cpu);
+            if reading != PairReading::default() {
+                each(key, reading);
+            }
+            Ok(())
+        };
+        let map_error = |map| move |cause| DatapathError::Map { map, cause };
+        let v4: aya::maps::HashMap<_, PairKeyV4, u32> = aya::maps::HashMap::try_from(
+            ebpf.map(FLOWS_V4_MAP)
+                .ok_or(DatapathError::MissingMap(FLOWS_V4_MAP))?,
+        )
+        .map_err(map_error(FLOWS_V4_MAP))?;
+        for entry in v4.iter() {
+            let (key, slot) = entry.map_err(map_error(FLOWS_V4_MAP))?;
+            emit(key.widen(), slot)?;
+        }
+        let v6: aya::maps::HashMap<_, PairKey, u32> = aya::maps::HashMap::try_from(
+            ebpf.map(FLOWS_V6_MAP)
+                .ok_or(DatapathError::MissingMap(FLOWS_V6_MAP))?,
+        )
+        .map_err(map_error(FLOWS_V6_MAP))?;
+        for entry in v6.iter() {
+            let (key, slot) = entry.map_err(map_error(FLOWS_V6_MAP))?;
+            emit(key, slot)?;
+        }
+        Ok(())
+    }
+
+    /// Removes pairs and returns their final counters; their slots become free.
+    ///
+    /// A pair leaves the index first; once every program that may have looked
+    /// it up before has finished, its lanes hold its last count and nothing
+    /// writes them any more, so they are read, zeroed (with the cached policy
+    /// decision) and the slot queued for reuse.
+    pub fn retire(&self, keys: &[PairKey]) -> Result<Vec<(PairKey, PairReading)>, DatapathError> {
+        let mut slots = Vec::with_capacity(keys.len());
+        for key in keys {
+            let unindexed = match key.to_v4() {
+                Some(narrow) => sys::lookup_and_delete::<_, u32>(self.flows_v4, &narrow),
+                None => sys::lookup_and_delete::<_, u32>(self.flows_v6, key),
+            };
+            match unindexed {
+                Ok(slot) => slots.push((*key, slot)),
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(e) => return Err(failed("removing an idle pair")(e)),
+            }
+        }
+        if slots.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.forget_cached_slots()?;
+        let mut retired = Vec::with_capacity(slots.len());
+        for (key, slot) in slots {
+            retired.push((key, self.release(slot)?));
+        }
+        Ok(retired)
+    }
+
+    /// Removes every pair (tests reuse one loaded object this way).
+    pub fn clear(&self) -> Result<(), DatapathError> {
+        let mut keys = Vec::new();
+        self.read(|key, _| keys.push(key))?;
+        self.retire(&keys)?;
+        Ok(())
+    }
+
+    /// Frees slots a crash left claimed but no longer indexed (between taking
+    /// a pair out of the index and returning its slot); their counts were
+    /// accounted before. Returns how many.
+    pub fn release_orphans(&self) -> Result<usize, DatapathError> {
+        let orphans = |candidates: Option<&[u32]>| -> Result<Vec<u32>, DatapathError> {
+            let mut found = Vec::new();
+            let mut check = |slot: u32| -> Result<(), DatapathError> {
+                let owner: SlotKey =
+                    sys::lookup(self.keys, &slot).map_err(failed("reading a slot key"))?;
+                if owner.live != 0 && self.indexed_slot(&owner.key)? != Some(slot) {
+                    found.push(slot);
+                }
+                Ok(())
+            };
+            match candidates {
+                Some(slots) => slots.iter().try_for_each(|&s| check(s))?,
+                None => (0..self.capacity).try_for_each(&mut check)?,
+            }
+            Ok(found)
+        };
+        let candidates = orphans(None)?;
+        if candidates.is_empty() {
+            return Ok(0);
+        }
+        // A program may be between claiming a slot and indexing it: let it finish.
+        wait_for_running_programs();
+        let orphans = orphans(Some(&candidates))?;
+        if orphans.is_empty() {
+            return Ok(0);
+        }
+        self.forget_cached_slots()?;
+        for &slot in &orphans {
+            self.release(slot)?;
+        }
+        Ok(orphans.len())
+    }
+
+    /// Writes pairs the way the datapath would on their first frames, every
+    /// CPU lane holding `lane`. Benchmarks fill tables with it, without traffic.
+    pub fn insert(&self, keys: &[PairKey], lane: PairStats) -> Result<(), DatapathError> {
+        let mut claimed = Vec::with_capacity(keys.len());
+        for key in keys {
+            let slot = sys::pop::<u32>(self.free)
+                .map_err(failed("claiming a slot"))?
+                .ok_or_else(|| DatapathError::Pins("the pair table is full".into()))?;
+            claimed.push((slot, *key));
+        }
+        // Written a window of slots at a time, as `read` reads them.
+        claimed.sort_unstable_by_key(|&(slot, _)| slot);
+        let lanes = self.cpu_lanes as usize;
+        for group in claimed.chunk_by(|a, b| a.0 / WINDOW_SLOTS == b.0 / WINDOW_SLOTS) {
+            let first = (group[0].0 / WINDOW_SLOTS * WINDOW_SLOTS) as usize;
+            let count = (WINDOW_SLOTS as usize).min(self.capacity as usize - first);
+            let mut owners = ArrayWindow::<SlotKey>::map(self.keys, first, count, true)
+                .map_err(failed("mapping the slot keys"))?;
+            let mut counters =
+                ArrayWindow::<PairStats>::map(self.lanes, first * lanes, count * lanes, true)
+                    .map_err(failed("mapping the counters"))?;
+            for &(slot, key) in group {
+                let i = slot as usize - first;
+                for cpu in 0..lanes {
+                    counters.set(i * lanes + cpu, lane);
+                }
+                owners.set(
+                    i,
+                    SlotKey {
+                        key,
+                        live: 1,
+                        _pad: 0,
+                    },
+                );
+            }
+        }
+        let (mut v4, mut v6) = ((Vec::new(), Vec::new()), (Vec::new(), Vec::new()));
+        for (slot, key) in claimed {
+            match key.to_v4() {
+                Some(narrow) => {
+                    v4.0.push(narrow);
+                    v4.1.push(slot);
+                }
+                None => {
+                    v6.0.push(key);
+                    v6.1.push(slot);
+                }
+            }
+        }
+        sys::update_batch(self.flows_v4, &v4.0, &v4.1).map_err(failed("indexing IPv4 pairs"))?;
+        sys::update_batch(self.flows_v6, &v6.0, &v6.1).map_err(failed("indexing IPv6 pairs"))?;
+        Ok(())
+    }
+
+    /// The slot the index holds for `key`, if any.
+    fn indexed_slot(&self, key: &PairKey) -> Result<Option<u32>, DatapathError> {
+        let found = match key.to_v4() {
+            Some(narrow) => sys::lookup::<_, u32>(self.flows_v4, &narrow),
+            None => sys::lookup::<_, u32>(self.flows_v6, key),
+        };
+        match found {
+            Ok(slot) => Ok(Some(slot)),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+            Err(e) => Err(failed("looking up a pair")(e)),
+        }
+    }
+
+    /// Makes sure no program will write slots just taken out of the index:
+    /// the ones running now finish (they may have looked a slot up before),
+    /// then the epoch moves on, which stales every CPU's slot cache, and the
+    /// programs that read the old epoch finish too.
+    fn forget_cached_slots(&self) -> Result<(), DatapathError> {
+        wait_for_running_programs();
+        let epoch: u32 =
+            sys::lookup(self.epoch, &0u32).map_err(failed("reading the slot epoch"))?;
+        // Never 0, which turns the caches off.
+        let next = epoch.wrapping_add(1).max(1);
+        sys::update(self.epoch, &0u32, &next).map_err(failed("moving the slot epoch on"))?;
+        wait_for_running_programs();
+        Ok(())
+    }
+
+    /// Reads and zeroes an unindexed slot's lanes, clears its key and queues it
+    /// as free. Nothing may write the slot any more.
+    fn release(&self, slot: u32) -> Result<PairReading, DatapathError> {
+        let lanes = self.cpu_lanes as usize;
+        let mut counters =
+            ArrayWindow::<PairStats>::map(self.lanes, slot as usize * lanes, lanes, true)
+                .map_err(failed("mapping a slot's lanes"))?;
+        let reading = PairReading::fold((0..lanes).map(|cpu| counters.get(cpu)));
+        for cpu in 0..lanes {
+            counters.set(cpu, PairStats::default());
+        }
+        let mut owner = ArrayWindow::<SlotKey>::map(self.keys, slot as usize, 1, true)
+            .map_err(failed("mapping a slot key"))?;
+        owner.set(0, SlotKey::default());
+        sys::push(self.free, &slot).map_err(failed("freeing a slot"))?;
+        Ok(reading)
+    }
+}
+
+/// Returns once every eBPF program running now has finished: XDP and TC
+/// programs run inside RCU read-side sections, and MEMBARRIER_CMD_GLOBAL waits
+/// for an RCU grace period.
+fn wait_for_running_programs() {
+    const MEMBARRIER_CMD_GLOBAL: libc::c_int = 1;
+    // SAFETY: membarrier takes no pointers.
+    let rc = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
+    if rc != 0 {
+        // nohz_full kernels refuse it; a program runs for microseconds.
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// An error constructor for a failed syscall while `doing` something.
+fn failed(doing: &'static str) -> impl Fn(std::io::Error) -> DatapathError {
+    move |e| DatapathError::Pins(format!("{doing}: {e}"))
+}
