@@ -8,7 +8,7 @@
 pub const FLOWS_V4_MAP: &str = "FLOWS_V4";
 /// Name of the hash map from an IPv6 pair's [`PairKey`] to its slot.
 pub const FLOWS_V6_MAP: &str = "FLOWS_V6";
-/// Name of the memory-mappable array of [`PairStats`], entry `slot * lanes + cpu`.
+/// Name of the memory-mappable array of [`PairStats`], entry `cpu * slots + slot`.
 pub const LANES_MAP: &str = "LANES";
 /// Name of the memory-mappable array of [`SlotKey`], by slot.
 pub const SLOT_KEYS_MAP: &str = "SLOT_KEYS";
@@ -23,6 +23,8 @@ pub const SLOT_CACHE_MAP: &str = "SLOT_CACHE";
 pub const SLOT_EPOCH_MAP: &str = "SLOT_EPOCH";
 /// log2 of the entries in each CPU's slot cache (32 bytes each: 256 KiB per CPU).
 pub const SLOT_CACHE_BITS: u32 = 13;
+/// Name of the load-time global holding the number of slots (`--max-pairs`).
+pub const PAIR_SLOTS_GLOBAL: &str = "PAIR_SLOTS";
 /// Name of the load-time global holding the lanes per slot: the number of
 /// possible CPUs.
 pub const CPU_LANES_GLOBAL: &str = "CPU_LANES";

@@ -29,7 +29,7 @@ pub static FLOWS_V4: HashMap<PairKeyV4, u32> = HashMap::with_max_entries(DEFAULT
 pub static FLOWS_V6: HashMap<PairKey, u32> =
     HashMap::with_max_entries(DEFAULT_MAX_PAIRS, BPF_F_NO_PREALLOC);
 
-/// Counters and cached policy decisions: entry `slot * CPU_LANES + cpu`.
+/// Counters and cached policy decisions: entry `cpu * PAIR_SLOTS + slot`.
 /// Each CPU writes only its own lane, so no atomics are needed.
 #[map(name = "LANES")]
 pub static LANES: Array<PairStats> = Array::with_max_entries(DEFAULT_MAX_PAIRS, BPF_F_MMAPABLE);

@@ -29,6 +29,10 @@ static GRANULARITY: Global<u8> = Global::new(netmon_common::maps::GRANULARITY_PA
 #[unsafe(no_mangle)]
 static CPU_LANES: Global<u32> = Global::new(1);
 
+/// Slots in the pair table (`--max-pairs`), set at load time.
+#[unsafe(no_mangle)]
+static PAIR_SLOTS: Global<u32> = Global::new(netmon_common::maps::DEFAULT_MAX_PAIRS);
+
 /// What the hook does with the frame.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -207,13 +211,13 @@ fn slot_of<K>(
 /// This CPU's lane of a slot's counters.
 #[inline(always)]
 fn lane(slot: u32) -> Option<&'static mut PairStats> {
-    let lanes = CPU_LANES.load();
     // SAFETY: a helper without arguments or side effects.
     let cpu = unsafe { bpf_get_smp_processor_id() };
-    if cpu >= lanes {
+    if cpu >= CPU_LANES.load() {
         return None;
     }
-    let lane = LANES.get_ptr_mut(slot.wrapping_mul(lanes).wrapping_add(cpu))?;
+    // CPU-major: one CPU's lanes are contiguous, so its packets touch fewer pages.
+    let lane = LANES.get_ptr_mut(cpu.wrapping_mul(PAIR_SLOTS.load()).wrapping_add(slot))?;
     // SAFETY: this CPU's lane; no other CPU writes it, and user space only
     // writes lanes of slots no program can reach any more.
     Some(unsafe { &mut *lane })

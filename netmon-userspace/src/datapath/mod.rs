@@ -23,7 +23,7 @@ use aya::{
 use netmon_common::{
     maps::{
         CPU_LANES_GLOBAL, DEFAULT_MAX_PAIRS, FLOWS_V4_MAP, FLOWS_V6_MAP, FREE_SLOTS_MAP, LANES_MAP,
-        LAYOUT_VERSION, SLOT_KEYS_MAP,
+        LAYOUT_VERSION, PAIR_SLOTS_GLOBAL, SLOT_KEYS_MAP,
     },
     policy::{PolicyState, POLICY_MAP},
 };
@@ -110,7 +110,7 @@ impl Default for LoadOptions {
 
 impl LoadOptions {
     /// An object loader with these settings.
-    fn loader(&self) -> Result<EbpfLoader<'static>, DatapathError> {
+    fn loader(&self) -> Result<EbpfLoader<'_>, DatapathError> {
         static PAIR: u8 = netmon_common::maps::GRANULARITY_PAIR;
         static FIVE_TUPLE: u8 = netmon_common::maps::GRANULARITY_5TUPLE;
         let lanes = cpu_lanes()?;
@@ -131,6 +131,7 @@ impl LoadOptions {
                 })?,
             )
             .override_global(CPU_LANES_GLOBAL, lanes, true)
+            .override_global(PAIR_SLOTS_GLOBAL, &self.max_pairs, true)
             .override_global(
                 netmon_common::maps::GRANULARITY_GLOBAL,
                 match self.granularity {
@@ -217,11 +218,11 @@ impl Datapath {
                 }
             }
         }
-        let mut loader = LoadOptions {
+        let options = LoadOptions {
             max_pairs,
             ..*options
-        }
-        .loader()?;
+        };
+        let mut loader = options.loader()?;
         let paths: Vec<_> = MAP_LAYOUTS
             .iter()
             .map(|(name, _, _)| (*name, pins.map(name)))

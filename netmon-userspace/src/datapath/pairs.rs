@@ -134,31 +134,18 @@ impl<'a> PairTable<'a> {
     /// CPUs, read straight from the mapped arrays. Pairs with nothing counted
     /// yet (a slot claimed a moment ago) are left for the next read.
     pub fn read(&self, mut each: impl FnMut(PairKey, PairReading)) -> Result<(), DatapathError> {
-        let lanes = self.cpu_lanes as usize;
-        let mut first = 0;
-        while first < self.capacity {
-            let count = WINDOW_SLOTS.min(self.capacity - first) as usize;
-            let keys = ArrayWindow::<SlotKey>::map(self.keys, first as usize, count, false)
-                .map_err(failed("mapping the slot keys"))?;
-            let counters = ArrayWindow::<PairStats>::map(
-                self.lanes,
-                first as usize * lanes,
-                count * lanes,
-                false,
-            )
-            .map_err(failed("mapping the counters"))?;
-            for i in 0..count {
-                let owner = keys.get(i);
+        for first in (0..self.capacity).step_by(WINDOW_SLOTS as usize) {
+            let chunk = Chunk::map(self, first, false)?;
+            for slot in chunk.slots() {
+                let owner = chunk.owner(slot);
                 if owner.live == 0 {
                     continue;
                 }
-                let reading =
-                    PairReading::fold((0..lanes).map(|cpu| counters.get(i * lanes + cpu)));
+                let reading = chunk.reading(slot);
                 if reading != PairReading::default() {
                     each(owner.key, reading);
                 }
             }
-            first += count as u32;
         }
         Ok(())
     }
@@ -172,20 +159,20 @@ impl<'a> PairTable<'a> {
         let mut owners = Vec::with_capacity(self.capacity as usize);
         sys::lookup_batch::<u32, SlotKey>(self.keys, 1, BATCH, |_, owner| owners.push(owner[0]))
             .map_err(failed("reading the slot keys"))?;
-        let lanes = self.cpu_lanes as usize;
-        let mut slot_lanes = Vec::with_capacity(lanes);
+        // Lanes are CPU-major: every slot's reading is complete only at the end.
+        let mut readings = vec![PairReading::default(); self.capacity as usize];
+        let capacity = self.capacity.max(1);
         sys::lookup_batch::<u32, PairStats>(self.lanes, 1, BATCH, |index, lane| {
-            slot_lanes.push(lane[0]);
-            if slot_lanes.len() < lanes {
-                return;
-            }
-            let owner = owners[index as usize / lanes];
-            let reading = PairReading::fold(slot_lanes.drain(..));
+            let reading = &mut readings[(index % capacity) as usize];
+            *reading = reading.plus(PairReading::fold([lane[0]]));
+        })
+        .map_err(failed("reading the counters"))?;
+        for (owner, reading) in owners.into_iter().zip(readings) {
             if owner.live != 0 && reading != PairReading::default() {
                 each(owner.key, reading);
             }
-        })
-        .map_err(failed("reading the counters"))
+        }
+        Ok(())
     }
 
     /// [`read`](Self::read) the way aya's typed maps allow: the index walked
@@ -200,7 +187,7 @@ impl<'a> PairTable<'a> {
             let mut per_cpu = Vec::with_capacity(lanes as usize);
             for cpu in 0..lanes {
                 per_cpu.push(
-                    sys::lookup::<u32, PairStats>(self.lanes, &(slot * lanes + cpu))
+                    sys::lookup::<u32, PairStats>(self.lanes, &(cpu * self.capacity + slot))
                         .map_err(failed("reading a lane"))?,
                 );
             }
@@ -255,11 +242,12 @@ impl<'a> PairTable<'a> {
             return Ok(Vec::new());
         }
         self.forget_cached_slots()?;
-        let mut retired = Vec::with_capacity(slots.len());
-        for (key, slot) in slots {
-            retired.push((key, self.release(slot)?));
-        }
-        Ok(retired)
+        let readings = self.release(&slots.iter().map(|&(_, slot)| slot).collect::<Vec<_>>())?;
+        Ok(slots
+            .into_iter()
+            .map(|(key, _)| key)
+            .zip(readings)
+            .collect())
     }
 
     /// Removes every pair (tests reuse one loaded object this way).
@@ -301,9 +289,7 @@ impl<'a> PairTable<'a> {
             return Ok(0);
         }
         self.forget_cached_slots()?;
-        for &slot in &orphans {
-            self.release(slot)?;
-        }
+        self.release(&orphans)?;
         Ok(orphans.len())
     }
 
@@ -317,32 +303,20 @@ impl<'a> PairTable<'a> {
                 .ok_or_else(|| DatapathError::Pins("the pair table is full".into()))?;
             claimed.push((slot, *key));
         }
-        // Written a window of slots at a time, as `read` reads them.
-        claimed.sort_unstable_by_key(|&(slot, _)| slot);
-        let lanes = self.cpu_lanes as usize;
-        for group in claimed.chunk_by(|a, b| a.0 / WINDOW_SLOTS == b.0 / WINDOW_SLOTS) {
-            let first = (group[0].0 / WINDOW_SLOTS * WINDOW_SLOTS) as usize;
-            let count = (WINDOW_SLOTS as usize).min(self.capacity as usize - first);
-            let mut owners = ArrayWindow::<SlotKey>::map(self.keys, first, count, true)
-                .map_err(failed("mapping the slot keys"))?;
-            let mut counters =
-                ArrayWindow::<PairStats>::map(self.lanes, first * lanes, count * lanes, true)
-                    .map_err(failed("mapping the counters"))?;
-            for &(slot, key) in group {
-                let i = slot as usize - first;
-                for cpu in 0..lanes {
-                    counters.set(i * lanes + cpu, lane);
-                }
-                owners.set(
-                    i,
-                    SlotKey {
-                        key,
-                        live: 1,
-                        _pad: 0,
-                    },
-                );
+        self.for_each_chunk(&mut claimed, |chunk, &mut (slot, key)| {
+            let index = chunk.index(slot);
+            for lanes in &mut chunk.lanes {
+                lanes.set(index, lane);
             }
-        }
+            chunk.set_owner(
+                slot,
+                SlotKey {
+                    key,
+                    live: 1,
+                    _pad: 0,
+                },
+            );
+        })?;
         let (mut v4, mut v6) = ((Vec::new(), Vec::new()), (Vec::new(), Vec::new()));
         for (slot, key) in claimed {
             match key.to_v4() {
@@ -389,22 +363,96 @@ impl<'a> PairTable<'a> {
         Ok(())
     }
 
-    /// Reads and zeroes an unindexed slot's lanes, clears its key and queues it
-    /// as free. Nothing may write the slot any more.
-    fn release(&self, slot: u32) -> Result<PairReading, DatapathError> {
-        let lanes = self.cpu_lanes as usize;
-        let mut counters =
-            ArrayWindow::<PairStats>::map(self.lanes, slot as usize * lanes, lanes, true)
-                .map_err(failed("mapping a slot's lanes"))?;
-        let reading = PairReading::fold((0..lanes).map(|cpu| counters.get(cpu)));
-        for cpu in 0..lanes {
-            counters.set(cpu, PairStats::default());
+    /// Reads and zeroes unindexed slots' lanes (cached policy decisions
+    /// included), clears their keys and queues them as free; returns each
+    /// slot's last reading, in order. Nothing may write the slots any more.
+    fn release(&self, slots: &[u32]) -> Result<Vec<PairReading>, DatapathError> {
+        let mut readings = vec![PairReading::default(); slots.len()];
+        let mut positions: Vec<(u32, usize)> = slots.iter().copied().zip(0..).collect();
+        self.for_each_chunk(&mut positions, |chunk, &mut (slot, position)| {
+            readings[position] = chunk.reading(slot);
+            let index = chunk.index(slot);
+            for lanes in &mut chunk.lanes {
+                lanes.set(index, PairStats::default());
+            }
+            chunk.set_owner(slot, SlotKey::default());
+        })?;
+        for slot in slots {
+            sys::push(self.free, slot).map_err(failed("freeing a slot"))?;
         }
-        let mut owner = ArrayWindow::<SlotKey>::map(self.keys, slot as usize, 1, true)
-            .map_err(failed("mapping a slot key"))?;
-        owner.set(0, SlotKey::default());
-        sys::push(self.free, &slot).map_err(failed("freeing a slot"))?;
-        Ok(reading)
+        Ok(readings)
+    }
+
+    /// Calls `each` for every entry of `slots` (slot first), with the slot's
+    /// chunk mapped writable: a window of slots at a time, as `read` reads them.
+    fn for_each_chunk<T>(
+        &self,
+        slots: &mut [(u32, T)],
+        mut each: impl FnMut(&mut Chunk, &mut (u32, T)),
+    ) -> Result<(), DatapathError> {
+        slots.sort_unstable_by_key(|entry| entry.0);
+        for group in slots.chunk_by_mut(|a, b| a.0 / WINDOW_SLOTS == b.0 / WINDOW_SLOTS) {
+            let mut chunk = Chunk::map(self, group[0].0 / WINDOW_SLOTS * WINDOW_SLOTS, true)?;
+            for entry in group {
+                each(&mut chunk, entry);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Slots `first .. first + count` mapped into memory: their keys, and each
+/// CPU's lanes (the counters are CPU-major, so that one CPU's lanes are
+/// contiguous and a packet touches fewer pages).
+struct Chunk {
+    first: u32,
+    count: u32,
+    keys: ArrayWindow<SlotKey>,
+    lanes: Vec<ArrayWindow<PairStats>>,
+}
+
+impl Chunk {
+    /// The chunk starting at slot `first`, up to [`WINDOW_SLOTS`] long.
+    fn map(table: &PairTable, first: u32, writable: bool) -> Result<Chunk, DatapathError> {
+        let count = WINDOW_SLOTS.min(table.capacity - first);
+        let keys = ArrayWindow::map(table.keys, first as usize, count as usize, writable)
+            .map_err(failed("mapping the slot keys"))?;
+        let lanes = (0..table.cpu_lanes)
+            .map(|cpu| {
+                let start = cpu as usize * table.capacity as usize + first as usize;
+                ArrayWindow::map(table.lanes, start, count as usize, writable)
+                    .map_err(failed("mapping the counters"))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Chunk {
+            first,
+            count,
+            keys,
+            lanes,
+        })
+    }
+
+    fn slots(&self) -> std::ops::Range<u32> {
+        self.first..self.first + self.count
+    }
+
+    fn index(&self, slot: u32) -> usize {
+        (slot - self.first) as usize
+    }
+
+    fn owner(&self, slot: u32) -> SlotKey {
+        self.keys.get(self.index(slot))
+    }
+
+    fn set_owner(&mut self, slot: u32, owner: SlotKey) {
+        let index = self.index(slot);
+        self.keys.set(index, owner);
+    }
+
+    /// The slot's counters, summed over CPUs.
+    fn reading(&self, slot: u32) -> PairReading {
+        let index = self.index(slot);
+        PairReading::fold(self.lanes.iter().map(|lanes| lanes.get(index)))
     }
 }
 

@@ -19,6 +19,14 @@ pub struct PairReading {
 }
 
 impl PairReading {
+    /// Component-wise sum.
+    pub fn plus(self, other: PairReading) -> PairReading {
+        PairReading {
+            counter: self.counter.plus(other.counter),
+            dropped: self.dropped.plus(other.dropped),
+        }
+    }
+
     /// Folds the per-CPU lanes of one pair together.
     pub fn fold(per_cpu: impl IntoIterator<Item = PairStats>) -> Self {
         per_cpu
