@@ -282,58 +282,107 @@ impl Meter {
     ///
     /// A counter lower than before belongs to a new map entry, so all of it is new.
     pub fn advance(&mut self, snapshot: &Snapshot, now_ns: u64) -> IntervalUsage {
-        // Updated in place, not rebuilt: at a million pairs a second map is
-        // a few hundred MB.
-        self.poll = self.poll.wrapping_add(1);
-        let mut pairs = Vec::new();
+        let mut poll = self.start_poll(now_ns);
         for (key, reading) in &snapshot.pairs {
-            let entry = self.pairs.entry(
+            poll.pair(*key, *reading);
+        }
+        poll.finish(Some(snapshot))
+    }
+
+    /// Starts accounting a snapshot whose pairs arrive one by one as the
+    /// table is read ([`Poll::pair`]): at a million pairs, collecting them
+    /// first would cost as much time and memory as reading them.
+    pub fn start_poll(&mut self, now_ns: u64) -> Poll<'_> {
+        self.poll = self.poll.wrapping_add(1);
+        Poll {
+            meter: self,
+            now_ns,
+            deltas: Vec::new(),
+            seen: 0,
+        }
+    }
+}
+
+/// A snapshot being accounted, pair by pair; see [`Meter::start_poll`].
+pub struct Poll<'m> {
+    meter: &'m mut Meter,
+    now_ns: u64,
+    deltas: Vec<PairDelta>,
+    seen: usize,
+}
+
+impl Poll<'_> {
+    /// Accounts one pair's cumulative counters. Updated in place, not
+    /// rebuilt: at a million pairs a second map is a few hundred MB.
+    pub fn pair(&mut self, key: PairKey, reading: PairReading) {
+        let (now_ns, poll) = (self.now_ns, self.meter.poll);
+        self.seen += 1;
+        let entry = self.meter.pairs.entry(
+            &key,
+            Accounted {
+                active_ns: now_ns,
+                ..Default::default()
+            },
+        );
+        let counter = growth(reading.counter, entry.delivered);
+        let dropped = growth(reading.dropped, entry.dropped);
+        if !counter.is_zero() || !dropped.is_zero() || entry.active_ns == UNKNOWN {
+            entry.active_ns = now_ns;
+        }
+        if !counter.is_zero() || !dropped.is_zero() {
+            self.deltas.push(PairDelta {
                 key,
-                Accounted {
-                    active_ns: now_ns,
-                    ..Default::default()
-                },
-            );
-            let counter = growth(reading.counter, entry.delivered);
-            let dropped = growth(reading.dropped, entry.dropped);
-            if !counter.is_zero() || !dropped.is_zero() || entry.active_ns == UNKNOWN {
-                entry.active_ns = now_ns;
-            }
-            if !counter.is_zero() || !dropped.is_zero() {
-                pairs.push(PairDelta {
-                    key: *key,
-                    counter,
-                    dropped,
-                });
-            }
-            entry.delivered = reading.counter;
-            entry.dropped = reading.dropped;
-            entry.poll = self.poll;
+                counter,
+                dropped,
+            });
         }
-        // Pairs gone from the table (removed by someone else) are forgotten.
-        if self.pairs.len() > snapshot.pairs.len() {
-            let poll = self.poll;
-            self.pairs.retain(|a| a.poll == poll);
-        }
-        pairs.sort_by(|a, b| {
+        entry.delivered = reading.counter;
+        entry.dropped = reading.dropped;
+        entry.poll = poll;
+    }
+
+    /// The interval's usage. `snapshot` holds the totals and service counters
+    /// read with the pairs; `None` when the read failed part-way: the pairs
+    /// accounted so far are kept, the totals catch up at the next poll.
+    pub fn finish(self, snapshot: Option<&Snapshot>) -> IntervalUsage {
+        let Poll {
+            meter,
+            mut deltas,
+            seen,
+            ..
+        } = self;
+        deltas.sort_by(|a, b| {
             b.counter
                 .bytes
                 .cmp(&a.counter.bytes)
                 .then(a.key.cmp(&b.key))
         });
-        let totals = [0, 1].map(|d| snapshot.totals[d].since(&self.totals[d]));
+        let Some(snapshot) = snapshot else {
+            return IntervalUsage {
+                pairs: deltas,
+                table_entries: meter.pairs.len(),
+                services: vec![Counter::default(); meter.services.len()],
+                ..Default::default()
+            };
+        };
+        // Pairs gone from the table (removed by someone else) are forgotten.
+        if meter.pairs.len() > seen {
+            let poll = meter.poll;
+            meter.pairs.retain(|a| a.poll == poll);
+        }
+        let totals = [0, 1].map(|d| snapshot.totals[d].since(&meter.totals[d]));
         let services = snapshot
             .services
             .iter()
             .enumerate()
-            .map(|(i, now)| growth(*now, self.services.get(i).copied().unwrap_or_default()))
+            .map(|(i, now)| growth(*now, meter.services.get(i).copied().unwrap_or_default()))
             .collect();
-        self.totals = snapshot.totals;
-        self.services = snapshot.services.clone();
+        meter.totals = snapshot.totals;
+        meter.services = snapshot.services.clone();
         IntervalUsage {
-            pairs,
+            pairs: deltas,
             totals,
-            table_entries: snapshot.pairs.len(),
+            table_entries: seen,
             table_capacity: snapshot.capacity,
             services,
         }

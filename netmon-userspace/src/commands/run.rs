@@ -289,9 +289,17 @@ impl Daemon {
     /// Reads the counters, accounts the interval, rolls quota periods, alerts,
     /// and writes the logs. A failed write is reported and retried next interval.
     fn poll(&mut self) -> anyhow::Result<()> {
-        let snapshot = self.datapath.read()?;
+        let mut poll = self.meter.start_poll(monotonic_ns());
+        let read = self
+            .datapath
+            .read_with(|key, reading| poll.pair(key, reading));
+        // A read that fails part-way has accounted some pairs already: their
+        // deltas are logged like any others, and the error reported after.
+        let (mut usage, read_error) = match read {
+            Ok(snapshot) => (poll.finish(Some(&snapshot)), None),
+            Err(e) => (poll.finish(None), Some(e)),
+        };
         let (end, end_instant) = (Timestamp::now(), Instant::now());
-        let mut usage = self.meter.advance(&snapshot, monotonic_ns());
         let frames = [0, 1].map(|d| usage.totals[d].all.frames);
         self.crosscheck.interval(self.datapath.iface(), frames);
         self.retire_idle(&mut usage)?;
@@ -340,7 +348,10 @@ impl Daemon {
         if let Some(summary) = summary {
             println!("{}  {summary}", end.strftime("%H:%M:%S"));
         }
-        Ok(())
+        match read_error {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
+        }
     }
 
     /// Removes pairs idle for longer than `--idle-timeout`; anything they carried

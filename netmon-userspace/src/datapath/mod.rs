@@ -321,12 +321,16 @@ impl Datapath {
         pairs::PairTable::of(&self.ebpf)?.retire(keys)
     }
 
-    /// Reads the maps' cumulative counters.
-    pub fn read(&mut self) -> Result<Snapshot, DatapathError> {
+    /// Reads the maps' cumulative counters, handing each pair to `each` as
+    /// it is read (the snapshot's `pairs` stays empty).
+    pub fn read_with(
+        &mut self,
+        each: impl FnMut(netmon_common::PairKey, PairReading),
+    ) -> Result<Snapshot, DatapathError> {
         if let Some(logger) = &mut self.logger {
             logger.flush();
         }
-        readout::read(&self.ebpf)
+        readout::read_with(&self.ebpf, each)
     }
 }
 

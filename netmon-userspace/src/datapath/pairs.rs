@@ -30,7 +30,7 @@ use super::{
 
 /// Slots per memory window while reading the whole table: a multiple of 256
 /// keeps every window page-aligned, whatever the lane count.
-const WINDOW_SLOTS: u32 = 4096;
+const WINDOW_SLOTS: u32 = 65_536;
 
 /// The maps of the pair table, in the order [`PairTable::with_maps`] takes them.
 const MAPS: [&str; 6] = [

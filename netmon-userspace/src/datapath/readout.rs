@@ -85,6 +85,17 @@ pub fn read_pairs(ebpf: &Ebpf, how: Readout) -> Result<Vec<(PairKey, PairReading
 
 /// Reads all counters of a loaded object (attached or not).
 pub fn read(ebpf: &Ebpf) -> Result<Snapshot, DatapathError> {
+    let mut pairs = Vec::new();
+    let snapshot = read_with(ebpf, |key, reading| pairs.push((key, reading)))?;
+    Ok(Snapshot { pairs, ..snapshot })
+}
+
+/// Like [`read`], but hands each pair to `each` as it is read; the returned
+/// snapshot's `pairs` stays empty.
+pub fn read_with(
+    ebpf: &Ebpf,
+    each: impl FnMut(PairKey, PairReading),
+) -> Result<Snapshot, DatapathError> {
     let map_error = |map| move |cause| DatapathError::Map { map, cause };
     let totals_map: PerCpuArray<_, DirectionTotals> = PerCpuArray::try_from(
         ebpf.map(TOTALS_MAP)
@@ -100,8 +111,8 @@ pub fn read(ebpf: &Ebpf) -> Result<Snapshot, DatapathError> {
             .iter()
             .fold(DirectionTotals::default(), |acc, t| acc.plus(t));
     }
-    let pairs = read_pairs(ebpf, Readout::Mapped)?;
-    let capacity = PairTable::of(ebpf)?.capacity();
+    let table = PairTable::of(ebpf)?;
+    table.read(each)?;
     let services_map: PerCpuArray<_, Counter> = PerCpuArray::try_from(
         ebpf.map(SERVICES_MAP)
             .ok_or(DatapathError::MissingMap(SERVICES_MAP))?,
@@ -115,9 +126,9 @@ pub fn read(ebpf: &Ebpf) -> Result<Snapshot, DatapathError> {
         services.push(per_cpu.iter().fold(Counter::default(), |a, c| a.plus(*c)));
     }
     Ok(Snapshot {
-        pairs,
+        pairs: Vec::new(),
         totals,
-        capacity,
+        capacity: table.capacity(),
         services,
     })
 }
