@@ -253,6 +253,13 @@ impl Meter {
         })
     }
 
+    /// Makes room for `pairs` pairs up front. Growing a hash map past a
+    /// million entries holds the old and the new table at once; reserved
+    /// room costs nothing until pairs fill it.
+    pub fn reserve(&mut self, pairs: usize) {
+        self.pairs.v4.reserve(pairs.saturating_sub(self.pairs.v4.len()));
+    }
+
     /// Pairs whose counters have not moved for more than `timeout_ns` before
     /// `now_ns`, judged from the snapshots [`Meter::advance`] has seen.
     pub fn idle(&self, now_ns: u64, timeout_ns: u64) -> Vec<PairKey> {
@@ -420,6 +427,11 @@ impl Ledger {
     pub fn add(&mut self, pair: AddressPair, counter: Counter) {
         let entry = self.pairs.entry(pair).or_default();
         *entry = entry.plus(counter);
+    }
+
+    /// Makes room for `pairs` address pairs up front (see [`Meter::reserve`]).
+    pub fn reserve(&mut self, pairs: usize) {
+        self.pairs.reserve(pairs.saturating_sub(self.pairs.len()));
     }
 
     /// The pairs and their totals, in first-seen order.

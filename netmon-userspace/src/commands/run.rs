@@ -122,7 +122,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     if args.reset_state {
         files.move_aside()?;
     }
-    let saved = files.load()?;
+    let mut saved = files.load()?;
     let clock = Clock(
         args.fake_now
             .map_or(SignedDuration::ZERO, |t| t.duration_since(Timestamp::now())),
@@ -148,13 +148,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         granularity: args.granularity,
     };
     let mut datapath = Datapath::attach(&args.iface, &options, args.ingress, &args.bpffs)?;
-    let meter = match &saved.baseline {
+    let mut meter = match &saved.baseline {
         Some(b) if datapath.adopted() && b.instance == datapath.instance() => Meter::from_baseline(
             b,
         )
         .context("the state file's counter baseline is malformed; start with --reset-state")?,
         _ => Meter::default(),
     };
+    let capacity = datapath.capacity()? as usize;
+    meter.reserve(capacity);
+    saved.ledger.reserve(capacity);
     let started = (|| -> anyhow::Result<control::Listener> {
         if datapath.adopted() {
             enforcer

@@ -292,6 +292,11 @@ impl Datapath {
         Ok(())
     }
 
+    /// How many pairs the pair table holds at most.
+    pub fn capacity(&self) -> Result<u32, DatapathError> {
+        Ok(pairs::PairTable::of(&self.ebpf)?.capacity())
+    }
+
     /// The interface the programs are attached to.
     pub fn iface(&self) -> &str {
         &self.iface
