@@ -257,7 +257,9 @@ impl Meter {
     /// million entries holds the old and the new table at once; reserved
     /// room costs nothing until pairs fill it.
     pub fn reserve(&mut self, pairs: usize) {
-        self.pairs.v4.reserve(pairs.saturating_sub(self.pairs.v4.len()));
+        self.pairs
+            .v4
+            .reserve(pairs.saturating_sub(self.pairs.v4.len()));
     }
 
     /// Pairs whose counters have not moved for more than `timeout_ns` before

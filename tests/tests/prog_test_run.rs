@@ -569,3 +569,87 @@ fn mapped_readout_equals_batched_and_key_by_key_reads() {
     assert_eq!(mapped, sorted(Readout::Batched));
     assert_eq!(mapped, sorted(Readout::Iterated));
 }
+
+#[test]
+fn retired_pairs_free_their_slots_and_no_cached_slot_outlives_them() {
+    use netmon::datapath::pairs::PairTable;
+    // The slot cache is per CPU: keep every run on the CPU that cached.
+    pin_to_one_cpu();
+    let mut ebpf = datapath::load(&LoadOptions {
+        max_pairs: 2,
+        ..Default::default()
+    })
+    .unwrap();
+    let frame_to = |last: u8, payload: usize| {
+        build(&[
+            Layer::Ethernet,
+            Layer::Ipv4 {
+                src: V4_SRC,
+                dst: Ipv4Addr::new(10, 200, 1, last),
+                options: vec![],
+                fragment_offset: 0,
+            },
+            Layer::Udp(1, 2),
+            Layer::Payload(payload),
+        ])
+    };
+    let key_to = |last: u8| PairKey {
+        src: v4(V4_SRC),
+        dst: v4(Ipv4Addr::new(10, 200, 1, last)),
+        proto: classify::PROTO_UDP,
+        direction: Direction::Ingress as u8,
+        ..Default::default()
+    };
+    let pairs = |ebpf: &Ebpf| -> BTreeMap<u8, Counter> {
+        let snapshot = readout::read(ebpf).unwrap();
+        snapshot
+            .pairs
+            .iter()
+            .map(|(k, r)| (k.dst[15], r.counter))
+            .collect()
+    };
+    let counted = |frame: &[u8], frames: u64| Counter {
+        frames,
+        bytes: frame.len() as u64 * frames,
+    };
+    let (one, two, three) = (frame_to(1, 10), frame_to(2, 20), frame_to(3, 30));
+
+    let table = PairTable::of(&ebpf).unwrap();
+    assert_eq!(
+        table.claimed(0).unwrap(),
+        0,
+        "a fresh table has no claimed slot"
+    );
+    // Pair 1 takes slot 0 (and this CPU caches it); retiring it hands back
+    // every frame it counted, and its slot goes to the back of the free queue.
+    run_xdp(&mut ebpf, &one);
+    run_xdp(&mut ebpf, &one);
+    let table = PairTable::of(&ebpf).unwrap();
+    assert_eq!(table.claimed(0).unwrap(), 1);
+    let retired = table.retire(&[key_to(1)]).unwrap();
+    assert_eq!(retired.len(), 1);
+    assert_eq!(retired[0].1.counter, counted(&one, 2));
+    assert_eq!(pairs(&ebpf), BTreeMap::new());
+    // Pair 2 takes slot 1, pair 3 the freed slot 0.
+    run_xdp(&mut ebpf, &two);
+    run_xdp(&mut ebpf, &three);
+    assert_eq!(
+        pairs(&ebpf),
+        BTreeMap::from([(2, counted(&two, 1)), (3, counted(&three, 1))])
+    );
+    let table = PairTable::of(&ebpf).unwrap();
+    assert_eq!(
+        table.claimed(1).unwrap(),
+        2,
+        "once freed slots are handed out, every slot counts as claimed"
+    );
+    // Pair 1 again: its cached slot 0 now belongs to pair 3, and no slot is
+    // free, so the frame counts as table_full, not for pair 3.
+    run_xdp(&mut ebpf, &one);
+    assert_eq!(
+        pairs(&ebpf),
+        BTreeMap::from([(2, counted(&two, 1)), (3, counted(&three, 1))])
+    );
+    let totals = readout::read(&ebpf).unwrap().totals[Direction::Ingress as usize];
+    assert_eq!(totals.table_full, counted(&one, 1));
+}

@@ -188,6 +188,8 @@ pub struct Datapath {
     links: Vec<PinnedLink>,
     adopted: bool,
     instance: u64,
+    /// A bound on the pair slots ever claimed (`PairTable::claimed`).
+    claimed: u32,
 }
 
 impl Datapath {
@@ -233,6 +235,8 @@ impl Datapath {
         let mut ebpf = load_with(&mut loader)?;
         let instance = identify(&mut ebpf, adopted)?;
         let table = pairs::PairTable::of(&ebpf)?;
+        // Which slots an earlier run claimed is unknown: read them all.
+        let claimed = if adopted { table.capacity() } else { 0 };
         if adopted {
             let orphans = table.release_orphans()?;
             if orphans > 0 {
@@ -260,6 +264,7 @@ impl Datapath {
             links,
             adopted,
             instance,
+            claimed,
         })
     }
 
@@ -335,7 +340,8 @@ impl Datapath {
         if let Some(logger) = &mut self.logger {
             logger.flush();
         }
-        readout::read_with(&self.ebpf, each)
+        self.claimed = pairs::PairTable::of(&self.ebpf)?.claimed(self.claimed)?;
+        readout::read_with(&self.ebpf, self.claimed, each)
     }
 }
 

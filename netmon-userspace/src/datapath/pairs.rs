@@ -133,8 +133,17 @@ impl<'a> PairTable<'a> {
     /// Calls `each` with every pair in the table and its counters, folded over
     /// CPUs, read straight from the mapped arrays. Pairs with nothing counted
     /// yet (a slot claimed a moment ago) are left for the next read.
-    pub fn read(&self, mut each: impl FnMut(PairKey, PairReading)) -> Result<(), DatapathError> {
-        for first in (0..self.capacity).step_by(WINDOW_SLOTS as usize) {
+    pub fn read(&self, each: impl FnMut(PairKey, PairReading)) -> Result<(), DatapathError> {
+        self.read_claimed(self.capacity, each)
+    }
+
+    /// [`read`](Self::read), of slots below `claimed` only (see [`Self::claimed`]).
+    pub fn read_claimed(
+        &self,
+        claimed: u32,
+        mut each: impl FnMut(PairKey, PairReading),
+    ) -> Result<(), DatapathError> {
+        for first in (0..claimed.min(self.capacity)).step_by(WINDOW_SLOTS as usize) {
             let chunk = Chunk::map(self, first, false)?;
             for slot in chunk.slots() {
                 let owner = chunk.owner(slot);
@@ -148,6 +157,23 @@ impl<'a> PairTable<'a> {
             }
         }
         Ok(())
+    }
+
+    /// A bound on the slots ever claimed, given an earlier bound `known`
+    /// (0 for a table this process filled with [`free_all`](Self::free_all),
+    /// the capacity for one it did not): a daemon with a few pairs in a big
+    /// table then reads only the part in use.
+    ///
+    /// The free queue starts as 0, 1, … in order and freed slots go to its
+    /// back, so while its head is a never-claimed slot every slot below it
+    /// has been claimed and none above; a head below the known bound is a
+    /// freed slot, so every slot has been claimed.
+    pub fn claimed(&self, known: u32) -> Result<u32, DatapathError> {
+        let head = sys::peek::<u32>(self.free).map_err(failed("reading the free-slot queue"))?;
+        Ok(match head {
+            Some(head) if head >= known => head,
+            _ => self.capacity,
+        })
     }
 
     /// [`read`](Self::read) with BPF_MAP_LOOKUP_BATCH syscalls instead of

@@ -86,14 +86,16 @@ pub fn read_pairs(ebpf: &Ebpf, how: Readout) -> Result<Vec<(PairKey, PairReading
 /// Reads all counters of a loaded object (attached or not).
 pub fn read(ebpf: &Ebpf) -> Result<Snapshot, DatapathError> {
     let mut pairs = Vec::new();
-    let snapshot = read_with(ebpf, |key, reading| pairs.push((key, reading)))?;
+    let snapshot = read_with(ebpf, u32::MAX, |key, reading| pairs.push((key, reading)))?;
     Ok(Snapshot { pairs, ..snapshot })
 }
 
-/// Like [`read`], but hands each pair to `each` as it is read; the returned
-/// snapshot's `pairs` stays empty.
+/// Like [`read`], but hands each pair to `each` as it is read (the returned
+/// snapshot's `pairs` stays empty), and reads only slots below `claimed`
+/// (see `PairTable::claimed`).
 pub fn read_with(
     ebpf: &Ebpf,
+    claimed: u32,
     each: impl FnMut(PairKey, PairReading),
 ) -> Result<Snapshot, DatapathError> {
     let map_error = |map| move |cause| DatapathError::Map { map, cause };
@@ -112,7 +114,7 @@ pub fn read_with(
             .fold(DirectionTotals::default(), |acc, t| acc.plus(t));
     }
     let table = PairTable::of(ebpf)?;
-    table.read(each)?;
+    table.read_claimed(claimed, each)?;
     let services_map: PerCpuArray<_, Counter> = PerCpuArray::try_from(
         ebpf.map(SERVICES_MAP)
             .ok_or(DatapathError::MissingMap(SERVICES_MAP))?,

@@ -112,6 +112,22 @@ pub fn pop<V: Copy + Default>(fd: RawFd) -> std::io::Result<Option<V>> {
     }
 }
 
+/// The head of a queue map, left in place; `Ok(None)` when it is empty.
+pub fn peek<V: Copy + Default>(fd: RawFd) -> std::io::Result<Option<V>> {
+    let mut value = V::default();
+    match elem(
+        BPF_MAP_LOOKUP_ELEM,
+        fd,
+        std::ptr::null(),
+        (&mut value as *mut V).cast(),
+        0,
+    ) {
+        Ok(()) => Ok(Some(value)),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// Removes `key` from a map whose values are one `V` and returns its last
 /// value, atomically.
 pub fn lookup_and_delete<K, V: Copy + Default>(fd: RawFd, key: &K) -> std::io::Result<V> {
