@@ -653,3 +653,60 @@ fn retired_pairs_free_their_slots_and_no_cached_slot_outlives_them() {
     let totals = readout::read(&ebpf).unwrap().totals[Direction::Ingress as usize];
     assert_eq!(totals.table_full, counted(&one, 1));
 }
+
+#[test]
+fn slots_a_crash_left_claimed_but_unindexed_are_freed_on_adoption() {
+    use netmon::datapath::{pairs::PairTable, sys};
+    use netmon_common::{maps::FLOWS_V4_MAP, PairKeyV4};
+    pin_to_one_cpu();
+    let mut ebpf = datapath::load(&LoadOptions {
+        max_pairs: 2,
+        ..Default::default()
+    })
+    .unwrap();
+    let frame_to = |last: u8| {
+        build(&[
+            Layer::Ethernet,
+            Layer::Ipv4 {
+                src: V4_SRC,
+                dst: Ipv4Addr::new(10, 200, 1, last),
+                options: vec![],
+                fragment_offset: 0,
+            },
+            Layer::Udp(1, 2),
+            Layer::Payload(10),
+        ])
+    };
+    for last in [1, 2] {
+        run_xdp(&mut ebpf, &frame_to(last));
+    }
+    // A run stopped between taking pair 1 out of the index and freeing its slot.
+    let index = match ebpf.map(FLOWS_V4_MAP).unwrap() {
+        aya::maps::Map::HashMap(data) => {
+            use std::os::fd::{AsFd, AsRawFd};
+            data.fd().as_fd().as_raw_fd()
+        }
+        _ => unreachable!(),
+    };
+    let orphaned = PairKeyV4 {
+        src: V4_SRC.octets(),
+        dst: [10, 200, 1, 1],
+        proto: classify::PROTO_UDP,
+        direction: Direction::Ingress as u8,
+        ..Default::default()
+    };
+    sys::delete(index, &orphaned).unwrap();
+    let table = PairTable::of(&ebpf).unwrap();
+    assert_eq!(table.release_orphans().unwrap(), 1);
+    assert_eq!(table.release_orphans().unwrap(), 0, "freed once");
+    // Its slot is free again: a third pair gets it, and the table is full once more.
+    let third = frame_to(3);
+    run_xdp(&mut ebpf, &third);
+    let snapshot = readout::read(&ebpf).unwrap();
+    let kept: Vec<u8> = snapshot.pairs.iter().map(|(k, _)| k.dst[15]).collect();
+    assert_eq!(kept, vec![3, 2], "slot 0 went to pair 3");
+    assert_eq!(
+        snapshot.totals[Direction::Ingress as usize].table_full,
+        Counter::default()
+    );
+}

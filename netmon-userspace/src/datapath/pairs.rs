@@ -288,29 +288,30 @@ impl<'a> PairTable<'a> {
     /// a pair out of the index and returning its slot); their counts were
     /// accounted before. Returns how many.
     pub fn release_orphans(&self) -> Result<usize, DatapathError> {
-        let orphans = |candidates: Option<&[u32]>| -> Result<Vec<u32>, DatapathError> {
-            let mut found = Vec::new();
-            let mut check = |slot: u32| -> Result<(), DatapathError> {
-                let owner: SlotKey =
-                    sys::lookup(self.keys, &slot).map_err(failed("reading a slot key"))?;
-                if owner.live != 0 && self.indexed_slot(&owner.key)? != Some(slot) {
-                    found.push(slot);
-                }
-                Ok(())
-            };
-            match candidates {
-                Some(slots) => slots.iter().try_for_each(|&s| check(s))?,
-                None => (0..self.capacity).try_for_each(&mut check)?,
-            }
-            Ok(found)
+        let unindexed = |slot: u32, owner: SlotKey| -> Result<bool, DatapathError> {
+            Ok(owner.live != 0 && self.indexed_slot(&owner.key)? != Some(slot))
         };
-        let candidates = orphans(None)?;
+        let mut candidates = Vec::new();
+        for first in (0..self.capacity).step_by(WINDOW_SLOTS as usize) {
+            let chunk = Chunk::map(self, first, false)?;
+            for slot in chunk.slots() {
+                if unindexed(slot, chunk.owner(slot))? {
+                    candidates.push(slot);
+                }
+            }
+        }
         if candidates.is_empty() {
             return Ok(0);
         }
         // A program may be between claiming a slot and indexing it: let it finish.
         wait_for_running_programs();
-        let orphans = orphans(Some(&candidates))?;
+        let mut orphans = Vec::new();
+        for slot in candidates {
+            let owner = sys::lookup(self.keys, &slot).map_err(failed("reading a slot key"))?;
+            if unindexed(slot, owner)? {
+                orphans.push(slot);
+            }
+        }
         if orphans.is_empty() {
             return Ok(0);
         }
