@@ -151,7 +151,7 @@ impl<'a> PairTable<'a> {
                     continue;
                 }
                 let reading = chunk.reading(slot);
-                if reading != PairReading::default() {
+                if !reading.is_empty() {
                     each(owner.key, reading);
                 }
             }
@@ -186,15 +186,17 @@ impl<'a> PairTable<'a> {
         sys::lookup_batch::<u32, SlotKey>(self.keys, 1, BATCH, |_, owner| owners.push(owner[0]))
             .map_err(failed("reading the slot keys"))?;
         // Lanes are CPU-major: every slot's reading is complete only at the end.
-        let mut readings = vec![PairReading::default(); self.capacity as usize];
+        let mut readings: Vec<_> = (0..self.capacity)
+            .map(|slot| PairReading::fold(slot, []))
+            .collect();
         let capacity = self.capacity.max(1);
         sys::lookup_batch::<u32, PairStats>(self.lanes, 1, BATCH, |index, lane| {
             let reading = &mut readings[(index % capacity) as usize];
-            *reading = reading.plus(PairReading::fold([lane[0]]));
+            *reading = reading.plus(PairReading::fold(0, [lane[0]]));
         })
         .map_err(failed("reading the counters"))?;
         for (owner, reading) in owners.into_iter().zip(readings) {
-            if owner.live != 0 && reading != PairReading::default() {
+            if owner.live != 0 && !reading.is_empty() {
                 each(owner.key, reading);
             }
         }
@@ -217,8 +219,8 @@ impl<'a> PairTable<'a> {
                         .map_err(failed("reading a lane"))?,
                 );
             }
-            let reading = PairReading::fold(per_cpu);
-            if reading != PairReading::default() {
+            let reading = PairReading::fold(slot, per_cpu);
+            if !reading.is_empty() {
                 each(key, reading);
             }
             Ok(())
@@ -479,7 +481,7 @@ impl Chunk {
     /// The slot's counters, summed over CPUs.
     fn reading(&self, slot: u32) -> PairReading {
         let index = self.index(slot);
-        PairReading::fold(self.lanes.iter().map(|lanes| lanes.get(index)))
+        PairReading::fold(slot, self.lanes.iter().map(|lanes| lanes.get(index)))
     }
 }
 

@@ -16,31 +16,42 @@ pub struct PairReading {
     pub counter: Counter,
     /// Frames and bytes the policy dropped since the pair got its slot.
     pub dropped: Counter,
+    /// The slot the pair holds in the table.
+    pub slot: u32,
 }
 
 impl PairReading {
-    /// Component-wise sum.
+    /// Component-wise sum, in this reading's slot.
     pub fn plus(self, other: PairReading) -> PairReading {
         PairReading {
             counter: self.counter.plus(other.counter),
             dropped: self.dropped.plus(other.dropped),
+            slot: self.slot,
         }
     }
 
-    /// Folds the per-CPU lanes of one pair together.
-    pub fn fold(per_cpu: impl IntoIterator<Item = PairStats>) -> Self {
-        per_cpu
-            .into_iter()
-            .fold(Self::default(), |acc, s| PairReading {
-                counter: acc.counter.plus(Counter {
-                    frames: s.frames,
-                    bytes: s.bytes,
-                }),
-                dropped: acc.dropped.plus(Counter {
-                    frames: s.dropped_frames,
-                    bytes: s.dropped_bytes,
-                }),
-            })
+    /// True when nothing was counted.
+    pub fn is_empty(&self) -> bool {
+        self.counter.is_zero() && self.dropped.is_zero()
+    }
+
+    /// Folds the per-CPU lanes of the pair in `slot` together.
+    pub fn fold(slot: u32, per_cpu: impl IntoIterator<Item = PairStats>) -> Self {
+        let empty = PairReading {
+            slot,
+            ..Self::default()
+        };
+        per_cpu.into_iter().fold(empty, |acc, s| PairReading {
+            slot,
+            counter: acc.counter.plus(Counter {
+                frames: s.frames,
+                bytes: s.bytes,
+            }),
+            dropped: acc.dropped.plus(Counter {
+                frames: s.dropped_frames,
+                bytes: s.dropped_bytes,
+            }),
+        })
     }
 }
 
