@@ -3,7 +3,10 @@
 //!
 //! Pure logic: no syscalls, so every rule here is unit-tested.
 
-use std::{collections::HashMap, net::IpAddr};
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr},
+};
 
 use indexmap::IndexMap;
 use netmon_common::{Counter, Direction, DirectionTotals, PairKey, PairKeyV4};
@@ -158,12 +161,14 @@ pub struct Meter {
 
 /// Accounted counters per pair, by the slot the pair holds in the kernel's
 /// table: at a million pairs this is the bulk of the daemon's memory, and a
-/// flat vector of 64-byte entries takes half what a hash map by key would.
+/// flat vector of 48-byte entries takes a third of what a hash map by key would.
 #[derive(Debug, Default)]
 struct PairMap {
     slots: Vec<SlotEntry>,
     /// Keys of the IPv6 pairs among `slots` (IPv4 keys fit in the entry).
     v6_keys: HashMap<u32, PairKey>,
+    /// What the policy dropped, for the few pairs it dropped anything of.
+    dropped: HashMap<u32, Counter>,
     /// Occupied entries of `slots`.
     occupied: usize,
     /// Pairs restored from a state file, until a read finds their slots.
@@ -173,13 +178,18 @@ struct PairMap {
 /// One slot's pair and what has been accounted of it.
 #[derive(Clone, Copy, Debug, Default)]
 struct SlotEntry {
-    accounted: Accounted,
+    delivered: Counter,
+    /// See [`Accounted::active_ns`].
+    active_ns: u64,
     /// The pair, when `family` is [`Family::V4`].
     key_v4: PairKeyV4,
+    /// [`Meter::poll`] of the last snapshot that held the pair.
+    poll: u32,
     family: Family,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(u8)]
 enum Family {
     /// No pair.
     #[default]
@@ -190,9 +200,10 @@ enum Family {
 }
 
 impl PairMap {
-    /// The entry of `key` in `slot`, created from `fresh` (or from what a
-    /// state file restored) when the slot held no pair or another one.
-    fn entry(&mut self, slot: u32, key: &PairKey, fresh: Accounted) -> &mut Accounted {
+    /// What has been accounted of `key` in `slot`, which is marked as seen in
+    /// `poll`; `fresh` (or what a state file restored) when the slot held no
+    /// pair or another one. Changes go back with [`PairMap::set`].
+    fn get(&mut self, slot: u32, key: &PairKey, poll: u32, fresh: Accounted) -> Accounted {
         let index = slot as usize;
         if index >= self.slots.len() {
             self.slots.resize(index + 1, SlotEntry::default());
@@ -200,21 +211,42 @@ impl PairMap {
         if self.key_at(slot) != Some(*key) {
             self.clear(slot);
             let accounted = self.restored.remove(key).unwrap_or(fresh);
-            let entry = &mut self.slots[index];
-            entry.accounted = accounted;
             match key.to_v4() {
                 Some(narrow) => {
-                    entry.key_v4 = narrow;
-                    entry.family = Family::V4;
+                    self.slots[index].key_v4 = narrow;
+                    self.slots[index].family = Family::V4;
                 }
                 None => {
-                    entry.family = Family::V6;
+                    self.slots[index].family = Family::V6;
                     self.v6_keys.insert(slot, *key);
                 }
             }
             self.occupied += 1;
+            self.set(slot, accounted);
         }
-        &mut self.slots[index].accounted
+        self.slots[index].poll = poll;
+        self.accounted(slot)
+    }
+
+    /// Records `accounted` for the pair in `slot`.
+    fn set(&mut self, slot: u32, accounted: Accounted) {
+        let entry = &mut self.slots[slot as usize];
+        entry.delivered = accounted.delivered;
+        entry.active_ns = accounted.active_ns;
+        if accounted.dropped.is_zero() {
+            self.dropped.remove(&slot);
+        } else {
+            self.dropped.insert(slot, accounted.dropped);
+        }
+    }
+
+    fn accounted(&self, slot: u32) -> Accounted {
+        let entry = &self.slots[slot as usize];
+        Accounted {
+            delivered: entry.delivered,
+            dropped: self.dropped.get(&slot).copied().unwrap_or_default(),
+            active_ns: entry.active_ns,
+        }
     }
 
     /// The pair in `slot`, if any.
@@ -232,7 +264,7 @@ impl PairMap {
         if self.key_at(slot) != Some(*key) {
             return self.restored.remove(key);
         }
-        let accounted = self.slots[slot as usize].accounted;
+        let accounted = self.accounted(slot);
         self.clear(slot);
         Some(accounted)
     }
@@ -249,6 +281,7 @@ impl PairMap {
             }
         }
         *entry = SlotEntry::default();
+        self.dropped.remove(&slot);
         self.occupied -= 1;
     }
 
@@ -260,27 +293,21 @@ impl PairMap {
         self.slots.reserve(slots.saturating_sub(self.slots.len()));
     }
 
-    /// Keeps the pairs `keep` accepts; restored pairs no read has found go.
-    fn retain(&mut self, mut keep: impl FnMut(&Accounted) -> bool) {
+    /// Keeps only the pairs seen in `poll`; restored pairs no read has found go.
+    fn retain_seen_in(&mut self, poll: u32) {
         for slot in 0..self.slots.len() as u32 {
             let entry = &self.slots[slot as usize];
-            if entry.family != Family::Empty && !keep(&entry.accounted) {
+            if entry.family != Family::Empty && entry.poll != poll {
                 self.clear(slot);
             }
         }
         self.restored.clear();
     }
 
-    fn iter(&self) -> impl Iterator<Item = (PairKey, &Accounted)> {
-        let slots = self.slots.iter().enumerate().filter_map(|(slot, entry)| {
-            let key = match entry.family {
-                Family::Empty => return None,
-                Family::V4 => entry.key_v4.widen(),
-                Family::V6 => self.v6_keys[&(slot as u32)],
-            };
-            Some((key, &entry.accounted))
-        });
-        slots.chain(self.restored.iter().map(|(k, a)| (*k, a)))
+    fn iter(&self) -> impl Iterator<Item = (PairKey, Accounted)> + '_ {
+        let slots = (0..self.slots.len() as u32)
+            .filter_map(|slot| Some((self.key_at(slot)?, self.accounted(slot))));
+        slots.chain(self.restored.iter().map(|(k, a)| (*k, *a)))
     }
 }
 
@@ -291,8 +318,6 @@ struct Accounted {
     dropped: Counter,
     /// The `now_ns` of the last snapshot in which the pair grew, or [`UNKNOWN`].
     active_ns: u64,
-    /// [`Meter::poll`] of the last snapshot that held the pair.
-    poll: u32,
 }
 
 /// `active_ns` of a pair restored from a baseline: taken as active at the next snapshot.
@@ -324,7 +349,6 @@ impl Meter {
                         bytes: *db,
                     },
                     active_ns: UNKNOWN,
-                    poll: 0,
                 },
             );
         }
@@ -417,9 +441,10 @@ impl Poll<'_> {
     pub fn pair(&mut self, key: PairKey, reading: PairReading) {
         let (now_ns, poll) = (self.now_ns, self.meter.poll);
         self.seen += 1;
-        let entry = self.meter.pairs.entry(
+        let mut entry = self.meter.pairs.get(
             reading.slot,
             &key,
+            poll,
             Accounted {
                 active_ns: now_ns,
                 ..Default::default()
@@ -439,7 +464,7 @@ impl Poll<'_> {
         }
         entry.delivered = reading.counter;
         entry.dropped = reading.dropped;
-        entry.poll = poll;
+        self.meter.pairs.set(reading.slot, entry);
     }
 
     /// The interval's usage. `snapshot` holds the totals and service counters
@@ -452,7 +477,8 @@ impl Poll<'_> {
             seen,
             ..
         } = self;
-        deltas.sort_by(|a, b| {
+        // In place: a stable sort would allocate half the list again.
+        deltas.sort_unstable_by(|a, b| {
             b.counter
                 .bytes
                 .cmp(&a.counter.bytes)
@@ -468,8 +494,7 @@ impl Poll<'_> {
         };
         // Pairs gone from the table (removed by someone else) are forgotten.
         if meter.pairs.len() > seen {
-            let poll = meter.poll;
-            meter.pairs.retain(|a| a.poll == poll);
+            meter.pairs.retain_seen_in(meter.poll);
         }
         let totals = [0, 1].map(|d| snapshot.totals[d].since(&meter.totals[d]));
         let services = snapshot
@@ -496,7 +521,38 @@ pub type AddressPair = (IpAddr, IpAddr);
 /// Running totals per address pair, in first-seen order, across intervals and restarts.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Ledger {
-    pairs: IndexMap<AddressPair, Counter>,
+    pairs: IndexMap<StoredPair, Counter>,
+}
+
+/// An address pair as the ledger stores it: an IPv4 pair in one word, so that
+/// a million pairs take 40 bytes each rather than 64.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum StoredPair {
+    V4(u64),
+    Other(Box<AddressPair>),
+}
+
+impl From<AddressPair> for StoredPair {
+    fn from(pair: AddressPair) -> Self {
+        match pair {
+            (IpAddr::V4(src), IpAddr::V4(dst)) => {
+                StoredPair::V4(u64::from(src.to_bits()) << 32 | u64::from(dst.to_bits()))
+            }
+            other => StoredPair::Other(Box::new(other)),
+        }
+    }
+}
+
+impl StoredPair {
+    fn get(&self) -> AddressPair {
+        match self {
+            StoredPair::V4(word) => (
+                IpAddr::V4(Ipv4Addr::from_bits((word >> 32) as u32)),
+                IpAddr::V4(Ipv4Addr::from_bits(*word as u32)),
+            ),
+            StoredPair::Other(pair) => **pair,
+        }
+    }
 }
 
 impl Ledger {
@@ -519,7 +575,7 @@ impl Ledger {
 
     /// Adds `counter` to `pair`.
     pub fn add(&mut self, pair: AddressPair, counter: Counter) {
-        let entry = self.pairs.entry(pair).or_default();
+        let entry = self.pairs.entry(pair.into()).or_default();
         *entry = entry.plus(counter);
     }
 
@@ -529,13 +585,15 @@ impl Ledger {
     }
 
     /// The pairs and their totals, in first-seen order.
-    pub fn pairs(&self) -> impl Iterator<Item = (&AddressPair, &Counter)> {
-        self.pairs.iter()
+    pub fn pairs(&self) -> impl Iterator<Item = (AddressPair, Counter)> + '_ {
+        self.pairs
+            .iter()
+            .map(|(pair, counter)| (pair.get(), *counter))
     }
 
     /// The total of a pair, if it was ever seen.
     pub fn get(&self, pair: &AddressPair) -> Option<Counter> {
-        self.pairs.get(pair).copied()
+        self.pairs.get(&StoredPair::from(*pair)).copied()
     }
 
     /// The sum over all pairs.
@@ -559,6 +617,12 @@ pub fn address(raw: [u8; 16]) -> IpAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_meter_entry_takes_48_bytes_and_a_ledger_pair_40() {
+        assert_eq!(size_of::<SlotEntry>(), 48);
+        assert_eq!(size_of::<(u64, StoredPair, Counter)>(), 40);
+    }
 
     fn key(src: u8, dst: u8, proto: u8, direction: Direction) -> PairKey {
         let mut k = PairKey {
@@ -782,6 +846,37 @@ mod tests {
             }
         );
         assert_eq!(restored.pairs.len(), 1);
+    }
+
+    #[test]
+    fn dropped_counters_are_accounted_and_kept_in_the_baseline() {
+        let a = key(1, 2, 17, Direction::Ingress);
+        let reading = |frames, bytes| PairReading {
+            dropped: Counter { frames, bytes },
+            slot: slot_of(&a),
+            ..Default::default()
+        };
+        let mut meter = Meter::default();
+        let mut poll = meter.start_poll(0);
+        poll.pair(a, reading(2, 100));
+        poll.finish(None);
+        let mut poll = meter.start_poll(0);
+        poll.pair(a, reading(3, 160));
+        let usage = poll.finish(None);
+        assert_eq!(
+            usage.pairs[0].dropped,
+            Counter {
+                frames: 1,
+                bytes: 60
+            }
+        );
+        assert_eq!(usage.pairs[0].counter, Counter::default());
+        let baseline = baseline_of(&meter);
+        assert_eq!(baseline.pairs.len(), 1);
+        assert_eq!(baseline.pairs[0].1, [0, 0, 3, 160]);
+        // Retired: the side table of dropped counters forgets it too.
+        meter.retire(&a, &reading(3, 160));
+        assert!(meter.pairs.dropped.is_empty());
     }
 
     #[test]

@@ -28,7 +28,7 @@ pub fn summary(usage: &IntervalUsage, elapsed: Duration) -> String {
     let rate = |d| human_bytes(usage.direction_total(d).bytes as f64 / secs);
     let mut interval = Ledger::default();
     interval.record(usage);
-    let mut top: Vec<_> = interval.pairs().map(|(p, c)| (*p, c.bytes)).collect();
+    let mut top: Vec<_> = interval.pairs().map(|(p, c)| (p, c.bytes)).collect();
     top.sort_by_key(|&(_, bytes)| std::cmp::Reverse(bytes));
     let top: Vec<String> = top
         .iter()

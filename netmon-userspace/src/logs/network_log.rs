@@ -34,7 +34,7 @@ pub fn render(ledger: &Ledger) -> String {
 fn render_to(ledger: &Ledger, out: &mut dyn std::io::Write) -> std::io::Result<()> {
     let entries = ledger
         .pairs()
-        .map(|(pair, counter)| (pair_key(pair), counter.bytes))
+        .map(|(pair, counter)| (pair_key(&pair), counter.bytes))
         .chain([(TOTAL_KEY.to_string(), ledger.total().bytes)]);
     out.write_all(b"{")?;
     for (i, (key, bytes)) in entries.enumerate() {
@@ -107,7 +107,7 @@ mod tests {
         let ledger = parse(Path::new("network_log.json"), OLD).unwrap();
         let pairs: Vec<_> = ledger
             .pairs()
-            .map(|(p, c)| (pair_key(p), c.bytes))
+            .map(|(p, c)| (pair_key(&p), c.bytes))
             .collect();
         assert_eq!(
             pairs,

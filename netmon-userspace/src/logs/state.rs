@@ -51,7 +51,7 @@ struct PairsRef<'a>(&'a Ledger);
 
 impl Serialize for PairsRef<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_seq(self.0.pairs().map(|(&(src, dst), c)| StatePair {
+        serializer.collect_seq(self.0.pairs().map(|((src, dst), c)| StatePair {
             src,
             dst,
             bytes: c.bytes,

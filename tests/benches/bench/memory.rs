@@ -23,7 +23,9 @@ pub fn run(scale: Scale) -> Vec<Row> {
             "--bpffs",
             bpffs.path().to_str().unwrap(),
             "--max-pairs",
-            &pairs.to_string(),
+            // Room for the test network's own chatter (IPv6 neighbour
+            // discovery), which can take a few slots before the fill.
+            &(pairs + 1024).to_string(),
         ],
     )
     .unwrap();
