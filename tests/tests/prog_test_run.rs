@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use aya::Ebpf;
 use common::*;
-use netmon::datapath::{self, readout, LoadOptions};
+use netmon::datapath::readout;
 use netmon_common::{classify, Counter, Direction, DirectionTotals, PairKey, L3, L4};
 use netmon_tests::frames::{boundaries, build, Layer};
 
@@ -17,6 +17,21 @@ fn run_xdp(ebpf: &mut Ebpf, frame: &[u8]) {
 
 fn run_tc(ebpf: &mut Ebpf, frame: &[u8], gso: Option<(u32, u32)>) {
     assert_eq!(tc(ebpf, frame, gso), TC_NEXT, "TC verdict");
+}
+
+/// A UDP frame from `V4_SRC` to 10.200.1.`last`, with `payload` bytes.
+fn udp_to(last: u8, payload: usize) -> Vec<u8> {
+    build(&[
+        Layer::Ethernet,
+        Layer::Ipv4 {
+            src: V4_SRC,
+            dst: Ipv4Addr::new(10, 200, 1, last),
+            options: vec![],
+            fragment_offset: 0,
+        },
+        Layer::Udp(1, 2),
+        Layer::Payload(payload),
+    ])
 }
 
 /// What one frame must leave in the maps.
@@ -413,36 +428,13 @@ impl log::Log for Collect {
 #[test]
 fn full_pair_table_keeps_totals_exact_and_says_so_once() {
     // The warning is once per CPU: keep every test run on one CPU.
-    // SAFETY: a zeroed cpu_set_t with CPU 0 set, applied to this thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(0, &mut set);
-        assert_eq!(
-            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
-            0
-        );
-    }
-    let mut ebpf = datapath::load(&LoadOptions {
-        max_pairs: 2,
-        ..Default::default()
-    })
-    .unwrap();
+    pin_to_one_cpu();
+    let mut ebpf = load_with_capacity(2);
     let messages: &'static Collect = Box::leak(Box::new(Collect(Default::default())));
     let mut logger = aya_log::EbpfLogger::init_with_logger(&mut ebpf, messages).unwrap();
-    let frame_to = |last: u8| {
-        build(&[
-            Layer::Ethernet,
-            Layer::Ipv4 {
-                src: V4_SRC,
-                dst: Ipv4Addr::new(10, 200, 1, last),
-                options: vec![],
-                fragment_offset: 0,
-            },
-            Layer::Udp(1, 2),
-            Layer::Payload(10 * last as usize),
-        ])
-    };
-    let frames: Vec<Vec<u8>> = (1..=4).map(frame_to).collect();
+    let frames: Vec<Vec<u8>> = (1..=4)
+        .map(|last| udp_to(last, 10 * last as usize))
+        .collect();
     for frame in &frames {
         run_xdp(&mut ebpf, frame);
     }
@@ -540,11 +532,7 @@ fn tcp_and_udp_count_under_the_service_of_their_well_known_port() {
 #[test]
 fn mapped_readout_equals_batched_and_key_by_key_reads() {
     use netmon::datapath::readout::{read_pairs, Readout};
-    let mut ebpf = datapath::load(&LoadOptions {
-        max_pairs: 16_384,
-        ..Default::default()
-    })
-    .unwrap();
+    let mut ebpf = load_with_capacity(16_384);
     for i in 0..10_000u32 {
         let frame = build(&[
             Layer::Ethernet,
@@ -575,24 +563,7 @@ fn retired_pairs_free_their_slots_and_no_cached_slot_outlives_them() {
     use netmon::datapath::pairs::PairTable;
     // The slot cache is per CPU: keep every run on the CPU that cached.
     pin_to_one_cpu();
-    let mut ebpf = datapath::load(&LoadOptions {
-        max_pairs: 2,
-        ..Default::default()
-    })
-    .unwrap();
-    let frame_to = |last: u8, payload: usize| {
-        build(&[
-            Layer::Ethernet,
-            Layer::Ipv4 {
-                src: V4_SRC,
-                dst: Ipv4Addr::new(10, 200, 1, last),
-                options: vec![],
-                fragment_offset: 0,
-            },
-            Layer::Udp(1, 2),
-            Layer::Payload(payload),
-        ])
-    };
+    let mut ebpf = load_with_capacity(2);
     let key_to = |last: u8| PairKey {
         src: v4(V4_SRC),
         dst: v4(Ipv4Addr::new(10, 200, 1, last)),
@@ -612,7 +583,7 @@ fn retired_pairs_free_their_slots_and_no_cached_slot_outlives_them() {
         frames,
         bytes: frame.len() as u64 * frames,
     };
-    let (one, two, three) = (frame_to(1, 10), frame_to(2, 20), frame_to(3, 30));
+    let (one, two, three) = (udp_to(1, 10), udp_to(2, 20), udp_to(3, 30));
 
     let table = PairTable::of(&ebpf).unwrap();
     assert_eq!(
@@ -659,26 +630,9 @@ fn slots_a_crash_left_claimed_but_unindexed_are_freed_on_adoption() {
     use netmon::datapath::{pairs::PairTable, sys};
     use netmon_common::{maps::FLOWS_V4_MAP, PairKeyV4};
     pin_to_one_cpu();
-    let mut ebpf = datapath::load(&LoadOptions {
-        max_pairs: 2,
-        ..Default::default()
-    })
-    .unwrap();
-    let frame_to = |last: u8| {
-        build(&[
-            Layer::Ethernet,
-            Layer::Ipv4 {
-                src: V4_SRC,
-                dst: Ipv4Addr::new(10, 200, 1, last),
-                options: vec![],
-                fragment_offset: 0,
-            },
-            Layer::Udp(1, 2),
-            Layer::Payload(10),
-        ])
-    };
+    let mut ebpf = load_with_capacity(2);
     for last in [1, 2] {
-        run_xdp(&mut ebpf, &frame_to(last));
+        run_xdp(&mut ebpf, &udp_to(last, 10));
     }
     // A run stopped between taking pair 1 out of the index and freeing its slot.
     let index = match ebpf.map(FLOWS_V4_MAP).unwrap() {
@@ -700,7 +654,7 @@ fn slots_a_crash_left_claimed_but_unindexed_are_freed_on_adoption() {
     assert_eq!(table.release_orphans().unwrap(), 1);
     assert_eq!(table.release_orphans().unwrap(), 0, "freed once");
     // Its slot is free again: a third pair gets it, and the table is full once more.
-    let third = frame_to(3);
+    let third = udp_to(3, 10);
     run_xdp(&mut ebpf, &third);
     let snapshot = readout::read(&ebpf).unwrap();
     let kept: Vec<u8> = snapshot.pairs.iter().map(|(k, _)| k.dst[15]).collect();

@@ -225,26 +225,10 @@ impl<'a> PairTable<'a> {
             }
             Ok(())
         };
-        let map_error = |map| move |cause| DatapathError::Map { map, cause };
-        let v4: aya::maps::HashMap<_, PairKeyV4, u32> = aya::maps::HashMap::try_from(
-            ebpf.map(FLOWS_V4_MAP)
-                .ok_or(DatapathError::MissingMap(FLOWS_V4_MAP))?,
-        )
-        .map_err(map_error(FLOWS_V4_MAP))?;
-        for entry in v4.iter() {
-            let (key, slot) = entry.map_err(map_error(FLOWS_V4_MAP))?;
-            emit(key.widen(), slot)?;
-        }
-        let v6: aya::maps::HashMap<_, PairKey, u32> = aya::maps::HashMap::try_from(
-            ebpf.map(FLOWS_V6_MAP)
-                .ok_or(DatapathError::MissingMap(FLOWS_V6_MAP))?,
-        )
-        .map_err(map_error(FLOWS_V6_MAP))?;
-        for entry in v6.iter() {
-            let (key, slot) = entry.map_err(map_error(FLOWS_V6_MAP))?;
-            emit(key, slot)?;
-        }
-        Ok(())
+        walk_index(ebpf, FLOWS_V4_MAP, |key: PairKeyV4, slot| {
+            emit(key.widen(), slot)
+        })?;
+        walk_index(ebpf, FLOWS_V6_MAP, |key: PairKey, slot| emit(key, slot))
     }
 
     /// Removes pairs and returns their final counters; their slots become free.
@@ -483,6 +467,23 @@ impl Chunk {
         let index = self.index(slot);
         PairReading::fold(slot, self.lanes.iter().map(|lanes| lanes.get(index)))
     }
+}
+
+/// Calls `each` with every (key, slot) of the index `name`, key by key.
+fn walk_index<K: aya::Pod>(
+    ebpf: &Ebpf,
+    name: &'static str,
+    mut each: impl FnMut(K, u32) -> Result<(), DatapathError>,
+) -> Result<(), DatapathError> {
+    let map_error = |cause| DatapathError::Map { map: name, cause };
+    let index: aya::maps::HashMap<_, K, u32> =
+        aya::maps::HashMap::try_from(ebpf.map(name).ok_or(DatapathError::MissingMap(name))?)
+            .map_err(map_error)?;
+    for entry in index.iter() {
+        let (key, slot) = entry.map_err(map_error)?;
+        each(key, slot)?;
+    }
+    Ok(())
 }
 
 /// Returns once every eBPF program running now has finished: XDP and TC

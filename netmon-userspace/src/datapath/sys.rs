@@ -98,30 +98,18 @@ pub fn push<V>(fd: RawFd, value: &V) -> std::io::Result<()> {
 
 /// Takes the head of a queue map; `Ok(None)` when it is empty.
 pub fn pop<V: Copy + Default>(fd: RawFd) -> std::io::Result<Option<V>> {
-    let mut value = V::default();
-    match elem(
-        BPF_MAP_LOOKUP_AND_DELETE_ELEM,
-        fd,
-        std::ptr::null(),
-        (&mut value as *mut V).cast(),
-        0,
-    ) {
-        Ok(()) => Ok(Some(value)),
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
-        Err(e) => Err(e),
-    }
+    queue_head(BPF_MAP_LOOKUP_AND_DELETE_ELEM, fd)
 }
 
 /// The head of a queue map, left in place; `Ok(None)` when it is empty.
 pub fn peek<V: Copy + Default>(fd: RawFd) -> std::io::Result<Option<V>> {
+    queue_head(BPF_MAP_LOOKUP_ELEM, fd)
+}
+
+/// The head of a queue map through `cmd` (lookup peeks, lookup-and-delete pops).
+fn queue_head<V: Copy + Default>(cmd: libc::c_long, fd: RawFd) -> std::io::Result<Option<V>> {
     let mut value = V::default();
-    match elem(
-        BPF_MAP_LOOKUP_ELEM,
-        fd,
-        std::ptr::null(),
-        (&mut value as *mut V).cast(),
-        0,
-    ) {
+    match elem(cmd, fd, std::ptr::null(), (&mut value as *mut V).cast(), 0) {
         Ok(()) => Ok(Some(value)),
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
         Err(e) => Err(e),

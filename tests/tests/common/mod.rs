@@ -25,8 +25,13 @@ pub const V6_SRC: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x200, 0, 0, 0, 0, 0, 1);
 pub const V6_DST: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x200, 0, 0, 0, 0, 0, 2);
 
 pub fn load() -> Ebpf {
+    load_with_capacity(CAPACITY)
+}
+
+/// Loads the programs with a pair table of `pairs` slots.
+pub fn load_with_capacity(pairs: u32) -> Ebpf {
     datapath::load(&LoadOptions {
-        max_pairs: CAPACITY,
+        max_pairs: pairs,
         ..Default::default()
     })
     .expect("load netmon's programs (run the tests as root)")
