@@ -9,7 +9,9 @@ use netmon_common::bench::{FIRST_SOURCE, FLOWS};
 
 use crate::{
     report::{Row, Target},
-    workload::{load_blocklist, load_with_bench_programs, random_prefixes, test_run_ns, udp_frame},
+    workload::{
+        load_blocklist, load_with_bench_programs, median, random_prefixes, test_run_ns, udp_frame,
+    },
     Scale,
 };
 
@@ -73,9 +75,7 @@ pub fn run(scale: Scale) -> Vec<Row> {
         // Where the kernel places a fresh table moves these figures by ±30%:
         // the median of three objects.
         let median_of_3 = |run: &dyn Fn(&mut aya::Ebpf) -> f64| {
-            let mut runs: Vec<f64> = (0..3).map(|_| run(&mut fresh(&cidrs))).collect();
-            runs.sort_by(f64::total_cmp);
-            runs[1]
+            median((0..3).map(|_| run(&mut fresh(&cidrs))).collect())
         };
         let xdp = median_of_3(&|ebpf| {
             test_run_ns::<Xdp>(ebpf, "bench_flows_xdp", &walk, warm_up, repeat)

@@ -14,7 +14,7 @@ use netmon_tests::{
 
 use crate::{
     report::{Row, Target},
-    workload::random_prefixes,
+    workload::{median, random_prefixes},
     Scale,
 };
 
@@ -113,36 +113,55 @@ pub fn run(scale: Scale) -> Vec<Row> {
 
 /// (TCP, UDP 64-byte) Mbit/s received by a, first with nothing attached, then
 /// under `setup`, on the same pair of namespaces: each setup gets its own
-/// reference, taken a moment before (runs on separate pairs differ by ±10%).
+/// reference (runs on separate pairs differ by ±10%). Single runs on a 2-CPU
+/// VM vary by ±10%, UDP's drifting over a minute: TCP is the median of three
+/// runs before and three under the setup; UDP, whose effect is the smaller,
+/// of five under the setup against six around it (three before, three after).
 fn measure(setup: Setup, seconds: u32, cidrs: &[Cidr]) -> ((f64, f64), (f64, f64)) {
     let net = TestNet::create_with(Offloads { tso: true }).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut server = iperf3_server(&net);
-    // Median of three runs each: single runs on a 2-CPU VM vary by ±10%.
-    let median = |extra: &[&str]| {
-        let mut runs: Vec<f64> = (0..3)
+    let runs = |n: usize, extra: &[&str]| -> Vec<f64> {
+        (0..n)
             .map(|_| {
                 std::thread::sleep(Duration::from_millis(200));
                 iperf3(&net, seconds, extra)
             })
-            .collect();
-        runs.sort_by(f64::total_cmp);
-        runs[1]
+            .collect()
     };
     let udp_args = ["-u", "-l", "64", "-b", "0"];
-    let none = (median(&[]), median(&udp_args));
-    let _guard = prepare(&net, dir.path(), setup, cidrs);
-    let with = (median(&[]), median(&udp_args));
+    let none_tcp = median(runs(3, &[]));
+    let mut none_udp = runs(3, &udp_args);
+    let guard = prepare(&net, dir.path(), setup, cidrs);
+    let with = (median(runs(3, &[])), median(runs(5, &udp_args)));
+    remove(guard, &net);
+    none_udp.extend(runs(3, &udp_args));
     let _ = server.kill();
     let _ = server.wait();
-    (none, with)
+    ((none_tcp, median(none_udp)), with)
 }
 
-/// Whatever keeps `setup` in place until dropped.
+/// What keeps `setup` in place until [`remove`]d.
 enum Guard {
-    Netmon(#[allow(dead_code)] Netmon),
-    Capture(#[allow(dead_code)] Capture),
-    Nothing,
+    Netmon(Netmon),
+    Capture(Capture),
+    /// Rules in a's INPUT chain.
+    Iptables,
+}
+
+/// Takes `guard`'s setup away again: netmon stopped (so it detaches), the
+/// capture ended, iptables' rules flushed.
+fn remove(guard: Guard, net: &TestNet) {
+    match guard {
+        Guard::Netmon(netmon) => {
+            netmon.stop().unwrap();
+        }
+        Guard::Capture(capture) => drop(capture),
+        Guard::Iptables => {
+            let flushed = net.a.command("iptables").args(["-F", "INPUT"]).status();
+            assert!(flushed.unwrap().success(), "iptables -F INPUT failed");
+        }
+    }
 }
 
 fn prepare(net: &TestNet, dir: &std::path::Path, setup: Setup, cidrs: &[Cidr]) -> Guard {
@@ -159,7 +178,7 @@ fn prepare(net: &TestNet, dir: &std::path::Path, setup: Setup, cidrs: &[Cidr]) -
         }
         Setup::Iptables { rules } => {
             iptables_restore(net, &cidrs[..rules], None);
-            Guard::Nothing
+            Guard::Iptables
         }
     }
 }

@@ -118,3 +118,14 @@ pub fn send_udp(net: &netmon_tests::TestNet, src: std::net::IpAddr, packets: u32
     let mut buf = [0u8; 128];
     std::iter::from_fn(|| sink.recv(&mut buf).ok()).count()
 }
+
+/// The median of `runs` (the mean of the middle two for an even count).
+pub fn median(mut runs: Vec<f64>) -> f64 {
+    runs.sort_by(f64::total_cmp);
+    let mid = runs.len() / 2;
+    if runs.len().is_multiple_of(2) {
+        (runs[mid - 1] + runs[mid]) / 2.0
+    } else {
+        runs[mid]
+    }
+}
