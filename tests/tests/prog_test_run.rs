@@ -601,6 +601,7 @@ fn retired_pairs_free_their_slots_and_no_cached_slot_outlives_them() {
     assert_eq!(retired.len(), 1);
     assert_eq!(retired[0].1.counter, counted(&one, 2));
     assert_eq!(pairs(&ebpf), BTreeMap::new());
+    assert_eq!(table.in_use_bound().unwrap(), 0, "no slot in use");
     // Pair 2 takes slot 1, pair 3 the freed slot 0.
     run_xdp(&mut ebpf, &two);
     run_xdp(&mut ebpf, &three);
@@ -609,6 +610,7 @@ fn retired_pairs_free_their_slots_and_no_cached_slot_outlives_them() {
         BTreeMap::from([(2, counted(&two, 1)), (3, counted(&three, 1))])
     );
     let table = PairTable::of(&ebpf).unwrap();
+    assert_eq!(table.in_use_bound().unwrap(), 2);
     assert_eq!(
         table.claimed(1).unwrap(),
         2,

@@ -235,8 +235,7 @@ impl Datapath {
         let mut ebpf = load_with(&mut loader)?;
         let instance = identify(&mut ebpf, adopted)?;
         let table = pairs::PairTable::of(&ebpf)?;
-        // Which slots an earlier run claimed is unknown: read them all.
-        let claimed = if adopted { table.capacity() } else { 0 };
+        let claimed = if adopted { table.in_use_bound()? } else { 0 };
         if adopted {
             let orphans = table.release_orphans()?;
             if orphans > 0 {

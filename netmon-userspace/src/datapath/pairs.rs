@@ -161,8 +161,8 @@ impl<'a> PairTable<'a> {
 
     /// A bound on the slots ever claimed, given an earlier bound `known`
     /// (0 for a table this process filled with [`free_all`](Self::free_all),
-    /// the capacity for one it did not): a daemon with a few pairs in a big
-    /// table then reads only the part in use.
+    /// [`in_use_bound`](Self::in_use_bound) for one it did not): a daemon with
+    /// a few pairs in a big table then reads only the part in use.
     ///
     /// The free queue starts as 0, 1, … in order and freed slots go to its
     /// back, so while its head is a never-claimed slot every slot below it
@@ -174,6 +174,23 @@ impl<'a> PairTable<'a> {
             Some(head) if head >= known => head,
             _ => self.capacity,
         })
+    }
+
+    /// One past the highest slot in use: the `known` bound to start
+    /// [`claimed`](Self::claimed) from for a table another run filled.
+    pub fn in_use_bound(&self) -> Result<u32, DatapathError> {
+        let mut bound = 0;
+        for first in (0..self.capacity).step_by(WINDOW_SLOTS as usize) {
+            let chunk = Chunk::map(self, first, false)?;
+            if let Some(last) = chunk
+                .slots()
+                .rev()
+                .find(|&slot| chunk.owner(slot).live != 0)
+            {
+                bound = last + 1;
+            }
+        }
+        Ok(bound)
     }
 
     /// [`read`](Self::read) with BPF_MAP_LOOKUP_BATCH syscalls instead of
