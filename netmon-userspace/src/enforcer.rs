@@ -20,10 +20,15 @@ use crate::{
 };
 
 /// What survives a restart: CLI-made rules and quotas, and quota usage.
+///
+/// The rules and ids change only with the policy, and a blocklist can make
+/// them megabytes: the daemon keeps them in their own file
+/// ([`PersistedRules`]), written when they change, and leaves them empty
+/// here, in the state file written every interval.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct PersistedPolicy {
     /// Rules and quotas added with the CLI.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "PolicySet::is_empty")]
     pub runtime: PolicySet,
     /// Usage of every quota in its current period.
     #[serde(default)]
@@ -32,7 +37,17 @@ pub struct PersistedPolicy {
     #[serde(default)]
     pub total: crate::alerts::PeriodUsage,
     /// Datapath id of every rule and quota, so they keep them across restarts.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub ids: std::collections::BTreeMap<String, u32>,
+}
+
+/// The CLI's rules and quotas and every rule's id: the part of the policy
+/// that changes only when the policy does.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PersistedRules {
+    /// Rules and quotas added with the CLI.
+    pub runtime: PolicySet,
+    /// Datapath id of every rule and quota.
     pub ids: std::collections::BTreeMap<String, u32>,
 }
 
@@ -110,6 +125,8 @@ pub struct Enforcer {
     /// The kernel's quota state is not the truth yet (new maps): restore it from the state file.
     restore_quotas: bool,
     tz: TimeZone,
+    /// Bumped whenever the rules or their ids change (see [`Enforcer::rules_version`]).
+    rules_version: u64,
 }
 
 /// How long the policy file must be unchanged before it is read.
@@ -143,6 +160,7 @@ impl Enforcer {
                 .map(|q| (q.name.clone(), q))
                 .collect(),
             tz,
+            rules_version: 0,
         };
         if let Some(path) = enforcer.file.clone() {
             enforcer.file_stamp = stamp(&path);
@@ -276,7 +294,22 @@ impl Enforcer {
         self.periods
             .retain(|name, _| ids.contains_key(&quota_key(name)));
         self.ids = ids;
+        self.rules_version += 1;
         Ok(())
+    }
+
+    /// A number that changes whenever [`Enforcer::persisted_rules`] may have:
+    /// the daemon rewrites the rules file only then.
+    pub fn rules_version(&self) -> u64 {
+        self.rules_version
+    }
+
+    /// The CLI's rules and every rule's id, to persist.
+    pub fn persisted_rules(&self) -> PersistedRules {
+        PersistedRules {
+            runtime: self.runtime.clone(),
+            ids: self.ids.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+        }
     }
 
     /// Re-reads the policy file when it changed (or when `force`, for SIGHUP).
@@ -511,7 +544,8 @@ impl Enforcer {
         Ok(out)
     }
 
-    /// What to persist now.
+    /// What to persist every interval: quota usage (the rules and ids go
+    /// apart, see [`Enforcer::persisted_rules`]).
     pub fn persisted(&self, ebpf: &Ebpf) -> PersistedPolicy {
         let quotas = self
             .file_set
@@ -531,10 +565,8 @@ impl Enforcer {
             })
             .collect();
         PersistedPolicy {
-            runtime: self.runtime.clone(),
             quotas,
-            total: Default::default(),
-            ids: self.ids.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            ..Default::default()
         }
     }
 }

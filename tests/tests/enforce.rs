@@ -262,8 +262,17 @@ fn quota_stops_delivery_resets_and_survives_restart() -> Result<()> {
     );
     assert_eq!(q["blocked"], true);
 
-    // A restart keeps the used bytes, so the quota stays spent.
+    // A restart keeps the used bytes, so the quota stays spent. The CLI's
+    // quota is in the rules file, written when it changed; the state file,
+    // rewritten every interval, holds only its usage.
     netmon.stop()?;
+    let rules = std::fs::read_to_string(dir.path().join("network_log.rules.json"))?;
+    let state = std::fs::read_to_string(dir.path().join("network_log.state.json"))?;
+    assert!(rules.contains("\"quota peer\""), "{rules}");
+    assert!(
+        !state.contains("\"runtime\"") && !state.contains("\"ids\""),
+        "{state}"
+    );
     let _netmon = start(&net, dir.path(), &[])?;
     assert_eq!(quota(&net, "peer")["used"].as_u64(), Some(delivered));
     let after = traffic::udp_received(b, v4(b.ipv4), a, v4(a.ipv4), 7301, &[1000; 5], QUIET)?;

@@ -140,7 +140,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         tz.clone(),
     )
     .map_err(anyhow::Error::msg)?;
-    // Fail now, before attaching, if the logs cannot be written.
+    // Fail now, before attaching, if the logs cannot be written. The rules go
+    // to their own file from here on (state files of earlier versions held them).
+    files.save_rules(&enforcer.persisted_rules())?;
+    saved.policy.runtime = Default::default();
+    saved.policy.ids = Default::default();
     files.save(&saved, None)?;
 
     let options = LoadOptions {
@@ -201,6 +205,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             baseline: None,
             ..saved
         },
+        rules_saved: None,
         enforcer,
         datapath,
         pending_detail: Vec::new(),
@@ -276,6 +281,8 @@ struct Daemon {
     meter: Meter,
     /// What the state file holds; kept here and written in place each interval.
     state: State,
+    /// The [`Enforcer::rules_version`] the rules file holds.
+    rules_saved: Option<u64>,
     enforcer: Enforcer,
     datapath: Datapath,
     /// Detail records not yet written, kept until a write succeeds.
@@ -385,8 +392,17 @@ impl Daemon {
         Ok(())
     }
 
-    /// Writes state and log; on failure the previous files stay and the next interval retries.
+    /// Writes the rules file if the policy changed, then state and log; on
+    /// failure the previous files stay and the next interval retries.
     fn save(&mut self) {
+        let version = self.enforcer.rules_version();
+        if self.rules_saved != Some(version) {
+            if let Err(e) = self.files.save_rules(&self.enforcer.persisted_rules()) {
+                log::warn!("{e}; keeping the previous files and retrying next interval");
+                return;
+            }
+            self.rules_saved = Some(version);
+        }
         let total = std::mem::take(&mut self.state.policy.total);
         self.state.policy = self.enforcer.persisted(self.datapath.ebpf());
         self.state.policy.total = total;

@@ -4,6 +4,7 @@
 pub mod atomic;
 pub mod detail;
 pub mod network_log;
+pub mod rules;
 pub mod state;
 
 use std::path::{Path, PathBuf};
@@ -11,6 +12,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use jiff::Timestamp;
 
+use crate::enforcer::PersistedRules;
 use state::State;
 
 /// Why a log or state file could not be read or written.
@@ -36,30 +38,44 @@ pub enum LogError {
     },
 }
 
-/// The files behind one log: the old-format log, its exact state, the detail log.
+/// The files behind one log: the old-format log, its exact state, the CLI's
+/// rules, the detail log.
 pub struct Files {
     /// `network_log.json`.
     pub log: PathBuf,
     /// The exact state behind it.
     pub state: PathBuf,
+    /// The CLI's rules and the rule ids, beside the state file.
+    pub rules: PathBuf,
     /// The per-interval detail log.
     pub detail: PathBuf,
 }
 
 impl Files {
-    /// The files; the state file defaults to the log's name with `.state.json`.
+    /// The files; the state file defaults to the log's name with
+    /// `.state.json`, and the rules file is named after the state file.
     pub fn new(log: &Path, state: Option<PathBuf>, detail: &Path) -> Self {
+        let state = state.unwrap_or_else(|| state::path_for(log));
         Files {
             log: log.to_path_buf(),
-            state: state.unwrap_or_else(|| state::path_for(log)),
+            rules: rules::path_beside(&state),
+            state,
             detail: detail.to_path_buf(),
         }
     }
 
-    /// What was recorded so far: the exact state file, else the log alone.
+    /// What was recorded so far: the exact state file (with the rules file's
+    /// rules, when there is one), else the log alone.
     pub fn load(&self) -> Result<State, LogError> {
         if let Some(text) = read_if_present(&self.state)? {
-            return state::parse(&self.state, &text);
+            let mut state = state::parse(&self.state, &text)?;
+            // State files of earlier versions hold the rules themselves.
+            if let Some(text) = read_if_present(&self.rules)? {
+                let saved = rules::parse(&self.rules, &text)?;
+                state.policy.runtime = saved.runtime;
+                state.policy.ids = saved.ids;
+            }
+            return Ok(state);
         }
         match read_if_present(&self.log)? {
             Some(text) => Ok(State {
@@ -80,10 +96,16 @@ impl Files {
         network_log::write(&self.log, &state.ledger)
     }
 
+    /// Writes the rules file; the daemon does so whenever the policy changes,
+    /// before the state file.
+    pub fn save_rules(&self, saved: &PersistedRules) -> Result<(), LogError> {
+        rules::write(&self.rules, saved)
+    }
+
     /// Renames every existing file to `NAME.TIMESTAMP.bak`.
     pub fn move_aside(&self) -> anyhow::Result<()> {
         let stamp = Timestamp::now().strftime("%Y%m%dT%H%M%SZ").to_string();
-        for path in [&self.log, &self.state, &self.detail] {
+        for path in [&self.log, &self.state, &self.rules, &self.detail] {
             if path.exists() {
                 let mut aside = path.as_os_str().to_owned();
                 aside.push(format!(".{stamp}.bak"));
@@ -108,5 +130,47 @@ fn read_if_present(path: &Path) -> Result<Option<String>, LogError> {
             path: path.to_path_buf(),
             cause,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::enforcer::PersistedRules;
+
+    fn rules(cidr: &str) -> PersistedRules {
+        PersistedRules {
+            runtime: serde_json::from_str(&format!(
+                r#"{{"rules": [{{"action": "block", "cidrs": ["{cidr}"]}}]}}"#
+            ))
+            .unwrap(),
+            ids: [(format!("block {cidr}"), 1)].into(),
+        }
+    }
+
+    #[test]
+    fn rules_come_from_the_rules_file_or_from_a_state_file_of_an_earlier_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = Files::new(&dir.path().join("log.json"), None, &dir.path().join("d"));
+        // An earlier version: the rules inside the state file.
+        let old = rules("10.0.0.0/8");
+        let mut state = State::default();
+        state.policy.runtime = old.runtime.clone();
+        state.policy.ids = old.ids.clone();
+        files.save(&state, None).unwrap();
+        let loaded = files.load().unwrap();
+        assert_eq!(
+            (loaded.policy.runtime, loaded.policy.ids),
+            (old.runtime, old.ids)
+        );
+        // Now: the rules file's rules, whatever the state file holds.
+        let new = rules("142.250.0.0/16");
+        files.save_rules(&new).unwrap();
+        let loaded = files.load().unwrap();
+        assert_eq!(
+            (loaded.policy.runtime, loaded.policy.ids),
+            (new.runtime, new.ids)
+        );
+        assert_eq!(files.rules, dir.path().join("log.rules.json"));
     }
 }

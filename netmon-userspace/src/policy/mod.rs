@@ -266,6 +266,13 @@ pub struct PolicySet {
     pub quotas: Vec<Quota>,
 }
 
+impl PolicySet {
+    /// True with no rules and no quotas.
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty() && self.quotas.is_empty()
+    }
+}
+
 /// One enforceable item with its datapath id, for compilation.
 #[derive(Clone, Debug)]
 pub struct Item<'a> {
