@@ -111,12 +111,12 @@ pub fn run(scale: Scale) -> Vec<Row> {
     rows
 }
 
-/// (TCP, UDP 64-byte) Mbit/s received by a, first with nothing attached, then
-/// under `setup`, on the same pair of namespaces: each setup gets its own
-/// reference (runs on separate pairs differ by ±10%). Single runs on a 2-CPU
-/// VM vary by ±10%, UDP's drifting over a minute: TCP is the median of three
-/// runs before and three under the setup; UDP, whose effect is the smaller,
-/// of five under the setup against six around it (three before, three after).
+/// (TCP, UDP 64-byte) Mbit/s received by a, with nothing attached and under
+/// `setup`, on the same pair of namespaces: each setup gets its own reference
+/// (runs on separate pairs differ by ±10%). Single runs on a 2-CPU VM vary by
+/// ±10% and drift over a minute, so each protocol is the median of five runs
+/// under the setup against the median of six around it (three before, three
+/// after it is removed).
 fn measure(setup: Setup, seconds: u32, cidrs: &[Cidr]) -> ((f64, f64), (f64, f64)) {
     let net = TestNet::create_with(Offloads { tso: true }).unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -129,16 +129,16 @@ fn measure(setup: Setup, seconds: u32, cidrs: &[Cidr]) -> ((f64, f64), (f64, f64
             })
             .collect()
     };
-    let udp_args = ["-u", "-l", "64", "-b", "0"];
-    let none_tcp = median(runs(3, &[]));
-    let mut none_udp = runs(3, &udp_args);
+    let (tcp, udp): (&[&str], &[&str]) = (&[], &["-u", "-l", "64", "-b", "0"]);
+    let mut none = (runs(3, tcp), runs(3, udp));
     let guard = prepare(&net, dir.path(), setup, cidrs);
-    let with = (median(runs(3, &[])), median(runs(5, &udp_args)));
+    let with = (median(runs(5, tcp)), median(runs(5, udp)));
     remove(guard, &net);
-    none_udp.extend(runs(3, &udp_args));
+    none.0.extend(runs(3, tcp));
+    none.1.extend(runs(3, udp));
     let _ = server.kill();
     let _ = server.wait();
-    ((none_tcp, median(none_udp)), with)
+    ((median(none.0), median(none.1)), with)
 }
 
 /// What keeps `setup` in place until [`remove`]d.
