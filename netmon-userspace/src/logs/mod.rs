@@ -122,6 +122,37 @@ impl Files {
     }
 }
 
+/// The head of netmon's own JSON files: a `format` tag and a `version`.
+#[derive(serde::Deserialize)]
+struct Tag {
+    format: String,
+    version: u32,
+}
+
+/// Parses `text` as `what`, refusing another format tag or version. The tag
+/// is read on its own first (the rest skipped), so that a file of another
+/// version is named as such rather than as a parse error.
+fn parse_tagged<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    text: &str,
+    what: &'static str,
+    (format, version): (&str, u32),
+) -> Result<T, LogError> {
+    let corrupt = |reason: String| LogError::Corrupt {
+        path: path.to_path_buf(),
+        what,
+        reason,
+    };
+    let tag: Tag = serde_json::from_str(text).map_err(|e| corrupt(e.to_string()))?;
+    if tag.format != format || tag.version != version {
+        return Err(corrupt(format!(
+            "format {:?} version {}, this netmon reads {format:?} version {version}",
+            tag.format, tag.version
+        )));
+    }
+    serde_json::from_str(text).map_err(|e| corrupt(e.to_string()))
+}
+
 fn read_if_present(path: &Path) -> Result<Option<String>, LogError> {
     match std::fs::read_to_string(path) {
         Ok(text) => Ok(Some(text)),

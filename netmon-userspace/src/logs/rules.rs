@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::LogError;
 use crate::enforcer::PersistedRules;
@@ -18,14 +18,6 @@ struct RulesFileRef<'a> {
     version: u32,
     #[serde(flatten)]
     rules: &'a PersistedRules,
-}
-
-#[derive(Deserialize)]
-struct RulesFile {
-    format: String,
-    version: u32,
-    #[serde(flatten)]
-    rules: PersistedRules,
 }
 
 /// The rules file beside a state file: `network_log.state.json` →
@@ -50,19 +42,7 @@ pub fn write(path: &Path, rules: &PersistedRules) -> Result<(), LogError> {
 
 /// Parses a rules file.
 pub fn parse(path: &Path, text: &str) -> Result<PersistedRules, LogError> {
-    let corrupt = |reason: String| LogError::Corrupt {
-        path: path.to_path_buf(),
-        what: "netmon rules file",
-        reason,
-    };
-    let file: RulesFile = serde_json::from_str(text).map_err(|e| corrupt(e.to_string()))?;
-    if file.format != FORMAT || file.version != VERSION {
-        return Err(corrupt(format!(
-            "format {:?} version {}, this netmon reads {FORMAT:?} version {VERSION}",
-            file.format, file.version
-        )));
-    }
-    Ok(file.rules)
+    super::parse_tagged(path, text, "netmon rules file", (FORMAT, VERSION))
 }
 
 #[cfg(test)]

@@ -20,8 +20,6 @@ const VERSION: u32 = 1;
 
 #[derive(Deserialize)]
 struct StateFile {
-    format: String,
-    version: u32,
     pairs: Vec<StatePair>,
     #[serde(default)]
     policy: PersistedPolicy,
@@ -112,18 +110,7 @@ fn render_to(
 
 /// Parses a state file.
 pub fn parse(path: &Path, text: &str) -> Result<State, LogError> {
-    let corrupt = |reason: String| LogError::Corrupt {
-        path: path.to_path_buf(),
-        what: "netmon state file",
-        reason,
-    };
-    let file: StateFile = serde_json::from_str(text).map_err(|e| corrupt(e.to_string()))?;
-    if file.format != FORMAT || file.version != VERSION {
-        return Err(corrupt(format!(
-            "format {:?} version {}, this netmon reads {FORMAT:?} version {VERSION}",
-            file.format, file.version
-        )));
-    }
+    let file: StateFile = super::parse_tagged(path, text, "netmon state file", (FORMAT, VERSION))?;
     let ledger = Ledger::from_pairs(file.pairs.into_iter().map(|p| {
         (
             (p.src, p.dst),
