@@ -14,10 +14,11 @@ use netmon_common::{
 const BPF_F_NO_PREALLOC: u32 = aya_ebpf::bindings::BPF_F_NO_PREALLOC;
 const BPF_F_MMAPABLE: u32 = aya_ebpf::bindings::BPF_F_MMAPABLE;
 
-// The pair table is three maps: an index from a pair's key to its slot, the
-// counters of each slot (one lane per CPU), and each slot's key. The last two
-// are arrays user space maps into memory, so a poll reads the whole table
-// without a syscall per pair. Capacities are set at load time (`--max-pairs`).
+// The pair table: an index from a pair's key to its slot (a map per family),
+// the counters of each slot (one lane per CPU), each slot's key, and a queue of
+// free slots. Counters and keys are arrays user space maps into memory, so a
+// poll reads the whole table without a syscall per pair. Capacities are set
+// at load time (`--max-pairs`).
 
 /// IPv4 pairs → slot. Preallocated: most traffic is IPv4, and inserts stay cheap.
 #[map(name = "FLOWS_V4")]

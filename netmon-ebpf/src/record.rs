@@ -247,7 +247,7 @@ fn claim_slot<K>(flows: &'static HashMap<K, u32>, key: &K, wide: PairKey) -> Opt
         unsafe { core::ptr::write_volatile(&mut (*owner).live, 0) };
     }
     let _ = FREE_SLOTS.push(slot, 0);
-    // SAFETY: as in `pair_entry`.
+    // SAFETY: as in `slot_of`.
     unsafe { flows.get(key) }.copied()
 }
 

@@ -378,14 +378,16 @@ impl Meter {
     }
 
     /// Pairs whose counters have not moved for more than `timeout_ns` before
-    /// `now_ns`, judged from the snapshots [`Meter::advance`] has seen.
+    /// `now_ns`, judged from the polls the meter has accounted.
     pub fn idle(&self, now_ns: u64, timeout_ns: u64) -> Vec<PairKey> {
-        self.pairs
-            .iter()
-            .filter(|(_, a)| {
-                a.active_ns != UNKNOWN && now_ns.saturating_sub(a.active_ns) > timeout_ns
+        // Every poll: look at the activity stamp before building any key.
+        // Restored pairs not read yet count as active.
+        (0..self.pairs.slots.len() as u32)
+            .filter(|&slot| {
+                let active_ns = self.pairs.slots[slot as usize].active_ns;
+                active_ns != UNKNOWN && now_ns.saturating_sub(active_ns) > timeout_ns
             })
-            .map(|(k, _)| k)
+            .filter_map(|slot| self.pairs.key_at(slot))
             .collect()
     }
 
@@ -401,21 +403,11 @@ impl Meter {
         (!delta.counter.is_zero() || !delta.dropped.is_zero()).then_some(delta)
     }
 
-    /// The usage between the previous snapshot (or zero) and `snapshot`,
-    /// taken at `now_ns` (any monotonic clock, the one [`Meter::idle`] is asked with).
-    ///
-    /// A counter lower than before belongs to a new map entry, so all of it is new.
-    pub fn advance(&mut self, snapshot: &Snapshot, now_ns: u64) -> IntervalUsage {
-        let mut poll = self.start_poll(now_ns);
-        for (key, reading) in &snapshot.pairs {
-            poll.pair(*key, *reading);
-        }
-        poll.finish(Some(snapshot))
-    }
-
-    /// Starts accounting a snapshot whose pairs arrive one by one as the
-    /// table is read ([`Poll::pair`]): at a million pairs, collecting them
-    /// first would cost as much time and memory as reading them.
+    /// Starts accounting a snapshot, taken at `now_ns` (any monotonic clock,
+    /// the one [`Meter::idle`] is asked with), whose pairs arrive one by one as
+    /// the table is read ([`Poll::pair`]): at a million pairs, collecting them
+    /// first would cost as much time and memory as reading them. A counter
+    /// lower than before belongs to a new entry, so all of it is new.
     pub fn start_poll(&mut self, now_ns: u64) -> Poll<'_> {
         self.poll = self.poll.wrapping_add(1);
         Poll {
@@ -617,6 +609,17 @@ pub fn address(raw: [u8; 16]) -> IpAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl Meter {
+        /// Accounts a whole snapshot at `now_ns`, as a poll does pair by pair.
+        fn advance(&mut self, snapshot: &Snapshot, now_ns: u64) -> IntervalUsage {
+            let mut poll = self.start_poll(now_ns);
+            for (key, reading) in &snapshot.pairs {
+                poll.pair(*key, *reading);
+            }
+            poll.finish(Some(snapshot))
+        }
+    }
 
     #[test]
     fn a_meter_entry_takes_48_bytes_and_a_ledger_pair_40() {

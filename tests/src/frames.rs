@@ -59,6 +59,11 @@ pub enum Layer {
 
 /// An untagged IPv4 UDP frame with `payload` bytes of payload.
 pub fn udp4(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: usize) -> Vec<u8> {
+    ipv4_frame(src, dst, Layer::Udp(sport, dport), payload)
+}
+
+/// An untagged IPv4 frame without options: the `l4` header, then `payload` bytes.
+pub fn ipv4_frame(src: Ipv4Addr, dst: Ipv4Addr, l4: Layer, payload: usize) -> Vec<u8> {
     build(&[
         Layer::Ethernet,
         Layer::Ipv4 {
@@ -67,7 +72,7 @@ pub fn udp4(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: usize
             options: vec![],
             fragment_offset: 0,
         },
-        Layer::Udp(sport, dport),
+        l4,
         Layer::Payload(payload),
     ])
 }

@@ -18,20 +18,10 @@ use netmon_common::{
     policy::{QuotaState, RuleKind},
     Counter, Direction, PairKey,
 };
-use netmon_tests::frames::{build, udp4, Layer};
+use netmon_tests::frames::{build, ipv4_frame, udp4, Layer};
 
 fn tcp4(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16) -> Vec<u8> {
-    build(&[
-        Layer::Ethernet,
-        Layer::Ipv4 {
-            src,
-            dst,
-            options: vec![],
-            fragment_offset: 0,
-        },
-        Layer::Tcp(sport, dport, 0),
-        Layer::Payload(20),
-    ])
+    ipv4_frame(src, dst, Layer::Tcp(sport, dport, 0), 20)
 }
 
 fn cidr_match(cidr: &str) -> Match {

@@ -9,7 +9,7 @@ use aya::Ebpf;
 use common::*;
 use netmon::datapath::readout;
 use netmon_common::{classify, Counter, Direction, DirectionTotals, PairKey, L3, L4};
-use netmon_tests::frames::{boundaries, build, Layer};
+use netmon_tests::frames::{boundaries, build, udp4, Layer};
 
 fn run_xdp(ebpf: &mut Ebpf, frame: &[u8]) {
     assert_eq!(xdp(ebpf, frame), XDP_PASS, "XDP verdict");
@@ -21,17 +21,7 @@ fn run_tc(ebpf: &mut Ebpf, frame: &[u8], gso: Option<(u32, u32)>) {
 
 /// A UDP frame from `V4_SRC` to 10.200.1.`last`, with `payload` bytes.
 fn udp_to(last: u8, payload: usize) -> Vec<u8> {
-    build(&[
-        Layer::Ethernet,
-        Layer::Ipv4 {
-            src: V4_SRC,
-            dst: Ipv4Addr::new(10, 200, 1, last),
-            options: vec![],
-            fragment_offset: 0,
-        },
-        Layer::Udp(1, 2),
-        Layer::Payload(payload),
-    ])
+    udp4(V4_SRC, Ipv4Addr::new(10, 200, 1, last), 1, 2, payload)
 }
 
 /// What one frame must leave in the maps.

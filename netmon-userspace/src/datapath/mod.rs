@@ -235,15 +235,16 @@ impl Datapath {
         let mut ebpf = load_with(&mut loader)?;
         let instance = identify(&mut ebpf, adopted)?;
         let table = pairs::PairTable::of(&ebpf)?;
-        let claimed = if adopted { table.in_use_bound()? } else { 0 };
-        if adopted {
+        let claimed = if adopted {
             let orphans = table.release_orphans()?;
             if orphans > 0 {
                 log::info!("freed {orphans} pair slots an interrupted run left claimed");
             }
+            table.in_use_bound()?
         } else {
             table.free_all()?;
-        }
+            0
+        };
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
             Ok(logger) => Some(logger),
             Err(e) => {
@@ -339,8 +340,7 @@ impl Datapath {
         if let Some(logger) = &mut self.logger {
             logger.flush();
         }
-        self.claimed = pairs::PairTable::of(&self.ebpf)?.claimed(self.claimed)?;
-        readout::read_with(&self.ebpf, self.claimed, each)
+        readout::read_with(&self.ebpf, Some(&mut self.claimed), each)
     }
 }
 

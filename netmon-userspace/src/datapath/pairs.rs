@@ -28,8 +28,9 @@ use super::{
     DatapathError,
 };
 
-/// Slots per memory window while reading the whole table: a multiple of 256
-/// keeps every window page-aligned, whatever the lane count.
+/// Slots per memory window: a window maps their keys and each CPU's lanes
+/// (a few MiB), and is unmapped before the next, so that mapped kernel memory
+/// never adds up in the daemon's RSS.
 const WINDOW_SLOTS: u32 = 65_536;
 
 /// The maps of the pair table, in the order [`PairTable::with_maps`] takes them.
@@ -143,16 +144,28 @@ impl<'a> PairTable<'a> {
         claimed: u32,
         mut each: impl FnMut(PairKey, PairReading),
     ) -> Result<(), DatapathError> {
-        for first in (0..claimed.min(self.capacity)).step_by(WINDOW_SLOTS as usize) {
+        self.scan(claimed, |chunk, slot, owner| {
+            let reading = chunk.reading(slot);
+            if !reading.is_empty() {
+                each(owner.key, reading);
+            }
+            Ok(())
+        })
+    }
+
+    /// Calls `each` with every live slot below `below` and its owner, a
+    /// read-only window of slots at a time.
+    fn scan(
+        &self,
+        below: u32,
+        mut each: impl FnMut(&Chunk, u32, SlotKey) -> Result<(), DatapathError>,
+    ) -> Result<(), DatapathError> {
+        for first in (0..below.min(self.capacity)).step_by(WINDOW_SLOTS as usize) {
             let chunk = Chunk::map(self, first, false)?;
             for slot in chunk.slots() {
                 let owner = chunk.owner(slot);
-                if owner.live == 0 {
-                    continue;
-                }
-                let reading = chunk.reading(slot);
-                if !reading.is_empty() {
-                    each(owner.key, reading);
+                if owner.live != 0 {
+                    each(&chunk, slot, owner)?;
                 }
             }
         }
@@ -180,16 +193,10 @@ impl<'a> PairTable<'a> {
     /// [`claimed`](Self::claimed) from for a table another run filled.
     pub fn in_use_bound(&self) -> Result<u32, DatapathError> {
         let mut bound = 0;
-        for first in (0..self.capacity).step_by(WINDOW_SLOTS as usize) {
-            let chunk = Chunk::map(self, first, false)?;
-            if let Some(last) = chunk
-                .slots()
-                .rev()
-                .find(|&slot| chunk.owner(slot).live != 0)
-            {
-                bound = last + 1;
-            }
-        }
+        self.scan(self.capacity, |_, slot, _| {
+            bound = slot + 1;
+            Ok(())
+        })?;
         Ok(bound)
     }
 
@@ -295,14 +302,12 @@ impl<'a> PairTable<'a> {
             Ok(owner.live != 0 && self.indexed_slot(&owner.key)? != Some(slot))
         };
         let mut candidates = Vec::new();
-        for first in (0..self.capacity).step_by(WINDOW_SLOTS as usize) {
-            let chunk = Chunk::map(self, first, false)?;
-            for slot in chunk.slots() {
-                if unindexed(slot, chunk.owner(slot))? {
-                    candidates.push(slot);
-                }
+        self.scan(self.capacity, |_, slot, owner| {
+            if unindexed(slot, owner)? {
+                candidates.push(slot);
             }
-        }
+            Ok(())
+        })?;
         if candidates.is_empty() {
             return Ok(0);
         }
@@ -334,10 +339,7 @@ impl<'a> PairTable<'a> {
             claimed.push((slot, *key));
         }
         self.for_each_chunk(&mut claimed, |chunk, &mut (slot, key)| {
-            let index = chunk.index(slot);
-            for lanes in &mut chunk.lanes {
-                lanes.set(index, lane);
-            }
+            chunk.set_lanes(slot, lane);
             chunk.set_owner(
                 slot,
                 SlotKey {
@@ -401,10 +403,7 @@ impl<'a> PairTable<'a> {
         let mut positions: Vec<(u32, usize)> = slots.iter().copied().zip(0..).collect();
         self.for_each_chunk(&mut positions, |chunk, &mut (slot, position)| {
             readings[position] = chunk.reading(slot);
-            let index = chunk.index(slot);
-            for lanes in &mut chunk.lanes {
-                lanes.set(index, PairStats::default());
-            }
+            chunk.set_lanes(slot, PairStats::default());
             chunk.set_owner(slot, SlotKey::default());
         })?;
         for slot in slots {
@@ -483,6 +482,14 @@ impl Chunk {
     fn reading(&self, slot: u32) -> PairReading {
         let index = self.index(slot);
         PairReading::fold(slot, self.lanes.iter().map(|lanes| lanes.get(index)))
+    }
+
+    /// Sets every CPU's lane of the slot to `lane`.
+    fn set_lanes(&mut self, slot: u32, lane: PairStats) {
+        let index = self.index(slot);
+        for lanes in &mut self.lanes {
+            lanes.set(index, lane);
+        }
     }
 }
 

@@ -81,32 +81,39 @@ pub enum Readout {
 
 /// Every pair in the table with its counters, IPv4 keys IPv4-mapped.
 pub fn read_pairs(ebpf: &Ebpf, how: Readout) -> Result<Vec<(PairKey, PairReading)>, DatapathError> {
-    let table = PairTable::of(ebpf)?;
-    // Room for a full table up front: untouched capacity costs address space,
-    // not memory, and the pairs are never copied while growing.
-    let mut pairs = Vec::with_capacity(table.capacity() as usize);
-    let each = |key, reading| pairs.push((key, reading));
-    match how {
-        Readout::Mapped => table.read(each)?,
-        Readout::Batched => table.read_batched(each)?,
-        Readout::Iterated => table.read_iterated(ebpf, each)?,
-    }
+    let mut pairs = Vec::new();
+    read_each(ebpf, how, |key, reading| pairs.push((key, reading)))?;
     Ok(pairs)
+}
+
+/// Calls `each` with every pair in the table and its counters, read `how`.
+pub fn read_each(
+    ebpf: &Ebpf,
+    how: Readout,
+    each: impl FnMut(PairKey, PairReading),
+) -> Result<(), DatapathError> {
+    let table = PairTable::of(ebpf)?;
+    match how {
+        Readout::Mapped => table.read(each),
+        Readout::Batched => table.read_batched(each),
+        Readout::Iterated => table.read_iterated(ebpf, each),
+    }
 }
 
 /// Reads all counters of a loaded object (attached or not).
 pub fn read(ebpf: &Ebpf) -> Result<Snapshot, DatapathError> {
     let mut pairs = Vec::new();
-    let snapshot = read_with(ebpf, u32::MAX, |key, reading| pairs.push((key, reading)))?;
+    let snapshot = read_with(ebpf, None, |key, reading| pairs.push((key, reading)))?;
     Ok(Snapshot { pairs, ..snapshot })
 }
 
 /// Like [`read`], but hands each pair to `each` as it is read (the returned
-/// snapshot's `pairs` stays empty), and reads only slots below `claimed`
-/// (see `PairTable::claimed`).
+/// snapshot's `pairs` stays empty). With `claimed`, a bound on the slots ever
+/// claimed (see `PairTable::claimed`), it moves the bound on and reads only
+/// the slots below it.
 pub fn read_with(
     ebpf: &Ebpf,
-    claimed: u32,
+    claimed: Option<&mut u32>,
     each: impl FnMut(PairKey, PairReading),
 ) -> Result<Snapshot, DatapathError> {
     let map_error = |map| move |cause| DatapathError::Map { map, cause };
@@ -125,7 +132,14 @@ pub fn read_with(
             .fold(DirectionTotals::default(), |acc, t| acc.plus(t));
     }
     let table = PairTable::of(ebpf)?;
-    table.read_claimed(claimed, each)?;
+    let below = match claimed {
+        Some(known) => {
+            *known = table.claimed(*known)?;
+            *known
+        }
+        None => table.capacity(),
+    };
+    table.read_claimed(below, each)?;
     let services_map: PerCpuArray<_, Counter> = PerCpuArray::try_from(
         ebpf.map(SERVICES_MAP)
             .ok_or(DatapathError::MissingMap(SERVICES_MAP))?,

@@ -20,18 +20,11 @@ struct MapElemAttr {
 
 /// One element command on `fd`; `key` and `value` may be null where the
 /// command allows (queues have no keys).
-fn elem(
-    cmd: libc::c_long,
-    fd: RawFd,
-    key: *const u8,
-    value: *mut u8,
-    flags: u64,
-) -> std::io::Result<()> {
+fn elem(cmd: libc::c_long, fd: RawFd, key: *const u8, value: *mut u8) -> std::io::Result<()> {
     let attr = MapElemAttr {
         map_fd: fd as u32,
         key: key as u64,
         value: value as u64,
-        flags,
         ..Default::default()
     };
     // SAFETY: the callers pass pointers to a key and value of the map's sizes,
@@ -52,14 +45,13 @@ fn elem(
 
 /// The value of `key` in a map whose values are one `V` (not per-CPU).
 pub fn lookup<K, V: Copy + Default>(fd: RawFd, key: &K) -> std::io::Result<V> {
+    value_of(BPF_MAP_LOOKUP_ELEM, fd, (key as *const K).cast())
+}
+
+/// The value `cmd` (a lookup, or lookup-and-delete) returns for `key`.
+fn value_of<V: Copy + Default>(cmd: libc::c_long, fd: RawFd, key: *const u8) -> std::io::Result<V> {
     let mut value = V::default();
-    elem(
-        BPF_MAP_LOOKUP_ELEM,
-        fd,
-        (key as *const K).cast(),
-        (&mut value as *mut V).cast(),
-        0,
-    )?;
+    elem(cmd, fd, key, (&mut value as *mut V).cast())?;
     Ok(value)
 }
 
@@ -70,7 +62,6 @@ pub fn delete<K>(fd: RawFd, key: &K) -> std::io::Result<()> {
         fd,
         (key as *const K).cast(),
         std::ptr::null_mut(),
-        0,
     )
 }
 
@@ -81,7 +72,6 @@ pub fn update<K, V>(fd: RawFd, key: &K, value: &V) -> std::io::Result<()> {
         fd,
         (key as *const K).cast(),
         (value as *const V).cast_mut().cast(),
-        0,
     )
 }
 
@@ -92,7 +82,6 @@ pub fn push<V>(fd: RawFd, value: &V) -> std::io::Result<()> {
         fd,
         std::ptr::null(),
         (value as *const V).cast_mut().cast(),
-        0,
     )
 }
 
@@ -108,9 +97,8 @@ pub fn peek<V: Copy + Default>(fd: RawFd) -> std::io::Result<Option<V>> {
 
 /// The head of a queue map through `cmd` (lookup peeks, lookup-and-delete pops).
 fn queue_head<V: Copy + Default>(cmd: libc::c_long, fd: RawFd) -> std::io::Result<Option<V>> {
-    let mut value = V::default();
-    match elem(cmd, fd, std::ptr::null(), (&mut value as *mut V).cast(), 0) {
-        Ok(()) => Ok(Some(value)),
+    match value_of(cmd, fd, std::ptr::null()) {
+        Ok(value) => Ok(Some(value)),
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
         Err(e) => Err(e),
     }
@@ -119,15 +107,7 @@ fn queue_head<V: Copy + Default>(cmd: libc::c_long, fd: RawFd) -> std::io::Resul
 /// Removes `key` from a map whose values are one `V` and returns its last
 /// value, atomically.
 pub fn lookup_and_delete<K, V: Copy + Default>(fd: RawFd, key: &K) -> std::io::Result<V> {
-    let mut value = V::default();
-    elem(
-        BPF_MAP_LOOKUP_AND_DELETE_ELEM,
-        fd,
-        (key as *const K).cast(),
-        (&mut value as *mut V).cast(),
-        0,
-    )?;
-    Ok(value)
+    value_of(BPF_MAP_LOOKUP_AND_DELETE_ELEM, fd, (key as *const K).cast())
 }
 
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;

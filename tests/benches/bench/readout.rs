@@ -6,7 +6,12 @@
 use std::time::Instant;
 
 use aya::Ebpf;
-use netmon::datapath::{self, pairs::PairTable, readout::Readout, LoadOptions, PairReading};
+use netmon::datapath::{
+    self,
+    pairs::PairTable,
+    readout::{read_each, Readout},
+    LoadOptions, PairReading,
+};
 use netmon_common::{
     maps::{FLOWS_V4_MAP, FREE_SLOTS_MAP, LANES_MAP, SLOT_KEYS_MAP},
     PairKey, PairKeyV4, PairStats, SlotKey,
@@ -21,7 +26,6 @@ pub fn run(scale: Scale) -> Vec<Row> {
     let mut rows = Vec::new();
     for pairs in scale.pick(vec![10_000, 100_000, 1_000_000], vec![10_000, 100_000]) {
         let ebpf = filled_table(pairs);
-        let table = PairTable::of(&ebpf).unwrap();
         // Each pair goes to the consumer as it is read, as the daemon's meter
         // takes them; the sum checks that every pair was read whole.
         let time = |how| {
@@ -31,12 +35,7 @@ pub fn run(scale: Scale) -> Vec<Row> {
                 frames += reading.counter.frames;
             };
             let started = Instant::now();
-            match how {
-                Readout::Mapped => table.read(each),
-                Readout::Batched => table.read_batched(each),
-                Readout::Iterated => table.read_iterated(&ebpf, each),
-            }
-            .unwrap();
+            read_each(&ebpf, how, each).unwrap();
             let elapsed = started.elapsed().as_secs_f64() * 1000.0;
             let cpus = aya::util::nr_cpus().unwrap() as u64;
             assert_eq!(
