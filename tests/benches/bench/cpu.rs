@@ -85,23 +85,9 @@ fn netmon_cpu(packets: u32) -> (f64, f64) {
 /// bpf_stats run time, in seconds, of `baseline_tc` (returns at once) at TC
 /// ingress while `packets` arrive: what the measurement itself costs.
 fn empty_program_cpu(packets: u32) -> f64 {
-    use aya::programs::{tc::TcAttachType, SchedClassifier};
     let net = TestNet::create().unwrap();
-    let mut ebpf = netmon::datapath::load(&Default::default()).unwrap();
-    let program: &mut SchedClassifier =
-        netmon::datapath::program(&mut ebpf, "baseline_tc").unwrap();
-    program.load().unwrap();
-    // The interface lives in a's namespace: attach from a thread in there.
-    let (netns, iface) = (format!("/run/netns/{}", net.a.netns), net.a.iface.clone());
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                netmon_tests::netns::enter(&netns).unwrap();
-                program.attach(&iface, TcAttachType::Ingress).unwrap();
-            })
-            .join()
-            .unwrap()
-    });
+    let ebpf = crate::workload::attach_baseline_tc(&net);
+    let program = ebpf.program(crate::workload::BASELINE_TC).unwrap();
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("enabling bpf_stats");
     let before = program.info().unwrap().run_time();
     crate::workload::send_udp(&net, IpAddr::V4(net.b.ipv4), packets);

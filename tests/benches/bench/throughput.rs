@@ -24,6 +24,8 @@ enum Setup {
         ingress: &'static str,
         prefixes: usize,
     },
+    /// `baseline_tc` at ingress: what the hook itself costs.
+    EmptyTc,
     Tcpdump,
     Iptables {
         rules: usize,
@@ -45,6 +47,7 @@ impl Setup {
                     n => format!("netmon ({hook}), {n} blocked prefixes, none matching"),
                 }
             }
+            Setup::EmptyTc => "an empty TC program at ingress (TC_ACT_OK)".into(),
             Setup::Tcpdump => "tcpdump -w".into(),
             Setup::Iptables { rules } => {
                 format!("iptables, {rules} linear CIDR DROP rules, none matching")
@@ -54,7 +57,6 @@ impl Setup {
 }
 
 pub fn run(scale: Scale) -> Vec<Row> {
-    let seconds = scale.pick(3, 1);
     let cidrs = random_prefixes(100_000);
     let mut rows = Vec::new();
     for setup in [
@@ -70,6 +72,7 @@ pub fn run(scale: Scale) -> Vec<Row> {
             ingress: "xdp-skb",
             prefixes: 0,
         },
+        Setup::EmptyTc,
         Setup::Netmon {
             ingress: "auto",
             prefixes: 10_000,
@@ -81,7 +84,7 @@ pub fn run(scale: Scale) -> Vec<Row> {
         Setup::Tcpdump,
         Setup::Iptables { rules: 10_000 },
     ] {
-        let (none, (tcp, udp)) = measure(setup, seconds, &cidrs);
+        let (none, (tcp, udp)) = measure(setup, scale, &cidrs);
         // The targets: TCP in the recommended mode (the default hook, no
         // rules); UDP 64-byte with 100k prefixes loaded.
         let recommended = setup
@@ -107,55 +110,65 @@ pub fn run(scale: Scale) -> Vec<Row> {
         rows.push(tcp_row);
         rows.push(udp_row);
     }
-    rows.extend(drop_rate(seconds, &cidrs));
+    rows.extend(drop_rate(scale.pick(3, 1), &cidrs));
     rows
 }
 
 /// (TCP, UDP 64-byte) Mbit/s received by a, with nothing attached and under
 /// `setup`, on the same pair of namespaces: each setup gets its own reference
 /// (runs on separate pairs differ by ±10%). Single runs on a 2-CPU VM vary by
-/// ±10% and drift over a minute, so each protocol is the median of five runs
-/// under the setup against the median of six around it (three before, three
-/// after it is removed).
-fn measure(setup: Setup, seconds: u32, cidrs: &[Cidr]) -> ((f64, f64), (f64, f64)) {
+/// ±10% and drift over a minute, so the two sides alternate: each round is a
+/// TCP and a UDP run without the setup and with it, the order flipped every
+/// round (without-with, with-without, …), and each figure is the median of
+/// its side's runs. Drift then falls on both sides alike.
+fn measure(setup: Setup, scale: Scale, cidrs: &[Cidr]) -> ((f64, f64), (f64, f64)) {
+    let (rounds, seconds) = scale.pick((6, 3), (2, 1));
     let net = TestNet::create_with(Offloads { tso: true }).unwrap();
-    let dir = tempfile::tempdir().unwrap();
     let mut server = iperf3_server(&net);
-    let runs = |n: usize, extra: &[&str]| -> Vec<f64> {
-        (0..n)
-            .map(|_| {
-                std::thread::sleep(Duration::from_millis(200));
-                iperf3(&net, seconds, extra)
-            })
-            .collect()
-    };
     let (tcp, udp): (&[&str], &[&str]) = (&[], &["-u", "-l", "64", "-b", "0"]);
-    let mut none = (runs(3, tcp), runs(3, udp));
-    let guard = prepare(&net, dir.path(), setup, cidrs);
-    let with = (median(runs(5, tcp)), median(runs(5, udp)));
-    remove(guard, &net);
-    none.0.extend(runs(3, tcp));
-    none.1.extend(runs(3, udp));
+    let run = |extra: &[&str]| {
+        std::thread::sleep(Duration::from_millis(200));
+        iperf3(&net, seconds, extra)
+    };
+    let (mut none, mut with) = ((Vec::new(), Vec::new()), (Vec::new(), Vec::new()));
+    for round in 0..rounds {
+        let set_up_first = round % 2 == 1;
+        for set_up in [set_up_first, !set_up_first] {
+            // A fresh state directory each time: netmon would restore the last one's rules.
+            let dir = tempfile::tempdir().unwrap();
+            let guard = set_up.then(|| prepare(&net, dir.path(), setup, cidrs));
+            let side = if set_up { &mut with } else { &mut none };
+            side.0.push(run(tcp));
+            side.1.push(run(udp));
+            if let Some(guard) = guard {
+                remove(guard, &net);
+            }
+        }
+    }
     let _ = server.kill();
     let _ = server.wait();
-    ((median(none.0), median(none.1)), with)
+    let medians = |(tcp, udp): (Vec<f64>, Vec<f64>)| (median(tcp), median(udp));
+    (medians(none), medians(with))
 }
 
 /// What keeps `setup` in place until [`remove`]d.
 enum Guard {
     Netmon(Netmon),
+    /// Holds the attached program.
+    Program(aya::Ebpf),
     Capture(Capture),
     /// Rules in a's INPUT chain.
     Iptables,
 }
 
 /// Takes `guard`'s setup away again: netmon stopped (so it detaches), the
-/// capture ended, iptables' rules flushed.
+/// program detached, the capture ended, iptables' rules flushed.
 fn remove(guard: Guard, net: &TestNet) {
     match guard {
         Guard::Netmon(netmon) => {
             netmon.stop().unwrap();
         }
+        Guard::Program(ebpf) => drop(ebpf),
         Guard::Capture(capture) => drop(capture),
         Guard::Iptables => {
             let flushed = net.a.command("iptables").args(["-F", "INPUT"]).status();
@@ -173,6 +186,7 @@ fn prepare(net: &TestNet, dir: &std::path::Path, setup: Setup, cidrs: &[Cidr]) -
             }
             Guard::Netmon(netmon)
         }
+        Setup::EmptyTc => Guard::Program(crate::workload::attach_baseline_tc(net)),
         Setup::Tcpdump => {
             Guard::Capture(Capture::start(&net.a, Way::In, &dir.join("c.pcap")).unwrap())
         }

@@ -129,3 +129,28 @@ pub fn median(mut runs: Vec<f64>) -> f64 {
         runs[mid]
     }
 }
+
+/// The empty TC program in netmon's object (returns TC_ACT_OK at once).
+pub const BASELINE_TC: &str = "baseline_tc";
+
+/// netmon's object with [`BASELINE_TC`] attached at a's TC ingress; dropping
+/// it detaches the program.
+pub fn attach_baseline_tc(net: &netmon_tests::TestNet) -> Ebpf {
+    let mut ebpf = datapath::load(&Default::default()).unwrap();
+    let program: &mut SchedClassifier = datapath::program(&mut ebpf, BASELINE_TC).unwrap();
+    program.load().unwrap();
+    // The interface lives in a's namespace: attach from a thread in there.
+    let (netns, iface) = (format!("/run/netns/{}", net.a.netns), net.a.iface.clone());
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                netmon_tests::netns::enter(&netns).unwrap();
+                program
+                    .attach(&iface, aya::programs::tc::TcAttachType::Ingress)
+                    .unwrap();
+            })
+            .join()
+            .unwrap()
+    });
+    ebpf
+}
