@@ -1,5 +1,6 @@
 //! The daemon's memory with a full table: RSS of `netmon run` once it has
-//! polled 1M pairs (filled into its pinned pair table from here).
+//! polled 1M pairs (filled into its pinned pair table from here), run as an
+//! operator runs it, console line included.
 
 use std::time::Duration;
 
@@ -16,10 +17,18 @@ pub fn run(scale: Scale) -> Vec<Row> {
     let net = TestNet::create().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let bpffs = TempMount::bpffs().unwrap();
-    let netmon = Netmon::start_in(
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    // As an operator runs it (not --quiet: the console line each interval
+    // ranks the interval's pairs), with a 1 s interval.
+    let netmon = Netmon::start(
         &net.a,
-        dir.path(),
         &[
+            "--interval",
+            "1s",
+            "--log",
+            &path("network_log.json"),
+            "--detail-log",
+            &path("detail.jsonl"),
             "--bpffs",
             bpffs.path().to_str().unwrap(),
             "--max-pairs",
