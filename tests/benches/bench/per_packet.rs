@@ -5,7 +5,10 @@ use std::net::Ipv4Addr;
 
 use aya::programs::{SchedClassifier, Xdp};
 use netmon::datapath::{enforce::Enforcement, EGRESS_PROGRAM, INGRESS_PROGRAM};
-use netmon_common::bench::{FIRST_SOURCE, FLOWS};
+use netmon_common::{
+    bench::{FIRST_SOURCE, FLOWS},
+    maps::DEFAULT_MAX_PAIRS,
+};
 
 use crate::{
     report::{Row, Target},
@@ -15,12 +18,15 @@ use crate::{
     Scale,
 };
 
+/// Slots in the table the full-table case fills.
+const FULL_TABLE: u32 = 1_024;
+
 pub fn run(scale: Scale) -> Vec<Row> {
     // One CPU for warm-up and timed runs alike: per-CPU values (and the
     // per-flow verdict cache in them) warmed on one CPU do not help another.
     let _pinned = netmon_tests::PinnedToCpu::new(0);
     let repeat = scale.pick(2_000_000, 200_000);
-    let mut ebpf = load_with_bench_programs();
+    let mut ebpf = load_with_bench_programs(DEFAULT_MAX_PAIRS);
     let warm = udp_frame(Ipv4Addr::new(10, 200, 0, 1), Ipv4Addr::new(10, 200, 0, 2));
     let walk = udp_frame(Ipv4Addr::from(FIRST_SOURCE), Ipv4Addr::new(10, 200, 0, 2));
     let xdp_empty = test_run_ns::<Xdp>(&mut ebpf, "baseline_xdp", &warm, 10_000, repeat);
@@ -68,7 +74,7 @@ pub fn run(scale: Scale) -> Vec<Row> {
         };
         let warm_up = 2 * FLOWS;
         let fresh = |cidrs: &[_]| {
-            let mut ebpf = load_with_bench_programs();
+            let mut ebpf = load_with_bench_programs(DEFAULT_MAX_PAIRS);
             load_blocklist(&mut ebpf, &mut Enforcement::default(), cidrs);
             ebpf
         };
@@ -95,6 +101,23 @@ pub fn run(scale: Scale) -> Vec<Row> {
             "ns",
         ))));
     }
+    // A full table under a flood of new flows (every source a stranger, as in
+    // a spoofed-source flood): each packet misses the slot cache and the
+    // index, finds no free slot and is counted as `table_full`.
+    let mut full = load_with_bench_programs(FULL_TABLE);
+    let xdp = test_run_ns::<Xdp>(&mut full, "bench_flows_xdp", &walk, 2 * FULL_TABLE, repeat);
+    let tc =
+        test_run_ns::<SchedClassifier>(&mut full, "bench_flows_tc", &walk, 2 * FULL_TABLE, repeat);
+    rows.push(empty_xdp(Row::new(
+        format!("XDP per packet, pair table of {FULL_TABLE} full, {FLOWS} flows in turn"),
+        xdp,
+        "ns",
+    )));
+    rows.push(empty_tc(Row::new(
+        format!("TC per packet, pair table of {FULL_TABLE} full, {FLOWS} flows in turn"),
+        tc,
+        "ns",
+    )));
     // Dropping: the destination lies in one of 10k blocked prefixes.
     let cidrs: Vec<_> = all.iter().step_by(10).cloned().collect();
     load_blocklist(&mut ebpf, &mut enforcement, &cidrs);

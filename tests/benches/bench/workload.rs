@@ -45,9 +45,14 @@ pub fn blocklist(cidrs: &[Cidr]) -> Tables {
     .unwrap()
 }
 
-/// Loads netmon's object, plus the benchmark-only programs it carries.
-pub fn load_with_bench_programs() -> Ebpf {
-    let mut ebpf = datapath::load(&Default::default()).expect("load netmon (run as root)");
+/// Loads netmon's object with a pair table of `max_pairs` slots, plus the
+/// benchmark-only programs it carries.
+pub fn load_with_bench_programs(max_pairs: u32) -> Ebpf {
+    let options = datapath::LoadOptions {
+        max_pairs,
+        ..Default::default()
+    };
+    let mut ebpf = datapath::load(&options).expect("load netmon (run as root)");
     for name in ["baseline_xdp", "bench_flows_xdp"] {
         datapath::program::<Xdp>(&mut ebpf, name)
             .unwrap()
