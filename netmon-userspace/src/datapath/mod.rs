@@ -160,7 +160,7 @@ fn cpu_lanes() -> Result<&'static u32, DatapathError> {
 /// with an empty pair table.
 pub fn load(options: &LoadOptions) -> Result<Ebpf, DatapathError> {
     let ebpf = load_with(&mut options.loader()?)?;
-    pairs::PairTable::of(&ebpf)?.free_all()?;
+    pairs::PairTable::of(&ebpf)?.start()?;
     Ok(ebpf)
 }
 
@@ -188,8 +188,6 @@ pub struct Datapath {
     links: Vec<PinnedLink>,
     adopted: bool,
     instance: u64,
-    /// A bound on the pair slots ever claimed (`PairTable::claimed`).
-    claimed: u32,
 }
 
 impl Datapath {
@@ -235,16 +233,14 @@ impl Datapath {
         let mut ebpf = load_with(&mut loader)?;
         let instance = identify(&mut ebpf, adopted)?;
         let table = pairs::PairTable::of(&ebpf)?;
-        let claimed = if adopted {
+        if adopted {
             let orphans = table.release_orphans()?;
             if orphans > 0 {
                 log::info!("freed {orphans} pair slots an interrupted run left claimed");
             }
-            table.in_use_bound()?
         } else {
-            table.free_all()?;
-            0
-        };
+            table.start()?;
+        }
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
             Ok(logger) => Some(logger),
             Err(e) => {
@@ -264,7 +260,6 @@ impl Datapath {
             links,
             adopted,
             instance,
-            claimed,
         })
     }
 
@@ -340,7 +335,7 @@ impl Datapath {
         if let Some(logger) = &mut self.logger {
             logger.flush();
         }
-        readout::read_with(&self.ebpf, Some(&mut self.claimed), each)
+        readout::read_with(&self.ebpf, each)
     }
 }
 
