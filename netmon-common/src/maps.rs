@@ -12,11 +12,8 @@ pub const FLOWS_V6_MAP: &str = "FLOWS_V6";
 pub const LANES_MAP: &str = "LANES";
 /// Name of the memory-mappable array of [`SlotKey`], by slot.
 pub const SLOT_KEYS_MAP: &str = "SLOT_KEYS";
-/// Name of the queue of freed slots (`u32`): slots retired pairs gave back.
+/// Name of the queue of free slots (`u32`).
 pub const FREE_SLOTS_MAP: &str = "FREE_SLOTS";
-/// Name of the memory-mappable array whose entry 0 (`u64`) is the claim mark:
-/// slots below it have been claimed at least once, slots from it on never.
-pub const NEXT_SLOT_MAP: &str = "NEXT_SLOT";
 /// Name of the per-CPU array of [`CachedSlot`]s: each CPU's cache of recent
 /// IPv4 pairs' slots.
 pub const SLOT_CACHE_MAP: &str = "SLOT_CACHE";
@@ -35,7 +32,7 @@ pub const CPU_LANES_GLOBAL: &str = "CPU_LANES";
 pub const TOTALS_MAP: &str = "TOTALS";
 /// Version of every map's key and value layout. Bump it with any change to
 /// them: netmon refuses pinned maps of another version instead of misreading them.
-pub const LAYOUT_VERSION: u32 = 6;
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// Name of the load-time global that sets the pair table's granularity.
 pub const GRANULARITY_GLOBAL: &str = "GRANULARITY";
@@ -204,7 +201,7 @@ pub struct CachedSlot {
 /// Who a slot counts for.
 ///
 /// The datapath writes the key, then sets `live`; user space sets `live` back
-/// to zero before it returns the slot to the queue of freed slots.
+/// to zero before it returns the slot to the free queue.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct SlotKey {

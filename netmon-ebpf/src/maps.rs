@@ -49,16 +49,10 @@ pub static SLOT_CACHE: PerCpuArray<CachedSlot> =
 #[map(name = "SLOT_EPOCH")]
 pub static SLOT_EPOCH: Array<u32> = Array::with_max_entries(1, 0);
 
-/// Slots freed again: user space returns the slots of pairs it retires, and
-/// a new pair takes one of these before a never-claimed slot, so the slots in
-/// use stay packed below the claim mark.
+/// Slots not in use. User space fills it at load and returns the slots of
+/// pairs it retires; the datapath claims one per new pair.
 #[map(name = "FREE_SLOTS")]
 pub static FREE_SLOTS: Queue<u32> = Queue::with_max_entries(DEFAULT_MAX_PAIRS, 0);
-
-/// Entry 0: the claim mark, the lowest slot never claimed. A new pair with no
-/// freed slot to take moves it on by one; user space reads slots below it.
-#[map(name = "NEXT_SLOT")]
-pub static NEXT_SLOT: Array<u64> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
 /// Interface totals, one entry per `Direction`.
 #[map(name = "TOTALS")]

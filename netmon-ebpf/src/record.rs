@@ -17,9 +17,8 @@ use netmon_common::{
 };
 
 use crate::maps::{
-    FLOWS_V4, FLOWS_V6, FREE_SLOTS, LANES, NEXT_SLOT, POLICY, PORT_SERVICES, PREFIXES_V4,
-    PREFIXES_V6, QUOTAS, RULE_LISTS, RULE_STATS, SERVICES, SLOT_CACHE, SLOT_EPOCH, SLOT_KEYS,
-    TOTALS,
+    FLOWS_V4, FLOWS_V6, FREE_SLOTS, LANES, POLICY, PORT_SERVICES, PREFIXES_V4, PREFIXES_V6, QUOTAS,
+    RULE_LISTS, RULE_STATS, SERVICES, SLOT_CACHE, SLOT_EPOCH, SLOT_KEYS, TOTALS,
 };
 
 /// Pair-table granularity, set by user space at load time (`--granularity`).
@@ -228,10 +227,7 @@ fn lane(slot: u32) -> Option<&'static mut PairStats> {
 /// a pair's first frame only.
 #[inline(always)]
 fn claim_slot<K>(flows: &'static HashMap<K, u32>, key: &K, wide: PairKey) -> Option<u32> {
-    let slot = match FREE_SLOTS.pop() {
-        Ok(Some(slot)) => slot,
-        _ => never_claimed_slot()?,
-    };
+    let slot = FREE_SLOTS.pop().ok().flatten()?;
     let owner = SLOT_KEYS.get_ptr_mut(slot);
     if let Some(owner) = owner {
         // SAFETY: a free slot is ours alone until it is indexed below. The key
@@ -253,24 +249,6 @@ fn claim_slot<K>(flows: &'static HashMap<K, u32>, key: &K, wide: PairKey) -> Opt
     let _ = FREE_SLOTS.push(slot, 0);
     // SAFETY: as in `slot_of`.
     unsafe { flows.get(key) }.copied()
-}
-
-/// Moves the claim mark on by one and returns the slot it passed; `None`
-/// once every slot has been claimed.
-#[inline(always)]
-fn never_claimed_slot() -> Option<u32> {
-    let mark = NEXT_SLOT.get_ptr_mut(0)?;
-    let slots = u64::from(PAIR_SLOTS.load());
-    // SAFETY: a live array element shared by all CPUs, only changed atomically.
-    // Look before adding: a full table under a flood of new pairs then only
-    // reads the mark, and its cache line stays shared between CPUs.
-    unsafe {
-        if core::ptr::read_volatile(mark) >= slots {
-            return None;
-        }
-        let slot = atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(mark, 1);
-        (slot < slots).then_some(slot as u32)
-    }
 }
 
 /// The policy generation in force; 0 when there are no rules at all.

@@ -575,42 +575,44 @@ fn retired_pairs_free_their_slots_and_no_cached_slot_outlives_them() {
     };
     let (one, two, three) = (udp_to(1, 10), udp_to(2, 20), udp_to(3, 30));
 
-    let mark = |ebpf: &Ebpf| -> u64 {
-        let map = ebpf.map(netmon_common::maps::NEXT_SLOT_MAP).unwrap();
-        let map = aya::maps::Array::<_, u64>::try_from(map).unwrap();
-        map.get(&0, 0).unwrap()
-    };
-    let claimed = |ebpf: &Ebpf| PairTable::of(ebpf).unwrap().claimed().unwrap();
-
-    assert_eq!(claimed(&ebpf), 0, "a fresh table has no claimed slot");
+    let table = PairTable::of(&ebpf).unwrap();
+    assert_eq!(
+        table.claimed(0).unwrap(),
+        0,
+        "a fresh table has no claimed slot"
+    );
     // Pair 1 takes slot 0 (and this CPU caches it); retiring it hands back
-    // every frame it counted, and its slot goes to the free queue.
+    // every frame it counted, and its slot goes to the back of the free queue.
     run_xdp(&mut ebpf, &one);
     run_xdp(&mut ebpf, &one);
-    assert_eq!(claimed(&ebpf), 1);
-    let retired = PairTable::of(&ebpf).unwrap().retire(&[key_to(1)]).unwrap();
+    let table = PairTable::of(&ebpf).unwrap();
+    assert_eq!(table.claimed(0).unwrap(), 1);
+    let retired = table.retire(&[key_to(1)]).unwrap();
     assert_eq!(retired.len(), 1);
     assert_eq!(retired[0].1.counter, counted(&one, 2));
     assert_eq!(pairs(&ebpf), BTreeMap::new());
-    // Pair 2 takes the freed slot 0 before any never-claimed slot, so the
-    // claimed part stays one slot long; pair 3 then claims slot 1.
+    assert_eq!(table.in_use_bound().unwrap(), 0, "no slot in use");
+    // Pair 2 takes slot 1, pair 3 the freed slot 0.
     run_xdp(&mut ebpf, &two);
-    assert_eq!(claimed(&ebpf), 1, "a freed slot is taken first");
     run_xdp(&mut ebpf, &three);
-    assert_eq!(claimed(&ebpf), 2);
     assert_eq!(
         pairs(&ebpf),
         BTreeMap::from([(2, counted(&two, 1)), (3, counted(&three, 1))])
     );
-    // Pair 1 again: its cached slot 0 now belongs to pair 2, and no slot is
-    // free, so the frame counts as table_full, not for pair 2; a full table
-    // leaves the claim mark where it is.
+    let table = PairTable::of(&ebpf).unwrap();
+    assert_eq!(table.in_use_bound().unwrap(), 2);
+    assert_eq!(
+        table.claimed(1).unwrap(),
+        2,
+        "once freed slots are handed out, every slot counts as claimed"
+    );
+    // Pair 1 again: its cached slot 0 now belongs to pair 3, and no slot is
+    // free, so the frame counts as table_full, not for pair 3.
     run_xdp(&mut ebpf, &one);
     assert_eq!(
         pairs(&ebpf),
         BTreeMap::from([(2, counted(&two, 1)), (3, counted(&three, 1))])
     );
-    assert_eq!(mark(&ebpf), 2);
     let totals = readout::read(&ebpf).unwrap().totals[Direction::Ingress as usize];
     assert_eq!(totals.table_full, counted(&one, 1));
 }

@@ -59,24 +59,17 @@ fn status(cmd: &mut Command, what: &str) -> Result<()> {
 pub fn ebpf() -> Result<()> {
     toolchain::ensure_ebpf()?;
     status(
-        cargo(Some("nightly"))
-            .args([
-                "build",
-                "--locked",
-                "--package",
-                "netmon-ebpf",
-                "--target",
-                "bpfel-unknown-none",
-                "-Z",
-                "build-std=core",
-                "--release",
-            ])
-            // BPF ISA v3, for the atomic fetch-and-add (Linux 5.12+) that
-            // claims a never-used pair slot.
-            .env(
-                "CARGO_TARGET_BPFEL_UNKNOWN_NONE_RUSTFLAGS",
-                "-C target-cpu=v3",
-            ),
+        cargo(Some("nightly")).args([
+            "build",
+            "--locked",
+            "--package",
+            "netmon-ebpf",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--release",
+        ]),
         "building the eBPF object",
     )
 }

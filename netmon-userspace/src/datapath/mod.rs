@@ -160,7 +160,7 @@ fn cpu_lanes() -> Result<&'static u32, DatapathError> {
 /// with an empty pair table.
 pub fn load(options: &LoadOptions) -> Result<Ebpf, DatapathError> {
     let ebpf = load_with(&mut options.loader()?)?;
-    pairs::PairTable::of(&ebpf)?.start()?;
+    pairs::PairTable::of(&ebpf)?.free_all()?;
     Ok(ebpf)
 }
 
@@ -188,6 +188,8 @@ pub struct Datapath {
     links: Vec<PinnedLink>,
     adopted: bool,
     instance: u64,
+    /// A bound on the pair slots ever claimed (`PairTable::claimed`).
+    claimed: u32,
 }
 
 impl Datapath {
@@ -233,14 +235,16 @@ impl Datapath {
         let mut ebpf = load_with(&mut loader)?;
         let instance = identify(&mut ebpf, adopted)?;
         let table = pairs::PairTable::of(&ebpf)?;
-        if adopted {
+        let claimed = if adopted {
             let orphans = table.release_orphans()?;
             if orphans > 0 {
                 log::info!("freed {orphans} pair slots an interrupted run left claimed");
             }
+            table.in_use_bound()?
         } else {
-            table.start()?;
-        }
+            table.free_all()?;
+            0
+        };
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
             Ok(logger) => Some(logger),
             Err(e) => {
@@ -260,6 +264,7 @@ impl Datapath {
             links,
             adopted,
             instance,
+            claimed,
         })
     }
 
@@ -335,7 +340,7 @@ impl Datapath {
         if let Some(logger) = &mut self.logger {
             logger.flush();
         }
-        readout::read_with(&self.ebpf, each)
+        readout::read_with(&self.ebpf, Some(&mut self.claimed), each)
     }
 }
 

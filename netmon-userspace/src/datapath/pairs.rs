@@ -1,14 +1,12 @@
 //! The pair table as user space sees it.
 //!
-//! The datapath keeps it in five maps (see `netmon-ebpf/src/maps.rs`): an
+//! The datapath keeps it in four maps (see `netmon-ebpf/src/maps.rs`): an
 //! index from each pair's key to a slot (one hash map per family), the
 //! counters of every slot in one lane per CPU, the key each slot counts for,
-//! a queue of freed slots and the claim mark, below which every slot has been
-//! claimed once. The counters and keys are arrays user space maps into
-//! memory, so a poll reads the claimed part of the table without a syscall
-//! per pair. A new pair takes a freed slot if there is one, else the slot at
-//! the mark; user space returns the slots of the pairs it retires, after
-//! making sure no program still writes them.
+//! and a queue of free slots. The counters and keys are arrays user space maps
+//! into memory, so a poll reads the whole table without a syscall per pair.
+//! User space fills the free queue at load and returns the slots of the pairs
+//! it retires, after making sure no program still writes them.
 
 use std::{
     marker::PhantomData,
@@ -20,10 +18,7 @@ use aya::{
     Ebpf,
 };
 use netmon_common::{
-    maps::{
-        FLOWS_V4_MAP, FLOWS_V6_MAP, FREE_SLOTS_MAP, LANES_MAP, NEXT_SLOT_MAP, SLOT_EPOCH_MAP,
-        SLOT_KEYS_MAP,
-    },
+    maps::{FLOWS_V4_MAP, FLOWS_V6_MAP, FREE_SLOTS_MAP, LANES_MAP, SLOT_EPOCH_MAP, SLOT_KEYS_MAP},
     PairKey, PairKeyV4, PairStats, SlotKey,
 };
 
@@ -39,14 +34,13 @@ use super::{
 const WINDOW_SLOTS: u32 = 65_536;
 
 /// The maps of the pair table, in the order [`PairTable::with_maps`] takes them.
-const MAPS: [&str; 7] = [
+const MAPS: [&str; 6] = [
     FLOWS_V4_MAP,
     FLOWS_V6_MAP,
     LANES_MAP,
     SLOT_KEYS_MAP,
     FREE_SLOTS_MAP,
     SLOT_EPOCH_MAP,
-    NEXT_SLOT_MAP,
 ];
 
 /// Entries per batch syscall for [`PairTable::read_batched`].
@@ -60,7 +54,6 @@ pub struct PairTable<'a> {
     keys: RawFd,
     free: RawFd,
     epoch: RawFd,
-    mark: RawFd,
     capacity: u32,
     cpu_lanes: u32,
     /// The maps, when opened from pins rather than borrowed.
@@ -117,7 +110,6 @@ impl<'a> PairTable<'a> {
             keys: fd(3),
             free: fd(4),
             epoch: fd(5),
-            mark: fd(6),
             capacity,
             cpu_lanes: max_entries(2)? / capacity.max(1),
             _pinned: Vec::new(),
@@ -130,19 +122,29 @@ impl<'a> PairTable<'a> {
         self.capacity
     }
 
-    /// Turns the slot caches on: the start of a freshly created table, in
-    /// which no slot has been claimed (the claim mark is 0) and none freed.
-    pub fn start(&self) -> Result<(), DatapathError> {
+    /// Marks every slot free and turns the slot caches on: the start of a
+    /// fresh table.
+    pub fn free_all(&self) -> Result<(), DatapathError> {
+        for slot in 0..self.capacity {
+            sys::push(self.free, &slot).map_err(failed("filling the free-slot queue"))?;
+        }
         sys::update(self.epoch, &0u32, &1u32).map_err(failed("starting the slot epoch"))
     }
 
     /// Calls `each` with every pair in the table and its counters, folded over
-    /// CPUs, read straight from the mapped arrays. Only slots below the claim
-    /// mark are read, so a daemon with a few pairs in a big table reads only
-    /// the part in use. Pairs with nothing counted yet (a slot claimed a moment
-    /// ago) are left for the next read.
-    pub fn read(&self, mut each: impl FnMut(PairKey, PairReading)) -> Result<(), DatapathError> {
-        self.scan(self.claimed()?, |chunk, slot, owner| {
+    /// CPUs, read straight from the mapped arrays. Pairs with nothing counted
+    /// yet (a slot claimed a moment ago) are left for the next read.
+    pub fn read(&self, each: impl FnMut(PairKey, PairReading)) -> Result<(), DatapathError> {
+        self.read_claimed(self.capacity, each)
+    }
+
+    /// [`read`](Self::read), of slots below `claimed` only (see [`Self::claimed`]).
+    pub fn read_claimed(
+        &self,
+        claimed: u32,
+        mut each: impl FnMut(PairKey, PairReading),
+    ) -> Result<(), DatapathError> {
+        self.scan(claimed, |chunk, slot, owner| {
             let reading = chunk.reading(slot);
             if !reading.is_empty() {
                 each(owner.key, reading);
@@ -170,14 +172,32 @@ impl<'a> PairTable<'a> {
         Ok(())
     }
 
-    /// How many slots have ever been claimed: every slot in use lies below.
-    /// New pairs take freed slots before never-claimed ones, so this follows
-    /// the most pairs the table has held at once, not how many came and went.
-    pub fn claimed(&self) -> Result<u32, DatapathError> {
-        let mark =
-            sys::lookup::<u32, u64>(self.mark, &0).map_err(failed("reading the claim mark"))?;
-        // Racing claims on a full table can carry the mark a little past it.
-        Ok(mark.min(u64::from(self.capacity)) as u32)
+    /// A bound on the slots ever claimed, given an earlier bound `known`
+    /// (0 for a table this process filled with [`free_all`](Self::free_all),
+    /// [`in_use_bound`](Self::in_use_bound) for one it did not): a daemon with
+    /// a few pairs in a big table then reads only the part in use.
+    ///
+    /// The free queue starts as 0, 1, … in order and freed slots go to its
+    /// back, so while its head is a never-claimed slot every slot below it
+    /// has been claimed and none above; a head below the known bound is a
+    /// freed slot, so every slot has been claimed.
+    pub fn claimed(&self, known: u32) -> Result<u32, DatapathError> {
+        let head = sys::peek::<u32>(self.free).map_err(failed("reading the free-slot queue"))?;
+        Ok(match head {
+            Some(head) if head >= known => head,
+            _ => self.capacity,
+        })
+    }
+
+    /// One past the highest slot in use: the `known` bound to start
+    /// [`claimed`](Self::claimed) from for a table another run filled.
+    pub fn in_use_bound(&self) -> Result<u32, DatapathError> {
+        let mut bound = 0;
+        self.scan(self.capacity, |_, slot, _| {
+            bound = slot + 1;
+            Ok(())
+        })?;
+        Ok(bound)
     }
 
     /// [`read`](Self::read) with BPF_MAP_LOOKUP_BATCH syscalls instead of
@@ -282,7 +302,7 @@ impl<'a> PairTable<'a> {
             Ok(owner.live != 0 && self.indexed_slot(&owner.key)? != Some(slot))
         };
         let mut candidates = Vec::new();
-        self.scan(self.claimed()?, |_, slot, owner| {
+        self.scan(self.capacity, |_, slot, owner| {
             if unindexed(slot, owner)? {
                 candidates.push(slot);
             }
@@ -312,18 +332,10 @@ impl<'a> PairTable<'a> {
     /// CPU lane holding `lane`. Benchmarks fill tables with it, without traffic.
     pub fn insert(&self, keys: &[PairKey], lane: PairStats) -> Result<(), DatapathError> {
         let mut claimed = Vec::with_capacity(keys.len());
-        // The mark is shared with the datapath, which may claim slots meanwhile:
-        // move it on atomically, through a mapping of it.
-        let mark = sys::ArrayWindow::<u64>::map(self.mark, 0, 1, true)
-            .map_err(failed("mapping the claim mark"))?;
         for key in keys {
-            let slot = match sys::pop::<u32>(self.free).map_err(failed("claiming a slot"))? {
-                Some(slot) => slot,
-                None => Some(mark.fetch_add(0, 1))
-                    .filter(|&slot| slot < u64::from(self.capacity))
-                    .ok_or_else(|| DatapathError::Pins("the pair table is full".into()))?
-                    as u32,
-            };
+            let slot = sys::pop::<u32>(self.free)
+                .map_err(failed("claiming a slot"))?
+                .ok_or_else(|| DatapathError::Pins("the pair table is full".into()))?;
             claimed.push((slot, *key));
         }
         self.for_each_chunk(&mut claimed, |chunk, &mut (slot, key)| {

@@ -11,7 +11,7 @@ use aya::maps::{Array, Map, MapData, MapInfo};
 use netmon_common::{
     maps::{
         SlotKey, FLOWS_V4_MAP, FLOWS_V6_MAP, FREE_SLOTS_MAP, LANES_MAP, LAYOUT_VERSION,
-        NEXT_SLOT_MAP, SLOT_EPOCH_MAP, SLOT_KEYS_MAP, TOTALS_MAP,
+        SLOT_EPOCH_MAP, SLOT_KEYS_MAP, TOTALS_MAP,
     },
     policy::{
         PolicyState, QuotaState, RuleList, POLICY_MAP, PREFIXES_V4_MAP, PREFIXES_V6_MAP,
@@ -28,14 +28,13 @@ pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// Every map netmon pins, with its key and value size in this build.
-pub const MAP_LAYOUTS: [(&str, usize, usize); 16] = [
+pub const MAP_LAYOUTS: [(&str, usize, usize); 15] = [
     (FLOWS_V4_MAP, size_of::<PairKeyV4>(), 4),
     (FLOWS_V6_MAP, size_of::<PairKey>(), 4),
     (LANES_MAP, 4, size_of::<PairStats>()),
     (SLOT_KEYS_MAP, 4, size_of::<SlotKey>()),
     (FREE_SLOTS_MAP, 0, 4),
     (SLOT_EPOCH_MAP, 4, 4),
-    (NEXT_SLOT_MAP, 4, 8),
     (TOTALS_MAP, 4, size_of::<DirectionTotals>()),
     (PREFIXES_V4_MAP, 4 + 4, 4),
     (PREFIXES_V6_MAP, 4 + 16, 4),

@@ -103,14 +103,17 @@ pub fn read_each(
 /// Reads all counters of a loaded object (attached or not).
 pub fn read(ebpf: &Ebpf) -> Result<Snapshot, DatapathError> {
     let mut pairs = Vec::new();
-    let snapshot = read_with(ebpf, |key, reading| pairs.push((key, reading)))?;
+    let snapshot = read_with(ebpf, None, |key, reading| pairs.push((key, reading)))?;
     Ok(Snapshot { pairs, ..snapshot })
 }
 
 /// Like [`read`], but hands each pair to `each` as it is read (the returned
-/// snapshot's `pairs` stays empty).
+/// snapshot's `pairs` stays empty). With `claimed`, a bound on the slots ever
+/// claimed (see `PairTable::claimed`), it moves the bound on and reads only
+/// the slots below it.
 pub fn read_with(
     ebpf: &Ebpf,
+    claimed: Option<&mut u32>,
     each: impl FnMut(PairKey, PairReading),
 ) -> Result<Snapshot, DatapathError> {
     let map_error = |map| move |cause| DatapathError::Map { map, cause };
@@ -129,7 +132,14 @@ pub fn read_with(
             .fold(DirectionTotals::default(), |acc, t| acc.plus(t));
     }
     let table = PairTable::of(ebpf)?;
-    table.read(each)?;
+    let below = match claimed {
+        Some(known) => {
+            *known = table.claimed(*known)?;
+            *known
+        }
+        None => table.capacity(),
+    };
+    table.read_claimed(below, each)?;
     let services_map: PerCpuArray<_, Counter> = PerCpuArray::try_from(
         ebpf.map(SERVICES_MAP)
             .ok_or(DatapathError::MissingMap(SERVICES_MAP))?,

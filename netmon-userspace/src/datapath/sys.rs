@@ -285,19 +285,6 @@ impl<T: Copy> ArrayWindow<T> {
     }
 }
 
-impl ArrayWindow<u64> {
-    /// Adds `n` to entry `first + i` atomically (as the datapath's BPF atomic
-    /// add does to the same memory) and returns its value before; the window
-    /// must be writable.
-    pub fn fetch_add(&self, i: usize, n: u64) -> u64 {
-        assert!(i < self.count);
-        // SAFETY: in bounds and 8-byte aligned as in `get`; the kernel only
-        // changes this memory atomically too.
-        let entry = unsafe { std::sync::atomic::AtomicU64::from_ptr(self.entries.add(i)) };
-        entry.fetch_add(n, std::sync::atomic::Ordering::SeqCst)
-    }
-}
-
 impl<T> Drop for ArrayWindow<T> {
     fn drop(&mut self) {
         // SAFETY: the mapping this window made, unmapped once.
