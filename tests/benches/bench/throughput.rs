@@ -124,7 +124,7 @@ pub fn run(scale: Scale) -> Vec<Row> {
 fn measure(setup: Setup, scale: Scale, cidrs: &[Cidr]) -> ((f64, f64), (f64, f64)) {
     let (rounds, seconds) = scale.pick((6, 3), (2, 1));
     let net = TestNet::create_with(Offloads { tso: true }).unwrap();
-    let mut server = iperf3_server(&net);
+    let _server = iperf3_server(&net);
     let (tcp, udp): (&[&str], &[&str]) = (&[], &["-u", "-l", "64", "-b", "0"]);
     let run = |extra: &[&str]| {
         std::thread::sleep(Duration::from_millis(200));
@@ -145,8 +145,6 @@ fn measure(setup: Setup, scale: Scale, cidrs: &[Cidr]) -> ((f64, f64), (f64, f64
             }
         }
     }
-    let _ = server.kill();
-    let _ = server.wait();
     let medians = |(tcp, udp): (Vec<f64>, Vec<f64>)| (median(tcp), median(udp));
     (medians(none), medians(with))
 }
@@ -255,7 +253,18 @@ pub fn iptables_restore(net: &TestNet, cidrs: &[Cidr], last: Option<&str>) {
     assert!(child.wait().unwrap().success(), "iptables-restore failed");
 }
 
-fn iperf3_server(net: &TestNet) -> std::process::Child {
+/// An iperf3 server in a's namespace, stopped when dropped (also when a
+/// measurement panics, so that none outlives its namespace).
+struct Server(std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn iperf3_server(net: &TestNet) -> Server {
     let server = net
         .a
         .command("iperf3")
@@ -264,7 +273,7 @@ fn iperf3_server(net: &TestNet) -> std::process::Child {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    server
+    Server(server)
 }
 
 /// Mbit/s a received in one iperf3 run from b with `extra` arguments.
