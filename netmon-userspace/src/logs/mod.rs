@@ -64,26 +64,27 @@ impl Files {
         }
     }
 
-    /// What was recorded so far: the exact state file (with the rules file's
-    /// rules, when there is one), else the log alone.
+    /// What was recorded so far: the exact state file, else the log alone;
+    /// with the rules file's rules, when there is one, whichever of the two
+    /// was there (so a run that wrote the rules but not the state keeps them).
     pub fn load(&self) -> Result<State, LogError> {
-        if let Some(text) = read_if_present(&self.state)? {
-            let mut state = state::parse(&self.state, &text)?;
-            // State files of earlier versions hold the rules themselves.
-            if let Some(text) = read_if_present(&self.rules)? {
-                let saved = rules::parse(&self.rules, &text)?;
-                state.policy.runtime = saved.runtime;
-                state.policy.ids = saved.ids;
-            }
-            return Ok(state);
+        let mut state = match read_if_present(&self.state)? {
+            Some(text) => state::parse(&self.state, &text)?,
+            None => match read_if_present(&self.log)? {
+                Some(text) => State {
+                    ledger: network_log::parse(&self.log, &text)?,
+                    ..Default::default()
+                },
+                None => State::default(),
+            },
+        };
+        // State files of earlier versions hold the rules themselves.
+        if let Some(text) = read_if_present(&self.rules)? {
+            let saved = rules::parse(&self.rules, &text)?;
+            state.policy.runtime = saved.runtime;
+            state.policy.ids = saved.ids;
         }
-        match read_if_present(&self.log)? {
-            Some(text) => Ok(State {
-                ledger: network_log::parse(&self.log, &text)?,
-                ..Default::default()
-            }),
-            None => Ok(State::default()),
-        }
+        Ok(state)
     }
 
     /// Writes the state, then the log that is derived from it.
@@ -200,8 +201,16 @@ mod tests {
         let loaded = files.load().unwrap();
         assert_eq!(
             (loaded.policy.runtime, loaded.policy.ids),
-            (new.runtime, new.ids)
+            (new.runtime.clone(), new.ids.clone())
         );
         assert_eq!(files.rules, dir.path().join("log.rules.json"));
+        // A run that wrote the rules but not the state (or a state file
+        // removed by hand): the rules still come back.
+        std::fs::remove_file(&files.state).unwrap();
+        let loaded = files.load().unwrap();
+        assert_eq!(
+            (loaded.policy.runtime, loaded.policy.ids),
+            (new.runtime, new.ids)
+        );
     }
 }
