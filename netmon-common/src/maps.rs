@@ -14,15 +14,18 @@ pub const LANES_MAP: &str = "LANES";
 pub const SLOT_KEYS_MAP: &str = "SLOT_KEYS";
 /// Name of the queue of free slots (`u32`).
 pub const FREE_SLOTS_MAP: &str = "FREE_SLOTS";
-/// Name of the per-CPU array of [`CachedSlot`]s: each CPU's cache of recent
-/// IPv4 pairs' slots.
+/// Name of the array of [`CachedSlot`]s: a cache of IPv4 pairs' slots that
+/// all CPUs share, two entries (one cache line) per set.
 pub const SLOT_CACHE_MAP: &str = "SLOT_CACHE";
 /// Name of the array whose entry 0 (`u32`) is the slot epoch: bumped by user
 /// space whenever it frees slots, so that no cache hands out a freed one.
 /// 0 (never set) disables the caches.
 pub const SLOT_EPOCH_MAP: &str = "SLOT_EPOCH";
-/// log2 of the entries in each CPU's slot cache (32 bytes each: 256 KiB per CPU).
-pub const SLOT_CACHE_BITS: u32 = 13;
+/// Name of the load-time global holding the slot cache's set mask (sets − 1).
+pub const SLOT_CACHE_MASK_GLOBAL: &str = "SLOT_CACHE_MASK";
+/// Name of the load-time global holding the secret the cache's sets and
+/// entry checks are keyed with.
+pub const SLOT_CACHE_SEED_GLOBAL: &str = "SLOT_CACHE_SEED";
 /// Name of the load-time global holding the number of slots (`--max-pairs`).
 pub const PAIR_SLOTS_GLOBAL: &str = "PAIR_SLOTS";
 /// Name of the load-time global holding the lanes per slot: the number of
@@ -155,12 +158,13 @@ impl PairKeyV4 {
         unsafe { core::mem::transmute::<PairKeyV4, [u64; 2]>(*self) }
     }
 
-    /// The key's entry in a CPU's slot cache: a multiplicative hash of its words.
+    /// The key's set in the slot cache, before masking: keyed with the
+    /// load's secret, so that no sender can choose pairs that share a set.
     #[inline(always)]
-    pub fn cache_index(&self) -> u32 {
+    pub fn cache_set(&self, seed: u64) -> u32 {
         let [a, b] = self.words();
-        let mixed = (a ^ b.rotate_left(29)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        (mixed >> (64 - SLOT_CACHE_BITS)) as u32
+        let mixed = (a ^ b.rotate_left(29) ^ seed).wrapping_mul(MIX);
+        (mixed >> 32) as u32
     }
 
     /// The same pair as a [`PairKey`], addresses IPv4-mapped.
@@ -184,7 +188,16 @@ impl PairKeyV4 {
     }
 }
 
-/// An entry of a CPU's slot cache: `key` had `slot` in slot epoch `epoch`.
+/// The multiplier of the slot cache's hashes (2^64 / φ).
+const MIX: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// An entry of the slot cache: `key` had `slot` in slot epoch `epoch`.
+///
+/// All CPUs read and write entries with plain word accesses, so a reader can
+/// see words of two writes mixed. `check`, a keyed hash of the other three
+/// words, makes such a mix fail [`CachedSlot::slot_for`]: a mix that changes
+/// one word always changes the hash, and one that changes several has to hit
+/// a 64-bit value keyed with a secret no sender knows.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct CachedSlot {
@@ -194,8 +207,59 @@ pub struct CachedSlot {
     pub slot: u32,
     /// The slot epoch the entry was written in; stale once the epoch moves on.
     pub epoch: u32,
-    /// Explicit padding to 32 bytes (two entries per cache line); always zero.
-    pub _pad: u64,
+    /// Keyed hash of the fields above.
+    pub check: u64,
+}
+
+impl CachedSlot {
+    /// The entry for `key` at `slot` in `epoch`, its check keyed with `seed`.
+    #[inline(always)]
+    pub fn new(key: &PairKeyV4, slot: u32, epoch: u32, seed: u64) -> Self {
+        CachedSlot {
+            key: *key,
+            slot,
+            epoch,
+            check: Self::check_of(key.words(), slot, epoch, seed),
+        }
+    }
+
+    /// The entry as the four words readers and writers access.
+    #[inline(always)]
+    pub fn words(&self) -> [u64; 4] {
+        // SAFETY: 32 bytes of plain integers without implicit padding, 8-byte aligned.
+        unsafe { core::mem::transmute::<CachedSlot, [u64; 4]>(*self) }
+    }
+
+    /// The entry made of four words, whole or read across writes.
+    #[inline(always)]
+    pub fn from_words(words: [u64; 4]) -> Self {
+        // SAFETY: as above; every bit pattern is a valid `CachedSlot`.
+        unsafe { core::mem::transmute::<[u64; 4], CachedSlot>(words) }
+    }
+
+    /// `key`'s slot, if this entry (a copy, as read) was written whole for
+    /// `key` in `epoch`. Epoch 0 (caching off) never matches.
+    #[inline(always)]
+    pub fn slot_for(&self, key: &PairKeyV4, epoch: u32, seed: u64) -> Option<u32> {
+        let words = self.key.words();
+        let held = epoch != 0
+            && self.epoch == epoch
+            && words == key.words()
+            && self.check == Self::check_of(words, self.slot, self.epoch, seed);
+        held.then_some(self.slot)
+    }
+
+    /// Each step is a bijection of the running hash for a fixed word, so two
+    /// inputs that differ in one word never share a check.
+    #[inline(always)]
+    fn check_of(key: [u64; 2], slot: u32, epoch: u32, seed: u64) -> u64 {
+        let mut hash = seed;
+        for word in [key[0], key[1], (epoch as u64) << 32 | slot as u64] {
+            hash = (hash ^ word).wrapping_mul(MIX);
+            hash ^= hash >> 32;
+        }
+        hash
+    }
 }
 
 /// Who a slot counts for.
@@ -358,5 +422,76 @@ mod tests {
         assert_eq!(size_of::<DirectionTotals>(), 16 * (1 + 4 + 5 + 3));
         assert_eq!(size_of::<crate::policy::RuleEntry>(), 16);
         assert_eq!(size_of::<crate::policy::RuleList>(), 8 + 16 * 4);
+    }
+
+    fn v4(src: u8, dst_port: u16) -> PairKeyV4 {
+        PairKeyV4 {
+            src: [10, 200, 0, src],
+            dst: [10, 200, 1, 1],
+            src_port: 40_000,
+            dst_port,
+            proto: 17,
+            direction: 0,
+            _pad: [0; 2],
+        }
+    }
+
+    #[test]
+    fn a_whole_cache_entry_gives_its_slot_only_to_its_key_and_epoch() {
+        let seed = 0x0123_4567_89ab_cdef;
+        let (a, b) = (v4(1, 53), v4(2, 53));
+        let cached = CachedSlot::new(&a, 77, 5, seed);
+        assert_eq!(cached.slot_for(&a, 5, seed), Some(77));
+        assert_eq!(cached.slot_for(&b, 5, seed), None);
+        assert_eq!(cached.slot_for(&a, 6, seed), None, "a stale epoch");
+        assert_eq!(
+            cached.slot_for(&a, 5, seed ^ 1),
+            None,
+            "another load's secret"
+        );
+        let off = CachedSlot::new(&a, 77, 0, seed);
+        assert_eq!(off.slot_for(&a, 0, seed), None, "epoch 0 is caching off");
+        assert_eq!(
+            CachedSlot::default().slot_for(&PairKeyV4::default(), 5, seed),
+            None
+        );
+    }
+
+    #[test]
+    fn a_cache_entry_read_half_way_through_a_write_is_refused() {
+        let seed = 0x5eed;
+        // Two writes to one entry; a reader can see any mix of their words.
+        let writes = [
+            (v4(1, 53), 10, 7),  // the entry before
+            (v4(1, 53), 11, 7),  // the same pair, another slot
+            (v4(1, 443), 10, 7), // another pair, the same slot
+            (v4(9, 53), 12, 7),
+            (v4(1, 53), 10, 8), // the same pair and slot, a later epoch
+        ];
+        for (i, &(key_a, slot_a, epoch_a)) in writes.iter().enumerate() {
+            for &(key_b, slot_b, epoch_b) in &writes[i + 1..] {
+                let old = CachedSlot::new(&key_a, slot_a, epoch_a, seed).words();
+                let new = CachedSlot::new(&key_b, slot_b, epoch_b, seed).words();
+                for mix in 1..15u32 {
+                    let torn = CachedSlot::from_words(core::array::from_fn(|w| {
+                        if mix & (1 << w) != 0 {
+                            new[w]
+                        } else {
+                            old[w]
+                        }
+                    }));
+                    if torn.words() == old || torn.words() == new {
+                        continue; // the words that differ all came from one write
+                    }
+                    for (key, epoch) in [(key_a, epoch_a), (key_b, epoch_b)] {
+                        assert_eq!(
+                            torn.slot_for(&key, epoch, seed),
+                            None,
+                            "words {mix:04b} of {key_b:?}/{slot_b} over {key_a:?}/{slot_a}"
+                        );
+                    }
+                }
+            }
+        }
     }
 }

@@ -5,7 +5,7 @@ use aya_ebpf::{
     maps::{lpm_trie::LpmTrie, Array, HashMap, PerCpuArray, Queue},
 };
 use netmon_common::{
-    maps::{CachedSlot, SlotKey, DEFAULT_MAX_PAIRS, SLOT_CACHE_BITS},
+    maps::{CachedSlot, SlotKey, DEFAULT_MAX_PAIRS},
     policy::{PolicyState, QuotaState, RuleList, MAX_PREFIXES, MAX_RULES, MAX_RULE_LISTS},
     service::SERVICE_COUNTERS,
     Counter, DirectionTotals, PairKey, PairKeyV4, PairStats,
@@ -39,11 +39,13 @@ pub static LANES: Array<PairStats> = Array::with_max_entries(DEFAULT_MAX_PAIRS, 
 #[map(name = "SLOT_KEYS")]
 pub static SLOT_KEYS: Array<SlotKey> = Array::with_max_entries(DEFAULT_MAX_PAIRS, BPF_F_MMAPABLE);
 
-/// Each CPU's cache of recent IPv4 pairs' slots, direct-mapped by a hash of
-/// the key: a hit spares the index's hash-table lookup, most of a warm flow's cost.
+/// IPv4 pairs' slots, cached for all CPUs in sets of two entries (one cache
+/// line: mmapable arrays start on a page) chosen by a keyed hash of the key.
+/// A hit spares the index's hash-table lookup, most of a warm flow's cost,
+/// and one line is all a hit reads. Sized at load to one entry per slot.
 #[map(name = "SLOT_CACHE")]
-pub static SLOT_CACHE: PerCpuArray<CachedSlot> =
-    PerCpuArray::with_max_entries(1 << SLOT_CACHE_BITS, 0);
+pub static SLOT_CACHE: Array<CachedSlot> =
+    Array::with_max_entries(DEFAULT_MAX_PAIRS, BPF_F_MMAPABLE);
 
 /// Entry 0: the slot epoch cached entries must carry to be used.
 #[map(name = "SLOT_EPOCH")]

@@ -33,6 +33,14 @@ static CPU_LANES: Global<u32> = Global::new(1);
 #[unsafe(no_mangle)]
 static PAIR_SLOTS: Global<u32> = Global::new(netmon_common::maps::DEFAULT_MAX_PAIRS);
 
+/// Sets in `SLOT_CACHE` minus one (a power of two minus one), set at load time.
+#[unsafe(no_mangle)]
+static SLOT_CACHE_MASK: Global<u32> = Global::new(netmon_common::maps::DEFAULT_MAX_PAIRS / 2 - 1);
+
+/// The secret keying the slot cache's sets and checks, set at load time.
+#[unsafe(no_mangle)]
+static SLOT_CACHE_SEED: Global<u64> = Global::new(0);
+
 /// What the hook does with the frame.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -163,32 +171,64 @@ fn add(counter: Option<&mut Counter>, frames: u64, bytes: u64) {
     }
 }
 
-/// The slot of an IPv4 pair: from this CPU's slot cache when it holds the
-/// pair under the current epoch, else from the index (then cached).
+/// The slot of an IPv4 pair: from the slot cache when it holds the pair
+/// under the current epoch, else from the index (then cached).
 #[inline(always)]
 fn v4_slot(key: &PairKeyV4) -> Option<u32> {
     let epoch = SLOT_EPOCH.get(0).copied().unwrap_or(0);
-    let cached = SLOT_CACHE.get_ptr_mut(key.cache_index());
-    if let Some(entry) = cached {
-        // SAFETY: this CPU's entry; nothing else touches it while we run.
-        let entry = unsafe { &*entry };
-        if entry.epoch == epoch && epoch != 0 && entry.key.words() == key.words() {
-            return Some(entry.slot);
-        }
+    let seed = SLOT_CACHE_SEED.load();
+    let set = key.cache_set(seed);
+    let first = (set & SLOT_CACHE_MASK.load()).wrapping_mul(2);
+    let (Some(way0), Some(way1)) = (
+        SLOT_CACHE.get_ptr_mut(first),
+        SLOT_CACHE.get_ptr_mut(first | 1),
+    ) else {
+        return slot_of(&FLOWS_V4, key, PairKeyV4::widen);
+    };
+    let seen0 = read_cached(way0);
+    if let Some(slot) = seen0.slot_for(key, epoch, seed) {
+        return Some(slot);
+    }
+    let seen1 = read_cached(way1);
+    if let Some(slot) = seen1.slot_for(key, epoch, seed) {
+        return Some(slot);
     }
     let slot = slot_of(&FLOWS_V4, key, PairKeyV4::widen)?;
-    if let Some(entry) = cached {
-        // SAFETY: as above.
-        unsafe {
-            *entry = CachedSlot {
-                key: *key,
-                slot,
-                epoch,
-                _pad: 0,
-            }
+    if epoch != 0 {
+        // Replace an entry of an earlier epoch if there is one, else the way
+        // a bit of the key's hash picks.
+        let way = if seen0.epoch != epoch {
+            way0
+        } else if seen1.epoch != epoch || set & (1 << 31) != 0 {
+            way1
+        } else {
+            way0
         };
+        write_cached(way, &CachedSlot::new(key, slot, epoch, seed));
     }
     Some(slot)
+}
+
+/// A copy of a slot-cache entry, each word read once: the words compared are
+/// the words used.
+#[inline(always)]
+fn read_cached(entry: *mut CachedSlot) -> CachedSlot {
+    let entry = entry.cast::<u64>().cast_const();
+    // SAFETY: a live, 8-byte aligned array element of four words.
+    CachedSlot::from_words(core::array::from_fn(|i| unsafe {
+        core::ptr::read_volatile(entry.add(i))
+    }))
+}
+
+/// Writes a slot-cache entry word by word. Racing writers can tear it; then
+/// its check refuses it until the next write.
+#[inline(always)]
+fn write_cached(entry: *mut CachedSlot, value: &CachedSlot) {
+    let entry = entry.cast::<u64>();
+    for (i, word) in value.words().into_iter().enumerate() {
+        // SAFETY: a live, 8-byte aligned array element of four words.
+        unsafe { core::ptr::write_volatile(entry.add(i), word) };
+    }
 }
 
 /// The pair's slot, claiming one for a new pair; `None` when no slot is free.

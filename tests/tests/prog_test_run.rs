@@ -551,8 +551,6 @@ fn mapped_readout_equals_batched_and_key_by_key_reads() {
 #[test]
 fn retired_pairs_free_their_slots_and_no_cached_slot_outlives_them() {
     use netmon::datapath::pairs::PairTable;
-    // The slot cache is per CPU: keep every run on the CPU that cached.
-    pin_to_one_cpu();
     let mut ebpf = load_with_capacity(2);
     let key_to = |last: u8| PairKey {
         src: v4(V4_SRC),
@@ -617,31 +615,66 @@ fn retired_pairs_free_their_slots_and_no_cached_slot_outlives_them() {
     assert_eq!(totals.table_full, counted(&one, 1));
 }
 
+/// Deletes the pair from `V4_SRC` to 10.200.1.`last` (UDP, ingress) from the
+/// IPv4 index, and nothing else: its slot stays claimed, and cached.
+fn unindex_v4(ebpf: &Ebpf, last: u8) {
+    use netmon::datapath::sys;
+    use netmon_common::{maps::FLOWS_V4_MAP, PairKeyV4};
+    use std::os::fd::{AsFd, AsRawFd};
+    let aya::maps::Map::HashMap(index) = ebpf.map(FLOWS_V4_MAP).unwrap() else {
+        unreachable!("{FLOWS_V4_MAP} is a hash map")
+    };
+    let key = PairKeyV4 {
+        src: V4_SRC.octets(),
+        dst: [10, 200, 1, last],
+        proto: classify::PROTO_UDP,
+        direction: Direction::Ingress as u8,
+        ..Default::default()
+    };
+    sys::delete(index.fd().as_fd().as_raw_fd(), &key).unwrap();
+}
+
+#[test]
+fn a_slot_cached_on_one_cpu_serves_every_cpu() {
+    use netmon::datapath::pairs::PairTable;
+    let mut ebpf = load_with_capacity(2);
+    let frame = udp_to(1, 10);
+    {
+        let _on = netmon_tests::PinnedToCpu::new(0);
+        run_xdp(&mut ebpf, &frame);
+    }
+    // Behind the cache's back (a retirement would move the epoch on), only
+    // the cache still knows the pair's slot: another CPU must find it there
+    // rather than claim a second slot.
+    unindex_v4(&ebpf, 1);
+    {
+        let _on = netmon_tests::PinnedToCpu::new(1);
+        run_xdp(&mut ebpf, &frame);
+    }
+    let snapshot = readout::read(&ebpf).unwrap();
+    let counted: Vec<(u8, Counter)> = snapshot
+        .pairs
+        .iter()
+        .map(|(k, r)| (k.dst[15], r.counter))
+        .collect();
+    let both = Counter {
+        frames: 2,
+        bytes: 2 * frame.len() as u64,
+    };
+    assert_eq!(counted, vec![(1, both)], "both frames in the one slot");
+    assert_eq!(PairTable::of(&ebpf).unwrap().claimed(0).unwrap(), 1);
+}
+
 #[test]
 fn slots_a_crash_left_claimed_but_unindexed_are_freed_on_adoption() {
-    use netmon::datapath::{pairs::PairTable, sys};
-    use netmon_common::{maps::FLOWS_V4_MAP, PairKeyV4};
+    use netmon::datapath::pairs::PairTable;
     pin_to_one_cpu();
     let mut ebpf = load_with_capacity(2);
     for last in [1, 2] {
         run_xdp(&mut ebpf, &udp_to(last, 10));
     }
     // A run stopped between taking pair 1 out of the index and freeing its slot.
-    let index = match ebpf.map(FLOWS_V4_MAP).unwrap() {
-        aya::maps::Map::HashMap(data) => {
-            use std::os::fd::{AsFd, AsRawFd};
-            data.fd().as_fd().as_raw_fd()
-        }
-        _ => unreachable!(),
-    };
-    let orphaned = PairKeyV4 {
-        src: V4_SRC.octets(),
-        dst: [10, 200, 1, 1],
-        proto: classify::PROTO_UDP,
-        direction: Direction::Ingress as u8,
-        ..Default::default()
-    };
-    sys::delete(index, &orphaned).unwrap();
+    unindex_v4(&ebpf, 1);
     let table = PairTable::of(&ebpf).unwrap();
     assert_eq!(table.release_orphans().unwrap(), 1);
     assert_eq!(table.release_orphans().unwrap(), 0, "freed once");

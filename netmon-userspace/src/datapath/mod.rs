@@ -23,7 +23,8 @@ use aya::{
 use netmon_common::{
     maps::{
         CPU_LANES_GLOBAL, DEFAULT_MAX_PAIRS, FLOWS_V4_MAP, FLOWS_V6_MAP, FREE_SLOTS_MAP, LANES_MAP,
-        LAYOUT_VERSION, PAIR_SLOTS_GLOBAL, SLOT_KEYS_MAP,
+        LAYOUT_VERSION, PAIR_SLOTS_GLOBAL, SLOT_CACHE_MAP, SLOT_CACHE_MASK_GLOBAL,
+        SLOT_CACHE_SEED_GLOBAL, SLOT_KEYS_MAP,
     },
     policy::{PolicyState, POLICY_MAP},
 };
@@ -109,8 +110,8 @@ impl Default for LoadOptions {
 }
 
 impl LoadOptions {
-    /// An object loader with these settings.
-    fn loader(&self) -> Result<EbpfLoader<'_>, DatapathError> {
+    /// An object loader with these settings and `cache` (sized for them).
+    fn loader<'a>(&'a self, cache: &'a SlotCache) -> Result<EbpfLoader<'a>, DatapathError> {
         static PAIR: u8 = netmon_common::maps::GRANULARITY_PAIR;
         static FIVE_TUPLE: u8 = netmon_common::maps::GRANULARITY_5TUPLE;
         let lanes = cpu_lanes()?;
@@ -130,6 +131,9 @@ impl LoadOptions {
                     ))
                 })?,
             )
+            .map_max_entries(SLOT_CACHE_MAP, cache.entries)
+            .override_global(SLOT_CACHE_MASK_GLOBAL, &cache.set_mask, true)
+            .override_global(SLOT_CACHE_SEED_GLOBAL, &cache.seed, true)
             .override_global(CPU_LANES_GLOBAL, lanes, true)
             .override_global(PAIR_SLOTS_GLOBAL, &self.max_pairs, true)
             .override_global(
@@ -141,6 +145,31 @@ impl LoadOptions {
                 true,
             );
         Ok(loader)
+    }
+}
+
+/// The size and secret of the slot cache of one load.
+struct SlotCache {
+    /// One entry per slot, rounded up to a power of two.
+    entries: u32,
+    /// Sets (of two entries) minus one.
+    set_mask: u32,
+    /// Keys the entries' sets and checks, so that no sender can predict them.
+    seed: u64,
+}
+
+impl SlotCache {
+    fn for_slots(slots: u32) -> Self {
+        use std::hash::{BuildHasher, Hasher};
+        let entries = slots.max(2).checked_next_power_of_two().unwrap_or(1 << 31);
+        Self {
+            entries,
+            set_mask: entries / 2 - 1,
+            // std seeds each `RandomState` from the OS's random source.
+            seed: std::collections::hash_map::RandomState::new()
+                .build_hasher()
+                .finish(),
+        }
     }
 }
 
@@ -159,7 +188,8 @@ fn cpu_lanes() -> Result<&'static u32, DatapathError> {
 /// Loads the object and both programs into the kernel (verified, not attached),
 /// with an empty pair table.
 pub fn load(options: &LoadOptions) -> Result<Ebpf, DatapathError> {
-    let ebpf = load_with(&mut options.loader()?)?;
+    let cache = SlotCache::for_slots(options.max_pairs);
+    let ebpf = load_with(&mut options.loader(&cache)?)?;
     pairs::PairTable::of(&ebpf)?.free_all()?;
     Ok(ebpf)
 }
@@ -224,7 +254,8 @@ impl Datapath {
             max_pairs,
             ..*options
         };
-        let mut loader = options.loader()?;
+        let cache = SlotCache::for_slots(max_pairs);
+        let mut loader = options.loader(&cache)?;
         let paths: Vec<_> = MAP_LAYOUTS
             .iter()
             .map(|(name, _, _)| (*name, pins.map(name)))

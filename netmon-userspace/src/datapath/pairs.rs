@@ -122,7 +122,7 @@ impl<'a> PairTable<'a> {
         self.capacity
     }
 
-    /// Marks every slot free and turns the slot caches on: the start of a
+    /// Marks every slot free and turns the slot cache on: the start of a
     /// fresh table.
     pub fn free_all(&self) -> Result<(), DatapathError> {
         for slot in 0..self.capacity {
@@ -382,13 +382,13 @@ impl<'a> PairTable<'a> {
 
     /// Makes sure no program will write slots just taken out of the index:
     /// the ones running now finish (they may have looked a slot up before),
-    /// then the epoch moves on, which stales every CPU's slot cache, and the
+    /// then the epoch moves on, which stales every slot-cache entry, and the
     /// programs that read the old epoch finish too.
     fn forget_cached_slots(&self) -> Result<(), DatapathError> {
         wait_for_running_programs();
         let epoch: u32 =
             sys::lookup(self.epoch, &0u32).map_err(failed("reading the slot epoch"))?;
-        // Never 0, which turns the caches off.
+        // Never 0, which turns the cache off.
         let next = epoch.wrapping_add(1).max(1);
         sys::update(self.epoch, &0u32, &next).map_err(failed("moving the slot epoch on"))?;
         wait_for_running_programs();

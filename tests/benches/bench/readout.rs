@@ -13,7 +13,7 @@ use netmon::datapath::{
     LoadOptions, PairReading,
 };
 use netmon_common::{
-    maps::{FLOWS_V4_MAP, FREE_SLOTS_MAP, LANES_MAP, SLOT_KEYS_MAP},
+    maps::{CachedSlot, FLOWS_V4_MAP, FREE_SLOTS_MAP, LANES_MAP, SLOT_CACHE_MAP, SLOT_KEYS_MAP},
     PairKey, PairKeyV4, PairStats, SlotKey,
 };
 
@@ -71,23 +71,37 @@ pub fn run(scale: Scale) -> Vec<Row> {
         );
         if pairs == 100_000 {
             let cpus = aya::util::nr_cpus().unwrap();
-            // Index entry (key → slot), the slot's lanes and key, its place in the free queue.
-            let predicted = size_of::<PairKeyV4>()
+            // Index entry (key → slot), the slot's lanes and key, its place in
+            // the free queue, and its share of the slot cache (one entry per
+            // slot, rounded up to a power of two).
+            let cache_share = size_of::<CachedSlot>() as f64 * f64::from(pairs.next_power_of_two())
+                / f64::from(pairs);
+            let predicted = (size_of::<PairKeyV4>()
                 + 4
                 + size_of::<PairStats>() * cpus
                 + size_of::<SlotKey>()
-                + 4;
-            let memlock: u64 = [FLOWS_V4_MAP, LANES_MAP, SLOT_KEYS_MAP, FREE_SLOTS_MAP]
-                .iter()
-                .map(|name| memlock(&ebpf, name))
-                .sum();
+                + 4) as f64
+                + cache_share;
+            let memlock: u64 = [
+                FLOWS_V4_MAP,
+                LANES_MAP,
+                SLOT_KEYS_MAP,
+                FREE_SLOTS_MAP,
+                SLOT_CACHE_MAP,
+            ]
+            .iter()
+            .map(|name| memlock(&ebpf, name))
+            .sum();
             rows.push(
                 Row::new(
                     "kernel memory per IPv4 pair (memlock / capacity)",
                     memlock as f64 / pairs as f64,
                     "bytes",
                 )
-                .against("index entry + per-CPU lanes + slot key", predicted as f64),
+                .against(
+                    "index entry + per-CPU lanes + slot key + cache share",
+                    predicted,
+                ),
             );
         }
     }
