@@ -14,8 +14,8 @@ pub const LANES_MAP: &str = "LANES";
 pub const SLOT_KEYS_MAP: &str = "SLOT_KEYS";
 /// Name of the queue of free slots (`u32`).
 pub const FREE_SLOTS_MAP: &str = "FREE_SLOTS";
-/// Name of the array of [`CachedSlot`]s: a cache of IPv4 pairs' slots that
-/// all CPUs share, two entries (one cache line) per set.
+/// Name of the array of sets of two [`CachedSlot`]s (one cache line each): a
+/// cache of IPv4 pairs' slots that all CPUs share.
 pub const SLOT_CACHE_MAP: &str = "SLOT_CACHE";
 /// Name of the array whose entry 0 (`u32`) is the slot epoch: bumped by user
 /// space whenever it frees slots, so that no cache hands out a freed one.

@@ -39,13 +39,13 @@ pub static LANES: Array<PairStats> = Array::with_max_entries(DEFAULT_MAX_PAIRS, 
 #[map(name = "SLOT_KEYS")]
 pub static SLOT_KEYS: Array<SlotKey> = Array::with_max_entries(DEFAULT_MAX_PAIRS, BPF_F_MMAPABLE);
 
-/// IPv4 pairs' slots, cached for all CPUs in sets of two entries (one cache
-/// line: mmapable arrays start on a page) chosen by a keyed hash of the key.
-/// A hit spares the index's hash-table lookup, most of a warm flow's cost,
-/// and one line is all a hit reads. Sized at load to one entry per slot.
+/// IPv4 pairs' slots, cached for all CPUs in sets of two entries chosen by
+/// a keyed hash of the key; a set is one cache line (64-byte values, and
+/// mmapable arrays start on a page). A hit spares the index's hash-table
+/// lookup, most of a warm flow's cost. Sized at load to one entry per slot.
 #[map(name = "SLOT_CACHE")]
-pub static SLOT_CACHE: Array<CachedSlot> =
-    Array::with_max_entries(DEFAULT_MAX_PAIRS, BPF_F_MMAPABLE);
+pub static SLOT_CACHE: Array<[CachedSlot; 2]> =
+    Array::with_max_entries(DEFAULT_MAX_PAIRS / 2, BPF_F_MMAPABLE);
 
 /// Entry 0: the slot epoch cached entries must carry to be used.
 #[map(name = "SLOT_EPOCH")]

@@ -33,7 +33,7 @@ static CPU_LANES: Global<u32> = Global::new(1);
 #[unsafe(no_mangle)]
 static PAIR_SLOTS: Global<u32> = Global::new(netmon_common::maps::DEFAULT_MAX_PAIRS);
 
-/// Sets in `SLOT_CACHE` minus one (a power of two minus one), set at load time.
+/// Sets in `SLOT_CACHE` minus one (sets are a power of two), set at load time.
 #[unsafe(no_mangle)]
 static SLOT_CACHE_MASK: Global<u32> = Global::new(netmon_common::maps::DEFAULT_MAX_PAIRS / 2 - 1);
 
@@ -178,13 +178,12 @@ fn v4_slot(key: &PairKeyV4) -> Option<u32> {
     let epoch = SLOT_EPOCH.get(0).copied().unwrap_or(0);
     let seed = SLOT_CACHE_SEED.load();
     let set = key.cache_set(seed);
-    let first = (set & SLOT_CACHE_MASK.load()).wrapping_mul(2);
-    let (Some(way0), Some(way1)) = (
-        SLOT_CACHE.get_ptr_mut(first),
-        SLOT_CACHE.get_ptr_mut(first | 1),
-    ) else {
+    let Some(ways) = SLOT_CACHE.get_ptr_mut(set & SLOT_CACHE_MASK.load()) else {
         return slot_of(&FLOWS_V4, key, PairKeyV4::widen);
     };
+    let way0 = ways.cast::<CachedSlot>();
+    // SAFETY: the second of the set's two entries, inside the map value.
+    let way1 = unsafe { way0.add(1) };
     let seen0 = read_cached(way0);
     if let Some(slot) = seen0.slot_for(key, epoch, seed) {
         return Some(slot);

@@ -131,7 +131,7 @@ impl LoadOptions {
                     ))
                 })?,
             )
-            .map_max_entries(SLOT_CACHE_MAP, cache.entries)
+            .map_max_entries(SLOT_CACHE_MAP, cache.set_mask + 1)
             .override_global(SLOT_CACHE_MASK_GLOBAL, &cache.set_mask, true)
             .override_global(SLOT_CACHE_SEED_GLOBAL, &cache.seed, true)
             .override_global(CPU_LANES_GLOBAL, lanes, true)
@@ -150,9 +150,8 @@ impl LoadOptions {
 
 /// The size and secret of the slot cache of one load.
 struct SlotCache {
-    /// One entry per slot, rounded up to a power of two.
-    entries: u32,
-    /// Sets (of two entries) minus one.
+    /// Sets (of two entries) minus one: one entry per slot, rounded up to a
+    /// power of two.
     set_mask: u32,
     /// Keys the entries' sets and checks, so that no sender can predict them.
     seed: u64,
@@ -163,7 +162,6 @@ impl SlotCache {
         use std::hash::{BuildHasher, Hasher};
         let entries = slots.max(2).checked_next_power_of_two().unwrap_or(1 << 31);
         Self {
-            entries,
             set_mask: entries / 2 - 1,
             // std seeds each `RandomState` from the OS's random source.
             seed: std::collections::hash_map::RandomState::new()
