@@ -188,8 +188,13 @@ impl PairKeyV4 {
     }
 }
 
-/// The multiplier of the slot cache's hashes (2^64 / φ).
+/// The multiplier of the slot cache's set hash (2^64 / φ).
 const MIX: u64 = 0x9e37_79b9_7f4a_7c15;
+/// Odd multipliers of an entry's check, one per word; no two agree in their
+/// lowest three bits (up to sign), so single-bit differences in two words
+/// cancel only in bits 62 and 63, where a key's padding and the epoch's top
+/// bits do not differ.
+const CHECK_MULTIPLIERS: [u64; 3] = [MIX, 0xc2b2_ae3d_27d4_eb4f, 0x1656_67b1_9e37_79f9];
 
 /// An entry of the slot cache: `key` had `slot` in slot epoch `epoch`.
 ///
@@ -249,16 +254,20 @@ impl CachedSlot {
         held.then_some(self.slot)
     }
 
-    /// Each step is a bijection of the running hash for a fixed word, so two
-    /// inputs that differ in one word never share a check.
+    /// A sum of one product per word, each word first masked with the secret.
+    /// An odd multiplier is a bijection, so inputs that differ in one word
+    /// never share a check; inputs that differ in several share one only if
+    /// their products' differences cancel, which turns on bits of the secret.
+    /// The three products are independent, so the CPU computes them at once.
     #[inline(always)]
     fn check_of(key: [u64; 2], slot: u32, epoch: u32, seed: u64) -> u64 {
-        let mut hash = seed;
-        for word in [key[0], key[1], (epoch as u64) << 32 | slot as u64] {
-            hash = (hash ^ word).wrapping_mul(MIX);
-            hash ^= hash >> 32;
+        let words = [key[0], key[1], (epoch as u64) << 32 | slot as u64];
+        let mut check = 0u64;
+        for (i, (word, multiplier)) in words.into_iter().zip(CHECK_MULTIPLIERS).enumerate() {
+            let masked = word ^ seed.rotate_left(21 * i as u32);
+            check = check.wrapping_add(masked.wrapping_mul(multiplier));
         }
-        hash
+        check
     }
 }
 
