@@ -14,6 +14,7 @@ use crate::{
     report::{Row, Target},
     workload::{
         load_blocklist, load_with_bench_programs, median, random_prefixes, test_run_ns, udp_frame,
+        BASELINE_TC, BASELINE_XDP,
     },
     Scale,
 };
@@ -29,8 +30,8 @@ pub fn run(scale: Scale) -> Vec<Row> {
     let mut ebpf = load_with_bench_programs(DEFAULT_MAX_PAIRS);
     let warm = udp_frame(Ipv4Addr::new(10, 200, 0, 1), Ipv4Addr::new(10, 200, 0, 2));
     let walk = udp_frame(Ipv4Addr::from(FIRST_SOURCE), Ipv4Addr::new(10, 200, 0, 2));
-    let xdp_empty = test_run_ns::<Xdp>(&mut ebpf, "baseline_xdp", &warm, 10_000, repeat);
-    let tc_empty = test_run_ns::<SchedClassifier>(&mut ebpf, "baseline_tc", &warm, 10_000, repeat);
+    let xdp_empty = test_run_ns::<Xdp>(&mut ebpf, BASELINE_XDP, &warm, 10_000, repeat);
+    let tc_empty = test_run_ns::<SchedClassifier>(&mut ebpf, BASELINE_TC, &warm, 10_000, repeat);
     let empty_xdp = |row: Row| row.against("empty XDP_PASS program", xdp_empty);
     let empty_tc = |row: Row| row.against("empty TC_ACT_OK program", tc_empty);
 

@@ -53,13 +53,13 @@ pub fn load_with_bench_programs(max_pairs: u32) -> Ebpf {
         ..Default::default()
     };
     let mut ebpf = datapath::load(&options).expect("load netmon (run as root)");
-    for name in ["baseline_xdp", "bench_flows_xdp"] {
+    for name in [BASELINE_XDP, "bench_flows_xdp"] {
         datapath::program::<Xdp>(&mut ebpf, name)
             .unwrap()
             .load()
             .unwrap();
     }
-    for name in ["baseline_tc", "bench_flows_tc"] {
+    for name in [BASELINE_TC, "bench_flows_tc"] {
         datapath::program::<SchedClassifier>(&mut ebpf, name)
             .unwrap()
             .load()
@@ -135,6 +135,8 @@ pub fn median(mut runs: Vec<f64>) -> f64 {
     }
 }
 
+/// The empty XDP program in netmon's object (returns XDP_PASS at once).
+pub const BASELINE_XDP: &str = "baseline_xdp";
 /// The empty TC program in netmon's object (returns TC_ACT_OK at once).
 pub const BASELINE_TC: &str = "baseline_tc";
 
