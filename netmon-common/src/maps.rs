@@ -14,8 +14,8 @@ pub const LANES_MAP: &str = "LANES";
 pub const SLOT_KEYS_MAP: &str = "SLOT_KEYS";
 /// Name of the queue of free slots (`u32`).
 pub const FREE_SLOTS_MAP: &str = "FREE_SLOTS";
-/// Name of the array of sets of two [`CachedSlot`]s (one cache line each): a
-/// cache of IPv4 pairs' slots that all CPUs share.
+/// Name of the array of sets of [`CACHE_WAYS`] [`CachedSlot`]s (one cache line
+/// each): a cache of IPv4 pairs' slots that all CPUs share.
 pub const SLOT_CACHE_MAP: &str = "SLOT_CACHE";
 /// Name of the array whose entry 0 (`u32`) is the slot epoch: bumped by user
 /// space whenever it frees slots, so that no cache hands out a freed one.
@@ -24,7 +24,7 @@ pub const SLOT_EPOCH_MAP: &str = "SLOT_EPOCH";
 /// Name of the load-time global holding the slot cache's set mask (sets − 1).
 pub const SLOT_CACHE_MASK_GLOBAL: &str = "SLOT_CACHE_MASK";
 /// Name of the load-time global holding the secret the cache's sets and
-/// entry checks are keyed with.
+/// entry tags are keyed with.
 pub const SLOT_CACHE_SEED_GLOBAL: &str = "SLOT_CACHE_SEED";
 /// Name of the load-time global holding the number of slots (`--max-pairs`).
 pub const PAIR_SLOTS_GLOBAL: &str = "PAIR_SLOTS";
@@ -158,15 +158,6 @@ impl PairKeyV4 {
         unsafe { core::mem::transmute::<PairKeyV4, [u64; 2]>(*self) }
     }
 
-    /// The key's set in the slot cache, before masking: keyed with the
-    /// load's secret, so that no sender can choose pairs that share a set.
-    #[inline(always)]
-    pub fn cache_set(&self, seed: u64) -> u32 {
-        let [a, b] = self.words();
-        let mixed = (a ^ b.rotate_left(29) ^ seed).wrapping_mul(MIX);
-        (mixed >> 32) as u32
-    }
-
     /// The same pair as a [`PairKey`], addresses IPv4-mapped.
     pub fn widen(&self) -> PairKey {
         let mapped = |a: [u8; 4]| {
@@ -190,84 +181,110 @@ impl PairKeyV4 {
 
 /// The multiplier of the slot cache's set hash (2^64 / φ).
 const MIX: u64 = 0x9e37_79b9_7f4a_7c15;
-/// Odd multipliers of an entry's check, one per word; no two agree in their
-/// lowest three bits (up to sign), so single-bit differences in two words
-/// cancel only in bits 62 and 63, where a key's padding and the epoch's top
-/// bits do not differ.
-const CHECK_MULTIPLIERS: [u64; 3] = [MIX, 0xc2b2_ae3d_27d4_eb4f, 0x1656_67b1_9e37_79f9];
+/// Odd multipliers of the tag's key hash: two rounds for each of the key's words.
+const KEY_MULTIPLIERS: [[u64; 2]; 2] = [
+    [0xbf58_476d_1ce4_e5b9, 0x94d0_49bb_1331_11eb],
+    [0xc2b2_ae3d_27d4_eb4f, 0x1656_67b1_9e37_79f9],
+];
+/// Odd multiplier of an entry's slot-and-epoch word in its tag.
+const SLOT_MULTIPLIER: u64 = 0xff51_afd7_ed55_8ccd;
 
-/// An entry of the slot cache: `key` had `slot` in slot epoch `epoch`.
+/// Entries in one set of the slot cache: a set is one 64-byte cache line.
+pub const CACHE_WAYS: usize = 4;
+
+/// A pair as the slot cache looks it up, hashed once per packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CacheProbe {
+    /// The pair's set, before masking to the cache's size.
+    pub set: u32,
+    /// The key's share of an entry's tag.
+    key_hash: u64,
+}
+
+impl CacheProbe {
+    /// The probe for `key` under the load's secret `seed`, so that no sender
+    /// can choose pairs that share a set or a tag.
+    #[inline(always)]
+    pub fn new(key: &PairKeyV4, seed: u64) -> Self {
+        let [a, b] = key.words();
+        let set = ((a ^ b.rotate_left(29) ^ seed).wrapping_mul(MIX) >> 32) as u32;
+        // A sum of one bijection per word: keys that differ in one word never
+        // share a hash; keys that differ in both share one only if the two
+        // words' differences cancel, which the rounds make turn on the secret.
+        let mut key_hash = 0u64;
+        for (i, (word, [m1, m2])) in [a, b].into_iter().zip(KEY_MULTIPLIERS).enumerate() {
+            let x = (word ^ seed.rotate_left(17 + 23 * i as u32)).wrapping_mul(m1);
+            key_hash = key_hash.wrapping_add((x ^ (x >> 32)).wrapping_mul(m2));
+        }
+        CacheProbe { set, key_hash }
+    }
+
+    /// The tag of an entry giving this pair `slot_epoch` (slot | epoch << 32).
+    #[inline(always)]
+    fn tag(&self, slot_epoch: u64, seed: u64) -> u64 {
+        let slot_epoch = (slot_epoch ^ seed.rotate_left(7)).wrapping_mul(SLOT_MULTIPLIER);
+        self.key_hash.wrapping_add(slot_epoch)
+    }
+}
+
+/// An entry of the slot cache: the pair whose keyed hash is in `tag` had
+/// `slot` in slot epoch `epoch`.
 ///
-/// All CPUs read and write entries with plain word accesses, so a reader can
-/// see words of two writes mixed. `check`, a keyed hash of the other three
-/// words, makes such a mix fail [`CachedSlot::slot_for`]: a mix that changes
-/// one word always changes the hash, and one that changes several has to hit
-/// a 64-bit value keyed with a secret no sender knows.
+/// 16 bytes, so that a 64-byte set holds four: a cache of few lines (one a
+/// packet, at random) still holds most pairs. The tag stands in for the key
+/// and also binds the slot and epoch to it: all CPUs
+/// read and write entries with plain word accesses, so a reader can see the
+/// words of two writes mixed, and such a mix, like another pair's entry,
+/// passes [`CachedSlot::slot_for`] only if its tag matches a hash keyed with
+/// a secret no sender knows (a chance of one in 2^64 per entry compared).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct CachedSlot {
-    /// The pair.
-    pub key: PairKeyV4,
-    /// Its slot.
+    /// Keyed hash of the pair, the slot and the epoch.
+    pub tag: u64,
+    /// The pair's slot.
     pub slot: u32,
     /// The slot epoch the entry was written in; stale once the epoch moves on.
+    /// 0 (never written) never matches.
     pub epoch: u32,
-    /// Keyed hash of the fields above.
-    pub check: u64,
 }
 
 impl CachedSlot {
-    /// The entry for `key` at `slot` in `epoch`, its check keyed with `seed`.
+    /// The entry for `probe`'s pair at `slot` in `epoch`.
     #[inline(always)]
-    pub fn new(key: &PairKeyV4, slot: u32, epoch: u32, seed: u64) -> Self {
+    pub fn new(probe: &CacheProbe, slot: u32, epoch: u32, seed: u64) -> Self {
+        let slot_epoch = (epoch as u64) << 32 | slot as u64;
         CachedSlot {
-            key: *key,
+            tag: probe.tag(slot_epoch, seed),
             slot,
             epoch,
-            check: Self::check_of(key.words(), slot, epoch, seed),
         }
     }
 
-    /// The entry as the four words readers and writers access.
+    /// The entry as the two words readers and writers access: the tag, then
+    /// the slot and epoch.
     #[inline(always)]
-    pub fn words(&self) -> [u64; 4] {
-        // SAFETY: 32 bytes of plain integers without implicit padding, 8-byte aligned.
-        unsafe { core::mem::transmute::<CachedSlot, [u64; 4]>(*self) }
+    pub fn words(&self) -> [u64; 2] {
+        // SAFETY: 16 bytes of plain integers without implicit padding, 8-byte aligned.
+        unsafe { core::mem::transmute::<CachedSlot, [u64; 2]>(*self) }
     }
 
-    /// The entry made of four words, whole or read across writes.
+    /// The entry made of two words, whole or read across writes.
     #[inline(always)]
-    pub fn from_words(words: [u64; 4]) -> Self {
+    pub fn from_words(words: [u64; 2]) -> Self {
         // SAFETY: as above; every bit pattern is a valid `CachedSlot`.
-        unsafe { core::mem::transmute::<[u64; 4], CachedSlot>(words) }
+        unsafe { core::mem::transmute::<[u64; 2], CachedSlot>(words) }
     }
 
-    /// `key`'s slot, if this entry (a copy, as read) was written whole for
-    /// `key` in `epoch`. Epoch 0 (caching off) never matches.
+    /// `probe`'s slot, if this entry (a copy, as read) was written whole for
+    /// its pair in `epoch`. Epoch 0 (caching off) never matches.
     #[inline(always)]
-    pub fn slot_for(&self, key: &PairKeyV4, epoch: u32, seed: u64) -> Option<u32> {
-        let words = self.key.words();
-        let held = epoch != 0
-            && self.epoch == epoch
-            && words == key.words()
-            && self.check == Self::check_of(words, self.slot, self.epoch, seed);
-        held.then_some(self.slot)
-    }
-
-    /// A sum of one product per word, each word first masked with the secret.
-    /// An odd multiplier is a bijection, so inputs that differ in one word
-    /// never share a check; inputs that differ in several share one only if
-    /// their products' differences cancel, which turns on bits of the secret.
-    /// The three products are independent, so the CPU computes them at once.
-    #[inline(always)]
-    fn check_of(key: [u64; 2], slot: u32, epoch: u32, seed: u64) -> u64 {
-        let words = [key[0], key[1], (epoch as u64) << 32 | slot as u64];
-        let mut check = 0u64;
-        for (i, (word, multiplier)) in words.into_iter().zip(CHECK_MULTIPLIERS).enumerate() {
-            let masked = word ^ seed.rotate_left(21 * i as u32);
-            check = check.wrapping_add(masked.wrapping_mul(multiplier));
+    pub fn slot_for(&self, probe: &CacheProbe, epoch: u32, seed: u64) -> Option<u32> {
+        if epoch == 0 || self.epoch != epoch {
+            return None;
         }
-        check
+        let slot_epoch = (self.epoch as u64) << 32 | self.slot as u64;
+        (self.tag == probe.tag(slot_epoch, seed)).then_some(self.slot)
     }
 }
 
@@ -426,7 +443,7 @@ mod tests {
         assert_eq!(size_of::<PairKeyV4>(), 4 + 4 + 2 + 2 + 1 + 1 + 2);
         assert_eq!(size_of::<PairStats>(), 32 + 32);
         assert_eq!(size_of::<SlotKey>(), 40 + 4 + 4);
-        assert_eq!(size_of::<CachedSlot>(), 32);
+        assert_eq!(size_of::<CachedSlot>() * CACHE_WAYS, 64);
         assert_eq!(align_of::<PairKeyV4>(), 8);
         assert_eq!(size_of::<DirectionTotals>(), 16 * (1 + 4 + 5 + 3));
         assert_eq!(size_of::<crate::policy::RuleEntry>(), 16);
@@ -446,9 +463,12 @@ mod tests {
     }
 
     #[test]
-    fn a_whole_cache_entry_gives_its_slot_only_to_its_key_and_epoch() {
+    fn a_whole_cache_entry_gives_its_slot_only_to_its_pair_and_epoch() {
         let seed = 0x0123_4567_89ab_cdef;
-        let (a, b) = (v4(1, 53), v4(2, 53));
+        let (a, b) = (
+            CacheProbe::new(&v4(1, 53), seed),
+            CacheProbe::new(&v4(2, 53), seed),
+        );
         let cached = CachedSlot::new(&a, 77, 5, seed);
         assert_eq!(cached.slot_for(&a, 5, seed), Some(77));
         assert_eq!(cached.slot_for(&b, 5, seed), None);
@@ -460,16 +480,16 @@ mod tests {
         );
         let off = CachedSlot::new(&a, 77, 0, seed);
         assert_eq!(off.slot_for(&a, 0, seed), None, "epoch 0 is caching off");
-        assert_eq!(
-            CachedSlot::default().slot_for(&PairKeyV4::default(), 5, seed),
-            None
-        );
+        let never_written = CachedSlot::default();
+        let zero = CacheProbe::new(&PairKeyV4::default(), seed);
+        assert_eq!(never_written.slot_for(&zero, 5, seed), None);
     }
 
     #[test]
     fn a_cache_entry_read_half_way_through_a_write_is_refused() {
         let seed = 0x5eed;
-        // Two writes to one entry; a reader can see any mix of their words.
+        // Two writes to one entry; a reader can see the tag of one and the
+        // slot and epoch of the other.
         let writes = [
             (v4(1, 53), 10, 7),  // the entry before
             (v4(1, 53), 11, 7),  // the same pair, another slot
@@ -479,25 +499,50 @@ mod tests {
         ];
         for (i, &(key_a, slot_a, epoch_a)) in writes.iter().enumerate() {
             for &(key_b, slot_b, epoch_b) in &writes[i + 1..] {
-                let old = CachedSlot::new(&key_a, slot_a, epoch_a, seed).words();
-                let new = CachedSlot::new(&key_b, slot_b, epoch_b, seed).words();
-                for mix in 1..15u32 {
-                    let torn = CachedSlot::from_words(core::array::from_fn(|w| {
-                        if mix & (1 << w) != 0 {
-                            new[w]
-                        } else {
-                            old[w]
-                        }
-                    }));
-                    if torn.words() == old || torn.words() == new {
+                let (a, b) = (CacheProbe::new(&key_a, seed), CacheProbe::new(&key_b, seed));
+                let old = CachedSlot::new(&a, slot_a, epoch_a, seed).words();
+                let new = CachedSlot::new(&b, slot_b, epoch_b, seed).words();
+                for torn in [[old[0], new[1]], [new[0], old[1]]] {
+                    if torn == old || torn == new {
                         continue; // the words that differ all came from one write
                     }
-                    for (key, epoch) in [(key_a, epoch_a), (key_b, epoch_b)] {
+                    let torn = CachedSlot::from_words(torn);
+                    for (probe, epoch) in [(a, epoch_a), (b, epoch_b)] {
                         assert_eq!(
-                            torn.slot_for(&key, epoch, seed),
+                            torn.slot_for(&probe, epoch, seed),
                             None,
-                            "words {mix:04b} of {key_b:?}/{slot_b} over {key_a:?}/{slot_a}"
+                            "{torn:?}, torn between {key_a:?}/{slot_a} and {key_b:?}/{slot_b}"
                         );
+                    }
+                }
+            }
+        }
+    }
+
+    /// The tag stands in for the key, so pairs that differ only a little (a
+    /// port, the top bit of an address byte, the direction) must not share a
+    /// key hash: over half a million such pairs and two secrets, none do.
+    #[test]
+    fn related_pairs_never_share_a_key_hash() {
+        extern crate std;
+        for seed in [0, 0x9e37_79b9_7f4a_7c15] {
+            let mut seen = std::collections::HashMap::new();
+            for src in 0..=255u8 {
+                for dst in 0..=255u8 {
+                    for dst_port in [0, 53, 443, 32_768] {
+                        for direction in [0, 1] {
+                            let key = PairKeyV4 {
+                                src: [10, 200, src, 1],
+                                dst: [10, 200, 1, dst],
+                                dst_port,
+                                direction,
+                                ..v4(0, 0)
+                            };
+                            let hash = CacheProbe::new(&key, seed).key_hash;
+                            if let Some(other) = seen.insert(hash, key) {
+                                panic!("{key:?} and {other:?} share key hash {hash:#x}");
+                            }
+                        }
                     }
                 }
             }

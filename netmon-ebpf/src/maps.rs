@@ -5,7 +5,7 @@ use aya_ebpf::{
     maps::{lpm_trie::LpmTrie, Array, HashMap, PerCpuArray, Queue},
 };
 use netmon_common::{
-    maps::{CachedSlot, SlotKey, DEFAULT_MAX_PAIRS},
+    maps::{CachedSlot, SlotKey, CACHE_WAYS, DEFAULT_MAX_PAIRS},
     policy::{PolicyState, QuotaState, RuleList, MAX_PREFIXES, MAX_RULES, MAX_RULE_LISTS},
     service::SERVICE_COUNTERS,
     Counter, DirectionTotals, PairKey, PairKeyV4, PairStats,
@@ -39,13 +39,13 @@ pub static LANES: Array<PairStats> = Array::with_max_entries(DEFAULT_MAX_PAIRS, 
 #[map(name = "SLOT_KEYS")]
 pub static SLOT_KEYS: Array<SlotKey> = Array::with_max_entries(DEFAULT_MAX_PAIRS, BPF_F_MMAPABLE);
 
-/// IPv4 pairs' slots, cached for all CPUs in sets of two entries chosen by
+/// IPv4 pairs' slots, cached for all CPUs in sets of four entries chosen by
 /// a keyed hash of the key; a set is one cache line (64-byte values, and
 /// mmapable arrays start on a page). A hit spares the index's hash-table
-/// lookup, most of a warm flow's cost. Sized at load to one entry per slot.
+/// lookup, most of a warm flow's cost. Sized at load to one entry per two slots.
 #[map(name = "SLOT_CACHE")]
-pub static SLOT_CACHE: Array<[CachedSlot; 2]> =
-    Array::with_max_entries(DEFAULT_MAX_PAIRS / 2, BPF_F_MMAPABLE);
+pub static SLOT_CACHE: Array<[CachedSlot; CACHE_WAYS]> =
+    Array::with_max_entries(DEFAULT_MAX_PAIRS / 2 / CACHE_WAYS as u32, BPF_F_MMAPABLE);
 
 /// Entry 0: the slot epoch cached entries must carry to be used.
 #[map(name = "SLOT_EPOCH")]

@@ -11,7 +11,7 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use netmon_common::{
     classify::{PROTO_TCP, PROTO_UDP},
-    maps::{is_v4_mapped, CachedSlot},
+    maps::{is_v4_mapped, CacheProbe, CachedSlot, CACHE_WAYS},
     policy::{decide, Decision, FlowPolicy, PacketFacts, RuleKind, RuleList, NO_LIST, NO_RULE},
     service, Classified, Counter, Direction, IpHeader, PairKey, PairKeyV4, PairStats, L3, L4,
 };
@@ -35,9 +35,10 @@ static PAIR_SLOTS: Global<u32> = Global::new(netmon_common::maps::DEFAULT_MAX_PA
 
 /// Sets in `SLOT_CACHE` minus one (sets are a power of two), set at load time.
 #[unsafe(no_mangle)]
-static SLOT_CACHE_MASK: Global<u32> = Global::new(netmon_common::maps::DEFAULT_MAX_PAIRS / 2 - 1);
+static SLOT_CACHE_MASK: Global<u32> =
+    Global::new(netmon_common::maps::DEFAULT_MAX_PAIRS / 2 / CACHE_WAYS as u32 - 1);
 
-/// The secret keying the slot cache's sets and checks, set at load time.
+/// The secret keying the slot cache's sets and tags, set at load time.
 #[unsafe(no_mangle)]
 static SLOT_CACHE_SEED: Global<u64> = Global::new(0);
 
@@ -177,55 +178,55 @@ fn add(counter: Option<&mut Counter>, frames: u64, bytes: u64) {
 fn v4_slot(key: &PairKeyV4) -> Option<u32> {
     let epoch = SLOT_EPOCH.get(0).copied().unwrap_or(0);
     let seed = SLOT_CACHE_SEED.load();
-    let set = key.cache_set(seed);
-    let Some(ways) = SLOT_CACHE.get_ptr_mut(set & SLOT_CACHE_MASK.load()) else {
+    let probe = CacheProbe::new(key, seed);
+    let Some(set) = SLOT_CACHE.get_ptr_mut(probe.set & SLOT_CACHE_MASK.load()) else {
         return slot_of(&FLOWS_V4, key, PairKeyV4::widen);
     };
-    let way0 = ways.cast::<CachedSlot>();
-    // SAFETY: the second of the set's two entries, inside the map value.
-    let way1 = unsafe { way0.add(1) };
-    let seen0 = read_cached(way0);
-    if let Some(slot) = seen0.slot_for(key, epoch, seed) {
-        return Some(slot);
-    }
-    let seen1 = read_cached(way1);
-    if let Some(slot) = seen1.slot_for(key, epoch, seed) {
-        return Some(slot);
+    let ways = set.cast::<CachedSlot>();
+    // The way to replace on a miss: the first of an earlier epoch (or never
+    // written), else the one two bits of the pair's hash pick.
+    let mut victim = (probe.set >> 30) as usize;
+    let mut stale_found = false;
+    for way in 0..CACHE_WAYS {
+        // SAFETY: `way` < CACHE_WAYS, inside the map value.
+        let seen = read_cached(unsafe { ways.add(way) });
+        if let Some(slot) = seen.slot_for(&probe, epoch, seed) {
+            return Some(slot);
+        }
+        if seen.epoch != epoch && !stale_found {
+            victim = way;
+            stale_found = true;
+        }
     }
     let slot = slot_of(&FLOWS_V4, key, PairKeyV4::widen)?;
     if epoch != 0 {
-        // Replace an entry of an earlier epoch if there is one, else the way
-        // a bit of the key's hash picks.
-        let way = if seen0.epoch != epoch {
-            way0
-        } else if seen1.epoch != epoch || set & (1 << 31) != 0 {
-            way1
-        } else {
-            way0
-        };
-        write_cached(way, &CachedSlot::new(key, slot, epoch, seed));
+        // SAFETY: `victim` < CACHE_WAYS.
+        write_cached(
+            unsafe { ways.add(victim) },
+            &CachedSlot::new(&probe, slot, epoch, seed),
+        );
     }
     Some(slot)
 }
 
-/// A copy of a slot-cache entry, each word read once: the words compared are
+/// A copy of a slot-cache entry, each word read once: the words checked are
 /// the words used.
 #[inline(always)]
 fn read_cached(entry: *mut CachedSlot) -> CachedSlot {
     let entry = entry.cast::<u64>().cast_const();
-    // SAFETY: a live, 8-byte aligned array element of four words.
+    // SAFETY: a live, 8-byte aligned array element of two words.
     CachedSlot::from_words(core::array::from_fn(|i| unsafe {
         core::ptr::read_volatile(entry.add(i))
     }))
 }
 
 /// Writes a slot-cache entry word by word. Racing writers can tear it; then
-/// its check refuses it until the next write.
+/// its tag refuses it until the next write.
 #[inline(always)]
 fn write_cached(entry: *mut CachedSlot, value: &CachedSlot) {
     let entry = entry.cast::<u64>();
     for (i, word) in value.words().into_iter().enumerate() {
-        // SAFETY: a live, 8-byte aligned array element of four words.
+        // SAFETY: a live, 8-byte aligned array element of two words.
         unsafe { core::ptr::write_volatile(entry.add(i), word) };
     }
 }

@@ -666,6 +666,45 @@ fn a_slot_cached_on_one_cpu_serves_every_cpu() {
 }
 
 #[test]
+fn pairs_crowding_the_slot_cache_each_keep_their_own_slot() {
+    use netmon::datapath::pairs::PairTable;
+    // A table of 64 slots has a cache of 8 sets of 4 entries: 60 pairs crowd
+    // every set, so entries are replaced all the time and each lookup meets
+    // other pairs' entries first.
+    let mut ebpf = load_with_capacity(64);
+    let frames: Vec<Vec<u8>> = (1..=60).map(|last| udp_to(last, last as usize)).collect();
+    for _round in 0..3 {
+        for frame in &frames {
+            run_xdp(&mut ebpf, frame);
+        }
+    }
+    let snapshot = readout::read(&ebpf).unwrap();
+    let counted: BTreeMap<u8, Counter> = snapshot
+        .pairs
+        .iter()
+        .map(|(k, r)| (k.dst[15], r.counter))
+        .collect();
+    let expected: BTreeMap<u8, Counter> = (1..=60u8)
+        .zip(&frames)
+        .map(|(last, frame)| {
+            let counter = Counter {
+                frames: 3,
+                bytes: 3 * frame.len() as u64,
+            };
+            (last, counter)
+        })
+        .collect();
+    assert_eq!(counted, expected);
+    assert_eq!(
+        PairTable::of(&ebpf).unwrap().claimed(0).unwrap(),
+        60,
+        "one slot per pair"
+    );
+    let totals = snapshot.totals[Direction::Ingress as usize];
+    assert_eq!(totals.table_full, Counter::default());
+}
+
+#[test]
 fn slots_a_crash_left_claimed_but_unindexed_are_freed_on_adoption() {
     use netmon::datapath::pairs::PairTable;
     pin_to_one_cpu();

@@ -22,9 +22,9 @@ use aya::{
 };
 use netmon_common::{
     maps::{
-        CPU_LANES_GLOBAL, DEFAULT_MAX_PAIRS, FLOWS_V4_MAP, FLOWS_V6_MAP, FREE_SLOTS_MAP, LANES_MAP,
-        LAYOUT_VERSION, PAIR_SLOTS_GLOBAL, SLOT_CACHE_MAP, SLOT_CACHE_MASK_GLOBAL,
-        SLOT_CACHE_SEED_GLOBAL, SLOT_KEYS_MAP,
+        CACHE_WAYS, CPU_LANES_GLOBAL, DEFAULT_MAX_PAIRS, FLOWS_V4_MAP, FLOWS_V6_MAP,
+        FREE_SLOTS_MAP, LANES_MAP, LAYOUT_VERSION, PAIR_SLOTS_GLOBAL, SLOT_CACHE_MAP,
+        SLOT_CACHE_MASK_GLOBAL, SLOT_CACHE_SEED_GLOBAL, SLOT_KEYS_MAP,
     },
     policy::{PolicyState, POLICY_MAP},
 };
@@ -150,19 +150,25 @@ impl LoadOptions {
 
 /// The size and secret of the slot cache of one load.
 struct SlotCache {
-    /// Sets (of two entries) minus one: one entry per slot, rounded up to a
-    /// power of two.
+    /// Sets (of `CACHE_WAYS` entries) minus one.
     set_mask: u32,
-    /// Keys the entries' sets and checks, so that no sender can predict them.
+    /// Keys the entries' sets and tags, so that no sender can predict them.
     seed: u64,
 }
 
 impl SlotCache {
+    /// One entry per two slots, rounded up to a power of two. Smaller than
+    /// the table on purpose: a packet's one random memory access is its
+    /// set, and how often that access misses the CPU's caches and TLB
+    /// matters more than how often the set misses the pair (100k flows in
+    /// a table of 262,144: 80% hits, 73–89 ns a packet; with one entry per
+    /// slot 97%, 83–137 ns; with two 99.7%, 156–172 ns).
     fn for_slots(slots: u32) -> Self {
         use std::hash::{BuildHasher, Hasher};
-        let entries = slots.max(2).checked_next_power_of_two().unwrap_or(1 << 31);
+        let entries = slots.checked_next_power_of_two().unwrap_or(1 << 31) / 2;
+        let sets = (entries / CACHE_WAYS as u32).max(1);
         Self {
-            set_mask: entries / 2 - 1,
+            set_mask: sets - 1,
             // std seeds each `RandomState` from the OS's random source.
             seed: std::collections::hash_map::RandomState::new()
                 .build_hasher()
@@ -598,4 +604,23 @@ pub fn interface_index(iface: &str) -> Option<u32> {
     // SAFETY: `name` is a valid NUL-terminated string.
     let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
     (index != 0).then_some(index)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SlotCache;
+
+    #[test]
+    fn the_slot_cache_has_one_entry_per_two_slots_and_at_least_one_set() {
+        let sets = |slots| SlotCache::for_slots(slots).set_mask + 1;
+        assert_eq!(sets(262_144), 32_768);
+        assert_eq!(
+            sets(100_000),
+            16_384,
+            "131,072 slots rounded up, over 2 and 4 ways"
+        );
+        assert_eq!(sets(8), 1);
+        assert_eq!(sets(1), 1);
+        assert_eq!(sets(u32::MAX), 1 << 28);
+    }
 }

@@ -73,8 +73,9 @@ pub fn run(scale: Scale) -> Vec<Row> {
             let cpus = aya::util::nr_cpus().unwrap();
             // Index entry (key → slot), the slot's lanes and key, its place in
             // the free queue, and its share of the slot cache (one entry per
-            // slot, rounded up to a power of two).
-            let cache_share = size_of::<CachedSlot>() as f64 * f64::from(pairs.next_power_of_two())
+            // two slots, rounded up to a power of two).
+            let cache_share = size_of::<CachedSlot>() as f64
+                * f64::from(pairs.next_power_of_two() / 2)
                 / f64::from(pairs);
             let predicted = (size_of::<PairKeyV4>()
                 + 4
