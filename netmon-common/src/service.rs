@@ -1,19 +1,35 @@
 //! Service ports: the well-known side of a TCP or UDP flow, so that the
 //! protocol hierarchy can show dns, tls, quic and the rest under tcp and udp.
 //!
-//! The datapath looks ports up in an array user space fills from [`slot_of`]
-//! (no branches per known port), and counts per (direction, family, protocol,
-//! slot) in a per-CPU array.
+//! The datapath names a port by [`slot_of`], a `match` the compiler turns
+//! into a few compares (no map lookup, so no cache line, per packet), and
+//! counts per (direction, family, protocol, slot) in a per-CPU array.
 
 use crate::Direction;
 
-/// Array of 65536 `u8`: port → service slot.
-pub const PORT_SERVICES_MAP: &str = "PORT_SERVICES";
 /// Per-CPU array of `Counter`, indexed by [`counter_index`].
 pub const SERVICES_MAP: &str = "SERVICES";
 
-/// Named services: port, name over TCP, name over UDP.
-pub const NAMED: [(u16, &str, &str); 16] = [
+/// Declares [`NAMED`] and the `match` [`slot_of`] runs from one list, so
+/// that the names reports give and the slots the datapath counts under
+/// cannot disagree.
+macro_rules! named_services {
+    ($(($port:literal, $tcp:literal, $udp:literal)),* $(,)?) => {
+        /// Named services: port, name over TCP, name over UDP.
+        pub const NAMED: [(u16, &str, &str); [$($port),*].len()] = [$(($port, $tcp, $udp)),*];
+
+        /// The slot of a named service's port.
+        #[inline(always)]
+        fn named_slot(port: u16) -> Option<u8> {
+            match port {
+                $($port => Some(const { position($port) }),)*
+                _ => None,
+            }
+        }
+    };
+}
+
+named_services![
     (53, "dns", "dns"),
     (80, "http", "http"),
     (443, "tls", "quic"),
@@ -32,6 +48,18 @@ pub const NAMED: [(u16, &str, &str); 16] = [
     (8080, "http-alt", "http-alt"),
 ];
 
+/// The slot of `port` in [`NAMED`], at compile time.
+const fn position(port: u16) -> u8 {
+    let mut i = 0;
+    while i < NAMED.len() {
+        if NAMED[i].0 == port {
+            return i as u8 + 2;
+        }
+        i += 1;
+    }
+    panic!("not a named port")
+}
+
 /// Neither port is a known service (also: ports unknown, as in later fragments).
 pub const SLOT_OTHER: u8 = 0;
 /// A port below 1024 that is not in [`NAMED`].
@@ -41,10 +69,11 @@ pub const SLOTS: usize = NAMED.len() + 2;
 /// Entries of the services counter array.
 pub const SERVICE_COUNTERS: u32 = (2 * 2 * 2 * SLOTS) as u32;
 
-/// The slot of a port, as user space writes it into the port array.
+/// The slot of a port.
+#[inline(always)]
 pub fn slot_of(port: u16) -> u8 {
-    match NAMED.iter().position(|(p, _, _)| *p == port) {
-        Some(i) => i as u8 + 2,
+    match named_slot(port) {
+        Some(slot) => slot,
         None if port != 0 && port < 1024 => SLOT_LOW,
         None => SLOT_OTHER,
     }
@@ -121,5 +150,17 @@ mod tests {
         let tcp =
             describe(counter_index(Direction::Ingress, true, true, slot_of(443)) as usize).unwrap();
         assert_eq!(tcp, (Direction::Ingress, "ipv6", "tcp", "tls"));
+    }
+
+    #[test]
+    fn every_port_has_the_slot_of_its_place_in_the_table() {
+        for port in 0..=u16::MAX {
+            let expected = match NAMED.iter().position(|(p, _, _)| *p == port) {
+                Some(i) => i as u8 + 2,
+                None if (1..1024).contains(&port) => SLOT_LOW,
+                None => SLOT_OTHER,
+            };
+            assert_eq!(slot_of(port), expected, "port {port}");
+        }
     }
 }

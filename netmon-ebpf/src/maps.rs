@@ -84,10 +84,6 @@ pub static RULE_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(MAX_
 #[map(name = "QUOTAS")]
 pub static QUOTAS: Array<QuotaState> = Array::with_max_entries(MAX_RULES, 0);
 
-/// Port → service slot, filled by user space.
-#[map(name = "PORT_SERVICES")]
-pub static PORT_SERVICES: Array<u8> = Array::with_max_entries(65_536, 0);
-
 /// Frames and bytes per (direction, family, TCP/UDP, service slot).
 #[map(name = "SERVICES")]
 pub static SERVICES: PerCpuArray<Counter> = PerCpuArray::with_max_entries(SERVICE_COUNTERS, 0);

@@ -17,8 +17,8 @@ use netmon_common::{
 };
 
 use crate::maps::{
-    FLOWS_V4, FLOWS_V6, FREE_SLOTS, LANES, POLICY, PORT_SERVICES, PREFIXES_V4, PREFIXES_V6, QUOTAS,
-    RULE_LISTS, RULE_STATS, SERVICES, SLOT_CACHE, SLOT_EPOCH, SLOT_KEYS, TOTALS,
+    FLOWS_V4, FLOWS_V6, FREE_SLOTS, LANES, POLICY, PREFIXES_V4, PREFIXES_V6, QUOTAS, RULE_LISTS,
+    RULE_STATS, SERVICES, SLOT_CACHE, SLOT_EPOCH, SLOT_KEYS, TOTALS,
 };
 
 /// Pair-table granularity, set by user space at load time (`--granularity`).
@@ -151,12 +151,7 @@ fn count_service(direction: Direction, ip: &IpHeader, v4: bool, frames: u64, byt
     if !tcp && ip.proto != PROTO_UDP {
         return;
     }
-    let slot = service::flow_slot(ip.src_port, ip.dst_port, |port| {
-        PORT_SERVICES
-            .get(port as u32)
-            .copied()
-            .unwrap_or(service::SLOT_OTHER)
-    });
+    let slot = service::flow_slot(ip.src_port, ip.dst_port, service::slot_of);
     let ipv6 = !v4;
     let index = service::counter_index(direction, ipv6, tcp, slot);
     if let Some(counter) = SERVICES.get_ptr_mut(index) {

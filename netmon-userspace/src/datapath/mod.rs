@@ -382,7 +382,6 @@ impl Datapath {
 /// Loads the object and both programs with `loader`.
 fn load_with(loader: &mut EbpfLoader<'_>) -> Result<Ebpf, DatapathError> {
     let mut ebpf = loader.load(EBPF_OBJECT).map_err(DatapathError::from_load)?;
-    fill_port_services(&mut ebpf)?;
     program::<Xdp>(&mut ebpf, INGRESS_PROGRAM)?
         .load()
         .map_err(|e| DatapathError::program(INGRESS_PROGRAM, e))?;
@@ -390,27 +389,6 @@ fn load_with(loader: &mut EbpfLoader<'_>) -> Result<Ebpf, DatapathError> {
         .load()
         .map_err(|e| DatapathError::program(EGRESS_PROGRAM, e))?;
     Ok(ebpf)
-}
-
-/// Writes the port → service table the datapath names flows by.
-fn fill_port_services(ebpf: &mut Ebpf) -> Result<(), DatapathError> {
-    use netmon_common::service::{slot_of, PORT_SERVICES_MAP, SLOT_OTHER};
-    let map_error = |cause| DatapathError::Map {
-        map: PORT_SERVICES_MAP,
-        cause,
-    };
-    let mut ports: Array<&mut MapData, u8> = Array::try_from(
-        ebpf.map_mut(PORT_SERVICES_MAP)
-            .ok_or(DatapathError::MissingMap(PORT_SERVICES_MAP))?,
-    )
-    .map_err(map_error)?;
-    for port in 1..=u16::MAX {
-        let slot = slot_of(port);
-        if slot != SLOT_OTHER {
-            ports.set(port as u32, slot, 0).map_err(map_error)?;
-        }
-    }
-    Ok(())
 }
 
 /// Stamps new maps with the layout version and a random instance id; reads

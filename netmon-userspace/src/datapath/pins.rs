@@ -17,7 +17,7 @@ use netmon_common::{
         PolicyState, QuotaState, RuleList, POLICY_MAP, PREFIXES_V4_MAP, PREFIXES_V6_MAP,
         QUOTAS_MAP, RULE_LISTS_MAP, RULE_STATS_MAP,
     },
-    service::{PORT_SERVICES_MAP, SERVICES_MAP},
+    service::SERVICES_MAP,
     Counter, DirectionTotals, PairKey, PairKeyV4, PairStats,
 };
 
@@ -28,7 +28,7 @@ pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// Every map netmon pins, with its key and value size in this build.
-pub const MAP_LAYOUTS: [(&str, usize, usize); 15] = [
+pub const MAP_LAYOUTS: [(&str, usize, usize); 14] = [
     (FLOWS_V4_MAP, size_of::<PairKeyV4>(), 4),
     (FLOWS_V6_MAP, size_of::<PairKey>(), 4),
     (LANES_MAP, 4, size_of::<PairStats>()),
@@ -42,7 +42,6 @@ pub const MAP_LAYOUTS: [(&str, usize, usize); 15] = [
     (POLICY_MAP, 4, size_of::<PolicyState>()),
     (RULE_STATS_MAP, 4, size_of::<Counter>()),
     (QUOTAS_MAP, 4, size_of::<QuotaState>()),
-    (PORT_SERVICES_MAP, 4, 1),
     (SERVICES_MAP, 4, size_of::<Counter>()),
 ];
 
