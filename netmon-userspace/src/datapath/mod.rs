@@ -161,7 +161,7 @@ impl SlotCache {
     /// the table on purpose: a packet's one random memory access is its
     /// set, and how often that access misses the CPU's caches and TLB
     /// matters more than how often the set misses the pair (100k flows in
-    /// a table of 262,144: 80% hits, 73–89 ns a packet; with one entry per
+    /// a table of 262,144: 80% hits, 73–104 ns a packet; with one entry per
     /// slot 97%, 83–137 ns; with two 99.7%, 156–172 ns).
     fn for_slots(slots: u32) -> Self {
         use std::hash::{BuildHasher, Hasher};
