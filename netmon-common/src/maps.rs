@@ -189,6 +189,12 @@ const KEY_MULTIPLIERS: [[u64; 2]; 2] = [
 /// Odd multiplier of an entry's slot-and-epoch word in its tag.
 const SLOT_MULTIPLIER: u64 = 0xff51_afd7_ed55_8ccd;
 
+/// A slot and its epoch as the one word a cache entry's tag covers.
+#[inline(always)]
+fn slot_epoch(slot: u32, epoch: u32) -> u64 {
+    (epoch as u64) << 32 | slot as u64
+}
+
 /// Entries in one set of the slot cache: a set is one 64-byte cache line.
 pub const CACHE_WAYS: usize = 4;
 
@@ -219,7 +225,7 @@ impl CacheProbe {
         CacheProbe { set, key_hash }
     }
 
-    /// The tag of an entry giving this pair `slot_epoch` (slot | epoch << 32).
+    /// The tag of an entry giving this pair [`slot_epoch`].
     #[inline(always)]
     fn tag(&self, slot_epoch: u64, seed: u64) -> u64 {
         let slot_epoch = (slot_epoch ^ seed.rotate_left(7)).wrapping_mul(SLOT_MULTIPLIER);
@@ -232,11 +238,13 @@ impl CacheProbe {
 ///
 /// 16 bytes, so that a 64-byte set holds four: a cache of few lines (one a
 /// packet, at random) still holds most pairs. The tag stands in for the key
-/// and also binds the slot and epoch to it: all CPUs
-/// read and write entries with plain word accesses, so a reader can see the
-/// words of two writes mixed, and such a mix, like another pair's entry,
-/// passes [`CachedSlot::slot_for`] only if its tag matches a hash keyed with
-/// a secret no sender knows (a chance of one in 2^64 per entry compared).
+/// and binds the slot and epoch to it. All CPUs read and write entries with
+/// plain word accesses, so a reader can see the words of two writes mixed;
+/// such a mix, like another pair's entry, passes [`CachedSlot::slot_for`]
+/// only by a 64-bit coincidence on a hash keyed with a secret no sender
+/// knows, and never for a pair whose key differs from the entry's in one word
+/// only (its addresses, or its ports, protocol and direction). A false pass
+/// would count one packet, and apply its verdict, as another pair's.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct CachedSlot {
@@ -253,9 +261,8 @@ impl CachedSlot {
     /// The entry for `probe`'s pair at `slot` in `epoch`.
     #[inline(always)]
     pub fn new(probe: &CacheProbe, slot: u32, epoch: u32, seed: u64) -> Self {
-        let slot_epoch = (epoch as u64) << 32 | slot as u64;
         CachedSlot {
-            tag: probe.tag(slot_epoch, seed),
+            tag: probe.tag(slot_epoch(slot, epoch), seed),
             slot,
             epoch,
         }
@@ -283,8 +290,8 @@ impl CachedSlot {
         if epoch == 0 || self.epoch != epoch {
             return None;
         }
-        let slot_epoch = (self.epoch as u64) << 32 | self.slot as u64;
-        (self.tag == probe.tag(slot_epoch, seed)).then_some(self.slot)
+        let tag = probe.tag(slot_epoch(self.slot, self.epoch), seed);
+        (self.tag == tag).then_some(self.slot)
     }
 }
 

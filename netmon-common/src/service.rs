@@ -53,7 +53,7 @@ const fn position(port: u16) -> u8 {
     let mut i = 0;
     while i < NAMED.len() {
         if NAMED[i].0 == port {
-            return i as u8 + 2;
+            return SLOT_LOW + 1 + i as u8;
         }
         i += 1;
     }
