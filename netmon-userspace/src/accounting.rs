@@ -44,6 +44,34 @@ impl IntervalUsage {
     pub fn direction_total(&self, direction: Direction) -> Counter {
         self.totals[direction as usize].all
     }
+
+    /// Adds what pairs carried after the interval's read, found as they were
+    /// retired, to the pairs' deltas. Late traffic is rare, so the index from
+    /// key to delta is built only when the first of it turns up; then each
+    /// late pair costs one lookup, however many pairs retire at once.
+    pub fn add_late(&mut self, late: impl IntoIterator<Item = PairDelta>) {
+        let mut place: Option<HashMap<PairKey, usize>> = None;
+        for extra in late {
+            let place = place.get_or_insert_with(|| {
+                self.pairs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| (p.key, i))
+                    .collect()
+            });
+            match place.get(&extra.key) {
+                Some(&i) => {
+                    let pair = &mut self.pairs[i];
+                    pair.counter = pair.counter.plus(extra.counter);
+                    pair.dropped = pair.dropped.plus(extra.dropped);
+                }
+                None => {
+                    place.insert(extra.key, self.pairs.len());
+                    self.pairs.push(extra);
+                }
+            }
+        }
+    }
 }
 
 /// The counter values a [`Meter`] has accounted, as the state file keeps them:
@@ -619,6 +647,32 @@ mod tests {
             }
             poll.finish(Some(snapshot))
         }
+    }
+
+    #[test]
+    fn late_traffic_joins_its_pairs_delta_or_adds_one() {
+        let counted = |frames, bytes| Counter { frames, bytes };
+        let delta = |k: PairKey, frames, dropped| PairDelta {
+            key: k,
+            counter: counted(frames, 100 * frames),
+            dropped: counted(dropped, 100 * dropped),
+        };
+        let (a, b, c) = (
+            key(1, 2, 17, Direction::Ingress),
+            key(1, 3, 17, Direction::Ingress),
+            key(1, 3, 6, Direction::Egress),
+        );
+        let mut usage = IntervalUsage {
+            pairs: vec![delta(a, 10, 0), delta(b, 5, 1)],
+            ..Default::default()
+        };
+        usage.add_late([]);
+        assert_eq!(usage.pairs, vec![delta(a, 10, 0), delta(b, 5, 1)]);
+        usage.add_late([delta(b, 1, 2), delta(c, 2, 0), delta(c, 3, 1)]);
+        assert_eq!(
+            usage.pairs,
+            vec![delta(a, 10, 0), delta(b, 6, 3), delta(c, 5, 1)]
+        );
     }
 
     #[test]

@@ -376,17 +376,13 @@ impl Daemon {
         if idle.is_empty() {
             return Ok(());
         }
-        for (key, last) in self.datapath.remove_pairs(&idle)? {
-            if let Some(extra) = self.meter.retire(&key, &last) {
-                match usage.pairs.iter_mut().find(|p| p.key == key) {
-                    Some(p) => {
-                        p.counter = p.counter.plus(extra.counter);
-                        p.dropped = p.dropped.plus(extra.dropped);
-                    }
-                    None => usage.pairs.push(extra),
-                }
-            }
-        }
+        let retired = self.datapath.remove_pairs(&idle)?;
+        let meter = &mut self.meter;
+        usage.add_late(
+            retired
+                .into_iter()
+                .filter_map(|(key, last)| meter.retire(&key, &last)),
+        );
         usage.table_entries = usage.table_entries.saturating_sub(idle.len());
         log::debug!("removed {} idle pairs", idle.len());
         Ok(())
