@@ -88,14 +88,14 @@ pub fn baseline_tc(_ctx: TcContext) -> i32 {
 }
 
 /// Benchmark: the ingress program on a different flow each run. BPF_PROG_TEST_RUN
-/// reuses one buffer, so stepping the IPv4 source in place walks
-/// `netmon_common::bench::FLOWS` flows. Never attached by netmon.
+/// reuses one buffer, so stepping a walk index and the IPv4 source in place
+/// walks `netmon_common::bench::FLOWS` flows. Never attached by netmon.
 #[xdp]
 pub fn bench_flows_xdp(ctx: XdpContext) -> u32 {
     let (start, end) = (ctx.data(), ctx.data_end());
-    if start + bench::SOURCE_OFFSET + 4 <= end {
+    if start + bench::FRAME_BYTES <= end {
         // SAFETY: bounds-checked above; the frame is ours to rewrite.
-        unsafe { bench::step_source((start + bench::SOURCE_OFFSET) as *mut [u8; 4]) };
+        unsafe { bench::step(start as *mut u8) };
     }
     ingress(&ctx)
 }
@@ -104,9 +104,9 @@ pub fn bench_flows_xdp(ctx: XdpContext) -> u32 {
 #[classifier]
 pub fn bench_flows_tc(ctx: TcContext) -> i32 {
     let (start, end) = (ctx.data(), ctx.data_end());
-    if start + bench::SOURCE_OFFSET + 4 <= end {
+    if start + bench::FRAME_BYTES <= end {
         // SAFETY: as above; test-run skbs are linear and writable.
-        unsafe { bench::step_source((start + bench::SOURCE_OFFSET) as *mut [u8; 4]) };
+        unsafe { bench::step(start as *mut u8) };
     }
     egress(&ctx)
 }

@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 use aya::programs::{SchedClassifier, Xdp};
 use netmon::datapath::{enforce::Enforcement, EGRESS_PROGRAM, INGRESS_PROGRAM};
 use netmon_common::{
-    bench::{FIRST_SOURCE, FLOWS},
+    bench::{source_of, FLOWS},
     maps::DEFAULT_MAX_PAIRS,
 };
 
@@ -29,7 +29,8 @@ pub fn run(scale: Scale) -> Vec<Row> {
     let repeat = scale.pick(2_000_000, 200_000);
     let mut ebpf = load_with_bench_programs(DEFAULT_MAX_PAIRS);
     let warm = udp_frame(Ipv4Addr::new(10, 200, 0, 1), Ipv4Addr::new(10, 200, 0, 2));
-    let walk = udp_frame(Ipv4Addr::from(FIRST_SOURCE), Ipv4Addr::new(10, 200, 0, 2));
+    // Walk index 0 in the payload; the bench programs write each flow's source.
+    let walk = udp_frame(Ipv4Addr::from(source_of(0)), Ipv4Addr::new(10, 200, 0, 2));
     let xdp_empty = test_run_ns::<Xdp>(&mut ebpf, BASELINE_XDP, &warm, 10_000, repeat);
     let tc_empty = test_run_ns::<SchedClassifier>(&mut ebpf, BASELINE_TC, &warm, 10_000, repeat);
     let empty_xdp = |row: Row| row.against("empty XDP_PASS program", xdp_empty);
