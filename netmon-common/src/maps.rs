@@ -179,8 +179,9 @@ impl PairKeyV4 {
     }
 }
 
-/// The multiplier of the slot cache's set hash (2^64 / φ).
+/// The multipliers of the slot cache's set hash (the first is 2^64 / φ).
 const MIX: u64 = 0x9e37_79b9_7f4a_7c15;
+const SET_MULTIPLIER: u64 = 0xd6e8_feb8_6659_fd93;
 /// Odd multipliers of the tag's key hash: two rounds for each of the key's words.
 const KEY_MULTIPLIERS: [[u64; 2]; 2] = [
     [0xbf58_476d_1ce4_e5b9, 0x94d0_49bb_1331_11eb],
@@ -201,8 +202,9 @@ pub const CACHE_WAYS: usize = 4;
 /// A pair as the slot cache looks it up, hashed once per packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CacheProbe {
-    /// The pair's set, before masking to the cache's size.
-    pub set: u32,
+    /// The pair's two sets, before masking to the cache's size: it is looked
+    /// for in the first, then the second, and cached in whichever has room.
+    pub sets: [u32; 2],
     /// The key's share of an entry's tag.
     key_hash: u64,
 }
@@ -213,7 +215,13 @@ impl CacheProbe {
     #[inline(always)]
     pub fn new(key: &PairKeyV4, seed: u64) -> Self {
         let [a, b] = key.words();
-        let set = ((a ^ b.rotate_left(29) ^ seed).wrapping_mul(MIX) >> 32) as u32;
+        // The sets: the first word mixed with the secret before the second
+        // joins it, so that which keys share a set turns on the secret too
+        // (a linear mix of both words let a sender aim flows at one set);
+        // the second set from the product's other half.
+        let x = (a ^ seed).wrapping_mul(MIX);
+        let y = (x ^ (x >> 32) ^ b).wrapping_mul(SET_MULTIPLIER);
+        let sets = [(y >> 32) as u32, y as u32 ^ (y >> 47) as u32];
         // A sum of one bijection per word: keys that differ in one word never
         // share a hash; keys that differ in both share one only if the two
         // words' differences cancel, which the rounds make turn on the secret.
@@ -222,7 +230,7 @@ impl CacheProbe {
             let x = (word ^ seed.rotate_left(17 + 23 * i as u32)).wrapping_mul(m1);
             key_hash = key_hash.wrapping_add((x ^ (x >> 32)).wrapping_mul(m2));
         }
-        CacheProbe { set, key_hash }
+        CacheProbe { sets, key_hash }
     }
 
     /// The tag of an entry giving this pair [`slot_epoch`].
@@ -441,6 +449,8 @@ mod pod {
 
 #[cfg(test)]
 mod tests {
+    extern crate std;
+
     use super::*;
     use core::mem::size_of;
 
@@ -526,12 +536,52 @@ mod tests {
         }
     }
 
+    /// A sender who knows no secret cannot pick keys that share a set: keys
+    /// whose words cancel under a linear mix (here: the same first word
+    /// XOR the second word rotated) spread over the sets like any others,
+    /// and a key's two sets differ.
+    #[test]
+    fn keys_built_to_cancel_do_not_share_a_set() {
+        let mask = (1u32 << 15) - 1; // 32,768 sets, the default table's
+        for seed in [0, 0x5eed_5eed_5eed_5eed] {
+            let (mut sets, mut seconds) = (
+                std::collections::BTreeSet::new(),
+                std::collections::BTreeSet::new(),
+            );
+            let mut same = 0;
+            for dst_port in 1..=64u16 {
+                let b = PairKeyV4 {
+                    dst_port,
+                    ..v4(0, 0)
+                }
+                .words()[1];
+                let a = 0x0102_0304_0506_0708 ^ b.rotate_left(29);
+                let key = PairKeyV4 {
+                    src: a.to_le_bytes()[..4].try_into().unwrap(),
+                    dst: a.to_le_bytes()[4..].try_into().unwrap(),
+                    dst_port,
+                    ..v4(0, 0)
+                };
+                let [first, second] = CacheProbe::new(&key, seed).sets.map(|s| s & mask);
+                same += usize::from(first == second);
+                sets.insert(first);
+                seconds.insert(second);
+            }
+            assert!(sets.len() > 56, "64 keys in {} first sets", sets.len());
+            assert!(
+                seconds.len() > 56,
+                "64 keys in {} second sets",
+                seconds.len()
+            );
+            assert!(same <= 1, "{same} of 64 keys have one set twice");
+        }
+    }
+
     /// The tag stands in for the key, so pairs that differ only a little (a
     /// port, the top bit of an address byte, the direction) must not share a
     /// key hash: over half a million such pairs and two secrets, none do.
     #[test]
     fn related_pairs_never_share_a_key_hash() {
-        extern crate std;
         for seed in [0, 0x9e37_79b9_7f4a_7c15] {
             let mut seen = std::collections::HashMap::new();
             for src in 0..=255u8 {

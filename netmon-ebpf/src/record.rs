@@ -167,41 +167,66 @@ fn add(counter: Option<&mut Counter>, frames: u64, bytes: u64) {
     }
 }
 
-/// The slot of an IPv4 pair: from the slot cache when it holds the pair
-/// under the current epoch, else from the index (then cached).
+/// The slot of an IPv4 pair: from the slot cache when either of its sets
+/// holds it under the current epoch, else from the index (then cached).
 #[inline(always)]
 fn v4_slot(key: &PairKeyV4) -> Option<u32> {
     let epoch = SLOT_EPOCH.get(0).copied().unwrap_or(0);
     let seed = SLOT_CACHE_SEED.load();
+    let mask = SLOT_CACHE_MASK.load();
     let probe = CacheProbe::new(key, seed);
-    let Some(set) = SLOT_CACHE.get_ptr_mut(probe.set & SLOT_CACHE_MASK.load()) else {
-        return slot_of(&FLOWS_V4, key, PairKeyV4::widen);
-    };
-    let ways = set.cast::<CachedSlot>();
-    // The way to replace on a miss: the first of an earlier epoch (or never
-    // written), else the one two bits of the pair's hash pick.
-    let mut victim = (probe.set >> 30) as usize;
-    let mut stale_found = false;
-    for way in 0..CACHE_WAYS {
-        // SAFETY: `way` < CACHE_WAYS, inside the map value.
-        let seen = read_cached(unsafe { ways.add(way) });
-        if let Some(slot) = seen.slot_for(&probe, epoch, seed) {
+    for set in probe.sets {
+        if let Some(slot) = cached_slot(set & mask, &probe, epoch, seed) {
             return Some(slot);
-        }
-        if seen.epoch != epoch && !stale_found {
-            victim = way;
-            stale_found = true;
         }
     }
     let slot = slot_of(&FLOWS_V4, key, PairKeyV4::widen)?;
     if epoch != 0 {
-        // SAFETY: `victim` < CACHE_WAYS.
-        write_cached(
-            unsafe { ways.add(victim) },
-            &CachedSlot::new(&probe, slot, epoch, seed),
-        );
+        cache_slot(&CachedSlot::new(&probe, slot, epoch, seed), &probe, mask);
     }
     Some(slot)
+}
+
+/// The slot set `set` holds for `probe`'s pair under `epoch`, if any.
+#[inline(always)]
+fn cached_slot(set: u32, probe: &CacheProbe, epoch: u32, seed: u64) -> Option<u32> {
+    let ways = SLOT_CACHE.get_ptr_mut(set)?.cast::<CachedSlot>();
+    (0..CACHE_WAYS).find_map(|way| {
+        // SAFETY: `way` < CACHE_WAYS, inside the map value.
+        read_cached(unsafe { ways.add(way) }).slot_for(probe, epoch, seed)
+    })
+}
+
+/// Caches `entry` for `probe`'s pair: over the first entry of an earlier
+/// epoch (or never written) in its two sets, else over one its hash picks.
+/// A second pass over lines the lookup just read, so that the lookup itself
+/// carries no choice (which the verifier would explore path by path).
+#[inline(always)]
+fn cache_slot(entry: &CachedSlot, probe: &CacheProbe, mask: u32) {
+    for set in probe.sets {
+        let Some(ways) = SLOT_CACHE.get_ptr_mut(set & mask) else {
+            continue;
+        };
+        let ways = ways.cast::<CachedSlot>();
+        for way in 0..CACHE_WAYS {
+            // SAFETY: `way` < CACHE_WAYS, inside the map value.
+            let old = unsafe { ways.add(way) };
+            // SAFETY: as above; a plain read of one aligned word.
+            if unsafe { core::ptr::read_volatile(&(*old).epoch) } != entry.epoch {
+                write_cached(old, entry);
+                return;
+            }
+        }
+    }
+    let [first, second] = probe.sets;
+    let set = if first >> 31 == 0 { first } else { second };
+    if let Some(ways) = SLOT_CACHE.get_ptr_mut(set & mask) {
+        // SAFETY: the way is below CACHE_WAYS (two bits), inside the map value.
+        write_cached(
+            unsafe { ways.cast::<CachedSlot>().add(((first >> 29) & 3) as usize) },
+            entry,
+        );
+    }
 }
 
 /// A copy of a slot-cache entry, each word read once: the words checked are

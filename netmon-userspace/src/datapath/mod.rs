@@ -158,11 +158,11 @@ struct SlotCache {
 
 impl SlotCache {
     /// One entry per two slots, rounded up to a power of two. Smaller than
-    /// the table on purpose: a packet's one random memory access is its
-    /// set, and how often that access misses the CPU's caches and TLB
-    /// matters more than how often the set misses the pair (100k flows in
-    /// a table of 262,144: 80% hits, 73–104 ns a packet; with one entry per
-    /// slot 97%, 83–137 ns; with two 99.7%, 156–172 ns).
+    /// the table on purpose: a packet's random memory access is its set,
+    /// and how often that access misses the CPU's caches and TLB matters
+    /// more than a few more pairs held; two sets per pair make up the hits
+    /// (100k flows at random in a table of 262,144: 77–105 ns a packet,
+    /// against 151–184 with one set per pair and one entry per slot).
     fn for_slots(slots: u32) -> Self {
         use std::hash::{BuildHasher, Hasher};
         let entries = slots.checked_next_power_of_two().unwrap_or(1 << 31) / 2;
