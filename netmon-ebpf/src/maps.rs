@@ -39,10 +39,11 @@ pub static LANES: Array<PairStats> = Array::with_max_entries(DEFAULT_MAX_PAIRS, 
 #[map(name = "SLOT_KEYS")]
 pub static SLOT_KEYS: Array<SlotKey> = Array::with_max_entries(DEFAULT_MAX_PAIRS, BPF_F_MMAPABLE);
 
-/// IPv4 pairs' slots, cached for all CPUs in sets of four entries, each
-/// pair in either of two sets a keyed hash of its key picks; a set is one cache line (64-byte values, and
-/// mmapable arrays start on a page). A hit spares the index's hash-table
-/// lookup, most of a warm flow's cost. Sized at load to one entry per two slots.
+/// IPv4 pairs' slots, cached for all CPUs in sets of four entries, each pair
+/// in either of two sets a keyed hash of its key picks. A set is one cache
+/// line (64-byte values, and mmapable arrays start on a page). A hit spares
+/// the index's hash-table lookup, most of a warm flow's cost. Sized at load
+/// to one entry per two slots.
 #[map(name = "SLOT_CACHE")]
 pub static SLOT_CACHE: Array<[CachedSlot; CACHE_WAYS]> =
     Array::with_max_entries(DEFAULT_MAX_PAIRS / 2 / CACHE_WAYS as u32, BPF_F_MMAPABLE);

@@ -402,6 +402,16 @@ fn pairs_accumulate_per_direction() {
     check(&ebpf, Direction::Ingress, &expect);
 }
 
+/// What each pair counted, by the last octet of its destination (the tests
+/// below send to 10.200.1.N from one source).
+fn by_destination(snapshot: &netmon::datapath::Snapshot) -> BTreeMap<u8, Counter> {
+    snapshot
+        .pairs
+        .iter()
+        .map(|(k, r)| (k.dst[15], r.counter))
+        .collect()
+}
+
 /// Collects what the programs log through aya-log.
 struct Collect(std::sync::Mutex<Vec<String>>);
 
@@ -430,11 +440,7 @@ fn full_pair_table_keeps_totals_exact_and_says_so_once() {
     }
     logger.flush();
     let snapshot = readout::read(&ebpf).unwrap();
-    let kept: BTreeMap<_, _> = snapshot
-        .pairs
-        .iter()
-        .map(|(k, r)| (k.dst[15], r.counter))
-        .collect();
+    let kept = by_destination(&snapshot);
     let len = |i: usize| frames[i].len() as u64;
     assert_eq!(
         kept,
@@ -559,14 +565,7 @@ fn retired_pairs_free_their_slots_and_no_cached_slot_outlives_them() {
         direction: Direction::Ingress as u8,
         ..Default::default()
     };
-    let pairs = |ebpf: &Ebpf| -> BTreeMap<u8, Counter> {
-        let snapshot = readout::read(ebpf).unwrap();
-        snapshot
-            .pairs
-            .iter()
-            .map(|(k, r)| (k.dst[15], r.counter))
-            .collect()
-    };
+    let pairs = |ebpf: &Ebpf| by_destination(&readout::read(ebpf).unwrap());
     let counted = |frame: &[u8], frames: u64| Counter {
         frames,
         bytes: frame.len() as u64 * frames,
@@ -679,11 +678,7 @@ fn pairs_crowding_the_slot_cache_each_keep_their_own_slot() {
         }
     }
     let snapshot = readout::read(&ebpf).unwrap();
-    let counted: BTreeMap<u8, Counter> = snapshot
-        .pairs
-        .iter()
-        .map(|(k, r)| (k.dst[15], r.counter))
-        .collect();
+    let counted = by_destination(&snapshot);
     let expected: BTreeMap<u8, Counter> = (1..=60u8)
         .zip(&frames)
         .map(|(last, frame)| {

@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 use aya::programs::{SchedClassifier, Xdp};
 use netmon::datapath::{enforce::Enforcement, EGRESS_PROGRAM, INGRESS_PROGRAM};
 use netmon_common::{
-    bench::{source_of, FLOWS},
+    bench::{source_of, FLOWS, INDEX_OFFSET},
     maps::DEFAULT_MAX_PAIRS,
 };
 
@@ -14,7 +14,7 @@ use crate::{
     report::{Row, Target},
     workload::{
         load_blocklist, load_with_bench_programs, median, random_prefixes, test_run_ns, udp_frame,
-        BASELINE_TC, BASELINE_XDP,
+        BASELINE_TC, BASELINE_XDP, BENCH_FLOWS_TC, BENCH_FLOWS_XDP,
     },
     Scale,
 };
@@ -29,8 +29,10 @@ pub fn run(scale: Scale) -> Vec<Row> {
     let repeat = scale.pick(2_000_000, 200_000);
     let mut ebpf = load_with_bench_programs(DEFAULT_MAX_PAIRS);
     let warm = udp_frame(Ipv4Addr::new(10, 200, 0, 1), Ipv4Addr::new(10, 200, 0, 2));
-    // Walk index 0 in the payload; the bench programs write each flow's source.
-    let walk = udp_frame(Ipv4Addr::from(source_of(0)), Ipv4Addr::new(10, 200, 0, 2));
+    // The walk starts at index 0 (in the payload); the bench programs write
+    // each flow's source.
+    let mut walk = udp_frame(Ipv4Addr::from(source_of(0)), Ipv4Addr::new(10, 200, 0, 2));
+    walk[INDEX_OFFSET..INDEX_OFFSET + 4].copy_from_slice(&0u32.to_le_bytes());
     let xdp_empty = test_run_ns::<Xdp>(&mut ebpf, BASELINE_XDP, &warm, 10_000, repeat);
     let tc_empty = test_run_ns::<SchedClassifier>(&mut ebpf, BASELINE_TC, &warm, 10_000, repeat);
     let empty_xdp = |row: Row| row.against("empty XDP_PASS program", xdp_empty);
@@ -85,11 +87,10 @@ pub fn run(scale: Scale) -> Vec<Row> {
         let median_of_3 = |run: &dyn Fn(&mut aya::Ebpf) -> f64| {
             median((0..3).map(|_| run(&mut fresh(&cidrs))).collect())
         };
-        let xdp = median_of_3(&|ebpf| {
-            test_run_ns::<Xdp>(ebpf, "bench_flows_xdp", &walk, warm_up, repeat)
-        });
+        let xdp =
+            median_of_3(&|ebpf| test_run_ns::<Xdp>(ebpf, BENCH_FLOWS_XDP, &walk, warm_up, repeat));
         let tc = median_of_3(&|ebpf| {
-            test_run_ns::<SchedClassifier>(ebpf, "bench_flows_tc", &walk, warm_up, repeat)
+            test_run_ns::<SchedClassifier>(ebpf, BENCH_FLOWS_TC, &walk, warm_up, repeat)
         });
         let target = |row: Row| row.target(Target::RatioAtMost(4.0));
         rows.push(target(empty_xdp(Row::new(
@@ -107,9 +108,9 @@ pub fn run(scale: Scale) -> Vec<Row> {
     // a spoofed-source flood): each packet misses the slot cache and the
     // index, finds no free slot and is counted as `table_full`.
     let mut full = load_with_bench_programs(FULL_TABLE);
-    let xdp = test_run_ns::<Xdp>(&mut full, "bench_flows_xdp", &walk, 2 * FULL_TABLE, repeat);
+    let xdp = test_run_ns::<Xdp>(&mut full, BENCH_FLOWS_XDP, &walk, 2 * FULL_TABLE, repeat);
     let tc =
-        test_run_ns::<SchedClassifier>(&mut full, "bench_flows_tc", &walk, 2 * FULL_TABLE, repeat);
+        test_run_ns::<SchedClassifier>(&mut full, BENCH_FLOWS_TC, &walk, 2 * FULL_TABLE, repeat);
     rows.push(empty_xdp(Row::new(
         format!("XDP per packet, pair table of {FULL_TABLE} full, {FLOWS} flows in turn"),
         xdp,

@@ -53,13 +53,13 @@ pub fn load_with_bench_programs(max_pairs: u32) -> Ebpf {
         ..Default::default()
     };
     let mut ebpf = datapath::load(&options).expect("load netmon (run as root)");
-    for name in [BASELINE_XDP, "bench_flows_xdp"] {
+    for name in [BASELINE_XDP, BENCH_FLOWS_XDP] {
         datapath::program::<Xdp>(&mut ebpf, name)
             .unwrap()
             .load()
             .unwrap();
     }
-    for name in [BASELINE_TC, "bench_flows_tc"] {
+    for name in [BASELINE_TC, BENCH_FLOWS_TC] {
         datapath::program::<SchedClassifier>(&mut ebpf, name)
             .unwrap()
             .load()
@@ -139,6 +139,10 @@ pub fn median(mut runs: Vec<f64>) -> f64 {
 pub const BASELINE_XDP: &str = "baseline_xdp";
 /// The empty TC program in netmon's object (returns TC_ACT_OK at once).
 pub const BASELINE_TC: &str = "baseline_tc";
+/// netmon's ingress program on the bench walk's next flow each run.
+pub const BENCH_FLOWS_XDP: &str = "bench_flows_xdp";
+/// netmon's egress program on the bench walk's next flow each run.
+pub const BENCH_FLOWS_TC: &str = "bench_flows_tc";
 
 /// netmon's object with [`BASELINE_TC`] attached at a's TC ingress; dropping
 /// it detaches the program.
