@@ -41,6 +41,9 @@ pub struct Row {
     pub netmon: f64,
     pub unit: &'static str,
     pub reference: Option<(String, f64)>,
+    /// netmon / reference measured round by round (their median), where the
+    /// two sides were measured in pairs; else the quotient of the two figures.
+    pub paired_ratio: Option<f64>,
     pub targets: Vec<Target>,
 }
 
@@ -51,6 +54,7 @@ impl Row {
             netmon,
             unit,
             reference: None,
+            paired_ratio: None,
             targets: Vec::new(),
         }
     }
@@ -60,13 +64,20 @@ impl Row {
         self
     }
 
+    /// The ratio as the median of per-round ratios of paired measurements.
+    pub fn paired_ratio(mut self, ratio: f64) -> Row {
+        self.paired_ratio = Some(ratio);
+        self
+    }
+
     pub fn target(mut self, target: Target) -> Row {
         self.targets.push(target);
         self
     }
 
     fn ratio(&self) -> Option<f64> {
-        self.reference.as_ref().map(|(_, v)| self.netmon / v)
+        let quotient = self.reference.as_ref().map(|(_, v)| self.netmon / v);
+        self.paired_ratio.or(quotient)
     }
 
     fn cells(&self) -> [String; 5] {

@@ -20,9 +20,13 @@ use crate::{
 
 #[derive(Clone, Copy, PartialEq)]
 enum Setup {
+    /// `netmon run` as operators start it (its default interval, console
+    /// line on), logs in a directory on the machine's disk.
     Netmon {
         ingress: &'static str,
         prefixes: usize,
+        /// `--interval`, when not the default.
+        interval: Option<&'static str>,
     },
     /// `baseline_tc` at ingress: what the hook itself costs.
     EmptyTc,
@@ -32,19 +36,33 @@ enum Setup {
     },
 }
 
+/// netmon in its recommended mode on veth: TC ingress, the default interval.
+const fn netmon(prefixes: usize) -> Setup {
+    Setup::Netmon {
+        ingress: "auto",
+        prefixes,
+        interval: None,
+    }
+}
+
 impl Setup {
     fn name(self) -> String {
         match self {
-            Setup::Netmon { ingress, prefixes } => {
+            Setup::Netmon {
+                ingress,
+                prefixes,
+                interval,
+            } => {
                 let hook = match ingress {
                     "auto" => "--ingress auto = TC ingress on veth",
                     "xdp" => "native XDP",
                     "xdp-skb" => "skb-mode XDP",
                     other => other,
                 };
+                let interval = interval.map_or(String::new(), |i| format!(", --interval {i}"));
                 match prefixes {
-                    0 => format!("netmon ({hook})"),
-                    n => format!("netmon ({hook}), {n} blocked prefixes, none matching"),
+                    0 => format!("netmon ({hook}{interval})"),
+                    n => format!("netmon ({hook}{interval}), {n} blocked prefixes, none matching"),
                 }
             }
             Setup::EmptyTc => "an empty TC program at ingress (TC_ACT_OK)".into(),
@@ -56,55 +74,54 @@ impl Setup {
     }
 }
 
+/// The setups whose rows carry a target: TCP in the recommended mode with no
+/// rules, UDP 64-byte with 100k prefixes loaded.
+const TCP_TARGET: Setup = netmon(0);
+const UDP_TARGET: Setup = netmon(100_000);
+
 pub fn run(scale: Scale) -> Vec<Row> {
     let cidrs = random_prefixes(100_000);
     let mut rows = Vec::new();
     for setup in [
-        Setup::Netmon {
-            ingress: "auto",
-            prefixes: 0,
-        },
+        netmon(0),
         Setup::Netmon {
             ingress: "xdp",
             prefixes: 0,
+            interval: None,
         },
         Setup::Netmon {
             ingress: "xdp-skb",
             prefixes: 0,
+            interval: None,
         },
         Setup::EmptyTc,
-        Setup::Netmon {
-            ingress: "auto",
-            prefixes: 10_000,
-        },
+        netmon(10_000),
+        netmon(100_000),
         Setup::Netmon {
             ingress: "auto",
             prefixes: 100_000,
+            interval: Some("1s"),
         },
         Setup::Tcpdump,
         Setup::Iptables { rules: 10_000 },
     ] {
-        let (none, (tcp, udp)) = measure(setup, scale, &cidrs);
-        // The targets: TCP in the recommended mode (the default hook, no
-        // rules); UDP 64-byte with 100k prefixes loaded.
-        let recommended = setup
-            == Setup::Netmon {
-                ingress: "auto",
-                prefixes: 0,
-            };
-        let mut tcp_row = Row::new(format!("veth TCP, {}", setup.name()), tcp, "Mbit/s")
-            .against("no program, same namespaces", none.0);
-        let mut udp_row = Row::new(format!("veth UDP 64-byte, {}", setup.name()), udp, "Mbit/s")
-            .against("no program, same namespaces", none.1);
-        if recommended {
+        let targeted = setup == TCP_TARGET || setup == UDP_TARGET;
+        let [tcp, udp] = measure(setup, scale, targeted, &cidrs);
+        let row = |protocol: &str, side: Side| {
+            Row::new(
+                format!("veth {protocol}, {}", setup.name()),
+                side.with,
+                "Mbit/s",
+            )
+            .against("no program, same namespaces", side.none)
+            .paired_ratio(side.ratio)
+        };
+        let mut tcp_row = row("TCP", tcp);
+        let mut udp_row = row("UDP 64-byte", udp);
+        if setup == TCP_TARGET {
             tcp_row = tcp_row.target(Target::RatioAtLeast(0.95));
         }
-        if setup
-            == (Setup::Netmon {
-                ingress: "auto",
-                prefixes: 100_000,
-            })
-        {
+        if setup == UDP_TARGET {
             udp_row = udp_row.target(Target::RatioAtLeast(0.95));
         }
         rows.push(tcp_row);
@@ -114,39 +131,59 @@ pub fn run(scale: Scale) -> Vec<Row> {
     rows
 }
 
-/// (TCP, UDP 64-byte) Mbit/s received by a, with nothing attached and under
+/// One protocol's figures for a setup: the median Mbit/s without it and with
+/// it, and the median of the rounds' ratios.
+#[derive(Clone, Copy)]
+struct Side {
+    none: f64,
+    with: f64,
+    ratio: f64,
+}
+
+/// TCP and UDP 64-byte Mbit/s received by a, with nothing attached and under
 /// `setup`, on the same pair of namespaces: each setup gets its own reference
 /// (runs on separate pairs differ by ±10%). Single runs on a 2-CPU VM vary by
-/// ±10% and drift over a minute, so the two sides alternate: each round is a
-/// TCP and a UDP run without the setup and with it, the order flipped every
-/// round (without-with, with-without, …), and each figure is the median of
-/// its side's runs. Drift then falls on both sides alike.
-fn measure(setup: Setup, scale: Scale, cidrs: &[Cidr]) -> ((f64, f64), (f64, f64)) {
-    let (rounds, seconds) = scale.pick((6, 3), (2, 1));
+/// ±10% and drift over a minute, so the two sides are measured in pairs: each
+/// round is a TCP and a UDP run without the setup and with it, the order
+/// flipped every round (without-with, with-without, …). The ratio is the
+/// median of the rounds' ratios, so drift between rounds cancels; the
+/// figures are the medians of each side's runs. Rows with a target get more
+/// rounds.
+fn measure(setup: Setup, scale: Scale, targeted: bool, cidrs: &[Cidr]) -> [Side; 2] {
+    let rounds = scale.pick(if targeted { 10 } else { 6 }, 2);
+    let seconds = scale.pick(3, 1);
     let net = TestNet::create_with(Offloads { tso: true }).unwrap();
     let _server = iperf3_server(&net);
-    let (tcp, udp): (&[&str], &[&str]) = (&[], &["-u", "-l", "64", "-b", "0"]);
+    let protocols: [&[&str]; 2] = [&[], &["-u", "-l", "64", "-b", "0"]];
     let run = |extra: &[&str]| {
         std::thread::sleep(Duration::from_millis(200));
         iperf3(&net, seconds, extra)
     };
-    let (mut none, mut with) = ((Vec::new(), Vec::new()), (Vec::new(), Vec::new()));
+    // [protocol][round] = (without, with)
+    let mut runs = [vec![], vec![]];
     for round in 0..rounds {
         let set_up_first = round % 2 == 1;
+        let mut pair = [[0.0; 2]; 2];
         for set_up in [set_up_first, !set_up_first] {
             // A fresh state directory each time: netmon would restore the last one's rules.
             let dir = tempfile::tempdir().unwrap();
             let guard = set_up.then(|| prepare(&net, dir.path(), setup, cidrs));
-            let side = if set_up { &mut with } else { &mut none };
-            side.0.push(run(tcp));
-            side.1.push(run(udp));
+            for (protocol, extra) in protocols.iter().enumerate() {
+                pair[protocol][usize::from(set_up)] = run(extra);
+            }
             if let Some(guard) = guard {
                 remove(guard, &net);
             }
         }
+        for (protocol, [none, with]) in pair.into_iter().enumerate() {
+            runs[protocol].push((none, with));
+        }
     }
-    let medians = |(tcp, udp): (Vec<f64>, Vec<f64>)| (median(tcp), median(udp));
-    (medians(none), medians(with))
+    runs.map(|runs: Vec<(f64, f64)>| Side {
+        none: median(runs.iter().map(|r| r.0).collect()),
+        with: median(runs.iter().map(|r| r.1).collect()),
+        ratio: median(runs.iter().map(|r| r.1 / r.0).collect()),
+    })
 }
 
 /// What keeps `setup` in place until [`remove`]d.
@@ -177,8 +214,24 @@ fn remove(guard: Guard, net: &TestNet) {
 
 fn prepare(net: &TestNet, dir: &std::path::Path, setup: Setup, cidrs: &[Cidr]) -> Guard {
     match setup {
-        Setup::Netmon { ingress, prefixes } => {
-            let netmon = Netmon::start_in(&net.a, dir, &["--ingress", ingress]).unwrap();
+        Setup::Netmon {
+            ingress,
+            prefixes,
+            interval,
+        } => {
+            let (log, detail) = (dir.join("network_log.json"), dir.join("detail.jsonl"));
+            let mut args = vec![
+                "--ingress",
+                ingress,
+                "--log",
+                log.to_str().unwrap(),
+                "--detail-log",
+                detail.to_str().unwrap(),
+            ];
+            if let Some(interval) = interval {
+                args.extend(["--interval", interval]);
+            }
+            let netmon = Netmon::start(&net.a, &args).unwrap();
             if prefixes > 0 {
                 block_file(net, dir, &cidrs[..prefixes]);
             }
