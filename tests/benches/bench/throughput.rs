@@ -107,14 +107,14 @@ pub fn run(scale: Scale) -> Vec<Row> {
     ] {
         let targeted = setup == TCP_TARGET || setup == UDP_TARGET;
         let [tcp, udp] = measure(setup, scale, targeted, &cidrs);
-        let row = |protocol: &str, side: Side| {
+        let row = |protocol: &str, paired: Paired| {
             Row::new(
                 format!("veth {protocol}, {}", setup.name()),
-                side.with,
+                paired.with,
                 "Mbit/s",
             )
-            .against("no program, same namespaces", side.none)
-            .paired_ratio(side.ratio)
+            .against("no program, same namespaces", paired.none)
+            .paired_ratio(paired.ratio)
         };
         let mut tcp_row = row("TCP", tcp);
         let mut udp_row = row("UDP 64-byte", udp);
@@ -134,7 +134,7 @@ pub fn run(scale: Scale) -> Vec<Row> {
 /// One protocol's figures for a setup: the median Mbit/s without it and with
 /// it, and the median of the rounds' ratios.
 #[derive(Clone, Copy)]
-struct Side {
+struct Paired {
     none: f64,
     with: f64,
     ratio: f64,
@@ -150,7 +150,7 @@ struct Side {
 /// figures are the medians of each side's runs. A round's UDP ratio varies by
 /// ±4% on a 2-CPU VM, so rows with a target get twenty rounds (their median
 /// then moves by about ±1%), the others six.
-fn measure(setup: Setup, scale: Scale, targeted: bool, cidrs: &[Cidr]) -> [Side; 2] {
+fn measure(setup: Setup, scale: Scale, targeted: bool, cidrs: &[Cidr]) -> [Paired; 2] {
     let rounds = scale.pick(if targeted { 20 } else { 6 }, 2);
     let seconds = scale.pick(3, 1);
     let net = TestNet::create_with(Offloads { tso: true }).unwrap();
@@ -180,7 +180,7 @@ fn measure(setup: Setup, scale: Scale, targeted: bool, cidrs: &[Cidr]) -> [Side;
             runs[protocol].push((none, with));
         }
     }
-    runs.map(|runs: Vec<(f64, f64)>| Side {
+    runs.map(|runs: Vec<(f64, f64)>| Paired {
         none: median(runs.iter().map(|r| r.0).collect()),
         with: median(runs.iter().map(|r| r.1).collect()),
         ratio: median(runs.iter().map(|r| r.1 / r.0).collect()),
