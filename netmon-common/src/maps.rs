@@ -199,6 +199,21 @@ fn slot_epoch(slot: u32, epoch: u32) -> u64 {
 /// Entries in one set of the slot cache: a set is one 64-byte cache line.
 pub const CACHE_WAYS: usize = 4;
 
+/// Sets in the slot cache of a table of `slots`: one entry per two slots,
+/// rounded up to a power of two, at least one set.
+pub const fn cache_sets(slots: u32) -> u32 {
+    let entries = match slots.checked_next_power_of_two() {
+        Some(entries) => entries,
+        None => 1 << 31,
+    } / 2;
+    let sets = entries / CACHE_WAYS as u32;
+    if sets == 0 {
+        1
+    } else {
+        sets
+    }
+}
+
 /// A pair as the slot cache looks it up, hashed once per packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CacheProbe {

@@ -82,17 +82,17 @@ pub fn slot_of(port: u16) -> u8 {
 /// The service slot of a flow: the lower port's when it is a service (every
 /// port below 1024 is), else the higher port's.
 #[inline(always)]
-pub fn flow_slot(src_port: u16, dst_port: u16, slot: impl Fn(u16) -> u8) -> u8 {
+pub fn flow_slot(src_port: u16, dst_port: u16) -> u8 {
     let (low, high) = if src_port < dst_port {
         (src_port, dst_port)
     } else {
         (dst_port, src_port)
     };
-    let by_low = slot(low);
+    let by_low = slot_of(low);
     if by_low != SLOT_OTHER {
         return by_low;
     }
-    slot(high)
+    slot_of(high)
 }
 
 /// Index of a services counter.
@@ -134,11 +134,9 @@ mod tests {
     #[test]
     fn the_well_known_side_names_the_flow() {
         let name = |s, d| {
-            describe(
-                counter_index(Direction::Egress, false, false, flow_slot(s, d, slot_of)) as usize,
-            )
-            .unwrap()
-            .3
+            describe(counter_index(Direction::Egress, false, false, flow_slot(s, d)) as usize)
+                .unwrap()
+                .3
         };
         assert_eq!(name(50000, 443), "quic");
         assert_eq!(name(443, 50000), "quic");

@@ -5,7 +5,7 @@ use aya_ebpf::{
     maps::{lpm_trie::LpmTrie, Array, HashMap, PerCpuArray, Queue},
 };
 use netmon_common::{
-    maps::{CachedSlot, SlotKey, CACHE_WAYS, DEFAULT_MAX_PAIRS},
+    maps::{cache_sets, CachedSlot, SlotKey, CACHE_WAYS, DEFAULT_MAX_PAIRS},
     policy::{PolicyState, QuotaState, RuleList, MAX_PREFIXES, MAX_RULES, MAX_RULE_LISTS},
     service::SERVICE_COUNTERS,
     Counter, DirectionTotals, PairKey, PairKeyV4, PairStats,
@@ -43,10 +43,10 @@ pub static SLOT_KEYS: Array<SlotKey> = Array::with_max_entries(DEFAULT_MAX_PAIRS
 /// in either of two sets a keyed hash of its key picks. A set is one cache
 /// line (64-byte values, and mmapable arrays start on a page). A hit spares
 /// the index's hash-table lookup, most of a warm flow's cost. Sized at load
-/// to one entry per two slots.
+/// by `cache_sets` (one entry per two slots).
 #[map(name = "SLOT_CACHE")]
 pub static SLOT_CACHE: Array<[CachedSlot; CACHE_WAYS]> =
-    Array::with_max_entries(DEFAULT_MAX_PAIRS / 2 / CACHE_WAYS as u32, BPF_F_MMAPABLE);
+    Array::with_max_entries(cache_sets(DEFAULT_MAX_PAIRS), BPF_F_MMAPABLE);
 
 /// Entry 0: the slot epoch cached entries must carry to be used.
 #[map(name = "SLOT_EPOCH")]

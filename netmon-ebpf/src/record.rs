@@ -36,7 +36,7 @@ static PAIR_SLOTS: Global<u32> = Global::new(netmon_common::maps::DEFAULT_MAX_PA
 /// Sets in `SLOT_CACHE` minus one (sets are a power of two), set at load time.
 #[unsafe(no_mangle)]
 static SLOT_CACHE_MASK: Global<u32> =
-    Global::new(netmon_common::maps::DEFAULT_MAX_PAIRS / 2 / CACHE_WAYS as u32 - 1);
+    Global::new(netmon_common::maps::cache_sets(netmon_common::maps::DEFAULT_MAX_PAIRS) - 1);
 
 /// The secret keying the slot cache's sets and tags, set at load time.
 #[unsafe(no_mangle)]
@@ -151,7 +151,7 @@ fn count_service(direction: Direction, ip: &IpHeader, v4: bool, frames: u64, byt
     if !tcp && ip.proto != PROTO_UDP {
         return;
     }
-    let slot = service::flow_slot(ip.src_port, ip.dst_port, service::slot_of);
+    let slot = service::flow_slot(ip.src_port, ip.dst_port);
     let ipv6 = !v4;
     let index = service::counter_index(direction, ipv6, tcp, slot);
     if let Some(counter) = SERVICES.get_ptr_mut(index) {

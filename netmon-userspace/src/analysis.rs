@@ -86,7 +86,7 @@ impl Analyzer {
             bin.pairs.entry(key).or_default().add(1, len);
             let tcp = ip.proto == PROTO_TCP;
             if tcp || ip.proto == PROTO_UDP {
-                let slot = service::flow_slot(ip.src_port, ip.dst_port, service::slot_of);
+                let slot = service::flow_slot(ip.src_port, ip.dst_port);
                 let ipv6 = std::net::Ipv6Addr::from(ip.src).to_ipv4_mapped().is_none();
                 let index = service::counter_index(Direction::Ingress, ipv6, tcp, slot) as usize;
                 bin.services[index].add(1, len);

@@ -49,18 +49,23 @@ impl Netmon {
     /// Starts netmon on `host` with a 1 s interval, quiet, its log and detail
     /// log (`network_log.json`, `detail.jsonl`) in `dir`, and `extra` arguments.
     pub fn start_in(host: &Host, dir: &std::path::Path, extra: &[&str]) -> Result<Netmon> {
+        let mut args = vec!["--interval", "1s", "--quiet"];
+        args.extend_from_slice(extra);
+        Self::start_logging_in(host, dir, &args)
+    }
+
+    /// Starts netmon on `host` with its log and detail log (`network_log.json`,
+    /// `detail.jsonl`) in `dir` and `args`, otherwise at its defaults.
+    pub fn start_logging_in(host: &Host, dir: &std::path::Path, args: &[&str]) -> Result<Netmon> {
         let (log, detail) = (dir.join("network_log.json"), dir.join("detail.jsonl"));
-        let mut args = vec![
-            "--interval",
-            "1s",
-            "--quiet",
+        let mut all = vec![
             "--log",
             log.to_str().context("path")?,
             "--detail-log",
             detail.to_str().context("path")?,
         ];
-        args.extend_from_slice(extra);
-        Self::start(host, &args)
+        all.extend_from_slice(args);
+        Self::start(host, &all)
     }
 
     /// Like [`Netmon::start`], also echoing everything netmon prints to our stdout.

@@ -22,7 +22,7 @@ use aya::{
 };
 use netmon_common::{
     maps::{
-        CACHE_WAYS, CPU_LANES_GLOBAL, DEFAULT_MAX_PAIRS, FLOWS_V4_MAP, FLOWS_V6_MAP,
+        cache_sets, CPU_LANES_GLOBAL, DEFAULT_MAX_PAIRS, FLOWS_V4_MAP, FLOWS_V6_MAP,
         FREE_SLOTS_MAP, LANES_MAP, LAYOUT_VERSION, PAIR_SLOTS_GLOBAL, SLOT_CACHE_MAP,
         SLOT_CACHE_MASK_GLOBAL, SLOT_CACHE_SEED_GLOBAL, SLOT_KEYS_MAP,
     },
@@ -157,7 +157,7 @@ struct SlotCache {
 }
 
 impl SlotCache {
-    /// One entry per two slots, rounded up to a power of two. Smaller than
+    /// One entry per two slots ([`cache_sets`]). Smaller than
     /// the table on purpose: a packet's random memory access is its set,
     /// and how often that access misses the CPU's caches and TLB matters
     /// more than a few more pairs held; two sets per pair make up the hits
@@ -165,10 +165,8 @@ impl SlotCache {
     /// against 151–184 with one set per pair and one entry per slot).
     fn for_slots(slots: u32) -> Self {
         use std::hash::{BuildHasher, Hasher};
-        let entries = slots.checked_next_power_of_two().unwrap_or(1 << 31) / 2;
-        let sets = (entries / CACHE_WAYS as u32).max(1);
         Self {
-            set_mask: sets - 1,
+            set_mask: cache_sets(slots) - 1,
             // std seeds each `RandomState` from the OS's random source.
             seed: std::collections::hash_map::RandomState::new()
                 .build_hasher()

@@ -220,19 +220,11 @@ fn prepare(net: &TestNet, dir: &std::path::Path, setup: Setup, cidrs: &[Cidr]) -
             prefixes,
             interval,
         } => {
-            let (log, detail) = (dir.join("network_log.json"), dir.join("detail.jsonl"));
-            let mut args = vec![
-                "--ingress",
-                ingress,
-                "--log",
-                log.to_str().unwrap(),
-                "--detail-log",
-                detail.to_str().unwrap(),
-            ];
+            let mut args = vec!["--ingress", ingress];
             if let Some(interval) = interval {
                 args.extend(["--interval", interval]);
             }
-            let netmon = Netmon::start(&net.a, &args).unwrap();
+            let netmon = Netmon::start_logging_in(&net.a, dir, &args).unwrap();
             if prefixes > 0 {
                 block_file(net, dir, &cidrs[..prefixes]);
             }
