@@ -165,7 +165,8 @@ pub struct FlowPolicy {
 pub struct Decision {
     /// Block or allow rule that decided, or [`NO_RULE`] (0 before any decision).
     pub filter: u32,
-    /// Quota the packet counts against, or [`NO_RULE`].
+    /// The most specific quota the packet counts against, or [`NO_RULE`]
+    /// when none does; [`find_quota`] visits them all.
     pub quota: u32,
     /// [`RuleKind::Block`] or [`RuleKind::Allow`] as `u8`, or 0 when no filter matched.
     pub action: u8,
@@ -224,6 +225,59 @@ fn first_matches(list: &RuleList, packet: &PacketFacts) -> (Option<RuleEntry>, O
         }
     }
     (filter, quota)
+}
+
+impl RuleList {
+    /// True when rule `rule` is one of the entries.
+    #[inline(always)]
+    fn holds(&self, rule: u32) -> bool {
+        let mut found = false;
+        for i in 0..MAX_RULES_PER_LIST {
+            if i as u32 >= self.len {
+                break;
+            }
+            found |= self.entries[i].rule == rule;
+        }
+        found
+    }
+}
+
+/// Visits every quota a packet counts against: each matching quota entry of
+/// the source's list, then of the destination's, a quota that covers both
+/// addresses once (its entries match the same packets). Stops at the first
+/// quota for which `stop` is true, and returns it. Nested quotas (a /64 and
+/// an address in it) and quotas on both ends of a pair are all visited.
+///
+/// No state carries from one entry to the next, so that the verifier's
+/// paths through the loops converge.
+#[inline(always)]
+pub fn find_quota(
+    src: Option<&RuleList>,
+    dst: Option<&RuleList>,
+    packet: &PacketFacts,
+    mut stop: impl FnMut(u32) -> bool,
+) -> Option<u32> {
+    for (list, other) in [(src, None), (dst, src)] {
+        let Some(list) = list else {
+            continue;
+        };
+        for i in 0..MAX_RULES_PER_LIST {
+            if i as u32 >= list.len {
+                break;
+            }
+            let entry = list.entries[i];
+            if entry.kind != RuleKind::Quota as u8 || !entry.matches(packet) {
+                continue;
+            }
+            if other.is_some_and(|o: &RuleList| o.holds(entry.rule)) {
+                continue;
+            }
+            if stop(entry.rule) {
+                return Some(entry.rule);
+            }
+        }
+    }
+    None
 }
 
 /// More specific first; between equals, a block beats an allow and a lower rule id wins.
@@ -359,5 +413,47 @@ mod tests {
         let d = decide(Some(&b), Some(&q), &UDP_443_OUT);
         assert!(d.blocks());
         assert_eq!(d.quota, NO_RULE);
+    }
+
+    #[test]
+    fn every_matching_quota_of_both_ends_counts_once() {
+        // The visited ids (no_std: in a fixed array).
+        let all = |src: Option<&RuleList>, dst: Option<&RuleList>| {
+            let mut ids = [u32::MAX; 8];
+            let mut len = 0;
+            find_quota(src, dst, &UDP_443_OUT, |id| {
+                ids[len] = id;
+                len += 1;
+                false
+            });
+            ids
+        };
+        let none = [u32::MAX; 8];
+        let ids = |given: &[u32]| {
+            let mut ids = none;
+            ids[..given.len()].copy_from_slice(given);
+            ids
+        };
+        let q = |rule, prefix_len| entry(rule, RuleKind::Quota, prefix_len);
+        // Nested: an address's own quota and its /64's, both in its list.
+        let nested = list(&[q(8, 128), q(7, 64)]);
+        assert_eq!(all(Some(&nested), None), ids(&[8, 7]));
+        assert_eq!(all(None, Some(&nested)), ids(&[8, 7]));
+        // One quota on each end, and a /24 covering both ends: each once.
+        let src = list(&[q(3, 32), q(5, 24)]);
+        let dst = list(&[q(4, 32), q(5, 24), entry(1, RuleKind::Allow, 16)]);
+        assert_eq!(all(Some(&src), Some(&dst)), ids(&[3, 5, 4]));
+        // Narrowed quotas count only their packets.
+        let mut tcp_only = q(9, 32);
+        tcp_only.proto = 6;
+        assert_eq!(all(Some(&list(&[tcp_only, q(2, 16)])), None), ids(&[2]));
+        assert_eq!(all(None, None), none);
+        // The first for which `stop` holds is returned, and the visit ends there.
+        let mut visited = 0;
+        let found = find_quota(Some(&src), Some(&dst), &UDP_443_OUT, |id| {
+            visited += 1;
+            id == 5
+        });
+        assert_eq!((found, visited), (Some(5), 2));
     }
 }

@@ -12,7 +12,10 @@ use aya_log_ebpf::warn;
 use netmon_common::{
     classify::{PROTO_TCP, PROTO_UDP},
     maps::{is_v4_mapped, CacheProbe, CachedSlot, CACHE_WAYS},
-    policy::{decide, Decision, FlowPolicy, PacketFacts, RuleKind, RuleList, NO_LIST, NO_RULE},
+    policy::{
+        decide, find_quota, Decision, FlowPolicy, PacketFacts, RuleKind, RuleList, NO_LIST,
+        NO_RULE,
+    },
     service, Classified, Counter, Direction, IpHeader, PairKey, PairKeyV4, PairStats, L3, L4,
 };
 
@@ -116,8 +119,8 @@ pub fn frame<C: EbpfContext>(
         };
         slot_of(&FLOWS_V6, &key, |k| *k).and_then(lane)
     };
-    let decision = decision(stats.as_deref_mut(), &ip, &packet, generation);
-    let verdict = enforce(&decision, direction, frames, bytes);
+    let (decision, lists) = decision(stats.as_deref_mut(), &ip, &packet, generation);
+    let verdict = enforce(&decision, lists, &packet, frames, bytes);
     match stats {
         Some(stats) if verdict == Verdict::Drop => {
             stats.dropped_frames += frames;
@@ -317,22 +320,23 @@ fn policy_generation() -> u32 {
     POLICY.get(0).map_or(0, |p| p.generation)
 }
 
-/// The decision for a packet: from the flow's cache when it holds the current
-/// generation, else from the LPM tries (then cached in the flow, if it has an entry).
+/// The decision for a packet, with the rule lists of its source and
+/// destination: from the flow's cache when it holds the current generation,
+/// else from the LPM tries (then cached in the flow, if it has an entry).
 #[inline(always)]
 fn decision(
     stats: Option<&mut PairStats>,
     ip: &IpHeader,
     packet: &PacketFacts,
     generation: u32,
-) -> Decision {
+) -> (Decision, (u32, u32)) {
     if generation == 0 {
-        return Decision::PASS;
+        return (Decision::PASS, (NO_LIST, NO_LIST));
     }
     let (src_list, dst_list) = match &stats {
         Some(s) if s.policy.generation == generation => {
             if s.policy.cacheable == 1 {
-                return s.policy.decision;
+                return (s.policy.decision, (s.policy.src_list, s.policy.dst_list));
             }
             (s.policy.src_list, s.policy.dst_list)
         }
@@ -351,7 +355,7 @@ fn decision(
             _pad: [0; 7],
         };
     }
-    decision
+    (decision, (src_list, dst_list))
 }
 
 /// The rule list of an address, from the LPM tries.
@@ -373,27 +377,47 @@ fn list(index: u32) -> Option<&'static RuleList> {
     RULE_LISTS.get(index)
 }
 
-/// Applies a decision: block rules and spent quotas drop; quotas count what passes.
+/// Applies a decision: block rules and spent quotas drop; every quota the
+/// packet matches (in either end's list) counts what passes.
 #[inline(always)]
-fn enforce(decision: &Decision, direction: Direction, frames: u64, bytes: u64) -> Verdict {
+fn enforce(
+    decision: &Decision,
+    (src_list, dst_list): (u32, u32),
+    packet: &PacketFacts,
+    frames: u64,
+    bytes: u64,
+) -> Verdict {
+    let direction = packet.direction;
     if decision.blocks() {
         count_rule(decision.filter, direction, frames, bytes);
         return Verdict::Drop;
     }
+    // `quota` names the most specific one; the lists hold them all.
     if decision.quota != NO_RULE {
-        if let Some(quota) = QUOTAS.get_ptr_mut(decision.quota) {
-            // SAFETY: a live array element shared by all CPUs; `used` is only
-            // changed atomically. Check, then add: concurrent CPUs can each pass
-            // one packet past the limit, and no more.
-            unsafe {
-                if core::ptr::read_volatile(&(*quota).used) >= (*quota).limit {
-                    count_rule(decision.quota, direction, frames, bytes);
-                    return Verdict::Drop;
-                }
-                // The BPF target has no `AtomicU64::fetch_add`; this is BPF_ATOMIC add.
-                atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&mut (*quota).used, bytes);
-            }
+        let (src, dst) = (list(src_list), list(dst_list));
+        // Check all, then charge all: concurrent CPUs can each pass one
+        // packet past a limit, and no more.
+        let spent = find_quota(src, dst, packet, |id| {
+            QUOTAS.get(id).is_some_and(|quota| {
+                // SAFETY: a live array element shared by all CPUs; `used` is
+                // only changed atomically, `limit` only by user space.
+                unsafe { core::ptr::read_volatile(&quota.used) >= quota.limit }
+            })
+        });
+        if let Some(id) = spent {
+            count_rule(id, direction, frames, bytes);
+            return Verdict::Drop;
         }
+        find_quota(src, dst, packet, |id| {
+            if let Some(quota) = QUOTAS.get_ptr_mut(id) {
+                // SAFETY: as above. The BPF target has no
+                // `AtomicU64::fetch_add`; this is BPF_ATOMIC add.
+                unsafe {
+                    atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&mut (*quota).used, bytes)
+                };
+            }
+            false
+        });
     }
     if decision.action == RuleKind::Allow as u8 {
         count_rule(decision.filter, direction, frames, bytes);
