@@ -37,6 +37,8 @@ pub struct Netmon {
     lines: mpsc::Receiver<String>,
     /// Everything it printed to stderr so far.
     pub stderr: Vec<String>,
+    /// Where it pinned its maps and links, as it said at start.
+    pub pins: PathBuf,
 }
 
 impl Netmon {
@@ -110,8 +112,13 @@ impl Netmon {
             child: Some(child),
             lines: rx,
             stderr: Vec::new(),
+            pins: PathBuf::new(),
         };
-        netmon.wait_for("counting on", Duration::from_secs(20))?;
+        let started = netmon.wait_for("counting on", Duration::from_secs(20))?;
+        netmon.pins = started
+            .rsplit_once("; pins ")
+            .map(|(_, dir)| PathBuf::from(dir.trim()))
+            .with_context(|| format!("no pin directory in {started:?}"))?;
         Ok(netmon)
     }
 

@@ -145,10 +145,10 @@ fn keep_attached_keeps_counting_and_enforcing_until_the_next_run(
     )?;
     let out = cli(&["block", &b.ipv4_alt.to_string(), "--iface", &a.iface])?;
     assert!(out.status.success());
+    let pins = netmon.pins.clone();
     netmon.stop()?;
     // (tcx attachments do not show in `ip link`; the traffic below shows them at work.)
     assert_eq!(xdp_attached(a)?, ingress == "xdp", "XDP still attached");
-    let pins = bpffs.path().join("netmon").join(&a.iface);
     assert!(pins.join(netmon_common::maps::FLOWS_V4_MAP).exists() && pins.join(link).exists());
 
     // No daemon runs: the kernel counts and enforces on its own.
@@ -192,12 +192,9 @@ fn pinned_maps_of_another_layout_are_refused() -> Result<()> {
     let bpffs = TempMount::bpffs()?;
     let net = TestNet::create()?;
     let dir = tempfile::tempdir()?;
-    start(&net, &bpffs, dir.path(), &["--keep-attached"])?.stop()?;
-    let policy_pin = bpffs
-        .path()
-        .join("netmon")
-        .join(&net.a.iface)
-        .join("POLICY");
+    let netmon = start(&net, &bpffs, dir.path(), &["--keep-attached"])?;
+    let policy_pin = netmon.pins.join("POLICY");
+    netmon.stop()?;
     let mut policy: Array<MapData, PolicyState> =
         Array::try_from(Map::Array(MapData::from_pin(&policy_pin)?))?;
     let state = policy.get(&0, 0)?;

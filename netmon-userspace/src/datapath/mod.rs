@@ -8,7 +8,7 @@ pub mod pins;
 pub mod readout;
 pub mod sys;
 
-use std::path::Path;
+use std::{collections::BTreeSet, path::Path};
 
 use aya::{
     maps::{Array, MapData, MapInfo},
@@ -89,6 +89,16 @@ pub enum Granularity {
     /// Also the TCP/UDP ports: port-level conversations, more table entries.
     #[value(name = "5tuple")]
     FiveTuple,
+}
+
+impl Granularity {
+    /// The name `--granularity` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Granularity::Pair => "pair",
+            Granularity::FiveTuple => "5tuple",
+        }
+    }
 }
 
 /// Settings fixed when the object is loaded.
@@ -215,6 +225,9 @@ pub struct Datapath {
     ebpf: Ebpf,
     iface: String,
     ingress: Option<Ingress>,
+    /// The interface's index when attached: another index under its name
+    /// means it was deleted (and perhaps recreated).
+    ifindex: u32,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     pins: PinDir,
     links: Vec<PinnedLink>,
@@ -234,29 +247,34 @@ impl Datapath {
         hook: IngressHook,
         bpffs: &Path,
     ) -> Result<Self, DatapathError> {
-        if interface_index(iface).is_none() {
-            return Err(DatapathError::NoInterface(iface.to_string()));
-        }
-        let pins = PinDir::prepare(bpffs, iface)?;
-        pins.check_layout()?;
+        let pins = Self::check(iface, bpffs)?;
+        let ifindex = interface_index(iface).ok_or_else(|| DatapathError::NoInterface(iface.into()))?;
+        pins.create(bpffs)?;
         let adopted = pins.has_maps();
-        let mut max_pairs = options.max_pairs;
+        let mut options = *options;
         if adopted {
             if let Ok(info) = MapInfo::from_pin(pins.map(SLOT_KEYS_MAP)) {
-                if info.max_entries() != max_pairs {
+                if info.max_entries() != options.max_pairs {
                     log::warn!(
-                        "the pinned pair table holds {} pairs; --max-pairs {max_pairs} takes effect after a stop without --keep-attached",
-                        info.max_entries()
+                        "the pinned pair table holds {} pairs; --max-pairs {} takes effect after a stop without --keep-attached",
+                        info.max_entries(),
+                        options.max_pairs
                     );
-                    max_pairs = info.max_entries();
+                    options.max_pairs = info.max_entries();
                 }
             }
+            // Pins of a build that did not record it were made per pair.
+            let pinned = pins.granularity().unwrap_or_default();
+            if pinned != options.granularity {
+                log::warn!(
+                    "the pinned pair table is keyed per {}; --granularity {} takes effect after a stop without --keep-attached",
+                    pinned.name(),
+                    options.granularity.name()
+                );
+                options.granularity = pinned;
+            }
         }
-        let options = LoadOptions {
-            max_pairs,
-            ..*options
-        };
-        let cache = SlotCache::for_slots(max_pairs);
+        let cache = SlotCache::for_slots(options.max_pairs);
         let mut loader = options.loader(&cache)?;
         let paths: Vec<_> = MAP_LAYOUTS
             .iter()
@@ -267,6 +285,7 @@ impl Datapath {
         }
         let mut ebpf = load_with(&mut loader)?;
         let instance = identify(&mut ebpf, adopted)?;
+        pins.record_granularity(options.granularity)?;
         let table = pairs::PairTable::of(&ebpf)?;
         let claimed = if adopted {
             let orphans = table.release_orphans()?;
@@ -278,6 +297,30 @@ impl Datapath {
             table.free_all()?;
             0
         };
+        let stale = pins.stale_links(ifindex);
+        if !stale.is_empty() {
+            let was = stale
+                .iter()
+                .map(|(_, index)| match index {
+                    0 => "gone".to_string(),
+                    n => format!("ifindex {n}"),
+                })
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect::<Vec<_>>()
+                .join(", ");
+            log::warn!(
+                "the programs pinned in {} were attached to an earlier {iface} ({was}); its \
+                 counters and quota usage carry on, and the programs are attached to this \
+                 {iface} (ifindex {ifindex}) instead",
+                pins.path().display()
+            );
+            for hook in [Hook::Ingress, Hook::TcIngress, Hook::Egress] {
+                if pins.link(hook).exists() {
+                    pins.remove_link(hook)?;
+                }
+            }
+        }
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
             Ok(logger) => Some(logger),
             Err(e) => {
@@ -292,6 +335,7 @@ impl Datapath {
             ebpf,
             iface: iface.to_string(),
             ingress,
+            ifindex,
             logger,
             pins,
             links,
@@ -299,6 +343,18 @@ impl Datapath {
             instance,
             claimed,
         })
+    }
+
+    /// Refuses, before anything is created or loaded, what [`Datapath::attach`]
+    /// would refuse: a missing interface, pins of another layout or of a
+    /// netmon that did not key them by namespace. Returns the pin directory.
+    pub fn check(iface: &str, bpffs: &Path) -> Result<PinDir, DatapathError> {
+        if interface_index(iface).is_none() {
+            return Err(DatapathError::NoInterface(iface.to_string()));
+        }
+        let pins = PinDir::of(bpffs, iface)?;
+        pins.check(bpffs, iface)?;
+        Ok(pins)
     }
 
     /// True when this run took over maps and links pinned by an earlier one.
@@ -338,6 +394,12 @@ impl Datapath {
     /// The interface the programs are attached to.
     pub fn iface(&self) -> &str {
         &self.iface
+    }
+
+    /// False once the interface attached to is gone (deleted, or deleted
+    /// and recreated: the programs do not follow).
+    pub fn attached(&self) -> bool {
+        interface_index(&self.iface) == Some(self.ifindex)
     }
 
     /// The ingress hook in use, when netmon attached it (not when adopted).

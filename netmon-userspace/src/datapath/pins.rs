@@ -63,21 +63,98 @@ pub struct PinDir {
 }
 
 impl PinDir {
-    /// The pin directory for `iface` under `bpffs`, mounting bpffs there if needed.
-    pub fn prepare(bpffs: &Path, iface: &str) -> Result<PinDir, DatapathError> {
+    /// The pin directory of `iface` in the calling thread's network namespace:
+    /// `<bpffs>/netmon/<netns id>/<iface>`. Containers all name their interface
+    /// `eth0`; the namespace keeps their pins apart. Nothing is created yet.
+    pub fn of(bpffs: &Path, iface: &str) -> Result<PinDir, DatapathError> {
+        let netns = super::sys::netns_id().map_err(|e| {
+            DatapathError::Pins(format!(
+                "cannot identify this network namespace ({e}); netmon needs /proc mounted"
+            ))
+        })?;
+        Ok(PinDir {
+            dir: bpffs.join("netmon").join(netns).join(iface),
+        })
+    }
+
+    /// Refuses pins this run must not touch, before anything is created: pins
+    /// of a netmon version that did not key them by namespace (they could be
+    /// another namespace's), and maps of another layout.
+    pub fn check(&self, bpffs: &Path, iface: &str) -> Result<(), DatapathError> {
+        let legacy = bpffs.join("netmon").join(iface);
+        if legacy.join(POLICY_MAP).exists() {
+            return Err(DatapathError::Layout(format!(
+                "{} holds pins of an earlier netmon version, which did not record their network \
+                 namespace, so they may belong to another namespace's {iface}: stop that netmon \
+                 without --keep-attached, or remove {} (the traffic since its last poll is then \
+                 lost), then start again",
+                legacy.display(),
+                legacy.display()
+            )));
+        }
+        self.check_layout()
+    }
+
+    /// Creates the directory, mode 0700, mounting bpffs at `bpffs` if needed.
+    pub fn create(&self, bpffs: &Path) -> Result<(), DatapathError> {
         ensure_bpffs(bpffs)?;
-        let dir = bpffs.join("netmon").join(iface);
+        let dir = &self.dir;
         let io =
             |e: std::io::Error| DatapathError::Pins(format!("creating {}: {e}", dir.display()));
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
-            .create(&dir)
+            .create(dir)
             .map_err(io)?;
-        for d in [dir.parent().unwrap(), &dir] {
+        let mut level = Some(dir.as_path());
+        while let Some(d) = level.filter(|d| d.starts_with(bpffs) && *d != bpffs) {
             std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
+            level = d.parent();
         }
-        Ok(PinDir { dir })
+        Ok(())
+    }
+
+    /// The hooks whose pinned links are not attached to interface `ifindex`:
+    /// links of an earlier interface of the same name, since deleted (the
+    /// kernel then reports index 0) or renamed.
+    pub fn stale_links(&self, ifindex: u32) -> Vec<(Hook, u32)> {
+        [Hook::Ingress, Hook::TcIngress, Hook::Egress]
+            .into_iter()
+            .filter(|hook| self.link(*hook).exists())
+            .filter_map(|hook| {
+                // An unreadable pin is no link netmon can adopt either.
+                let attached = super::sys::pinned_link_ifindex(&self.link(hook)).unwrap_or(0);
+                (attached != ifindex).then_some((hook, attached))
+            })
+            .collect()
+    }
+
+    /// Unpins a hook's link: with no daemon holding it, the link is released.
+    pub fn remove_link(&self, hook: Hook) -> Result<(), DatapathError> {
+        let path = self.link(hook);
+        std::fs::remove_file(&path)
+            .map_err(|e| DatapathError::Pins(format!("removing {}: {e}", path.display())))
+    }
+
+    /// The pair-table granularity the pinned programs were loaded with, if
+    /// recorded (a directory named after it, since bpffs holds no files).
+    pub fn granularity(&self) -> Option<super::Granularity> {
+        [super::Granularity::Pair, super::Granularity::FiveTuple]
+            .into_iter()
+            .find(|g| self.dir.join(granularity_marker(*g)).is_dir())
+    }
+
+    /// Records the granularity of newly created maps.
+    pub fn record_granularity(&self, granularity: super::Granularity) -> Result<(), DatapathError> {
+        let path = self.dir.join(granularity_marker(granularity));
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&path)
+            .or_else(|e| match e.kind() {
+                std::io::ErrorKind::AlreadyExists => Ok(()),
+                _ => Err(e),
+            })
+            .map_err(|e| DatapathError::Pins(format!("creating {}: {e}", path.display())))
     }
 
     /// The directory.
@@ -146,17 +223,25 @@ impl PinDir {
         Ok(())
     }
 
-    /// Removes every pin and the directory: the maps and links go away with
-    /// the last file descriptor.
+    /// Removes every pin and the directory (and the namespace's and netmon's
+    /// directories once empty): the maps and links go away with the last
+    /// file descriptor.
     pub fn remove(&self) -> std::io::Result<()> {
         if self.dir.exists() {
             std::fs::remove_dir_all(&self.dir)?;
         }
-        let parent = self.dir.parent().unwrap();
-        if std::fs::read_dir(parent).is_ok_and(|mut d| d.next().is_none()) {
+        for parent in self.dir.ancestors().skip(1).take(2) {
+            // Fails, as it should, while another interface's pins are inside.
             let _ = std::fs::remove_dir(parent);
         }
         Ok(())
+    }
+}
+
+fn granularity_marker(granularity: super::Granularity) -> &'static str {
+    match granularity {
+        super::Granularity::Pair => "granularity-pair",
+        super::Granularity::FiveTuple => "granularity-5tuple",
     }
 }
 

@@ -38,7 +38,7 @@ pub fn run(scale: Scale) -> Vec<Row> {
         ],
     )
     .unwrap();
-    let pins = bpffs.path().join("netmon").join(&net.a.iface);
+    let pins = netmon.pins.clone();
     let table = PairTable::pinned(&pins).unwrap_or_else(|e| panic!("{}: {e}", pins.display()));
     crate::readout::fill(&table, pairs);
     // Polls (1 s apart) with every pair in them: the first accounts them all, the rest none.
