@@ -13,8 +13,7 @@ use netmon_common::{
     classify::{PROTO_TCP, PROTO_UDP},
     maps::{is_v4_mapped, CacheProbe, CachedSlot, CACHE_WAYS},
     policy::{
-        decide, find_quota, Decision, FlowPolicy, PacketFacts, RuleKind, RuleList, NO_LIST,
-        NO_RULE,
+        decide, find_quota, Decision, FlowPolicy, PacketFacts, RuleKind, RuleList, NO_LIST, NO_RULE,
     },
     service, Classified, Counter, Direction, IpHeader, PairKey, PairKeyV4, PairStats, L3, L4,
 };

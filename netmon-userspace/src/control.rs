@@ -49,6 +49,11 @@ pub enum Request {
         /// Its name.
         name: String,
     },
+    /// Remove a quota added with the CLI.
+    RemoveQuota {
+        /// Its name.
+        name: String,
+    },
     /// List quotas.
     Quotas,
 }
@@ -108,60 +113,228 @@ fn only_socket() -> anyhow::Result<PathBuf> {
     }
 }
 
+/// The largest request the daemon reads: a blocklist of a million CIDRs.
+pub const MAX_REQUEST: u64 = 64 << 20;
+/// How long a client may take to send its request, and to take the answer.
+const CLIENT_TIME: Duration = Duration::from_secs(5);
+/// Connections served at once; more wait for one of them to end.
+const CONNECTIONS: usize = 32;
+
+/// The private directory for sockets and claims: created 0700, and refused
+/// when it is a link or another user's, since netmon runs as root.
+fn private_dir() -> anyhow::Result<&'static Path> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    let dir = Path::new(SOCKET_DIR);
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => bail!("creating {SOCKET_DIR}: {e}; run netmon as root"),
+    }
+    let meta = std::fs::symlink_metadata(dir).with_context(|| format!("reading {SOCKET_DIR}"))?;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if !meta.is_dir() || meta.uid() != me || meta.permissions().mode() & 0o022 != 0 {
+        bail!(
+            "{SOCKET_DIR} is not a directory of this user that only it can write (a link, \
+             another user's, or group/world-writable); remove it and start netmon again"
+        );
+    }
+    Ok(dir)
+}
+
+/// A valid interface name: it names files in [`SOCKET_DIR`], so no path.
+fn check_iface_name(iface: &str) -> anyhow::Result<()> {
+    if iface.is_empty()
+        || iface.len() > 15
+        || iface == "."
+        || iface == ".."
+        || iface.contains(['/', ':'])
+        || iface.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        bail!(
+            "'{}' is not an interface name (at most 15 characters, no '/', ':' or spaces); \
+             check it with `ip link`",
+            iface.escape_default()
+        );
+    }
+    Ok(())
+}
+
+/// One daemon's claim on an interface, held while it runs: a second `netmon
+/// run` on the interface is refused before it loads, attaches or writes anything.
+pub struct Claim {
+    _file: std::fs::File,
+}
+
+impl Claim {
+    /// Takes the claim on `iface`, or says which daemon holds it.
+    pub fn take(iface: &str) -> anyhow::Result<Claim> {
+        use std::os::{fd::AsRawFd, unix::fs::OpenOptionsExt};
+        check_iface_name(iface)?;
+        let path = private_dir()?.join(format!("{iface}.lock"));
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            bail!(
+                "another netmon daemon already runs on {iface} (pid {}); stop it first",
+                holder.trim()
+            );
+        }
+        file.set_len(0)?;
+        std::io::Write::write_all(&mut file, format!("{}\n", std::process::id()).as_bytes())?;
+        Ok(Claim { _file: file })
+    }
+}
+
+/// A request read from a client, with where its answer goes.
+pub struct Incoming {
+    /// What the client asks.
+    pub request: Request,
+    /// Where the answer goes back to the client's connection.
+    pub reply: tokio::sync::oneshot::Sender<Response>,
+}
+
 /// The daemon's listening socket; removed on drop.
 pub struct Listener {
-    listener: tokio::net::UnixListener,
+    requests: tokio::sync::mpsc::Receiver<Incoming>,
     path: PathBuf,
+    accept: tokio::task::JoinHandle<()>,
 }
 
 impl Listener {
-    /// Binds `/run/netmon/<iface>.sock`, mode 0600, replacing a stale socket.
-    pub fn bind(iface: &str) -> anyhow::Result<Listener> {
-        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(SOCKET_DIR)
-            .with_context(|| format!("creating {SOCKET_DIR}"))?;
+    /// Binds `/run/netmon/<iface>.sock`, mode 0600, replacing a stale socket
+    /// (the [`Claim`] says no daemon owns it), and serves clients concurrently:
+    /// each has [`CLIENT_TIME`] to send one request of at most [`MAX_REQUEST`]
+    /// bytes and to take the answer, so an idle or slow client delays no one.
+    pub fn bind(iface: &str, _claim: &Claim) -> anyhow::Result<Listener> {
+        use std::os::unix::fs::PermissionsExt;
+        private_dir()?;
         let path = socket_path(iface);
-        if UnixStream::connect(&path).is_ok() {
-            bail!(
-                "another netmon daemon already runs on {iface} ({}); stop it first",
-                path.display()
-            );
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => bail!("removing the stale socket {}: {e}", path.display()),
         }
-        let _ = std::fs::remove_file(&path);
         let listener = tokio::net::UnixListener::bind(&path)
             .with_context(|| format!("binding the control socket {}", path.display()))?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-        Ok(Listener { listener, path })
+        let (sender, requests) = tokio::sync::mpsc::channel(CONNECTIONS);
+        let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(CONNECTIONS));
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    return;
+                };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let sender = sender.clone();
+                tokio::spawn(async move {
+                    serve(stream, sender).await;
+                    drop(slot);
+                });
+            }
+        });
+        Ok(Listener {
+            requests,
+            path,
+            accept,
+        })
     }
 
-    /// Waits for the next request; returns it with the connection to answer on.
-    pub async fn next(&self) -> std::io::Result<(Request, tokio::net::UnixStream)> {
-        use tokio::io::AsyncBufReadExt;
-        loop {
-            let (stream, _) = self.listener.accept().await?;
-            let mut reader = tokio::io::BufReader::new(stream);
-            let mut line = String::new();
-            let read =
-                tokio::time::timeout(Duration::from_secs(5), reader.read_line(&mut line)).await;
-            let stream = reader.into_inner();
-            match read {
-                Ok(Ok(_)) => match serde_json::from_str(&line) {
-                    Ok(request) => return Ok((request, stream)),
-                    Err(e) => answer(stream, Response::Error(format!("bad request: {e}"))).await,
-                },
-                _ => continue,
-            }
-        }
+    /// Waits for the next well-formed request.
+    pub async fn next(&mut self) -> Option<Incoming> {
+        self.requests.recv().await
     }
 }
 
 impl Drop for Listener {
     fn drop(&mut self) {
+        self.accept.abort();
         let _ = std::fs::remove_file(&self.path);
     }
+}
+
+/// Reads one request, hands it to the daemon and writes its answer back.
+async fn serve(stream: tokio::net::UnixStream, daemon: tokio::sync::mpsc::Sender<Incoming>) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+    let mut reader = tokio::io::BufReader::new(stream).take(MAX_REQUEST + 1);
+    let mut line = Vec::new();
+    let read = tokio::time::timeout(CLIENT_TIME, reader.read_until(b'\n', &mut line)).await;
+    let stream = reader.into_inner().into_inner();
+    let response = match read {
+        Err(_) => return, // too slow: nothing to answer
+        Ok(Err(_)) => return,
+        Ok(Ok(_)) if line.len() as u64 > MAX_REQUEST => Response::Error(format!(
+            "bad request: longer than {MAX_REQUEST} bytes; import big lists from a file in the policy"
+        )),
+        Ok(Ok(_)) => match parse_strict(&line) {
+            Err(e) => Response::Error(format!("bad request: {e}")),
+            Ok(request) => {
+                let (reply, answer) = tokio::sync::oneshot::channel();
+                if daemon.send(Incoming { request, reply }).await.is_err() {
+                    return; // the daemon is stopping
+                }
+                match answer.await {
+                    Ok(response) => response,
+                    Err(_) => return,
+                }
+            }
+        },
+    };
+    let _ = tokio::time::timeout(CLIENT_TIME, answer(stream, response)).await;
+}
+
+/// Parses a request and refuses any field it does not know: a client's
+/// `start_day` that no request has must not vanish silently.
+pub fn parse_strict(line: &[u8]) -> Result<Request, String> {
+    let given: serde_json::Value = serde_json::from_slice(line).map_err(|e| e.to_string())?;
+    let request: Request = serde_json::from_value(given.clone()).map_err(|e| e.to_string())?;
+    let understood = serde_json::to_value(&request).map_err(|e| e.to_string())?;
+    match unknown_field(&given, &understood, "") {
+        Some(field) => Err(format!("unknown field '{field}'")),
+        None => Ok(request),
+    }
+}
+
+/// The first field of `given` that `understood` (the same request as netmon
+/// read it) lacks, other than an empty or default one that it leaves out.
+fn unknown_field(
+    given: &serde_json::Value,
+    understood: &serde_json::Value,
+    at: &str,
+) -> Option<String> {
+    use serde_json::Value;
+    let (Value::Object(given), Value::Object(understood)) = (given, understood) else {
+        return None;
+    };
+    given.iter().find_map(|(key, value)| {
+        let path = if at.is_empty() {
+            key.clone()
+        } else {
+            format!("{at}.{key}")
+        };
+        match understood.get(key) {
+            Some(read) => unknown_field(value, read, &path),
+            None => {
+                let default = match value {
+                    Value::Null | Value::Bool(false) => true,
+                    Value::Array(a) => a.is_empty(),
+                    _ => false,
+                };
+                (!default).then_some(path)
+            }
+        }
+    })
 }
 
 /// Writes the response and closes the connection.
@@ -170,4 +343,52 @@ pub async fn answer(mut stream: tokio::net::UnixStream, response: Response) {
     let mut line = serde_json::to_string(&response).expect("response serialises");
     line.push('\n');
     let _ = stream.write_all(line.as_bytes()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_with_fields_netmon_does_not_know_are_refused() {
+        let quota = |extra: &str| {
+            format!(
+                r#"{{"request":"set_quota","quota":{{"name":"q","cidrs":["10.0.0.0/8"],
+                "limit":1000,"period":"monthly","warn":[]{extra}}}}}"#
+            )
+        };
+        assert!(matches!(
+            parse_strict(quota("").as_bytes()),
+            Ok(Request::SetQuota { .. })
+        ));
+        assert_eq!(
+            parse_strict(quota(r#","start_day":40"#).as_bytes()).unwrap_err(),
+            "unknown field 'quota.start_day'"
+        );
+        // Defaults a client may spell out are no unknown fields.
+        assert!(parse_strict(quota(r#","all":false,"proto":null"#).as_bytes()).is_ok());
+        assert_eq!(
+            parse_strict(br#"{"request":"rules","verbose":true}"#).unwrap_err(),
+            "unknown field 'verbose'"
+        );
+        assert!(parse_strict(b"{\"request\":\"set_quota\",\"quota\":{\"name\":\"q\",\"limit\":1,\"period\":\"monthly:40\"}}")
+            .unwrap_err()
+            .contains("start day 40"));
+    }
+
+    #[test]
+    fn interface_names_cannot_leave_the_socket_directory() {
+        for bad in [
+            "",
+            "..",
+            "../etc",
+            "a/b",
+            "eth0:1",
+            "x y",
+            "sixteen_chars_xx",
+        ] {
+            assert!(check_iface_name(bad).is_err(), "{bad:?}");
+        }
+        check_iface_name("eth0").unwrap();
+    }
 }

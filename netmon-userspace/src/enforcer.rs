@@ -36,9 +36,19 @@ pub struct PersistedPolicy {
     /// Delivered bytes in the `--alert-threshold` period.
     #[serde(default)]
     pub total: crate::alerts::PeriodUsage,
-    /// Datapath id of every rule and quota, so they keep them across restarts.
+    /// Id of every rule and quota, so they keep them across restarts.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub ids: std::collections::BTreeMap<String, u32>,
+    /// Datapath slot of every rule and quota (files of earlier versions: the id).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub slots: std::collections::BTreeMap<String, u32>,
+    /// The id the next new rule or quota gets: ids are never reused.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub next_id: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// The CLI's rules and quotas and every rule's id: the part of the policy
@@ -47,8 +57,14 @@ pub struct PersistedPolicy {
 pub struct PersistedRules {
     /// Rules and quotas added with the CLI.
     pub runtime: PolicySet,
-    /// Datapath id of every rule and quota.
+    /// Id of every rule and quota.
     pub ids: std::collections::BTreeMap<String, u32>,
+    /// Datapath slot of every rule and quota (files of earlier versions: the id).
+    #[serde(default)]
+    pub slots: std::collections::BTreeMap<String, u32>,
+    /// The id the next new rule or quota gets: ids are never reused.
+    #[serde(default)]
+    pub next_id: u32,
 }
 
 /// One quota's usage, as persisted.
@@ -63,12 +79,16 @@ pub struct QuotaUsage {
     /// Warn levels already alerted in this period (100 = exhausted).
     #[serde(default)]
     pub fired: Vec<u8>,
+    /// End of the period, in the time zone it was counted in: usage carries
+    /// over a change of `--timezone` while this period runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub period_end: Option<Timestamp>,
 }
 
 /// A rule as `netmon rules` shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RuleView {
-    /// Datapath id.
+    /// Id, never reused.
     pub id: u32,
     /// `block …` / `allow …`.
     pub rule: String,
@@ -83,7 +103,7 @@ pub struct RuleView {
 /// A quota as `netmon quota list` shows it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct QuotaView {
-    /// Datapath id.
+    /// Id, never reused.
     pub id: u32,
     /// Name.
     pub name: String,
@@ -111,6 +131,23 @@ struct QuotaPeriod {
     fired: BTreeSet<u8>,
 }
 
+/// A rule's or quota's names: the id users see, never reused, and the
+/// datapath slot of its counters and quota state, reused once freed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Ids {
+    id: u32,
+    slot: u32,
+}
+
+/// What a change of policy would write: every item's ids and the compiled tables.
+struct Plan {
+    ids: HashMap<String, Ids>,
+    /// Slots no item held before: their counters start from zero.
+    fresh: Vec<u32>,
+    next_id: u32,
+    tables: crate::policy::compile::Tables,
+}
+
 /// The policy in force, and how to change it.
 pub struct Enforcer {
     iface: String,
@@ -118,7 +155,8 @@ pub struct Enforcer {
     file_stamp: Option<(SystemTime, u64)>,
     file_set: PolicySet,
     runtime: PolicySet,
-    ids: HashMap<String, u32>,
+    ids: HashMap<String, Ids>,
+    next_id: u32,
     kernel: Enforcement,
     periods: HashMap<String, QuotaPeriod>,
     restored: HashMap<String, QuotaUsage>,
@@ -136,6 +174,14 @@ fn quota_key(name: &str) -> String {
     format!("quota {name}")
 }
 
+/// A rule or quota with no condition at all, persisted by a netmon that did
+/// not ask for `all`: it matched every packet, and still does, now saying so.
+fn mark_unconditional(matcher: &mut crate::policy::Match) {
+    if matcher.is_unconditional() {
+        matcher.all = true;
+    }
+}
+
 impl Enforcer {
     /// Reads the policy file (if any); nothing is written to the kernel yet.
     pub fn new(
@@ -144,13 +190,35 @@ impl Enforcer {
         persisted: PersistedPolicy,
         tz: TimeZone,
     ) -> Result<Self, String> {
+        let mut runtime = persisted.runtime;
+        for rule in &mut runtime.rules {
+            mark_unconditional(&mut rule.matcher);
+        }
+        for quota in &mut runtime.quotas {
+            mark_unconditional(&mut quota.matcher);
+        }
+        let ids: HashMap<String, Ids> = persisted
+            .ids
+            .iter()
+            .map(|(key, id)| {
+                let slot = persisted.slots.get(key).copied().unwrap_or(*id);
+                (key.clone(), Ids { id: *id, slot })
+            })
+            .collect();
+        let next_id = ids
+            .values()
+            .map(|i| i.id + 1)
+            .chain([persisted.next_id])
+            .max()
+            .unwrap_or(0);
         let mut enforcer = Enforcer {
             iface: iface.to_string(),
             file,
             file_stamp: None,
             file_set: PolicySet::default(),
-            runtime: persisted.runtime,
-            ids: persisted.ids.into_iter().collect(),
+            runtime,
+            ids,
+            next_id,
             kernel: Enforcement::default(),
             restore_quotas: true,
             periods: HashMap::new(),
@@ -177,9 +245,24 @@ impl Enforcer {
         Ok(())
     }
 
-    /// Writes the whole policy into the kernel (at start and after every change).
-    /// On error nothing changes and the policy in force stays.
-    pub fn apply(&mut self, ebpf: &mut Ebpf, now: Timestamp) -> Result<(), String> {
+    /// Refuses a policy that cannot be enforced (two items of one key, more
+    /// than the datapath holds), without touching the kernel: run at start,
+    /// before anything is loaded.
+    pub fn check(&self) -> Result<(), String> {
+        self.plan().map(|_| ())
+    }
+
+    fn quotas_in_force(&self) -> impl Iterator<Item = &Quota> {
+        self.file_set.quotas.iter().chain(&self.runtime.quotas)
+    }
+
+    fn rules_in_force(&self) -> impl Iterator<Item = &Rule> {
+        self.file_set.rules.iter().chain(&self.runtime.rules)
+    }
+
+    /// Ids and tables for the policy as it stands: a rule keeps its ids (and
+    /// counters) while it exists; a new one gets the next id and a free slot.
+    fn plan(&self) -> Result<Plan, String> {
         let mut seen = HashMap::new();
         for (origin, set) in [
             ("the policy file", &self.file_set),
@@ -198,39 +281,42 @@ impl Enforcer {
                 }
             }
         }
-        // Stable ids: a rule keeps its id (and counters) while it exists.
-        let mut ids: HashMap<String, u32> = HashMap::new();
-        let mut fresh = Vec::new();
         let mut taken: BTreeSet<u32> = self
             .ids
             .iter()
             .filter(|(k, _)| seen.contains_key(*k))
-            .map(|(_, id)| *id)
+            .map(|(_, ids)| ids.slot)
             .collect();
-        for key in seen.keys() {
-            let id = match self.ids.get(key) {
-                Some(id) => *id,
+        let mut ids = HashMap::new();
+        let mut fresh = Vec::new();
+        let mut next_id = self.next_id;
+        // In a stable order, so that the ids new items get follow the file and the CLI.
+        let keys = self
+            .rules_in_force()
+            .map(Rule::key)
+            .chain(self.quotas_in_force().map(|q| quota_key(&q.name)));
+        for key in keys {
+            let item = match self.ids.get(&key) {
+                Some(known) => *known,
                 None => {
-                    let id = (0..MAX_RULES)
-                        .find(|id| !taken.contains(id))
+                    let slot = (0..MAX_RULES)
+                        .find(|slot| !taken.contains(slot))
                         .ok_or_else(|| format!("more than {MAX_RULES} rules and quotas"))?;
-                    taken.insert(id);
-                    fresh.push(id);
-                    id
+                    taken.insert(slot);
+                    fresh.push(slot);
+                    next_id += 1;
+                    Ids {
+                        id: next_id - 1,
+                        slot,
+                    }
                 }
             };
-            ids.insert(key.clone(), id);
+            ids.insert(key, item);
         }
-        let rules = self.file_set.rules.iter().chain(&self.runtime.rules);
-        let quotas: Vec<&Quota> = self
-            .file_set
-            .quotas
-            .iter()
-            .chain(&self.runtime.quotas)
-            .collect();
-        let mut items: Vec<Item> = rules
+        let mut items: Vec<Item> = self
+            .rules_in_force()
             .map(|r| Item {
-                id: ids[&r.key()],
+                id: ids[&r.key()].slot,
                 kind: match r.action {
                     crate::policy::Action::Block => RuleKind::Block,
                     crate::policy::Action::Allow => RuleKind::Allow,
@@ -238,27 +324,40 @@ impl Enforcer {
                 matcher: &r.matcher,
             })
             .collect();
-        items.extend(quotas.iter().map(|q| Item {
-            id: ids[&quota_key(&q.name)],
+        items.extend(self.quotas_in_force().map(|q| Item {
+            id: ids[&quota_key(&q.name)].slot,
             kind: RuleKind::Quota,
             matcher: &q.matcher,
         }));
         let tables = compile(&items)?;
+        Ok(Plan {
+            ids,
+            fresh,
+            next_id,
+            tables,
+        })
+    }
 
+    /// Writes the whole policy into the kernel (at start and after every change).
+    /// On error nothing changes and the policy in force stays.
+    pub fn apply(&mut self, ebpf: &mut Ebpf, now: Timestamp) -> Result<(), String> {
+        let plan = self.plan()?;
         // Counters and budgets before the lists that use them go live.
         let err = |e: crate::datapath::DatapathError| e.to_string();
-        for id in &fresh {
-            enforce::clear_rule_counters(ebpf, *id).map_err(err)?;
+        for slot in &plan.fresh {
+            enforce::clear_rule_counters(ebpf, *slot).map_err(err)?;
         }
+        let quotas: Vec<Quota> = self.quotas_in_force().cloned().collect();
         for quota in &quotas {
-            let id = ids[&quota_key(&quota.name)];
+            let slot = plan.ids[&quota_key(&quota.name)].slot;
+            let fresh = plan.fresh.contains(&slot);
             let start = quota.period.start_at(now, &self.tz);
             let known = self.periods.contains_key(&quota.name);
             // What the state file says of this quota's current period, if anything.
             let restored = self
                 .restored
                 .remove(&quota.name)
-                .filter(|r| r.period_start == start);
+                .filter(|r| self.same_period(quota, r, start, now));
             if !known {
                 let period = self.periods.entry(quota.name.clone()).or_default();
                 period.start = start;
@@ -267,13 +366,13 @@ impl Enforcer {
                     .flat_map(|r| r.fired.iter().copied())
                     .collect();
             }
-            let kernel_used = || enforce::quota(ebpf, id).map(|q| q.used).map_err(err);
-            let used = if known && !fresh.contains(&id) {
+            let kernel_used = || enforce::quota(ebpf, slot).map(|q| q.used).map_err(err);
+            let used = if known && !fresh {
                 kernel_used()?
             } else {
                 match restored {
                     // Adopted maps counted on while we were away: they know better.
-                    Some(_) if !self.restore_quotas && !fresh.contains(&id) => kernel_used()?,
+                    Some(_) if !self.restore_quotas && !fresh => kernel_used()?,
                     Some(r) => r.used,
                     // A new quota, or a period that ended while netmon was down.
                     None => 0,
@@ -281,7 +380,7 @@ impl Enforcer {
             };
             enforce::set_quota(
                 ebpf,
-                id,
+                slot,
                 QuotaState {
                     limit: quota.limit,
                     used,
@@ -289,13 +388,47 @@ impl Enforcer {
             )
             .map_err(err)?;
         }
-        let applied = self.kernel.apply(ebpf, &tables).map_err(err)?;
+        let applied = self.kernel.apply(ebpf, &plan.tables).map_err(err)?;
         log::debug!("policy applied: {applied:?}");
         self.periods
-            .retain(|name, _| ids.contains_key(&quota_key(name)));
-        self.ids = ids;
+            .retain(|name, _| plan.ids.contains_key(&quota_key(name)));
+        self.ids = plan.ids;
+        self.next_id = plan.next_id;
         self.rules_version += 1;
         Ok(())
+    }
+
+    /// True when `restored` is the usage of `quota`'s period that runs now.
+    /// A period that began at another instant was counted in another time
+    /// zone (`--timezone` changed): while it has not ended, its usage carries
+    /// over into this zone's period, said in one log line.
+    fn same_period(
+        &self,
+        quota: &Quota,
+        restored: &QuotaUsage,
+        start: Option<Timestamp>,
+        now: Timestamp,
+    ) -> bool {
+        if restored.period_start == start {
+            return true;
+        }
+        let (Some(old_start), Some(old_end), Some(new_start)) =
+            (restored.period_start, restored.period_end, start)
+        else {
+            return false;
+        };
+        if now >= old_end {
+            return false;
+        }
+        log::info!(
+            "quota '{}': its {} period began at {old_start} in the time zone it was counted in \
+             and begins at {new_start} in {}; the {} B used carry over into this period",
+            quota.name,
+            quota.period,
+            self.tz.iana_name().unwrap_or("the system time zone"),
+            restored.used
+        );
+        true
     }
 
     /// A number that changes whenever [`Enforcer::persisted_rules`] may have:
@@ -304,11 +437,13 @@ impl Enforcer {
         self.rules_version
     }
 
-    /// The CLI's rules and every rule's id, to persist.
+    /// The CLI's rules and every rule's ids, to persist.
     pub fn persisted_rules(&self) -> PersistedRules {
         PersistedRules {
             runtime: self.runtime.clone(),
-            ids: self.ids.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            ids: self.ids.iter().map(|(k, v)| (k.clone(), v.id)).collect(),
+            slots: self.ids.iter().map(|(k, v)| (k.clone(), v.slot)).collect(),
+            next_id: self.next_id,
         }
     }
 
@@ -354,16 +489,25 @@ impl Enforcer {
         Some(result)
     }
 
-    /// Adds a CLI rule.
-    pub fn add_rule(&mut self, ebpf: &mut Ebpf, rule: Rule, now: Timestamp) -> Result<u32, String> {
-        rule.matcher.validate()?;
+    /// Adds a CLI rule; a rule already in force (from the CLI or the file)
+    /// is not added twice: its id comes back, with `true`.
+    pub fn add_rule(
+        &mut self,
+        ebpf: &mut Ebpf,
+        rule: Rule,
+        now: Timestamp,
+    ) -> Result<(u32, bool), String> {
+        rule.validate()?;
         let key = rule.key();
+        if self.rules_in_force().any(|r| r.key() == key) {
+            return Ok((self.ids[&key].id, true));
+        }
         self.runtime.rules.push(rule);
         if let Err(e) = self.apply(ebpf, now) {
             self.runtime.rules.pop();
             return Err(e);
         }
-        Ok(self.ids[&key])
+        Ok((self.ids[&key].id, false))
     }
 
     /// Removes a CLI rule, chosen by its spelling or its id.
@@ -376,7 +520,7 @@ impl Enforcer {
     ) -> Result<String, String> {
         let wanted = |r: &Rule| match (&rule, id) {
             (Some(want), _) => r.key() == want.key(),
-            (None, Some(id)) => self.ids.get(&r.key()) == Some(&id),
+            (None, Some(id)) => self.ids.get(&r.key()).is_some_and(|ids| ids.id == id),
             (None, None) => false,
         };
         if self.file_set.rules.iter().any(wanted) {
@@ -396,29 +540,58 @@ impl Enforcer {
         Ok(removed.to_string())
     }
 
-    /// Adds or replaces a CLI quota.
+    /// Adds or replaces a CLI quota; the same quota again changes nothing
+    /// and its id comes back, with `true`.
     pub fn set_quota(
         &mut self,
         ebpf: &mut Ebpf,
         quota: Quota,
         now: Timestamp,
-    ) -> Result<u32, String> {
-        quota.matcher.validate()?;
+    ) -> Result<(u32, bool), String> {
+        quota.validate()?;
         if self.file_set.quotas.iter().any(|q| q.name == quota.name) {
             return Err(format!(
                 "quota '{}' comes from the policy file; change it there",
                 quota.name
             ));
         }
+        let key = quota_key(&quota.name);
+        if self.runtime.quotas.contains(&quota) {
+            return Ok((self.ids[&key].id, true));
+        }
         let previous = self.runtime.quotas.clone();
         self.runtime.quotas.retain(|q| q.name != quota.name);
-        let name = quota.name.clone();
         self.runtime.quotas.push(quota);
         if let Err(e) = self.apply(ebpf, now) {
             self.runtime.quotas = previous;
             return Err(e);
         }
-        Ok(self.ids[&quota_key(&name)])
+        Ok((self.ids[&key].id, false))
+    }
+
+    /// Removes a CLI quota: its traffic is no longer counted or limited.
+    pub fn remove_quota(
+        &mut self,
+        ebpf: &mut Ebpf,
+        name: &str,
+        now: Timestamp,
+    ) -> Result<(), String> {
+        if self.file_set.quotas.iter().any(|q| q.name == name) {
+            return Err(format!(
+                "quota '{name}' comes from the policy file; remove it there (netmon re-reads the file)"
+            ));
+        }
+        let Some(pos) = self.runtime.quotas.iter().position(|q| q.name == name) else {
+            return Err(format!(
+                "no quota named '{name}'; `netmon quota list` lists them"
+            ));
+        };
+        let removed = self.runtime.quotas.remove(pos);
+        if let Err(e) = self.apply(ebpf, now) {
+            self.runtime.quotas.insert(pos, removed);
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// Starts a quota's period over: usage 0, traffic flows again.
@@ -426,8 +599,8 @@ impl Enforcer {
         let quota = self
             .quota(name)
             .ok_or_else(|| format!("no quota named '{name}'; `netmon quota list` lists them"))?;
-        let id = self.ids[&quota_key(name)];
-        restart_quota(ebpf, id, quota.limit)?;
+        let slot = self.ids[&quota_key(name)].slot;
+        restart_quota(ebpf, slot, quota.limit)?;
         if let Some(period) = self.periods.get_mut(name) {
             period.fired.clear();
         }
@@ -435,26 +608,15 @@ impl Enforcer {
     }
 
     fn quota(&self, name: &str) -> Option<Quota> {
-        self.file_set
-            .quotas
-            .iter()
-            .chain(&self.runtime.quotas)
-            .find(|q| q.name == name)
-            .cloned()
+        self.quotas_in_force().find(|q| q.name == name).cloned()
     }
 
     /// Resets quotas whose period ended, and returns the alerts newly due.
     pub fn tick(&mut self, ebpf: &mut Ebpf, now: Timestamp) -> Result<Vec<AlertEvent>, String> {
         let mut events = Vec::new();
-        let quotas: Vec<Quota> = self
-            .file_set
-            .quotas
-            .iter()
-            .chain(&self.runtime.quotas)
-            .cloned()
-            .collect();
+        let quotas: Vec<Quota> = self.quotas_in_force().cloned().collect();
         for quota in quotas {
-            let id = self.ids[&quota_key(&quota.name)];
+            let slot = self.ids[&quota_key(&quota.name)].slot;
             let start = quota.period.start_at(now, &self.tz);
             let period = self.periods.entry(quota.name.clone()).or_default();
             if period.start != start {
@@ -463,11 +625,11 @@ impl Enforcer {
                     quota.name,
                     quota.period
                 );
-                restart_quota(ebpf, id, quota.limit)?;
+                restart_quota(ebpf, slot, quota.limit)?;
                 period.start = start;
                 period.fired.clear();
             }
-            let used = enforce::quota(ebpf, id).map_err(|e| e.to_string())?.used;
+            let used = enforce::quota(ebpf, slot).map_err(|e| e.to_string())?.used;
             let mut levels: Vec<u8> = quota.warn.clone();
             levels.push(100);
             for level in levels {
@@ -501,11 +663,11 @@ impl Enforcer {
         let mut out = Vec::new();
         for (origin, set) in [("file", &self.file_set), ("cli", &self.runtime)] {
             for rule in &set.rules {
-                let id = self.ids[&rule.key()];
+                let ids = self.ids[&rule.key()];
                 let [ingress, egress] =
-                    enforce::rule_counters(ebpf, id).map_err(|e| e.to_string())?;
+                    enforce::rule_counters(ebpf, ids.slot).map_err(|e| e.to_string())?;
                 out.push(RuleView {
-                    id,
+                    id: ids.id,
                     rule: rule.to_string(),
                     origin: origin.into(),
                     ingress: ingress.into(),
@@ -521,11 +683,11 @@ impl Enforcer {
         let mut out = Vec::new();
         for (origin, set) in [("file", &self.file_set), ("cli", &self.runtime)] {
             for quota in &set.quotas {
-                let id = self.ids[&quota_key(&quota.name)];
-                let state = enforce::quota(ebpf, id).map_err(|e| e.to_string())?;
-                let [i, e] = enforce::rule_counters(ebpf, id).map_err(|e| e.to_string())?;
+                let ids = self.ids[&quota_key(&quota.name)];
+                let state = enforce::quota(ebpf, ids.slot).map_err(|e| e.to_string())?;
+                let [i, e] = enforce::rule_counters(ebpf, ids.slot).map_err(|e| e.to_string())?;
                 out.push(QuotaView {
-                    id,
+                    id: ids.id,
                     name: quota.name.clone(),
                     matches: quota.matcher.to_string(),
                     origin: origin.into(),
@@ -548,19 +710,22 @@ impl Enforcer {
     /// apart, see [`Enforcer::persisted_rules`]).
     pub fn persisted(&self, ebpf: &Ebpf) -> PersistedPolicy {
         let quotas = self
-            .file_set
-            .quotas
-            .iter()
-            .chain(&self.runtime.quotas)
+            .quotas_in_force()
             .filter_map(|q| {
-                let id = self.ids.get(&quota_key(&q.name))?;
-                let used = enforce::quota(ebpf, *id).ok()?.used;
+                let ids = self.ids.get(&quota_key(&q.name))?;
+                let used = enforce::quota(ebpf, ids.slot).ok()?.used;
                 let period = self.periods.get(&q.name).cloned().unwrap_or_default();
+                let period_end = period.start.and_then(|start| {
+                    q.period
+                        .next_reset(&start.to_zoned(self.tz.clone()))
+                        .map(|end| end.timestamp())
+                });
                 Some(QuotaUsage {
                     name: q.name.clone(),
                     used,
                     period_start: period.start,
                     fired: period.fired.into_iter().collect(),
+                    period_end,
                 })
             })
             .collect();
@@ -572,8 +737,8 @@ impl Enforcer {
 }
 
 /// Sets a quota's use back to zero: traffic flows again.
-fn restart_quota(ebpf: &mut Ebpf, id: u32, limit: u64) -> Result<(), String> {
-    enforce::set_quota(ebpf, id, QuotaState { limit, used: 0 }).map_err(|e| e.to_string())
+fn restart_quota(ebpf: &mut Ebpf, slot: u32, limit: u64) -> Result<(), String> {
+    enforce::set_quota(ebpf, slot, QuotaState { limit, used: 0 }).map_err(|e| e.to_string())
 }
 
 fn stamp(path: &std::path::Path) -> Option<(SystemTime, u64)> {

@@ -31,6 +31,9 @@ pub struct MatchArgs {
     /// Which directions.
     #[arg(long, value_enum, default_value_t = Directions::Both)]
     pub direction: Directions,
+    /// Every packet: needed when no CIDR, protocol or port is given.
+    #[arg(long, conflicts_with_all = ["cidr", "proto", "port", "sport", "dport"])]
+    pub all: bool,
     /// The daemon's interface (needed when several daemons run).
     #[arg(long)]
     pub iface: Option<String>,
@@ -46,6 +49,7 @@ impl MatchArgs {
             sport: self.sport,
             dport: self.dport,
             direction: self.direction,
+            all: self.all,
         };
         m.validate().map_err(anyhow::Error::msg)?;
         Ok(m)
@@ -94,11 +98,12 @@ pub fn add(action: Action, args: &RuleArgs) -> anyhow::Result<()> {
     }
     let rule = args.to_rule(action)?;
     let answer = control::ask(args.matcher.iface.as_deref(), &Request::AddRule { rule })?;
-    println!(
-        "rule {} added: {}",
-        answer["id"],
-        answer["rule"].as_str().unwrap_or_default()
-    );
+    let (id, text) = (&answer["id"], answer["rule"].as_str().unwrap_or_default());
+    if answer["existing"] == true {
+        println!("rule {id} already in force: {text}");
+    } else {
+        println!("rule {id} added: {text}");
+    }
     Ok(())
 }
 

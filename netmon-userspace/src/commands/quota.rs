@@ -25,6 +25,14 @@ pub enum QuotaCommand {
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
+    /// Remove a quota added with `quota set`: its traffic is no longer counted or limited.
+    Remove {
+        /// The quota's name (as `quota list` shows it).
+        name: String,
+        /// The daemon's interface (needed when several daemons run).
+        #[arg(long)]
+        iface: Option<String>,
+    },
     /// Start a quota's period over: usage 0, traffic flows again.
     Reset {
         /// The quota's name (as `quota list` shows it).
@@ -50,7 +58,7 @@ pub struct SetArgs {
     #[arg(long)]
     pub start_day: Option<u8>,
     /// Warn at these percentages of the budget, e.g. 80,95.
-    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u8).range(1..=100))]
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u8).range(1..=99))]
     pub warn: Vec<u8>,
     /// Name [default: what it matches].
     #[arg(long)]
@@ -61,9 +69,6 @@ pub struct SetArgs {
 pub fn run(command: &QuotaCommand) -> anyhow::Result<()> {
     match command {
         QuotaCommand::Set(args) => {
-            if args.limit == 0 {
-                anyhow::bail!("a quota of 0 bytes blocks everything; use `netmon block` instead");
-            }
             let matcher = args
                 .matcher
                 .to_match(args.matcher.cidr.into_iter().collect())?;
@@ -74,11 +79,14 @@ pub fn run(command: &QuotaCommand) -> anyhow::Result<()> {
                 period: Period::parse(&args.period, args.start_day).map_err(anyhow::Error::msg)?,
                 warn: args.warn.clone(),
             };
+            quota.validate().map_err(anyhow::Error::msg)?;
             let answer = control::ask(args.matcher.iface.as_deref(), &Request::SetQuota { quota })?;
-            println!(
-                "quota '{}' set",
-                answer["name"].as_str().unwrap_or_default()
-            );
+            let name = answer["name"].as_str().unwrap_or_default();
+            if answer["existing"] == true {
+                println!("quota '{name}' already in force, unchanged");
+            } else {
+                println!("quota '{name}' set");
+            }
         }
         QuotaCommand::List { iface, format } => {
             let answer = control::ask(iface.as_deref(), &Request::Quotas)?;
@@ -111,6 +119,13 @@ pub fn run(command: &QuotaCommand) -> anyhow::Result<()> {
                     if q.blocked { "yes" } else { "no" }
                 );
             }
+        }
+        QuotaCommand::Remove { name, iface } => {
+            control::ask(
+                iface.as_deref(),
+                &Request::RemoveQuota { name: name.clone() },
+            )?;
+            println!("quota '{name}' removed");
         }
         QuotaCommand::Reset { name, iface } => {
             control::ask(

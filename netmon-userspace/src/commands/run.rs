@@ -112,27 +112,35 @@ fn monotonic_ns() -> u64 {
 }
 
 /// Runs the daemon until SIGINT or SIGTERM.
+///
+/// Every check that can refuse the run comes before anything is loaded,
+/// attached, swapped or written: another daemon on the interface, the
+/// interface, the pins, the time zone, the files, the policy.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     crate::privileges::check()?;
     // Handlers first: a stop requested during start-up is then a clean stop after it.
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-    let files = Files::new(&args.log, args.state.clone(), &args.detail_log);
-    if args.reset_state {
-        files.move_aside()?;
-    }
-    let mut saved = files.load()?;
-    let clock = Clock(
-        args.fake_now
-            .map_or(SignedDuration::ZERO, |t| t.duration_since(Timestamp::now())),
-    );
+    let claim = control::Claim::take(&args.iface)?;
+    Datapath::check(&args.iface, &args.bpffs)?;
     let tz = match &args.timezone {
         Some(name) => TimeZone::get(name).with_context(|| {
             format!("'{name}' is not a time zone; use an IANA name like Europe/Berlin")
         })?,
         None => TimeZone::system(),
     };
+    let files = Files::new(&args.log, args.state.clone(), &args.detail_log);
+    // With --reset-state the files are moved aside, below, once nothing can refuse.
+    let mut saved = if args.reset_state {
+        State::default()
+    } else {
+        files.load()?
+    };
+    let clock = Clock(
+        args.fake_now
+            .map_or(SignedDuration::ZERO, |t| t.duration_since(Timestamp::now())),
+    );
     let mut enforcer = Enforcer::new(
         &args.iface,
         args.policy.clone(),
@@ -140,11 +148,19 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         tz.clone(),
     )
     .map_err(anyhow::Error::msg)?;
+    enforcer
+        .check()
+        .map_err(|e| anyhow::anyhow!("the policy cannot be enforced: {e}"))?;
+    if args.reset_state {
+        files.move_aside()?;
+    }
     // Fail now, before attaching, if the logs cannot be written. The rules go
     // to their own file from here on (state files of earlier versions held them).
     files.save_rules(&enforcer.persisted_rules())?;
     saved.policy.runtime = Default::default();
     saved.policy.ids = Default::default();
+    saved.policy.slots = Default::default();
+    saved.policy.next_id = 0;
     files.save(&saved, None)?;
 
     let options = LoadOptions {
@@ -171,9 +187,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         enforcer
             .apply(datapath.ebpf_mut(), clock.now())
             .map_err(|e| anyhow::anyhow!("the policy cannot be enforced: {e}"))?;
-        control::Listener::bind(&args.iface)
+        control::Listener::bind(&args.iface, &claim)
     })();
-    let listener = match started {
+    let mut listener = match started {
         Ok(listener) => listener,
         Err(e) => {
             // Leave adopted programs running; remove what this run attached.
@@ -232,11 +248,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             _ = ticker.tick() => daemon.poll()?,
             _ = policy_check.tick() => daemon.reload(false),
             _ = sighup.recv() => daemon.reload(true),
-            request = listener.next() => {
-                let (request, stream) = request.context("the control socket failed")?;
-                let response = daemon.handle(request);
+            Some(incoming) = listener.next() => {
+                let response = daemon.handle(incoming.request);
                 daemon.save();
-                control::answer(stream, response).await;
+                let _ = incoming.reply.send(response);
             }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
@@ -244,6 +259,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     daemon.poll()?;
     drop(listener);
+    drop(claim);
     let Daemon {
         datapath,
         files,
@@ -429,9 +445,11 @@ impl Daemon {
         let result = match request {
             Request::AddRule { rule } => {
                 let text = rule.to_string();
-                enforcer.add_rule(ebpf, rule, now).map(|id| {
-                    log::info!("rule {id} added: {text}");
-                    serde_json::json!({ "id": id, "rule": text })
+                enforcer.add_rule(ebpf, rule, now).map(|(id, existing)| {
+                    if !existing {
+                        log::info!("rule {id} added: {text}");
+                    }
+                    serde_json::json!({ "id": id, "rule": text, "existing": existing })
                 })
             }
             Request::RemoveRule { rule, id } => {
@@ -445,11 +463,17 @@ impl Daemon {
                 .map(|r| serde_json::to_value(r).expect("serialises")),
             Request::SetQuota { quota } => {
                 let name = quota.name.clone();
-                enforcer.set_quota(ebpf, quota, now).map(|id| {
-                    log::info!("quota '{name}' set (id {id})");
-                    serde_json::json!({ "id": id, "name": name })
+                enforcer.set_quota(ebpf, quota, now).map(|(id, existing)| {
+                    if !existing {
+                        log::info!("quota '{name}' set (id {id})");
+                    }
+                    serde_json::json!({ "id": id, "name": name, "existing": existing })
                 })
             }
+            Request::RemoveQuota { name } => enforcer.remove_quota(ebpf, &name, now).map(|()| {
+                log::info!("quota '{name}' removed");
+                serde_json::json!({ "removed": name })
+            }),
             Request::ResetQuota { name } => enforcer.reset_quota(ebpf, &name).map(|()| {
                 log::info!("quota '{name}' reset");
                 serde_json::json!({ "reset": name })

@@ -248,7 +248,8 @@ impl Datapath {
         bpffs: &Path,
     ) -> Result<Self, DatapathError> {
         let pins = Self::check(iface, bpffs)?;
-        let ifindex = interface_index(iface).ok_or_else(|| DatapathError::NoInterface(iface.into()))?;
+        let ifindex =
+            interface_index(iface).ok_or_else(|| DatapathError::NoInterface(iface.into()))?;
         pins.create(bpffs)?;
         let adopted = pins.has_maps();
         let mut options = *options;

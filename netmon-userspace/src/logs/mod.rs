@@ -83,6 +83,8 @@ impl Files {
             let saved = rules::parse(&self.rules, &text)?;
             state.policy.runtime = saved.runtime;
             state.policy.ids = saved.ids;
+            state.policy.slots = saved.slots;
+            state.policy.next_id = saved.next_id;
         }
         Ok(state)
     }
@@ -177,6 +179,7 @@ mod tests {
             ))
             .unwrap(),
             ids: [(format!("block {cidr}"), 1)].into(),
+            ..Default::default()
         }
     }
 

@@ -62,6 +62,8 @@ mod tests {
             )
             .unwrap(),
             ids: [("block dst 142.250.0.0/16".to_string(), 3)].into(),
+            slots: [("block dst 142.250.0.0/16".to_string(), 0)].into(),
+            next_id: 4,
         };
         assert!(!rules.runtime.is_empty());
         let dir = tempfile::tempdir().unwrap();

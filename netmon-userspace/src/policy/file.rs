@@ -55,6 +55,7 @@ struct RawMatch {
     sport: Option<i64>,
     dport: Option<i64>,
     direction: Option<String>,
+    all: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -106,6 +107,7 @@ pub fn parse(path: &Path, text: &str) -> Result<PolicySet, String> {
                 matcher,
                 source,
             };
+            rule.validate().map_err(|e| at(offset, e))?;
             if !seen.insert(rule.key()) {
                 return Err(at(offset, format!("duplicate rule: {rule}")));
             }
@@ -115,6 +117,7 @@ pub fn parse(path: &Path, text: &str) -> Result<PolicySet, String> {
     for entry in &raw.quota {
         let offset = entry.span().start;
         let quota = to_quota(entry.get_ref(), &base).map_err(|e| at(offset, e))?;
+        quota.validate().map_err(|e| at(offset, e))?;
         if !seen.insert(format!("quota {}", quota.name)) {
             return Err(at(offset, format!("duplicate quota name '{}'", quota.name)));
         }
@@ -153,8 +156,8 @@ fn to_match(raw: &RawMatch, base: &Path) -> Result<(Match, Option<String>), Stri
             Some("out") => Directions::Out,
             Some(other) => return Err(format!("direction '{other}' is not in, out or both")),
         },
+        all: raw.all.unwrap_or(false),
     };
-    matcher.validate()?;
     Ok((matcher, source))
 }
 
@@ -169,9 +172,6 @@ fn to_quota(raw: &RawQuota, base: &Path) -> Result<Quota, String> {
             ))
         }
     };
-    if limit == 0 {
-        return Err("a quota limit of 0 bytes blocks everything; use a block rule".into());
-    }
     let start_day = raw
         .start_day
         .map(|d| {
@@ -184,9 +184,8 @@ fn to_quota(raw: &RawQuota, base: &Path) -> Result<Quota, String> {
         .warn
         .iter()
         .flatten()
-        .map(|p| match u8::try_from(*p) {
-            Ok(p @ 1..=100) => Ok(p),
-            _ => Err(format!("warn level {p} is not a percentage from 1 to 100")),
+        .map(|p| {
+            u8::try_from(*p).map_err(|_| format!("warn level {p} is not a percentage from 1 to 99"))
         })
         .collect::<Result<Vec<u8>, String>>()?;
     let name = match &raw.name {

@@ -124,12 +124,40 @@ pub struct Match {
     /// Directions covered.
     #[serde(default)]
     pub direction: Directions,
+    /// Every packet, said on purpose: a rule or quota with no CIDR, protocol
+    /// or port must say so (`--all`, `all = true`), since a bare `netmon
+    /// block` would otherwise cut every connection, SSH included.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub all: bool,
 }
 
 impl Match {
-    /// Checks the combination: at most one port condition, ports non-zero, an
-    /// address list only when imported (`cidrs` of more than one come from files).
+    /// True with no CIDR, protocol or port: every packet (of its directions).
+    pub fn is_unconditional(&self) -> bool {
+        self.cidrs.is_empty()
+            && self.proto.is_none()
+            && [self.port, self.sport, self.dport]
+                .iter()
+                .all(Option::is_none)
+    }
+
+    /// Checks the combination: something to match on (or `all`, said on
+    /// purpose), at most one port condition, ports non-zero.
     pub fn validate(&self) -> Result<(), String> {
+        if self.is_unconditional() && !self.all {
+            return Err(
+                "give a CIDR, a protocol or a port; to match every packet, say so with \
+                        --all (all = true in the policy file)"
+                    .into(),
+            );
+        }
+        if self.all && !self.is_unconditional() {
+            return Err(
+                "--all (all = true) matches every packet: leave out the CIDR, protocol \
+                        and port, or drop --all"
+                    .into(),
+            );
+        }
         let ports = [self.port, self.sport, self.dport];
         if ports.iter().flatten().count() > 1 {
             return Err("give at most one of port, sport and dport".into());
@@ -220,6 +248,11 @@ pub struct Rule {
 }
 
 impl Rule {
+    /// Checks what the file, the CLI and the control socket all go through.
+    pub fn validate(&self) -> Result<(), String> {
+        self.matcher.validate()
+    }
+
     /// The rule's identity: two rules with the same key are duplicates.
     pub fn key(&self) -> String {
         match &self.source {
@@ -253,6 +286,36 @@ pub struct Quota {
     /// Percentages of the budget at which to warn.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warn: Vec<u8>,
+}
+
+/// The longest quota name: it is a file key, a log field and a column.
+pub const MAX_NAME_LEN: usize = 64;
+
+impl Quota {
+    /// Checks what the file, the CLI and the control socket all go through:
+    /// a name to show, a budget above zero, warn levels below 100 (spending
+    /// the budget is always an event), a valid match.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.name.trim().is_empty() {
+            return Err("a quota needs a name; give --name NAME (name = \"…\" in the file)".into());
+        }
+        if self.name.chars().count() > MAX_NAME_LEN || self.name.chars().any(char::is_control) {
+            return Err(format!(
+                "quota name '{}' is not a name: use at most {MAX_NAME_LEN} printable characters",
+                self.name.escape_default()
+            ));
+        }
+        if self.limit == 0 {
+            return Err("a quota of 0 bytes blocks everything; use a block rule instead".into());
+        }
+        if let Some(level) = self.warn.iter().find(|l| !(1..=99).contains(*l)) {
+            return Err(format!(
+                "warn level {level} is not a percentage from 1 to 99 (spending the whole budget \
+                 always alerts)"
+            ));
+        }
+        self.matcher.validate()
+    }
 }
 
 /// Rules and quotas from one source (the policy file, or the CLI).
@@ -312,6 +375,52 @@ mod tests {
         };
         assert!(icmp_port.validate().unwrap_err().contains("no ports"));
         assert!("sctp".parse::<Proto>().is_err());
+        // Nothing to match on: refused unless said on purpose.
+        let nothing = Match {
+            direction: Directions::In,
+            ..Default::default()
+        };
+        assert!(nothing.validate().unwrap_err().contains("--all"));
+        let all = Match {
+            all: true,
+            ..nothing.clone()
+        };
+        all.validate().unwrap();
+        assert_eq!(all.to_string(), "any in", "shown as before");
+        let all_and_cidr = Match {
+            cidrs: vec!["10.0.0.0/8".parse().unwrap()],
+            ..all
+        };
+        assert!(all_and_cidr.validate().unwrap_err().contains("drop --all"));
         assert_eq!("132".parse::<Proto>().unwrap(), Proto(132));
+    }
+
+    #[test]
+    fn quotas_refuse_what_the_daemon_cannot_honour() {
+        let good = Quota {
+            name: "plan".into(),
+            matcher: Match {
+                all: true,
+                ..Default::default()
+            },
+            limit: 1_000,
+            period: Period::Monthly { start_day: 3 },
+            warn: vec![80, 95],
+        };
+        good.validate().unwrap();
+        let refused = |change: fn(&mut Quota), why: &str| {
+            let mut q = good.clone();
+            change(&mut q);
+            let err = q.validate().unwrap_err();
+            assert!(err.contains(why), "{err}");
+        };
+        refused(|q| q.limit = 0, "0 bytes");
+        refused(|q| q.name = " ".into(), "needs a name");
+        refused(|q| q.name = "a\nb".into(), "printable");
+        refused(|q| q.name = "x".repeat(65), "at most 64");
+        refused(|q| q.warn = vec![0], "warn level 0");
+        refused(|q| q.warn = vec![80, 100], "warn level 100");
+        refused(|q| q.warn = vec![200], "warn level 200");
+        refused(|q| q.matcher.all = false, "--all");
     }
 }
