@@ -4,10 +4,14 @@
 pub mod atomic;
 pub mod detail;
 pub mod network_log;
+pub mod paths;
 pub mod rules;
 pub mod state;
 
-use std::path::{Path, PathBuf};
+use std::{
+    io::Read as _,
+    path::{Path, PathBuf},
+};
 
 use anyhow::Context as _;
 use jiff::Timestamp;
@@ -36,6 +40,24 @@ pub enum LogError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The file is a symbolic link, and `--follow-symlinks` was not given.
+    #[error("{} is a symbolic link, and netmon does not write through links: give the real path, or start with --follow-symlinks to write to its target", path.display())]
+    Symlink {
+        /// The link.
+        path: PathBuf,
+    },
+    /// Another user could create or replace files in the file's directory.
+    #[error("{} (the directory of {flag}) is {problem}; another user could plant a link there for netmon to write through: choose another directory for {flag}, or {fix}", dir.display())]
+    UnsafeDirectory {
+        /// The directory.
+        dir: PathBuf,
+        /// The option that names the file.
+        flag: &'static str,
+        /// Who else can write it.
+        problem: String,
+        /// The command that makes it safe.
+        fix: String,
+    },
 }
 
 /// The files behind one log: the old-format log, its exact state, the CLI's
@@ -62,6 +84,21 @@ impl Files {
             state,
             detail: detail.to_path_buf(),
         }
+    }
+
+    /// The files as netmon will write them, checked before anything is read
+    /// or written: a symbolic link is refused, or with `follow_symlinks`
+    /// replaced by its target for good; a directory another user could write
+    /// is refused (see [`paths::check`]).
+    pub fn check(&self, follow_symlinks: bool) -> Result<Files, LogError> {
+        let check = |path, flag| paths::check(path, flag, follow_symlinks);
+        Ok(Files {
+            log: check(&self.log, "--log")?,
+            state: check(&self.state, "--state")?,
+            // Beside the state file.
+            rules: check(&self.rules, "--state")?,
+            detail: check(&self.detail, "--detail-log")?,
+        })
     }
 
     /// What was recorded so far: the exact state file, else the log alone;
@@ -157,13 +194,11 @@ fn parse_tagged<T: serde::de::DeserializeOwned>(
 }
 
 fn read_if_present(path: &Path) -> Result<Option<String>, LogError> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => Ok(Some(text)),
+    let mut text = String::new();
+    match paths::open(path).and_then(|mut file| file.read_to_string(&mut text)) {
+        Ok(_) => Ok(Some(text)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(cause) => Err(LogError::Io {
-            path: path.to_path_buf(),
-            cause,
-        }),
+        Err(cause) => Err(paths::error(path, cause)),
     }
 }
 
@@ -214,6 +249,116 @@ mod tests {
         assert_eq!(
             (loaded.policy.runtime, loaded.policy.ids),
             (new.runtime, new.ids)
+        );
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_link_at_any_of_the_files_is_refused_before_anything_is_written() {
+        let elsewhere = tempfile::tempdir().unwrap();
+        let victim = elsewhere.path().join("hosts");
+        std::fs::write(&victim, b"127.0.0.1 localhost\n").unwrap();
+        for name in ["log.json", "log.state.json", "log.rules.json", "d.jsonl"] {
+            let dir = tempfile::tempdir().unwrap();
+            let link = dir.path().join(name);
+            std::os::unix::fs::symlink(&victim, &link).unwrap();
+            let files = Files::new(
+                &dir.path().join("log.json"),
+                None,
+                &dir.path().join("d.jsonl"),
+            );
+            let err = files.check(false).err().expect("refused");
+            assert!(
+                matches!(&err, LogError::Symlink { path } if *path == link),
+                "{err:?}"
+            );
+            assert!(err.to_string().contains("--follow-symlinks"), "{err}");
+            assert_eq!(names(dir.path()), [name]);
+        }
+        assert_eq!(std::fs::read(&victim).unwrap(), b"127.0.0.1 localhost\n");
+    }
+
+    #[test]
+    fn a_group_writable_directory_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o775)).unwrap();
+        let files = Files::new(
+            &dir.path().join("log.json"),
+            None,
+            Path::new("/tmp/d.jsonl"),
+        );
+        let err = files.check(false).err().expect("refused").to_string();
+        let real = dir.path().canonicalize().unwrap();
+        assert!(
+            err.starts_with(&format!(
+                "{} (the directory of --log) is writable by other users (mode 775)",
+                real.display()
+            )) && err.contains(&format!("`chmod go-w {}`", real.display())),
+            "{err}"
+        );
+        assert_eq!(names(dir.path()), [] as [&str; 0]);
+    }
+
+    #[test]
+    fn following_links_writes_to_their_targets_resolved_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let (log, detail) = (dir.path().join("log.json"), dir.path().join("d.jsonl"));
+        let log_target = elsewhere.path().join("real-log.json");
+        let detail_target = elsewhere.path().join("real-detail.jsonl");
+        std::fs::write(&detail_target, b"earlier\n").unwrap();
+        std::os::unix::fs::symlink(&log_target, &log).unwrap();
+        std::os::unix::fs::symlink(&detail_target, &detail).unwrap();
+        let files = Files::new(&log, None, &detail).check(true).unwrap();
+        let real = elsewhere.path().canonicalize().unwrap();
+        assert_eq!(files.log, real.join("real-log.json"));
+        assert_eq!(files.detail, real.join("real-detail.jsonl"));
+        assert_eq!(files.state, dir.path().join("log.state.json"));
+
+        // The links are not followed again: pointing them elsewhere changes nothing.
+        let other = elsewhere.path().join("other");
+        std::fs::write(&other, b"other\n").unwrap();
+        for link in [&log, &detail] {
+            std::fs::remove_file(link).unwrap();
+            std::os::unix::fs::symlink(&other, link).unwrap();
+        }
+        files.save(&State::default(), None).unwrap();
+        detail::append(&files.detail, &detail::TableRecord::default()).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&log_target).unwrap(),
+            "{\"total_k_bytes\": 0.0}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&detail_target).unwrap(),
+            "earlier\n{\"pairs\":0,\"capacity\":0,\"failed_inserts\":{\"frames\":0,\"bytes\":0}}\n"
+        );
+        assert_eq!(std::fs::read(&other).unwrap(), b"other\n");
+        assert_eq!(files.load().unwrap(), State::default());
+    }
+
+    #[test]
+    fn a_link_planted_after_the_check_is_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let forged = elsewhere.path().join("forged.json");
+        std::fs::write(&forged, "{\"('10.0.0.1', '10.0.0.2')\": 1.0}").unwrap();
+        let files = Files::new(&dir.path().join("log.json"), None, &dir.path().join("d"))
+            .check(false)
+            .unwrap();
+        std::os::unix::fs::symlink(&forged, &files.log).unwrap();
+        let err = files.load().expect_err("refused");
+        assert!(
+            matches!(&err, LogError::Symlink { path } if *path == files.log),
+            "{err:?}"
         );
     }
 }
