@@ -25,32 +25,33 @@ pub fn write_with(
         path: path.to_path_buf(),
         cause,
     };
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
+    let dir = super::paths::directory_of(path);
     let name = path.file_name().ok_or_else(|| {
         io(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
             "not a file name",
         ))
     })?;
+    // A name no one can guess, created new (never an existing file or link):
+    // a link planted at a predictable name would have been written through.
     let tmp = dir.join(format!(
-        ".{}.tmp.{}",
+        ".{}.tmp.{:016x}",
         name.to_string_lossy(),
-        std::process::id()
+        random().map_err(io)?
     ));
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(io)?;
     let result = (|| {
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
         let mut out = std::io::BufWriter::with_capacity(1 << 16, file);
         fill(&mut out)?;
         let file = out.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
+        // Replaces `path` itself, also where it is a link: nothing is written through one.
         fs::rename(&tmp, path)?;
         File::open(dir)?.sync_all()
     })();
@@ -58,6 +59,28 @@ pub fn write_with(
         let _ = fs::remove_file(&tmp);
     }
     result.map_err(io)
+}
+
+/// 64 random bits from getrandom(2).
+fn random() -> std::io::Result<u64> {
+    let mut bytes = [0u8; 8];
+    loop {
+        // SAFETY: getrandom writes at most `bytes.len()` bytes into `bytes`.
+        let got = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+        if got == bytes.len() as isize {
+            return Ok(u64::from_ne_bytes(bytes));
+        }
+        let error = std::io::Error::last_os_error();
+        if got < 0 && error.kind() == std::io::ErrorKind::Interrupted {
+            continue;
+        }
+        return Err(if got < 0 {
+            error
+        } else {
+            // Never for 8 bytes; refused rather than using a guessable name.
+            std::io::Error::other(format!("getrandom gave {got} of 8 bytes"))
+        });
+    }
 }
 
 #[cfg(test)]
@@ -79,6 +102,40 @@ mod tests {
         assert_eq!(
             fs::read_dir(dir.path()).unwrap().count(),
             1,
+            "no temporary file left"
+        );
+    }
+
+    #[test]
+    fn links_planted_at_every_old_temporary_name_and_at_the_target_are_not_written_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let victim = elsewhere.path().join("passwd");
+        fs::write(&victim, b"root:x:0:0\n").unwrap();
+        let path = dir.path().join("log.json");
+        // The old name was `.log.json.tmp.<pid>`: every pid up to pid_max
+        // (capped where pid_max is millions), and ours, which it would have used.
+        let pid_max: u32 = fs::read_to_string("/proc/sys/kernel/pid_max")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let mut pids: std::collections::BTreeSet<u32> = (1..=pid_max.min(1 << 16)).collect();
+        pids.insert(std::process::id());
+        for pid in pids {
+            let planted = dir.path().join(format!(".log.json.tmp.{pid}"));
+            std::os::unix::fs::symlink(&victim, planted).unwrap();
+        }
+        std::os::unix::fs::symlink(&victim, &path).unwrap();
+        let planted = fs::read_dir(dir.path()).unwrap().count();
+
+        write(&path, b"{}", 0o640).unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"root:x:0:0\n");
+        assert!(fs::symlink_metadata(&path).unwrap().file_type().is_file());
+        assert_eq!(fs::read(&path).unwrap(), b"{}");
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            planted,
             "no temporary file left"
         );
     }
