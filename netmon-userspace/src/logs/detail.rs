@@ -245,15 +245,14 @@ fn table(usage: &IntervalUsage) -> TableRecord {
 
 /// Appends one record as one line. The line is streamed (a million pairs make
 /// a line of a hundred MB); readers skip an incomplete last line, and a failed
-/// write is cut off again, so the file never keeps half a line.
+/// write is cut off again, so the file never keeps half a line. A symbolic link
+/// is refused ([`LogError::Symlink`]): `--follow-symlinks` resolves it at start.
 pub fn append(path: &Path, record: &impl Serialize) -> Result<(), LogError> {
-    let io = |cause| LogError::Io {
-        path: path.to_path_buf(),
-        cause,
-    };
+    let io = |cause| super::paths::error(path, cause);
     let file = OpenOptions::new()
         .append(true)
         .create(true)
+        .custom_flags(libc::O_NOFOLLOW)
         .mode(0o640)
         .open(path)
         .map_err(io)?;
@@ -335,5 +334,33 @@ mod tests {
             serde_json::from_str::<DetailRecord>(lines[0]).unwrap(),
             record
         );
+    }
+
+    #[test]
+    fn appending_to_a_link_is_refused_and_names_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let victim = elsewhere.path().join("shadow");
+        std::fs::write(&victim, b"root:*:19000::::::\n").unwrap();
+        let path = dir.path().join("detail.jsonl");
+        std::os::unix::fs::symlink(&victim, &path).unwrap();
+        let record = TableRecord::default();
+        let err = append(&path, &record).unwrap_err();
+        assert!(
+            matches!(&err, LogError::Symlink { path: p } if *p == path),
+            "{err:?}"
+        );
+        assert!(err.to_string().starts_with(&format!(
+            "{} is a symbolic link, and netmon does not write through links",
+            path.display()
+        )));
+        assert_eq!(std::fs::read(&victim).unwrap(), b"root:*:19000::::::\n");
+        // A dangling link too: nothing is created at its target.
+        std::fs::remove_file(&victim).unwrap();
+        assert!(matches!(
+            append(&path, &record).unwrap_err(),
+            LogError::Symlink { .. }
+        ));
+        assert!(!victim.exists());
     }
 }
