@@ -9,7 +9,7 @@ use clap::Args;
 use crate::{
     analysis::{AnalyzedInterval, Analyzer},
     capture,
-    logs::{detail::DetailRecord, state::State, Files},
+    logs::{self, detail::DetailRecord, state::State, Files},
     units::parse_interval,
 };
 
@@ -28,6 +28,10 @@ pub struct AnalyzeArgs {
     /// the old script did for each capture chunk.
     #[arg(long)]
     pub log: Option<PathBuf>,
+    /// Write to the targets of log paths that are symbolic links; without it,
+    /// such a path is refused.
+    #[arg(long)]
+    pub follow_symlinks: bool,
 }
 
 /// Runs the analysis.
@@ -45,18 +49,16 @@ pub fn run(args: &AnalyzeArgs) -> anyhow::Result<()> {
         );
         bar
     });
-    let files = args
-        .log
-        .as_ref()
-        .map(|log| Files::new(log, None, &args.detail_log));
+    let detail_log = logs::paths::check(&args.detail_log, "--detail-log", args.follow_symlinks)?;
+    let files = match &args.log {
+        Some(log) => Some(Files::new(log, None, &detail_log).check(args.follow_symlinks)?),
+        None => None,
+    };
     let mut state = match &files {
         Some(files) => files.load()?,
         None => State::default(),
     };
-    let mut detail = std::io::BufWriter::new(
-        std::fs::File::create(&args.detail_log)
-            .with_context(|| format!("creating {}; check the path", args.detail_log.display()))?,
-    );
+    let mut detail = std::io::BufWriter::new(logs::paths::create(&detail_log)?);
     let iface = format!("capture:{}", args.capture.display());
     let mut analyzer = Analyzer::new(args.interval);
     let mut bytes = 0u64;

@@ -85,6 +85,10 @@ pub struct RunArgs {
     /// counting and enforcing, for the next `netmon run` to adopt (upgrades).
     #[arg(long)]
     pub keep_attached: bool,
+    /// Write to the targets of log paths that are symbolic links (resolved once,
+    /// at start); without it, such a path is refused.
+    #[arg(long)]
+    pub follow_symlinks: bool,
     /// Testing aid: start netmon's clock at this instant (RFC 3339); it then runs at real speed.
     #[arg(long, hide = true)]
     pub fake_now: Option<Timestamp>,
@@ -130,7 +134,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         })?,
         None => TimeZone::system(),
     };
-    let files = Files::new(&args.log, args.state.clone(), &args.detail_log);
+    let files =
+        Files::new(&args.log, args.state.clone(), &args.detail_log).check(args.follow_symlinks)?;
     // With --reset-state the files are moved aside, below, once nothing can refuse.
     let mut saved = if args.reset_state {
         State::default()
