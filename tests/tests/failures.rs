@@ -219,7 +219,8 @@ fn a_corrupt_log_is_never_overwritten() -> Result<()> {
 #[test]
 fn an_unwritable_directory_stops_the_start() -> Result<()> {
     let net = TestNet::create()?;
-    let fs = TempMount::new("tmpfs", "size=64k,ro")?;
+    // A tmpfs is world-writable (1777) unless told, and netmon refuses to write there.
+    let fs = TempMount::new("tmpfs", "size=64k,ro,mode=0755")?;
     let mut args = vec!["run".to_string(), "--iface".into(), net.a.iface.clone()];
     args.extend(files(fs.path()));
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -234,7 +235,8 @@ fn an_unwritable_directory_stops_the_start() -> Result<()> {
 #[test]
 fn a_full_disk_keeps_the_old_files_and_loses_nothing() -> Result<()> {
     let net = TestNet::create()?;
-    let fs = TempMount::new("tmpfs", "size=256k")?;
+    // mode: see an_unwritable_directory_stops_the_start.
+    let fs = TempMount::new("tmpfs", "size=256k,mode=0755")?;
     let dir = fs.path();
     let mut netmon = Netmon::start_in(&net.a, dir, &[])?;
     let (a, b) = (&net.a, &net.b);
@@ -277,5 +279,90 @@ fn a_full_disk_keeps_the_old_files_and_loses_nothing() -> Result<()> {
         .map(|p| p["frames"].as_u64().unwrap())
         .sum();
     assert_eq!(frames, 20, "every interval reached the detail log");
+    Ok(())
+}
+
+/// The names in `dir`, sorted.
+fn listing(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_detail_log_that_is_a_symbolic_link_is_refused_unless_followed() -> Result<()> {
+    let net = TestNet::create()?;
+    let (a, b) = (&net.a, &net.b);
+    let dir = tempfile::tempdir()?;
+    let elsewhere = tempfile::tempdir()?;
+    let victim = elsewhere.path().join("victim.conf");
+    let original = "# netmon must not write here\nkey = value\n";
+    std::fs::write(&victim, original)?;
+    let link = dir.path().join("detail.jsonl");
+    std::os::unix::fs::symlink(&victim, &link)?;
+    let bpffs = TempMount::bpffs()?;
+    let bpffs_path = bpffs.path().to_str().unwrap();
+    // A fresh bpffs may hold the kernel's own iterators (maps.debug, progs.debug).
+    let fresh = listing(bpffs.path());
+
+    let mut args = vec!["run".to_string(), "--iface".into(), a.iface.clone()];
+    args.extend(files(dir.path()));
+    args.extend(["--bpffs".into(), bpffs_path.into()]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    // Bounded: a netmon that started anyway is stopped (SIGTERM) after 20 s.
+    let out = a
+        .command("timeout")
+        .arg("20")
+        .arg(binary())
+        .args(&refs)
+        .output()?;
+    assert_eq!(
+        (out.status.code(), String::from_utf8_lossy(&out.stderr)),
+        (
+            Some(1),
+            format!(
+                "netmon: error: {} is a symbolic link, and netmon does not write through links: \
+                 give the real path, or start with --follow-symlinks to write to its target\n",
+                link.display()
+            )
+            .into()
+        )
+    );
+    assert_eq!(std::fs::read_to_string(&victim)?, original);
+    assert_eq!(listing(dir.path()), ["detail.jsonl"], "no log file created");
+    assert_eq!(listing(elsewhere.path()), ["victim.conf"]);
+    assert_eq!(listing(bpffs.path()), fresh, "nothing pinned");
+
+    // Asked to follow it, netmon writes to the target, and only there.
+    let netmon = Netmon::start_in(a, dir.path(), &["--follow-symlinks", "--bpffs", bpffs_path])?;
+    traffic::udp(b, a, IpAddr::V4(a.ipv4), 8200, &[300; 10])?;
+    std::thread::sleep(Duration::from_millis(1500));
+    netmon.stop()?;
+    assert_eq!(std::fs::read_link(&link)?, victim, "the link is left alone");
+    assert_eq!(
+        listing(dir.path()),
+        [
+            "detail.jsonl",
+            "network_log.json",
+            "network_log.rules.json",
+            "network_log.state.json"
+        ]
+    );
+    assert_eq!(listing(elsewhere.path()), ["victim.conf"]);
+    let text = std::fs::read_to_string(&victim)?;
+    let details = text
+        .strip_prefix(original)
+        .expect("the old bytes stay first");
+    let frames: u64 = details
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .flat_map(|r| r["pairs"].as_array().unwrap().clone())
+        .filter(|p| p["src"] == b.ipv4.to_string())
+        .map(|p| p["frames"].as_u64().unwrap())
+        .sum();
+    assert_eq!(frames, 10, "every datagram in the target's detail lines");
     Ok(())
 }
