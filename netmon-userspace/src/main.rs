@@ -43,6 +43,12 @@ fn main() -> ExitCode {
         .format_target(false)
         .init();
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run(_)) {
+        // A listing piped into `head` ends quietly, as other tools do; the
+        // daemon keeps ignoring SIGPIPE and drops its summary line instead.
+        // SAFETY: setting a signal's disposition to its default, before any thread starts.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let result = match cli.command {
         Command::Run(args) => runtime().and_then(|rt| rt.block_on(commands::run::run(args))),
         Command::Block(args) => commands::block::add(Action::Block, &args),

@@ -2,6 +2,7 @@
 //! every interval, and answer the CLI on the control socket.
 
 use std::{
+    io::Write as _,
     path::PathBuf,
     time::{Duration, Instant},
 };
@@ -248,9 +249,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     ticker.tick().await;
     let mut policy_check = tokio::time::interval(Duration::from_secs(1));
     policy_check.tick().await;
-    loop {
+    // True when the interface went away: its last traffic is polled, then netmon stops.
+    let gone = loop {
         tokio::select! {
-            _ = ticker.tick() => daemon.poll()?,
+            _ = ticker.tick() => {
+                daemon.poll()?;
+                if !daemon.datapath.attached() {
+                    break true;
+                }
+            }
             _ = policy_check.tick() => daemon.reload(false),
             _ = sighup.recv() => daemon.reload(true),
             Some(incoming) = listener.next() => {
@@ -258,11 +265,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 daemon.save();
                 let _ = incoming.reply.send(response);
             }
-            _ = sigterm.recv() => break,
-            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break false,
+            _ = sigint.recv() => break false,
         }
+    };
+    if !gone {
+        daemon.poll()?;
     }
-    daemon.poll()?;
     drop(listener);
     drop(claim);
     let Daemon {
@@ -272,7 +281,24 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         ..
     } = daemon;
     let pin_dir = datapath.pin_dir().to_path_buf();
-    datapath.shutdown(args.keep_attached)?;
+    // Links to a deleted interface count nothing: nothing to keep attached.
+    datapath.shutdown(args.keep_attached && !gone)?;
+    if gone {
+        bail!(
+            "interface {} is gone (deleted, or replaced by another of that name): its traffic \
+             up to the removal is in {}{}, and netmon detached; start netmon again once the \
+             interface is back",
+            args.iface,
+            files.log.display(),
+            match pending_detail.len() {
+                0 => String::new(),
+                n => format!(
+                    " ({n} interval(s) could not be appended to {})",
+                    files.detail.display()
+                ),
+            }
+        );
+    }
     if args.keep_attached {
         log::info!(
             "left the programs attached and counting; the next run adopts {}",
@@ -377,7 +403,8 @@ impl Daemon {
             }
         }
         if let Some(summary) = summary {
-            println!("{}  {summary}", end.strftime("%H:%M:%S"));
+            // A closed stdout (`netmon run | head`) must not stop the daemon.
+            let _ = writeln!(std::io::stdout(), "{}  {summary}", end.strftime("%H:%M:%S"));
         }
         match read_error {
             Some(e) => Err(e.into()),
