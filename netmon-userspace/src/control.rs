@@ -118,7 +118,7 @@ pub const MAX_REQUEST: u64 = 64 << 20;
 /// How long a client may take to send its request, and to take the answer.
 const CLIENT_TIME: Duration = Duration::from_secs(5);
 /// Connections served at once; more wait for one of them to end.
-const CONNECTIONS: usize = 32;
+const CONNECTIONS: usize = 128;
 
 /// The private directory for sockets and claims: created 0700, and refused
 /// when it is a link or another user's, since netmon runs as root.
@@ -161,37 +161,59 @@ fn check_iface_name(iface: &str) -> anyhow::Result<()> {
 }
 
 /// One daemon's claim on an interface, held while it runs: a second `netmon
-/// run` on the interface is refused before it loads, attaches or writes anything.
+/// run` on the interface is refused before it loads, attaches or writes
+/// anything. The lock file goes with the claim.
 pub struct Claim {
-    _file: std::fs::File,
+    /// Holds the lock until the claim is dropped.
+    _lock: std::fs::File,
+    path: PathBuf,
 }
 
 impl Claim {
     /// Takes the claim on `iface`, or says which daemon holds it.
     pub fn take(iface: &str) -> anyhow::Result<Claim> {
-        use std::os::{fd::AsRawFd, unix::fs::OpenOptionsExt};
+        use std::os::{
+            fd::AsRawFd,
+            unix::fs::{MetadataExt, OpenOptionsExt},
+        };
         check_iface_name(iface)?;
         let path = private_dir()?.join(format!("{iface}.lock"));
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&path)
-            .with_context(|| format!("opening {}", path.display()))?;
-        // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            let holder = std::fs::read_to_string(&path).unwrap_or_default();
-            bail!(
-                "another netmon daemon already runs on {iface} (pid {}); stop it first",
-                holder.trim()
-            );
+        loop {
+            let mut file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .open(&path)
+                .with_context(|| format!("opening {}", path.display()))?;
+            // SAFETY: flock on a descriptor we own.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+                let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                bail!(
+                    "another netmon daemon already runs on {iface} (pid {}); stop it first",
+                    holder.trim()
+                );
+            }
+            // A daemon that was stopping removed the file between our open
+            // and our lock: the lock is on a file nobody else will open.
+            let current = std::fs::symlink_metadata(&path).map(|m| m.ino()).ok();
+            if current != Some(file.metadata()?.ino()) {
+                continue;
+            }
+            file.set_len(0)?;
+            std::io::Write::write_all(&mut file, format!("{}\n", std::process::id()).as_bytes())?;
+            return Ok(Claim { _lock: file, path });
         }
-        file.set_len(0)?;
-        std::io::Write::write_all(&mut file, format!("{}\n", std::process::id()).as_bytes())?;
-        Ok(Claim { _file: file })
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        // Removed while still locked, so that no one takes a claim on it that
+        // the next daemon would not see.
+        let _ = std::fs::remove_file(&self.path);
     }
 }
 

@@ -194,10 +194,13 @@ impl Drop for Netmon {
     }
 }
 
-/// Runs `netmon` with `args` to completion (for commands that exit by themselves).
+/// Runs `netmon` with `args` to completion (for commands that exit by
+/// themselves, refusals included). Bounded: a netmon still running after
+/// 60 s is stopped with SIGTERM, and `timeout` then exits with 124.
 pub fn run_once(host: &Host, args: &[&str]) -> Result<std::process::Output> {
-    let binary = binary();
-    host.command(binary.to_str().context("binary path")?)
+    host.command("timeout")
+        .arg("60")
+        .arg(binary())
         .args(args)
         .output()
         .context("running netmon")

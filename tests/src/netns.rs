@@ -115,12 +115,21 @@ impl TestNet {
 
     /// Creates a fresh pair of namespaces.
     pub fn create_with(offloads: Offloads) -> Result<TestNet> {
+        Self::create_named(offloads, None)
+    }
+
+    /// Creates a fresh pair of namespaces; the interfaces get `names` or
+    /// names of their own.
+    fn create_named(offloads: Offloads, names: Option<[String; 2]>) -> Result<TestNet> {
         sweep_stale();
         let pid = std::process::id();
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let host = |side: char, last: u8| Host {
             netns: format!("{PREFIX}-{pid}-{id}-{side}"),
-            iface: format!("nm{pid}x{id}{side}"),
+            iface: match &names {
+                Some([a, b]) => if side == 'a' { a } else { b }.clone(),
+                None => format!("nm{pid}x{id}{side}"),
+            },
             mac: [0x02, 0, 0, 0, id as u8, last],
             ipv4: Ipv4Addr::new(10, 200, 0, last),
             ipv6: Ipv6Addr::new(0xfd00, 0x200, 0, 0, 0, 0, 0, last as u16),
@@ -132,14 +141,30 @@ impl TestNet {
             b: host('b', 2),
         };
         // From here on, Drop removes whatever was made.
-        net.build(offloads)?;
+        ip(&format!("netns add {}", net.a.netns))?;
+        ip(&format!("netns add {}", net.b.netns))?;
+        net.add_veth(offloads)?;
         Ok(net)
     }
 
-    fn build(&self, offloads: Offloads) -> Result<()> {
+    /// A second network in namespaces of its own, whose interfaces have the
+    /// same names and addresses as `other`'s: as containers all have an `eth0`.
+    pub fn create_like(other: &TestNet) -> Result<TestNet> {
+        Self::create_named(
+            Offloads::default(),
+            Some([other.a.iface.clone(), other.b.iface.clone()]),
+        )
+    }
+
+    /// Deletes the veth pair and creates it again, same names and
+    /// addresses: a new interface (a new index) under the old name.
+    pub fn recreate_veth(&self) -> Result<()> {
+        ip(&format!("-n {} link del {}", self.a.netns, self.a.iface))?;
+        self.add_veth(Offloads::default())
+    }
+
+    fn add_veth(&self, offloads: Offloads) -> Result<()> {
         let (a, b) = (&self.a, &self.b);
-        ip(&format!("netns add {}", a.netns))?;
-        ip(&format!("netns add {}", b.netns))?;
         ip(&format!(
             "link add {} address {} netns {} type veth peer name {} address {} netns {}",
             a.iface,
@@ -197,8 +222,10 @@ impl Drop for TestNet {
             let _ = Command::new("ip")
                 .args(["netns", "del", &host.netns])
                 .output();
-            // A daemon killed by a test leaves its control socket behind.
-            let _ = std::fs::remove_file(format!("/run/netmon/{}.sock", host.iface));
+            // A daemon killed by a test leaves its control socket and claim behind.
+            for left in ["sock", "lock"] {
+                let _ = std::fs::remove_file(format!("/run/netmon/{}.{left}", host.iface));
+            }
         }
     }
 }

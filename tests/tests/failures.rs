@@ -312,13 +312,7 @@ fn a_detail_log_that_is_a_symbolic_link_is_refused_unless_followed() -> Result<(
     args.extend(files(dir.path()));
     args.extend(["--bpffs".into(), bpffs_path.into()]);
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    // Bounded: a netmon that started anyway is stopped (SIGTERM) after 20 s.
-    let out = a
-        .command("timeout")
-        .arg("20")
-        .arg(binary())
-        .args(&refs)
-        .output()?;
+    let out = run_once(a, &refs)?;
     assert_eq!(
         (out.status.code(), String::from_utf8_lossy(&out.stderr)),
         (

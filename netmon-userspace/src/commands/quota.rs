@@ -15,6 +15,7 @@ use crate::{
 #[derive(Debug, Subcommand)]
 pub enum QuotaCommand {
     /// Set (or replace) a byte budget for a CIDR.
+    #[command(allow_missing_positional = true)]
     Set(SetArgs),
     /// List quotas: used, limit, %, next reset, whether blocked now.
     List {
