@@ -114,19 +114,21 @@ fn errors_name_the_cause_and_the_fix() -> Result<()> {
         "{err}"
     );
 
-    // A hook another program holds (native XDP takes one program per interface).
-    let first = TempMount::bpffs()?;
+    // A hook another program holds (native XDP takes one program per
+    // interface): an empty XDP program of the test's own, kept attached
+    // while `_other` lives.
     let other = TempMount::bpffs()?;
-    let _running = Netmon::start_in(
-        &net.a,
-        dir.path(),
-        &[
-            "--bpffs",
-            first.path().to_str().unwrap(),
-            "--ingress",
-            "xdp",
-        ],
-    )?;
+    let iface = net.a.iface.clone();
+    let _other = net.a.run(move || -> Result<aya::Ebpf> {
+        let mut ebpf = netmon::datapath::load(&Default::default())?;
+        let xdp: &mut aya::programs::Xdp = ebpf
+            .program_mut("baseline_xdp")
+            .expect("the object's empty XDP program")
+            .try_into()?;
+        xdp.load()?;
+        xdp.attach(&iface, aya::programs::XdpMode::Driver)?;
+        Ok(ebpf)
+    })??;
     let err = failure(
         &net,
         &[

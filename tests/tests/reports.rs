@@ -161,6 +161,15 @@ fn reports_of_a_known_capture_are_exact_in_every_format() -> Result<()> {
     assert_eq!(&png_bytes[1..4], b"PNG");
     let size = |at: usize| u32::from_be_bytes(png_bytes[at..at + 4].try_into().unwrap());
     assert_eq!((size(16), size(20)), (1100, 600), "IHDR width and height");
+    // A link planted at the output is replaced, never written through.
+    let victim = dir.path().join("victim.conf");
+    std::fs::write(&victim, "key = value\n")?;
+    let planted = dir.path().join("planted.svg");
+    std::os::unix::fs::symlink(&victim, &planted)?;
+    report(&["chart", "--out", planted.to_str().unwrap()]);
+    assert_eq!(std::fs::read_to_string(&victim)?, "key = value\n");
+    assert!(std::fs::symlink_metadata(&planted)?.is_file());
+    assert!(std::fs::read_to_string(&planted)?.starts_with("<svg"));
     let out = run(&[
         "report",
         "chart",

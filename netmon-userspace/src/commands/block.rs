@@ -10,12 +10,10 @@ use crate::{
     policy::{file::read_blocklist, Action, Cidr, Directions, Match, Proto, Rule},
 };
 
-/// Which packets a rule or quota is about, as CLI options.
+/// Which packets a rule or quota is about, as CLI options (the CIDR is a
+/// positional argument of each command).
 #[derive(Debug, Args)]
 pub struct MatchArgs {
-    /// CIDR or address; leave it out for a rule on protocol/port alone.
-    #[arg(value_parser = |s: &str| s.parse::<Cidr>())]
-    pub cidr: Option<Cidr>,
     /// Only this L4 protocol: tcp, udp, icmp, icmpv6 or a number.
     #[arg(long, value_parser = |s: &str| s.parse::<Proto>())]
     pub proto: Option<Proto>,
@@ -32,7 +30,7 @@ pub struct MatchArgs {
     #[arg(long, value_enum, default_value_t = Directions::Both)]
     pub direction: Directions,
     /// Every packet: needed when no CIDR, protocol or port is given.
-    #[arg(long, conflicts_with_all = ["cidr", "proto", "port", "sport", "dport"])]
+    #[arg(long, conflicts_with_all = ["proto", "port", "sport", "dport"])]
     pub all: bool,
     /// The daemon's interface (needed when several daemons run).
     #[arg(long)]
@@ -59,6 +57,9 @@ impl MatchArgs {
 /// Options of `netmon block`, `allow` and `unblock`.
 #[derive(Debug, Args)]
 pub struct RuleArgs {
+    /// CIDR or address; leave it out for a rule on protocol/port alone.
+    #[arg(value_parser = |s: &str| s.parse::<Cidr>(), conflicts_with = "all")]
+    pub cidr: Option<Cidr>,
     #[command(flatten)]
     pub matcher: MatchArgs,
     /// Import every CIDR of a plain blocklist file (one per line, # comments) as one rule.
@@ -81,7 +82,7 @@ impl RuleArgs {
                     Some(path.display().to_string()),
                 )
             }
-            None => (self.matcher.cidr.into_iter().collect(), None),
+            None => (self.cidr.into_iter().collect(), None),
         };
         Ok(Rule {
             action,

@@ -7,7 +7,7 @@ use crate::{
     console::human_bytes,
     control::{self, Request},
     enforcer::QuotaView,
-    policy::{Period, Quota},
+    policy::{Cidr, Period, Quota},
     units::parse_size,
 };
 
@@ -15,7 +15,6 @@ use crate::{
 #[derive(Debug, Subcommand)]
 pub enum QuotaCommand {
     /// Set (or replace) a byte budget for a CIDR.
-    #[command(allow_missing_positional = true)]
     Set(SetArgs),
     /// List quotas: used, limit, %, next reset, whether blocked now.
     List {
@@ -47,11 +46,15 @@ pub enum QuotaCommand {
 /// Options of `netmon quota set`.
 #[derive(Debug, Args)]
 pub struct SetArgs {
+    /// CIDR or address, then the budget (2GB, 500MiB, …); the budget alone
+    /// with --all or a protocol/port.
+    #[arg(value_name = "CIDR")]
+    pub first: String,
+    /// The budget, after a CIDR.
+    #[arg(value_name = "LIMIT", allow_hyphen_values = true)]
+    pub second: Option<String>,
     #[command(flatten)]
     pub matcher: MatchArgs,
-    /// Budget: 2GB, 500MiB, …
-    #[arg(value_parser = parse_size, allow_hyphen_values = true)]
-    pub limit: u64,
     /// daily, weekly, monthly or total.
     #[arg(long, default_value = "monthly")]
     pub period: String,
@@ -70,13 +73,20 @@ pub struct SetArgs {
 pub fn run(command: &QuotaCommand) -> anyhow::Result<()> {
     match command {
         QuotaCommand::Set(args) => {
-            let matcher = args
-                .matcher
-                .to_match(args.matcher.cidr.into_iter().collect())?;
+            // Two positionals, the first optional: clap cannot tell which one
+            // a lone value is, so the count decides.
+            let (cidr, limit) = match &args.second {
+                Some(limit) => (Some(&args.first), limit),
+                None => (None, &args.first),
+            };
+            let cidrs = cidr
+                .map(|c| c.parse::<Cidr>().map_err(anyhow::Error::msg))
+                .transpose()?;
+            let matcher = args.matcher.to_match(cidrs.into_iter().collect())?;
             let quota = Quota {
                 name: args.name.clone().unwrap_or_else(|| matcher.to_string()),
                 matcher,
-                limit: args.limit,
+                limit: parse_size(limit).map_err(anyhow::Error::msg)?,
                 period: Period::parse(&args.period, args.start_day).map_err(anyhow::Error::msg)?,
                 warn: args.warn.clone(),
             };

@@ -2,6 +2,7 @@
 
 use std::{collections::BTreeMap, net::IpAddr, path::Path, sync::Once};
 
+use image::ImageEncoder as _;
 use plotters::prelude::*;
 
 use super::timestamp;
@@ -25,24 +26,44 @@ pub fn draw(
             dejavu::sans::regular(),
         );
     });
-    match out.extension().and_then(|e| e.to_str()) {
-        Some("svg") => render(
-            SVGBackend::new(out, (1100, 600)).into_drawing_area(),
-            &labels,
-            &series,
-            seconds,
-        ),
-        Some("png") => render(
-            BitMapBackend::new(out, (1100, 600)).into_drawing_area(),
-            &labels,
-            &series,
-            seconds,
-        ),
+    // Drawn in memory, then written as a new file renamed into place: never
+    // through a link someone planted at `out`.
+    const SIZE: (u32, u32) = (1100, 600);
+    let bytes = match out.extension().and_then(|e| e.to_str()) {
+        Some("svg") => {
+            let mut svg = String::new();
+            render(
+                SVGBackend::with_string(&mut svg, SIZE).into_drawing_area(),
+                &labels,
+                &series,
+                seconds,
+            )?;
+            svg.into_bytes()
+        }
+        Some("png") => {
+            let mut rgb = vec![0u8; SIZE.0 as usize * SIZE.1 as usize * 3];
+            render(
+                BitMapBackend::with_buffer(&mut rgb, SIZE).into_drawing_area(),
+                &labels,
+                &series,
+                seconds,
+            )?;
+            let mut png = Vec::new();
+            image::codecs::png::PngEncoder::new(&mut png).write_image(
+                &rgb,
+                SIZE.0,
+                SIZE.1,
+                image::ColorType::Rgb8,
+            )?;
+            png
+        }
         _ => anyhow::bail!(
             "{}: the chart is written as .svg or .png; name the file so",
             out.display()
         ),
-    }
+    };
+    crate::logs::atomic::write(out, &bytes, 0o644)?;
+    Ok(())
 }
 
 /// Per series (top pairs, then "other"), cumulative bytes per bin, and the bin length in seconds.
