@@ -7,14 +7,13 @@ use std::{
     time::SystemTime,
 };
 
-use aya::Ebpf;
 use jiff::{tz::TimeZone, Timestamp};
 use netmon_common::policy::{QuotaState, RuleKind, MAX_RULES};
 use serde::{Deserialize, Serialize};
 
 use crate::{
     alerts::AlertEvent,
-    datapath::enforce::{self, Enforcement},
+    daemon::kernel::PolicyMaps,
     logs::detail::CounterRecord,
     policy::{compile::compile, file, Item, PolicySet, Quota, Rule},
 };
@@ -157,7 +156,6 @@ pub struct Enforcer {
     runtime: PolicySet,
     ids: HashMap<String, Ids>,
     next_id: u32,
-    kernel: Enforcement,
     periods: HashMap<String, QuotaPeriod>,
     restored: HashMap<String, QuotaUsage>,
     /// The kernel's quota state is not the truth yet (new maps): restore it from the state file.
@@ -219,7 +217,6 @@ impl Enforcer {
             runtime,
             ids,
             next_id,
-            kernel: Enforcement::default(),
             restore_quotas: true,
             periods: HashMap::new(),
             restored: persisted
@@ -237,12 +234,10 @@ impl Enforcer {
         Ok(enforcer)
     }
 
-    /// Takes over the policy that pinned maps from an earlier run hold; their
-    /// quota usage is then more recent than the state file's.
-    pub fn adopt(&mut self, ebpf: &Ebpf) -> Result<(), String> {
-        self.kernel = Enforcement::adopt(ebpf).map_err(|e| e.to_string())?;
+    /// The maps were pinned by an earlier run: their quota usage is more
+    /// recent than the state file's.
+    pub fn adopt(&mut self) {
         self.restore_quotas = false;
-        Ok(())
     }
 
     /// Refuses a policy that cannot be enforced (two items of one key, more
@@ -340,12 +335,12 @@ impl Enforcer {
 
     /// Writes the whole policy into the kernel (at start and after every change).
     /// On error nothing changes and the policy in force stays.
-    pub fn apply(&mut self, ebpf: &mut Ebpf, now: Timestamp) -> Result<(), String> {
+    pub fn apply(&mut self, maps: &mut dyn PolicyMaps, now: Timestamp) -> Result<(), String> {
         let plan = self.plan()?;
         // Counters and budgets before the lists that use them go live.
         let err = |e: crate::datapath::DatapathError| e.to_string();
         for slot in &plan.fresh {
-            enforce::clear_rule_counters(ebpf, *slot).map_err(err)?;
+            maps.clear_rule_counters(*slot).map_err(err)?;
         }
         let quotas: Vec<Quota> = self.quotas_in_force().cloned().collect();
         for quota in &quotas {
@@ -366,7 +361,7 @@ impl Enforcer {
                     .flat_map(|r| r.fired.iter().copied())
                     .collect();
             }
-            let kernel_used = || enforce::quota(ebpf, slot).map(|q| q.used).map_err(err);
+            let kernel_used = || maps.quota(slot).map(|q| q.used).map_err(err);
             let used = if known && !fresh {
                 kernel_used()?
             } else {
@@ -378,8 +373,7 @@ impl Enforcer {
                     None => 0,
                 }
             };
-            enforce::set_quota(
-                ebpf,
+            maps.set_quota(
                 slot,
                 QuotaState {
                     limit: quota.limit,
@@ -388,8 +382,7 @@ impl Enforcer {
             )
             .map_err(err)?;
         }
-        let applied = self.kernel.apply(ebpf, &plan.tables).map_err(err)?;
-        log::debug!("policy applied: {applied:?}");
+        maps.write_tables(&plan.tables).map_err(err)?;
         self.periods
             .retain(|name, _| plan.ids.contains_key(&quota_key(name)));
         self.ids = plan.ids;
@@ -451,7 +444,7 @@ impl Enforcer {
     /// An invalid file is reported and the policy in force stays.
     pub fn reload(
         &mut self,
-        ebpf: &mut Ebpf,
+        maps: &mut dyn PolicyMaps,
         now: Timestamp,
         force: bool,
     ) -> Option<Result<(), String>> {
@@ -482,7 +475,7 @@ impl Enforcer {
             Err(e) => return Some(Err(e)),
         };
         let previous = std::mem::replace(&mut self.file_set, set);
-        let result = self.apply(ebpf, now);
+        let result = self.apply(maps, now);
         if result.is_err() {
             self.file_set = previous;
         }
@@ -493,7 +486,7 @@ impl Enforcer {
     /// is not added twice: its id comes back, with `true`.
     pub fn add_rule(
         &mut self,
-        ebpf: &mut Ebpf,
+        maps: &mut dyn PolicyMaps,
         rule: Rule,
         now: Timestamp,
     ) -> Result<(u32, bool), String> {
@@ -503,7 +496,7 @@ impl Enforcer {
             return Ok((self.ids[&key].id, true));
         }
         self.runtime.rules.push(rule);
-        if let Err(e) = self.apply(ebpf, now) {
+        if let Err(e) = self.apply(maps, now) {
             self.runtime.rules.pop();
             return Err(e);
         }
@@ -513,7 +506,7 @@ impl Enforcer {
     /// Removes a CLI rule, chosen by its spelling or its id.
     pub fn remove_rule(
         &mut self,
-        ebpf: &mut Ebpf,
+        maps: &mut dyn PolicyMaps,
         rule: Option<Rule>,
         id: Option<u32>,
         now: Timestamp,
@@ -533,7 +526,7 @@ impl Enforcer {
             return Err("no such rule; `netmon rules` lists them".into());
         };
         let removed = self.runtime.rules.remove(pos);
-        if let Err(e) = self.apply(ebpf, now) {
+        if let Err(e) = self.apply(maps, now) {
             self.runtime.rules.insert(pos, removed);
             return Err(e);
         }
@@ -544,7 +537,7 @@ impl Enforcer {
     /// and its id comes back, with `true`.
     pub fn set_quota(
         &mut self,
-        ebpf: &mut Ebpf,
+        maps: &mut dyn PolicyMaps,
         quota: Quota,
         now: Timestamp,
     ) -> Result<(u32, bool), String> {
@@ -562,7 +555,7 @@ impl Enforcer {
         let previous = self.runtime.quotas.clone();
         self.runtime.quotas.retain(|q| q.name != quota.name);
         self.runtime.quotas.push(quota);
-        if let Err(e) = self.apply(ebpf, now) {
+        if let Err(e) = self.apply(maps, now) {
             self.runtime.quotas = previous;
             return Err(e);
         }
@@ -572,7 +565,7 @@ impl Enforcer {
     /// Removes a CLI quota: its traffic is no longer counted or limited.
     pub fn remove_quota(
         &mut self,
-        ebpf: &mut Ebpf,
+        maps: &mut dyn PolicyMaps,
         name: &str,
         now: Timestamp,
     ) -> Result<(), String> {
@@ -587,7 +580,7 @@ impl Enforcer {
             ));
         };
         let removed = self.runtime.quotas.remove(pos);
-        if let Err(e) = self.apply(ebpf, now) {
+        if let Err(e) = self.apply(maps, now) {
             self.runtime.quotas.insert(pos, removed);
             return Err(e);
         }
@@ -595,12 +588,12 @@ impl Enforcer {
     }
 
     /// Starts a quota's period over: usage 0, traffic flows again.
-    pub fn reset_quota(&mut self, ebpf: &mut Ebpf, name: &str) -> Result<(), String> {
+    pub fn reset_quota(&mut self, maps: &mut dyn PolicyMaps, name: &str) -> Result<(), String> {
         let quota = self
             .quota(name)
             .ok_or_else(|| format!("no quota named '{name}'; `netmon quota list` lists them"))?;
         let slot = self.ids[&quota_key(name)].slot;
-        restart_quota(ebpf, slot, quota.limit)?;
+        restart_quota(maps, slot, quota.limit)?;
         if let Some(period) = self.periods.get_mut(name) {
             period.fired.clear();
         }
@@ -612,7 +605,11 @@ impl Enforcer {
     }
 
     /// Resets quotas whose period ended, and returns the alerts newly due.
-    pub fn tick(&mut self, ebpf: &mut Ebpf, now: Timestamp) -> Result<Vec<AlertEvent>, String> {
+    pub fn tick(
+        &mut self,
+        maps: &mut dyn PolicyMaps,
+        now: Timestamp,
+    ) -> Result<Vec<AlertEvent>, String> {
         let mut events = Vec::new();
         let quotas: Vec<Quota> = self.quotas_in_force().cloned().collect();
         for quota in quotas {
@@ -625,11 +622,11 @@ impl Enforcer {
                     quota.name,
                     quota.period
                 );
-                restart_quota(ebpf, slot, quota.limit)?;
+                restart_quota(maps, slot, quota.limit)?;
                 period.start = start;
                 period.fired.clear();
             }
-            let used = enforce::quota(ebpf, slot).map_err(|e| e.to_string())?.used;
+            let used = maps.quota(slot).map_err(|e| e.to_string())?.used;
             let mut levels: Vec<u8> = quota.warn.clone();
             levels.push(100);
             for level in levels {
@@ -659,13 +656,12 @@ impl Enforcer {
     }
 
     /// The rules with their counters.
-    pub fn rules(&self, ebpf: &Ebpf) -> Result<Vec<RuleView>, String> {
+    pub fn rules(&self, maps: &dyn PolicyMaps) -> Result<Vec<RuleView>, String> {
         let mut out = Vec::new();
         for (origin, set) in [("file", &self.file_set), ("cli", &self.runtime)] {
             for rule in &set.rules {
                 let ids = self.ids[&rule.key()];
-                let [ingress, egress] =
-                    enforce::rule_counters(ebpf, ids.slot).map_err(|e| e.to_string())?;
+                let [ingress, egress] = maps.rule_counters(ids.slot).map_err(|e| e.to_string())?;
                 out.push(RuleView {
                     id: ids.id,
                     rule: rule.to_string(),
@@ -679,13 +675,13 @@ impl Enforcer {
     }
 
     /// The quotas with their usage.
-    pub fn quotas(&self, ebpf: &Ebpf, now: Timestamp) -> Result<Vec<QuotaView>, String> {
+    pub fn quotas(&self, maps: &dyn PolicyMaps, now: Timestamp) -> Result<Vec<QuotaView>, String> {
         let mut out = Vec::new();
         for (origin, set) in [("file", &self.file_set), ("cli", &self.runtime)] {
             for quota in &set.quotas {
                 let ids = self.ids[&quota_key(&quota.name)];
-                let state = enforce::quota(ebpf, ids.slot).map_err(|e| e.to_string())?;
-                let [i, e] = enforce::rule_counters(ebpf, ids.slot).map_err(|e| e.to_string())?;
+                let state = maps.quota(ids.slot).map_err(|e| e.to_string())?;
+                let [i, e] = maps.rule_counters(ids.slot).map_err(|e| e.to_string())?;
                 out.push(QuotaView {
                     id: ids.id,
                     name: quota.name.clone(),
@@ -708,12 +704,12 @@ impl Enforcer {
 
     /// What to persist every interval: quota usage (the rules and ids go
     /// apart, see [`Enforcer::persisted_rules`]).
-    pub fn persisted(&self, ebpf: &Ebpf) -> PersistedPolicy {
+    pub fn persisted(&self, maps: &dyn PolicyMaps) -> PersistedPolicy {
         let quotas = self
             .quotas_in_force()
             .filter_map(|q| {
                 let ids = self.ids.get(&quota_key(&q.name))?;
-                let used = enforce::quota(ebpf, ids.slot).ok()?.used;
+                let used = maps.quota(ids.slot).ok()?.used;
                 let period = self.periods.get(&q.name).cloned().unwrap_or_default();
                 let period_end = period.start.and_then(|start| {
                     q.period
@@ -737,8 +733,9 @@ impl Enforcer {
 }
 
 /// Sets a quota's use back to zero: traffic flows again.
-fn restart_quota(ebpf: &mut Ebpf, slot: u32, limit: u64) -> Result<(), String> {
-    enforce::set_quota(ebpf, slot, QuotaState { limit, used: 0 }).map_err(|e| e.to_string())
+fn restart_quota(maps: &mut dyn PolicyMaps, slot: u32, limit: u64) -> Result<(), String> {
+    maps.set_quota(slot, QuotaState { limit, used: 0 })
+        .map_err(|e| e.to_string())
 }
 
 fn stamp(path: &std::path::Path) -> Option<(SystemTime, u64)> {

@@ -9,6 +9,7 @@ pub mod commands;
 pub mod console;
 pub mod control;
 pub mod crosscheck;
+pub mod daemon;
 pub mod datapath;
 pub mod enforcer;
 pub mod fuzzing;

@@ -285,38 +285,6 @@ fn quota_stops_delivery_resets_and_survives_restart() -> Result<()> {
 }
 
 #[test]
-fn quota_period_rolls_over_under_an_injected_clock() -> Result<()> {
-    let net = TestNet::create()?;
-    let dir = tempfile::tempdir()?;
-    let mut netmon = start(
-        &net,
-        dir.path(),
-        &["--fake-now", "2026-11-28T23:59:54Z", "--timezone", "UTC"],
-    )?;
-    let (a, b) = (&net.a, &net.b);
-    ctl(
-        &net,
-        &[
-            "quota",
-            "set",
-            &b.ipv4.to_string(),
-            "5kB",
-            "--period",
-            "daily",
-            "--name",
-            "day",
-        ],
-    )
-    .unwrap();
-    let first = traffic::udp_received(b, v4(b.ipv4), a, v4(a.ipv4), 7400, &[1000; 10], QUIET)?;
-    assert_eq!(first.len(), 5, "1042-byte frames: 5 pass a 5 kB budget");
-    netmon.wait_for("a new daily period began", Duration::from_secs(10))?;
-    let second = traffic::udp_received(b, v4(b.ipv4), a, v4(a.ipv4), 7401, &[1000; 10], QUIET)?;
-    assert_eq!(second.len(), 5, "the new day has a fresh budget");
-    Ok(())
-}
-
-#[test]
 fn alerts_run_the_program_once_per_crossing() -> Result<()> {
     let net = TestNet::create()?;
     let dir = tempfile::tempdir()?;

@@ -173,8 +173,53 @@ fn seconds(start: jiff::Timestamp, end: jiff::Timestamp) -> f64 {
     (end - start).total(jiff::Unit::Second).unwrap_or(0.0)
 }
 
+impl Interval {
+    /// Its record, borrowed.
+    pub fn record(&self) -> IntervalRecord<'_> {
+        IntervalRecord {
+            iface: &self.iface,
+            start: self.start,
+            end: self.end,
+            usage: &self.usage,
+        }
+    }
+}
+
 /// Serialises exactly as the interval's [`DetailRecord`] would.
 impl Serialize for Interval {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.record().serialize(serializer)
+    }
+}
+
+/// One interval of the detail log, borrowed from the daemon's report: written
+/// without a copy of its usage.
+#[derive(Clone, Copy, Debug)]
+pub struct IntervalRecord<'a> {
+    /// Interface the counters come from.
+    pub iface: &'a str,
+    /// Interval start.
+    pub start: jiff::Timestamp,
+    /// Interval end.
+    pub end: jiff::Timestamp,
+    /// What the datapath counted.
+    pub usage: &'a IntervalUsage,
+}
+
+impl IntervalRecord<'_> {
+    /// An owned copy, to keep until it can be written.
+    pub fn to_owned(&self) -> Interval {
+        Interval {
+            iface: self.iface.to_string(),
+            start: self.start,
+            end: self.end,
+            usage: self.usage.clone(),
+        }
+    }
+}
+
+/// Serialises exactly as the interval's [`DetailRecord`] would.
+impl Serialize for IntervalRecord<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
         struct Pairs<'a>(&'a IntervalUsage);
@@ -187,10 +232,10 @@ impl Serialize for Interval {
         s.serialize_field("start", &self.start.to_string())?;
         s.serialize_field("end", &self.end.to_string())?;
         s.serialize_field("interval_s", &seconds(self.start, self.end))?;
-        s.serialize_field("iface", &self.iface)?;
-        s.serialize_field("pairs", &Pairs(&self.usage))?;
-        s.serialize_field("protocols", &protocols(&self.usage))?;
-        s.serialize_field("table", &table(&self.usage))?;
+        s.serialize_field("iface", self.iface)?;
+        s.serialize_field("pairs", &Pairs(self.usage))?;
+        s.serialize_field("protocols", &protocols(self.usage))?;
+        s.serialize_field("table", &table(self.usage))?;
         s.end()
     }
 }

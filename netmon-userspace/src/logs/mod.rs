@@ -62,6 +62,7 @@ pub enum LogError {
 
 /// The files behind one log: the old-format log, its exact state, the CLI's
 /// rules, the detail log.
+#[derive(Clone, Debug)]
 pub struct Files {
     /// `network_log.json`.
     pub log: PathBuf,
@@ -275,7 +276,7 @@ mod tests {
                 None,
                 &dir.path().join("d.jsonl"),
             );
-            let err = files.check(false).err().expect("refused");
+            let err = files.check(false).expect_err("refused");
             assert!(
                 matches!(&err, LogError::Symlink { path } if *path == link),
                 "{err:?}"
@@ -296,7 +297,7 @@ mod tests {
             None,
             Path::new("/tmp/d.jsonl"),
         );
-        let err = files.check(false).err().expect("refused").to_string();
+        let err = files.check(false).expect_err("refused").to_string();
         let real = dir.path().canonicalize().unwrap();
         assert!(
             err.starts_with(&format!(

@@ -1,0 +1,108 @@
+//! The kernel as the daemon sees it: the pair table it reads and retires
+//! from, and the policy maps it writes. The real one is the attached
+//! [`Datapath`]; tests pass fakes (`super::fake`).
+
+use netmon_common::{policy::QuotaState, Counter, PairKey};
+
+use crate::{
+    datapath::{enforce::Enforcement, Datapath, DatapathError, PairReading, Snapshot},
+    policy::compile::Tables,
+};
+
+/// The pair table.
+pub trait Pairs {
+    /// Reads every pair's cumulative counters, handing each to `each` as it
+    /// is read; the snapshot holds the totals (its `pairs` stay empty).
+    fn read(
+        &mut self,
+        each: &mut dyn FnMut(PairKey, PairReading),
+    ) -> Result<Snapshot, DatapathError>;
+    /// Removes pairs and returns their final counters, none lost in between.
+    fn retire(&mut self, keys: &[PairKey]) -> Result<Vec<(PairKey, PairReading)>, DatapathError>;
+    /// False once the interface the programs are attached to is gone.
+    fn attached(&self) -> bool;
+}
+
+/// The maps the policy is enforced from, by rule slot.
+pub trait PolicyMaps {
+    /// Writes the compiled policy, as a difference from what the maps hold.
+    fn write_tables(&mut self, tables: &Tables) -> Result<(), DatapathError>;
+    /// Zeroes the drop counters of a slot a new rule takes.
+    fn clear_rule_counters(&mut self, slot: u32) -> Result<(), DatapathError>;
+    /// A quota's budget and use.
+    fn quota(&self, slot: u32) -> Result<QuotaState, DatapathError>;
+    /// Sets a quota's budget and use.
+    fn set_quota(&mut self, slot: u32, state: QuotaState) -> Result<(), DatapathError>;
+    /// Frames and bytes a rule decided, per direction.
+    fn rule_counters(&self, slot: u32) -> Result<[Counter; 2], DatapathError>;
+}
+
+/// Everything the daemon needs of the kernel.
+pub trait Kernel: Pairs + PolicyMaps {}
+
+impl<K: Pairs + PolicyMaps> Kernel for K {}
+
+/// The attached datapath and what its policy maps hold.
+pub struct Attached {
+    /// The programs, maps and pins.
+    pub datapath: Datapath,
+    enforcement: Enforcement,
+}
+
+impl Attached {
+    /// Wraps an attached datapath.
+    pub fn new(datapath: Datapath) -> Self {
+        Attached {
+            datapath,
+            enforcement: Enforcement::default(),
+        }
+    }
+
+    /// Reads what adopted policy maps hold, so that the first policy write
+    /// is a difference from it (removing what the new policy lacks).
+    pub fn adopt_policy(&mut self) -> Result<(), DatapathError> {
+        self.enforcement = Enforcement::adopt(self.datapath.ebpf())?;
+        Ok(())
+    }
+}
+
+impl Pairs for Attached {
+    fn read(
+        &mut self,
+        each: &mut dyn FnMut(PairKey, PairReading),
+    ) -> Result<Snapshot, DatapathError> {
+        self.datapath.read_with(each)
+    }
+
+    fn retire(&mut self, keys: &[PairKey]) -> Result<Vec<(PairKey, PairReading)>, DatapathError> {
+        self.datapath.remove_pairs(keys)
+    }
+
+    fn attached(&self) -> bool {
+        self.datapath.attached()
+    }
+}
+
+impl PolicyMaps for Attached {
+    fn write_tables(&mut self, tables: &Tables) -> Result<(), DatapathError> {
+        let applied = self.enforcement.apply(self.datapath.ebpf_mut(), tables)?;
+        log::debug!("policy applied: {applied:?}");
+        Ok(())
+    }
+
+    fn clear_rule_counters(&mut self, slot: u32) -> Result<(), DatapathError> {
+        crate::datapath::enforce::clear_rule_counters(self.datapath.ebpf_mut(), slot)
+    }
+
+    fn quota(&self, slot: u32) -> Result<QuotaState, DatapathError> {
+        crate::datapath::enforce::quota(self.datapath.ebpf(), slot)
+    }
+
+    fn set_quota(&mut self, slot: u32, state: QuotaState) -> Result<(), DatapathError> {
+        crate::datapath::enforce::set_quota(self.datapath.ebpf_mut(), slot, state)
+    }
+
+    fn rule_counters(&self, slot: u32) -> Result<[Counter; 2], DatapathError> {
+        crate::datapath::enforce::rule_counters(self.datapath.ebpf(), slot)
+    }
+}

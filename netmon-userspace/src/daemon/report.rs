@@ -1,0 +1,55 @@
+//! What one poll produces, and what the sinks get.
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+
+use crate::{
+    accounting::{BaselineView, IntervalUsage},
+    alerts::AlertEvent,
+    enforcer::{PersistedRules, QuotaView, RuleView},
+    logs::state::State,
+};
+
+/// One interval, as one poll saw it.
+#[derive(Debug)]
+pub struct IntervalReport {
+    /// The interface.
+    pub iface: String,
+    /// When the interval began (wall clock).
+    pub start: Timestamp,
+    /// When it ended.
+    pub end: Timestamp,
+    /// How long it lasted (monotonic clock).
+    pub elapsed: Duration,
+    /// Per-pair deltas, totals, protocol and service counters, drops and the
+    /// pair table's fill.
+    pub usage: IntervalUsage,
+    /// What each rule decided, cumulative.
+    pub rules: Vec<RuleView>,
+    /// Each quota's use, limit and drops, cumulative.
+    pub quotas: Vec<QuotaView>,
+    /// Warn levels, spent quotas and thresholds crossed this interval.
+    pub alerts: Vec<AlertEvent>,
+}
+
+/// What survives a restart, as it stands after the report's interval.
+pub struct Saved<'a> {
+    /// Exact totals, quota usage, the alert period's usage.
+    pub state: &'a State,
+    /// The kernel counter values already in the totals.
+    pub baseline: BaselineView<'a>,
+    /// The CLI's rules and every rule's ids.
+    pub rules: &'a PersistedRules,
+    /// Changes whenever `rules` may have.
+    pub rules_version: u64,
+}
+
+/// What the daemon hands every sink: after each poll, and after each change
+/// of policy between polls (then without an interval).
+pub struct Report<'a> {
+    /// The interval just polled, if this report follows a poll.
+    pub interval: Option<&'a IntervalReport>,
+    /// What the files must hold now.
+    pub saved: Saved<'a>,
+}

@@ -1,0 +1,157 @@
+//! Where reports go: the files, the alert program, the detail log, the
+//! console line, the cross-check with the interface's counters. Each sink
+//! keeps what it must retry; one that fails never stops the others.
+
+use std::io::Write as _;
+
+use crate::{
+    alerts::Alerter,
+    console,
+    crosscheck::CrossCheck,
+    logs::{self, Files, LogError},
+};
+
+use super::report::{IntervalReport, Report};
+
+/// A consumer of the daemon's reports.
+pub trait Sink {
+    /// Takes one report. An error is logged by the daemon; the sink gets the
+    /// next report as usual and retries then what it could not write.
+    fn deliver(&mut self, report: &Report<'_>) -> Result<(), LogError>;
+
+    /// What it still could not write when the daemon stops, in words.
+    fn unwritten(&self) -> Option<String> {
+        None
+    }
+}
+
+/// The rules file (when the policy changed), the state file and the
+/// old-format log, in that order; each is replaced whole, so a failed write
+/// is retried with the next report.
+pub struct FilesSink {
+    files: Files,
+    rules_saved: Option<u64>,
+}
+
+impl FilesSink {
+    /// Writes `files`, the rules file first with the first report.
+    pub fn new(files: Files) -> Self {
+        FilesSink {
+            files,
+            rules_saved: None,
+        }
+    }
+}
+
+impl Sink for FilesSink {
+    fn deliver(&mut self, report: &Report<'_>) -> Result<(), LogError> {
+        let saved = &report.saved;
+        if self.rules_saved != Some(saved.rules_version) {
+            self.files.save_rules(saved.rules)?;
+            self.rules_saved = Some(saved.rules_version);
+        }
+        self.files.save(saved.state, Some(&saved.baseline))
+    }
+}
+
+/// Runs `--alert-exec` and logs each alert, after the files hold that it fired.
+pub struct AlertSink(pub Alerter);
+
+impl Sink for AlertSink {
+    fn deliver(&mut self, report: &Report<'_>) -> Result<(), LogError> {
+        for event in report.interval.iter().flat_map(|i| &i.alerts) {
+            self.0.deliver(event);
+        }
+        Ok(())
+    }
+}
+
+/// The detail log: one JSON line per interval, kept until written.
+pub struct DetailSink {
+    path: std::path::PathBuf,
+    pending: Vec<logs::detail::Interval>,
+}
+
+impl DetailSink {
+    /// Appends to `path`.
+    pub fn new(path: std::path::PathBuf) -> Self {
+        DetailSink {
+            path,
+            pending: Vec::new(),
+        }
+    }
+}
+
+impl Sink for DetailSink {
+    fn deliver(&mut self, report: &Report<'_>) -> Result<(), LogError> {
+        let current = report.interval.map(|i| logs::detail::IntervalRecord {
+            iface: &i.iface,
+            start: i.start,
+            end: i.end,
+            usage: &i.usage,
+        });
+        // Earlier records first, in order; the current one is copied only
+        // when it cannot be written now.
+        let mut failed = None;
+        while let Some(record) = self.pending.first() {
+            if let Err(e) = logs::detail::append(&self.path, record) {
+                failed = Some(e);
+                break;
+            }
+            self.pending.remove(0);
+        }
+        if let Some(record) = current {
+            if failed.is_none() {
+                failed = logs::detail::append(&self.path, &record).err();
+                if failed.is_none() {
+                    return Ok(());
+                }
+            }
+            self.pending.push(record.to_owned());
+        }
+        failed.map_or(Ok(()), Err)
+    }
+
+    fn unwritten(&self) -> Option<String> {
+        (!self.pending.is_empty()).then(|| {
+            format!(
+                "{} interval(s) could not be appended to {}",
+                self.pending.len(),
+                self.path.display()
+            )
+        })
+    }
+}
+
+/// The summary line on stdout: rates and the top pairs.
+pub struct ConsoleSink;
+
+impl Sink for ConsoleSink {
+    fn deliver(&mut self, report: &Report<'_>) -> Result<(), LogError> {
+        if let Some(IntervalReport {
+            usage,
+            elapsed,
+            end,
+            ..
+        }) = report.interval
+        {
+            let line = console::summary(usage, *elapsed);
+            // A closed stdout (`netmon run | head`) must not stop the daemon.
+            let _ = writeln!(std::io::stdout(), "{}  {line}", end.strftime("%H:%M:%S"));
+        }
+        Ok(())
+    }
+}
+
+/// Warns when the interface counted markedly more frames than netmon.
+pub struct CrossCheckSink(pub CrossCheck);
+
+impl Sink for CrossCheckSink {
+    fn deliver(&mut self, report: &Report<'_>) -> Result<(), LogError> {
+        if let Some(interval) = report.interval {
+            let frames = [0, 1].map(|d| interval.usage.totals[d].all.frames);
+            self.0.interval(&interval.iface, frames);
+        }
+        Ok(())
+    }
+}

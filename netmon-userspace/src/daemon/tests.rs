@@ -1,0 +1,409 @@
+//! Whole polls with a fake kernel and clock: accounting, exactly-once across
+//! a restart, idle retirement, quota periods and alerts, policy changes,
+//! sinks that fail.
+
+use std::{cell::RefCell, rc::Rc, time::Duration};
+
+use jiff::tz::TimeZone;
+use netmon_common::{policy::QuotaState, PairKey};
+
+use super::{
+    clock::Clock as _,
+    fake::{FakeClock, FakeKernel},
+    report::Report,
+    sinks::{FilesSink, Sink},
+    Daemon,
+};
+use crate::{
+    accounting::Meter,
+    control::{Request, Response},
+    enforcer::Enforcer,
+    logs::{state::State, Files, LogError},
+    policy::{Action, Match, Period, Quota, Rule},
+};
+
+/// An IPv4 pair's key (IPv4-mapped addresses), UDP, received.
+fn key(src: [u8; 4], dst: [u8; 4]) -> PairKey {
+    let mapped = |a: [u8; 4]| {
+        let mut m = [0u8; 16];
+        m[10] = 0xff;
+        m[11] = 0xff;
+        m[12..].copy_from_slice(&a);
+        m
+    };
+    PairKey {
+        src: mapped(src),
+        dst: mapped(dst),
+        proto: 17,
+        ..Default::default()
+    }
+}
+
+const A: [u8; 4] = [10, 200, 0, 1];
+const B: [u8; 4] = [10, 200, 0, 2];
+const C: [u8; 4] = [10, 200, 0, 3];
+
+/// What a sink was handed, in the order sinks were handed reports.
+#[derive(Clone, Debug, PartialEq)]
+struct Seen {
+    sink: &'static str,
+    /// Each pair's bytes this interval, or `None` for a report between polls.
+    pairs: Option<Vec<(PairKey, u64)>>,
+    alerts: Vec<(String, String, u8)>,
+    /// Bytes in the exact totals so far.
+    total_bytes: u64,
+}
+
+type Journal = Rc<RefCell<Vec<Seen>>>;
+
+/// A sink that writes down what it was handed, and fails its first `fail` reports.
+struct Recorder {
+    name: &'static str,
+    journal: Journal,
+    fail: u32,
+}
+
+impl Sink for Recorder {
+    fn deliver(&mut self, report: &Report<'_>) -> Result<(), LogError> {
+        self.journal.borrow_mut().push(Seen {
+            sink: self.name,
+            pairs: report.interval.map(|i| {
+                i.usage
+                    .pairs
+                    .iter()
+                    .map(|p| (p.key, p.counter.bytes))
+                    .collect()
+            }),
+            alerts: report
+                .interval
+                .iter()
+                .flat_map(|i| &i.alerts)
+                .map(|a| (a.event.to_string(), a.name.clone(), a.level_percent))
+                .collect(),
+            total_bytes: report.saved.state.ledger.total().bytes,
+        });
+        if self.fail == 0 {
+            return Ok(());
+        }
+        self.fail -= 1;
+        Err(LogError::Io {
+            path: "/full/disk".into(),
+            cause: std::io::Error::from_raw_os_error(libc::ENOSPC),
+        })
+    }
+}
+
+/// A daemon on `kernel` with an empty policy, at `clock`, with `sinks`.
+fn daemon(
+    kernel: &FakeKernel,
+    clock: &FakeClock,
+    meter: Meter,
+    state: State,
+    sinks: Vec<Box<dyn Sink>>,
+) -> Daemon<FakeKernel, FakeClock> {
+    let mut enforcer =
+        Enforcer::new("eth0", None, state.policy.clone(), TimeZone::UTC).expect("no policy file");
+    let mut maps = kernel.clone();
+    enforcer
+        .apply(&mut maps, clock.now())
+        .expect("empty policy");
+    Daemon::new(
+        "eth0",
+        maps,
+        clock.clone(),
+        meter,
+        state,
+        7,
+        enforcer,
+        None,
+        Duration::from_secs(600),
+        sinks,
+    )
+}
+
+fn recorder(name: &'static str, journal: &Journal) -> Box<dyn Sink> {
+    Box::new(Recorder {
+        name,
+        journal: journal.clone(),
+        fail: 0,
+    })
+}
+
+#[test]
+fn each_poll_hands_every_sink_the_intervals_growth_in_order() {
+    let (kernel, clock) = (FakeKernel::default(), FakeClock::at("2026-11-30T12:00:00Z"));
+    let journal = Journal::default();
+    let sinks = vec![recorder("files", &journal), recorder("console", &journal)];
+    let mut daemon = daemon(&kernel, &clock, Meter::default(), State::default(), sinks);
+    kernel.count(key(B, A), 10, 1000);
+    kernel.count(key(C, A), 1, 60);
+    clock.advance(Duration::from_secs(10));
+    daemon.poll().unwrap();
+    kernel.count(key(B, A), 15, 1500);
+    clock.advance(Duration::from_secs(10));
+    daemon.poll().unwrap();
+    let seen = journal.borrow();
+    let first = Some(vec![(key(B, A), 1000), (key(C, A), 60)]);
+    let second = Some(vec![(key(B, A), 500)]);
+    assert_eq!(
+        seen.iter()
+            .map(|s| (s.sink, s.pairs.clone(), s.total_bytes))
+            .collect::<Vec<_>>(),
+        [
+            ("files", first.clone(), 1060),
+            ("console", first, 1060),
+            ("files", second.clone(), 1560),
+            ("console", second, 1560),
+        ]
+    );
+}
+
+#[test]
+fn a_restart_from_the_saved_baseline_counts_nothing_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = Files::new(
+        &dir.path().join("log.json"),
+        None,
+        &dir.path().join("d.jsonl"),
+    );
+    let (kernel, clock) = (FakeKernel::default(), FakeClock::at("2026-11-30T12:00:00Z"));
+    let sinks: Vec<Box<dyn Sink>> = vec![Box::new(FilesSink::new(files.clone()))];
+    let mut first = daemon(&kernel, &clock, Meter::default(), State::default(), sinks);
+    kernel.count(key(B, A), 10, 1000);
+    first.poll().unwrap();
+    drop(first); // a crash after the poll: the maps count on
+    kernel.count(key(B, A), 12, 1300);
+
+    let saved = files.load().unwrap();
+    let meter = Meter::from_baseline(saved.baseline.as_ref().unwrap()).unwrap();
+    let journal = Journal::default();
+    let state = State {
+        baseline: None,
+        ..saved
+    };
+    let mut second = daemon(
+        &kernel,
+        &clock,
+        meter,
+        state,
+        vec![recorder("files", &journal)],
+    );
+    second.poll().unwrap();
+    let seen = journal.borrow();
+    assert_eq!(seen[0].pairs, Some(vec![(key(B, A), 300)]));
+    assert_eq!(seen[0].total_bytes, 1300, "= what the kernel counted, once");
+}
+
+#[test]
+fn pairs_that_stood_still_for_the_idle_timeout_are_retired_and_lose_nothing() {
+    let (kernel, clock) = (FakeKernel::default(), FakeClock::at("2026-11-30T12:00:00Z"));
+    let journal = Journal::default();
+    let mut daemon = daemon(
+        &kernel,
+        &clock,
+        Meter::default(),
+        State::default(),
+        vec![recorder("files", &journal)],
+    );
+    kernel.count(key(B, A), 10, 1000);
+    kernel.count(key(C, A), 1, 100);
+    daemon.poll().unwrap();
+    clock.advance(Duration::from_secs(400));
+    kernel.count(key(C, A), 2, 200);
+    daemon.poll().unwrap();
+    // B → A has stood still for 601 s at the next poll: retired then.
+    clock.advance(Duration::from_secs(201));
+    daemon.poll().unwrap();
+    assert_eq!(kernel.0.borrow().retired, [key(B, A)]);
+    assert!(!kernel.0.borrow().pairs.contains_key(&key(B, A)));
+    let seen = journal.borrow();
+    assert_eq!(seen[2].pairs, Some(vec![]), "nothing new, nothing lost");
+    assert_eq!(seen[2].total_bytes, 1200);
+}
+
+fn daily_quota(name: &str, limit: u64) -> Quota {
+    Quota {
+        name: name.into(),
+        matcher: Match {
+            cidrs: vec!["10.200.0.2/32".parse().unwrap()],
+            ..Default::default()
+        },
+        limit,
+        period: Period::Daily,
+        warn: vec![80],
+    }
+}
+
+#[test]
+fn a_quota_period_rolls_over_at_midnight_by_the_injected_clock() {
+    let (kernel, clock) = (FakeKernel::default(), FakeClock::at("2026-11-28T23:59:54Z"));
+    let journal = Journal::default();
+    let mut daemon = daemon(
+        &kernel,
+        &clock,
+        Meter::default(),
+        State::default(),
+        vec![recorder("alerts", &journal)],
+    );
+    let Response::Ok(set) = daemon.handle(Request::SetQuota {
+        quota: daily_quota("day", 5000),
+    }) else {
+        panic!("quota refused")
+    };
+    let slot = 0;
+    assert_eq!(set["id"], 0);
+    // The datapath spends it: 5,210 bytes of a 5,000 byte budget.
+    kernel.0.borrow_mut().quotas.get_mut(&slot).unwrap().used = 5210;
+    clock.advance(Duration::from_secs(1));
+    daemon.poll().unwrap();
+    clock.advance(Duration::from_secs(1));
+    daemon.poll().unwrap();
+    // Midnight passes: a fresh budget, and the levels may fire again.
+    clock.advance(Duration::from_secs(10));
+    daemon.poll().unwrap();
+    assert_eq!(
+        kernel.0.borrow().quotas[&slot],
+        QuotaState {
+            limit: 5000,
+            used: 0
+        }
+    );
+    let alerts: Vec<_> = journal
+        .borrow()
+        .iter()
+        .filter(|s| s.pairs.is_some())
+        .map(|s| s.alerts.clone())
+        .collect();
+    let fired = |level| ("quota_warning".to_string(), "day".to_string(), level);
+    let spent = ("quota_exhausted".to_string(), "day".to_string(), 100);
+    assert_eq!(alerts, [vec![fired(80), spent], vec![], vec![]]);
+}
+
+#[test]
+fn rules_and_quotas_reach_the_maps_and_adding_one_again_changes_nothing() {
+    let (kernel, clock) = (FakeKernel::default(), FakeClock::at("2026-11-30T12:00:00Z"));
+    let journal = Journal::default();
+    let mut daemon = daemon(
+        &kernel,
+        &clock,
+        Meter::default(),
+        State::default(),
+        vec![recorder("files", &journal)],
+    );
+    let rule = Rule {
+        action: Action::Block,
+        matcher: Match {
+            cidrs: vec!["142.250.0.0/16".parse().unwrap()],
+            ..Default::default()
+        },
+        source: None,
+    };
+    let add = || Request::AddRule { rule: rule.clone() };
+    let Response::Ok(first) = daemon.handle(add()) else {
+        panic!()
+    };
+    let Response::Ok(again) = daemon.handle(add()) else {
+        panic!()
+    };
+    assert_eq!(
+        (first["id"].clone(), first["existing"].clone()),
+        (0.into(), false.into())
+    );
+    assert_eq!(
+        (again["id"].clone(), again["existing"].clone()),
+        (0.into(), true.into())
+    );
+    let prefixes = |k: &FakeKernel| {
+        k.0.borrow()
+            .tables
+            .prefixes
+            .keys()
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(prefixes(&kernel), ["142.250.0.0/16"]);
+    let Response::Ok(_) = daemon.handle(Request::RemoveRule {
+        rule: None,
+        id: Some(0),
+    }) else {
+        panic!()
+    };
+    assert_eq!(prefixes(&kernel), Vec::<String>::new());
+    // A removed id is never given again.
+    let Response::Ok(next) = daemon.handle(add()) else {
+        panic!()
+    };
+    assert_eq!(next["id"], 1);
+    // Each change reached the files at once (reports between polls).
+    assert_eq!(journal.borrow().len(), 4);
+    assert!(journal.borrow().iter().all(|s| s.pairs.is_none()));
+}
+
+#[test]
+fn a_failing_sink_is_retried_and_stops_no_other() {
+    let (kernel, clock) = (FakeKernel::default(), FakeClock::at("2026-11-30T12:00:00Z"));
+    let journal = Journal::default();
+    let sinks: Vec<Box<dyn Sink>> = vec![
+        Box::new(Recorder {
+            name: "full disk",
+            journal: journal.clone(),
+            fail: 2,
+        }),
+        recorder("console", &journal),
+    ];
+    let mut daemon = daemon(&kernel, &clock, Meter::default(), State::default(), sinks);
+    for bytes in [100, 250, 600] {
+        kernel.count(key(B, A), 1, bytes);
+        daemon.poll().unwrap();
+    }
+    let seen = journal.borrow();
+    let names: Vec<_> = seen.iter().map(|s| s.sink).collect();
+    assert_eq!(
+        names,
+        [
+            "full disk",
+            "console",
+            "full disk",
+            "console",
+            "full disk",
+            "console"
+        ]
+    );
+    assert_eq!(seen[5].total_bytes, 600);
+}
+
+#[test]
+fn quota_usage_carries_over_a_change_of_time_zone_while_its_period_runs() {
+    let (kernel, clock) = (FakeKernel::default(), FakeClock::at("2026-11-30T10:00:00Z"));
+    let mut state = State::default();
+    state.policy.runtime.quotas.push(daily_quota("day", 5000));
+    // Counted in UTC: the day began at midnight UTC and ends at the next.
+    state.policy.quotas.push(crate::enforcer::QuotaUsage {
+        name: "day".into(),
+        used: 4321,
+        period_start: Some("2026-11-30T00:00:00Z".parse().unwrap()),
+        fired: vec![80],
+        period_end: Some("2026-12-01T00:00:00Z".parse().unwrap()),
+    });
+    let mut enforcer = Enforcer::new(
+        "eth0",
+        None,
+        state.policy.clone(),
+        TimeZone::get("Pacific/Kiritimati").unwrap(),
+    )
+    .unwrap();
+    let mut maps = kernel.clone();
+    enforcer.apply(&mut maps, clock.now()).unwrap();
+    assert_eq!(kernel.0.borrow().quotas[&0].used, 4321);
+    // A period that ended (by its own zone) starts again from zero.
+    let late = FakeClock::at("2026-12-01T00:00:01Z");
+    let mut enforcer = Enforcer::new(
+        "eth0",
+        None,
+        state.policy,
+        TimeZone::get("Pacific/Kiritimati").unwrap(),
+    )
+    .unwrap();
+    enforcer.apply(&mut maps, late.now()).unwrap();
+    assert_eq!(kernel.0.borrow().quotas[&0].used, 0);
+}
