@@ -5,11 +5,23 @@ use std::{io::Write, path::PathBuf, process::Stdio};
 
 use serde::Serialize;
 
+/// What an alert is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertKind {
+    /// A quota crossed one of its warn levels.
+    QuotaWarning,
+    /// A quota is spent: matching traffic is dropped.
+    QuotaExhausted,
+    /// Delivered traffic crossed `--alert-threshold`.
+    UsageThreshold,
+}
+
 /// One crossing of a warn level, a spent quota, or the usage threshold.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct AlertEvent {
-    /// `quota_warning`, `quota_exhausted` or `usage_threshold`.
-    pub event: &'static str,
+    /// What it is about (`quota_warning`, `quota_exhausted`, `usage_threshold`).
+    pub event: AlertKind,
     /// Interface.
     pub iface: String,
     /// Quota name, or `total` for the usage threshold.
@@ -30,15 +42,15 @@ impl AlertEvent {
     /// The log line for the event.
     pub fn message(&self) -> String {
         match self.event {
-            "quota_exhausted" => format!(
+            AlertKind::QuotaExhausted => format!(
                 "quota '{}' on {} is spent: {} of {} bytes; matching traffic is now dropped",
                 self.name, self.iface, self.used_bytes, self.limit_bytes
             ),
-            "usage_threshold" => format!(
+            AlertKind::UsageThreshold => format!(
                 "usage on {} crossed the alert threshold: {} of {} bytes this period",
                 self.iface, self.used_bytes, self.limit_bytes
             ),
-            _ => format!(
+            AlertKind::QuotaWarning => format!(
                 "quota '{}' on {} crossed {}%: {} of {} bytes",
                 self.name, self.iface, self.level_percent, self.used_bytes, self.limit_bytes
             ),
@@ -135,7 +147,7 @@ impl UsageAlarm {
         }
         usage.fired = true;
         Some(AlertEvent {
-            event: "usage_threshold",
+            event: AlertKind::UsageThreshold,
             iface: iface.to_string(),
             name: "total".into(),
             level_percent: 100,

@@ -11,7 +11,10 @@ use std::{
 use anyhow::{bail, Context as _};
 use serde::{Deserialize, Serialize};
 
-use crate::policy::{Quota, Rule};
+use crate::{
+    enforcer::{QuotaView, RuleView},
+    policy::{Quota, Rule},
+};
 
 /// Where daemons put their sockets: `/run/netmon/<iface>.sock`.
 pub const SOCKET_DIR: &str = "/run/netmon";
@@ -59,17 +62,66 @@ pub enum Request {
 }
 
 /// The daemon's answer: `{"ok": …}` or `{"error": "…"}`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Response {
-    /// Success, with a payload.
-    Ok(serde_json::Value),
+    /// Success, with what was done or asked.
+    Ok(Answer),
     /// Failure, one line naming the problem.
     Error(String),
 }
 
+/// What a request did or found, one kind per request.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "answer", rename_all = "snake_case")]
+pub enum Answer {
+    /// A rule is in force.
+    RuleAdded {
+        /// Its id.
+        id: u32,
+        /// As `netmon rules` shows it.
+        rule: String,
+        /// True when it was in force already (nothing changed).
+        existing: bool,
+    },
+    /// A rule was removed.
+    RuleRemoved {
+        /// As `netmon rules` showed it.
+        rule: String,
+    },
+    /// The rules in force.
+    Rules {
+        /// With their counters.
+        rules: Vec<RuleView>,
+    },
+    /// A quota is in force.
+    QuotaSet {
+        /// Its id.
+        id: u32,
+        /// Its name.
+        name: String,
+        /// True when the same quota was in force already (nothing changed).
+        existing: bool,
+    },
+    /// A quota was removed.
+    QuotaRemoved {
+        /// Its name.
+        name: String,
+    },
+    /// A quota's period started over.
+    QuotaReset {
+        /// Its name.
+        name: String,
+    },
+    /// The quotas in force.
+    Quotas {
+        /// With their usage.
+        quotas: Vec<QuotaView>,
+    },
+}
+
 /// Sends one request to the daemon on `iface` (or the only daemon running).
-pub fn ask(iface: Option<&str>, request: &Request) -> anyhow::Result<serde_json::Value> {
+pub fn ask(iface: Option<&str>, request: &Request) -> anyhow::Result<Answer> {
     let path = match iface {
         Some(iface) => socket_path(iface),
         None => only_socket()?,
@@ -88,8 +140,10 @@ pub fn ask(iface: Option<&str>, request: &Request) -> anyhow::Result<serde_json:
     BufReader::new(stream)
         .read_line(&mut answer)
         .context("reading the daemon's answer")?;
-    match serde_json::from_str(&answer).context("the daemon's answer is not JSON")? {
-        Response::Ok(value) => Ok(value),
+    match serde_json::from_str(&answer).with_context(|| {
+        format!("the daemon's answer is not one this netmon reads ({answer:.200}); is the daemon another version?")
+    })? {
+        Response::Ok(answer) => Ok(answer),
         Response::Error(e) => bail!("{e}"),
     }
 }

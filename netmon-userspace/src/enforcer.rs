@@ -12,7 +12,7 @@ use netmon_common::policy::{QuotaState, RuleKind, MAX_RULES};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    alerts::AlertEvent,
+    alerts::{AlertEvent, AlertKind},
     daemon::kernel::PolicyMaps,
     logs::detail::CounterRecord,
     policy::{compile::compile, file, Item, PolicySet, Quota, Rule},
@@ -638,9 +638,9 @@ impl Enforcer {
                 period.fired.insert(level);
                 events.push(AlertEvent {
                     event: if level == 100 {
-                        "quota_exhausted"
+                        AlertKind::QuotaExhausted
                     } else {
-                        "quota_warning"
+                        AlertKind::QuotaWarning
                     },
                     iface: self.iface.clone(),
                     name: quota.name.clone(),

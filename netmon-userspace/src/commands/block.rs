@@ -6,7 +6,7 @@ use anyhow::bail;
 use clap::Args;
 
 use crate::{
-    control::{self, Request},
+    control::{self, Answer, Request},
     policy::{file::read_blocklist, Action, Cidr, Directions, Match, Proto, Rule},
 };
 
@@ -98,12 +98,14 @@ pub fn add(action: Action, args: &RuleArgs) -> anyhow::Result<()> {
         bail!("--id goes with `netmon unblock`");
     }
     let rule = args.to_rule(action)?;
-    let answer = control::ask(args.matcher.iface.as_deref(), &Request::AddRule { rule })?;
-    let (id, text) = (&answer["id"], answer["rule"].as_str().unwrap_or_default());
-    if answer["existing"] == true {
-        println!("rule {id} already in force: {text}");
-    } else {
-        println!("rule {id} added: {text}");
+    match control::ask(args.matcher.iface.as_deref(), &Request::AddRule { rule })? {
+        Answer::RuleAdded {
+            id,
+            rule,
+            existing: true,
+        } => println!("rule {id} already in force: {rule}"),
+        Answer::RuleAdded { id, rule, .. } => println!("rule {id} added: {rule}"),
+        other => bail!("the daemon answered {other:?} to a new rule"),
     }
     Ok(())
 }
@@ -120,10 +122,9 @@ pub fn remove(args: &RuleArgs, action: Action) -> anyhow::Result<()> {
             id: None,
         },
     };
-    let answer = control::ask(args.matcher.iface.as_deref(), &request)?;
-    println!(
-        "removed: {}",
-        answer["removed"].as_str().unwrap_or_default()
-    );
+    match control::ask(args.matcher.iface.as_deref(), &request)? {
+        Answer::RuleRemoved { rule } => println!("removed: {rule}"),
+        other => bail!("the daemon answered {other:?} to a removal"),
+    }
     Ok(())
 }

@@ -5,8 +5,7 @@ use clap::{Args, Subcommand};
 use super::{block::MatchArgs, rules::Format};
 use crate::{
     console::human_bytes,
-    control::{self, Request},
-    enforcer::QuotaView,
+    control::{self, Answer, Request},
     policy::{Cidr, Period, Quota},
     units::parse_size,
 };
@@ -91,21 +90,25 @@ pub fn run(command: &QuotaCommand) -> anyhow::Result<()> {
                 warn: args.warn.clone(),
             };
             quota.validate().map_err(anyhow::Error::msg)?;
-            let answer = control::ask(args.matcher.iface.as_deref(), &Request::SetQuota { quota })?;
-            let name = answer["name"].as_str().unwrap_or_default();
-            if answer["existing"] == true {
-                println!("quota '{name}' already in force, unchanged");
-            } else {
-                println!("quota '{name}' set");
+            match control::ask(args.matcher.iface.as_deref(), &Request::SetQuota { quota })? {
+                Answer::QuotaSet {
+                    name,
+                    existing: true,
+                    ..
+                } => println!("quota '{name}' already in force, unchanged"),
+                Answer::QuotaSet { name, .. } => println!("quota '{name}' set"),
+                other => anyhow::bail!("the daemon answered {other:?} to a new quota"),
             }
         }
         QuotaCommand::List { iface, format } => {
-            let answer = control::ask(iface.as_deref(), &Request::Quotas)?;
+            let quotas = match control::ask(iface.as_deref(), &Request::Quotas)? {
+                Answer::Quotas { quotas } => quotas,
+                other => anyhow::bail!("the daemon answered {other:?} when asked for the quotas"),
+            };
             if *format == Format::Json {
-                println!("{}", serde_json::to_string_pretty(&answer)?);
+                println!("{}", serde_json::to_string_pretty(&quotas)?);
                 return Ok(());
             }
-            let quotas: Vec<QuotaView> = serde_json::from_value(answer)?;
             if quotas.is_empty() {
                 println!("no quotas");
                 return Ok(());

@@ -4,8 +4,7 @@ use clap::Args;
 
 use crate::{
     console::human_bytes,
-    control::{self, Request},
-    enforcer::RuleView,
+    control::{self, Answer, Request},
 };
 
 /// Output format of listings.
@@ -31,12 +30,14 @@ pub struct RulesArgs {
 
 /// Prints the rules.
 pub fn run(args: &RulesArgs) -> anyhow::Result<()> {
-    let answer = control::ask(args.iface.as_deref(), &Request::Rules)?;
+    let rules = match control::ask(args.iface.as_deref(), &Request::Rules)? {
+        Answer::Rules { rules } => rules,
+        other => anyhow::bail!("the daemon answered {other:?} when asked for the rules"),
+    };
     if args.format == Format::Json {
-        println!("{}", serde_json::to_string_pretty(&answer)?);
+        println!("{}", serde_json::to_string_pretty(&rules)?);
         return Ok(());
     }
-    let rules: Vec<RuleView> = serde_json::from_value(answer)?;
     if rules.is_empty() {
         println!("no rules");
         return Ok(());

@@ -25,7 +25,7 @@ use jiff::Timestamp;
 use crate::{
     accounting::{BaselineView, IntervalUsage, Meter},
     alerts::UsageAlarm,
-    control::{Request, Response},
+    control::{Answer, Request, Response},
     datapath::DatapathError,
     enforcer::Enforcer,
     logs::state::State,
@@ -244,38 +244,40 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
                     if !existing {
                         log::info!("rule {id} added: {text}");
                     }
-                    serde_json::json!({ "id": id, "rule": text, "existing": existing })
+                    Answer::RuleAdded {
+                        id,
+                        rule: text,
+                        existing,
+                    }
                 })
             }
             Request::RemoveRule { rule, id } => {
-                enforcer.remove_rule(maps, rule, id, now).map(|text| {
-                    log::info!("rule removed: {text}");
-                    serde_json::json!({ "removed": text })
+                enforcer.remove_rule(maps, rule, id, now).map(|rule| {
+                    log::info!("rule removed: {rule}");
+                    Answer::RuleRemoved { rule }
                 })
             }
-            Request::Rules => enforcer
-                .rules(maps)
-                .map(|r| serde_json::to_value(r).expect("serialises")),
+            Request::Rules => enforcer.rules(maps).map(|rules| Answer::Rules { rules }),
             Request::SetQuota { quota } => {
                 let name = quota.name.clone();
                 enforcer.set_quota(maps, quota, now).map(|(id, existing)| {
                     if !existing {
                         log::info!("quota '{name}' set (id {id})");
                     }
-                    serde_json::json!({ "id": id, "name": name, "existing": existing })
+                    Answer::QuotaSet { id, name, existing }
                 })
             }
             Request::RemoveQuota { name } => enforcer.remove_quota(maps, &name, now).map(|()| {
                 log::info!("quota '{name}' removed");
-                serde_json::json!({ "removed": name })
+                Answer::QuotaRemoved { name }
             }),
             Request::ResetQuota { name } => enforcer.reset_quota(maps, &name).map(|()| {
                 log::info!("quota '{name}' reset");
-                serde_json::json!({ "reset": name })
+                Answer::QuotaReset { name }
             }),
             Request::Quotas => enforcer
                 .quotas(maps, now)
-                .map(|q| serde_json::to_value(q).expect("serialises")),
+                .map(|quotas| Answer::Quotas { quotas }),
         };
         self.deliver(None);
         match result {

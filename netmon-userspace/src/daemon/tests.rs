@@ -16,7 +16,8 @@ use super::{
 };
 use crate::{
     accounting::Meter,
-    control::{Request, Response},
+    alerts::AlertKind,
+    control::{Answer, Request, Response},
     enforcer::Enforcer,
     logs::{state::State, Files, LogError},
     policy::{Action, Match, Period, Quota, Rule},
@@ -49,7 +50,7 @@ struct Seen {
     sink: &'static str,
     /// Each pair's bytes this interval, or `None` for a report between polls.
     pairs: Option<Vec<(PairKey, u64)>>,
-    alerts: Vec<(String, String, u8)>,
+    alerts: Vec<(AlertKind, String, u8)>,
     /// Bytes in the exact totals so far.
     total_bytes: u64,
 }
@@ -78,7 +79,7 @@ impl Sink for Recorder {
                 .interval
                 .iter()
                 .flat_map(|i| &i.alerts)
-                .map(|a| (a.event.to_string(), a.name.clone(), a.level_percent))
+                .map(|a| (a.event, a.name.clone(), a.level_percent))
                 .collect(),
             total_bytes: report.saved.state.ledger.total().bytes,
         });
@@ -245,13 +246,21 @@ fn a_quota_period_rolls_over_at_midnight_by_the_injected_clock() {
         State::default(),
         vec![recorder("alerts", &journal)],
     );
-    let Response::Ok(set) = daemon.handle(Request::SetQuota {
+    let set = daemon.handle(Request::SetQuota {
         quota: daily_quota("day", 5000),
-    }) else {
-        panic!("quota refused")
-    };
+    });
     let slot = 0;
-    assert_eq!(set["id"], 0);
+    assert!(
+        matches!(
+            set,
+            Response::Ok(Answer::QuotaSet {
+                id: 0,
+                existing: false,
+                ..
+            })
+        ),
+        "{set:?}"
+    );
     // The datapath spends it: 5,210 bytes of a 5,000 byte budget.
     kernel.0.borrow_mut().quotas.get_mut(&slot).unwrap().used = 5210;
     clock.advance(Duration::from_secs(1));
@@ -274,8 +283,8 @@ fn a_quota_period_rolls_over_at_midnight_by_the_injected_clock() {
         .filter(|s| s.pairs.is_some())
         .map(|s| s.alerts.clone())
         .collect();
-    let fired = |level| ("quota_warning".to_string(), "day".to_string(), level);
-    let spent = ("quota_exhausted".to_string(), "day".to_string(), 100);
+    let fired = |level| (AlertKind::QuotaWarning, "day".to_string(), level);
+    let spent = (AlertKind::QuotaExhausted, "day".to_string(), 100);
     assert_eq!(alerts, [vec![fired(80), spent], vec![], vec![]]);
 }
 
@@ -299,20 +308,15 @@ fn rules_and_quotas_reach_the_maps_and_adding_one_again_changes_nothing() {
         source: None,
     };
     let add = || Request::AddRule { rule: rule.clone() };
-    let Response::Ok(first) = daemon.handle(add()) else {
-        panic!()
+    let added = |id, existing| {
+        Response::Ok(Answer::RuleAdded {
+            id,
+            rule: "block 142.250.0.0/16".into(),
+            existing,
+        })
     };
-    let Response::Ok(again) = daemon.handle(add()) else {
-        panic!()
-    };
-    assert_eq!(
-        (first["id"].clone(), first["existing"].clone()),
-        (0.into(), false.into())
-    );
-    assert_eq!(
-        (again["id"].clone(), again["existing"].clone()),
-        (0.into(), true.into())
-    );
+    assert_eq!(daemon.handle(add()), added(0, false));
+    assert_eq!(daemon.handle(add()), added(0, true));
     let prefixes = |k: &FakeKernel| {
         k.0.borrow()
             .tables
@@ -322,18 +326,19 @@ fn rules_and_quotas_reach_the_maps_and_adding_one_again_changes_nothing() {
             .collect::<Vec<_>>()
     };
     assert_eq!(prefixes(&kernel), ["142.250.0.0/16"]);
-    let Response::Ok(_) = daemon.handle(Request::RemoveRule {
+    let removed = daemon.handle(Request::RemoveRule {
         rule: None,
         id: Some(0),
-    }) else {
-        panic!()
-    };
+    });
+    assert_eq!(
+        removed,
+        Response::Ok(Answer::RuleRemoved {
+            rule: "block 142.250.0.0/16".into()
+        })
+    );
     assert_eq!(prefixes(&kernel), Vec::<String>::new());
     // A removed id is never given again.
-    let Response::Ok(next) = daemon.handle(add()) else {
-        panic!()
-    };
-    assert_eq!(next["id"], 1);
+    assert_eq!(daemon.handle(add()), added(1, false));
     // Each change reached the files at once (reports between polls).
     assert_eq!(journal.borrow().len(), 4);
     assert!(journal.borrow().iter().all(|s| s.pairs.is_none()));
