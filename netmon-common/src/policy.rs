@@ -24,7 +24,7 @@ pub const RULE_STATS_MAP: &str = "RULE_STATS";
 pub const QUOTAS_MAP: &str = "QUOTAS";
 
 /// Entries a rule list holds: the most rules that can apply to one address.
-/// Verification cost grows steeply with it (4: ~0.1 s per program load; 8: ~1 s).
+/// Verification cost grows steeply with it (figures in docs/design-notes.md).
 pub const MAX_RULES_PER_LIST: usize = 4;
 /// Rule lists the datapath holds (distinct lists; prefixes share them).
 pub const MAX_RULE_LISTS: u32 = 16_384;

@@ -171,8 +171,8 @@ impl SlotCache {
     /// the table on purpose: a packet's random memory access is its set,
     /// and how often that access misses the CPU's caches and TLB matters
     /// more than a few more pairs held; two sets per pair make up the hits
-    /// (100k flows at random in a table of 262,144: 77–105 ns a packet,
-    /// against 151–184 with one set per pair and one entry per slot).
+    /// (measured against one set per pair and one entry per slot in
+    /// docs/design-notes.md).
     fn for_slots(slots: u32) -> Self {
         use std::hash::{BuildHasher, Hasher};
         Self {

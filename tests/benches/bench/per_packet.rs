@@ -82,8 +82,8 @@ pub fn run(scale: Scale) -> Vec<Row> {
             load_blocklist(&mut ebpf, &mut Enforcement::default(), cidrs);
             ebpf
         };
-        // Where the kernel places a fresh table moves these figures by ±30%:
-        // the median of three objects.
+        // Where the kernel places a fresh table moves these figures a lot
+        // (by how much: BENCHMARKS.md, the method): the median of three objects.
         let median_of_3 = |run: &dyn Fn(&mut aya::Ebpf) -> f64| {
             median((0..3).map(|_| run(&mut fresh(&cidrs))).collect())
         };

@@ -142,14 +142,14 @@ struct Paired {
 
 /// TCP and UDP 64-byte Mbit/s received by a, with nothing attached and under
 /// `setup`, on the same pair of namespaces: each setup gets its own reference
-/// (runs on separate pairs differ by ±10%). Single runs on a 2-CPU VM vary by
-/// ±10% and drift over a minute, so the two sides are measured in pairs: each
-/// round is a TCP and a UDP run without the setup and with it, the order
-/// flipped every round (without-with, with-without, …). The ratio is the
-/// median of the rounds' ratios, so drift between rounds cancels; the
-/// figures are the medians of each side's runs. A round's UDP ratio varies by
-/// ±4% on a 2-CPU VM, so rows with a target get twenty rounds (their median
-/// then moves by about ±1%), the others six.
+/// (runs on separate pairs differ). Single runs on a 2-CPU VM vary and drift
+/// over a minute, so the two sides are measured in pairs: each round is a TCP
+/// and a UDP run without the setup and with it, the order flipped every round
+/// (without-with, with-without, …). The ratio is the median of the rounds'
+/// ratios, so drift between rounds cancels; the figures are the medians of
+/// each side's runs. A round's UDP ratio varies too much for a target alone,
+/// so rows with a target get twenty rounds, the others six. How much each of
+/// these varies: the method in tests/benches/BENCHMARKS.md.
 fn measure(setup: Setup, scale: Scale, targeted: bool, cidrs: &[Cidr]) -> [Paired; 2] {
     let rounds = scale.pick(if targeted { 20 } else { 6 }, 2);
     let seconds = scale.pick(3, 1);
