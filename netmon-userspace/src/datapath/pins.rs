@@ -1,5 +1,5 @@
 //! Kernel state that outlives the daemon: maps and program links pinned under
-//! bpffs, in `<bpffs>/netmon/<iface>/`, mode 0700.
+//! bpffs, in `<bpffs>/netmon/netns-<cookie>/<iface>/`, mode 0700.
 
 use std::{
     ffi::CString,

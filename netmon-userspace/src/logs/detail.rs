@@ -129,7 +129,7 @@ impl From<&DirectionTotals> for ProtocolRecord {
 pub struct TableRecord {
     /// Entries in use, IPv4 and IPv6 together.
     pub pairs: usize,
-    /// Capacity of each family's table (`--max-pairs`).
+    /// Slots in the pair table, shared by both families (`--max-pairs`).
     pub capacity: u32,
     /// Frames and bytes that found the table full during the interval.
     pub failed_inserts: CounterRecord,
