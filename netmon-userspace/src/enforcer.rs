@@ -231,7 +231,27 @@ impl Enforcer {
             enforcer.file_stamp = stamp(&path);
             enforcer.file_set = file::load(&path)?;
         }
+        enforcer.migrate_legacy_keys();
         Ok(enforcer)
+    }
+
+    /// Rules files of netmon 0.1 keyed ids by the rules' display text: each
+    /// id moves to its rule's structural key, so rules keep their ids and
+    /// counters. (Two rules that showed alike shared a key; the first keeps
+    /// the id, the other gets a new one.)
+    fn migrate_legacy_keys(&mut self) {
+        let keys: Vec<(String, String)> = self
+            .rules_in_force()
+            .map(|r| (r.legacy_key(), r.key()))
+            .collect();
+        for (legacy, key) in keys {
+            if self.ids.contains_key(&key) {
+                continue;
+            }
+            if let Some(ids) = self.ids.remove(&legacy) {
+                self.ids.insert(key, ids);
+            }
+        }
     }
 
     /// The maps were pinned by an earlier run: their quota usage is more
@@ -263,15 +283,15 @@ impl Enforcer {
             ("the policy file", &self.file_set),
             ("the CLI", &self.runtime),
         ] {
-            for key in set
-                .rules
+            let rules = set.rules.iter().map(|r| (r.key(), r.to_string()));
+            let quotas = set
+                .quotas
                 .iter()
-                .map(Rule::key)
-                .chain(set.quotas.iter().map(|q| quota_key(&q.name)))
-            {
-                if let Some(first) = seen.insert(key.clone(), origin) {
+                .map(|q| (quota_key(&q.name), format!("quota '{}'", q.name)));
+            for (key, shown) in rules.chain(quotas) {
+                if let Some(first) = seen.insert(key, origin) {
                     return Err(format!(
-                        "{key} is defined twice (in {first} and in {origin})"
+                        "{shown} is defined twice (in {first} and in {origin})"
                     ));
                 }
             }

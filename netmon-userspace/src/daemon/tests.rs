@@ -412,3 +412,31 @@ fn quota_usage_carries_over_a_change_of_time_zone_while_its_period_runs() {
     enforcer.apply(&mut maps, late.now()).unwrap();
     assert_eq!(kernel.0.borrow().quotas[&0].used, 0);
 }
+
+#[test]
+fn rules_files_keyed_by_display_text_keep_their_ids() {
+    let (kernel, clock) = (FakeKernel::default(), FakeClock::at("2026-11-30T12:00:00Z"));
+    let mut state = State::default();
+    state.policy.runtime.rules.push(Rule {
+        action: Action::Block,
+        matcher: Match {
+            cidrs: vec!["142.250.0.0/16".parse().unwrap()],
+            ..Default::default()
+        },
+        source: None,
+    });
+    // As netmon 0.1 wrote it: the id keyed by what `rules` shows.
+    state.policy.ids.insert("block 142.250.0.0/16".into(), 5);
+    state.policy.next_id = 6;
+    let mut daemon = daemon(&kernel, &clock, Meter::default(), state, vec![]);
+    let Response::Ok(Answer::Rules { rules }) = daemon.handle(Request::Rules) else {
+        panic!("rules")
+    };
+    assert_eq!(
+        rules
+            .iter()
+            .map(|r| (r.id, r.rule.as_str()))
+            .collect::<Vec<_>>(),
+        [(5, "block 142.250.0.0/16")]
+    );
+}

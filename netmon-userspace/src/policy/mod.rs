@@ -253,8 +253,37 @@ impl Rule {
         self.matcher.validate()
     }
 
-    /// The rule's identity: two rules with the same key are duplicates.
+    /// The rule's identity, built from its structure: two rules with the
+    /// same key are duplicates, and two that differ anywhere (a list of
+    /// CIDRs included, by its digest) have different keys. It names the
+    /// rule's id and counters in the rules file.
     pub fn key(&self) -> String {
+        let m = &self.matcher;
+        let cidrs = match m.cidrs.as_slice() {
+            few if few.len() <= 4 => few
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+            many => format!("{}#{:016x}", many.len(), digest(many)),
+        };
+        let field = |o: Option<String>| o.unwrap_or_default();
+        format!(
+            "rule action={} cidrs={cidrs} proto={} port={} sport={} dport={} direction={:?} all={} source={}",
+            self.action,
+            field(m.proto.map(|p| p.0.to_string())),
+            field(m.port.map(|p| p.to_string())),
+            field(m.sport.map(|p| p.to_string())),
+            field(m.dport.map(|p| p.to_string())),
+            m.direction,
+            m.all,
+            field(self.source.clone()),
+        )
+    }
+
+    /// The key netmon 0.1 gave the rule, its display text (lossy: a list
+    /// showed only its first CIDR): read to migrate its rules files.
+    pub fn legacy_key(&self) -> String {
         match &self.source {
             Some(src) => format!("{} list {src} {}", self.action, self.matcher),
             None => format!("{} {}", self.action, self.matcher),
@@ -286,6 +315,19 @@ pub struct Quota {
     /// Percentages of the budget at which to warn.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warn: Vec<u8>,
+}
+
+/// FNV-1a over a list of CIDRs: stable across builds and machines, unlike
+/// std's hasher, since the key it goes into is persisted.
+fn digest(cidrs: &[Cidr]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for cidr in cidrs {
+        for byte in cidr.to_string().bytes().chain([b',']) {
+            hash ^= byte as u64;
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    hash
 }
 
 /// The longest quota name: it is a file key, a log field and a column.
@@ -422,5 +464,49 @@ mod tests {
         refused(|q| q.warn = vec![80, 100], "warn level 100");
         refused(|q| q.warn = vec![200], "warn level 200");
         refused(|q| q.matcher.all = false, "--all");
+    }
+
+    #[test]
+    fn rule_keys_tell_apart_lists_that_show_alike() {
+        let list = |last: &str| Rule {
+            action: Action::Block,
+            matcher: Match {
+                cidrs: [
+                    "10.0.0.0/8",
+                    "192.0.2.0/24",
+                    "198.51.100.0/24",
+                    "203.0.113.0/24",
+                    last,
+                ]
+                .iter()
+                .map(|c| c.parse().unwrap())
+                .collect(),
+                ..Default::default()
+            },
+            source: Some("/etc/netmon/list.netset".into()),
+        };
+        let (a, b) = (list("100.64.0.0/10"), list("100.64.0.0/11"));
+        assert_eq!(a.to_string(), b.to_string(), "shown alike");
+        assert_eq!(
+            a.legacy_key(),
+            b.legacy_key(),
+            "the old key could not tell them apart"
+        );
+        assert_ne!(a.key(), b.key());
+        assert_eq!(a.key(), list("100.64.0.0/10").key(), "stable");
+        let one = Rule {
+            action: Action::Block,
+            matcher: Match {
+                cidrs: vec!["142.250.0.0/16".parse().unwrap()],
+                proto: Some(Proto(17)),
+                dport: Some(443),
+                ..Default::default()
+            },
+            source: None,
+        };
+        assert_eq!(
+            one.key(),
+            "rule action=block cidrs=142.250.0.0/16 proto=17 port= sport= dport=443 direction=Both all=false source="
+        );
     }
 }
