@@ -16,5 +16,6 @@ pub mod fuzzing;
 pub mod logs;
 pub mod policy;
 pub mod privileges;
+pub mod random;
 pub mod report;
 pub mod units;

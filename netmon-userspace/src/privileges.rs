@@ -46,6 +46,11 @@ pub fn drop_after_attach() -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("dropping capabilities: {e}"))?;
     }
     // SAFETY: prctl with constant arguments.
-    unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        anyhow::bail!(
+            "prctl(PR_SET_NO_NEW_PRIVS) failed: {}; netmon will not run with privileges it could regain",
+            std::io::Error::last_os_error()
+        );
+    }
     Ok(())
 }

@@ -37,7 +37,7 @@ pub fn write_with(
     let tmp = dir.join(format!(
         ".{}.tmp.{:016x}",
         name.to_string_lossy(),
-        random().map_err(io)?
+        crate::random::u64().map_err(io)?
     ));
     let file = OpenOptions::new()
         .write(true)
@@ -59,28 +59,6 @@ pub fn write_with(
         let _ = fs::remove_file(&tmp);
     }
     result.map_err(io)
-}
-
-/// 64 random bits from getrandom(2).
-fn random() -> std::io::Result<u64> {
-    let mut bytes = [0u8; 8];
-    loop {
-        // SAFETY: getrandom writes at most `bytes.len()` bytes into `bytes`.
-        let got = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
-        if got == bytes.len() as isize {
-            return Ok(u64::from_ne_bytes(bytes));
-        }
-        let error = std::io::Error::last_os_error();
-        if got < 0 && error.kind() == std::io::ErrorKind::Interrupted {
-            continue;
-        }
-        return Err(if got < 0 {
-            error
-        } else {
-            // Never for 8 bytes; refused rather than using a guessable name.
-            std::io::Error::other(format!("getrandom gave {got} of 8 bytes"))
-        });
-    }
 }
 
 #[cfg(test)]
