@@ -13,6 +13,24 @@ use netmon_common::{Counter, Direction, DirectionTotals, PairKey, PairKeyV4};
 
 use crate::datapath::{PairReading, Snapshot};
 
+/// Frames and bytes, as the logs and the CLI write them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CounterRecord {
+    /// Frames.
+    pub frames: u64,
+    /// Bytes.
+    pub bytes: u64,
+}
+
+impl From<Counter> for CounterRecord {
+    fn from(c: Counter) -> Self {
+        CounterRecord {
+            frames: c.frames,
+            bytes: c.bytes,
+        }
+    }
+}
+
 /// One pair's traffic during one interval.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PairDelta {

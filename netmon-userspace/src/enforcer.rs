@@ -8,15 +8,36 @@ use std::{
 };
 
 use jiff::{tz::TimeZone, Timestamp};
-use netmon_common::policy::{QuotaState, RuleKind, MAX_RULES};
+use netmon_common::{
+    policy::{QuotaState, RuleKind, MAX_RULES},
+    Counter,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    accounting::CounterRecord,
     alerts::{AlertEvent, AlertKind},
-    daemon::kernel::PolicyMaps,
-    logs::detail::CounterRecord,
+    datapath::DatapathError,
     policy::{compile::compile, file, Item, PolicySet, Quota, Rule},
 };
+
+/// The maps the policy is enforced from, by rule slot: the kernel's, or
+/// a test's fake.
+pub trait PolicyMaps {
+    /// Writes the compiled policy, as a difference from what the maps hold.
+    fn write_tables(
+        &mut self,
+        tables: &crate::policy::compile::Tables,
+    ) -> Result<(), DatapathError>;
+    /// Zeroes the drop counters of a slot a new rule takes.
+    fn clear_rule_counters(&mut self, slot: u32) -> Result<(), DatapathError>;
+    /// A quota's budget and use.
+    fn quota(&self, slot: u32) -> Result<QuotaState, DatapathError>;
+    /// Sets a quota's budget and use.
+    fn set_quota(&mut self, slot: u32, state: QuotaState) -> Result<(), DatapathError>;
+    /// Frames and bytes a rule decided, per direction.
+    fn rule_counters(&self, slot: u32) -> Result<[Counter; 2], DatapathError>;
+}
 
 /// What survives a restart: CLI-made rules and quotas, and quota usage.
 ///

@@ -48,7 +48,7 @@ pub fn run(args: &RulesArgs) -> anyhow::Result<()> {
         "ID", "RULE", "ORIGIN", "IN (frames, bytes)", "OUT (frames, bytes)"
     );
     for r in rules {
-        let cell = |c: crate::logs::detail::CounterRecord| {
+        let cell = |c: crate::accounting::CounterRecord| {
             format!("{} fr, {}", c.frames, human_bytes(c.bytes as f64))
         };
         println!(

@@ -23,19 +23,7 @@ pub trait Pairs {
     fn attached(&self) -> bool;
 }
 
-/// The maps the policy is enforced from, by rule slot.
-pub trait PolicyMaps {
-    /// Writes the compiled policy, as a difference from what the maps hold.
-    fn write_tables(&mut self, tables: &Tables) -> Result<(), DatapathError>;
-    /// Zeroes the drop counters of a slot a new rule takes.
-    fn clear_rule_counters(&mut self, slot: u32) -> Result<(), DatapathError>;
-    /// A quota's budget and use.
-    fn quota(&self, slot: u32) -> Result<QuotaState, DatapathError>;
-    /// Sets a quota's budget and use.
-    fn set_quota(&mut self, slot: u32, state: QuotaState) -> Result<(), DatapathError>;
-    /// Frames and bytes a rule decided, per direction.
-    fn rule_counters(&self, slot: u32) -> Result<[Counter; 2], DatapathError>;
-}
+pub use crate::enforcer::PolicyMaps;
 
 /// Everything the daemon needs of the kernel.
 pub trait Kernel: Pairs + PolicyMaps {}

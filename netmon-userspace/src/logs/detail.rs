@@ -5,11 +5,11 @@ use std::{
     path::Path,
 };
 
-use netmon_common::{Counter, Direction, DirectionTotals, L3, L4};
+use netmon_common::{Direction, DirectionTotals, L3, L4};
 use serde::{Deserialize, Serialize};
 
 use super::LogError;
-use crate::accounting::{address, IntervalUsage};
+use crate::accounting::{address, CounterRecord, IntervalUsage};
 
 /// One interval of the detail log.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -63,24 +63,6 @@ pub struct PairRecord {
 
 fn is_zero(port: &u16) -> bool {
     *port == 0
-}
-
-/// Frames and bytes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CounterRecord {
-    /// Frames.
-    pub frames: u64,
-    /// Bytes.
-    pub bytes: u64,
-}
-
-impl From<Counter> for CounterRecord {
-    fn from(c: Counter) -> Self {
-        CounterRecord {
-            frames: c.frames,
-            bytes: c.bytes,
-        }
-    }
 }
 
 /// One direction's interface totals during the interval.
@@ -319,6 +301,7 @@ pub fn append(path: &Path, record: &impl Serialize) -> Result<(), LogError> {
 mod tests {
     use super::*;
     use crate::accounting::PairDelta;
+    use netmon_common::Counter;
     use netmon_common::PairKey;
 
     #[test]
