@@ -289,7 +289,7 @@ pub struct Listener {
 impl Listener {
     /// Binds `/run/netmon/<iface>.sock`, mode 0600, replacing a stale socket
     /// (the [`Claim`] says no daemon owns it), and serves clients concurrently:
-    /// each has [`CLIENT_TIME`] to send one request of at most [`MAX_REQUEST`]
+    /// each has `CLIENT_TIME` to send one request of at most [`MAX_REQUEST`]
     /// bytes and to take the answer, so an idle or slow client delays no one.
     pub fn bind(iface: &str, _claim: &Claim) -> anyhow::Result<Listener> {
         use std::os::unix::fs::PermissionsExt;

@@ -71,7 +71,7 @@ impl Ledger {
         *entry = entry.plus(counter);
     }
 
-    /// Makes room for `pairs` address pairs up front (see [`Meter::reserve`]).
+    /// Makes room for `pairs` address pairs up front (see [`crate::accounting::Meter::reserve`]).
     pub fn reserve(&mut self, pairs: usize) {
         self.pairs.reserve(pairs.saturating_sub(self.pairs.len()));
     }

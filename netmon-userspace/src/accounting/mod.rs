@@ -1,6 +1,6 @@
 //! From cumulative kernel counters to per-interval deltas, and from deltas to the
 //! running totals per (source, destination) that `network_log.json` holds:
-//! the [`Meter`] (over a [`pair_map`] of what it accounted per slot) turns
+//! the [`Meter`] (over a `pair_map` of what it accounted per slot) turns
 //! readings into an interval's [`IntervalUsage`], the [`Ledger`] sums the
 //! intervals, and the [`Baseline`] is what the state file keeps of the meter.
 //!

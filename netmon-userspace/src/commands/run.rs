@@ -70,7 +70,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub reset_state: bool,
     /// Where bpffs is (mounted there if it is not): maps and links are pinned
-    /// under <bpffs>/netmon/netns-<cookie>/<iface>.
+    /// under `<bpffs>/netmon/netns-<cookie>/<iface>`.
     #[arg(long, default_value = DEFAULT_BPFFS)]
     pub bpffs: PathBuf,
     /// On SIGINT/SIGTERM, leave the programs attached and the maps pinned, still

@@ -1,10 +1,10 @@
 //! The policy in force on one interface: rules and quotas from the policy file
 //! and from the CLI, their stable ids, quota periods and alerts.
 //!
-//! By job: [`ids`] gives rules and quotas their ids and compiles the plan,
-//! [`sources`] takes changes from the policy file and the CLI, [`periods`]
-//! rolls quota periods and raises their alerts, [`views`] shows rules and
-//! quotas to the CLI, [`persist`] is what survives a restart.
+//! By job: `ids` gives rules and quotas their ids and compiles the plan,
+//! `sources` takes changes from the policy file and the CLI, `periods`
+//! rolls quota periods and raises their alerts, `views` shows rules and
+//! quotas to the CLI, `persist` is what survives a restart.
 
 mod ids;
 mod periods;

@@ -14,7 +14,7 @@ pub fn write(path: &Path, contents: &[u8], mode: u32) -> Result<(), LogError> {
     write_with(path, mode, |out| out.write_all(contents))
 }
 
-/// Like [`write`], with the contents streamed by `fill` (through a buffer),
+/// Like [`write()`], with the contents streamed by `fill` (through a buffer),
 /// so that large files never exist whole in memory.
 pub fn write_with(
     path: &Path,
