@@ -372,14 +372,25 @@ async fn serve(stream: tokio::net::UnixStream, daemon: tokio::sync::mpsc::Sender
 
 /// Parses a request and refuses any field it does not know: a client's
 /// `start_day` that no request has must not vanish silently.
-pub fn parse_strict(line: &[u8]) -> Result<Request, String> {
-    let given: serde_json::Value = serde_json::from_slice(line).map_err(|e| e.to_string())?;
-    let request: Request = serde_json::from_value(given.clone()).map_err(|e| e.to_string())?;
-    let understood = serde_json::to_value(&request).map_err(|e| e.to_string())?;
+pub fn parse_strict(line: &[u8]) -> Result<Request, BadRequest> {
+    let given: serde_json::Value = serde_json::from_slice(line)?;
+    let request: Request = serde_json::from_value(given.clone())?;
+    let understood = serde_json::to_value(&request)?;
     match unknown_field(&given, &understood, "") {
-        Some(field) => Err(format!("unknown field '{field}'")),
+        Some(field) => Err(BadRequest::UnknownField(field)),
         None => Ok(request),
     }
+}
+
+/// Why a client's request is refused unread.
+#[derive(Debug, thiserror::Error)]
+pub enum BadRequest {
+    /// Not JSON, or not a request netmon knows.
+    #[error("{0}")]
+    Json(#[from] serde_json::Error),
+    /// A field no request has.
+    #[error("unknown field '{0}'")]
+    UnknownField(String),
 }
 
 /// The first field of `given` that `understood` (the same request as netmon
@@ -438,17 +449,22 @@ mod tests {
             Ok(Request::SetQuota { .. })
         ));
         assert_eq!(
-            parse_strict(quota(r#","start_day":40"#).as_bytes()).unwrap_err(),
+            parse_strict(quota(r#","start_day":40"#).as_bytes())
+                .unwrap_err()
+                .to_string(),
             "unknown field 'quota.start_day'"
         );
         // Defaults a client may spell out are no unknown fields.
         assert!(parse_strict(quota(r#","all":false,"proto":null"#).as_bytes()).is_ok());
         assert_eq!(
-            parse_strict(br#"{"request":"rules","verbose":true}"#).unwrap_err(),
+            parse_strict(br#"{"request":"rules","verbose":true}"#)
+                .unwrap_err()
+                .to_string(),
             "unknown field 'verbose'"
         );
         assert!(parse_strict(b"{\"request\":\"set_quota\",\"quota\":{\"name\":\"q\",\"limit\":1,\"period\":\"monthly:40\"}}")
             .unwrap_err()
+            .to_string()
             .contains("start day 40"));
     }
 

@@ -2,16 +2,24 @@
 
 use std::time::Duration;
 
+/// A size, duration or time that is not one, with how to write it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct UnitError(String);
+
 /// Parses a size: a non-negative number with an optional unit, B, kB, MB, GB, TB
 /// (powers of 1000) or KiB, MiB, GiB, TiB (powers of 1024). No unit means bytes.
-pub fn parse_size(text: &str) -> Result<u64, String> {
+pub fn parse_size(text: &str) -> Result<u64, UnitError> {
     let t = text.trim();
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(t.len());
     let (number, unit) = t.split_at(split);
-    let bad =
-        |why: &str| format!("'{text}' is not a size ({why}); write it like 500MB, 2GB or 1.5GiB");
+    let bad = |why: &str| {
+        UnitError(format!(
+            "'{text}' is not a size ({why}); write it like 500MB, 2GB or 1.5GiB"
+        ))
+    };
     if t.starts_with('-') {
         return Err(bad("sizes cannot be negative"));
     }
@@ -39,20 +47,40 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 }
 
 /// Parses a duration such as `10s`, `500ms` or `1m`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim())
-        .map_err(|e| format!("'{text}' is not a duration ({e}); write it like 10s, 500ms or 1m"))
+pub fn parse_duration(text: &str) -> Result<Duration, UnitError> {
+    humantime::parse_duration(text.trim()).map_err(|e| {
+        UnitError(format!(
+            "'{text}' is not a duration ({e}); write it like 10s, 500ms or 1m"
+        ))
+    })
 }
 
 /// Parses a poll interval: a duration of at least 10 ms.
-pub fn parse_interval(text: &str) -> Result<Duration, String> {
+pub fn parse_interval(text: &str) -> Result<Duration, UnitError> {
     let d = parse_duration(text)?;
     if d < Duration::from_millis(10) {
-        return Err(format!(
+        return Err(UnitError(format!(
             "'{text}' is too short; the interval must be at least 10ms"
-        ));
+        )));
     }
     Ok(d)
+}
+
+/// Parses a moment: an RFC 3339 time, or a duration ago (`1h`) from `now`.
+pub fn parse_when(text: &str) -> Result<jiff::Timestamp, UnitError> {
+    if let Ok(t) = text.parse::<jiff::Timestamp>() {
+        return Ok(t);
+    }
+    let bad = || {
+        UnitError(format!(
+            "'{text}' is neither an RFC 3339 time (2026-11-28T13:00:00Z) nor a duration ago (1h)"
+        ))
+    };
+    let ago = humantime::parse_duration(text).map_err(|_| bad())?;
+    jiff::SignedDuration::try_from(ago)
+        .ok()
+        .and_then(|ago| jiff::Timestamp::now().checked_sub(ago).ok())
+        .ok_or_else(bad)
 }
 
 #[cfg(test)]
@@ -69,8 +97,14 @@ mod tests {
         for bad in ["-5MB", "12 parsecs", "", "MB", "1e999GB", "1.2.3kB"] {
             assert!(parse_size(bad).is_err(), "{bad}");
         }
-        assert!(parse_size("-5MB").unwrap_err().contains("negative"));
-        assert!(parse_size("3XB").unwrap_err().contains("unknown unit 'XB'"));
+        assert!(parse_size("-5MB")
+            .unwrap_err()
+            .to_string()
+            .contains("negative"));
+        assert!(parse_size("3XB")
+            .unwrap_err()
+            .to_string()
+            .contains("unknown unit 'XB'"));
     }
 
     #[test]
@@ -80,6 +114,7 @@ mod tests {
         assert!(parse_interval("1ms").is_err());
         assert!(parse_interval("ten")
             .unwrap_err()
+            .to_string()
             .contains("not a duration"));
     }
 }

@@ -17,10 +17,10 @@ pub struct ReportArgs {
     #[arg(long, global = true, default_value = "netmon-detail.jsonl")]
     pub detail_log: PathBuf,
     /// Only intervals ending after this (RFC 3339, or a duration ago: 1h, 30m).
-    #[arg(long, global = true, value_parser = parse_when)]
+    #[arg(long, global = true, value_parser = crate::units::parse_when)]
     pub since: Option<Timestamp>,
     /// Only intervals starting before this (RFC 3339, or a duration ago).
-    #[arg(long, global = true, value_parser = parse_when)]
+    #[arg(long, global = true, value_parser = crate::units::parse_when)]
     pub until: Option<Timestamp>,
     /// Output format.
     #[arg(long, global = true, value_enum, default_value_t = Format::Table)]
@@ -64,20 +64,6 @@ pub enum Report {
         #[arg(long, default_value_t = 5)]
         top: usize,
     },
-}
-
-fn parse_when(text: &str) -> Result<Timestamp, String> {
-    if let Ok(t) = text.parse::<Timestamp>() {
-        return Ok(t);
-    }
-    let ago = humantime::parse_duration(text).map_err(|_| {
-        format!(
-            "'{text}' is neither an RFC 3339 time (2026-11-28T13:00:00Z) nor a duration ago (1h)"
-        )
-    })?;
-    Timestamp::now()
-        .checked_sub(jiff::SignedDuration::try_from(ago).map_err(|e| e.to_string())?)
-        .map_err(|e| e.to_string())
 }
 
 /// Prints the report.

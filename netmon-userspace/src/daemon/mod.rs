@@ -45,7 +45,7 @@ pub enum DaemonError {
     Datapath(#[from] DatapathError),
     /// The policy in force could not be kept (its maps refused a write).
     #[error("the policy cannot be enforced: {0}")]
-    Policy(String),
+    Policy(#[from] crate::policy::PolicyError),
 }
 
 /// When an interval began, by both clocks.
@@ -129,10 +129,7 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
         let end = Mark::now(&self.clock);
         self.retire_idle(&mut usage, end.monotonic_ns)?;
         self.state.ledger.record(&usage);
-        let mut alerts = self
-            .enforcer
-            .tick(&mut self.kernel, end.wall)
-            .map_err(DaemonError::Policy)?;
+        let mut alerts = self.enforcer.tick(&mut self.kernel, end.wall)?;
         if let Some(alarm) = &self.alarm {
             let delivered: u64 = usage.pairs.iter().map(|p| p.counter.bytes).sum();
             alerts.extend(alarm.add(
@@ -282,7 +279,7 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
         self.deliver(None);
         match result {
             Ok(value) => Response::Ok(value),
-            Err(e) => Response::Error(e),
+            Err(e) => Response::Error(e.to_string()),
         }
     }
 

@@ -70,7 +70,7 @@ impl Enforcement {
         for entry in v4.iter() {
             let (key, list) = entry.map_err(map_error(PREFIXES_V4_MAP))?;
             let cidr = Cidr::new(std::net::IpAddr::from(key.data()), key.prefix_len() as u8)
-                .map_err(DatapathError::Policy)?;
+                .map_err(|e| DatapathError::Policy(e.to_string()))?;
             adopted.prefixes.insert(cidr, list);
         }
         let v6: LpmTrie<&MapData, [u8; 16], u32> = LpmTrie::try_from(
@@ -81,7 +81,7 @@ impl Enforcement {
         for entry in v6.iter() {
             let (key, list) = entry.map_err(map_error(PREFIXES_V6_MAP))?;
             let cidr = Cidr::new(std::net::IpAddr::from(key.data()), key.prefix_len() as u8)
-                .map_err(DatapathError::Policy)?;
+                .map_err(|e| DatapathError::Policy(e.to_string()))?;
             adopted.prefixes.insert(cidr, list);
         }
         let lists: Array<&MapData, RuleList> = Array::try_from(

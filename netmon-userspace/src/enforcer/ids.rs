@@ -29,7 +29,7 @@ pub(super) struct Plan {
 impl Enforcer {
     /// Ids and tables for the policy as it stands: a rule keeps its ids (and
     /// counters) while it exists; a new one gets the next id and a free slot.
-    pub(super) fn plan(&self) -> Result<Plan, String> {
+    pub(super) fn plan(&self) -> Result<Plan, PolicyError> {
         let mut seen = HashMap::new();
         for (origin, set) in [
             ("the policy file", &self.file_set),
@@ -42,9 +42,11 @@ impl Enforcer {
                 .map(|q| (quota_key(&q.name), format!("quota '{}'", q.name)));
             for (key, shown) in rules.chain(quotas) {
                 if let Some(first) = seen.insert(key, origin) {
-                    return Err(format!(
-                        "{shown} is defined twice (in {first} and in {origin})"
-                    ));
+                    return Err(PolicyError::Duplicate {
+                        shown,
+                        first,
+                        second: origin,
+                    });
                 }
             }
         }
@@ -68,7 +70,7 @@ impl Enforcer {
                 None => {
                     let slot = (0..MAX_RULES)
                         .find(|slot| !taken.contains(slot))
-                        .ok_or_else(|| format!("more than {MAX_RULES} rules and quotas"))?;
+                        .ok_or(PolicyError::Full)?;
                     taken.insert(slot);
                     fresh.push(slot);
                     next_id += 1;

@@ -19,7 +19,7 @@ use netmon_common::{policy::QuotaState, Counter};
 
 use crate::{
     datapath::DatapathError,
-    policy::{file, PolicySet, Quota, Rule},
+    policy::{file, PolicyError, PolicySet, Quota, Rule},
 };
 
 use ids::Ids;
@@ -76,7 +76,7 @@ impl Enforcer {
         file: Option<PathBuf>,
         persisted: PersistedPolicy,
         tz: TimeZone,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, PolicyError> {
         let mut runtime = persisted.runtime;
         for rule in &mut runtime.rules {
             mark_unconditional(&mut rule.matcher);
@@ -133,7 +133,7 @@ impl Enforcer {
     /// Refuses a policy that cannot be enforced (two items of one key, more
     /// than the datapath holds), without touching the kernel: run at start,
     /// before anything is loaded.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), PolicyError> {
         self.plan().map(|_| ())
     }
 
@@ -147,12 +147,11 @@ impl Enforcer {
 
     /// Writes the whole policy into the kernel (at start and after every change).
     /// On error nothing changes and the policy in force stays.
-    pub fn apply(&mut self, maps: &mut dyn PolicyMaps, now: Timestamp) -> Result<(), String> {
+    pub fn apply(&mut self, maps: &mut dyn PolicyMaps, now: Timestamp) -> Result<(), PolicyError> {
         let plan = self.plan()?;
         // Counters and budgets before the lists that use them go live.
-        let err = |e: crate::datapath::DatapathError| e.to_string();
         for slot in &plan.fresh {
-            maps.clear_rule_counters(*slot).map_err(err)?;
+            maps.clear_rule_counters(*slot)?;
         }
         let quotas: Vec<Quota> = self.quotas_in_force().cloned().collect();
         for quota in &quotas {
@@ -173,7 +172,7 @@ impl Enforcer {
                     .flat_map(|r| r.fired.iter().copied())
                     .collect();
             }
-            let kernel_used = || maps.quota(slot).map(|q| q.used).map_err(err);
+            let kernel_used = || maps.quota(slot).map(|q| q.used);
             let used = if known && !fresh {
                 kernel_used()?
             } else {
@@ -191,10 +190,9 @@ impl Enforcer {
                     limit: quota.limit,
                     used,
                 },
-            )
-            .map_err(err)?;
+            )?;
         }
-        maps.write_tables(&plan.tables).map_err(err)?;
+        maps.write_tables(&plan.tables)?;
         self.periods
             .retain(|name, _| plan.ids.contains_key(&quota_key(name)));
         self.ids = plan.ids;

@@ -54,10 +54,14 @@ impl Enforcer {
     }
 
     /// Starts a quota's period over: usage 0, traffic flows again.
-    pub fn reset_quota(&mut self, maps: &mut dyn PolicyMaps, name: &str) -> Result<(), String> {
+    pub fn reset_quota(
+        &mut self,
+        maps: &mut dyn PolicyMaps,
+        name: &str,
+    ) -> Result<(), PolicyError> {
         let quota = self
             .quota(name)
-            .ok_or_else(|| format!("no quota named '{name}'; `netmon quota list` lists them"))?;
+            .ok_or_else(|| PolicyError::NoSuchQuota(name.into()))?;
         let slot = self.ids[&quota_key(name)].slot;
         restart_quota(maps, slot, quota.limit)?;
         if let Some(period) = self.periods.get_mut(name) {
@@ -75,7 +79,7 @@ impl Enforcer {
         &mut self,
         maps: &mut dyn PolicyMaps,
         now: Timestamp,
-    ) -> Result<Vec<AlertEvent>, String> {
+    ) -> Result<Vec<AlertEvent>, PolicyError> {
         let mut events = Vec::new();
         let quotas: Vec<Quota> = self.quotas_in_force().cloned().collect();
         for quota in quotas {
@@ -92,7 +96,7 @@ impl Enforcer {
                 period.start = start;
                 period.fired.clear();
             }
-            let used = maps.quota(slot).map_err(|e| e.to_string())?.used;
+            let used = maps.quota(slot)?.used;
             let mut levels: Vec<u8> = quota.warn.clone();
             levels.push(100);
             for level in levels {
@@ -123,7 +127,6 @@ impl Enforcer {
 }
 
 /// Sets a quota's use back to zero: traffic flows again.
-fn restart_quota(maps: &mut dyn PolicyMaps, slot: u32, limit: u64) -> Result<(), String> {
-    maps.set_quota(slot, QuotaState { limit, used: 0 })
-        .map_err(|e| e.to_string())
+fn restart_quota(maps: &mut dyn PolicyMaps, slot: u32, limit: u64) -> Result<(), PolicyError> {
+    Ok(maps.set_quota(slot, QuotaState { limit, used: 0 })?)
 }

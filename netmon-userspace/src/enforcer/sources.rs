@@ -20,7 +20,7 @@ impl Enforcer {
         maps: &mut dyn PolicyMaps,
         now: Timestamp,
         force: bool,
-    ) -> Option<Result<(), String>> {
+    ) -> Option<Result<(), PolicyError>> {
         let path = self.file.clone()?;
         let new_stamp = stamp(&path);
         if !force && new_stamp == self.file_stamp {
@@ -62,7 +62,7 @@ impl Enforcer {
         maps: &mut dyn PolicyMaps,
         rule: Rule,
         now: Timestamp,
-    ) -> Result<(u32, bool), String> {
+    ) -> Result<(u32, bool), PolicyError> {
         rule.validate()?;
         let key = rule.key();
         if self.rules_in_force().any(|r| r.key() == key) {
@@ -83,20 +83,21 @@ impl Enforcer {
         rule: Option<Rule>,
         id: Option<u32>,
         now: Timestamp,
-    ) -> Result<String, String> {
+    ) -> Result<String, PolicyError> {
         let wanted = |r: &Rule| match (&rule, id) {
             (Some(want), _) => r.key() == want.key(),
             (None, Some(id)) => self.ids.get(&r.key()).is_some_and(|ids| ids.id == id),
             (None, None) => false,
         };
         if self.file_set.rules.iter().any(wanted) {
-            return Err(
-                "that rule comes from the policy file; remove it there (netmon re-reads the file)"
-                    .into(),
-            );
+            return Err(PolicyError::InFile {
+                what: "that rule".into(),
+                fix: "remove it",
+                reread: true,
+            });
         }
         let Some(pos) = self.runtime.rules.iter().position(wanted) else {
-            return Err("no such rule; `netmon rules` lists them".into());
+            return Err(PolicyError::NoSuchRule);
         };
         let removed = self.runtime.rules.remove(pos);
         if let Err(e) = self.apply(maps, now) {
@@ -113,13 +114,14 @@ impl Enforcer {
         maps: &mut dyn PolicyMaps,
         quota: Quota,
         now: Timestamp,
-    ) -> Result<(u32, bool), String> {
+    ) -> Result<(u32, bool), PolicyError> {
         quota.validate()?;
         if self.file_set.quotas.iter().any(|q| q.name == quota.name) {
-            return Err(format!(
-                "quota '{}' comes from the policy file; change it there",
-                quota.name
-            ));
+            return Err(PolicyError::InFile {
+                what: format!("quota '{}'", quota.name),
+                fix: "change it",
+                reread: false,
+            });
         }
         let key = quota_key(&quota.name);
         if self.runtime.quotas.contains(&quota) {
@@ -141,16 +143,16 @@ impl Enforcer {
         maps: &mut dyn PolicyMaps,
         name: &str,
         now: Timestamp,
-    ) -> Result<(), String> {
+    ) -> Result<(), PolicyError> {
         if self.file_set.quotas.iter().any(|q| q.name == name) {
-            return Err(format!(
-                "quota '{name}' comes from the policy file; remove it there (netmon re-reads the file)"
-            ));
+            return Err(PolicyError::InFile {
+                what: format!("quota '{name}'"),
+                fix: "remove it",
+                reread: true,
+            });
         }
         let Some(pos) = self.runtime.quotas.iter().position(|q| q.name == name) else {
-            return Err(format!(
-                "no quota named '{name}'; `netmon quota list` lists them"
-            ));
+            return Err(PolicyError::NoSuchQuota(name.into()));
         };
         let removed = self.runtime.quotas.remove(pos);
         if let Err(e) = self.apply(maps, now) {

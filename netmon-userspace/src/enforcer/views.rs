@@ -49,12 +49,12 @@ pub struct QuotaView {
 
 impl Enforcer {
     /// The rules with their counters.
-    pub fn rules(&self, maps: &dyn PolicyMaps) -> Result<Vec<RuleView>, String> {
+    pub fn rules(&self, maps: &dyn PolicyMaps) -> Result<Vec<RuleView>, PolicyError> {
         let mut out = Vec::new();
         for (origin, set) in [("file", &self.file_set), ("cli", &self.runtime)] {
             for rule in &set.rules {
                 let ids = self.ids[&rule.key()];
-                let [ingress, egress] = maps.rule_counters(ids.slot).map_err(|e| e.to_string())?;
+                let [ingress, egress] = maps.rule_counters(ids.slot)?;
                 out.push(RuleView {
                     id: ids.id,
                     rule: rule.to_string(),
@@ -68,13 +68,17 @@ impl Enforcer {
     }
 
     /// The quotas with their usage.
-    pub fn quotas(&self, maps: &dyn PolicyMaps, now: Timestamp) -> Result<Vec<QuotaView>, String> {
+    pub fn quotas(
+        &self,
+        maps: &dyn PolicyMaps,
+        now: Timestamp,
+    ) -> Result<Vec<QuotaView>, PolicyError> {
         let mut out = Vec::new();
         for (origin, set) in [("file", &self.file_set), ("cli", &self.runtime)] {
             for quota in &set.quotas {
                 let ids = self.ids[&quota_key(&quota.name)];
-                let state = maps.quota(ids.slot).map_err(|e| e.to_string())?;
-                let [i, e] = maps.rule_counters(ids.slot).map_err(|e| e.to_string())?;
+                let state = maps.quota(ids.slot)?;
+                let [i, e] = maps.rule_counters(ids.slot)?;
                 out.push(QuotaView {
                     id: ids.id,
                     name: quota.name.clone(),

@@ -1,5 +1,6 @@
 //! IPv4 and IPv6 prefixes.
 
+use crate::policy::PolicyError;
 use std::{fmt, net::IpAddr, str::FromStr};
 
 /// A prefix such as `142.250.0.0/16` or `fd00:200::/64`; host bits are zero.
@@ -14,13 +15,14 @@ pub struct Cidr {
 
 impl Cidr {
     /// The prefix `addr/len`; `len` must fit the family and host bits must be zero.
-    pub fn new(addr: IpAddr, len: u8) -> Result<Cidr, String> {
+    pub fn new(addr: IpAddr, len: u8) -> Result<Cidr, PolicyError> {
         let max = if addr.is_ipv4() { 32 } else { 128 };
         if len > max {
             return Err(format!(
                 "/{len} is longer than an {} address ({max} bits)",
                 family(addr)
-            ));
+            )
+            .into());
         }
         let cidr = Cidr { addr, len };
         if cidr.masked() != addr {
@@ -31,7 +33,8 @@ impl Cidr {
                     len
                 }
                 .addr
-            ));
+            )
+            .into());
         }
         Ok(cidr)
     }
@@ -103,10 +106,10 @@ fn family(addr: IpAddr) -> &'static str {
 }
 
 impl FromStr for Cidr {
-    type Err = String;
+    type Err = PolicyError;
 
     /// `addr/len`, or a bare address for a single host.
-    fn from_str(text: &str) -> Result<Cidr, String> {
+    fn from_str(text: &str) -> Result<Cidr, PolicyError> {
         let t = text.trim();
         let (addr, len) = match t.split_once('/') {
             Some((a, l)) => (a, Some(l)),
@@ -122,13 +125,13 @@ impl FromStr for Cidr {
             None if addr.is_ipv4() => 32,
             None => 128,
         };
-        Cidr::new(addr, len).map_err(|e| format!("'{text}' is not a valid CIDR: {e}"))
+        Cidr::new(addr, len).map_err(|e| format!("'{text}' is not a valid CIDR: {e}").into())
     }
 }
 
 impl TryFrom<String> for Cidr {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
+    type Error = PolicyError;
+    fn try_from(s: String) -> Result<Self, PolicyError> {
         s.parse()
     }
 }
@@ -166,14 +169,17 @@ mod tests {
         assert!("1.2.3.0/33"
             .parse::<Cidr>()
             .unwrap_err()
+            .to_string()
             .contains("/33 is longer than an IPv4"));
         assert!("10.1.2.3/8"
             .parse::<Cidr>()
             .unwrap_err()
+            .to_string()
             .contains("did you mean 10.0.0.0/8"));
         assert!("300.1.1.1/8"
             .parse::<Cidr>()
             .unwrap_err()
+            .to_string()
             .contains("not an IP address"));
         assert!("::/129".parse::<Cidr>().is_err());
         assert_eq!(

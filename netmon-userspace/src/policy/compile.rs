@@ -1,6 +1,7 @@
 //! Compiling rules and quotas into the datapath's tables: a rule list per
 //! prefix, holding its own rules and those inherited from covering prefixes.
 
+use crate::policy::PolicyError;
 use std::collections::{BTreeMap, HashMap};
 
 use netmon_common::policy::{RuleEntry, RuleList, MAX_RULES_PER_LIST};
@@ -25,7 +26,7 @@ impl Tables {
 
 /// Compiles `items`. Fails when more than [`MAX_RULES_PER_LIST`] rules would
 /// apply to one address.
-pub fn compile(items: &[Item<'_>]) -> Result<Tables, String> {
+pub fn compile(items: &[Item<'_>]) -> Result<Tables, PolicyError> {
     let mut own: BTreeMap<Cidr, Vec<(u8, RuleEntry)>> = BTreeMap::new();
     for item in items {
         let (port, port_side) = item.matcher.port_condition();
@@ -68,10 +69,10 @@ pub fn compile(items: &[Item<'_>]) -> Result<Tables, String> {
         let applying = std::iter::once(rules).chain(covering.iter().rev().map(|(_, r)| *r));
         let count: usize = applying.clone().map(|r| r.len()).sum();
         if count > MAX_RULES_PER_LIST {
-            return Err(format!(
-                "{cidr} is covered by {count} rules and quotas; at most {MAX_RULES_PER_LIST} can apply to one address: \
-                 merge or remove some"
-            ));
+            return Err(PolicyError::Crowded {
+                prefix: *cidr,
+                count,
+            });
         }
         let mut list = RuleList {
             len: count as u32,
@@ -217,6 +218,7 @@ mod tests {
             .collect();
         assert!(compile(&blocks(&matches))
             .unwrap_err()
+            .to_string()
             .contains("at most 4"));
     }
 }

@@ -23,6 +23,7 @@
 //! warn = [80, 95]
 //! ```
 
+use crate::policy::PolicyError;
 use std::{
     collections::HashSet,
     path::{Path, PathBuf},
@@ -78,21 +79,25 @@ struct RawQuota {
 }
 
 /// Reads and validates a policy file. Errors are `FILE:LINE: reason`.
-pub fn load(path: &Path) -> Result<PolicySet, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("{}: {e}; check the --policy path", path.display()))?;
+pub fn load(path: &Path) -> Result<PolicySet, PolicyError> {
+    let text = std::fs::read_to_string(path).map_err(|cause| PolicyError::Unreadable {
+        path: path.to_path_buf(),
+        what: "--policy",
+        cause,
+    })?;
     parse(path, &text)
 }
 
 /// Parses policy text; `path` names it in errors and anchors relative `file =` paths.
-pub fn parse(path: &Path, text: &str) -> Result<PolicySet, String> {
-    let at = |offset: usize, why: String| {
-        let line = text[..offset.min(text.len())].matches('\n').count() + 1;
-        format!("{}:{line}: {why}", path.display())
+pub fn parse(path: &Path, text: &str) -> Result<PolicySet, PolicyError> {
+    let at = |offset: usize, why: &dyn std::fmt::Display| PolicyError::AtLine {
+        path: path.to_path_buf(),
+        line: text[..offset.min(text.len())].matches('\n').count() + 1,
+        reason: why.to_string(),
     };
     let raw: RawFile = toml::from_str(text).map_err(|e| {
         let offset = e.span().map_or(0, |s| s.start);
-        at(offset, e.message().to_string())
+        at(offset, &e.message())
     })?;
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let mut set = PolicySet::default();
@@ -101,38 +106,43 @@ pub fn parse(path: &Path, text: &str) -> Result<PolicySet, String> {
         for entry in entries {
             let offset = entry.span().start;
             let (matcher, source) =
-                to_match(&entry.get_ref().matcher, &base).map_err(|e| at(offset, e))?;
+                to_match(&entry.get_ref().matcher, &base).map_err(|e| at(offset, &e))?;
             let rule = Rule {
                 action,
                 matcher,
                 source,
             };
-            rule.validate().map_err(|e| at(offset, e))?;
+            rule.validate().map_err(|e| at(offset, &e))?;
             if !seen.insert(rule.key()) {
-                return Err(at(offset, format!("duplicate rule: {rule}")));
+                return Err(at(offset, &format!("duplicate rule: {rule}")));
             }
             set.rules.push(rule);
         }
     }
     for entry in &raw.quota {
         let offset = entry.span().start;
-        let quota = to_quota(entry.get_ref(), &base).map_err(|e| at(offset, e))?;
-        quota.validate().map_err(|e| at(offset, e))?;
+        let quota = to_quota(entry.get_ref(), &base).map_err(|e| at(offset, &e))?;
+        quota.validate().map_err(|e| at(offset, &e))?;
         if !seen.insert(format!("quota {}", quota.name)) {
-            return Err(at(offset, format!("duplicate quota name '{}'", quota.name)));
+            return Err(at(
+                offset,
+                &format!("duplicate quota name '{}'", quota.name),
+            ));
         }
         set.quotas.push(quota);
     }
     Ok(set)
 }
 
-fn port(value: Option<i64>, what: &str) -> Result<Option<u16>, String> {
+fn port(value: Option<i64>, what: &str) -> Result<Option<u16>, PolicyError> {
     value
-        .map(|p| u16::try_from(p).map_err(|_| format!("{what} {p} is not a port (1 to 65535)")))
+        .map(|p| {
+            u16::try_from(p).map_err(|_| format!("{what} {p} is not a port (1 to 65535)").into())
+        })
         .transpose()
 }
 
-fn to_match(raw: &RawMatch, base: &Path) -> Result<(Match, Option<String>), String> {
+fn to_match(raw: &RawMatch, base: &Path) -> Result<(Match, Option<String>), PolicyError> {
     let mut source = None;
     let cidrs = match (&raw.cidr, &raw.file) {
         (Some(_), Some(_)) => return Err("give either cidr or file, not both".into()),
@@ -154,23 +164,19 @@ fn to_match(raw: &RawMatch, base: &Path) -> Result<(Match, Option<String>), Stri
             None | Some("both") => Directions::Both,
             Some("in") => Directions::In,
             Some("out") => Directions::Out,
-            Some(other) => return Err(format!("direction '{other}' is not in, out or both")),
+            Some(other) => return Err(format!("direction '{other}' is not in, out or both").into()),
         },
         all: raw.all.unwrap_or(false),
     };
     Ok((matcher, source))
 }
 
-fn to_quota(raw: &RawQuota, base: &Path) -> Result<Quota, String> {
+fn to_quota(raw: &RawQuota, base: &Path) -> Result<Quota, PolicyError> {
     let (matcher, _) = to_match(&raw.matcher, base)?;
     let limit = match &raw.limit {
         toml::Value::String(s) => parse_size(s)?,
         toml::Value::Integer(n) if *n > 0 => *n as u64,
-        other => {
-            return Err(format!(
-                "limit {other} is not a size; write it like \"2GB\""
-            ))
-        }
+        other => return Err(format!("limit {other} is not a size; write it like \"2GB\"").into()),
     };
     let start_day = raw
         .start_day
@@ -185,9 +191,10 @@ fn to_quota(raw: &RawQuota, base: &Path) -> Result<Quota, String> {
         .iter()
         .flatten()
         .map(|p| {
-            u8::try_from(*p).map_err(|_| format!("warn level {p} is not a percentage from 1 to 99"))
+            u8::try_from(*p)
+                .map_err(|_| format!("warn level {p} is not a percentage from 1 to 99").into())
         })
-        .collect::<Result<Vec<u8>, String>>()?;
+        .collect::<Result<Vec<u8>, PolicyError>>()?;
     let name = match &raw.name {
         Some(n) if !n.trim().is_empty() => n.trim().to_string(),
         _ => matcher.to_string(),
@@ -212,9 +219,12 @@ fn resolve(base: &Path, file: &str) -> PathBuf {
 
 /// Reads a plain blocklist: one CIDR or address per line, `#` comments
 /// (FireHOL `.netset`/`.ipset` style). Errors are `FILE:LINE: reason`.
-pub fn read_blocklist(path: &Path) -> Result<Vec<Cidr>, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("{}: {e}; check the blocklist path", path.display()))?;
+pub fn read_blocklist(path: &Path) -> Result<Vec<Cidr>, PolicyError> {
+    let text = std::fs::read_to_string(path).map_err(|cause| PolicyError::Unreadable {
+        path: path.to_path_buf(),
+        what: "blocklist",
+        cause,
+    })?;
     let mut cidrs = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let entry = line.split('#').next().unwrap_or("").trim();
@@ -228,7 +238,7 @@ pub fn read_blocklist(path: &Path) -> Result<Vec<Cidr>, String> {
         );
     }
     if cidrs.is_empty() {
-        return Err(format!("{}: no CIDRs in the file", path.display()));
+        return Err(format!("{}: no CIDRs in the file", path.display()).into());
     }
     cidrs.sort();
     cidrs.dedup();
@@ -308,7 +318,7 @@ warn = [80, 95]
         ];
         for (text, want) in cases {
             let err = parse(Path::new("p.toml"), text).unwrap_err();
-            assert!(err.contains(want), "{text:?}: {err}");
+            assert!(err.to_string().contains(want), "{text:?}: {err}");
         }
     }
 
@@ -323,7 +333,7 @@ warn = [80, 95]
             ["10.0.0.0/8", "192.0.2.1/32"]
         );
         std::fs::write(&path, "10.0.0.0/8\nnot-an-ip\n").unwrap();
-        assert!(read_blocklist(&path).unwrap_err().ends_with(
+        assert!(read_blocklist(&path).unwrap_err().to_string().ends_with(
             "list.netset:2: 'not-an-ip' is not a CIDR: 'not-an-ip' is not an IP address"
         ));
     }

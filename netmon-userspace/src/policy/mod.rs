@@ -5,6 +5,7 @@
 
 pub mod cidr;
 pub mod compile;
+pub mod error;
 pub mod file;
 pub mod period;
 
@@ -17,6 +18,7 @@ use netmon_common::{
 use serde::{Deserialize, Serialize};
 
 pub use cidr::Cidr;
+pub use error::PolicyError;
 pub use period::Period;
 
 /// Which directions a rule covers.
@@ -61,8 +63,8 @@ impl Directions {
 pub struct Proto(pub u8);
 
 impl std::str::FromStr for Proto {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Proto, String> {
+    type Err = PolicyError;
+    fn from_str(s: &str) -> Result<Proto, PolicyError> {
         match s.to_ascii_lowercase().as_str() {
             "tcp" => Ok(Proto(PROTO_TCP)),
             "udp" => Ok(Proto(PROTO_UDP)),
@@ -71,7 +73,8 @@ impl std::str::FromStr for Proto {
             other => match other.parse::<u8>() {
                 Ok(0) | Err(_) => Err(format!(
                     "'{s}' is not a protocol; use tcp, udp, icmp, icmpv6 or a number from 1 to 255"
-                )),
+                )
+                .into()),
                 Ok(n) => Ok(Proto(n)),
             },
         }
@@ -79,8 +82,8 @@ impl std::str::FromStr for Proto {
 }
 
 impl TryFrom<String> for Proto {
-    type Error = String;
-    fn try_from(s: String) -> Result<Proto, String> {
+    type Error = PolicyError;
+    fn try_from(s: String) -> Result<Proto, PolicyError> {
         s.parse()
     }
 }
@@ -143,7 +146,7 @@ impl Match {
 
     /// Checks the combination: something to match on (or `all`, said on
     /// purpose), at most one port condition, ports non-zero.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), PolicyError> {
         if self.is_unconditional() && !self.all {
             return Err(
                 "give a CIDR, a protocol or a port; to match every packet, say so with \
@@ -168,7 +171,7 @@ impl Match {
         if ports.iter().flatten().count() == 1 {
             if let Some(p) = self.proto {
                 if p.0 != PROTO_TCP && p.0 != PROTO_UDP {
-                    return Err(format!("{p} has no ports; ports go with tcp or udp"));
+                    return Err(format!("{p} has no ports; ports go with tcp or udp").into());
                 }
             }
         }
@@ -249,7 +252,7 @@ pub struct Rule {
 
 impl Rule {
     /// Checks what the file, the CLI and the control socket all go through.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), PolicyError> {
         self.matcher.validate()
     }
 
@@ -337,7 +340,7 @@ impl Quota {
     /// Checks what the file, the CLI and the control socket all go through:
     /// a name to show, a budget above zero, warn levels below 100 (spending
     /// the budget is always an event), a valid match.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), PolicyError> {
         if self.name.trim().is_empty() {
             return Err("a quota needs a name; give --name NAME (name = \"…\" in the file)".into());
         }
@@ -345,7 +348,8 @@ impl Quota {
             return Err(format!(
                 "quota name '{}' is not a name: use at most {MAX_NAME_LEN} printable characters",
                 self.name.escape_default()
-            ));
+            )
+            .into());
         }
         if self.limit == 0 {
             return Err("a quota of 0 bytes blocks everything; use a block rule instead".into());
@@ -354,7 +358,8 @@ impl Quota {
             return Err(format!(
                 "warn level {level} is not a percentage from 1 to 99 (spending the whole budget \
                  always alerts)"
-            ));
+            )
+            .into());
         }
         self.matcher.validate()
     }
@@ -415,14 +420,22 @@ mod tests {
             port: Some(7),
             ..Default::default()
         };
-        assert!(icmp_port.validate().unwrap_err().contains("no ports"));
+        assert!(icmp_port
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("no ports"));
         assert!("sctp".parse::<Proto>().is_err());
         // Nothing to match on: refused unless said on purpose.
         let nothing = Match {
             direction: Directions::In,
             ..Default::default()
         };
-        assert!(nothing.validate().unwrap_err().contains("--all"));
+        assert!(nothing
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("--all"));
         let all = Match {
             all: true,
             ..nothing.clone()
@@ -433,7 +446,11 @@ mod tests {
             cidrs: vec!["10.0.0.0/8".parse().unwrap()],
             ..all
         };
-        assert!(all_and_cidr.validate().unwrap_err().contains("drop --all"));
+        assert!(all_and_cidr
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("drop --all"));
         assert_eq!("132".parse::<Proto>().unwrap(), Proto(132));
     }
 
@@ -453,7 +470,7 @@ mod tests {
         let refused = |change: fn(&mut Quota), why: &str| {
             let mut q = good.clone();
             change(&mut q);
-            let err = q.validate().unwrap_err();
+            let err = q.validate().unwrap_err().to_string();
             assert!(err.contains(why), "{err}");
         };
         refused(|q| q.limit = 0, "0 bytes");

@@ -1,5 +1,6 @@
 //! Quota periods and their boundaries in a time zone.
 
+use crate::policy::PolicyError;
 use std::fmt;
 
 use jiff::{civil::Date, tz::TimeZone, Timestamp, ToSpan, Zoned};
@@ -25,7 +26,7 @@ pub enum Period {
 
 impl Period {
     /// Parses `daily`, `weekly`, `monthly` (with `start_day`) or `total`.
-    pub fn parse(name: &str, start_day: Option<u8>) -> Result<Period, String> {
+    pub fn parse(name: &str, start_day: Option<u8>) -> Result<Period, PolicyError> {
         let period = match name.trim().to_ascii_lowercase().as_str() {
             "daily" => Period::Daily,
             "weekly" => Period::Weekly,
@@ -36,12 +37,13 @@ impl Period {
             other => {
                 return Err(format!(
                     "'{other}' is not a period; use daily, weekly, monthly or total"
-                ))
+                )
+                .into())
             }
         };
         match (period, start_day) {
             (Period::Monthly { start_day: d }, _) if !(1..=31).contains(&d) => {
-                Err(format!("start day {d} is not a day of the month (1 to 31)"))
+                Err(format!("start day {d} is not a day of the month (1 to 31)").into())
             }
             (Period::Monthly { .. }, _) | (_, None) => Ok(period),
             (_, Some(_)) => Err("a start day only goes with a monthly period".into()),
@@ -112,8 +114,8 @@ impl fmt::Display for Period {
 }
 
 impl TryFrom<String> for Period {
-    type Error = String;
-    fn try_from(s: String) -> Result<Period, String> {
+    type Error = PolicyError;
+    fn try_from(s: String) -> Result<Period, PolicyError> {
         match s.split_once(':') {
             Some((name, day)) => {
                 let day = day
@@ -183,6 +185,7 @@ mod tests {
         );
         assert!(Period::parse("fortnightly", None)
             .unwrap_err()
+            .to_string()
             .contains("not a period"));
         assert!(Period::parse("monthly", Some(32)).is_err());
         assert!(Period::parse("daily", Some(3)).is_err());
