@@ -5,7 +5,7 @@
 use std::{cell::RefCell, rc::Rc, time::Duration};
 
 use jiff::tz::TimeZone;
-use netmon_common::{policy::QuotaState, PairKey};
+use netmon_common::{policy::QuotaState, PairKey, PairKeyV4};
 
 use super::{
     clock::Clock as _,
@@ -25,19 +25,13 @@ use crate::{
 
 /// An IPv4 pair's key (IPv4-mapped addresses), UDP, received.
 fn key(src: [u8; 4], dst: [u8; 4]) -> PairKey {
-    let mapped = |a: [u8; 4]| {
-        let mut m = [0u8; 16];
-        m[10] = 0xff;
-        m[11] = 0xff;
-        m[12..].copy_from_slice(&a);
-        m
-    };
-    PairKey {
-        src: mapped(src),
-        dst: mapped(dst),
+    PairKeyV4 {
+        src,
+        dst,
         proto: 17,
         ..Default::default()
     }
+    .widen()
 }
 
 const A: [u8; 4] = [10, 200, 0, 1];
