@@ -310,8 +310,14 @@ impl Listener {
                 let Ok(slot) = slots.clone().acquire_owned().await else {
                     return;
                 };
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
+                let stream = match listener.accept().await {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // Out of descriptors, say: wait rather than spin.
+                        log::warn!("control socket: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
                 };
                 let sender = sender.clone();
                 tokio::spawn(async move {
