@@ -8,7 +8,8 @@
 pub const FLOWS_V4_MAP: &str = "FLOWS_V4";
 /// Name of the hash map from an IPv6 pair's [`PairKey`] to its slot.
 pub const FLOWS_V6_MAP: &str = "FLOWS_V6";
-/// Name of the memory-mappable array of [`PairStats`], entry `cpu * slots + slot`.
+/// Name of the memory-mappable array of [`PairStats`], one lane per CPU and
+/// slot (entry [`lane_index`]).
 pub const LANES_MAP: &str = "LANES";
 /// Name of the memory-mappable array of [`SlotKey`], by slot.
 pub const SLOT_KEYS_MAP: &str = "SLOT_KEYS";
@@ -350,6 +351,21 @@ pub struct PairStats {
     pub policy: crate::policy::FlowPolicy,
 }
 
+/// The entry of [`LANES_MAP`] that holds `cpu`'s lane of `slot` in a table of
+/// `slots` slots. CPU-major: one CPU's lanes are contiguous, so its packets
+/// touch fewer pages.
+#[inline(always)]
+pub fn lane_index(cpu: u32, slots: u32, slot: u32) -> u32 {
+    cpu.wrapping_mul(slots).wrapping_add(slot)
+}
+
+/// The slot whose lane entry `index` of [`LANES_MAP`] is, in a table of
+/// `slots` slots: the inverse of [`lane_index`].
+#[inline(always)]
+pub fn lane_slot(index: u32, slots: u32) -> u32 {
+    index % slots
+}
+
 /// Frames and bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Hash)]
@@ -480,6 +496,22 @@ mod tests {
         assert_eq!(size_of::<DirectionTotals>(), 16 * (1 + 4 + 5 + 3));
         assert_eq!(size_of::<crate::policy::RuleEntry>(), 16);
         assert_eq!(size_of::<crate::policy::RuleList>(), 8 + 16 * 4);
+    }
+
+    #[test]
+    fn every_cpu_and_slot_has_its_own_lane_and_the_lane_knows_its_slot() {
+        let slots = 5;
+        let mut seen = [false; 3 * 5];
+        for cpu in 0..3 {
+            for slot in 0..slots {
+                let index = lane_index(cpu, slots, slot);
+                assert!(!seen[index as usize], "lane {index} twice");
+                seen[index as usize] = true;
+                assert_eq!(lane_slot(index, slots), slot);
+            }
+        }
+        assert!(seen.iter().all(|s| *s));
+        assert_eq!(lane_index(1, slots, 0), 5, "CPU-major");
     }
 
     fn v4(src: u8, dst_port: u16) -> PairKeyV4 {

@@ -17,7 +17,7 @@ pub const PREFIXES_V6_MAP: &str = "PREFIXES_V6";
 pub const RULE_LISTS_MAP: &str = "RULE_LISTS";
 /// Array with one [`PolicyState`].
 pub const POLICY_MAP: &str = "POLICY";
-/// Per-CPU array of [`crate::Counter`], index `rule * 2 + direction`: frames
+/// Per-CPU array of [`crate::Counter`], entry [`rule_stats_index`]: frames
 /// each rule decided (dropped for block and spent quotas, passed for allow).
 pub const RULE_STATS_MAP: &str = "RULE_STATS";
 /// Array of [`QuotaState`], indexed by the quota's rule id.
@@ -36,6 +36,12 @@ pub const MAX_PREFIXES: u32 = 1 << 20;
 pub const NO_LIST: u32 = u32::MAX;
 /// "No rule".
 pub const NO_RULE: u32 = u32::MAX;
+
+/// The entry of [`RULE_STATS_MAP`] that counts what rule `rule` decided in `direction`.
+#[inline(always)]
+pub fn rule_stats_index(rule: u32, direction: Direction) -> u32 {
+    rule.wrapping_mul(2).wrapping_add(direction as u32)
+}
 
 /// What a rule does with the packets it matches.
 #[repr(u8)]
@@ -343,6 +349,16 @@ mod tests {
             directions: DIRECTION_IN | DIRECTION_OUT,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn each_rule_and_direction_has_its_own_counter() {
+        let indices =
+            [0, 1, MAX_RULES - 1].map(|rule| Direction::ALL.map(|d| rule_stats_index(rule, d)));
+        assert_eq!(
+            indices,
+            [[0, 1], [2, 3], [2 * MAX_RULES - 2, 2 * MAX_RULES - 1]]
+        );
     }
 
     fn list(entries: &[RuleEntry]) -> RuleList {

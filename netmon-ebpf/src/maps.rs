@@ -30,7 +30,7 @@ pub static FLOWS_V4: HashMap<PairKeyV4, u32> = HashMap::with_max_entries(DEFAULT
 pub static FLOWS_V6: HashMap<PairKey, u32> =
     HashMap::with_max_entries(DEFAULT_MAX_PAIRS, BPF_F_NO_PREALLOC);
 
-/// Counters and cached policy decisions: entry `cpu * PAIR_SLOTS + slot`.
+/// Counters and cached policy decisions: entry `lane_index(cpu, PAIR_SLOTS, slot)`.
 /// Each CPU writes only its own lane, so no atomics are needed.
 #[map(name = "LANES")]
 pub static LANES: Array<PairStats> = Array::with_max_entries(DEFAULT_MAX_PAIRS, BPF_F_MMAPABLE);
@@ -77,7 +77,7 @@ pub static RULE_LISTS: Array<RuleList> = Array::with_max_entries(MAX_RULE_LISTS,
 #[map(name = "POLICY")]
 pub static POLICY: Array<PolicyState> = Array::with_max_entries(1, 0);
 
-/// Frames and bytes each rule decided, per direction (`rule * 2 + direction`).
+/// Frames and bytes each rule decided, per direction (entry `rule_stats_index(rule, direction)`).
 #[map(name = "RULE_STATS")]
 pub static RULE_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(MAX_RULES * 2, 0);
 

@@ -11,9 +11,10 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use netmon_common::{
     classify::{PROTO_TCP, PROTO_UDP},
-    maps::{is_v4_mapped, CacheProbe, CachedSlot, CACHE_WAYS},
+    maps::{is_v4_mapped, lane_index, CacheProbe, CachedSlot, CACHE_WAYS},
     policy::{
-        decide, find_quota, Decision, FlowPolicy, PacketFacts, RuleKind, RuleList, NO_LIST, NO_RULE,
+        decide, find_quota, rule_stats_index, Decision, FlowPolicy, PacketFacts, RuleKind,
+        RuleList, NO_LIST, NO_RULE,
     },
     service, Classified, Counter, Direction, IpHeader, PairKey, PairKeyV4, PairStats, L3, L4,
 };
@@ -278,8 +279,7 @@ fn lane(slot: u32) -> Option<&'static mut PairStats> {
     if cpu >= CPU_LANES.load() {
         return None;
     }
-    // CPU-major: one CPU's lanes are contiguous, so its packets touch fewer pages.
-    let lane = LANES.get_ptr_mut(cpu.wrapping_mul(PAIR_SLOTS.load()).wrapping_add(slot))?;
+    let lane = LANES.get_ptr_mut(lane_index(cpu, PAIR_SLOTS.load(), slot))?;
     // SAFETY: this CPU's lane; no other CPU writes it, and user space only
     // writes lanes of slots no program can reach any more.
     Some(unsafe { &mut *lane })
@@ -426,9 +426,7 @@ fn enforce(
 
 #[inline(always)]
 fn count_rule(rule: u32, direction: Direction, frames: u64, bytes: u64) {
-    if let Some(counter) =
-        RULE_STATS.get_ptr_mut(rule.wrapping_mul(2).wrapping_add(direction as u32))
-    {
+    if let Some(counter) = RULE_STATS.get_ptr_mut(rule_stats_index(rule, direction)) {
         // SAFETY: per-CPU value; only this CPU writes it.
         unsafe { (*counter).add(frames, bytes) };
     }

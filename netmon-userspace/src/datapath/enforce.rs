@@ -10,8 +10,8 @@ use aya::{
 };
 use netmon_common::{
     policy::{
-        PolicyState, QuotaState, RuleList, MAX_RULE_LISTS, POLICY_MAP, PREFIXES_V4_MAP,
-        PREFIXES_V6_MAP, QUOTAS_MAP, RULE_LISTS_MAP, RULE_STATS_MAP,
+        rule_stats_index, PolicyState, QuotaState, RuleList, MAX_RULE_LISTS, POLICY_MAP,
+        PREFIXES_V4_MAP, PREFIXES_V6_MAP, QUOTAS_MAP, RULE_LISTS_MAP, RULE_STATS_MAP,
     },
     Counter, Direction,
 };
@@ -258,7 +258,7 @@ pub fn rule_counters(ebpf: &Ebpf, id: u32) -> Result<[Counter; 2], DatapathError
     let mut out = [Counter::default(); 2];
     for direction in Direction::ALL {
         let per_cpu = stats
-            .get(&(id * 2 + direction as u32), 0)
+            .get(&rule_stats_index(id, direction), 0)
             .map_err(map_error(RULE_STATS_MAP))?;
         out[direction as usize] = per_cpu.iter().fold(Counter::default(), |a, c| a.plus(*c));
     }
@@ -274,7 +274,7 @@ pub fn clear_rule_counters(ebpf: &mut Ebpf, id: u32) -> Result<(), DatapathError
         let zero = PerCpuValues::try_from(vec![Counter::default(); cpus])
             .map_err(|e| DatapathError::Policy(e.to_string()))?;
         stats
-            .set(id * 2 + direction as u32, zero, 0)
+            .set(rule_stats_index(id, direction), zero, 0)
             .map_err(map_error(RULE_STATS_MAP))?;
     }
     Ok(())

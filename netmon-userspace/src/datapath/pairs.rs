@@ -18,7 +18,10 @@ use aya::{
     Ebpf,
 };
 use netmon_common::{
-    maps::{FLOWS_V4_MAP, FLOWS_V6_MAP, FREE_SLOTS_MAP, LANES_MAP, SLOT_EPOCH_MAP, SLOT_KEYS_MAP},
+    maps::{
+        lane_index, lane_slot, FLOWS_V4_MAP, FLOWS_V6_MAP, FREE_SLOTS_MAP, LANES_MAP,
+        SLOT_EPOCH_MAP, SLOT_KEYS_MAP,
+    },
     PairKey, PairKeyV4, PairStats, SlotKey,
 };
 
@@ -215,7 +218,7 @@ impl<'a> PairTable<'a> {
             .collect();
         let capacity = self.capacity.max(1);
         sys::lookup_batch::<u32, PairStats>(self.lanes, 1, BATCH, |index, lane| {
-            let reading = &mut readings[(index % capacity) as usize];
+            let reading = &mut readings[lane_slot(index, capacity) as usize];
             *reading = reading.plus(PairReading::fold(0, [lane[0]]));
         })
         .map_err(failed("reading the counters"))?;
@@ -239,8 +242,11 @@ impl<'a> PairTable<'a> {
             let mut per_cpu = Vec::with_capacity(lanes as usize);
             for cpu in 0..lanes {
                 per_cpu.push(
-                    sys::lookup::<u32, PairStats>(self.lanes, &(cpu * self.capacity + slot))
-                        .map_err(failed("reading a lane"))?,
+                    sys::lookup::<u32, PairStats>(
+                        self.lanes,
+                        &lane_index(cpu, self.capacity, slot),
+                    )
+                    .map_err(failed("reading a lane"))?,
                 );
             }
             let reading = PairReading::fold(slot, per_cpu);
@@ -448,7 +454,7 @@ impl Chunk {
             .map_err(failed("mapping the slot keys"))?;
         let lanes = (0..table.cpu_lanes)
             .map(|cpu| {
-                let start = cpu as usize * table.capacity as usize + first as usize;
+                let start = lane_index(cpu, table.capacity, first) as usize;
                 ArrayWindow::map(table.lanes, start, count as usize, writable)
                     .map_err(failed("mapping the counters"))
             })
