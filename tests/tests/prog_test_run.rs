@@ -617,9 +617,8 @@ fn retired_pairs_free_their_slots_and_no_cached_slot_outlives_them() {
 /// Deletes the pair from `V4_SRC` to 10.200.1.`last` (UDP, ingress) from the
 /// IPv4 index, and nothing else: its slot stays claimed, and cached.
 fn unindex_v4(ebpf: &Ebpf, last: u8) {
-    use netmon::datapath::sys;
+    use netmon::datapath::sys::RawMap;
     use netmon_common::{maps::FLOWS_V4_MAP, PairKeyV4};
-    use std::os::fd::{AsFd, AsRawFd};
     let aya::maps::Map::HashMap(index) = ebpf.map(FLOWS_V4_MAP).unwrap() else {
         unreachable!("{FLOWS_V4_MAP} is a hash map")
     };
@@ -630,7 +629,7 @@ fn unindex_v4(ebpf: &Ebpf, last: u8) {
         direction: Direction::Ingress as u8,
         ..Default::default()
     };
-    sys::delete(index.fd().as_fd().as_raw_fd(), &key).unwrap();
+    RawMap::of(index).unwrap().delete(&key).unwrap();
 }
 
 #[test]
@@ -721,5 +720,45 @@ fn slots_a_crash_left_claimed_but_unindexed_are_freed_on_adoption() {
     assert_eq!(
         snapshot.totals[Direction::Ingress as usize].table_full,
         Counter::default()
+    );
+}
+
+#[test]
+fn raw_map_access_refuses_keys_and_values_of_another_size() {
+    use netmon::datapath::sys::RawMap;
+    use netmon_common::{
+        maps::{FLOWS_V4_MAP, TOTALS_MAP},
+        PairKeyV4,
+    };
+    use std::io::ErrorKind::InvalidInput;
+    let ebpf = load_with_capacity(2);
+    let aya::maps::Map::HashMap(index) = ebpf.map(FLOWS_V4_MAP).unwrap() else {
+        unreachable!("{FLOWS_V4_MAP} is a hash map")
+    };
+    let index = RawMap::of(index).unwrap();
+    let key = PairKeyV4::default();
+    assert_eq!(
+        index.lookup::<_, u32>(&key).unwrap_err().raw_os_error(),
+        Some(libc::ENOENT),
+        "the right sizes reach the kernel"
+    );
+    assert_eq!(
+        index.lookup::<u32, u32>(&0).unwrap_err().kind(),
+        InvalidInput
+    );
+    assert_eq!(
+        index.lookup::<_, u64>(&key).unwrap_err().kind(),
+        InvalidInput
+    );
+    assert_eq!(
+        index.update(&key, &[0u8; 64]).unwrap_err().kind(),
+        InvalidInput
+    );
+    let aya::maps::Map::PerCpuArray(totals) = ebpf.map(TOTALS_MAP).unwrap() else {
+        unreachable!("{TOTALS_MAP} is a per-CPU array")
+    };
+    assert!(
+        RawMap::of(totals).is_err(),
+        "a per-CPU map's values are one per CPU"
     );
 }

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use aya::{
-    maps::{lpm_trie::Key, Array, LpmTrie, MapData, PerCpuArray, PerCpuValues},
+    maps::{lpm_trie::Key, Array, IterableMap, LpmTrie, MapData, PerCpuArray, PerCpuValues},
     util::nr_cpus,
     Ebpf,
 };
@@ -16,7 +16,7 @@ use netmon_common::{
     Counter, Direction,
 };
 
-use super::DatapathError;
+use super::{sys::RawMap, DatapathError};
 use crate::policy::{compile::Tables, Cidr};
 
 /// What the kernel holds now, so that each update writes only the difference and
@@ -136,10 +136,6 @@ impl Enforcement {
             .collect();
         {
             let [v4, v6] = ebpf.maps_disjoint_mut([PREFIXES_V4_MAP, PREFIXES_V6_MAP]);
-            let (fd_v4, fd_v6) = (
-                v4.as_deref().and_then(raw_fd),
-                v6.as_deref().and_then(raw_fd),
-            );
             let mut v4: LpmTrie<&mut MapData, [u8; 4], u32> =
                 LpmTrie::try_from(v4.ok_or(DatapathError::MissingMap(PREFIXES_V4_MAP))?)
                     .map_err(map_error(PREFIXES_V4_MAP))?;
@@ -168,9 +164,9 @@ impl Enforcement {
                 }
                 applied.prefixes_written += 1;
             }
-            write_prefixes(&mut v4, fd_v4, &batch_v4.0, &batch_v4.1)
+            write_prefixes(&mut v4, &batch_v4.0, &batch_v4.1)
                 .map_err(map_error(PREFIXES_V4_MAP))?;
-            write_prefixes(&mut v6, fd_v6, &batch_v6.0, &batch_v6.1)
+            write_prefixes(&mut v6, &batch_v6.0, &batch_v6.1)
                 .map_err(map_error(PREFIXES_V6_MAP))?;
             for cidr in self.prefixes.keys().filter(|c| !wanted.contains_key(c)) {
                 match cidr.addr() {
@@ -215,18 +211,16 @@ impl Enforcement {
 /// by one where the kernel has no batch update for LPM tries.
 fn write_prefixes<const N: usize>(
     trie: &mut LpmTrie<&mut MapData, [u8; N], u32>,
-    fd: Option<std::os::fd::RawFd>,
     keys: &[Key<[u8; N]>],
     ids: &[u32],
 ) -> Result<(), aya::maps::MapError> {
     if keys.is_empty() {
         return Ok(());
     }
-    match fd.map(|fd| super::sys::update_batch(fd, keys, ids)) {
-        Some(Ok(())) => return Ok(()),
-        None => {}
-        Some(Err(e)) if e.raw_os_error() == Some(libc::EINVAL) => {}
-        Some(Err(io_error)) => {
+    match RawMap::of(IterableMap::map(trie))?.update_batch(keys, ids) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+        Err(io_error) => {
             return Err(aya::maps::MapError::SyscallError(aya::sys::SyscallError {
                 call: "bpf_map_update_batch",
                 io_error,
@@ -237,15 +231,6 @@ fn write_prefixes<const N: usize>(
         trie.insert(key, id, 0)?;
     }
     Ok(())
-}
-
-/// The descriptor of an LPM trie map.
-fn raw_fd(map: &aya::maps::Map) -> Option<std::os::fd::RawFd> {
-    use std::os::fd::{AsFd, AsRawFd};
-    match map {
-        aya::maps::Map::LpmTrie(data) => Some(data.fd().as_fd().as_raw_fd()),
-        _ => None,
-    }
 }
 
 /// Frames and bytes rule `id` decided, per direction, summed over CPUs.

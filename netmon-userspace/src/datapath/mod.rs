@@ -233,6 +233,8 @@ pub struct Datapath {
     links: Vec<PinnedLink>,
     adopted: bool,
     instance: u64,
+    /// The pair table's maps, opened once.
+    table: pairs::PairTable,
     /// A bound on the pair slots ever claimed (`PairTable::claimed`).
     claimed: u32,
 }
@@ -342,6 +344,7 @@ impl Datapath {
             links,
             adopted,
             instance,
+            table,
             claimed,
         })
     }
@@ -389,7 +392,7 @@ impl Datapath {
 
     /// How many pairs the pair table holds at most.
     pub fn capacity(&self) -> Result<u32, DatapathError> {
-        Ok(pairs::PairTable::of(&self.ebpf)?.capacity())
+        Ok(self.table.capacity())
     }
 
     /// The interface the programs are attached to.
@@ -424,7 +427,7 @@ impl Datapath {
         &mut self,
         keys: &[netmon_common::PairKey],
     ) -> Result<Vec<(netmon_common::PairKey, PairReading)>, DatapathError> {
-        pairs::PairTable::of(&self.ebpf)?.retire(keys)
+        self.table.retire(keys)
     }
 
     /// Reads the maps' cumulative counters, handing each pair to `each` as
@@ -436,7 +439,7 @@ impl Datapath {
         if let Some(logger) = &mut self.logger {
             logger.flush();
         }
-        readout::read_with(&self.ebpf, Some(&mut self.claimed), each)
+        readout::read_with(&self.ebpf, &self.table, Some(&mut self.claimed), each)
     }
 }
 

@@ -8,11 +8,6 @@
 //! User space fills the free queue at load and returns the slots of the pairs
 //! it retires, after making sure no program still writes them.
 
-use std::{
-    marker::PhantomData,
-    os::fd::{AsFd, AsRawFd, RawFd},
-};
-
 use aya::{
     maps::{Map, MapData},
     Ebpf,
@@ -27,7 +22,7 @@ use netmon_common::{
 
 use super::{
     readout::PairReading,
-    sys::{self, ArrayWindow},
+    sys::{ArrayWindow, RawMap},
     DatapathError,
 };
 
@@ -49,24 +44,21 @@ const MAPS: [&str; 6] = [
 /// Entries per batch syscall for [`PairTable::read_batched`].
 const BATCH: usize = 4096;
 
-/// The pair table of a loaded object (borrowing its maps) or of pinned maps.
-pub struct PairTable<'a> {
-    flows_v4: RawFd,
-    flows_v6: RawFd,
-    lanes: RawFd,
-    keys: RawFd,
-    free: RawFd,
-    epoch: RawFd,
+/// The pair table of a loaded object or of pinned maps.
+pub struct PairTable {
+    flows_v4: RawMap,
+    flows_v6: RawMap,
+    lanes: RawMap,
+    keys: RawMap,
+    free: RawMap,
+    epoch: RawMap,
     capacity: u32,
     cpu_lanes: u32,
-    /// The maps, when opened from pins rather than borrowed.
-    _pinned: Vec<MapData>,
-    _ebpf: PhantomData<&'a Ebpf>,
 }
 
-impl<'a> PairTable<'a> {
+impl PairTable {
     /// The pair table of `ebpf`.
-    pub fn of(ebpf: &'a Ebpf) -> Result<Self, DatapathError> {
+    pub fn of(ebpf: &Ebpf) -> Result<Self, DatapathError> {
         let mut maps = Vec::with_capacity(MAPS.len());
         for name in MAPS {
             match ebpf.map(name) {
@@ -78,45 +70,35 @@ impl<'a> PairTable<'a> {
     }
 
     /// The pair table pinned in `dir` by a running (or kept-attached) netmon.
-    pub fn pinned(dir: &std::path::Path) -> Result<PairTable<'static>, DatapathError> {
+    pub fn pinned(dir: &std::path::Path) -> Result<PairTable, DatapathError> {
         let maps = MAPS
             .iter()
             .map(|&map| {
                 MapData::from_pin(dir.join(map)).map_err(|cause| DatapathError::Map { map, cause })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let table = PairTable::with_maps(&maps.iter().collect::<Vec<_>>())?;
-        Ok(PairTable {
-            _pinned: maps,
-            _ebpf: PhantomData,
-            ..table
-        })
+        PairTable::with_maps(&maps.iter().collect::<Vec<_>>())
     }
 
     /// The table over `maps`, in the order of [`MAPS`].
     fn with_maps(maps: &[&MapData]) -> Result<Self, DatapathError> {
-        let fd = |i: usize| maps[i].fd().as_fd().as_raw_fd();
-        let max_entries = |i: usize| {
-            maps[i]
-                .info()
-                .map(|info| info.max_entries())
-                .map_err(|cause| DatapathError::Map {
-                    map: MAPS[i],
-                    cause,
-                })
-        };
-        let capacity = max_entries(3)?;
+        let [flows_v4, flows_v6, lanes, keys, free, epoch] = std::array::from_fn(|i| {
+            RawMap::of(maps[i]).map_err(|cause| DatapathError::Map {
+                map: MAPS[i],
+                cause,
+            })
+        });
+        let (lanes, keys) = (lanes?, keys?);
+        let capacity = keys.max_entries();
         Ok(Self {
-            flows_v4: fd(0),
-            flows_v6: fd(1),
-            lanes: fd(2),
-            keys: fd(3),
-            free: fd(4),
-            epoch: fd(5),
+            flows_v4: flows_v4?,
+            flows_v6: flows_v6?,
+            cpu_lanes: lanes.max_entries() / capacity.max(1),
+            lanes,
+            keys,
+            free: free?,
+            epoch: epoch?,
             capacity,
-            cpu_lanes: max_entries(2)? / capacity.max(1),
-            _pinned: Vec::new(),
-            _ebpf: PhantomData,
         })
     }
 
@@ -129,9 +111,13 @@ impl<'a> PairTable<'a> {
     /// fresh table.
     pub fn free_all(&self) -> Result<(), DatapathError> {
         for slot in 0..self.capacity {
-            sys::push(self.free, &slot).map_err(failed("filling the free-slot queue"))?;
+            self.free
+                .push(&slot)
+                .map_err(failed("filling the free-slot queue"))?;
         }
-        sys::update(self.epoch, &0u32, &1u32).map_err(failed("starting the slot epoch"))
+        self.epoch
+            .update(&0u32, &1u32)
+            .map_err(failed("starting the slot epoch"))
     }
 
     /// Calls `each` with every pair in the table and its counters, folded over
@@ -185,7 +171,10 @@ impl<'a> PairTable<'a> {
     /// has been claimed and none above; a head below the known bound is a
     /// freed slot, so every slot has been claimed.
     pub fn claimed(&self, known: u32) -> Result<u32, DatapathError> {
-        let head = sys::peek::<u32>(self.free).map_err(failed("reading the free-slot queue"))?;
+        let head = self
+            .free
+            .peek::<u32>()
+            .map_err(failed("reading the free-slot queue"))?;
         Ok(match head {
             Some(head) if head >= known => head,
             _ => self.capacity,
@@ -210,18 +199,20 @@ impl<'a> PairTable<'a> {
         mut each: impl FnMut(PairKey, PairReading),
     ) -> Result<(), DatapathError> {
         let mut owners = Vec::with_capacity(self.capacity as usize);
-        sys::lookup_batch::<u32, SlotKey>(self.keys, 1, BATCH, |_, owner| owners.push(owner[0]))
+        self.keys
+            .lookup_batch::<u32, SlotKey>(BATCH, |_, owner| owners.push(owner))
             .map_err(failed("reading the slot keys"))?;
         // Lanes are CPU-major: every slot's reading is complete only at the end.
         let mut readings: Vec<_> = (0..self.capacity)
             .map(|slot| PairReading::fold(slot, []))
             .collect();
         let capacity = self.capacity.max(1);
-        sys::lookup_batch::<u32, PairStats>(self.lanes, 1, BATCH, |index, lane| {
-            let reading = &mut readings[lane_slot(index, capacity) as usize];
-            *reading = reading.plus(PairReading::fold(0, [lane[0]]));
-        })
-        .map_err(failed("reading the counters"))?;
+        self.lanes
+            .lookup_batch::<u32, PairStats>(BATCH, |index, lane| {
+                let reading = &mut readings[lane_slot(index, capacity) as usize];
+                *reading = reading.plus(PairReading::fold(0, [lane]));
+            })
+            .map_err(failed("reading the counters"))?;
         for (owner, reading) in owners.into_iter().zip(readings) {
             if owner.live != 0 && !reading.is_empty() {
                 each(owner.key, reading);
@@ -242,11 +233,9 @@ impl<'a> PairTable<'a> {
             let mut per_cpu = Vec::with_capacity(lanes as usize);
             for cpu in 0..lanes {
                 per_cpu.push(
-                    sys::lookup::<u32, PairStats>(
-                        self.lanes,
-                        &lane_index(cpu, self.capacity, slot),
-                    )
-                    .map_err(failed("reading a lane"))?,
+                    self.lanes
+                        .lookup::<u32, PairStats>(&lane_index(cpu, self.capacity, slot))
+                        .map_err(failed("reading a lane"))?,
                 );
             }
             let reading = PairReading::fold(slot, per_cpu);
@@ -271,8 +260,8 @@ impl<'a> PairTable<'a> {
         let mut slots = Vec::with_capacity(keys.len());
         for key in keys {
             let unindexed = match key.to_v4() {
-                Some(narrow) => sys::lookup_and_delete::<_, u32>(self.flows_v4, &narrow),
-                None => sys::lookup_and_delete::<_, u32>(self.flows_v6, key),
+                Some(narrow) => self.flows_v4.lookup_and_delete::<_, u32>(&narrow),
+                None => self.flows_v6.lookup_and_delete::<_, u32>(key),
             };
             match unindexed {
                 Ok(slot) => slots.push((*key, slot)),
@@ -321,7 +310,10 @@ impl<'a> PairTable<'a> {
         wait_for_running_programs();
         let mut orphans = Vec::new();
         for slot in candidates {
-            let owner = sys::lookup(self.keys, &slot).map_err(failed("reading a slot key"))?;
+            let owner = self
+                .keys
+                .lookup(&slot)
+                .map_err(failed("reading a slot key"))?;
             if unindexed(slot, owner)? {
                 orphans.push(slot);
             }
@@ -339,7 +331,9 @@ impl<'a> PairTable<'a> {
     pub fn insert(&self, keys: &[PairKey], lane: PairStats) -> Result<(), DatapathError> {
         let mut claimed = Vec::with_capacity(keys.len());
         for key in keys {
-            let slot = sys::pop::<u32>(self.free)
+            let slot = self
+                .free
+                .pop::<u32>()
                 .map_err(failed("claiming a slot"))?
                 .ok_or_else(|| DatapathError::Pins("the pair table is full".into()))?;
             claimed.push((slot, *key));
@@ -368,16 +362,20 @@ impl<'a> PairTable<'a> {
                 }
             }
         }
-        sys::update_batch(self.flows_v4, &v4.0, &v4.1).map_err(failed("indexing IPv4 pairs"))?;
-        sys::update_batch(self.flows_v6, &v6.0, &v6.1).map_err(failed("indexing IPv6 pairs"))?;
+        self.flows_v4
+            .update_batch(&v4.0, &v4.1)
+            .map_err(failed("indexing IPv4 pairs"))?;
+        self.flows_v6
+            .update_batch(&v6.0, &v6.1)
+            .map_err(failed("indexing IPv6 pairs"))?;
         Ok(())
     }
 
     /// The slot the index holds for `key`, if any.
     fn indexed_slot(&self, key: &PairKey) -> Result<Option<u32>, DatapathError> {
         let found = match key.to_v4() {
-            Some(narrow) => sys::lookup::<_, u32>(self.flows_v4, &narrow),
-            None => sys::lookup::<_, u32>(self.flows_v6, key),
+            Some(narrow) => self.flows_v4.lookup::<_, u32>(&narrow),
+            None => self.flows_v6.lookup::<_, u32>(key),
         };
         match found {
             Ok(slot) => Ok(Some(slot)),
@@ -392,11 +390,15 @@ impl<'a> PairTable<'a> {
     /// programs that read the old epoch finish too.
     fn forget_cached_slots(&self) -> Result<(), DatapathError> {
         wait_for_running_programs();
-        let epoch: u32 =
-            sys::lookup(self.epoch, &0u32).map_err(failed("reading the slot epoch"))?;
+        let epoch: u32 = self
+            .epoch
+            .lookup(&0u32)
+            .map_err(failed("reading the slot epoch"))?;
         // Never 0, which turns the cache off.
         let next = epoch.wrapping_add(1).max(1);
-        sys::update(self.epoch, &0u32, &next).map_err(failed("moving the slot epoch on"))?;
+        self.epoch
+            .update(&0u32, &next)
+            .map_err(failed("moving the slot epoch on"))?;
         wait_for_running_programs();
         Ok(())
     }
@@ -413,7 +415,7 @@ impl<'a> PairTable<'a> {
             chunk.set_owner(slot, SlotKey::default());
         })?;
         for slot in slots {
-            sys::push(self.free, slot).map_err(failed("freeing a slot"))?;
+            self.free.push(slot).map_err(failed("freeing a slot"))?;
         }
         Ok(readings)
     }
@@ -450,12 +452,12 @@ impl Chunk {
     /// The chunk starting at slot `first`, up to [`WINDOW_SLOTS`] long.
     fn map(table: &PairTable, first: u32, writable: bool) -> Result<Chunk, DatapathError> {
         let count = WINDOW_SLOTS.min(table.capacity - first);
-        let keys = ArrayWindow::map(table.keys, first as usize, count as usize, writable)
+        let keys = ArrayWindow::map(&table.keys, first as usize, count as usize, writable)
             .map_err(failed("mapping the slot keys"))?;
         let lanes = (0..table.cpu_lanes)
             .map(|cpu| {
                 let start = lane_index(cpu, table.capacity, first) as usize;
-                ArrayWindow::map(table.lanes, start, count as usize, writable)
+                ArrayWindow::map(&table.lanes, start, count as usize, writable)
                     .map_err(failed("mapping the counters"))
             })
             .collect::<Result<_, _>>()?;

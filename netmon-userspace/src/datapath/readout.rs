@@ -103,16 +103,20 @@ pub fn read_each(
 /// Reads all counters of a loaded object (attached or not).
 pub fn read(ebpf: &Ebpf) -> Result<Snapshot, DatapathError> {
     let mut pairs = Vec::new();
-    let snapshot = read_with(ebpf, None, |key, reading| pairs.push((key, reading)))?;
+    let table = PairTable::of(ebpf)?;
+    let snapshot = read_with(ebpf, &table, None, |key, reading| {
+        pairs.push((key, reading))
+    })?;
     Ok(Snapshot { pairs, ..snapshot })
 }
 
-/// Like [`read`], but hands each pair to `each` as it is read (the returned
-/// snapshot's `pairs` stays empty). With `claimed`, a bound on the slots ever
-/// claimed (see `PairTable::claimed`), it moves the bound on and reads only
-/// the slots below it.
+/// Like [`read`], with `ebpf`'s pair table `table`, but hands each pair to
+/// `each` as it is read (the returned snapshot's `pairs` stays empty). With
+/// `claimed`, a bound on the slots ever claimed (see `PairTable::claimed`),
+/// it moves the bound on and reads only the slots below it.
 pub fn read_with(
     ebpf: &Ebpf,
+    table: &PairTable,
     claimed: Option<&mut u32>,
     each: impl FnMut(PairKey, PairReading),
 ) -> Result<Snapshot, DatapathError> {
@@ -131,7 +135,6 @@ pub fn read_with(
             .iter()
             .fold(DirectionTotals::default(), |acc, t| acc.plus(t));
     }
-    let table = PairTable::of(ebpf)?;
     let below = match claimed {
         Some(known) => {
             *known = table.claimed(*known)?;
