@@ -5,6 +5,7 @@ pub mod enforce;
 mod error;
 pub mod pairs;
 pub mod pins;
+mod reading;
 pub mod readout;
 pub mod sys;
 
@@ -31,7 +32,7 @@ use netmon_common::{
 use pins::{Hook, PinDir, MAP_LAYOUTS};
 
 pub use error::DatapathError;
-pub use readout::{PairReading, Snapshot};
+pub use reading::{PairReading, Snapshot};
 
 /// The compiled eBPF object, embedded so that the `netmon` binary is self-contained.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("NETMON_EBPF_OBJECT"));

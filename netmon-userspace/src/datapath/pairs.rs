@@ -21,9 +21,8 @@ use netmon_common::{
 };
 
 use super::{
-    readout::PairReading,
     sys::{ArrayWindow, RawMap},
-    DatapathError,
+    DatapathError, PairReading,
 };
 
 /// Slots per memory window: a window maps their keys and each CPU's lanes
