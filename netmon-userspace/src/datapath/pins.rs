@@ -136,17 +136,15 @@ impl PinDir {
             .map_err(|e| DatapathError::Pins(format!("removing {}: {e}", path.display())))
     }
 
-    /// The pair-table granularity the pinned programs were loaded with, if
-    /// recorded (a directory named after it, since bpffs holds no files).
-    pub fn granularity(&self) -> Option<super::Granularity> {
-        [super::Granularity::Pair, super::Granularity::FiveTuple]
-            .into_iter()
-            .find(|g| self.dir.join(granularity_marker(*g)).is_dir())
+    /// True when `marker` is recorded here (see [`record_marker`](Self::record_marker)).
+    pub fn has_marker(&self, marker: &str) -> bool {
+        self.dir.join(marker).is_dir()
     }
 
-    /// Records the granularity of newly created maps.
-    pub fn record_granularity(&self, granularity: super::Granularity) -> Result<(), DatapathError> {
-        let path = self.dir.join(granularity_marker(granularity));
+    /// Records `marker`, a fact about the pinned maps (such as how they were
+    /// loaded), as a directory named after it, since bpffs holds no files.
+    pub fn record_marker(&self, marker: &str) -> Result<(), DatapathError> {
+        let path = self.dir.join(marker);
         std::fs::DirBuilder::new()
             .mode(0o700)
             .create(&path)
@@ -235,13 +233,6 @@ impl PinDir {
             let _ = std::fs::remove_dir(parent);
         }
         Ok(())
-    }
-}
-
-fn granularity_marker(granularity: super::Granularity) -> &'static str {
-    match granularity {
-        super::Granularity::Pair => "granularity-pair",
-        super::Granularity::FiveTuple => "granularity-5tuple",
     }
 }
 

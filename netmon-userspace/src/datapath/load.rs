@@ -1,0 +1,298 @@
+//! Loading netmon's eBPF object: the settings fixed at load time, the slot
+//! cache's size and secret, and the maps' identity.
+
+use aya::{
+    maps::{Array, MapData, MapInfo},
+    programs::{SchedClassifier, Xdp},
+    Ebpf, EbpfLoader,
+};
+use netmon_common::{
+    maps::{
+        cache_sets, CPU_LANES_GLOBAL, DEFAULT_MAX_PAIRS, FLOWS_V4_MAP, FLOWS_V6_MAP,
+        FREE_SLOTS_MAP, LANES_MAP, LAYOUT_VERSION, PAIR_SLOTS_GLOBAL, SLOT_CACHE_MAP,
+        SLOT_CACHE_MASK_GLOBAL, SLOT_CACHE_SEED_GLOBAL, SLOT_KEYS_MAP,
+    },
+    policy::{PolicyState, POLICY_MAP},
+};
+
+use super::{
+    pairs::PairTable,
+    pins::{PinDir, MAP_LAYOUTS},
+    DatapathError,
+};
+
+/// The compiled eBPF object, embedded so that the `netmon` binary is self-contained.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("NETMON_EBPF_OBJECT"));
+
+/// Name of the XDP (ingress) program in the object.
+pub const INGRESS_PROGRAM: &str = "netmon_ingress";
+/// Name of the TC ingress program in the object (`--ingress tc`).
+pub const INGRESS_TC_PROGRAM: &str = "netmon_ingress_tc";
+/// Name of the TC (egress) program in the object.
+pub const EGRESS_PROGRAM: &str = "netmon_egress";
+
+/// What the pair table's keys distinguish.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Granularity {
+    /// (source, destination, L4 protocol, direction).
+    #[default]
+    Pair,
+    /// Also the TCP/UDP ports: port-level conversations, more table entries.
+    #[value(name = "5tuple")]
+    FiveTuple,
+}
+
+impl Granularity {
+    /// The name `--granularity` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Granularity::Pair => "pair",
+            Granularity::FiveTuple => "5tuple",
+        }
+    }
+
+    /// The granularity the maps pinned in `pins` were loaded with, if recorded.
+    fn pinned(pins: &PinDir) -> Option<Granularity> {
+        [Granularity::Pair, Granularity::FiveTuple]
+            .into_iter()
+            .find(|g| pins.has_marker(g.marker()))
+    }
+
+    /// The pin marker that records it.
+    fn marker(self) -> &'static str {
+        match self {
+            Granularity::Pair => "granularity-pair",
+            Granularity::FiveTuple => "granularity-5tuple",
+        }
+    }
+}
+
+/// Settings fixed when the object is loaded.
+#[derive(Clone, Copy, Debug)]
+pub struct LoadOptions {
+    /// Capacity of the pair table.
+    pub max_pairs: u32,
+    /// Keys per pair or per 5-tuple.
+    pub granularity: Granularity,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            max_pairs: DEFAULT_MAX_PAIRS,
+            granularity: Granularity::Pair,
+        }
+    }
+}
+
+impl LoadOptions {
+    /// An object loader with these settings and `cache` (sized for them).
+    fn loader<'a>(&'a self, cache: &'a SlotCache) -> Result<EbpfLoader<'a>, DatapathError> {
+        static PAIR: u8 = netmon_common::maps::GRANULARITY_PAIR;
+        static FIVE_TUPLE: u8 = netmon_common::maps::GRANULARITY_5TUPLE;
+        let lanes = cpu_lanes()?;
+        let mut loader = EbpfLoader::new();
+        loader
+            .map_max_entries(FLOWS_V4_MAP, self.max_pairs)
+            .map_max_entries(FLOWS_V6_MAP, self.max_pairs)
+            .map_max_entries(SLOT_KEYS_MAP, self.max_pairs)
+            .map_max_entries(FREE_SLOTS_MAP, self.max_pairs)
+            .map_max_entries(
+                LANES_MAP,
+                self.max_pairs.checked_mul(*lanes).ok_or_else(|| {
+                    DatapathError::Policy(format!(
+                        "--max-pairs {} times {lanes} CPUs is more counters than one map holds; \
+                         use a smaller --max-pairs",
+                        self.max_pairs
+                    ))
+                })?,
+            )
+            .map_max_entries(SLOT_CACHE_MAP, cache.set_mask + 1)
+            .override_global(SLOT_CACHE_MASK_GLOBAL, &cache.set_mask, true)
+            .override_global(SLOT_CACHE_SEED_GLOBAL, &cache.seed, true)
+            .override_global(CPU_LANES_GLOBAL, lanes, true)
+            .override_global(PAIR_SLOTS_GLOBAL, &self.max_pairs, true)
+            .override_global(
+                netmon_common::maps::GRANULARITY_GLOBAL,
+                match self.granularity {
+                    Granularity::Pair => &PAIR,
+                    Granularity::FiveTuple => &FIVE_TUPLE,
+                },
+                true,
+            );
+        Ok(loader)
+    }
+}
+
+/// The size and secret of the slot cache of one load.
+struct SlotCache {
+    /// Sets (of `CACHE_WAYS` entries) minus one.
+    set_mask: u32,
+    /// Keys the entries' sets and tags, so that no sender can predict them.
+    seed: u64,
+}
+
+impl SlotCache {
+    /// One entry per two slots ([`cache_sets`]). Smaller than
+    /// the table on purpose: a packet's random memory access is its set,
+    /// and how often that access misses the CPU's caches and TLB matters
+    /// more than a few more pairs held; two sets per pair make up the hits
+    /// (measured against one set per pair and one entry per slot in
+    /// docs/design-notes.md).
+    fn for_slots(slots: u32) -> Self {
+        use std::hash::{BuildHasher, Hasher};
+        Self {
+            set_mask: cache_sets(slots) - 1,
+            // std seeds each `RandomState` from the OS's random source.
+            seed: std::collections::hash_map::RandomState::new()
+                .build_hasher()
+                .finish(),
+        }
+    }
+}
+
+/// Counter lanes per pair: one per possible CPU, the ids
+/// `bpf_get_smp_processor_id` returns.
+fn cpu_lanes() -> Result<&'static u32, DatapathError> {
+    static LANES: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    if let Some(lanes) = LANES.get() {
+        return Ok(lanes);
+    }
+    let cpus = aya::util::nr_cpus()
+        .map_err(|(_, e)| DatapathError::Policy(format!("counting CPUs: {e}")))?;
+    Ok(LANES.get_or_init(|| cpus as u32))
+}
+
+/// Loads the object and both programs into the kernel (verified, not attached),
+/// with an empty pair table.
+pub fn load(options: &LoadOptions) -> Result<Ebpf, DatapathError> {
+    let cache = SlotCache::for_slots(options.max_pairs);
+    let ebpf = load_with(&mut options.loader(&cache)?)?;
+    PairTable::of(&ebpf)?.free_all()?;
+    Ok(ebpf)
+}
+
+/// Looks up a program of the object by name and type.
+pub fn program<'a, P>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut P, DatapathError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let program = ebpf
+        .program_mut(name)
+        .ok_or_else(|| DatapathError::MissingProgram(name.to_string()))?;
+    program
+        .try_into()
+        .map_err(|e| DatapathError::program(name, e))
+}
+
+/// Loads the object with its maps pinned in `pins`: the maps an earlier run
+/// left there (`adopted`) keep their capacity and granularity, whatever
+/// `options` asks, and their instance id; new maps are stamped with a new one.
+/// Returns the object and the instance id.
+pub(super) fn load_pinned(
+    options: &LoadOptions,
+    pins: &PinDir,
+    adopted: bool,
+) -> Result<(Ebpf, u64), DatapathError> {
+    let mut options = *options;
+    if adopted {
+        if let Ok(info) = MapInfo::from_pin(pins.map(SLOT_KEYS_MAP)) {
+            if info.max_entries() != options.max_pairs {
+                log::warn!(
+                    "the pinned pair table holds {} pairs; --max-pairs {} takes effect after a stop without --keep-attached",
+                    info.max_entries(),
+                    options.max_pairs
+                );
+                options.max_pairs = info.max_entries();
+            }
+        }
+        // Pins of a build that did not record it were made per pair.
+        let pinned = Granularity::pinned(pins).unwrap_or_default();
+        if pinned != options.granularity {
+            log::warn!(
+                "the pinned pair table is keyed per {}; --granularity {} takes effect after a stop without --keep-attached",
+                pinned.name(),
+                options.granularity.name()
+            );
+            options.granularity = pinned;
+        }
+    }
+    let cache = SlotCache::for_slots(options.max_pairs);
+    let mut loader = options.loader(&cache)?;
+    let paths: Vec<_> = MAP_LAYOUTS
+        .iter()
+        .map(|(name, _, _)| (*name, pins.map(name)))
+        .collect();
+    for (name, path) in &paths {
+        loader.map_pin_path(name, path.as_path());
+    }
+    let mut ebpf = load_with(&mut loader)?;
+    let instance = identify(&mut ebpf, adopted)?;
+    pins.record_marker(options.granularity.marker())?;
+    Ok((ebpf, instance))
+}
+
+/// Loads the object and both programs with `loader`.
+fn load_with(loader: &mut EbpfLoader<'_>) -> Result<Ebpf, DatapathError> {
+    let mut ebpf = loader.load(EBPF_OBJECT).map_err(DatapathError::from_load)?;
+    program::<Xdp>(&mut ebpf, INGRESS_PROGRAM)?
+        .load()
+        .map_err(|e| DatapathError::program(INGRESS_PROGRAM, e))?;
+    program::<SchedClassifier>(&mut ebpf, EGRESS_PROGRAM)?
+        .load()
+        .map_err(|e| DatapathError::program(EGRESS_PROGRAM, e))?;
+    Ok(ebpf)
+}
+
+/// Stamps new maps with the layout version and a random instance id; reads
+/// the id of adopted ones.
+fn identify(ebpf: &mut Ebpf, adopted: bool) -> Result<u64, DatapathError> {
+    let map_error = |cause| DatapathError::Map {
+        map: POLICY_MAP,
+        cause,
+    };
+    let mut policy: Array<&mut MapData, PolicyState> = Array::try_from(
+        ebpf.map_mut(POLICY_MAP)
+            .ok_or(DatapathError::MissingMap(POLICY_MAP))?,
+    )
+    .map_err(map_error)?;
+    let state = policy.get(&0, 0).map_err(map_error)?;
+    if adopted && state.instance != 0 {
+        return Ok(state.instance);
+    }
+    let mut bytes = [0u8; 8];
+    // SAFETY: getrandom writes at most `bytes.len()` bytes into the buffer.
+    unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    let instance = u64::from_ne_bytes(bytes) | 1;
+    policy
+        .set(
+            0,
+            PolicyState {
+                generation: 0,
+                layout: LAYOUT_VERSION,
+                instance,
+            },
+            0,
+        )
+        .map_err(map_error)?;
+    Ok(instance)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SlotCache;
+
+    #[test]
+    fn the_slot_cache_has_one_entry_per_two_slots_and_at_least_one_set() {
+        let sets = |slots| SlotCache::for_slots(slots).set_mask + 1;
+        assert_eq!(sets(262_144), 32_768);
+        assert_eq!(
+            sets(100_000),
+            16_384,
+            "131,072 slots rounded up, over 2 and 4 ways"
+        );
+        assert_eq!(sets(8), 1);
+        assert_eq!(sets(1), 1);
+        assert_eq!(sets(u32::MAX), 1 << 28);
+    }
+}
