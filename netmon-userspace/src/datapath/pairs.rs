@@ -14,10 +14,10 @@ use aya::{
 };
 use netmon_common::{
     maps::{
-        lane_index, lane_slot, FLOWS_V4_MAP, FLOWS_V6_MAP, FREE_SLOTS_MAP, LANES_MAP,
-        SLOT_EPOCH_MAP, SLOT_KEYS_MAP,
+        lane_index, FLOWS_V4_MAP, FLOWS_V6_MAP, FREE_SLOTS_MAP, LANES_MAP, SLOT_EPOCH_MAP,
+        SLOT_KEYS_MAP,
     },
-    PairKey, PairKeyV4, PairStats, SlotKey,
+    PairKey, PairStats, SlotKey,
 };
 
 use super::{
@@ -39,9 +39,6 @@ const MAPS: [&str; 6] = [
     FREE_SLOTS_MAP,
     SLOT_EPOCH_MAP,
 ];
-
-/// Entries per batch syscall for [`PairTable::read_batched`].
-const BATCH: usize = 4096;
 
 /// The pair table of a loaded object or of pinned maps.
 pub struct PairTable {
@@ -66,17 +63,6 @@ impl PairTable {
             }
         }
         Self::with_maps(&maps)
-    }
-
-    /// The pair table pinned in `dir` by a running (or kept-attached) netmon.
-    pub fn pinned(dir: &std::path::Path) -> Result<PairTable, DatapathError> {
-        let maps = MAPS
-            .iter()
-            .map(|&map| {
-                MapData::from_pin(dir.join(map)).map_err(|cause| DatapathError::Map { map, cause })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        PairTable::with_maps(&maps.iter().collect::<Vec<_>>())
     }
 
     /// The table over `maps`, in the order of [`MAPS`].
@@ -119,14 +105,10 @@ impl PairTable {
             .map_err(failed("starting the slot epoch"))
     }
 
-    /// Calls `each` with every pair in the table and its counters, folded over
-    /// CPUs, read straight from the mapped arrays. Pairs with nothing counted
-    /// yet (a slot claimed a moment ago) are left for the next read.
-    pub fn read(&self, each: impl FnMut(PairKey, PairReading)) -> Result<(), DatapathError> {
-        self.read_claimed(self.capacity, each)
-    }
-
-    /// [`read`](Self::read), of slots below `claimed` only (see [`Self::claimed`]).
+    /// Calls `each` with every pair in slots below `claimed` (see
+    /// [`Self::claimed`]) and its counters, folded over CPUs, read straight
+    /// from the mapped arrays. Pairs with nothing counted yet (a slot claimed
+    /// a moment ago) are left for the next read.
     pub fn read_claimed(
         &self,
         claimed: u32,
@@ -191,64 +173,6 @@ impl PairTable {
         Ok(bound)
     }
 
-    /// [`read`](Self::read) with BPF_MAP_LOOKUP_BATCH syscalls instead of
-    /// mapped memory: for comparison in the benchmarks and tests.
-    pub fn read_batched(
-        &self,
-        mut each: impl FnMut(PairKey, PairReading),
-    ) -> Result<(), DatapathError> {
-        let mut owners = Vec::with_capacity(self.capacity as usize);
-        self.keys
-            .lookup_batch::<u32, SlotKey>(BATCH, |_, owner| owners.push(owner))
-            .map_err(failed("reading the slot keys"))?;
-        // Lanes are CPU-major: every slot's reading is complete only at the end.
-        let mut readings: Vec<_> = (0..self.capacity)
-            .map(|slot| PairReading::fold(slot, []))
-            .collect();
-        let capacity = self.capacity.max(1);
-        self.lanes
-            .lookup_batch::<u32, PairStats>(BATCH, |index, lane| {
-                let reading = &mut readings[lane_slot(index, capacity) as usize];
-                *reading = reading.plus(PairReading::fold(0, [lane]));
-            })
-            .map_err(failed("reading the counters"))?;
-        for (owner, reading) in owners.into_iter().zip(readings) {
-            if owner.live != 0 && !reading.is_empty() {
-                each(owner.key, reading);
-            }
-        }
-        Ok(())
-    }
-
-    /// [`read`](Self::read) the way aya's typed maps allow: the index walked
-    /// key by key, each lane looked up on its own. The benchmarks' reference.
-    pub fn read_iterated(
-        &self,
-        ebpf: &Ebpf,
-        mut each: impl FnMut(PairKey, PairReading),
-    ) -> Result<(), DatapathError> {
-        let lanes = self.cpu_lanes;
-        let mut emit = |key: PairKey, slot: u32| -> Result<(), DatapathError> {
-            let mut per_cpu = Vec::with_capacity(lanes as usize);
-            for cpu in 0..lanes {
-                per_cpu.push(
-                    self.lanes
-                        .lookup::<u32, PairStats>(&lane_index(cpu, self.capacity, slot))
-                        .map_err(failed("reading a lane"))?,
-                );
-            }
-            let reading = PairReading::fold(slot, per_cpu);
-            if !reading.is_empty() {
-                each(key, reading);
-            }
-            Ok(())
-        };
-        walk_index(ebpf, FLOWS_V4_MAP, |key: PairKeyV4, slot| {
-            emit(key.widen(), slot)
-        })?;
-        walk_index(ebpf, FLOWS_V6_MAP, |key: PairKey, slot| emit(key, slot))
-    }
-
     /// Removes pairs and returns their final counters; their slots become free.
     ///
     /// A pair leaves the index first; once every program that may have looked
@@ -278,14 +202,6 @@ impl PairTable {
             .map(|(key, _)| key)
             .zip(readings)
             .collect())
-    }
-
-    /// Removes every pair (tests reuse one loaded object this way).
-    pub fn clear(&self) -> Result<(), DatapathError> {
-        let mut keys = Vec::new();
-        self.read(|key, _| keys.push(key))?;
-        self.retire(&keys)?;
-        Ok(())
     }
 
     /// Frees slots a crash left claimed but no longer indexed (between taking
@@ -323,51 +239,6 @@ impl PairTable {
         self.forget_cached_slots()?;
         self.release(&orphans)?;
         Ok(orphans.len())
-    }
-
-    /// Writes pairs the way the datapath would on their first frames, every
-    /// CPU lane holding `lane`. Benchmarks fill tables with it, without traffic.
-    pub fn insert(&self, keys: &[PairKey], lane: PairStats) -> Result<(), DatapathError> {
-        let mut claimed = Vec::with_capacity(keys.len());
-        for key in keys {
-            let slot = self
-                .free
-                .pop::<u32>()
-                .map_err(failed("claiming a slot"))?
-                .ok_or_else(|| DatapathError::Pins("the pair table is full".into()))?;
-            claimed.push((slot, *key));
-        }
-        self.for_each_chunk(&mut claimed, |chunk, &mut (slot, key)| {
-            chunk.set_lanes(slot, lane);
-            chunk.set_owner(
-                slot,
-                SlotKey {
-                    key,
-                    live: 1,
-                    _pad: 0,
-                },
-            );
-        })?;
-        let (mut v4, mut v6) = ((Vec::new(), Vec::new()), (Vec::new(), Vec::new()));
-        for (slot, key) in claimed {
-            match key.to_v4() {
-                Some(narrow) => {
-                    v4.0.push(narrow);
-                    v4.1.push(slot);
-                }
-                None => {
-                    v6.0.push(key);
-                    v6.1.push(slot);
-                }
-            }
-        }
-        self.flows_v4
-            .update_batch(&v4.0, &v4.1)
-            .map_err(failed("indexing IPv4 pairs"))?;
-        self.flows_v6
-            .update_batch(&v6.0, &v6.1)
-            .map_err(failed("indexing IPv6 pairs"))?;
-        Ok(())
     }
 
     /// The slot the index holds for `key`, if any.
@@ -437,6 +308,162 @@ impl PairTable {
     }
 }
 
+/// For tests and benchmarks: other ways to read the table, and to write it
+/// without traffic.
+#[cfg(feature = "test-hooks")]
+impl PairTable {
+    /// The pair table pinned in `dir` by a running (or kept-attached) netmon.
+    pub fn pinned(dir: &std::path::Path) -> Result<PairTable, DatapathError> {
+        let maps = MAPS
+            .iter()
+            .map(|&map| {
+                MapData::from_pin(dir.join(map)).map_err(|cause| DatapathError::Map { map, cause })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        PairTable::with_maps(&maps.iter().collect::<Vec<_>>())
+    }
+
+    /// Calls `each` with every pair in the table and its counters, as
+    /// [`read_claimed`](Self::read_claimed) reads them.
+    pub fn read(&self, each: impl FnMut(PairKey, PairReading)) -> Result<(), DatapathError> {
+        self.read_claimed(self.capacity, each)
+    }
+
+    /// [`read`](Self::read) with BPF_MAP_LOOKUP_BATCH syscalls instead of
+    /// mapped memory: for comparison in the benchmarks and tests.
+    pub fn read_batched(
+        &self,
+        mut each: impl FnMut(PairKey, PairReading),
+    ) -> Result<(), DatapathError> {
+        let mut owners = Vec::with_capacity(self.capacity as usize);
+        self.keys
+            .lookup_batch::<u32, SlotKey>(BATCH, |_, owner| owners.push(owner))
+            .map_err(failed("reading the slot keys"))?;
+        // Lanes are CPU-major: every slot's reading is complete only at the end.
+        let mut readings: Vec<_> = (0..self.capacity)
+            .map(|slot| PairReading::fold(slot, []))
+            .collect();
+        let capacity = self.capacity.max(1);
+        self.lanes
+            .lookup_batch::<u32, PairStats>(BATCH, |index, lane| {
+                let slot = netmon_common::maps::lane_slot(index, capacity);
+                let reading = &mut readings[slot as usize];
+                *reading = reading.plus(PairReading::fold(0, [lane]));
+            })
+            .map_err(failed("reading the counters"))?;
+        for (owner, reading) in owners.into_iter().zip(readings) {
+            if owner.live != 0 && !reading.is_empty() {
+                each(owner.key, reading);
+            }
+        }
+        Ok(())
+    }
+
+    /// [`read`](Self::read) the way aya's typed maps allow: the index walked
+    /// key by key, each lane looked up on its own. The benchmarks' reference.
+    pub fn read_iterated(
+        &self,
+        ebpf: &Ebpf,
+        mut each: impl FnMut(PairKey, PairReading),
+    ) -> Result<(), DatapathError> {
+        let lanes = self.cpu_lanes;
+        let mut emit = |key: PairKey, slot: u32| -> Result<(), DatapathError> {
+            let mut per_cpu = Vec::with_capacity(lanes as usize);
+            for cpu in 0..lanes {
+                per_cpu.push(
+                    self.lanes
+                        .lookup::<u32, PairStats>(&lane_index(cpu, self.capacity, slot))
+                        .map_err(failed("reading a lane"))?,
+                );
+            }
+            let reading = PairReading::fold(slot, per_cpu);
+            if !reading.is_empty() {
+                each(key, reading);
+            }
+            Ok(())
+        };
+        walk_index(ebpf, FLOWS_V4_MAP, |key: netmon_common::PairKeyV4, slot| {
+            emit(key.widen(), slot)
+        })?;
+        walk_index(ebpf, FLOWS_V6_MAP, |key: PairKey, slot| emit(key, slot))
+    }
+
+    /// Removes every pair (tests reuse one loaded object this way).
+    pub fn clear(&self) -> Result<(), DatapathError> {
+        let mut keys = Vec::new();
+        self.read(|key, _| keys.push(key))?;
+        self.retire(&keys)?;
+        Ok(())
+    }
+
+    /// Writes pairs the way the datapath would on their first frames, every
+    /// CPU lane holding `lane`. Benchmarks fill tables with it, without traffic.
+    pub fn insert(&self, keys: &[PairKey], lane: PairStats) -> Result<(), DatapathError> {
+        let mut claimed = Vec::with_capacity(keys.len());
+        for key in keys {
+            let slot = self
+                .free
+                .pop::<u32>()
+                .map_err(failed("claiming a slot"))?
+                .ok_or_else(|| DatapathError::Pins("the pair table is full".into()))?;
+            claimed.push((slot, *key));
+        }
+        self.for_each_chunk(&mut claimed, |chunk, &mut (slot, key)| {
+            chunk.set_lanes(slot, lane);
+            chunk.set_owner(
+                slot,
+                SlotKey {
+                    key,
+                    live: 1,
+                    _pad: 0,
+                },
+            );
+        })?;
+        let (mut v4, mut v6) = ((Vec::new(), Vec::new()), (Vec::new(), Vec::new()));
+        for (slot, key) in claimed {
+            match key.to_v4() {
+                Some(narrow) => {
+                    v4.0.push(narrow);
+                    v4.1.push(slot);
+                }
+                None => {
+                    v6.0.push(key);
+                    v6.1.push(slot);
+                }
+            }
+        }
+        self.flows_v4
+            .update_batch(&v4.0, &v4.1)
+            .map_err(failed("indexing IPv4 pairs"))?;
+        self.flows_v6
+            .update_batch(&v6.0, &v6.1)
+            .map_err(failed("indexing IPv6 pairs"))?;
+        Ok(())
+    }
+}
+
+/// Entries per batch syscall for [`PairTable::read_batched`].
+#[cfg(feature = "test-hooks")]
+const BATCH: usize = 4096;
+
+/// Calls `each` with every (key, slot) of the index `name`, key by key.
+#[cfg(feature = "test-hooks")]
+fn walk_index<K: aya::Pod>(
+    ebpf: &Ebpf,
+    name: &'static str,
+    mut each: impl FnMut(K, u32) -> Result<(), DatapathError>,
+) -> Result<(), DatapathError> {
+    let map_error = |cause| DatapathError::Map { map: name, cause };
+    let index: aya::maps::HashMap<_, K, u32> =
+        aya::maps::HashMap::try_from(ebpf.map(name).ok_or(DatapathError::MissingMap(name))?)
+            .map_err(map_error)?;
+    for entry in index.iter() {
+        let (key, slot) = entry.map_err(map_error)?;
+        each(key, slot)?;
+    }
+    Ok(())
+}
+
 /// Slots `first .. first + count` mapped into memory: their keys, and each
 /// CPU's lanes (the counters are CPU-major, so that one CPU's lanes are
 /// contiguous and a packet touches fewer pages).
@@ -498,23 +525,6 @@ impl Chunk {
             lanes.set(index, lane);
         }
     }
-}
-
-/// Calls `each` with every (key, slot) of the index `name`, key by key.
-fn walk_index<K: aya::Pod>(
-    ebpf: &Ebpf,
-    name: &'static str,
-    mut each: impl FnMut(K, u32) -> Result<(), DatapathError>,
-) -> Result<(), DatapathError> {
-    let map_error = |cause| DatapathError::Map { map: name, cause };
-    let index: aya::maps::HashMap<_, K, u32> =
-        aya::maps::HashMap::try_from(ebpf.map(name).ok_or(DatapathError::MissingMap(name))?)
-            .map_err(map_error)?;
-    for entry in index.iter() {
-        let (key, slot) = entry.map_err(map_error)?;
-        each(key, slot)?;
-    }
-    Ok(())
 }
 
 /// Returns once every eBPF program running now has finished: XDP and TC

@@ -10,6 +10,7 @@ use netmon_common::{
 use super::{pairs::PairTable, DatapathError, PairReading, Snapshot};
 
 /// How to read the pair table.
+#[cfg(feature = "test-hooks")]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Readout {
     /// The counter and key arrays mapped into memory: what the daemon does.
@@ -21,6 +22,7 @@ pub enum Readout {
 }
 
 /// Every pair in the table with its counters, IPv4 keys IPv4-mapped.
+#[cfg(feature = "test-hooks")]
 pub fn read_pairs(ebpf: &Ebpf, how: Readout) -> Result<Vec<(PairKey, PairReading)>, DatapathError> {
     let mut pairs = Vec::new();
     read_each(ebpf, how, |key, reading| pairs.push((key, reading)))?;
@@ -28,6 +30,7 @@ pub fn read_pairs(ebpf: &Ebpf, how: Readout) -> Result<Vec<(PairKey, PairReading
 }
 
 /// Calls `each` with every pair in the table and its counters, read `how`.
+#[cfg(feature = "test-hooks")]
 pub fn read_each(
     ebpf: &Ebpf,
     how: Readout,
@@ -42,6 +45,7 @@ pub fn read_each(
 }
 
 /// Reads all counters of a loaded object (attached or not).
+#[cfg(feature = "test-hooks")]
 pub fn read(ebpf: &Ebpf) -> Result<Snapshot, DatapathError> {
     let mut pairs = Vec::new();
     let table = PairTable::of(ebpf)?;
@@ -51,10 +55,11 @@ pub fn read(ebpf: &Ebpf) -> Result<Snapshot, DatapathError> {
     Ok(Snapshot { pairs, ..snapshot })
 }
 
-/// Like [`read`], with `ebpf`'s pair table `table`, but hands each pair to
-/// `each` as it is read (the returned snapshot's `pairs` stays empty). With
-/// `claimed`, a bound on the slots ever claimed (see `PairTable::claimed`),
-/// it moves the bound on and reads only the slots below it.
+/// Reads the counters of a loaded object (attached or not) whose pair table
+/// is `table`, handing each pair to `each` as it is read (the returned
+/// snapshot's `pairs` stays empty). With `claimed`, a bound on the slots ever
+/// claimed (see `PairTable::claimed`), it moves the bound on and reads only
+/// the slots below it.
 pub fn read_with(
     ebpf: &Ebpf,
     table: &PairTable,

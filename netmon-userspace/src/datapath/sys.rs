@@ -16,8 +16,10 @@ use aya::{
 
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+#[cfg(feature = "test-hooks")]
 const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
+#[cfg(feature = "test-hooks")]
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 
@@ -145,6 +147,7 @@ impl RawMap {
     }
 
     /// Removes `key`.
+    #[cfg(feature = "test-hooks")]
     pub fn delete<K: Pod>(&self, key: &K) -> std::io::Result<()> {
         self.check_key::<K>()?;
         // SAFETY: `key` has the map's key size (checked above); no value.
@@ -185,6 +188,7 @@ impl RawMap {
     }
 
     /// Takes the head of a queue; `Ok(None)` when it is empty.
+    #[cfg(feature = "test-hooks")]
     pub fn pop<V: Pod>(&self) -> std::io::Result<Option<V>> {
         self.queue_head(BPF_MAP_LOOKUP_AND_DELETE_ELEM)
     }
@@ -208,6 +212,7 @@ impl RawMap {
     /// Reads the whole map with BPF_MAP_LOOKUP_BATCH, `chunk` entries per
     /// call: one syscall per chunk instead of two per entry. `Err(EINVAL)` on
     /// kernels without batch support (before 5.6).
+    #[cfg(feature = "test-hooks")]
     pub fn lookup_batch<K: Pod, V: Pod>(
         &self,
         chunk: usize,
