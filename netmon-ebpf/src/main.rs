@@ -8,6 +8,8 @@
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
+#[cfg(feature = "bench-programs")]
+mod bench;
 mod frame;
 mod maps;
 mod record;
@@ -17,7 +19,7 @@ use aya_ebpf::{
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use netmon_common::{bench, classify, wire_cost, Direction};
+use netmon_common::{classify, wire_cost, Direction};
 
 use crate::{
     frame::{TcFrame, XdpFrame},
@@ -73,42 +75,6 @@ fn record_tc(ctx: &TcContext, direction: Direction) -> i32 {
         Verdict::Pass => TC_ACT_UNSPEC,
         Verdict::Drop => TC_ACT_SHOT,
     }
-}
-
-/// Benchmark baseline: the cheapest possible XDP program. Never attached by netmon.
-#[xdp]
-pub fn baseline_xdp(_ctx: XdpContext) -> u32 {
-    xdp_action::XDP_PASS
-}
-
-/// Benchmark baseline: the cheapest possible TC program. Never attached by netmon.
-#[classifier]
-pub fn baseline_tc(_ctx: TcContext) -> i32 {
-    aya_ebpf::bindings::TC_ACT_OK
-}
-
-/// Benchmark: the ingress program on a different flow each run. BPF_PROG_TEST_RUN
-/// reuses one buffer, so stepping a walk index and the IPv4 source in place
-/// walks `netmon_common::bench::FLOWS` flows. Never attached by netmon.
-#[xdp]
-pub fn bench_flows_xdp(ctx: XdpContext) -> u32 {
-    let (start, end) = (ctx.data(), ctx.data_end());
-    if start + bench::FRAME_BYTES <= end {
-        // SAFETY: bounds-checked above; the frame is ours to rewrite.
-        unsafe { bench::step(start as *mut u8) };
-    }
-    ingress(&ctx)
-}
-
-/// Benchmark: the egress program on a different flow each run (see `bench_flows_xdp`).
-#[classifier]
-pub fn bench_flows_tc(ctx: TcContext) -> i32 {
-    let (start, end) = (ctx.data(), ctx.data_end());
-    if start + bench::FRAME_BYTES <= end {
-        // SAFETY: as above; test-run skbs are linear and writable.
-        unsafe { bench::step(start as *mut u8) };
-    }
-    egress(&ctx)
 }
 
 #[cfg(not(test))]

@@ -120,10 +120,10 @@ fn errors_name_the_cause_and_the_fix() -> Result<()> {
     let other = TempMount::bpffs()?;
     let iface = net.a.iface.clone();
     let _other = net.a.run(move || -> Result<aya::Ebpf> {
-        let mut ebpf = netmon::datapath::load(&Default::default())?;
+        let mut ebpf = netmon::datapath::load_test_object(&Default::default())?;
         let xdp: &mut aya::programs::Xdp = ebpf
             .program_mut("baseline_xdp")
-            .expect("the object's empty XDP program")
+            .expect("the test object's empty XDP program")
             .try_into()?;
         xdp.load()?;
         xdp.attach(&iface, aya::programs::XdpMode::Driver)?;

@@ -166,7 +166,7 @@ fn frames_that_bypass_the_hooks_are_reported_once() -> Result<()> {
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
     let iface = net.a.iface.clone();
     let holder = net.a.spawn(move || -> Result<()> {
-        let mut ebpf = netmon::datapath::load(&Default::default())?;
+        let mut ebpf = netmon::datapath::load_test_object(&Default::default())?;
         let prog: &mut SchedClassifier = ebpf.program_mut("baseline_tc").unwrap().try_into()?;
         prog.load()?;
         prog.attach_with_options(

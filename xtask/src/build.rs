@@ -55,23 +55,76 @@ fn status(cmd: &mut Command, what: &str) -> Result<()> {
     Ok(())
 }
 
-/// `cargo xtask build-ebpf`.
+/// Where cargo puts the eBPF object: the one the `netmon` binary embeds.
+fn ebpf_object() -> PathBuf {
+    root().join("target/bpfel-unknown-none/release/netmon")
+}
+
+/// The eBPF object that also carries the benchmark programs, which the
+/// library embeds too for tests and benchmarks (its `test-hooks` feature).
+fn ebpf_test_object() -> PathBuf {
+    root().join("target/bpfel-unknown-none/release/netmon-test")
+}
+
+/// The programs only the test object may carry (netmon-ebpf/src/bench.rs).
+const BENCH_PROGRAMS: [&str; 4] = [
+    "baseline_xdp",
+    "baseline_tc",
+    "bench_flows_xdp",
+    "bench_flows_tc",
+];
+
+/// `cargo xtask build-ebpf`: the test object, then the product object.
 pub fn ebpf() -> Result<()> {
     toolchain::ensure_ebpf()?;
-    status(
-        cargo(Some("nightly")).args([
-            "build",
-            "--locked",
-            "--package",
-            "netmon-ebpf",
-            "--target",
-            "bpfel-unknown-none",
-            "-Z",
-            "build-std=core",
-            "--release",
-        ]),
-        "building the eBPF object",
-    )
+    let build = |features: &[&str], what: &str| {
+        status(
+            cargo(Some("nightly"))
+                .args([
+                    "build",
+                    "--locked",
+                    "--package",
+                    "netmon-ebpf",
+                    "--target",
+                    "bpfel-unknown-none",
+                    "-Z",
+                    "build-std=core",
+                    "--release",
+                ])
+                .args(features),
+            what,
+        )
+    };
+    // Cargo writes both builds to one path; the product's comes last, and stays.
+    build(
+        &["--features", "bench-programs"],
+        "building the eBPF test object",
+    )?;
+    copy_if_changed(&ebpf_object(), &ebpf_test_object())?;
+    build(&[], "building the eBPF object")?;
+    let product = std::fs::read(ebpf_object())
+        .with_context(|| format!("reading {}", ebpf_object().display()))?;
+    if let Some(name) = BENCH_PROGRAMS
+        .iter()
+        .find(|name| product.windows(name.len()).any(|w| w == name.as_bytes()))
+    {
+        bail!(
+            "the eBPF object {} holds the benchmark program {name}: the netmon binary must \
+             embed an object built without netmon-ebpf's bench-programs feature",
+            ebpf_object().display()
+        );
+    }
+    Ok(())
+}
+
+/// Copies `from` to `to` unless `to` holds the same bytes already, so that an
+/// unchanged object does not make cargo rebuild what embeds it.
+fn copy_if_changed(from: &Path, to: &Path) -> Result<()> {
+    let bytes = std::fs::read(from).with_context(|| format!("reading {}", from.display()))?;
+    if std::fs::read(to).is_ok_and(|old| old == bytes) {
+        return Ok(());
+    }
+    std::fs::write(to, bytes).with_context(|| format!("writing {}", to.display()))
 }
 
 /// `cargo xtask build`.

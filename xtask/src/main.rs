@@ -17,7 +17,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Build the eBPF object (nightly, bpfel-unknown-none).
+    /// Build the eBPF objects (nightly, bpfel-unknown-none): the one netmon
+    /// embeds, and the tests' one that also has the benchmark programs.
     BuildEbpf,
     /// Build the eBPF object, then the release `netmon` binary that embeds it.
     Build,

@@ -24,6 +24,10 @@ use super::{
 /// The compiled eBPF object, embedded so that the `netmon` binary is self-contained.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("NETMON_EBPF_OBJECT"));
 
+/// The object built with the benchmark programs too (`netmon-ebpf/src/bench.rs`).
+#[cfg(feature = "test-hooks")]
+static EBPF_TEST_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("NETMON_EBPF_TEST_OBJECT"));
+
 /// Name of the XDP (ingress) program in the object.
 pub const INGRESS_PROGRAM: &str = "netmon_ingress";
 /// Name of the TC ingress program in the object (`--ingress tc`).
@@ -166,8 +170,22 @@ fn cpu_lanes() -> Result<&'static u32, DatapathError> {
 /// Loads the object and both programs into the kernel (verified, not attached),
 /// with an empty pair table.
 pub fn load(options: &LoadOptions) -> Result<Ebpf, DatapathError> {
+    load_object(EBPF_OBJECT, options)
+}
+
+/// For tests and benchmarks: [`load`], of the object that also carries the
+/// benchmark programs (`baseline_xdp`, `baseline_tc`, `bench_flows_xdp`,
+/// `bench_flows_tc`), built from the same source with them added.
+#[cfg(feature = "test-hooks")]
+pub fn load_test_object(options: &LoadOptions) -> Result<Ebpf, DatapathError> {
+    load_object(EBPF_TEST_OBJECT, options)
+}
+
+/// Loads `object` and both programs (verified, not attached), with an empty
+/// pair table.
+fn load_object(object: &[u8], options: &LoadOptions) -> Result<Ebpf, DatapathError> {
     let cache = SlotCache::for_slots(options.max_pairs);
-    let ebpf = load_with(&mut options.loader(&cache)?)?;
+    let ebpf = load_with(&mut options.loader(&cache)?, object)?;
     PairTable::of(&ebpf)?.free_all()?;
     Ok(ebpf)
 }
@@ -226,15 +244,15 @@ pub(super) fn load_pinned(
     for (name, path) in &paths {
         loader.map_pin_path(name, path.as_path());
     }
-    let mut ebpf = load_with(&mut loader)?;
+    let mut ebpf = load_with(&mut loader, EBPF_OBJECT)?;
     let instance = identify(&mut ebpf, adopted)?;
     pins.record_marker(options.granularity.marker())?;
     Ok((ebpf, instance))
 }
 
-/// Loads the object and both programs with `loader`.
-fn load_with(loader: &mut EbpfLoader<'_>) -> Result<Ebpf, DatapathError> {
-    let mut ebpf = loader.load(EBPF_OBJECT).map_err(DatapathError::from_load)?;
+/// Loads `object` and both programs with `loader`.
+fn load_with(loader: &mut EbpfLoader<'_>, object: &[u8]) -> Result<Ebpf, DatapathError> {
+    let mut ebpf = loader.load(object).map_err(DatapathError::from_load)?;
     program::<Xdp>(&mut ebpf, INGRESS_PROGRAM)?
         .load()
         .map_err(|e| DatapathError::program(INGRESS_PROGRAM, e))?;

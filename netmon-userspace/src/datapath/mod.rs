@@ -24,6 +24,9 @@ pub use load::{
 };
 pub use reading::{PairReading, Snapshot};
 
+#[cfg(feature = "test-hooks")]
+pub use load::load_test_object;
+
 /// netmon's programs, attached to one interface, with maps and links pinned
 /// so that counting and enforcement go on if the daemon dies.
 pub struct Datapath {

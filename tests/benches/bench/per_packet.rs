@@ -13,8 +13,8 @@ use netmon_common::{
 use crate::{
     report::{Row, Target},
     workload::{
-        load_blocklist, load_with_bench_programs, median, random_prefixes, test_run_ns, udp_frame,
-        BASELINE_TC, BASELINE_XDP, BENCH_FLOWS_TC, BENCH_FLOWS_XDP,
+        load_blocklist, load_shipped, load_with_bench_programs, median, random_prefixes,
+        test_run_ns, udp_frame, BASELINE_TC, BASELINE_XDP, BENCH_FLOWS_TC, BENCH_FLOWS_XDP,
     },
     Scale,
 };
@@ -27,14 +27,17 @@ pub fn run(scale: Scale) -> Vec<Row> {
     // per-flow verdict cache in them) warmed on one CPU do not help another.
     let _pinned = netmon_tests::PinnedToCpu::new(0);
     let repeat = scale.pick(2_000_000, 200_000);
-    let mut ebpf = load_with_bench_programs(DEFAULT_MAX_PAIRS);
+    // The programs as shipped for one flow at a time; the test object, built
+    // with the bench programs, for the empty programs and the flow walk.
+    let mut ebpf = load_shipped(DEFAULT_MAX_PAIRS);
+    let mut empty = load_with_bench_programs(FULL_TABLE);
     let warm = udp_frame(Ipv4Addr::new(10, 200, 0, 1), Ipv4Addr::new(10, 200, 0, 2));
     // The walk starts at index 0 (in the payload); the bench programs write
     // each flow's source.
     let mut walk = udp_frame(Ipv4Addr::from(source_of(0)), Ipv4Addr::new(10, 200, 0, 2));
     walk[INDEX_OFFSET..INDEX_OFFSET + 4].copy_from_slice(&0u32.to_le_bytes());
-    let xdp_empty = test_run_ns::<Xdp>(&mut ebpf, BASELINE_XDP, &warm, 10_000, repeat);
-    let tc_empty = test_run_ns::<SchedClassifier>(&mut ebpf, BASELINE_TC, &warm, 10_000, repeat);
+    let xdp_empty = test_run_ns::<Xdp>(&mut empty, BASELINE_XDP, &warm, 10_000, repeat);
+    let tc_empty = test_run_ns::<SchedClassifier>(&mut empty, BASELINE_TC, &warm, 10_000, repeat);
     let empty_xdp = |row: Row| row.against("empty XDP_PASS program", xdp_empty);
     let empty_tc = |row: Row| row.against("empty TC_ACT_OK program", tc_empty);
 

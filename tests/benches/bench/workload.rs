@@ -45,14 +45,17 @@ pub fn blocklist(cidrs: &[Cidr]) -> Tables {
     .unwrap()
 }
 
-/// Loads netmon's object with a pair table of `max_pairs` slots, plus the
-/// benchmark-only programs it carries.
+/// Loads the object the `netmon` binary embeds, with a pair table of
+/// `max_pairs` slots.
+pub fn load_shipped(max_pairs: u32) -> Ebpf {
+    datapath::load(&options(max_pairs)).expect("load netmon (run as root)")
+}
+
+/// Loads netmon's test object with a pair table of `max_pairs` slots, plus
+/// the benchmark-only programs it carries.
 pub fn load_with_bench_programs(max_pairs: u32) -> Ebpf {
-    let options = datapath::LoadOptions {
-        max_pairs,
-        ..Default::default()
-    };
-    let mut ebpf = datapath::load(&options).expect("load netmon (run as root)");
+    let mut ebpf =
+        datapath::load_test_object(&options(max_pairs)).expect("load netmon (run as root)");
     for name in [BASELINE_XDP, BENCH_FLOWS_XDP] {
         datapath::program::<Xdp>(&mut ebpf, name)
             .unwrap()
@@ -66,6 +69,13 @@ pub fn load_with_bench_programs(max_pairs: u32) -> Ebpf {
             .unwrap();
     }
     ebpf
+}
+
+fn options(max_pairs: u32) -> datapath::LoadOptions {
+    datapath::LoadOptions {
+        max_pairs,
+        ..Default::default()
+    }
 }
 
 /// Writes `cidrs` as block rules into a loaded object's tries.
@@ -135,19 +145,19 @@ pub fn median(mut runs: Vec<f64>) -> f64 {
     }
 }
 
-/// The empty XDP program in netmon's object (returns XDP_PASS at once).
+/// The empty XDP program in netmon's test object (returns XDP_PASS at once).
 pub const BASELINE_XDP: &str = "baseline_xdp";
-/// The empty TC program in netmon's object (returns TC_ACT_OK at once).
+/// The empty TC program in netmon's test object (returns TC_ACT_OK at once).
 pub const BASELINE_TC: &str = "baseline_tc";
 /// netmon's ingress program on the bench walk's next flow each run.
 pub const BENCH_FLOWS_XDP: &str = "bench_flows_xdp";
 /// netmon's egress program on the bench walk's next flow each run.
 pub const BENCH_FLOWS_TC: &str = "bench_flows_tc";
 
-/// netmon's object with [`BASELINE_TC`] attached at a's TC ingress; dropping
+/// netmon's test object with [`BASELINE_TC`] attached at a's TC ingress; dropping
 /// it detaches the program.
 pub fn attach_baseline_tc(net: &netmon_tests::TestNet) -> Ebpf {
-    let mut ebpf = datapath::load(&Default::default()).unwrap();
+    let mut ebpf = datapath::load_test_object(&Default::default()).unwrap();
     let program: &mut SchedClassifier = datapath::program(&mut ebpf, BASELINE_TC).unwrap();
     program.load().unwrap();
     // The interface lives in a's namespace: attach from a thread in there.
