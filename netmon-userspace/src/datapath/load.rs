@@ -278,10 +278,10 @@ fn identify(ebpf: &mut Ebpf, adopted: bool) -> Result<u64, DatapathError> {
     if adopted && state.instance != 0 {
         return Ok(state.instance);
     }
-    let mut bytes = [0u8; 8];
-    // SAFETY: getrandom writes at most `bytes.len()` bytes into the buffer.
-    unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
-    let instance = u64::from_ne_bytes(bytes) | 1;
+    // A guessable id would let a stale state file be subtracted: refuse instead.
+    let instance = crate::random::u64().map_err(|e| {
+        DatapathError::Pins(format!("getrandom failed ({e}); cannot name new maps"))
+    })? | 1;
     policy
         .set(
             0,
