@@ -254,7 +254,10 @@ pub fn rule_counters(ebpf: &Ebpf, id: u32) -> Result<[Counter; 2], DatapathError
 pub fn clear_rule_counters(ebpf: &mut Ebpf, id: u32) -> Result<(), DatapathError> {
     let mut stats: PerCpuArray<&mut MapData, Counter> =
         PerCpuArray::try_from(map_mut(ebpf, RULE_STATS_MAP)?).map_err(map_error(RULE_STATS_MAP))?;
-    let cpus = nr_cpus().map_err(|(_, e)| DatapathError::Policy(format!("counting CPUs: {e}")))?;
+    let cpus = nr_cpus().map_err(|(_, source)| DatapathError::Syscall {
+        call: "counting CPUs",
+        source,
+    })?;
     for direction in Direction::ALL {
         let zero = PerCpuValues::try_from(vec![Counter::default(); cpus])
             .map_err(|e| DatapathError::Policy(e.to_string()))?;

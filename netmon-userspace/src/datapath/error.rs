@@ -41,6 +41,27 @@ pub enum DatapathError {
     /// bpffs or the pin directory is unusable.
     #[error("{0}")]
     Pins(String),
+    /// A system call on netmon's maps or pins failed.
+    #[error("{call}: {source}")]
+    Syscall {
+        /// What netmon was doing, in words (`reading the slot keys`).
+        call: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A file of the pin directory could not be created or removed.
+    #[error("{action} {}: {source}", path.display())]
+    PinFile {
+        /// `creating`, `removing`.
+        action: &'static str,
+        /// The file or directory.
+        path: std::path::PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// No free slot was left in the pair table.
+    #[error("the pair table is full")]
+    TableFull,
     /// Pinned maps from another build.
     #[error("{0}")]
     Layout(String),

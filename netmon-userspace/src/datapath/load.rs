@@ -162,8 +162,10 @@ fn cpu_lanes() -> Result<&'static u32, DatapathError> {
     if let Some(lanes) = LANES.get() {
         return Ok(lanes);
     }
-    let cpus = aya::util::nr_cpus()
-        .map_err(|(_, e)| DatapathError::Policy(format!("counting CPUs: {e}")))?;
+    let cpus = aya::util::nr_cpus().map_err(|(_, source)| DatapathError::Syscall {
+        call: "counting CPUs",
+        source,
+    })?;
     Ok(LANES.get_or_init(|| cpus as u32))
 }
 

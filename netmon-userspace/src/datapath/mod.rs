@@ -129,8 +129,10 @@ impl Datapath {
     /// for the next run to adopt; otherwise they are detached and the pins removed.
     pub fn shutdown(self, keep_attached: bool) -> Result<(), DatapathError> {
         if !keep_attached {
-            self.pins.remove().map_err(|e| {
-                DatapathError::Pins(format!("removing {}: {e}", self.pins.path().display()))
+            self.pins.remove().map_err(|e| DatapathError::PinFile {
+                action: "removing",
+                path: self.pins.path().to_path_buf(),
+                source: e,
             })?;
         }
         // Closing our descriptors detaches whatever is no longer pinned.

@@ -405,7 +405,7 @@ impl PairTable {
                 .free
                 .pop::<u32>()
                 .map_err(failed("claiming a slot"))?
-                .ok_or_else(|| DatapathError::Pins("the pair table is full".into()))?;
+                .ok_or(DatapathError::TableFull)?;
             claimed.push((slot, *key));
         }
         self.for_each_chunk(&mut claimed, |chunk, &mut (slot, key)| {
@@ -542,5 +542,8 @@ fn wait_for_running_programs() {
 
 /// An error constructor for a failed syscall while `doing` something.
 fn failed(doing: &'static str) -> impl Fn(std::io::Error) -> DatapathError {
-    move |e| DatapathError::Pins(format!("{doing}: {e}"))
+    move |source| DatapathError::Syscall {
+        call: doing,
+        source,
+    }
 }

@@ -99,8 +99,11 @@ impl PinDir {
     pub fn create(&self, bpffs: &Path) -> Result<(), DatapathError> {
         ensure_bpffs(bpffs)?;
         let dir = &self.dir;
-        let io =
-            |e: std::io::Error| DatapathError::Pins(format!("creating {}: {e}", dir.display()));
+        let io = |source: std::io::Error| DatapathError::PinFile {
+            action: "creating",
+            path: dir.clone(),
+            source,
+        };
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -132,8 +135,11 @@ impl PinDir {
     /// Unpins a hook's link: with no daemon holding it, the link is released.
     pub fn remove_link(&self, hook: Hook) -> Result<(), DatapathError> {
         let path = self.link(hook);
-        std::fs::remove_file(&path)
-            .map_err(|e| DatapathError::Pins(format!("removing {}: {e}", path.display())))
+        std::fs::remove_file(&path).map_err(|source| DatapathError::PinFile {
+            action: "removing",
+            path: path.clone(),
+            source,
+        })
     }
 
     /// True when `marker` is recorded here (see [`record_marker`](Self::record_marker)).
@@ -152,7 +158,11 @@ impl PinDir {
                 std::io::ErrorKind::AlreadyExists => Ok(()),
                 _ => Err(e),
             })
-            .map_err(|e| DatapathError::Pins(format!("creating {}: {e}", path.display())))
+            .map_err(|source| DatapathError::PinFile {
+                action: "creating",
+                path: path.clone(),
+                source,
+            })
     }
 
     /// The directory.
