@@ -2,8 +2,8 @@
 
 use std::{
     io::{BufRead, BufReader},
-    path::PathBuf,
-    process::{Child, ExitStatus, Stdio},
+    path::{Path, PathBuf},
+    process::{Child, ExitStatus, Output, Stdio},
     sync::mpsc,
     time::{Duration, Instant},
 };
@@ -42,84 +42,17 @@ pub struct Netmon {
 }
 
 impl Netmon {
-    /// Starts `netmon run --iface <host's iface> <args>` in `host`'s namespace and
-    /// waits until both programs are attached.
-    pub fn start(host: &Host, args: &[&str]) -> Result<Netmon> {
-        Self::spawn(host, args, false)
-    }
-
-    /// Starts netmon on `host` with a 1 s interval, quiet, its log and detail
-    /// log (`network_log.json`, `detail.jsonl`) in `dir`, and `extra` arguments.
-    pub fn start_in(host: &Host, dir: &std::path::Path, extra: &[&str]) -> Result<Netmon> {
-        let mut args = vec!["--interval", "1s", "--quiet"];
-        args.extend_from_slice(extra);
-        Self::start_logging_in(host, dir, &args)
-    }
-
-    /// Starts netmon on `host` with its log and detail log (`network_log.json`,
-    /// `detail.jsonl`) in `dir` and `args`, otherwise at its defaults.
-    pub fn start_logging_in(host: &Host, dir: &std::path::Path, args: &[&str]) -> Result<Netmon> {
-        let (log, detail) = (dir.join("network_log.json"), dir.join("detail.jsonl"));
-        let mut all = vec![
-            "--log",
-            log.to_str().context("path")?,
-            "--detail-log",
-            detail.to_str().context("path")?,
-        ];
-        all.extend_from_slice(args);
-        Self::start(host, &all)
-    }
-
-    /// Like [`Netmon::start`], also echoing everything netmon prints to our stdout.
-    pub fn start_echoing(host: &Host, args: &[&str]) -> Result<Netmon> {
-        Self::spawn(host, args, true)
-    }
-
-    fn spawn(host: &Host, args: &[&str], echo: bool) -> Result<Netmon> {
-        let binary = binary();
-        let mut child = host
-            .command(binary.to_str().context("binary path")?)
-            .args(["run", "--iface", &host.iface])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| {
-                format!(
-                    "starting {} (built by `cargo xtask build`)",
-                    binary.display()
-                )
-            })?;
-        let (tx, rx) = mpsc::channel();
-        for stream in [
-            Box::new(child.stderr.take().expect("piped")) as Box<dyn std::io::Read + Send>,
-            Box::new(child.stdout.take().expect("piped")),
-        ] {
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    if echo {
-                        println!("{line}");
-                    }
-                    if tx.send(line).is_err() {
-                        break;
-                    }
-                }
-            });
+    /// `netmon run` on `host`'s interface, with the defaults tests want: a
+    /// 1 s interval and no console line. Say more, then `start` or `run_to_end`.
+    pub fn on(host: &Host) -> Launch<'_> {
+        Launch {
+            host,
+            iface: host.iface.clone(),
+            interval: Some("1s".into()),
+            quiet: true,
+            echo: false,
+            args: Vec::new(),
         }
-        let mut netmon = Netmon {
-            child: Some(child),
-            lines: rx,
-            stderr: Vec::new(),
-            pins: PathBuf::new(),
-        };
-        let started = netmon.wait_for("counting on", Duration::from_secs(20))?;
-        netmon.pins = started
-            .rsplit_once("; pins ")
-            .map(|(_, dir)| PathBuf::from(dir.trim()))
-            .with_context(|| format!("no pin directory in {started:?}"))?;
-        Ok(netmon)
     }
 
     /// Waits until a line containing `needle` is printed.
@@ -194,20 +127,151 @@ impl Drop for Netmon {
     }
 }
 
-/// Runs `netmon` with `args` to completion (for commands that exit by
-/// themselves, refusals included). Bounded: a netmon still running after
-/// 60 s is stopped with SIGTERM, and `timeout` then exits with 124.
-pub fn run_once(host: &Host, args: &[&str]) -> Result<std::process::Output> {
-    host.command("timeout")
-        .arg("60")
-        .arg(binary())
-        .args(args)
-        .output()
-        .context("running netmon")
+/// How to run `netmon run` on a test host: made by [`Netmon::on`], ended by
+/// [`Launch::start`] (a daemon) or [`Launch::run_to_end`] (a run that exits by itself).
+#[must_use = "a launch does nothing until start or run_to_end"]
+pub struct Launch<'h> {
+    host: &'h Host,
+    iface: String,
+    interval: Option<String>,
+    quiet: bool,
+    echo: bool,
+    args: Vec<String>,
+}
+
+impl Launch<'_> {
+    /// Writes the log and the detail log (`network_log.json`, `detail.jsonl`) in `dir`.
+    pub fn logs_in(self, dir: &Path) -> Self {
+        let (log, detail) = (dir.join("network_log.json"), dir.join("detail.jsonl"));
+        self.args(&[
+            "--log",
+            &log.to_string_lossy(),
+            "--detail-log",
+            &detail.to_string_lossy(),
+        ])
+    }
+
+    /// Pins on the bpffs at `mount` (a [`crate::mounts::TempMount`], or any path).
+    pub fn bpffs(self, mount: impl AsRef<Path>) -> Self {
+        let path = mount.as_ref().to_string_lossy().into_owned();
+        self.args(&["--bpffs", &path])
+    }
+
+    /// Counts received traffic at `hook` (`auto`, `xdp`, `xdp-skb`, `tc`).
+    pub fn ingress(self, hook: &str) -> Self {
+        self.args(&["--ingress", hook])
+    }
+
+    /// Polls every `interval` (as netmon spells it) instead of every second.
+    pub fn interval(mut self, interval: &str) -> Self {
+        self.interval = Some(interval.into());
+        self
+    }
+
+    /// Drops the tests' defaults: netmon's own interval, and its console line
+    /// every interval. Benchmarks measure netmon as operators run it.
+    pub fn as_operators_run_it(mut self) -> Self {
+        self.interval = None;
+        self.quiet = false;
+        self
+    }
+
+    /// Watches `iface` instead of the host's own interface.
+    pub fn on_interface(mut self, iface: &str) -> Self {
+        self.iface = iface.into();
+        self
+    }
+
+    /// Also prints everything netmon prints to our stdout (the demo).
+    pub fn echoing(mut self) -> Self {
+        self.echo = true;
+        self
+    }
+
+    /// Further arguments of `netmon run`.
+    pub fn args(mut self, args: &[&str]) -> Self {
+        self.args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
+    /// Everything after `netmon`.
+    fn command_line(&self) -> Vec<&str> {
+        let mut line = vec!["run", "--iface", &self.iface];
+        if let Some(interval) = &self.interval {
+            line.extend(["--interval", interval]);
+        }
+        if self.quiet {
+            line.push("--quiet");
+        }
+        line.extend(self.args.iter().map(String::as_str));
+        line
+    }
+
+    /// Starts the daemon and waits until both programs are attached.
+    pub fn start(self) -> Result<Netmon> {
+        let binary = binary();
+        let mut child = self
+            .host
+            .command(binary.to_str().context("binary path")?)
+            .args(self.command_line())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| {
+                format!(
+                    "starting {} (built by `cargo xtask build`)",
+                    binary.display()
+                )
+            })?;
+        let (tx, rx) = mpsc::channel();
+        for stream in [
+            Box::new(child.stderr.take().expect("piped")) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stdout.take().expect("piped")),
+        ] {
+            let tx = tx.clone();
+            let echo = self.echo;
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if echo {
+                        println!("{line}");
+                    }
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        let mut netmon = Netmon {
+            child: Some(child),
+            lines: rx,
+            stderr: Vec::new(),
+            pins: PathBuf::new(),
+        };
+        let started = netmon.wait_for("counting on", Duration::from_secs(20))?;
+        netmon.pins = started
+            .rsplit_once("; pins ")
+            .map(|(_, dir)| PathBuf::from(dir.trim()))
+            .with_context(|| format!("no pin directory in {started:?}"))?;
+        Ok(netmon)
+    }
+
+    /// Runs netmon to its end, for runs that exit by themselves (refusals).
+    /// Bounded: a netmon still running after 60 s is stopped with SIGTERM,
+    /// and `timeout` then exits with 124.
+    pub fn run_to_end(self) -> Result<Output> {
+        self.host
+            .command("timeout")
+            .arg("60")
+            .arg(binary())
+            .args(self.command_line())
+            .output()
+            .context("running netmon")
+    }
 }
 
 /// Runs a `netmon` CLI command (block, rules, quota …) from the test process.
-pub fn cli(args: &[&str]) -> Result<std::process::Output> {
+pub fn cli(args: &[&str]) -> Result<Output> {
     std::process::Command::new(binary())
         .args(args)
         .output()

@@ -14,4 +14,5 @@ pub mod scenario;
 pub mod traffic;
 
 pub use cpu::PinnedToCpu;
+pub use daemon::Netmon;
 pub use netns::{Host, TestNet};

@@ -57,3 +57,9 @@ impl Drop for TempMount {
         }
     }
 }
+
+impl AsRef<Path> for TempMount {
+    fn as_ref(&self) -> &Path {
+        self.path()
+    }
+}

@@ -15,11 +15,6 @@ use serde_json::Value;
 
 const QUIET: Duration = Duration::from_millis(400);
 
-/// Starts netmon on `a` with a 1 s interval, its files in `dir`.
-fn start(net: &TestNet, dir: &std::path::Path, extra: &[&str]) -> Result<Netmon> {
-    Netmon::start_in(&net.a, dir, extra)
-}
-
 /// Runs a CLI command against the daemon on `a`; returns stdout, or the error line.
 fn ctl(net: &TestNet, args: &[&str]) -> Result<String, String> {
     let mut args = args.to_vec();
@@ -83,7 +78,10 @@ fn blocked_cidrs_drop_both_ways_while_other_traffic_flows_with_native_xdp() -> R
 fn blocked_cidrs_drop_both_ways_while_other_traffic_flows(ingress: &str) -> Result<()> {
     let net = TestNet::create()?;
     let dir = tempfile::tempdir()?;
-    let netmon = start(&net, dir.path(), &["--ingress", ingress])?;
+    let netmon = Netmon::on(&net.a)
+        .logs_in(dir.path())
+        .ingress(ingress)
+        .start()?;
     let (a, b) = (&net.a, &net.b);
     let rule4 = format!("block {}/32", b.ipv4);
     let rule6 = format!("block {}/128", b.ipv6);
@@ -133,7 +131,7 @@ fn blocked_cidrs_drop_both_ways_while_other_traffic_flows(ingress: &str) -> Resu
 fn rule_counters_match_what_was_sent() -> Result<()> {
     let net = TestNet::create()?;
     let dir = tempfile::tempdir()?;
-    let _netmon = start(&net, dir.path(), &[])?;
+    let _netmon = Netmon::on(&net.a).logs_in(dir.path()).start()?;
     let (a, b) = (&net.a, &net.b);
     ctl(&net, &["block", &b.ipv4.to_string()]).unwrap();
     let sizes = [64, 512];
@@ -170,7 +168,7 @@ fn rule_counters_match_what_was_sent() -> Result<()> {
 fn port_rules_allow_exceptions_and_unblock() -> Result<()> {
     let net = TestNet::create()?;
     let dir = tempfile::tempdir()?;
-    let _netmon = start(&net, dir.path(), &[])?;
+    let _netmon = Netmon::on(&net.a).logs_in(dir.path()).start()?;
     let (a, b) = (&net.a, &net.b);
 
     // The old QUIC block: UDP to port 443 only.
@@ -227,7 +225,7 @@ fn quota(net: &TestNet, name: &str) -> Value {
 fn quota_stops_delivery_resets_and_survives_restart() -> Result<()> {
     let net = TestNet::create()?;
     let dir = tempfile::tempdir()?;
-    let netmon = start(&net, dir.path(), &[])?;
+    let netmon = Netmon::on(&net.a).logs_in(dir.path()).start()?;
     let (a, b) = (&net.a, &net.b);
     ctl(
         &net,
@@ -273,7 +271,7 @@ fn quota_stops_delivery_resets_and_survives_restart() -> Result<()> {
         !state.contains("\"runtime\"") && !state.contains("\"ids\""),
         "{state}"
     );
-    let _netmon = start(&net, dir.path(), &[])?;
+    let _netmon = Netmon::on(&net.a).logs_in(dir.path()).start()?;
     assert_eq!(quota(&net, "peer")["used"].as_u64(), Some(delivered));
     let after = traffic::udp_received(b, v4(b.ipv4), a, v4(a.ipv4), 7301, &[1000; 5], QUIET)?;
     assert!(after.is_empty(), "still spent after a restart");
@@ -297,18 +295,17 @@ fn alerts_run_the_program_once_per_crossing() -> Result<()> {
         format!("#!/bin/sh\ncat > {}/event.$$\n", events.display()),
     )?;
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
-    let mut netmon = start(
-        &net,
-        dir.path(),
-        &[
+    let mut netmon = Netmon::on(&net.a)
+        .logs_in(dir.path())
+        .args(&[
             "--alert-exec",
             script.to_str().unwrap(),
             "--alert-threshold",
             "15kB",
             "--alert-period",
             "daily",
-        ],
-    )?;
+        ])
+        .start()?;
     let (a, b) = (&net.a, &net.b);
     ctl(
         &net,
@@ -381,7 +378,10 @@ fn reloads_never_let_blocked_traffic_through() -> Result<()> {
     let policy = dir.path().join("policy.toml");
     let (a, b) = (&net.a, &net.b);
     write_policy(&policy, &format!("{}/32", b.ipv4), None);
-    let mut netmon = start(&net, dir.path(), &["--policy", policy.to_str().unwrap()])?;
+    let mut netmon = Netmon::on(&net.a)
+        .logs_in(dir.path())
+        .args(&["--policy", policy.to_str().unwrap()])
+        .start()?;
     let stream = traffic::udp_stream(
         b,
         v4(b.ipv4),
@@ -432,25 +432,27 @@ fn bad_input_is_refused_and_changes_nothing() -> Result<()> {
     // An invalid policy file keeps netmon from starting, naming file and line.
     let policy = dir.path().join("policy.toml");
     std::fs::write(&policy, "[[block]]\ncidr = \"10.0.0.0/8\"\n\n[[quota]]\ncidr = \"10.0.0.0/8\"\nlimit = \"1GB\"\nperiod = \"hourly\"\n")?;
-    let err = Netmon::start(
-        &net.a,
-        &[
+    let err = Netmon::on(&net.a)
+        .args(&[
             "--policy",
             policy.to_str().unwrap(),
             "--log",
             dir.path().join("l.json").to_str().unwrap(),
-        ],
-    )
-    .err()
-    .unwrap()
-    .to_string();
+        ])
+        .start()
+        .err()
+        .unwrap()
+        .to_string();
     assert!(
         err.contains("policy.toml:4: 'hourly' is not a period"),
         "{err}"
     );
 
     write_policy(&policy, "10.0.0.0/8", None);
-    let _netmon = start(&net, dir.path(), &["--policy", policy.to_str().unwrap()])?;
+    let _netmon = Netmon::on(&net.a)
+        .logs_in(dir.path())
+        .args(&["--policy", policy.to_str().unwrap()])
+        .start()?;
     ctl(&net, &["block", "192.0.2.0/24"]).unwrap();
     let before = json(&net, &["rules"]);
     // A rule in force already (from the CLI, or the file) is not added again:

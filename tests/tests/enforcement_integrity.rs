@@ -15,7 +15,7 @@ use anyhow::{ensure, Context as _, Result};
 use netmon::logs::state;
 use netmon_common::Counter;
 use netmon_tests::{
-    daemon::{cli, run_once, Netmon},
+    daemon::{cli, Netmon},
     mounts::TempMount,
     traffic::{self, frame_len},
     Host, TestNet,
@@ -132,7 +132,7 @@ fn a_refused_second_run_leaves_the_first_enforcing_and_writes_nothing() -> Resul
     let net = TestNet::create()?;
     let (a, b) = (&net.a, &net.b);
     let dir = tempfile::tempdir()?;
-    let netmon = Netmon::start_in(a, dir.path(), &[])?;
+    let netmon = Netmon::on(a).logs_in(dir.path()).start()?;
     ctl(&a.iface, &["block", &format!("{}/32", b.ipv4_alt)]).unwrap();
     ctl(
         &a.iface,
@@ -151,18 +151,7 @@ fn a_refused_second_run_leaves_the_first_enforcing_and_writes_nothing() -> Resul
     assert_eq!(delivered(b, v4(b.ipv4_alt), a, v4(a.ipv4), 7101, 49), 0);
 
     let second = tempfile::tempdir()?;
-    let out = run_once(
-        a,
-        &[
-            "run",
-            "--iface",
-            &a.iface,
-            "--log",
-            second.path().join("network_log.json").to_str().unwrap(),
-            "--detail-log",
-            second.path().join("detail.jsonl").to_str().unwrap(),
-        ],
-    )?;
+    let out = Netmon::on(a).logs_in(second.path()).run_to_end()?;
     assert!(
         files_in(second.path()).is_empty(),
         "the refused run wrote nothing"
@@ -208,15 +197,20 @@ fn a_same_named_interface_in_another_namespace_gets_pins_of_its_own() -> Result<
     let second = TestNet::create_like(&first)?;
     assert_eq!(first.a.iface, second.a.iface);
     let (dir1, dir2) = (tempfile::tempdir()?, tempfile::tempdir()?);
-    let pins = ["--bpffs", bpffs.path().to_str().unwrap()];
-    let kept = [&pins[..], &["--keep-attached"]].concat();
-    let netmon = Netmon::start_in(&first.a, dir1.path(), &kept)?;
+    let netmon = Netmon::on(&first.a)
+        .logs_in(dir1.path())
+        .bpffs(&bpffs)
+        .args(&["--keep-attached"])
+        .start()?;
     ctl(&first.a.iface, &["block", &first.b.ipv4_alt.to_string()]).unwrap();
     let first_pins = netmon.pins.clone();
     netmon.stop()?;
 
     // The other namespace's run starts afresh: it adopts nothing of the first.
-    let other = Netmon::start_in(&second.a, dir2.path(), &pins)?;
+    let other = Netmon::on(&second.a)
+        .logs_in(dir2.path())
+        .bpffs(&bpffs)
+        .start()?;
     assert_ne!(other.pins, first_pins);
     assert!(
         !other.stderr.iter().any(|l| l.contains("adopted")),
@@ -240,7 +234,7 @@ fn a_same_named_interface_in_another_namespace_gets_pins_of_its_own() -> Result<
     let (b, a) = (&first.b, &first.a);
     assert_eq!(delivered(b, v4(b.ipv4_alt), a, v4(a.ipv4), 7202, 6), 0);
     assert_eq!(delivered(b, v4(b.ipv4), a, v4(a.ipv4), 7203, 2), 2);
-    let netmon = Netmon::start_in(a, dir1.path(), &pins)?;
+    let netmon = Netmon::on(a).logs_in(dir1.path()).bpffs(&bpffs).start()?;
     assert_eq!(netmon.pins, first_pins, "adopted its own pins");
     netmon.stop()?;
     assert_eq!(
@@ -255,7 +249,7 @@ fn every_quota_a_packet_matches_is_charged_and_any_spent_one_drops() -> Result<(
     let net = TestNet::create()?;
     let (a, b) = (&net.a, &net.b);
     let dir = tempfile::tempdir()?;
-    let netmon = Netmon::start_in(a, dir.path(), &[])?;
+    let netmon = Netmon::on(a).logs_in(dir.path()).start()?;
     let iface = &a.iface;
     // One quota on each end of the pair.
     ctl(
@@ -318,20 +312,10 @@ fn a_rule_or_quota_with_nothing_to_match_must_say_all() -> Result<()> {
     let policy = dir.path().join("policy.toml");
     std::fs::write(&policy, "[[block]]\ndirection = \"in\"\n")?;
     let logs = tempfile::tempdir()?;
-    let out = run_once(
-        a,
-        &[
-            "run",
-            "--iface",
-            &a.iface,
-            "--policy",
-            policy.to_str().unwrap(),
-            "--log",
-            logs.path().join("network_log.json").to_str().unwrap(),
-            "--detail-log",
-            logs.path().join("detail.jsonl").to_str().unwrap(),
-        ],
-    )?;
+    let out = Netmon::on(a)
+        .logs_in(logs.path())
+        .args(&["--policy", policy.to_str().unwrap()])
+        .run_to_end()?;
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
         String::from_utf8_lossy(&out.stderr).trim(),
@@ -343,7 +327,7 @@ fn a_rule_or_quota_with_nothing_to_match_must_say_all() -> Result<()> {
     );
     assert!(files_in(logs.path()).is_empty());
 
-    let netmon = Netmon::start_in(a, dir.path(), &[])?;
+    let netmon = Netmon::on(a).logs_in(dir.path()).start()?;
     let err = ctl(&a.iface, &["block"]).unwrap_err();
     assert_eq!(
         err.trim(),
@@ -380,7 +364,7 @@ fn raw_request(iface: &str, line: &str) -> Result<Value> {
 fn the_daemon_validates_what_any_client_sends() -> Result<()> {
     let net = TestNet::create()?;
     let dir = tempfile::tempdir()?;
-    let netmon = Netmon::start_in(&net.a, dir.path(), &[])?;
+    let netmon = Netmon::on(&net.a).logs_in(dir.path()).start()?;
     let iface = &net.a.iface;
     let quota = |fields: &str| {
         format!(
@@ -441,7 +425,7 @@ fn idle_clients_delay_no_one_and_adding_a_rule_again_answers_its_id() -> Result<
     let net = TestNet::create()?;
     let (a, b) = (&net.a, &net.b);
     let dir = tempfile::tempdir()?;
-    let netmon = Netmon::start_in(a, dir.path(), &[])?;
+    let netmon = Netmon::on(a).logs_in(dir.path()).start()?;
     let socket = format!("/run/netmon/{}.sock", a.iface);
     let idle: Vec<UnixStream> = (0..100)
         .map(|_| UnixStream::connect(&socket))
@@ -467,9 +451,11 @@ fn a_recreated_interface_gets_the_programs_and_loses_no_count() -> Result<()> {
     let net = TestNet::create()?;
     let (a, b) = (&net.a, &net.b);
     let dir = tempfile::tempdir()?;
-    let pins = ["--bpffs", bpffs.path().to_str().unwrap()];
-    let kept = [&pins[..], &["--keep-attached"]].concat();
-    let netmon = Netmon::start_in(a, dir.path(), &kept)?;
+    let netmon = Netmon::on(a)
+        .logs_in(dir.path())
+        .bpffs(&bpffs)
+        .args(&["--keep-attached"])
+        .start()?;
     ctl(&a.iface, &["block", &b.ipv4_alt.to_string()]).unwrap();
     assert_eq!(delivered(b, v4(b.ipv4), a, v4(a.ipv4), 7600, 3), 3);
     netmon.stop()?;
@@ -477,7 +463,7 @@ fn a_recreated_interface_gets_the_programs_and_loses_no_count() -> Result<()> {
     assert_eq!(delivered(b, v4(b.ipv4), a, v4(a.ipv4), 7601, 2), 2);
     net.recreate_veth()?;
 
-    let netmon = Netmon::start_in(a, dir.path(), &pins)?;
+    let netmon = Netmon::on(a).logs_in(dir.path()).bpffs(&bpffs).start()?;
     let said = said(&netmon, "were attached to an earlier");
     assert!(said.contains("(gone)"), "{said}");
     assert_eq!(delivered(b, v4(b.ipv4), a, v4(a.ipv4), 7602, 4), 4);
@@ -499,7 +485,10 @@ fn quota_usage_carries_over_a_change_of_time_zone() -> Result<()> {
     let net = TestNet::create()?;
     let (a, b) = (&net.a, &net.b);
     let dir = tempfile::tempdir()?;
-    let netmon = Netmon::start_in(a, dir.path(), &["--timezone", "UTC"])?;
+    let netmon = Netmon::on(a)
+        .logs_in(dir.path())
+        .args(&["--timezone", "UTC"])
+        .start()?;
     let target = b.ipv4.to_string();
     ctl(
         &a.iface,
@@ -512,7 +501,10 @@ fn quota_usage_carries_over_a_change_of_time_zone() -> Result<()> {
     netmon.stop()?;
 
     // UTC+14: the day begins at another instant.
-    let netmon = Netmon::start_in(a, dir.path(), &["--timezone", "Pacific/Kiritimati"])?;
+    let netmon = Netmon::on(a)
+        .logs_in(dir.path())
+        .args(&["--timezone", "Pacific/Kiritimati"])
+        .start()?;
     let line = said(&netmon, "carry over");
     let used = 2 * frame_len(v4(a.ipv4), 500);
     assert!(
@@ -534,7 +526,7 @@ fn quotas_can_be_removed_and_ids_are_never_reused() -> Result<()> {
     let net = TestNet::create()?;
     let (a, b) = (&net.a, &net.b);
     let dir = tempfile::tempdir()?;
-    let netmon = Netmon::start_in(a, dir.path(), &[])?;
+    let netmon = Netmon::on(a).logs_in(dir.path()).start()?;
     let iface = &a.iface;
     ctl(
         iface,
@@ -572,7 +564,7 @@ fn quotas_can_be_removed_and_ids_are_never_reused() -> Result<()> {
     assert_eq!(rules(iface), [(2, format!("block {second}"))]);
     netmon.stop()?;
     // … across restarts too.
-    let netmon = Netmon::start_in(a, dir.path(), &[])?;
+    let netmon = Netmon::on(a).logs_in(dir.path()).start()?;
     assert_eq!(
         ctl(iface, &["block", &first]).unwrap().trim(),
         format!("rule 3 added: block {first}")
@@ -585,7 +577,7 @@ fn quotas_can_be_removed_and_ids_are_never_reused() -> Result<()> {
 fn a_listing_into_a_closed_pipe_ends_without_a_panic() -> Result<()> {
     let net = TestNet::create()?;
     let dir = tempfile::tempdir()?;
-    let netmon = Netmon::start_in(&net.a, dir.path(), &[])?;
+    let netmon = Netmon::on(&net.a).logs_in(dir.path()).start()?;
     ctl(&net.a.iface, &["block", &net.b.ipv4.to_string()]).unwrap();
     // A pipe whose reader is gone before netmon writes: `netmon rules | head`
     // once head has what it wants.
@@ -608,11 +600,17 @@ fn adopting_pins_keeps_their_granularity_and_says_so() -> Result<()> {
     let bpffs = TempMount::bpffs()?;
     let net = TestNet::create()?;
     let dir = tempfile::tempdir()?;
-    let pins = ["--bpffs", bpffs.path().to_str().unwrap()];
-    let kept = [&pins[..], &["--keep-attached"]].concat();
-    Netmon::start_in(&net.a, dir.path(), &kept)?.stop()?;
-    let wanted = [&pins[..], &["--granularity", "5tuple"]].concat();
-    let netmon = Netmon::start_in(&net.a, dir.path(), &wanted)?;
+    Netmon::on(&net.a)
+        .logs_in(dir.path())
+        .bpffs(&bpffs)
+        .args(&["--keep-attached"])
+        .start()?
+        .stop()?;
+    let netmon = Netmon::on(&net.a)
+        .logs_in(dir.path())
+        .bpffs(&bpffs)
+        .args(&["--granularity", "5tuple"])
+        .start()?;
     let said = netmon.stderr.clone();
     netmon.stop()?;
     let warning = "the pinned pair table is keyed per pair; --granularity 5tuple takes effect \
@@ -631,7 +629,7 @@ fn a_deleted_interface_is_polled_once_more_and_detached_with_one_line() -> Resul
     let net = TestNet::create()?;
     let (a, b) = (&net.a, &net.b);
     let dir = tempfile::tempdir()?;
-    let mut netmon = Netmon::start_in(a, dir.path(), &["--bpffs", bpffs.path().to_str().unwrap()])?;
+    let mut netmon = Netmon::on(a).logs_in(dir.path()).bpffs(&bpffs).start()?;
     let pins = netmon.pins.clone();
     assert_eq!(delivered(b, v4(b.ipv4), a, v4(a.ipv4), 7900, 6), 6);
     std::process::Command::new("ip")

@@ -11,29 +11,17 @@ use anyhow::Result;
 use netmon::logs::state;
 use netmon_common::Counter;
 use netmon_tests::{
-    daemon::{binary, run_once, Netmon},
+    daemon::{binary, Launch, Netmon},
     mounts::TempMount,
     traffic::{self, frame_len},
     TestNet,
 };
 
-fn files(dir: &Path) -> Vec<String> {
-    vec![
-        "--interval".into(),
-        "1s".into(),
-        "--quiet".into(),
-        "--log".into(),
-        dir.join("network_log.json").display().to_string(),
-        "--detail-log".into(),
-        dir.join("detail.jsonl").display().to_string(),
-    ]
-}
-
-/// What a `netmon` run that must fail printed on stderr. netmon's own errors
+/// What a `netmon run` that must fail printed on stderr. netmon's own errors
 /// are one line; argument errors come from clap, with a usage hint.
-fn failure(net: &TestNet, args: &[&str]) -> String {
-    let out = run_once(&net.a, args).unwrap();
-    assert!(!out.status.success(), "{args:?} succeeded");
+fn failure(run: Launch<'_>) -> String {
+    let out = run.run_to_end().unwrap();
+    assert!(!out.status.success(), "succeeded: {out:?}");
     let err = String::from_utf8_lossy(&out.stderr).to_string();
     let ours = err
         .lines()
@@ -50,35 +38,26 @@ fn errors_name_the_cause_and_the_fix() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let log = dir.path().join("l.json");
     let log = log.to_str().unwrap();
-    let err = failure(&net, &["run", "--iface", "nosuch0", "--log", log]);
+    let err = failure(
+        Netmon::on(&net.a)
+            .on_interface("nosuch0")
+            .args(&["--log", log]),
+    );
     assert!(
         err.contains("interface 'nosuch0' not found") && err.contains("ip link"),
         "{err}"
     );
-    let err = failure(
-        &net,
-        &["run", "--iface", &net.a.iface, "--interval", "10parsecs"],
-    );
+    let err = failure(Netmon::on(&net.a).interval("10parsecs"));
     assert!(
         err.contains("is not a duration") || err.contains("'10parsecs'"),
         "{err}"
     );
-    let err = failure(
-        &net,
-        &["run", "--iface", &net.a.iface, "--alert-threshold", "5XB"],
-    );
+    let err = failure(Netmon::on(&net.a).args(&["--alert-threshold", "5XB"]));
     assert!(err.contains("unknown unit 'XB'"), "{err}");
     let err = failure(
-        &net,
-        &[
-            "run",
-            "--iface",
-            &net.a.iface,
-            "--log",
-            log,
-            "--bpffs",
-            "/etc/hostname/bpf",
-        ],
+        Netmon::on(&net.a)
+            .args(&["--log", log])
+            .bpffs("/etc/hostname/bpf"),
     );
     assert!(
         err.contains("bpffs is not mounted at /etc/hostname/bpf") && err.contains("mount -t bpf"),
@@ -130,18 +109,10 @@ fn errors_name_the_cause_and_the_fix() -> Result<()> {
         Ok(ebpf)
     })??;
     let err = failure(
-        &net,
-        &[
-            "run",
-            "--iface",
-            &net.a.iface,
-            "--log",
-            log,
-            "--bpffs",
-            other.path().to_str().unwrap(),
-            "--ingress",
-            "xdp",
-        ],
+        Netmon::on(&net.a)
+            .args(&["--log", log])
+            .bpffs(&other)
+            .ingress("xdp"),
     );
     assert!(
         err.contains("attaching XDP to") && err.contains("xdp off"),
@@ -154,7 +125,7 @@ fn errors_name_the_cause_and_the_fix() -> Result<()> {
 fn the_daemon_keeps_only_cap_bpf() -> Result<()> {
     let net = TestNet::create()?;
     let dir = tempfile::tempdir()?;
-    let netmon = Netmon::start_in(&net.a, dir.path(), &[])?;
+    let netmon = Netmon::on(&net.a).logs_in(dir.path()).start()?;
     let pid = netmon.pid();
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let field = |name: &str| {
@@ -187,10 +158,7 @@ fn a_corrupt_log_is_never_overwritten() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let log = dir.path().join("network_log.json");
     std::fs::write(&log, "{\"('10.0.0.1', '10.0.0.2')\": 12.5, oops")?;
-    let mut args = vec!["run".to_string(), "--iface".into(), net.a.iface.clone()];
-    args.extend(files(dir.path()));
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let err = failure(&net, &refs);
+    let err = failure(Netmon::on(&net.a).logs_in(dir.path()));
     assert!(
         err.contains("is not a valid network log") && err.contains("--reset-state"),
         "{err}"
@@ -201,7 +169,11 @@ fn a_corrupt_log_is_never_overwritten() -> Result<()> {
     );
 
     // --reset-state moves it aside and starts from zero.
-    Netmon::start_in(&net.a, dir.path(), &["--reset-state"])?.stop()?;
+    Netmon::on(&net.a)
+        .logs_in(dir.path())
+        .args(&["--reset-state"])
+        .start()?
+        .stop()?;
     let aside: Vec<PathBuf> = std::fs::read_dir(dir.path())?
         .map(|e| e.unwrap().path())
         .filter(|p| {
@@ -223,10 +195,7 @@ fn an_unwritable_directory_stops_the_start() -> Result<()> {
     let net = TestNet::create()?;
     // A tmpfs is world-writable (1777) unless told, and netmon refuses to write there.
     let fs = TempMount::new("tmpfs", "size=64k,ro,mode=0755")?;
-    let mut args = vec!["run".to_string(), "--iface".into(), net.a.iface.clone()];
-    args.extend(files(fs.path()));
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let err = failure(&net, &refs);
+    let err = failure(Netmon::on(&net.a).logs_in(fs.path()));
     assert!(
         err.contains("Read-only file system") && err.contains("check the path and its permissions"),
         "{err}"
@@ -240,7 +209,7 @@ fn a_full_disk_keeps_the_old_files_and_loses_nothing() -> Result<()> {
     // mode: see an_unwritable_directory_stops_the_start.
     let fs = TempMount::new("tmpfs", "size=256k,mode=0755")?;
     let dir = fs.path();
-    let mut netmon = Netmon::start_in(&net.a, dir, &[])?;
+    let mut netmon = Netmon::on(&net.a).logs_in(dir).start()?;
     let (a, b) = (&net.a, &net.b);
     traffic::udp(b, a, IpAddr::V4(a.ipv4), 8100, &[500; 10])?;
     std::thread::sleep(Duration::from_millis(1500));
@@ -306,15 +275,13 @@ fn a_detail_log_that_is_a_symbolic_link_is_refused_unless_followed() -> Result<(
     let link = dir.path().join("detail.jsonl");
     std::os::unix::fs::symlink(&victim, &link)?;
     let bpffs = TempMount::bpffs()?;
-    let bpffs_path = bpffs.path().to_str().unwrap();
     // A fresh bpffs may hold the kernel's own iterators (maps.debug, progs.debug).
     let fresh = listing(bpffs.path());
 
-    let mut args = vec!["run".to_string(), "--iface".into(), a.iface.clone()];
-    args.extend(files(dir.path()));
-    args.extend(["--bpffs".into(), bpffs_path.into()]);
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = run_once(a, &refs)?;
+    let out = Netmon::on(a)
+        .logs_in(dir.path())
+        .bpffs(&bpffs)
+        .run_to_end()?;
     assert_eq!(
         (out.status.code(), String::from_utf8_lossy(&out.stderr)),
         (
@@ -333,7 +300,11 @@ fn a_detail_log_that_is_a_symbolic_link_is_refused_unless_followed() -> Result<(
     assert_eq!(listing(bpffs.path()), fresh, "nothing pinned");
 
     // Asked to follow it, netmon writes to the target, and only there.
-    let netmon = Netmon::start_in(a, dir.path(), &["--follow-symlinks", "--bpffs", bpffs_path])?;
+    let netmon = Netmon::on(a)
+        .logs_in(dir.path())
+        .bpffs(&bpffs)
+        .args(&["--follow-symlinks"])
+        .start()?;
     traffic::udp(b, a, IpAddr::V4(a.ipv4), 8200, &[300; 10])?;
     std::thread::sleep(Duration::from_millis(1500));
     netmon.stop()?;

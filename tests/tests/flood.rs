@@ -16,10 +16,6 @@ use netmon_tests::{
     traffic, Host, TestNet,
 };
 
-fn start(net: &TestNet, dir: &std::path::Path, extra: &[&str]) -> Result<Netmon> {
-    Netmon::start_in(&net.a, dir, extra)
-}
-
 fn records(dir: &std::path::Path) -> Result<Vec<DetailRecord>> {
     Ok(std::fs::read_to_string(dir.join("detail.jsonl"))?
         .lines()
@@ -49,7 +45,10 @@ fn four_times_the_table_of_spoofed_sources_keeps_totals_exact() -> Result<()> {
     const CAPACITY: usize = 4096;
     let net = TestNet::create()?;
     let dir = tempfile::tempdir()?;
-    let netmon = start(&net, dir.path(), &["--max-pairs", "4096"])?;
+    let netmon = Netmon::on(&net.a)
+        .logs_in(dir.path())
+        .args(&["--max-pairs", "4096"])
+        .start()?;
     let sources: Vec<Ipv4Addr> = (0..4 * CAPACITY as u32)
         .map(|i| Ipv4Addr::from(0x0ac9_0000 + i))
         .collect();
@@ -122,7 +121,10 @@ fn idle_pairs_leave_the_table_after_they_are_accounted() -> Result<()> {
     // Idleness is judged at each 1 s poll, so a pair leaves 2–3 s after its
     // last frame: well inside the 5 s gap below, also for a stray frame (an
     // MLD report from b) that arrives a second or two after the first send.
-    let netmon = start(&net, dir.path(), &["--idle-timeout", "1s"])?;
+    let netmon = Netmon::on(&net.a)
+        .logs_in(dir.path())
+        .args(&["--idle-timeout", "1s"])
+        .start()?;
     let (a, b) = (&net.a, &net.b);
     traffic::udp(b, a, IpAddr::V4(a.ipv4), 8300, &[100, 100])?;
     std::thread::sleep(Duration::from_secs(5));
@@ -159,7 +161,7 @@ fn frames_that_bypass_the_hooks_are_reported_once() -> Result<()> {
     use aya::programs::{tc::TcAttachOptions, LinkOrder, SchedClassifier, TcAttachType};
     let net = TestNet::create()?;
     let dir = tempfile::tempdir()?;
-    let mut netmon = start(&net, dir.path(), &[])?;
+    let mut netmon = Netmon::on(&net.a).logs_in(dir.path()).start()?;
     // A program ahead of netmon's on egress that passes everything: what it
     // passes, netmon's classifier never sees, but the interface counts.
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();

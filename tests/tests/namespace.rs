@@ -97,20 +97,15 @@ fn observe(
 ) -> Result<Run> {
     let log = dir.join("network_log.json");
     let detail = dir.join(format!("detail-{tag}.jsonl"));
-    let netmon = Netmon::start(
-        &net.a,
-        &[
-            "--interval",
-            "1s",
-            "--quiet",
+    let netmon = Netmon::on(&net.a)
+        .args(&[
             "--log",
             log.to_str().unwrap(),
             "--detail-log",
             detail.to_str().unwrap(),
-            "--ingress",
-            ingress,
-        ],
-    )?;
+        ])
+        .ingress(ingress)
+        .start()?;
     let inbound = Capture::start(&net.a, Way::In, &dir.join(format!("{tag}-in.pcap")))?;
     let outbound = Capture::start(&net.a, Way::Out, &dir.join(format!("{tag}-out.pcap")))?;
     let sent = send()?;

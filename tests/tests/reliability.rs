@@ -16,13 +16,6 @@ use netmon_tests::{
     Host, TestNet,
 };
 
-/// Starts netmon on `a` with its files in `dir` and its pins on `bpffs`.
-fn start(net: &TestNet, bpffs: &TempMount, dir: &Path, extra: &[&str]) -> Result<Netmon> {
-    let mut args = vec!["--bpffs", bpffs.path().to_str().unwrap()];
-    args.extend_from_slice(extra);
-    Netmon::start_in(&net.a, dir, &args)
-}
-
 fn exact_totals(dir: &Path) -> Result<Ledger> {
     let path = dir.join("network_log.state.json");
     Ok(state::parse(&path, &std::fs::read_to_string(&path)?)?.ledger)
@@ -47,7 +40,11 @@ fn sigkill_every_8_seconds_loses_nothing_and_counts_nothing_twice() -> Result<()
     let (a, b) = (&net.a, &net.b);
     let inbound_cap = Capture::start(a, Way::In, &dir.path().join("in.pcap"))?;
     let outbound_cap = Capture::start(a, Way::Out, &dir.path().join("out.pcap"))?;
-    let mut netmon = start(&net, &bpffs, dir.path(), &["--ingress", "xdp"])?;
+    let mut netmon = Netmon::on(a)
+        .logs_in(dir.path())
+        .bpffs(&bpffs)
+        .ingress("xdp")
+        .start()?;
     let inbound = traffic::udp_stream(
         b,
         v4(b.ipv4),
@@ -69,7 +66,7 @@ fn sigkill_every_8_seconds_loses_nothing_and_counts_nothing_twice() -> Result<()
     for _ in 0..4 {
         std::thread::sleep(Duration::from_secs(8));
         netmon.kill()?;
-        netmon = start(&net, &bpffs, dir.path(), &[])?;
+        netmon = Netmon::on(a).logs_in(dir.path()).bpffs(&bpffs).start()?;
     }
     let (sent_in, received_in) = inbound.join().unwrap()?;
     let (sent_out, received_out) = outbound.join().unwrap()?;
@@ -137,12 +134,12 @@ fn keep_attached_keeps_counting_and_enforcing_until_the_next_run(
     let net = TestNet::create()?;
     let dir = tempfile::tempdir()?;
     let (a, b) = (&net.a, &net.b);
-    let netmon = start(
-        &net,
-        &bpffs,
-        dir.path(),
-        &["--keep-attached", "--ingress", ingress],
-    )?;
+    let netmon = Netmon::on(a)
+        .logs_in(dir.path())
+        .bpffs(&bpffs)
+        .args(&["--keep-attached"])
+        .ingress(ingress)
+        .start()?;
     let out = cli(&["block", &b.ipv4_alt.to_string(), "--iface", &a.iface])?;
     assert!(out.status.success());
     let pins = netmon.pins.clone();
@@ -164,7 +161,7 @@ fn keep_attached_keeps_counting_and_enforcing_until_the_next_run(
     )?;
     assert!(blocked.is_empty(), "the block stays enforced");
 
-    let netmon = start(&net, &bpffs, dir.path(), &[])?;
+    let netmon = Netmon::on(a).logs_in(dir.path()).bpffs(&bpffs).start()?;
     netmon.stop()?;
     let totals = exact_totals(dir.path())?;
     let expected = Counter {
@@ -192,7 +189,11 @@ fn pinned_maps_of_another_layout_are_refused() -> Result<()> {
     let bpffs = TempMount::bpffs()?;
     let net = TestNet::create()?;
     let dir = tempfile::tempdir()?;
-    let netmon = start(&net, &bpffs, dir.path(), &["--keep-attached"])?;
+    let netmon = Netmon::on(&net.a)
+        .logs_in(dir.path())
+        .bpffs(&bpffs)
+        .args(&["--keep-attached"])
+        .start()?;
     let policy_pin = netmon.pins.join("POLICY");
     netmon.stop()?;
     let mut policy: Array<MapData, PolicyState> =
@@ -206,7 +207,10 @@ fn pinned_maps_of_another_layout_are_refused() -> Result<()> {
         },
         0,
     )?;
-    let err = start(&net, &bpffs, dir.path(), &[])
+    let err = Netmon::on(&net.a)
+        .logs_in(dir.path())
+        .bpffs(&bpffs)
+        .start()
         .err()
         .unwrap()
         .to_string();

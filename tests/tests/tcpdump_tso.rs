@@ -22,7 +22,7 @@ const MSS: u64 = 1448;
 fn tso_super_packets_count_as_wire_segments_on_egress() -> Result<()> {
     let net = TestNet::create_with(Offloads { tso: true })?;
     let dir = tempfile::tempdir()?;
-    let netmon = Netmon::start_in(&net.a, dir.path(), &[])?;
+    let netmon = Netmon::on(&net.a).logs_in(dir.path()).start()?;
     let outbound = Capture::start(&net.a, Way::Out, &dir.path().join("out.pcap"))?;
     traffic::tcp(&net.a, &net.b, IpAddr::V4(net.b.ipv4), 5201, 1_000_000)?;
     std::thread::sleep(Duration::from_millis(300));
@@ -36,7 +36,10 @@ fn tso_super_packets_count_as_wire_segments_on_egress() -> Result<()> {
 fn gso_super_packets_count_as_wire_segments_at_tc_ingress() -> Result<()> {
     let net = TestNet::create_with(Offloads { tso: true })?;
     let dir = tempfile::tempdir()?;
-    let netmon = Netmon::start_in(&net.a, dir.path(), &["--ingress", "tc"])?;
+    let netmon = Netmon::on(&net.a)
+        .logs_in(dir.path())
+        .ingress("tc")
+        .start()?;
     let inbound = Capture::start(&net.a, Way::In, &dir.path().join("in.pcap"))?;
     traffic::tcp(&net.b, &net.a, IpAddr::V4(net.a.ipv4), 5201, 1_000_000)?;
     std::thread::sleep(Duration::from_millis(300));

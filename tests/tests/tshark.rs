@@ -157,7 +157,7 @@ fn conversation_rows(v: &Value) -> BTreeMap<(IpAddr, IpAddr), (u64, u64)> {
 fn live_reports_equal_tshark_and_analyze_of_the_same_capture() -> Result<()> {
     let net = TestNet::create()?;
     let dir = tempfile::tempdir()?;
-    let netmon = Netmon::start_in(&net.a, dir.path(), &[])?;
+    let netmon = Netmon::on(&net.a).logs_in(dir.path()).start()?;
     let pcaps = [dir.path().join("in.pcap"), dir.path().join("out.pcap")];
     let inbound = Capture::start(&net.a, Way::In, &pcaps[0])?;
     let outbound = Capture::start(&net.a, Way::Out, &pcaps[1])?;
@@ -279,7 +279,10 @@ fn udp_conversations(pcap: &Path) -> Result<BTreeMap<(String, String), (u64, u64
 fn five_tuple_granularity_gives_port_level_conversations_equal_to_tshark() -> Result<()> {
     let net = TestNet::create()?;
     let dir = tempfile::tempdir()?;
-    let netmon = Netmon::start_in(&net.a, dir.path(), &["--granularity", "5tuple"])?;
+    let netmon = Netmon::on(&net.a)
+        .logs_in(dir.path())
+        .args(&["--granularity", "5tuple"])
+        .start()?;
     let pcap = dir.path().join("out.pcap");
     let outbound = Capture::start(&net.a, Way::Out, &pcap)?;
     // Two sockets, two source ports, one destination port; and a second destination port.

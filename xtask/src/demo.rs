@@ -10,7 +10,7 @@ use std::{
 };
 
 use anyhow::{bail, Context as _, Result};
-use netmon_tests::{daemon::Netmon, traffic, TestNet};
+use netmon_tests::{traffic, Netmon, TestNet};
 
 use crate::{build, toolchain};
 
@@ -43,17 +43,17 @@ pub fn run() -> Result<()> {
         "demo network: {} ({} {}) <-veth-> {} ({} {}); netmon watches {}",
         net.a.netns, net.a.ipv4, net.a.ipv6, net.b.netns, net.b.ipv4, net.b.ipv6, net.a.iface
     );
-    let netmon = Netmon::start_echoing(
-        &net.a,
-        &[
-            "--interval",
-            "1s",
+    let netmon = Netmon::on(&net.a)
+        .as_operators_run_it()
+        .interval("1s")
+        .args(&[
             "--log",
             log.to_str().context("path")?,
             "--detail-log",
             detail.to_str().context("path")?,
-        ],
-    )?;
+        ])
+        .echoing()
+        .start()?;
     let started = Instant::now();
     let mut round = 0u16;
     while started.elapsed() < TRAFFIC_FOR && !stop.load(Ordering::Relaxed) {

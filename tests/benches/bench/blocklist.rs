@@ -38,7 +38,7 @@ pub fn run(_scale: Scale) -> Vec<Row> {
         let net = TestNet::create().unwrap();
         let dir = tempfile::tempdir().unwrap();
         let list = write_list(dir.path(), &cidrs);
-        let _netmon = Netmon::start_in(&net.a, dir.path(), &[]).unwrap();
+        let _netmon = Netmon::on(&net.a).logs_in(dir.path()).start().unwrap();
         let started = Instant::now();
         block_list(&net, &list);
         started.elapsed().as_secs_f64() * 1000.0

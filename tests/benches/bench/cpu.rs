@@ -67,7 +67,7 @@ pub fn run(scale: Scale) -> Vec<Row> {
 fn netmon_cpu(packets: u32) -> (f64, f64) {
     let net = TestNet::create().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let netmon = Netmon::start_in(&net.a, dir.path(), &[]).unwrap();
+    let netmon = Netmon::on(&net.a).logs_in(dir.path()).start().unwrap();
     // BPF_ENABLE_STATS: run time is recorded while this descriptor is open.
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("enabling bpf_stats");
     let (programs_before, daemon_before) = (programs_run_time(), process_cpu(netmon.pid()));

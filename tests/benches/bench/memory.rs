@@ -17,27 +17,21 @@ pub fn run(scale: Scale) -> Vec<Row> {
     let net = TestNet::create().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let bpffs = TempMount::bpffs().unwrap();
-    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
     // As an operator runs it (not --quiet: the console line each interval
     // ranks the interval's pairs), with a 1 s interval.
-    let netmon = Netmon::start(
-        &net.a,
-        &[
-            "--interval",
-            "1s",
-            "--log",
-            &path("network_log.json"),
-            "--detail-log",
-            &path("detail.jsonl"),
-            "--bpffs",
-            bpffs.path().to_str().unwrap(),
+    let netmon = Netmon::on(&net.a)
+        .as_operators_run_it()
+        .interval("1s")
+        .logs_in(dir.path())
+        .bpffs(&bpffs)
+        .args(&[
             "--max-pairs",
             // Room for the test network's own chatter (IPv6 neighbour
             // discovery), which can take a few slots before the fill.
             &(pairs + 1024).to_string(),
-        ],
-    )
-    .unwrap();
+        ])
+        .start()
+        .unwrap();
     let pins = netmon.pins.clone();
     let table = PairTable::pinned(&pins).unwrap_or_else(|e| panic!("{}: {e}", pins.display()));
     crate::readout::fill(&table, pairs);

@@ -220,11 +220,14 @@ fn prepare(net: &TestNet, dir: &std::path::Path, setup: Setup, cidrs: &[Cidr]) -
             prefixes,
             interval,
         } => {
-            let mut args = vec!["--ingress", ingress];
+            let mut launch = Netmon::on(&net.a)
+                .as_operators_run_it()
+                .logs_in(dir)
+                .ingress(ingress);
             if let Some(interval) = interval {
-                args.extend(["--interval", interval]);
+                launch = launch.interval(interval);
             }
-            let netmon = Netmon::start_logging_in(&net.a, dir, &args).unwrap();
+            let netmon = launch.start().unwrap();
             if prefixes > 0 {
                 block_file(net, dir, &cidrs[..prefixes]);
             }
@@ -357,7 +360,7 @@ fn drop_rate(seconds: u32, cidrs: &[Cidr]) -> Vec<Row> {
         let dir = tempfile::tempdir().unwrap();
         let blocked = net.b.ipv4_alt;
         let _netmon = netmon.then(|| {
-            let netmon = Netmon::start_in(&net.a, dir.path(), &[]).unwrap();
+            let netmon = Netmon::on(&net.a).logs_in(dir.path()).start().unwrap();
             block_file(&net, dir.path(), &cidrs[..10_000]);
             let rule = [
                 "block",
