@@ -16,3 +16,4 @@ pub mod traffic;
 pub use cpu::PinnedToCpu;
 pub use daemon::Netmon;
 pub use netns::{Host, TestNet};
+pub use traffic::Flow;

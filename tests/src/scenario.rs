@@ -10,7 +10,7 @@ use netmon_common::{
     Counter, Direction,
 };
 
-use crate::{capture::FlowKey, traffic, TestNet};
+use crate::{capture::FlowKey, traffic::frame_len, Flow, TestNet};
 
 /// Frames and bytes per (flow, direction as seen on host `a`).
 pub type Expected = BTreeMap<(FlowKey, Direction), Counter>;
@@ -41,11 +41,19 @@ pub fn mixed(net: &TestNet, port: u16) -> Result<Expected> {
         (IpAddr::V4(a.ipv4), IpAddr::V4(b.ipv4), PROTO_ICMP),
         (IpAddr::V6(a.ipv6), IpAddr::V6(b.ipv6), PROTO_ICMPV6),
     ] {
-        traffic::udp(a, b, b_addr, port, &UDP_SIZES)?;
-        traffic::udp(b, a, a_addr, port, &UDP_SIZES)?;
-        traffic::ping(a, b_addr, &PING_SIZES)?;
+        Flow::udp(a, b)
+            .to(b_addr)
+            .port(port)
+            .sizes(&UDP_SIZES)
+            .send()?;
+        Flow::udp(b, a)
+            .to(a_addr)
+            .port(port)
+            .sizes(&UDP_SIZES)
+            .send()?;
+        Flow::ping(a, b).to(b_addr).sizes(&PING_SIZES).send()?;
         for size in UDP_SIZES {
-            let len = traffic::frame_len(b_addr, size);
+            let len = frame_len(b_addr, size);
             add(
                 &mut expected,
                 (raw(a_addr), raw(b_addr), PROTO_UDP),
@@ -60,7 +68,7 @@ pub fn mixed(net: &TestNet, port: u16) -> Result<Expected> {
             );
         }
         for size in PING_SIZES {
-            let len = traffic::frame_len(b_addr, size);
+            let len = frame_len(b_addr, size);
             add(
                 &mut expected,
                 (raw(a_addr), raw(b_addr), icmp),
@@ -75,8 +83,12 @@ pub fn mixed(net: &TestNet, port: u16) -> Result<Expected> {
             );
         }
     }
-    traffic::tcp(a, b, IpAddr::V4(b.ipv4), port, TCP_V4_BYTES)?;
-    traffic::tcp(b, a, IpAddr::V6(a.ipv6), port + 1, TCP_V6_BYTES)?;
+    Flow::tcp(a, b).port(port).bytes(TCP_V4_BYTES).send()?;
+    Flow::tcp(b, a)
+        .to(a.ipv6)
+        .port(port + 1)
+        .bytes(TCP_V6_BYTES)
+        .send()?;
     Ok(expected)
 }
 

@@ -8,12 +8,10 @@ use netmon_tests::{
     capture::{self, Capture, Way},
     daemon::{cli, Netmon},
     scenario::raw,
-    traffic::{self, frame_len, unspecified},
-    TestNet,
+    traffic::frame_len,
+    Flow, TestNet,
 };
 use serde_json::Value;
-
-const QUIET: Duration = Duration::from_millis(400);
 
 /// Runs a CLI command against the daemon on `a`; returns stdout, or the error line.
 fn ctl(net: &TestNet, args: &[&str]) -> Result<String, String> {
@@ -91,19 +89,28 @@ fn blocked_cidrs_drop_both_ways_while_other_traffic_flows(ingress: &str) -> Resu
     let b_out = Capture::start(b, Way::Out, &dir.path().join("b-out.pcap"))?;
 
     let sizes = [100, 700, 1400];
-    for (blocked, alt, a_addr) in [
-        (v4(b.ipv4), v4(b.ipv4_alt), v4(a.ipv4)),
-        (v6(b.ipv6), v6(b.ipv6_alt), v6(a.ipv6)),
-    ] {
-        let out = traffic::udp_received(a, unspecified(blocked), b, blocked, 7000, &sizes, QUIET)?;
+    for (blocked, alt) in [(v4(b.ipv4), v4(b.ipv4_alt)), (v6(b.ipv6), v6(b.ipv6_alt))] {
+        let out = Flow::udp(a, b)
+            .to(blocked)
+            .port(7000)
+            .sizes(&sizes)
+            .delivered()?;
         ensure!(out.is_empty(), "egress to {blocked} got through: {out:?}");
-        let back = traffic::udp_received(b, blocked, a, a_addr, 7001, &sizes, QUIET)?;
+        let back = Flow::udp(b, a)
+            .from(blocked)
+            .port(7001)
+            .sizes(&sizes)
+            .delivered()?;
         ensure!(
             back.is_empty(),
             "ingress from {blocked} got through: {back:?}"
         );
-        traffic::udp(a, b, alt, 7002, &sizes)?;
-        let from_alt = traffic::udp_received(b, alt, a, a_addr, 7003, &sizes, QUIET)?;
+        Flow::udp(a, b).to(alt).port(7002).sizes(&sizes).send()?;
+        let from_alt = Flow::udp(b, a)
+            .from(alt)
+            .port(7003)
+            .sizes(&sizes)
+            .delivered()?;
         assert_eq!(from_alt, sizes, "other traffic flows");
     }
     let b_frames = b_out.stop()?;
@@ -135,24 +142,11 @@ fn rule_counters_match_what_was_sent() -> Result<()> {
     let (a, b) = (&net.a, &net.b);
     ctl(&net, &["block", &b.ipv4.to_string()]).unwrap();
     let sizes = [64, 512];
-    traffic::udp_received(
-        a,
-        unspecified(v4(b.ipv4)),
-        b,
-        v4(b.ipv4),
-        7100,
-        &sizes,
-        QUIET,
-    )?;
-    traffic::udp_received(
-        b,
-        v4(b.ipv4),
-        a,
-        v4(a.ipv4),
-        7101,
-        &[1000, 1000, 1000],
-        QUIET,
-    )?;
+    Flow::udp(a, b).port(7100).sizes(&sizes).delivered()?;
+    Flow::udp(b, a)
+        .port(7101)
+        .sizes(&[1000, 1000, 1000])
+        .delivered()?;
     let counters = rule_counters(&net, &format!("block {}/32", b.ipv4));
     assert_eq!(
         counters,
@@ -173,18 +167,10 @@ fn port_rules_allow_exceptions_and_unblock() -> Result<()> {
 
     // The old QUIC block: UDP to port 443 only.
     ctl(&net, &["block", "--proto", "udp", "--dport", "443"]).unwrap();
-    let quic = traffic::udp_received(
-        a,
-        unspecified(v4(b.ipv4)),
-        b,
-        v4(b.ipv4),
-        443,
-        &[1200],
-        QUIET,
-    )?;
+    let quic = Flow::udp(a, b).port(443).sizes(&[1200]).delivered()?;
     assert!(quic.is_empty(), "UDP to 443 dropped");
-    traffic::tcp(a, b, v4(b.ipv4), 443, 50_000)?;
-    traffic::udp(a, b, v4(b.ipv4), 444, &[1200])?;
+    Flow::tcp(a, b).port(443).bytes(50_000).send()?;
+    Flow::udp(a, b).port(444).sizes(&[1200]).send()?;
     assert_eq!(
         rule_counters(&net, "block any udp dport 443"),
         [(0, 0), (1, frame_len(v4(b.ipv4), 1200))]
@@ -193,21 +179,17 @@ fn port_rules_allow_exceptions_and_unblock() -> Result<()> {
     // An allow rule inside a blocked range.
     ctl(&net, &["block", "10.200.0.0/24"]).unwrap();
     ctl(&net, &["allow", &format!("{}/32", b.ipv4_alt)]).unwrap();
-    traffic::udp(a, b, v4(b.ipv4_alt), 7200, &[300])?;
-    let blocked = traffic::udp_received(
-        a,
-        unspecified(v4(b.ipv4)),
-        b,
-        v4(b.ipv4),
-        7201,
-        &[300],
-        QUIET,
-    )?;
+    Flow::udp(a, b)
+        .to(b.ipv4_alt)
+        .port(7200)
+        .sizes(&[300])
+        .send()?;
+    let blocked = Flow::udp(a, b).port(7201).sizes(&[300]).delivered()?;
     assert!(blocked.is_empty());
 
     // Unblock restores traffic.
     ctl(&net, &["unblock", "10.200.0.0/24"]).unwrap();
-    traffic::udp(a, b, v4(b.ipv4), 7202, &[300])?;
+    Flow::udp(a, b).port(7202).sizes(&[300]).send()?;
     Ok(())
 }
 
@@ -243,7 +225,7 @@ fn quota_stops_delivery_resets_and_survives_restart() -> Result<()> {
     .unwrap();
     let sizes = vec![1000usize; 150];
     let frame = frame_len(v4(a.ipv4), 1000);
-    let got = traffic::udp_received(b, v4(b.ipv4), a, v4(a.ipv4), 7300, &sizes, QUIET)?;
+    let got = Flow::udp(b, a).port(7300).sizes(&sizes).delivered()?;
     // What the datapath delivered is what the quota counted.
     let q = quota(&net, "peer");
     let delivered = q["used"].as_u64().unwrap();
@@ -273,11 +255,11 @@ fn quota_stops_delivery_resets_and_survives_restart() -> Result<()> {
     );
     let _netmon = Netmon::on(&net.a).logs_in(dir.path()).start()?;
     assert_eq!(quota(&net, "peer")["used"].as_u64(), Some(delivered));
-    let after = traffic::udp_received(b, v4(b.ipv4), a, v4(a.ipv4), 7301, &[1000; 5], QUIET)?;
+    let after = Flow::udp(b, a).port(7301).sizes(&[1000; 5]).delivered()?;
     assert!(after.is_empty(), "still spent after a restart");
 
     ctl(&net, &["quota", "reset", "peer"]).unwrap();
-    traffic::udp(b, a, v4(a.ipv4), 7302, &[1000; 5])?;
+    Flow::udp(b, a).port(7302).sizes(&[1000; 5]).send()?;
     assert_eq!(quota(&net, "peer")["used"].as_u64(), Some(5 * frame));
     Ok(())
 }
@@ -323,8 +305,12 @@ fn alerts_run_the_program_once_per_crossing() -> Result<()> {
         ],
     )
     .unwrap();
-    traffic::udp_received(b, v4(b.ipv4), a, v4(a.ipv4), 7500, &[1000; 20], QUIET)?;
-    let other = traffic::udp_received(b, v4(b.ipv4_alt), a, v4(a.ipv4), 7501, &[1000; 10], QUIET)?;
+    Flow::udp(b, a).port(7500).sizes(&[1000; 20]).delivered()?;
+    let other = Flow::udp(b, a)
+        .from(b.ipv4_alt)
+        .port(7501)
+        .sizes(&[1000; 10])
+        .delivered()?;
     assert_eq!(other.len(), 10, "traffic outside the quota flows");
     // Three crossings; then several more polls must add nothing.
     netmon.wait_for("crossed the alert threshold", Duration::from_secs(10))?;
@@ -382,15 +368,9 @@ fn reloads_never_let_blocked_traffic_through() -> Result<()> {
         .logs_in(dir.path())
         .args(&["--policy", policy.to_str().unwrap()])
         .start()?;
-    let stream = traffic::udp_stream(
-        b,
-        v4(b.ipv4),
-        a,
-        v4(a.ipv4),
-        7600,
-        200,
-        Duration::from_secs(4),
-    );
+    let stream = Flow::udp(b, a)
+        .port(7600)
+        .stream(200, Duration::from_secs(4));
     for round in 0..6 {
         std::thread::sleep(Duration::from_millis(500));
         let extra = (round % 2 == 0).then_some("10.99.0.0/16");

@@ -17,12 +17,10 @@ use netmon_common::Counter;
 use netmon_tests::{
     daemon::{cli, Netmon},
     mounts::TempMount,
-    traffic::{self, frame_len},
-    Host, TestNet,
+    traffic::{frame_len, Udp},
+    Flow, TestNet,
 };
 use serde_json::Value;
-
-const QUIET: Duration = Duration::from_millis(300);
 
 /// Runs a CLI command against the daemon on `iface`; stdout, or stderr on failure.
 fn ctl(iface: &str, args: &[&str]) -> Result<String, String> {
@@ -77,10 +75,10 @@ fn rules(iface: &str) -> Vec<(u64, String)> {
         .collect()
 }
 
-/// Datagrams of `size` bytes sent one at a time from `src` (on `from`) to
-/// `dst` (on `to`): how many arrived.
-fn delivered(from: &Host, src: IpAddr, to: &Host, dst: IpAddr, port: u16, n: usize) -> usize {
-    traffic::udp_received(from, src, to, dst, port, &vec![500; n], QUIET)
+/// How many of `n` datagrams of 500 bytes arrived.
+fn delivered(flow: Flow<'_, Udp>, n: usize) -> usize {
+    flow.sizes(&vec![500; n])
+        .delivered()
         .expect("traffic")
         .len()
 }
@@ -147,8 +145,11 @@ fn a_refused_second_run_leaves_the_first_enforcing_and_writes_nothing() -> Resul
     )
     .unwrap();
     // Two datagrams spend the quota (542 B each: the second passes at 542 < 1000).
-    assert_eq!(delivered(b, v4(b.ipv4), a, v4(a.ipv4), 7100, 3), 2);
-    assert_eq!(delivered(b, v4(b.ipv4_alt), a, v4(a.ipv4), 7101, 49), 0);
+    assert_eq!(delivered(Flow::udp(b, a).port(7100), 3), 2);
+    assert_eq!(
+        delivered(Flow::udp(b, a).from(b.ipv4_alt).port(7101), 49),
+        0
+    );
 
     let second = tempfile::tempdir()?;
     let out = Netmon::on(a).logs_in(second.path()).run_to_end()?;
@@ -158,8 +159,11 @@ fn a_refused_second_run_leaves_the_first_enforcing_and_writes_nothing() -> Resul
     );
 
     // Still enforced: the block drops, the spent quota drops and counts.
-    assert_eq!(delivered(b, v4(b.ipv4_alt), a, v4(a.ipv4), 7102, 49), 0);
-    assert_eq!(delivered(b, v4(b.ipv4), a, v4(a.ipv4), 7103, 5), 0);
+    assert_eq!(
+        delivered(Flow::udp(b, a).from(b.ipv4_alt).port(7102), 49),
+        0
+    );
+    assert_eq!(delivered(Flow::udp(b, a).port(7103), 5), 0);
     let rules = listing(&a.iface, &["rules"]);
     assert_eq!(
         rules[0]["ingress"]["frames"],
@@ -218,9 +222,9 @@ fn a_same_named_interface_in_another_namespace_gets_pins_of_its_own() -> Result<
         other.stderr
     );
     let (b, a) = (&second.b, &second.a);
-    assert_eq!(delivered(b, v4(b.ipv4), a, v4(a.ipv4), 7200, 3), 3);
+    assert_eq!(delivered(Flow::udp(b, a).port(7200), 3), 3);
     assert_eq!(
-        delivered(b, v4(b.ipv4_alt), a, v4(a.ipv4), 7201, 4),
+        delivered(Flow::udp(b, a).from(b.ipv4_alt).port(7201), 4),
         4,
         "the first namespace's block is not this one's"
     );
@@ -232,8 +236,8 @@ fn a_same_named_interface_in_another_namespace_gets_pins_of_its_own() -> Result<
 
     // The first namespace's programs went on counting and enforcing.
     let (b, a) = (&first.b, &first.a);
-    assert_eq!(delivered(b, v4(b.ipv4_alt), a, v4(a.ipv4), 7202, 6), 0);
-    assert_eq!(delivered(b, v4(b.ipv4), a, v4(a.ipv4), 7203, 2), 2);
+    assert_eq!(delivered(Flow::udp(b, a).from(b.ipv4_alt).port(7202), 6), 0);
+    assert_eq!(delivered(Flow::udp(b, a).port(7203), 2), 2);
     let netmon = Netmon::on(a).logs_in(dir1.path()).bpffs(&bpffs).start()?;
     assert_eq!(netmon.pins, first_pins, "adopted its own pins");
     netmon.stop()?;
@@ -270,7 +274,7 @@ fn every_quota_a_packet_matches_is_charged_and_any_spent_one_drops() -> Result<(
     )
     .unwrap();
     // 542-byte frames: the tenth passes at 4,878 B used, the eleventh finds 5,420.
-    assert_eq!(delivered(b, v4(b.ipv4), a, v4(a.ipv4), 7300, 15), 10);
+    assert_eq!(delivered(Flow::udp(b, a).port(7300), 15), 10);
     let spent = 10 * frame_len(v4(a.ipv4), 500);
     assert_eq!(usage(iface, "there"), (spent, true));
     assert_eq!(usage(iface, "here"), (spent, false));
@@ -295,7 +299,7 @@ fn every_quota_a_packet_matches_is_charged_and_any_spent_one_drops() -> Result<(
     )
     .unwrap();
     // 562-byte frames: 35 fit under 20,000 B (19,670), the 36th passes, the 37th drops.
-    assert_eq!(delivered(b, v6(b.ipv6), a, v6(a.ipv6), 7301, 40), 36);
+    assert_eq!(delivered(Flow::udp(b, a).from(b.ipv6).port(7301), 40), 36);
     let spent6 = 36 * frame_len(v6(a.ipv6), 500);
     assert_eq!(usage(iface, "lan"), (spent6, true));
     assert_eq!(usage(iface, "peer6"), (spent6, false));
@@ -338,14 +342,14 @@ fn a_rule_or_quota_with_nothing_to_match_must_say_all() -> Result<()> {
     assert!(err.contains("--all"), "{err}");
     assert_eq!(rules(&a.iface), []);
     assert_eq!(
-        delivered(b, v4(b.ipv4), a, v4(a.ipv4), 7400, 7),
+        delivered(Flow::udp(b, a).port(7400), 7),
         7,
         "nothing blocked"
     );
     // Said on purpose, it is a rule like any other.
     let out = ctl(&a.iface, &["block", "--all", "--direction", "in"]).unwrap();
     assert_eq!(out.trim(), "rule 0 added: block any in");
-    assert_eq!(delivered(b, v4(b.ipv4), a, v4(a.ipv4), 7401, 7), 0);
+    assert_eq!(delivered(Flow::udp(b, a).port(7401), 7), 0);
     netmon.stop()?;
     Ok(())
 }
@@ -439,7 +443,7 @@ fn idle_clients_delay_no_one_and_adding_a_rule_again_answers_its_id() -> Result<
         format!("rule 0 already in force: block {target}")
     );
     assert_eq!(rules(&a.iface), [(0, format!("block {target}"))]);
-    assert_eq!(delivered(b, v4(b.ipv4), a, v4(a.ipv4), 7500, 4), 0);
+    assert_eq!(delivered(Flow::udp(b, a).port(7500), 4), 0);
     drop(idle);
     netmon.stop()?;
     Ok(())
@@ -457,18 +461,18 @@ fn a_recreated_interface_gets_the_programs_and_loses_no_count() -> Result<()> {
         .args(&["--keep-attached"])
         .start()?;
     ctl(&a.iface, &["block", &b.ipv4_alt.to_string()]).unwrap();
-    assert_eq!(delivered(b, v4(b.ipv4), a, v4(a.ipv4), 7600, 3), 3);
+    assert_eq!(delivered(Flow::udp(b, a).port(7600), 3), 3);
     netmon.stop()?;
     // Counted by the programs alone, then the interface goes and comes back.
-    assert_eq!(delivered(b, v4(b.ipv4), a, v4(a.ipv4), 7601, 2), 2);
+    assert_eq!(delivered(Flow::udp(b, a).port(7601), 2), 2);
     net.recreate_veth()?;
 
     let netmon = Netmon::on(a).logs_in(dir.path()).bpffs(&bpffs).start()?;
     let said = said(&netmon, "were attached to an earlier");
     assert!(said.contains("(gone)"), "{said}");
-    assert_eq!(delivered(b, v4(b.ipv4), a, v4(a.ipv4), 7602, 4), 4);
+    assert_eq!(delivered(Flow::udp(b, a).port(7602), 4), 4);
     assert_eq!(
-        delivered(b, v4(b.ipv4_alt), a, v4(a.ipv4), 7603, 5),
+        delivered(Flow::udp(b, a).from(b.ipv4_alt).port(7603), 5),
         0,
         "still blocked"
     );
@@ -497,7 +501,7 @@ fn quota_usage_carries_over_a_change_of_time_zone() -> Result<()> {
         ],
     )
     .unwrap();
-    assert_eq!(delivered(b, v4(b.ipv4), a, v4(a.ipv4), 7700, 3), 2);
+    assert_eq!(delivered(Flow::udp(b, a).port(7700), 3), 2);
     netmon.stop()?;
 
     // UTC+14: the day begins at another instant.
@@ -512,11 +516,7 @@ fn quota_usage_carries_over_a_change_of_time_zone() -> Result<()> {
         "{line}"
     );
     assert_eq!(usage(&a.iface, "d"), (used, true));
-    assert_eq!(
-        delivered(b, v4(b.ipv4), a, v4(a.ipv4), 7701, 3),
-        0,
-        "still spent"
-    );
+    assert_eq!(delivered(Flow::udp(b, a).port(7701), 3), 0, "still spent");
     netmon.stop()?;
     Ok(())
 }
@@ -533,14 +533,14 @@ fn quotas_can_be_removed_and_ids_are_never_reused() -> Result<()> {
         &["quota", "set", &b.ipv4.to_string(), "1000", "--name", "q"],
     )
     .unwrap();
-    assert_eq!(delivered(b, v4(b.ipv4), a, v4(a.ipv4), 7800, 3), 2);
+    assert_eq!(delivered(Flow::udp(b, a).port(7800), 3), 2);
     assert_eq!(
         ctl(iface, &["quota", "remove", "q"]).unwrap().trim(),
         "quota 'q' removed"
     );
     assert_eq!(listing(iface, &["quota", "list"]), serde_json::json!([]));
     assert_eq!(
-        delivered(b, v4(b.ipv4), a, v4(a.ipv4), 7801, 3),
+        delivered(Flow::udp(b, a).port(7801), 3),
         3,
         "no longer limited"
     );
@@ -631,7 +631,7 @@ fn a_deleted_interface_is_polled_once_more_and_detached_with_one_line() -> Resul
     let dir = tempfile::tempdir()?;
     let mut netmon = Netmon::on(a).logs_in(dir.path()).bpffs(&bpffs).start()?;
     let pins = netmon.pins.clone();
-    assert_eq!(delivered(b, v4(b.ipv4), a, v4(a.ipv4), 7900, 6), 6);
+    assert_eq!(delivered(Flow::udp(b, a).port(7900), 6), 6);
     std::process::Command::new("ip")
         .args(["-n", &a.netns, "link", "del", &a.iface])
         .status()?;

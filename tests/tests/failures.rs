@@ -13,8 +13,8 @@ use netmon_common::Counter;
 use netmon_tests::{
     daemon::{binary, Launch, Netmon},
     mounts::TempMount,
-    traffic::{self, frame_len},
-    TestNet,
+    traffic::frame_len,
+    Flow, TestNet,
 };
 
 /// What a `netmon run` that must fail printed on stderr. netmon's own errors
@@ -211,14 +211,14 @@ fn a_full_disk_keeps_the_old_files_and_loses_nothing() -> Result<()> {
     let dir = fs.path();
     let mut netmon = Netmon::on(&net.a).logs_in(dir).start()?;
     let (a, b) = (&net.a, &net.b);
-    traffic::udp(b, a, IpAddr::V4(a.ipv4), 8100, &[500; 10])?;
+    Flow::udp(b, a).port(8100).sizes(&[500; 10]).send()?;
     std::thread::sleep(Duration::from_millis(1500));
     let before = std::fs::read_to_string(dir.join("network_log.json"))?;
 
     // Fill the disk, then keep sending.
     let filler = dir.join("filler");
     let _ = std::fs::write(&filler, vec![0u8; 512 * 1024]);
-    traffic::udp(b, a, IpAddr::V4(a.ipv4), 8101, &[700; 10])?;
+    Flow::udp(b, a).port(8101).sizes(&[700; 10]).send()?;
     netmon.wait_for("retrying next interval", Duration::from_secs(5))?;
     assert_eq!(
         std::fs::read_to_string(dir.join("network_log.json"))?,
@@ -305,7 +305,7 @@ fn a_detail_log_that_is_a_symbolic_link_is_refused_unless_followed() -> Result<(
         .bpffs(&bpffs)
         .args(&["--follow-symlinks"])
         .start()?;
-    traffic::udp(b, a, IpAddr::V4(a.ipv4), 8200, &[300; 10])?;
+    Flow::udp(b, a).port(8200).sizes(&[300; 10]).send()?;
     std::thread::sleep(Duration::from_millis(1500));
     netmon.stop()?;
     assert_eq!(std::fs::read_link(&link)?, victim, "the link is left alone");

@@ -13,7 +13,7 @@ use netmon_common::Counter;
 use netmon_tests::{
     daemon::{cli, Netmon},
     frames::{build, Layer},
-    traffic, Host, TestNet,
+    traffic, Flow, Host, TestNet,
 };
 
 fn records(dir: &std::path::Path) -> Result<Vec<DetailRecord>> {
@@ -126,9 +126,9 @@ fn idle_pairs_leave_the_table_after_they_are_accounted() -> Result<()> {
         .args(&["--idle-timeout", "1s"])
         .start()?;
     let (a, b) = (&net.a, &net.b);
-    traffic::udp(b, a, IpAddr::V4(a.ipv4), 8300, &[100, 100])?;
+    Flow::udp(b, a).port(8300).sizes(&[100, 100]).send()?;
     std::thread::sleep(Duration::from_secs(5));
-    traffic::udp(b, a, IpAddr::V4(a.ipv4), 8301, &[200])?;
+    Flow::udp(b, a).port(8301).sizes(&[200]).send()?;
     std::thread::sleep(Duration::from_millis(1500));
     netmon.stop()?;
     let records = records(dir.path())?;
@@ -183,28 +183,16 @@ fn frames_that_bypass_the_hooks_are_reported_once() -> Result<()> {
     ready_rx.recv_timeout(Duration::from_secs(10))?;
     // A burst this fast may overflow the receiving socket: what arrives does not
     // matter here, only what crossed a's egress.
-    let quiet = Duration::from_millis(300);
-    let b = IpAddr::V4(net.b.ipv4);
-    traffic::udp_received(
-        &net.a,
-        traffic::unspecified(b),
-        &net.b,
-        b,
-        8400,
-        &[64; 3000],
-        quiet,
-    )?;
+    Flow::udp(&net.a, &net.b)
+        .port(8400)
+        .sizes(&[64; 3000])
+        .delivered()?;
     let line = netmon.wait_for("bypassed netmon's hooks", Duration::from_secs(5))?;
     assert!(line.contains("egress frames"), "{line}");
-    traffic::udp_received(
-        &net.a,
-        traffic::unspecified(b),
-        &net.b,
-        b,
-        8401,
-        &[64; 3000],
-        quiet,
-    )?;
+    Flow::udp(&net.a, &net.b)
+        .port(8401)
+        .sizes(&[64; 3000])
+        .delivered()?;
     std::thread::sleep(Duration::from_millis(2500));
     done_tx.send(()).ok();
     holder.join().unwrap()?;

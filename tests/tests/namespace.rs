@@ -13,7 +13,7 @@ use netmon_tests::{
     capture::{self, Capture, Way},
     daemon::Netmon,
     scenario::{self, raw, Expected},
-    traffic, TestNet,
+    Flow, TestNet,
 };
 
 /// Per-(flow, direction) sums over every record of a detail log.
@@ -207,8 +207,15 @@ fn counts_every_pair_exactly_and_keeps_totals_across_restarts(
 
     // A restart continues the totals.
     let second = observe(&net, dir.path(), "second", ingress, || {
-        traffic::udp(&net.a, &net.b, IpAddr::V4(net.b.ipv4), 5300, &[10, 20, 30])?;
-        traffic::udp(&net.b, &net.a, IpAddr::V6(net.a.ipv6), 5300, &[700])?;
+        Flow::udp(&net.a, &net.b)
+            .port(5300)
+            .sizes(&[10, 20, 30])
+            .send()?;
+        Flow::udp(&net.b, &net.a)
+            .to(net.a.ipv6)
+            .port(5300)
+            .sizes(&[700])
+            .send()?;
         Ok(Expected::new())
     })?;
     assert_eq!(second.detail, second.tcpdump);

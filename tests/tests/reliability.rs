@@ -12,8 +12,8 @@ use netmon_tests::{
     daemon::{cli, Netmon},
     mounts::TempMount,
     scenario::raw,
-    traffic::{self, frame_len},
-    Host, TestNet,
+    traffic::frame_len,
+    Flow, Host, TestNet,
 };
 
 fn exact_totals(dir: &Path) -> Result<Ledger> {
@@ -45,24 +45,12 @@ fn sigkill_every_8_seconds_loses_nothing_and_counts_nothing_twice() -> Result<()
         .bpffs(&bpffs)
         .ingress("xdp")
         .start()?;
-    let inbound = traffic::udp_stream(
-        b,
-        v4(b.ipv4),
-        a,
-        v4(a.ipv4),
-        7800,
-        1000,
-        Duration::from_secs(40),
-    );
-    let outbound = traffic::udp_stream(
-        a,
-        v4(a.ipv4),
-        b,
-        v4(b.ipv4),
-        7801,
-        300,
-        Duration::from_secs(40),
-    );
+    let inbound = Flow::udp(b, a)
+        .port(7800)
+        .stream(1000, Duration::from_secs(40));
+    let outbound = Flow::udp(a, b)
+        .port(7801)
+        .stream(300, Duration::from_secs(40));
     for _ in 0..4 {
         std::thread::sleep(Duration::from_secs(8));
         netmon.kill()?;
@@ -149,16 +137,12 @@ fn keep_attached_keeps_counting_and_enforcing_until_the_next_run(
     assert!(pins.join(netmon_common::maps::FLOWS_V4_MAP).exists() && pins.join(link).exists());
 
     // No daemon runs: the kernel counts and enforces on its own.
-    traffic::udp(b, a, v4(a.ipv4), 7900, &[100, 200, 300])?;
-    let blocked = traffic::udp_received(
-        b,
-        v4(b.ipv4_alt),
-        a,
-        v4(a.ipv4),
-        7901,
-        &[100],
-        Duration::from_millis(400),
-    )?;
+    Flow::udp(b, a).port(7900).sizes(&[100, 200, 300]).send()?;
+    let blocked = Flow::udp(b, a)
+        .from(b.ipv4_alt)
+        .port(7901)
+        .sizes(&[100])
+        .delivered()?;
     assert!(blocked.is_empty(), "the block stays enforced");
 
     let netmon = Netmon::on(a).logs_in(dir.path()).bpffs(&bpffs).start()?;

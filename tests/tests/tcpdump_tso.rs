@@ -3,7 +3,7 @@
 //! carries — on egress, and on ingress at TC (veth hands super-packets over
 //! unsegmented).
 
-use std::{net::IpAddr, path::Path, time::Duration};
+use std::{path::Path, time::Duration};
 
 use anyhow::Result;
 use netmon::logs::detail::DetailRecord;
@@ -12,7 +12,7 @@ use netmon_tests::{
     capture::{self, Capture, Way},
     daemon::Netmon,
     netns::Offloads,
-    traffic, TestNet,
+    Flow, TestNet,
 };
 
 /// TCP payload per segment on a 1500-byte MTU with timestamps: 1500 - 20 - 20 - 12.
@@ -24,7 +24,10 @@ fn tso_super_packets_count_as_wire_segments_on_egress() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let netmon = Netmon::on(&net.a).logs_in(dir.path()).start()?;
     let outbound = Capture::start(&net.a, Way::Out, &dir.path().join("out.pcap"))?;
-    traffic::tcp(&net.a, &net.b, IpAddr::V4(net.b.ipv4), 5201, 1_000_000)?;
+    Flow::tcp(&net.a, &net.b)
+        .port(5201)
+        .bytes(1_000_000)
+        .send()?;
     std::thread::sleep(Duration::from_millis(300));
     let frames = outbound.stop()?;
     netmon.stop()?;
@@ -41,7 +44,10 @@ fn gso_super_packets_count_as_wire_segments_at_tc_ingress() -> Result<()> {
         .ingress("tc")
         .start()?;
     let inbound = Capture::start(&net.a, Way::In, &dir.path().join("in.pcap"))?;
-    traffic::tcp(&net.b, &net.a, IpAddr::V4(net.a.ipv4), 5201, 1_000_000)?;
+    Flow::tcp(&net.b, &net.a)
+        .port(5201)
+        .bytes(1_000_000)
+        .send()?;
     std::thread::sleep(Duration::from_millis(300));
     let frames = inbound.stop()?;
     netmon.stop()?;

@@ -8,7 +8,7 @@ use anyhow::{Context as _, Result};
 use netmon_tests::{
     capture::{Capture, Way},
     daemon::{cli, Netmon},
-    scenario, TestNet,
+    scenario, Flow, TestNet,
 };
 use serde_json::Value;
 
@@ -286,10 +286,15 @@ fn five_tuple_granularity_gives_port_level_conversations_equal_to_tshark() -> Re
     let pcap = dir.path().join("out.pcap");
     let outbound = Capture::start(&net.a, Way::Out, &pcap)?;
     // Two sockets, two source ports, one destination port; and a second destination port.
-    let b = IpAddr::V4(net.b.ipv4);
-    netmon_tests::traffic::udp(&net.a, &net.b, b, 7000, &[100, 200])?;
-    netmon_tests::traffic::udp(&net.a, &net.b, b, 7000, &[300])?;
-    netmon_tests::traffic::udp(&net.a, &net.b, b, 7001, &[400, 500, 600])?;
+    Flow::udp(&net.a, &net.b)
+        .port(7000)
+        .sizes(&[100, 200])
+        .send()?;
+    Flow::udp(&net.a, &net.b).port(7000).sizes(&[300]).send()?;
+    Flow::udp(&net.a, &net.b)
+        .port(7001)
+        .sizes(&[400, 500, 600])
+        .send()?;
     std::thread::sleep(Duration::from_millis(200));
     outbound.stop()?;
     let detail = dir.path().join("detail.jsonl");

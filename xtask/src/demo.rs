@@ -1,7 +1,6 @@
 //! `cargo xtask demo`: netmon's main job on a built-in, throw-away test network.
 
 use std::{
-    net::IpAddr,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -10,7 +9,7 @@ use std::{
 };
 
 use anyhow::{bail, Context as _, Result};
-use netmon_tests::{traffic, Netmon, TestNet};
+use netmon_tests::{Flow, Netmon, TestNet};
 
 use crate::{build, toolchain};
 
@@ -84,11 +83,15 @@ fn send_round(net: &TestNet, round: u16) -> Result<()> {
     let (a, b) = (&net.a, &net.b);
     let port = 6000 + (round % 100) * 2;
     let sizes = [64, 512, 1200];
-    traffic::udp(b, a, IpAddr::V4(a.ipv4), port, &sizes)?;
-    traffic::udp(a, b, IpAddr::V6(b.ipv6), port, &sizes)?;
-    traffic::ping(a, IpAddr::V4(b.ipv4), &[56])?;
-    traffic::ping(b, IpAddr::V6(a.ipv6), &[56])?;
-    traffic::tcp(b, a, IpAddr::V4(a.ipv4), port + 1, 300_000)?;
-    traffic::tcp(a, b, IpAddr::V6(b.ipv6), port + 1, 100_000)?;
+    Flow::udp(b, a).port(port).sizes(&sizes).send()?;
+    Flow::udp(a, b).to(b.ipv6).port(port).sizes(&sizes).send()?;
+    Flow::ping(a, b).sizes(&[56]).send()?;
+    Flow::ping(b, a).to(a.ipv6).sizes(&[56]).send()?;
+    Flow::tcp(b, a).port(port + 1).bytes(300_000).send()?;
+    Flow::tcp(a, b)
+        .to(b.ipv6)
+        .port(port + 1)
+        .bytes(100_000)
+        .send()?;
     Ok(())
 }
