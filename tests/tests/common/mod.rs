@@ -47,6 +47,11 @@ pub fn xdp(ebpf: &mut Ebpf, frame: &[u8]) -> u32 {
     prog.test_run(opts).expect("XDP test run").return_value
 }
 
+/// Runs the XDP program once and checks that it passes the frame.
+pub fn run_xdp(ebpf: &mut Ebpf, frame: &[u8]) {
+    assert_eq!(xdp(ebpf, frame), XDP_PASS, "XDP verdict");
+}
+
 /// `__sk_buff` with only `gso_segs` and `gso_size` set (offsets from the UAPI header).
 fn skb_ctx(gso_segs: u32, gso_size: u32) -> [u8; 192] {
     let mut ctx = [0u8; 192];
@@ -58,6 +63,12 @@ fn skb_ctx(gso_segs: u32, gso_size: u32) -> [u8; 192] {
 /// Runs the TC program once, optionally as a GSO packet; returns its verdict.
 pub fn tc(ebpf: &mut Ebpf, frame: &[u8], gso: Option<(u32, u32)>) -> u32 {
     try_tc(ebpf, frame, gso).unwrap_or_else(|| panic!("TC test run refused {frame:02x?}"))
+}
+
+/// Runs the TC program once, optionally as a GSO packet, and checks that it
+/// passes the frame on.
+pub fn run_tc(ebpf: &mut Ebpf, frame: &[u8], gso: Option<(u32, u32)>) {
+    assert_eq!(tc(ebpf, frame, gso), TC_NEXT, "TC verdict");
 }
 
 /// Like [`tc`], but `None` when the kernel will not build an skb from the frame
