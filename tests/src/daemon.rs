@@ -277,3 +277,36 @@ pub fn cli(args: &[&str]) -> Result<Output> {
         .output()
         .context("running the netmon CLI")
 }
+
+/// Runs a CLI command against the daemon on `iface`: its stdout, or its
+/// stderr when it fails.
+pub fn ctl(iface: &str, args: &[&str]) -> Result<String, String> {
+    let mut args = args.to_vec();
+    args.extend(["--iface", iface]);
+    let out = cli(&args).map_err(|e| e.to_string())?;
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    if out.status.success() {
+        Ok(text(&out.stdout))
+    } else {
+        Err(text(&out.stderr))
+    }
+}
+
+/// A listing of the daemon on `iface` as JSON (`rules`, `quota list`).
+pub fn listing(iface: &str, args: &[&str]) -> serde_json::Value {
+    let mut args = args.to_vec();
+    args.extend(["--format", "json"]);
+    serde_json::from_str(&ctl(iface, &args).expect("CLI")).expect("JSON")
+}
+
+/// The quota named `name` in the `quota list` of the daemon on `iface`.
+pub fn quota(iface: &str, name: &str) -> serde_json::Value {
+    let quotas = listing(iface, &["quota", "list"]);
+    quotas
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["name"] == name)
+        .unwrap_or_else(|| panic!("no quota {name} in {quotas}"))
+        .clone()
+}

@@ -28,7 +28,7 @@ use netmon_common::{
 };
 use netmon_tests::{
     capture::{self, Capture, Way},
-    daemon::{cli, Netmon},
+    daemon::{ctl, listing, quota, Netmon},
     frames::{build, ipv4_frame, udp4, Layer},
     scenario::raw,
     traffic::frame_len,
@@ -335,27 +335,9 @@ fn a_policy_change_invalidates_cached_decisions() {
     reset(&mut ebpf);
 }
 
-/// Runs a CLI command against the daemon on `a`; returns stdout, or the error line.
-fn ctl(net: &TestNet, args: &[&str]) -> Result<String, String> {
-    let mut args = args.to_vec();
-    args.extend(["--iface", &net.a.iface]);
-    let out = cli(&args).map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
-}
-
-fn json(net: &TestNet, args: &[&str]) -> Value {
-    let mut args = args.to_vec();
-    args.extend(["--format", "json"]);
-    serde_json::from_str(&ctl(net, &args).expect("CLI")).expect("JSON")
-}
-
 /// (ingress, egress) (frames, bytes) of the rule spelled `rule`.
 fn rule_counters(net: &TestNet, rule: &str) -> [(u64, u64); 2] {
-    let rules = json(net, &["rules"]);
+    let rules = listing(&net.a.iface, &["rules"]);
     let r = rules
         .as_array()
         .unwrap()
@@ -397,8 +379,8 @@ fn blocked_cidrs_drop_both_ways_while_other_traffic_flows(ingress: &str) -> Resu
     let (a, b) = (&net.a, &net.b);
     let rule4 = format!("block {}/32", b.ipv4);
     let rule6 = format!("block {}/128", b.ipv6);
-    ctl(&net, &["block", &b.ipv4.to_string()]).unwrap();
-    ctl(&net, &["block", &format!("{}/128", b.ipv6)]).unwrap();
+    ctl(&net.a.iface, &["block", &b.ipv4.to_string()]).unwrap();
+    ctl(&net.a.iface, &["block", &format!("{}/128", b.ipv6)]).unwrap();
     // What b sends and a's ingress hook drops is visible in a capture on b.
     let b_out = Capture::start(b, Way::Out, &dir.path().join("b-out.pcap"))?;
 
@@ -457,7 +439,7 @@ fn rule_counters_match_what_was_sent() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let _netmon = Netmon::on(&net.a).logs_in(dir.path()).start()?;
     let (a, b) = (&net.a, &net.b);
-    ctl(&net, &["block", &b.ipv4.to_string()]).unwrap();
+    ctl(&net.a.iface, &["block", &b.ipv4.to_string()]).unwrap();
     let sizes = [64, 512];
     Flow::udp(a, b).port(7100).sizes(&sizes).delivered()?;
     Flow::udp(b, a)
@@ -483,7 +465,7 @@ fn port_rules_allow_exceptions_and_unblock() -> Result<()> {
     let (a, b) = (&net.a, &net.b);
 
     // The old QUIC block: UDP to port 443 only.
-    ctl(&net, &["block", "--proto", "udp", "--dport", "443"]).unwrap();
+    ctl(&net.a.iface, &["block", "--proto", "udp", "--dport", "443"]).unwrap();
     let quic = Flow::udp(a, b).port(443).sizes(&[1200]).delivered()?;
     assert!(quic.is_empty(), "UDP to 443 dropped");
     Flow::tcp(a, b).port(443).bytes(50_000).send()?;
@@ -494,8 +476,8 @@ fn port_rules_allow_exceptions_and_unblock() -> Result<()> {
     );
 
     // An allow rule inside a blocked range.
-    ctl(&net, &["block", "10.200.0.0/24"]).unwrap();
-    ctl(&net, &["allow", &format!("{}/32", b.ipv4_alt)]).unwrap();
+    ctl(&net.a.iface, &["block", "10.200.0.0/24"]).unwrap();
+    ctl(&net.a.iface, &["allow", &format!("{}/32", b.ipv4_alt)]).unwrap();
     Flow::udp(a, b)
         .to(b.ipv4_alt)
         .port(7200)
@@ -505,19 +487,9 @@ fn port_rules_allow_exceptions_and_unblock() -> Result<()> {
     assert!(blocked.is_empty());
 
     // Unblock restores traffic.
-    ctl(&net, &["unblock", "10.200.0.0/24"]).unwrap();
+    ctl(&net.a.iface, &["unblock", "10.200.0.0/24"]).unwrap();
     Flow::udp(a, b).port(7202).sizes(&[300]).send()?;
     Ok(())
-}
-
-fn quota(net: &TestNet, name: &str) -> Value {
-    let list = json(net, &["quota", "list"]);
-    list.as_array()
-        .unwrap()
-        .iter()
-        .find(|q| q["name"] == name)
-        .cloned()
-        .unwrap()
 }
 
 #[test]
@@ -527,7 +499,7 @@ fn quota_stops_delivery_resets_and_survives_restart() -> Result<()> {
     let netmon = Netmon::on(&net.a).logs_in(dir.path()).start()?;
     let (a, b) = (&net.a, &net.b);
     ctl(
-        &net,
+        &net.a.iface,
         &[
             "quota",
             "set",
@@ -544,7 +516,7 @@ fn quota_stops_delivery_resets_and_survives_restart() -> Result<()> {
     let frame = frame_len(IpAddr::V4(a.ipv4), 1000);
     let got = Flow::udp(b, a).port(7300).sizes(&sizes).delivered()?;
     // What the datapath delivered is what the quota counted.
-    let q = quota(&net, "peer");
+    let q = quota(&net.a.iface, "peer");
     let delivered = q["used"].as_u64().unwrap();
     let cpus = std::thread::available_parallelism()?.get() as u64;
     assert!(
@@ -571,13 +543,19 @@ fn quota_stops_delivery_resets_and_survives_restart() -> Result<()> {
         "{state}"
     );
     let _netmon = Netmon::on(&net.a).logs_in(dir.path()).start()?;
-    assert_eq!(quota(&net, "peer")["used"].as_u64(), Some(delivered));
+    assert_eq!(
+        quota(&net.a.iface, "peer")["used"].as_u64(),
+        Some(delivered)
+    );
     let after = Flow::udp(b, a).port(7301).sizes(&[1000; 5]).delivered()?;
     assert!(after.is_empty(), "still spent after a restart");
 
-    ctl(&net, &["quota", "reset", "peer"]).unwrap();
+    ctl(&net.a.iface, &["quota", "reset", "peer"]).unwrap();
     Flow::udp(b, a).port(7302).sizes(&[1000; 5]).send()?;
-    assert_eq!(quota(&net, "peer")["used"].as_u64(), Some(5 * frame));
+    assert_eq!(
+        quota(&net.a.iface, "peer")["used"].as_u64(),
+        Some(5 * frame)
+    );
     Ok(())
 }
 
@@ -607,7 +585,7 @@ fn alerts_run_the_program_once_per_crossing() -> Result<()> {
         .start()?;
     let (a, b) = (&net.a, &net.b);
     ctl(
-        &net,
+        &net.a.iface,
         &[
             "quota",
             "set",
@@ -753,16 +731,18 @@ fn bad_input_is_refused_and_changes_nothing() -> Result<()> {
         .logs_in(dir.path())
         .args(&["--policy", policy.to_str().unwrap()])
         .start()?;
-    ctl(&net, &["block", "192.0.2.0/24"]).unwrap();
-    let before = json(&net, &["rules"]);
+    ctl(&net.a.iface, &["block", "192.0.2.0/24"]).unwrap();
+    let before = listing(&net.a.iface, &["rules"]);
     // A rule in force already (from the CLI, or the file) is not added again:
     // its id comes back, so a retried command is no error.
     assert_eq!(
-        ctl(&net, &["block", "192.0.2.0/24"]).unwrap().trim(),
+        ctl(&net.a.iface, &["block", "192.0.2.0/24"])
+            .unwrap()
+            .trim(),
         "rule 1 already in force: block 192.0.2.0/24"
     );
     assert_eq!(
-        ctl(&net, &["block", "10.0.0.0/8"]).unwrap().trim(),
+        ctl(&net.a.iface, &["block", "10.0.0.0/8"]).unwrap().trim(),
         "rule 0 already in force: block 10.0.0.0/8"
     );
     let cases: [(&[&str], &str); 5] = [
@@ -779,10 +759,13 @@ fn bad_input_is_refused_and_changes_nothing() -> Result<()> {
         ),
     ];
     for (args, want) in cases {
-        let err = ctl(&net, args).unwrap_err();
+        let err = ctl(&net.a.iface, args).unwrap_err();
         assert!(err.contains(want), "{args:?}: {err}");
     }
-    assert_eq!(json(&net, &["rules"]), before, "nothing changed");
-    assert_eq!(json(&net, &["quota", "list"]), serde_json::json!([]));
+    assert_eq!(listing(&net.a.iface, &["rules"]), before, "nothing changed");
+    assert_eq!(
+        listing(&net.a.iface, &["quota", "list"]),
+        serde_json::json!([])
+    );
     Ok(())
 }

@@ -15,44 +15,12 @@ use anyhow::{ensure, Context as _, Result};
 use netmon::logs::state;
 use netmon_common::Counter;
 use netmon_tests::{
-    daemon::{cli, Netmon},
+    daemon::{ctl, listing, quota, Netmon},
     mounts::TempMount,
     traffic::{frame_len, Udp},
     Flow, TestNet,
 };
 use serde_json::Value;
-
-/// Runs a CLI command against the daemon on `iface`; stdout, or stderr on failure.
-fn ctl(iface: &str, args: &[&str]) -> Result<String, String> {
-    let mut args = args.to_vec();
-    args.extend(["--iface", iface]);
-    let out = cli(&args).map_err(|e| e.to_string())?;
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    if out.status.success() {
-        Ok(text(&out.stdout))
-    } else {
-        Err(text(&out.stderr))
-    }
-}
-
-/// A listing as JSON (`rules`, `quota list`).
-fn listing(iface: &str, args: &[&str]) -> Value {
-    let mut args = args.to_vec();
-    args.extend(["--format", "json"]);
-    serde_json::from_str(&ctl(iface, &args).expect("CLI")).expect("JSON")
-}
-
-/// The quota named `name` in `quota list`.
-fn quota(iface: &str, name: &str) -> Value {
-    let quotas = listing(iface, &["quota", "list"]);
-    quotas
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|q| q["name"] == name)
-        .unwrap_or_else(|| panic!("no quota {name} in {quotas}"))
-        .clone()
-}
 
 /// (used bytes, blocked) of a quota.
 fn usage(iface: &str, name: &str) -> (u64, bool) {

@@ -20,7 +20,7 @@ use common::*;
 use netmon::{datapath::readout, logs::detail::DetailRecord};
 use netmon_common::{classify, Counter, Direction, PairKey, L4};
 use netmon_tests::{
-    daemon::{cli, Netmon},
+    daemon::{ctl, Netmon},
     frames::{build, udp4, Layer},
     traffic, Flow, Host, TestNet,
 };
@@ -399,8 +399,7 @@ fn four_times_the_table_of_spoofed_sources_keeps_totals_exact() -> Result<()> {
 
     // The daemon keeps answering while and after it counts the flood.
     std::thread::sleep(Duration::from_millis(1500));
-    let rules = cli(&["rules", "--iface", &net.a.iface])?;
-    assert!(rules.status.success());
+    ctl(&net.a.iface, &["rules"]).unwrap();
     let rss = netmon_tests::daemon::status_kib(netmon.pid(), "VmRSS:");
     assert!(rss < 64 * 1024, "daemon RSS {rss} KiB");
     netmon.stop()?;

@@ -9,7 +9,7 @@ use netmon::{accounting::Ledger, logs::state};
 use netmon_common::{policy::PolicyState, Counter};
 use netmon_tests::{
     capture::{self, Capture, Way},
-    daemon::{cli, Netmon},
+    daemon::{ctl, Netmon},
     mounts::TempMount,
     scenario::raw,
     traffic::frame_len,
@@ -128,8 +128,7 @@ fn keep_attached_keeps_counting_and_enforcing_until_the_next_run(
         .args(&["--keep-attached"])
         .ingress(ingress)
         .start()?;
-    let out = cli(&["block", &b.ipv4_alt.to_string(), "--iface", &a.iface])?;
-    assert!(out.status.success());
+    ctl(&a.iface, &["block", &b.ipv4_alt.to_string()]).unwrap();
     let pins = netmon.pins.clone();
     netmon.stop()?;
     // (tcx attachments do not show in `ip link`; the traffic below shows them at work.)
