@@ -169,7 +169,8 @@ impl Launch<'_> {
     }
 
     /// Drops the tests' defaults: netmon's own interval, and its console line
-    /// every interval. Benchmarks measure netmon as operators run it.
+    /// every interval (benchmarks measure netmon as operators run it). Say it
+    /// before [`Launch::interval`].
     pub fn as_operators_run_it(mut self) -> Self {
         self.interval = None;
         self.quiet = false;

@@ -107,10 +107,7 @@ impl<'h, Kind> Flow<'h, Kind> {
     /// The address the sender binds: the source given, or the unspecified
     /// address of the destination's family (the kernel picks the source).
     fn src(&self) -> IpAddr {
-        self.src.unwrap_or_else(|| match self.dst() {
-            IpAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
-            IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
-        })
+        self.src.unwrap_or_else(|| unspecified(self.dst()))
     }
 }
 
