@@ -335,6 +335,8 @@ fn a_policy_change_invalidates_cached_decisions() {
     reset(&mut ebpf);
 }
 
+// Through the real binary and its CLI, on a veth pair.
+
 /// (ingress, egress) (frames, bytes) of the rule spelled `rule`.
 fn rule_counters(net: &TestNet, rule: &str) -> [(u64, u64); 2] {
     let rules = listing(&net.a.iface, &["rules"]);

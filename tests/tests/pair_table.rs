@@ -348,6 +348,8 @@ fn raw_map_access_refuses_keys_and_values_of_another_size() {
     );
 }
 
+// Through the real binary: a flood of spoofed sources, and idle pairs.
+
 fn records(dir: &std::path::Path) -> Result<Vec<DetailRecord>> {
     Ok(std::fs::read_to_string(dir.join("detail.jsonl"))?
         .lines()
