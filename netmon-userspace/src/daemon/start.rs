@@ -215,7 +215,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         daemon.poll()?;
     }
     drop(listener);
-    drop(claim);
+    // The claim is held until the end, the stop below included: a next run
+    // must not adopt pins this one is still removing.
     let (kernel, unwritten) = daemon.finish();
     let datapath = kernel.datapath;
     let pin_dir = datapath.pin_dir().to_path_buf();
