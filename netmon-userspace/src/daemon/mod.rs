@@ -196,7 +196,6 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
         let total = std::mem::take(&mut self.state.policy.total);
         self.state.policy = self.enforcer.persisted(&self.kernel);
         self.state.policy.total = total;
-        let rules = self.enforcer.persisted_rules();
         let report = Report {
             interval,
             saved: Saved {
@@ -205,8 +204,7 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
                     meter: &self.meter,
                     instance: self.instance,
                 },
-                rules: &rules,
-                rules_version: self.enforcer.rules_version(),
+                enforcer: &self.enforcer,
             },
         };
         for sink in &mut self.sinks {

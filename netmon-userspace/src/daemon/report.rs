@@ -7,7 +7,7 @@ use jiff::Timestamp;
 use crate::{
     accounting::{BaselineView, IntervalUsage},
     alerts::AlertEvent,
-    enforcer::{PersistedRules, QuotaView, RuleView},
+    enforcer::{Enforcer, QuotaView, RuleView},
     logs::state::State,
 };
 
@@ -39,10 +39,11 @@ pub struct Saved<'a> {
     pub state: &'a State,
     /// The kernel counter values already in the totals.
     pub baseline: BaselineView<'a>,
-    /// The CLI's rules and every rule's ids.
-    pub rules: &'a PersistedRules,
-    /// Changes whenever `rules` may have.
-    pub rules_version: u64,
+    /// The policy in force: the CLI's rules and every rule's ids come from
+    /// it ([`Enforcer::persisted_rules`]) only when its
+    /// [`Enforcer::rules_version`] changed, since a blocklist makes them
+    /// megabytes.
+    pub enforcer: &'a Enforcer,
 }
 
 /// What the daemon hands every sink: after each poll, and after each change

@@ -46,9 +46,10 @@ impl FilesSink {
 impl Sink for FilesSink {
     fn deliver(&mut self, report: &Report<'_>) -> Result<(), LogError> {
         let saved = &report.saved;
-        if self.rules_saved != Some(saved.rules_version) {
-            self.files.save_rules(saved.rules)?;
-            self.rules_saved = Some(saved.rules_version);
+        let version = saved.enforcer.rules_version();
+        if self.rules_saved != Some(version) {
+            self.files.save_rules(&saved.enforcer.persisted_rules())?;
+            self.rules_saved = Some(version);
         }
         self.files.save(saved.state, Some(&saved.baseline))
     }
