@@ -17,3 +17,13 @@ pub use cpu::PinnedToCpu;
 pub use daemon::Netmon;
 pub use netns::{Host, TestNet};
 pub use traffic::Flow;
+
+/// The names in `dir`, sorted: what a test expects a run to have left there.
+pub fn names_in(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}

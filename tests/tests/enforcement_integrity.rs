@@ -84,15 +84,6 @@ fn said(netmon: &Netmon, needle: &str) -> String {
     lines[0].clone()
 }
 
-fn files_in(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
-}
-
 #[test]
 fn a_refused_second_run_leaves_the_first_enforcing_and_writes_nothing() -> Result<()> {
     let net = TestNet::create()?;
@@ -122,7 +113,7 @@ fn a_refused_second_run_leaves_the_first_enforcing_and_writes_nothing() -> Resul
     let second = tempfile::tempdir()?;
     let out = Netmon::on(a).logs_in(second.path()).run_to_end()?;
     assert!(
-        files_in(second.path()).is_empty(),
+        netmon_tests::names_in(second.path()).is_empty(),
         "the refused run wrote nothing"
     );
 
@@ -297,7 +288,7 @@ fn a_rule_or_quota_with_nothing_to_match_must_say_all() -> Result<()> {
             policy.display()
         )
     );
-    assert!(files_in(logs.path()).is_empty());
+    assert!(netmon_tests::names_in(logs.path()).is_empty());
 
     let netmon = Netmon::on(a).logs_in(dir.path()).start()?;
     let err = ctl(&a.iface, &["block"]).unwrap_err();

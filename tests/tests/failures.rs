@@ -13,6 +13,7 @@ use netmon_common::Counter;
 use netmon_tests::{
     daemon::{binary, Launch, Netmon},
     mounts::TempMount,
+    names_in,
     traffic::frame_len,
     Flow, TestNet,
 };
@@ -242,25 +243,20 @@ fn a_full_disk_keeps_the_old_files_and_loses_nothing() -> Result<()> {
         Some(want)
     );
     let details = std::fs::read_to_string(dir.join("detail.jsonl"))?;
-    let frames: u64 = details
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .flat_map(|r| r["pairs"].as_array().unwrap().clone())
-        .filter(|p| p["src"] == b.ipv4.to_string())
-        .map(|p| p["frames"].as_u64().unwrap())
-        .sum();
+    let frames = frames_from(&details, b.ipv4);
     assert_eq!(frames, 20, "every interval reached the detail log");
     Ok(())
 }
 
-/// The names in `dir`, sorted.
-fn listing(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
+/// Frames from `src` in the pairs of detail-log lines.
+fn frames_from(details: &str, src: std::net::Ipv4Addr) -> u64 {
+    details
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .flat_map(|r| r["pairs"].as_array().unwrap().clone())
+        .filter(|p| p["src"] == src.to_string())
+        .map(|p| p["frames"].as_u64().unwrap())
+        .sum()
 }
 
 #[test]
@@ -276,7 +272,7 @@ fn a_detail_log_that_is_a_symbolic_link_is_refused_unless_followed() -> Result<(
     std::os::unix::fs::symlink(&victim, &link)?;
     let bpffs = TempMount::bpffs()?;
     // A fresh bpffs may hold the kernel's own iterators (maps.debug, progs.debug).
-    let fresh = listing(bpffs.path());
+    let fresh = names_in(bpffs.path());
 
     let out = Netmon::on(a)
         .logs_in(dir.path())
@@ -295,9 +291,13 @@ fn a_detail_log_that_is_a_symbolic_link_is_refused_unless_followed() -> Result<(
         )
     );
     assert_eq!(std::fs::read_to_string(&victim)?, original);
-    assert_eq!(listing(dir.path()), ["detail.jsonl"], "no log file created");
-    assert_eq!(listing(elsewhere.path()), ["victim.conf"]);
-    assert_eq!(listing(bpffs.path()), fresh, "nothing pinned");
+    assert_eq!(
+        names_in(dir.path()),
+        ["detail.jsonl"],
+        "no log file created"
+    );
+    assert_eq!(names_in(elsewhere.path()), ["victim.conf"]);
+    assert_eq!(names_in(bpffs.path()), fresh, "nothing pinned");
 
     // Asked to follow it, netmon writes to the target, and only there.
     let netmon = Netmon::on(a)
@@ -310,7 +310,7 @@ fn a_detail_log_that_is_a_symbolic_link_is_refused_unless_followed() -> Result<(
     netmon.stop()?;
     assert_eq!(std::fs::read_link(&link)?, victim, "the link is left alone");
     assert_eq!(
-        listing(dir.path()),
+        names_in(dir.path()),
         [
             "detail.jsonl",
             "network_log.json",
@@ -318,18 +318,12 @@ fn a_detail_log_that_is_a_symbolic_link_is_refused_unless_followed() -> Result<(
             "network_log.state.json"
         ]
     );
-    assert_eq!(listing(elsewhere.path()), ["victim.conf"]);
+    assert_eq!(names_in(elsewhere.path()), ["victim.conf"]);
     let text = std::fs::read_to_string(&victim)?;
     let details = text
         .strip_prefix(original)
         .expect("the old bytes stay first");
-    let frames: u64 = details
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .flat_map(|r| r["pairs"].as_array().unwrap().clone())
-        .filter(|p| p["src"] == b.ipv4.to_string())
-        .map(|p| p["frames"].as_u64().unwrap())
-        .sum();
+    let frames = frames_from(details, b.ipv4);
     assert_eq!(frames, 10, "every datagram in the target's detail lines");
     Ok(())
 }

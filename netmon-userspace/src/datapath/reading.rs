@@ -55,7 +55,7 @@ impl PairReading {
 pub struct Snapshot {
     /// Every entry of the pair table.
     pub pairs: Vec<(PairKey, PairReading)>,
-    /// Interface totals, indexed by [`Direction`].
+    /// Interface totals, indexed by [`netmon_common::Direction`].
     pub totals: [DirectionTotals; 2],
     /// Capacity of the pair table.
     pub capacity: u32,
