@@ -3,6 +3,27 @@
 
 use caps::{CapSet, Capability, CapsHashSet};
 
+/// Why netmon will not go on with the privileges it has.
+#[derive(Debug, thiserror::Error)]
+pub enum PrivilegeError {
+    /// Loading and attaching need capabilities the process lacks.
+    #[error(
+        "netmon lacks {} to load and attach its eBPF programs: run it as root (sudo), or grant \
+         CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (setcap cap_bpf,cap_net_admin,cap_perfmon+ep netmon)",
+        .missing.join(", ")
+    )]
+    Missing {
+        /// The capabilities' names.
+        missing: Vec<&'static str>,
+    },
+    /// The capabilities not needed after attaching could not be given up.
+    #[error("dropping capabilities: {0}")]
+    Drop(#[from] caps::errors::CapsError),
+    /// `PR_SET_NO_NEW_PRIVS` failed.
+    #[error("prctl(PR_SET_NO_NEW_PRIVS) failed: {0}; netmon will not run with privileges it could regain")]
+    NoNewPrivs(std::io::Error),
+}
+
 /// Capabilities loading and attaching need (root has them all).
 const NEEDED: [(Capability, &str); 3] = [
     (Capability::CAP_BPF, "CAP_BPF"),
@@ -11,9 +32,9 @@ const NEEDED: [(Capability, &str); 3] = [
 ];
 
 /// Fails with one line naming the missing capabilities and the fix.
-pub fn check() -> anyhow::Result<()> {
+pub fn check() -> Result<(), PrivilegeError> {
     let effective = caps::read(None, CapSet::Effective).unwrap_or_default();
-    let missing: Vec<&str> = NEEDED
+    let missing: Vec<&'static str> = NEEDED
         .iter()
         .filter(|(cap, _)| {
             !effective.contains(cap) && !effective.contains(&Capability::CAP_SYS_ADMIN)
@@ -21,18 +42,14 @@ pub fn check() -> anyhow::Result<()> {
         .map(|(_, name)| *name)
         .collect();
     if !missing.is_empty() {
-        anyhow::bail!(
-            "netmon lacks {} to load and attach its eBPF programs: run it as root (sudo), or grant \
-             CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (setcap cap_bpf,cap_net_admin,cap_perfmon+ep netmon)",
-            missing.join(", ")
-        );
+        return Err(PrivilegeError::Missing { missing });
     }
     Ok(())
 }
 
 /// Keeps only CAP_BPF, which reading and updating the maps needs, and forbids
 /// regaining the rest (also for `--alert-exec` programs).
-pub fn drop_after_attach() -> anyhow::Result<()> {
+pub fn drop_after_attach() -> Result<(), PrivilegeError> {
     let keep: CapsHashSet = [Capability::CAP_BPF].into_iter().collect();
     // The bounding set first: shrinking it needs CAP_SETPCAP, dropped below.
     for cap in caps::all() {
@@ -42,15 +59,11 @@ pub fn drop_after_attach() -> anyhow::Result<()> {
     }
     for set in [CapSet::Inheritable, CapSet::Effective, CapSet::Permitted] {
         let current = caps::read(None, set).unwrap_or_default();
-        caps::set(None, set, &current.intersection(&keep).copied().collect())
-            .map_err(|e| anyhow::anyhow!("dropping capabilities: {e}"))?;
+        caps::set(None, set, &current.intersection(&keep).copied().collect())?;
     }
     // SAFETY: prctl with constant arguments.
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
-        anyhow::bail!(
-            "prctl(PR_SET_NO_NEW_PRIVS) failed: {}; netmon will not run with privileges it could regain",
-            std::io::Error::last_os_error()
-        );
+        return Err(PrivilegeError::NoNewPrivs(std::io::Error::last_os_error()));
     }
     Ok(())
 }

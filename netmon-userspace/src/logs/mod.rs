@@ -13,7 +13,6 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::Context as _;
 use jiff::Timestamp;
 
 use crate::enforcer::PersistedRules;
@@ -144,14 +143,16 @@ impl Files {
     }
 
     /// Renames every existing file to `NAME.TIMESTAMP.bak`.
-    pub fn move_aside(&self) -> anyhow::Result<()> {
+    pub fn move_aside(&self) -> Result<(), LogError> {
         let stamp = Timestamp::now().strftime("%Y%m%dT%H%M%SZ").to_string();
         for path in [&self.log, &self.state, &self.rules, &self.detail] {
             if path.exists() {
                 let mut aside = path.as_os_str().to_owned();
                 aside.push(format!(".{stamp}.bak"));
-                std::fs::rename(path, &aside)
-                    .with_context(|| format!("moving {} aside", path.display()))?;
+                std::fs::rename(path, &aside).map_err(|cause| LogError::Io {
+                    path: path.to_path_buf(),
+                    cause,
+                })?;
                 log::info!(
                     "moved {} to {}",
                     path.display(),

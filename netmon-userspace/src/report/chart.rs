@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, net::IpAddr, path::Path, sync::Once};
 use image::ImageEncoder as _;
 use plotters::prelude::*;
 
-use super::timestamp;
+use super::{timestamp, ReportError};
 use crate::{console::human_bytes, logs::detail::DetailRecord};
 
 static FONT: Once = Once::new();
@@ -16,7 +16,7 @@ pub fn draw(
     interval: std::time::Duration,
     top: usize,
     out: &Path,
-) -> anyhow::Result<()> {
+) -> Result<(), ReportError> {
     let (labels, series, seconds) = stack(records, interval, top)?;
     FONT.call_once(|| {
         // The font ships inside the binary: charts render the same on any server.
@@ -57,10 +57,11 @@ pub fn draw(
             )?;
             png
         }
-        _ => anyhow::bail!(
-            "{}: the chart is written as .svg or .png; name the file so",
-            out.display()
-        ),
+        _ => {
+            return Err(ReportError::ChartFormat {
+                path: out.to_path_buf(),
+            })
+        }
     };
     crate::logs::atomic::write(out, &bytes, 0o644)?;
     Ok(())
@@ -73,7 +74,7 @@ fn stack(
     records: &[DetailRecord],
     interval: std::time::Duration,
     top: usize,
-) -> anyhow::Result<Stack> {
+) -> Result<Stack, ReportError> {
     let t0 = timestamp(&records[0].start)?.as_nanosecond();
     let step = interval.as_nanos().max(1) as i128;
     let mut per_bin: BTreeMap<i128, BTreeMap<(IpAddr, IpAddr), u64>> = BTreeMap::new();
@@ -120,11 +121,11 @@ fn render<DB: DrawingBackend>(
     labels: &[String],
     series: &[Vec<u64>],
     seconds: f64,
-) -> anyhow::Result<()>
+) -> Result<(), ReportError>
 where
     DB::ErrorType: 'static,
 {
-    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow::anyhow!("drawing the chart: {e:?}");
+    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| ReportError::Draw(format!("{e:?}"));
     area.fill(&WHITE).map_err(err)?;
     let bins = series[0].len();
     let peak = series

@@ -5,28 +5,97 @@
 pub mod chart;
 mod table;
 
-use std::{collections::BTreeMap, io::BufRead, net::IpAddr, path::Path};
+use std::{
+    collections::BTreeMap,
+    io::BufRead,
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
 
 use jiff::Timestamp;
 
-use crate::logs::detail::{DetailRecord, PairRecord};
+use crate::logs::{
+    detail::{DetailRecord, PairRecord},
+    LogError,
+};
 pub use table::{Cell, Format, Table};
+
+/// Why a report could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    /// The detail log could not be opened.
+    #[error("{}: {cause}; point --detail-log at netmon's detail log", path.display())]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        cause: std::io::Error,
+    },
+    /// Reading the detail log failed part-way.
+    #[error("{}: {cause}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        cause: std::io::Error,
+    },
+    /// A line is not a detail record.
+    #[error("{}:{line}: not a detail record ({reason})", path.display())]
+    NotARecord {
+        /// The file.
+        path: PathBuf,
+        /// The line, from 1.
+        line: usize,
+        /// What the parser said.
+        reason: String,
+    },
+    /// Nothing to report on.
+    #[error("{} holds no records in the chosen time range", path.display())]
+    Empty {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A record's start or end is not a timestamp.
+    #[error("bad timestamp {text:?} in the detail log: {reason}")]
+    Timestamp {
+        /// The text.
+        text: String,
+        /// What the parser said.
+        reason: String,
+    },
+    /// The chart's file name asks for a format netmon does not draw.
+    #[error("{}: the chart is written as .svg or .png; name the file so", path.display())]
+    ChartFormat {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The drawing library failed.
+    #[error("drawing the chart: {0}")]
+    Draw(String),
+    /// The PNG encoder failed.
+    #[error("encoding the chart: {0}")]
+    Encode(#[from] image::ImageError),
+    /// The chart could not be written.
+    #[error(transparent)]
+    Write(#[from] LogError),
+}
 
 /// Reads the records of a detail log that overlap `[since, until)`.
 pub fn load(
     path: &Path,
     since: Option<Timestamp>,
     until: Option<Timestamp>,
-) -> anyhow::Result<Vec<DetailRecord>> {
-    let file = std::fs::File::open(path).map_err(|e| {
-        anyhow::anyhow!(
-            "{}: {e}; point --detail-log at netmon's detail log",
-            path.display()
-        )
+) -> Result<Vec<DetailRecord>, ReportError> {
+    let file = std::fs::File::open(path).map_err(|cause| ReportError::Open {
+        path: path.to_path_buf(),
+        cause,
     })?;
     let mut records = Vec::new();
     for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let line = line.map_err(|cause| ReportError::Read {
+            path: path.to_path_buf(),
+            cause,
+        })?;
         if line.trim().is_empty() {
             continue;
         }
@@ -37,7 +106,13 @@ pub fn load(
                 log::warn!("{}:{}: incomplete last line skipped", path.display(), n + 1);
                 continue;
             }
-            Err(e) => anyhow::bail!("{}:{}: not a detail record ({e})", path.display(), n + 1),
+            Err(e) => {
+                return Err(ReportError::NotARecord {
+                    path: path.to_path_buf(),
+                    line: n + 1,
+                    reason: e.to_string(),
+                })
+            }
         };
         let (start, end) = (timestamp(&record.start)?, timestamp(&record.end)?);
         if since.is_some_and(|s| end <= s) || until.is_some_and(|u| start >= u) {
@@ -46,17 +121,19 @@ pub fn load(
         records.push(record);
     }
     if records.is_empty() {
-        anyhow::bail!(
-            "{} holds no records in the chosen time range",
-            path.display()
-        );
+        return Err(ReportError::Empty {
+            path: path.to_path_buf(),
+        });
     }
     Ok(records)
 }
 
-fn timestamp(text: &str) -> anyhow::Result<Timestamp> {
+fn timestamp(text: &str) -> Result<Timestamp, ReportError> {
     text.parse()
-        .map_err(|e| anyhow::anyhow!("bad timestamp {text:?} in the detail log: {e}"))
+        .map_err(|e: jiff::Error| ReportError::Timestamp {
+            text: text.to_owned(),
+            reason: e.to_string(),
+        })
 }
 
 fn family(addr: &IpAddr) -> &'static str {
@@ -164,7 +241,7 @@ pub fn hierarchy(records: &[DetailRecord]) -> Table {
 }
 
 /// `io,stat`: frames and bytes per interval from the first record, then a `Dur` row.
-pub fn io(records: &[DetailRecord], interval: std::time::Duration) -> anyhow::Result<Table> {
+pub fn io(records: &[DetailRecord], interval: std::time::Duration) -> Result<Table, ReportError> {
     let mut table = Table::new(&["interval", "frames", "bytes"]);
     let t0 = timestamp(&records[0].start)?;
     let step = interval.as_nanos().max(1) as i128;
@@ -237,7 +314,7 @@ impl std::fmt::Display for Endpoint {
 
 /// `conv`: A <-> B, frames and bytes each way, relative start and duration, by
 /// bytes; per port too when the log was recorded at 5-tuple granularity.
-pub fn conversations(records: &[DetailRecord], proto: Option<&str>) -> anyhow::Result<Table> {
+pub fn conversations(records: &[DetailRecord], proto: Option<&str>) -> Result<Table, ReportError> {
     let mut table = Table::new(&[
         "a",
         "b",
