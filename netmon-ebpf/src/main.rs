@@ -16,6 +16,7 @@ mod record;
 
 use aya_ebpf::{
     bindings::{xdp_action, TC_ACT_SHOT, TC_ACT_UNSPEC},
+    helpers::bpf_xdp_get_buff_len,
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
@@ -26,8 +27,11 @@ use crate::{
     record::Verdict,
 };
 
-/// Ingress hook: drops what the policy blocks, passes the rest.
-#[xdp]
+/// Ingress hook: drops what the policy blocks, passes the rest. Multi-buffer
+/// aware (`frags`): a driver or veth need not turn off jumbo frames or its
+/// peer's segmentation offloads for it. Headers are parsed in the first
+/// buffer; the whole frame is counted.
+#[xdp(frags)]
 pub fn netmon_ingress(ctx: XdpContext) -> u32 {
     ingress(&ctx)
 }
@@ -49,7 +53,9 @@ pub fn netmon_ingress_tc(ctx: TcContext) -> i32 {
 #[inline(always)]
 fn ingress(ctx: &XdpContext) -> u32 {
     let frame = XdpFrame(ctx);
-    let len = (ctx.data_end() - ctx.data()) as u64;
+    // SAFETY: the context is the program's own xdp_md. The linear part alone
+    // (data_end - data) would miss a multi-buffer frame's fragments.
+    let len = unsafe { bpf_xdp_get_buff_len(ctx.ctx) };
     match record::frame(ctx, Direction::Ingress, &classify(&frame), 1, len) {
         Verdict::Pass => xdp_action::XDP_PASS,
         Verdict::Drop => xdp_action::XDP_DROP,

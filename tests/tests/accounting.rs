@@ -156,6 +156,70 @@ fn counts_every_pair_exactly_with_skb_mode_xdp() -> Result<()> {
     Ok(())
 }
 
+/// Jumbo frames at native XDP: on a veth with a 9000-byte MTU, a frame longer
+/// than a page reaches the program in several buffers. netmon's XDP program is
+/// multi-buffer aware, so the kernel lets it attach there at all, and it counts
+/// each frame whole, not only its first buffer.
+#[test]
+fn jumbo_frames_count_whole_at_native_xdp() -> Result<()> {
+    let net = TestNet::create()?;
+    for host in [&net.a, &net.b] {
+        netmon_tests::netns::run(std::process::Command::new("ip").args([
+            "-n",
+            &host.netns,
+            "link",
+            "set",
+            "dev",
+            &host.iface,
+            "mtu",
+            "9000",
+        ]))?;
+    }
+    let dir = tempfile::tempdir()?;
+    let sizes = [8_900, 5_000, 4_000, 100];
+    let run = observe(&net, dir.path(), "jumbo", "xdp", || {
+        Flow::udp(&net.b, &net.a).port(5400).sizes(&sizes).send()?;
+        Flow::udp(&net.b, &net.a)
+            .to(net.a.ipv6)
+            .port(5400)
+            .sizes(&sizes)
+            .send()?;
+        Ok(Expected::new())
+    })?;
+    assert!(
+        run.output
+            .iter()
+            .any(|l| l.contains("(native XDP, TC egress)")),
+        "{:?}",
+        run.output
+    );
+    // Every datagram arrived as one frame of its full length: jumbo frames,
+    // not IP fragments, so tcpdump's frames are the ones XDP saw.
+    let udp_in: Vec<Counter> = run
+        .tcpdump
+        .iter()
+        .filter(|(((_, _, p), d), _)| *p == 17 && *d == Direction::Ingress)
+        .map(|(_, c)| *c)
+        .collect();
+    let payload: u64 = sizes.iter().map(|&s| s as u64).sum();
+    let headers = |ip_header: u64| sizes.len() as u64 * (14 + ip_header + 8);
+    assert_eq!(
+        udp_in,
+        vec![
+            Counter {
+                frames: 4,
+                bytes: payload + headers(20)
+            },
+            Counter {
+                frames: 4,
+                bytes: payload + headers(40)
+            }
+        ]
+    );
+    assert_eq!(run.detail, run.tcpdump);
+    Ok(())
+}
+
 fn counts_every_pair_exactly_and_keeps_totals_across_restarts(
     ingress: &str,
     announced: &str,

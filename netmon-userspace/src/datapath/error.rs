@@ -12,7 +12,7 @@ pub enum DatapathError {
     #[error("the kernel refused to load eBPF programs ({0}): run netmon as root, or give it CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON")]
     Permission(String),
     /// Loading the object failed for another reason.
-    #[error("loading netmon's eBPF object failed: {0}; netmon needs a kernel with BPF, BTF and JIT (Linux 5.15 or newer)")]
+    #[error("loading netmon's eBPF object failed: {0}; netmon needs a kernel with BPF, BTF and JIT (Linux 5.18 or newer)")]
     Load(EbpfError),
     /// The embedded object lacks a program (a build problem).
     #[error("the embedded eBPF object has no program '{0}': rebuild with `cargo xtask build`")]
