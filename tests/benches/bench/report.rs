@@ -132,8 +132,10 @@ impl Row {
 /// Prints the table and writes it to target/bench/report.md; a full run of
 /// every section also replaces the results in tests/benches/BENCHMARKS.md.
 pub fn write(rows: &[Row], scale: Scale, every_section: bool) {
+    let model = cpu_model();
     let mut md = String::new();
-    writeln!(md, "{}\n", machine(scale)).unwrap();
+    writeln!(md, "### {model}\n").unwrap();
+    writeln!(md, "{}\n", machine(&model, scale)).unwrap();
     writeln!(md, "| metric | netmon | reference | ratio | target |").unwrap();
     writeln!(md, "|---|---|---|---|---|").unwrap();
     for row in rows {
@@ -144,15 +146,16 @@ pub fn write(rows: &[Row], scale: Scale, every_section: bool) {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("report.md"), &md).unwrap();
     if every_section && !scale.quick {
-        record(&md);
+        record(&model, &md);
     }
 }
 
 const BEGIN: &str = "<!-- results: written by `cargo xtask bench` -->";
 const END: &str = "<!-- end of results -->";
 
-/// Puts `md` between the markers of BENCHMARKS.md.
-fn record(md: &str) {
+/// Puts `md` between the markers of BENCHMARKS.md, in place of the results
+/// of the same CPU model; the other models' results stay.
+fn record(model: &str, md: &str) {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/BENCHMARKS.md");
     let Ok(text) = std::fs::read_to_string(&path) else {
         return;
@@ -164,21 +167,46 @@ fn record(md: &str) {
         );
         return;
     };
-    let updated = format!("{}{BEGIN}\n{md}{}", &text[..begin], &text[end..]);
+    let heading = format!("### {model}\n");
+    // One section per CPU model, each under its heading.
+    let mut sections: Vec<String> = Vec::new();
+    for line in text[begin + BEGIN.len()..end].split_inclusive('\n') {
+        match sections.last_mut() {
+            Some(section) if !line.starts_with("### ") => section.push_str(line),
+            _ => sections.push(line.to_string()),
+        }
+    }
+    sections.retain(|s| s.starts_with("### ") && !s.starts_with(&heading));
+    sections.push(md.to_string());
+    sections.sort();
+    let updated = format!(
+        "{}{BEGIN}\n{}{}",
+        &text[..begin],
+        sections
+            .iter()
+            .map(|s| format!("{}\n", s.trim_end()))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        &text[end..]
+    );
     std::fs::write(&path, updated).unwrap();
     eprintln!("bench: results recorded in {}", path.display());
 }
 
-/// One line naming the machine, kernel and run.
-fn machine(scale: Scale) -> String {
+/// The CPU's model name, as /proc/cpuinfo gives it.
+fn cpu_model() -> String {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
+    cpuinfo
         .lines()
         .find_map(|l| l.strip_prefix("model name"))
         .and_then(|l| l.split(':').nth(1))
         .unwrap_or("unknown CPU")
         .trim()
-        .to_string();
+        .to_string()
+}
+
+/// One line naming the machine, kernel and run.
+fn machine(model: &str, scale: Scale) -> String {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let memory = std::fs::read_to_string("/proc/meminfo")

@@ -56,13 +56,18 @@ pub fn load_shipped(max_pairs: u32) -> Ebpf {
 pub fn load_with_bench_programs(max_pairs: u32) -> Ebpf {
     let mut ebpf =
         datapath::load_test_object(&options(max_pairs)).expect("load netmon (run as root)");
-    for name in [BASELINE_XDP, BENCH_FLOWS_XDP] {
+    for name in [
+        BASELINE_XDP,
+        BENCH_FLOWS_XDP,
+        MINIMAL_XDP,
+        MINIMAL_FLOWS_XDP,
+    ] {
         datapath::program::<Xdp>(&mut ebpf, name)
             .unwrap()
             .load()
             .unwrap();
     }
-    for name in [BASELINE_TC, BENCH_FLOWS_TC] {
+    for name in [BASELINE_TC, BENCH_FLOWS_TC, MINIMAL_TC, MINIMAL_FLOWS_TC] {
         datapath::program::<SchedClassifier>(&mut ebpf, name)
             .unwrap()
             .load()
@@ -153,6 +158,14 @@ pub const BASELINE_TC: &str = "baseline_tc";
 pub const BENCH_FLOWS_XDP: &str = "bench_flows_xdp";
 /// netmon's egress program on the bench walk's next flow each run.
 pub const BENCH_FLOWS_TC: &str = "bench_flows_tc";
+/// The minimal per-pair counter at XDP: parse, per-CPU hash lookup-or-insert, add.
+pub const MINIMAL_XDP: &str = "minimal_xdp";
+/// The minimal per-pair counter at TC.
+pub const MINIMAL_TC: &str = "minimal_tc";
+/// The minimal counter at XDP on the bench walk's next flow each run.
+pub const MINIMAL_FLOWS_XDP: &str = "minimal_flows_xdp";
+/// The minimal counter at TC on the bench walk's next flow each run.
+pub const MINIMAL_FLOWS_TC: &str = "minimal_flows_tc";
 
 /// netmon's test object with [`BASELINE_TC`] attached at a's TC ingress; dropping
 /// it detaches the program.
