@@ -58,6 +58,8 @@ pub struct Config {
     pub bpffs: PathBuf,
     /// Leave the programs attached at the stop.
     pub keep_attached: bool,
+    /// Re-reads the configuration file on SIGHUP, when there is one.
+    pub reload: Option<std::sync::Arc<crate::config::Reloader>>,
 }
 
 /// Runs the daemon until SIGINT or SIGTERM, or until its interface is gone.
@@ -202,7 +204,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 }
             }
             _ = policy_check.tick() => daemon.reload(false),
-            _ = sighup.recv() => daemon.reload(true),
+            _ = sighup.recv() => {
+                if let Some(reload) = &config.reload {
+                    match reload.read() {
+                        Ok(options) => {
+                            if options.interval != ticker.period() {
+                                ticker = tokio::time::interval_at(
+                                    tokio::time::Instant::now() + options.interval,
+                                    options.interval,
+                                );
+                                ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                            }
+                            daemon.set_options(&options, &config.tz);
+                            log::info!("configuration reloaded");
+                        }
+                        Err(e) => log::error!("configuration not reloaded: {e}; the options in force stay"),
+                    }
+                }
+                daemon.reload(true);
+            }
             Some(incoming) = listener.next() => {
                 let response = daemon.handle(incoming.request);
                 let _ = incoming.reply.send(response);
