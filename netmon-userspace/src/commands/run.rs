@@ -9,7 +9,7 @@ use jiff::tz::TimeZone;
 use netmon_common::maps::DEFAULT_MAX_PAIRS;
 
 use crate::{
-    config, daemon,
+    config, control, daemon,
     datapath::{pins::DEFAULT_BPFFS, Granularity, IngressHook},
     logs::Files,
     policy::Period,
@@ -81,6 +81,14 @@ pub struct RunArgs {
     /// counting and enforcing, for the next `netmon run` to adopt (upgrades).
     #[arg(long)]
     pub keep_attached: bool,
+    /// Group of the control socket (name or gid): its members read rules and
+    /// quotas [default: netmon, where it exists; else root only].
+    #[arg(long)]
+    pub socket_group: Option<String>,
+    /// Group (name or gid) whose members may also change the policy
+    /// [default: netmon-admin, where it exists].
+    #[arg(long)]
+    pub admin_group: Option<String>,
     /// Write to the targets of log paths that are symbolic links (resolved once,
     /// at start); without it, such a path is refused.
     #[arg(long)]
@@ -146,5 +154,9 @@ fn to_config(args: RunArgs) -> anyhow::Result<daemon::Config> {
         bpffs: args.bpffs,
         keep_attached: args.keep_attached,
         reload: None,
+        access: control::Access::resolve(
+            args.socket_group.as_deref(),
+            args.admin_group.as_deref(),
+        )?,
     })
 }

@@ -60,6 +60,8 @@ pub struct Config {
     pub keep_attached: bool,
     /// Re-reads the configuration file on SIGHUP, when there is one.
     pub reload: Option<std::sync::Arc<crate::config::Reloader>>,
+    /// Who may read and change the policy through the control socket.
+    pub access: control::Access,
 }
 
 /// Runs the daemon until SIGINT or SIGTERM, or until its interface is gone.
@@ -129,7 +131,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         enforcer
             .apply(&mut kernel, SystemClock.now())
             .map_err(|e| anyhow::anyhow!("the policy cannot be enforced: {e}"))?;
-        control::Listener::bind(iface, &claim)
+        control::Listener::bind(iface, &claim, config.access)
     })();
     let mut listener = match started {
         Ok(listener) => listener,
