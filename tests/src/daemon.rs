@@ -21,6 +21,26 @@ pub fn binary() -> PathBuf {
         })
 }
 
+/// `setpriv` with the ids of `who` (user, group, supplementary groups).
+pub fn setpriv((uid, gid, groups): (u32, u32, &[u32])) -> Vec<String> {
+    let groups = match groups {
+        [] => "--clear-groups".to_string(),
+        some => format!(
+            "--groups={}",
+            some.iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+    };
+    vec![
+        "setpriv".into(),
+        format!("--reuid={uid}"),
+        format!("--regid={gid}"),
+        groups,
+    ]
+}
+
 /// A field of `/proc/PID/status` in KiB (`VmRSS:`, `VmHWM:`, …).
 pub fn status_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -96,20 +116,11 @@ impl Netmon {
     /// Runs a `netmon` CLI command against this daemon as `uid`:`gid` with
     /// the supplementary `groups` (numeric ids, no user database needed), in
     /// its mount namespace, where its /run/netmon is.
-    pub fn cli(&self, (uid, gid, groups): (u32, u32, &[u32]), args: &[&str]) -> Result<Output> {
-        let groups: Vec<String> = groups.iter().map(u32::to_string).collect();
-        let mut command = std::process::Command::new("nsenter");
-        command
+    pub fn cli(&self, who: (u32, u32, &[u32]), args: &[&str]) -> Result<Output> {
+        std::process::Command::new("nsenter")
             .arg(format!("--mount=/proc/{}/ns/mnt", self.pid()))
-            .args(["--", "setpriv"])
-            .arg(format!("--reuid={uid}"))
-            .arg(format!("--regid={gid}"));
-        if groups.is_empty() {
-            command.arg("--clear-groups");
-        } else {
-            command.arg(format!("--groups={}", groups.join(",")));
-        }
-        command
+            .arg("--")
+            .args(setpriv(who))
             .arg(binary())
             .args(args)
             .output()

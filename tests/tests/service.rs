@@ -17,7 +17,12 @@ use std::{
 use anyhow::{ensure, Context as _, Result};
 use netmon::{accounting::Ledger, logs::state};
 use netmon_common::Counter;
-use netmon_tests::{daemon::binary, mounts::TempMount, traffic::frame_len, Flow, Netmon, TestNet};
+use netmon_tests::{
+    daemon::{binary, setpriv},
+    mounts::TempMount,
+    traffic::frame_len,
+    Flow, Netmon, TestNet,
+};
 
 /// Numeric ids with no entry in this machine's user database.
 const SOCKET_GID: u32 = 64711;
@@ -311,13 +316,10 @@ fn perl_client(
     iface: &str,
     script: &str,
 ) -> Result<std::process::Child> {
-    let groups: Vec<String> = who.2.iter().map(u32::to_string).collect();
     Command::new("nsenter")
         .arg(format!("--mount=/proc/{}/ns/mnt", daemon.pid()))
-        .args(["--", "setpriv"])
-        .arg(format!("--reuid={}", who.0))
-        .arg(format!("--regid={}", who.1))
-        .arg(format!("--groups={}", groups.join(",")))
+        .arg("--")
+        .args(setpriv(who))
         .args(["perl", "-MIO::Socket::UNIX", "-e"])
         .arg(format!(
             "$| = 1; $SIG{{PIPE}} = 'IGNORE'; my $s = IO::Socket::UNIX->new(Peer => '/run/netmon/{iface}.sock') or die \"connect: $!\"; print \"connected\\n\"; {script}"
@@ -465,6 +467,48 @@ fn netmon_runs_as_an_unprivileged_user_with_only_its_three_capabilities() -> Res
             "{file}"
         );
     }
+
+    // Reports: the group of the state directory reads the detail log (0640).
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o750))?;
+    let detail = dir.path().join("detail.jsonl");
+    let report = |who: (u32, u32, &[u32])| -> Result<Output> {
+        let setpriv = setpriv(who);
+        Ok(Command::new(&setpriv[0])
+            .args(&setpriv[1..])
+            .arg(binary())
+            .args(["report", "top", "--format", "json", "--detail-log"])
+            .arg(&detail)
+            .output()?)
+    };
+    let out = report((64803, 64803, &[NETMON_UID]))?;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let top: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let pair = top
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["src"] == net.b.ipv4.to_string() && p["dst"] == net.a.ipv4.to_string())
+        .context("b → a in the report")?;
+    assert_eq!(
+        (pair["frames"].as_u64(), pair["bytes"].as_u64()),
+        (
+            Some(3),
+            Some(sizes.iter().map(|s| frame_len(dst, *s)).sum())
+        ),
+        "a member of the group reads the report"
+    );
+    let out = report(OUTSIDER)?;
+    assert_eq!(
+        (out.status.success(), text(&out.stderr)),
+        (
+            false,
+            format!(
+                "netmon: error: {}: Permission denied (os error 13); point --detail-log at netmon's detail log\n",
+                detail.display()
+            )
+        ),
+        "someone outside the group cannot"
+    );
     Ok(())
 }
 
