@@ -99,6 +99,13 @@ fn config_check_names_the_file_and_line_of_each_problem() -> Result<()> {
         let got = check("bad.toml", content)?;
         assert_eq!(got, (false, String::new(), at("bad.toml", line, reason)), "{content}");
     }
+    let no_interface = dir.path().join("no-interface.toml");
+    std::fs::write(&no_interface, "interval = \"5s\"\n")?;
+    let out = netmon(&["run", "--config", no_interface.to_str().unwrap()])?;
+    assert_eq!(
+        text(&out.stderr),
+        "netmon: error: no interface to watch: give --iface IF, or [[interface]] name = \"IF\" in the configuration file\n"
+    );
     let missing = dir.path().join("missing.toml");
     let out = netmon(&["config", "check", missing.to_str().unwrap()])?;
     assert_eq!(

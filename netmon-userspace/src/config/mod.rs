@@ -225,3 +225,66 @@ impl std::fmt::Debug for Reloader {
         f.write_str("Reloader")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Options of their own, so that their variables meet no other test's.
+    #[derive(Debug, clap::Args)]
+    struct Options {
+        #[arg(long)]
+        layer_test_a: Option<String>,
+        #[arg(long)]
+        layer_test_b: Option<String>,
+        #[arg(long, default_value = "default")]
+        layer_test_c: String,
+        #[arg(long)]
+        layer_test_flag: bool,
+    }
+
+    #[test]
+    fn the_command_line_wins_over_the_environment_which_wins_over_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("netmon.toml");
+        std::fs::write(
+            &file,
+            "layer_test_a = \"file\"\nlayer_test_b = \"file\"\nlayer_test_c = \"file\"\nlayer_test_flag = true\n",
+        )
+        .unwrap();
+        std::env::set_var("NETMON_LAYER_TEST_B", "environment");
+        std::env::set_var("NETMON_LAYER_TEST_A", "environment");
+        let cli = vec![OsString::from("--layer-test-a=command line")];
+        let (options, layers) = Layers::resolve::<Options>(&file, cli).unwrap();
+        assert_eq!(
+            (
+                options.layer_test_a.as_deref(),
+                options.layer_test_b.as_deref(),
+                options.layer_test_c.as_str(),
+                options.layer_test_flag
+            ),
+            (Some("command line"), Some("environment"), "file", true)
+        );
+
+        // A reload sees the file as it is now, under the same layers above it.
+        std::fs::write(&file, "layer_test_a = \"new\"\nlayer_test_c = \"new\"\n").unwrap();
+        let (options, waiting) = layers.reload::<Options>().unwrap();
+        assert_eq!(
+            (
+                options.layer_test_a.as_deref(),
+                options.layer_test_c.as_str(),
+                options.layer_test_flag
+            ),
+            (Some("command line"), "new", false)
+        );
+        assert_eq!(waiting, ["layer_test_c", "layer_test_flag"]);
+        std::fs::write(&file, "layer_test_c = 5s\n").unwrap();
+        assert_eq!(
+            layers.reload::<Options>().unwrap_err().to_string(),
+            format!(
+                "{}:1: string values must be quoted, expected literal string",
+                file.display()
+            )
+        );
+    }
+}
