@@ -86,6 +86,7 @@ fn config_check_names_the_file_and_line_of_each_problem() -> Result<()> {
         ("quiet = true\nintervall = \"5s\"\n", 2, "unknown option 'intervall'; the keys are the options of `netmon run --help`, with '_' for '-'"),
         ("detail-log = \"d.jsonl\"\n", 1, "unknown option 'detail-log'; write it with '_': detail_log"),
         ("quiet = \"yes\"\n", 1, "quiet: write true or false"),
+        ("interval = 1.5\n", 1, "interval: write it as a string, not as a TOML float"),
         ("max_pairs = 0\n", 1, "max_pairs: invalid value '0' for '--max-pairs <MAX_PAIRS>': 0 is not in 1..=4294967295"),
         ("ingress = \"fast\"\n", 1, "ingress: invalid value 'fast' for '--ingress <INGRESS>' [possible values: auto, xdp, xdp-skb, tc]"),
         ("reset_state = true\n", 1, "'reset_state': reset_state would start from zero at every start; give --reset-state once on the command line"),

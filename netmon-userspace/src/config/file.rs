@@ -177,7 +177,7 @@ fn option(
             DeValue::String(s) => Ok(s.to_string()),
             DeValue::Integer(i) => Ok(i.as_str().to_string()),
             other => Err(format!(
-                "{name}: a {} is no value for --{long}; write it as a string",
+                "{name}: write it as a string, not as a TOML {}",
                 other.type_str()
             )),
         }
