@@ -208,20 +208,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             _ = policy_check.tick() => daemon.reload(false),
             _ = sighup.recv() => {
                 if let Some(reload) = &config.reload {
-                    match reload.read() {
-                        Ok(options) => {
-                            if options.interval != ticker.period() {
-                                ticker = tokio::time::interval_at(
-                                    tokio::time::Instant::now() + options.interval,
-                                    options.interval,
-                                );
-                                ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                            }
-                            daemon.set_options(&options, &config.tz);
-                            log::info!("configuration reloaded");
-                        }
-                        Err(e) => log::error!("configuration not reloaded: {e}; the options in force stay"),
-                    }
+                    reload_options(reload, &mut ticker, &mut daemon, &config.tz);
                 }
                 daemon.reload(true);
             }
@@ -274,4 +261,29 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// On SIGHUP: takes the options of the configuration file that change
+/// without a restart; an invalid file changes nothing.
+fn reload_options(
+    reload: &crate::config::Reloader,
+    ticker: &mut tokio::time::Interval,
+    daemon: &mut Daemon<Attached, SystemClock>,
+    tz: &TimeZone,
+) {
+    match reload.read() {
+        Ok(options) => {
+            if options.interval != ticker.period() {
+                // The next poll one new interval from now.
+                *ticker = tokio::time::interval_at(
+                    tokio::time::Instant::now() + options.interval,
+                    options.interval,
+                );
+                ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            }
+            daemon.set_options(&options, tz);
+            log::info!("configuration reloaded");
+        }
+        Err(e) => log::error!("configuration not reloaded: {e}; the options in force stay"),
+    }
 }
