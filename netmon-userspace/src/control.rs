@@ -16,6 +16,9 @@ use crate::{
     policy::{Quota, Rule},
 };
 
+mod access;
+pub use access::{Access, AccessError, Peer, ADMIN_GROUP, SOCKET_GROUP};
+
 /// Where daemons put their sockets: `/run/netmon/<iface>.sock`.
 pub const SOCKET_DIR: &str = "/run/netmon";
 
@@ -59,6 +62,21 @@ pub enum Request {
     },
     /// List quotas.
     Quotas,
+}
+
+impl Request {
+    /// True for the requests that change the policy, which need more than
+    /// the socket group (see [`Access`]).
+    pub fn changes_policy(&self) -> bool {
+        match self {
+            Request::Rules | Request::Quotas => false,
+            Request::AddRule { .. }
+            | Request::RemoveRule { .. }
+            | Request::SetQuota { .. }
+            | Request::ResetQuota { .. }
+            | Request::RemoveQuota { .. } => true,
+        }
+    }
 }
 
 /// The daemon's answer: `{"ok": …}` or `{"error": "…"}`.
@@ -126,12 +144,14 @@ pub fn ask(iface: Option<&str>, request: &Request) -> anyhow::Result<Answer> {
         Some(iface) => socket_path(iface),
         None => only_socket()?,
     };
-    let mut stream = UnixStream::connect(&path).with_context(|| {
-        format!(
-            "no netmon daemon answers on {} (start it with `netmon run --iface IF`, as root)",
+    let mut stream = match UnixStream::connect(&path) {
+        Ok(stream) => stream,
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => bail!("{}", denied(&path)),
+        Err(e) => bail!(
+            "no netmon daemon answers on {} ({e}); start it with `netmon run --iface IF`, as root",
             path.display()
-        )
-    })?;
+        ),
+    };
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut line = serde_json::to_string(request)?;
     line.push('\n');
@@ -148,8 +168,23 @@ pub fn ask(iface: Option<&str>, request: &Request) -> anyhow::Result<Answer> {
     }
 }
 
+/// Why a user may not connect, and the fix.
+fn denied(path: &Path) -> String {
+    format!(
+        "permission denied on {}: reading needs the group {SOCKET_GROUP}, changing the policy \
+         root or the group {ADMIN_GROUP}; ask an administrator to add you (usermod -aG {SOCKET_GROUP} USER)",
+        path.display()
+    )
+}
+
 fn only_socket() -> anyhow::Result<PathBuf> {
-    let sockets: Vec<PathBuf> = std::fs::read_dir(SOCKET_DIR)
+    let dir = match std::fs::read_dir(SOCKET_DIR) {
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            bail!("{}", denied(Path::new(SOCKET_DIR)))
+        }
+        dir => dir,
+    };
+    let sockets: Vec<PathBuf> = dir
         .map(|dir| {
             dir.filter_map(Result::ok)
                 .map(|e| e.path())
@@ -169,6 +204,9 @@ fn only_socket() -> anyhow::Result<PathBuf> {
 
 /// The largest request the daemon reads: a blocklist of a million CIDRs.
 pub const MAX_REQUEST: u64 = 64 << 20;
+/// The largest request it reads from a client that may only read: enough
+/// for any listing request, and no memory for untrusted clients to fill.
+pub const MAX_READER_REQUEST: u64 = 4 << 10;
 /// How long a client may take to send its request, and to take the answer.
 const CLIENT_TIME: Duration = Duration::from_secs(5);
 /// Connections served at once; more wait for one of them to end.
@@ -287,13 +325,15 @@ pub struct Listener {
 }
 
 impl Listener {
-    /// Binds `/run/netmon/<iface>.sock`, mode 0600, replacing a stale socket
-    /// (the [`Claim`] says no daemon owns it), and serves clients concurrently:
-    /// each has `CLIENT_TIME` to send one request of at most [`MAX_REQUEST`]
-    /// bytes and to take the answer, so an idle or slow client delays no one.
-    pub fn bind(iface: &str, _claim: &Claim) -> anyhow::Result<Listener> {
+    /// Binds `/run/netmon/<iface>.sock`, replacing a stale socket (the
+    /// [`Claim`] says no daemon owns it), mode 0660 for the socket group
+    /// (0600 without one), and serves clients concurrently: each has
+    /// `CLIENT_TIME` to send one request of at most [`MAX_REQUEST`] bytes
+    /// and to take the answer, so an idle or slow client delays no one. Each
+    /// request is checked against the peer's credentials first.
+    pub fn bind(iface: &str, _claim: &Claim, access: Access) -> anyhow::Result<Listener> {
         use std::os::unix::fs::PermissionsExt;
-        private_dir()?;
+        let dir = private_dir()?;
         let path = socket_path(iface);
         match std::fs::remove_file(&path) {
             Ok(()) => {}
@@ -302,7 +342,23 @@ impl Listener {
         }
         let listener = tokio::net::UnixListener::bind(&path)
             .with_context(|| format!("binding the control socket {}", path.display()))?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        match access.socket_group {
+            None => std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?,
+            Some(gid) => {
+                // The group enters the directory and connects; it can neither
+                // list other files there nor write them.
+                let group = Some(nix::unistd::Gid::from_raw(gid));
+                for (place, mode) in [(&path, 0o660), (&dir.to_path_buf(), 0o750)] {
+                    nix::unistd::chown(place.as_path(), None, group).with_context(|| {
+                        format!(
+                            "giving {} to gid {gid}; run netmon as root or as a member of that group",
+                            place.display()
+                        )
+                    })?;
+                    std::fs::set_permissions(place, std::fs::Permissions::from_mode(mode))?;
+                }
+            }
+        }
         let (sender, requests) = tokio::sync::mpsc::channel(CONNECTIONS);
         let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(CONNECTIONS));
         let accept = tokio::spawn(async move {
@@ -321,7 +377,7 @@ impl Listener {
                 };
                 let sender = sender.clone();
                 tokio::spawn(async move {
-                    serve(stream, sender).await;
+                    serve(stream, sender, access).await;
                     drop(slot);
                 });
             }
@@ -346,31 +402,47 @@ impl Drop for Listener {
     }
 }
 
-/// Reads one request, hands it to the daemon and writes its answer back.
-async fn serve(stream: tokio::net::UnixStream, daemon: tokio::sync::mpsc::Sender<Incoming>) {
+/// Reads one request, checks that the peer may send it, hands it to the
+/// daemon and writes its answer back.
+async fn serve(
+    stream: tokio::net::UnixStream,
+    daemon: tokio::sync::mpsc::Sender<Incoming>,
+    access: Access,
+) {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt};
-    let mut reader = tokio::io::BufReader::new(stream).take(MAX_REQUEST + 1);
+    let Ok(peer) = Peer::of(&stream) else {
+        return;
+    };
+    let limit = if access.admin(&peer) {
+        MAX_REQUEST
+    } else {
+        MAX_READER_REQUEST
+    };
+    let mut reader = tokio::io::BufReader::new(stream).take(limit + 1);
     let mut line = Vec::new();
     let read = tokio::time::timeout(CLIENT_TIME, reader.read_until(b'\n', &mut line)).await;
     let stream = reader.into_inner().into_inner();
     let response = match read {
         Err(_) => return, // too slow: nothing to answer
         Ok(Err(_)) => return,
-        Ok(Ok(_)) if line.len() as u64 > MAX_REQUEST => Response::Error(format!(
-            "bad request: longer than {MAX_REQUEST} bytes; import big lists from a file in the policy"
+        Ok(Ok(_)) if line.len() as u64 > limit => Response::Error(format!(
+            "bad request: longer than {limit} bytes; import big lists from a file in the policy"
         )),
         Ok(Ok(_)) => match parse_strict(&line) {
             Err(e) => Response::Error(format!("bad request: {e}")),
-            Ok(request) => {
-                let (reply, answer) = tokio::sync::oneshot::channel();
-                if daemon.send(Incoming { request, reply }).await.is_err() {
-                    return; // the daemon is stopping
+            Ok(request) => match access.refusal(&peer, &request) {
+                Some(refused) => Response::Error(refused),
+                None => {
+                    let (reply, answer) = tokio::sync::oneshot::channel();
+                    if daemon.send(Incoming { request, reply }).await.is_err() {
+                        return; // the daemon is stopping
+                    }
+                    match answer.await {
+                        Ok(response) => response,
+                        Err(_) => return,
+                    }
                 }
-                match answer.await {
-                    Ok(response) => response,
-                    Err(_) => return,
-                }
-            }
+            },
         },
     };
     let _ = tokio::time::timeout(CLIENT_TIME, answer(stream, response)).await;

@@ -6,6 +6,7 @@ pub mod alerts;
 pub mod analysis;
 pub mod capture;
 pub mod commands;
+pub mod config;
 pub mod console;
 pub mod control;
 pub mod crosscheck;

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use netmon::{commands, policy::Action};
 
 /// Kernel-accelerated network bandwidth monitor and enforcer: per-IP-pair
@@ -35,6 +35,21 @@ enum Command {
     Analyze(commands::analyze::AnalyzeArgs),
     /// Reports from a detail log: hierarchy, io, conversations, top.
     Report(commands::report::ReportArgs),
+    /// The configuration file (/etc/netmon/netmon.toml).
+    #[command(subcommand)]
+    Config(commands::config::ConfigCommand),
+    /// Print the shell completion script (bash, zsh, fish).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff): `netmon man | man -l -`.
+    Man,
+}
+
+/// The command line as parsed: `run`'s options also from NETMON_* variables.
+fn command() -> clap::Command {
+    Cli::command().mut_subcommand("run", netmon::config::with_env)
 }
 
 fn main() -> ExitCode {
@@ -42,7 +57,7 @@ fn main() -> ExitCode {
         .format_timestamp(None)
         .format_target(false)
         .init();
-    let cli = Cli::parse();
+    let cli = Cli::from_arg_matches(&command().get_matches()).unwrap_or_else(|e| e.exit());
     if !matches!(cli.command, Command::Run(_)) {
         // A listing piped into `head` ends quietly, as other tools do; the
         // daemon keeps ignoring SIGPIPE and drops its summary line instead.
@@ -59,6 +74,9 @@ fn main() -> ExitCode {
         Command::Quota(command) => commands::quota::run(&command),
         Command::Analyze(args) => commands::analyze::run(&args),
         Command::Report(args) => commands::report::run(&args),
+        Command::Config(command) => commands::config::run(&command),
+        Command::Completions { shell } => commands::manual::completions(shell, command()),
+        Command::Man => commands::manual::man(command()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -21,6 +21,26 @@ pub fn binary() -> PathBuf {
         })
 }
 
+/// `setpriv` with the ids of `who` (user, group, supplementary groups).
+pub fn setpriv((uid, gid, groups): (u32, u32, &[u32])) -> Vec<String> {
+    let groups = match groups {
+        [] => "--clear-groups".to_string(),
+        some => format!(
+            "--groups={}",
+            some.iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+    };
+    vec![
+        "setpriv".into(),
+        format!("--reuid={uid}"),
+        format!("--regid={gid}"),
+        groups,
+    ]
+}
+
 /// A field of `/proc/PID/status` in KiB (`VmRSS:`, `VmHWM:`, …).
 pub fn status_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -52,6 +72,9 @@ impl Netmon {
             quiet: true,
             echo: false,
             args: Vec::new(),
+            private_run: false,
+            user: None,
+            env: Vec::new(),
         }
     }
 
@@ -88,6 +111,20 @@ impl Netmon {
             bail!("netmon exited with {status}: {:?}", self.stderr);
         }
         Ok(std::mem::take(&mut self.stderr))
+    }
+
+    /// Runs a `netmon` CLI command against this daemon as `uid`:`gid` with
+    /// the supplementary `groups` (numeric ids, no user database needed), in
+    /// its mount namespace, where its /run/netmon is.
+    pub fn cli(&self, who: (u32, u32, &[u32]), args: &[&str]) -> Result<Output> {
+        std::process::Command::new("nsenter")
+            .arg(format!("--mount=/proc/{}/ns/mnt", self.pid()))
+            .arg("--")
+            .args(setpriv(who))
+            .arg(binary())
+            .args(args)
+            .output()
+            .context("running the netmon CLI in the daemon's mount namespace")
     }
 
     /// Sends SIGKILL, as a crash would.
@@ -137,6 +174,9 @@ pub struct Launch<'h> {
     quiet: bool,
     echo: bool,
     args: Vec<String>,
+    private_run: bool,
+    user: Option<(u32, u32)>,
+    env: Vec<(String, String)>,
 }
 
 impl Launch<'_> {
@@ -189,6 +229,38 @@ impl Launch<'_> {
         self
     }
 
+    /// Runs netmon in a mount namespace of its own with a fresh tmpfs on
+    /// /run/netmon, so that its control socket and claim are apart from
+    /// every other daemon's; [`Netmon::cli`] reaches it there.
+    pub fn private_run_dir(mut self) -> Self {
+        self.private_run = true;
+        self
+    }
+
+    /// Runs netmon as `uid`:`gid`, no supplementary groups, with only
+    /// CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (ambient), as the systemd unit
+    /// does; its private /run/netmon is then that user's.
+    pub fn as_user(mut self, uid: u32, gid: u32) -> Self {
+        self.private_run = true;
+        self.user = Some((uid, gid));
+        self
+    }
+
+    /// Gives netmon no option but those of [`Launch::args`]: no interface, no
+    /// interval, no --quiet (for options from a configuration file).
+    pub fn without_defaults(mut self) -> Self {
+        self.iface.clear();
+        self.interval = None;
+        self.quiet = false;
+        self
+    }
+
+    /// Sets an environment variable of netmon's (`NETMON_INTERVAL`, …).
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
     /// Further arguments of `netmon run`.
     pub fn args(mut self, args: &[&str]) -> Self {
         self.args.extend(args.iter().map(|a| a.to_string()));
@@ -197,7 +269,10 @@ impl Launch<'_> {
 
     /// Everything after `netmon`.
     fn command_line(&self) -> Vec<&str> {
-        let mut line = vec!["run", "--iface", &self.iface];
+        let mut line = vec!["run"];
+        if !self.iface.is_empty() {
+            line.extend(["--iface", &self.iface]);
+        }
         if let Some(interval) = &self.interval {
             line.extend(["--interval", interval]);
         }
@@ -208,13 +283,52 @@ impl Launch<'_> {
         line
     }
 
+    /// `ip netns exec … netmon run …`, within a private /run/netmon and as
+    /// another user when asked.
+    fn daemon_command(&self) -> Result<std::process::Command> {
+        let binary = binary();
+        let binary = binary.to_str().context("binary path")?;
+        let mut words: Vec<String> = Vec::new();
+        if let Some((uid, gid)) = self.user {
+            let caps = "-all,+bpf,+net_admin,+perfmon";
+            words.extend([
+                "setpriv".into(),
+                format!("--reuid={uid}"),
+                format!("--regid={gid}"),
+                "--clear-groups".into(),
+                format!("--inh-caps={caps}"),
+                format!("--ambient-caps={caps}"),
+                format!("--bounding-set={caps}"),
+            ]);
+        }
+        words.push(binary.into());
+        let mut command = if self.private_run {
+            let owner = self.user.map_or(0, |(uid, _)| uid);
+            let mut c = std::process::Command::new("unshare");
+            c.args(["--mount", "--propagation", "private", "sh", "-c"])
+                .arg(
+                    "mkdir -p /run/netmon && mount -t tmpfs -o mode=0755 netmon-test /run/netmon \
+                     && chown \"$0\" /run/netmon && exec \"$@\"",
+                )
+                .arg(owner.to_string())
+                .args(["ip", "netns", "exec", &self.host.netns]);
+            c.args(&words);
+            c
+        } else {
+            let mut c = self.host.command(&words[0]);
+            c.args(&words[1..]);
+            c
+        };
+        command.args(self.command_line());
+        command.envs(self.env.iter().map(|(k, v)| (k, v)));
+        Ok(command)
+    }
+
     /// Starts the daemon and waits until both programs are attached.
     pub fn start(self) -> Result<Netmon> {
         let binary = binary();
         let mut child = self
-            .host
-            .command(binary.to_str().context("binary path")?)
-            .args(self.command_line())
+            .daemon_command()?
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

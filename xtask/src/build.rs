@@ -47,7 +47,8 @@ fn cargo(toolchain: Option<&str>) -> Command {
     cmd
 }
 
-fn status(cmd: &mut Command, what: &str) -> Result<()> {
+/// Runs `cmd`; fails naming `what` unless it succeeds.
+pub fn status(cmd: &mut Command, what: &str) -> Result<()> {
     let status = cmd.status().with_context(|| format!("starting {what}"))?;
     if !status.success() {
         bail!("{what} failed ({status})");
@@ -158,10 +159,12 @@ pub fn test(args: &[String]) -> Result<()> {
         bail!("the tests load eBPF programs and create network namespaces, so they need root: run `sudo -E cargo xtask test`");
     }
     toolchain::ensure_test_tools()?;
-    all()?;
+    // Builds netmon too.
+    let deb = crate::package::deb()?;
     status(
         cargo(None)
             .env("NETMON_BIN", netmon_binary())
+            .env("NETMON_DEB", deb)
             .args(["test", "--locked", "--release"])
             .args(args),
         "the tests",

@@ -2,6 +2,7 @@
 
 mod build;
 mod demo;
+mod package;
 mod toolchain;
 
 use std::process::ExitCode;
@@ -34,6 +35,8 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Build the Debian package (cargo-deb) into target/debian/.
+    Package,
     /// Run netmon on a throw-away two-namespace network with ~10 s of mixed traffic.
     Demo,
     /// Run each cargo-fuzz target of the user-space parsers for a while.
@@ -61,6 +64,7 @@ fn main() -> ExitCode {
         Command::Run { args } => build::all().and_then(|()| build::run_netmon(&args)),
         Command::Test { args } => build::test(&args),
         Command::Demo => demo::run(),
+        Command::Package => package::deb().map(drop),
         Command::Bench { quick, sections } => build::bench(quick, &sections),
         Command::Fuzz { seconds } => build::fuzz(seconds),
     };

@@ -114,13 +114,17 @@ fn llvm_packages(llvm: u32) -> Vec<String> {
 }
 
 /// The tools the kernel tests and the demo run: (command, Debian package).
-const TEST_TOOLS: [(&str, &str); 6] = [
+const TEST_TOOLS: [(&str, &str); 10] = [
     ("ip", "iproute2"),
     ("sysctl", "procps"),
     ("setpriv", "util-linux"),
     ("tcpdump", "tcpdump"),
     ("ethtool", "ethtool"),
     ("tshark", "tshark"),
+    ("nsenter", "util-linux"),
+    ("perl", "perl-base"),
+    ("systemd-analyze", "systemd"),
+    ("dpkg-deb", "dpkg"),
 ];
 
 /// What the benchmarks run besides the test tools: the references they compare with.
@@ -148,6 +152,7 @@ fn ensure_tools(tools: &[(&str, &str)], purpose: &str) -> Result<()> {
         .filter(|(cmd, _)| which(cmd).is_none())
         .map(|(_, pkg)| *pkg)
         .collect();
+    missing.sort_unstable();
     missing.dedup();
     if missing.is_empty() {
         return Ok(());

@@ -2,6 +2,8 @@
 
 pub mod analyze;
 pub mod block;
+pub mod config;
+pub mod manual;
 pub mod quota;
 pub mod report;
 pub mod rules;

@@ -9,7 +9,7 @@ use jiff::tz::TimeZone;
 use netmon_common::maps::DEFAULT_MAX_PAIRS;
 
 use crate::{
-    daemon,
+    config, control, daemon,
     datapath::{pins::DEFAULT_BPFFS, Granularity, IngressHook},
     logs::Files,
     policy::Period,
@@ -21,7 +21,11 @@ use crate::{
 pub struct RunArgs {
     /// Interface to monitor, e.g. eth0.
     #[arg(long)]
-    pub iface: String,
+    pub iface: Option<String>,
+    /// Configuration file (TOML) of these options, an [[interface]] and the
+    /// policy; the command line and NETMON_* variables win over it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
     /// How often to read the counters and write the logs (e.g. 10s, 500ms, 1m).
     #[arg(long, default_value = "10s", value_parser = parse_interval)]
     pub interval: Duration,
@@ -77,23 +81,64 @@ pub struct RunArgs {
     /// counting and enforcing, for the next `netmon run` to adopt (upgrades).
     #[arg(long)]
     pub keep_attached: bool,
+    /// Group of the control socket (name or gid): its members read rules and
+    /// quotas [default: netmon, where it exists; else root only].
+    #[arg(long)]
+    pub socket_group: Option<String>,
+    /// Group (name or gid) whose members may also change the policy
+    /// [default: netmon-admin, where it exists].
+    #[arg(long)]
+    pub admin_group: Option<String>,
     /// Write to the targets of log paths that are symbolic links (resolved once,
     /// at start); without it, such a path is refused.
     #[arg(long)]
     pub follow_symlinks: bool,
 }
 
-/// Runs the daemon with the options as its configuration.
+/// Runs the daemon with the options, layered over the configuration file
+/// when there is one, as its configuration.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let Some(file) = args.config.clone() else {
+        return daemon::run(to_config(args)?).await;
+    };
+    // The words after `run`: the command line, layered over the file again on SIGHUP.
+    let cli: Vec<_> = std::env::args_os().skip(2).collect();
+    let (args, layers) = config::Layers::resolve::<RunArgs>(&file, cli)?;
+    let mut daemon_config = to_config(args)?;
+    daemon_config.reload = Some(std::sync::Arc::new(config::Reloader::new(move || {
+        let (args, waiting) = layers.reload::<RunArgs>()?;
+        if !waiting.is_empty() {
+            log::warn!(
+                "{}: {} changed; that takes a restart of netmon",
+                layers.file().display(),
+                waiting.join(", ")
+            );
+        }
+        Ok(config::Reloadable {
+            interval: args.interval,
+            idle_timeout: args.idle_timeout,
+            alert_threshold: args.alert_threshold.map(|t| (t, args.alert_period)),
+        })
+    })));
+    daemon::run(daemon_config).await
+}
+
+fn to_config(args: RunArgs) -> anyhow::Result<daemon::Config> {
+    let Some(iface) = args.iface else {
+        anyhow::bail!(
+            "no interface to watch: give --iface IF, or [[interface]] name = \"IF\" in the \
+             configuration file"
+        );
+    };
     let tz = match &args.timezone {
         Some(name) => TimeZone::get(name).with_context(|| {
             format!("'{name}' is not a time zone; use an IANA name like Europe/Berlin")
         })?,
         None => TimeZone::system(),
     };
-    daemon::run(daemon::Config {
+    Ok(daemon::Config {
         files: Files::new(&args.log, args.state.clone(), &args.detail_log),
-        iface: args.iface,
+        iface,
         interval: args.interval,
         follow_symlinks: args.follow_symlinks,
         ingress: args.ingress,
@@ -108,6 +153,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         reset_state: args.reset_state,
         bpffs: args.bpffs,
         keep_attached: args.keep_attached,
+        reload: None,
+        access: control::Access::resolve(
+            args.socket_group.as_deref(),
+            args.admin_group.as_deref(),
+        )?,
     })
-    .await
 }

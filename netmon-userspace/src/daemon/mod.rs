@@ -281,6 +281,18 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
         }
     }
 
+    /// Takes the options a SIGHUP changes (the interval is the caller's).
+    pub fn set_options(&mut self, options: &crate::config::Reloadable, tz: &jiff::tz::TimeZone) {
+        self.idle_timeout = options.idle_timeout;
+        self.alarm = options
+            .alert_threshold
+            .map(|(threshold, period)| UsageAlarm {
+                threshold,
+                period,
+                tz: tz.clone(),
+            });
+    }
+
     /// False once the interface went away.
     pub fn attached(&self) -> bool {
         self.kernel.attached()

@@ -58,6 +58,10 @@ pub struct Config {
     pub bpffs: PathBuf,
     /// Leave the programs attached at the stop.
     pub keep_attached: bool,
+    /// Re-reads the configuration file on SIGHUP, when there is one.
+    pub reload: Option<std::sync::Arc<crate::config::Reloader>>,
+    /// Who may read and change the policy through the control socket.
+    pub access: control::Access,
 }
 
 /// Runs the daemon until SIGINT or SIGTERM, or until its interface is gone.
@@ -127,7 +131,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         enforcer
             .apply(&mut kernel, SystemClock.now())
             .map_err(|e| anyhow::anyhow!("the policy cannot be enforced: {e}"))?;
-        control::Listener::bind(iface, &claim)
+        control::Listener::bind(iface, &claim, config.access)
     })();
     let mut listener = match started {
         Ok(listener) => listener,
@@ -202,7 +206,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 }
             }
             _ = policy_check.tick() => daemon.reload(false),
-            _ = sighup.recv() => daemon.reload(true),
+            _ = sighup.recv() => {
+                if let Some(reload) = &config.reload {
+                    reload_options(reload, &mut ticker, &mut daemon, &config.tz);
+                }
+                daemon.reload(true);
+            }
             Some(incoming) = listener.next() => {
                 let response = daemon.handle(incoming.request);
                 let _ = incoming.reply.send(response);
@@ -252,4 +261,29 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// On SIGHUP: takes the options of the configuration file that change
+/// without a restart; an invalid file changes nothing.
+fn reload_options(
+    reload: &crate::config::Reloader,
+    ticker: &mut tokio::time::Interval,
+    daemon: &mut Daemon<Attached, SystemClock>,
+    tz: &TimeZone,
+) {
+    match reload.read() {
+        Ok(options) => {
+            if options.interval != ticker.period() {
+                // The next poll one new interval from now.
+                *ticker = tokio::time::interval_at(
+                    tokio::time::Instant::now() + options.interval,
+                    options.interval,
+                );
+                ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            }
+            daemon.set_options(&options, tz);
+            log::info!("configuration reloaded");
+        }
+        Err(e) => log::error!("configuration not reloaded: {e}; the options in force stay"),
+    }
 }

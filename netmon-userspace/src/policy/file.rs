@@ -78,7 +78,25 @@ struct RawQuota {
     matcher: RawMatch,
 }
 
-/// Reads and validates a policy file. Errors are `FILE:LINE: reason`.
+/// A configuration file (`netmon run --config`) with its policy inline, as
+/// `[[policy.block]]` and so on; its other keys are the configuration's.
+#[derive(Deserialize)]
+struct Embedded {
+    policy: RawFile,
+}
+
+/// True when `text` is a configuration file with the policy inline.
+fn embedded(text: &str) -> bool {
+    toml::de::DeTable::parse(text).is_ok_and(|table| {
+        table
+            .get_ref()
+            .iter()
+            .any(|(key, value)| key.get_ref() == "policy" && value.get_ref().is_table())
+    })
+}
+
+/// Reads and validates a policy file, or the inline policy of a
+/// configuration file. Errors are `FILE:LINE: reason`.
 pub fn load(path: &Path) -> Result<PolicySet, PolicyError> {
     let text = std::fs::read_to_string(path).map_err(|cause| PolicyError::Unreadable {
         path: path.to_path_buf(),
@@ -95,7 +113,12 @@ pub fn parse(path: &Path, text: &str) -> Result<PolicySet, PolicyError> {
         line: text[..offset.min(text.len())].matches('\n').count() + 1,
         reason: why.to_string(),
     };
-    let raw: RawFile = toml::from_str(text).map_err(|e| {
+    let raw = if embedded(text) {
+        toml::from_str::<Embedded>(text).map(|e| e.policy)
+    } else {
+        toml::from_str::<RawFile>(text)
+    };
+    let raw = raw.map_err(|e| {
         let offset = e.span().map_or(0, |s| s.start);
         at(offset, &e.message())
     })?;

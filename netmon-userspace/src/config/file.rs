@@ -1,0 +1,206 @@
+//! Reading and checking the configuration file: each key becomes the `run`
+//! option of that name, checked by the option's own parser, with the line
+//! it is on.
+
+use std::{ffi::OsString, ops::Range, path::Path};
+
+use clap::Command;
+use toml::{
+    de::{DeTable, DeValue},
+    Spanned,
+};
+
+use super::ConfigError;
+
+/// A checked configuration file: the `run` options it gives.
+#[derive(Debug)]
+pub struct ConfigFile {
+    /// Option ids with their command-line words, in file order.
+    options: Vec<(String, Vec<OsString>)>,
+}
+
+/// Keys that are no `run` option, or one the file must not hold.
+fn refused(key: &str) -> Option<&'static str> {
+    Some(match key {
+        "iface" => "interfaces are listed as [[interface]] tables with name = \"IF\"",
+        "config" => "a configuration file cannot name another; give --config on the command line",
+        "reset_state" => {
+            "reset_state would start from zero at every start; give --reset-state once on the \
+             command line"
+        }
+        "help" | "version" => "not an option of the file",
+        _ => return None,
+    })
+}
+
+impl ConfigFile {
+    /// Reads and checks `path` against the options of `run`.
+    pub fn load(path: &Path, run: &Command) -> Result<ConfigFile, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Unreadable {
+            path: path.to_path_buf(),
+            cause,
+        })?;
+        ConfigFile::parse(path, &text, run)
+    }
+
+    /// Checks `text`, the file `path`, against the options of `run`.
+    pub fn parse(path: &Path, text: &str, run: &Command) -> Result<ConfigFile, ConfigError> {
+        let at = |span: Range<usize>, reason: String| ConfigError::AtLine {
+            path: path.to_path_buf(),
+            line: text[..span.start.min(text.len())].matches('\n').count() + 1,
+            reason,
+        };
+        let table = DeTable::parse(text)
+            .map_err(|e| at(e.span().unwrap_or(0..0), e.message().trim_end().to_string()))?;
+        let mut options = Vec::new();
+        for (key, value) in table.get_ref() {
+            let (name, span) = (key.get_ref().as_ref(), key.span());
+            match name {
+                "interface" => options.push(("iface".into(), interfaces(value, &at)?)),
+                "policy" if value.get_ref().is_table() => {
+                    // The policy inline: the daemon reads it from this file,
+                    // and re-reads it on a change as it would a policy file.
+                    crate::policy::file::parse(path, text)?;
+                    options.push(("policy".into(), vec![word("policy", path.as_os_str())]));
+                }
+                _ => {
+                    if let Some(why) = refused(name) {
+                        return Err(at(span, format!("'{name}': {why}")));
+                    }
+                    let words = option(run, name, value).map_err(|why| at(value.span(), why))?;
+                    options.push((name.to_string(), words));
+                }
+            }
+        }
+        Ok(ConfigFile { options })
+    }
+
+    /// The options it gives: ids with their command-line words.
+    pub fn options(&self) -> &[(String, Vec<OsString>)] {
+        &self.options
+    }
+}
+
+fn word(long: &str, value: &std::ffi::OsStr) -> OsString {
+    let mut word = OsString::from(format!("--{long}="));
+    word.push(value);
+    word
+}
+
+/// `[[interface]]` tables: `name`, and `netns` once netmon attaches across
+/// network namespaces.
+fn interfaces(
+    value: &Spanned<DeValue<'_>>,
+    at: &dyn Fn(Range<usize>, String) -> ConfigError,
+) -> Result<Vec<OsString>, ConfigError> {
+    let Some(list) = value.get_ref().as_array() else {
+        return Err(at(
+            value.span(),
+            "interface: write each as [[interface]] with name = \"IF\"".into(),
+        ));
+    };
+    let mut words = Vec::new();
+    for (n, entry) in list.iter().enumerate() {
+        let Some(table) = entry.get_ref().as_table() else {
+            return Err(at(
+                entry.span(),
+                "interface: write each as [[interface]] with name = \"IF\"".into(),
+            ));
+        };
+        if n > 0 {
+            return Err(at(
+                entry.span(),
+                "a second [[interface]]: this netmon watches one interface per daemon; run one \
+                 daemon, with its own configuration file, per interface"
+                    .into(),
+            ));
+        }
+        let mut name = None;
+        for (key, value) in table {
+            match key.get_ref().as_ref() {
+                "name" => match value.get_ref().as_str() {
+                    Some(s) => name = Some(s.to_string()),
+                    None => {
+                        return Err(at(
+                            value.span(),
+                            "interface name: write it as a string, like name = \"eth0\"".into(),
+                        ))
+                    }
+                },
+                "netns" => {
+                    return Err(at(
+                        key.span(),
+                        "interface netns: this netmon cannot attach in another network namespace \
+                         yet; run it inside the namespace (ip netns exec NS netmon run …)"
+                            .into(),
+                    ))
+                }
+                other => {
+                    return Err(at(
+                        key.span(),
+                        format!(
+                            "interface: unknown key '{other}'; an interface has name and netns"
+                        ),
+                    ))
+                }
+            }
+        }
+        let name = name.ok_or_else(|| {
+            at(
+                entry.span(),
+                "[[interface]] without a name: add name = \"IF\"".into(),
+            )
+        })?;
+        words.push(word("iface", name.as_ref()));
+    }
+    Ok(words)
+}
+
+/// The command-line words of option `name` set to `value`, checked by its parser.
+fn option(
+    run: &Command,
+    name: &str,
+    value: &Spanned<DeValue<'_>>,
+) -> Result<Vec<OsString>, String> {
+    let Some(arg) = run.get_arguments().find(|a| a.get_id() == name) else {
+        let hint = if name.contains('-') {
+            format!("; write it with '_': {}", name.replace('-', "_"))
+        } else {
+            "; the keys are the options of `netmon run --help`, with '_' for '-'".into()
+        };
+        return Err(format!("unknown option '{name}'{hint}"));
+    };
+    let long = arg.get_long().unwrap_or(name);
+    let takes_values = arg.get_action().takes_values();
+    let scalar = |value: &DeValue<'_>| -> Result<String, String> {
+        match value {
+            DeValue::String(s) => Ok(s.to_string()),
+            DeValue::Integer(i) => Ok(i.as_str().to_string()),
+            other => Err(format!(
+                "{name}: write it as a string, not as a TOML {}",
+                other.type_str()
+            )),
+        }
+    };
+    let words: Vec<OsString> = match value.get_ref() {
+        DeValue::Boolean(on) if !takes_values => {
+            if *on {
+                vec![OsString::from(format!("--{long}"))]
+            } else {
+                vec![]
+            }
+        }
+        _ if !takes_values => return Err(format!("{name}: write true or false")),
+        DeValue::Array(items) if matches!(arg.get_action(), clap::ArgAction::Append) => items
+            .iter()
+            .map(|item| scalar(item.get_ref()).map(|s| word(long, s.as_ref())))
+            .collect::<Result<_, _>>()?,
+        other => vec![word(long, scalar(other)?.as_ref())],
+    };
+    // The option alone, through the parser the command line uses.
+    let alone = std::iter::once(OsString::from("run")).chain(words.iter().cloned());
+    if let Err(e) = run.clone().try_get_matches_from(alone) {
+        return Err(format!("{name}: {}", super::first_line(&e)));
+    }
+    Ok(words)
+}

@@ -1,0 +1,755 @@
+//! netmon as a service: the configuration file layered under the environment
+//! and the command line, and reloaded on SIGHUP; the control socket for a
+//! group (members read, admins change, others are refused, slow clients
+//! delay no one); netmon as an unprivileged user with three capabilities;
+//! the systemd unit, the sysusers entry, the completions, the man page and
+//! the Debian package.
+
+use std::{
+    io::{BufRead, BufReader},
+    net::IpAddr,
+    os::unix::fs::{MetadataExt, PermissionsExt},
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+    time::Duration,
+};
+
+use anyhow::{ensure, Context as _, Result};
+use netmon::{accounting::Ledger, logs::state};
+use netmon_common::Counter;
+use netmon_tests::{
+    daemon::{binary, setpriv},
+    mounts::TempMount,
+    traffic::frame_len,
+    Flow, Netmon, TestNet,
+};
+
+/// Numeric ids with no entry in this machine's user database.
+const SOCKET_GID: u32 = 64711;
+const ADMIN_GID: u32 = 64712;
+const MEMBER: (u32, u32, &[u32]) = (64800, 64800, &[SOCKET_GID]);
+const ADMIN: (u32, u32, &[u32]) = (64801, 64801, &[SOCKET_GID, ADMIN_GID]);
+const OUTSIDER: (u32, u32, &[u32]) = (64802, 64802, &[]);
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn netmon(args: &[&str]) -> Result<Output> {
+    Command::new(binary())
+        .args(args)
+        .output()
+        .context("running netmon")
+}
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+// ---------------------------------------------------------------------------
+// The configuration file
+
+#[test]
+fn config_check_names_the_file_and_line_of_each_problem() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let check = |name: &str, content: &str| -> Result<(bool, String, String)> {
+        let path = dir.path().join(name);
+        std::fs::write(&path, content)?;
+        let out = netmon(&["config", "check", path.to_str().unwrap()])?;
+        Ok((out.status.success(), text(&out.stdout), text(&out.stderr)))
+    };
+    let at = |name: &str, line: usize, reason: &str| {
+        format!(
+            "netmon: error: {}:{line}: {reason}\n",
+            dir.path().join(name).display()
+        )
+    };
+    let example = workspace().join("packaging/netmon.toml");
+    let out = netmon(&["config", "check", example.to_str().unwrap()])?;
+    assert_eq!(
+        (out.status.success(), text(&out.stdout)),
+        (true, format!("{}: ok\n", example.display())),
+        "the packaged example is valid: {}",
+        text(&out.stderr)
+    );
+    let good = "interval = \"5s\"\nquiet = true\nmax_pairs = 4096\n\n[[interface]]\nname = \"eth0\"\n\n[[policy.block]]\ncidr = \"192.0.2.0/24\"\n";
+    assert_eq!(
+        check("good.toml", good)?,
+        (
+            true,
+            format!("{}: ok\n", dir.path().join("good.toml").display()),
+            String::new()
+        )
+    );
+    for (content, line, reason) in [
+        ("quiet = true\n\ninterval = \"5x\"\n", 3, "interval: invalid value '5x' for '--interval <INTERVAL>': '5x' is not a duration (unknown time unit \"x\", supported units: ns, us/µs, ms, sec, min, hours, days, weeks, months, years (and few variations)); write it like 10s, 500ms or 1m"),
+        ("quiet = true\nintervall = \"5s\"\n", 2, "unknown option 'intervall'; the keys are the options of `netmon run --help`, with '_' for '-'"),
+        ("detail-log = \"d.jsonl\"\n", 1, "unknown option 'detail-log'; write it with '_': detail_log"),
+        ("quiet = \"yes\"\n", 1, "quiet: write true or false"),
+        ("interval = 1.5\n", 1, "interval: write it as a string, not as a TOML float"),
+        ("max_pairs = 0\n", 1, "max_pairs: invalid value '0' for '--max-pairs <MAX_PAIRS>': 0 is not in 1..=4294967295"),
+        ("ingress = \"fast\"\n", 1, "ingress: invalid value 'fast' for '--ingress <INGRESS>' [possible values: auto, xdp, xdp-skb, tc]"),
+        ("reset_state = true\n", 1, "'reset_state': reset_state would start from zero at every start; give --reset-state once on the command line"),
+        ("iface = \"eth0\"\n", 1, "'iface': interfaces are listed as [[interface]] tables with name = \"IF\""),
+        ("[[interface]]\nname = \"eth0\"\n\n[[interface]]\nname = \"eth1\"\n", 4, "a second [[interface]]: this netmon watches one interface per daemon; run one daemon, with its own configuration file, per interface"),
+        ("[[interface]]\nname = \"eth0\"\nnetns = \"blue\"\n", 3, "interface netns: this netmon cannot attach in another network namespace yet; run it inside the namespace (ip netns exec NS netmon run …)"),
+        ("[[interface]]\nmtu = 1500\n", 2, "interface: unknown key 'mtu'; an interface has name and netns"),
+        ("interval = \"5s\"\n\n[[policy.block]]\ncidr = \"10.0.0.0/33\"\n", 3, "'10.0.0.0/33' is not a valid CIDR: /33 is longer than an IPv4 address (32 bits)"),
+        ("interval = = \"5s\"\n", 1, "extra `=`, expected nothing"),
+    ] {
+        let got = check("bad.toml", content)?;
+        assert_eq!(got, (false, String::new(), at("bad.toml", line, reason)), "{content}");
+    }
+    let no_interface = dir.path().join("no-interface.toml");
+    std::fs::write(&no_interface, "interval = \"5s\"\n")?;
+    let out = netmon(&["run", "--config", no_interface.to_str().unwrap()])?;
+    assert_eq!(
+        text(&out.stderr),
+        "netmon: error: no interface to watch: give --iface IF, or [[interface]] name = \"IF\" in the configuration file\n"
+    );
+    let missing = dir.path().join("missing.toml");
+    let out = netmon(&["config", "check", missing.to_str().unwrap()])?;
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "netmon: error: {}: No such file or directory (os error 2); check the --config path\n",
+            missing.display()
+        )
+    );
+    Ok(())
+}
+
+fn exact_totals(path: &Path) -> Result<Ledger> {
+    Ok(state::parse(path, &std::fs::read_to_string(path)?)?.ledger)
+}
+
+#[test]
+fn the_command_line_wins_over_the_environment_which_wins_over_the_file_and_sighup_reloads_it(
+) -> Result<()> {
+    let net = TestNet::create()?;
+    let dir = tempfile::tempdir()?;
+    let d = dir.path().display().to_string();
+    let config = dir.path().join("netmon.toml");
+    let file = |extra: &str| {
+        format!(
+            "interval = \"7s\"\nlog = \"{d}/file.json\"\ndetail_log = \"{d}/file-detail.jsonl\"\n\
+             quiet = true\nmax_pairs = 4096\n{extra}\n[[interface]]\nname = \"{}\"\n",
+            net.a.iface
+        )
+    };
+    std::fs::write(&config, file(""))?;
+    let mut daemon = Netmon::on(&net.a)
+        .without_defaults()
+        .env("NETMON_INTERVAL", "1s")
+        .env("NETMON_LOG", &format!("{d}/env.json"))
+        .args(&[
+            "--config",
+            config.to_str().unwrap(),
+            "--log",
+            &format!("{d}/cli.json"),
+        ])
+        .start()?;
+    let started = daemon.stderr.last().cloned().unwrap_or_default();
+    ensure!(
+        started.contains(&format!("counting on {} (", net.a.iface))
+            && started.contains(&format!("), every 1s; log {d}/cli.json; pins ")),
+        "interface from the file, interval from the environment, log from the command line: {started}"
+    );
+
+    // SIGHUP: the alert threshold is taken at once, max_pairs waits for a restart.
+    std::fs::write(
+        &config,
+        file("alert_threshold = \"1000B\"\n").replace("max_pairs = 4096", "max_pairs = 8192"),
+    )?;
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(daemon.pid() as i32, libc::SIGHUP) };
+    let waiting = daemon.wait_for("takes a restart", Duration::from_secs(10))?;
+    assert!(
+        waiting.ends_with(&format!(
+            "{}: max_pairs changed; that takes a restart of netmon",
+            config.display()
+        )),
+        "{waiting}"
+    );
+    daemon.wait_for("configuration reloaded", Duration::from_secs(10))?;
+    Flow::udp(&net.a, &net.b)
+        .port(9000)
+        .sizes(&[1000, 1000])
+        .send()?;
+    let alert = daemon.wait_for("crossed the alert threshold", Duration::from_secs(10))?;
+    assert!(
+        alert.contains(&format!(
+            "usage on {} crossed the alert threshold: ",
+            net.a.iface
+        )) && alert.ends_with(" of 1000 bytes this period"),
+        "{alert}"
+    );
+    daemon.stop()?;
+    let sent = 2 * frame_len(IpAddr::V4(net.a.ipv4), 1000);
+    let totals = exact_totals(&dir.path().join("cli.state.json"))?;
+    assert_eq!(
+        totals.get(&(IpAddr::V4(net.a.ipv4), IpAddr::V4(net.b.ipv4))),
+        Some(Counter {
+            frames: 2,
+            bytes: sent
+        })
+    );
+    let mut names = netmon_tests::names_in(dir.path());
+    names.retain(|n| n != "netmon.toml");
+    assert_eq!(
+        names,
+        [
+            "cli.json",
+            "cli.rules.json",
+            "cli.state.json",
+            "file-detail.jsonl"
+        ],
+        "the detail log from the file, nothing at the file's or the environment's log"
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// The control socket for a group
+
+fn group_daemon(net: &TestNet, dir: &Path) -> Result<Netmon> {
+    Netmon::on(&net.a)
+        .logs_in(dir)
+        .private_run_dir()
+        .args(&[
+            "--socket-group",
+            &SOCKET_GID.to_string(),
+            "--admin-group",
+            &ADMIN_GID.to_string(),
+        ])
+        .start()
+}
+
+fn answer(out: &Output) -> (bool, String) {
+    if out.status.success() {
+        (true, text(&out.stdout))
+    } else {
+        (false, text(&out.stderr))
+    }
+}
+
+#[test]
+fn group_members_read_admins_change_and_others_are_refused() -> Result<()> {
+    let net = TestNet::create()?;
+    let dir = tempfile::tempdir()?;
+    let daemon = group_daemon(&net, dir.path())?;
+    let iface = net.a.iface.as_str();
+    let socket = PathBuf::from(format!(
+        "/proc/{}/root/run/netmon/{iface}.sock",
+        daemon.pid()
+    ));
+    let (socket_meta, dir_meta) = (
+        std::fs::metadata(&socket)?,
+        std::fs::metadata(socket.parent().unwrap())?,
+    );
+    assert_eq!(
+        (socket_meta.permissions().mode() & 0o7777, socket_meta.gid()),
+        (0o660, SOCKET_GID)
+    );
+    assert_eq!(
+        (dir_meta.permissions().mode() & 0o7777, dir_meta.gid()),
+        (0o750, SOCKET_GID)
+    );
+
+    let root = (0, 0, &[][..]);
+    let ctl = |who, args: &[&str]| -> Result<(bool, String)> {
+        let mut args = args.to_vec();
+        args.extend(["--iface", iface]);
+        Ok(answer(&daemon.cli(who, &args)?))
+    };
+    assert_eq!(
+        ctl(root, &["block", "10.200.9.0/24"])?,
+        (true, "rule 0 added: block 10.200.9.0/24\n".into())
+    );
+    let listed = |who| -> Result<Vec<String>> {
+        let (ok, out) = ctl(who, &["rules", "--format", "json"])?;
+        ensure!(ok, "{out}");
+        let rules: serde_json::Value = serde_json::from_str(&out)?;
+        Ok(rules
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["rule"].as_str().unwrap().to_string())
+            .collect())
+    };
+    assert_eq!(listed(MEMBER)?, ["block 10.200.9.0/24"], "a member reads");
+    let (ok, quotas) = ctl(MEMBER, &["quota", "list", "--format", "json"])?;
+    assert_eq!((ok, quotas.trim()), (true, "[]"));
+
+    assert_eq!(
+        ctl(MEMBER, &["block", "10.200.8.0/24"])?,
+        (
+            false,
+            format!("netmon: error: permission denied: changing the policy needs root or the group gid {ADMIN_GID} (uid {} may only read rules and quotas)\n", MEMBER.0)
+        ),
+        "a member cannot block"
+    );
+    assert_eq!(
+        ctl(MEMBER, &["unblock", "10.200.9.0/24"])?,
+        ctl(MEMBER, &["block", "10.200.8.0/24"])?,
+        "nor unblock, refused alike"
+    );
+    assert_eq!(
+        ctl(ADMIN, &["block", "10.200.8.0/24"])?,
+        (true, "rule 1 added: block 10.200.8.0/24\n".into()),
+        "a member of the admin group blocks"
+    );
+    assert_eq!(
+        ctl(OUTSIDER, &["rules"])?,
+        (
+            false,
+            format!("netmon: error: permission denied on /run/netmon/{iface}.sock: reading needs the group netmon, changing the policy root or the group netmon-admin; ask an administrator to add you (usermod -aG netmon USER)\n")
+        ),
+        "someone outside the group: one line"
+    );
+    assert_eq!(
+        listed(MEMBER)?,
+        ["block 10.200.9.0/24", "block 10.200.8.0/24"],
+        "in the order of their ids"
+    );
+    daemon.stop()?;
+    Ok(())
+}
+
+/// A client of the daemon's socket, as `who`, in perl (always on Debian):
+/// `script` runs with `$s` connected.
+fn perl_client(
+    daemon: &Netmon,
+    who: (u32, u32, &[u32]),
+    iface: &str,
+    script: &str,
+) -> Result<std::process::Child> {
+    Command::new("nsenter")
+        .arg(format!("--mount=/proc/{}/ns/mnt", daemon.pid()))
+        .arg("--")
+        .args(setpriv(who))
+        .args(["perl", "-MIO::Socket::UNIX", "-e"])
+        .arg(format!(
+            "$| = 1; $SIG{{PIPE}} = 'IGNORE'; my $s = IO::Socket::UNIX->new(Peer => '/run/netmon/{iface}.sock') or die \"connect: $!\"; print \"connected\\n\"; {script}"
+        ))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting perl")
+}
+
+fn first_line_of(child: &mut std::process::Child) -> Result<String> {
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line)?;
+    Ok(line)
+}
+
+#[test]
+fn silent_and_endless_clients_delay_neither_other_clients_nor_the_poll() -> Result<()> {
+    let net = TestNet::create()?;
+    let dir = tempfile::tempdir()?;
+    let daemon = group_daemon(&net, dir.path())?;
+    let iface = net.a.iface.as_str();
+    // Says nothing; prints what it got back once the daemon hangs up.
+    let mut silent = perl_client(
+        &daemon,
+        MEMBER,
+        iface,
+        "my $got = join('', <$s>); print \"closed, answer '$got'\\n\";",
+    )?;
+    assert_eq!(first_line_of(&mut silent)?, "connected\n");
+    // Sends one endless line, then prints the answer.
+    let mut endless = perl_client(&daemon, MEMBER, iface, "my $chunk = 'x' x 1024; while (defined syswrite($s, $chunk)) {} my $got = <$s>; print $got;")?;
+    assert_eq!(first_line_of(&mut endless)?, "connected\n");
+
+    let detail = dir.path().join("detail.jsonl");
+    let intervals = || std::fs::read_to_string(&detail).map_or(0, |t| t.lines().count());
+    let before = intervals();
+    let out = daemon.cli(MEMBER, &["rules", "--format", "json", "--iface", iface])?;
+    assert_eq!(
+        answer(&out),
+        (true, "[]\n".into()),
+        "another client is answered"
+    );
+    let mut polled = intervals();
+    while polled < before + 2 && silent.try_wait()?.is_none() {
+        std::thread::sleep(Duration::from_millis(50));
+        polled = intervals();
+    }
+    assert!(
+        silent.try_wait()?.is_none(),
+        "the silent client is still connected after the answer and two polls ({before} → {polled} intervals)"
+    );
+    assert!(
+        polled >= before + 2,
+        "the poll went on: {before} → {polled} intervals"
+    );
+
+    let endless = endless.wait_with_output()?;
+    assert_eq!(
+        text(&endless.stdout),
+        "{\"error\":\"bad request: longer than 4096 bytes; import big lists from a file in the policy\"}\n",
+        "a member's request is bounded to 4 KiB: {}",
+        text(&endless.stderr)
+    );
+    let silent = silent.wait_with_output()?;
+    assert_eq!(
+        text(&silent.stdout),
+        "closed, answer ''\n",
+        "the daemon hangs up on a silent client, without an answer"
+    );
+    daemon.stop()?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// netmon as an unprivileged user
+
+#[test]
+fn netmon_runs_as_an_unprivileged_user_with_only_its_three_capabilities() -> Result<()> {
+    const NETMON_UID: u32 = 64900;
+    let net = TestNet::create()?;
+    let dir = tempfile::tempdir()?;
+    let bpffs = TempMount::bpffs()?;
+    for owned in [dir.path(), bpffs.path()] {
+        std::os::unix::fs::chown(owned, Some(NETMON_UID), Some(NETMON_UID))?;
+    }
+    let daemon = Netmon::on(&net.a)
+        .logs_in(dir.path())
+        .bpffs(bpffs.path())
+        .as_user(NETMON_UID, NETMON_UID)
+        .args(&["--socket-group", &NETMON_UID.to_string()])
+        .start()?;
+    let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.pid()))?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or_default()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let cap_bpf = format!("{:016x}", 1u64 << 39);
+    assert_eq!(
+        (
+            field("Uid:"),
+            field("CapEff:"),
+            field("CapPrm:"),
+            field("NoNewPrivs:")
+        ),
+        (
+            format!("{NETMON_UID} {NETMON_UID} {NETMON_UID} {NETMON_UID}"),
+            cap_bpf.clone(),
+            cap_bpf,
+            "1".to_string()
+        ),
+        "after attaching: its user, CAP_BPF only, no way back"
+    );
+    let sizes = [700, 900, 1100];
+    Flow::udp(&net.b, &net.a).port(9100).sizes(&sizes).send()?;
+    let out = daemon.cli(
+        (0, 0, &[]),
+        &["block", "10.200.77.0/24", "--iface", &net.a.iface],
+    )?;
+    assert_eq!(
+        answer(&out),
+        (true, "rule 0 added: block 10.200.77.0/24\n".into()),
+        "root changes its policy"
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    daemon.stop()?;
+    let totals = exact_totals(&dir.path().join("network_log.state.json"))?;
+    let dst = IpAddr::V4(net.a.ipv4);
+    assert_eq!(
+        totals.get(&(IpAddr::V4(net.b.ipv4), dst)),
+        Some(Counter {
+            frames: 3,
+            bytes: sizes.iter().map(|s| frame_len(dst, *s)).sum()
+        })
+    );
+    for file in ["network_log.json", "network_log.state.json", "detail.jsonl"] {
+        assert_eq!(
+            std::fs::metadata(dir.path().join(file))?.uid(),
+            NETMON_UID,
+            "{file}"
+        );
+    }
+
+    // Reports: the group of the state directory reads the detail log (0640).
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o750))?;
+    let detail = dir.path().join("detail.jsonl");
+    let report = |who: (u32, u32, &[u32])| -> Result<Output> {
+        let setpriv = setpriv(who);
+        Ok(Command::new(&setpriv[0])
+            .args(&setpriv[1..])
+            .arg(binary())
+            .args(["report", "top", "--format", "json", "--detail-log"])
+            .arg(&detail)
+            .output()?)
+    };
+    let out = report((64803, 64803, &[NETMON_UID]))?;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let top: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let pair = top
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["src"] == net.b.ipv4.to_string() && p["dst"] == net.a.ipv4.to_string())
+        .context("b → a in the report")?;
+    assert_eq!(
+        (pair["frames"].as_u64(), pair["bytes"].as_u64()),
+        (
+            Some(3),
+            Some(sizes.iter().map(|s| frame_len(dst, *s)).sum())
+        ),
+        "a member of the group reads the report"
+    );
+    let out = report(OUTSIDER)?;
+    assert_eq!(
+        (out.status.success(), text(&out.stderr)),
+        (
+            false,
+            format!(
+                "netmon: error: {}: Permission denied (os error 13); point --detail-log at netmon's detail log\n",
+                detail.display()
+            )
+        ),
+        "someone outside the group cannot"
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// systemd, completions, man page, package
+
+/// The exposure bound stated in the README.
+fn stated_exposure() -> Result<f64> {
+    let readme = std::fs::read_to_string(workspace().join("README.md"))?;
+    let line = readme
+        .lines()
+        .find(|l| l.contains("systemd-analyze security --offline=yes"))
+        .context("the README states the exposure score")?;
+    let score = line
+        .split("exposure ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .context("`exposure N` in the README's line")?;
+    Ok(score.trim_end_matches([')', ',']).parse()?)
+}
+
+#[test]
+fn the_unit_verifies_and_its_exposure_is_within_the_stated_bound() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    // verify needs the binary the unit starts: this build's, at the unit's name.
+    let unit = std::fs::read_to_string(workspace().join("packaging/netmon.service"))?
+        .replace("/usr/bin/netmon", binary().to_str().unwrap());
+    let path = dir.path().join("netmon.service");
+    std::fs::write(&path, unit)?;
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&path)
+        .output()?;
+    assert_eq!(
+        (out.status.success(), text(&out.stderr)),
+        (true, String::new()),
+        "systemd-analyze verify"
+    );
+    let out = Command::new("systemd-analyze")
+        .args(["security", "--offline=yes", "--no-pager"])
+        .arg(&path)
+        .output()?;
+    let report = text(&out.stdout);
+    let score: f64 = report
+        .lines()
+        .find_map(|l| {
+            l.split("Overall exposure level for netmon.service: ")
+                .nth(1)
+        })
+        .and_then(|rest| rest.split_whitespace().next())
+        .context("no overall exposure in systemd-analyze's report")?
+        .parse()?;
+    assert!(
+        score <= stated_exposure()?,
+        "exposure {score}, stated {}",
+        stated_exposure()?
+    );
+    for option in [
+        "CapabilityBoundingSet=CAP_BPF CAP_NET_ADMIN CAP_PERFMON",
+        "AmbientCapabilities=CAP_BPF CAP_NET_ADMIN CAP_PERFMON",
+    ] {
+        assert!(
+            std::fs::read_to_string(&path)?.lines().any(|l| l == option),
+            "{option}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn the_sysusers_entry_makes_the_user_and_both_groups() -> Result<()> {
+    let root = tempfile::tempdir()?;
+    std::fs::create_dir(root.path().join("etc"))?;
+    let out = Command::new("systemd-sysusers")
+        .arg(format!("--root={}", root.path().display()))
+        .arg(workspace().join("packaging/netmon.sysusers"))
+        .output()?;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let names = |file: &str| -> Result<Vec<String>> {
+        Ok(std::fs::read_to_string(root.path().join("etc").join(file))?
+            .lines()
+            .map(|l| l.split(':').collect::<Vec<_>>())
+            .map(|f| {
+                format!(
+                    "{} home={} shell={}",
+                    f[0],
+                    f.get(5).unwrap_or(&""),
+                    f.get(6).unwrap_or(&"")
+                )
+            })
+            .collect())
+    };
+    assert_eq!(
+        names("passwd")?,
+        ["netmon home=/var/lib/netmon shell=/usr/sbin/nologin"]
+    );
+    let mut groups: Vec<String> = std::fs::read_to_string(root.path().join("etc/group"))?
+        .lines()
+        .map(|l| l.split(':').next().unwrap().to_string())
+        .collect();
+    groups.sort();
+    assert_eq!(groups, ["netmon", "netmon-admin"]);
+    Ok(())
+}
+
+#[test]
+fn completions_and_the_man_page_come_from_the_command_line() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let script = dir.path().join("netmon.bash");
+    std::fs::write(&script, netmon(&["completions", "bash"])?.stdout)?;
+    // What bash offers after `netmon run --socket-`.
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "source {}; COMP_WORDS=(netmon run --socket-); COMP_CWORD=2; _netmon netmon --socket- run; printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+            script.display()
+        ))
+        .output()?;
+    assert_eq!(
+        text(&out.stdout),
+        "--socket-group\n",
+        "{}",
+        text(&out.stderr)
+    );
+    let fish = text(&netmon(&["completions", "fish"])?.stdout);
+    assert!(
+        fish.lines().any(|l| l.starts_with("complete -c netmon -n \"__fish_netmon_using_subcommand config; and __fish_seen_subcommand_from check\"")),
+        "{fish}"
+    );
+    let zsh = text(&netmon(&["completions", "zsh"])?.stdout);
+    assert!(zsh.starts_with("#compdef netmon\n"), "{zsh:.100}");
+    let man = text(&netmon(&["man"])?.stdout);
+    assert!(
+        man.starts_with(".ie \\n(.g .ds Aq \\(aq\n.el .ds Aq '\n.TH netmon 1"),
+        "{man:.200}"
+    );
+    for subcommand in [
+        "run",
+        "block",
+        "rules",
+        "quota",
+        "config",
+        "completions",
+        "man",
+    ] {
+        assert!(
+            man.contains(&format!("netmon\\-{subcommand}(1)")),
+            "{subcommand}"
+        );
+    }
+    Ok(())
+}
+
+/// The package `cargo xtask package` built (`cargo xtask test` builds it first).
+fn package() -> Result<PathBuf> {
+    let path = std::env::var_os("NETMON_DEB")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::fs::read_dir(workspace().join("target/debian"))
+                .ok()?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        })
+        .context("no package: build it with `cargo xtask package`")?;
+    Ok(path)
+}
+
+#[test]
+fn the_package_holds_its_files_and_netmon_runs_from_it() -> Result<()> {
+    let deb = package()?;
+    let out = Command::new("dpkg-deb").arg("-c").arg(&deb).output()?;
+    let mut files: Vec<String> = text(&out.stdout)
+        .lines()
+        .filter(|l| !l.starts_with('d'))
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .map(|p| p.trim_start_matches('.').to_string())
+        .collect();
+    files.sort();
+    assert_eq!(
+        files,
+        [
+            "/etc/netmon/netmon.toml",
+            "/usr/bin/netmon",
+            "/usr/lib/systemd/system/netmon.service",
+            "/usr/lib/sysusers.d/netmon.conf",
+            "/usr/share/bash-completion/completions/netmon",
+            "/usr/share/doc/netmon/copyright",
+            "/usr/share/fish/vendor_completions.d/netmon.fish",
+            "/usr/share/man/man1/netmon.1.gz",
+            "/usr/share/zsh/vendor-completions/_netmon",
+        ]
+    );
+    let control = |field: &str| -> Result<String> {
+        let out = Command::new("dpkg-deb")
+            .arg("-f")
+            .arg(&deb)
+            .arg(field)
+            .output()?;
+        Ok(text(&out.stdout).trim().to_string())
+    };
+    assert_eq!(control("Package")?, "netmon");
+    let info = Command::new("dpkg-deb")
+        .args(["-I"])
+        .arg(&deb)
+        .arg("conffiles")
+        .output()?;
+    assert_eq!(
+        text(&info.stdout),
+        "/etc/netmon/netmon.toml\n",
+        "the example configuration is a conffile"
+    );
+
+    let root = tempfile::tempdir()?;
+    let out = Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(&deb)
+        .arg(root.path())
+        .output()?;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let version = Command::new(root.path().join("usr/bin/netmon"))
+        .arg("--version")
+        .output()?;
+    assert_eq!(
+        text(&version.stdout),
+        format!(
+            "netmon {}\n",
+            control("Version")?.split('-').next().unwrap()
+        )
+    );
+    let check = Command::new(root.path().join("usr/bin/netmon"))
+        .args(["config", "check"])
+        .arg(root.path().join("etc/netmon/netmon.toml"))
+        .output()?;
+    assert!(check.status.success(), "{}", text(&check.stderr));
+    Ok(())
+}
