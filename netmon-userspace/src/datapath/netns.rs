@@ -55,13 +55,17 @@ impl Netns {
             .ino();
         let mut netns = Netns {
             label: label(inode),
-            probe: file.try_clone().map_err(|e| DatapathError::Netns(e.to_string()))?.into(),
+            probe: file
+                .try_clone()
+                .map_err(|e| DatapathError::Netns(e.to_string()))?
+                .into(),
             file,
             path,
         };
         netns.probe = netns.run(|| {
             // SAFETY: a plain socket call; the descriptor is owned below.
-            let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+            let fd =
+                unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
             if fd < 0 {
                 return Err(DatapathError::Syscall {
                     call: "opening a socket in the network namespace",
@@ -87,8 +91,9 @@ impl Netns {
         }
         // SAFETY: SIOCGIFINDEX reads the name and writes the index into `request`.
         let rc = unsafe { libc::ioctl(self.probe.as_raw_fd(), libc::SIOCGIFINDEX, &mut request) };
-        // SAFETY: the kernel filled the union's index on success.
-        (rc == 0).then(|| unsafe { request.ifr_ifru.ifru_ifindex } as u32)
+        // SAFETY: the union is plain integers, zeroed or filled with the index on success.
+        let index = unsafe { request.ifr_ifru.ifru_ifindex } as u32;
+        (rc == 0).then_some(index)
     }
 
     /// How files and reports name it ([`label`]): `None` for the machine's
