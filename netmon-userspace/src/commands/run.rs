@@ -19,9 +19,14 @@ use crate::{
 /// Options of `netmon run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Interface to monitor, e.g. eth0.
+    /// Interface to monitor, e.g. eth0; repeat it to watch several with one
+    /// daemon (one log, one state file, one control socket).
+    #[arg(long, required = true)]
+    pub iface: Vec<String>,
+    /// The network namespace (a name `ip netns` shows, or a path such as
+    /// /proc/PID/ns/net) of the `--iface`s that follow it, like `ip -n`.
     #[arg(long)]
-    pub iface: String,
+    pub netns: Vec<String>,
     /// How often to read the counters and write the logs (e.g. 10s, 500ms, 1m).
     #[arg(long, default_value = "10s", value_parser = parse_interval)]
     pub interval: Duration,
@@ -91,9 +96,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         })?,
         None => TimeZone::system(),
     };
+    let interfaces = interfaces(std::env::args().skip_while(|a| a != "run"))?;
     daemon::run(daemon::Config {
         files: Files::new(&args.log, args.state.clone(), &args.detail_log),
-        iface: args.iface,
+        interfaces,
         interval: args.interval,
         follow_symlinks: args.follow_symlinks,
         ingress: args.ingress,
@@ -110,4 +116,79 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         keep_attached: args.keep_attached,
     })
     .await
+}
+
+/// The `--iface`s in command-line order, each with the `--netns` before it
+/// (clap keeps each option's values, not their order among each other's).
+fn interfaces(args: impl Iterator<Item = String>) -> anyhow::Result<Vec<daemon::InterfaceSpec>> {
+    let mut netns = None;
+    let mut out = Vec::new();
+    let mut pending_netns = false;
+    let mut args = args.peekable();
+    while let Some(arg) = args.next() {
+        let (option, inline) = match arg.split_once('=') {
+            Some((o, v)) if o.starts_with("--") => (o.to_string(), Some(v.to_string())),
+            _ => (arg.clone(), None),
+        };
+        let mut value = || inline.clone().or_else(|| args.next());
+        match option.as_str() {
+            "--netns" => {
+                anyhow::ensure!(
+                    !pending_netns,
+                    "--netns {} names no --iface after it; say `--netns NS --iface IF`",
+                    netns.unwrap_or_default()
+                );
+                netns = value();
+                pending_netns = true;
+            }
+            "--iface" => {
+                if let Some(name) = value() {
+                    out.push(daemon::InterfaceSpec {
+                        name,
+                        netns: netns.clone(),
+                    });
+                    pending_netns = false;
+                }
+            }
+            "--" => break,
+            _ => {}
+        }
+    }
+    anyhow::ensure!(
+        !pending_netns,
+        "--netns {} names no --iface after it; say `--netns NS --iface IF`",
+        netns.unwrap_or_default()
+    );
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str, netns: Option<&str>) -> daemon::InterfaceSpec {
+        daemon::InterfaceSpec {
+            name: name.into(),
+            netns: netns.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn each_interface_takes_the_network_namespace_named_before_it() {
+        let args = "run --iface eth0 --interval 1s --netns blue --iface eth0 --iface=eth1 --netns=/proc/7/ns/net --iface veth0";
+        assert_eq!(
+            interfaces(args.split(' ').map(str::to_string)).unwrap(),
+            vec![
+                spec("eth0", None),
+                spec("eth0", Some("blue")),
+                spec("eth1", Some("blue")),
+                spec("veth0", Some("/proc/7/ns/net")),
+            ]
+        );
+        let dangling = "run --iface eth0 --netns blue";
+        assert!(interfaces(dangling.split(' ').map(str::to_string))
+            .unwrap_err()
+            .to_string()
+            .contains("--netns blue names no --iface after it"));
+    }
 }
