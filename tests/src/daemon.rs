@@ -48,6 +48,7 @@ impl Netmon {
         Launch {
             host,
             iface: host.iface.clone(),
+            from_host: false,
             interval: Some("1s".into()),
             quiet: true,
             echo: false,
@@ -133,6 +134,8 @@ impl Drop for Netmon {
 pub struct Launch<'h> {
     host: &'h Host,
     iface: String,
+    /// Run from the test's own namespace, with `--netns` naming the host's.
+    from_host: bool,
     interval: Option<String>,
     quiet: bool,
     echo: bool,
@@ -183,6 +186,13 @@ impl Launch<'_> {
         self
     }
 
+    /// Runs netmon from the test's own namespaces (the machine's), reaching
+    /// the host's interface with `--netns`, as an operator does from the host.
+    pub fn from_host(mut self) -> Self {
+        self.from_host = true;
+        self
+    }
+
     /// Also prints everything netmon prints to our stdout (the demo).
     pub fn echoing(mut self) -> Self {
         self.echo = true;
@@ -197,7 +207,11 @@ impl Launch<'_> {
 
     /// Everything after `netmon`.
     fn command_line(&self) -> Vec<&str> {
-        let mut line = vec!["run", "--iface", &self.iface];
+        let mut line = vec!["run"];
+        if self.from_host {
+            line.extend(["--netns", &self.host.netns]);
+        }
+        line.extend(["--iface", &self.iface]);
         if let Some(interval) = &self.interval {
             line.extend(["--interval", interval]);
         }
@@ -212,7 +226,6 @@ impl Launch<'_> {
     pub fn start(self) -> Result<Netmon> {
         let binary = binary();
         let mut child = self
-            .host
             .command(binary.to_str().context("binary path")?)
             .args(self.command_line())
             .stdin(Stdio::null())
@@ -257,12 +270,19 @@ impl Launch<'_> {
         Ok(netmon)
     }
 
+    /// `program` in the host's namespace, or in ours with [`Launch::from_host`].
+    fn command(&self, program: &str) -> std::process::Command {
+        match self.from_host {
+            true => std::process::Command::new(program),
+            false => self.host.command(program),
+        }
+    }
+
     /// Runs netmon to its end, for runs that exit by themselves (refusals).
     /// Bounded: a netmon still running after 60 s is stopped with SIGTERM,
     /// and `timeout` then exits with 124.
     pub fn run_to_end(self) -> Result<Output> {
-        self.host
-            .command("timeout")
+        self.command("timeout")
             .arg("60")
             .arg(binary())
             .args(self.command_line())
