@@ -41,11 +41,10 @@ pub struct Forwarding {
 }
 
 impl Forwarding {
-    /// What the log counts of one poll's intervals: everything received,
-    /// and what was sent except frames that an interface of the same
-    /// namespace received (this poll or the one before).
-    pub fn log(&mut self, seen: &[Seen<'_>]) -> Vec<(AddressPair, Counter)> {
-        let mut out = Vec::new();
+    /// What the log counts of one poll's intervals, handed to `log` pair by
+    /// pair: everything received, and what was sent except frames that an
+    /// interface of the same namespace received (this poll or the one before).
+    pub fn log(&mut self, seen: &[Seen<'_>], mut log: impl FnMut(AddressPair, Counter)) {
         let mut namespaces: HashMap<&str, usize> = HashMap::new();
         for s in seen {
             *namespaces.entry(s.netns).or_default() += 1;
@@ -72,12 +71,11 @@ impl Forwarding {
                     counter = unmatched(counter, matched);
                 }
                 if !counter.is_zero() {
-                    out.push((address_pair(&pair.key), counter));
+                    log(address_pair(&pair.key), counter);
                 }
             }
         }
         self.older = newer;
-        out
     }
 }
 
@@ -164,8 +162,11 @@ mod tests {
     const A: [u8; 4] = [10, 200, 1, 2];
     const B: [u8; 4] = [10, 200, 2, 2];
 
-    fn total(log: &[(AddressPair, Counter)]) -> Counter {
-        log.iter().fold(Counter::default(), |a, (_, c)| a.plus(*c))
+    /// What one poll logs, summed.
+    fn logged(f: &mut Forwarding, seen: &[Seen<'_>]) -> Counter {
+        let mut sum = Counter::default();
+        f.log(seen, |_, c| sum = sum.plus(c));
+        sum
     }
 
     #[test]
@@ -173,20 +174,23 @@ mod tests {
         let mut f = Forwarding::default();
         let x = usage(&[(key(A, B, Direction::Ingress), 10, 10_140)]);
         let y = usage(&[(key(A, B, Direction::Egress), 10, 10_140)]);
-        let log = f.log(&[
-            Seen {
-                netns: "r",
-                iface: "x",
-                usage: &x,
-            },
-            Seen {
-                netns: "r",
-                iface: "y",
-                usage: &y,
-            },
-        ]);
+        let log = logged(
+            &mut f,
+            &[
+                Seen {
+                    netns: "r",
+                    iface: "x",
+                    usage: &x,
+                },
+                Seen {
+                    netns: "r",
+                    iface: "y",
+                    usage: &y,
+                },
+            ],
+        );
         assert_eq!(
-            total(&log),
+            log,
             Counter {
                 frames: 10,
                 bytes: 10_140
@@ -199,34 +203,40 @@ mod tests {
         let mut f = Forwarding::default();
         let x = usage(&[(key(A, B, Direction::Ingress), 10, 1000)]);
         let y = usage(&[(key(A, B, Direction::Egress), 7, 700)]);
-        let first = f.log(&[
-            Seen {
-                netns: "r",
-                iface: "x",
-                usage: &x,
-            },
-            Seen {
-                netns: "r",
-                iface: "y",
-                usage: &y,
-            },
-        ]);
+        let first = logged(
+            &mut f,
+            &[
+                Seen {
+                    netns: "r",
+                    iface: "x",
+                    usage: &x,
+                },
+                Seen {
+                    netns: "r",
+                    iface: "y",
+                    usage: &y,
+                },
+            ],
+        );
         let y = usage(&[(key(A, B, Direction::Egress), 3, 300)]);
         let none = usage(&[]);
-        let second = f.log(&[
-            Seen {
-                netns: "r",
-                iface: "x",
-                usage: &none,
-            },
-            Seen {
-                netns: "r",
-                iface: "y",
-                usage: &y,
-            },
-        ]);
+        let second = logged(
+            &mut f,
+            &[
+                Seen {
+                    netns: "r",
+                    iface: "x",
+                    usage: &none,
+                },
+                Seen {
+                    netns: "r",
+                    iface: "y",
+                    usage: &y,
+                },
+            ],
+        );
         assert_eq!(
-            total(&first).plus(total(&second)),
+            first.plus(second),
             Counter {
                 frames: 10,
                 bytes: 1000
@@ -239,20 +249,23 @@ mod tests {
         let mut f = Forwarding::default();
         let x = usage(&[(key(A, B, Direction::Ingress), 4, 400)]);
         let y = usage(&[(key(A, B, Direction::Egress), 4, 400)]);
-        let log = f.log(&[
-            Seen {
-                netns: "r",
-                iface: "x",
-                usage: &x,
-            },
-            Seen {
-                netns: "s",
-                iface: "y",
-                usage: &y,
-            },
-        ]);
+        let log = logged(
+            &mut f,
+            &[
+                Seen {
+                    netns: "r",
+                    iface: "x",
+                    usage: &x,
+                },
+                Seen {
+                    netns: "s",
+                    iface: "y",
+                    usage: &y,
+                },
+            ],
+        );
         assert_eq!(
-            total(&log),
+            log,
             Counter {
                 frames: 8,
                 bytes: 800
@@ -264,20 +277,23 @@ mod tests {
             (key(A, B, Direction::Egress), 4, 400),
         ]);
         let other = usage(&[]);
-        let log = f.log(&[
-            Seen {
-                netns: "r",
-                iface: "x",
-                usage: &both,
-            },
-            Seen {
-                netns: "r",
-                iface: "y",
-                usage: &other,
-            },
-        ]);
+        let log = logged(
+            &mut f,
+            &[
+                Seen {
+                    netns: "r",
+                    iface: "x",
+                    usage: &both,
+                },
+                Seen {
+                    netns: "r",
+                    iface: "y",
+                    usage: &other,
+                },
+            ],
+        );
         assert_eq!(
-            total(&log),
+            log,
             Counter {
                 frames: 8,
                 bytes: 800
@@ -290,20 +306,23 @@ mod tests {
         let mut f = Forwarding::default();
         let x = usage(&[(key(A, B, Direction::Ingress), 2, 200)]);
         let y = usage(&[(key(A, B, Direction::Egress), 5, 500)]);
-        let log = f.log(&[
-            Seen {
-                netns: "r",
-                iface: "x",
-                usage: &x,
-            },
-            Seen {
-                netns: "r",
-                iface: "y",
-                usage: &y,
-            },
-        ]);
+        let log = logged(
+            &mut f,
+            &[
+                Seen {
+                    netns: "r",
+                    iface: "x",
+                    usage: &x,
+                },
+                Seen {
+                    netns: "r",
+                    iface: "y",
+                    usage: &y,
+                },
+            ],
+        );
         assert_eq!(
-            total(&log),
+            log,
             Counter {
                 frames: 2 + 3,
                 bytes: 200 + 300
@@ -311,45 +330,54 @@ mod tests {
         );
         let x = usage(&[(key(A, B, Direction::Ingress), 4, 400)]);
         let none = usage(&[]);
-        f.log(&[
-            Seen {
-                netns: "r",
-                iface: "x",
-                usage: &x,
-            },
-            Seen {
-                netns: "r",
-                iface: "y",
-                usage: &none,
-            },
-        ]);
-        f.log(&[
-            Seen {
-                netns: "r",
-                iface: "x",
-                usage: &none,
-            },
-            Seen {
-                netns: "r",
-                iface: "y",
-                usage: &none,
-            },
-        ]);
+        logged(
+            &mut f,
+            &[
+                Seen {
+                    netns: "r",
+                    iface: "x",
+                    usage: &x,
+                },
+                Seen {
+                    netns: "r",
+                    iface: "y",
+                    usage: &none,
+                },
+            ],
+        );
+        logged(
+            &mut f,
+            &[
+                Seen {
+                    netns: "r",
+                    iface: "x",
+                    usage: &none,
+                },
+                Seen {
+                    netns: "r",
+                    iface: "y",
+                    usage: &none,
+                },
+            ],
+        );
         let y = usage(&[(key(A, B, Direction::Egress), 4, 400)]);
-        let log = f.log(&[
-            Seen {
-                netns: "r",
-                iface: "x",
-                usage: &none,
-            },
-            Seen {
-                netns: "r",
-                iface: "y",
-                usage: &y,
-            },
-        ]);
+        let log = logged(
+            &mut f,
+            &[
+                Seen {
+                    netns: "r",
+                    iface: "x",
+                    usage: &none,
+                },
+                Seen {
+                    netns: "r",
+                    iface: "y",
+                    usage: &y,
+                },
+            ],
+        );
         assert_eq!(
-            total(&log),
+            log,
             Counter {
                 frames: 4,
                 bytes: 400

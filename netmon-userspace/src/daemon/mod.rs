@@ -280,10 +280,11 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
             })
             .collect();
         let mut delivered = 0;
-        for (pair, counter) in self.forwarding.log(&seen) {
+        let ledger = &mut self.state.ledger;
+        self.forwarding.log(&seen, |pair, counter| {
             delivered += counter.bytes;
-            self.state.ledger.add(pair, counter);
-        }
+            ledger.add(pair, counter);
+        });
         let mut alerts = self.enforcer.tick(&mut self.interfaces, end.wall)?;
         if let Some(alarm) = &self.alarm {
             let names: Vec<&str> = self.interfaces.0.iter().map(|w| w.iface.as_str()).collect();
