@@ -301,14 +301,13 @@ pub struct Claim {
 
 impl Claim {
     /// Takes the claim on the interface of `key` ([`key`]), or says which
-    /// daemon holds it.
-    pub fn take(key: &str) -> anyhow::Result<Claim> {
+    /// daemon holds it, naming the interface `iface` as the user did.
+    pub fn take(key: &str, iface: &str) -> anyhow::Result<Claim> {
         use std::os::{
             fd::AsRawFd,
             unix::fs::{MetadataExt, OpenOptionsExt},
         };
         check_key(key)?;
-        let iface = key;
         let path = private_dir()?.join(format!("{key}.lock"));
         loop {
             let mut file = std::fs::OpenOptions::new()

@@ -291,6 +291,12 @@ impl Launch<'_> {
     }
 }
 
+/// The control socket of the daemon watching `host`'s interface from inside
+/// its namespace (sockets are named `NS:IF` outside the machine's own).
+pub fn socket(host: &Host) -> PathBuf {
+    PathBuf::from(format!("/run/netmon/{}:{}.sock", host.netns, host.iface))
+}
+
 /// Runs a `netmon` CLI command (block, rules, quota …) from the test process.
 pub fn cli(args: &[&str]) -> Result<Output> {
     std::process::Command::new(binary())

@@ -188,7 +188,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let several = targets.len() > 1;
     let claims = targets
         .iter()
-        .map(|t| control::Claim::take(&t.key))
+        .map(|t| control::Claim::take(&t.key, &t.label))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let mut present = Vec::new();
     for t in &targets {
