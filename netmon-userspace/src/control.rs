@@ -19,12 +19,23 @@ use crate::{
 mod access;
 pub use access::{Access, AccessError, Peer, ADMIN_GROUP, SOCKET_GROUP};
 
-/// Where daemons put their sockets: `/run/netmon/<iface>.sock`.
+/// Where daemons put their sockets: `/run/netmon/<key>.sock` (see [`key`]).
 pub const SOCKET_DIR: &str = "/run/netmon";
 
-/// The socket of the daemon on `iface`.
-pub fn socket_path(iface: &str) -> PathBuf {
-    Path::new(SOCKET_DIR).join(format!("{iface}.sock"))
+/// How files in [`SOCKET_DIR`] name an interface: `IF` in the machine's own
+/// network namespace, `NS:IF` in another (`NS` as
+/// [`crate::datapath::netns::label`] names it), so that two namespaces'
+/// `eth0`s never share a claim or a socket.
+pub fn key(netns: Option<&str>, iface: &str) -> String {
+    match netns {
+        Some(ns) => format!("{ns}:{iface}"),
+        None => iface.to_string(),
+    }
+}
+
+/// The socket of the daemon whose interface has `key`.
+pub fn socket_path(key: &str) -> PathBuf {
+    Path::new(SOCKET_DIR).join(format!("{key}.sock"))
 }
 
 /// What the CLI asks.
@@ -139,9 +150,11 @@ pub enum Answer {
 }
 
 /// Sends one request to the daemon on `iface` (or the only daemon running).
+/// `iface` is `IF`, looked for in the caller's network namespace and then
+/// in any other, or `NS:IF`.
 pub fn ask(iface: Option<&str>, request: &Request) -> anyhow::Result<Answer> {
     let path = match iface {
-        Some(iface) => socket_path(iface),
+        Some(iface) => socket_of(iface)?,
         None => only_socket()?,
     };
     let mut stream = match UnixStream::connect(&path) {
@@ -177,27 +190,71 @@ fn denied(path: &Path) -> String {
     )
 }
 
-fn only_socket() -> anyhow::Result<PathBuf> {
-    let dir = match std::fs::read_dir(SOCKET_DIR) {
-        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-            bail!("{}", denied(Path::new(SOCKET_DIR)))
-        }
-        dir => dir,
-    };
-    let sockets: Vec<PathBuf> = dir
+/// Every daemon's sockets, one per daemon (a daemon on several interfaces
+/// links one socket under each interface's key), as (key, path).
+fn sockets() -> Vec<(String, PathBuf)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut seen = std::collections::HashSet::new();
+    let mut found: Vec<(String, PathBuf)> = std::fs::read_dir(SOCKET_DIR)
         .map(|dir| {
             dir.filter_map(Result::ok)
                 .map(|e| e.path())
                 .filter(|p| p.extension().is_some_and(|e| e == "sock"))
+                .filter_map(|p| Some((p.file_stem()?.to_str()?.to_string(), p)))
                 .collect()
         })
         .unwrap_or_default();
-    match sockets.as_slice() {
+    found.sort();
+    found.retain(|(_, p)| std::fs::metadata(p).is_ok_and(|m| seen.insert(m.ino())));
+    found
+}
+
+/// The socket of the daemon on `iface` (`IF` or `NS:IF`).
+fn socket_of(iface: &str) -> anyhow::Result<PathBuf> {
+    if iface.contains(':') {
+        return Ok(socket_path(iface));
+    }
+    let own = socket_path(&key(crate::datapath::netns::own_label().as_deref(), iface));
+    if own.exists() {
+        return Ok(own);
+    }
+    let suffix = format!(":{iface}");
+    let matching: Vec<PathBuf> = std::fs::read_dir(SOCKET_DIR)
+        .map(|dir| {
+            dir.filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.extension().is_some_and(|e| e == "sock")
+                        && p.file_stem()
+                            .and_then(|s| s.to_str())
+                            .is_some_and(|s| s == iface || s.ends_with(&suffix))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    match matching.as_slice() {
         [one] => Ok(one.clone()),
+        [] => Ok(own),
+        _ => bail!(
+            "daemons watch an interface {iface} in several network namespaces ({}); pick one with --iface NS:{iface}",
+            matching.iter().filter_map(|p| p.file_stem()).map(|s| s.to_string_lossy()).collect::<Vec<_>>().join(", ")
+        ),
+    }
+}
+
+fn only_socket() -> anyhow::Result<PathBuf> {
+    if let Err(e) = std::fs::read_dir(SOCKET_DIR) {
+        if e.kind() == std::io::ErrorKind::PermissionDenied {
+            bail!("{}", denied(Path::new(SOCKET_DIR)));
+        }
+    }
+    let sockets = sockets();
+    match sockets.as_slice() {
+        [(_, one)] => Ok(one.clone()),
         [] => bail!("no netmon daemon is running (no socket in {SOCKET_DIR}); start one with `netmon run --iface IF`"),
         _ => bail!(
             "several netmon daemons are running ({}); pick one with --iface",
-            sockets.iter().filter_map(|p| p.file_stem()).map(|s| s.to_string_lossy()).collect::<Vec<_>>().join(", ")
+            sockets.iter().map(|(key, _)| key.as_str()).collect::<Vec<_>>().join(", ")
         ),
     }
 }
@@ -234,8 +291,26 @@ fn private_dir() -> anyhow::Result<&'static Path> {
     Ok(dir)
 }
 
-/// A valid interface name: it names files in [`SOCKET_DIR`], so no path.
-fn check_iface_name(iface: &str) -> anyhow::Result<()> {
+/// A valid interface key ([`key`]): it names files in [`SOCKET_DIR`], so no path.
+fn check_key(key: &str) -> anyhow::Result<()> {
+    let (netns, iface) = match key.split_once(':') {
+        Some((ns, iface)) => (Some(ns), iface),
+        None => (None, key),
+    };
+    if let Some(ns) = netns {
+        if ns.is_empty()
+            || ns.len() > 64
+            || ns.starts_with('.')
+            || ns.contains('/')
+            || ns.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            bail!(
+                "'{}' is not a network namespace name netmon can use (at most 64 characters, \
+                 no '/', spaces or leading '.'); give its path instead",
+                ns.escape_default()
+            );
+        }
+    }
     if iface.is_empty()
         || iface.len() > 15
         || iface == "."
@@ -262,14 +337,15 @@ pub struct Claim {
 }
 
 impl Claim {
-    /// Takes the claim on `iface`, or says which daemon holds it.
-    pub fn take(iface: &str) -> anyhow::Result<Claim> {
+    /// Takes the claim on the interface of `key` ([`key`]), or says which
+    /// daemon holds it, naming the interface `iface` as the user did.
+    pub fn take(key: &str, iface: &str) -> anyhow::Result<Claim> {
         use std::os::{
             fd::AsRawFd,
             unix::fs::{MetadataExt, OpenOptionsExt},
         };
-        check_iface_name(iface)?;
-        let path = private_dir()?.join(format!("{iface}.lock"));
+        check_key(key)?;
+        let path = private_dir()?.join(format!("{key}.lock"));
         loop {
             let mut file = std::fs::OpenOptions::new()
                 .read(true)
@@ -320,33 +396,43 @@ pub struct Incoming {
 /// The daemon's listening socket; removed on drop.
 pub struct Listener {
     requests: tokio::sync::mpsc::Receiver<Incoming>,
-    path: PathBuf,
+    paths: Vec<PathBuf>,
     accept: tokio::task::JoinHandle<()>,
 }
 
 impl Listener {
-    /// Binds `/run/netmon/<iface>.sock`, replacing a stale socket (the
-    /// [`Claim`] says no daemon owns it), mode 0660 for the socket group
-    /// (0600 without one), and serves clients concurrently: each has
-    /// `CLIENT_TIME` to send one request of at most [`MAX_REQUEST`] bytes
-    /// and to take the answer, so an idle or slow client delays no one. Each
-    /// request is checked against the peer's credentials first.
-    pub fn bind(iface: &str, _claim: &Claim, access: Access) -> anyhow::Result<Listener> {
+    /// Binds `/run/netmon/<key>.sock` for the first claim's interface and
+    /// links it under every other claim's, replacing stale sockets (the
+    /// claims say no daemon owns them), mode 0660 for the socket group (0600
+    /// without one), and serves clients concurrently: each has `CLIENT_TIME`
+    /// to send one request of at most [`MAX_REQUEST`] bytes and to take the
+    /// answer, so an idle or slow client delays no one. Each request is
+    /// checked against the peer's credentials first.
+    pub fn bind(claims: &[Claim], access: Access) -> anyhow::Result<Listener> {
         use std::os::unix::fs::PermissionsExt;
         let dir = private_dir()?;
-        let path = socket_path(iface);
-        match std::fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => bail!("removing the stale socket {}: {e}", path.display()),
+        let paths: Vec<PathBuf> = claims
+            .iter()
+            .map(|c| c.path.with_extension("sock"))
+            .collect();
+        let Some(path) = paths.first().cloned() else {
+            bail!("no interface to serve");
+        };
+        for stale in &paths {
+            match std::fs::remove_file(stale) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => bail!("removing the stale socket {}: {e}", stale.display()),
+            }
         }
         let listener = tokio::net::UnixListener::bind(&path)
             .with_context(|| format!("binding the control socket {}", path.display()))?;
+        // The links below share the socket's inode, so its owner and mode too.
         match access.socket_group {
             None => std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?,
             Some(gid) => {
-                // The group enters the directory and connects; it can neither
-                // list other files there nor write them.
+                // The group may list the directory and connect; it cannot
+                // create or replace files there.
                 let group = Some(nix::unistd::Gid::from_raw(gid));
                 for (place, mode) in [(&path, 0o660), (&dir.to_path_buf(), 0o750)] {
                     nix::unistd::chown(place.as_path(), None, group).with_context(|| {
@@ -358,6 +444,10 @@ impl Listener {
                     std::fs::set_permissions(place, std::fs::Permissions::from_mode(mode))?;
                 }
             }
+        }
+        for other in &paths[1..] {
+            std::fs::hard_link(&path, other)
+                .with_context(|| format!("linking the control socket at {}", other.display()))?;
         }
         let (sender, requests) = tokio::sync::mpsc::channel(CONNECTIONS);
         let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(CONNECTIONS));
@@ -384,7 +474,7 @@ impl Listener {
         });
         Ok(Listener {
             requests,
-            path,
+            paths,
             accept,
         })
     }
@@ -398,7 +488,9 @@ impl Listener {
 impl Drop for Listener {
     fn drop(&mut self) {
         self.accept.abort();
-        let _ = std::fs::remove_file(&self.path);
+        for path in &self.paths {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 
@@ -547,18 +639,15 @@ mod tests {
     }
 
     #[test]
-    fn interface_names_cannot_leave_the_socket_directory() {
-        for bad in [
-            "",
-            "..",
-            "../etc",
-            "a/b",
-            "eth0:1",
-            "x y",
-            "sixteen_chars_xx",
-        ] {
-            assert!(check_iface_name(bad).is_err(), "{bad:?}");
+    fn interface_keys_cannot_leave_the_socket_directory() {
+        for bad in ["", "..", "../etc", "a/b", "x y", "sixteen_chars_xx"] {
+            assert!(check_key(bad).is_err(), "{bad:?}");
         }
-        check_iface_name("eth0").unwrap();
+        for bad in ["../x:eth0", ":eth0", ".hidden:eth0", "a b:eth0", "ns:a:b"] {
+            assert!(check_key(bad).is_err(), "{bad:?}");
+        }
+        check_key("eth0").unwrap();
+        check_key(&key(Some("blue"), "eth0")).unwrap();
+        check_key(&key(Some("netns-4026532"), "eth0")).unwrap();
     }
 }

@@ -47,10 +47,14 @@ pub fn check() -> Result<(), PrivilegeError> {
     Ok(())
 }
 
-/// Keeps only CAP_BPF, which reading and updating the maps needs, and forbids
+/// Keeps only CAP_BPF, which reading and updating the maps needs (and
+/// `also`, which attaching interfaces that appear later needs), and forbids
 /// regaining the rest (also for `--alert-exec` programs).
-pub fn drop_after_attach() -> Result<(), PrivilegeError> {
-    let keep: CapsHashSet = [Capability::CAP_BPF].into_iter().collect();
+pub fn drop_after_attach(also: &[Capability]) -> Result<(), PrivilegeError> {
+    let keep: CapsHashSet = [Capability::CAP_BPF]
+        .into_iter()
+        .chain(also.iter().copied())
+        .collect();
     // The bounding set first: shrinking it needs CAP_SETPCAP, dropped below.
     for cap in caps::all() {
         if !keep.contains(&cap) {

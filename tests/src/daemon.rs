@@ -68,6 +68,7 @@ impl Netmon {
         Launch {
             host,
             iface: host.iface.clone(),
+            from_host: false,
             interval: Some("1s".into()),
             quiet: true,
             echo: false,
@@ -170,6 +171,8 @@ impl Drop for Netmon {
 pub struct Launch<'h> {
     host: &'h Host,
     iface: String,
+    /// Run from the test's own namespace, with `--netns` naming the host's.
+    from_host: bool,
     interval: Option<String>,
     quiet: bool,
     echo: bool,
@@ -223,6 +226,13 @@ impl Launch<'_> {
         self
     }
 
+    /// Runs netmon from the test's own namespaces (the machine's), reaching
+    /// the host's interface with `--netns`, as an operator does from the host.
+    pub fn from_host(mut self) -> Self {
+        self.from_host = true;
+        self
+    }
+
     /// Also prints everything netmon prints to our stdout (the demo).
     pub fn echoing(mut self) -> Self {
         self.echo = true;
@@ -270,6 +280,9 @@ impl Launch<'_> {
     /// Everything after `netmon`.
     fn command_line(&self) -> Vec<&str> {
         let mut line = vec!["run"];
+        if self.from_host {
+            line.extend(["--netns", &self.host.netns]);
+        }
         if !self.iface.is_empty() {
             line.extend(["--iface", &self.iface]);
         }
@@ -315,7 +328,7 @@ impl Launch<'_> {
             c.args(&words);
             c
         } else {
-            let mut c = self.host.command(&words[0]);
+            let mut c = self.command(&words[0]);
             c.args(&words[1..]);
             c
         };
@@ -371,18 +384,31 @@ impl Launch<'_> {
         Ok(netmon)
     }
 
+    /// `program` in the host's namespace, or in ours with [`Launch::from_host`].
+    fn command(&self, program: &str) -> std::process::Command {
+        match self.from_host {
+            true => std::process::Command::new(program),
+            false => self.host.command(program),
+        }
+    }
+
     /// Runs netmon to its end, for runs that exit by themselves (refusals).
     /// Bounded: a netmon still running after 60 s is stopped with SIGTERM,
     /// and `timeout` then exits with 124.
     pub fn run_to_end(self) -> Result<Output> {
-        self.host
-            .command("timeout")
+        self.command("timeout")
             .arg("60")
             .arg(binary())
             .args(self.command_line())
             .output()
             .context("running netmon")
     }
+}
+
+/// The control socket of the daemon watching `host`'s interface from inside
+/// its namespace (sockets are named `NS:IF` outside the machine's own).
+pub fn socket(host: &Host) -> PathBuf {
+    PathBuf::from(format!("/run/netmon/{}:{}.sock", host.netns, host.iface))
 }
 
 /// Runs a `netmon` CLI command (block, rules, quota …) from the test process.

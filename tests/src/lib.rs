@@ -15,7 +15,7 @@ pub mod traffic;
 
 pub use cpu::PinnedToCpu;
 pub use daemon::Netmon;
-pub use netns::{Host, TestNet};
+pub use netns::{Host, Routed, TestNet};
 pub use traffic::Flow;
 
 /// The names in `dir`, sorted: what a test expects a run to have left there.

@@ -222,10 +222,128 @@ impl Drop for TestNet {
             let _ = Command::new("ip")
                 .args(["netns", "del", &host.netns])
                 .output();
-            // A daemon killed by a test leaves its control socket and claim behind.
-            for left in ["sock", "lock"] {
-                let _ = std::fs::remove_file(format!("/run/netmon/{}.{left}", host.iface));
-            }
+            remove_leftovers(host);
+        }
+    }
+}
+
+/// A daemon killed by a test leaves its control socket and claim behind,
+/// named `IF` or `NS:IF`.
+fn remove_leftovers(host: &Host) {
+    for left in ["sock", "lock"] {
+        for key in [host.iface.clone(), format!("{}:{}", host.netns, host.iface)] {
+            let _ = std::fs::remove_file(format!("/run/netmon/{key}.{left}"));
+        }
+    }
+}
+
+/// A router between two hosts: `left` and `right`, each in a namespace of
+/// its own, joined by veth pairs to `router_left` and `router_right`, the
+/// two interfaces of one routing namespace (IPv4 only, forwarding on).
+/// Removed on drop.
+#[derive(Debug)]
+pub struct Routed {
+    /// 10.200.1.2, routes 10.200.2.0/24 through the router.
+    pub left: Host,
+    /// The router's interface towards `left`: 10.200.1.1.
+    pub router_left: Host,
+    /// The router's interface towards `right`: 10.200.2.1.
+    pub router_right: Host,
+    /// 10.200.2.2, routes 10.200.1.0/24 through the router.
+    pub right: Host,
+}
+
+impl Routed {
+    /// Creates the three namespaces and both links.
+    pub fn create() -> Result<Routed> {
+        sweep_stale();
+        let pid = std::process::id();
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let host = |ns: char, side: char, subnet: u8, last: u8| Host {
+            netns: format!("{PREFIX}-{pid}-{id}-{ns}"),
+            iface: format!("nm{pid}r{id}{side}"),
+            mac: [0x02, 1, 0, id as u8, subnet, last],
+            ipv4: Ipv4Addr::new(10, 200, subnet, last),
+            ipv6: Ipv6Addr::new(0xfd00, 0x200, 0, subnet as u16, 0, 0, 0, last as u16),
+            ipv4_alt: Ipv4Addr::new(10, 200, subnet, last + 10),
+            ipv6_alt: Ipv6Addr::new(0xfd00, 0x200, 0, subnet as u16, 0, 0, 0, last as u16 + 10),
+        };
+        let net = Routed {
+            left: host('l', 'l', 1, 2),
+            router_left: host('r', 'a', 1, 1),
+            router_right: host('r', 'b', 2, 1),
+            right: host('t', 't', 2, 2),
+        };
+        // From here on, Drop removes whatever was made.
+        for ns in [&net.left, &net.router_left, &net.right] {
+            ip(&format!("netns add {}", ns.netns))?;
+            sysctl(&ns.netns, "net.ipv6.conf.all.disable_ipv6=1")?;
+            sysctl(&ns.netns, "net.ipv6.conf.default.disable_ipv6=1")?;
+            ip(&format!("-n {} link set lo up", ns.netns))?;
+        }
+        sysctl(&net.router_left.netns, "net.ipv4.ip_forward=1")?;
+        net.add_link(&net.left, &net.router_left)?;
+        net.add_right()?;
+        Ok(net)
+    }
+
+    /// Creates the link between the router and `right` (again).
+    pub fn add_right(&self) -> Result<()> {
+        self.add_link(&self.right, &self.router_right)
+    }
+
+    /// Deletes the link between the router and `right`.
+    pub fn remove_right(&self) -> Result<()> {
+        ip(&format!(
+            "-n {} link del {}",
+            self.router_right.netns, self.router_right.iface
+        ))?;
+        Ok(())
+    }
+
+    /// A veth pair from `host` to the router's `port`, addressed, quiet
+    /// (static neighbours), without offloads (so tcpdump sees wire frames).
+    fn add_link(&self, host: &Host, port: &Host) -> Result<()> {
+        ip(&format!(
+            "link add {} address {} netns {} type veth peer name {} address {} netns {}",
+            host.iface,
+            host.mac_string(),
+            host.netns,
+            port.iface,
+            port.mac_string(),
+            port.netns
+        ))?;
+        for (me, peer) in [(host, port), (port, host)] {
+            let (ns, dev) = (&me.netns, &me.iface);
+            ip(&format!("-n {ns} addr add {}/24 dev {dev}", me.ipv4))?;
+            ip(&format!(
+                "-n {ns} neigh replace {} lladdr {} dev {dev} nud permanent",
+                peer.ipv4,
+                peer.mac_string()
+            ))?;
+            ip(&format!("-n {ns} link set {dev} up"))?;
+            run(me
+                .command("ethtool")
+                .args(["-K", dev, "tso", "off", "gro", "off"]))?;
+        }
+        let other_subnet = if host.ipv4.octets()[2] == 1 { 2 } else { 1 };
+        ip(&format!(
+            "-n {} route add 10.200.{other_subnet}.0/24 via {}",
+            host.netns, port.ipv4
+        ))?;
+        Ok(())
+    }
+}
+
+impl Drop for Routed {
+    fn drop(&mut self) {
+        for host in [&self.left, &self.router_left, &self.right] {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &host.netns])
+                .output();
+        }
+        for host in [&self.router_left, &self.router_right] {
+            remove_leftovers(host);
         }
     }
 }

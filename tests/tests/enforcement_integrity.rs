@@ -15,10 +15,10 @@ use anyhow::{ensure, Context as _, Result};
 use netmon::logs::state;
 use netmon_common::Counter;
 use netmon_tests::{
-    daemon::{ctl, listing, quota, Netmon},
+    daemon::{ctl, listing, quota, socket, Netmon},
     mounts::TempMount,
     traffic::{frame_len, Udp},
-    Flow, TestNet,
+    Flow, Host, TestNet,
 };
 use serde_json::Value;
 
@@ -313,9 +313,9 @@ fn a_rule_or_quota_with_nothing_to_match_must_say_all() -> Result<()> {
     Ok(())
 }
 
-/// Sends one raw request line to the daemon on `iface` and returns its answer.
-fn raw_request(iface: &str, line: &str) -> Result<Value> {
-    let mut stream = UnixStream::connect(format!("/run/netmon/{iface}.sock"))?;
+/// Sends one raw request line to the daemon on `host`'s interface and returns its answer.
+fn raw_request(host: &Host, line: &str) -> Result<Value> {
+    let mut stream = UnixStream::connect(socket(host))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     stream.write_all(format!("{line}\n").as_bytes())?;
     let mut answer = String::new();
@@ -367,7 +367,7 @@ fn the_daemon_validates_what_any_client_sends() -> Result<()> {
         ),
     ];
     for (request, why) in &refused {
-        let answer = raw_request(iface, request)?;
+        let answer = raw_request(&net.a, request)?;
         let error = answer["error"].as_str().unwrap_or_default();
         assert!(error.contains(why), "{request} → {answer}");
     }
@@ -389,7 +389,7 @@ fn idle_clients_delay_no_one_and_adding_a_rule_again_answers_its_id() -> Result<
     let (a, b) = (&net.a, &net.b);
     let dir = tempfile::tempdir()?;
     let netmon = Netmon::on(a).logs_in(dir.path()).start()?;
-    let socket = format!("/run/netmon/{}.sock", a.iface);
+    let socket = socket(a);
     let idle: Vec<UnixStream> = (0..100)
         .map(|_| UnixStream::connect(&socket))
         .collect::<std::io::Result<_>>()?;

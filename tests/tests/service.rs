@@ -91,8 +91,8 @@ fn config_check_names_the_file_and_line_of_each_problem() -> Result<()> {
         ("ingress = \"fast\"\n", 1, "ingress: invalid value 'fast' for '--ingress <INGRESS>' [possible values: auto, xdp, xdp-skb, tc]"),
         ("reset_state = true\n", 1, "'reset_state': reset_state would start from zero at every start; give --reset-state once on the command line"),
         ("iface = \"eth0\"\n", 1, "'iface': interfaces are listed as [[interface]] tables with name = \"IF\""),
-        ("[[interface]]\nname = \"eth0\"\n\n[[interface]]\nname = \"eth1\"\n", 4, "a second [[interface]]: this netmon watches one interface per daemon; run one daemon, with its own configuration file, per interface"),
-        ("[[interface]]\nname = \"eth0\"\nnetns = \"blue\"\n", 3, "interface netns: this netmon cannot attach in another network namespace yet; run it inside the namespace (ip netns exec NS netmon run …)"),
+        ("[[interface]]\nname = \"eth0\"\n\n[[interface]]\nname = 7\n", 5, "interface name: write it as a string, like name = \"eth0\""),
+        ("[[interface]]\nname = \"eth0\"\nnetns = 5\n", 3, "interface netns: write it as a string, like netns = \"blue\""),
         ("[[interface]]\nmtu = 1500\n", 2, "interface: unknown key 'mtu'; an interface has name and netns"),
         ("interval = \"5s\"\n\n[[policy.block]]\ncidr = \"10.0.0.0/33\"\n", 3, "'10.0.0.0/33' is not a valid CIDR: /33 is longer than an IPv4 address (32 bits)"),
         ("interval = = \"5s\"\n", 1, "extra `=`, expected nothing"),
@@ -239,9 +239,11 @@ fn group_members_read_admins_change_and_others_are_refused() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let daemon = group_daemon(&net, dir.path())?;
     let iface = net.a.iface.as_str();
+    let socket_name = netmon_tests::daemon::socket(&net.a);
     let socket = PathBuf::from(format!(
-        "/proc/{}/root/run/netmon/{iface}.sock",
-        daemon.pid()
+        "/proc/{}/root{}",
+        daemon.pid(),
+        socket_name.display()
     ));
     let (socket_meta, dir_meta) = (
         std::fs::metadata(&socket)?,
@@ -299,12 +301,20 @@ fn group_members_read_admins_change_and_others_are_refused() -> Result<()> {
         (true, "rule 1 added: block 10.200.8.0/24\n".into()),
         "a member of the admin group blocks"
     );
+    // The CLI names the socket of its own namespace's interface: `IF.sock`,
+    // or `LABEL:IF.sock` where that namespace has no name of its own.
+    let (ok, refusal) = ctl(OUTSIDER, &["rules"])?;
+    let (path, reason) = refusal
+        .strip_prefix("netmon: error: permission denied on /run/netmon/")
+        .and_then(|rest| rest.split_once(": "))
+        .unwrap_or_else(|| panic!("someone outside the group: {refusal}"));
+    assert!(
+        !ok && (path == format!("{iface}.sock") || path.ends_with(&format!(":{iface}.sock"))),
+        "someone outside the group: {refusal}"
+    );
     assert_eq!(
-        ctl(OUTSIDER, &["rules"])?,
-        (
-            false,
-            format!("netmon: error: permission denied on /run/netmon/{iface}.sock: reading needs the group netmon, changing the policy root or the group netmon-admin; ask an administrator to add you (usermod -aG netmon USER)\n")
-        ),
+        reason,
+        "reading needs the group netmon, changing the policy root or the group netmon-admin; ask an administrator to add you (usermod -aG netmon USER)\n",
         "someone outside the group: one line"
     );
     assert_eq!(
@@ -321,7 +331,7 @@ fn group_members_read_admins_change_and_others_are_refused() -> Result<()> {
 fn perl_client(
     daemon: &Netmon,
     who: (u32, u32, &[u32]),
-    iface: &str,
+    socket: &std::path::Path,
     script: &str,
 ) -> Result<std::process::Child> {
     Command::new("nsenter")
@@ -330,7 +340,8 @@ fn perl_client(
         .args(setpriv(who))
         .args(["perl", "-MIO::Socket::UNIX", "-e"])
         .arg(format!(
-            "$| = 1; $SIG{{PIPE}} = 'IGNORE'; my $s = IO::Socket::UNIX->new(Peer => '/run/netmon/{iface}.sock') or die \"connect: $!\"; print \"connected\\n\"; {script}"
+            "$| = 1; $SIG{{PIPE}} = 'IGNORE'; my $s = IO::Socket::UNIX->new(Peer => '{}') or die \"connect: $!\"; print \"connected\\n\"; {script}",
+            socket.display()
         ))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -351,15 +362,16 @@ fn silent_and_endless_clients_delay_neither_other_clients_nor_the_poll() -> Resu
     let daemon = group_daemon(&net, dir.path())?;
     let iface = net.a.iface.as_str();
     // Says nothing; prints what it got back once the daemon hangs up.
+    let socket = netmon_tests::daemon::socket(&net.a);
     let mut silent = perl_client(
         &daemon,
         MEMBER,
-        iface,
+        &socket,
         "my $got = join('', <$s>); print \"closed, answer '$got'\\n\";",
     )?;
     assert_eq!(first_line_of(&mut silent)?, "connected\n");
     // Sends one endless line, then prints the answer.
-    let mut endless = perl_client(&daemon, MEMBER, iface, "my $chunk = 'x' x 1024; while (defined syswrite($s, $chunk)) {} my $got = <$s>; print $got;")?;
+    let mut endless = perl_client(&daemon, MEMBER, &socket, "my $chunk = 'x' x 1024; while (defined syswrite($s, $chunk)) {} my $got = <$s>; print $got;")?;
     assert_eq!(first_line_of(&mut endless)?, "connected\n");
 
     let detail = dir.path().join("detail.jsonl");

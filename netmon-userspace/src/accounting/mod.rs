@@ -7,6 +7,7 @@
 //! Pure logic: no syscalls, so every rule here is unit-tested.
 
 mod baseline;
+mod forwarding;
 mod ledger;
 mod meter;
 mod pair_map;
@@ -18,6 +19,7 @@ use std::{collections::HashMap, net::IpAddr};
 use netmon_common::{Counter, Direction, DirectionTotals, PairKey};
 
 pub use baseline::{Baseline, BaselineView};
+pub use forwarding::{Forwarding, Seen};
 pub use ledger::{AddressPair, Ledger};
 pub use meter::{Meter, Poll};
 

@@ -19,11 +19,16 @@ use crate::{
 /// Options of `netmon run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Interface to monitor, e.g. eth0.
+    /// Interface to monitor, e.g. eth0; repeat it to watch several with one
+    /// daemon (one log, one state file, one control socket).
     #[arg(long)]
-    pub iface: Option<String>,
-    /// Configuration file (TOML) of these options, an [[interface]] and the
-    /// policy; the command line and NETMON_* variables win over it.
+    pub iface: Vec<String>,
+    /// The network namespace (a name `ip netns` shows, or a path such as
+    /// /proc/PID/ns/net) of the `--iface`s that follow it, like `ip -n`.
+    #[arg(long)]
+    pub netns: Vec<String>,
+    /// Configuration file (TOML) of these options, its [[interface]]s and
+    /// the policy; the command line and NETMON_* variables win over it.
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// How often to read the counters and write the logs (e.g. 10s, 500ms, 1m).
@@ -98,13 +103,16 @@ pub struct RunArgs {
 /// Runs the daemon with the options, layered over the configuration file
 /// when there is one, as its configuration.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let Some(file) = args.config.clone() else {
-        return daemon::run(to_config(args)?).await;
-    };
     // The words after `run`: the command line, layered over the file again on SIGHUP.
-    let cli: Vec<_> = std::env::args_os().skip(2).collect();
+    let cli: Vec<_> = std::env::args_os()
+        .skip_while(|a| a != "run")
+        .skip(1)
+        .collect();
+    let Some(file) = args.config.clone() else {
+        return daemon::run(to_config(args, &cli)?).await;
+    };
     let (args, layers) = config::Layers::resolve::<RunArgs>(&file, cli)?;
-    let mut daemon_config = to_config(args)?;
+    let mut daemon_config = to_config(args, layers.words())?;
     daemon_config.reload = Some(std::sync::Arc::new(config::Reloader::new(move || {
         let (args, waiting) = layers.reload::<RunArgs>()?;
         if !waiting.is_empty() {
@@ -123,13 +131,27 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     daemon::run(daemon_config).await
 }
 
-fn to_config(args: RunArgs) -> anyhow::Result<daemon::Config> {
-    let Some(iface) = args.iface else {
+/// The daemon's configuration from the options and the command line `words`
+/// they came from (for the order of `--netns` and `--iface`).
+fn to_config(args: RunArgs, words: &[std::ffi::OsString]) -> anyhow::Result<daemon::Config> {
+    let mut interfaces = interfaces(words.iter().map(|w| w.to_string_lossy().into_owned()))?;
+    if interfaces.is_empty() {
+        // From NETMON_IFACE and NETMON_NETNS, which are not words.
+        interfaces = args
+            .iface
+            .iter()
+            .map(|name| daemon::InterfaceSpec {
+                name: name.clone(),
+                netns: args.netns.last().cloned(),
+            })
+            .collect();
+    }
+    if interfaces.is_empty() {
         anyhow::bail!(
             "no interface to watch: give --iface IF, or [[interface]] name = \"IF\" in the \
              configuration file"
         );
-    };
+    }
     let tz = match &args.timezone {
         Some(name) => TimeZone::get(name).with_context(|| {
             format!("'{name}' is not a time zone; use an IANA name like Europe/Berlin")
@@ -138,7 +160,7 @@ fn to_config(args: RunArgs) -> anyhow::Result<daemon::Config> {
     };
     Ok(daemon::Config {
         files: Files::new(&args.log, args.state.clone(), &args.detail_log),
-        iface,
+        interfaces,
         interval: args.interval,
         follow_symlinks: args.follow_symlinks,
         ingress: args.ingress,
@@ -159,4 +181,79 @@ fn to_config(args: RunArgs) -> anyhow::Result<daemon::Config> {
             args.admin_group.as_deref(),
         )?,
     })
+}
+
+/// The `--iface`s in command-line order, each with the `--netns` before it
+/// (clap keeps each option's values, not their order among each other's).
+fn interfaces(args: impl Iterator<Item = String>) -> anyhow::Result<Vec<daemon::InterfaceSpec>> {
+    let mut netns = None;
+    let mut out = Vec::new();
+    let mut pending_netns = false;
+    let mut args = args.peekable();
+    while let Some(arg) = args.next() {
+        let (option, inline) = match arg.split_once('=') {
+            Some((o, v)) if o.starts_with("--") => (o.to_string(), Some(v.to_string())),
+            _ => (arg.clone(), None),
+        };
+        let mut value = || inline.clone().or_else(|| args.next());
+        match option.as_str() {
+            "--netns" => {
+                anyhow::ensure!(
+                    !pending_netns,
+                    "--netns {} names no --iface after it; say `--netns NS --iface IF`",
+                    netns.unwrap_or_default()
+                );
+                netns = value();
+                pending_netns = true;
+            }
+            "--iface" => {
+                if let Some(name) = value() {
+                    out.push(daemon::InterfaceSpec {
+                        name,
+                        netns: netns.clone(),
+                    });
+                    pending_netns = false;
+                }
+            }
+            "--" => break,
+            _ => {}
+        }
+    }
+    anyhow::ensure!(
+        !pending_netns,
+        "--netns {} names no --iface after it; say `--netns NS --iface IF`",
+        netns.unwrap_or_default()
+    );
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str, netns: Option<&str>) -> daemon::InterfaceSpec {
+        daemon::InterfaceSpec {
+            name: name.into(),
+            netns: netns.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn each_interface_takes_the_network_namespace_named_before_it() {
+        let args = "run --iface eth0 --interval 1s --netns blue --iface eth0 --iface=eth1 --netns=/proc/7/ns/net --iface veth0";
+        assert_eq!(
+            interfaces(args.split(' ').map(str::to_string)).unwrap(),
+            vec![
+                spec("eth0", None),
+                spec("eth0", Some("blue")),
+                spec("eth1", Some("blue")),
+                spec("veth0", Some("/proc/7/ns/net")),
+            ]
+        );
+        let dangling = "run --iface eth0 --netns blue";
+        assert!(interfaces(dangling.split(' ').map(str::to_string))
+            .unwrap_err()
+            .to_string()
+            .contains("--netns blue names no --iface after it"));
+    }
 }

@@ -87,8 +87,9 @@ fn word(long: &str, value: &std::ffi::OsStr) -> OsString {
     word
 }
 
-/// `[[interface]]` tables: `name`, and `netns` once netmon attaches across
-/// network namespaces.
+/// `[[interface]]` tables, each with a `name` and an optional `netns`, as
+/// the words `--iface IF` takes after `--netns NS`: those of the daemon's own
+/// namespace first, since a `--netns` holds for every `--iface` after it.
 fn interfaces(
     value: &Spanned<DeValue<'_>>,
     at: &dyn Fn(Range<usize>, String) -> ConfigError,
@@ -99,41 +100,32 @@ fn interfaces(
             "interface: write each as [[interface]] with name = \"IF\"".into(),
         ));
     };
-    let mut words = Vec::new();
-    for (n, entry) in list.iter().enumerate() {
+    let mut specs: Vec<(Option<String>, String)> = Vec::new();
+    for entry in list {
         let Some(table) = entry.get_ref().as_table() else {
             return Err(at(
                 entry.span(),
                 "interface: write each as [[interface]] with name = \"IF\"".into(),
             ));
         };
-        if n > 0 {
-            return Err(at(
-                entry.span(),
-                "a second [[interface]]: this netmon watches one interface per daemon; run one \
-                 daemon, with its own configuration file, per interface"
-                    .into(),
-            ));
-        }
-        let mut name = None;
+        let (mut name, mut netns) = (None, None);
         for (key, value) in table {
-            match key.get_ref().as_ref() {
-                "name" => match value.get_ref().as_str() {
-                    Some(s) => name = Some(s.to_string()),
-                    None => {
-                        return Err(at(
-                            value.span(),
-                            "interface name: write it as a string, like name = \"eth0\"".into(),
-                        ))
-                    }
-                },
-                "netns" => {
-                    return Err(at(
-                        key.span(),
-                        "interface netns: this netmon cannot attach in another network namespace \
-                         yet; run it inside the namespace (ip netns exec NS netmon run …)"
-                            .into(),
-                    ))
+            let field = key.get_ref().as_ref();
+            let text = match field {
+                "name" | "netns" => {
+                    value
+                        .get_ref()
+                        .as_str()
+                        .map(str::to_string)
+                        .ok_or_else(|| {
+                            at(
+                                value.span(),
+                                format!(
+                            "interface {field}: write it as a string, like {field} = \"{}\"",
+                            if field == "name" { "eth0" } else { "blue" }
+                        ),
+                            )
+                        })?
                 }
                 other => {
                     return Err(at(
@@ -143,6 +135,10 @@ fn interfaces(
                         ),
                     ))
                 }
+            };
+            match field {
+                "name" => name = Some(text),
+                _ => netns = Some(text),
             }
         }
         let name = name.ok_or_else(|| {
@@ -151,6 +147,16 @@ fn interfaces(
                 "[[interface]] without a name: add name = \"IF\"".into(),
             )
         })?;
+        specs.push((netns, name));
+    }
+    specs.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut words = Vec::new();
+    let mut current: Option<&str> = None;
+    for (netns, name) in &specs {
+        if let Some(ns) = netns.as_deref().filter(|ns| current != Some(*ns)) {
+            words.push(word("netns", ns.as_ref()));
+            current = Some(ns);
+        }
         words.push(word("iface", name.as_ref()));
     }
     Ok(words)
@@ -203,4 +209,26 @@ fn option(
         return Err(format!("{name}: {}", super::first_line(&e)));
     }
     Ok(words)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interfaces_become_iface_words_each_after_its_netns() {
+        let text = "[[interface]]\nname = \"eth1\"\nnetns = \"blue\"\n\n\
+                    [[interface]]\nname = \"eth0\"\n\n\
+                    [[interface]]\nname = \"veth0\"\nnetns = \"blue\"\n";
+        let file = ConfigFile::parse(Path::new("netmon.toml"), text, &Command::new("run")).unwrap();
+        let words = [
+            "--iface=eth0",
+            "--netns=blue",
+            "--iface=eth1",
+            "--iface=veth0",
+        ]
+        .map(OsString::from)
+        .to_vec();
+        assert_eq!(file.options(), [("iface".to_string(), words)]);
+    }
 }

@@ -97,6 +97,9 @@ pub struct Layers {
     cli: Vec<OsString>,
     /// What the options were at the start.
     started: ArgMatches,
+    /// The command line they made at the start: the file's options after the
+    /// given ones, in their order (`--netns` holds for the `--iface`s after it).
+    words: Vec<OsString>,
 }
 
 impl Layers {
@@ -106,13 +109,14 @@ impl Layers {
         file: &Path,
         cli: Vec<OsString>,
     ) -> Result<(A, Layers), ConfigError> {
-        let (args, started) = layer::<A>(file, &cli)?;
+        let (args, started, words) = layer::<A>(file, &cli)?;
         Ok((
             args,
             Layers {
                 file: file.to_path_buf(),
                 cli,
                 started,
+                words,
             },
         ))
     }
@@ -120,7 +124,7 @@ impl Layers {
     /// Reads the file again: the options as they are now, and the names of
     /// those that changed since the start but wait for a restart.
     pub fn reload<A: Args + FromArgMatches>(&self) -> Result<(A, Vec<String>), ConfigError> {
-        let (args, now) = layer::<A>(&self.file, &self.cli)?;
+        let (args, now, _) = layer::<A>(&self.file, &self.cli)?;
         let waiting = run_command::<A>()
             .get_arguments()
             .map(|arg| arg.get_id().as_str())
@@ -134,6 +138,11 @@ impl Layers {
     /// The configuration file.
     pub fn file(&self) -> &Path {
         &self.file
+    }
+
+    /// The command line the layers made at the start.
+    pub fn words(&self) -> &[OsString] {
+        &self.words
     }
 }
 
@@ -151,11 +160,11 @@ fn raw(matches: &ArgMatches, id: &str) -> Option<Vec<OsString>> {
 }
 
 /// Parses `run CLI… FILE…`, where FILE holds the file's options that
-/// neither the command line nor the environment gives.
+/// neither the command line nor the environment gives; returns those words too.
 fn layer<A: Args + FromArgMatches>(
     file: &Path,
     cli: &[OsString],
-) -> Result<(A, ArgMatches), ConfigError> {
+) -> Result<(A, ArgMatches, Vec<OsString>), ConfigError> {
     let command = run_command::<A>();
     let options = |words: &mut dyn Iterator<Item = OsString>| {
         command
@@ -175,9 +184,9 @@ fn layer<A: Args + FromArgMatches>(
             words.extend(values.iter().cloned());
         }
     }
-    let matches = options(&mut words.into_iter())?;
+    let matches = options(&mut words.iter().cloned())?;
     let args = A::from_arg_matches(&matches).map_err(|e| ConfigError::Options(first_line(&e)))?;
-    Ok((args, matches))
+    Ok((args, matches, words))
 }
 
 /// A clap error in one line, without its `error: ` and usage: the

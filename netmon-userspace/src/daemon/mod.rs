@@ -22,8 +22,10 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 
+use netmon_common::{policy::QuotaState, Counter};
+
 use crate::{
-    accounting::{BaselineView, IntervalUsage, Meter},
+    accounting::{BaselineView, Forwarding, IntervalUsage, Meter, Seen},
     alerts::UsageAlarm,
     control::{Answer, Request, Response},
     datapath::DatapathError,
@@ -31,11 +33,11 @@ use crate::{
     logs::state::State,
 };
 use clock::Clock;
-use kernel::Kernel;
+use kernel::{Kernel, PolicyMaps};
 use report::{IntervalReport, Report, Saved};
 use sinks::Sink;
 
-pub use start::{run, Config};
+pub use start::{run, Config, InterfaceSpec};
 
 /// Why the daemon stopped polling.
 #[derive(Debug, thiserror::Error)]
@@ -64,22 +66,90 @@ impl Mark {
     }
 }
 
-/// The daemon between intervals: what it counts, enforces and reports.
-pub struct Daemon<K, C> {
+/// One watched interface: its kernel side and the counter values already
+/// accounted.
+struct Watched<K> {
+    /// As reports name it: `IF` in the daemon's network namespace, `NS:IF`
+    /// in another (interfaces of one namespace forward to each other).
     iface: String,
     kernel: K,
-    clock: C,
     meter: Meter,
+    /// The id of the maps the meter's values were read from.
+    instance: u64,
+    /// False once the interface went away and its last traffic was reported.
+    present: bool,
+}
+
+/// The daemon's interfaces. The policy is the daemon's: it is written to
+/// every interface's maps, and their counters are summed.
+pub struct Interfaces<K>(Vec<Watched<K>>);
+
+impl<K: PolicyMaps> PolicyMaps for Interfaces<K> {
+    fn write_tables(
+        &mut self,
+        tables: &crate::policy::compile::Tables,
+    ) -> Result<(), DatapathError> {
+        self.0
+            .iter_mut()
+            .try_for_each(|w| w.kernel.write_tables(tables))
+    }
+
+    fn clear_rule_counters(&mut self, slot: u32) -> Result<(), DatapathError> {
+        self.0
+            .iter_mut()
+            .try_for_each(|w| w.kernel.clear_rule_counters(slot))
+    }
+
+    /// The budget, and the use summed over the interfaces.
+    fn quota(&self, slot: u32) -> Result<QuotaState, DatapathError> {
+        let mut sum = QuotaState::default();
+        for w in &self.0 {
+            let state = w.kernel.quota(slot)?;
+            sum.limit = state.limit;
+            sum.used += state.used;
+        }
+        Ok(sum)
+    }
+
+    /// The first interface takes the use; the others start from zero, so
+    /// that the sum is `state.used`.
+    fn set_quota(&mut self, slot: u32, state: QuotaState) -> Result<(), DatapathError> {
+        let mut used = state.used;
+        for w in &mut self.0 {
+            w.kernel.set_quota(slot, QuotaState { used, ..state })?;
+            used = 0;
+        }
+        Ok(())
+    }
+
+    fn rule_counters(&self, slot: u32) -> Result<[Counter; 2], DatapathError> {
+        let mut sum = [Counter::default(); 2];
+        for w in &self.0 {
+            let counters = w.kernel.rule_counters(slot)?;
+            for (s, c) in sum.iter_mut().zip(counters) {
+                *s = s.plus(c);
+            }
+        }
+        Ok(sum)
+    }
+}
+
+/// The daemon between intervals: what it counts, enforces and reports.
+pub struct Daemon<K, C> {
+    interfaces: Interfaces<K>,
+    clock: C,
     /// The exact totals and the alert period's usage; quota usage is filled
     /// in from the enforcer whenever the files are written.
     state: State,
-    /// The id of the maps the meter's values were read from.
-    instance: u64,
     enforcer: Enforcer,
     alarm: Option<UsageAlarm>,
     idle_timeout: Duration,
     interval_start: Mark,
     sinks: Vec<Box<dyn Sink>>,
+    /// Counts forwarded traffic once in the log.
+    forwarding: Forwarding,
+    /// Interfaces that went away since [`Daemon::departed`] was last asked.
+    departed: Vec<String>,
 }
 
 impl<K: Kernel, C: Clock> Daemon<K, C> {
@@ -99,117 +169,208 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
         sinks: Vec<Box<dyn Sink>>,
     ) -> Self {
         let interval_start = Mark::now(&clock);
-        Daemon {
-            iface: iface.to_string(),
-            kernel,
+        let mut daemon = Daemon {
+            interfaces: Interfaces(Vec::new()),
             clock,
-            meter,
             state,
-            instance,
             enforcer,
             alarm,
             idle_timeout,
             interval_start,
             sinks,
+            forwarding: Forwarding::default(),
+            departed: Vec::new(),
+        };
+        daemon.join(iface, kernel, meter, instance);
+        daemon
+    }
+
+    /// Writes the policy in force into every interface's maps (at start).
+    pub fn enforce(&mut self) -> Result<(), crate::policy::PolicyError> {
+        let now = self.clock.now();
+        self.enforcer.apply(&mut self.interfaces, now)
+    }
+
+    /// Writes the policy in force into the maps of an interface about to join.
+    pub fn enforce_on(&mut self, kernel: &mut K) -> Result<(), crate::policy::PolicyError> {
+        let now = self.clock.now();
+        self.enforcer.apply(kernel, now)
+    }
+
+    /// Watches one more interface, `iface` (`IF` or `NS:IF`), whose maps already hold the policy ([`Daemon::enforce_on`]). An
+    /// interface of that name that went away is replaced, and its kernel
+    /// returned; its meter carries on when the maps are the same (`instance`).
+    pub fn join(&mut self, iface: &str, kernel: K, meter: Meter, instance: u64) -> Option<K> {
+        let mut joining = Watched {
+            iface: iface.to_string(),
+            kernel,
+            meter,
+            instance,
+            present: true,
+        };
+        match self.interfaces.0.iter_mut().find(|w| w.iface == iface) {
+            Some(old) => {
+                if old.instance == instance {
+                    joining.meter = std::mem::take(&mut old.meter);
+                }
+                Some(std::mem::replace(old, joining).kernel)
+            }
+            None => {
+                self.interfaces.0.push(joining);
+                None
+            }
         }
     }
 
-    /// One interval: reads the counters, accounts the interval, retires idle
-    /// pairs, rolls quota periods, raises alerts, and hands the report to
-    /// every sink. A read that fails part-way still reports what it read.
+    /// The kernel side of `iface`, when it is watched and present.
+    pub fn kernel(&self, iface: &str) -> Option<&K> {
+        self.interfaces
+            .0
+            .iter()
+            .find(|w| w.iface == iface && w.present)
+            .map(|w| &w.kernel)
+    }
+
+    /// True when `iface` is watched and present.
+    pub fn watches(&self, iface: &str) -> bool {
+        self.kernel(iface).is_some()
+    }
+
+    /// One interval: reads every interface's counters, accounts the
+    /// interval, retires idle pairs, rolls quota periods, raises alerts, and
+    /// hands one report per interface to every sink. A read that fails
+    /// part-way still reports what it read.
     pub fn poll(&mut self) -> Result<(), DaemonError> {
-        let mut poll = self.meter.start_poll(self.clock.monotonic_ns());
-        let read = self
-            .kernel
-            .read(&mut |key, reading| poll.pair(key, reading));
-        let (mut usage, read_error) = match read {
-            Ok(snapshot) => (poll.finish(Some(&snapshot)), None),
-            Err(e) => (poll.finish(None), Some(e)),
-        };
+        let now_ns = self.clock.monotonic_ns();
+        let mut read_error = None;
+        let mut usages = Vec::new();
+        for (i, w) in self.interfaces.0.iter_mut().enumerate() {
+            if !w.present {
+                continue;
+            }
+            let mut poll = w.meter.start_poll(now_ns);
+            let read = w.kernel.read(&mut |key, reading| poll.pair(key, reading));
+            let usage = match read {
+                Ok(snapshot) => poll.finish(Some(&snapshot)),
+                Err(e) => {
+                    read_error.get_or_insert(e);
+                    poll.finish(None)
+                }
+            };
+            usages.push((i, usage));
+        }
         let end = Mark::now(&self.clock);
-        self.retire_idle(&mut usage, end.monotonic_ns)?;
-        self.state.ledger.record(&usage);
-        let mut alerts = self.enforcer.tick(&mut self.kernel, end.wall)?;
+        for (i, usage) in &mut usages {
+            retire_idle(
+                &mut self.interfaces.0[*i],
+                usage,
+                end.monotonic_ns,
+                self.idle_timeout,
+            )?;
+        }
+        let seen: Vec<Seen> = usages
+            .iter()
+            .map(|(i, usage)| {
+                let w = &self.interfaces.0[*i];
+                Seen {
+                    netns: w.iface.rsplit_once(':').map_or("", |(ns, _)| ns),
+                    iface: &w.iface,
+                    usage,
+                }
+            })
+            .collect();
+        let mut delivered = 0;
+        let ledger = &mut self.state.ledger;
+        self.forwarding.log(&seen, |pair, counter| {
+            delivered += counter.bytes;
+            ledger.add(pair, counter);
+        });
+        let mut alerts = self.enforcer.tick(&mut self.interfaces, end.wall)?;
         if let Some(alarm) = &self.alarm {
-            let delivered: u64 = usage.pairs.iter().map(|p| p.counter.bytes).sum();
+            let names: Vec<&str> = self.interfaces.0.iter().map(|w| w.iface.as_str()).collect();
             alerts.extend(alarm.add(
                 &mut self.state.policy.total,
                 delivered,
                 end.wall,
-                &self.iface,
+                &names.join(","),
             ));
         }
         let start = std::mem::replace(&mut self.interval_start, end);
-        let report = IntervalReport {
-            iface: self.iface.clone(),
-            start: start.wall,
-            end: end.wall,
-            elapsed: Duration::from_nanos(end.monotonic_ns.saturating_sub(start.monotonic_ns)),
-            usage,
-            rules: self.enforcer.rules(&self.kernel).unwrap_or_else(|e| {
-                log::warn!("reading the rules' counters: {e}");
+        let rules = self.enforcer.rules(&self.interfaces).unwrap_or_else(|e| {
+            log::warn!("reading the rules' counters: {e}");
+            Vec::new()
+        });
+        let quotas = self
+            .enforcer
+            .quotas(&self.interfaces, end.wall)
+            .unwrap_or_else(|e| {
+                log::warn!("reading the quotas: {e}");
                 Vec::new()
-            }),
-            quotas: self
-                .enforcer
-                .quotas(&self.kernel, end.wall)
-                .unwrap_or_else(|e| {
-                    log::warn!("reading the quotas: {e}");
-                    Vec::new()
-                }),
-            alerts,
-        };
-        self.deliver(Some(&report));
+            });
+        let mut reports = Vec::with_capacity(usages.len());
+        for (i, usage) in usages {
+            let w = &mut self.interfaces.0[i];
+            if !w.kernel.attached() {
+                w.present = false;
+                self.departed.push(w.iface.clone());
+            }
+            reports.push(IntervalReport {
+                iface: w.iface.clone(),
+                start: start.wall,
+                end: end.wall,
+                elapsed: Duration::from_nanos(end.monotonic_ns.saturating_sub(start.monotonic_ns)),
+                usage,
+                rules: rules.clone(),
+                quotas: quotas.clone(),
+                alerts: std::mem::take(&mut alerts),
+            });
+        }
+        self.deliver(&reports);
         match read_error {
             Some(e) => Err(e.into()),
             None => Ok(()),
         }
     }
 
-    /// Removes pairs idle for longer than the idle timeout; anything they
-    /// carried since the read joins this interval's usage.
-    fn retire_idle(&mut self, usage: &mut IntervalUsage, now_ns: u64) -> Result<(), DaemonError> {
-        if self.idle_timeout.is_zero() {
-            return Ok(());
-        }
-        let idle = self.meter.idle(now_ns, self.idle_timeout.as_nanos() as u64);
-        if idle.is_empty() {
-            return Ok(());
-        }
-        let retired = self.kernel.retire(&idle)?;
-        let meter = &mut self.meter;
-        usage.add_late(
-            retired
-                .into_iter()
-                .filter_map(|(key, last)| meter.retire(&key, &last)),
-        );
-        usage.table_entries = usage.table_entries.saturating_sub(idle.len());
-        log::debug!("removed {} idle pairs", idle.len());
-        Ok(())
+    /// The interfaces that went away since the last call: each had its last
+    /// traffic reported, and counts nothing more until it joins again.
+    pub fn departed(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.departed)
     }
 
-    /// Hands a report to every sink, the files first: an alert is never
-    /// repeated after a restart, and the totals and the counters they
-    /// account are written together. A failing sink is retried with the
-    /// next report and stops no other.
-    fn deliver(&mut self, interval: Option<&IntervalReport>) {
+    /// Hands the poll's reports (or, with none, one without an interval) to
+    /// every sink, the files first: an alert is never repeated after a
+    /// restart, and the totals and the counters they account are written
+    /// together. A failing sink is retried with the next report and stops
+    /// no other.
+    fn deliver(&mut self, intervals: &[IntervalReport]) {
         let total = std::mem::take(&mut self.state.policy.total);
-        self.state.policy = self.enforcer.persisted(&self.kernel);
+        self.state.policy = self.enforcer.persisted(&self.interfaces);
         self.state.policy.total = total;
-        let report = Report {
-            interval,
-            saved: Saved {
-                state: &self.state,
-                baseline: BaselineView {
-                    meter: &self.meter,
-                    instance: self.instance,
+        let baseline: Vec<BaselineView> = self
+            .interfaces
+            .0
+            .iter()
+            .map(|w| BaselineView {
+                meter: &w.meter,
+                instance: w.instance,
+            })
+            .collect();
+        let count = intervals.len().max(1);
+        for n in 0..count {
+            let report = Report {
+                interval: intervals.get(n),
+                of_poll: (n, count),
+                saved: Saved {
+                    state: &self.state,
+                    baseline: &baseline,
+                    enforcer: &self.enforcer,
                 },
-                enforcer: &self.enforcer,
-            },
-        };
-        for sink in &mut self.sinks {
-            if let Err(e) = sink.deliver(&report) {
-                log::warn!("{e}; keeping what was written before and retrying next interval");
+            };
+            for sink in &mut self.sinks {
+                if let Err(e) = sink.deliver(&report) {
+                    log::warn!("{e}; keeping what was written before and retrying next interval");
+                }
             }
         }
     }
@@ -217,10 +378,10 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
     /// Re-reads the policy file when it changed (or when `forced`, on SIGHUP).
     pub fn reload(&mut self, forced: bool) {
         let now = self.clock.now();
-        match self.enforcer.reload(&mut self.kernel, now, forced) {
+        match self.enforcer.reload(&mut self.interfaces, now, forced) {
             Some(Ok(())) => {
                 log::info!("policy reloaded");
-                self.deliver(None);
+                self.deliver(&[]);
             }
             Some(Err(e)) => log::error!("policy not reloaded: {e}; the policy in force stays"),
             None => {}
@@ -231,7 +392,7 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
     pub fn handle(&mut self, request: Request) -> Response {
         let now = self.clock.now();
         let enforcer = &mut self.enforcer;
-        let maps = &mut self.kernel;
+        let maps = &mut self.interfaces;
         let result = match request {
             Request::AddRule { rule } => {
                 let text = rule.to_string();
@@ -274,7 +435,7 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
                 .quotas(maps, now)
                 .map(|quotas| Answer::Quotas { quotas }),
         };
-        self.deliver(None);
+        self.deliver(&[]);
         match result {
             Ok(value) => Response::Ok(value),
             Err(e) => Response::Error(e.to_string()),
@@ -293,14 +454,43 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
             });
     }
 
-    /// False once the interface went away.
-    pub fn attached(&self) -> bool {
-        self.kernel.attached()
-    }
-
-    /// What the sinks could not write, and the kernel, for the stop.
-    pub fn finish(self) -> (K, Vec<String>) {
+    /// What the sinks could not write, and the interfaces' kernels (present
+    /// or not), for the stop.
+    pub fn finish(self) -> (Vec<(String, K)>, Vec<String>) {
         let unwritten = self.sinks.iter().filter_map(|s| s.unwritten()).collect();
-        (self.kernel, unwritten)
+        let kernels = self
+            .interfaces
+            .0
+            .into_iter()
+            .map(|w| (w.iface, w.kernel))
+            .collect();
+        (kernels, unwritten)
     }
+}
+
+/// Removes an interface's pairs idle for longer than `timeout`; anything
+/// they carried since the read joins this interval's usage.
+fn retire_idle<K: Kernel>(
+    w: &mut Watched<K>,
+    usage: &mut IntervalUsage,
+    now_ns: u64,
+    timeout: Duration,
+) -> Result<(), DaemonError> {
+    if timeout.is_zero() {
+        return Ok(());
+    }
+    let idle = w.meter.idle(now_ns, timeout.as_nanos() as u64);
+    if idle.is_empty() {
+        return Ok(());
+    }
+    let retired = w.kernel.retire(&idle)?;
+    let meter = &mut w.meter;
+    usage.add_late(
+        retired
+            .into_iter()
+            .filter_map(|(key, last)| meter.retire(&key, &last)),
+    );
+    usage.table_entries = usage.table_entries.saturating_sub(idle.len());
+    log::debug!("removed {} idle pairs on {}", idle.len(), w.iface);
+    Ok(())
 }

@@ -25,11 +25,13 @@ pub struct IntervalReport {
     /// Per-pair deltas, totals, protocol and service counters, drops and the
     /// pair table's fill.
     pub usage: IntervalUsage,
-    /// What each rule decided, cumulative.
+    /// What each rule decided, cumulative, on all the daemon's interfaces
+    /// (the policy is the daemon's: the same in each report of a poll).
     pub rules: Vec<RuleView>,
-    /// Each quota's use, limit and drops, cumulative.
+    /// Each quota's use, limit and drops, cumulative, as `rules`.
     pub quotas: Vec<QuotaView>,
-    /// Warn levels, spent quotas and thresholds crossed this interval.
+    /// Warn levels, spent quotas and thresholds crossed this interval (the
+    /// daemon's: in the first report of a poll only).
     pub alerts: Vec<AlertEvent>,
 }
 
@@ -37,8 +39,8 @@ pub struct IntervalReport {
 pub struct Saved<'a> {
     /// Exact totals, quota usage, the alert period's usage.
     pub state: &'a State,
-    /// The kernel counter values already in the totals.
-    pub baseline: BaselineView<'a>,
+    /// The kernel counter values already in the totals, one per interface.
+    pub baseline: &'a [BaselineView<'a>],
     /// The policy in force: the CLI's rules and every rule's ids come from
     /// it ([`Enforcer::persisted_rules`]) only when its
     /// [`Enforcer::rules_version`] changed, since a blocklist makes them
@@ -46,11 +48,15 @@ pub struct Saved<'a> {
     pub enforcer: &'a Enforcer,
 }
 
-/// What the daemon hands every sink: after each poll, and after each change
-/// of policy between polls (then without an interval).
+/// What the daemon hands every sink: after each poll one per interface, and
+/// after each change of policy between polls (then without an interval).
 pub struct Report<'a> {
-    /// The interval just polled, if this report follows a poll.
+    /// The interval just polled on one interface, if this report follows a poll.
     pub interval: Option<&'a IntervalReport>,
+    /// Which of the poll's reports this is, and how many it has (one per
+    /// interface that reported): `saved` is the same in all of them, so a
+    /// sink that writes it needs to do so only with the last.
+    pub of_poll: (usize, usize),
     /// What the files must hold now.
     pub saved: Saved<'a>,
 }

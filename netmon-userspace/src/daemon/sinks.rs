@@ -45,13 +45,17 @@ impl FilesSink {
 
 impl Sink for FilesSink {
     fn deliver(&mut self, report: &Report<'_>) -> Result<(), LogError> {
+        let (n, count) = report.of_poll;
+        if n + 1 < count {
+            return Ok(());
+        }
         let saved = &report.saved;
         let version = saved.enforcer.rules_version();
         if self.rules_saved != Some(version) {
             self.files.save_rules(&saved.enforcer.persisted_rules())?;
             self.rules_saved = Some(version);
         }
-        self.files.save(saved.state, Some(&saved.baseline))
+        self.files.save(saved.state, Some(saved.baseline))
     }
 }
 
@@ -124,12 +128,14 @@ impl Sink for DetailSink {
     }
 }
 
-/// The summary line on stdout: rates and the top pairs.
+/// The summary line on stdout: rates and the top pairs, one line per
+/// interface (named when there are several).
 pub struct ConsoleSink;
 
 impl Sink for ConsoleSink {
     fn deliver(&mut self, report: &Report<'_>) -> Result<(), LogError> {
         if let Some(IntervalReport {
+            iface,
             usage,
             elapsed,
             end,
@@ -137,21 +143,50 @@ impl Sink for ConsoleSink {
         }) = report.interval
         {
             let line = console::summary(usage, *elapsed);
+            let time = end.strftime("%H:%M:%S");
+            let out = match report.of_poll.1 {
+                1 => writeln!(std::io::stdout(), "{time}  {line}"),
+                _ => writeln!(std::io::stdout(), "{time}  {iface}  {line}"),
+            };
             // A closed stdout (`netmon run | head`) must not stop the daemon.
-            let _ = writeln!(std::io::stdout(), "{}  {line}", end.strftime("%H:%M:%S"));
+            let _ = out;
         }
         Ok(())
     }
 }
 
-/// Warns when the interface counted markedly more frames than netmon.
-pub struct CrossCheckSink(pub CrossCheck);
+/// Warns when an interface counted markedly more frames than netmon. Only
+/// interfaces of the daemon's own network namespace: its sysfs shows no other's.
+pub struct CrossCheckSink(std::collections::HashMap<String, CrossCheck>);
+
+impl CrossCheckSink {
+    /// Compares from the interfaces' counters now; others from their first interval on.
+    pub fn new<'a>(ifaces: impl IntoIterator<Item = &'a str>) -> Self {
+        CrossCheckSink(
+            ifaces
+                .into_iter()
+                .map(|i| (i.to_string(), CrossCheck::new(i)))
+                .collect(),
+        )
+    }
+}
 
 impl Sink for CrossCheckSink {
     fn deliver(&mut self, report: &Report<'_>) -> Result<(), LogError> {
-        if let Some(interval) = report.interval {
-            let frames = [0, 1].map(|d| interval.usage.totals[d].all.frames);
-            self.0.interval(&interval.iface, frames);
+        let Some(interval) = report.interval else {
+            return Ok(());
+        };
+        if interval.iface.contains(':') {
+            return Ok(());
+        }
+        let frames = [0, 1].map(|d| interval.usage.totals[d].all.frames);
+        match self.0.get_mut(&interval.iface) {
+            Some(check) => check.interval(&interval.iface, frames),
+            // From the interface's counters now: the first interval is not compared.
+            None => {
+                self.0
+                    .insert(interval.iface.clone(), CrossCheck::new(&interval.iface));
+            }
         }
         Ok(())
     }

@@ -1,33 +1,44 @@
 //! Starting and stopping the daemon: every check that can refuse the run,
 //! then attaching, then the loop of polls, reloads and CLI requests.
 
-use std::{path::PathBuf, time::Duration};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{bail, Context as _};
+use caps::Capability;
 use jiff::tz::TimeZone;
 use tokio::signal::unix::{signal, SignalKind};
 
 use super::{
-    clock::{Clock, SystemClock},
+    clock::SystemClock,
     kernel::Attached,
     sinks::{AlertSink, ConsoleSink, CrossCheckSink, DetailSink, FilesSink, Sink},
     Daemon,
 };
 use crate::{
-    accounting::Meter,
+    accounting::{Baseline, Meter},
     alerts::{Alerter, UsageAlarm},
     control,
-    datapath::{Datapath, Granularity, IngressHook, LoadOptions},
+    datapath::{netns::Netns, Datapath, Granularity, IngressHook, LoadOptions},
     enforcer::Enforcer,
     logs::{state::State, Files},
     policy::Period,
 };
 
+/// An interface to watch, as `--netns` and `--iface` name it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InterfaceSpec {
+    /// Its name.
+    pub name: String,
+    /// Its network namespace (a name under /run/netns, or a path), when it
+    /// is not the daemon's own.
+    pub netns: Option<String>,
+}
+
 /// How to run: what `netmon run`'s options say.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// The interface.
-    pub iface: String,
+    /// The interfaces, at least one.
+    pub interfaces: Vec<InterfaceSpec>,
     /// Time between polls.
     pub interval: Duration,
     /// The log, state and detail files (checked, see [`Files::check`]).
@@ -64,20 +75,140 @@ pub struct Config {
     pub access: control::Access,
 }
 
-/// Runs the daemon until SIGINT or SIGTERM, or until its interface is gone.
+/// One interface of the configuration, its namespace open.
+struct Target {
+    name: String,
+    netns: Option<Arc<Netns>>,
+    /// As reports name it: `IF`, or `NS:IF` in another namespace.
+    label: String,
+    /// As files in /run/netmon name it ([`control::key`]).
+    key: String,
+}
+
+impl Target {
+    fn open(spec: &InterfaceSpec) -> anyhow::Result<Target> {
+        let netns = spec
+            .netns
+            .as_deref()
+            .map(Netns::open)
+            .transpose()?
+            .map(Arc::new);
+        let ns_label = match &netns {
+            Some(ns) => ns.label().map(str::to_string),
+            None => crate::datapath::netns::own_label(),
+        };
+        let label = match &netns {
+            Some(ns) => control::key(Some(ns.label().unwrap_or("host")), &spec.name),
+            None => spec.name.clone(),
+        };
+        Ok(Target {
+            key: control::key(ns_label.as_deref(), &spec.name),
+            name: spec.name.clone(),
+            netns,
+            label,
+        })
+    }
+
+    fn present(&self) -> bool {
+        Datapath::index_in(self.netns.as_deref(), &self.name).is_some()
+    }
+
+    /// Attaches (or adopts) the datapath and reads what its policy maps hold.
+    fn attach(&self, config: &Config) -> anyhow::Result<Attached> {
+        let options = LoadOptions {
+            max_pairs: config.max_pairs,
+            granularity: config.granularity,
+        };
+        let datapath = Datapath::attach_in(
+            self.netns.clone(),
+            &self.name,
+            &options,
+            config.ingress,
+            &config.bpffs,
+        )?;
+        let adopted = datapath.adopted();
+        let mut kernel = Attached::new(datapath);
+        if adopted {
+            if let Err(e) = kernel.adopt_policy() {
+                kernel.datapath.shutdown(true)?;
+                return Err(e.into());
+            }
+        }
+        Ok(kernel)
+    }
+}
+
+/// Says that `iface` is counted, once the daemon watches it and answers the CLI.
+fn announce(iface: &str, kernel: &Attached, config: &Config) {
+    log::info!(
+        "counting on {iface} ({}, TC egress), every {}; log {}; pins {}",
+        match kernel.datapath.ingress() {
+            Some(ingress) => ingress.to_string(),
+            None => "adopted the running programs".into(),
+        },
+        humantime::format_duration(config.interval),
+        config.files.log.display(),
+        kernel.datapath.pin_dir().display()
+    );
+}
+
+/// The meter for maps `instance`: from the state file's baseline when the
+/// maps were adopted and it is theirs, else from zero.
+fn meter_for(saved: &[Baseline], kernel: &Attached) -> anyhow::Result<Meter> {
+    let datapath = &kernel.datapath;
+    let mut meter = match saved.iter().find(|b| b.instance == datapath.instance()) {
+        Some(b) if datapath.adopted() => Meter::from_baseline(b)
+            .context("the state file's counter baseline is malformed; start with --reset-state")?,
+        _ => Meter::default(),
+    };
+    meter.reserve(datapath.capacity()? as usize);
+    Ok(meter)
+}
+
+/// Runs the daemon until SIGINT or SIGTERM, or, watching one interface,
+/// until it is gone.
 ///
 /// Every check that can refuse the run comes before anything is loaded,
-/// attached, swapped or written: another daemon on the interface, the
-/// interface, the pins, the files, the policy.
+/// attached, swapped or written: another daemon on an interface, the
+/// interfaces, the pins, the files, the policy.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     crate::privileges::check()?;
     // Handlers first: a stop requested during start-up is then a clean stop after it.
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-    let iface = config.iface.as_str();
-    let claim = control::Claim::take(iface)?;
-    Datapath::check(iface, &config.bpffs)?;
+    let targets = config
+        .interfaces
+        .iter()
+        .map(Target::open)
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    for (i, t) in targets.iter().enumerate() {
+        if targets[..i].iter().any(|o| o.key == t.key) {
+            bail!("interface {} is named twice; name each once", t.label);
+        }
+    }
+    // One interface: it must be there, and the daemon stops when it goes.
+    // Several: those not there yet are attached when they appear.
+    let several = targets.len() > 1;
+    let claims = targets
+        .iter()
+        .map(|t| control::Claim::take(&t.key, &t.label))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut present = Vec::new();
+    for t in &targets {
+        if several && !t.present() {
+            log::warn!(
+                "interface {} does not exist (yet); netmon attaches it when it appears",
+                t.label
+            );
+            continue;
+        }
+        Datapath::check_in(t.netns.as_deref(), &t.name, &config.bpffs)?;
+        present.push(t);
+    }
+    if present.is_empty() {
+        bail!("none of the interfaces exists: check the names with `ip link` (`ip -n NS link` for --netns)");
+    }
     let files = config.files.clone().check(config.follow_symlinks)?;
     // With --reset-state the files are moved aside, below, once nothing can refuse.
     let mut saved = if config.reset_state {
@@ -86,7 +217,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         files.load()?
     };
     let mut enforcer = Enforcer::new(
-        iface,
+        &targets[0].label,
         config.policy.clone(),
         saved.policy.clone(),
         config.tz.clone(),
@@ -107,54 +238,30 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     saved.policy.next_id = 0;
     files.save(&saved, None)?;
 
-    let options = LoadOptions {
-        max_pairs: config.max_pairs,
-        granularity: config.granularity,
-    };
-    let datapath = Datapath::attach(iface, &options, config.ingress, &config.bpffs)?;
-    let adopted = datapath.adopted();
-    let instance = datapath.instance();
-    let mut meter = match &saved.baseline {
-        Some(b) if adopted && b.instance == instance => Meter::from_baseline(b)
-            .context("the state file's counter baseline is malformed; start with --reset-state")?,
-        _ => Meter::default(),
-    };
-    let capacity = datapath.capacity()? as usize;
-    meter.reserve(capacity);
-    saved.ledger.reserve(capacity);
-    let mut kernel = Attached::new(datapath);
-    let started = (|| -> anyhow::Result<control::Listener> {
-        if adopted {
-            kernel.adopt_policy()?;
-            enforcer.adopt();
+    let mut attached: Vec<(&Target, Attached)> = Vec::new();
+    for t in present {
+        match t.attach(&config) {
+            Ok(kernel) => attached.push((t, kernel)),
+            Err(e) => {
+                // Leave adopted programs running; remove what this run attached.
+                for (_, kernel) in attached {
+                    let adopted = kernel.datapath.adopted();
+                    kernel.datapath.shutdown(adopted)?;
+                }
+                return Err(e);
+            }
         }
-        enforcer
-            .apply(&mut kernel, SystemClock.now())
-            .map_err(|e| anyhow::anyhow!("the policy cannot be enforced: {e}"))?;
-        control::Listener::bind(iface, &claim, config.access)
-    })();
-    let mut listener = match started {
-        Ok(listener) => listener,
-        Err(e) => {
-            // Leave adopted programs running; remove what this run attached.
-            kernel.datapath.shutdown(adopted)?;
-            return Err(e);
-        }
-    };
-    // Everything that needs more than CAP_BPF is done.
-    crate::privileges::drop_after_attach()?;
-    let datapath = &kernel.datapath;
-    log::info!(
-        "counting on {} ({}, TC egress), every {}; log {}; pins {}",
-        iface,
-        match datapath.ingress() {
-            Some(ingress) => ingress.to_string(),
-            None => "adopted the running programs".into(),
-        },
-        humantime::format_duration(config.interval),
-        files.log.display(),
-        datapath.pin_dir().display()
-    );
+    }
+    if attached.iter().any(|(_, k)| k.datapath.adopted()) {
+        enforcer.adopt();
+    }
+    let baselines = std::mem::take(&mut saved.baselines);
+    let mut meters = Vec::new();
+    for (_, kernel) in &attached {
+        let meter = meter_for(&baselines, kernel)?;
+        saved.ledger.reserve(meter_capacity(kernel));
+        meters.push(meter);
+    }
 
     let mut sinks: Vec<Box<dyn Sink>> = vec![
         Box::new(FilesSink::new(files.clone())),
@@ -166,19 +273,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if !config.quiet {
         sinks.push(Box::new(ConsoleSink));
     }
-    sinks.push(Box::new(CrossCheckSink(
-        crate::crosscheck::CrossCheck::new(iface),
+    sinks.push(Box::new(CrossCheckSink::new(
+        targets
+            .iter()
+            .filter(|t| t.netns.is_none())
+            .map(|t| t.label.as_str()),
     )));
+    let mut attached = attached.into_iter().zip(meters);
+    let ((first, kernel), meter) = attached.next().expect("one interface at least");
+    let instance = kernel.datapath.instance();
     let mut daemon = Daemon::new(
-        iface,
+        &first.label,
         kernel,
         SystemClock,
         meter,
-        // The meter holds the baseline from here on; the state file gets it from there.
-        State {
-            baseline: None,
-            ..saved
-        },
+        // The meters hold the baselines from here on; the state file gets them from there.
+        saved,
         instance,
         enforcer,
         config
@@ -191,21 +301,70 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.idle_timeout,
         sinks,
     );
+    for ((t, kernel), meter) in attached {
+        let instance = kernel.datapath.instance();
+        daemon.join(&t.label, kernel, meter, instance);
+    }
+    let started = daemon
+        .enforce()
+        .map_err(|e| anyhow::anyhow!("the policy cannot be enforced: {e}"))
+        .and_then(|()| control::Listener::bind(&claims, config.access));
+    let mut listener = match started {
+        Ok(listener) => listener,
+        Err(e) => {
+            let (kernels, _) = daemon.finish();
+            for (_, kernel) in kernels {
+                let adopted = kernel.datapath.adopted();
+                kernel.datapath.shutdown(adopted)?;
+            }
+            return Err(e);
+        }
+    };
+    // Everything that needs more than CAP_BPF is done, unless interfaces
+    // that appear later are to be attached: that takes loading and
+    // attaching again, and entering their namespaces.
+    let mut keep = Vec::new();
+    if several {
+        keep.extend([Capability::CAP_NET_ADMIN, Capability::CAP_PERFMON]);
+        if targets.iter().any(|t| t.netns.is_some()) {
+            keep.push(Capability::CAP_SYS_ADMIN);
+        }
+    }
+    crate::privileges::drop_after_attach(&keep)?;
+    for t in &targets {
+        if let Some(kernel) = daemon.kernel(&t.label) {
+            announce(&t.label, kernel, &config);
+        }
+    }
+
     let mut ticker = tokio::time::interval(config.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;
     let mut policy_check = tokio::time::interval(Duration::from_secs(1));
     policy_check.tick().await;
-    // True when the interface went away: its last traffic is polled, then netmon stops.
+    // True when the only interface went away: its last traffic is polled, then netmon stops.
     let gone = loop {
         tokio::select! {
             _ = ticker.tick() => {
                 daemon.poll()?;
-                if !daemon.attached() {
+                let departed = daemon.departed();
+                if !several && !departed.is_empty() {
                     break true;
                 }
+                for iface in departed {
+                    log::warn!(
+                        "interface {iface} is gone (deleted, or replaced by another of that \
+                         name): its traffic up to the removal is counted; netmon watches the \
+                         others and attaches {iface} again when it is back"
+                    );
+                }
             }
-            _ = policy_check.tick() => daemon.reload(false),
+            _ = policy_check.tick() => {
+                daemon.reload(false);
+                if several {
+                    join_appeared(&mut daemon, &targets, &config, &baselines);
+                }
+            }
             _ = sighup.recv() => {
                 if let Some(reload) = &config.reload {
                     reload_options(reload, &mut ticker, &mut daemon, &config.tz);
@@ -224,14 +383,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         daemon.poll()?;
     }
     drop(listener);
-    // The claim is held until the end, the stop below included: a next run
+    // The claims are held until the end, the stop below included: a next run
     // must not adopt pins this one is still removing.
-    let (kernel, unwritten) = daemon.finish();
-    let datapath = kernel.datapath;
-    let pin_dir = datapath.pin_dir().to_path_buf();
-    // Links to a deleted interface count nothing: nothing to keep attached.
-    datapath.shutdown(config.keep_attached && !gone)?;
+    let (kernels, unwritten) = daemon.finish();
+    let mut pin_dirs = Vec::new();
+    for (_, kernel) in kernels {
+        let datapath = kernel.datapath;
+        pin_dirs.push(datapath.pin_dir().display().to_string());
+        // Links to a deleted interface count nothing: nothing to keep attached.
+        let live = datapath.attached();
+        datapath.shutdown(config.keep_attached && live)?;
+    }
+    drop(claims);
     let unwritten: String = unwritten.iter().map(|u| format!(" ({u})")).collect();
+    let iface = &targets[0].label;
     if gone {
         bail!(
             "interface {iface} is gone (deleted, or replaced by another of that name): its \
@@ -243,11 +408,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if config.keep_attached {
         log::info!(
             "left the programs attached and counting; the next run adopts {}",
-            pin_dir.display()
+            pin_dirs.join(", ")
         );
     } else {
+        let labels: Vec<&str> = targets.iter().map(|t| t.label.as_str()).collect();
         log::info!(
-            "detached from {iface}; totals saved to {}",
+            "detached from {}; totals saved to {}",
+            labels.join(", "),
             files.log.display()
         );
     }
@@ -285,5 +452,47 @@ fn reload_options(
             log::info!("configuration reloaded");
         }
         Err(e) => log::error!("configuration not reloaded: {e}; the options in force stay"),
+    }
+}
+
+/// A pair table's capacity, for reserving the ledger.
+fn meter_capacity(kernel: &Attached) -> usize {
+    kernel.datapath.capacity().unwrap_or(0) as usize
+}
+
+/// Attaches the configured interfaces that appeared (again) since the last
+/// check; one that cannot be attached is tried again at the next.
+fn join_appeared(
+    daemon: &mut Daemon<Attached, SystemClock>,
+    targets: &[Target],
+    config: &Config,
+    baselines: &[Baseline],
+) {
+    for t in targets {
+        if daemon.watches(&t.label) || !t.present() {
+            continue;
+        }
+        let joined = (|| -> anyhow::Result<()> {
+            let mut kernel = t.attach(config)?;
+            let meter = meter_for(baselines, &kernel)?;
+            if let Err(e) = daemon.enforce_on(&mut kernel) {
+                let adopted = kernel.datapath.adopted();
+                kernel.datapath.shutdown(adopted)?;
+                bail!("the policy cannot be enforced on {}: {e}", t.label);
+            }
+            let instance = kernel.datapath.instance();
+            let old = daemon.join(&t.label, kernel, meter, instance);
+            if let Some(kernel) = daemon.kernel(&t.label) {
+                announce(&t.label, kernel, config);
+            }
+            if let Some(old) = old {
+                // The same pins, now attached to the new interface: keep them.
+                old.datapath.shutdown(true)?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = joined {
+            log::warn!("attaching {}: {e:#}; trying again in a second", t.label);
+        }
     }
 }

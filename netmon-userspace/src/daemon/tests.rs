@@ -170,10 +170,13 @@ fn a_restart_from_the_saved_baseline_counts_nothing_twice() {
     kernel.count(key(B, A), 12, 1300);
 
     let saved = files.load().unwrap();
-    let meter = Meter::from_baseline(saved.baseline.as_ref().unwrap()).unwrap();
+    let [baseline] = saved.baselines.as_slice() else {
+        panic!("one interface, one baseline: {:?}", saved.baselines);
+    };
+    let meter = Meter::from_baseline(baseline).unwrap();
     let journal = Journal::default();
     let state = State {
-        baseline: None,
+        baselines: Vec::new(),
         ..saved
     };
     let mut second = daemon(
@@ -433,4 +436,98 @@ fn rules_files_keyed_by_display_text_keep_their_ids() {
             .collect::<Vec<_>>(),
         [(5, "block 142.250.0.0/16")]
     );
+}
+
+/// Received (`key`) or sent: the same pair as seen by an egress hook.
+fn sent(src: [u8; 4], dst: [u8; 4]) -> PairKey {
+    PairKey {
+        direction: netmon_common::Direction::Egress as u8,
+        ..key(src, dst)
+    }
+}
+
+#[test]
+fn two_interfaces_report_apart_and_forwarded_traffic_is_logged_once() {
+    let (x, y, clock) = (
+        FakeKernel::default(),
+        FakeKernel::default(),
+        FakeClock::at("2026-11-30T12:00:00Z"),
+    );
+    let journal = Journal::default();
+    let mut daemon = daemon(
+        &x,
+        &clock,
+        Meter::default(),
+        State::default(),
+        vec![recorder("files", &journal)],
+    );
+    let mut maps = y.clone();
+    daemon.enforce_on(&mut maps).unwrap();
+    assert!(daemon.join("eth1", maps, Meter::default(), 8).is_none());
+    // A routes to B through both: in at eth0, out at eth1; eth1 also sends its own.
+    x.count(key(A, B), 10, 10_000);
+    y.count(sent(A, B), 10, 10_000);
+    y.count(sent(C, B), 2, 200);
+    clock.advance(Duration::from_secs(10));
+    daemon.poll().unwrap();
+    let seen = journal.borrow();
+    assert_eq!(
+        seen.iter().map(|s| s.pairs.clone()).collect::<Vec<_>>(),
+        [
+            Some(vec![(key(A, B), 10_000)]),
+            Some(vec![(sent(A, B), 10_000), (sent(C, B), 200)]),
+        ],
+        "each interface's view keeps what it saw"
+    );
+    assert_eq!(
+        seen.last().unwrap().total_bytes,
+        10_200,
+        "the log counts it once"
+    );
+}
+
+#[test]
+fn an_interface_that_goes_away_is_reported_once_more_and_its_counts_stay() {
+    let (x, y, clock) = (
+        FakeKernel::default(),
+        FakeKernel::default(),
+        FakeClock::at("2026-11-30T12:00:00Z"),
+    );
+    let journal = Journal::default();
+    let mut daemon = daemon(
+        &x,
+        &clock,
+        Meter::default(),
+        State::default(),
+        vec![recorder("files", &journal)],
+    );
+    let mut maps = y.clone();
+    daemon.enforce_on(&mut maps).unwrap();
+    daemon.join("eth1", maps, Meter::default(), 8);
+    y.count(key(C, A), 3, 300);
+    y.0.borrow_mut().gone = true;
+    daemon.poll().unwrap();
+    assert_eq!(daemon.departed(), ["eth1"]);
+    assert!(!daemon.watches("eth1") && daemon.watches("eth0"));
+    x.count(key(B, A), 1, 100);
+    daemon.poll().unwrap();
+    let seen = journal.borrow().clone();
+    assert_eq!(
+        seen.iter()
+            .map(|s| (s.pairs.clone(), s.total_bytes))
+            .collect::<Vec<_>>(),
+        [
+            // The poll's totals are in the state with its first report.
+            (Some(vec![]), 300),
+            (Some(vec![(key(C, A), 300)]), 300),
+            (Some(vec![(key(B, A), 100)]), 400),
+        ]
+    );
+    // Back, with the same maps: it counts on from where it was.
+    y.0.borrow_mut().gone = false;
+    y.count(key(C, A), 5, 500);
+    let old = daemon.join("eth1", y.clone(), Meter::default(), 8);
+    assert!(old.is_some());
+    daemon.poll().unwrap();
+    assert_eq!(journal.borrow().last().unwrap().total_bytes, 600);
 }

@@ -38,6 +38,9 @@ pub enum DatapathError {
         /// aya's error.
         cause: ProgramError,
     },
+    /// A network namespace cannot be opened or entered.
+    #[error("{0}")]
+    Netns(String),
     /// bpffs or the pin directory is unusable.
     #[error("{0}")]
     Pins(String),

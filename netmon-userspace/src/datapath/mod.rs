@@ -5,15 +5,17 @@ mod attach;
 pub mod enforce;
 mod error;
 mod load;
+pub mod netns;
 pub mod pairs;
 pub mod pins;
 mod reading;
 pub mod readout;
 pub mod sys;
 
-use std::path::Path;
+use std::{path::Path, sync::Arc};
 
 use aya::{programs::links::PinnedLink, Ebpf};
+use netns::Netns;
 use pairs::PairTable;
 use pins::PinDir;
 
@@ -32,6 +34,8 @@ pub use load::load_test_object;
 pub struct Datapath {
     ebpf: Ebpf,
     iface: String,
+    /// The namespace of the interface, when it is not the daemon's own.
+    netns: Option<Arc<Netns>>,
     ingress: Option<Ingress>,
     /// The interface's index when attached: another index under its name
     /// means it was deleted (and perhaps recreated).
@@ -52,6 +56,41 @@ impl Datapath {
     /// or adopts the maps and links an earlier run left pinned under `bpffs`,
     /// replacing its programs without a gap in counting.
     pub fn attach(
+        iface: &str,
+        options: &LoadOptions,
+        hook: IngressHook,
+        bpffs: &Path,
+    ) -> Result<Self, DatapathError> {
+        Self::attach_in(None, iface, options, hook, bpffs)
+    }
+
+    /// [`Datapath::attach`] to `iface` in `netns` (the daemon's own when
+    /// `None`): the lookup and the attachment happen in that namespace, the
+    /// pins in `bpffs`, keyed by that namespace.
+    pub fn attach_in(
+        netns: Option<Arc<Netns>>,
+        iface: &str,
+        options: &LoadOptions,
+        hook: IngressHook,
+        bpffs: &Path,
+    ) -> Result<Self, DatapathError> {
+        // The virtual-device test reads this namespace's sysfs: elsewhere,
+        // `auto` takes TC ingress, as for the veths containers have.
+        let hook = match (&netns, hook) {
+            (Some(_), IngressHook::Auto) => IngressHook::Tc,
+            (_, hook) => hook,
+        };
+        let attach = || Self::attach_here(iface, options, hook, bpffs);
+        let mut datapath = match &netns {
+            Some(ns) => ns.run(attach)??,
+            None => attach()?,
+        };
+        datapath.netns = netns;
+        Ok(datapath)
+    }
+
+    /// [`Datapath::attach`] in the calling thread's network namespace.
+    fn attach_here(
         iface: &str,
         options: &LoadOptions,
         hook: IngressHook,
@@ -86,6 +125,7 @@ impl Datapath {
         Ok(Self {
             ebpf,
             iface: iface.to_string(),
+            netns: None,
             ingress,
             ifindex,
             logger,
@@ -108,6 +148,26 @@ impl Datapath {
         let pins = PinDir::of(bpffs, iface)?;
         pins.check(bpffs, iface)?;
         Ok(pins)
+    }
+
+    /// [`Datapath::check`] in `netns` (the daemon's own when `None`).
+    pub fn check_in(
+        netns: Option<&Netns>,
+        iface: &str,
+        bpffs: &Path,
+    ) -> Result<PinDir, DatapathError> {
+        match netns {
+            Some(ns) => ns.run(|| Self::check(iface, bpffs))?,
+            None => Self::check(iface, bpffs),
+        }
+    }
+
+    /// The index of `iface` in `netns` (the daemon's own when `None`), if it exists.
+    pub fn index_in(netns: Option<&Netns>, iface: &str) -> Option<u32> {
+        match netns {
+            Some(ns) => ns.index_of(iface),
+            None => interface_index(iface),
+        }
     }
 
     /// True when this run took over maps and links pinned by an earlier one.
@@ -154,7 +214,7 @@ impl Datapath {
     /// False once the interface attached to is gone (deleted, or deleted
     /// and recreated: the programs do not follow).
     pub fn attached(&self) -> bool {
-        interface_index(&self.iface) == Some(self.ifindex)
+        Self::index_in(self.netns.as_deref(), &self.iface) == Some(self.ifindex)
     }
 
     /// The ingress hook in use, when netmon attached it (not when adopted).

@@ -275,6 +275,16 @@ fn ensure_bpffs(path: &Path) -> Result<(), DatapathError> {
         return Err(fail(std::io::Error::last_os_error().to_string()));
     }
     log::info!("mounted bpffs at {}", path.display());
+    if super::netns::private_mounts() {
+        log::warn!(
+            "the pins in {} cannot outlive this netmon: it mounted that bpffs in a mount \
+             namespace of its own (as under `ip netns exec`), so a crash detaches the programs \
+             and loses the traffic since the last poll; run netmon from the host with `--netns \
+             NAME --iface IF`, or mount a bpffs on the host outside /sys (`mount -t bpf bpf \
+             /run/netmon-bpf`) and pass `--bpffs /run/netmon-bpf`",
+            path.display()
+        );
+    }
     Ok(())
 }
 

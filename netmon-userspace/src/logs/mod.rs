@@ -130,7 +130,7 @@ impl Files {
     pub fn save(
         &self,
         state: &State,
-        live: Option<&crate::accounting::BaselineView>,
+        live: Option<&[crate::accounting::BaselineView]>,
     ) -> Result<(), LogError> {
         state::write(&self.state, state, live)?;
         network_log::write(&self.log, &state.ledger)

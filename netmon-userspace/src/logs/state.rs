@@ -23,8 +23,11 @@ struct StateFile {
     pairs: Vec<StatePair>,
     #[serde(default)]
     policy: PersistedPolicy,
+    /// Written by netmon versions that watched one interface.
     #[serde(default)]
     baseline: Option<Baseline>,
+    #[serde(default)]
+    baselines: Vec<Baseline>,
 }
 
 /// [`StateFile`] as written: borrowed, the pairs streamed from the ledger.
@@ -34,15 +37,15 @@ struct StateFileRef<'a> {
     version: u32,
     pairs: PairsRef<'a>,
     policy: &'a PersistedPolicy,
-    baseline: BaselineOut<'a>,
+    baselines: BaselineOut<'a>,
 }
 
 /// The baseline to write: the state's own, or a running meter's.
 #[derive(Serialize)]
 #[serde(untagged)]
 enum BaselineOut<'a> {
-    Stored(&'a Option<Baseline>),
-    Live(&'a BaselineView<'a>),
+    Stored(&'a [Baseline]),
+    Live(&'a [BaselineView<'a>]),
 }
 
 struct PairsRef<'a>(&'a Ledger);
@@ -66,7 +69,7 @@ pub struct State {
     /// CLI rules, rule ids and quota usage.
     pub policy: PersistedPolicy,
     /// Kernel counter values already in the ledger.
-    pub baseline: Option<Baseline>,
+    pub baselines: Vec<Baseline>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -92,7 +95,7 @@ pub fn render(state: &State) -> String {
 /// [`render`], streamed into `out`; with `live`, its baseline instead of the state's.
 fn render_to(
     state: &State,
-    live: Option<&BaselineView>,
+    live: Option<&[BaselineView]>,
     out: &mut dyn std::io::Write,
 ) -> std::io::Result<()> {
     let file = StateFileRef {
@@ -100,9 +103,9 @@ fn render_to(
         version: VERSION,
         pairs: PairsRef(&state.ledger),
         policy: &state.policy,
-        baseline: match live {
-            Some(view) => BaselineOut::Live(view),
-            None => BaselineOut::Stored(&state.baseline),
+        baselines: match live {
+            Some(views) => BaselineOut::Live(views),
+            None => BaselineOut::Stored(&state.baselines),
         },
     };
     serde_json::to_writer(out, &file).map_err(std::io::Error::other)
@@ -123,13 +126,13 @@ pub fn parse(path: &Path, text: &str) -> Result<State, LogError> {
     Ok(State {
         ledger,
         policy: file.policy,
-        baseline: file.baseline,
+        baselines: file.baseline.into_iter().chain(file.baselines).collect(),
     })
 }
 
 /// Writes the state file atomically, readable by its owner only; with `live`,
 /// that meter's baseline instead of the state's.
-pub fn write(path: &Path, state: &State, live: Option<&BaselineView>) -> Result<(), LogError> {
+pub fn write(path: &Path, state: &State, live: Option<&[BaselineView]>) -> Result<(), LogError> {
     super::atomic::write_with(path, 0o600, |out| render_to(state, live, out))
 }
 

@@ -1,0 +1,415 @@
+//! Several interfaces in one daemon, and interfaces in other network
+//! namespaces: per-interface counts exact, one log, forwarded traffic
+//! counted once, interfaces that come and go, `--netns` from the host under
+//! SIGKILL, and the warning when the pins cannot outlive netmon.
+
+use std::{collections::BTreeMap, net::IpAddr, path::Path, time::Duration};
+
+use anyhow::{Context as _, Result};
+use netmon::{
+    accounting::Ledger,
+    logs::{detail::DetailRecord, state},
+};
+use netmon_common::Counter;
+use netmon_tests::{
+    capture::{self, Capture, Way},
+    daemon::{ctl, Launch, Netmon},
+    mounts::TempMount,
+    scenario::raw,
+    traffic::frame_len,
+    Flow, Host, Routed, TestNet,
+};
+
+/// Per (interface, direction, source, destination): frames and bytes, over
+/// every record of the detail log.
+type PerInterface = BTreeMap<(String, String, IpAddr, IpAddr), Counter>;
+
+fn detail(dir: &Path) -> Result<PerInterface> {
+    let text = std::fs::read_to_string(dir.join("detail.jsonl"))?;
+    let mut out = PerInterface::new();
+    for line in text.lines() {
+        let record: DetailRecord = serde_json::from_str(line).context("a detail line")?;
+        for p in record.pairs {
+            let c = out
+                .entry((record.iface.clone(), p.direction, p.src, p.dst))
+                .or_default();
+            *c = c.plus(Counter {
+                frames: p.frames,
+                bytes: p.bytes,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The exact totals behind `network_log.json`.
+fn exact_totals(dir: &Path) -> Result<Ledger> {
+    let path = dir.join("network_log.state.json");
+    Ok(state::parse(&path, &std::fs::read_to_string(&path)?)?.ledger)
+}
+
+/// `n` datagrams of `size` bytes of payload to `dst`, as frames on the wire.
+fn udp(n: u64, dst: &Host, size: usize) -> Counter {
+    Counter {
+        frames: n,
+        bytes: n * frame_len(IpAddr::V4(dst.ipv4), size),
+    }
+}
+
+fn v4(host: &Host) -> IpAddr {
+    IpAddr::V4(host.ipv4)
+}
+
+/// `netmon run` in the router's namespace on both its interfaces.
+fn on_both_ports<'n>(net: &'n Routed, dir: &Path, bpffs: &TempMount) -> Launch<'n> {
+    Netmon::on(&net.router_left)
+        .logs_in(dir)
+        .bpffs(bpffs)
+        .args(&["--iface", &net.router_right.iface])
+}
+
+/// Waits until netmon has polled at least twice (1 s interval).
+fn two_polls() {
+    std::thread::sleep(Duration::from_millis(2300));
+}
+
+#[test]
+fn two_veths_in_one_daemon_count_each_exactly_into_one_log() -> Result<()> {
+    let bpffs = TempMount::bpffs()?;
+    let net = Routed::create()?;
+    let dir = tempfile::tempdir()?;
+    let mut netmon = on_both_ports(&net, dir.path(), &bpffs).start()?;
+    netmon.wait_for(
+        &format!("counting on {}", net.router_right.iface),
+        Duration::from_secs(10),
+    )?;
+    let (left, right) = (&net.router_left, &net.router_right);
+    Flow::udp(&net.left, left)
+        .port(7101)
+        .sizes(&[100; 20])
+        .send()?;
+    Flow::udp(&net.right, right)
+        .port(7102)
+        .sizes(&[700; 30])
+        .send()?;
+    netmon.stop()?;
+
+    let seen = detail(dir.path())?;
+    let expected: PerInterface = [
+        (
+            (
+                left.iface.clone(),
+                "ingress".into(),
+                v4(&net.left),
+                v4(left),
+            ),
+            udp(20, left, 100),
+        ),
+        (
+            (
+                right.iface.clone(),
+                "ingress".into(),
+                v4(&net.right),
+                v4(right),
+            ),
+            udp(30, right, 700),
+        ),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(
+        seen, expected,
+        "each interface's detail lines hold its own traffic"
+    );
+    let totals = exact_totals(dir.path())?;
+    assert_eq!(
+        totals.get(&(v4(&net.left), v4(left))),
+        Some(udp(20, left, 100))
+    );
+    assert_eq!(
+        totals.get(&(v4(&net.right), v4(right))),
+        Some(udp(30, right, 700))
+    );
+    assert_eq!(totals.pairs().count(), 2, "one log with both");
+    let names = netmon_tests::names_in(dir.path());
+    assert_eq!(
+        names,
+        [
+            "detail.jsonl",
+            "network_log.json",
+            "network_log.rules.json",
+            "network_log.state.json"
+        ]
+    );
+    Ok(())
+}
+
+#[test]
+fn a_datagram_routed_between_two_watched_veths_is_logged_once() -> Result<()> {
+    let bpffs = TempMount::bpffs()?;
+    let net = Routed::create()?;
+    let dir = tempfile::tempdir()?;
+    let (left, right) = (&net.router_left, &net.router_right);
+    let capture_in = Capture::start(left, Way::In, &dir.path().join("in.pcap"))?;
+    let capture_out = Capture::start(right, Way::Out, &dir.path().join("out.pcap"))?;
+    let mut netmon = on_both_ports(&net, dir.path(), &bpffs).start()?;
+    netmon.wait_for(
+        &format!("counting on {}", right.iface),
+        Duration::from_secs(10),
+    )?;
+    // Across polls: some datagrams are read at ingress in one, at egress in the next.
+    for _ in 0..3 {
+        Flow::udp(&net.left, &net.right)
+            .port(7103)
+            .sizes(&[400; 50])
+            .send()?;
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    Flow::udp(&net.right, &net.left)
+        .port(7104)
+        .sizes(&[200; 10])
+        .send()?;
+    std::thread::sleep(Duration::from_millis(300));
+    let (frames_in, frames_out) = (capture_in.stop()?, capture_out.stop()?);
+    netmon.stop()?;
+
+    let forward = udp(150, &net.right, 400);
+    let back = udp(10, &net.left, 200);
+    let tcpdump = |frames: &[capture::Frame], src: &Host| {
+        capture::per_flow(frames)
+            .iter()
+            .filter(|((s, _, p), _)| *s == raw(v4(src)) && *p == 17)
+            .fold(Counter::default(), |a, (_, c)| a.plus(*c))
+    };
+    assert_eq!(
+        tcpdump(&frames_in, &net.left),
+        forward,
+        "tcpdump in at the first port"
+    );
+    assert_eq!(
+        tcpdump(&frames_out, &net.left),
+        forward,
+        "tcpdump out at the second"
+    );
+    let seen = detail(dir.path())?;
+    let at = |iface: &Host, direction: &str, src: &Host, dst: &Host| {
+        seen.get(&(iface.iface.clone(), direction.into(), v4(src), v4(dst)))
+            .copied()
+    };
+    assert_eq!(at(left, "ingress", &net.left, &net.right), Some(forward));
+    assert_eq!(at(right, "egress", &net.left, &net.right), Some(forward));
+    assert_eq!(at(right, "ingress", &net.right, &net.left), Some(back));
+    assert_eq!(at(left, "egress", &net.right, &net.left), Some(back));
+    let totals = exact_totals(dir.path())?;
+    assert_eq!(
+        totals.get(&(v4(&net.left), v4(&net.right))),
+        Some(forward),
+        "once, not twice"
+    );
+    assert_eq!(totals.get(&(v4(&net.right), v4(&net.left))), Some(back));
+    let log: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
+        dir.path().join("network_log.json"),
+    )?)?;
+    let key = format!("('{}', '{}')", net.left.ipv4, net.right.ipv4);
+    assert_eq!(
+        log[&key],
+        serde_json::json!(forward.bytes as f64 / 1000.0),
+        "{log}"
+    );
+    Ok(())
+}
+
+#[test]
+fn an_interface_that_appears_while_running_is_attached_and_counted() -> Result<()> {
+    let bpffs = TempMount::bpffs()?;
+    let net = Routed::create()?;
+    net.remove_right()?;
+    let dir = tempfile::tempdir()?;
+    let right = &net.router_right;
+    let mut netmon = on_both_ports(&net, dir.path(), &bpffs).start()?;
+    let waiting = format!("interface {} does not exist (yet)", right.iface);
+    assert!(
+        netmon.stderr.iter().any(|l| l.contains(&waiting)),
+        "{:?}",
+        netmon.stderr
+    );
+    net.add_right()?;
+    netmon.wait_for(
+        &format!("counting on {}", right.iface),
+        Duration::from_secs(10),
+    )?;
+    Flow::udp(&net.right, right)
+        .port(7105)
+        .sizes(&[300; 25])
+        .send()?;
+    netmon.stop()?;
+    let totals = exact_totals(dir.path())?;
+    assert_eq!(
+        totals.get(&(v4(&net.right), v4(right))),
+        Some(udp(25, right, 300))
+    );
+    let seen = detail(dir.path())?;
+    assert_eq!(
+        seen.get(&(
+            right.iface.clone(),
+            "ingress".into(),
+            v4(&net.right),
+            v4(right)
+        )),
+        Some(&udp(25, right, 300))
+    );
+    Ok(())
+}
+
+#[test]
+fn an_interface_deleted_while_running_keeps_its_counts_and_the_daemon_goes_on() -> Result<()> {
+    let bpffs = TempMount::bpffs()?;
+    let net = Routed::create()?;
+    let dir = tempfile::tempdir()?;
+    let (left, right) = (&net.router_left, &net.router_right);
+    let mut netmon = on_both_ports(&net, dir.path(), &bpffs).start()?;
+    netmon.wait_for(
+        &format!("counting on {}", right.iface),
+        Duration::from_secs(10),
+    )?;
+    Flow::udp(&net.right, right)
+        .port(7106)
+        .sizes(&[500; 12])
+        .send()?;
+    net.remove_right()?;
+    netmon.wait_for(
+        &format!("interface {} is gone", right.iface),
+        Duration::from_secs(10),
+    )?;
+    Flow::udp(&net.left, left)
+        .port(7107)
+        .sizes(&[150; 8])
+        .send()?;
+    // Back again: the same pins, attached to the new interface, counting on.
+    net.add_right()?;
+    netmon.wait_for(
+        &format!("counting on {}", right.iface),
+        Duration::from_secs(10),
+    )?;
+    Flow::udp(&net.right, right)
+        .port(7108)
+        .sizes(&[500; 3])
+        .send()?;
+    two_polls();
+    ctl(&left.iface, &["block", "10.200.9.9"]).expect("the daemon still answers");
+    assert!(
+        ctl(&right.iface, &["rules"])
+            .unwrap()
+            .contains("10.200.9.9"),
+        "one socket for both"
+    );
+    netmon.stop()?;
+    let totals = exact_totals(dir.path())?;
+    assert_eq!(
+        totals.get(&(v4(&net.right), v4(right))),
+        Some(udp(15, right, 500))
+    );
+    assert_eq!(
+        totals.get(&(v4(&net.left), v4(left))),
+        Some(udp(8, left, 150))
+    );
+    Ok(())
+}
+
+#[test]
+fn netns_from_the_host_loses_nothing_across_sigkills() -> Result<()> {
+    let bpffs = TempMount::bpffs()?;
+    let net = TestNet::create()?;
+    let dir = tempfile::tempdir()?;
+    let (a, b) = (&net.a, &net.b);
+    let capture = Capture::start(a, Way::In, &dir.path().join("in.pcap"))?;
+    let launch = || Netmon::on(a).from_host().logs_in(dir.path()).bpffs(&bpffs);
+    let mut netmon = launch().start()?;
+    let stream = Flow::udp(b, a)
+        .port(7109)
+        .stream(600, Duration::from_secs(9));
+    for _ in 0..2 {
+        std::thread::sleep(Duration::from_secs(3));
+        netmon.kill()?;
+        netmon = launch().start()?;
+        assert!(
+            !netmon.stderr.iter().any(|l| l.contains("cannot outlive")),
+            "host pins outlive netmon: {:?}",
+            netmon.stderr
+        );
+    }
+    let (sent, received) = stream.join().unwrap()?;
+    std::thread::sleep(Duration::from_millis(300));
+    let frames = capture.stop()?;
+    netmon.stop()?;
+    assert_eq!(received, sent, "the veth lost nothing");
+    let expected = udp(sent as u64, a, 600);
+    let tcpdump = capture::per_flow(&frames)
+        .iter()
+        .filter(|((s, _, p), _)| *s == raw(v4(b)) && *p == 17)
+        .fold(Counter::default(), |acc, (_, c)| acc.plus(*c));
+    assert_eq!(tcpdump, expected, "tcpdump");
+    let totals = exact_totals(dir.path())?;
+    assert_eq!(
+        totals.get(&(v4(b), v4(a))),
+        Some(expected),
+        "netmon = tcpdump"
+    );
+    Ok(())
+}
+
+#[test]
+fn pins_that_cannot_outlive_netmon_are_warned_about_in_one_line() -> Result<()> {
+    let net = TestNet::create()?;
+    let dir = tempfile::tempdir()?;
+    // Under `ip netns exec`, without --bpffs: netmon mounts a bpffs of its own.
+    let netmon = Netmon::on(&net.a).logs_in(dir.path()).start()?;
+    let printed = netmon.stop()?;
+    let warnings: Vec<&String> = printed
+        .iter()
+        .filter(|l| l.contains("cannot outlive"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{printed:?}");
+    assert!(
+        warnings[0].contains("--netns") && warnings[0].contains("--bpffs"),
+        "names the fixes: {}",
+        warnings[0]
+    );
+    Ok(())
+}
+
+#[test]
+fn same_named_interfaces_of_two_namespaces_each_get_a_daemon_and_a_socket() -> Result<()> {
+    let bpffs = TempMount::bpffs()?;
+    let one = TestNet::create()?;
+    let other = TestNet::create_like(&one)?;
+    let (d1, d2) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let first = Netmon::on(&one.a)
+        .logs_in(d1.path())
+        .bpffs(&bpffs)
+        .start()?;
+    let second = Netmon::on(&other.a)
+        .logs_in(d2.path())
+        .bpffs(&bpffs)
+        .start()?;
+    let iface = &one.a.iface;
+    let ambiguous = ctl(iface, &["rules"]).unwrap_err();
+    assert!(
+        ambiguous.contains("several network namespaces"),
+        "{ambiguous}"
+    );
+    ctl(
+        &format!("{}:{iface}", other.a.netns),
+        &["block", "10.200.0.99"],
+    )
+    .unwrap();
+    let rules = |ns: &str| ctl(&format!("{ns}:{iface}"), &["rules"]).unwrap();
+    assert!(rules(&other.a.netns).contains("10.200.0.99"));
+    assert!(
+        !rules(&one.a.netns).contains("10.200.0.99"),
+        "the other daemon's policy"
+    );
+    first.stop()?;
+    second.stop()?;
+    Ok(())
+}
