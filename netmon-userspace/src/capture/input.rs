@@ -139,7 +139,8 @@ impl<R: Read> Read for Counted<R> {
 }
 
 /// Fills the buffer unless the input ends: the pcap reader takes one short
-/// read (a pipe's, a decoder's) for the end of the input.
+/// read (a pipe's, a decoder's) for the end of the input. A compressed
+/// stream cut off ends there, like a capture cut off: what came before counts.
 struct Filled<R>(R);
 
 impl<R: Read> Read for Filled<R> {
@@ -150,6 +151,7 @@ impl<R: Read> Read for Filled<R> {
                 Ok(0) => break,
                 Ok(n) => got += n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
                 Err(e) if got == 0 => return Err(e),
                 Err(_) => break,
             }
