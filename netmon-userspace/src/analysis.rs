@@ -152,10 +152,32 @@ pub struct Analyzer {
 /// those of several captures over the same interval add up.
 pub struct IntervalCounts {
     start_ns: i128,
-    // A fast hash: this map takes one lookup per frame.
-    pairs: HashMap<PairKey, Counter, foldhash::fast::RandomState>,
+    // One lookup per frame: a fast hash over a key of whole words.
+    pairs: HashMap<WordKey, Counter, foldhash::fast::RandomState>,
     totals: [DirectionTotals; 2],
     services: Vec<Counter>,
+}
+
+/// A [`PairKey`] as three integers, which hash in three steps where the
+/// derived hash of the byte arrays takes many.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct WordKey {
+    src: u128,
+    dst: u128,
+    proto_direction: u16,
+}
+
+impl WordKey {
+    fn key(self) -> PairKey {
+        let [proto, direction] = self.proto_direction.to_be_bytes();
+        PairKey {
+            src: self.src.to_be_bytes(),
+            dst: self.dst.to_be_bytes(),
+            proto,
+            direction,
+            ..Default::default()
+        }
+    }
 }
 
 /// One finished interval.
@@ -206,12 +228,10 @@ impl Analyzer {
         }
         if let Some(ip) = class.ip {
             totals.l4[L4::of(ip.proto) as usize].add(1, len);
-            let key = PairKey {
-                src: ip.src,
-                dst: ip.dst,
-                proto: ip.proto,
-                direction: direction as u8,
-                ..Default::default()
+            let key = WordKey {
+                src: u128::from_be_bytes(ip.src),
+                dst: u128::from_be_bytes(ip.dst),
+                proto_direction: u16::from_be_bytes([ip.proto, direction as u8]),
             };
             open.pairs.entry(key).or_default().add(1, len);
             let tcp = ip.proto == PROTO_TCP;
@@ -266,7 +286,7 @@ impl IntervalCounts {
             .pairs
             .into_iter()
             .map(|(key, counter)| PairDelta {
-                key,
+                key: key.key(),
                 counter,
                 dropped: Counter::default(),
             })
