@@ -71,8 +71,7 @@ pub fn analyze(
     }
     let next = AtomicUsize::new(0);
     let taken = AtomicU64::new(0);
-    let results: Vec<Mutex<Option<Result<(Vec<IntervalCounts>, Outcome), CaptureError>>>> =
-        inputs.iter().map(|_| Mutex::new(None)).collect();
+    let results: Vec<Mutex<Option<FileResult>>> = inputs.iter().map(|_| Mutex::new(None)).collect();
     let workers = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(inputs.len());
@@ -117,13 +116,16 @@ pub fn analyze(
     Ok(outcome)
 }
 
+/// What one input of several came to: its intervals and its outcome.
+type FileResult = Result<(Vec<IntervalCounts>, Outcome), CaptureError>;
+
 /// One input of several, its intervals kept.
 fn read_whole(
     input: &Input,
     interval: Duration,
     origin: Option<i128>,
     progress: impl FnMut(u64),
-) -> Result<(Vec<IntervalCounts>, Outcome), CaptureError> {
+) -> FileResult {
     let mut analyzer = Analyzer::new(interval, origin);
     let mut intervals = Vec::new();
     let mut outcome = Outcome::default();

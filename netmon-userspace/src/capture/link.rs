@@ -157,7 +157,7 @@ mod tests {
 
     #[test]
     fn cooked_headers_give_the_direction() {
-        let mut sll = vec![0u8; 16];
+        let mut sll = [0u8; 16];
         sll[1] = 4; // outgoing
         sll[14..16].copy_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
         let frame = [&sll[..], &udp4()].concat();
@@ -165,7 +165,7 @@ mod tests {
         assert!(c.ip.is_some());
         assert_eq!(d, Direction::Egress);
 
-        let mut sll2 = vec![0u8; 20];
+        let mut sll2 = [0u8; 20];
         sll2[0..2].copy_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
         sll2[10] = 0; // to this host
         let frame = [&sll2[..], &udp4()].concat();
