@@ -148,6 +148,8 @@ pub struct Analyzer {
     interval_ns: i128,
     origin_ns: Option<i128>,
     open: Option<IntervalCounts>,
+    // Pairs of the last closed interval: the next one's map starts that large.
+    last_pairs: usize,
 }
 
 /// The counts of one interval, before they become an [`AnalyzedInterval`];
@@ -200,6 +202,7 @@ impl Analyzer {
             interval_ns: interval.as_nanos().max(1) as i128,
             origin_ns,
             open: None,
+            last_pairs: 0,
         }
     }
 
@@ -216,7 +219,9 @@ impl Analyzer {
                 let origin = *self.origin_ns.get_or_insert(frame.time_ns);
                 let start = origin
                     + (frame.time_ns - origin).div_euclid(self.interval_ns) * self.interval_ns;
-                closed = self.open.replace(IntervalCounts::new(start));
+                let open = IntervalCounts::new(start, self.last_pairs);
+                closed = self.open.replace(open);
+                self.last_pairs = closed.as_ref().map_or(0, |c| c.pairs.len());
             }
         }
         let open = self.open.as_mut().expect("opened above");
@@ -254,10 +259,10 @@ impl Analyzer {
 }
 
 impl IntervalCounts {
-    fn new(start_ns: i128) -> Self {
+    fn new(start_ns: i128, pairs: usize) -> Self {
         IntervalCounts {
             start_ns,
-            pairs: HashMap::default(),
+            pairs: HashMap::with_capacity_and_hasher(pairs, Default::default()),
             totals: Default::default(),
             services: vec![Counter::default(); service::SERVICE_COUNTERS as usize],
         }

@@ -204,7 +204,8 @@ fn read_while(
                     }
                     PcapBlockOwned::NG(_) => {}
                 }
-                reader.consume(offset);
+                // The buffer moves its leftover to the front only on refill.
+                reader.consume_noshift(offset);
                 if flow.is_break() {
                     break;
                 }
