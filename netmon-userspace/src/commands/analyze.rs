@@ -62,9 +62,14 @@ pub fn run(args: &AnalyzeArgs) -> anyhow::Result<()> {
         None => State::default(),
     };
     let mut detail = std::io::BufWriter::new(logs::paths::create(&detail_log)?);
-    let iface = match inputs.as_slice() {
-        [one] => format!("capture:{}", one.name()),
-        [first, ..] => format!("capture:{}+{}", first.name(), inputs.len() - 1),
+    // Named as the user named them: a directory by itself, not its first file.
+    let named = |arg: &PathBuf| match arg.to_str() {
+        Some("-") => "stdin".to_string(),
+        _ => arg.display().to_string(),
+    };
+    let iface = match args.captures.as_slice() {
+        [one] => format!("capture:{}", named(one)),
+        [first, rest @ ..] => format!("capture:{}+{}", named(first), rest.len()),
         [] => unreachable!("clap requires a capture"),
     };
     let mut write_error = None;
