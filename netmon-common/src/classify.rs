@@ -112,9 +112,11 @@ pub const PROTO_ICMPV6: u8 = IpProto::Ipv6Icmp as u8;
 
 const ETH_HLEN: usize = EthHdr::LEN;
 // network-types stores EtherTypes in network byte order.
-const ETHERTYPE_IPV4: u16 = u16::from_be(EtherType::Ipv4 as u16);
+/// EtherType of IPv4.
+pub const ETHERTYPE_IPV4: u16 = u16::from_be(EtherType::Ipv4 as u16);
 const ETHERTYPE_ARP: u16 = u16::from_be(EtherType::Arp as u16);
-const ETHERTYPE_IPV6: u16 = u16::from_be(EtherType::Ipv6 as u16);
+/// EtherType of IPv6.
+pub const ETHERTYPE_IPV6: u16 = u16::from_be(EtherType::Ipv6 as u16);
 const ETHERTYPE_VLAN: u16 = u16::from_be(EtherType::Ieee8021q as u16);
 const ETHERTYPE_QINQ: u16 = u16::from_be(EtherType::Ieee8021ad as u16);
 /// VLAN tags parsed: 802.1ad outer plus 802.1Q inner.
@@ -171,8 +173,18 @@ pub fn classify<F: Frame + ?Sized>(frame: &F) -> Classified {
             ip: None,
         };
     };
-    let mut ethertype = u16::from_be_bytes([eth[12], eth[13]]);
-    let mut offset = ETH_HLEN;
+    classify_ethertype(frame, u16::from_be_bytes([eth[12], eth[13]]), ETH_HLEN)
+}
+
+/// Classifies the payload at `offset` of a link-layer header whose protocol
+/// field says `ethertype` (Ethernet, Linux cooked capture); VLAN tags are
+/// followed.
+#[inline(always)]
+pub fn classify_ethertype<F: Frame + ?Sized>(
+    frame: &F,
+    mut ethertype: u16,
+    mut offset: usize,
+) -> Classified {
     for _ in 0..MAX_VLAN_TAGS {
         if ethertype != ETHERTYPE_VLAN && ethertype != ETHERTYPE_QINQ {
             break;
@@ -211,9 +223,14 @@ pub fn classify<F: Frame + ?Sized>(frame: &F) -> Classified {
 fn parse_ipv4<F: Frame + ?Sized>(frame: &F, offset: usize) -> Option<IpHeader> {
     let h = frame.bytes::<20>(offset)?;
     let ihl = (h[0] & 0x0f) as usize * 4;
-    if h[0] >> 4 != 4 || ihl < 20 {
+    let total_len = u16::from_be_bytes([h[2], h[3]]) as usize;
+    // What tshark calls bogus: a header shorter than its minimum, a total
+    // length shorter than the header (0 is TSO's "unknown" and is accepted),
+    // or options cut off by the capture.
+    if h[0] >> 4 != 4 || ihl < 20 || (total_len != 0 && total_len < ihl) {
         return None;
     }
+    frame.bytes::<1>(offset + ihl - 1)?;
     let mut src = [0u8; 16];
     let mut dst = [0u8; 16];
     src[10] = 0xff;
@@ -371,6 +388,36 @@ mod tests {
         let c = classify(&f[..]);
         assert_eq!(c.l3, L3::Ipv4);
         assert!(c.is_malformed());
+    }
+
+    /// An IPv4 frame of `captured` bytes after the Ethernet header.
+    fn ipv4(ihl_words: u8, total_len: u16, captured: usize) -> ([u8; 80], usize) {
+        let mut f = [0u8; 80];
+        f[..14].copy_from_slice(&eth(ETHERTYPE_IPV4));
+        f[14] = 0x40 | ihl_words;
+        f[16..18].copy_from_slice(&total_len.to_be_bytes());
+        (f, 14 + captured)
+    }
+
+    fn classify_ipv4(ihl_words: u8, total_len: u16, captured: usize) -> Classified {
+        let (f, len) = ipv4(ihl_words, total_len, captured);
+        classify(&f[..len])
+    }
+
+    #[test]
+    fn ipv4_lengths_tshark_calls_bogus_are_malformed() {
+        // Total length below the header length.
+        assert!(classify_ipv4(5, 19, 28).is_malformed());
+        assert!(classify_ipv4(6, 22, 32).is_malformed());
+        // Header length below 20.
+        assert!(classify_ipv4(4, 28, 28).is_malformed());
+        // Options cut off by the snap length.
+        assert!(classify_ipv4(7, 36, 27).is_malformed());
+        // Accepted: zero (TSO), exactly the header, longer than the frame.
+        assert!(classify_ipv4(5, 0, 28).ip.is_some());
+        assert!(classify_ipv4(5, 20, 28).ip.is_some());
+        assert!(classify_ipv4(5, 1500, 28).ip.is_some());
+        assert!(classify_ipv4(7, 36, 28).ip.is_some());
     }
 
     #[test]

@@ -10,5 +10,5 @@ pub mod maps;
 pub mod policy;
 pub mod service;
 
-pub use classify::{classify, wire_cost, Classified, Frame, IpHeader, L3, L4};
+pub use classify::{classify, classify_ethertype, wire_cost, Classified, Frame, IpHeader, L3, L4};
 pub use maps::{Counter, Direction, DirectionTotals, PairKey, PairKeyV4, PairStats, SlotKey};

@@ -1,30 +1,187 @@
 //! Turning a capture into what the daemon would have recorded: the same
 //! classifier, the same per-interval records, the same ledger.
 
-use std::collections::HashMap;
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+        Mutex,
+    },
+    time::Duration,
+};
 
 use netmon_common::{
-    classify,
     classify::{PROTO_TCP, PROTO_UDP},
     service, Counter, Direction, DirectionTotals, PairKey, L4,
 };
 
 use crate::{
     accounting::{IntervalUsage, PairDelta},
-    capture::CapturedFrame,
+    capture::{self, CaptureError, CapturedFrame, Input},
 };
 
-/// Accumulates frames into intervals of a fixed length, from the first frame's time.
-pub struct Analyzer {
-    interval_ns: i128,
-    bin: Option<Bin>,
+/// What reading the captures came to, beside the intervals.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Frames read.
+    pub frames: u64,
+    /// Their recorded lengths.
+    pub bytes: u64,
+    /// One line per capture that ended in the middle of a record.
+    pub truncated: Vec<String>,
 }
 
-struct Bin {
+/// Reads `inputs` into intervals of `interval` and hands them to `emit` in
+/// time order. One input streams in constant memory; several are read on all
+/// cores, their intervals aligned to the earliest first frame and added
+/// together where they meet (held in memory until all are read).
+/// `progress` gets the bytes taken from the inputs so far.
+pub fn analyze(
+    inputs: &[Input],
+    interval: Duration,
+    progress: &(dyn Fn(u64) + Sync),
+    mut emit: impl FnMut(AnalyzedInterval),
+) -> Result<Outcome, CaptureError> {
+    if let [input] = inputs {
+        let mut analyzer = Analyzer::new(interval, None);
+        let interval_ns = analyzer.interval_ns;
+        let mut outcome = Outcome::default();
+        let summary = capture::read(
+            input,
+            |frame| {
+                outcome.bytes += frame.wire_len as u64;
+                if let Some(closed) = analyzer.frame(&frame) {
+                    emit(closed.finish(interval_ns));
+                }
+            },
+            progress,
+        )?;
+        if let Some(open) = analyzer.finish() {
+            emit(open.finish(interval_ns));
+        }
+        outcome.frames = summary.frames;
+        outcome.truncated.extend(summary.truncated);
+        return Ok(outcome);
+    }
+    let mut origin = None;
+    for input in inputs {
+        if let Some(first) = capture::first_time(input)? {
+            origin = Some(origin.map_or(first, |o: i128| o.min(first)));
+        }
+    }
+    let next = AtomicUsize::new(0);
+    let taken = AtomicU64::new(0);
+    let results: Vec<Mutex<Option<FileResult>>> = inputs.iter().map(|_| Mutex::new(None)).collect();
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(inputs.len());
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(input) = inputs.get(i) else { break };
+                let mut reported = 0;
+                let result = read_whole(input, interval, origin, |now| {
+                    let total = taken.fetch_add(now - reported, Ordering::Relaxed) + now - reported;
+                    reported = now;
+                    progress(total);
+                });
+                *results[i].lock().expect("no worker panics holding it") = Some(result);
+            });
+        }
+    });
+    let mut merged: BTreeMap<i128, IntervalCounts> = BTreeMap::new();
+    let mut outcome = Outcome::default();
+    for result in results {
+        let (intervals, one) = result
+            .into_inner()
+            .expect("no worker panics holding it")
+            .expect("every input was read")?;
+        outcome.frames += one.frames;
+        outcome.bytes += one.bytes;
+        outcome.truncated.extend(one.truncated);
+        for counts in intervals {
+            match merged.get_mut(&counts.start_ns) {
+                Some(there) => there.absorb(counts),
+                None => {
+                    merged.insert(counts.start_ns, counts);
+                }
+            }
+        }
+    }
+    let interval_ns = interval.as_nanos().max(1) as i128;
+    for counts in merged.into_values() {
+        emit(counts.finish(interval_ns));
+    }
+    Ok(outcome)
+}
+
+/// What one input of several came to: its intervals and its outcome.
+type FileResult = Result<(Vec<IntervalCounts>, Outcome), CaptureError>;
+
+/// One input of several, its intervals kept.
+fn read_whole(
+    input: &Input,
+    interval: Duration,
+    origin: Option<i128>,
+    progress: impl FnMut(u64),
+) -> FileResult {
+    let mut analyzer = Analyzer::new(interval, origin);
+    let mut intervals = Vec::new();
+    let mut outcome = Outcome::default();
+    let summary = capture::read(
+        input,
+        |frame| {
+            outcome.bytes += frame.wire_len as u64;
+            intervals.extend(analyzer.frame(&frame));
+        },
+        progress,
+    )?;
+    intervals.extend(analyzer.finish());
+    outcome.frames = summary.frames;
+    outcome.truncated.extend(summary.truncated);
+    Ok((intervals, outcome))
+}
+
+/// Accumulates frames into intervals of a fixed length.
+pub struct Analyzer {
+    interval_ns: i128,
+    origin_ns: Option<i128>,
+    open: Option<IntervalCounts>,
+    // Pairs of the last closed interval: the next one's map starts that large.
+    last_pairs: usize,
+}
+
+/// The counts of one interval, before they become an [`AnalyzedInterval`];
+/// those of several captures over the same interval add up.
+pub struct IntervalCounts {
     start_ns: i128,
-    pairs: HashMap<PairKey, Counter>,
-    totals: DirectionTotals,
+    // One lookup per frame: a fast hash over a key of whole words.
+    pairs: HashMap<WordKey, Counter, foldhash::fast::RandomState>,
+    totals: [DirectionTotals; 2],
     services: Vec<Counter>,
+}
+
+/// A [`PairKey`] as three integers, which hash in three steps where the
+/// derived hash of the byte arrays takes many.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct WordKey {
+    src: u128,
+    dst: u128,
+    proto_direction: u16,
+}
+
+impl WordKey {
+    fn key(self) -> PairKey {
+        let [proto, direction] = self.proto_direction.to_be_bytes();
+        PairKey {
+            src: self.src.to_be_bytes(),
+            dst: self.dst.to_be_bytes(),
+            proto,
+            direction,
+            ..Default::default()
+        }
+    }
 }
 
 /// One finished interval.
@@ -38,71 +195,105 @@ pub struct AnalyzedInterval {
 }
 
 impl Analyzer {
-    /// An analyzer with intervals of `interval`.
-    pub fn new(interval: std::time::Duration) -> Self {
+    /// An analyzer with intervals of `interval` from `origin_ns`, or from the
+    /// first frame's time when `None`.
+    pub fn new(interval: Duration, origin_ns: Option<i128>) -> Self {
         Analyzer {
             interval_ns: interval.as_nanos().max(1) as i128,
-            bin: None,
+            origin_ns,
+            open: None,
+            last_pairs: 0,
         }
     }
 
     /// Adds a frame; returns the interval it closed, if it opened a new one.
-    /// A capture has no direction: frames count as ingress.
-    pub fn frame(&mut self, frame: &CapturedFrame<'_>) -> Option<AnalyzedInterval> {
+    /// The direction is the link header's (a cooked capture's packet type),
+    /// ingress where it has none.
+    #[inline]
+    pub fn frame(&mut self, frame: &CapturedFrame<'_>) -> Option<IntervalCounts> {
         let mut closed = None;
-        let start = match &self.bin {
+        match &self.open {
             // Frames are in time order in captures; a late one joins the open interval.
-            Some(bin) if frame.time_ns < bin.start_ns + self.interval_ns => bin.start_ns,
-            Some(bin) => {
-                let skipped = (frame.time_ns - bin.start_ns) / self.interval_ns;
-                let start = bin.start_ns + skipped * self.interval_ns;
-                closed = self.finish();
-                start
+            Some(open) if frame.time_ns < open.start_ns + self.interval_ns => {}
+            _ => {
+                let origin = *self.origin_ns.get_or_insert(frame.time_ns);
+                let start = origin
+                    + (frame.time_ns - origin).div_euclid(self.interval_ns) * self.interval_ns;
+                let open = IntervalCounts::new(start, self.last_pairs);
+                closed = self.open.replace(open);
+                self.last_pairs = closed.as_ref().map_or(0, |c| c.pairs.len());
             }
-            None => frame.time_ns,
-        };
-        let bin = self.bin.get_or_insert_with(|| Bin {
-            start_ns: start,
-            pairs: HashMap::new(),
-            totals: DirectionTotals::default(),
-            services: vec![Counter::default(); service::SERVICE_COUNTERS as usize],
-        });
-        let class = classify(frame.data);
+        }
+        let open = self.open.as_mut().expect("opened above");
+        let (class, direction) = frame.link.classify(frame.data);
         let len = frame.wire_len as u64;
-        bin.totals.all.add(1, len);
-        bin.totals.l3[class.l3 as usize].add(1, len);
+        let totals = &mut open.totals[direction as usize];
+        totals.all.add(1, len);
+        totals.l3[class.l3 as usize].add(1, len);
         if class.is_malformed() {
-            bin.totals.malformed.add(1, len);
+            totals.malformed.add(1, len);
         }
         if let Some(ip) = class.ip {
-            bin.totals.l4[L4::of(ip.proto) as usize].add(1, len);
-            let key = PairKey {
-                src: ip.src,
-                dst: ip.dst,
-                proto: ip.proto,
-                direction: Direction::Ingress as u8,
-                ..Default::default()
+            totals.l4[L4::of(ip.proto) as usize].add(1, len);
+            let key = WordKey {
+                src: u128::from_be_bytes(ip.src),
+                dst: u128::from_be_bytes(ip.dst),
+                proto_direction: u16::from_be_bytes([ip.proto, direction as u8]),
             };
-            bin.pairs.entry(key).or_default().add(1, len);
+            open.pairs.entry(key).or_default().add(1, len);
             let tcp = ip.proto == PROTO_TCP;
             if tcp || ip.proto == PROTO_UDP {
                 let slot = service::flow_slot(ip.src_port, ip.dst_port);
                 let ipv6 = std::net::Ipv6Addr::from(ip.src).to_ipv4_mapped().is_none();
-                let index = service::counter_index(Direction::Ingress, ipv6, tcp, slot) as usize;
-                bin.services[index].add(1, len);
+                let index = service::counter_index(direction, ipv6, tcp, slot) as usize;
+                open.services[index].add(1, len);
             }
         }
         closed
     }
 
     /// Closes the open interval.
-    pub fn finish(&mut self) -> Option<AnalyzedInterval> {
-        let bin = self.bin.take()?;
-        let mut pairs: Vec<PairDelta> = bin
+    pub fn finish(&mut self) -> Option<IntervalCounts> {
+        self.open.take()
+    }
+}
+
+impl IntervalCounts {
+    fn new(start_ns: i128, pairs: usize) -> Self {
+        IntervalCounts {
+            start_ns,
+            pairs: HashMap::with_capacity_and_hasher(pairs, Default::default()),
+            totals: Default::default(),
+            services: vec![Counter::default(); service::SERVICE_COUNTERS as usize],
+        }
+    }
+
+    /// Start, ns since the Unix epoch.
+    pub fn start_ns(&self) -> i128 {
+        self.start_ns
+    }
+
+    /// Adds what another capture counted over the same interval.
+    pub fn absorb(&mut self, other: IntervalCounts) {
+        for (key, counter) in other.pairs {
+            let mine = self.pairs.entry(key).or_default();
+            *mine = mine.plus(counter);
+        }
+        for d in Direction::ALL {
+            self.totals[d as usize] = self.totals[d as usize].plus(&other.totals[d as usize]);
+        }
+        for (mine, theirs) in self.services.iter_mut().zip(other.services) {
+            *mine = mine.plus(theirs);
+        }
+    }
+
+    /// The interval as the daemon reports one, pairs largest first.
+    pub fn finish(self, interval_ns: i128) -> AnalyzedInterval {
+        let mut pairs: Vec<PairDelta> = self
             .pairs
             .into_iter()
             .map(|(key, counter)| PairDelta {
-                key,
+                key: key.key(),
                 counter,
                 dropped: Counter::default(),
             })
@@ -114,16 +305,16 @@ impl Analyzer {
                 .then(a.key.cmp(&b.key))
         });
         let table_entries = pairs.len();
-        Some(AnalyzedInterval {
-            start_ns: bin.start_ns,
-            end_ns: bin.start_ns + self.interval_ns,
+        AnalyzedInterval {
+            start_ns: self.start_ns,
+            end_ns: self.start_ns + interval_ns,
             usage: IntervalUsage {
                 pairs,
-                totals: [bin.totals, DirectionTotals::default()],
+                totals: self.totals,
                 table_entries,
                 table_capacity: 0,
-                services: bin.services,
+                services: self.services,
             },
-        })
+        }
     }
 }

@@ -249,15 +249,15 @@ fn bad_captures_and_logs_give_clear_errors_or_partial_reports() -> Result<()> {
         assert!(err.contains(want), "{args:?}: {err}");
         assert!(!err.contains("panicked"), "{err}");
     };
-    write_pcap(&path("raw.pcap"), &frames, pcap_file::DataLink::RAW)?;
+    write_pcap(&path("ppp.pcap"), &frames, pcap_file::DataLink::PPP)?;
     failure(
         &[
             "analyze",
-            path("raw.pcap").to_str().unwrap(),
+            path("ppp.pcap").to_str().unwrap(),
             "--detail-log",
             path("x.jsonl").to_str().unwrap(),
         ],
-        "netmon reads Ethernet captures",
+        "has link type 9; netmon reads Ethernet, Linux cooked",
     );
     std::fs::write(path("text.pcap"), "this is not a capture\n")?;
     failure(

@@ -114,7 +114,7 @@ fn llvm_packages(llvm: u32) -> Vec<String> {
 }
 
 /// The tools the kernel tests and the demo run: (command, Debian package).
-const TEST_TOOLS: [(&str, &str); 10] = [
+const TEST_TOOLS: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("sysctl", "procps"),
     ("setpriv", "util-linux"),
@@ -125,10 +125,12 @@ const TEST_TOOLS: [(&str, &str); 10] = [
     ("perl", "perl-base"),
     ("systemd-analyze", "systemd"),
     ("dpkg-deb", "dpkg"),
+    ("gzip", "gzip"),
+    ("zstd", "zstd"),
 ];
 
 /// What the benchmarks run besides the test tools: the references they compare with.
-const BENCH_TOOLS: [(&str, &str); 4] = [
+const BENCH_TOOLS: &[(&str, &str)] = &[
     ("iperf3", "iperf3"),
     ("iptables", "iptables"),
     ("iptables-restore", "iptables"),
@@ -137,13 +139,13 @@ const BENCH_TOOLS: [(&str, &str); 4] = [
 
 /// Makes sure the test and demo tools are installed.
 pub fn ensure_test_tools() -> Result<()> {
-    ensure_tools(&TEST_TOOLS, "test")
+    ensure_tools(TEST_TOOLS, "test")
 }
 
 /// Makes sure the test tools and the benchmarks' references are installed.
 pub fn ensure_bench_tools() -> Result<()> {
     ensure_test_tools()?;
-    ensure_tools(&BENCH_TOOLS, "benchmark")
+    ensure_tools(BENCH_TOOLS, "benchmark")
 }
 
 fn ensure_tools(tools: &[(&str, &str)], purpose: &str) -> Result<()> {

@@ -1,5 +1,5 @@
-//! `netmon analyze capture.pcap`: what the daemon would have recorded from a
-//! capture, with the same classifier: the detail log and the old-format log.
+//! `netmon analyze capture.pcap`: what the daemon would have recorded from
+//! captures, with the same classifier: the detail log and the old-format log.
 
 use std::{io::IsTerminal, path::PathBuf, time::Duration};
 
@@ -7,8 +7,8 @@ use anyhow::Context as _;
 use clap::Args;
 
 use crate::{
-    analysis::{AnalyzedInterval, Analyzer},
-    capture,
+    analysis::{self, AnalyzedInterval},
+    capture::Input,
     logs::{self, detail::DetailRecord, state::State, Files},
     units::parse_interval,
 };
@@ -16,15 +16,17 @@ use crate::{
 /// Options of `netmon analyze`.
 #[derive(Debug, Args)]
 pub struct AnalyzeArgs {
-    /// A pcap or pcapng capture of an Ethernet interface (tcpdump -w).
-    pub capture: PathBuf,
+    /// pcap or pcapng captures (tcpdump -w), plain, gzip or zstd; a directory
+    /// for the files in it; `-` for standard input.
+    #[arg(required = true)]
+    pub captures: Vec<PathBuf>,
     /// Interval length of the detail records (and so of `report io`'s finest bins).
     #[arg(long, default_value = "1s", value_parser = parse_interval)]
     pub interval: Duration,
     /// Detail log to write (replaced).
     #[arg(long, default_value = "analysis.jsonl")]
     pub detail_log: PathBuf,
-    /// Old-format log to add the capture's totals to (created if missing), like
+    /// Old-format log to add the captures' totals to (created if missing), like
     /// the old script did for each capture chunk.
     #[arg(long)]
     pub log: Option<PathBuf>,
@@ -36,19 +38,20 @@ pub struct AnalyzeArgs {
 
 /// Runs the analysis.
 pub fn run(args: &AnalyzeArgs) -> anyhow::Result<()> {
-    let size = std::fs::metadata(&args.capture)
-        .with_context(|| format!("{}: cannot read it; check the path", args.capture.display()))?
-        .len();
-    let progress = (std::io::stderr().is_terminal() && size > 4 << 20).then(|| {
-        let bar = indicatif::ProgressBar::new(size);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-            )
-            .expect("valid template"),
-        );
-        bar
-    });
+    let inputs = Input::expand(&args.captures)?;
+    let size: Option<u64> = inputs.iter().map(Input::size).sum();
+    let progress = size
+        .filter(|&size| std::io::stderr().is_terminal() && size > 4 << 20)
+        .map(|size| {
+            let bar = indicatif::ProgressBar::new(size);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                )
+                .expect("valid template"),
+            );
+            bar
+        });
     let detail_log = logs::paths::check(&args.detail_log, "--detail-log", args.follow_symlinks)?;
     let files = match &args.log {
         Some(log) => Some(Files::new(log, None, &detail_log).check(args.follow_symlinks)?),
@@ -59,11 +62,18 @@ pub fn run(args: &AnalyzeArgs) -> anyhow::Result<()> {
         None => State::default(),
     };
     let mut detail = std::io::BufWriter::new(logs::paths::create(&detail_log)?);
-    let iface = format!("capture:{}", args.capture.display());
-    let mut analyzer = Analyzer::new(args.interval);
-    let mut bytes = 0u64;
+    // Named as the user named them: a directory by itself, not its first file.
+    let named = |arg: &PathBuf| match arg.to_str() {
+        Some("-") => "stdin".to_string(),
+        _ => arg.display().to_string(),
+    };
+    let iface = match args.captures.as_slice() {
+        [one] => format!("capture:{}", named(one)),
+        [first, rest @ ..] => format!("capture:{}+{}", named(first), rest.len()),
+        [] => unreachable!("clap requires a capture"),
+    };
     let mut write_error = None;
-    let mut emit = |interval: AnalyzedInterval, state: &mut State| {
+    let emit = |interval: AnalyzedInterval| {
         state.ledger.record(&interval.usage);
         let stamp = |ns: i128| jiff::Timestamp::from_nanosecond(ns).unwrap_or_default();
         let record = DetailRecord::new(
@@ -77,23 +87,16 @@ pub fn run(args: &AnalyzeArgs) -> anyhow::Result<()> {
             write_error.get_or_insert(e);
         }
     };
-    let summary = capture::read(
-        &args.capture,
-        |frame| {
-            bytes += frame.wire_len as u64;
-            if let Some(done) = analyzer.frame(&frame) {
-                emit(done, &mut state);
-            }
-        },
-        |read| {
+    let outcome = analysis::analyze(
+        &inputs,
+        args.interval,
+        &|read| {
             if let Some(bar) = &progress {
                 bar.set_position(read);
             }
         },
+        emit,
     )?;
-    if let Some(done) = analyzer.finish() {
-        emit(done, &mut state);
-    }
     if let Some(bar) = progress {
         bar.finish_and_clear();
     }
@@ -105,14 +108,17 @@ pub fn run(args: &AnalyzeArgs) -> anyhow::Result<()> {
     if let Some(files) = &files {
         files.save(&state, None)?;
     }
-    if let Some(warning) = &summary.truncated {
+    for warning in &outcome.truncated {
         log::warn!("{warning}; the reports cover what was read");
     }
+    let from = match inputs.as_slice() {
+        [one] => one.name(),
+        _ => format!("{} captures", inputs.len()),
+    };
     eprintln!(
-        "{} frames, {} bytes from {}; detail log {}{}",
-        summary.frames,
-        bytes,
-        args.capture.display(),
+        "{} frames, {} bytes from {from}; detail log {}{}",
+        outcome.frames,
+        outcome.bytes,
         args.detail_log.display(),
         args.log
             .as_ref()

@@ -1,0 +1,243 @@
+//! Reading captures (pcap and pcapng, of the link types in [`link`]), from
+//! files or standard input, plain or compressed, streaming in constant memory.
+
+mod input;
+pub mod link;
+
+use std::{
+    ops::ControlFlow,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+};
+
+use pcap_parser::{Block, PcapBlockOwned, PcapError};
+
+pub use input::Input;
+pub use link::Link;
+
+/// Read buffer: large reads, and room for the largest record (snap length 262144).
+const BUFFER: usize = 4 << 20;
+
+/// One frame of a capture.
+pub struct CapturedFrame<'a> {
+    /// Capture time, ns since the Unix epoch.
+    pub time_ns: i128,
+    /// Length on the wire as the capture records it: what tshark calls the
+    /// frame length (link header included, cooked or not; FCS when captured).
+    pub wire_len: u32,
+    /// The captured bytes (up to the snap length).
+    pub data: &'a [u8],
+    /// The link-layer header `data` starts with.
+    pub link: Link,
+}
+
+/// How a read ended.
+#[derive(Debug, Default)]
+pub struct ReadSummary {
+    /// Frames read.
+    pub frames: u64,
+    /// Set when the input ends in the middle of a record: how far it got.
+    pub truncated: Option<String>,
+}
+
+/// Why a capture cannot be read at all.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    /// Open or read failed.
+    #[error("{path}: {cause}; check the path")]
+    Io {
+        /// The file.
+        path: String,
+        /// The OS error.
+        cause: std::io::Error,
+    },
+    /// Neither pcap nor pcapng.
+    #[error("{0} is not a pcap or pcapng capture, plain, gzip or zstd (write one with `tcpdump -w FILE`)")]
+    NotACapture(String),
+    /// A directory without files.
+    #[error("{0} is a directory without capture files; name one that holds them")]
+    EmptyDirectory(String),
+    /// `-` among files.
+    #[error(
+        "standard input (`-`) is read alone; name the files without it, or pipe them one run each"
+    )]
+    StdinWithFiles,
+    /// A link type netmon does not decode.
+    #[error("{path} has link type {linktype}; netmon reads Ethernet, Linux cooked (SLL, SLL2: tcpdump -i any), loopback (NULL, LOOP) and raw IP (RAW, IPV4, IPV6) captures")]
+    LinkType {
+        /// The file.
+        path: String,
+        /// Its link type.
+        linktype: i32,
+    },
+    /// A record the parser cannot make sense of.
+    #[error("{path}: unreadable record after {frames} frames ({reason}); the file is damaged from there on")]
+    Corrupt {
+        /// The file.
+        path: String,
+        /// Frames read before it.
+        frames: u64,
+        /// The parser's word.
+        reason: String,
+    },
+}
+
+/// Calls `on_frame` for every frame of `input`; `on_progress` gets the bytes
+/// taken from the file or pipe so far (compressed bytes for a compressed one).
+pub fn read(
+    input: &Input,
+    mut on_frame: impl FnMut(CapturedFrame<'_>),
+    on_progress: impl FnMut(u64),
+) -> Result<ReadSummary, CaptureError> {
+    read_while(
+        input,
+        |frame| {
+            on_frame(frame);
+            ControlFlow::Continue(())
+        },
+        on_progress,
+    )
+}
+
+/// The time of the first frame of `input`, for putting several in order;
+/// `None` for a capture without frames.
+pub fn first_time(input: &Input) -> Result<Option<i128>, CaptureError> {
+    let mut first = None;
+    read_while(
+        input,
+        |frame| {
+            first = Some(frame.time_ns);
+            ControlFlow::Break(())
+        },
+        |_| {},
+    )?;
+    Ok(first)
+}
+
+fn read_while(
+    input: &Input,
+    mut on_frame: impl FnMut(CapturedFrame<'_>) -> ControlFlow<()>,
+    mut on_progress: impl FnMut(u64),
+) -> Result<ReadSummary, CaptureError> {
+    let name = input.name();
+    let taken = Arc::new(AtomicU64::new(0));
+    let source = input.open(taken.clone())?;
+    let mut reader = match pcap_parser::create_reader(BUFFER, source) {
+        Ok(r) => r,
+        Err(PcapError::ReadError) => {
+            return Err(CaptureError::Corrupt {
+                path: name,
+                frames: 0,
+                reason: "the compressed data is damaged or the read failed".into(),
+            })
+        }
+        Err(_) => return Err(CaptureError::NotACapture(name)),
+    };
+    let mut summary = ReadSummary::default();
+    // pcapng: per interface, link type and timestamp units per second.
+    let mut interfaces: Vec<(Link, u64)> = Vec::new();
+    let mut legacy = (Link::Ethernet, 1_000_000_000u64);
+    loop {
+        match reader.next() {
+            Ok((offset, block)) => {
+                let mut flow = ControlFlow::Continue(());
+                let link = |linktype: pcap_parser::Linktype| {
+                    Link::from_linktype(linktype.0).ok_or_else(|| CaptureError::LinkType {
+                        path: name.clone(),
+                        linktype: linktype.0,
+                    })
+                };
+                match block {
+                    PcapBlockOwned::LegacyHeader(h) => {
+                        let units = if h.is_nanosecond_precision() {
+                            1_000_000_000
+                        } else {
+                            1_000_000
+                        };
+                        legacy = (link(h.network)?, units);
+                    }
+                    PcapBlockOwned::Legacy(b) => {
+                        summary.frames += 1;
+                        let ns = b.ts_usec as i128 * (1_000_000_000 / legacy.1) as i128;
+                        flow = on_frame(CapturedFrame {
+                            time_ns: b.ts_sec as i128 * 1_000_000_000 + ns,
+                            wire_len: b.origlen,
+                            data: b.data,
+                            link: legacy.0,
+                        });
+                    }
+                    PcapBlockOwned::NG(Block::SectionHeader(_)) => interfaces.clear(),
+                    PcapBlockOwned::NG(Block::InterfaceDescription(idb)) => {
+                        let units = idb.ts_resolution().unwrap_or(1_000_000);
+                        interfaces.push((link(idb.linktype)?, units));
+                    }
+                    PcapBlockOwned::NG(Block::EnhancedPacket(epb)) => {
+                        let Some(&(link, units)) = interfaces.get(epb.if_id as usize) else {
+                            return Err(CaptureError::Corrupt {
+                                path: name,
+                                frames: summary.frames,
+                                reason: format!(
+                                    "a packet of interface {} that was never described",
+                                    epb.if_id
+                                ),
+                            });
+                        };
+                        let ticks = ((epb.ts_high as u64) << 32) | epb.ts_low as u64;
+                        summary.frames += 1;
+                        flow = on_frame(CapturedFrame {
+                            time_ns: ticks as i128 * 1_000_000_000 / units as i128,
+                            wire_len: epb.origlen,
+                            data: &epb.data[..(epb.caplen as usize).min(epb.data.len())],
+                            link,
+                        });
+                    }
+                    PcapBlockOwned::NG(Block::SimplePacket(spb)) => {
+                        summary.frames += 1;
+                        flow = on_frame(CapturedFrame {
+                            time_ns: 0,
+                            wire_len: spb.origlen,
+                            data: spb.data,
+                            link: interfaces.first().map_or(Link::Ethernet, |i| i.0),
+                        });
+                    }
+                    PcapBlockOwned::NG(_) => {}
+                }
+                // The buffer moves its leftover to the front only on refill.
+                reader.consume_noshift(offset);
+                if flow.is_break() {
+                    break;
+                }
+                if summary.frames % 65_536 == 0 {
+                    on_progress(taken.load(Ordering::Relaxed));
+                }
+            }
+            Err(PcapError::Eof) => break,
+            // The reader says incomplete only while its input has more.
+            Err(PcapError::Incomplete(_)) => {
+                reader.refill().map_err(|e| CaptureError::Corrupt {
+                    path: name.clone(),
+                    frames: summary.frames,
+                    reason: format!("{e:?}"),
+                })?;
+            }
+            Err(PcapError::UnexpectedEof) => {
+                summary.truncated = Some(format!(
+                    "{name} ends in the middle of a record, after {} complete frames",
+                    summary.frames
+                ));
+                break;
+            }
+            Err(e) => {
+                return Err(CaptureError::Corrupt {
+                    path: name,
+                    frames: summary.frames,
+                    reason: format!("{e:?}"),
+                });
+            }
+        }
+    }
+    on_progress(taken.load(Ordering::Relaxed));
+    Ok(summary)
+}

@@ -1,0 +1,323 @@
+//! `netmon analyze` of real captures of every link type it reads, compared
+//! with tshark's per-pair numbers on the same files: one file at a time, from
+//! standard input, gzip and zstd compressed, and a directory of chunks. The
+//! captures and where they come from: `tests/data/captures/README.md`.
+
+use std::{
+    collections::BTreeMap,
+    io::Write as _,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+};
+
+use anyhow::{ensure, Context as _, Result};
+use serde_json::Value;
+
+/// Frames and bytes per ordered (source, destination) address pair.
+type Pairs = BTreeMap<(IpAddr, IpAddr), (u64, u64)>;
+
+fn captures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("data/captures")
+}
+
+fn capture(name: &str) -> PathBuf {
+    captures().join(name)
+}
+
+/// Every capture of the set.
+fn every_capture() -> Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(captures())?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<_, _>>()?;
+    files.retain(|p| p.extension().is_some_and(|e| e == "pcap" || e == "pcapng"));
+    files.sort();
+    Ok(files)
+}
+
+/// `netmon analyze ARGS` with its detail log in `dir`, fed `stdin`.
+fn analyze(dir: &Path, args: &[&Path], stdin: Option<&[u8]>) -> Result<(Output, PathBuf)> {
+    let detail = dir.join("analysis.jsonl");
+    let mut child = Command::new(netmon_tests::daemon::binary())
+        .arg("analyze")
+        .args(args)
+        .arg("--detail-log")
+        .arg(&detail)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut pipe = child.stdin.take().expect("piped");
+    let feed = stdin.map(<[u8]>::to_vec).unwrap_or_default();
+    // Written from another thread: a pipe holds less than a capture.
+    let writer = std::thread::spawn(move || pipe.write_all(&feed));
+    let out = child.wait_with_output()?;
+    writer.join().expect("writer")?;
+    Ok((out, detail))
+}
+
+/// The pairs of an analysis that succeeded; with `direction`, only those.
+fn netmon_pairs(
+    dir: &Path,
+    args: &[&Path],
+    stdin: Option<&[u8]>,
+    direction: Option<&str>,
+) -> Result<Pairs> {
+    let (out, detail) = analyze(dir, args, stdin)?;
+    ensure!(
+        out.status.success(),
+        "netmon analyze {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut pairs = Pairs::new();
+    for line in std::fs::read_to_string(detail)?.lines() {
+        let record: Value = serde_json::from_str(line)?;
+        for p in record["pairs"].as_array().context("pairs")? {
+            if direction.is_some_and(|d| p["direction"] != d) {
+                continue;
+            }
+            let src: IpAddr = p["src"].as_str().context("src")?.parse()?;
+            let dst: IpAddr = p["dst"].as_str().context("dst")?.parse()?;
+            let e = pairs.entry((src, dst)).or_default();
+            e.0 += p["frames"].as_u64().context("frames")?;
+            e.1 += p["bytes"].as_u64().context("bytes")?;
+        }
+    }
+    Ok(pairs)
+}
+
+fn tshark(args: &[&str], pcap: &Path) -> Result<String> {
+    let out = Command::new("tshark")
+        .args(["-n", "-r"])
+        .arg(pcap)
+        .args(args)
+        .output()
+        .context("running tshark (`cargo xtask test` installs it)")?;
+    ensure!(
+        out.status.success(),
+        "tshark: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+/// tshark's IPv4 and IPv6 conversations, each way: what its IP taps saw,
+/// so a packet it calls malformed is in no pair.
+fn tshark_pairs(pcap: &Path) -> Result<Pairs> {
+    let mut pairs = Pairs::new();
+    let text = tshark(&["-q", "-z", "conv,ip", "-z", "conv,ipv6"], pcap)?;
+    for line in text.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if words.get(1) != Some(&"<->") {
+            continue;
+        }
+        // A <-> B, then frames and bytes B to A, A to B ("bytes" after each).
+        ensure!(
+            words[5] == "bytes" && words[8] == "bytes",
+            "exact byte counts: {line}"
+        );
+        let (a, b): (IpAddr, IpAddr) = (words[0].parse()?, words[2].parse()?);
+        let number = |i: usize| words[i].parse::<u64>();
+        for (key, frames, bytes) in [
+            ((b, a), number(3)?, number(4)?),
+            ((a, b), number(6)?, number(7)?),
+        ] {
+            if frames > 0 {
+                let e = pairs.entry(key).or_default();
+                e.0 += frames;
+                e.1 += bytes;
+            }
+        }
+    }
+    Ok(pairs)
+}
+
+#[test]
+fn every_link_type_gives_tsharks_pairs() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let files = every_capture()?;
+    ensure!(files.len() >= 17, "the capture set: {files:?}");
+    for pcap in &files {
+        let tshark = tshark_pairs(pcap)?;
+        let netmon = netmon_pairs(dir.path(), &[pcap], None, None)?;
+        assert_eq!(netmon, tshark, "{}", pcap.display());
+    }
+    // Not vacuous: the bogus-length capture has its two accepted frames and no
+    // others (total length 0 and longer than the frame, exactly the header).
+    let bogus = tshark_pairs(&capture("ipv4-bogus-lengths.pcap"))?;
+    let sources: Vec<String> = bogus.keys().map(|(s, _)| s.to_string()).collect();
+    assert_eq!(
+        sources,
+        ["10.200.9.1", "10.200.9.3", "10.200.9.6", "10.200.9.8"]
+    );
+    Ok(())
+}
+
+#[test]
+fn cooked_captures_record_sent_frames_as_egress() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    for name in ["sll-any.pcap", "sll2-any.pcap"] {
+        let pcap = capture(name);
+        // tshark's frames with packet type 4 (outgoing), by pair.
+        let mut sent = Pairs::new();
+        let fields = [
+            "-Y",
+            "sll.pkttype == 4 && (ip || ipv6)",
+            "-T",
+            "fields",
+            "-e",
+            "ip.src",
+            "-e",
+            "ip.dst",
+            "-e",
+            "ipv6.src",
+            "-e",
+            "ipv6.dst",
+            "-e",
+            "frame.len",
+        ];
+        for line in tshark(&fields, &pcap)?.lines() {
+            let f: Vec<&str> = line.split('\t').collect();
+            // The outer header's addresses come first (an ICMP error lists two).
+            let first = |s: &str| s.split(',').next().unwrap_or_default().to_string();
+            let (src, dst) = if f[0].is_empty() {
+                (first(f[2]), first(f[3]))
+            } else {
+                (first(f[0]), first(f[1]))
+            };
+            let e = sent.entry((src.parse()?, dst.parse()?)).or_default();
+            e.0 += 1;
+            e.1 += f[4].parse::<u64>()?;
+        }
+        ensure!(sent.len() >= 2, "{name}: sent pairs {sent:?}");
+        let egress = netmon_pairs(dir.path(), &[&pcap], None, Some("egress"))?;
+        assert_eq!(egress, sent, "{name}");
+        // And the rest is ingress: the two add up to tshark's conversations.
+        let ingress = netmon_pairs(dir.path(), &[&pcap], None, Some("ingress"))?;
+        let mut both = egress;
+        for (k, v) in ingress {
+            let e = both.entry(k).or_default();
+            *e = (e.0 + v.0, e.1 + v.1);
+        }
+        assert_eq!(both, tshark_pairs(&pcap)?, "{name}");
+    }
+    Ok(())
+}
+
+#[test]
+fn stdin_gzip_zstd_and_a_directory_of_chunks_give_the_whole_files_pairs() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let whole = capture("mixed-sll2-ethernet.pcapng");
+    let expected = tshark_pairs(&whole)?;
+    ensure!(expected.len() >= 4, "{expected:?}");
+
+    let bytes = std::fs::read(&whole)?;
+    let stdin = netmon_pairs(dir.path(), &[Path::new("-")], Some(&bytes), None)?;
+    assert_eq!(stdin, expected, "standard input");
+
+    // Compressed, and named without a telling extension: told by the magic.
+    for (tool, flag) in [("gzip", "-c"), ("zstd", "-qc")] {
+        let out = Command::new(tool).arg(flag).arg(&whole).output()?;
+        ensure!(
+            out.status.success(),
+            "{tool}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let file = dir.path().join(format!("{tool}-capture"));
+        std::fs::write(&file, &out.stdout)?;
+        assert_eq!(
+            netmon_pairs(dir.path(), &[&file], None, None)?,
+            expected,
+            "{tool}"
+        );
+        let piped = netmon_pairs(dir.path(), &[Path::new("-")], Some(&out.stdout), None)?;
+        assert_eq!(piped, expected, "{tool} on standard input");
+    }
+
+    // Chunks of 7 frames, as the old capture loop left them, plus a gzip one.
+    let chunks = dir.path().join("chunks");
+    std::fs::create_dir(&chunks)?;
+    let split = Command::new("editcap")
+        .args(["-c", "7"])
+        .arg(&whole)
+        .arg(chunks.join("chunk.pcapng"))
+        .output()?;
+    ensure!(
+        split.status.success(),
+        "editcap: {}",
+        String::from_utf8_lossy(&split.stderr)
+    );
+    let names = netmon_tests::names_in(&chunks);
+    ensure!(names.len() >= 4, "chunks: {names:?}");
+    let last = chunks.join(&names[names.len() - 1]);
+    let gz = Command::new("gzip").arg(&last).status()?;
+    ensure!(gz.success(), "gzip");
+    assert_eq!(
+        netmon_pairs(dir.path(), &[&chunks], None, None)?,
+        expected,
+        "directory"
+    );
+
+    // The old-format log of the directory holds the same totals as the file's.
+    let log = |name: &str, input: &Path| -> Result<Value> {
+        let path = dir.path().join(name);
+        let out = Command::new(netmon_tests::daemon::binary())
+            .arg("analyze")
+            .arg(input)
+            .arg("--detail-log")
+            .arg(dir.path().join(format!("{name}.jsonl")))
+            .arg("--log")
+            .arg(&path)
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(serde_json::from_str(&std::fs::read_to_string(path)?)?)
+    };
+    assert_eq!(log("dir.json", &chunks)?, log("file.json", &whole)?);
+    Ok(())
+}
+
+#[test]
+fn unreadable_inputs_are_refused_in_one_line() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let refused = |args: &[&Path], stdin: Option<&[u8]>, want: &str| -> Result<()> {
+        let (out, _) = analyze(dir.path(), args, stdin)?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        Ok(())
+    };
+    refused(
+        &[Path::new("-")],
+        Some(b"not a capture\n"),
+        "standard input is not a pcap or pcapng capture",
+    )?;
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty)?;
+    refused(&[&empty], None, "is a directory without capture files")?;
+    refused(
+        &[Path::new("-"), &capture("ipv4.pcap")],
+        None,
+        "standard input (`-`) is read alone",
+    )?;
+    // gzip that breaks off in the middle reads like a capture cut off: what
+    // came before counts, and a warning says where it ended.
+    let out = Command::new("gzip")
+        .arg("-c")
+        .arg(capture("sll2-any.pcap"))
+        .output()?;
+    let cut = dir.path().join("cut.gz");
+    std::fs::write(&cut, &out.stdout[..out.stdout.len() / 2])?;
+    let (out, _) = analyze(dir.path(), &[&cut], None)?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("cut.gz ends in the middle of a record, after"),
+        "{err}"
+    );
+    Ok(())
+}
