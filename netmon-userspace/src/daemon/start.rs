@@ -19,6 +19,7 @@ use crate::{
     control,
     datapath::{Datapath, Granularity, IngressHook, LoadOptions},
     enforcer::Enforcer,
+    flows::{FlowExport, FlowExporter},
     logs::{state::State, Files},
     policy::Period,
 };
@@ -58,6 +59,8 @@ pub struct Config {
     pub bpffs: PathBuf,
     /// Leave the programs attached at the stop.
     pub keep_attached: bool,
+    /// `--ipfix` and the `--flow-*` options, when flows are exported.
+    pub flow_export: Option<FlowExport>,
 }
 
 /// Runs the daemon until SIGINT or SIGTERM, or until its interface is gone.
@@ -91,6 +94,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     enforcer
         .check()
         .map_err(|e| anyhow::anyhow!("the policy cannot be enforced: {e}"))?;
+    let flow_exporter = config
+        .flow_export
+        .as_ref()
+        .map(|export| FlowExporter::open(export, config.granularity == Granularity::FiveTuple))
+        .transpose()?;
     if config.reset_state {
         files.move_aside()?;
     }
@@ -161,6 +169,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     ];
     if !config.quiet {
         sinks.push(Box::new(ConsoleSink));
+    }
+    if let Some(exporter) = flow_exporter {
+        sinks.push(Box::new(exporter));
     }
     sinks.push(Box::new(CrossCheckSink(
         crate::crosscheck::CrossCheck::new(iface),
