@@ -75,6 +75,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let iface = config.iface.as_str();
+    // Collectors resolve and their sockets open before anything is claimed.
+    let flow_exporter = config
+        .flow_export
+        .as_ref()
+        .map(|export| FlowExporter::open(export, config.granularity == Granularity::FiveTuple))
+        .transpose()?;
     let claim = control::Claim::take(iface)?;
     Datapath::check(iface, &config.bpffs)?;
     let files = config.files.clone().check(config.follow_symlinks)?;
@@ -94,11 +100,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     enforcer
         .check()
         .map_err(|e| anyhow::anyhow!("the policy cannot be enforced: {e}"))?;
-    let flow_exporter = config
-        .flow_export
-        .as_ref()
-        .map(|export| FlowExporter::open(export, config.granularity == Granularity::FiveTuple))
-        .transpose()?;
     if config.reset_state {
         files.move_aside()?;
     }

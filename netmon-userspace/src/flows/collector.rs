@@ -16,8 +16,6 @@ pub struct Collector {
     socket: UdpSocket,
     /// Messages that could not be sent, since the start.
     pub failed_sends: u64,
-    /// Failed sends since the last that went through: logged once per outage.
-    failing: u64,
 }
 
 impl Collector {
@@ -40,19 +38,19 @@ impl Collector {
         }
         let addr = spec
             .to_socket_addrs()
-            .map_err(|source| FlowError::Unresolved {
+            .map_err(|cause| FlowError::Unresolved {
                 spec: spec.to_string(),
-                source,
+                cause,
             })?
             .next()
             .ok_or_else(|| FlowError::Unresolved {
                 spec: spec.to_string(),
-                source: std::io::Error::other("no address"),
+                cause: std::io::Error::other("no address"),
             })?;
-        let socket_error = |source| FlowError::Socket {
+        let socket_error = |cause| FlowError::Socket {
             spec: spec.to_string(),
             addr,
-            source,
+            cause,
         };
         let local: SocketAddr = match addr {
             SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
@@ -66,37 +64,47 @@ impl Collector {
             addr,
             socket,
             failed_sends: 0,
-            failing: 0,
         })
     }
 
-    /// Sends one message; a failure only counts.
+    /// Sends one message; a failure only counts, and is logged at the 1st,
+    /// 10th, 100th … failure, not at each.
+    ///
+    /// A collector that is down answers a message with an ICMP error, which
+    /// the socket reports at the next send (connection refused) instead of
+    /// sending it: that earlier message is the one lost, and this one is
+    /// sent again at once, so that a collector just started gets it.
     pub fn send(&mut self, message: &[u8]) {
         match self.socket.send(message) {
-            Ok(_) => {
-                if self.failing > 0 {
-                    log::info!(
-                        "flow collector {} ({}) takes messages again, after {} failed send(s)",
-                        self.spec,
-                        self.addr,
-                        self.failing
-                    );
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                self.failed(&e);
+                if let Err(e) = self.socket.send(message) {
+                    self.failed(&e);
                 }
-                self.failing = 0;
             }
-            Err(e) => {
-                if self.failing == 0 {
-                    log::warn!(
-                        "flow collector {} ({}): {e}; counting failed sends until it takes messages again",
-                        self.spec,
-                        self.addr
-                    );
-                }
-                self.failing += 1;
-                self.failed_sends += 1;
-            }
+            Err(e) => self.failed(&e),
         }
     }
+
+    fn failed(&mut self, e: &std::io::Error) {
+        self.failed_sends += 1;
+        if is_power_of_ten(self.failed_sends) {
+            log::warn!(
+                "flow collector {} ({}): {e}; {} failed send(s) so far",
+                self.spec,
+                self.addr,
+                self.failed_sends
+            );
+        }
+    }
+}
+
+fn is_power_of_ten(mut n: u64) -> bool {
+    while n % 10 == 0 && n > 0 {
+        n /= 10;
+    }
+    n == 1
 }
 
 #[cfg(test)]

@@ -41,22 +41,22 @@ pub enum FlowError {
         reason: String,
     },
     /// The host does not resolve.
-    #[error("--ipfix '{spec}': the host does not resolve ({source}); give an IP address, or a name this machine resolves, as HOST:PORT")]
+    #[error("--ipfix '{spec}': the host does not resolve ({cause}); give an IP address, or a name this machine resolves, as HOST:PORT")]
     Unresolved {
         /// As given.
         spec: String,
         /// The resolver's error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// No UDP socket to it.
-    #[error("--ipfix '{spec}': cannot open a UDP socket to {addr} ({source}); check that a route to it exists")]
+    #[error("--ipfix '{spec}': cannot open a UDP socket to {addr} ({cause}); check that a route to it exists")]
     Socket {
         /// As given.
         spec: String,
         /// What it resolved to.
         addr: SocketAddr,
         /// The syscall's error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// A timer of zero.
     #[error("{0} must be longer than zero, e.g. 60s")]
