@@ -121,7 +121,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         reset_state: args.reset_state,
         bpffs: args.bpffs,
         keep_attached: args.keep_attached,
-        flow_export: (!args.ipfix.is_empty()).then(|| FlowExport {
+        flow_export: (!args.ipfix.is_empty()).then_some(FlowExport {
             collectors: args.ipfix,
             format: args.flow_format,
             active_timeout: args.flow_active_timeout,

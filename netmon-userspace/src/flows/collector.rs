@@ -100,11 +100,8 @@ impl Collector {
     }
 }
 
-fn is_power_of_ten(mut n: u64) -> bool {
-    while n % 10 == 0 && n > 0 {
-        n /= 10;
-    }
-    n == 1
+fn is_power_of_ten(n: u64) -> bool {
+    n > 0 && 10u64.pow(n.ilog10()) == n
 }
 
 #[cfg(test)]

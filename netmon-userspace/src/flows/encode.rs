@@ -339,7 +339,7 @@ impl Message {
         }
         // NetFlow v9 pads each FlowSet to 32 bits; IPFIX needs no padding.
         if self.encoder.format == Format::Netflow9 {
-            while (self.buf.len() - self.set_start) % 4 != 0 {
+            while !(self.buf.len() - self.set_start).is_multiple_of(4) {
                 self.buf.push(0);
             }
         }
