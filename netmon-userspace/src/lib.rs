@@ -13,6 +13,7 @@ pub mod crosscheck;
 pub mod daemon;
 pub mod datapath;
 pub mod enforcer;
+pub mod flows;
 #[cfg(any(test, feature = "test-hooks"))]
 pub mod fuzzing;
 pub mod logs;

@@ -127,6 +127,8 @@ const TEST_TOOLS: &[(&str, &str)] = &[
     ("dpkg-deb", "dpkg"),
     ("gzip", "gzip"),
     ("zstd", "zstd"),
+    ("nfcapd", "nfdump"),
+    ("nfacctd", "pmacct"),
 ];
 
 /// What the benchmarks run besides the test tools: the references they compare with.

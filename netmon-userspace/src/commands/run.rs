@@ -11,6 +11,7 @@ use netmon_common::maps::DEFAULT_MAX_PAIRS;
 use crate::{
     config, control, daemon,
     datapath::{pins::DEFAULT_BPFFS, Granularity, IngressHook},
+    flows::{FlowExport, Format},
     logs::Files,
     policy::Period,
     units::{parse_interval, parse_size},
@@ -98,6 +99,18 @@ pub struct RunArgs {
     /// at start); without it, such a path is refused.
     #[arg(long)]
     pub follow_symlinks: bool,
+    /// Export flows over UDP to this collector (HOST:PORT; repeat for several).
+    #[arg(long = "ipfix", value_name = "HOST:PORT")]
+    pub ipfix: Vec<String>,
+    /// Flow export format: IPFIX, or NetFlow v9 for older collectors.
+    #[arg(long, value_enum, default_value_t = Format::Ipfix)]
+    pub flow_format: Format,
+    /// A flow that stays active is reported at least this often.
+    #[arg(long, default_value = "60s", value_parser = crate::units::parse_duration)]
+    pub flow_active_timeout: Duration,
+    /// How often the templates are sent again (UDP collectors may start late).
+    #[arg(long, default_value = "60s", value_parser = crate::units::parse_duration)]
+    pub flow_template_refresh: Duration,
 }
 
 /// Runs the daemon with the options, layered over the configuration file
@@ -180,6 +193,12 @@ fn to_config(args: RunArgs, words: &[std::ffi::OsString]) -> anyhow::Result<daem
             args.socket_group.as_deref(),
             args.admin_group.as_deref(),
         )?,
+        flow_export: (!args.ipfix.is_empty()).then_some(FlowExport {
+            collectors: args.ipfix,
+            format: args.flow_format,
+            active_timeout: args.flow_active_timeout,
+            template_refresh: args.flow_template_refresh,
+        }),
     })
 }
 

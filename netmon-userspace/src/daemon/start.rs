@@ -20,6 +20,7 @@ use crate::{
     control,
     datapath::{netns::Netns, Datapath, Granularity, IngressHook, LoadOptions},
     enforcer::Enforcer,
+    flows::{FlowExport, FlowExporter},
     logs::{state::State, Files},
     policy::Period,
 };
@@ -73,6 +74,8 @@ pub struct Config {
     pub reload: Option<std::sync::Arc<crate::config::Reloader>>,
     /// Who may read and change the policy through the control socket.
     pub access: control::Access,
+    /// `--ipfix` and the `--flow-*` options, when flows are exported.
+    pub flow_export: Option<FlowExport>,
 }
 
 /// One interface of the configuration, its namespace open.
@@ -187,6 +190,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             bail!("interface {} is named twice; name each once", t.label);
         }
     }
+    // Collectors resolve and their sockets open before anything is claimed.
+    let flow_exporter = config
+        .flow_export
+        .as_ref()
+        .map(|export| FlowExporter::open(export, config.granularity == Granularity::FiveTuple))
+        .transpose()?;
     // One interface: it must be there, and the daemon stops when it goes.
     // Several: those not there yet are attached when they appear.
     let several = targets.len() > 1;
@@ -272,6 +281,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     ];
     if !config.quiet {
         sinks.push(Box::new(ConsoleSink));
+    }
+    if let Some(exporter) = flow_exporter {
+        sinks.push(Box::new(exporter));
     }
     sinks.push(Box::new(CrossCheckSink::new(
         targets
