@@ -118,7 +118,8 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
     /// pairs, rolls quota periods, raises alerts, and hands the report to
     /// every sink. A read that fails part-way still reports what it read.
     pub fn poll(&mut self) -> Result<(), DaemonError> {
-        let mut poll = self.meter.start_poll(self.clock.monotonic_ns());
+        let began_ns = self.clock.monotonic_ns();
+        let mut poll = self.meter.start_poll(began_ns);
         let read = self
             .kernel
             .read(&mut |key, reading| poll.pair(key, reading));
@@ -129,6 +130,10 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
         let end = Mark::now(&self.clock);
         self.retire_idle(&mut usage, end.monotonic_ns)?;
         self.state.ledger.record(&usage);
+        let poll_duration = Duration::from_nanos(end.monotonic_ns.saturating_sub(began_ns));
+        if let Some(metrics) = &mut self.state.metrics {
+            metrics.record(&usage, end.wall, poll_duration);
+        }
         let mut alerts = self.enforcer.tick(&mut self.kernel, end.wall)?;
         if let Some(alarm) = &self.alarm {
             let delivered: u64 = usage.pairs.iter().map(|p| p.counter.bytes).sum();
@@ -145,6 +150,7 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
             start: start.wall,
             end: end.wall,
             elapsed: Duration::from_nanos(end.monotonic_ns.saturating_sub(start.monotonic_ns)),
+            poll_duration,
             usage,
             rules: self.enforcer.rules(&self.kernel).unwrap_or_else(|e| {
                 log::warn!("reading the rules' counters: {e}");

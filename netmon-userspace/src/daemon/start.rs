@@ -20,6 +20,7 @@ use crate::{
     datapath::{Datapath, Granularity, IngressHook, LoadOptions},
     enforcer::Enforcer,
     logs::{state::State, Files},
+    metrics::MetricsSink,
     policy::Period,
 };
 
@@ -58,6 +59,8 @@ pub struct Config {
     pub bpffs: PathBuf,
     /// Leave the programs attached at the stop.
     pub keep_attached: bool,
+    /// The Prometheus endpoint (`--metrics`).
+    pub metrics: Option<crate::metrics::Options>,
 }
 
 /// Runs the daemon until SIGINT or SIGTERM, or until its interface is gone.
@@ -74,6 +77,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let iface = config.iface.as_str();
     let claim = control::Claim::take(iface)?;
     Datapath::check(iface, &config.bpffs)?;
+    let exposition = config
+        .metrics
+        .as_ref()
+        .map(|m| crate::metrics::serve(m.addr))
+        .transpose()?;
     let files = config.files.clone().check(config.follow_symlinks)?;
     // With --reset-state the files are moved aside, below, once nothing can refuse.
     let mut saved = if config.reset_state {
@@ -101,6 +109,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     saved.policy.ids = Default::default();
     saved.policy.slots = Default::default();
     saved.policy.next_id = 0;
+    saved.metrics = config
+        .metrics
+        .as_ref()
+        .map(|m| crate::metrics::Counters::continuing(saved.metrics.take(), m.settings.clone()));
     files.save(&saved, None)?;
 
     let options = LoadOptions {
@@ -165,6 +177,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     sinks.push(Box::new(CrossCheckSink(
         crate::crosscheck::CrossCheck::new(iface),
     )));
+    if let Some(exposition) = exposition {
+        sinks.push(Box::new(MetricsSink::new(exposition, config.tz.clone())));
+    }
     let mut daemon = Daemon::new(
         iface,
         kernel,

@@ -13,6 +13,7 @@ use super::LogError;
 use crate::{
     accounting::{Baseline, BaselineView, Ledger},
     enforcer::PersistedPolicy,
+    metrics::Counters,
 };
 
 const FORMAT: &str = "netmon-state";
@@ -25,6 +26,8 @@ struct StateFile {
     policy: PersistedPolicy,
     #[serde(default)]
     baseline: Option<Baseline>,
+    #[serde(default)]
+    metrics: Option<Counters>,
 }
 
 /// [`StateFile`] as written: borrowed, the pairs streamed from the ledger.
@@ -35,6 +38,7 @@ struct StateFileRef<'a> {
     pairs: PairsRef<'a>,
     policy: &'a PersistedPolicy,
     baseline: BaselineOut<'a>,
+    metrics: &'a Option<Counters>,
 }
 
 /// The baseline to write: the state's own, or a running meter's.
@@ -67,6 +71,9 @@ pub struct State {
     pub policy: PersistedPolicy,
     /// Kernel counter values already in the ledger.
     pub baseline: Option<Baseline>,
+    /// The metrics' counters, written with the totals they go with
+    /// (`None` when the endpoint is off).
+    pub metrics: Option<Counters>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -104,6 +111,7 @@ fn render_to(
             Some(view) => BaselineOut::Live(view),
             None => BaselineOut::Stored(&state.baseline),
         },
+        metrics: &state.metrics,
     };
     serde_json::to_writer(out, &file).map_err(std::io::Error::other)
 }
@@ -124,6 +132,7 @@ pub fn parse(path: &Path, text: &str) -> Result<State, LogError> {
         ledger,
         policy: file.policy,
         baseline: file.baseline,
+        metrics: file.metrics,
     })
 }
 
