@@ -183,3 +183,91 @@ impl Counters {
         self.polls.observe(poll.as_secs_f64());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use netmon_common::{Counter, PairKey};
+
+    use super::*;
+    use crate::{
+        accounting::PairDelta,
+        logs::state::{self, State},
+    };
+
+    fn interval() -> IntervalUsage {
+        let mut usage = IntervalUsage {
+            pairs: vec![PairDelta {
+                key: PairKey {
+                    src: std::net::Ipv4Addr::new(10, 200, 0, 2)
+                        .to_ipv6_mapped()
+                        .octets(),
+                    dst: std::net::Ipv4Addr::new(10, 200, 0, 1)
+                        .to_ipv6_mapped()
+                        .octets(),
+                    proto: 17,
+                    ..Default::default()
+                },
+                counter: Counter {
+                    frames: 2,
+                    bytes: 1000,
+                },
+                dropped: Counter {
+                    frames: 1,
+                    bytes: 100,
+                },
+            }],
+            ..Default::default()
+        };
+        usage.totals[0].all = Counter {
+            frames: 5,
+            bytes: 1300,
+        };
+        usage.totals[0].l3[L3::Arp as usize] = Counter {
+            frames: 1,
+            bytes: 60,
+        };
+        usage.totals[0].table_full = Counter {
+            frames: 1,
+            bytes: 140,
+        };
+        usage
+    }
+
+    #[test]
+    fn an_interval_is_counted_once_in_each_view_and_survives_the_state_file() {
+        let settings = Settings {
+            top: 1,
+            ..Default::default()
+        };
+        let mut counters = Counters::continuing(None, settings.clone());
+        let end: Timestamp = "2026-11-30T20:00:00Z".parse().unwrap();
+        counters.record(&interval(), end, Duration::from_millis(3));
+        counters.record(&interval(), end, Duration::from_millis(30));
+        let ingress = 0;
+        assert_eq!(counters.interface[ingress].bytes, 2600);
+        assert_eq!(counters.ip[ingress][0][L4::Udp as usize].bytes, 2200);
+        assert_eq!(counters.not_ip[ingress][0].bytes, 120);
+        assert_eq!(counters.peers.members[0].peer, "10.200.0.2");
+        assert_eq!(counters.peers.members[0].counters[ingress].bytes, 2200);
+        assert_eq!(counters.peers.other[ingress].bytes, 280);
+        assert_eq!(counters.table_full.frames, 2);
+        assert_eq!(counters.periods[0].bytes[ingress], 2600);
+        assert_eq!(counters.polls.count(), 2);
+        assert_eq!(counters.polls.buckets[3], 1); // 3 ms ≤ 5 ms
+                                                  // The 1st of a month starts the day's, the month's and the billing period's bytes again.
+        let tomorrow: Timestamp = "2026-12-01T00:00:01Z".parse().unwrap();
+        counters.record(&interval(), tomorrow, Duration::ZERO);
+        assert_eq!(counters.periods[0].bytes[ingress], 1300);
+        assert_eq!(counters.periods[1].bytes[ingress], 1300);
+        assert_eq!(counters.periods[2].bytes[ingress], 1300);
+
+        let saved = State {
+            metrics: Some(counters.clone()),
+            ..Default::default()
+        };
+        let back = state::parse(Path::new("s"), &state::render(&saved)).unwrap();
+        assert_eq!(Counters::continuing(back.metrics, settings), counters);
+    }
+}

@@ -30,19 +30,16 @@ pub struct Options {
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
     /// The address cannot be listened on.
-    #[error(
-        "cannot listen on {addr} for --metrics: {source}; {}",
-        bind_fix(source)
-    )]
+    #[error("cannot listen on {addr} for --metrics: {cause}; {}", bind_fix(cause))]
     Bind {
         /// The address.
         addr: SocketAddr,
         /// Why.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The serving thread could not start.
     #[error("cannot start the metrics endpoint: {0}")]
-    Start(#[source] std::io::Error),
+    Start(std::io::Error),
     /// `--metrics-peer-prefix` is not two prefix lengths.
     #[error("--metrics-peer-prefix '{0}' is not two prefix lengths; write IPv4,IPv6, e.g. 24,64 (at most 32 and 128)")]
     Prefix(String),

@@ -21,10 +21,10 @@ const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// refuses the run.
 pub fn serve(addr: SocketAddr) -> Result<Arc<Exposition>, MetricsError> {
     let listener =
-        std::net::TcpListener::bind(addr).map_err(|source| MetricsError::Bind { addr, source })?;
+        std::net::TcpListener::bind(addr).map_err(|cause| MetricsError::Bind { addr, cause })?;
     listener
         .set_nonblocking(true)
-        .map_err(|source| MetricsError::Bind { addr, source })?;
+        .map_err(|cause| MetricsError::Bind { addr, cause })?;
     let exposition = Arc::new(Exposition::default());
     let mut registry = Registry::default();
     registry.register(
