@@ -249,7 +249,7 @@ mod tests {
         assert_eq!(counters.interface[ingress].bytes, 2600);
         assert_eq!(counters.ip[ingress][0][L4::Udp as usize].bytes, 2200);
         assert_eq!(counters.not_ip[ingress][0].bytes, 120);
-        assert_eq!(counters.peers.members[0].peer, "10.200.0.2");
+        assert_eq!(counters.peers.members[0].peer.to_string(), "10.200.0.2");
         assert_eq!(counters.peers.members[0].counters[ingress].bytes, 2200);
         assert_eq!(counters.peers.other[ingress].bytes, 280);
         assert_eq!(counters.table_full.frames, 2);

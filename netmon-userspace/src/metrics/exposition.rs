@@ -192,11 +192,11 @@ impl Collector for Exposition {
             "IP traffic by remote peer: the top peers, and other for the rest and for frames a full pair table could not attribute",
             &each(&|s, series| {
                 let peers = &s.counters.peers;
-                let named = peers.members.iter().map(|m| (m.peer.as_str(), &m.counters));
-                for (peer, counters) in named.chain([("other", &peers.other)]) {
+                let named = peers.members.iter().map(|m| (m.peer.to_string(), &m.counters));
+                for (peer, counters) in named.chain([("other".to_string(), &peers.other)]) {
                     for d in DIRECTIONS {
                         let mut l = per_direction(s, d);
-                        l.push(("peer", peer.to_string()));
+                        l.push(("peer", peer.clone()));
                         series.push((l, counters[d as usize]));
                     }
                 }

@@ -40,6 +40,9 @@ pub enum MetricsError {
     /// The serving thread could not start.
     #[error("cannot start the metrics endpoint: {0}")]
     Start(std::io::Error),
+    /// A peer in the state file is not an address or a network.
+    #[error("'{0}' is not a peer address or network")]
+    Peer(String),
     /// `--metrics-peer-prefix` is not two prefix lengths.
     #[error("--metrics-peer-prefix '{0}' is not two prefix lengths; write IPv4,IPv6, e.g. 24,64 (at most 32 and 128)")]
     Prefix(String),

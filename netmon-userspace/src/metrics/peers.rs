@@ -4,7 +4,9 @@
 //! traffic, however many peers there are.
 
 use std::{
-    collections::HashMap,
+    cmp::Reverse,
+    collections::{BinaryHeap, HashMap},
+    fmt,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
@@ -50,27 +52,77 @@ impl Grouping {
         Ok(Grouping { v4, v6 })
     }
 
-    /// The peer label of `addr`: the address itself, or its network.
-    pub fn label(&self, addr: IpAddr) -> String {
+    /// The peer `addr` counts under: the address itself, or its network.
+    pub fn peer(&self, addr: IpAddr) -> Peer {
         match addr {
-            IpAddr::V4(a) if self.v4 < 32 => {
+            IpAddr::V4(a) => {
                 let mask = u32::MAX.checked_shl(32 - self.v4 as u32).unwrap_or(0);
-                format!("{}/{}", Ipv4Addr::from_bits(a.to_bits() & mask), self.v4)
+                Peer {
+                    addr: IpAddr::V4(Ipv4Addr::from_bits(a.to_bits() & mask)),
+                    len: self.v4,
+                }
             }
-            IpAddr::V6(a) if self.v6 < 128 => {
+            IpAddr::V6(a) => {
                 let mask = u128::MAX.checked_shl(128 - self.v6 as u32).unwrap_or(0);
-                format!("{}/{}", Ipv6Addr::from_bits(a.to_bits() & mask), self.v6)
+                Peer {
+                    addr: IpAddr::V6(Ipv6Addr::from_bits(a.to_bits() & mask)),
+                    len: self.v6,
+                }
             }
-            _ => addr.to_string(),
         }
+    }
+}
+
+/// A peer as its series names it: an address (`10.1.2.3`), or a network
+/// (`10.1.2.0/24`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub struct Peer {
+    addr: IpAddr,
+    len: u8,
+}
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let whole = if self.addr.is_ipv4() { 32 } else { 128 };
+        if self.len == whole {
+            write!(f, "{}", self.addr)
+        } else {
+            write!(f, "{}/{}", self.addr, self.len)
+        }
+    }
+}
+
+impl From<Peer> for String {
+    fn from(peer: Peer) -> String {
+        peer.to_string()
+    }
+}
+
+impl TryFrom<String> for Peer {
+    type Error = MetricsError;
+
+    fn try_from(text: String) -> Result<Peer, MetricsError> {
+        let bad = || MetricsError::Peer(text.clone());
+        let (addr, len) = match text.split_once('/') {
+            Some((addr, len)) => (addr, Some(len)),
+            None => (text.as_str(), None),
+        };
+        let addr: IpAddr = addr.parse().map_err(|_| bad())?;
+        let whole = if addr.is_ipv4() { 32 } else { 128 };
+        let len = match len {
+            Some(len) => len.parse().ok().filter(|l| *l <= whole).ok_or_else(bad)?,
+            None => whole,
+        };
+        Ok(Peer { addr, len })
     }
 }
 
 /// A peer with its own series.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Member {
-    /// Its label: an address or a network.
-    pub peer: String,
+    /// Who: an address or a network.
+    pub peer: Peer,
     /// What it carried since it became a member, by [`Direction`].
     pub counters: [CounterRecord; 2],
     /// Its bytes per interval, smoothed.
@@ -93,6 +145,12 @@ pub fn add(record: &mut CounterRecord, c: Counter) {
     record.bytes += c.bytes;
 }
 
+fn add_both(record: &mut [CounterRecord; 2], c: [Counter; 2]) {
+    for d in 0..2 {
+        add(&mut record[d], c[d]);
+    }
+}
+
 impl Peers {
     /// Accounts one interval: `pairs` (delivered and dropped) by remote
     /// address, and `unattributed` (what a full table could not key, by
@@ -105,61 +163,55 @@ impl Peers {
         grouping: &Grouping,
         top: usize,
     ) {
-        let mut by_peer: HashMap<String, [Counter; 2]> = HashMap::new();
+        let mut by_peer: HashMap<Peer, [Counter; 2]> = HashMap::with_capacity(pairs.len());
         for pair in pairs {
-            let direction = pair.key.direction as usize;
+            let direction = pair.key.direction as usize & 1;
             let remote = if direction == Direction::Ingress as usize {
                 pair.key.src
             } else {
                 pair.key.dst
             };
-            let slot = &mut by_peer.entry(grouping.label(address(remote))).or_default()[direction];
+            let slot = &mut by_peer.entry(grouping.peer(address(remote))).or_default()[direction];
             *slot = slot.plus(pair.counter).plus(pair.dropped);
         }
-        self.settle(&by_peer, top);
-        for member in &mut self.members {
-            if let Some(counters) = by_peer.remove(&member.peer) {
-                for d in 0..2 {
-                    add(&mut member.counters[d], counters[d]);
-                }
-            }
-        }
-        for counters in by_peer.values() {
-            for d in 0..2 {
-                add(&mut self.other[d], counters[d]);
-            }
-        }
-        for d in 0..2 {
-            add(&mut self.other[d], unattributed[d]);
-        }
-    }
-
-    /// Updates the members' scores, fills free places with the largest
-    /// peers, then lets a peer replace the weakest member when it carried
-    /// [`HYSTERESIS`] times that member's score this interval.
-    fn settle(&mut self, by_peer: &HashMap<String, [Counter; 2]>, top: usize) {
-        let bytes = |c: &[Counter; 2]| (c[0].bytes + c[1].bytes) as f64;
-        for member in &mut self.members {
-            let now = by_peer.get(&member.peer).map_or(0.0, bytes);
-            member.score = member.score * SCORE_KEPT + now * (1.0 - SCORE_KEPT);
-        }
+        let bytes = |c: &[Counter; 2]| c[0].bytes + c[1].bytes;
         self.members.truncate(top);
-        let mut challengers: Vec<(&String, f64)> = by_peer
-            .iter()
-            .filter(|(peer, _)| !self.members.iter().any(|m| &m.peer == *peer))
-            .map(|(peer, c)| (peer, bytes(c)))
+        // The members' share of the interval, out of the map: what stays there is the rest.
+        let mut now: Vec<[Counter; 2]> = self
+            .members
+            .iter_mut()
+            .map(|member| {
+                let counters = by_peer.remove(&member.peer).unwrap_or_default();
+                member.score =
+                    member.score * SCORE_KEPT + bytes(&counters) as f64 * (1.0 - SCORE_KEPT);
+                counters
+            })
             .collect();
-        // Largest first; equal ones by label, so that the outcome does not
-        // depend on the hash map's order.
-        challengers.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(b.0)));
-        for (peer, score) in challengers {
+        // At most `top` peers can join in one interval: only the largest
+        // are challengers, largest first (equal ones by address, so that the
+        // outcome does not depend on the map's order).
+        let mut largest = BinaryHeap::with_capacity(top + 1);
+        for (peer, counters) in &by_peer {
+            largest.push(Reverse((bytes(counters), Reverse(*peer))));
+            if largest.len() > top {
+                largest.pop();
+            }
+        }
+        let mut challengers: Vec<(u64, Peer)> = largest
+            .into_iter()
+            .map(|Reverse((b, Reverse(p)))| (b, p))
+            .collect();
+        challengers.sort_unstable_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        for (challenger, peer) in challengers {
             let joining = Member {
-                peer: peer.clone(),
+                peer,
                 counters: Default::default(),
-                score,
+                score: challenger as f64,
             };
+            let counters = by_peer.remove(&peer).unwrap_or_default();
             if self.members.len() < top {
                 self.members.push(joining);
+                now.push(counters);
                 continue;
             }
             let Some((weakest, least)) = self
@@ -171,11 +223,22 @@ impl Peers {
             else {
                 break;
             };
-            if score <= least * HYSTERESIS {
+            if challenger as f64 <= least * HYSTERESIS {
+                by_peer.insert(peer, counters);
                 break;
             }
+            // The replaced member's series ends where it was; its interval is other's.
+            let replaced = std::mem::replace(&mut now[weakest], counters);
+            add_both(&mut self.other, replaced);
             self.members[weakest] = joining;
         }
+        for (member, counters) in self.members.iter_mut().zip(now) {
+            add_both(&mut member.counters, counters);
+        }
+        for counters in by_peer.into_values() {
+            add_both(&mut self.other, counters);
+        }
+        add_both(&mut self.other, unattributed);
     }
 }
 
@@ -215,8 +278,8 @@ mod tests {
             .sum()
     }
 
-    fn labels(peers: &Peers) -> Vec<&str> {
-        peers.members.iter().map(|m| m.peer.as_str()).collect()
+    fn labels(peers: &Peers) -> Vec<String> {
+        peers.members.iter().map(|m| m.peer.to_string()).collect()
     }
 
     #[test]
@@ -251,7 +314,7 @@ mod tests {
             assert!(peers.other[0].bytes >= before.other[0].bytes);
             assert_eq!(total(&peers) + ended, sent);
         }
-        assert!(labels(&peers).contains(&"10.200.0.2"));
+        assert!(labels(&peers).contains(&"10.200.0.2".to_string()));
         // The sources of each round churned the idle members out, one series for another.
         assert!(ended > 0);
     }
@@ -291,18 +354,15 @@ mod tests {
     #[test]
     fn prefixes_group_peers() {
         let grouping = Grouping::parse("24,64").unwrap();
-        assert_eq!(
-            grouping.label("10.200.3.77".parse().unwrap()),
-            "10.200.3.0/24"
-        );
-        assert_eq!(
-            grouping.label("fd00:200::5".parse().unwrap()),
-            "fd00:200::/64"
-        );
-        assert_eq!(
-            Grouping::default().label("fd00:200::5".parse().unwrap()),
-            "fd00:200::5"
-        );
+        let label = |g: &Grouping, addr: &str| g.peer(addr.parse().unwrap()).to_string();
+        assert_eq!(label(&grouping, "10.200.3.77"), "10.200.3.0/24");
+        assert_eq!(label(&grouping, "fd00:200::5"), "fd00:200::/64");
+        assert_eq!(label(&Grouping::default(), "fd00:200::5"), "fd00:200::5");
+        // As the state file keeps them.
+        for text in ["10.200.3.0/24", "fd00:200::5", "10.200.0.2"] {
+            assert_eq!(Peer::try_from(text.to_string()).unwrap().to_string(), text);
+        }
+        assert!(Peer::try_from("10.0.0.0/33".to_string()).is_err());
         assert!(Grouping::parse("33,64").is_err());
         assert!(Grouping::parse("24").is_err());
         let mut peers = Peers::default();
