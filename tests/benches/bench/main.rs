@@ -9,6 +9,7 @@ mod analyze;
 mod blocklist;
 mod cpu;
 mod memory;
+mod metrics;
 mod per_packet;
 mod readout;
 mod report;
@@ -18,11 +19,12 @@ mod workload;
 use report::Row;
 
 /// Every section, in the order they run.
-const SECTIONS: [&str; 7] = [
+const SECTIONS: [&str; 8] = [
     "per-packet",
     "readout",
     "blocklist",
     "memory",
+    "metrics",
     "analyze",
     "cpu",
     "throughput",
@@ -75,6 +77,7 @@ fn main() {
             "readout" => readout::run(scale),
             "blocklist" => blocklist::run(scale),
             "memory" => memory::run(scale),
+            "metrics" => metrics::run(scale),
             "analyze" => analyze::run(scale),
             "cpu" => cpu::run(scale),
             "throughput" => throughput::run(scale),
