@@ -18,7 +18,7 @@ use anyhow::{ensure, Context as _, Result};
 use netmon_common::Direction;
 use netmon_tests::{
     capture::{self, Capture, Way},
-    daemon::Netmon,
+    daemon::{ctl, Netmon},
     frames::{build, Layer},
     http::get,
     mounts::TempMount,
@@ -445,6 +445,87 @@ fn a_sigkill_and_restart_between_scrapes_leave_every_counter_monotonic_and_exact
         let resets = prometheus.query(&format!("sum(resets({name}[5m]))"))?;
         assert_eq!(resets[0].1, 0.0, "{name} went back across the restart");
     }
+    netmon.stop()?;
+    Ok(())
+}
+
+#[test]
+fn drops_quotas_and_periods_show_what_the_policy_counted() -> Result<()> {
+    let net = TestNet::create()?;
+    let dir = tempfile::tempdir()?;
+    let netmon = Netmon::on(&net.a)
+        .logs_in(dir.path())
+        .args(&["--metrics", METRICS, "--timezone", "UTC"])
+        .start()?;
+    let prometheus = Prometheus::start(&net.a)?;
+    let iface = &net.a.iface;
+    ctl(iface, &["block", "--proto", "udp", "--dport", "7010"]).unwrap();
+    ctl(
+        iface,
+        &[
+            "quota",
+            "set",
+            "10.200.0.0/16",
+            "1MB",
+            "--period",
+            "monthly",
+            "--name",
+            "lab",
+        ],
+    )
+    .unwrap();
+    let blocked = Flow::udp(&net.b, &net.a)
+        .port(7010)
+        .sizes(&[500; 4])
+        .delivered()?;
+    assert!(blocked.is_empty(), "{blocked:?} got through");
+    Flow::udp(&net.b, &net.a)
+        .port(7011)
+        .sizes(&[1000; 3])
+        .send()?;
+    let dropped = 4 * frame_len(net.a.ipv4, 500);
+    let used = 3 * frame_len(net.a.ipv4, 1000);
+
+    let deadline = Instant::now() + PATIENCE;
+    let rule = loop {
+        let rule = prometheus.query("netmon_dropped_bytes_total{direction='ingress'}")?;
+        if !rule.is_empty() || Instant::now() > deadline {
+            break rule;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert_eq!(rule.len(), 1, "one block rule: {rule:?}");
+    let label = &rule[0].0["rule"];
+    assert!(
+        label.starts_with(char::is_numeric) && label.contains("block") && label.contains("7010"),
+        "the rule's id and text: {label}"
+    );
+    let of_rule = format!("netmon_dropped_bytes_total{{direction='ingress',rule='{label}'}}");
+    assert_eq!(prometheus.value_once(&of_rule, dropped)?, dropped);
+    let quota = "netmon_quota_used_bytes{quota='lab'}";
+    assert_eq!(prometheus.value_once(quota, used)?, used);
+    assert_eq!(
+        prometheus.value_once("netmon_quota_limit_bytes{quota='lab'}", 1_000_000)?,
+        1_000_000
+    );
+    let month = jiff::Timestamp::now()
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .first_of_month()?
+        .start_of_day()?
+        .timestamp()
+        .as_second() as u64;
+    assert_eq!(
+        prometheus.value_once("netmon_quota_period_start_seconds{quota='lab'}", month)?,
+        month
+    );
+    // This month's bytes so far are every byte this run counted (it began this month).
+    let interface = prometheus.query(&format!(
+        "netmon_interface_bytes_total{{iface='{iface}',direction='ingress'}}"
+    ))?[0]
+        .1 as u64;
+    let period =
+        format!("netmon_period_bytes{{iface='{iface}',direction='ingress',period='month'}}");
+    assert_eq!(prometheus.value_once(&period, interface)?, interface);
     netmon.stop()?;
     Ok(())
 }
