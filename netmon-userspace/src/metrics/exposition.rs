@@ -64,6 +64,9 @@ impl Exposition {
 
 type Labels = Vec<(&'static str, String)>;
 
+/// Series of a bytes-and-frames pair of counters.
+type CounterSeries = Vec<(Labels, CounterRecord)>;
+
 const DIRECTIONS: [Direction; 2] = Direction::ALL;
 
 /// One metric: its descriptor, then each series.
@@ -95,7 +98,7 @@ fn byte_and_frame_counters(
     out: &mut DescriptorEncoder,
     name: &str,
     what: &str,
-    series: &[(Labels, CounterRecord)],
+    series: &CounterSeries,
 ) -> fmt::Result {
     for (unit, get) in [
         (
@@ -124,7 +127,7 @@ impl Collector for Exposition {
     fn encode(&self, mut out: DescriptorEncoder) -> fmt::Result {
         let snapshots = self.snapshots();
         let out = &mut out;
-        let each = |f: &dyn Fn(&Snapshot, &mut Vec<(Labels, CounterRecord)>)| {
+        let each = |f: &dyn Fn(&Snapshot, &mut CounterSeries)| {
             let mut series = Vec::new();
             for s in &snapshots {
                 f(s, &mut series);
