@@ -17,6 +17,7 @@ pub mod flows;
 #[cfg(any(test, feature = "test-hooks"))]
 pub mod fuzzing;
 pub mod logs;
+pub mod metrics;
 pub mod policy;
 pub mod privileges;
 pub mod random;

@@ -17,7 +17,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Attach to an interface and account (and enforce) its traffic until stopped.
-    Run(commands::run::RunArgs),
+    Run(Box<commands::run::RunArgs>),
     /// Drop traffic to and from a CIDR (optionally by protocol, port, direction).
     Block(commands::block::RuleArgs),
     /// Remove a rule added with `block` or `allow`.
@@ -65,7 +65,7 @@ fn main() -> ExitCode {
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }
     let result = match cli.command {
-        Command::Run(args) => runtime().and_then(|rt| rt.block_on(commands::run::run(args))),
+        Command::Run(args) => runtime().and_then(|rt| rt.block_on(commands::run::run(*args))),
         Command::Block(args) => commands::block::add(Action::Block, &args),
         Command::Unblock(args) => commands::block::remove(&args, Action::Block),
         Command::Allow(args) => commands::block::add(Action::Allow, &args),

@@ -8,6 +8,7 @@ pub mod capture;
 pub mod cpu;
 pub mod daemon;
 pub mod frames;
+pub mod http;
 pub mod mounts;
 pub mod netns;
 pub mod scenario;

@@ -129,6 +129,8 @@ const TEST_TOOLS: &[(&str, &str)] = &[
     ("zstd", "zstd"),
     ("nfcapd", "nfdump"),
     ("nfacctd", "pmacct"),
+    ("prometheus", "prometheus"),
+    ("promtool", "prometheus"),
 ];
 
 /// What the benchmarks run besides the test tools: the references they compare with.

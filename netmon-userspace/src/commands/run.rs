@@ -1,7 +1,7 @@
 //! `netmon run`: its options, turned into the daemon's configuration
 //! (the daemon itself is `crate::daemon`).
 
-use std::{path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use clap::Args;
@@ -13,6 +13,7 @@ use crate::{
     datapath::{pins::DEFAULT_BPFFS, Granularity, IngressHook},
     flows::{FlowExport, Format},
     logs::Files,
+    metrics::{self, peers::Grouping},
     policy::Period,
     units::{parse_interval, parse_size},
 };
@@ -111,6 +112,18 @@ pub struct RunArgs {
     /// How often the templates are sent again (UDP collectors may start late).
     #[arg(long, default_value = "60s", value_parser = crate::units::parse_duration)]
     pub flow_template_refresh: Duration,
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics (e.g. 127.0.0.1:9464); off unless given.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics: Option<SocketAddr>,
+    /// Peers with their own metric series; the rest count as peer="other".
+    #[arg(long, default_value_t = 20)]
+    pub metrics_top: usize,
+    /// Group metric peers by prefix: IPv4,IPv6 lengths, e.g. 24,64 [default: by address].
+    #[arg(long, value_name = "V4,V6", value_parser = Grouping::parse)]
+    pub metrics_peer_prefix: Option<Grouping>,
+    /// Day of the month the billing period of netmon_period_bytes starts on.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=31))]
+    pub metrics_billing_day: u8,
 }
 
 /// Runs the daemon with the options, layered over the configuration file
@@ -182,7 +195,6 @@ fn to_config(args: RunArgs, words: &[std::ffi::OsString]) -> anyhow::Result<daem
         policy: args.policy,
         alert_threshold: args.alert_threshold.map(|t| (t, args.alert_period)),
         alert_exec: args.alert_exec,
-        tz,
         idle_timeout: args.idle_timeout,
         quiet: args.quiet,
         reset_state: args.reset_state,
@@ -199,6 +211,18 @@ fn to_config(args: RunArgs, words: &[std::ffi::OsString]) -> anyhow::Result<daem
             active_timeout: args.flow_active_timeout,
             template_refresh: args.flow_template_refresh,
         }),
+        metrics: args.metrics.map(|addr| metrics::Options {
+            addr,
+            settings: metrics::Settings {
+                top: args.metrics_top,
+                grouping: args.metrics_peer_prefix.unwrap_or_default(),
+                tz: tz.clone(),
+                billing: Period::Monthly {
+                    start_day: args.metrics_billing_day,
+                },
+            },
+        }),
+        tz,
     })
 }
 

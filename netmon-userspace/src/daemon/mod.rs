@@ -285,6 +285,14 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
             delivered += counter.bytes;
             ledger.add(pair, counter);
         });
+        let poll_duration = Duration::from_nanos(end.monotonic_ns.saturating_sub(now_ns));
+        if let Some(metrics) = &mut self.state.metrics {
+            for (i, usage) in &usages {
+                if let Some(counters) = metrics.get_mut(&self.interfaces.0[*i].iface) {
+                    counters.record(usage, end.wall, poll_duration);
+                }
+            }
+        }
         let mut alerts = self.enforcer.tick(&mut self.interfaces, end.wall)?;
         if let Some(alarm) = &self.alarm {
             let names: Vec<&str> = self.interfaces.0.iter().map(|w| w.iface.as_str()).collect();
@@ -319,6 +327,7 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
                 start: start.wall,
                 end: end.wall,
                 elapsed: Duration::from_nanos(end.monotonic_ns.saturating_sub(start.monotonic_ns)),
+                poll_duration,
                 usage,
                 rules: rules.clone(),
                 quotas: quotas.clone(),

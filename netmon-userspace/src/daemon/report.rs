@@ -22,6 +22,8 @@ pub struct IntervalReport {
     pub end: Timestamp,
     /// How long it lasted (monotonic clock).
     pub elapsed: Duration,
+    /// How long its poll took to read the pair table and account it.
+    pub poll_duration: Duration,
     /// Per-pair deltas, totals, protocol and service counters, drops and the
     /// pair table's fill.
     pub usage: IntervalUsage,

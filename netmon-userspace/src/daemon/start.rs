@@ -22,6 +22,7 @@ use crate::{
     enforcer::Enforcer,
     flows::{FlowExport, FlowExporter},
     logs::{state::State, Files},
+    metrics::MetricsSink,
     policy::Period,
 };
 
@@ -76,6 +77,8 @@ pub struct Config {
     pub access: control::Access,
     /// `--ipfix` and the `--flow-*` options, when flows are exported.
     pub flow_export: Option<FlowExport>,
+    /// The Prometheus endpoint (`--metrics`).
+    pub metrics: Option<crate::metrics::Options>,
 }
 
 /// One interface of the configuration, its namespace open.
@@ -218,6 +221,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if present.is_empty() {
         bail!("none of the interfaces exists: check the names with `ip link` (`ip -n NS link` for --netns)");
     }
+    let exposition = config
+        .metrics
+        .as_ref()
+        .map(|m| crate::metrics::serve(m.addr))
+        .transpose()?;
     let files = config.files.clone().check(config.follow_symlinks)?;
     // With --reset-state the files are moved aside, below, once nothing can refuse.
     let mut saved = if config.reset_state {
@@ -245,6 +253,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     saved.policy.ids = Default::default();
     saved.policy.slots = Default::default();
     saved.policy.next_id = 0;
+    // Counters for every configured interface, those that appear later too.
+    saved.metrics = config.metrics.as_ref().map(|m| {
+        let mut kept = saved.metrics.take().unwrap_or_default();
+        targets
+            .iter()
+            .map(|t| {
+                let counters = kept.remove(&t.label);
+                let counters = crate::metrics::Counters::continuing(counters, m.settings.clone());
+                (t.label.clone(), counters)
+            })
+            .collect()
+    });
     files.save(&saved, None)?;
 
     let mut attached: Vec<(&Target, Attached)> = Vec::new();
@@ -291,6 +311,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .filter(|t| t.netns.is_none())
             .map(|t| t.label.as_str()),
     )));
+    if let Some(exposition) = exposition {
+        sinks.push(Box::new(MetricsSink::new(exposition, config.tz.clone())));
+    }
     let mut attached = attached.into_iter().zip(meters);
     let ((first, kernel), meter) = attached.next().expect("one interface at least");
     let instance = kernel.datapath.instance();

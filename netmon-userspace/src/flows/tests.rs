@@ -307,6 +307,7 @@ fn interval(start_s: i64, pairs: &[(PairKey, u64, u64)]) -> IntervalReport {
         start: Timestamp::from_second(start_s).unwrap(),
         end: Timestamp::from_second(start_s + 10).unwrap(),
         elapsed: Duration::from_secs(10),
+        poll_duration: Duration::ZERO,
         usage: IntervalUsage {
             pairs: pairs
                 .iter()

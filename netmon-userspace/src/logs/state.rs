@@ -13,6 +13,7 @@ use super::LogError;
 use crate::{
     accounting::{Baseline, BaselineView, Ledger},
     enforcer::PersistedPolicy,
+    metrics::InterfaceCounters,
 };
 
 const FORMAT: &str = "netmon-state";
@@ -28,6 +29,8 @@ struct StateFile {
     baseline: Option<Baseline>,
     #[serde(default)]
     baselines: Vec<Baseline>,
+    #[serde(default)]
+    metrics: Option<InterfaceCounters>,
 }
 
 /// [`StateFile`] as written: borrowed, the pairs streamed from the ledger.
@@ -38,6 +41,7 @@ struct StateFileRef<'a> {
     pairs: PairsRef<'a>,
     policy: &'a PersistedPolicy,
     baselines: BaselineOut<'a>,
+    metrics: &'a Option<InterfaceCounters>,
 }
 
 /// The baseline to write: the state's own, or a running meter's.
@@ -70,6 +74,9 @@ pub struct State {
     pub policy: PersistedPolicy,
     /// Kernel counter values already in the ledger.
     pub baselines: Vec<Baseline>,
+    /// The metrics' counters per interface, written with the totals they go
+    /// with (`None` when the endpoint is off).
+    pub metrics: Option<InterfaceCounters>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -107,6 +114,7 @@ fn render_to(
             Some(views) => BaselineOut::Live(views),
             None => BaselineOut::Stored(&state.baselines),
         },
+        metrics: &state.metrics,
     };
     serde_json::to_writer(out, &file).map_err(std::io::Error::other)
 }
@@ -127,6 +135,7 @@ pub fn parse(path: &Path, text: &str) -> Result<State, LogError> {
         ledger,
         policy: file.policy,
         baselines: file.baseline.into_iter().chain(file.baselines).collect(),
+        metrics: file.metrics,
     })
 }
 

@@ -73,6 +73,7 @@ fn interval(round: u32, flows: u32) -> IntervalReport {
         start,
         end: Timestamp::from_second(second + INTERVAL.as_secs() as i64).unwrap(),
         elapsed: INTERVAL,
+        poll_duration: Duration::ZERO,
         usage: IntervalUsage {
             pairs,
             ..Default::default()

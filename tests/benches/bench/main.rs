@@ -10,6 +10,7 @@ mod blocklist;
 mod cpu;
 mod flows;
 mod memory;
+mod metrics;
 mod per_packet;
 mod readout;
 mod report;
@@ -19,11 +20,12 @@ mod workload;
 use report::Row;
 
 /// Every section, in the order they run.
-const SECTIONS: [&str; 8] = [
+const SECTIONS: &[&str] = &[
     "per-packet",
     "readout",
     "blocklist",
     "memory",
+    "metrics",
     "analyze",
     "cpu",
     "throughput",
@@ -67,7 +69,7 @@ fn main() {
         std::process::exit(2);
     }
     let mut rows: Vec<Row> = Vec::new();
-    for section in SECTIONS {
+    for &section in SECTIONS {
         if !wanted.is_empty() && !wanted.contains(&section) {
             continue;
         }
@@ -77,6 +79,7 @@ fn main() {
             "readout" => readout::run(scale),
             "blocklist" => blocklist::run(scale),
             "memory" => memory::run(scale),
+            "metrics" => metrics::run(scale),
             "analyze" => analyze::run(scale),
             "cpu" => cpu::run(scale),
             "throughput" => throughput::run(scale),
