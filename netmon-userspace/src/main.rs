@@ -35,6 +35,11 @@ enum Command {
     Analyze(commands::analyze::AnalyzeArgs),
     /// Reports from a detail log: hierarchy, io, conversations, top.
     Report(commands::report::ReportArgs),
+    /// Traffic per 5 minutes, hour, day, month or year from the history database.
+    History(commands::history::HistoryArgs),
+    /// Writes files from the history database.
+    #[command(subcommand)]
+    Export(commands::history::ExportCommand),
 }
 
 fn main() -> ExitCode {
@@ -59,6 +64,8 @@ fn main() -> ExitCode {
         Command::Quota(command) => commands::quota::run(&command),
         Command::Analyze(args) => commands::analyze::run(&args),
         Command::Report(args) => commands::report::run(&args),
+        Command::History(args) => commands::history::run(&args),
+        Command::Export(command) => commands::history::export(&command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -114,13 +114,14 @@ fn llvm_packages(llvm: u32) -> Vec<String> {
 }
 
 /// The tools the kernel tests and the demo run: (command, Debian package).
-const TEST_TOOLS: [(&str, &str); 6] = [
+const TEST_TOOLS: [(&str, &str); 7] = [
     ("ip", "iproute2"),
     ("sysctl", "procps"),
     ("setpriv", "util-linux"),
     ("tcpdump", "tcpdump"),
     ("ethtool", "ethtool"),
     ("tshark", "tshark"),
+    ("vnstatd", "vnstat"),
 ];
 
 /// What the benchmarks run besides the test tools: the references they compare with.

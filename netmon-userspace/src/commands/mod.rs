@@ -2,6 +2,7 @@
 
 pub mod analyze;
 pub mod block;
+pub mod history;
 pub mod quota;
 pub mod report;
 pub mod rules;

@@ -34,6 +34,10 @@ pub struct RunArgs {
     /// Exact totals, CLI rules and quota usage [default: the log's name with .state.json].
     #[arg(long)]
     pub state: Option<PathBuf>,
+    /// The history database (SQLite): the record of the totals, and usage per
+    /// 5 minutes, hour, day and month [default: the log's name with .db].
+    #[arg(long)]
+    pub db: Option<PathBuf>,
     /// Hook for received traffic: native XDP on hardware NICs, TC ingress on
     /// virtual devices (auto), or one of them by name.
     #[arg(long, alias = "xdp-mode", value_enum, default_value_t = IngressHook::Auto)]
@@ -93,6 +97,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     daemon::run(daemon::Config {
         files: Files::new(&args.log, args.state.clone(), &args.detail_log),
+        db: args.db.unwrap_or_else(|| args.log.with_extension("db")),
         iface: args.iface,
         interval: args.interval,
         follow_symlinks: args.follow_symlinks,

@@ -14,7 +14,7 @@ pub mod sinks;
 mod start;
 
 #[cfg(test)]
-mod fake;
+pub(crate) mod fake;
 #[cfg(test)]
 mod tests;
 

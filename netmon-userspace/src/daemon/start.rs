@@ -58,6 +58,8 @@ pub struct Config {
     pub bpffs: PathBuf,
     /// Leave the programs attached at the stop.
     pub keep_attached: bool,
+    /// The history database, the record of the totals and their baseline.
+    pub db: PathBuf,
 }
 
 /// Runs the daemon until SIGINT or SIGTERM, or until its interface is gone.
@@ -75,8 +77,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let claim = control::Claim::take(iface)?;
     Datapath::check(iface, &config.bpffs)?;
     let files = config.files.clone().check(config.follow_symlinks)?;
+    let db = crate::logs::paths::check(&config.db, "--db", config.follow_symlinks)?;
     // With --reset-state the files are moved aside, below, once nothing can refuse.
-    let mut saved = if config.reset_state {
+    let saved = if config.reset_state {
         State::default()
     } else {
         files.load()?
@@ -93,7 +96,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("the policy cannot be enforced: {e}"))?;
     if config.reset_state {
         files.move_aside()?;
+        crate::history::Store::move_aside(&db)?;
     }
+    // The store continues from the files the first time, and is the record after.
+    let mut history = crate::history::Store::open(&db, config.tz.clone(), Default::default())?;
+    let mut saved = history.continue_from(iface, saved)?;
     // Fail now, before attaching, if the logs cannot be written. The rules go
     // to their own file from here on (state files of earlier versions held them).
     files.save_rules(&enforcer.persisted_rules())?;
@@ -153,6 +160,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
 
     let mut sinks: Vec<Box<dyn Sink>> = vec![
+        Box::new(crate::history::HistorySink::new(history)),
         Box::new(FilesSink::new(files.clone())),
         Box::new(AlertSink(Alerter {
             exec: config.alert_exec.clone(),
