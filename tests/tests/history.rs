@@ -298,8 +298,8 @@ fn interface_totals_per_hour_and_day_equal_vnstats() -> Result<()> {
     Flow::tcp(b, a).port(7912).bytes(300_000).send()?;
     // vnStat reads the interface's counters (/proc/net/dev) every 2 s and
     // keeps what it read at its stop; netmon stops after it, so both saw
-    // every frame in between.
-    std::thread::sleep(Duration::from_millis(3000));
+    // every frame in between. A loaded machine delays its reads: a few.
+    std::thread::sleep(Duration::from_secs(7));
     let traffic = vnstat.stop(&a.iface)?;
     netmon.stop()?;
     let db = dir.path().join("network_log.db");

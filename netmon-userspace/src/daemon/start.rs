@@ -98,12 +98,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         files.move_aside()?;
         crate::history::Store::move_aside(&db)?;
     }
-    // The store continues from the files the first time, and is the record after.
-    let mut history = crate::history::Store::open(&db, config.tz.clone(), Default::default())?;
-    let mut saved = history.continue_from(iface, saved)?;
     // Fail now, before attaching, if the logs cannot be written. The rules go
     // to their own file from here on (state files of earlier versions held them).
     files.save_rules(&enforcer.persisted_rules())?;
+    // The store continues from the files the first time, and is the record after.
+    let mut history = crate::history::Store::open(&db, config.tz.clone(), Default::default())?;
+    let mut saved = history.continue_from(iface, saved)?;
     saved.policy.runtime = Default::default();
     saved.policy.ids = Default::default();
     saved.policy.slots = Default::default();

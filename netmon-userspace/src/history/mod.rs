@@ -22,12 +22,12 @@ pub use store::Store;
 #[derive(Debug, thiserror::Error)]
 pub enum HistoryError {
     /// SQLite refused an operation.
-    #[error("history database {}: {source}; check the path, its permissions and the free space", path.display())]
+    #[error("history database {}: {cause}; check the path, its permissions and the free space", path.display())]
     Sqlite {
         /// The database.
         path: PathBuf,
         /// SQLite's error.
-        source: rusqlite::Error,
+        cause: rusqlite::Error,
     },
     /// The file is not a netmon history database, or of another version.
     #[error("{} is not a netmon history database of this version ({reason}); netmon will not overwrite it: give another --db, or start with --reset-state to move it aside", path.display())]
@@ -38,12 +38,12 @@ pub enum HistoryError {
         reason: String,
     },
     /// `--reset-state` could not rename the database.
-    #[error("moving {} aside: {source}; check the directory's permissions", path.display())]
+    #[error("moving {} aside: {cause}; check the directory's permissions", path.display())]
     MoveAside {
         /// The file.
         path: PathBuf,
         /// The OS error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// What the store holds cannot be read back.
     #[error("history database {}: {what} is malformed; start with --reset-state to move it aside", path.display())]

@@ -128,7 +128,7 @@ impl Store {
             match std::fs::rename(&from, &to) {
                 Ok(()) => log::info!("moved {} to {}", from.display(), to.display()),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(source) => return Err(HistoryError::MoveAside { path: from, source }),
+                Err(cause) => return Err(HistoryError::MoveAside { path: from, cause }),
             }
         }
         Ok(())
@@ -442,10 +442,10 @@ pub(super) fn rolled_until(conn: &Connection) -> rusqlite::Result<Option<i64>> {
 const ADD_USAGE: &str = "INSERT INTO usage VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
      ON CONFLICT DO UPDATE SET frames = frames + excluded.frames, bytes = bytes + excluded.bytes";
 
-fn sqlite(path: &Path, source: rusqlite::Error) -> HistoryError {
+fn sqlite(path: &Path, cause: rusqlite::Error) -> HistoryError {
     HistoryError::Sqlite {
         path: path.to_path_buf(),
-        source,
+        cause,
     }
 }
 
