@@ -60,6 +60,8 @@ pub struct Config {
     pub keep_attached: bool,
     /// The history database, the record of the totals and their baseline.
     pub db: PathBuf,
+    /// Write the detail log, rotated by size with this.
+    pub detail_log: Option<Option<crate::logs::detail::Rotation>>,
 }
 
 /// Runs the daemon until SIGINT or SIGTERM, or until its interface is gone.
@@ -165,8 +167,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Box::new(AlertSink(Alerter {
             exec: config.alert_exec.clone(),
         })),
-        Box::new(DetailSink::new(files.detail.clone())),
     ];
+    if let Some(rotation) = config.detail_log {
+        sinks.push(Box::new(DetailSink::new(files.detail.clone(), rotation)));
+    }
     if !config.quiet {
         sinks.push(Box::new(ConsoleSink));
     }
