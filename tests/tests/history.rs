@@ -12,10 +12,7 @@ use std::{
 };
 
 use anyhow::{bail, Context as _, Result};
-use netmon::history::{
-    query::{Query, View},
-    Store,
-};
+use netmon::history::Store;
 use netmon_common::Counter;
 use netmon_tests::{
     capture::{self, Capture, Way},

@@ -129,11 +129,13 @@ impl Store {
         let mut stmt = self
             .conn
             .prepare_cached(
+                // Two ranges of the primary key, so each is a range scan.
                 "SELECT u.level, u.bucket, u.direction, p.src, p.dst, sum(u.bytes)
-                 FROM usage u LEFT JOIN pairs p ON p.id = u.pair
-                 WHERE (u.level = ?1 OR (?1 <> 0 AND u.level = 0 AND u.bucket >= ?4))
-                   AND (u.level <> ?1 OR (u.bucket >= ?2 AND u.bucket < ?3))
-                   AND (?5 IS NULL OR u.iface = ?5)
+                 FROM (SELECT * FROM usage WHERE level = ?1 AND bucket >= ?2 AND bucket < ?3
+                       UNION ALL
+                       SELECT * FROM usage WHERE ?1 <> 0 AND level = 0 AND bucket >= ?4) u
+                 LEFT JOIN pairs p ON p.id = u.pair
+                 WHERE ?5 IS NULL OR u.iface = ?5
                  GROUP BY u.level, u.bucket, u.direction, u.pair",
             )
             .map_err(|e| self.error(e))?;

@@ -460,11 +460,13 @@ fn close_buckets(
     limits: &Limits,
     now: Timestamp,
 ) -> rusqlite::Result<()> {
-    let closed: Vec<i64> = tx
-        .prepare("SELECT DISTINCT bucket FROM usage WHERE level = 0 AND bucket < ?1")?
-        .query_map([open], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
     // Buckets before `rolled` were rolled up when they closed.
+    let closed: Vec<i64> = tx
+        .prepare_cached(
+            "SELECT DISTINCT bucket FROM usage WHERE level = 0 AND bucket >= ?1 AND bucket < ?2",
+        )?
+        .query_map([rolled.unwrap_or(i64::MIN), open], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
     let at = |secs: i64| Timestamp::from_second(secs).unwrap_or_default();
     for five in closed
         .into_iter()
