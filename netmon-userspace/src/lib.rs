@@ -16,6 +16,7 @@ pub mod enforcer;
 pub mod flows;
 #[cfg(any(test, feature = "test-hooks"))]
 pub mod fuzzing;
+pub mod history;
 pub mod logs;
 pub mod metrics;
 pub mod policy;

@@ -45,6 +45,11 @@ enum Command {
     },
     /// Print the manual page (roff): `netmon man | man -l -`.
     Man,
+    /// Traffic per 5 minutes, hour, day, month or year from the history database.
+    History(commands::history::HistoryArgs),
+    /// Writes files from the history database.
+    #[command(subcommand)]
+    Export(commands::history::ExportCommand),
 }
 
 /// The command line as parsed: `run`'s options also from NETMON_* variables.
@@ -77,6 +82,8 @@ fn main() -> ExitCode {
         Command::Config(command) => commands::config::run(&command),
         Command::Completions { shell } => commands::manual::completions(shell, command()),
         Command::Man => commands::manual::man(command()),
+        Command::History(args) => commands::history::run(&args),
+        Command::Export(command) => commands::history::export(&command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -313,6 +313,7 @@ fn a_detail_log_that_is_a_symbolic_link_is_refused_unless_followed() -> Result<(
         names_in(dir.path()),
         [
             "detail.jsonl",
+            "network_log.db",
             "network_log.json",
             "network_log.rules.json",
             "network_log.state.json"

@@ -131,6 +131,7 @@ const TEST_TOOLS: &[(&str, &str)] = &[
     ("nfacctd", "pmacct"),
     ("prometheus", "prometheus"),
     ("promtool", "prometheus"),
+    ("vnstatd", "vnstat"),
 ];
 
 /// What the benchmarks run besides the test tools: the references they compare with.

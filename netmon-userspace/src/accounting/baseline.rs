@@ -22,6 +22,9 @@ pub struct Baseline {
 /// A [`Meter`]'s [`Baseline`], serialised straight from the meter: the same
 /// JSON without a copy of every pair in memory first.
 pub struct BaselineView<'a> {
+    /// The interface it counts (`IF`, or `NS:IF`); not written: the state
+    /// file lists baselines by their maps' instance.
+    pub iface: &'a str,
     /// The meter.
     pub meter: &'a Meter,
     /// The maps its values were read from.

@@ -65,7 +65,11 @@ fn key(src: u8, dst: u8, proto: u8, direction: Direction) -> PairKey {
 
 /// The baseline the state file gets: written through the view, read back.
 fn baseline_of(meter: &Meter) -> Baseline {
-    let view = BaselineView { meter, instance: 7 };
+    let view = BaselineView {
+        iface: "eth0",
+        meter,
+        instance: 7,
+    };
     serde_json::from_str(&serde_json::to_string(&view).unwrap()).unwrap()
 }
 

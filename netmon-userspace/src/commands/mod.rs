@@ -3,6 +3,7 @@
 pub mod analyze;
 pub mod block;
 pub mod config;
+pub mod history;
 pub mod manual;
 pub mod quota;
 pub mod report;

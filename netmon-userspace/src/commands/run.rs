@@ -42,9 +42,23 @@ pub struct RunArgs {
     /// The per-interval detail log (JSON Lines).
     #[arg(long, default_value = "netmon-detail.jsonl")]
     pub detail_log: PathBuf,
+    /// Start a new detail log once it holds this much (the old one becomes
+    /// NAME.1, NAME.2, …); 0 never rotates.
+    #[arg(long, default_value = "1GB", value_parser = parse_size)]
+    pub detail_log_max: u64,
+    /// Rotated detail logs kept.
+    #[arg(long, default_value_t = 3)]
+    pub detail_log_keep: u32,
+    /// Write no detail log (the history database keeps the usage per 5 minutes).
+    #[arg(long)]
+    pub no_detail_log: bool,
     /// Exact totals, CLI rules and quota usage [default: the log's name with .state.json].
     #[arg(long)]
     pub state: Option<PathBuf>,
+    /// The history database (SQLite): the record of the totals, and usage per
+    /// 5 minutes, hour, day and month [default: the log's name with .db].
+    #[arg(long)]
+    pub db: Option<PathBuf>,
     /// Hook for received traffic: native XDP on hardware NICs, TC ingress on
     /// virtual devices (auto), or one of them by name.
     #[arg(long, alias = "xdp-mode", value_enum, default_value_t = IngressHook::Auto)]
@@ -187,6 +201,13 @@ fn to_config(args: RunArgs, words: &[std::ffi::OsString]) -> anyhow::Result<daem
     Ok(daemon::Config {
         files: Files::new(&args.log, args.state.clone(), &args.detail_log),
         interfaces,
+        db: args.db.unwrap_or_else(|| args.log.with_extension("db")),
+        detail_log: (!args.no_detail_log).then_some((args.detail_log_max > 0).then_some(
+            crate::logs::detail::Rotation {
+                max: args.detail_log_max,
+                keep: args.detail_log_keep,
+            },
+        )),
         interval: args.interval,
         follow_symlinks: args.follow_symlinks,
         ingress: args.ingress,

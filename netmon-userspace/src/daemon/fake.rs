@@ -11,12 +11,19 @@ use std::{
 use jiff::Timestamp;
 use netmon_common::{policy::QuotaState, Counter, DirectionTotals, PairKey};
 
+use jiff::tz::TimeZone;
+
 use super::{
     clock::Clock,
     kernel::{Pairs, PolicyMaps},
+    sinks::Sink,
+    Daemon,
 };
 use crate::{
+    accounting::Meter,
     datapath::{DatapathError, PairReading, Snapshot},
+    enforcer::Enforcer,
+    logs::state::State,
     policy::compile::Tables,
 };
 
@@ -161,4 +168,32 @@ impl PolicyMaps for FakeKernel {
             .copied()
             .unwrap_or_default())
     }
+}
+
+/// A daemon on `kernel` with an empty policy, at `clock`, with `sinks`.
+pub fn daemon(
+    kernel: &FakeKernel,
+    clock: &FakeClock,
+    meter: Meter,
+    state: State,
+    sinks: Vec<Box<dyn Sink>>,
+) -> Daemon<FakeKernel, FakeClock> {
+    let mut enforcer =
+        Enforcer::new("eth0", None, state.policy.clone(), TimeZone::UTC).expect("no policy file");
+    let mut maps = kernel.clone();
+    enforcer
+        .apply(&mut maps, clock.now())
+        .expect("empty policy");
+    Daemon::new(
+        "eth0",
+        maps,
+        clock.clone(),
+        meter,
+        state,
+        7,
+        enforcer,
+        None,
+        Duration::from_secs(600),
+        sinks,
+    )
 }

@@ -14,7 +14,7 @@ pub mod sinks;
 mod start;
 
 #[cfg(test)]
-mod fake;
+pub(crate) mod fake;
 #[cfg(test)]
 mod tests;
 
@@ -361,6 +361,7 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
             .0
             .iter()
             .map(|w| BaselineView {
+                iface: &w.iface,
                 meter: &w.meter,
                 instance: w.instance,
             })

@@ -74,14 +74,16 @@ impl Sink for AlertSink {
 /// The detail log: one JSON line per interval, kept until written.
 pub struct DetailSink {
     path: std::path::PathBuf,
+    rotation: Option<logs::detail::Rotation>,
     pending: Vec<logs::detail::Interval>,
 }
 
 impl DetailSink {
-    /// Appends to `path`.
-    pub fn new(path: std::path::PathBuf) -> Self {
+    /// Appends to `path`, rotated by size with `rotation`.
+    pub fn new(path: std::path::PathBuf, rotation: Option<logs::detail::Rotation>) -> Self {
         DetailSink {
             path,
+            rotation,
             pending: Vec::new(),
         }
     }
@@ -99,7 +101,7 @@ impl Sink for DetailSink {
         // when it cannot be written now.
         let mut failed = None;
         while let Some(record) = self.pending.first() {
-            if let Err(e) = logs::detail::append(&self.path, record) {
+            if let Err(e) = logs::detail::append_rotated(&self.path, self.rotation, record) {
                 failed = Some(e);
                 break;
             }
@@ -107,7 +109,7 @@ impl Sink for DetailSink {
         }
         if let Some(record) = current {
             if failed.is_none() {
-                failed = logs::detail::append(&self.path, &record).err();
+                failed = logs::detail::append_rotated(&self.path, self.rotation, &record).err();
                 if failed.is_none() {
                     return Ok(());
                 }

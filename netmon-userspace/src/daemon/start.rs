@@ -79,6 +79,10 @@ pub struct Config {
     pub flow_export: Option<FlowExport>,
     /// The Prometheus endpoint (`--metrics`).
     pub metrics: Option<crate::metrics::Options>,
+    /// The history database, the record of the totals and their baseline.
+    pub db: PathBuf,
+    /// Write the detail log, rotated by size with this.
+    pub detail_log: Option<Option<crate::logs::detail::Rotation>>,
 }
 
 /// One interface of the configuration, its namespace open.
@@ -227,8 +231,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .map(|m| crate::metrics::serve(m.addr))
         .transpose()?;
     let files = config.files.clone().check(config.follow_symlinks)?;
+    let db = crate::logs::paths::check(&config.db, "--db", config.follow_symlinks)?;
     // With --reset-state the files are moved aside, below, once nothing can refuse.
-    let mut saved = if config.reset_state {
+    let saved = if config.reset_state {
         State::default()
     } else {
         files.load()?
@@ -245,10 +250,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("the policy cannot be enforced: {e}"))?;
     if config.reset_state {
         files.move_aside()?;
+        crate::history::Store::move_aside(&db)?;
     }
     // Fail now, before attaching, if the logs cannot be written. The rules go
     // to their own file from here on (state files of earlier versions held them).
     files.save_rules(&enforcer.persisted_rules())?;
+    // The store continues from the files the first time, and is the record after.
+    let mut history = crate::history::Store::open(&db, config.tz.clone(), Default::default())?;
+    let labels: Vec<&str> = targets.iter().map(|t| t.label.as_str()).collect();
+    let mut saved = history.continue_from(&labels, saved)?;
     saved.policy.runtime = Default::default();
     saved.policy.ids = Default::default();
     saved.policy.slots = Default::default();
@@ -293,12 +303,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
 
     let mut sinks: Vec<Box<dyn Sink>> = vec![
+        Box::new(crate::history::HistorySink::new(history)),
         Box::new(FilesSink::new(files.clone())),
         Box::new(AlertSink(Alerter {
             exec: config.alert_exec.clone(),
         })),
-        Box::new(DetailSink::new(files.detail.clone())),
     ];
+    if let Some(rotation) = config.detail_log {
+        sinks.push(Box::new(DetailSink::new(files.detail.clone(), rotation)));
+    }
     if !config.quiet {
         sinks.push(Box::new(ConsoleSink));
     }

@@ -9,10 +9,9 @@ use netmon_common::{policy::QuotaState, PairKey, PairKeyV4};
 
 use super::{
     clock::Clock as _,
-    fake::{FakeClock, FakeKernel},
+    fake::{daemon, FakeClock, FakeKernel},
     report::Report,
     sinks::{FilesSink, Sink},
-    Daemon,
 };
 use crate::{
     accounting::Meter,
@@ -86,34 +85,6 @@ impl Sink for Recorder {
             cause: std::io::Error::from_raw_os_error(libc::ENOSPC),
         })
     }
-}
-
-/// A daemon on `kernel` with an empty policy, at `clock`, with `sinks`.
-fn daemon(
-    kernel: &FakeKernel,
-    clock: &FakeClock,
-    meter: Meter,
-    state: State,
-    sinks: Vec<Box<dyn Sink>>,
-) -> Daemon<FakeKernel, FakeClock> {
-    let mut enforcer =
-        Enforcer::new("eth0", None, state.policy.clone(), TimeZone::UTC).expect("no policy file");
-    let mut maps = kernel.clone();
-    enforcer
-        .apply(&mut maps, clock.now())
-        .expect("empty policy");
-    Daemon::new(
-        "eth0",
-        maps,
-        clock.clone(),
-        meter,
-        state,
-        7,
-        enforcer,
-        None,
-        Duration::from_secs(600),
-        sinks,
-    )
 }
 
 fn recorder(name: &'static str, journal: &Journal) -> Box<dyn Sink> {

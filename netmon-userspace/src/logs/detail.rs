@@ -297,12 +297,92 @@ pub fn append(path: &Path, record: &impl Serialize) -> Result<(), LogError> {
     Ok(())
 }
 
+/// When the detail log is rotated: once it holds `max` bytes it becomes
+/// `NAME.1` (older ones move to `NAME.2` …), and the one past `keep` is removed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rotation {
+    /// Size that starts a new file.
+    pub max: u64,
+    /// Older files kept beside the current one.
+    pub keep: u32,
+}
+
+/// [`append`], first rotating `path` if it reached `rotation`'s size.
+pub fn append_rotated(
+    path: &Path,
+    rotation: Option<Rotation>,
+    record: &impl Serialize,
+) -> Result<(), LogError> {
+    if let Some(rotation) = rotation {
+        rotate_if_full(path, rotation)?;
+    }
+    append(path, record)
+}
+
+fn rotate_if_full(path: &Path, rotation: Rotation) -> Result<(), LogError> {
+    let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
+    let len = match std::fs::symlink_metadata(path) {
+        Ok(meta) => meta.len(),
+        Err(e) if gone(&e) => return Ok(()),
+        Err(cause) => return Err(super::paths::error(path, cause)),
+    };
+    if len < rotation.max {
+        return Ok(());
+    }
+    let numbered = |n: u32| {
+        let mut p = path.as_os_str().to_owned();
+        p.push(format!(".{n}"));
+        std::path::PathBuf::from(p)
+    };
+    let result = if rotation.keep == 0 {
+        std::fs::remove_file(path).map_err(|e| (path.to_path_buf(), e))
+    } else {
+        (1..=rotation.keep)
+            .rev()
+            .map(|n| {
+                (
+                    numbered(n),
+                    if n == 1 {
+                        path.to_path_buf()
+                    } else {
+                        numbered(n - 1)
+                    },
+                )
+            })
+            .try_for_each(|(to, from)| match std::fs::rename(&from, &to) {
+                Err(e) if !gone(&e) => Err((from, e)),
+                _ => Ok(()),
+            })
+    };
+    result.map_err(|(p, cause)| super::paths::error(&p, cause))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::accounting::PairDelta;
     use netmon_common::Counter;
     use netmon_common::PairKey;
+
+    #[test]
+    fn a_full_detail_log_is_rotated_and_the_oldest_past_keep_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.jsonl");
+        let rotation = Some(Rotation { max: 16, keep: 2 });
+        for n in 1..=7 {
+            // `{"n":N}` and a newline: 8 bytes, two lines to a file.
+            append_rotated(&path, rotation, &serde_json::json!({ "n": n })).unwrap();
+        }
+        let lines = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();
+        assert_eq!(lines("d.jsonl"), "{\"n\":7}\n");
+        assert_eq!(lines("d.jsonl.1"), "{\"n\":5}\n{\"n\":6}\n");
+        assert_eq!(lines("d.jsonl.2"), "{\"n\":3}\n{\"n\":4}\n");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            3,
+            "1 and 2 removed"
+        );
+    }
 
     #[test]
     fn a_queued_interval_writes_the_line_its_record_would() {

@@ -9,6 +9,7 @@ mod analyze;
 mod blocklist;
 mod cpu;
 mod flows;
+mod history;
 mod memory;
 mod metrics;
 mod per_packet;
@@ -30,6 +31,7 @@ const SECTIONS: &[&str] = &[
     "cpu",
     "throughput",
     "flows",
+    "history",
 ];
 
 /// How long the measurements run.
@@ -84,6 +86,7 @@ fn main() {
             "cpu" => cpu::run(scale),
             "throughput" => throughput::run(scale),
             "flows" => flows::run(scale),
+            "history" => history::run(scale),
             _ => unreachable!(),
         };
         for row in &got {

@@ -1,0 +1,121 @@
+//! `netmon history VIEW` and `netmon export log FILE`: reports and exports
+//! from the history store, read while the daemon writes it.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Args, Subcommand};
+use jiff::{civil::DateTime, tz::TimeZone, Timestamp};
+
+use crate::{
+    history::{
+        query::{By, Mode, Query, View},
+        Store,
+    },
+    logs::network_log,
+    report::Format,
+};
+
+/// Options of `netmon history`.
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// What to list.
+    #[arg(value_enum)]
+    pub view: View,
+    /// The history database [default: network_log.db, beside the default log].
+    #[arg(long, default_value = "network_log.db")]
+    pub db: PathBuf,
+    /// Only this interface (default: every interface, summed).
+    #[arg(long)]
+    pub iface: Option<String>,
+    /// From this moment: 2026-11-01, 2026-11-01 14:00 (the daemon's time zone), or RFC 3339.
+    #[arg(long)]
+    pub begin: Option<String>,
+    /// Up to this moment (excluded), written as --begin.
+    #[arg(long)]
+    pub end: Option<String>,
+    /// Rows per period by address pair, remote peer or L4 protocol.
+    #[arg(long, value_enum)]
+    pub by: Option<By>,
+    /// Rows per period with --by, and pairs for `top`.
+    #[arg(long, default_value_t = 10)]
+    pub top: usize,
+    /// The 95th percentile of the 5-minute rates between --begin and --end.
+    #[arg(long = "95th")]
+    pub percentile: bool,
+    /// Billing months start on this day (monthly).
+    #[arg(long, value_parser = clap::value_parser!(i8).range(1..=31))]
+    pub start_day: Option<i8>,
+    /// What is billed: in + out (sum), or the larger of in and out (max).
+    #[arg(long, value_enum, default_value_t = Mode::Sum)]
+    pub mode: Mode,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+/// Prints the report.
+pub fn run(args: &HistoryArgs) -> anyhow::Result<()> {
+    let store = Store::open_read(&args.db)?;
+    let tz = store.time_zone().clone();
+    let query = Query {
+        iface: args.iface.clone(),
+        begin: args.begin.as_deref().map(|t| moment(t, &tz)).transpose()?,
+        end: args.end.as_deref().map(|t| moment(t, &tz)).transpose()?,
+        by: args.by,
+        start_day: args.start_day,
+        mode: args.mode,
+        top: args.top,
+    };
+    let table = if args.percentile {
+        store.percentile_95(&query)?
+    } else {
+        store.history(args.view, &query)?
+    };
+    print!("{}", table.render(args.format));
+    Ok(())
+}
+
+/// A moment on the command line: a date or a date and time in the store's
+/// time zone, or an RFC 3339 time.
+fn moment(text: &str, tz: &TimeZone) -> anyhow::Result<Timestamp> {
+    if let Ok(t) = text.parse::<Timestamp>() {
+        return Ok(t);
+    }
+    let civil = text
+        .parse::<DateTime>()
+        .or_else(|_| text.parse::<jiff::civil::Date>().map(|d| d.to_datetime(jiff::civil::Time::midnight())))
+        .with_context(|| {
+            format!("'{text}' is not a moment; write 2026-11-01, 2026-11-01 14:00 or 2026-11-01T14:00:00Z")
+        })?;
+    Ok(civil.to_zoned(tz.clone())?.timestamp())
+}
+
+/// `netmon export`.
+#[derive(Debug, Subcommand)]
+pub enum ExportCommand {
+    /// Writes the store's exact totals as network_log.json (the old script's format).
+    Log {
+        /// The file to write (replaced atomically).
+        file: PathBuf,
+        /// The history database.
+        #[arg(long, default_value = "network_log.db")]
+        db: PathBuf,
+    },
+}
+
+/// Runs an export.
+pub fn export(command: &ExportCommand) -> anyhow::Result<()> {
+    match command {
+        ExportCommand::Log { file, db } => {
+            let ledger = Store::open_read(db)?.ledger()?;
+            network_log::write(file, &ledger)?;
+            eprintln!(
+                "wrote {} ({} pairs)",
+                file.display(),
+                ledger.pairs().count()
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,547 @@
+//! The database: its schema, one transaction per interval, the rollups of
+//! closed buckets and the retention.
+
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+use jiff::{tz::TimeZone, Timestamp};
+use netmon_common::{Counter, Direction, L4};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension as _};
+
+use super::{HistoryError, Level, Limits};
+use crate::{
+    accounting::{address_pair, Baseline, BaselineView, Ledger},
+    logs::{detail::IntervalRecord, state::State},
+};
+
+/// The layout this netmon writes; another is refused, never misread.
+const SCHEMA: i64 = 1;
+
+const CREATE: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+-- Exact totals per (source, destination) since the first run: the ledger
+-- behind network_log.json; the id is the order the log lists them in.
+CREATE TABLE IF NOT EXISTS pairs (
+    id INTEGER PRIMARY KEY,
+    src TEXT NOT NULL,
+    dst TEXT NOT NULL,
+    frames INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    UNIQUE (src, dst)
+);
+-- Per interface: the kernel counter values already in the totals (JSON).
+CREATE TABLE IF NOT EXISTS baselines (iface TEXT PRIMARY KEY, baseline TEXT NOT NULL);
+-- Interface totals per bucket, direction and class (all, or an L4
+-- protocol), never trimmed.
+CREATE TABLE IF NOT EXISTS totals (
+    level INTEGER NOT NULL,
+    bucket INTEGER NOT NULL,
+    iface TEXT NOT NULL,
+    direction INTEGER NOT NULL,
+    class TEXT NOT NULL,
+    frames INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    PRIMARY KEY (level, bucket, iface, direction, class)
+) WITHOUT ROWID;
+-- Delivered traffic per bucket, direction, IP protocol and pair (0: other).
+CREATE TABLE IF NOT EXISTS usage (
+    level INTEGER NOT NULL,
+    bucket INTEGER NOT NULL,
+    iface TEXT NOT NULL,
+    direction INTEGER NOT NULL,
+    proto INTEGER NOT NULL,
+    pair INTEGER NOT NULL,
+    frames INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    PRIMARY KEY (level, bucket, iface, direction, proto, pair)
+) WITHOUT ROWID;
+";
+
+/// An open history database.
+pub struct Store {
+    pub(super) conn: Connection,
+    pub(super) path: PathBuf,
+    /// Where days and months start.
+    pub(super) tz: TimeZone,
+    limits: Limits,
+}
+
+/// SQLite stores signed 64-bit integers; counters fit for 9 exabytes.
+fn int(n: u64) -> i64 {
+    n as i64
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path` for the daemon,
+    /// whose days and months start at midnight in `tz`. A file that is not
+    /// a netmon history database of this layout is refused, untouched.
+    pub fn open(path: &Path, tz: TimeZone, limits: Limits) -> Result<Store, HistoryError> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NOFOLLOW
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags).map_err(|e| sqlite(path, e))?;
+        let store = Store {
+            conn,
+            path: path.to_path_buf(),
+            tz,
+            limits,
+        };
+        store.check_schema()?;
+        let tz_name = store.tz.iana_name().unwrap_or("UTC").to_string();
+        store
+            .conn
+            // WAL: readers (`netmon history`) never block the daemon; FULL
+            // syncs each interval's commit, so a power cut loses none either.
+            .execute_batch(&format!(
+                "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;
+                 PRAGMA journal_size_limit = 4194304; {CREATE}
+                 INSERT OR IGNORE INTO meta VALUES ('schema', '{SCHEMA}');"
+            ))
+            .map_err(|e| store.error(e))?;
+        store
+            .conn
+            .execute(
+                "INSERT OR REPLACE INTO meta VALUES ('timezone', ?1)",
+                [tz_name],
+            )
+            .map_err(|e| store.error(e))?;
+        Ok(store)
+    }
+
+    /// Renames the database at `path`, if any, to `NAME.TIMESTAMP.bak`,
+    /// with its write-ahead log (which may hold the last transactions after
+    /// a crash) renamed alike so that the copy stays whole.
+    pub fn move_aside(path: &Path) -> Result<(), HistoryError> {
+        let stamp = Timestamp::now().strftime("%Y%m%dT%H%M%SZ").to_string();
+        let mut aside = path.as_os_str().to_owned();
+        aside.push(format!(".{stamp}.bak"));
+        for suffix in ["-wal", "-shm", ""] {
+            let with = |p: &std::ffi::OsStr| {
+                let mut p = p.to_owned();
+                p.push(suffix);
+                PathBuf::from(p)
+            };
+            let (from, to) = (with(path.as_os_str()), with(&aside));
+            match std::fs::rename(&from, &to) {
+                Ok(()) => log::info!("moved {} to {}", from.display(), to.display()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(cause) => return Err(HistoryError::MoveAside { path: from, cause }),
+            }
+        }
+        Ok(())
+    }
+
+    /// Opens the database read-only for reports, while the daemon may be
+    /// writing it; days and months as the daemon keeps them.
+    pub fn open_read(path: &Path) -> Result<Store, HistoryError> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_NOFOLLOW
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags).map_err(|e| sqlite(path, e))?;
+        let mut store = Store {
+            conn,
+            path: path.to_path_buf(),
+            tz: TimeZone::UTC,
+            limits: Limits::default(),
+        };
+        store.check_schema()?;
+        if store.meta("schema")?.is_none() {
+            return Err(store.foreign("it holds no netmon history yet".into()));
+        }
+        store.tz = match store.meta("timezone")? {
+            Some(name) => TimeZone::get(&name).unwrap_or_else(|_| TimeZone::system()),
+            None => TimeZone::system(),
+        };
+        Ok(store)
+    }
+
+    /// The time zone days and months start in.
+    pub fn time_zone(&self) -> &TimeZone {
+        &self.tz
+    }
+
+    fn check_schema(&self) -> Result<(), HistoryError> {
+        let tables: Vec<String> = self
+            .conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'table'")
+            .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+            .map_err(|e| match e {
+                rusqlite::Error::SqliteFailure(f, _)
+                    if f.code == rusqlite::ErrorCode::NotADatabase =>
+                {
+                    self.foreign("not an SQLite database".into())
+                }
+                e => self.error(e),
+            })?;
+        if tables.is_empty() {
+            return Ok(());
+        }
+        match self.meta("schema")? {
+            Some(v) if v == SCHEMA.to_string() => Ok(()),
+            Some(v) => Err(self.foreign(format!("layout {v}, this netmon writes {SCHEMA}"))),
+            None => Err(self.foreign("another program's tables".into())),
+        }
+    }
+
+    fn meta(&self, key: &str) -> Result<Option<String>, HistoryError> {
+        let has_meta: bool = self
+            .conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'meta'",
+                [],
+                |r| r.get::<_, i64>(0).map(|n| n > 0),
+            )
+            .map_err(|e| self.error(e))?;
+        if !has_meta {
+            return Ok(None);
+        }
+        self.conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()
+            .map_err(|e| self.error(e))
+    }
+
+    pub(super) fn error(&self, source: rusqlite::Error) -> HistoryError {
+        sqlite(&self.path, source)
+    }
+
+    fn foreign(&self, reason: String) -> HistoryError {
+        HistoryError::Foreign {
+            path: self.path.clone(),
+            reason,
+        }
+    }
+
+    fn malformed(&self, what: impl Into<String>) -> HistoryError {
+        HistoryError::Malformed {
+            path: self.path.clone(),
+            what: what.into(),
+        }
+    }
+
+    /// What the daemon on `ifaces` continues from. The first time, the store
+    /// takes over the totals and the baseline of `files` (the state file or
+    /// the old log), in one transaction; from then on, for a daemon on one
+    /// interface, the store is the record: its totals and its baseline for
+    /// the interface, which it wrote together, replace the files' (which may
+    /// lag behind it). The policy stays the files'. A daemon on several
+    /// interfaces continues from the files: its totals count traffic that
+    /// crossed two of them once, which the store's pair rows do not.
+    pub fn continue_from(&mut self, ifaces: &[&str], files: State) -> Result<State, HistoryError> {
+        let [iface] = ifaces else {
+            if self.meta("imported")?.is_none() {
+                self.import(None, &files)?;
+            }
+            return Ok(files);
+        };
+        let iface = *iface;
+        if self.meta("imported")?.is_none() {
+            self.import(Some(iface), &files)?;
+            return Ok(files);
+        }
+        let baseline = self
+            .conn
+            .query_row(
+                "SELECT baseline FROM baselines WHERE iface = ?1",
+                [iface],
+                |r| r.get::<_, String>(0),
+            )
+            .optional()
+            .map_err(|e| self.error(e))?
+            .map(|json| serde_json::from_str::<Baseline>(&json))
+            .transpose()
+            .map_err(|e| self.malformed(format!("the baseline of {iface} ({e})")))?;
+        Ok(State {
+            ledger: self.ledger()?,
+            baselines: baseline.into_iter().collect(),
+            ..files
+        })
+    }
+
+    fn import(&mut self, iface: Option<&str>, files: &State) -> Result<(), HistoryError> {
+        let tx = self.conn.transaction().map_err(|e| sqlite(&self.path, e))?;
+        {
+            let mut insert = tx
+                .prepare("INSERT INTO pairs (src, dst, frames, bytes) VALUES (?1, ?2, ?3, ?4)")
+                .map_err(|e| sqlite(&self.path, e))?;
+            for ((src, dst), c) in files.ledger.pairs() {
+                insert
+                    .execute(params![
+                        src.to_string(),
+                        dst.to_string(),
+                        int(c.frames),
+                        int(c.bytes)
+                    ])
+                    .map_err(|e| sqlite(&self.path, e))?;
+            }
+            // The baseline of a daemon on one interface; one on several
+            // continues from the files.
+            if let (Some(iface), [baseline]) = (iface, files.baselines.as_slice()) {
+                let json = serde_json::to_string(baseline).expect("a baseline serialises");
+                tx.execute(
+                    "INSERT INTO baselines VALUES (?1, ?2)",
+                    params![iface, json],
+                )
+                .map_err(|e| sqlite(&self.path, e))?;
+            }
+            tx.execute(
+                "INSERT INTO meta VALUES ('imported', ?1)",
+                [Timestamp::now().to_string()],
+            )
+            .map_err(|e| sqlite(&self.path, e))?;
+        }
+        tx.commit().map_err(|e| sqlite(&self.path, e))
+    }
+
+    /// The exact totals per address pair, in the order the log lists them.
+    pub fn ledger(&self) -> Result<Ledger, HistoryError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT src, dst, frames, bytes FROM pairs ORDER BY id")
+            .map_err(|e| self.error(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                ))
+            })
+            .map_err(|e| self.error(e))?;
+        let mut ledger = Ledger::default();
+        for row in rows {
+            let (src, dst, frames, bytes) = row.map_err(|e| self.error(e))?;
+            let (Ok(s), Ok(d)) = (src.parse::<IpAddr>(), dst.parse::<IpAddr>()) else {
+                return Err(self.malformed(format!("the pair ('{src}', '{dst}')")));
+            };
+            ledger.add(
+                (s, d),
+                Counter {
+                    frames: frames as u64,
+                    bytes: bytes as u64,
+                },
+            );
+        }
+        Ok(ledger)
+    }
+
+    /// Records intervals in one transaction, then the baselines they bring
+    /// the totals to (each under its interface): the pairs' totals, the interface totals at every level and the pairs' 5-minute
+    /// usage; closed 5-minute buckets are first rolled up and trimmed, and
+    /// buckets past their retention removed. Work and writes grow with the
+    /// pairs that carried traffic in the intervals (the baseline with the
+    /// pairs in the kernel's table).
+    pub fn record(
+        &mut self,
+        intervals: &[IntervalRecord<'_>],
+        baselines: &[BaselineView<'_>],
+    ) -> Result<(), HistoryError> {
+        let path = self.path.clone();
+        let e = |source| sqlite(&path, source);
+        let tx = self.conn.transaction().map_err(e)?;
+        for interval in intervals {
+            record_one(&tx, interval, &self.tz, &self.limits).map_err(e)?;
+        }
+        for baseline in baselines {
+            let json = serde_json::to_string(baseline).expect("a baseline serialises");
+            tx.execute(
+                "INSERT OR REPLACE INTO baselines VALUES (?1, ?2)",
+                params![baseline.iface, json],
+            )
+            .map_err(e)?;
+        }
+        tx.commit().map_err(e)
+    }
+}
+
+fn record_one(
+    tx: &rusqlite::Transaction<'_>,
+    interval: &IntervalRecord<'_>,
+    tz: &TimeZone,
+    limits: &Limits,
+) -> rusqlite::Result<()> {
+    let at = interval.start + interval.start.duration_until(interval.end) / 2;
+    let iface = interval.iface;
+    let rolled = rolled_until(tx)?;
+    // A clock stepped back counts into the open bucket.
+    let five = Level::FiveMin
+        .bucket(at, tz)
+        .max(rolled.unwrap_or(i64::MIN));
+    if rolled.is_some_and(|r| r < five) {
+        close_buckets(tx, rolled, five, tz, limits, at)?;
+    }
+    if rolled != Some(five) {
+        tx.execute(
+            "INSERT OR REPLACE INTO meta VALUES ('rolled_until', ?1)",
+            [five.to_string()],
+        )?;
+    }
+    let mut pair_total = tx.prepare_cached(
+        "INSERT INTO pairs (src, dst, frames, bytes) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (src, dst) DO UPDATE SET
+            frames = frames + excluded.frames, bytes = bytes + excluded.bytes
+         RETURNING id",
+    )?;
+    let mut usage = tx.prepare_cached(ADD_USAGE)?;
+    for delta in interval.usage.pairs.iter().filter(|d| !d.counter.is_zero()) {
+        let (src, dst) = address_pair(&delta.key);
+        let (frames, bytes) = (int(delta.counter.frames), int(delta.counter.bytes));
+        let id: i64 = pair_total.query_row(
+            params![src.to_string(), dst.to_string(), frames, bytes],
+            |r| r.get(0),
+        )?;
+        usage.execute(params![
+            Level::FiveMin as i64,
+            five,
+            iface,
+            delta.key.direction,
+            delta.key.proto,
+            id,
+            frames,
+            bytes
+        ])?;
+    }
+    let mut total = tx.prepare_cached(
+        "INSERT INTO totals VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+         ON CONFLICT DO UPDATE SET
+            frames = frames + excluded.frames, bytes = bytes + excluded.bytes",
+    )?;
+    for level in Level::ALL {
+        let bucket = if level == Level::FiveMin {
+            five
+        } else {
+            level.bucket(at, tz)
+        };
+        for direction in Direction::ALL {
+            let t = &interval.usage.totals[direction as usize];
+            let classes = [("all", t.all), ("dropped", t.dropped)]
+                .into_iter()
+                .chain(L4::ALL.map(|p| (p.name(), t.l4[p as usize])));
+            for (class, c) in classes.filter(|(_, c)| !c.is_zero()) {
+                total.execute(params![
+                    level as i64,
+                    bucket,
+                    iface,
+                    direction as u8,
+                    class,
+                    int(c.frames),
+                    int(c.bytes)
+                ])?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The first 5-minute bucket not rolled up yet: the open one.
+pub(super) fn rolled_until(conn: &Connection) -> rusqlite::Result<Option<i64>> {
+    Ok(conn
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'rolled_until'",
+            [],
+            |r| r.get::<_, String>(0),
+        )
+        .optional()?
+        .and_then(|v| v.parse().ok()))
+}
+
+const ADD_USAGE: &str = "INSERT INTO usage VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+     ON CONFLICT DO UPDATE SET frames = frames + excluded.frames, bytes = bytes + excluded.bytes";
+
+fn sqlite(path: &Path, cause: rusqlite::Error) -> HistoryError {
+    HistoryError::Sqlite {
+        path: path.to_path_buf(),
+        cause,
+    }
+}
+
+/// Rolls every 5-minute bucket before `open` up into its hour, day and
+/// month, trimming each bucket that closes to its top pairs; then removes
+/// what is past its retention at `now`.
+fn close_buckets(
+    tx: &rusqlite::Transaction<'_>,
+    rolled: Option<i64>,
+    open: i64,
+    tz: &TimeZone,
+    limits: &Limits,
+    now: Timestamp,
+) -> rusqlite::Result<()> {
+    // Buckets before `rolled` were rolled up when they closed.
+    let closed: Vec<i64> = tx
+        .prepare_cached(
+            "SELECT DISTINCT bucket FROM usage WHERE level = 0 AND bucket >= ?1 AND bucket < ?2",
+        )?
+        .query_map([rolled.unwrap_or(i64::MIN), open], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let at = |secs: i64| Timestamp::from_second(secs).unwrap_or_default();
+    for five in closed
+        .into_iter()
+        .filter(|b| rolled.is_none_or(|r| *b >= r))
+    {
+        trim(tx, Level::FiveMin, five, limits.top[0])?;
+        for level in [Level::Hour, Level::Day, Level::Month] {
+            let bucket = level.bucket(at(five), tz);
+            tx.execute(
+                "INSERT INTO usage
+                 SELECT ?1, ?2, iface, direction, proto, pair, frames, bytes
+                 FROM usage WHERE level = 0 AND bucket = ?3 AND true
+                 ON CONFLICT DO UPDATE SET
+                    frames = frames + excluded.frames, bytes = bytes + excluded.bytes",
+                params![level as i64, bucket, five],
+            )?;
+            if level.bucket(at(open), tz) != bucket {
+                trim(tx, level, bucket, limits.top[level as usize])?;
+            }
+        }
+    }
+    for level in Level::ALL {
+        let Some(keep) = limits.keep[level as usize] else {
+            continue;
+        };
+        let cutoff = now.as_second() - keep.as_secs() as i64;
+        for table in ["usage", "totals"] {
+            tx.execute(
+                &format!("DELETE FROM {table} WHERE level = ?1 AND bucket < ?2"),
+                params![level as i64, cutoff],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Keeps the `top` pairs of a bucket (per interface, by bytes) and sums the
+/// rest into `other` per direction and protocol, so the totals stay exact.
+fn trim(
+    tx: &rusqlite::Transaction<'_>,
+    level: Level,
+    bucket: i64,
+    top: usize,
+) -> rusqlite::Result<()> {
+    const RANKED: &str = "SELECT *, row_number() OVER (
+            PARTITION BY iface ORDER BY bytes DESC, direction, proto, pair) AS rank
+        FROM usage WHERE level = ?1 AND bucket = ?2 AND pair <> 0";
+    let args = params![level as i64, bucket, top as i64];
+    tx.execute(
+        &format!(
+            "INSERT INTO usage
+             SELECT level, bucket, iface, direction, proto, 0, sum(frames), sum(bytes)
+             FROM ({RANKED}) WHERE rank > ?3 GROUP BY iface, direction, proto
+             ON CONFLICT DO UPDATE SET
+                frames = frames + excluded.frames, bytes = bytes + excluded.bytes"
+        ),
+        args,
+    )?;
+    tx.execute(
+        &format!(
+            "DELETE FROM usage WHERE level = ?1 AND bucket = ?2
+             AND (iface, direction, proto, pair) IN (
+                SELECT iface, direction, proto, pair FROM ({RANKED}) WHERE rank > ?3)"
+        ),
+        args,
+    )?;
+    Ok(())
+}

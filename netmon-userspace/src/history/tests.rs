@@ -1,0 +1,403 @@
+//! The store under whole polls with a fake kernel and clock: exactly once
+//! across a crash, a simulated year of intervals against the retention and
+//! the trimming, the import of the old files, the reports' arithmetic.
+
+use std::{path::Path, time::Duration};
+
+use jiff::{tz::TimeZone, Timestamp};
+use netmon_common::{Counter, PairKey, PairKeyV4};
+
+use super::{
+    query::{By, Mode, Query, View},
+    HistoryError, HistorySink, Level, Limits, Store,
+};
+use crate::{
+    accounting::{Ledger, Meter},
+    daemon::{
+        clock::Clock as _,
+        fake::{daemon, FakeClock, FakeKernel},
+        sinks::Sink,
+    },
+    logs::{network_log, state::State},
+    report::{Cell, Format},
+};
+
+const A: [u8; 4] = [10, 200, 0, 1];
+
+/// Peer `n`'s address, 10.200.1.n.
+fn peer(n: u8) -> [u8; 4] {
+    [10, 200, 1, n]
+}
+
+/// A UDP pair's key: received from `src` (direction 0) or sent to it (1).
+fn key(src: [u8; 4], dst: [u8; 4], direction: u8) -> PairKey {
+    PairKeyV4 {
+        src,
+        dst,
+        proto: 17,
+        direction,
+        ..Default::default()
+    }
+    .widen()
+}
+
+/// Counts `frames` and `bytes` more on a pair and in the interface totals.
+fn send(kernel: &FakeKernel, key: PairKey, frames: u64, bytes: u64) {
+    let before = kernel
+        .0
+        .borrow()
+        .pairs
+        .get(&key)
+        .map(|r| r.counter)
+        .unwrap_or_default();
+    kernel.count(key, before.frames + frames, before.bytes + bytes);
+    let mut maps = kernel.0.borrow_mut();
+    let total = &mut maps.totals[key.direction as usize];
+    let c = Counter { frames, bytes };
+    total.all = total.all.plus(c);
+    total.l3[0] = total.l3[0].plus(c);
+    total.l4[1] = total.l4[1].plus(c);
+}
+
+/// The store at `path` as the daemon continues from it, and a daemon
+/// writing to it from that point.
+fn start(
+    path: &Path,
+    kernel: &FakeKernel,
+    clock: &FakeClock,
+    limits: Limits,
+) -> crate::daemon::Daemon<FakeKernel, FakeClock> {
+    let mut store = Store::open(path, TimeZone::UTC, limits).unwrap();
+    let saved = store.continue_from(&["eth0"], State::default()).unwrap();
+    let meter = saved
+        .baselines
+        .first()
+        .map_or_else(Meter::default, |b| Meter::from_baseline(b).unwrap());
+    let sinks: Vec<Box<dyn Sink>> = vec![Box::new(HistorySink::new(store))];
+    daemon(
+        kernel,
+        clock,
+        meter,
+        State {
+            baselines: Vec::new(),
+            ..saved
+        },
+        sinks,
+    )
+}
+
+fn ints(table: &crate::report::Table, column: &str) -> Vec<u64> {
+    let i = table.columns.iter().position(|c| *c == column).unwrap();
+    table
+        .rows
+        .iter()
+        .map(|r| match &r[i] {
+            Cell::Int(n) => *n,
+            other => panic!("{other:?}"),
+        })
+        .collect()
+}
+
+fn texts(table: &crate::report::Table, column: &str) -> Vec<String> {
+    let i = table.columns.iter().position(|c| *c == column).unwrap();
+    table
+        .rows
+        .iter()
+        .map(|r| match &r[i] {
+            Cell::Text(s) => s.clone(),
+            other => panic!("{other:?}"),
+        })
+        .collect()
+}
+
+#[test]
+fn a_crash_after_any_interval_continues_from_the_store_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("h.db");
+    let (kernel, clock) = (FakeKernel::default(), FakeClock::at("2026-11-30T12:00:00Z"));
+    let mut first = start(&db, &kernel, &clock, Limits::default());
+    send(&kernel, key(peer(1), A, 0), 10, 1000);
+    clock.advance(Duration::from_secs(10));
+    first.poll().unwrap();
+    drop(first); // a crash after the poll: the maps count on
+    send(&kernel, key(peer(1), A, 0), 2, 300);
+    send(&kernel, key(A, peer(1), 1), 1, 70);
+
+    let mut second = start(&db, &kernel, &clock, Limits::default());
+    clock.advance(Duration::from_secs(10));
+    second.poll().unwrap();
+    drop(second);
+
+    let store = Store::open_read(&db).unwrap();
+    let ledger = store.ledger().unwrap();
+    let (a, p) = (A.into(), peer(1).into());
+    assert_eq!(
+        ledger.get(&(p, a)),
+        Some(Counter {
+            frames: 12,
+            bytes: 1300
+        })
+    );
+    assert_eq!(
+        ledger.get(&(a, p)),
+        Some(Counter {
+            frames: 1,
+            bytes: 70
+        })
+    );
+    let hourly = store.history(View::Hourly, &Query::default()).unwrap();
+    assert_eq!(texts(&hourly, "start"), ["2026-11-30 12:00"]);
+    assert_eq!(
+        (ints(&hourly, "in"), ints(&hourly, "out")),
+        (vec![1300], vec![70])
+    );
+    let by_pair = store
+        .history(
+            View::FiveMin,
+            &Query {
+                by: Some(By::Peer),
+                top: 10,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(texts(&by_pair, "peer"), ["10.200.1.1"]);
+    assert_eq!(ints(&by_pair, "total"), [1370]);
+}
+
+#[test]
+fn a_simulated_year_keeps_each_level_for_its_retention_with_exact_totals() {
+    // tmpfs: a year of commits, each synced, would take minutes on a disk.
+    let dir = tempfile::tempdir_in("/dev/shm").unwrap();
+    let db = dir.path().join("h.db");
+    let (kernel, clock) = (FakeKernel::default(), FakeClock::at("2025-12-01T00:00:00Z"));
+    let limits = Limits {
+        top: [2, 3, 4, 5],
+        ..Limits::default()
+    };
+    let mut daemon = start(&db, &kernel, &clock, limits.clone());
+    // One interval every 2 hours for a year, each peer with its own size
+    // (every peer every time: the fake kernel's slots are not reused).
+    let (step, intervals) = (7200u64, 365 * 12u64);
+    let mut sent = 0u64;
+    for i in 0..intervals {
+        for n in 1..=12u8 {
+            // The largest peers change with each interval.
+            let bytes = 100 * ((u64::from(n) + i) % 12 + 1) + i % 7;
+            send(&kernel, key(peer(n), A, 0), 1, bytes);
+            sent += bytes;
+        }
+        clock.advance(Duration::from_secs(step));
+        daemon.poll().unwrap();
+    }
+    // The last poll rolled up everything before its own 5-minute bucket.
+    drop(daemon);
+    let end = clock.now();
+    let store = Store::open_read(&db).unwrap();
+    assert_eq!(store.ledger().unwrap().total().bytes, sent);
+
+    let conn = &store.conn;
+    for level in Level::ALL {
+        let buckets: Vec<i64> = conn
+            .prepare("SELECT DISTINCT bucket FROM totals WHERE level = ?1 ORDER BY bucket")
+            .unwrap()
+            .query_map([level as i64], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        // The last interval ran the retention at its midpoint.
+        let now = end.as_second() - step as i64 / 2;
+        let cutoff = limits.keep[level as usize].map_or(i64::MIN, |k| now - k.as_secs() as i64);
+        // Every bucket that had traffic and started after the cutoff, and no other.
+        let mut expected: Vec<i64> = (0..intervals)
+            .map(|i| {
+                let mid = Timestamp::from_second(
+                    "2025-12-01T00:00:00Z"
+                        .parse::<Timestamp>()
+                        .unwrap()
+                        .as_second()
+                        + (i * step + step / 2) as i64,
+                )
+                .unwrap();
+                level.bucket(mid, &TimeZone::UTC)
+            })
+            .filter(|b| *b >= cutoff)
+            .collect();
+        expected.dedup();
+        assert_eq!(buckets, expected, "{level:?}");
+        // Pairs: at most the top of each closed bucket plus `other`; with
+        // the open 5-minute bucket (not rolled up yet), the same bytes as
+        // the interface totals.
+        let open = Level::FiveMin.bucket(Timestamp::from_second(now).unwrap(), &TimeZone::UTC);
+        let worst: i64 = conn
+            .query_row(
+                "SELECT ifnull(max(n), 0) FROM (SELECT count(*) AS n FROM usage
+                 WHERE level = ?1 AND pair <> 0 AND bucket < ?2 GROUP BY bucket)",
+                [
+                    level as i64,
+                    level.bucket(Timestamp::from_second(now).unwrap(), &TimeZone::UTC),
+                ],
+                |r| r.get(0),
+            )
+            .unwrap();
+        // A 5-minute bucket holds one interval here, an hour one 5-minute
+        // bucket: days and months gather more pairs than they keep.
+        let top = limits.top[level as usize];
+        match level {
+            Level::FiveMin | Level::Hour => assert_eq!(worst, 2, "{level:?}"),
+            Level::Day | Level::Month => assert_eq!(worst as usize, top, "{level:?}"),
+        }
+        let (pairs, totals): (i64, i64) = conn
+            .query_row(
+                "SELECT (SELECT sum(bytes) FROM usage WHERE level = ?1)
+                        + (SELECT ifnull(sum(bytes), 0) FROM usage WHERE ?1 > 0 AND level = 0 AND bucket >= ?2),
+                        (SELECT sum(bytes) FROM totals WHERE level = ?1 AND class = 'all')",
+                [level as i64, open],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(pairs, totals, "{level:?}");
+    }
+    // Monthly is kept for ever: all of the year's traffic.
+    let monthly = store.history(View::Monthly, &Query::default()).unwrap();
+    assert_eq!(monthly.rows.len(), 12);
+    assert_eq!(ints(&monthly, "in").iter().sum::<u64>(), sent);
+    let months = ints(&monthly, "total");
+    let yearly = store.history(View::Yearly, &Query::default()).unwrap();
+    assert_eq!(texts(&yearly, "start"), ["2025", "2026"]);
+    assert_eq!(
+        ints(&yearly, "total"),
+        [months[0], months[1..].iter().sum()]
+    );
+}
+
+#[test]
+fn the_old_files_are_imported_once_with_identical_totals() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("h.db");
+    let log = "{\"('10.0.0.2', '10.0.0.1')\": 1.5, \"('fd00::1', '10.0.0.1')\": 0.06, \"total_k_bytes\": 1.56}";
+    let ledger = network_log::parse(Path::new("log"), log).unwrap();
+    let files = State {
+        ledger: Ledger::from_pairs(
+            ledger
+                .pairs()
+                .map(|(pair, c)| (pair, Counter { frames: 3, ..c })),
+        ),
+        ..Default::default()
+    };
+    let mut store = Store::open(&db, TimeZone::UTC, Limits::default()).unwrap();
+    let first = store.continue_from(&["eth0"], files.clone()).unwrap();
+    assert_eq!(first, files);
+    // From then on the store is the record, whatever the files say.
+    let second = store.continue_from(&["eth0"], State::default()).unwrap();
+    assert_eq!(second.ledger, files.ledger);
+    drop(store);
+    let exported = Store::open_read(&db).unwrap().ledger().unwrap();
+    assert_eq!(
+        network_log::render(&exported),
+        network_log::render(&files.ledger)
+    );
+}
+
+#[test]
+fn a_file_that_is_not_a_history_database_is_refused_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("notes.db");
+    std::fs::write(
+        &text,
+        "not a database at all, but long enough to have a header......",
+    )
+    .unwrap();
+    let err = Store::open(&text, TimeZone::UTC, Limits::default())
+        .err()
+        .unwrap();
+    assert!(matches!(err, HistoryError::Foreign { .. }), "{err}");
+    assert!(err.to_string().contains("--reset-state"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(&text).unwrap(),
+        "not a database at all, but long enough to have a header......"
+    );
+    let other = dir.path().join("other.db");
+    rusqlite::Connection::open(&other)
+        .unwrap()
+        .execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1);")
+        .unwrap();
+    let err = Store::open(&other, TimeZone::UTC, Limits::default())
+        .err()
+        .unwrap();
+    assert!(
+        err.to_string().contains("another program's tables"),
+        "{err}"
+    );
+}
+
+#[test]
+fn billing_months_percentiles_and_breakdowns_add_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("h.db");
+    let (kernel, clock) = (FakeKernel::default(), FakeClock::at("2026-10-14T23:50:00Z"));
+    let mut daemon = start(&db, &kernel, &clock, Limits::default());
+    // 20 five-minute intervals from 23:50 on the 14th: 10 before the 15th,
+    // 10 after; sample k carries k kB in and 1 kB out.
+    for k in 1..=20u64 {
+        send(&kernel, key(peer(1), A, 0), 1, k * 1000);
+        send(&kernel, key(A, peer(2), 1), 1, 1000);
+        clock.advance(Duration::from_secs(300));
+        daemon.poll().unwrap();
+    }
+    drop(daemon);
+    let store = Store::open_read(&db).unwrap();
+    // Billing months from the 15th (the first sample ends at 23:55 on the 14th).
+    let q = Query {
+        start_day: Some(15),
+        mode: Mode::Max,
+        ..Default::default()
+    };
+    let months = store.history(View::Monthly, &q).unwrap();
+    assert_eq!(texts(&months, "start"), ["2026-09-15", "2026-10-15"]);
+    let early: u64 = (1..=2).sum::<u64>() * 1000;
+    let late: u64 = (3..=20).sum::<u64>() * 1000;
+    assert_eq!(ints(&months, "in"), [early, late]);
+    assert_eq!(ints(&months, "billed"), [early.max(2000), late.max(18_000)]);
+    // The 95th percentile by nearest rank: the 19th of 20 sorted samples.
+    let p95 = store.percentile_95(&q).unwrap();
+    assert_eq!(
+        p95.rows[0],
+        vec![
+            Cell::Int(20),
+            Cell::Float((19_000 * 8) as f64 / 300.0),
+            Cell::Float((1000 * 8) as f64 / 300.0),
+            Cell::Float((19_000 * 8) as f64 / 300.0),
+        ]
+    );
+    let by_protocol = store
+        .history(
+            View::Daily,
+            &Query {
+                by: Some(By::Protocol),
+                top: 5,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(texts(&by_protocol, "protocol"), ["udp", "udp"]);
+    let top = store
+        .history(
+            View::Top,
+            &Query {
+                top: 1,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(texts(&top, "pair"), ["10.200.1.1 -> 10.200.0.1"]);
+    assert_eq!(ints(&top, "in"), [(1..=20).sum::<u64>() * 1000]);
+    let csv = store
+        .history(View::Daily, &Query::default())
+        .unwrap()
+        .render(Format::Csv);
+    assert!(
+        csv.starts_with("start,in,out,total,rate_bps\n2026-10-14,"),
+        "{csv}"
+    );
+}

@@ -1,0 +1,321 @@
+//! The history store on a real interface: a SIGKILL in the middle of its
+//! writes loses nothing and counts nothing twice, and its interface totals
+//! per hour and day equal vnStat's, watching the same veth.
+
+use std::{
+    io::{BufRead, BufReader},
+    net::IpAddr,
+    path::Path,
+    process::{Child, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use anyhow::{bail, Context as _, Result};
+use netmon::history::Store;
+use netmon_common::Counter;
+use netmon_tests::{
+    capture::{self, Capture, Way},
+    daemon::{cli, Netmon},
+    mounts::TempMount,
+    scenario::raw,
+    traffic::frame_len,
+    Flow, Host, TestNet,
+};
+
+fn v4(ip: std::net::Ipv4Addr) -> IpAddr {
+    IpAddr::V4(ip)
+}
+
+/// Bytes received and sent per period, as `netmon history VIEW --format json` prints them.
+fn netmon_history(db: &Path, view: &str, iface: &str) -> Result<Vec<(String, u64, u64)>> {
+    let out = cli(&[
+        "history",
+        view,
+        "--db",
+        &db.to_string_lossy(),
+        "--iface",
+        iface,
+        "--format",
+        "json",
+    ])?;
+    if !out.status.success() {
+        bail!("netmon history: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout)?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            (
+                r["start"].as_str().unwrap_or_default().to_string(),
+                r["in"].as_u64().unwrap_or_default(),
+                r["out"].as_u64().unwrap_or_default(),
+            )
+        })
+        .collect())
+}
+
+#[test]
+fn sigkill_every_5_seconds_the_store_holds_exactly_what_was_sent() -> Result<()> {
+    let bpffs = TempMount::bpffs()?;
+    let net = TestNet::create()?;
+    let dir = tempfile::tempdir()?;
+    let (a, b) = (&net.a, &net.b);
+    let inbound_cap = Capture::start(a, Way::In, &dir.path().join("in.pcap"))?;
+    let outbound_cap = Capture::start(a, Way::Out, &dir.path().join("out.pcap"))?;
+    let start = || {
+        Netmon::on(a)
+            .logs_in(dir.path())
+            .bpffs(&bpffs)
+            .interval("200ms")
+            .start()
+    };
+    let mut netmon = start()?;
+    let inbound = Flow::udp(b, a)
+        .port(7900)
+        .stream(1000, Duration::from_secs(20));
+    let outbound = Flow::udp(a, b)
+        .port(7901)
+        .stream(300, Duration::from_secs(20));
+    for _ in 0..4 {
+        std::thread::sleep(Duration::from_secs(5));
+        netmon.kill()?;
+        netmon = start()?;
+    }
+    let (sent_in, received_in) = inbound.join().unwrap()?;
+    let (sent_out, received_out) = outbound.join().unwrap()?;
+    std::thread::sleep(Duration::from_millis(300));
+    let (frames_in, frames_out) = (inbound_cap.stop()?, outbound_cap.stop()?);
+    netmon.stop()?;
+    assert_eq!(
+        (received_in, received_out),
+        (sent_in, sent_out),
+        "the veth lost nothing"
+    );
+
+    let db = dir.path().join("network_log.db");
+    let totals = Store::open_read(&db)?.ledger()?;
+    let sent = |n: usize, size| Counter {
+        frames: n as u64,
+        bytes: n as u64 * frame_len(v4(a.ipv4), size),
+    };
+    let seen = |frames: &[capture::Frame], src: IpAddr| {
+        capture::per_flow(frames)
+            .iter()
+            .filter(|((s, _, p), _)| *s == raw(src) && *p == 17)
+            .fold(Counter::default(), |acc, (_, c)| acc.plus(*c))
+    };
+    assert_eq!(
+        seen(&frames_in, v4(b.ipv4)),
+        sent(sent_in, 1000),
+        "tcpdump in = what b sent"
+    );
+    assert_eq!(
+        seen(&frames_out, v4(a.ipv4)),
+        sent(sent_out, 300),
+        "tcpdump out = what a sent"
+    );
+    assert_eq!(
+        totals.get(&(v4(b.ipv4), v4(a.ipv4))),
+        Some(sent(sent_in, 1000)),
+        "b → a"
+    );
+    assert_eq!(
+        totals.get(&(v4(a.ipv4), v4(b.ipv4))),
+        Some(sent(sent_out, 300)),
+        "a → b"
+    );
+    // The interface's UDP totals (another table, never trimmed) equal every
+    // UDP frame tcpdump captured each way.
+    let udp = |frames: &[capture::Frame]| {
+        capture::per_flow(frames)
+            .iter()
+            .filter(|((_, _, p), _)| *p == 17)
+            .map(|(_, c)| c.bytes)
+            .sum::<u64>()
+    };
+    let out = cli(&[
+        "history",
+        "daily",
+        "--by",
+        "protocol",
+        "--db",
+        &db.to_string_lossy(),
+        "--iface",
+        &a.iface,
+        "--format",
+        "json",
+    ])?;
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout)?;
+    let udp_rows: Vec<_> = rows.iter().filter(|r| r["protocol"] == "udp").collect();
+    let sum = |k: &str| udp_rows.iter().map(|r| r[k].as_u64().unwrap()).sum::<u64>();
+    assert_eq!((sum("in"), sum("out")), (udp(&frames_in), udp(&frames_out)));
+    // The export is the log the daemon wrote at its stop, byte for byte.
+    let export = dir.path().join("export.json");
+    let out = cli(&[
+        "export",
+        "log",
+        &export.to_string_lossy(),
+        "--db",
+        &db.to_string_lossy(),
+    ])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read(&export)?,
+        std::fs::read(dir.path().join("network_log.json"))?
+    );
+    Ok(())
+}
+
+/// vnstatd in a test namespace, with its database in a temp dir; killed when dropped.
+struct Vnstat {
+    child: Child,
+    config: std::path::PathBuf,
+}
+
+impl Vnstat {
+    /// Starts vnstatd on `host`'s namespace and waits until it watches the interface.
+    fn start(host: &Host, dir: &Path) -> Result<Vnstat> {
+        let db = dir.join("vnstat");
+        std::fs::create_dir_all(&db)?;
+        let config = dir.join("vnstat.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "DatabaseDir \"{}\"\nUseLogging 0\nUpdateInterval 2\nPollInterval 2\nSaveInterval 1\n\
+                 BandwidthDetection 0\nMaxBandwidth 0\nCheckDiskSpace 0\nTrafficlessEntries 0\n",
+                db.display()
+            ),
+        )?;
+        let mut child = host
+            .command("vnstatd")
+            .args(["-n", "--config", &config.to_string_lossy()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting vnstatd")?;
+        let (send, lines) = mpsc::channel();
+        for out in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let send = send.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                    let _ = send.send(line);
+                }
+            });
+        }
+        let vnstat = Vnstat { child, config };
+        let mut said = Vec::new();
+        loop {
+            match lines.recv_timeout(Duration::from_secs(10)) {
+                Ok(line) if line.contains("Monitoring") && line.contains(&host.iface) => break,
+                Ok(line) => said.push(line),
+                Err(_) => bail!("vnstatd did not start monitoring {}: {said:?}", host.iface),
+            }
+        }
+        Ok(vnstat)
+    }
+
+    /// Stops it (SIGTERM: it reads the counters once more and saves) and
+    /// returns `vnstat --json` for the interface.
+    fn stop(mut self, iface: &str) -> Result<serde_json::Value> {
+        // SAFETY: signalling our own child (`ip netns exec` execs vnstatd in place).
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.child.wait()?;
+        let out = std::process::Command::new("vnstat")
+            .args([
+                "--config",
+                &self.config.to_string_lossy(),
+                "--json",
+                "-i",
+                iface,
+            ])
+            .output()?;
+        if !out.status.success() {
+            bail!("vnstat --json: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        Ok(json["interfaces"][0]["traffic"].clone())
+    }
+}
+
+impl Drop for Vnstat {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// vnStat's entries of one kind (`hour`, `day`) as netmon labels periods, without empty ones.
+fn vnstat_periods(traffic: &serde_json::Value, kind: &str) -> Vec<(String, u64, u64)> {
+    traffic[kind]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["rx"].as_u64() != Some(0) || e["tx"].as_u64() != Some(0))
+        .map(|e| {
+            let (d, t) = (&e["date"], &e["time"]);
+            let date = format!(
+                "{:04}-{:02}-{:02}",
+                d["year"].as_u64().unwrap_or_default(),
+                d["month"].as_u64().unwrap_or_default(),
+                d["day"].as_u64().unwrap_or_default()
+            );
+            let label = match kind {
+                "hour" => format!("{date} {:02}:00", t["hour"].as_u64().unwrap_or_default()),
+                _ => date,
+            };
+            (
+                label,
+                e["rx"].as_u64().unwrap_or_default(),
+                e["tx"].as_u64().unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn interface_totals_per_hour_and_day_equal_vnstats() -> Result<()> {
+    let net = TestNet::create()?;
+    let dir = tempfile::tempdir()?;
+    let (a, b) = (&net.a, &net.b);
+    // The kernel's own reports of a new link (MLD) go out within its first
+    // seconds: before both watchers, not between them.
+    std::thread::sleep(Duration::from_secs(3));
+    let netmon = Netmon::on(a).logs_in(dir.path()).start()?;
+    let vnstat = Vnstat::start(a, dir.path())?;
+    Flow::udp(b, a).port(7910).sizes(&[1200; 300]).send()?;
+    Flow::udp(a, b).port(7911).sizes(&[400; 200]).send()?;
+    Flow::tcp(b, a).port(7912).bytes(300_000).send()?;
+    // vnStat reads the interface's counters (/proc/net/dev) every 2 s and
+    // keeps what it read at its stop; netmon stops after it, so both saw
+    // every frame in between. A loaded machine delays its reads: a few.
+    std::thread::sleep(Duration::from_secs(7));
+    let traffic = vnstat.stop(&a.iface)?;
+    netmon.stop()?;
+    let db = dir.path().join("network_log.db");
+    let days = netmon_history(&db, "daily", &a.iface)?;
+    let vn_days = vnstat_periods(&traffic, "day");
+    assert_eq!(days, vn_days, "per day: netmon = vnStat ({traffic})");
+    assert!(
+        days.iter().all(|d| d.1 > 300 * 1200 && d.2 > 200 * 400),
+        "{days:?}"
+    );
+    // Unless the test ran across the hour (then each splits the interval
+    // around the hour at its own read), hours alike.
+    let hours = netmon_history(&db, "hourly", &a.iface)?;
+    if hours.len() == 1 {
+        assert_eq!(
+            hours,
+            vnstat_periods(&traffic, "hour"),
+            "per hour: netmon = vnStat"
+        );
+    }
+    Ok(())
+}
