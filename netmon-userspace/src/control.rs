@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     enforcer::{QuotaView, RuleView},
+    live::LiveSnapshot,
     policy::{Quota, Rule},
 };
 
@@ -59,6 +60,8 @@ pub enum Request {
     },
     /// List quotas.
     Quotas,
+    /// The datapath's cumulative counters now, for `netmon top`.
+    Live,
 }
 
 /// The daemon's answer: `{"ok": …}` or `{"error": "…"}`.
@@ -117,6 +120,11 @@ pub enum Answer {
     Quotas {
         /// With their usage.
         quotas: Vec<QuotaView>,
+    },
+    /// The counters now.
+    Live {
+        /// Of the daemon's interface.
+        snapshot: Box<LiveSnapshot>,
     },
 }
 
@@ -472,6 +480,20 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("start day 40"));
+    }
+
+    #[test]
+    fn a_live_request_takes_no_arguments() {
+        assert!(matches!(
+            parse_strict(br#"{"request":"live"}"#),
+            Ok(Request::Live)
+        ));
+        assert_eq!(
+            parse_strict(br#"{"request":"live","pairs":100}"#)
+                .unwrap_err()
+                .to_string(),
+            "unknown field 'pairs'"
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod datapath;
 pub mod enforcer;
 #[cfg(any(test, feature = "test-hooks"))]
 pub mod fuzzing;
+pub mod live;
 pub mod logs;
 pub mod policy;
 pub mod privileges;

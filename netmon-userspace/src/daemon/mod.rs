@@ -18,16 +18,17 @@ mod fake;
 #[cfg(test)]
 mod tests;
 
-use std::time::Duration;
+use std::{collections::VecDeque, time::Duration};
 
 use jiff::Timestamp;
 
 use crate::{
     accounting::{BaselineView, IntervalUsage, Meter},
-    alerts::UsageAlarm,
+    alerts::{AlertEvent, UsageAlarm},
     control::{Answer, Request, Response},
     datapath::DatapathError,
     enforcer::Enforcer,
+    live::{LiveSnapshot, RECENT_ALERTS},
     logs::state::State,
 };
 use clock::Clock;
@@ -80,6 +81,8 @@ pub struct Daemon<K, C> {
     idle_timeout: Duration,
     interval_start: Mark,
     sinks: Vec<Box<dyn Sink>>,
+    /// The latest alerts, for `netmon top`'s policy view.
+    recent_alerts: VecDeque<AlertEvent>,
 }
 
 impl<K: Kernel, C: Clock> Daemon<K, C> {
@@ -111,6 +114,7 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
             idle_timeout,
             interval_start,
             sinks,
+            recent_alerts: VecDeque::new(),
         }
     }
 
@@ -138,6 +142,12 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
                 end.wall,
                 &self.iface,
             ));
+        }
+        for alert in &alerts {
+            if self.recent_alerts.len() == RECENT_ALERTS {
+                self.recent_alerts.pop_front();
+            }
+            self.recent_alerts.push_back(alert.clone());
         }
         let start = std::mem::replace(&mut self.interval_start, end);
         let report = IntervalReport {
@@ -227,6 +237,24 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
         }
     }
 
+    /// The counters now, read beside the poll: the meter and its baselines
+    /// are not touched, so the next interval accounts everything once.
+    fn live(&mut self) -> Result<LiveSnapshot, DaemonError> {
+        let mut pairs = Vec::new();
+        let mut reading = self.kernel.read(&mut |key, r| pairs.push((key, r)))?;
+        reading.pairs = pairs;
+        let now = Mark::now(&self.clock);
+        Ok(LiveSnapshot::new(
+            &self.iface,
+            now.wall,
+            now.monotonic_ns,
+            reading,
+            self.enforcer.rules(&self.kernel)?,
+            self.enforcer.quotas(&self.kernel, now.wall)?,
+            &self.recent_alerts,
+        ))
+    }
+
     /// Answers one CLI request; a change is written to the files at once.
     pub fn handle(&mut self, request: Request) -> Response {
         let now = self.clock.now();
@@ -273,6 +301,15 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
             Request::Quotas => enforcer
                 .quotas(maps, now)
                 .map(|quotas| Answer::Quotas { quotas }),
+            // A read only: nothing for the files.
+            Request::Live => {
+                return match self.live() {
+                    Ok(snapshot) => Response::Ok(Answer::Live {
+                        snapshot: Box::new(snapshot),
+                    }),
+                    Err(e) => Response::Error(format!("reading the counters: {e}")),
+                }
+            }
         };
         self.deliver(None);
         match result {
