@@ -35,6 +35,8 @@ enum Command {
     Analyze(commands::analyze::AnalyzeArgs),
     /// Reports from a detail log: hierarchy, io, conversations, top.
     Report(commands::report::ReportArgs),
+    /// Live view of a running daemon: interfaces, conversations, protocols, policy.
+    Top(commands::top::TopArgs),
 }
 
 fn main() -> ExitCode {
@@ -59,6 +61,7 @@ fn main() -> ExitCode {
         Command::Quota(command) => commands::quota::run(&command),
         Command::Analyze(args) => commands::analyze::run(&args),
         Command::Report(args) => commands::report::run(&args),
+        Command::Top(args) => commands::top::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -114,13 +114,16 @@ fn llvm_packages(llvm: u32) -> Vec<String> {
 }
 
 /// The tools the kernel tests and the demo run: (command, Debian package).
-const TEST_TOOLS: [(&str, &str); 6] = [
+const TEST_TOOLS: [(&str, &str); 8] = [
     ("ip", "iproute2"),
     ("sysctl", "procps"),
     ("setpriv", "util-linux"),
     ("tcpdump", "tcpdump"),
     ("ethtool", "ethtool"),
     ("tshark", "tshark"),
+    // `netmon top` runs in a terminal the tests read, and names come from a real DNS server.
+    ("tmux", "tmux"),
+    ("dnsmasq", "dnsmasq-base"),
 ];
 
 /// What the benchmarks run besides the test tools: the references they compare with.
