@@ -16,6 +16,7 @@ pub mod enforcer;
 pub mod fuzzing;
 pub mod live;
 pub mod logs;
+pub mod names;
 pub mod policy;
 pub mod privileges;
 pub mod random;

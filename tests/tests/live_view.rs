@@ -435,3 +435,259 @@ fn the_view_shows_each_conversation_at_its_rate_and_follows_keys_and_resizes() -
     }
     Ok(())
 }
+
+/// A DNS query for `name` (type `qtype`: 1 A, 28 AAAA).
+fn query(id: u16, name: &str, qtype: u16) -> Vec<u8> {
+    let mut m = vec![
+        (id >> 8) as u8,
+        id as u8,
+        0x01,
+        0x00,
+        0,
+        1,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+    ];
+    for label in name.split('.') {
+        m.push(label.len() as u8);
+        m.extend(label.as_bytes());
+    }
+    m.extend([0, (qtype >> 8) as u8, qtype as u8, 0, 1]);
+    m
+}
+
+/// True for a response without error carrying one answer or more.
+fn answered(response: &[u8], id: u16) -> bool {
+    response.len() > 12
+        && response[..2] == id.to_be_bytes()
+        && response[2] & 0x80 != 0
+        && response[3] & 0x0f == 0
+        && u16::from_be_bytes([response[6], response[7]]) > 0
+}
+
+/// Asks dnsmasq at `server` over UDP from `host` until it answers (it may
+/// still be starting).
+fn ask_udp(host: &Host, server: IpAddr, id: u16, name: &str, qtype: u16) -> Result<()> {
+    let (name, local) = (name.to_string(), host.ipv4);
+    host.run(move || -> Result<()> {
+        let socket = UdpSocket::bind((local, 0))?;
+        socket.set_read_timeout(Some(Duration::from_millis(200)))?;
+        let mut buf = [0u8; 1500];
+        for _ in 0..50 {
+            socket.send_to(&query(id, &name, qtype), (server, 53))?;
+            if let Ok(n) = socket.recv(&mut buf) {
+                ensure!(answered(&buf[..n], id), "dnsmasq's answer: {:?}", &buf[..n]);
+                return Ok(());
+            }
+        }
+        bail!("dnsmasq did not answer {name}")
+    })?
+}
+
+/// Asks over TCP: one message with its two-byte length each way.
+fn ask_tcp(host: &Host, server: IpAddr, id: u16, name: &str) -> Result<()> {
+    use std::io::{Read, Write};
+    let name = name.to_string();
+    host.run(move || -> Result<()> {
+        let mut stream = std::net::TcpStream::connect((server, 53))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let q = query(id, &name, 1);
+        let mut out = (q.len() as u16).to_be_bytes().to_vec();
+        out.extend(q);
+        stream.write_all(&out)?;
+        let mut len = [0u8; 2];
+        stream.read_exact(&mut len)?;
+        let mut response = vec![0u8; u16::from_be_bytes(len) as usize];
+        stream.read_exact(&mut response)?;
+        ensure!(
+            answered(&response, id),
+            "dnsmasq's TCP answer: {response:?}"
+        );
+        Ok(())
+    })?
+}
+
+/// dnsmasq on `host`'s address, answering `names` ((name, address)) with a
+/// TTL of 300 s and nothing else; killed on drop.
+struct Dnsmasq(std::process::Child);
+
+impl Dnsmasq {
+    fn start(host: &Host, dir: &Path, names: &[(&str, IpAddr)]) -> Result<Dnsmasq> {
+        let mut command = host.command("dnsmasq");
+        command.args([
+            "--no-daemon",
+            "--port=53",
+            &format!("--listen-address={}", host.ipv4),
+            "--bind-interfaces",
+            "--no-resolv",
+            "--no-hosts",
+            "--conf-file=/dev/null",
+            "--user=root",
+            // Its own names' TTL (0 by default: not to be kept at all).
+            "--local-ttl=300",
+            &format!("--pid-file={}", dir.join("dnsmasq.pid").display()),
+        ]);
+        for (name, address) in names {
+            command.arg(format!("--address=/{name}/{address}"));
+        }
+        let child = command
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("starting dnsmasq (apt install dnsmasq-base)")?;
+        Ok(Dnsmasq(child))
+    }
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A DNS response header from `id` with one question and one answer claimed.
+fn response_header(id: u16) -> Vec<u8> {
+    vec![
+        (id >> 8) as u8,
+        id as u8,
+        0x81,
+        0x80,
+        0,
+        1,
+        0,
+        1,
+        0,
+        0,
+        0,
+        0,
+    ]
+}
+
+#[test]
+fn names_dnsmasq_answered_show_in_the_view_and_bad_answers_are_counted_and_ignored() -> Result<()> {
+    let net = TestNet::create()?;
+    let (a, b) = (&net.a, &net.b);
+    // Jumbo frames on the test's own veth pair, so that one DNS frame can
+    // be longer than the datapath passes on.
+    for host in [a, b] {
+        let status = Command::new("ip")
+            .args(["-n", &host.netns, "link", "set", &host.iface, "mtu", "9000"])
+            .status()?;
+        ensure!(status.success(), "setting the MTU");
+    }
+    let dir = tempfile::tempdir()?;
+    let _netmon = Netmon::on(a).logs_in(dir.path()).start()?;
+    let (b_alt, b_alt6, a_alt) = (
+        IpAddr::from(b.ipv4_alt),
+        IpAddr::from(b.ipv6_alt),
+        IpAddr::from(a.ipv4_alt),
+    );
+    let _dnsmasq = Dnsmasq::start(
+        b,
+        dir.path(),
+        &[
+            ("name.test", b_alt),
+            ("name.test", b_alt6),
+            ("tcp.test", a_alt),
+        ],
+    )?;
+    let server = IpAddr::from(b.ipv4);
+    ask_udp(a, server, 1, "name.test", 1)?;
+    ask_udp(a, server, 2, "name.test", 28)?;
+    ask_tcp(a, server, 3, "tcp.test")?;
+    // Traffic to the name's address.
+    Flow::udp(a, b)
+        .to(b.ipv4_alt)
+        .port(9002)
+        .sizes(&[400; 5])
+        .send()?;
+
+    // From b's second address, port 53: a message cut short, one whose
+    // question's name points at itself, and one longer than passed on.
+    let to = IpAddr::from(a.ipv4);
+    b.run(move || -> Result<()> {
+        let socket = UdpSocket::bind((b_alt, 53))?;
+        let mut cut = response_header(10);
+        cut.extend([4, b'n', b'a']);
+        socket.send_to(&cut, (to, 5353))?;
+        let mut looping = response_header(11);
+        looping.extend([0xc0, 12, 0, 1, 0, 1]);
+        socket.send_to(&looping, (to, 5353))?;
+        let mut long = response_header(12);
+        long.resize(3000, 0);
+        socket.send_to(&long, (to, 5353))?;
+        Ok(())
+    })??;
+    std::thread::sleep(Duration::from_millis(300));
+
+    let snapshot = once_json(&a.iface, dir.path())?;
+    let names: Vec<(String, String)> = snapshot["names"]
+        .as_array()
+        .context("names")?
+        .iter()
+        .map(|n| {
+            let ttl = n["ttl_s"].as_u64().unwrap();
+            assert!(
+                (295..=300).contains(&ttl),
+                "the answer's TTL, counting down: {n}"
+            );
+            (
+                n["address"].as_str().unwrap().to_string(),
+                n["name"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let mut expected = vec![
+        (b_alt.to_string(), "name.test".to_string()),
+        (b_alt6.to_string(), "name.test".to_string()),
+        (a_alt.to_string(), "tcp.test".to_string()),
+    ];
+    expected.sort();
+    let mut names = names;
+    names.sort();
+    assert_eq!(names, expected, "{}", snapshot["dns"]);
+    let dns = &snapshot["dns"];
+    let count = |field: &str| dns[field].as_u64().unwrap();
+    assert_eq!(
+        (count("answers"), count("learnt")),
+        (3, 3),
+        "three answers, an address each: {dns}"
+    );
+    assert_eq!(
+        (count("truncated"), count("malformed"), count("oversized")),
+        (1, 1, 1),
+        "{dns}"
+    );
+    assert_eq!((count("limited"), count("lost")), (0, 0), "{dns}");
+    assert_eq!(
+        count("passed"),
+        count("answers") + count("empty") + 3,
+        "every frame from port 53 accounted for: {dns}"
+    );
+
+    // The view shows the name, and the address once names are off.
+    let tmux = Tmux::start(
+        &as_user(&a.iface, dir.path(), &format!("top --iface {}", a.iface))?,
+        120,
+        40,
+    )?;
+    let conversation_with = |host: String| {
+        move |s: &[String]| {
+            s.iter()
+                .any(|l| l.contains(" => ") && l.split_whitespace().nth(2) == Some(host.as_str()))
+        }
+    };
+    tmux.wait_for("the name", conversation_with("name.test".into()))?;
+    tmux.keys(&["n"])?;
+    tmux.wait_for("the address", conversation_with(b_alt.to_string()))?;
+    tmux.keys(&["q"])?;
+    tmux.wait_for("netmon's exit", |s| {
+        s.iter().any(|l| l.contains("netmon exited 0"))
+    })?;
+    Ok(())
+}

@@ -30,6 +30,7 @@ use crate::{
     enforcer::Enforcer,
     live::{LiveSnapshot, RECENT_ALERTS},
     logs::state::State,
+    names::Listener,
 };
 use clock::Clock;
 use kernel::Kernel;
@@ -83,6 +84,8 @@ pub struct Daemon<K, C> {
     sinks: Vec<Box<dyn Sink>>,
     /// The latest alerts, for `netmon top`'s policy view.
     recent_alerts: VecDeque<AlertEvent>,
+    /// Names from DNS answers, for `netmon top`.
+    names: Option<Listener>,
 }
 
 impl<K: Kernel, C: Clock> Daemon<K, C> {
@@ -115,7 +118,13 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
             interval_start,
             sinks,
             recent_alerts: VecDeque::new(),
+            names: None,
         }
+    }
+
+    /// Learns names from the DNS answers `listener` reads.
+    pub fn learn_names(&mut self, listener: Listener) {
+        self.names = Some(listener);
     }
 
     /// One interval: reads the counters, accounts the interval, retires idle
@@ -244,7 +253,7 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
         let mut reading = self.kernel.read(&mut |key, r| pairs.push((key, r)))?;
         reading.pairs = pairs;
         let now = Mark::now(&self.clock);
-        Ok(LiveSnapshot::new(
+        let mut snapshot = LiveSnapshot::new(
             &self.iface,
             now.wall,
             now.monotonic_ns,
@@ -252,7 +261,11 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
             self.enforcer.rules(&self.kernel)?,
             self.enforcer.quotas(&self.kernel, now.wall)?,
             &self.recent_alerts,
-        ))
+        );
+        if let Some(names) = &self.names {
+            (snapshot.names, snapshot.dns) = names.snapshot(now.monotonic_ns);
+        }
+        Ok(snapshot)
     }
 
     /// Answers one CLI request; a change is written to the files at once.

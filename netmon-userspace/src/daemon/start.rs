@@ -137,6 +137,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             return Err(e);
         }
     };
+    // Names are a help, not the job: without them netmon counts on.
+    let names = crate::names::Listener::start(&mut kernel.datapath)
+        .map_err(|e| log::warn!("no names from DNS answers: {e}"))
+        .ok();
     // Everything that needs more than CAP_BPF is done.
     crate::privileges::drop_after_attach()?;
     let datapath = &kernel.datapath;
@@ -187,6 +191,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.idle_timeout,
         sinks,
     );
+    if let Some(names) = names {
+        daemon.learn_names(names);
+    }
     let mut ticker = tokio::time::interval(config.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;

@@ -260,7 +260,7 @@ fn interfaces(frame: &mut Frame<'_>, area: Rect, live: &Live, view: &View) {
         return;
     };
     let [text, spark_in, spark_out] = Layout::vertical([
-        Constraint::Length(4),
+        Constraint::Length(5),
         Constraint::Length(5),
         Constraint::Length(5),
     ])
@@ -295,6 +295,19 @@ fn interfaces(frame: &mut Frame<'_>, area: Rect, live: &Live, view: &View) {
             snapshot.table.pairs,
             snapshot.table.capacity,
             super::view::human(dropped as f64, "B")
+        )),
+        Line::from(format!(
+            "names {} · DNS answers read {}, ignored {} (oversized {}, cut short {}, \
+             unreadable {}), held back {} (rate limit {}, ring full {})",
+            snapshot.names.len(),
+            snapshot.dns.answers,
+            snapshot.dns.oversized + snapshot.dns.truncated + snapshot.dns.malformed,
+            snapshot.dns.oversized,
+            snapshot.dns.truncated,
+            snapshot.dns.malformed,
+            snapshot.dns.limited + snapshot.dns.lost,
+            snapshot.dns.limited,
+            snapshot.dns.lost,
         )),
     ];
     frame.render_widget(Paragraph::new(lines), text);

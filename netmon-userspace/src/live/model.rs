@@ -104,6 +104,11 @@ impl Live {
                 .iter()
                 .map(|q| (q.name.clone(), [q.used, 0])),
         );
+        self.names = snapshot
+            .names
+            .iter()
+            .map(|n| (n.address, n.name.clone()))
+            .collect();
         self.snapshot = Some(snapshot);
     }
 

@@ -13,6 +13,7 @@ use crate::{
     datapath::Snapshot,
     enforcer::{QuotaView, RuleView},
     logs::detail::{self, PairRecord, ProtocolRecord, TableRecord},
+    names::{DnsCounts, NameRecord},
 };
 
 /// The version of [`LiveSnapshot`]'s layout, for scripts that read
@@ -48,6 +49,12 @@ pub struct LiveSnapshot {
     pub quotas: Vec<QuotaView>,
     /// The latest alerts, oldest first.
     pub alerts: Vec<AlertEvent>,
+    /// Names learnt from DNS answers, by address.
+    #[serde(default)]
+    pub names: Vec<NameRecord>,
+    /// What became of DNS answers.
+    #[serde(default)]
+    pub dns: DnsCounts,
 }
 
 impl LiveSnapshot {
@@ -92,6 +99,8 @@ impl LiveSnapshot {
             rules,
             quotas,
             alerts: alerts.iter().cloned().collect(),
+            names: Vec::new(),
+            dns: DnsCounts::default(),
         }
     }
 }
