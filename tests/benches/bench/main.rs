@@ -8,6 +8,7 @@
 mod analyze;
 mod blocklist;
 mod cpu;
+mod live;
 mod memory;
 mod per_packet;
 mod readout;
@@ -18,7 +19,7 @@ mod workload;
 use report::Row;
 
 /// Every section, in the order they run.
-const SECTIONS: [&str; 7] = [
+const SECTIONS: [&str; 8] = [
     "per-packet",
     "readout",
     "blocklist",
@@ -26,6 +27,7 @@ const SECTIONS: [&str; 7] = [
     "analyze",
     "cpu",
     "throughput",
+    "live",
 ];
 
 /// How long the measurements run.
@@ -78,6 +80,7 @@ fn main() {
             "analyze" => analyze::run(scale),
             "cpu" => cpu::run(scale),
             "throughput" => throughput::run(scale),
+            "live" => live::run(scale),
             _ => unreachable!(),
         };
         for row in &got {
