@@ -10,6 +10,11 @@ pub const DNS_STATS_MAP: &str = "DNS_STATS";
 /// Per-CPU array of one `u64`: the rate limit's theoretical arrival time.
 pub const DNS_PACE_MAP: &str = "DNS_PACE";
 
+/// Global set at load: 1 where XDP can copy frames (`bpf_xdp_load_bytes`,
+/// Linux 5.18), else 0, and the XDP hook passes no answers on (the branch
+/// is then dead code the verifier never checks).
+pub const DNS_FROM_XDP_GLOBAL: &str = "DNS_FROM_XDP";
+
 /// The port DNS answers come from.
 pub const DNS_PORT: u16 = 53;
 /// Bytes of a frame an event carries: headers and a message of up to the

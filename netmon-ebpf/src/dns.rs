@@ -6,6 +6,7 @@
 use aya_ebpf::{
     helpers::{bpf_ktime_get_ns, bpf_skb_load_bytes, bpf_xdp_load_bytes},
     programs::{TcContext, XdpContext},
+    Global,
 };
 use netmon_common::{
     dns::{admit, DnsEvent, DnsStats, DNS_FRAME, DNS_PORT},
@@ -20,9 +21,17 @@ pub fn is_answer(class: &Classified) -> bool {
     matches!(class.ip, Some(ip) if ip.src_port == DNS_PORT)
 }
 
+/// Whether the XDP hook can copy frames, set at load (see
+/// `netmon_common::dns::DNS_FROM_XDP_GLOBAL`).
+#[unsafe(no_mangle)]
+static DNS_FROM_XDP: Global<u8> = Global::new(1);
+
 /// Passes an XDP frame on.
 #[inline(always)]
 pub fn pass_xdp(ctx: &XdpContext, len: usize) {
+    if DNS_FROM_XDP.load() == 0 {
+        return;
+    }
     pass(len, |buf, n| {
         // SAFETY: `buf` holds `n` <= DNS_FRAME bytes of the reserved event.
         unsafe { bpf_xdp_load_bytes(ctx.ctx, 0, buf.cast(), n) == 0 }
