@@ -1,7 +1,10 @@
 //! `netmon top`, the live view: the daemon's snapshot against what was sent
 //! and against its own detail log, the terminal view in tmux (rates, keys,
 //! resizes) run by a user who is not root, and hostnames from the answers
-//! of a real DNS server (dnsmasq) in the test network.
+//! of a real DNS server (dnsmasq) in the test network; first, the loaded
+//! programs' DNS path with BPF_PROG_TEST_RUN.
+
+mod common;
 
 use std::{
     net::{IpAddr, UdpSocket},
@@ -12,8 +15,98 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context as _, Result};
+use aya::maps::{PerCpuArray, RingBuf};
+use common::*;
+use netmon_common::dns::{DnsStats, BURST, DNS_EVENTS_MAP, DNS_STATS_MAP};
+use netmon_tests::frames::udp4;
 use netmon_tests::{daemon::binary, traffic::frame_len, Flow, Host, Netmon, TestNet};
 use serde_json::Value;
+
+/// A frame from `V4_DST`, port `sport`, to `V4_SRC` carrying `message`.
+fn frame_from_port(sport: u16, message: &[u8]) -> Vec<u8> {
+    let mut frame = udp4(V4_DST, V4_SRC, sport, 40000, message.len());
+    let start = frame.len() - message.len();
+    frame[start..].copy_from_slice(message);
+    frame
+}
+
+/// The answer to `name.test A` with 10.200.0.12, TTL 300.
+fn answer_message() -> Vec<u8> {
+    let mut m = response_header(7);
+    m.extend([
+        4, b'n', b'a', b'm', b'e', 4, b't', b'e', b's', b't', 0, 0, 1, 0, 1,
+    ]);
+    m.extend([0xc0, 12, 0, 1, 0, 1, 0, 0, 1, 44, 0, 4, 10, 200, 0, 12]);
+    m
+}
+
+/// The DNS path's counters, summed over CPUs.
+fn dns_stats(ebpf: &aya::Ebpf) -> DnsStats {
+    let stats: PerCpuArray<_, DnsStats> =
+        PerCpuArray::try_from(ebpf.map(DNS_STATS_MAP).unwrap()).unwrap();
+    stats
+        .get(&0, 0)
+        .unwrap()
+        .iter()
+        .fold(DnsStats::default(), |a, s| DnsStats {
+            passed: a.passed + s.passed,
+            limited: a.limited + s.limited,
+            lost: a.lost + s.lost,
+        })
+}
+
+#[test]
+fn both_hooks_pass_dns_answers_whole_and_nothing_else_and_keep_to_the_rate_limit() {
+    let mut ebpf = load();
+    let answer = frame_from_port(53, &answer_message());
+    let other = frame_from_port(54, &answer_message());
+    run_xdp(&mut ebpf, &other);
+    run_tc(&mut ebpf, &other, None);
+    run_xdp(&mut ebpf, &answer);
+    run_tc(&mut ebpf, &answer, None);
+    assert_eq!(
+        dns_stats(&ebpf),
+        DnsStats {
+            passed: 2,
+            limited: 0,
+            lost: 0
+        }
+    );
+    let mut ring = RingBuf::try_from(ebpf.take_map(DNS_EVENTS_MAP).unwrap()).unwrap();
+    let events: Vec<Vec<u8>> = std::iter::from_fn(|| ring.next().map(|e| e.to_vec())).collect();
+    assert_eq!(events.len(), 2, "one event per hook, none for port 54");
+    for event in &events {
+        let word = |at: usize| u32::from_ne_bytes(event[at..at + 4].try_into().unwrap());
+        assert_eq!(
+            (word(0), word(4)),
+            (answer.len() as u32, answer.len() as u32)
+        );
+        assert_eq!(&event[8..8 + answer.len()], &answer[..], "the frame, whole");
+        let learnt = netmon::names::read(&event[8..8 + answer.len()], word(0)).unwrap();
+        assert_eq!(learnt[0].name, "name.test");
+        assert_eq!(learnt[0].address.to_string(), "10.200.0.12");
+    }
+
+    // 300 answers at once on one CPU: the burst passes, the rest is held back.
+    let mut ebpf = load();
+    let prog: &mut aya::programs::Xdp =
+        netmon::datapath::program(&mut ebpf, netmon::datapath::INGRESS_PROGRAM).unwrap();
+    use aya::programs::{TestRun, TestRunOptions};
+    prog.test_run(TestRunOptions {
+        data_in: Some(&answer),
+        repeat: 300,
+        ..TestRunOptions::new()
+    })
+    .unwrap();
+    assert_eq!(
+        dns_stats(&ebpf),
+        DnsStats {
+            passed: BURST,
+            limited: 300 - BURST,
+            lost: 0
+        }
+    );
+}
 
 /// The user the view runs as: nobody, by number.
 const USER: &str = "65534";
