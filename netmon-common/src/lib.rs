@@ -6,6 +6,7 @@
 
 pub mod bench;
 pub mod classify;
+pub mod dns;
 pub mod maps;
 pub mod policy;
 pub mod service;

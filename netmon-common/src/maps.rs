@@ -475,6 +475,7 @@ mod pod {
     unsafe impl aya::Pod for super::PairStats {}
     unsafe impl aya::Pod for super::SlotKey {}
     unsafe impl aya::Pod for super::DirectionTotals {}
+    unsafe impl aya::Pod for crate::dns::DnsStats {}
     unsafe impl aya::Pod for super::Counter {}
 }
 

@@ -34,7 +34,7 @@ pub fn bench_flows_xdp(ctx: XdpContext) -> u32 {
         // SAFETY: bounds-checked above; the frame is ours to rewrite.
         unsafe { bench::step(start as *mut u8) };
     }
-    crate::ingress(&ctx)
+    crate::ingress::<true>(&ctx)
 }
 
 /// Benchmark: the egress program on a different flow each run (see `bench_flows_xdp`).
@@ -45,7 +45,20 @@ pub fn bench_flows_tc(ctx: TcContext) -> i32 {
         // SAFETY: as above; test-run skbs are linear and writable.
         unsafe { bench::step(start as *mut u8) };
     }
-    crate::egress(&ctx)
+    crate::egress::<true>(&ctx)
+}
+
+/// Benchmark: the ingress program without the DNS check, the reference its
+/// cost is measured against. Never attached by netmon.
+#[xdp]
+pub fn ingress_without_dns(ctx: XdpContext) -> u32 {
+    crate::ingress::<false>(&ctx)
+}
+
+/// Benchmark: the egress program without the DNS check. Never attached by netmon.
+#[classifier]
+pub fn egress_without_dns(ctx: TcContext) -> i32 {
+    crate::egress::<false>(&ctx)
 }
 
 // The minimal per-pair counter: the least any per-pair counter must do, as

@@ -10,6 +10,7 @@
 
 #[cfg(feature = "bench-programs")]
 mod bench;
+mod dns;
 mod frame;
 mod maps;
 mod record;
@@ -33,44 +34,52 @@ use crate::{
 /// buffer; the whole frame is counted.
 #[xdp(frags)]
 pub fn netmon_ingress(ctx: XdpContext) -> u32 {
-    ingress(&ctx)
+    ingress::<true>(&ctx)
 }
 
 /// Egress hook: drops what the policy blocks; otherwise returns "next" so
 /// that programs attached after it still run.
 #[classifier]
 pub fn netmon_egress(ctx: TcContext) -> i32 {
-    egress(&ctx)
+    egress::<true>(&ctx)
 }
 
 /// Ingress hook for `--ingress tc`: the egress logic, on received frames.
 /// Used where XDP costs more than it saves (virtual devices, GRO-heavy TCP).
 #[classifier]
 pub fn netmon_ingress_tc(ctx: TcContext) -> i32 {
-    record_tc(&ctx, Direction::Ingress)
+    record_tc::<true>(&ctx, Direction::Ingress)
 }
 
+/// `DNS`: whether DNS answers go to user space (the benchmarks measure the
+/// program without it too).
 #[inline(always)]
-fn ingress(ctx: &XdpContext) -> u32 {
+fn ingress<const DNS: bool>(ctx: &XdpContext) -> u32 {
     let frame = XdpFrame(ctx);
     // SAFETY: the context is the program's own xdp_md. The linear part alone
     // (data_end - data) would miss a multi-buffer frame's fragments.
     let len = unsafe { bpf_xdp_get_buff_len(ctx.ctx) };
-    match record::frame(ctx, Direction::Ingress, &classify(&frame), 1, len) {
-        Verdict::Pass => xdp_action::XDP_PASS,
+    let class = classify(&frame);
+    match record::frame(ctx, Direction::Ingress, &class, 1, len) {
+        Verdict::Pass => {
+            if DNS && dns::is_answer(&class) {
+                dns::pass_xdp(ctx, len as usize);
+            }
+            xdp_action::XDP_PASS
+        }
         Verdict::Drop => xdp_action::XDP_DROP,
     }
 }
 
 #[inline(always)]
-fn egress(ctx: &TcContext) -> i32 {
-    record_tc(ctx, Direction::Egress)
+fn egress<const DNS: bool>(ctx: &TcContext) -> i32 {
+    record_tc::<DNS>(ctx, Direction::Egress)
 }
 
 /// Counts and enforces one skb; a GSO/GRO super-packet counts as its wire
 /// segments. Passing returns "next", so that programs after netmon still run.
 #[inline(always)]
-fn record_tc(ctx: &TcContext, direction: Direction) -> i32 {
+fn record_tc<const DNS: bool>(ctx: &TcContext, direction: Direction) -> i32 {
     let frame = TcFrame(ctx);
     let class = classify(&frame);
     // SAFETY: the context points at a valid __sk_buff for the program's lifetime.
@@ -78,7 +87,12 @@ fn record_tc(ctx: &TcContext, direction: Direction) -> i32 {
     let header_len = class.ip.map_or(0, |ip| ip.header_len as u64);
     let (frames, bytes) = wire_cost(ctx.len() as u64, gso_segs, header_len);
     match record::frame(ctx, direction, &class, frames, bytes) {
-        Verdict::Pass => TC_ACT_UNSPEC,
+        Verdict::Pass => {
+            if DNS && dns::is_answer(&class) {
+                dns::pass_tc(ctx);
+            }
+            TC_ACT_UNSPEC
+        }
         Verdict::Drop => TC_ACT_SHOT,
     }
 }

@@ -2,9 +2,10 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{lpm_trie::LpmTrie, Array, HashMap, PerCpuArray, Queue},
+    maps::{lpm_trie::LpmTrie, Array, HashMap, PerCpuArray, Queue, RingBuf},
 };
 use netmon_common::{
+    dns::{DnsStats, DNS_RING_BYTES},
     maps::{cache_sets, CachedSlot, SlotKey, CACHE_WAYS, DEFAULT_MAX_PAIRS},
     policy::{PolicyState, QuotaState, RuleList, MAX_PREFIXES, MAX_RULES, MAX_RULE_LISTS},
     service::SERVICE_COUNTERS,
@@ -88,3 +89,18 @@ pub static QUOTAS: Array<QuotaState> = Array::with_max_entries(MAX_RULES, 0);
 /// Frames and bytes per (direction, family, TCP/UDP, service slot).
 #[map(name = "SERVICES")]
 pub static SERVICES: PerCpuArray<Counter> = PerCpuArray::with_max_entries(SERVICE_COUNTERS, 0);
+
+// DNS answers for user space's names (see `netmon_common::dns`). Not pinned:
+// each run reads its own programs' answers.
+
+/// The frames of DNS answers.
+#[map(name = "DNS_EVENTS")]
+pub static DNS_EVENTS: RingBuf = RingBuf::with_byte_size(DNS_RING_BYTES, 0);
+
+/// What became of DNS answers (entry 0).
+#[map(name = "DNS_STATS")]
+pub static DNS_STATS: PerCpuArray<DnsStats> = PerCpuArray::with_max_entries(1, 0);
+
+/// The rate limit's theoretical arrival time (entry 0).
+#[map(name = "DNS_PACE")]
+pub static DNS_PACE: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);

@@ -3,10 +3,10 @@
 
 use std::{io::Write, path::PathBuf, process::Stdio};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// What an alert is about.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AlertKind {
     /// A quota crossed one of its warn levels.
@@ -18,7 +18,7 @@ pub enum AlertKind {
 }
 
 /// One crossing of a warn level, a spent quota, or the usage threshold.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AlertEvent {
     /// What it is about (`quota_warning`, `quota_exhausted`, `usage_threshold`).
     pub event: AlertKind,

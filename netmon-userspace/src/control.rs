@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     enforcer::{QuotaView, RuleView},
+    live::LiveSnapshot,
     policy::{Quota, Rule},
 };
 
@@ -73,6 +74,8 @@ pub enum Request {
     },
     /// List quotas.
     Quotas,
+    /// The datapath's cumulative counters now, for `netmon top`.
+    Live,
 }
 
 impl Request {
@@ -80,7 +83,7 @@ impl Request {
     /// the socket group (see [`Access`]).
     pub fn changes_policy(&self) -> bool {
         match self {
-            Request::Rules | Request::Quotas => false,
+            Request::Rules | Request::Quotas | Request::Live => false,
             Request::AddRule { .. }
             | Request::RemoveRule { .. }
             | Request::SetQuota { .. }
@@ -146,6 +149,11 @@ pub enum Answer {
     Quotas {
         /// With their usage.
         quotas: Vec<QuotaView>,
+    },
+    /// The counters now.
+    Live {
+        /// Of the daemon's interface.
+        snapshot: Box<LiveSnapshot>,
     },
 }
 
@@ -636,6 +644,20 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("start day 40"));
+    }
+
+    #[test]
+    fn a_live_request_takes_no_arguments() {
+        assert!(matches!(
+            parse_strict(br#"{"request":"live"}"#),
+            Ok(Request::Live)
+        ));
+        assert_eq!(
+            parse_strict(br#"{"request":"live","pairs":100}"#)
+                .unwrap_err()
+                .to_string(),
+            "unknown field 'pairs'"
+        );
     }
 
     #[test]

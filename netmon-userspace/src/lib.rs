@@ -17,8 +17,10 @@ pub mod flows;
 #[cfg(any(test, feature = "test-hooks"))]
 pub mod fuzzing;
 pub mod history;
+pub mod live;
 pub mod logs;
 pub mod metrics;
+pub mod names;
 pub mod policy;
 pub mod privileges;
 pub mod random;

@@ -50,6 +50,8 @@ enum Command {
     /// Writes files from the history database.
     #[command(subcommand)]
     Export(commands::history::ExportCommand),
+    /// Live view of a running daemon: interfaces, conversations, protocols, policy.
+    Top(commands::top::TopArgs),
 }
 
 /// The command line as parsed: `run`'s options also from NETMON_* variables.
@@ -84,6 +86,7 @@ fn main() -> ExitCode {
         Command::Man => commands::manual::man(command()),
         Command::History(args) => commands::history::run(&args),
         Command::Export(command) => commands::history::export(&command),
+        Command::Top(args) => commands::top::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -68,11 +68,13 @@ fn ebpf_test_object() -> PathBuf {
 }
 
 /// The programs only the test object may carry (netmon-ebpf/src/bench.rs).
-const BENCH_PROGRAMS: [&str; 4] = [
+const BENCH_PROGRAMS: [&str; 6] = [
     "baseline_xdp",
     "baseline_tc",
     "bench_flows_xdp",
     "bench_flows_tc",
+    "ingress_without_dns",
+    "egress_without_dns",
 ];
 
 /// `cargo xtask build-ebpf`: the test object, then the product object.

@@ -132,6 +132,9 @@ const TEST_TOOLS: &[(&str, &str)] = &[
     ("prometheus", "prometheus"),
     ("promtool", "prometheus"),
     ("vnstatd", "vnstat"),
+    // `netmon top` runs in a terminal the tests read, and names come from a real DNS server.
+    ("tmux", "tmux"),
+    ("dnsmasq", "dnsmasq-base"),
 ];
 
 /// What the benchmarks run besides the test tools: the references they compare with.

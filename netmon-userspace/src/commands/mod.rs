@@ -9,3 +9,4 @@ pub mod quota;
 pub mod report;
 pub mod rules;
 pub mod run;
+pub mod top;

@@ -18,7 +18,7 @@ pub(crate) mod fake;
 #[cfg(test)]
 mod tests;
 
-use std::time::Duration;
+use std::{collections::VecDeque, time::Duration};
 
 use jiff::Timestamp;
 
@@ -26,11 +26,13 @@ use netmon_common::{policy::QuotaState, Counter};
 
 use crate::{
     accounting::{BaselineView, Forwarding, IntervalUsage, Meter, Seen},
-    alerts::UsageAlarm,
+    alerts::{AlertEvent, UsageAlarm},
     control::{Answer, Request, Response},
     datapath::DatapathError,
     enforcer::Enforcer,
+    live::{LiveSnapshot, RECENT_ALERTS},
     logs::state::State,
+    names::Listener,
 };
 use clock::Clock;
 use kernel::{Kernel, PolicyMaps};
@@ -150,6 +152,10 @@ pub struct Daemon<K, C> {
     forwarding: Forwarding,
     /// Interfaces that went away since [`Daemon::departed`] was last asked.
     departed: Vec<String>,
+    /// The latest alerts, for `netmon top`'s policy view.
+    recent_alerts: VecDeque<AlertEvent>,
+    /// Names from DNS answers, for `netmon top`.
+    names: Option<Listener>,
 }
 
 impl<K: Kernel, C: Clock> Daemon<K, C> {
@@ -180,9 +186,16 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
             sinks,
             forwarding: Forwarding::default(),
             departed: Vec::new(),
+            recent_alerts: VecDeque::new(),
+            names: None,
         };
         daemon.join(iface, kernel, meter, instance);
         daemon
+    }
+
+    /// Learns names from the DNS answers `listener` reads.
+    pub fn learn_names(&mut self, listener: Listener) {
+        self.names = Some(listener);
     }
 
     /// Writes the policy in force into every interface's maps (at start).
@@ -303,6 +316,12 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
                 &names.join(","),
             ));
         }
+        for alert in &alerts {
+            if self.recent_alerts.len() == RECENT_ALERTS {
+                self.recent_alerts.pop_front();
+            }
+            self.recent_alerts.push_back(alert.clone());
+        }
         let start = std::mem::replace(&mut self.interval_start, end);
         let rules = self.enforcer.rules(&self.interfaces).unwrap_or_else(|e| {
             log::warn!("reading the rules' counters: {e}");
@@ -398,6 +417,35 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
         }
     }
 
+    /// The counters now, read beside the poll: the meter and its baselines
+    /// are not touched, so the next interval accounts everything once.
+    fn live(&mut self) -> Result<LiveSnapshot, DaemonError> {
+        // The first interface present: the live view shows one interface.
+        let Some(watched) = self.interfaces.0.iter_mut().find(|w| w.present) else {
+            return Err(DaemonError::Datapath(DatapathError::NoInterface(
+                "none of the daemon's interfaces is present".into(),
+            )));
+        };
+        let mut pairs = Vec::new();
+        let mut reading = watched.kernel.read(&mut |key, r| pairs.push((key, r)))?;
+        reading.pairs = pairs;
+        let iface = watched.iface.clone();
+        let now = Mark::now(&self.clock);
+        let mut snapshot = LiveSnapshot::new(
+            &iface,
+            now.wall,
+            now.monotonic_ns,
+            reading,
+            self.enforcer.rules(&self.interfaces)?,
+            self.enforcer.quotas(&self.interfaces, now.wall)?,
+            &self.recent_alerts,
+        );
+        if let Some(names) = &self.names {
+            (snapshot.names, snapshot.dns) = names.snapshot(now.monotonic_ns);
+        }
+        Ok(snapshot)
+    }
+
     /// Answers one CLI request; a change is written to the files at once.
     pub fn handle(&mut self, request: Request) -> Response {
         let now = self.clock.now();
@@ -444,6 +492,15 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
             Request::Quotas => enforcer
                 .quotas(maps, now)
                 .map(|quotas| Answer::Quotas { quotas }),
+            // A read only: nothing for the files.
+            Request::Live => {
+                return match self.live() {
+                    Ok(snapshot) => Response::Ok(Answer::Live {
+                        snapshot: Box::new(snapshot),
+                    }),
+                    Err(e) => Response::Error(format!("reading the counters: {e}")),
+                }
+            }
         };
         self.deliver(&[]);
         match result {

@@ -294,6 +294,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if attached.iter().any(|(_, k)| k.datapath.adopted()) {
         enforcer.adopt();
     }
+    // Names are a help, not the job: without them netmon counts on. They
+    // come from the first interface's DNS answers.
+    let names = attached.first_mut().and_then(|(_, kernel)| {
+        crate::names::Listener::start(&mut kernel.datapath)
+            .map_err(|e| log::warn!("no names from DNS answers: {e}"))
+            .ok()
+    });
     let baselines = std::mem::take(&mut saved.baselines);
     let mut meters = Vec::new();
     for (_, kernel) in &attached {
@@ -385,6 +392,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     }
 
+    if let Some(names) = names {
+        daemon.learn_names(names);
+    }
     let mut ticker = tokio::time::interval(config.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;

@@ -502,3 +502,56 @@ fn an_interface_that_goes_away_is_reported_once_more_and_its_counts_stay() {
     daemon.poll().unwrap();
     assert_eq!(journal.borrow().last().unwrap().total_bytes, 600);
 }
+
+#[test]
+fn live_snapshots_show_the_kernels_counters_and_leave_the_polls_accounting_alone() {
+    let (kernel, clock) = (FakeKernel::default(), FakeClock::at("2026-11-30T12:00:00Z"));
+    let journal = Journal::default();
+    let mut daemon = daemon(
+        &kernel,
+        &clock,
+        Meter::default(),
+        State::default(),
+        vec![recorder("files", &journal)],
+    );
+    kernel.count(key(B, A), 10, 1000);
+    daemon.poll().unwrap();
+    kernel.count(key(B, A), 14, 1400);
+    clock.advance(Duration::from_millis(250));
+    let Response::Ok(Answer::Live { snapshot }) = daemon.handle(Request::Live) else {
+        panic!("no snapshot");
+    };
+    assert_eq!(snapshot.schema_version, crate::live::SCHEMA_VERSION);
+    assert_eq!(snapshot.iface, "eth0");
+    assert_eq!(snapshot.monotonic_ns, clock.monotonic_ns());
+    let pairs: Vec<_> = snapshot
+        .pairs
+        .iter()
+        .map(|p| {
+            (
+                p.src.to_string(),
+                p.dst.to_string(),
+                p.proto.as_str(),
+                p.frames,
+                p.bytes,
+            )
+        })
+        .collect();
+    assert_eq!(
+        pairs,
+        [("10.200.0.2".into(), "10.200.0.1".into(), "udp", 14, 1400)]
+    );
+    assert_eq!(snapshot.table.pairs, 1);
+    // A second reader in between changes nothing either.
+    daemon.handle(Request::Live);
+    kernel.count(key(B, A), 15, 1500);
+    daemon.poll().unwrap();
+    let seen = journal.borrow();
+    let intervals: Vec<_> = seen.iter().filter_map(|s| s.pairs.clone()).collect();
+    assert_eq!(
+        intervals,
+        [vec![(key(B, A), 1000)], vec![(key(B, A), 500)]],
+        "every byte accounted once, the live reads left no report"
+    );
+    assert_eq!(seen.last().unwrap().total_bytes, 1500);
+}

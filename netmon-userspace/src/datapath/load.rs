@@ -94,6 +94,8 @@ impl LoadOptions {
     fn loader<'a>(&'a self, cache: &'a SlotCache) -> Result<EbpfLoader<'a>, DatapathError> {
         static PAIR: u8 = netmon_common::maps::GRANULARITY_PAIR;
         static FIVE_TUPLE: u8 = netmon_common::maps::GRANULARITY_5TUPLE;
+        static ON: u8 = 1;
+        static OFF: u8 = 0;
         let lanes = cpu_lanes()?;
         let mut loader = EbpfLoader::new();
         loader
@@ -123,9 +125,21 @@ impl LoadOptions {
                     Granularity::FiveTuple => &FIVE_TUPLE,
                 },
                 true,
+            )
+            .override_global(
+                netmon_common::dns::DNS_FROM_XDP_GLOBAL,
+                if xdp_copies_frames() { &ON } else { &OFF },
+                true,
             );
         Ok(loader)
     }
+}
+
+/// True where XDP programs can copy a frame (`bpf_xdp_load_bytes`, Linux
+/// 5.18): elsewhere the XDP hook passes no DNS answers on, and names come
+/// from TC hooks only.
+fn xdp_copies_frames() -> bool {
+    aya::util::KernelVersion::current().is_ok_and(|v| v >= aya::util::KernelVersion::new(5, 18, 0))
 }
 
 /// The size and secret of the slot cache of one load.

@@ -222,7 +222,8 @@ impl Serialize for IntervalRecord<'_> {
     }
 }
 
-fn pair_record(d: &crate::accounting::PairDelta) -> PairRecord {
+/// A pair's record: the delta's counters under its key's names.
+pub(crate) fn pair_record(d: &crate::accounting::PairDelta) -> PairRecord {
     PairRecord {
         direction: Direction::from_raw(d.key.direction)
             .map_or("unknown", Direction::name)
@@ -240,7 +241,8 @@ fn pair_record(d: &crate::accounting::PairDelta) -> PairRecord {
     }
 }
 
-fn protocols(usage: &IntervalUsage) -> BTreeMap<String, ProtocolRecord> {
+/// The per-direction totals and services of `usage`, keyed `ingress` / `egress`.
+pub(crate) fn protocols(usage: &IntervalUsage) -> BTreeMap<String, ProtocolRecord> {
     let mut protocols: BTreeMap<String, ProtocolRecord> = Direction::ALL
         .iter()
         .map(|d| (d.name().to_string(), (&usage.totals[*d as usize]).into()))
@@ -261,7 +263,8 @@ fn protocols(usage: &IntervalUsage) -> BTreeMap<String, ProtocolRecord> {
     protocols
 }
 
-fn table(usage: &IntervalUsage) -> TableRecord {
+/// The pair table's fill in `usage`.
+pub(crate) fn table(usage: &IntervalUsage) -> TableRecord {
     let failed = usage.totals[0].table_full.plus(usage.totals[1].table_full);
     TableRecord {
         pairs: usage.table_entries,

@@ -150,7 +150,7 @@ fn programs_run_time() -> f64 {
 }
 
 /// User + system CPU seconds of every thread of `pid` so far (schedstat, ns precision).
-fn process_cpu(pid: u32) -> f64 {
+pub fn process_cpu(pid: u32) -> f64 {
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
     tasks
         .filter_map(Result::ok)

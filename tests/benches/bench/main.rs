@@ -10,6 +10,7 @@ mod blocklist;
 mod cpu;
 mod flows;
 mod history;
+mod live;
 mod memory;
 mod metrics;
 mod per_packet;
@@ -32,6 +33,7 @@ const SECTIONS: &[&str] = &[
     "throughput",
     "flows",
     "history",
+    "live",
 ];
 
 /// How long the measurements run.
@@ -87,6 +89,7 @@ fn main() {
             "throughput" => throughput::run(scale),
             "flows" => flows::run(scale),
             "history" => history::run(scale),
+            "live" => live::run(scale),
             _ => unreachable!(),
         };
         for row in &got {

@@ -1,0 +1,178 @@
+//! Rates from successive cumulative readings: for each item (a conversation,
+//! an interface, a protocol row, a rule, a quota) the readings of the last
+//! [`HORIZON_NS`], from which come iftop's 2 s, 10 s and 40 s averages, the
+//! peak, and the sparklines. Pure: driven by the daemon's monotonic clock.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    hash::Hash,
+};
+
+/// The averages `netmon top` shows, as iftop does.
+pub const WINDOWS_S: [u64; 3] = [2, 10, 40];
+/// How long readings are kept: the longest window and one reading more.
+pub const HORIZON_NS: u64 = 41_000_000_000;
+
+/// An item's readings: two cumulative counts (in and out, or hits per direction).
+#[derive(Debug, Default)]
+pub struct Series {
+    readings: VecDeque<(u64, [u64; 2])>,
+    peak: [f64; 2],
+}
+
+impl Series {
+    fn add(&mut self, at_ns: u64, counts: [u64; 2]) {
+        if let Some(&(last_ns, last)) = self.readings.back() {
+            if counts[0] < last[0] || counts[1] < last[1] {
+                // Counting started again (the pair was retired and came back).
+                self.readings.clear();
+            } else if at_ns > last_ns {
+                let step = rate(last, counts, at_ns - last_ns);
+                self.peak = [self.peak[0].max(step[0]), self.peak[1].max(step[1])];
+            } else {
+                return;
+            }
+        }
+        self.readings.push_back((at_ns, counts));
+        while self
+            .readings
+            .front()
+            .is_some_and(|(t, _)| at_ns - t > HORIZON_NS)
+        {
+            self.readings.pop_front();
+        }
+    }
+
+    /// The average per second over the last `window_s` seconds, or over what
+    /// is known when that is shorter; zero before a second reading.
+    pub fn average(&self, window_s: u64) -> [f64; 2] {
+        let Some(&(now, latest)) = self.readings.back() else {
+            return [0.0; 2];
+        };
+        let since = now.saturating_sub(window_s * 1_000_000_000);
+        // The latest reading at or before the window's start, else the oldest.
+        let from = self
+            .readings
+            .iter()
+            .rev()
+            .find(|(t, _)| *t <= since)
+            .or(self.readings.front())
+            .copied();
+        match from {
+            Some((then, earlier)) if then < now => rate(earlier, latest, now - then),
+            _ => [0.0; 2],
+        }
+    }
+
+    /// The highest rate between two readings so far.
+    pub fn peak(&self) -> [f64; 2] {
+        self.peak
+    }
+
+    /// The latest cumulative counts.
+    pub fn latest(&self) -> [u64; 2] {
+        self.readings.back().map_or([0; 2], |r| r.1)
+    }
+
+    /// The rate between each two successive readings, oldest first.
+    pub fn steps(&self) -> impl Iterator<Item = [f64; 2]> + '_ {
+        self.readings
+            .iter()
+            .zip(self.readings.iter().skip(1))
+            .map(|((t0, a), (t1, b))| rate(*a, *b, t1 - t0))
+    }
+}
+
+fn rate(earlier: [u64; 2], later: [u64; 2], ns: u64) -> [f64; 2] {
+    let secs = ns as f64 / 1e9;
+    [0, 1].map(|i| later[i].saturating_sub(earlier[i]) as f64 / secs)
+}
+
+/// The series of every item, by key.
+#[derive(Debug)]
+pub struct Rates<K> {
+    series: HashMap<K, Series>,
+}
+
+impl<K> Default for Rates<K> {
+    fn default() -> Self {
+        Rates {
+            series: HashMap::new(),
+        }
+    }
+}
+
+impl<K: Eq + Hash> Rates<K> {
+    /// Takes the readings of one snapshot; items it lacks are forgotten,
+    /// and readings of one key add up (the pairs of one conversation).
+    pub fn update(&mut self, at_ns: u64, readings: impl IntoIterator<Item = (K, [u64; 2])>) {
+        let mut sums: HashMap<K, [u64; 2]> = HashMap::with_capacity(self.series.len());
+        for (key, counts) in readings {
+            let sum = sums.entry(key).or_default();
+            *sum = [sum[0] + counts[0], sum[1] + counts[1]];
+        }
+        let mut before = std::mem::take(&mut self.series);
+        self.series = sums
+            .into_iter()
+            .map(|(key, counts)| {
+                let mut series = before.remove(&key).unwrap_or_default();
+                series.add(at_ns, counts);
+                (key, series)
+            })
+            .collect();
+    }
+
+    /// An item's series.
+    pub fn get(&self, key: &K) -> Option<&Series> {
+        self.series.get(key)
+    }
+
+    /// Every item with its series.
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &Series)> {
+        self.series.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+
+    #[test]
+    fn averages_cover_their_window_and_the_peak_the_fastest_step() {
+        let mut rates = Rates::default();
+        // 1000 B/s in for 30 s, then 5000 B/s for 10 s; out stays at 100 B/s.
+        let mut total_in = 0;
+        for second in 0..=40u64 {
+            rates.update(second * S, [("a", [total_in, second * 100])]);
+            total_in += if second < 30 { 1000 } else { 5000 };
+        }
+        let a = rates.get(&"a").unwrap();
+        assert_eq!(a.average(2), [5000.0, 100.0]);
+        assert_eq!(a.average(10), [5000.0, 100.0]);
+        assert_eq!(
+            a.average(40),
+            [(30.0 * 1000.0 + 10.0 * 5000.0) / 40.0, 100.0]
+        );
+        assert_eq!(a.peak(), [5000.0, 100.0]);
+        assert_eq!(a.steps().count(), 40);
+    }
+
+    #[test]
+    fn a_short_history_averages_over_what_is_known_and_a_restart_starts_over() {
+        let mut rates = Rates::default();
+        rates.update(0, [("a", [0, 0])]);
+        assert_eq!(rates.get(&"a").unwrap().average(2), [0.0, 0.0]);
+        rates.update(S / 2, [("a", [500, 0])]);
+        assert_eq!(rates.get(&"a").unwrap().average(10), [1000.0, 0.0]);
+        // The pair was retired and counts from zero again.
+        rates.update(S, [("a", [100, 0])]);
+        assert_eq!(rates.get(&"a").unwrap().average(2), [0.0, 0.0]);
+        assert_eq!(rates.get(&"a").unwrap().peak(), [1000.0, 0.0]);
+        // Items a snapshot lacks are forgotten; two readings of a key add up.
+        rates.update(2 * S, [("b", [1, 2]), ("b", [10, 20])]);
+        assert!(rates.get(&"a").is_none());
+        assert_eq!(rates.get(&"b").unwrap().latest(), [11, 22]);
+    }
+}

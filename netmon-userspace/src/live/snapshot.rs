@@ -1,0 +1,106 @@
+//! What the daemon answers `netmon top`: the datapath's cumulative counters
+//! at one moment, read at request time. The client takes rates from two
+//! snapshots, so its refresh is independent of the daemon's `--interval`,
+//! and the poll's accounting (its baselines) never sees these reads.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    accounting::{IntervalUsage, PairDelta},
+    alerts::AlertEvent,
+    datapath::Snapshot,
+    enforcer::{QuotaView, RuleView},
+    logs::detail::{self, PairRecord, ProtocolRecord, TableRecord},
+    names::{DnsCounts, NameRecord},
+};
+
+/// The version of [`LiveSnapshot`]'s layout, for scripts that read
+/// `netmon top --once --format json`.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Alerts the daemon keeps for the policy view.
+pub const RECENT_ALERTS: usize = 32;
+
+/// One interface's counters at one moment.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LiveSnapshot {
+    /// [`SCHEMA_VERSION`].
+    pub schema_version: u32,
+    /// The interface.
+    pub iface: String,
+    /// When the counters were read (RFC 3339).
+    pub time: String,
+    /// When they were read, on the daemon's monotonic clock (ns): rates
+    /// divide by differences of this.
+    pub monotonic_ns: u64,
+    /// Every pair in the table, with what it counted since it got its slot
+    /// (a pair retired when idle starts again from zero).
+    pub pairs: Vec<PairRecord>,
+    /// Interface totals and services since the maps were created, keyed
+    /// `ingress` / `egress`.
+    pub protocols: BTreeMap<String, ProtocolRecord>,
+    /// The pair table's fill.
+    pub table: TableRecord,
+    /// The rules with their cumulative counters.
+    pub rules: Vec<RuleView>,
+    /// The quotas with their use.
+    pub quotas: Vec<QuotaView>,
+    /// The latest alerts, oldest first.
+    pub alerts: Vec<AlertEvent>,
+    /// Names learnt from DNS answers, by address.
+    #[serde(default)]
+    pub names: Vec<NameRecord>,
+    /// What became of DNS answers.
+    #[serde(default)]
+    pub dns: DnsCounts,
+}
+
+impl LiveSnapshot {
+    /// The snapshot of a reading of the datapath (with its pairs), the
+    /// policy's state and the recent alerts.
+    pub fn new(
+        iface: &str,
+        time: jiff::Timestamp,
+        monotonic_ns: u64,
+        reading: Snapshot,
+        rules: Vec<RuleView>,
+        quotas: Vec<QuotaView>,
+        alerts: &VecDeque<AlertEvent>,
+    ) -> LiveSnapshot {
+        // The cumulative counters as one "interval" since the slots were
+        // taken, so that they render exactly as the detail log's records.
+        let usage = IntervalUsage {
+            pairs: reading
+                .pairs
+                .into_iter()
+                .map(|(key, r)| PairDelta {
+                    key,
+                    counter: r.counter,
+                    dropped: r.dropped,
+                })
+                .collect(),
+            totals: reading.totals,
+            table_entries: 0,
+            table_capacity: reading.capacity,
+            services: reading.services,
+        };
+        let mut table = detail::table(&usage);
+        table.pairs = usage.pairs.len();
+        LiveSnapshot {
+            schema_version: SCHEMA_VERSION,
+            iface: iface.to_string(),
+            time: time.to_string(),
+            monotonic_ns,
+            pairs: usage.pairs.iter().map(detail::pair_record).collect(),
+            protocols: detail::protocols(&usage),
+            table,
+            rules,
+            quotas,
+            alerts: alerts.iter().cloned().collect(),
+            names: Vec::new(),
+            dns: DnsCounts::default(),
+        }
+    }
+}

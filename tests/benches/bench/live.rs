@@ -1,0 +1,151 @@
+//! `netmon top` and what its names cost: the DNS check's cost per non-DNS
+//! packet (the shipped programs against the same programs built without it,
+//! in one object, BPF_PROG_TEST_RUN, runs interleaved), and the CPU of
+//! `netmon top` at its 1 s refresh on a daemon with 100k pairs, against the
+//! same view of a daemon with none.
+
+use std::{
+    net::Ipv4Addr,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use aya::programs::{SchedClassifier, Xdp};
+use netmon::datapath::{self, pairs::PairTable, LoadOptions, EGRESS_PROGRAM, INGRESS_PROGRAM};
+use netmon_tests::{daemon::binary, mounts::TempMount, Netmon, TestNet};
+
+use crate::{
+    report::{Row, Target},
+    workload::{median, test_run_ns, udp_frame},
+    Scale,
+};
+
+/// The ingress and egress programs built without the DNS check.
+const INGRESS_WITHOUT_DNS: &str = "ingress_without_dns";
+const EGRESS_WITHOUT_DNS: &str = "egress_without_dns";
+
+pub fn run(scale: Scale) -> Vec<Row> {
+    let mut rows = dns_check(scale);
+    rows.extend(top_cpu(scale));
+    rows
+}
+
+fn dns_check(scale: Scale) -> Vec<Row> {
+    let _pinned = netmon_tests::PinnedToCpu::new(0);
+    let repeat = scale.pick(2_000_000, 200_000);
+    let mut ebpf = datapath::load_test_object(&LoadOptions::default()).expect("load (as root)");
+    datapath::program::<Xdp>(&mut ebpf, INGRESS_WITHOUT_DNS)
+        .unwrap()
+        .load()
+        .unwrap();
+    datapath::program::<SchedClassifier>(&mut ebpf, EGRESS_WITHOUT_DNS)
+        .unwrap()
+        .load()
+        .unwrap();
+    // One warm UDP flow (ports 40000 → 9000): what nearly every packet is.
+    let frame = udp_frame(Ipv4Addr::new(10, 200, 0, 1), Ipv4Addr::new(10, 200, 0, 2));
+    let rounds = 9;
+    let mut rows = Vec::new();
+    for (hook, with, without) in [
+        ("XDP", INGRESS_PROGRAM, INGRESS_WITHOUT_DNS),
+        ("TC", EGRESS_PROGRAM, EGRESS_WITHOUT_DNS),
+    ] {
+        let run = |ebpf: &mut aya::Ebpf, name: &str| match hook {
+            "XDP" => test_run_ns::<Xdp>(ebpf, name, &frame, 10_000, repeat),
+            _ => test_run_ns::<SchedClassifier>(ebpf, name, &frame, 10_000, repeat),
+        };
+        // Interleaved, so that both see the same machine.
+        let (mut a, mut b, mut diff) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            let (x, y) = (run(&mut ebpf, with), run(&mut ebpf, without));
+            a.push(x);
+            b.push(y);
+            diff.push(x - y);
+        }
+        let (with_ns, without_ns) = (median(a), median(b));
+        rows.push(
+            Row::new(
+                format!(
+                    "{hook} per non-DNS packet, one warm flow, DNS check in (median of {rounds})"
+                ),
+                with_ns,
+                "ns",
+            )
+            .against("the same program without the DNS check", without_ns),
+        );
+        rows.push(
+            Row::new(
+                format!("{hook}: the DNS check's cost per non-DNS packet (median of {rounds} differences)"),
+                median(diff),
+                "ns",
+            )
+            .target(Target::AtMost(2.0)),
+        );
+    }
+    rows
+}
+
+/// CPU share of one core `netmon top` takes at its 1 s refresh, with `pairs`
+/// pairs in the daemon's table.
+fn top_share(pairs: u32, seconds: u64) -> f64 {
+    let net = TestNet::create().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let bpffs = TempMount::bpffs().unwrap();
+    let netmon = Netmon::on(&net.a)
+        .interval("10s")
+        .logs_in(dir.path())
+        .bpffs(&bpffs)
+        .args(&["--max-pairs", &(pairs + 1024).to_string()])
+        .start()
+        .unwrap();
+    if pairs > 0 {
+        let table = PairTable::pinned(&netmon.pins).unwrap();
+        crate::readout::fill(&table, pairs);
+    }
+    let server = format!("nmtop-bench-{}", std::process::id());
+    let tmux = |args: &[&str]| {
+        let out = Command::new("tmux")
+            .args(["-L", &server])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let command = format!("exec {} top --iface {}", binary().display(), net.a.iface);
+    tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        "top",
+        "-x",
+        "160",
+        "-y",
+        "50",
+        &command,
+    ]);
+    let pid: u32 = tmux(&["display-message", "-p", "-t", "top", "#{pane_pid}"])
+        .parse()
+        .expect("the view's pid");
+    // The first snapshots fill the view's tables.
+    std::thread::sleep(Duration::from_secs(3));
+    let (cpu_before, started) = (crate::cpu::process_cpu(pid), Instant::now());
+    std::thread::sleep(Duration::from_secs(seconds));
+    let share = (crate::cpu::process_cpu(pid) - cpu_before) / started.elapsed().as_secs_f64();
+    tmux(&["kill-server"]);
+    netmon.stop().unwrap();
+    share
+}
+
+fn top_cpu(scale: Scale) -> Vec<Row> {
+    let seconds = scale.pick(20, 5);
+    let pairs = 100_000;
+    let idle = top_share(0, seconds);
+    let busy = top_share(pairs, seconds);
+    vec![Row::new(
+        format!("`netmon top` CPU at a 1 s refresh, {pairs} pairs in the table"),
+        busy * 100.0,
+        "% of a core",
+    )
+    .against("`netmon top` on a daemon with no pairs", idle * 100.0)
+    .target(Target::AtMost(2.0))]
+}
