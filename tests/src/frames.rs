@@ -77,6 +77,24 @@ pub fn ipv4_frame(src: Ipv4Addr, dst: Ipv4Addr, l4: Layer, payload: usize) -> Ve
     ])
 }
 
+/// A UDP frame (port 9 to 9) from a spoofed source to `to`, addressed to
+/// its MAC, as a flood of strangers would send.
+pub fn spoofed_udp(from: Ipv4Addr, to: &crate::Host, payload: usize) -> Vec<u8> {
+    let mut frame = build(&[
+        Layer::Ethernet,
+        Layer::Ipv4 {
+            src: from,
+            dst: to.ipv4,
+            options: vec![],
+            fragment_offset: 0,
+        },
+        Layer::Udp(9, 9),
+        Layer::Payload(payload),
+    ]);
+    frame[..6].copy_from_slice(&to.mac);
+    frame
+}
+
 /// A frame made of `layers`; lengths and next-protocol fields are filled in.
 pub fn build(layers: &[Layer]) -> Vec<u8> {
     let mut out = Vec::new();

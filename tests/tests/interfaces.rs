@@ -136,6 +136,7 @@ fn two_veths_in_one_daemon_count_each_exactly_into_one_log() -> Result<()> {
         names,
         [
             "detail.jsonl",
+            "network_log.db",
             "network_log.json",
             "network_log.rules.json",
             "network_log.state.json"

@@ -108,7 +108,8 @@ fn both_hooks_pass_dns_answers_whole_and_nothing_else_and_keep_to_the_rate_limit
     );
 }
 
-/// The user the view runs as: nobody, by number.
+/// The user the view runs as: nobody, by number; the daemons' socket group
+/// is its group, as `netmon` would be in a service.
 const USER: &str = "65534";
 
 /// A shell command that runs `netmon ARGS` as [`USER`], who reaches the
@@ -117,7 +118,13 @@ const USER: &str = "65534";
 /// the service's socket group would), so nothing of the machine's
 /// /run/netmon changes but the test daemon's own socket.
 fn as_user(iface: &str, scratch: &Path, args: &str) -> Result<String> {
-    let socket = format!("/run/netmon/{iface}.sock");
+    // `IF.sock`, or `NS:IF.sock` for a daemon in another network namespace.
+    let name = std::fs::read_dir("/run/netmon")?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| *n == format!("{iface}.sock") || n.ends_with(&format!(":{iface}.sock")))
+        .with_context(|| format!("no socket of {iface} in /run/netmon"))?;
+    let socket = format!("/run/netmon/{name}");
     let status = Command::new("chown")
         .args([&format!("{USER}:{USER}"), &socket])
         .status()?;
@@ -128,7 +135,7 @@ fn as_user(iface: &str, scratch: &Path, args: &str) -> Result<String> {
         "unshare --mount --propagation private sh -euc '\
          mount --bind /run/netmon {real}; \
          mount -t tmpfs -o mode=0755 netmon-top-test /run/netmon; \
-         touch {socket}; mount --bind {real}/{iface}.sock {socket}; \
+         touch {socket}; mount --bind {real}/{name} {socket}; \
          exec setpriv --reuid={USER} --regid={USER} --clear-groups \
            --inh-caps=-all --bounding-set=-all {netmon} {args}'",
         real = real.display(),
@@ -184,7 +191,10 @@ fn once_json_equals_what_was_sent_and_what_the_daemon_logged_and_needs_no_root()
     let net = TestNet::create()?;
     let (a, b) = (&net.a, &net.b);
     let dir = tempfile::tempdir()?;
-    let netmon = Netmon::on(a).logs_in(dir.path()).start()?;
+    let netmon = Netmon::on(a)
+        .logs_in(dir.path())
+        .args(&["--socket-group", USER])
+        .start()?;
     let received = [100, 700, 1200];
     let sent = [300, 300];
     Flow::udp(b, a).port(9000).sizes(&received).send()?;
@@ -245,7 +255,7 @@ fn top_refuses_bad_options_and_a_missing_daemon_in_one_line() -> Result<()> {
         (&["top", "--format", "json"][..], "--once"),
         (
             &["top", "--iface", "nmtop-none0", "--once"][..],
-            "no netmon daemon answers on /run/netmon/nmtop-none0.sock",
+            "nmtop-none0.sock (No such file or directory (os error 2)); start it with `netmon run --iface IF`",
         ),
     ] {
         let out = Command::new(binary()).args(args).output()?;
@@ -425,7 +435,11 @@ fn the_view_shows_each_conversation_at_its_rate_and_follows_keys_and_resizes() -
     let (a, b) = (&net.a, &net.b);
     let dir = tempfile::tempdir()?;
     // A 10 s interval: the view's refresh (1 s) does not wait for polls.
-    let _netmon = Netmon::on(a).logs_in(dir.path()).interval("10s").start()?;
+    let _netmon = Netmon::on(a)
+        .logs_in(dir.path())
+        .args(&["--socket-group", USER])
+        .interval("10s")
+        .start()?;
     let tmux = Tmux::start(
         &as_user(&a.iface, dir.path(), &format!("top --iface {}", a.iface))?,
         120,
@@ -674,7 +688,10 @@ fn names_dnsmasq_answered_show_in_the_view_and_bad_answers_are_counted_and_ignor
         ensure!(status.success(), "setting the MTU");
     }
     let dir = tempfile::tempdir()?;
-    let _netmon = Netmon::on(a).logs_in(dir.path()).start()?;
+    let _netmon = Netmon::on(a)
+        .logs_in(dir.path())
+        .args(&["--socket-group", USER])
+        .start()?;
     let (b_alt, b_alt6, a_alt) = (
         IpAddr::from(b.ipv4_alt),
         IpAddr::from(b.ipv6_alt),

@@ -21,7 +21,7 @@ use netmon::{datapath::readout, logs::detail::DetailRecord};
 use netmon_common::{classify, Counter, Direction, PairKey, L4};
 use netmon_tests::{
     daemon::{ctl, Netmon},
-    frames::{build, udp4, Layer},
+    frames::{build, spoofed_udp, udp4, Layer},
     traffic, Flow, Host, TestNet,
 };
 
@@ -357,23 +357,6 @@ fn records(dir: &std::path::Path) -> Result<Vec<DetailRecord>> {
         .collect::<Result<_, _>>()?)
 }
 
-/// A UDP frame from a spoofed source to `to`.
-fn spoofed(from: Ipv4Addr, to: &Host, payload: usize) -> Vec<u8> {
-    let mut frame = build(&[
-        Layer::Ethernet,
-        Layer::Ipv4 {
-            src: from,
-            dst: to.ipv4,
-            options: vec![],
-            fragment_offset: 0,
-        },
-        Layer::Udp(9, 9),
-        Layer::Payload(payload),
-    ]);
-    frame[..6].copy_from_slice(&to.mac);
-    frame
-}
-
 #[test]
 fn four_times_the_table_of_spoofed_sources_keeps_totals_exact() -> Result<()> {
     const CAPACITY: usize = 4096;
@@ -389,7 +372,7 @@ fn four_times_the_table_of_spoofed_sources_keeps_totals_exact() -> Result<()> {
     let frames: Vec<Vec<u8>> = sources
         .iter()
         .enumerate()
-        .map(|(i, s)| spoofed(*s, &net.a, i % 200))
+        .map(|(i, s)| spoofed_udp(*s, &net.a, i % 200))
         .collect();
     let sent = frames.iter().fold(Counter::default(), |c, f| {
         c.plus(Counter {

@@ -199,6 +199,7 @@ fn the_command_line_wins_over_the_environment_which_wins_over_the_file_and_sighu
     assert_eq!(
         names,
         [
+            "cli.db",
             "cli.json",
             "cli.rules.json",
             "cli.state.json",
