@@ -22,7 +22,7 @@ use netmon_common::{classify, Counter, Direction, PairKey, L4};
 use netmon_tests::{
     daemon::{ctl, Netmon},
     frames::{build, spoofed_udp, udp4, Layer},
-    traffic, Flow, Host, TestNet,
+    traffic, Flow, TestNet,
 };
 
 /// A UDP frame from `V4_SRC` to 10.200.1.`last`, with `payload` bytes.
