@@ -201,8 +201,18 @@ impl TestNet {
                     "-n {ns} neigh replace {addr} lladdr {mac} dev {dev} nud permanent"
                 ))?;
             }
+            // MLD reports, sent when the link comes up, go out within
+            // 10 ms of each other instead of spread over a second.
+            sysctl(
+                ns,
+                &format!("net.ipv6.conf.{dev}.mldv2_unsolicited_report_interval=10"),
+            )?;
             ip(&format!("-n {ns} link set {dev} up"))?;
         }
+        // The carrier comes up, and with it the MLD reports, up to a second
+        // after the links (linkwatch): wait them out, so that the only IPv6
+        // traffic the tests see is what they send.
+        std::thread::sleep(std::time::Duration::from_millis(1200));
         // tcpdump sees frames as the wire carries them only without TSO on
         // egress and GRO on ingress; see the README on tcpdump agreement.
         let tso = if offloads.tso { "on" } else { "off" };
