@@ -310,6 +310,10 @@ fn interface_totals_per_hour_and_day_equal_vnstats() -> Result<()> {
     // Unless the test ran across the hour (then each splits the interval
     // around the hour at its own read), hours alike.
     let hours = netmon_history(&db, "hourly", &a.iface)?;
+    assert!(matches!(hours.len(), 1 | 2), "{hours:?}");
+    let summed =
+        |rows: &[(String, u64, u64)]| rows.iter().fold((0, 0), |(i, o), r| (i + r.1, o + r.2));
+    assert_eq!(summed(&hours), summed(&days), "the hours add up to the day");
     if hours.len() == 1 {
         assert_eq!(
             hours,

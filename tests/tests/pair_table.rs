@@ -448,8 +448,13 @@ fn idle_pairs_leave_the_table_after_they_are_accounted() -> Result<()> {
     std::thread::sleep(Duration::from_millis(1500));
     netmon.stop()?;
     let records = records(dir.path())?;
+    // Empty tables before the first datagram prove nothing: look after it.
+    let first = records
+        .iter()
+        .position(|r| r.pairs.iter().any(|p| p.src == IpAddr::V4(b.ipv4)))
+        .expect("b's pair was counted");
     assert!(
-        records.iter().any(|r| r.table.pairs == 0),
+        records[first + 1..].iter().any(|r| r.table.pairs == 0),
         "the idle pair was removed: {:?}",
         records
             .iter()
