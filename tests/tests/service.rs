@@ -6,7 +6,7 @@
 //! the Debian package.
 
 use std::{
-    io::{BufRead, BufReader},
+    io::Read,
     net::IpAddr,
     os::unix::fs::{MetadataExt, PermissionsExt},
     path::{Path, PathBuf},
@@ -350,10 +350,16 @@ fn perl_client(
         .context("starting perl")
 }
 
+/// Reads the child's first line a byte at a time: a buffered reader would
+/// also swallow what the child prints next, the answer the test then waits for.
 fn first_line_of(child: &mut std::process::Child) -> Result<String> {
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line)?;
-    Ok(line)
+    let stdout = child.stdout.as_mut().context("the child's stdout is piped")?;
+    let mut line = Vec::new();
+    let mut byte = [0u8];
+    while line.last() != Some(&b'\n') && stdout.read(&mut byte)? == 1 {
+        line.push(byte[0]);
+    }
+    Ok(String::from_utf8(line)?)
 }
 
 #[test]
