@@ -299,6 +299,24 @@ fn private_dir() -> anyhow::Result<&'static Path> {
     Ok(dir)
 }
 
+/// Lets the socket group into the socket directory, to list the daemons
+/// and reach their sockets, unless it may already (a unit's
+/// `RuntimeDirectory` of that group, say). The directory's group is left
+/// alone, since daemons with other socket groups share it: everyone may list
+/// and search it, and nobody else may write there. Who may connect is up to
+/// each socket's group.
+fn open_to_group(dir: &Path, gid: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = std::fs::symlink_metadata(dir).with_context(|| format!("reading {SOCKET_DIR}"))?;
+    let mode = meta.mode() & 0o7777;
+    let group_may = meta.gid() == gid && mode & 0o050 == 0o050;
+    if group_may || mode & 0o005 == 0o005 {
+        return Ok(());
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode | 0o055))
+        .with_context(|| format!("opening {SOCKET_DIR} to gid {gid}; run netmon as root"))
+}
+
 /// A valid interface key ([`key`]): it names files in [`SOCKET_DIR`], so no path.
 fn check_key(key: &str) -> anyhow::Result<()> {
     let (netns, iface) = match key.split_once(':') {
@@ -366,7 +384,9 @@ impl Claim {
                 .with_context(|| format!("opening {}", path.display()))?;
             // SAFETY: flock on a descriptor we own.
             if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-                let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                // From the locked file itself: the path may name another by now.
+                let mut holder = String::new();
+                let _ = std::io::Read::read_to_string(&mut file, &mut holder);
                 bail!(
                     "another netmon daemon already runs on {iface} (pid {}); stop it first",
                     holder.trim()
@@ -439,18 +459,16 @@ impl Listener {
         match access.socket_group {
             None => std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?,
             Some(gid) => {
-                // The group may list the directory and connect; it cannot
-                // create or replace files there.
-                let group = Some(nix::unistd::Gid::from_raw(gid));
-                for (place, mode) in [(&path, 0o660), (&dir.to_path_buf(), 0o750)] {
-                    nix::unistd::chown(place.as_path(), None, group).with_context(|| {
+                // The socket's group decides who connects.
+                nix::unistd::chown(path.as_path(), None, Some(nix::unistd::Gid::from_raw(gid)))
+                    .with_context(|| {
                         format!(
                             "giving {} to gid {gid}; run netmon as root or as a member of that group",
-                            place.display()
+                            path.display()
                         )
                     })?;
-                    std::fs::set_permissions(place, std::fs::Permissions::from_mode(mode))?;
-                }
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660))?;
+                open_to_group(dir, gid)?;
             }
         }
         for other in &paths[1..] {

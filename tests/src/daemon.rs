@@ -320,7 +320,7 @@ impl Launch<'_> {
             let mut c = std::process::Command::new("unshare");
             c.args(["--mount", "--propagation", "private", "sh", "-c"])
                 .arg(
-                    "mkdir -p /run/netmon && mount -t tmpfs -o mode=0755 netmon-test /run/netmon \
+                    "mkdir -p /run/netmon && mount -t tmpfs -o mode=0700 netmon-test /run/netmon \
                      && chown \"$0\" /run/netmon && exec \"$@\"",
                 )
                 .arg(owner.to_string())

@@ -204,6 +204,106 @@ fn an_unwritable_directory_stops_the_start() -> Result<()> {
     Ok(())
 }
 
+/// Every file in `dir`, with its contents and modification time: a file
+/// rewritten with the same bytes still differs.
+fn files_in(dir: &Path) -> Result<Vec<(String, Vec<u8>, std::time::SystemTime)>> {
+    names_in(dir)
+        .into_iter()
+        .map(|name| {
+            let path = dir.join(&name);
+            Ok((
+                name,
+                std::fs::read(&path)?,
+                std::fs::metadata(&path)?.modified()?,
+            ))
+        })
+        .collect()
+}
+
+/// True when `iface` in `host`'s namespace runs an XDP program, pinned or not.
+fn runs_xdp(host: &netmon_tests::Host, iface: &str) -> Result<bool> {
+    let out = host
+        .command("ip")
+        .args(["-d", "link", "show", iface])
+        .output()?;
+    anyhow::ensure!(out.status.success(), "ip link show {iface}: {out:?}");
+    Ok(String::from_utf8_lossy(&out.stdout).contains("xdp"))
+}
+
+#[test]
+fn a_start_refused_late_rewrites_no_file_and_leaves_nothing_attached() -> Result<()> {
+    let net = TestNet::create()?;
+    let dir = tempfile::tempdir()?;
+    let bpffs = TempMount::bpffs()?;
+    let (a, b) = (&net.a, &net.b);
+    let netmon = Netmon::on(a)
+        .logs_in(dir.path())
+        .bpffs(bpffs.path())
+        .start()?;
+    Flow::udp(b, a).port(8102).sizes(&[300; 4]).send()?;
+    netmon.stop()?;
+    let recorded = files_in(dir.path())?;
+    let names: Vec<&str> = recorded.iter().map(|(n, ..)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "detail.jsonl",
+            "network_log.db",
+            "network_log.json",
+            "network_log.rules.json",
+            "network_log.state.json"
+        ]
+    );
+    let pins = names_in(bpffs.path());
+
+    // Native XDP on a bridge: every check passes, and the kernel refuses
+    // at attach, which comes before --reset-state moves anything aside.
+    let bridge = "nm-br0";
+    for args in [
+        &["link", "add", bridge, "type", "bridge"][..],
+        &["link", "set", bridge, "up"],
+    ] {
+        anyhow::ensure!(
+            a.command("ip").args(args).status()?.success(),
+            "ip {args:?}"
+        );
+    }
+    let err = failure(
+        Netmon::on(a)
+            .logs_in(dir.path())
+            .bpffs(bpffs.path())
+            .on_interface(bridge)
+            .ingress("xdp")
+            .args(&["--reset-state"]),
+    );
+    assert!(
+        err.contains(&format!("attaching XDP to '{bridge}' failed"))
+            && err.contains("does not run native XDP: use `--ingress auto`"),
+        "{err}"
+    );
+    assert_eq!(
+        files_in(dir.path())?,
+        recorded,
+        "no file moved aside or rewritten"
+    );
+    assert_eq!(names_in(bpffs.path()), pins, "nothing left pinned");
+    assert!(!runs_xdp(a, bridge)?, "nothing left attached");
+
+    // A database that is not netmon's is refused before anything is
+    // attached, and before the rules file is rewritten.
+    std::fs::write(dir.path().join("network_log.db"), "not a database")?;
+    let recorded = files_in(dir.path())?;
+    let err = failure(Netmon::on(a).logs_in(dir.path()).bpffs(bpffs.path()));
+    assert!(
+        err.contains("network_log.db") && err.contains("not an SQLite database"),
+        "{err}"
+    );
+    assert_eq!(files_in(dir.path())?, recorded, "no file rewritten");
+    assert_eq!(names_in(bpffs.path()), pins, "nothing left pinned");
+    assert!(!runs_xdp(a, &a.iface)?, "nothing left attached");
+    Ok(())
+}
+
 #[test]
 fn a_full_disk_keeps_the_old_files_and_loses_nothing() -> Result<()> {
     let net = TestNet::create()?;

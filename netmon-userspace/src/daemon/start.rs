@@ -179,8 +179,11 @@ fn meter_for(saved: &[Baseline], kernel: &Attached) -> anyhow::Result<Meter> {
 /// until it is gone.
 ///
 /// Every check that can refuse the run comes before anything is loaded,
-/// attached, swapped or written: another daemon on an interface, the
-/// interfaces, the pins, the files, the policy.
+/// attached, swapped or written, in this order: another daemon on an
+/// interface, the interfaces and their pins, the files, the database and
+/// the policy (read, not written), the sockets and ports to take; then the
+/// programs are attached, and only then is anything written, which, when it
+/// fails, detaches them again.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     crate::privileges::check()?;
     // Handlers first: a stop requested during start-up is then a clean stop after it.
@@ -197,12 +200,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             bail!("interface {} is named twice; name each once", t.label);
         }
     }
-    // Collectors resolve and their sockets open before anything is claimed.
-    let flow_exporter = config
-        .flow_export
-        .as_ref()
-        .map(|export| FlowExporter::open(export, config.granularity == Granularity::FiveTuple))
-        .transpose()?;
     // One interface: it must be there, and the daemon stops when it goes.
     // Several: those not there yet are attached when they appear.
     let several = targets.len() > 1;
@@ -225,17 +222,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if present.is_empty() {
         bail!("none of the interfaces exists: check the names with `ip link` (`ip -n NS link` for --netns)");
     }
-    let exposition = config
-        .metrics
-        .as_ref()
-        .map(|m| crate::metrics::serve(m.addr))
-        .transpose()?;
     let files = config.files.clone().check(config.follow_symlinks)?;
     let db = crate::logs::paths::check(&config.db, "--db", config.follow_symlinks)?;
-    // With --reset-state the files are moved aside, below, once nothing can refuse.
+    // With --reset-state the files and the database are moved aside, below,
+    // once nothing can refuse; unread, since they may be what is broken.
     let saved = if config.reset_state {
         State::default()
     } else {
+        crate::history::Store::check(&db)?;
         files.load()?
     };
     let mut enforcer = Enforcer::new(
@@ -248,49 +242,38 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     enforcer
         .check()
         .map_err(|e| anyhow::anyhow!("the policy cannot be enforced: {e}"))?;
-    if config.reset_state {
-        files.move_aside()?;
-        crate::history::Store::move_aside(&db)?;
-    }
-    // Fail now, before attaching, if the logs cannot be written. The rules go
-    // to their own file from here on (state files of earlier versions held them).
-    files.save_rules(&enforcer.persisted_rules())?;
-    // The store continues from the files the first time, and is the record after.
-    let mut history = crate::history::Store::open(&db, config.tz.clone(), Default::default())?;
-    let labels: Vec<&str> = targets.iter().map(|t| t.label.as_str()).collect();
-    let mut saved = history.continue_from(&labels, saved)?;
-    saved.policy.runtime = Default::default();
-    saved.policy.ids = Default::default();
-    saved.policy.slots = Default::default();
-    saved.policy.next_id = 0;
-    // Counters for every configured interface, those that appear later too.
-    saved.metrics = config.metrics.as_ref().map(|m| {
-        let mut kept = saved.metrics.take().unwrap_or_default();
-        targets
-            .iter()
-            .map(|t| {
-                let counters = kept.remove(&t.label);
-                let counters = crate::metrics::Counters::continuing(counters, m.settings.clone());
-                (t.label.clone(), counters)
-            })
-            .collect()
-    });
-    files.save(&saved, None)?;
+    // Collectors resolve and the metrics port is bound before anything is
+    // attached: one in use refuses the run like any bad option.
+    let flow_exporter = config
+        .flow_export
+        .as_ref()
+        .map(|export| FlowExporter::open(export, config.granularity == Granularity::FiveTuple))
+        .transpose()?;
+    let exposition = config
+        .metrics
+        .as_ref()
+        .map(|m| crate::metrics::serve(m.addr))
+        .transpose()?;
 
     let mut attached: Vec<(&Target, Attached)> = Vec::new();
     for t in present {
         match t.attach(&config) {
             Ok(kernel) => attached.push((t, kernel)),
             Err(e) => {
-                // Leave adopted programs running; remove what this run attached.
-                for (_, kernel) in attached {
-                    let adopted = kernel.datapath.adopted();
-                    kernel.datapath.shutdown(adopted)?;
-                }
+                release(attached.into_iter().map(|(_, kernel)| kernel))?;
                 return Err(e);
             }
         }
     }
+    let labels: Vec<&str> = targets.iter().map(|t| t.label.as_str()).collect();
+    let written = first_writes(&config, &files, &db, &labels, &enforcer, saved);
+    let (history, mut saved) = match written {
+        Ok(written) => written,
+        Err(e) => {
+            release(attached.into_iter().map(|(_, kernel)| kernel))?;
+            return Err(e);
+        }
+    };
     if attached.iter().any(|(_, k)| k.datapath.adopted()) {
         enforcer.adopt();
     }
@@ -302,11 +285,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .ok()
     });
     let baselines = std::mem::take(&mut saved.baselines);
-    let mut meters = Vec::new();
+    let meters = attached
+        .iter()
+        .map(|(_, kernel)| meter_for(&baselines, kernel))
+        .collect::<anyhow::Result<Vec<_>>>();
+    let meters = match meters {
+        Ok(meters) => meters,
+        Err(e) => {
+            release(attached.into_iter().map(|(_, kernel)| kernel))?;
+            return Err(e);
+        }
+    };
     for (_, kernel) in &attached {
-        let meter = meter_for(&baselines, kernel)?;
         saved.ledger.reserve(meter_capacity(kernel));
-        meters.push(meter);
     }
 
     let mut sinks: Vec<Box<dyn Sink>> = vec![
@@ -368,10 +359,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Ok(listener) => listener,
         Err(e) => {
             let (kernels, _) = daemon.finish();
-            for (_, kernel) in kernels {
-                let adopted = kernel.datapath.adopted();
-                kernel.datapath.shutdown(adopted)?;
-            }
+            release(kernels.into_iter().map(|(_, kernel)| kernel))?;
             return Err(e);
         }
     };
@@ -469,7 +457,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             pin_dirs.join(", ")
         );
     } else {
-        let labels: Vec<&str> = targets.iter().map(|t| t.label.as_str()).collect();
         log::info!(
             "detached from {}; totals saved to {}",
             labels.join(", "),
@@ -486,6 +473,58 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Detaches what this run attached after all, when its start fails; adopted
+/// programs keep counting for the next run, as they did before this one.
+fn release(kernels: impl IntoIterator<Item = Attached>) -> anyhow::Result<()> {
+    for kernel in kernels {
+        let adopted = kernel.datapath.adopted();
+        kernel.datapath.shutdown(adopted)?;
+    }
+    Ok(())
+}
+
+/// The start's writes, once everything is checked and attached: with
+/// `--reset-state` the old files and database moved aside, the rules file,
+/// the database opened (continuing from the files the first time) and the
+/// state written back. Returns the store and what the run continues from.
+fn first_writes(
+    config: &Config,
+    files: &Files,
+    db: &std::path::Path,
+    labels: &[&str],
+    enforcer: &Enforcer,
+    saved: State,
+) -> anyhow::Result<(crate::history::Store, State)> {
+    if config.reset_state {
+        files.move_aside()?;
+        crate::history::Store::move_aside(db)?;
+    }
+    // The rules go to their own file from here on (state files of earlier
+    // versions held them).
+    files.save_rules(&enforcer.persisted_rules())?;
+    // The store continues from the files the first time, and is the record after.
+    let mut history = crate::history::Store::open(db, config.tz.clone(), Default::default())?;
+    let mut saved = history.continue_from(labels, saved)?;
+    saved.policy.runtime = Default::default();
+    saved.policy.ids = Default::default();
+    saved.policy.slots = Default::default();
+    saved.policy.next_id = 0;
+    // Counters for every configured interface, those that appear later too.
+    saved.metrics = config.metrics.as_ref().map(|m| {
+        let mut kept = saved.metrics.take().unwrap_or_default();
+        labels
+            .iter()
+            .map(|label| {
+                let counters = kept.remove(*label);
+                let counters = crate::metrics::Counters::continuing(counters, m.settings.clone());
+                (label.to_string(), counters)
+            })
+            .collect()
+    });
+    files.save(&saved, None)?;
+    Ok((history, saved))
 }
 
 /// On SIGHUP: takes the options of the configuration file that change

@@ -29,7 +29,7 @@ pub enum DatapathError {
         cause: ProgramError,
     },
     /// Attaching a program failed.
-    #[error("attaching {hook} to '{iface}' failed: {cause}; if another XDP or TC program owns the hook, remove it (`ip link set dev {iface} xdp off`) or pick another interface")]
+    #[error("attaching {hook} to '{iface}' failed: {cause}{}; {}", os_error(cause).map(|e| format!(" ({e})")).unwrap_or_default(), attach_fix(cause, iface))]
     Attach {
         /// Which hook.
         hook: &'static str,
@@ -100,5 +100,27 @@ impl DatapathError {
             name: name.to_string(),
             cause: source,
         }
+    }
+}
+
+/// The kernel's answer behind an aya error, when it was a system call's.
+fn os_error(cause: &ProgramError) -> Option<&std::io::Error> {
+    match cause {
+        ProgramError::SyscallError(e) => Some(&e.io_error),
+        _ => None,
+    }
+}
+
+/// What to do when attaching failed, by what the kernel said.
+fn attach_fix(cause: &ProgramError, iface: &str) -> String {
+    match os_error(cause).and_then(std::io::Error::raw_os_error) {
+        Some(libc::EOPNOTSUPP) => format!(
+            "the driver of '{iface}' does not run native XDP: use `--ingress auto` (TC on \
+             such devices) or `--ingress xdp-skb`"
+        ),
+        _ => format!(
+            "if another XDP or TC program owns the hook, remove it (`ip link set dev {iface} \
+             xdp off`) or pick another interface"
+        ),
     }
 }

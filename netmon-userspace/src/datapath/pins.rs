@@ -155,7 +155,10 @@ impl PinDir {
             .mode(0o700)
             .create(&path)
             .or_else(|e| match e.kind() {
-                std::io::ErrorKind::AlreadyExists => Ok(()),
+                // A marker is a directory; a pinned map or link of that name is not one.
+                std::io::ErrorKind::AlreadyExists if std::fs::symlink_metadata(&path)?.is_dir() => {
+                    Ok(())
+                }
                 _ => Err(e),
             })
             .map_err(|source| DatapathError::PinFile {

@@ -134,6 +134,27 @@ impl Store {
         Ok(())
     }
 
+    /// Refuses, untouched, a file at `path` that is not a netmon history
+    /// database of this layout, before the daemon changes anything; a
+    /// missing one is created by [`Store::open`].
+    pub fn check(path: &Path) -> Result<(), HistoryError> {
+        match std::fs::symlink_metadata(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            _ => {}
+        }
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_NOFOLLOW
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags).map_err(|e| sqlite(path, e))?;
+        Store {
+            conn,
+            path: path.to_path_buf(),
+            tz: TimeZone::UTC,
+            limits: Limits::default(),
+        }
+        .check_schema()
+    }
+
     /// Opens the database read-only for reports, while the daemon may be
     /// writing it; days and months as the daemon keeps them.
     pub fn open_read(path: &Path) -> Result<Store, HistoryError> {

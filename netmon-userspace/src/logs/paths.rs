@@ -113,7 +113,7 @@ fn check_directory(path: &Path, flag: &'static str) -> Result<(), LogError> {
         None
     };
     match problem {
-        None => Ok(()),
+        None => writable(dir),
         Some((problem, fix)) => {
             // Named in full: `.` or a relative path says little in an error.
             let dir = fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
@@ -125,6 +125,25 @@ fn check_directory(path: &Path, flag: &'static str) -> Result<(), LogError> {
             })
         }
     }
+}
+
+/// Refuses a directory netmon could not write in (a read-only file system,
+/// say) at start, rather than at the first write after attaching.
+fn writable(dir: &Path) -> Result<(), LogError> {
+    use nix::unistd::{faccessat, AccessFlags};
+    let io = |cause| LogError::Io {
+        path: dir.to_path_buf(),
+        cause,
+    };
+    let opened = File::open(dir).map_err(io)?;
+    // AT_EACCESS: as the effective user, who does the writing.
+    faccessat(
+        &opened,
+        ".",
+        AccessFlags::W_OK | AccessFlags::X_OK,
+        nix::fcntl::AtFlags::AT_EACCESS,
+    )
+    .map_err(|errno| io(errno.into()))
 }
 
 /// Opens `path` for reading, refusing a symbolic link.
