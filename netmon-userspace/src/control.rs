@@ -8,7 +8,6 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{bail, Context as _};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -19,6 +18,92 @@ use crate::{
 
 mod access;
 pub use access::{Access, AccessError, Peer, ADMIN_GROUP, SOCKET_GROUP};
+
+/// Why a client could not talk to a daemon, or a daemon could not claim an
+/// interface or serve its socket. Each message names the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// The user may not open the socket or its directory.
+    #[error("permission denied on {}: reading needs the group {SOCKET_GROUP}, changing the policy \
+             root or the group {ADMIN_GROUP}; ask an administrator to add you (usermod -aG {SOCKET_GROUP} USER)", .0.display())]
+    Denied(PathBuf),
+    /// Nothing listens on the socket.
+    #[error("no netmon daemon answers on {} ({cause}); start it with `netmon run --iface IF`, as root", path.display())]
+    NoAnswer {
+        /// The socket.
+        path: PathBuf,
+        /// What connecting said.
+        cause: std::io::Error,
+    },
+    /// No socket at all.
+    #[error("no netmon daemon is running (no socket in {SOCKET_DIR}); start one with `netmon run --iface IF`")]
+    NoneRunning,
+    /// Several daemons, and no `--iface` to pick one.
+    #[error("several netmon daemons are running ({0}); pick one with --iface")]
+    Several(String),
+    /// `--iface IF` names interfaces in several namespaces.
+    #[error("daemons watch an interface {iface} in several network namespaces ({found}); pick one with --iface NS:{iface}")]
+    SeveralNamespaces {
+        /// The interface.
+        iface: String,
+        /// The keys of the daemons' sockets.
+        found: String,
+    },
+    /// The daemon's answer is not one this netmon reads.
+    #[error("the daemon's answer is not one this netmon reads ({answer:.200}); is the daemon another version?: {cause}")]
+    Unreadable {
+        /// What it answered.
+        answer: String,
+        /// Why it does not parse.
+        cause: serde_json::Error,
+    },
+    /// The daemon refused the request, saying why.
+    #[error("{0}")]
+    Refused(String),
+    /// The socket directory cannot be created.
+    #[error("creating {SOCKET_DIR}: {0}; run netmon as root")]
+    NoSocketDirectory(std::io::Error),
+    /// The socket directory is unsafe to use as root.
+    #[error(
+        "{SOCKET_DIR} is not a directory of this user that only it can write (a link, \
+             another user's, or group/world-writable); remove it and start netmon again"
+    )]
+    UnsafeDirectory,
+    /// An interface key that cannot name a file in the socket directory.
+    #[error(
+        "'{0}' is not a network namespace name netmon can use (at most 64 characters, \
+             no '/', spaces or leading '.'); give its path instead"
+    )]
+    BadNetnsName(String),
+    /// An interface name that cannot name a file in the socket directory.
+    #[error(
+        "'{0}' is not an interface name (at most 15 characters, no '/', ':' or spaces); \
+             check it with `ip link`"
+    )]
+    BadIfaceName(String),
+    /// Another daemon holds the interface.
+    #[error("another netmon daemon already runs on {iface} (pid {pid}); stop it first")]
+    Claimed {
+        /// The interface, as the user named it.
+        iface: String,
+        /// The other daemon's, as its claim says.
+        pid: String,
+    },
+    /// A file operation on the socket, its directory or a claim failed.
+    #[error("{action}: {cause}")]
+    Io {
+        /// What was being done, and where; with the fix, when there is one.
+        action: String,
+        /// The OS error.
+        cause: std::io::Error,
+    },
+}
+
+/// Wraps an OS error with what was being done.
+fn io(action: impl Into<String>) -> impl FnOnce(std::io::Error) -> ControlError {
+    let action = action.into();
+    move |cause| ControlError::Io { action, cause }
+}
 
 /// Where daemons put their sockets: `/run/netmon/<key>.sock` (see [`key`]).
 pub const SOCKET_DIR: &str = "/run/netmon";
@@ -160,42 +245,33 @@ pub enum Answer {
 /// Sends one request to the daemon on `iface` (or the only daemon running).
 /// `iface` is `IF`, looked for in the caller's network namespace and then
 /// in any other, or `NS:IF`.
-pub fn ask(iface: Option<&str>, request: &Request) -> anyhow::Result<Answer> {
+pub fn ask(iface: Option<&str>, request: &Request) -> Result<Answer, ControlError> {
     let path = match iface {
         Some(iface) => socket_of(iface)?,
         None => only_socket()?,
     };
     let mut stream = match UnixStream::connect(&path) {
         Ok(stream) => stream,
-        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => bail!("{}", denied(&path)),
-        Err(e) => bail!(
-            "no netmon daemon answers on {} ({e}); start it with `netmon run --iface IF`, as root",
-            path.display()
-        ),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            return Err(ControlError::Denied(path))
+        }
+        Err(cause) => return Err(ControlError::NoAnswer { path, cause }),
     };
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut line = serde_json::to_string(request)?;
+    let mut line = serde_json::to_string(request).expect("requests serialise");
     line.push('\n');
-    stream.write_all(line.as_bytes())?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .and_then(|()| stream.write_all(line.as_bytes()))
+        .map_err(io("sending the request to the daemon"))?;
     let mut answer = String::new();
     BufReader::new(stream)
         .read_line(&mut answer)
-        .context("reading the daemon's answer")?;
-    match serde_json::from_str(&answer).with_context(|| {
-        format!("the daemon's answer is not one this netmon reads ({answer:.200}); is the daemon another version?")
-    })? {
-        Response::Ok(answer) => Ok(answer),
-        Response::Error(e) => bail!("{e}"),
+        .map_err(io("reading the daemon's answer"))?;
+    match serde_json::from_str(&answer) {
+        Ok(Response::Ok(answer)) => Ok(answer),
+        Ok(Response::Error(e)) => Err(ControlError::Refused(e)),
+        Err(cause) => Err(ControlError::Unreadable { answer, cause }),
     }
-}
-
-/// Why a user may not connect, and the fix.
-fn denied(path: &Path) -> String {
-    format!(
-        "permission denied on {}: reading needs the group {SOCKET_GROUP}, changing the policy \
-         root or the group {ADMIN_GROUP}; ask an administrator to add you (usermod -aG {SOCKET_GROUP} USER)",
-        path.display()
-    )
 }
 
 /// Every daemon's sockets, one per daemon (a daemon on several interfaces
@@ -218,7 +294,7 @@ fn sockets() -> Vec<(String, PathBuf)> {
 }
 
 /// The socket of the daemon on `iface` (`IF` or `NS:IF`).
-fn socket_of(iface: &str) -> anyhow::Result<PathBuf> {
+fn socket_of(iface: &str) -> Result<PathBuf, ControlError> {
     if iface.contains(':') {
         return Ok(socket_path(iface));
     }
@@ -243,27 +319,35 @@ fn socket_of(iface: &str) -> anyhow::Result<PathBuf> {
     match matching.as_slice() {
         [one] => Ok(one.clone()),
         [] => Ok(own),
-        _ => bail!(
-            "daemons watch an interface {iface} in several network namespaces ({}); pick one with --iface NS:{iface}",
-            matching.iter().filter_map(|p| p.file_stem()).map(|s| s.to_string_lossy()).collect::<Vec<_>>().join(", ")
-        ),
+        _ => Err(ControlError::SeveralNamespaces {
+            iface: iface.to_string(),
+            found: matching
+                .iter()
+                .filter_map(|p| p.file_stem())
+                .map(|s| s.to_string_lossy())
+                .collect::<Vec<_>>()
+                .join(", "),
+        }),
     }
 }
 
-fn only_socket() -> anyhow::Result<PathBuf> {
+fn only_socket() -> Result<PathBuf, ControlError> {
     if let Err(e) = std::fs::read_dir(SOCKET_DIR) {
         if e.kind() == std::io::ErrorKind::PermissionDenied {
-            bail!("{}", denied(Path::new(SOCKET_DIR)));
+            return Err(ControlError::Denied(SOCKET_DIR.into()));
         }
     }
     let sockets = sockets();
     match sockets.as_slice() {
         [(_, one)] => Ok(one.clone()),
-        [] => bail!("no netmon daemon is running (no socket in {SOCKET_DIR}); start one with `netmon run --iface IF`"),
-        _ => bail!(
-            "several netmon daemons are running ({}); pick one with --iface",
-            sockets.iter().map(|(key, _)| key.as_str()).collect::<Vec<_>>().join(", ")
-        ),
+        [] => Err(ControlError::NoneRunning),
+        _ => Err(ControlError::Several(
+            sockets
+                .iter()
+                .map(|(key, _)| key.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        )),
     }
 }
 
@@ -279,22 +363,19 @@ const CONNECTIONS: usize = 128;
 
 /// The private directory for sockets and claims: created 0700, and refused
 /// when it is a link or another user's, since netmon runs as root.
-fn private_dir() -> anyhow::Result<&'static Path> {
+fn private_dir() -> Result<&'static Path, ControlError> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
     let dir = Path::new(SOCKET_DIR);
     match std::fs::DirBuilder::new().mode(0o700).create(dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => bail!("creating {SOCKET_DIR}: {e}; run netmon as root"),
+        Err(e) => return Err(ControlError::NoSocketDirectory(e)),
     }
-    let meta = std::fs::symlink_metadata(dir).with_context(|| format!("reading {SOCKET_DIR}"))?;
+    let meta = std::fs::symlink_metadata(dir).map_err(io(format!("reading {SOCKET_DIR}")))?;
     // SAFETY: geteuid has no preconditions.
     let me = unsafe { libc::geteuid() };
     if !meta.is_dir() || meta.uid() != me || meta.permissions().mode() & 0o022 != 0 {
-        bail!(
-            "{SOCKET_DIR} is not a directory of this user that only it can write (a link, \
-             another user's, or group/world-writable); remove it and start netmon again"
-        );
+        return Err(ControlError::UnsafeDirectory);
     }
     Ok(dir)
 }
@@ -305,20 +386,21 @@ fn private_dir() -> anyhow::Result<&'static Path> {
 /// alone, since daemons with other socket groups share it: everyone may list
 /// and search it, and nobody else may write there. Who may connect is up to
 /// each socket's group.
-fn open_to_group(dir: &Path, gid: u32) -> anyhow::Result<()> {
+fn open_to_group(dir: &Path, gid: u32) -> Result<(), ControlError> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let meta = std::fs::symlink_metadata(dir).with_context(|| format!("reading {SOCKET_DIR}"))?;
+    let meta = std::fs::symlink_metadata(dir).map_err(io(format!("reading {SOCKET_DIR}")))?;
     let mode = meta.mode() & 0o7777;
     let group_may = meta.gid() == gid && mode & 0o050 == 0o050;
     if group_may || mode & 0o005 == 0o005 {
         return Ok(());
     }
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode | 0o055))
-        .with_context(|| format!("opening {SOCKET_DIR} to gid {gid}; run netmon as root"))
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode | 0o055)).map_err(io(
+        format!("opening {SOCKET_DIR} to gid {gid}; run netmon as root"),
+    ))
 }
 
 /// A valid interface key ([`key`]): it names files in [`SOCKET_DIR`], so no path.
-fn check_key(key: &str) -> anyhow::Result<()> {
+fn check_key(key: &str) -> Result<(), ControlError> {
     let (netns, iface) = match key.split_once(':') {
         Some((ns, iface)) => (Some(ns), iface),
         None => (None, key),
@@ -330,11 +412,7 @@ fn check_key(key: &str) -> anyhow::Result<()> {
             || ns.contains('/')
             || ns.chars().any(|c| c.is_whitespace() || c.is_control())
         {
-            bail!(
-                "'{}' is not a network namespace name netmon can use (at most 64 characters, \
-                 no '/', spaces or leading '.'); give its path instead",
-                ns.escape_default()
-            );
+            return Err(ControlError::BadNetnsName(ns.escape_default().to_string()));
         }
     }
     if iface.is_empty()
@@ -344,11 +422,9 @@ fn check_key(key: &str) -> anyhow::Result<()> {
         || iface.contains(['/', ':'])
         || iface.chars().any(|c| c.is_whitespace() || c.is_control())
     {
-        bail!(
-            "'{}' is not an interface name (at most 15 characters, no '/', ':' or spaces); \
-             check it with `ip link`",
-            iface.escape_default()
-        );
+        return Err(ControlError::BadIfaceName(
+            iface.escape_default().to_string(),
+        ));
     }
     Ok(())
 }
@@ -365,7 +441,7 @@ pub struct Claim {
 impl Claim {
     /// Takes the claim on the interface of `key` ([`key`]), or says which
     /// daemon holds it, naming the interface `iface` as the user did.
-    pub fn take(key: &str, iface: &str) -> anyhow::Result<Claim> {
+    pub fn take(key: &str, iface: &str) -> Result<Claim, ControlError> {
         use std::os::{
             fd::AsRawFd,
             unix::fs::{MetadataExt, OpenOptionsExt},
@@ -381,25 +457,35 @@ impl Claim {
                 .mode(0o600)
                 .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
                 .open(&path)
-                .with_context(|| format!("opening {}", path.display()))?;
+                .map_err(io(format!("opening {}", path.display())))?;
             // SAFETY: flock on a descriptor we own.
             if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
                 // From the locked file itself: the path may name another by now.
                 let mut holder = String::new();
                 let _ = std::io::Read::read_to_string(&mut file, &mut holder);
-                bail!(
-                    "another netmon daemon already runs on {iface} (pid {}); stop it first",
-                    holder.trim()
-                );
+                return Err(ControlError::Claimed {
+                    iface: iface.to_string(),
+                    pid: holder.trim().to_string(),
+                });
             }
             // A daemon that was stopping removed the file between our open
             // and our lock: the lock is on a file nobody else will open.
             let current = std::fs::symlink_metadata(&path).map(|m| m.ino()).ok();
-            if current != Some(file.metadata()?.ino()) {
+            let writing = io(format!("writing {}", path.display()));
+            let ours = file
+                .metadata()
+                .map_err(io(format!("reading {}", path.display())))?;
+            if current != Some(ours.ino()) {
                 continue;
             }
-            file.set_len(0)?;
-            std::io::Write::write_all(&mut file, format!("{}\n", std::process::id()).as_bytes())?;
+            file.set_len(0)
+                .and_then(|()| {
+                    std::io::Write::write_all(
+                        &mut file,
+                        format!("{}\n", std::process::id()).as_bytes(),
+                    )
+                })
+                .map_err(writing)?;
             return Ok(Claim { _lock: file, path });
         }
     }
@@ -436,44 +522,51 @@ impl Listener {
     /// to send one request of at most [`MAX_REQUEST`] bytes and to take the
     /// answer, so an idle or slow client delays no one. Each request is
     /// checked against the peer's credentials first.
-    pub fn bind(claims: &[Claim], access: Access) -> anyhow::Result<Listener> {
+    pub fn bind(claims: &[Claim], access: Access) -> Result<Listener, ControlError> {
         use std::os::unix::fs::PermissionsExt;
         let dir = private_dir()?;
         let paths: Vec<PathBuf> = claims
             .iter()
             .map(|c| c.path.with_extension("sock"))
             .collect();
-        let Some(path) = paths.first().cloned() else {
-            bail!("no interface to serve");
-        };
+        let path = paths
+            .first()
+            .cloned()
+            .expect("a daemon claims an interface at least");
         for stale in &paths {
             match std::fs::remove_file(stale) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => bail!("removing the stale socket {}: {e}", stale.display()),
+                Err(e) => {
+                    return Err(io(format!("removing the stale socket {}", stale.display()))(e))
+                }
             }
         }
         let listener = tokio::net::UnixListener::bind(&path)
-            .with_context(|| format!("binding the control socket {}", path.display()))?;
+            .map_err(io(format!("binding the control socket {}", path.display())))?;
         // The links below share the socket's inode, so its owner and mode too.
         match access.socket_group {
-            None => std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?,
+            None => std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .map_err(io(format!("setting the mode of {}", path.display())))?,
             Some(gid) => {
                 // The socket's group decides who connects.
                 nix::unistd::chown(path.as_path(), None, Some(nix::unistd::Gid::from_raw(gid)))
-                    .with_context(|| {
-                        format!(
+                    .map_err(|errno| {
+                        io(format!(
                             "giving {} to gid {gid}; run netmon as root or as a member of that group",
                             path.display()
-                        )
+                        ))(errno.into())
                     })?;
-                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660))?;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660))
+                    .map_err(io(format!("setting the mode of {}", path.display())))?;
                 open_to_group(dir, gid)?;
             }
         }
         for other in &paths[1..] {
-            std::fs::hard_link(&path, other)
-                .with_context(|| format!("linking the control socket at {}", other.display()))?;
+            std::fs::hard_link(&path, other).map_err(io(format!(
+                "linking the control socket at {}",
+                other.display()
+            )))?;
         }
         let (sender, requests) = tokio::sync::mpsc::channel(CONNECTIONS);
         let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(CONNECTIONS));

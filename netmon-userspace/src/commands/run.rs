@@ -149,7 +149,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .skip(1)
         .collect();
     let Some(file) = args.config.clone() else {
-        return daemon::run(to_config(args, &cli)?).await;
+        return Ok(daemon::run(to_config(args, &cli)?).await?);
     };
     let (args, layers) = config::Layers::resolve::<RunArgs>(&file, cli)?;
     let mut daemon_config = to_config(args, layers.words())?;
@@ -168,7 +168,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             alert_threshold: args.alert_threshold.map(|t| (t, args.alert_period)),
         })
     })));
-    daemon::run(daemon_config).await
+    Ok(daemon::run(daemon_config).await?)
 }
 
 /// The daemon's configuration from the options and the command line `words`

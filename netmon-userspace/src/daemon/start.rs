@@ -3,7 +3,6 @@
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
-use anyhow::{bail, Context as _};
 use caps::Capability;
 use jiff::tz::TimeZone;
 use tokio::signal::unix::{signal, SignalKind};
@@ -17,14 +16,111 @@ use super::{
 use crate::{
     accounting::{Baseline, Meter},
     alerts::{Alerter, UsageAlarm},
-    control,
-    datapath::{netns::Netns, Datapath, Granularity, IngressHook, LoadOptions},
+    control::{self, ControlError},
+    datapath::{netns::Netns, Datapath, DatapathError, Granularity, IngressHook, LoadOptions},
     enforcer::Enforcer,
-    flows::{FlowExport, FlowExporter},
-    logs::{state::State, Files},
-    metrics::MetricsSink,
-    policy::Period,
+    flows::{FlowError, FlowExport, FlowExporter},
+    history::HistoryError,
+    logs::{state::State, Files, LogError},
+    metrics::{MetricsError, MetricsSink},
+    policy::{Period, PolicyError},
+    privileges::PrivilegeError,
 };
+
+/// Why the daemon did not start, or stopped with an error. Each message
+/// names the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Capabilities missing, or not dropped.
+    #[error(transparent)]
+    Privileges(#[from] PrivilegeError),
+    /// A signal handler could not be installed.
+    #[error("installing the {which} handler: {cause}")]
+    Signal {
+        /// SIGTERM, SIGINT or SIGHUP.
+        which: &'static str,
+        /// The OS error.
+        cause: std::io::Error,
+    },
+    /// An interface named twice.
+    #[error("interface {0} is named twice; name each once")]
+    NamedTwice(String),
+    /// None of several interfaces exists.
+    #[error("none of the interfaces exists: check the names with `ip link` (`ip -n NS link` for --netns)")]
+    NoInterface,
+    /// Loading, attaching or reading the datapath.
+    #[error(transparent)]
+    Datapath(#[from] DatapathError),
+    /// Claiming an interface or serving the control socket.
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    /// A poll failed.
+    #[error(transparent)]
+    Poll(Box<super::DaemonError>),
+    /// The log, state, rules or detail files.
+    #[error(transparent)]
+    Files(#[from] LogError),
+    /// The history database.
+    #[error(transparent)]
+    History(#[from] HistoryError),
+    /// Flow export.
+    #[error(transparent)]
+    Flows(#[from] FlowError),
+    /// The metrics endpoint.
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
+    /// The policy file, or the policy kept from the last run.
+    #[error(transparent)]
+    Policy(Box<PolicyError>),
+    /// A policy that reads well but does not fit the datapath.
+    #[error("the policy cannot be enforced{}: {cause}", on.as_ref().map(|iface| format!(" on {iface}")).unwrap_or_default())]
+    Unenforceable {
+        /// The interface it was enforced on, when one was added later.
+        on: Option<String>,
+        /// Why.
+        cause: Box<PolicyError>,
+    },
+    /// The state file's counter baseline does not parse.
+    #[error("the state file's counter baseline is malformed; start with --reset-state")]
+    MalformedBaseline,
+    /// The only interface went away.
+    #[error("interface {iface} is gone (deleted, or replaced by another of that name): its \
+             traffic up to the removal is in {}{unwritten}, and netmon detached; start netmon \
+             again once the interface is back", log.display())]
+    Gone {
+        /// The interface.
+        iface: String,
+        /// The log that has its traffic.
+        log: PathBuf,
+        /// What could not be written at the stop, in parentheses, if anything.
+        unwritten: String,
+    },
+    /// What could not be written at the stop.
+    #[error("{0}")]
+    Unwritten(String),
+}
+
+// Boxed: they are large, and errors travel up every start-up call.
+impl From<PolicyError> for StartError {
+    fn from(e: PolicyError) -> Self {
+        StartError::Policy(Box::new(e))
+    }
+}
+
+impl From<super::DaemonError> for StartError {
+    fn from(e: super::DaemonError) -> Self {
+        StartError::Poll(Box::new(e))
+    }
+}
+
+/// The policy cannot be enforced (on `iface`, when one joins later).
+fn unenforceable(on: Option<&str>) -> impl FnOnce(PolicyError) -> StartError {
+    let on = on.map(str::to_string);
+    move |cause| StartError::Unenforceable {
+        on,
+        cause: Box::new(cause),
+    }
+}
 
 /// An interface to watch, as `--netns` and `--iface` name it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -96,7 +192,7 @@ struct Target {
 }
 
 impl Target {
-    fn open(spec: &InterfaceSpec) -> anyhow::Result<Target> {
+    fn open(spec: &InterfaceSpec) -> Result<Target, DatapathError> {
         let netns = spec
             .netns
             .as_deref()
@@ -124,7 +220,7 @@ impl Target {
     }
 
     /// Attaches (or adopts) the datapath and reads what its policy maps hold.
-    fn attach(&self, config: &Config) -> anyhow::Result<Attached> {
+    fn attach(&self, config: &Config) -> Result<Attached, DatapathError> {
         let options = LoadOptions {
             max_pairs: config.max_pairs,
             granularity: config.granularity,
@@ -141,7 +237,7 @@ impl Target {
         if adopted {
             if let Err(e) = kernel.adopt_policy() {
                 kernel.datapath.shutdown(true)?;
-                return Err(e.into());
+                return Err(e);
             }
         }
         Ok(kernel)
@@ -164,11 +260,12 @@ fn announce(iface: &str, kernel: &Attached, config: &Config) {
 
 /// The meter for maps `instance`: from the state file's baseline when the
 /// maps were adopted and it is theirs, else from zero.
-fn meter_for(saved: &[Baseline], kernel: &Attached) -> anyhow::Result<Meter> {
+fn meter_for(saved: &[Baseline], kernel: &Attached) -> Result<Meter, StartError> {
     let datapath = &kernel.datapath;
     let mut meter = match saved.iter().find(|b| b.instance == datapath.instance()) {
-        Some(b) if datapath.adopted() => Meter::from_baseline(b)
-            .context("the state file's counter baseline is malformed; start with --reset-state")?,
+        Some(b) if datapath.adopted() => {
+            Meter::from_baseline(b).ok_or(StartError::MalformedBaseline)?
+        }
         _ => Meter::default(),
     };
     meter.reserve(datapath.capacity()? as usize);
@@ -184,20 +281,21 @@ fn meter_for(saved: &[Baseline], kernel: &Attached) -> anyhow::Result<Meter> {
 /// the policy (read, not written), the sockets and ports to take; then the
 /// programs are attached, and only then is anything written, which, when it
 /// fails, detaches them again.
-pub async fn run(config: Config) -> anyhow::Result<()> {
+pub async fn run(config: Config) -> Result<(), StartError> {
     crate::privileges::check()?;
     // Handlers first: a stop requested during start-up is then a clean stop after it.
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let handler = |kind, which| signal(kind).map_err(|cause| StartError::Signal { which, cause });
+    let mut sigterm = handler(SignalKind::terminate(), "SIGTERM")?;
+    let mut sigint = handler(SignalKind::interrupt(), "SIGINT")?;
+    let mut sighup = handler(SignalKind::hangup(), "SIGHUP")?;
     let targets = config
         .interfaces
         .iter()
         .map(Target::open)
-        .collect::<anyhow::Result<Vec<_>>>()?;
+        .collect::<Result<Vec<_>, _>>()?;
     for (i, t) in targets.iter().enumerate() {
         if targets[..i].iter().any(|o| o.key == t.key) {
-            bail!("interface {} is named twice; name each once", t.label);
+            return Err(StartError::NamedTwice(t.label.clone()));
         }
     }
     // One interface: it must be there, and the daemon stops when it goes.
@@ -206,7 +304,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let claims = targets
         .iter()
         .map(|t| control::Claim::take(&t.key, &t.label))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+        .collect::<Result<Vec<_>, _>>()?;
     let mut present = Vec::new();
     for t in &targets {
         if several && !t.present() {
@@ -220,7 +318,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         present.push(t);
     }
     if present.is_empty() {
-        bail!("none of the interfaces exists: check the names with `ip link` (`ip -n NS link` for --netns)");
+        return Err(StartError::NoInterface);
     }
     let files = config.files.clone().check(config.follow_symlinks)?;
     let db = crate::logs::paths::check(&config.db, "--db", config.follow_symlinks)?;
@@ -237,11 +335,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.policy.clone(),
         saved.policy.clone(),
         config.tz.clone(),
-    )
-    .map_err(anyhow::Error::msg)?;
-    enforcer
-        .check()
-        .map_err(|e| anyhow::anyhow!("the policy cannot be enforced: {e}"))?;
+    )?;
+    enforcer.check().map_err(unenforceable(None))?;
     // Collectors resolve and the metrics port is bound before anything is
     // attached: one in use refuses the run like any bad option.
     let flow_exporter = config
@@ -261,7 +356,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             Ok(kernel) => attached.push((t, kernel)),
             Err(e) => {
                 release(attached.into_iter().map(|(_, kernel)| kernel))?;
-                return Err(e);
+                return Err(e.into());
             }
         }
     }
@@ -288,7 +383,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let meters = attached
         .iter()
         .map(|(_, kernel)| meter_for(&baselines, kernel))
-        .collect::<anyhow::Result<Vec<_>>>();
+        .collect::<Result<Vec<_>, _>>();
     let meters = match meters {
         Ok(meters) => meters,
         Err(e) => {
@@ -353,8 +448,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     let started = daemon
         .enforce()
-        .map_err(|e| anyhow::anyhow!("the policy cannot be enforced: {e}"))
-        .and_then(|()| control::Listener::bind(&claims, config.access));
+        .map_err(unenforceable(None))
+        .and_then(|()| Ok(control::Listener::bind(&claims, config.access)?));
     let mut listener = match started {
         Ok(listener) => listener,
         Err(e) => {
@@ -444,12 +539,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let unwritten: String = unwritten.iter().map(|u| format!(" ({u})")).collect();
     let iface = &targets[0].label;
     if gone {
-        bail!(
-            "interface {iface} is gone (deleted, or replaced by another of that name): its \
-             traffic up to the removal is in {}{unwritten}, and netmon detached; start netmon \
-             again once the interface is back",
-            files.log.display(),
-        );
+        return Err(StartError::Gone {
+            iface: iface.clone(),
+            log: files.log.clone(),
+            unwritten,
+        });
     }
     if config.keep_attached {
         log::info!(
@@ -464,20 +558,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         );
     }
     if !unwritten.is_empty() {
-        bail!(
-            "{}",
+        return Err(StartError::Unwritten(
             unwritten
                 .trim()
                 .trim_start_matches('(')
                 .trim_end_matches(')')
-        );
+                .to_string(),
+        ));
     }
     Ok(())
 }
 
 /// Detaches what this run attached after all, when its start fails; adopted
 /// programs keep counting for the next run, as they did before this one.
-fn release(kernels: impl IntoIterator<Item = Attached>) -> anyhow::Result<()> {
+fn release(kernels: impl IntoIterator<Item = Attached>) -> Result<(), DatapathError> {
     for kernel in kernels {
         let adopted = kernel.datapath.adopted();
         kernel.datapath.shutdown(adopted)?;
@@ -496,7 +590,7 @@ fn first_writes(
     labels: &[&str],
     enforcer: &Enforcer,
     saved: State,
-) -> anyhow::Result<(crate::history::Store, State)> {
+) -> Result<(crate::history::Store, State), StartError> {
     if config.reset_state {
         files.move_aside()?;
         crate::history::Store::move_aside(db)?;
@@ -569,13 +663,13 @@ fn join_appeared(
         if daemon.watches(&t.label) || !t.present() {
             continue;
         }
-        let joined = (|| -> anyhow::Result<()> {
+        let joined = (|| -> Result<(), StartError> {
             let mut kernel = t.attach(config)?;
             let meter = meter_for(baselines, &kernel)?;
             if let Err(e) = daemon.enforce_on(&mut kernel) {
                 let adopted = kernel.datapath.adopted();
                 kernel.datapath.shutdown(adopted)?;
-                bail!("the policy cannot be enforced on {}: {e}", t.label);
+                return Err(unenforceable(Some(&t.label))(e));
             }
             let instance = kernel.datapath.instance();
             let old = daemon.join(&t.label, kernel, meter, instance);
