@@ -487,6 +487,15 @@ fn port_rules_allow_exceptions_and_unblock() -> Result<()> {
         .send()?;
     let blocked = Flow::udp(a, b).port(7201).sizes(&[300]).delivered()?;
     assert!(blocked.is_empty());
+    // Dropped by the block, not lost on the way; passed by the allow rule.
+    assert_eq!(
+        rule_counters(&net, "block 10.200.0.0/24"),
+        [(0, 0), (1, frame_len(IpAddr::V4(b.ipv4), 300))]
+    );
+    assert_eq!(
+        rule_counters(&net, &format!("allow {}/32", b.ipv4_alt)),
+        [(0, 0), (1, frame_len(IpAddr::V4(b.ipv4_alt), 300))]
+    );
 
     // Unblock restores traffic.
     ctl(&net.a.iface, &["unblock", "10.200.0.0/24"]).unwrap();
