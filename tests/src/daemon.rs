@@ -51,6 +51,15 @@ pub fn status_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }
 
+/// The files a run with `logs_in(dir)` writes there, sorted.
+pub const FILES_OF_A_RUN: [&str; 5] = [
+    "detail.jsonl",
+    "network_log.db",
+    "network_log.json",
+    "network_log.rules.json",
+    "network_log.state.json",
+];
+
 /// A running `netmon run`.
 pub struct Netmon {
     child: Option<Child>,

@@ -66,6 +66,17 @@ impl Host {
         })
     }
 
+    /// True when `iface` in this host's namespace runs an XDP program, in
+    /// any mode, pinned or not.
+    pub fn runs_xdp(&self, iface: &str) -> Result<bool> {
+        let out = self
+            .command("ip")
+            .args(["-d", "link", "show", "dev", iface])
+            .output()?;
+        anyhow::ensure!(out.status.success(), "ip link show {iface}: {out:?}");
+        Ok(String::from_utf8_lossy(&out.stdout).contains("prog/xdp"))
+    }
+
     /// MAC address in `aa:bb:…` form.
     pub fn mac_string(&self) -> String {
         self.mac

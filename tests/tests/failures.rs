@@ -11,7 +11,7 @@ use anyhow::Result;
 use netmon::logs::state;
 use netmon_common::Counter;
 use netmon_tests::{
-    daemon::{binary, Launch, Netmon},
+    daemon::{binary, Launch, Netmon, FILES_OF_A_RUN},
     mounts::TempMount,
     names_in,
     traffic::frame_len,
@@ -220,16 +220,6 @@ fn files_in(dir: &Path) -> Result<Vec<(String, Vec<u8>, std::time::SystemTime)>>
         .collect()
 }
 
-/// True when `iface` in `host`'s namespace runs an XDP program, pinned or not.
-fn runs_xdp(host: &netmon_tests::Host, iface: &str) -> Result<bool> {
-    let out = host
-        .command("ip")
-        .args(["-d", "link", "show", iface])
-        .output()?;
-    anyhow::ensure!(out.status.success(), "ip link show {iface}: {out:?}");
-    Ok(String::from_utf8_lossy(&out.stdout).contains("xdp"))
-}
-
 #[test]
 fn a_start_refused_late_rewrites_no_file_and_leaves_nothing_attached() -> Result<()> {
     let net = TestNet::create()?;
@@ -244,16 +234,7 @@ fn a_start_refused_late_rewrites_no_file_and_leaves_nothing_attached() -> Result
     netmon.stop()?;
     let recorded = files_in(dir.path())?;
     let names: Vec<&str> = recorded.iter().map(|(n, ..)| n.as_str()).collect();
-    assert_eq!(
-        names,
-        [
-            "detail.jsonl",
-            "network_log.db",
-            "network_log.json",
-            "network_log.rules.json",
-            "network_log.state.json"
-        ]
-    );
+    assert_eq!(names, FILES_OF_A_RUN);
     let pins = names_in(bpffs.path());
 
     // Native XDP on a bridge: every check passes, and the kernel refuses
@@ -287,7 +268,7 @@ fn a_start_refused_late_rewrites_no_file_and_leaves_nothing_attached() -> Result
         "no file moved aside or rewritten"
     );
     assert_eq!(names_in(bpffs.path()), pins, "nothing left pinned");
-    assert!(!runs_xdp(a, bridge)?, "nothing left attached");
+    assert!(!a.runs_xdp(bridge)?, "nothing left attached");
 
     // A database that is not netmon's is refused before anything is
     // attached, and before the rules file is rewritten.
@@ -300,7 +281,7 @@ fn a_start_refused_late_rewrites_no_file_and_leaves_nothing_attached() -> Result
     );
     assert_eq!(files_in(dir.path())?, recorded, "no file rewritten");
     assert_eq!(names_in(bpffs.path()), pins, "nothing left pinned");
-    assert!(!runs_xdp(a, &a.iface)?, "nothing left attached");
+    assert!(!a.runs_xdp(&a.iface)?, "nothing left attached");
     Ok(())
 }
 
@@ -409,16 +390,7 @@ fn a_detail_log_that_is_a_symbolic_link_is_refused_unless_followed() -> Result<(
     std::thread::sleep(Duration::from_millis(1500));
     netmon.stop()?;
     assert_eq!(std::fs::read_link(&link)?, victim, "the link is left alone");
-    assert_eq!(
-        names_in(dir.path()),
-        [
-            "detail.jsonl",
-            "network_log.db",
-            "network_log.json",
-            "network_log.rules.json",
-            "network_log.state.json"
-        ]
-    );
+    assert_eq!(names_in(dir.path()), FILES_OF_A_RUN);
     assert_eq!(names_in(elsewhere.path()), ["victim.conf"]);
     let text = std::fs::read_to_string(&victim)?;
     let details = text

@@ -13,7 +13,7 @@ use netmon::{
 use netmon_common::Counter;
 use netmon_tests::{
     capture::{self, Capture, Way},
-    daemon::{ctl, Launch, Netmon},
+    daemon::{ctl, Launch, Netmon, FILES_OF_A_RUN},
     mounts::TempMount,
     scenario::raw,
     traffic::frame_len,
@@ -132,16 +132,7 @@ fn two_veths_in_one_daemon_count_each_exactly_into_one_log() -> Result<()> {
     );
     assert_eq!(totals.pairs().count(), 2, "one log with both");
     let names = netmon_tests::names_in(dir.path());
-    assert_eq!(
-        names,
-        [
-            "detail.jsonl",
-            "network_log.db",
-            "network_log.json",
-            "network_log.rules.json",
-            "network_log.state.json"
-        ]
-    );
+    assert_eq!(names, FILES_OF_A_RUN);
     Ok(())
 }
 

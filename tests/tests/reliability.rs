@@ -13,7 +13,7 @@ use netmon_tests::{
     mounts::TempMount,
     scenario::raw,
     traffic::frame_len,
-    Flow, Host, TestNet,
+    Flow, TestNet,
 };
 
 fn exact_totals(dir: &Path) -> Result<Ledger> {
@@ -23,13 +23,6 @@ fn exact_totals(dir: &Path) -> Result<Ledger> {
 
 fn v4(ip: std::net::Ipv4Addr) -> IpAddr {
     IpAddr::V4(ip)
-}
-
-fn xdp_attached(host: &Host) -> Result<bool> {
-    let out = std::process::Command::new("ip")
-        .args(["-n", &host.netns, "-d", "link", "show", "dev", &host.iface])
-        .output()?;
-    Ok(String::from_utf8_lossy(&out.stdout).contains("prog/xdp"))
 }
 
 #[test]
@@ -98,7 +91,7 @@ fn sigkill_every_8_seconds_loses_nothing_and_counts_nothing_twice() -> Result<()
         sent(sent_out, 300),
         "… = tcpdump out"
     );
-    assert!(!xdp_attached(a)?, "a clean stop detaches");
+    assert!(!a.runs_xdp(&a.iface)?, "a clean stop detaches");
     Ok(())
 }
 
@@ -132,7 +125,11 @@ fn keep_attached_keeps_counting_and_enforcing_until_the_next_run(
     let pins = netmon.pins.clone();
     netmon.stop()?;
     // (tcx attachments do not show in `ip link`; the traffic below shows them at work.)
-    assert_eq!(xdp_attached(a)?, ingress == "xdp", "XDP still attached");
+    assert_eq!(
+        a.runs_xdp(&a.iface)?,
+        ingress == "xdp",
+        "XDP still attached"
+    );
     assert!(pins.join(netmon_common::maps::FLOWS_V4_MAP).exists() && pins.join(link).exists());
 
     // No daemon runs: the kernel counts and enforces on its own.
@@ -160,7 +157,7 @@ fn keep_attached_keeps_counting_and_enforcing_until_the_next_run(
         "counted while no daemon ran"
     );
     assert!(
-        !xdp_attached(a)?,
+        !a.runs_xdp(&a.iface)?,
         "the second run, stopped normally, detached"
     );
     assert!(!pins.exists(), "and removed its pins");

@@ -51,17 +51,6 @@ pub struct Datapath {
     claimed: u32,
 }
 
-/// What [`Datapath::load_and_attach`] makes of the pins.
-struct Loaded {
-    ebpf: Ebpf,
-    ingress: Option<Ingress>,
-    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
-    links: Vec<PinnedLink>,
-    instance: u64,
-    table: PairTable,
-    claimed: u32,
-}
-
 impl Datapath {
     /// Loads the programs and attaches XDP (ingress) and TC (egress) to `iface`,
     /// or adopts the maps and links an earlier run left pinned under `bpffs`,
@@ -112,49 +101,27 @@ impl Datapath {
             interface_index(iface).ok_or_else(|| DatapathError::NoInterface(iface.into()))?;
         pins.create(bpffs)?;
         let adopted = pins.has_maps();
-        let loaded = Self::load_and_attach(iface, ifindex, options, hook, &pins, adopted);
+        let loaded = Self::load_and_attach(iface, ifindex, options, hook, pins.clone(), adopted);
         if loaded.is_err() && !adopted {
             // Nothing of a failed first load stays pinned for a next run to adopt.
             if let Err(e) = pins.remove() {
                 log::warn!("removing {}: {e}", pins.path().display());
             }
         }
-        let Loaded {
-            ebpf,
-            ingress,
-            logger,
-            links,
-            instance,
-            table,
-            claimed,
-        } = loaded?;
-        Ok(Self {
-            ebpf,
-            iface: iface.to_string(),
-            netns: None,
-            ingress,
-            ifindex,
-            logger,
-            pins,
-            links,
-            adopted,
-            instance,
-            table,
-            claimed,
-        })
+        loaded
     }
 
     /// Loads the programs with their maps pinned in `pins` (adopting them
-    /// when `adopted`), and attaches them to `iface`.
+    /// when `adopted`), and attaches them to `iface`, index `ifindex`.
     fn load_and_attach(
         iface: &str,
         ifindex: u32,
         options: &LoadOptions,
         hook: IngressHook,
-        pins: &PinDir,
+        pins: PinDir,
         adopted: bool,
-    ) -> Result<Loaded, DatapathError> {
-        let (mut ebpf, instance) = load::load_pinned(options, pins, adopted)?;
+    ) -> Result<Self, DatapathError> {
+        let (mut ebpf, instance) = load::load_pinned(options, &pins, adopted)?;
         let table = PairTable::of(&ebpf)?;
         let claimed = if adopted {
             let orphans = table.release_orphans()?;
@@ -166,7 +133,7 @@ impl Datapath {
             table.free_all()?;
             0
         };
-        attach::unpin_stale_links(pins, iface, ifindex)?;
+        attach::unpin_stale_links(&pins, iface, ifindex)?;
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
             Ok(logger) => Some(logger),
             Err(e) => {
@@ -174,12 +141,17 @@ impl Datapath {
                 None
             }
         };
-        let (ingress, links) = attach::attach_programs(&mut ebpf, iface, hook, pins)?;
-        Ok(Loaded {
+        let (ingress, links) = attach::attach_programs(&mut ebpf, iface, hook, &pins)?;
+        Ok(Self {
             ebpf,
+            iface: iface.to_string(),
+            netns: None,
             ingress,
+            ifindex,
             logger,
+            pins,
             links,
+            adopted,
             instance,
             table,
             claimed,
