@@ -3,6 +3,7 @@
 
 mod input;
 pub mod link;
+mod mapped;
 
 use std::{
     ops::ControlFlow,
@@ -16,9 +17,6 @@ use pcap_parser::{Block, PcapBlockOwned, PcapError};
 
 pub use input::Input;
 pub use link::Link;
-
-/// Read buffer: large reads, and room for the largest record (snap length 262144).
-const BUFFER: usize = 4 << 20;
 
 /// One frame of a capture.
 pub struct CapturedFrame<'a> {
@@ -123,18 +121,7 @@ fn read_while(
 ) -> Result<ReadSummary, CaptureError> {
     let name = input.name();
     let taken = Arc::new(AtomicU64::new(0));
-    let source = input.open(taken.clone())?;
-    let mut reader = match pcap_parser::create_reader(BUFFER, source) {
-        Ok(r) => r,
-        Err(PcapError::ReadError) => {
-            return Err(CaptureError::Corrupt {
-                path: name,
-                frames: 0,
-                reason: "the compressed data is damaged or the read failed".into(),
-            })
-        }
-        Err(_) => return Err(CaptureError::NotACapture(name)),
-    };
+    let mut reader = input.open(taken.clone())?;
     let mut summary = ReadSummary::default();
     // pcapng: per interface, link type and timestamp units per second.
     let mut interfaces: Vec<(Link, u64)> = Vec::new();
