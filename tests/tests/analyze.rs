@@ -132,16 +132,44 @@ fn tshark_pairs(pcap: &Path) -> Result<Pairs> {
     Ok(pairs)
 }
 
+/// Captures of which tshark counts no frame in any pair.
+const NO_PAIRS: [&str; 4] = [
+    "ipv6-holding-ipv4.pcap",
+    "ipv6-routing-header-cut.pcap",
+    "ipv6-fragment-header-cut.pcap",
+    "ipv6-hop-by-hop-cut.pcap",
+];
+
+/// The frames netmon's analysis of `pcap` counts as malformed, both directions.
+fn malformed_frames(dir: &Path, pcap: &Path) -> Result<u64> {
+    let (out, detail) = analyze(dir, &[pcap], None)?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut frames = 0;
+    for line in std::fs::read_to_string(detail)?.lines() {
+        let record: Value = serde_json::from_str(line)?;
+        for direction in ["ingress", "egress"] {
+            let malformed = &record["protocols"][direction]["malformed"]["frames"];
+            frames += malformed.as_u64().context("malformed frames")?;
+        }
+    }
+    Ok(frames)
+}
+
 #[test]
 fn every_link_type_gives_tsharks_pairs() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let files = every_capture()?;
-    ensure!(files.len() >= 17, "the capture set: {files:?}");
+    ensure!(files.len() >= 21, "the capture set: {files:?}");
     for pcap in &files {
         let tshark = tshark_pairs(pcap)?;
-        // Every capture holds pairs but the one whose IPv4 packet sits under
-        // the IPv6 link type: tshark (and netmon) attribute it to none.
-        let empty = pcap.ends_with("ipv6-holding-ipv4.pcap");
+        // Every capture holds pairs but those whose every packet tshark
+        // attributes to none: an IPv4 packet under the IPv6 link type, and
+        // IPv6 extension headers cut off (netmon calls them malformed).
+        let empty = NO_PAIRS.iter().any(|name| pcap.ends_with(name));
         ensure!(
             tshark.is_empty() == empty,
             "tshark's pairs in {}: {tshark:?}",
@@ -149,6 +177,17 @@ fn every_link_type_gives_tsharks_pairs() -> Result<()> {
         );
         let netmon = netmon_pairs(dir.path(), &[pcap], None, None)?;
         assert_eq!(netmon, tshark, "{}", pcap.display());
+    }
+    // Not vacuous: each frame of the captures without pairs is malformed.
+    for name in NO_PAIRS {
+        let frames = tshark(&["-T", "fields", "-e", "frame.number"], &capture(name))?
+            .lines()
+            .count() as u64;
+        assert_eq!(
+            malformed_frames(dir.path(), &capture(name))?,
+            frames,
+            "{name}"
+        );
     }
     // Not vacuous: the bogus-length capture has its two accepted frames and no
     // others (total length 0 and longer than the frame, exactly the header).
