@@ -19,6 +19,14 @@ use super::{mapped::MappedReader, CaptureError};
 /// record (snap length 262144).
 const BUFFER: usize = 4 << 20;
 
+/// A capture's records, read in place or through a buffer.
+pub(super) enum Records {
+    /// A plain file, mapped.
+    Mapped(MappedReader),
+    /// Standard input, or a compressed file.
+    Streamed(Box<dyn PcapReaderIterator>),
+}
+
 /// One capture to read.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Input {
@@ -84,23 +92,20 @@ impl Input {
     /// The capture's records: a plain file read in place where it can be
     /// mapped, anything else through a buffer, decompressed. `read` counts the
     /// bytes taken from the file or pipe itself.
-    pub(super) fn open(
-        &self,
-        read: Arc<AtomicU64>,
-    ) -> Result<Box<dyn PcapReaderIterator>, CaptureError> {
+    pub(super) fn open(&self, read: Arc<AtomicU64>) -> Result<Records, CaptureError> {
         let raw: Box<dyn Read + Send> = match self {
             Input::Stdin => Box::new(std::io::stdin()),
             Input::File(path) => {
                 let file = File::open(path).map_err(|cause| io_error(path, cause))?;
                 if let Some(mapped) = MappedReader::new(&file, read.clone()) {
-                    return Ok(Box::new(mapped));
+                    return Ok(Records::Mapped(mapped));
                 }
                 Box::new(file)
             }
         };
         let stream = self.decompressed(raw, read)?;
         match pcap_parser::create_reader(BUFFER, stream) {
-            Ok(reader) => Ok(reader),
+            Ok(reader) => Ok(Records::Streamed(reader)),
             Err(PcapError::ReadError) => Err(CaptureError::Corrupt {
                 path: self.name(),
                 frames: 0,
