@@ -199,6 +199,11 @@ pub fn classify_ethertype<F: Frame + ?Sized>(
         ethertype = u16::from_be_bytes([tag[2], tag[3]]);
         offset += 4;
     }
+    // tshark's IPv4 dissector hands a version 6 header to IPv6, whatever the
+    // link said; the converse it does not do.
+    if ethertype == ETHERTYPE_IPV4 && frame.bytes::<1>(offset).is_some_and(|v| v[0] >> 4 == 6) {
+        ethertype = ETHERTYPE_IPV6;
+    }
     match ethertype {
         ETHERTYPE_IPV4 => Classified {
             l3: L3::Ipv4,
@@ -274,16 +279,15 @@ fn parse_ipv6<F: Frame + ?Sized>(frame: &F, offset: usize) -> Option<IpHeader> {
         match next {
             IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS => {
                 // Next header, then the length in 8-octet units not counting the first.
-                let Some(ext) = frame.bytes::<2>(l4_offset) else {
-                    break;
-                };
+                // An extension header the frame does not hold whole is
+                // malformed: tshark's dissector stops there, before its tap.
+                let ext = frame.bytes::<2>(l4_offset)?;
                 next = ext[0];
                 l4_offset += (ext[1] as usize + 1) * 8;
+                frame.bytes::<1>(l4_offset - 1)?;
             }
             IPV6_FRAGMENT => {
-                let Some(ext) = frame.bytes::<4>(l4_offset) else {
-                    break;
-                };
+                let ext = frame.bytes::<8>(l4_offset)?;
                 next = ext[0];
                 first_fragment = u16::from_be_bytes([ext[2], ext[3]]) >> 3 == 0;
                 l4_offset += 8;
@@ -418,6 +422,53 @@ mod tests {
         assert!(classify_ipv4(5, 20, 28).ip.is_some());
         assert!(classify_ipv4(5, 1500, 28).ip.is_some());
         assert!(classify_ipv4(7, 36, 28).ip.is_some());
+    }
+
+    /// An IPv6 frame behind EtherType `ethertype` whose fixed header names
+    /// `next`, followed by `rest`; and its length.
+    fn ipv6(ethertype: u16, next: u8, rest: &[u8]) -> ([u8; 96], usize) {
+        let mut f = [0u8; 96];
+        f[..14].copy_from_slice(&eth(ethertype));
+        f[14] = 0x60;
+        f[18..20].copy_from_slice(&(rest.len() as u16).to_be_bytes());
+        f[20] = next;
+        f[22] = 0x20; // source 2000::/3
+        f[38] = 0x20; // destination
+        f[54..54 + rest.len()].copy_from_slice(rest);
+        (f, 54 + rest.len())
+    }
+
+    #[test]
+    fn an_ipv6_header_behind_the_ipv4_ethertype_is_read_as_ipv6() {
+        let udp = [0x30, 0x39, 0x00, 0x35, 0, 8, 0, 0];
+        let (f, len) = ipv6(ETHERTYPE_IPV4, PROTO_UDP, &udp);
+        let c = classify(&f[..len]);
+        assert_eq!(c.l3, L3::Ipv6);
+        assert_eq!(
+            c.ip.map(|ip| (ip.proto, ip.dst_port)),
+            Some((PROTO_UDP, 53))
+        );
+        // Not the converse: an IPv4 header behind the IPv6 EtherType.
+        let (mut f, len) = ipv4(5, 60, 60);
+        f[12..14].copy_from_slice(&ETHERTYPE_IPV6.to_be_bytes());
+        assert!(classify(&f[..len]).is_malformed());
+    }
+
+    #[test]
+    fn ipv6_extension_headers_cut_off_are_malformed() {
+        // Routing header of 16 bytes (length 1), whole and cut by one byte.
+        let mut routing = [0u8; 16];
+        routing[0] = PROTO_UDP;
+        routing[1] = 1;
+        let (f, len) = ipv6(ETHERTYPE_IPV6, IPV6_ROUTING, &routing);
+        assert_eq!(classify(&f[..len]).ip.map(|ip| ip.proto), Some(PROTO_UDP));
+        assert!(classify(&f[..len - 1]).is_malformed());
+        // A hop-by-hop header without its two first bytes; a fragment header
+        // of 4 of its 8 bytes.
+        let (f, len) = ipv6(ETHERTYPE_IPV6, IPV6_HOP_BY_HOP, &[0]);
+        assert!(classify(&f[..len]).is_malformed());
+        let (f, len) = ipv6(ETHERTYPE_IPV6, IPV6_FRAGMENT, &[PROTO_UDP, 0, 0, 0]);
+        assert!(classify(&f[..len]).is_malformed());
     }
 
     #[test]

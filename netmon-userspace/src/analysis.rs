@@ -3,6 +3,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
+    hash::{Hash, Hasher},
     sync::{
         atomic::{AtomicU64, AtomicUsize, Ordering},
         Mutex,
@@ -12,7 +13,8 @@ use std::{
 
 use netmon_common::{
     classify::{PROTO_TCP, PROTO_UDP},
-    service, Counter, Direction, DirectionTotals, PairKey, L4,
+    maps::is_v4_mapped,
+    service, Counter, Direction, DirectionTotals, PairKey, PairKeyV4, L4,
 };
 
 use crate::{
@@ -147,19 +149,47 @@ fn read_whole(
 pub struct Analyzer {
     interval_ns: i128,
     origin_ns: Option<i128>,
-    open: Option<IntervalCounts>,
-    // Pairs of the last closed interval: the next one's map starts that large.
-    last_pairs: usize,
+    open: Option<OpenInterval>,
+    // The open interval's pairs; the map keeps its size from one interval to
+    // the next, so a steady capture allocates nothing after its first.
+    pairs: PairCounts,
 }
 
-/// The counts of one interval, before they become an [`AnalyzedInterval`];
-/// those of several captures over the same interval add up.
-pub struct IntervalCounts {
+/// The interval frames are counted into.
+struct OpenInterval {
     start_ns: i128,
-    // One lookup per frame: a fast hash over a key of whole words.
-    pairs: HashMap<WordKey, Counter, foldhash::fast::RandomState>,
+    end_ns: i128,
     totals: [DirectionTotals; 2],
     services: Vec<Counter>,
+}
+
+/// One interval's pairs, counted in place. One lookup per frame: IPv4 pairs
+/// (most of them) under a 16-byte key, the rest under the whole addresses.
+#[derive(Default)]
+struct PairCounts {
+    v4: HashMap<V4Key, Counter, foldhash::fast::RandomState>,
+    v6: HashMap<WordKey, Counter, foldhash::fast::RandomState>,
+}
+
+/// An IPv4 pair's key, hashed and compared as the two words it is.
+#[derive(Clone, Copy)]
+struct V4Key(PairKeyV4);
+
+impl PartialEq for V4Key {
+    #[inline]
+    fn eq(&self, other: &Self) -> bool {
+        self.0.words() == other.0.words()
+    }
+}
+
+impl Eq for V4Key {}
+
+impl Hash for V4Key {
+    #[inline]
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        let [a, b] = self.0.words();
+        state.write_u128((a as u128) << 64 | b as u128);
+    }
 }
 
 /// A [`PairKey`] as three integers, which hash in three steps where the
@@ -171,17 +201,52 @@ struct WordKey {
     proto_direction: u16,
 }
 
-impl WordKey {
-    fn key(self) -> PairKey {
-        let [proto, direction] = self.proto_direction.to_be_bytes();
-        PairKey {
-            src: self.src.to_be_bytes(),
-            dst: self.dst.to_be_bytes(),
-            proto,
-            direction,
-            ..Default::default()
+impl PairCounts {
+    #[inline]
+    fn add(&mut self, key: PairKey, len: u64) {
+        match key.to_v4() {
+            Some(v4) => self.v4.entry(V4Key(v4)).or_default().add(1, len),
+            None => {
+                let words = WordKey {
+                    src: u128::from_be_bytes(key.src),
+                    dst: u128::from_be_bytes(key.dst),
+                    proto_direction: u16::from_be_bytes([key.proto, key.direction]),
+                };
+                self.v6.entry(words).or_default().add(1, len);
+            }
         }
     }
+
+    fn len(&self) -> usize {
+        self.v4.len() + self.v6.len()
+    }
+
+    /// The pairs counted, leaving the maps empty and their room allocated.
+    fn take(&mut self) -> Vec<(PairKey, Counter)> {
+        let mut pairs = Vec::with_capacity(self.len());
+        pairs.extend(self.v4.drain().map(|(key, c)| (key.0.widen(), c)));
+        pairs.extend(self.v6.drain().map(|(key, c)| {
+            let [proto, direction] = key.proto_direction.to_be_bytes();
+            let key = PairKey {
+                src: key.src.to_be_bytes(),
+                dst: key.dst.to_be_bytes(),
+                proto,
+                direction,
+                ..Default::default()
+            };
+            (key, c)
+        }));
+        pairs
+    }
+}
+
+/// The counts of one interval, before they become an [`AnalyzedInterval`];
+/// those of several captures over the same interval add up.
+pub struct IntervalCounts {
+    start_ns: i128,
+    pairs: Vec<(PairKey, Counter)>,
+    totals: [DirectionTotals; 2],
+    services: Vec<Counter>,
 }
 
 /// One finished interval.
@@ -202,7 +267,7 @@ impl Analyzer {
             interval_ns: interval.as_nanos().max(1) as i128,
             origin_ns,
             open: None,
-            last_pairs: 0,
+            pairs: PairCounts::default(),
         }
     }
 
@@ -212,19 +277,22 @@ impl Analyzer {
     #[inline]
     pub fn frame(&mut self, frame: &CapturedFrame<'_>) -> Option<IntervalCounts> {
         let mut closed = None;
-        match &self.open {
+        let open = match &mut self.open {
             // Frames are in time order in captures; a late one joins the open interval.
-            Some(open) if frame.time_ns < open.start_ns + self.interval_ns => {}
+            Some(open) if frame.time_ns < open.end_ns => open,
             _ => {
                 let origin = *self.origin_ns.get_or_insert(frame.time_ns);
-                let start = origin
+                let start_ns = origin
                     + (frame.time_ns - origin).div_euclid(self.interval_ns) * self.interval_ns;
-                let open = IntervalCounts::new(start, self.last_pairs);
-                closed = self.open.replace(open);
-                self.last_pairs = closed.as_ref().map_or(0, |c| c.pairs.len());
+                closed = self.finish();
+                self.open.insert(OpenInterval {
+                    start_ns,
+                    end_ns: start_ns + self.interval_ns,
+                    totals: Default::default(),
+                    services: vec![Counter::default(); service::SERVICE_COUNTERS as usize],
+                })
             }
-        }
-        let open = self.open.as_mut().expect("opened above");
+        };
         let (class, direction) = frame.link.classify(frame.data);
         let len = frame.wire_len as u64;
         let totals = &mut open.totals[direction as usize];
@@ -235,16 +303,18 @@ impl Analyzer {
         }
         if let Some(ip) = class.ip {
             totals.l4[L4::of(ip.proto) as usize].add(1, len);
-            let key = WordKey {
-                src: u128::from_be_bytes(ip.src),
-                dst: u128::from_be_bytes(ip.dst),
-                proto_direction: u16::from_be_bytes([ip.proto, direction as u8]),
+            let key = PairKey {
+                src: ip.src,
+                dst: ip.dst,
+                proto: ip.proto,
+                direction: direction as u8,
+                ..Default::default()
             };
-            open.pairs.entry(key).or_default().add(1, len);
+            self.pairs.add(key, len);
             let tcp = ip.proto == PROTO_TCP;
             if tcp || ip.proto == PROTO_UDP {
                 let slot = service::flow_slot(ip.src_port, ip.dst_port);
-                let ipv6 = std::net::Ipv6Addr::from(ip.src).to_ipv4_mapped().is_none();
+                let ipv6 = !is_v4_mapped(&ip.src);
                 let index = service::counter_index(direction, ipv6, tcp, slot) as usize;
                 open.services[index].add(1, len);
             }
@@ -254,20 +324,17 @@ impl Analyzer {
 
     /// Closes the open interval.
     pub fn finish(&mut self) -> Option<IntervalCounts> {
-        self.open.take()
+        let open = self.open.take()?;
+        Some(IntervalCounts {
+            start_ns: open.start_ns,
+            pairs: self.pairs.take(),
+            totals: open.totals,
+            services: open.services,
+        })
     }
 }
 
 impl IntervalCounts {
-    fn new(start_ns: i128, pairs: usize) -> Self {
-        IntervalCounts {
-            start_ns,
-            pairs: HashMap::with_capacity_and_hasher(pairs, Default::default()),
-            totals: Default::default(),
-            services: vec![Counter::default(); service::SERVICE_COUNTERS as usize],
-        }
-    }
-
     /// Start, ns since the Unix epoch.
     pub fn start_ns(&self) -> i128 {
         self.start_ns
@@ -275,10 +342,15 @@ impl IntervalCounts {
 
     /// Adds what another capture counted over the same interval.
     pub fn absorb(&mut self, other: IntervalCounts) {
-        for (key, counter) in other.pairs {
-            let mine = self.pairs.entry(key).or_default();
-            *mine = mine.plus(counter);
-        }
+        self.pairs.extend(other.pairs);
+        self.pairs.sort_unstable_by_key(|(key, _)| *key);
+        self.pairs.dedup_by(|later, kept| {
+            let same = later.0 == kept.0;
+            if same {
+                kept.1 = kept.1.plus(later.1);
+            }
+            same
+        });
         for d in Direction::ALL {
             self.totals[d as usize] = self.totals[d as usize].plus(&other.totals[d as usize]);
         }
@@ -293,12 +365,13 @@ impl IntervalCounts {
             .pairs
             .into_iter()
             .map(|(key, counter)| PairDelta {
-                key: key.key(),
+                key,
                 counter,
                 dropped: Counter::default(),
             })
             .collect();
-        pairs.sort_by(|a, b| {
+        // Keys are unique: the order is total.
+        pairs.sort_unstable_by(|a, b| {
             b.counter
                 .bytes
                 .cmp(&a.counter.bytes)

@@ -132,16 +132,44 @@ fn tshark_pairs(pcap: &Path) -> Result<Pairs> {
     Ok(pairs)
 }
 
+/// Captures of which tshark counts no frame in any pair.
+const NO_PAIRS: [&str; 4] = [
+    "ipv6-holding-ipv4.pcap",
+    "ipv6-routing-header-cut.pcap",
+    "ipv6-fragment-header-cut.pcap",
+    "ipv6-hop-by-hop-cut.pcap",
+];
+
+/// The frames netmon's analysis of `pcap` counts as malformed, both directions.
+fn malformed_frames(dir: &Path, pcap: &Path) -> Result<u64> {
+    let (out, detail) = analyze(dir, &[pcap], None)?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut frames = 0;
+    for line in std::fs::read_to_string(detail)?.lines() {
+        let record: Value = serde_json::from_str(line)?;
+        for direction in ["ingress", "egress"] {
+            let malformed = &record["protocols"][direction]["malformed"]["frames"];
+            frames += malformed.as_u64().context("malformed frames")?;
+        }
+    }
+    Ok(frames)
+}
+
 #[test]
 fn every_link_type_gives_tsharks_pairs() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let files = every_capture()?;
-    ensure!(files.len() >= 17, "the capture set: {files:?}");
+    ensure!(files.len() >= 21, "the capture set: {files:?}");
     for pcap in &files {
         let tshark = tshark_pairs(pcap)?;
-        // Every capture holds pairs but the one whose IPv4 packet sits under
-        // the IPv6 link type: tshark (and netmon) attribute it to none.
-        let empty = pcap.ends_with("ipv6-holding-ipv4.pcap");
+        // Every capture holds pairs but those whose every packet tshark
+        // attributes to none: an IPv4 packet under the IPv6 link type, and
+        // IPv6 extension headers cut off (netmon calls them malformed).
+        let empty = NO_PAIRS.iter().any(|name| pcap.ends_with(name));
         ensure!(
             tshark.is_empty() == empty,
             "tshark's pairs in {}: {tshark:?}",
@@ -149,6 +177,17 @@ fn every_link_type_gives_tsharks_pairs() -> Result<()> {
         );
         let netmon = netmon_pairs(dir.path(), &[pcap], None, None)?;
         assert_eq!(netmon, tshark, "{}", pcap.display());
+    }
+    // Not vacuous: each frame of the captures without pairs is malformed.
+    for name in NO_PAIRS {
+        let frames = tshark(&["-T", "fields", "-e", "frame.number"], &capture(name))?
+            .lines()
+            .count() as u64;
+        assert_eq!(
+            malformed_frames(dir.path(), &capture(name))?,
+            frames,
+            "{name}"
+        );
     }
     // Not vacuous: the bogus-length capture has its two accepted frames and no
     // others (total length 0 and longer than the frame, exactly the header).
@@ -327,5 +366,73 @@ fn unreadable_inputs_are_refused_in_one_line() -> Result<()> {
         err.contains("cut.gz ends in the middle of a record, after"),
         "{err}"
     );
+    // A plain file (read in place) cut inside its fifth record: the four
+    // before count, as tshark counts them.
+    let whole = std::fs::read(capture("ethernet.pcap"))?;
+    let fifth = record_offsets(&whole).nth(4).context("five records")?;
+    let cut = dir.path().join("cut.pcap");
+    std::fs::write(&cut, &whole[..fifth + 20])?;
+    let (out, _) = analyze(dir.path(), &[&cut], None)?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("cut.pcap ends in the middle of a record, after 4 complete frames"),
+        "{err}"
+    );
+    std::fs::write(&cut, &whole[..fifth])?;
+    let first_four = tshark_pairs(&cut)?;
+    std::fs::write(&cut, &whole[..fifth + 20])?;
+    assert_eq!(netmon_pairs(dir.path(), &[&cut], None, None)?, first_four);
+    Ok(())
+}
+
+/// Where each record of a little-endian pcap file starts.
+fn record_offsets(pcap: &[u8]) -> impl Iterator<Item = usize> + '_ {
+    let mut at = 24;
+    std::iter::from_fn(move || {
+        let header = pcap.get(at..at + 16)?;
+        let captured = u32::from_le_bytes(header[8..12].try_into().expect("4 bytes"));
+        let start = at;
+        at += 16 + captured as usize;
+        Some(start)
+    })
+}
+
+/// A little-endian pcap file rewritten in big-endian byte order, as a
+/// big-endian machine writes it.
+fn big_endian(pcap: &[u8]) -> Vec<u8> {
+    let swap32 = |b: &[u8]| u32::from_le_bytes(b.try_into().expect("4 bytes")).to_be_bytes();
+    let swap16 = |b: &[u8]| u16::from_le_bytes(b.try_into().expect("2 bytes")).to_be_bytes();
+    let mut out = Vec::with_capacity(pcap.len());
+    out.extend_from_slice(&swap32(&pcap[0..4]));
+    out.extend_from_slice(&swap16(&pcap[4..6]));
+    out.extend_from_slice(&swap16(&pcap[6..8]));
+    for field in pcap[8..24].chunks(4) {
+        out.extend_from_slice(&swap32(field));
+    }
+    for start in record_offsets(pcap) {
+        for field in pcap[start..start + 16].chunks(4) {
+            out.extend_from_slice(&swap32(field));
+        }
+        let captured = u32::from_le_bytes(pcap[start + 8..start + 12].try_into().expect("4 bytes"));
+        out.extend_from_slice(&pcap[start + 16..start + 16 + captured as usize]);
+    }
+    out
+}
+
+#[test]
+fn a_big_endian_capture_gives_the_same_pairs() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let little = capture("ethernet.pcap");
+    let big = dir.path().join("big-endian.pcap");
+    let bytes = big_endian(&std::fs::read(&little)?);
+    ensure!(bytes[..4] == [0xa1, 0xb2, 0xc3, 0xd4], "big-endian magic");
+    std::fs::write(&big, &bytes)?;
+    let expected = tshark_pairs(&little)?;
+    assert_eq!(tshark_pairs(&big)?, expected);
+    // Read in place, and through the buffer from standard input.
+    assert_eq!(netmon_pairs(dir.path(), &[&big], None, None)?, expected);
+    let piped = netmon_pairs(dir.path(), &[Path::new("-")], Some(&bytes), None)?;
+    assert_eq!(piped, expected);
     Ok(())
 }

@@ -11,7 +11,21 @@ use std::{
     },
 };
 
-use super::CaptureError;
+use pcap_parser::{traits::PcapReaderIterator, PcapError};
+
+use super::{mapped::MappedReader, CaptureError};
+
+/// Read buffer of the streaming reader: large reads, and room for the largest
+/// record (snap length 262144).
+const BUFFER: usize = 4 << 20;
+
+/// A capture's records, read in place or through a buffer.
+pub(super) enum Records {
+    /// A plain file, mapped.
+    Mapped(MappedReader),
+    /// Standard input, or a compressed file.
+    Streamed(Box<dyn PcapReaderIterator>),
+}
 
 /// One capture to read.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -75,13 +89,38 @@ impl Input {
         }
     }
 
-    /// The capture's bytes, decompressed; `read` counts the bytes taken from
-    /// the file or pipe itself.
-    pub(super) fn open(&self, read: Arc<AtomicU64>) -> Result<Box<dyn Read + Send>, CaptureError> {
+    /// The capture's records: a plain file read in place where it can be
+    /// mapped, anything else through a buffer, decompressed. `read` counts the
+    /// bytes taken from the file or pipe itself.
+    pub(super) fn open(&self, read: Arc<AtomicU64>) -> Result<Records, CaptureError> {
         let raw: Box<dyn Read + Send> = match self {
             Input::Stdin => Box::new(std::io::stdin()),
-            Input::File(path) => Box::new(File::open(path).map_err(|cause| io_error(path, cause))?),
+            Input::File(path) => {
+                let file = File::open(path).map_err(|cause| io_error(path, cause))?;
+                if let Some(mapped) = MappedReader::new(&file, read.clone()) {
+                    return Ok(Records::Mapped(mapped));
+                }
+                Box::new(file)
+            }
         };
+        let stream = self.decompressed(raw, read)?;
+        match pcap_parser::create_reader(BUFFER, stream) {
+            Ok(reader) => Ok(Records::Streamed(reader)),
+            Err(PcapError::ReadError) => Err(CaptureError::Corrupt {
+                path: self.name(),
+                frames: 0,
+                reason: "the compressed data is damaged or the read failed".into(),
+            }),
+            Err(_) => Err(CaptureError::NotACapture(self.name())),
+        }
+    }
+
+    /// The bytes of `raw`, decompressed when its first bytes say so.
+    fn decompressed(
+        &self,
+        raw: Box<dyn Read + Send>,
+        read: Arc<AtomicU64>,
+    ) -> Result<Box<dyn Read + Send>, CaptureError> {
         let (magic, raw) = peek(Counted { inner: raw, read }).map_err(|cause| self.error(cause))?;
         Ok(if magic.starts_with(&GZIP_MAGIC) {
             Box::new(Filled(flate2::read::MultiGzDecoder::new(

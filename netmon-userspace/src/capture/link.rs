@@ -82,13 +82,13 @@ impl Link {
                     _ => (OTHER, ingress),
                 }
             }
-            // tshark's IPv4 dissector hands a version 6 header to IPv6.
-            Link::Raw | Link::Ipv4 => match data.first().map(|b| b >> 4) {
+            Link::Raw => match data.first().map(|b| b >> 4) {
                 Some(6) => (classify_ethertype(data, ETHERTYPE_IPV6, 0), ingress),
                 Some(4) => (classify_ethertype(data, ETHERTYPE_IPV4, 0), ingress),
-                _ if self == Link::Ipv4 => (classify_ethertype(data, ETHERTYPE_IPV4, 0), ingress),
                 _ => (OTHER, ingress),
             },
+            // A version 6 header here is read as IPv6, as under EtherType IPv4.
+            Link::Ipv4 => (classify_ethertype(data, ETHERTYPE_IPV4, 0), ingress),
             Link::Ipv6 => (classify_ethertype(data, ETHERTYPE_IPV6, 0), ingress),
             Link::LinuxSll => match data.bytes::<16>(0) {
                 Some(h) => (

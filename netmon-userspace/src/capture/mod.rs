@@ -3,6 +3,7 @@
 
 mod input;
 pub mod link;
+mod mapped;
 
 use std::{
     ops::ControlFlow,
@@ -12,13 +13,11 @@ use std::{
     },
 };
 
-use pcap_parser::{Block, PcapBlockOwned, PcapError};
+use pcap_parser::{traits::PcapReaderIterator, Block, PcapBlockOwned, PcapError};
 
 pub use input::Input;
+use input::Records;
 pub use link::Link;
-
-/// Read buffer: large reads, and room for the largest record (snap length 262144).
-const BUFFER: usize = 4 << 20;
 
 /// One frame of a capture.
 pub struct CapturedFrame<'a> {
@@ -118,23 +117,29 @@ pub fn first_time(input: &Input) -> Result<Option<i128>, CaptureError> {
 
 fn read_while(
     input: &Input,
-    mut on_frame: impl FnMut(CapturedFrame<'_>) -> ControlFlow<()>,
-    mut on_progress: impl FnMut(u64),
+    on_frame: impl FnMut(CapturedFrame<'_>) -> ControlFlow<()>,
+    on_progress: impl FnMut(u64),
 ) -> Result<ReadSummary, CaptureError> {
     let name = input.name();
     let taken = Arc::new(AtomicU64::new(0));
-    let source = input.open(taken.clone())?;
-    let mut reader = match pcap_parser::create_reader(BUFFER, source) {
-        Ok(r) => r,
-        Err(PcapError::ReadError) => {
-            return Err(CaptureError::Corrupt {
-                path: name,
-                frames: 0,
-                reason: "the compressed data is damaged or the read failed".into(),
-            })
+    // The mapped reader by its type, so that its parsing is inlined per frame.
+    match input.open(taken.clone())? {
+        Records::Mapped(mut reader) => {
+            read_records(&mut reader, name, &taken, on_frame, on_progress)
         }
-        Err(_) => return Err(CaptureError::NotACapture(name)),
-    };
+        Records::Streamed(mut reader) => {
+            read_records(&mut *reader, name, &taken, on_frame, on_progress)
+        }
+    }
+}
+
+fn read_records<R: PcapReaderIterator + ?Sized>(
+    reader: &mut R,
+    name: String,
+    taken: &AtomicU64,
+    mut on_frame: impl FnMut(CapturedFrame<'_>) -> ControlFlow<()>,
+    mut on_progress: impl FnMut(u64),
+) -> Result<ReadSummary, CaptureError> {
     let mut summary = ReadSummary::default();
     // pcapng: per interface, link type and timestamp units per second.
     let mut interfaces: Vec<(Link, u64)> = Vec::new();

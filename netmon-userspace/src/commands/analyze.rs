@@ -9,7 +9,7 @@ use clap::Args;
 use crate::{
     analysis::{self, AnalyzedInterval},
     capture::Input,
-    logs::{self, detail::DetailRecord, state::State, Files},
+    logs::{self, detail::IntervalRecord, state::State, Files},
     units::parse_interval,
 };
 
@@ -61,7 +61,8 @@ pub fn run(args: &AnalyzeArgs) -> anyhow::Result<()> {
         Some(files) => files.load()?,
         None => State::default(),
     };
-    let mut detail = std::io::BufWriter::new(logs::paths::create(&detail_log)?);
+    // Large writes: an interval of many pairs is megabytes of records.
+    let mut detail = std::io::BufWriter::with_capacity(1 << 20, logs::paths::create(&detail_log)?);
     // Named as the user named them: a directory by itself, not its first file.
     let named = |arg: &PathBuf| match arg.to_str() {
         Some("-") => "stdin".to_string(),
@@ -74,16 +75,20 @@ pub fn run(args: &AnalyzeArgs) -> anyhow::Result<()> {
     };
     let mut write_error = None;
     let emit = |interval: AnalyzedInterval| {
-        state.ledger.record(&interval.usage);
+        if files.is_some() {
+            state.ledger.record(&interval.usage);
+        }
         let stamp = |ns: i128| jiff::Timestamp::from_nanosecond(ns).unwrap_or_default();
-        let record = DetailRecord::new(
-            &iface,
-            stamp(interval.start_ns),
-            stamp(interval.end_ns),
-            &interval.usage,
-        );
-        let line = serde_json::to_string(&record).expect("record serialises");
-        if let Err(e) = std::io::Write::write_all(&mut detail, format!("{line}\n").as_bytes()) {
+        let record = IntervalRecord {
+            iface: &iface,
+            start: stamp(interval.start_ns),
+            end: stamp(interval.end_ns),
+            usage: &interval.usage,
+        };
+        let written = serde_json::to_writer(&mut detail, &record)
+            .map_err(std::io::Error::from)
+            .and_then(|()| std::io::Write::write_all(&mut detail, b"\n"));
+        if let Err(e) = written {
             write_error.get_or_insert(e);
         }
     };
