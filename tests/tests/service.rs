@@ -353,7 +353,10 @@ fn perl_client(
 /// Reads the child's first line a byte at a time: a buffered reader would
 /// also swallow what the child prints next, the answer the test then waits for.
 fn first_line_of(child: &mut std::process::Child) -> Result<String> {
-    let stdout = child.stdout.as_mut().context("the child's stdout is piped")?;
+    let stdout = child
+        .stdout
+        .as_mut()
+        .context("the child's stdout is piped")?;
     let mut line = Vec::new();
     let mut byte = [0u8];
     while line.last() != Some(&b'\n') && stdout.read(&mut byte)? == 1 {

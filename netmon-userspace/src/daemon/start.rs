@@ -1,7 +1,11 @@
 //! Starting and stopping the daemon: every check that can refuse the run,
 //! then attaching, then the loop of polls, reloads and CLI requests.
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use anyhow::{bail, Context as _};
 use caps::Capability;
@@ -123,8 +127,10 @@ impl Target {
         Datapath::index_in(self.netns.as_deref(), &self.name).is_some()
     }
 
-    /// Attaches (or adopts) the datapath and reads what its policy maps hold.
-    fn attach(&self, config: &Config) -> anyhow::Result<Attached> {
+    /// Attaches (or adopts) the datapath, sharing the quota map pinned at
+    /// `quotas` (by another of the daemon's interfaces), and reads what its
+    /// policy maps hold.
+    fn attach(&self, config: &Config, quotas: Option<&Path>) -> anyhow::Result<Attached> {
         let options = LoadOptions {
             max_pairs: config.max_pairs,
             granularity: config.granularity,
@@ -135,6 +141,7 @@ impl Target {
             &options,
             config.ingress,
             &config.bpffs,
+            quotas,
         )?;
         let adopted = datapath.adopted();
         let mut kernel = Attached::new(datapath);
@@ -279,7 +286,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let mut attached: Vec<(&Target, Attached)> = Vec::new();
     for t in present {
-        match t.attach(&config) {
+        let quotas = attached.first().map(|(_, k)| k.datapath.quota_pin());
+        match t.attach(&config, quotas.as_deref()) {
             Ok(kernel) => attached.push((t, kernel)),
             Err(e) => {
                 // Leave adopted programs running; remove what this run attached.
@@ -530,8 +538,9 @@ fn join_appeared(
         if daemon.watches(&t.label) || !t.present() {
             continue;
         }
+        let quotas = daemon.kernels().next().map(|k| k.datapath.quota_pin());
         let joined = (|| -> anyhow::Result<()> {
-            let mut kernel = t.attach(config)?;
+            let mut kernel = t.attach(config, quotas.as_deref())?;
             let meter = meter_for(baselines, &kernel)?;
             if let Err(e) = daemon.enforce_on(&mut kernel) {
                 let adopted = kernel.datapath.adopted();

@@ -4,7 +4,9 @@
 use crate::policy::PolicyError;
 use std::collections::{BTreeMap, HashMap};
 
-use netmon_common::policy::{RuleEntry, RuleList, MAX_RULES_PER_LIST};
+use netmon_common::policy::{
+    QuotaSet, RuleEntry, RuleKind, RuleList, DIRECTION_IN, MAX_RULES_PER_LIST,
+};
 
 use super::{Cidr, Item};
 
@@ -21,6 +23,19 @@ impl Tables {
     /// True when no rule or quota exists: the datapath can skip the policy.
     pub fn is_empty(&self) -> bool {
         self.prefixes.is_empty()
+    }
+
+    /// The quotas an ingress hook holding these tables charges: those that
+    /// count received frames.
+    pub fn charged_at_ingress(&self) -> QuotaSet {
+        let mut set = QuotaSet::EMPTY;
+        let entries = self.lists.iter().flat_map(|l| &l.entries[..l.len as usize]);
+        for entry in entries {
+            if entry.kind == RuleKind::Quota as u8 && entry.directions & DIRECTION_IN != 0 {
+                set.insert(entry.rule);
+            }
+        }
+        set
     }
 }
 
