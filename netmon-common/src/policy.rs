@@ -159,6 +159,12 @@ pub struct QuotaState {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct QuotaSet(pub [u64; (MAX_RULES / 64) as usize]);
 
+impl Default for QuotaSet {
+    fn default() -> Self {
+        Self::EMPTY
+    }
+}
+
 impl QuotaSet {
     /// No quota.
     pub const EMPTY: QuotaSet = QuotaSet([0; (MAX_RULES / 64) as usize]);
@@ -459,8 +465,8 @@ mod tests {
         for slot in [0, 63, 64, MAX_RULES - 1, MAX_RULES] {
             set.insert(slot);
         }
-        let held: Vec<u32> = (0..=MAX_RULES).filter(|s| set.contains(*s)).collect();
-        assert_eq!(held, [0, 63, 64, MAX_RULES - 1]);
+        let held = (0..=MAX_RULES).filter(|s| set.contains(*s));
+        assert!(held.eq([0, 63, 64, MAX_RULES - 1]));
     }
 
     #[test]

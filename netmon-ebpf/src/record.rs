@@ -403,7 +403,7 @@ fn enforce(
         // repeat one frame's charge while a policy change is written.
         let charged = match arrived_on {
             0 => None,
-            index => unsafe { CHARGED_AT.get(&index) },
+            index => unsafe { CHARGED_AT.get(index) },
         };
         let ours = |id: u32| charged.is_none_or(|set| !set.contains(id));
         // Check all, then charge all: concurrent CPUs can each pass one

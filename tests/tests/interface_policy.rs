@@ -5,11 +5,12 @@ use std::{net::IpAddr, path::Path, time::Duration};
 
 use anyhow::Result;
 use netmon_tests::{
-    daemon::{ctl, quota, Launch, Netmon},
+    daemon::{ctl, listing, quota, Launch, Netmon},
     mounts::TempMount,
     traffic::frame_len,
     Flow, Routed,
 };
+use serde_json::json;
 
 /// `netmon run` in the router's namespace on both its interfaces.
 fn on_both_ports<'n>(net: &'n Routed, dir: &Path, bpffs: &TempMount) -> Launch<'n> {
@@ -31,13 +32,20 @@ fn one_quota_over_two_interfaces_lets_its_limit_through_once_and_forwarded_frame
         &format!("counting on {}", right.iface),
         Duration::from_secs(10),
     )?;
-    // 10.200.0.0/16 covers both hosts and both router ports.
+    // 10.200.0.0/16 covers both hosts and both router ports. Naming both
+    // ports (`ctl` adds the left one) is naming all: one quota everywhere.
     let limit = 20_000;
-    ctl(
-        &left.iface,
-        &["quota", "set", "10.200.0.0/16", "20kB", "--name", "peers"],
-    )
-    .unwrap();
+    let set = [
+        "quota",
+        "set",
+        "10.200.0.0/16",
+        "20kB",
+        "--name",
+        "peers",
+        "--iface",
+    ];
+    ctl(&left.iface, &[&set[..], &[right.iface.as_str()]].concat()).unwrap();
+    assert_eq!(quota(&left.iface, "peers")["matches"], "10.200.0.0/16");
     // Every datagram is 1,000 bytes of payload: one 1,042-byte frame.
     let frame = frame_len(IpAddr::V4(left.ipv4), 1000);
     let used = || quota(&left.iface, "peers")["used"].as_u64().unwrap();
@@ -74,6 +82,84 @@ fn one_quota_over_two_interfaces_lets_its_limit_through_once_and_forwarded_frame
     let q = quota(&left.iface, "peers");
     assert_eq!(q["used"].as_u64(), Some(delivered * frame), "{q}");
     assert_eq!(q["blocked"], true);
+    netmon.stop()?;
+    Ok(())
+}
+
+#[test]
+fn a_block_on_one_interface_drops_there_only_and_is_kept_across_a_restart() -> Result<()> {
+    let bpffs = TempMount::bpffs()?;
+    let net = Routed::create()?;
+    let dir = tempfile::tempdir()?;
+    let (left, right) = (&net.router_left, &net.router_right);
+    let mut netmon = on_both_ports(&net, dir.path(), &bpffs).start()?;
+    netmon.wait_for(
+        &format!("counting on {}", right.iface),
+        Duration::from_secs(10),
+    )?;
+    // `ctl` names the left port: the rule applies there. The /16 covers both hosts.
+    let added = ctl(&left.iface, &["block", "10.200.0.0/16"]).unwrap();
+    assert!(
+        added.ends_with(&format!(": block 10.200.0.0/16 on {}\n", left.iface)),
+        "{added}"
+    );
+    let frame = frame_len(IpAddr::V4(left.ipv4), 500);
+    let check = |sent_left: u64, sent_right: usize, port: u16| -> Result<()> {
+        let into_left = Flow::udp(&net.left, left)
+            .port(port)
+            .sizes(&vec![500; sent_left as usize])
+            .delivered()?;
+        assert_eq!(into_left.len(), 0, "dropped on the left port");
+        Flow::udp(&net.right, right)
+            .port(port + 1)
+            .sizes(&vec![500; sent_right])
+            .send()?;
+        let rules = listing(&left.iface, &["rules"]);
+        assert_eq!(rules.as_array().map(Vec::len), Some(1), "{rules}");
+        assert_eq!(rules[0]["ifaces"], json!([left.iface]));
+        assert_eq!(
+            rules[0]["ingress"],
+            json!({"frames": sent_left, "bytes": sent_left * frame}),
+            "the rule dropped what was sent to the left port, nothing of the right's"
+        );
+        assert_eq!(rules[0]["egress"], json!({"frames": 0, "bytes": 0}));
+        assert_eq!(
+            listing(&right.iface, &["rules"]),
+            rules,
+            "one daemon: the same rules through either port's name"
+        );
+        Ok(())
+    };
+    check(8, 6, 7811)?;
+    let refused = ctl(
+        &left.iface,
+        &[
+            "block",
+            "10.201.0.0/16",
+            "--iface",
+            &left.iface,
+            "--iface",
+            "nosuch0",
+        ],
+    )
+    .unwrap_err();
+    assert_eq!(
+        refused,
+        format!(
+            "netmon: error: interface nosuch0 is not one of this daemon's ({}, {}): name one of \
+             those with --iface, or leave --iface out for all of them\n",
+            left.iface, right.iface
+        )
+    );
+
+    // The rule is in the rules file, with its interface; counters start over.
+    netmon.stop()?;
+    let mut netmon = on_both_ports(&net, dir.path(), &bpffs).start()?;
+    netmon.wait_for(
+        &format!("counting on {}", right.iface),
+        Duration::from_secs(10),
+    )?;
+    check(4, 3, 7813)?;
     netmon.stop()?;
     Ok(())
 }

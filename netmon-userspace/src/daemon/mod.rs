@@ -36,6 +36,7 @@ use crate::{
     live::{LiveSnapshot, RECENT_ALERTS},
     logs::state::State,
     names::Listener,
+    policy::compile::{Charged, Compiled, Tables},
 };
 use clock::Clock;
 use kernel::{Kernel, PolicyMaps};
@@ -96,8 +97,8 @@ fn netns_of(label: &str) -> &str {
 /// state is one map they share (`Datapath::quota_pin`).
 pub struct Interfaces<K> {
     watched: Vec<Watched<K>>,
-    /// The quotas an ingress hook charges under the policy last written.
-    charged_at_ingress: QuotaSet,
+    /// The quotas each ingress hook charges under the policy last written.
+    charged: Charged,
 }
 
 impl<K: Kernel> Interfaces<K> {
@@ -105,19 +106,21 @@ impl<K: Kernel> Interfaces<K> {
     /// to it and what their ingress hooks charge: a forwarded frame is
     /// charged against a quota once, where it came in, as the log counts it.
     fn link_forwarders(&mut self) -> Result<(), DatapathError> {
-        let present: Vec<(String, u32)> = self
+        let present: Vec<(String, u32, QuotaSet)> = self
             .watched
             .iter()
             .filter(|w| w.present)
-            .map(|w| (netns_of(&w.iface).to_string(), w.kernel.ifindex()))
+            .map(|w| {
+                let ns = netns_of(&w.iface).to_string();
+                (ns, w.kernel.ifindex(), self.charged.on(&w.iface))
+            })
             .collect();
-        let charged = self.charged_at_ingress;
         for w in self.watched.iter_mut().filter(|w| w.present) {
-            let own = (netns_of(&w.iface).to_string(), w.kernel.ifindex());
+            let (ns, own) = (netns_of(&w.iface), w.kernel.ifindex());
             let from: Vec<(u32, QuotaSet)> = present
                 .iter()
-                .filter(|other| other.0 == own.0 && **other != own)
-                .map(|(_, index)| (*index, charged))
+                .filter(|(other_ns, index, _)| other_ns == ns && *index != own)
+                .map(|(_, index, charges)| (*index, *charges))
                 .collect();
             w.kernel.charged_at(&from)?;
         }
@@ -133,14 +136,19 @@ impl<K: Kernel> Interfaces<K> {
 }
 
 impl<K: Kernel> PolicyMaps for Interfaces<K> {
-    fn write_tables(
-        &mut self,
-        tables: &crate::policy::compile::Tables,
-    ) -> Result<(), DatapathError> {
+    /// The same tables on every interface.
+    fn write_tables(&mut self, tables: &Tables) -> Result<(), DatapathError> {
+        self.write_policy(&Compiled {
+            everywhere: tables.clone(),
+            named: Default::default(),
+        })
+    }
+
+    fn write_policy(&mut self, policy: &Compiled) -> Result<(), DatapathError> {
         self.watched
             .iter_mut()
-            .try_for_each(|w| w.kernel.write_tables(tables))?;
-        self.charged_at_ingress = tables.charged_at_ingress();
+            .try_for_each(|w| w.kernel.write_tables(policy.on(&w.iface)))?;
+        self.charged = policy.charged_at_ingress();
         self.link_forwarders()
     }
 
@@ -174,6 +182,38 @@ impl<K: Kernel> PolicyMaps for Interfaces<K> {
             }
         }
         Ok(sum)
+    }
+}
+
+/// One interface's kernel, given the tables of that interface.
+struct OnInterface<'a, K> {
+    iface: &'a str,
+    kernel: &'a mut K,
+}
+
+impl<K: PolicyMaps> PolicyMaps for OnInterface<'_, K> {
+    fn write_tables(&mut self, tables: &Tables) -> Result<(), DatapathError> {
+        self.kernel.write_tables(tables)
+    }
+
+    fn write_policy(&mut self, policy: &Compiled) -> Result<(), DatapathError> {
+        self.kernel.write_tables(policy.on(self.iface))
+    }
+
+    fn clear_rule_counters(&mut self, slot: u32) -> Result<(), DatapathError> {
+        self.kernel.clear_rule_counters(slot)
+    }
+
+    fn quota(&self, slot: u32) -> Result<QuotaState, DatapathError> {
+        self.kernel.quota(slot)
+    }
+
+    fn set_quota(&mut self, slot: u32, state: QuotaState) -> Result<(), DatapathError> {
+        self.kernel.set_quota(slot, state)
+    }
+
+    fn rule_counters(&self, slot: u32) -> Result<[Counter; 2], DatapathError> {
+        self.kernel.rule_counters(slot)
     }
 }
 
@@ -219,7 +259,7 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
         let mut daemon = Daemon {
             interfaces: Interfaces {
                 watched: Vec::new(),
-                charged_at_ingress: QuotaSet::EMPTY,
+                charged: Charged::default(),
             },
             clock,
             state,
@@ -248,10 +288,14 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
         self.enforcer.apply(&mut self.interfaces, now)
     }
 
-    /// Writes the policy in force into the maps of an interface about to join.
-    pub fn enforce_on(&mut self, kernel: &mut K) -> Result<(), crate::policy::PolicyError> {
+    /// Writes the policy in force into the maps of `iface`, about to join.
+    pub fn enforce_on(
+        &mut self,
+        iface: &str,
+        kernel: &mut K,
+    ) -> Result<(), crate::policy::PolicyError> {
         let now = self.clock.now();
-        self.enforcer.apply(kernel, now)
+        self.enforcer.apply(&mut OnInterface { iface, kernel }, now)
     }
 
     /// Watches one more interface, `iface` (`IF` or `NS:IF`), whose maps already hold the policy ([`Daemon::enforce_on`]). An
@@ -511,8 +555,66 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
         Ok(snapshot)
     }
 
+    /// The daemon's names for the interfaces a client named (`IF`, or
+    /// `NS:IF`): empty when that is all of them, or none.
+    fn subset(&self, named: &[String]) -> Result<Vec<String>, String> {
+        let own = crate::datapath::netns::own_label();
+        let labels: Vec<&str> = self
+            .interfaces
+            .watched
+            .iter()
+            .map(|w| w.iface.as_str())
+            .collect();
+        let mut subset: Vec<String> = Vec::new();
+        for name in named {
+            let found = labels.iter().find(|label| {
+                **label == name
+                    || (!label.contains(':') && crate::control::key(own.as_deref(), label) == *name)
+            });
+            let Some(label) = found else {
+                return Err(format!(
+                    "interface {name} is not one of this daemon's ({}): name one of those with \
+                     --iface, or leave --iface out for all of them",
+                    labels.join(", ")
+                ));
+            };
+            if !subset.iter().any(|s| s == label) {
+                subset.push(label.to_string());
+            }
+        }
+        subset.sort();
+        if subset.len() == labels.len() {
+            subset.clear();
+        }
+        Ok(subset)
+    }
+
+    /// The request with the interfaces it names as the daemon names them.
+    fn resolve(&self, mut request: Request) -> Result<Request, String> {
+        match &mut request {
+            Request::AddRule { rule }
+            | Request::RemoveRule {
+                rule: Some(rule), ..
+            } => rule.matcher.ifaces = self.subset(&rule.matcher.ifaces)?,
+            Request::SetQuota { quota } => {
+                quota.matcher.ifaces = self.subset(&quota.matcher.ifaces)?
+            }
+            Request::RemoveRule { rule: None, .. }
+            | Request::Rules
+            | Request::Quotas
+            | Request::ResetQuota { .. }
+            | Request::RemoveQuota { .. }
+            | Request::Live => {}
+        }
+        Ok(request)
+    }
+
     /// Answers one CLI request; a change is written to the files at once.
     pub fn handle(&mut self, request: Request) -> Response {
+        let request = match self.resolve(request) {
+            Ok(request) => request,
+            Err(e) => return Response::Error(e),
+        };
         let now = self.clock.now();
         let enforcer = &mut self.enforcer;
         let maps = &mut self.interfaces;

@@ -542,7 +542,7 @@ fn join_appeared(
         let joined = (|| -> anyhow::Result<()> {
             let mut kernel = t.attach(config, quotas.as_deref())?;
             let meter = meter_for(baselines, &kernel)?;
-            if let Err(e) = daemon.enforce_on(&mut kernel) {
+            if let Err(e) = daemon.enforce_on(&t.label, &mut kernel) {
                 let adopted = kernel.datapath.adopted();
                 kernel.datapath.shutdown(adopted)?;
                 bail!("the policy cannot be enforced on {}: {e}", t.label);
