@@ -21,7 +21,7 @@ fn on_both_ports<'n>(net: &'n Routed, dir: &Path, bpffs: &TempMount) -> Launch<'
 }
 
 #[test]
-fn one_quota_over_two_interfaces_lets_its_limit_through_once_and_forwarded_frames_count_once(
+fn a_quota_over_two_interfaces_is_one_budget_across_a_crash_and_forwarded_frames_are_charged_once(
 ) -> Result<()> {
     let bpffs = TempMount::bpffs()?;
     let net = Routed::create()?;
@@ -59,9 +59,11 @@ fn one_quota_over_two_interfaces_lets_its_limit_through_once_and_forwarded_frame
     assert_eq!(forwarded.len(), 10);
     assert_eq!(used(), 10 * frame, "charged once, not twice");
 
-    // Into the right port: a frame passes while the shared use is below the
-    // limit. One stream through one veth queue, so frames are checked in order:
-    // ceil((limit - used) / frame) more pass.
+    // A crash: the programs go on enforcing from the pinned maps, and the
+    // next run adopts them. Into the right port meanwhile, a frame passes
+    // while the shared use is below the limit. One stream through one veth
+    // queue, so frames are checked in order: ceil((limit - used) / frame) more pass.
+    netmon.kill()?;
     let into_right = Flow::udp(&net.right, right)
         .port(7802)
         .sizes(&[1000; 12])
@@ -69,6 +71,12 @@ fn one_quota_over_two_interfaces_lets_its_limit_through_once_and_forwarded_frame
     let passing = (limit - 10 * frame).div_ceil(frame);
     assert_eq!(passing, 10);
     assert_eq!(into_right.len() as u64, passing);
+    let mut netmon = on_both_ports(&net, dir.path(), &bpffs).start()?;
+    netmon.wait_for(
+        &format!("counting on {}", right.iface),
+        Duration::from_secs(10),
+    )?;
+    assert_eq!(used(), 20 * frame, "the adopted map counted on");
     // Into the left port, whose own share (10 frames) is far below the
     // limit: the budget is the daemon's, so nothing passes.
     let into_left = Flow::udp(&net.left, left)
