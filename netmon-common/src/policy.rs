@@ -20,8 +20,15 @@ pub const POLICY_MAP: &str = "POLICY";
 /// Per-CPU array of [`crate::Counter`], entry [`rule_stats_index`]: frames
 /// each rule decided (dropped for block and spent quotas, passed for allow).
 pub const RULE_STATS_MAP: &str = "RULE_STATS";
-/// Array of [`QuotaState`], indexed by the quota's rule id.
+/// Array of [`QuotaState`], indexed by the quota's rule id. One map for all
+/// of a daemon's interfaces: a quota is one budget wherever it is charged.
 pub const QUOTAS_MAP: &str = "QUOTAS";
+/// Hash of interface index → [`QuotaSet`]: the quotas the ingress hook of
+/// another watched interface of the same namespace charges, so that a frame
+/// it forwarded here is not charged again when it leaves.
+pub const CHARGED_AT_MAP: &str = "CHARGED_AT";
+/// Interfaces one datapath knows as forwarding to it.
+pub const MAX_FORWARDERS: u32 = 256;
 
 /// Entries a rule list holds: the most rules that can apply to one address.
 /// Verification cost grows steeply with it (figures in docs/design-notes.md).
@@ -145,6 +152,37 @@ pub struct QuotaState {
     pub limit: u64,
     /// Bytes delivered against it this period (atomic adds from every CPU).
     pub used: u64,
+}
+
+/// A set of quota slots, one bit per slot below [`MAX_RULES`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QuotaSet(pub [u64; (MAX_RULES / 64) as usize]);
+
+impl Default for QuotaSet {
+    fn default() -> Self {
+        Self::EMPTY
+    }
+}
+
+impl QuotaSet {
+    /// No quota.
+    pub const EMPTY: QuotaSet = QuotaSet([0; (MAX_RULES / 64) as usize]);
+
+    /// True when quota slot `slot` is in the set.
+    #[inline(always)]
+    pub fn contains(&self, slot: u32) -> bool {
+        self.0
+            .get((slot / 64) as usize)
+            .is_some_and(|word| (word >> (slot % 64)) & 1 == 1)
+    }
+
+    /// Adds quota slot `slot` (ignored past [`MAX_RULES`]).
+    pub fn insert(&mut self, slot: u32) {
+        if let Some(word) = self.0.get_mut((slot / 64) as usize) {
+            *word |= 1 << (slot % 64);
+        }
+    }
 }
 
 /// The per-flow cache of a policy decision, kept in the pair table's value.
@@ -335,6 +373,7 @@ mod pod {
     unsafe impl aya::Pod for super::RuleList {}
     unsafe impl aya::Pod for super::PolicyState {}
     unsafe impl aya::Pod for super::QuotaState {}
+    unsafe impl aya::Pod for super::QuotaSet {}
 }
 
 #[cfg(test)]
@@ -418,6 +457,16 @@ mod tests {
         // Equal specificity: block wins.
         let allow8 = list(&[entry(3, RuleKind::Allow, 8)]);
         assert!(decide(Some(&allow8), Some(&block8), &UDP_443_OUT).blocks());
+    }
+
+    #[test]
+    fn a_quota_set_holds_exactly_the_slots_put_in() {
+        let mut set = QuotaSet::EMPTY;
+        for slot in [0, 63, 64, MAX_RULES - 1, MAX_RULES] {
+            set.insert(slot);
+        }
+        let held = (0..=MAX_RULES).filter(|s| set.contains(*s));
+        assert!(held.eq([0, 63, 64, MAX_RULES - 1]));
     }
 
     #[test]

@@ -60,7 +60,7 @@ fn ingress<const DNS: bool>(ctx: &XdpContext) -> u32 {
     // (data_end - data) would miss a multi-buffer frame's fragments.
     let len = unsafe { bpf_xdp_get_buff_len(ctx.ctx) };
     let class = classify(&frame);
-    match record::frame(ctx, Direction::Ingress, &class, 1, len) {
+    match record::frame(ctx, Direction::Ingress, &class, 1, len, 0) {
         Verdict::Pass => {
             if DNS && dns::is_answer(&class) {
                 dns::pass_xdp(ctx, len as usize);
@@ -86,7 +86,13 @@ fn record_tc<const DNS: bool>(ctx: &TcContext, direction: Direction) -> i32 {
     let gso_segs = unsafe { (*ctx.skb.skb).gso_segs } as u64;
     let header_len = class.ip.map_or(0, |ip| ip.header_len as u64);
     let (frames, bytes) = wire_cost(ctx.len() as u64, gso_segs, header_len);
-    match record::frame(ctx, direction, &class, frames, bytes) {
+    // A forwarded frame leaving: the interface it came in on (0 otherwise).
+    let arrived_on = match direction {
+        // SAFETY: as above.
+        Direction::Egress => unsafe { (*ctx.skb.skb).ingress_ifindex },
+        Direction::Ingress => 0,
+    };
+    match record::frame(ctx, direction, &class, frames, bytes, arrived_on) {
         Verdict::Pass => {
             if DNS && dns::is_answer(&class) {
                 dns::pass_tc(ctx);

@@ -7,7 +7,10 @@ use aya_ebpf::{
 use netmon_common::{
     dns::{DnsStats, DNS_RING_BYTES},
     maps::{cache_sets, CachedSlot, SlotKey, CACHE_WAYS, DEFAULT_MAX_PAIRS},
-    policy::{PolicyState, QuotaState, RuleList, MAX_PREFIXES, MAX_RULES, MAX_RULE_LISTS},
+    policy::{
+        PolicyState, QuotaSet, QuotaState, RuleList, MAX_FORWARDERS, MAX_PREFIXES, MAX_RULES,
+        MAX_RULE_LISTS,
+    },
     service::SERVICE_COUNTERS,
     Counter, DirectionTotals, PairKey, PairKeyV4, PairStats,
 };
@@ -82,9 +85,15 @@ pub static POLICY: Array<PolicyState> = Array::with_max_entries(1, 0);
 #[map(name = "RULE_STATS")]
 pub static RULE_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(MAX_RULES * 2, 0);
 
-/// Quota budgets and use, by the quota's rule id.
+/// Quota budgets and use, by the quota's rule id: one map that user space
+/// gives every interface of a daemon.
 #[map(name = "QUOTAS")]
 pub static QUOTAS: Array<QuotaState> = Array::with_max_entries(MAX_RULES, 0);
+
+/// The quotas another watched interface's ingress hook charged, by its
+/// index: what it forwarded here is not charged again on the way out.
+#[map(name = "CHARGED_AT")]
+pub static CHARGED_AT: HashMap<u32, QuotaSet> = HashMap::with_max_entries(MAX_FORWARDERS, 0);
 
 /// Frames and bytes per (direction, family, TCP/UDP, service slot).
 #[map(name = "SERVICES")]

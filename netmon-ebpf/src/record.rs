@@ -20,8 +20,8 @@ use netmon_common::{
 };
 
 use crate::maps::{
-    FLOWS_V4, FLOWS_V6, FREE_SLOTS, LANES, POLICY, PREFIXES_V4, PREFIXES_V6, QUOTAS, RULE_LISTS,
-    RULE_STATS, SERVICES, SLOT_CACHE, SLOT_EPOCH, SLOT_KEYS, TOTALS,
+    CHARGED_AT, FLOWS_V4, FLOWS_V6, FREE_SLOTS, LANES, POLICY, PREFIXES_V4, PREFIXES_V6, QUOTAS,
+    RULE_LISTS, RULE_STATS, SERVICES, SLOT_CACHE, SLOT_EPOCH, SLOT_KEYS, TOTALS,
 };
 
 /// Pair-table granularity, set by user space at load time (`--granularity`).
@@ -54,7 +54,9 @@ pub enum Verdict {
     Drop,
 }
 
-/// Counts the frame in the interface totals and, for IP, in its pair; applies the policy.
+/// Counts the frame in the interface totals and, for IP, in its pair; applies
+/// the policy. `arrived_on`: for a frame leaving, the interface it was
+/// received on (0 when the host sent it, and for frames arriving).
 #[inline(always)]
 pub fn frame<C: EbpfContext>(
     ctx: &C,
@@ -62,6 +64,7 @@ pub fn frame<C: EbpfContext>(
     class: &Classified,
     frames: u64,
     bytes: u64,
+    arrived_on: u32,
 ) -> Verdict {
     let Some(totals) = TOTALS.get_ptr_mut(direction as u32) else {
         return Verdict::Pass;
@@ -120,7 +123,7 @@ pub fn frame<C: EbpfContext>(
         slot_of(&FLOWS_V6, &key, |k| *k).and_then(lane)
     };
     let (decision, lists) = decision(stats.as_deref_mut(), &ip, &packet, generation);
-    let verdict = enforce(&decision, lists, &packet, frames, bytes);
+    let verdict = enforce(&decision, lists, &packet, frames, bytes, arrived_on);
     match stats {
         Some(stats) if verdict == Verdict::Drop => {
             stats.dropped_frames += frames;
@@ -377,7 +380,8 @@ fn list(index: u32) -> Option<&'static RuleList> {
 }
 
 /// Applies a decision: block rules and spent quotas drop; every quota the
-/// packet matches (in either end's list) counts what passes.
+/// packet matches (in either end's list) counts what passes, unless the
+/// ingress hook of the watched interface it was forwarded from did.
 #[inline(always)]
 fn enforce(
     decision: &Decision,
@@ -385,6 +389,7 @@ fn enforce(
     packet: &PacketFacts,
     frames: u64,
     bytes: u64,
+    arrived_on: u32,
 ) -> Verdict {
     let direction = packet.direction;
     if decision.blocks() {
@@ -394,21 +399,29 @@ fn enforce(
     // `quota` names the most specific one; the lists hold them all.
     if decision.quota != NO_RULE {
         let (src, dst) = (list(src_list), list(dst_list));
+        // SAFETY: a set user space writes whole; a torn read can only miss or
+        // repeat one frame's charge while a policy change is written.
+        let charged = match arrived_on {
+            0 => None,
+            index => unsafe { CHARGED_AT.get(index) },
+        };
+        let ours = |id: u32| charged.is_none_or(|set| !set.contains(id));
         // Check all, then charge all: concurrent CPUs can each pass one
         // packet past a limit, and no more.
         let spent = find_quota(src, dst, packet, |id| {
-            QUOTAS.get(id).is_some_and(|quota| {
-                // SAFETY: a live array element shared by all CPUs; `used` is
-                // only changed atomically, `limit` only by user space.
-                unsafe { core::ptr::read_volatile(&quota.used) >= quota.limit }
-            })
+            ours(id)
+                && QUOTAS.get(id).is_some_and(|quota| {
+                    // SAFETY: a live array element shared by all CPUs; `used` is
+                    // only changed atomically, `limit` only by user space.
+                    unsafe { core::ptr::read_volatile(&quota.used) >= quota.limit }
+                })
         });
         if let Some(id) = spent {
             count_rule(id, direction, frames, bytes);
             return Verdict::Drop;
         }
         find_quota(src, dst, packet, |id| {
-            if let Some(quota) = QUOTAS.get_ptr_mut(id) {
+            if let Some(quota) = QUOTAS.get_ptr_mut(id).filter(|_| ours(id)) {
                 // SAFETY: as above. The BPF target has no
                 // `AtomicU64::fetch_add`; this is BPF_ATOMIC add.
                 unsafe {

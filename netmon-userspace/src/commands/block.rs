@@ -32,12 +32,19 @@ pub struct MatchArgs {
     /// Every packet: needed when no CIDR, protocol or port is given.
     #[arg(long, conflicts_with_all = ["proto", "port", "sport", "dport"])]
     pub all: bool,
-    /// The daemon's interface (needed when several daemons run).
+    /// Only on this interface of the daemon (`IF`, or `NS:IF`; repeat for
+    /// several); without it, on all of them. The first also picks the
+    /// daemon when several run.
     #[arg(long)]
-    pub iface: Option<String>,
+    pub iface: Vec<String>,
 }
 
 impl MatchArgs {
+    /// The interface that picks the daemon, if one is named.
+    pub fn daemon(&self) -> Option<&str> {
+        self.iface.first().map(String::as_str)
+    }
+
     /// The match these options describe.
     pub fn to_match(&self, cidrs: Vec<Cidr>) -> anyhow::Result<Match> {
         let m = Match {
@@ -48,6 +55,7 @@ impl MatchArgs {
             dport: self.dport,
             direction: self.direction,
             all: self.all,
+            ifaces: self.iface.clone(),
         };
         m.validate().map_err(anyhow::Error::msg)?;
         Ok(m)
@@ -98,7 +106,7 @@ pub fn add(action: Action, args: &RuleArgs) -> anyhow::Result<()> {
         bail!("--id goes with `netmon unblock`");
     }
     let rule = args.to_rule(action)?;
-    match control::ask(args.matcher.iface.as_deref(), &Request::AddRule { rule })? {
+    match control::ask(args.matcher.daemon(), &Request::AddRule { rule })? {
         Answer::RuleAdded {
             id,
             rule,
@@ -122,7 +130,7 @@ pub fn remove(args: &RuleArgs, action: Action) -> anyhow::Result<()> {
             id: None,
         },
     };
-    match control::ask(args.matcher.iface.as_deref(), &request)? {
+    match control::ask(args.matcher.daemon(), &request)? {
         Answer::RuleRemoved { rule } => println!("removed: {rule}"),
         other => bail!("the daemon answered {other:?} to a removal"),
     }

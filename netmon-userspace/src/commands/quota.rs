@@ -83,6 +83,7 @@ pub fn run(command: &QuotaCommand) -> anyhow::Result<()> {
                 .transpose()?;
             let matcher = args.matcher.to_match(cidrs.into_iter().collect())?;
             let quota = Quota {
+                // Named after what it matches: the same name on any interface.
                 name: args.name.clone().unwrap_or_else(|| matcher.to_string()),
                 matcher,
                 limit: parse_size(limit).map_err(anyhow::Error::msg)?,
@@ -90,7 +91,7 @@ pub fn run(command: &QuotaCommand) -> anyhow::Result<()> {
                 warn: args.warn.clone(),
             };
             quota.validate().map_err(anyhow::Error::msg)?;
-            match control::ask(args.matcher.iface.as_deref(), &Request::SetQuota { quota })? {
+            match control::ask(args.matcher.daemon(), &Request::SetQuota { quota })? {
                 Answer::QuotaSet {
                     name,
                     existing: true,

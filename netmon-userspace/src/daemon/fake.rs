@@ -9,13 +9,16 @@ use std::{
 };
 
 use jiff::Timestamp;
-use netmon_common::{policy::QuotaState, Counter, DirectionTotals, PairKey};
+use netmon_common::{
+    policy::{QuotaSet, QuotaState},
+    Counter, DirectionTotals, PairKey,
+};
 
 use jiff::tz::TimeZone;
 
 use super::{
     clock::Clock,
-    kernel::{Pairs, PolicyMaps},
+    kernel::{Forwarders, Pairs, PolicyMaps},
     sinks::Sink,
     Daemon,
 };
@@ -74,6 +77,10 @@ pub struct Maps {
     pub retired: Vec<PairKey>,
     /// False once the interface is "deleted".
     pub gone: bool,
+    /// The interface's index.
+    pub ifindex: u32,
+    /// The interfaces forwarding to this one, and what they charge.
+    pub charged_at: Vec<(u32, QuotaSet)>,
 }
 
 /// A kernel that is a few maps in memory.
@@ -167,6 +174,17 @@ impl PolicyMaps for FakeKernel {
             .get(&slot)
             .copied()
             .unwrap_or_default())
+    }
+}
+
+impl Forwarders for FakeKernel {
+    fn ifindex(&self) -> u32 {
+        self.0.borrow().ifindex
+    }
+
+    fn charged_at(&mut self, from: &[(u32, QuotaSet)]) -> Result<(), DatapathError> {
+        self.0.borrow_mut().charged_at = from.to_vec();
+        Ok(())
     }
 }
 

@@ -2,7 +2,10 @@
 //! from, and the policy maps it writes. The real one is the attached
 //! [`Datapath`]; tests pass fakes (`super::fake`).
 
-use netmon_common::{policy::QuotaState, Counter, PairKey};
+use netmon_common::{
+    policy::{QuotaSet, QuotaState},
+    Counter, PairKey,
+};
 
 use crate::{
     datapath::{enforce::Enforcement, Datapath, DatapathError, PairReading, Snapshot},
@@ -25,10 +28,22 @@ pub trait Pairs {
 
 pub use crate::enforcer::PolicyMaps;
 
-/// Everything the daemon needs of the kernel.
-pub trait Kernel: Pairs + PolicyMaps {}
+/// Where a frame forwarded between two watched interfaces is charged
+/// against quotas: at the ingress hook of the interface it came in on, as
+/// the log counts it there.
+pub trait Forwarders {
+    /// The interface's index in its namespace.
+    fn ifindex(&self) -> u32;
+    /// Names the interfaces of the namespace that forward to this one, with
+    /// the quotas their ingress hooks charge, which its egress hook then
+    /// leaves alone for frames they forwarded.
+    fn charged_at(&mut self, from: &[(u32, QuotaSet)]) -> Result<(), DatapathError>;
+}
 
-impl<K: Pairs + PolicyMaps> Kernel for K {}
+/// Everything the daemon needs of the kernel.
+pub trait Kernel: Pairs + PolicyMaps + Forwarders {}
+
+impl<K: Pairs + PolicyMaps + Forwarders> Kernel for K {}
 
 /// The attached datapath and what its policy maps hold.
 pub struct Attached {
@@ -92,5 +107,15 @@ impl PolicyMaps for Attached {
 
     fn rule_counters(&self, slot: u32) -> Result<[Counter; 2], DatapathError> {
         crate::datapath::enforce::rule_counters(self.datapath.ebpf(), slot)
+    }
+}
+
+impl Forwarders for Attached {
+    fn ifindex(&self) -> u32 {
+        self.datapath.ifindex()
+    }
+
+    fn charged_at(&mut self, from: &[(u32, QuotaSet)]) -> Result<(), DatapathError> {
+        crate::datapath::enforce::set_charged_at(self.datapath.ebpf_mut(), from)
     }
 }

@@ -22,7 +22,10 @@ use std::{collections::VecDeque, time::Duration};
 
 use jiff::Timestamp;
 
-use netmon_common::{policy::QuotaState, Counter};
+use netmon_common::{
+    policy::{QuotaSet, QuotaState},
+    Counter,
+};
 
 use crate::{
     accounting::{BaselineView, Forwarding, IntervalUsage, Meter, Seen},
@@ -33,6 +36,7 @@ use crate::{
     live::{LiveSnapshot, RECENT_ALERTS},
     logs::state::State,
     names::Listener,
+    policy::compile::{Charged, Compiled, Tables},
 };
 use clock::Clock;
 use kernel::{Kernel, PolicyMaps};
@@ -82,57 +86,134 @@ struct Watched<K> {
     present: bool,
 }
 
+/// The network namespace of an interface as reports name it (`NS:IF`),
+/// `""` for the daemon's own.
+fn netns_of(label: &str) -> &str {
+    label.rsplit_once(':').map_or("", |(ns, _)| ns)
+}
+
 /// The daemon's interfaces. The policy is the daemon's: it is written to
-/// every interface's maps, and their counters are summed.
-pub struct Interfaces<K>(Vec<Watched<K>>);
+/// every interface's maps, and their rule counters are summed. Their quota
+/// state is one map they share (`Datapath::quota_pin`).
+pub struct Interfaces<K> {
+    watched: Vec<Watched<K>>,
+    /// The quotas each ingress hook charges under the policy last written.
+    charged: Charged,
+}
 
-impl<K: PolicyMaps> PolicyMaps for Interfaces<K> {
-    fn write_tables(
-        &mut self,
-        tables: &crate::policy::compile::Tables,
-    ) -> Result<(), DatapathError> {
-        self.0
-            .iter_mut()
-            .try_for_each(|w| w.kernel.write_tables(tables))
-    }
-
-    fn clear_rule_counters(&mut self, slot: u32) -> Result<(), DatapathError> {
-        self.0
-            .iter_mut()
-            .try_for_each(|w| w.kernel.clear_rule_counters(slot))
-    }
-
-    /// The budget, and the use summed over the interfaces.
-    fn quota(&self, slot: u32) -> Result<QuotaState, DatapathError> {
-        let mut sum = QuotaState::default();
-        for w in &self.0 {
-            let state = w.kernel.quota(slot)?;
-            sum.limit = state.limit;
-            sum.used += state.used;
-        }
-        Ok(sum)
-    }
-
-    /// The first interface takes the use; the others start from zero, so
-    /// that the sum is `state.used`.
-    fn set_quota(&mut self, slot: u32, state: QuotaState) -> Result<(), DatapathError> {
-        let mut used = state.used;
-        for w in &mut self.0 {
-            w.kernel.set_quota(slot, QuotaState { used, ..state })?;
-            used = 0;
+impl<K: Kernel> Interfaces<K> {
+    /// Tells each present interface which others of its namespace forward
+    /// to it and what their ingress hooks charge: a forwarded frame is
+    /// charged against a quota once, where it came in, as the log counts it.
+    fn link_forwarders(&mut self) -> Result<(), DatapathError> {
+        let present: Vec<(String, u32, QuotaSet)> = self
+            .watched
+            .iter()
+            .filter(|w| w.present)
+            .map(|w| {
+                let ns = netns_of(&w.iface).to_string();
+                (ns, w.kernel.ifindex(), self.charged.on(&w.iface))
+            })
+            .collect();
+        for w in self.watched.iter_mut().filter(|w| w.present) {
+            let (ns, own) = (netns_of(&w.iface), w.kernel.ifindex());
+            let from: Vec<(u32, QuotaSet)> = present
+                .iter()
+                .filter(|(other_ns, index, _)| other_ns == ns && *index != own)
+                .map(|(_, index, charges)| (*index, *charges))
+                .collect();
+            w.kernel.charged_at(&from)?;
         }
         Ok(())
     }
 
+    /// [`Interfaces::link_forwarders`] after an interface came or went.
+    fn relink(&mut self) {
+        if let Err(e) = self.link_forwarders() {
+            log::warn!("forwarded traffic may be charged twice against quotas: {e}");
+        }
+    }
+}
+
+impl<K: Kernel> PolicyMaps for Interfaces<K> {
+    /// The same tables on every interface.
+    fn write_tables(&mut self, tables: &Tables) -> Result<(), DatapathError> {
+        self.write_policy(&Compiled {
+            everywhere: tables.clone(),
+            named: Default::default(),
+        })
+    }
+
+    fn write_policy(&mut self, policy: &Compiled) -> Result<(), DatapathError> {
+        self.watched
+            .iter_mut()
+            .try_for_each(|w| w.kernel.write_tables(policy.on(&w.iface)))?;
+        self.charged = policy.charged_at_ingress();
+        self.link_forwarders()
+    }
+
+    fn clear_rule_counters(&mut self, slot: u32) -> Result<(), DatapathError> {
+        self.watched
+            .iter_mut()
+            .try_for_each(|w| w.kernel.clear_rule_counters(slot))
+    }
+
+    /// The budget and use, from the map every interface shares.
+    fn quota(&self, slot: u32) -> Result<QuotaState, DatapathError> {
+        match self.watched.first() {
+            Some(w) => w.kernel.quota(slot),
+            None => Ok(QuotaState::default()),
+        }
+    }
+
+    /// Written through each interface: one map, the same value.
+    fn set_quota(&mut self, slot: u32, state: QuotaState) -> Result<(), DatapathError> {
+        self.watched
+            .iter_mut()
+            .try_for_each(|w| w.kernel.set_quota(slot, state))
+    }
+
     fn rule_counters(&self, slot: u32) -> Result<[Counter; 2], DatapathError> {
         let mut sum = [Counter::default(); 2];
-        for w in &self.0 {
+        for w in &self.watched {
             let counters = w.kernel.rule_counters(slot)?;
             for (s, c) in sum.iter_mut().zip(counters) {
                 *s = s.plus(c);
             }
         }
         Ok(sum)
+    }
+}
+
+/// One interface's kernel, given the tables of that interface.
+struct OnInterface<'a, K> {
+    iface: &'a str,
+    kernel: &'a mut K,
+}
+
+impl<K: PolicyMaps> PolicyMaps for OnInterface<'_, K> {
+    fn write_tables(&mut self, tables: &Tables) -> Result<(), DatapathError> {
+        self.kernel.write_tables(tables)
+    }
+
+    fn write_policy(&mut self, policy: &Compiled) -> Result<(), DatapathError> {
+        self.kernel.write_tables(policy.on(self.iface))
+    }
+
+    fn clear_rule_counters(&mut self, slot: u32) -> Result<(), DatapathError> {
+        self.kernel.clear_rule_counters(slot)
+    }
+
+    fn quota(&self, slot: u32) -> Result<QuotaState, DatapathError> {
+        self.kernel.quota(slot)
+    }
+
+    fn set_quota(&mut self, slot: u32, state: QuotaState) -> Result<(), DatapathError> {
+        self.kernel.set_quota(slot, state)
+    }
+
+    fn rule_counters(&self, slot: u32) -> Result<[Counter; 2], DatapathError> {
+        self.kernel.rule_counters(slot)
     }
 }
 
@@ -176,7 +257,10 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
     ) -> Self {
         let interval_start = Mark::now(&clock);
         let mut daemon = Daemon {
-            interfaces: Interfaces(Vec::new()),
+            interfaces: Interfaces {
+                watched: Vec::new(),
+                charged: Charged::default(),
+            },
             clock,
             state,
             enforcer,
@@ -204,10 +288,14 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
         self.enforcer.apply(&mut self.interfaces, now)
     }
 
-    /// Writes the policy in force into the maps of an interface about to join.
-    pub fn enforce_on(&mut self, kernel: &mut K) -> Result<(), crate::policy::PolicyError> {
+    /// Writes the policy in force into the maps of `iface`, about to join.
+    pub fn enforce_on(
+        &mut self,
+        iface: &str,
+        kernel: &mut K,
+    ) -> Result<(), crate::policy::PolicyError> {
         let now = self.clock.now();
-        self.enforcer.apply(kernel, now)
+        self.enforcer.apply(&mut OnInterface { iface, kernel }, now)
     }
 
     /// Watches one more interface, `iface` (`IF` or `NS:IF`), whose maps already hold the policy ([`Daemon::enforce_on`]). An
@@ -221,7 +309,12 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
             instance,
             present: true,
         };
-        match self.interfaces.0.iter_mut().find(|w| w.iface == iface) {
+        let replaced = match self
+            .interfaces
+            .watched
+            .iter_mut()
+            .find(|w| w.iface == iface)
+        {
             Some(old) => {
                 if old.instance == instance {
                     joining.meter = std::mem::take(&mut old.meter);
@@ -229,16 +322,23 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
                 Some(std::mem::replace(old, joining).kernel)
             }
             None => {
-                self.interfaces.0.push(joining);
+                self.interfaces.watched.push(joining);
                 None
             }
-        }
+        };
+        self.interfaces.relink();
+        replaced
+    }
+
+    /// Every watched interface's kernel, present or not.
+    pub fn kernels(&self) -> impl Iterator<Item = &K> {
+        self.interfaces.watched.iter().map(|w| &w.kernel)
     }
 
     /// The kernel side of `iface`, when it is watched and present.
     pub fn kernel(&self, iface: &str) -> Option<&K> {
         self.interfaces
-            .0
+            .watched
             .iter()
             .find(|w| w.iface == iface && w.present)
             .map(|w| &w.kernel)
@@ -257,7 +357,7 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
         let now_ns = self.clock.monotonic_ns();
         let mut read_error = None;
         let mut usages = Vec::new();
-        for (i, w) in self.interfaces.0.iter_mut().enumerate() {
+        for (i, w) in self.interfaces.watched.iter_mut().enumerate() {
             if !w.present {
                 continue;
             }
@@ -275,7 +375,7 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
         let end = Mark::now(&self.clock);
         for (i, usage) in &mut usages {
             retire_idle(
-                &mut self.interfaces.0[*i],
+                &mut self.interfaces.watched[*i],
                 usage,
                 end.monotonic_ns,
                 self.idle_timeout,
@@ -284,9 +384,9 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
         let seen: Vec<Seen> = usages
             .iter()
             .map(|(i, usage)| {
-                let w = &self.interfaces.0[*i];
+                let w = &self.interfaces.watched[*i];
                 Seen {
-                    netns: w.iface.rsplit_once(':').map_or("", |(ns, _)| ns),
+                    netns: netns_of(&w.iface),
                     iface: &w.iface,
                     usage,
                 }
@@ -301,14 +401,19 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
         let poll_duration = Duration::from_nanos(end.monotonic_ns.saturating_sub(now_ns));
         if let Some(metrics) = &mut self.state.metrics {
             for (i, usage) in &usages {
-                if let Some(counters) = metrics.get_mut(&self.interfaces.0[*i].iface) {
+                if let Some(counters) = metrics.get_mut(&self.interfaces.watched[*i].iface) {
                     counters.record(usage, end.wall, poll_duration);
                 }
             }
         }
         let mut alerts = self.enforcer.tick(&mut self.interfaces, end.wall)?;
         if let Some(alarm) = &self.alarm {
-            let names: Vec<&str> = self.interfaces.0.iter().map(|w| w.iface.as_str()).collect();
+            let names: Vec<&str> = self
+                .interfaces
+                .watched
+                .iter()
+                .map(|w| w.iface.as_str())
+                .collect();
             alerts.extend(alarm.add(
                 &mut self.state.policy.total,
                 delivered,
@@ -335,8 +440,9 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
                 Vec::new()
             });
         let mut reports = Vec::with_capacity(usages.len());
+        let departed = self.departed.len();
         for (i, usage) in usages {
-            let w = &mut self.interfaces.0[i];
+            let w = &mut self.interfaces.watched[i];
             if !w.kernel.attached() {
                 w.present = false;
                 self.departed.push(w.iface.clone());
@@ -352,6 +458,9 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
                 quotas: quotas.clone(),
                 alerts: std::mem::take(&mut alerts),
             });
+        }
+        if self.departed.len() > departed {
+            self.interfaces.relink();
         }
         self.deliver(&reports);
         match read_error {
@@ -377,7 +486,7 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
         self.state.policy.total = total;
         let baseline: Vec<BaselineView> = self
             .interfaces
-            .0
+            .watched
             .iter()
             .map(|w| BaselineView {
                 iface: &w.iface,
@@ -421,7 +530,7 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
     /// are not touched, so the next interval accounts everything once.
     fn live(&mut self) -> Result<LiveSnapshot, DaemonError> {
         // The first interface present: the live view shows one interface.
-        let Some(watched) = self.interfaces.0.iter_mut().find(|w| w.present) else {
+        let Some(watched) = self.interfaces.watched.iter_mut().find(|w| w.present) else {
             return Err(DaemonError::Datapath(DatapathError::NoInterface(
                 "none of the daemon's interfaces is present".into(),
             )));
@@ -446,8 +555,66 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
         Ok(snapshot)
     }
 
+    /// The daemon's names for the interfaces a client named (`IF`, or
+    /// `NS:IF`): empty when that is all of them, or none.
+    fn subset(&self, named: &[String]) -> Result<Vec<String>, String> {
+        let own = crate::datapath::netns::own_label();
+        let labels: Vec<&str> = self
+            .interfaces
+            .watched
+            .iter()
+            .map(|w| w.iface.as_str())
+            .collect();
+        let mut subset: Vec<String> = Vec::new();
+        for name in named {
+            let found = labels.iter().find(|label| {
+                **label == name
+                    || (!label.contains(':') && crate::control::key(own.as_deref(), label) == *name)
+            });
+            let Some(label) = found else {
+                return Err(format!(
+                    "interface {name} is not one of this daemon's ({}): name one of those with \
+                     --iface, or leave --iface out for all of them",
+                    labels.join(", ")
+                ));
+            };
+            if !subset.iter().any(|s| s == label) {
+                subset.push(label.to_string());
+            }
+        }
+        subset.sort();
+        if subset.len() == labels.len() {
+            subset.clear();
+        }
+        Ok(subset)
+    }
+
+    /// The request with the interfaces it names as the daemon names them.
+    fn resolve(&self, mut request: Request) -> Result<Request, String> {
+        match &mut request {
+            Request::AddRule { rule }
+            | Request::RemoveRule {
+                rule: Some(rule), ..
+            } => rule.matcher.ifaces = self.subset(&rule.matcher.ifaces)?,
+            Request::SetQuota { quota } => {
+                quota.matcher.ifaces = self.subset(&quota.matcher.ifaces)?
+            }
+            Request::RemoveRule { rule: None, .. }
+            | Request::Rules
+            | Request::Quotas
+            | Request::ResetQuota { .. }
+            | Request::RemoveQuota { .. }
+            | Request::Live => {}
+        }
+        Ok(request)
+    }
+
     /// Answers one CLI request; a change is written to the files at once.
     pub fn handle(&mut self, request: Request) -> Response {
+        let request = match self.resolve(request) {
+            Ok(request) => request,
+            Err(e) => return Response::Error(e),
+        };
         let now = self.clock.now();
         let enforcer = &mut self.enforcer;
         let maps = &mut self.interfaces;
@@ -527,7 +694,7 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
         let unwritten = self.sinks.iter().filter_map(|s| s.unwritten()).collect();
         let kernels = self
             .interfaces
-            .0
+            .watched
             .into_iter()
             .map(|w| (w.iface, w.kernel))
             .collect();

@@ -1,7 +1,11 @@
 //! Starting and stopping the daemon: every check that can refuse the run,
 //! then attaching, then the loop of polls, reloads and CLI requests.
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use caps::Capability;
 use jiff::tz::TimeZone;
@@ -219,8 +223,10 @@ impl Target {
         Datapath::index_in(self.netns.as_deref(), &self.name).is_some()
     }
 
-    /// Attaches (or adopts) the datapath and reads what its policy maps hold.
-    fn attach(&self, config: &Config) -> Result<Attached, DatapathError> {
+    /// Attaches (or adopts) the datapath, sharing the quota map pinned at
+    /// `quotas` (by another of the daemon's interfaces), and reads what its
+    /// policy maps hold.
+    fn attach(&self, config: &Config, quotas: Option<&Path>) -> Result<Attached, DatapathError> {
         let options = LoadOptions {
             max_pairs: config.max_pairs,
             granularity: config.granularity,
@@ -231,6 +237,7 @@ impl Target {
             &options,
             config.ingress,
             &config.bpffs,
+            quotas,
         )?;
         let adopted = datapath.adopted();
         let mut kernel = Attached::new(datapath);
@@ -352,7 +359,8 @@ pub async fn run(config: Config) -> Result<(), StartError> {
 
     let mut attached: Vec<(&Target, Attached)> = Vec::new();
     for t in present {
-        match t.attach(&config) {
+        let quotas = attached.first().map(|(_, k)| k.datapath.quota_pin());
+        match t.attach(&config, quotas.as_deref()) {
             Ok(kernel) => attached.push((t, kernel)),
             Err(e) => {
                 release(attached.into_iter().map(|(_, kernel)| kernel))?;
@@ -663,10 +671,11 @@ fn join_appeared(
         if daemon.watches(&t.label) || !t.present() {
             continue;
         }
+        let quotas = daemon.kernels().next().map(|k| k.datapath.quota_pin());
         let joined = (|| -> Result<(), StartError> {
-            let mut kernel = t.attach(config)?;
+            let mut kernel = t.attach(config, quotas.as_deref())?;
             let meter = meter_for(baselines, &kernel)?;
-            if let Err(e) = daemon.enforce_on(&mut kernel) {
+            if let Err(e) = daemon.enforce_on(&t.label, &mut kernel) {
                 let adopted = kernel.datapath.adopted();
                 kernel.datapath.shutdown(adopted)?;
                 return Err(unenforceable(Some(&t.label))(e));

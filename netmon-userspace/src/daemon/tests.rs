@@ -433,7 +433,7 @@ fn two_interfaces_report_apart_and_forwarded_traffic_is_logged_once() {
         vec![recorder("files", &journal)],
     );
     let mut maps = y.clone();
-    daemon.enforce_on(&mut maps).unwrap();
+    daemon.enforce_on("eth1", &mut maps).unwrap();
     assert!(daemon.join("eth1", maps, Meter::default(), 8).is_none());
     // A routes to B through both: in at eth0, out at eth1; eth1 also sends its own.
     x.count(key(A, B), 10, 10_000);
@@ -473,7 +473,7 @@ fn an_interface_that_goes_away_is_reported_once_more_and_its_counts_stay() {
         vec![recorder("files", &journal)],
     );
     let mut maps = y.clone();
-    daemon.enforce_on(&mut maps).unwrap();
+    daemon.enforce_on("eth1", &mut maps).unwrap();
     daemon.join("eth1", maps, Meter::default(), 8);
     y.count(key(C, A), 3, 300);
     y.0.borrow_mut().gone = true;
@@ -554,4 +554,115 @@ fn live_snapshots_show_the_kernels_counters_and_leave_the_polls_accounting_alone
         "every byte accounted once, the live reads left no report"
     );
     assert_eq!(seen.last().unwrap().total_bytes, 1500);
+}
+
+/// A daemon on eth0 (`x`) and eth1 (`y`, index 3; eth0 is index 2).
+fn on_two(
+    x: &FakeKernel,
+    y: &FakeKernel,
+    clock: &FakeClock,
+) -> super::Daemon<FakeKernel, FakeClock> {
+    x.0.borrow_mut().ifindex = 2;
+    y.0.borrow_mut().ifindex = 3;
+    let mut daemon = daemon(x, clock, Meter::default(), State::default(), vec![]);
+    let mut maps = y.clone();
+    daemon.enforce_on("eth1", &mut maps).unwrap();
+    daemon.join("eth1", maps, Meter::default(), 8);
+    daemon
+}
+
+fn block_on(cidr: &str, ifaces: &[&str]) -> Request {
+    Request::AddRule {
+        rule: Rule {
+            action: Action::Block,
+            matcher: Match {
+                cidrs: vec![cidr.parse().unwrap()],
+                ifaces: ifaces.iter().map(|i| i.to_string()).collect(),
+                ..Default::default()
+            },
+            source: None,
+        },
+    }
+}
+
+#[test]
+fn a_rule_on_one_interface_is_written_there_only_and_listed_with_it() {
+    let (x, y, clock) = (
+        FakeKernel::default(),
+        FakeKernel::default(),
+        FakeClock::at("2026-11-30T12:00:00Z"),
+    );
+    let mut daemon = on_two(&x, &y, &clock);
+    assert!(matches!(
+        daemon.handle(block_on("10.200.0.0/16", &["eth1"])),
+        Response::Ok(Answer::RuleAdded {
+            existing: false,
+            ..
+        })
+    ));
+    assert!(x.0.borrow().tables.is_empty(), "nothing on eth0");
+    assert_eq!(y.0.borrow().tables.prefixes.len(), 1, "the block on eth1");
+    // Naming both interfaces is naming all of them: a rule everywhere.
+    daemon.handle(block_on("10.201.0.0/16", &["eth1", "eth0"]));
+    assert_eq!(x.0.borrow().tables.prefixes.len(), 1);
+    assert_eq!(y.0.borrow().tables.prefixes.len(), 2);
+    let Response::Ok(Answer::Rules { rules }) = daemon.handle(Request::Rules) else {
+        panic!("rules")
+    };
+    let listed: Vec<(String, Vec<String>)> =
+        rules.into_iter().map(|r| (r.rule, r.ifaces)).collect();
+    assert_eq!(
+        listed,
+        [
+            ("block 10.200.0.0/16 on eth1".into(), vec!["eth1".into()]),
+            ("block 10.201.0.0/16".into(), vec![])
+        ]
+    );
+    assert_eq!(
+        daemon.handle(block_on("10.202.0.0/16", &["eth7"])),
+        Response::Error(
+            "interface eth7 is not one of this daemon's (eth0, eth1): name one of those with \
+             --iface, or leave --iface out for all of them"
+                .into()
+        )
+    );
+}
+
+#[test]
+fn each_interface_learns_which_others_charge_which_quotas_at_ingress() {
+    let (x, y, clock) = (
+        FakeKernel::default(),
+        FakeKernel::default(),
+        FakeClock::at("2026-11-30T12:00:00Z"),
+    );
+    let mut daemon = on_two(&x, &y, &clock);
+    let quota = |name: &str, ifaces: &[&str]| Request::SetQuota {
+        quota: Quota {
+            name: name.into(),
+            matcher: Match {
+                cidrs: vec!["10.200.0.0/16".parse().unwrap()],
+                ifaces: ifaces.iter().map(|i| i.to_string()).collect(),
+                ..Default::default()
+            },
+            limit: 1000,
+            period: Period::Daily,
+            warn: vec![],
+        },
+    };
+    daemon.handle(quota("everywhere", &[]));
+    daemon.handle(quota("eth1 only", &["eth1"]));
+    let charged = |k: &FakeKernel| {
+        k.0.borrow()
+            .charged_at
+            .iter()
+            .map(|(index, set)| (*index, (0..4).filter(|s| set.contains(*s)).collect()))
+            .collect::<Vec<(u32, Vec<u32>)>>()
+    };
+    // Slots in order of the quotas: 0 everywhere, 1 on eth1 only.
+    assert_eq!(
+        charged(&x),
+        [(3, vec![0, 1])],
+        "eth1's ingress charges both"
+    );
+    assert_eq!(charged(&y), [(2, vec![0])], "eth0's only the first");
 }

@@ -4,14 +4,18 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use aya::{
-    maps::{lpm_trie::Key, Array, IterableMap, LpmTrie, MapData, PerCpuArray, PerCpuValues},
+    maps::{
+        lpm_trie::Key, Array, HashMap as BpfHashMap, IterableMap, LpmTrie, MapData, PerCpuArray,
+        PerCpuValues,
+    },
     util::nr_cpus,
     Ebpf,
 };
 use netmon_common::{
     policy::{
-        rule_stats_index, PolicyState, QuotaState, RuleList, MAX_RULE_LISTS, POLICY_MAP,
-        PREFIXES_V4_MAP, PREFIXES_V6_MAP, QUOTAS_MAP, RULE_LISTS_MAP, RULE_STATS_MAP,
+        rule_stats_index, PolicyState, QuotaSet, QuotaState, RuleList, CHARGED_AT_MAP,
+        MAX_RULE_LISTS, POLICY_MAP, PREFIXES_V4_MAP, PREFIXES_V6_MAP, QUOTAS_MAP, RULE_LISTS_MAP,
+        RULE_STATS_MAP,
     },
     Counter, Direction,
 };
@@ -286,4 +290,24 @@ pub fn set_quota(ebpf: &mut Ebpf, id: u32, state: QuotaState) -> Result<(), Data
     let mut quotas: Array<&mut MapData, QuotaState> =
         Array::try_from(map_mut(ebpf, QUOTAS_MAP)?).map_err(map_error(QUOTAS_MAP))?;
     quotas.set(id, state, 0).map_err(map_error(QUOTAS_MAP))
+}
+
+/// Sets which interfaces forward to this one and the quotas their ingress
+/// hooks charge (`from`, by interface index), replacing what was there.
+pub fn set_charged_at(ebpf: &mut Ebpf, from: &[(u32, QuotaSet)]) -> Result<(), DatapathError> {
+    let mut map: BpfHashMap<&mut MapData, u32, QuotaSet> =
+        BpfHashMap::try_from(map_mut(ebpf, CHARGED_AT_MAP)?).map_err(map_error(CHARGED_AT_MAP))?;
+    let stale: Vec<u32> = map
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|index| !from.iter().any(|(i, _)| i == index))
+        .collect();
+    for (index, set) in from {
+        map.insert(index, set, 0)
+            .map_err(map_error(CHARGED_AT_MAP))?;
+    }
+    for index in stale {
+        map.remove(&index).map_err(map_error(CHARGED_AT_MAP))?;
+    }
+    Ok(())
 }

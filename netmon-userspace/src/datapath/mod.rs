@@ -54,14 +54,17 @@ pub struct Datapath {
 impl Datapath {
     /// Loads the programs and attaches XDP (ingress) and TC (egress) to `iface`,
     /// or adopts the maps and links an earlier run left pinned under `bpffs`,
-    /// replacing its programs without a gap in counting.
+    /// replacing its programs without a gap in counting. `quotas`: the
+    /// quota map another interface of the daemon pinned
+    /// ([`Datapath::quota_pin`]), which this one then shares.
     pub fn attach(
         iface: &str,
         options: &LoadOptions,
         hook: IngressHook,
         bpffs: &Path,
+        quotas: Option<&Path>,
     ) -> Result<Self, DatapathError> {
-        Self::attach_in(None, iface, options, hook, bpffs)
+        Self::attach_in(None, iface, options, hook, bpffs, quotas)
     }
 
     /// [`Datapath::attach`] to `iface` in `netns` (the daemon's own when
@@ -73,6 +76,7 @@ impl Datapath {
         options: &LoadOptions,
         hook: IngressHook,
         bpffs: &Path,
+        quotas: Option<&Path>,
     ) -> Result<Self, DatapathError> {
         // The virtual-device test reads this namespace's sysfs: elsewhere,
         // `auto` takes TC ingress, as for the veths containers have.
@@ -80,7 +84,7 @@ impl Datapath {
             (Some(_), IngressHook::Auto) => IngressHook::Tc,
             (_, hook) => hook,
         };
-        let attach = || Self::attach_here(iface, options, hook, bpffs);
+        let attach = || Self::attach_here(iface, options, hook, bpffs, quotas);
         let mut datapath = match &netns {
             Some(ns) => ns.run(attach)??,
             None => attach()?,
@@ -95,11 +99,15 @@ impl Datapath {
         options: &LoadOptions,
         hook: IngressHook,
         bpffs: &Path,
+        quotas: Option<&Path>,
     ) -> Result<Self, DatapathError> {
         let pins = Self::check(iface, bpffs)?;
         let ifindex =
             interface_index(iface).ok_or_else(|| DatapathError::NoInterface(iface.into()))?;
         pins.create(bpffs)?;
+        if let Some(shared) = quotas {
+            pins.share_quotas(shared)?;
+        }
         let adopted = pins.has_maps();
         let loaded = Self::load_and_attach(iface, ifindex, options, hook, pins.clone(), adopted);
         if loaded.is_err() && !adopted {
@@ -203,6 +211,16 @@ impl Datapath {
     /// Where the maps and links are pinned.
     pub fn pin_dir(&self) -> &Path {
         self.pins.path()
+    }
+
+    /// Where the quota map is pinned, for the daemon's other interfaces to share.
+    pub fn quota_pin(&self) -> std::path::PathBuf {
+        self.pins.map(netmon_common::policy::QUOTAS_MAP)
+    }
+
+    /// The index of the interface attached to.
+    pub fn ifindex(&self) -> u32 {
+        self.ifindex
     }
 
     /// Stops: with `keep_attached`, the programs keep counting and enforcing

@@ -14,8 +14,8 @@ use netmon_common::{
         SLOT_EPOCH_MAP, SLOT_KEYS_MAP, TOTALS_MAP,
     },
     policy::{
-        PolicyState, QuotaState, RuleList, POLICY_MAP, PREFIXES_V4_MAP, PREFIXES_V6_MAP,
-        QUOTAS_MAP, RULE_LISTS_MAP, RULE_STATS_MAP,
+        PolicyState, QuotaSet, QuotaState, RuleList, CHARGED_AT_MAP, MAX_RULES, POLICY_MAP,
+        PREFIXES_V4_MAP, PREFIXES_V6_MAP, QUOTAS_MAP, RULE_LISTS_MAP, RULE_STATS_MAP,
     },
     service::SERVICES_MAP,
     Counter, DirectionTotals, PairKey, PairKeyV4, PairStats,
@@ -28,7 +28,7 @@ pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// Every map netmon pins, with its key and value size in this build.
-pub const MAP_LAYOUTS: [(&str, usize, usize); 14] = [
+pub const MAP_LAYOUTS: [(&str, usize, usize); 15] = [
     (FLOWS_V4_MAP, size_of::<PairKeyV4>(), 4),
     (FLOWS_V6_MAP, size_of::<PairKey>(), 4),
     (LANES_MAP, 4, size_of::<PairStats>()),
@@ -42,6 +42,7 @@ pub const MAP_LAYOUTS: [(&str, usize, usize); 14] = [
     (POLICY_MAP, 4, size_of::<PolicyState>()),
     (RULE_STATS_MAP, 4, size_of::<Counter>()),
     (QUOTAS_MAP, 4, size_of::<QuotaState>()),
+    (CHARGED_AT_MAP, 4, size_of::<QuotaSet>()),
     (SERVICES_MAP, 4, size_of::<Counter>()),
 ];
 
@@ -184,6 +185,51 @@ impl PinDir {
             Hook::Ingress => "link_ingress",
             Hook::TcIngress => "link_ingress_tc",
             Hook::Egress => "link_egress",
+        })
+    }
+
+    /// Pins the daemon's quota map, pinned at `shared` by another of its
+    /// interfaces, here too, before the load picks it up by this path: one
+    /// map holds every interface's quota use, and the kernel frees it with
+    /// its last pin. A different quota map pinned here (by a netmon that
+    /// kept one per interface) gives its use to the shared one first.
+    pub fn share_quotas(&self, shared: &Path) -> Result<(), DatapathError> {
+        let own = self.map(QUOTAS_MAP);
+        let map_error = |cause| DatapathError::Map {
+            map: QUOTAS_MAP,
+            cause,
+        };
+        let id = |map: &MapData| map.info().map(|i| i.id()).map_err(map_error);
+        let data = MapData::from_pin(shared).map_err(map_error)?;
+        if own.exists() {
+            let mine = MapData::from_pin(&own).map_err(map_error)?;
+            if id(&mine)? == id(&data)? {
+                return Ok(());
+            }
+            let mine: Array<MapData, QuotaState> =
+                Array::try_from(Map::Array(mine)).map_err(map_error)?;
+            let mut quotas: Array<MapData, QuotaState> =
+                Array::try_from(Map::Array(MapData::from_pin(shared).map_err(map_error)?))
+                    .map_err(map_error)?;
+            for slot in 0..MAX_RULES {
+                let used = mine.get(&slot, 0).map_err(map_error)?.used;
+                if used > 0 {
+                    let mut state = quotas.get(&slot, 0).map_err(map_error)?;
+                    state.used += used;
+                    quotas.set(slot, state, 0).map_err(map_error)?;
+                }
+            }
+            std::fs::remove_file(&own).map_err(|source| DatapathError::PinFile {
+                action: "removing",
+                path: own.clone(),
+                source,
+            })?;
+        }
+        data.pin(&own).map_err(|e| {
+            DatapathError::Pins(format!(
+                "pinning the shared quota map at {}: {e}",
+                own.display()
+            ))
         })
     }
 

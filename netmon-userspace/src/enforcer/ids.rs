@@ -5,7 +5,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use netmon_common::policy::{RuleKind, MAX_RULES};
 
-use crate::policy::{compile::compile, Item, Rule};
+use crate::policy::{compile::compile_each, Item, Rule};
 
 use super::*;
 
@@ -23,7 +23,7 @@ pub(super) struct Plan {
     /// Slots no item held before: their counters start from zero.
     pub(super) fresh: Vec<u32>,
     pub(super) next_id: u32,
-    pub(super) tables: crate::policy::compile::Tables,
+    pub(super) compiled: crate::policy::compile::Compiled,
 }
 
 impl Enforcer {
@@ -98,12 +98,12 @@ impl Enforcer {
             kind: RuleKind::Quota,
             matcher: &q.matcher,
         }));
-        let tables = compile(&items)?;
+        let compiled = compile_each(&items)?;
         Ok(Plan {
             ids,
             fresh,
             next_id,
-            tables,
+            compiled,
         })
     }
 }

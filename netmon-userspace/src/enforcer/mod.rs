@@ -37,6 +37,14 @@ pub trait PolicyMaps {
         &mut self,
         tables: &crate::policy::compile::Tables,
     ) -> Result<(), DatapathError>;
+    /// Writes each interface's tables. One kernel on its own takes those
+    /// of the interfaces no rule names.
+    fn write_policy(
+        &mut self,
+        policy: &crate::policy::compile::Compiled,
+    ) -> Result<(), DatapathError> {
+        self.write_tables(&policy.everywhere)
+    }
     /// Zeroes the drop counters of a slot a new rule takes.
     fn clear_rule_counters(&mut self, slot: u32) -> Result<(), DatapathError>;
     /// A quota's budget and use.
@@ -192,7 +200,7 @@ impl Enforcer {
                 },
             )?;
         }
-        maps.write_tables(&plan.tables)?;
+        maps.write_policy(&plan.compiled)?;
         self.periods
             .retain(|name, _| plan.ids.contains_key(&quota_key(name)));
         self.ids = plan.ids;

@@ -20,6 +20,9 @@ pub struct RuleView {
     pub ingress: CounterRecord,
     /// The same on egress.
     pub egress: CounterRecord,
+    /// The interfaces it applies on; absent: all of the daemon's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ifaces: Vec<String>,
 }
 
 /// A quota as `netmon quota list` shows it.
@@ -45,6 +48,9 @@ pub struct QuotaView {
     pub blocked: bool,
     /// Frames and bytes dropped because it was spent, both directions.
     pub dropped: CounterRecord,
+    /// The interfaces it is charged and enforced on; absent: all of the daemon's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ifaces: Vec<String>,
 }
 
 impl Enforcer {
@@ -61,6 +67,7 @@ impl Enforcer {
                     origin: origin.into(),
                     ingress: ingress.into(),
                     egress: egress.into(),
+                    ifaces: rule.matcher.ifaces.clone(),
                 });
             }
         }
@@ -82,7 +89,7 @@ impl Enforcer {
                 out.push(QuotaView {
                     id: ids.id,
                     name: quota.name.clone(),
-                    matches: quota.matcher.to_string(),
+                    matches: quota.matcher.to_string() + &quota.matcher.where_shown(),
                     origin: origin.into(),
                     used: state.used,
                     limit: state.limit,
@@ -93,6 +100,7 @@ impl Enforcer {
                         .map(|z| z.timestamp().to_string()),
                     blocked: state.used >= state.limit,
                     dropped: i.plus(e).into(),
+                    ifaces: quota.matcher.ifaces.clone(),
                 });
             }
         }

@@ -2,9 +2,11 @@
 //! prefix, holding its own rules and those inherited from covering prefixes.
 
 use crate::policy::PolicyError;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use netmon_common::policy::{RuleEntry, RuleList, MAX_RULES_PER_LIST};
+use netmon_common::policy::{
+    QuotaSet, RuleEntry, RuleKind, RuleList, DIRECTION_IN, MAX_RULES_PER_LIST,
+};
 
 use super::{Cidr, Item};
 
@@ -22,6 +24,85 @@ impl Tables {
     pub fn is_empty(&self) -> bool {
         self.prefixes.is_empty()
     }
+
+    /// The quotas an ingress hook holding these tables charges: those that
+    /// count received frames.
+    pub fn charged_at_ingress(&self) -> QuotaSet {
+        let mut set = QuotaSet::EMPTY;
+        let entries = self.lists.iter().flat_map(|l| &l.entries[..l.len as usize]);
+        for entry in entries {
+            if entry.kind == RuleKind::Quota as u8 && entry.directions & DIRECTION_IN != 0 {
+                set.insert(entry.rule);
+            }
+        }
+        set
+    }
+}
+
+/// The compiled policy of each of a daemon's interfaces.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Compiled {
+    /// For interfaces no item names: the items on every interface.
+    pub everywhere: Tables,
+    /// For each interface some item names: those items too.
+    pub named: BTreeMap<String, Tables>,
+}
+
+impl Compiled {
+    /// The tables of interface `label` (as reports name it).
+    pub fn on(&self, label: &str) -> &Tables {
+        self.named.get(label).unwrap_or(&self.everywhere)
+    }
+
+    /// The quotas each interface's ingress hook charges.
+    pub fn charged_at_ingress(&self) -> Charged {
+        Charged {
+            everywhere: self.everywhere.charged_at_ingress(),
+            named: self
+                .named
+                .iter()
+                .map(|(label, tables)| (label.clone(), tables.charged_at_ingress()))
+                .collect(),
+        }
+    }
+}
+
+/// The quotas each interface's ingress hook charges ([`Compiled::charged_at_ingress`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Charged {
+    everywhere: QuotaSet,
+    named: BTreeMap<String, QuotaSet>,
+}
+
+impl Charged {
+    /// What the ingress hook of interface `label` charges.
+    pub fn on(&self, label: &str) -> QuotaSet {
+        self.named.get(label).copied().unwrap_or(self.everywhere)
+    }
+}
+
+/// Compiles `items` for each interface some of them name, and for the
+/// others (see [`compile`]).
+pub fn compile_each(items: &[Item<'_>]) -> Result<Compiled, PolicyError> {
+    let everywhere: Vec<Item> = items
+        .iter()
+        .filter(|i| i.matcher.ifaces.is_empty())
+        .cloned()
+        .collect();
+    let labels: BTreeSet<&String> = items.iter().flat_map(|i| &i.matcher.ifaces).collect();
+    let mut named = BTreeMap::new();
+    for label in labels {
+        let on: Vec<Item> = items
+            .iter()
+            .filter(|i| i.matcher.applies_on(label))
+            .cloned()
+            .collect();
+        named.insert(label.clone(), compile(&on)?);
+    }
+    Ok(Compiled {
+        everywhere: compile(&everywhere)?,
+        named,
+    })
 }
 
 /// Compiles `items`. Fails when more than [`MAX_RULES_PER_LIST`] rules would

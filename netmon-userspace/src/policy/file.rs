@@ -190,6 +190,7 @@ fn to_match(raw: &RawMatch, base: &Path) -> Result<(Match, Option<String>), Poli
             Some(other) => return Err(format!("direction '{other}' is not in, out or both").into()),
         },
         all: raw.all.unwrap_or(false),
+        ifaces: Vec::new(),
     };
     Ok((matcher, source))
 }

@@ -132,9 +132,26 @@ pub struct Match {
     /// block` would otherwise cut every connection, SSH included.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub all: bool,
+    /// The daemon's interfaces it applies on, as reports name them (`IF`,
+    /// `NS:IF`); empty: all of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ifaces: Vec<String>,
 }
 
 impl Match {
+    /// True when it applies on interface `label`.
+    pub fn applies_on(&self, label: &str) -> bool {
+        self.ifaces.is_empty() || self.ifaces.iter().any(|i| i == label)
+    }
+
+    /// ` on IF,IF` for a subset of the daemon's interfaces, else nothing.
+    pub fn where_shown(&self) -> String {
+        match self.ifaces.as_slice() {
+            [] => String::new(),
+            some => format!(" on {}", some.join(",")),
+        }
+    }
+
     /// True with no CIDR, protocol or port: every packet (of its directions).
     pub fn is_unconditional(&self) -> bool {
         self.cidrs.is_empty()
@@ -281,7 +298,11 @@ impl Rule {
             m.direction,
             m.all,
             field(self.source.clone()),
-        )
+        ) + &match m.ifaces.as_slice() {
+            // Rules on every interface keep the keys they always had.
+            [] => String::new(),
+            some => format!(" ifaces={}", some.join(",")),
+        }
     }
 
     /// The key netmon 0.1 gave the rule, its display text (lossy: a list
@@ -299,7 +320,8 @@ impl fmt::Display for Rule {
         match &self.source {
             Some(src) => write!(f, "{} {} from {src}", self.action, self.matcher),
             None => write!(f, "{} {}", self.action, self.matcher),
-        }
+        }?;
+        f.write_str(&self.matcher.where_shown())
     }
 }
 
