@@ -201,7 +201,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let flow_exporter = config
         .flow_export
         .as_ref()
-        .map(|export| FlowExporter::open(export, config.granularity == Granularity::FiveTuple))
+        .map(|export| {
+            let interfaces = targets
+                .iter()
+                .map(|t| (t.label.clone(), t.netns.clone(), t.name.clone()));
+            FlowExporter::open(
+                export,
+                config.granularity == Granularity::FiveTuple,
+                interfaces,
+            )
+        })
         .transpose()?;
     // One interface: it must be there, and the daemon stops when it goes.
     // Several: those not there yet are attached when they appear.
@@ -228,7 +237,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let exposition = config
         .metrics
         .as_ref()
-        .map(|m| crate::metrics::serve(m.addr))
+        .map(|m| {
+            let failed_sends = flow_exporter.as_ref().map(FlowExporter::failed_sends);
+            crate::metrics::serve(m.addr, failed_sends.unwrap_or_default())
+        })
         .transpose()?;
     let files = config.files.clone().check(config.follow_symlinks)?;
     let db = crate::logs::paths::check(&config.db, "--db", config.follow_symlinks)?;

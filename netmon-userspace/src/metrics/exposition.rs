@@ -21,6 +21,7 @@ use super::counters::{Counters, PERIODS, POLL_BUCKETS};
 use crate::{
     accounting::CounterRecord,
     enforcer::{QuotaView, RuleView},
+    flows::FailedSends,
 };
 
 /// One interface's values after a poll.
@@ -42,13 +43,23 @@ pub struct Snapshot {
     pub polled: Timestamp,
 }
 
-/// The latest [`Snapshot`] of each interface.
+/// The latest [`Snapshot`] of each interface, and the flow collectors'
+/// failed sends, read live.
 #[derive(Debug, Default)]
 pub struct Exposition {
     latest: Mutex<BTreeMap<String, Arc<Snapshot>>>,
+    flow_collectors: Vec<FailedSends>,
 }
 
 impl Exposition {
+    /// An exposition that also shows the failed sends of `flow_collectors`.
+    pub fn new(flow_collectors: Vec<FailedSends>) -> Self {
+        Exposition {
+            latest: Mutex::default(),
+            flow_collectors,
+        }
+    }
+
     /// Replaces the interface's values.
     pub fn publish(&self, snapshot: Snapshot) {
         let snapshot = Arc::new(snapshot);
@@ -334,6 +345,16 @@ impl Collector for Exposition {
                     .collect();
                 m.encode_histogram::<NoLabelSet>(polls.sum, polls.count(), &buckets, None)
             },
+        )?;
+        family(
+            out,
+            "netmon_flow_failed_sends",
+            "Flow export messages that could not be sent to a collector (--ipfix HOST:PORT)",
+            MetricType::Counter,
+            self.flow_collectors
+                .iter()
+                .map(|c| (labels([("collector", c.spec.as_str())]), c.count())),
+            counter,
         )?;
         family(
             out,
