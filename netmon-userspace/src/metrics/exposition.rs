@@ -268,6 +268,19 @@ impl Collector for Exposition {
             quotas(|_, start| start.map(|t| t.as_second() as f64)),
             gauge,
         )?;
+        byte_and_frame_counters(
+            out,
+            "netmon_quota_dropped",
+            "Traffic dropped because a quota was spent, both directions",
+            &each(&|s, series| {
+                for (q, _) in &s.quotas {
+                    series.push((
+                        labels([("iface", s.iface.as_str()), ("quota", &q.name)]),
+                        q.dropped,
+                    ));
+                }
+            }),
+        )?;
         family(
             out,
             "netmon_period_bytes",
@@ -378,6 +391,6 @@ pub fn series_bound(top: usize, rules: usize, quotas: usize) -> usize {
         + PERIODS.len();
     let services = service::SERVICE_COUNTERS as usize; // both directions already
     let histogram = POLL_BUCKETS.len() + 2;
-    2 * per_direction + services + 3 * quotas + 2 /* table */ + 2 /* health counters */ + histogram + 1
+    2 * per_direction + services + 5 * quotas + 2 /* table */ + 2 /* health counters */ + histogram + 1
     /* last poll */
 }
