@@ -686,6 +686,12 @@ fn a_collector_that_is_down_costs_one_counted_failed_send_per_message_and_one_lo
         &["-w", down_dir_arg, "-b", &down, "-p", &port, "-t", "3600"],
         NFCAPD_PORT,
     )?;
+    // No IPv6 on the link: its router solicitations would be flows, and
+    // exports, at times of their own.
+    for host in [a, b] {
+        let setting = format!("net.ipv6.conf.{}.disable_ipv6=1", host.iface);
+        run(host.command("sysctl").args(["-qw", &setting]))?;
+    }
     let (export, export_path) = export_capture(a, dir.path())?;
     let received_path = dir.path().join("received.pcap");
     let received = Capture::start(b, Way::In, &received_path)?;
