@@ -215,15 +215,20 @@ fn side_by_side(packets: u32) -> Vec<Row> {
     let net = TestNet::create().expect("a test network");
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (&net.a, &net.b);
-    // The sender's CPU per round, median of the rounds.
+    // The sender's CPU and the datagrams per second, medians of the rounds.
     let send = || {
-        crate::workload::median(
-            (0..ROUNDS)
-                .map(|_| crate::workload::send_udp_measured(&net, IpAddr::V4(b.ipv4), packets).1)
-                .collect(),
+        let rounds: Vec<_> = (0..ROUNDS)
+            .map(|_| crate::workload::send_udp_measured(&net, IpAddr::V4(b.ipv4), packets))
+            .collect();
+        let median = |f: &dyn Fn(&crate::workload::Sent) -> f64| {
+            crate::workload::median(rounds.iter().map(f).collect())
+        };
+        (
+            median(&|s| s.sender_cpu),
+            median(&|s| f64::from(packets) / s.seconds),
         )
     };
-    let bare = send();
+    let (bare, bare_rate) = send();
 
     let collector = nfcapd(a, dir.path(), NETMON_PORT);
     let netmon = Netmon::on(a)
@@ -233,7 +238,7 @@ fn side_by_side(packets: u32) -> Vec<Row> {
         .start()
         .unwrap();
     let daemon = crate::cpu::process_cpu(netmon.pid());
-    let with_netmon = send();
+    let (with_netmon, netmon_rate) = send();
     // The daemon's share includes the poll that reads and exports the traffic.
     std::thread::sleep(Duration::from_millis(1500));
     let daemon = (crate::cpu::process_cpu(netmon.pid()) - daemon) / f64::from(ROUNDS);
@@ -256,7 +261,7 @@ fn side_by_side(packets: u32) -> Vec<Row> {
     // Its capture open.
     std::thread::sleep(Duration::from_secs(2));
     let process = crate::cpu::process_cpu(softflowd.id());
-    let with_softflowd = send();
+    let (with_softflowd, softflowd_rate) = send();
     std::thread::sleep(Duration::from_millis(1500));
     let process = (crate::cpu::process_cpu(softflowd.id()) - process) / f64::from(ROUNDS);
     // softflowd exports its flows on `softflowctl shutdown` (SIGTERM drops them).
@@ -295,6 +300,19 @@ fn side_by_side(packets: u32) -> Vec<Row> {
             per_million(bare),
             "s",
         ),
+        Row::new(
+            "  64-byte UDP datagrams sent per second while netmon exports",
+            netmon_rate,
+            "pkt/s",
+        )
+        .against("nothing watching, same run", bare_rate)
+        .target(Target::RatioAtLeast(0.95)),
+        Row::new(
+            "  64-byte UDP datagrams sent per second while softflowd exports",
+            softflowd_rate,
+            "pkt/s",
+        )
+        .against("nothing watching, same run", bare_rate),
         Row::new(
             format!(
                 "  the test flow in nfdump: packets exported by netmon (of {sent} sent, \

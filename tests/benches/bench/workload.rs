@@ -118,40 +118,50 @@ pub const SINK_PORT: u16 = 9_000;
 /// ICMP). Returns how many datagrams reached that socket's buffer, at most
 /// its size.
 pub fn send_udp(net: &netmon_tests::TestNet, src: std::net::IpAddr, packets: u32) -> usize {
-    send_udp_measured(net, src, packets).0
+    send_udp_measured(net, src, packets).received
 }
 
-/// [`send_udp`], and the sending thread's CPU seconds: the veth hands each
-/// frame to a's stack in the sender's context, so this includes what a's
-/// hooks and packet sockets do with it.
-pub fn send_udp_measured(
-    net: &netmon_tests::TestNet,
-    src: std::net::IpAddr,
-    packets: u32,
-) -> (usize, f64) {
+/// What [`send_udp_measured`] saw.
+pub struct Sent {
+    /// Datagrams that reached a's socket buffer (at most its size).
+    pub received: usize,
+    /// The sending thread's CPU seconds: the veth hands each frame to a's
+    /// stack in the sender's context, so this includes what a's hooks and
+    /// packet sockets do with it.
+    pub sender_cpu: f64,
+    /// How long sending took.
+    pub seconds: f64,
+}
+
+/// [`send_udp`], measured.
+pub fn send_udp_measured(net: &netmon_tests::TestNet, src: std::net::IpAddr, packets: u32) -> Sent {
     use std::net::{IpAddr, SocketAddr, UdpSocket};
     let to: SocketAddr = (IpAddr::V4(net.a.ipv4), SINK_PORT).into();
     let sink = net.a.run(move || UdpSocket::bind(to).unwrap()).unwrap();
     sink.set_nonblocking(true).unwrap();
-    let sender_cpu = net
+    let (sender_cpu, seconds) = net
         .b
         .run(move || {
             let socket = UdpSocket::bind((src, 0)).unwrap();
             socket.connect(to).unwrap();
             let payload = [0u8; 64];
             let mut sent = 0;
-            let started = thread_cpu();
+            let (cpu, wall) = (thread_cpu(), std::time::Instant::now());
             while sent < packets {
                 if socket.send(&payload).is_ok() {
                     sent += 1;
                 }
             }
-            thread_cpu() - started
+            (thread_cpu() - cpu, wall.elapsed().as_secs_f64())
         })
         .unwrap();
     let mut buf = [0u8; 128];
     let received = std::iter::from_fn(|| sink.recv(&mut buf).ok()).count();
-    (received, sender_cpu)
+    Sent {
+        received,
+        sender_cpu,
+        seconds,
+    }
 }
 
 /// This thread's CPU time, in seconds.
