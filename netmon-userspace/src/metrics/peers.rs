@@ -354,7 +354,7 @@ mod tests {
         for round in 0..10u32 {
             let pairs: Vec<PairDelta> = (0..1000u32)
                 .map(|i| Ipv4Addr::from_bits(0x0ac9_0000 + round * 1000 + i).to_string())
-                .map(|source| from(&source, 100 + u64::from(i_of(round))))
+                .map(|source| from(&source, 100))
                 .chain([from("10.200.0.2", 1_000_000)])
                 .collect();
             sent += pairs.iter().map(|p| p.counter.bytes).sum::<u64>() + 7;
@@ -390,11 +390,6 @@ mod tests {
         assert!(ended > 0);
     }
 
-    /// Some spread among a round's sources, so that ties are not the rule.
-    fn i_of(round: u32) -> u32 {
-        round * 37 % 101
-    }
-
     #[test]
     fn a_peer_replaces_a_member_only_with_twice_its_score() {
         let mut peers = Peers::default();
@@ -425,6 +420,38 @@ mod tests {
         assert_eq!(labels(&peers), ["10.200.1.2"]);
         // The newcomer's interval is in its own series from the start.
         assert_eq!(peers.members[0].counters[0].bytes, 5000);
+    }
+
+    #[test]
+    fn challengers_take_the_weakest_places_in_turn_and_leavers_move_into_other() {
+        let mut peers = Peers::default();
+        let grouping = Grouping::default();
+        let (a, b, c, d, e, f) = (
+            "10.200.2.1",
+            "10.200.2.2",
+            "10.200.2.3",
+            "10.200.2.4",
+            "10.200.2.5",
+            "10.200.2.6",
+        );
+        peers.record(
+            &[from(a, 1000), from(b, 1000), from(c, 100)],
+            Default::default(),
+            &grouping,
+            3,
+        );
+        assert_eq!(labels(&peers), [a, b, c]);
+        // Scores now 750, 750 and 75: d takes c's place, e (more than twice
+        // 750) then a's, the first of the two weakest; f (less) joins nobody.
+        peers.record(
+            &[from(d, 5000), from(e, 1600), from(f, 1400)],
+            Default::default(),
+            &grouping,
+            3,
+        );
+        assert_eq!(labels(&peers), [e, b, d]);
+        assert_eq!(peers.other[0].bytes, 1000 + 100 + 1400, "a's, c's and f's");
+        assert_eq!(total(&peers), 1000 + 1000 + 100 + 5000 + 1600 + 1400);
     }
 
     #[test]
