@@ -16,6 +16,8 @@ use std::{
 use anyhow::{bail, ensure, Context as _, Result};
 use netmon_tests::{
     capture::{Capture, Way},
+    http::get,
+    mounts::TempMount,
     names_in,
     netns::run,
     scenario, Flow, Host, Netmon, TestNet,
@@ -535,7 +537,7 @@ fn a_collector_started_late_decodes_the_flows_within_one_template_refresh() -> R
     // Nothing listens yet: the templates and the flows before the collector
     // are lost, and cost failed sends.
     Flow::udp(a, b).port(9000).sizes(&[10, 20]).send()?;
-    netmon.wait_for("1 failed send(s) so far", Duration::from_secs(5))?;
+    netmon.wait_for("is unreachable", Duration::from_secs(5))?;
     let nfcapd = Collector::nfcapd(a, &nf_dir)?;
     // One refresh (2 s), a poll and a margin later, nfcapd knows the templates.
     std::thread::sleep(Duration::from_secs(3));
@@ -583,5 +585,181 @@ fn a_bad_collector_address_is_refused_before_anything_is_attached_or_written() -
         );
         assert_eq!(names_in(dir.path()), Vec::<String>::new(), "{spec}");
     }
+    Ok(())
+}
+
+/// Export datagrams to `ip`:`port` in a capture, as tshark counts them.
+fn messages_to(capture: &Path, ip: &str, port: u16) -> Result<usize> {
+    let out = run(std::process::Command::new("tshark")
+        .arg("-r")
+        .arg(capture)
+        .args(["-Y", &format!("ip.dst == {ip} and udp.dstport == {port}")])
+        .args(["-T", "fields", "-e", "frame.number"]))?;
+    Ok(String::from_utf8_lossy(&out.stdout).lines().count())
+}
+
+#[test]
+fn an_interface_of_another_namespace_is_exported_with_its_own_ifindex() -> Result<()> {
+    let bpffs = TempMount::bpffs()?;
+    let net = TestNet::create()?;
+    let (a, b) = (&net.a, &net.b);
+    let dir = tempfile::tempdir()?;
+    let nf_dir = dir.path().join("nfcapd");
+    std::fs::create_dir(&nf_dir)?;
+    // The daemon and its collector run in b's namespace, the interface is a's.
+    let nfcapd = Collector::nfcapd(b, &nf_dir)?;
+    let netmon = Netmon::on(b)
+        .on_interface("")
+        .logs_in(dir.path())
+        .bpffs(&bpffs)
+        .args(&["--netns", &a.netns, "--iface", &a.iface])
+        .args(&["--ipfix", &format!("127.0.0.1:{NFCAPD_PORT}")])
+        .start()?;
+    let wire = Wire::start(a, dir.path())?;
+    Flow::udp(b, a).port(9000).sizes(&[100, 200]).send()?;
+    Flow::udp(a, b).port(9001).sizes(&[300]).send()?;
+    netmon.stop()?;
+    let pcaps = wire.stop()?;
+
+    let link = run(a
+        .command("ip")
+        .args(["-j", "link", "show", "dev", &a.iface]))?;
+    let link: serde_json::Value = serde_json::from_slice(&link.stdout)?;
+    let ifindex = link[0]["ifindex"].as_u64().context("no ifindex")?;
+    let in_b = run(b.command("ip").args(["-o", "link"]))?;
+    assert!(
+        !String::from_utf8_lossy(&in_b.stdout).contains(&format!(" {}@", a.iface)),
+        "b's namespace has no interface of that name"
+    );
+    nfcapd.stop(libc::SIGTERM)?;
+    let out = run(std::process::Command::new("nfdump")
+        .args(["-R"])
+        .arg(&nf_dir)
+        .args(["-q", "-N", "-o", "fmt:%sa %da %in %out %pkt %byt"]))?;
+    let mut exported = Totals::new();
+    let mut interfaces = BTreeMap::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        ensure!(f.len() == 6, "nfdump printed {line:?}");
+        let pair: Pair = (f[0].parse()?, f[1].parse()?, 17);
+        if !ours(&pair) {
+            continue;
+        }
+        interfaces.insert(pair, (f[2].parse::<u64>()?, f[3].parse::<u64>()?));
+        let entry = exported.entry(pair).or_default();
+        entry.0 += f[4].parse::<u64>()?;
+        entry.1 += f[5].parse::<u64>()?;
+    }
+    let expected = tshark_ip_lengths(&pcaps, OURS)?;
+    assert_eq!(exported, expected);
+    let (into_a, from_a) = (
+        (IpAddr::V4(b.ipv4), IpAddr::V4(a.ipv4), 17),
+        (IpAddr::V4(a.ipv4), IpAddr::V4(b.ipv4), 17),
+    );
+    // Ingress records carry it as ingressInterface, egress as egressInterface.
+    assert_eq!(
+        interfaces,
+        BTreeMap::from([(into_a, (ifindex, 0)), (from_a, (0, ifindex))])
+    );
+    Ok(())
+}
+
+#[test]
+fn a_collector_that_is_down_costs_one_counted_failed_send_per_message_and_one_log_line(
+) -> Result<()> {
+    let net = TestNet::create()?;
+    let (a, b) = (&net.a, &net.b);
+    let dir = tempfile::tempdir()?;
+    let (nf_dir, down_dir) = (dir.path().join("nfcapd"), dir.path().join("down"));
+    for d in [&nf_dir, &down_dir] {
+        std::fs::create_dir(d)?;
+    }
+    // Two collectors get every message: nfcapd on a's loopback, and one on
+    // b's second address, which a route makes unreachable for a while.
+    let down = b.ipv4_alt.to_string();
+    let nfcapd = Collector::nfcapd(a, &nf_dir)?;
+    let port = NFCAPD_PORT.to_string();
+    let down_dir_arg = down_dir.to_str().context("path")?;
+    let other = Collector::start(
+        b,
+        "nfcapd",
+        &["-w", down_dir_arg, "-b", &down, "-p", &port, "-t", "3600"],
+        NFCAPD_PORT,
+    )?;
+    // No IPv6 on the link: its router solicitations would be flows, and
+    // exports, at times of their own.
+    for host in [a, b] {
+        let setting = format!("net.ipv6.conf.{}.disable_ipv6=1", host.iface);
+        run(host.command("sysctl").args(["-qw", &setting]))?;
+    }
+    let (export, export_path) = export_capture(a, dir.path())?;
+    let received_path = dir.path().join("received.pcap");
+    let received = Capture::start(b, Way::In, &received_path)?;
+    let spec = format!("{down}:{NFCAPD_PORT}");
+    // No template refresh: once the flows end, nothing is sent.
+    let mut netmon = Netmon::on(a)
+        .logs_in(dir.path())
+        .interval("500ms")
+        .args(&[
+            "--ipfix",
+            &format!("127.0.0.1:{NFCAPD_PORT}"),
+            "--ipfix",
+            &spec,
+        ])
+        .args(&["--flow-template-refresh", "1h"])
+        .args(&["--metrics", "127.0.0.1:9464"])
+        .start()?;
+    Flow::udp(a, b).port(9000).sizes(&[100, 200]).send()?;
+    std::thread::sleep(Duration::from_millis(1500));
+    let route = |verb: &str| {
+        run(a
+            .command("ip")
+            .args(["route", verb, "unreachable", &format!("{down}/32")]))
+    };
+    route("add")?;
+    for size in [300, 400, 500] {
+        Flow::udp(a, b).port(9000).sizes(&[size]).send()?;
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    // The flows have ended and were exported; nothing is sent any more.
+    std::thread::sleep(Duration::from_millis(1500));
+    let (status, body) = get(a, 9464, "/metrics", "text/plain")?;
+    ensure!(status == 200, "GET /metrics: {status}");
+    let series = format!("netmon_flow_failed_sends_total{{collector=\"{spec}\"}} ");
+    let shown: u64 = body
+        .lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .with_context(|| format!("no {series} in {body}"))?
+        .trim()
+        .parse()?;
+    export.stop()?;
+    received.stop()?;
+    let sent = messages_to(&export_path, "127.0.0.1", NFCAPD_PORT)?;
+    let arrived = messages_to(&received_path, &down, NFCAPD_PORT)?;
+    // Every message went to both; those the route kept from b are the failed ones.
+    assert_eq!(
+        shown as usize,
+        sent - arrived,
+        "{sent} sent, {arrived} arrived"
+    );
+    assert!(shown >= 3, "one export per burst at least: {shown}");
+
+    route("del")?;
+    Flow::udp(a, b).port(9000).sizes(&[600]).send()?;
+    netmon.wait_for("is reachable again", Duration::from_secs(5))?;
+    let printed = netmon.stop()?;
+    let about = |what: &str| {
+        printed
+            .iter()
+            .filter(|l| l.contains(&spec) && l.contains(what))
+            .count()
+    };
+    assert_eq!(about("is unreachable"), 1, "{printed:?}");
+    assert_eq!(
+        about(&format!("{shown} flow message(s) lost in all")),
+        1,
+        "{printed:?}"
+    );
+    drop((nfcapd, other));
     Ok(())
 }

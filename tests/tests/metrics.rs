@@ -517,3 +517,98 @@ fn drops_quotas_and_periods_show_what_the_policy_counted() -> Result<()> {
     netmon.stop()?;
     Ok(())
 }
+
+#[test]
+fn a_peer_that_leaves_the_top_moves_into_other_and_spent_quotas_count_their_drops() -> Result<()> {
+    let net = TestNet::create()?;
+    let (a, b) = (&net.a, &net.b);
+    let dir = tempfile::tempdir()?;
+    let netmon = Netmon::on(a)
+        .logs_in(dir.path())
+        .args(&["--metrics", METRICS, "--metrics-top", "1"])
+        .start()?;
+    let prometheus = Prometheus::start(a)?;
+    let iface = &a.iface;
+    let ingress_peers = format!("netmon_peer_bytes_total{{iface='{iface}',direction='ingress'}}");
+    let sum = format!("sum({ingress_peers})");
+    // The ingress peers' sum before the capture, once it stopped changing.
+    let before = loop {
+        let seen = prometheus.query(&sum)?;
+        std::thread::sleep(Duration::from_millis(2500));
+        if let [(_, v)] = seen.as_slice() {
+            if prometheus.query(&sum)? == seen {
+                break *v as u64;
+            }
+        }
+    };
+    let inbound = Capture::start(a, Way::In, &dir.path().join("in.pcap"))?;
+
+    // A quota of 2 kB on b's IPv6 address: the datapath drops what is beyond.
+    ctl(
+        iface,
+        &[
+            "quota",
+            "set",
+            &b.ipv6.to_string(),
+            "2kB",
+            "--period",
+            "daily",
+            "--name",
+            "tiny",
+        ],
+    )
+    .unwrap();
+    let sizes = [500; 10];
+    let got = Flow::udp(b, a)
+        .to(a.ipv6)
+        .port(7020)
+        .sizes(&sizes)
+        .delivered()?;
+    let dropped = (sizes.len() - got.len()) as u64;
+    let frame = frame_len(a.ipv6, 500);
+    assert_eq!(
+        prometheus.value_once("netmon_quota_dropped_frames_total{quota='tiny'}", dropped)?,
+        dropped
+    );
+    assert_eq!(
+        prometheus.value_once(
+            "netmon_quota_dropped_bytes_total{quota='tiny'}",
+            dropped * frame
+        )?,
+        dropped * frame,
+        "{} of 10 frames delivered",
+        got.len()
+    );
+
+    // b's address joins the top (one place), then its second address, with
+    // more than twice its score, takes the place.
+    let member = |peer: Ipv4Addr| {
+        format!("netmon_peer_bytes_total{{iface='{iface}',direction='ingress',peer='{peer}'}}")
+    };
+    Flow::udp(b, a).port(7021).sizes(&[1400; 10]).send()?;
+    let first = 10 * frame_len(a.ipv4, 1400);
+    assert_eq!(prometheus.value_once(&member(b.ipv4), first)?, first);
+    Flow::udp(b, a)
+        .from(b.ipv4_alt)
+        .port(7022)
+        .sizes(&[1400; 60])
+        .send()?;
+    let second = 60 * frame_len(a.ipv4, 1400);
+    assert_eq!(prometheus.value_once(&member(b.ipv4_alt), second)?, second);
+    std::thread::sleep(Duration::from_millis(300));
+    let frames = inbound.stop()?;
+    let (peers, _) = captured(&frames, &[]);
+    let ip: u64 = before + peers.values().sum::<u64>();
+    // The first member's series ended; other holds what it counted.
+    let shown = prometheus.query(&ingress_peers)?;
+    let names: Vec<&str> = shown.iter().map(|(l, _)| l["peer"].as_str()).collect();
+    assert_eq!(names.len(), 2, "{shown:?}");
+    assert!(names.contains(&"other") && names.contains(&b.ipv4_alt.to_string().as_str()));
+    assert_eq!(
+        prometheus.value_once(&sum, ip)?,
+        ip,
+        "the series shown add up to the IP bytes, the replaced member's included"
+    );
+    netmon.stop()?;
+    Ok(())
+}

@@ -143,6 +143,7 @@ const BENCH_TOOLS: &[(&str, &str)] = &[
     ("iptables", "iptables"),
     ("iptables-restore", "iptables"),
     ("python3", "python3"),
+    ("softflowd", "softflowd"),
 ];
 
 /// Makes sure the test and demo tools are installed.

@@ -349,12 +349,24 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let flow_exporter = config
         .flow_export
         .as_ref()
-        .map(|export| FlowExporter::open(export, config.granularity == Granularity::FiveTuple))
+        .map(|export| {
+            let interfaces = targets
+                .iter()
+                .map(|t| (t.label.clone(), t.netns.clone(), t.name.clone()));
+            FlowExporter::open(
+                export,
+                config.granularity == Granularity::FiveTuple,
+                interfaces,
+            )
+        })
         .transpose()?;
     let exposition = config
         .metrics
         .as_ref()
-        .map(|m| crate::metrics::serve(m.addr))
+        .map(|m| {
+            let failed_sends = flow_exporter.as_ref().map(FlowExporter::failed_sends);
+            crate::metrics::serve(m.addr, failed_sends.unwrap_or_default())
+        })
         .transpose()?;
 
     let mut attached: Vec<(&Target, Attached)> = Vec::new();

@@ -1,10 +1,32 @@
 //! A collector: its address, resolved once at start, and a connected,
 //! non-blocking UDP socket, so that a send never waits and a collector that
-//! is down (ICMP port unreachable) shows as a failed send.
+//! is down (ICMP port unreachable, no route) shows as a failed send.
 
-use std::net::{SocketAddr, ToSocketAddrs as _, UdpSocket};
+use std::{
+    net::{SocketAddr, ToSocketAddrs as _, UdpSocket},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+};
 
 use super::FlowError;
+
+/// A collector's count of messages that could not be sent since the start,
+/// shared with the metrics endpoint, which reads it at each scrape.
+#[derive(Clone, Debug)]
+pub struct FailedSends {
+    /// The collector, HOST:PORT as the user gave it.
+    pub spec: String,
+    count: Arc<AtomicU64>,
+}
+
+impl FailedSends {
+    /// Messages lost so far.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+}
 
 /// One `--ipfix HOST:PORT`.
 #[derive(Debug)]
@@ -15,7 +37,12 @@ pub struct Collector {
     pub addr: SocketAddr,
     socket: UdpSocket,
     /// Messages that could not be sent, since the start.
-    pub failed_sends: u64,
+    pub failed: FailedSends,
+    /// In an outage: logged when it began, and again when it ends.
+    down: bool,
+    /// Since the last [`Collector::settle`]: a message went out, one failed.
+    sent: bool,
+    failed_since: bool,
 }
 
 impl Collector {
@@ -63,18 +90,25 @@ impl Collector {
             spec: spec.to_string(),
             addr,
             socket,
-            failed_sends: 0,
+            failed: FailedSends {
+                spec: spec.to_string(),
+                count: Arc::default(),
+            },
+            down: false,
+            sent: false,
+            failed_since: false,
         })
     }
 
-    /// Sends one message; a failure only counts, and is logged at the 1st,
-    /// 10th, 100th … failure, not at each.
+    /// Sends one message; a failure only counts. The first failure of an
+    /// outage is logged, not each.
     ///
     /// A collector that is down answers a message with an ICMP error, which
     /// the socket reports at the next send (connection refused) instead of
     /// sending it: that earlier message is the one lost, and this one is
     /// sent again at once, so that a collector just started gets it.
     pub fn send(&mut self, message: &[u8]) {
+        self.sent = true;
         match self.socket.send(message) {
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
@@ -88,20 +122,35 @@ impl Collector {
     }
 
     fn failed(&mut self, e: &std::io::Error) {
-        self.failed_sends += 1;
-        if is_power_of_ten(self.failed_sends) {
+        self.failed.count.fetch_add(1, Ordering::Relaxed);
+        self.failed_since = true;
+        if !self.down {
+            self.down = true;
             log::warn!(
-                "flow collector {} ({}): {e}; {} failed send(s) so far",
+                "flow collector {} ({}) is unreachable: {e}; flow messages to it are lost \
+                 and counted (netmon_flow_failed_sends_total) until it is back",
                 self.spec,
                 self.addr,
-                self.failed_sends
             );
         }
     }
-}
 
-fn is_power_of_ten(n: u64) -> bool {
-    n > 0 && 10u64.pow(n.ilog10()) == n
+    /// Ends one export to the collector. An outage ends with an export
+    /// whose every message went out: a collector that is down answers each
+    /// export with an error at the latest by the next one's first send.
+    pub fn settle(&mut self) {
+        if self.down && self.sent && !self.failed_since {
+            self.down = false;
+            log::warn!(
+                "flow collector {} ({}) is reachable again; {} flow message(s) lost in all",
+                self.spec,
+                self.addr,
+                self.failed.count()
+            );
+        }
+        self.sent = false;
+        self.failed_since = false;
+    }
 }
 
 #[cfg(test)]

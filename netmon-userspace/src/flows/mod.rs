@@ -15,6 +15,7 @@ mod tests;
 use std::{
     collections::HashMap,
     net::SocketAddr,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -22,10 +23,12 @@ use cache::{FlowCache, FlowRecord};
 use collector::Collector;
 use encode::{Clock, Domain, Encoder};
 
+pub use collector::FailedSends;
 pub use encode::Format;
 
 use crate::{
     daemon::{report::Report, sinks::Sink},
+    datapath::{netns::Netns, Datapath},
     logs::LogError,
 };
 
@@ -84,13 +87,20 @@ pub struct FlowExporter {
     template_refresh: Duration,
     /// Per interface: its observation domain, and when its templates went out.
     domains: HashMap<String, (Domain, Option<Instant>)>,
+    /// Per interface label: its namespace and name there, for its ifIndex.
+    interfaces: HashMap<String, (Option<Arc<Netns>>, String)>,
     started: Instant,
 }
 
 impl FlowExporter {
     /// Checks the options, resolves the collectors and opens their sockets:
-    /// everything that can refuse, before anything is attached.
-    pub fn open(export: &FlowExport, ports: bool) -> Result<Self, FlowError> {
+    /// everything that can refuse, before anything is attached. `interfaces`
+    /// are the watched ones: label, namespace (`None`: the daemon's) and name.
+    pub fn open(
+        export: &FlowExport,
+        ports: bool,
+        interfaces: impl IntoIterator<Item = (String, Option<Arc<Netns>>, String)>,
+    ) -> Result<Self, FlowError> {
         if export.active_timeout.is_zero() {
             return Err(FlowError::ZeroDuration("--flow-active-timeout"));
         }
@@ -111,31 +121,42 @@ impl FlowExporter {
             collectors,
             template_refresh: export.template_refresh,
             domains: HashMap::new(),
+            interfaces: interfaces
+                .into_iter()
+                .map(|(label, netns, name)| (label, (netns, name)))
+                .collect(),
             started: Instant::now(),
         })
     }
 
-    /// Messages that could not be sent, per collector (HOST:PORT as given).
-    pub fn failed_sends(&self) -> impl Iterator<Item = (&str, u64)> {
-        self.collectors
-            .iter()
-            .map(|c| (c.spec.as_str(), c.failed_sends))
+    /// Each collector's count of messages that could not be sent, live.
+    pub fn failed_sends(&self) -> Vec<FailedSends> {
+        self.collectors.iter().map(|c| c.failed.clone()).collect()
+    }
+
+    /// The ifIndex of the interface labelled `iface`, in its own namespace;
+    /// 0 once it is gone.
+    fn ifindex(&self, iface: &str) -> u32 {
+        let (netns, name) = match self.interfaces.get(iface) {
+            Some((netns, name)) => (netns.as_deref(), name.as_str()),
+            None => (None, iface),
+        };
+        Datapath::index_in(netns, name).unwrap_or(0)
     }
 
     /// Encodes `records` of `iface` (with the templates when they are due)
     /// and sends them to every collector.
     fn export(&mut self, iface: &str, records: &[FlowRecord]) {
         let now = Instant::now();
-        let (domain, templates_sent) = self.domains.entry(iface.to_string()).or_insert_with(|| {
-            (
-                Domain {
-                    ifindex: ifindex(iface),
-                    name: iface.to_string(),
-                    sequence: 0,
-                },
-                None,
-            )
-        });
+        if !self.domains.contains_key(iface) {
+            let domain = Domain {
+                ifindex: self.ifindex(iface),
+                name: iface.to_string(),
+                sequence: 0,
+            };
+            self.domains.insert(iface.to_string(), (domain, None));
+        }
+        let (domain, templates_sent) = self.domains.get_mut(iface).expect("inserted above");
         let templates = templates_sent.is_none_or(|t| now - t >= self.template_refresh);
         if !templates && records.is_empty() {
             return;
@@ -152,16 +173,10 @@ impl FlowExporter {
                 collector.send(&message);
             }
         }
+        for collector in &mut self.collectors {
+            collector.settle();
+        }
     }
-}
-
-/// The interface's ifIndex, 0 once it is gone.
-fn ifindex(iface: &str) -> u32 {
-    let Ok(name) = std::ffi::CString::new(iface) else {
-        return 0;
-    };
-    // SAFETY: `name` is a valid NUL-terminated string for the call's duration.
-    unsafe { libc::if_nametoindex(name.as_ptr()) }
 }
 
 impl Sink for FlowExporter {
@@ -180,8 +195,11 @@ impl Drop for FlowExporter {
         for (iface, records) in self.cache.drain() {
             self.export(&iface, &records);
         }
-        for (spec, failed) in self.failed_sends().filter(|&(_, n)| n > 0) {
-            log::warn!("{failed} flow message(s) could not be sent to {spec}");
+        for failed in self.failed_sends() {
+            let n = failed.count();
+            if n > 0 {
+                log::warn!("{n} flow message(s) could not be sent to {}", failed.spec);
+            }
         }
     }
 }

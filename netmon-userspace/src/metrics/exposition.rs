@@ -21,6 +21,7 @@ use super::counters::{Counters, PERIODS, POLL_BUCKETS};
 use crate::{
     accounting::CounterRecord,
     enforcer::{QuotaView, RuleView},
+    flows::FailedSends,
 };
 
 /// One interface's values after a poll.
@@ -42,13 +43,23 @@ pub struct Snapshot {
     pub polled: Timestamp,
 }
 
-/// The latest [`Snapshot`] of each interface.
+/// The latest [`Snapshot`] of each interface, and the flow collectors'
+/// failed sends, read live.
 #[derive(Debug, Default)]
 pub struct Exposition {
     latest: Mutex<BTreeMap<String, Arc<Snapshot>>>,
+    flow_collectors: Vec<FailedSends>,
 }
 
 impl Exposition {
+    /// An exposition that also shows the failed sends of `flow_collectors`.
+    pub fn new(flow_collectors: Vec<FailedSends>) -> Self {
+        Exposition {
+            latest: Mutex::default(),
+            flow_collectors,
+        }
+    }
+
     /// Replaces the interface's values.
     pub fn publish(&self, snapshot: Snapshot) {
         let snapshot = Arc::new(snapshot);
@@ -257,6 +268,19 @@ impl Collector for Exposition {
             quotas(|_, start| start.map(|t| t.as_second() as f64)),
             gauge,
         )?;
+        byte_and_frame_counters(
+            out,
+            "netmon_quota_dropped",
+            "Traffic dropped because a quota was spent, both directions",
+            &each(&|s, series| {
+                for (q, _) in &s.quotas {
+                    series.push((
+                        labels([("iface", s.iface.as_str()), ("quota", &q.name)]),
+                        q.dropped,
+                    ));
+                }
+            }),
+        )?;
         family(
             out,
             "netmon_period_bytes",
@@ -337,6 +361,16 @@ impl Collector for Exposition {
         )?;
         family(
             out,
+            "netmon_flow_failed_sends",
+            "Flow export messages that could not be sent to a collector (--ipfix HOST:PORT)",
+            MetricType::Counter,
+            self.flow_collectors
+                .iter()
+                .map(|c| (labels([("collector", c.spec.as_str())]), c.count())),
+            counter,
+        )?;
+        family(
+            out,
             "netmon_last_poll_timestamp_seconds",
             "When the last poll ended (Unix time): the values shown are that poll's",
             MetricType::Gauge,
@@ -357,6 +391,6 @@ pub fn series_bound(top: usize, rules: usize, quotas: usize) -> usize {
         + PERIODS.len();
     let services = service::SERVICE_COUNTERS as usize; // both directions already
     let histogram = POLL_BUCKETS.len() + 2;
-    2 * per_direction + services + 3 * quotas + 2 /* table */ + 2 /* health counters */ + histogram + 1
+    2 * per_direction + services + 5 * quotas + 2 /* table */ + 2 /* health counters */ + histogram + 1
     /* last poll */
 }

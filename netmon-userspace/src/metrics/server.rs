@@ -12,20 +12,24 @@ use axum::{
 use prometheus_client::{encoding, metrics::info::Info, registry::Registry};
 
 use super::{exposition::Exposition, MetricsError};
+use crate::flows::FailedSends;
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Listens on `addr` and serves `/metrics` from then on, with no capability
 /// on the serving thread. Called before anything is attached: a port in use
-/// refuses the run.
-pub fn serve(addr: SocketAddr) -> Result<Arc<Exposition>, MetricsError> {
+/// refuses the run. The failed sends of `flow_collectors` are shown too.
+pub fn serve(
+    addr: SocketAddr,
+    flow_collectors: Vec<FailedSends>,
+) -> Result<Arc<Exposition>, MetricsError> {
     let listener =
         std::net::TcpListener::bind(addr).map_err(|cause| MetricsError::Bind { addr, cause })?;
     listener
         .set_nonblocking(true)
         .map_err(|cause| MetricsError::Bind { addr, cause })?;
-    let exposition = Arc::new(Exposition::default());
+    let exposition = Arc::new(Exposition::new(flow_collectors));
     let mut registry = Registry::default();
     registry.register(
         "netmon_build",

@@ -141,7 +141,7 @@ fn old_pipeline_cpu(packets: u32) -> Vec<(&'static str, f64)> {
 }
 
 /// Sum of the run time of every loaded program named `netmon_*`, in seconds.
-fn programs_run_time() -> f64 {
+pub fn programs_run_time() -> f64 {
     aya::programs::loaded_programs()
         .filter_map(Result::ok)
         .filter(|p| p.name_as_str().is_some_and(|n| n.starts_with("netmon_")))

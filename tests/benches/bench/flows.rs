@@ -2,9 +2,15 @@
 //! every interval and each is reported every interval (the active timeout
 //! equals the interval): the flow cache, the IPFIX encoder and one send per
 //! message to a collector socket on a test namespace's loopback, against
-//! sending the same messages alone.
+//! sending the same messages alone. Then netmon and softflowd side by side
+//! on the same traffic.
 
-use std::{net::UdpSocket, time::Duration, time::Instant};
+use std::{
+    net::{IpAddr, UdpSocket},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
 
 use jiff::Timestamp;
 use netmon::{
@@ -17,9 +23,13 @@ use netmon::{
     },
 };
 use netmon_common::{Counter, PairKeyV4};
-use netmon_tests::TestNet;
+use netmon_tests::{daemon::Netmon, TestNet};
 
-use crate::{report::Row, Scale};
+use crate::{
+    report::{Row, Target},
+    workload::thread_cpu,
+    Scale,
+};
 
 const INTERVAL: Duration = Duration::from_secs(10);
 
@@ -27,20 +37,12 @@ pub fn run(scale: Scale) -> Vec<Row> {
     let flows = 100_000;
     let rounds = scale.pick(10, 3);
     let net = TestNet::create().expect("a test network");
-    net.a
+    let mut rows = net
+        .a
         .run(move || measure(flows, rounds))
-        .expect("the namespace")
-}
-
-/// This thread's CPU time, in seconds.
-fn thread_cpu() -> f64 {
-    let mut t = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid timespec for the call to fill.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
-    t.tv_sec as f64 + t.tv_nsec as f64 / 1e9
+        .expect("the namespace");
+    rows.extend(side_by_side(scale.pick(1_000_000, 200_000)));
+    rows
 }
 
 /// One interval in which each of `flows` 5-tuples carried 10 frames.
@@ -144,5 +146,187 @@ fn measure(flows: u32, rounds: u32) -> Vec<Row> {
             median(rates),
             "msg/s",
         ),
+    ]
+}
+
+const NETMON_PORT: u16 = 4739;
+const SOFTFLOWD_PORT: u16 = 4742;
+/// Rounds of traffic per side.
+const ROUNDS: u32 = 5;
+
+/// An nfcapd on a's loopback at `port`, storing under `dir`.
+fn nfcapd(a: &netmon_tests::Host, dir: &std::path::Path, port: u16) -> (Child, PathBuf) {
+    let store = dir.join(format!("nfcapd-{port}"));
+    std::fs::create_dir(&store).unwrap();
+    let child = a
+        .command("nfcapd")
+        .arg("-w")
+        .arg(&store)
+        .args(["-b", "127.0.0.1", "-p", &port.to_string(), "-t", "3600"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nfcapd (`cargo xtask bench` installs it)");
+    (child, store)
+}
+
+/// Stops nfcapd once it read the last messages; the test flow's packets
+/// and IP bytes in what it stored, as nfdump reads them.
+fn test_flow(net: &TestNet, (mut nfcapd, store): (Child, PathBuf)) -> (u64, u64) {
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: signalling our own child; nfcapd closes its file.
+    unsafe { libc::kill(nfcapd.id() as i32, libc::SIGTERM) };
+    nfcapd.wait().unwrap();
+    let out = Command::new("nfdump")
+        .arg("-R")
+        .arg(&store)
+        .args(["-q", "-N", "-o", "fmt:%sa %da %dp %pr %pkt %byt"])
+        .output()
+        .unwrap();
+    let (from, to) = (net.b.ipv4.to_string(), net.a.ipv4.to_string());
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|f| {
+            f.len() == 6
+                && f[0] == from
+                && f[1] == to
+                && f[2] == crate::workload::SINK_PORT.to_string()
+        })
+        .fold((0, 0), |(p, o), f| {
+            (
+                p + f[4].parse::<u64>().unwrap(),
+                o + f[5].parse::<u64>().unwrap(),
+            )
+        })
+}
+
+/// netmon and softflowd on the same traffic, in the same run: `packets`
+/// 64-byte UDP datagrams cross a veth of a test network [`ROUNDS`] times
+/// with nothing watching it, with netmon, and with softflowd (libpcap), each
+/// exporting IPFIX to an nfcapd of its own on the namespace's loopback.
+///
+/// The whole system's CPU for each: what it adds to the sending thread (the
+/// veth hands every frame to a's stack in the sender's context, where
+/// netmon's programs and softflowd's packet socket run), plus its own
+/// process (netmon's daemon, softflowd). Then nfdump reads the test flow
+/// from both collectors.
+fn side_by_side(packets: u32) -> Vec<Row> {
+    let net = TestNet::create().expect("a test network");
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (&net.a, &net.b);
+    // The sender's CPU and the datagrams per second, medians of the rounds.
+    let send = || {
+        let rounds: Vec<_> = (0..ROUNDS)
+            .map(|_| crate::workload::send_udp_measured(&net, IpAddr::V4(b.ipv4), packets))
+            .collect();
+        let median = |f: &dyn Fn(&crate::workload::Sent) -> f64| {
+            crate::workload::median(rounds.iter().map(f).collect())
+        };
+        (
+            median(&|s| s.sender_cpu),
+            median(&|s| f64::from(packets) / s.seconds),
+        )
+    };
+    let (bare, bare_rate) = send();
+
+    let collector = nfcapd(a, dir.path(), NETMON_PORT);
+    let netmon = Netmon::on(a)
+        .logs_in(dir.path())
+        .args(&["--granularity", "5tuple"])
+        .args(&["--ipfix", &format!("127.0.0.1:{NETMON_PORT}")])
+        .start()
+        .unwrap();
+    let daemon = crate::cpu::process_cpu(netmon.pid());
+    let (with_netmon, netmon_rate) = send();
+    // The daemon's share includes the poll that reads and exports the traffic.
+    std::thread::sleep(Duration::from_millis(1500));
+    let daemon = (crate::cpu::process_cpu(netmon.pid()) - daemon) / f64::from(ROUNDS);
+    netmon.stop().unwrap();
+    let by_netmon = test_flow(&net, collector);
+
+    let collector = nfcapd(a, dir.path(), SOFTFLOWD_PORT);
+    let mut softflowd = a
+        .command("softflowd")
+        .args(["-d", "-i", &a.iface, "-v", "10", "-T", "full"])
+        .args(["-n", &format!("127.0.0.1:{SOFTFLOWD_PORT}")])
+        .arg("-p")
+        .arg(dir.path().join("softflowd.pid"))
+        .arg("-c")
+        .arg(dir.path().join("softflowd.ctl"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("softflowd (`cargo xtask bench` installs it)");
+    // Its capture open.
+    std::thread::sleep(Duration::from_secs(2));
+    let process = crate::cpu::process_cpu(softflowd.id());
+    let (with_softflowd, softflowd_rate) = send();
+    std::thread::sleep(Duration::from_millis(1500));
+    let process = (crate::cpu::process_cpu(softflowd.id()) - process) / f64::from(ROUNDS);
+    // softflowd exports its flows on `softflowctl shutdown` (SIGTERM drops them).
+    let ctl = a
+        .command("softflowctl")
+        .arg("-c")
+        .arg(dir.path().join("softflowd.ctl"))
+        .arg("shutdown")
+        .output()
+        .unwrap();
+    assert!(ctl.status.success(), "softflowctl shutdown: {ctl:?}");
+    softflowd.wait().unwrap();
+    let by_softflowd = test_flow(&net, collector);
+
+    let per_million = |s: f64| s * 1e6 / f64::from(packets);
+    let netmon_cpu = (with_netmon - bare) + daemon;
+    let softflowd_cpu = (with_softflowd - bare) + process;
+    // Every round's datagrams: IPv4 + UDP headers and the 64-byte payload.
+    let sent = u64::from(packets * ROUNDS);
+    let ip_bytes = sent * (20 + 8 + 64);
+    vec![
+        Row::new(
+            format!(
+                "flow export of {packets} 64-byte UDP packets: CPU-seconds per million \
+                 packets, whole system (added to the sender + own process), median of {ROUNDS}"
+            ),
+            per_million(netmon_cpu),
+            "s",
+        )
+        .against("softflowd (libpcap), same run", per_million(softflowd_cpu))
+        .target(Target::RatioAtMost(1.0 / 5.0)),
+        Row::new("  of which netmon's daemon", per_million(daemon), "s")
+            .against("softflowd's process", per_million(process)),
+        Row::new(
+            "  the sender's CPU with nothing watching",
+            per_million(bare),
+            "s",
+        ),
+        Row::new(
+            "  64-byte UDP datagrams sent per second while netmon exports",
+            netmon_rate,
+            "pkt/s",
+        )
+        .against("nothing watching, same run", bare_rate)
+        .target(Target::RatioAtLeast(0.95)),
+        Row::new(
+            "  64-byte UDP datagrams sent per second while softflowd exports",
+            softflowd_rate,
+            "pkt/s",
+        )
+        .against("nothing watching, same run", bare_rate),
+        Row::new(
+            format!(
+                "  the test flow in nfdump: packets exported by netmon (of {sent} sent, \
+                 {ip_bytes} IP bytes)"
+            ),
+            by_netmon.0 as f64,
+            "pkts",
+        )
+        .against("by softflowd", by_softflowd.0 as f64),
+        Row::new(
+            "  the test flow in nfdump: IP bytes exported by netmon",
+            by_netmon.1 as f64,
+            "B",
+        )
+        .against("by softflowd", by_softflowd.1 as f64),
     ]
 }

@@ -74,7 +74,9 @@ fn scrape(pairs: u32) -> Row {
     let sample = |name: &str| sample(&body, name).expect("the poll histogram");
     let poll_ms = sample("netmon_poll_duration_seconds_sum") * 1000.0
         / sample("netmon_poll_duration_seconds_count");
-    netmon.stop().unwrap();
+    // Not measured, and a stop that writes 1M pairs' state and history can
+    // outlast the test library's 20 s on a loaded machine: a crash's stop.
+    netmon.kill().unwrap();
     Row::new(
         format!("one scrape of /metrics, {pairs} pairs in the table (median of 20)"),
         times[times.len() / 2],
@@ -119,4 +121,5 @@ fn accounting(pairs: u32) -> Row {
         "ms",
     )
     .against("the ledger's share of the same poll", ledger)
+    .target(Target::RatioAtMost(1.0))
 }

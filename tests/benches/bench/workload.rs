@@ -111,32 +111,68 @@ where
 }
 
 /// UDP port [`send_udp`] sends to.
-const SINK_PORT: u16 = 9_000;
+pub const SINK_PORT: u16 = 9_000;
 
 /// Sends `packets` 64-byte UDP datagrams from `src` (an address of b) to a, as
 /// fast as b can, into a bound socket nobody reads (full-buffer drops, no
 /// ICMP). Returns how many datagrams reached that socket's buffer, at most
 /// its size.
 pub fn send_udp(net: &netmon_tests::TestNet, src: std::net::IpAddr, packets: u32) -> usize {
+    send_udp_measured(net, src, packets).received
+}
+
+/// What [`send_udp_measured`] saw.
+pub struct Sent {
+    /// Datagrams that reached a's socket buffer (at most its size).
+    pub received: usize,
+    /// The sending thread's CPU seconds: the veth hands each frame to a's
+    /// stack in the sender's context, so this includes what a's hooks and
+    /// packet sockets do with it.
+    pub sender_cpu: f64,
+    /// How long sending took.
+    pub seconds: f64,
+}
+
+/// [`send_udp`], measured.
+pub fn send_udp_measured(net: &netmon_tests::TestNet, src: std::net::IpAddr, packets: u32) -> Sent {
     use std::net::{IpAddr, SocketAddr, UdpSocket};
     let to: SocketAddr = (IpAddr::V4(net.a.ipv4), SINK_PORT).into();
     let sink = net.a.run(move || UdpSocket::bind(to).unwrap()).unwrap();
     sink.set_nonblocking(true).unwrap();
-    net.b
+    let (sender_cpu, seconds) = net
+        .b
         .run(move || {
             let socket = UdpSocket::bind((src, 0)).unwrap();
             socket.connect(to).unwrap();
             let payload = [0u8; 64];
             let mut sent = 0;
+            let (cpu, wall) = (thread_cpu(), std::time::Instant::now());
             while sent < packets {
                 if socket.send(&payload).is_ok() {
                     sent += 1;
                 }
             }
+            (thread_cpu() - cpu, wall.elapsed().as_secs_f64())
         })
         .unwrap();
     let mut buf = [0u8; 128];
-    std::iter::from_fn(|| sink.recv(&mut buf).ok()).count()
+    let received = std::iter::from_fn(|| sink.recv(&mut buf).ok()).count();
+    Sent {
+        received,
+        sender_cpu,
+        seconds,
+    }
+}
+
+/// This thread's CPU time, in seconds.
+pub fn thread_cpu() -> f64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec for the call to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    t.tv_sec as f64 + t.tv_nsec as f64 / 1e9
 }
 
 /// The median of `runs` (the mean of the middle two for an even count).
