@@ -18,6 +18,9 @@ pub const HORIZON_NS: u64 = 41_000_000_000;
 pub struct Series {
     readings: VecDeque<(u64, [u64; 2])>,
     peak: [f64; 2],
+    /// The snapshot being summed into `sum` (see [`Rates::update`]).
+    generation: u64,
+    sum: [u64; 2],
 }
 
 impl Series {
@@ -92,12 +95,14 @@ fn rate(earlier: [u64; 2], later: [u64; 2], ns: u64) -> [f64; 2] {
 #[derive(Debug)]
 pub struct Rates<K> {
     series: HashMap<K, Series>,
+    generation: u64,
 }
 
 impl<K> Default for Rates<K> {
     fn default() -> Self {
         Rates {
             series: HashMap::new(),
+            generation: 0,
         }
     }
 }
@@ -106,20 +111,25 @@ impl<K: Eq + Hash> Rates<K> {
     /// Takes the readings of one snapshot; items it lacks are forgotten,
     /// and readings of one key add up (the pairs of one conversation).
     pub fn update(&mut self, at_ns: u64, readings: impl IntoIterator<Item = (K, [u64; 2])>) {
-        let mut sums: HashMap<K, [u64; 2]> = HashMap::with_capacity(self.series.len());
+        // In place: a hundred thousand items are summed and kept without
+        // building a second table each time.
+        self.generation += 1;
+        let generation = self.generation;
         for (key, counts) in readings {
-            let sum = sums.entry(key).or_default();
-            *sum = [sum[0] + counts[0], sum[1] + counts[1]];
+            let series = self.series.entry(key).or_default();
+            if series.generation != generation {
+                series.generation = generation;
+                series.sum = [0; 2];
+            }
+            series.sum = [series.sum[0] + counts[0], series.sum[1] + counts[1]];
         }
-        let mut before = std::mem::take(&mut self.series);
-        self.series = sums
-            .into_iter()
-            .map(|(key, counts)| {
-                let mut series = before.remove(&key).unwrap_or_default();
-                series.add(at_ns, counts);
-                (key, series)
-            })
-            .collect();
+        self.series.retain(|_, series| {
+            let seen = series.generation == generation;
+            if seen {
+                series.add(at_ns, series.sum);
+            }
+            seen
+        });
     }
 
     /// An item's series.
