@@ -94,14 +94,27 @@ struct TopShares {
     view: f64,
     daemon: f64,
     daemon_alone: f64,
+    /// The daemon's resident memory (MB) before the view and at its end.
+    daemon_mb: [f64; 2],
+}
+
+fn resident_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    kb / 1024.0
 }
 
 fn top_shares(pairs: u32, seconds: u64) -> TopShares {
     let net = TestNet::create().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let bpffs = TempMount::bpffs().unwrap();
+    // No poll in the measured windows: the daemon's CPU is what the view costs it.
     let netmon = Netmon::on(&net.a)
-        .interval("10s")
+        .interval("1h")
         .logs_in(dir.path())
         .bpffs(&bpffs)
         .args(&["--max-pairs", &(pairs + 1024).to_string()])
@@ -135,6 +148,7 @@ fn top_shares(pairs: u32, seconds: u64) -> TopShares {
     };
     std::thread::sleep(Duration::from_secs(2));
     let daemon_alone = cpu_share(netmon.pid());
+    let memory_before = resident_mb(netmon.pid());
     let server = format!("nmtop-bench-{}", std::process::id());
     let tmux = |args: &[&str]| {
         let out = Command::new("tmux")
@@ -172,6 +186,7 @@ fn top_shares(pairs: u32, seconds: u64) -> TopShares {
         view: (crate::cpu::process_cpu(pid) - view_before) / elapsed,
         daemon: (crate::cpu::process_cpu(netmon.pid()) - daemon_before) / elapsed,
         daemon_alone,
+        daemon_mb: [memory_before, resident_mb(netmon.pid())],
     };
     tmux(&["kill-server"]);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -206,5 +221,11 @@ fn top_cpu(scale: Scale) -> Vec<Row> {
             "the same daemon before the view started",
             busy.daemon_alone * 100.0,
         ),
+        Row::new(
+            "  the daemon's resident memory with the view's readings",
+            busy.daemon_mb[1],
+            "MB",
+        )
+        .against("before the view started", busy.daemon_mb[0]),
     ]
 }
