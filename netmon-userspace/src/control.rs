@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     enforcer::{QuotaView, RuleView},
-    live::LiveSnapshot,
+    live::{LiveSnapshot, Screen, ScreenQuery},
     policy::{Quota, Rule},
 };
 
@@ -159,8 +159,18 @@ pub enum Request {
     },
     /// List quotas.
     Quotas,
-    /// The datapath's cumulative counters now, for `netmon top`.
-    Live,
+    /// The datapath's cumulative counters now, every pair, for `netmon top
+    /// --once`.
+    Live {
+        /// The interface (`IF` or `NS:IF`), or the daemon's first one present.
+        #[serde(default)]
+        iface: Option<String>,
+    },
+    /// What one refresh of `netmon top` shows.
+    Screen {
+        /// What it asks for.
+        query: ScreenQuery,
+    },
 }
 
 impl Request {
@@ -168,7 +178,9 @@ impl Request {
     /// the socket group (see [`Access`]).
     pub fn changes_policy(&self) -> bool {
         match self {
-            Request::Rules | Request::Quotas | Request::Live => false,
+            Request::Rules | Request::Quotas | Request::Live { .. } | Request::Screen { .. } => {
+                false
+            }
             Request::AddRule { .. }
             | Request::RemoveRule { .. }
             | Request::SetQuota { .. }
@@ -239,6 +251,11 @@ pub enum Answer {
     Live {
         /// Of the daemon's interface.
         snapshot: Box<LiveSnapshot>,
+    },
+    /// One refresh of `netmon top`.
+    Screen {
+        /// What it shows.
+        screen: Box<Screen>,
     },
 }
 
@@ -758,10 +775,14 @@ mod tests {
     }
 
     #[test]
-    fn a_live_request_takes_no_arguments() {
+    fn live_requests_take_an_interface_and_a_screen_query_and_nothing_else() {
         assert!(matches!(
             parse_strict(br#"{"request":"live"}"#),
-            Ok(Request::Live)
+            Ok(Request::Live { iface: None })
+        ));
+        assert!(matches!(
+            parse_strict(br#"{"request":"live","iface":"nm1"}"#),
+            Ok(Request::Live { iface: Some(i) }) if i == "nm1"
         ));
         assert_eq!(
             parse_strict(br#"{"request":"live","pairs":100}"#)
@@ -769,6 +790,21 @@ mod tests {
                 .to_string(),
             "unknown field 'pairs'"
         );
+        let screen = br#"{"request":"screen","query":{"sort":"out","rows":20,"filter":"udp"}}"#;
+        let Ok(Request::Screen { query }) = parse_strict(screen) else {
+            panic!("a screen request");
+        };
+        assert_eq!(
+            (query.sort, query.rows, query.filter.as_str(), query.fresh),
+            (crate::live::SortBy::Out, 20, "udp", false)
+        );
+        assert_eq!(
+            parse_strict(br#"{"request":"screen","query":{"sort":"out","rows":2,"all":1}}"#)
+                .unwrap_err()
+                .to_string(),
+            "unknown field 'query.all'"
+        );
+        assert!(parse_strict(br#"{"request":"screen","query":{"sort":"up","rows":2}}"#).is_err());
     }
 
     #[test]

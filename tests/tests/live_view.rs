@@ -19,7 +19,7 @@ use aya::maps::{PerCpuArray, RingBuf};
 use common::*;
 use netmon_common::dns::{DnsStats, BURST, DNS_EVENTS_MAP, DNS_STATS_MAP};
 use netmon_tests::frames::udp4;
-use netmon_tests::{daemon::binary, traffic::frame_len, Flow, Host, Netmon, TestNet};
+use netmon_tests::{daemon::binary, traffic::frame_len, Flow, Host, Netmon, Routed, TestNet};
 use serde_json::Value;
 
 /// A frame from `V4_DST`, port `sport`, to `V4_SRC` carrying `message`.
@@ -274,8 +274,11 @@ struct Tmux {
 impl Tmux {
     /// A detached session of `width`×`height` running `command`.
     fn start(command: &str, width: u16, height: u16) -> Result<Tmux> {
+        // One server per session: the tests run side by side.
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let tmux = Tmux {
-            server: format!("nmtop-{}", std::process::id()),
+            server: format!("nmtop-{}-{id}", std::process::id()),
         };
         // The shell stays after netmon exits, to show how it ended.
         let command = format!("{command}; echo netmon exited $?; sleep 60");
@@ -795,6 +798,128 @@ fn names_dnsmasq_answered_show_in_the_view_and_bad_answers_are_counted_and_ignor
     tmux.wait_for("the name", conversation_with("name.test".into()))?;
     tmux.keys(&["n"])?;
     tmux.wait_for("the address", conversation_with(b_alt.to_string()))?;
+    tmux.keys(&["q"])?;
+    tmux.wait_for("netmon's exit", |s| {
+        s.iter().any(|l| l.contains("netmon exited 0"))
+    })?;
+    Ok(())
+}
+
+#[test]
+fn each_interface_of_a_daemon_has_its_own_screen_and_names_and_i_switches() -> Result<()> {
+    let net = Routed::create()?;
+    let (left, right) = (&net.router_left, &net.router_right);
+    let dir = tempfile::tempdir()?;
+    let mut netmon = Netmon::on(left)
+        .logs_in(dir.path())
+        .interval("10s")
+        .args(&["--iface", &right.iface, "--socket-group", USER])
+        .start()?;
+    netmon.wait_for(
+        &format!("counting on {}", right.iface),
+        Duration::from_secs(10),
+    )?;
+    // The router asks dnsmasq beyond its right port: only that interface
+    // sees the answer, which names the host beyond its left port.
+    let far = net.left.ipv4.to_string();
+    let _dnsmasq = Dnsmasq::start(&net.right, dir.path(), &[("far.test", far.parse()?)])?;
+    ask_udp(right, net.right.ipv4.into(), 7, "far.test", 1)?;
+    // Ten datagrams routed from left to right: through both interfaces.
+    Flow::udp(&net.left, &net.right)
+        .port(7103)
+        .sizes(&[500; 10])
+        .send()?;
+    let cum = format!(
+        "{:.2} kB ",
+        10.0 * frame_len(net.right.ipv4, 500) as f64 / 1e3
+    );
+
+    // --once serves the interface asked for, with that interface's names.
+    let once = |iface: &str| -> Result<Value> {
+        let out = sh(&as_user(
+            iface,
+            dir.path(),
+            &format!("top --iface {iface} --once --format json"),
+        )?)?;
+        ensure!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(serde_json::from_slice(&out.stdout)?)
+    };
+    let (of_left, of_right) = (once(&left.iface)?, once(&right.iface)?);
+    assert!(of_left["iface"].as_str().unwrap().ends_with(&left.iface));
+    assert!(of_right["iface"].as_str().unwrap().ends_with(&right.iface));
+    let names = |snapshot: &Value| -> Vec<(String, String)> {
+        snapshot["names"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| {
+                (
+                    n["address"].as_str().unwrap().into(),
+                    n["name"].as_str().unwrap().into(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(names(&of_right), [(far.clone(), "far.test".to_string())]);
+    assert_eq!(names(&of_left), []);
+
+    // The view of the right port: the routed conversation by name.
+    let tmux = Tmux::start(
+        &as_user(
+            &right.iface,
+            dir.path(),
+            &format!("top --iface {}", right.iface),
+        )?,
+        140,
+        30,
+    )?;
+    let beyond = net.right.ipv4.to_string();
+    let routed = |iface: String, local: String, remote: String| {
+        move |s: &[String]| {
+            s[0].contains(&format!("{iface} ·"))
+                && s.iter().any(|l| {
+                    let words: Vec<&str> = l.split_whitespace().collect();
+                    words.len() > 3
+                        && words[0] == local
+                        && words[1] == "=>"
+                        && words[2].starts_with(&remote)
+                })
+        }
+    };
+    let screen = tmux.wait_for(
+        "the right port's conversation, named",
+        routed(right.iface.clone(), "far.test".into(), beyond.clone()),
+    )?;
+    let sent = screen
+        .iter()
+        .find(|l| l.starts_with("far.test"))
+        .expect("the row");
+    assert!(
+        sent.contains(&cum),
+        "{cum} sent on the right port:\n{}",
+        screen.join("\n")
+    );
+
+    // `i`: the left port, where the same traffic came in and no name was learnt.
+    tmux.keys(&["i"])?;
+    let screen = tmux.wait_for(
+        "the left port's conversation",
+        routed(left.iface.clone(), beyond.clone(), far.clone()),
+    )?;
+    let at = screen
+        .iter()
+        .position(|l| l.starts_with(&beyond))
+        .expect("the row");
+    assert!(
+        screen[at + 1].contains(&cum),
+        "{cum} received on the left port:\n{}",
+        screen.join("\n")
+    );
+    assert!(!screen.join("\n").contains("far.test"));
     tmux.keys(&["q"])?;
     tmux.wait_for("netmon's exit", |s| {
         s.iter().any(|l| l.contains("netmon exited 0"))

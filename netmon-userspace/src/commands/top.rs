@@ -9,7 +9,7 @@ use crate::{
     commands::rules::Format,
     console::human_bytes,
     control::{self, Answer, Request},
-    live::{self, LiveSnapshot},
+    live::{self, LiveSnapshot, Screen, ScreenQuery, View},
 };
 
 /// Options of `netmon top`.
@@ -42,23 +42,38 @@ fn parse_refresh(text: &str) -> Result<Duration, String> {
 /// Shows the live view until `q`, or prints one snapshot.
 pub fn run(args: &TopArgs) -> anyhow::Result<()> {
     let iface = args.iface.as_deref();
-    let fetch = || -> anyhow::Result<LiveSnapshot> {
-        match control::ask(iface, &Request::Live)? {
-            Answer::Live { snapshot } => Ok(*snapshot),
+    if args.once {
+        return match control::ask(
+            iface,
+            &Request::Live {
+                iface: iface.map(str::to_string),
+            },
+        )? {
+            Answer::Live { snapshot } => print(&snapshot, args.format),
             other => bail!("the daemon answered {other:?} when asked for its counters"),
+        };
+    }
+    let ask = |query: &ScreenQuery| -> anyhow::Result<Screen> {
+        let request = Request::Screen {
+            query: query.clone(),
+        };
+        match control::ask(iface, &request)? {
+            Answer::Screen { screen } => Ok(*screen),
+            other => bail!("the daemon answered {other:?} when asked for the screen"),
         }
+    };
+    let view = View {
+        iface: args.iface.clone(),
+        ..View::default()
     };
     // Asked before the terminal is taken: a daemon that is not there is one
     // error line on a normal screen.
-    let first = fetch()?;
-    if args.once {
-        return print(&first, args.format);
-    }
+    ask(&view.query(1, false))?;
     if !std::io::stdout().is_terminal() {
         bail!("netmon top draws on a terminal; for scripts, use `netmon top --once --format json`");
     }
     let mut terminal = ratatui::try_init().context("taking over the terminal")?;
-    let result = live::run(&mut terminal, args.refresh, first, fetch);
+    let result = live::run(&mut terminal, args.refresh, view, ask);
     ratatui::restore();
     result.context("drawing on the terminal")
 }

@@ -18,7 +18,10 @@ pub(crate) mod fake;
 #[cfg(test)]
 mod tests;
 
-use std::{collections::VecDeque, time::Duration};
+use std::{
+    collections::{HashMap, VecDeque},
+    time::Duration,
+};
 
 use jiff::Timestamp;
 
@@ -33,7 +36,7 @@ use crate::{
     control::{Answer, Request, Response},
     datapath::DatapathError,
     enforcer::Enforcer,
-    live::{LiveSnapshot, RECENT_ALERTS},
+    live::{Live, LiveSnapshot, Screen, ScreenQuery, RECENT_ALERTS},
     logs::state::State,
     names::Listener,
     policy::compile::{Charged, Compiled, Tables},
@@ -45,6 +48,10 @@ use sinks::Sink;
 
 pub use start::{run, Config, InterfaceSpec};
 
+/// How long `netmon top`'s readings of an interface are kept after its last
+/// screen: a little longer than the longest average it shows.
+const FORGET_VIEW_NS: u64 = 60_000_000_000;
+
 /// Why the daemon stopped polling.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -54,6 +61,22 @@ pub enum DaemonError {
     /// The policy in force could not be kept (its maps refused a write).
     #[error("the policy cannot be enforced: {0}")]
     Policy(#[from] crate::policy::PolicyError),
+    /// A client asked for an interface the daemon does not watch.
+    #[error("this daemon shows no interface {wanted}; pick one of: {watched}")]
+    NotWatched {
+        /// The interface asked for.
+        wanted: String,
+        /// The interfaces present.
+        watched: String,
+    },
+    /// A rule or quota names an interface the daemon does not watch.
+    #[error("interface {named} is not one of this daemon's ({watched}): name one of those with --iface, or leave --iface out for all of them")]
+    NotOurs {
+        /// The interface named.
+        named: String,
+        /// The daemon's interfaces.
+        watched: String,
+    },
 }
 
 /// When an interval began, by both clocks.
@@ -235,8 +258,11 @@ pub struct Daemon<K, C> {
     departed: Vec<String>,
     /// The latest alerts, for `netmon top`'s policy view.
     recent_alerts: VecDeque<AlertEvent>,
-    /// Names from DNS answers, for `netmon top`.
-    names: Option<Listener>,
+    /// Names from each interface's DNS answers, for `netmon top`.
+    names: HashMap<String, Listener>,
+    /// `netmon top`'s readings of each interface it shows, with when a
+    /// screen last asked for them.
+    views: HashMap<String, (Live, u64)>,
 }
 
 impl<K: Kernel, C: Clock> Daemon<K, C> {
@@ -271,15 +297,16 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
             forwarding: Forwarding::default(),
             departed: Vec::new(),
             recent_alerts: VecDeque::new(),
-            names: None,
+            names: HashMap::new(),
+            views: HashMap::new(),
         };
         daemon.join(iface, kernel, meter, instance);
         daemon
     }
 
-    /// Learns names from the DNS answers `listener` reads.
-    pub fn learn_names(&mut self, listener: Listener) {
-        self.names = Some(listener);
+    /// Learns names for `iface` from the DNS answers `listener` reads.
+    pub fn learn_names(&mut self, iface: &str, listener: Listener) {
+        self.names.insert(iface.to_string(), listener);
     }
 
     /// Writes the policy in force into every interface's maps (at start).
@@ -528,13 +555,9 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
 
     /// The counters now, read beside the poll: the meter and its baselines
     /// are not touched, so the next interval accounts everything once.
-    fn live(&mut self) -> Result<LiveSnapshot, DaemonError> {
-        // The first interface present: the live view shows one interface.
-        let Some(watched) = self.interfaces.watched.iter_mut().find(|w| w.present) else {
-            return Err(DaemonError::Datapath(DatapathError::NoInterface(
-                "none of the daemon's interfaces is present".into(),
-            )));
-        };
+    fn live(&mut self, iface: Option<&str>) -> Result<LiveSnapshot, DaemonError> {
+        let at = self.shown(iface)?;
+        let watched = &mut self.interfaces.watched[at];
         let mut pairs = Vec::new();
         let mut reading = watched.kernel.read(&mut |key, r| pairs.push((key, r)))?;
         reading.pairs = pairs;
@@ -549,7 +572,7 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
             self.enforcer.quotas(&self.interfaces, now.wall)?,
             &self.recent_alerts,
         );
-        if let Some(names) = &self.names {
+        if let Some(names) = self.names.get(&iface) {
             (snapshot.names, snapshot.dns) = names.snapshot(now.monotonic_ns);
         }
         Ok(snapshot)
@@ -557,7 +580,7 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
 
     /// The daemon's names for the interfaces a client named (`IF`, or
     /// `NS:IF`): empty when that is all of them, or none.
-    fn subset(&self, named: &[String]) -> Result<Vec<String>, String> {
+    fn subset(&self, named: &[String]) -> Result<Vec<String>, DaemonError> {
         let own = crate::datapath::netns::own_label();
         let labels: Vec<&str> = self
             .interfaces
@@ -572,11 +595,10 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
                     || (!label.contains(':') && crate::control::key(own.as_deref(), label) == *name)
             });
             let Some(label) = found else {
-                return Err(format!(
-                    "interface {name} is not one of this daemon's ({}): name one of those with \
-                     --iface, or leave --iface out for all of them",
-                    labels.join(", ")
-                ));
+                return Err(DaemonError::NotOurs {
+                    named: name.clone(),
+                    watched: labels.join(", "),
+                });
             };
             if !subset.iter().any(|s| s == label) {
                 subset.push(label.to_string());
@@ -590,7 +612,7 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
     }
 
     /// The request with the interfaces it names as the daemon names them.
-    fn resolve(&self, mut request: Request) -> Result<Request, String> {
+    fn resolve(&self, mut request: Request) -> Result<Request, DaemonError> {
         match &mut request {
             Request::AddRule { rule }
             | Request::RemoveRule {
@@ -604,16 +626,78 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
             | Request::Quotas
             | Request::ResetQuota { .. }
             | Request::RemoveQuota { .. }
-            | Request::Live => {}
+            | Request::Live { .. }
+            | Request::Screen { .. } => {}
         }
         Ok(request)
+    }
+
+    /// The interface present that `iface` names (`IF` or `NS:IF`, as the
+    /// daemon or the caller's namespace spells it), or the first present.
+    fn shown(&self, iface: Option<&str>) -> Result<usize, DaemonError> {
+        let present = || {
+            self.interfaces
+                .watched
+                .iter()
+                .enumerate()
+                .filter(|(_, w)| w.present)
+        };
+        let bare = |name: &str| name.rsplit(':').next().unwrap_or(name).to_string();
+        let found = match iface {
+            None => present().next(),
+            Some(wanted) => present()
+                .find(|(_, w)| w.iface == wanted)
+                .or_else(|| present().find(|(_, w)| bare(&w.iface) == bare(wanted))),
+        };
+        found.map(|(at, _)| at).ok_or_else(|| {
+            let names: Vec<&str> = present().map(|(_, w)| w.iface.as_str()).collect();
+            match iface {
+                Some(wanted) if !names.is_empty() => DaemonError::NotWatched {
+                    wanted: wanted.to_string(),
+                    watched: names.join(", "),
+                },
+                _ => DaemonError::Datapath(DatapathError::NoInterface(
+                    "none of the daemon's interfaces is present".into(),
+                )),
+            }
+        })
+    }
+
+    /// One refresh of `netmon top`: the interface's counters read again
+    /// when the query asks it (or none were read yet), and the screen from
+    /// the readings. Readings no screen asked for in a while are forgotten.
+    fn screen(&mut self, query: &ScreenQuery) -> Result<Screen, DaemonError> {
+        let now = self.clock.monotonic_ns();
+        self.views
+            .retain(|_, (_, asked)| now.saturating_sub(*asked) < FORGET_VIEW_NS);
+        let iface = self.interfaces.watched[self.shown(query.iface.as_deref())?]
+            .iface
+            .clone();
+        if query.fresh || !self.views.contains_key(&iface) {
+            let snapshot = self.live(Some(&iface))?;
+            self.views
+                .entry(iface.clone())
+                .or_default()
+                .0
+                .update(snapshot);
+        }
+        let ifaces = self
+            .interfaces
+            .watched
+            .iter()
+            .filter(|w| w.present)
+            .map(|w| w.iface.clone())
+            .collect();
+        let (live, asked) = self.views.get_mut(&iface).expect("read above");
+        *asked = now;
+        Ok(live.screen(query, ifaces))
     }
 
     /// Answers one CLI request; a change is written to the files at once.
     pub fn handle(&mut self, request: Request) -> Response {
         let request = match self.resolve(request) {
             Ok(request) => request,
-            Err(e) => return Response::Error(e),
+            Err(e) => return Response::Error(e.to_string()),
         };
         let now = self.clock.now();
         let enforcer = &mut self.enforcer;
@@ -660,10 +744,18 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
                 .quotas(maps, now)
                 .map(|quotas| Answer::Quotas { quotas }),
             // A read only: nothing for the files.
-            Request::Live => {
-                return match self.live() {
+            Request::Live { iface } => {
+                return match self.live(iface.as_deref()) {
                     Ok(snapshot) => Response::Ok(Answer::Live {
                         snapshot: Box::new(snapshot),
+                    }),
+                    Err(e) => Response::Error(format!("reading the counters: {e}")),
+                }
+            }
+            Request::Screen { query } => {
+                return match self.screen(&query) {
+                    Ok(screen) => Response::Ok(Answer::Screen {
+                        screen: Box::new(screen),
                     }),
                     Err(e) => Response::Error(format!("reading the counters: {e}")),
                 }

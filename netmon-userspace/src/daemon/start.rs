@@ -392,13 +392,17 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     if attached.iter().any(|(_, k)| k.datapath.adopted()) {
         enforcer.adopt();
     }
-    // Names are a help, not the job: without them netmon counts on. They
-    // come from the first interface's DNS answers.
-    let names = attached.first_mut().and_then(|(_, kernel)| {
-        crate::names::Listener::start(&mut kernel.datapath)
-            .map_err(|e| log::warn!("no names from DNS answers: {e}"))
-            .ok()
-    });
+    // Names are a help, not the job: without them netmon counts on. Each
+    // interface learns them from its own DNS answers.
+    let names: Vec<(String, crate::names::Listener)> = attached
+        .iter_mut()
+        .filter_map(|(t, kernel)| {
+            crate::names::Listener::start(&mut kernel.datapath)
+                .map_err(|e| log::warn!("{}: no names from DNS answers: {e}", t.label))
+                .map(|names| (t.label.clone(), names))
+                .ok()
+        })
+        .collect();
     let baselines = std::mem::take(&mut saved.baselines);
     let meters = attached
         .iter()
@@ -495,8 +499,8 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         }
     }
 
-    if let Some(names) = names {
-        daemon.learn_names(names);
+    for (iface, names) in names {
+        daemon.learn_names(&iface, names);
     }
     let mut ticker = tokio::time::interval(config.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

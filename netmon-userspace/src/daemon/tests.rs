@@ -518,7 +518,8 @@ fn live_snapshots_show_the_kernels_counters_and_leave_the_polls_accounting_alone
     daemon.poll().unwrap();
     kernel.count(key(B, A), 14, 1400);
     clock.advance(Duration::from_millis(250));
-    let Response::Ok(Answer::Live { snapshot }) = daemon.handle(Request::Live) else {
+    let Response::Ok(Answer::Live { snapshot }) = daemon.handle(Request::Live { iface: None })
+    else {
         panic!("no snapshot");
     };
     assert_eq!(snapshot.schema_version, crate::live::SCHEMA_VERSION);
@@ -543,7 +544,7 @@ fn live_snapshots_show_the_kernels_counters_and_leave_the_polls_accounting_alone
     );
     assert_eq!(snapshot.table.pairs, 1);
     // A second reader in between changes nothing either.
-    daemon.handle(Request::Live);
+    daemon.handle(Request::Live { iface: None });
     kernel.count(key(B, A), 15, 1500);
     daemon.poll().unwrap();
     let seen = journal.borrow();
@@ -665,4 +666,55 @@ fn each_interface_learns_which_others_charge_which_quotas_at_ingress() {
         "eth1's ingress charges both"
     );
     assert_eq!(charged(&y), [(2, vec![0])], "eth0's only the first");
+}
+
+#[test]
+fn screens_show_the_chosen_interface_at_its_rates_and_refuse_one_the_daemon_lacks() {
+    let (x, y, clock) = (
+        FakeKernel::default(),
+        FakeKernel::default(),
+        FakeClock::at("2026-11-30T12:00:00Z"),
+    );
+    let mut daemon = daemon(&x, &clock, Meter::default(), State::default(), vec![]);
+    daemon.join("eth1", y.clone(), Meter::default(), 8);
+    let query = |iface: Option<&str>, fresh: bool| Request::Screen {
+        query: crate::live::ScreenQuery {
+            iface: iface.map(str::to_string),
+            fresh,
+            sort: crate::live::SortBy::Total,
+            filter: String::new(),
+            names: true,
+            scroll: 0,
+            rows: 10,
+        },
+    };
+    let mut screen = |request| match daemon.handle(request) {
+        Response::Ok(Answer::Screen { screen }) => Ok(*screen),
+        Response::Error(e) => Err(e),
+        other => panic!("{other:?}"),
+    };
+    x.count(key(B, A), 1, 100);
+    y.count(key(C, A), 1, 1000);
+    let first = screen(query(Some("eth1"), true)).unwrap();
+    assert_eq!(first.iface, "eth1");
+    assert_eq!(first.ifaces, ["eth0", "eth1"]);
+    y.count(key(C, A), 3, 4000);
+    clock.advance(Duration::from_secs(1));
+    // A key's query answers from the readings taken: no new reading.
+    let same = screen(query(Some("eth1"), false)).unwrap();
+    assert_eq!(same.conversations[0].figures.latest, [1000, 0]);
+    let fresh = screen(query(Some("eth1"), true)).unwrap();
+    let shown: Vec<_> = fresh
+        .conversations
+        .iter()
+        .map(|c| (c.local.as_str(), c.remote.as_str(), c.figures.averages[0]))
+        .collect();
+    assert_eq!(shown, [("10.200.0.1", "10.200.0.3", [3000.0, 0.0])]);
+    assert_eq!((fresh.matching, fresh.table.pairs), (1, 1));
+    // The first interface when none is named; one error line for another.
+    assert_eq!(screen(query(None, true)).unwrap().iface, "eth0");
+    assert_eq!(
+        screen(query(Some("eth7"), true)).unwrap_err(),
+        "reading the counters: this daemon shows no interface eth7; pick one of: eth0, eth1"
+    );
 }

@@ -396,6 +396,16 @@ impl PairTable {
         Ok(())
     }
 
+    /// Sets every pair's lanes to `lane`, as further traffic would:
+    /// benchmarks keep a filled table busy with it.
+    pub fn recount(&self, lane: PairStats) -> Result<(), DatapathError> {
+        let mut slots = Vec::new();
+        self.read(|_, reading| slots.push((reading.slot, ())))?;
+        self.for_each_chunk(&mut slots, |chunk, &mut (slot, ())| {
+            chunk.set_lanes(slot, lane)
+        })
+    }
+
     /// Writes pairs the way the datapath would on their first frames, every
     /// CPU lane holding `lane`. Benchmarks fill tables with it, without traffic.
     pub fn insert(&self, keys: &[PairKey], lane: PairStats) -> Result<(), DatapathError> {

@@ -11,38 +11,40 @@ use ratatui::{
 };
 
 use super::{
-    model::{Conversation, Live},
-    rates::{Series, WINDOWS_S},
-    view::{matches, Haystack, LineMode, SortBy, Tab, View, HELP},
+    screen::{Figures, Screen},
+    view::{LineMode, Tab, View, HELP},
 };
 
-/// Draws everything; `problem` is the daemon's last failure to answer, if any.
-pub fn draw(frame: &mut Frame<'_>, live: &Live, view: &View, problem: Option<&str>) {
+/// Draws everything; `screen` is the daemon's latest answer (none before
+/// the first), `problem` its last failure to answer, if any.
+pub fn draw(frame: &mut Frame<'_>, screen: Option<&Screen>, view: &View, problem: Option<&str>) {
     let [header, body, status] = Layout::vertical([
         Constraint::Length(1),
         Constraint::Min(1),
         Constraint::Length(1),
     ])
     .areas(frame.area());
-    frame.render_widget(Paragraph::new(header_line(live, view)), header);
-    match view.tab {
-        Tab::Interfaces => interfaces(frame, body, live, view),
-        Tab::Conversations => scrolled(frame, body, conversations(live, view, body), 0),
-        Tab::Protocols => scrolled(frame, body, protocols(live, view), view.scroll),
-        Tab::Policy => policy(frame, body, live, view),
+    frame.render_widget(Paragraph::new(header_line(screen, view)), header);
+    if let Some(screen) = screen {
+        match view.tab {
+            Tab::Interfaces => interfaces(frame, body, screen, view),
+            Tab::Conversations => scrolled(frame, body, conversations(screen, view, body), 0),
+            Tab::Protocols => scrolled(frame, body, protocols(screen, view), view.scroll),
+            Tab::Policy => policy(frame, body, screen, view),
+        }
     }
-    frame.render_widget(Paragraph::new(status_line(live, view, problem)), status);
+    frame.render_widget(Paragraph::new(status_line(screen, view, problem)), status);
     if view.help {
         help(frame);
     }
 }
 
-fn header_line(live: &Live, view: &View) -> Line<'static> {
+fn header_line(screen: Option<&Screen>, view: &View) -> Line<'static> {
     let mut spans = vec![Span::styled(
         "netmon top",
         Style::default().add_modifier(Modifier::BOLD),
     )];
-    if let Some(s) = &live.snapshot {
+    if let Some(s) = screen {
         spans.push(Span::raw(format!(" · {} ·", s.iface)));
     }
     for tab in Tab::ALL {
@@ -71,7 +73,7 @@ fn header_line(live: &Live, view: &View) -> Line<'static> {
     Line::from(spans)
 }
 
-fn status_line(live: &Live, view: &View, problem: Option<&str>) -> Line<'static> {
+fn status_line(screen: Option<&Screen>, view: &View, problem: Option<&str>) -> Line<'static> {
     if let Some(typed) = &view.editing {
         return Line::from(format!("filter (host, port, protocol, iface): {typed}_"));
     }
@@ -81,13 +83,10 @@ fn status_line(live: &Live, view: &View, problem: Option<&str>) -> Line<'static>
             Style::default().add_modifier(Modifier::BOLD),
         );
     }
-    let Some(s) = &live.snapshot else {
+    let Some(s) = screen else {
         return Line::from("waiting for the daemon's first snapshot…");
     };
-    let rates = live
-        .interfaces
-        .get(&s.iface)
-        .map_or([0.0; 2], |r| r.average(WINDOWS_S[0]));
+    let rates = s.interface.averages[0];
     Line::from(format!(
         "? help, q quit · in {} · out {} · {} pairs of {}",
         view.rate(rates[0]),
@@ -113,23 +112,26 @@ fn scrolled(frame: &mut Frame<'_>, area: Rect, lines: Vec<Line<'static>>, skip: 
     frame.render_widget(Paragraph::new(shown), rest);
 }
 
-/// The value of a pair of rates the sort looks at.
-fn sort_value(view: &View, rates: [f64; 2]) -> f64 {
-    match view.sort {
-        SortBy::In => rates[0],
-        SortBy::Out => rates[1],
-        SortBy::Total => rates[0] + rates[1],
-    }
-}
-
 const RATE: usize = 12;
 const CUM: usize = 11;
 
+/// The conversations a body of `height` rows shows in line mode `lines`.
+pub fn rows_that_fit(height: u16, lines: LineMode) -> usize {
+    let per_row = if lines == LineMode::TwoLines { 2 } else { 1 };
+    // One row is the header.
+    (height.saturating_sub(1) as usize / per_row).max(1)
+}
+
+/// The body's height in a terminal of `height` rows (less the header and
+/// the status line).
+pub fn body_height(height: u16) -> u16 {
+    height.saturating_sub(2)
+}
+
 /// iftop's screen: one or two lines per conversation, 2 s, 10 s and 40 s
 /// averages, cumulative bytes and the peak; the header line first, then the
-/// rows that fit `area` from the scroll on (only those are formatted: there
-/// may be a hundred thousand).
-fn conversations(live: &Live, view: &View, area: Rect) -> Vec<Line<'static>> {
+/// rows the daemon picked to fit.
+fn conversations(screen: &Screen, view: &View, area: Rect) -> Vec<Line<'static>> {
     let width = area.width;
     let fixed = 4 + 1 + 6 + 3 * RATE + CUM + RATE;
     let host = (width as usize).saturating_sub(fixed) / 2;
@@ -138,64 +140,14 @@ fn conversations(live: &Live, view: &View, area: Rect) -> Vec<Line<'static>> {
         "{:<host$}    {:<host$} {:<6}{:>RATE$}{:>RATE$}{:>RATE$}{:>CUM$}{:>RATE$}",
         "this side", "other side", "proto", "2s", "10s", "40s", "cum", "peak"
     ))];
-    let Some(snapshot) = &live.snapshot else {
-        return lines;
-    };
-    let mut rows: Vec<(&Conversation, &Series, f64)> = live
-        .conversations
-        .iter()
-        .filter(|(c, _)| {
-            if view.filter.is_empty() {
-                return true;
-            }
-            let (local, remote) = (c.local.to_string(), c.remote.to_string());
-            let (local_name, remote_name) = (live.host(&c.local, true), live.host(&c.remote, true));
-            let hosts = [
-                local.as_str(),
-                remote.as_str(),
-                local_name.as_str(),
-                remote_name.as_str(),
-            ];
-            matches(
-                &view.filter,
-                &Haystack {
-                    iface: &snapshot.iface,
-                    hosts: &hosts,
-                    ports: [c.local_port, c.remote_port],
-                    proto: &c.proto,
-                },
-            )
-        })
-        .map(|(c, s)| (c, s, sort_value(view, s.average(WINDOWS_S[0]))))
-        .collect();
-    let total = |s: &Series| s.latest()[0] + s.latest()[1];
-    rows.sort_by(|a, b| {
-        b.2.total_cmp(&a.2)
-            .then(total(b.1).cmp(&total(a.1)))
-            .then(a.0.cmp(b.0))
-    });
-    let per_row = if view.lines == LineMode::TwoLines {
-        2
-    } else {
-        1
-    };
-    let fit = (area.height.saturating_sub(1) as usize / per_row).max(1);
-    let first = view.scroll.min(rows.len().saturating_sub(fit));
-    let with_port = |host: &str, port: u16| match port {
-        0 => host.to_string(),
-        port => format!("{host}:{port}"),
-    };
-    for (c, series, _) in rows.into_iter().skip(first).take(fit) {
-        let local = clip(
-            &with_port(&live.host(&c.local, view.names), c.local_port),
-            host,
-        );
-        let remote = clip(
-            &with_port(&live.host(&c.remote, view.names), c.remote_port),
-            host,
-        );
-        let averages = WINDOWS_S.map(|w| series.average(w));
-        let (latest, peak) = (series.latest(), series.peak());
+    for c in &screen.conversations {
+        let local = clip(&c.local, host);
+        let remote = clip(&c.remote, host);
+        let Figures {
+            averages,
+            latest,
+            peak,
+        } = c.figures;
         // One side of the conversation: 1 for sent, 0 for received, None for both.
         let figures = |side: Option<usize>| {
             let pick = |r: [f64; 2]| side.map_or(r[0] + r[1], |i| r[i]);
@@ -252,22 +204,16 @@ fn clip(text: &str, width: usize) -> String {
 
 /// Per interface: rates in and out, totals, the table's fill, and a
 /// sparkline of each direction's rate over the last 40 s.
-fn interfaces(frame: &mut Frame<'_>, area: Rect, live: &Live, view: &View) {
-    let Some(snapshot) = &live.snapshot else {
-        return;
-    };
-    let Some(series) = live.interfaces.get(&snapshot.iface) else {
-        return;
-    };
+fn interfaces(frame: &mut Frame<'_>, area: Rect, snapshot: &Screen, view: &View) {
     let [text, spark_in, spark_out] = Layout::vertical([
         Constraint::Length(5),
         Constraint::Length(5),
         Constraint::Length(5),
     ])
     .areas(area);
-    let [now, ten, forty] = WINDOWS_S.map(|w| series.average(w));
-    let total = series.latest();
-    let dropped: u64 = snapshot.protocols.values().map(|p| p.dropped.bytes).sum();
+    let [now, ten, forty] = snapshot.interface.averages;
+    let total = snapshot.interface.latest;
+    let dropped = snapshot.dropped;
     let lines = vec![
         Line::from(format!(
             "{:<16}{:>RATE$}{:>RATE$}{:>RATE$}{:>CUM$}",
@@ -299,7 +245,7 @@ fn interfaces(frame: &mut Frame<'_>, area: Rect, live: &Live, view: &View) {
         Line::from(format!(
             "names {} · DNS answers read {}, ignored {} (oversized {}, cut short {}, \
              unreadable {}), held back {} (rate limit {}, ring full {})",
-            snapshot.names.len(),
+            snapshot.names,
             snapshot.dns.answers,
             snapshot.dns.oversized + snapshot.dns.truncated + snapshot.dns.malformed,
             snapshot.dns.oversized,
@@ -311,7 +257,7 @@ fn interfaces(frame: &mut Frame<'_>, area: Rect, live: &Live, view: &View) {
         )),
     ];
     frame.render_widget(Paragraph::new(lines), text);
-    let steps: Vec<[f64; 2]> = series.steps().collect();
+    let steps = &snapshot.steps;
     let width = spark_in.width.saturating_sub(2) as usize;
     let recent = &steps[steps.len().saturating_sub(width)..];
     for (side, area, title) in [(0, spark_in, "in"), (1, spark_out, "out")] {
@@ -331,16 +277,16 @@ fn interfaces(frame: &mut Frame<'_>, area: Rect, live: &Live, view: &View) {
 }
 
 /// The hierarchy report's tree with rates in and out and totals.
-fn protocols(live: &Live, view: &View) -> Vec<Line<'static>> {
+fn protocols(screen: &Screen, view: &View) -> Vec<Line<'static>> {
     let mut lines = vec![Line::from(format!(
         "{:<28}{:>RATE$}{:>RATE$}{:>RATE$}{:>RATE$}{:>CUM$}{:>CUM$}",
         "protocol", "in 2s", "out 2s", "in 10s", "out 10s", "in cum", "out cum"
     ))];
-    for row in &live.tree {
-        let Some(series) = live.protocols.get(&row.path) else {
-            continue;
-        };
-        let (now, ten, total) = (series.average(2), series.average(10), series.latest());
+    for row in &screen.protocols {
+        let Figures {
+            averages, latest, ..
+        } = row.figures;
+        let (now, ten, total) = (averages[0], averages[1], latest);
         lines.push(Line::from(format!(
             "{:<28}{:>RATE$}{:>RATE$}{:>RATE$}{:>RATE$}{:>CUM$}{:>CUM$}",
             format!("{}{}", "  ".repeat(row.depth), row.name),
@@ -357,10 +303,7 @@ fn protocols(live: &Live, view: &View) -> Vec<Line<'static>> {
 
 /// Rules with hits per second, quotas as bars with their rate and when they
 /// run out at it, and the latest alerts.
-fn policy(frame: &mut Frame<'_>, area: Rect, live: &Live, view: &View) {
-    let Some(snapshot) = &live.snapshot else {
-        return;
-    };
+fn policy(frame: &mut Frame<'_>, area: Rect, snapshot: &Screen, view: &View) {
     let quotas = snapshot.quotas.len() as u16;
     let [rules_area, quota_title, quota_area, alerts_area] = Layout::vertical([
         Constraint::Length(snapshot.rules.len().max(1) as u16 + 1),
@@ -374,11 +317,7 @@ fn policy(frame: &mut Frame<'_>, area: Rect, live: &Live, view: &View) {
         "id", "rule", "hits/s in", "hits/s out", "hits"
     ))
     .style(Style::default().add_modifier(Modifier::UNDERLINED))];
-    for rule in &snapshot.rules {
-        let rate = live
-            .rules
-            .get(&rule.id)
-            .map_or([0.0; 2], |s| s.average(WINDOWS_S[0]));
+    for super::screen::RuleRow { rule, rate } in &snapshot.rules {
         rules.push(Line::from(format!(
             "{:>4}  {:<40}{:>14.1}{:>14.1}{:>14}",
             rule.id,
@@ -399,11 +338,8 @@ fn policy(frame: &mut Frame<'_>, area: Rect, live: &Live, view: &View) {
     if snapshot.quotas.is_empty() {
         frame.render_widget(Paragraph::new("no quotas"), quota_area);
     }
-    for (i, quota) in snapshot.quotas.iter().enumerate() {
-        let rate = live
-            .quotas
-            .get(&quota.name)
-            .map_or(0.0, |s| s.average(WINDOWS_S[1])[0]);
+    for (i, super::screen::QuotaRow { quota, rate }) in snapshot.quotas.iter().enumerate() {
+        let rate = *rate;
         let ratio = if quota.limit == 0 {
             1.0
         } else {

@@ -37,7 +37,7 @@ pub struct TreeRow {
 /// Everything the views need, updated with each snapshot.
 #[derive(Default)]
 pub struct Live {
-    /// The latest snapshot.
+    /// The latest snapshot, without its pairs (they are in `conversations`).
     pub snapshot: Option<LiveSnapshot>,
     /// Per conversation, bytes [in, out].
     pub conversations: Rates<Conversation>,
@@ -57,7 +57,7 @@ pub struct Live {
 
 impl Live {
     /// Takes the next snapshot.
-    pub fn update(&mut self, snapshot: LiveSnapshot) {
+    pub fn update(&mut self, mut snapshot: LiveSnapshot) {
         let at = snapshot.monotonic_ns;
         self.conversations.update(
             at,
@@ -109,6 +109,7 @@ impl Live {
             .iter()
             .map(|n| (n.address, n.name.clone()))
             .collect();
+        snapshot.pairs = Vec::new();
         self.snapshot = Some(snapshot);
     }
 
@@ -140,16 +141,19 @@ fn protocol_tree(snapshot: &LiveSnapshot) -> (Vec<TreeRow>, Vec<(String, [u64; 2
             add(format!("eth:{service}"), i, c.bytes);
         }
     }
+    // Summed per (family, protocol) first: one path built per row, not per pair.
+    let mut per_protocol: HashMap<(&str, &str), [u64; 2]> = HashMap::new();
     for p in &snapshot.pairs {
         let Some(i) = side(&p.direction) else {
             continue;
         };
         let family = if p.src.is_ipv4() { "ipv4" } else { "ipv6" };
-        add(
-            format!("eth:{family}:{}", p.proto),
-            i,
-            p.bytes + p.dropped_bytes,
-        );
+        per_protocol.entry((family, &p.proto)).or_default()[i] += p.bytes + p.dropped_bytes;
+    }
+    for ((family, proto), bytes) in per_protocol {
+        for (i, bytes) in bytes.into_iter().enumerate() {
+            add(format!("eth:{family}:{proto}"), i, bytes);
+        }
     }
     let mut rows = vec![TreeRow {
         path: "eth".into(),

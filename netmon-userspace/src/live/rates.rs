@@ -12,12 +12,20 @@ use std::{
 pub const WINDOWS_S: [u64; 3] = [2, 10, 40];
 /// How long readings are kept: the longest window and one reading more.
 pub const HORIZON_NS: u64 = 41_000_000_000;
+/// The closest two kept readings may be, but for the latest: whatever the
+/// refresh (down to 100 ms), an item keeps at most about 46 readings, so
+/// the daemon's memory per conversation is bounded. Below the 1 s default
+/// so that a refresh's jitter thins nothing.
+pub const SPACING_NS: u64 = 900_000_000;
 
 /// An item's readings: two cumulative counts (in and out, or hits per direction).
 #[derive(Debug, Default)]
 pub struct Series {
     readings: VecDeque<(u64, [u64; 2])>,
     peak: [f64; 2],
+    /// The snapshot being summed into `sum` (see [`Rates::update`]).
+    generation: u64,
+    sum: [u64; 2],
 }
 
 impl Series {
@@ -34,6 +42,11 @@ impl Series {
             }
         }
         self.readings.push_back((at_ns, counts));
+        let n = self.readings.len();
+        if n >= 3 && self.readings[n - 2].0 - self.readings[n - 3].0 < SPACING_NS {
+            // The one before the latest was too close to its predecessor.
+            self.readings.remove(n - 2);
+        }
         while self
             .readings
             .front()
@@ -92,12 +105,14 @@ fn rate(earlier: [u64; 2], later: [u64; 2], ns: u64) -> [f64; 2] {
 #[derive(Debug)]
 pub struct Rates<K> {
     series: HashMap<K, Series>,
+    generation: u64,
 }
 
 impl<K> Default for Rates<K> {
     fn default() -> Self {
         Rates {
             series: HashMap::new(),
+            generation: 0,
         }
     }
 }
@@ -106,20 +121,25 @@ impl<K: Eq + Hash> Rates<K> {
     /// Takes the readings of one snapshot; items it lacks are forgotten,
     /// and readings of one key add up (the pairs of one conversation).
     pub fn update(&mut self, at_ns: u64, readings: impl IntoIterator<Item = (K, [u64; 2])>) {
-        let mut sums: HashMap<K, [u64; 2]> = HashMap::with_capacity(self.series.len());
+        // In place: a hundred thousand items are summed and kept without
+        // building a second table each time.
+        self.generation += 1;
+        let generation = self.generation;
         for (key, counts) in readings {
-            let sum = sums.entry(key).or_default();
-            *sum = [sum[0] + counts[0], sum[1] + counts[1]];
+            let series = self.series.entry(key).or_default();
+            if series.generation != generation {
+                series.generation = generation;
+                series.sum = [0; 2];
+            }
+            series.sum = [series.sum[0] + counts[0], series.sum[1] + counts[1]];
         }
-        let mut before = std::mem::take(&mut self.series);
-        self.series = sums
-            .into_iter()
-            .map(|(key, counts)| {
-                let mut series = before.remove(&key).unwrap_or_default();
-                series.add(at_ns, counts);
-                (key, series)
-            })
-            .collect();
+        self.series.retain(|_, series| {
+            let seen = series.generation == generation;
+            if seen {
+                series.add(at_ns, series.sum);
+            }
+            seen
+        });
     }
 
     /// An item's series.
@@ -157,6 +177,28 @@ mod tests {
         );
         assert_eq!(a.peak(), [5000.0, 100.0]);
         assert_eq!(a.steps().count(), 40);
+    }
+
+    #[test]
+    fn a_fast_refresh_keeps_readings_a_second_apart_and_the_rates_exact() {
+        let mut rates = Rates::default();
+        // 100 ms refreshes for a minute at 1000 B/s in, with a burst of
+        // 500 B in one 100 ms step.
+        let mut total = 0;
+        for tenth in 0..=600u64 {
+            rates.update(tenth * S / 10, [("a", [total, 0])]);
+            total += if tenth == 300 { 600 } else { 100 };
+        }
+        let a = rates.get(&"a").unwrap();
+        assert!(a.readings.len() <= 47, "{} readings", a.readings.len());
+        // Every two kept readings but the latest at least SPACING_NS apart.
+        let kept: Vec<u64> = a.readings.iter().map(|r| r.0).collect();
+        assert!(kept[..kept.len() - 1]
+            .windows(2)
+            .all(|w| w[1] - w[0] >= SPACING_NS));
+        assert_eq!(a.average(2), [1000.0, 0.0]);
+        assert_eq!(a.latest(), [60_500, 0]);
+        assert_eq!(a.peak(), [6000.0, 0.0], "the burst, from the raw steps");
     }
 
     #[test]

@@ -3,6 +3,8 @@
 
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
+use super::screen::ScreenQuery;
+
 /// The views, in the order Tab goes through them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Tab {
@@ -42,7 +44,8 @@ impl Tab {
 }
 
 /// What rows are sorted by: their 2 s average.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum SortBy {
     /// Received.
     In,
@@ -113,6 +116,10 @@ pub struct View {
     pub help: bool,
     /// The operator asked to quit.
     pub quit: bool,
+    /// The interface shown (`--iface`), or the daemon's first.
+    pub iface: Option<String>,
+    /// The daemon's interfaces, which `i` goes through.
+    pub ifaces: Vec<String>,
 }
 
 impl Default for View {
@@ -129,6 +136,8 @@ impl Default for View {
             bits: false,
             help: false,
             quit: false,
+            iface: None,
+            ifaces: Vec::new(),
         }
     }
 }
@@ -142,6 +151,7 @@ pub const HELP: &[(&str, &str)] = &[
     ("n", "names from DNS answers on / off"),
     ("P or Space", "pause / resume"),
     ("j k, Down Up", "scroll; PgDn PgUp, Home"),
+    ("i", "next interface"),
     ("/", "filter: host, port, protocol or iface (Enter, Esc)"),
     ("b", "bits / bytes per second"),
     ("?", "this help"),
@@ -208,7 +218,34 @@ impl View {
             KeyCode::Char('/') => self.editing = Some(self.filter.clone()),
             KeyCode::Char('b') => self.bits = !self.bits,
             KeyCode::Char('?') => self.help = true,
+            KeyCode::Char('i') => self.next_iface(),
             _ => {}
+        }
+    }
+
+    /// Shows the interface after the one shown, in the daemon's order.
+    fn next_iface(&mut self) {
+        let at = self
+            .ifaces
+            .iter()
+            .position(|i| Some(i) == self.iface.as_ref())
+            .map_or(0, |at| at + 1);
+        if let Some(next) = self.ifaces.get(at % self.ifaces.len().max(1)) {
+            self.iface = Some(next.clone());
+            self.scroll = 0;
+        }
+    }
+
+    /// What the screen asks the daemon for, with `rows` conversations.
+    pub fn query(&self, rows: usize, fresh: bool) -> ScreenQuery {
+        ScreenQuery {
+            iface: self.iface.clone(),
+            fresh,
+            sort: self.sort,
+            filter: self.filter.clone(),
+            names: self.names,
+            scroll: self.scroll,
+            rows,
         }
     }
 
@@ -304,6 +341,22 @@ mod tests {
         assert!(!view.help && !view.quit, "a key closes the help");
         press(&mut view, "q");
         assert!(view.quit);
+    }
+
+    #[test]
+    fn i_goes_through_the_daemons_interfaces_from_the_one_shown() {
+        let mut view = View {
+            iface: Some("nm1".into()),
+            ifaces: vec!["nm0".into(), "nm1".into(), "ns:nm2".into()],
+            scroll: 3,
+            ..View::default()
+        };
+        press(&mut view, "i");
+        assert_eq!(view.iface.as_deref(), Some("ns:nm2"));
+        assert_eq!(view.scroll, 0);
+        press(&mut view, "i");
+        assert_eq!(view.iface.as_deref(), Some("nm0"));
+        assert_eq!(view.query(20, true).iface.as_deref(), Some("nm0"));
     }
 
     #[test]
