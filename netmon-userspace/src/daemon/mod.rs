@@ -25,7 +25,7 @@ use jiff::Timestamp;
 use netmon_common::{policy::QuotaState, Counter};
 
 use crate::{
-    accounting::{BaselineView, Forwarding, IntervalUsage, Meter, Seen},
+    accounting::{AddressPair, BaselineView, IntervalUsage, Meter, Seen},
     alerts::{AlertEvent, UsageAlarm},
     control::{Answer, Request, Response},
     datapath::DatapathError,
@@ -148,8 +148,6 @@ pub struct Daemon<K, C> {
     idle_timeout: Duration,
     interval_start: Mark,
     sinks: Vec<Box<dyn Sink>>,
-    /// Counts forwarded traffic once in the log.
-    forwarding: Forwarding,
     /// Interfaces that went away since [`Daemon::departed`] was last asked.
     departed: Vec<String>,
     /// The latest alerts, for `netmon top`'s policy view.
@@ -184,7 +182,6 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
             idle_timeout,
             interval_start,
             sinks,
-            forwarding: Forwarding::default(),
             departed: Vec::new(),
             recent_alerts: VecDeque::new(),
             names: None,
@@ -293,10 +290,14 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
             })
             .collect();
         let mut delivered = 0;
-        let ledger = &mut self.state.ledger;
-        self.forwarding.log(&seen, |pair, counter| {
+        let State {
+            ledger, forwarding, ..
+        } = &mut self.state;
+        let mut logged = Vec::new();
+        forwarding.log(&seen, |pair, counter| {
             delivered += counter.bytes;
             ledger.add(pair, counter);
+            logged.push((pair, counter));
         });
         let poll_duration = Duration::from_nanos(end.monotonic_ns.saturating_sub(now_ns));
         if let Some(metrics) = &mut self.state.metrics {
@@ -353,7 +354,7 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
                 alerts: std::mem::take(&mut alerts),
             });
         }
-        self.deliver(&reports);
+        self.deliver(&reports, &logged, false);
         match read_error {
             Some(e) => Err(e.into()),
             None => Ok(()),
@@ -367,11 +368,17 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
     }
 
     /// Hands the poll's reports (or, with none, one without an interval) to
-    /// every sink, the files first: an alert is never repeated after a
+    /// every sink, the store first: an alert is never repeated after a
     /// restart, and the totals and the counters they account are written
-    /// together. A failing sink is retried with the next report and stops
-    /// no other.
-    fn deliver(&mut self, intervals: &[IntervalReport]) {
+    /// together. `logged` is what the poll added to the totals; `stopping`
+    /// says the daemon stops after this. A failing sink is retried with the
+    /// next report and stops no other.
+    fn deliver(
+        &mut self,
+        intervals: &[IntervalReport],
+        logged: &[(AddressPair, Counter)],
+        stopping: bool,
+    ) {
         let total = std::mem::take(&mut self.state.policy.total);
         self.state.policy = self.enforcer.persisted(&self.interfaces);
         self.state.policy.total = total;
@@ -390,8 +397,10 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
             let report = Report {
                 interval: intervals.get(n),
                 of_poll: (n, count),
+                stopping,
                 saved: Saved {
                     state: &self.state,
+                    logged,
                     baseline: &baseline,
                     enforcer: &self.enforcer,
                 },
@@ -410,7 +419,7 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
         match self.enforcer.reload(&mut self.interfaces, now, forced) {
             Some(Ok(())) => {
                 log::info!("policy reloaded");
-                self.deliver(&[]);
+                self.deliver(&[], &[], false);
             }
             Some(Err(e)) => log::error!("policy not reloaded: {e}; the policy in force stays"),
             None => {}
@@ -502,7 +511,7 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
                 }
             }
         };
-        self.deliver(&[]);
+        self.deliver(&[], &[], false);
         match result {
             Ok(value) => Response::Ok(value),
             Err(e) => Response::Error(e.to_string()),
@@ -521,9 +530,11 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
             });
     }
 
-    /// What the sinks could not write, and the interfaces' kernels (present
-    /// or not), for the stop.
-    pub fn finish(self) -> (Vec<(String, K)>, Vec<String>) {
+    /// Tells the sinks that the daemon stops (the files are written then),
+    /// and returns what they could not write and the interfaces' kernels
+    /// (present or not).
+    pub fn finish(mut self) -> (Vec<(String, K)>, Vec<String>) {
+        self.deliver(&[], &[], true);
         let unwritten = self.sinks.iter().filter_map(|s| s.unwritten()).collect();
         let kernels = self
             .interfaces

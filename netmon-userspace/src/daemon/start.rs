@@ -81,6 +81,9 @@ pub struct Config {
     pub metrics: Option<crate::metrics::Options>,
     /// The history database, the record of the totals and their baseline.
     pub db: PathBuf,
+    /// How often the state file and the log are rewritten (zero: every
+    /// interval); the history database records every interval.
+    pub log_every: Duration,
     /// Write the detail log, rotated by size with this.
     pub detail_log: Option<Option<crate::logs::detail::Rotation>>,
 }
@@ -259,6 +262,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut history = crate::history::Store::open(&db, config.tz.clone(), Default::default())?;
     let labels: Vec<&str> = targets.iter().map(|t| t.label.as_str()).collect();
     let mut saved = history.continue_from(&labels, saved)?;
+    enforcer.restore_usage(saved.policy.quotas.clone());
     saved.policy.runtime = Default::default();
     saved.policy.ids = Default::default();
     saved.policy.slots = Default::default();
@@ -311,7 +315,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let mut sinks: Vec<Box<dyn Sink>> = vec![
         Box::new(crate::history::HistorySink::new(history)),
-        Box::new(FilesSink::new(files.clone())),
+        Box::new(FilesSink::new(files.clone(), config.log_every)),
         Box::new(AlertSink(Alerter {
             exec: config.alert_exec.clone(),
         })),
