@@ -62,10 +62,13 @@ impl Sink for HistorySink {
             self.pending_logged.extend_from_slice(saved.logged);
             &self.pending_logged
         };
-        match self
-            .store
-            .record(&records, logged, saved.baseline, saved.state)
-        {
+        // Between polls the baselines are the last poll's, already stored.
+        let baselines = if records.is_empty() {
+            &[]
+        } else {
+            saved.baseline
+        };
+        match self.store.record(&records, logged, baselines, saved.state) {
             Ok(()) => {
                 self.pending.clear();
                 self.pending_logged.clear();
