@@ -38,8 +38,8 @@ CREATE TABLE IF NOT EXISTS pairs (
 );
 -- Per interface: the kernel counter values already in the totals (JSON).
 CREATE TABLE IF NOT EXISTS baselines (iface TEXT PRIMARY KEY, baseline TEXT NOT NULL);
--- Interface totals per bucket, direction and class (all, or an L4
--- protocol), never trimmed.
+-- Interface totals per bucket, direction and class (all, dropped, an L4
+-- protocol, or service:NAME for TCP and UDP services), never trimmed.
 CREATE TABLE IF NOT EXISTS totals (
     level INTEGER NOT NULL,
     bucket INTEGER NOT NULL,
@@ -513,6 +513,7 @@ fn record_one(
             bytes
         ])?;
     }
+    let services = service_classes(interval.usage);
     let mut total = tx.prepare_cached(
         "INSERT INTO totals VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
          ON CONFLICT DO UPDATE SET
@@ -541,8 +542,42 @@ fn record_one(
                 ])?;
             }
         }
+        for (direction, class, c) in &services {
+            total.execute(params![
+                level as i64,
+                bucket,
+                iface,
+                *direction as u8,
+                class,
+                int(c.frames),
+                int(c.bytes)
+            ])?;
+        }
     }
     Ok(())
+}
+
+/// An interval's TCP and UDP service counters as classes of the interface
+/// totals, `service:NAME` per direction (both address families summed).
+fn service_classes(usage: &crate::accounting::IntervalUsage) -> Vec<(Direction, String, Counter)> {
+    let mut classes: Vec<(Direction, String, Counter)> = Vec::new();
+    for (index, c) in usage.services.iter().enumerate() {
+        let Some((direction, _, _, name)) = netmon_common::service::describe(index) else {
+            continue;
+        };
+        if c.is_zero() {
+            continue;
+        }
+        let class = format!("service:{name}");
+        match classes
+            .iter_mut()
+            .find(|(d, n, _)| *d == direction && *n == class)
+        {
+            Some((_, _, sum)) => *sum = sum.plus(*c),
+            None => classes.push((direction, class, *c)),
+        }
+    }
+    classes
 }
 
 /// The first 5-minute bucket not rolled up yet: the open one.

@@ -292,6 +292,63 @@ fn quota_and_alert_usage_come_from_the_store_and_the_rules_from_the_files() {
 }
 
 #[test]
+fn by_service_lists_each_services_bytes_both_families_summed() {
+    use netmon_common::{
+        service::{counter_index, slot_of, SERVICE_COUNTERS},
+        Direction,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut store =
+        Store::open(&dir.path().join("h.db"), TimeZone::UTC, Limits::default()).unwrap();
+    let mut usage = crate::accounting::IntervalUsage {
+        services: vec![Counter::default(); SERVICE_COUNTERS as usize],
+        ..Default::default()
+    };
+    let mut put = |direction, ipv6, tcp, port, bytes| {
+        usage.services[counter_index(direction, ipv6, tcp, slot_of(port)) as usize] =
+            Counter { frames: 1, bytes };
+    };
+    put(Direction::Ingress, false, false, 53, 700);
+    put(Direction::Ingress, true, false, 53, 90);
+    put(Direction::Egress, false, true, 443, 5000);
+    put(Direction::Ingress, false, true, 443, 1200);
+    let start: Timestamp = "2026-11-30T12:00:00Z".parse().unwrap();
+    let record = crate::logs::detail::IntervalRecord {
+        iface: "eth0",
+        start,
+        end: start + Duration::from_secs(10),
+        usage: &usage,
+    };
+    store
+        .record(&[record], &[], &[], &State::default())
+        .unwrap();
+    let daily = store
+        .history(
+            View::Daily,
+            &Query {
+                by: Some(By::Service),
+                top: 10,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(texts(&daily, "service"), ["tls", "dns"], "443/tcp, 53/udp");
+    assert_eq!(ints(&daily, "in"), [1200, 790]);
+    assert_eq!(ints(&daily, "out"), [5000, 0]);
+    // Services are not protocols.
+    let by_protocol = store
+        .history(
+            View::Daily,
+            &Query {
+                by: Some(By::Protocol),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(by_protocol.rows.len(), 0);
+}
+
+#[test]
 fn a_simulated_year_keeps_each_level_for_its_retention_with_exact_totals() {
     // tmpfs: a year of commits, each synced, would take minutes on a disk.
     let dir = tempfile::tempdir_in("/dev/shm").unwrap();
