@@ -80,17 +80,37 @@ pub enum ReportError {
     Write(#[from] LogError),
 }
 
-/// Reads the records of a detail log that overlap `[since, until)`.
+/// Reads the records of a detail log, with its rotated files, that overlap
+/// `[since, until)`.
 pub fn load(
     path: &Path,
     since: Option<Timestamp>,
     until: Option<Timestamp>,
 ) -> Result<Vec<DetailRecord>, ReportError> {
+    let mut records = Vec::new();
+    // The daemon's rotated files first (`NAME.N` … `NAME.1`), oldest first.
+    for file in crate::logs::detail::with_rotated(path) {
+        read_records(&file, since, until, &mut records)?;
+    }
+    if records.is_empty() {
+        return Err(ReportError::Empty {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(records)
+}
+
+/// Appends the records of one detail log in [since, until) to `records`.
+fn read_records(
+    path: &Path,
+    since: Option<Timestamp>,
+    until: Option<Timestamp>,
+    records: &mut Vec<DetailRecord>,
+) -> Result<(), ReportError> {
     let file = std::fs::File::open(path).map_err(|cause| ReportError::Open {
         path: path.to_path_buf(),
         cause,
     })?;
-    let mut records = Vec::new();
     for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
         let line = line.map_err(|cause| ReportError::Read {
             path: path.to_path_buf(),
@@ -120,12 +140,7 @@ pub fn load(
         }
         records.push(record);
     }
-    if records.is_empty() {
-        return Err(ReportError::Empty {
-            path: path.to_path_buf(),
-        });
-    }
-    Ok(records)
+    Ok(())
 }
 
 fn timestamp(text: &str) -> Result<Timestamp, ReportError> {
@@ -406,4 +421,45 @@ pub fn top(records: &[DetailRecord], n: usize) -> Table {
         ]);
     }
     table
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{accounting::IntervalUsage, logs::detail};
+
+    #[test]
+    fn a_rotated_detail_log_is_read_oldest_file_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.jsonl");
+        let usage = IntervalUsage::default();
+        let start: Timestamp = "2026-11-30T12:00:00Z".parse().unwrap();
+        // The daemon's rotation leaves NAME.2 (oldest), NAME.1, NAME.
+        for (n, file) in ["d.jsonl.2", "d.jsonl.1", "d.jsonl"].iter().enumerate() {
+            let at = start + std::time::Duration::from_secs(10 * n as u64);
+            let record = detail::IntervalRecord {
+                iface: "eth0",
+                start: at,
+                end: at + std::time::Duration::from_secs(10),
+                usage: &usage,
+            };
+            detail::append(&dir.path().join(file), &record).unwrap();
+        }
+        let starts: Vec<String> = load(&path, None, None)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.start)
+            .collect();
+        assert_eq!(
+            starts,
+            [
+                "2026-11-30T12:00:00Z",
+                "2026-11-30T12:00:10Z",
+                "2026-11-30T12:00:20Z"
+            ]
+        );
+        // `--since` still applies across the files.
+        let since = Some("2026-11-30T12:00:15Z".parse().unwrap());
+        assert_eq!(load(&path, since, None).unwrap().len(), 2);
+    }
 }
