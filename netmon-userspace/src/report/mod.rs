@@ -255,6 +255,31 @@ pub fn hierarchy(records: &[DetailRecord]) -> Table {
     table
 }
 
+/// The bins of `report io` and `report chart` when none is asked for: the
+/// log's own interval (the median record's length, rounded to the
+/// millisecond), or, when that would give more than [`DEFAULT_BINS`], the
+/// whole range in that many bins of whole seconds.
+pub fn default_bin(records: &[DetailRecord]) -> Result<std::time::Duration, ReportError> {
+    let mut lengths: Vec<f64> = records.iter().map(|r| r.interval_s).collect();
+    lengths.sort_by(f64::total_cmp);
+    let own = lengths.get(lengths.len() / 2).copied().unwrap_or(1.0);
+    let own = std::time::Duration::from_millis((own * 1000.0).round().max(1.0) as u64);
+    let (Some(first), Some(last)) = (records.first(), records.last()) else {
+        return Ok(own);
+    };
+    let range = timestamp(&first.start)?.duration_until(timestamp(&last.end)?);
+    let range = std::time::Duration::try_from(range).unwrap_or_default();
+    if range <= own * DEFAULT_BINS {
+        return Ok(own);
+    }
+    Ok(std::time::Duration::from_secs(
+        range.as_secs().div_ceil(u64::from(DEFAULT_BINS)).max(1),
+    ))
+}
+
+/// About how many bins a long range gets by default.
+pub const DEFAULT_BINS: u32 = 100;
+
 /// `io,stat`: frames and bytes per interval from the first record, then a `Dur` row.
 pub fn io(records: &[DetailRecord], interval: std::time::Duration) -> Result<Table, ReportError> {
     let mut table = Table::new(&["interval", "frames", "bytes"]);
@@ -427,6 +452,46 @@ pub fn top(records: &[DetailRecord], n: usize) -> Table {
 mod tests {
     use super::*;
     use crate::{accounting::IntervalUsage, logs::detail};
+
+    fn records(every: u64, count: u64) -> Vec<DetailRecord> {
+        let start: Timestamp = "2026-11-30T12:00:00Z".parse().unwrap();
+        let usage = IntervalUsage::default();
+        (0..count)
+            .map(|n| {
+                let at = start + std::time::Duration::from_secs(every * n);
+                let record = detail::IntervalRecord {
+                    iface: "eth0",
+                    start: at,
+                    end: at + std::time::Duration::from_secs(every),
+                    usage: &usage,
+                };
+                serde_json::from_str(&serde_json::to_string(&record).unwrap()).unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn bins_default_to_the_logs_interval_or_about_a_hundred() {
+        use std::time::Duration;
+        // The demo's log: 1-second intervals for a minute.
+        assert_eq!(
+            default_bin(&records(1, 60)).unwrap(),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            io(&records(1, 60), Duration::from_secs(1))
+                .unwrap()
+                .rows
+                .len(),
+            61,
+            "60 bins and Dur"
+        );
+        // A day of 10-second intervals: 864 s bins, 100 of them.
+        assert_eq!(
+            default_bin(&records(10, 8640)).unwrap(),
+            Duration::from_secs(864)
+        );
+    }
 
     #[test]
     fn a_rotated_detail_log_is_read_oldest_file_first() {
