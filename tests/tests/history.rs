@@ -20,7 +20,7 @@ use netmon_tests::{
     mounts::TempMount,
     scenario::raw,
     traffic::frame_len,
-    Flow, Host, TestNet,
+    Flow, Host, Routed, TestNet,
 };
 
 fn v4(ip: std::net::Ipv4Addr) -> IpAddr {
@@ -63,11 +63,14 @@ fn sigkill_every_5_seconds_the_store_holds_exactly_what_was_sent() -> Result<()>
     let (a, b) = (&net.a, &net.b);
     let inbound_cap = Capture::start(a, Way::In, &dir.path().join("in.pcap"))?;
     let outbound_cap = Capture::start(a, Way::Out, &dir.path().join("out.pcap"))?;
+    // The log and the state file are written at the start and the stop
+    // only: the store alone is the record between them.
     let start = || {
         Netmon::on(a)
             .logs_in(dir.path())
             .bpffs(&bpffs)
             .interval("200ms")
+            .args(&["--log-every", "1h"])
             .start()
     };
     let mut netmon = start()?;
@@ -82,6 +85,17 @@ fn sigkill_every_5_seconds_the_store_holds_exactly_what_was_sent() -> Result<()>
         netmon.kill()?;
         netmon = start()?;
     }
+    // Five polls under traffic leave the files as the start wrote them.
+    let files = || -> Result<Vec<Vec<u8>>> {
+        ["network_log.json", "network_log.state.json"]
+            .map(|f| std::fs::read(dir.path().join(f)))
+            .into_iter()
+            .collect::<std::io::Result<_>>()
+            .map_err(Into::into)
+    };
+    let at_start = files()?;
+    std::thread::sleep(Duration::from_millis(1100));
+    assert!(at_start == files()?, "rewritten within --log-every");
     let (sent_in, received_in) = inbound.join().unwrap()?;
     let (sent_out, received_out) = outbound.join().unwrap()?;
     std::thread::sleep(Duration::from_millis(300));
@@ -150,6 +164,10 @@ fn sigkill_every_5_seconds_the_store_holds_exactly_what_was_sent() -> Result<()>
     let udp_rows: Vec<_> = rows.iter().filter(|r| r["protocol"] == "udp").collect();
     let sum = |k: &str| udp_rows.iter().map(|r| r[k].as_u64().unwrap()).sum::<u64>();
     assert_eq!((sum("in"), sum("out")), (udp(&frames_in), udp(&frames_out)));
+    // The log the stop wrote holds the same totals: the store's.
+    let state = dir.path().join("network_log.state.json");
+    let written = netmon::logs::state::parse(&state, &std::fs::read_to_string(&state)?)?;
+    assert_eq!(written.ledger, totals);
     // The export is the log the daemon wrote at its stop, byte for byte.
     let export = dir.path().join("export.json");
     let out = cli(&[
@@ -168,6 +186,81 @@ fn sigkill_every_5_seconds_the_store_holds_exactly_what_was_sent() -> Result<()>
         std::fs::read(&export)?,
         std::fs::read(dir.path().join("network_log.json"))?
     );
+    Ok(())
+}
+
+/// A router watched on both its interfaces: traffic it forwards is in the
+/// store once, across SIGKILLs, and the log the stop writes equals the store.
+#[test]
+fn sigkill_on_a_router_watched_on_two_interfaces_counts_forwarded_traffic_once() -> Result<()> {
+    let bpffs = TempMount::bpffs()?;
+    let net = Routed::create()?;
+    let dir = tempfile::tempdir()?;
+    let (left, right) = (&net.router_left, &net.router_right);
+    let capture = Capture::start(right, Way::Out, &dir.path().join("out.pcap"))?;
+    let start = || -> Result<Netmon> {
+        let mut netmon = Netmon::on(left)
+            .logs_in(dir.path())
+            .bpffs(&bpffs)
+            .interval("200ms")
+            .args(&["--iface", &right.iface, "--log-every", "1h"])
+            .start()?;
+        netmon.wait_for(
+            &format!("counting on {}", right.iface),
+            Duration::from_secs(10),
+        )?;
+        Ok(netmon)
+    };
+    let mut netmon = start()?;
+    // Bursts between the kills, some read at ingress and egress in
+    // different polls; a SIGKILL at any instant of the polls after them.
+    let (mut forwarded, mut back) = (0u64, 0u64);
+    for round in 0..3 {
+        for _ in 0..3 {
+            Flow::udp(&net.left, &net.right)
+                .port(7910)
+                .sizes(&[400; 40])
+                .send()?;
+            forwarded += 40;
+            std::thread::sleep(Duration::from_millis(130));
+        }
+        Flow::udp(&net.right, &net.left)
+            .port(7911)
+            .sizes(&[200; 10])
+            .send()?;
+        back += 10;
+        std::thread::sleep(Duration::from_millis(300 + 170 * round));
+        netmon.kill()?;
+        netmon = start()?;
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let frames = capture.stop()?;
+    netmon.stop()?;
+
+    let frames_of = |n: u64, to: &Host, size: usize| Counter {
+        frames: n,
+        bytes: n * frame_len(v4(to.ipv4), size),
+    };
+    let expected = frames_of(forwarded, &net.right, 400);
+    let tcpdump = capture::per_flow(&frames)
+        .iter()
+        .filter(|((s, _, p), _)| *s == raw(v4(net.left.ipv4)) && *p == 17)
+        .fold(Counter::default(), |acc, (_, c)| acc.plus(*c));
+    assert_eq!(tcpdump, expected, "tcpdump out at the second port");
+    let db = dir.path().join("network_log.db");
+    let totals = Store::open_read(&db)?.ledger()?;
+    assert_eq!(
+        totals.get(&(v4(net.left.ipv4), v4(net.right.ipv4))),
+        Some(expected),
+        "once, not at both interfaces"
+    );
+    assert_eq!(
+        totals.get(&(v4(net.right.ipv4), v4(net.left.ipv4))),
+        Some(frames_of(back, &net.left, 200))
+    );
+    let state = dir.path().join("network_log.state.json");
+    let written = netmon::logs::state::parse(&state, &std::fs::read_to_string(&state)?)?;
+    assert_eq!(written.ledger, totals, "the stop wrote the store's totals");
     Ok(())
 }
 

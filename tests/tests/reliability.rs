@@ -33,10 +33,13 @@ fn sigkill_every_8_seconds_loses_nothing_and_counts_nothing_twice() -> Result<()
     let (a, b) = (&net.a, &net.b);
     let inbound_cap = Capture::start(a, Way::In, &dir.path().join("in.pcap"))?;
     let outbound_cap = Capture::start(a, Way::Out, &dir.path().join("out.pcap"))?;
+    // The state file is written at the start and the stop only: every
+    // interval between is in the history database alone.
     let mut netmon = Netmon::on(a)
         .logs_in(dir.path())
         .bpffs(&bpffs)
         .ingress("xdp")
+        .args(&["--log-every", "1h"])
         .start()?;
     let inbound = Flow::udp(b, a)
         .port(7800)
@@ -47,7 +50,11 @@ fn sigkill_every_8_seconds_loses_nothing_and_counts_nothing_twice() -> Result<()
     for _ in 0..4 {
         std::thread::sleep(Duration::from_secs(8));
         netmon.kill()?;
-        netmon = Netmon::on(a).logs_in(dir.path()).bpffs(&bpffs).start()?;
+        netmon = Netmon::on(a)
+            .logs_in(dir.path())
+            .bpffs(&bpffs)
+            .args(&["--log-every", "1h"])
+            .start()?;
     }
     let (sent_in, received_in) = inbound.join().unwrap()?;
     let (sent_out, received_out) = outbound.join().unwrap()?;

@@ -269,6 +269,17 @@ fn bad_captures_and_logs_give_clear_errors_or_partial_reports() -> Result<()> {
         ],
         "is not a pcap or pcapng capture",
     );
+    failure(
+        &[
+            "report",
+            "chart",
+            "--out",
+            path("c.svg").to_str().unwrap(),
+            "--format",
+            "json",
+        ],
+        "`report chart` draws a picture, not a table, and takes no --format",
+    );
     std::fs::write(path("empty.jsonl"), "")?;
     failure(
         &[

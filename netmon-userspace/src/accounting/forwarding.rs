@@ -34,7 +34,10 @@ pub struct Seen<'a> {
 type Flow = (String, PairKey);
 
 /// Received frames per flow and interface, not yet matched by sent ones.
-#[derive(Debug, Default)]
+/// It is persisted with the totals (the history database, the state file):
+/// a frame read at ingress in the poll before a crash and at egress in the
+/// first one after is then still counted once.
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Forwarding {
     /// Credit from the interval before the last poll.
     older: HashMap<Flow, Vec<(String, u64)>>,
@@ -76,6 +79,41 @@ impl Forwarding {
             }
         }
         self.older = newer;
+    }
+}
+
+/// One flow's credit as persisted: namespace, pair key (hex, as the
+/// baseline writes keys), and the frames per interface that received them.
+type Persisted = (String, String, Vec<(String, u64)>);
+
+impl Forwarding {
+    /// True when no credit is left.
+    pub fn is_empty(&self) -> bool {
+        self.older
+            .values()
+            .all(|entries| entries.iter().all(|(_, frames)| *frames == 0))
+    }
+}
+
+impl serde::Serialize for Forwarding {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.older.iter().filter_map(|((netns, key), entries)| {
+            let left: Vec<_> = entries.iter().filter(|(_, f)| *f > 0).cloned().collect();
+            (!left.is_empty()).then(|| (netns.clone(), super::baseline::key_to_hex(key), left))
+        }))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Forwarding {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let entries = Vec::<Persisted>::deserialize(deserializer)?;
+        let mut older = HashMap::with_capacity(entries.len());
+        for (netns, hex, credit) in entries {
+            let key = super::baseline::key_from_hex(&hex)
+                .ok_or_else(|| serde::de::Error::custom(format!("'{hex}' is not a pair key")))?;
+            older.insert((netns, key), credit);
+        }
+        Ok(Forwarding { older })
     }
 }
 

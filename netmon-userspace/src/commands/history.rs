@@ -34,7 +34,7 @@ pub struct HistoryArgs {
     /// Up to this moment (excluded), written as --begin.
     #[arg(long)]
     pub end: Option<String>,
-    /// Rows per period by address pair, remote peer or L4 protocol.
+    /// Rows per period by address pair, remote peer, L4 protocol or TCP/UDP service.
     #[arg(long, value_enum)]
     pub by: Option<By>,
     /// Rows per period with --by, and pairs for `top`.

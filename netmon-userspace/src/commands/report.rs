@@ -22,9 +22,10 @@ pub struct ReportArgs {
     /// Only intervals starting before this (RFC 3339, or a duration ago).
     #[arg(long, global = true, value_parser = crate::units::parse_when)]
     pub until: Option<Timestamp>,
-    /// Output format.
-    #[arg(long, global = true, value_enum, default_value_t = Format::Table)]
-    pub format: Format,
+    /// Output format of the tables [default: table]; `chart` takes its
+    /// format from --out's extension.
+    #[arg(long, global = true, value_enum)]
+    pub format: Option<Format>,
     #[command(subcommand)]
     pub report: Report,
 }
@@ -36,9 +37,10 @@ pub enum Report {
     Hierarchy,
     /// Frames and bytes per interval, like `tshark -z io,stat,10`.
     Io {
-        /// Interval length.
-        #[arg(long, default_value = "10s", value_parser = parse_interval)]
-        interval: Duration,
+        /// Interval length [default: the log's own interval, or about 100
+        /// intervals over a long log].
+        #[arg(long, value_parser = parse_interval)]
+        interval: Option<Duration>,
     },
     /// Conversations A <-> B, like `tshark -z conv,ip`.
     Conversations {
@@ -57,9 +59,10 @@ pub enum Report {
         /// The picture to write: a .svg or .png file.
         #[arg(long)]
         out: PathBuf,
-        /// Interval length.
-        #[arg(long, default_value = "10s", value_parser = parse_interval)]
-        interval: Duration,
+        /// Interval length [default: the log's own interval, or about 100
+        /// intervals over a long log].
+        #[arg(long, value_parser = parse_interval)]
+        interval: Option<Duration>,
         /// Pairs drawn on their own; the rest are stacked as "other pairs".
         #[arg(long, default_value_t = 5)]
         top: usize,
@@ -68,18 +71,28 @@ pub enum Report {
 
 /// Prints the report.
 pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
+    if let (Report::Chart { .. }, Some(_)) = (&args.report, args.format) {
+        anyhow::bail!(
+            "`report chart` draws a picture, not a table, and takes no --format: drop it, and \
+             end --out with .svg or .png for the picture's format"
+        );
+    }
     let records = report::load(&args.detail_log, args.since, args.until)?;
+    let bin = |asked: &Option<Duration>| match asked {
+        Some(interval) => Ok(*interval),
+        None => report::default_bin(&records),
+    };
     let table = match &args.report {
         Report::Hierarchy => report::hierarchy(&records),
-        Report::Io { interval } => report::io(&records, *interval)?,
+        Report::Io { interval } => report::io(&records, bin(interval)?)?,
         Report::Conversations { proto } => report::conversations(&records, proto.as_deref())?,
         Report::Top { n } => report::top(&records, *n),
         Report::Chart { out, interval, top } => {
-            report::chart::draw(&records, *interval, *top, out)?;
+            report::chart::draw(&records, bin(interval)?, *top, out)?;
             eprintln!("wrote {}", out.display());
             return Ok(());
         }
     };
-    print!("{}", table.render(args.format));
+    print!("{}", table.render(args.format.unwrap_or(Format::Table)));
     Ok(())
 }

@@ -52,6 +52,11 @@ pub struct RunArgs {
     /// Write no detail log (the history database keeps the usage per 5 minutes).
     #[arg(long)]
     pub no_detail_log: bool,
+    /// Rewrite the log and the state file this often, and at the stop (0:
+    /// every interval); the history database records every interval, and
+    /// `netmon export log` writes the log from it at any time.
+    #[arg(long, default_value = "1h", value_parser = crate::units::parse_duration)]
+    pub log_every: Duration,
     /// Exact totals, CLI rules and quota usage [default: the log's name with .state.json].
     #[arg(long)]
     pub state: Option<PathBuf>,
@@ -209,6 +214,7 @@ fn to_config(args: RunArgs, words: &[std::ffi::OsString]) -> anyhow::Result<daem
             },
         )),
         interval: args.interval,
+        log_every: args.log_every,
         follow_symlinks: args.follow_symlinks,
         ingress: args.ingress,
         granularity: args.granularity,

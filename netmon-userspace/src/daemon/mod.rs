@@ -31,7 +31,7 @@ use netmon_common::{
 };
 
 use crate::{
-    accounting::{BaselineView, Forwarding, IntervalUsage, Meter, Seen},
+    accounting::{AddressPair, BaselineView, IntervalUsage, Meter, Seen},
     alerts::{AlertEvent, UsageAlarm},
     control::{Answer, Request, Response},
     datapath::DatapathError,
@@ -252,8 +252,6 @@ pub struct Daemon<K, C> {
     idle_timeout: Duration,
     interval_start: Mark,
     sinks: Vec<Box<dyn Sink>>,
-    /// Counts forwarded traffic once in the log.
-    forwarding: Forwarding,
     /// Interfaces that went away since [`Daemon::departed`] was last asked.
     departed: Vec<String>,
     /// The latest alerts, for `netmon top`'s policy view.
@@ -294,7 +292,6 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
             idle_timeout,
             interval_start,
             sinks,
-            forwarding: Forwarding::default(),
             departed: Vec::new(),
             recent_alerts: VecDeque::new(),
             names: HashMap::new(),
@@ -420,10 +417,14 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
             })
             .collect();
         let mut delivered = 0;
-        let ledger = &mut self.state.ledger;
-        self.forwarding.log(&seen, |pair, counter| {
+        let State {
+            ledger, forwarding, ..
+        } = &mut self.state;
+        let mut logged = Vec::new();
+        forwarding.log(&seen, |pair, counter| {
             delivered += counter.bytes;
             ledger.add(pair, counter);
+            logged.push((pair, counter));
         });
         let poll_duration = Duration::from_nanos(end.monotonic_ns.saturating_sub(now_ns));
         if let Some(metrics) = &mut self.state.metrics {
@@ -489,7 +490,7 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
         if self.departed.len() > departed {
             self.interfaces.relink();
         }
-        self.deliver(&reports);
+        self.deliver(&reports, &logged, false);
         match read_error {
             Some(e) => Err(e.into()),
             None => Ok(()),
@@ -503,11 +504,17 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
     }
 
     /// Hands the poll's reports (or, with none, one without an interval) to
-    /// every sink, the files first: an alert is never repeated after a
+    /// every sink, the store first: an alert is never repeated after a
     /// restart, and the totals and the counters they account are written
-    /// together. A failing sink is retried with the next report and stops
-    /// no other.
-    fn deliver(&mut self, intervals: &[IntervalReport]) {
+    /// together. `logged` is what the poll added to the totals; `stopping`
+    /// says the daemon stops after this. A failing sink is retried with the
+    /// next report and stops no other.
+    fn deliver(
+        &mut self,
+        intervals: &[IntervalReport],
+        logged: &[(AddressPair, Counter)],
+        stopping: bool,
+    ) {
         let total = std::mem::take(&mut self.state.policy.total);
         self.state.policy = self.enforcer.persisted(&self.interfaces);
         self.state.policy.total = total;
@@ -526,8 +533,10 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
             let report = Report {
                 interval: intervals.get(n),
                 of_poll: (n, count),
+                stopping,
                 saved: Saved {
                     state: &self.state,
+                    logged,
                     baseline: &baseline,
                     enforcer: &self.enforcer,
                 },
@@ -546,7 +555,7 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
         match self.enforcer.reload(&mut self.interfaces, now, forced) {
             Some(Ok(())) => {
                 log::info!("policy reloaded");
-                self.deliver(&[]);
+                self.deliver(&[], &[], false);
             }
             Some(Err(e)) => log::error!("policy not reloaded: {e}; the policy in force stays"),
             None => {}
@@ -761,7 +770,7 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
                 }
             }
         };
-        self.deliver(&[]);
+        self.deliver(&[], &[], false);
         match result {
             Ok(value) => Response::Ok(value),
             Err(e) => Response::Error(e.to_string()),
@@ -780,9 +789,11 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
             });
     }
 
-    /// What the sinks could not write, and the interfaces' kernels (present
-    /// or not), for the stop.
-    pub fn finish(self) -> (Vec<(String, K)>, Vec<String>) {
+    /// Tells the sinks that the daemon stops (the files are written then),
+    /// and returns what they could not write and the interfaces' kernels
+    /// (present or not).
+    pub fn finish(mut self) -> (Vec<(String, K)>, Vec<String>) {
+        self.deliver(&[], &[], true);
         let unwritten = self.sinks.iter().filter_map(|s| s.unwritten()).collect();
         let kernels = self
             .interfaces

@@ -4,8 +4,10 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 
+use netmon_common::Counter;
+
 use crate::{
-    accounting::{BaselineView, IntervalUsage},
+    accounting::{AddressPair, BaselineView, IntervalUsage},
     alerts::AlertEvent,
     enforcer::{Enforcer, QuotaView, RuleView},
     logs::state::State,
@@ -41,6 +43,10 @@ pub struct IntervalReport {
 pub struct Saved<'a> {
     /// Exact totals, quota usage, the alert period's usage.
     pub state: &'a State,
+    /// What the poll added to `state`'s totals, in the order it did
+    /// (traffic forwarded between two watched interfaces counted once);
+    /// empty in a report between polls.
+    pub logged: &'a [(AddressPair, Counter)],
     /// The kernel counter values already in the totals, one per interface.
     pub baseline: &'a [BaselineView<'a>],
     /// The policy in force: the CLI's rules and every rule's ids come from
@@ -59,6 +65,9 @@ pub struct Report<'a> {
     /// interface that reported): `saved` is the same in all of them, so a
     /// sink that writes it needs to do so only with the last.
     pub of_poll: (usize, usize),
+    /// The daemon stops after this report (one without an interval): what a
+    /// sink writes only now and then is written now.
+    pub stopping: bool,
     /// What the files must hold now.
     pub saved: Saved<'a>,
 }

@@ -2,7 +2,10 @@
 //! console line, the cross-check with the interface's counters. Each sink
 //! keeps what it must retry; one that fails never stops the others.
 
-use std::io::Write as _;
+use std::{
+    io::Write as _,
+    time::{Duration, Instant},
+};
 
 use crate::{
     alerts::Alerter,
@@ -25,20 +28,30 @@ pub trait Sink {
     }
 }
 
-/// The rules file (when the policy changed), the state file and the
-/// old-format log, in that order; each is replaced whole, so a failed write
-/// is retried with the next report.
+/// The rules file, whenever the policy changed; the state file and the
+/// old-format log, in that order, every `--log-every` and at the stop. Each is replaced whole, so a failed write is
+/// retried with the next report. The store is the record between those
+/// writes: the files are an export of it.
 pub struct FilesSink {
     files: Files,
     rules_saved: Option<u64>,
+    every: Duration,
+    /// When the state file and the log were last written (or tried).
+    written: Instant,
+    /// A write failed: try again with the next report.
+    failed: bool,
 }
 
 impl FilesSink {
-    /// Writes `files`, the rules file first with the first report.
-    pub fn new(files: Files) -> Self {
+    /// Writes `files` every `every` (zero: every interval), the rules file
+    /// first with the first report. The daemon wrote them at its start.
+    pub fn new(files: Files, every: Duration) -> Self {
         FilesSink {
             files,
             rules_saved: None,
+            every,
+            written: Instant::now(),
+            failed: false,
         }
     }
 }
@@ -55,7 +68,25 @@ impl Sink for FilesSink {
             self.files.save_rules(&saved.enforcer.persisted_rules())?;
             self.rules_saved = Some(version);
         }
-        self.files.save(saved.state, Some(saved.baseline))
+        // Quota usage between these writes is in the store, the rules in
+        // the rules file.
+        let due = self.written.elapsed() >= self.every;
+        if !(due || self.failed || report.stopping) {
+            return Ok(());
+        }
+        self.written = Instant::now();
+        let saved_now = self.files.save(saved.state, Some(saved.baseline));
+        self.failed = saved_now.is_err();
+        saved_now
+    }
+
+    fn unwritten(&self) -> Option<String> {
+        self.failed.then(|| {
+            format!(
+                "the totals could not be written to {} at the stop (the history database holds them: `netmon export log`)",
+                self.files.log.display()
+            )
+        })
     }
 }
 

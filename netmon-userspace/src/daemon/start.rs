@@ -181,6 +181,9 @@ pub struct Config {
     pub metrics: Option<crate::metrics::Options>,
     /// The history database, the record of the totals and their baseline.
     pub db: PathBuf,
+    /// How often the state file and the log are rewritten (zero: every
+    /// interval); the history database records every interval.
+    pub log_every: Duration,
     /// Write the detail log, rotated by size with this.
     pub detail_log: Option<Option<crate::logs::detail::Rotation>>,
 }
@@ -381,7 +384,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         }
     }
     let labels: Vec<&str> = targets.iter().map(|t| t.label.as_str()).collect();
-    let written = first_writes(&config, &files, &db, &labels, &enforcer, saved);
+    let written = first_writes(&config, &files, &db, &labels, &mut enforcer, saved);
     let (history, mut saved) = match written {
         Ok(written) => written,
         Err(e) => {
@@ -421,7 +424,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
 
     let mut sinks: Vec<Box<dyn Sink>> = vec![
         Box::new(crate::history::HistorySink::new(history)),
-        Box::new(FilesSink::new(files.clone())),
+        Box::new(FilesSink::new(files.clone(), config.log_every)),
         Box::new(AlertSink(Alerter {
             exec: config.alert_exec.clone(),
         })),
@@ -605,14 +608,14 @@ fn release(kernels: impl IntoIterator<Item = Attached>) -> Result<(), DatapathEr
 
 /// The start's writes, once everything is checked and attached: with
 /// `--reset-state` the old files and database moved aside, the rules file,
-/// the database opened (continuing from the files the first time) and the
-/// state written back. Returns the store and what the run continues from.
+/// the database opened (continuing from the files the first time, and the
+/// quotas' use from it) and the state written back. Returns the store and what the run continues from.
 fn first_writes(
     config: &Config,
     files: &Files,
     db: &std::path::Path,
     labels: &[&str],
-    enforcer: &Enforcer,
+    enforcer: &mut Enforcer,
     saved: State,
 ) -> Result<(crate::history::Store, State), StartError> {
     if config.reset_state {
@@ -625,6 +628,7 @@ fn first_writes(
     // The store continues from the files the first time, and is the record after.
     let mut history = crate::history::Store::open(db, config.tz.clone(), Default::default())?;
     let mut saved = history.continue_from(labels, saved)?;
+    enforcer.restore_usage(saved.policy.quotas.clone());
     saved.policy.runtime = Default::default();
     saved.policy.ids = Default::default();
     saved.policy.slots = Default::default();

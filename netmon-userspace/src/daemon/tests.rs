@@ -5,7 +5,7 @@
 use std::{cell::RefCell, rc::Rc, time::Duration};
 
 use jiff::tz::TimeZone;
-use netmon_common::{policy::QuotaState, PairKey, PairKeyV4};
+use netmon_common::{policy::QuotaState, Counter, PairKey, PairKeyV4};
 
 use super::{
     clock::Clock as _,
@@ -133,7 +133,7 @@ fn a_restart_from_the_saved_baseline_counts_nothing_twice() {
         &dir.path().join("d.jsonl"),
     );
     let (kernel, clock) = (FakeKernel::default(), FakeClock::at("2026-11-30T12:00:00Z"));
-    let sinks: Vec<Box<dyn Sink>> = vec![Box::new(FilesSink::new(files.clone()))];
+    let sinks: Vec<Box<dyn Sink>> = vec![Box::new(FilesSink::new(files.clone(), Duration::ZERO))];
     let mut first = daemon(&kernel, &clock, Meter::default(), State::default(), sinks);
     kernel.count(key(B, A), 10, 1000);
     first.poll().unwrap();
@@ -161,6 +161,41 @@ fn a_restart_from_the_saved_baseline_counts_nothing_twice() {
     let seen = journal.borrow();
     assert_eq!(seen[0].pairs, Some(vec![(key(B, A), 300)]));
     assert_eq!(seen[0].total_bytes, 1300, "= what the kernel counted, once");
+}
+
+#[test]
+fn with_a_long_log_every_the_log_and_the_state_file_are_written_at_the_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = Files::new(
+        &dir.path().join("log.json"),
+        None,
+        &dir.path().join("d.jsonl"),
+    );
+    let (kernel, clock) = (FakeKernel::default(), FakeClock::at("2026-11-30T12:00:00Z"));
+    let every = Duration::from_secs(3600);
+    let sinks: Vec<Box<dyn Sink>> = vec![Box::new(FilesSink::new(files.clone(), every))];
+    let mut daemon = daemon(&kernel, &clock, Meter::default(), State::default(), sinks);
+    for bytes in [1000, 2500] {
+        kernel.count(key(B, A), 10, bytes);
+        clock.advance(Duration::from_secs(10));
+        daemon.poll().unwrap();
+    }
+    assert!(files.rules.exists(), "the rules file with the first report");
+    assert!(
+        !files.state.exists() && !files.log.exists(),
+        "nothing within the hour"
+    );
+    let (_, unwritten) = daemon.finish();
+    assert_eq!(unwritten, Vec::<String>::new());
+    let saved = files.load().unwrap();
+    assert_eq!(
+        saved.ledger.get(&(B.into(), A.into())),
+        Some(Counter {
+            frames: 10,
+            bytes: 2500
+        })
+    );
+    assert_eq!(saved.baselines.len(), 1);
 }
 
 #[test]

@@ -132,6 +132,12 @@ impl Enforcer {
         Ok(enforcer)
     }
 
+    /// Restores `quotas` instead of the usage the enforcer was made with:
+    /// the history database's, which is newer than the state file's.
+    pub fn restore_usage(&mut self, quotas: Vec<QuotaUsage>) {
+        self.restored = quotas.into_iter().map(|q| (q.name.clone(), q)).collect();
+    }
+
     /// The maps were pinned by an earlier run: their quota usage is more
     /// recent than the state file's.
     pub fn adopt(&mut self) {

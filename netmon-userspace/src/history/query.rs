@@ -37,6 +37,9 @@ pub enum By {
     Peer,
     /// L4 protocol (interface totals, never trimmed).
     Protocol,
+    /// TCP and UDP service by well-known port, as `netmon report` names
+    /// them (interface totals, never trimmed).
+    Service,
 }
 
 /// How a billing period's traffic is billed.
@@ -80,8 +83,10 @@ impl Store {
         )
     }
 
-    /// Interface totals of one class (`all`, or an L4 protocol name) per
-    /// bucket of `level`, and per class when `class` is `None`.
+    /// Interface totals of the classes `class` matches (an SQL `LIKE`
+    /// pattern: `all`, `service:%`) per bucket of `level` and class, or of
+    /// the L4 protocols when `class` is `None`; a `service:` class is named
+    /// by its service.
     fn totals(
         &self,
         level: Level,
@@ -95,7 +100,8 @@ impl Store {
                 "SELECT bucket, class, direction, sum(bytes) FROM totals
                  WHERE level = ?1 AND bucket >= ?2 AND bucket < ?3
                    AND (?4 IS NULL OR iface = ?4)
-                   AND (?5 IS NULL AND class NOT IN ('all', 'dropped') OR class = ?5)
+                   AND (?5 IS NULL AND class NOT IN ('all', 'dropped')
+                        AND class NOT LIKE 'service:%' OR class LIKE ?5)
                  GROUP BY bucket, class, direction",
             )
             .map_err(|e| self.error(e))?;
@@ -112,6 +118,10 @@ impl Store {
         let mut out: BTreeMap<(i64, String), InOut> = BTreeMap::new();
         for row in rows {
             let (bucket, class, direction, bytes) = row.map_err(|e| self.error(e))?;
+            let class = match class.strip_prefix("service:") {
+                Some(name) => name.to_string(),
+                None => class,
+            };
             out.entry((bucket, class)).or_default()[direction.clamp(0, 1) as usize] += bytes as u64;
         }
         Ok(out)
@@ -195,6 +205,7 @@ impl Store {
         let rows = match (view, q.by) {
             (View::Top, _) | (_, Some(By::Pair | By::Peer)) => self.pairs(level, q)?,
             (_, Some(By::Protocol)) => self.totals(level, q, None)?,
+            (_, Some(By::Service)) => self.totals(level, q, Some("service:%"))?,
             (_, None) => self.totals(level, q, Some("all"))?,
         };
         if view == View::Top {
@@ -233,6 +244,7 @@ impl Store {
             By::Pair => "pair",
             By::Peer => "peer",
             By::Protocol => "protocol",
+            By::Service => "service",
         });
         let mut columns = vec!["start"];
         columns.extend(by);

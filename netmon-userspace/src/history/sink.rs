@@ -1,6 +1,9 @@
 //! The store as a sink of the daemon's reports.
 
+use netmon_common::Counter;
+
 use crate::{
+    accounting::AddressPair,
     daemon::{report::Report, sinks::Sink},
     logs::{detail::Interval, LogError},
 };
@@ -8,13 +11,16 @@ use crate::{
 use super::Store;
 
 /// Records every poll in the store, in one transaction with the baselines
-/// it brings the totals to: a poll's reports (one per interface) are held
-/// until its last. Intervals a failed transaction did not record are kept
-/// and recorded, in order, in the next poll's transaction: the baselines
+/// it brings the totals to and the rest of what the daemon continues from:
+/// a poll's reports (one per interface) are held until its last. A report
+/// between polls (a change of policy) records the quota usage. Intervals a
+/// failed transaction did not record are kept, with what they added to the
+/// totals, and recorded, in order, in the next transaction: the baselines
 /// then still match the totals.
 pub struct HistorySink {
     store: Store,
     pending: Vec<Interval>,
+    pending_logged: Vec<(AddressPair, Counter)>,
 }
 
 impl HistorySink {
@@ -23,39 +29,57 @@ impl HistorySink {
         HistorySink {
             store,
             pending: Vec::new(),
+            pending_logged: Vec::new(),
         }
     }
 }
 
 impl Sink for HistorySink {
     fn deliver(&mut self, report: &Report<'_>) -> Result<(), LogError> {
-        let Some(interval) = report.interval else {
-            return Ok(());
-        };
-        let current = crate::logs::detail::IntervalRecord {
-            iface: &interval.iface,
-            start: interval.start,
-            end: interval.end,
-            usage: &interval.usage,
-        };
+        let current = report
+            .interval
+            .map(|interval| crate::logs::detail::IntervalRecord {
+                iface: &interval.iface,
+                start: interval.start,
+                end: interval.end,
+                usage: &interval.usage,
+            });
         let (n, count) = report.of_poll;
         if n + 1 < count {
-            self.pending.push(current.to_owned());
+            self.pending.extend(current.map(|c| c.to_owned()));
             return Ok(());
         }
         let records: Vec<_> = self
             .pending
             .iter()
             .map(Interval::record)
-            .chain([current])
+            .chain(current)
             .collect();
-        match self.store.record(&records, report.saved.baseline) {
+        let saved = &report.saved;
+        let logged = if self.pending_logged.is_empty() {
+            saved.logged
+        } else {
+            self.pending_logged.extend_from_slice(saved.logged);
+            &self.pending_logged
+        };
+        // Between polls the baselines are the last poll's, already stored.
+        let baselines = if records.is_empty() {
+            &[]
+        } else {
+            saved.baseline
+        };
+        match self.store.record(&records, logged, baselines, saved.state) {
             Ok(()) => {
                 self.pending.clear();
+                self.pending_logged.clear();
                 Ok(())
             }
             Err(e) => {
-                self.pending.push(current.to_owned());
+                drop(records);
+                if self.pending_logged.is_empty() {
+                    self.pending_logged.extend_from_slice(saved.logged);
+                }
+                self.pending.extend(current.map(|c| c.to_owned()));
                 Err(LogError::Io {
                     path: self.store.path.clone(),
                     cause: std::io::Error::other(e.to_string()),

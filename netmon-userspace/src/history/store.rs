@@ -12,7 +12,8 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension as _};
 
 use super::{HistoryError, Level, Limits};
 use crate::{
-    accounting::{address_pair, Baseline, BaselineView, Ledger},
+    accounting::{address_pair, AddressPair, Baseline, BaselineView, Ledger},
+    enforcer::PersistedPolicy,
     logs::{detail::IntervalRecord, state::State},
 };
 
@@ -20,9 +21,13 @@ use crate::{
 const SCHEMA: i64 = 1;
 
 const CREATE: &str = "
+-- The layout, the time zone, the rollup mark, and what the daemon continues
+-- from besides the totals: quota and alert usage ('policy'), the metrics'
+-- counters ('metrics'), the credit of forwarded frames ('forwarding').
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 -- Exact totals per (source, destination) since the first run: the ledger
--- behind network_log.json; the id is the order the log lists them in.
+-- behind network_log.json, traffic forwarded between two watched interfaces
+-- counted once; the id is the order the log lists them in.
 CREATE TABLE IF NOT EXISTS pairs (
     id INTEGER PRIMARY KEY,
     src TEXT NOT NULL,
@@ -33,8 +38,8 @@ CREATE TABLE IF NOT EXISTS pairs (
 );
 -- Per interface: the kernel counter values already in the totals (JSON).
 CREATE TABLE IF NOT EXISTS baselines (iface TEXT PRIMARY KEY, baseline TEXT NOT NULL);
--- Interface totals per bucket, direction and class (all, or an L4
--- protocol), never trimmed.
+-- Interface totals per bucket, direction and class (all, dropped, an L4
+-- protocol, or service:NAME for TCP and UDP services), never trimmed.
 CREATE TABLE IF NOT EXISTS totals (
     level INTEGER NOT NULL,
     bucket INTEGER NOT NULL,
@@ -95,8 +100,12 @@ impl Store {
             .conn
             // WAL: readers (`netmon history`) never block the daemon; FULL
             // syncs each interval's commit, so a power cut loses none either.
+            // Pages of 1 KiB: an interval dirties one leaf of `pairs` per
+            // active pair, written to the WAL and again at the checkpoint;
+            // 4 KiB pages made that 8.5 MB per interval at 1k active pairs.
+            // (Only a new database takes it: WAL fixes the page size.)
             .execute_batch(&format!(
-                "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;
+                "PRAGMA page_size = 1024; PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;
                  PRAGMA journal_size_limit = 4194304; {CREATE}
                  INSERT OR IGNORE INTO meta VALUES ('schema', '{SCHEMA}');"
             ))
@@ -244,45 +253,65 @@ impl Store {
     }
 
     /// What the daemon on `ifaces` continues from. The first time, the store
-    /// takes over the totals and the baseline of `files` (the state file or
-    /// the old log), in one transaction; from then on, for a daemon on one
-    /// interface, the store is the record: its totals and its baseline for
-    /// the interface, which it wrote together, replace the files' (which may
-    /// lag behind it). The policy stays the files'. A daemon on several
-    /// interfaces continues from the files: its totals count traffic that
-    /// crossed two of them once, which the store's pair rows do not.
+    /// takes over `files` (the state file, or the old log), in one
+    /// transaction; from then on the store is the record: its totals, the
+    /// baselines of the interfaces, the quota and alert usage and the
+    /// metrics' counters, which it wrote together, replace the files' (which
+    /// lag behind it by up to `--log-every`). The CLI's rules and the rule
+    /// ids stay the rules file's.
     pub fn continue_from(&mut self, ifaces: &[&str], files: State) -> Result<State, HistoryError> {
-        let [iface] = ifaces else {
-            if self.meta("imported")?.is_none() {
-                self.import(None, &files)?;
-            }
-            return Ok(files);
-        };
-        let iface = *iface;
         if self.meta("imported")?.is_none() {
-            self.import(Some(iface), &files)?;
+            self.import(ifaces, &files)?;
             return Ok(files);
         }
-        let baseline = self
-            .conn
-            .query_row(
-                "SELECT baseline FROM baselines WHERE iface = ?1",
-                [iface],
-                |r| r.get::<_, String>(0),
-            )
-            .optional()
-            .map_err(|e| self.error(e))?
-            .map(|json| serde_json::from_str::<Baseline>(&json))
-            .transpose()
-            .map_err(|e| self.malformed(format!("the baseline of {iface} ({e})")))?;
+        let mut baselines = Vec::new();
+        for iface in ifaces {
+            let json = self
+                .conn
+                .query_row(
+                    "SELECT baseline FROM baselines WHERE iface = ?1",
+                    [iface],
+                    |r| r.get::<_, String>(0),
+                )
+                .optional()
+                .map_err(|e| self.error(e))?;
+            if let Some(json) = json {
+                baselines.push(
+                    serde_json::from_str::<Baseline>(&json)
+                        .map_err(|e| self.malformed(format!("the baseline of {iface} ({e})")))?,
+                );
+            }
+        }
+        // Databases of the version before `--log-every` lack these: the files hold them.
+        let policy = match self.meta("policy")? {
+            Some(json) => serde_json::from_str::<PersistedPolicy>(&json)
+                .map_err(|e| self.malformed(format!("the quota and alert usage ({e})")))?,
+            None => files.policy.clone(),
+        };
+        let metrics = match self.meta("metrics")? {
+            Some(json) => serde_json::from_str(&json)
+                .map_err(|e| self.malformed(format!("the metrics' counters ({e})")))?,
+            None => files.metrics,
+        };
+        let forwarding = match self.meta("forwarding")? {
+            Some(json) => serde_json::from_str(&json)
+                .map_err(|e| self.malformed(format!("the forwarded frames' credit ({e})")))?,
+            None => files.forwarding,
+        };
         Ok(State {
             ledger: self.ledger()?,
-            baselines: baseline.into_iter().collect(),
-            ..files
+            baselines,
+            policy: PersistedPolicy {
+                quotas: policy.quotas,
+                total: policy.total,
+                ..files.policy
+            },
+            metrics,
+            forwarding,
         })
     }
 
-    fn import(&mut self, iface: Option<&str>, files: &State) -> Result<(), HistoryError> {
+    fn import(&mut self, ifaces: &[&str], files: &State) -> Result<(), HistoryError> {
         let tx = self.conn.transaction().map_err(|e| sqlite(&self.path, e))?;
         {
             let mut insert = tx
@@ -298,9 +327,10 @@ impl Store {
                     ])
                     .map_err(|e| sqlite(&self.path, e))?;
             }
-            // The baseline of a daemon on one interface; one on several
-            // continues from the files.
-            if let (Some(iface), [baseline]) = (iface, files.baselines.as_slice()) {
+            // The state file lists the baselines in the order of the
+            // daemon's interfaces, without their names: a meter takes the
+            // one read from its own maps, by their id, whichever row holds it.
+            for (iface, baseline) in ifaces.iter().zip(&files.baselines) {
                 let json = serde_json::to_string(baseline).expect("a baseline serialises");
                 tx.execute(
                     "INSERT INTO baselines VALUES (?1, ?2)",
@@ -308,6 +338,7 @@ impl Store {
                 )
                 .map_err(|e| sqlite(&self.path, e))?;
             }
+            save_state(&tx, files).map_err(|e| sqlite(&self.path, e))?;
             tx.execute(
                 "INSERT INTO meta VALUES ('imported', ?1)",
                 [Timestamp::now().to_string()],
@@ -350,22 +381,55 @@ impl Store {
         Ok(ledger)
     }
 
-    /// Records intervals in one transaction, then the baselines they bring
-    /// the totals to (each under its interface): the pairs' totals, the interface totals at every level and the pairs' 5-minute
-    /// usage; closed 5-minute buckets are first rolled up and trimmed, and
-    /// buckets past their retention removed. Work and writes grow with the
-    /// pairs that carried traffic in the intervals (the baseline with the
-    /// pairs in the kernel's table).
+    /// Records one poll in one transaction: what it added to the exact
+    /// totals (`logged`, in the order the ledger took it: traffic forwarded
+    /// between two watched interfaces once), each interface's interval (the
+    /// interface totals at every level and the pairs' 5-minute usage), the
+    /// baselines they bring the totals to (each under its interface), and
+    /// the quota and alert usage, the metrics' counters and the forwarded
+    /// frames' credit of `state`. A
+    /// change of policy between polls records no interval. Closed 5-minute
+    /// buckets are first rolled up and trimmed, and buckets past their
+    /// retention removed. Work and writes grow with the pairs that carried
+    /// traffic in the intervals (the baseline with the pairs in the kernel's
+    /// table).
     pub fn record(
         &mut self,
         intervals: &[IntervalRecord<'_>],
+        logged: &[(AddressPair, Counter)],
         baselines: &[BaselineView<'_>],
+        state: &State,
     ) -> Result<(), HistoryError> {
         let path = self.path.clone();
         let e = |source| sqlite(&path, source);
         let tx = self.conn.transaction().map_err(e)?;
+        let mut ids = std::collections::HashMap::with_capacity(logged.len());
+        {
+            let mut pair_total = tx
+                .prepare_cached(
+                    "INSERT INTO pairs (src, dst, frames, bytes) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (src, dst) DO UPDATE SET
+                        frames = frames + excluded.frames, bytes = bytes + excluded.bytes
+                     RETURNING id",
+                )
+                .map_err(e)?;
+            for ((src, dst), c) in logged {
+                let id: i64 = pair_total
+                    .query_row(
+                        params![
+                            src.to_string(),
+                            dst.to_string(),
+                            int(c.frames),
+                            int(c.bytes)
+                        ],
+                        |r| r.get(0),
+                    )
+                    .map_err(e)?;
+                ids.insert((*src, *dst), id);
+            }
+        }
         for interval in intervals {
-            record_one(&tx, interval, &self.tz, &self.limits).map_err(e)?;
+            record_one(&tx, interval, &mut ids, &self.tz, &self.limits).map_err(e)?;
         }
         for baseline in baselines {
             let json = serde_json::to_string(baseline).expect("a baseline serialises");
@@ -375,13 +439,67 @@ impl Store {
             )
             .map_err(e)?;
         }
+        save_state(&tx, state).map_err(e)?;
         tx.commit().map_err(e)
     }
+}
+
+/// The quota and alert usage, the metrics' counters and the forwarded
+/// frames' credit of `state`.
+fn save_state(tx: &rusqlite::Transaction<'_>, state: &State) -> rusqlite::Result<()> {
+    let usage = PersistedPolicy {
+        quotas: state.policy.quotas.clone(),
+        total: state.policy.total.clone(),
+        ..Default::default()
+    };
+    let mut put = tx.prepare_cached("INSERT OR REPLACE INTO meta VALUES (?1, ?2)")?;
+    put.execute([
+        "policy",
+        &serde_json::to_string(&usage).expect("the usage serialises"),
+    ])?;
+    put.execute([
+        "metrics",
+        &serde_json::to_string(&state.metrics).expect("the counters serialise"),
+    ])?;
+    put.execute([
+        "forwarding",
+        &serde_json::to_string(&state.forwarding).expect("the credit serialises"),
+    ])?;
+    Ok(())
+}
+
+/// The id of a pair's row: from this transaction's totals, else the table;
+/// a pair whose traffic the totals did not count here (forwarded, counted
+/// at the interface it came in through) has its row from then.
+fn pair_id(
+    tx: &rusqlite::Transaction<'_>,
+    ids: &mut std::collections::HashMap<AddressPair, i64>,
+    pair: AddressPair,
+) -> rusqlite::Result<i64> {
+    if let Some(id) = ids.get(&pair) {
+        return Ok(*id);
+    }
+    let (src, dst) = (pair.0.to_string(), pair.1.to_string());
+    let found = tx
+        .prepare_cached("SELECT id FROM pairs WHERE src = ?1 AND dst = ?2")?
+        .query_row([&src, &dst], |r| r.get(0))
+        .optional()?;
+    let id = match found {
+        Some(id) => id,
+        None => tx
+            .prepare_cached(
+                "INSERT INTO pairs (src, dst, frames, bytes) VALUES (?1, ?2, 0, 0) RETURNING id",
+            )?
+            .query_row([&src, &dst], |r| r.get(0))?,
+    };
+    ids.insert(pair, id);
+    Ok(id)
 }
 
 fn record_one(
     tx: &rusqlite::Transaction<'_>,
     interval: &IntervalRecord<'_>,
+    ids: &mut std::collections::HashMap<AddressPair, i64>,
     tz: &TimeZone,
     limits: &Limits,
 ) -> rusqlite::Result<()> {
@@ -401,20 +519,10 @@ fn record_one(
             [five.to_string()],
         )?;
     }
-    let mut pair_total = tx.prepare_cached(
-        "INSERT INTO pairs (src, dst, frames, bytes) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT (src, dst) DO UPDATE SET
-            frames = frames + excluded.frames, bytes = bytes + excluded.bytes
-         RETURNING id",
-    )?;
     let mut usage = tx.prepare_cached(ADD_USAGE)?;
     for delta in interval.usage.pairs.iter().filter(|d| !d.counter.is_zero()) {
-        let (src, dst) = address_pair(&delta.key);
         let (frames, bytes) = (int(delta.counter.frames), int(delta.counter.bytes));
-        let id: i64 = pair_total.query_row(
-            params![src.to_string(), dst.to_string(), frames, bytes],
-            |r| r.get(0),
-        )?;
+        let id = pair_id(tx, ids, address_pair(&delta.key))?;
         usage.execute(params![
             Level::FiveMin as i64,
             five,
@@ -426,6 +534,7 @@ fn record_one(
             bytes
         ])?;
     }
+    let services = service_classes(interval.usage);
     let mut total = tx.prepare_cached(
         "INSERT INTO totals VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
          ON CONFLICT DO UPDATE SET
@@ -454,8 +563,42 @@ fn record_one(
                 ])?;
             }
         }
+        for (direction, class, c) in &services {
+            total.execute(params![
+                level as i64,
+                bucket,
+                iface,
+                *direction as u8,
+                class,
+                int(c.frames),
+                int(c.bytes)
+            ])?;
+        }
     }
     Ok(())
+}
+
+/// An interval's TCP and UDP service counters as classes of the interface
+/// totals, `service:NAME` per direction (both address families summed).
+fn service_classes(usage: &crate::accounting::IntervalUsage) -> Vec<(Direction, String, Counter)> {
+    let mut classes: Vec<(Direction, String, Counter)> = Vec::new();
+    for (index, c) in usage.services.iter().enumerate() {
+        let Some((direction, _, _, name)) = netmon_common::service::describe(index) else {
+            continue;
+        };
+        if c.is_zero() {
+            continue;
+        }
+        let class = format!("service:{name}");
+        match classes
+            .iter_mut()
+            .find(|(d, n, _)| *d == direction && *n == class)
+        {
+            Some((_, _, sum)) => *sum = sum.plus(*c),
+            None => classes.push((direction, class, *c)),
+        }
+    }
+    classes
 }
 
 /// The first 5-minute bucket not rolled up yet: the open one.

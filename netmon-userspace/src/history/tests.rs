@@ -165,6 +165,189 @@ fn a_crash_after_any_interval_continues_from_the_store_exactly_once() {
     assert_eq!(ints(&by_pair, "total"), [1370]);
 }
 
+/// Two interfaces of one namespace (a router): what comes in at `eth0` goes
+/// out at `eth1`, and the store's totals count it once, across a crash.
+#[test]
+fn a_router_on_two_interfaces_continues_from_the_store_counting_forwarded_traffic_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("h.db");
+    let clock = FakeClock::at("2026-11-30T12:00:00Z");
+    let (left, right) = (FakeKernel::default(), FakeKernel::default());
+    let start = || {
+        let mut store = Store::open(&db, TimeZone::UTC, Limits::default()).unwrap();
+        let saved = store
+            .continue_from(&["eth0", "eth1"], State::default())
+            .unwrap();
+        let meter = |instance| {
+            saved
+                .baselines
+                .iter()
+                .find(|b| b.instance == instance)
+                .map_or_else(Meter::default, |b| Meter::from_baseline(b).unwrap())
+        };
+        let (m0, m1) = (meter(7), meter(8));
+        let sinks: Vec<Box<dyn Sink>> = vec![Box::new(HistorySink::new(store))];
+        let mut d = daemon(
+            &left,
+            &clock,
+            m0,
+            State {
+                baselines: Vec::new(),
+                ..saved
+            },
+            sinks,
+        );
+        d.join("eth1", right.clone(), m1, 8);
+        d
+    };
+    let forward = |frames, bytes| {
+        send(&left, key(peer(1), peer(2), 0), frames, bytes);
+        send(&right, key(peer(1), peer(2), 1), frames, bytes);
+    };
+    let mut first = start();
+    forward(10, 1000);
+    clock.advance(Duration::from_secs(10));
+    first.poll().unwrap();
+    // Two frames read at ingress in the last poll before the crash, and at
+    // egress in the first one after: the credit is in the store.
+    send(&left, key(peer(1), peer(2), 0), 2, 200);
+    clock.advance(Duration::from_secs(10));
+    first.poll().unwrap();
+    drop(first); // a crash after the poll: the maps count on
+    send(&right, key(peer(1), peer(2), 1), 2, 200);
+    forward(3, 450);
+    let mut second = start();
+    clock.advance(Duration::from_secs(10));
+    second.poll().unwrap();
+    forward(1, 50);
+    clock.advance(Duration::from_secs(10));
+    second.poll().unwrap();
+    drop(second);
+
+    let store = Store::open_read(&db).unwrap();
+    let ledger = store.ledger().unwrap();
+    assert_eq!(
+        ledger.pairs().collect::<Vec<_>>(),
+        [(
+            (peer(1).into(), peer(2).into()),
+            Counter {
+                frames: 16,
+                bytes: 1700
+            }
+        )],
+        "once, not at both interfaces"
+    );
+    // Each interface's own view keeps it.
+    for (iface, column) in [("eth0", "in"), ("eth1", "out")] {
+        let q = Query {
+            iface: Some(iface.into()),
+            ..Default::default()
+        };
+        let daily = store.history(View::Daily, &q).unwrap();
+        assert_eq!(ints(&daily, column), [1700], "{iface}");
+    }
+}
+
+/// What the state file held besides the totals is in each transaction: a
+/// daemon continues from the store's quota and alert usage and metrics'
+/// counters, not from a state file written before them; the rules stay the
+/// rules file's.
+#[test]
+fn quota_and_alert_usage_come_from_the_store_and_the_rules_from_the_files() {
+    use crate::{alerts::PeriodUsage, enforcer::QuotaUsage};
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("h.db");
+    let mut store = Store::open(&db, TimeZone::UTC, Limits::default()).unwrap();
+    let older = State::default();
+    store.continue_from(&["eth0"], older.clone()).unwrap();
+    let mut newer = State::default();
+    newer.policy.quotas = vec![QuotaUsage {
+        name: "guests".into(),
+        used: 123_456,
+        period_start: Some("2026-11-01T00:00:00Z".parse().unwrap()),
+        fired: vec![80],
+        period_end: None,
+    }];
+    newer.policy.total = PeriodUsage {
+        period_start: None,
+        used: 987,
+        fired: true,
+    };
+    newer.metrics = Some(Default::default());
+    store.record(&[], &[], &[], &newer).unwrap();
+    drop(store);
+
+    let mut files = older;
+    files.policy.next_id = 5;
+    files.policy.ids = [("block 10.0.0.0/8".to_string(), 4)].into();
+    let mut store = Store::open(&db, TimeZone::UTC, Limits::default()).unwrap();
+    let continued = store.continue_from(&["eth0"], files.clone()).unwrap();
+    assert_eq!(continued.policy.quotas, newer.policy.quotas);
+    assert_eq!(continued.policy.total, newer.policy.total);
+    assert_eq!(continued.metrics, newer.metrics);
+    assert_eq!(
+        (continued.policy.next_id, continued.policy.ids),
+        (files.policy.next_id, files.policy.ids)
+    );
+}
+
+#[test]
+fn by_service_lists_each_services_bytes_both_families_summed() {
+    use netmon_common::{
+        service::{counter_index, slot_of, SERVICE_COUNTERS},
+        Direction,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut store =
+        Store::open(&dir.path().join("h.db"), TimeZone::UTC, Limits::default()).unwrap();
+    let mut usage = crate::accounting::IntervalUsage {
+        services: vec![Counter::default(); SERVICE_COUNTERS as usize],
+        ..Default::default()
+    };
+    let mut put = |direction, ipv6, tcp, port, bytes| {
+        usage.services[counter_index(direction, ipv6, tcp, slot_of(port)) as usize] =
+            Counter { frames: 1, bytes };
+    };
+    put(Direction::Ingress, false, false, 53, 700);
+    put(Direction::Ingress, true, false, 53, 90);
+    put(Direction::Egress, false, true, 443, 5000);
+    put(Direction::Ingress, false, true, 443, 1200);
+    let start: Timestamp = "2026-11-30T12:00:00Z".parse().unwrap();
+    let record = crate::logs::detail::IntervalRecord {
+        iface: "eth0",
+        start,
+        end: start + Duration::from_secs(10),
+        usage: &usage,
+    };
+    store
+        .record(&[record], &[], &[], &State::default())
+        .unwrap();
+    let daily = store
+        .history(
+            View::Daily,
+            &Query {
+                by: Some(By::Service),
+                top: 10,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(texts(&daily, "service"), ["tls", "dns"], "443/tcp, 53/udp");
+    assert_eq!(ints(&daily, "in"), [1200, 790]);
+    assert_eq!(ints(&daily, "out"), [5000, 0]);
+    // Services are not protocols.
+    let by_protocol = store
+        .history(
+            View::Daily,
+            &Query {
+                by: Some(By::Protocol),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(by_protocol.rows.len(), 0);
+}
+
 #[test]
 fn a_simulated_year_keeps_each_level_for_its_retention_with_exact_totals() {
     // tmpfs: a year of commits, each synced, would take minutes on a disk.

@@ -322,6 +322,25 @@ pub fn append_rotated(
     append(path, record)
 }
 
+/// The `n`th rotated file of the detail log at `path`: `NAME.n`.
+fn numbered(path: &Path, n: u32) -> std::path::PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(format!(".{n}"));
+    std::path::PathBuf::from(p)
+}
+
+/// The detail log at `path` with its rotated files, oldest first: `NAME.N`
+/// … `NAME.1` as far as they exist, then `NAME`.
+pub fn with_rotated(path: &Path) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = (1..)
+        .map(|n| numbered(path, n))
+        .take_while(|p| p.exists())
+        .collect();
+    files.reverse();
+    files.push(path.to_path_buf());
+    files
+}
+
 fn rotate_if_full(path: &Path, rotation: Rotation) -> Result<(), LogError> {
     let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
     let len = match std::fs::symlink_metadata(path) {
@@ -332,11 +351,7 @@ fn rotate_if_full(path: &Path, rotation: Rotation) -> Result<(), LogError> {
     if len < rotation.max {
         return Ok(());
     }
-    let numbered = |n: u32| {
-        let mut p = path.as_os_str().to_owned();
-        p.push(format!(".{n}"));
-        std::path::PathBuf::from(p)
-    };
+    let numbered = |n| numbered(path, n);
     let result = if rotation.keep == 0 {
         std::fs::remove_file(path).map_err(|e| (path.to_path_buf(), e))
     } else {
@@ -384,6 +399,11 @@ mod tests {
             std::fs::read_dir(dir.path()).unwrap().count(),
             3,
             "1 and 2 removed"
+        );
+        assert_eq!(
+            with_rotated(&path),
+            ["d.jsonl.2", "d.jsonl.1", "d.jsonl"].map(|n| dir.path().join(n)),
+            "oldest first"
         );
     }
 

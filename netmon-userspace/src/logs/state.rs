@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::LogError;
 use crate::{
-    accounting::{Baseline, BaselineView, Ledger},
+    accounting::{Baseline, BaselineView, Forwarding, Ledger},
     enforcer::PersistedPolicy,
     metrics::InterfaceCounters,
 };
@@ -31,6 +31,8 @@ struct StateFile {
     baselines: Vec<Baseline>,
     #[serde(default)]
     metrics: Option<InterfaceCounters>,
+    #[serde(default)]
+    forwarding: Forwarding,
 }
 
 /// [`StateFile`] as written: borrowed, the pairs streamed from the ledger.
@@ -42,6 +44,8 @@ struct StateFileRef<'a> {
     policy: &'a PersistedPolicy,
     baselines: BaselineOut<'a>,
     metrics: &'a Option<InterfaceCounters>,
+    #[serde(skip_serializing_if = "Forwarding::is_empty")]
+    forwarding: &'a Forwarding,
 }
 
 /// The baseline to write: the state's own, or a running meter's.
@@ -77,6 +81,9 @@ pub struct State {
     /// The metrics' counters per interface, written with the totals they go
     /// with (`None` when the endpoint is off).
     pub metrics: Option<InterfaceCounters>,
+    /// Frames received on one watched interface, for the frames another
+    /// sends to be left out of the totals (several interfaces only).
+    pub forwarding: Forwarding,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -115,6 +122,7 @@ fn render_to(
             None => BaselineOut::Stored(&state.baselines),
         },
         metrics: &state.metrics,
+        forwarding: &state.forwarding,
     };
     serde_json::to_writer(out, &file).map_err(std::io::Error::other)
 }
@@ -136,6 +144,7 @@ pub fn parse(path: &Path, text: &str) -> Result<State, LogError> {
         policy: file.policy,
         baselines: file.baseline.into_iter().chain(file.baselines).collect(),
         metrics: file.metrics,
+        forwarding: file.forwarding,
     })
 }
 

@@ -80,17 +80,37 @@ pub enum ReportError {
     Write(#[from] LogError),
 }
 
-/// Reads the records of a detail log that overlap `[since, until)`.
+/// Reads the records of a detail log, with its rotated files, that overlap
+/// `[since, until)`.
 pub fn load(
     path: &Path,
     since: Option<Timestamp>,
     until: Option<Timestamp>,
 ) -> Result<Vec<DetailRecord>, ReportError> {
+    let mut records = Vec::new();
+    // The daemon's rotated files first (`NAME.N` … `NAME.1`), oldest first.
+    for file in crate::logs::detail::with_rotated(path) {
+        read_records(&file, since, until, &mut records)?;
+    }
+    if records.is_empty() {
+        return Err(ReportError::Empty {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(records)
+}
+
+/// Appends the records of one detail log in [since, until) to `records`.
+fn read_records(
+    path: &Path,
+    since: Option<Timestamp>,
+    until: Option<Timestamp>,
+    records: &mut Vec<DetailRecord>,
+) -> Result<(), ReportError> {
     let file = std::fs::File::open(path).map_err(|cause| ReportError::Open {
         path: path.to_path_buf(),
         cause,
     })?;
-    let mut records = Vec::new();
     for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
         let line = line.map_err(|cause| ReportError::Read {
             path: path.to_path_buf(),
@@ -120,12 +140,7 @@ pub fn load(
         }
         records.push(record);
     }
-    if records.is_empty() {
-        return Err(ReportError::Empty {
-            path: path.to_path_buf(),
-        });
-    }
-    Ok(records)
+    Ok(())
 }
 
 fn timestamp(text: &str) -> Result<Timestamp, ReportError> {
@@ -239,6 +254,31 @@ pub fn hierarchy(records: &[DetailRecord]) -> Table {
     }
     table
 }
+
+/// The bins of `report io` and `report chart` when none is asked for: the
+/// log's own interval (the median record's length, rounded to the
+/// millisecond), or, when that would give more than [`DEFAULT_BINS`], the
+/// whole range in that many bins of whole seconds.
+pub fn default_bin(records: &[DetailRecord]) -> Result<std::time::Duration, ReportError> {
+    let mut lengths: Vec<f64> = records.iter().map(|r| r.interval_s).collect();
+    lengths.sort_by(f64::total_cmp);
+    let own = lengths.get(lengths.len() / 2).copied().unwrap_or(1.0);
+    let own = std::time::Duration::from_millis((own * 1000.0).round().max(1.0) as u64);
+    let (Some(first), Some(last)) = (records.first(), records.last()) else {
+        return Ok(own);
+    };
+    let range = timestamp(&first.start)?.duration_until(timestamp(&last.end)?);
+    let range = std::time::Duration::try_from(range).unwrap_or_default();
+    if range <= own * DEFAULT_BINS {
+        return Ok(own);
+    }
+    Ok(std::time::Duration::from_secs(
+        range.as_secs().div_ceil(u64::from(DEFAULT_BINS)).max(1),
+    ))
+}
+
+/// About how many bins a long range gets by default.
+pub const DEFAULT_BINS: u32 = 100;
 
 /// `io,stat`: frames and bytes per interval from the first record, then a `Dur` row.
 pub fn io(records: &[DetailRecord], interval: std::time::Duration) -> Result<Table, ReportError> {
@@ -406,4 +446,85 @@ pub fn top(records: &[DetailRecord], n: usize) -> Table {
         ]);
     }
     table
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{accounting::IntervalUsage, logs::detail};
+
+    fn records(every: u64, count: u64) -> Vec<DetailRecord> {
+        let start: Timestamp = "2026-11-30T12:00:00Z".parse().unwrap();
+        let usage = IntervalUsage::default();
+        (0..count)
+            .map(|n| {
+                let at = start + std::time::Duration::from_secs(every * n);
+                let record = detail::IntervalRecord {
+                    iface: "eth0",
+                    start: at,
+                    end: at + std::time::Duration::from_secs(every),
+                    usage: &usage,
+                };
+                serde_json::from_str(&serde_json::to_string(&record).unwrap()).unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn bins_default_to_the_logs_interval_or_about_a_hundred() {
+        use std::time::Duration;
+        // The demo's log: 1-second intervals for a minute.
+        assert_eq!(
+            default_bin(&records(1, 60)).unwrap(),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            io(&records(1, 60), Duration::from_secs(1))
+                .unwrap()
+                .rows
+                .len(),
+            61,
+            "60 bins and Dur"
+        );
+        // A day of 10-second intervals: 864 s bins, 100 of them.
+        assert_eq!(
+            default_bin(&records(10, 8640)).unwrap(),
+            Duration::from_secs(864)
+        );
+    }
+
+    #[test]
+    fn a_rotated_detail_log_is_read_oldest_file_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.jsonl");
+        let usage = IntervalUsage::default();
+        let start: Timestamp = "2026-11-30T12:00:00Z".parse().unwrap();
+        // The daemon's rotation leaves NAME.2 (oldest), NAME.1, NAME.
+        for (n, file) in ["d.jsonl.2", "d.jsonl.1", "d.jsonl"].iter().enumerate() {
+            let at = start + std::time::Duration::from_secs(10 * n as u64);
+            let record = detail::IntervalRecord {
+                iface: "eth0",
+                start: at,
+                end: at + std::time::Duration::from_secs(10),
+                usage: &usage,
+            };
+            detail::append(&dir.path().join(file), &record).unwrap();
+        }
+        let starts: Vec<String> = load(&path, None, None)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.start)
+            .collect();
+        assert_eq!(
+            starts,
+            [
+                "2026-11-30T12:00:00Z",
+                "2026-11-30T12:00:10Z",
+                "2026-11-30T12:00:20Z"
+            ]
+        );
+        // `--since` still applies across the files.
+        let since = Some("2026-11-30T12:00:15Z".parse().unwrap());
+        assert_eq!(load(&path, since, None).unwrap().len(), 2);
+    }
 }

@@ -11,7 +11,7 @@ use std::{
 
 use jiff::{tz::TimeZone, Timestamp};
 use netmon::{
-    accounting::{BaselineView, Ledger, Meter},
+    accounting::{address_pair, AddressPair, BaselineView, Ledger, Meter},
     datapath::{PairReading, Snapshot},
     history::{
         query::{By, Mode, Query, View},
@@ -109,6 +109,15 @@ fn interval(
     }))
 }
 
+/// What the interval adds to the exact totals (one interface: every pair).
+fn logged(usage: &netmon::accounting::IntervalUsage) -> Vec<(AddressPair, Counter)> {
+    usage
+        .pairs
+        .iter()
+        .map(|d| (address_pair(&d.key), d.counter))
+        .collect()
+}
+
 pub fn run(scale: Scale) -> Vec<Row> {
     let mut rows = per_interval(scale);
     rows.extend(simulated_year(scale));
@@ -170,7 +179,12 @@ fn per_interval(scale: Scale) -> Vec<Row> {
             meter: &meter,
             instance: 1,
         };
-        let (c, w) = measure(|| store.record(&[record], &[baseline]).unwrap());
+        let logged = logged(&usage);
+        let (c, w) = measure(|| {
+            store
+                .record(&[record], &logged, &[baseline], &State::default())
+                .unwrap()
+        });
         cpu_sum += c;
         bytes_sum += w;
         worst = worst.max(c);
@@ -226,7 +240,9 @@ fn simulated_year(scale: Scale) -> Vec<Row> {
             usage: &usage,
         };
         // The baseline (one row per interface) is left out of the year.
-        store.record(&[record], &[]).unwrap();
+        store
+            .record(&[record], &logged(&usage), &[], &State::default())
+            .unwrap();
     }
     drop(store); // checkpoints the write-ahead log into the database
     let size = file_size(&path) + file_size(&path.with_extension("db-wal"));
