@@ -16,7 +16,7 @@ use netmon_common::{
         decide, find_quota, rule_stats_index, Decision, FlowPolicy, PacketFacts, RuleKind,
         RuleList, NO_LIST, NO_RULE,
     },
-    service, Classified, Counter, Direction, IpHeader, PairKey, PairKeyV4, PairStats, L3, L4,
+    service, Classified, Direction, IpHeader, PairKey, PairKeyV4, PairStats, L3, L4,
 };
 
 use crate::maps::{
