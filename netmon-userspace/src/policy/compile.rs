@@ -24,6 +24,10 @@ impl Tables {
     }
 }
 
+/// A rule written for a prefix: the prefix, how narrow the rule is (port and
+/// protocol), and its entry.
+type OwnRule = (Cidr, u8, RuleEntry);
+
 /// How many of the first rule lists are compared one by one before a new
 /// list is looked up by hash.
 const FEW_LISTS: usize = 64;
@@ -33,7 +37,7 @@ const FEW_LISTS: usize = 64;
 pub fn compile(items: &[Item<'_>]) -> Result<Tables, PolicyError> {
     // One flat list sorted by prefix, not a map of small vectors: a 100k-CIDR
     // blocklist then costs one sort instead of 100k allocations.
-    let mut own: Vec<(Cidr, u8, RuleEntry)> = Vec::new();
+    let mut own: Vec<OwnRule> = Vec::new();
     for item in items {
         let (port, port_side) = item.matcher.port_condition();
         let narrowness = (port != 0) as u8 * 2 + item.matcher.proto.is_some() as u8;
@@ -69,7 +73,7 @@ pub fn compile(items: &[Item<'_>]) -> Result<Tables, PolicyError> {
     let mut previous: Option<(RuleList, u32)> = None;
     // `own` is ordered by (address, length), so every prefix comes after the
     // prefixes that cover it: exactly those are left on this stack.
-    let mut covering: Vec<(Cidr, &[(Cidr, u8, RuleEntry)])> = Vec::new();
+    let mut covering: Vec<(Cidr, &[OwnRule])> = Vec::new();
     for rules in own.chunk_by(|a, b| a.0 == b.0) {
         let cidr = rules[0].0;
         while covering.last().is_some_and(|(top, _)| !top.covers(&cidr)) {
@@ -223,6 +227,30 @@ mod tests {
         assert!(cidr("10.0.0.0/8").covers(&cidr("10.2.0.0/16")));
         assert!(!cidr("10.1.0.0/16").covers(&cidr("10.2.0.0/16")));
         assert!(!cidr("0.0.0.0/0").covers(&cidr("::/0")));
+    }
+
+    #[test]
+    fn equal_lists_are_shared_past_the_first_few_too() {
+        // Rule i on 10.i.0.0/16 and 11.i.0.0/16: equal lists, met again
+        // after all of the first ones, past FEW_LISTS.
+        let count = FEW_LISTS + 16;
+        let matchers: Vec<Match> = (0..count)
+            .map(|i| Match {
+                cidrs: vec![
+                    cidr(&format!("10.{i}.0.0/16")),
+                    cidr(&format!("11.{i}.0.0/16")),
+                ],
+                ..Default::default()
+            })
+            .collect();
+        let t = compile(&blocks(&matchers)).unwrap();
+        assert_eq!(t.lists.len(), count);
+        for i in 0..count {
+            let index = t.prefixes[&cidr(&format!("10.{i}.0.0/16"))];
+            assert_eq!(t.prefixes[&cidr(&format!("11.{i}.0.0/16"))], index);
+            let list = t.lists[index as usize];
+            assert_eq!((list.len, list.entries[0].rule), (1, i as u32));
+        }
     }
 
     #[test]
