@@ -12,4 +12,6 @@ pub mod policy;
 pub mod service;
 
 pub use classify::{classify, classify_ethertype, wire_cost, Classified, Frame, IpHeader, L3, L4};
-pub use maps::{Counter, Direction, DirectionTotals, PairKey, PairKeyV4, PairStats, SlotKey};
+pub use maps::{
+    Counter, Direction, DirectionTotals, HookTotals, PairKey, PairKeyV4, PairStats, SlotKey,
+};

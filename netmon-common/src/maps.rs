@@ -36,7 +36,7 @@ pub const CPU_LANES_GLOBAL: &str = "CPU_LANES";
 pub const TOTALS_MAP: &str = "TOTALS";
 /// Version of every map's key and value layout. Bump it with any change to
 /// them: netmon refuses pinned maps of another version instead of misreading them.
-pub const LAYOUT_VERSION: u32 = 5;
+pub const LAYOUT_VERSION: u32 = 6;
 
 /// Name of the load-time global that sets the pair table's granularity.
 pub const GRANULARITY_GLOBAL: &str = "GRANULARITY";
@@ -467,6 +467,61 @@ impl DirectionTotals {
     }
 }
 
+/// What a hook counts per direction and CPU, from which user space derives
+/// [`DirectionTotals`]: each frame adds to one counter (an IP frame to its
+/// family's L4 protocol, any other to its family's `no_l4`), not to three, so
+/// a packet writes one 16-byte counter in the first cache line of the value
+/// (IPv4 TCP and UDP share it) instead of `all`, `l3` and `l4`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct HookTotals {
+    /// IP frames by family ([`crate::L3::Ipv4`], [`crate::L3::Ipv6`]) and L4 protocol.
+    pub ip: [[Counter; crate::L4::COUNT]; 2],
+    /// Frames with no L4 protocol, by L3 family: for IPv4 and IPv6 the
+    /// malformed ones, then ARP and other frames.
+    pub no_l4: [Counter; crate::L3::COUNT],
+    /// As [`DirectionTotals::table_full`].
+    pub table_full: Counter,
+    /// As [`DirectionTotals::dropped`].
+    pub dropped: Counter,
+}
+
+impl HookTotals {
+    /// Counts a frame of family `l3`, with `l4` when it has an IP header.
+    #[inline(always)]
+    pub fn count(&mut self, l3: crate::L3, l4: Option<crate::L4>, frames: u64, bytes: u64) {
+        let counter = match l4 {
+            Some(l4) => self
+                .ip
+                .get_mut(l3 as usize)
+                .and_then(|family| family.get_mut(l4 as usize)),
+            None => self.no_l4.get_mut(l3 as usize),
+        };
+        if let Some(counter) = counter {
+            counter.add(frames, bytes);
+        }
+    }
+
+    /// The interface totals these counters make.
+    pub fn totals(&self) -> DirectionTotals {
+        let mut out = DirectionTotals {
+            l3: self.no_l4,
+            table_full: self.table_full,
+            dropped: self.dropped,
+            ..Default::default()
+        };
+        for (family, by_l4) in self.ip.iter().enumerate() {
+            for (l4, counter) in by_l4.iter().enumerate() {
+                out.l3[family] = out.l3[family].plus(*counter);
+                out.l4[l4] = out.l4[l4].plus(*counter);
+            }
+            out.malformed = out.malformed.plus(self.no_l4[family]);
+        }
+        out.all = out.l3.iter().fold(Counter::default(), |a, c| a.plus(*c));
+        out
+    }
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: plain `#[repr(C)]` integers and byte arrays with explicit padding.
@@ -475,6 +530,7 @@ mod pod {
     unsafe impl aya::Pod for super::PairStats {}
     unsafe impl aya::Pod for super::SlotKey {}
     unsafe impl aya::Pod for super::DirectionTotals {}
+    unsafe impl aya::Pod for super::HookTotals {}
     unsafe impl aya::Pod for crate::dns::DnsStats {}
     unsafe impl aya::Pod for super::Counter {}
 }
@@ -495,8 +551,38 @@ mod tests {
         assert_eq!(size_of::<CachedSlot>() * CACHE_WAYS, 64);
         assert_eq!(align_of::<PairKeyV4>(), 8);
         assert_eq!(size_of::<DirectionTotals>(), 16 * (1 + 4 + 5 + 3));
+        assert_eq!(size_of::<HookTotals>(), 16 * (2 * 5 + 4 + 2));
         assert_eq!(size_of::<crate::policy::RuleEntry>(), 16);
         assert_eq!(size_of::<crate::policy::RuleList>(), 8 + 16 * 4);
+    }
+
+    #[test]
+    fn hook_totals_make_the_interface_totals_and_keep_their_invariants() {
+        use crate::{L3, L4};
+        let mut hook = HookTotals::default();
+        hook.count(L3::Ipv4, Some(L4::Udp), 1, 100);
+        hook.count(L3::Ipv4, Some(L4::Tcp), 2, 3000);
+        hook.count(L3::Ipv6, Some(L4::Udp), 1, 120);
+        hook.count(L3::Ipv6, Some(L4::Icmpv6), 1, 90);
+        hook.count(L3::Ipv4, None, 1, 30);
+        hook.count(L3::Ipv6, None, 1, 50);
+        hook.count(L3::Arp, None, 1, 60);
+        hook.count(L3::Other, None, 1, 70);
+        hook.table_full.add(1, 120);
+        hook.dropped.add(1, 100);
+        let c = |frames, bytes| Counter { frames, bytes };
+        let totals = hook.totals();
+        assert_eq!(
+            totals,
+            DirectionTotals {
+                all: c(9, 3520),
+                l3: [c(4, 3130), c(3, 260), c(1, 60), c(1, 70)],
+                l4: [c(2, 3000), c(2, 220), c(0, 0), c(1, 90), c(0, 0)],
+                malformed: c(2, 80),
+                table_full: c(1, 120),
+                dropped: c(1, 100),
+            }
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@ use netmon_common::{
         MAX_RULE_LISTS,
     },
     service::SERVICE_COUNTERS,
-    Counter, DirectionTotals, PairKey, PairKeyV4, PairStats,
+    Counter, HookTotals, PairKey, PairKeyV4, PairStats,
 };
 
 const BPF_F_NO_PREALLOC: u32 = aya_ebpf::bindings::BPF_F_NO_PREALLOC;
@@ -61,9 +61,9 @@ pub static SLOT_EPOCH: Array<u32> = Array::with_max_entries(1, 0);
 #[map(name = "FREE_SLOTS")]
 pub static FREE_SLOTS: Queue<u32> = Queue::with_max_entries(DEFAULT_MAX_PAIRS, 0);
 
-/// Interface totals, one entry per `Direction`.
+/// Interface totals, one entry per `Direction`, as counters user space adds up.
 #[map(name = "TOTALS")]
-pub static TOTALS: PerCpuArray<DirectionTotals> = PerCpuArray::with_max_entries(2, 0);
+pub static TOTALS: PerCpuArray<HookTotals> = PerCpuArray::with_max_entries(2, 0);
 
 /// IPv4 prefixes (network byte order) → rule list.
 #[map(name = "PREFIXES_V4")]

@@ -16,7 +16,7 @@ use netmon_common::{
         decide, find_quota, rule_stats_index, Decision, FlowPolicy, PacketFacts, RuleKind,
         RuleList, NO_LIST, NO_RULE,
     },
-    service, Classified, Counter, Direction, IpHeader, PairKey, PairKeyV4, PairStats, L3, L4,
+    service, Classified, Direction, IpHeader, PairKey, PairKeyV4, PairStats, L3, L4,
 };
 
 use crate::maps::{
@@ -71,15 +71,11 @@ pub fn frame<C: EbpfContext>(
     };
     // SAFETY: per-CPU value; nothing else on this CPU touches it while we run.
     let totals = unsafe { &mut *totals };
-    totals.all.add(frames, bytes);
-    add(totals.l3.get_mut(class.l3 as usize), frames, bytes);
     let Some(ip) = class.ip else {
-        if class.is_malformed() {
-            totals.malformed.add(frames, bytes);
-        }
+        totals.count(class.l3, None, frames, bytes);
         return Verdict::Pass;
     };
-    add(totals.l4.get_mut(L4::of(ip.proto) as usize), frames, bytes);
+    totals.count(class.l3, Some(L4::of(ip.proto)), frames, bytes);
     // IPv4 pairs go to the IPv4 table: every IPv4 packet, and (the rule user
     // space's `PairKey::to_v4` follows) IPv6 ones between IPv4-mapped addresses.
     // Deciding by family first spares IPv4 packets two 12-byte compares.
@@ -163,13 +159,6 @@ fn count_service(direction: Direction, ip: &IpHeader, v4: bool, frames: u64, byt
     if let Some(counter) = SERVICES.get_ptr_mut(index) {
         // SAFETY: per-CPU value; only this CPU writes it.
         unsafe { (*counter).add(frames, bytes) };
-    }
-}
-
-#[inline(always)]
-fn add(counter: Option<&mut Counter>, frames: u64, bytes: u64) {
-    if let Some(counter) = counter {
-        counter.add(frames, bytes);
     }
 }
 

@@ -18,7 +18,7 @@ use netmon_common::{
         PREFIXES_V4_MAP, PREFIXES_V6_MAP, QUOTAS_MAP, RULE_LISTS_MAP, RULE_STATS_MAP,
     },
     service::SERVICES_MAP,
-    Counter, DirectionTotals, PairKey, PairKeyV4, PairStats,
+    Counter, HookTotals, PairKey, PairKeyV4, PairStats,
 };
 
 use super::DatapathError;
@@ -35,7 +35,7 @@ pub const MAP_LAYOUTS: [(&str, usize, usize); 15] = [
     (SLOT_KEYS_MAP, 4, size_of::<SlotKey>()),
     (FREE_SLOTS_MAP, 0, 4),
     (SLOT_EPOCH_MAP, 4, 4),
-    (TOTALS_MAP, 4, size_of::<DirectionTotals>()),
+    (TOTALS_MAP, 4, size_of::<HookTotals>()),
     (PREFIXES_V4_MAP, 4 + 4, 4),
     (PREFIXES_V6_MAP, 4 + 16, 4),
     (RULE_LISTS_MAP, 4, size_of::<RuleList>()),

@@ -4,7 +4,7 @@ use aya::{maps::PerCpuArray, Ebpf};
 use netmon_common::{
     maps::TOTALS_MAP,
     service::{SERVICES_MAP, SERVICE_COUNTERS},
-    Counter, Direction, DirectionTotals, PairKey,
+    Counter, Direction, DirectionTotals, HookTotals, PairKey,
 };
 
 use super::{pairs::PairTable, DatapathError, PairReading, Snapshot};
@@ -67,7 +67,7 @@ pub fn read_with(
     each: impl FnMut(PairKey, PairReading),
 ) -> Result<Snapshot, DatapathError> {
     let map_error = |map| move |cause| DatapathError::Map { map, cause };
-    let totals_map: PerCpuArray<_, DirectionTotals> = PerCpuArray::try_from(
+    let totals_map: PerCpuArray<_, HookTotals> = PerCpuArray::try_from(
         ebpf.map(TOTALS_MAP)
             .ok_or(DatapathError::MissingMap(TOTALS_MAP))?,
     )
@@ -79,7 +79,7 @@ pub fn read_with(
             .map_err(map_error(TOTALS_MAP))?;
         totals[direction as usize] = per_cpu
             .iter()
-            .fold(DirectionTotals::default(), |acc, t| acc.plus(t));
+            .fold(DirectionTotals::default(), |acc, t| acc.plus(&t.totals()));
     }
     let below = match claimed {
         Some(known) => {

@@ -105,18 +105,30 @@ pub fn compile_each(items: &[Item<'_>]) -> Result<Compiled, PolicyError> {
     })
 }
 
+/// A rule written for a prefix: the prefix, how narrow the rule is (port and
+/// protocol), and its entry.
+type OwnRule = (Cidr, u8, RuleEntry);
+
+/// How many of the first rule lists are compared one by one before a new
+/// list is looked up by hash.
+const FEW_LISTS: usize = 64;
+
 /// Compiles `items`. Fails when more than [`MAX_RULES_PER_LIST`] rules would
 /// apply to one address.
 pub fn compile(items: &[Item<'_>]) -> Result<Tables, PolicyError> {
-    let mut own: BTreeMap<Cidr, Vec<(u8, RuleEntry)>> = BTreeMap::new();
+    // One flat list sorted by prefix, not a map of small vectors: a 100k-CIDR
+    // blocklist then costs one sort instead of 100k allocations.
+    let mut own: Vec<OwnRule> = Vec::new();
     for item in items {
         let (port, port_side) = item.matcher.port_condition();
         let narrowness = (port != 0) as u8 * 2 + item.matcher.proto.is_some() as u8;
-        let cidrs: Vec<Cidr> = if item.matcher.cidrs.is_empty() {
-            vec![Cidr::any(false), Cidr::any(true)]
+        let any = [Cidr::any(false), Cidr::any(true)];
+        let cidrs: &[Cidr] = if item.matcher.cidrs.is_empty() {
+            &any
         } else {
-            item.matcher.cidrs.clone()
+            &item.matcher.cidrs
         };
+        own.reserve(cidrs.len());
         for cidr in cidrs {
             let entry = RuleEntry {
                 rule: item.id,
@@ -128,22 +140,24 @@ pub fn compile(items: &[Item<'_>]) -> Result<Tables, PolicyError> {
                 port_side,
                 _pad: [0; 5],
             };
-            own.entry(cidr).or_default().push((narrowness, entry));
+            own.push((*cidr, narrowness, entry));
         }
     }
-    // Within one prefix: narrower rules first, then block, allow, quota, then by id.
-    for entries in own.values_mut() {
-        entries.sort_by_key(|(narrowness, e)| (std::cmp::Reverse(*narrowness), e.kind, e.rule));
-        entries.dedup_by_key(|(_, e)| (e.rule, e.kind));
-    }
-    let mut tables = Tables::default();
+    // By prefix; within one: narrower rules first, then block, allow, quota, then by id.
+    own.sort_unstable_by_key(|(cidr, narrowness, e)| {
+        (*cidr, std::cmp::Reverse(*narrowness), e.kind, e.rule)
+    });
+    own.dedup_by_key(|(cidr, _, e)| (*cidr, e.rule, e.kind));
+    let mut lists: Vec<RuleList> = Vec::new();
+    let mut prefixes: Vec<(Cidr, u32)> = Vec::new();
     let mut index_of: HashMap<RuleList, u32> = HashMap::new();
     let mut previous: Option<(RuleList, u32)> = None;
     // `own` is ordered by (address, length), so every prefix comes after the
     // prefixes that cover it: exactly those are left on this stack.
-    let mut covering: Vec<(Cidr, &Vec<(u8, RuleEntry)>)> = Vec::new();
-    for (cidr, rules) in &own {
-        while covering.last().is_some_and(|(top, _)| !top.covers(cidr)) {
+    let mut covering: Vec<(Cidr, &[OwnRule])> = Vec::new();
+    for rules in own.chunk_by(|a, b| a.0 == b.0) {
+        let cidr = rules[0].0;
+        while covering.last().is_some_and(|(top, _)| !top.covers(&cidr)) {
             covering.pop();
         }
         // Own rules, then each covering prefix's, longest first.
@@ -151,7 +165,7 @@ pub fn compile(items: &[Item<'_>]) -> Result<Tables, PolicyError> {
         let count: usize = applying.clone().map(|r| r.len()).sum();
         if count > MAX_RULES_PER_LIST {
             return Err(PolicyError::Crowded {
-                prefix: *cidr,
+                prefix: cidr,
                 count,
             });
         }
@@ -160,26 +174,34 @@ pub fn compile(items: &[Item<'_>]) -> Result<Tables, PolicyError> {
             port_free: 1,
             ..Default::default()
         };
-        for (slot, (_, entry)) in list.entries.iter_mut().zip(applying.flatten()) {
+        for (slot, (_, _, entry)) in list.entries.iter_mut().zip(applying.flatten()) {
             *slot = *entry;
             list.port_free &= (entry.port == 0) as u32;
         }
-        // Big blocklists repeat one list prefix after prefix: skip the hashing then.
+        // Big blocklists repeat one list prefix after prefix, or a few (one
+        // per prefix length): compare with those before hashing 72 bytes.
         let index = match previous {
             Some((last, index)) if last == list => index,
-            _ => {
-                let next = tables.lists.len() as u32;
-                *index_of.entry(list).or_insert_with(|| {
-                    tables.lists.push(list);
-                    next
-                })
-            }
+            _ => match lists.iter().take(FEW_LISTS).position(|l| *l == list) {
+                Some(index) => index as u32,
+                None => {
+                    let next = lists.len() as u32;
+                    *index_of.entry(list).or_insert_with(|| {
+                        lists.push(list);
+                        next
+                    })
+                }
+            },
         };
         previous = Some((list, index));
-        tables.prefixes.insert(*cidr, index);
-        covering.push((*cidr, rules));
+        prefixes.push((cidr, index));
+        covering.push((cidr, rules));
     }
-    Ok(tables)
+    Ok(Tables {
+        lists,
+        // Already sorted: the map is built in one pass.
+        prefixes: prefixes.into_iter().collect(),
+    })
 }
 
 #[cfg(test)]
@@ -286,6 +308,30 @@ mod tests {
         assert!(cidr("10.0.0.0/8").covers(&cidr("10.2.0.0/16")));
         assert!(!cidr("10.1.0.0/16").covers(&cidr("10.2.0.0/16")));
         assert!(!cidr("0.0.0.0/0").covers(&cidr("::/0")));
+    }
+
+    #[test]
+    fn equal_lists_are_shared_past_the_first_few_too() {
+        // Rule i on 10.i.0.0/16 and 11.i.0.0/16: equal lists, met again
+        // after all of the first ones, past FEW_LISTS.
+        let count = FEW_LISTS + 16;
+        let matchers: Vec<Match> = (0..count)
+            .map(|i| Match {
+                cidrs: vec![
+                    cidr(&format!("10.{i}.0.0/16")),
+                    cidr(&format!("11.{i}.0.0/16")),
+                ],
+                ..Default::default()
+            })
+            .collect();
+        let t = compile(&blocks(&matchers)).unwrap();
+        assert_eq!(t.lists.len(), count);
+        for i in 0..count {
+            let index = t.prefixes[&cidr(&format!("10.{i}.0.0/16"))];
+            assert_eq!(t.prefixes[&cidr(&format!("11.{i}.0.0/16"))], index);
+            let list = t.lists[index as usize];
+            assert_eq!((list.len, list.entries[0].rule), (1, i as u32));
+        }
     }
 
     #[test]

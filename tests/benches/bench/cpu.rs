@@ -175,6 +175,12 @@ fn run_cpu(cmd: &mut Command) -> f64 {
 
 /// Waits for `child` and returns its user + system CPU seconds (wait4 rusage).
 fn child_cpu(child: &mut std::process::Child) -> f64 {
+    child_exit_and_cpu(child).1
+}
+
+/// Waits for `child`: whether it exited with 0, and its user + system CPU
+/// seconds (wait4 rusage).
+pub fn child_exit_and_cpu(child: &mut std::process::Child) -> (bool, f64) {
     // SAFETY: wait4 on our own child; `usage` is written by the kernel.
     unsafe {
         let mut status = 0;
@@ -182,6 +188,19 @@ fn child_cpu(child: &mut std::process::Child) -> f64 {
         let rc = libc::wait4(child.id() as i32, &mut status, 0, &mut usage);
         assert!(rc > 0, "wait4: {}", std::io::Error::last_os_error());
         let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-        seconds(usage.ru_utime) + seconds(usage.ru_stime)
+        let success = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+        (success, seconds(usage.ru_utime) + seconds(usage.ru_stime))
     }
+}
+
+/// CPU seconds the calling thread has used so far, its system calls included.
+pub fn thread_cpu() -> f64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid timespec for the kernel to fill.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+    assert_eq!(rc, 0, "clock_gettime: {}", std::io::Error::last_os_error());
+    now.tv_sec as f64 + now.tv_nsec as f64 / 1e9
 }

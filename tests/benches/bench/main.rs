@@ -31,10 +31,15 @@ const SECTIONS: &[&str] = &[
     "analyze",
     "cpu",
     "throughput",
+    "small-packets",
     "flows",
     "history",
     "live",
 ];
+
+/// Sections that repeat rows of another, for work on one figure: they run
+/// only when named.
+const NAMED_ONLY: &[&str] = &["small-packets"];
 
 /// How long the measurements run.
 #[derive(Clone, Copy)]
@@ -74,7 +79,11 @@ fn main() {
     }
     let mut rows: Vec<Row> = Vec::new();
     for &section in SECTIONS {
-        if !wanted.is_empty() && !wanted.contains(&section) {
+        let skipped = match wanted.is_empty() {
+            true => NAMED_ONLY.contains(&section),
+            false => !wanted.contains(&section),
+        };
+        if skipped {
             continue;
         }
         eprintln!("bench: {section}");
@@ -87,6 +96,7 @@ fn main() {
             "analyze" => analyze::run(scale),
             "cpu" => cpu::run(scale),
             "throughput" => throughput::run(scale),
+            "small-packets" => throughput::small_packets(scale),
             "flows" => flows::run(scale),
             "history" => history::run(scale),
             "live" => live::run(scale),

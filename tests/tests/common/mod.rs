@@ -10,7 +10,7 @@ use aya::{
     Ebpf,
 };
 use netmon::datapath::{self, pairs::PairTable, LoadOptions, EGRESS_PROGRAM, INGRESS_PROGRAM};
-use netmon_common::{maps::TOTALS_MAP, DirectionTotals};
+use netmon_common::{maps::TOTALS_MAP, HookTotals};
 
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
@@ -95,11 +95,11 @@ pub fn try_tc(ebpf: &mut Ebpf, frame: &[u8], gso: Option<(u32, u32)>) -> Option<
 /// Empties the pair table and zeroes the totals, so one load serves many frames.
 pub fn reset(ebpf: &mut Ebpf) {
     PairTable::of(ebpf).unwrap().clear().unwrap();
-    let mut totals: PerCpuArray<_, DirectionTotals> =
+    let mut totals: PerCpuArray<_, HookTotals> =
         PerCpuArray::try_from(ebpf.map_mut(TOTALS_MAP).unwrap()).unwrap();
     let cpus = nr_cpus().unwrap();
     for direction in 0..2 {
-        let zero = PerCpuValues::try_from(vec![DirectionTotals::default(); cpus]).unwrap();
+        let zero = PerCpuValues::try_from(vec![HookTotals::default(); cpus]).unwrap();
         totals.set(direction, zero, 0).unwrap();
     }
 }
