@@ -29,12 +29,10 @@ pub struct TopArgs {
     pub format: Format,
 }
 
-fn parse_refresh(text: &str) -> Result<Duration, String> {
-    let refresh = crate::units::parse_duration(text).map_err(|e| e.to_string())?;
+fn parse_refresh(text: &str) -> anyhow::Result<Duration> {
+    let refresh = crate::units::parse_duration(text)?;
     if refresh < Duration::from_millis(100) {
-        return Err(format!(
-            "'{text}' is too short; refresh at most every 100ms"
-        ));
+        anyhow::bail!("'{text}' is too short; refresh at most every 100ms");
     }
     Ok(refresh)
 }

@@ -67,7 +67,8 @@ impl ConfigFile {
                     if let Some(why) = refused(name) {
                         return Err(at(span, format!("'{name}': {why}")));
                     }
-                    let words = option(run, name, value).map_err(|why| at(value.span(), why))?;
+                    let words = option(run, name, value)
+                        .map_err(|why| at(value.span(), why.to_string()))?;
                     options.push((name.to_string(), words));
                 }
             }
@@ -167,26 +168,21 @@ fn option(
     run: &Command,
     name: &str,
     value: &Spanned<DeValue<'_>>,
-) -> Result<Vec<OsString>, String> {
+) -> Result<Vec<OsString>, OptionProblem> {
     let Some(arg) = run.get_arguments().find(|a| a.get_id() == name) else {
-        let hint = if name.contains('-') {
-            format!("; write it with '_': {}", name.replace('-', "_"))
-        } else {
-            "; the keys are the options of `netmon run --help`, with '_' for '-'".into()
-        };
-        return Err(format!("unknown option '{name}'{hint}"));
+        return Err(OptionProblem::Unknown {
+            name: name.to_string(),
+        });
     };
     let long = arg.get_long().unwrap_or(name);
     let takes_values = arg.get_action().takes_values();
-    let scalar = |value: &DeValue<'_>| -> Result<String, String> {
-        match value {
-            DeValue::String(s) => Ok(s.to_string()),
-            DeValue::Integer(i) => Ok(i.as_str().to_string()),
-            other => Err(format!(
-                "{name}: write it as a string, not as a TOML {}",
-                other.type_str()
-            )),
-        }
+    let scalar = |value: &DeValue<'_>| match value {
+        DeValue::String(s) => Ok(s.to_string()),
+        DeValue::Integer(i) => Ok(i.as_str().to_string()),
+        other => Err(OptionProblem::NotAString {
+            name: name.to_string(),
+            toml_type: other.type_str(),
+        }),
     };
     let words: Vec<OsString> = match value.get_ref() {
         DeValue::Boolean(on) if !takes_values => {
@@ -196,7 +192,11 @@ fn option(
                 vec![]
             }
         }
-        _ if !takes_values => return Err(format!("{name}: write true or false")),
+        _ if !takes_values => {
+            return Err(OptionProblem::NotABoolean {
+                name: name.to_string(),
+            })
+        }
         DeValue::Array(items) if matches!(arg.get_action(), clap::ArgAction::Append) => items
             .iter()
             .map(|item| scalar(item.get_ref()).map(|s| word(long, s.as_ref())))
@@ -206,9 +206,36 @@ fn option(
     // The option alone, through the parser the command line uses.
     let alone = std::iter::once(OsString::from("run")).chain(words.iter().cloned());
     if let Err(e) = run.clone().try_get_matches_from(alone) {
-        return Err(format!("{name}: {}", super::first_line(&e)));
+        return Err(OptionProblem::Rejected {
+            name: name.to_string(),
+            why: super::first_line(&e),
+        });
     }
     Ok(words)
+}
+
+/// Why a key of the file is not an option `run` takes, as its line's reason.
+#[derive(Debug, thiserror::Error)]
+enum OptionProblem {
+    #[error("unknown option '{name}'{}", unknown_hint(name))]
+    Unknown { name: String },
+    #[error("{name}: write it as a string, not as a TOML {toml_type}")]
+    NotAString {
+        name: String,
+        toml_type: &'static str,
+    },
+    #[error("{name}: write true or false")]
+    NotABoolean { name: String },
+    #[error("{name}: {why}")]
+    Rejected { name: String, why: String },
+}
+
+fn unknown_hint(name: &str) -> String {
+    if name.contains('-') {
+        format!("; write it with '_': {}", name.replace('-', "_"))
+    } else {
+        "; the keys are the options of `netmon run --help`, with '_' for '-'".into()
+    }
 }
 
 #[cfg(test)]

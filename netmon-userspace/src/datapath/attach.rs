@@ -202,11 +202,10 @@ fn attach_xdp(
     let path = pins.link(Hook::Ingress);
     if let Ok(pinned) = PinnedLink::from_pin(&path) {
         // Swap our program into the running link: no frame goes uncounted.
-        let link = XdpLink::try_from(FdLink::from(pinned))
-            .map_err(|e| DatapathError::Pins(format!("adopting {}: {e}", path.display())))?;
+        let link = XdpLink::try_from(FdLink::from(pinned)).map_err(adopt_error(&path))?;
         xdp.attach_to_link(link)
             .map_err(attach_error("XDP", iface))?;
-        links.push(PinnedLink::from_pin(&path).map_err(|e| DatapathError::Pins(e.to_string()))?);
+        links.push(PinnedLink::from_pin(&path).map_err(adopt_error(&path))?);
         return Ok(None);
     }
     let id = xdp
@@ -236,10 +235,10 @@ fn attach_tc(
     }
     let path = pins.link(hook);
     if let Ok(pinned) = PinnedLink::from_pin(&path) {
-        let link = SchedClassifierLink::try_from(FdLink::from(pinned))
-            .map_err(|e| DatapathError::Pins(format!("adopting {}: {e}", path.display())))?;
+        let link =
+            SchedClassifierLink::try_from(FdLink::from(pinned)).map_err(adopt_error(&path))?;
         tc.attach_to_link(link).map_err(attach_error(what, iface))?;
-        links.push(PinnedLink::from_pin(&path).map_err(|e| DatapathError::Pins(e.to_string()))?);
+        links.push(PinnedLink::from_pin(&path).map_err(adopt_error(&path))?);
         return Ok(());
     }
     // tcx on kernels >= 6.6 (aya picks it), a clsact qdisc otherwise.
@@ -264,4 +263,14 @@ pub fn interface_index(iface: &str) -> Option<u32> {
     // SAFETY: `name` is a valid NUL-terminated string.
     let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
     (index != 0).then_some(index)
+}
+
+/// Why a pinned link could not be taken over.
+fn adopt_error<E: std::error::Error + Send + Sync + 'static>(
+    path: &Path,
+) -> impl FnOnce(E) -> DatapathError + '_ {
+    |cause| DatapathError::Adopt {
+        path: path.to_path_buf(),
+        cause: Box::new(cause),
+    }
 }

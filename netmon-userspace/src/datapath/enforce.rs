@@ -74,7 +74,10 @@ impl Enforcement {
         for entry in v4.iter() {
             let (key, list) = entry.map_err(map_error(PREFIXES_V4_MAP))?;
             let cidr = Cidr::new(std::net::IpAddr::from(key.data()), key.prefix_len() as u8)
-                .map_err(|e| DatapathError::Policy(e.to_string()))?;
+                .map_err(|cause| DatapathError::BadPinnedPrefix {
+                    map: PREFIXES_V4_MAP,
+                    cause: Box::new(cause),
+                })?;
             adopted.prefixes.insert(cidr, list);
         }
         let v6: LpmTrie<&MapData, [u8; 16], u32> = LpmTrie::try_from(
@@ -85,7 +88,10 @@ impl Enforcement {
         for entry in v6.iter() {
             let (key, list) = entry.map_err(map_error(PREFIXES_V6_MAP))?;
             let cidr = Cidr::new(std::net::IpAddr::from(key.data()), key.prefix_len() as u8)
-                .map_err(|e| DatapathError::Policy(e.to_string()))?;
+                .map_err(|cause| DatapathError::BadPinnedPrefix {
+                    map: PREFIXES_V6_MAP,
+                    cause: Box::new(cause),
+                })?;
             adopted.prefixes.insert(cidr, list);
         }
         let lists: Array<&MapData, RuleList> = Array::try_from(
@@ -119,11 +125,7 @@ impl Enforcement {
                 let id = match self.lists.get(list) {
                     Some(id) => *id,
                     None => {
-                        let id = free.next().ok_or_else(|| {
-                            DatapathError::Policy(format!(
-                                "the policy needs more than {MAX_RULE_LISTS} distinct rule lists"
-                            ))
-                        })?;
+                        let id = free.next().ok_or(DatapathError::TooManyRuleLists)?;
                         lists.set(id, list, 0).map_err(map_error(RULE_LISTS_MAP))?;
                         applied.lists_written += 1;
                         in_use.insert(id);
@@ -263,8 +265,12 @@ pub fn clear_rule_counters(ebpf: &mut Ebpf, id: u32) -> Result<(), DatapathError
         source,
     })?;
     for direction in Direction::ALL {
-        let zero = PerCpuValues::try_from(vec![Counter::default(); cpus])
-            .map_err(|e| DatapathError::Policy(e.to_string()))?;
+        let zero = PerCpuValues::try_from(vec![Counter::default(); cpus]).map_err(|source| {
+            DatapathError::Syscall {
+                call: "sizing the rule counters per CPU",
+                source,
+            }
+        })?;
         stats
             .set(rule_stats_index(id, direction), zero, 0)
             .map_err(map_error(RULE_STATS_MAP))?;

@@ -1,4 +1,7 @@
+use std::path::PathBuf;
+
 use aya::{programs::ProgramError, EbpfError};
+use netmon_common::policy::MAX_RULE_LISTS;
 
 /// Why loading, attaching or reading the datapath failed. Each message names the fix.
 #[derive(Debug, thiserror::Error)]
@@ -38,12 +41,92 @@ pub enum DatapathError {
         /// aya's error.
         cause: ProgramError,
     },
-    /// A network namespace cannot be opened or entered.
-    #[error("{0}")]
-    Netns(String),
-    /// bpffs or the pin directory is unusable.
-    #[error("{0}")]
-    Pins(String),
+    /// A network namespace cannot be opened.
+    #[error(
+        "cannot open network namespace {} ({source}); name one that `ip netns list` shows, or \
+         give a path such as /proc/PID/ns/net",
+        path.display()
+    )]
+    NetnsOpen {
+        /// `/run/netns/NAME` or the path given.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A thread cannot join a network namespace.
+    #[error("cannot enter network namespace {} ({source}); run netmon as root", path.display())]
+    NetnsEnter {
+        /// The namespace's path.
+        path: PathBuf,
+        /// The OS error of setns.
+        source: std::io::Error,
+    },
+    /// The calling thread's network namespace has no readable identity.
+    #[error("cannot identify this network namespace ({0}); netmon needs /proc mounted")]
+    NetnsId(std::io::Error),
+    /// bpffs is not mounted where the pins go, and mounting it failed.
+    #[error(
+        "bpffs is not mounted at {} and mounting it failed ({source}); mount it with `mount -t \
+         bpf bpf {}` or point --bpffs at a mounted bpffs",
+        path.display(),
+        path.display()
+    )]
+    NoBpffs {
+        /// Where netmon wanted bpffs.
+        path: PathBuf,
+        /// Why creating the mount point or mounting failed.
+        source: std::io::Error,
+    },
+    /// A map could not be pinned.
+    #[error("pinning the {what} at {}: {cause}", path.display())]
+    Pin {
+        /// Which map, in words.
+        what: &'static str,
+        /// The pin's path.
+        path: PathBuf,
+        /// aya's error.
+        cause: aya::pin::PinError,
+    },
+    /// A link an earlier run pinned cannot be taken over.
+    #[error("adopting the link pinned at {}: {cause}", path.display())]
+    Adopt {
+        /// The pin's path.
+        path: PathBuf,
+        /// aya's error.
+        cause: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// Pins that an earlier netmon version did not key by network namespace.
+    #[error(
+        "{} holds pins of an earlier netmon version, which did not record their network \
+         namespace, so they may belong to another namespace's {iface}: stop that netmon without \
+         --keep-attached, or remove {} (the traffic since its last poll is then lost), then \
+         start again",
+        dir.display(),
+        dir.display()
+    )]
+    UnkeyedPins {
+        /// The old pin directory.
+        dir: PathBuf,
+        /// The interface it names.
+        iface: String,
+    },
+    /// Pinned maps of another netmon version.
+    #[error(
+        "{mismatch}: the pinned maps in {} come from another netmon version. Stop the running \
+         netmon without --keep-attached (or remove {} — the traffic since its last poll is then \
+         lost), then start again",
+        dir.display(),
+        dir.display()
+    )]
+    ForeignLayout {
+        /// The pin directory.
+        dir: PathBuf,
+        /// What differs.
+        mismatch: Box<LayoutMismatch>,
+    },
+    /// No random bytes to name new maps with.
+    #[error("getrandom failed ({0}); cannot name new maps")]
+    Random(std::io::Error),
     /// A system call on netmon's maps or pins failed.
     #[error("{call}: {source}")]
     Syscall {
@@ -65,12 +148,28 @@ pub enum DatapathError {
     /// No free slot was left in the pair table.
     #[error("the pair table is full")]
     TableFull,
-    /// Pinned maps from another build.
-    #[error("{0}")]
-    Layout(String),
-    /// The policy does not fit the datapath.
-    #[error("{0}")]
-    Policy(String),
+    /// The policy compiles into more rule lists than the datapath holds.
+    #[error("the policy needs more than {MAX_RULE_LISTS} distinct rule lists")]
+    TooManyRuleLists,
+    /// `--max-pairs` times the CPUs overflows one map's size.
+    #[error(
+        "--max-pairs {max_pairs} times {cpus} CPUs is more counters than one map holds; use a \
+         smaller --max-pairs"
+    )]
+    TooManyCounters {
+        /// `--max-pairs`.
+        max_pairs: u32,
+        /// Possible CPUs.
+        cpus: u32,
+    },
+    /// A prefix map an earlier run left holds a key no CIDR has.
+    #[error("map {map} holds an invalid prefix: {cause}")]
+    BadPinnedPrefix {
+        /// Map name.
+        map: &'static str,
+        /// Why it is not a CIDR.
+        cause: Box<crate::policy::PolicyError>,
+    },
     /// Reading a map failed.
     #[error("reading map {map} failed: {cause}")]
     Map {
@@ -123,4 +222,43 @@ fn attach_fix(cause: &ProgramError, iface: &str) -> String {
              xdp off`) or pick another interface"
         ),
     }
+}
+
+/// How pinned maps differ from this build's.
+#[derive(Debug, thiserror::Error)]
+pub enum LayoutMismatch {
+    /// A pinned map cannot be opened or read.
+    #[error("{map} cannot be read ({cause})")]
+    Unreadable {
+        /// Map name.
+        map: &'static str,
+        /// aya's error.
+        cause: aya::maps::MapError,
+    },
+    /// A pinned map's entry sizes differ.
+    #[error(
+        "{map} has {key}-byte keys and {value}-byte values, this build uses {want_key} and \
+         {want_value}"
+    )]
+    Sizes {
+        /// Map name.
+        map: &'static str,
+        /// Pinned key size.
+        key: u32,
+        /// Pinned value size.
+        value: u32,
+        /// This build's key size.
+        want_key: usize,
+        /// This build's value size.
+        want_value: usize,
+    },
+    /// The policy map records another layout version.
+    #[error(
+        "layout version {found}, this build uses {}",
+        netmon_common::maps::LAYOUT_VERSION
+    )]
+    Version {
+        /// The pinned maps' layout version.
+        found: u32,
+    },
 }

@@ -105,13 +105,12 @@ impl LoadOptions {
             .map_max_entries(FREE_SLOTS_MAP, self.max_pairs)
             .map_max_entries(
                 LANES_MAP,
-                self.max_pairs.checked_mul(*lanes).ok_or_else(|| {
-                    DatapathError::Policy(format!(
-                        "--max-pairs {} times {lanes} CPUs is more counters than one map holds; \
-                         use a smaller --max-pairs",
-                        self.max_pairs
-                    ))
-                })?,
+                self.max_pairs
+                    .checked_mul(*lanes)
+                    .ok_or(DatapathError::TooManyCounters {
+                        max_pairs: self.max_pairs,
+                        cpus: *lanes,
+                    })?,
             )
             .map_max_entries(SLOT_CACHE_MAP, cache.set_mask + 1)
             .override_global(SLOT_CACHE_MASK_GLOBAL, &cache.set_mask, true)
@@ -295,9 +294,7 @@ fn identify(ebpf: &mut Ebpf, adopted: bool) -> Result<u64, DatapathError> {
         return Ok(state.instance);
     }
     // A guessable id would let a stale state file be subtracted: refuse instead.
-    let instance = crate::random::u64().map_err(|e| {
-        DatapathError::Pins(format!("getrandom failed ({e}); cannot name new maps"))
-    })? | 1;
+    let instance = crate::random::u64().map_err(DatapathError::Random)? | 1;
     policy
         .set(
             0,

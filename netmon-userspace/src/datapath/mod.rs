@@ -20,7 +20,7 @@ use pairs::PairTable;
 use pins::PinDir;
 
 pub use attach::{interface_index, Ingress, IngressHook};
-pub use error::DatapathError;
+pub use error::{DatapathError, LayoutMismatch};
 pub use load::{
     load, program, Granularity, LoadOptions, EGRESS_PROGRAM, INGRESS_PROGRAM, INGRESS_TC_PROGRAM,
 };

@@ -42,23 +42,15 @@ impl Netns {
         } else {
             Path::new(NAMED).join(spec)
         };
-        let file = File::open(&path).map_err(|e| {
-            DatapathError::Netns(format!(
-                "cannot open network namespace {} ({e}); name one that `ip netns list` shows, \
-                 or give a path such as /proc/PID/ns/net",
-                path.display()
-            ))
-        })?;
-        let inode = file
-            .metadata()
-            .map_err(|e| DatapathError::Netns(format!("{}: {e}", path.display())))?
-            .ino();
+        let unopenable = |source| DatapathError::NetnsOpen {
+            path: path.clone(),
+            source,
+        };
+        let file = File::open(&path).map_err(unopenable)?;
+        let inode = file.metadata().map_err(unopenable)?.ino();
         let mut netns = Netns {
             label: label(inode),
-            probe: file
-                .try_clone()
-                .map_err(|e| DatapathError::Netns(e.to_string()))?
-                .into(),
+            probe: file.try_clone().map_err(unopenable)?.into(),
             file,
             path,
         };
@@ -110,11 +102,10 @@ impl Netns {
                     // SAFETY: setns with a namespace descriptor we hold
                     // affects only this thread, which ends with `f`.
                     if unsafe { libc::setns(self.file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                        return Err(DatapathError::Netns(format!(
-                            "cannot enter network namespace {} ({}); run netmon as root",
-                            self.path.display(),
-                            std::io::Error::last_os_error()
-                        )));
+                        return Err(DatapathError::NetnsEnter {
+                            path: self.path.clone(),
+                            source: std::io::Error::last_os_error(),
+                        });
                     }
                     Ok(f())
                 })

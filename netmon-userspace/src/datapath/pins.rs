@@ -21,7 +21,7 @@ use netmon_common::{
     Counter, HookTotals, PairKey, PairKeyV4, PairStats,
 };
 
-use super::DatapathError;
+use super::{DatapathError, LayoutMismatch};
 
 /// Where bpffs is normally mounted.
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
@@ -68,11 +68,7 @@ impl PinDir {
     /// `<bpffs>/netmon/<netns id>/<iface>`. Containers all name their interface
     /// `eth0`; the namespace keeps their pins apart. Nothing is created yet.
     pub fn of(bpffs: &Path, iface: &str) -> Result<PinDir, DatapathError> {
-        let netns = super::sys::netns_id().map_err(|e| {
-            DatapathError::Pins(format!(
-                "cannot identify this network namespace ({e}); netmon needs /proc mounted"
-            ))
-        })?;
+        let netns = super::sys::netns_id().map_err(DatapathError::NetnsId)?;
         Ok(PinDir {
             dir: bpffs.join("netmon").join(netns).join(iface),
         })
@@ -84,14 +80,10 @@ impl PinDir {
     pub fn check(&self, bpffs: &Path, iface: &str) -> Result<(), DatapathError> {
         let legacy = bpffs.join("netmon").join(iface);
         if legacy.join(POLICY_MAP).exists() {
-            return Err(DatapathError::Layout(format!(
-                "{} holds pins of an earlier netmon version, which did not record their network \
-                 namespace, so they may belong to another namespace's {iface}: stop that netmon \
-                 without --keep-attached, or remove {} (the traffic since its last poll is then \
-                 lost), then start again",
-                legacy.display(),
-                legacy.display()
-            )));
+            return Err(DatapathError::UnkeyedPins {
+                dir: legacy,
+                iface: iface.to_string(),
+            });
         }
         self.check_layout()
     }
@@ -225,11 +217,10 @@ impl PinDir {
                 source,
             })?;
         }
-        data.pin(&own).map_err(|e| {
-            DatapathError::Pins(format!(
-                "pinning the shared quota map at {}: {e}",
-                own.display()
-            ))
+        data.pin(&own).map_err(|cause| DatapathError::Pin {
+            what: "shared quota map",
+            path: own,
+            cause,
         })
     }
 
@@ -241,40 +232,36 @@ impl PinDir {
     /// Refuses pinned maps whose layout is not this build's, before anything
     /// could read them with the wrong types.
     pub fn check_layout(&self) -> Result<(), DatapathError> {
-        let stale = |why: String| {
-            DatapathError::Layout(format!(
-                "{why}: the pinned maps in {} come from another netmon version. Stop the running \
-                 netmon without --keep-attached (or remove {} — the traffic since its last poll \
-                 is then lost), then start again",
-                self.dir.display(),
-                self.dir.display()
-            ))
+        let stale = |mismatch| DatapathError::ForeignLayout {
+            dir: self.dir.clone(),
+            mismatch: Box::new(mismatch),
         };
+        let unreadable = |map| move |cause| stale(LayoutMismatch::Unreadable { map, cause });
         for (name, key, value) in MAP_LAYOUTS {
             let path = self.map(name);
             if !path.exists() {
                 continue;
             }
-            let info = MapInfo::from_pin(&path)
-                .map_err(|e| stale(format!("{name} cannot be opened ({e})")))?;
+            let info = MapInfo::from_pin(&path).map_err(unreadable(name))?;
             if (info.key_size() as usize, info.value_size() as usize) != (key, value) {
-                return Err(stale(format!(
-                    "{name} has {}-byte keys and {}-byte values, this build uses {key} and {value}",
-                    info.key_size(),
-                    info.value_size()
-                )));
+                return Err(stale(LayoutMismatch::Sizes {
+                    map: name,
+                    key: info.key_size(),
+                    value: info.value_size(),
+                    want_key: key,
+                    want_value: value,
+                }));
             }
         }
         if self.has_maps() {
-            let data = MapData::from_pin(self.map(POLICY_MAP)).map_err(|e| stale(e.to_string()))?;
+            let data = MapData::from_pin(self.map(POLICY_MAP)).map_err(unreadable(POLICY_MAP))?;
             let policy: Array<MapData, PolicyState> =
-                Array::try_from(Map::Array(data)).map_err(|e| stale(e.to_string()))?;
-            let state = policy.get(&0, 0).map_err(|e| stale(e.to_string()))?;
+                Array::try_from(Map::Array(data)).map_err(unreadable(POLICY_MAP))?;
+            let state = policy.get(&0, 0).map_err(unreadable(POLICY_MAP))?;
             if state.layout != LAYOUT_VERSION {
-                return Err(stale(format!(
-                    "layout version {}, this build uses {LAYOUT_VERSION}",
-                    state.layout
-                )));
+                return Err(stale(LayoutMismatch::Version {
+                    found: state.layout,
+                }));
             }
         }
         Ok(())
@@ -300,16 +287,13 @@ fn ensure_bpffs(path: &Path) -> Result<(), DatapathError> {
     if is_bpffs(path) {
         return Ok(());
     }
-    let fail = |why: String| {
-        DatapathError::Pins(format!(
-            "bpffs is not mounted at {} and mounting it failed ({why}); mount it with \
-             `mount -t bpf bpf {}` or point --bpffs at a mounted bpffs",
-            path.display(),
-            path.display()
-        ))
+    let fail = |source| DatapathError::NoBpffs {
+        path: path.to_path_buf(),
+        source,
     };
-    std::fs::create_dir_all(path).map_err(|e| fail(e.to_string()))?;
-    let target = CString::new(path.as_os_str().as_bytes()).map_err(|e| fail(e.to_string()))?;
+    std::fs::create_dir_all(path).map_err(fail)?;
+    let target = CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| fail(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
     // SAFETY: valid NUL-terminated strings; mounting a fresh bpffs instance.
     let rc = unsafe {
         libc::mount(
@@ -321,7 +305,7 @@ fn ensure_bpffs(path: &Path) -> Result<(), DatapathError> {
         )
     };
     if rc != 0 {
-        return Err(fail(std::io::Error::last_os_error().to_string()));
+        return Err(fail(std::io::Error::last_os_error()));
     }
     log::info!("mounted bpffs at {}", path.display());
     if super::netns::private_mounts() {
