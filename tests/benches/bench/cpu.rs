@@ -84,7 +84,7 @@ fn netmon_cpu(packets: u32) -> (f64, f64) {
 
 /// bpf_stats run time, in seconds, of `baseline_tc` (returns at once) at TC
 /// ingress while `packets` arrive: what the measurement itself costs.
-fn empty_program_cpu(packets: u32) -> f64 {
+pub fn empty_program_cpu(packets: u32) -> f64 {
     let net = TestNet::create().unwrap();
     let ebpf = crate::workload::attach_baseline_tc(&net);
     let program = ebpf.program(crate::workload::BASELINE_TC).unwrap();
