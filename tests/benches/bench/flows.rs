@@ -202,13 +202,26 @@ fn test_flow(net: &TestNet, (mut nfcapd, store): (Child, PathBuf)) -> (u64, u64)
         })
 }
 
-/// What watches a's veth in a round of [`side_by_side`].
+/// What watches a's veth in a turn of [`side_by_side`]: nothing, the two
+/// exporters, and two floors for any eBPF counter there.
 #[derive(Clone, Copy, PartialEq)]
 enum Watcher {
     Nothing,
     Netmon,
     Softflowd,
+    /// An empty program at TC ingress: the hook's own cost.
+    EmptyTc,
+    /// The minimal per-pair counter (parse, per-CPU hash lookup, add) at TC ingress.
+    MinimalTc,
 }
+
+const WATCHERS: [Watcher; 5] = [
+    Watcher::Nothing,
+    Watcher::Netmon,
+    Watcher::Softflowd,
+    Watcher::EmptyTc,
+    Watcher::MinimalTc,
+];
 
 /// One round of one watcher: the sender's CPU seconds and datagrams per
 /// second, and the watcher's own process's CPU seconds.
@@ -221,12 +234,12 @@ struct Round {
 
 /// netmon and softflowd on the same traffic, in the same run: `rounds`
 /// rounds in each of which `packets` 64-byte UDP datagrams cross a veth of a
-/// test network three times, with nothing watching it, with netmon and with
-/// softflowd (libpcap), in an order that rotates every round, so that drift
-/// in the machine's load falls on all three alike. Each watcher starts and
-/// stops within its turn, netmon as an operator runs it (default hooks and
-/// interval), each exporting IPFIX to an nfcapd of its own on the
-/// namespace's loopback.
+/// test network once per [`Watcher`] (nothing, netmon, softflowd (libpcap),
+/// an empty TC program, the minimal per-pair counter), in an order that
+/// rotates every round, so that drift in the machine's load falls on all
+/// alike. Each watcher starts and stops within its turn, netmon as an
+/// operator runs it (default hooks and interval); the two exporters send
+/// IPFIX to an nfcapd each on the namespace's loopback.
 ///
 /// The whole system's CPU for each: what it adds to the sending thread and
 /// ksoftirqd over the same round's bare turn (the veth hands every frame to
@@ -241,31 +254,37 @@ fn side_by_side(packets: u32, rounds: u32) -> Vec<Row> {
     let a = &net.a;
     let netmon_collector = nfcapd(a, dir.path(), NETMON_PORT);
     let softflowd_collector = nfcapd(a, dir.path(), SOFTFLOWD_PORT);
-    let order = [Watcher::Nothing, Watcher::Netmon, Watcher::Softflowd];
-    let mut results: Vec<[Round; 3]> = Vec::new();
+    let mut results: Vec<[Round; WATCHERS.len()]> = Vec::new();
     for round in 0..rounds {
-        let mut result = [Round::default(); 3];
-        for turn in 0..order.len() {
-            let at = (turn + round as usize) % order.len();
-            result[at] = match order[at] {
-                Watcher::Nothing => bare_round(&net, packets),
+        let mut result = [Round::default(); WATCHERS.len()];
+        for turn in 0..WATCHERS.len() {
+            let at = (turn + round as usize) % WATCHERS.len();
+            let tc_program = |name| {
+                let _attached = crate::workload::attach_at_tc_ingress(&net, name);
+                send_round(&net, packets)
+            };
+            result[at] = match WATCHERS[at] {
+                Watcher::Nothing => send_round(&net, packets),
                 Watcher::Netmon => netmon_round(&net, dir.path(), packets),
                 Watcher::Softflowd => softflowd_round(&net, dir.path(), packets),
+                Watcher::EmptyTc => tc_program(crate::workload::BASELINE_TC),
+                Watcher::MinimalTc => tc_program(crate::workload::MINIMAL_TC),
             };
         }
         results.push(result);
     }
     let by_netmon = test_flow(&net, netmon_collector);
     let by_softflowd = test_flow(&net, softflowd_collector);
-    let (programs, empty) = programs_pass(&net, dir.path(), packets);
+    let (programs, minimal, empty) = programs_pass(&net, dir.path(), packets);
 
-    let median =
-        |f: &dyn Fn(&[Round; 3]) -> f64| crate::workload::median(results.iter().map(f).collect());
+    let median = |f: &dyn Fn(&[Round; WATCHERS.len()]) -> f64| {
+        crate::workload::median(results.iter().map(f).collect())
+    };
     let added = |w: usize| median(&|r| r[w].sender_cpu - r[0].sender_cpu);
     let process = |w: usize| median(&|r| r[w].process_cpu);
     let rate_ratio = |w: usize| median(&|r| r[w].rate / r[0].rate);
     let per_million = |s: f64| s * 1e6 / f64::from(packets);
-    let (netmon, softflowd) = (1, 2);
+    let (netmon, softflowd, empty_tc, minimal_tc) = (1, 2, 3, 4);
     // Every round's datagrams: IPv4 + UDP headers and the 64-byte payload.
     let sent = u64::from(packets * rounds);
     let ip_bytes = sent * (20 + 8 + 64);
@@ -317,8 +336,22 @@ fn side_by_side(packets: u32, rounds: u32) -> Vec<Row> {
             "s",
         )
         .against(
-            "an empty TC program on the same traffic",
+            "the minimal per-pair counter at TC ingress on the same traffic",
+            per_million(minimal),
+        ),
+        Row::new(
+            "  an empty TC program (bpf_stats run time: the measurement's own cost)",
             per_million(empty),
+            "s",
+        ),
+        Row::new(
+            "  added to the sender and ksoftirqd by the minimal per-pair counter at TC ingress",
+            per_million(added(minimal_tc)),
+            "s",
+        )
+        .against(
+            "by an empty program at TC ingress",
+            per_million(added(empty_tc)),
         ),
         Row::new(
             "  the sender's and ksoftirqd's CPU with nothing watching",
@@ -370,7 +403,8 @@ fn softirq_threads_cpu() -> f64 {
         .sum()
 }
 
-fn bare_round(net: &TestNet, packets: u32) -> Round {
+/// A round with nothing but what is attached already: no process of its own.
+fn send_round(net: &TestNet, packets: u32) -> Round {
     let sent = send(net, packets);
     Round {
         sender_cpu: sent.sender_cpu,
@@ -485,10 +519,11 @@ fn programs_runs(pid: u32) -> (u64, u64) {
 
 /// Apart from the rounds, as bpf_stats' two clock reads per program run
 /// would weigh on them: the run time in seconds of netmon's programs (the
-/// same load as the rounds', at 5-tuple granularity) while `packets` arrive,
-/// and of an empty TC program on the same traffic, what the measurement
-/// itself costs.
-fn programs_pass(net: &TestNet, dir: &std::path::Path, packets: u32) -> (f64, f64) {
+/// same load as the rounds', at 5-tuple granularity) while `packets` arrive;
+/// of the minimal per-pair counter (parse, per-CPU hash lookup, add) at TC
+/// ingress on the same traffic, what any per-pair count costs there; and of
+/// an empty TC program, what the measurement itself costs.
+fn programs_pass(net: &TestNet, dir: &std::path::Path, packets: u32) -> (f64, f64, f64) {
     let logs = tempfile::tempdir_in(dir).unwrap();
     let netmon = Netmon::on(&net.a)
         .as_operators_run_it()
@@ -505,6 +540,7 @@ fn programs_pass(net: &TestNet, dir: &std::path::Path, packets: u32) -> (f64, f6
     netmon.stop().unwrap();
     (
         programs as f64 / 1e9,
+        crate::cpu::tc_program_cpu(crate::workload::MINIMAL_TC, packets),
         crate::cpu::empty_program_cpu(packets),
     )
 }
