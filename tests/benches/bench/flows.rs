@@ -203,8 +203,9 @@ fn test_flow(net: &TestNet, (mut nfcapd, store): (Child, PathBuf)) -> (u64, u64)
 }
 
 /// What watches a's veth in a turn of [`side_by_side`]: nothing, the two
-/// exporters, and two floors for any eBPF counter there.
-#[derive(Clone, Copy, PartialEq)]
+/// exporters, and two floors for any eBPF counter there. Its value indexes
+/// a round's results.
+#[derive(Clone, Copy)]
 enum Watcher {
     Nothing,
     Netmon,
@@ -245,9 +246,9 @@ struct Round {
 /// ksoftirqd over the same round's bare turn (the veth hands every frame to
 /// a's stack in the sender's context, where netmon's programs and
 /// softflowd's packet socket run), plus its own process (netmon's daemon,
-/// softflowd). Then a separate pass with bpf_stats on gives netmon's
-/// programs' own run time, and nfdump reads the test flow from both
-/// collectors.
+/// softflowd). Then a separate pass with bpf_stats on times netmon's
+/// programs, the minimal counter and an empty program, and nfdump reads the
+/// test flow from both collectors.
 fn side_by_side(packets: u32, rounds: u32) -> Vec<Row> {
     let net = TestNet::create().expect("a test network");
     let dir = tempfile::tempdir().unwrap();
@@ -258,12 +259,12 @@ fn side_by_side(packets: u32, rounds: u32) -> Vec<Row> {
     for round in 0..rounds {
         let mut result = [Round::default(); WATCHERS.len()];
         for turn in 0..WATCHERS.len() {
-            let at = (turn + round as usize) % WATCHERS.len();
+            let watcher = WATCHERS[(turn + round as usize) % WATCHERS.len()];
             let tc_program = |name| {
                 let _attached = crate::workload::attach_at_tc_ingress(&net, name);
                 send_round(&net, packets)
             };
-            result[at] = match WATCHERS[at] {
+            result[watcher as usize] = match watcher {
                 Watcher::Nothing => send_round(&net, packets),
                 Watcher::Netmon => netmon_round(&net, dir.path(), packets),
                 Watcher::Softflowd => softflowd_round(&net, dir.path(), packets),
@@ -280,23 +281,23 @@ fn side_by_side(packets: u32, rounds: u32) -> Vec<Row> {
     let median = |f: &dyn Fn(&[Round; WATCHERS.len()]) -> f64| {
         crate::workload::median(results.iter().map(f).collect())
     };
-    let added = |w: usize| median(&|r| r[w].sender_cpu - r[0].sender_cpu);
-    let process = |w: usize| median(&|r| r[w].process_cpu);
-    let rate_ratio = |w: usize| median(&|r| r[w].rate / r[0].rate);
+    let bare = Watcher::Nothing as usize;
+    let added = |w: Watcher| median(&|r| r[w as usize].sender_cpu - r[bare].sender_cpu);
+    let process = |w: Watcher| median(&|r| r[w as usize].process_cpu);
+    let rate_ratio = |w: Watcher| median(&|r| r[w as usize].rate / r[bare].rate);
     let per_million = |s: f64| s * 1e6 / f64::from(packets);
-    let (netmon, softflowd, empty_tc, minimal_tc) = (1, 2, 3, 4);
     // Every round's datagrams: IPv4 + UDP headers and the 64-byte payload.
     let sent = u64::from(packets * rounds);
     let ip_bytes = sent * (20 + 8 + 64);
-    let rate_row = |w: usize, name: &str| {
+    let rate_row = |w: Watcher, name: &str| {
         Row::new(
             format!("  64-byte UDP datagrams sent per second while {name} exports"),
-            median(&|r| r[w].rate),
+            median(&|r| r[w as usize].rate),
             "pkt/s",
         )
         .against(
             "nothing watching, same rounds (ratio: median of the rounds' own)",
-            median(&|r| r[0].rate),
+            median(&|r| r[bare].rate),
         )
         .paired_ratio(rate_ratio(w))
     };
@@ -307,29 +308,29 @@ fn side_by_side(packets: u32, rounds: u32) -> Vec<Row> {
                  packets, whole system (added to the sender and ksoftirqd + own process), median of \
                  {rounds} interleaved rounds"
             ),
-            per_million(added(netmon) + process(netmon)),
+            per_million(added(Watcher::Netmon) + process(Watcher::Netmon)),
             "s",
         )
         .against(
             "softflowd (libpcap), same rounds",
-            per_million(added(softflowd) + process(softflowd)),
+            per_million(added(Watcher::Softflowd) + process(Watcher::Softflowd)),
         )
         .target(Target::RatioAtMost(1.0 / 5.0)),
         Row::new(
             "  of which added to the sender and ksoftirqd (median of the rounds' differences)",
-            per_million(added(netmon)),
+            per_million(added(Watcher::Netmon)),
             "s",
         )
         .against(
             "by softflowd's packet socket",
-            per_million(added(softflowd)),
+            per_million(added(Watcher::Softflowd)),
         ),
         Row::new(
             "  of which netmon's daemon (attached until the poll after the traffic)",
-            per_million(process(netmon)),
+            per_million(process(Watcher::Netmon)),
             "s",
         )
-        .against("softflowd's process", per_million(process(softflowd))),
+        .against("softflowd's process", per_million(process(Watcher::Softflowd))),
         Row::new(
             "  netmon's programs alone (bpf_stats run time, separate pass)",
             per_million(programs),
@@ -346,20 +347,20 @@ fn side_by_side(packets: u32, rounds: u32) -> Vec<Row> {
         ),
         Row::new(
             "  added to the sender and ksoftirqd by the minimal per-pair counter at TC ingress",
-            per_million(added(minimal_tc)),
+            per_million(added(Watcher::MinimalTc)),
             "s",
         )
         .against(
             "by an empty program at TC ingress",
-            per_million(added(empty_tc)),
+            per_million(added(Watcher::EmptyTc)),
         ),
         Row::new(
             "  the sender's and ksoftirqd's CPU with nothing watching",
-            per_million(median(&|r| r[0].sender_cpu)),
+            per_million(median(&|r| r[bare].sender_cpu)),
             "s",
         ),
-        rate_row(netmon, "netmon").target(Target::RatioAtLeast(0.95)),
-        rate_row(softflowd, "softflowd"),
+        rate_row(Watcher::Netmon, "netmon").target(Target::RatioAtLeast(0.95)),
+        rate_row(Watcher::Softflowd, "softflowd"),
         Row::new(
             format!(
                 "  the test flow in nfdump: packets exported by netmon (of {sent} sent, \
