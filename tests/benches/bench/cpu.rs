@@ -84,10 +84,16 @@ fn netmon_cpu(packets: u32) -> (f64, f64) {
 
 /// bpf_stats run time, in seconds, of `baseline_tc` (returns at once) at TC
 /// ingress while `packets` arrive: what the measurement itself costs.
-fn empty_program_cpu(packets: u32) -> f64 {
+pub fn empty_program_cpu(packets: u32) -> f64 {
+    tc_program_cpu(crate::workload::BASELINE_TC, packets)
+}
+
+/// bpf_stats run time, in seconds, of the test object's TC program `name`
+/// at TC ingress of a fresh test network while `packets` arrive.
+pub fn tc_program_cpu(name: &str, packets: u32) -> f64 {
     let net = TestNet::create().unwrap();
-    let ebpf = crate::workload::attach_baseline_tc(&net);
-    let program = ebpf.program(crate::workload::BASELINE_TC).unwrap();
+    let ebpf = crate::workload::attach_at_tc_ingress(&net, name);
+    let program = ebpf.program(name).unwrap();
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("enabling bpf_stats");
     let before = program.info().unwrap().run_time();
     crate::workload::send_udp(&net, IpAddr::V4(net.b.ipv4), packets);

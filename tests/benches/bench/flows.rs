@@ -41,7 +41,10 @@ pub fn run(scale: Scale) -> Vec<Row> {
         .a
         .run(move || measure(flows, rounds))
         .expect("the namespace");
-    rows.extend(side_by_side(scale.pick(1_000_000, 200_000)));
+    rows.extend(side_by_side(
+        scale.pick(1_000_000, 200_000),
+        scale.pick(7, 2),
+    ));
     rows
 }
 
@@ -151,8 +154,6 @@ fn measure(flows: u32, rounds: u32) -> Vec<Row> {
 
 const NETMON_PORT: u16 = 4739;
 const SOFTFLOWD_PORT: u16 = 4742;
-/// Rounds of traffic per side.
-const ROUNDS: u32 = 5;
 
 /// An nfcapd on a's loopback at `port`, storing under `dir`.
 fn nfcapd(a: &netmon_tests::Host, dir: &std::path::Path, port: u16) -> (Child, PathBuf) {
@@ -201,118 +202,165 @@ fn test_flow(net: &TestNet, (mut nfcapd, store): (Child, PathBuf)) -> (u64, u64)
         })
 }
 
-/// netmon and softflowd on the same traffic, in the same run: `packets`
-/// 64-byte UDP datagrams cross a veth of a test network [`ROUNDS`] times
-/// with nothing watching it, with netmon, and with softflowd (libpcap), each
-/// exporting IPFIX to an nfcapd of its own on the namespace's loopback.
+/// What watches a's veth in a turn of [`side_by_side`]: nothing, the two
+/// exporters, and two floors for any eBPF counter there. Its value indexes
+/// a round's results.
+#[derive(Clone, Copy)]
+enum Watcher {
+    Nothing,
+    Netmon,
+    Softflowd,
+    /// An empty program at TC ingress: the hook's own cost.
+    EmptyTc,
+    /// The minimal per-pair counter (parse, per-CPU hash lookup, add) at TC ingress.
+    MinimalTc,
+}
+
+const WATCHERS: [Watcher; 5] = [
+    Watcher::Nothing,
+    Watcher::Netmon,
+    Watcher::Softflowd,
+    Watcher::EmptyTc,
+    Watcher::MinimalTc,
+];
+
+/// One round of one watcher: the sender's CPU seconds and datagrams per
+/// second, and the watcher's own process's CPU seconds.
+#[derive(Clone, Copy, Default)]
+struct Round {
+    sender_cpu: f64,
+    rate: f64,
+    process_cpu: f64,
+}
+
+/// netmon and softflowd on the same traffic, in the same run: `rounds`
+/// rounds in each of which `packets` 64-byte UDP datagrams cross a veth of a
+/// test network once per [`Watcher`] (nothing, netmon, softflowd (libpcap),
+/// an empty TC program, the minimal per-pair counter), in an order that
+/// rotates every round, so that drift in the machine's load falls on all
+/// alike. Each watcher starts and stops within its turn, netmon as an
+/// operator runs it (default hooks and interval); the two exporters send
+/// IPFIX to an nfcapd each on the namespace's loopback.
 ///
-/// The whole system's CPU for each: what it adds to the sending thread (the
-/// veth hands every frame to a's stack in the sender's context, where
-/// netmon's programs and softflowd's packet socket run), plus its own
-/// process (netmon's daemon, softflowd). Then nfdump reads the test flow
-/// from both collectors.
-fn side_by_side(packets: u32) -> Vec<Row> {
+/// The whole system's CPU for each: what it adds to the sending thread and
+/// ksoftirqd over the same round's bare turn (the veth hands every frame to
+/// a's stack in the sender's context, where netmon's programs and
+/// softflowd's packet socket run), plus its own process (netmon's daemon,
+/// softflowd). Then a separate pass with bpf_stats on times netmon's
+/// programs, the minimal counter and an empty program, and nfdump reads the
+/// test flow from both collectors.
+fn side_by_side(packets: u32, rounds: u32) -> Vec<Row> {
     let net = TestNet::create().expect("a test network");
     let dir = tempfile::tempdir().unwrap();
-    let (a, b) = (&net.a, &net.b);
-    // The sender's CPU and the datagrams per second, medians of the rounds.
-    let send = || {
-        let rounds: Vec<_> = (0..ROUNDS)
-            .map(|_| crate::workload::send_udp_measured(&net, IpAddr::V4(b.ipv4), packets))
-            .collect();
-        let median = |f: &dyn Fn(&crate::workload::Sent) -> f64| {
-            crate::workload::median(rounds.iter().map(f).collect())
-        };
-        (
-            median(&|s| s.sender_cpu),
-            median(&|s| f64::from(packets) / s.seconds),
-        )
+    let a = &net.a;
+    let netmon_collector = nfcapd(a, dir.path(), NETMON_PORT);
+    let softflowd_collector = nfcapd(a, dir.path(), SOFTFLOWD_PORT);
+    let mut results: Vec<[Round; WATCHERS.len()]> = Vec::new();
+    for round in 0..rounds {
+        let mut result = [Round::default(); WATCHERS.len()];
+        for turn in 0..WATCHERS.len() {
+            let watcher = WATCHERS[(turn + round as usize) % WATCHERS.len()];
+            let tc_program = |name| {
+                let _attached = crate::workload::attach_at_tc_ingress(&net, name);
+                send_round(&net, packets)
+            };
+            result[watcher as usize] = match watcher {
+                Watcher::Nothing => send_round(&net, packets),
+                Watcher::Netmon => netmon_round(&net, dir.path(), packets),
+                Watcher::Softflowd => softflowd_round(&net, dir.path(), packets),
+                Watcher::EmptyTc => tc_program(crate::workload::BASELINE_TC),
+                Watcher::MinimalTc => tc_program(crate::workload::MINIMAL_TC),
+            };
+        }
+        results.push(result);
+    }
+    let by_netmon = test_flow(&net, netmon_collector);
+    let by_softflowd = test_flow(&net, softflowd_collector);
+    let (programs, minimal, empty) = programs_pass(&net, dir.path(), packets);
+
+    let median = |f: &dyn Fn(&[Round; WATCHERS.len()]) -> f64| {
+        crate::workload::median(results.iter().map(f).collect())
     };
-    let (bare, bare_rate) = send();
-
-    let collector = nfcapd(a, dir.path(), NETMON_PORT);
-    let netmon = Netmon::on(a)
-        .logs_in(dir.path())
-        .args(&["--granularity", "5tuple"])
-        .args(&["--ipfix", &format!("127.0.0.1:{NETMON_PORT}")])
-        .start()
-        .unwrap();
-    let daemon = crate::cpu::process_cpu(netmon.pid());
-    let (with_netmon, netmon_rate) = send();
-    // The daemon's share includes the poll that reads and exports the traffic.
-    std::thread::sleep(Duration::from_millis(1500));
-    let daemon = (crate::cpu::process_cpu(netmon.pid()) - daemon) / f64::from(ROUNDS);
-    netmon.stop().unwrap();
-    let by_netmon = test_flow(&net, collector);
-
-    let collector = nfcapd(a, dir.path(), SOFTFLOWD_PORT);
-    let mut softflowd = a
-        .command("softflowd")
-        .args(["-d", "-i", &a.iface, "-v", "10", "-T", "full"])
-        .args(["-n", &format!("127.0.0.1:{SOFTFLOWD_PORT}")])
-        .arg("-p")
-        .arg(dir.path().join("softflowd.pid"))
-        .arg("-c")
-        .arg(dir.path().join("softflowd.ctl"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("softflowd (`cargo xtask bench` installs it)");
-    // Its capture open.
-    std::thread::sleep(Duration::from_secs(2));
-    let process = crate::cpu::process_cpu(softflowd.id());
-    let (with_softflowd, softflowd_rate) = send();
-    std::thread::sleep(Duration::from_millis(1500));
-    let process = (crate::cpu::process_cpu(softflowd.id()) - process) / f64::from(ROUNDS);
-    // softflowd exports its flows on `softflowctl shutdown` (SIGTERM drops them).
-    let ctl = a
-        .command("softflowctl")
-        .arg("-c")
-        .arg(dir.path().join("softflowd.ctl"))
-        .arg("shutdown")
-        .output()
-        .unwrap();
-    assert!(ctl.status.success(), "softflowctl shutdown: {ctl:?}");
-    softflowd.wait().unwrap();
-    let by_softflowd = test_flow(&net, collector);
-
+    let bare = Watcher::Nothing as usize;
+    let added = |w: Watcher| median(&|r| r[w as usize].sender_cpu - r[bare].sender_cpu);
+    let process = |w: Watcher| median(&|r| r[w as usize].process_cpu);
+    let rate_ratio = |w: Watcher| median(&|r| r[w as usize].rate / r[bare].rate);
     let per_million = |s: f64| s * 1e6 / f64::from(packets);
-    let netmon_cpu = (with_netmon - bare) + daemon;
-    let softflowd_cpu = (with_softflowd - bare) + process;
     // Every round's datagrams: IPv4 + UDP headers and the 64-byte payload.
-    let sent = u64::from(packets * ROUNDS);
+    let sent = u64::from(packets * rounds);
     let ip_bytes = sent * (20 + 8 + 64);
+    let rate_row = |w: Watcher, name: &str| {
+        Row::new(
+            format!("  64-byte UDP datagrams sent per second while {name} exports"),
+            median(&|r| r[w as usize].rate),
+            "pkt/s",
+        )
+        .against(
+            "nothing watching, same rounds (ratio: median of the rounds' own)",
+            median(&|r| r[bare].rate),
+        )
+        .paired_ratio(rate_ratio(w))
+    };
     vec![
         Row::new(
             format!(
                 "flow export of {packets} 64-byte UDP packets: CPU-seconds per million \
-                 packets, whole system (added to the sender + own process), median of {ROUNDS}"
+                 packets, whole system (added to the sender and ksoftirqd + own process), median of \
+                 {rounds} interleaved rounds"
             ),
-            per_million(netmon_cpu),
+            per_million(added(Watcher::Netmon) + process(Watcher::Netmon)),
             "s",
         )
-        .against("softflowd (libpcap), same run", per_million(softflowd_cpu))
+        .against(
+            "softflowd (libpcap), same rounds",
+            per_million(added(Watcher::Softflowd) + process(Watcher::Softflowd)),
+        )
         .target(Target::RatioAtMost(1.0 / 5.0)),
-        Row::new("  of which netmon's daemon", per_million(daemon), "s")
-            .against("softflowd's process", per_million(process)),
         Row::new(
-            "  the sender's CPU with nothing watching",
-            per_million(bare),
+            "  of which added to the sender and ksoftirqd (median of the rounds' differences)",
+            per_million(added(Watcher::Netmon)),
+            "s",
+        )
+        .against(
+            "by softflowd's packet socket",
+            per_million(added(Watcher::Softflowd)),
+        ),
+        Row::new(
+            "  of which netmon's daemon (attached until the poll after the traffic)",
+            per_million(process(Watcher::Netmon)),
+            "s",
+        )
+        .against("softflowd's process", per_million(process(Watcher::Softflowd))),
+        Row::new(
+            "  netmon's programs alone (bpf_stats run time, separate pass)",
+            per_million(programs),
+            "s",
+        )
+        .against(
+            "the minimal per-pair counter at TC ingress on the same traffic",
+            per_million(minimal),
+        ),
+        Row::new(
+            "  an empty TC program (bpf_stats run time: the measurement's own cost)",
+            per_million(empty),
             "s",
         ),
         Row::new(
-            "  64-byte UDP datagrams sent per second while netmon exports",
-            netmon_rate,
-            "pkt/s",
+            "  added to the sender and ksoftirqd by the minimal per-pair counter at TC ingress",
+            per_million(added(Watcher::MinimalTc)),
+            "s",
         )
-        .against("nothing watching, same run", bare_rate)
-        .target(Target::RatioAtLeast(0.95)),
+        .against(
+            "by an empty program at TC ingress",
+            per_million(added(Watcher::EmptyTc)),
+        ),
         Row::new(
-            "  64-byte UDP datagrams sent per second while softflowd exports",
-            softflowd_rate,
-            "pkt/s",
-        )
-        .against("nothing watching, same run", bare_rate),
+            "  the sender's and ksoftirqd's CPU with nothing watching",
+            per_million(median(&|r| r[bare].sender_cpu)),
+            "s",
+        ),
+        rate_row(Watcher::Netmon, "netmon").target(Target::RatioAtLeast(0.95)),
+        rate_row(Watcher::Softflowd, "softflowd"),
         Row::new(
             format!(
                 "  the test flow in nfdump: packets exported by netmon (of {sent} sent, \
@@ -329,4 +377,171 @@ fn side_by_side(packets: u32) -> Vec<Row> {
         )
         .against("by softflowd", by_softflowd.1 as f64),
     ]
+}
+
+/// Sends one round of datagrams from b to a. Its `sender_cpu` includes the
+/// ksoftirqd threads' CPU meanwhile: receive work the kernel defers from the
+/// sender's context to them (when the softirq runs long) is still this
+/// traffic's, and a watcher that made it longer would otherwise look cheaper.
+fn send(net: &TestNet, packets: u32) -> crate::workload::Sent {
+    let deferred = softirq_threads_cpu();
+    let mut sent = crate::workload::send_udp_measured(net, IpAddr::V4(net.b.ipv4), packets);
+    sent.sender_cpu += softirq_threads_cpu() - deferred;
+    sent
+}
+
+/// CPU seconds of the ksoftirqd threads so far.
+fn softirq_threads_cpu() -> f64 {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|comm| comm.starts_with("ksoftirqd/"))
+        })
+        .map(crate::cpu::process_cpu)
+        .sum()
+}
+
+/// A round with nothing but what is attached already: no process of its own.
+fn send_round(net: &TestNet, packets: u32) -> Round {
+    let sent = send(net, packets);
+    Round {
+        sender_cpu: sent.sender_cpu,
+        rate: f64::from(packets) / sent.seconds,
+        process_cpu: 0.0,
+    }
+}
+
+/// netmon as an operator runs it (`--ingress auto`: TC ingress and egress on
+/// a veth; the default 10 s interval), at 5-tuple granularity, exporting to
+/// the collector at [`NETMON_PORT`]. Its CPU: from attached until the first
+/// poll that ends after the traffic, which read its last counters.
+fn netmon_round(net: &TestNet, dir: &std::path::Path, packets: u32) -> Round {
+    let logs = tempfile::tempdir_in(dir).unwrap();
+    let mut netmon = Netmon::on(&net.a)
+        .as_operators_run_it()
+        .logs_in(logs.path())
+        .args(&["--granularity", "5tuple"])
+        .args(&["--ipfix", &format!("127.0.0.1:{NETMON_PORT}")])
+        .start()
+        .unwrap();
+    let runs = programs_runs(netmon.pid());
+    let cpu = crate::cpu::process_cpu(netmon.pid());
+    let sent = send(net, packets);
+    let ended = Timestamp::now();
+    // The summary line of each poll starts with the interval's end, HH:MM:SS UTC.
+    let second_of_day = |t: &str| {
+        let t = jiff::civil::Time::strptime("%H:%M:%S", t).expect("a poll's summary line");
+        i64::from(t.hour()) * 3600 + i64::from(t.minute()) * 60 + i64::from(t.second())
+    };
+    let end = second_of_day(&ended.strftime("%H:%M:%S").to_string());
+    loop {
+        let line = netmon
+            .wait_for("/s  out ", Duration::from_secs(30))
+            .unwrap();
+        if (second_of_day(&line[..8]) - end).rem_euclid(86_400) > 0 {
+            break;
+        }
+    }
+    let process_cpu = crate::cpu::process_cpu(netmon.pid()) - cpu;
+    if programs_runs(netmon.pid()).0 != runs.0 {
+        eprintln!(
+            "    bpf_stats was on during a netmon round (another process enabled it): \
+             its clock reads are in that round's sender CPU"
+        );
+    }
+    netmon.stop().unwrap();
+    Round {
+        sender_cpu: sent.sender_cpu,
+        rate: f64::from(packets) / sent.seconds,
+        process_cpu,
+    }
+}
+
+/// softflowd on a's veth, exporting to the collector at [`SOFTFLOWD_PORT`].
+/// Its CPU: from its capture open until 1.5 s after the traffic, once it
+/// read the ring; `softflowctl shutdown` then exports its flows (SIGTERM
+/// would drop them).
+fn softflowd_round(net: &TestNet, dir: &std::path::Path, packets: u32) -> Round {
+    let a = &net.a;
+    let (pid, ctl) = (dir.join("softflowd.pid"), dir.join("softflowd.ctl"));
+    let mut softflowd = a
+        .command("softflowd")
+        .args(["-d", "-i", &a.iface, "-v", "10", "-T", "full"])
+        .args(["-n", &format!("127.0.0.1:{SOFTFLOWD_PORT}")])
+        .arg("-p")
+        .arg(&pid)
+        .arg("-c")
+        .arg(&ctl)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("softflowd (`cargo xtask bench` installs it)");
+    // Its capture open.
+    std::thread::sleep(Duration::from_secs(2));
+    let cpu = crate::cpu::process_cpu(softflowd.id());
+    let sent = send(net, packets);
+    std::thread::sleep(Duration::from_millis(1500));
+    let process_cpu = crate::cpu::process_cpu(softflowd.id()) - cpu;
+    let out = a
+        .command("softflowctl")
+        .arg("-c")
+        .arg(&ctl)
+        .arg("shutdown")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "softflowctl shutdown: {out:?}");
+    softflowd.wait().unwrap();
+    Round {
+        sender_cpu: sent.sender_cpu,
+        rate: f64::from(packets) / sent.seconds,
+        process_cpu,
+    }
+}
+
+/// The run time and run count of every program the daemon `pid` holds, as
+/// its descriptors' fdinfo gives them (they move only while bpf_stats is on).
+fn programs_runs(pid: u32) -> (u64, u64) {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fdinfo")).unwrap();
+    fds.filter_map(Result::ok)
+        .filter_map(|fd| std::fs::read_to_string(fd.path()).ok())
+        .filter(|info| info.contains("prog_type:"))
+        .fold((0, 0), |(time, count), info| {
+            let field = |name: &str| {
+                info.lines()
+                    .find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            (time + field("run_time_ns:"), count + field("run_cnt:"))
+        })
+}
+
+/// Apart from the rounds, as bpf_stats' two clock reads per program run
+/// would weigh on them: the run time in seconds of netmon's programs (the
+/// same load as the rounds', at 5-tuple granularity) while `packets` arrive;
+/// of the minimal per-pair counter (parse, per-CPU hash lookup, add) at TC
+/// ingress on the same traffic, what any per-pair count costs there; and of
+/// an empty TC program, what the measurement itself costs.
+fn programs_pass(net: &TestNet, dir: &std::path::Path, packets: u32) -> (f64, f64, f64) {
+    let logs = tempfile::tempdir_in(dir).unwrap();
+    let netmon = Netmon::on(&net.a)
+        .as_operators_run_it()
+        .logs_in(logs.path())
+        .args(&["--granularity", "5tuple"])
+        .start()
+        .unwrap();
+    let programs = {
+        let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("enabling bpf_stats");
+        let before = programs_runs(netmon.pid()).0;
+        send(net, packets);
+        programs_runs(netmon.pid()).0 - before
+    };
+    netmon.stop().unwrap();
+    (
+        programs as f64 / 1e9,
+        crate::cpu::tc_program_cpu(crate::workload::MINIMAL_TC, packets),
+        crate::cpu::empty_program_cpu(packets),
+    )
 }

@@ -206,8 +206,14 @@ pub const MINIMAL_FLOWS_TC: &str = "minimal_flows_tc";
 /// netmon's test object with [`BASELINE_TC`] attached at a's TC ingress; dropping
 /// it detaches the program.
 pub fn attach_baseline_tc(net: &netmon_tests::TestNet) -> Ebpf {
+    attach_at_tc_ingress(net, BASELINE_TC)
+}
+
+/// netmon's test object with its TC program `name` attached at a's TC
+/// ingress; dropping it detaches the program.
+pub fn attach_at_tc_ingress(net: &netmon_tests::TestNet, name: &str) -> Ebpf {
     let mut ebpf = datapath::load_test_object(&Default::default()).unwrap();
-    let program: &mut SchedClassifier = datapath::program(&mut ebpf, BASELINE_TC).unwrap();
+    let program: &mut SchedClassifier = datapath::program(&mut ebpf, name).unwrap();
     program.load().unwrap();
     // The interface lives in a's namespace: attach from a thread in there.
     let (netns, iface) = (format!("/run/netns/{}", net.a.netns), net.a.iface.clone());
