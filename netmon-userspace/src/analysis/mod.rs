@@ -300,12 +300,16 @@ impl IntervalCounts {
                 dropped: Counter::default(),
             })
             .collect();
-        // Keys are unique: the order is total.
-        pairs.sort_unstable_by(|a, b| {
-            b.counter
-                .bytes
-                .cmp(&a.counter.bytes)
-                .then(a.key.cmp(&b.key))
+        // Keys are unique: the order is total. The key's order as integers
+        // (PairKey's derived order, without comparing byte by byte).
+        pairs.sort_unstable_by_key(|p| {
+            let k = &p.key;
+            (
+                std::cmp::Reverse(p.counter.bytes),
+                u128::from_be_bytes(k.src),
+                u128::from_be_bytes(k.dst),
+                (k.src_port, k.dst_port, k.proto, k.direction),
+            )
         });
         let table_entries = pairs.len();
         AnalyzedInterval {

@@ -11,6 +11,8 @@ use std::{collections::HashMap, hash::BuildHasher};
 
 use netmon_common::{Counter, PairKey, PairKeyV4};
 
+use crate::prefetch::prefetch;
+
 type RandomState = foldhash::fast::RandomState;
 
 /// One interval's pairs.
@@ -200,19 +202,6 @@ impl V4Table {
 fn hash(hasher: &RandomState, key: &PairKeyV4) -> u64 {
     let [a, b] = key.words();
     hasher.hash_one((a as u128) << 64 | b as u128)
-}
-
-/// Asks for the cache line at `at` ahead of its use; no effect on what runs.
-#[inline(always)]
-fn prefetch<T>(at: *const T) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        // SAFETY: SSE is part of x86_64; a prefetch never faults, whatever the address.
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(at.cast()) };
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = at;
 }
 
 #[cfg(test)]

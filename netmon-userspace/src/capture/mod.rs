@@ -13,9 +13,7 @@ use std::{
     },
 };
 
-use pcap_parser::{
-    pcap::PcapHeader, traits::PcapReaderIterator, Block, PcapBlockOwned, PcapError,
-};
+use pcap_parser::{pcap::PcapHeader, traits::PcapReaderIterator, Block, PcapBlockOwned, PcapError};
 
 pub use input::Input;
 use input::Records;
@@ -185,7 +183,14 @@ fn read_pcap(
 /// of a second in its records.
 fn legacy_format(header: &PcapHeader, name: &str) -> Result<(Link, i64), CaptureError> {
     let link = link_of(header.network, name)?;
-    Ok((link, if header.is_nanosecond_precision() { 1 } else { 1_000 }))
+    Ok((
+        link,
+        if header.is_nanosecond_precision() {
+            1
+        } else {
+            1_000
+        },
+    ))
 }
 
 fn link_of(linktype: pcap_parser::Linktype, name: &str) -> Result<Link, CaptureError> {
