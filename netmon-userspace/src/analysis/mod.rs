@@ -36,7 +36,8 @@ pub struct Outcome {
 }
 
 /// Reads `inputs` into intervals of `interval` and hands them to `emit` in
-/// time order. One input streams in constant memory; several are read on all
+/// time order. One input streams in constant memory, its frames counted on
+/// another thread than the one that runs `emit`; several are read on all
 /// cores, their intervals aligned to the earliest first frame and added
 /// together where they meet (held in memory until all are read).
 /// `progress` gets the bytes taken from the inputs so far.
@@ -46,24 +47,39 @@ pub fn analyze(
     progress: &(dyn Fn(u64) + Sync),
     mut emit: impl FnMut(AnalyzedInterval),
 ) -> Result<Outcome, CaptureError> {
+    let interval_ns = interval.as_nanos().max(1) as i128;
     if let [input] = inputs {
-        let mut analyzer = Analyzer::new(interval, None);
-        let interval_ns = analyzer.interval_ns;
-        let mut outcome = Outcome::default();
-        let summary = capture::read(
-            input,
-            |frame| {
-                outcome.bytes += frame.wire_len as u64;
-                analyzer.frame(&frame, |closed| emit(closed.finish(interval_ns)));
-            },
-            progress,
-        )?;
-        if let Some(open) = analyzer.finish() {
-            emit(open.finish(interval_ns));
-        }
-        outcome.frames = summary.frames;
-        outcome.truncated.extend(summary.truncated);
-        return Ok(outcome);
+        // The frames are counted on a thread of their own while this one
+        // sorts and hands out the intervals they closed, a few at a time.
+        let (closed, counted) = std::sync::mpsc::sync_channel::<IntervalCounts>(2);
+        return std::thread::scope(|scope| {
+            let reader = scope.spawn(move || {
+                let mut analyzer = Analyzer::new(interval, None);
+                let mut outcome = Outcome::default();
+                // A send fails only once this thread's receiver is gone, when
+                // `emit` panicked: the panic is what gets reported.
+                let summary = capture::read(
+                    input,
+                    |frame| {
+                        outcome.bytes += frame.wire_len as u64;
+                        analyzer.frame(&frame, |counts| drop(closed.send(counts)));
+                    },
+                    progress,
+                )?;
+                if let Some(open) = analyzer.finish() {
+                    drop(closed.send(open));
+                }
+                outcome.frames = summary.frames;
+                outcome.truncated.extend(summary.truncated);
+                Ok(outcome)
+            });
+            for counts in counted {
+                emit(counts.finish(interval_ns));
+            }
+            reader
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        });
     }
     let mut origin = None;
     for input in inputs {
@@ -111,7 +127,6 @@ pub fn analyze(
             }
         }
     }
-    let interval_ns = interval.as_nanos().max(1) as i128;
     for counts in merged.into_values() {
         emit(counts.finish(interval_ns));
     }
