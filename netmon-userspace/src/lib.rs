@@ -22,6 +22,7 @@ pub mod logs;
 pub mod metrics;
 pub mod names;
 pub mod policy;
+pub mod prefetch;
 pub mod privileges;
 pub mod random;
 pub mod report;

@@ -436,3 +436,68 @@ fn a_big_endian_capture_gives_the_same_pairs() -> Result<()> {
     assert_eq!(piped, expected);
     Ok(())
 }
+
+/// Thousands of pairs in one capture, over many short intervals: the pair
+/// table grows and is emptied and refilled, frames are counted ahead of the
+/// intervals being written, and the pairs still equal tshark's.
+#[test]
+fn thousands_of_pairs_over_many_intervals_give_tsharks_pairs() -> Result<()> {
+    use netmon_tests::frames::{build, Layer};
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    let dir = tempfile::tempdir()?;
+    let pcap = dir.path().join("many-pairs.pcap");
+    let (v4_pairs, v6_pairs, frames) = (4_000u32, 400u32, 24_000u32);
+    let mut generated: Pairs = Pairs::new();
+    {
+        let file = std::io::BufWriter::new(std::fs::File::create(&pcap)?);
+        let mut writer = pcap_file::pcap::PcapWriter::new(file)?;
+        let mut rng = fastrand::Rng::with_seed(23);
+        for i in 0..frames {
+            let n = rng.u32(0..v4_pairs + v6_pairs);
+            let ip = if n < v4_pairs {
+                Layer::Ipv4 {
+                    src: Ipv4Addr::from(0x0ac8_0000 + n),
+                    dst: Ipv4Addr::from(0x0ac8_ff00 + n % 100),
+                    options: vec![],
+                    fragment_offset: 0,
+                }
+            } else {
+                Layer::Ipv6 {
+                    src: Ipv6Addr::from(0xfd00_0200_u128 << 96 | n as u128),
+                    dst: Ipv6Addr::from(0xfd00_0200_u128 << 96 | 1),
+                }
+            };
+            let (src, dst) = match &ip {
+                Layer::Ipv4 { src, dst, .. } => (IpAddr::from(*src), IpAddr::from(*dst)),
+                Layer::Ipv6 { src, dst } => (IpAddr::from(*src), IpAddr::from(*dst)),
+                _ => unreachable!(),
+            };
+            let l4 = if i % 3 == 0 {
+                Layer::Tcp(40000, 443, 0)
+            } else {
+                Layer::Udp(5353, 53)
+            };
+            let frame = build(&[Layer::Ethernet, ip, l4, Layer::Payload(rng.usize(0..40))]);
+            let e = generated.entry((src, dst)).or_default();
+            e.0 += 1;
+            e.1 += frame.len() as u64;
+            // 0.1 ms apart: 2.4 s, 240 intervals of 10 ms.
+            let at = std::time::Duration::from_micros(1_700_000_000_000_000 + i as u64 * 100);
+            writer.write_packet(&pcap_file::pcap::PcapPacket::new(
+                at,
+                frame.len() as u32,
+                &frame,
+            ))?;
+        }
+    }
+    let args = [pcap.as_path(), Path::new("--interval"), Path::new("10ms")];
+    let netmon = netmon_pairs(dir.path(), &args, None, None)?;
+    assert_eq!(netmon, generated);
+    assert_eq!(
+        netmon.values().map(|(f, _)| f).sum::<u64>(),
+        frames as u64
+    );
+    assert_eq!(netmon, tshark_pairs(&pcap)?);
+    Ok(())
+}

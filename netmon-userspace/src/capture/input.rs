@@ -13,7 +13,10 @@ use std::{
 
 use pcap_parser::{traits::PcapReaderIterator, PcapError};
 
-use super::{mapped::MappedReader, CaptureError};
+use super::{
+    mapped::{self, Mapped},
+    CaptureError,
+};
 
 /// Read buffer of the streaming reader: large reads, and room for the largest
 /// record (snap length 262144).
@@ -22,7 +25,7 @@ const BUFFER: usize = 4 << 20;
 /// A capture's records, read in place or through a buffer.
 pub(super) enum Records {
     /// A plain file, mapped.
-    Mapped(MappedReader),
+    Mapped(Mapped),
     /// Standard input, or a compressed file.
     Streamed(Box<dyn PcapReaderIterator>),
 }
@@ -97,7 +100,7 @@ impl Input {
             Input::Stdin => Box::new(std::io::stdin()),
             Input::File(path) => {
                 let file = File::open(path).map_err(|cause| io_error(path, cause))?;
-                if let Some(mapped) = MappedReader::new(&file, read.clone()) {
+                if let Some(mapped) = mapped::map(&file, read.clone()) {
                     return Ok(Records::Mapped(mapped));
                 }
                 Box::new(file)

@@ -1,6 +1,8 @@
 //! A plain capture file read in place: mapped into memory and parsed where it
-//! lies, with pcap-parser's record parsers. The streaming reader copies every
-//! byte into its buffer first; this one hands out slices of the file.
+//! lies. The streaming reader copies every byte into its buffer first; this
+//! one hands out slices of the file. pcap records are walked here (a fixed
+//! header and the data: see [`LegacyRecords`]), pcapng blocks with
+//! pcap-parser's block parsers.
 
 use std::{
     fs::File,
@@ -11,104 +13,173 @@ use std::{
 };
 
 use memmap2::{Advice, Mmap};
+
+use crate::prefetch::prefetch;
 use pcap_parser::{
     nom::{self, Needed},
-    pcap::{
-        parse_pcap_frame, parse_pcap_frame_be, parse_pcap_frame_modified, parse_pcap_header,
-        LegacyPcapBlock, PcapHeader,
-    },
+    pcap::{parse_pcap_header, PcapHeader},
     pcapng::{parse_block_be, parse_block_le, parse_sectionheaderblock},
     traits::PcapReaderIterator,
     Block, PcapBlockOwned, PcapError,
 };
 
-/// A pcap file's record parser: little- or big-endian, or the modified format.
-type FrameParser = fn(&[u8]) -> nom::IResult<&[u8], LegacyPcapBlock<'_>, PcapError<&[u8]>>;
-
-enum Format {
-    /// pcap: the header, handed out once as the first block, then records.
-    Legacy {
-        header: Option<PcapHeader>,
-        parse: FrameParser,
-    },
-    /// pcapng: blocks in the byte order of their section.
-    Ng { big_endian: bool },
+/// A mapped capture file.
+pub enum Mapped {
+    /// pcap: its header and its records.
+    Legacy(MappedPcap),
+    /// pcapng, iterated like pcap-parser's streaming readers.
+    Ng(MappedReader),
 }
 
-/// A mapped capture file, iterated like pcap-parser's streaming readers.
+/// Maps `file`; `None` when it is neither pcap nor pcapng (the streaming
+/// reader then says why) or cannot be mapped.
+pub fn map(file: &File, taken: Arc<AtomicU64>) -> Option<Mapped> {
+    // SAFETY: the map is only read. A file cut short by another process
+    // while mapped would fault on the lost pages; captures being written
+    // only grow, and the map covers the length at open.
+    let map = unsafe { Mmap::map(file) }.ok()?;
+    // Read once, front to back: the kernel reads ahead and drops behind.
+    let _ = map.advise(Advice::Sequential);
+    if parse_sectionheaderblock(&map).is_ok() {
+        return Some(Mapped::Ng(MappedReader {
+            map,
+            position: 0,
+            big_endian: false,
+            taken,
+        }));
+    }
+    let (_, header) = parse_pcap_header(&map).ok()?;
+    Some(Mapped::Legacy(MappedPcap { map, header, taken }))
+}
+
+/// A mapped pcap file.
+pub struct MappedPcap {
+    map: Mmap,
+    /// Its file header.
+    pub header: PcapHeader,
+    /// Bytes walked so far, for the progress bar.
+    pub taken: Arc<AtomicU64>,
+}
+
+impl MappedPcap {
+    /// Its records, from the first.
+    pub fn records(&self) -> LegacyRecords<'_> {
+        LegacyRecords {
+            rest: &self.map[self.header.size()..],
+            // pcap-parser reads the modified format's 24-byte records (8 more
+            // bytes of interface, protocol and packet type) little-endian.
+            record_header: if self.header.is_modified_format() {
+                24
+            } else {
+                16
+            },
+            big_endian: self.header.is_bigendian(),
+        }
+    }
+}
+
+/// How far ahead of the record being read its successors are fetched, in
+/// bytes: some eight frames of a few hundred bytes.
+const PREFETCH_AHEAD: usize = 2048;
+
+/// pcap records where they lie: a record header (times, captured and
+/// original lengths), then the captured bytes. What pcap-parser's
+/// `parse_pcap_frame*` read, without building a block per record.
+pub struct LegacyRecords<'a> {
+    rest: &'a [u8],
+    record_header: usize,
+    big_endian: bool,
+}
+
+/// One pcap record.
+pub struct LegacyRecord<'a> {
+    /// Seconds since the Unix epoch.
+    pub ts_sec: u32,
+    /// Micro- or nanoseconds, as the file header says.
+    pub ts_frac: u32,
+    /// Length on the wire.
+    pub origlen: u32,
+    /// The captured bytes.
+    pub data: &'a [u8],
+}
+
+/// The file ends inside a record.
+pub struct CutOff;
+
+impl<'a> LegacyRecords<'a> {
+    /// The next record; `None` at the end of the file.
+    #[inline]
+    pub fn next(&mut self) -> Option<Result<LegacyRecord<'a>, CutOff>> {
+        if self.rest.is_empty() {
+            return None;
+        }
+        let Some(header) = self.rest.first_chunk::<16>() else {
+            return Some(Err(CutOff));
+        };
+        let word = |at: usize| {
+            let bytes = [header[at], header[at + 1], header[at + 2], header[at + 3]];
+            if self.big_endian {
+                u32::from_be_bytes(bytes)
+            } else {
+                u32::from_le_bytes(bytes)
+            }
+        };
+        let (ts_sec, ts_frac, caplen, origlen) = (word(0), word(4), word(8), word(12));
+        let Some(data) = self
+            .rest
+            .get(self.record_header..)
+            .and_then(|after| after.get(..caplen as usize))
+        else {
+            return Some(Err(CutOff));
+        };
+        self.rest = &self.rest[self.record_header + data.len()..];
+        // The records a few ahead: their headers and IP headers arrive while
+        // these frames are counted.
+        for line in [0, 64, 128] {
+            prefetch(self.rest.as_ptr().wrapping_add(PREFETCH_AHEAD + line));
+        }
+        Some(Ok(LegacyRecord {
+            ts_sec,
+            ts_frac,
+            origlen,
+            data,
+        }))
+    }
+
+    /// Bytes left after the records walked.
+    pub fn remaining(&self) -> usize {
+        self.rest.len()
+    }
+}
+
+/// A mapped pcapng file, iterated like pcap-parser's streaming readers.
 pub struct MappedReader {
     map: Mmap,
     position: usize,
-    format: Format,
+    /// The byte order of the current section.
+    big_endian: bool,
     /// Bytes consumed so far, for the progress bar.
     taken: Arc<AtomicU64>,
-}
-
-impl MappedReader {
-    /// Maps `file`; `None` when it is neither pcap nor pcapng (the streaming
-    /// reader then says why) or cannot be mapped.
-    pub fn new(file: &File, taken: Arc<AtomicU64>) -> Option<MappedReader> {
-        // SAFETY: the map is only read. A file cut short by another process
-        // while mapped would fault on the lost pages; captures being written
-        // only grow, and the map covers the length at open.
-        let map = unsafe { Mmap::map(file) }.ok()?;
-        // Read once, front to back: the kernel reads ahead and drops behind.
-        let _ = map.advise(Advice::Sequential);
-        let format = if parse_sectionheaderblock(&map).is_ok() {
-            Format::Ng { big_endian: false }
-        } else {
-            let (_, header) = parse_pcap_header(&map).ok()?;
-            let parse: FrameParser = if header.is_modified_format() {
-                parse_pcap_frame_modified
-            } else if header.is_bigendian() {
-                parse_pcap_frame_be
-            } else {
-                parse_pcap_frame
-            };
-            Format::Legacy {
-                header: Some(header),
-                parse,
-            }
-        };
-        Some(MappedReader {
-            map,
-            position: 0,
-            format,
-            taken,
-        })
-    }
 }
 
 impl PcapReaderIterator for MappedReader {
     fn next(&mut self) -> Result<(usize, PcapBlockOwned<'_>), PcapError<&[u8]>> {
         let data = &self.map[self.position..];
-        let parsed = match &mut self.format {
-            Format::Legacy { header, parse } => {
-                if let Some(header) = header.take() {
-                    return Ok((header.size(), PcapBlockOwned::from(header)));
-                }
-                if data.is_empty() {
-                    return Err(PcapError::Eof);
-                }
-                parse(data).map(|(rest, b)| (rest, PcapBlockOwned::from(b)))
-            }
-            Format::Ng { big_endian } => {
-                if data.is_empty() {
-                    return Err(PcapError::Eof);
-                }
-                let parse = if *big_endian {
-                    parse_block_be
-                } else {
-                    parse_block_le
-                };
-                parse(data).map(|(rest, b)| {
-                    if let Block::SectionHeader(shb) = &b {
-                        *big_endian = shb.big_endian();
-                    }
-                    (rest, PcapBlockOwned::from(b))
-                })
-            }
+        if data.is_empty() {
+            return Err(PcapError::Eof);
+        }
+        let parse = if self.big_endian {
+            parse_block_be
+        } else {
+            parse_block_le
         };
+        let big_endian = &mut self.big_endian;
+        let parsed = parse(data).map(|(rest, b)| {
+            if let Block::SectionHeader(shb) = &b {
+                *big_endian = shb.big_endian();
+            }
+            (rest, PcapBlockOwned::from(b))
+        });
         match parsed {
             Ok((rest, block)) => Ok((data.len() - rest.len(), block)),
             Err(nom::Err::Error(e) | nom::Err::Failure(e)) => Err(e),

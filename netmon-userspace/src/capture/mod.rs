@@ -13,11 +13,12 @@ use std::{
     },
 };
 
-use pcap_parser::{traits::PcapReaderIterator, Block, PcapBlockOwned, PcapError};
+use pcap_parser::{pcap::PcapHeader, traits::PcapReaderIterator, Block, PcapBlockOwned, PcapError};
 
 pub use input::Input;
 use input::Records;
 pub use link::Link;
+use mapped::{Mapped, MappedPcap};
 
 /// One frame of a capture.
 pub struct CapturedFrame<'a> {
@@ -122,15 +123,86 @@ fn read_while(
 ) -> Result<ReadSummary, CaptureError> {
     let name = input.name();
     let taken = Arc::new(AtomicU64::new(0));
-    // The mapped reader by its type, so that its parsing is inlined per frame.
+    // The mapped readers by their types, so that their parsing is inlined per frame.
     match input.open(taken.clone())? {
-        Records::Mapped(mut reader) => {
+        Records::Mapped(Mapped::Legacy(pcap)) => read_pcap(&pcap, name, on_frame, on_progress),
+        Records::Mapped(Mapped::Ng(mut reader)) => {
             read_records(&mut reader, name, &taken, on_frame, on_progress)
         }
         Records::Streamed(mut reader) => {
             read_records(&mut *reader, name, &taken, on_frame, on_progress)
         }
     }
+}
+
+/// Progress is reported every this many frames.
+const PROGRESS_EVERY: u64 = 65_536;
+
+/// A mapped pcap file's frames, its records walked in place.
+fn read_pcap(
+    pcap: &MappedPcap,
+    name: String,
+    mut on_frame: impl FnMut(CapturedFrame<'_>) -> ControlFlow<()>,
+    mut on_progress: impl FnMut(u64),
+) -> Result<ReadSummary, CaptureError> {
+    let (link, tick_ns) = legacy_format(&pcap.header, &name)?;
+    let mut summary = ReadSummary::default();
+    let mut records = pcap.records();
+    let end = pcap.header.size() + records.remaining();
+    let mut report = |records: &mapped::LegacyRecords<'_>| {
+        let position = (end - records.remaining()) as u64;
+        pcap.taken.store(position, Ordering::Relaxed);
+        on_progress(position);
+    };
+    while let Some(record) = records.next() {
+        let Ok(record) = record else {
+            summary.truncated = Some(cut_off(&name, summary.frames));
+            break;
+        };
+        summary.frames += 1;
+        // Seconds of a u32 and a fraction below 2^32 ticks fit in an i64 of ns.
+        let time_ns = record.ts_sec as i64 * 1_000_000_000 + record.ts_frac as i64 * tick_ns;
+        let flow = on_frame(CapturedFrame {
+            time_ns: time_ns as i128,
+            wire_len: record.origlen,
+            data: record.data,
+            link,
+        });
+        if flow.is_break() {
+            break;
+        }
+        if summary.frames % PROGRESS_EVERY == 0 {
+            report(&records);
+        }
+    }
+    report(&records);
+    Ok(summary)
+}
+
+/// A pcap file header's link type, and nanoseconds per tick of the fraction
+/// of a second in its records.
+fn legacy_format(header: &PcapHeader, name: &str) -> Result<(Link, i64), CaptureError> {
+    let link = link_of(header.network, name)?;
+    Ok((
+        link,
+        if header.is_nanosecond_precision() {
+            1
+        } else {
+            1_000
+        },
+    ))
+}
+
+fn link_of(linktype: pcap_parser::Linktype, name: &str) -> Result<Link, CaptureError> {
+    Link::from_linktype(linktype.0).ok_or_else(|| CaptureError::LinkType {
+        path: name.to_string(),
+        linktype: linktype.0,
+    })
+}
+
+/// The warning for a capture that ends inside a record.
+fn cut_off(name: &str, frames: u64) -> String {
+    format!("{name} ends in the middle of a record, after {frames} complete frames")
 }
 
 fn read_records<R: PcapReaderIterator + ?Sized>(
@@ -143,31 +215,20 @@ fn read_records<R: PcapReaderIterator + ?Sized>(
     let mut summary = ReadSummary::default();
     // pcapng: per interface, link type and timestamp units per second.
     let mut interfaces: Vec<(Link, u64)> = Vec::new();
-    let mut legacy = (Link::Ethernet, 1_000_000_000u64);
+    // pcap: link type and ns per tick.
+    let mut legacy = (Link::Ethernet, 1);
     loop {
         match reader.next() {
             Ok((offset, block)) => {
                 let mut flow = ControlFlow::Continue(());
-                let link = |linktype: pcap_parser::Linktype| {
-                    Link::from_linktype(linktype.0).ok_or_else(|| CaptureError::LinkType {
-                        path: name.clone(),
-                        linktype: linktype.0,
-                    })
-                };
+                let link = |linktype| link_of(linktype, &name);
                 match block {
-                    PcapBlockOwned::LegacyHeader(h) => {
-                        let units = if h.is_nanosecond_precision() {
-                            1_000_000_000
-                        } else {
-                            1_000_000
-                        };
-                        legacy = (link(h.network)?, units);
-                    }
+                    PcapBlockOwned::LegacyHeader(h) => legacy = legacy_format(&h, &name)?,
                     PcapBlockOwned::Legacy(b) => {
                         summary.frames += 1;
-                        let ns = b.ts_usec as i128 * (1_000_000_000 / legacy.1) as i128;
+                        let ns = b.ts_usec as i64 * legacy.1;
                         flow = on_frame(CapturedFrame {
-                            time_ns: b.ts_sec as i128 * 1_000_000_000 + ns,
+                            time_ns: b.ts_sec as i128 * 1_000_000_000 + ns as i128,
                             wire_len: b.origlen,
                             data: b.data,
                             link: legacy.0,
@@ -214,7 +275,7 @@ fn read_records<R: PcapReaderIterator + ?Sized>(
                 if flow.is_break() {
                     break;
                 }
-                if summary.frames % 65_536 == 0 {
+                if summary.frames % PROGRESS_EVERY == 0 {
                     on_progress(taken.load(Ordering::Relaxed));
                 }
             }
@@ -228,10 +289,7 @@ fn read_records<R: PcapReaderIterator + ?Sized>(
                 })?;
             }
             Err(PcapError::UnexpectedEof) => {
-                summary.truncated = Some(format!(
-                    "{name} ends in the middle of a record, after {} complete frames",
-                    summary.frames
-                ));
+                summary.truncated = Some(cut_off(&name, summary.frames));
                 break;
             }
             Err(e) => {

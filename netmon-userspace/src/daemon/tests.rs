@@ -567,7 +567,7 @@ fn live_snapshots_show_the_kernels_counters_and_leave_the_polls_accounting_alone
             (
                 p.src.to_string(),
                 p.dst.to_string(),
-                p.proto.as_str(),
+                &*p.proto,
                 p.frames,
                 p.bytes,
             )

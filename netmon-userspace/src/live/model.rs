@@ -71,7 +71,7 @@ impl Live {
                 let key = Conversation {
                     local,
                     remote,
-                    proto: p.proto.clone(),
+                    proto: p.proto.to_string(),
                     local_port: ports.0,
                     remote_port: ports.1,
                 };

@@ -1,8 +1,8 @@
 //! The detail log: JSON Lines, one [`DetailRecord`] per interval.
 
 use std::{
-    collections::BTreeMap, fs::OpenOptions, io::Write, net::IpAddr, os::unix::fs::OpenOptionsExt,
-    path::Path,
+    borrow::Cow, collections::BTreeMap, fs::OpenOptions, io::Write, net::IpAddr,
+    os::unix::fs::OpenOptionsExt, path::Path,
 };
 
 use netmon_common::{Direction, DirectionTotals, L3, L4};
@@ -33,14 +33,14 @@ pub struct DetailRecord {
 /// One pair's traffic in one direction during the interval.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PairRecord {
-    /// `ingress` or `egress`.
-    pub direction: String,
+    /// `ingress` or `egress` (borrowed where written: no allocation per pair).
+    pub direction: Cow<'static, str>,
     /// Source address.
     pub src: IpAddr,
     /// Destination address.
     pub dst: IpAddr,
     /// L4 protocol name (`tcp`, `udp`, `icmp`, `icmpv6`, `other`).
-    pub proto: String,
+    pub proto: Cow<'static, str>,
     /// IP protocol number.
     pub proto_num: u8,
     /// Source port, at 5-tuple granularity.
@@ -227,10 +227,10 @@ pub(crate) fn pair_record(d: &crate::accounting::PairDelta) -> PairRecord {
     PairRecord {
         direction: Direction::from_raw(d.key.direction)
             .map_or("unknown", Direction::name)
-            .to_string(),
+            .into(),
         src: address(d.key.src),
         dst: address(d.key.dst),
-        proto: L4::of(d.key.proto).name().to_string(),
+        proto: L4::of(d.key.proto).name().into(),
         proto_num: d.key.proto,
         src_port: d.key.src_port,
         dst_port: d.key.dst_port,

@@ -194,7 +194,7 @@ pub fn hierarchy(records: &[DetailRecord]) -> Table {
     }
     let mut l4: BTreeMap<(&str, &str), (u64, u64)> = BTreeMap::new();
     for p in all_pairs(records) {
-        let e = l4.entry((family(&p.src), p.proto.as_str())).or_default();
+        let e = l4.entry((family(&p.src), &*p.proto)).or_default();
         let (f, b) = seen(p);
         e.0 += f;
         e.1 += b;

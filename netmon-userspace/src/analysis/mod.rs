@@ -1,9 +1,10 @@
 //! Turning a capture into what the daemon would have recorded: the same
 //! classifier, the same per-interval records, the same ledger.
 
+mod pairs;
+
 use std::{
-    collections::{BTreeMap, HashMap},
-    hash::{Hash, Hasher},
+    collections::BTreeMap,
     sync::{
         atomic::{AtomicU64, AtomicUsize, Ordering},
         Mutex,
@@ -14,13 +15,14 @@ use std::{
 use netmon_common::{
     classify::{PROTO_TCP, PROTO_UDP},
     maps::is_v4_mapped,
-    service, Counter, Direction, DirectionTotals, PairKey, PairKeyV4, L4,
+    service, Counter, Direction, DirectionTotals, PairKey, L4,
 };
 
 use crate::{
     accounting::{IntervalUsage, PairDelta},
     capture::{self, CaptureError, CapturedFrame, Input},
 };
+use pairs::PairCounts;
 
 /// What reading the captures came to, beside the intervals.
 #[derive(Debug, Default)]
@@ -34,7 +36,8 @@ pub struct Outcome {
 }
 
 /// Reads `inputs` into intervals of `interval` and hands them to `emit` in
-/// time order. One input streams in constant memory; several are read on all
+/// time order. One input streams in constant memory, its frames counted on
+/// another thread than the one that runs `emit`; several are read on all
 /// cores, their intervals aligned to the earliest first frame and added
 /// together where they meet (held in memory until all are read).
 /// `progress` gets the bytes taken from the inputs so far.
@@ -44,26 +47,39 @@ pub fn analyze(
     progress: &(dyn Fn(u64) + Sync),
     mut emit: impl FnMut(AnalyzedInterval),
 ) -> Result<Outcome, CaptureError> {
+    let interval_ns = interval.as_nanos().max(1) as i128;
     if let [input] = inputs {
-        let mut analyzer = Analyzer::new(interval, None);
-        let interval_ns = analyzer.interval_ns;
-        let mut outcome = Outcome::default();
-        let summary = capture::read(
-            input,
-            |frame| {
-                outcome.bytes += frame.wire_len as u64;
-                if let Some(closed) = analyzer.frame(&frame) {
-                    emit(closed.finish(interval_ns));
+        // The frames are counted on a thread of their own while this one
+        // sorts and hands out the intervals they closed, a few at a time.
+        let (closed, counted) = std::sync::mpsc::sync_channel::<IntervalCounts>(2);
+        return std::thread::scope(|scope| {
+            let reader = scope.spawn(move || {
+                let mut analyzer = Analyzer::new(interval, None);
+                let mut outcome = Outcome::default();
+                // A send fails only once this thread's receiver is gone, when
+                // `emit` panicked: the panic is what gets reported.
+                let summary = capture::read(
+                    input,
+                    |frame| {
+                        outcome.bytes += frame.wire_len as u64;
+                        analyzer.frame(&frame, |counts| drop(closed.send(counts)));
+                    },
+                    progress,
+                )?;
+                if let Some(open) = analyzer.finish() {
+                    drop(closed.send(open));
                 }
-            },
-            progress,
-        )?;
-        if let Some(open) = analyzer.finish() {
-            emit(open.finish(interval_ns));
-        }
-        outcome.frames = summary.frames;
-        outcome.truncated.extend(summary.truncated);
-        return Ok(outcome);
+                outcome.frames = summary.frames;
+                outcome.truncated.extend(summary.truncated);
+                Ok(outcome)
+            });
+            for counts in counted {
+                emit(counts.finish(interval_ns));
+            }
+            reader
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        });
     }
     let mut origin = None;
     for input in inputs {
@@ -111,7 +127,6 @@ pub fn analyze(
             }
         }
     }
-    let interval_ns = interval.as_nanos().max(1) as i128;
     for counts in merged.into_values() {
         emit(counts.finish(interval_ns));
     }
@@ -135,7 +150,7 @@ fn read_whole(
         input,
         |frame| {
             outcome.bytes += frame.wire_len as u64;
-            intervals.extend(analyzer.frame(&frame));
+            analyzer.frame(&frame, |closed| intervals.push(closed));
         },
         progress,
     )?;
@@ -161,83 +176,6 @@ struct OpenInterval {
     end_ns: i128,
     totals: [DirectionTotals; 2],
     services: Vec<Counter>,
-}
-
-/// One interval's pairs, counted in place. One lookup per frame: IPv4 pairs
-/// (most of them) under a 16-byte key, the rest under the whole addresses.
-#[derive(Default)]
-struct PairCounts {
-    v4: HashMap<V4Key, Counter, foldhash::fast::RandomState>,
-    v6: HashMap<WordKey, Counter, foldhash::fast::RandomState>,
-}
-
-/// An IPv4 pair's key, hashed and compared as the two words it is.
-#[derive(Clone, Copy)]
-struct V4Key(PairKeyV4);
-
-impl PartialEq for V4Key {
-    #[inline]
-    fn eq(&self, other: &Self) -> bool {
-        self.0.words() == other.0.words()
-    }
-}
-
-impl Eq for V4Key {}
-
-impl Hash for V4Key {
-    #[inline]
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        let [a, b] = self.0.words();
-        state.write_u128((a as u128) << 64 | b as u128);
-    }
-}
-
-/// A [`PairKey`] as three integers, which hash in three steps where the
-/// derived hash of the byte arrays takes many.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-struct WordKey {
-    src: u128,
-    dst: u128,
-    proto_direction: u16,
-}
-
-impl PairCounts {
-    #[inline]
-    fn add(&mut self, key: PairKey, len: u64) {
-        match key.to_v4() {
-            Some(v4) => self.v4.entry(V4Key(v4)).or_default().add(1, len),
-            None => {
-                let words = WordKey {
-                    src: u128::from_be_bytes(key.src),
-                    dst: u128::from_be_bytes(key.dst),
-                    proto_direction: u16::from_be_bytes([key.proto, key.direction]),
-                };
-                self.v6.entry(words).or_default().add(1, len);
-            }
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.v4.len() + self.v6.len()
-    }
-
-    /// The pairs counted, leaving the maps empty and their room allocated.
-    fn take(&mut self) -> Vec<(PairKey, Counter)> {
-        let mut pairs = Vec::with_capacity(self.len());
-        pairs.extend(self.v4.drain().map(|(key, c)| (key.0.widen(), c)));
-        pairs.extend(self.v6.drain().map(|(key, c)| {
-            let [proto, direction] = key.proto_direction.to_be_bytes();
-            let key = PairKey {
-                src: key.src.to_be_bytes(),
-                dst: key.dst.to_be_bytes(),
-                proto,
-                direction,
-                ..Default::default()
-            };
-            (key, c)
-        }));
-        pairs
-    }
 }
 
 /// The counts of one interval, before they become an [`AnalyzedInterval`];
@@ -271,27 +209,19 @@ impl Analyzer {
         }
     }
 
-    /// Adds a frame; returns the interval it closed, if it opened a new one.
-    /// The direction is the link header's (a cooked capture's packet type),
-    /// ingress where it has none.
+    /// Adds a frame, handing `closed` the interval it closed if it opened a
+    /// new one. The direction is the link header's (a cooked capture's packet
+    /// type), ingress where it has none.
     #[inline]
-    pub fn frame(&mut self, frame: &CapturedFrame<'_>) -> Option<IntervalCounts> {
-        let mut closed = None;
-        let open = match &mut self.open {
-            // Frames are in time order in captures; a late one joins the open interval.
-            Some(open) if frame.time_ns < open.end_ns => open,
-            _ => {
-                let origin = *self.origin_ns.get_or_insert(frame.time_ns);
-                let start_ns = origin
-                    + (frame.time_ns - origin).div_euclid(self.interval_ns) * self.interval_ns;
-                closed = self.finish();
-                self.open.insert(OpenInterval {
-                    start_ns,
-                    end_ns: start_ns + self.interval_ns,
-                    totals: Default::default(),
-                    services: vec![Counter::default(); service::SERVICE_COUNTERS as usize],
-                })
+    pub fn frame(&mut self, frame: &CapturedFrame<'_>, closed: impl FnOnce(IntervalCounts)) {
+        // Frames are in time order in captures; a late one joins the open interval.
+        if !self.open.as_ref().is_some_and(|o| frame.time_ns < o.end_ns) {
+            if let Some(counts) = self.open_at(frame.time_ns) {
+                closed(counts);
             }
+        }
+        let Some(open) = &mut self.open else {
+            unreachable!("an interval was opened")
         };
         let (class, direction) = frame.link.classify(frame.data);
         let len = frame.wire_len as u64;
@@ -319,6 +249,21 @@ impl Analyzer {
                 open.services[index].add(1, len);
             }
         }
+    }
+
+    /// Opens the interval of a frame at `time_ns`; returns the one it closes.
+    #[cold]
+    #[inline(never)]
+    fn open_at(&mut self, time_ns: i128) -> Option<IntervalCounts> {
+        let origin = *self.origin_ns.get_or_insert(time_ns);
+        let start_ns = origin + (time_ns - origin).div_euclid(self.interval_ns) * self.interval_ns;
+        let closed = self.finish();
+        self.open = Some(OpenInterval {
+            start_ns,
+            end_ns: start_ns + self.interval_ns,
+            totals: Default::default(),
+            services: vec![Counter::default(); service::SERVICE_COUNTERS as usize],
+        });
         closed
     }
 
@@ -370,12 +315,16 @@ impl IntervalCounts {
                 dropped: Counter::default(),
             })
             .collect();
-        // Keys are unique: the order is total.
-        pairs.sort_unstable_by(|a, b| {
-            b.counter
-                .bytes
-                .cmp(&a.counter.bytes)
-                .then(a.key.cmp(&b.key))
+        // Keys are unique: the order is total. The key's order as integers
+        // (PairKey's derived order, without comparing byte by byte).
+        pairs.sort_unstable_by_key(|p| {
+            let k = &p.key;
+            (
+                std::cmp::Reverse(p.counter.bytes),
+                u128::from_be_bytes(k.src),
+                u128::from_be_bytes(k.dst),
+                (k.src_port, k.dst_port, k.proto, k.direction),
+            )
         });
         let table_entries = pairs.len();
         AnalyzedInterval {
