@@ -584,3 +584,99 @@ fn billing_months_percentiles_and_breakdowns_add_up() {
         "{csv}"
     );
 }
+
+#[test]
+fn a_reports_statements_read_one_range_of_the_primary_key_without_sorting() {
+    // A month's report at any level reads that level's rows of the month
+    // (and the open 5-minute bucket's), in the key's order: no table scan,
+    // no sort, no join per row. The timing is the bench's (history rows).
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("h.db"), TimeZone::UTC, Limits::default()).unwrap();
+    let plan = |sql: &str, args: usize| -> Vec<String> {
+        let mut stmt = store
+            .conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .unwrap();
+        let args = vec![rusqlite::types::Null; args];
+        stmt.query_map(rusqlite::params_from_iter(args), |r| r.get(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    assert_eq!(
+        plan(super::query::TOTALS, 5),
+        ["SEARCH totals USING PRIMARY KEY (level=? AND bucket>? AND bucket<?)"]
+    );
+    assert_eq!(
+        plan(super::query::PAIR_USAGE, 5),
+        [
+            "COMPOUND QUERY",
+            "LEFT-MOST SUBQUERY",
+            "SEARCH usage USING PRIMARY KEY (level=? AND bucket>? AND bucket<?)",
+            "UNION ALL",
+            "SEARCH usage USING PRIMARY KEY (level=? AND bucket>?)",
+        ]
+    );
+}
+
+#[test]
+fn a_breakdowns_top_ranks_by_bytes_then_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("h.db");
+    let (kernel, clock) = (FakeKernel::default(), FakeClock::at("2026-11-30T12:00:00Z"));
+    let mut daemon = start(&db, &kernel, &clock, Limits::default());
+    // Received: 300 from peer 1, 200 each from peers 4, 3 and 2 (a tie),
+    // 100 from peer 5; sent: 150 to peer 2.
+    for (n, bytes) in [(1, 300), (4, 200), (3, 200), (2, 200), (5, 100)] {
+        send(&kernel, key(peer(n), A, 0), 1, bytes);
+    }
+    send(&kernel, key(A, peer(2), 1), 1, 150);
+    clock.advance(Duration::from_secs(60));
+    daemon.poll().unwrap();
+    drop(daemon);
+    let store = Store::open_read(&db).unwrap();
+    let daily = |by, top| {
+        store
+            .history(
+                View::Daily,
+                &Query {
+                    by: Some(by),
+                    top,
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+    };
+    let pairs = daily(By::Pair, 3);
+    assert_eq!(
+        texts(&pairs, "pair"),
+        [
+            "10.200.1.1 -> 10.200.0.1",
+            "10.200.1.2 -> 10.200.0.1",
+            "10.200.1.3 -> 10.200.0.1"
+        ]
+    );
+    assert_eq!(ints(&pairs, "total"), [300, 200, 200]);
+    // A peer sums both directions: peer 2 received 200 and was sent 150.
+    let peers = daily(By::Peer, 2);
+    assert_eq!(texts(&peers, "peer"), ["10.200.1.2", "10.200.1.1"]);
+    assert_eq!(
+        (ints(&peers, "in"), ints(&peers, "out")),
+        (vec![200, 300], vec![150, 0])
+    );
+    let top = store
+        .history(
+            View::Top,
+            &Query {
+                top: 6,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(ints(&top, "total"), [300, 200, 200, 200, 150, 100]);
+    assert_eq!(
+        texts(&top, "pair")[4],
+        "10.200.0.1 -> 10.200.1.2",
+        "the sent pair"
+    );
+}

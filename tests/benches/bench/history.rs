@@ -262,9 +262,9 @@ fn simulated_year(scale: Scale) -> Vec<Row> {
         top: 10,
         ..Default::default()
     };
-    let mut times = Vec::new();
+    let (mut walls, mut cpus) = (Vec::new(), Vec::new());
     for _ in 0..5 {
-        let t = Instant::now();
+        let (t, c) = (Instant::now(), cpu());
         store.history(View::Daily, &q).unwrap();
         store.percentile_95(&q).unwrap();
         store
@@ -276,9 +276,11 @@ fn simulated_year(scale: Scale) -> Vec<Row> {
                 },
             )
             .unwrap();
-        times.push(t.elapsed().as_secs_f64());
+        walls.push(t.elapsed().as_secs_f64());
+        cpus.push((cpu() - c).as_secs_f64());
     }
-    times.sort_by(f64::total_cmp);
+    walls.sort_by(f64::total_cmp);
+    cpus.sort_by(f64::total_cmp);
     vec![
         Row::new(
             format!("history: database size after {days} simulated days at {active} active pairs (default retention; plus the baseline row, about 80 bytes per pair in the kernel's table)"),
@@ -286,8 +288,14 @@ fn simulated_year(scale: Scale) -> Vec<Row> {
             "MB",
         ),
         Row::new(
-            "history: a month's report (daily rows, 95th percentile, top 10 pairs per day; median of 5)",
-            times[2] * 1000.0,
+            "history: CPU of a month's report (daily rows, 95th percentile, top 10 pairs per day; median of 5)",
+            cpus[2] * 1000.0,
+            "ms",
+        )
+        .target(Target::AtMost(50.0)),
+        Row::new(
+            "history: wall time of that report (median of 5; the machine's load adds to it)",
+            walls[2] * 1000.0,
             "ms",
         ),
     ]
