@@ -7,7 +7,6 @@ mod table;
 
 use std::{
     collections::BTreeMap,
-    io::BufRead,
     net::IpAddr,
     path::{Path, PathBuf},
 };
@@ -15,7 +14,7 @@ use std::{
 use jiff::Timestamp;
 
 use crate::logs::{
-    detail::{DetailRecord, PairRecord},
+    detail::{DetailRecord, PairRecord, RecordError},
     LogError,
 };
 pub use table::{Cell, Format, Table};
@@ -107,33 +106,22 @@ fn read_records(
     until: Option<Timestamp>,
     records: &mut Vec<DetailRecord>,
 ) -> Result<(), ReportError> {
-    let file = std::fs::File::open(path).map_err(|cause| ReportError::Open {
+    let lines = crate::logs::detail::records(path).map_err(|cause| ReportError::Open {
         path: path.to_path_buf(),
         cause,
     })?;
-    for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(|cause| ReportError::Read {
-            path: path.to_path_buf(),
-            cause,
+    for line in lines {
+        let (_, record) = line.map_err(|e| match e {
+            RecordError::Read(cause) => ReportError::Read {
+                path: path.to_path_buf(),
+                cause,
+            },
+            RecordError::NotARecord { line, reason } => ReportError::NotARecord {
+                path: path.to_path_buf(),
+                line,
+                reason,
+            },
         })?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let record: DetailRecord = match serde_json::from_str(&line) {
-            Ok(r) => r,
-            // A daemon may be writing the last line right now.
-            Err(e) if e.is_eof() => {
-                log::warn!("{}:{}: incomplete last line skipped", path.display(), n + 1);
-                continue;
-            }
-            Err(e) => {
-                return Err(ReportError::NotARecord {
-                    path: path.to_path_buf(),
-                    line: n + 1,
-                    reason: e.to_string(),
-                })
-            }
-        };
         let (start, end) = (timestamp(&record.start)?, timestamp(&record.end)?);
         if since.is_some_and(|s| end <= s) || until.is_some_and(|u| start >= u) {
             continue;

@@ -15,7 +15,7 @@ use netmon::{
     datapath::{PairReading, Snapshot},
     history::{
         query::{By, Mode, Query, View},
-        Limits, Store,
+        DetailImport, Limits, Store,
     },
     logs::{detail::IntervalRecord, state::State, Files},
 };
@@ -155,7 +155,9 @@ fn per_interval(scale: Scale) -> Vec<Row> {
         Limits::default(),
     )
     .unwrap();
-    store.continue_from(&["bench0"], state).unwrap();
+    store
+        .continue_from(&["bench0"], state, &DetailImport::default())
+        .unwrap();
     let (mut meter, mut totals) = (Meter::default(), DirectionTotals::default());
     let stride = history / active;
     let rounds = scale.pick(60, 12);
@@ -221,7 +223,9 @@ fn simulated_year(scale: Scale) -> Vec<Row> {
     let dir = tempfile::tempdir_in("/dev/shm").unwrap();
     let path = dir.path().join("year.db");
     let mut store = Store::open(&path, TimeZone::UTC, Limits::default()).unwrap();
-    store.continue_from(&["bench0"], State::default()).unwrap();
+    store
+        .continue_from(&["bench0"], State::default(), &DetailImport::default())
+        .unwrap();
     let (mut meter, mut totals) = (Meter::default(), DirectionTotals::default());
     let start: Timestamp = "2025-12-01T00:00:00Z".parse().unwrap();
     let intervals = days * 288;
