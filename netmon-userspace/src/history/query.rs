@@ -26,6 +26,9 @@ pub enum View {
     Yearly,
     /// The pairs that carried the most.
     Top,
+    /// Bars of bytes in and out per day (per month with `--bars
+    /// monthly`) drawn into `--out`, like vnstati; lists them as `daily`.
+    Chart,
 }
 
 /// What each row is broken down by.
@@ -305,7 +308,7 @@ impl Store {
         let level = match view {
             View::FiveMin => Level::FiveMin,
             View::Hourly => Level::Hour,
-            View::Daily | View::Top => Level::Day,
+            View::Daily | View::Top | View::Chart => Level::Day,
             View::Monthly if q.start_day.is_some_and(|d| d != 1) => Level::Day,
             View::Monthly | View::Yearly => Level::Month,
         };
@@ -417,7 +420,7 @@ impl Store {
         let next = match view {
             View::FiveMin => return Level::FiveMin.next(start, &self.tz),
             View::Hourly => return Level::Hour.next(start, &self.tz),
-            View::Daily | View::Top => return Level::Day.next(start, &self.tz),
+            View::Daily | View::Top | View::Chart => return Level::Day.next(start, &self.tz),
             View::Monthly => billing_start(
                 date.first_of_month()
                     .checked_add(jiff::Span::new().months(1))
@@ -439,7 +442,7 @@ impl Store {
             .to_zoned(self.tz.clone());
         let format = match view {
             View::FiveMin | View::Hourly => "%Y-%m-%d %H:%M",
-            View::Daily | View::Top => "%Y-%m-%d",
+            View::Daily | View::Top | View::Chart => "%Y-%m-%d",
             View::Monthly => "%Y-%m-%d",
             View::Yearly => "%Y",
         };

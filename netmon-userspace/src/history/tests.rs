@@ -853,3 +853,49 @@ fn a_corrupt_detail_log_is_refused_in_one_line_naming_file_and_line() {
     assert!(!message.contains('\n'), "{message}");
     assert!(!db.exists(), "nothing written");
 }
+
+#[test]
+fn a_chart_draws_the_daily_rows_as_bars_in_a_picture_of_the_stated_size() {
+    use crate::commands::history::{chart, Bars};
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("h.db");
+    let (kernel, clock) = (FakeKernel::default(), FakeClock::at("2026-11-28T00:00:00Z"));
+    let mut daemon = start(&db, &kernel, &clock, Limits::default());
+    // Three days, three polls a day: day d receives 1000·(d+1) bytes a
+    // poll from peer 1 and sends 300 to peer 2.
+    for d in 0..3u64 {
+        for _ in 0..3 {
+            send(&kernel, key(peer(1), A, 0), 1, 1000 * (d + 1));
+            send(&kernel, key(A, peer(2), 1), 1, 300);
+            clock.advance(Duration::from_secs(8 * 3600));
+            daemon.poll().unwrap();
+        }
+    }
+    drop(daemon);
+    let store = Store::open_read(&db).unwrap();
+    let q = Query::default();
+    let png = dir.path().join("daily.png");
+    let drawn = chart(&store, &q, Bars::Daily, &png).unwrap();
+    assert_eq!(drawn, store.history(View::Daily, &q).unwrap());
+    assert_eq!(
+        texts(&drawn, "start"),
+        ["2026-11-28", "2026-11-29", "2026-11-30"]
+    );
+    assert_eq!(ints(&drawn, "in"), [3000, 6000, 9000]);
+    assert_eq!(ints(&drawn, "out"), [900, 900, 900]);
+    let picture = image::open(&png).unwrap();
+    assert_eq!(
+        (picture.width(), picture.height()),
+        crate::report::chart::SIZE
+    );
+    let svg = dir.path().join("monthly.svg");
+    let drawn = chart(&store, &q, Bars::Monthly, &svg).unwrap();
+    assert_eq!(drawn, store.history(View::Monthly, &q).unwrap());
+    assert_eq!(ints(&drawn, "total"), [18_000 + 2700]);
+    // plotters puts a text's content on a line of its own.
+    let text = std::fs::read_to_string(&svg).unwrap().replace('\n', "");
+    assert!(
+        text.starts_with("<svg") && text.contains(">2026-11-01</text>"),
+        "the month is named under its bars: {text:.300}"
+    );
+}
