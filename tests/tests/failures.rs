@@ -400,3 +400,112 @@ fn a_detail_log_that_is_a_symbolic_link_is_refused_unless_followed() -> Result<(
     assert_eq!(frames, 10, "every datagram in the target's detail lines");
     Ok(())
 }
+
+#[test]
+fn the_first_start_with_a_database_imports_the_detail_log_or_refuses_a_corrupt_one() -> Result<()> {
+    let net = TestNet::create()?;
+    let dir = tempfile::tempdir()?;
+    let bpffs = TempMount::bpffs()?;
+    let (a, b) = (&net.a, &net.b);
+    // The files of a run, without its database: as an older netmon left them.
+    let netmon = Netmon::on(a)
+        .logs_in(dir.path())
+        .bpffs(bpffs.path())
+        .start()?;
+    Flow::udp(b, a).port(8103).sizes(&[300; 4]).send()?;
+    netmon.stop()?;
+    for name in ["network_log.db", "network_log.db-wal", "network_log.db-shm"] {
+        let _ = std::fs::remove_file(dir.path().join(name));
+    }
+    let detail = dir.path().join("detail.jsonl");
+    let good = std::fs::read_to_string(&detail)?;
+    let first = good.lines().next().unwrap_or_default();
+    let lines = good.lines().count();
+
+    // A line that is not a record, before a good one: refused before
+    // anything is attached or written.
+    std::fs::write(&detail, format!("{good}{{\"start\": 5}}\n{first}\n"))?;
+    let recorded = files_in(dir.path())?;
+    let pins = names_in(bpffs.path());
+    let err = failure(Netmon::on(a).logs_in(dir.path()).bpffs(bpffs.path()));
+    assert!(
+        err.contains(&format!(
+            "detail log {}, line {}: not a detail record",
+            detail.display(),
+            lines + 1
+        )) && err.contains("nothing was written: repair or remove that line"),
+        "{err}"
+    );
+    assert_eq!(
+        files_in(dir.path())?,
+        recorded,
+        "no database created, no file rewritten"
+    );
+    assert_eq!(names_in(bpffs.path()), pins, "nothing left pinned");
+    assert!(!a.runs_xdp(&a.iface)?, "nothing left attached");
+
+    // Repaired, it is imported: every interval of the detail log, the old
+    // run's and this one's, is in the 5-minute buckets.
+    std::fs::write(&detail, &good)?;
+    Netmon::on(a)
+        .logs_in(dir.path())
+        .bpffs(bpffs.path())
+        .start()?
+        .stop()?;
+    let db = dir.path().join("network_log.db");
+    let tz = netmon::history::Store::open_read(&db)?.time_zone().clone();
+    let mut expected: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
+    for line in std::fs::read_to_string(&detail)?.lines() {
+        let r: netmon::logs::detail::DetailRecord = serde_json::from_str(line)?;
+        let (start, end): (jiff::Timestamp, jiff::Timestamp) = (r.start.parse()?, r.end.parse()?);
+        let mid = start + start.duration_until(end) / 2;
+        let bucket = netmon::history::Level::FiveMin.bucket(mid, &tz);
+        let label = jiff::Timestamp::from_second(bucket)?
+            .to_zoned(tz.clone())
+            .strftime("%Y-%m-%d %H:%M")
+            .to_string();
+        let sums = expected.entry(label).or_default();
+        sums.0 += r.protocols["ingress"].all.bytes;
+        sums.1 += r.protocols["egress"].all.bytes;
+    }
+    let out = netmon_tests::daemon::cli(&[
+        "history",
+        "5min",
+        "--db",
+        &db.to_string_lossy(),
+        "--format",
+        "json",
+    ])?;
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout)?;
+    let found: std::collections::BTreeMap<String, (u64, u64)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["start"].as_str().unwrap_or_default().to_string(),
+                (
+                    r["in"].as_u64().unwrap_or_default(),
+                    r["out"].as_u64().unwrap_or_default(),
+                ),
+            )
+        })
+        .collect();
+    assert_eq!(found, expected);
+    // The old run's flow, in its pair's rows to the byte.
+    let out = netmon_tests::daemon::cli(&[
+        "history",
+        "top",
+        "--db",
+        &db.to_string_lossy(),
+        "--format",
+        "json",
+    ])?;
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout)?;
+    let pair = format!("{} -> {}", b.ipv4, a.ipv4);
+    let flow: Vec<u64> = rows
+        .iter()
+        .filter(|r| r["pair"] == pair.as_str())
+        .map(|r| r["in"].as_u64().unwrap_or_default())
+        .collect();
+    assert_eq!(flow, [4 * frame_len(a.ipv4, 300)], "{rows:?}");
+    Ok(())
+}

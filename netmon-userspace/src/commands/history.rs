@@ -1,7 +1,7 @@
 //! `netmon history VIEW` and `netmon export log FILE`: reports and exports
 //! from the history store, read while the daemon writes it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
@@ -13,7 +13,10 @@ use crate::{
         Store,
     },
     logs::network_log,
-    report::Format,
+    report::{
+        chart::{self, Bar},
+        Cell, Format, Table,
+    },
 };
 
 /// Options of `netmon history`.
@@ -49,9 +52,25 @@ pub struct HistoryArgs {
     /// What is billed: in + out (sum), or the larger of in and out (max).
     #[arg(long, value_enum, default_value_t = Mode::Sum)]
     pub mode: Mode,
-    /// Output format.
+    /// Output format (`chart`: of the bars' rows it prints).
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
+    /// The picture `chart` writes: a .svg or .png file.
+    #[arg(long, required_if_eq("view", "chart"))]
+    pub out: Option<PathBuf>,
+    /// What `chart` draws a pair of bars (in, out) for.
+    #[arg(long, value_enum, default_value_t = Bars::Daily)]
+    pub bars: Bars,
+}
+
+/// The periods of `history chart`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Bars {
+    /// One pair of bars per day, as `history daily` lists them.
+    Daily,
+    /// One pair per month, as `history monthly` lists them (billing
+    /// months with --start-day).
+    Monthly,
 }
 
 /// Prints the report.
@@ -67,13 +86,51 @@ pub fn run(args: &HistoryArgs) -> anyhow::Result<()> {
         mode: args.mode,
         top: args.top,
     };
-    let table = if args.percentile {
-        store.percentile_95(&query)?
-    } else {
-        store.history(args.view, &query)?
+    let table = match (args.view, &args.out) {
+        (View::Chart, Some(out)) => {
+            if args.percentile || args.by.is_some() {
+                anyhow::bail!(
+                    "`history chart` draws bytes in and out per period: drop --95th and --by"
+                );
+            }
+            chart(&store, &query, args.bars, out)?
+        }
+        _ if args.percentile => store.percentile_95(&query)?,
+        _ => store.history(args.view, &query)?,
     };
     print!("{}", table.render(args.format));
     Ok(())
+}
+
+/// `history chart`: draws the rows of `history daily` (or `monthly`) as
+/// bars into `out`, and returns them.
+pub(crate) fn chart(store: &Store, query: &Query, bars: Bars, out: &Path) -> anyhow::Result<Table> {
+    let (view, title) = match bars {
+        Bars::Daily => (View::Daily, "bytes per day"),
+        Bars::Monthly => (View::Monthly, "bytes per month"),
+    };
+    let table = store.history(view, query)?;
+    let column = |name: &str| table.columns.iter().position(|c| *c == name);
+    let (Some(start), Some(received), Some(sent)) = (column("start"), column("in"), column("out"))
+    else {
+        anyhow::bail!("the {view:?} table lacks its start, in or out column");
+    };
+    let drawn: Vec<Bar> = table
+        .rows
+        .iter()
+        .map(|row| match (&row[start], &row[received], &row[sent]) {
+            (Cell::Text(label), Cell::Int(received), Cell::Int(sent)) => Bar {
+                label: label.clone(),
+                received: *received,
+                sent: *sent,
+            },
+            other => unreachable!("history rows hold text and counts: {other:?}"),
+        })
+        .collect();
+    let iface = query.iface.as_deref().unwrap_or("every interface");
+    chart::bars(&drawn, &format!("{title}, {iface}"), out)?;
+    eprintln!("wrote {}", out.display());
+    Ok(table)
 }
 
 /// A moment on the command line: a date or a date and time in the store's

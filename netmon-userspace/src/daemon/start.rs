@@ -334,11 +334,12 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let db = crate::logs::paths::check(&config.db, "--db", config.follow_symlinks)?;
     // With --reset-state the files and the database are moved aside, below,
     // once nothing can refuse; unread, since they may be what is broken.
-    let saved = if config.reset_state {
-        State::default()
+    let (saved, detail) = if config.reset_state {
+        (State::default(), Default::default())
     } else {
-        crate::history::Store::check(&db)?;
-        files.load()?
+        // A first start with a database imports the detail log: read whole here.
+        let detail = crate::history::DetailImport::check(&db, &files.detail)?;
+        (files.load()?, detail)
     };
     let mut enforcer = Enforcer::new(
         &targets[0].label,
@@ -384,7 +385,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         }
     }
     let labels: Vec<&str> = targets.iter().map(|t| t.label.as_str()).collect();
-    let written = first_writes(&config, &files, &db, &labels, &mut enforcer, saved);
+    let written = first_writes(&config, &files, &db, &labels, &mut enforcer, saved, &detail);
     let (history, mut saved) = match written {
         Ok(written) => written,
         Err(e) => {
@@ -608,7 +609,8 @@ fn release(kernels: impl IntoIterator<Item = Attached>) -> Result<(), DatapathEr
 
 /// The start's writes, once everything is checked and attached: with
 /// `--reset-state` the old files and database moved aside, the rules file,
-/// the database opened (continuing from the files the first time, and the
+/// the database opened (continuing from the files and the checked detail
+/// log the first time, and the
 /// quotas' use from it) and the state written back. Returns the store and what the run continues from.
 fn first_writes(
     config: &Config,
@@ -617,6 +619,7 @@ fn first_writes(
     labels: &[&str],
     enforcer: &mut Enforcer,
     saved: State,
+    detail: &crate::history::DetailImport,
 ) -> Result<(crate::history::Store, State), StartError> {
     if config.reset_state {
         files.move_aside()?;
@@ -627,7 +630,7 @@ fn first_writes(
     files.save_rules(&enforcer.persisted_rules())?;
     // The store continues from the files the first time, and is the record after.
     let mut history = crate::history::Store::open(db, config.tz.clone(), Default::default())?;
-    let mut saved = history.continue_from(labels, saved)?;
+    let mut saved = history.continue_from(labels, saved, detail)?;
     enforcer.restore_usage(saved.policy.quotas.clone());
     saved.policy.runtime = Default::default();
     saved.policy.ids = Default::default();

@@ -5,6 +5,7 @@
 //! month, kept for a retention per level and trimmed to the top pairs plus
 //! `other`; and the reports that read it. See docs/history.md.
 
+mod import;
 mod levels;
 pub mod query;
 mod sink;
@@ -14,6 +15,7 @@ mod tests;
 
 use std::path::PathBuf;
 
+pub use import::DetailImport;
 pub use levels::{Level, Limits};
 pub use sink::HistorySink;
 pub use store::Store;
@@ -44,6 +46,17 @@ pub enum HistoryError {
         path: PathBuf,
         /// The OS error.
         cause: std::io::Error,
+    },
+    /// The detail log the first start imports cannot be read, or a line
+    /// of it is not an interval the buckets can take: nothing was written.
+    #[error("detail log {}{}: {reason}; the first start with a history database imports it, and nothing was written: repair or remove that line, or move the file aside", path.display(), line.map(|n| format!(", line {n}")).unwrap_or_default())]
+    DetailLog {
+        /// The file.
+        path: PathBuf,
+        /// The line (from 1), if one is to blame.
+        line: Option<usize>,
+        /// What is wrong.
+        reason: String,
     },
     /// What the store holds cannot be read back.
     #[error("history database {}: {what} is malformed; start with --reset-state to move it aside", path.display())]

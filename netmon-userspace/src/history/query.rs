@@ -1,11 +1,11 @@
 //! Reading the store: traffic per bucket, broken down or not, the top
 //! pairs, the 95th percentile of the 5-minute rates, billing periods.
 
-use std::collections::BTreeMap;
+use std::collections::{hash_map::Entry, BTreeMap, HashMap};
 
 use jiff::{civil::Date, Timestamp};
 use netmon_common::Direction;
-use rusqlite::params;
+use rusqlite::{params, OptionalExtension as _};
 
 use super::{store::rolled_until, HistoryError, Level, Store};
 use crate::report::{Cell, Table};
@@ -26,6 +26,9 @@ pub enum View {
     Yearly,
     /// The pairs that carried the most.
     Top,
+    /// Bars of bytes in and out per day (per month with `--bars
+    /// monthly`) drawn into `--out`, like vnstati; lists them as `daily`.
+    Chart,
 }
 
 /// What each row is broken down by.
@@ -75,6 +78,37 @@ pub struct Query {
 /// Bytes received and sent.
 type InOut = [u64; 2];
 
+/// A breakdown's key: a pair's row (0: `other`), named only if it is shown,
+/// or a name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Key {
+    Pair(i64),
+    Name(String),
+}
+
+/// Bytes per bucket and key.
+type Rows = Vec<((i64, Key), InOut)>;
+
+/// Pairs' addresses by row, looked up once per report.
+type Names = HashMap<i64, (String, String)>;
+
+/// Interface totals per bucket, class and direction: one range of the
+/// primary key (level, bucket), read in its order and summed in Rust.
+pub(super) const TOTALS: &str = "SELECT bucket, class, direction, bytes FROM totals
+     WHERE level = ?1 AND bucket >= ?2 AND bucket < ?3
+       AND (?4 IS NULL OR iface = ?4)
+       AND (?5 IS NULL AND class NOT IN ('all', 'dropped')
+            AND class NOT LIKE 'service:%' OR class LIKE ?5)";
+
+/// Pair rows of a level in [begin, end), and the 5-minute rows from the
+/// open bucket on: two ranges of the primary key, read in its order, summed
+/// and named in Rust (a join and a GROUP BY here cost 8 times the reading).
+pub(super) const PAIR_USAGE: &str = "SELECT level, bucket, direction, pair, bytes FROM usage
+     WHERE level = ?1 AND bucket >= ?2 AND bucket < ?3 AND (?5 IS NULL OR iface = ?5)
+     UNION ALL
+     SELECT level, bucket, direction, pair, bytes FROM usage
+     WHERE ?1 <> 0 AND level = 0 AND bucket >= ?4 AND (?5 IS NULL OR iface = ?5)";
+
 impl Store {
     fn range(&self, q: &Query) -> (i64, i64) {
         (
@@ -87,109 +121,185 @@ impl Store {
     /// pattern: `all`, `service:%`) per bucket of `level` and class, or of
     /// the L4 protocols when `class` is `None`; a `service:` class is named
     /// by its service.
-    fn totals(
-        &self,
-        level: Level,
-        q: &Query,
-        class: Option<&str>,
-    ) -> Result<BTreeMap<(i64, String), InOut>, HistoryError> {
+    fn totals(&self, level: Level, q: &Query, class: Option<&str>) -> Result<Rows, HistoryError> {
         let (begin, end) = self.range(q);
         let mut stmt = self
             .conn
-            .prepare_cached(
-                "SELECT bucket, class, direction, sum(bytes) FROM totals
-                 WHERE level = ?1 AND bucket >= ?2 AND bucket < ?3
-                   AND (?4 IS NULL OR iface = ?4)
-                   AND (?5 IS NULL AND class NOT IN ('all', 'dropped')
-                        AND class NOT LIKE 'service:%' OR class LIKE ?5)
-                 GROUP BY bucket, class, direction",
-            )
+            .prepare_cached(TOTALS)
             .map_err(|e| self.error(e))?;
-        let rows = stmt
-            .query_map(params![level as i64, begin, end, q.iface, class], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, i64>(3)?,
-                ))
-            })
+        let mut rows = stmt
+            .query(params![level as i64, begin, end, q.iface, class])
             .map_err(|e| self.error(e))?;
-        let mut out: BTreeMap<(i64, String), InOut> = BTreeMap::new();
-        for row in rows {
-            let (bucket, class, direction, bytes) = row.map_err(|e| self.error(e))?;
-            let class = match class.strip_prefix("service:") {
-                Some(name) => name.to_string(),
-                None => class,
+        // A handful of classes over thousands of rows: each name is
+        // allocated once, not per row.
+        let mut classes: Vec<String> = Vec::new();
+        let mut out: BTreeMap<(i64, usize), InOut> = BTreeMap::new();
+        let mut read = |row: &rusqlite::Row<'_>| -> rusqlite::Result<()> {
+            let (bucket, class, direction, bytes): (i64, &str, i64, i64) = (
+                row.get(0)?,
+                row.get_ref(1)?.as_str()?,
+                row.get(2)?,
+                row.get(3)?,
+            );
+            let class = class.strip_prefix("service:").unwrap_or(class);
+            let index = match classes.iter().position(|c| c == class) {
+                Some(i) => i,
+                None => {
+                    classes.push(class.to_string());
+                    classes.len() - 1
+                }
             };
-            out.entry((bucket, class)).or_default()[direction.clamp(0, 1) as usize] += bytes as u64;
+            out.entry((bucket, index)).or_default()[direction.clamp(0, 1) as usize] += bytes as u64;
+            Ok(())
+        };
+        while let Some(row) = rows.next().map_err(|e| self.error(e))? {
+            read(row).map_err(|e| self.error(e))?;
         }
-        Ok(out)
+        Ok(out
+            .into_iter()
+            .map(|((bucket, class), v)| ((bucket, Key::Name(classes[class].clone())), v))
+            .collect())
     }
 
     /// Pair usage per bucket of `level`: the level's rows, and the 5-minute
-    /// rows not rolled up yet (the open bucket) put in their bucket.
-    fn pairs(
-        &self,
-        level: Level,
-        q: &Query,
-    ) -> Result<BTreeMap<(i64, String), InOut>, HistoryError> {
+    /// rows not rolled up yet (the open bucket) put in their bucket; keyed by
+    /// the pair's row, or by the peer's address with `--by peer`.
+    fn pairs(&self, level: Level, q: &Query) -> Result<Rows, HistoryError> {
         let (begin, end) = self.range(q);
         let open = rolled_until(&self.conn).map_err(|e| self.error(e))?;
         let mut stmt = self
             .conn
-            .prepare_cached(
-                // Two ranges of the primary key, so each is a range scan.
-                "SELECT u.level, u.bucket, u.direction, p.src, p.dst, sum(u.bytes)
-                 FROM (SELECT * FROM usage WHERE level = ?1 AND bucket >= ?2 AND bucket < ?3
-                       UNION ALL
-                       SELECT * FROM usage WHERE ?1 <> 0 AND level = 0 AND bucket >= ?4) u
-                 LEFT JOIN pairs p ON p.id = u.pair
-                 WHERE ?5 IS NULL OR u.iface = ?5
-                 GROUP BY u.level, u.bucket, u.direction, u.pair",
-            )
+            .prepare_cached(PAIR_USAGE)
             .map_err(|e| self.error(e))?;
-        let rows = stmt
-            .query_map(
-                params![level as i64, begin, end, open.unwrap_or(i64::MAX), q.iface],
-                |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, i64>(1)?,
-                        r.get::<_, i64>(2)?,
-                        r.get::<_, Option<String>>(3)?,
-                        r.get::<_, Option<String>>(4)?,
-                        r.get::<_, i64>(5)?,
-                    ))
-                },
-            )
+        let mut rows = stmt
+            .query(params![
+                level as i64,
+                begin,
+                end,
+                open.unwrap_or(i64::MAX),
+                q.iface
+            ])
             .map_err(|e| self.error(e))?;
-        let mut out: BTreeMap<(i64, String), InOut> = BTreeMap::new();
-        for row in rows {
-            let (row_level, bucket, direction, src, dst, bytes) = row.map_err(|e| self.error(e))?;
+        // (bucket, pair, direction): the rows of one bucket and pair, of
+        // several interfaces and protocols, summed.
+        let mut out: HashMap<(i64, i64), InOut> = HashMap::new();
+        // The open bucket's rows come in order of their 5-minute bucket.
+        let mut last = (i64::MIN, i64::MIN);
+        while let Some(row) = rows.next().map_err(|e| self.error(e))? {
+            let read = |row: &rusqlite::Row<'_>| -> rusqlite::Result<[i64; 5]> {
+                Ok([
+                    row.get(0)?,
+                    row.get(1)?,
+                    row.get(2)?,
+                    row.get(3)?,
+                    row.get(4)?,
+                ])
+            };
+            let [row_level, bucket, direction, pair, bytes] =
+                read(row).map_err(|e| self.error(e))?;
             let bucket = if row_level == level as i64 {
                 bucket
             } else {
-                level.bucket(Timestamp::from_second(bucket).unwrap_or_default(), &self.tz)
+                if last.0 != bucket {
+                    let at = Timestamp::from_second(bucket).unwrap_or_default();
+                    last = (bucket, level.bucket(at, &self.tz));
+                }
+                last.1
             };
             if bucket < begin || bucket >= end {
                 continue;
             }
             let received = direction == Direction::Ingress as i64;
-            let name = match (src, dst, q.by) {
-                (Some(s), Some(d), Some(By::Peer)) => {
-                    if received {
-                        s
-                    } else {
-                        d
-                    }
-                }
-                (Some(s), Some(d), _) => format!("{s} -> {d}"),
-                _ => "other".to_string(),
-            };
-            out.entry((bucket, name)).or_default()[usize::from(!received)] += bytes as u64;
+            out.entry((bucket, pair)).or_default()[usize::from(!received)] += bytes as u64;
         }
-        Ok(out)
+        if q.by != Some(By::Peer) {
+            return Ok(out
+                .into_iter()
+                .map(|((bucket, pair), v)| ((bucket, Key::Pair(pair)), v))
+                .collect());
+        }
+        // A peer is the source of what was received and the destination
+        // of what was sent.
+        let mut names = Names::default();
+        let mut peers: HashMap<(i64, String), InOut> = HashMap::new();
+        for ((bucket, pair), [i, o]) in out {
+            let (src, dst) = match self.addresses(&mut names, pair)? {
+                Some((src, dst)) => (src.as_str(), dst.as_str()),
+                None => ("other", "other"),
+            };
+            for (peer, bytes) in [(src, [i, 0]), (dst, [0, o])] {
+                if bytes == [0, 0] {
+                    continue;
+                }
+                let sum = peers.entry((bucket, peer.to_string())).or_default();
+                sum[0] += bytes[0];
+                sum[1] += bytes[1];
+            }
+        }
+        Ok(peers
+            .into_iter()
+            .map(|((bucket, peer), v)| ((bucket, Key::Name(peer)), v))
+            .collect())
+    }
+
+    /// The addresses of the pair in row `pair` (none for `other`, 0).
+    fn addresses<'a>(
+        &self,
+        names: &'a mut Names,
+        pair: i64,
+    ) -> Result<Option<&'a (String, String)>, HistoryError> {
+        if pair == 0 {
+            return Ok(None);
+        }
+        let vacant = match names.entry(pair) {
+            Entry::Occupied(known) => return Ok(Some(known.into_mut())),
+            Entry::Vacant(vacant) => vacant,
+        };
+        let found = self
+            .conn
+            .prepare_cached("SELECT src, dst FROM pairs WHERE id = ?1")
+            .and_then(|mut s| {
+                s.query_row([pair], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()
+            })
+            .map_err(|e| self.error(e))?;
+        Ok(found.map(|found| &*vacant.insert(found)))
+    }
+
+    /// The name a breakdown shows for `key`.
+    fn name(&self, names: &mut Names, key: Key) -> Result<String, HistoryError> {
+        Ok(match key {
+            Key::Name(name) => name,
+            Key::Pair(pair) => match self.addresses(names, pair)? {
+                Some((src, dst)) => format!("{src} -> {dst}"),
+                None => "other".to_string(),
+            },
+        })
+    }
+
+    /// The `top` keys of a period (all without a limit), largest first, ties
+    /// by name, named: only the keys that can make the cut are looked up.
+    fn ranked(
+        &self,
+        names: &mut Names,
+        mut keys: Vec<(Key, InOut)>,
+        top: Option<usize>,
+    ) -> Result<Vec<(String, InOut)>, HistoryError> {
+        let total = |v: &InOut| v[0] + v[1];
+        if let Some(top) = top.filter(|t| *t < keys.len()) {
+            // The top-th largest total: keys below it cannot make the cut,
+            // keys tied with it are decided by their names.
+            keys.select_nth_unstable_by(top - 1, |a, b| total(&b.1).cmp(&total(&a.1)));
+            let cut = total(&keys[top - 1].1);
+            keys.retain(|(_, v)| total(v) >= cut);
+        }
+        let mut named = keys
+            .into_iter()
+            .map(|(key, v)| Ok((self.name(names, key)?, v)))
+            .collect::<Result<Vec<_>, HistoryError>>()?;
+        named.sort_by(|a, b| total(&b.1).cmp(&total(&a.1)).then(a.0.cmp(&b.0)));
+        named.truncate(top.unwrap_or(usize::MAX));
+        Ok(named)
     }
 
     /// `netmon history VIEW`: one row per bucket (and per breakdown key), with
@@ -198,7 +308,7 @@ impl Store {
         let level = match view {
             View::FiveMin => Level::FiveMin,
             View::Hourly => Level::Hour,
-            View::Daily | View::Top => Level::Day,
+            View::Daily | View::Top | View::Chart => Level::Day,
             View::Monthly if q.start_day.is_some_and(|d| d != 1) => Level::Day,
             View::Monthly | View::Yearly => Level::Month,
         };
@@ -208,21 +318,17 @@ impl Store {
             (_, Some(By::Service)) => self.totals(level, q, Some("service:%"))?,
             (_, None) => self.totals(level, q, Some("all"))?,
         };
+        let mut names = Names::default();
+        let top = Some(q.top.max(1));
         if view == View::Top {
-            let mut sums: BTreeMap<String, InOut> = BTreeMap::new();
+            let mut sums: HashMap<Key, InOut> = HashMap::new();
             for ((_, key), [i, o]) in rows {
                 let s = sums.entry(key).or_default();
                 s[0] += i;
                 s[1] += o;
             }
-            let mut ranked: Vec<_> = sums.into_iter().collect();
-            ranked.sort_by(|a, b| {
-                (b.1[0] + b.1[1])
-                    .cmp(&(a.1[0] + a.1[1]))
-                    .then(a.0.cmp(&b.0))
-            });
             let mut table = Table::new(&["pair", "in", "out", "total"]);
-            for (key, [i, o]) in ranked.into_iter().take(q.top.max(1)) {
+            for (key, [i, o]) in self.ranked(&mut names, sums.into_iter().collect(), top)? {
                 table.push(vec![
                     Cell::text(key),
                     Cell::Int(i),
@@ -232,11 +338,14 @@ impl Store {
             }
             return Ok(table);
         }
-        // Regroup into the view's periods.
-        let mut periods: BTreeMap<(i64, String), InOut> = BTreeMap::new();
+        // Regroup into the view's periods (each bucket's found once).
+        let mut periods: BTreeMap<i64, HashMap<Key, InOut>> = BTreeMap::new();
+        let mut period_of: HashMap<i64, i64> = HashMap::new();
         for ((bucket, key), [i, o]) in rows {
-            let period = self.period(view, q, bucket);
-            let p = periods.entry((period, key)).or_default();
+            let period = *period_of
+                .entry(bucket)
+                .or_insert_with(|| self.period(view, q, bucket));
+            let p = periods.entry(period).or_default().entry(key).or_default();
             p[0] += i;
             p[1] += o;
         }
@@ -254,19 +363,9 @@ impl Store {
         }
         let mut table = Table::new(&columns);
         let now = Timestamp::now().as_second();
-        let mut by_period: BTreeMap<i64, Vec<(String, InOut)>> = BTreeMap::new();
-        for ((period, key), v) in periods {
-            by_period.entry(period).or_default().push((key, v));
-        }
-        for (period, mut keys) in by_period {
-            keys.sort_by(|a, b| {
-                (b.1[0] + b.1[1])
-                    .cmp(&(a.1[0] + a.1[1]))
-                    .then(a.0.cmp(&b.0))
-            });
-            if q.by.is_some() && keys.len() > q.top.max(1) {
-                keys.truncate(q.top.max(1));
-            }
+        for (period, keys) in periods {
+            let keys = keys.into_iter().collect();
+            let keys = self.ranked(&mut names, keys, top.filter(|_| q.by.is_some()))?;
             let seconds = (self.period_end(view, q, period).min(now) - period).max(1) as f64;
             for (key, [i, o]) in keys {
                 let mut row = vec![Cell::text(self.label(view, period))];
@@ -321,7 +420,7 @@ impl Store {
         let next = match view {
             View::FiveMin => return Level::FiveMin.next(start, &self.tz),
             View::Hourly => return Level::Hour.next(start, &self.tz),
-            View::Daily | View::Top => return Level::Day.next(start, &self.tz),
+            View::Daily | View::Top | View::Chart => return Level::Day.next(start, &self.tz),
             View::Monthly => billing_start(
                 date.first_of_month()
                     .checked_add(jiff::Span::new().months(1))
@@ -343,7 +442,7 @@ impl Store {
             .to_zoned(self.tz.clone());
         let format = match view {
             View::FiveMin | View::Hourly => "%Y-%m-%d %H:%M",
-            View::Daily | View::Top => "%Y-%m-%d",
+            View::Daily | View::Top | View::Chart => "%Y-%m-%d",
             View::Monthly => "%Y-%m-%d",
             View::Yearly => "%Y",
         };
@@ -357,8 +456,8 @@ impl Store {
     pub fn percentile_95(&self, q: &Query) -> Result<Table, HistoryError> {
         let samples = self.totals(Level::FiveMin, q, Some("all"))?;
         let (Some(first), Some(last)) = (
-            samples.keys().next().map(|k| k.0),
-            samples.keys().next_back().map(|k| k.0),
+            samples.first().map(|((bucket, _), _)| *bucket),
+            samples.last().map(|((bucket, _), _)| *bucket),
         ) else {
             let mut table = Table::new(&["samples", "in_bps", "out_bps", "billed_bps"]);
             table.push(vec![

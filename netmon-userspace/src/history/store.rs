@@ -10,7 +10,7 @@ use jiff::{tz::TimeZone, Timestamp};
 use netmon_common::{Counter, Direction, L4};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension as _};
 
-use super::{HistoryError, Level, Limits};
+use super::{DetailImport, HistoryError, Level, Limits};
 use crate::{
     accounting::{address_pair, AddressPair, Baseline, BaselineView, Ledger},
     enforcer::PersistedPolicy,
@@ -145,23 +145,25 @@ impl Store {
 
     /// Refuses, untouched, a file at `path` that is not a netmon history
     /// database of this layout, before the daemon changes anything; a
-    /// missing one is created by [`Store::open`].
-    pub fn check(path: &Path) -> Result<(), HistoryError> {
+    /// missing one is created by [`Store::open`]. Whether it holds history
+    /// already (it took over the files at a first start).
+    pub fn check(path: &Path) -> Result<bool, HistoryError> {
         match std::fs::symlink_metadata(path) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
             _ => {}
         }
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
             | OpenFlags::SQLITE_OPEN_NOFOLLOW
             | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(path, flags).map_err(|e| sqlite(path, e))?;
-        Store {
+        let store = Store {
             conn,
             path: path.to_path_buf(),
             tz: TimeZone::UTC,
             limits: Limits::default(),
-        }
-        .check_schema()
+        };
+        store.check_schema()?;
+        Ok(store.meta("imported")?.is_some())
     }
 
     /// Opens the database read-only for reports, while the daemon may be
@@ -253,15 +255,21 @@ impl Store {
     }
 
     /// What the daemon on `ifaces` continues from. The first time, the store
-    /// takes over `files` (the state file, or the old log), in one
-    /// transaction; from then on the store is the record: its totals, the
+    /// takes over `files` (the state file, or the old log) and puts the
+    /// intervals of `detail` into the buckets, in one transaction (the
+    /// detail log adds nothing to the totals: the files hold it); from then on the store is the record: its totals, the
     /// baselines of the interfaces, the quota and alert usage and the
     /// metrics' counters, which it wrote together, replace the files' (which
     /// lag behind it by up to `--log-every`). The CLI's rules and the rule
     /// ids stay the rules file's.
-    pub fn continue_from(&mut self, ifaces: &[&str], files: State) -> Result<State, HistoryError> {
+    pub fn continue_from(
+        &mut self,
+        ifaces: &[&str],
+        files: State,
+        detail: &DetailImport,
+    ) -> Result<State, HistoryError> {
         if self.meta("imported")?.is_none() {
-            self.import(ifaces, &files)?;
+            self.import(ifaces, &files, detail)?;
             return Ok(files);
         }
         let mut baselines = Vec::new();
@@ -311,7 +319,12 @@ impl Store {
         })
     }
 
-    fn import(&mut self, ifaces: &[&str], files: &State) -> Result<(), HistoryError> {
+    fn import(
+        &mut self,
+        ifaces: &[&str],
+        files: &State,
+        detail: &DetailImport,
+    ) -> Result<(), HistoryError> {
         let tx = self.conn.transaction().map_err(|e| sqlite(&self.path, e))?;
         {
             let mut insert = tx
@@ -339,6 +352,11 @@ impl Store {
                 .map_err(|e| sqlite(&self.path, e))?;
             }
             save_state(&tx, files).map_err(|e| sqlite(&self.path, e))?;
+            let mut ids = std::collections::HashMap::new();
+            detail.each(|interval| {
+                record_one(&tx, &interval.record(), &mut ids, &self.tz, &self.limits)
+                    .map_err(|e| sqlite(&self.path, e))
+            })?;
             tx.execute(
                 "INSERT INTO meta VALUES ('imported', ?1)",
                 [Timestamp::now().to_string()],

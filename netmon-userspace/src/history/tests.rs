@@ -9,7 +9,7 @@ use netmon_common::{Counter, PairKey, PairKeyV4};
 
 use super::{
     query::{By, Mode, Query, View},
-    HistoryError, HistorySink, Level, Limits, Store,
+    DetailImport, HistoryError, HistorySink, Level, Limits, Store,
 };
 use crate::{
     accounting::{Ledger, Meter},
@@ -68,7 +68,9 @@ fn start(
     limits: Limits,
 ) -> crate::daemon::Daemon<FakeKernel, FakeClock> {
     let mut store = Store::open(path, TimeZone::UTC, limits).unwrap();
-    let saved = store.continue_from(&["eth0"], State::default()).unwrap();
+    let saved = store
+        .continue_from(&["eth0"], State::default(), &DetailImport::default())
+        .unwrap();
     let meter = saved
         .baselines
         .first()
@@ -176,7 +178,11 @@ fn a_router_on_two_interfaces_continues_from_the_store_counting_forwarded_traffi
     let start = || {
         let mut store = Store::open(&db, TimeZone::UTC, Limits::default()).unwrap();
         let saved = store
-            .continue_from(&["eth0", "eth1"], State::default())
+            .continue_from(
+                &["eth0", "eth1"],
+                State::default(),
+                &DetailImport::default(),
+            )
             .unwrap();
         let meter = |instance| {
             saved
@@ -259,7 +265,9 @@ fn quota_and_alert_usage_come_from_the_store_and_the_rules_from_the_files() {
     let db = dir.path().join("h.db");
     let mut store = Store::open(&db, TimeZone::UTC, Limits::default()).unwrap();
     let older = State::default();
-    store.continue_from(&["eth0"], older.clone()).unwrap();
+    store
+        .continue_from(&["eth0"], older.clone(), &DetailImport::default())
+        .unwrap();
     let mut newer = State::default();
     newer.policy.quotas = vec![QuotaUsage {
         name: "guests".into(),
@@ -281,7 +289,9 @@ fn quota_and_alert_usage_come_from_the_store_and_the_rules_from_the_files() {
     files.policy.next_id = 5;
     files.policy.ids = [("block 10.0.0.0/8".to_string(), 4)].into();
     let mut store = Store::open(&db, TimeZone::UTC, Limits::default()).unwrap();
-    let continued = store.continue_from(&["eth0"], files.clone()).unwrap();
+    let continued = store
+        .continue_from(&["eth0"], files.clone(), &DetailImport::default())
+        .unwrap();
     assert_eq!(continued.policy.quotas, newer.policy.quotas);
     assert_eq!(continued.policy.total, newer.policy.total);
     assert_eq!(continued.metrics, newer.metrics);
@@ -469,10 +479,14 @@ fn the_old_files_are_imported_once_with_identical_totals() {
         ..Default::default()
     };
     let mut store = Store::open(&db, TimeZone::UTC, Limits::default()).unwrap();
-    let first = store.continue_from(&["eth0"], files.clone()).unwrap();
+    let first = store
+        .continue_from(&["eth0"], files.clone(), &DetailImport::default())
+        .unwrap();
     assert_eq!(first, files);
     // From then on the store is the record, whatever the files say.
-    let second = store.continue_from(&["eth0"], State::default()).unwrap();
+    let second = store
+        .continue_from(&["eth0"], State::default(), &DetailImport::default())
+        .unwrap();
     assert_eq!(second.ledger, files.ledger);
     drop(store);
     let exported = Store::open_read(&db).unwrap().ledger().unwrap();
@@ -582,5 +596,306 @@ fn billing_months_percentiles_and_breakdowns_add_up() {
     assert!(
         csv.starts_with("start,in,out,total,rate_bps\n2026-10-14,"),
         "{csv}"
+    );
+}
+
+#[test]
+fn a_reports_statements_read_one_range_of_the_primary_key_without_sorting() {
+    // A month's report at any level reads that level's rows of the month
+    // (and the open 5-minute bucket's), in the key's order: no table scan,
+    // no sort, no join per row. The timing is the bench's (history rows).
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("h.db"), TimeZone::UTC, Limits::default()).unwrap();
+    let plan = |sql: &str, args: usize| -> Vec<String> {
+        let mut stmt = store
+            .conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .unwrap();
+        let args = vec![rusqlite::types::Null; args];
+        stmt.query_map(rusqlite::params_from_iter(args), |r| r.get(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    assert_eq!(
+        plan(super::query::TOTALS, 5),
+        ["SEARCH totals USING PRIMARY KEY (level=? AND bucket>? AND bucket<?)"]
+    );
+    assert_eq!(
+        plan(super::query::PAIR_USAGE, 5),
+        [
+            "COMPOUND QUERY",
+            "LEFT-MOST SUBQUERY",
+            "SEARCH usage USING PRIMARY KEY (level=? AND bucket>? AND bucket<?)",
+            "UNION ALL",
+            "SEARCH usage USING PRIMARY KEY (level=? AND bucket>?)",
+        ]
+    );
+}
+
+#[test]
+fn a_breakdowns_top_ranks_by_bytes_then_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("h.db");
+    let (kernel, clock) = (FakeKernel::default(), FakeClock::at("2026-11-30T12:00:00Z"));
+    let mut daemon = start(&db, &kernel, &clock, Limits::default());
+    // Received: 300 from peer 1, 200 each from peers 4, 3 and 2 (a tie),
+    // 100 from peer 5; sent: 150 to peer 2.
+    for (n, bytes) in [(1, 300), (4, 200), (3, 200), (2, 200), (5, 100)] {
+        send(&kernel, key(peer(n), A, 0), 1, bytes);
+    }
+    send(&kernel, key(A, peer(2), 1), 1, 150);
+    clock.advance(Duration::from_secs(60));
+    daemon.poll().unwrap();
+    drop(daemon);
+    let store = Store::open_read(&db).unwrap();
+    let daily = |by, top| {
+        store
+            .history(
+                View::Daily,
+                &Query {
+                    by: Some(by),
+                    top,
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+    };
+    let pairs = daily(By::Pair, 3);
+    assert_eq!(
+        texts(&pairs, "pair"),
+        [
+            "10.200.1.1 -> 10.200.0.1",
+            "10.200.1.2 -> 10.200.0.1",
+            "10.200.1.3 -> 10.200.0.1"
+        ]
+    );
+    assert_eq!(ints(&pairs, "total"), [300, 200, 200]);
+    // A peer sums both directions: peer 2 received 200 and was sent 150.
+    let peers = daily(By::Peer, 2);
+    assert_eq!(texts(&peers, "peer"), ["10.200.1.2", "10.200.1.1"]);
+    assert_eq!(
+        (ints(&peers, "in"), ints(&peers, "out")),
+        (vec![200, 300], vec![150, 0])
+    );
+    let top = store
+        .history(
+            View::Top,
+            &Query {
+                top: 6,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(ints(&top, "total"), [300, 200, 200, 200, 150, 100]);
+    assert_eq!(
+        texts(&top, "pair")[4],
+        "10.200.0.1 -> 10.200.1.2",
+        "the sent pair"
+    );
+}
+
+/// The old files of a daemon that ran without a database: the state file,
+/// the log and a detail log rotated every few intervals, written by the
+/// daemon's own sinks from a fake kernel's traffic; 30 polls 7 minutes
+/// apart from 22:10 (5-minute buckets, hours and two days).
+fn old_files(dir: &Path) -> crate::logs::Files {
+    use crate::{
+        daemon::sinks::{DetailSink, FilesSink},
+        logs::{detail::Rotation, Files},
+    };
+    let files = Files::new(
+        &dir.join("network_log.json"),
+        None,
+        &dir.join("detail.jsonl"),
+    );
+    let (kernel, clock) = (FakeKernel::default(), FakeClock::at("2026-11-29T22:10:00Z"));
+    let sinks: Vec<Box<dyn Sink>> = vec![
+        Box::new(FilesSink::new(files.clone(), Duration::ZERO)),
+        Box::new(DetailSink::new(
+            files.detail.clone(),
+            Some(Rotation {
+                max: 8000,
+                keep: 10,
+            }),
+        )),
+    ];
+    let mut old = daemon(&kernel, &clock, Meter::default(), State::default(), sinks);
+    for i in 0..30u64 {
+        for n in 1..=4u8 {
+            send(&kernel, key(peer(n), A, 0), 1, 100 * u64::from(n) + i);
+        }
+        send(&kernel, key(A, peer(1), 1), 2, 90 + i);
+        clock.advance(Duration::from_secs(7 * 60));
+        old.poll().unwrap();
+    }
+    files
+}
+
+#[test]
+fn an_old_detail_log_and_its_rotated_files_fill_the_buckets_with_its_exact_sums() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = old_files(dir.path());
+    let rotated = crate::logs::detail::with_rotated(&files.detail);
+    assert!(rotated.len() > 2, "{rotated:?}");
+    let records = crate::report::load(&files.detail, None, None).unwrap();
+    assert_eq!(records.len(), 30);
+
+    let db = dir.path().join("network_log.db");
+    let import = DetailImport::check(&db, &files.detail).unwrap();
+    assert_eq!(import.intervals, 30);
+    assert!(!db.exists(), "the check writes nothing");
+    // Two pairs a bucket: the rest goes into `other`, sums stay exact.
+    let limits = Limits {
+        top: [2; 4],
+        ..Limits::default()
+    };
+    let saved = files.load().unwrap();
+    let mut store = Store::open(&db, TimeZone::UTC, limits).unwrap();
+    store
+        .continue_from(&["eth0"], saved.clone(), &import)
+        .unwrap();
+    drop(store);
+    let store = Store::open_read(&db).unwrap();
+    // Nothing lost: the totals are the state file's.
+    assert_eq!(store.ledger().unwrap(), saved.ledger);
+
+    let views = [
+        (View::FiveMin, Level::FiveMin, "%Y-%m-%d %H:%M"),
+        (View::Hourly, Level::Hour, "%Y-%m-%d %H:%M"),
+        (View::Daily, Level::Day, "%Y-%m-%d"),
+        (View::Monthly, Level::Month, "%Y-%m-%d"),
+    ];
+    for (view, level, format) in views {
+        // Per bucket (the one holding each interval's midpoint): the
+        // interface's bytes in and out, and the pairs' bytes in and out.
+        let mut expected: std::collections::BTreeMap<String, [u64; 4]> = Default::default();
+        for r in &records {
+            let (start, end): (Timestamp, Timestamp) =
+                (r.start.parse().unwrap(), r.end.parse().unwrap());
+            let mid = start + start.duration_until(end) / 2;
+            let bucket = Timestamp::from_second(level.bucket(mid, &TimeZone::UTC)).unwrap();
+            let label = bucket.strftime(format).to_string();
+            let sums = expected.entry(label).or_default();
+            sums[0] += r.protocols["ingress"].all.bytes;
+            sums[1] += r.protocols["egress"].all.bytes;
+            for p in &r.pairs {
+                sums[2 + usize::from(p.direction == "egress")] += p.bytes;
+            }
+        }
+        let totals = store.history(view, &Query::default()).unwrap();
+        let by_pair = store
+            .history(
+                view,
+                &Query {
+                    by: Some(By::Pair),
+                    top: 100,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        let mut found: std::collections::BTreeMap<String, [u64; 4]> = Default::default();
+        for (start, (i, o)) in texts(&totals, "start")
+            .into_iter()
+            .zip(ints(&totals, "in").into_iter().zip(ints(&totals, "out")))
+        {
+            let sums = found.entry(start).or_default();
+            sums[0] += i;
+            sums[1] += o;
+        }
+        for (start, (i, o)) in texts(&by_pair, "start")
+            .into_iter()
+            .zip(ints(&by_pair, "in").into_iter().zip(ints(&by_pair, "out")))
+        {
+            let sums = found.entry(start).or_default();
+            sums[2] += i;
+            sums[3] += o;
+        }
+        assert_eq!(found, expected, "{view:?}");
+    }
+    assert_eq!(
+        texts(
+            &store.history(View::Daily, &Query::default()).unwrap(),
+            "start"
+        ),
+        ["2026-11-29", "2026-11-30"]
+    );
+}
+
+#[test]
+fn a_corrupt_detail_log_is_refused_in_one_line_naming_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = old_files(dir.path());
+    let rotated = crate::logs::detail::with_rotated(&files.detail);
+    // The oldest file's second line, cut short and followed by more.
+    let oldest = &rotated[0];
+    let text = std::fs::read_to_string(oldest).unwrap();
+    let mut lines: Vec<&str> = text.lines().collect();
+    assert!(lines.len() >= 3, "{lines:?}");
+    let cut = lines[1][..40].to_string();
+    lines[1] = &cut;
+    std::fs::write(oldest, lines.join("\n") + "\n").unwrap();
+    let db = dir.path().join("network_log.db");
+    let err = DetailImport::check(&db, &files.detail).unwrap_err();
+    let message = err.to_string();
+    assert!(
+        matches!(&err, HistoryError::DetailLog { path, line: Some(2), .. } if path == oldest),
+        "{err:?}"
+    );
+    assert!(
+        message.starts_with(&format!(
+            "detail log {}, line 2: not a detail record (",
+            oldest.display()
+        )),
+        "{message}"
+    );
+    assert!(message.ends_with("move the file aside"), "{message}");
+    assert!(!message.contains('\n'), "{message}");
+    assert!(!db.exists(), "nothing written");
+}
+
+#[test]
+fn a_chart_draws_the_daily_rows_as_bars_in_a_picture_of_the_stated_size() {
+    use crate::commands::history::{chart, Bars};
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("h.db");
+    let (kernel, clock) = (FakeKernel::default(), FakeClock::at("2026-11-28T00:00:00Z"));
+    let mut daemon = start(&db, &kernel, &clock, Limits::default());
+    // Three days, three polls a day: day d receives 1000·(d+1) bytes a
+    // poll from peer 1 and sends 300 to peer 2.
+    for d in 0..3u64 {
+        for _ in 0..3 {
+            send(&kernel, key(peer(1), A, 0), 1, 1000 * (d + 1));
+            send(&kernel, key(A, peer(2), 1), 1, 300);
+            clock.advance(Duration::from_secs(8 * 3600));
+            daemon.poll().unwrap();
+        }
+    }
+    drop(daemon);
+    let store = Store::open_read(&db).unwrap();
+    let q = Query::default();
+    let png = dir.path().join("daily.png");
+    let drawn = chart(&store, &q, Bars::Daily, &png).unwrap();
+    assert_eq!(drawn, store.history(View::Daily, &q).unwrap());
+    assert_eq!(
+        texts(&drawn, "start"),
+        ["2026-11-28", "2026-11-29", "2026-11-30"]
+    );
+    assert_eq!(ints(&drawn, "in"), [3000, 6000, 9000]);
+    assert_eq!(ints(&drawn, "out"), [900, 900, 900]);
+    let picture = image::open(&png).unwrap();
+    assert_eq!(
+        (picture.width(), picture.height()),
+        crate::report::chart::SIZE
+    );
+    let svg = dir.path().join("monthly.svg");
+    let drawn = chart(&store, &q, Bars::Monthly, &svg).unwrap();
+    assert_eq!(drawn, store.history(View::Monthly, &q).unwrap());
+    assert_eq!(ints(&drawn, "total"), [18_000 + 2700]);
+    // plotters puts a text's content on a line of its own.
+    let text = std::fs::read_to_string(&svg).unwrap().replace('\n', "");
+    assert!(
+        text.starts_with("<svg") && text.contains(">2026-11-01</text>"),
+        "the month is named under its bars: {text:.300}"
     );
 }

@@ -300,6 +300,74 @@ pub fn append(path: &Path, record: &impl Serialize) -> Result<(), LogError> {
     Ok(())
 }
 
+/// The records of one detail log file, read back in order with their line
+/// numbers (from 1). An incomplete last line, which a daemon may be writing
+/// right now, is skipped with a warning.
+pub struct Records {
+    path: std::path::PathBuf,
+    lines: std::iter::Peekable<
+        std::iter::Enumerate<std::io::Lines<std::io::BufReader<std::fs::File>>>,
+    >,
+}
+
+/// Why a line of a detail log could not be read back.
+#[derive(Debug)]
+pub enum RecordError {
+    /// Reading the file failed part-way.
+    Read(std::io::Error),
+    /// The line (from 1) is not a detail record.
+    NotARecord {
+        /// The line.
+        line: usize,
+        /// What the parser said.
+        reason: String,
+    },
+}
+
+/// Opens the detail log file at `path` for reading its records.
+pub fn records(path: &Path) -> std::io::Result<Records> {
+    use std::io::BufRead as _;
+    let file = std::fs::File::open(path)?;
+    Ok(Records {
+        path: path.to_path_buf(),
+        lines: std::io::BufReader::new(file).lines().enumerate().peekable(),
+    })
+}
+
+impl Iterator for Records {
+    type Item = Result<(usize, DetailRecord), RecordError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let (n, line) = self.lines.next()?;
+            let line = match line {
+                Ok(line) => line,
+                Err(e) => return Some(Err(RecordError::Read(e))),
+            };
+            if line.trim().is_empty() {
+                continue;
+            }
+            return Some(match serde_json::from_str(&line) {
+                Ok(record) => Ok((n + 1, record)),
+                // A daemon may be writing the last line right now; a line
+                // cut short before others is damage.
+                Err(e) if e.is_eof() && self.lines.peek().is_none() => {
+                    log::warn!(
+                        "{}:{}: incomplete last line skipped",
+                        self.path.display(),
+                        n + 1
+                    );
+                    continue;
+                }
+                Err(e) => Err(RecordError::NotARecord {
+                    line: n + 1,
+                    reason: e.to_string(),
+                }),
+            });
+        }
+    }
+}
+
 /// When the detail log is rotated: once it holds `max` bytes it becomes
 /// `NAME.1` (older ones move to `NAME.2` …), and the one past `keep` is removed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

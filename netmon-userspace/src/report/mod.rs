@@ -7,7 +7,6 @@ mod table;
 
 use std::{
     collections::BTreeMap,
-    io::BufRead,
     net::IpAddr,
     path::{Path, PathBuf},
 };
@@ -15,7 +14,7 @@ use std::{
 use jiff::Timestamp;
 
 use crate::logs::{
-    detail::{DetailRecord, PairRecord},
+    detail::{DetailRecord, PairRecord, RecordError},
     LogError,
 };
 pub use table::{Cell, Format, Table};
@@ -107,33 +106,22 @@ fn read_records(
     until: Option<Timestamp>,
     records: &mut Vec<DetailRecord>,
 ) -> Result<(), ReportError> {
-    let file = std::fs::File::open(path).map_err(|cause| ReportError::Open {
+    let lines = crate::logs::detail::records(path).map_err(|cause| ReportError::Open {
         path: path.to_path_buf(),
         cause,
     })?;
-    for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(|cause| ReportError::Read {
-            path: path.to_path_buf(),
-            cause,
+    for line in lines {
+        let (_, record) = line.map_err(|e| match e {
+            RecordError::Read(cause) => ReportError::Read {
+                path: path.to_path_buf(),
+                cause,
+            },
+            RecordError::NotARecord { line, reason } => ReportError::NotARecord {
+                path: path.to_path_buf(),
+                line,
+                reason,
+            },
         })?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let record: DetailRecord = match serde_json::from_str(&line) {
-            Ok(r) => r,
-            // A daemon may be writing the last line right now.
-            Err(e) if e.is_eof() => {
-                log::warn!("{}:{}: incomplete last line skipped", path.display(), n + 1);
-                continue;
-            }
-            Err(e) => {
-                return Err(ReportError::NotARecord {
-                    path: path.to_path_buf(),
-                    line: n + 1,
-                    reason: e.to_string(),
-                })
-            }
-        };
         let (start, end) = (timestamp(&record.start)?, timestamp(&record.end)?);
         if since.is_some_and(|s| end <= s) || until.is_some_and(|u| start >= u) {
             continue;
@@ -491,6 +479,54 @@ mod tests {
             default_bin(&records(10, 8640)).unwrap(),
             Duration::from_secs(864)
         );
+    }
+
+    #[test]
+    fn a_chart_is_drawn_against_wall_clock_time_with_its_legend_below_the_data() {
+        // 30 intervals of 10 s from 12:00:00 UTC, one pair growing.
+        let mut records = records(10, 30);
+        for (n, r) in records.iter_mut().enumerate() {
+            r.pairs.push(PairRecord {
+                direction: "ingress".into(),
+                src: "10.0.0.2".parse().unwrap(),
+                dst: "10.0.0.1".parse().unwrap(),
+                proto: "udp".into(),
+                proto_num: 17,
+                src_port: 0,
+                dst_port: 0,
+                frames: 1,
+                bytes: 100 * (n as u64 + 1),
+                dropped_frames: 0,
+                dropped_bytes: 0,
+            });
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let svg = dir.path().join("chart.svg");
+        chart::draw(&records, std::time::Duration::from_secs(10), 5, &svg).unwrap();
+        // plotters puts a text's content on a line of its own.
+        let text = std::fs::read_to_string(&svg).unwrap().replace('\n', "");
+        // The y of the <text> element that reads `label`.
+        let y_of = |label: &str| -> f64 {
+            let end = text
+                .find(&format!(">{label}</text>"))
+                .unwrap_or_else(|| panic!("no text {label:?} in {text}"));
+            let element = &text[text[..end].rfind("<text").unwrap()..end];
+            let y = element.split(" y=\"").nth(1).unwrap();
+            y[..y.find('"').unwrap()].parse().unwrap()
+        };
+        // The axis reads wall-clock time from the first interval's start.
+        let first_tick = y_of("12:00:00");
+        let axis = y_of("time (UTC), bins of 10 s");
+        assert!(!text.contains("seconds"), "no seconds from the start");
+        // The legend is in its own strip below the axis and its
+        // description, not over the data.
+        for label in ["10.0.0.2 → 10.0.0.1", "other pairs"] {
+            let legend = y_of(label);
+            assert!(
+                legend > axis && axis > first_tick,
+                "{label}: legend at {legend}, axis title at {axis}, ticks at {first_tick}"
+            );
+        }
     }
 
     #[test]

@@ -15,7 +15,7 @@ use netmon::{
     datapath::{PairReading, Snapshot},
     history::{
         query::{By, Mode, Query, View},
-        Limits, Store,
+        DetailImport, Limits, Store,
     },
     logs::{detail::IntervalRecord, state::State, Files},
 };
@@ -155,7 +155,9 @@ fn per_interval(scale: Scale) -> Vec<Row> {
         Limits::default(),
     )
     .unwrap();
-    store.continue_from(&["bench0"], state).unwrap();
+    store
+        .continue_from(&["bench0"], state, &DetailImport::default())
+        .unwrap();
     let (mut meter, mut totals) = (Meter::default(), DirectionTotals::default());
     let stride = history / active;
     let rounds = scale.pick(60, 12);
@@ -221,7 +223,9 @@ fn simulated_year(scale: Scale) -> Vec<Row> {
     let dir = tempfile::tempdir_in("/dev/shm").unwrap();
     let path = dir.path().join("year.db");
     let mut store = Store::open(&path, TimeZone::UTC, Limits::default()).unwrap();
-    store.continue_from(&["bench0"], State::default()).unwrap();
+    store
+        .continue_from(&["bench0"], State::default(), &DetailImport::default())
+        .unwrap();
     let (mut meter, mut totals) = (Meter::default(), DirectionTotals::default());
     let start: Timestamp = "2025-12-01T00:00:00Z".parse().unwrap();
     let intervals = days * 288;
@@ -262,9 +266,9 @@ fn simulated_year(scale: Scale) -> Vec<Row> {
         top: 10,
         ..Default::default()
     };
-    let mut times = Vec::new();
+    let (mut walls, mut cpus) = (Vec::new(), Vec::new());
     for _ in 0..5 {
-        let t = Instant::now();
+        let (t, c) = (Instant::now(), cpu());
         store.history(View::Daily, &q).unwrap();
         store.percentile_95(&q).unwrap();
         store
@@ -276,9 +280,11 @@ fn simulated_year(scale: Scale) -> Vec<Row> {
                 },
             )
             .unwrap();
-        times.push(t.elapsed().as_secs_f64());
+        walls.push(t.elapsed().as_secs_f64());
+        cpus.push((cpu() - c).as_secs_f64());
     }
-    times.sort_by(f64::total_cmp);
+    walls.sort_by(f64::total_cmp);
+    cpus.sort_by(f64::total_cmp);
     vec![
         Row::new(
             format!("history: database size after {days} simulated days at {active} active pairs (default retention; plus the baseline row, about 80 bytes per pair in the kernel's table)"),
@@ -286,8 +292,14 @@ fn simulated_year(scale: Scale) -> Vec<Row> {
             "MB",
         ),
         Row::new(
-            "history: a month's report (daily rows, 95th percentile, top 10 pairs per day; median of 5)",
-            times[2] * 1000.0,
+            "history: CPU of a month's report (daily rows, 95th percentile, top 10 pairs per day; median of 5)",
+            cpus[2] * 1000.0,
+            "ms",
+        )
+        .target(Target::AtMost(50.0)),
+        Row::new(
+            "history: wall time of that report (median of 5; the machine's load adds to it)",
+            walls[2] * 1000.0,
             "ms",
         ),
     ]
