@@ -8,6 +8,7 @@
 //! passed in, so that a whole poll runs in tests with fakes.
 
 pub mod clock;
+mod hotplug;
 pub mod kernel;
 pub mod report;
 pub mod sinks;

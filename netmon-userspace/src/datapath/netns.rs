@@ -102,20 +102,26 @@ impl Netns {
         self.label.as_deref()
     }
 
+    /// Moves the calling thread, and only it, into the namespace for good.
+    pub fn enter(&self) -> Result<(), DatapathError> {
+        // SAFETY: setns with a namespace descriptor we hold; it affects only this thread.
+        if unsafe { libc::setns(self.file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(DatapathError::Netns(format!(
+                "cannot enter network namespace {} ({}); run netmon as root",
+                self.path.display(),
+                std::io::Error::last_os_error()
+            )));
+        }
+        Ok(())
+    }
+
     /// Runs `f` on a thread inside the namespace, and returns what it returns.
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T, DatapathError> {
         std::thread::scope(|scope| {
             scope
                 .spawn(|| {
-                    // SAFETY: setns with a namespace descriptor we hold
-                    // affects only this thread, which ends with `f`.
-                    if unsafe { libc::setns(self.file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                        return Err(DatapathError::Netns(format!(
-                            "cannot enter network namespace {} ({}); run netmon as root",
-                            self.path.display(),
-                            std::io::Error::last_os_error()
-                        )));
-                    }
+                    // The thread ends with `f`.
+                    self.enter()?;
                     Ok(f())
                 })
                 .join()
