@@ -141,6 +141,16 @@ pub struct InterfaceSpec {
     pub netns: Option<String>,
 }
 
+impl InterfaceSpec {
+    /// As reports name it: `IF`, or `NS:IF` in another namespace.
+    pub fn label(&self) -> String {
+        match &self.netns {
+            Some(ns) => control::key(Some(&crate::datapath::netns::label_of(ns)), &self.name),
+            None => self.name.clone(),
+        }
+    }
+}
+
 /// How to run: what `netmon run`'s options say.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -215,15 +225,11 @@ impl Target {
             Some(ns) => ns.label().map(str::to_string),
             None => crate::datapath::netns::own_label(),
         };
-        let label = match &netns {
-            Some(ns) => control::key(Some(ns.label().unwrap_or("host")), &spec.name),
-            None => spec.name.clone(),
-        };
         Ok(Target {
             key: control::key(ns_label.as_deref(), &spec.name),
             name: spec.name.clone(),
             netns,
-            label,
+            label: spec.label(),
         })
     }
 
@@ -356,7 +362,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         files.load()?
     };
     let mut enforcer = Enforcer::new(
-        &targets[0].label,
+        &targets.iter().map(|t| t.label.as_str()).collect::<Vec<_>>(),
         config.policy.clone(),
         saved.policy.clone(),
         config.tz.clone(),

@@ -37,11 +37,7 @@ impl Netns {
     /// Opens `spec`: a name under `/run/netns` (as `ip netns` names it) or a
     /// path such as `/proc/PID/ns/net`.
     pub fn open(spec: &str) -> Result<Netns, DatapathError> {
-        let path = if spec.contains('/') {
-            PathBuf::from(spec)
-        } else {
-            Path::new(NAMED).join(spec)
-        };
+        let path = path_of(spec);
         let file = File::open(&path).map_err(|e| {
             DatapathError::Netns(format!(
                 "cannot open network namespace {} ({e}); name one that `ip netns list` shows, \
@@ -127,6 +123,25 @@ impl Netns {
                 .join()
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
         })
+    }
+}
+
+/// The file of namespace `spec`: a name under `/run/netns`, or a path.
+fn path_of(spec: &str) -> PathBuf {
+    if spec.contains('/') {
+        PathBuf::from(spec)
+    } else {
+        Path::new(NAMED).join(spec)
+    }
+}
+
+/// How reports name namespace `spec` (`--netns`), without entering it: its
+/// [`label`], `host` for the machine's own, and `spec` itself when it is
+/// not there (yet).
+pub fn label_of(spec: &str) -> String {
+    match std::fs::metadata(path_of(spec)) {
+        Ok(file) => label(file.ino()).unwrap_or_else(|| "host".into()),
+        Err(_) => spec.to_string(),
     }
 }
 
