@@ -8,7 +8,7 @@ use std::path::Path;
 /// The policy file parser.
 pub fn policy_file(data: &[u8]) {
     if let Ok(text) = std::str::from_utf8(data) {
-        let _ = crate::policy::file::parse(Path::new("fuzz.toml"), text);
+        let _ = crate::policy::file::parse(Path::new("fuzz.toml"), text, None);
     }
 }
 

@@ -71,3 +71,12 @@ pub fn drop_after_attach(also: &[Capability]) -> Result<(), PrivilegeError> {
     }
     Ok(())
 }
+
+/// Gives up every capability of the calling thread (threads that need none
+/// once set up, such as the one hearing interfaces appear).
+pub fn drop_all() -> Result<(), PrivilegeError> {
+    for set in [CapSet::Inheritable, CapSet::Effective, CapSet::Permitted] {
+        caps::clear(None, set)?;
+    }
+    Ok(())
+}

@@ -1,5 +1,6 @@
 //! A daemon's policy over several interfaces: one quota budget for all of
-//! them, forwarded traffic charged once, and rules on a subset of them.
+//! them, forwarded traffic charged once, and rules and quotas on a subset of
+//! them, from the CLI and from the policy file.
 
 use std::{net::IpAddr, path::Path, time::Duration};
 
@@ -7,6 +8,7 @@ use anyhow::Result;
 use netmon_tests::{
     daemon::{ctl, listing, quota, Launch, Netmon},
     mounts::TempMount,
+    names_in,
     traffic::frame_len,
     Flow, Routed,
 };
@@ -168,6 +170,103 @@ fn a_block_on_one_interface_drops_there_only_and_is_kept_across_a_restart() -> R
         Duration::from_secs(10),
     )?;
     check(4, 3, 7813)?;
+    netmon.stop()?;
+    Ok(())
+}
+
+#[test]
+fn a_policy_file_puts_rules_and_quotas_on_the_interfaces_it_names() -> Result<()> {
+    let bpffs = TempMount::bpffs()?;
+    let net = Routed::create()?;
+    let dir = tempfile::tempdir()?;
+    let (left, right) = (&net.router_left, &net.router_right);
+    let policy = dir.path().join("policy.toml");
+    let with_ifaces = |block_on: &str| {
+        format!(
+            "[[block]]\nproto = \"udp\"\ndport = 7821\nifaces = [\"{block_on}\"]\n\n\
+             [[quota]]\nname = \"left-only\"\ncidr = \"10.200.0.0/16\"\nlimit = 5000\n\
+             period = \"daily\"\nifaces = [\"{}\"]\n",
+            left.iface
+        )
+    };
+
+    // An interface the daemon does not watch: refused in one line, before
+    // anything is attached or written.
+    std::fs::write(&policy, with_ifaces("nosuch0"))?;
+    let logs = dir.path().join("logs");
+    std::fs::create_dir(&logs)?;
+    let launch =
+        || on_both_ports(&net, &logs, &bpffs).args(&["--policy", policy.to_str().unwrap()]);
+    let refused = launch().run_to_end()?;
+    assert_eq!(
+        String::from_utf8_lossy(&refused.stderr),
+        format!(
+            "netmon: error: {}:1: ifaces: 'nosuch0' is not one of this daemon's interfaces \
+             ({}, {}); name one of those, or leave ifaces out for all of them\n",
+            policy.display(),
+            left.iface,
+            right.iface
+        )
+    );
+    assert!(!refused.status.success());
+    // The kernel's own iterators (bpf_preload) show up in a new bpffs once used.
+    let pinned: Vec<String> = names_in(bpffs.path())
+        .into_iter()
+        .filter(|n| !["maps.debug", "progs.debug"].contains(&n.as_str()))
+        .collect();
+    assert_eq!(pinned, Vec::<String>::new(), "nothing pinned");
+    assert_eq!(names_in(&logs), Vec::<String>::new(), "nothing written");
+
+    std::fs::write(&policy, with_ifaces(&right.iface))?;
+    let mut netmon = launch().start()?;
+    netmon.wait_for(
+        &format!("counting on {}", right.iface),
+        Duration::from_secs(10),
+    )?;
+    let small = frame_len(IpAddr::V4(left.ipv4), 500);
+    let large = frame_len(IpAddr::V4(left.ipv4), 1000);
+    // The block is the right port's: the left one passes what it drops there.
+    let into_left = Flow::udp(&net.left, left)
+        .port(7821)
+        .sizes(&[500; 3])
+        .delivered()?;
+    assert_eq!(into_left.len(), 3);
+    let into_right = Flow::udp(&net.right, right)
+        .port(7821)
+        .sizes(&[500; 7])
+        .delivered()?;
+    assert_eq!(into_right.len(), 0);
+    let rules = listing(&left.iface, &["rules"]);
+    assert_eq!(rules.as_array().map(Vec::len), Some(1), "{rules}");
+    assert_eq!(rules[0]["ifaces"], json!([right.iface]));
+    assert_eq!(
+        rules[0]["ingress"],
+        json!({"frames": 7, "bytes": 7 * small}),
+        "the right port's datagrams, none of the left's"
+    );
+    assert_eq!(rules[0]["egress"], json!({"frames": 0, "bytes": 0}));
+
+    // The quota is the left port's: the right one is neither charged nor stopped.
+    let used = || quota(&left.iface, "left-only")["used"].as_u64().unwrap();
+    assert_eq!(used(), 3 * small, "the left port's three datagrams only");
+    let into_right = Flow::udp(&net.right, right)
+        .port(7822)
+        .sizes(&[1000; 10])
+        .delivered()?;
+    assert_eq!(into_right.len(), 10);
+    assert_eq!(used(), 3 * small);
+    // One stream through one veth queue: frames pass while the use is below the limit.
+    let into_left = Flow::udp(&net.left, left)
+        .port(7822)
+        .sizes(&[1000; 10])
+        .delivered()?;
+    let passing = (5000 - 3 * small).div_ceil(large);
+    assert_eq!(passing, 4);
+    assert_eq!(into_left.len() as u64, passing);
+    let q = quota(&left.iface, "left-only");
+    assert_eq!(q["used"].as_u64(), Some(3 * small + passing * large), "{q}");
+    assert_eq!(q["ifaces"], json!([left.iface]), "{q}");
+    assert_eq!(q["blocked"], true, "{q}");
     netmon.stop()?;
     Ok(())
 }

@@ -253,6 +253,66 @@ fn an_interface_that_appears_while_running_is_attached_and_counted() -> Result<(
     Ok(())
 }
 
+/// From the host with `--netns`, so the listener hears the router's
+/// namespace from a thread that joined it. The waits below end at netmon's
+/// lines, well before its first safety check (30 s): only the kernel's
+/// announcements can bring them.
+#[test]
+fn an_interface_is_attached_when_it_is_announced_and_one_that_fails_is_named_once() -> Result<()> {
+    let bpffs = TempMount::bpffs()?;
+    let net = Routed::create()?;
+    net.remove_right()?;
+    let dir = tempfile::tempdir()?;
+    let right = &net.router_right;
+    let label = format!("{}:{}", right.netns, right.iface);
+    let mut netmon = on_both_ports(&net, dir.path(), &bpffs)
+        .from_host()
+        .ingress("xdp")
+        .start()?;
+    let ip_link =
+        |args: &[&str]| netmon_tests::netns::run(right.command("ip").arg("link").args(args));
+    // First a bridge of that name, which has no native XDP: it fails at its
+    // announcement, and each change after is one more failed try, unsaid.
+    ip_link(&["add", &right.iface, "type", "bridge"])?;
+    let failed = netmon.wait_for(&format!("attaching {label}"), Duration::from_secs(10))?;
+    assert!(
+        failed.contains(&format!(
+            "the driver of '{}' does not run native XDP",
+            right.iface
+        )),
+        "{failed}"
+    );
+    for change in [&["mtu", "1400"][..], &["up"], &["mtu", "1300"], &["down"]] {
+        ip_link(&[&["set", &right.iface][..], change].concat())?;
+    }
+    ip_link(&["del", &right.iface])?;
+    // Then the veth: announced after every change above, so attached after
+    // netmon went through them.
+    net.add_right()?;
+    netmon.wait_for(&format!("counting on {label}"), Duration::from_secs(10))?;
+    Flow::udp(&net.right, right)
+        .port(7110)
+        .sizes(&[400; 17])
+        .send()?;
+    let stderr = netmon.stop()?;
+    let warned: Vec<&String> = stderr
+        .iter()
+        .filter(|l| l.contains(&format!("attaching {label}")))
+        .collect();
+    assert_eq!(warned, [&failed], "one line for one cause");
+    let totals = exact_totals(dir.path())?;
+    assert_eq!(
+        totals.get(&(v4(&net.right), v4(right))),
+        Some(udp(17, right, 400))
+    );
+    let seen = detail(dir.path())?;
+    assert_eq!(
+        seen.get(&(label.clone(), "ingress".into(), v4(&net.right), v4(right))),
+        Some(&udp(17, right, 400))
+    );
+    Ok(())
+}
+
 #[test]
 fn an_interface_deleted_while_running_keeps_its_counts_and_the_daemon_goes_on() -> Result<()> {
     let bpffs = TempMount::bpffs()?;

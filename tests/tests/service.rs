@@ -96,10 +96,26 @@ fn config_check_names_the_file_and_line_of_each_problem() -> Result<()> {
         ("[[interface]]\nmtu = 1500\n", 2, "interface: unknown key 'mtu'; an interface has name and netns"),
         ("interval = \"5s\"\n\n[[policy.block]]\ncidr = \"10.0.0.0/33\"\n", 3, "'10.0.0.0/33' is not a valid CIDR: /33 is longer than an IPv4 address (32 bits)"),
         ("interval = = \"5s\"\n", 1, "extra `=`, expected nothing"),
+        ("[[interface]]\nname = \"eth0\"\n\n[[interface]]\nname = \"veth1\"\nnetns = \"nm-absent-ns\"\n\n[[policy.allow]]\ncidr = \"10.0.0.0/8\"\n\n[[policy.block]]\ncidr = \"10.0.0.0/8\"\nifaces = [\"nm-absent-ns:veth1\", \"eth1\"]\n", 11, "ifaces: 'eth1' is not one of this daemon's interfaces (eth0, nm-absent-ns:veth1); name one of those, or leave ifaces out for all of them"),
+        ("[[interface]]\nname = \"eth0\"\n\n[[policy.quota]]\ncidr = \"10.0.0.0/8\"\nlimit = \"1GB\"\nperiod = \"daily\"\nifaces = []\n", 4, "ifaces is empty: name at least one interface, or leave ifaces out for all of them"),
     ] {
         let got = check("bad.toml", content)?;
         assert_eq!(got, (false, String::new(), at("bad.toml", line, reason)), "{content}");
     }
+    // A policy file the configuration names is read as the daemon would.
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, "[[block]]\ncidr = \"10.0.0.0/8\"\n\n[[quota]]\ncidr = \"10.0.0.0/8\"\nlimit = \"1GB\"\nperiod = \"daily\"\nifaces = [\"eth9\"]\n")?;
+    let (ok, stdout, stderr) = check(
+        "by-path.toml",
+        &format!(
+            "policy = \"{}\"\n\n[[interface]]\nname = \"eth0\"\n",
+            policy.display()
+        ),
+    )?;
+    assert_eq!(
+        (ok, stdout, stderr),
+        (false, String::new(), at("policy.toml", 4, "ifaces: 'eth9' is not one of this daemon's interfaces (eth0); name one of those, or leave ifaces out for all of them"))
+    );
     let no_interface = dir.path().join("no-interface.toml");
     std::fs::write(&no_interface, "interval = \"5s\"\n")?;
     let out = netmon(&["run", "--config", no_interface.to_str().unwrap()])?;
@@ -708,10 +724,10 @@ fn package() -> Result<PathBuf> {
     Ok(path)
 }
 
-#[test]
-fn the_package_holds_its_files_and_netmon_runs_from_it() -> Result<()> {
-    let deb = package()?;
-    let out = Command::new("dpkg-deb").arg("-c").arg(&deb).output()?;
+/// The files (not directories) `deb` holds, as absolute paths, sorted.
+fn files_of(deb: &Path) -> Result<Vec<String>> {
+    let out = Command::new("dpkg-deb").arg("-c").arg(deb).output()?;
+    ensure!(out.status.success(), "dpkg-deb -c: {}", text(&out.stderr));
     let mut files: Vec<String> = text(&out.stdout)
         .lines()
         .filter(|l| !l.starts_with('d'))
@@ -719,6 +735,13 @@ fn the_package_holds_its_files_and_netmon_runs_from_it() -> Result<()> {
         .map(|p| p.trim_start_matches('.').to_string())
         .collect();
     files.sort();
+    Ok(files)
+}
+
+#[test]
+fn the_package_holds_its_files_and_netmon_runs_from_it() -> Result<()> {
+    let deb = package()?;
+    let files = files_of(&deb)?;
     assert_eq!(
         files,
         [
@@ -775,5 +798,190 @@ fn the_package_holds_its_files_and_netmon_runs_from_it() -> Result<()> {
         .arg(root.path().join("etc/netmon/netmon.toml"))
         .output()?;
     assert!(check.status.success(), "{}", text(&check.stderr));
+    Ok(())
+}
+
+/// `dpkg ARGS` on the throw-away root `$1`, with its own database and no
+/// chroot (the maintainer scripts get `$DPKG_ROOT`), in a mount namespace
+/// of its own where this machine's /etc, /usr and /var are read-only: a
+/// script that forgot `$DPKG_ROOT` fails instead of changing the machine.
+const DPKG_IN_ROOT: &str = "for d in /etc /usr /var; do \
+    mount --bind \"$d\" \"$d\" && mount -o remount,bind,ro \"$d\" || exit 1; done; \
+    root=$1; shift; exec dpkg --instdir=\"$root\" --admindir=\"$root/var/lib/dpkg\" \
+    --log=/dev/null --force-script-chrootless --force-depends \"$@\"";
+
+fn dpkg_in(root: &Path, args: &[&str]) -> Result<()> {
+    let out = Command::new("unshare")
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            DPKG_IN_ROOT,
+            "sh",
+        ])
+        .arg(root)
+        .args(args)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "dpkg {args:?}: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    Ok(())
+}
+
+/// What is under `root` but the dpkg database: absolute paths as in `root`,
+/// directories with a trailing '/', sorted.
+fn tree(root: &Path) -> Result<Vec<String>> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<()> {
+        for entry in std::fs::read_dir(dir)? {
+            let path = entry?.path();
+            let shown = format!("/{}", path.strip_prefix(root)?.display());
+            if shown == "/var/lib/dpkg" {
+                continue;
+            }
+            if path.symlink_metadata()?.is_dir() {
+                out.push(format!("{shown}/"));
+                walk(root, &path, out)?;
+            } else {
+                out.push(shown);
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    walk(root, root, &mut out)?;
+    out.sort();
+    Ok(out)
+}
+
+/// The installed state of `package` in the database of `root`.
+fn status_in(root: &Path, package: &str) -> Result<String> {
+    let out = Command::new("dpkg-query")
+        .arg(format!(
+            "--admindir={}",
+            root.join("var/lib/dpkg").display()
+        ))
+        .args(["-W", "-f=${Status}", package])
+        .output()?;
+    Ok(format!("{}{}", text(&out.stdout), text(&out.stderr))
+        .trim()
+        .to_string())
+}
+
+#[test]
+fn installing_and_purging_the_package_leave_a_root_as_debian_expects() -> Result<()> {
+    let deb = package()?;
+    let deb = deb.to_str().context("package path")?;
+    let dir = tempfile::tempdir()?;
+    let root = dir.path();
+    // A root with an empty dpkg database: no other package, no user database.
+    let admin = root.join("var/lib/dpkg");
+    for sub in ["info", "updates"] {
+        std::fs::create_dir_all(admin.join(sub))?;
+    }
+    std::fs::write(admin.join("status"), "")?;
+    let accounts = [
+        "/etc/.pwd.lock",
+        "/etc/group",
+        "/etc/gshadow",
+        "/etc/passwd",
+        "/etc/shadow",
+    ];
+    let files = |tree: Vec<String>| -> Vec<String> {
+        tree.into_iter().filter(|p| !p.ends_with('/')).collect()
+    };
+
+    dpkg_in(root, &["--install", deb])?;
+    assert_eq!(status_in(root, "netmon")?, "install ok installed");
+    // The package's files, and the accounts its sysusers entry makes.
+    let mut expected: Vec<String> = files_of(Path::new(deb))?;
+    expected.extend(accounts.iter().map(|a| a.to_string()));
+    expected.sort();
+    assert_eq!(files(tree(root)?), expected);
+    let read = |path: &str| std::fs::read_to_string(root.join(path));
+    let passwd = read("etc/passwd")?;
+    let fields: Vec<&str> = passwd.trim_end().split(':').collect();
+    let uid: u32 = fields[2].parse()?;
+    assert!(uid < 1000, "a system user: {passwd}");
+    assert_eq!(
+        passwd,
+        format!("netmon:x:{uid}:{uid}:netmon network monitor:/var/lib/netmon:/usr/sbin/nologin\n")
+    );
+    let mut groups: Vec<(String, u32)> = read("etc/group")?
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            assert_eq!((f.len(), f[1], f[3]), (4, "x", ""), "{l}");
+            (f[0].to_string(), f[2].parse().unwrap())
+        })
+        .collect();
+    groups.sort();
+    assert_eq!(groups[0], ("netmon".to_string(), uid));
+    assert_eq!(groups[1].0, "netmon-admin");
+    assert!(groups[1].1 < 1000 && groups[1].1 != uid, "{groups:?}");
+    let mode =
+        |path: &str| -> Result<u32> { Ok(std::fs::metadata(root.join(path))?.mode() & 0o7777) };
+    assert_eq!(mode("usr/bin/netmon")?, 0o755);
+    assert_eq!(mode("etc/shadow")?, 0);
+    let users = [
+        read("etc/passwd")?,
+        read("etc/group")?,
+        read("etc/shadow")?,
+        read("etc/gshadow")?,
+    ];
+
+    // Installed again (as an upgrade is): the accounts stay as they are.
+    dpkg_in(root, &["--install", deb])?;
+    assert_eq!(files(tree(root)?), expected);
+    let again = [
+        read("etc/passwd")?,
+        read("etc/group")?,
+        read("etc/shadow")?,
+        read("etc/gshadow")?,
+    ];
+    assert_eq!(again, users);
+
+    // What the daemon and the operator leave: a log in the state directory,
+    // an edited configuration.
+    std::fs::create_dir_all(root.join("var/lib/netmon"))?;
+    std::fs::write(root.join("var/lib/netmon/network_log.json"), "{}\n")?;
+    let edited = format!("{}# edited\n", read("etc/netmon/netmon.toml")?);
+    std::fs::write(root.join("etc/netmon/netmon.toml"), &edited)?;
+
+    // Removed: the configuration and the logs stay.
+    dpkg_in(root, &["--remove", "netmon"])?;
+    assert_eq!(status_in(root, "netmon")?, "deinstall ok config-files");
+    let mut kept: Vec<String> = accounts.iter().map(|a| a.to_string()).collect();
+    kept.extend([
+        "/etc/netmon/netmon.toml".into(),
+        "/var/lib/netmon/network_log.json".into(),
+    ]);
+    kept.sort();
+    assert_eq!(files(tree(root)?), kept);
+    assert_eq!(read("etc/netmon/netmon.toml")?, edited);
+
+    // Purged: only the accounts, as Debian keeps system users, and the
+    // directories above the dpkg database.
+    dpkg_in(root, &["--purge", "netmon"])?;
+    assert!(
+        status_in(root, "netmon")?.contains("no packages found matching netmon"),
+        "{}",
+        status_in(root, "netmon")?
+    );
+    let mut left: Vec<String> = accounts.iter().map(|a| a.to_string()).collect();
+    left.extend(["/etc/".into(), "/var/".into(), "/var/lib/".into()]);
+    left.sort();
+    assert_eq!(tree(root)?, left);
+    let after = [
+        read("etc/passwd")?,
+        read("etc/group")?,
+        read("etc/shadow")?,
+        read("etc/gshadow")?,
+    ];
+    assert_eq!(after, users);
     Ok(())
 }

@@ -125,6 +125,10 @@ const TEST_TOOLS: &[(&str, &str)] = &[
     ("perl", "perl-base"),
     ("systemd-analyze", "systemd"),
     ("dpkg-deb", "dpkg"),
+    // The package's maintainer scripts run in a throw-away root.
+    ("dpkg", "dpkg"),
+    ("systemd-sysusers", "systemd"),
+    ("unshare", "util-linux"),
     ("gzip", "gzip"),
     ("zstd", "zstd"),
     ("nfcapd", "nfdump"),

@@ -24,7 +24,7 @@ pub fn run(command: &ConfigCommand) -> anyhow::Result<()> {
         ConfigCommand::Check { file } => {
             let run =
                 config::with_env(super::run::RunArgs::augment_args(clap::Command::new("run")));
-            ConfigFile::load(file, &run)?;
+            ConfigFile::load(file, &run)?.check_policy()?;
             println!("{}: ok", file.display());
             Ok(())
         }

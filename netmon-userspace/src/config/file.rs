@@ -11,12 +11,17 @@ use toml::{
 };
 
 use super::ConfigError;
+use crate::daemon::InterfaceSpec;
 
 /// A checked configuration file: the `run` options it gives.
 #[derive(Debug)]
 pub struct ConfigFile {
     /// Option ids with their command-line words, in file order.
     options: Vec<(String, Vec<OsString>)>,
+    /// Its `[[interface]]` tables.
+    interfaces: Vec<InterfaceSpec>,
+    /// Where its policy is: this file (inline), or the file it names.
+    policy: Option<std::path::PathBuf>,
 }
 
 /// Keys that are no `run` option, or one the file must not hold.
@@ -52,16 +57,22 @@ impl ConfigFile {
         };
         let table = DeTable::parse(text)
             .map_err(|e| at(e.span().unwrap_or(0..0), e.message().trim_end().to_string()))?;
+        let mut specs = Vec::new();
+        let mut policy = None;
         let mut options = Vec::new();
         for (key, value) in table.get_ref() {
             let (name, span) = (key.get_ref().as_ref(), key.span());
             match name {
-                "interface" => options.push(("iface".into(), interfaces(value, &at)?)),
+                "interface" => {
+                    specs = interfaces(value, &at)?;
+                    options.push(("iface".into(), words_of(&specs)));
+                }
                 "policy" if value.get_ref().is_table() => {
                     // The policy inline: the daemon reads it from this file,
                     // and re-reads it on a change as it would a policy file.
-                    crate::policy::file::parse(path, text)?;
+                    crate::policy::file::parse(path, text, None)?;
                     options.push(("policy".into(), vec![word("policy", path.as_os_str())]));
+                    policy = Some(path.to_path_buf());
                 }
                 _ => {
                     if let Some(why) = refused(name) {
@@ -69,11 +80,32 @@ impl ConfigFile {
                     }
                     let words = option(run, name, value)
                         .map_err(|why| at(value.span(), why.to_string()))?;
+                    if name == "policy" {
+                        policy = value.get_ref().as_str().map(Into::into);
+                    }
                     options.push((name.to_string(), words));
                 }
             }
         }
-        Ok(ConfigFile { options })
+        Ok(ConfigFile {
+            options,
+            interfaces: specs,
+            policy,
+        })
+    }
+
+    /// Reads its policy as a daemon on its interfaces would: each `ifaces`
+    /// entry must name one of them (when it lists any; interfaces given on
+    /// the command line are checked at the start).
+    pub fn check_policy(&self) -> Result<(), ConfigError> {
+        let Some(path) = &self.policy else {
+            return Ok(());
+        };
+        let labels: Vec<String> = self.interfaces.iter().map(InterfaceSpec::label).collect();
+        let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+        let known = (!labels.is_empty()).then_some(&labels[..]);
+        crate::policy::file::load(path, known)?;
+        Ok(())
     }
 
     /// The options it gives: ids with their command-line words.
@@ -88,20 +120,18 @@ fn word(long: &str, value: &std::ffi::OsStr) -> OsString {
     word
 }
 
-/// `[[interface]]` tables, each with a `name` and an optional `netns`, as
-/// the words `--iface IF` takes after `--netns NS`: those of the daemon's own
-/// namespace first, since a `--netns` holds for every `--iface` after it.
+/// `[[interface]]` tables, each with a `name` and an optional `netns`.
 fn interfaces(
     value: &Spanned<DeValue<'_>>,
     at: &dyn Fn(Range<usize>, String) -> ConfigError,
-) -> Result<Vec<OsString>, ConfigError> {
+) -> Result<Vec<InterfaceSpec>, ConfigError> {
     let Some(list) = value.get_ref().as_array() else {
         return Err(at(
             value.span(),
             "interface: write each as [[interface]] with name = \"IF\"".into(),
         ));
     };
-    let mut specs: Vec<(Option<String>, String)> = Vec::new();
+    let mut specs = Vec::new();
     for entry in list {
         let Some(table) = entry.get_ref().as_table() else {
             return Err(at(
@@ -148,19 +178,27 @@ fn interfaces(
                 "[[interface]] without a name: add name = \"IF\"".into(),
             )
         })?;
-        specs.push((netns, name));
+        specs.push(InterfaceSpec { name, netns });
     }
-    specs.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(specs)
+}
+
+/// The words `--iface IF` takes after `--netns NS` for `specs`: those of
+/// the daemon's own namespace first, since a `--netns` holds for every
+/// `--iface` after it.
+fn words_of(specs: &[InterfaceSpec]) -> Vec<OsString> {
+    let mut specs: Vec<&InterfaceSpec> = specs.iter().collect();
+    specs.sort_by(|a, b| a.netns.cmp(&b.netns));
     let mut words = Vec::new();
     let mut current: Option<&str> = None;
-    for (netns, name) in &specs {
-        if let Some(ns) = netns.as_deref().filter(|ns| current != Some(*ns)) {
+    for spec in specs {
+        if let Some(ns) = spec.netns.as_deref().filter(|ns| current != Some(*ns)) {
             words.push(word("netns", ns.as_ref()));
             current = Some(ns);
         }
-        words.push(word("iface", name.as_ref()));
+        words.push(word("iface", spec.name.as_ref()));
     }
-    Ok(words)
+    words
 }
 
 /// The command-line words of option `name` set to `value`, checked by its parser.

@@ -196,8 +196,8 @@ pub fn daemon(
     state: State,
     sinks: Vec<Box<dyn Sink>>,
 ) -> Daemon<FakeKernel, FakeClock> {
-    let mut enforcer =
-        Enforcer::new("eth0", None, state.policy.clone(), TimeZone::UTC).expect("no policy file");
+    let mut enforcer = Enforcer::new(&["eth0"], None, state.policy.clone(), TimeZone::UTC)
+        .expect("no policy file");
     let mut maps = kernel.clone();
     enforcer
         .apply(&mut maps, clock.now())

@@ -8,6 +8,7 @@
 //! passed in, so that a whole poll runs in tests with fakes.
 
 pub mod clock;
+mod hotplug;
 pub mod kernel;
 pub mod report;
 pub mod sinks;
@@ -590,34 +591,16 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
     /// The daemon's names for the interfaces a client named (`IF`, or
     /// `NS:IF`): empty when that is all of them, or none.
     fn subset(&self, named: &[String]) -> Result<Vec<String>, DaemonError> {
-        let own = crate::datapath::netns::own_label();
         let labels: Vec<&str> = self
             .interfaces
             .watched
             .iter()
             .map(|w| w.iface.as_str())
             .collect();
-        let mut subset: Vec<String> = Vec::new();
-        for name in named {
-            let found = labels.iter().find(|label| {
-                **label == name
-                    || (!label.contains(':') && crate::control::key(own.as_deref(), label) == *name)
-            });
-            let Some(label) = found else {
-                return Err(DaemonError::NotOurs {
-                    named: name.clone(),
-                    watched: labels.join(", "),
-                });
-            };
-            if !subset.iter().any(|s| s == label) {
-                subset.push(label.to_string());
-            }
-        }
-        subset.sort();
-        if subset.len() == labels.len() {
-            subset.clear();
-        }
-        Ok(subset)
+        crate::policy::interfaces_named(named, &labels).map_err(|named| DaemonError::NotOurs {
+            named,
+            watched: labels.join(", "),
+        })
     }
 
     /// The request with the interfaces it names as the daemon names them.

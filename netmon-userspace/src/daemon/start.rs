@@ -13,7 +13,9 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use super::{
     clock::SystemClock,
+    hotplug::{self, Hotplug, Look},
     kernel::Attached,
+    netns_of,
     sinks::{AlertSink, ConsoleSink, CrossCheckSink, DetailSink, FilesSink, Sink},
     Daemon,
 };
@@ -73,6 +75,9 @@ pub enum StartError {
     /// The metrics endpoint.
     #[error(transparent)]
     Metrics(#[from] MetricsError),
+    /// Listening for interfaces that appear.
+    #[error(transparent)]
+    Hotplug(#[from] crate::datapath::links::WatchError),
     /// The policy file, or the policy kept from the last run.
     #[error(transparent)]
     Policy(Box<PolicyError>),
@@ -134,6 +139,16 @@ pub struct InterfaceSpec {
     /// Its network namespace (a name under /run/netns, or a path), when it
     /// is not the daemon's own.
     pub netns: Option<String>,
+}
+
+impl InterfaceSpec {
+    /// As reports name it: `IF`, or `NS:IF` in another namespace.
+    pub fn label(&self) -> String {
+        match &self.netns {
+            Some(ns) => control::key(Some(&crate::datapath::netns::label_of(ns)), &self.name),
+            None => self.name.clone(),
+        }
+    }
 }
 
 /// How to run: what `netmon run`'s options say.
@@ -210,15 +225,11 @@ impl Target {
             Some(ns) => ns.label().map(str::to_string),
             None => crate::datapath::netns::own_label(),
         };
-        let label = match &netns {
-            Some(ns) => control::key(Some(ns.label().unwrap_or("host")), &spec.name),
-            None => spec.name.clone(),
-        };
         Ok(Target {
             key: control::key(ns_label.as_deref(), &spec.name),
             name: spec.name.clone(),
             netns,
-            label,
+            label: spec.label(),
         })
     }
 
@@ -315,6 +326,16 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         .iter()
         .map(|t| control::Claim::take(&t.key, &t.label))
         .collect::<Result<Vec<_>, _>>()?;
+    // Listening before looking: whatever appears after the look below is heard.
+    let mut hotplug = several
+        .then(|| {
+            Hotplug::start(
+                targets
+                    .iter()
+                    .map(|t| (netns_of(&t.label).to_string(), t.netns.clone())),
+            )
+        })
+        .transpose()?;
     let mut present = Vec::new();
     for t in &targets {
         if several && !t.present() {
@@ -342,7 +363,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         (files.load()?, detail)
     };
     let mut enforcer = Enforcer::new(
-        &targets[0].label,
+        &targets.iter().map(|t| t.label.as_str()).collect::<Vec<_>>(),
         config.policy.clone(),
         saved.policy.clone(),
         config.tz.clone(),
@@ -511,6 +532,8 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     ticker.tick().await;
     let mut policy_check = tokio::time::interval(Duration::from_secs(1));
     policy_check.tick().await;
+    let mut safety_check = tokio::time::interval(hotplug::SAFETY_CHECK);
+    safety_check.tick().await;
     // True when the only interface went away: its last traffic is polled, then netmon stops.
     let gone = loop {
         tokio::select! {
@@ -528,10 +551,15 @@ pub async fn run(config: Config) -> Result<(), StartError> {
                     );
                 }
             }
-            _ = policy_check.tick() => {
-                daemon.reload(false);
-                if several {
-                    join_appeared(&mut daemon, &targets, &config, &baselines);
+            _ = policy_check.tick() => daemon.reload(false),
+            Some(look) = hotplug::next(&mut hotplug) => {
+                if let Some(hotplug) = &mut hotplug {
+                    join_appeared(&mut daemon, &targets, &look, &config, &baselines, hotplug);
+                }
+            }
+            _ = safety_check.tick() => {
+                if let Some(hotplug) = &mut hotplug {
+                    join_appeared(&mut daemon, &targets, &Look::Everywhere, &config, &baselines, hotplug);
                 }
             }
             _ = sighup.recv() => {
@@ -682,16 +710,24 @@ fn meter_capacity(kernel: &Attached) -> usize {
     kernel.datapath.capacity().unwrap_or(0) as usize
 }
 
-/// Attaches the configured interfaces that appeared (again) since the last
-/// check; one that cannot be attached is tried again at the next.
+/// Attaches the configured interfaces `look` covers that are there and not
+/// attached: new, back, or deleted and made again since the last poll. One
+/// that cannot be attached is tried again when it changes, and at the
+/// safety check; each cause of failure is logged once.
 fn join_appeared(
     daemon: &mut Daemon<Attached, SystemClock>,
     targets: &[Target],
+    look: &Look,
     config: &Config,
     baselines: &[Baseline],
+    hotplug: &mut Hotplug,
 ) {
     for t in targets {
-        if daemon.watches(&t.label) || !t.present() {
+        let netns = netns_of(&t.label);
+        let attached = daemon
+            .kernel(&t.label)
+            .is_some_and(|k| k.datapath.attached());
+        if !look.covers(netns, &t.name) || attached || !t.present() {
             continue;
         }
         let quotas = daemon.kernels().next().map(|k| k.datapath.quota_pin());
@@ -714,8 +750,14 @@ fn join_appeared(
             }
             Ok(())
         })();
-        if let Err(e) = joined {
-            log::warn!("attaching {}: {e:#}; trying again in a second", t.label);
+        match joined {
+            Ok(()) => hotplug.attached(netns, &t.name),
+            Err(e) if hotplug.failed(netns, &t.name, &e.to_string()) => log::warn!(
+                "attaching {}: {e:#}; netmon tries again when the interface changes, and every {}",
+                t.label,
+                humantime::format_duration(hotplug::SAFETY_CHECK)
+            ),
+            Err(_) => {}
         }
     }
 }

@@ -394,7 +394,7 @@ fn quota_usage_carries_over_a_change_of_time_zone_while_its_period_runs() {
         period_end: Some("2026-12-01T00:00:00Z".parse().unwrap()),
     });
     let mut enforcer = Enforcer::new(
-        "eth0",
+        &["eth0"],
         None,
         state.policy.clone(),
         TimeZone::get("Pacific/Kiritimati").unwrap(),
@@ -406,7 +406,7 @@ fn quota_usage_carries_over_a_change_of_time_zone_while_its_period_runs() {
     // A period that ended (by its own zone) starts again from zero.
     let late = FakeClock::at("2026-12-01T00:00:01Z");
     let mut enforcer = Enforcer::new(
-        "eth0",
+        &["eth0"],
         None,
         state.policy,
         TimeZone::get("Pacific/Kiritimati").unwrap(),

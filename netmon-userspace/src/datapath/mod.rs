@@ -4,6 +4,7 @@
 mod attach;
 pub mod enforce;
 mod error;
+pub mod links;
 mod load;
 pub mod netns;
 pub mod pairs;

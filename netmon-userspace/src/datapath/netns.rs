@@ -37,11 +37,7 @@ impl Netns {
     /// Opens `spec`: a name under `/run/netns` (as `ip netns` names it) or a
     /// path such as `/proc/PID/ns/net`.
     pub fn open(spec: &str) -> Result<Netns, DatapathError> {
-        let path = if spec.contains('/') {
-            PathBuf::from(spec)
-        } else {
-            Path::new(NAMED).join(spec)
-        };
+        let path = path_of(spec);
         let unopenable = |source| DatapathError::NetnsOpen {
             path: path.clone(),
             source,
@@ -94,24 +90,49 @@ impl Netns {
         self.label.as_deref()
     }
 
+    /// Moves the calling thread, and only it, into the namespace for good.
+    pub fn enter(&self) -> Result<(), DatapathError> {
+        // SAFETY: setns with a namespace descriptor we hold; it affects only this thread.
+        if unsafe { libc::setns(self.file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(DatapathError::NetnsEnter {
+                path: self.path.clone(),
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(())
+    }
+
     /// Runs `f` on a thread inside the namespace, and returns what it returns.
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T, DatapathError> {
         std::thread::scope(|scope| {
             scope
                 .spawn(|| {
-                    // SAFETY: setns with a namespace descriptor we hold
-                    // affects only this thread, which ends with `f`.
-                    if unsafe { libc::setns(self.file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                        return Err(DatapathError::NetnsEnter {
-                            path: self.path.clone(),
-                            source: std::io::Error::last_os_error(),
-                        });
-                    }
+                    // The thread ends with `f`.
+                    self.enter()?;
                     Ok(f())
                 })
                 .join()
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
         })
+    }
+}
+
+/// The file of namespace `spec`: a name under `/run/netns`, or a path.
+fn path_of(spec: &str) -> PathBuf {
+    if spec.contains('/') {
+        PathBuf::from(spec)
+    } else {
+        Path::new(NAMED).join(spec)
+    }
+}
+
+/// How reports name namespace `spec` (`--netns`), without entering it: its
+/// [`label`], `host` for the machine's own, and `spec` itself when it is
+/// not there (yet).
+pub fn label_of(spec: &str) -> String {
+    match std::fs::metadata(path_of(spec)) {
+        Ok(file) => label(file.ino()).unwrap_or_else(|| "host".into()),
+        Err(_) => spec.to_string(),
     }
 }
 

@@ -57,7 +57,10 @@ pub trait PolicyMaps {
 
 /// The policy in force, and how to change it.
 pub struct Enforcer {
+    /// The first of the daemon's interfaces, which alerts name.
     iface: String,
+    /// The daemon's interfaces, which the policy file's `ifaces` must name.
+    interfaces: Vec<String>,
     file: Option<PathBuf>,
     file_stamp: Option<(SystemTime, u64)>,
     file_set: PolicySet,
@@ -78,9 +81,10 @@ fn quota_key(name: &str) -> String {
 }
 
 impl Enforcer {
-    /// Reads the policy file (if any); nothing is written to the kernel yet.
+    /// Reads the policy file (if any) for a daemon on `interfaces` (at
+    /// least one, as reports name them); nothing is written to the kernel yet.
     pub fn new(
-        iface: &str,
+        interfaces: &[&str],
         file: Option<PathBuf>,
         persisted: PersistedPolicy,
         tz: TimeZone,
@@ -107,7 +111,8 @@ impl Enforcer {
             .max()
             .unwrap_or(0);
         let mut enforcer = Enforcer {
-            iface: iface.to_string(),
+            iface: interfaces.first().copied().unwrap_or_default().to_string(),
+            interfaces: interfaces.iter().map(|i| i.to_string()).collect(),
             file,
             file_stamp: None,
             file_set: PolicySet::default(),
@@ -126,10 +131,15 @@ impl Enforcer {
         };
         if let Some(path) = enforcer.file.clone() {
             enforcer.file_stamp = stamp(&path);
-            enforcer.file_set = file::load(&path)?;
+            enforcer.file_set = file::load(&path, Some(&enforcer.interface_names()))?;
         }
         enforcer.migrate_legacy_keys();
         Ok(enforcer)
+    }
+
+    /// The daemon's interfaces, for checking the policy file's `ifaces`.
+    fn interface_names(&self) -> Vec<&str> {
+        self.interfaces.iter().map(String::as_str).collect()
     }
 
     /// Restores `quotas` instead of the usage the enforcer was made with:

@@ -37,7 +37,7 @@ impl Enforcer {
         if !settled {
             return None;
         }
-        let loaded = file::load(&path);
+        let loaded = file::load(&path, Some(&self.interface_names()));
         // Changed while we read it (a rewrite began): not this time.
         if stamp(&path) != new_stamp {
             return None;

@@ -21,6 +21,10 @@
 //! period = "monthly"
 //! start_day = 1
 //! warn = [80, 95]
+//!
+//! [[block]]              # on some of the daemon's interfaces only
+//! cidr = "198.51.100.0/24"
+//! ifaces = ["eth1", "blue:veth0"]
 //! ```
 
 use crate::policy::PolicyError;
@@ -57,6 +61,7 @@ struct RawMatch {
     dport: Option<i64>,
     direction: Option<String>,
     all: Option<bool>,
+    ifaces: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -97,17 +102,26 @@ fn embedded(text: &str) -> bool {
 
 /// Reads and validates a policy file, or the inline policy of a
 /// configuration file. Errors are `FILE:LINE: reason`.
-pub fn load(path: &Path) -> Result<PolicySet, PolicyError> {
+///
+/// `interfaces` are the daemon's (as reports name them): an `ifaces` entry
+/// must name one of them, and is kept as the daemon names it. Without them
+/// (nothing to check against) the entries are kept as written.
+pub fn load(path: &Path, interfaces: Option<&[&str]>) -> Result<PolicySet, PolicyError> {
     let text = std::fs::read_to_string(path).map_err(|cause| PolicyError::Unreadable {
         path: path.to_path_buf(),
         what: "--policy",
         cause,
     })?;
-    parse(path, &text)
+    parse(path, &text, interfaces)
 }
 
-/// Parses policy text; `path` names it in errors and anchors relative `file =` paths.
-pub fn parse(path: &Path, text: &str) -> Result<PolicySet, PolicyError> {
+/// Parses policy text; `path` names it in errors and anchors relative
+/// `file =` paths; `interfaces` as for [`load`].
+pub fn parse(
+    path: &Path,
+    text: &str,
+    interfaces: Option<&[&str]>,
+) -> Result<PolicySet, PolicyError> {
     let at = |offset: usize, why: &dyn std::fmt::Display| PolicyError::AtLine {
         path: path.to_path_buf(),
         line: text[..offset.min(text.len())].matches('\n').count() + 1,
@@ -128,8 +142,8 @@ pub fn parse(path: &Path, text: &str) -> Result<PolicySet, PolicyError> {
     for (action, entries) in [(Action::Block, &raw.block), (Action::Allow, &raw.allow)] {
         for entry in entries {
             let offset = entry.span().start;
-            let (matcher, source) =
-                to_match(&entry.get_ref().matcher, &base).map_err(|e| at(offset, &e))?;
+            let (matcher, source) = to_match(&entry.get_ref().matcher, &base, interfaces)
+                .map_err(|e| at(offset, &e))?;
             let rule = Rule {
                 action,
                 matcher,
@@ -144,7 +158,7 @@ pub fn parse(path: &Path, text: &str) -> Result<PolicySet, PolicyError> {
     }
     for entry in &raw.quota {
         let offset = entry.span().start;
-        let quota = to_quota(entry.get_ref(), &base).map_err(|e| at(offset, &e))?;
+        let quota = to_quota(entry.get_ref(), &base, interfaces).map_err(|e| at(offset, &e))?;
         quota.validate().map_err(|e| at(offset, &e))?;
         if !seen.insert(format!("quota {}", quota.name)) {
             return Err(at(
@@ -165,7 +179,11 @@ fn port(value: Option<i64>, what: &str) -> Result<Option<u16>, PolicyError> {
         .transpose()
 }
 
-fn to_match(raw: &RawMatch, base: &Path) -> Result<(Match, Option<String>), PolicyError> {
+fn to_match(
+    raw: &RawMatch,
+    base: &Path,
+    interfaces: Option<&[&str]>,
+) -> Result<(Match, Option<String>), PolicyError> {
     let mut source = None;
     let cidrs = match (&raw.cidr, &raw.file) {
         (Some(_), Some(_)) => return Err("give either cidr or file, not both".into()),
@@ -190,13 +208,44 @@ fn to_match(raw: &RawMatch, base: &Path) -> Result<(Match, Option<String>), Poli
             Some(other) => return Err(format!("direction '{other}' is not in, out or both").into()),
         },
         all: raw.all.unwrap_or(false),
-        ifaces: Vec::new(),
+        ifaces: to_ifaces(raw.ifaces.as_deref(), interfaces)?,
     };
     Ok((matcher, source))
 }
 
-fn to_quota(raw: &RawQuota, base: &Path) -> Result<Quota, PolicyError> {
-    let (matcher, _) = to_match(&raw.matcher, base)?;
+/// The `ifaces` of a rule or quota, as the daemon names them.
+fn to_ifaces(
+    named: Option<&[String]>,
+    interfaces: Option<&[&str]>,
+) -> Result<Vec<String>, PolicyError> {
+    let named =
+        match named {
+            None => return Ok(Vec::new()),
+            Some([]) => return Err(
+                "ifaces is empty: name at least one interface, or leave ifaces out for all of them"
+                    .into(),
+            ),
+            Some(named) => named,
+        };
+    let Some(interfaces) = interfaces else {
+        return Ok(named.to_vec());
+    };
+    super::interfaces_named(named, interfaces).map_err(|name| {
+        format!(
+            "ifaces: '{name}' is not one of this daemon's interfaces ({}); name one of those, \
+             or leave ifaces out for all of them",
+            interfaces.join(", ")
+        )
+        .into()
+    })
+}
+
+fn to_quota(
+    raw: &RawQuota,
+    base: &Path,
+    interfaces: Option<&[&str]>,
+) -> Result<Quota, PolicyError> {
+    let (matcher, _) = to_match(&raw.matcher, base, interfaces)?;
     let limit = match &raw.limit {
         toml::Value::String(s) => parse_size(s)?,
         toml::Value::Integer(n) if *n > 0 => *n as u64,
@@ -295,7 +344,7 @@ warn = [80, 95]
 
     #[test]
     fn reads_rules_and_quotas() {
-        let set = parse(Path::new("p.toml"), GOOD).unwrap();
+        let set = parse(Path::new("p.toml"), GOOD, None).unwrap();
         let rules: Vec<String> = set.rules.iter().map(ToString::to_string).collect();
         assert_eq!(
             rules,
@@ -341,9 +390,33 @@ warn = [80, 95]
             ("[[block]\n", "p.toml:1:"),
         ];
         for (text, want) in cases {
-            let err = parse(Path::new("p.toml"), text).unwrap_err();
+            let err = parse(Path::new("p.toml"), text, None).unwrap_err();
             assert!(err.to_string().contains(want), "{text:?}: {err}");
         }
+    }
+
+    #[test]
+    fn ifaces_are_kept_as_the_daemon_names_them_and_unknown_ones_refused() {
+        let text = "[[block]]\ncidr = \"10.0.0.0/8\"\nifaces = [\"eth1\", \"eth1\"]\n\n\
+                    [[quota]]\ncidr = \"10.0.0.0/8\"\nlimit = \"1GB\"\nperiod = \"daily\"\n\
+                    ifaces = [\"blue:veth0\", \"eth1\"]\n";
+        let set = parse(
+            Path::new("p.toml"),
+            text,
+            Some(&["eth1", "blue:veth0", "eth2"]),
+        )
+        .unwrap();
+        assert_eq!(set.rules[0].matcher.ifaces, ["eth1"]);
+        assert_eq!(set.quotas[0].matcher.ifaces, ["blue:veth0", "eth1"]);
+        // Every interface of the daemon is all of them: stored as a rule without ifaces.
+        let set = parse(Path::new("p.toml"), text, Some(&["eth1", "blue:veth0"])).unwrap();
+        assert!(set.quotas[0].matcher.ifaces.is_empty());
+        let err = parse(Path::new("p.toml"), text, Some(&["eth1"])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "p.toml:5: ifaces: 'blue:veth0' is not one of this daemon's interfaces (eth1); \
+             name one of those, or leave ifaces out for all of them"
+        );
     }
 
     #[test]

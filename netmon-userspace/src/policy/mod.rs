@@ -138,6 +138,32 @@ pub struct Match {
     pub ifaces: Vec<String>,
 }
 
+/// The interfaces of `labels` (a daemon's, as reports name them) that
+/// `named` names (`IF`, or `NS:IF` also for the daemon's own namespace):
+/// sorted, each once, and empty when that is all of them. `Err` holds the
+/// first name that is none of them.
+pub fn interfaces_named(named: &[String], labels: &[&str]) -> Result<Vec<String>, String> {
+    let own = crate::datapath::netns::own_label();
+    let mut subset: Vec<String> = Vec::new();
+    for name in named {
+        let found = labels.iter().find(|label| {
+            **label == name
+                || (!label.contains(':') && crate::control::key(own.as_deref(), label) == *name)
+        });
+        let Some(label) = found else {
+            return Err(name.clone());
+        };
+        if !subset.iter().any(|s| s == label) {
+            subset.push(label.to_string());
+        }
+    }
+    subset.sort();
+    if subset.len() == labels.len() {
+        subset.clear();
+    }
+    Ok(subset)
+}
+
 impl Match {
     /// True when it applies on interface `label`.
     pub fn applies_on(&self, label: &str) -> bool {
