@@ -52,6 +52,10 @@ pub struct RunArgs {
     /// Write no detail log (the history database keeps the usage per 5 minutes).
     #[arg(long)]
     pub no_detail_log: bool,
+    /// Store in the detail log the names that DNS answers gave the
+    /// interval's addresses (kept in memory only without it).
+    #[arg(long, conflicts_with = "no_detail_log")]
+    pub detail_log_names: bool,
     /// Rewrite the log and the state file this often, and at the stop (0:
     /// every interval); the history database records every interval, and
     /// `netmon export log` writes the log from it at any time.
@@ -213,6 +217,7 @@ fn to_config(args: RunArgs, words: &[std::ffi::OsString]) -> anyhow::Result<daem
                 keep: args.detail_log_keep,
             },
         )),
+        detail_log_names: args.detail_log_names,
         interval: args.interval,
         log_every: args.log_every,
         follow_symlinks: args.follow_symlinks,

@@ -19,7 +19,8 @@ pub(crate) mod fake;
 mod tests;
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
+    net::IpAddr,
     time::Duration,
 };
 
@@ -31,7 +32,7 @@ use netmon_common::{
 };
 
 use crate::{
-    accounting::{AddressPair, BaselineView, IntervalUsage, Meter, Seen},
+    accounting::{address, AddressPair, BaselineView, IntervalUsage, Meter, Seen},
     alerts::{AlertEvent, UsageAlarm},
     control::{Answer, Request, Response},
     datapath::DatapathError,
@@ -258,6 +259,8 @@ pub struct Daemon<K, C> {
     recent_alerts: VecDeque<AlertEvent>,
     /// Names from each interface's DNS answers, for `netmon top`.
     names: HashMap<String, Listener>,
+    /// Whether interval reports carry their addresses' names.
+    names_in_reports: bool,
     /// `netmon top`'s readings of each interface it shows, with when a
     /// screen last asked for them.
     views: HashMap<String, (Live, u64)>,
@@ -295,6 +298,7 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
             departed: Vec::new(),
             recent_alerts: VecDeque::new(),
             names: HashMap::new(),
+            names_in_reports: false,
             views: HashMap::new(),
         };
         daemon.join(iface, kernel, meter, instance);
@@ -304,6 +308,30 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
     /// Learns names for `iface` from the DNS answers `listener` reads.
     pub fn learn_names(&mut self, iface: &str, listener: Listener) {
         self.names.insert(iface.to_string(), listener);
+    }
+
+    /// Puts the names of each interval's addresses into its report, for a
+    /// detail log that stores them.
+    pub fn name_reports(&mut self) {
+        self.names_in_reports = true;
+    }
+
+    /// The names known now of the addresses in `usage`'s pairs on `iface`.
+    fn names_in(
+        &self,
+        iface: &str,
+        usage: &IntervalUsage,
+        now_ns: u64,
+    ) -> BTreeMap<IpAddr, String> {
+        let Some(listener) = self.names.get(iface).filter(|_| self.names_in_reports) else {
+            return BTreeMap::new();
+        };
+        let addresses: BTreeSet<IpAddr> = usage
+            .pairs
+            .iter()
+            .flat_map(|p| [address(p.key.src), address(p.key.dst)])
+            .collect();
+        listener.names_of(&addresses, now_ns)
     }
 
     /// Writes the policy in force into every interface's maps (at start).
@@ -470,6 +498,7 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
         let mut reports = Vec::with_capacity(usages.len());
         let departed = self.departed.len();
         for (i, usage) in usages {
+            let names = self.names_in(&self.interfaces.watched[i].iface, &usage, end.monotonic_ns);
             let w = &mut self.interfaces.watched[i];
             if !w.kernel.attached() {
                 w.present = false;
@@ -485,6 +514,7 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
                 rules: rules.clone(),
                 quotas: quotas.clone(),
                 alerts: std::mem::take(&mut alerts),
+                names,
             });
         }
         if self.departed.len() > departed {
@@ -636,7 +666,8 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
             | Request::ResetQuota { .. }
             | Request::RemoveQuota { .. }
             | Request::Live { .. }
-            | Request::Screen { .. } => {}
+            | Request::Screen { .. }
+            | Request::Names { .. } => {}
         }
         Ok(request)
     }
@@ -759,6 +790,20 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
                         snapshot: Box::new(snapshot),
                     }),
                     Err(e) => Response::Error(format!("reading the counters: {e}")),
+                }
+            }
+            Request::Names { iface } => {
+                return match self.shown(iface.as_deref()) {
+                    Ok(at) => {
+                        let iface = &self.interfaces.watched[at].iface;
+                        let now_ns = self.clock.monotonic_ns();
+                        let names = self
+                            .names
+                            .get(iface)
+                            .map_or_else(Vec::new, |l| l.snapshot(now_ns).0);
+                        Response::Ok(Answer::Names { names })
+                    }
+                    Err(e) => Response::Error(e.to_string()),
                 }
             }
             Request::Screen { query } => {

@@ -186,6 +186,8 @@ pub struct Config {
     pub log_every: Duration,
     /// Write the detail log, rotated by size with this.
     pub detail_log: Option<Option<crate::logs::detail::Rotation>>,
+    /// Store the addresses' names in the detail log.
+    pub detail_log_names: bool,
 }
 
 /// One interface of the configuration, its namespace open.
@@ -504,6 +506,9 @@ pub async fn run(config: Config) -> Result<(), StartError> {
 
     for (iface, names) in names {
         daemon.learn_names(&iface, names);
+    }
+    if config.detail_log_names {
+        daemon.name_reports();
     }
     let mut ticker = tokio::time::interval(config.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
