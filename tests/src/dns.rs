@@ -92,6 +92,16 @@ pub struct Dnsmasq(std::process::Child);
 
 impl Dnsmasq {
     pub fn start(host: &Host, dir: &Path, names: &[(&str, IpAddr)]) -> Result<Dnsmasq> {
+        Dnsmasq::with_ptr(host, dir, names, &[])
+    }
+
+    /// Also answering reverse lookups of `ptrs` ((address, name)).
+    pub fn with_ptr(
+        host: &Host,
+        dir: &Path,
+        names: &[(&str, IpAddr)],
+        ptrs: &[(IpAddr, &str)],
+    ) -> Result<Dnsmasq> {
         let mut command = host.command("dnsmasq");
         command.args([
             "--no-daemon",
@@ -108,6 +118,13 @@ impl Dnsmasq {
         ]);
         for (name, address) in names {
             command.arg(format!("--address=/{name}/{address}"));
+        }
+        for (address, name) in ptrs {
+            let IpAddr::V4(v4) = address else {
+                bail!("only IPv4 PTR records here: {address}");
+            };
+            let [a, b, c, d] = v4.octets();
+            command.arg(format!("--ptr-record={d}.{c}.{b}.{a}.in-addr.arpa,{name}"));
         }
         let child = command
             .stdout(std::process::Stdio::null())

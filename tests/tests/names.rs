@@ -190,3 +190,127 @@ fn detail_log_names_stores_each_intervals_names_which_reports_read_after_the_dae
     assert!(stderr.contains("no names from a daemon"), "{stderr}");
     Ok(())
 }
+
+#[test]
+fn resolve_ptr_names_what_no_answer_named_and_its_own_lookups_are_in_no_count() -> Result<()> {
+    let net = TestNet::create()?;
+    let (a, b) = (&net.a, &net.b);
+    let dir = tempfile::tempdir()?;
+    let far = IpAddr::from(b.ipv4_alt);
+    let server = IpAddr::from(b.ipv4);
+    let _dnsmasq = Dnsmasq::with_ptr(
+        b,
+        dir.path(),
+        &[("ready.test", server)],
+        &[(far, "far.test")],
+    )?;
+    // dnsmasq answers before netmon runs: this exchange is in no log.
+    ask_udp(a, server, 1, "ready.test", 1)?;
+    let netmon = Netmon::on(a)
+        .logs_in(dir.path())
+        .args(&[
+            "--resolve",
+            "ptr",
+            "--resolve-server",
+            &server.to_string(),
+            "--detail-log-names",
+        ])
+        .start()?;
+    Flow::udp(a, b)
+        .to(b.ipv4_alt)
+        .port(9002)
+        .sizes(&[400; 5])
+        .send()?;
+
+    // The poll that counts the datagrams asks for far's name; the daemon
+    // then knows it.
+    let mut named = None;
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(100));
+        let Ok((top, _)) = report(dir.path(), &["top", "--names"]) else {
+            continue;
+        };
+        named = top
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["dst"] == far.to_string() && r["dst_name"] != "")
+            .cloned();
+        if named.is_some() {
+            break;
+        }
+    }
+    let named = named.context("far's name never came")?;
+    assert_eq!(
+        (&named["src"], &named["dst_name"], &named["frames"]),
+        (&json!(a.ipv4.to_string()), &json!("far.test"), &json!(5))
+    );
+    // The answers to netmon's own lookups were not passed on as DNS answers.
+    let out = cli(&["top", "--iface", &a.iface, "--once", "--format", "json"])?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let snapshot: Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(snapshot["dns"]["passed"], 0, "{}", snapshot["dns"]);
+    // Five more, in an interval that stores far's name.
+    Flow::udp(a, b)
+        .to(b.ipv4_alt)
+        .port(9002)
+        .sizes(&[400; 5])
+        .send()?;
+    let mut logged_all = false;
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(100));
+        if let Ok((top, _)) = report(dir.path(), &["top"]) {
+            logged_all = top
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["dst"] == far.to_string() && r["frames"] == 10);
+            if logged_all {
+                break;
+            }
+        }
+    }
+    ensure!(logged_all, "the second five datagrams were never logged");
+    netmon.stop()?;
+
+    // Every IPv4 pair of the whole run is the test's: the lookups (a to
+    // b's first address, port 53, and back) are in no interval.
+    let text = std::fs::read_to_string(dir.path().join("detail.jsonl"))?;
+    let mut pairs = std::collections::BTreeMap::new();
+    let mut stored = false;
+    for line in text.lines() {
+        let record: Value = serde_json::from_str(line)?;
+        stored |= record["names"][far.to_string()] == "far.test";
+        for p in record["pairs"].as_array().unwrap() {
+            let src = p["src"].as_str().unwrap();
+            if src.contains(':') {
+                continue;
+            }
+            let key = (
+                p["direction"].as_str().unwrap().to_string(),
+                src.to_string(),
+                p["dst"].as_str().unwrap().to_string(),
+                p["proto"].as_str().unwrap().to_string(),
+            );
+            let sum: &mut (u64, u64) = pairs.entry(key).or_default();
+            sum.0 += p["frames"].as_u64().unwrap();
+            sum.1 += p["bytes"].as_u64().unwrap();
+        }
+    }
+    let expected = std::collections::BTreeMap::from([(
+        (
+            "egress".to_string(),
+            a.ipv4.to_string(),
+            far.to_string(),
+            "udp".to_string(),
+        ),
+        (10, 10 * frame_len(far, 400)),
+    )]);
+    assert_eq!(pairs, expected);
+    assert!(stored, "far's name in the detail log: {text}");
+    Ok(())
+}

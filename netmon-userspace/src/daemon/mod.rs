@@ -39,7 +39,7 @@ use crate::{
     enforcer::Enforcer,
     live::{Live, LiveSnapshot, Screen, ScreenQuery, RECENT_ALERTS},
     logs::state::State,
-    names::Listener,
+    names::{reverse::Reverse, Listener, NameRecord},
     policy::compile::{Charged, Compiled, Tables},
 };
 use clock::Clock;
@@ -261,6 +261,8 @@ pub struct Daemon<K, C> {
     names: HashMap<String, Listener>,
     /// Whether interval reports carry their addresses' names.
     names_in_reports: bool,
+    /// `--resolve ptr`: reverse lookups for addresses no DNS answer named.
+    reverse: Option<Reverse>,
     /// `netmon top`'s readings of each interface it shows, with when a
     /// screen last asked for them.
     views: HashMap<String, (Live, u64)>,
@@ -299,6 +301,7 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
             recent_alerts: VecDeque::new(),
             names: HashMap::new(),
             names_in_reports: false,
+            reverse: None,
             views: HashMap::new(),
         };
         daemon.join(iface, kernel, meter, instance);
@@ -316,22 +319,41 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
         self.names_in_reports = true;
     }
 
-    /// The names known now of the addresses in `usage`'s pairs on `iface`.
+    /// Looks up the names of addresses no DNS answer named with `reverse`.
+    pub fn look_up_names(&mut self, reverse: Reverse) {
+        self.reverse = Some(reverse);
+    }
+
+    /// The names known now of the addresses in `usage`'s pairs on `iface`:
+    /// from DNS answers, else from reverse lookups, which are asked about
+    /// the others. Only when names are stored or looked up.
     fn names_in(
         &self,
         iface: &str,
         usage: &IntervalUsage,
         now_ns: u64,
     ) -> BTreeMap<IpAddr, String> {
-        let Some(listener) = self.names.get(iface).filter(|_| self.names_in_reports) else {
+        if !self.names_in_reports && self.reverse.is_none() {
             return BTreeMap::new();
-        };
+        }
         let addresses: BTreeSet<IpAddr> = usage
             .pairs
             .iter()
             .flat_map(|p| [address(p.key.src), address(p.key.dst)])
             .collect();
-        listener.names_of(&addresses, now_ns)
+        let mut names = self
+            .names
+            .get(iface)
+            .map(|listener| listener.names_of(&addresses, now_ns))
+            .unwrap_or_default();
+        if let Some(reverse) = &self.reverse {
+            let unnamed: Vec<&IpAddr> = addresses
+                .iter()
+                .filter(|a| !names.contains_key(a))
+                .collect();
+            names.extend(reverse.names_of(unnamed, now_ns));
+        }
+        names
     }
 
     /// Writes the policy in force into every interface's maps (at start).
@@ -514,7 +536,11 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
                 rules: rules.clone(),
                 quotas: quotas.clone(),
                 alerts: std::mem::take(&mut alerts),
-                names,
+                names: if self.names_in_reports {
+                    names
+                } else {
+                    BTreeMap::new()
+                },
             });
         }
         if self.departed.len() > departed {
@@ -797,14 +823,30 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
                     Ok(at) => {
                         let iface = &self.interfaces.watched[at].iface;
                         let now_ns = self.clock.monotonic_ns();
-                        let names = self
+                        let mut names = self
                             .names
                             .get(iface)
                             .map_or_else(Vec::new, |l| l.snapshot(now_ns).0);
+                        // Reverse lookups' names for the addresses left.
+                        if let Some(reverse) = &self.reverse {
+                            let answered: BTreeSet<IpAddr> =
+                                names.iter().map(|n| n.address).collect();
+                            names.extend(
+                                reverse
+                                    .current(now_ns)
+                                    .into_iter()
+                                    .filter(|(address, ..)| !answered.contains(address))
+                                    .map(|(address, name, ttl_s)| NameRecord {
+                                        address,
+                                        name,
+                                        ttl_s,
+                                    }),
+                            );
+                        }
                         Response::Ok(Answer::Names { names })
                     }
                     Err(e) => Response::Error(e.to_string()),
-                }
+                };
             }
             Request::Screen { query } => {
                 return match self.screen(&query) {
