@@ -15,6 +15,44 @@ pub const DNS_PACE_MAP: &str = "DNS_PACE";
 /// is then dead code the verifier never checks).
 pub const DNS_FROM_XDP_GLOBAL: &str = "DNS_FROM_XDP";
 
+/// Array of one [`OwnLookup`]: the socket of netmon's own reverse lookups
+/// (`--resolve ptr`), whose frames the datapath neither counts nor passes on.
+pub const OWN_LOOKUP_MAP: &str = "OWN_LOOKUP";
+
+/// The 4-tuple of netmon's own lookups, addresses as the classifier gives
+/// them (IPv4 mapped into IPv6); all zero (the default) while it makes none.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OwnLookup {
+    /// netmon's address.
+    pub local: [u8; 16],
+    /// The DNS server's address.
+    pub server: [u8; 16],
+    /// netmon's UDP port; 0 while it makes no lookups.
+    pub local_port: u16,
+    /// The DNS server's port.
+    pub server_port: u16,
+}
+
+impl OwnLookup {
+    /// True for a UDP frame of netmon's own lookups: a query leaving
+    /// (`leaving`) for the server, or an answer arriving from it.
+    #[inline(always)]
+    pub fn matches(&self, ip: &crate::classify::IpHeader, leaving: bool) -> bool {
+        let (local, local_port, server, server_port) = if leaving {
+            (&ip.src, ip.src_port, &ip.dst, ip.dst_port)
+        } else {
+            (&ip.dst, ip.dst_port, &ip.src, ip.src_port)
+        };
+        self.local_port != 0
+            && ip.proto == crate::classify::PROTO_UDP
+            && local_port == self.local_port
+            && server_port == self.server_port
+            && *local == self.local
+            && *server == self.server
+    }
+}
+
 /// The port DNS answers come from.
 pub const DNS_PORT: u16 = 53;
 /// Bytes of a frame an event carries: headers and a message of up to the
@@ -70,6 +108,63 @@ pub fn admit(tat: &mut u64, now_ns: u64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn own_lookups_match_their_four_tuple_each_way_and_nothing_else() {
+        let at = |last: u8| {
+            let mut a = [0u8; 16];
+            a[10..].copy_from_slice(&[0xff, 0xff, 10, 200, 0, last]);
+            a
+        };
+        let own = OwnLookup {
+            local: at(1),
+            server: at(2),
+            local_port: 40000,
+            server_port: 53,
+        };
+        let query = crate::classify::IpHeader {
+            src: at(1),
+            dst: at(2),
+            proto: crate::classify::PROTO_UDP,
+            src_port: 40000,
+            dst_port: 53,
+            header_len: 42,
+        };
+        let answer = crate::classify::IpHeader {
+            src: at(2),
+            dst: at(1),
+            src_port: 53,
+            dst_port: 40000,
+            ..query
+        };
+        assert!(own.matches(&query, true) && own.matches(&answer, false));
+        assert!(!own.matches(&query, false) && !own.matches(&answer, true));
+        let other_port = crate::classify::IpHeader {
+            src_port: 40001,
+            ..query
+        };
+        let tcp = crate::classify::IpHeader { proto: 6, ..query };
+        let elsewhere = crate::classify::IpHeader {
+            dst: at(3),
+            ..query
+        };
+        for other in [other_port, tcp, elsewhere] {
+            assert!(!own.matches(&other, true), "{other:?}");
+        }
+        assert!(
+            !OwnLookup::default().matches(
+                &crate::classify::IpHeader {
+                    src: [0; 16],
+                    dst: [0; 16],
+                    src_port: 0,
+                    dst_port: 0,
+                    ..query
+                },
+                true
+            ),
+            "no lookups: nothing is netmon's"
+        );
+    }
 
     #[test]
     fn a_burst_passes_then_the_rate_and_no_more() {

@@ -532,6 +532,7 @@ mod pod {
     unsafe impl aya::Pod for super::DirectionTotals {}
     unsafe impl aya::Pod for super::HookTotals {}
     unsafe impl aya::Pod for crate::dns::DnsStats {}
+    unsafe impl aya::Pod for crate::dns::OwnLookup {}
     unsafe impl aya::Pod for super::Counter {}
 }
 

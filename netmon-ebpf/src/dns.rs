@@ -13,12 +13,27 @@ use netmon_common::{
     Classified,
 };
 
-use crate::maps::{DNS_EVENTS, DNS_PACE, DNS_STATS};
+use crate::maps::{DNS_EVENTS, DNS_PACE, DNS_STATS, OWN_LOOKUP};
 
 /// True for a frame from the DNS port: the only test non-DNS traffic pays.
 #[inline(always)]
 pub fn is_answer(class: &Classified) -> bool {
     matches!(class.ip, Some(ip) if ip.src_port == DNS_PORT)
+}
+
+/// True for a frame of netmon's own reverse lookups, a query `leaving` or an
+/// answer arriving: not counted, not passed on. Only frames to or from the
+/// DNS port pay the map lookup.
+#[inline(always)]
+pub fn is_own_lookup(class: &Classified, leaving: bool) -> bool {
+    let Some(ip) = class.ip else {
+        return false;
+    };
+    let port = if leaving { ip.dst_port } else { ip.src_port };
+    port == DNS_PORT
+        && OWN_LOOKUP
+            .get(0)
+            .is_some_and(|own| own.matches(&ip, leaving))
 }
 
 /// Whether the XDP hook can copy frames, set at load (see

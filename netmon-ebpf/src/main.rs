@@ -60,6 +60,9 @@ fn ingress<const DNS: bool>(ctx: &XdpContext) -> u32 {
     // (data_end - data) would miss a multi-buffer frame's fragments.
     let len = unsafe { bpf_xdp_get_buff_len(ctx.ctx) };
     let class = classify(&frame);
+    if DNS && dns::is_own_lookup(&class, false) {
+        return xdp_action::XDP_PASS;
+    }
     match record::frame(ctx, Direction::Ingress, &class, 1, len, 0) {
         Verdict::Pass => {
             if DNS && dns::is_answer(&class) {
@@ -82,6 +85,9 @@ fn egress<const DNS: bool>(ctx: &TcContext) -> i32 {
 fn record_tc<const DNS: bool>(ctx: &TcContext, direction: Direction) -> i32 {
     let frame = TcFrame(ctx);
     let class = classify(&frame);
+    if DNS && dns::is_own_lookup(&class, matches!(direction, Direction::Egress)) {
+        return TC_ACT_UNSPEC;
+    }
     // SAFETY: the context points at a valid __sk_buff for the program's lifetime.
     let gso_segs = unsafe { (*ctx.skb.skb).gso_segs } as u64;
     let header_len = class.ip.map_or(0, |ip| ip.header_len as u64);

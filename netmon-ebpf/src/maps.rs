@@ -5,7 +5,7 @@ use aya_ebpf::{
     maps::{lpm_trie::LpmTrie, Array, HashMap, PerCpuArray, Queue, RingBuf},
 };
 use netmon_common::{
-    dns::{DnsStats, DNS_RING_BYTES},
+    dns::{DnsStats, OwnLookup, DNS_RING_BYTES},
     maps::{cache_sets, CachedSlot, SlotKey, CACHE_WAYS, DEFAULT_MAX_PAIRS},
     policy::{
         PolicyState, QuotaSet, QuotaState, RuleList, MAX_FORWARDERS, MAX_PREFIXES, MAX_RULES,
@@ -113,3 +113,8 @@ pub static DNS_STATS: PerCpuArray<DnsStats> = PerCpuArray::with_max_entries(1, 0
 /// The rate limit's theoretical arrival time (entry 0).
 #[map(name = "DNS_PACE")]
 pub static DNS_PACE: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// The socket of netmon's own reverse lookups (entry 0; see
+/// `netmon_common::dns::OwnLookup`). Not pinned: each run has its own.
+#[map(name = "OWN_LOOKUP")]
+pub static OWN_LOOKUP: Array<OwnLookup> = Array::with_max_entries(1, 0);

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     enforcer::{QuotaView, RuleView},
     live::{LiveSnapshot, Screen, ScreenQuery},
+    names::NameRecord,
     policy::{Quota, Rule},
 };
 
@@ -171,6 +172,12 @@ pub enum Request {
         /// What it asks for.
         query: ScreenQuery,
     },
+    /// The names learnt from DNS answers, for `netmon report --names`.
+    Names {
+        /// The interface (`IF` or `NS:IF`), or the daemon's first one present.
+        #[serde(default)]
+        iface: Option<String>,
+    },
 }
 
 impl Request {
@@ -178,9 +185,11 @@ impl Request {
     /// the socket group (see [`Access`]).
     pub fn changes_policy(&self) -> bool {
         match self {
-            Request::Rules | Request::Quotas | Request::Live { .. } | Request::Screen { .. } => {
-                false
-            }
+            Request::Rules
+            | Request::Quotas
+            | Request::Live { .. }
+            | Request::Screen { .. }
+            | Request::Names { .. } => false,
             Request::AddRule { .. }
             | Request::RemoveRule { .. }
             | Request::SetQuota { .. }
@@ -256,6 +265,11 @@ pub enum Answer {
     Screen {
         /// What it shows.
         screen: Box<Screen>,
+    },
+    /// The names an interface's DNS answers gave, valid now.
+    Names {
+        /// By address.
+        names: Vec<NameRecord>,
     },
 }
 

@@ -7,6 +7,7 @@
 pub mod capture;
 pub mod cpu;
 pub mod daemon;
+pub mod dns;
 pub mod frames;
 pub mod http;
 pub mod mounts;

@@ -5,7 +5,10 @@ use std::{path::PathBuf, time::Duration};
 use clap::{Args, Subcommand};
 use jiff::Timestamp;
 
+use std::collections::BTreeSet;
+
 use crate::{
+    control::{self, Answer, Request},
     report::{self, Format},
     units::parse_interval,
 };
@@ -47,12 +50,18 @@ pub enum Report {
         /// Only this L4 protocol (tcp, udp, icmp, icmpv6, other).
         #[arg(long)]
         proto: Option<String>,
+        /// Add each address's name from DNS answers (see docs/reports.md).
+        #[arg(long)]
+        names: bool,
     },
     /// The top (source, destination) pairs by bytes, with their share.
     Top {
         /// How many.
         #[arg(short = 'n', default_value_t = 10)]
         n: usize,
+        /// Add each address's name from DNS answers (see docs/reports.md).
+        #[arg(long)]
+        names: bool,
     },
     /// Bytes per interval, stacked for the top pairs, as an SVG or PNG picture.
     Chart {
@@ -85,8 +94,14 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
     let table = match &args.report {
         Report::Hierarchy => report::hierarchy(&records),
         Report::Io { interval } => report::io(&records, bin(interval)?)?,
-        Report::Conversations { proto } => report::conversations(&records, proto.as_deref())?,
-        Report::Top { n } => report::top(&records, *n),
+        Report::Conversations { proto, names } => {
+            let names = names.then(|| names_of(&records));
+            report::conversations(&records, proto.as_deref(), names.as_ref())?
+        }
+        Report::Top { n, names } => {
+            let names = names.then(|| names_of(&records));
+            report::top(&records, *n, names.as_ref())
+        }
         Report::Chart { out, interval, top } => {
             report::chart::draw(&records, bin(interval)?, *top, out)?;
             eprintln!("wrote {}", out.display());
@@ -95,4 +110,29 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
     };
     print!("{}", table.render(args.format.unwrap_or(Format::Table)));
     Ok(())
+}
+
+/// The names for a report: those the detail log stored, and for the other
+/// addresses those the daemon of each of the log's interfaces knows now.
+/// Without a daemon, the stored ones alone (with a warning).
+fn names_of(records: &[report::DetailRecord]) -> report::Names {
+    let mut names = report::stored_names(records);
+    let ifaces: BTreeSet<&str> = records.iter().map(|r| r.iface.as_str()).collect();
+    for iface in ifaces {
+        let request = Request::Names {
+            iface: Some(iface.to_string()),
+        };
+        match control::ask(Some(iface), &request) {
+            Ok(Answer::Names { names: known }) => {
+                for record in known {
+                    names.entry(record.address).or_insert(record.name);
+                }
+            }
+            Ok(other) => {
+                log::warn!("the daemon on {iface} answered {other:?} when asked for names")
+            }
+            Err(e) => log::warn!("no names from a daemon on {iface}, only the detail log's: {e}"),
+        }
+    }
+    names
 }

@@ -52,6 +52,18 @@ pub struct RunArgs {
     /// Write no detail log (the history database keeps the usage per 5 minutes).
     #[arg(long)]
     pub no_detail_log: bool,
+    /// Store in the detail log the names that DNS answers gave the
+    /// interval's addresses (kept in memory only without it).
+    #[arg(long, conflicts_with = "no_detail_log")]
+    pub detail_log_names: bool,
+    /// Active lookups for addresses no DNS answer named: `ptr`, reverse
+    /// lookups, bounded, left out of the counts (none by default).
+    #[arg(long, value_enum)]
+    pub resolve: Option<Resolve>,
+    /// The DNS server of --resolve (port 53) [default: the first nameserver
+    /// of /etc/resolv.conf].
+    #[arg(long, requires = "resolve")]
+    pub resolve_server: Option<std::net::IpAddr>,
     /// Rewrite the log and the state file this often, and at the stop (0:
     /// every interval); the history database records every interval, and
     /// `netmon export log` writes the log from it at any time.
@@ -213,6 +225,8 @@ fn to_config(args: RunArgs, words: &[std::ffi::OsString]) -> anyhow::Result<daem
                 keep: args.detail_log_keep,
             },
         )),
+        detail_log_names: args.detail_log_names,
+        resolve_ptr: args.resolve.map(|Resolve::Ptr| args.resolve_server),
         interval: args.interval,
         log_every: args.log_every,
         follow_symlinks: args.follow_symlinks,
@@ -326,4 +340,11 @@ mod tests {
             .to_string()
             .contains("--netns blue names no --iface after it"));
     }
+}
+
+/// Active lookups of `--resolve`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Resolve {
+    /// Reverse (PTR) lookups.
+    Ptr,
 }

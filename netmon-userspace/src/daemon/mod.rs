@@ -20,7 +20,8 @@ pub(crate) mod fake;
 mod tests;
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
+    net::IpAddr,
     time::Duration,
 };
 
@@ -32,14 +33,14 @@ use netmon_common::{
 };
 
 use crate::{
-    accounting::{AddressPair, BaselineView, IntervalUsage, Meter, Seen},
+    accounting::{address, AddressPair, BaselineView, IntervalUsage, Meter, Seen},
     alerts::{AlertEvent, UsageAlarm},
     control::{Answer, Request, Response},
     datapath::DatapathError,
     enforcer::Enforcer,
     live::{Live, LiveSnapshot, Screen, ScreenQuery, RECENT_ALERTS},
     logs::state::State,
-    names::Listener,
+    names::{reverse::Reverse, Listener, NameRecord},
     policy::compile::{Charged, Compiled, Tables},
 };
 use clock::Clock;
@@ -259,6 +260,10 @@ pub struct Daemon<K, C> {
     recent_alerts: VecDeque<AlertEvent>,
     /// Names from each interface's DNS answers, for `netmon top`.
     names: HashMap<String, Listener>,
+    /// Whether interval reports carry their addresses' names.
+    names_in_reports: bool,
+    /// `--resolve ptr`: reverse lookups for addresses no DNS answer named.
+    reverse: Option<Reverse>,
     /// `netmon top`'s readings of each interface it shows, with when a
     /// screen last asked for them.
     views: HashMap<String, (Live, u64)>,
@@ -296,6 +301,8 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
             departed: Vec::new(),
             recent_alerts: VecDeque::new(),
             names: HashMap::new(),
+            names_in_reports: false,
+            reverse: None,
             views: HashMap::new(),
         };
         daemon.join(iface, kernel, meter, instance);
@@ -305,6 +312,49 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
     /// Learns names for `iface` from the DNS answers `listener` reads.
     pub fn learn_names(&mut self, iface: &str, listener: Listener) {
         self.names.insert(iface.to_string(), listener);
+    }
+
+    /// Puts the names of each interval's addresses into its report, for a
+    /// detail log that stores them.
+    pub fn name_reports(&mut self) {
+        self.names_in_reports = true;
+    }
+
+    /// Looks up the names of addresses no DNS answer named with `reverse`.
+    pub fn look_up_names(&mut self, reverse: Reverse) {
+        self.reverse = Some(reverse);
+    }
+
+    /// The names known now of the addresses in `usage`'s pairs on `iface`:
+    /// from DNS answers, else from reverse lookups, which are asked about
+    /// the others. Only when names are stored or looked up.
+    fn names_in(
+        &self,
+        iface: &str,
+        usage: &IntervalUsage,
+        now_ns: u64,
+    ) -> BTreeMap<IpAddr, String> {
+        if !self.names_in_reports && self.reverse.is_none() {
+            return BTreeMap::new();
+        }
+        let addresses: BTreeSet<IpAddr> = usage
+            .pairs
+            .iter()
+            .flat_map(|p| [address(p.key.src), address(p.key.dst)])
+            .collect();
+        let mut names = self
+            .names
+            .get(iface)
+            .map(|listener| listener.names_of(&addresses, now_ns))
+            .unwrap_or_default();
+        if let Some(reverse) = &self.reverse {
+            let unnamed: Vec<&IpAddr> = addresses
+                .iter()
+                .filter(|a| !names.contains_key(a))
+                .collect();
+            names.extend(reverse.names_of(unnamed, now_ns));
+        }
+        names
     }
 
     /// Writes the policy in force into every interface's maps (at start).
@@ -471,6 +521,7 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
         let mut reports = Vec::with_capacity(usages.len());
         let departed = self.departed.len();
         for (i, usage) in usages {
+            let names = self.names_in(&self.interfaces.watched[i].iface, &usage, end.monotonic_ns);
             let w = &mut self.interfaces.watched[i];
             if !w.kernel.attached() {
                 w.present = false;
@@ -486,6 +537,11 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
                 rules: rules.clone(),
                 quotas: quotas.clone(),
                 alerts: std::mem::take(&mut alerts),
+                names: if self.names_in_reports {
+                    names
+                } else {
+                    BTreeMap::new()
+                },
             });
         }
         if self.departed.len() > departed {
@@ -619,7 +675,8 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
             | Request::ResetQuota { .. }
             | Request::RemoveQuota { .. }
             | Request::Live { .. }
-            | Request::Screen { .. } => {}
+            | Request::Screen { .. }
+            | Request::Names { .. } => {}
         }
         Ok(request)
     }
@@ -743,6 +800,36 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
                     }),
                     Err(e) => Response::Error(format!("reading the counters: {e}")),
                 }
+            }
+            Request::Names { iface } => {
+                return match self.shown(iface.as_deref()) {
+                    Ok(at) => {
+                        let iface = &self.interfaces.watched[at].iface;
+                        let now_ns = self.clock.monotonic_ns();
+                        let mut names = self
+                            .names
+                            .get(iface)
+                            .map_or_else(Vec::new, |l| l.snapshot(now_ns).0);
+                        // Reverse lookups' names for the addresses left.
+                        if let Some(reverse) = &self.reverse {
+                            let answered: BTreeSet<IpAddr> =
+                                names.iter().map(|n| n.address).collect();
+                            names.extend(
+                                reverse
+                                    .current(now_ns)
+                                    .into_iter()
+                                    .filter(|(address, ..)| !answered.contains(address))
+                                    .map(|(address, name, ttl_s)| NameRecord {
+                                        address,
+                                        name,
+                                        ttl_s,
+                                    }),
+                            );
+                        }
+                        Response::Ok(Answer::Names { names })
+                    }
+                    Err(e) => Response::Error(e.to_string()),
+                };
             }
             Request::Screen { query } => {
                 return match self.screen(&query) {

@@ -1,6 +1,6 @@
 //! What one poll produces, and what the sinks get.
 
-use std::time::Duration;
+use std::{collections::BTreeMap, net::IpAddr, time::Duration};
 
 use jiff::Timestamp;
 
@@ -37,6 +37,9 @@ pub struct IntervalReport {
     /// Warn levels, spent quotas and thresholds crossed this interval (the
     /// daemon's: in the first report of a poll only).
     pub alerts: Vec<AlertEvent>,
+    /// The names of the pairs' addresses, from the interface's DNS answers,
+    /// when the detail log stores them (`--detail-log-names`); else empty.
+    pub names: BTreeMap<IpAddr, String>,
 }
 
 /// What survives a restart, as it stands after the report's interval.

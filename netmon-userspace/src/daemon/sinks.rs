@@ -122,11 +122,14 @@ impl DetailSink {
 
 impl Sink for DetailSink {
     fn deliver(&mut self, report: &Report<'_>) -> Result<(), LogError> {
-        let current = report.interval.map(|i| logs::detail::IntervalRecord {
-            iface: &i.iface,
-            start: i.start,
-            end: i.end,
-            usage: &i.usage,
+        let current = report.interval.map(|i| {
+            logs::detail::IntervalRecord {
+                iface: &i.iface,
+                start: i.start,
+                end: i.end,
+                usage: &i.usage,
+            }
+            .named(&i.names)
         });
         // Earlier records first, in order; the current one is copied only
         // when it cannot be written now.

@@ -29,6 +29,7 @@ use crate::{
     history::HistoryError,
     logs::{state::State, Files, LogError},
     metrics::{MetricsError, MetricsSink},
+    names::reverse,
     policy::{Period, PolicyError},
     privileges::PrivilegeError,
 };
@@ -57,6 +58,9 @@ pub enum StartError {
     /// Loading, attaching or reading the datapath.
     #[error(transparent)]
     Datapath(#[from] DatapathError),
+    /// `--resolve ptr` cannot make lookups.
+    #[error(transparent)]
+    Reverse(#[from] crate::names::reverse::ReverseError),
     /// Claiming an interface or serving the control socket.
     #[error(transparent)]
     Control(#[from] ControlError),
@@ -201,6 +205,10 @@ pub struct Config {
     pub log_every: Duration,
     /// Write the detail log, rotated by size with this.
     pub detail_log: Option<Option<crate::logs::detail::Rotation>>,
+    /// Store the addresses' names in the detail log.
+    pub detail_log_names: bool,
+    /// `--resolve ptr`, with `--resolve-server` if given.
+    pub resolve_ptr: Option<Option<std::net::IpAddr>>,
 }
 
 /// One interface of the configuration, its namespace open.
@@ -393,6 +401,13 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             crate::metrics::serve(m.addr, failed_sends.unwrap_or_default())
         })
         .transpose()?;
+    let lookups = config
+        .resolve_ptr
+        .map(|server| {
+            let system = || reverse::system_server(Path::new("/etc/resolv.conf"));
+            reverse::LookupSocket::open(server.map_or_else(system, Ok)?)
+        })
+        .transpose()?;
 
     let mut attached: Vec<(&Target, Attached)> = Vec::new();
     for t in present {
@@ -428,6 +443,14 @@ pub async fn run(config: Config) -> Result<(), StartError> {
                 .ok()
         })
         .collect();
+    // Lookups only where every interface leaves them out of its counts.
+    let lookups = lookups.filter(|socket| {
+        attached.iter_mut().all(|(t, kernel)| {
+            reverse::leave_out(&mut kernel.datapath, &socket.own)
+                .map_err(|e| log::warn!("{}: no --resolve ptr: {e}", t.label))
+                .is_ok()
+        })
+    });
     let baselines = std::mem::take(&mut saved.baselines);
     let meters = attached
         .iter()
@@ -526,6 +549,15 @@ pub async fn run(config: Config) -> Result<(), StartError> {
 
     for (iface, names) in names {
         daemon.learn_names(&iface, names);
+    }
+    if config.detail_log_names {
+        daemon.name_reports();
+    }
+    if let Some(socket) = lookups {
+        match reverse::Reverse::start(socket) {
+            Ok(reverse) => daemon.look_up_names(reverse),
+            Err(e) => log::warn!("no --resolve ptr: {e}"),
+        }
     }
     let mut ticker = tokio::time::interval(config.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

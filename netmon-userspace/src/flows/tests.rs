@@ -328,6 +328,7 @@ fn interval(start_s: i64, pairs: &[(PairKey, u64, u64)]) -> IntervalReport {
         rules: Vec::new(),
         quotas: Vec::new(),
         alerts: Vec::new(),
+        names: Default::default(),
     }
 }
 

@@ -28,6 +28,10 @@ pub struct DetailRecord {
     pub protocols: BTreeMap<String, ProtocolRecord>,
     /// Pair table fill.
     pub table: TableRecord,
+    /// The names of the pairs' addresses from DNS answers, where known, when
+    /// the daemon ran with `--detail-log-names`; absent otherwise.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub names: BTreeMap<IpAddr, String>,
 }
 
 /// One pair's traffic in one direction during the interval.
@@ -133,6 +137,7 @@ impl DetailRecord {
             pairs: usage.pairs.iter().map(pair_record).collect(),
             protocols: protocols(usage),
             table: table(usage),
+            names: BTreeMap::new(),
         }
     }
 }
@@ -149,6 +154,8 @@ pub struct Interval {
     pub end: jiff::Timestamp,
     /// What the datapath counted.
     pub usage: IntervalUsage,
+    /// Its addresses' names, to store (see [`DetailRecord::names`]).
+    pub names: BTreeMap<IpAddr, String>,
 }
 
 fn seconds(start: jiff::Timestamp, end: jiff::Timestamp) -> f64 {
@@ -170,7 +177,7 @@ impl Interval {
 /// Serialises exactly as the interval's [`DetailRecord`] would.
 impl Serialize for Interval {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.record().serialize(serializer)
+        self.record().named(&self.names).serialize(serializer)
     }
 }
 
@@ -188,20 +195,53 @@ pub struct IntervalRecord<'a> {
     pub usage: &'a IntervalUsage,
 }
 
-impl IntervalRecord<'_> {
+impl<'a> IntervalRecord<'a> {
+    /// An owned copy without names, to keep until it can be written.
+    pub fn to_owned(&self) -> Interval {
+        self.named(&BTreeMap::new()).to_owned()
+    }
+
+    /// The record with its addresses' names.
+    pub fn named(self, names: &'a BTreeMap<IpAddr, String>) -> NamedRecord<'a> {
+        NamedRecord {
+            record: self,
+            names,
+        }
+    }
+}
+
+/// Serialises exactly as the interval's [`DetailRecord`] would (without names).
+impl Serialize for IntervalRecord<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        const NONE: &BTreeMap<IpAddr, String> = &BTreeMap::new();
+        self.named(NONE).serialize(serializer)
+    }
+}
+
+/// An [`IntervalRecord`] and the names of its addresses, borrowed.
+#[derive(Clone, Copy, Debug)]
+pub struct NamedRecord<'a> {
+    /// The interval.
+    pub record: IntervalRecord<'a>,
+    /// Its addresses' names; none are written when empty.
+    pub names: &'a BTreeMap<IpAddr, String>,
+}
+
+impl NamedRecord<'_> {
     /// An owned copy, to keep until it can be written.
     pub fn to_owned(&self) -> Interval {
         Interval {
-            iface: self.iface.to_string(),
-            start: self.start,
-            end: self.end,
-            usage: self.usage.clone(),
+            iface: self.record.iface.to_string(),
+            start: self.record.start,
+            end: self.record.end,
+            usage: self.record.usage.clone(),
+            names: self.names.clone(),
         }
     }
 }
 
 /// Serialises exactly as the interval's [`DetailRecord`] would.
-impl Serialize for IntervalRecord<'_> {
+impl Serialize for NamedRecord<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
         struct Pairs<'a>(&'a IntervalUsage);
@@ -210,14 +250,20 @@ impl Serialize for IntervalRecord<'_> {
                 serializer.collect_seq(self.0.pairs.iter().map(pair_record))
             }
         }
-        let mut s = serializer.serialize_struct("DetailRecord", 7)?;
-        s.serialize_field("start", &self.start.to_string())?;
-        s.serialize_field("end", &self.end.to_string())?;
-        s.serialize_field("interval_s", &seconds(self.start, self.end))?;
-        s.serialize_field("iface", self.iface)?;
-        s.serialize_field("pairs", &Pairs(self.usage))?;
-        s.serialize_field("protocols", &protocols(self.usage))?;
-        s.serialize_field("table", &table(self.usage))?;
+        let r = &self.record;
+        let mut s = serializer.serialize_struct("DetailRecord", 8)?;
+        s.serialize_field("start", &r.start.to_string())?;
+        s.serialize_field("end", &r.end.to_string())?;
+        s.serialize_field("interval_s", &seconds(r.start, r.end))?;
+        s.serialize_field("iface", r.iface)?;
+        s.serialize_field("pairs", &Pairs(r.usage))?;
+        s.serialize_field("protocols", &protocols(r.usage))?;
+        s.serialize_field("table", &table(r.usage))?;
+        if self.names.is_empty() {
+            s.skip_field("names")?;
+        } else {
+            s.serialize_field("names", self.names)?;
+        }
         s.end()
     }
 }
@@ -520,6 +566,7 @@ mod tests {
             start,
             end,
             usage,
+            names: BTreeMap::new(),
         };
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("detail.jsonl");

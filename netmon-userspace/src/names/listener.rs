@@ -3,6 +3,7 @@
 //! from the kernel, what the rate limit or a full ring kept back.
 
 use std::{
+    collections::BTreeMap,
     net::IpAddr,
     sync::{Arc, Mutex, MutexGuard},
 };
@@ -160,6 +161,19 @@ impl Listener {
             Err(e) => log::warn!("reading {DNS_STATS_MAP}: {e}"),
         }
         (names, counts)
+    }
+
+    /// The names of those of `addresses` that have one at `now_ns`.
+    pub fn names_of<'a>(
+        &self,
+        addresses: impl IntoIterator<Item = &'a IpAddr>,
+        now_ns: u64,
+    ) -> BTreeMap<IpAddr, String> {
+        let learning = lock(&self.learning);
+        addresses
+            .into_iter()
+            .filter_map(|a| Some((*a, learning.names.get(a, now_ns)?.to_string())))
+            .collect()
     }
 }
 

@@ -5,6 +5,7 @@
 
 mod answer;
 mod listener;
+pub mod reverse;
 mod table;
 
 pub use answer::{read, Ignored, Learnt};

@@ -51,6 +51,14 @@ impl Names {
         }
     }
 
+    /// The name of `address`, if still valid at `now_ns`.
+    pub fn get(&self, address: &IpAddr, now_ns: u64) -> Option<&str> {
+        self.names
+            .get(address)
+            .filter(|(_, until)| *until > now_ns)
+            .map(|(name, _)| name.as_str())
+    }
+
     /// Every name still valid at `now_ns`, with the seconds it has left.
     pub fn current(&mut self, now_ns: u64) -> Vec<(IpAddr, String, u64)> {
         self.expire(now_ns);

@@ -13,8 +13,9 @@ use std::{
 
 use jiff::Timestamp;
 
+pub use crate::logs::detail::DetailRecord;
 use crate::logs::{
-    detail::{DetailRecord, PairRecord, RecordError},
+    detail::{PairRecord, RecordError},
     LogError,
 };
 pub use table::{Cell, Format, Table};
@@ -340,21 +341,72 @@ impl std::fmt::Display for Endpoint {
     }
 }
 
+/// Address → name, for the reports that show names (`--names`).
+pub type Names = BTreeMap<IpAddr, String>;
+
+/// The names the detail log stored (`--detail-log-names`), the latest record's
+/// for an address that got several.
+pub fn stored_names(records: &[DetailRecord]) -> Names {
+    records
+        .iter()
+        .flat_map(|r| r.names.iter())
+        .map(|(address, name)| (*address, name.clone()))
+        .collect()
+}
+
+/// The columns of an address and, with names, of its name after it.
+fn with_names(
+    columns: &[&'static str],
+    named: &[(&'static str, &'static str)],
+    names: Option<&Names>,
+) -> Table {
+    let mut all = Vec::new();
+    for column in columns {
+        all.push(*column);
+        if let Some((_, name)) = named
+            .iter()
+            .find(|(c, _)| c == column)
+            .filter(|_| names.is_some())
+        {
+            all.push(*name);
+        }
+    }
+    Table::new(&all)
+}
+
+/// The cell of `address` and, with names, its name's cell ("" when unknown).
+fn address_cells(text: String, address: &IpAddr, names: Option<&Names>) -> Vec<Cell> {
+    let mut cells = vec![Cell::text(text)];
+    if let Some(names) = names {
+        cells.push(Cell::text(names.get(address).cloned().unwrap_or_default()));
+    }
+    cells
+}
+
 /// `conv`: A <-> B, frames and bytes each way, relative start and duration, by
-/// bytes; per port too when the log was recorded at 5-tuple granularity.
-pub fn conversations(records: &[DetailRecord], proto: Option<&str>) -> Result<Table, ReportError> {
-    let mut table = Table::new(&[
-        "a",
-        "b",
-        "frames_a_to_b",
-        "bytes_a_to_b",
-        "frames_b_to_a",
-        "bytes_b_to_a",
-        "frames",
-        "bytes",
-        "rel_start_s",
-        "duration_s",
-    ]);
+/// bytes; per port too when the log was recorded at 5-tuple granularity. With
+/// `names`, each address's name in the column after it.
+pub fn conversations(
+    records: &[DetailRecord],
+    proto: Option<&str>,
+    names: Option<&Names>,
+) -> Result<Table, ReportError> {
+    let mut table = with_names(
+        &[
+            "a",
+            "b",
+            "frames_a_to_b",
+            "bytes_a_to_b",
+            "frames_b_to_a",
+            "bytes_b_to_a",
+            "frames",
+            "bytes",
+            "rel_start_s",
+            "duration_s",
+        ],
+        &[("a", "a_name"), ("b", "b_name")],
+        names,
+    );
     let t0 = timestamp(&records[0].start)?;
     let mut convs: BTreeMap<(Endpoint, Endpoint), Conversation> = BTreeMap::new();
     for r in records {
@@ -391,9 +443,9 @@ pub fn conversations(records: &[DetailRecord], proto: Option<&str>) -> Result<Ta
         let secs = |from: Timestamp, to: Timestamp| {
             (to.as_nanosecond() - from.as_nanosecond()) as f64 / 1e9
         };
-        table.push(vec![
-            Cell::text(a.to_string()),
-            Cell::text(b.to_string()),
+        let mut row = address_cells(a.to_string(), &a.0, names);
+        row.extend(address_cells(b.to_string(), &b.0, names));
+        row.extend([
             Cell::Int(c.ab.0),
             Cell::Int(c.ab.1),
             Cell::Int(c.ba.0),
@@ -403,13 +455,19 @@ pub fn conversations(records: &[DetailRecord], proto: Option<&str>) -> Result<Ta
             Cell::Float(secs(t0, first)),
             Cell::Float(secs(first, last)),
         ]);
+        table.push(row);
     }
     Ok(table)
 }
 
-/// Top talkers: (source, destination) pairs by bytes, with their share of all bytes.
-pub fn top(records: &[DetailRecord], n: usize) -> Table {
-    let mut table = Table::new(&["src", "dst", "frames", "bytes", "share_percent"]);
+/// Top talkers: (source, destination) pairs by bytes, with their share of all
+/// bytes. With `names`, each address's name in the column after it.
+pub fn top(records: &[DetailRecord], n: usize, names: Option<&Names>) -> Table {
+    let mut table = with_names(
+        &["src", "dst", "frames", "bytes", "share_percent"],
+        &[("src", "src_name"), ("dst", "dst_name")],
+        names,
+    );
     let mut pairs: BTreeMap<(IpAddr, IpAddr), (u64, u64)> = BTreeMap::new();
     for p in all_pairs(records) {
         let e = pairs.entry((p.src, p.dst)).or_default();
@@ -425,13 +483,14 @@ pub fn top(records: &[DetailRecord], n: usize) -> Table {
         } else {
             bytes as f64 * 100.0 / total as f64
         };
-        table.push(vec![
-            Cell::text(src.to_string()),
-            Cell::text(dst.to_string()),
+        let mut row = address_cells(src.to_string(), &src, names);
+        row.extend(address_cells(dst.to_string(), &dst, names));
+        row.extend([
             Cell::Int(frames),
             Cell::Int(bytes),
             Cell::Float((share * 100.0).round() / 100.0),
         ]);
+        table.push(row);
     }
     table
 }
@@ -562,5 +621,97 @@ mod tests {
         // `--since` still applies across the files.
         let since = Some("2026-11-30T12:00:15Z".parse().unwrap());
         assert_eq!(load(&path, since, None).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn names_come_from_the_latest_record_that_stored_them_and_sit_beside_their_address() {
+        use netmon_common::{Counter, PairKey};
+        let mut key = PairKey {
+            proto: 17,
+            direction: 1,
+            ..Default::default()
+        };
+        key.src[10..].copy_from_slice(&[0xff, 0xff, 10, 0, 0, 1]);
+        key.dst[10..].copy_from_slice(&[0xff, 0xff, 10, 0, 0, 2]);
+        let usage = IntervalUsage {
+            pairs: vec![crate::accounting::PairDelta {
+                key,
+                counter: Counter {
+                    frames: 2,
+                    bytes: 200,
+                },
+                dropped: Counter::default(),
+            }],
+            ..Default::default()
+        };
+        let start: Timestamp = "2026-11-30T12:00:00Z".parse().unwrap();
+        let (local, remote): (IpAddr, IpAddr) =
+            ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        // Two intervals: the name of 10.0.0.2 changed between them; a line
+        // written without names reads as before.
+        let lines: Vec<String> = ["old.test", "new.test", ""]
+            .iter()
+            .enumerate()
+            .map(|(n, name)| {
+                let at = start + std::time::Duration::from_secs(10 * n as u64);
+                let names: Names = [(remote, name.to_string())]
+                    .into_iter()
+                    .filter(|_| !name.is_empty())
+                    .collect();
+                let record = detail::IntervalRecord {
+                    iface: "eth0",
+                    start: at,
+                    end: at + std::time::Duration::from_secs(10),
+                    usage: &usage,
+                };
+                serde_json::to_string(&record.named(&names)).unwrap()
+            })
+            .collect();
+        assert!(lines[0].ends_with(r#""names":{"10.0.0.2":"old.test"}}"#));
+        assert!(!lines[2].contains("names"));
+        let records: Vec<DetailRecord> = lines
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let names = stored_names(&records);
+        assert_eq!(names, [(remote, "new.test".to_string())].into());
+
+        let named = top(&records, 10, Some(&names));
+        assert_eq!(
+            named.columns,
+            [
+                "src",
+                "src_name",
+                "dst",
+                "dst_name",
+                "frames",
+                "bytes",
+                "share_percent"
+            ]
+        );
+        assert_eq!(
+            named.rows,
+            [vec![
+                Cell::text(local.to_string()),
+                Cell::text(""),
+                Cell::text(remote.to_string()),
+                Cell::text("new.test"),
+                Cell::Int(6),
+                Cell::Int(600),
+                Cell::Float(100.0),
+            ]]
+        );
+        let conversations = conversations(&records, None, Some(&names)).unwrap();
+        assert_eq!(
+            conversations.columns[..4],
+            ["a", "a_name", "b", "b_name"],
+            "{:?}",
+            conversations.columns
+        );
+        assert_eq!(conversations.rows[0][3], Cell::text("new.test"));
+        assert_eq!(
+            top(&records, 10, None).columns,
+            ["src", "dst", "frames", "bytes", "share_percent"]
+        );
     }
 }

@@ -86,6 +86,7 @@ fn interval(round: u32, flows: u32) -> IntervalReport {
         rules: Vec::new(),
         quotas: Vec::new(),
         alerts: Vec::new(),
+        names: Default::default(),
     }
 }
 
