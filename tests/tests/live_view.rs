@@ -1030,3 +1030,52 @@ fn each_interface_of_a_daemon_has_its_own_screen_and_names_and_i_switches() -> R
     })?;
     Ok(())
 }
+
+#[test]
+fn an_interface_that_appears_while_running_learns_names_from_its_answers() -> Result<()> {
+    let net = Routed::create()?;
+    net.remove_right()?;
+    let (left, right) = (&net.router_left, &net.router_right);
+    let dir = tempfile::tempdir()?;
+    let mut netmon = Netmon::on(left)
+        .logs_in(dir.path())
+        .args(&["--iface", &right.iface, "--socket-group", USER])
+        .start()?;
+    net.add_right()?;
+    netmon.wait_for(
+        &format!("counting on {}", right.iface),
+        Duration::from_secs(10),
+    )?;
+    // dnsmasq beyond the new port answers the router: only that port sees it.
+    let far = net.left.ipv4.to_string();
+    let _dnsmasq = Dnsmasq::start(&net.right, dir.path(), &[("late.test", far.parse()?)])?;
+    ask_udp(right, net.right.ipv4.into(), 9, "late.test", 1)?;
+    std::thread::sleep(Duration::from_millis(300));
+
+    let out = sh(&as_user(
+        &right.iface,
+        dir.path(),
+        &format!("top --once --format json --iface {}", right.iface),
+    )?)?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let snapshot: Value = serde_json::from_slice(&out.stdout)?;
+    assert!(snapshot["iface"].as_str().unwrap().ends_with(&right.iface));
+    let names: Vec<(&str, &str)> = snapshot["names"]
+        .as_array()
+        .context("names")?
+        .iter()
+        .map(|n| (n["address"].as_str().unwrap(), n["name"].as_str().unwrap()))
+        .collect();
+    assert_eq!(names, [(far.as_str(), "late.test")], "{}", snapshot["dns"]);
+    let dns = &snapshot["dns"];
+    assert_eq!(
+        (dns["answers"].as_u64(), dns["learnt"].as_u64()),
+        (Some(1), Some(1)),
+        "{dns}"
+    );
+    Ok(())
+}

@@ -395,16 +395,9 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     if attached.iter().any(|(_, k)| k.datapath.adopted()) {
         enforcer.adopt();
     }
-    // Names are a help, not the job: without them netmon counts on. Each
-    // interface learns them from its own DNS answers.
     let names: Vec<(String, crate::names::Listener)> = attached
         .iter_mut()
-        .filter_map(|(t, kernel)| {
-            crate::names::Listener::start(&mut kernel.datapath)
-                .map_err(|e| log::warn!("{}: no names from DNS answers: {e}", t.label))
-                .map(|names| (t.label.clone(), names))
-                .ok()
-        })
+        .filter_map(|(t, kernel)| Some((t.label.clone(), listen(&t.label, kernel)?)))
         .collect();
     let baselines = std::mem::take(&mut saved.baselines);
     let meters = attached
@@ -679,6 +672,14 @@ fn meter_capacity(kernel: &Attached) -> usize {
     kernel.datapath.capacity().unwrap_or(0) as usize
 }
 
+/// The names `label`'s own DNS answers teach. Names are a help, not the
+/// job: without them netmon counts on.
+fn listen(label: &str, kernel: &mut Attached) -> Option<crate::names::Listener> {
+    crate::names::Listener::start(&mut kernel.datapath)
+        .map_err(|e| log::warn!("{label}: no names from DNS answers: {e}"))
+        .ok()
+}
+
 /// Attaches the configured interfaces that appeared (again) since the last
 /// check; one that cannot be attached is tried again at the next.
 fn join_appeared(
@@ -701,7 +702,11 @@ fn join_appeared(
                 return Err(unenforceable(Some(&t.label))(e));
             }
             let instance = kernel.datapath.instance();
+            let names = listen(&t.label, &mut kernel);
             let old = daemon.join(&t.label, kernel, meter, instance);
+            if let Some(names) = names {
+                daemon.learn_names(&t.label, names);
+            }
             if let Some(kernel) = daemon.kernel(&t.label) {
                 announce(&t.label, kernel, config);
             }
