@@ -184,22 +184,21 @@ fn protocol_tree(
             add(format!("eth:{service}"), i, c.bytes);
         }
     }
-    // Summed per (family, protocol) first: one path built per row, not per pair.
-    let mut per_protocol: HashMap<(&str, &str), [u64; 2]> = HashMap::new();
+    // Summed per (IPv4, protocol number) first: two bytes hashed per pair,
+    // one path built per row (protocols of one name add up there).
+    let mut per_protocol: HashMap<(bool, u8), [u64; 2], foldhash::fast::FixedState> =
+        HashMap::default();
     for (key, r) in pairs {
         let Some(i) = Direction::from_raw(key.direction).map(|d| d as usize) else {
             continue;
         };
-        let family = if is_v4_mapped(&key.src) {
-            "ipv4"
-        } else {
-            "ipv6"
-        };
         per_protocol
-            .entry((family, L4::of(key.proto).name()))
+            .entry((is_v4_mapped(&key.src), key.proto))
             .or_default()[i] += r.counter.bytes + r.dropped.bytes;
     }
-    for ((family, proto), bytes) in per_protocol {
+    for ((v4, proto), bytes) in per_protocol {
+        let family = if v4 { "ipv4" } else { "ipv6" };
+        let proto = L4::of(proto).name();
         for (i, bytes) in bytes.into_iter().enumerate() {
             add(format!("eth:{family}:{proto}"), i, bytes);
         }

@@ -31,6 +31,10 @@ pub const COARSE_SPACING_NS: u64 = 5_000_000_000;
 pub struct Series {
     readings: VecDeque<(u64, [u64; 2])>,
     peak: [f64; 2],
+    /// The average over the shortest window, as of the latest reading: the
+    /// screen ranks a hundred thousand conversations by it without
+    /// visiting each one's readings.
+    recent: [f64; 2],
     /// The snapshot being summed into `sum` (see [`Rates::update`]).
     generation: u64,
     sum: [u64; 2],
@@ -75,6 +79,12 @@ impl Series {
         while self.readings.len() >= 2 && at_ns.saturating_sub(self.readings[1].0) >= LONGEST_NS {
             self.readings.pop_front();
         }
+        self.recent = self.average(WINDOWS_S[0]);
+    }
+
+    /// The average over the shortest window ([`WINDOWS_S`]), per second.
+    pub fn recent(&self) -> [f64; 2] {
+        self.recent
     }
 
     /// The average per second over the last `window_s` seconds, or over what
@@ -208,6 +218,7 @@ mod tests {
         }
         let a = rates.get(&"a").unwrap();
         assert_eq!(a.average(2), [5000.0, 100.0]);
+        assert_eq!(a.recent(), a.average(2));
         assert_eq!(a.average(10), [5000.0, 100.0]);
         assert_eq!(
             a.average(40),

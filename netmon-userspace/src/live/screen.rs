@@ -223,7 +223,7 @@ impl Live {
             .iter()
             .filter(|(c, _)| query.filter.is_empty() || self.matches(c, &query.filter, iface))
             .map(|(c, s)| {
-                let now = s.average(WINDOWS_S[0]);
+                let now = s.recent();
                 let value = match query.sort {
                     SortBy::In => now[0],
                     SortBy::Out => now[1],
@@ -235,8 +235,8 @@ impl Live {
         let total = |s: &Series| s.latest()[0] + s.latest()[1];
         let order = |a: &(&Conversation, &Series, f64), b: &(&Conversation, &Series, f64)| {
             b.2.total_cmp(&a.2)
-                .then(total(b.1).cmp(&total(a.1)))
-                .then(a.0.cmp(b.0))
+                .then_with(|| total(b.1).cmp(&total(a.1)))
+                .then_with(|| a.0.cmp(b.0))
         };
         let fit = query.rows.clamp(1, MAX_ROWS);
         let matching = rows.len();
