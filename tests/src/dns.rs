@@ -63,11 +63,12 @@ pub fn ask_udp(host: &Host, server: IpAddr, id: u16, name: &str, qtype: u16) -> 
     })?
 }
 
-/// Asks over TCP: one message with its two-byte length each way.
-pub fn ask_tcp(host: &Host, server: IpAddr, id: u16, name: &str) -> Result<()> {
+/// Asks over TCP: one message with its two-byte length each way; the
+/// answer's length.
+pub fn ask_tcp(host: &Host, server: IpAddr, id: u16, name: &str) -> Result<usize> {
     use std::io::{Read, Write};
     let name = name.to_string();
-    host.run(move || -> Result<()> {
+    host.run(move || -> Result<usize> {
         let mut stream = std::net::TcpStream::connect((server, 53))?;
         stream.set_read_timeout(Some(Duration::from_secs(5)))?;
         let q = query(id, &name, 1);
@@ -82,7 +83,7 @@ pub fn ask_tcp(host: &Host, server: IpAddr, id: u16, name: &str) -> Result<()> {
             answered(&response, id),
             "dnsmasq's TCP answer: {response:?}"
         );
-        Ok(())
+        Ok(response.len())
     })?
 }
 
@@ -102,6 +103,30 @@ impl Dnsmasq {
         names: &[(&str, IpAddr)],
         ptrs: &[(IpAddr, &str)],
     ) -> Result<Dnsmasq> {
+        let mut answers: Vec<String> = names
+            .iter()
+            .map(|(name, address)| format!("--address=/{name}/{address}"))
+            .collect();
+        for (address, name) in ptrs {
+            let IpAddr::V4(v4) = address else {
+                bail!("only IPv4 PTR records here: {address}");
+            };
+            let [a, b, c, d] = v4.octets();
+            answers.push(format!("--ptr-record={d}.{c}.{b}.{a}.in-addr.arpa,{name}"));
+        }
+        Dnsmasq::spawn(host, dir, answers)
+    }
+
+    /// Answering from a hosts file of `hosts` ((address, name)): a name
+    /// there many times gets all its addresses in one answer.
+    pub fn with_hosts(host: &Host, dir: &Path, hosts: &[(IpAddr, &str)]) -> Result<Dnsmasq> {
+        let file = dir.join("dnsmasq.hosts");
+        let lines: String = hosts.iter().map(|(a, n)| format!("{a} {n}\n")).collect();
+        std::fs::write(&file, lines)?;
+        Dnsmasq::spawn(host, dir, vec![format!("--addn-hosts={}", file.display())])
+    }
+
+    fn spawn(host: &Host, dir: &Path, answers: Vec<String>) -> Result<Dnsmasq> {
         let mut command = host.command("dnsmasq");
         command.args([
             "--no-daemon",
@@ -116,17 +141,8 @@ impl Dnsmasq {
             "--local-ttl=300",
             &format!("--pid-file={}", dir.join("dnsmasq.pid").display()),
         ]);
-        for (name, address) in names {
-            command.arg(format!("--address=/{name}/{address}"));
-        }
-        for (address, name) in ptrs {
-            let IpAddr::V4(v4) = address else {
-                bail!("only IPv4 PTR records here: {address}");
-            };
-            let [a, b, c, d] = v4.octets();
-            command.arg(format!("--ptr-record={d}.{c}.{b}.{a}.in-addr.arpa,{name}"));
-        }
         let child = command
+            .args(answers)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()

@@ -31,7 +31,7 @@ fn detail_pairs(path: &Path) -> Result<(Expected, Vec<DetailRecord>)> {
     let mut sums = Expected::new();
     for record in &records {
         for p in &record.pairs {
-            let direction = match p.direction.as_str() {
+            let direction = match p.direction.as_ref() {
                 "ingress" => Direction::Ingress,
                 _ => Direction::Egress,
             };

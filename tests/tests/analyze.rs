@@ -494,10 +494,7 @@ fn thousands_of_pairs_over_many_intervals_give_tsharks_pairs() -> Result<()> {
     let args = [pcap.as_path(), Path::new("--interval"), Path::new("10ms")];
     let netmon = netmon_pairs(dir.path(), &args, None, None)?;
     assert_eq!(netmon, generated);
-    assert_eq!(
-        netmon.values().map(|(f, _)| f).sum::<u64>(),
-        frames as u64
-    );
+    assert_eq!(netmon.values().map(|(f, _)| f).sum::<u64>(), frames as u64);
     assert_eq!(netmon, tshark_pairs(&pcap)?);
     Ok(())
 }

@@ -31,7 +31,7 @@ fn detail(dir: &Path) -> Result<PerInterface> {
         let record: DetailRecord = serde_json::from_str(line).context("a detail line")?;
         for p in record.pairs {
             let c = out
-                .entry((record.iface.clone(), p.direction, p.src, p.dst))
+                .entry((record.iface.clone(), p.direction.to_string(), p.src, p.dst))
                 .or_default();
             *c = c.plus(Counter {
                 frames: p.frames,

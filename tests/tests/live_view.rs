@@ -87,7 +87,12 @@ fn both_hooks_pass_dns_answers_whole_and_nothing_else_and_keep_to_the_rate_limit
             (answer.len() as u32, answer.len() as u32)
         );
         assert_eq!(&event[8..8 + answer.len()], &answer[..], "the frame, whole");
-        let learnt = netmon::names::read(&event[8..8 + answer.len()], word(0)).unwrap();
+        let frame = &event[8..8 + answer.len()];
+        let Ok(netmon::names::Payload::Message(message)) = netmon::names::read(frame, word(0))
+        else {
+            panic!("a UDP answer")
+        };
+        let learnt = netmon::names::message_answers(message).unwrap();
         assert_eq!(learnt[0].name, "name.test");
         assert_eq!(learnt[0].address.to_string(), "10.200.0.12");
     }
@@ -697,6 +702,90 @@ fn names_dnsmasq_answered_show_in_the_view_and_bad_answers_are_counted_and_ignor
 }
 
 #[test]
+fn an_answer_over_several_tcp_segments_is_put_together_and_every_name_learnt() -> Result<()> {
+    let net = TestNet::create()?;
+    let (a, b) = (&net.a, &net.b);
+    // A small MTU and no TCP options beyond the MSS: every full segment
+    // carries MTU - 40 bytes of data.
+    const MTU: usize = 576;
+    for host in [a, b] {
+        let mtu = MTU.to_string();
+        let status = Command::new("ip")
+            .args(["-n", &host.netns, "link", "set", &host.iface, "mtu", &mtu])
+            .status()?;
+        ensure!(status.success(), "setting the MTU");
+        let status = host
+            .command("sysctl")
+            .args(["-qw", "net.ipv4.tcp_timestamps=0"])
+            .status()?;
+        ensure!(status.success(), "turning TCP timestamps off");
+    }
+    let dir = tempfile::tempdir()?;
+    let _netmon = Netmon::on(a)
+        .logs_in(dir.path())
+        .args(&["--socket-group", USER])
+        .start()?;
+    // One name with 100 addresses: an answer of 1627 bytes.
+    let addresses: Vec<IpAddr> = (1..=100u8)
+        .map(|i| IpAddr::from([10, 200, 77, i]))
+        .collect();
+    let mut hosts: Vec<(IpAddr, &str)> = addresses.iter().map(|a| (*a, "many.test")).collect();
+    // A small answer over UDP first, once dnsmasq is up.
+    let ready = IpAddr::from([10, 200, 78, 1]);
+    hosts.push((ready, "ready.test"));
+    let _dnsmasq = Dnsmasq::with_hosts(b, dir.path(), &hosts)?;
+    ask_udp(a, b.ipv4.into(), 1, "ready.test", 1)?;
+    let answer = ask_tcp(a, b.ipv4.into(), 2, "many.test")?;
+    // The header, the question (many.test A IN), 100 records of 16 bytes.
+    assert_eq!(
+        answer,
+        12 + 15 + 100 * 16,
+        "dnsmasq's answer, all 100 records"
+    );
+    let segments = (answer + 2).div_ceil(MTU - 40);
+    std::thread::sleep(Duration::from_millis(300));
+
+    let snapshot = once_json(&a.iface, dir.path())?;
+    let mut names: Vec<(String, String)> = snapshot["names"]
+        .as_array()
+        .context("names")?
+        .iter()
+        .map(|n| {
+            (
+                n["address"].as_str().unwrap().to_string(),
+                n["name"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    names.sort();
+    let mut expected: Vec<(String, String)> = addresses
+        .iter()
+        .map(|a| (a.to_string(), "many.test".to_string()))
+        .collect();
+    expected.push((ready.to_string(), "ready.test".to_string()));
+    expected.sort();
+    assert_eq!(names, expected, "{}", snapshot["dns"]);
+    let dns = &snapshot["dns"];
+    let count = |field: &str| dns[field].as_u64().unwrap();
+    assert_eq!(
+        (count("answers"), count("learnt"), count("waiting")),
+        (2, 101, segments as u64 - 1),
+        "the TCP answer came in {segments} segments: {dns}"
+    );
+    assert_eq!(
+        (count("unfinished"), count("truncated"), count("malformed")),
+        (0, 0, 0),
+        "{dns}"
+    );
+    assert_eq!(
+        count("passed"),
+        count("answers") + count("waiting") + count("empty"),
+        "every frame from port 53 accounted for: {dns}"
+    );
+    Ok(())
+}
+
+#[test]
 fn each_interface_of_a_daemon_has_its_own_screen_and_names_and_i_switches() -> Result<()> {
     let net = Routed::create()?;
     let (left, right) = (&net.router_left, &net.router_right);
@@ -815,5 +904,54 @@ fn each_interface_of_a_daemon_has_its_own_screen_and_names_and_i_switches() -> R
     tmux.wait_for("netmon's exit", |s| {
         s.iter().any(|l| l.contains("netmon exited 0"))
     })?;
+    Ok(())
+}
+
+#[test]
+fn an_interface_that_appears_while_running_learns_names_from_its_answers() -> Result<()> {
+    let net = Routed::create()?;
+    net.remove_right()?;
+    let (left, right) = (&net.router_left, &net.router_right);
+    let dir = tempfile::tempdir()?;
+    let mut netmon = Netmon::on(left)
+        .logs_in(dir.path())
+        .args(&["--iface", &right.iface, "--socket-group", USER])
+        .start()?;
+    net.add_right()?;
+    netmon.wait_for(
+        &format!("counting on {}", right.iface),
+        Duration::from_secs(10),
+    )?;
+    // dnsmasq beyond the new port answers the router: only that port sees it.
+    let far = net.left.ipv4.to_string();
+    let _dnsmasq = Dnsmasq::start(&net.right, dir.path(), &[("late.test", far.parse()?)])?;
+    ask_udp(right, net.right.ipv4.into(), 9, "late.test", 1)?;
+    std::thread::sleep(Duration::from_millis(300));
+
+    let out = sh(&as_user(
+        &right.iface,
+        dir.path(),
+        &format!("top --once --format json --iface {}", right.iface),
+    )?)?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let snapshot: Value = serde_json::from_slice(&out.stdout)?;
+    assert!(snapshot["iface"].as_str().unwrap().ends_with(&right.iface));
+    let names: Vec<(&str, &str)> = snapshot["names"]
+        .as_array()
+        .context("names")?
+        .iter()
+        .map(|n| (n["address"].as_str().unwrap(), n["name"].as_str().unwrap()))
+        .collect();
+    assert_eq!(names, [(far.as_str(), "late.test")], "{}", snapshot["dns"]);
+    let dns = &snapshot["dns"];
+    assert_eq!(
+        (dns["answers"].as_u64(), dns["learnt"].as_u64()),
+        (Some(1), Some(1)),
+        "{dns}"
+    );
     Ok(())
 }

@@ -215,7 +215,7 @@ impl Analyzer {
     #[inline]
     pub fn frame(&mut self, frame: &CapturedFrame<'_>, closed: impl FnOnce(IntervalCounts)) {
         // Frames are in time order in captures; a late one joins the open interval.
-        if !self.open.as_ref().is_some_and(|o| frame.time_ns < o.end_ns) {
+        if self.open.as_ref().is_none_or(|o| frame.time_ns >= o.end_ns) {
             if let Some(counts) = self.open_at(frame.time_ns) {
                 closed(counts);
             }

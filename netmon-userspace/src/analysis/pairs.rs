@@ -217,7 +217,7 @@ mod tests {
             direction: (n / 3 % 2) as u8,
             ..Default::default()
         };
-        if n % 10 == 0 {
+        if n.is_multiple_of(10) {
             key.src = (0xfd00_u128 << 112 | n as u128).to_be_bytes();
             key.dst = (0xfd00_u128 << 112 | 1).to_be_bytes();
         } else {

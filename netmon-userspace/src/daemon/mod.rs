@@ -29,14 +29,14 @@ use jiff::Timestamp;
 
 use netmon_common::{
     policy::{QuotaSet, QuotaState},
-    Counter,
+    Counter, PairKey,
 };
 
 use crate::{
     accounting::{address, AddressPair, BaselineView, IntervalUsage, Meter, Seen},
     alerts::{AlertEvent, UsageAlarm},
     control::{Answer, Request, Response},
-    datapath::DatapathError,
+    datapath::{DatapathError, PairReading},
     enforcer::Enforcer,
     live::{Live, LiveSnapshot, Screen, ScreenQuery, RECENT_ALERTS},
     logs::state::State,
@@ -267,6 +267,9 @@ pub struct Daemon<K, C> {
     /// `netmon top`'s readings of each interface it shows, with when a
     /// screen last asked for them.
     views: HashMap<String, (Live, u64)>,
+    /// The pairs of the latest screen's reading, kept so that a refresh
+    /// does not allocate them again (dropped with the last view).
+    screen_pairs: Vec<(PairKey, PairReading)>,
 }
 
 impl<K: Kernel, C: Clock> Daemon<K, C> {
@@ -304,6 +307,7 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
             names_in_reports: false,
             reverse: None,
             views: HashMap::new(),
+            screen_pairs: Vec::new(),
         };
         daemon.join(iface, kernel, meter, instance);
         daemon
@@ -623,21 +627,26 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
     /// are not touched, so the next interval accounts everything once.
     fn live(&mut self, iface: Option<&str>) -> Result<LiveSnapshot, DaemonError> {
         let at = self.shown(iface)?;
-        let watched = &mut self.interfaces.watched[at];
         let mut pairs = Vec::new();
-        let mut reading = watched.kernel.read(&mut |key, r| pairs.push((key, r)))?;
-        reading.pairs = pairs;
+        Ok(self.read_live(at, &mut pairs)?.with_records(&pairs))
+    }
+
+    /// The counters of interface `at` now, its pairs into `pairs` (cleared
+    /// first), as [`live`](Self::live) reads them.
+    fn read_live(
+        &mut self,
+        at: usize,
+        pairs: &mut Vec<(PairKey, PairReading)>,
+    ) -> Result<LiveSnapshot, DaemonError> {
+        pairs.clear();
+        let watched = &mut self.interfaces.watched[at];
+        let reading = watched.kernel.read(&mut |key, r| pairs.push((key, r)))?;
         let iface = watched.iface.clone();
         let now = Mark::now(&self.clock);
-        let mut snapshot = LiveSnapshot::new(
-            &iface,
-            now.wall,
-            now.monotonic_ns,
-            reading,
-            self.enforcer.rules(&self.interfaces)?,
-            self.enforcer.quotas(&self.interfaces, now.wall)?,
-            &self.recent_alerts,
-        );
+        let mut snapshot = LiveSnapshot::new(&iface, now.wall, now.monotonic_ns, reading, pairs);
+        snapshot.rules = self.enforcer.rules(&self.interfaces)?;
+        snapshot.quotas = self.enforcer.quotas(&self.interfaces, now.wall)?;
+        snapshot.alerts = self.recent_alerts.iter().cloned().collect();
         if let Some(names) = self.names.get(&iface) {
             (snapshot.names, snapshot.dns) = names.snapshot(now.monotonic_ns);
         }
@@ -719,16 +728,23 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
         let now = self.clock.monotonic_ns();
         self.views
             .retain(|_, (_, asked)| now.saturating_sub(*asked) < FORGET_VIEW_NS);
-        let iface = self.interfaces.watched[self.shown(query.iface.as_deref())?]
-            .iface
-            .clone();
+        if self.views.is_empty() {
+            self.screen_pairs = Vec::new();
+        }
+        let at = self.shown(query.iface.as_deref())?;
+        let iface = self.interfaces.watched[at].iface.clone();
         if query.fresh || !self.views.contains_key(&iface) {
-            let snapshot = self.live(Some(&iface))?;
-            self.views
-                .entry(iface.clone())
-                .or_default()
-                .0
-                .update(snapshot);
+            let mut pairs = std::mem::take(&mut self.screen_pairs);
+            let read = self.read_live(at, &mut pairs).map(|snapshot| {
+                let views = &mut self.views;
+                views
+                    .entry(iface.clone())
+                    .or_default()
+                    .0
+                    .update(snapshot, &pairs)
+            });
+            self.screen_pairs = pairs;
+            read?;
         }
         let ifaces = self
             .interfaces

@@ -9,6 +9,7 @@ use std::{
 
 use caps::Capability;
 use jiff::tz::TimeZone;
+use netmon_common::dns::OwnLookup;
 use tokio::signal::unix::{signal, SignalKind};
 
 use super::{
@@ -432,16 +433,9 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     if attached.iter().any(|(_, k)| k.datapath.adopted()) {
         enforcer.adopt();
     }
-    // Names are a help, not the job: without them netmon counts on. Each
-    // interface learns them from its own DNS answers.
     let names: Vec<(String, crate::names::Listener)> = attached
         .iter_mut()
-        .filter_map(|(t, kernel)| {
-            crate::names::Listener::start(&mut kernel.datapath)
-                .map_err(|e| log::warn!("{}: no names from DNS answers: {e}", t.label))
-                .map(|names| (t.label.clone(), names))
-                .ok()
-        })
+        .filter_map(|(t, kernel)| Some((t.label.clone(), listen(&t.label, kernel)?)))
         .collect();
     // Lookups only where every interface leaves them out of its counts.
     let lookups = lookups.filter(|socket| {
@@ -553,6 +547,8 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     if config.detail_log_names {
         daemon.name_reports();
     }
+    // An interface attached later leaves the lookups out too.
+    let own_lookup = lookups.as_ref().map(|socket| socket.own);
     if let Some(socket) = lookups {
         match reverse::Reverse::start(socket) {
             Ok(reverse) => daemon.look_up_names(reverse),
@@ -586,12 +582,15 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             _ = policy_check.tick() => daemon.reload(false),
             Some(look) = hotplug::next(&mut hotplug) => {
                 if let Some(hotplug) = &mut hotplug {
-                    join_appeared(&mut daemon, &targets, &look, &config, &baselines, hotplug);
+                    join_appeared(&mut daemon, &targets, &look, &config, &baselines, own_lookup, hotplug);
                 }
             }
             _ = safety_check.tick() => {
                 if let Some(hotplug) = &mut hotplug {
-                    join_appeared(&mut daemon, &targets, &Look::Everywhere, &config, &baselines, hotplug);
+                    join_appeared(
+                        &mut daemon, &targets, &Look::Everywhere, &config, &baselines, own_lookup,
+                        hotplug,
+                    );
                 }
             }
             _ = sighup.recv() => {
@@ -742,16 +741,27 @@ fn meter_capacity(kernel: &Attached) -> usize {
     kernel.datapath.capacity().unwrap_or(0) as usize
 }
 
+/// The names `label`'s own DNS answers teach. Names are a help, not the
+/// job: without them netmon counts on.
+fn listen(label: &str, kernel: &mut Attached) -> Option<crate::names::Listener> {
+    crate::names::Listener::start(&mut kernel.datapath)
+        .map_err(|e| log::warn!("{label}: no names from DNS answers: {e}"))
+        .ok()
+}
+
 /// Attaches the configured interfaces `look` covers that are there and not
 /// attached: new, back, or deleted and made again since the last poll. One
 /// that cannot be attached is tried again when it changes, and at the
-/// safety check; each cause of failure is logged once.
+/// safety check; each cause of failure is logged once. With `own_lookup`
+/// (`--resolve ptr`), one that cannot leave netmon's lookups out of its
+/// counts is not attached.
 fn join_appeared(
     daemon: &mut Daemon<Attached, SystemClock>,
     targets: &[Target],
     look: &Look,
     config: &Config,
     baselines: &[Baseline],
+    own_lookup: Option<OwnLookup>,
     hotplug: &mut Hotplug,
 ) {
     for t in targets {
@@ -766,13 +776,24 @@ fn join_appeared(
         let joined = (|| -> Result<(), StartError> {
             let mut kernel = t.attach(config, quotas.as_deref())?;
             let meter = meter_for(baselines, &kernel)?;
+            if let Some(own) = &own_lookup {
+                if let Err(e) = reverse::leave_out(&mut kernel.datapath, own) {
+                    let adopted = kernel.datapath.adopted();
+                    kernel.datapath.shutdown(adopted)?;
+                    return Err(e.into());
+                }
+            }
             if let Err(e) = daemon.enforce_on(&t.label, &mut kernel) {
                 let adopted = kernel.datapath.adopted();
                 kernel.datapath.shutdown(adopted)?;
                 return Err(unenforceable(Some(&t.label))(e));
             }
             let instance = kernel.datapath.instance();
+            let names = listen(&t.label, &mut kernel);
             let old = daemon.join(&t.label, kernel, meter, instance);
+            if let Some(names) = names {
+                daemon.learn_names(&t.label, names);
+            }
             if let Some(kernel) = daemon.kernel(&t.label) {
                 announce(&t.label, kernel, config);
             }

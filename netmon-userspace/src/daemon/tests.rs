@@ -578,8 +578,24 @@ fn live_snapshots_show_the_kernels_counters_and_leave_the_polls_accounting_alone
         [("10.200.0.2".into(), "10.200.0.1".into(), "udp", 14, 1400)]
     );
     assert_eq!(snapshot.table.pairs, 1);
-    // A second reader in between changes nothing either.
+    // A second reader in between changes nothing either, nor does a
+    // screen's reading (its own buffer, the kernel read beside the poll).
     daemon.handle(Request::Live { iface: None });
+    let screen = daemon.handle(Request::Screen {
+        query: crate::live::ScreenQuery {
+            iface: None,
+            fresh: true,
+            sort: crate::live::SortBy::Total,
+            filter: String::new(),
+            names: false,
+            scroll: 0,
+            rows: 10,
+        },
+    });
+    let Response::Ok(Answer::Screen { screen }) = screen else {
+        panic!("no screen");
+    };
+    assert_eq!(screen.conversations[0].figures.latest, [1400, 0]);
     kernel.count(key(B, A), 15, 1500);
     daemon.poll().unwrap();
     let seen = journal.borrow();

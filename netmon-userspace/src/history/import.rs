@@ -156,6 +156,8 @@ fn interval(
         start: moment(&record.start)?,
         end: moment(&record.end)?,
         usage,
+        // The buckets keep no names.
+        names: Default::default(),
     })
 }
 

@@ -3,24 +3,62 @@
 
 use std::{collections::HashMap, net::IpAddr};
 
-use netmon_common::Direction;
+use netmon_common::{maps::is_v4_mapped, Direction, PairKey, L4};
 
 use super::{rates::Rates, snapshot::LiveSnapshot};
+use crate::{accounting::address, datapath::PairReading};
 
 /// One conversation as iftop shows it: this host's side on the left, sent
-/// (egress) and received (ingress) traffic together.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// (egress) and received (ingress) traffic together. Kept as the kernel's
+/// key has it (plain bytes, no allocation): a hundred thousand of them are
+/// looked up at each refresh, and only the rows shown are rendered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Conversation {
-    /// The side the egress traffic came from.
-    pub local: IpAddr,
+    /// The side the egress traffic came from, as in [`PairKey`].
+    pub local: [u8; 16],
     /// The other side.
-    pub remote: IpAddr,
-    /// L4 protocol name.
-    pub proto: String,
+    pub remote: [u8; 16],
+    /// IP protocol number.
+    pub proto: u8,
     /// Ports, at 5-tuple granularity (else zero).
     pub local_port: u16,
     /// The remote port.
     pub remote_port: u16,
+}
+
+impl Conversation {
+    /// The conversation a pair belongs to, and whether it was sent.
+    fn of(key: &PairKey) -> (Conversation, bool) {
+        let sent = key.direction == Direction::Egress as u8;
+        let (local, remote, local_port, remote_port) = if sent {
+            (key.src, key.dst, key.src_port, key.dst_port)
+        } else {
+            (key.dst, key.src, key.dst_port, key.src_port)
+        };
+        let conversation = Conversation {
+            local,
+            remote,
+            proto: key.proto,
+            local_port,
+            remote_port,
+        };
+        (conversation, sent)
+    }
+
+    /// This side's address.
+    pub fn local(&self) -> IpAddr {
+        address(self.local)
+    }
+
+    /// The other side's address.
+    pub fn remote(&self) -> IpAddr {
+        address(self.remote)
+    }
+
+    /// The L4 protocol's name.
+    pub fn proto(&self) -> &'static str {
+        L4::of(self.proto).name()
+    }
 }
 
 /// One row of the protocol tree.
@@ -35,7 +73,6 @@ pub struct TreeRow {
 }
 
 /// Everything the views need, updated with each snapshot.
-#[derive(Default)]
 pub struct Live {
     /// The latest snapshot, without its pairs (they are in `conversations`).
     pub snapshot: Option<LiveSnapshot>,
@@ -55,27 +92,31 @@ pub struct Live {
     pub names: HashMap<IpAddr, String>,
 }
 
+impl Default for Live {
+    fn default() -> Self {
+        Live {
+            snapshot: None,
+            conversations: Rates::thinned(),
+            interfaces: Rates::default(),
+            protocols: Rates::default(),
+            tree: Vec::new(),
+            rules: Rates::default(),
+            quotas: Rates::default(),
+            names: HashMap::new(),
+        }
+    }
+}
+
 impl Live {
-    /// Takes the next snapshot.
-    pub fn update(&mut self, mut snapshot: LiveSnapshot) {
+    /// Takes the next snapshot, whose pairs are `pairs` as read.
+    pub fn update(&mut self, snapshot: LiveSnapshot, pairs: &[(PairKey, PairReading)]) {
         let at = snapshot.monotonic_ns;
         self.conversations.update(
             at,
-            snapshot.pairs.iter().map(|p| {
-                let sent = p.direction == Direction::Egress.name();
-                let (local, remote, ports) = if sent {
-                    (p.src, p.dst, (p.src_port, p.dst_port))
-                } else {
-                    (p.dst, p.src, (p.dst_port, p.src_port))
-                };
-                let key = Conversation {
-                    local,
-                    remote,
-                    proto: p.proto.to_string(),
-                    local_port: ports.0,
-                    remote_port: ports.1,
-                };
-                (key, if sent { [0, p.bytes] } else { [p.bytes, 0] })
+            pairs.iter().map(|(key, r)| {
+                let (conversation, sent) = Conversation::of(key);
+                let bytes = r.counter.bytes;
+                (conversation, if sent { [0, bytes] } else { [bytes, 0] })
             }),
         );
         let direction = |d: Direction| snapshot.protocols.get(d.name());
@@ -87,7 +128,7 @@ impl Live {
                 [all(Direction::Ingress), all(Direction::Egress)],
             )],
         );
-        let (tree, counts) = protocol_tree(&snapshot);
+        let (tree, counts) = protocol_tree(&snapshot, pairs);
         self.tree = tree;
         self.protocols.update(at, counts);
         self.rules.update(
@@ -109,7 +150,6 @@ impl Live {
             .iter()
             .map(|n| (n.address, n.name.clone()))
             .collect();
-        snapshot.pairs = Vec::new();
         self.snapshot = Some(snapshot);
     }
 
@@ -125,7 +165,10 @@ impl Live {
 /// The hierarchy report's tree (eth → family → L4 protocol → service), with
 /// each row's bytes [in, out]: families and services from the interface
 /// totals, protocols per family from the pairs (delivered and dropped).
-fn protocol_tree(snapshot: &LiveSnapshot) -> (Vec<TreeRow>, Vec<(String, [u64; 2])>) {
+fn protocol_tree(
+    snapshot: &LiveSnapshot,
+    pairs: &[(PairKey, PairReading)],
+) -> (Vec<TreeRow>, Vec<(String, [u64; 2])>) {
     let side = |name: &str| Direction::ALL.iter().position(|d| d.name() == name);
     let mut counts: std::collections::BTreeMap<String, [u64; 2]> = Default::default();
     let mut add = |path: String, i: usize, bytes: u64| {
@@ -141,16 +184,21 @@ fn protocol_tree(snapshot: &LiveSnapshot) -> (Vec<TreeRow>, Vec<(String, [u64; 2
             add(format!("eth:{service}"), i, c.bytes);
         }
     }
-    // Summed per (family, protocol) first: one path built per row, not per pair.
-    let mut per_protocol: HashMap<(&str, &str), [u64; 2]> = HashMap::new();
-    for p in &snapshot.pairs {
-        let Some(i) = side(&p.direction) else {
+    // Summed per (IPv4, protocol number) first: two bytes hashed per pair,
+    // one path built per row (protocols of one name add up there).
+    let mut per_protocol: HashMap<(bool, u8), [u64; 2], foldhash::fast::FixedState> =
+        HashMap::default();
+    for (key, r) in pairs {
+        let Some(i) = Direction::from_raw(key.direction).map(|d| d as usize) else {
             continue;
         };
-        let family = if p.src.is_ipv4() { "ipv4" } else { "ipv6" };
-        per_protocol.entry((family, &p.proto)).or_default()[i] += p.bytes + p.dropped_bytes;
+        per_protocol
+            .entry((is_v4_mapped(&key.src), key.proto))
+            .or_default()[i] += r.counter.bytes + r.dropped.bytes;
     }
-    for ((family, proto), bytes) in per_protocol {
+    for ((v4, proto), bytes) in per_protocol {
+        let family = if v4 { "ipv4" } else { "ipv6" };
+        let proto = L4::of(proto).name();
         for (i, bytes) in bytes.into_iter().enumerate() {
             add(format!("eth:{family}:{proto}"), i, bytes);
         }

@@ -223,7 +223,7 @@ impl Live {
             .iter()
             .filter(|(c, _)| query.filter.is_empty() || self.matches(c, &query.filter, iface))
             .map(|(c, s)| {
-                let now = s.average(WINDOWS_S[0]);
+                let now = s.recent();
                 let value = match query.sort {
                     SortBy::In => now[0],
                     SortBy::Out => now[1],
@@ -235,8 +235,8 @@ impl Live {
         let total = |s: &Series| s.latest()[0] + s.latest()[1];
         let order = |a: &(&Conversation, &Series, f64), b: &(&Conversation, &Series, f64)| {
             b.2.total_cmp(&a.2)
-                .then(total(b.1).cmp(&total(a.1)))
-                .then(a.0.cmp(b.0))
+                .then_with(|| total(b.1).cmp(&total(a.1)))
+                .then_with(|| a.0.cmp(b.0))
         };
         let fit = query.rows.clamp(1, MAX_ROWS);
         let matching = rows.len();
@@ -255,9 +255,9 @@ impl Live {
             .into_iter()
             .skip(first)
             .map(|(c, series, _)| ConversationRow {
-                local: with_port(self.host(&c.local, query.names), c.local_port),
-                remote: with_port(self.host(&c.remote, query.names), c.remote_port),
-                proto: c.proto.clone(),
+                local: with_port(self.host(&c.local(), query.names), c.local_port),
+                remote: with_port(self.host(&c.remote(), query.names), c.remote_port),
+                proto: c.proto().to_string(),
                 local_port: c.local_port,
                 remote_port: c.remote_port,
                 figures: Figures::of(series),
@@ -269,8 +269,9 @@ impl Live {
     /// True when `filter` matches the conversation's hosts (addresses and
     /// names), ports, protocol or interface.
     fn matches(&self, c: &Conversation, filter: &str, iface: &str) -> bool {
-        let (local, remote) = (c.local.to_string(), c.remote.to_string());
-        let (local_name, remote_name) = (self.host(&c.local, true), self.host(&c.remote, true));
+        let (local, remote) = (c.local(), c.remote());
+        let (local_name, remote_name) = (self.host(&local, true), self.host(&remote, true));
+        let (local, remote) = (local.to_string(), remote.to_string());
         let hosts = [
             local.as_str(),
             remote.as_str(),
@@ -283,7 +284,7 @@ impl Live {
                 iface,
                 hosts: &hosts,
                 ports: [c.local_port, c.remote_port],
-                proto: &c.proto,
+                proto: c.proto(),
             },
         )
     }
@@ -291,36 +292,39 @@ impl Live {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
+    use std::{collections::BTreeMap, net::Ipv4Addr};
+
+    use netmon_common::{Counter, Direction, PairKey};
 
     use super::*;
-    use crate::{live::snapshot::LiveSnapshot, logs::detail::PairRecord};
+    use crate::{datapath::PairReading, live::snapshot::LiveSnapshot};
 
     const S: u64 = 1_000_000_000;
 
-    fn pair(i: u32, bytes: u64) -> PairRecord {
-        PairRecord {
-            direction: "ingress".into(),
-            src: std::net::Ipv4Addr::from(0x0b00_0000 + i).into(),
-            dst: "10.200.0.1".parse().unwrap(),
-            proto: "udp".into(),
-            proto_num: 17,
-            src_port: 0,
-            dst_port: 0,
-            frames: 1,
-            bytes,
-            dropped_frames: 0,
-            dropped_bytes: 0,
-        }
+    fn pair(i: u32, bytes: u64) -> (PairKey, PairReading) {
+        let mapped = |v4: Ipv4Addr| v4.to_ipv6_mapped().octets();
+        let key = PairKey {
+            src: mapped(Ipv4Addr::from(0x0b00_0000 + i)),
+            dst: mapped(Ipv4Addr::new(10, 200, 0, 1)),
+            proto: 17,
+            direction: Direction::Ingress as u8,
+            ..PairKey::default()
+        };
+        let reading = PairReading {
+            counter: Counter { frames: 1, bytes },
+            dropped: Counter::default(),
+            slot: i,
+        };
+        (key, reading)
     }
 
-    fn snapshot(at_s: u64, pairs: Vec<PairRecord>) -> LiveSnapshot {
+    fn snapshot(at_s: u64) -> LiveSnapshot {
         LiveSnapshot {
             schema_version: 1,
             iface: "nm0".into(),
             time: String::new(),
             monotonic_ns: at_s * S,
-            pairs,
+            pairs: Vec::new(),
             protocols: BTreeMap::new(),
             table: TableRecord::default(),
             rules: Vec::new(),
@@ -348,10 +352,8 @@ mod tests {
         // 1000 senders, sender i at i bytes a second.
         let mut live = Live::default();
         for at in 0..3 {
-            live.update(snapshot(
-                at,
-                (0..1000).map(|i| pair(i, u64::from(i) * at)).collect(),
-            ));
+            let pairs: Vec<_> = (0..1000).map(|i| pair(i, u64::from(i) * at)).collect();
+            live.update(snapshot(at), &pairs);
         }
         let screen = live.screen(&query(0, 5), vec!["nm0".into()]);
         assert_eq!(screen.matching, 1000);

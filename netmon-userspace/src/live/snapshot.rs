@@ -3,14 +3,15 @@
 //! snapshots, so its refresh is independent of the daemon's `--interval`,
 //! and the poll's accounting (its baselines) never sees these reads.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 
+use netmon_common::PairKey;
 use serde::{Deserialize, Serialize};
 
 use crate::{
     accounting::{IntervalUsage, PairDelta},
     alerts::AlertEvent,
-    datapath::Snapshot,
+    datapath::{PairReading, Snapshot},
     enforcer::{QuotaView, RuleView},
     logs::detail::{self, PairRecord, ProtocolRecord, TableRecord},
     names::{DnsCounts, NameRecord},
@@ -58,49 +59,55 @@ pub struct LiveSnapshot {
 }
 
 impl LiveSnapshot {
-    /// The snapshot of a reading of the datapath (with its pairs), the
-    /// policy's state and the recent alerts.
+    /// The snapshot of a reading of the datapath, of which `pairs` are the
+    /// pairs; the pairs are counted, not rendered (see
+    /// [`with_records`](Self::with_records)). The caller fills in the
+    /// policy's state, the recent alerts and the names.
     pub fn new(
         iface: &str,
         time: jiff::Timestamp,
         monotonic_ns: u64,
         reading: Snapshot,
-        rules: Vec<RuleView>,
-        quotas: Vec<QuotaView>,
-        alerts: &VecDeque<AlertEvent>,
+        pairs: &[(PairKey, PairReading)],
     ) -> LiveSnapshot {
         // The cumulative counters as one "interval" since the slots were
         // taken, so that they render exactly as the detail log's records.
         let usage = IntervalUsage {
-            pairs: reading
-                .pairs
-                .into_iter()
-                .map(|(key, r)| PairDelta {
-                    key,
-                    counter: r.counter,
-                    dropped: r.dropped,
-                })
-                .collect(),
+            pairs: Vec::new(),
             totals: reading.totals,
-            table_entries: 0,
+            table_entries: pairs.len(),
             table_capacity: reading.capacity,
             services: reading.services,
         };
-        let mut table = detail::table(&usage);
-        table.pairs = usage.pairs.len();
         LiveSnapshot {
             schema_version: SCHEMA_VERSION,
             iface: iface.to_string(),
             time: time.to_string(),
             monotonic_ns,
-            pairs: usage.pairs.iter().map(detail::pair_record).collect(),
+            pairs: Vec::new(),
             protocols: detail::protocols(&usage),
-            table,
-            rules,
-            quotas,
-            alerts: alerts.iter().cloned().collect(),
+            table: detail::table(&usage),
+            rules: Vec::new(),
+            quotas: Vec::new(),
+            alerts: Vec::new(),
             names: Vec::new(),
             dns: DnsCounts::default(),
         }
+    }
+
+    /// The snapshot with its pairs as the detail log's records, for
+    /// scripts; the live view's model takes them as read instead.
+    pub fn with_records(mut self, pairs: &[(PairKey, PairReading)]) -> LiveSnapshot {
+        self.pairs = pairs
+            .iter()
+            .map(|(key, r)| {
+                detail::pair_record(&PairDelta {
+                    key: *key,
+                    counter: r.counter,
+                    dropped: r.dropped,
+                })
+            })
+            .collect();
+        self
     }
 }

@@ -1,11 +1,15 @@
-//! One DNS answer frame, as the datapath passed it on, read into the
+//! One DNS answer frame, as the datapath passed it on: its message (UDP) or
+//! its part of a flow's messages (TCP), and a message read into the
 //! addresses it gives and the name the host asked for. Pure: the frame is
 //! classified as the datapath classifies it, the message parsed by simple-dns.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use etherparse::{SlicedPacket, TransportSlice};
 use netmon_common::{classify, classify::PROTO_TCP};
 use simple_dns::{rdata::RData, Packet, SimpleDnsError};
+
+use super::stream::Flow;
 
 /// An address and the name it answers, for `ttl_s` seconds.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,28 +40,51 @@ pub enum Ignored {
     Malformed,
 }
 
-/// What a frame of `len` bytes, of which `frame` arrived, teaches.
-pub fn read(frame: &[u8], len: u32) -> Result<Vec<Learnt>, Ignored> {
+/// What a frame passed on carries.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Payload<'a> {
+    /// One whole DNS message (UDP).
+    Message(&'a [u8]),
+    /// A TCP segment's data: part of its flow's stream of messages, each
+    /// after its two-byte length (see [`super::stream`]).
+    Segment {
+        /// The flow it belongs to.
+        flow: Flow,
+        /// Its sequence number.
+        seq: u32,
+        /// Its data.
+        data: &'a [u8],
+    },
+}
+
+/// What a frame of `len` bytes, of which `frame` arrived, carries.
+pub fn read(frame: &[u8], len: u32) -> Result<Payload<'_>, Ignored> {
     if frame.len() < len as usize {
         return Err(Ignored::Oversized);
     }
     let ip = classify(frame).ip.ok_or(Ignored::Malformed)?;
-    let payload = frame
-        .get(ip.header_len as usize..)
-        .ok_or(Ignored::Truncated)?;
-    let message = if ip.proto == PROTO_TCP {
-        if payload.is_empty() {
-            return Err(Ignored::Empty);
-        }
-        // One whole message after its two-byte length; a message spread over
-        // segments is not read.
-        let (size, rest) = payload.split_first_chunk::<2>().ok_or(Ignored::Truncated)?;
-        rest.get(..u16::from_be_bytes(*size) as usize)
-            .ok_or(Ignored::Truncated)?
-    } else {
-        payload
+    if ip.proto != PROTO_TCP {
+        let payload = frame
+            .get(ip.header_len as usize..)
+            .ok_or(Ignored::Truncated)?;
+        return Ok(Payload::Message(payload));
+    }
+    // The sequence number too, which the classifier has no use for.
+    let packet = SlicedPacket::from_ethernet(frame).map_err(|_| Ignored::Truncated)?;
+    let Some(TransportSlice::Tcp(tcp)) = packet.transport else {
+        return Err(Ignored::Malformed);
     };
-    message_answers(message)
+    if tcp.payload().is_empty() {
+        return Err(Ignored::Empty);
+    }
+    Ok(Payload::Segment {
+        flow: Flow {
+            src: (ip.src, ip.src_port),
+            dst: (ip.dst, ip.dst_port),
+        },
+        seq: tcp.sequence_number(),
+        data: tcp.payload(),
+    })
 }
 
 /// The A and AAAA records of a DNS response, under its question's name.

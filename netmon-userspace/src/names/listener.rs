@@ -13,7 +13,11 @@ use netmon_common::dns::{DnsStats, DNS_EVENTS_MAP, DNS_STATS_MAP};
 use serde::{Deserialize, Serialize};
 use tokio::io::unix::AsyncFd;
 
-use super::{answer, Ignored, Names};
+use super::{
+    answer::{self, Payload},
+    stream::Streams,
+    Ignored, Names,
+};
 use crate::{
     daemon::clock::{Clock, SystemClock},
     datapath::{Datapath, DatapathError},
@@ -39,12 +43,20 @@ pub struct DnsCounts {
     pub limited: u64,
     /// Frames lost to a full ring.
     pub lost: u64,
-    /// Answers read (`passed` = `answers` + `empty` + the three kinds ignored).
+    /// Answers read (`passed` = `answers` + `waiting` + `empty` + the three
+    /// kinds ignored, while no TCP segment ends two answers).
     pub answers: u64,
     /// Addresses learnt from them.
     pub learnt: u64,
     /// TCP segments without data (handshakes, acknowledgements).
     pub empty: u64,
+    /// TCP segments holding the start of an answer whose end comes later.
+    #[serde(default)]
+    pub waiting: u64,
+    /// Answers over TCP given up unfinished: a segment missed, too long a
+    /// wait or too many at once (see `names::stream`).
+    #[serde(default)]
+    pub unfinished: u64,
     /// Frames ignored as longer than the datapath passes on.
     pub oversized: u64,
     /// Messages ignored as cut short.
@@ -56,6 +68,7 @@ pub struct DnsCounts {
 #[derive(Default)]
 struct Learning {
     names: Names,
+    streams: Streams,
     counts: DnsCounts,
 }
 
@@ -69,6 +82,23 @@ impl Learning {
         let (len, captured) = (word(0), word(4) as usize);
         let frame = event.get(8..8 + captured).unwrap_or_default();
         match answer::read(frame, len) {
+            Ok(Payload::Message(message)) => self.message(message, now_ns),
+            Ok(Payload::Segment { flow, seq, data }) => {
+                let completed = self.streams.take(flow, seq, data, now_ns);
+                self.counts.unfinished += completed.given_up;
+                if completed.messages.is_empty() && completed.waiting {
+                    self.counts.waiting += 1;
+                }
+                for message in &completed.messages {
+                    self.message(message, now_ns);
+                }
+            }
+            Err(ignored) => self.ignored(ignored),
+        }
+    }
+
+    fn message(&mut self, message: &[u8], now_ns: u64) {
+        match answer::message_answers(message) {
             Ok(learnt) => {
                 self.counts.answers += 1;
                 self.counts.learnt += learnt.len() as u64;
@@ -76,10 +106,16 @@ impl Learning {
                     self.names.learn(one, now_ns);
                 }
             }
-            Err(Ignored::Empty) => self.counts.empty += 1,
-            Err(Ignored::Oversized) => self.counts.oversized += 1,
-            Err(Ignored::Truncated) => self.counts.truncated += 1,
-            Err(Ignored::Malformed) => self.counts.malformed += 1,
+            Err(ignored) => self.ignored(ignored),
+        }
+    }
+
+    fn ignored(&mut self, ignored: Ignored) {
+        match ignored {
+            Ignored::Empty => self.counts.empty += 1,
+            Ignored::Oversized => self.counts.oversized += 1,
+            Ignored::Truncated => self.counts.truncated += 1,
+            Ignored::Malformed => self.counts.malformed += 1,
         }
     }
 }
