@@ -330,14 +330,62 @@ fn stdin_gzip_zstd_and_a_directory_of_chunks_give_the_whole_files_pairs() -> Res
 #[test]
 fn unreadable_inputs_are_refused_in_one_line() -> Result<()> {
     let dir = tempfile::tempdir()?;
+    // An earlier analysis's detail log, which a refused one leaves alone.
+    let (out, earlier) = analyze(dir.path(), &[&capture("ipv4.pcap")], None)?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let before = std::fs::read(&earlier)?;
     let refused = |args: &[&Path], stdin: Option<&[u8]>, want: &str| -> Result<()> {
         let (out, _) = analyze(dir.path(), args, stdin)?;
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{args:?} succeeded");
         assert!(err.contains(want), "{args:?}: {err}");
         assert_eq!(err.lines().count(), 1, "{err}");
+        assert_eq!(std::fs::read(&earlier)?, before, "{args:?}: the detail log");
         Ok(())
     };
+    // Refused half-way: intervals of Ethernet frames, then an interface of
+    // a link type netmon does not read.
+    let half = dir.path().join("half.pcapng");
+    {
+        use pcap_file::{
+            pcapng::blocks::{
+                enhanced_packet::EnhancedPacketBlock,
+                interface_description::InterfaceDescriptionBlock,
+            },
+            DataLink,
+        };
+        let mut writer = pcap_file::pcapng::PcapNgWriter::new(std::fs::File::create(&half)?)?;
+        let frame = netmon_tests::frames::udp4(
+            std::net::Ipv4Addr::new(10, 200, 0, 1),
+            std::net::Ipv4Addr::new(10, 200, 0, 2),
+            4000,
+            4001,
+            100,
+        );
+        for (interface, linktype) in [(0, DataLink::ETHERNET), (1, DataLink::USER0)] {
+            writer.write_pcapng_block(InterfaceDescriptionBlock {
+                linktype,
+                snaplen: 0,
+                options: vec![],
+            })?;
+            for second in 0..3u64 {
+                writer.write_pcapng_block(EnhancedPacketBlock {
+                    interface_id: interface,
+                    timestamp: std::time::Duration::from_secs(
+                        1_700_000_000 + interface as u64 * 3 + second,
+                    ),
+                    original_len: frame.len() as u32,
+                    data: frame.as_slice().into(),
+                    options: vec![],
+                })?;
+            }
+        }
+    }
+    refused(&[&half], None, "link type 147")?;
     refused(
         &[Path::new("-")],
         Some(b"not a capture\n"),

@@ -254,6 +254,18 @@ fn resolve_ptr_names_what_no_answer_named_and_its_own_lookups_are_in_no_count() 
     );
     let snapshot: Value = serde_json::from_slice(&out.stdout)?;
     assert_eq!(snapshot["dns"]["passed"], 0, "{}", snapshot["dns"]);
+    // netmon top shows the reverse lookup's name too.
+    let shown: Vec<(&Value, &Value)> = snapshot["names"]
+        .as_array()
+        .context("the snapshot's names")?
+        .iter()
+        .map(|n| (&n["address"], &n["name"]))
+        .collect();
+    assert_eq!(
+        shown,
+        [(&json!(far.to_string()), &json!("far.test"))],
+        "netmon top's names"
+    );
     // Five more, in an interval that stores far's name.
     Flow::udp(a, b)
         .to(b.ipv4_alt)

@@ -61,8 +61,6 @@ pub fn run(args: &AnalyzeArgs) -> anyhow::Result<()> {
         Some(files) => files.load()?,
         None => State::default(),
     };
-    // Large writes: an interval of many pairs is megabytes of records.
-    let mut detail = std::io::BufWriter::with_capacity(1 << 20, logs::paths::create(&detail_log)?);
     // Named as the user named them: a directory by itself, not its first file.
     let named = |arg: &PathBuf| match arg.to_str() {
         Some("-") => "stdin".to_string(),
@@ -73,43 +71,57 @@ pub fn run(args: &AnalyzeArgs) -> anyhow::Result<()> {
         [first, rest @ ..] => format!("capture:{}+{}", named(first), rest.len()),
         [] => unreachable!("clap requires a capture"),
     };
-    let mut write_error = None;
-    let emit = |interval: AnalyzedInterval| {
-        if files.is_some() {
-            state.ledger.record(&interval.usage);
-        }
-        let stamp = |ns: i128| jiff::Timestamp::from_nanosecond(ns).unwrap_or_default();
-        let record = IntervalRecord {
-            iface: &iface,
-            start: stamp(interval.start_ns),
-            end: stamp(interval.end_ns),
-            usage: &interval.usage,
+    // The detail log is replaced only by a whole analysis: a capture refused
+    // at its first byte or half-way leaves the old file as it was.
+    let mut refused = None;
+    let mut analyzed = None;
+    let written = logs::atomic::write_with(&detail_log, 0o644, |out| {
+        // Large writes: an interval of many pairs is megabytes of records.
+        let mut detail = std::io::BufWriter::with_capacity(1 << 20, out);
+        let mut write_error = None;
+        let emit = |interval: AnalyzedInterval| {
+            if files.is_some() {
+                state.ledger.record(&interval.usage);
+            }
+            let stamp = |ns: i128| jiff::Timestamp::from_nanosecond(ns).unwrap_or_default();
+            let record = IntervalRecord {
+                iface: &iface,
+                start: stamp(interval.start_ns),
+                end: stamp(interval.end_ns),
+                usage: &interval.usage,
+            };
+            let written = serde_json::to_writer(&mut detail, &record)
+                .map_err(std::io::Error::from)
+                .and_then(|()| std::io::Write::write_all(&mut detail, b"\n"));
+            if let Err(e) = written {
+                write_error.get_or_insert(e);
+            }
         };
-        let written = serde_json::to_writer(&mut detail, &record)
-            .map_err(std::io::Error::from)
-            .and_then(|()| std::io::Write::write_all(&mut detail, b"\n"));
-        if let Err(e) = written {
-            write_error.get_or_insert(e);
-        }
-    };
-    let outcome = analysis::analyze(
-        &inputs,
-        args.interval,
-        &|read| {
+        let progress = |read| {
             if let Some(bar) = &progress {
                 bar.set_position(read);
             }
-        },
-        emit,
-    )?;
-    if let Some(bar) = progress {
+        };
+        match analysis::analyze(&inputs, args.interval, &progress, emit) {
+            Ok(outcome) => analyzed = Some(outcome),
+            Err(e) => {
+                refused = Some(e);
+                return Err(std::io::Error::other("the analysis failed"));
+            }
+        }
+        if let Some(e) = write_error {
+            return Err(e);
+        }
+        std::io::Write::flush(&mut detail)
+    });
+    if let Some(bar) = &progress {
         bar.finish_and_clear();
     }
-    if let Some(e) = write_error {
-        anyhow::bail!("writing {}: {e}", args.detail_log.display());
+    if let Some(e) = refused {
+        return Err(e.into());
     }
-    std::io::Write::flush(&mut detail)
-        .with_context(|| format!("writing {}", args.detail_log.display()))?;
+    written.with_context(|| format!("writing {}", args.detail_log.display()))?;
+    let outcome = analyzed.expect("a written detail log is a whole analysis");
     if let Some(files) = &files {
         files.save(&state, None)?;
     }

@@ -40,7 +40,7 @@ use crate::{
     enforcer::Enforcer,
     live::{Live, LiveSnapshot, Screen, ScreenQuery, RECENT_ALERTS},
     logs::state::State,
-    names::{reverse::Reverse, Listener, NameRecord},
+    names::{reverse::Reverse, DnsCounts, Listener, NameRecord},
     policy::compile::{Charged, Compiled, Tables},
 };
 use clock::Clock;
@@ -647,10 +647,34 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
         snapshot.rules = self.enforcer.rules(&self.interfaces)?;
         snapshot.quotas = self.enforcer.quotas(&self.interfaces, now.wall)?;
         snapshot.alerts = self.recent_alerts.iter().cloned().collect();
-        if let Some(names) = self.names.get(&iface) {
-            (snapshot.names, snapshot.dns) = names.snapshot(now.monotonic_ns);
-        }
+        (snapshot.names, snapshot.dns) = self.names_now(&iface, now.monotonic_ns);
         Ok(snapshot)
+    }
+
+    /// The names known now on `iface`, from its DNS answers, then from
+    /// reverse lookups for the addresses left; and what became of its DNS
+    /// answers.
+    fn names_now(&self, iface: &str, now_ns: u64) -> (Vec<NameRecord>, DnsCounts) {
+        let (mut names, counts) = self
+            .names
+            .get(iface)
+            .map(|l| l.snapshot(now_ns))
+            .unwrap_or_default();
+        if let Some(reverse) = &self.reverse {
+            let answered: BTreeSet<IpAddr> = names.iter().map(|n| n.address).collect();
+            names.extend(
+                reverse
+                    .current(now_ns)
+                    .into_iter()
+                    .filter(|(address, ..)| !answered.contains(address))
+                    .map(|(address, name, ttl_s)| NameRecord {
+                        address,
+                        name,
+                        ttl_s,
+                    }),
+            );
+        }
+        (names, counts)
     }
 
     /// The daemon's names for the interfaces a client named (`IF`, or
@@ -821,27 +845,7 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
                 return match self.shown(iface.as_deref()) {
                     Ok(at) => {
                         let iface = &self.interfaces.watched[at].iface;
-                        let now_ns = self.clock.monotonic_ns();
-                        let mut names = self
-                            .names
-                            .get(iface)
-                            .map_or_else(Vec::new, |l| l.snapshot(now_ns).0);
-                        // Reverse lookups' names for the addresses left.
-                        if let Some(reverse) = &self.reverse {
-                            let answered: BTreeSet<IpAddr> =
-                                names.iter().map(|n| n.address).collect();
-                            names.extend(
-                                reverse
-                                    .current(now_ns)
-                                    .into_iter()
-                                    .filter(|(address, ..)| !answered.contains(address))
-                                    .map(|(address, name, ttl_s)| NameRecord {
-                                        address,
-                                        name,
-                                        ttl_s,
-                                    }),
-                            );
-                        }
+                        let (names, _) = self.names_now(iface, self.clock.monotonic_ns());
                         Response::Ok(Answer::Names { names })
                     }
                     Err(e) => Response::Error(e.to_string()),
