@@ -249,10 +249,16 @@ impl Target {
     /// Attaches (or adopts) the datapath, sharing the quota map pinned at
     /// `quotas` (by another of the daemon's interfaces), and reads what its
     /// policy maps hold.
-    fn attach(&self, config: &Config, quotas: Option<&Path>) -> Result<Attached, DatapathError> {
+    fn attach(
+        &self,
+        config: &Config,
+        quotas: Option<&Path>,
+        own_lookup: Option<OwnLookup>,
+    ) -> Result<Attached, DatapathError> {
         let options = LoadOptions {
             max_pairs: config.max_pairs,
             granularity: config.granularity,
+            own_lookup,
         };
         let datapath = Datapath::attach_in(
             self.netns.clone(),
@@ -410,10 +416,12 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         })
         .transpose()?;
 
+    // Every interface, here and attached later, leaves the lookups out.
+    let own_lookup = lookups.as_ref().map(|socket| socket.own);
     let mut attached: Vec<(&Target, Attached)> = Vec::new();
     for t in present {
         let quotas = attached.first().map(|(_, k)| k.datapath.quota_pin());
-        match t.attach(&config, quotas.as_deref()) {
+        match t.attach(&config, quotas.as_deref(), own_lookup) {
             Ok(kernel) => attached.push((t, kernel)),
             Err(e) => {
                 release(attached.into_iter().map(|(_, kernel)| kernel))?;
@@ -437,14 +445,6 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         .iter_mut()
         .filter_map(|(t, kernel)| Some((t.label.clone(), listen(&t.label, kernel)?)))
         .collect();
-    // Lookups only where every interface leaves them out of its counts.
-    let lookups = lookups.filter(|socket| {
-        attached.iter_mut().all(|(t, kernel)| {
-            reverse::leave_out(&mut kernel.datapath, &socket.own)
-                .map_err(|e| log::warn!("{}: no --resolve ptr: {e}", t.label))
-                .is_ok()
-        })
-    });
     let baselines = std::mem::take(&mut saved.baselines);
     let meters = attached
         .iter()
@@ -547,8 +547,6 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     if config.detail_log_names {
         daemon.name_reports();
     }
-    // An interface attached later leaves the lookups out too.
-    let own_lookup = lookups.as_ref().map(|socket| socket.own);
     if let Some(socket) = lookups {
         match reverse::Reverse::start(socket) {
             Ok(reverse) => daemon.look_up_names(reverse),
@@ -752,9 +750,8 @@ fn listen(label: &str, kernel: &mut Attached) -> Option<crate::names::Listener> 
 /// Attaches the configured interfaces `look` covers that are there and not
 /// attached: new, back, or deleted and made again since the last poll. One
 /// that cannot be attached is tried again when it changes, and at the
-/// safety check; each cause of failure is logged once. With `own_lookup`
-/// (`--resolve ptr`), one that cannot leave netmon's lookups out of its
-/// counts is not attached.
+/// safety check; each cause of failure is logged once. `own_lookup`: the
+/// lookups of `--resolve ptr`, which it leaves out of its counts.
 fn join_appeared(
     daemon: &mut Daemon<Attached, SystemClock>,
     targets: &[Target],
@@ -774,15 +771,8 @@ fn join_appeared(
         }
         let quotas = daemon.kernels().next().map(|k| k.datapath.quota_pin());
         let joined = (|| -> Result<(), StartError> {
-            let mut kernel = t.attach(config, quotas.as_deref())?;
+            let mut kernel = t.attach(config, quotas.as_deref(), own_lookup)?;
             let meter = meter_for(baselines, &kernel)?;
-            if let Some(own) = &own_lookup {
-                if let Err(e) = reverse::leave_out(&mut kernel.datapath, own) {
-                    let adopted = kernel.datapath.adopted();
-                    kernel.datapath.shutdown(adopted)?;
-                    return Err(e.into());
-                }
-            }
             if let Err(e) = daemon.enforce_on(&t.label, &mut kernel) {
                 let adopted = kernel.datapath.adopted();
                 kernel.datapath.shutdown(adopted)?;

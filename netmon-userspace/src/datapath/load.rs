@@ -7,6 +7,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use netmon_common::{
+    dns::{OwnLookup, OWN_LOOKUP_MAP},
     maps::{
         cache_sets, CPU_LANES_GLOBAL, DEFAULT_MAX_PAIRS, FLOWS_V4_MAP, FLOWS_V6_MAP,
         FREE_SLOTS_MAP, LANES_MAP, LAYOUT_VERSION, PAIR_SLOTS_GLOBAL, SLOT_CACHE_MAP,
@@ -78,6 +79,10 @@ pub struct LoadOptions {
     pub max_pairs: u32,
     /// Keys per pair or per 5-tuple.
     pub granularity: Granularity,
+    /// The 4-tuple of netmon's own DNS lookups (`--resolve ptr`), which the
+    /// programs neither count nor pass on: written before they are attached,
+    /// so that not one of its frames is counted.
+    pub own_lookup: Option<OwnLookup>,
 }
 
 impl Default for LoadOptions {
@@ -85,6 +90,7 @@ impl Default for LoadOptions {
         Self {
             max_pairs: DEFAULT_MAX_PAIRS,
             granularity: Granularity::Pair,
+            own_lookup: None,
         }
     }
 }
@@ -262,7 +268,26 @@ pub(super) fn load_pinned(
     let mut ebpf = load_with(&mut loader, EBPF_OBJECT)?;
     let instance = identify(&mut ebpf, adopted)?;
     pins.record_marker(options.granularity.marker())?;
+    if let Some(own) = &options.own_lookup {
+        leave_out(&mut ebpf, own)?;
+    }
     Ok((ebpf, instance))
+}
+
+/// Tells the programs of `ebpf` to leave the lookups of `own` out of their
+/// counts.
+fn leave_out(ebpf: &mut Ebpf, own: &OwnLookup) -> Result<(), DatapathError> {
+    let cause = |cause| DatapathError::Map {
+        map: OWN_LOOKUP_MAP,
+        cause,
+    };
+    let map = ebpf
+        .map_mut(OWN_LOOKUP_MAP)
+        .ok_or(DatapathError::MissingMap(OWN_LOOKUP_MAP))?;
+    Array::<_, OwnLookup>::try_from(map)
+        .map_err(cause)?
+        .set(0, own, 0)
+        .map_err(cause)
 }
 
 /// Loads `object` and both programs with `loader`.

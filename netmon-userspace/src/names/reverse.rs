@@ -14,14 +14,11 @@ use std::{
     time::Duration,
 };
 
-use netmon_common::dns::{OwnLookup, DNS_PORT, OWN_LOOKUP_MAP};
+use netmon_common::dns::{OwnLookup, DNS_PORT};
 use simple_dns::{rdata::RData, Name, Packet, PacketFlag, Question, CLASS, RCODE, TYPE};
 
 use super::{Learnt, Names, MAX_TTL_S};
-use crate::{
-    daemon::clock::{Clock, SystemClock},
-    datapath::{Datapath, DatapathError},
-};
+use crate::daemon::clock::{Clock, SystemClock};
 
 /// Lookups sent per second at most.
 pub const LOOKUPS_PER_SECOND: u32 = 10;
@@ -111,22 +108,6 @@ impl LookupSocket {
         };
         Ok(LookupSocket { socket, own })
     }
-}
-
-/// Tells `datapath` to leave the lookups of `own` out of its counts.
-pub fn leave_out(datapath: &mut Datapath, own: &OwnLookup) -> Result<(), DatapathError> {
-    let map = datapath
-        .ebpf_mut()
-        .map_mut(OWN_LOOKUP_MAP)
-        .ok_or(DatapathError::MissingMap(OWN_LOOKUP_MAP))?;
-    let cause = |cause| DatapathError::Map {
-        map: OWN_LOOKUP_MAP,
-        cause,
-    };
-    aya::maps::Array::<_, OwnLookup>::try_from(map)
-        .map_err(cause)?
-        .set(0, own, 0)
-        .map_err(cause)
 }
 
 /// The name `in-addr.arpa` or `ip6.arpa` gives `address`.
