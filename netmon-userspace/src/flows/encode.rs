@@ -25,6 +25,8 @@ pub const TEMPLATE_INTERFACE: u16 = 258;
 /// Bytes of `interfaceName` (IFNAMSIZ): a fixed length, NUL-padded, since
 /// NetFlow v9 has no variable-length fields.
 const INTERFACE_NAME_LEN: u16 = 16;
+/// NetFlow v9's scope type "Interface" (RFC 3954, 6.1), 4 bytes.
+const NETFLOW9_SCOPE_INTERFACE: (u16, u16) = (2, 4);
 
 /// `forwardingStatus` (RFC 7270): forwarded, reason unknown.
 pub const FORWARDED: u8 = 0b0100_0000;
@@ -201,7 +203,12 @@ impl Encoder {
     /// The options template, then the interface's record: its name, and
     /// that every packet was counted (interval 1, space 0: unsampled).
     fn interface_options(&self, message: &mut Message, domain: &Domain) {
-        let scope = [ie::INGRESS_INTERFACE];
+        // NetFlow v9's scopes are its own few types (RFC 3954 6.1), of which
+        // 2 is an interface; IPFIX scopes by any element.
+        let scope = match self.format {
+            Format::Ipfix => [ie::INGRESS_INTERFACE],
+            Format::Netflow9 => [NETFLOW9_SCOPE_INTERFACE],
+        };
         let options = [
             ie::INTERFACE_NAME,
             ie::SAMPLING_PACKET_INTERVAL,

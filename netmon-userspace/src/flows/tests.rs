@@ -140,7 +140,7 @@ fn decode(messages: &[Vec<u8>]) -> Decoded {
                     let values: Vec<Value> = match fields.get("options_fields") {
                         // NetFlow v9: the scope apart, as (type, bytes).
                         Some(options) => {
-                            let scope = &fields["scope_fields"][0]["Unknown"][1];
+                            let scope = &fields["scope_fields"][0]["Interface"];
                             std::iter::once(plain(&json!({ "Vec": scope })))
                                 .chain(options.as_array().unwrap().iter().map(|f| plain(&f[1])))
                                 .collect()
