@@ -529,5 +529,31 @@ fn the_first_start_with_a_database_imports_the_detail_log_or_refuses_a_corrupt_o
         .map(|r| r["in"].as_u64().unwrap_or_default())
         .collect();
     assert_eq!(flow, [4 * frame_len(a.ipv4, 300)], "{rows:?}");
+
+    // Options a report would ignore are refused in one line.
+    let db_arg = db.to_string_lossy();
+    for (args, problem) in [
+        (
+            &["history", "daily", "--iface", "nmnone0"][..],
+            format!(
+                "{} holds no interface nmnone0: name one it holds ({}), or leave out --iface",
+                db.display(),
+                a.iface
+            ),
+        ),
+        (
+            &["history", "daily", "--start-day", "15"][..],
+            "--start-day applies to billing months: use it with `history monthly`, --95th or \
+             `chart --bars monthly`"
+                .to_string(),
+        ),
+    ] {
+        let out = netmon_tests::daemon::cli(&[args, &["--db", &db_arg]].concat())?;
+        assert_eq!(
+            (out.status.code(), String::from_utf8_lossy(&out.stderr)),
+            (Some(1), format!("netmon: error: {problem}\n").into()),
+            "{args:?}"
+        );
+    }
     Ok(())
 }

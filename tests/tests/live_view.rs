@@ -504,16 +504,23 @@ fn the_view_shows_each_conversation_at_its_rate_and_follows_keys_and_resizes() -
 
     // Sorted by total first (b's 208 kB/s above b_alt's 104 kB/s), by out
     // with 2, by in with 1.
-    let order = |screen: &[String]| (row_of(screen, &b4), row_of(screen, &b_alt));
-    let (first, second) = order(&screen);
+    // Both rows must be on the screen: a missing one is no order.
+    let order = |screen: &[String]| -> Result<(usize, usize)> {
+        let text = screen.join("\n");
+        Ok((
+            row_of(screen, &b4).context(format!("no row of {b4}:\n{text}"))?,
+            row_of(screen, &b_alt).context(format!("no row of {b_alt}:\n{text}"))?,
+        ))
+    };
+    let (first, second) = order(&screen)?;
     assert!(first < second, "by total:\n{text}");
     tmux.keys(&["2"])?;
     let screen = tmux.wait_for("the sort by out", |s| s[0].contains("sort: out"))?;
-    let (first, second) = order(&screen);
+    let (first, second) = order(&screen)?;
     assert!(second < first, "by out:\n{}", screen.join("\n"));
     tmux.keys(&["1"])?;
     let screen = tmux.wait_for("the sort by in", |s| s[0].contains("sort: in"))?;
-    let (first, second) = order(&screen);
+    let (first, second) = order(&screen)?;
     assert!(first < second, "by in:\n{}", screen.join("\n"));
 
     // The other views, with Tab.

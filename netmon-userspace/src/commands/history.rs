@@ -75,7 +75,30 @@ pub enum Bars {
 
 /// Prints the report.
 pub fn run(args: &HistoryArgs) -> anyhow::Result<()> {
+    let billed = args.view == View::Monthly
+        || args.percentile
+        || (args.view == View::Chart && args.bars == Bars::Monthly);
+    if args.start_day.is_some() && !billed {
+        anyhow::bail!(
+            "--start-day applies to billing months: use it with `history monthly`, --95th \
+             or `chart --bars monthly`"
+        );
+    }
     let store = Store::open_read(&args.db)?;
+    if let Some(iface) = &args.iface {
+        let known = store.interfaces()?;
+        if !known.contains(iface) {
+            anyhow::bail!(
+                "{} holds no interface {iface}: name one it holds ({}), or leave out --iface",
+                args.db.display(),
+                if known.is_empty() {
+                    "none yet".to_string()
+                } else {
+                    known.join(", ")
+                }
+            );
+        }
+    }
     let tz = store.time_zone().clone();
     let query = Query {
         iface: args.iface.clone(),

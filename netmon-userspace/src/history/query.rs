@@ -421,10 +421,12 @@ impl Store {
             View::FiveMin => return Level::FiveMin.next(start, &self.tz),
             View::Hourly => return Level::Hour.next(start, &self.tz),
             View::Daily | View::Top | View::Chart => return Level::Day.next(start, &self.tz),
+            // The start day in the next month (clamped to its length).
             View::Monthly => billing_start(
                 date.first_of_month()
                     .checked_add(jiff::Span::new().months(1))
-                    .unwrap_or(date),
+                    .unwrap_or(date)
+                    .last_of_month(),
                 q.start_day.unwrap_or(1),
             ),
             View::Yearly => date

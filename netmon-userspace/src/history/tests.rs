@@ -100,6 +100,18 @@ fn ints(table: &crate::report::Table, column: &str) -> Vec<u64> {
         .collect()
 }
 
+fn floats(table: &crate::report::Table, column: &str) -> Vec<f64> {
+    let i = table.columns.iter().position(|c| *c == column).unwrap();
+    table
+        .rows
+        .iter()
+        .map(|r| match &r[i] {
+            Cell::Float(x) => *x,
+            other => panic!("{other:?}"),
+        })
+        .collect()
+}
+
 fn texts(table: &crate::report::Table, column: &str) -> Vec<String> {
     let i = table.columns.iter().position(|c| *c == column).unwrap();
     table
@@ -556,6 +568,16 @@ fn billing_months_percentiles_and_breakdowns_add_up() {
     let late: u64 = (3..=20).sum::<u64>() * 1000;
     assert_eq!(ints(&months, "in"), [early, late]);
     assert_eq!(ints(&months, "billed"), [early.max(2000), late.max(18_000)]);
+    // The rate over each whole billing month: 30 days to October 15th, 31
+    // to November 15th (both over before the test runs).
+    let day = 86_400.0;
+    assert_eq!(
+        floats(&months, "rate_bps"),
+        [
+            (early + 2000) as f64 * 8.0 / (30.0 * day),
+            (late + 18_000) as f64 * 8.0 / (31.0 * day)
+        ]
+    );
     // The 95th percentile by nearest rank: the 19th of 20 sorted samples.
     let p95 = store.percentile_95(&q).unwrap();
     assert_eq!(
