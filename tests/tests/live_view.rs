@@ -563,6 +563,127 @@ fn the_view_shows_each_conversation_at_its_rate_and_follows_keys_and_resizes() -
     Ok(())
 }
 
+/// The policy view and `--once` show what the datapath did: each rule's
+/// hits, each quota's use against its limit, and the alerts it raised.
+#[test]
+fn the_policy_view_shows_rule_hits_quota_use_and_alerts_as_counted() -> Result<()> {
+    let net = TestNet::create()?;
+    let (a, b) = (&net.a, &net.b);
+    let dir = tempfile::tempdir()?;
+    let _netmon = Netmon::on(a)
+        .logs_in(dir.path())
+        .args(&["--socket-group", USER])
+        .start()?;
+    let ctl = |args: &[&str]| netmon_tests::daemon::ctl(&a.iface, args).map_err(anyhow::Error::msg);
+    ctl(&["block", "--proto", "udp", "--dport", "9443"])?;
+    let b4 = b.ipv4.to_string();
+    ctl(&[
+        "quota", "set", &b4, "20kB", "--period", "daily", "--name", "peer", "--warn", "50",
+    ])?;
+    // 7 datagrams the rule drops; 10 the quota delivers (52% of it).
+    let through = Flow::udp(b, a).port(9443).sizes(&[200; 7]).delivered()?;
+    assert_eq!(through.len(), 0, "the rule drops them all");
+    Flow::udp(b, a).port(9444).sizes(&[1000; 10]).send()?;
+    let used = 10 * frame_len(a.ipv4, 1000);
+
+    // The alert comes with the poll after the traffic.
+    let mut snapshot = once_json(&a.iface, dir.path())?;
+    for _ in 0..30 {
+        if snapshot["alerts"].as_array().is_some_and(|a| !a.is_empty()) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        snapshot = once_json(&a.iface, dir.path())?;
+    }
+    let rules = snapshot["rules"].as_array().context("rules")?;
+    assert_eq!(rules.len(), 1, "{rules:?}");
+    let rule = &rules[0];
+    assert_eq!(
+        (
+            &rule["ingress"]["frames"],
+            &rule["ingress"]["bytes"],
+            &rule["egress"]["frames"]
+        ),
+        (
+            &Value::from(7),
+            &Value::from(7 * frame_len(a.ipv4, 200)),
+            &Value::from(0)
+        ),
+        "{rule}"
+    );
+    let quota = &snapshot["quotas"][0];
+    assert_eq!(
+        (
+            &quota["name"],
+            &quota["used"],
+            &quota["limit"],
+            &quota["blocked"]
+        ),
+        (
+            &Value::from("peer"),
+            &Value::from(used),
+            &Value::from(20_000),
+            &Value::from(false)
+        ),
+        "{quota}"
+    );
+    let alerts = snapshot["alerts"].as_array().context("alerts")?;
+    let alert: Vec<(&Value, &Value, &Value)> = alerts
+        .iter()
+        .map(|a| (&a["event"], &a["level_percent"], &a["used_bytes"]))
+        .collect();
+    assert_eq!(
+        alert,
+        [(
+            &Value::from("quota_warning"),
+            &Value::from(50),
+            &Value::from(used)
+        )],
+        "{alerts:?}"
+    );
+
+    // The same on the policy view (two Tabs from the conversations).
+    let tmux = Tmux::start(
+        &as_user(&a.iface, dir.path(), &format!("top --iface {}", a.iface))?,
+        140,
+        30,
+    )?;
+    tmux.wait_for("the conversations view", |s| s[0].contains("netmon top"))?;
+    tmux.keys(&["Tab", "Tab"])?;
+    let rule_text = rule["rule"]
+        .as_str()
+        .context("the rule's text")?
+        .to_string();
+    let percent = format!("({:.0}%)", used as f64 * 100.0 / 20_000.0);
+    let warned = format!(
+        "quota 'peer' on {} crossed 50%: {used} of 20000 bytes",
+        a.iface
+    );
+    let screen = tmux.wait_for("the policy view", |s| {
+        s.iter().any(|l| l.contains("recent alerts"))
+    })?;
+    let text = screen.join("\n");
+    let rule_line = screen
+        .iter()
+        .find(|l| l.contains(&rule_text))
+        .context(format!("no line of {rule_text}:\n{text}"))?;
+    assert_eq!(
+        rule_line.split_whitespace().last(),
+        Some("7"),
+        "the rule's hits:\n{text}"
+    );
+    let quota_line = screen
+        .iter()
+        .find(|l| l.contains("peer") && l.contains(" of "))
+        .context(format!("no quota line:\n{text}"))?;
+    assert!(quota_line.contains(&percent), "{percent}:\n{text}");
+    assert!(
+        screen.iter().any(|l| l.contains(&warned)),
+        "{warned}:\n{text}"
+    );
+    Ok(())
+}
+
 /// A DNS response header from `id` with one question and one answer claimed.
 fn response_header(id: u16) -> Vec<u8> {
     vec![
