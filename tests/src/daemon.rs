@@ -84,6 +84,7 @@ impl Netmon {
             args: Vec::new(),
             private_run: false,
             user: None,
+            more_caps: Vec::new(),
             env: Vec::new(),
         }
     }
@@ -188,6 +189,8 @@ pub struct Launch<'h> {
     args: Vec<String>,
     private_run: bool,
     user: Option<(u32, u32)>,
+    /// Capabilities besides the unit's three, for [`Launch::as_user`].
+    more_caps: Vec<&'static str>,
     env: Vec<(String, String)>,
 }
 
@@ -265,6 +268,12 @@ impl Launch<'_> {
         self
     }
 
+    /// With [`Launch::as_user`], also these capabilities (`sys_admin`, …).
+    pub fn with_caps(mut self, caps: &[&'static str]) -> Self {
+        self.more_caps.extend(caps);
+        self
+    }
+
     /// Gives netmon no option but those of [`Launch::args`]: no interface, no
     /// interval, no --quiet (for options from a configuration file).
     pub fn without_defaults(mut self) -> Self {
@@ -312,7 +321,10 @@ impl Launch<'_> {
         let binary = binary.to_str().context("binary path")?;
         let mut words: Vec<String> = Vec::new();
         if let Some((uid, gid)) = self.user {
-            let caps = "-all,+bpf,+net_admin,+perfmon";
+            let mut caps = "-all,+bpf,+net_admin,+perfmon".to_string();
+            for cap in &self.more_caps {
+                caps.push_str(&format!(",+{cap}"));
+            }
             words.extend([
                 "setpriv".into(),
                 format!("--reuid={uid}"),
@@ -332,8 +344,10 @@ impl Launch<'_> {
                     "mkdir -p /run/netmon && mount -t tmpfs -o mode=0700 netmon-test /run/netmon \
                      && chown \"$0\" /run/netmon && exec \"$@\"",
                 )
-                .arg(owner.to_string())
-                .args(["ip", "netns", "exec", &self.host.netns]);
+                .arg(owner.to_string());
+            if !self.from_host {
+                c.args(["ip", "netns", "exec", &self.host.netns]);
+            }
             c.args(&words);
             c
         } else {
@@ -379,6 +393,8 @@ impl Launch<'_> {
                 }
             });
         }
+        // Only the readers send: a netmon that exits ends the wait at once.
+        drop(tx);
         let mut netmon = Netmon {
             child: Some(child),
             lines: rx,

@@ -14,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{ensure, Context as _, Result};
+use anyhow::{bail, ensure, Context as _, Result};
 use netmon::{accounting::Ledger, logs::state};
 use netmon_common::Counter;
 use netmon_tests::{
@@ -444,6 +444,59 @@ fn silent_and_endless_clients_delay_neither_other_clients_nor_the_poll() -> Resu
 
 // ---------------------------------------------------------------------------
 // netmon as an unprivileged user
+
+/// The unit's drop-in for `--netns` (docs/service.md) adds CAP_SYS_ADMIN,
+/// which entering another network namespace takes: with it, netmon as an
+/// unprivileged user watches an interface there exactly; without it, the
+/// start is refused in one line naming the capability and the drop-in.
+#[test]
+fn another_namespace_is_watched_as_the_user_with_cap_sys_admin_and_refused_without() -> Result<()> {
+    const NETMON_UID: u32 = 64901;
+    let net = TestNet::create()?;
+    let dir = tempfile::tempdir()?;
+    let bpffs = TempMount::bpffs()?;
+    for owned in [dir.path(), bpffs.path()] {
+        std::os::unix::fs::chown(owned, Some(NETMON_UID), Some(NETMON_UID))?;
+    }
+    let launch = || {
+        Netmon::on(&net.a)
+            .from_host()
+            .logs_in(dir.path())
+            .bpffs(bpffs.path())
+            .as_user(NETMON_UID, NETMON_UID)
+            .args(&["--socket-group", &NETMON_UID.to_string()])
+    };
+    let refused = match launch().start() {
+        Ok(_) => bail!("netmon entered another namespace without CAP_SYS_ADMIN"),
+        Err(e) => e.to_string(),
+    };
+    let expected = format!(
+        "netmon: error: cannot enter network namespace /run/netns/{} (Operation not permitted \
+         (os error 1)); --netns takes CAP_SYS_ADMIN: run netmon as root, or give the service \
+         docs/service.md's drop-in for namespaces",
+        net.a.netns
+    );
+    assert!(
+        refused.ends_with(&format!("it printed [{expected:?}]")),
+        "exactly that line: {refused}"
+    );
+
+    let daemon = launch().with_caps(&["sys_admin"]).start()?;
+    let sizes = [500, 600, 700, 800];
+    Flow::udp(&net.b, &net.a).port(9110).sizes(&sizes).send()?;
+    std::thread::sleep(Duration::from_millis(1500));
+    daemon.stop()?;
+    let totals = exact_totals(&dir.path().join("network_log.state.json"))?;
+    let dst = IpAddr::V4(net.a.ipv4);
+    assert_eq!(
+        totals.get(&(IpAddr::V4(net.b.ipv4), dst)),
+        Some(Counter {
+            frames: 4,
+            bytes: sizes.iter().map(|s| frame_len(dst, *s)).sum()
+        })
+    );
+    Ok(())
+}
 
 #[test]
 fn netmon_runs_as_an_unprivileged_user_with_only_its_three_capabilities() -> Result<()> {

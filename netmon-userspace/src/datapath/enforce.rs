@@ -262,13 +262,13 @@ pub fn clear_rule_counters(ebpf: &mut Ebpf, id: u32) -> Result<(), DatapathError
         PerCpuArray::try_from(map_mut(ebpf, RULE_STATS_MAP)?).map_err(map_error(RULE_STATS_MAP))?;
     let cpus = nr_cpus().map_err(|(_, source)| DatapathError::Syscall {
         call: "counting CPUs",
-        source,
+        cause: source,
     })?;
     for direction in Direction::ALL {
         let zero = PerCpuValues::try_from(vec![Counter::default(); cpus]).map_err(|source| {
             DatapathError::Syscall {
                 call: "sizing the rule counters per CPU",
-                source,
+                cause: source,
             }
         })?;
         stats

@@ -43,7 +43,7 @@ pub enum DatapathError {
     },
     /// A network namespace cannot be opened.
     #[error(
-        "cannot open network namespace {} ({source}); name one that `ip netns list` shows, or \
+        "cannot open network namespace {} ({cause}); name one that `ip netns list` shows, or \
          give a path such as /proc/PID/ns/net",
         path.display()
     )]
@@ -51,22 +51,26 @@ pub enum DatapathError {
         /// `/run/netns/NAME` or the path given.
         path: PathBuf,
         /// The OS error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// A thread cannot join a network namespace.
-    #[error("cannot enter network namespace {} ({source}); run netmon as root", path.display())]
+    #[error(
+        "cannot enter network namespace {} ({cause}); --netns takes CAP_SYS_ADMIN: run netmon \
+         as root, or give the service docs/service.md's drop-in for namespaces",
+        path.display()
+    )]
     NetnsEnter {
         /// The namespace's path.
         path: PathBuf,
         /// The OS error of setns.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The calling thread's network namespace has no readable identity.
     #[error("cannot identify this network namespace ({0}); netmon needs /proc mounted")]
     NetnsId(std::io::Error),
     /// bpffs is not mounted where the pins go, and mounting it failed.
     #[error(
-        "bpffs is not mounted at {} and mounting it failed ({source}); mount it with `mount -t \
+        "bpffs is not mounted at {} and mounting it failed ({cause}); mount it with `mount -t \
          bpf bpf {}` or point --bpffs at a mounted bpffs",
         path.display(),
         path.display()
@@ -75,7 +79,7 @@ pub enum DatapathError {
         /// Where netmon wanted bpffs.
         path: PathBuf,
         /// Why creating the mount point or mounting failed.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// A map could not be pinned.
     #[error("pinning the {what} at {}: {cause}", path.display())]
@@ -128,22 +132,22 @@ pub enum DatapathError {
     #[error("getrandom failed ({0}); cannot name new maps")]
     Random(std::io::Error),
     /// A system call on netmon's maps or pins failed.
-    #[error("{call}: {source}")]
+    #[error("{call}: {cause}")]
     Syscall {
         /// What netmon was doing, in words (`reading the slot keys`).
         call: &'static str,
         /// The OS error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// A file of the pin directory could not be created or removed.
-    #[error("{action} {}: {source}", path.display())]
+    #[error("{action} {}: {cause}", path.display())]
     PinFile {
         /// `creating`, `removing`.
         action: &'static str,
         /// The file or directory.
         path: std::path::PathBuf,
         /// The OS error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// No free slot was left in the pair table.
     #[error("the pair table is full")]

@@ -83,7 +83,7 @@ pub fn watch<T: Clone + Send + 'static>(
         })
         .map_err(|source| DatapathError::Syscall {
             call: "starting the thread that hears interfaces appear",
-            source,
+            cause: source,
         })?;
     listening.recv().unwrap_or(Err(WatchError::Stopped))
 }
@@ -91,7 +91,12 @@ pub fn watch<T: Clone + Send + 'static>(
 /// A NETLINK_ROUTE socket in the calling thread's namespace, member of the
 /// link group.
 fn subscribe() -> Result<Socket, DatapathError> {
-    let failed = |call| move |source| DatapathError::Syscall { call, source };
+    let failed = |call| {
+        move |source| DatapathError::Syscall {
+            call,
+            cause: source,
+        }
+    };
     let mut socket = Socket::new(NETLINK_ROUTE).map_err(failed("opening a netlink socket"))?;
     socket
         .bind(&SocketAddr::new(0, libc::RTMGRP_LINK as u32))

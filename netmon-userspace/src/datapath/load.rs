@@ -183,7 +183,7 @@ fn cpu_lanes() -> Result<&'static u32, DatapathError> {
     }
     let cpus = aya::util::nr_cpus().map_err(|(_, source)| DatapathError::Syscall {
         call: "counting CPUs",
-        source,
+        cause: source,
     })?;
     Ok(LANES.get_or_init(|| cpus as u32))
 }

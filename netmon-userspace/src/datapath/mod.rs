@@ -231,7 +231,7 @@ impl Datapath {
             self.pins.remove().map_err(|e| DatapathError::PinFile {
                 action: "removing",
                 path: self.pins.path().to_path_buf(),
-                source: e,
+                cause: e,
             })?;
         }
         // Closing our descriptors detaches whatever is no longer pinned.

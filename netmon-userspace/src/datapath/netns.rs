@@ -40,7 +40,7 @@ impl Netns {
         let path = path_of(spec);
         let unopenable = |source| DatapathError::NetnsOpen {
             path: path.clone(),
-            source,
+            cause: source,
         };
         let file = File::open(&path).map_err(unopenable)?;
         let inode = file.metadata().map_err(unopenable)?.ino();
@@ -57,7 +57,7 @@ impl Netns {
             if fd < 0 {
                 return Err(DatapathError::Syscall {
                     call: "opening a socket in the network namespace",
-                    source: std::io::Error::last_os_error(),
+                    cause: std::io::Error::last_os_error(),
                 });
             }
             // SAFETY: `fd` is a new descriptor that we own.
@@ -96,7 +96,7 @@ impl Netns {
         if unsafe { libc::setns(self.file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
             return Err(DatapathError::NetnsEnter {
                 path: self.path.clone(),
-                source: std::io::Error::last_os_error(),
+                cause: std::io::Error::last_os_error(),
             });
         }
         Ok(())

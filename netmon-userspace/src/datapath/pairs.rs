@@ -554,6 +554,6 @@ fn wait_for_running_programs() {
 fn failed(doing: &'static str) -> impl Fn(std::io::Error) -> DatapathError {
     move |source| DatapathError::Syscall {
         call: doing,
-        source,
+        cause: source,
     }
 }

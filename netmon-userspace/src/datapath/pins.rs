@@ -95,7 +95,7 @@ impl PinDir {
         let io = |source: std::io::Error| DatapathError::PinFile {
             action: "creating",
             path: dir.clone(),
-            source,
+            cause: source,
         };
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -131,7 +131,7 @@ impl PinDir {
         std::fs::remove_file(&path).map_err(|source| DatapathError::PinFile {
             action: "removing",
             path: path.clone(),
-            source,
+            cause: source,
         })
     }
 
@@ -157,7 +157,7 @@ impl PinDir {
             .map_err(|source| DatapathError::PinFile {
                 action: "creating",
                 path: path.clone(),
-                source,
+                cause: source,
             })
     }
 
@@ -214,7 +214,7 @@ impl PinDir {
             std::fs::remove_file(&own).map_err(|source| DatapathError::PinFile {
                 action: "removing",
                 path: own.clone(),
-                source,
+                cause: source,
             })?;
         }
         data.pin(&own).map_err(|cause| DatapathError::Pin {
@@ -289,7 +289,7 @@ fn ensure_bpffs(path: &Path) -> Result<(), DatapathError> {
     }
     let fail = |source| DatapathError::NoBpffs {
         path: path.to_path_buf(),
-        source,
+        cause: source,
     };
     std::fs::create_dir_all(path).map_err(fail)?;
     let target = CString::new(path.as_os_str().as_bytes())

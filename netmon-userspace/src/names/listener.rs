@@ -145,7 +145,7 @@ impl Listener {
         let mut ring =
             unsafe { AsyncFd::register(ring) }.map_err(|source| DatapathError::Syscall {
                 call: "waiting on the DNS answer ring",
-                source: source.into(),
+                cause: source.into(),
             })?;
         let learning = Arc::new(Mutex::new(Learning::default()));
         let shared = learning.clone();
