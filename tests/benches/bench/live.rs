@@ -17,7 +17,7 @@ use netmon_tests::{daemon::binary, mounts::TempMount, Netmon, TestNet};
 
 use crate::{
     report::{Row, Target},
-    workload::{median, test_run_ns, udp_frame},
+    workload::{median, test_run_ns, udp_frame, verdict},
     Scale,
 };
 
@@ -52,8 +52,15 @@ fn dns_check(scale: Scale) -> Vec<Row> {
         ("TC", EGRESS_PROGRAM, EGRESS_WITHOUT_DNS),
     ] {
         let run = |ebpf: &mut aya::Ebpf, name: &str| match hook {
-            "XDP" => test_run_ns::<Xdp>(ebpf, name, &frame, 10_000, repeat),
-            _ => test_run_ns::<SchedClassifier>(ebpf, name, &frame, 10_000, repeat),
+            "XDP" => test_run_ns::<Xdp>(ebpf, name, &frame, 10_000, repeat, verdict::XDP_PASS),
+            _ => test_run_ns::<SchedClassifier>(
+                ebpf,
+                name,
+                &frame,
+                10_000,
+                repeat,
+                verdict::TC_UNSPEC,
+            ),
         };
         // Interleaved, so that both see the same machine.
         let (mut a, mut b, mut diff) = (Vec::new(), Vec::new(), Vec::new());

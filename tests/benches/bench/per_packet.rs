@@ -18,8 +18,8 @@ use crate::{
     report::{Row, Target},
     workload::{
         load_blocklist, load_shipped, load_with_bench_programs, median, random_prefixes,
-        test_run_ns, udp_frame, BASELINE_TC, BASELINE_XDP, BENCH_FLOWS_TC, BENCH_FLOWS_XDP,
-        MINIMAL_FLOWS_TC, MINIMAL_FLOWS_XDP, MINIMAL_TC, MINIMAL_XDP,
+        test_run_ns, udp_frame, verdict, BASELINE_TC, BASELINE_XDP, BENCH_FLOWS_TC,
+        BENCH_FLOWS_XDP, MINIMAL_FLOWS_TC, MINIMAL_FLOWS_XDP, MINIMAL_TC, MINIMAL_XDP,
     },
     Scale,
 };
@@ -41,13 +41,40 @@ pub fn run(scale: Scale) -> Vec<Row> {
     // each flow's source.
     let mut walk = udp_frame(Ipv4Addr::from(source_of(0)), Ipv4Addr::new(10, 200, 0, 2));
     walk[INDEX_OFFSET..INDEX_OFFSET + 4].copy_from_slice(&0u32.to_le_bytes());
-    let xdp_empty = test_run_ns::<Xdp>(&mut empty, BASELINE_XDP, &warm, 10_000, repeat);
-    let tc_empty = test_run_ns::<SchedClassifier>(&mut empty, BASELINE_TC, &warm, 10_000, repeat);
+    let xdp_empty = test_run_ns::<Xdp>(
+        &mut empty,
+        BASELINE_XDP,
+        &warm,
+        10_000,
+        repeat,
+        verdict::XDP_PASS,
+    );
+    let tc_empty = test_run_ns::<SchedClassifier>(
+        &mut empty,
+        BASELINE_TC,
+        &warm,
+        10_000,
+        repeat,
+        verdict::TC_OK,
+    );
     let empty_xdp = |row: Row| row.against("empty XDP_PASS program", xdp_empty);
     let empty_tc = |row: Row| row.against("empty TC_ACT_OK program", tc_empty);
-    let minimal_warm_xdp = test_run_ns::<Xdp>(&mut empty, MINIMAL_XDP, &warm, 10_000, repeat);
-    let minimal_warm_tc =
-        test_run_ns::<SchedClassifier>(&mut empty, MINIMAL_TC, &warm, 10_000, repeat);
+    let minimal_warm_xdp = test_run_ns::<Xdp>(
+        &mut empty,
+        MINIMAL_XDP,
+        &warm,
+        10_000,
+        repeat,
+        verdict::XDP_PASS,
+    );
+    let minimal_warm_tc = test_run_ns::<SchedClassifier>(
+        &mut empty,
+        MINIMAL_TC,
+        &warm,
+        10_000,
+        repeat,
+        verdict::TC_OK,
+    );
     // netmon's cost over the empty program against the minimal counter's.
     let added_xdp = |case: &str, netmon: f64, minimal: f64, limit: f64| {
         added_cost("XDP", case, netmon - xdp_empty, minimal - xdp_empty, limit)
@@ -79,8 +106,22 @@ pub fn run(scale: Scale) -> Vec<Row> {
             .cloned()
             .collect();
         load_blocklist(&mut ebpf, &mut enforcement, &cidrs);
-        let xdp = test_run_ns::<Xdp>(&mut ebpf, INGRESS_PROGRAM, &warm, 10_000, repeat);
-        let tc = test_run_ns::<SchedClassifier>(&mut ebpf, EGRESS_PROGRAM, &warm, 10_000, repeat);
+        let xdp = test_run_ns::<Xdp>(
+            &mut ebpf,
+            INGRESS_PROGRAM,
+            &warm,
+            10_000,
+            repeat,
+            verdict::XDP_PASS,
+        );
+        let tc = test_run_ns::<SchedClassifier>(
+            &mut ebpf,
+            EGRESS_PROGRAM,
+            &warm,
+            10_000,
+            repeat,
+            verdict::TC_UNSPEC,
+        );
         rows.push(empty_xdp(Row::new(
             format!("XDP per packet, one warm flow, {prefixes} blocked prefixes"),
             xdp,
@@ -118,10 +159,25 @@ pub fn run(scale: Scale) -> Vec<Row> {
         let median_of_3 = |run: &dyn Fn(&mut aya::Ebpf) -> f64| {
             median((0..3).map(|_| run(&mut fresh(&cidrs))).collect())
         };
-        let xdp =
-            median_of_3(&|ebpf| test_run_ns::<Xdp>(ebpf, BENCH_FLOWS_XDP, &walk, warm_up, repeat));
+        let xdp = median_of_3(&|ebpf| {
+            test_run_ns::<Xdp>(
+                ebpf,
+                BENCH_FLOWS_XDP,
+                &walk,
+                warm_up,
+                repeat,
+                verdict::XDP_PASS,
+            )
+        });
         let tc = median_of_3(&|ebpf| {
-            test_run_ns::<SchedClassifier>(ebpf, BENCH_FLOWS_TC, &walk, warm_up, repeat)
+            test_run_ns::<SchedClassifier>(
+                ebpf,
+                BENCH_FLOWS_TC,
+                &walk,
+                warm_up,
+                repeat,
+                verdict::TC_UNSPEC,
+            )
         });
         rows.push(empty_xdp(Row::new(
             format!("XDP per packet, {FLOWS} flows in turn, {prefixes} blocked prefixes (median of 3 tables)"),
@@ -137,10 +193,24 @@ pub fn run(scale: Scale) -> Vec<Row> {
             // The minimal counter has no policy: the prefixes do not change its cost.
             minimal_flows = Some((
                 median_of_3(&|ebpf| {
-                    test_run_ns::<Xdp>(ebpf, MINIMAL_FLOWS_XDP, &walk, warm_up, repeat)
+                    test_run_ns::<Xdp>(
+                        ebpf,
+                        MINIMAL_FLOWS_XDP,
+                        &walk,
+                        warm_up,
+                        repeat,
+                        verdict::XDP_PASS,
+                    )
                 }),
                 median_of_3(&|ebpf| {
-                    test_run_ns::<SchedClassifier>(ebpf, MINIMAL_FLOWS_TC, &walk, warm_up, repeat)
+                    test_run_ns::<SchedClassifier>(
+                        ebpf,
+                        MINIMAL_FLOWS_TC,
+                        &walk,
+                        warm_up,
+                        repeat,
+                        verdict::TC_OK,
+                    )
                 }),
             ));
         }
@@ -169,9 +239,22 @@ pub fn run(scale: Scale) -> Vec<Row> {
     // a spoofed-source flood): each packet misses the slot cache and the
     // index, finds no free slot and is counted as `table_full`.
     let mut full = load_with_bench_programs(FULL_TABLE);
-    let xdp = test_run_ns::<Xdp>(&mut full, BENCH_FLOWS_XDP, &walk, 2 * FULL_TABLE, repeat);
-    let tc =
-        test_run_ns::<SchedClassifier>(&mut full, BENCH_FLOWS_TC, &walk, 2 * FULL_TABLE, repeat);
+    let xdp = test_run_ns::<Xdp>(
+        &mut full,
+        BENCH_FLOWS_XDP,
+        &walk,
+        2 * FULL_TABLE,
+        repeat,
+        verdict::XDP_PASS,
+    );
+    let tc = test_run_ns::<SchedClassifier>(
+        &mut full,
+        BENCH_FLOWS_TC,
+        &walk,
+        2 * FULL_TABLE,
+        repeat,
+        verdict::TC_UNSPEC,
+    );
     rows.push(empty_xdp(Row::new(
         format!("XDP per packet, pair table of {FULL_TABLE} full, {FLOWS} flows in turn"),
         xdp,
@@ -189,8 +272,22 @@ pub fn run(scale: Scale) -> Vec<Row> {
         unreachable!()
     };
     let drop = udp_frame(Ipv4Addr::new(10, 200, 0, 1), blocked);
-    let xdp = test_run_ns::<Xdp>(&mut ebpf, INGRESS_PROGRAM, &drop, 10_000, repeat);
-    let tc = test_run_ns::<SchedClassifier>(&mut ebpf, EGRESS_PROGRAM, &drop, 10_000, repeat);
+    let xdp = test_run_ns::<Xdp>(
+        &mut ebpf,
+        INGRESS_PROGRAM,
+        &drop,
+        10_000,
+        repeat,
+        verdict::XDP_DROP,
+    );
+    let tc = test_run_ns::<SchedClassifier>(
+        &mut ebpf,
+        EGRESS_PROGRAM,
+        &drop,
+        10_000,
+        repeat,
+        verdict::TC_SHOT,
+    );
     rows.push(empty_xdp(Row::new(
         "XDP per dropped packet, destination in one of 10000 blocked prefixes",
         xdp,
@@ -202,9 +299,22 @@ pub fn run(scale: Scale) -> Vec<Row> {
         "ns",
     )));
     // Dropping costs no more than counting would: against the minimal counter counting it.
-    let minimal_drop_xdp = test_run_ns::<Xdp>(&mut empty, MINIMAL_XDP, &drop, 10_000, repeat);
-    let minimal_drop_tc =
-        test_run_ns::<SchedClassifier>(&mut empty, MINIMAL_TC, &drop, 10_000, repeat);
+    let minimal_drop_xdp = test_run_ns::<Xdp>(
+        &mut empty,
+        MINIMAL_XDP,
+        &drop,
+        10_000,
+        repeat,
+        verdict::XDP_PASS,
+    );
+    let minimal_drop_tc = test_run_ns::<SchedClassifier>(
+        &mut empty,
+        MINIMAL_TC,
+        &drop,
+        10_000,
+        repeat,
+        verdict::TC_OK,
+    );
     let case = "dropped packet, 10000 blocked prefixes";
     rows.push(added_xdp(case, xdp, minimal_drop_xdp, 1.3));
     rows.push(added_tc(case, tc, minimal_drop_tc, 1.3));

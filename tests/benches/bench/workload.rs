@@ -31,8 +31,12 @@ pub fn random_prefixes(count: usize) -> Vec<Cidr> {
     set.into_iter().collect()
 }
 
-/// The policy "block every one of `cidrs`", compiled.
+/// The policy "block every one of `cidrs`", compiled; no rule at all for
+/// none (a block rule that names no prefix would match every frame).
 pub fn blocklist(cidrs: &[Cidr]) -> Tables {
+    if cidrs.is_empty() {
+        return compile(&[]).unwrap();
+    }
     let matcher = Match {
         cidrs: cidrs.to_vec(),
         ..Default::default()
@@ -88,13 +92,31 @@ pub fn load_blocklist(ebpf: &mut Ebpf, enforcement: &mut Enforcement, cidrs: &[C
     enforcement.apply(ebpf, &blocklist(cidrs)).unwrap();
 }
 
-/// Average ns per run of `program` on `frame`: `warm_up` runs, then `repeat` timed ones.
+/// What the programs return, as `BPF_PROG_TEST_RUN` reports it: checked on
+/// every run, so that a wrong setup cannot time another path than the row
+/// names (a pass timed as a drop, a walk that never counts).
+pub mod verdict {
+    /// `XDP_PASS`.
+    pub const XDP_PASS: u32 = 2;
+    /// `XDP_DROP`.
+    pub const XDP_DROP: u32 = 1;
+    /// `TC_ACT_OK`: the reference programs' pass.
+    pub const TC_OK: u32 = 0;
+    /// `TC_ACT_UNSPEC` (-1): netmon's pass at TC, the next filter's say.
+    pub const TC_UNSPEC: u32 = u32::MAX;
+    /// `TC_ACT_SHOT`.
+    pub const TC_SHOT: u32 = 2;
+}
+
+/// Average ns per run of `program` on `frame`: `warm_up` runs, then `repeat`
+/// timed ones; each must return `expect` (see [`verdict`]).
 pub fn test_run_ns<P>(
     ebpf: &mut Ebpf,
     program: &str,
     frame: &[u8],
     warm_up: u32,
     repeat: u32,
+    expect: u32,
 ) -> f64
 where
     for<'a> &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
@@ -106,8 +128,18 @@ where
         repeat,
         ..TestRunOptions::new()
     };
-    prog.test_run(opts(warm_up)).unwrap();
-    prog.test_run(opts(repeat)).unwrap().duration.as_nanos() as f64
+    let checked = |result: aya::programs::TestRunResult| {
+        assert_eq!(
+            result.return_value, expect,
+            "{program} returned {} on the bench frame, not {expect}: the bench's setup is wrong",
+            result.return_value
+        );
+        result
+    };
+    checked(prog.test_run(opts(warm_up)).unwrap());
+    checked(prog.test_run(opts(repeat)).unwrap())
+        .duration
+        .as_nanos() as f64
 }
 
 /// UDP port [`send_udp`] sends to.
