@@ -354,7 +354,7 @@ fn unreadable_inputs_are_refused_in_one_line() -> Result<()> {
         use pcap_file::{
             pcapng::blocks::{
                 enhanced_packet::EnhancedPacketBlock,
-                interface_description::InterfaceDescriptionBlock,
+                interface_description::{InterfaceDescriptionBlock, InterfaceDescriptionOption},
             },
             DataLink,
         };
@@ -370,7 +370,8 @@ fn unreadable_inputs_are_refused_in_one_line() -> Result<()> {
             writer.write_pcapng_block(InterfaceDescriptionBlock {
                 linktype,
                 snaplen: 0,
-                options: vec![],
+                // pcap-file writes times in nanoseconds.
+                options: vec![InterfaceDescriptionOption::IfTsResol(9)],
             })?;
             for second in 0..3u64 {
                 writer.write_pcapng_block(EnhancedPacketBlock {
@@ -544,5 +545,87 @@ fn thousands_of_pairs_over_many_intervals_give_tsharks_pairs() -> Result<()> {
     assert_eq!(netmon, generated);
     assert_eq!(netmon.values().map(|(f, _)| f).sum::<u64>(), frames as u64);
     assert_eq!(netmon, tshark_pairs(&pcap)?);
+    Ok(())
+}
+
+/// Simple Packet Blocks carry no time: each counts in the interval of the
+/// packet before it (whose time it takes), with tshark's pairs.
+#[test]
+fn simple_packet_blocks_count_at_the_time_of_the_packet_before() -> Result<()> {
+    use pcap_file::{
+        pcapng::blocks::{
+            enhanced_packet::EnhancedPacketBlock,
+            interface_description::{InterfaceDescriptionBlock, InterfaceDescriptionOption},
+            simple_packet::SimplePacketBlock,
+        },
+        DataLink,
+    };
+    let dir = tempfile::tempdir()?;
+    let pcapng = dir.path().join("simple.pcapng");
+    let frame = netmon_tests::frames::udp4(
+        std::net::Ipv4Addr::new(10, 200, 0, 1),
+        std::net::Ipv4Addr::new(10, 200, 0, 2),
+        4000,
+        4001,
+        100,
+    );
+    {
+        let mut writer = pcap_file::pcapng::PcapNgWriter::new(std::fs::File::create(&pcapng)?)?;
+        writer.write_pcapng_block(InterfaceDescriptionBlock {
+            linktype: DataLink::ETHERNET,
+            snaplen: 0,
+            // pcap-file writes times in nanoseconds.
+            options: vec![InterfaceDescriptionOption::IfTsResol(9)],
+        })?;
+        for second in [0u64, 5] {
+            writer.write_pcapng_block(EnhancedPacketBlock {
+                interface_id: 0,
+                timestamp: std::time::Duration::from_secs(1_700_000_000 + second),
+                original_len: frame.len() as u32,
+                data: frame.as_slice().into(),
+                options: vec![],
+            })?;
+            for _ in 0..2 {
+                writer.write_pcapng_block(SimplePacketBlock {
+                    original_len: frame.len() as u32,
+                    data: frame.as_slice().into(),
+                })?;
+            }
+        }
+    }
+    let (out, detail) = analyze(dir.path(), &[&pcapng], None)?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let frames_at: Vec<(String, u64)> = std::fs::read_to_string(&detail)?
+        .lines()
+        .map(|line| -> Result<(String, u64)> {
+            let record: Value = serde_json::from_str(line)?;
+            let frames = record["pairs"]
+                .as_array()
+                .context("pairs")?
+                .iter()
+                .map(|p| p["frames"].as_u64().unwrap_or_default())
+                .sum();
+            Ok((
+                record["start"].as_str().context("start")?.to_string(),
+                frames,
+            ))
+        })
+        .collect::<Result<_>>()?;
+    let counted: Vec<(String, u64)> = frames_at.into_iter().filter(|(_, f)| *f > 0).collect();
+    assert_eq!(
+        counted,
+        [
+            ("2023-11-14T22:13:20Z".to_string(), 3),
+            ("2023-11-14T22:13:25Z".to_string(), 3)
+        ]
+    );
+    assert_eq!(
+        netmon_pairs(dir.path(), &[&pcapng], None, None)?,
+        tshark_pairs(&pcapng)?
+    );
     Ok(())
 }

@@ -217,6 +217,8 @@ fn read_records<R: PcapReaderIterator + ?Sized>(
     let mut interfaces: Vec<(Link, u64)> = Vec::new();
     // pcap: link type and ns per tick.
     let mut legacy = (Link::Ethernet, 1);
+    // A Simple Packet Block has no time: it takes the last packet's.
+    let mut last_ns: i128 = 0;
     loop {
         match reader.next() {
             Ok((offset, block)) => {
@@ -252,8 +254,9 @@ fn read_records<R: PcapReaderIterator + ?Sized>(
                         };
                         let ticks = ((epb.ts_high as u64) << 32) | epb.ts_low as u64;
                         summary.frames += 1;
+                        last_ns = ticks as i128 * 1_000_000_000 / units as i128;
                         flow = on_frame(CapturedFrame {
-                            time_ns: ticks as i128 * 1_000_000_000 / units as i128,
+                            time_ns: last_ns,
                             wire_len: epb.origlen,
                             data: &epb.data[..(epb.caplen as usize).min(epb.data.len())],
                             link,
@@ -262,7 +265,7 @@ fn read_records<R: PcapReaderIterator + ?Sized>(
                     PcapBlockOwned::NG(Block::SimplePacket(spb)) => {
                         summary.frames += 1;
                         flow = on_frame(CapturedFrame {
-                            time_ns: 0,
+                            time_ns: last_ns,
                             wire_len: spb.origlen,
                             data: spb.data,
                             link: interfaces.first().map_or(Link::Ethernet, |i| i.0),

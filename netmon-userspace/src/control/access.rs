@@ -1,7 +1,7 @@
 //! Who may use the control socket: members of the socket group read (rules,
 //! quotas), root, the daemon's own user and members of the admin group also
 //! change the policy. The daemon decides from the peer's credentials as the
-//! kernel gives them (`SO_PEERCRED`, and the groups of the peer's process),
+//! kernel recorded them at connect (`SO_PEERCRED`, `SO_PEERGROUPS`),
 //! never from what the client says.
 
 use nix::unistd::{Gid, Group};
@@ -128,20 +128,17 @@ pub struct Peer {
 }
 
 impl Peer {
-    /// The credentials of the process at the other end of `stream`: user and
-    /// primary group from `SO_PEERCRED`, supplementary groups from its
-    /// `/proc/PID/status` (none when it is gone).
+    /// The credentials of the process at the other end of `stream`, as the
+    /// kernel took them when it connected: user and primary group from
+    /// `SO_PEERCRED`, supplementary groups from `SO_PEERGROUPS` (not from
+    /// its `/proc/PID`, whose pid may be another process's by then).
     pub fn of(stream: &tokio::net::UnixStream) -> std::io::Result<Peer> {
+        use std::os::fd::AsRawFd;
         let cred = stream.peer_cred()?;
-        let groups = cred
-            .pid()
-            .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
-            .map(|status| groups_in(&status))
-            .unwrap_or_default();
         Ok(Peer {
             uid: cred.uid(),
             gid: cred.gid(),
-            groups,
+            groups: peer_groups(stream.as_raw_fd())?,
         })
     }
 
@@ -150,17 +147,33 @@ impl Peer {
     }
 }
 
-/// The `Groups:` line of a `/proc/PID/status`.
-fn groups_in(status: &str) -> Vec<u32> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Groups:"))
-        .map(|list| {
-            list.split_whitespace()
-                .filter_map(|g| g.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
+/// The supplementary groups of the peer of socket `fd` (`SO_PEERGROUPS`,
+/// Linux 4.13), asking again with room for all when they did not fit.
+fn peer_groups(fd: std::os::fd::RawFd) -> std::io::Result<Vec<u32>> {
+    let mut groups = vec![0u32; 32];
+    loop {
+        let mut len = (groups.len() * size_of::<u32>()) as libc::socklen_t;
+        // SAFETY: the buffer holds `len` bytes, and the kernel writes at most that.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        let needed = len as usize / size_of::<u32>();
+        if rc == 0 {
+            groups.truncate(needed);
+            return Ok(groups);
+        }
+        let error = std::io::Error::last_os_error();
+        if error.raw_os_error() != Some(libc::ERANGE) || needed <= groups.len() {
+            return Err(error);
+        }
+        groups.resize(needed, 0);
+    }
 }
 
 #[cfg(test)]
@@ -203,11 +216,16 @@ mod tests {
     }
 
     #[test]
-    fn supplementary_groups_come_from_the_status_line() {
-        assert_eq!(
-            groups_in("Name:\tx\nGroups:\t4 24 5001 \nNSpid:\t1\n"),
-            vec![4, 24, 5001]
-        );
-        assert_eq!(groups_in("Groups:\n"), Vec::<u32>::new());
+    fn supplementary_groups_are_the_kernels_record_of_the_peer() {
+        let (ours, _theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let mut own: Vec<u32> = nix::unistd::getgroups()
+            .unwrap()
+            .iter()
+            .map(|g| g.as_raw())
+            .collect();
+        let mut peer = peer_groups(std::os::fd::AsRawFd::as_raw_fd(&ours)).unwrap();
+        own.sort_unstable();
+        peer.sort_unstable();
+        assert_eq!(peer, own);
     }
 }

@@ -682,12 +682,14 @@ fn first_writes(
         files.move_aside()?;
         crate::history::Store::move_aside(db)?;
     }
+    // The store continues from the files the first time, and is the record
+    // after: opened first, so that a store that cannot be opened leaves
+    // every file as it was.
+    let mut history = crate::history::Store::open(db, config.tz.clone(), Default::default())?;
+    let mut saved = history.continue_from(labels, saved, detail)?;
     // The rules go to their own file from here on (state files of earlier
     // versions held them).
     files.save_rules(&enforcer.persisted_rules())?;
-    // The store continues from the files the first time, and is the record after.
-    let mut history = crate::history::Store::open(db, config.tz.clone(), Default::default())?;
-    let mut saved = history.continue_from(labels, saved, detail)?;
     enforcer.restore_usage(saved.policy.quotas.clone());
     saved.policy.runtime = Default::default();
     saved.policy.ids = Default::default();

@@ -88,13 +88,36 @@ impl Store {
             | OpenFlags::SQLITE_OPEN_NOFOLLOW
             | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(path, flags).map_err(|e| sqlite(path, e))?;
-        let store = Store {
+        let mut store = Store {
             conn,
             path: path.to_path_buf(),
             tz,
             limits,
         };
         store.check_schema()?;
+        // Days and months already cut in one zone stay cut there: a new
+        // --timezone (or system zone) would relabel them.
+        if let Some(kept) = store.meta("timezone")? {
+            let asked = store.tz.iana_name().unwrap_or("UTC");
+            if kept != asked {
+                match TimeZone::get(&kept) {
+                    Ok(zone) => {
+                        log::warn!(
+                            "{} cuts days and months in {kept}, and keeps doing so; the time \
+                             zone {asked} applies to a new database (--reset-state moves this \
+                             one aside)",
+                            path.display()
+                        );
+                        store.tz = zone;
+                    }
+                    Err(e) => log::warn!(
+                        "{} names the time zone {kept}, which this machine lacks ({e}); days \
+                         and months from here on start in {asked}",
+                        path.display()
+                    ),
+                }
+            }
+        }
         let tz_name = store.tz.iana_name().unwrap_or("UTC").to_string();
         store
             .conn

@@ -921,3 +921,18 @@ fn a_chart_draws_the_daily_rows_as_bars_in_a_picture_of_the_stated_size() {
         "the month is named under its bars: {text:.300}"
     );
 }
+
+#[test]
+fn a_database_keeps_the_time_zone_its_days_were_cut_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("h.db");
+    let berlin = TimeZone::get("Europe/Berlin").unwrap();
+    drop(Store::open(&db, berlin.clone(), Limits::default()).unwrap());
+    let reopened = Store::open(&db, TimeZone::UTC, Limits::default()).unwrap();
+    assert_eq!(reopened.time_zone().iana_name(), Some("Europe/Berlin"));
+    drop(reopened);
+    assert_eq!(
+        Store::open_read(&db).unwrap().time_zone().iana_name(),
+        Some("Europe/Berlin")
+    );
+}

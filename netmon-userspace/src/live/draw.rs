@@ -184,10 +184,15 @@ fn conversations(screen: &Screen, view: &View, area: Rect) -> Vec<Line<'static>>
                 "{local:<host$} <= {remote:<host$} {proto:<6}{}",
                 figures(Some(0))
             ))),
-            LineMode::Total => lines.push(Line::from(format!(
-                "{local:<host$} <=> {remote:<host$}{proto:<6}{}",
-                figures(None)
-            ))),
+            LineMode::Total => {
+                // "<=>" takes one column more than "=>": the other side one less.
+                let narrower = host.saturating_sub(1);
+                let remote = clip(&c.remote, narrower);
+                lines.push(Line::from(format!(
+                    "{local:<host$} <=> {remote:<narrower$} {proto:<6}{}",
+                    figures(None)
+                )))
+            }
         }
     }
     lines
