@@ -12,6 +12,7 @@ use std::{
 };
 
 use anyhow::{ensure, Context as _, Result};
+use pcap_file::DataLink;
 use serde_json::Value;
 
 /// Frames and bytes per ordered (source, destination) address pair.
@@ -350,42 +351,17 @@ fn unreadable_inputs_are_refused_in_one_line() -> Result<()> {
     // Refused half-way: intervals of Ethernet frames, then an interface of
     // a link type netmon does not read.
     let half = dir.path().join("half.pcapng");
-    {
-        use pcap_file::{
-            pcapng::blocks::{
-                enhanced_packet::EnhancedPacketBlock,
-                interface_description::{InterfaceDescriptionBlock, InterfaceDescriptionOption},
-            },
-            DataLink,
-        };
-        let mut writer = pcap_file::pcapng::PcapNgWriter::new(std::fs::File::create(&half)?)?;
-        let frame = netmon_tests::frames::udp4(
-            std::net::Ipv4Addr::new(10, 200, 0, 1),
-            std::net::Ipv4Addr::new(10, 200, 0, 2),
-            4000,
-            4001,
-            100,
-        );
-        for (interface, linktype) in [(0, DataLink::ETHERNET), (1, DataLink::USER0)] {
-            writer.write_pcapng_block(InterfaceDescriptionBlock {
-                linktype,
-                snaplen: 0,
-                // pcap-file writes times in nanoseconds.
-                options: vec![InterfaceDescriptionOption::IfTsResol(9)],
-            })?;
-            for second in 0..3u64 {
-                writer.write_pcapng_block(EnhancedPacketBlock {
-                    interface_id: interface,
-                    timestamp: std::time::Duration::from_secs(
-                        1_700_000_000 + interface as u64 * 3 + second,
-                    ),
-                    original_len: frame.len() as u32,
-                    data: frame.as_slice().into(),
-                    options: vec![],
-                })?;
-            }
-        }
-    }
+    let mut blocks = vec![Block::Interface(DataLink::ETHERNET)];
+    blocks.extend((0..3).map(|second| Block::Packet {
+        interface: 0,
+        second,
+    }));
+    blocks.push(Block::Interface(DataLink::USER0));
+    blocks.extend((3..6).map(|second| Block::Packet {
+        interface: 1,
+        second,
+    }));
+    write_pcapng(&half, &blocks)?;
     refused(&[&half], None, "link type 147")?;
     refused(
         &[Path::new("-")],
@@ -552,47 +528,20 @@ fn thousands_of_pairs_over_many_intervals_give_tsharks_pairs() -> Result<()> {
 /// packet before it (whose time it takes), with tshark's pairs.
 #[test]
 fn simple_packet_blocks_count_at_the_time_of_the_packet_before() -> Result<()> {
-    use pcap_file::{
-        pcapng::blocks::{
-            enhanced_packet::EnhancedPacketBlock,
-            interface_description::{InterfaceDescriptionBlock, InterfaceDescriptionOption},
-            simple_packet::SimplePacketBlock,
-        },
-        DataLink,
-    };
     let dir = tempfile::tempdir()?;
     let pcapng = dir.path().join("simple.pcapng");
-    let frame = netmon_tests::frames::udp4(
-        std::net::Ipv4Addr::new(10, 200, 0, 1),
-        std::net::Ipv4Addr::new(10, 200, 0, 2),
-        4000,
-        4001,
-        100,
-    );
-    {
-        let mut writer = pcap_file::pcapng::PcapNgWriter::new(std::fs::File::create(&pcapng)?)?;
-        writer.write_pcapng_block(InterfaceDescriptionBlock {
-            linktype: DataLink::ETHERNET,
-            snaplen: 0,
-            // pcap-file writes times in nanoseconds.
-            options: vec![InterfaceDescriptionOption::IfTsResol(9)],
-        })?;
-        for second in [0u64, 5] {
-            writer.write_pcapng_block(EnhancedPacketBlock {
-                interface_id: 0,
-                timestamp: std::time::Duration::from_secs(1_700_000_000 + second),
-                original_len: frame.len() as u32,
-                data: frame.as_slice().into(),
-                options: vec![],
-            })?;
-            for _ in 0..2 {
-                writer.write_pcapng_block(SimplePacketBlock {
-                    original_len: frame.len() as u32,
-                    data: frame.as_slice().into(),
-                })?;
-            }
-        }
+    let mut blocks = vec![Block::Interface(DataLink::ETHERNET)];
+    for second in [0, 5] {
+        blocks.extend([
+            Block::Packet {
+                interface: 0,
+                second,
+            },
+            Block::Simple,
+            Block::Simple,
+        ]);
     }
+    write_pcapng(&pcapng, &blocks)?;
     let (out, detail) = analyze(dir.path(), &[&pcapng], None)?;
     ensure!(
         out.status.success(),
@@ -627,5 +576,57 @@ fn simple_packet_blocks_count_at_the_time_of_the_packet_before() -> Result<()> {
         netmon_pairs(dir.path(), &[&pcapng], None, None)?,
         tshark_pairs(&pcapng)?
     );
+    Ok(())
+}
+
+/// A block of [`write_pcapng`]'s captures.
+enum Block {
+    /// An interface of this link type.
+    Interface(DataLink),
+    /// An Enhanced Packet Block on `interface`, `second`s after 2023-11-14T22:13:20Z.
+    Packet { interface: u32, second: u64 },
+    /// A Simple Packet Block (no time, the first interface).
+    Simple,
+}
+
+/// A pcapng file of `blocks`, every packet the same 100-byte UDP datagram
+/// from 10.200.0.1 to 10.200.0.2.
+fn write_pcapng(path: &Path, blocks: &[Block]) -> Result<()> {
+    use pcap_file::pcapng::blocks::{
+        enhanced_packet::EnhancedPacketBlock,
+        interface_description::{InterfaceDescriptionBlock, InterfaceDescriptionOption},
+        simple_packet::SimplePacketBlock,
+    };
+    let frame = netmon_tests::frames::udp4(
+        std::net::Ipv4Addr::new(10, 200, 0, 1),
+        std::net::Ipv4Addr::new(10, 200, 0, 2),
+        4000,
+        4001,
+        100,
+    );
+    let mut writer = pcap_file::pcapng::PcapNgWriter::new(std::fs::File::create(path)?)?;
+    for block in blocks {
+        match *block {
+            Block::Interface(linktype) => writer.write_pcapng_block(InterfaceDescriptionBlock {
+                linktype,
+                snaplen: 0,
+                // pcap-file writes times in nanoseconds.
+                options: vec![InterfaceDescriptionOption::IfTsResol(9)],
+            })?,
+            Block::Packet { interface, second } => {
+                writer.write_pcapng_block(EnhancedPacketBlock {
+                    interface_id: interface,
+                    timestamp: std::time::Duration::from_secs(1_700_000_000 + second),
+                    original_len: frame.len() as u32,
+                    data: frame.as_slice().into(),
+                    options: vec![],
+                })?
+            }
+            Block::Simple => writer.write_pcapng_block(SimplePacketBlock {
+                original_len: frame.len() as u32,
+                data: frame.as_slice().into(),
+            })?,
+        };
+    }
     Ok(())
 }

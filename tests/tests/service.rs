@@ -445,6 +445,21 @@ fn silent_and_endless_clients_delay_neither_other_clients_nor_the_poll() -> Resu
 // ---------------------------------------------------------------------------
 // netmon as an unprivileged user
 
+/// The state file in `dir` counts exactly the datagrams of `sizes` from
+/// b to a.
+fn assert_b_sent_a(dir: &Path, net: &TestNet, sizes: &[usize]) -> Result<()> {
+    let totals = exact_totals(&dir.join("network_log.state.json"))?;
+    let dst = IpAddr::V4(net.a.ipv4);
+    assert_eq!(
+        totals.get(&(IpAddr::V4(net.b.ipv4), dst)),
+        Some(Counter {
+            frames: sizes.len() as u64,
+            bytes: sizes.iter().map(|s| frame_len(dst, *s)).sum()
+        })
+    );
+    Ok(())
+}
+
 /// The unit's drop-in for `--netns` (docs/service.md) adds CAP_SYS_ADMIN,
 /// which entering another network namespace takes: with it, netmon as an
 /// unprivileged user watches an interface there exactly; without it, the
@@ -486,15 +501,7 @@ fn another_namespace_is_watched_as_the_user_with_cap_sys_admin_and_refused_witho
     Flow::udp(&net.b, &net.a).port(9110).sizes(&sizes).send()?;
     std::thread::sleep(Duration::from_millis(1500));
     daemon.stop()?;
-    let totals = exact_totals(&dir.path().join("network_log.state.json"))?;
-    let dst = IpAddr::V4(net.a.ipv4);
-    assert_eq!(
-        totals.get(&(IpAddr::V4(net.b.ipv4), dst)),
-        Some(Counter {
-            frames: 4,
-            bytes: sizes.iter().map(|s| frame_len(dst, *s)).sum()
-        })
-    );
+    assert_b_sent_a(dir.path(), &net, &sizes)?;
     Ok(())
 }
 
@@ -552,15 +559,7 @@ fn netmon_runs_as_an_unprivileged_user_with_only_its_three_capabilities() -> Res
     );
     std::thread::sleep(Duration::from_millis(1500));
     daemon.stop()?;
-    let totals = exact_totals(&dir.path().join("network_log.state.json"))?;
-    let dst = IpAddr::V4(net.a.ipv4);
-    assert_eq!(
-        totals.get(&(IpAddr::V4(net.b.ipv4), dst)),
-        Some(Counter {
-            frames: 3,
-            bytes: sizes.iter().map(|s| frame_len(dst, *s)).sum()
-        })
-    );
+    assert_b_sent_a(dir.path(), &net, &sizes)?;
     for file in ["network_log.json", "network_log.state.json", "detail.jsonl"] {
         assert_eq!(
             std::fs::metadata(dir.path().join(file))?.uid(),
@@ -594,7 +593,7 @@ fn netmon_runs_as_an_unprivileged_user_with_only_its_three_capabilities() -> Res
         (pair["frames"].as_u64(), pair["bytes"].as_u64()),
         (
             Some(3),
-            Some(sizes.iter().map(|s| frame_len(dst, *s)).sum())
+            Some(sizes.iter().map(|s| frame_len(net.a.ipv4, *s)).sum())
         ),
         "a member of the group reads the report"
     );
