@@ -334,6 +334,15 @@ impl Tmux {
             .collect())
     }
 
+    /// Quits netmon top with `q` and waits for its clean exit.
+    fn quit(&self) -> Result<()> {
+        self.keys(&["q"])?;
+        self.wait_for("netmon's exit", |s| {
+            s.iter().any(|l| l.contains("netmon exited 0"))
+        })
+        .map(drop)
+    }
+
     /// The screen once `ready` holds for it (up to 10 s).
     fn wait_for(&self, what: &str, ready: impl Fn(&[String]) -> bool) -> Result<Vec<String>> {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -550,10 +559,7 @@ fn the_view_shows_each_conversation_at_its_rate_and_follows_keys_and_resizes() -
     })?;
     assert!(screen.iter().all(|l| l.chars().count() <= 80));
 
-    tmux.keys(&["q"])?;
-    tmux.wait_for("netmon's exit", |s| {
-        s.iter().any(|l| l.contains("netmon exited 0"))
-    })?;
+    tmux.quit()?;
     for handle in senders {
         handle.join().expect("sender")?;
     }
@@ -822,10 +828,7 @@ fn names_dnsmasq_answered_show_in_the_view_and_bad_answers_are_counted_and_ignor
     tmux.wait_for("the name", conversation_with("name.test".into()))?;
     tmux.keys(&["n"])?;
     tmux.wait_for("the address", conversation_with(b_alt.to_string()))?;
-    tmux.keys(&["q"])?;
-    tmux.wait_for("netmon's exit", |s| {
-        s.iter().any(|l| l.contains("netmon exited 0"))
-    })?;
+    tmux.quit()?;
     Ok(())
 }
 
@@ -943,20 +946,10 @@ fn each_interface_of_a_daemon_has_its_own_screen_and_names_and_i_switches() -> R
     );
 
     // --once serves the interface asked for, with that interface's names.
-    let once = |iface: &str| -> Result<Value> {
-        let out = sh(&as_user(
-            iface,
-            dir.path(),
-            &format!("top --iface {iface} --once --format json"),
-        )?)?;
-        ensure!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(serde_json::from_slice(&out.stdout)?)
-    };
-    let (of_left, of_right) = (once(&left.iface)?, once(&right.iface)?);
+    let (of_left, of_right) = (
+        once_json(&left.iface, dir.path())?,
+        once_json(&right.iface, dir.path())?,
+    );
     assert!(of_left["iface"].as_str().unwrap().ends_with(&left.iface));
     assert!(of_right["iface"].as_str().unwrap().ends_with(&right.iface));
     let names = |snapshot: &Value| -> Vec<(String, String)> {
@@ -1028,10 +1021,7 @@ fn each_interface_of_a_daemon_has_its_own_screen_and_names_and_i_switches() -> R
         screen.join("\n")
     );
     assert!(!screen.join("\n").contains("far.test"));
-    tmux.keys(&["q"])?;
-    tmux.wait_for("netmon's exit", |s| {
-        s.iter().any(|l| l.contains("netmon exited 0"))
-    })?;
+    tmux.quit()?;
     Ok(())
 }
 
@@ -1056,17 +1046,7 @@ fn an_interface_that_appears_while_running_learns_names_from_its_answers() -> Re
     ask_udp(right, net.right.ipv4.into(), 9, "late.test", 1)?;
     std::thread::sleep(Duration::from_millis(300));
 
-    let out = sh(&as_user(
-        &right.iface,
-        dir.path(),
-        &format!("top --once --format json --iface {}", right.iface),
-    )?)?;
-    ensure!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let snapshot: Value = serde_json::from_slice(&out.stdout)?;
+    let snapshot = once_json(&right.iface, dir.path())?;
     assert!(snapshot["iface"].as_str().unwrap().ends_with(&right.iface));
     let names: Vec<(&str, &str)> = snapshot["names"]
         .as_array()

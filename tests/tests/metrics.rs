@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{ensure, Context as _, Result};
+use anyhow::{bail, ensure, Context as _, Result};
 use netmon_common::Direction;
 use netmon_tests::{
     capture::{self, Capture, Way},
@@ -130,6 +130,22 @@ impl<'h> Prometheus<'h> {
             std::thread::sleep(Duration::from_millis(250));
         }
     }
+
+    /// What `promql` returns once two queries 2.5 s apart agree and it is
+    /// not empty; an error once [`PATIENCE`] ran out.
+    fn settled(&self, promql: &str) -> Result<Vec<(BTreeMap<String, String>, f64)>> {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let seen = self.query(promql)?;
+            std::thread::sleep(Duration::from_millis(2500));
+            if !seen.is_empty() && self.query(promql)? == seen {
+                return Ok(seen);
+            }
+            if Instant::now() > deadline {
+                bail!("{promql} never settled: last {seen:?}");
+            }
+        }
+    }
 }
 
 impl Drop for Prometheus<'_> {
@@ -175,19 +191,9 @@ fn prometheus_sees_the_bytes_tcpdump_saw_and_the_peers_add_up() -> Result<()> {
     let iface = &net.a.iface;
     // What netmon counted before the captures (the namespaces' own start-up
     // chatter), once it stopped changing.
-    let before = loop {
-        let seen = prometheus.query(&format!(
-            "{{iface='{iface}',__name__=~'netmon_(interface|peer)_bytes_total'}}"
-        ))?;
-        std::thread::sleep(Duration::from_millis(2500));
-        if prometheus.query(&format!(
-            "{{iface='{iface}',__name__=~'netmon_(interface|peer)_bytes_total'}}"
-        ))? == seen
-            && !seen.is_empty()
-        {
-            break seen;
-        }
-    };
+    let before = prometheus.settled(&format!(
+        "{{iface='{iface}',__name__=~'netmon_(interface|peer)_bytes_total'}}"
+    ))?;
     let counted_before = |name: &str, direction: Direction, peer: Option<&str>| -> u64 {
         before
             .iter()
@@ -532,14 +538,9 @@ fn a_peer_that_leaves_the_top_moves_into_other_and_spent_quotas_count_their_drop
     let ingress_peers = format!("netmon_peer_bytes_total{{iface='{iface}',direction='ingress'}}");
     let sum = format!("sum({ingress_peers})");
     // The ingress peers' sum before the capture, once it stopped changing.
-    let before = loop {
-        let seen = prometheus.query(&sum)?;
-        std::thread::sleep(Duration::from_millis(2500));
-        if let [(_, v)] = seen.as_slice() {
-            if prometheus.query(&sum)? == seen {
-                break *v as u64;
-            }
-        }
+    let before = match prometheus.settled(&sum)?.as_slice() {
+        [(_, v)] => *v as u64,
+        other => bail!("{sum}: not one series: {other:?}"),
     };
     let inbound = Capture::start(a, Way::In, &dir.path().join("in.pcap"))?;
 

@@ -481,6 +481,7 @@ fn another_namespace_is_watched_as_the_user_with_cap_sys_admin_and_refused_witho
             .as_user(NETMON_UID, NETMON_UID)
             .args(&["--socket-group", &NETMON_UID.to_string()])
     };
+    let fresh = netmon_tests::names_in(bpffs.path());
     let refused = match launch().start() {
         Ok(_) => bail!("netmon entered another namespace without CAP_SYS_ADMIN"),
         Err(e) => e.to_string(),
@@ -494,6 +495,16 @@ fn another_namespace_is_watched_as_the_user_with_cap_sys_admin_and_refused_witho
     assert!(
         refused.ends_with(&format!("it printed [{expected:?}]")),
         "exactly that line: {refused}"
+    );
+    assert_eq!(
+        netmon_tests::names_in(bpffs.path()),
+        fresh,
+        "nothing pinned"
+    );
+    assert_eq!(
+        netmon_tests::names_in(dir.path()),
+        Vec::<String>::new(),
+        "no file written"
     );
 
     let daemon = launch().with_caps(&["sys_admin"]).start()?;

@@ -49,7 +49,7 @@ pub fn map(file: &File, taken: Arc<AtomicU64>) -> Option<Mapped> {
         }));
     }
     let (_, header) = parse_pcap_header(&map).ok()?;
-    Some(Mapped::Legacy(MappedPcap { map, header, taken }))
+    Some(Mapped::Legacy(MappedPcap { map, header }))
 }
 
 /// A mapped pcap file.
@@ -57,8 +57,6 @@ pub struct MappedPcap {
     map: Mmap,
     /// Its file header.
     pub header: PcapHeader,
-    /// Bytes walked so far, for the progress bar.
-    pub taken: Arc<AtomicU64>,
 }
 
 impl MappedPcap {

@@ -151,7 +151,6 @@ fn read_pcap(
     let end = pcap.header.size() + records.remaining();
     let mut report = |records: &mapped::LegacyRecords<'_>| {
         let position = (end - records.remaining()) as u64;
-        pcap.taken.store(position, Ordering::Relaxed);
         on_progress(position);
     };
     while let Some(record) = records.next() {

@@ -72,9 +72,10 @@ pub enum Report {
         /// intervals over a long log].
         #[arg(long, value_parser = parse_interval)]
         interval: Option<Duration>,
-        /// Pairs drawn on their own; the rest are stacked as "other pairs".
-        #[arg(long, default_value_t = 5)]
-        top: usize,
+        /// Pairs drawn on their own (at most 20: the legend's strip below the
+        /// chart must leave it room); the rest are stacked as "other pairs".
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=20))]
+        top: u16,
     },
 }
 
@@ -103,7 +104,7 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
             report::top(&records, *n, names.as_ref())
         }
         Report::Chart { out, interval, top } => {
-            report::chart::draw(&records, bin(interval)?, *top, out)?;
+            report::chart::draw(&records, bin(interval)?, usize::from(*top), out)?;
             eprintln!("wrote {}", out.display());
             return Ok(());
         }

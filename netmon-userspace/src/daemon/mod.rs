@@ -724,12 +724,16 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
                 .enumerate()
                 .filter(|(_, w)| w.present)
         };
-        let bare = |name: &str| name.rsplit(':').next().unwrap_or(name).to_string();
+        let own = crate::datapath::netns::own_label();
         let found = match iface {
             None => present().next(),
+            // A bare `IF` also names `NS:IF`; a namespace given must match.
             Some(wanted) => present()
-                .find(|(_, w)| w.iface == wanted)
-                .or_else(|| present().find(|(_, w)| bare(&w.iface) == bare(wanted))),
+                .find(|(_, w)| crate::policy::label_names(&w.iface, wanted, own.as_deref()))
+                .or_else(|| {
+                    let bare = |label: &str| label.rsplit(':').next() == Some(wanted);
+                    present().find(|(_, w)| !wanted.contains(':') && bare(&w.iface))
+                }),
         };
         found.map(|(at, _)| at).ok_or_else(|| {
             let names: Vec<&str> = present().map(|(_, w)| w.iface.as_str()).collect();

@@ -109,7 +109,7 @@ impl Default for Live {
 
 impl Live {
     /// Takes the next snapshot, whose pairs are `pairs` as read.
-    pub fn update(&mut self, snapshot: LiveSnapshot, pairs: &[(PairKey, PairReading)]) {
+    pub fn update(&mut self, mut snapshot: LiveSnapshot, pairs: &[(PairKey, PairReading)]) {
         let at = snapshot.monotonic_ns;
         self.conversations.update(
             at,
@@ -145,10 +145,10 @@ impl Live {
                 .iter()
                 .map(|q| (q.name.clone(), [q.used, 0])),
         );
-        self.names = snapshot
-            .names
-            .iter()
-            .map(|n| (n.address, n.name.clone()))
+        // Moved, not copied: the names are read from here on.
+        self.names = std::mem::take(&mut snapshot.names)
+            .into_iter()
+            .map(|n| (n.address, n.name))
             .collect();
         self.snapshot = Some(snapshot);
     }

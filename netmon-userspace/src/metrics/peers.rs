@@ -186,8 +186,7 @@ fn add_both(record: &mut [CounterRecord; 2], c: [Counter; 2]) {
 
 fn sub(record: &mut [Counter; 2], c: [Counter; 2]) {
     for d in 0..2 {
-        record[d].frames -= c[d].frames;
-        record[d].bytes -= c[d].bytes;
+        record[d] = record[d].since(c[d]);
     }
 }
 

@@ -185,6 +185,8 @@ impl Reverse {
         let shared = found.clone();
         let task = tokio::spawn(async move {
             let mut pace = tokio::time::interval(Duration::from_secs(1) / LOOKUPS_PER_SECOND);
+            // After a quiet spell, no burst of the ticks missed: the rate holds.
+            pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut ids: HashMap<u16, IpAddr> = HashMap::new();
             // Ids start at random: an answer must match one to be believed.
             let mut next_id = crate::random::u64().unwrap_or_default() as u16;

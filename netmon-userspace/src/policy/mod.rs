@@ -146,10 +146,9 @@ pub fn interfaces_named(named: &[String], labels: &[&str]) -> Result<Vec<String>
     let own = crate::datapath::netns::own_label();
     let mut subset: Vec<String> = Vec::new();
     for name in named {
-        let found = labels.iter().find(|label| {
-            **label == name
-                || (!label.contains(':') && crate::control::key(own.as_deref(), label) == *name)
-        });
+        let found = labels
+            .iter()
+            .find(|label| label_names(label, name, own.as_deref()));
         let Some(label) = found else {
             return Err(name.clone());
         };
@@ -162,6 +161,13 @@ pub fn interfaces_named(named: &[String], labels: &[&str]) -> Result<Vec<String>
         subset.clear();
     }
     Ok(subset)
+}
+
+/// True when `name` (`IF`, or `NS:IF`) names the daemon's interface
+/// `label`: as the daemon labels it, or, for one in the daemon's own
+/// namespace (`own`), with that namespace's label.
+pub fn label_names(label: &str, name: &str, own: Option<&str>) -> bool {
+    label == name || (!label.contains(':') && crate::control::key(own, label) == name)
 }
 
 impl Match {

@@ -88,8 +88,15 @@ pub fn load(
     until: Option<Timestamp>,
 ) -> Result<Vec<DetailRecord>, ReportError> {
     let mut records = Vec::new();
-    // The daemon's rotated files first (`NAME.N` … `NAME.1`), oldest first.
-    for file in crate::logs::detail::with_rotated(path) {
+    // The daemon's rotated files first (`NAME.N` … `NAME.1`), oldest first;
+    // `NAME` itself may be missing just after a rotation. None at all: the
+    // error of opening `NAME`.
+    let mut files = crate::logs::detail::with_rotated(path);
+    files.retain(|f| f.exists());
+    if files.is_empty() {
+        files.push(path.to_path_buf());
+    }
+    for file in files {
         read_records(&file, since, until, &mut records)?;
     }
     if records.is_empty() {

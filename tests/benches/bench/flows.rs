@@ -26,8 +26,9 @@ use netmon_common::{Counter, PairKeyV4};
 use netmon_tests::{daemon::Netmon, TestNet};
 
 use crate::{
+    cpu::thread_cpu,
     report::{Row, Target},
-    workload::thread_cpu,
+    workload::median,
     Scale,
 };
 
@@ -88,11 +89,6 @@ fn interval(round: u32, flows: u32) -> IntervalReport {
         alerts: Vec::new(),
         names: Default::default(),
     }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 fn measure(flows: u32, rounds: u32) -> Vec<Row> {
@@ -279,9 +275,8 @@ fn side_by_side(packets: u32, rounds: u32) -> Vec<Row> {
     let by_softflowd = test_flow(&net, softflowd_collector);
     let (programs, minimal, empty) = programs_pass(&net, dir.path(), packets);
 
-    let median = |f: &dyn Fn(&[Round; WATCHERS.len()]) -> f64| {
-        crate::workload::median(results.iter().map(f).collect())
-    };
+    let median =
+        |f: &dyn Fn(&[Round; WATCHERS.len()]) -> f64| median(results.iter().map(f).collect());
     let bare = Watcher::Nothing as usize;
     let added = |w: Watcher| median(&|r| r[w as usize].sender_cpu - r[bare].sender_cpu);
     let process = |w: Watcher| median(&|r| r[w as usize].process_cpu);

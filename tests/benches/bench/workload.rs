@@ -178,13 +178,13 @@ pub fn send_udp_measured(net: &netmon_tests::TestNet, src: std::net::IpAddr, pac
             socket.connect(to).unwrap();
             let payload = [0u8; 64];
             let mut sent = 0;
-            let (cpu, wall) = (thread_cpu(), std::time::Instant::now());
+            let (cpu, wall) = (crate::cpu::thread_cpu(), std::time::Instant::now());
             while sent < packets {
                 if socket.send(&payload).is_ok() {
                     sent += 1;
                 }
             }
-            (thread_cpu() - cpu, wall.elapsed().as_secs_f64())
+            (crate::cpu::thread_cpu() - cpu, wall.elapsed().as_secs_f64())
         })
         .unwrap();
     let mut buf = [0u8; 128];
@@ -194,17 +194,6 @@ pub fn send_udp_measured(net: &netmon_tests::TestNet, src: std::net::IpAddr, pac
         sender_cpu,
         seconds,
     }
-}
-
-/// This thread's CPU time, in seconds.
-pub fn thread_cpu() -> f64 {
-    let mut t = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid timespec for the call to fill.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
-    t.tv_sec as f64 + t.tv_nsec as f64 / 1e9
 }
 
 /// The median of `runs` (the mean of the middle two for an even count).
