@@ -14,15 +14,19 @@ pub struct Meter {
     pub(super) services: Vec<Counter>,
     /// Snapshots seen, to spot pairs that left the table.
     pub(super) poll: u32,
+    /// The interface whose rows in the history store hold what this meter
+    /// accounted, up to the changes since ([`Meter::changes_stored`]).
+    pub(super) stored_as: Option<String>,
 }
 
 impl Meter {
     /// A meter that has already accounted `baseline`; `None` when it is malformed.
     pub fn from_baseline(baseline: &Baseline) -> Option<Meter> {
         let mut pairs = PairMap::default();
-        for (hex, [f, b, df, db]) in &baseline.pairs {
+        pairs.restored.reserve(baseline.pairs.len());
+        for (key, [f, b, df, db]) in &baseline.pairs {
             pairs.restored.insert(
-                key_from_hex(hex)?,
+                *key,
                 Accounted {
                     delivered: Counter {
                         frames: *f,
@@ -38,6 +42,7 @@ impl Meter {
         }
         Some(Meter {
             poll: 0,
+            stored_as: baseline.stored_as.clone(),
             pairs,
             totals: [
                 totals_from_words(&baseline.totals[0])?,
@@ -52,6 +57,16 @@ impl Meter {
                 })
                 .collect(),
         })
+    }
+
+    /// Marks what changed as stored, in the history store's rows of `iface`.
+    pub fn changes_stored(&mut self, iface: &str) {
+        let changes = &mut self.pairs.changes;
+        changes.slots.clear();
+        changes.gone.clear();
+        if self.stored_as.as_deref() != Some(iface) {
+            self.stored_as = Some(iface.to_string());
+        }
     }
 
     /// Makes room for a table of `slots` slots up front: growing past a
@@ -160,6 +175,10 @@ impl Poll<'_> {
                 .cmp(&a.counter.bytes)
                 .then(a.key.cmp(&b.key))
         });
+        // A slot restored and then grown is listed twice; it is written once.
+        let changed = &mut meter.pairs.changes.slots;
+        changed.sort_unstable();
+        changed.dedup();
         let Some(snapshot) = snapshot else {
             return IntervalUsage {
                 pairs: deltas,

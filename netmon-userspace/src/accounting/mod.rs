@@ -18,7 +18,9 @@ use std::{collections::HashMap, net::IpAddr};
 
 use netmon_common::{Counter, Direction, DirectionTotals, PairKey};
 
-pub use baseline::{Baseline, BaselineView};
+pub use baseline::{
+    key_bytes, key_from_bytes, Baseline, BaselineChanges, BaselineView, PairCounts,
+};
 pub use forwarding::{Forwarding, Seen};
 pub use ledger::{AddressPair, Ledger};
 pub use meter::{Meter, Poll};

@@ -18,6 +18,18 @@ pub(super) struct PairMap {
     pub(super) occupied: usize,
     /// Pairs restored from a state file, until a read finds their slots.
     pub(super) restored: HashMap<PairKey, Accounted>,
+    /// What changed since the store last took the changes.
+    pub(super) changes: Changes,
+}
+
+/// The accounted values a store of the baseline must write again since it
+/// last took them: with these, each poll writes what moved, not every pair.
+#[derive(Debug, Default)]
+pub(super) struct Changes {
+    /// Slots whose pair or accounted counters changed (repeats possible).
+    pub(super) slots: Vec<u32>,
+    /// Pairs forgotten: retired, gone from the table, or restored and never found.
+    pub(super) gone: Vec<PairKey>,
 }
 
 /// One slot's pair and what has been accounted of it.
@@ -73,14 +85,25 @@ impl PairMap {
                 }
             }
             self.occupied += 1;
-            self.set(slot, accounted);
+            self.put(slot, accounted);
         }
         self.slots[index].poll = poll;
         self.accounted(slot)
     }
 
-    /// Records `accounted` for the pair in `slot`.
+    /// Records `accounted` for the pair in `slot`, as a change to store when
+    /// its counters moved.
     pub(super) fn set(&mut self, slot: u32, accounted: Accounted) {
+        let before = self.accounted(slot);
+        if before.delivered != accounted.delivered || before.dropped != accounted.dropped {
+            self.changes.slots.push(slot);
+        }
+        self.put(slot, accounted);
+    }
+
+    /// Records `accounted` for the pair in `slot`: what is stored already
+    /// (restored), or nothing yet (zero).
+    fn put(&mut self, slot: u32, accounted: Accounted) {
         let entry = &mut self.slots[slot as usize];
         entry.delivered = accounted.delivered;
         entry.active_ns = accounted.active_ns;
@@ -113,7 +136,11 @@ impl PairMap {
     /// Forgets the pair in `slot`, if `key` is the one there.
     pub(super) fn remove(&mut self, slot: u32, key: &PairKey) -> Option<Accounted> {
         if self.key_at(slot) != Some(*key) {
-            return self.restored.remove(key);
+            let restored = self.restored.remove(key);
+            if restored.is_some() {
+                self.changes.gone.push(*key);
+            }
+            return restored;
         }
         let accounted = self.accounted(slot);
         self.clear(slot);
@@ -121,6 +148,9 @@ impl PairMap {
     }
 
     pub(super) fn clear(&mut self, slot: u32) {
+        if let Some(key) = self.key_at(slot) {
+            self.changes.gone.push(key);
+        }
         let Some(entry) = self.slots.get_mut(slot as usize) else {
             return;
         };
@@ -152,7 +182,9 @@ impl PairMap {
                 self.clear(slot);
             }
         }
-        self.restored.clear();
+        self.changes
+            .gone
+            .extend(self.restored.drain().map(|(key, _)| key));
     }
 
     pub(super) fn iter(&self) -> impl Iterator<Item = (PairKey, Accounted)> + '_ {

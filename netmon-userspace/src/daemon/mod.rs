@@ -608,6 +608,11 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
                 }
             }
         }
+        drop(baseline);
+        // Every sink had the changes: a store that failed keeps its own copy.
+        for w in &mut self.interfaces.watched {
+            w.meter.changes_stored(&w.iface);
+        }
     }
 
     /// Re-reads the policy file when it changed (or when `forced`, on SIGHUP).

@@ -3,7 +3,7 @@
 use netmon_common::Counter;
 
 use crate::{
-    accounting::AddressPair,
+    accounting::{AddressPair, BaselineChanges},
     daemon::{report::Report, sinks::Sink},
     logs::{detail::Interval, LogError},
 };
@@ -21,6 +21,8 @@ pub struct HistorySink {
     store: Store,
     pending: Vec<Interval>,
     pending_logged: Vec<(AddressPair, Counter)>,
+    /// The baselines' changes of the reports not recorded, oldest first.
+    pending_baselines: Vec<BaselineChanges>,
 }
 
 impl HistorySink {
@@ -30,6 +32,7 @@ impl HistorySink {
             store,
             pending: Vec::new(),
             pending_logged: Vec::new(),
+            pending_baselines: Vec::new(),
         }
     }
 }
@@ -62,16 +65,20 @@ impl Sink for HistorySink {
             self.pending_logged.extend_from_slice(saved.logged);
             &self.pending_logged
         };
-        // Between polls the baselines are the last poll's, already stored.
-        let baselines = if records.is_empty() {
-            &[]
-        } else {
-            saved.baseline
-        };
-        match self.store.record(&records, logged, baselines, saved.state) {
+        // Each report's baselines hold what changed since the last report
+        // (the daemon marks them stored once every sink had it).
+        let baselines = saved.baseline;
+        match self.store.record(
+            &records,
+            logged,
+            &self.pending_baselines,
+            baselines,
+            saved.state,
+        ) {
             Ok(()) => {
                 self.pending.clear();
                 self.pending_logged.clear();
+                self.pending_baselines.clear();
                 Ok(())
             }
             Err(e) => {
@@ -79,6 +86,8 @@ impl Sink for HistorySink {
                 if self.pending_logged.is_empty() {
                     self.pending_logged.extend_from_slice(saved.logged);
                 }
+                self.pending_baselines
+                    .extend(baselines.iter().map(|b| b.to_changes()));
                 self.pending.extend(current.map(|c| c.to_owned()));
                 Err(LogError::Io {
                     path: self.store.path.clone(),

@@ -7,18 +7,23 @@ use std::{
 };
 
 use jiff::{tz::TimeZone, Timestamp};
-use netmon_common::{Counter, Direction, L4};
+use netmon_common::{Counter, Direction, PairKey, L4};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension as _};
 
 use super::{DetailImport, HistoryError, Level, Limits};
 use crate::{
-    accounting::{address_pair, AddressPair, Baseline, BaselineView, Ledger},
+    accounting::{
+        address_pair, key_bytes, key_from_bytes, AddressPair, Baseline, BaselineChanges,
+        BaselineView, Ledger, PairCounts,
+    },
     enforcer::PersistedPolicy,
     logs::{detail::IntervalRecord, state::State},
 };
 
 /// The layout this netmon writes; another is refused, never misread.
-const SCHEMA: i64 = 1;
+/// Layout 1 kept each interface's baseline pairs in one JSON text, written
+/// whole every poll; it is read as it is, and moved to layout 2 by the daemon.
+const SCHEMA: i64 = 2;
 
 const CREATE: &str = "
 -- The layout, the time zone, the rollup mark, and what the daemon continues
@@ -36,8 +41,20 @@ CREATE TABLE IF NOT EXISTS pairs (
     bytes INTEGER NOT NULL,
     UNIQUE (src, dst)
 );
--- Per interface: the kernel counter values already in the totals (JSON).
+-- Per interface: the kernel counter values already in the totals (JSON):
+-- the maps' instance, the interface totals and the service counters.
 CREATE TABLE IF NOT EXISTS baselines (iface TEXT PRIMARY KEY, baseline TEXT NOT NULL);
+-- Per interface and pair (its kernel key): the counters already in the
+-- totals; a pair without a row has none. A poll writes the pairs that moved.
+CREATE TABLE IF NOT EXISTS baseline_pairs (
+    iface TEXT NOT NULL,
+    pair BLOB NOT NULL,
+    frames INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    dropped_frames INTEGER NOT NULL,
+    dropped_bytes INTEGER NOT NULL,
+    PRIMARY KEY (iface, pair)
+) WITHOUT ROWID;
 -- Interface totals per bucket, direction and class (all, dropped, an L4
 -- protocol, or service:NAME for TCP and UDP services), never trimmed.
 CREATE TABLE IF NOT EXISTS totals (
@@ -133,6 +150,7 @@ impl Store {
                  INSERT OR IGNORE INTO meta VALUES ('schema', '{SCHEMA}');"
             ))
             .map_err(|e| store.error(e))?;
+        store.upgrade()?;
         store
             .conn
             .execute(
@@ -235,10 +253,42 @@ impl Store {
             return Ok(());
         }
         match self.meta("schema")? {
-            Some(v) if v == SCHEMA.to_string() => Ok(()),
+            Some(v) if v == SCHEMA.to_string() || v == "1" => Ok(()),
             Some(v) => Err(self.foreign(format!("layout {v}, this netmon writes {SCHEMA}"))),
             None => Err(self.foreign("another program's tables".into())),
         }
+    }
+
+    /// Moves a database of layout 1 to this layout, in one transaction:
+    /// each interface's baseline pairs from its JSON text into rows.
+    fn upgrade(&mut self) -> Result<(), HistoryError> {
+        if self.meta("schema")?.as_deref() != Some("1") {
+            return Ok(());
+        }
+        let path = self.path.clone();
+        let e = |source| sqlite(&path, source);
+        let tx = self.conn.transaction().map_err(e)?;
+        let heads: Vec<(String, String)> = tx
+            .prepare("SELECT iface, baseline FROM baselines")
+            .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+            .map_err(e)?;
+        for (iface, json) in heads {
+            let mut baseline = serde_json::from_str::<Baseline>(&json).map_err(|cause| {
+                HistoryError::Malformed {
+                    path: path.clone(),
+                    what: format!("the baseline of {iface} ({cause})"),
+                }
+            })?;
+            let pairs = std::mem::take(&mut baseline.pairs);
+            write_pairs(&tx, &iface, &[], pairs.into_iter()).map_err(e)?;
+            write_head(&tx, &iface, &baseline).map_err(e)?;
+        }
+        tx.execute(
+            "UPDATE meta SET value = ?1 WHERE key = 'schema'",
+            [SCHEMA.to_string()],
+        )
+        .map_err(e)?;
+        tx.commit().map_err(e)
     }
 
     fn meta(&self, key: &str) -> Result<Option<String>, HistoryError> {
@@ -297,20 +347,8 @@ impl Store {
         }
         let mut baselines = Vec::new();
         for iface in ifaces {
-            let json = self
-                .conn
-                .query_row(
-                    "SELECT baseline FROM baselines WHERE iface = ?1",
-                    [iface],
-                    |r| r.get::<_, String>(0),
-                )
-                .optional()
-                .map_err(|e| self.error(e))?;
-            if let Some(json) = json {
-                baselines.push(
-                    serde_json::from_str::<Baseline>(&json)
-                        .map_err(|e| self.malformed(format!("the baseline of {iface} ({e})")))?,
-                );
+            if let Some(baseline) = self.baseline(iface)? {
+                baselines.push(baseline);
             }
         }
         // Databases of the version before `--log-every` lack these: the files hold them.
@@ -342,6 +380,48 @@ impl Store {
         })
     }
 
+    /// The baseline stored for `iface`, if any.
+    fn baseline(&self, iface: &str) -> Result<Option<Baseline>, HistoryError> {
+        let json = self
+            .conn
+            .query_row(
+                "SELECT baseline FROM baselines WHERE iface = ?1",
+                [iface],
+                |r| r.get::<_, String>(0),
+            )
+            .optional()
+            .map_err(|e| self.error(e))?;
+        let Some(json) = json else {
+            return Ok(None);
+        };
+        let mut baseline = serde_json::from_str::<Baseline>(&json)
+            .map_err(|e| self.malformed(format!("the baseline of {iface} ({e})")))?;
+        let mut rows = self
+            .conn
+            .prepare(
+                "SELECT pair, frames, bytes, dropped_frames, dropped_bytes
+                 FROM baseline_pairs WHERE iface = ?1",
+            )
+            .map_err(|e| self.error(e))?;
+        let rows = rows
+            .query_map([iface], |r| {
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    [r.get::<_, i64>(1)?, r.get(2)?, r.get(3)?, r.get(4)?],
+                ))
+            })
+            .map_err(|e| self.error(e))?;
+        for row in rows {
+            let (key, counts) = row.map_err(|e| self.error(e))?;
+            let key = key_from_bytes(&key).ok_or_else(|| {
+                self.malformed(format!("a baseline pair of {iface} ({} bytes)", key.len()))
+            })?;
+            baseline.pairs.push((key, counts.map(|n| n as u64)));
+        }
+        baseline.stored_as = Some(iface.to_string());
+        Ok(Some(baseline))
+    }
+
     fn import(
         &mut self,
         ifaces: &[&str],
@@ -367,12 +447,9 @@ impl Store {
             // daemon's interfaces, without their names: a meter takes the
             // one read from its own maps, by their id, whichever row holds it.
             for (iface, baseline) in ifaces.iter().zip(&files.baselines) {
-                let json = serde_json::to_string(baseline).expect("a baseline serialises");
-                tx.execute(
-                    "INSERT INTO baselines VALUES (?1, ?2)",
-                    params![iface, json],
-                )
-                .map_err(|e| sqlite(&self.path, e))?;
+                write_pairs(&tx, iface, &[], baseline.pairs.iter().copied())
+                    .and_then(|()| write_head(&tx, iface, baseline))
+                    .map_err(|e| sqlite(&self.path, e))?;
             }
             save_state(&tx, files).map_err(|e| sqlite(&self.path, e))?;
             let mut ids = std::collections::HashMap::new();
@@ -429,15 +506,17 @@ impl Store {
     /// baselines they bring the totals to (each under its interface), and
     /// the quota and alert usage, the metrics' counters and the forwarded
     /// frames' credit of `state`. A
-    /// change of policy between polls records no interval. Closed 5-minute
+    /// change of policy between polls records no interval. The baselines'
+    /// changes that a failed transaction did not store (`earlier`) are
+    /// stored first. Closed 5-minute
     /// buckets are first rolled up and trimmed, and buckets past their
     /// retention removed. Work and writes grow with the pairs that carried
-    /// traffic in the intervals (the baseline with the pairs in the kernel's
-    /// table).
+    /// traffic in the intervals, or left the kernel's table.
     pub fn record(
         &mut self,
         intervals: &[IntervalRecord<'_>],
         logged: &[(AddressPair, Counter)],
+        earlier: &[BaselineChanges],
         baselines: &[BaselineView<'_>],
         state: &State,
     ) -> Result<(), HistoryError> {
@@ -472,17 +551,81 @@ impl Store {
         for interval in intervals {
             record_one(&tx, interval, &mut ids, &self.tz, &self.limits).map_err(e)?;
         }
-        for baseline in baselines {
-            let json = serde_json::to_string(baseline).expect("a baseline serialises");
-            tx.execute(
-                "INSERT OR REPLACE INTO baselines VALUES (?1, ?2)",
-                params![baseline.iface, json],
+        for changes in earlier {
+            if changes.whole {
+                forget_pairs(&tx, &changes.iface).map_err(e)?;
+            }
+            write_pairs(
+                &tx,
+                &changes.iface,
+                &changes.gone,
+                changes.written.iter().copied(),
             )
             .map_err(e)?;
+        }
+        for baseline in baselines {
+            if baseline.whole() {
+                forget_pairs(&tx, baseline.iface).map_err(e)?;
+            }
+            write_pairs(&tx, baseline.iface, baseline.gone(), baseline.written()).map_err(e)?;
+            write_head(&tx, baseline.iface, &baseline.head()).map_err(e)?;
         }
         save_state(&tx, state).map_err(e)?;
         tx.commit().map_err(e)
     }
+}
+
+/// Removes every stored baseline pair of `iface`.
+fn forget_pairs(tx: &rusqlite::Transaction<'_>, iface: &str) -> rusqlite::Result<()> {
+    tx.prepare_cached("DELETE FROM baseline_pairs WHERE iface = ?1")?
+        .execute([iface])
+        .map(drop)
+}
+
+/// Removes the baseline pairs `gone` of `iface`, then stores `written`.
+fn write_pairs(
+    tx: &rusqlite::Transaction<'_>,
+    iface: &str,
+    gone: &[PairKey],
+    written: impl Iterator<Item = (PairKey, PairCounts)>,
+) -> rusqlite::Result<()> {
+    let mut remove =
+        tx.prepare_cached("DELETE FROM baseline_pairs WHERE iface = ?1 AND pair = ?2")?;
+    for key in gone {
+        remove.execute(params![iface, key_bytes(key)])?;
+    }
+    let mut put =
+        tx.prepare_cached("INSERT OR REPLACE INTO baseline_pairs VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?;
+    for (key, [f, b, df, db]) in written {
+        put.execute(params![
+            iface,
+            key_bytes(&key),
+            int(f),
+            int(b),
+            int(df),
+            int(db)
+        ])?;
+    }
+    Ok(())
+}
+
+/// Stores the baseline of `iface` but its pairs.
+fn write_head(
+    tx: &rusqlite::Transaction<'_>,
+    iface: &str,
+    head: &Baseline,
+) -> rusqlite::Result<()> {
+    let head = Baseline {
+        instance: head.instance,
+        pairs: Vec::new(),
+        totals: head.totals.clone(),
+        services: head.services.clone(),
+        stored_as: None,
+    };
+    let json = serde_json::to_string(&head).expect("a baseline serialises");
+    tx.prepare_cached("INSERT OR REPLACE INTO baselines VALUES (?1, ?2)")?
+        .execute(params![iface, json])
+        .map(drop)
 }
 
 /// The quota and alert usage, the metrics' counters and the forwarded

@@ -179,6 +179,207 @@ fn a_crash_after_any_interval_continues_from_the_store_exactly_once() {
     assert_eq!(ints(&by_pair, "total"), [1370]);
 }
 
+/// The baseline pairs stored for eth0, by key: delivered frames and bytes,
+/// dropped frames and bytes.
+fn stored_pairs(db: &Path) -> std::collections::BTreeMap<PairKey, [u64; 4]> {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let mut rows = conn
+        .prepare(
+            "SELECT pair, frames, bytes, dropped_frames, dropped_bytes FROM baseline_pairs
+             WHERE iface = 'eth0'",
+        )
+        .unwrap();
+    rows.query_map([], |r| {
+        let key: Vec<u8> = r.get(0)?;
+        let counts = [r.get::<_, i64>(1)?, r.get(2)?, r.get(3)?, r.get(4)?];
+        Ok((
+            crate::accounting::key_from_bytes(&key).unwrap(),
+            counts.map(|n| n as u64),
+        ))
+    })
+    .unwrap()
+    .collect::<Result<_, _>>()
+    .unwrap()
+}
+
+/// Counts, from here on, the rows each transaction writes to and removes
+/// from `baseline_pairs`, read by [`baseline_writes`]; and fails every
+/// transaction while [`fail_transactions`] says so.
+fn watch_baseline_writes(db: &Path) {
+    rusqlite::Connection::open(db)
+        .unwrap()
+        .execute_batch(
+            "INSERT INTO meta VALUES ('test:written', '0'), ('test:removed', '0'), ('test:fail', '0');
+             CREATE TRIGGER test_written AFTER INSERT ON baseline_pairs BEGIN
+                 UPDATE meta SET value = value + 1 WHERE key = 'test:written'; END;
+             CREATE TRIGGER test_removed AFTER DELETE ON baseline_pairs BEGIN
+                 UPDATE meta SET value = value + 1 WHERE key = 'test:removed'; END;
+             CREATE TRIGGER test_fail BEFORE INSERT ON totals
+                 WHEN (SELECT value FROM meta WHERE key = 'test:fail') = '1'
+                 BEGIN SELECT RAISE(ABORT, 'injected failure'); END;",
+        )
+        .unwrap();
+}
+
+/// Rows written to and removed from `baseline_pairs` since [`watch_baseline_writes`].
+fn baseline_writes(db: &Path) -> (u64, u64) {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let count = |key: &str| {
+        conn.query_row(
+            "SELECT CAST(value AS INTEGER) FROM meta WHERE key = ?1",
+            [key],
+            |r| r.get::<_, i64>(0),
+        )
+        .unwrap() as u64
+    };
+    (count("test:written"), count("test:removed"))
+}
+
+fn fail_transactions(db: &Path, fail: bool) {
+    rusqlite::Connection::open(db)
+        .unwrap()
+        .execute(
+            "UPDATE meta SET value = ?1 WHERE key = 'test:fail'",
+            [if fail { "1" } else { "0" }],
+        )
+        .unwrap();
+}
+
+/// At a million pairs the baseline is most of what a poll would write: each
+/// poll stores the pairs that moved and removes those retired (also with
+/// nothing new), and a poll whose transaction failed is stored with the
+/// next one. A restart continues from the rows exactly.
+#[test]
+fn each_poll_stores_the_baseline_pairs_that_moved_and_removes_those_retired() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("h.db");
+    let (kernel, clock) = (FakeKernel::default(), FakeClock::at("2026-11-30T12:00:00Z"));
+    let (a, b, c) = (key(peer(1), A, 0), key(peer(2), A, 0), key(A, peer(3), 1));
+    let mut first = start(&db, &kernel, &clock, Limits::default());
+    watch_baseline_writes(&db);
+    send(&kernel, a, 10, 1000);
+    send(&kernel, b, 1, 100);
+    clock.advance(Duration::from_secs(10));
+    first.poll().unwrap();
+    assert_eq!(baseline_writes(&db), (2, 0));
+    assert_eq!(
+        stored_pairs(&db),
+        [(a, [10, 1000, 0, 0]), (b, [1, 100, 0, 0])].into()
+    );
+
+    // Only a moves: one row.
+    send(&kernel, a, 1, 100);
+    clock.advance(Duration::from_secs(10));
+    first.poll().unwrap();
+    assert_eq!(baseline_writes(&db), (3, 0));
+
+    // b idles past the timeout (600 s) and is retired with nothing new; a
+    // moves again. The transaction fails: nothing is stored.
+    fail_transactions(&db, true);
+    send(&kernel, a, 1, 100);
+    clock.advance(Duration::from_secs(595));
+    first.poll().unwrap();
+    assert_eq!(kernel.0.borrow().retired, [b]);
+    assert_eq!(baseline_writes(&db), (3, 0));
+    // The next poll stores the failed one's changes with its own: c is new.
+    fail_transactions(&db, false);
+    send(&kernel, c, 2, 140);
+    clock.advance(Duration::from_secs(10));
+    first.poll().unwrap();
+    assert_eq!(baseline_writes(&db), (5, 1), "a and c written, b removed");
+    assert_eq!(
+        stored_pairs(&db),
+        [(a, [12, 1200, 0, 0]), (c, [2, 140, 0, 0])].into()
+    );
+    drop(first); // a crash: the maps count on
+    send(&kernel, a, 3, 300);
+    send(&kernel, b, 4, 400); // a new entry for b
+
+    let mut second = start(&db, &kernel, &clock, Limits::default());
+    clock.advance(Duration::from_secs(10));
+    second.poll().unwrap();
+    assert_eq!(baseline_writes(&db), (7, 1), "a and b written");
+    drop(second);
+    let ledger = Store::open_read(&db).unwrap().ledger().unwrap();
+    let at = |k: PairKey| {
+        let (src, dst) = crate::accounting::address_pair(&k);
+        ledger.get(&(src, dst)).unwrap()
+    };
+    assert_eq!((at(a).frames, at(a).bytes), (15, 1500));
+    assert_eq!((at(b).frames, at(b).bytes), (5, 500));
+    assert_eq!((at(c).frames, at(c).bytes), (2, 140));
+}
+
+/// A database of layout 1 (each baseline one JSON text with its pairs) is
+/// moved to rows at the daemon's start, and continued from exactly.
+#[test]
+fn a_database_of_layout_1_has_its_baseline_pairs_moved_to_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("h.db");
+    let (kernel, clock) = (FakeKernel::default(), FakeClock::at("2026-11-30T12:00:00Z"));
+    let (a, b) = (key(peer(1), A, 0), key(A, peer(2), 1));
+    let mut first = start(&db, &kernel, &clock, Limits::default());
+    send(&kernel, a, 10, 1000);
+    send(&kernel, b, 2, 140);
+    clock.advance(Duration::from_secs(10));
+    first.poll().unwrap();
+    drop(first);
+    // What layout 1 held: the pairs in the JSON text, no rows.
+    let pairs = stored_pairs(&db);
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let head: String = conn
+        .query_row(
+            "SELECT baseline FROM baselines WHERE iface = 'eth0'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let mut old: crate::accounting::Baseline = serde_json::from_str(&head).unwrap();
+    old.pairs = pairs.iter().map(|(k, c)| (*k, *c)).collect();
+    conn.execute(
+        "UPDATE baselines SET baseline = ?1 WHERE iface = 'eth0'",
+        [serde_json::to_string(&old).unwrap()],
+    )
+    .unwrap();
+    conn.execute_batch(
+        "DROP TABLE baseline_pairs; UPDATE meta SET value = '1' WHERE key = 'schema';",
+    )
+    .unwrap();
+    drop(conn);
+    // Reports read it as it is.
+    let hourly = Store::open_read(&db)
+        .unwrap()
+        .history(View::Hourly, &Query::default())
+        .unwrap();
+    assert_eq!(ints(&hourly, "in"), [1000]);
+
+    send(&kernel, a, 1, 100);
+    let mut second = start(&db, &kernel, &clock, Limits::default());
+    assert_eq!(stored_pairs(&db), pairs);
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let (schema, head): (String, String) = conn
+        .query_row(
+            "SELECT (SELECT value FROM meta WHERE key = 'schema'),
+                    (SELECT baseline FROM baselines WHERE iface = 'eth0')",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(schema, "2");
+    assert!(head.contains(r#""pairs":[]"#), "{head}");
+    clock.advance(Duration::from_secs(10));
+    second.poll().unwrap();
+    drop(second);
+    let ledger = Store::open_read(&db).unwrap().ledger().unwrap();
+    assert_eq!(
+        ledger
+            .pairs()
+            .map(|(_, c)| (c.frames, c.bytes))
+            .collect::<Vec<_>>(),
+        [(11, 1100), (2, 140)]
+    );
+}
+
 /// Two interfaces of one namespace (a router): what comes in at `eth0` goes
 /// out at `eth1`, and the store's totals count it once, across a crash.
 #[test]
@@ -294,7 +495,7 @@ fn quota_and_alert_usage_come_from_the_store_and_the_rules_from_the_files() {
         fired: true,
     };
     newer.metrics = Some(Default::default());
-    store.record(&[], &[], &[], &newer).unwrap();
+    store.record(&[], &[], &[], &[], &newer).unwrap();
     drop(store);
 
     let mut files = older;
@@ -342,7 +543,7 @@ fn by_service_lists_each_services_bytes_both_families_summed() {
         usage: &usage,
     };
     store
-        .record(&[record], &[], &[], &State::default())
+        .record(&[record], &[], &[], &[], &State::default())
         .unwrap();
     let daily = store
         .history(
