@@ -2,10 +2,7 @@
 //! console line, the cross-check with the interface's counters. Each sink
 //! keeps what it must retry; one that fails never stops the others.
 
-use std::{
-    io::Write as _,
-    time::{Duration, Instant},
-};
+use std::{io::Write as _, time::Duration};
 
 use crate::{
     alerts::Alerter,
@@ -36,8 +33,9 @@ pub struct FilesSink {
     files: Files,
     rules_saved: Option<u64>,
     every: Duration,
-    /// When the state file and the log were last written (or tried).
-    written: Instant,
+    /// The polls' time (the daemon's monotonic clock) since the state file
+    /// and the log were last written (or tried).
+    since_written: Duration,
     /// A write failed: try again with the next report.
     failed: bool,
 }
@@ -50,7 +48,7 @@ impl FilesSink {
             files,
             rules_saved: None,
             every,
-            written: Instant::now(),
+            since_written: Duration::ZERO,
             failed: false,
         }
     }
@@ -70,11 +68,14 @@ impl Sink for FilesSink {
         }
         // Quota usage between these writes is in the store, the rules in
         // the rules file.
-        let due = self.written.elapsed() >= self.every;
+        if let Some(interval) = report.interval {
+            self.since_written += interval.elapsed;
+        }
+        let due = self.since_written >= self.every;
         if !(due || self.failed || report.stopping) {
             return Ok(());
         }
-        self.written = Instant::now();
+        self.since_written = Duration::ZERO;
         let saved_now = self.files.save(saved.state, Some(saved.baseline));
         self.failed = saved_now.is_err();
         saved_now

@@ -164,7 +164,8 @@ fn a_restart_from_the_saved_baseline_counts_nothing_twice() {
 }
 
 #[test]
-fn with_a_long_log_every_the_log_and_the_state_file_are_written_at_the_stop() {
+fn with_a_long_log_every_the_log_and_the_state_file_are_written_each_hour_of_polls_and_at_the_stop()
+{
     let dir = tempfile::tempdir().unwrap();
     let files = Files::new(
         &dir.path().join("log.json"),
@@ -185,14 +186,27 @@ fn with_a_long_log_every_the_log_and_the_state_file_are_written_at_the_stop() {
         !files.state.exists() && !files.log.exists(),
         "nothing within the hour"
     );
+    let logged = |files: &Files| {
+        let saved = files.load().unwrap();
+        saved.ledger.get(&(B.into(), A.into())).unwrap().bytes
+    };
+    // The poll that ends the hour writes them; the next 10 s do not.
+    kernel.count(key(B, A), 11, 2600);
+    clock.advance(Duration::from_secs(3580));
+    daemon.poll().unwrap();
+    assert_eq!(logged(&files), 2600, "written at the hour");
+    kernel.count(key(B, A), 12, 2700);
+    clock.advance(Duration::from_secs(10));
+    daemon.poll().unwrap();
+    assert_eq!(logged(&files), 2600, "not again within the next hour");
     let (_, unwritten) = daemon.finish();
     assert_eq!(unwritten, Vec::<String>::new());
     let saved = files.load().unwrap();
     assert_eq!(
         saved.ledger.get(&(B.into(), A.into())),
         Some(Counter {
-            frames: 10,
-            bytes: 2500
+            frames: 12,
+            bytes: 2700
         })
     );
     assert_eq!(saved.baselines.len(), 1);

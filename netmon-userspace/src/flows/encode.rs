@@ -73,12 +73,26 @@ mod ie {
 /// sequence numbers.
 #[derive(Clone, Debug)]
 pub struct Domain {
-    /// The interface's ifIndex, also the observation domain id.
+    /// The observation domain id (NetFlow v9: source id); see [`domain_id`].
+    pub id: u32,
+    /// The interface's ifIndex, in its own namespace.
     pub ifindex: u32,
     /// The interface's name.
     pub name: String,
     /// IPFIX: data records sent so far; NetFlow v9: messages sent so far.
     pub sequence: u32,
+}
+
+/// The observation domain id of interface `ifindex` in the daemon's
+/// namespace (`netns` 0) or in the `netns`-th other one it watches: the
+/// ifIndex itself, or that namespace's number above its low 24 bits, since
+/// interfaces of two namespaces often share an ifIndex, and a collector
+/// keeps templates and sequence numbers per domain id.
+pub fn domain_id(netns: u8, ifindex: u32) -> u32 {
+    match netns {
+        0 => ifindex,
+        n => u32::from(n) << 24 | (ifindex & 0xff_ffff),
+    }
 }
 
 /// Encodes in one format, with or without ports.
@@ -376,7 +390,7 @@ impl Message {
                 domain.sequence = domain.sequence.wrapping_add(1);
             }
         }
-        header.extend_from_slice(&domain.ifindex.to_be_bytes());
+        header.extend_from_slice(&domain.id.to_be_bytes());
         self.buf[..header.len()].copy_from_slice(&header);
         self.buf
     }

@@ -21,7 +21,7 @@ use std::{
 
 use cache::{FlowCache, FlowRecord};
 use collector::Collector;
-use encode::{Clock, Domain, Encoder};
+use encode::{domain_id, Clock, Domain, Encoder};
 
 pub use collector::FailedSends;
 pub use encode::Format;
@@ -79,6 +79,14 @@ pub struct FlowExport {
     pub template_refresh: Duration,
 }
 
+/// A watched interface, as its domain id is made.
+struct Watched {
+    netns: Option<Arc<Netns>>,
+    name: String,
+    /// 0: the daemon's namespace; n: the n-th other, in the order given.
+    netns_number: u8,
+}
+
 /// The sink that exports flows.
 pub struct FlowExporter {
     encoder: Encoder,
@@ -87,8 +95,9 @@ pub struct FlowExporter {
     template_refresh: Duration,
     /// Per interface: its observation domain, and when its templates went out.
     domains: HashMap<String, (Domain, Option<Instant>)>,
-    /// Per interface label: its namespace and name there, for its ifIndex.
-    interfaces: HashMap<String, (Option<Arc<Netns>>, String)>,
+    /// Per interface label: its namespace, its name there (for its
+    /// ifIndex), and the namespace's number ([`domain_id`]).
+    interfaces: HashMap<String, Watched>,
     started: Instant,
 }
 
@@ -112,6 +121,29 @@ impl FlowExporter {
             .iter()
             .map(|spec| Collector::open(spec))
             .collect::<Result<_, _>>()?;
+        // Namespaces numbered in the order their first interface comes.
+        let mut numbered: Vec<String> = Vec::new();
+        let interfaces = interfaces
+            .into_iter()
+            .map(|(label, netns, name)| {
+                let netns_number = match label.rsplit_once(':') {
+                    None => 0,
+                    Some((ns, _)) => {
+                        let at = numbered.iter().position(|n| n == ns).unwrap_or_else(|| {
+                            numbered.push(ns.to_string());
+                            numbered.len() - 1
+                        });
+                        (at + 1).min(usize::from(u8::MAX)) as u8
+                    }
+                };
+                let watched = Watched {
+                    netns,
+                    name,
+                    netns_number,
+                };
+                (label, watched)
+            })
+            .collect();
         Ok(FlowExporter {
             encoder: Encoder {
                 format: export.format,
@@ -121,10 +153,7 @@ impl FlowExporter {
             collectors,
             template_refresh: export.template_refresh,
             domains: HashMap::new(),
-            interfaces: interfaces
-                .into_iter()
-                .map(|(label, netns, name)| (label, (netns, name)))
-                .collect(),
+            interfaces,
             started: Instant::now(),
         })
     }
@@ -134,30 +163,40 @@ impl FlowExporter {
         self.collectors.iter().map(|c| c.failed.clone()).collect()
     }
 
-    /// The ifIndex of the interface labelled `iface`, in its own namespace;
-    /// 0 once it is gone.
-    fn ifindex(&self, iface: &str) -> u32 {
-        let (netns, name) = match self.interfaces.get(iface) {
-            Some((netns, name)) => (netns.as_deref(), name.as_str()),
-            None => (None, iface),
+    /// The observation domain of the interface labelled `iface` now: its
+    /// ifIndex in its own namespace (0 once it is gone), and its domain id.
+    fn domain(&self, iface: &str) -> Domain {
+        let (netns, name, number) = match self.interfaces.get(iface) {
+            Some(w) => (w.netns.as_deref(), w.name.as_str(), w.netns_number),
+            None => (None, iface, 0),
         };
-        Datapath::index_in(netns, name).unwrap_or(0)
+        let ifindex = Datapath::index_in(netns, name).unwrap_or(0);
+        Domain {
+            id: domain_id(number, ifindex),
+            ifindex,
+            name: iface.to_string(),
+            sequence: 0,
+        }
     }
 
     /// Encodes `records` of `iface` (with the templates when they are due)
-    /// and sends them to every collector.
+    /// and sends them to every collector. With the templates, the
+    /// interface's ifIndex is read again: one made anew (hotplug, a
+    /// container restarted) is a new domain, its sequence from zero.
     fn export(&mut self, iface: &str, records: &[FlowRecord]) {
         let now = Instant::now();
-        if !self.domains.contains_key(iface) {
-            let domain = Domain {
-                ifindex: self.ifindex(iface),
-                name: iface.to_string(),
-                sequence: 0,
-            };
-            self.domains.insert(iface.to_string(), (domain, None));
+        let due = |sent: &Option<Instant>| sent.is_none_or(|t| now - t >= self.template_refresh);
+        if self.domains.get(iface).is_none_or(|(_, sent)| due(sent)) {
+            let fresh = self.domain(iface);
+            match self.domains.get_mut(iface) {
+                Some((domain, _)) if domain.id == fresh.id => {}
+                _ => {
+                    self.domains.insert(iface.to_string(), (fresh, None));
+                }
+            }
         }
         let (domain, templates_sent) = self.domains.get_mut(iface).expect("inserted above");
-        let templates = templates_sent.is_none_or(|t| now - t >= self.template_refresh);
+        let templates = due(templates_sent);
         if !templates && records.is_empty() {
             return;
         }

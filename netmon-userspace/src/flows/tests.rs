@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use super::{
     cache::{EndReason, FlowCache, FlowRecord},
     encode::{Clock, Domain, Encoder, Format, MAX_MESSAGE},
+    FlowExport, FlowExporter,
 };
 use crate::{
     accounting::{IntervalUsage, PairDelta},
@@ -63,6 +64,7 @@ fn record(key: PairKey, dropped: bool, frames: u64, bytes: u64) -> FlowRecord {
 
 fn domain() -> Domain {
     Domain {
+        id: 7,
         ifindex: 7,
         name: "nm-ipfix0".into(),
         sequence: 0,
@@ -391,5 +393,36 @@ fn a_flow_that_stays_active_is_reported_every_active_timeout() {
             (ab, false, 300, 0, 30, EndReason::ActiveTimeout),
             (ab, false, 300, 30, 60, EndReason::ActiveTimeout),
         ]
+    );
+}
+
+/// Interfaces of two namespaces often share an ifIndex (every namespace's
+/// `lo` is 1); a collector keeps templates and sequence numbers per domain
+/// id, so each namespace's domains are apart, numbered as they come.
+#[test]
+fn each_namespaces_interfaces_are_observation_domains_of_their_own() {
+    let export = FlowExport {
+        collectors: vec!["127.0.0.1:9".into()],
+        format: Format::Ipfix,
+        active_timeout: Duration::from_secs(60),
+        template_refresh: Duration::from_secs(60),
+    };
+    let lo = |label: &str| (label.to_string(), None, "lo".to_string());
+    let exporter = FlowExporter::open(
+        &export,
+        false,
+        [lo("lo"), lo("web:lo"), lo("db:lo"), lo("web:x")],
+    )
+    .unwrap();
+    let ids: Vec<(u32, u32)> = ["lo", "web:lo", "db:lo", "web:x"]
+        .iter()
+        .map(|iface| {
+            let domain = exporter.domain(iface);
+            (domain.ifindex, domain.id)
+        })
+        .collect();
+    assert_eq!(
+        ids,
+        [(1, 1), (1, 1 << 24 | 1), (1, 2 << 24 | 1), (1, 1 << 24 | 1)]
     );
 }

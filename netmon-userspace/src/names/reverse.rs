@@ -229,12 +229,15 @@ impl Reverse {
     ) -> BTreeMap<IpAddr, String> {
         let mut found = lock(&self.found);
         let mut names = BTreeMap::new();
+        let mut room = true;
         for address in addresses {
             if let Some(name) = found.names.get(address, now_ns) {
                 names.insert(*address, name.to_string());
-            } else if found.ask(*address, now_ns) && self.queue.try_send(*address).is_err() {
-                // Full: asked again at a later interval.
+            } else if room && found.ask(*address, now_ns) && self.queue.try_send(*address).is_err()
+            {
+                // Full: this one and the rest are asked at a later interval.
                 found.asked.remove(address);
+                room = false;
             }
         }
         names

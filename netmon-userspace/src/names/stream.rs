@@ -57,23 +57,29 @@ impl Streams {
         self.streams
             .retain(|_, s| now_ns.saturating_sub(s.last_ns) < STREAM_TIMEOUT_NS);
         completed.given_up += (before - self.streams.len()) as u64;
-        let mut data = match self.streams.remove(&flow) {
-            Some(stream) if stream.next_seq == seq => stream.data,
-            Some(stream) if !after(seq.wrapping_add(segment.len() as u32), stream.next_seq) => {
+        let end = seq.wrapping_add(segment.len() as u32);
+        let (mut data, new) = match self.streams.remove(&flow) {
+            Some(stream) if !after(end, stream.next_seq) => {
                 // A retransmission of what was taken already.
                 self.streams.insert(flow, stream);
                 completed.waiting = true;
                 return completed;
             }
+            Some(stream) if !after(seq, stream.next_seq) => {
+                // The next bytes, maybe after some taken already (a resent
+                // segment may carry new ones too): the new ones continue.
+                let taken = stream.next_seq.wrapping_sub(seq) as usize;
+                (stream.data, &segment[taken..])
+            }
             Some(_) => {
                 // A segment was missed: the message cannot be finished, and
                 // this one is taken as the start of the next.
                 completed.given_up += 1;
-                Vec::new()
+                (Vec::new(), segment)
             }
-            None => Vec::new(),
+            None => (Vec::new(), segment),
         };
-        data.extend_from_slice(segment);
+        data.extend_from_slice(new);
         let mut at = 0;
         while let Some(size) = data.get(at..at + 2) {
             let end = at + 2 + usize::from(u16::from_be_bytes([size[0], size[1]]));
@@ -96,11 +102,10 @@ impl Streams {
                     completed.given_up += 1;
                 }
             }
-            let next_seq = seq.wrapping_add(segment.len() as u32);
             self.streams.insert(
                 flow,
                 Stream {
-                    next_seq,
+                    next_seq: end,
                     data,
                     last_ns: now_ns,
                 },
@@ -169,6 +174,24 @@ mod tests {
         assert_eq!((first.messages, first.waiting), (vec![a], true));
         let second = streams.take(flow(2), 20, &both[20..], 0);
         assert_eq!(second.messages, [b]);
+    }
+
+    #[test]
+    fn a_resent_segment_overlapping_what_was_taken_continues_the_message_with_its_new_bytes() {
+        let message: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
+        let stream = framed(std::slice::from_ref(&message));
+        let mut streams = Streams::default();
+        // Sequence numbers wrap within the overlap.
+        let at = |offset: usize| (u32::MAX - 700).wrapping_add(offset as u32);
+        assert!(streams.take(flow(1), at(0), &stream[..1000], 0).waiting);
+        // Bytes 500..2000: half again, half new (repacketized when resent).
+        let overlap = streams.take(flow(1), at(500), &stream[500..2000], 1);
+        assert_eq!(
+            (overlap.given_up, overlap.messages.len(), overlap.waiting),
+            (0, 0, true)
+        );
+        let last = streams.take(flow(1), at(2000), &stream[2000..], 2);
+        assert_eq!((last.given_up, last.messages), (0, vec![message]));
     }
 
     #[test]

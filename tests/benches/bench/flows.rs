@@ -99,6 +99,7 @@ fn measure(flows: u32, rounds: u32) -> Vec<Row> {
         ports: true,
     };
     let mut domain = Domain {
+        id: 1,
         ifindex: 1,
         name: "bench0".into(),
         sequence: 0,
