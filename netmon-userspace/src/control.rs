@@ -24,10 +24,21 @@ pub use access::{Access, AccessError, Peer, ADMIN_GROUP, SOCKET_GROUP};
 /// interface or serve its socket. Each message names the fix.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
-    /// The user may not open the socket or its directory.
-    #[error("permission denied on {}: reading needs the group {SOCKET_GROUP}, changing the policy \
-             root or the group {ADMIN_GROUP}; ask an administrator to add you (usermod -aG {SOCKET_GROUP} USER)", .0.display())]
-    Denied(PathBuf),
+    /// The user may not open the socket or its directory, which belong to
+    /// the daemon's socket group.
+    #[error("permission denied on {}: reading needs the group {group}, the socket's; ask an \
+             administrator to add you (usermod -aG {group} USER)", path.display())]
+    Denied {
+        /// The socket or its directory.
+        path: PathBuf,
+        /// Its group: a name, or a number without one.
+        group: String,
+    },
+    /// The socket or its directory is open to no group.
+    #[error("permission denied on {}: it is open to no group (the daemon runs without \
+             --socket-group); run this as root, or start the daemon with --socket-group GROUP \
+             (the packaged unit's is {SOCKET_GROUP})", .0.display())]
+    RootOnly(PathBuf),
     /// Nothing listens on the socket.
     #[error("no netmon daemon answers on {} ({cause}); start it with `netmon run --iface IF`, as root", path.display())]
     NoAnswer {
@@ -283,9 +294,7 @@ pub fn ask(iface: Option<&str>, request: &Request) -> Result<Answer, ControlErro
     };
     let mut stream = match UnixStream::connect(&path) {
         Ok(stream) => stream,
-        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-            return Err(ControlError::Denied(path))
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => return Err(denied(path)),
         Err(cause) => return Err(ControlError::NoAnswer { path, cause }),
     };
     let mut line = serde_json::to_string(request).expect("requests serialise");
@@ -362,10 +371,29 @@ fn socket_of(iface: &str) -> Result<PathBuf, ControlError> {
     }
 }
 
+/// Why `path` (a socket, or their directory) refused the caller: the group
+/// it is open to, as the daemon's `--socket-group` made it, or root alone.
+fn denied(path: PathBuf) -> ControlError {
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(meta) = std::fs::metadata(&path) else {
+        return ControlError::RootOnly(path);
+    };
+    let open_to_group = meta.mode() & 0o060 != 0 && meta.gid() != 0;
+    if !open_to_group {
+        return ControlError::RootOnly(path);
+    }
+    let gid = nix::unistd::Gid::from_raw(meta.gid());
+    let group = match nix::unistd::Group::from_gid(gid) {
+        Ok(Some(g)) => g.name,
+        _ => gid.to_string(),
+    };
+    ControlError::Denied { path, group }
+}
+
 fn only_socket() -> Result<PathBuf, ControlError> {
     if let Err(e) = std::fs::read_dir(SOCKET_DIR) {
         if e.kind() == std::io::ErrorKind::PermissionDenied {
-            return Err(ControlError::Denied(SOCKET_DIR.into()));
+            return Err(denied(SOCKET_DIR.into()));
         }
     }
     let sockets = sockets();
@@ -755,6 +783,33 @@ pub async fn answer(mut stream: tokio::net::UnixStream, response: Response) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A refused client is told the group the socket is open to, by name
+    /// where it has one, or that it is open to none.
+    #[test]
+    fn a_refusal_names_the_sockets_group_or_says_it_has_none() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("eth0.sock");
+        std::fs::write(&socket, "").unwrap();
+        let refusal = |gid: u32, mode: u32| {
+            std::os::unix::fs::chown(&socket, None, Some(gid)).unwrap();
+            std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(mode)).unwrap();
+            denied(socket.clone()).to_string()
+        };
+        let on = socket.display();
+        assert_eq!(
+            refusal(65534, 0o660),
+            format!("permission denied on {on}: reading needs the group nogroup, the socket's; ask an administrator to add you (usermod -aG nogroup USER)")
+        );
+        assert_eq!(
+            refusal(64711, 0o660),
+            format!("permission denied on {on}: reading needs the group 64711, the socket's; ask an administrator to add you (usermod -aG 64711 USER)")
+        );
+        let none = format!("permission denied on {on}: it is open to no group (the daemon runs without --socket-group); run this as root, or start the daemon with --socket-group GROUP (the packaged unit's is netmon)");
+        assert_eq!(refusal(64711, 0o600), none);
+        assert_eq!(refusal(0, 0o660), none);
+    }
 
     #[test]
     fn requests_with_fields_netmon_does_not_know_are_refused() {

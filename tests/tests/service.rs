@@ -333,7 +333,7 @@ fn group_members_read_admins_change_and_others_are_refused() -> Result<()> {
     );
     assert_eq!(
         reason,
-        "reading needs the group netmon, changing the policy root or the group netmon-admin; ask an administrator to add you (usermod -aG netmon USER)\n",
+        format!("reading needs the group {SOCKET_GID}, the socket's; ask an administrator to add you (usermod -aG {SOCKET_GID} USER)\n"),
         "someone outside the group: one line"
     );
     assert_eq!(
@@ -567,6 +567,15 @@ fn netmon_runs_as_an_unprivileged_user_with_only_its_three_capabilities() -> Res
         answer(&out),
         (true, "rule 0 added: block 10.200.77.0/24\n".into()),
         "root changes its policy"
+    );
+    let (ok, refusal) = answer(&daemon.cli(OUTSIDER, &["rules", "--iface", &net.a.iface])?);
+    assert!(
+        !ok && refusal.starts_with("netmon: error: permission denied on /run/netmon/")
+            && refusal.ends_with(&format!(
+                ".sock: reading needs the group {NETMON_UID}, the socket's; ask an administrator \
+                 to add you (usermod -aG {NETMON_UID} USER)\n"
+            )),
+        "someone outside the socket's group is told which group it is: {refusal}"
     );
     std::thread::sleep(Duration::from_millis(1500));
     daemon.stop()?;
