@@ -306,12 +306,25 @@ fn stdin_gzip_zstd_and_a_directory_of_chunks_give_the_whole_files_pairs() -> Res
         "directory"
     );
 
+    // The same chunks named one by one, the last first: read in time order.
+    let named: Vec<PathBuf> = netmon_tests::names_in(&chunks)
+        .iter()
+        .rev()
+        .map(|name| chunks.join(name))
+        .collect();
+    let named: Vec<&Path> = named.iter().map(PathBuf::as_path).collect();
+    assert_eq!(
+        netmon_pairs(dir.path(), &named, None, None)?,
+        expected,
+        "files named, last first"
+    );
+
     // The old-format log of the directory holds the same totals as the file's.
-    let log = |name: &str, input: &Path| -> Result<Value> {
+    let log = |name: &str, inputs: &[&Path]| -> Result<Value> {
         let path = dir.path().join(name);
         let out = Command::new(netmon_tests::daemon::binary())
             .arg("analyze")
-            .arg(input)
+            .args(inputs)
             .arg("--detail-log")
             .arg(dir.path().join(format!("{name}.jsonl")))
             .arg("--log")
@@ -324,7 +337,9 @@ fn stdin_gzip_zstd_and_a_directory_of_chunks_give_the_whole_files_pairs() -> Res
         );
         Ok(serde_json::from_str(&std::fs::read_to_string(path)?)?)
     };
-    assert_eq!(log("dir.json", &chunks)?, log("file.json", &whole)?);
+    let file = log("file.json", &[&whole])?;
+    assert_eq!(log("dir.json", &[&chunks])?, file);
+    assert_eq!(log("named.json", &named)?, file, "files named, last first");
     Ok(())
 }
 
