@@ -54,24 +54,11 @@ pub fn analyze(
         let (closed, counted) = std::sync::mpsc::sync_channel::<IntervalCounts>(2);
         return std::thread::scope(|scope| {
             let reader = scope.spawn(move || {
-                let mut analyzer = Analyzer::new(interval, None);
-                let mut outcome = Outcome::default();
                 // A send fails only once this thread's receiver is gone, when
                 // `emit` panicked: the panic is what gets reported.
-                let summary = capture::read(
-                    input,
-                    |frame| {
-                        outcome.bytes += frame.wire_len as u64;
-                        analyzer.frame(&frame, |counts| drop(closed.send(counts)));
-                    },
-                    progress,
-                )?;
-                if let Some(open) = analyzer.finish() {
-                    drop(closed.send(open));
-                }
-                outcome.frames = summary.frames;
-                outcome.truncated.extend(summary.truncated);
-                Ok(outcome)
+                read_one(input, interval, None, progress, |counts| {
+                    drop(closed.send(counts))
+                })
             });
             for counts in counted {
                 emit(counts.finish(interval_ns));
@@ -143,21 +130,38 @@ fn read_whole(
     origin: Option<i128>,
     progress: impl FnMut(u64),
 ) -> FileResult {
-    let mut analyzer = Analyzer::new(interval, origin);
     let mut intervals = Vec::new();
+    let outcome = read_one(input, interval, origin, progress, |closed| {
+        intervals.push(closed)
+    })?;
+    Ok((intervals, outcome))
+}
+
+/// Reads `input` into intervals of `interval` (aligned to `origin`, else to
+/// its first frame), each handed to `closed` once it ends.
+fn read_one(
+    input: &Input,
+    interval: Duration,
+    origin: Option<i128>,
+    progress: impl FnMut(u64),
+    mut closed: impl FnMut(IntervalCounts),
+) -> Result<Outcome, CaptureError> {
+    let mut analyzer = Analyzer::new(interval, origin);
     let mut outcome = Outcome::default();
     let summary = capture::read(
         input,
         |frame| {
             outcome.bytes += frame.wire_len as u64;
-            analyzer.frame(&frame, |closed| intervals.push(closed));
+            analyzer.frame(&frame, &mut closed);
         },
         progress,
     )?;
-    intervals.extend(analyzer.finish());
+    if let Some(open) = analyzer.finish() {
+        closed(open);
+    }
     outcome.frames = summary.frames;
     outcome.truncated.extend(summary.truncated);
-    Ok((intervals, outcome))
+    Ok(outcome)
 }
 
 /// Accumulates frames into intervals of a fixed length.
