@@ -29,8 +29,10 @@ pub struct DetailImport {
 impl DetailImport {
     /// What the first start with the database at `db` takes from the
     /// detail log at `path` and its rotated files (`NAME.N` … `NAME.1`,
-    /// `NAME`): every interval, each read and converted here once, so that
-    /// a line that is not one refuses the start before anything is written.
+    /// `NAME`): every interval is read and converted here a first time, so
+    /// that a line that is not one refuses the start before anything is
+    /// written, and again by the import ([`DetailImport::each`]): twice the
+    /// reading, and no copy of the whole log in memory.
     /// Nothing once the database holds history (it imported before). A
     /// database that is not netmon's is refused as [`Store::check`] does.
     pub fn check(db: &Path, path: &Path) -> Result<DetailImport, HistoryError> {

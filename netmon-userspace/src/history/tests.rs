@@ -1106,11 +1106,60 @@ fn a_chart_draws_the_daily_rows_as_bars_in_a_picture_of_the_stated_size() {
     );
     assert_eq!(ints(&drawn, "in"), [3000, 6000, 9000]);
     assert_eq!(ints(&drawn, "out"), [900, 900, 900]);
-    let picture = image::open(&png).unwrap();
+    let picture = image::open(&png).unwrap().to_rgb8();
     assert_eq!(
         (picture.width(), picture.height()),
         crate::report::chart::SIZE
     );
+    // The bars as drawn: per run of columns of a bar's colour (green at 0.8
+    // on white for in, blue for out), its first column and tallest height.
+    let heights = |colour: [u8; 3]| {
+        let mut runs: Vec<(u32, u32, u32)> = Vec::new(); // first column, last, tallest
+        for x in 0..picture.width() {
+            let tall = (0..picture.height())
+                .filter(|&y| picture.get_pixel(x, y).0 == colour)
+                .count() as u32;
+            match runs.last_mut() {
+                Some((_, last, tallest)) if tall > 0 && *last + 1 == x => {
+                    *last = x;
+                    *tallest = (*tallest).max(tall);
+                }
+                _ if tall > 0 => runs.push((x, x, tall)),
+                _ => {}
+            }
+        }
+        runs
+    };
+    // The legend's swatches are 8 columns wide, the bars over a hundred.
+    let bars = |colour| -> Vec<(u32, u32)> {
+        heights(colour)
+            .into_iter()
+            .filter(|(first, last, _)| last - first > 20)
+            .map(|(first, _, tall)| (first, tall))
+            .collect()
+    };
+    let (received, sent) = (bars([51, 255, 51]), bars([51, 51, 255]));
+    assert_eq!(
+        (received.len(), sent.len()),
+        (3, 3),
+        "{received:?} {sent:?}"
+    );
+    // Heights in the rows' proportions (3000 : 6000 : 9000, and 900 each
+    // sent), to the pixel; each day's in bar left of its out bar.
+    let tallest = received[2].1 as f64;
+    for (bar, bytes) in received.iter().zip([3000.0, 6000.0, 9000.0]) {
+        assert!(
+            (bar.1 as f64 - tallest * bytes / 9000.0).abs() <= 1.0,
+            "{received:?}"
+        );
+    }
+    for (day, bar) in sent.iter().enumerate() {
+        assert!(
+            (bar.1 as f64 - tallest * 900.0 / 9000.0).abs() <= 1.0,
+            "{sent:?}"
+        );
+        assert!(received[day].0 < bar.0, "{received:?} {sent:?}");
+    }
     let svg = dir.path().join("monthly.svg");
     let drawn = chart(&store, &q, Bars::Monthly, &svg).unwrap();
     assert_eq!(drawn, store.history(View::Monthly, &q).unwrap());
