@@ -763,3 +763,55 @@ fn a_collector_that_is_down_costs_one_counted_failed_send_per_message_and_one_lo
     drop((nfcapd, other));
     Ok(())
 }
+
+/// A collector whose host is up but whose port is closed answers every
+/// message with an ICMP port unreachable, several of them before the next
+/// send could report one: each is counted, the last ones' at the stop.
+#[test]
+fn every_message_a_closed_port_refuses_is_counted_once() -> Result<()> {
+    const CLOSED: u16 = 4740;
+    let net = TestNet::create()?;
+    let (a, b) = (&net.a, &net.b);
+    let dir = tempfile::tempdir()?;
+    for host in [a, b] {
+        let setting = format!("net.ipv6.conf.{}.disable_ipv6=1", host.iface);
+        run(host.command("sysctl").args(["-qw", &setting]))?;
+    }
+    // b answers every datagram to the closed port, however fast they come.
+    run(b
+        .command("sysctl")
+        .args(["-qw", "net.ipv4.icmp_ratelimit=0"]))?;
+    let sent_path = dir.path().join("sent.pcap");
+    let sent = Capture::start(a, Way::Out, &sent_path)?;
+    let spec = format!("{}:{CLOSED}", b.ipv4);
+    let netmon = Netmon::on(a)
+        .logs_in(dir.path())
+        .interval("500ms")
+        .args(&["--ipfix", &spec, "--granularity", "5tuple"])
+        .start()?;
+    // Flows on many ports: exports of several messages each.
+    for round in 0..3u16 {
+        for port in 0..200u16 {
+            Flow::udp(a, b)
+                .port(20000 + 200 * round + port)
+                .sizes(&[60])
+                .send()?;
+        }
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    let printed = netmon.stop()?;
+    std::thread::sleep(Duration::from_millis(500));
+    sent.stop()?;
+    let messages = messages_to(&sent_path, &b.ipv4.to_string(), CLOSED)?;
+    ensure!(
+        messages >= 6,
+        "a few exports of several messages: {messages}"
+    );
+    let lost = format!("{messages} flow message(s) could not be sent to {spec}");
+    assert_eq!(
+        printed.iter().filter(|l| l.contains(&lost)).count(),
+        1,
+        "{lost}: {printed:?}"
+    );
+    Ok(())
+}

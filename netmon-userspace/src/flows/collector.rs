@@ -1,6 +1,8 @@
 //! A collector: its address, resolved once at start, and a connected,
 //! non-blocking UDP socket, so that a send never waits and a collector that
-//! is down (ICMP port unreachable, no route) shows as a failed send.
+//! is down shows as failed sends: a send refused at once (no route), or one
+//! the network answered with an ICMP error (port unreachable), each of which
+//! the socket queues (`IP_RECVERR`) to be counted at the end of an export.
 
 use std::{
     net::{SocketAddr, ToSocketAddrs as _, UdpSocket},
@@ -86,6 +88,7 @@ impl Collector {
         let socket = UdpSocket::bind(local).map_err(socket_error)?;
         socket.connect(addr).map_err(socket_error)?;
         socket.set_nonblocking(true).map_err(socket_error)?;
+        queue_errors(&socket, addr.is_ipv6()).map_err(socket_error)?;
         Ok(Collector {
             spec: spec.to_string(),
             addr,
@@ -103,26 +106,34 @@ impl Collector {
     /// Sends one message; a failure only counts. The first failure of an
     /// outage is logged, not each.
     ///
-    /// A collector that is down answers a message with an ICMP error, which
-    /// the socket reports at the next send (connection refused) instead of
-    /// sending it: that earlier message is the one lost, and this one is
-    /// sent again at once, so that a collector just started gets it.
+    /// An ICMP error answering an earlier message is also reported by the
+    /// next send (connection refused) instead of sending: that message is
+    /// sent again at once, and the earlier one counted from the queue.
     pub fn send(&mut self, message: &[u8]) {
         self.sent = true;
         match self.socket.send(message) {
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                self.failed(&e);
                 if let Err(e) = self.socket.send(message) {
-                    self.failed(&e);
+                    self.failed(1, &e);
                 }
             }
-            Err(e) => self.failed(&e),
+            Err(e) => self.failed(1, &e),
         }
     }
 
-    fn failed(&mut self, e: &std::io::Error) {
-        self.failed.count.fetch_add(1, Ordering::Relaxed);
+    /// Counts the messages the network refused since the last call: one
+    /// queued ICMP error each.
+    pub fn count_refused(&mut self) {
+        let refused = refusals(&self.socket);
+        if refused > 0 {
+            let cause = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+            self.failed(refused, &cause);
+        }
+    }
+
+    fn failed(&mut self, messages: u64, e: &std::io::Error) {
+        self.failed.count.fetch_add(messages, Ordering::Relaxed);
         self.failed_since = true;
         if !self.down {
             self.down = true;
@@ -139,6 +150,7 @@ impl Collector {
     /// whose every message went out: a collector that is down answers each
     /// export with an error at the latest by the next one's first send.
     pub fn settle(&mut self) {
+        self.count_refused();
         if self.down && self.sent && !self.failed_since {
             self.down = false;
             log::warn!(
@@ -150,6 +162,64 @@ impl Collector {
         }
         self.sent = false;
         self.failed_since = false;
+    }
+}
+
+/// Has the kernel queue each ICMP error answering a message sent on
+/// `socket` (`IP_RECVERR`): one entry per refused message, where the
+/// socket's pending error holds one for any number.
+fn queue_errors(socket: &UdpSocket, v6: bool) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let (level, name) = match v6 {
+        false => (libc::SOL_IP, libc::IP_RECVERR),
+        true => (libc::SOL_IPV6, libc::IPV6_RECVERR),
+    };
+    let on: libc::c_int = 1;
+    // SAFETY: an int option set on a socket we own.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            level,
+            name,
+            (&on as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    match rc {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}
+
+/// Empties `socket`'s error queue: how many errors it held.
+fn refusals(socket: &UdpSocket) -> u64 {
+    use std::os::fd::AsRawFd as _;
+    let mut taken = 0;
+    loop {
+        // The refused message's start and the error's details: not needed,
+        // but the kernel truncates rather than drops into buffers this small.
+        let (mut data, mut control) = ([0u8; 64], [0u8; 256]);
+        let mut iov = libc::iovec {
+            iov_base: data.as_mut_ptr().cast(),
+            iov_len: data.len(),
+        };
+        // SAFETY: a zeroed msghdr is valid; its buffers outlive the call.
+        let rc = unsafe {
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = control.as_mut_ptr().cast();
+            msg.msg_controllen = control.len() as _;
+            libc::recvmsg(
+                socket.as_raw_fd(),
+                &mut msg,
+                libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT,
+            )
+        };
+        if rc < 0 {
+            return taken; // EAGAIN: empty
+        }
+        taken += 1;
     }
 }
 

@@ -66,6 +66,9 @@ pub enum FlowError {
     ZeroDuration(&'static str),
 }
 
+/// How long the stop waits for ICMP errors answering the last messages.
+const REFUSAL_WAIT: Duration = Duration::from_millis(100);
+
 /// What `--ipfix` and the `--flow-*` options say.
 #[derive(Clone, Debug)]
 pub struct FlowExport {
@@ -233,6 +236,12 @@ impl Drop for FlowExporter {
     fn drop(&mut self) {
         for (iface, records) in self.cache.drain() {
             self.export(&iface, &records);
+        }
+        // The network's answer to the last messages, which no later export
+        // would count: a round trip on the collectors' network.
+        std::thread::sleep(REFUSAL_WAIT);
+        for collector in &mut self.collectors {
+            collector.count_refused();
         }
         for failed in self.failed_sends() {
             let n = failed.count();
