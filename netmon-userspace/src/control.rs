@@ -301,12 +301,19 @@ pub fn ask(iface: Option<&str>, request: &Request) -> Result<Answer, ControlErro
     line.push('\n');
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
-        .and_then(|()| stream.write_all(line.as_bytes()))
         .map_err(io("sending the request to the daemon"))?;
+    // A daemon too busy answers before reading: the answer is there even
+    // when the request could not be sent.
+    let sent = stream.write_all(line.as_bytes());
     let mut answer = String::new();
-    BufReader::new(stream)
-        .read_line(&mut answer)
-        .map_err(io("reading the daemon's answer"))?;
+    let read = BufReader::new(stream).read_line(&mut answer);
+    match (sent, read) {
+        (_, Ok(n)) if n > 0 => {}
+        (Err(e), _) => return Err(io("sending the request to the daemon")(e)),
+        (Ok(()), read) => {
+            read.map_err(io("reading the daemon's answer"))?;
+        }
+    }
     match serde_json::from_str(&answer) {
         Ok(Response::Ok(answer)) => Ok(answer),
         Ok(Response::Error(e)) => Err(ControlError::Refused(e)),
@@ -419,6 +426,11 @@ pub const MAX_READER_REQUEST: u64 = 4 << 10;
 const CLIENT_TIME: Duration = Duration::from_secs(5);
 /// Connections served at once; more wait for one of them to end.
 const CONNECTIONS: usize = 128;
+/// Of those, the most that clients who may only read hold at once: the
+/// rest stay for root and the admin group, so that a reader's silent
+/// connections never keep them from changing the policy. A reader beyond
+/// it is refused at once.
+const READER_CONNECTIONS: usize = 96;
 
 /// The private directory for sockets and claims: created 0700, and refused
 /// when it is a link or another user's, since netmon runs as root.
@@ -629,6 +641,7 @@ impl Listener {
         }
         let (sender, requests) = tokio::sync::mpsc::channel(CONNECTIONS);
         let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(CONNECTIONS));
+        let readers = std::sync::Arc::new(tokio::sync::Semaphore::new(READER_CONNECTIONS));
         let accept = tokio::spawn(async move {
             loop {
                 let Ok(slot) = slots.clone().acquire_owned().await else {
@@ -643,9 +656,9 @@ impl Listener {
                         continue;
                     }
                 };
-                let sender = sender.clone();
+                let (sender, readers) = (sender.clone(), readers.clone());
                 tokio::spawn(async move {
-                    serve(stream, sender, access).await;
+                    serve(stream, sender, access, &readers).await;
                     drop(slot);
                 });
             }
@@ -678,15 +691,27 @@ async fn serve(
     stream: tokio::net::UnixStream,
     daemon: tokio::sync::mpsc::Sender<Incoming>,
     access: Access,
+    readers: &tokio::sync::Semaphore,
 ) {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt};
     let Ok(peer) = Peer::of(&stream) else {
         return;
     };
-    let limit = if access.admin(&peer) {
-        MAX_REQUEST
+    let (limit, _reader_slot) = if access.admin(&peer) {
+        (MAX_REQUEST, None)
     } else {
-        MAX_READER_REQUEST
+        match readers.try_acquire() {
+            Ok(slot) => (MAX_READER_REQUEST, Some(slot)),
+            Err(_) => {
+                let busy = format!(
+                    "busy: {READER_CONNECTIONS} connections of clients that may only read are \
+                     open; try again in a few seconds"
+                );
+                let _ =
+                    tokio::time::timeout(CLIENT_TIME, answer(stream, Response::Error(busy))).await;
+                return;
+            }
+        }
     };
     let mut reader = tokio::io::BufReader::new(stream).take(limit + 1);
     let mut line = Vec::new();

@@ -442,6 +442,69 @@ fn silent_and_endless_clients_delay_neither_other_clients_nor_the_poll() -> Resu
     Ok(())
 }
 
+/// A reader's silent connections take at most its share of the daemon's
+/// (96 of 128): root is answered while they are open, and a reader beyond
+/// the share is refused at once.
+#[test]
+fn a_readers_silent_connections_leave_root_its_room() -> Result<()> {
+    let net = TestNet::create()?;
+    let dir = tempfile::tempdir()?;
+    let daemon = group_daemon(&net, dir.path())?;
+    let iface = net.a.iface.as_str();
+    let socket = netmon_tests::daemon::socket(&net.a);
+    // 128 connections, all silent; counts those answered within two
+    // seconds (busy), then waits for the daemon to hang up on the rest.
+    let script = format!(
+        r#"use IO::Select;
+        my @all = ($s, map {{ IO::Socket::UNIX->new(Peer => '{}') or die "connect: $!" }} 2..128);
+        print "opened " . scalar(@all) . "\n";
+        my $sel = IO::Select->new(@all);
+        my ($busy, $until) = (0, time + 2);
+        while (time < $until) {{
+            for my $r ($sel->can_read(0.1)) {{
+                my $got = <$r>;
+                $busy++ if defined $got && $got =~ /busy/;
+                $sel->remove($r);
+            }}
+        }}
+        print "busy $busy\n";
+        $sel->can_read(30);
+        print "closed\n";"#,
+        socket.display()
+    );
+    let mut silent = perl_client(&daemon, MEMBER, &socket, &script)?;
+    assert_eq!(first_line_of(&mut silent)?, "connected\n");
+    assert_eq!(first_line_of(&mut silent)?, "opened 128\n");
+    assert_eq!(
+        answer(&daemon.cli((0, 0, &[]), &["rules", "--iface", iface])?),
+        (true, "no rules\n".into()),
+        "root is answered"
+    );
+    assert_eq!(
+        answer(&daemon.cli(MEMBER, &["rules", "--iface", iface])?),
+        (false, "netmon: error: busy: 96 connections of clients that may only read are open; try again in a few seconds\n".into()),
+        "a reader beyond the share is refused at once"
+    );
+    assert!(
+        silent.try_wait()?.is_none(),
+        "both answers came while the silent connections were open"
+    );
+    assert_eq!(
+        first_line_of(&mut silent)?,
+        "busy 32\n",
+        "the 32 beyond the share"
+    );
+    assert_eq!(first_line_of(&mut silent)?, "closed\n");
+    silent.wait()?;
+    assert_eq!(
+        answer(&daemon.cli(MEMBER, &["rules", "--format", "json", "--iface", iface])?),
+        (true, "[]\n".into()),
+        "readers are answered again once those are gone"
+    );
+    daemon.stop()?;
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------
 // netmon as an unprivileged user
 
