@@ -694,7 +694,7 @@ fn reloads_never_let_blocked_traffic_through() -> Result<()> {
     std::fs::rename(policy.with_extension("toml.new"), &policy)?;
     let line = netmon.wait_for("policy not reloaded", Duration::from_secs(5))?;
     assert!(
-        line.contains("policy.toml:1:") && line.contains("/33"),
+        line.contains("policy.toml:2:") && line.contains("/33"),
         "{line}"
     );
     let (sent, received) = stream.join().unwrap()?;
@@ -733,7 +733,7 @@ fn bad_input_is_refused_and_changes_nothing() -> Result<()> {
         .unwrap()
         .to_string();
     assert!(
-        err.contains("policy.toml:4: 'hourly' is not a period"),
+        err.contains("policy.toml:7: 'hourly' is not a period"),
         "{err}"
     );
 

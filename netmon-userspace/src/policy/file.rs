@@ -43,44 +43,61 @@ use crate::units::parse_size;
 #[serde(deny_unknown_fields)]
 struct RawFile {
     #[serde(default)]
-    block: Vec<Spanned<RawRule>>,
+    block: Vec<Spanned<RawEntry>>,
     #[serde(default)]
-    allow: Vec<Spanned<RawRule>>,
+    allow: Vec<Spanned<RawEntry>>,
     #[serde(default)]
-    quota: Vec<Spanned<RawQuota>>,
+    quota: Vec<Spanned<RawEntry>>,
 }
 
+/// One `[[block]]`, `[[allow]]` or `[[quota]]` table. Every key keeps its
+/// place, so that an error names the key's line, not the table's: one
+/// struct for all three, since a flattened one loses the places.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawMatch {
-    cidr: Option<String>,
-    file: Option<String>,
-    proto: Option<String>,
-    port: Option<i64>,
-    sport: Option<i64>,
-    dport: Option<i64>,
-    direction: Option<String>,
-    all: Option<bool>,
-    ifaces: Option<Vec<String>>,
+struct RawEntry {
+    cidr: Option<Spanned<String>>,
+    file: Option<Spanned<String>>,
+    proto: Option<Spanned<String>>,
+    port: Option<Spanned<i64>>,
+    sport: Option<Spanned<i64>>,
+    dport: Option<Spanned<i64>>,
+    direction: Option<Spanned<String>>,
+    all: Option<Spanned<bool>>,
+    ifaces: Option<Spanned<Vec<String>>>,
+    // A quota's own.
+    name: Option<Spanned<String>>,
+    limit: Option<Spanned<toml::Value>>,
+    period: Option<Spanned<String>>,
+    start_day: Option<Spanned<i64>>,
+    warn: Option<Spanned<Vec<i64>>>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRule {
-    #[serde(flatten)]
-    matcher: RawMatch,
+impl RawEntry {
+    /// The first key only a quota has, with its place.
+    fn quota_key(&self) -> Option<(&'static str, usize)> {
+        let start = |s: std::ops::Range<usize>| s.start;
+        [
+            ("name", self.name.as_ref().map(|v| start(v.span()))),
+            ("limit", self.limit.as_ref().map(|v| start(v.span()))),
+            ("period", self.period.as_ref().map(|v| start(v.span()))),
+            (
+                "start_day",
+                self.start_day.as_ref().map(|v| start(v.span())),
+            ),
+            ("warn", self.warn.as_ref().map(|v| start(v.span()))),
+        ]
+        .into_iter()
+        .find_map(|(key, at)| Some((key, at?)))
+    }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawQuota {
-    name: Option<String>,
-    limit: toml::Value,
-    period: String,
-    start_day: Option<i64>,
-    warn: Option<Vec<i64>>,
-    #[serde(flatten)]
-    matcher: RawMatch,
+/// An error's text, and where in the file it is.
+type Placed = (usize, String);
+
+/// Places an error at `value`'s key.
+fn at_key<T, E: std::fmt::Display>(value: &Spanned<T>) -> impl FnOnce(E) -> Placed + '_ {
+    move |e| (value.span().start, e.to_string())
 }
 
 /// A configuration file (`netmon run --config`) with its policy inline, as
@@ -139,11 +156,20 @@ pub fn parse(
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let mut set = PolicySet::default();
     let mut seen = HashSet::new();
-    for (action, entries) in [(Action::Block, &raw.block), (Action::Allow, &raw.allow)] {
+    let place = |(offset, e): Placed| at(offset, &e);
+    for (action, table, entries) in [
+        (Action::Block, "[[block]]", &raw.block),
+        (Action::Allow, "[[allow]]", &raw.allow),
+    ] {
         for entry in entries {
             let offset = entry.span().start;
-            let (matcher, source) = to_match(&entry.get_ref().matcher, &base, interfaces)
-                .map_err(|e| at(offset, &e))?;
+            if let Some((key, key_at)) = entry.get_ref().quota_key() {
+                return Err(at(
+                    key_at,
+                    &format!("'{key}' belongs to a [[quota]], not a {table}"),
+                ));
+            }
+            let (matcher, source) = to_match(entry.get_ref(), &base, interfaces).map_err(place)?;
             let rule = Rule {
                 action,
                 matcher,
@@ -158,7 +184,7 @@ pub fn parse(
     }
     for entry in &raw.quota {
         let offset = entry.span().start;
-        let quota = to_quota(entry.get_ref(), &base, interfaces).map_err(|e| at(offset, &e))?;
+        let quota = to_quota(entry.get_ref(), offset, &base, interfaces).map_err(place)?;
         quota.validate().map_err(|e| at(offset, &e))?;
         if !seen.insert(format!("quota {}", quota.name)) {
             return Err(at(
@@ -171,62 +197,74 @@ pub fn parse(
     Ok(set)
 }
 
-fn port(value: Option<i64>, what: &str) -> Result<Option<u16>, PolicyError> {
-    value
-        .map(|p| {
-            u16::try_from(p).map_err(|_| format!("{what} {p} is not a port (1 to 65535)").into())
-        })
-        .transpose()
+fn port(p: i64, what: &str) -> Result<u16, String> {
+    u16::try_from(p).map_err(|_| format!("{what} {p} is not a port (1 to 65535)"))
 }
 
 fn to_match(
-    raw: &RawMatch,
+    raw: &RawEntry,
     base: &Path,
     interfaces: Option<&[&str]>,
-) -> Result<(Match, Option<String>), PolicyError> {
+) -> Result<(Match, Option<String>), Placed> {
     let mut source = None;
     let cidrs = match (&raw.cidr, &raw.file) {
-        (Some(_), Some(_)) => return Err("give either cidr or file, not both".into()),
-        (Some(c), None) => vec![c.parse::<Cidr>()?],
+        (Some(_), Some(f)) => {
+            return Err(at_key(f)("give either cidr or file, not both"));
+        }
+        (Some(c), None) => vec![c.get_ref().parse::<Cidr>().map_err(at_key(c))?],
         (None, Some(f)) => {
-            let path = resolve(base, f);
+            let path = resolve(base, f.get_ref());
             source = Some(path.display().to_string());
-            read_blocklist(&path)?
+            read_blocklist(&path).map_err(at_key(f))?
         }
         (None, None) => vec![],
     };
+    let port = |value: &Option<Spanned<i64>>, what: &str| {
+        value
+            .as_ref()
+            .map(|p| port(*p.get_ref(), what).map_err(at_key(p)))
+            .transpose()
+    };
     let matcher = Match {
         cidrs,
-        proto: raw.proto.as_deref().map(str::parse::<Proto>).transpose()?,
-        port: port(raw.port, "port")?,
-        sport: port(raw.sport, "sport")?,
-        dport: port(raw.dport, "dport")?,
-        direction: match raw.direction.as_deref() {
-            None | Some("both") => Directions::Both,
-            Some("in") => Directions::In,
-            Some("out") => Directions::Out,
-            Some(other) => return Err(format!("direction '{other}' is not in, out or both").into()),
+        proto: raw
+            .proto
+            .as_ref()
+            .map(|p| p.get_ref().parse::<Proto>().map_err(at_key(p)))
+            .transpose()?,
+        port: port(&raw.port, "port")?,
+        sport: port(&raw.sport, "sport")?,
+        dport: port(&raw.dport, "dport")?,
+        direction: match &raw.direction {
+            None => Directions::Both,
+            Some(d) => match d.get_ref().as_str() {
+                "both" => Directions::Both,
+                "in" => Directions::In,
+                "out" => Directions::Out,
+                other => {
+                    return Err(at_key(d)(format!(
+                        "direction '{other}' is not in, out or both"
+                    )))
+                }
+            },
         },
-        all: raw.all.unwrap_or(false),
-        ifaces: to_ifaces(raw.ifaces.as_deref(), interfaces)?,
+        all: raw.all.as_ref().is_some_and(|a| *a.get_ref()),
+        ifaces: match &raw.ifaces {
+            None => Vec::new(),
+            Some(named) => to_ifaces(named.get_ref(), interfaces).map_err(at_key(named))?,
+        },
     };
     Ok((matcher, source))
 }
 
 /// The `ifaces` of a rule or quota, as the daemon names them.
-fn to_ifaces(
-    named: Option<&[String]>,
-    interfaces: Option<&[&str]>,
-) -> Result<Vec<String>, PolicyError> {
-    let named =
-        match named {
-            None => return Ok(Vec::new()),
-            Some([]) => return Err(
-                "ifaces is empty: name at least one interface, or leave ifaces out for all of them"
-                    .into(),
-            ),
-            Some(named) => named,
-        };
+fn to_ifaces(named: &[String], interfaces: Option<&[&str]>) -> Result<Vec<String>, PolicyError> {
+    if named.is_empty() {
+        return Err(
+            "ifaces is empty: name at least one interface, or leave ifaces out for all of them"
+                .into(),
+        );
+    }
     let Some(interfaces) = interfaces else {
         return Ok(named.to_vec());
     };
@@ -241,35 +279,54 @@ fn to_ifaces(
 }
 
 fn to_quota(
-    raw: &RawQuota,
+    raw: &RawEntry,
+    offset: usize,
     base: &Path,
     interfaces: Option<&[&str]>,
-) -> Result<Quota, PolicyError> {
-    let (matcher, _) = to_match(&raw.matcher, base, interfaces)?;
-    let limit = match &raw.limit {
-        toml::Value::String(s) => parse_size(s)?,
+) -> Result<Quota, Placed> {
+    let (matcher, _) = to_match(raw, base, interfaces)?;
+    let needs = |key: &str| (offset, format!("a [[quota]] needs {key}"));
+    let limit = raw
+        .limit
+        .as_ref()
+        .ok_or_else(|| needs("limit, like \"2GB\""))?;
+    let limit = match limit.get_ref() {
+        toml::Value::String(s) => parse_size(s).map_err(at_key(limit))?,
         toml::Value::Integer(n) if *n > 0 => *n as u64,
-        other => return Err(format!("limit {other} is not a size; write it like \"2GB\"").into()),
+        other => {
+            return Err(at_key(limit)(format!(
+                "limit {other} is not a size; write it like \"2GB\""
+            )))
+        }
     };
     let start_day = raw
         .start_day
+        .as_ref()
         .map(|d| {
-            u8::try_from(d)
-                .map_err(|_| format!("start day {d} is not a day of the month (1 to 31)"))
+            u8::try_from(*d.get_ref()).map_err(|_| {
+                at_key(d)(format!(
+                    "start day {} is not a day of the month (1 to 31)",
+                    d.get_ref()
+                ))
+            })
         })
         .transpose()?;
-    let period = Period::parse(&raw.period, start_day)?;
-    let warn = raw
-        .warn
-        .iter()
-        .flatten()
-        .map(|p| {
-            u8::try_from(*p)
-                .map_err(|_| format!("warn level {p} is not a percentage from 1 to 99").into())
-        })
-        .collect::<Result<Vec<u8>, PolicyError>>()?;
+    let period = raw.period.as_ref().ok_or_else(|| needs("a period"))?;
+    let period = Period::parse(period.get_ref(), start_day).map_err(at_key(period))?;
+    let warn = match &raw.warn {
+        None => Vec::new(),
+        Some(levels) => levels
+            .get_ref()
+            .iter()
+            .map(|p| {
+                u8::try_from(*p).map_err(|_| {
+                    at_key(levels)(format!("warn level {p} is not a percentage from 1 to 99"))
+                })
+            })
+            .collect::<Result<Vec<u8>, Placed>>()?,
+    };
     let name = match &raw.name {
-        Some(n) if !n.trim().is_empty() => n.trim().to_string(),
+        Some(n) if !n.get_ref().trim().is_empty() => n.get_ref().trim().to_string(),
         _ => matcher.to_string(),
     };
     Ok(Quota {
@@ -360,11 +417,11 @@ warn = [80, 95]
     }
 
     #[test]
-    fn errors_name_file_and_line() {
+    fn errors_name_file_and_the_line_of_the_key() {
         let cases = [
             (
                 "[[block]]\ncidr = \"1.2.3.0/33\"\n",
-                "p.toml:1: '1.2.3.0/33' is not a valid CIDR",
+                "p.toml:2: '1.2.3.0/33' is not a valid CIDR",
             ),
             (
                 "[[block]]\ncidr = \"10.0.0.0/8\"\n\n[[block]]\ncidr = \"10.0.0.0/8\"\n",
@@ -372,20 +429,36 @@ warn = [80, 95]
             ),
             (
                 "[[quota]]\ncidr = \"10.0.0.0/8\"\nlimit = \"-5MB\"\nperiod = \"daily\"\n",
-                "negative",
+                "p.toml:3: ",
             ),
             (
                 "[[quota]]\ncidr = \"10.0.0.0/8\"\nlimit = \"5XB\"\nperiod = \"daily\"\n",
-                "unknown unit",
+                "p.toml:3: ",
             ),
             (
                 "[[quota]]\ncidr = \"10.0.0.0/8\"\nlimit = \"5MB\"\nperiod = \"hourly\"\n",
-                "p.toml:1: 'hourly' is not a period",
+                "p.toml:4: 'hourly' is not a period",
             ),
-            ("[[block]]\ncidr = \"bogus\"\n", "p.toml:1:"),
             (
-                "[[block]]\ncdir = \"10.0.0.0/8\"\n",
-                "p.toml:1: unknown field `cdir`",
+                "[[quota]]\ncidr = \"10.0.0.0/8\"\nperiod = \"daily\"\n",
+                "p.toml:1: a [[quota]] needs limit",
+            ),
+            ("[[block]]\ncidr = \"bogus\"\n", "p.toml:2: "),
+            (
+                "[[block]]\nproto = \"udp\"\n\ndport = 70000\n",
+                "p.toml:4: dport 70000 is not a port (1 to 65535)",
+            ),
+            (
+                "[[block]]\nproto = \"udp\"\ndirection = \"up\"\n",
+                "p.toml:3: direction 'up' is not in, out or both",
+            ),
+            (
+                "[[allow]]\ncidr = \"10.0.0.0/8\"\nlimit = \"5MB\"\n",
+                "p.toml:3: 'limit' belongs to a [[quota]], not a [[allow]]",
+            ),
+            (
+                "[[block]]\ncidr = \"10.0.0.0/8\"\ncdir = \"10.0.0.0/8\"\n",
+                "p.toml:3: unknown field `cdir`",
             ),
             ("[[block]\n", "p.toml:1:"),
         ];
@@ -414,7 +487,7 @@ warn = [80, 95]
         let err = parse(Path::new("p.toml"), text, Some(&["eth1"])).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "p.toml:5: ifaces: 'blue:veth0' is not one of this daemon's interfaces (eth1); \
+            "p.toml:9: ifaces: 'blue:veth0' is not one of this daemon's interfaces (eth1); \
              name one of those, or leave ifaces out for all of them"
         );
     }
