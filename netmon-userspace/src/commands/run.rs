@@ -76,6 +76,16 @@ pub struct RunArgs {
     /// 5 minutes, hour, day and month [default: the log's name with .db].
     #[arg(long)]
     pub db: Option<PathBuf>,
+    /// How long the history keeps a level's buckets, as LEVEL=DURATION or
+    /// LEVEL=forever (repeatable) [default: 5min=35d, hourly=90d,
+    /// daily=3y, monthly=forever].
+    #[arg(long, value_name = "LEVEL=DURATION")]
+    pub history_keep: Vec<String>,
+    /// How many pairs a closed bucket of a level keeps apart from `other`,
+    /// as LEVEL=PAIRS (repeatable) [default: 5min=50, hourly=100,
+    /// daily=1000, monthly=10000].
+    #[arg(long, value_name = "LEVEL=PAIRS")]
+    pub history_top: Vec<String>,
     /// Hook for received traffic: native XDP on hardware NICs, TC ingress on
     /// virtual devices (auto), or one of them by name.
     #[arg(long, alias = "xdp-mode", value_enum, default_value_t = IngressHook::Auto)]
@@ -215,7 +225,10 @@ fn to_config(args: RunArgs, words: &[std::ffi::OsString]) -> anyhow::Result<daem
         })?,
         None => TimeZone::system(),
     };
+    let history_limits = crate::history::Limits::with(&args.history_keep, &args.history_top)
+        .map_err(anyhow::Error::msg)?;
     Ok(daemon::Config {
+        history_limits,
         files: Files::new(&args.log, args.state.clone(), &args.detail_log),
         interfaces,
         db: args.db.unwrap_or_else(|| args.log.with_extension("db")),

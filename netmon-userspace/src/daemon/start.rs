@@ -201,6 +201,8 @@ pub struct Config {
     pub metrics: Option<crate::metrics::Options>,
     /// The history database, the record of the totals and their baseline.
     pub db: PathBuf,
+    /// How long its levels are kept, and their buckets' top pairs.
+    pub history_limits: crate::history::Limits,
     /// How often the state file and the log are rewritten (zero: every
     /// interval); the history database records every interval.
     pub log_every: Duration,
@@ -685,7 +687,7 @@ fn first_writes(
     // The store continues from the files the first time, and is the record
     // after: opened first, so that a store that cannot be opened leaves
     // every file as it was.
-    let mut history = crate::history::Store::open(db, config.tz.clone(), Default::default())?;
+    let mut history = crate::history::Store::open(db, config.tz.clone(), config.history_limits.clone())?;
     let mut saved = history.continue_from(labels, saved, detail)?;
     // The rules go to their own file from here on (state files of earlier
     // versions held them).

@@ -115,9 +115,85 @@ impl Default for Limits {
     }
 }
 
+/// A `LEVEL=VALUE` setting of `--history-keep` or `--history-top`.
+fn setting(text: &str, option: &str, example: &str) -> Result<(Level, String), String> {
+    let (level, value) = text.split_once('=').ok_or_else(|| {
+        format!("{option} '{text}': write LEVEL=VALUE, e.g. {option} {example}")
+    })?;
+    let level = Level::ALL
+        .into_iter()
+        .find(|l| l.name() == level.trim())
+        .ok_or_else(|| {
+            format!("{option} '{text}': '{level}' is not a level; the levels are 5min, hourly, daily and monthly")
+        })?;
+    Ok((level, value.trim().to_string()))
+}
+
+impl Limits {
+    /// The defaults with `keep` (`LEVEL=DURATION`, or `LEVEL=forever`) and
+    /// `top` (`LEVEL=PAIRS`, at least 1) settings applied, later ones winning.
+    pub fn with(keep: &[String], top: &[String]) -> Result<Limits, String> {
+        let mut limits = Limits::default();
+        for text in keep {
+            let (level, value) = setting(text, "--history-keep", "5min=35d")?;
+            limits.keep[level as usize] = match value.as_str() {
+                "forever" => None,
+                _ => Some(
+                    crate::units::parse_duration(&value)
+                        .map_err(|e| format!("--history-keep '{text}': {e}, or forever"))?,
+                ),
+            };
+        }
+        for text in top {
+            let (level, value) = setting(text, "--history-top", "5min=50")?;
+            limits.top[level as usize] = match value.parse::<usize>() {
+                Ok(n) if n > 0 => n,
+                _ => {
+                    return Err(format!(
+                        "--history-top '{text}': '{value}' is not a number of pairs of 1 or more"
+                    ))
+                }
+            };
+        }
+        Ok(limits)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retention_and_tops_are_set_per_level_and_bad_settings_refused_in_one_line() {
+        let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let limits = Limits::with(
+            &strings(&["5min=62d", "monthly=5y", "monthly=forever", "hourly = 1y"]),
+            &strings(&["daily=20", "5min=200"]),
+        )
+        .unwrap();
+        assert_eq!(
+            limits,
+            Limits {
+                keep: [
+                    Some(Duration::from_secs(62 * DAY)),
+                    Some(humantime::parse_duration("1y").unwrap()),
+                    Some(Duration::from_secs(3 * 365 * DAY)),
+                    None,
+                ],
+                top: [200, 100, 20, 10_000],
+            }
+        );
+        for (keep, top, refusal) in [
+            (&["5min"][..], &[][..], "--history-keep '5min': write LEVEL=VALUE, e.g. --history-keep 5min=35d"),
+            (&["weekly=1y"], &[], "--history-keep 'weekly=1y': 'weekly' is not a level; the levels are 5min, hourly, daily and monthly"),
+            (&["daily=ages"], &[], "--history-keep 'daily=ages': 'ages' is not a duration"),
+            (&[], &["5min=0"], "--history-top '5min=0': '0' is not a number of pairs of 1 or more"),
+        ] {
+            let e = Limits::with(&strings(keep), &strings(top)).unwrap_err();
+            assert!(e.starts_with(refusal), "{e}");
+            assert!(!e.contains('\n'), "{e}");
+        }
+    }
 
     #[test]
     fn days_and_months_start_at_local_midnight() {
