@@ -26,8 +26,9 @@ pub use access::{Access, AccessError, Peer, ADMIN_GROUP, SOCKET_GROUP};
 pub enum ControlError {
     /// The user may not open the socket or its directory, which belong to
     /// the daemon's socket group.
-    #[error("permission denied on {}: reading needs the group {group}, the socket's; ask an \
-             administrator to add you (usermod -aG {group} USER)", path.display())]
+    #[error("permission denied on {}: reading needs the group {group}, the socket's, and \
+             changing the policy root or the daemon's admin group; ask an administrator to add \
+             you (usermod -aG {group} USER)", path.display())]
     Denied {
         /// The socket or its directory.
         path: PathBuf,
@@ -382,7 +383,13 @@ fn socket_of(iface: &str) -> Result<PathBuf, ControlError> {
 /// it is open to, as the daemon's `--socket-group` made it, or root alone.
 fn denied(path: PathBuf) -> ControlError {
     use std::os::unix::fs::MetadataExt as _;
-    let Ok(meta) = std::fs::metadata(&path) else {
+    // A socket in a directory the caller may not search: the directory's
+    // group is the socket's (the daemon opens both to it).
+    let meta = std::fs::metadata(&path).or_else(|_| match path.parent() {
+        Some(dir) => std::fs::metadata(dir),
+        None => Err(std::io::ErrorKind::NotFound.into()),
+    });
+    let Ok(meta) = meta else {
         return ControlError::RootOnly(path);
     };
     let open_to_group = meta.mode() & 0o060 != 0 && meta.gid() != 0;
@@ -823,17 +830,31 @@ mod tests {
             denied(socket.clone()).to_string()
         };
         let on = socket.display();
+        // The group of gid 65534 has a name everywhere, not the same one.
+        let named = nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(65534))
+            .unwrap()
+            .unwrap()
+            .name;
         assert_eq!(
             refusal(65534, 0o660),
-            format!("permission denied on {on}: reading needs the group nogroup, the socket's; ask an administrator to add you (usermod -aG nogroup USER)")
+            format!("permission denied on {on}: reading needs the group {named}, the socket's, and changing the policy root or the daemon's admin group; ask an administrator to add you (usermod -aG {named} USER)")
         );
         assert_eq!(
             refusal(64711, 0o660),
-            format!("permission denied on {on}: reading needs the group 64711, the socket's; ask an administrator to add you (usermod -aG 64711 USER)")
+            format!("permission denied on {on}: reading needs the group 64711, the socket's, and changing the policy root or the daemon's admin group; ask an administrator to add you (usermod -aG 64711 USER)")
         );
         let none = format!("permission denied on {on}: it is open to no group (the daemon runs without --socket-group); run this as root, or start the daemon with --socket-group GROUP (the packaged unit's is netmon)");
         assert_eq!(refusal(64711, 0o600), none);
         assert_eq!(refusal(0, 0o660), none);
+        // A socket in a directory the caller may not search: told by the
+        // directory's group.
+        std::fs::remove_file(&socket).unwrap();
+        std::os::unix::fs::chown(dir.path(), None, Some(64711)).unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o750)).unwrap();
+        assert_eq!(
+            denied(socket.clone()).to_string(),
+            format!("permission denied on {on}: reading needs the group 64711, the socket's, and changing the policy root or the daemon's admin group; ask an administrator to add you (usermod -aG 64711 USER)")
+        );
     }
 
     #[test]

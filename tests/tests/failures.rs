@@ -55,17 +55,21 @@ fn errors_name_the_cause_and_the_fix() -> Result<()> {
     );
     let err = failure(Netmon::on(&net.a).args(&["--alert-threshold", "5XB"]));
     assert!(err.contains("unknown unit 'XB'"), "{err}");
-    let err = failure(
-        Netmon::on(&net.a)
-            .args(&["--log", log])
-            .args(&["--history-keep", "5min=62d", "--history-keep", "weekly=1y"]),
-    );
+    let err = failure(Netmon::on(&net.a).args(&["--log", log]).args(&[
+        "--history-keep",
+        "5min=62d",
+        "--history-keep",
+        "weekly=1y",
+    ]));
     assert_eq!(
         err,
         "netmon: error: --history-keep 'weekly=1y': 'weekly' is not a level; the levels are \
          5min, hourly, daily and monthly\n"
     );
-    assert!(!Path::new(log).exists(), "refused before anything is written");
+    assert!(
+        !Path::new(log).exists(),
+        "refused before anything is written"
+    );
     let err = failure(
         Netmon::on(&net.a)
             .args(&["--log", log])

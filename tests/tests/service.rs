@@ -333,7 +333,7 @@ fn group_members_read_admins_change_and_others_are_refused() -> Result<()> {
     );
     assert_eq!(
         reason,
-        format!("reading needs the group {SOCKET_GID}, the socket's; ask an administrator to add you (usermod -aG {SOCKET_GID} USER)\n"),
+        format!("reading needs the group {SOCKET_GID}, the socket's, and changing the policy root or the daemon's admin group; ask an administrator to add you (usermod -aG {SOCKET_GID} USER)\n"),
         "someone outside the group: one line"
     );
     assert_eq!(
@@ -635,8 +635,9 @@ fn netmon_runs_as_an_unprivileged_user_with_only_its_three_capabilities() -> Res
     assert!(
         !ok && refusal.starts_with("netmon: error: permission denied on /run/netmon/")
             && refusal.ends_with(&format!(
-                ".sock: reading needs the group {NETMON_UID}, the socket's; ask an administrator \
-                 to add you (usermod -aG {NETMON_UID} USER)\n"
+                ".sock: reading needs the group {NETMON_UID}, the socket's, and changing the \
+                 policy root or the daemon's admin group; ask an administrator to add you \
+                 (usermod -aG {NETMON_UID} USER)\n"
             )),
         "someone outside the socket's group is told which group it is: {refusal}"
     );

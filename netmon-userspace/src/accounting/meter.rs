@@ -175,7 +175,8 @@ impl Poll<'_> {
                 .cmp(&a.counter.bytes)
                 .then(a.key.cmp(&b.key))
         });
-        // A slot restored and then grown is listed twice; it is written once.
+        // Polls between two deliveries (one that stopped at an error) list a
+        // slot more than once; it is written once.
         let changed = &mut meter.pairs.changes.slots;
         changed.sort_unstable();
         changed.dedup();

@@ -687,7 +687,8 @@ fn first_writes(
     // The store continues from the files the first time, and is the record
     // after: opened first, so that a store that cannot be opened leaves
     // every file as it was.
-    let mut history = crate::history::Store::open(db, config.tz.clone(), config.history_limits.clone())?;
+    let mut history =
+        crate::history::Store::open(db, config.tz.clone(), config.history_limits.clone())?;
     let mut saved = history.continue_from(labels, saved, detail)?;
     // The rules go to their own file from here on (state files of earlier
     // versions held them).

@@ -44,6 +44,8 @@ pub struct Collector {
     down: bool,
     /// Since the last [`Collector::settle`]: a message went out, one failed.
     sent: bool,
+    /// A message went out since the start.
+    sent_any: bool,
     failed_since: bool,
 }
 
@@ -99,6 +101,7 @@ impl Collector {
             },
             down: false,
             sent: false,
+            sent_any: false,
             failed_since: false,
         })
     }
@@ -106,20 +109,29 @@ impl Collector {
     /// Sends one message; a failure only counts. The first failure of an
     /// outage is logged, not each.
     ///
-    /// An ICMP error answering an earlier message is also reported by the
-    /// next send (connection refused) instead of sending: that message is
-    /// sent again at once, and the earlier one counted from the queue.
+    /// An ICMP error answering an earlier message (port or host
+    /// unreachable) is also reported by the next send instead of sending:
+    /// that message is sent again at once, and the earlier one counted from
+    /// the queue. A message counts as failed when [`ATTEMPTS`] sends of it
+    /// failed (a route that refuses it, a full buffer).
     pub fn send(&mut self, message: &[u8]) {
         self.sent = true;
-        match self.socket.send(message) {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                if let Err(e) = self.socket.send(message) {
-                    self.failed(1, &e);
-                }
+        self.sent_any = true;
+        let mut last = None;
+        for _ in 0..ATTEMPTS {
+            match self.socket.send(message) {
+                Ok(_) => return,
+                Err(e) => last = Some(e),
             }
-            Err(e) => self.failed(1, &e),
         }
+        if let Some(e) = last {
+            self.failed(1, &e);
+        }
+    }
+
+    /// True once a message went out.
+    pub fn sent_any(&self) -> bool {
+        self.sent_any
     }
 
     /// Counts the messages the network refused since the last call: one
@@ -164,6 +176,10 @@ impl Collector {
         self.failed_since = false;
     }
 }
+
+/// Sends of one message before it counts as failed: each ICMP error that
+/// arrives between them costs one, and is counted from the queue itself.
+const ATTEMPTS: usize = 4;
 
 /// Has the kernel queue each ICMP error answering a message sent on
 /// `socket` (`IP_RECVERR`): one entry per refused message, where the

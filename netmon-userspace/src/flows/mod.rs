@@ -192,7 +192,8 @@ impl FlowExporter {
         if self.domains.get(iface).is_none_or(|(_, sent)| due(sent)) {
             let fresh = self.domain(iface);
             match self.domains.get_mut(iface) {
-                Some((domain, _)) if domain.id == fresh.id => {}
+                // One gone (ifIndex 0) keeps its domain for its last flows.
+                Some((domain, _)) if domain.id == fresh.id || fresh.ifindex == 0 => {}
                 _ => {
                     self.domains.insert(iface.to_string(), (fresh, None));
                 }
@@ -239,7 +240,9 @@ impl Drop for FlowExporter {
         }
         // The network's answer to the last messages, which no later export
         // would count: a round trip on the collectors' network.
-        std::thread::sleep(REFUSAL_WAIT);
+        if self.collectors.iter().any(Collector::sent_any) {
+            std::thread::sleep(REFUSAL_WAIT);
+        }
         for collector in &mut self.collectors {
             collector.count_refused();
         }

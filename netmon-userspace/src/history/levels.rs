@@ -117,9 +117,9 @@ impl Default for Limits {
 
 /// A `LEVEL=VALUE` setting of `--history-keep` or `--history-top`.
 fn setting(text: &str, option: &str, example: &str) -> Result<(Level, String), String> {
-    let (level, value) = text.split_once('=').ok_or_else(|| {
-        format!("{option} '{text}': write LEVEL=VALUE, e.g. {option} {example}")
-    })?;
+    let (level, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{option} '{text}': write LEVEL=VALUE, e.g. {option} {example}"))?;
     let level = Level::ALL
         .into_iter()
         .find(|l| l.name() == level.trim())

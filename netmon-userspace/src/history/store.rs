@@ -204,6 +204,19 @@ impl Store {
             limits: Limits::default(),
         };
         store.check_schema()?;
+        if store.meta("schema")?.as_deref() == Some("1") {
+            // What the daemon's start moves to rows must read, before it
+            // changes anything.
+            let heads: Vec<(String, String)> = store
+                .conn
+                .prepare("SELECT iface, baseline FROM baselines")
+                .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+                .map_err(|e| store.error(e))?;
+            for (iface, json) in heads {
+                serde_json::from_str::<Baseline>(&json)
+                    .map_err(|e| store.malformed(format!("the baseline of {iface} ({e})")))?;
+            }
+        }
         Ok(store.meta("imported")?.is_some())
     }
 
@@ -653,9 +666,6 @@ fn save_state(tx: &rusqlite::Transaction<'_>, state: &State) -> rusqlite::Result
     Ok(())
 }
 
-/// The id of a pair's row: from this transaction's totals, else the table;
-/// a pair whose traffic the totals did not count here (forwarded, counted
-/// at the interface it came in through) has its row from then.
 /// The `pairs` row ids of the address pairs a transaction writes. IPv4
 /// pairs, nearly all of them, in a sorted list of 16 bytes each: at a
 /// million pairs a hash map by address pair took 100 MB, a third of the
@@ -709,6 +719,9 @@ impl PairIds {
     }
 }
 
+/// The id of a pair's row: from this transaction's totals, else the table;
+/// a pair whose traffic the totals did not count here (forwarded, counted
+/// at the interface it came in through) has its row from then.
 fn pair_id(
     tx: &rusqlite::Transaction<'_>,
     ids: &mut PairIds,

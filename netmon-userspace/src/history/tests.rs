@@ -346,6 +346,26 @@ fn a_database_of_layout_1_has_its_baseline_pairs_moved_to_rows() {
     )
     .unwrap();
     drop(conn);
+    // A copy whose baseline does not read is refused by the check the
+    // daemon makes before it changes anything, and left as it was.
+    let broken = dir.path().join("broken.db");
+    std::fs::copy(&db, &broken).unwrap();
+    let conn = rusqlite::Connection::open(&broken).unwrap();
+    conn.execute(
+        "UPDATE baselines SET baseline = '{\"instance\": 7, \"pairs\": [[\"zz\", [1, 2, 3, 4]]]}'",
+        [],
+    )
+    .unwrap();
+    drop(conn);
+    let err = Store::check(&broken).unwrap_err().to_string();
+    assert!(err.contains("the baseline of eth0"), "{err}");
+    let schema: String = rusqlite::Connection::open(&broken)
+        .unwrap()
+        .query_row("SELECT value FROM meta WHERE key = 'schema'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(schema, "1");
     // Reports read it as it is.
     let hourly = Store::open_read(&db)
         .unwrap()

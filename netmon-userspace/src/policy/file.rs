@@ -429,11 +429,11 @@ warn = [80, 95]
             ),
             (
                 "[[quota]]\ncidr = \"10.0.0.0/8\"\nlimit = \"-5MB\"\nperiod = \"daily\"\n",
-                "p.toml:3: ",
+                "p.toml:3: '-5MB' is not a size (sizes cannot be negative)",
             ),
             (
                 "[[quota]]\ncidr = \"10.0.0.0/8\"\nlimit = \"5XB\"\nperiod = \"daily\"\n",
-                "p.toml:3: ",
+                "p.toml:3: '5XB' is not a size (unknown unit 'XB')",
             ),
             (
                 "[[quota]]\ncidr = \"10.0.0.0/8\"\nlimit = \"5MB\"\nperiod = \"hourly\"\n",
@@ -443,7 +443,7 @@ warn = [80, 95]
                 "[[quota]]\ncidr = \"10.0.0.0/8\"\nperiod = \"daily\"\n",
                 "p.toml:1: a [[quota]] needs limit",
             ),
-            ("[[block]]\ncidr = \"bogus\"\n", "p.toml:2: "),
+            ("[[block]]\ncidr = \"bogus\"\n", "p.toml:2: 'bogus' is not"),
             (
                 "[[block]]\nproto = \"udp\"\n\ndport = 70000\n",
                 "p.toml:4: dport 70000 is not a port (1 to 65535)",
