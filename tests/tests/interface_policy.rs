@@ -201,7 +201,7 @@ fn a_policy_file_puts_rules_and_quotas_on_the_interfaces_it_names() -> Result<()
     assert_eq!(
         String::from_utf8_lossy(&refused.stderr),
         format!(
-            "netmon: error: {}:1: ifaces: 'nosuch0' is not one of this daemon's interfaces \
+            "netmon: error: {}:4: ifaces: 'nosuch0' is not one of this daemon's interfaces \
              ({}, {}); name one of those, or leave ifaces out for all of them\n",
             policy.display(),
             left.iface,
