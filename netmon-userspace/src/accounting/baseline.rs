@@ -25,6 +25,19 @@ pub struct Baseline {
     pub stored_as: Option<String>,
 }
 
+impl Baseline {
+    /// The same without its pairs: what the history store keeps in one row.
+    pub fn without_pairs(&self) -> Baseline {
+        Baseline {
+            instance: self.instance,
+            pairs: Vec::new(),
+            totals: self.totals.clone(),
+            services: self.services.clone(),
+            stored_as: None,
+        }
+    }
+}
+
 /// The pairs of a baseline with their keys as hex, as the state file has
 /// always written them.
 mod hex_keys {

@@ -26,12 +26,21 @@ pub(super) enum StoredPair {
 
 impl From<AddressPair> for StoredPair {
     fn from(pair: AddressPair) -> Self {
-        match pair {
-            (IpAddr::V4(src), IpAddr::V4(dst)) => {
-                StoredPair::V4(u64::from(src.to_bits()) << 32 | u64::from(dst.to_bits()))
-            }
-            other => StoredPair::Other(Box::new(other)),
+        match v4_word(&pair) {
+            Some(word) => StoredPair::V4(word),
+            None => StoredPair::Other(Box::new(pair)),
         }
+    }
+}
+
+/// An IPv4 pair as one word (source in the high half), the form that keys
+/// the totals and the store's row ids; `None` for any other pair.
+pub fn v4_word(pair: &AddressPair) -> Option<u64> {
+    match pair {
+        (IpAddr::V4(src), IpAddr::V4(dst)) => {
+            Some(u64::from(src.to_bits()) << 32 | u64::from(dst.to_bits()))
+        }
+        _ => None,
     }
 }
 

@@ -153,6 +153,10 @@ impl Poll<'_> {
                 dropped,
             });
         }
+        // A store of the baseline writes what moved (`entry` holds what was).
+        if entry.delivered != reading.counter || entry.dropped != reading.dropped {
+            self.meter.pairs.changes.slots.push(reading.slot);
+        }
         entry.delivered = reading.counter;
         entry.dropped = reading.dropped;
         self.meter.pairs.set(reading.slot, entry);

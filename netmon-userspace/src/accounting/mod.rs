@@ -22,7 +22,7 @@ pub use baseline::{
     key_bytes, key_from_bytes, Baseline, BaselineChanges, BaselineView, PairCounts,
 };
 pub use forwarding::{Forwarding, Seen};
-pub use ledger::{AddressPair, Ledger};
+pub use ledger::{v4_word, AddressPair, Ledger};
 pub use meter::{Meter, Poll};
 
 /// Frames and bytes, as the logs and the CLI write them.

@@ -85,25 +85,15 @@ impl PairMap {
                 }
             }
             self.occupied += 1;
-            self.put(slot, accounted);
+            self.set(slot, accounted);
         }
         self.slots[index].poll = poll;
         self.accounted(slot)
     }
 
-    /// Records `accounted` for the pair in `slot`, as a change to store when
-    /// its counters moved.
+    /// Records `accounted` for the pair in `slot` (not a change to store:
+    /// the caller says what moved, in [`PairMap::changes`]).
     pub(super) fn set(&mut self, slot: u32, accounted: Accounted) {
-        let before = self.accounted(slot);
-        if before.delivered != accounted.delivered || before.dropped != accounted.dropped {
-            self.changes.slots.push(slot);
-        }
-        self.put(slot, accounted);
-    }
-
-    /// Records `accounted` for the pair in `slot`: what is stored already
-    /// (restored), or nothing yet (zero).
-    fn put(&mut self, slot: u32, accounted: Accounted) {
         let entry = &mut self.slots[slot as usize];
         entry.delivered = accounted.delivered;
         entry.active_ns = accounted.active_ns;

@@ -113,7 +113,7 @@ struct Watched<K> {
 
 /// The network namespace of an interface as reports name it (`NS:IF`),
 /// `""` for the daemon's own.
-fn netns_of(label: &str) -> &str {
+pub(crate) fn netns_of(label: &str) -> &str {
     label.rsplit_once(':').map_or("", |(ns, _)| ns)
 }
 

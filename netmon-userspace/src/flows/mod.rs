@@ -129,9 +129,9 @@ impl FlowExporter {
         let interfaces = interfaces
             .into_iter()
             .map(|(label, netns, name)| {
-                let netns_number = match label.rsplit_once(':') {
-                    None => 0,
-                    Some((ns, _)) => {
+                let netns_number = match crate::daemon::netns_of(&label) {
+                    "" => 0,
+                    ns => {
                         let at = numbered.iter().position(|n| n == ns).unwrap_or_else(|| {
                             numbered.push(ns.to_string());
                             numbered.len() - 1

@@ -13,7 +13,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension as _};
 use super::{DetailImport, HistoryError, Level, Limits};
 use crate::{
     accounting::{
-        address_pair, key_bytes, key_from_bytes, AddressPair, Baseline, BaselineChanges,
+        address_pair, key_bytes, key_from_bytes, v4_word, AddressPair, Baseline, BaselineChanges,
         BaselineView, Ledger, PairCounts,
     },
     enforcer::PersistedPolicy,
@@ -207,15 +207,7 @@ impl Store {
         if store.meta("schema")?.as_deref() == Some("1") {
             // What the daemon's start moves to rows must read, before it
             // changes anything.
-            let heads: Vec<(String, String)> = store
-                .conn
-                .prepare("SELECT iface, baseline FROM baselines")
-                .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
-                .map_err(|e| store.error(e))?;
-            for (iface, json) in heads {
-                serde_json::from_str::<Baseline>(&json)
-                    .map_err(|e| store.malformed(format!("the baseline of {iface} ({e})")))?;
-            }
+            layout_1_baselines(&store.conn, &store.path)?;
         }
         Ok(store.meta("imported")?.is_some())
     }
@@ -281,17 +273,7 @@ impl Store {
         let path = self.path.clone();
         let e = |source| sqlite(&path, source);
         let tx = self.conn.transaction().map_err(e)?;
-        let heads: Vec<(String, String)> = tx
-            .prepare("SELECT iface, baseline FROM baselines")
-            .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
-            .map_err(e)?;
-        for (iface, json) in heads {
-            let mut baseline = serde_json::from_str::<Baseline>(&json).map_err(|cause| {
-                HistoryError::Malformed {
-                    path: path.clone(),
-                    what: format!("the baseline of {iface} ({cause})"),
-                }
-            })?;
+        for (iface, mut baseline) in layout_1_baselines(&tx, &path)? {
             let pairs = std::mem::take(&mut baseline.pairs);
             write_pairs(&tx, &iface, &[], pairs.into_iter()).map_err(e)?;
             write_head(&tx, &iface, &baseline).map_err(e)?;
@@ -461,7 +443,7 @@ impl Store {
             // one read from its own maps, by their id, whichever row holds it.
             for (iface, baseline) in ifaces.iter().zip(&files.baselines) {
                 write_pairs(&tx, iface, &[], baseline.pairs.iter().copied())
-                    .and_then(|()| write_head(&tx, iface, baseline))
+                    .and_then(|()| write_head(&tx, iface, &baseline.without_pairs()))
                     .map_err(|e| sqlite(&self.path, e))?;
             }
             save_state(&tx, files).map_err(|e| sqlite(&self.path, e))?;
@@ -589,6 +571,29 @@ impl Store {
     }
 }
 
+/// Each interface's baseline in a database of layout 1, pairs included.
+fn layout_1_baselines(
+    conn: &Connection,
+    path: &Path,
+) -> Result<Vec<(String, Baseline)>, HistoryError> {
+    let heads: Vec<(String, String)> = conn
+        .prepare("SELECT iface, baseline FROM baselines")
+        .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+        .map_err(|e| sqlite(path, e))?;
+    heads
+        .into_iter()
+        .map(
+            |(iface, json)| match serde_json::from_str::<Baseline>(&json) {
+                Ok(baseline) => Ok((iface, baseline)),
+                Err(cause) => Err(HistoryError::Malformed {
+                    path: path.to_path_buf(),
+                    what: format!("the baseline of {iface} ({cause})"),
+                }),
+            },
+        )
+        .collect()
+}
+
 /// Removes every stored baseline pair of `iface`.
 fn forget_pairs(tx: &rusqlite::Transaction<'_>, iface: &str) -> rusqlite::Result<()> {
     tx.prepare_cached("DELETE FROM baseline_pairs WHERE iface = ?1")?
@@ -623,20 +628,15 @@ fn write_pairs(
     Ok(())
 }
 
-/// Stores the baseline of `iface` but its pairs.
+/// Stores the baseline of `iface` but its pairs (which `head` has none of:
+/// they are rows of `baseline_pairs`).
 fn write_head(
     tx: &rusqlite::Transaction<'_>,
     iface: &str,
     head: &Baseline,
 ) -> rusqlite::Result<()> {
-    let head = Baseline {
-        instance: head.instance,
-        pairs: Vec::new(),
-        totals: head.totals.clone(),
-        services: head.services.clone(),
-        stored_as: None,
-    };
-    let json = serde_json::to_string(&head).expect("a baseline serialises");
+    debug_assert!(head.pairs.is_empty(), "the pairs are rows of their own");
+    let json = serde_json::to_string(head).expect("a baseline serialises");
     tx.prepare_cached("INSERT OR REPLACE INTO baselines VALUES (?1, ?2)")?
         .execute(params![iface, json])
         .map(drop)
@@ -686,18 +686,9 @@ impl PairIds {
         }
     }
 
-    fn word(pair: &AddressPair) -> Option<u64> {
-        match pair {
-            (IpAddr::V4(src), IpAddr::V4(dst)) => {
-                Some(u64::from(src.to_bits()) << 32 | u64::from(dst.to_bits()))
-            }
-            _ => None,
-        }
-    }
-
     /// Adds a pair to those sorted by the next [`PairIds::sort`].
     fn insert(&mut self, pair: AddressPair, id: i64) {
-        match Self::word(&pair) {
+        match v4_word(&pair) {
             Some(word) => self.v4.push((word, id)),
             None => {
                 self.more.insert(pair, id);
@@ -710,7 +701,7 @@ impl PairIds {
     }
 
     fn get(&self, pair: &AddressPair) -> Option<i64> {
-        if let Some(word) = Self::word(pair) {
+        if let Some(word) = v4_word(pair) {
             if let Ok(at) = self.v4.binary_search_by_key(&word, |(w, _)| *w) {
                 return Some(self.v4[at].1);
             }
