@@ -2,13 +2,15 @@
 //! a message is its two-byte length and that many bytes, and a large answer
 //! spans several segments. Bounded: a flow keeps at most one message in
 //! progress (under 64 KiB by its length), at most [`MAX_STREAMS`] flows are
-//! in progress at once, and one that waits [`STREAM_TIMEOUT_NS`] for its
-//! next segment is given up; every message given up is counted.
+//! followed at once, and one that waits [`STREAM_TIMEOUT_NS`] for its next
+//! segment is given up; every message given up is counted. A flow whose
+//! messages all ended is still followed, so that a resent segment spanning a
+//! message's end is read from where the stream is, not as a new start.
 
 use std::collections::HashMap;
 
-/// Flows with a message in progress at once; a new one beyond them takes
-/// the place of the one that waited longest.
+/// Flows followed at once; a new one beyond them takes the place of the one
+/// that waited longest.
 pub const MAX_STREAMS: usize = 64;
 /// How long a message in progress waits for its next segment.
 pub const STREAM_TIMEOUT_NS: u64 = 5_000_000_000;
@@ -37,13 +39,13 @@ pub struct Completed {
 struct Stream {
     /// The sequence number the next segment must have.
     next_seq: u32,
-    /// The start of the message in progress.
+    /// The start of the message in progress; empty between messages.
     data: Vec<u8>,
     /// When its latest segment came.
     last_ns: u64,
 }
 
-/// The flows with a message in progress.
+/// The flows followed.
 #[derive(Default)]
 pub struct Streams {
     streams: HashMap<Flow, Stream>,
@@ -53,16 +55,17 @@ impl Streams {
     /// Takes a segment's data (sequence number `seq`) at `now_ns`.
     pub fn take(&mut self, flow: Flow, seq: u32, segment: &[u8], now_ns: u64) -> Completed {
         let mut completed = Completed::default();
-        let before = self.streams.len();
-        self.streams
-            .retain(|_, s| now_ns.saturating_sub(s.last_ns) < STREAM_TIMEOUT_NS);
-        completed.given_up += (before - self.streams.len()) as u64;
+        self.streams.retain(|_, s| {
+            let live = now_ns.saturating_sub(s.last_ns) < STREAM_TIMEOUT_NS;
+            completed.given_up += u64::from(!live && s.in_progress());
+            live
+        });
         let end = seq.wrapping_add(segment.len() as u32);
         let (mut data, new) = match self.streams.remove(&flow) {
             Some(stream) if !after(end, stream.next_seq) => {
                 // A retransmission of what was taken already.
+                completed.waiting = stream.in_progress();
                 self.streams.insert(flow, stream);
-                completed.waiting = true;
                 return completed;
             }
             Some(stream) if !after(seq, stream.next_seq) => {
@@ -71,10 +74,10 @@ impl Streams {
                 let taken = stream.next_seq.wrapping_sub(seq) as usize;
                 (stream.data, &segment[taken..])
             }
-            Some(_) => {
-                // A segment was missed: the message cannot be finished, and
-                // this one is taken as the start of the next.
-                completed.given_up += 1;
+            Some(stream) => {
+                // A segment was missed: a message in progress cannot be
+                // finished, and this one is taken as the start of the next.
+                completed.given_up += u64::from(stream.in_progress());
                 (Vec::new(), segment)
             }
             None => (Vec::new(), segment),
@@ -90,29 +93,33 @@ impl Streams {
             at = end;
         }
         data.drain(..at);
-        if !data.is_empty() {
-            if self.streams.len() >= MAX_STREAMS {
-                let oldest = self
-                    .streams
-                    .iter()
-                    .min_by_key(|(_, s)| s.last_ns)
-                    .map(|(flow, _)| *flow);
-                if let Some(oldest) = oldest {
-                    self.streams.remove(&oldest);
-                    completed.given_up += 1;
-                }
+        if self.streams.len() >= MAX_STREAMS {
+            let oldest = self
+                .streams
+                .iter()
+                .min_by_key(|(_, s)| s.last_ns)
+                .map(|(flow, _)| *flow);
+            if let Some(stream) = oldest.and_then(|oldest| self.streams.remove(&oldest)) {
+                completed.given_up += u64::from(stream.in_progress());
             }
-            self.streams.insert(
-                flow,
-                Stream {
-                    next_seq: end,
-                    data,
-                    last_ns: now_ns,
-                },
-            );
-            completed.waiting = true;
         }
+        completed.waiting = !data.is_empty();
+        self.streams.insert(
+            flow,
+            Stream {
+                next_seq: end,
+                data,
+                last_ns: now_ns,
+            },
+        );
         completed
+    }
+}
+
+impl Stream {
+    /// True while part of a message waits for the rest.
+    fn in_progress(&self) -> bool {
+        !self.data.is_empty()
     }
 }
 
@@ -165,7 +172,7 @@ mod tests {
             }
             seq = seq.wrapping_add(chunk.len() as u32);
         }
-        assert_eq!(streams.streams.len(), 0);
+        assert!(!streams.streams[&flow(1)].in_progress());
 
         // Two messages in one segment, the second's end in the next.
         let (a, b) = (vec![7u8; 10], vec![9u8; 20]);
@@ -195,6 +202,32 @@ mod tests {
     }
 
     #[test]
+    fn a_resent_segment_spanning_the_end_of_a_finished_message_continues_the_stream() {
+        let (a, b, c) = (vec![1u8; 100], vec![2u8; 300], vec![3u8; 50]);
+        let stream = framed(&[a.clone(), b.clone(), c.clone()]);
+        let mut streams = Streams::default();
+        let seq = u32::MAX - 150;
+        let at = |offset: usize| seq.wrapping_add(offset as u32);
+        // The first message whole in one segment: nothing is in progress.
+        let first = streams.take(flow(1), at(0), &stream[..102], 0);
+        assert_eq!((first.messages, first.waiting), (vec![a], false));
+        // The same segment again (its acknowledgement was lost).
+        let again = streams.take(flow(1), at(0), &stream[..102], 1);
+        assert_eq!(again, Completed::default());
+        // Resent repacketized: the first message's tail and the second's start.
+        let spanning = streams.take(flow(1), at(50), &stream[50..250], 2);
+        assert_eq!(
+            (spanning.given_up, spanning.messages.len(), spanning.waiting),
+            (0, 0, true)
+        );
+        let rest = streams.take(flow(1), at(250), &stream[250..], 3);
+        assert_eq!(
+            (rest.given_up, rest.messages, rest.waiting),
+            (0, vec![b, c], false)
+        );
+    }
+
+    #[test]
     fn a_missed_segment_a_timeout_and_too_many_flows_give_up_and_are_counted() {
         let stream = framed(&[vec![1u8; 3000]]);
         let mut streams = Streams::default();
@@ -210,7 +243,12 @@ mod tests {
         streams.take(flow(1), 0, &stream[..1000], 0);
         let late = streams.take(flow(2), 0, &[0, 1, 42], STREAM_TIMEOUT_NS);
         assert_eq!((late.given_up, late.messages), (1, vec![vec![42]]));
-        assert_eq!(streams.streams.len(), 0);
+        // Flow 2, between messages, is still followed; flow 1 is gone.
+        assert_eq!(streams.streams.keys().collect::<Vec<_>>(), [&flow(2)]);
+        // A flow between messages that times out gives nothing up.
+        let later = streams.take(flow(3), 0, &[0, 1, 43], 2 * STREAM_TIMEOUT_NS);
+        assert_eq!((later.given_up, later.messages), (0, vec![vec![43]]));
+        let mut streams = Streams::default();
 
         // One flow more than the bound: the one that waited longest goes.
         for port in 0..=MAX_STREAMS as u16 {
