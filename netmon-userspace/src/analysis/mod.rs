@@ -310,26 +310,32 @@ impl IntervalCounts {
 
     /// The interval as the daemon reports one, pairs largest first.
     pub fn finish(self, interval_ns: i128) -> AnalyzedInterval {
-        let mut pairs: Vec<PairDelta> = self
-            .pairs
-            .into_iter()
-            .map(|(key, counter)| PairDelta {
-                key,
-                counter,
-                dropped: Counter::default(),
-            })
+        // Sorted as (bytes, index): moving 16 bytes, not a whole pair. Keys
+        // are unique, so the order is total: ties of bytes in PairKey's
+        // derived order, its addresses compared as integers.
+        let mut order: Vec<(u64, u32)> = (self.pairs.iter().enumerate())
+            .map(|(i, (_, counter))| (counter.bytes, i as u32))
             .collect();
-        // Keys are unique: the order is total. The key's order as integers
-        // (PairKey's derived order, without comparing byte by byte).
-        pairs.sort_unstable_by_key(|p| {
-            let k = &p.key;
+        let key = |i: u32| {
+            let k = &self.pairs[i as usize].0;
             (
-                std::cmp::Reverse(p.counter.bytes),
                 u128::from_be_bytes(k.src),
                 u128::from_be_bytes(k.dst),
                 (k.src_port, k.dst_port, k.proto, k.direction),
             )
-        });
+        };
+        order.sort_unstable_by(|a, b| b.0.cmp(&a.0).then_with(|| key(a.1).cmp(&key(b.1))));
+        let pairs: Vec<PairDelta> = order
+            .into_iter()
+            .map(|(_, i)| {
+                let (key, counter) = self.pairs[i as usize];
+                PairDelta {
+                    key,
+                    counter,
+                    dropped: Counter::default(),
+                }
+            })
+            .collect();
         let table_entries = pairs.len();
         AnalyzedInterval {
             start_ns: self.start_ns,

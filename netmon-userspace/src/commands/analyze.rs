@@ -9,7 +9,12 @@ use clap::Args;
 use crate::{
     analysis::{self, AnalyzedInterval},
     capture::Input,
-    logs::{self, detail::IntervalRecord, state::State, Files},
+    logs::{
+        self,
+        detail::{IntervalRecord, Line as _},
+        state::State,
+        Files,
+    },
     units::parse_interval,
 };
 
@@ -76,8 +81,9 @@ pub fn run(args: &AnalyzeArgs) -> anyhow::Result<()> {
     let mut refused = None;
     let mut analyzed = None;
     let written = logs::atomic::write_with(&detail_log, 0o644, |out| {
-        // Large writes: an interval of many pairs is megabytes of records.
-        let mut detail = std::io::BufWriter::with_capacity(1 << 20, out);
+        // Each interval's line made whole, then written at once: an
+        // interval of many pairs is megabytes of records.
+        let mut line = Vec::new();
         let mut write_error = None;
         let emit = |interval: AnalyzedInterval| {
             if files.is_some() {
@@ -90,9 +96,11 @@ pub fn run(args: &AnalyzeArgs) -> anyhow::Result<()> {
                 end: stamp(interval.end_ns),
                 usage: &interval.usage,
             };
-            let written = serde_json::to_writer(&mut detail, &record)
-                .map_err(std::io::Error::from)
-                .and_then(|()| std::io::Write::write_all(&mut detail, b"\n"));
+            line.clear();
+            let written = record.write_json(&mut line).and_then(|()| {
+                line.push(b'\n');
+                out.write_all(&line)
+            });
             if let Err(e) = written {
                 write_error.get_or_insert(e);
             }
@@ -109,10 +117,7 @@ pub fn run(args: &AnalyzeArgs) -> anyhow::Result<()> {
                 return Err(std::io::Error::other("the analysis failed"));
             }
         }
-        if let Some(e) = write_error {
-            return Err(e);
-        }
-        std::io::Write::flush(&mut detail)
+        write_error.map_or(Ok(()), Err)
     });
     if let Some(bar) = &progress {
         bar.finish_and_clear();

@@ -268,6 +268,146 @@ impl Serialize for NamedRecord<'_> {
     }
 }
 
+/// What [`append`] writes as one line of the detail log.
+pub trait Line {
+    /// Writes the record's JSON, without the line's end.
+    fn write_json(&self, out: &mut impl Write) -> std::io::Result<()>;
+}
+
+impl Line for NamedRecord<'_> {
+    /// Exactly what serde_json makes of the record, its pairs (nearly all of
+    /// a large record) written directly: serde_json checks every key and
+    /// string for characters to escape, which took most of the time an
+    /// interval's line took, and a pair's record holds none.
+    fn write_json(&self, out: &mut impl Write) -> std::io::Result<()> {
+        let r = &self.record;
+        let mut numbers = itoa::Buffer::new();
+        out.write_all(b"{\"start\":")?;
+        json(out, &r.start.to_string())?;
+        out.write_all(b",\"end\":")?;
+        json(out, &r.end.to_string())?;
+        out.write_all(b",\"interval_s\":")?;
+        json(out, &seconds(r.start, r.end))?;
+        out.write_all(b",\"iface\":")?;
+        json(out, r.iface)?;
+        out.write_all(b",\"pairs\":[")?;
+        for (i, pair) in r.usage.pairs.iter().enumerate() {
+            if i > 0 {
+                out.write_all(b",")?;
+            }
+            write_pair(out, pair, &mut numbers)?;
+        }
+        out.write_all(b"],\"protocols\":")?;
+        json(out, &protocols(r.usage))?;
+        out.write_all(b",\"table\":")?;
+        json(out, &table(r.usage))?;
+        if !self.names.is_empty() {
+            out.write_all(b",\"names\":")?;
+            json(out, self.names)?;
+        }
+        out.write_all(b"}")
+    }
+}
+
+impl Line for IntervalRecord<'_> {
+    fn write_json(&self, out: &mut impl Write) -> std::io::Result<()> {
+        self.named(&BTreeMap::new()).write_json(out)
+    }
+}
+
+impl Line for Interval {
+    fn write_json(&self, out: &mut impl Write) -> std::io::Result<()> {
+        self.record().named(&self.names).write_json(out)
+    }
+}
+
+impl Line for DetailRecord {
+    fn write_json(&self, out: &mut impl Write) -> std::io::Result<()> {
+        json(out, self)
+    }
+}
+
+/// `value` as serde_json writes it.
+fn json(out: &mut impl Write, value: &(impl Serialize + ?Sized)) -> std::io::Result<()> {
+    serde_json::to_writer(out, value).map_err(std::io::Error::other)
+}
+
+/// What serde_json makes of [`pair_record`]`(pair)`.
+fn write_pair(
+    out: &mut impl Write,
+    pair: &crate::accounting::PairDelta,
+    numbers: &mut itoa::Buffer,
+) -> std::io::Result<()> {
+    let key = &pair.key;
+    let direction = Direction::from_raw(key.direction).map_or("unknown", Direction::name);
+    out.write_all(b"{\"direction\":\"")?;
+    out.write_all(direction.as_bytes())?;
+    out.write_all(b"\",\"src\":\"")?;
+    write_address(out, key.src)?;
+    out.write_all(b"\",\"dst\":\"")?;
+    write_address(out, key.dst)?;
+    out.write_all(b"\",\"proto\":\"")?;
+    out.write_all(L4::of(key.proto).name().as_bytes())?;
+    out.write_all(b"\",\"proto_num\":")?;
+    out.write_all(numbers.format(key.proto).as_bytes())?;
+    if key.src_port != 0 {
+        out.write_all(b",\"src_port\":")?;
+        out.write_all(numbers.format(key.src_port).as_bytes())?;
+    }
+    if key.dst_port != 0 {
+        out.write_all(b",\"dst_port\":")?;
+        out.write_all(numbers.format(key.dst_port).as_bytes())?;
+    }
+    for (name, value) in [
+        (&b",\"frames\":"[..], pair.counter.frames),
+        (b",\"bytes\":", pair.counter.bytes),
+        (b",\"dropped_frames\":", pair.dropped.frames),
+        (b",\"dropped_bytes\":", pair.dropped.bytes),
+    ] {
+        out.write_all(name)?;
+        out.write_all(numbers.format(value).as_bytes())?;
+    }
+    out.write_all(b"}")
+}
+
+/// An address as [`address`] shows it, an IPv4 one without a formatter.
+fn write_address(out: &mut impl Write, raw: [u8; 16]) -> std::io::Result<()> {
+    match address(raw) {
+        IpAddr::V4(v4) => {
+            // Each octet's digits and dot copied as one word, the last dot cut.
+            let mut text = [0u8; 16];
+            let mut at = 0;
+            for octet in v4.octets() {
+                let (digits, len) = OCTETS[usize::from(octet)];
+                text[at..at + 4].copy_from_slice(&digits);
+                at += usize::from(len) + 1;
+            }
+            out.write_all(&text[..at - 1])
+        }
+        IpAddr::V6(v6) => write!(out, "{v6}"),
+    }
+}
+
+/// Each octet's decimal digits, then a dot, and how many digits.
+const OCTETS: [([u8; 4], u8); 256] = {
+    let mut table = [([0u8; 4], 0u8); 256];
+    let mut i = 0;
+    while i < 256 {
+        let (h, t, o) = (
+            b'0' + (i / 100) as u8,
+            b'0' + (i / 10 % 10) as u8,
+            b'0' + (i % 10) as u8,
+        );
+        table[i] = match i {
+            100.. => ([h, t, o, b'.'], 3),
+            10.. => ([t, o, b'.', 0], 2),
+            _ => ([o, b'.', 0, 0], 1),
+        };
+        i += 1;
+    }
+    table
+};
+
 /// A pair's record: the delta's counters under its key's names.
 pub(crate) fn pair_record(d: &crate::accounting::PairDelta) -> PairRecord {
     PairRecord {
@@ -323,7 +463,7 @@ pub(crate) fn table(usage: &IntervalUsage) -> TableRecord {
 /// a line of a hundred MB); readers skip an incomplete last line, and a failed
 /// write is cut off again, so the file never keeps half a line. A symbolic link
 /// is refused ([`LogError::Symlink`]): `--follow-symlinks` resolves it at start.
-pub fn append(path: &Path, record: &impl Serialize) -> Result<(), LogError> {
+pub fn append(path: &Path, record: &impl Line) -> Result<(), LogError> {
     let io = |cause| super::paths::error(path, cause);
     let file = OpenOptions::new()
         .append(true)
@@ -334,8 +474,8 @@ pub fn append(path: &Path, record: &impl Serialize) -> Result<(), LogError> {
         .map_err(io)?;
     let before = file.metadata().map_err(io)?.len();
     let mut out = std::io::BufWriter::with_capacity(1 << 16, &file);
-    let written = serde_json::to_writer(&mut out, record)
-        .map_err(std::io::Error::other)
+    let written = record
+        .write_json(&mut out)
         .and_then(|()| out.write_all(b"\n"))
         .and_then(|()| out.flush());
     drop(out);
@@ -428,7 +568,7 @@ pub struct Rotation {
 pub fn append_rotated(
     path: &Path,
     rotation: Option<Rotation>,
-    record: &impl Serialize,
+    record: &impl Line,
 ) -> Result<(), LogError> {
     if let Some(rotation) = rotation {
         rotate_if_full(path, rotation)?;
@@ -503,7 +643,7 @@ mod tests {
         let rotation = Some(Rotation { max: 16, keep: 2 });
         for n in 1..=7 {
             // `{"n":N}` and a newline: 8 bytes, two lines to a file.
-            append_rotated(&path, rotation, &serde_json::json!({ "n": n })).unwrap();
+            append_rotated(&path, rotation, &Numbered(n)).unwrap();
         }
         let lines = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();
         assert_eq!(lines("d.jsonl"), "{\"n\":7}\n");
@@ -519,6 +659,94 @@ mod tests {
             ["d.jsonl.2", "d.jsonl.1", "d.jsonl"].map(|n| dir.path().join(n)),
             "oldest first"
         );
+    }
+
+    /// A line `{"n":N}`.
+    struct Numbered(u32);
+
+    impl Line for Numbered {
+        fn write_json(&self, out: &mut impl Write) -> std::io::Result<()> {
+            write!(out, "{{\"n\":{}}}", self.0)
+        }
+    }
+
+    #[test]
+    fn a_pair_written_directly_is_what_serde_json_makes_of_its_record() {
+        let mut rng = fastrand::Rng::with_seed(3);
+        let mut usage = IntervalUsage {
+            services: vec![Counter::default(); netmon_common::service::SERVICE_COUNTERS as usize],
+            table_entries: 500,
+            table_capacity: 1024,
+            ..Default::default()
+        };
+        usage.services[7] = Counter {
+            frames: 1,
+            bytes: 64,
+        };
+        for i in 0..500u32 {
+            let mut key = PairKey {
+                // Every protocol name, every direction and one unknown.
+                proto: [6, 17, 1, 58, 47, 0, 255][i as usize % 7],
+                direction: (i % 3) as u8,
+                src_port: if i % 4 == 0 { 0 } else { rng.u16(..) },
+                dst_port: if i % 5 == 0 { 0 } else { rng.u16(..) },
+                ..Default::default()
+            };
+            if i % 2 == 0 {
+                let v4 = |rng: &mut fastrand::Rng| std::net::Ipv4Addr::from(rng.u32(..));
+                key.src = v4(&mut rng).to_ipv6_mapped().octets();
+                key.dst = v4(&mut rng).to_ipv6_mapped().octets();
+            } else {
+                // Zero runs too, which `::` shortens.
+                key.src = (rng.u128(..) & !(0xffff_ffff << 32)).to_be_bytes();
+                key.dst = rng.u128(..).to_be_bytes();
+            }
+            let counter = |rng: &mut fastrand::Rng| Counter {
+                frames: rng.u64(..),
+                bytes: {
+                    let bits = rng.u32(0..64);
+                    rng.u64(..1 << bits)
+                },
+            };
+            usage.pairs.push(PairDelta {
+                key,
+                counter: counter(&mut rng),
+                dropped: if i % 6 == 0 {
+                    counter(&mut rng)
+                } else {
+                    Counter::default()
+                },
+            });
+        }
+        let (start, end) = (
+            "2026-11-28T10:00:00Z".parse().unwrap(),
+            "2026-11-28T10:00:01.5Z".parse().unwrap(),
+        );
+        let names: BTreeMap<IpAddr, String> = [
+            ("10.0.0.1".parse().unwrap(), "a.example".to_string()),
+            (
+                "fd00::1".parse().unwrap(),
+                "b\"quoted\".example".to_string(),
+            ),
+        ]
+        .into();
+        let iface = "eth\"0\\";
+        for names in [BTreeMap::new(), names] {
+            let mut expected = DetailRecord::new(iface, start, end, &usage);
+            expected.names = names.clone();
+            let record = IntervalRecord {
+                iface,
+                start,
+                end,
+                usage: &usage,
+            };
+            let mut written = Vec::new();
+            record.named(&names).write_json(&mut written).unwrap();
+            assert_eq!(
+                String::from_utf8(written).unwrap(),
+                serde_json::to_string(&expected).unwrap()
+            );
+        }
     }
 
     #[test]
@@ -590,7 +818,9 @@ mod tests {
         std::fs::write(&victim, b"root:*:19000::::::\n").unwrap();
         let path = dir.path().join("detail.jsonl");
         std::os::unix::fs::symlink(&victim, &path).unwrap();
-        let record = TableRecord::default();
+        let usage = IntervalUsage::default();
+        let epoch = jiff::Timestamp::UNIX_EPOCH;
+        let record = DetailRecord::new("eth0", epoch, epoch, &usage);
         let err = append(&path, &record).unwrap_err();
         assert!(
             matches!(&err, LogError::Symlink { path: p } if *p == path),

@@ -334,14 +334,17 @@ mod tests {
             std::os::unix::fs::symlink(&other, link).unwrap();
         }
         files.save(&State::default(), None).unwrap();
-        detail::append(&files.detail, &detail::TableRecord::default()).unwrap();
+        let usage = crate::accounting::IntervalUsage::default();
+        let record =
+            detail::DetailRecord::new("eth0", Timestamp::UNIX_EPOCH, Timestamp::UNIX_EPOCH, &usage);
+        detail::append(&files.detail, &record).unwrap();
         assert_eq!(
             std::fs::read_to_string(&log_target).unwrap(),
             "{\"total_k_bytes\": 0.0}"
         );
         assert_eq!(
             std::fs::read_to_string(&detail_target).unwrap(),
-            "earlier\n{\"pairs\":0,\"capacity\":0,\"failed_inserts\":{\"frames\":0,\"bytes\":0}}\n"
+            format!("earlier\n{}\n", serde_json::to_string(&record).unwrap())
         );
         assert_eq!(std::fs::read(&other).unwrap(), b"other\n");
         assert_eq!(files.load().unwrap(), State::default());
