@@ -13,6 +13,8 @@ pub enum Target {
     RatioAtLeast(f64),
     /// netmon's own figure ≤ this (in the row's unit).
     AtMost(f64),
+    /// netmon's own figure ≥ this (in the row's unit).
+    AtLeast(f64),
 }
 
 impl Target {
@@ -22,6 +24,7 @@ impl Target {
             Target::RatioAtMost(limit) => ratio.is_some_and(|r| r <= limit),
             Target::RatioAtLeast(limit) => ratio.is_some_and(|r| r >= limit),
             Target::AtMost(limit) => row.netmon <= limit,
+            Target::AtLeast(limit) => row.netmon >= limit,
         }
     }
 
@@ -31,6 +34,7 @@ impl Target {
             Target::RatioAtMost(limit) => format!("≤ {limit}×"),
             Target::RatioAtLeast(limit) => format!("≥ {limit}×"),
             Target::AtMost(limit) => format!("≤ {limit} {unit}"),
+            Target::AtLeast(limit) => format!("≥ {limit} {unit}"),
         }
     }
 }
