@@ -86,6 +86,7 @@ impl Netmon {
             user: None,
             more_caps: Vec::new(),
             env: Vec::new(),
+            binary: None,
         }
     }
 
@@ -192,9 +193,21 @@ pub struct Launch<'h> {
     /// Capabilities besides the unit's three, for [`Launch::as_user`].
     more_caps: Vec<&'static str>,
     env: Vec<(String, String)>,
+    /// Another netmon than [`binary`]'s (one a package installed).
+    binary: Option<PathBuf>,
 }
 
 impl Launch<'_> {
+    /// Runs this netmon binary instead of the workspace's.
+    pub fn binary(mut self, path: &Path) -> Self {
+        self.binary = Some(path.to_path_buf());
+        self
+    }
+
+    fn binary_path(&self) -> PathBuf {
+        self.binary.clone().unwrap_or_else(binary)
+    }
+
     /// Writes the log and the detail log (`network_log.json`, `detail.jsonl`) in `dir`.
     pub fn logs_in(self, dir: &Path) -> Self {
         let (log, detail) = (dir.join("network_log.json"), dir.join("detail.jsonl"));
@@ -317,7 +330,7 @@ impl Launch<'_> {
     /// `ip netns exec … netmon run …`, within a private /run/netmon and as
     /// another user when asked.
     fn daemon_command(&self) -> Result<std::process::Command> {
-        let binary = binary();
+        let binary = self.binary_path();
         let binary = binary.to_str().context("binary path")?;
         let mut words: Vec<String> = Vec::new();
         if let Some((uid, gid)) = self.user {
@@ -362,7 +375,7 @@ impl Launch<'_> {
 
     /// Starts the daemon and waits until both programs are attached.
     pub fn start(self) -> Result<Netmon> {
-        let binary = binary();
+        let binary = self.binary_path();
         let mut child = self
             .daemon_command()?
             .stdin(Stdio::null())
@@ -423,7 +436,7 @@ impl Launch<'_> {
     pub fn run_to_end(self) -> Result<Output> {
         self.command("timeout")
             .arg("60")
-            .arg(binary())
+            .arg(self.binary_path())
             .args(self.command_line())
             .output()
             .context("running netmon")

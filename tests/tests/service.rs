@@ -1008,18 +1008,98 @@ fn status_in(root: &Path, package: &str) -> Result<String> {
         .to_string())
 }
 
+/// Makes `root` a root with an empty dpkg database: no other package, no
+/// user database.
+fn empty_root(root: &Path) -> Result<()> {
+    let admin = root.join("var/lib/dpkg");
+    for sub in ["info", "updates"] {
+        std::fs::create_dir_all(admin.join(sub))?;
+    }
+    std::fs::write(admin.join("status"), "")?;
+    Ok(())
+}
+
+/// `deb` as the next version of itself (`VERSION+1`), repacked in `dir`:
+/// what an upgrade installs.
+fn next_version(deb: &Path, dir: &Path) -> Result<(PathBuf, String)> {
+    let tree = dir.join("tree");
+    let run = |command: &mut Command| -> Result<()> {
+        let out = command.output()?;
+        ensure!(out.status.success(), "{command:?}: {}", text(&out.stderr));
+        Ok(())
+    };
+    run(Command::new("dpkg-deb").arg("-R").arg(deb).arg(&tree))?;
+    let control_path = tree.join("DEBIAN/control");
+    let control = std::fs::read_to_string(&control_path)?;
+    let version = control
+        .lines()
+        .find_map(|l| l.strip_prefix("Version: "))
+        .context("a Version field")?
+        .to_string();
+    let next = format!("{version}+1");
+    std::fs::write(
+        &control_path,
+        control.replace(&format!("Version: {version}\n"), &format!("Version: {next}\n")),
+    )?;
+    let later = dir.join("netmon-next.deb");
+    run(Command::new("dpkg-deb")
+        .args(["--root-owner-group", "-b"])
+        .arg(&tree)
+        .arg(&later))?;
+    Ok((later, next))
+}
+
+/// The operator's upgrade: the package installed over itself at a later
+/// version while the daemon runs with `keep_attached` (as the example
+/// configuration suggests), then the restart onto the new binary. What was
+/// sent before, during the stop and after is counted exactly once.
+#[test]
+fn an_upgrade_and_restart_under_traffic_count_exactly() -> Result<()> {
+    let deb = package()?;
+    let work = tempfile::tempdir()?;
+    let (later, next) = next_version(&deb, work.path())?;
+    let root = work.path().join("root");
+    empty_root(&root)?;
+    dpkg_in(&root, &["--install", deb.to_str().context("package path")?])?;
+    let installed = root.join("usr/bin/netmon");
+
+    let bpffs = TempMount::bpffs()?;
+    let net = TestNet::create()?;
+    let dir = tempfile::tempdir()?;
+    let (a, b) = (&net.a, &net.b);
+    let launch = || {
+        Netmon::on(a)
+            .binary(&installed)
+            .logs_in(dir.path())
+            .bpffs(&bpffs)
+    };
+    let netmon = launch().args(&["--keep-attached"]).start()?;
+    Flow::udp(b, a).port(7900).sizes(&[100, 200]).send()?;
+
+    dpkg_in(&root, &["--install", later.to_str().context("package path")?])?;
+    assert_eq!(status_in(&root, "netmon")?, "install ok installed");
+    let version = Command::new("dpkg-query")
+        .arg(format!("--admindir={}", root.join("var/lib/dpkg").display()))
+        .args(["-W", "-f", "${Version}", "netmon"])
+        .output()?;
+    assert_eq!(text(&version.stdout), next, "the later version is installed");
+    // The old binary runs on, replaced on the disk, until the restart.
+    Flow::udp(b, a).port(7900).sizes(&[300]).send()?;
+    netmon.stop()?;
+    Flow::udp(b, a).port(7900).sizes(&[400]).send()?;
+    let netmon = launch().start()?;
+    Flow::udp(b, a).port(7900).sizes(&[500]).send()?;
+    netmon.stop()?;
+    assert_b_sent_a(dir.path(), &net, &[100, 200, 300, 400, 500])
+}
+
 #[test]
 fn installing_and_purging_the_package_leave_a_root_as_debian_expects() -> Result<()> {
     let deb = package()?;
     let deb = deb.to_str().context("package path")?;
     let dir = tempfile::tempdir()?;
     let root = dir.path();
-    // A root with an empty dpkg database: no other package, no user database.
-    let admin = root.join("var/lib/dpkg");
-    for sub in ["info", "updates"] {
-        std::fs::create_dir_all(admin.join(sub))?;
-    }
-    std::fs::write(admin.join("status"), "")?;
+    empty_root(root)?;
     let accounts = [
         "/etc/.pwd.lock",
         "/etc/group",
