@@ -43,8 +43,8 @@ pub struct DnsCounts {
     pub limited: u64,
     /// Frames lost to a full ring.
     pub lost: u64,
-    /// Answers read (`passed` = `answers` + `waiting` + `empty` + the three
-    /// kinds ignored, while no TCP segment ends two answers).
+    /// Answers read (`passed` = `answers` + `waiting` + `resent` + `empty` +
+    /// the three kinds ignored, while no TCP segment ends two answers).
     pub answers: u64,
     /// Addresses learnt from them.
     pub learnt: u64,
@@ -53,6 +53,9 @@ pub struct DnsCounts {
     /// TCP segments holding the start of an answer whose end comes later.
     #[serde(default)]
     pub waiting: u64,
+    /// TCP segments sent again, all of whose data was taken already.
+    #[serde(default)]
+    pub resent: u64,
     /// Answers over TCP given up unfinished: a segment missed, too long a
     /// wait or too many at once (see `names::stream`).
     #[serde(default)]
@@ -86,7 +89,9 @@ impl Learning {
             Ok(Payload::Segment { flow, seq, data }) => {
                 let completed = self.streams.take(flow, seq, data, now_ns);
                 self.counts.unfinished += completed.given_up;
-                if completed.messages.is_empty() && completed.waiting {
+                if completed.resent {
+                    self.counts.resent += 1;
+                } else if completed.messages.is_empty() && completed.waiting {
                     self.counts.waiting += 1;
                 }
                 for message in &completed.messages {

@@ -14,6 +14,11 @@ use std::collections::HashMap;
 pub const MAX_STREAMS: usize = 64;
 /// How long a message in progress waits for its next segment.
 pub const STREAM_TIMEOUT_NS: u64 = 5_000_000_000;
+/// How far back before a flow's next byte a segment sent again may start:
+/// a message and its length (under 64 KiB) twice over. A segment from
+/// further back is of another connection between the same addresses and
+/// ports, started anew.
+const RESEND_REACH: u32 = 1 << 17;
 
 /// One direction of a TCP connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -34,6 +39,8 @@ pub struct Completed {
     pub given_up: u64,
     /// True when the segment left part of a message waiting for the next.
     pub waiting: bool,
+    /// True when all of the segment had been taken already (sent again).
+    pub resent: bool,
 }
 
 struct Stream {
@@ -62,23 +69,27 @@ impl Streams {
         });
         let end = seq.wrapping_add(segment.len() as u32);
         let (mut data, new) = match self.streams.remove(&flow) {
-            Some(stream) if !after(end, stream.next_seq) => {
-                // A retransmission of what was taken already.
-                completed.waiting = stream.in_progress();
-                self.streams.insert(flow, stream);
-                return completed;
-            }
-            Some(stream) if !after(seq, stream.next_seq) => {
-                // The next bytes, maybe after some taken already (a resent
-                // segment may carry new ones too): the new ones continue.
-                let taken = stream.next_seq.wrapping_sub(seq) as usize;
-                (stream.data, &segment[taken..])
-            }
             Some(stream) => {
-                // A segment was missed: a message in progress cannot be
-                // finished, and this one is taken as the start of the next.
-                completed.given_up += u64::from(stream.in_progress());
-                (Vec::new(), segment)
+                // How far before the stream's next byte the segment starts.
+                let behind = stream.next_seq.wrapping_sub(seq);
+                if behind > RESEND_REACH {
+                    // A segment missed (it starts after the next byte), or
+                    // another connection of the same addresses and ports:
+                    // a message in progress cannot be finished, and this
+                    // segment is taken as the start of the next.
+                    completed.given_up += u64::from(stream.in_progress());
+                    (Vec::new(), segment)
+                } else if !after(end, stream.next_seq) {
+                    // Sent again, all of it taken already.
+                    completed.resent = true;
+                    completed.waiting = stream.in_progress();
+                    self.streams.insert(flow, stream);
+                    return completed;
+                } else {
+                    // The next bytes, maybe after some taken already (a
+                    // resent segment may carry new ones too).
+                    (stream.data, &segment[behind as usize..])
+                }
             }
             None => (Vec::new(), segment),
         };
@@ -93,13 +104,25 @@ impl Streams {
             at = end;
         }
         data.drain(..at);
+        if data.is_empty() {
+            // Between messages: no room kept for the next.
+            data = Vec::new();
+        }
         if self.streams.len() >= MAX_STREAMS {
-            let oldest = self
+            // A flow between messages makes room first; one with a message
+            // in progress only for another with a message in progress.
+            let room = self
                 .streams
                 .iter()
-                .min_by_key(|(_, s)| s.last_ns)
+                .filter(|(_, s)| !s.in_progress() || !data.is_empty())
+                .min_by_key(|(_, s)| (s.in_progress(), s.last_ns))
                 .map(|(flow, _)| *flow);
-            if let Some(stream) = oldest.and_then(|oldest| self.streams.remove(&oldest)) {
+            let Some(room) = room else {
+                // Every flow has a message in progress and this one has
+                // none: it is not followed.
+                return completed;
+            };
+            if let Some(stream) = self.streams.remove(&room) {
                 completed.given_up += u64::from(stream.in_progress());
             }
         }
@@ -213,7 +236,13 @@ mod tests {
         assert_eq!((first.messages, first.waiting), (vec![a], false));
         // The same segment again (its acknowledgement was lost).
         let again = streams.take(flow(1), at(0), &stream[..102], 1);
-        assert_eq!(again, Completed::default());
+        assert_eq!(
+            again,
+            Completed {
+                resent: true,
+                ..Default::default()
+            }
+        );
         // Resent repacketized: the first message's tail and the second's start.
         let spanning = streams.take(flow(1), at(50), &stream[50..250], 2);
         assert_eq!(
@@ -225,6 +254,68 @@ mod tests {
             (rest.given_up, rest.messages, rest.waiting),
             (0, vec![b, c], false)
         );
+    }
+
+    #[test]
+    fn flows_between_messages_make_room_before_a_message_in_progress_is_given_up() {
+        let big = framed(&[vec![7u8; 1000]]);
+        let mut streams = Streams::default();
+        assert!(streams.take(flow(0), 0, &big[..500], 0).waiting);
+        // A one-segment answer on each of as many flows again: the finished
+        // flows make room for each other, the oldest first.
+        for port in 1..=MAX_STREAMS as u16 {
+            let done = streams.take(flow(port), 0, &framed(&[vec![1u8; 10]]), u64::from(port));
+            assert_eq!((done.given_up, done.messages.len()), (0, 1), "flow {port}");
+        }
+        assert_eq!(streams.streams.len(), MAX_STREAMS);
+        assert!(
+            !streams.streams.contains_key(&flow(1)),
+            "the oldest finished flow made room"
+        );
+        let last = streams.take(flow(0), 500, &big[500..], 100);
+        assert_eq!((last.given_up, last.messages), (0, vec![vec![7u8; 1000]]));
+
+        // Every flow in progress: a finished one is not followed, and gives
+        // up no message in progress.
+        let mut streams = Streams::default();
+        for port in 0..MAX_STREAMS as u16 {
+            streams.take(flow(port), 0, &big[..500], u64::from(port));
+        }
+        let done = streams.take(flow(999), 0, &framed(&[vec![1u8; 10]]), 100);
+        assert_eq!((done.given_up, done.messages.len()), (0, 1));
+        assert!(!streams.streams.contains_key(&flow(999)));
+        // One more in progress gives up the oldest.
+        let more = streams.take(flow(1000), 0, &big[..500], 101);
+        assert_eq!((more.given_up, more.waiting), (1, true));
+        assert!(!streams.streams.contains_key(&flow(0)));
+    }
+
+    #[test]
+    fn another_connection_of_the_same_ports_starts_anew_and_a_resent_segment_is_told() {
+        let (a, b) = (vec![1u8; 40], vec![2u8; 60]);
+        let mut streams = Streams::default();
+        let first = streams.take(flow(1), 1_000_000, &framed(std::slice::from_ref(&a)), 0);
+        assert_eq!(first.messages, [a]);
+        // Its next data from a new handshake's sequence number, far before
+        // (or after) where the old connection was.
+        for (seq, now) in [(5_000, 1), (900_000_000, 2)] {
+            let next = streams.take(flow(1), seq, &framed(std::slice::from_ref(&b)), now);
+            assert_eq!(
+                (next.given_up, next.messages),
+                (0, vec![b.clone()]),
+                "{seq}"
+            );
+        }
+        // A segment of a message in progress sent again is told as such.
+        let stream = framed(&[vec![3u8; 100]]);
+        streams.take(flow(2), 0, &stream[..50], 3);
+        let again = streams.take(flow(2), 0, &stream[..50], 4);
+        assert_eq!(
+            (again.resent, again.waiting, again.given_up),
+            (true, true, 0)
+        );
+        let rest = streams.take(flow(2), 50, &stream[50..], 5);
+        assert_eq!((rest.resent, rest.messages), (false, vec![vec![3u8; 100]]));
     }
 
     #[test]
