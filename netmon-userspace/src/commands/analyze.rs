@@ -81,9 +81,6 @@ pub fn run(args: &AnalyzeArgs) -> anyhow::Result<()> {
     let mut refused = None;
     let mut analyzed = None;
     let written = logs::atomic::write_with(&detail_log, 0o644, |out| {
-        // Each interval's line made whole, then written at once: an
-        // interval of many pairs is megabytes of records.
-        let mut line = Vec::new();
         let mut write_error = None;
         let emit = |interval: AnalyzedInterval| {
             if files.is_some() {
@@ -96,11 +93,9 @@ pub fn run(args: &AnalyzeArgs) -> anyhow::Result<()> {
                 end: stamp(interval.end_ns),
                 usage: &interval.usage,
             };
-            line.clear();
-            let written = record.write_json(&mut line).and_then(|()| {
-                line.push(b'\n');
-                out.write_all(&line)
-            });
+            let written = record
+                .write_json(&mut *out)
+                .and_then(|()| out.write_all(b"\n"));
             if let Err(e) = written {
                 write_error.get_or_insert(e);
             }

@@ -271,92 +271,99 @@ impl Serialize for NamedRecord<'_> {
 /// What [`append`] writes as one line of the detail log.
 pub trait Line {
     /// Writes the record's JSON, without the line's end.
-    fn write_json(&self, out: &mut impl Write) -> std::io::Result<()>;
+    fn write_json(&self, out: &mut (impl Write + ?Sized)) -> std::io::Result<()>;
 }
 
 impl Line for NamedRecord<'_> {
     /// Exactly what serde_json makes of the record, its pairs (nearly all of
-    /// a large record) written directly: serde_json checks every key and
-    /// string for characters to escape, which took most of the time an
-    /// interval's line took, and a pair's record holds none.
-    fn write_json(&self, out: &mut impl Write) -> std::io::Result<()> {
+    /// a large record) made here: serde_json checks every key and string for
+    /// characters to escape, which took most of the time an interval's line
+    /// took, and a pair's record holds none. They are made in a buffer of
+    /// [`BATCH`] bytes and written a buffer at a time, so that a record of
+    /// a million pairs never exists whole in memory.
+    fn write_json(&self, out: &mut (impl Write + ?Sized)) -> std::io::Result<()> {
         let r = &self.record;
         let mut numbers = itoa::Buffer::new();
-        out.write_all(b"{\"start\":")?;
-        json(out, &r.start.to_string())?;
-        out.write_all(b",\"end\":")?;
-        json(out, &r.end.to_string())?;
-        out.write_all(b",\"interval_s\":")?;
-        json(out, &seconds(r.start, r.end))?;
-        out.write_all(b",\"iface\":")?;
-        json(out, r.iface)?;
-        out.write_all(b",\"pairs\":[")?;
+        let mut batch = Vec::with_capacity(BATCH + 512);
+        batch.extend_from_slice(b"{\"start\":");
+        json(&mut batch, &r.start.to_string())?;
+        batch.extend_from_slice(b",\"end\":");
+        json(&mut batch, &r.end.to_string())?;
+        batch.extend_from_slice(b",\"interval_s\":");
+        json(&mut batch, &seconds(r.start, r.end))?;
+        batch.extend_from_slice(b",\"iface\":");
+        json(&mut batch, r.iface)?;
+        batch.extend_from_slice(b",\"pairs\":[");
         for (i, pair) in r.usage.pairs.iter().enumerate() {
             if i > 0 {
-                out.write_all(b",")?;
+                batch.push(b',');
             }
-            write_pair(out, pair, &mut numbers)?;
+            write_pair(&mut batch, pair, &mut numbers);
+            if batch.len() >= BATCH {
+                out.write_all(&batch)?;
+                batch.clear();
+            }
         }
-        out.write_all(b"],\"protocols\":")?;
-        json(out, &protocols(r.usage))?;
-        out.write_all(b",\"table\":")?;
-        json(out, &table(r.usage))?;
+        batch.extend_from_slice(b"],\"protocols\":");
+        json(&mut batch, &protocols(r.usage))?;
+        batch.extend_from_slice(b",\"table\":");
+        json(&mut batch, &table(r.usage))?;
         if !self.names.is_empty() {
-            out.write_all(b",\"names\":")?;
-            json(out, self.names)?;
+            batch.extend_from_slice(b",\"names\":");
+            json(&mut batch, self.names)?;
         }
-        out.write_all(b"}")
+        batch.push(b'}');
+        out.write_all(&batch)
     }
 }
 
+/// How much of a record is made before it is written.
+const BATCH: usize = 64 << 10;
+
 impl Line for IntervalRecord<'_> {
-    fn write_json(&self, out: &mut impl Write) -> std::io::Result<()> {
+    fn write_json(&self, out: &mut (impl Write + ?Sized)) -> std::io::Result<()> {
         self.named(&BTreeMap::new()).write_json(out)
     }
 }
 
 impl Line for Interval {
-    fn write_json(&self, out: &mut impl Write) -> std::io::Result<()> {
+    fn write_json(&self, out: &mut (impl Write + ?Sized)) -> std::io::Result<()> {
         self.record().named(&self.names).write_json(out)
     }
 }
 
 impl Line for DetailRecord {
-    fn write_json(&self, out: &mut impl Write) -> std::io::Result<()> {
+    fn write_json(&self, out: &mut (impl Write + ?Sized)) -> std::io::Result<()> {
         json(out, self)
     }
 }
 
 /// `value` as serde_json writes it.
-fn json(out: &mut impl Write, value: &(impl Serialize + ?Sized)) -> std::io::Result<()> {
+fn json(out: &mut (impl Write + ?Sized), value: &(impl Serialize + ?Sized)) -> std::io::Result<()> {
     serde_json::to_writer(out, value).map_err(std::io::Error::other)
 }
 
 /// What serde_json makes of [`pair_record`]`(pair)`.
-fn write_pair(
-    out: &mut impl Write,
-    pair: &crate::accounting::PairDelta,
-    numbers: &mut itoa::Buffer,
-) -> std::io::Result<()> {
+fn write_pair(out: &mut Vec<u8>, pair: &crate::accounting::PairDelta, numbers: &mut itoa::Buffer) {
     let key = &pair.key;
     let direction = Direction::from_raw(key.direction).map_or("unknown", Direction::name);
-    out.write_all(b"{\"direction\":\"")?;
-    out.write_all(direction.as_bytes())?;
-    out.write_all(b"\",\"src\":\"")?;
-    write_address(out, key.src)?;
-    out.write_all(b"\",\"dst\":\"")?;
-    write_address(out, key.dst)?;
-    out.write_all(b"\",\"proto\":\"")?;
-    out.write_all(L4::of(key.proto).name().as_bytes())?;
-    out.write_all(b"\",\"proto_num\":")?;
-    out.write_all(numbers.format(key.proto).as_bytes())?;
+    out.extend_from_slice(b"{\"direction\":\"");
+    out.extend_from_slice(direction.as_bytes());
+    out.extend_from_slice(b"\",\"src\":\"");
+    write_address(out, key.src);
+    out.extend_from_slice(b"\",\"dst\":\"");
+    write_address(out, key.dst);
+    out.extend_from_slice(b"\",\"proto\":\"");
+    out.extend_from_slice(L4::of(key.proto).name().as_bytes());
+    out.extend_from_slice(b"\",\"proto_num\":");
+    out.extend_from_slice(numbers.format(key.proto).as_bytes());
     if key.src_port != 0 {
-        out.write_all(b",\"src_port\":")?;
-        out.write_all(numbers.format(key.src_port).as_bytes())?;
+        out.extend_from_slice(b",\"src_port\":");
+        out.extend_from_slice(numbers.format(key.src_port).as_bytes());
     }
     if key.dst_port != 0 {
-        out.write_all(b",\"dst_port\":")?;
-        out.write_all(numbers.format(key.dst_port).as_bytes())?;
+        out.extend_from_slice(b",\"dst_port\":");
+        out.extend_from_slice(numbers.format(key.dst_port).as_bytes());
     }
     for (name, value) in [
         (&b",\"frames\":"[..], pair.counter.frames),
@@ -364,14 +371,14 @@ fn write_pair(
         (b",\"dropped_frames\":", pair.dropped.frames),
         (b",\"dropped_bytes\":", pair.dropped.bytes),
     ] {
-        out.write_all(name)?;
-        out.write_all(numbers.format(value).as_bytes())?;
+        out.extend_from_slice(name);
+        out.extend_from_slice(numbers.format(value).as_bytes());
     }
-    out.write_all(b"}")
+    out.push(b'}');
 }
 
 /// An address as [`address`] shows it, an IPv4 one without a formatter.
-fn write_address(out: &mut impl Write, raw: [u8; 16]) -> std::io::Result<()> {
+fn write_address(out: &mut Vec<u8>, raw: [u8; 16]) {
     match address(raw) {
         IpAddr::V4(v4) => {
             // Each octet's digits and dot copied as one word, the last dot cut.
@@ -382,9 +389,11 @@ fn write_address(out: &mut impl Write, raw: [u8; 16]) -> std::io::Result<()> {
                 text[at..at + 4].copy_from_slice(&digits);
                 at += usize::from(len) + 1;
             }
-            out.write_all(&text[..at - 1])
+            out.extend_from_slice(&text[..at - 1]);
         }
-        IpAddr::V6(v6) => write!(out, "{v6}"),
+        IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
     }
 }
 
@@ -665,7 +674,7 @@ mod tests {
     struct Numbered(u32);
 
     impl Line for Numbered {
-        fn write_json(&self, out: &mut impl Write) -> std::io::Result<()> {
+        fn write_json(&self, out: &mut (impl Write + ?Sized)) -> std::io::Result<()> {
             write!(out, "{{\"n\":{}}}", self.0)
         }
     }
