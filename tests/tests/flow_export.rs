@@ -319,8 +319,12 @@ fn export_capture(host: &Host, dir: &Path) -> Result<(Capture, PathBuf)> {
 
 /// tshark's reading of every captured export datagram: its flow version
 /// and any expert information. Every one must be a NetFlow/IPFIX message
-/// of `version` with no expert information at all. Returns how many went
-/// to each collector port.
+/// of `version` with no expert information at all, which includes tshark's
+/// sequence analysis: a message whose sequence number is not the one the
+/// last message of its observation domain implies is flagged "Unexpected
+/// flow sequence for domain ID" (checked on 2026-12-01 with a crafted
+/// capture whose second message said one record more had gone before).
+/// Returns how many went to each collector port.
 fn tshark_decodes_every_message(capture: &Path, version: u32) -> Result<BTreeMap<u16, usize>> {
     let mut args = vec!["-r".to_string(), capture.display().to_string()];
     for port in [NFCAPD_PORT, NFACCTD_PORT] {

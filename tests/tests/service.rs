@@ -1039,7 +1039,10 @@ fn next_version(deb: &Path, dir: &Path) -> Result<(PathBuf, String)> {
     let next = format!("{version}+1");
     std::fs::write(
         &control_path,
-        control.replace(&format!("Version: {version}\n"), &format!("Version: {next}\n")),
+        control.replace(
+            &format!("Version: {version}\n"),
+            &format!("Version: {next}\n"),
+        ),
     )?;
     let later = dir.join("netmon-next.deb");
     run(Command::new("dpkg-deb")
@@ -1076,13 +1079,23 @@ fn an_upgrade_and_restart_under_traffic_count_exactly() -> Result<()> {
     let netmon = launch().args(&["--keep-attached"]).start()?;
     Flow::udp(b, a).port(7900).sizes(&[100, 200]).send()?;
 
-    dpkg_in(&root, &["--install", later.to_str().context("package path")?])?;
+    dpkg_in(
+        &root,
+        &["--install", later.to_str().context("package path")?],
+    )?;
     assert_eq!(status_in(&root, "netmon")?, "install ok installed");
     let version = Command::new("dpkg-query")
-        .arg(format!("--admindir={}", root.join("var/lib/dpkg").display()))
+        .arg(format!(
+            "--admindir={}",
+            root.join("var/lib/dpkg").display()
+        ))
         .args(["-W", "-f", "${Version}", "netmon"])
         .output()?;
-    assert_eq!(text(&version.stdout), next, "the later version is installed");
+    assert_eq!(
+        text(&version.stdout),
+        next,
+        "the later version is installed"
+    );
     // The old binary runs on, replaced on the disk, until the restart.
     Flow::udp(b, a).port(7900).sizes(&[300]).send()?;
     netmon.stop()?;
