@@ -1055,7 +1055,8 @@ fn next_version(deb: &Path, dir: &Path) -> Result<(PathBuf, String)> {
 /// The operator's upgrade: the package installed over itself at a later
 /// version while the daemon runs with `keep_attached` (as the example
 /// configuration suggests), then the restart onto the new binary. What was
-/// sent before, during the stop and after is counted exactly once.
+/// sent before, during the stop and after is counted exactly once, and a
+/// block rule holds throughout.
 #[test]
 fn an_upgrade_and_restart_under_traffic_count_exactly() -> Result<()> {
     let deb = package()?;
@@ -1078,6 +1079,18 @@ fn an_upgrade_and_restart_under_traffic_count_exactly() -> Result<()> {
     };
     let netmon = launch().args(&["--keep-attached"]).start()?;
     Flow::udp(b, a).port(7900).sizes(&[100, 200]).send()?;
+    netmon_tests::daemon::ctl(&a.iface, &["block", &b.ipv4_alt.to_string()])
+        .map_err(anyhow::Error::msg)?;
+    // A datagram from the blocked address delivered: none, at each stage.
+    let blocked = || -> Result<usize> {
+        Ok(Flow::udp(b, a)
+            .from(b.ipv4_alt)
+            .port(7901)
+            .sizes(&[100])
+            .delivered()?
+            .len())
+    };
+    assert_eq!(blocked()?, 0, "blocked by the old daemon");
 
     dpkg_in(
         &root,
@@ -1100,8 +1113,10 @@ fn an_upgrade_and_restart_under_traffic_count_exactly() -> Result<()> {
     Flow::udp(b, a).port(7900).sizes(&[300]).send()?;
     netmon.stop()?;
     Flow::udp(b, a).port(7900).sizes(&[400]).send()?;
+    assert_eq!(blocked()?, 0, "blocked while no daemon runs");
     let netmon = launch().start()?;
     Flow::udp(b, a).port(7900).sizes(&[500]).send()?;
+    assert_eq!(blocked()?, 0, "blocked by the new daemon");
     netmon.stop()?;
     assert_b_sent_a(dir.path(), &net, &[100, 200, 300, 400, 500])
 }
