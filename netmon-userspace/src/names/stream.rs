@@ -15,10 +15,12 @@ pub const MAX_STREAMS: usize = 64;
 /// How long a message in progress waits for its next segment.
 pub const STREAM_TIMEOUT_NS: u64 = 5_000_000_000;
 /// How far back before a flow's next byte a segment sent again may start:
-/// a message and its length (under 64 KiB) twice over. A segment from
-/// further back is of another connection between the same addresses and
-/// ports, started anew.
-const RESEND_REACH: u32 = 1 << 17;
+/// TCP resends from the oldest byte not acknowledged, a window behind, and
+/// a zone transfer's window can be megabytes. A segment from further back
+/// is of another connection between the same addresses and ports, started
+/// anew; one whose random first sequence number falls within the reach
+/// (1 in 256) is taken for a resend and its first message lost.
+const RESEND_REACH: u32 = 1 << 24;
 
 /// One direction of a TCP connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -294,11 +296,11 @@ mod tests {
     fn another_connection_of_the_same_ports_starts_anew_and_a_resent_segment_is_told() {
         let (a, b) = (vec![1u8; 40], vec![2u8; 60]);
         let mut streams = Streams::default();
-        let first = streams.take(flow(1), 1_000_000, &framed(std::slice::from_ref(&a)), 0);
+        let first = streams.take(flow(1), 1_000_000_000, &framed(std::slice::from_ref(&a)), 0);
         assert_eq!(first.messages, [a]);
         // Its next data from a new handshake's sequence number, far before
         // (or after) where the old connection was.
-        for (seq, now) in [(5_000, 1), (900_000_000, 2)] {
+        for (seq, now) in [(5_000, 1), (3_000_000_000, 2)] {
             let next = streams.take(flow(1), seq, &framed(std::slice::from_ref(&b)), now);
             assert_eq!(
                 (next.given_up, next.messages),
@@ -306,6 +308,13 @@ mod tests {
                 "{seq}"
             );
         }
+        // A resend from a whole window back (1 MB of messages, not one) is
+        // within reach: told as resent, the flow still where it was.
+        let resent = streams.take(flow(1), 3_000_000_062 - 1_000_000, &[9; 100], 3);
+        assert_eq!((resent.resent, resent.given_up), (true, 0));
+        let next = streams.take(flow(1), 3_000_000_062, &framed(std::slice::from_ref(&b)), 3);
+        assert_eq!(next.messages, std::slice::from_ref(&b));
+
         // A segment of a message in progress sent again is told as such.
         let stream = framed(&[vec![3u8; 100]]);
         streams.take(flow(2), 0, &stream[..50], 3);
