@@ -174,13 +174,6 @@ impl Interval {
     }
 }
 
-/// Serialises exactly as the interval's [`DetailRecord`] would.
-impl Serialize for Interval {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.record().named(&self.names).serialize(serializer)
-    }
-}
-
 /// One interval of the detail log, borrowed from the daemon's report: written
 /// without a copy of its usage.
 #[derive(Clone, Copy, Debug)]
@@ -210,14 +203,6 @@ impl<'a> IntervalRecord<'a> {
     }
 }
 
-/// Serialises exactly as the interval's [`DetailRecord`] would (without names).
-impl Serialize for IntervalRecord<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        const NONE: &BTreeMap<IpAddr, String> = &BTreeMap::new();
-        self.named(NONE).serialize(serializer)
-    }
-}
-
 /// An [`IntervalRecord`] and the names of its addresses, borrowed.
 #[derive(Clone, Copy, Debug)]
 pub struct NamedRecord<'a> {
@@ -240,38 +225,19 @@ impl NamedRecord<'_> {
     }
 }
 
-/// Serialises exactly as the interval's [`DetailRecord`] would.
-impl Serialize for NamedRecord<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeStruct;
-        struct Pairs<'a>(&'a IntervalUsage);
-        impl Serialize for Pairs<'_> {
-            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-                serializer.collect_seq(self.0.pairs.iter().map(pair_record))
-            }
-        }
-        let r = &self.record;
-        let mut s = serializer.serialize_struct("DetailRecord", 8)?;
-        s.serialize_field("start", &r.start.to_string())?;
-        s.serialize_field("end", &r.end.to_string())?;
-        s.serialize_field("interval_s", &seconds(r.start, r.end))?;
-        s.serialize_field("iface", r.iface)?;
-        s.serialize_field("pairs", &Pairs(r.usage))?;
-        s.serialize_field("protocols", &protocols(r.usage))?;
-        s.serialize_field("table", &table(r.usage))?;
-        if self.names.is_empty() {
-            s.skip_field("names")?;
-        } else {
-            s.serialize_field("names", self.names)?;
-        }
-        s.end()
-    }
-}
-
-/// What [`append`] writes as one line of the detail log.
+/// What [`append`] writes as one line of the detail log: the JSON of a
+/// [`DetailRecord`].
 pub trait Line {
     /// Writes the record's JSON, without the line's end.
     fn write_json(&self, out: &mut (impl Write + ?Sized)) -> std::io::Result<()>;
+
+    /// The record's JSON as a string.
+    fn to_json(&self) -> String {
+        let mut text = Vec::new();
+        self.write_json(&mut text)
+            .expect("writing to memory does not fail");
+        String::from_utf8(text).expect("JSON is UTF-8")
+    }
 }
 
 impl Line for NamedRecord<'_> {
@@ -749,10 +715,8 @@ mod tests {
                 end,
                 usage: &usage,
             };
-            let mut written = Vec::new();
-            record.named(&names).write_json(&mut written).unwrap();
             assert_eq!(
-                String::from_utf8(written).unwrap(),
+                record.named(&names).to_json(),
                 serde_json::to_string(&expected).unwrap()
             );
         }

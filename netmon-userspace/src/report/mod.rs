@@ -519,7 +519,7 @@ mod tests {
                     end: at + std::time::Duration::from_secs(every),
                     usage: &usage,
                 };
-                serde_json::from_str(&serde_json::to_string(&record).unwrap()).unwrap()
+                serde_json::from_str(&detail::Line::to_json(&record)).unwrap()
             })
             .collect()
     }
@@ -671,7 +671,7 @@ mod tests {
                     end: at + std::time::Duration::from_secs(10),
                     usage: &usage,
                 };
-                serde_json::to_string(&record.named(&names)).unwrap()
+                detail::Line::to_json(&record.named(&names))
             })
             .collect();
         assert!(lines[0].ends_with(r#""names":{"10.0.0.2":"old.test"}}"#));
