@@ -569,6 +569,13 @@ impl Claim {
     }
 }
 
+impl Claim {
+    /// Where the daemon's control socket is linked for this interface.
+    fn socket(&self) -> PathBuf {
+        self.path.with_extension("sock")
+    }
+}
+
 impl Drop for Claim {
     fn drop(&mut self) {
         // Removed while still locked, so that no one takes a claim on it that
@@ -600,25 +607,19 @@ impl Listener {
     /// to send one request of at most [`MAX_REQUEST`] bytes and to take the
     /// answer, so an idle or slow client delays no one. Each request is
     /// checked against the peer's credentials first.
-    pub fn bind(claims: &[Claim], access: Access) -> Result<Listener, ControlError> {
+    pub fn bind<'a>(
+        claims: impl IntoIterator<Item = &'a Claim>,
+        access: Access,
+    ) -> Result<Listener, ControlError> {
         use std::os::unix::fs::PermissionsExt;
         let dir = private_dir()?;
-        let paths: Vec<PathBuf> = claims
-            .iter()
-            .map(|c| c.path.with_extension("sock"))
-            .collect();
+        let paths: Vec<PathBuf> = claims.into_iter().map(Claim::socket).collect();
         let path = paths
             .first()
             .cloned()
             .expect("a daemon claims an interface at least");
         for stale in &paths {
-            match std::fs::remove_file(stale) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    return Err(io(format!("removing the stale socket {}", stale.display()))(e))
-                }
-            }
+            remove_stale(stale)?;
         }
         let listener = tokio::net::UnixListener::bind(&path)
             .map_err(io(format!("binding the control socket {}", path.display())))?;
@@ -680,6 +681,44 @@ impl Listener {
     /// Waits for the next well-formed request.
     pub async fn next(&mut self) -> Option<Incoming> {
         self.requests.recv().await
+    }
+
+    /// Links the socket under the interface of `claim` too, taken while
+    /// the daemon runs.
+    pub fn link(&mut self, claim: &Claim) -> Result<(), ControlError> {
+        let path = claim.socket();
+        remove_stale(&path)?;
+        // Any link of the socket will do: the first may be unlinked already.
+        let existing = self.paths.iter().find(|p| p.exists()).ok_or_else(|| {
+            io(format!("linking the control socket at {}", path.display()))(
+                std::io::ErrorKind::NotFound.into(),
+            )
+        })?;
+        std::fs::hard_link(existing, &path).map_err(io(format!(
+            "linking the control socket at {}",
+            path.display()
+        )))?;
+        self.paths.push(path);
+        Ok(())
+    }
+
+    /// Removes the socket's link under the interface of `claim`, about to
+    /// be released; the other links still reach the daemon.
+    pub fn unlink(&mut self, claim: &Claim) {
+        let path = claim.socket();
+        let _ = std::fs::remove_file(&path);
+        self.paths.retain(|p| *p != path);
+    }
+}
+
+/// Removes a socket no daemon serves (its interface's claim says so).
+fn remove_stale(path: &Path) -> Result<(), ControlError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io(format!("removing the stale socket {}", path.display()))(
+            e,
+        )),
     }
 }
 

@@ -368,6 +368,117 @@ fn an_interface_deleted_while_running_keeps_its_counts_and_the_daemon_goes_on() 
     Ok(())
 }
 
+/// The pin directories under `bpffs` of interfaces named `iface`.
+fn pins_of(bpffs: &TempMount, iface: &str) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let namespaces = std::fs::read_dir(bpffs.path().join("netmon"))
+        .into_iter()
+        .flatten();
+    for ns in namespaces.flatten() {
+        let dir = ns.path().join(iface);
+        if dir.is_dir() {
+            found.push(dir);
+        }
+    }
+    found
+}
+
+/// `--iface` with a pattern, as for the host-side veths of containers: the
+/// router's port named outright, and a pattern matching both ports. The
+/// other port appears while netmon runs, goes, and comes back (a second
+/// container of that name): attached each time, retired when it goes (pins,
+/// socket link and claim removed, its traffic kept), counted from zero
+/// when it is back. `from_host`: with `--netns`, the pattern in the
+/// router's namespace.
+fn a_pattern_follows_what_it_matches(from_host: bool) -> Result<()> {
+    let bpffs = TempMount::bpffs()?;
+    let net = Routed::create()?;
+    net.remove_right()?;
+    let dir = tempfile::tempdir()?;
+    let (left, right) = (&net.router_left, &net.router_right);
+    // `nm<pid>r<id>?` matches both ports, `...a` and `...b`.
+    let pattern = format!("{}?", &left.iface[..left.iface.len() - 1]);
+    let mut launch = Netmon::on(left)
+        .logs_in(dir.path())
+        .bpffs(&bpffs)
+        .args(&["--iface", &pattern]);
+    let label = |host: &netmon_tests::Host| match from_host {
+        true => format!("{}:{}", host.netns, host.iface),
+        false => host.iface.clone(),
+    };
+    if from_host {
+        launch = launch.from_host();
+    }
+    let mut netmon = launch.start()?;
+    let appeared = format!("counting on {}", label(right));
+    net.add_right()?;
+    netmon.wait_for(&appeared, Duration::from_secs(10))?;
+    Flow::udp(&net.right, right)
+        .port(7121)
+        .sizes(&[300; 20])
+        .send()?;
+    Flow::udp(&net.left, left)
+        .port(7122)
+        .sizes(&[200; 6])
+        .send()?;
+    assert_eq!(pins_of(&bpffs, &right.iface).len(), 1);
+    assert!(
+        ctl(&label(right), &["rules"]).is_ok(),
+        "the socket is linked"
+    );
+    net.remove_right()?;
+    let retired = netmon.wait_for(
+        &format!("interface {} is gone: its traffic", label(right)),
+        Duration::from_secs(10),
+    )?;
+    assert!(retired.contains("pins"), "{retired}");
+    assert_eq!(
+        pins_of(&bpffs, &right.iface),
+        Vec::<std::path::PathBuf>::new()
+    );
+    let unlinked = ctl(&label(right), &["rules"]).expect_err("no socket for it");
+    assert!(unlinked.contains(&right.iface), "{unlinked}");
+    assert!(ctl(&label(left), &["rules"]).is_ok(), "the daemon goes on");
+    net.add_right()?;
+    netmon.wait_for(&appeared, Duration::from_secs(10))?;
+    Flow::udp(&net.right, right)
+        .port(7123)
+        .sizes(&[300; 5])
+        .send()?;
+    let stderr = netmon.stop()?;
+    assert!(
+        !stderr
+            .iter()
+            .any(|l| l.contains("named twice") || l.contains("another netmon")),
+        "the port named outright is not matched again: {stderr:?}"
+    );
+    let totals = exact_totals(dir.path())?;
+    assert_eq!(
+        totals.get(&(v4(&net.right), v4(right))),
+        Some(udp(25, right, 300))
+    );
+    assert_eq!(
+        totals.get(&(v4(&net.left), v4(left))),
+        Some(udp(6, left, 200))
+    );
+    let seen = detail(dir.path())?;
+    assert_eq!(
+        seen.get(&(label(right), "ingress".into(), v4(&net.right), v4(right))),
+        Some(&udp(25, right, 300))
+    );
+    Ok(())
+}
+
+#[test]
+fn a_pattern_attaches_what_it_matches_as_it_comes_and_retires_it_when_it_goes() -> Result<()> {
+    a_pattern_follows_what_it_matches(false)
+}
+
+#[test]
+fn a_pattern_in_another_namespace_follows_what_it_matches_there() -> Result<()> {
+    a_pattern_follows_what_it_matches(true)
+}
+
 #[test]
 fn netns_from_the_host_loses_nothing_across_sigkills() -> Result<()> {
     let bpffs = TempMount::bpffs()?;

@@ -22,7 +22,9 @@ use crate::{
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Interface to monitor, e.g. eth0; repeat it to watch several with one
-    /// daemon (one log, one state file, one control socket).
+    /// daemon (one log, one state file, one control socket). A shell
+    /// pattern ('veth*', 'eth[0-3]') watches every interface it matches,
+    /// those that appear later too, such as containers' veths.
     #[arg(long)]
     pub iface: Vec<String>,
     /// The network namespace (a name `ip netns` shows, or a path such as

@@ -168,17 +168,19 @@ fn interfaces(
                 }
             };
             match field {
-                "name" => name = Some(text),
+                "name" => name = Some((text, value.span())),
                 _ => netns = Some(text),
             }
         }
-        let name = name.ok_or_else(|| {
+        let (name, name_at) = name.ok_or_else(|| {
             at(
                 entry.span(),
                 "[[interface]] without a name: add name = \"IF\"".into(),
             )
         })?;
-        specs.push(InterfaceSpec { name, netns });
+        let spec = InterfaceSpec { name, netns };
+        spec.pattern().map_err(|e| at(name_at, e))?;
+        specs.push(spec);
     }
     Ok(specs)
 }
@@ -295,5 +297,18 @@ mod tests {
         .map(OsString::from)
         .to_vec();
         assert_eq!(file.options(), [("iface".to_string(), words)]);
+    }
+
+    #[test]
+    fn an_interface_pattern_that_does_not_parse_is_refused_at_its_line() {
+        let text = "[[interface]]\nname = \"eth0\"\n\n[[interface]]\nname = \"veth[\"\n";
+        let refused = ConfigFile::parse(Path::new("netmon.toml"), text, &Command::new("run"))
+            .err()
+            .unwrap();
+        assert_eq!(
+            refused.to_string(),
+            "netmon.toml:5: interface pattern 'veth[': invalid range pattern at character 5; \
+             write it as the shell does, like veth* or eth[0-3]"
+        );
     }
 }

@@ -13,6 +13,7 @@ pub mod kernel;
 pub mod report;
 pub mod sinks;
 mod start;
+mod targets;
 
 #[cfg(test)]
 pub(crate) mod fake;
@@ -48,7 +49,8 @@ use kernel::{Kernel, PolicyMaps};
 use report::{IntervalReport, Report, Saved};
 use sinks::Sink;
 
-pub use start::{run, Config, InterfaceSpec};
+pub use start::{run, Config};
+pub use targets::InterfaceSpec;
 
 /// How long `netmon top`'s readings of an interface are kept after its last
 /// screen: a little longer than the longest average it shows.
@@ -124,6 +126,9 @@ pub struct Interfaces<K> {
     watched: Vec<Watched<K>>,
     /// The quotas each ingress hook charges under the policy last written.
     charged: Charged,
+    /// The rule counters of interfaces retired, by slot: a rule's hits
+    /// never go back when an interface goes.
+    retired_hits: HashMap<u32, [Counter; 2]>,
 }
 
 impl<K: Kernel> Interfaces<K> {
@@ -178,6 +183,7 @@ impl<K: Kernel> PolicyMaps for Interfaces<K> {
     }
 
     fn clear_rule_counters(&mut self, slot: u32) -> Result<(), DatapathError> {
+        self.retired_hits.remove(&slot);
         self.watched
             .iter_mut()
             .try_for_each(|w| w.kernel.clear_rule_counters(slot))
@@ -199,7 +205,7 @@ impl<K: Kernel> PolicyMaps for Interfaces<K> {
     }
 
     fn rule_counters(&self, slot: u32) -> Result<[Counter; 2], DatapathError> {
-        let mut sum = [Counter::default(); 2];
+        let mut sum = self.retired_hits.get(&slot).copied().unwrap_or_default();
         for w in &self.watched {
             let counters = w.kernel.rule_counters(slot)?;
             for (s, c) in sum.iter_mut().zip(counters) {
@@ -267,6 +273,11 @@ pub struct Daemon<K, C> {
     /// `netmon top`'s readings of each interface it shows, with when a
     /// screen last asked for them.
     views: HashMap<String, (Live, u64)>,
+    /// How interfaces that join are counted for the metrics endpoint, when
+    /// there is one.
+    metrics: Option<crate::metrics::Settings>,
+    /// The `--iface` patterns interfaces join by, as reports name them.
+    patterns: Vec<String>,
     /// The pairs of the latest screen's reading, kept so that a refresh
     /// does not allocate them again (dropped with the last view).
     screen_pairs: Vec<(PairKey, PairReading)>,
@@ -293,6 +304,7 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
             interfaces: Interfaces {
                 watched: Vec::new(),
                 charged: Charged::default(),
+                retired_hits: HashMap::new(),
             },
             clock,
             state,
@@ -308,6 +320,8 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
             reverse: None,
             views: HashMap::new(),
             screen_pairs: Vec::new(),
+            metrics: None,
+            patterns: Vec::new(),
         };
         daemon.join(iface, kernel, meter, instance);
         daemon
@@ -322,6 +336,18 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
     /// detail log that stores them.
     pub fn name_reports(&mut self) {
         self.names_in_reports = true;
+    }
+
+    /// Counts interfaces that join later for the metrics endpoint too, with
+    /// `settings`.
+    pub fn count_metrics(&mut self, settings: crate::metrics::Settings) {
+        self.metrics = Some(settings);
+    }
+
+    /// Has interfaces join by `patterns` too (as reports name them): a rule
+    /// that names every interface watched now is not one on all of them.
+    pub fn join_by(&mut self, patterns: Vec<String>) {
+        self.patterns = patterns;
     }
 
     /// Looks up the names of addresses no DNS answer named with `reverse`.
@@ -405,8 +431,46 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
                 None
             }
         };
+        if let (Some(settings), Some(metrics)) = (&self.metrics, &mut self.state.metrics) {
+            metrics
+                .entry(iface.to_string())
+                .or_insert_with(|| crate::metrics::Counters::continuing(None, settings.clone()));
+        }
         self.interfaces.relink();
         replaced
+    }
+
+    /// Stops watching `iface`, gone and reported ([`Daemon::departed`]),
+    /// and returns its kernel to be removed: its traffic stays in the
+    /// totals and the history, its rules' hits in theirs; its meter, metrics
+    /// and names go. The last interface is kept (`None`), as is one present.
+    pub fn retire(&mut self, iface: &str) -> Option<K> {
+        let watched = &mut self.interfaces.watched;
+        let at = watched
+            .iter()
+            .position(|w| w.iface == iface && !w.present)?;
+        if watched.len() == 1 {
+            return None;
+        }
+        let gone = watched.remove(at);
+        for slot in self.enforcer.slots() {
+            match gone.kernel.rule_counters(slot) {
+                Ok(hits) => {
+                    let kept = self.interfaces.retired_hits.entry(slot).or_default();
+                    for (k, h) in kept.iter_mut().zip(hits) {
+                        *k = k.plus(h);
+                    }
+                }
+                Err(e) => log::warn!("reading the rule counters of {iface}, gone: {e}"),
+            }
+        }
+        if let Some(metrics) = &mut self.state.metrics {
+            metrics.remove(iface);
+        }
+        self.names.remove(iface);
+        self.views.remove(iface);
+        self.interfaces.relink();
+        Some(gone.kernel)
     }
 
     /// Every watched interface's kernel, present or not.
@@ -690,10 +754,11 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
             .watched
             .iter()
             .map(|w| w.iface.as_str())
+            .chain(self.patterns.iter().map(String::as_str))
             .collect();
         crate::policy::interfaces_named(named, &labels).map_err(|named| DaemonError::NotOurs {
             named,
-            watched: labels.join(", "),
+            watched: crate::policy::listed(&labels),
         })
     }
 

@@ -3,7 +3,6 @@
 
 use std::{
     path::{Path, PathBuf},
-    sync::Arc,
     time::Duration,
 };
 
@@ -18,13 +17,14 @@ use super::{
     kernel::Attached,
     netns_of,
     sinks::{AlertSink, ConsoleSink, CrossCheckSink, DetailSink, FilesSink, Sink},
+    targets::{InterfaceSpec, Pattern, Target},
     Daemon,
 };
 use crate::{
     accounting::{Baseline, Meter},
     alerts::{Alerter, UsageAlarm},
     control::{self, ControlError},
-    datapath::{netns::Netns, Datapath, DatapathError, Granularity, IngressHook, LoadOptions},
+    datapath::{Datapath, DatapathError, Granularity, IngressHook},
     enforcer::Enforcer,
     flows::{FlowError, FlowExport, FlowExporter},
     history::HistoryError,
@@ -50,6 +50,9 @@ pub enum StartError {
         /// The OS error.
         cause: std::io::Error,
     },
+    /// An `--iface` pattern that does not parse.
+    #[error("{0}")]
+    BadPattern(String),
     /// An interface named twice.
     #[error("interface {0} is named twice; name each once")]
     NamedTwice(String),
@@ -136,26 +139,6 @@ fn unenforceable(on: Option<&str>) -> impl FnOnce(PolicyError) -> StartError {
     }
 }
 
-/// An interface to watch, as `--netns` and `--iface` name it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct InterfaceSpec {
-    /// Its name.
-    pub name: String,
-    /// Its network namespace (a name under /run/netns, or a path), when it
-    /// is not the daemon's own.
-    pub netns: Option<String>,
-}
-
-impl InterfaceSpec {
-    /// As reports name it: `IF`, or `NS:IF` in another namespace.
-    pub fn label(&self) -> String {
-        match &self.netns {
-            Some(ns) => control::key(Some(&crate::datapath::netns::label_of(ns)), &self.name),
-            None => self.name.clone(),
-        }
-    }
-}
-
 /// How to run: what `netmon run`'s options say.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -214,74 +197,6 @@ pub struct Config {
     pub resolve_ptr: Option<Option<std::net::IpAddr>>,
 }
 
-/// One interface of the configuration, its namespace open.
-struct Target {
-    name: String,
-    netns: Option<Arc<Netns>>,
-    /// As reports name it: `IF`, or `NS:IF` in another namespace.
-    label: String,
-    /// As files in /run/netmon name it ([`control::key`]).
-    key: String,
-}
-
-impl Target {
-    fn open(spec: &InterfaceSpec) -> Result<Target, DatapathError> {
-        let netns = spec
-            .netns
-            .as_deref()
-            .map(Netns::open)
-            .transpose()?
-            .map(Arc::new);
-        let ns_label = match &netns {
-            Some(ns) => ns.label().map(str::to_string),
-            None => crate::datapath::netns::own_label(),
-        };
-        Ok(Target {
-            key: control::key(ns_label.as_deref(), &spec.name),
-            name: spec.name.clone(),
-            netns,
-            label: spec.label(),
-        })
-    }
-
-    fn present(&self) -> bool {
-        Datapath::index_in(self.netns.as_deref(), &self.name).is_some()
-    }
-
-    /// Attaches (or adopts) the datapath, sharing the quota map pinned at
-    /// `quotas` (by another of the daemon's interfaces), and reads what its
-    /// policy maps hold.
-    fn attach(
-        &self,
-        config: &Config,
-        quotas: Option<&Path>,
-        own_lookup: Option<OwnLookup>,
-    ) -> Result<Attached, DatapathError> {
-        let options = LoadOptions {
-            max_pairs: config.max_pairs,
-            granularity: config.granularity,
-            own_lookup,
-        };
-        let datapath = Datapath::attach_in(
-            self.netns.clone(),
-            &self.name,
-            &options,
-            config.ingress,
-            &config.bpffs,
-            quotas,
-        )?;
-        let adopted = datapath.adopted();
-        let mut kernel = Attached::new(datapath);
-        if adopted {
-            if let Err(e) = kernel.adopt_policy() {
-                kernel.datapath.shutdown(true)?;
-                return Err(e);
-            }
-        }
-        Ok(kernel)
-    }
-}
-
 /// Says that `iface` is counted, once the daemon watches it and answers the CLI.
 fn announce(iface: &str, kernel: &Attached, config: &Config) {
     log::info!(
@@ -326,33 +241,58 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let mut sigterm = handler(SignalKind::terminate(), "SIGTERM")?;
     let mut sigint = handler(SignalKind::interrupt(), "SIGINT")?;
     let mut sighup = handler(SignalKind::hangup(), "SIGHUP")?;
-    let targets = config
-        .interfaces
-        .iter()
-        .map(Target::open)
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut targets = Vec::new();
+    let mut patterns: Vec<Pattern> = Vec::new();
+    for spec in &config.interfaces {
+        match spec.pattern().map_err(StartError::BadPattern)? {
+            Some(glob) => patterns.push(Pattern::open(spec, glob)?),
+            None => targets.push(Target::open(spec)?),
+        }
+    }
     for (i, t) in targets.iter().enumerate() {
         if targets[..i].iter().any(|o| o.key == t.key) {
             return Err(StartError::NamedTwice(t.label.clone()));
         }
     }
+    for (i, p) in patterns.iter().enumerate() {
+        if patterns[..i].iter().any(|o| o.label == p.label) {
+            return Err(StartError::NamedTwice(p.label.clone()));
+        }
+    }
     // One interface: it must be there, and the daemon stops when it goes.
-    // Several: those not there yet are attached when they appear.
-    let several = targets.len() > 1;
-    let claims = targets
-        .iter()
-        .map(|t| control::Claim::take(&t.key, &t.label))
-        .collect::<Result<Vec<_>, _>>()?;
+    // Several, or a pattern: those not there yet are attached when they appear.
+    let several = targets.len() > 1 || !patterns.is_empty();
+    for t in &mut targets {
+        t.claim()?;
+    }
     // Listening before looking: whatever appears after the look below is heard.
     let mut hotplug = several
         .then(|| {
             Hotplug::start(
                 targets
                     .iter()
-                    .map(|t| (netns_of(&t.label).to_string(), t.netns.clone())),
+                    .map(|t| (netns_of(&t.label).to_string(), t.netns.clone()))
+                    .chain(
+                        patterns
+                            .iter()
+                            .map(|p| (p.netns_label().to_string(), p.netns())),
+                    ),
             )
         })
         .transpose()?;
+    for p in &patterns {
+        for name in p.matching()? {
+            let mut t = p.target(&name);
+            if targets.iter().any(|o| o.key == t.key) {
+                continue;
+            }
+            match t.claim() {
+                Ok(()) => targets.push(t),
+                // Another daemon watches it: that one counts it.
+                Err(e) => log::warn!("{e}; or leave {} to it: netmon goes on without it", t.label),
+            }
+        }
+    }
     let mut present = Vec::new();
     for t in &targets {
         if several && !t.present() {
@@ -379,8 +319,18 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         let detail = crate::history::DetailImport::check(&db, &files.detail)?;
         (files.load()?, detail)
     };
+    let labels: Vec<String> = targets.iter().map(|t| t.label.clone()).collect();
+    let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+    // The policy file's `ifaces` name the interfaces named outright; the
+    // patterns are there so that naming all of those is not naming all.
+    let named: Vec<&str> = targets
+        .iter()
+        .filter(|t| !t.matched)
+        .map(|t| t.label.as_str())
+        .chain(patterns.iter().map(|p| p.label.as_str()))
+        .collect();
     let mut enforcer = Enforcer::new(
-        &targets.iter().map(|t| t.label.as_str()).collect::<Vec<_>>(),
+        &named,
         config.policy.clone(),
         saved.policy.clone(),
         config.tz.clone(),
@@ -394,7 +344,8 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         .map(|export| {
             let interfaces = targets
                 .iter()
-                .map(|t| (t.label.clone(), t.netns.clone(), t.name.clone()));
+                .map(|t| (t.label.clone(), t.netns.clone()))
+                .chain(patterns.iter().map(|p| (p.label.clone(), p.netns())));
             FlowExporter::open(
                 export,
                 config.granularity == Granularity::FiveTuple,
@@ -431,7 +382,6 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             }
         }
     }
-    let labels: Vec<&str> = targets.iter().map(|t| t.label.as_str()).collect();
     let written = first_writes(&config, &files, &db, &labels, &mut enforcer, saved, &detail);
     let (history, mut saved) = match written {
         Ok(written) => written,
@@ -514,10 +464,15 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         let instance = kernel.datapath.instance();
         daemon.join(&t.label, kernel, meter, instance);
     }
+    if let Some(metrics) = &config.metrics {
+        daemon.count_metrics(metrics.settings.clone());
+    }
+    daemon.join_by(patterns.iter().map(|p| p.label.clone()).collect());
+    let claims = targets.iter().filter_map(|t| t.claim.as_ref());
     let started = daemon
         .enforce()
         .map_err(unenforceable(None))
-        .and_then(|()| Ok(control::Listener::bind(&claims, config.access)?));
+        .and_then(|()| Ok(control::Listener::bind(claims, config.access)?));
     let mut listener = match started {
         Ok(listener) => listener,
         Err(e) => {
@@ -558,6 +513,11 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let mut ticker = tokio::time::interval(config.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;
+    let joining = Joining {
+        config: &config,
+        baselines: &baselines,
+        own_lookup,
+    };
     let mut policy_check = tokio::time::interval(Duration::from_secs(1));
     policy_check.tick().await;
     let mut safety_check = tokio::time::interval(hotplug::SAFETY_CHECK);
@@ -572,6 +532,9 @@ pub async fn run(config: Config) -> Result<(), StartError> {
                     break true;
                 }
                 for iface in departed {
+                    if retire(&mut daemon, &mut targets, &mut listener, &iface) {
+                        continue;
+                    }
                     log::warn!(
                         "interface {iface} is gone (deleted, or replaced by another of that \
                          name): its traffic up to the removal is counted; netmon watches the \
@@ -582,15 +545,14 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             _ = policy_check.tick() => daemon.reload(false),
             Some(look) = hotplug::next(&mut hotplug) => {
                 if let Some(hotplug) = &mut hotplug {
-                    join_appeared(&mut daemon, &targets, &look, &config, &baselines, own_lookup, hotplug);
+                    let mut watching = Watching { targets: &mut targets, patterns: &patterns, listener: &mut listener };
+                    join_appeared(&mut daemon, &mut watching, &look, &joining, hotplug);
                 }
             }
             _ = safety_check.tick() => {
                 if let Some(hotplug) = &mut hotplug {
-                    join_appeared(
-                        &mut daemon, &targets, &Look::Everywhere, &config, &baselines, own_lookup,
-                        hotplug,
-                    );
+                    let mut watching = Watching { targets: &mut targets, patterns: &patterns, listener: &mut listener };
+                    join_appeared(&mut daemon, &mut watching, &Look::Everywhere, &joining, hotplug);
                 }
             }
             _ = sighup.recv() => {
@@ -622,9 +584,10 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         let live = datapath.attached();
         datapath.shutdown(config.keep_attached && live)?;
     }
-    drop(claims);
+    let labels: Vec<String> = targets.iter().map(|t| t.label.clone()).collect();
+    drop(targets);
     let unwritten: String = unwritten.iter().map(|u| format!(" ({u})")).collect();
-    let iface = &targets[0].label;
+    let iface = &labels[0];
     if gone {
         return Err(StartError::Gone {
             iface: iface.clone(),
@@ -752,60 +715,143 @@ fn listen(label: &str, kernel: &mut Attached) -> Option<crate::names::Listener> 
         .ok()
 }
 
-/// Attaches the configured interfaces `look` covers that are there and not
-/// attached: new, back, or deleted and made again since the last poll. One
-/// that cannot be attached is tried again when it changes, and at the
-/// safety check; each cause of failure is logged once. `own_lookup`: the
-/// lookups of `--resolve ptr`, which it leaves out of its counts.
+/// What interfaces that join while the daemon runs are attached with.
+struct Joining<'a> {
+    config: &'a Config,
+    /// The state file's baselines, for maps a crashed run left pinned.
+    baselines: &'a [Baseline],
+    /// The lookups of `--resolve ptr`, which every interface leaves out of its counts.
+    own_lookup: Option<OwnLookup>,
+}
+
+/// The interfaces the daemon watches, the patterns that bring more, and
+/// the control socket linked under each.
+struct Watching<'a> {
+    targets: &'a mut Vec<Target>,
+    patterns: &'a [Pattern],
+    listener: &'a mut control::Listener,
+}
+
+/// Attaches the interfaces `look` covers that are there and not attached:
+/// configured ones that are new, back, or deleted and made again since the
+/// last poll, and new ones a pattern matches. One that cannot be attached
+/// is tried again when it changes, and at the safety check; each cause of
+/// failure is logged once.
 fn join_appeared(
     daemon: &mut Daemon<Attached, SystemClock>,
-    targets: &[Target],
+    watching: &mut Watching,
     look: &Look,
-    config: &Config,
-    baselines: &[Baseline],
-    own_lookup: Option<OwnLookup>,
+    joining: &Joining,
     hotplug: &mut Hotplug,
 ) {
-    for t in targets {
-        let netns = netns_of(&t.label);
+    let mut tried = |t: &Target, joined: Result<(), StartError>| match joined {
+        Ok(()) => hotplug.attached(netns_of(&t.label), &t.name),
+        Err(e) if hotplug.failed(netns_of(&t.label), &t.name, &e.to_string()) => log::warn!(
+            "attaching {}: {e:#}; netmon tries again when the interface changes, and every {}",
+            t.label,
+            humantime::format_duration(hotplug::SAFETY_CHECK)
+        ),
+        Err(_) => {}
+    };
+    for t in watching.targets.iter() {
         let attached = daemon
             .kernel(&t.label)
             .is_some_and(|k| k.datapath.attached());
-        if !look.covers(netns, &t.name) || attached || !t.present() {
+        if !look.covers(netns_of(&t.label), &t.name) || attached || !t.present() {
             continue;
         }
-        let quotas = daemon.kernels().next().map(|k| k.datapath.quota_pin());
-        let joined = (|| -> Result<(), StartError> {
-            let mut kernel = t.attach(config, quotas.as_deref(), own_lookup)?;
-            let meter = meter_for(baselines, &kernel)?;
-            if let Err(e) = daemon.enforce_on(&t.label, &mut kernel) {
-                let adopted = kernel.datapath.adopted();
-                kernel.datapath.shutdown(adopted)?;
-                return Err(unenforceable(Some(&t.label))(e));
+        tried(t, join(daemon, t, joining));
+    }
+    for p in watching.patterns {
+        let names = match look {
+            Look::At { netns, name } if p.covers(netns, name) => vec![name.clone()],
+            Look::At { .. } => continue,
+            Look::Everywhere => p.matching().unwrap_or_else(|e| {
+                log::warn!("listing the interfaces {} may match: {e}", p.label);
+                Vec::new()
+            }),
+        };
+        for name in names {
+            let mut t = p.target(&name);
+            if watching.targets.iter().any(|o| o.key == t.key) || !t.present() {
+                continue;
             }
-            let instance = kernel.datapath.instance();
-            let names = listen(&t.label, &mut kernel);
-            let old = daemon.join(&t.label, kernel, meter, instance);
-            if let Some(names) = names {
-                daemon.learn_names(&t.label, names);
+            let joined = t
+                .claim()
+                .map_err(StartError::from)
+                .and_then(|()| join(daemon, &t, joining));
+            let ok = joined.is_ok();
+            tried(&t, joined);
+            if !ok {
+                // The claim goes with it: tried again when the interface changes.
+                continue;
             }
-            if let Some(kernel) = daemon.kernel(&t.label) {
-                announce(&t.label, kernel, config);
+            if let Some(claim) = &t.claim {
+                if let Err(e) = watching.listener.link(claim) {
+                    log::warn!("{e}; the CLI reaches this daemon by its other interfaces");
+                }
             }
-            if let Some(old) = old {
-                // The same pins, now attached to the new interface: keep them.
-                old.datapath.shutdown(true)?;
-            }
-            Ok(())
-        })();
-        match joined {
-            Ok(()) => hotplug.attached(netns, &t.name),
-            Err(e) if hotplug.failed(netns, &t.name, &e.to_string()) => log::warn!(
-                "attaching {}: {e:#}; netmon tries again when the interface changes, and every {}",
-                t.label,
-                humantime::format_duration(hotplug::SAFETY_CHECK)
-            ),
-            Err(_) => {}
+            watching.targets.push(t);
         }
     }
+}
+
+/// Attaches `t` and has the daemon watch it under the policy in force.
+fn join(
+    daemon: &mut Daemon<Attached, SystemClock>,
+    t: &Target,
+    joining: &Joining,
+) -> Result<(), StartError> {
+    let quotas = daemon.kernels().next().map(|k| k.datapath.quota_pin());
+    let mut kernel = t.attach(joining.config, quotas.as_deref(), joining.own_lookup)?;
+    let meter = meter_for(joining.baselines, &kernel)?;
+    if let Err(e) = daemon.enforce_on(&t.label, &mut kernel) {
+        let adopted = kernel.datapath.adopted();
+        kernel.datapath.shutdown(adopted)?;
+        return Err(unenforceable(Some(&t.label))(e));
+    }
+    let instance = kernel.datapath.instance();
+    let names = listen(&t.label, &mut kernel);
+    let old = daemon.join(&t.label, kernel, meter, instance);
+    if let Some(names) = names {
+        daemon.learn_names(&t.label, names);
+    }
+    if let Some(kernel) = daemon.kernel(&t.label) {
+        announce(&t.label, kernel, joining.config);
+    }
+    if let Some(old) = old {
+        // The same pins, now attached to the new interface: keep them.
+        old.datapath.shutdown(true)?;
+    }
+    Ok(())
+}
+
+/// Retires `iface`, gone, when a pattern brought it in and it is not the
+/// daemon's last: its pins are removed, its socket link and claim
+/// released. False when it is kept, to be attached again when it is back.
+fn retire(
+    daemon: &mut Daemon<Attached, SystemClock>,
+    targets: &mut Vec<Target>,
+    listener: &mut control::Listener,
+    iface: &str,
+) -> bool {
+    let Some(at) = targets.iter().position(|t| t.label == iface && t.matched) else {
+        return false;
+    };
+    let Some(kernel) = daemon.retire(iface) else {
+        return false;
+    };
+    let target = targets.remove(at);
+    if let Some(claim) = &target.claim {
+        listener.unlink(claim);
+    }
+    let pins = kernel.datapath.pin_dir().display().to_string();
+    match kernel.datapath.shutdown(false) {
+        Ok(()) => log::info!(
+            "interface {iface} is gone: its traffic up to the removal is counted, and its pins \
+             {pins} are removed"
+        ),
+        Err(e) => log::warn!("interface {iface} is gone, its traffic counted; {e}"),
+    }
+    true
 }

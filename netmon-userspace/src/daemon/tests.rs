@@ -783,3 +783,99 @@ fn screens_show_the_chosen_interface_at_its_rates_and_refuse_one_the_daemon_lack
         "reading the counters: this daemon shows no interface eth7; pick one of: eth0, eth1"
     );
 }
+
+/// An interface a pattern brought in is retired once gone: its traffic
+/// stays in the totals, its rule hits in the rule's, and the daemon keeps
+/// no meter, metrics or kernel of it. The last interface is never retired.
+#[test]
+fn a_retired_interface_leaves_its_traffic_and_rule_hits_and_takes_its_metrics() {
+    let (x, y, clock) = (
+        FakeKernel::default(),
+        FakeKernel::default(),
+        FakeClock::at("2026-11-30T12:00:00Z"),
+    );
+    let journal = Journal::default();
+    let state = State {
+        metrics: Some(Default::default()),
+        ..Default::default()
+    };
+    let mut daemon = daemon(
+        &x,
+        &clock,
+        Meter::default(),
+        state,
+        vec![recorder("files", &journal)],
+    );
+    daemon.count_metrics(Default::default());
+    let mut maps = y.clone();
+    daemon.enforce_on("veth1", &mut maps).unwrap();
+    daemon.join("veth1", maps, Meter::default(), 8);
+    let metrics = |d: &super::Daemon<FakeKernel, FakeClock>| -> Vec<String> {
+        d.state.metrics.as_ref().unwrap().keys().cloned().collect()
+    };
+    assert_eq!(metrics(&daemon), ["veth1"], "counted from its join");
+    daemon.handle(block_on("10.200.0.0/16", &[]));
+    let slot = daemon.enforcer.slots().next().unwrap();
+    let hits = |frames: u64| {
+        [
+            Counter {
+                frames,
+                bytes: frames * 60,
+            },
+            Counter::default(),
+        ]
+    };
+    x.0.borrow_mut().rule_counters.insert(slot, hits(1));
+    y.0.borrow_mut().rule_counters.insert(slot, hits(2));
+    assert!(daemon.retire("veth1").is_none(), "present: kept");
+    y.count(key(C, A), 3, 300);
+    y.0.borrow_mut().gone = true;
+    daemon.poll().unwrap();
+    assert_eq!(daemon.departed(), ["veth1"]);
+    assert!(daemon.retire("veth1").is_some());
+    assert!(daemon.retire("veth1").is_none(), "retired once");
+    assert!(metrics(&daemon).is_empty());
+    assert_eq!(daemon.kernels().count(), 1);
+    x.0.borrow_mut().rule_counters.insert(slot, hits(5));
+    let Response::Ok(Answer::Rules { rules }) = daemon.handle(Request::Rules) else {
+        panic!("rules")
+    };
+    assert_eq!(
+        (rules[0].ingress.frames, rules[0].ingress.bytes),
+        (7, 420),
+        "eth0's 5 and the retired veth1's 2"
+    );
+    x.count(key(B, A), 1, 100);
+    daemon.poll().unwrap();
+    assert_eq!(journal.borrow().last().unwrap().total_bytes, 400);
+    x.0.borrow_mut().gone = true;
+    daemon.poll().unwrap();
+    assert_eq!(daemon.departed(), ["eth0"]);
+    assert!(daemon.retire("eth0").is_none(), "the last is kept");
+}
+
+/// With a pattern, more interfaces may join: naming every interface
+/// watched now is a rule on those, not on all; a pattern is no name.
+#[test]
+fn with_a_pattern_naming_every_interface_watched_is_not_naming_all() {
+    let (x, y, clock) = (
+        FakeKernel::default(),
+        FakeKernel::default(),
+        FakeClock::at("2026-11-30T12:00:00Z"),
+    );
+    let mut daemon = on_two(&x, &y, &clock);
+    daemon.join_by(vec!["veth*".into()]);
+    daemon.handle(block_on("10.201.0.0/16", &["eth1", "eth0"]));
+    let Response::Ok(Answer::Rules { rules }) = daemon.handle(Request::Rules) else {
+        panic!("rules")
+    };
+    assert_eq!(rules[0].ifaces, ["eth0", "eth1"]);
+    assert_eq!(
+        daemon.handle(block_on("10.202.0.0/16", &["veth*"])),
+        Response::Error(
+            "interface veth* is not one of this daemon's (eth0, eth1, any matching veth*): name \
+             one of those with --iface, or leave --iface out for all of them"
+                .into()
+        )
+    );
+}

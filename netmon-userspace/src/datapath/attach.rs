@@ -265,6 +265,18 @@ pub fn interface_index(iface: &str) -> Option<u32> {
     (index != 0).then_some(index)
 }
 
+/// The names of the calling thread's namespace's interfaces.
+pub fn interface_names() -> Result<Vec<String>, DatapathError> {
+    let interfaces = nix::net::if_::if_nameindex().map_err(|errno| DatapathError::Syscall {
+        call: "listing the interfaces",
+        cause: errno.into(),
+    })?;
+    Ok(interfaces
+        .iter()
+        .map(|i| i.name().to_string_lossy().into_owned())
+        .collect())
+}
+
 /// Why a pinned link could not be taken over.
 fn adopt_error<E: std::error::Error + Send + Sync + 'static>(
     path: &Path,

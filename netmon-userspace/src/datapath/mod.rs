@@ -199,6 +199,14 @@ impl Datapath {
         }
     }
 
+    /// The names of the interfaces of `netns` (the daemon's own when `None`).
+    pub fn names_in(netns: Option<&Netns>) -> Result<Vec<String>, DatapathError> {
+        match netns {
+            Some(ns) => ns.run(attach::interface_names)?,
+            None => attach::interface_names(),
+        }
+    }
+
     /// True when this run took over maps and links pinned by an earlier one.
     pub fn adopted(&self) -> bool {
         self.adopted

@@ -169,6 +169,11 @@ impl Enforcer {
         self.file_set.rules.iter().chain(&self.runtime.rules)
     }
 
+    /// The slots of the rules and quotas in force.
+    pub fn slots(&self) -> impl Iterator<Item = u32> + '_ {
+        self.ids.values().map(|ids| ids.slot)
+    }
+
     /// Writes the whole policy into the kernel (at start and after every change).
     /// On error nothing changes and the policy in force stays.
     pub fn apply(&mut self, maps: &mut dyn PolicyMaps, now: Timestamp) -> Result<(), PolicyError> {

@@ -82,14 +82,6 @@ pub struct FlowExport {
     pub template_refresh: Duration,
 }
 
-/// A watched interface, as its domain id is made.
-struct Watched {
-    netns: Option<Arc<Netns>>,
-    name: String,
-    /// 0: the daemon's namespace; n: the n-th other, in the order given.
-    netns_number: u8,
-}
-
 /// The sink that exports flows.
 pub struct FlowExporter {
     encoder: Encoder,
@@ -98,20 +90,21 @@ pub struct FlowExporter {
     template_refresh: Duration,
     /// Per interface: its observation domain, and when its templates went out.
     domains: HashMap<String, (Domain, Option<Instant>)>,
-    /// Per interface label: its namespace, its name there (for its
-    /// ifIndex), and the namespace's number ([`domain_id`]).
-    interfaces: HashMap<String, Watched>,
+    /// Per namespace, as reports name it (`""` for the daemon's own): the
+    /// namespace and its number ([`domain_id`]).
+    namespaces: HashMap<String, (Option<Arc<Netns>>, u8)>,
     started: Instant,
 }
 
 impl FlowExporter {
     /// Checks the options, resolves the collectors and opens their sockets:
     /// everything that can refuse, before anything is attached. `interfaces`
-    /// are the watched ones: label, namespace (`None`: the daemon's) and name.
+    /// are the watched ones (and patterns of them): label and namespace
+    /// (`None`: the daemon's).
     pub fn open(
         export: &FlowExport,
         ports: bool,
-        interfaces: impl IntoIterator<Item = (String, Option<Arc<Netns>>, String)>,
+        interfaces: impl IntoIterator<Item = (String, Option<Arc<Netns>>)>,
     ) -> Result<Self, FlowError> {
         if export.active_timeout.is_zero() {
             return Err(FlowError::ZeroDuration("--flow-active-timeout"));
@@ -125,28 +118,18 @@ impl FlowExporter {
             .map(|spec| Collector::open(spec))
             .collect::<Result<_, _>>()?;
         // Namespaces numbered in the order their first interface comes.
-        let mut numbered: Vec<String> = Vec::new();
-        let interfaces = interfaces
-            .into_iter()
-            .map(|(label, netns, name)| {
-                let netns_number = match crate::daemon::netns_of(&label) {
+        let mut namespaces: HashMap<String, (Option<Arc<Netns>>, u8)> = HashMap::new();
+        for (label, netns) in interfaces {
+            let ns = crate::daemon::netns_of(&label);
+            if !namespaces.contains_key(ns) {
+                let number = match ns {
                     "" => 0,
-                    ns => {
-                        let at = numbered.iter().position(|n| n == ns).unwrap_or_else(|| {
-                            numbered.push(ns.to_string());
-                            numbered.len() - 1
-                        });
-                        (at + 1).min(usize::from(u8::MAX)) as u8
-                    }
+                    _ => (namespaces.keys().filter(|n| !n.is_empty()).count() + 1)
+                        .min(usize::from(u8::MAX)) as u8,
                 };
-                let watched = Watched {
-                    netns,
-                    name,
-                    netns_number,
-                };
-                (label, watched)
-            })
-            .collect();
+                namespaces.insert(ns.to_string(), (netns, number));
+            }
+        }
         Ok(FlowExporter {
             encoder: Encoder {
                 format: export.format,
@@ -156,7 +139,7 @@ impl FlowExporter {
             collectors,
             template_refresh: export.template_refresh,
             domains: HashMap::new(),
-            interfaces,
+            namespaces,
             started: Instant::now(),
         })
     }
@@ -169,9 +152,10 @@ impl FlowExporter {
     /// The observation domain of the interface labelled `iface` now: its
     /// ifIndex in its own namespace (0 once it is gone), and its domain id.
     fn domain(&self, iface: &str) -> Domain {
-        let (netns, name, number) = match self.interfaces.get(iface) {
-            Some(w) => (w.netns.as_deref(), w.name.as_str(), w.netns_number),
-            None => (None, iface, 0),
+        let (ns, name) = iface.rsplit_once(':').unwrap_or(("", iface));
+        let (netns, number) = match self.namespaces.get(ns) {
+            Some((netns, number)) => (netns.as_deref(), *number),
+            None => (None, 0),
         };
         let ifindex = Datapath::index_in(netns, name).unwrap_or(0);
         Domain {

@@ -398,7 +398,8 @@ fn a_flow_that_stays_active_is_reported_every_active_timeout() {
 
 /// Interfaces of two namespaces often share an ifIndex (every namespace's
 /// `lo` is 1); a collector keeps templates and sequence numbers per domain
-/// id, so each namespace's domains are apart, numbered as they come.
+/// id, so each namespace's domains are apart, numbered as they come. An
+/// interface a pattern brings in later is in its pattern's namespace.
 #[test]
 fn each_namespaces_interfaces_are_observation_domains_of_their_own() {
     let export = FlowExport {
@@ -407,14 +408,10 @@ fn each_namespaces_interfaces_are_observation_domains_of_their_own() {
         active_timeout: Duration::from_secs(60),
         template_refresh: Duration::from_secs(60),
     };
-    let lo = |label: &str| (label.to_string(), None, "lo".to_string());
-    let exporter = FlowExporter::open(
-        &export,
-        false,
-        [lo("lo"), lo("web:lo"), lo("db:lo"), lo("web:x")],
-    )
-    .unwrap();
-    let ids: Vec<(u32, u32)> = ["lo", "web:lo", "db:lo", "web:x"]
+    // Every label's namespace is this process's own here, so `lo` is 1 in each.
+    let watched = ["lo", "web:lo", "db:lo", "web:lo", "dmz:l*"].map(|l| (l.to_string(), None));
+    let exporter = FlowExporter::open(&export, false, watched).unwrap();
+    let ids: Vec<(u32, u32)> = ["lo", "web:lo", "db:lo", "dmz:lo", "web:nothing"]
         .iter()
         .map(|iface| {
             let domain = exporter.domain(iface);
@@ -423,6 +420,12 @@ fn each_namespaces_interfaces_are_observation_domains_of_their_own() {
         .collect();
     assert_eq!(
         ids,
-        [(1, 1), (1, 1 << 24 | 1), (1, 2 << 24 | 1), (1, 1 << 24 | 1)]
+        [
+            (1, 1),
+            (1, 1 << 24 | 1),
+            (1, 2 << 24 | 1),
+            (1, 3 << 24 | 1),
+            (0, 1 << 24)
+        ]
     );
 }

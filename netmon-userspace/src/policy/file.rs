@@ -269,10 +269,15 @@ fn to_ifaces(named: &[String], interfaces: Option<&[&str]>) -> Result<Vec<String
         return Ok(named.to_vec());
     };
     super::interfaces_named(named, interfaces).map_err(|name| {
+        let outright: Vec<&str> = interfaces
+            .iter()
+            .copied()
+            .filter(|i| !super::is_pattern(i))
+            .collect();
         format!(
             "ifaces: '{name}' is not one of this daemon's interfaces ({}); name one of those, \
              or leave ifaces out for all of them",
-            interfaces.join(", ")
+            outright.join(", ")
         )
         .into()
     })
@@ -488,6 +493,22 @@ warn = [80, 95]
         assert_eq!(
             err.to_string(),
             "p.toml:9: ifaces: 'blue:veth0' is not one of this daemon's interfaces (eth1); \
+             name one of those, or leave ifaces out for all of them"
+        );
+    }
+
+    /// A daemon with a pattern may get more interfaces: naming every
+    /// interface named outright is naming those, and a pattern is no name.
+    #[test]
+    fn with_a_pattern_ifaces_name_interfaces_and_never_all() {
+        let text = "[[block]]\ncidr = \"10.0.0.0/8\"\nifaces = [\"eth1\"]\n";
+        let set = parse(Path::new("p.toml"), text, Some(&["eth1", "veth*"])).unwrap();
+        assert_eq!(set.rules[0].matcher.ifaces, ["eth1"]);
+        let text = "[[block]]\ncidr = \"10.0.0.0/8\"\nifaces = [\"veth*\"]\n";
+        let err = parse(Path::new("p.toml"), text, Some(&["eth1", "veth*"])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "p.toml:3: ifaces: 'veth*' is not one of this daemon's interfaces (eth1); \
              name one of those, or leave ifaces out for all of them"
         );
     }

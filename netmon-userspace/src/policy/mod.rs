@@ -138,17 +138,36 @@ pub struct Match {
     pub ifaces: Vec<String>,
 }
 
-/// The interfaces of `labels` (a daemon's, as reports name them) that
-/// `named` names (`IF`, or `NS:IF` also for the daemon's own namespace):
-/// sorted, each once, and empty when that is all of them. `Err` holds the
-/// first name that is none of them.
+/// True when an interface name is a pattern of names (`veth*`, `eth[0-3]`).
+pub fn is_pattern(name: &str) -> bool {
+    name.contains(['*', '?', '['])
+}
+
+/// `labels` (as for [`interfaces_named`]) as a refusal lists them: the
+/// interfaces, then what the patterns match.
+pub fn listed(labels: &[&str]) -> String {
+    let (patterns, names): (Vec<&str>, Vec<&str>) = labels.iter().partition(|l| is_pattern(l));
+    let mut list = names;
+    let matching = format!("any matching {}", patterns.join(" or "));
+    if !patterns.is_empty() {
+        list.push(&matching);
+    }
+    list.join(", ")
+}
+
+/// The interfaces of `labels` (a daemon's, as reports name them, and its
+/// patterns) that `named` names (`IF`, or `NS:IF` also for the daemon's own
+/// namespace): sorted, each once, and empty when that is all of them. A
+/// pattern is never named, so a daemon with one never has all of its
+/// interfaces named: more may come. `Err` holds the first name that is
+/// none of them.
 pub fn interfaces_named(named: &[String], labels: &[&str]) -> Result<Vec<String>, String> {
     let own = crate::datapath::netns::own_label();
     let mut subset: Vec<String> = Vec::new();
     for name in named {
         let found = labels
             .iter()
-            .find(|label| label_names(label, name, own.as_deref()));
+            .find(|label| !is_pattern(label) && label_names(label, name, own.as_deref()));
         let Some(label) = found else {
             return Err(name.clone());
         };

@@ -1,0 +1,235 @@
+//! The interfaces a daemon watches: those `--iface` names, and those its
+//! patterns (`--iface 'veth*'`) match, at the start and whenever one
+//! appears, such as the host-side veth of a container that starts.
+//!
+//! An interface a pattern brought in is retired when it goes: its last
+//! traffic is reported, then its pins are removed and its claim released,
+//! since a container's veth does not come back under its random name. An
+//! interface named outright keeps its pins for when it is back.
+
+use std::sync::Arc;
+
+use super::{kernel::Attached, netns_of, start::Config};
+use crate::{
+    control::{self, Claim},
+    datapath::{netns::Netns, Datapath, DatapathError, LoadOptions},
+};
+use netmon_common::dns::OwnLookup;
+
+/// An interface to watch, or a pattern of them, as `--netns` and `--iface`
+/// name it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InterfaceSpec {
+    /// Its name, or a shell pattern of names (`veth*`, `eth[0-3]`).
+    pub name: String,
+    /// Its network namespace (a name under /run/netns, or a path), when it
+    /// is not the daemon's own.
+    pub netns: Option<String>,
+}
+
+impl InterfaceSpec {
+    /// As reports name it: `IF`, or `NS:IF` in another namespace.
+    pub fn label(&self) -> String {
+        match &self.netns {
+            Some(ns) => control::key(Some(&crate::datapath::netns::label_of(ns)), &self.name),
+            None => self.name.clone(),
+        }
+    }
+
+    /// The pattern the name is, when it has `*`, `?` or `[`; why it is not
+    /// one, when it has them but does not parse.
+    pub fn pattern(&self) -> Result<Option<glob::Pattern>, String> {
+        if !crate::policy::is_pattern(&self.name) {
+            return Ok(None);
+        }
+        glob::Pattern::new(&self.name).map(Some).map_err(|e| {
+            format!(
+                "interface pattern '{}': {} at character {}; write it as the shell does, \
+                 like veth* or eth[0-3]",
+                self.name,
+                e.msg,
+                e.pos + 1
+            )
+        })
+    }
+}
+
+/// One interface to watch, its namespace open.
+pub(super) struct Target {
+    pub name: String,
+    pub netns: Option<Arc<Netns>>,
+    /// As reports name it: `IF`, or `NS:IF` in another namespace.
+    pub label: String,
+    /// As files in /run/netmon name it ([`control::key`]).
+    pub key: String,
+    /// This daemon's claim on it, once taken.
+    pub claim: Option<Claim>,
+    /// True when a pattern brought it in: it is retired when it goes.
+    pub matched: bool,
+}
+
+impl Target {
+    /// The interface `spec` names (not a pattern).
+    pub fn open(spec: &InterfaceSpec) -> Result<Target, DatapathError> {
+        let netns = spec
+            .netns
+            .as_deref()
+            .map(Netns::open)
+            .transpose()?
+            .map(Arc::new);
+        Ok(Target::new(&spec.name, netns, spec.label(), false))
+    }
+
+    fn new(name: &str, netns: Option<Arc<Netns>>, label: String, matched: bool) -> Target {
+        let ns_label = match &netns {
+            Some(ns) => ns.label().map(str::to_string),
+            None => crate::datapath::netns::own_label(),
+        };
+        Target {
+            key: control::key(ns_label.as_deref(), name),
+            name: name.to_string(),
+            netns,
+            label,
+            claim: None,
+            matched,
+        }
+    }
+
+    /// Takes this daemon's claim on the interface.
+    pub fn claim(&mut self) -> Result<(), control::ControlError> {
+        self.claim = Some(Claim::take(&self.key, &self.label)?);
+        Ok(())
+    }
+
+    pub fn present(&self) -> bool {
+        Datapath::index_in(self.netns.as_deref(), &self.name).is_some()
+    }
+
+    /// Attaches (or adopts) the datapath, sharing the quota map pinned at
+    /// `quotas` (by another of the daemon's interfaces), and reads what its
+    /// policy maps hold.
+    pub fn attach(
+        &self,
+        config: &Config,
+        quotas: Option<&std::path::Path>,
+        own_lookup: Option<OwnLookup>,
+    ) -> Result<Attached, DatapathError> {
+        let options = LoadOptions {
+            max_pairs: config.max_pairs,
+            granularity: config.granularity,
+            own_lookup,
+        };
+        let datapath = Datapath::attach_in(
+            self.netns.clone(),
+            &self.name,
+            &options,
+            config.ingress,
+            &config.bpffs,
+            quotas,
+        )?;
+        let adopted = datapath.adopted();
+        let mut kernel = Attached::new(datapath);
+        if adopted {
+            if let Err(e) = kernel.adopt_policy() {
+                kernel.datapath.shutdown(true)?;
+                return Err(e);
+            }
+        }
+        Ok(kernel)
+    }
+}
+
+/// An `--iface` pattern, its namespace open.
+pub(super) struct Pattern {
+    glob: glob::Pattern,
+    spec: InterfaceSpec,
+    netns: Option<Arc<Netns>>,
+    /// As reports name it: `PATTERN`, or `NS:PATTERN`.
+    pub label: String,
+}
+
+impl Pattern {
+    pub fn open(spec: &InterfaceSpec, glob: glob::Pattern) -> Result<Pattern, DatapathError> {
+        let netns = spec
+            .netns
+            .as_deref()
+            .map(Netns::open)
+            .transpose()?
+            .map(Arc::new);
+        Ok(Pattern {
+            glob,
+            label: spec.label(),
+            spec: spec.clone(),
+            netns,
+        })
+    }
+
+    /// Its namespace, as reports name it (`""` for the daemon's own).
+    pub fn netns_label(&self) -> &str {
+        netns_of(&self.label)
+    }
+
+    pub fn netns(&self) -> Option<Arc<Netns>> {
+        self.netns.clone()
+    }
+
+    /// True when it matches interface `name` of namespace `netns` (as
+    /// reports name it).
+    pub fn covers(&self, netns: &str, name: &str) -> bool {
+        netns == self.netns_label() && self.glob.matches(name)
+    }
+
+    /// The interfaces of its namespace it matches now.
+    pub fn matching(&self) -> Result<Vec<String>, DatapathError> {
+        let mut names = Datapath::names_in(self.netns.as_deref())?;
+        names.retain(|name| self.glob.matches(name));
+        Ok(names)
+    }
+
+    /// Interface `name` of its namespace, as a target it brought in.
+    pub fn target(&self, name: &str) -> Target {
+        let spec = InterfaceSpec {
+            name: name.to_string(),
+            netns: self.spec.netns.clone(),
+        };
+        Target::new(name, self.netns.clone(), spec.label(), true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str) -> InterfaceSpec {
+        InterfaceSpec {
+            name: name.into(),
+            netns: None,
+        }
+    }
+
+    #[test]
+    fn a_name_with_shell_wildcards_is_a_pattern_that_matches_as_the_shell_does() {
+        assert_eq!(spec("eth0").pattern(), Ok(None));
+        let veth = spec("veth*").pattern().unwrap().unwrap();
+        assert!(veth.matches("veth3a9f1c2"));
+        assert!(!veth.matches("eth0"));
+        let ports = spec("eth[0-1]").pattern().unwrap().unwrap();
+        assert_eq!(
+            ["eth0", "eth1", "eth2", "eth10"].map(|n| ports.matches(n)),
+            [true, true, false, false]
+        );
+        assert!(spec("tap?").pattern().unwrap().unwrap().matches("tap7"));
+    }
+
+    #[test]
+    fn a_pattern_that_does_not_parse_is_named_with_where_and_the_fix() {
+        assert_eq!(
+            spec("eth[0-").pattern(),
+            Err(
+                "interface pattern 'eth[0-': invalid range pattern at character 4; write it \
+                 as the shell does, like veth* or eth[0-3]"
+                    .into()
+            )
+        );
+    }
+}
