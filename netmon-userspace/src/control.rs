@@ -706,7 +706,12 @@ impl Listener {
     /// be released; the other links still reach the daemon.
     pub fn unlink(&mut self, claim: &Claim) {
         let path = claim.socket();
-        let _ = std::fs::remove_file(&path);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            // The claim goes anyway: a later daemon removes the stale link.
+            Err(e) => log::warn!("removing the control socket link {}: {e}", path.display()),
+        }
         self.paths.retain(|p| *p != path);
     }
 }

@@ -383,36 +383,57 @@ fn pins_of(bpffs: &TempMount, iface: &str) -> Vec<std::path::PathBuf> {
     found
 }
 
-/// `--iface` with a pattern, as for the host-side veths of containers: the
-/// router's port named outright, and a pattern matching both ports. The
-/// other port appears while netmon runs, goes, and comes back (a second
-/// container of that name): attached each time, retired when it goes (pins,
-/// socket link and claim removed, its traffic kept), counted from zero
-/// when it is back. `from_host`: with `--netns`, the pattern in the
-/// router's namespace.
-fn a_pattern_follows_what_it_matches(from_host: bool) -> Result<()> {
+/// Waits until netmon said `needle` at its start or after.
+fn said(netmon: &mut netmon_tests::daemon::Netmon, needle: &str) -> Result<()> {
+    if !netmon.stderr.iter().any(|l| l.contains(needle)) {
+        netmon.wait_for(needle, Duration::from_secs(10))?;
+    }
+    Ok(())
+}
+
+/// The claim file of the router's port `port` (its namespace is named).
+fn claim_of(port: &netmon_tests::Host) -> std::path::PathBuf {
+    format!("/run/netmon/{}:{}.lock", port.netns, port.iface).into()
+}
+
+/// `--iface` with a pattern, as for the host-side veths of containers.
+///
+/// In the router's namespace, a pattern matching both of its ports, the
+/// left one also named outright: the right port is matched at the start.
+/// Or (`elsewhere`) from the left host's namespace, a pattern matching the
+/// right port alone behind `--netns`, with nothing there at the start: it
+/// appears after the capabilities were dropped to those that attach more.
+///
+/// The right port then goes and comes back (a second container of that
+/// name): retired when it goes (pins, claim and socket link removed, its
+/// traffic kept), attached when it is back, counted from zero.
+fn a_pattern_follows_what_it_matches(elsewhere: bool) -> Result<()> {
     let bpffs = TempMount::bpffs()?;
     let net = Routed::create()?;
-    net.remove_right()?;
     let dir = tempfile::tempdir()?;
     let (left, right) = (&net.router_left, &net.router_right);
-    // `nm<pid>r<id>?` matches both ports, `...a` and `...b`.
-    let pattern = format!("{}?", &left.iface[..left.iface.len() - 1]);
-    let mut launch = Netmon::on(left)
-        .logs_in(dir.path())
-        .bpffs(&bpffs)
-        .args(&["--iface", &pattern]);
-    let label = |host: &netmon_tests::Host| match from_host {
-        true => format!("{}:{}", host.netns, host.iface),
-        false => host.iface.clone(),
+    let launch = match elsewhere {
+        false => {
+            // `nm<pid>r<id>?` matches both ports, `...a` and `...b`.
+            let both = format!("{}?", &left.iface[..left.iface.len() - 1]);
+            Netmon::on(left).args(&["--iface", &both])
+        }
+        true => {
+            net.remove_right()?;
+            let pattern = format!("{}*", right.iface);
+            Netmon::on(&net.left).args(&["--netns", &right.netns, "--iface", &pattern])
+        }
     };
-    if from_host {
-        launch = launch.from_host();
+    let label = |port: &netmon_tests::Host| match elsewhere {
+        true => format!("{}:{}", port.netns, port.iface),
+        false => port.iface.clone(),
+    };
+    let mut netmon = launch.logs_in(dir.path()).bpffs(&bpffs).start()?;
+    if elsewhere {
+        net.add_right()?;
     }
-    let mut netmon = launch.start()?;
-    let appeared = format!("counting on {}", label(right));
-    net.add_right()?;
-    netmon.wait_for(&appeared, Duration::from_secs(10))?;
+    let counting = format!("counting on {}", label(right));
+    said(&mut netmon, &counting)?;
     Flow::udp(&net.right, right)
         .port(7121)
         .sizes(&[300; 20])
@@ -422,6 +443,7 @@ fn a_pattern_follows_what_it_matches(from_host: bool) -> Result<()> {
         .sizes(&[200; 6])
         .send()?;
     assert_eq!(pins_of(&bpffs, &right.iface).len(), 1);
+    assert!(claim_of(right).exists());
     assert!(
         ctl(&label(right), &["rules"]).is_ok(),
         "the socket is linked"
@@ -436,11 +458,17 @@ fn a_pattern_follows_what_it_matches(from_host: bool) -> Result<()> {
         pins_of(&bpffs, &right.iface),
         Vec::<std::path::PathBuf>::new()
     );
+    assert!(!claim_of(right).exists(), "the claim is released");
     let unlinked = ctl(&label(right), &["rules"]).expect_err("no socket for it");
     assert!(unlinked.contains(&right.iface), "{unlinked}");
-    assert!(ctl(&label(left), &["rules"]).is_ok(), "the daemon goes on");
+    let named = if elsewhere {
+        &net.left.iface
+    } else {
+        &left.iface
+    };
+    assert!(ctl(named, &["rules"]).is_ok(), "the daemon goes on");
     net.add_right()?;
-    netmon.wait_for(&appeared, Duration::from_secs(10))?;
+    netmon.wait_for(&counting, Duration::from_secs(10))?;
     Flow::udp(&net.right, right)
         .port(7123)
         .sizes(&[300; 5])
@@ -457,15 +485,12 @@ fn a_pattern_follows_what_it_matches(from_host: bool) -> Result<()> {
         totals.get(&(v4(&net.right), v4(right))),
         Some(udp(25, right, 300))
     );
-    assert_eq!(
-        totals.get(&(v4(&net.left), v4(left))),
-        Some(udp(6, left, 200))
-    );
     let seen = detail(dir.path())?;
-    assert_eq!(
-        seen.get(&(label(right), "ingress".into(), v4(&net.right), v4(right))),
-        Some(&udp(25, right, 300))
-    );
+    let ingress = |port, host| seen.get(&(label(port), "ingress".into(), v4(host), v4(port)));
+    assert_eq!(ingress(right, &net.right), Some(&udp(25, right, 300)));
+    if !elsewhere {
+        assert_eq!(ingress(left, &net.left), Some(&udp(6, left, 200)));
+    }
     Ok(())
 }
 
@@ -477,6 +502,58 @@ fn a_pattern_attaches_what_it_matches_as_it_comes_and_retires_it_when_it_goes() 
 #[test]
 fn a_pattern_in_another_namespace_follows_what_it_matches_there() -> Result<()> {
     a_pattern_follows_what_it_matches(true)
+}
+
+/// An interface a pattern matched, deleted while no daemon ran (killed, as
+/// by a crash): the next run reads what its pins counted since the last
+/// poll, then removes them. Every datagram is counted once.
+#[test]
+fn an_interface_gone_while_netmon_was_down_is_counted_and_its_pins_removed() -> Result<()> {
+    let bpffs = TempMount::bpffs()?;
+    let net = Routed::create()?;
+    let dir = tempfile::tempdir()?;
+    let (left, right) = (&net.router_left, &net.router_right);
+    let pattern = format!("{}?", &left.iface[..left.iface.len() - 1]);
+    let launch = || {
+        Netmon::on(left)
+            .args(&["--iface", &pattern])
+            .logs_in(dir.path())
+            .bpffs(&bpffs)
+    };
+    let netmon = launch().start()?;
+    Flow::udp(&net.right, right)
+        .port(7124)
+        .sizes(&[300; 12])
+        .send()?;
+    two_polls();
+    Flow::udp(&net.right, right)
+        .port(7125)
+        .sizes(&[300; 8])
+        .send()?;
+    netmon.kill()?;
+    net.remove_right()?;
+    assert_eq!(pins_of(&bpffs, &right.iface).len(), 1, "left by the kill");
+    let mut netmon = launch().start()?;
+    said(
+        &mut netmon,
+        &format!("interface {} went while no netmon ran", right.iface),
+    )?;
+    netmon.wait_for(
+        &format!("interface {} is gone: its traffic", right.iface),
+        Duration::from_secs(10),
+    )?;
+    assert_eq!(
+        pins_of(&bpffs, &right.iface),
+        Vec::<std::path::PathBuf>::new()
+    );
+    netmon.stop()?;
+    let totals = exact_totals(dir.path())?;
+    assert_eq!(
+        totals.get(&(v4(&net.right), v4(right))),
+        Some(udp(20, right, 300)),
+        "the 8 after the last poll too, once"
+    );
+    Ok(())
 }
 
 #[test]

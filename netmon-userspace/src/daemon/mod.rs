@@ -469,6 +469,9 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
         }
         self.names.remove(iface);
         self.views.remove(iface);
+        for sink in &mut self.sinks {
+            sink.retired(iface);
+        }
         self.interfaces.relink();
         Some(gone.kernel)
     }
@@ -492,6 +495,16 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
         self.kernel(iface).is_some()
     }
 
+    /// The instance of the maps `iface` was last read from, when it is
+    /// watched, present or not.
+    pub fn instance_of(&self, iface: &str) -> Option<u64> {
+        self.interfaces
+            .watched
+            .iter()
+            .find(|w| w.iface == iface)
+            .map(|w| w.instance)
+    }
+
     /// One interval: reads every interface's counters, accounts the
     /// interval, retires idle pairs, rolls quota periods, raises alerts, and
     /// hands one report per interface to every sink. A read that fails
@@ -504,6 +517,9 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
             if !w.present {
                 continue;
             }
+            // Gone before the read: the read has its last traffic. One that
+            // goes after it is found gone at the next poll, which reads the rest.
+            let gone = !w.kernel.attached();
             let mut poll = w.meter.start_poll(now_ns);
             let read = w.kernel.read(&mut |key, reading| poll.pair(key, reading));
             let usage = match read {
@@ -513,10 +529,10 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
                     poll.finish(None)
                 }
             };
-            usages.push((i, usage));
+            usages.push((i, usage, gone));
         }
         let end = Mark::now(&self.clock);
-        for (i, usage) in &mut usages {
+        for (i, usage, _) in &mut usages {
             retire_idle(
                 &mut self.interfaces.watched[*i],
                 usage,
@@ -526,7 +542,7 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
         }
         let seen: Vec<Seen> = usages
             .iter()
-            .map(|(i, usage)| {
+            .map(|(i, usage, _)| {
                 let w = &self.interfaces.watched[*i];
                 Seen {
                     netns: netns_of(&w.iface),
@@ -547,7 +563,7 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
         });
         let poll_duration = Duration::from_nanos(end.monotonic_ns.saturating_sub(now_ns));
         if let Some(metrics) = &mut self.state.metrics {
-            for (i, usage) in &usages {
+            for (i, usage, _) in &usages {
                 if let Some(counters) = metrics.get_mut(&self.interfaces.watched[*i].iface) {
                     counters.record(usage, end.wall, poll_duration);
                 }
@@ -588,10 +604,10 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
             });
         let mut reports = Vec::with_capacity(usages.len());
         let departed = self.departed.len();
-        for (i, usage) in usages {
+        for (i, usage, gone) in usages {
             let names = self.names_in(&self.interfaces.watched[i].iface, &usage, end.monotonic_ns);
             let w = &mut self.interfaces.watched[i];
-            if !w.kernel.attached() {
+            if gone {
                 w.present = false;
                 self.departed.push(w.iface.clone());
             }

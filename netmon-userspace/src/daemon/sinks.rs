@@ -23,6 +23,10 @@ pub trait Sink {
     fn unwritten(&self) -> Option<String> {
         None
     }
+
+    /// Forgets interface `iface`, retired after its last report: a
+    /// container's veth does not come back, so nothing of it is kept.
+    fn retired(&mut self, _iface: &str) {}
 }
 
 /// The rules file, whenever the policy changed; the state file and the
@@ -209,6 +213,11 @@ impl CrossCheckSink {
 }
 
 impl Sink for CrossCheckSink {
+    /// One of that name later is another interface, its counters from zero.
+    fn retired(&mut self, iface: &str) {
+        self.0.remove(iface);
+    }
+
     fn deliver(&mut self, report: &Report<'_>) -> Result<(), LogError> {
         let Some(interval) = report.interval else {
             return Ok(());

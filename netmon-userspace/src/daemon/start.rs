@@ -57,7 +57,7 @@ pub enum StartError {
     #[error("interface {0} is named twice; name each once")]
     NamedTwice(String),
     /// None of several interfaces exists.
-    #[error("none of the interfaces exists: check the names with `ip link` (`ip -n NS link` for --netns)")]
+    #[error("none of the interfaces exists: check the names with `ip link` (`ip -n NS link` for --netns); with patterns, also name one interface that is there, such as the uplink")]
     NoInterface,
     /// Loading, attaching or reading the datapath.
     #[error(transparent)]
@@ -280,9 +280,14 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             )
         })
         .transpose()?;
+    // What the patterns match now, and what they matched before, gone
+    // while no daemon ran, whose pins still hold its last traffic.
     for p in &patterns {
-        for name in p.matching()? {
+        let matching = p.matching()?.into_iter().map(|name| (name, false));
+        let gone = p.left_pinned(&config.bpffs)?.into_iter();
+        for (name, gone) in matching.chain(gone.map(|name| (name, true))) {
             let mut t = p.target(&name);
+            t.gone = gone;
             if targets.iter().any(|o| o.key == t.key) {
                 continue;
             }
@@ -293,17 +298,45 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             }
         }
     }
-    let mut present = Vec::new();
+    // An interface named outright that cannot be attached refuses the run;
+    // one a pattern matched is left out with a warning, as when it appears
+    // later.
+    let mut refused = None;
+    targets.retain(|t| {
+        let checked = if t.gone {
+            Datapath::check_pins_in(t.netns.as_deref(), &t.name, &config.bpffs)
+        } else if several && !t.present() {
+            Ok(())
+        } else {
+            Datapath::check_in(t.netns.as_deref(), &t.name, &config.bpffs).map(drop)
+        };
+        match checked {
+            Err(e) if t.matched => {
+                log::warn!("leaving {} out: {e}", t.label);
+                false
+            }
+            Err(e) => {
+                refused.get_or_insert(e);
+                true
+            }
+            Ok(()) => true,
+        }
+    });
+    if let Some(e) = refused {
+        return Err(e.into());
+    }
+    let (mut present, mut gone) = (Vec::new(), Vec::new());
     for t in &targets {
-        if several && !t.present() {
+        if t.gone {
+            gone.push(t);
+        } else if several && !t.present() {
             log::warn!(
                 "interface {} does not exist (yet); netmon attaches it when it appears",
                 t.label
             );
-            continue;
+        } else {
+            present.push(t);
         }
-        Datapath::check_in(t.netns.as_deref(), &t.name, &config.bpffs)?;
-        present.push(t);
     }
     if present.is_empty() {
         return Err(StartError::NoInterface);
@@ -376,6 +409,25 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         let quotas = attached.first().map(|(_, k)| k.datapath.quota_pin());
         match t.attach(&config, quotas.as_deref(), own_lookup) {
             Ok(kernel) => attached.push((t, kernel)),
+            Err(e) if t.matched => log::warn!(
+                "attaching {}: {e:#}; netmon tries again when the interface changes, and every {}",
+                t.label,
+                humantime::format_duration(hotplug::SAFETY_CHECK)
+            ),
+            Err(e) => {
+                release(attached.into_iter().map(|(_, kernel)| kernel))?;
+                return Err(e.into());
+            }
+        }
+    }
+    if attached.is_empty() {
+        return Err(StartError::NoInterface);
+    }
+    // After the others: the quota map the others share is theirs.
+    for t in gone {
+        match t.adopt_gone(&config) {
+            Ok(Some(kernel)) => attached.push((t, kernel)),
+            Ok(None) => {}
             Err(e) => {
                 release(attached.into_iter().map(|(_, kernel)| kernel))?;
                 return Err(e.into());
@@ -390,11 +442,16 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             return Err(e);
         }
     };
-    if attached.iter().any(|(_, k)| k.datapath.adopted()) {
+    // An interface gone enforces nothing: its policy maps are not the truth.
+    if attached
+        .iter()
+        .any(|(t, k)| !t.gone && k.datapath.adopted())
+    {
         enforcer.adopt();
     }
     let names: Vec<(String, crate::names::Listener)> = attached
         .iter_mut()
+        .filter(|(t, _)| !t.gone)
         .filter_map(|(t, kernel)| Some((t.label.clone(), listen(&t.label, kernel)?)))
         .collect();
     let baselines = std::mem::take(&mut saved.baselines);
@@ -487,14 +544,22 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let mut keep = Vec::new();
     if several {
         keep.extend([Capability::CAP_NET_ADMIN, Capability::CAP_PERFMON]);
-        if targets.iter().any(|t| t.netns.is_some()) {
+        let elsewhere = targets.iter().any(|t| t.netns.is_some())
+            || patterns.iter().any(|p| p.netns().is_some());
+        if elsewhere {
             keep.push(Capability::CAP_SYS_ADMIN);
         }
     }
     crate::privileges::drop_after_attach(&keep)?;
     for t in &targets {
-        if let Some(kernel) = daemon.kernel(&t.label) {
-            announce(&t.label, kernel, &config);
+        match daemon.kernel(&t.label) {
+            Some(_) if t.gone => log::info!(
+                "interface {} went while no netmon ran: what its pins counted since the last \
+                 poll is counted at the next one, then they are removed",
+                t.label
+            ),
+            Some(kernel) => announce(&t.label, kernel, &config),
+            None => {}
         }
     }
 
@@ -531,10 +596,8 @@ pub async fn run(config: Config) -> Result<(), StartError> {
                 if !several && !departed.is_empty() {
                     break true;
                 }
-                for iface in departed {
-                    if retire(&mut daemon, &mut targets, &mut listener, &iface) {
-                        continue;
-                    }
+                let retired = retire_gone(&mut daemon, &mut targets, &mut listener);
+                for iface in departed.into_iter().filter(|i| !retired.contains(i)) {
                     log::warn!(
                         "interface {iface} is gone (deleted, or replaced by another of that \
                          name): its traffic up to the removal is counted; netmon watches the \
@@ -744,15 +807,6 @@ fn join_appeared(
     joining: &Joining,
     hotplug: &mut Hotplug,
 ) {
-    let mut tried = |t: &Target, joined: Result<(), StartError>| match joined {
-        Ok(()) => hotplug.attached(netns_of(&t.label), &t.name),
-        Err(e) if hotplug.failed(netns_of(&t.label), &t.name, &e.to_string()) => log::warn!(
-            "attaching {}: {e:#}; netmon tries again when the interface changes, and every {}",
-            t.label,
-            humantime::format_duration(hotplug::SAFETY_CHECK)
-        ),
-        Err(_) => {}
-    };
     for t in watching.targets.iter() {
         let attached = daemon
             .kernel(&t.label)
@@ -760,16 +814,21 @@ fn join_appeared(
         if !look.covers(netns_of(&t.label), &t.name) || attached || !t.present() {
             continue;
         }
-        tried(t, join(daemon, t, joining));
+        tried(hotplug, t, join(daemon, t, joining));
     }
     for p in watching.patterns {
         let names = match look {
             Look::At { netns, name } if p.covers(netns, name) => vec![name.clone()],
             Look::At { .. } => continue,
-            Look::Everywhere => p.matching().unwrap_or_else(|e| {
-                log::warn!("listing the interfaces {} may match: {e}", p.label);
-                Vec::new()
-            }),
+            Look::Everywhere => match p.matching() {
+                Ok(names) => names,
+                Err(e) => {
+                    if hotplug.failed(p.netns_label(), &p.label, &e.to_string()) {
+                        log::warn!("listing the interfaces {} may match: {e}", p.label);
+                    }
+                    Vec::new()
+                }
+            },
         };
         for name in names {
             let mut t = p.target(&name);
@@ -781,7 +840,7 @@ fn join_appeared(
                 .map_err(StartError::from)
                 .and_then(|()| join(daemon, &t, joining));
             let ok = joined.is_ok();
-            tried(&t, joined);
+            tried(hotplug, &t, joined);
             if !ok {
                 // The claim goes with it: tried again when the interface changes.
                 continue;
@@ -796,6 +855,19 @@ fn join_appeared(
     }
 }
 
+/// Logs a failure to attach `t`, once per cause.
+fn tried(hotplug: &mut Hotplug, t: &Target, joined: Result<(), StartError>) {
+    match joined {
+        Ok(()) => hotplug.attached(netns_of(&t.label), &t.name),
+        Err(e) if hotplug.failed(netns_of(&t.label), &t.name, &e.to_string()) => log::warn!(
+            "attaching {}: {e:#}; netmon tries again when the interface changes, and every {}",
+            t.label,
+            humantime::format_duration(hotplug::SAFETY_CHECK)
+        ),
+        Err(_) => {}
+    }
+}
+
 /// Attaches `t` and has the daemon watch it under the policy in force.
 fn join(
     daemon: &mut Daemon<Attached, SystemClock>,
@@ -803,8 +875,28 @@ fn join(
     joining: &Joining,
 ) -> Result<(), StartError> {
     let quotas = daemon.kernels().next().map(|k| k.datapath.quota_pin());
-    let mut kernel = t.attach(joining.config, quotas.as_deref(), joining.own_lookup)?;
-    let meter = meter_for(joining.baselines, &kernel)?;
+    let attach = || t.attach(joining.config, quotas.as_deref(), joining.own_lookup);
+    let mut kernel = attach()?;
+    let datapath = &kernel.datapath;
+    let counted = |instance| joining.baselines.iter().any(|b| b.instance == instance);
+    if t.matched
+        && datapath.adopted()
+        && !counted(datapath.instance())
+        && daemon.instance_of(&t.label) != Some(datapath.instance())
+    {
+        // Pins this daemon failed to remove when it retired the interface:
+        // what they hold is counted already.
+        kernel.datapath.shutdown(false)?;
+        kernel = attach()?;
+    }
+    let meter = match meter_for(joining.baselines, &kernel) {
+        Ok(meter) => meter,
+        Err(e) => {
+            let adopted = kernel.datapath.adopted();
+            kernel.datapath.shutdown(adopted)?;
+            return Err(e);
+        }
+    };
     if let Err(e) = daemon.enforce_on(&t.label, &mut kernel) {
         let adopted = kernel.datapath.adopted();
         kernel.datapath.shutdown(adopted)?;
@@ -826,32 +918,53 @@ fn join(
     Ok(())
 }
 
-/// Retires `iface`, gone, when a pattern brought it in and it is not the
-/// daemon's last: its pins are removed, its socket link and claim
-/// released. False when it is kept, to be attached again when it is back.
-fn retire(
+/// Retires the interfaces patterns brought in that are gone: those
+/// reported gone (their last traffic counted), and those never attached.
+/// Their pins are removed, their socket links and claims released. The
+/// daemon's last interface stays, to be attached again when it is back.
+/// Returns those retired.
+fn retire_gone(
     daemon: &mut Daemon<Attached, SystemClock>,
     targets: &mut Vec<Target>,
     listener: &mut control::Listener,
-    iface: &str,
-) -> bool {
-    let Some(at) = targets.iter().position(|t| t.label == iface && t.matched) else {
-        return false;
-    };
-    let Some(kernel) = daemon.retire(iface) else {
-        return false;
-    };
-    let target = targets.remove(at);
-    if let Some(claim) = &target.claim {
-        listener.unlink(claim);
+) -> Vec<String> {
+    let mut retired = Vec::new();
+    let mut at = 0;
+    while at < targets.len() {
+        let t = &targets[at];
+        let gone = t.matched && !daemon.watches(&t.label) && !t.present();
+        let kernel = match gone {
+            false => None,
+            true if daemon.instance_of(&t.label).is_none() => None,
+            true => match daemon.retire(&t.label) {
+                Some(kernel) => Some(kernel),
+                // The last one.
+                None => {
+                    at += 1;
+                    continue;
+                }
+            },
+        };
+        if !gone {
+            at += 1;
+            continue;
+        }
+        let target = targets.remove(at);
+        if let Some(claim) = &target.claim {
+            listener.unlink(claim);
+        }
+        let label = target.label;
+        match kernel.map(|k| (k.datapath.pin_dir().display().to_string(), k.datapath)) {
+            Some((pins, datapath)) => match datapath.shutdown(false) {
+                Ok(()) => log::info!(
+                    "interface {label} is gone: its traffic up to the removal is counted, and \
+                     its pins {pins} are removed"
+                ),
+                Err(e) => log::warn!("interface {label} is gone, its traffic counted; {e}"),
+            },
+            None => log::info!("interface {label} is gone before it was attached"),
+        }
+        retired.push(label);
     }
-    let pins = kernel.datapath.pin_dir().display().to_string();
-    match kernel.datapath.shutdown(false) {
-        Ok(()) => log::info!(
-            "interface {iface} is gone: its traffic up to the removal is counted, and its pins \
-             {pins} are removed"
-        ),
-        Err(e) => log::warn!("interface {iface} is gone, its traffic counted; {e}"),
-    }
-    true
+    retired
 }

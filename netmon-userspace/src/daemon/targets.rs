@@ -66,6 +66,9 @@ pub(super) struct Target {
     pub claim: Option<Claim>,
     /// True when a pattern brought it in: it is retired when it goes.
     pub matched: bool,
+    /// True when an earlier run left its pins and it is gone since: its
+    /// maps are read once, then retired.
+    pub gone: bool,
 }
 
 impl Target {
@@ -92,6 +95,7 @@ impl Target {
             label,
             claim: None,
             matched,
+            gone: false,
         }
     }
 
@@ -139,6 +143,21 @@ impl Target {
     }
 }
 
+impl Target {
+    /// The maps an earlier run left pinned for it, gone since, without
+    /// attaching; `None` when nothing is pinned.
+    pub fn adopt_gone(&self, config: &Config) -> Result<Option<Attached>, DatapathError> {
+        let options = LoadOptions {
+            max_pairs: config.max_pairs,
+            granularity: config.granularity,
+            own_lookup: None,
+        };
+        let datapath =
+            Datapath::adopt_gone_in(self.netns.clone(), &self.name, &options, &config.bpffs)?;
+        Ok(datapath.map(Attached::new))
+    }
+}
+
 /// An `--iface` pattern, its namespace open.
 pub(super) struct Pattern {
     glob: glob::Pattern,
@@ -183,6 +202,17 @@ impl Pattern {
     pub fn matching(&self) -> Result<Vec<String>, DatapathError> {
         let mut names = Datapath::names_in(self.netns.as_deref())?;
         names.retain(|name| self.glob.matches(name));
+        Ok(names)
+    }
+
+    /// The interfaces it matches that an earlier run left pins of under
+    /// `bpffs`, and that are gone: a crash, or a stop with
+    /// `--keep-attached`, and then the interface deleted.
+    pub fn left_pinned(&self, bpffs: &std::path::Path) -> Result<Vec<String>, DatapathError> {
+        let mut names = Datapath::pinned_in(self.netns.as_deref(), bpffs)?;
+        names.retain(|name| {
+            self.glob.matches(name) && Datapath::index_in(self.netns.as_deref(), name).is_none()
+        });
         Ok(names)
     }
 

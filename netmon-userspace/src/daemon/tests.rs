@@ -794,18 +794,27 @@ fn a_retired_interface_leaves_its_traffic_and_rule_hits_and_takes_its_metrics() 
         FakeKernel::default(),
         FakeClock::at("2026-11-30T12:00:00Z"),
     );
+    /// The interfaces a sink was told are retired.
+    struct Retirements(Rc<RefCell<Vec<String>>>);
+    impl Sink for Retirements {
+        fn deliver(&mut self, _: &Report<'_>) -> Result<(), LogError> {
+            Ok(())
+        }
+        fn retired(&mut self, iface: &str) {
+            self.0.borrow_mut().push(iface.to_string());
+        }
+    }
     let journal = Journal::default();
+    let told = Rc::new(RefCell::new(Vec::new()));
     let state = State {
         metrics: Some(Default::default()),
         ..Default::default()
     };
-    let mut daemon = daemon(
-        &x,
-        &clock,
-        Meter::default(),
-        state,
-        vec![recorder("files", &journal)],
-    );
+    let sinks = vec![
+        recorder("files", &journal),
+        Box::new(Retirements(told.clone())) as Box<dyn Sink>,
+    ];
+    let mut daemon = daemon(&x, &clock, Meter::default(), state, sinks);
     daemon.count_metrics(Default::default());
     let mut maps = y.clone();
     daemon.enforce_on("veth1", &mut maps).unwrap();
@@ -832,8 +841,10 @@ fn a_retired_interface_leaves_its_traffic_and_rule_hits_and_takes_its_metrics() 
     y.0.borrow_mut().gone = true;
     daemon.poll().unwrap();
     assert_eq!(daemon.departed(), ["veth1"]);
+    assert!(told.borrow().is_empty());
     assert!(daemon.retire("veth1").is_some());
     assert!(daemon.retire("veth1").is_none(), "retired once");
+    assert_eq!(*told.borrow(), ["veth1"], "the sinks forget it");
     assert!(metrics(&daemon).is_empty());
     assert_eq!(daemon.kernels().count(), 1);
     x.0.borrow_mut().rule_counters.insert(slot, hits(5));

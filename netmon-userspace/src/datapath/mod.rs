@@ -120,6 +120,61 @@ impl Datapath {
         loaded
     }
 
+    /// The maps an earlier run left pinned for `iface` of `netns` (the
+    /// daemon's own when `None`), an interface gone since: loaded and not
+    /// attached, so that what it counted after that run's last poll is read
+    /// once before the pins are removed. `None` when nothing is pinned.
+    pub fn adopt_gone_in(
+        netns: Option<Arc<Netns>>,
+        iface: &str,
+        options: &LoadOptions,
+        bpffs: &Path,
+    ) -> Result<Option<Self>, DatapathError> {
+        let adopt = || -> Result<Option<Self>, DatapathError> {
+            let pins = PinDir::of(bpffs, iface)?;
+            pins.check(bpffs, iface)?;
+            if !pins.has_maps() {
+                return Ok(None);
+            }
+            let (ebpf, instance) = load::load_pinned(options, &pins, true)?;
+            let table = PairTable::of(&ebpf)?;
+            table.release_orphans()?;
+            let claimed = table.in_use_bound()?;
+            Ok(Some(Self {
+                ebpf,
+                iface: iface.to_string(),
+                netns: None,
+                ingress: None,
+                // No interface has index 0: never attached.
+                ifindex: 0,
+                logger: None,
+                pins,
+                links: Vec::new(),
+                adopted: true,
+                instance,
+                table,
+                claimed,
+            }))
+        };
+        let mut datapath = match &netns {
+            Some(ns) => ns.run(adopt)??,
+            None => adopt()?,
+        };
+        if let Some(datapath) = &mut datapath {
+            datapath.netns = netns;
+        }
+        Ok(datapath)
+    }
+
+    /// The interfaces of `netns` (the daemon's own when `None`) that have
+    /// pins under `bpffs`, whether they exist or not.
+    pub fn pinned_in(netns: Option<&Netns>, bpffs: &Path) -> Result<Vec<String>, DatapathError> {
+        match netns {
+            Some(ns) => ns.run(|| PinDir::pinned(bpffs))?,
+            None => PinDir::pinned(bpffs),
+        }
+    }
+
     /// Loads the programs with their maps pinned in `pins` (adopting them
     /// when `adopted`), and attaches them to `iface`, index `ifindex`.
     fn load_and_attach(
@@ -188,6 +243,20 @@ impl Datapath {
         match netns {
             Some(ns) => ns.run(|| Self::check(iface, bpffs))?,
             None => Self::check(iface, bpffs),
+        }
+    }
+
+    /// [`Datapath::check_in`] of the pins alone, for an interface gone
+    /// ([`Datapath::adopt_gone_in`]).
+    pub fn check_pins_in(
+        netns: Option<&Netns>,
+        iface: &str,
+        bpffs: &Path,
+    ) -> Result<(), DatapathError> {
+        let check = || PinDir::of(bpffs, iface)?.check(bpffs, iface);
+        match netns {
+            Some(ns) => ns.run(check)?,
+            None => check(),
         }
     }
 

@@ -74,6 +74,31 @@ impl PinDir {
         })
     }
 
+    /// The interfaces with pins in the calling thread's network namespace,
+    /// whether they exist or not.
+    pub fn pinned(bpffs: &Path) -> Result<Vec<String>, DatapathError> {
+        let netns = super::sys::netns_id().map_err(DatapathError::NetnsId)?;
+        let dir = bpffs.join("netmon").join(netns);
+        let unreadable = |source| DatapathError::PinFile {
+            action: "listing",
+            path: dir.clone(),
+            cause: source,
+        };
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(unreadable(e)),
+        };
+        let mut names = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(unreadable)?;
+            if entry.file_type().map_err(unreadable)?.is_dir() {
+                names.push(entry.file_name().to_string_lossy().into_owned());
+            }
+        }
+        Ok(names)
+    }
+
     /// Refuses pins this run must not touch, before anything is created: pins
     /// of a netmon version that did not key them by namespace (they could be
     /// another namespace's), and maps of another layout.

@@ -18,7 +18,7 @@ pub enum EndReason {
     IdleTimeout = 1,
     /// Active for the active timeout; the flow goes on in a new record.
     ActiveTimeout = 2,
-    /// The daemon stopped.
+    /// The daemon stopped, or the interface went.
     ForcedEnd = 4,
 }
 
@@ -106,15 +106,23 @@ impl FlowCache {
 
     /// Every flow not yet exported, of every interface, ended by the stop.
     pub fn drain(&mut self) -> Vec<(String, Vec<FlowRecord>)> {
-        self.flows
-            .drain()
-            .map(|(iface, flows)| {
-                let records = flows
-                    .into_iter()
-                    .map(|((key, dropped), flow)| record(key, dropped, &flow, EndReason::ForcedEnd))
-                    .collect();
+        let ifaces: Vec<String> = self.flows.keys().cloned().collect();
+        ifaces
+            .into_iter()
+            .map(|iface| {
+                let records = self.drain_of(&iface);
                 (iface, records)
             })
+            .collect()
+    }
+
+    /// Every flow of `iface` not yet exported, ended by the stop or by the
+    /// interface's going.
+    pub fn drain_of(&mut self, iface: &str) -> Vec<FlowRecord> {
+        let flows = self.flows.remove(iface).unwrap_or_default();
+        flows
+            .into_iter()
+            .map(|((key, dropped), flow)| record(key, dropped, &flow, EndReason::ForcedEnd))
             .collect()
     }
 }

@@ -214,6 +214,13 @@ impl Sink for FlowExporter {
         }
         Ok(())
     }
+
+    /// Its flows end now (forced end), and its domain goes.
+    fn retired(&mut self, iface: &str) {
+        let ended = self.cache.drain_of(iface);
+        self.export(iface, &ended);
+        self.domains.remove(iface);
+    }
 }
 
 impl Drop for FlowExporter {

@@ -396,6 +396,32 @@ fn a_flow_that_stays_active_is_reported_every_active_timeout() {
     );
 }
 
+/// An interface retired ends its open flows at once (forced end); the
+/// other interfaces' flows go on.
+#[test]
+fn a_retired_interfaces_flows_end_at_once_and_the_others_go_on() {
+    let mut cache = FlowCache::new(Duration::from_secs(60));
+    let ab = v4(A, B, 0);
+    let mut other = interval(0, &[(ab, 700, 0)]);
+    other.iface = "eth0".into();
+    assert_eq!(cache.add(&interval(0, &[(ab, 500, 100)])), []);
+    assert_eq!(cache.add(&other), []);
+    assert_eq!(
+        summary(&cache.drain_of("nm-ipfix0")),
+        [
+            (ab, false, 500, 0, 10, EndReason::ForcedEnd),
+            (ab, true, 100, 0, 10, EndReason::ForcedEnd),
+        ]
+    );
+    assert_eq!(cache.drain_of("nm-ipfix0"), []);
+    let left: Vec<(String, usize)> = cache
+        .drain()
+        .into_iter()
+        .map(|(iface, records)| (iface, records.len()))
+        .collect();
+    assert_eq!(left, [("eth0".to_string(), 1)]);
+}
+
 /// Interfaces of two namespaces often share an ifIndex (every namespace's
 /// `lo` is 1); a collector keeps templates and sequence numbers per domain
 /// id, so each namespace's domains are apart, numbered as they come. An

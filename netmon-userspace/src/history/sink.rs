@@ -97,6 +97,15 @@ impl Sink for HistorySink {
         }
     }
 
+    /// Its baseline goes (its maps are gone); its intervals stay. A
+    /// baseline change not yet stored goes with it.
+    fn retired(&mut self, iface: &str) {
+        self.pending_baselines.retain(|c| c.iface != iface);
+        if let Err(e) = self.store.forget_baseline(iface) {
+            log::warn!("{e}; the baseline of {iface}, retired, stays in the database, unused");
+        }
+    }
+
     fn unwritten(&self) -> Option<String> {
         (!self.pending.is_empty()).then(|| {
             format!(

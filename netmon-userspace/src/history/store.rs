@@ -494,6 +494,18 @@ impl Store {
         Ok(ledger)
     }
 
+    /// Forgets the baseline of `iface`, retired: its maps are gone. Its
+    /// traffic stays in the buckets and totals.
+    pub fn forget_baseline(&mut self, iface: &str) -> Result<(), HistoryError> {
+        let path = self.path.clone();
+        let e = |source| sqlite(&path, source);
+        let tx = self.conn.transaction().map_err(e)?;
+        tx.execute("DELETE FROM baselines WHERE iface = ?1", [iface])
+            .map_err(e)?;
+        forget_pairs(&tx, iface).map_err(e)?;
+        tx.commit().map_err(e)
+    }
+
     /// Records one poll in one transaction: what it added to the exact
     /// totals (`logged`, in the order the ledger took it: traffic forwarded
     /// between two watched interfaces once), each interface's interval (the
