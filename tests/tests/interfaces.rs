@@ -428,7 +428,11 @@ fn a_pattern_follows_what_it_matches(elsewhere: bool) -> Result<()> {
         true => format!("{}:{}", port.netns, port.iface),
         false => port.iface.clone(),
     };
-    let mut netmon = launch.logs_in(dir.path()).bpffs(&bpffs).start()?;
+    let mut netmon = launch
+        .logs_in(dir.path())
+        .bpffs(&bpffs)
+        .args(&["--max-pairs", "2048", "--matched-max-pairs", "512"])
+        .start()?;
     if elsewhere {
         net.add_right()?;
     }
@@ -484,6 +488,22 @@ fn a_pattern_follows_what_it_matches(elsewhere: bool) -> Result<()> {
     assert_eq!(
         totals.get(&(v4(&net.right), v4(right))),
         Some(udp(25, right, 300))
+    );
+    // Each interface's pair table as big as asked for it: small for those matched.
+    let text = std::fs::read_to_string(dir.path().join("detail.jsonl"))?;
+    let mut capacities = BTreeMap::new();
+    for line in text.lines() {
+        let record: DetailRecord = serde_json::from_str(line)?;
+        capacities.insert(record.iface, record.table.capacity);
+    }
+    let named = if elsewhere {
+        net.left.iface.clone()
+    } else {
+        left.iface.clone()
+    };
+    assert_eq!(
+        capacities,
+        BTreeMap::from([(named, 2048), (label(right), 512)])
     );
     let seen = detail(dir.path())?;
     let ingress = |port, host| seen.get(&(label(port), "ingress".into(), v4(host), v4(port)));

@@ -8,6 +8,12 @@ use clap::Args;
 use jiff::tz::TimeZone;
 use netmon_common::maps::DEFAULT_MAX_PAIRS;
 
+/// Default capacity of the pair table of each interface a pattern brings in
+/// (`--matched-max-pairs`): a container talks to few peers, and each slot
+/// holds 64 bytes of kernel memory for every CPU (4 KiB a pair on 64 CPUs:
+/// 16 MiB a veth here, 1 GiB at the default `--max-pairs`).
+const MATCHED_MAX_PAIRS: u32 = 4_096;
+
 use crate::{
     config, control, daemon,
     datapath::{pins::DEFAULT_BPFFS, Granularity, IngressHook},
@@ -99,6 +105,11 @@ pub struct RunArgs {
     /// Capacity of the kernel's pair table.
     #[arg(long, default_value_t = DEFAULT_MAX_PAIRS, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_pairs: u32,
+    /// Capacity of the pair table of each interface an --iface pattern
+    /// brings in. Each table holds kernel memory per pair and CPU: a small
+    /// one for each of many containers' veths.
+    #[arg(long, default_value_t = MATCHED_MAX_PAIRS, value_parser = clap::value_parser!(u32).range(1..))]
+    pub matched_max_pairs: u32,
     /// Policy file of block/allow rules and quotas (TOML); re-read when it changes and on SIGHUP.
     #[arg(long)]
     pub policy: Option<PathBuf>,
@@ -248,6 +259,7 @@ fn to_config(args: RunArgs, words: &[std::ffi::OsString]) -> anyhow::Result<daem
         ingress: args.ingress,
         granularity: args.granularity,
         max_pairs: args.max_pairs,
+        matched_max_pairs: args.matched_max_pairs,
         policy: args.policy,
         alert_threshold: args.alert_threshold.map(|t| (t, args.alert_period)),
         alert_exec: args.alert_exec,

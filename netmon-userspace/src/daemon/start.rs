@@ -156,6 +156,8 @@ pub struct Config {
     pub granularity: Granularity,
     /// Pair table capacity.
     pub max_pairs: u32,
+    /// Pair table capacity of each interface a pattern brings in.
+    pub matched_max_pairs: u32,
     /// The policy file.
     pub policy: Option<PathBuf>,
     /// `--alert-threshold` with its period.

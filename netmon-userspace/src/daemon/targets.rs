@@ -36,6 +36,11 @@ impl InterfaceSpec {
         }
     }
 
+    /// Its namespace, open, when it is not the daemon's own.
+    fn open_netns(&self) -> Result<Option<Arc<Netns>>, DatapathError> {
+        Ok(self.netns.as_deref().map(Netns::open).transpose()?.map(Arc::new))
+    }
+
     /// The pattern the name is, when it has `*`, `?` or `[`; why it is not
     /// one, when it has them but does not parse.
     pub fn pattern(&self) -> Result<Option<glob::Pattern>, String> {
@@ -74,12 +79,7 @@ pub(super) struct Target {
 impl Target {
     /// The interface `spec` names (not a pattern).
     pub fn open(spec: &InterfaceSpec) -> Result<Target, DatapathError> {
-        let netns = spec
-            .netns
-            .as_deref()
-            .map(Netns::open)
-            .transpose()?
-            .map(Arc::new);
+        let netns = spec.open_netns()?;
         Ok(Target::new(&spec.name, netns, spec.label(), false))
     }
 
@@ -96,6 +96,14 @@ impl Target {
             claim: None,
             matched,
             gone: false,
+        }
+    }
+
+    /// Its pair table's capacity: a container's veth gets a small one.
+    fn max_pairs(&self, config: &Config) -> u32 {
+        match self.matched {
+            true => config.matched_max_pairs,
+            false => config.max_pairs,
         }
     }
 
@@ -119,7 +127,7 @@ impl Target {
         own_lookup: Option<OwnLookup>,
     ) -> Result<Attached, DatapathError> {
         let options = LoadOptions {
-            max_pairs: config.max_pairs,
+            max_pairs: self.max_pairs(config),
             granularity: config.granularity,
             own_lookup,
         };
@@ -148,7 +156,7 @@ impl Target {
     /// attaching; `None` when nothing is pinned.
     pub fn adopt_gone(&self, config: &Config) -> Result<Option<Attached>, DatapathError> {
         let options = LoadOptions {
-            max_pairs: config.max_pairs,
+            max_pairs: self.max_pairs(config),
             granularity: config.granularity,
             own_lookup: None,
         };
@@ -169,12 +177,7 @@ pub(super) struct Pattern {
 
 impl Pattern {
     pub fn open(spec: &InterfaceSpec, glob: glob::Pattern) -> Result<Pattern, DatapathError> {
-        let netns = spec
-            .netns
-            .as_deref()
-            .map(Netns::open)
-            .transpose()?
-            .map(Arc::new);
+        let netns = spec.open_netns()?;
         Ok(Pattern {
             glob,
             label: spec.label(),
