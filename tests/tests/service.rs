@@ -21,7 +21,7 @@ use netmon_tests::{
     daemon::{binary, setpriv},
     mounts::TempMount,
     traffic::frame_len,
-    Flow, Netmon, TestNet,
+    Flow, Netmon, Routed, TestNet,
 };
 
 /// Numeric ids with no entry in this machine's user database.
@@ -521,6 +521,74 @@ fn assert_b_sent_a(dir: &Path, net: &TestNet, sizes: &[usize]) -> Result<()> {
         })
     );
     Ok(())
+}
+
+/// As the unit runs it, an unknown uid with only its three capabilities, a
+/// pattern follows a container's veth in the daemon's namespace (no
+/// CAP_SYS_ADMIN): attached when it appears, retired when it goes (its pins
+/// removed as that user), its datagrams counted exactly.
+#[test]
+fn a_pattern_attaches_and_retires_as_the_user_with_only_its_three_capabilities() -> Result<()> {
+    const NETMON_UID: u32 = 64904;
+    let net = Routed::create()?;
+    net.remove_right()?;
+    let dir = tempfile::tempdir()?;
+    let bpffs = TempMount::bpffs()?;
+    for owned in [dir.path(), bpffs.path()] {
+        std::os::unix::fs::chown(owned, Some(NETMON_UID), Some(NETMON_UID))?;
+    }
+    let (left, right) = (&net.router_left, &net.router_right);
+    let pattern = format!("{}*", right.iface);
+    let mut daemon = Netmon::on(left)
+        .logs_in(dir.path())
+        .bpffs(bpffs.path())
+        .as_user(NETMON_UID, NETMON_UID)
+        .args(&["--iface", &pattern])
+        .start()?;
+    net.add_right()?;
+    daemon.wait_for(
+        &format!("counting on {}", right.iface),
+        Duration::from_secs(10),
+    )?;
+    let sizes = [300, 500, 700, 900];
+    Flow::udp(&net.right, right)
+        .port(9104)
+        .sizes(&sizes)
+        .send()?;
+    net.remove_right()?;
+    daemon.wait_for(
+        &format!("interface {} is gone: its traffic", right.iface),
+        Duration::from_secs(10),
+    )?;
+    let pinned = walkdir(&bpffs.path().join("netmon"));
+    assert!(
+        !pinned.iter().any(|p| p.ends_with(&right.iface)),
+        "its pins are removed: {pinned:?}"
+    );
+    daemon.stop()?;
+    let totals = exact_totals(&dir.path().join("network_log.state.json"))?;
+    let dst = IpAddr::V4(right.ipv4);
+    assert_eq!(
+        totals.get(&(IpAddr::V4(net.right.ipv4), dst)),
+        Some(Counter {
+            frames: sizes.len() as u64,
+            bytes: sizes.iter().map(|s| frame_len(dst, *s)).sum()
+        })
+    );
+    Ok(())
+}
+
+/// Every directory under `dir`, two levels deep (`<netns>/<iface>`).
+fn walkdir(dir: &Path) -> Vec<PathBuf> {
+    let entries = |d: &Path| -> Vec<PathBuf> {
+        std::fs::read_dir(d)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .collect()
+    };
+    entries(dir).iter().flat_map(|ns| entries(ns)).collect()
 }
 
 /// The unit's drop-in for `--netns` (docs/service.md) adds CAP_SYS_ADMIN,

@@ -38,7 +38,12 @@ impl InterfaceSpec {
 
     /// Its namespace, open, when it is not the daemon's own.
     fn open_netns(&self) -> Result<Option<Arc<Netns>>, DatapathError> {
-        Ok(self.netns.as_deref().map(Netns::open).transpose()?.map(Arc::new))
+        Ok(self
+            .netns
+            .as_deref()
+            .map(Netns::open)
+            .transpose()?
+            .map(Arc::new))
     }
 
     /// The pattern the name is, when it has `*`, `?` or `[`; why it is not
