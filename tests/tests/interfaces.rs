@@ -462,7 +462,11 @@ fn a_pattern_follows_what_it_matches(elsewhere: bool) -> Result<()> {
         pins_of(&bpffs, &right.iface),
         Vec::<std::path::PathBuf>::new()
     );
-    assert!(!claim_of(right).exists(), "the claim is released");
+    assert!(
+        !claim_of(right).exists(),
+        "the claim is released: {:?}",
+        netmon.stderr
+    );
     let unlinked = ctl(&label(right), &["rules"]).expect_err("no socket for it");
     assert!(unlinked.contains(&right.iface), "{unlinked}");
     let named = if elsewhere {
@@ -536,7 +540,8 @@ fn an_interface_gone_while_netmon_was_down_is_counted_and_its_pins_removed() -> 
     let pattern = format!("{}?", &left.iface[..left.iface.len() - 1]);
     let launch = || {
         Netmon::on(left)
-            .args(&["--iface", &pattern])
+            // The state file after every poll: what the kill left is read below.
+            .args(&["--iface", &pattern, "--log-every", "0s"])
             .logs_in(dir.path())
             .bpffs(&bpffs)
     };
@@ -546,11 +551,19 @@ fn an_interface_gone_while_netmon_was_down_is_counted_and_its_pins_removed() -> 
         .sizes(&[300; 12])
         .send()?;
     two_polls();
+    // Stopped, it polls no more: the 8 below are in its maps only.
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(netmon.pid() as i32, libc::SIGSTOP) };
     Flow::udp(&net.right, right)
         .port(7125)
         .sizes(&[300; 8])
         .send()?;
     netmon.kill()?;
+    assert_eq!(
+        exact_totals(dir.path())?.get(&(v4(&net.right), v4(right))),
+        Some(udp(12, right, 300)),
+        "what the killed run had counted"
+    );
     net.remove_right()?;
     assert_eq!(pins_of(&bpffs, &right.iface).len(), 1, "left by the kill");
     let mut netmon = launch().start()?;
@@ -566,6 +579,7 @@ fn an_interface_gone_while_netmon_was_down_is_counted_and_its_pins_removed() -> 
         pins_of(&bpffs, &right.iface),
         Vec::<std::path::PathBuf>::new()
     );
+    assert!(!claim_of(right).exists(), "the claim is released");
     netmon.stop()?;
     let totals = exact_totals(dir.path())?;
     assert_eq!(

@@ -174,9 +174,12 @@ impl<K: Kernel> PolicyMaps for Interfaces<K> {
         })
     }
 
+    /// Not into the maps of an interface gone: they enforce nothing, and
+    /// one that comes back gets the policy when it joins again.
     fn write_policy(&mut self, policy: &Compiled) -> Result<(), DatapathError> {
         self.watched
             .iter_mut()
+            .filter(|w| w.kernel.attached())
             .try_for_each(|w| w.kernel.write_tables(policy.on(&w.iface)))?;
         self.charged = policy.charged_at_ingress();
         self.link_forwarders()
@@ -278,6 +281,8 @@ pub struct Daemon<K, C> {
     metrics: Option<crate::metrics::Settings>,
     /// The `--iface` patterns interfaces join by, as reports name them.
     patterns: Vec<String>,
+    /// The instances of the maps of interfaces retired.
+    retired: BTreeSet<u64>,
     /// The pairs of the latest screen's reading, kept so that a refresh
     /// does not allocate them again (dropped with the last view).
     screen_pairs: Vec<(PairKey, PairReading)>,
@@ -322,6 +327,7 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
             screen_pairs: Vec::new(),
             metrics: None,
             patterns: Vec::new(),
+            retired: BTreeSet::new(),
         };
         daemon.join(iface, kernel, meter, instance);
         daemon
@@ -441,9 +447,10 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
     }
 
     /// Stops watching `iface`, gone and reported ([`Daemon::departed`]),
-    /// and returns its kernel to be removed: its traffic stays in the
-    /// totals and the history, its rules' hits in theirs; its meter, metrics
-    /// and names go. The last interface is kept (`None`), as is one present.
+    /// and returns its kernel to be removed (then [`Daemon::forget`]): its
+    /// traffic stays in the totals and the history, its rules' hits in
+    /// theirs; its meter, metrics and names go. The last interface is kept
+    /// (`None`), as is one present.
     pub fn retire(&mut self, iface: &str) -> Option<K> {
         let watched = &mut self.interfaces.watched;
         let at = watched
@@ -469,11 +476,23 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
         }
         self.names.remove(iface);
         self.views.remove(iface);
+        self.retired.insert(gone.instance);
+        self.interfaces.relink();
+        Some(gone.kernel)
+    }
+
+    /// Tells the sinks to forget `iface`, retired and its pins removed: the
+    /// store then drops its baseline, which pins left behind would need.
+    pub fn forget(&mut self, iface: &str) {
         for sink in &mut self.sinks {
             sink.retired(iface);
         }
-        self.interfaces.relink();
-        Some(gone.kernel)
+    }
+
+    /// True when the maps `instance` were read to their end and retired:
+    /// pins of theirs still there hold nothing uncounted.
+    pub fn retired(&self, instance: u64) -> bool {
+        self.retired.contains(&instance)
     }
 
     /// Every watched interface's kernel, present or not.

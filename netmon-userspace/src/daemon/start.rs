@@ -430,10 +430,11 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         match t.adopt_gone(&config) {
             Ok(Some(kernel)) => attached.push((t, kernel)),
             Ok(None) => {}
-            Err(e) => {
-                release(attached.into_iter().map(|(_, kernel)| kernel))?;
-                return Err(e.into());
-            }
+            // Its pins stay for the next start; retired at the first poll.
+            Err(e) => log::warn!(
+                "{} went while no netmon ran, and its pins cannot be read: {e:#}",
+                t.label
+            ),
         }
     }
     let written = first_writes(&config, &files, &db, &labels, &mut enforcer, saved, &detail);
@@ -879,13 +880,7 @@ fn join(
     let quotas = daemon.kernels().next().map(|k| k.datapath.quota_pin());
     let attach = || t.attach(joining.config, quotas.as_deref(), joining.own_lookup);
     let mut kernel = attach()?;
-    let datapath = &kernel.datapath;
-    let counted = |instance| joining.baselines.iter().any(|b| b.instance == instance);
-    if t.matched
-        && datapath.adopted()
-        && !counted(datapath.instance())
-        && daemon.instance_of(&t.label) != Some(datapath.instance())
-    {
+    if kernel.datapath.adopted() && daemon.retired(kernel.datapath.instance()) {
         // Pins this daemon failed to remove when it retired the interface:
         // what they hold is counted already.
         kernel.datapath.shutdown(false)?;
@@ -923,50 +918,68 @@ fn join(
 /// Retires the interfaces patterns brought in that are gone: those
 /// reported gone (their last traffic counted), and those never attached.
 /// Their pins are removed, their socket links and claims released. The
-/// daemon's last interface stays, to be attached again when it is back.
-/// Returns those retired.
+/// daemon's last interface stays, to be attached again when it is back:
+/// one gone while no daemon ran is retired first, never kept. Returns
+/// those retired.
 fn retire_gone(
     daemon: &mut Daemon<Attached, SystemClock>,
     targets: &mut Vec<Target>,
     listener: &mut control::Listener,
 ) -> Vec<String> {
     let mut retired = Vec::new();
-    let mut at = 0;
-    while at < targets.len() {
-        let t = &targets[at];
-        let gone = t.matched && !daemon.watches(&t.label) && !t.present();
-        let kernel = match gone {
-            false => None,
-            true if daemon.instance_of(&t.label).is_none() => None,
-            true => match daemon.retire(&t.label) {
-                Some(kernel) => Some(kernel),
-                // The last one.
-                None => {
-                    at += 1;
-                    continue;
+    for gone_at_start in [true, false] {
+        let mut at = 0;
+        while at < targets.len() {
+            let t = &targets[at];
+            let gone =
+                t.matched && t.gone == gone_at_start && !daemon.watches(&t.label) && !t.present();
+            if !gone {
+                at += 1;
+                continue;
+            }
+            let kernel = match daemon.instance_of(&t.label) {
+                None => None,
+                Some(_) => match daemon.retire(&t.label) {
+                    Some(kernel) => Some(kernel),
+                    // The last one.
+                    None => {
+                        at += 1;
+                        continue;
+                    }
+                },
+            };
+            let Target { label, claim, .. } = targets.remove(at);
+            if let Some(claim) = &claim {
+                listener.unlink(claim);
+            }
+            let said = match kernel.map(|k| k.datapath) {
+                Some(datapath) => {
+                    let pins = datapath.pin_dir().display().to_string();
+                    match datapath.shutdown(false) {
+                        Ok(()) => {
+                            daemon.forget(&label);
+                            Ok(format!(
+                                "interface {label} is gone: its traffic up to the removal is \
+                                 counted, and its pins {pins} are removed"
+                            ))
+                        }
+                        // Its baseline stays stored: a next run that finds
+                        // the pins counts nothing twice.
+                        Err(e) => Err(format!(
+                            "interface {label} is gone, its traffic counted; {e}"
+                        )),
+                    }
                 }
-            },
-        };
-        if !gone {
-            at += 1;
-            continue;
+                None => Ok(format!("interface {label} is gone before it was attached")),
+            };
+            // Released once its pins are: no other daemon adopts them meanwhile.
+            drop(claim);
+            match said {
+                Ok(line) => log::info!("{line}"),
+                Err(line) => log::warn!("{line}"),
+            }
+            retired.push(label);
         }
-        let target = targets.remove(at);
-        if let Some(claim) = &target.claim {
-            listener.unlink(claim);
-        }
-        let label = target.label;
-        match kernel.map(|k| (k.datapath.pin_dir().display().to_string(), k.datapath)) {
-            Some((pins, datapath)) => match datapath.shutdown(false) {
-                Ok(()) => log::info!(
-                    "interface {label} is gone: its traffic up to the removal is counted, and \
-                     its pins {pins} are removed"
-                ),
-                Err(e) => log::warn!("interface {label} is gone, its traffic counted; {e}"),
-            },
-            None => log::info!("interface {label} is gone before it was attached"),
-        }
-        retired.push(label);
     }
     retired
 }

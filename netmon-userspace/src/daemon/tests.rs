@@ -841,9 +841,11 @@ fn a_retired_interface_leaves_its_traffic_and_rule_hits_and_takes_its_metrics() 
     y.0.borrow_mut().gone = true;
     daemon.poll().unwrap();
     assert_eq!(daemon.departed(), ["veth1"]);
-    assert!(told.borrow().is_empty());
     assert!(daemon.retire("veth1").is_some());
     assert!(daemon.retire("veth1").is_none(), "retired once");
+    assert!(daemon.retired(8) && !daemon.retired(7));
+    assert!(told.borrow().is_empty(), "not before its pins are removed");
+    daemon.forget("veth1");
     assert_eq!(*told.borrow(), ["veth1"], "the sinks forget it");
     assert!(metrics(&daemon).is_empty());
     assert_eq!(daemon.kernels().count(), 1);

@@ -238,7 +238,8 @@ pub(super) fn load_pinned(
         if let Ok(info) = MapInfo::from_pin(pins.map(SLOT_KEYS_MAP)) {
             if info.max_entries() != options.max_pairs {
                 log::warn!(
-                    "the pinned pair table holds {} pairs; --max-pairs {} takes effect after a stop without --keep-attached",
+                    "the pinned pair table {} holds {} pairs; a size of {} takes effect after a stop without --keep-attached",
+                    pins.path().display(),
                     info.max_entries(),
                     options.max_pairs
                 );

@@ -134,6 +134,12 @@ impl Datapath {
             let pins = PinDir::of(bpffs, iface)?;
             pins.check(bpffs, iface)?;
             if !pins.has_maps() {
+                // Links alone, or nothing: no traffic to read.
+                pins.remove().map_err(|e| DatapathError::PinFile {
+                    action: "removing",
+                    path: pins.path().to_path_buf(),
+                    cause: e,
+                })?;
                 return Ok(None);
             }
             let (ebpf, instance) = load::load_pinned(options, &pins, true)?;

@@ -218,7 +218,9 @@ impl Sink for FlowExporter {
     /// Its flows end now (forced end), and its domain goes.
     fn retired(&mut self, iface: &str) {
         let ended = self.cache.drain_of(iface);
-        self.export(iface, &ended);
+        if !ended.is_empty() {
+            self.export(iface, &ended);
+        }
         self.domains.remove(iface);
     }
 }

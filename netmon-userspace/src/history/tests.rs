@@ -1206,3 +1206,31 @@ fn a_database_keeps_the_time_zone_its_days_were_cut_in() {
         Some("Europe/Berlin")
     );
 }
+
+/// A retired interface's baseline goes from the store; its traffic stays.
+#[test]
+fn a_retired_interfaces_baseline_is_forgotten_and_its_traffic_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("h.db");
+    let (kernel, clock) = (FakeKernel::default(), FakeClock::at("2026-11-30T12:00:00Z"));
+    let a = key(peer(1), A, 0);
+    let mut daemon = start(&db, &kernel, &clock, Limits::default());
+    send(&kernel, a, 10, 1000);
+    clock.advance(Duration::from_secs(10));
+    daemon.poll().unwrap();
+    drop(daemon);
+    assert_eq!(stored_pairs(&db), [(a, [10, 1000, 0, 0])].into());
+    let mut store = Store::open(&db, TimeZone::UTC, Limits::default()).unwrap();
+    store.forget_baseline("eth0").unwrap();
+    drop(store);
+    assert!(stored_pairs(&db).is_empty());
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let baselines: i64 = conn
+        .query_row("SELECT count(*) FROM baselines", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(baselines, 0);
+    let ledger = Store::open_read(&db).unwrap().ledger().unwrap();
+    let (src, dst) = crate::accounting::address_pair(&a);
+    let kept = ledger.get(&(src, dst)).unwrap();
+    assert_eq!((kept.frames, kept.bytes), (10, 1000));
+}
