@@ -155,13 +155,13 @@ pub enum DatapathError {
     /// The policy compiles into more rule lists than the datapath holds.
     #[error("the policy needs more than {MAX_RULE_LISTS} distinct rule lists")]
     TooManyRuleLists,
-    /// `--max-pairs` times the CPUs overflows one map's size.
+    /// A pair table's size times the CPUs overflows one map's size.
     #[error(
-        "--max-pairs {max_pairs} times {cpus} CPUs is more counters than one map holds; use a \
-         smaller --max-pairs"
+        "a pair table of {max_pairs} pairs times {cpus} CPUs is more counters than one map \
+         holds; use a smaller --max-pairs (--matched-max-pairs for interfaces a pattern brings in)"
     )]
     TooManyCounters {
-        /// `--max-pairs`.
+        /// `--max-pairs`, or `--matched-max-pairs`.
         max_pairs: u32,
         /// Possible CPUs.
         cpus: u32,
