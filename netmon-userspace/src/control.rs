@@ -567,9 +567,7 @@ impl Claim {
             return Ok(Claim { _lock: file, path });
         }
     }
-}
 
-impl Claim {
     /// Where the daemon's control socket is linked for this interface.
     fn socket(&self) -> PathBuf {
         self.path.with_extension("sock")

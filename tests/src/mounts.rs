@@ -47,6 +47,19 @@ impl TempMount {
     pub fn path(&self) -> &Path {
         self.dir.path()
     }
+
+    /// As a bpffs netmon pins under: the pin directories of interfaces
+    /// named `iface`, in any namespace (`netmon/<netns>/<iface>`).
+    pub fn pins_of(&self, iface: &str) -> Vec<std::path::PathBuf> {
+        let namespaces = std::fs::read_dir(self.path().join("netmon"))
+            .into_iter()
+            .flatten();
+        namespaces
+            .flatten()
+            .map(|ns| ns.path().join(iface))
+            .filter(|dir| dir.is_dir())
+            .collect()
+    }
 }
 
 impl Drop for TempMount {

@@ -368,21 +368,6 @@ fn an_interface_deleted_while_running_keeps_its_counts_and_the_daemon_goes_on() 
     Ok(())
 }
 
-/// The pin directories under `bpffs` of interfaces named `iface`.
-fn pins_of(bpffs: &TempMount, iface: &str) -> Vec<std::path::PathBuf> {
-    let mut found = Vec::new();
-    let namespaces = std::fs::read_dir(bpffs.path().join("netmon"))
-        .into_iter()
-        .flatten();
-    for ns in namespaces.flatten() {
-        let dir = ns.path().join(iface);
-        if dir.is_dir() {
-            found.push(dir);
-        }
-    }
-    found
-}
-
 /// Waits until netmon said `needle` at its start or after.
 fn said(netmon: &mut netmon_tests::daemon::Netmon, needle: &str) -> Result<()> {
     if !netmon.stderr.iter().any(|l| l.contains(needle)) {
@@ -446,7 +431,7 @@ fn a_pattern_follows_what_it_matches(elsewhere: bool) -> Result<()> {
         .port(7122)
         .sizes(&[200; 6])
         .send()?;
-    assert_eq!(pins_of(&bpffs, &right.iface).len(), 1);
+    assert_eq!(bpffs.pins_of(&right.iface).len(), 1);
     assert!(claim_of(right).exists());
     assert!(
         ctl(&label(right), &["rules"]).is_ok(),
@@ -459,7 +444,7 @@ fn a_pattern_follows_what_it_matches(elsewhere: bool) -> Result<()> {
     )?;
     assert!(retired.contains("pins"), "{retired}");
     assert_eq!(
-        pins_of(&bpffs, &right.iface),
+        bpffs.pins_of(&right.iface),
         Vec::<std::path::PathBuf>::new()
     );
     assert!(
@@ -565,7 +550,7 @@ fn an_interface_gone_while_netmon_was_down_is_counted_and_its_pins_removed() -> 
         "what the killed run had counted"
     );
     net.remove_right()?;
-    assert_eq!(pins_of(&bpffs, &right.iface).len(), 1, "left by the kill");
+    assert_eq!(bpffs.pins_of(&right.iface).len(), 1, "left by the kill");
     let mut netmon = launch().start()?;
     said(
         &mut netmon,
@@ -576,7 +561,7 @@ fn an_interface_gone_while_netmon_was_down_is_counted_and_its_pins_removed() -> 
         Duration::from_secs(10),
     )?;
     assert_eq!(
-        pins_of(&bpffs, &right.iface),
+        bpffs.pins_of(&right.iface),
         Vec::<std::path::PathBuf>::new()
     );
     assert!(!claim_of(right).exists(), "the claim is released");

@@ -21,7 +21,7 @@ use netmon_tests::{
     daemon::{binary, setpriv},
     mounts::TempMount,
     traffic::frame_len,
-    Flow, Netmon, Routed, TestNet,
+    Flow, Host, Netmon, Routed, TestNet,
 };
 
 /// Numeric ids with no entry in this machine's user database.
@@ -511,13 +511,19 @@ fn a_readers_silent_connections_leave_root_its_room() -> Result<()> {
 /// The state file in `dir` counts exactly the datagrams of `sizes` from
 /// b to a.
 fn assert_b_sent_a(dir: &Path, net: &TestNet, sizes: &[usize]) -> Result<()> {
+    assert_sent(dir, &net.b, &net.a, sizes)
+}
+
+/// The state file in `dir` counts exactly the datagrams of `sizes` from
+/// `src` to `dst`.
+fn assert_sent(dir: &Path, src: &Host, dst: &Host, sizes: &[usize]) -> Result<()> {
     let totals = exact_totals(&dir.join("network_log.state.json"))?;
-    let dst = IpAddr::V4(net.a.ipv4);
+    let to = IpAddr::V4(dst.ipv4);
     assert_eq!(
-        totals.get(&(IpAddr::V4(net.b.ipv4), dst)),
+        totals.get(&(IpAddr::V4(src.ipv4), to)),
         Some(Counter {
             frames: sizes.len() as u64,
-            bytes: sizes.iter().map(|s| frame_len(dst, *s)).sum()
+            bytes: sizes.iter().map(|s| frame_len(to, *s)).sum()
         })
     );
     Ok(())
@@ -555,40 +561,19 @@ fn a_pattern_attaches_and_retires_as_the_user_with_only_its_three_capabilities()
         .port(9104)
         .sizes(&sizes)
         .send()?;
+    assert_eq!(bpffs.pins_of(&right.iface).len(), 1);
     net.remove_right()?;
     daemon.wait_for(
         &format!("interface {} is gone: its traffic", right.iface),
         Duration::from_secs(10),
     )?;
-    let pinned = walkdir(&bpffs.path().join("netmon"));
-    assert!(
-        !pinned.iter().any(|p| p.ends_with(&right.iface)),
-        "its pins are removed: {pinned:?}"
+    assert_eq!(
+        bpffs.pins_of(&right.iface),
+        Vec::<PathBuf>::new(),
+        "its pins are removed"
     );
     daemon.stop()?;
-    let totals = exact_totals(&dir.path().join("network_log.state.json"))?;
-    let dst = IpAddr::V4(right.ipv4);
-    assert_eq!(
-        totals.get(&(IpAddr::V4(net.right.ipv4), dst)),
-        Some(Counter {
-            frames: sizes.len() as u64,
-            bytes: sizes.iter().map(|s| frame_len(dst, *s)).sum()
-        })
-    );
-    Ok(())
-}
-
-/// Every directory under `dir`, two levels deep (`<netns>/<iface>`).
-fn walkdir(dir: &Path) -> Vec<PathBuf> {
-    let entries = |d: &Path| -> Vec<PathBuf> {
-        std::fs::read_dir(d)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.path())
-            .collect()
-    };
-    entries(dir).iter().flat_map(|ns| entries(ns)).collect()
+    assert_sent(dir.path(), &net.right, right, &sizes)
 }
 
 /// The unit's drop-in for `--netns` (docs/service.md) adds CAP_SYS_ADMIN,

@@ -411,11 +411,12 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         let quotas = attached.first().map(|(_, k)| k.datapath.quota_pin());
         match t.attach(&config, quotas.as_deref(), own_lookup) {
             Ok(kernel) => attached.push((t, kernel)),
-            Err(e) if t.matched => log::warn!(
-                "attaching {}: {e:#}; netmon tries again when the interface changes, and every {}",
-                t.label,
-                humantime::format_duration(hotplug::SAFETY_CHECK)
-            ),
+            // A pattern makes a hotplug: tried again as at run time.
+            Err(e) if t.matched => {
+                if let Some(hotplug) = &mut hotplug {
+                    tried(hotplug, t, Err(e.into()));
+                }
+            }
             Err(e) => {
                 release(attached.into_iter().map(|(_, kernel)| kernel))?;
                 return Err(e.into());

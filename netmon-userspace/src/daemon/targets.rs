@@ -122,6 +122,19 @@ impl Target {
         Datapath::index_in(self.netns.as_deref(), &self.name).is_some()
     }
 
+    /// The maps an earlier run left pinned for it, gone since, without
+    /// attaching; `None` when nothing is pinned.
+    pub fn adopt_gone(&self, config: &Config) -> Result<Option<Attached>, DatapathError> {
+        let options = LoadOptions {
+            max_pairs: self.max_pairs(config),
+            granularity: config.granularity,
+            own_lookup: None,
+        };
+        let datapath =
+            Datapath::adopt_gone_in(self.netns.clone(), &self.name, &options, &config.bpffs)?;
+        Ok(datapath.map(Attached::new))
+    }
+
     /// Attaches (or adopts) the datapath, sharing the quota map pinned at
     /// `quotas` (by another of the daemon's interfaces), and reads what its
     /// policy maps hold.
@@ -153,21 +166,6 @@ impl Target {
             }
         }
         Ok(kernel)
-    }
-}
-
-impl Target {
-    /// The maps an earlier run left pinned for it, gone since, without
-    /// attaching; `None` when nothing is pinned.
-    pub fn adopt_gone(&self, config: &Config) -> Result<Option<Attached>, DatapathError> {
-        let options = LoadOptions {
-            max_pairs: self.max_pairs(config),
-            granularity: config.granularity,
-            own_lookup: None,
-        };
-        let datapath =
-            Datapath::adopt_gone_in(self.netns.clone(), &self.name, &options, &config.bpffs)?;
-        Ok(datapath.map(Attached::new))
     }
 }
 

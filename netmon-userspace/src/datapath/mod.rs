@@ -30,6 +30,18 @@ pub use reading::{PairReading, Snapshot};
 #[cfg(feature = "test-hooks")]
 pub use load::load_test_object;
 
+/// Runs `f` in `netns`, on a thread that joined it; here for the daemon's
+/// own namespace (`None`).
+fn within<T: Send>(
+    netns: Option<&Netns>,
+    f: impl FnOnce() -> Result<T, DatapathError> + Send,
+) -> Result<T, DatapathError> {
+    match netns {
+        Some(ns) => ns.run(f)?,
+        None => f(),
+    }
+}
+
 /// netmon's programs, attached to one interface, with maps and links pinned
 /// so that counting and enforcement go on if the daemon dies.
 pub struct Datapath {
@@ -86,10 +98,7 @@ impl Datapath {
             (_, hook) => hook,
         };
         let attach = || Self::attach_here(iface, options, hook, bpffs, quotas);
-        let mut datapath = match &netns {
-            Some(ns) => ns.run(attach)??,
-            None => attach()?,
-        };
+        let mut datapath = within(netns.as_deref(), attach)?;
         datapath.netns = netns;
         Ok(datapath)
     }
@@ -114,7 +123,7 @@ impl Datapath {
         if loaded.is_err() && !adopted {
             // Nothing of a failed first load stays pinned for a next run to adopt.
             if let Err(e) = pins.remove() {
-                log::warn!("removing {}: {e}", pins.path().display());
+                log::warn!("{e}");
             }
         }
         loaded
@@ -135,11 +144,7 @@ impl Datapath {
             pins.check(bpffs, iface)?;
             if !pins.has_maps() {
                 // Links alone, or nothing: no traffic to read.
-                pins.remove().map_err(|e| DatapathError::PinFile {
-                    action: "removing",
-                    path: pins.path().to_path_buf(),
-                    cause: e,
-                })?;
+                pins.remove()?;
                 return Ok(None);
             }
             let (ebpf, instance) = load::load_pinned(options, &pins, true)?;
@@ -162,10 +167,7 @@ impl Datapath {
                 claimed,
             }))
         };
-        let mut datapath = match &netns {
-            Some(ns) => ns.run(adopt)??,
-            None => adopt()?,
-        };
+        let mut datapath = within(netns.as_deref(), adopt)?;
         if let Some(datapath) = &mut datapath {
             datapath.netns = netns;
         }
@@ -175,10 +177,7 @@ impl Datapath {
     /// The interfaces of `netns` (the daemon's own when `None`) that have
     /// pins under `bpffs`, whether they exist or not.
     pub fn pinned_in(netns: Option<&Netns>, bpffs: &Path) -> Result<Vec<String>, DatapathError> {
-        match netns {
-            Some(ns) => ns.run(|| PinDir::pinned(bpffs))?,
-            None => PinDir::pinned(bpffs),
-        }
+        within(netns, || PinDir::pinned(bpffs))
     }
 
     /// Loads the programs with their maps pinned in `pins` (adopting them
@@ -246,10 +245,7 @@ impl Datapath {
         iface: &str,
         bpffs: &Path,
     ) -> Result<PinDir, DatapathError> {
-        match netns {
-            Some(ns) => ns.run(|| Self::check(iface, bpffs))?,
-            None => Self::check(iface, bpffs),
-        }
+        within(netns, || Self::check(iface, bpffs))
     }
 
     /// [`Datapath::check_in`] of the pins alone, for an interface gone
@@ -259,11 +255,7 @@ impl Datapath {
         iface: &str,
         bpffs: &Path,
     ) -> Result<(), DatapathError> {
-        let check = || PinDir::of(bpffs, iface)?.check(bpffs, iface);
-        match netns {
-            Some(ns) => ns.run(check)?,
-            None => check(),
-        }
+        within(netns, || PinDir::of(bpffs, iface)?.check(bpffs, iface))
     }
 
     /// The index of `iface` in `netns` (the daemon's own when `None`), if it exists.
@@ -276,10 +268,7 @@ impl Datapath {
 
     /// The names of the interfaces of `netns` (the daemon's own when `None`).
     pub fn names_in(netns: Option<&Netns>) -> Result<Vec<String>, DatapathError> {
-        match netns {
-            Some(ns) => ns.run(attach::interface_names)?,
-            None => attach::interface_names(),
-        }
+        within(netns, attach::interface_names)
     }
 
     /// True when this run took over maps and links pinned by an earlier one.
@@ -311,11 +300,7 @@ impl Datapath {
     /// for the next run to adopt; otherwise they are detached and the pins removed.
     pub fn shutdown(self, keep_attached: bool) -> Result<(), DatapathError> {
         if !keep_attached {
-            self.pins.remove().map_err(|e| DatapathError::PinFile {
-                action: "removing",
-                path: self.pins.path().to_path_buf(),
-                cause: e,
-            })?;
+            self.pins.remove()?;
         }
         // Closing our descriptors detaches whatever is no longer pinned.
         drop(self.links);

@@ -295,9 +295,13 @@ impl PinDir {
     /// Removes every pin and the directory (and the namespace's and netmon's
     /// directories once empty): the maps and links go away with the last
     /// file descriptor.
-    pub fn remove(&self) -> std::io::Result<()> {
+    pub fn remove(&self) -> Result<(), DatapathError> {
         if self.dir.exists() {
-            std::fs::remove_dir_all(&self.dir)?;
+            std::fs::remove_dir_all(&self.dir).map_err(|cause| DatapathError::PinFile {
+                action: "removing",
+                path: self.dir.clone(),
+                cause,
+            })?;
         }
         for parent in self.dir.ancestors().skip(1).take(2) {
             // Fails, as it should, while another interface's pins are inside.
