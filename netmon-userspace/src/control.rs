@@ -493,8 +493,13 @@ fn check_key(key: &str) -> Result<(), ControlError> {
             return Err(ControlError::BadNetnsName(ns.escape_default().to_string()));
         }
     }
+    // A pattern's claim (`veth*`) may be longer than a name can be.
+    let longest = match crate::policy::is_pattern(iface) {
+        true => 64,
+        false => 15,
+    };
     if iface.is_empty()
-        || iface.len() > 15
+        || iface.len() > longest
         || iface == "."
         || iface == ".."
         || iface.contains(['/', ':'])

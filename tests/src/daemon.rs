@@ -375,6 +375,18 @@ impl Launch<'_> {
 
     /// Starts the daemon and waits until both programs are attached.
     pub fn start(self) -> Result<Netmon> {
+        let mut netmon = self.start_until("counting on")?;
+        let started = netmon.stderr.last().expect("the line waited for");
+        netmon.pins = started
+            .rsplit_once("; pins ")
+            .map(|(_, dir)| PathBuf::from(dir.trim()))
+            .with_context(|| format!("no pin directory in {started:?}"))?;
+        Ok(netmon)
+    }
+
+    /// Starts the daemon and waits until it prints a line containing
+    /// `needle`, for a daemon that attaches nothing at its start.
+    pub fn start_until(self, needle: &str) -> Result<Netmon> {
         let binary = self.binary_path();
         let mut child = self
             .daemon_command()?
@@ -414,11 +426,7 @@ impl Launch<'_> {
             stderr: Vec::new(),
             pins: PathBuf::new(),
         };
-        let started = netmon.wait_for("counting on", Duration::from_secs(20))?;
-        netmon.pins = started
-            .rsplit_once("; pins ")
-            .map(|(_, dir)| PathBuf::from(dir.trim()))
-            .with_context(|| format!("no pin directory in {started:?}"))?;
+        netmon.wait_for(needle, Duration::from_secs(20))?;
         Ok(netmon)
     }
 

@@ -13,7 +13,7 @@ use netmon::{
 use netmon_common::Counter;
 use netmon_tests::{
     capture::{self, Capture, Way},
-    daemon::{ctl, Launch, Netmon, FILES_OF_A_RUN},
+    daemon::{ctl, quota, Launch, Netmon, FILES_OF_A_RUN},
     mounts::TempMount,
     scenario::raw,
     traffic::frame_len,
@@ -511,6 +511,81 @@ fn a_pattern_attaches_what_it_matches_as_it_comes_and_retires_it_when_it_goes() 
 #[test]
 fn a_pattern_in_another_namespace_follows_what_it_matches_there() -> Result<()> {
     a_pattern_follows_what_it_matches(true)
+}
+
+/// A daemon of a pattern alone, as a unit started before the container
+/// runtime: it starts with nothing matched, and goes on when its last
+/// interface goes. The CLI reaches it through the pattern; a second daemon
+/// of that pattern is refused; a quota's use carries over from one matched
+/// interface to the next, exactly.
+#[test]
+fn a_pattern_alone_starts_before_anything_matches_and_outlives_its_last_interface() -> Result<()> {
+    let bpffs = TempMount::bpffs()?;
+    let net = Routed::create()?;
+    let dir = tempfile::tempdir()?;
+    let right = &net.router_right;
+    net.remove_right()?;
+    let pattern = format!("{}*", right.iface);
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            "[[quota]]\nname = \"right\"\ncidr = \"{}/32\"\nlimit = \"1MB\"\nperiod = \"daily\"\n",
+            net.right.ipv4
+        ),
+    )?;
+    let policy = policy.to_str().context("path")?;
+    let launch = || {
+        Netmon::on(right)
+            .without_defaults()
+            .args(&["--iface", &pattern, "--interval", "1s", "--quiet"])
+            .args(&["--policy", policy])
+            .logs_in(dir.path())
+            .bpffs(&bpffs)
+    };
+    let mut netmon = launch().start_until(&format!("no interface matches {pattern} yet"))?;
+    let second = launch().run_to_end()?;
+    let refusal = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        refusal.contains(&format!("another netmon daemon already runs on {pattern}")),
+        "{refusal}"
+    );
+    assert_eq!(
+        quota(&pattern, "right")["used"].as_u64(),
+        Some(0),
+        "the CLI reaches the daemon through its pattern"
+    );
+    let counting = format!("counting on {}", right.iface);
+    for (round, sent) in [(1u16, 20), (2, 5)] {
+        net.add_right()?;
+        netmon.wait_for(&counting, Duration::from_secs(10))?;
+        Flow::udp(&net.right, right)
+            .port(7125 + round)
+            .sizes(&vec![300; sent])
+            .send()?;
+        two_polls();
+        net.remove_right()?;
+        netmon.wait_for(
+            &format!("interface {} is gone: its traffic", right.iface),
+            Duration::from_secs(10),
+        )?;
+        assert_eq!(
+            bpffs.pins_of(&right.iface),
+            Vec::<std::path::PathBuf>::new()
+        );
+        let so_far = if round == 1 { 20 } else { 25 };
+        assert_eq!(
+            quota(&pattern, "right")["used"].as_u64(),
+            Some(udp(so_far, right, 300).bytes),
+            "with no interface, after round {round}"
+        );
+    }
+    netmon.stop()?;
+    assert_eq!(
+        exact_totals(dir.path())?.get(&(v4(&net.right), v4(right))),
+        Some(udp(25, right, 300))
+    );
+    Ok(())
 }
 
 /// An interface a pattern matched, deleted while no daemon ran (killed, as

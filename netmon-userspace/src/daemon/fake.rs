@@ -202,16 +202,14 @@ pub fn daemon(
     enforcer
         .apply(&mut maps, clock.now())
         .expect("empty policy");
-    Daemon::new(
-        "eth0",
-        maps,
+    let mut daemon = Daemon::new(
         clock.clone(),
-        meter,
         state,
-        7,
         enforcer,
         None,
         Duration::from_secs(600),
         sinks,
-    )
+    );
+    daemon.join("eth0", maps, meter, 7);
+    daemon
 }

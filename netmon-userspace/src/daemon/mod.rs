@@ -129,6 +129,10 @@ pub struct Interfaces<K> {
     /// The rule counters of interfaces retired, by slot: a rule's hits
     /// never go back when an interface goes.
     retired_hits: HashMap<u32, [Counter; 2]>,
+    /// The quotas' budget and use, by slot, while no interface holds the
+    /// map they share (a daemon of patterns before any matches, or after
+    /// the last matched went): the next to join starts from them.
+    unheld_quotas: HashMap<u32, QuotaState>,
 }
 
 impl<K: Kernel> Interfaces<K> {
@@ -196,12 +200,15 @@ impl<K: Kernel> PolicyMaps for Interfaces<K> {
     fn quota(&self, slot: u32) -> Result<QuotaState, DatapathError> {
         match self.watched.first() {
             Some(w) => w.kernel.quota(slot),
-            None => Ok(QuotaState::default()),
+            None => Ok(self.unheld_quotas.get(&slot).copied().unwrap_or_default()),
         }
     }
 
     /// Written through each interface: one map, the same value.
     fn set_quota(&mut self, slot: u32, state: QuotaState) -> Result<(), DatapathError> {
+        if self.watched.is_empty() {
+            self.unheld_quotas.insert(slot, state);
+        }
         self.watched
             .iter_mut()
             .try_for_each(|w| w.kernel.set_quota(slot, state))
@@ -289,27 +296,23 @@ pub struct Daemon<K, C> {
 }
 
 impl<K: Kernel, C: Clock> Daemon<K, C> {
-    /// A daemon on `kernel`, whose policy is in force already, continuing
-    /// `state` and the `meter`'s baseline (read from maps `instance`).
-    #[allow(clippy::too_many_arguments)]
+    /// A daemon on no interface yet (they [`join`](Daemon::join)),
+    /// continuing `state`.
     pub fn new(
-        iface: &str,
-        kernel: K,
         clock: C,
-        meter: Meter,
         state: State,
-        instance: u64,
         enforcer: Enforcer,
         alarm: Option<UsageAlarm>,
         idle_timeout: Duration,
         sinks: Vec<Box<dyn Sink>>,
     ) -> Self {
         let interval_start = Mark::now(&clock);
-        let mut daemon = Daemon {
+        Daemon {
             interfaces: Interfaces {
                 watched: Vec::new(),
                 charged: Charged::default(),
                 retired_hits: HashMap::new(),
+                unheld_quotas: HashMap::new(),
             },
             clock,
             state,
@@ -328,9 +331,7 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
             metrics: None,
             patterns: Vec::new(),
             retired: BTreeSet::new(),
-        };
-        daemon.join(iface, kernel, meter, instance);
-        daemon
+        }
     }
 
     /// Learns names for `iface` from the DNS answers `listener` reads.
@@ -400,11 +401,18 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
     }
 
     /// Writes the policy in force into the maps of `iface`, about to join.
+    /// With no interface watched, its quota map is the daemon's from now
+    /// on: it starts from the quotas' use while none held them.
     pub fn enforce_on(
         &mut self,
         iface: &str,
         kernel: &mut K,
     ) -> Result<(), crate::policy::PolicyError> {
+        if self.interfaces.watched.is_empty() {
+            for (slot, state) in &self.interfaces.unheld_quotas {
+                kernel.set_quota(*slot, *state)?;
+            }
+        }
         let now = self.clock.now();
         self.enforcer.apply(&mut OnInterface { iface, kernel }, now)
     }
@@ -433,6 +441,10 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
                 Some(std::mem::replace(old, joining).kernel)
             }
             None => {
+                // The first holds the quota map from now on (`enforce_on`).
+                if self.interfaces.watched.is_empty() {
+                    self.interfaces.unheld_quotas.clear();
+                }
                 self.interfaces.watched.push(joining);
                 None
             }
@@ -449,17 +461,25 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
     /// Stops watching `iface`, gone and reported ([`Daemon::departed`]),
     /// and returns its kernel to be removed (then [`Daemon::forget`]): its
     /// traffic stays in the totals and the history, its rules' hits in
-    /// theirs; its meter, metrics and names go. The last interface is kept
-    /// (`None`), as is one present.
+    /// theirs; its meter, metrics and names go. One present is kept
+    /// (`None`). The quotas' use leaves with the last interface's map, and
+    /// is kept for the next to join.
     pub fn retire(&mut self, iface: &str) -> Option<K> {
         let watched = &mut self.interfaces.watched;
         let at = watched
             .iter()
             .position(|w| w.iface == iface && !w.present)?;
-        if watched.len() == 1 {
-            return None;
-        }
         let gone = watched.remove(at);
+        if watched.is_empty() {
+            for slot in self.enforcer.quota_slots() {
+                match gone.kernel.quota(slot) {
+                    Ok(state) => {
+                        self.interfaces.unheld_quotas.insert(slot, state);
+                    }
+                    Err(e) => log::warn!("reading the quota use of {iface}, gone: {e}"),
+                }
+            }
+        }
         for slot in self.enforcer.slots() {
             match gone.kernel.rule_counters(slot) {
                 Ok(hits) => {

@@ -57,7 +57,7 @@ pub enum StartError {
     #[error("interface {0} is named twice; name each once")]
     NamedTwice(String),
     /// None of several interfaces exists.
-    #[error("none of the interfaces exists: check the names with `ip link` (`ip -n NS link` for --netns); with patterns, also name one interface that is there, such as the uplink")]
+    #[error("none of the interfaces exists: check the names with `ip link` (`ip -n NS link` for --netns)")]
     NoInterface,
     /// Loading, attaching or reading the datapath.
     #[error(transparent)]
@@ -267,6 +267,9 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     for t in &mut targets {
         t.claim()?;
     }
+    for p in &mut patterns {
+        p.claim()?;
+    }
     // Listening before looking: whatever appears after the look below is heard.
     let mut hotplug = several
         .then(|| {
@@ -340,8 +343,16 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             present.push(t);
         }
     }
-    if present.is_empty() {
+    // A daemon of patterns may start before its containers do.
+    if present.is_empty() && patterns.is_empty() {
         return Err(StartError::NoInterface);
+    }
+    if present.is_empty() {
+        let labels: Vec<&str> = patterns.iter().map(|p| p.label.as_str()).collect();
+        log::warn!(
+            "no interface matches {} yet; netmon attaches each one that appears",
+            labels.join(", ")
+        );
     }
     let files = config.files.clone().check(config.follow_symlinks)?;
     let db = crate::logs::paths::check(&config.db, "--db", config.follow_symlinks)?;
@@ -423,7 +434,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             }
         }
     }
-    if attached.is_empty() {
+    if attached.is_empty() && patterns.is_empty() {
         return Err(StartError::NoInterface);
     }
     // After the others: the quota map the others share is theirs.
@@ -499,17 +510,10 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     if let Some(exposition) = exposition {
         sinks.push(Box::new(MetricsSink::new(exposition, config.tz.clone())));
     }
-    let mut attached = attached.into_iter().zip(meters);
-    let ((first, kernel), meter) = attached.next().expect("one interface at least");
-    let instance = kernel.datapath.instance();
     let mut daemon = Daemon::new(
-        &first.label,
-        kernel,
         SystemClock,
-        meter,
         // The meters hold the baselines from here on; the state file gets them from there.
         saved,
-        instance,
         enforcer,
         config
             .alert_threshold
@@ -521,7 +525,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         config.idle_timeout,
         sinks,
     );
-    for ((t, kernel), meter) in attached {
+    for ((t, kernel), meter) in attached.into_iter().zip(meters) {
         let instance = kernel.datapath.instance();
         daemon.join(&t.label, kernel, meter, instance);
     }
@@ -529,7 +533,10 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         daemon.count_metrics(metrics.settings.clone());
     }
     daemon.join_by(patterns.iter().map(|p| p.label.clone()).collect());
-    let claims = targets.iter().filter_map(|t| t.claim.as_ref());
+    let claims = targets
+        .iter()
+        .filter_map(|t| t.claim.as_ref())
+        .chain(patterns.iter().filter_map(|p| p.claim.as_ref()));
     let started = daemon
         .enforce()
         .map_err(unenforceable(None))
@@ -654,10 +661,9 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let labels: Vec<String> = targets.iter().map(|t| t.label.clone()).collect();
     drop(targets);
     let unwritten: String = unwritten.iter().map(|u| format!(" ({u})")).collect();
-    let iface = &labels[0];
     if gone {
         return Err(StartError::Gone {
-            iface: iface.clone(),
+            iface: labels[0].clone(),
             log: files.log.clone(),
             unwritten,
         });
@@ -668,9 +674,12 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             pin_dirs.join(", ")
         );
     } else {
+        let from = match labels.is_empty() {
+            true => "every interface".to_string(),
+            false => labels.join(", "),
+        };
         log::info!(
-            "detached from {}; totals saved to {}",
-            labels.join(", "),
+            "detached from {from}; totals saved to {}",
             files.log.display()
         );
     }
@@ -918,69 +927,54 @@ fn join(
 
 /// Retires the interfaces patterns brought in that are gone: those
 /// reported gone (their last traffic counted), and those never attached.
-/// Their pins are removed, their socket links and claims released. The
-/// daemon's last interface stays, to be attached again when it is back:
-/// one gone while no daemon ran is retired first, never kept. Returns
-/// those retired.
+/// Their pins are removed, their socket links and claims released; the
+/// patterns' claims keep the socket reachable. Returns those retired.
 fn retire_gone(
     daemon: &mut Daemon<Attached, SystemClock>,
     targets: &mut Vec<Target>,
     listener: &mut control::Listener,
 ) -> Vec<String> {
     let mut retired = Vec::new();
-    for gone_at_start in [true, false] {
-        let mut at = 0;
-        while at < targets.len() {
-            let t = &targets[at];
-            let gone =
-                t.matched && t.gone == gone_at_start && !daemon.watches(&t.label) && !t.present();
-            if !gone {
-                at += 1;
-                continue;
-            }
-            let kernel = match daemon.instance_of(&t.label) {
-                None => None,
-                Some(_) => match daemon.retire(&t.label) {
-                    Some(kernel) => Some(kernel),
-                    // The last one.
-                    None => {
-                        at += 1;
-                        continue;
-                    }
-                },
-            };
-            let Target { label, claim, .. } = targets.remove(at);
-            if let Some(claim) = &claim {
-                listener.unlink(claim);
-            }
-            let said = match kernel.map(|k| k.datapath) {
-                Some(datapath) => {
-                    let pins = datapath.pin_dir().display().to_string();
-                    match datapath.shutdown(false) {
-                        Ok(()) => {
-                            daemon.forget(&label);
-                            Ok(format!(
-                                "interface {label} is gone: its traffic up to the removal is \
-                                 counted, and its pins {pins} are removed"
-                            ))
-                        }
-                        // Its baseline stays stored: a next run that finds
-                        // the pins counts nothing twice.
-                        Err(e) => Err(format!(
-                            "interface {label} is gone, its traffic counted; {e}"
-                        )),
-                    }
-                }
-                None => Ok(format!("interface {label} is gone before it was attached")),
-            };
-            // Released once its pins are: no other daemon adopts them meanwhile.
-            drop(claim);
-            match said {
-                Ok(line) => log::info!("{line}"),
-                Err(line) => log::warn!("{line}"),
-            }
-            retired.push(label);
+    let mut at = 0;
+    while at < targets.len() {
+        let t = &targets[at];
+        if !t.matched || daemon.watches(&t.label) || t.present() {
+            at += 1;
+            continue;
         }
+        // None when it was never attached.
+        let kernel = daemon.retire(&t.label);
+        let Target { label, claim, .. } = targets.remove(at);
+        if let Some(claim) = &claim {
+            listener.unlink(claim);
+        }
+        let said = match kernel.map(|k| k.datapath) {
+            Some(datapath) => {
+                let pins = datapath.pin_dir().display().to_string();
+                match datapath.shutdown(false) {
+                    Ok(()) => {
+                        daemon.forget(&label);
+                        Ok(format!(
+                            "interface {label} is gone: its traffic up to the removal is \
+                             counted, and its pins {pins} are removed"
+                        ))
+                    }
+                    // Its baseline stays stored: a next run that finds
+                    // the pins counts nothing twice.
+                    Err(e) => Err(format!(
+                        "interface {label} is gone, its traffic counted; {e}"
+                    )),
+                }
+            }
+            None => Ok(format!("interface {label} is gone before it was attached")),
+        };
+        // Released once its pins are: no other daemon adopts them meanwhile.
+        drop(claim);
+        match said {
+            Ok(line) => log::info!("{line}"),
+            Err(line) => log::warn!("{line}"),
+        }
+        retired.push(label);
     }
     retired
 }

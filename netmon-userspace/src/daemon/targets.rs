@@ -64,6 +64,16 @@ impl InterfaceSpec {
     }
 }
 
+/// How files in /run/netmon name interface (or pattern) `name` of `netns`
+/// ([`control::key`]).
+fn key_in(netns: Option<&Netns>, name: &str) -> String {
+    let ns_label = match netns {
+        Some(ns) => ns.label().map(str::to_string),
+        None => crate::datapath::netns::own_label(),
+    };
+    control::key(ns_label.as_deref(), name)
+}
+
 /// One interface to watch, its namespace open.
 pub(super) struct Target {
     pub name: String,
@@ -89,12 +99,8 @@ impl Target {
     }
 
     fn new(name: &str, netns: Option<Arc<Netns>>, label: String, matched: bool) -> Target {
-        let ns_label = match &netns {
-            Some(ns) => ns.label().map(str::to_string),
-            None => crate::datapath::netns::own_label(),
-        };
         Target {
-            key: control::key(ns_label.as_deref(), name),
+            key: key_in(netns.as_deref(), name),
             name: name.to_string(),
             netns,
             label,
@@ -176,6 +182,9 @@ pub(super) struct Pattern {
     netns: Option<Arc<Netns>>,
     /// As reports name it: `PATTERN`, or `NS:PATTERN`.
     pub label: String,
+    /// This daemon's claim on the pattern, once taken: one daemon follows
+    /// it, and the control socket is linked under it while nothing matches.
+    pub claim: Option<Claim>,
 }
 
 impl Pattern {
@@ -186,7 +195,15 @@ impl Pattern {
             label: spec.label(),
             spec: spec.clone(),
             netns,
+            claim: None,
         })
+    }
+
+    /// Takes this daemon's claim on the pattern.
+    pub fn claim(&mut self) -> Result<(), control::ControlError> {
+        let key = key_in(self.netns.as_deref(), &self.spec.name);
+        self.claim = Some(Claim::take(&key, &self.label)?);
+        Ok(())
     }
 
     /// Its namespace, as reports name it (`""` for the daemon's own).

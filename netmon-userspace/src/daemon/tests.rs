@@ -786,7 +786,7 @@ fn screens_show_the_chosen_interface_at_its_rates_and_refuse_one_the_daemon_lack
 
 /// An interface a pattern brought in is retired once gone: its traffic
 /// stays in the totals, its rule hits in the rule's, and the daemon keeps
-/// no meter, metrics or kernel of it. The last interface is never retired.
+/// no meter, metrics or kernel of it. The last is retired too.
 #[test]
 fn a_retired_interface_leaves_its_traffic_and_rule_hits_and_takes_its_metrics() {
     let (x, y, clock) = (
@@ -864,7 +864,63 @@ fn a_retired_interface_leaves_its_traffic_and_rule_hits_and_takes_its_metrics() 
     x.0.borrow_mut().gone = true;
     daemon.poll().unwrap();
     assert_eq!(daemon.departed(), ["eth0"]);
-    assert!(daemon.retire("eth0").is_none(), "the last is kept");
+    assert!(daemon.retire("eth0").is_some(), "the last too");
+    assert_eq!(daemon.kernels().count(), 0);
+    let Response::Ok(Answer::Rules { rules }) = daemon.handle(Request::Rules) else {
+        panic!("rules")
+    };
+    assert_eq!(rules[0].ingress.frames, 7, "its hits stay with the rule");
+}
+
+/// A daemon of patterns may watch no interface at all, before its first
+/// container or after its last: the quotas' use carries over to the next
+/// interface to join, and polls go on, every report without an interval.
+#[test]
+fn with_no_interface_the_quota_use_waits_for_the_next_to_join() {
+    let (x, y, clock) = (
+        FakeKernel::default(),
+        FakeKernel::default(),
+        FakeClock::at("2026-11-30T12:00:00Z"),
+    );
+    let journal = Journal::default();
+    let sinks = vec![recorder("files", &journal)];
+    let mut daemon = daemon(&x, &clock, Meter::default(), State::default(), sinks);
+    daemon.handle(Request::SetQuota {
+        quota: daily_quota("day", 5000),
+    });
+    x.0.borrow_mut().quotas.get_mut(&0).unwrap().used = 1800;
+    x.0.borrow_mut().gone = true;
+    daemon.poll().unwrap();
+    assert_eq!(daemon.departed(), ["eth0"]);
+    assert!(daemon.retire("eth0").is_some());
+    // Gone with its map: the daemon holds the use until one joins.
+    x.0.borrow_mut().quotas.clear();
+    let polls = journal.borrow().len();
+    daemon.poll().unwrap();
+    let seen = journal.borrow();
+    assert_eq!(seen.len(), polls + 1, "one report");
+    assert_eq!(seen.last().unwrap().pairs, None, "without an interval");
+    drop(seen);
+    let Response::Ok(Answer::Quotas { quotas }) = daemon.handle(Request::Quotas) else {
+        panic!("quotas")
+    };
+    assert_eq!((quotas[0].used, quotas[0].limit), (1800, 5000));
+    let mut maps = y.clone();
+    daemon.enforce_on("veth1", &mut maps).unwrap();
+    daemon.join("veth1", maps, Meter::default(), 8);
+    assert_eq!(
+        y.0.borrow().quotas[&0],
+        QuotaState {
+            limit: 5000,
+            used: 1800
+        },
+        "the new map starts from the use so far"
+    );
+    y.0.borrow_mut().quotas.get_mut(&0).unwrap().used = 2100;
+    let Response::Ok(Answer::Quotas { quotas }) = daemon.handle(Request::Quotas) else {
+        panic!("quotas")
+    };
+    assert_eq!(quotas[0].used, 2100, "read from the map that holds it now");
 }
 
 /// With a pattern, more interfaces may join: naming every interface

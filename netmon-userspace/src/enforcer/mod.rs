@@ -174,6 +174,14 @@ impl Enforcer {
         self.ids.values().map(|ids| ids.slot)
     }
 
+    /// The slots of the quotas in force.
+    pub fn quota_slots(&self) -> impl Iterator<Item = u32> + '_ {
+        self.ids
+            .iter()
+            .filter(|(key, _)| key.starts_with(&quota_key("")))
+            .map(|(_, ids)| ids.slot)
+    }
+
     /// Writes the whole policy into the kernel (at start and after every change).
     /// On error nothing changes and the policy in force stays.
     pub fn apply(&mut self, maps: &mut dyn PolicyMaps, now: Timestamp) -> Result<(), PolicyError> {
