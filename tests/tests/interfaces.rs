@@ -588,6 +588,104 @@ fn a_pattern_alone_starts_before_anything_matches_and_outlives_its_last_interfac
     Ok(())
 }
 
+/// The configuration file's interfaces, changed while netmon runs, are
+/// taken on SIGHUP. A pattern added follows the router's right port; then
+/// the right port named outright replaces the pattern and the left port
+/// leaves the list: the right port counts on without a gap, the left one
+/// is detached, its traffic up to then kept, its pins and claim removed.
+/// A list that cannot be taken (a malformed pattern) changes nothing.
+#[test]
+fn sighup_takes_the_interfaces_the_configuration_file_lists_now() -> Result<()> {
+    let bpffs = TempMount::bpffs()?;
+    let net = Routed::create()?;
+    let dir = tempfile::tempdir()?;
+    let (left, right) = (&net.router_left, &net.router_right);
+    let config = dir.path().join("netmon.toml");
+    let list = |names: &[&str]| -> Result<()> {
+        let mut text = "interval = \"1s\"\nquiet = true\n".to_string();
+        for name in names {
+            text.push_str(&format!("[[interface]]\nname = \"{name}\"\n"));
+        }
+        Ok(std::fs::write(&config, text)?)
+    };
+    list(&[&left.iface])?;
+    let mut netmon = Netmon::on(left)
+        .without_defaults()
+        .args(&["--config", config.to_str().context("path")?])
+        .logs_in(dir.path())
+        .bpffs(&bpffs)
+        .start()?;
+    let reload = |netmon: &Netmon| {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(netmon.pid() as i32, libc::SIGHUP) };
+    };
+    // Not watched yet.
+    Flow::udp(&net.right, right)
+        .port(7130)
+        .sizes(&[300; 9])
+        .send()?;
+    Flow::udp(&net.left, left)
+        .port(7131)
+        .sizes(&[200; 4])
+        .send()?;
+    two_polls();
+    let pattern = format!("{}*", right.iface);
+    list(&[&left.iface, &pattern])?;
+    reload(&netmon);
+    netmon.wait_for(
+        &format!("counting on {}", right.iface),
+        Duration::from_secs(10),
+    )?;
+    Flow::udp(&net.right, right)
+        .port(7132)
+        .sizes(&[300; 20])
+        .send()?;
+    list(&[&right.iface])?;
+    reload(&netmon);
+    netmon.wait_for(
+        &format!("interface {} is no longer listed: its traffic", left.iface),
+        Duration::from_secs(10),
+    )?;
+    assert_eq!(bpffs.pins_of(&left.iface), Vec::<std::path::PathBuf>::new());
+    assert!(!claim_of(left).exists(), "the claim is released");
+    assert_eq!(
+        bpffs.pins_of(&right.iface).len(),
+        1,
+        "named now, still counting"
+    );
+    Flow::udp(&net.left, left)
+        .port(7133)
+        .sizes(&[200; 7])
+        .send()?;
+    list(&[&right.iface, "eth[0-"])?;
+    reload(&netmon);
+    let refused = netmon.wait_for("not reloaded", Duration::from_secs(10))?;
+    assert!(refused.contains("'eth[0-'"), "{refused}");
+    Flow::udp(&net.right, right)
+        .port(7134)
+        .sizes(&[300; 5])
+        .send()?;
+    let stderr = netmon.stop()?;
+    assert!(
+        !stderr
+            .iter()
+            .any(|l| l.contains(&format!("{} is gone", right.iface))),
+        "the right port was never detached: {stderr:?}"
+    );
+    let totals = exact_totals(dir.path())?;
+    assert_eq!(
+        totals.get(&(v4(&net.right), v4(right))),
+        Some(udp(25, right, 300)),
+        "from the reload that added it on"
+    );
+    assert_eq!(
+        totals.get(&(v4(&net.left), v4(left))),
+        Some(udp(4, left, 200)),
+        "up to the reload that took it off"
+    );
+    Ok(())
+}
+
 /// An interface a pattern matched, deleted while no daemon ran (killed, as
 /// by a crash): the next run reads what its pins counted since the last
 /// poll, then removes them. Every datagram is counted once.

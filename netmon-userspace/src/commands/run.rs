@@ -194,7 +194,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let (args, layers) = config::Layers::resolve::<RunArgs>(&file, cli)?;
     let mut daemon_config = to_config(args, layers.words())?;
     daemon_config.reload = Some(std::sync::Arc::new(config::Reloader::new(move || {
-        let (args, waiting) = layers.reload::<RunArgs>()?;
+        let (args, words, waiting) = layers.reload::<RunArgs>()?;
         if !waiting.is_empty() {
             log::warn!(
                 "{}: {} changed; that takes a restart of netmon",
@@ -203,6 +203,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             );
         }
         Ok(config::Reloadable {
+            interfaces: specs(&args, &words)
+                .map_err(|e| config::ConfigError::Options(e.to_string()))?,
             interval: args.interval,
             idle_timeout: args.idle_timeout,
             alert_threshold: args.alert_threshold.map(|t| (t, args.alert_period)),
@@ -214,24 +216,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 /// The daemon's configuration from the options and the command line `words`
 /// they came from (for the order of `--netns` and `--iface`).
 fn to_config(args: RunArgs, words: &[std::ffi::OsString]) -> anyhow::Result<daemon::Config> {
-    let mut interfaces = interfaces(words.iter().map(|w| w.to_string_lossy().into_owned()))?;
-    if interfaces.is_empty() {
-        // From NETMON_IFACE and NETMON_NETNS, which are not words.
-        interfaces = args
-            .iface
-            .iter()
-            .map(|name| daemon::InterfaceSpec {
-                name: name.clone(),
-                netns: args.netns.last().cloned(),
-            })
-            .collect();
-    }
-    if interfaces.is_empty() {
-        anyhow::bail!(
-            "no interface to watch: give --iface IF, or [[interface]] name = \"IF\" in the \
-             configuration file"
-        );
-    }
+    let interfaces = specs(&args, words)?;
     let tz = match &args.timezone {
         Some(name) => TimeZone::get(name).with_context(|| {
             format!("'{name}' is not a time zone; use an IANA name like Europe/Berlin")
@@ -292,6 +277,33 @@ fn to_config(args: RunArgs, words: &[std::ffi::OsString]) -> anyhow::Result<daem
         }),
         tz,
     })
+}
+
+/// The interfaces to watch: the `--iface`s of the command line `words`, else
+/// of the environment; at least one.
+fn specs(
+    args: &RunArgs,
+    words: &[std::ffi::OsString],
+) -> anyhow::Result<Vec<daemon::InterfaceSpec>> {
+    let mut interfaces = interfaces(words.iter().map(|w| w.to_string_lossy().into_owned()))?;
+    if interfaces.is_empty() {
+        // From NETMON_IFACE and NETMON_NETNS, which are not words.
+        interfaces = args
+            .iface
+            .iter()
+            .map(|name| daemon::InterfaceSpec {
+                name: name.clone(),
+                netns: args.netns.last().cloned(),
+            })
+            .collect();
+    }
+    if interfaces.is_empty() {
+        anyhow::bail!(
+            "no interface to watch: give --iface IF, or [[interface]] name = \"IF\" in the \
+             configuration file"
+        );
+    }
+    Ok(interfaces)
 }
 
 /// The `--iface`s in command-line order, each with the `--netns` before it

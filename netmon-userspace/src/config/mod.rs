@@ -33,14 +33,16 @@ pub use file::ConfigFile;
 pub const DEFAULT_PATH: &str = "/etc/netmon/netmon.toml";
 
 /// The options a SIGHUP changes in a running daemon; the others (the
-/// interface, the files, the hooks, the table's size, the policy's path)
-/// take effect at the next start. An inline policy is reloaded like a
-/// policy file: within a second of a change, and on SIGHUP.
-pub const RELOADABLE: [&str; 4] = [
+/// files, the hooks, the table's size, the policy's path) take effect at
+/// the next start. An inline policy is reloaded like a policy file: within
+/// a second of a change, and on SIGHUP.
+pub const RELOADABLE: [&str; 6] = [
     "interval",
     "idle_timeout",
     "alert_threshold",
     "alert_period",
+    "iface",
+    "netns",
 ];
 
 /// Why a configuration cannot be used: one line each, naming the fix.
@@ -121,10 +123,13 @@ impl Layers {
         ))
     }
 
-    /// Reads the file again: the options as they are now, and the names of
-    /// those that changed since the start but wait for a restart.
-    pub fn reload<A: Args + FromArgMatches>(&self) -> Result<(A, Vec<String>), ConfigError> {
-        let (args, now, _) = layer::<A>(&self.file, &self.cli)?;
+    /// Reads the file again: the options as they are now, the command line
+    /// they make (as [`Layers::words`]), and the names of those that changed
+    /// since the start but wait for a restart.
+    pub fn reload<A: Args + FromArgMatches>(
+        &self,
+    ) -> Result<(A, Vec<OsString>, Vec<String>), ConfigError> {
+        let (args, now, words) = layer::<A>(&self.file, &self.cli)?;
         let waiting = run_command::<A>()
             .get_arguments()
             .map(|arg| arg.get_id().as_str())
@@ -132,7 +137,7 @@ impl Layers {
             .filter(|id| raw(&self.started, id) != raw(&now, id))
             .map(str::to_string)
             .collect();
-        Ok((args, waiting))
+        Ok((args, words, waiting))
     }
 
     /// The configuration file.
@@ -212,6 +217,8 @@ pub struct Reloadable {
     pub idle_timeout: std::time::Duration,
     /// `--alert-threshold` with its period.
     pub alert_threshold: Option<(u64, crate::policy::Period)>,
+    /// The interfaces and patterns to watch.
+    pub interfaces: Vec<crate::daemon::InterfaceSpec>,
 }
 
 /// Reads the configuration file again, under the same command line and environment.
@@ -277,7 +284,7 @@ mod tests {
 
         // A reload sees the file as it is now, under the same layers above it.
         std::fs::write(&file, "layer_test_a = \"new\"\nlayer_test_c = \"new\"\n").unwrap();
-        let (options, waiting) = layers.reload::<Options>().unwrap();
+        let (options, _, waiting) = layers.reload::<Options>().unwrap();
         assert_eq!(
             (
                 options.layer_test_a.as_deref(),

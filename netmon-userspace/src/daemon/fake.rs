@@ -138,6 +138,11 @@ impl Pairs for FakeKernel {
     fn attached(&self) -> bool {
         !self.0.borrow().gone
     }
+
+    fn detach(&mut self) -> Result<(), DatapathError> {
+        self.0.borrow_mut().gone = true;
+        Ok(())
+    }
 }
 
 impl PolicyMaps for FakeKernel {

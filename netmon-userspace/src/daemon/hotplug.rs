@@ -6,7 +6,7 @@
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 use crate::datapath::{
     links::{self, LinkEvent, WatchError},
@@ -44,6 +44,10 @@ impl Look {
 /// attach already logged.
 pub struct Hotplug {
     events: UnboundedReceiver<(String, LinkEvent)>,
+    /// For the listeners of namespaces the daemon watches later.
+    sender: UnboundedSender<(String, LinkEvent)>,
+    /// The namespaces listened to, keyed as reports name them.
+    heard: Vec<String>,
     /// The cause each interface (namespace, name) last failed to attach for.
     failures: HashMap<(String, String), String>,
 }
@@ -55,22 +59,32 @@ impl Hotplug {
         namespaces: impl IntoIterator<Item = (String, Option<Arc<Netns>>)>,
     ) -> Result<Hotplug, WatchError> {
         let (sender, events) = unbounded_channel();
-        let mut heard: Vec<String> = Vec::new();
-        for (key, netns) in namespaces {
-            if !heard.contains(&key) {
-                links::watch(netns, key.clone(), sender.clone())?;
-                heard.push(key);
-            }
-        }
-        Ok(Hotplug {
+        let mut hotplug = Hotplug {
             events,
+            sender,
+            heard: Vec::new(),
             failures: HashMap::new(),
-        })
+        };
+        for (key, netns) in namespaces {
+            hotplug.listen(key, netns)?;
+        }
+        Ok(hotplug)
     }
 
-    /// Waits for an interface to appear or change; `None` once no listener
-    /// is left. An interface that goes away is forgotten: when one of its
-    /// name comes back and fails, that is said again.
+    /// Listens to namespace `netns` (keyed as reports name it) too, unless
+    /// it is listened to already.
+    pub fn listen(&mut self, key: String, netns: Option<Arc<Netns>>) -> Result<(), WatchError> {
+        if !self.heard.contains(&key) {
+            links::watch(netns, key.clone(), self.sender.clone())?;
+            self.heard.push(key);
+        }
+        Ok(())
+    }
+
+    /// Waits for an interface to appear or change (a listener that stopped
+    /// leaves the others and the safety check). An interface that goes away
+    /// is forgotten: when one of its name comes back and fails, that is
+    /// said again.
     pub async fn next(&mut self) -> Option<Look> {
         loop {
             match self.events.recv().await? {
@@ -113,9 +127,11 @@ mod tests {
 
     #[test]
     fn a_failure_is_news_once_per_cause_until_it_attaches() {
-        let (_sender, events) = unbounded_channel();
+        let (sender, events) = unbounded_channel();
         let mut hotplug = Hotplug {
             events,
+            sender,
+            heard: Vec::new(),
             failures: HashMap::new(),
         };
         assert!(hotplug.failed("", "veth1", "no native XDP"));
@@ -132,6 +148,8 @@ mod tests {
         let (sender, events) = unbounded_channel();
         let mut hotplug = Some(Hotplug {
             events,
+            sender: sender.clone(),
+            heard: Vec::new(),
             failures: HashMap::new(),
         });
         let h = hotplug.as_mut().unwrap();
@@ -149,7 +167,5 @@ mod tests {
         assert!(!look.covers("ns1", "veth1"));
         assert_eq!(next(&mut hotplug).await, Some(Look::Everywhere));
         assert!(hotplug.as_mut().unwrap().failed("ns1", "veth1", "busy"));
-        drop(sender);
-        assert_eq!(next(&mut hotplug).await, None);
     }
 }

@@ -22,8 +22,11 @@ pub trait Pairs {
     ) -> Result<Snapshot, DatapathError>;
     /// Removes pairs and returns their final counters, none lost in between.
     fn retire(&mut self, keys: &[PairKey]) -> Result<Vec<(PairKey, PairReading)>, DatapathError>;
-    /// False once the interface the programs are attached to is gone.
+    /// False once the interface the programs are attached to is gone, or
+    /// they were detached.
     fn attached(&self) -> bool;
+    /// Detaches the programs and keeps the maps to be read once more.
+    fn detach(&mut self) -> Result<(), DatapathError>;
 }
 
 pub use crate::enforcer::PolicyMaps;
@@ -83,6 +86,10 @@ impl Pairs for Attached {
 
     fn attached(&self) -> bool {
         self.datapath.attached()
+    }
+
+    fn detach(&mut self) -> Result<(), DatapathError> {
+        self.datapath.detach()
     }
 }
 

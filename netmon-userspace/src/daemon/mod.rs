@@ -357,6 +357,40 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
         self.patterns = patterns;
     }
 
+    /// The interfaces and patterns the configuration lists now, as reports
+    /// name them: the policy file's `ifaces` name those from here on.
+    pub fn list(&mut self, named: &[&str]) {
+        self.enforcer.list(named);
+    }
+
+    /// Tells the sinks that interfaces labelled `label` (or a pattern of
+    /// them), of namespace `netns`, are watched from now on.
+    pub fn watching(
+        &mut self,
+        label: &str,
+        netns: Option<&std::sync::Arc<crate::datapath::netns::Netns>>,
+    ) {
+        for sink in &mut self.sinks {
+            sink.watching(label, netns);
+        }
+    }
+
+    /// Stops counting on `iface`, which the configuration no longer lists:
+    /// its programs are detached now, and the next poll reads its last
+    /// traffic and finds it gone ([`Daemon::departed`]), to be retired.
+    /// False when it was not attached.
+    pub fn detach(&mut self, iface: &str) -> Result<bool, DatapathError> {
+        let watched = self
+            .interfaces
+            .watched
+            .iter_mut()
+            .find(|w| w.iface == iface && w.present && w.kernel.attached());
+        match watched {
+            Some(w) => w.kernel.detach().map(|()| true),
+            None => Ok(false),
+        }
+    }
+
     /// Looks up the names of addresses no DNS answer named with `reverse`.
     pub fn look_up_names(&mut self, reverse: Reverse) {
         self.reverse = Some(reverse);

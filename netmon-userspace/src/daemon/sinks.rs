@@ -2,12 +2,13 @@
 //! console line, the cross-check with the interface's counters. Each sink
 //! keeps what it must retry; one that fails never stops the others.
 
-use std::{io::Write as _, time::Duration};
+use std::{io::Write as _, sync::Arc, time::Duration};
 
 use crate::{
     alerts::Alerter,
     console,
     crosscheck::CrossCheck,
+    datapath::netns::Netns,
     logs::{self, Files, LogError},
 };
 
@@ -27,6 +28,11 @@ pub trait Sink {
     /// Forgets interface `iface`, retired after its last report: a
     /// container's veth does not come back, so nothing of it is kept.
     fn retired(&mut self, _iface: &str) {}
+
+    /// Learns that interfaces (or a pattern of them) labelled `label`, of
+    /// namespace `netns` (`None`: the daemon's own), are watched from now
+    /// on: at the start, and when a reload of the configuration adds them.
+    fn watching(&mut self, _label: &str, _netns: Option<&Arc<Netns>>) {}
 }
 
 /// The rules file, whenever the policy changed; the state file and the

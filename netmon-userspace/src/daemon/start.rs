@@ -56,6 +56,13 @@ pub enum StartError {
     /// An interface named twice.
     #[error("interface {0} is named twice; name each once")]
     NamedTwice(String),
+    /// An interface of another namespace added while running, by a daemon
+    /// that gave up entering namespaces at its start.
+    #[error("{0} is in another network namespace, which takes CAP_SYS_ADMIN, given up at the start since no interface was in one; restart netmon to watch it")]
+    EnteringGivenUp(String),
+    /// An interface listed again before the poll that retires it.
+    #[error("interface {0} was taken off the list and is retired at the next poll; send SIGHUP again after it")]
+    StillRetiring(String),
     /// None of several interfaces exists.
     #[error("none of the interfaces exists: check the names with `ip link` (`ip -n NS link` for --netns)")]
     NoInterface,
@@ -263,7 +270,9 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     }
     // One interface: it must be there, and the daemon stops when it goes.
     // Several, or a pattern: those not there yet are attached when they appear.
-    let several = targets.len() > 1 || !patterns.is_empty();
+    let several = watches_several(&targets, &patterns);
+    // A daemon of a configuration file may be given more on SIGHUP.
+    let follows = several || config.reload.is_some();
     for t in &mut targets {
         t.claim()?;
     }
@@ -271,7 +280,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         p.claim()?;
     }
     // Listening before looking: whatever appears after the look below is heard.
-    let mut hotplug = several
+    let mut hotplug = follows
         .then(|| {
             Hotplug::start(
                 targets
@@ -347,13 +356,6 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     if present.is_empty() && patterns.is_empty() {
         return Err(StartError::NoInterface);
     }
-    if present.is_empty() {
-        let labels: Vec<&str> = patterns.iter().map(|p| p.label.as_str()).collect();
-        log::warn!(
-            "no interface matches {} yet; netmon attaches each one that appears",
-            labels.join(", ")
-        );
-    }
     let files = config.files.clone().check(config.follow_symlinks)?;
     let db = crate::logs::paths::check(&config.db, "--db", config.follow_symlinks)?;
     // With --reset-state the files and the database are moved aside, below,
@@ -387,17 +389,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let flow_exporter = config
         .flow_export
         .as_ref()
-        .map(|export| {
-            let interfaces = targets
-                .iter()
-                .map(|t| (t.label.clone(), t.netns.clone()))
-                .chain(patterns.iter().map(|p| (p.label.clone(), p.netns())));
-            FlowExporter::open(
-                export,
-                config.granularity == Granularity::FiveTuple,
-                interfaces,
-            )
-        })
+        .map(|export| FlowExporter::open(export, config.granularity == Granularity::FiveTuple))
         .transpose()?;
     let exposition = config
         .metrics
@@ -529,6 +521,12 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         let instance = kernel.datapath.instance();
         daemon.join(&t.label, kernel, meter, instance);
     }
+    for t in &targets {
+        daemon.watching(&t.label, t.netns.as_ref());
+    }
+    for p in &patterns {
+        daemon.watching(&p.label, p.netns().as_ref());
+    }
     if let Some(metrics) = &config.metrics {
         daemon.count_metrics(metrics.settings.clone());
     }
@@ -553,7 +551,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     // that appear later are to be attached: that takes loading and
     // attaching again, and entering their namespaces.
     let mut keep = Vec::new();
-    if several {
+    if follows {
         keep.extend([Capability::CAP_NET_ADMIN, Capability::CAP_PERFMON]);
         let elsewhere = targets.iter().any(|t| t.netns.is_some())
             || patterns.iter().any(|p| p.netns().is_some());
@@ -573,6 +571,14 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             None => {}
         }
     }
+    // Said once the CLI reaches the daemon, as `announce` is.
+    if daemon.kernels().next().is_none() {
+        let labels: Vec<&str> = patterns.iter().map(|p| p.label.as_str()).collect();
+        log::warn!(
+            "no interface matches {} yet; netmon attaches each one that appears",
+            labels.join(", ")
+        );
+    }
 
     for (iface, names) in names {
         daemon.learn_names(&iface, names);
@@ -586,6 +592,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             Err(e) => log::warn!("no --resolve ptr: {e}"),
         }
     }
+    let mut listed = config.interfaces.clone();
     let mut ticker = tokio::time::interval(config.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;
@@ -604,11 +611,13 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             _ = ticker.tick() => {
                 daemon.poll()?;
                 let departed = daemon.departed();
-                if !several && !departed.is_empty() {
+                let retired = retire_gone(&mut daemon, &mut targets, &mut listener);
+                let departed: Vec<String> =
+                    departed.into_iter().filter(|i| !retired.contains(i)).collect();
+                if !watches_several(&targets, &patterns) && !departed.is_empty() {
                     break true;
                 }
-                let retired = retire_gone(&mut daemon, &mut targets, &mut listener);
-                for iface in departed.into_iter().filter(|i| !retired.contains(i)) {
+                for iface in departed {
                     log::warn!(
                         "interface {iface} is gone (deleted, or replaced by another of that \
                          name): its traffic up to the removal is counted; netmon watches the \
@@ -619,19 +628,28 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             _ = policy_check.tick() => daemon.reload(false),
             Some(look) = hotplug::next(&mut hotplug) => {
                 if let Some(hotplug) = &mut hotplug {
-                    let mut watching = Watching { targets: &mut targets, patterns: &patterns, listener: &mut listener };
+                    let mut watching = Watching { targets: &mut targets, patterns: &mut patterns, listener: &mut listener };
                     join_appeared(&mut daemon, &mut watching, &look, &joining, hotplug);
                 }
             }
             _ = safety_check.tick() => {
                 if let Some(hotplug) = &mut hotplug {
-                    let mut watching = Watching { targets: &mut targets, patterns: &patterns, listener: &mut listener };
+                    let mut watching = Watching { targets: &mut targets, patterns: &mut patterns, listener: &mut listener };
                     join_appeared(&mut daemon, &mut watching, &Look::Everywhere, &joining, hotplug);
                 }
             }
             _ = sighup.recv() => {
-                if let Some(reload) = &config.reload {
-                    reload_options(reload, &mut ticker, &mut daemon, &config.tz);
+                let interfaces = config
+                    .reload
+                    .as_ref()
+                    .and_then(|reload| reload_options(reload, &mut ticker, &mut daemon, &config.tz));
+                if let (Some(interfaces), Some(hotplug)) = (interfaces, &mut hotplug) {
+                    let mut watching = Watching { targets: &mut targets, patterns: &mut patterns, listener: &mut listener };
+                    match relist(&mut daemon, &mut watching, hotplug, &mut listed, interfaces) {
+                        Ok(true) => join_appeared(&mut daemon, &mut watching, &Look::Everywhere, &joining, hotplug),
+                        Ok(false) => {}
+                        Err(e) => log::error!("interfaces not reloaded: {e}; the interfaces in force stay"),
+                    }
                 }
                 daemon.reload(true);
             }
@@ -754,13 +772,14 @@ fn first_writes(
 }
 
 /// On SIGHUP: takes the options of the configuration file that change
-/// without a restart; an invalid file changes nothing.
+/// without a restart, and returns the interfaces it lists now; an invalid
+/// file changes nothing.
 fn reload_options(
     reload: &crate::config::Reloader,
     ticker: &mut tokio::time::Interval,
     daemon: &mut Daemon<Attached, SystemClock>,
     tz: &TimeZone,
-) {
+) -> Option<Vec<InterfaceSpec>> {
     match reload.read() {
         Ok(options) => {
             if options.interval != ticker.period() {
@@ -773,8 +792,12 @@ fn reload_options(
             }
             daemon.set_options(&options, tz);
             log::info!("configuration reloaded");
+            Some(options.interfaces)
         }
-        Err(e) => log::error!("configuration not reloaded: {e}; the options in force stay"),
+        Err(e) => {
+            log::error!("configuration not reloaded: {e}; the options in force stay");
+            None
+        }
     }
 }
 
@@ -804,7 +827,7 @@ struct Joining<'a> {
 /// the control socket linked under each.
 struct Watching<'a> {
     targets: &'a mut Vec<Target>,
-    patterns: &'a [Pattern],
+    patterns: &'a mut Vec<Pattern>,
     listener: &'a mut control::Listener,
 }
 
@@ -824,12 +847,12 @@ fn join_appeared(
         let attached = daemon
             .kernel(&t.label)
             .is_some_and(|k| k.datapath.attached());
-        if !look.covers(netns_of(&t.label), &t.name) || attached || !t.present() {
+        if !look.covers(netns_of(&t.label), &t.name) || attached || t.unlisted || !t.present() {
             continue;
         }
         tried(hotplug, t, join(daemon, t, joining));
     }
-    for p in watching.patterns {
+    for p in watching.patterns.iter() {
         let names = match look {
             Look::At { netns, name } if p.covers(netns, name) => vec![name.clone()],
             Look::At { .. } => continue,
@@ -866,6 +889,153 @@ fn join_appeared(
             watching.targets.push(t);
         }
     }
+}
+
+/// True when the daemon watches several interfaces named outright, or
+/// patterns: it goes on when one goes, and attaches those that appear.
+fn watches_several(targets: &[Target], patterns: &[Pattern]) -> bool {
+    targets.iter().filter(|t| !t.matched && !t.unlisted).count() > 1 || !patterns.is_empty()
+}
+
+/// On SIGHUP, takes the interfaces and patterns the configuration file
+/// lists now (`specs`) instead of those `listed` before: those added are
+/// claimed and listened for, to be attached as they are there; those no
+/// longer listed are detached now, read once more at the next poll and
+/// retired. An interface still matched by a pattern stays. Every check
+/// that can refuse comes first: a list that cannot be taken changes
+/// nothing. Returns whether anything changed.
+fn relist(
+    daemon: &mut Daemon<Attached, SystemClock>,
+    watching: &mut Watching,
+    hotplug: &mut Hotplug,
+    listed: &mut Vec<InterfaceSpec>,
+    specs: Vec<InterfaceSpec>,
+) -> Result<bool, StartError> {
+    let added: Vec<&InterfaceSpec> = specs.iter().filter(|s| !listed.contains(s)).collect();
+    let removed: Vec<InterfaceSpec> = listed
+        .iter()
+        .filter(|s| !specs.contains(s))
+        .cloned()
+        .collect();
+    if added.is_empty() && removed.is_empty() {
+        return Ok(false);
+    }
+    for (i, spec) in specs.iter().enumerate() {
+        spec.pattern().map_err(StartError::BadPattern)?;
+        if specs[..i].iter().any(|o| o.label() == spec.label()) {
+            return Err(StartError::NamedTwice(spec.label()));
+        }
+    }
+    let entering =
+        caps::has_cap(None, caps::CapSet::Effective, Capability::CAP_SYS_ADMIN).unwrap_or(false);
+    let (mut new_targets, mut new_patterns) = (Vec::new(), Vec::new());
+    for spec in added {
+        if spec.netns.is_some() && !entering {
+            return Err(StartError::EnteringGivenUp(spec.label()));
+        }
+        match spec.pattern().map_err(StartError::BadPattern)? {
+            Some(glob) => {
+                let mut p = Pattern::open(spec, glob)?;
+                p.claim()?;
+                new_patterns.push(p);
+            }
+            None => {
+                let mut t = Target::open(spec)?;
+                match watching.targets.iter().find(|o| o.key == t.key) {
+                    Some(o) if o.unlisted => {
+                        return Err(StartError::StillRetiring(o.label.clone()))
+                    }
+                    // Matched by a pattern already: this daemon holds its claim.
+                    Some(_) => {}
+                    None => t.claim()?,
+                }
+                new_targets.push(t);
+            }
+        }
+    }
+
+    // Nothing refused: the change is made.
+    let still_listed = |label: &str| specs.iter().any(|s| s.label() == label);
+    watching.patterns.retain(|p| {
+        let kept = still_listed(&p.label);
+        if !kept {
+            if let Some(claim) = &p.claim {
+                watching.listener.unlink(claim);
+            }
+        }
+        kept
+    });
+    for p in new_patterns {
+        if let Some(claim) = &p.claim {
+            if let Err(e) = watching.listener.link(claim) {
+                log::warn!("{e}; the CLI reaches this daemon by its other interfaces");
+            }
+        }
+        let listen = hotplug.listen(p.netns_label().to_string(), p.netns());
+        if let Err(e) = listen {
+            log::warn!(
+                "{}: {e}; netmon looks for what it matches every {}",
+                p.label,
+                humantime::format_duration(hotplug::SAFETY_CHECK)
+            );
+        }
+        daemon.watching(&p.label, p.netns().as_ref());
+        watching.patterns.push(p);
+    }
+    for mut t in new_targets {
+        match watching
+            .targets
+            .iter_mut()
+            .find(|o| o.key == t.key && !o.unlisted)
+        {
+            // Named outright now: kept when it goes.
+            Some(matched) => matched.matched = false,
+            None => {
+                if let Some(claim) = &t.claim {
+                    if let Err(e) = watching.listener.link(claim) {
+                        log::warn!("{e}; the CLI reaches this daemon by its other interfaces");
+                    }
+                }
+                let listen = hotplug.listen(netns_of(&t.label).to_string(), t.netns.clone());
+                if let Err(e) = listen {
+                    log::warn!(
+                        "{}: {e}; netmon looks for it every {}",
+                        t.label,
+                        humantime::format_duration(hotplug::SAFETY_CHECK)
+                    );
+                }
+                daemon.watching(&t.label, t.netns.as_ref());
+                t.matched = false;
+                watching.targets.push(t);
+            }
+        }
+    }
+    for t in watching.targets.iter_mut().filter(|t| !t.unlisted) {
+        let named = still_listed(&t.label) && !t.matched;
+        let covered = watching
+            .patterns
+            .iter()
+            .any(|p| p.covers(netns_of(&t.label), &t.name));
+        if named {
+            continue;
+        }
+        if covered {
+            // No longer named, still matched: retired when it goes.
+            t.matched = true;
+            continue;
+        }
+        t.unlisted = true;
+        if let Err(e) = daemon.detach(&t.label) {
+            log::warn!("detaching {}: {e}; it is still counted", t.label);
+        }
+    }
+    let labels: Vec<String> = specs.iter().map(InterfaceSpec::label).collect();
+    let named: Vec<&str> = labels.iter().map(String::as_str).collect();
+    daemon.list(&named);
+    daemon.join_by(watching.patterns.iter().map(|p| p.label.clone()).collect());
+    log::info!("interfaces reloaded: {}", named.join(", "));
+    *listed = specs;
+    Ok(true)
 }
 
 /// Logs a failure to attach `t`, once per cause.
@@ -938,13 +1108,23 @@ fn retire_gone(
     let mut at = 0;
     while at < targets.len() {
         let t = &targets[at];
-        if !t.matched || daemon.watches(&t.label) || t.present() {
+        let due = t.unlisted || (t.matched && !t.present());
+        if !due || daemon.watches(&t.label) {
             at += 1;
             continue;
         }
         // None when it was never attached.
         let kernel = daemon.retire(&t.label);
-        let Target { label, claim, .. } = targets.remove(at);
+        let Target {
+            label,
+            claim,
+            unlisted,
+            ..
+        } = targets.remove(at);
+        let (gone, until) = match unlisted {
+            true => ("no longer listed", "up to its detaching"),
+            false => ("gone", "up to the removal"),
+        };
         if let Some(claim) = &claim {
             listener.unlink(claim);
         }
@@ -955,18 +1135,20 @@ fn retire_gone(
                     Ok(()) => {
                         daemon.forget(&label);
                         Ok(format!(
-                            "interface {label} is gone: its traffic up to the removal is \
-                             counted, and its pins {pins} are removed"
+                            "interface {label} is {gone}: its traffic {until} is counted, and \
+                             its pins {pins} are removed"
                         ))
                     }
                     // Its baseline stays stored: a next run that finds
                     // the pins counts nothing twice.
                     Err(e) => Err(format!(
-                        "interface {label} is gone, its traffic counted; {e}"
+                        "interface {label} is {gone}, its traffic counted; {e}"
                     )),
                 }
             }
-            None => Ok(format!("interface {label} is gone before it was attached")),
+            None => Ok(format!(
+                "interface {label} is {gone} before it was attached"
+            )),
         };
         // Released once its pins are: no other daemon adopts them meanwhile.
         drop(claim);

@@ -89,6 +89,9 @@ pub(super) struct Target {
     /// True when an earlier run left its pins and it is gone since: its
     /// maps are read once, then retired.
     pub gone: bool,
+    /// True once the configuration no longer lists it: detached, its maps
+    /// read once more, then retired.
+    pub unlisted: bool,
 }
 
 impl Target {
@@ -107,6 +110,7 @@ impl Target {
             claim: None,
             matched,
             gone: false,
+            unlisted: false,
         }
     }
 

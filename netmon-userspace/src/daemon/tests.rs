@@ -948,3 +948,30 @@ fn with_a_pattern_naming_every_interface_watched_is_not_naming_all() {
         )
     );
 }
+
+/// An interface taken off the configuration's list is detached at once;
+/// the next poll reads what it counted up to then and reports it gone, and
+/// it is retired. One not attached is not detached.
+#[test]
+fn an_interface_detached_is_read_once_more_then_retired() {
+    let (x, y, clock) = (
+        FakeKernel::default(),
+        FakeKernel::default(),
+        FakeClock::at("2026-11-30T12:00:00Z"),
+    );
+    let mut daemon = on_two(&x, &y, &clock);
+    y.count(key(C, A), 2, 200);
+    assert!(daemon.detach("eth1").unwrap());
+    assert!(!daemon.detach("eth1").unwrap(), "detached already");
+    assert!(!daemon.detach("eth7").unwrap(), "not watched");
+    assert!(daemon.retire("eth1").is_none(), "not before its last read");
+    daemon.poll().unwrap();
+    assert_eq!(daemon.departed(), ["eth1"]);
+    assert!(daemon.retire("eth1").is_some());
+    assert_eq!(
+        daemon.state.ledger.total().bytes,
+        200,
+        "read up to the detaching"
+    );
+    assert_eq!(daemon.kernels().count(), 1);
+}

@@ -56,6 +56,8 @@ pub struct Datapath {
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     pins: PinDir,
     links: Vec<PinnedLink>,
+    /// True once [`Datapath::detach`] took the programs off the interface.
+    detached: bool,
     adopted: bool,
     instance: u64,
     /// The pair table's maps, opened once.
@@ -161,6 +163,7 @@ impl Datapath {
                 logger: None,
                 pins,
                 links: Vec::new(),
+                detached: false,
                 adopted: true,
                 instance,
                 table,
@@ -220,6 +223,7 @@ impl Datapath {
             logger,
             pins,
             links,
+            detached: false,
             adopted,
             instance,
             table,
@@ -321,7 +325,23 @@ impl Datapath {
     /// False once the interface attached to is gone (deleted, or deleted
     /// and recreated: the programs do not follow).
     pub fn attached(&self) -> bool {
-        Self::index_in(self.netns.as_deref(), &self.iface) == Some(self.ifindex)
+        !self.detached && Self::index_in(self.netns.as_deref(), &self.iface) == Some(self.ifindex)
+    }
+
+    /// Takes the programs off the interface and keeps the maps, to be read
+    /// once more: the interface is no longer to be watched. It counts
+    /// nothing from here, and is not [`attached`](Self::attached).
+    pub fn detach(&mut self) -> Result<(), DatapathError> {
+        for link in self.links.drain(..) {
+            // Unpinned, the link's last descriptor detaches it as it drops.
+            link.unpin().map_err(|cause| DatapathError::PinFile {
+                action: "removing a link of",
+                path: self.pins.path().to_path_buf(),
+                cause,
+            })?;
+        }
+        self.detached = true;
+        Ok(())
     }
 
     /// The ingress hook in use, when netmon attached it (not when adopted).

@@ -137,6 +137,12 @@ impl Enforcer {
         Ok(enforcer)
     }
 
+    /// The daemon's interfaces from now on (a reload of the
+    /// configuration): the policy file's `ifaces` must name these.
+    pub fn list(&mut self, interfaces: &[&str]) {
+        self.interfaces = interfaces.iter().map(|i| i.to_string()).collect();
+    }
+
     /// The daemon's interfaces, for checking the policy file's `ifaces`.
     fn interface_names(&self) -> Vec<&str> {
         self.interfaces.iter().map(String::as_str).collect()

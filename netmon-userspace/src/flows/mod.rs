@@ -98,14 +98,10 @@ pub struct FlowExporter {
 
 impl FlowExporter {
     /// Checks the options, resolves the collectors and opens their sockets:
-    /// everything that can refuse, before anything is attached. `interfaces`
-    /// are the watched ones (and patterns of them): label and namespace
-    /// (`None`: the daemon's).
-    pub fn open(
-        export: &FlowExport,
-        ports: bool,
-        interfaces: impl IntoIterator<Item = (String, Option<Arc<Netns>>)>,
-    ) -> Result<Self, FlowError> {
+    /// everything that can refuse, before anything is attached. It learns
+    /// the interfaces' namespaces as the daemon watches them
+    /// ([`Sink::watching`]).
+    pub fn open(export: &FlowExport, ports: bool) -> Result<Self, FlowError> {
         if export.active_timeout.is_zero() {
             return Err(FlowError::ZeroDuration("--flow-active-timeout"));
         }
@@ -117,19 +113,6 @@ impl FlowExporter {
             .iter()
             .map(|spec| Collector::open(spec))
             .collect::<Result<_, _>>()?;
-        // Namespaces numbered in the order their first interface comes.
-        let mut namespaces: HashMap<String, (Option<Arc<Netns>>, u8)> = HashMap::new();
-        for (label, netns) in interfaces {
-            let ns = crate::daemon::netns_of(&label);
-            if !namespaces.contains_key(ns) {
-                let number = match ns {
-                    "" => 0,
-                    _ => (namespaces.keys().filter(|n| !n.is_empty()).count() + 1)
-                        .min(usize::from(u8::MAX)) as u8,
-                };
-                namespaces.insert(ns.to_string(), (netns, number));
-            }
-        }
         Ok(FlowExporter {
             encoder: Encoder {
                 format: export.format,
@@ -139,7 +122,7 @@ impl FlowExporter {
             collectors,
             template_refresh: export.template_refresh,
             domains: HashMap::new(),
-            namespaces,
+            namespaces: HashMap::new(),
             started: Instant::now(),
         })
     }
@@ -222,6 +205,21 @@ impl Sink for FlowExporter {
             self.export(iface, &ended);
         }
         self.domains.remove(iface);
+    }
+
+    /// Numbers its namespace, when it is new: namespaces are numbered in
+    /// the order their first interface comes.
+    fn watching(&mut self, label: &str, netns: Option<&Arc<Netns>>) {
+        let ns = crate::daemon::netns_of(label);
+        if !self.namespaces.contains_key(ns) {
+            let number = match ns {
+                "" => 0,
+                _ => (self.namespaces.keys().filter(|n| !n.is_empty()).count() + 1)
+                    .min(usize::from(u8::MAX)) as u8,
+            };
+            self.namespaces
+                .insert(ns.to_string(), (netns.cloned(), number));
+        }
     }
 }
 

@@ -16,6 +16,7 @@ use super::{
 use crate::{
     accounting::{IntervalUsage, PairDelta},
     daemon::report::IntervalReport,
+    daemon::sinks::Sink,
 };
 
 const A: [u8; 4] = [10, 200, 0, 1];
@@ -435,8 +436,10 @@ fn each_namespaces_interfaces_are_observation_domains_of_their_own() {
         template_refresh: Duration::from_secs(60),
     };
     // Every label's namespace is this process's own here, so `lo` is 1 in each.
-    let watched = ["lo", "web:lo", "db:lo", "web:lo", "dmz:l*"].map(|l| (l.to_string(), None));
-    let exporter = FlowExporter::open(&export, false, watched).unwrap();
+    let mut exporter = FlowExporter::open(&export, false).unwrap();
+    for label in ["lo", "web:lo", "db:lo", "web:lo", "dmz:l*"] {
+        exporter.watching(label, None);
+    }
     let ids: Vec<(u32, u32)> = ["lo", "web:lo", "db:lo", "dmz:lo", "web:nothing"]
         .iter()
         .map(|iface| {
