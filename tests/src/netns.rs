@@ -297,10 +297,7 @@ impl Routed {
         };
         // From here on, Drop removes whatever was made.
         for ns in [&net.left, &net.router_left, &net.right] {
-            ip(&format!("netns add {}", ns.netns))?;
-            sysctl(&ns.netns, "net.ipv6.conf.all.disable_ipv6=1")?;
-            sysctl(&ns.netns, "net.ipv6.conf.default.disable_ipv6=1")?;
-            ip(&format!("-n {} link set lo up", ns.netns))?;
+            add_netns(ns)?;
         }
         sysctl(&net.router_left.netns, "net.ipv4.ip_forward=1")?;
         net.add_link(&net.left, &net.router_left)?;
@@ -311,6 +308,28 @@ impl Routed {
     /// Creates the link between the router and `right` (again).
     pub fn add_right(&self) -> Result<()> {
         self.add_link(&self.right, &self.router_right)
+    }
+
+    /// Deletes `right`'s namespace, as a container runtime does: its link
+    /// to the router goes with it once nothing holds the namespace.
+    pub fn remove_right_netns(&self) -> Result<()> {
+        ip(&format!("netns del {}", self.right.netns))?;
+        Ok(())
+    }
+
+    /// Makes `right`'s namespace again, with its link to the router.
+    pub fn add_right_netns(&self) -> Result<()> {
+        add_netns(&self.right)?;
+        self.add_right()
+    }
+
+    /// True while the router's end of the link to `right` exists.
+    pub fn router_right_exists(&self) -> bool {
+        ip(&format!(
+            "-n {} link show {}",
+            self.router_right.netns, self.router_right.iface
+        ))
+        .is_ok()
     }
 
     /// Deletes the link between the router and `right`.
@@ -367,6 +386,15 @@ impl Drop for Routed {
             remove_leftovers(host);
         }
     }
+}
+
+/// Makes `host`'s namespace: IPv4 only, loopback up.
+fn add_netns(host: &Host) -> Result<()> {
+    ip(&format!("netns add {}", host.netns))?;
+    sysctl(&host.netns, "net.ipv6.conf.all.disable_ipv6=1")?;
+    sysctl(&host.netns, "net.ipv6.conf.default.disable_ipv6=1")?;
+    ip(&format!("-n {} link set lo up", host.netns))?;
+    Ok(())
 }
 
 /// Removes namespaces left by test processes that no longer exist (killed runs).

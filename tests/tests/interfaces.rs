@@ -686,6 +686,62 @@ fn sighup_takes_the_interfaces_the_configuration_file_lists_now() -> Result<()> 
     Ok(())
 }
 
+/// `--netns` with a pattern follows the namespaces it matches under
+/// /run/netns as they are made and deleted, as CNI makes containers'. The
+/// right host's namespace, made after the start, is watched; deleted, its
+/// interface is retired, and netmon holds nothing of it: the kernel
+/// destroys it, and the router's end of its veth with it. Made again, it is
+/// counted from zero, and every datagram once.
+#[test]
+fn a_namespace_pattern_follows_namespaces_as_they_are_made_and_deleted() -> Result<()> {
+    let bpffs = TempMount::bpffs()?;
+    let net = Routed::create()?;
+    let dir = tempfile::tempdir()?;
+    let (host, port) = (&net.right, &net.router_right);
+    net.remove_right_netns()?;
+    let namespaces = format!("{}*", host.netns);
+    let mut netmon = Netmon::on(&net.router_left)
+        .without_defaults()
+        .args(&["--netns", &namespaces, "--iface", &host.iface])
+        .args(&["--interval", "1s", "--quiet"])
+        .logs_in(dir.path())
+        .bpffs(&bpffs)
+        .start_until(&format!(
+            "no interface matches {namespaces}:{} yet",
+            host.iface
+        ))?;
+    let label = format!("{}:{}", host.netns, host.iface);
+    for (round, sent) in [(1u16, 20), (2, 5)] {
+        net.add_right_netns()?;
+        netmon.wait_for(&format!("counting on {label}"), Duration::from_secs(10))?;
+        Flow::udp(host, port)
+            .port(7140 + round)
+            .sizes(&vec![300; sent])
+            .send()?;
+        two_polls();
+        net.remove_right_netns()?;
+        netmon.wait_for(
+            &format!("interface {label} is no longer listed: its traffic"),
+            Duration::from_secs(10),
+        )?;
+        assert_eq!(bpffs.pins_of(&host.iface), Vec::<std::path::PathBuf>::new());
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while net.router_right_exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "round {round}: the namespace outlives its deletion: something holds it"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    netmon.stop()?;
+    assert_eq!(
+        exact_totals(dir.path())?.get(&(v4(host), v4(port))),
+        Some(udp(25, port, 300))
+    );
+    Ok(())
+}
+
 /// An interface a pattern matched, deleted while no daemon ran (killed, as
 /// by a crash): the next run reads what its pins counted since the last
 /// poll, then removes them. Every datagram is counted once.

@@ -294,6 +294,7 @@ fn specs(
             .map(|name| daemon::InterfaceSpec {
                 name: name.clone(),
                 netns: args.netns.last().cloned(),
+                by_pattern: false,
             })
             .collect();
     }
@@ -334,6 +335,7 @@ fn interfaces(args: impl Iterator<Item = String>) -> anyhow::Result<Vec<daemon::
                     out.push(daemon::InterfaceSpec {
                         name,
                         netns: netns.clone(),
+                        by_pattern: false,
                     });
                     pending_netns = false;
                 }
@@ -358,6 +360,7 @@ mod tests {
         daemon::InterfaceSpec {
             name: name.into(),
             netns: netns.map(str::to_string),
+            by_pattern: false,
         }
     }
 

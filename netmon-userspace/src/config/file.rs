@@ -178,8 +178,13 @@ fn interfaces(
                 "[[interface]] without a name: add name = \"IF\"".into(),
             )
         })?;
-        let spec = InterfaceSpec { name, netns };
-        spec.pattern().map_err(|e| at(name_at, e))?;
+        let spec = InterfaceSpec {
+            name,
+            netns,
+            by_pattern: false,
+        };
+        spec.pattern().map_err(|e| at(name_at.clone(), e))?;
+        spec.netns_pattern().map_err(|e| at(name_at, e))?;
         specs.push(spec);
     }
     Ok(specs)

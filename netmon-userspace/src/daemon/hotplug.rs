@@ -46,8 +46,9 @@ pub struct Hotplug {
     events: UnboundedReceiver<(String, LinkEvent)>,
     /// For the listeners of namespaces the daemon watches later.
     sender: UnboundedSender<(String, LinkEvent)>,
-    /// The namespaces listened to, keyed as reports name them.
-    heard: Vec<String>,
+    /// The namespaces listened to, keyed as reports name them, each with
+    /// its listener.
+    heard: Vec<(String, links::Watching)>,
     /// The cause each interface (namespace, name) last failed to attach for.
     failures: HashMap<(String, String), String>,
 }
@@ -74,11 +75,18 @@ impl Hotplug {
     /// Listens to namespace `netns` (keyed as reports name it) too, unless
     /// it is listened to already.
     pub fn listen(&mut self, key: String, netns: Option<Arc<Netns>>) -> Result<(), WatchError> {
-        if !self.heard.contains(&key) {
-            links::watch(netns, key.clone(), self.sender.clone())?;
-            self.heard.push(key);
+        if !self.heard.iter().any(|(k, _)| *k == key) {
+            let watching = links::watch(netns, key.clone(), self.sender.clone())?;
+            self.heard.push((key, watching));
         }
         Ok(())
+    }
+
+    /// Stops listening to the namespaces `in_use` says the daemon no longer
+    /// watches (a listener holds its namespace alive).
+    pub fn keep_only(&mut self, in_use: impl Fn(&str) -> bool) {
+        self.heard.retain(|(key, _)| in_use(key));
+        self.failures.retain(|(netns, _), _| in_use(netns));
     }
 
     /// Waits for an interface to appear or change (a listener that stopped

@@ -17,13 +17,13 @@ use super::{
     kernel::Attached,
     netns_of,
     sinks::{AlertSink, ConsoleSink, CrossCheckSink, DetailSink, FilesSink, Sink},
-    targets::{InterfaceSpec, Pattern, Target},
+    targets::{expand, roams, InterfaceSpec, Pattern, Target},
     Daemon,
 };
 use crate::{
     accounting::{Baseline, Meter},
     alerts::{Alerter, UsageAlarm},
-    control::{self, ControlError},
+    control::{self, Claim, ControlError},
     datapath::{Datapath, DatapathError, Granularity, IngressHook},
     enforcer::Enforcer,
     flows::{FlowError, FlowExport, FlowExporter},
@@ -252,12 +252,32 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let mut sighup = handler(SignalKind::hangup(), "SIGHUP")?;
     let mut targets = Vec::new();
     let mut patterns: Vec<Pattern> = Vec::new();
-    for spec in &config.interfaces {
-        match spec.pattern().map_err(StartError::BadPattern)? {
-            Some(glob) => patterns.push(Pattern::open(spec, glob)?),
-            None => targets.push(Target::open(spec)?),
+    let configured = config.interfaces.clone();
+    for spec in &configured {
+        spec.netns_pattern().map_err(StartError::BadPattern)?;
+    }
+    let mut expanded = expand(&configured);
+    let mut unopened = Vec::new();
+    for spec in &expanded {
+        let opened = match spec.pattern().map_err(StartError::BadPattern)? {
+            Some(glob) => Pattern::open(spec, glob).map(|p| patterns.push(p)),
+            None => Target::open(spec).map(|t| targets.push(t)),
+        };
+        match opened {
+            // A namespace a pattern matched may be half made, or going: looked at again.
+            Err(e) if spec.by_pattern => {
+                log::warn!("leaving {} out for now: {e}", spec.label());
+                unopened.push(spec.clone());
+            }
+            opened => opened?,
         }
     }
+    expanded.retain(|s| !unopened.contains(s));
+    let mut listed = Listed {
+        claims: Vec::new(),
+        configured,
+        expanded,
+    };
     for (i, t) in targets.iter().enumerate() {
         if targets[..i].iter().any(|o| o.key == t.key) {
             return Err(StartError::NamedTwice(t.label.clone()));
@@ -270,7 +290,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     }
     // One interface: it must be there, and the daemon stops when it goes.
     // Several, or a pattern: those not there yet are attached when they appear.
-    let several = watches_several(&targets, &patterns);
+    let several = watches_several(&targets, &patterns) || roams(&listed.configured);
     // A daemon of a configuration file may be given more on SIGHUP.
     let follows = several || config.reload.is_some();
     for t in &mut targets {
@@ -279,6 +299,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     for p in &mut patterns {
         p.claim()?;
     }
+    listed.claims = listed.claim_new(&listed.configured)?;
     // Listening before looking: whatever appears after the look below is heard.
     let mut hotplug = follows
         .then(|| {
@@ -353,7 +374,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         }
     }
     // A daemon of patterns may start before its containers do.
-    if present.is_empty() && patterns.is_empty() {
+    if present.is_empty() && patterns.is_empty() && listed.claims.is_empty() {
         return Err(StartError::NoInterface);
     }
     let files = config.files.clone().check(config.follow_symlinks)?;
@@ -426,7 +447,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             }
         }
     }
-    if attached.is_empty() && patterns.is_empty() {
+    if attached.is_empty() && patterns.is_empty() && listed.claims.is_empty() {
         return Err(StartError::NoInterface);
     }
     // After the others: the quota map the others share is theirs.
@@ -534,7 +555,8 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let claims = targets
         .iter()
         .filter_map(|t| t.claim.as_ref())
-        .chain(patterns.iter().filter_map(|p| p.claim.as_ref()));
+        .chain(patterns.iter().filter_map(|p| p.claim.as_ref()))
+        .chain(listed.claims.iter().map(|(_, claim)| claim));
     let started = daemon
         .enforce()
         .map_err(unenforceable(None))
@@ -554,7 +576,8 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     if follows {
         keep.extend([Capability::CAP_NET_ADMIN, Capability::CAP_PERFMON]);
         let elsewhere = targets.iter().any(|t| t.netns.is_some())
-            || patterns.iter().any(|p| p.netns().is_some());
+            || patterns.iter().any(|p| p.netns().is_some())
+            || roams(&listed.configured);
         if elsewhere {
             keep.push(Capability::CAP_SYS_ADMIN);
         }
@@ -573,7 +596,11 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     }
     // Said once the CLI reaches the daemon, as `announce` is.
     if daemon.kernels().next().is_none() {
-        let labels: Vec<&str> = patterns.iter().map(|p| p.label.as_str()).collect();
+        let labels: Vec<String> = patterns
+            .iter()
+            .map(|p| p.label.clone())
+            .chain(listed.claims.iter().map(|(label, _)| label.clone()))
+            .collect();
         log::warn!(
             "no interface matches {} yet; netmon attaches each one that appears",
             labels.join(", ")
@@ -592,7 +619,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             Err(e) => log::warn!("no --resolve ptr: {e}"),
         }
     }
-    let mut listed = config.interfaces.clone();
+    let mut roam_failure = None;
     let mut ticker = tokio::time::interval(config.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;
@@ -614,7 +641,8 @@ pub async fn run(config: Config) -> Result<(), StartError> {
                 let retired = retire_gone(&mut daemon, &mut targets, &mut listener);
                 let departed: Vec<String> =
                     departed.into_iter().filter(|i| !retired.contains(i)).collect();
-                if !watches_several(&targets, &patterns) && !departed.is_empty() {
+                let several = watches_several(&targets, &patterns) || roams(&listed.configured);
+                if !several && !departed.is_empty() {
                     break true;
                 }
                 for iface in departed {
@@ -625,7 +653,29 @@ pub async fn run(config: Config) -> Result<(), StartError> {
                     );
                 }
             }
-            _ = policy_check.tick() => daemon.reload(false),
+            _ = policy_check.tick() => {
+                daemon.reload(false);
+                // Namespaces a pattern matches, made or deleted.
+                if let (true, Some(hotplug)) = (roams(&listed.configured), &mut hotplug) {
+                    let mut watching = Watching { targets: &mut targets, patterns: &mut patterns, listener: &mut listener };
+                    let configured = listed.configured.clone();
+                    match relist(&mut daemon, &mut watching, hotplug, &mut listed, configured) {
+                        Ok(true) => {
+                            roam_failure = None;
+                            log::info!("the namespaces matched changed: {}", listing(&listed.expanded));
+                            join_appeared(&mut daemon, &mut watching, &Look::Everywhere, &joining, hotplug);
+                        }
+                        Ok(false) => roam_failure = None,
+                        Err(e) => {
+                            let e = e.to_string();
+                            if roam_failure.as_ref() != Some(&e) {
+                                log::warn!("following the namespaces matched: {e}; tried again every second");
+                                roam_failure = Some(e);
+                            }
+                        }
+                    }
+                }
+            }
             Some(look) = hotplug::next(&mut hotplug) => {
                 if let Some(hotplug) = &mut hotplug {
                     let mut watching = Watching { targets: &mut targets, patterns: &mut patterns, listener: &mut listener };
@@ -646,7 +696,10 @@ pub async fn run(config: Config) -> Result<(), StartError> {
                 if let (Some(interfaces), Some(hotplug)) = (interfaces, &mut hotplug) {
                     let mut watching = Watching { targets: &mut targets, patterns: &mut patterns, listener: &mut listener };
                     match relist(&mut daemon, &mut watching, hotplug, &mut listed, interfaces) {
-                        Ok(true) => join_appeared(&mut daemon, &mut watching, &Look::Everywhere, &joining, hotplug),
+                        Ok(true) => {
+                            log::info!("interfaces reloaded: {}", listing(&listed.configured));
+                            join_appeared(&mut daemon, &mut watching, &Look::Everywhere, &joining, hotplug);
+                        }
                         Ok(false) => {}
                         Err(e) => log::error!("interfaces not reloaded: {e}; the interfaces in force stay"),
                     }
@@ -891,48 +944,104 @@ fn join_appeared(
     }
 }
 
+/// `specs` as a log line names them.
+fn listing(specs: &[InterfaceSpec]) -> String {
+    let labels: Vec<String> = specs.iter().map(InterfaceSpec::label).collect();
+    match labels.is_empty() {
+        true => "none".into(),
+        false => labels.join(", "),
+    }
+}
+
 /// True when the daemon watches several interfaces named outright, or
 /// patterns: it goes on when one goes, and attaches those that appear.
 fn watches_several(targets: &[Target], patterns: &[Pattern]) -> bool {
     targets.iter().filter(|t| !t.matched && !t.unlisted).count() > 1 || !patterns.is_empty()
 }
 
-/// On SIGHUP, takes the interfaces and patterns the configuration file
-/// lists now (`specs`) instead of those `listed` before: those added are
-/// claimed and listened for, to be attached as they are there; those no
-/// longer listed are detached now, read once more at the next poll and
-/// retired. An interface still matched by a pattern stays. Every check
-/// that can refuse comes first: a list that cannot be taken changes
-/// nothing. Returns whether anything changed.
+/// What the configuration lists, and what that makes now.
+struct Listed {
+    /// As configured: names, patterns, and namespace patterns.
+    configured: Vec<InterfaceSpec>,
+    /// With each namespace pattern replaced by one entry for each namespace
+    /// it matches now ([`expand`]).
+    expanded: Vec<InterfaceSpec>,
+    /// The claims of the namespace patterns (`cni-*:eth0`), as reports name
+    /// them: one daemon follows each, and the control socket is linked
+    /// under it while no namespace matches.
+    claims: Vec<(String, Claim)>,
+}
+
+impl Listed {
+    /// The namespace-pattern entries of `configured`.
+    fn roaming(configured: &[InterfaceSpec]) -> impl Iterator<Item = &InterfaceSpec> {
+        configured
+            .iter()
+            .filter(|s| matches!(s.netns_pattern(), Ok(Some(_))))
+    }
+
+    /// Claims the namespace patterns of `configured` that `self` does not
+    /// hold already.
+    fn claim_new(&self, configured: &[InterfaceSpec]) -> Result<Vec<(String, Claim)>, StartError> {
+        let mut claims = Vec::new();
+        for spec in Self::roaming(configured) {
+            let label = spec.label();
+            if !self.claims.iter().any(|(held, _)| *held == label) {
+                let claim = Claim::take(&label, &label)?;
+                claims.push((label, claim));
+            }
+        }
+        Ok(claims)
+    }
+}
+
+/// Takes the interfaces and patterns the configuration lists now
+/// (`configured`, on SIGHUP), or what its namespace patterns match now
+/// (the same `configured`, every second), instead of those `listed`
+/// before: those added are claimed and listened for, to be attached as
+/// they are there; those no longer listed (a namespace gone included) are
+/// detached now, read once more at the next poll and retired. An interface
+/// still matched by a pattern stays. Every check that can refuse comes
+/// first: a list that cannot be taken changes nothing. Returns whether
+/// anything changed.
 fn relist(
     daemon: &mut Daemon<Attached, SystemClock>,
     watching: &mut Watching,
     hotplug: &mut Hotplug,
-    listed: &mut Vec<InterfaceSpec>,
-    specs: Vec<InterfaceSpec>,
+    listed: &mut Listed,
+    configured: Vec<InterfaceSpec>,
 ) -> Result<bool, StartError> {
-    let added: Vec<&InterfaceSpec> = specs.iter().filter(|s| !listed.contains(s)).collect();
-    let removed: Vec<InterfaceSpec> = listed
+    let specs = expand(&configured);
+    let added: Vec<&InterfaceSpec> = specs
         .iter()
-        .filter(|s| !specs.contains(s))
-        .cloned()
+        .filter(|s| !listed.expanded.contains(s))
         .collect();
-    if added.is_empty() && removed.is_empty() {
+    let removed = listed.expanded.iter().any(|s| !specs.contains(s));
+    if added.is_empty() && !removed && configured == listed.configured {
         return Ok(false);
     }
-    for (i, spec) in specs.iter().enumerate() {
+    for spec in &configured {
         spec.pattern().map_err(StartError::BadPattern)?;
+        spec.netns_pattern().map_err(StartError::BadPattern)?;
+    }
+    for (i, spec) in specs.iter().enumerate() {
         if specs[..i].iter().any(|o| o.label() == spec.label()) {
             return Err(StartError::NamedTwice(spec.label()));
         }
     }
     let entering =
         caps::has_cap(None, caps::CapSet::Effective, Capability::CAP_SYS_ADMIN).unwrap_or(false);
+    if let Some(spec) = added
+        .iter()
+        .copied()
+        .chain(Listed::roaming(&configured))
+        .find(|s| s.netns.is_some() && !entering)
+    {
+        return Err(StartError::EnteringGivenUp(spec.label()));
+    }
+    let new_claims = listed.claim_new(&configured)?;
     let (mut new_targets, mut new_patterns) = (Vec::new(), Vec::new());
     for spec in added {
-        if spec.netns.is_some() && !entering {
-            return Err(StartError::EnteringGivenUp(spec.label()));
-        }
         match spec.pattern().map_err(StartError::BadPattern)? {
             Some(glob) => {
                 let mut p = Pattern::open(spec, glob)?;
@@ -955,6 +1064,22 @@ fn relist(
     }
 
     // Nothing refused: the change is made.
+    let roaming: Vec<String> = Listed::roaming(&configured)
+        .map(InterfaceSpec::label)
+        .collect();
+    listed.claims.retain(|(label, claim)| {
+        let kept = roaming.contains(label);
+        if !kept {
+            watching.listener.unlink(claim);
+        }
+        kept
+    });
+    for (label, claim) in new_claims {
+        if let Err(e) = watching.listener.link(&claim) {
+            log::warn!("{e}; the CLI reaches this daemon by its other interfaces");
+        }
+        listed.claims.push((label, claim));
+    }
     let still_listed = |label: &str| specs.iter().any(|s| s.label() == label);
     watching.patterns.retain(|p| {
         let kept = still_listed(&p.label);
@@ -982,14 +1107,14 @@ fn relist(
         daemon.watching(&p.label, p.netns().as_ref());
         watching.patterns.push(p);
     }
-    for mut t in new_targets {
+    for t in new_targets {
         match watching
             .targets
             .iter_mut()
             .find(|o| o.key == t.key && !o.unlisted)
         {
-            // Named outright now: kept when it goes.
-            Some(matched) => matched.matched = false,
+            // Named now: kept when it goes, unless a namespace pattern named it.
+            Some(matched) => matched.matched = t.matched,
             None => {
                 if let Some(claim) = &t.claim {
                     if let Err(e) = watching.listener.link(claim) {
@@ -1005,13 +1130,14 @@ fn relist(
                     );
                 }
                 daemon.watching(&t.label, t.netns.as_ref());
-                t.matched = false;
                 watching.targets.push(t);
             }
         }
     }
     for t in watching.targets.iter_mut().filter(|t| !t.unlisted) {
-        let named = still_listed(&t.label) && !t.matched;
+        let named = specs
+            .iter()
+            .any(|s| s.label() == t.label && (s.by_pattern || !t.matched));
         let covered = watching
             .patterns
             .iter()
@@ -1029,12 +1155,30 @@ fn relist(
             log::warn!("detaching {}: {e}; it is still counted", t.label);
         }
     }
-    let labels: Vec<String> = specs.iter().map(InterfaceSpec::label).collect();
+    // A namespace nothing is watched in is let go: its listener holds it.
+    let in_use: Vec<String> = watching
+        .targets
+        .iter()
+        .filter(|t| !t.unlisted)
+        .map(|t| netns_of(&t.label).to_string())
+        .chain(
+            watching
+                .patterns
+                .iter()
+                .map(|p| p.netns_label().to_string()),
+        )
+        .collect();
+    hotplug.keep_only(|ns| in_use.iter().any(|u| u == ns));
+    let labels: Vec<String> = specs
+        .iter()
+        .map(InterfaceSpec::label)
+        .chain(roaming)
+        .collect();
     let named: Vec<&str> = labels.iter().map(String::as_str).collect();
     daemon.list(&named);
     daemon.join_by(watching.patterns.iter().map(|p| p.label.clone()).collect());
-    log::info!("interfaces reloaded: {}", named.join(", "));
-    *listed = specs;
+    listed.configured = configured;
+    listed.expanded = specs;
     Ok(true)
 }
 

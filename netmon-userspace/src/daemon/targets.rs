@@ -18,13 +18,17 @@ use netmon_common::dns::OwnLookup;
 
 /// An interface to watch, or a pattern of them, as `--netns` and `--iface`
 /// name it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct InterfaceSpec {
     /// Its name, or a shell pattern of names (`veth*`, `eth[0-3]`).
     pub name: String,
     /// Its network namespace (a name under /run/netns, or a path), when it
-    /// is not the daemon's own.
+    /// is not the daemon's own; or a pattern of names under /run/netns
+    /// (`cni-*`).
     pub netns: Option<String>,
+    /// True when a namespace pattern brought it in ([`expand`]): it is
+    /// retired when it goes, as one an `--iface` pattern matched.
+    pub by_pattern: bool,
 }
 
 impl InterfaceSpec {
@@ -49,19 +53,69 @@ impl InterfaceSpec {
     /// The pattern the name is, when it has `*`, `?` or `[`; why it is not
     /// one, when it has them but does not parse.
     pub fn pattern(&self) -> Result<Option<glob::Pattern>, String> {
-        if !crate::policy::is_pattern(&self.name) {
-            return Ok(None);
-        }
-        glob::Pattern::new(&self.name).map(Some).map_err(|e| {
-            format!(
-                "interface pattern '{}': {} at character {}; write it as the shell does, \
-                 like veth* or eth[0-3]",
-                self.name,
-                e.msg,
-                e.pos + 1
-            )
-        })
+        parse_pattern("interface", &self.name, "veth* or eth[0-3]")
     }
+
+    /// The pattern its namespace is, as [`InterfaceSpec::pattern`].
+    pub fn netns_pattern(&self) -> Result<Option<glob::Pattern>, String> {
+        match &self.netns {
+            Some(ns) if !ns.contains('/') => parse_pattern("namespace", ns, "cni-*"),
+            _ => Ok(None),
+        }
+    }
+}
+
+/// `text` as a shell pattern, when it has `*`, `?` or `[`.
+fn parse_pattern(what: &str, text: &str, example: &str) -> Result<Option<glob::Pattern>, String> {
+    if !crate::policy::is_pattern(text) {
+        return Ok(None);
+    }
+    glob::Pattern::new(text).map(Some).map_err(|e| {
+        format!(
+            "{what} pattern '{text}': {} at character {}; write it as the shell does, like \
+             {example}",
+            e.msg,
+            e.pos + 1
+        )
+    })
+}
+
+/// `specs` with each whose namespace is a pattern replaced by one for each
+/// namespace under /run/netns it matches now, in name order, unless that
+/// interface is listed outright. Patterns that do not parse match nothing
+/// (they are refused before).
+pub fn expand(specs: &[InterfaceSpec]) -> Vec<InterfaceSpec> {
+    let mut out: Vec<InterfaceSpec> = specs
+        .iter()
+        .filter(|s| !matches!(s.netns_pattern(), Ok(Some(_))))
+        .cloned()
+        .collect();
+    let outright: Vec<String> = out.iter().map(InterfaceSpec::label).collect();
+    let named = crate::datapath::netns::named();
+    for spec in specs {
+        let Ok(Some(glob)) = spec.netns_pattern() else {
+            continue;
+        };
+        for ns in named.iter().filter(|ns| glob.matches(ns)) {
+            let one = InterfaceSpec {
+                name: spec.name.clone(),
+                netns: Some(ns.clone()),
+                by_pattern: true,
+            };
+            let label = one.label();
+            if !outright.contains(&label) && !out.iter().any(|o| o.label() == label) {
+                out.push(one);
+            }
+        }
+    }
+    out
+}
+
+/// True when some of `specs` name a pattern of namespaces.
+pub fn roams(specs: &[InterfaceSpec]) -> bool {
+    specs
+        .iter()
+        .any(|s| matches!(s.netns_pattern(), Ok(Some(_))))
 }
 
 /// How files in /run/netmon name interface (or pattern) `name` of `netns`
@@ -98,7 +152,12 @@ impl Target {
     /// The interface `spec` names (not a pattern).
     pub fn open(spec: &InterfaceSpec) -> Result<Target, DatapathError> {
         let netns = spec.open_netns()?;
-        Ok(Target::new(&spec.name, netns, spec.label(), false))
+        Ok(Target::new(
+            &spec.name,
+            netns,
+            spec.label(),
+            spec.by_pattern,
+        ))
     }
 
     fn new(name: &str, netns: Option<Arc<Netns>>, label: String, matched: bool) -> Target {
@@ -247,7 +306,7 @@ impl Pattern {
     pub fn target(&self, name: &str) -> Target {
         let spec = InterfaceSpec {
             name: name.to_string(),
-            netns: self.spec.netns.clone(),
+            ..self.spec.clone()
         };
         Target::new(name, self.netns.clone(), spec.label(), true)
     }
@@ -260,7 +319,7 @@ mod tests {
     fn spec(name: &str) -> InterfaceSpec {
         InterfaceSpec {
             name: name.into(),
-            netns: None,
+            ..Default::default()
         }
     }
 

@@ -7,7 +7,13 @@
 //! capability and blocks on the socket, handing what it hears to the
 //! daemon's loop.
 
-use std::sync::Arc;
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::{
@@ -21,6 +27,21 @@ use super::{netns::Netns, DatapathError};
 
 /// Room for one read: a burst of link messages (a few KiB each).
 const READ_SIZE: usize = 1 << 16;
+
+/// How often a listening thread looks whether it is to stop.
+const STOP_CHECK: Duration = Duration::from_secs(1);
+
+/// Stops a listening thread ([`watch`]) when dropped, within [`STOP_CHECK`]:
+/// its socket and the thread itself, which entered the namespace, hold the
+/// namespace alive, so one whose name is gone from /run/netns can go.
+#[derive(Debug)]
+pub struct Watching(Arc<AtomicBool>);
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
 
 /// What the kernel announced in one namespace.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,18 +73,23 @@ pub enum WatchError {
 
 /// Starts listening to the interfaces of `netns` (the daemon's own when
 /// `None`); each announcement goes to `events` with `tag`. Returns once the
-/// socket listens, so nothing that appears after the call is missed.
+/// socket listens, so nothing that appears after the call is missed; it
+/// listens until the returned handle drops.
 pub fn watch<T: Clone + Send + 'static>(
     netns: Option<Arc<Netns>>,
     tag: T,
     events: UnboundedSender<(T, LinkEvent)>,
-) -> Result<(), WatchError> {
+) -> Result<Watching, WatchError> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopped = stop.clone();
     let (ready, listening) = std::sync::mpsc::sync_channel(1);
     std::thread::Builder::new()
         .name("netmon-links".into())
         .spawn(move || {
-            let opened = (|| -> Result<Socket, WatchError> {
-                if let Some(netns) = &netns {
+            let opened = (move || -> Result<Socket, WatchError> {
+                // Entered, the namespace is held by the thread: its file is
+                // not kept open.
+                if let Some(netns) = netns {
                     netns.enter()?;
                 }
                 let socket = subscribe()?;
@@ -74,7 +100,9 @@ pub fn watch<T: Clone + Send + 'static>(
             match opened {
                 Ok(socket) => {
                     let _ = ready.send(Ok(()));
-                    listen(&socket, |event| events.send((tag.clone(), event)).is_ok());
+                    listen(&socket, &stopped, |event| {
+                        events.send((tag.clone(), event)).is_ok()
+                    });
                 }
                 Err(e) => {
                     let _ = ready.send(Err(e));
@@ -85,7 +113,10 @@ pub fn watch<T: Clone + Send + 'static>(
             call: "starting the thread that hears interfaces appear",
             cause: source,
         })?;
-    listening.recv().unwrap_or(Err(WatchError::Stopped))
+    listening
+        .recv()
+        .unwrap_or(Err(WatchError::Stopped))
+        .map(|()| Watching(stop))
 }
 
 /// A NETLINK_ROUTE socket in the calling thread's namespace, member of the
@@ -101,14 +132,37 @@ fn subscribe() -> Result<Socket, DatapathError> {
     socket
         .bind(&SocketAddr::new(0, libc::RTMGRP_LINK as u32))
         .map_err(failed("joining the netlink group of interface changes"))?;
+    // Woken this often to see whether it is to stop.
+    let timeout = libc::timeval {
+        tv_sec: STOP_CHECK.as_secs() as libc::time_t,
+        tv_usec: 0,
+    };
+    // SAFETY: setsockopt on a socket we own, with a timeval of the size given.
+    let set = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&socket),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&timeout as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if set != 0 {
+        return Err(failed("setting the netlink socket's timeout")(
+            std::io::Error::last_os_error(),
+        ));
+    }
     Ok(socket)
 }
 
 /// Hands every announcement on `socket` to `send` until it returns false
-/// (the daemon stopped listening) or the socket fails.
-fn listen(socket: &Socket, mut send: impl FnMut(LinkEvent) -> bool) {
+/// (the daemon stopped listening), `stop` is set, or the socket fails.
+fn listen(socket: &Socket, stop: &AtomicBool, mut send: impl FnMut(LinkEvent) -> bool) {
     let mut buffer = Vec::with_capacity(READ_SIZE);
     loop {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
         buffer.clear();
         let events = match socket.recv(&mut buffer, libc::MSG_TRUNC) {
             Ok(length) if length <= buffer.len() => parse(&buffer),
@@ -116,6 +170,8 @@ fn listen(socket: &Socket, mut send: impl FnMut(LinkEvent) -> bool) {
             Ok(_) => vec![LinkEvent::Missed],
             Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => vec![LinkEvent::Missed],
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            // The timeout: a look at `stop`.
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             Err(e) => {
                 log::warn!(
                     "no longer hearing of interfaces that appear ({e}); netmon looks for them \

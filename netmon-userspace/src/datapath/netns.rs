@@ -153,6 +153,18 @@ pub fn label(inode: u64) -> Option<String> {
     )
 }
 
+/// The names of the namespaces under `/run/netns`, in name order.
+pub fn named() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(NAMED)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .collect();
+    names.sort();
+    names
+}
+
 /// The calling thread's network namespace's [`label`].
 pub fn own_label() -> Option<String> {
     let inode = std::fs::metadata("/proc/thread-self/ns/net").ok()?.ino();

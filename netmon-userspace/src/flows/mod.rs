@@ -91,8 +91,9 @@ pub struct FlowExporter {
     /// Per interface: its observation domain, and when its templates went out.
     domains: HashMap<String, (Domain, Option<Instant>)>,
     /// Per namespace, as reports name it (`""` for the daemon's own): the
-    /// namespace and its number ([`domain_id`]).
-    namespaces: HashMap<String, (Option<Arc<Netns>>, u8)>,
+    /// namespace and its number ([`domain_id`]). Held weakly: a namespace
+    /// whose interfaces are all retired may go.
+    namespaces: HashMap<String, (Option<std::sync::Weak<Netns>>, u8)>,
     started: Instant,
 }
 
@@ -137,10 +138,15 @@ impl FlowExporter {
     fn domain(&self, iface: &str) -> Domain {
         let (ns, name) = iface.rsplit_once(':').unwrap_or(("", iface));
         let (netns, number) = match self.namespaces.get(ns) {
-            Some((netns, number)) => (netns.as_deref(), *number),
+            Some((netns, number)) => (netns.as_ref().map(std::sync::Weak::upgrade), *number),
             None => (None, 0),
         };
-        let ifindex = Datapath::index_in(netns, name).unwrap_or(0);
+        let ifindex = match netns {
+            // Gone: nothing of it is watched any more.
+            Some(None) => 0,
+            Some(Some(netns)) => Datapath::index_in(Some(&netns), name).unwrap_or(0),
+            None => Datapath::index_in(None, name).unwrap_or(0),
+        };
         Domain {
             id: domain_id(number, ifindex),
             ifindex,
@@ -218,7 +224,7 @@ impl Sink for FlowExporter {
                     .min(usize::from(u8::MAX)) as u8,
             };
             self.namespaces
-                .insert(ns.to_string(), (netns.cloned(), number));
+                .insert(ns.to_string(), (netns.map(Arc::downgrade), number));
         }
     }
 }
