@@ -591,9 +591,11 @@ fn a_pattern_alone_starts_before_anything_matches_and_outlives_its_last_interfac
 /// The configuration file's interfaces, changed while netmon runs, are
 /// taken on SIGHUP. A pattern added follows the router's right port; then
 /// the right port named outright replaces the pattern and the left port
-/// leaves the list: the right port counts on without a gap, the left one
+/// leaves the list: the right port counts on, never detached, the left one
 /// is detached, its traffic up to then kept, its pins and claim removed.
-/// A list that cannot be taken (a malformed pattern) changes nothing.
+/// A list that cannot be taken (a malformed pattern) changes nothing. Then
+/// a pattern alone replaces everything, and another pattern that one: the
+/// CLI reaches the daemon through each in turn.
 #[test]
 fn sighup_takes_the_interfaces_the_configuration_file_lists_now() -> Result<()> {
     let bpffs = TempMount::bpffs()?;
@@ -642,6 +644,8 @@ fn sighup_takes_the_interfaces_the_configuration_file_lists_now() -> Result<()> 
         .send()?;
     list(&[&right.iface])?;
     reload(&netmon);
+    let right_pins = bpffs.pins_of(&right.iface);
+    assert_eq!(right_pins.len(), 1);
     netmon.wait_for(
         &format!("interface {} is no longer listed: its traffic", left.iface),
         Duration::from_secs(10),
@@ -649,8 +653,8 @@ fn sighup_takes_the_interfaces_the_configuration_file_lists_now() -> Result<()> 
     assert_eq!(bpffs.pins_of(&left.iface), Vec::<std::path::PathBuf>::new());
     assert!(!claim_of(left).exists(), "the claim is released");
     assert_eq!(
-        bpffs.pins_of(&right.iface).len(),
-        1,
+        bpffs.pins_of(&right.iface),
+        right_pins,
         "named now, still counting"
     );
     Flow::udp(&net.left, left)
@@ -665,12 +669,41 @@ fn sighup_takes_the_interfaces_the_configuration_file_lists_now() -> Result<()> 
         .port(7134)
         .sizes(&[300; 5])
         .send()?;
-    let stderr = netmon.stop()?;
+    two_polls();
+    // Patterns alone, each in the place of the last: the socket keeps a
+    // name, also when one matching nothing is the only thing it had.
+    let lefts = format!("{}*", left.iface);
+    let nothing = format!("{}-none*", left.iface);
+    for (only, gone) in [(&lefts, &right.iface), (&nothing, &left.iface)] {
+        list(&[only])?;
+        reload(&netmon);
+        netmon.wait_for(
+            &format!("interface {gone} is no longer listed: its traffic"),
+            Duration::from_secs(10),
+        )?;
+        assert!(ctl(only, &["rules"]).is_ok(), "reached through {only}");
+    }
+    list(&[&pattern])?;
+    reload(&netmon);
+    netmon.wait_for(
+        &format!("counting on {}", right.iface),
+        Duration::from_secs(10),
+    )?;
     assert!(
-        !stderr
-            .iter()
-            .any(|l| l.contains(&format!("{} is gone", right.iface))),
-        "the right port was never detached: {stderr:?}"
+        ctl(&pattern, &["rules"]).is_ok(),
+        "reached through {pattern}"
+    );
+    let stderr = netmon.stop()?;
+    let lines = |needle: &str| stderr.iter().filter(|l| l.contains(needle)).count();
+    assert_eq!(
+        lines(&format!("counting on {} (", right.iface)),
+        2,
+        "attached by the pattern, and again by the last reload: {stderr:?}"
+    );
+    assert_eq!(
+        lines(&format!("interface {} is no longer listed", right.iface)),
+        1,
+        "detached once, by the left pattern's reload: {stderr:?}"
     );
     let totals = exact_totals(dir.path())?;
     assert_eq!(

@@ -139,11 +139,13 @@ impl<K: Kernel> Interfaces<K> {
     /// Tells each present interface which others of its namespace forward
     /// to it and what their ingress hooks charge: a forwarded frame is
     /// charged against a quota once, where it came in, as the log counts it.
+    /// One detached charges nothing: what it forwards is charged where it
+    /// goes out.
     fn link_forwarders(&mut self) -> Result<(), DatapathError> {
         let present: Vec<(String, u32, QuotaSet)> = self
             .watched
             .iter()
-            .filter(|w| w.present)
+            .filter(|w| w.present && w.kernel.attached())
             .map(|w| {
                 let ns = netns_of(&w.iface).to_string();
                 (ns, w.kernel.ifindex(), self.charged.on(&w.iface))
@@ -385,10 +387,12 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
             .watched
             .iter_mut()
             .find(|w| w.iface == iface && w.present && w.kernel.attached());
-        match watched {
-            Some(w) => w.kernel.detach().map(|()| true),
-            None => Ok(false),
-        }
+        let Some(w) = watched else {
+            return Ok(false);
+        };
+        let detached = w.kernel.detach();
+        self.interfaces.relink();
+        detached.map(|()| true)
     }
 
     /// Looks up the names of addresses no DNS answer named with `reverse`.
@@ -443,8 +447,10 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
         kernel: &mut K,
     ) -> Result<(), crate::policy::PolicyError> {
         if self.interfaces.watched.is_empty() {
-            for (slot, state) in &self.interfaces.unheld_quotas {
-                kernel.set_quota(*slot, *state)?;
+            for slot in self.enforcer.quota_slots() {
+                if let Some(state) = self.interfaces.unheld_quotas.get(&slot) {
+                    kernel.set_quota(slot, *state)?;
+                }
             }
         }
         let now = self.clock.now();

@@ -3,6 +3,7 @@
 
 use std::{
     path::{Path, PathBuf},
+    sync::Arc,
     time::Duration,
 };
 
@@ -24,7 +25,7 @@ use crate::{
     accounting::{Baseline, Meter},
     alerts::{Alerter, UsageAlarm},
     control::{self, Claim, ControlError},
-    datapath::{Datapath, DatapathError, Granularity, IngressHook},
+    datapath::{netns::Netns, Datapath, DatapathError, Granularity, IngressHook},
     enforcer::Enforcer,
     flows::{FlowError, FlowExport, FlowExporter},
     history::HistoryError,
@@ -632,7 +633,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     policy_check.tick().await;
     let mut safety_check = tokio::time::interval(hotplug::SAFETY_CHECK);
     safety_check.tick().await;
-    // True when the only interface went away: its last traffic is polled, then netmon stops.
+    // The only interface, when it went away: its last traffic is polled, then netmon stops.
     let gone = loop {
         tokio::select! {
             _ = ticker.tick() => {
@@ -642,8 +643,14 @@ pub async fn run(config: Config) -> Result<(), StartError> {
                 let departed: Vec<String> =
                     departed.into_iter().filter(|i| !retired.contains(i)).collect();
                 let several = watches_several(&targets, &patterns) || roams(&listed.configured);
-                if !several && !departed.is_empty() {
-                    break true;
+                if let (false, Some(iface)) = (several, departed.first()) {
+                    break Some(iface.clone());
+                }
+                // One of a name a pattern still matches is attached anew
+                // (listed again before it was retired).
+                if let (false, Some(hotplug)) = (retired.is_empty(), &mut hotplug) {
+                    let mut watching = Watching { targets: &mut targets, patterns: &mut patterns, listener: &mut listener };
+                    join_appeared(&mut daemon, &mut watching, &Look::Everywhere, &joining, hotplug);
                 }
                 for iface in departed {
                     log::warn!(
@@ -710,11 +717,11 @@ pub async fn run(config: Config) -> Result<(), StartError> {
                 let response = daemon.handle(incoming.request);
                 let _ = incoming.reply.send(response);
             }
-            _ = sigterm.recv() => break false,
-            _ = sigint.recv() => break false,
+            _ = sigterm.recv() => break None,
+            _ = sigint.recv() => break None,
         }
     };
-    if !gone {
+    if gone.is_none() {
         daemon.poll()?;
     }
     drop(listener);
@@ -732,14 +739,14 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let labels: Vec<String> = targets.iter().map(|t| t.label.clone()).collect();
     drop(targets);
     let unwritten: String = unwritten.iter().map(|u| format!(" ({u})")).collect();
-    if gone {
+    if let Some(iface) = gone {
         return Err(StartError::Gone {
-            iface: labels[0].clone(),
+            iface,
             log: files.log.clone(),
             unwritten,
         });
     }
-    if config.keep_attached {
+    if config.keep_attached && !pin_dirs.is_empty() {
         log::info!(
             "left the programs attached and counting; the next run adopts {}",
             pin_dirs.join(", ")
@@ -884,6 +891,25 @@ struct Watching<'a> {
     listener: &'a mut control::Listener,
 }
 
+/// Links the control socket under `claim` too; without it, the CLI
+/// reaches the daemon by its other links.
+fn link(listener: &mut control::Listener, claim: &Claim) {
+    if let Err(e) = listener.link(claim) {
+        log::warn!("{e}; the CLI reaches this daemon by its other interfaces");
+    }
+}
+
+/// Listens for the interfaces of `netns` (keyed `key`) for `label`; without
+/// it, they are looked for at the safety check.
+fn listen_for(hotplug: &mut Hotplug, label: &str, key: &str, netns: Option<Arc<Netns>>) {
+    if let Err(e) = hotplug.listen(key.to_string(), netns) {
+        log::warn!(
+            "{label}: {e}; netmon looks for its interfaces every {}",
+            humantime::format_duration(hotplug::SAFETY_CHECK)
+        );
+    }
+}
+
 /// Attaches the interfaces `look` covers that are there and not attached:
 /// configured ones that are new, back, or deleted and made again since the
 /// last poll, and new ones a pattern matches. One that cannot be attached
@@ -935,9 +961,7 @@ fn join_appeared(
                 continue;
             }
             if let Some(claim) = &t.claim {
-                if let Err(e) = watching.listener.link(claim) {
-                    log::warn!("{e}; the CLI reaches this daemon by its other interfaces");
-                }
+                link(watching.listener, claim);
             }
             watching.targets.push(t);
         }
@@ -1050,10 +1074,15 @@ fn relist(
             }
             None => {
                 let mut t = Target::open(spec)?;
+                let named = |o: &Target| !o.matched && specs.iter().any(|s| s.label() == o.label);
+                if new_targets.iter().any(|o: &Target| o.key == t.key) {
+                    return Err(StartError::NamedTwice(t.label));
+                }
                 match watching.targets.iter().find(|o| o.key == t.key) {
                     Some(o) if o.unlisted => {
                         return Err(StartError::StillRetiring(o.label.clone()))
                     }
+                    Some(o) if named(o) => return Err(StartError::NamedTwice(t.label)),
                     // Matched by a pattern already: this daemon holds its claim.
                     Some(_) => {}
                     None => t.claim()?,
@@ -1063,7 +1092,14 @@ fn relist(
         }
     }
 
-    // Nothing refused: the change is made.
+    // Nothing refused: the change is made. The socket is linked under what
+    // is new before it is unlinked from what goes: it always has a name.
+    for (_, claim) in &new_claims {
+        link(watching.listener, claim);
+    }
+    for claim in new_patterns.iter().filter_map(|p| p.claim.as_ref()) {
+        link(watching.listener, claim);
+    }
     let roaming: Vec<String> = Listed::roaming(&configured)
         .map(InterfaceSpec::label)
         .collect();
@@ -1074,12 +1110,7 @@ fn relist(
         }
         kept
     });
-    for (label, claim) in new_claims {
-        if let Err(e) = watching.listener.link(&claim) {
-            log::warn!("{e}; the CLI reaches this daemon by its other interfaces");
-        }
-        listed.claims.push((label, claim));
-    }
+    listed.claims.extend(new_claims);
     let still_listed = |label: &str| specs.iter().any(|s| s.label() == label);
     watching.patterns.retain(|p| {
         let kept = still_listed(&p.label);
@@ -1091,19 +1122,7 @@ fn relist(
         kept
     });
     for p in new_patterns {
-        if let Some(claim) = &p.claim {
-            if let Err(e) = watching.listener.link(claim) {
-                log::warn!("{e}; the CLI reaches this daemon by its other interfaces");
-            }
-        }
-        let listen = hotplug.listen(p.netns_label().to_string(), p.netns());
-        if let Err(e) = listen {
-            log::warn!(
-                "{}: {e}; netmon looks for what it matches every {}",
-                p.label,
-                humantime::format_duration(hotplug::SAFETY_CHECK)
-            );
-        }
+        listen_for(hotplug, &p.label, p.netns_label(), p.netns());
         daemon.watching(&p.label, p.netns().as_ref());
         watching.patterns.push(p);
     }
@@ -1117,18 +1136,9 @@ fn relist(
             Some(matched) => matched.matched = t.matched,
             None => {
                 if let Some(claim) = &t.claim {
-                    if let Err(e) = watching.listener.link(claim) {
-                        log::warn!("{e}; the CLI reaches this daemon by its other interfaces");
-                    }
+                    link(watching.listener, claim);
                 }
-                let listen = hotplug.listen(netns_of(&t.label).to_string(), t.netns.clone());
-                if let Err(e) = listen {
-                    log::warn!(
-                        "{}: {e}; netmon looks for it every {}",
-                        t.label,
-                        humantime::format_duration(hotplug::SAFETY_CHECK)
-                    );
-                }
+                listen_for(hotplug, &t.label, netns_of(&t.label), t.netns.clone());
                 daemon.watching(&t.label, t.netns.as_ref());
                 watching.targets.push(t);
             }
@@ -1150,9 +1160,11 @@ fn relist(
             t.matched = true;
             continue;
         }
-        t.unlisted = true;
-        if let Err(e) = daemon.detach(&t.label) {
-            log::warn!("detaching {}: {e}; it is still counted", t.label);
+        // Retired once detached and read; one that cannot be detached
+        // counts on, and is tried again at the next change.
+        match daemon.detach(&t.label) {
+            Ok(_) => t.unlisted = true,
+            Err(e) => log::warn!("detaching {}: {e}; it is still counted", t.label),
         }
     }
     // A namespace nothing is watched in is let go: its listener holds it.

@@ -949,9 +949,10 @@ fn with_a_pattern_naming_every_interface_watched_is_not_naming_all() {
     );
 }
 
-/// An interface taken off the configuration's list is detached at once;
-/// the next poll reads what it counted up to then and reports it gone, and
-/// it is retired. One not attached is not detached.
+/// An interface taken off the configuration's list is detached at once,
+/// and the others charge quotas for what it forwarded; the next poll reads
+/// what it counted up to then and reports it gone, and it is retired. One
+/// not attached is not detached.
 #[test]
 fn an_interface_detached_is_read_once_more_then_retired() {
     let (x, y, clock) = (
@@ -960,8 +961,13 @@ fn an_interface_detached_is_read_once_more_then_retired() {
         FakeClock::at("2026-11-30T12:00:00Z"),
     );
     let mut daemon = on_two(&x, &y, &clock);
+    let forwarders = |k: &FakeKernel| -> Vec<u32> {
+        k.0.borrow().charged_at.iter().map(|(index, _)| *index).collect()
+    };
+    assert_eq!(forwarders(&x), [3], "eth1's ingress charges what it forwards");
     y.count(key(C, A), 2, 200);
     assert!(daemon.detach("eth1").unwrap());
+    assert!(forwarders(&x).is_empty(), "detached, eth1 charges nothing");
     assert!(!daemon.detach("eth1").unwrap(), "detached already");
     assert!(!daemon.detach("eth7").unwrap(), "not watched");
     assert!(daemon.retire("eth1").is_none(), "not before its last read");

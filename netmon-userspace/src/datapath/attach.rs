@@ -203,8 +203,11 @@ fn attach_xdp(
     if let Ok(pinned) = PinnedLink::from_pin(&path) {
         // Swap our program into the running link: no frame goes uncounted.
         let link = XdpLink::try_from(FdLink::from(pinned)).map_err(adopt_error(&path))?;
-        xdp.attach_to_link(link)
+        let id = xdp
+            .attach_to_link(link)
             .map_err(attach_error("XDP", iface))?;
+        // Held by the pin and ours alone: dropped with ours, it detaches.
+        drop(xdp.take_link(id).map_err(attach_error("XDP", iface))?);
         links.push(PinnedLink::from_pin(&path).map_err(adopt_error(&path))?);
         return Ok(None);
     }
@@ -237,7 +240,9 @@ fn attach_tc(
     if let Ok(pinned) = PinnedLink::from_pin(&path) {
         let link =
             SchedClassifierLink::try_from(FdLink::from(pinned)).map_err(adopt_error(&path))?;
-        tc.attach_to_link(link).map_err(attach_error(what, iface))?;
+        let id = tc.attach_to_link(link).map_err(attach_error(what, iface))?;
+        // Held by the pin and ours alone: dropped with ours, it detaches.
+        drop(tc.take_link(id).map_err(attach_error(what, iface))?);
         links.push(PinnedLink::from_pin(&path).map_err(adopt_error(&path))?);
         return Ok(());
     }

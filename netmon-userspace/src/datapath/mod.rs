@@ -331,17 +331,36 @@ impl Datapath {
     /// Takes the programs off the interface and keeps the maps, to be read
     /// once more: the interface is no longer to be watched. It counts
     /// nothing from here, and is not [`attached`](Self::attached).
+    /// Every link is tried; one that cannot be unpinned stays attached, and
+    /// the first such failure is returned.
     pub fn detach(&mut self) -> Result<(), DatapathError> {
+        let mut failed = None;
         for link in self.links.drain(..) {
             // Unpinned, the link's last descriptor detaches it as it drops.
-            link.unpin().map_err(|cause| DatapathError::PinFile {
-                action: "removing a link of",
-                path: self.pins.path().to_path_buf(),
-                cause,
-            })?;
+            if let Err(cause) = link.unpin() {
+                failed.get_or_insert(DatapathError::PinFile {
+                    action: "removing a link of",
+                    path: self.pins.path().to_path_buf(),
+                    cause,
+                });
+            }
         }
-        self.detached = true;
-        Ok(())
+        match failed {
+            Some(e) => {
+                // Those still pinned are still attached: held again, for the
+                // retiring that removes the pins.
+                self.links = self
+                    .pins
+                    .links()
+                    .filter_map(|path| PinnedLink::from_pin(path).ok())
+                    .collect();
+                Err(e)
+            }
+            None => {
+                self.detached = true;
+                Ok(())
+            }
+        }
     }
 
     /// The ingress hook in use, when netmon attached it (not when adopted).

@@ -135,6 +135,14 @@ impl PinDir {
         Ok(())
     }
 
+    /// The links pinned here.
+    pub fn links(&self) -> impl Iterator<Item = PathBuf> + '_ {
+        [Hook::Ingress, Hook::TcIngress, Hook::Egress]
+            .into_iter()
+            .map(|hook| self.link(hook))
+            .filter(|path| path.exists())
+    }
+
     /// The hooks whose pinned links are not attached to interface `ifindex`:
     /// links of an earlier interface of the same name, since deleted (the
     /// kernel then reports index 0) or renamed.
