@@ -317,10 +317,11 @@ impl Routed {
         Ok(())
     }
 
-    /// Makes `right`'s namespace again, with its link to the router.
+    /// Makes `right`'s namespace again, without its link to the router
+    /// ([`Routed::add_right`]), as a runtime makes a namespace before its
+    /// network.
     pub fn add_right_netns(&self) -> Result<()> {
-        add_netns(&self.right)?;
-        self.add_right()
+        add_netns(&self.right)
     }
 
     /// True while the router's end of the link to `right` exists.

@@ -721,10 +721,11 @@ fn sighup_takes_the_interfaces_the_configuration_file_lists_now() -> Result<()> 
 
 /// `--netns` with a pattern follows the namespaces it matches under
 /// /run/netns as they are made and deleted, as CNI makes containers'. The
-/// right host's namespace, made after the start, is watched; deleted, its
+/// right host's namespace is there at the start, its interface not yet:
+/// polls go by, then its link comes, and it is watched. Deleted, its
 /// interface is retired, and netmon holds nothing of it: the kernel
-/// destroys it, and the router's end of its veth with it. Made again, it is
-/// counted from zero, and every datagram once.
+/// destroys it, and the router's end of its veth with it. Made again, and
+/// its link polls later, it is counted from zero, and every datagram once.
 #[test]
 fn a_namespace_pattern_follows_namespaces_as_they_are_made_and_deleted() -> Result<()> {
     let bpffs = TempMount::bpffs()?;
@@ -732,6 +733,7 @@ fn a_namespace_pattern_follows_namespaces_as_they_are_made_and_deleted() -> Resu
     let dir = tempfile::tempdir()?;
     let (host, port) = (&net.right, &net.router_right);
     net.remove_right_netns()?;
+    net.add_right_netns()?;
     let namespaces = format!("{}*", host.netns);
     let mut netmon = Netmon::on(&net.router_left)
         .without_defaults()
@@ -745,7 +747,12 @@ fn a_namespace_pattern_follows_namespaces_as_they_are_made_and_deleted() -> Resu
         ))?;
     let label = format!("{}:{}", host.netns, host.iface);
     for (round, sent) in [(1u16, 20), (2, 5)] {
-        net.add_right_netns()?;
+        if round == 2 {
+            net.add_right_netns()?;
+        }
+        // Polls while the namespace has no interface of that name yet.
+        two_polls();
+        net.add_right()?;
         netmon.wait_for(&format!("counting on {label}"), Duration::from_secs(10))?;
         Flow::udp(host, port)
             .port(7140 + round)

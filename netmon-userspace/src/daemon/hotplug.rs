@@ -83,10 +83,12 @@ impl Hotplug {
     }
 
     /// Stops listening to the namespaces `in_use` says the daemon no longer
-    /// watches (a listener holds its namespace alive).
-    pub fn keep_only(&mut self, in_use: impl Fn(&str) -> bool) {
+    /// watches (a listener holds its namespace alive), and forgets the
+    /// failures of those `known` says are gone.
+    pub fn keep_only(&mut self, in_use: impl Fn(&str) -> bool, known: impl Fn(&str) -> bool) {
         self.heard.retain(|(key, _)| in_use(key));
-        self.failures.retain(|(netns, _), _| in_use(netns));
+        self.failures
+            .retain(|(netns, _), _| in_use(netns) || known(netns));
     }
 
     /// Waits for an interface to appear or change (a listener that stopped

@@ -294,12 +294,30 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let several = watches_several(&targets, &patterns) || roams(&listed.configured);
     // A daemon of a configuration file may be given more on SIGHUP.
     let follows = several || config.reload.is_some();
+    // One a namespace pattern brought in that another daemon claims is
+    // left to it, and looked at again.
+    let mut unclaimed = Vec::new();
     for t in &mut targets {
-        t.claim()?;
+        match t.claim() {
+            Err(e) if t.by_pattern => {
+                log::warn!("leaving {} out for now: {e}", t.label);
+                unclaimed.push(t.label.clone());
+            }
+            claimed => claimed?,
+        }
     }
     for p in &mut patterns {
-        p.claim()?;
+        match p.claim() {
+            Err(e) if p.by_pattern() => {
+                log::warn!("leaving {} out for now: {e}", p.label);
+                unclaimed.push(p.label.clone());
+            }
+            claimed => claimed?,
+        }
     }
+    targets.retain(|t| !unclaimed.contains(&t.label));
+    patterns.retain(|p| !unclaimed.contains(&p.label));
+    listed.expanded.retain(|s| !unclaimed.contains(&s.label()));
     listed.claims = listed.claim_new(&listed.configured)?;
     // Listening before looking: whatever appears after the look below is heard.
     let mut hotplug = follows
@@ -338,6 +356,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     // one a pattern matched is left out with a warning, as when it appears
     // later.
     let mut refused = None;
+    let mut left_out = Vec::new();
     targets.retain(|t| {
         let checked = if t.gone {
             Datapath::check_pins_in(t.netns.as_deref(), &t.name, &config.bpffs)
@@ -347,8 +366,9 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             Datapath::check_in(t.netns.as_deref(), &t.name, &config.bpffs).map(drop)
         };
         match checked {
-            Err(e) if t.matched => {
+            Err(e) if t.matched || t.by_pattern => {
                 log::warn!("leaving {} out: {e}", t.label);
+                left_out.push(t.label.clone());
                 false
             }
             Err(e) => {
@@ -358,6 +378,8 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             Ok(()) => true,
         }
     });
+    // Looked at again, as a namespace that appears.
+    listed.expanded.retain(|s| !left_out.contains(&s.label()));
     if let Some(e) = refused {
         return Err(e.into());
     }
@@ -398,6 +420,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         .filter(|t| !t.matched)
         .map(|t| t.label.as_str())
         .chain(patterns.iter().map(|p| p.label.as_str()))
+        .chain(listed.claims.iter().map(|(label, _)| label.as_str()))
         .collect();
     let mut enforcer = Enforcer::new(
         &named,
@@ -437,7 +460,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         match t.attach(&config, quotas.as_deref(), own_lookup) {
             Ok(kernel) => attached.push((t, kernel)),
             // A pattern makes a hotplug: tried again as at run time.
-            Err(e) if t.matched => {
+            Err(e) if t.matched || t.by_pattern => {
                 if let Some(hotplug) = &mut hotplug {
                     tried(hotplug, t, Err(e.into()));
                 }
@@ -552,7 +575,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     if let Some(metrics) = &config.metrics {
         daemon.count_metrics(metrics.settings.clone());
     }
-    daemon.join_by(patterns.iter().map(|p| p.label.clone()).collect());
+    daemon.join_by(joining_by(&patterns, &listed));
     let claims = targets
         .iter()
         .filter_map(|t| t.claim.as_ref())
@@ -968,6 +991,35 @@ fn join_appeared(
     }
 }
 
+/// True when the namespace `spec` names under /run/netns is not the one
+/// this daemon holds under that name: deleted and made again.
+fn replaced(watching: &Watching, spec: &InterfaceSpec) -> bool {
+    let Some(ns) = spec.netns.as_deref() else {
+        return false;
+    };
+    let targets = watching
+        .targets
+        .iter()
+        .filter(|t| t.by_pattern && !t.unlisted && netns_of(&t.label) == ns)
+        .filter_map(|t| t.netns.clone());
+    let patterns = watching
+        .patterns
+        .iter()
+        .filter(|p| p.by_pattern() && p.netns_label() == ns)
+        .filter_map(Pattern::netns);
+    targets.chain(patterns).any(|held| !held.is_named(ns))
+}
+
+/// The patterns interfaces join the daemon by, namespace patterns
+/// included, as reports name them.
+fn joining_by(patterns: &[Pattern], listed: &Listed) -> Vec<String> {
+    patterns
+        .iter()
+        .map(|p| p.label.clone())
+        .chain(listed.claims.iter().map(|(label, _)| label.clone()))
+        .collect()
+}
+
 /// `specs` as a log line names them.
 fn listing(specs: &[InterfaceSpec]) -> String {
     let labels: Vec<String> = specs.iter().map(InterfaceSpec::label).collect();
@@ -1035,10 +1087,14 @@ fn relist(
     listed: &mut Listed,
     configured: Vec<InterfaceSpec>,
 ) -> Result<bool, StartError> {
-    let specs = expand(&configured);
-    let added: Vec<&InterfaceSpec> = specs
+    let mut specs = expand(&configured);
+    // A namespace deleted and made again under its name between two looks:
+    // the one held is let go now, the new one taken at a later look.
+    specs.retain(|s| !(s.by_pattern && replaced(watching, s)));
+    let added: Vec<InterfaceSpec> = specs
         .iter()
         .filter(|s| !listed.expanded.contains(s))
+        .cloned()
         .collect();
     let removed = listed.expanded.iter().any(|s| !specs.contains(s));
     if added.is_empty() && !removed && configured == listed.configured {
@@ -1057,38 +1113,52 @@ fn relist(
         caps::has_cap(None, caps::CapSet::Effective, Capability::CAP_SYS_ADMIN).unwrap_or(false);
     if let Some(spec) = added
         .iter()
-        .copied()
         .chain(Listed::roaming(&configured))
         .find(|s| s.netns.is_some() && !entering)
     {
         return Err(StartError::EnteringGivenUp(spec.label()));
     }
     let new_claims = listed.claim_new(&configured)?;
-    let (mut new_targets, mut new_patterns) = (Vec::new(), Vec::new());
-    for spec in added {
-        match spec.pattern().map_err(StartError::BadPattern)? {
-            Some(glob) => {
-                let mut p = Pattern::open(spec, glob)?;
-                p.claim()?;
-                new_patterns.push(p);
-            }
-            None => {
-                let mut t = Target::open(spec)?;
-                let named = |o: &Target| !o.matched && specs.iter().any(|s| s.label() == o.label);
-                if new_targets.iter().any(|o: &Target| o.key == t.key) {
-                    return Err(StartError::NamedTwice(t.label));
-                }
-                match watching.targets.iter().find(|o| o.key == t.key) {
-                    Some(o) if o.unlisted => {
-                        return Err(StartError::StillRetiring(o.label.clone()))
+    let (mut new_targets, mut new_patterns): (Vec<Target>, Vec<Pattern>) = (Vec::new(), Vec::new());
+    for spec in &added {
+        let taken = match spec.pattern().map_err(StartError::BadPattern)? {
+            Some(glob) => Pattern::open(spec, glob)
+                .map_err(StartError::from)
+                .and_then(|mut p| Ok(p.claim().map(|()| p)?))
+                .map(|p| new_patterns.push(p)),
+            None => Target::open(spec)
+                .map_err(StartError::from)
+                .and_then(|mut t| {
+                    let named =
+                        |o: &Target| !o.matched && specs.iter().any(|s| s.label() == o.label);
+                    if new_targets.iter().any(|o| o.key == t.key) {
+                        return Err(StartError::NamedTwice(t.label));
                     }
-                    Some(o) if named(o) => return Err(StartError::NamedTwice(t.label)),
-                    // Matched by a pattern already: this daemon holds its claim.
-                    Some(_) => {}
-                    None => t.claim()?,
+                    match watching.targets.iter().find(|o| o.key == t.key) {
+                        Some(o) if o.unlisted => {
+                            return Err(StartError::StillRetiring(o.label.clone()))
+                        }
+                        Some(o) if named(o) => return Err(StartError::NamedTwice(t.label)),
+                        // Matched by a pattern already: this daemon holds its claim.
+                        Some(_) => {}
+                        None => t.claim()?,
+                    }
+                    new_targets.push(t);
+                    Ok(())
+                }),
+        };
+        match taken {
+            // One namespace half made, going, or claimed by another daemon
+            // holds up no other: left out, and looked at again.
+            Err(e) if spec.by_pattern => {
+                let label = spec.label();
+                let ns = netns_of(&label);
+                if hotplug.failed(ns, &spec.name, &e.to_string()) {
+                    log::warn!("leaving {label} out for now: {e}; looked at again every second");
                 }
-                new_targets.push(t);
+                specs.retain(|s| s != spec);
             }
+            taken => taken?,
         }
     }
 
@@ -1097,7 +1167,11 @@ fn relist(
     for (_, claim) in &new_claims {
         link(watching.listener, claim);
     }
-    for claim in new_patterns.iter().filter_map(|p| p.claim.as_ref()) {
+    let new_links = new_patterns
+        .iter()
+        .filter_map(|p| p.claim.as_ref())
+        .chain(new_targets.iter().filter_map(|t| t.claim.as_ref()));
+    for claim in new_links {
         link(watching.listener, claim);
     }
     let roaming: Vec<String> = Listed::roaming(&configured)
@@ -1135,9 +1209,6 @@ fn relist(
             // Named now: kept when it goes, unless a namespace pattern named it.
             Some(matched) => matched.matched = t.matched,
             None => {
-                if let Some(claim) = &t.claim {
-                    link(watching.listener, claim);
-                }
                 listen_for(hotplug, &t.label, netns_of(&t.label), t.netns.clone());
                 daemon.watching(&t.label, t.netns.as_ref());
                 watching.targets.push(t);
@@ -1180,7 +1251,12 @@ fn relist(
                 .map(|p| p.netns_label().to_string()),
         )
         .collect();
-    hotplug.keep_only(|ns| in_use.iter().any(|u| u == ns));
+    // A failure is news again once its namespace was gone and is back.
+    let named = crate::datapath::netns::named();
+    hotplug.keep_only(
+        |ns| in_use.iter().any(|u| u == ns),
+        |ns| named.iter().any(|n| n == ns),
+    );
     let labels: Vec<String> = specs
         .iter()
         .map(InterfaceSpec::label)
@@ -1188,7 +1264,7 @@ fn relist(
         .collect();
     let named: Vec<&str> = labels.iter().map(String::as_str).collect();
     daemon.list(&named);
-    daemon.join_by(watching.patterns.iter().map(|p| p.label.clone()).collect());
+    daemon.join_by(joining_by(watching.patterns, listed));
     listed.configured = configured;
     listed.expanded = specs;
     Ok(true)

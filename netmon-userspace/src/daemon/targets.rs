@@ -35,6 +35,8 @@ impl InterfaceSpec {
     /// As reports name it: `IF`, or `NS:IF` in another namespace.
     pub fn label(&self) -> String {
         match &self.netns {
+            // Its namespace is the name under /run/netns a pattern matched.
+            Some(ns) if self.by_pattern => control::key(Some(ns), &self.name),
             Some(ns) => control::key(Some(&crate::datapath::netns::label_of(ns)), &self.name),
             None => self.name.clone(),
         }
@@ -81,17 +83,23 @@ fn parse_pattern(what: &str, text: &str, example: &str) -> Result<Option<glob::P
 }
 
 /// `specs` with each whose namespace is a pattern replaced by one for each
-/// namespace under /run/netns it matches now, in name order, unless that
-/// interface is listed outright. Patterns that do not parse match nothing
-/// (they are refused before).
+/// namespace under /run/netns it matches now ([`expand_in`]).
 pub fn expand(specs: &[InterfaceSpec]) -> Vec<InterfaceSpec> {
+    expand_in(specs, &crate::datapath::netns::named())
+}
+
+/// `specs` with each whose namespace is a pattern replaced by one for each
+/// of the namespaces `named` (in their order) it matches, unless that
+/// interface is listed already. Patterns that do not parse match nothing
+/// (they are refused before).
+fn expand_in(specs: &[InterfaceSpec], named: &[String]) -> Vec<InterfaceSpec> {
     let mut out: Vec<InterfaceSpec> = specs
         .iter()
         .filter(|s| !matches!(s.netns_pattern(), Ok(Some(_))))
         .cloned()
         .collect();
-    let outright: Vec<String> = out.iter().map(InterfaceSpec::label).collect();
-    let named = crate::datapath::netns::named();
+    let mut labels: std::collections::HashSet<String> =
+        out.iter().map(InterfaceSpec::label).collect();
     for spec in specs {
         let Ok(Some(glob)) = spec.netns_pattern() else {
             continue;
@@ -102,8 +110,7 @@ pub fn expand(specs: &[InterfaceSpec]) -> Vec<InterfaceSpec> {
                 netns: Some(ns.clone()),
                 by_pattern: true,
             };
-            let label = one.label();
-            if !outright.contains(&label) && !out.iter().any(|o| o.label() == label) {
+            if labels.insert(one.label()) {
                 out.push(one);
             }
         }
@@ -146,18 +153,20 @@ pub(super) struct Target {
     /// True once the configuration no longer lists it: detached, its maps
     /// read once more, then retired.
     pub unlisted: bool,
+    /// True when a namespace pattern brought it in: named in its namespace,
+    /// kept while the namespace is there (its interface may come later),
+    /// retired when the namespace goes; one that cannot be attached or
+    /// claimed is left out with a warning, and looked at again.
+    pub by_pattern: bool,
 }
 
 impl Target {
     /// The interface `spec` names (not a pattern).
     pub fn open(spec: &InterfaceSpec) -> Result<Target, DatapathError> {
         let netns = spec.open_netns()?;
-        Ok(Target::new(
-            &spec.name,
-            netns,
-            spec.label(),
-            spec.by_pattern,
-        ))
+        let mut target = Target::new(&spec.name, netns, spec.label(), false);
+        target.by_pattern = spec.by_pattern;
+        Ok(target)
     }
 
     fn new(name: &str, netns: Option<Arc<Netns>>, label: String, matched: bool) -> Target {
@@ -170,6 +179,7 @@ impl Target {
             matched,
             gone: false,
             unlisted: false,
+            by_pattern: false,
         }
     }
 
@@ -278,6 +288,11 @@ impl Pattern {
         self.netns.clone()
     }
 
+    /// True when a namespace pattern brought it in.
+    pub fn by_pattern(&self) -> bool {
+        self.spec.by_pattern
+    }
+
     /// True when it matches interface `name` of namespace `netns` (as
     /// reports name it).
     pub fn covers(&self, netns: &str, name: &str) -> bool {
@@ -335,6 +350,48 @@ mod tests {
             [true, true, false, false]
         );
         assert!(spec("tap?").pattern().unwrap().unwrap().matches("tap7"));
+    }
+
+    #[test]
+    fn a_namespace_pattern_becomes_one_entry_per_namespace_it_matches() {
+        let spec = |name: &str, netns: Option<&str>| InterfaceSpec {
+            name: name.into(),
+            netns: netns.map(str::to_string),
+            by_pattern: false,
+        };
+        let named = ["cni-1", "cni-2", "web"].map(String::from);
+        let expanded = expand_in(
+            &[
+                spec("eth0", Some("cni-*")),
+                spec("veth*", None),
+                spec("eth0", Some("cni-2")),
+            ],
+            &named,
+        );
+        let found: Vec<(String, bool)> =
+            expanded.iter().map(|s| (s.label(), s.by_pattern)).collect();
+        assert_eq!(
+            found,
+            [
+                ("veth*".to_string(), false),
+                ("cni-2:eth0".to_string(), false),
+                ("cni-1:eth0".to_string(), true),
+            ],
+            "cni-2's eth0 is listed outright"
+        );
+        assert!(roams(&[spec("eth0", Some("cni-*"))]));
+        assert!(
+            !roams(&[spec("eth0", Some("/run/netns/cni-*"))]),
+            "a path is no pattern"
+        );
+        assert_eq!(
+            spec("eth0", Some("cni-[")).netns_pattern(),
+            Err(
+                "namespace pattern 'cni-[': invalid range pattern at character 5; write it as \
+                 the shell does, like cni-*"
+                    .into()
+            )
+        );
     }
 
     #[test]

@@ -962,9 +962,17 @@ fn an_interface_detached_is_read_once_more_then_retired() {
     );
     let mut daemon = on_two(&x, &y, &clock);
     let forwarders = |k: &FakeKernel| -> Vec<u32> {
-        k.0.borrow().charged_at.iter().map(|(index, _)| *index).collect()
+        k.0.borrow()
+            .charged_at
+            .iter()
+            .map(|(index, _)| *index)
+            .collect()
     };
-    assert_eq!(forwarders(&x), [3], "eth1's ingress charges what it forwards");
+    assert_eq!(
+        forwarders(&x),
+        [3],
+        "eth1's ingress charges what it forwards"
+    );
     y.count(key(C, A), 2, 200);
     assert!(daemon.detach("eth1").unwrap());
     assert!(forwarders(&x).is_empty(), "detached, eth1 charges nothing");

@@ -66,6 +66,14 @@ impl Netns {
         Ok(netns)
     }
 
+    /// True while `/run/netns/NAME` is this namespace: false once the name
+    /// is gone, or names another made since.
+    pub fn is_named(&self, name: &str) -> bool {
+        let id = |m: std::fs::Metadata| (m.dev(), m.ino());
+        let held = self.file.metadata().map(id).ok();
+        held.is_some() && std::fs::metadata(Path::new(NAMED).join(name)).map(id).ok() == held
+    }
+
     /// The index of interface `name` in the namespace, if it exists.
     pub fn index_of(&self, name: &str) -> Option<u32> {
         let bytes = name.as_bytes();

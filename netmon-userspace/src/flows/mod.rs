@@ -217,7 +217,12 @@ impl Sink for FlowExporter {
     /// the order their first interface comes.
     fn watching(&mut self, label: &str, netns: Option<&Arc<Netns>>) {
         let ns = crate::daemon::netns_of(label);
-        if !self.namespaces.contains_key(ns) {
+        if let Some((held, _)) = self.namespaces.get_mut(ns) {
+            // Gone and made again under its name: the same number.
+            if held.as_ref().is_some_and(|weak| weak.strong_count() == 0) {
+                *held = netns.map(Arc::downgrade);
+            }
+        } else {
             let number = match ns {
                 "" => 0,
                 _ => (self.namespaces.keys().filter(|n| !n.is_empty()).count() + 1)

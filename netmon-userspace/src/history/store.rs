@@ -340,9 +340,11 @@ impl Store {
             self.import(ifaces, &files, detail)?;
             return Ok(files);
         }
+        // Every interface's, not only those configured now: one that joins
+        // later (a reload lists it again) may find its maps pinned still.
         let mut baselines = Vec::new();
-        for iface in ifaces {
-            if let Some(baseline) = self.baseline(iface)? {
+        for iface in self.baseline_ifaces()? {
+            if let Some(baseline) = self.baseline(&iface)? {
                 baselines.push(baseline);
             }
         }
@@ -376,6 +378,18 @@ impl Store {
     }
 
     /// The baseline stored for `iface`, if any.
+    /// The interfaces the store keeps a baseline of.
+    fn baseline_ifaces(&self) -> Result<Vec<String>, HistoryError> {
+        let mut statement = self
+            .conn
+            .prepare("SELECT iface FROM baselines ORDER BY iface")
+            .map_err(|e| self.error(e))?;
+        let rows = statement
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(|e| self.error(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.error(e))
+    }
+
     fn baseline(&self, iface: &str) -> Result<Option<Baseline>, HistoryError> {
         let json = self
             .conn

@@ -1234,3 +1234,29 @@ fn a_retired_interfaces_baseline_is_forgotten_and_its_traffic_kept() {
     let kept = ledger.get(&(src, dst)).unwrap();
     assert_eq!((kept.frames, kept.bytes), (10, 1000));
 }
+
+/// Every stored baseline is continued from, not only those of the
+/// interfaces listed at the start: one a reload lists again later may find
+/// its maps still pinned, and is read against its baseline.
+#[test]
+fn every_stored_baseline_is_continued_from_not_only_those_listed_at_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("h.db");
+    let (kernel, clock) = (FakeKernel::default(), FakeClock::at("2026-11-30T12:00:00Z"));
+    let a = key(peer(1), A, 0);
+    let mut daemon = start(&db, &kernel, &clock, Limits::default());
+    send(&kernel, a, 10, 1000);
+    clock.advance(Duration::from_secs(10));
+    daemon.poll().unwrap();
+    drop(daemon);
+    let mut store = Store::open(&db, TimeZone::UTC, Limits::default()).unwrap();
+    let saved = store
+        .continue_from(&["eth1"], State::default(), &DetailImport::default())
+        .unwrap();
+    assert_eq!(saved.baselines.len(), 1);
+    let kept = &saved.baselines[0];
+    assert_eq!(
+        (kept.stored_as.as_deref(), kept.instance, &kept.pairs[..]),
+        (Some("eth0"), 7, &[(a, [10, 1000, 0, 0])][..])
+    );
+}
