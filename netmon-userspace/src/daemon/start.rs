@@ -267,13 +267,16 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         match opened {
             // A namespace a pattern matched may be half made, or going: looked at again.
             Err(e) if spec.by_pattern => {
-                log::warn!("leaving {} out for now: {e}", spec.label());
-                unopened.push(spec.clone());
+                log::warn!(
+                    "leaving {} out for now: {e}; looked at again every second",
+                    spec.label()
+                );
+                unopened.push((spec.clone(), e.to_string()));
             }
             opened => opened?,
         }
     }
-    expanded.retain(|s| !unopened.contains(s));
+    expanded.retain(|s| !unopened.iter().any(|(u, _)| u == s));
     let mut listed = Listed {
         claims: Vec::new(),
         configured,
@@ -334,6 +337,12 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             )
         })
         .transpose()?;
+    // Said once: the looks every second say it again only if the cause changes.
+    if let Some(hotplug) = &mut hotplug {
+        for (spec, cause) in &unopened {
+            hotplug.failed(netns_of(&spec.label()), &spec.name, cause);
+        }
+    }
     // What the patterns match now, and what they matched before, gone
     // while no daemon ran, whose pins still hold its last traffic.
     for p in &patterns {
@@ -1160,6 +1169,11 @@ fn relist(
             }
             taken => taken?,
         }
+    }
+    // Only what is left out again: nothing to change.
+    let nothing_new = new_targets.is_empty() && new_patterns.is_empty() && new_claims.is_empty();
+    if nothing_new && !removed && configured == listed.configured {
+        return Ok(false);
     }
 
     // Nothing refused: the change is made. The socket is linked under what
