@@ -1207,18 +1207,24 @@ fn a_database_keeps_the_time_zone_its_days_were_cut_in() {
     );
 }
 
+/// A daemon on eth0 (maps instance 7) that polled one pair, 10 frames and
+/// 1000 bytes, into the store at `db`; returns the pair.
+fn one_pair_stored(db: &Path) -> PairKey {
+    let (kernel, clock) = (FakeKernel::default(), FakeClock::at("2026-11-30T12:00:00Z"));
+    let a = key(peer(1), A, 0);
+    let mut daemon = start(db, &kernel, &clock, Limits::default());
+    send(&kernel, a, 10, 1000);
+    clock.advance(Duration::from_secs(10));
+    daemon.poll().unwrap();
+    a
+}
+
 /// A retired interface's baseline goes from the store; its traffic stays.
 #[test]
 fn a_retired_interfaces_baseline_is_forgotten_and_its_traffic_kept() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("h.db");
-    let (kernel, clock) = (FakeKernel::default(), FakeClock::at("2026-11-30T12:00:00Z"));
-    let a = key(peer(1), A, 0);
-    let mut daemon = start(&db, &kernel, &clock, Limits::default());
-    send(&kernel, a, 10, 1000);
-    clock.advance(Duration::from_secs(10));
-    daemon.poll().unwrap();
-    drop(daemon);
+    let a = one_pair_stored(&db);
     assert_eq!(stored_pairs(&db), [(a, [10, 1000, 0, 0])].into());
     let mut store = Store::open(&db, TimeZone::UTC, Limits::default()).unwrap();
     store.forget_baseline("eth0").unwrap();
@@ -1242,13 +1248,7 @@ fn a_retired_interfaces_baseline_is_forgotten_and_its_traffic_kept() {
 fn every_stored_baseline_is_continued_from_not_only_those_listed_at_the_start() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("h.db");
-    let (kernel, clock) = (FakeKernel::default(), FakeClock::at("2026-11-30T12:00:00Z"));
-    let a = key(peer(1), A, 0);
-    let mut daemon = start(&db, &kernel, &clock, Limits::default());
-    send(&kernel, a, 10, 1000);
-    clock.advance(Duration::from_secs(10));
-    daemon.poll().unwrap();
-    drop(daemon);
+    let a = one_pair_stored(&db);
     let mut store = Store::open(&db, TimeZone::UTC, Limits::default()).unwrap();
     let saved = store
         .continue_from(&["eth1"], State::default(), &DetailImport::default())
