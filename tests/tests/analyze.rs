@@ -178,6 +178,11 @@ fn every_link_type_gives_tsharks_pairs() -> Result<()> {
         );
         let netmon = netmon_pairs(dir.path(), &[pcap], None, None)?;
         assert_eq!(netmon, tshark, "{}", pcap.display());
+        // A plain pcap file cut into pieces of a record or less, counted on
+        // two threads, gives the same.
+        let pieces = [pcap.as_path(), Path::new("--piece-bytes"), Path::new("40")];
+        let netmon = netmon_pairs(dir.path(), &pieces, None, None)?;
+        assert_eq!(netmon, tshark, "{} in pieces", pcap.display());
     }
     // Not vacuous: each frame of the captures without pairs is malformed.
     for name in NO_PAIRS {
@@ -536,6 +541,14 @@ fn thousands_of_pairs_over_many_intervals_give_tsharks_pairs() -> Result<()> {
     assert_eq!(netmon, generated);
     assert_eq!(netmon.values().map(|(f, _)| f).sum::<u64>(), frames as u64);
     assert_eq!(netmon, tshark_pairs(&pcap)?);
+    // Counted in pieces of 64 kB on two threads (some 30 pieces, each
+    // starting at a guess): the same detail log, byte for byte.
+    let whole = std::fs::read(dir.path().join("analysis.jsonl"))?;
+    let pieces = [&args[..], &[Path::new("--piece-bytes"), Path::new("65536")]].concat();
+    assert_eq!(netmon_pairs(dir.path(), &pieces, None, None)?, generated);
+    let in_pieces = std::fs::read(dir.path().join("analysis.jsonl"))?;
+    assert_eq!(in_pieces.len(), whole.len());
+    assert!(in_pieces == whole, "the detail logs differ");
     Ok(())
 }
 

@@ -2,6 +2,7 @@
 //! classifier, the same per-interval records, the same ledger.
 
 mod pairs;
+mod pieces;
 
 use std::{
     collections::BTreeMap,
@@ -20,9 +21,10 @@ use netmon_common::{
 
 use crate::{
     accounting::{IntervalUsage, PairDelta},
-    capture::{self, CaptureError, CapturedFrame, Input},
+    capture::{self, CaptureError, CapturedFrame, Input, PcapFile},
 };
 use pairs::PairCounts;
+pub use pieces::PIECE_BYTES;
 
 /// What reading the captures came to, beside the intervals.
 #[derive(Debug, Default)]
@@ -35,20 +37,51 @@ pub struct Outcome {
     pub truncated: Vec<String>,
 }
 
+/// How one plain pcap file is counted.
+#[derive(Clone, Copy, Debug)]
+pub enum Pieces {
+    /// In pieces of [`PIECE_BYTES`] where more than two cores are there.
+    Cores,
+    /// In pieces of this many bytes, on at least two threads, however many
+    /// cores there are: what the tests use to cut small files.
+    Of(usize),
+}
+
 /// Reads `inputs` into intervals of `interval` and hands them to `emit` in
-/// time order. One input streams in constant memory, its frames counted on
-/// another thread than the one that runs `emit`; several are read on all
+/// time order. One input streams in constant memory: a plain pcap file
+/// counted in pieces on the cores but one (see `pieces`), anything else on
+/// another thread than the one that runs `emit`. Several are read on all
 /// cores, their intervals aligned to the earliest first frame and added
 /// together where they meet (held in memory until all are read).
 /// `progress` gets the bytes taken from the inputs so far.
 pub fn analyze(
     inputs: &[Input],
     interval: Duration,
+    pieces: Pieces,
     progress: &(dyn Fn(u64) + Sync),
     mut emit: impl FnMut(AnalyzedInterval),
 ) -> Result<Outcome, CaptureError> {
     let interval_ns = interval.as_nanos().max(1) as i128;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     if let [input] = inputs {
+        // This thread writes while the other cores count: with one other
+        // core, the thread below counts and hands over each interval as it
+        // closes, which pieces would only delay.
+        let workers = match pieces {
+            Pieces::Cores => cores - 1,
+            Pieces::Of(_) => (cores - 1).max(2),
+        };
+        if workers > 1 {
+            if let Some(file) = PcapFile::open(input)? {
+                let piece_bytes = match pieces {
+                    Pieces::Cores => PIECE_BYTES,
+                    Pieces::Of(bytes) => bytes,
+                };
+                let counted =
+                    pieces::analyze(&file, interval, piece_bytes, workers, progress, emit);
+                return Ok(counted.outcome);
+            }
+        }
         // The frames are counted on a thread of their own while this one
         // sorts and hands out the intervals they closed, a few at a time.
         let (closed, counted) = std::sync::mpsc::sync_channel::<IntervalCounts>(2);
@@ -77,9 +110,7 @@ pub fn analyze(
     let next = AtomicUsize::new(0);
     let taken = AtomicU64::new(0);
     let results: Vec<Mutex<Option<FileResult>>> = inputs.iter().map(|_| Mutex::new(None)).collect();
-    let workers = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(inputs.len());
+    let workers = cores.min(inputs.len());
     std::thread::scope(|scope| {
         for _ in 0..workers {
             scope.spawn(|| loop {
@@ -219,7 +250,7 @@ impl Analyzer {
     #[inline]
     pub fn frame(&mut self, frame: &CapturedFrame<'_>, closed: impl FnOnce(IntervalCounts)) {
         // Frames are in time order in captures; a late one joins the open interval.
-        if self.open.as_ref().is_none_or(|o| frame.time_ns >= o.end_ns) {
+        if self.opens(frame.time_ns) {
             if let Some(counts) = self.open_at(frame.time_ns) {
                 closed(counts);
             }
@@ -255,12 +286,29 @@ impl Analyzer {
         }
     }
 
+    /// Whether a frame at `time_ns` would open an interval: none is open,
+    /// or it is at or after the open one's end.
+    #[inline]
+    pub fn opens(&self, time_ns: i128) -> bool {
+        self.open.as_ref().is_none_or(|o| time_ns >= o.end_ns)
+    }
+
+    /// Where the interval of a frame at `time_ns` ends.
+    pub fn end_of(&self, time_ns: i128) -> i128 {
+        self.start_of(time_ns) + self.interval_ns
+    }
+
+    fn start_of(&self, time_ns: i128) -> i128 {
+        let origin = self.origin_ns.unwrap_or(time_ns);
+        origin + (time_ns - origin).div_euclid(self.interval_ns) * self.interval_ns
+    }
+
     /// Opens the interval of a frame at `time_ns`; returns the one it closes.
     #[cold]
     #[inline(never)]
     fn open_at(&mut self, time_ns: i128) -> Option<IntervalCounts> {
-        let origin = *self.origin_ns.get_or_insert(time_ns);
-        let start_ns = origin + (time_ns - origin).div_euclid(self.interval_ns) * self.interval_ns;
+        self.origin_ns.get_or_insert(time_ns);
+        let start_ns = self.start_of(time_ns);
         let closed = self.finish();
         self.open = Some(OpenInterval {
             start_ns,
@@ -310,25 +358,31 @@ impl IntervalCounts {
 
     /// The interval as the daemon reports one, pairs largest first.
     pub fn finish(self, interval_ns: i128) -> AnalyzedInterval {
-        // Sorted as (bytes, index): moving 16 bytes, not a whole pair. Keys
-        // are unique, so the order is total: ties of bytes in PairKey's
-        // derived order, its addresses compared as integers.
-        let mut order: Vec<(u64, u32)> = (self.pairs.iter().enumerate())
-            .map(|(i, (_, counter))| (counter.bytes, i as u32))
+        // Sorted as integers, bytes descending in the high half and the
+        // index in the low: one compare each, no pair moved. Keys are unique,
+        // so the order is total: ties of bytes then in PairKey's derived
+        // order, its addresses compared as integers.
+        let mut order: Vec<u128> = (self.pairs.iter().enumerate())
+            .map(|(i, (_, counter))| (!counter.bytes as u128) << 64 | i as u128)
             .collect();
-        let key = |i: u32| {
-            let k = &self.pairs[i as usize].0;
+        order.sort_unstable();
+        let key = |i: &u128| {
+            let k = &self.pairs[*i as u64 as usize].0;
             (
                 u128::from_be_bytes(k.src),
                 u128::from_be_bytes(k.dst),
                 (k.src_port, k.dst_port, k.proto, k.direction),
             )
         };
-        order.sort_unstable_by(|a, b| b.0.cmp(&a.0).then_with(|| key(a.1).cmp(&key(b.1))));
+        for tie in order.chunk_by_mut(|a, b| a >> 64 == b >> 64) {
+            if tie.len() > 1 {
+                tie.sort_unstable_by_key(key);
+            }
+        }
         let pairs: Vec<PairDelta> = order
             .into_iter()
-            .map(|(_, i)| {
-                let (key, counter) = self.pairs[i as usize];
+            .map(|i| {
+                let (key, counter) = self.pairs[i as u64 as usize];
                 PairDelta {
                     key,
                     counter,

@@ -52,7 +52,7 @@ impl PairCounts {
     pub fn take(&mut self) -> Vec<(PairKey, Counter)> {
         self.v4.flush();
         let mut pairs = Vec::with_capacity(self.v4.occupied.len() + self.v6.len());
-        pairs.extend(self.v4.drain().map(|(key, c)| (key.widen(), c)));
+        self.v4.drain(|key, c| pairs.push((key.widen(), c)));
         pairs.extend(self.v6.drain().map(|(key, c)| {
             let [proto, direction] = key.proto_direction.to_be_bytes();
             let key = PairKey {
@@ -188,12 +188,24 @@ impl V4Table {
     }
 
     /// The pairs counted, each slot emptied.
-    fn drain(&mut self) -> impl Iterator<Item = (PairKeyV4, Counter)> + '_ {
-        let slots = &mut self.slots;
-        self.occupied.drain(..).map(|i| {
-            let slot = std::mem::take(&mut slots[i as usize]);
-            (slot.key, slot.counter)
-        })
+    fn drain(&mut self, mut each: impl FnMut(PairKeyV4, Counter)) {
+        let mut take = |slot: &mut V4Slot| {
+            let slot = std::mem::take(slot);
+            each(slot.key, slot.counter)
+        };
+        // A table a quarter full or more is read front to back, which the
+        // hardware prefetches, rather than slot by slot where the pairs came.
+        if self.occupied.len() * 4 >= self.slots.len() {
+            self.slots
+                .iter_mut()
+                .filter(|s| s.counter.frames != 0)
+                .for_each(take);
+            self.occupied.clear();
+        } else {
+            for i in self.occupied.drain(..) {
+                take(&mut self.slots[i as usize]);
+            }
+        }
     }
 }
 

@@ -60,10 +60,20 @@ pub struct MappedPcap {
 }
 
 impl MappedPcap {
-    /// Its records, from the first.
-    pub fn records(&self) -> LegacyRecords<'_> {
+    /// Where its first record starts.
+    pub fn first_record(&self) -> usize {
+        self.header.size()
+    }
+
+    /// Its size in bytes.
+    pub fn size(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Its records from `offset`, which must be where one starts.
+    pub fn records_at(&self, offset: usize) -> LegacyRecords<'_> {
         LegacyRecords {
-            rest: &self.map[self.header.size()..],
+            rest: self.map.get(offset..).unwrap_or_default(),
             // pcap-parser reads the modified format's 24-byte records (8 more
             // bytes of interface, protocol and packet type) little-endian.
             record_header: if self.header.is_modified_format() {
@@ -147,6 +157,78 @@ impl<'a> LegacyRecords<'a> {
     /// Bytes left after the records walked.
     pub fn remaining(&self) -> usize {
         self.rest.len()
+    }
+}
+
+/// How many record headers in a row must look right for an offset to be
+/// taken for the start of a record.
+const CHAIN: usize = 16;
+
+/// How far past an offset a record's start is looked for.
+const SEARCH: usize = 1 << 20;
+
+impl MappedPcap {
+    /// The first offset from `from` (within [`SEARCH`] bytes) where [`CHAIN`]
+    /// record headers in a row look like this file's, or reach its end
+    /// exactly; else the file's length. A guess: pcap has no sync marks, so
+    /// whoever starts reading there must check that the records before end
+    /// exactly there.
+    pub fn likely_record_at(&self, from: usize) -> usize {
+        let limit = self.size().min(from.saturating_add(SEARCH));
+        (from..limit)
+            .find(|&at| self.chain_at(at))
+            .unwrap_or(self.size())
+    }
+
+    /// Whether [`CHAIN`] plausible record headers follow from `at`.
+    fn chain_at(&self, mut at: usize) -> bool {
+        let big_endian = self.header.is_bigendian();
+        let fraction_limit = if self.header.is_nanosecond_precision() {
+            1_000_000_000
+        } else {
+            1_000_000
+        };
+        // Larger than any snap length in use (tcpdump's is 262144).
+        let caplen_limit = self.header.snaplen.max(1 << 18);
+        let record_header = self.records_at(0).record_header;
+        // Not before the file's first record (a day's slack for clocks set
+        // back): a run of zeros in a payload is not a run of records.
+        let earliest = (self.records_at(self.first_record()).next())
+            .and_then(Result::ok)
+            .map_or(0, |first| first.ts_sec.saturating_sub(86400));
+        let mut previous_sec = None;
+        for _ in 0..CHAIN {
+            if at == self.size() {
+                return true;
+            }
+            let Some(header) = self.map.get(at..).and_then(|rest| rest.first_chunk::<16>()) else {
+                return false;
+            };
+            let word = |i: usize| {
+                let bytes = [header[i], header[i + 1], header[i + 2], header[i + 3]];
+                if big_endian {
+                    u32::from_be_bytes(bytes)
+                } else {
+                    u32::from_le_bytes(bytes)
+                }
+            };
+            let (sec, fraction, caplen, origlen) = (word(0), word(4), word(8), word(12));
+            // Each within an hour back and a day on from the one before.
+            let in_step = sec >= earliest
+                && previous_sec.is_none_or(|p: u32| {
+                    sec >= p.saturating_sub(3600) && sec <= p.saturating_add(86400)
+                });
+            let lengths = caplen <= caplen_limit && caplen <= origlen && origlen > 0;
+            if !in_step || fraction >= fraction_limit || !lengths {
+                return false;
+            }
+            previous_sec = Some(sec);
+            at += record_header + caplen as usize;
+            if at > self.size() {
+                return false;
+            }
+        }
+        true
     }
 }
 

@@ -125,7 +125,7 @@ fn read_while(
     let taken = Arc::new(AtomicU64::new(0));
     // The mapped readers by their types, so that their parsing is inlined per frame.
     match input.open(taken.clone())? {
-        Records::Mapped(Mapped::Legacy(pcap)) => read_pcap(&pcap, name, on_frame, on_progress),
+        Records::Mapped(Mapped::Legacy(pcap)) => read_pcap(pcap, name, on_frame, on_progress),
         Records::Mapped(Mapped::Ng(mut reader)) => {
             read_records(&mut reader, name, &taken, on_frame, on_progress)
         }
@@ -140,42 +140,142 @@ const PROGRESS_EVERY: u64 = 65_536;
 
 /// A mapped pcap file's frames, its records walked in place.
 fn read_pcap(
-    pcap: &MappedPcap,
+    pcap: MappedPcap,
     name: String,
-    mut on_frame: impl FnMut(CapturedFrame<'_>) -> ControlFlow<()>,
-    mut on_progress: impl FnMut(u64),
+    on_frame: impl FnMut(CapturedFrame<'_>) -> ControlFlow<()>,
+    on_progress: impl FnMut(u64),
 ) -> Result<ReadSummary, CaptureError> {
-    let (link, tick_ns) = legacy_format(&pcap.header, &name)?;
-    let mut summary = ReadSummary::default();
-    let mut records = pcap.records();
-    let end = pcap.header.size() + records.remaining();
-    let mut report = |records: &mapped::LegacyRecords<'_>| {
-        let position = (end - records.remaining()) as u64;
-        on_progress(position);
-    };
-    while let Some(record) = records.next() {
-        let Ok(record) = record else {
-            summary.truncated = Some(cut_off(&name, summary.frames));
-            break;
-        };
-        summary.frames += 1;
-        // Seconds of a u32 and a fraction below 2^32 ticks fit in an i64 of ns.
-        let time_ns = record.ts_sec as i64 * 1_000_000_000 + record.ts_frac as i64 * tick_ns;
-        let flow = on_frame(CapturedFrame {
-            time_ns: time_ns as i128,
-            wire_len: record.origlen,
-            data: record.data,
-            link,
-        });
-        if flow.is_break() {
-            break;
+    let file = PcapFile::new(pcap, name)?;
+    let mut on_frame = on_frame;
+    // The frame `on_frame` breaks at is read: the next one is not.
+    let mut stopped = false;
+    let piece = file.read(
+        file.first_record(),
+        |_, frame| {
+            if stopped {
+                return ControlFlow::Break(());
+            }
+            stopped = on_frame(frame).is_break();
+            ControlFlow::Continue(())
+        },
+        on_progress,
+    );
+    Ok(ReadSummary {
+        frames: piece.frames,
+        truncated: piece.cut_off.then(|| cut_off(&file.name, piece.frames)),
+    })
+}
+
+/// A plain pcap file, mapped: its records can be read in pieces, each from
+/// an offset where one starts, on as many threads as there are pieces.
+pub struct PcapFile {
+    pcap: MappedPcap,
+    name: String,
+    link: Link,
+    tick_ns: i64,
+}
+
+/// What reading a piece of a [`PcapFile`] came to.
+pub struct Piece {
+    /// Frames read.
+    pub frames: u64,
+    /// Where the record after the last one read starts: the one `on_frame`
+    /// broke at, or the file's length.
+    pub next: usize,
+    /// The file ends inside the record at `next`.
+    pub cut_off: bool,
+}
+
+impl PcapFile {
+    /// `input` when it is a plain pcap file; `None` for anything else
+    /// (pcapng, compressed, standard input), which is read as a stream.
+    pub fn open(input: &Input) -> Result<Option<PcapFile>, CaptureError> {
+        if *input == Input::Stdin {
+            return Ok(None);
         }
-        if summary.frames % PROGRESS_EVERY == 0 {
-            report(&records);
+        match input.open(Arc::default())? {
+            Records::Mapped(Mapped::Legacy(pcap)) => PcapFile::new(pcap, input.name()).map(Some),
+            _ => Ok(None),
         }
     }
-    report(&records);
-    Ok(summary)
+
+    fn new(pcap: MappedPcap, name: String) -> Result<PcapFile, CaptureError> {
+        let (link, tick_ns) = legacy_format(&pcap.header, &name)?;
+        Ok(PcapFile {
+            pcap,
+            name,
+            link,
+            tick_ns,
+        })
+    }
+
+    /// Its name in messages.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Where its first record starts.
+    pub fn first_record(&self) -> usize {
+        self.pcap.first_record()
+    }
+
+    /// Its size in bytes.
+    pub fn size(&self) -> usize {
+        self.pcap.size()
+    }
+
+    /// An offset at or after `from` where a record seems to start: see
+    /// [`MappedPcap::likely_record_at`].
+    pub fn likely_record_at(&self, from: usize) -> usize {
+        self.pcap.likely_record_at(from)
+    }
+
+    /// Reads the records from `from` (where one must start), each handed to
+    /// `on_frame` with its offset, until `on_frame` breaks at one (which is
+    /// not taken) or the file ends; `on_progress` gets the offset reached.
+    pub fn read(
+        &self,
+        from: usize,
+        mut on_frame: impl FnMut(usize, CapturedFrame<'_>) -> ControlFlow<()>,
+        mut on_progress: impl FnMut(u64),
+    ) -> Piece {
+        let mut records = self.pcap.records_at(from);
+        let end = self.size();
+        let mut piece = Piece {
+            frames: 0,
+            next: from,
+            cut_off: false,
+        };
+        loop {
+            let at = end - records.remaining();
+            let Some(record) = records.next() else { break };
+            let Ok(record) = record else {
+                piece.cut_off = true;
+                break;
+            };
+            // Seconds of a u32 and a fraction below 2^32 ticks fit in an i64 of ns.
+            let time_ns =
+                record.ts_sec as i64 * 1_000_000_000 + record.ts_frac as i64 * self.tick_ns;
+            let frame = CapturedFrame {
+                time_ns: time_ns as i128,
+                wire_len: record.origlen,
+                data: record.data,
+                link: self.link,
+            };
+            if on_frame(at, frame).is_break() {
+                piece.next = at;
+                on_progress(at as u64);
+                return piece;
+            }
+            piece.frames += 1;
+            if piece.frames.is_multiple_of(PROGRESS_EVERY) {
+                on_progress((end - records.remaining()) as u64);
+            }
+        }
+        piece.next = end - records.remaining();
+        on_progress(piece.next as u64);
+        piece
+    }
 }
 
 /// A pcap file header's link type, and nanoseconds per tick of the fraction
@@ -200,7 +300,7 @@ fn link_of(linktype: pcap_parser::Linktype, name: &str) -> Result<Link, CaptureE
 }
 
 /// The warning for a capture that ends inside a record.
-fn cut_off(name: &str, frames: u64) -> String {
+pub fn cut_off(name: &str, frames: u64) -> String {
     format!("{name} ends in the middle of a record, after {frames} complete frames")
 }
 

@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use clap::Args;
 
 use crate::{
-    analysis::{self, AnalyzedInterval},
+    analysis::{self, AnalyzedInterval, Pieces},
     capture::Input,
     logs::{
         self,
@@ -39,6 +39,11 @@ pub struct AnalyzeArgs {
     /// such a path is refused.
     #[arg(long)]
     pub follow_symlinks: bool,
+    /// Count a plain pcap file in pieces of this many bytes on at least two
+    /// threads, however many cores there are. Hidden: the tests cut small
+    /// captures into many pieces with it.
+    #[arg(long, hide = true, value_parser = clap::value_parser!(u64).range(1..))]
+    pub piece_bytes: Option<u64>,
 }
 
 /// Runs the analysis.
@@ -105,7 +110,10 @@ pub fn run(args: &AnalyzeArgs) -> anyhow::Result<()> {
                 bar.set_position(read);
             }
         };
-        match analysis::analyze(&inputs, args.interval, &progress, emit) {
+        let pieces = args
+            .piece_bytes
+            .map_or(Pieces::Cores, |bytes| Pieces::Of(bytes as usize));
+        match analysis::analyze(&inputs, args.interval, pieces, &progress, emit) {
             Ok(outcome) => analyzed = Some(outcome),
             Err(e) => {
                 refused = Some(e);
