@@ -366,17 +366,24 @@ impl IntervalCounts {
             .map(|(i, (_, counter))| (!counter.bytes as u128) << 64 | i as u128)
             .collect();
         order.sort_unstable();
-        let key = |i: &u128| {
-            let k = &self.pairs[*i as u64 as usize].0;
-            (
-                u128::from_be_bytes(k.src),
-                u128::from_be_bytes(k.dst),
-                (k.src_port, k.dst_port, k.proto, k.direction),
-            )
-        };
+        // A tie's keys are gathered next to each other first: compared where
+        // they lie, each compare would wait for two of the pairs.
+        let mut keys = Vec::new();
         for tie in order.chunk_by_mut(|a, b| a >> 64 == b >> 64) {
             if tie.len() > 1 {
-                tie.sort_unstable_by_key(key);
+                keys.clear();
+                keys.extend(tie.iter().map(|&i| {
+                    let k = &self.pairs[i as u64 as usize].0;
+                    let rest = (k.src_port, k.dst_port, k.proto, k.direction);
+                    (
+                        u128::from_be_bytes(k.src),
+                        u128::from_be_bytes(k.dst),
+                        rest,
+                        i,
+                    )
+                }));
+                keys.sort_unstable();
+                tie.iter_mut().zip(&keys).for_each(|(i, key)| *i = key.3);
             }
         }
         let pairs: Vec<PairDelta> = order
