@@ -800,6 +800,61 @@ fn a_namespace_pattern_follows_namespaces_as_they_are_made_and_deleted() -> Resu
     Ok(())
 }
 
+/// An interface named in a namespace by its name, then on SIGHUP by a
+/// pattern of namespaces that matches it, and back: the same interface,
+/// attached once and counted throughout, not "named twice".
+#[test]
+fn a_namespace_named_again_by_a_pattern_on_reload_keeps_its_interface() -> Result<()> {
+    let bpffs = TempMount::bpffs()?;
+    let net = Routed::create()?;
+    let dir = tempfile::tempdir()?;
+    let (host, port) = (&net.right, &net.router_right);
+    let config = dir.path().join("netmon.toml");
+    let list = |netns: &str| -> Result<()> {
+        let text = format!(
+            "interval = \"1s\"\nquiet = true\n[[interface]]\nname = \"{}\"\nnetns = \"{netns}\"\n",
+            host.iface
+        );
+        Ok(std::fs::write(&config, text)?)
+    };
+    list(&host.netns)?;
+    let label = format!("{}:{}", host.netns, host.iface);
+    let mut netmon = Netmon::on(&net.router_left)
+        .without_defaults()
+        .args(&["--config", config.to_str().context("path")?])
+        .logs_in(dir.path())
+        .bpffs(&bpffs)
+        .start_until(&format!("counting on {label}"))?;
+    let pins = bpffs.pins_of(&host.iface);
+    assert_eq!(pins.len(), 1);
+    let namespaces = format!("{}*", host.netns);
+    for (netns, port_number, sent) in [(&namespaces, 7150, 20), (&host.netns, 7151, 5)] {
+        Flow::udp(host, port)
+            .port(port_number)
+            .sizes(&vec![300; sent])
+            .send()?;
+        two_polls();
+        list(netns)?;
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(netmon.pid() as i32, libc::SIGHUP) };
+        let reloaded = netmon.wait_for("interfaces reloaded", Duration::from_secs(10))?;
+        assert!(reloaded.contains(netns.as_str()), "{reloaded}");
+        assert_eq!(bpffs.pins_of(&host.iface), pins, "the same interface, held");
+    }
+    Flow::udp(host, port).port(7152).sizes(&[300; 7]).send()?;
+    two_polls();
+    let stderr = netmon.stop()?;
+    let lines = |needle: &str| stderr.iter().filter(|l| l.contains(needle)).count();
+    assert_eq!(lines("not reloaded"), 0, "{stderr:?}");
+    assert_eq!(lines(&format!("counting on {label}")), 1, "{stderr:?}");
+    assert_eq!(lines("no longer listed"), 0, "{stderr:?}");
+    assert_eq!(
+        exact_totals(dir.path())?.get(&(v4(host), v4(port))),
+        Some(udp(32, port, 300))
+    );
+    Ok(())
+}
+
 /// An interface a pattern matched, deleted while no daemon ran (killed, as
 /// by a crash): the next run reads what its pins counted since the last
 /// poll, then removes them. Every datagram is counted once.

@@ -1138,8 +1138,11 @@ fn relist(
             None => Target::open(spec)
                 .map_err(StartError::from)
                 .and_then(|mut t| {
-                    let named =
-                        |o: &Target| !o.matched && specs.iter().any(|s| s.label() == o.label);
+                    // Named by another entry than this one: one entry that now
+                    // names it otherwise (`ns1` become `ns*`) takes it over.
+                    let named = |o: &Target| {
+                        !o.matched && specs.iter().any(|s| s.label() == o.label && s != spec)
+                    };
                     if new_targets.iter().any(|o| o.key == t.key) {
                         return Err(StartError::NamedTwice(t.label));
                     }
@@ -1220,8 +1223,12 @@ fn relist(
             .iter_mut()
             .find(|o| o.key == t.key && !o.unlisted)
         {
-            // Named now: kept when it goes, unless a namespace pattern named it.
-            Some(matched) => matched.matched = t.matched,
+            // Named now, or named otherwise: kept when it goes, unless a
+            // namespace pattern named it.
+            Some(held) => {
+                held.matched = t.matched;
+                held.by_pattern = t.by_pattern;
+            }
             None => {
                 listen_for(hotplug, &t.label, netns_of(&t.label), t.netns.clone());
                 daemon.watching(&t.label, t.netns.as_ref());
