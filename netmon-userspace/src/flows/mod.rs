@@ -128,6 +128,23 @@ impl FlowExporter {
         })
     }
 
+    /// The lowest namespace number none holds. A namespace that is gone,
+    /// none of its interfaces with a domain left, gives its number back
+    /// first: containers come and go by the thousand, numbers are 255.
+    /// Past 255 held at once, the last is shared.
+    fn free_number(&mut self) -> u8 {
+        let domains = &self.domains;
+        self.namespaces.retain(|ns, (held, _)| {
+            let gone = held.as_ref().is_some_and(|weak| weak.strong_count() == 0);
+            !gone
+                || domains
+                    .keys()
+                    .any(|iface| crate::daemon::netns_of(iface) == ns)
+        });
+        let taken = |n: &u8| self.namespaces.values().any(|(_, number)| number == n);
+        (1..=u8::MAX).find(|n| !taken(n)).unwrap_or(u8::MAX)
+    }
+
     /// Each collector's count of messages that could not be sent, live.
     pub fn failed_sends(&self) -> Vec<FailedSends> {
         self.collectors.iter().map(|c| c.failed.clone()).collect()
@@ -214,7 +231,7 @@ impl Sink for FlowExporter {
     }
 
     /// Numbers its namespace, when it is new: namespaces are numbered in
-    /// the order their first interface comes.
+    /// the order their first interface comes, each the lowest number free.
     fn watching(&mut self, label: &str, netns: Option<&Arc<Netns>>) {
         let ns = crate::daemon::netns_of(label);
         if let Some((held, _)) = self.namespaces.get_mut(ns) {
@@ -225,8 +242,7 @@ impl Sink for FlowExporter {
         } else {
             let number = match ns {
                 "" => 0,
-                _ => (self.namespaces.keys().filter(|n| !n.is_empty()).count() + 1)
-                    .min(usize::from(u8::MAX)) as u8,
+                _ => self.free_number(),
             };
             self.namespaces
                 .insert(ns.to_string(), (netns.map(Arc::downgrade), number));

@@ -458,3 +458,47 @@ fn each_namespaces_interfaces_are_observation_domains_of_their_own() {
         ]
     );
 }
+
+/// Containers come and go by the thousand: a namespace gives its number
+/// back once it is gone and its interfaces are retired, so 300 in turn never
+/// share one, and two held at once never do.
+#[test]
+fn a_namespace_gone_gives_its_number_back() {
+    use crate::datapath::netns::Netns;
+    use std::sync::Arc;
+
+    let export = FlowExport {
+        collectors: vec!["127.0.0.1:9".into()],
+        format: Format::Ipfix,
+        active_timeout: Duration::from_secs(60),
+        template_refresh: Duration::from_secs(60),
+    };
+    let mut exporter = FlowExporter::open(&export, false).unwrap();
+    let open = || Arc::new(Netns::open("/proc/self/ns/net").unwrap());
+    let number = |exporter: &FlowExporter, label: &str| exporter.domain(label).id >> 24;
+    let kept = open();
+    exporter.watching("kept:lo", Some(&kept));
+    for round in 0..300 {
+        let netns = open();
+        let label = format!("c{round}:lo");
+        exporter.watching(&label, Some(&netns));
+        assert_eq!(number(&exporter, &label), 2, "round {round}");
+        // Gone, but its flows still go out under its domain until it is
+        // retired: a namespace coming now takes another number.
+        exporter.export(&label, &[]);
+        drop(netns);
+        let other = open();
+        let other_label = format!("other{round}:lo");
+        exporter.watching(&other_label, Some(&other));
+        assert_eq!(number(&exporter, &other_label), 3, "round {round}");
+        exporter.retired(&label);
+    }
+    assert_eq!(number(&exporter, "kept:lo"), 1);
+    let (a, b) = (open(), open());
+    exporter.watching("a:lo", Some(&a));
+    exporter.watching("b:lo", Some(&b));
+    assert_eq!(
+        (number(&exporter, "a:lo"), number(&exporter, "b:lo")),
+        (2, 3)
+    );
+}
