@@ -423,20 +423,25 @@ fn a_retired_interfaces_flows_end_at_once_and_the_others_go_on() {
     assert_eq!(left, [("eth0".to_string(), 1)]);
 }
 
-/// Interfaces of two namespaces often share an ifIndex (every namespace's
-/// `lo` is 1); a collector keeps templates and sequence numbers per domain
-/// id, so each namespace's domains are apart, numbered as they come. An
-/// interface a pattern brings in later is in its pattern's namespace.
-#[test]
-fn each_namespaces_interfaces_are_observation_domains_of_their_own() {
+/// An IPFIX exporter to the discard port, for what it numbers, not what it sends.
+fn discarding_exporter() -> FlowExporter {
     let export = FlowExport {
         collectors: vec!["127.0.0.1:9".into()],
         format: Format::Ipfix,
         active_timeout: Duration::from_secs(60),
         template_refresh: Duration::from_secs(60),
     };
+    FlowExporter::open(&export, false).unwrap()
+}
+
+/// Interfaces of two namespaces often share an ifIndex (every namespace's
+/// `lo` is 1); a collector keeps templates and sequence numbers per domain
+/// id, so each namespace's domains are apart, numbered as they come. An
+/// interface a pattern brings in later is in its pattern's namespace.
+#[test]
+fn each_namespaces_interfaces_are_observation_domains_of_their_own() {
     // Every label's namespace is this process's own here, so `lo` is 1 in each.
-    let mut exporter = FlowExporter::open(&export, false).unwrap();
+    let mut exporter = discarding_exporter();
     for label in ["lo", "web:lo", "db:lo", "web:lo", "dmz:l*"] {
         exporter.watching(label, None);
     }
@@ -467,13 +472,7 @@ fn a_namespace_gone_gives_its_number_back() {
     use crate::datapath::netns::Netns;
     use std::sync::Arc;
 
-    let export = FlowExport {
-        collectors: vec!["127.0.0.1:9".into()],
-        format: Format::Ipfix,
-        active_timeout: Duration::from_secs(60),
-        template_refresh: Duration::from_secs(60),
-    };
-    let mut exporter = FlowExporter::open(&export, false).unwrap();
+    let mut exporter = discarding_exporter();
     let open = || Arc::new(Netns::open("/proc/self/ns/net").unwrap());
     let number = |exporter: &FlowExporter, label: &str| exporter.domain(label).id >> 24;
     let kept = open();
