@@ -287,6 +287,25 @@ fn stdin_gzip_zstd_and_a_directory_of_chunks_give_the_whole_files_pairs() -> Res
         assert_eq!(piped, expected, "{tool} on standard input");
     }
 
+    // A named pipe is read as a stream, also where plain files would be cut
+    // into pieces: opened once, nothing of it read before the stream.
+    let plain = capture("ethernet.pcap");
+    let fifo = dir.path().join("fifo");
+    let c_path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes())?;
+    // SAFETY: a NUL-terminated path.
+    ensure!(
+        unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) } == 0,
+        "mkfifo"
+    );
+    let writer = {
+        let (fifo, plain) = (fifo.clone(), plain.clone());
+        std::thread::spawn(move || std::fs::write(fifo, std::fs::read(plain)?))
+    };
+    let args = [fifo.as_path(), Path::new("--piece-bytes"), Path::new("40")];
+    let from_fifo = netmon_pairs(dir.path(), &args, None, None)?;
+    writer.join().expect("writer")?;
+    assert_eq!(from_fifo, tshark_pairs(&plain)?, "a named pipe");
+
     // Chunks of 7 frames, as the old capture loop left them, plus a gzip one.
     let chunks = dir.path().join("chunks");
     std::fs::create_dir(&chunks)?;

@@ -33,8 +33,8 @@ use super::{AnalyzedInterval, Analyzer, Outcome};
 /// beside counting, small enough that a few in memory are little.
 pub const PIECE_BYTES: usize = 32 << 20;
 
-/// Pieces a worker may count ahead of the one being written: what bounds
-/// the memory of a file of any size.
+/// Pieces counted ahead of the one being written, beyond one per worker:
+/// what bounds the memory of a file of any size.
 const AHEAD: usize = 2;
 
 /// What was counted, and how often a piece had to be counted again.
@@ -69,8 +69,12 @@ pub(super) fn analyze(
     let pieces = (file.size() - first).div_ceil(piece_bytes.max(1)).max(1);
     let mut starts = vec![first];
     for k in 1..pieces {
-        let guess = file.likely_record_at(first + k * piece_bytes);
-        starts.push(guess.max(starts[k - 1]));
+        // No likely start near: an empty piece, the one before reading on.
+        let guess = match file.likely_record_at(first + k * piece_bytes) {
+            none if none == file.size() => starts[k - 1],
+            guess => guess.max(starts[k - 1]),
+        };
+        starts.push(guess);
     }
     let end_of = |k: usize| starts.get(k + 1).copied().unwrap_or(file.size());
 
@@ -90,14 +94,16 @@ pub(super) fn analyze(
                 let mut analyzer = Analyzer::new(interval, origin);
                 loop {
                     let k = next.fetch_add(1, Ordering::Relaxed);
-                    if k >= pieces || !shared.wait_turn(&changed, k) {
+                    if k >= pieces || !shared.wait_turn(&changed, k, workers + AHEAD) {
                         break;
                     }
                     let mut reported = starts[k] as u64;
                     let mut report = |at: u64| {
                         let step = at.saturating_sub(reported);
                         reported = reported.max(at);
-                        progress(taken.fetch_add(step, Ordering::Relaxed) + step);
+                        // Pieces read past their ends: never past the file.
+                        let total = taken.fetch_add(step, Ordering::Relaxed) + step;
+                        progress(total.min(file.size() as u64));
                     };
                     let start = match k {
                         0 => Start::Counting,
@@ -270,17 +276,17 @@ struct Shared {
 }
 
 trait Pieces {
-    fn wait_turn(&self, changed: &Condvar, k: usize) -> bool;
+    fn wait_turn(&self, changed: &Condvar, k: usize, ahead: usize) -> bool;
     fn take(&self, changed: &Condvar, k: usize) -> std::thread::Result<PieceCounts>;
 }
 
 impl Pieces for Mutex<Shared> {
-    /// Waits until piece `k` is at most [`AHEAD`] pieces past the one being
-    /// joined; false when joining stopped.
-    fn wait_turn(&self, changed: &Condvar, k: usize) -> bool {
+    /// Waits until piece `k` is fewer than `ahead` pieces past the one
+    /// being joined; false when joining stopped.
+    fn wait_turn(&self, changed: &Condvar, k: usize, ahead: usize) -> bool {
         let shared = self.lock().expect("no thread panics holding it");
         let shared = changed
-            .wait_while(shared, |s| k >= s.written + AHEAD && !s.abandoned)
+            .wait_while(shared, |s| k >= s.written + ahead && !s.abandoned)
             .expect("no thread panics holding it");
         !shared.abandoned
     }

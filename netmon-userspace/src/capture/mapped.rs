@@ -175,13 +175,19 @@ impl MappedPcap {
     /// exactly there.
     pub fn likely_record_at(&self, from: usize) -> usize {
         let limit = self.size().min(from.saturating_add(SEARCH));
+        // Not before the file's first record (a day's slack for clocks set
+        // back): a run of zeros in a payload is not a run of records.
+        let earliest = (self.records_at(self.first_record()).next())
+            .and_then(Result::ok)
+            .map_or(0, |first| first.ts_sec.saturating_sub(86400));
         (from..limit)
-            .find(|&at| self.chain_at(at))
+            .find(|&at| self.chain_at(at, earliest))
             .unwrap_or(self.size())
     }
 
-    /// Whether [`CHAIN`] plausible record headers follow from `at`.
-    fn chain_at(&self, mut at: usize) -> bool {
+    /// Whether [`CHAIN`] plausible record headers follow from `at`, the
+    /// first not before second `earliest`.
+    fn chain_at(&self, mut at: usize, earliest: u32) -> bool {
         let big_endian = self.header.is_bigendian();
         let fraction_limit = if self.header.is_nanosecond_precision() {
             1_000_000_000
@@ -191,11 +197,6 @@ impl MappedPcap {
         // Larger than any snap length in use (tcpdump's is 262144).
         let caplen_limit = self.header.snaplen.max(1 << 18);
         let record_header = self.records_at(0).record_header;
-        // Not before the file's first record (a day's slack for clocks set
-        // back): a run of zeros in a payload is not a run of records.
-        let earliest = (self.records_at(self.first_record()).next())
-            .and_then(Result::ok)
-            .map_or(0, |first| first.ts_sec.saturating_sub(86400));
         let mut previous_sec = None;
         for _ in 0..CHAIN {
             if at == self.size() {

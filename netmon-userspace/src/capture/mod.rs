@@ -188,13 +188,24 @@ pub struct Piece {
 
 impl PcapFile {
     /// `input` when it is a plain pcap file; `None` for anything else
-    /// (pcapng, compressed, standard input), which is read as a stream.
+    /// (pcapng, compressed, a pipe, standard input), which is read as a
+    /// stream: of those, nothing is opened or read here.
     pub fn open(input: &Input) -> Result<Option<PcapFile>, CaptureError> {
-        if *input == Input::Stdin {
+        let Input::File(path) = input else {
+            return Ok(None);
+        };
+        // A pipe or FIFO is neither opened (that waits for a writer) nor
+        // read from: what is read here would be lost to the stream.
+        let io_error = |cause| CaptureError::Io {
+            path: input.name(),
+            cause,
+        };
+        if !std::fs::metadata(path).map_err(io_error)?.is_file() {
             return Ok(None);
         }
-        match input.open(Arc::default())? {
-            Records::Mapped(Mapped::Legacy(pcap)) => PcapFile::new(pcap, input.name()).map(Some),
+        let file = std::fs::File::open(path).map_err(io_error)?;
+        match mapped::map(&file, Arc::default()) {
+            Some(Mapped::Legacy(pcap)) => PcapFile::new(pcap, input.name()).map(Some),
             _ => Ok(None),
         }
     }
