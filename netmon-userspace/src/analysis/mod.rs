@@ -67,18 +67,15 @@ pub fn analyze(
         // This thread writes while the other cores count: with one other
         // core, the thread below counts and hands over each interval as it
         // closes, which pieces would only delay.
-        let workers = match pieces {
-            Pieces::Cores => cores - 1,
-            Pieces::Of(_) => (cores - 1).max(2),
+        let (workers, piece_bytes) = match pieces {
+            Pieces::Cores => (cores - 1, PIECE_BYTES),
+            Pieces::Of(bytes) => ((cores - 1).max(2), bytes),
         };
         if workers > 1 {
             if let Some(file) = PcapFile::open(input)? {
-                let piece_bytes = match pieces {
-                    Pieces::Cores => PIECE_BYTES,
-                    Pieces::Of(bytes) => bytes,
-                };
                 let counted =
                     pieces::analyze(&file, interval, piece_bytes, workers, progress, emit);
+                log::debug!("{} piece(s) counted again", counted.recounted);
                 return Ok(counted.outcome);
             }
         }

@@ -40,7 +40,8 @@ const AHEAD: usize = 2;
 /// What was counted, and how often a piece had to be counted again.
 pub(super) struct Counted {
     pub outcome: Outcome,
-    /// Pieces whose guessed start or first interval did not hold.
+    /// Pieces counted again from where the piece before stopped, and the
+    /// rest of a file the last pieces skipped.
     pub recounted: usize,
 }
 
@@ -130,22 +131,18 @@ pub(super) fn analyze(
         }
         // Whatever way this thread leaves, the workers stop waiting for it.
         let _release = Release(&shared, &changed);
-        let mut joined = Counted {
-            outcome: Outcome::default(),
-            recounted: 0,
-        };
+        let mut outcome = Outcome::default();
         let mut recounted = 0;
         let mut stopped_at = first;
         let mut join = |piece: PieceCounts, stopped_at: &mut usize| {
             *stopped_at = piece.stopped_at;
-            joined.outcome.frames += piece.frames;
-            joined.outcome.bytes += piece.bytes;
+            outcome.frames += piece.frames;
+            outcome.bytes += piece.bytes;
             piece.intervals.into_iter().for_each(&mut emit);
             if piece.cut_off {
                 // A reader of the whole file stops at the record cut off.
-                let frames = joined.outcome.frames;
-                let cut_off = capture::cut_off(file.name(), frames);
-                joined.outcome.truncated.push(cut_off);
+                let cut_off = capture::cut_off(file.name(), outcome.frames);
+                outcome.truncated.push(cut_off);
             }
             piece.cut_off
         };
@@ -176,8 +173,7 @@ pub(super) fn analyze(
             recounted += 1;
             join(recount(stopped_at, file.size()), &mut stopped_at);
         }
-        joined.recounted = recounted;
-        joined
+        Counted { outcome, recounted }
     })
 }
 

@@ -146,7 +146,7 @@ impl Input {
     }
 }
 
-fn io_error(path: &Path, cause: std::io::Error) -> CaptureError {
+pub(super) fn io_error(path: &Path, cause: std::io::Error) -> CaptureError {
     CaptureError::Io {
         path: path.display().to_string(),
         cause,

@@ -142,11 +142,10 @@ const PROGRESS_EVERY: u64 = 65_536;
 fn read_pcap(
     pcap: MappedPcap,
     name: String,
-    on_frame: impl FnMut(CapturedFrame<'_>) -> ControlFlow<()>,
+    mut on_frame: impl FnMut(CapturedFrame<'_>) -> ControlFlow<()>,
     on_progress: impl FnMut(u64),
 ) -> Result<ReadSummary, CaptureError> {
     let file = PcapFile::new(pcap, name)?;
-    let mut on_frame = on_frame;
     // The frame `on_frame` breaks at is read: the next one is not.
     let mut stopped = false;
     let piece = file.read(
@@ -196,10 +195,7 @@ impl PcapFile {
         };
         // A pipe or FIFO is neither opened (that waits for a writer) nor
         // read from: what is read here would be lost to the stream.
-        let io_error = |cause| CaptureError::Io {
-            path: input.name(),
-            cause,
-        };
+        let io_error = |cause| input::io_error(path, cause);
         if !std::fs::metadata(path).map_err(io_error)?.is_file() {
             return Ok(None);
         }
