@@ -917,6 +917,66 @@ fn an_interface_gone_while_netmon_was_down_is_counted_and_its_pins_removed() -> 
     Ok(())
 }
 
+/// An interface of a namespace a pattern matched, its namespace deleted
+/// while no daemon ran: the next run cannot enter it, finds the pins by
+/// their maps' instance, reads what they counted since the last poll, then
+/// removes them. Every datagram is counted once.
+#[test]
+fn an_interface_whose_namespace_went_while_netmon_was_down_is_counted_and_its_pins_removed(
+) -> Result<()> {
+    let bpffs = TempMount::bpffs()?;
+    let net = Routed::create()?;
+    let dir = tempfile::tempdir()?;
+    let (host, port) = (&net.right, &net.router_right);
+    let namespaces = format!("{}*", host.netns);
+    let label = format!("{}:{}", host.netns, host.iface);
+    let launch = || {
+        Netmon::on(&net.router_left)
+            .without_defaults()
+            .args(&["--netns", &namespaces, "--iface", &host.iface])
+            .args(&["--interval", "1s", "--quiet", "--log-every", "0s"])
+            .logs_in(dir.path())
+            .bpffs(&bpffs)
+    };
+    let netmon = launch().start_until(&format!("counting on {label}"))?;
+    Flow::udp(host, port).port(7126).sizes(&[300; 12]).send()?;
+    two_polls();
+    // Stopped, it polls no more: the 8 below are in its maps only.
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(netmon.pid() as i32, libc::SIGSTOP) };
+    Flow::udp(host, port).port(7127).sizes(&[300; 8]).send()?;
+    netmon.kill()?;
+    assert_eq!(
+        exact_totals(dir.path())?.get(&(v4(host), v4(port))),
+        Some(udp(12, port, 300)),
+        "what the killed run had counted"
+    );
+    net.remove_right_netns()?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while net.router_right_exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the namespace outlives its deletion"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(bpffs.pins_of(&host.iface).len(), 1, "left by the kill");
+    let mut netmon =
+        launch().start_until(&format!("interface {label} went while no netmon ran"))?;
+    netmon.wait_for(
+        &format!("interface {label} is gone: its traffic"),
+        Duration::from_secs(10),
+    )?;
+    assert_eq!(bpffs.pins_of(&host.iface), Vec::<std::path::PathBuf>::new());
+    netmon.stop()?;
+    assert_eq!(
+        exact_totals(dir.path())?.get(&(v4(host), v4(port))),
+        Some(udp(20, port, 300)),
+        "the 8 after the last poll too, once"
+    );
+    Ok(())
+}
+
 #[test]
 fn netns_from_the_host_loses_nothing_across_sigkills() -> Result<()> {
     let bpffs = TempMount::bpffs()?;

@@ -25,7 +25,7 @@ use crate::{
     accounting::{Baseline, Meter},
     alerts::{Alerter, UsageAlarm},
     control::{self, Claim, ControlError},
-    datapath::{netns::Netns, Datapath, DatapathError, Granularity, IngressHook},
+    datapath::{netns::Netns, pins::PinDir, Datapath, DatapathError, Granularity, IngressHook},
     enforcer::Enforcer,
     flows::{FlowError, FlowExport, FlowExporter},
     history::HistoryError,
@@ -235,6 +235,55 @@ fn meter_for(saved: &[Baseline], kernel: &Attached) -> Result<Meter, StartError>
     Ok(meter)
 }
 
+/// The interfaces an earlier run watched in a namespace this run does not
+/// enter, gone since (a container's namespace deleted while no netmon ran),
+/// whose pins hold what they counted after that run's last poll. They are
+/// known by their maps' instance, which the history store keeps with each
+/// interface's baseline: pins another daemon left are not this one's.
+fn left_elsewhere(
+    config: &Config,
+    db: &Path,
+    targets: &[Target],
+    patterns: &[Pattern],
+) -> Result<Vec<Target>, StartError> {
+    // A store that cannot be read is refused below, with its own line.
+    let stored = match crate::history::Store::open_read(db) {
+        Ok(store) => store.baseline_instances().unwrap_or_default(),
+        Err(_) => return Ok(Vec::new()),
+    };
+    let mut entered = vec![Datapath::pin_namespace_in(None)?];
+    let namespaces = targets
+        .iter()
+        .filter_map(|t| t.netns.clone())
+        .chain(patterns.iter().filter_map(Pattern::netns));
+    for netns in namespaces {
+        entered.push(Datapath::pin_namespace_in(Some(&netns))?);
+    }
+    let mut left = Vec::new();
+    for (pins, iface) in PinDir::left_elsewhere(&config.bpffs, &entered)? {
+        let instance = match pins.instance() {
+            Ok(instance) => instance,
+            Err(e) => {
+                log::warn!("the pins {} cannot be read: {e}", pins.path().display());
+                continue;
+            }
+        };
+        let Some((label, _)) = stored.iter().find(|(_, i)| *i == instance) else {
+            continue;
+        };
+        if targets.iter().any(|t| &t.label == label) {
+            log::warn!(
+                "the pins {} hold what {label} counted in a namespace gone since, and this run \
+                 watches a new {label}: they stay as they are, uncounted",
+                pins.path().display()
+            );
+            continue;
+        }
+        left.push(Target::left_elsewhere(label.clone(), &iface, pins));
+    }
+    Ok(left)
+}
+
 /// Runs the daemon until SIGINT or SIGTERM, or, watching one interface,
 /// until it is gone.
 ///
@@ -392,6 +441,32 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     if let Some(e) = refused {
         return Err(e.into());
     }
+    let files = config.files.clone().check(config.follow_symlinks)?;
+    let db = crate::logs::paths::check(&config.db, "--db", config.follow_symlinks)?;
+    // With --reset-state the files and the database are moved aside, below,
+    // once nothing can refuse; unread, since they may be what is broken.
+    let (saved, detail) = if config.reset_state {
+        (State::default(), Default::default())
+    } else {
+        // A first start with a database imports the detail log: read whole here.
+        let detail = crate::history::DetailImport::check(&db, &files.detail)?;
+        (files.load()?, detail)
+    };
+    // Read once and retired, like one a pattern matched that went while no
+    // netmon ran; with --reset-state there is no baseline to read them from.
+    if !config.reset_state {
+        for mut t in left_elsewhere(&config, &db, &targets, &patterns)? {
+            match t.claim() {
+                Ok(()) => targets.push(t),
+                Err(e) => log::warn!(
+                    "{e}; the pins {} stay as they are",
+                    t.left
+                        .as_ref()
+                        .map_or(String::new(), |p| p.path().display().to_string())
+                ),
+            }
+        }
+    }
     let (mut present, mut gone) = (Vec::new(), Vec::new());
     for t in &targets {
         if t.gone {
@@ -409,17 +484,6 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     if present.is_empty() && patterns.is_empty() && listed.claims.is_empty() {
         return Err(StartError::NoInterface);
     }
-    let files = config.files.clone().check(config.follow_symlinks)?;
-    let db = crate::logs::paths::check(&config.db, "--db", config.follow_symlinks)?;
-    // With --reset-state the files and the database are moved aside, below,
-    // once nothing can refuse; unread, since they may be what is broken.
-    let (saved, detail) = if config.reset_state {
-        (State::default(), Default::default())
-    } else {
-        // A first start with a database imports the detail log: read whole here.
-        let detail = crate::history::DetailImport::check(&db, &files.detail)?;
-        (files.load()?, detail)
-    };
     let labels: Vec<String> = targets.iter().map(|t| t.label.clone()).collect();
     let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
     // The policy file's `ifaces` name the interfaces named outright; the
@@ -550,7 +614,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     sinks.push(Box::new(CrossCheckSink::new(
         targets
             .iter()
-            .filter(|t| t.netns.is_none())
+            .filter(|t| t.netns.is_none() && t.left.is_none())
             .map(|t| t.label.as_str()),
     )));
     if let Some(exposition) = exposition {

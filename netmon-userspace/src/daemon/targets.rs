@@ -12,7 +12,7 @@ use std::sync::Arc;
 use super::{kernel::Attached, netns_of, start::Config};
 use crate::{
     control::{self, Claim},
-    datapath::{netns::Netns, Datapath, DatapathError, LoadOptions},
+    datapath::{netns::Netns, pins::PinDir, Datapath, DatapathError, LoadOptions},
 };
 use netmon_common::dns::OwnLookup;
 
@@ -158,6 +158,9 @@ pub(super) struct Target {
     /// retired when the namespace goes; one that cannot be attached or
     /// claimed is left out with a warning, and looked at again.
     pub by_pattern: bool,
+    /// The pins an earlier run left in a namespace this run does not enter,
+    /// gone since ([`Target::left_elsewhere`]).
+    pub left: Option<PinDir>,
 }
 
 impl Target {
@@ -180,7 +183,19 @@ impl Target {
             gone: false,
             unlisted: false,
             by_pattern: false,
+            left: None,
         }
+    }
+
+    /// Interface `label` (`NS:IF`, as an earlier run named it), whose maps
+    /// that run left pinned in `pins` with their links detached
+    /// ([`PinDir::left_elsewhere`]): gone, read once, then retired.
+    pub fn left_elsewhere(label: String, iface: &str, pins: PinDir) -> Target {
+        let mut target = Target::new(iface, None, label.clone(), true);
+        target.key = label;
+        target.gone = true;
+        target.left = Some(pins);
+        target
     }
 
     /// Its pair table's capacity: a container's veth gets a small one.
@@ -198,7 +213,7 @@ impl Target {
     }
 
     pub fn present(&self) -> bool {
-        Datapath::index_in(self.netns.as_deref(), &self.name).is_some()
+        self.left.is_none() && Datapath::index_in(self.netns.as_deref(), &self.name).is_some()
     }
 
     /// The maps an earlier run left pinned for it, gone since, without
@@ -209,8 +224,16 @@ impl Target {
             granularity: config.granularity,
             own_lookup: None,
         };
-        let datapath =
-            Datapath::adopt_gone_in(self.netns.clone(), &self.name, &options, &config.bpffs)?;
+        let datapath = match &self.left {
+            Some(pins) => Some(Datapath::adopt_detached(
+                pins.clone(),
+                &self.name,
+                &options,
+            )?),
+            None => {
+                Datapath::adopt_gone_in(self.netns.clone(), &self.name, &options, &config.bpffs)?
+            }
+        };
         Ok(datapath.map(Attached::new))
     }
 

@@ -275,6 +275,20 @@ pub(super) fn load_pinned(
     Ok((ebpf, instance))
 }
 
+/// [`load_pinned`] of the maps of an interface gone, never to be attached:
+/// with their own capacity and granularity, and no word about `options`'.
+pub(super) fn load_detached(
+    options: &LoadOptions,
+    pins: &PinDir,
+) -> Result<(Ebpf, u64), DatapathError> {
+    let mut options = *options;
+    if let Ok(info) = MapInfo::from_pin(pins.map(SLOT_KEYS_MAP)) {
+        options.max_pairs = info.max_entries();
+    }
+    options.granularity = Granularity::pinned(pins).unwrap_or_default();
+    load_pinned(&options, pins, true)
+}
+
 /// Tells the programs of `ebpf` to leave the lookups of `own` out of their
 /// counts.
 fn leave_out(ebpf: &mut Ebpf, own: &OwnLookup) -> Result<(), DatapathError> {

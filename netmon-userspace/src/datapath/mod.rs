@@ -149,32 +149,50 @@ impl Datapath {
                 pins.remove()?;
                 return Ok(None);
             }
-            let (ebpf, instance) = load::load_pinned(options, &pins, true)?;
-            let table = PairTable::of(&ebpf)?;
-            table.release_orphans()?;
-            let claimed = table.in_use_bound()?;
-            Ok(Some(Self {
-                ebpf,
-                iface: iface.to_string(),
-                netns: None,
-                ingress: None,
-                // No interface has index 0: never attached.
-                ifindex: 0,
-                logger: None,
-                pins,
-                links: Vec::new(),
-                detached: false,
-                adopted: true,
-                instance,
-                table,
-                claimed,
-            }))
+            Self::adopt_detached(pins, iface, options).map(Some)
         };
         let mut datapath = within(netns.as_deref(), adopt)?;
         if let Some(datapath) = &mut datapath {
             datapath.netns = netns;
         }
         Ok(datapath)
+    }
+
+    /// The maps pinned in `pins` for `iface`, whose links are detached
+    /// (see [`PinDir::left_elsewhere`]): loaded and not attached, as
+    /// [`Datapath::adopt_gone_in`] does.
+    pub fn adopt_detached(
+        pins: PinDir,
+        iface: &str,
+        options: &LoadOptions,
+    ) -> Result<Self, DatapathError> {
+        pins.check_layout()?;
+        let (ebpf, instance) = load::load_detached(options, &pins)?;
+        let table = PairTable::of(&ebpf)?;
+        table.release_orphans()?;
+        let claimed = table.in_use_bound()?;
+        Ok(Self {
+            ebpf,
+            iface: iface.to_string(),
+            netns: None,
+            ingress: None,
+            // No interface has index 0: never attached.
+            ifindex: 0,
+            logger: None,
+            pins,
+            links: Vec::new(),
+            detached: false,
+            adopted: true,
+            instance,
+            table,
+            claimed,
+        })
+    }
+
+    /// How the pin directory of `netns` (the daemon's own when `None`) is
+    /// named under `<bpffs>/netmon`.
+    pub fn pin_namespace_in(netns: Option<&Netns>) -> Result<String, DatapathError> {
+        within(netns, || sys::netns_id().map_err(DatapathError::NetnsId))
     }
 
     /// The interfaces of `netns` (the daemon's own when `None`) that have

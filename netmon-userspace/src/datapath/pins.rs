@@ -78,25 +78,51 @@ impl PinDir {
     /// whether they exist or not.
     pub fn pinned(bpffs: &Path) -> Result<Vec<String>, DatapathError> {
         let netns = super::sys::netns_id().map_err(DatapathError::NetnsId)?;
-        let dir = bpffs.join("netmon").join(netns);
-        let unreadable = |source| DatapathError::PinFile {
-            action: "listing",
-            path: dir.clone(),
-            cause: source,
-        };
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(unreadable(e)),
-        };
-        let mut names = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(unreadable)?;
-            if entry.file_type().map_err(unreadable)?.is_dir() {
-                names.push(entry.file_name().to_string_lossy().into_owned());
+        subdirectories(&bpffs.join("netmon").join(netns))
+    }
+
+    /// Pin directories left in network namespaces other than `skipped` (as
+    /// their directories are named, `netns-<cookie>`) that hold maps and no
+    /// attached link, with their interface names: an interface whose
+    /// namespace went while no netmon ran (its interfaces went with it), or
+    /// that went itself in a namespace this run does not enter. Their maps
+    /// count nothing any more.
+    pub fn left_elsewhere(
+        bpffs: &Path,
+        skipped: &[String],
+    ) -> Result<Vec<(PinDir, String)>, DatapathError> {
+        let mut left = Vec::new();
+        for netns in subdirectories(&bpffs.join("netmon"))? {
+            if skipped.contains(&netns) || !netns.starts_with("netns-") {
+                continue;
+            }
+            let in_netns = bpffs.join("netmon").join(&netns);
+            for iface in subdirectories(&in_netns)? {
+                let pins = PinDir {
+                    dir: in_netns.join(&iface),
+                };
+                let detached = pins
+                    .links()
+                    .all(|link| super::sys::pinned_link_ifindex(&link).ok() == Some(0));
+                if pins.has_maps() && detached {
+                    left.push((pins, iface));
+                }
             }
         }
-        Ok(names)
+        Ok(left)
+    }
+
+    /// The instance id of the maps pinned here
+    /// ([`PolicyState::instance`]); check their layout first.
+    pub fn instance(&self) -> Result<u64, DatapathError> {
+        let unreadable = |cause| DatapathError::Map {
+            map: POLICY_MAP,
+            cause,
+        };
+        let data = MapData::from_pin(self.map(POLICY_MAP)).map_err(unreadable)?;
+        let policy: Array<MapData, PolicyState> =
+            Array::try_from(Map::Array(data)).map_err(unreadable)?;
+        Ok(policy.get(&0, 0).map_err(unreadable)?.instance)
     }
 
     /// Refuses pins this run must not touch, before anything is created: pins
@@ -367,4 +393,26 @@ fn is_bpffs(path: &Path) -> bool {
         let mut fs: libc::statfs = std::mem::zeroed();
         libc::statfs(c.as_ptr(), &mut fs) == 0 && fs.f_type as i64 == BPF_FS_MAGIC
     }
+}
+
+/// The names of the directories in `dir`; none when it does not exist.
+fn subdirectories(dir: &Path) -> Result<Vec<String>, DatapathError> {
+    let unreadable = |source| DatapathError::PinFile {
+        action: "listing",
+        path: dir.to_path_buf(),
+        cause: source,
+    };
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(unreadable(e)),
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(unreadable)?;
+        if entry.file_type().map_err(unreadable)?.is_dir() {
+            names.push(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    Ok(names)
 }

@@ -377,7 +377,6 @@ impl Store {
         })
     }
 
-    /// The baseline stored for `iface`, if any.
     /// The interfaces the store keeps a baseline of.
     fn baseline_ifaces(&self) -> Result<Vec<String>, HistoryError> {
         let mut statement = self
@@ -390,6 +389,27 @@ impl Store {
         rows.collect::<Result<_, _>>().map_err(|e| self.error(e))
     }
 
+    /// Each interface the store keeps a baseline of, with the instance of
+    /// the maps it was read from ([`Baseline::instance`]).
+    pub fn baseline_instances(&self) -> Result<Vec<(String, u64)>, HistoryError> {
+        let mut statement = self
+            .conn
+            .prepare("SELECT iface, baseline FROM baselines ORDER BY iface")
+            .map_err(|e| self.error(e))?;
+        let rows = statement
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .map_err(|e| self.error(e))?;
+        let mut instances = Vec::new();
+        for row in rows {
+            let (iface, json) = row.map_err(|e| self.error(e))?;
+            let baseline = serde_json::from_str::<Baseline>(&json)
+                .map_err(|e| self.malformed(format!("the baseline of {iface} ({e})")))?;
+            instances.push((iface, baseline.instance));
+        }
+        Ok(instances)
+    }
+
+    /// The baseline stored for `iface`, if any.
     fn baseline(&self, iface: &str) -> Result<Option<Baseline>, HistoryError> {
         let json = self
             .conn
