@@ -9,6 +9,8 @@ use std::{
     net::IpAddr,
     path::{Path, PathBuf},
     process::{Command, Output, Stdio},
+    sync::{Arc, Condvar, Mutex},
+    time::Duration,
 };
 
 use anyhow::{ensure, Context as _, Result};
@@ -52,10 +54,38 @@ fn analyze(dir: &Path, args: &[&Path], stdin: Option<&[u8]>) -> Result<(Output, 
     let feed = stdin.map(<[u8]>::to_vec).unwrap_or_default();
     // Written from another thread: a pipe holds less than a capture.
     let writer = std::thread::spawn(move || pipe.write_all(&feed));
-    let out = child.wait_with_output()?;
+    // A hang (a pipe opened twice, say) fails the test instead of stalling CI.
+    let pid = child.id() as i32;
+    let finished = Arc::new((Mutex::new(false), Condvar::new()));
+    let watchdog = {
+        let finished = finished.clone();
+        std::thread::spawn(move || {
+            let (done, wake) = &*finished;
+            let done = wake
+                .wait_timeout_while(done.lock().expect("lock"), ANALYZE_LIMIT, |done| !*done)
+                .expect("lock")
+                .0;
+            if !*done {
+                // SAFETY: signalling our own child, not yet waited for.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            !*done
+        })
+    };
+    let out = child.wait_with_output();
+    *finished.0.lock().expect("lock") = true;
+    finished.1.notify_one();
+    ensure!(
+        !watchdog.join().expect("watchdog"),
+        "netmon analyze {args:?} did not finish within {ANALYZE_LIMIT:?}"
+    );
+    let out = out?;
     writer.join().expect("writer")?;
     Ok((out, detail))
 }
+
+/// The longest an analysis here may take: each reads a few MB at most.
+const ANALYZE_LIMIT: Duration = Duration::from_secs(120);
 
 /// The pairs of an analysis that succeeded; with `direction`, only those.
 fn netmon_pairs(
@@ -547,7 +577,7 @@ fn thousands_of_pairs_over_many_intervals_give_tsharks_pairs() -> Result<()> {
             e.0 += 1;
             e.1 += frame.len() as u64;
             // 0.1 ms apart: 2.4 s, 240 intervals of 10 ms.
-            let at = std::time::Duration::from_micros(1_700_000_000_000_000 + i as u64 * 100);
+            let at = Duration::from_micros(1_700_000_000_000_000 + i as u64 * 100);
             writer.write_packet(&pcap_file::pcap::PcapPacket::new(
                 at,
                 frame.len() as u32,
@@ -663,7 +693,7 @@ fn write_pcapng(path: &Path, blocks: &[Block]) -> Result<()> {
             Block::Packet { interface, second } => {
                 writer.write_pcapng_block(EnhancedPacketBlock {
                     interface_id: interface,
-                    timestamp: std::time::Duration::from_secs(1_700_000_000 + second),
+                    timestamp: Duration::from_secs(1_700_000_000 + second),
                     original_len: frame.len() as u32,
                     data: frame.as_slice().into(),
                     options: vec![],
