@@ -341,8 +341,11 @@ fn sockets() -> Vec<(String, PathBuf)> {
     found
 }
 
-/// The socket of the daemon on `iface` (`IF` or `NS:IF`).
+/// The socket of the daemon on `iface` (`IF` or `NS:IF`, or a pattern of them).
 fn socket_of(iface: &str) -> Result<PathBuf, ControlError> {
+    if crate::policy::is_pattern(iface) {
+        return socket_matching(iface);
+    }
     if iface.contains(':') {
         return Ok(socket_path(iface));
     }
@@ -376,6 +379,61 @@ fn socket_of(iface: &str) -> Result<PathBuf, ControlError> {
                 .collect::<Vec<_>>()
                 .join(", "),
         }),
+    }
+}
+
+/// The socket of the daemon a pattern of interfaces (`veth*`) picks: the
+/// daemon watching that pattern, else the one daemon whose interfaces it
+/// matches, else the only daemon running (which refuses a pattern that
+/// does not parse).
+fn socket_matching(pattern: &str) -> Result<PathBuf, ControlError> {
+    use std::os::unix::fs::MetadataExt;
+    let own = crate::datapath::netns::own_label();
+    let claimed = socket_path(&key(own.as_deref(), pattern));
+    if claimed.exists() {
+        return Ok(claimed);
+    }
+    let Ok(glob) = glob::Pattern::new(pattern) else {
+        return only_socket();
+    };
+    // As `IF` names an interface of any namespace (see [`socket_of`]), a
+    // pattern without `NS:` matches the interfaces of any.
+    let matches = |key: &str| {
+        glob.matches(key)
+            || (!pattern.contains(':')
+                && key
+                    .rsplit_once(':')
+                    .is_some_and(|(_, iface)| glob.matches(iface)))
+    };
+    let mut daemons: Vec<(u64, String, PathBuf)> = Vec::new();
+    for entry in std::fs::read_dir(SOCKET_DIR)
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let path = entry.path();
+        let Some(key) = path.file_stem().and_then(|s| s.to_str()) else {
+            continue;
+        };
+        if path.extension().is_none_or(|e| e != "sock") || !matches(key) {
+            continue;
+        }
+        if let Ok(meta) = std::fs::metadata(&path) {
+            if !daemons.iter().any(|(ino, ..)| *ino == meta.ino()) {
+                daemons.push((meta.ino(), key.to_string(), path));
+            }
+        }
+    }
+    match daemons.as_slice() {
+        [(_, _, one)] => Ok(one.clone()),
+        [] => only_socket(),
+        _ => Err(ControlError::Several(
+            daemons
+                .iter()
+                .map(|(_, key, _)| key.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        )),
     }
 }
 

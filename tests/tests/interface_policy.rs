@@ -157,7 +157,8 @@ fn a_block_on_one_interface_drops_there_only_and_is_kept_across_a_restart() -> R
         refused,
         format!(
             "netmon: error: interface nosuch0 is not one of this daemon's ({}, {}): name one of \
-             those with --iface, or leave --iface out for all of them\n",
+             those or a pattern of them (--iface 'veth*') with --iface, or leave --iface out \
+             for all of them\n",
             left.iface, right.iface
         )
     );
@@ -202,7 +203,7 @@ fn a_policy_file_puts_rules_and_quotas_on_the_interfaces_it_names() -> Result<()
         String::from_utf8_lossy(&refused.stderr),
         format!(
             "netmon: error: {}:4: ifaces: 'nosuch0' is not one of this daemon's interfaces \
-             ({}, {}); name one of those, or leave ifaces out for all of them\n",
+             ({}, {}); name one of those or a pattern of them (veth*), or leave ifaces out for all of them\n",
             policy.display(),
             left.iface,
             right.iface

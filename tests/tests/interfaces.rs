@@ -8,7 +8,10 @@ use std::{collections::BTreeMap, net::IpAddr, path::Path, time::Duration};
 use anyhow::{Context as _, Result};
 use netmon::{
     accounting::Ledger,
-    logs::{detail::DetailRecord, state},
+    logs::{
+        detail::{DetailRecord, PairRecord},
+        state,
+    },
 };
 use netmon_common::Counter;
 use netmon_tests::{
@@ -25,6 +28,21 @@ use netmon_tests::{
 type PerInterface = BTreeMap<(String, String, IpAddr, IpAddr), Counter>;
 
 fn detail(dir: &Path) -> Result<PerInterface> {
+    detail_of(dir, |p| Counter {
+        frames: p.frames,
+        bytes: p.bytes,
+    })
+}
+
+/// As [`detail`], what the policy dropped.
+fn dropped(dir: &Path) -> Result<PerInterface> {
+    detail_of(dir, |p| Counter {
+        frames: p.dropped_frames,
+        bytes: p.dropped_bytes,
+    })
+}
+
+fn detail_of(dir: &Path, counted: impl Fn(&PairRecord) -> Counter) -> Result<PerInterface> {
     let text = std::fs::read_to_string(dir.join("detail.jsonl"))?;
     let mut out = PerInterface::new();
     for line in text.lines() {
@@ -33,10 +51,7 @@ fn detail(dir: &Path) -> Result<PerInterface> {
             let c = out
                 .entry((record.iface.clone(), p.direction.to_string(), p.src, p.dst))
                 .or_default();
-            *c = c.plus(Counter {
-                frames: p.frames,
-                bytes: p.bytes,
-            });
+            *c = c.plus(counted(&p));
         }
     }
     Ok(out)
@@ -500,6 +515,79 @@ fn a_pattern_follows_what_it_matches(elsewhere: bool) -> Result<()> {
     if !elsewhere {
         assert_eq!(ingress(left, &net.left), Some(&udp(6, left, 200)));
     }
+    Ok(())
+}
+
+/// `netmon block --iface PATTERN`: the rule holds on the port the pattern
+/// matches and not on the other, also on that port deleted and made again
+/// (a container come back under its name), as the detail log shows per
+/// interface.
+#[test]
+fn a_rule_on_a_pattern_of_interfaces_holds_where_it_matches_and_on_one_that_comes_again(
+) -> Result<()> {
+    let bpffs = TempMount::bpffs()?;
+    let net = Routed::create()?;
+    let dir = tempfile::tempdir()?;
+    let (left, right) = (&net.router_left, &net.router_right);
+    let both = format!("{}?", &left.iface[..left.iface.len() - 1]);
+    let mut netmon = Netmon::on(left)
+        .args(&["--iface", &both])
+        .logs_in(dir.path())
+        .bpffs(&bpffs)
+        .start()?;
+    let counting = format!("counting on {}", right.iface);
+    said(&mut netmon, &counting)?;
+    // The right port alone: its last letter as a class.
+    let (stem, last) = right.iface.split_at(right.iface.len() - 1);
+    let right_only = format!("{stem}[{last}]");
+    let target = net.right.ipv4;
+    assert_eq!(
+        ctl(&right_only, &["block", &target.to_string()]).map_err(anyhow::Error::msg)?,
+        format!("rule 0 added: block {target}/32 on {right_only}\n")
+    );
+    // Routed to the right host: into the left port, out of the right one.
+    let delivered = Flow::udp(&net.left, &net.right)
+        .port(7131)
+        .sizes(&[300; 10])
+        .delivered()?;
+    assert_eq!(delivered, Vec::<usize>::new());
+    net.remove_right()?;
+    netmon.wait_for(
+        &format!("interface {} is gone: its traffic", right.iface),
+        Duration::from_secs(10),
+    )?;
+    net.add_right()?;
+    netmon.wait_for(&counting, Duration::from_secs(10))?;
+    let delivered = Flow::udp(&net.left, &net.right)
+        .port(7132)
+        .sizes(&[300; 4])
+        .delivered()?;
+    assert_eq!(delivered, Vec::<usize>::new());
+    two_polls();
+    netmon.stop()?;
+    let pair = |port: &netmon_tests::Host, direction: &str| {
+        (
+            port.iface.clone(),
+            direction.to_string(),
+            v4(&net.left),
+            v4(&net.right),
+        )
+    };
+    let sent = udp(14, &net.right, 300);
+    assert_eq!(
+        detail(dir.path())?.get(&pair(left, "ingress")),
+        Some(&sent),
+        "the left port is not matched: delivered there"
+    );
+    assert_eq!(
+        dropped(dir.path())?.get(&pair(left, "ingress")),
+        Some(&Counter::default())
+    );
+    assert_eq!(
+        dropped(dir.path())?.get(&pair(right, "egress")),
+        Some(&sent),
+        "dropped on the right port, before and after it came again"
+    );
     Ok(())
 }
 

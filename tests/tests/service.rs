@@ -96,7 +96,7 @@ fn config_check_names_the_file_and_line_of_each_problem() -> Result<()> {
         ("[[interface]]\nmtu = 1500\n", 2, "interface: unknown key 'mtu'; an interface has name and netns"),
         ("interval = \"5s\"\n\n[[policy.block]]\ncidr = \"10.0.0.0/33\"\n", 4, "'10.0.0.0/33' is not a valid CIDR: /33 is longer than an IPv4 address (32 bits)"),
         ("interval = = \"5s\"\n", 1, "extra `=`, expected nothing"),
-        ("[[interface]]\nname = \"eth0\"\n\n[[interface]]\nname = \"veth1\"\nnetns = \"nm-absent-ns\"\n\n[[policy.allow]]\ncidr = \"10.0.0.0/8\"\n\n[[policy.block]]\ncidr = \"10.0.0.0/8\"\nifaces = [\"nm-absent-ns:veth1\", \"eth1\"]\n", 13, "ifaces: 'eth1' is not one of this daemon's interfaces (eth0, nm-absent-ns:veth1); name one of those, or leave ifaces out for all of them"),
+        ("[[interface]]\nname = \"eth0\"\n\n[[interface]]\nname = \"veth1\"\nnetns = \"nm-absent-ns\"\n\n[[policy.allow]]\ncidr = \"10.0.0.0/8\"\n\n[[policy.block]]\ncidr = \"10.0.0.0/8\"\nifaces = [\"nm-absent-ns:veth1\", \"eth1\"]\n", 13, "ifaces: 'eth1' is not one of this daemon's interfaces (eth0, nm-absent-ns:veth1); name one of those or a pattern of them (veth*), or leave ifaces out for all of them"),
         ("[[interface]]\nname = \"eth0\"\n\n[[policy.quota]]\ncidr = \"10.0.0.0/8\"\nlimit = \"1GB\"\nperiod = \"daily\"\nifaces = []\n", 8, "ifaces is empty: name at least one interface, or leave ifaces out for all of them"),
     ] {
         let got = check("bad.toml", content)?;
@@ -114,7 +114,7 @@ fn config_check_names_the_file_and_line_of_each_problem() -> Result<()> {
     )?;
     assert_eq!(
         (ok, stdout, stderr),
-        (false, String::new(), at("policy.toml", 8, "ifaces: 'eth9' is not one of this daemon's interfaces (eth0); name one of those, or leave ifaces out for all of them"))
+        (false, String::new(), at("policy.toml", 8, "ifaces: 'eth9' is not one of this daemon's interfaces (eth0); name one of those or a pattern of them (veth*), or leave ifaces out for all of them"))
     );
     let no_interface = dir.path().join("no-interface.toml");
     std::fs::write(&no_interface, "interval = \"5s\"\n")?;

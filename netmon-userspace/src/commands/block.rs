@@ -33,7 +33,8 @@ pub struct MatchArgs {
     #[arg(long, conflicts_with_all = ["proto", "port", "sport", "dport"])]
     pub all: bool,
     /// Only on this interface of the daemon (`IF`, or `NS:IF`; repeat for
-    /// several); without it, on all of them. The first also picks the
+    /// several), or on those a pattern matches, now and as they come
+    /// (`'veth*'`); without it, on all of them. The first also picks the
     /// daemon when several run.
     #[arg(long)]
     pub iface: Vec<String>,

@@ -42,7 +42,10 @@ use crate::{
     live::{Live, LiveSnapshot, Screen, ScreenQuery, RECENT_ALERTS},
     logs::state::State,
     names::{reverse::Reverse, DnsCounts, Listener, NameRecord},
-    policy::compile::{Charged, Compiled, Tables},
+    policy::{
+        compile::{Compiled, Tables},
+        NotNamed,
+    },
 };
 use clock::Clock;
 use kernel::{Kernel, PolicyMaps};
@@ -74,13 +77,16 @@ pub enum DaemonError {
         watched: String,
     },
     /// A rule or quota names an interface the daemon does not watch.
-    #[error("interface {named} is not one of this daemon's ({watched}): name one of those with --iface, or leave --iface out for all of them")]
+    #[error("interface {named} is not one of this daemon's ({watched}): name one of those or a pattern of them (--iface 'veth*') with --iface, or leave --iface out for all of them")]
     NotOurs {
         /// The interface named.
         named: String,
         /// The daemon's interfaces.
         watched: String,
     },
+    /// A rule or quota names a pattern of interfaces that does not parse.
+    #[error("{0}")]
+    BadPattern(String),
 }
 
 /// When an interval began, by both clocks.
@@ -124,8 +130,8 @@ pub(crate) fn netns_of(label: &str) -> &str {
 /// state is one map they share (`Datapath::quota_pin`).
 pub struct Interfaces<K> {
     watched: Vec<Watched<K>>,
-    /// The quotas each ingress hook charges under the policy last written.
-    charged: Charged,
+    /// The policy last written: what each ingress hook charges.
+    policy: Compiled,
     /// The rule counters of interfaces retired, by slot: a rule's hits
     /// never go back when an interface goes.
     retired_hits: HashMap<u32, [Counter; 2]>,
@@ -148,7 +154,11 @@ impl<K: Kernel> Interfaces<K> {
             .filter(|w| w.present && w.kernel.attached())
             .map(|w| {
                 let ns = netns_of(&w.iface).to_string();
-                (ns, w.kernel.ifindex(), self.charged.on(&w.iface))
+                (
+                    ns,
+                    w.kernel.ifindex(),
+                    self.policy.charged_at_ingress(&w.iface),
+                )
             })
             .collect();
         for w in self.watched.iter_mut().filter(|w| w.present) {
@@ -174,10 +184,7 @@ impl<K: Kernel> Interfaces<K> {
 impl<K: Kernel> PolicyMaps for Interfaces<K> {
     /// The same tables on every interface.
     fn write_tables(&mut self, tables: &Tables) -> Result<(), DatapathError> {
-        self.write_policy(&Compiled {
-            everywhere: tables.clone(),
-            named: Default::default(),
-        })
+        self.write_policy(&Compiled::same_everywhere(tables.clone()))
     }
 
     /// Not into the maps of an interface gone: they enforce nothing, and
@@ -186,8 +193,8 @@ impl<K: Kernel> PolicyMaps for Interfaces<K> {
         self.watched
             .iter_mut()
             .filter(|w| w.kernel.attached())
-            .try_for_each(|w| w.kernel.write_tables(policy.on(&w.iface)))?;
-        self.charged = policy.charged_at_ingress();
+            .try_for_each(|w| w.kernel.write_tables(&policy.on(&w.iface)))?;
+        self.policy = policy.clone();
         self.link_forwarders()
     }
 
@@ -240,7 +247,7 @@ impl<K: PolicyMaps> PolicyMaps for OnInterface<'_, K> {
     }
 
     fn write_policy(&mut self, policy: &Compiled) -> Result<(), DatapathError> {
-        self.kernel.write_tables(policy.on(self.iface))
+        self.kernel.write_tables(&policy.on(self.iface))
     }
 
     fn clear_rule_counters(&mut self, slot: u32) -> Result<(), DatapathError> {
@@ -312,8 +319,16 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
         Daemon {
             interfaces: Interfaces {
                 watched: Vec::new(),
-                charged: Charged::default(),
-                retired_hits: HashMap::new(),
+                policy: Compiled::default(),
+                retired_hits: state
+                    .policy
+                    .retired_hits
+                    .iter()
+                    .map(|(slot, hits)| {
+                        let hits = hits.map(|[frames, bytes]| Counter { frames, bytes });
+                        (*slot, hits)
+                    })
+                    .collect(),
                 unheld_quotas: HashMap::new(),
             },
             clock,
@@ -738,6 +753,12 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
         let total = std::mem::take(&mut self.state.policy.total);
         self.state.policy = self.enforcer.persisted(&self.interfaces);
         self.state.policy.total = total;
+        self.state.policy.retired_hits = self
+            .interfaces
+            .retired_hits
+            .iter()
+            .map(|(slot, hits)| (*slot, hits.map(|c| [c.frames, c.bytes])))
+            .collect();
         let baseline: Vec<BaselineView> = self
             .interfaces
             .watched
@@ -851,9 +872,12 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
             .map(|w| w.iface.as_str())
             .chain(self.patterns.iter().map(String::as_str))
             .collect();
-        crate::policy::interfaces_named(named, &labels).map_err(|named| DaemonError::NotOurs {
-            named,
-            watched: crate::policy::listed(&labels),
+        crate::policy::interfaces_named(named, &labels).map_err(|refused| match refused {
+            NotNamed::Unknown(named) => DaemonError::NotOurs {
+                named,
+                watched: crate::policy::listed(&labels),
+            },
+            NotNamed::Malformed(why) => DaemonError::BadPattern(why),
         })
     }
 

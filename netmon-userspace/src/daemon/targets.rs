@@ -55,31 +55,16 @@ impl InterfaceSpec {
     /// The pattern the name is, when it has `*`, `?` or `[`; why it is not
     /// one, when it has them but does not parse.
     pub fn pattern(&self) -> Result<Option<glob::Pattern>, String> {
-        parse_pattern("interface", &self.name, "veth* or eth[0-3]")
+        crate::policy::parse_pattern("interface", &self.name, "veth* or eth[0-3]")
     }
 
     /// The pattern its namespace is, as [`InterfaceSpec::pattern`].
     pub fn netns_pattern(&self) -> Result<Option<glob::Pattern>, String> {
         match &self.netns {
-            Some(ns) if !ns.contains('/') => parse_pattern("namespace", ns, "cni-*"),
+            Some(ns) if !ns.contains('/') => crate::policy::parse_pattern("namespace", ns, "cni-*"),
             _ => Ok(None),
         }
     }
-}
-
-/// `text` as a shell pattern, when it has `*`, `?` or `[`.
-fn parse_pattern(what: &str, text: &str, example: &str) -> Result<Option<glob::Pattern>, String> {
-    if !crate::policy::is_pattern(text) {
-        return Ok(None);
-    }
-    glob::Pattern::new(text).map(Some).map_err(|e| {
-        format!(
-            "{what} pattern '{text}': {} at character {}; write it as the shell does, like \
-             {example}",
-            e.msg,
-            e.pos + 1
-        )
-    })
 }
 
 /// `specs` with each whose namespace is a pattern replaced by one for each

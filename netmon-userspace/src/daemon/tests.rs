@@ -687,8 +687,64 @@ fn a_rule_on_one_interface_is_written_there_only_and_listed_with_it() {
     assert_eq!(
         daemon.handle(block_on("10.202.0.0/16", &["eth7"])),
         Response::Error(
-            "interface eth7 is not one of this daemon's (eth0, eth1): name one of those with \
-             --iface, or leave --iface out for all of them"
+            "interface eth7 is not one of this daemon's (eth0, eth1): name one of those or a \
+             pattern of them (--iface 'veth*') with --iface, or leave --iface out for all of them"
+                .into()
+        )
+    );
+}
+
+/// A rule on a pattern of interfaces applies on each interface it matches,
+/// one that joins later too, and on no other; with a rule on one of them
+/// outright, that one holds both. A pattern that does not parse is refused
+/// in one line.
+#[test]
+fn a_rule_on_a_pattern_applies_on_the_interfaces_it_matches_as_they_come() {
+    let (x, y, z, clock) = (
+        FakeKernel::default(),
+        FakeKernel::default(),
+        FakeKernel::default(),
+        FakeClock::at("2026-11-30T12:00:00Z"),
+    );
+    let mut daemon = on_two(&x, &y, &clock);
+    assert!(matches!(
+        daemon.handle(block_on("10.200.0.0/16", &["eth1*"])),
+        Response::Ok(Answer::RuleAdded {
+            existing: false,
+            ..
+        })
+    ));
+    let prefixes = |k: &FakeKernel| -> Vec<String> {
+        let tables = &k.0.borrow().tables;
+        tables.prefixes.keys().map(|c| c.to_string()).collect()
+    };
+    assert_eq!(prefixes(&x), Vec::<String>::new(), "eth0 is not matched");
+    assert_eq!(prefixes(&y), ["10.200.0.0/16"]);
+    z.0.borrow_mut().ifindex = 4;
+    let mut maps = z.clone();
+    daemon.enforce_on("eth10", &mut maps).unwrap();
+    daemon.join("eth10", maps, Meter::default(), 8);
+    assert_eq!(prefixes(&z), ["10.200.0.0/16"], "matched as it joins");
+    daemon.handle(block_on("10.201.0.0/16", &["eth1"]));
+    assert_eq!(prefixes(&x), Vec::<String>::new());
+    assert_eq!(prefixes(&y), ["10.200.0.0/16", "10.201.0.0/16"]);
+    assert_eq!(prefixes(&z), ["10.200.0.0/16"]);
+    let Response::Ok(Answer::Rules { rules }) = daemon.handle(Request::Rules) else {
+        panic!("rules")
+    };
+    let listed: Vec<String> = rules.into_iter().map(|r| r.rule).collect();
+    assert_eq!(
+        listed,
+        [
+            "block 10.200.0.0/16 on eth1*",
+            "block 10.201.0.0/16 on eth1"
+        ]
+    );
+    assert_eq!(
+        daemon.handle(block_on("10.202.0.0/16", &["eth["])),
+        Response::Error(
+            "interface pattern 'eth[': invalid range pattern at character 4; write it as the \
+             shell does, like veth* or NS:eth[0-3]"
                 .into()
         )
     );
@@ -870,6 +926,22 @@ fn a_retired_interface_leaves_its_traffic_and_rule_hits_and_takes_its_metrics() 
         panic!("rules")
     };
     assert_eq!(rules[0].ingress.frames, 7, "its hits stay with the rule");
+    // Across a restart too, from what the poll persists.
+    daemon.poll().unwrap();
+    let mut state = daemon.state.clone();
+    let rules = daemon.enforcer.persisted_rules();
+    (state.policy.runtime, state.policy.ids) = (rules.runtime, rules.ids);
+    (state.policy.slots, state.policy.next_id) = (rules.slots, rules.next_id);
+    let z = FakeKernel::default();
+    let mut restarted = super::fake::daemon(&z, &clock, Meter::default(), state, vec![]);
+    let Response::Ok(Answer::Rules { rules }) = restarted.handle(Request::Rules) else {
+        panic!("rules")
+    };
+    assert_eq!(
+        (rules[0].ingress.frames, rules[0].ingress.bytes),
+        (7, 420),
+        "the retired interfaces' hits, restored"
+    );
 }
 
 /// A daemon of patterns may watch no interface at all, before its first
@@ -924,7 +996,8 @@ fn with_no_interface_the_quota_use_waits_for_the_next_to_join() {
 }
 
 /// With a pattern, more interfaces may join: naming every interface
-/// watched now is a rule on those, not on all; a pattern is no name.
+/// watched now is a rule on those, not on all. Naming the pattern too is
+/// naming all.
 #[test]
 fn with_a_pattern_naming_every_interface_watched_is_not_naming_all() {
     let (x, y, clock) = (
@@ -939,13 +1012,19 @@ fn with_a_pattern_naming_every_interface_watched_is_not_naming_all() {
         panic!("rules")
     };
     assert_eq!(rules[0].ifaces, ["eth0", "eth1"]);
+    daemon.handle(block_on("10.202.0.0/16", &["veth*"]));
+    daemon.handle(block_on("10.203.0.0/16", &["veth*", "eth1", "eth0"]));
+    let Response::Ok(Answer::Rules { rules }) = daemon.handle(Request::Rules) else {
+        panic!("rules")
+    };
+    let listed: Vec<(String, Vec<String>)> =
+        rules.into_iter().map(|r| (r.rule, r.ifaces)).collect();
     assert_eq!(
-        daemon.handle(block_on("10.202.0.0/16", &["veth*"])),
-        Response::Error(
-            "interface veth* is not one of this daemon's (eth0, eth1, any matching veth*): name \
-             one of those with --iface, or leave --iface out for all of them"
-                .into()
-        )
+        listed[1..],
+        [
+            ("block 10.202.0.0/16 on veth*".into(), vec!["veth*".into()]),
+            ("block 10.203.0.0/16".into(), vec![])
+        ]
     );
 }
 

@@ -33,6 +33,11 @@ pub struct PersistedPolicy {
     /// The id the next new rule or quota gets: ids are never reused.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub next_id: u32,
+    /// What each rule decided (by datapath slot) on interfaces retired,
+    /// whose maps went with them: ingress and egress, each frames and
+    /// bytes. Kept so that a rule's hits never go back, across restarts too.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub retired_hits: std::collections::BTreeMap<u32, [[u64; 2]; 2]>,
 }
 
 fn is_zero(n: &u32) -> bool {

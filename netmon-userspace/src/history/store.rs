@@ -370,6 +370,7 @@ impl Store {
             policy: PersistedPolicy {
                 quotas: policy.quotas,
                 total: policy.total,
+                retired_hits: policy.retired_hits,
                 ..files.policy
             },
             metrics,
@@ -694,6 +695,7 @@ fn save_state(tx: &rusqlite::Transaction<'_>, state: &State) -> rusqlite::Result
     let usage = PersistedPolicy {
         quotas: state.policy.quotas.clone(),
         total: state.policy.total.clone(),
+        retired_hits: state.policy.retired_hits.clone(),
         ..Default::default()
     };
     let mut put = tx.prepare_cached("INSERT OR REPLACE INTO meta VALUES (?1, ?2)")?;

@@ -2,13 +2,16 @@
 //! prefix, holding its own rules and those inherited from covering prefixes.
 
 use crate::policy::PolicyError;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    sync::{Arc, Mutex},
+};
 
 use netmon_common::policy::{
     QuotaSet, RuleEntry, RuleKind, RuleList, DIRECTION_IN, MAX_RULES_PER_LIST,
 };
 
-use super::{Cidr, Item};
+use super::{Cidr, Item, Match};
 
 /// The compiled policy, ready to be written into the maps.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -40,56 +43,122 @@ impl Tables {
 }
 
 /// The compiled policy of each of a daemon's interfaces.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub struct Compiled {
     /// For interfaces no item names: the items on every interface.
-    pub everywhere: Tables,
-    /// For each interface some item names: those items too.
-    pub named: BTreeMap<String, Tables>,
+    pub everywhere: Arc<Tables>,
+    /// For each interface some item names outright: those items too, and
+    /// those of the patterns that match it.
+    pub named: BTreeMap<String, Arc<Tables>>,
+    /// When some item names a pattern of interfaces (`veth*`): what the
+    /// tables of an interface it matches are compiled from.
+    patterned: Option<Arc<Patterned>>,
 }
 
-impl Compiled {
-    /// The tables of interface `label` (as reports name it).
-    pub fn on(&self, label: &str) -> &Tables {
-        self.named.get(label).unwrap_or(&self.everywhere)
+/// The items of a policy whose items name patterns of interfaces: the
+/// interfaces they match come and go, so their tables are compiled when
+/// one is first asked for, once for each set of patterns that match.
+#[derive(Debug)]
+struct Patterned {
+    /// The items on every interface.
+    everywhere: Vec<OwnedItem>,
+    /// The items that name a pattern.
+    items: Vec<OwnedItem>,
+    /// Every item above at once, compiled: no subset of them can fail to
+    /// compile (more than a list holds) where these did not.
+    all: Arc<Tables>,
+    /// Tables by the items (their indexes in `items`) that apply.
+    by_items: Mutex<HashMap<Vec<usize>, Arc<Tables>>>,
+}
+
+/// An [`Item`] that owns its match.
+#[derive(Debug)]
+struct OwnedItem {
+    id: u32,
+    kind: RuleKind,
+    matcher: Match,
+}
+
+impl OwnedItem {
+    fn of(item: &Item<'_>) -> OwnedItem {
+        OwnedItem {
+            id: item.id,
+            kind: item.kind,
+            matcher: item.matcher.clone(),
+        }
     }
 
-    /// The quotas each interface's ingress hook charges.
-    pub fn charged_at_ingress(&self) -> Charged {
-        Charged {
-            everywhere: self.everywhere.charged_at_ingress(),
-            named: self
-                .named
-                .iter()
-                .map(|(label, tables)| (label.clone(), tables.charged_at_ingress()))
-                .collect(),
+    fn item(&self) -> Item<'_> {
+        Item {
+            id: self.id,
+            kind: self.kind,
+            matcher: &self.matcher,
         }
     }
 }
 
-/// The quotas each interface's ingress hook charges ([`Compiled::charged_at_ingress`]).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Charged {
-    everywhere: QuotaSet,
-    named: BTreeMap<String, QuotaSet>,
-}
+impl Compiled {
+    /// `tables` on every interface.
+    pub fn same_everywhere(tables: Tables) -> Compiled {
+        Compiled {
+            everywhere: Arc::new(tables),
+            ..Default::default()
+        }
+    }
 
-impl Charged {
-    /// What the ingress hook of interface `label` charges.
-    pub fn on(&self, label: &str) -> QuotaSet {
-        self.named.get(label).copied().unwrap_or(self.everywhere)
+    /// The tables of interface `label` (as reports name it).
+    pub fn on(&self, label: &str) -> Arc<Tables> {
+        if let Some(tables) = self.named.get(label) {
+            return tables.clone();
+        }
+        let Some(patterned) = &self.patterned else {
+            return self.everywhere.clone();
+        };
+        let applying: Vec<usize> = (0..patterned.items.len())
+            .filter(|n| patterned.items[*n].matcher.applies_on(label))
+            .collect();
+        if applying.is_empty() {
+            return self.everywhere.clone();
+        }
+        let mut by_items = patterned
+            .by_items
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        by_items
+            .entry(applying)
+            .or_insert_with_key(|applying| {
+                let items: Vec<Item> = patterned
+                    .everywhere
+                    .iter()
+                    .chain(applying.iter().map(|n| &patterned.items[*n]))
+                    .map(OwnedItem::item)
+                    .collect();
+                // Fewer items than `all`, which compiled: enforcing all of
+                // them would be the safe side, were this ever to fail.
+                compile(&items).map_or_else(|_| patterned.all.clone(), Arc::new)
+            })
+            .clone()
+    }
+
+    /// The quotas the ingress hook of interface `label` charges.
+    pub fn charged_at_ingress(&self, label: &str) -> QuotaSet {
+        self.on(label).charged_at_ingress()
     }
 }
 
-/// Compiles `items` for each interface some of them name, and for the
-/// others (see [`compile`]).
+/// Compiles `items` for each interface some of them name outright, for the
+/// others (see [`compile`]), and, when some name a pattern, what the
+/// tables of the interfaces it matches are compiled from.
 pub fn compile_each(items: &[Item<'_>]) -> Result<Compiled, PolicyError> {
-    let everywhere: Vec<Item> = items
+    let (everywhere, named_somewhere): (Vec<Item>, Vec<Item>) = items
         .iter()
-        .filter(|i| i.matcher.ifaces.is_empty())
         .cloned()
+        .partition(|i| i.matcher.ifaces.is_empty());
+    let labels: BTreeSet<&String> = named_somewhere
+        .iter()
+        .flat_map(|i| &i.matcher.ifaces)
+        .filter(|label| !super::is_pattern(label))
         .collect();
-    let labels: BTreeSet<&String> = items.iter().flat_map(|i| &i.matcher.ifaces).collect();
     let mut named = BTreeMap::new();
     for label in labels {
         let on: Vec<Item> = items
@@ -97,11 +166,32 @@ pub fn compile_each(items: &[Item<'_>]) -> Result<Compiled, PolicyError> {
             .filter(|i| i.matcher.applies_on(label))
             .cloned()
             .collect();
-        named.insert(label.clone(), compile(&on)?);
+        named.insert(label.clone(), Arc::new(compile(&on)?));
     }
+    let by_pattern: Vec<&Item> = named_somewhere
+        .iter()
+        .filter(|i| i.matcher.ifaces.iter().any(|l| super::is_pattern(l)))
+        .collect();
+    let patterned = match by_pattern.is_empty() {
+        true => None,
+        false => {
+            let all: Vec<Item> = everywhere
+                .iter()
+                .chain(by_pattern.iter().copied())
+                .cloned()
+                .collect();
+            Some(Arc::new(Patterned {
+                everywhere: everywhere.iter().map(OwnedItem::of).collect(),
+                items: by_pattern.iter().map(|i| OwnedItem::of(i)).collect(),
+                all: Arc::new(compile(&all)?),
+                by_items: Default::default(),
+            }))
+        }
+    };
     Ok(Compiled {
-        everywhere: compile(&everywhere)?,
+        everywhere: Arc::new(compile(&everywhere)?),
         named,
+        patterned,
     })
 }
 
@@ -225,6 +315,37 @@ mod tests {
 
     fn cidr(s: &str) -> Cidr {
         s.parse().unwrap()
+    }
+
+    /// Each interface gets the items on all, those naming it, and those of
+    /// the patterns that match it; interfaces the same patterns match
+    /// share one compilation.
+    #[test]
+    fn an_interface_gets_the_items_of_the_patterns_that_match_it() {
+        let on = |cidr_text: &str, ifaces: &[&str]| Match {
+            cidrs: vec![cidr(cidr_text)],
+            ifaces: ifaces.iter().map(|i| i.to_string()).collect(),
+            ..Default::default()
+        };
+        let matchers = [
+            on("10.0.0.0/8", &[]),
+            on("192.0.2.0/24", &["veth*"]),
+            on("198.51.100.0/24", &["eth0"]),
+            on("203.0.113.0/24", &["e*"]),
+        ];
+        let compiled = compile_each(&blocks(&matchers)).unwrap();
+        let prefixes = |label: &str| -> Vec<String> {
+            let tables = compiled.on(label);
+            tables.prefixes.keys().map(|c| c.to_string()).collect()
+        };
+        assert_eq!(prefixes("veth1"), ["10.0.0.0/8", "192.0.2.0/24"]);
+        assert!(Arc::ptr_eq(&compiled.on("veth1"), &compiled.on("veth2")));
+        assert_eq!(
+            prefixes("eth0"),
+            ["10.0.0.0/8", "198.51.100.0/24", "203.0.113.0/24"]
+        );
+        assert_eq!(prefixes("eth1"), ["10.0.0.0/8", "203.0.113.0/24"]);
+        assert_eq!(prefixes("lo"), ["10.0.0.0/8"]);
     }
 
     #[test]

@@ -268,18 +268,21 @@ fn to_ifaces(named: &[String], interfaces: Option<&[&str]>) -> Result<Vec<String
     let Some(interfaces) = interfaces else {
         return Ok(named.to_vec());
     };
-    super::interfaces_named(named, interfaces).map_err(|name| {
-        let outright: Vec<&str> = interfaces
-            .iter()
-            .copied()
-            .filter(|i| !super::is_pattern(i))
-            .collect();
-        format!(
-            "ifaces: '{name}' is not one of this daemon's interfaces ({}); name one of those, \
-             or leave ifaces out for all of them",
-            outright.join(", ")
-        )
-        .into()
+    super::interfaces_named(named, interfaces).map_err(|refused| match refused {
+        super::NotNamed::Unknown(name) => {
+            let outright: Vec<&str> = interfaces
+                .iter()
+                .copied()
+                .filter(|i| !super::is_pattern(i))
+                .collect();
+            format!(
+                "ifaces: '{name}' is not one of this daemon's interfaces ({}); name one of \
+                 those or a pattern of them (veth*), or leave ifaces out for all of them",
+                outright.join(", ")
+            )
+            .into()
+        }
+        super::NotNamed::Malformed(why) => format!("ifaces: {why}").into(),
     })
 }
 
@@ -493,23 +496,29 @@ warn = [80, 95]
         assert_eq!(
             err.to_string(),
             "p.toml:9: ifaces: 'blue:veth0' is not one of this daemon's interfaces (eth1); \
-             name one of those, or leave ifaces out for all of them"
+             name one of those or a pattern of them (veth*), or leave ifaces out for all of them"
         );
     }
 
     /// A daemon with a pattern may get more interfaces: naming every
-    /// interface named outright is naming those, and a pattern is no name.
+    /// interface named outright is naming those. A pattern names what it
+    /// matches; the daemon's own pattern with the others is all of them.
+    /// One that does not parse is refused in one line.
     #[test]
-    fn with_a_pattern_ifaces_name_interfaces_and_never_all() {
-        let text = "[[block]]\ncidr = \"10.0.0.0/8\"\nifaces = [\"eth1\"]\n";
-        let set = parse(Path::new("p.toml"), text, Some(&["eth1", "veth*"])).unwrap();
-        assert_eq!(set.rules[0].matcher.ifaces, ["eth1"]);
-        let text = "[[block]]\ncidr = \"10.0.0.0/8\"\nifaces = [\"veth*\"]\n";
-        let err = parse(Path::new("p.toml"), text, Some(&["eth1", "veth*"])).unwrap_err();
+    fn with_a_pattern_ifaces_name_interfaces_and_patterns() {
+        let ifaces = |list: &str| -> Result<Vec<String>, String> {
+            let text = format!("[[block]]\ncidr = \"10.0.0.0/8\"\nifaces = [{list}]\n");
+            parse(Path::new("p.toml"), &text, Some(&["eth1", "veth*"]))
+                .map(|set| set.rules[0].matcher.ifaces.clone())
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(ifaces("\"eth1\"").unwrap(), ["eth1"]);
+        assert_eq!(ifaces("\"veth1*\"").unwrap(), ["veth1*"]);
+        assert_eq!(ifaces("\"veth*\", \"eth1\"").unwrap(), Vec::<String>::new());
         assert_eq!(
-            err.to_string(),
-            "p.toml:3: ifaces: 'veth*' is not one of this daemon's interfaces (eth1); \
-             name one of those, or leave ifaces out for all of them"
+            ifaces("\"veth[\"").unwrap_err(),
+            "p.toml:3: ifaces: interface pattern 'veth[': invalid range pattern at character 5; \
+             write it as the shell does, like veth* or NS:eth[0-3]"
         );
     }
 

@@ -143,6 +143,35 @@ pub fn is_pattern(name: &str) -> bool {
     name.contains(['*', '?', '['])
 }
 
+/// `text` as a shell pattern, when it has `*`, `?` or `[`; why not, in one
+/// line naming the fix, when it has them and does not parse.
+pub fn parse_pattern(
+    what: &str,
+    text: &str,
+    example: &str,
+) -> Result<Option<glob::Pattern>, String> {
+    if !is_pattern(text) {
+        return Ok(None);
+    }
+    glob::Pattern::new(text).map(Some).map_err(|e| {
+        format!(
+            "{what} pattern '{text}': {} at character {}; write it as the shell does, like \
+             {example}",
+            e.msg,
+            e.pos + 1
+        )
+    })
+}
+
+/// Why [`interfaces_named`] refused a name.
+#[derive(Debug, PartialEq, Eq)]
+pub enum NotNamed {
+    /// None of the daemon's interfaces: the name.
+    Unknown(String),
+    /// A pattern that does not parse: why, and the fix.
+    Malformed(String),
+}
+
 /// `labels` (as for [`interfaces_named`]) as a refusal lists them: the
 /// interfaces, then what the patterns match.
 pub fn listed(labels: &[&str]) -> String {
@@ -157,26 +186,30 @@ pub fn listed(labels: &[&str]) -> String {
 
 /// The interfaces of `labels` (a daemon's, as reports name them, and its
 /// patterns) that `named` names (`IF`, or `NS:IF` also for the daemon's own
-/// namespace): sorted, each once, and empty when that is all of them. A
-/// pattern is never named, so a daemon with one never has all of its
-/// interfaces named: more may come. `Err` holds the first name that is
-/// none of them.
-pub fn interfaces_named(named: &[String], labels: &[&str]) -> Result<Vec<String>, String> {
+/// namespace), and the patterns it names (`veth*`, `NS:eth*`, matched
+/// against the names reports give, now and as interfaces come): sorted,
+/// each once, and empty when that is all of `labels`. Refuses the first
+/// name that is none of them, or a pattern that does not parse.
+pub fn interfaces_named(named: &[String], labels: &[&str]) -> Result<Vec<String>, NotNamed> {
     let own = crate::datapath::netns::own_label();
     let mut subset: Vec<String> = Vec::new();
     for name in named {
-        let found = labels
-            .iter()
-            .find(|label| !is_pattern(label) && label_names(label, name, own.as_deref()));
-        let Some(label) = found else {
-            return Err(name.clone());
+        let pattern = parse_pattern("interface", name, "veth* or NS:eth[0-3]");
+        let label = match pattern.map_err(NotNamed::Malformed)? {
+            Some(_) => name.as_str(),
+            None => labels
+                .iter()
+                .find(|label| !is_pattern(label) && label_names(label, name, own.as_deref()))
+                .ok_or_else(|| NotNamed::Unknown(name.clone()))?,
         };
         if !subset.iter().any(|s| s == label) {
             subset.push(label.to_string());
         }
     }
     subset.sort();
-    if subset.len() == labels.len() {
+    // The daemon's patterns named as written count among its interfaces:
+    // naming all of those is naming all.
+    if labels.iter().all(|label| subset.iter().any(|s| s == label)) {
         subset.clear();
     }
     Ok(subset)
@@ -190,9 +223,14 @@ pub fn label_names(label: &str, name: &str, own: Option<&str>) -> bool {
 }
 
 impl Match {
-    /// True when it applies on interface `label`.
+    /// True when it applies on interface `label`: it names no interface,
+    /// or that one, or a pattern that matches it.
     pub fn applies_on(&self, label: &str) -> bool {
-        self.ifaces.is_empty() || self.ifaces.iter().any(|i| i == label)
+        self.ifaces.is_empty()
+            || self.ifaces.iter().any(|i| {
+                i == label
+                    || (is_pattern(i) && glob::Pattern::new(i).is_ok_and(|p| p.matches(label)))
+            })
     }
 
     /// ` on IF,IF` for a subset of the daemon's interfaces, else nothing.
