@@ -639,7 +639,8 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         let instance = kernel.datapath.instance();
         daemon.join(&t.label, kernel, meter, instance);
     }
-    for t in &targets {
+    // Not those left in a namespace gone: the sinks take it as never entered.
+    for t in targets.iter().filter(|t| t.left.is_none()) {
         daemon.watching(&t.label, t.netns.as_ref());
     }
     for p in &patterns {

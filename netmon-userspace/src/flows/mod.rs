@@ -154,15 +154,18 @@ impl FlowExporter {
     /// ifIndex in its own namespace (0 once it is gone), and its domain id.
     fn domain(&self, iface: &str) -> Domain {
         let (ns, name) = iface.rsplit_once(':').unwrap_or(("", iface));
-        let (netns, number) = match self.namespaces.get(ns) {
-            Some((netns, number)) => (netns.as_ref().map(std::sync::Weak::upgrade), *number),
-            None => (None, 0),
-        };
-        let ifindex = match netns {
-            // Gone: nothing of it is watched any more.
-            Some(None) => 0,
-            Some(Some(netns)) => Datapath::index_in(Some(&netns), name).unwrap_or(0),
-            None => Datapath::index_in(None, name).unwrap_or(0),
+        let number = self.namespaces.get(ns).map_or(0, |(_, number)| *number);
+        let ifindex = match self.namespaces.get(ns) {
+            Some((Some(netns), _)) => match netns.upgrade() {
+                Some(netns) => Datapath::index_in(Some(&netns), name).unwrap_or(0),
+                // Gone: nothing of it is watched any more.
+                None => 0,
+            },
+            Some((None, _)) => Datapath::index_in(None, name).unwrap_or(0),
+            None if ns.is_empty() => Datapath::index_in(None, name).unwrap_or(0),
+            // A namespace the daemon never entered: one gone before it
+            // started, whose interface's pins an earlier run left.
+            None => 0,
         };
         Domain {
             id: domain_id(number, ifindex),
