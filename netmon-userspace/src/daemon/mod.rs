@@ -134,7 +134,9 @@ pub struct Interfaces<K> {
     policy: Compiled,
     /// The rule counters of interfaces retired, by slot: a rule's hits
     /// never go back when an interface goes.
-    retired_hits: HashMap<u32, [Counter; 2]>,
+    /// By the instance of the maps they were read from: pins a retirement
+    /// could not remove, found again by a later run, hold them still.
+    retired_hits: HashMap<u64, HashMap<u32, [Counter; 2]>>,
     /// The quotas' budget and use, by slot, while no interface holds the
     /// map they share (a daemon of patterns before any matches, or after
     /// the last matched went): the next to join starts from them.
@@ -198,8 +200,14 @@ impl<K: Kernel> PolicyMaps for Interfaces<K> {
         self.link_forwarders()
     }
 
+    fn interfaces(&self) -> Vec<String> {
+        self.watched.iter().map(|w| w.iface.clone()).collect()
+    }
+
     fn clear_rule_counters(&mut self, slot: u32) -> Result<(), DatapathError> {
-        self.retired_hits.remove(&slot);
+        for hits in self.retired_hits.values_mut() {
+            hits.remove(&slot);
+        }
         self.watched
             .iter_mut()
             .try_for_each(|w| w.kernel.clear_rule_counters(slot))
@@ -224,7 +232,16 @@ impl<K: Kernel> PolicyMaps for Interfaces<K> {
     }
 
     fn rule_counters(&self, slot: u32) -> Result<[Counter; 2], DatapathError> {
-        let mut sum = self.retired_hits.get(&slot).copied().unwrap_or_default();
+        let mut sum = [Counter::default(); 2];
+        for hits in self
+            .retired_hits
+            .values()
+            .filter_map(|by_slot| by_slot.get(&slot))
+        {
+            for (s, c) in sum.iter_mut().zip(hits) {
+                *s = s.plus(*c);
+            }
+        }
         for w in &self.watched {
             let counters = w.kernel.rule_counters(slot)?;
             for (s, c) in sum.iter_mut().zip(counters) {
@@ -248,6 +265,10 @@ impl<K: PolicyMaps> PolicyMaps for OnInterface<'_, K> {
 
     fn write_policy(&mut self, policy: &Compiled) -> Result<(), DatapathError> {
         self.kernel.write_tables(&policy.on(self.iface))
+    }
+
+    fn interfaces(&self) -> Vec<String> {
+        vec![self.iface.to_string()]
     }
 
     fn clear_rule_counters(&mut self, slot: u32) -> Result<(), DatapathError> {
@@ -324,9 +345,11 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
                     .policy
                     .retired_hits
                     .iter()
-                    .map(|(slot, hits)| {
-                        let hits = hits.map(|[frames, bytes]| Counter { frames, bytes });
-                        (*slot, hits)
+                    .map(|(instance, by_slot)| {
+                        let by_slot = by_slot.iter().map(|(slot, hits)| {
+                            (*slot, hits.map(|[frames, bytes]| Counter { frames, bytes }))
+                        });
+                        (*instance, by_slot.collect())
                     })
                     .collect(),
                 unheld_quotas: HashMap::new(),
@@ -476,6 +499,8 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
     /// interface of that name that went away is replaced, and its kernel
     /// returned; its meter carries on when the maps are the same (`instance`).
     pub fn join(&mut self, iface: &str, kernel: K, meter: Meter, instance: u64) -> Option<K> {
+        // Maps retired before, found again: their counters hold the hits.
+        self.interfaces.retired_hits.remove(&instance);
         let mut joining = Watched {
             iface: iface.to_string(),
             kernel,
@@ -538,7 +563,8 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
         for slot in self.enforcer.slots() {
             match gone.kernel.rule_counters(slot) {
                 Ok(hits) => {
-                    let kept = self.interfaces.retired_hits.entry(slot).or_default();
+                    let of_maps = self.interfaces.retired_hits.entry(gone.instance);
+                    let kept = of_maps.or_default().entry(slot).or_default();
                     for (k, h) in kept.iter_mut().zip(hits) {
                         *k = k.plus(h);
                     }
@@ -757,7 +783,12 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
             .interfaces
             .retired_hits
             .iter()
-            .map(|(slot, hits)| (*slot, hits.map(|c| [c.frames, c.bytes])))
+            .map(|(instance, by_slot)| {
+                let by_slot = by_slot
+                    .iter()
+                    .map(|(slot, hits)| (*slot, hits.map(|c| [c.frames, c.bytes])));
+                (*instance, by_slot.collect())
+            })
             .collect();
         let baseline: Vec<BaselineView> = self
             .interfaces
@@ -877,7 +908,7 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
                 named,
                 watched: crate::policy::listed(&labels),
             },
-            NotNamed::Malformed(why) => DaemonError::BadPattern(why),
+            NotNamed::Pattern(why) => DaemonError::BadPattern(why),
         })
     }
 

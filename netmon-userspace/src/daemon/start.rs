@@ -62,7 +62,7 @@ pub enum StartError {
     #[error("{0} is in another network namespace, which takes CAP_SYS_ADMIN, given up at the start since no interface was in one; restart netmon to watch it")]
     EnteringGivenUp(String),
     /// An interface listed again before the poll that retires it.
-    #[error("interface {0} was taken off the list and is retired at the next poll; send SIGHUP again after it")]
+    #[error("interface {0} was taken off the list, or went while no netmon ran, and is retired at the next poll; send SIGHUP again after it")]
     StillRetiring(String),
     /// None of several interfaces exists.
     #[error("none of the interfaces exists: check the names with `ip link` (`ip -n NS link` for --netns)")]
@@ -261,7 +261,7 @@ fn left_elsewhere(
     }
     let mut left = Vec::new();
     for (pins, iface) in PinDir::left_elsewhere(&config.bpffs, &entered)? {
-        let instance = match pins.instance() {
+        let instance = match pins.check_layout().and_then(|()| pins.instance()) {
             Ok(instance) => instance,
             Err(e) => {
                 log::warn!("the pins {} cannot be read: {e}", pins.path().display());
@@ -1212,7 +1212,9 @@ fn relist(
                         return Err(StartError::NamedTwice(t.label));
                     }
                     match watching.targets.iter().find(|o| o.key == t.key) {
-                        Some(o) if o.unlisted => {
+                        // Pins of a namespace gone before the start are
+                        // read and retired at the first poll: then this one.
+                        Some(o) if o.unlisted || o.left.is_some() => {
                             return Err(StartError::StillRetiring(o.label.clone()))
                         }
                         Some(o) if named(o) => return Err(StartError::NamedTwice(t.label)),

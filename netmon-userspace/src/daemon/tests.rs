@@ -740,6 +740,36 @@ fn a_rule_on_a_pattern_applies_on_the_interfaces_it_matches_as_they_come() {
             "block 10.201.0.0/16 on eth1"
         ]
     );
+    // Of a namespace it watches nothing in: it would apply nowhere.
+    assert_eq!(
+        daemon.handle(block_on("10.202.0.0/16", &["blue:veth*"])),
+        Response::Error(
+            "interface pattern 'blue:veth*' is of a namespace none of this daemon's interfaces \
+             is in (eth0, eth1, eth10); write NS:IF for another namespace's, like veth*"
+                .into()
+        )
+    );
+    // One quota on all per pattern: each interface has one, however many.
+    for n in 0..6 {
+        let quota = Quota {
+            name: format!("q{n}"),
+            matcher: Match {
+                all: true,
+                ifaces: vec![format!("eth{n}*")],
+                ..Default::default()
+            },
+            limit: 1000,
+            period: Period::Daily,
+            warn: vec![],
+        };
+        assert!(
+            matches!(
+                daemon.handle(Request::SetQuota { quota }),
+                Response::Ok(Answer::QuotaSet { .. })
+            ),
+            "quota {n}"
+        );
+    }
     assert_eq!(
         daemon.handle(block_on("10.202.0.0/16", &["eth["])),
         Response::Error(
@@ -926,22 +956,32 @@ fn a_retired_interface_leaves_its_traffic_and_rule_hits_and_takes_its_metrics() 
         panic!("rules")
     };
     assert_eq!(rules[0].ingress.frames, 7, "its hits stay with the rule");
-    // Across a restart too, from what the poll persists.
+    // Across a restart too, from what the poll persists; and once only
+    // when a retired interface's maps are found again (pins that could not
+    // be removed): their counters hold its hits.
     daemon.poll().unwrap();
     let mut state = daemon.state.clone();
     let rules = daemon.enforcer.persisted_rules();
     (state.policy.runtime, state.policy.ids) = (rules.runtime, rules.ids);
     (state.policy.slots, state.policy.next_id) = (rules.slots, rules.next_id);
+    // eth0's maps (instance 7) found again, with its 5; veth1's 2 restored.
     let z = FakeKernel::default();
+    z.0.borrow_mut().rule_counters.insert(slot, hits(5));
     let mut restarted = super::fake::daemon(&z, &clock, Meter::default(), state, vec![]);
-    let Response::Ok(Answer::Rules { rules }) = restarted.handle(Request::Rules) else {
-        panic!("rules")
+    let ingress_hits = |d: &mut super::Daemon<FakeKernel, FakeClock>| {
+        let Response::Ok(Answer::Rules { rules }) = d.handle(Request::Rules) else {
+            panic!("rules")
+        };
+        (rules[0].ingress.frames, rules[0].ingress.bytes)
     };
-    assert_eq!(
-        (rules[0].ingress.frames, rules[0].ingress.bytes),
-        (7, 420),
-        "the retired interfaces' hits, restored"
-    );
+    assert_eq!(ingress_hits(&mut restarted), (7, 420), "veth1's restored");
+    let found = FakeKernel::default();
+    found.0.borrow_mut().ifindex = 3;
+    found.0.borrow_mut().rule_counters.insert(slot, hits(2));
+    let mut maps = found.clone();
+    restarted.enforce_on("veth1", &mut maps).unwrap();
+    restarted.join("veth1", maps, Meter::default(), 8);
+    assert_eq!(ingress_hits(&mut restarted), (7, 420), "veth1's maps again");
 }
 
 /// A daemon of patterns may watch no interface at all, before its first
@@ -996,8 +1036,8 @@ fn with_no_interface_the_quota_use_waits_for_the_next_to_join() {
 }
 
 /// With a pattern, more interfaces may join: naming every interface
-/// watched now is a rule on those, not on all. Naming the pattern too is
-/// naming all.
+/// watched now is a rule on those, not on all; so is naming the pattern
+/// too, whatever is watched when it is named.
 #[test]
 fn with_a_pattern_naming_every_interface_watched_is_not_naming_all() {
     let (x, y, clock) = (
@@ -1023,7 +1063,10 @@ fn with_a_pattern_naming_every_interface_watched_is_not_naming_all() {
         listed[1..],
         [
             ("block 10.202.0.0/16 on veth*".into(), vec!["veth*".into()]),
-            ("block 10.203.0.0/16".into(), vec![])
+            (
+                "block 10.203.0.0/16 on eth0,eth1,veth*".into(),
+                vec!["eth0".into(), "eth1".into(), "veth*".into()]
+            )
         ]
     );
 }

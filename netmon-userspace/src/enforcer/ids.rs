@@ -29,7 +29,9 @@ pub(super) struct Plan {
 impl Enforcer {
     /// Ids and tables for the policy as it stands: a rule keeps its ids (and
     /// counters) while it exists; a new one gets the next id and a free slot.
-    pub(super) fn plan(&self) -> Result<Plan, PolicyError> {
+    /// Tables are compiled for the interfaces `watched` now, so that a rule
+    /// on a pattern too many for one of them refuses the change.
+    pub(super) fn plan(&self, watched: &[&str]) -> Result<Plan, PolicyError> {
         let mut seen = HashMap::new();
         for (origin, set) in [
             ("the policy file", &self.file_set),
@@ -98,7 +100,7 @@ impl Enforcer {
             kind: RuleKind::Quota,
             matcher: &q.matcher,
         }));
-        let compiled = compile_each(&items)?;
+        let compiled = compile_each(&items, watched)?;
         Ok(Plan {
             ids,
             fresh,

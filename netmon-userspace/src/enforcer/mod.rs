@@ -45,6 +45,11 @@ pub trait PolicyMaps {
     ) -> Result<(), DatapathError> {
         self.write_tables(&policy.everywhere)
     }
+    /// The interfaces the maps are of (as reports name them), whose tables
+    /// are compiled before anything is written.
+    fn interfaces(&self) -> Vec<String> {
+        Vec::new()
+    }
     /// Zeroes the drop counters of a slot a new rule takes.
     fn clear_rule_counters(&mut self, slot: u32) -> Result<(), DatapathError>;
     /// A quota's budget and use.
@@ -164,7 +169,7 @@ impl Enforcer {
     /// than the datapath holds), without touching the kernel: run at start,
     /// before anything is loaded.
     pub fn check(&self) -> Result<(), PolicyError> {
-        self.plan().map(|_| ())
+        self.plan(&[]).map(|_| ())
     }
 
     fn quotas_in_force(&self) -> impl Iterator<Item = &Quota> {
@@ -191,7 +196,8 @@ impl Enforcer {
     /// Writes the whole policy into the kernel (at start and after every change).
     /// On error nothing changes and the policy in force stays.
     pub fn apply(&mut self, maps: &mut dyn PolicyMaps, now: Timestamp) -> Result<(), PolicyError> {
-        let plan = self.plan()?;
+        let watched = maps.interfaces();
+        let plan = self.plan(&watched.iter().map(String::as_str).collect::<Vec<_>>())?;
         // Counters and budgets before the lists that use them go live.
         for slot in &plan.fresh {
             maps.clear_rule_counters(*slot)?;

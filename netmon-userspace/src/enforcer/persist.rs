@@ -34,11 +34,15 @@ pub struct PersistedPolicy {
     #[serde(default, skip_serializing_if = "is_zero")]
     pub next_id: u32,
     /// What each rule decided (by datapath slot) on interfaces retired,
-    /// whose maps went with them: ingress and egress, each frames and
-    /// bytes. Kept so that a rule's hits never go back, across restarts too.
+    /// whose maps went with them, by those maps' instance: ingress and
+    /// egress, each frames and bytes. Kept so that a rule's hits never go
+    /// back, across restarts too; dropped when the maps are found again.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    pub retired_hits: std::collections::BTreeMap<u32, [[u64; 2]; 2]>,
+    pub retired_hits: std::collections::BTreeMap<u64, RetiredHits>,
 }
+
+/// Rule hits by datapath slot: ingress and egress, each frames and bytes.
+pub type RetiredHits = std::collections::BTreeMap<u32, [[u64; 2]; 2]>;
 
 fn is_zero(n: &u32) -> bool {
     *n == 0

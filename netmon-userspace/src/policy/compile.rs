@@ -64,11 +64,36 @@ struct Patterned {
     everywhere: Vec<OwnedItem>,
     /// The items that name a pattern.
     items: Vec<OwnedItem>,
-    /// Every item above at once, compiled: no subset of them can fail to
-    /// compile (more than a list holds) where these did not.
-    all: Arc<Tables>,
     /// Tables by the items (their indexes in `items`) that apply.
     by_items: Mutex<HashMap<Vec<usize>, Arc<Tables>>>,
+}
+
+impl Patterned {
+    /// The tables of interface `label`, when a pattern matches it.
+    fn tables_for(&self, label: &str) -> Result<Option<Arc<Tables>>, PolicyError> {
+        let applying: Vec<usize> = (0..self.items.len())
+            .filter(|n| self.items[*n].matcher.applies_on(label))
+            .collect();
+        if applying.is_empty() {
+            return Ok(None);
+        }
+        let mut by_items = self
+            .by_items
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(tables) = by_items.get(&applying) {
+            return Ok(Some(tables.clone()));
+        }
+        let items: Vec<Item> = self
+            .everywhere
+            .iter()
+            .chain(applying.iter().map(|n| &self.items[*n]))
+            .map(OwnedItem::item)
+            .collect();
+        let tables = Arc::new(compile(&items)?);
+        by_items.insert(applying, tables.clone());
+        Ok(Some(tables))
+    }
 }
 
 /// An [`Item`] that owns its match.
@@ -114,30 +139,17 @@ impl Compiled {
         let Some(patterned) = &self.patterned else {
             return self.everywhere.clone();
         };
-        let applying: Vec<usize> = (0..patterned.items.len())
-            .filter(|n| patterned.items[*n].matcher.applies_on(label))
-            .collect();
-        if applying.is_empty() {
-            return self.everywhere.clone();
+        match patterned.tables_for(label) {
+            Ok(Some(tables)) => tables,
+            Ok(None) => self.everywhere.clone(),
+            // Checked for the interfaces watched when the policy changed
+            // (see `compile_each`), and for each that joins before it is
+            // written there: not met on a write.
+            Err(e) => {
+                log::warn!("the rules of the patterns that match {label} are not enforced: {e}");
+                self.everywhere.clone()
+            }
         }
-        let mut by_items = patterned
-            .by_items
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        by_items
-            .entry(applying)
-            .or_insert_with_key(|applying| {
-                let items: Vec<Item> = patterned
-                    .everywhere
-                    .iter()
-                    .chain(applying.iter().map(|n| &patterned.items[*n]))
-                    .map(OwnedItem::item)
-                    .collect();
-                // Fewer items than `all`, which compiled: enforcing all of
-                // them would be the safe side, were this ever to fail.
-                compile(&items).map_or_else(|_| patterned.all.clone(), Arc::new)
-            })
-            .clone()
     }
 
     /// The quotas the ingress hook of interface `label` charges.
@@ -147,9 +159,11 @@ impl Compiled {
 }
 
 /// Compiles `items` for each interface some of them name outright, for the
-/// others (see [`compile`]), and, when some name a pattern, what the
-/// tables of the interfaces it matches are compiled from.
-pub fn compile_each(items: &[Item<'_>]) -> Result<Compiled, PolicyError> {
+/// others (see [`compile`]), and, when some name a pattern, for each of
+/// `watched` (the daemon's interfaces now) one matches, keeping what the
+/// tables of those that come later are compiled from. Fails when more than
+/// a list holds would apply to one address on any of them.
+pub fn compile_each(items: &[Item<'_>], watched: &[&str]) -> Result<Compiled, PolicyError> {
     let (everywhere, named_somewhere): (Vec<Item>, Vec<Item>) = items
         .iter()
         .cloned()
@@ -175,17 +189,15 @@ pub fn compile_each(items: &[Item<'_>]) -> Result<Compiled, PolicyError> {
     let patterned = match by_pattern.is_empty() {
         true => None,
         false => {
-            let all: Vec<Item> = everywhere
-                .iter()
-                .chain(by_pattern.iter().copied())
-                .cloned()
-                .collect();
-            Some(Arc::new(Patterned {
+            let patterned = Patterned {
                 everywhere: everywhere.iter().map(OwnedItem::of).collect(),
                 items: by_pattern.iter().map(|i| OwnedItem::of(i)).collect(),
-                all: Arc::new(compile(&all)?),
                 by_items: Default::default(),
-            }))
+            };
+            for label in watched.iter().filter(|l| !named.contains_key(**l)) {
+                patterned.tables_for(label)?;
+            }
+            Some(Arc::new(patterned))
         }
     };
     Ok(Compiled {
@@ -333,7 +345,7 @@ mod tests {
             on("198.51.100.0/24", &["eth0"]),
             on("203.0.113.0/24", &["e*"]),
         ];
-        let compiled = compile_each(&blocks(&matchers)).unwrap();
+        let compiled = compile_each(&blocks(&matchers), &[]).unwrap();
         let prefixes = |label: &str| -> Vec<String> {
             let tables = compiled.on(label);
             tables.prefixes.keys().map(|c| c.to_string()).collect()

@@ -282,7 +282,7 @@ fn to_ifaces(named: &[String], interfaces: Option<&[&str]>) -> Result<Vec<String
             )
             .into()
         }
-        super::NotNamed::Malformed(why) => format!("ifaces: {why}").into(),
+        super::NotNamed::Pattern(why) => format!("ifaces: {why}").into(),
     })
 }
 
@@ -501,9 +501,9 @@ warn = [80, 95]
     }
 
     /// A daemon with a pattern may get more interfaces: naming every
-    /// interface named outright is naming those. A pattern names what it
-    /// matches; the daemon's own pattern with the others is all of them.
-    /// One that does not parse is refused in one line.
+    /// interface named outright is naming those, and a pattern names what
+    /// it matches, never all. One that does not parse is refused in one
+    /// line.
     #[test]
     fn with_a_pattern_ifaces_name_interfaces_and_patterns() {
         let ifaces = |list: &str| -> Result<Vec<String>, String> {
@@ -514,7 +514,7 @@ warn = [80, 95]
         };
         assert_eq!(ifaces("\"eth1\"").unwrap(), ["eth1"]);
         assert_eq!(ifaces("\"veth1*\"").unwrap(), ["veth1*"]);
-        assert_eq!(ifaces("\"veth*\", \"eth1\"").unwrap(), Vec::<String>::new());
+        assert_eq!(ifaces("\"veth*\", \"eth1\"").unwrap(), ["eth1", "veth*"]);
         assert_eq!(
             ifaces("\"veth[\"").unwrap_err(),
             "p.toml:3: ifaces: interface pattern 'veth[': invalid range pattern at character 5; \

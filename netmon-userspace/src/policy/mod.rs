@@ -168,8 +168,77 @@ pub fn parse_pattern(
 pub enum NotNamed {
     /// None of the daemon's interfaces: the name.
     Unknown(String),
-    /// A pattern that does not parse: why, and the fix.
-    Malformed(String),
+    /// A pattern refused: why, and the fix.
+    Pattern(String),
+}
+
+/// The longest pattern of interfaces a rule may name: a namespace's name
+/// and an interface's, with room for wildcards.
+const LONGEST_PATTERN: usize = 128;
+
+/// True when the pattern of interfaces `pattern` matches interface `label`
+/// (as reports name it): without `NS:`, the interfaces of the daemon's own
+/// namespace (`IF`); with it, those of the namespaces its `NS` matches.
+pub fn pattern_matches(pattern: &str, label: &str) -> bool {
+    let split = |text: &'_ str| -> (Option<String>, String) {
+        match text.rsplit_once(':') {
+            Some((ns, name)) => (Some(ns.to_string()), name.to_string()),
+            None => (None, text.to_string()),
+        }
+    };
+    let glob = |text: &str, name: &str| glob::Pattern::new(text).is_ok_and(|g| g.matches(name));
+    match (split(pattern), split(label)) {
+        ((None, p), (None, l)) => glob(&p, &l),
+        ((Some(pns), p), (Some(lns), l)) => glob(&pns, &lns) && glob(&p, &l),
+        _ => false,
+    }
+}
+
+/// Refuses a pattern of interfaces that does not parse, is too long, or
+/// names a namespace none of `labels` (the daemon's) is in: it would apply
+/// nowhere, and stay so.
+fn check_pattern(pattern: &str, labels: &[&str]) -> Result<(), String> {
+    if pattern.len() > LONGEST_PATTERN || pattern.chars().any(|c| c.is_control()) {
+        return Err(format!(
+            "interface pattern '{}': at most {LONGEST_PATTERN} characters, none of them control \
+             characters; write it like veth* or NS:eth[0-3]",
+            pattern.escape_default()
+        ));
+    }
+    let (ns, name) = match pattern.rsplit_once(':') {
+        Some((ns, name)) => (Some(ns), name),
+        None => (None, pattern),
+    };
+    parse_pattern("interface", pattern, "veth* or NS:eth[0-3]")?;
+    if ns
+        .into_iter()
+        .chain([name])
+        .any(|part| glob::Pattern::new(part).is_err())
+    {
+        return Err(format!(
+            "interface pattern '{pattern}': the namespace and the interface either side of ':' \
+             must each be a pattern; write it like NS:eth[0-3]"
+        ));
+    }
+    let in_namespace = |label: &&str| match (ns, label.rsplit_once(':')) {
+        (None, None) => true,
+        (Some(ns), Some((label_ns, _))) => {
+            ns == label_ns || glob::Pattern::new(ns).is_ok_and(|g| g.matches(label_ns))
+        }
+        _ => false,
+    };
+    if !labels.iter().any(in_namespace) {
+        return Err(format!(
+            "interface pattern '{pattern}' is of a namespace none of this daemon's interfaces \
+             is in ({}); write NS:IF for another namespace's, like {}",
+            listed(labels),
+            labels
+                .iter()
+                .find_map(|l| l.rsplit_once(':').map(|(ns, _)| format!("{ns}:{name}")))
+                .unwrap_or_else(|| name.to_string())
+        ));
+    }
+    Ok(())
 }
 
 /// `labels` (as for [`interfaces_named`]) as a refusal lists them: the
@@ -186,18 +255,21 @@ pub fn listed(labels: &[&str]) -> String {
 
 /// The interfaces of `labels` (a daemon's, as reports name them, and its
 /// patterns) that `named` names (`IF`, or `NS:IF` also for the daemon's own
-/// namespace), and the patterns it names (`veth*`, `NS:eth*`, matched
-/// against the names reports give, now and as interfaces come): sorted,
-/// each once, and empty when that is all of `labels`. Refuses the first
-/// name that is none of them, or a pattern that does not parse.
+/// namespace), and the patterns it names (`veth*`, `NS:eth*`; see
+/// [`pattern_matches`]): sorted, each once, and empty when that is all of
+/// `labels`, which it never is with a pattern named, nor with one among
+/// `labels` (more may come). Refuses the first name that is none of them,
+/// or a pattern [`check_pattern`] refuses.
 pub fn interfaces_named(named: &[String], labels: &[&str]) -> Result<Vec<String>, NotNamed> {
     let own = crate::datapath::netns::own_label();
     let mut subset: Vec<String> = Vec::new();
     for name in named {
-        let pattern = parse_pattern("interface", name, "veth* or NS:eth[0-3]");
-        let label = match pattern.map_err(NotNamed::Malformed)? {
-            Some(_) => name.as_str(),
-            None => labels
+        let label = match is_pattern(name) {
+            true => {
+                check_pattern(name, labels).map_err(NotNamed::Pattern)?;
+                name.as_str()
+            }
+            false => labels
                 .iter()
                 .find(|label| !is_pattern(label) && label_names(label, name, own.as_deref()))
                 .ok_or_else(|| NotNamed::Unknown(name.clone()))?,
@@ -207,9 +279,7 @@ pub fn interfaces_named(named: &[String], labels: &[&str]) -> Result<Vec<String>
         }
     }
     subset.sort();
-    // The daemon's patterns named as written count among its interfaces:
-    // naming all of those is naming all.
-    if labels.iter().all(|label| subset.iter().any(|s| s == label)) {
+    if subset.len() == labels.len() && !subset.iter().any(|s| is_pattern(s)) {
         subset.clear();
     }
     Ok(subset)
@@ -227,10 +297,10 @@ impl Match {
     /// or that one, or a pattern that matches it.
     pub fn applies_on(&self, label: &str) -> bool {
         self.ifaces.is_empty()
-            || self.ifaces.iter().any(|i| {
-                i == label
-                    || (is_pattern(i) && glob::Pattern::new(i).is_ok_and(|p| p.matches(label)))
-            })
+            || self
+                .ifaces
+                .iter()
+                .any(|i| i == label || (is_pattern(i) && pattern_matches(i, label)))
     }
 
     /// ` on IF,IF` for a subset of the daemon's interfaces, else nothing.
@@ -508,6 +578,29 @@ pub struct Item<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A pattern without `NS:` is of the daemon's own namespace; with it,
+    /// both sides match, each as a shell pattern.
+    #[test]
+    fn a_pattern_matches_in_the_namespaces_it_names() {
+        let cases = [
+            ("veth*", "veth0", true),
+            ("veth*", "blue:veth0", false),
+            ("e*", "edge:veth0", false),
+            ("blue:veth*", "blue:veth0", true),
+            ("blue:veth*", "veth0", false),
+            ("cni-*:eth0", "cni-1a:eth0", true),
+            ("cni-*:eth0", "cni-1a:eth1", false),
+            ("*:eth[0-3]", "red:eth2", true),
+        ];
+        for (pattern, label, matches) in cases {
+            assert_eq!(
+                pattern_matches(pattern, label),
+                matches,
+                "{pattern} {label}"
+            );
+        }
+    }
 
     #[test]
     fn match_validation_and_display() {
