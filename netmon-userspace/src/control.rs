@@ -397,13 +397,10 @@ fn socket_matching(pattern: &str) -> Result<PathBuf, ControlError> {
         return only_socket();
     };
     // As `IF` names an interface of any namespace (see [`socket_of`]), a
-    // pattern without `NS:` matches the interfaces of any.
-    let matches = |key: &str| {
-        glob.matches(key)
-            || (!pattern.contains(':')
-                && key
-                    .rsplit_once(':')
-                    .is_some_and(|(_, iface)| glob.matches(iface)))
+    // pattern without `NS:` matches the interface part of any key.
+    let matches = |key: &str| match pattern.contains(':') {
+        true => glob.matches(key),
+        false => glob.matches(key.rsplit_once(':').map_or(key, |(_, iface)| iface)),
     };
     let mut daemons: Vec<(u64, String, PathBuf)> = Vec::new();
     for entry in std::fs::read_dir(SOCKET_DIR)

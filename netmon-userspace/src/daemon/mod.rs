@@ -125,6 +125,10 @@ pub(crate) fn netns_of(label: &str) -> &str {
     label.rsplit_once(':').map_or("", |(ns, _)| ns)
 }
 
+/// The instance no maps have (new ones are stamped with an odd random
+/// number): the key of the retired hits whose pins are removed.
+const FOLDED: u64 = 0;
+
 /// The daemon's interfaces. The policy is the daemon's: it is written to
 /// every interface's maps, and their rule counters are summed. Their quota
 /// state is one map they share (`Datapath::quota_pin`).
@@ -134,8 +138,9 @@ pub struct Interfaces<K> {
     policy: Compiled,
     /// The rule counters of interfaces retired, by slot: a rule's hits
     /// never go back when an interface goes.
-    /// By the instance of the maps they were read from: pins a retirement
-    /// could not remove, found again by a later run, hold them still.
+    /// By the instance of the maps they were read from while their pins
+    /// are there (ones a retirement could not remove, found again by a
+    /// later run, hold them still); under [`FOLDED`] once they are removed.
     retired_hits: HashMap<u64, HashMap<u32, [Counter; 2]>>,
     /// The quotas' budget and use, by slot, while no interface holds the
     /// map they share (a daemon of patterns before any matches, or after
@@ -200,14 +205,20 @@ impl<K: Kernel> PolicyMaps for Interfaces<K> {
         self.link_forwarders()
     }
 
+    /// Those `write_policy` writes to.
     fn interfaces(&self) -> Vec<String> {
-        self.watched.iter().map(|w| w.iface.clone()).collect()
+        self.watched
+            .iter()
+            .filter(|w| w.kernel.attached())
+            .map(|w| w.iface.clone())
+            .collect()
     }
 
     fn clear_rule_counters(&mut self, slot: u32) -> Result<(), DatapathError> {
         for hits in self.retired_hits.values_mut() {
             hits.remove(&slot);
         }
+        self.retired_hits.retain(|_, hits| !hits.is_empty());
         self.watched
             .iter_mut()
             .try_for_each(|w| w.kernel.clear_rule_counters(slot))
@@ -320,6 +331,9 @@ pub struct Daemon<K, C> {
     patterns: Vec<String>,
     /// The instances of the maps of interfaces retired.
     retired: BTreeSet<u64>,
+    /// The maps' instance of each interface retired whose pins are not yet
+    /// known removed ([`Daemon::forget`]).
+    retiring: HashMap<String, u64>,
     /// The pairs of the latest screen's reading, kept so that a refresh
     /// does not allocate them again (dropped with the last view).
     screen_pairs: Vec<(PairKey, PairReading)>,
@@ -371,6 +385,7 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
             metrics: None,
             patterns: Vec::new(),
             retired: BTreeSet::new(),
+            retiring: HashMap::new(),
         }
     }
 
@@ -500,7 +515,9 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
     /// returned; its meter carries on when the maps are the same (`instance`).
     pub fn join(&mut self, iface: &str, kernel: K, meter: Meter, instance: u64) -> Option<K> {
         // Maps retired before, found again: their counters hold the hits.
-        self.interfaces.retired_hits.remove(&instance);
+        if instance != FOLDED {
+            self.interfaces.retired_hits.remove(&instance);
+        }
         let mut joining = Watched {
             iface: iface.to_string(),
             kernel,
@@ -562,6 +579,7 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
         }
         for slot in self.enforcer.slots() {
             match gone.kernel.rule_counters(slot) {
+                Ok(hits) if hits == [Counter::default(); 2] => {}
                 Ok(hits) => {
                     let of_maps = self.interfaces.retired_hits.entry(gone.instance);
                     let kept = of_maps.or_default().entry(slot).or_default();
@@ -578,15 +596,27 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
         self.names.remove(iface);
         self.views.remove(iface);
         self.retired.insert(gone.instance);
+        self.retiring.insert(iface.to_string(), gone.instance);
         self.interfaces.relink();
         Some(gone.kernel)
     }
 
     /// Tells the sinks to forget `iface`, retired and its pins removed: the
     /// store then drops its baseline, which pins left behind would need.
+    /// Its rules' hits no longer wait for its maps to be found again.
     pub fn forget(&mut self, iface: &str) {
         for sink in &mut self.sinks {
             sink.retired(iface);
+        }
+        let Some(instance) = self.retiring.remove(iface) else {
+            return;
+        };
+        let hits = &mut self.interfaces.retired_hits;
+        for (slot, counted) in hits.remove(&instance).unwrap_or_default() {
+            let kept = hits.entry(FOLDED).or_default().entry(slot).or_default();
+            for (k, c) in kept.iter_mut().zip(counted) {
+                *k = k.plus(c);
+            }
         }
     }
 
@@ -915,10 +945,15 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
     /// The request with the interfaces it names as the daemon names them.
     fn resolve(&self, mut request: Request) -> Result<Request, DaemonError> {
         match &mut request {
-            Request::AddRule { rule }
-            | Request::RemoveRule {
+            Request::AddRule { rule } => rule.matcher.ifaces = self.subset(&rule.matcher.ifaces)?,
+            // A rule on a pattern of a namespace gone since is removed as written.
+            Request::RemoveRule {
                 rule: Some(rule), ..
-            } => rule.matcher.ifaces = self.subset(&rule.matcher.ifaces)?,
+            } => match self.subset(&rule.matcher.ifaces) {
+                Ok(subset) => rule.matcher.ifaces = subset,
+                Err(DaemonError::BadPattern(_)) => {}
+                Err(e) => return Err(e),
+            },
             Request::SetQuota { quota } => {
                 quota.matcher.ifaces = self.subset(&quota.matcher.ifaces)?
             }

@@ -745,7 +745,7 @@ fn a_rule_on_a_pattern_applies_on_the_interfaces_it_matches_as_they_come() {
         daemon.handle(block_on("10.202.0.0/16", &["blue:veth*"])),
         Response::Error(
             "interface pattern 'blue:veth*' is of a namespace none of this daemon's interfaces \
-             is in (eth0, eth1, eth10); write NS:IF for another namespace's, like veth*"
+             is in (eth0, eth1, eth10); name one of theirs, like veth*"
                 .into()
         )
     );
@@ -957,31 +957,31 @@ fn a_retired_interface_leaves_its_traffic_and_rule_hits_and_takes_its_metrics() 
     };
     assert_eq!(rules[0].ingress.frames, 7, "its hits stay with the rule");
     // Across a restart too, from what the poll persists; and once only
-    // when a retired interface's maps are found again (pins that could not
-    // be removed): their counters hold its hits.
+    // when a retired interface's maps are found again: eth0's pins were not
+    // known removed (no `forget`), and their counters hold its 5.
     daemon.poll().unwrap();
     let mut state = daemon.state.clone();
     let rules = daemon.enforcer.persisted_rules();
     (state.policy.runtime, state.policy.ids) = (rules.runtime, rules.ids);
     (state.policy.slots, state.policy.next_id) = (rules.slots, rules.next_id);
-    // eth0's maps (instance 7) found again, with its 5; veth1's 2 restored.
+    let kept: Vec<(u64, usize)> = state
+        .policy
+        .retired_hits
+        .iter()
+        .map(|(instance, by_slot)| (*instance, by_slot.len()))
+        .collect();
+    assert_eq!(kept, [(0, 1), (7, 1)], "veth1's folded, eth0's by its maps");
     let z = FakeKernel::default();
     z.0.borrow_mut().rule_counters.insert(slot, hits(5));
     let mut restarted = super::fake::daemon(&z, &clock, Meter::default(), state, vec![]);
-    let ingress_hits = |d: &mut super::Daemon<FakeKernel, FakeClock>| {
-        let Response::Ok(Answer::Rules { rules }) = d.handle(Request::Rules) else {
-            panic!("rules")
-        };
-        (rules[0].ingress.frames, rules[0].ingress.bytes)
+    let Response::Ok(Answer::Rules { rules }) = restarted.handle(Request::Rules) else {
+        panic!("rules")
     };
-    assert_eq!(ingress_hits(&mut restarted), (7, 420), "veth1's restored");
-    let found = FakeKernel::default();
-    found.0.borrow_mut().ifindex = 3;
-    found.0.borrow_mut().rule_counters.insert(slot, hits(2));
-    let mut maps = found.clone();
-    restarted.enforce_on("veth1", &mut maps).unwrap();
-    restarted.join("veth1", maps, Meter::default(), 8);
-    assert_eq!(ingress_hits(&mut restarted), (7, 420), "veth1's maps again");
+    assert_eq!(
+        (rules[0].ingress.frames, rules[0].ingress.bytes),
+        (7, 420),
+        "eth0's maps again with its 5, veth1's 2 restored"
+    );
 }
 
 /// A daemon of patterns may watch no interface at all, before its first

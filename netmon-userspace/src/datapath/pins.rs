@@ -82,8 +82,8 @@ impl PinDir {
     }
 
     /// Pin directories left in network namespaces other than `skipped` (as
-    /// their directories are named, `netns-<cookie>`) that hold maps and
-    /// links, none of them attached, with their interface names: an interface whose
+    /// their directories are named, `netns-<cookie>`) that hold maps and no
+    /// attached link, with their interface names: an interface whose
     /// namespace went while no netmon ran (its interfaces went with it), or
     /// that went itself in a namespace this run does not enter. Their maps
     /// count nothing any more.
@@ -101,12 +101,11 @@ impl PinDir {
                 let pins = PinDir {
                     dir: in_netns.join(&iface),
                 };
-                // Maps without links may be another daemon's, between the two.
-                let links: Vec<PathBuf> = pins.links().collect();
-                let detached = !links.is_empty()
-                    && links
-                        .iter()
-                        .all(|link| super::sys::pinned_link_ifindex(link).ok() == Some(0));
+                // No links at all where TC hooks are no links (before 6.6):
+                // the caller's test of the maps' instance tells whose they are.
+                let detached = pins
+                    .links()
+                    .all(|link| super::sys::pinned_link_ifindex(&link).ok() == Some(0));
                 if pins.has_maps() && detached {
                     left.push((pins, iface));
                 }

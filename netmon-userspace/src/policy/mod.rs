@@ -172,9 +172,10 @@ pub enum NotNamed {
     Pattern(String),
 }
 
-/// The longest pattern of interfaces a rule may name: a namespace's name
-/// and an interface's, with room for wildcards.
-const LONGEST_PATTERN: usize = 128;
+/// The longest pattern of interfaces a rule may name, in characters: a
+/// namespace's name (up to 255) and an interface's, with room for
+/// wildcards.
+const LONGEST_PATTERN: usize = 320;
 
 /// True when the pattern of interfaces `pattern` matches interface `label`
 /// (as reports name it): without `NS:`, the interfaces of the daemon's own
@@ -198,7 +199,7 @@ pub fn pattern_matches(pattern: &str, label: &str) -> bool {
 /// names a namespace none of `labels` (the daemon's) is in: it would apply
 /// nowhere, and stay so.
 fn check_pattern(pattern: &str, labels: &[&str]) -> Result<(), String> {
-    if pattern.len() > LONGEST_PATTERN || pattern.chars().any(|c| c.is_control()) {
+    if pattern.chars().count() > LONGEST_PATTERN || pattern.chars().any(|c| c.is_control()) {
         return Err(format!(
             "interface pattern '{}': at most {LONGEST_PATTERN} characters, none of them control \
              characters; write it like veth* or NS:eth[0-3]",
@@ -220,22 +221,29 @@ fn check_pattern(pattern: &str, labels: &[&str]) -> Result<(), String> {
              must each be a pattern; write it like NS:eth[0-3]"
         ));
     }
+    let glob = |text: &str, name: &str| glob::Pattern::new(text).is_ok_and(|g| g.matches(name));
+    // Two patterns of namespaces (`cni-1*` and the daemon's `cni-*`) may
+    // share some: taken.
     let in_namespace = |label: &&str| match (ns, label.rsplit_once(':')) {
         (None, None) => true,
         (Some(ns), Some((label_ns, _))) => {
-            ns == label_ns || glob::Pattern::new(ns).is_ok_and(|g| g.matches(label_ns))
+            ns == label_ns
+                || glob(ns, label_ns)
+                || glob(label_ns, ns)
+                || (is_pattern(ns) && is_pattern(label_ns))
         }
         _ => false,
     };
     if !labels.iter().any(in_namespace) {
+        let like = |label: &&str| match label.rsplit_once(':') {
+            Some((label_ns, _)) => format!("{label_ns}:{name}"),
+            None => name.to_string(),
+        };
         return Err(format!(
             "interface pattern '{pattern}' is of a namespace none of this daemon's interfaces \
-             is in ({}); write NS:IF for another namespace's, like {}",
+             is in ({}); name one of theirs, like {}",
             listed(labels),
-            labels
-                .iter()
-                .find_map(|l| l.rsplit_once(':').map(|(ns, _)| format!("{ns}:{name}")))
-                .unwrap_or_else(|| name.to_string())
+            labels.first().map_or_else(|| name.to_string(), like)
         ));
     }
     Ok(())
@@ -266,8 +274,13 @@ pub fn interfaces_named(named: &[String], labels: &[&str]) -> Result<Vec<String>
     for name in named {
         let label = match is_pattern(name) {
             true => {
+                // Of the daemon's own namespace by its name: as reports name those.
+                let name = match (name.rsplit_once(':'), own.as_deref()) {
+                    (Some((ns, iface)), Some(own)) if ns == own => iface,
+                    _ => name.as_str(),
+                };
                 check_pattern(name, labels).map_err(NotNamed::Pattern)?;
-                name.as_str()
+                name
             }
             false => labels
                 .iter()
@@ -578,6 +591,31 @@ pub struct Item<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A pattern is taken when some namespace of the daemon's may hold
+    /// what it names, a namespace pattern's too; refused, in one line, when
+    /// none may.
+    #[test]
+    fn a_pattern_is_refused_only_where_it_can_apply_nowhere() {
+        let labels = ["eth0", "cni-*:eth0", "blue:veth0"];
+        let named = |pattern: &str| interfaces_named(&[pattern.to_string()], &labels);
+        for taken in ["veth*", "cni-1b:*", "cni-1*:eth0", "b*:veth*", "*:eth0"] {
+            assert_eq!(named(taken), Ok(vec![taken.to_string()]), "{taken}");
+        }
+        assert_eq!(
+            named("red:veth*"),
+            Err(NotNamed::Pattern(
+                "interface pattern 'red:veth*' is of a namespace none of this daemon's \
+                 interfaces is in (eth0, blue:veth0, any matching cni-*:eth0); name one of \
+                 theirs, like veth*"
+                    .into()
+            ))
+        );
+        assert_eq!(
+            interfaces_named(&["veth*".into()], &["blue:veth0"]).map_err(|_| ()),
+            Err(())
+        );
+    }
 
     /// A pattern without `NS:` is of the daemon's own namespace; with it,
     /// both sides match, each as a shell pattern.
