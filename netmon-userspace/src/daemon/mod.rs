@@ -38,7 +38,7 @@ use crate::{
     alerts::{AlertEvent, UsageAlarm},
     control::{Answer, Request, Response},
     datapath::{DatapathError, PairReading},
-    enforcer::Enforcer,
+    enforcer::{Enforcer, RetiredHits},
     live::{Live, LiveSnapshot, Screen, ScreenQuery, RECENT_ALERTS},
     logs::state::State,
     names::{reverse::Reverse, DnsCounts, Listener, NameRecord},
@@ -128,6 +128,24 @@ pub(crate) fn netns_of(label: &str) -> &str {
 /// The instance no maps have (new ones are stamped with an odd random
 /// number): the key of the retired hits whose pins are removed.
 const FOLDED: u64 = 0;
+
+/// Rule hits by slot as the state keeps them ([`RetiredHits`]).
+fn persisted_hits(by_slot: &HashMap<u32, [Counter; 2]>) -> RetiredHits {
+    let words = |hits: &[Counter; 2]| hits.map(|c| [c.frames, c.bytes]);
+    by_slot
+        .iter()
+        .map(|(slot, hits)| (*slot, words(hits)))
+        .collect()
+}
+
+/// Rule hits by slot from the state ([`persisted_hits`]).
+fn hits_of(persisted: &RetiredHits) -> HashMap<u32, [Counter; 2]> {
+    let counters = |words: &[[u64; 2]; 2]| words.map(|[frames, bytes]| Counter { frames, bytes });
+    persisted
+        .iter()
+        .map(|(slot, words)| (*slot, counters(words)))
+        .collect()
+}
 
 /// The daemon's interfaces. The policy is the daemon's: it is written to
 /// every interface's maps, and their rule counters are summed. Their quota
@@ -359,12 +377,7 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
                     .policy
                     .retired_hits
                     .iter()
-                    .map(|(instance, by_slot)| {
-                        let by_slot = by_slot.iter().map(|(slot, hits)| {
-                            (*slot, hits.map(|[frames, bytes]| Counter { frames, bytes }))
-                        });
-                        (*instance, by_slot.collect())
-                    })
+                    .map(|(instance, by_slot)| (*instance, hits_of(by_slot)))
                     .collect(),
                 unheld_quotas: HashMap::new(),
             },
@@ -813,12 +826,7 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
             .interfaces
             .retired_hits
             .iter()
-            .map(|(instance, by_slot)| {
-                let by_slot = by_slot
-                    .iter()
-                    .map(|(slot, hits)| (*slot, hits.map(|c| [c.frames, c.bytes])));
-                (*instance, by_slot.collect())
-            })
+            .map(|(instance, by_slot)| (*instance, persisted_hits(by_slot)))
             .collect();
         let baseline: Vec<BaselineView> = self
             .interfaces

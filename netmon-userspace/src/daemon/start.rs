@@ -458,12 +458,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         for mut t in left_elsewhere(&config, &db, &targets, &patterns)? {
             match t.claim() {
                 Ok(()) => targets.push(t),
-                Err(e) => log::warn!(
-                    "{e}; the pins {} stay as they are",
-                    t.left
-                        .as_ref()
-                        .map_or(String::new(), |p| p.path().display().to_string())
-                ),
+                Err(e) => log::warn!("{e}; the pins of {} stay as they are", t.label),
             }
         }
     }

@@ -118,14 +118,18 @@ impl PinDir {
     /// ([`PolicyState::instance`]); their layout checked first
     /// ([`PinDir::check_layout`]).
     pub fn instance(&self) -> Result<u64, DatapathError> {
-        let unreadable = |cause| DatapathError::Map {
+        let state = self.policy_state().map_err(|cause| DatapathError::Map {
             map: POLICY_MAP,
             cause,
-        };
-        let data = MapData::from_pin(self.map(POLICY_MAP)).map_err(unreadable)?;
-        let policy: Array<MapData, PolicyState> =
-            Array::try_from(Map::Array(data)).map_err(unreadable)?;
-        Ok(policy.get(&0, 0).map_err(unreadable)?.instance)
+        })?;
+        Ok(state.instance)
+    }
+
+    /// What the pinned policy map holds: the layout and instance of the maps.
+    fn policy_state(&self) -> Result<PolicyState, aya::maps::MapError> {
+        let data = MapData::from_pin(self.map(POLICY_MAP))?;
+        let policy: Array<MapData, PolicyState> = Array::try_from(Map::Array(data))?;
+        policy.get(&0, 0)
     }
 
     /// Refuses pins this run must not touch, before anything is created: pins
@@ -316,10 +320,7 @@ impl PinDir {
             }
         }
         if self.has_maps() {
-            let data = MapData::from_pin(self.map(POLICY_MAP)).map_err(unreadable(POLICY_MAP))?;
-            let policy: Array<MapData, PolicyState> =
-                Array::try_from(Map::Array(data)).map_err(unreadable(POLICY_MAP))?;
-            let state = policy.get(&0, 0).map_err(unreadable(POLICY_MAP))?;
+            let state = self.policy_state().map_err(unreadable(POLICY_MAP))?;
             if state.layout != LAYOUT_VERSION {
                 return Err(stale(LayoutMismatch::Version {
                     found: state.layout,

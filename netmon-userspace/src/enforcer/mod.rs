@@ -25,7 +25,7 @@ use crate::{
 use ids::Ids;
 use periods::QuotaPeriod;
 use persist::mark_unconditional;
-pub use persist::{PersistedPolicy, PersistedRules, QuotaUsage};
+pub use persist::{PersistedPolicy, PersistedRules, QuotaUsage, RetiredHits};
 use sources::stamp;
 pub use views::{QuotaView, RuleView};
 

@@ -181,18 +181,16 @@ const LONGEST_PATTERN: usize = 320;
 /// (as reports name it): without `NS:`, the interfaces of the daemon's own
 /// namespace (`IF`); with it, those of the namespaces its `NS` matches.
 pub fn pattern_matches(pattern: &str, label: &str) -> bool {
-    let split = |text: &'_ str| -> (Option<String>, String) {
-        match text.rsplit_once(':') {
-            Some((ns, name)) => (Some(ns.to_string()), name.to_string()),
-            None => (None, text.to_string()),
-        }
-    };
-    let glob = |text: &str, name: &str| glob::Pattern::new(text).is_ok_and(|g| g.matches(name));
-    match (split(pattern), split(label)) {
-        ((None, p), (None, l)) => glob(&p, &l),
-        ((Some(pns), p), (Some(lns), l)) => glob(&pns, &lns) && glob(&p, &l),
+    match (pattern.rsplit_once(':'), label.rsplit_once(':')) {
+        (None, None) => glob_matches(pattern, label),
+        (Some((pns, p)), Some((lns, l))) => glob_matches(pns, lns) && glob_matches(p, l),
         _ => false,
     }
+}
+
+/// True when `pattern` parses and matches `name`.
+fn glob_matches(pattern: &str, name: &str) -> bool {
+    glob::Pattern::new(pattern).is_ok_and(|g| g.matches(name))
 }
 
 /// Refuses a pattern of interfaces that does not parse, is too long, or
@@ -221,15 +219,14 @@ fn check_pattern(pattern: &str, labels: &[&str]) -> Result<(), String> {
              must each be a pattern; write it like NS:eth[0-3]"
         ));
     }
-    let glob = |text: &str, name: &str| glob::Pattern::new(text).is_ok_and(|g| g.matches(name));
     // Two patterns of namespaces (`cni-1*` and the daemon's `cni-*`) may
     // share some: taken.
     let in_namespace = |label: &&str| match (ns, label.rsplit_once(':')) {
         (None, None) => true,
         (Some(ns), Some((label_ns, _))) => {
             ns == label_ns
-                || glob(ns, label_ns)
-                || glob(label_ns, ns)
+                || glob_matches(ns, label_ns)
+                || glob_matches(label_ns, ns)
                 || (is_pattern(ns) && is_pattern(label_ns))
         }
         _ => false,
