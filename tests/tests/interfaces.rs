@@ -676,6 +676,51 @@ fn a_pattern_alone_starts_before_anything_matches_and_outlives_its_last_interfac
     Ok(())
 }
 
+/// What a retired interface's maps held beside its traffic is written
+/// before its pins are removed: a crash right after, long before the next
+/// poll, loses none of its rule's hits.
+#[test]
+fn a_crash_right_after_an_interface_is_retired_keeps_its_rule_hits() -> Result<()> {
+    let bpffs = TempMount::bpffs()?;
+    let net = Routed::create()?;
+    let dir = tempfile::tempdir()?;
+    let right = &net.router_right;
+    let pattern = format!("{}*", right.iface);
+    // Polls far enough apart that the crash comes before the next.
+    let launch = || {
+        Netmon::on(right)
+            .without_defaults()
+            .args(&["--iface", &pattern, "--interval", "5s", "--quiet"])
+            .logs_in(dir.path())
+            .bpffs(&bpffs)
+    };
+    let mut netmon = launch().start()?;
+    said(&mut netmon, &format!("counting on {}", right.iface))?;
+    let target = net.right.ipv4.to_string();
+    ctl(&pattern, &["block", &target]).map_err(anyhow::Error::msg)?;
+    let delivered = Flow::udp(&net.left, &net.right)
+        .port(7141)
+        .sizes(&[300; 10])
+        .delivered()?;
+    assert_eq!(delivered, Vec::<usize>::new());
+    net.remove_right()?;
+    netmon.wait_for(
+        &format!("interface {} is gone: its traffic", right.iface),
+        Duration::from_secs(15),
+    )?;
+    netmon.kill()?;
+    let _netmon = launch().start_until(&format!("no interface matches {pattern} yet"))?;
+    let rules = netmon_tests::daemon::listing(&pattern, &["rules"]);
+    let hits = &rules[0]["egress"];
+    let sent = udp(10, &net.right, 300);
+    assert_eq!(
+        (hits["frames"].as_u64(), hits["bytes"].as_u64()),
+        (Some(sent.frames), Some(sent.bytes)),
+        "{rules}"
+    );
+    Ok(())
+}
+
 /// The configuration file's interfaces, changed while netmon runs, are
 /// taken on SIGHUP. A pattern added follows the router's right port; then
 /// the right port named outright replaces the pattern and the left port

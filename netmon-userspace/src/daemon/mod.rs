@@ -573,7 +573,8 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
     /// traffic stays in the totals and the history, its rules' hits in
     /// theirs; its meter, metrics and names go. One present is kept
     /// (`None`). The quotas' use leaves with the last interface's map, and
-    /// is kept for the next to join.
+    /// is kept for the next to join. [`Daemon::save`] before removing the
+    /// kernel's maps.
     pub fn retire(&mut self, iface: &str) -> Option<K> {
         let watched = &mut self.interfaces.watched;
         let at = watched
@@ -612,6 +613,13 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
         self.retiring.insert(iface.to_string(), gone.instance);
         self.interfaces.relink();
         Some(gone.kernel)
+    }
+
+    /// Writes the state now, without an interval: what [`Daemon::retire`]
+    /// took from maps about to be removed (rule hits, the quotas' use) is
+    /// then kept should the daemon stop before its next poll.
+    pub fn save(&mut self) {
+        self.deliver(&[], &[], false);
     }
 
     /// Tells the sinks to forget `iface`, retired and its pins removed: the

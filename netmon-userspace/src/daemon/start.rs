@@ -1412,30 +1412,38 @@ fn join(
 
 /// Retires the interfaces patterns brought in that are gone: those
 /// reported gone (their last traffic counted), and those never attached.
-/// Their pins are removed, their socket links and claims released; the
-/// patterns' claims keep the socket reachable. Returns those retired.
+/// What their maps hold beside the traffic (rule hits, the quotas' use) is
+/// saved before their pins are removed; their socket links and claims are
+/// released; the patterns' claims keep the socket reachable. Returns those
+/// retired.
 fn retire_gone(
     daemon: &mut Daemon<Attached, SystemClock>,
     targets: &mut Vec<Target>,
     listener: &mut control::Listener,
 ) -> Vec<String> {
-    let mut retired = Vec::new();
+    let mut due = Vec::new();
     let mut at = 0;
     while at < targets.len() {
         let t = &targets[at];
-        let due = t.unlisted || (t.matched && !t.present());
-        if !due || daemon.watches(&t.label) {
+        if !(t.unlisted || (t.matched && !t.present())) || daemon.watches(&t.label) {
             at += 1;
             continue;
         }
         // None when it was never attached.
         let kernel = daemon.retire(&t.label);
+        due.push((targets.remove(at), kernel));
+    }
+    if due.iter().any(|(_, kernel)| kernel.is_some()) {
+        daemon.save();
+    }
+    let mut retired = Vec::new();
+    for (t, kernel) in due {
         let Target {
             label,
             claim,
             unlisted,
             ..
-        } = targets.remove(at);
+        } = t;
         let (gone, until) = match unlisted {
             true => ("no longer listed", "up to its detaching"),
             false => ("gone", "up to the removal"),

@@ -880,10 +880,13 @@ fn a_retired_interface_leaves_its_traffic_and_rule_hits_and_takes_its_metrics() 
         FakeKernel::default(),
         FakeClock::at("2026-11-30T12:00:00Z"),
     );
-    /// The interfaces a sink was told are retired.
-    struct Retirements(Rc<RefCell<Vec<String>>>);
+    /// The interfaces a sink was told are retired, and the maps whose
+    /// retired hits the last state written kept.
+    struct Retirements(Rc<RefCell<Vec<String>>>, Rc<RefCell<Vec<u64>>>);
     impl Sink for Retirements {
-        fn deliver(&mut self, _: &Report<'_>) -> Result<(), LogError> {
+        fn deliver(&mut self, report: &Report<'_>) -> Result<(), LogError> {
+            let kept = report.saved.state.policy.retired_hits.keys().copied();
+            *self.1.borrow_mut() = kept.collect();
             Ok(())
         }
         fn retired(&mut self, iface: &str) {
@@ -892,13 +895,14 @@ fn a_retired_interface_leaves_its_traffic_and_rule_hits_and_takes_its_metrics() 
     }
     let journal = Journal::default();
     let told = Rc::new(RefCell::new(Vec::new()));
+    let saved = Rc::new(RefCell::new(Vec::new()));
     let state = State {
         metrics: Some(Default::default()),
         ..Default::default()
     };
     let sinks = vec![
         recorder("files", &journal),
-        Box::new(Retirements(told.clone())) as Box<dyn Sink>,
+        Box::new(Retirements(told.clone(), saved.clone())) as Box<dyn Sink>,
     ];
     let mut daemon = daemon(&x, &clock, Meter::default(), state, sinks);
     daemon.count_metrics(Default::default());
@@ -931,6 +935,9 @@ fn a_retired_interface_leaves_its_traffic_and_rule_hits_and_takes_its_metrics() 
     assert!(daemon.retire("veth1").is_none(), "retired once");
     assert!(daemon.retired(8) && !daemon.retired(7));
     assert!(told.borrow().is_empty(), "not before its pins are removed");
+    assert!(saved.borrow().is_empty());
+    daemon.save();
+    assert_eq!(*saved.borrow(), [8], "its hits written before its maps go");
     daemon.forget("veth1");
     assert_eq!(*told.borrow(), ["veth1"], "the sinks forget it");
     assert!(metrics(&daemon).is_empty());
