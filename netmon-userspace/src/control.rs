@@ -2,6 +2,7 @@
 //! running `netmon run`. One JSON request and one JSON response per connection.
 
 use std::{
+    borrow::Cow,
     io::{BufRead, BufReader, Write},
     os::unix::net::UnixStream,
     path::{Path, PathBuf},
@@ -54,8 +55,8 @@ pub enum ControlError {
     /// Several daemons, and no `--iface` to pick one.
     #[error("several netmon daemons are running ({0}); pick one with --iface")]
     Several(String),
-    /// `--iface IF` names interfaces in several namespaces.
-    #[error("daemons watch an interface {iface} in several network namespaces ({found}); pick one with --iface NS:{iface}")]
+    /// `--iface IF` (or a pattern) names interfaces in several namespaces.
+    #[error("--iface {iface} names interfaces in several network namespaces ({found}); pick one with --iface NS:{iface}")]
     SeveralNamespaces {
         /// The interface.
         iface: String,
@@ -193,6 +194,29 @@ pub enum Request {
 }
 
 impl Request {
+    /// The request with the patterns without `NS:` its rule or quota names
+    /// read in `netns`, the namespace the first was found in
+    /// ([`socket_matching`]).
+    fn with_patterns_in(&self, netns: Option<&str>) -> Cow<'_, Request> {
+        let Some(netns) = netns else {
+            return Cow::Borrowed(self);
+        };
+        let mut request = self.clone();
+        let matcher = match &mut request {
+            Request::AddRule { rule }
+            | Request::RemoveRule {
+                rule: Some(rule), ..
+            } => &mut rule.matcher,
+            Request::SetQuota { quota } => &mut quota.matcher,
+            _ => return Cow::Borrowed(self),
+        };
+        let unplaced = |i: &&mut String| crate::policy::is_pattern(i) && !i.contains(':');
+        for iface in matcher.ifaces.iter_mut().filter(unplaced) {
+            *iface = key(Some(netns), iface);
+        }
+        Cow::Owned(request)
+    }
+
     /// True for the requests that change the policy, which need more than
     /// the socket group (see [`Access`]).
     pub fn changes_policy(&self) -> bool {
@@ -289,16 +313,19 @@ pub enum Answer {
 /// `iface` is `IF`, looked for in the caller's network namespace and then
 /// in any other, or `NS:IF`.
 pub fn ask(iface: Option<&str>, request: &Request) -> Result<Answer, ControlError> {
-    let path = match iface {
-        Some(iface) => socket_of(iface)?,
-        None => only_socket()?,
+    let (path, request) = match iface {
+        Some(iface) => {
+            let (path, found_in) = socket_of(iface)?;
+            (path, request.with_patterns_in(found_in.as_deref()))
+        }
+        None => (only_socket()?, Cow::Borrowed(request)),
     };
     let mut stream = match UnixStream::connect(&path) {
         Ok(stream) => stream,
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => return Err(denied(path)),
         Err(cause) => return Err(ControlError::NoAnswer { path, cause }),
     };
-    let mut line = serde_json::to_string(request).expect("requests serialise");
+    let mut line = serde_json::to_string(&*request).expect("requests serialise");
     line.push('\n');
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
@@ -341,11 +368,17 @@ fn sockets() -> Vec<(String, PathBuf)> {
     found
 }
 
-/// The socket of the daemon on `iface` (`IF` or `NS:IF`, or a pattern of them).
-fn socket_of(iface: &str) -> Result<PathBuf, ControlError> {
+/// The socket of the daemon on `iface` (`IF` or `NS:IF`, or a pattern of
+/// them), and for a pattern without `NS:`, the namespace it was found in.
+fn socket_of(iface: &str) -> Result<(PathBuf, Option<String>), ControlError> {
     if crate::policy::is_pattern(iface) {
         return socket_matching(iface);
     }
+    Ok((socket_named(iface)?, None))
+}
+
+/// The socket of the daemon on the interface `iface` (`IF` or `NS:IF`).
+fn socket_named(iface: &str) -> Result<PathBuf, ControlError> {
     if iface.contains(':') {
         return Ok(socket_path(iface));
     }
@@ -382,27 +415,34 @@ fn socket_of(iface: &str) -> Result<PathBuf, ControlError> {
     }
 }
 
-/// The socket of the daemon a pattern of interfaces (`veth*`) picks: the
-/// daemon watching that pattern, else the one daemon whose interfaces it
-/// matches, else the only daemon running (which refuses a pattern that
-/// does not parse).
-fn socket_matching(pattern: &str) -> Result<PathBuf, ControlError> {
+/// The socket of the daemon a pattern of interfaces (`veth*`) picks, and
+/// the namespace the pattern is to be read in: the daemon holding that
+/// pattern, else the one daemon whose interfaces it matches, else the only
+/// daemon running (which refuses a pattern that does not parse).
+///
+/// A daemon reads a pattern without `NS:` as one of its own namespace,
+/// which need not be the caller's. So the pattern is sent with the
+/// namespace where it matched: the caller's, when it matches there (as `IF`
+/// names an interface there first, see [`socket_named`]), else the one
+/// other namespace it matches in; several are refused. A pattern with
+/// `NS:` is sent as written.
+fn socket_matching(pattern: &str) -> Result<(PathBuf, Option<String>), ControlError> {
     use std::os::unix::fs::MetadataExt;
     let own = crate::datapath::netns::own_label();
-    let claimed = socket_path(&key(own.as_deref(), pattern));
+    let written = pattern.contains(':');
+    let found_in = |ns: Option<&str>| ns.filter(|_| !written).map(str::to_string);
+    let claimed = match written {
+        true => socket_path(pattern),
+        false => socket_path(&key(own.as_deref(), pattern)),
+    };
     if claimed.exists() {
-        return Ok(claimed);
+        return Ok((claimed, found_in(own.as_deref())));
     }
     let Ok(glob) = glob::Pattern::new(pattern) else {
-        return only_socket();
+        return Ok((only_socket()?, None));
     };
-    // As `IF` names an interface of any namespace (see [`socket_of`]), a
-    // pattern without `NS:` matches the interface part of any key.
-    let matches = |key: &str| match pattern.contains(':') {
-        true => glob.matches(key),
-        false => glob.matches(key.rsplit_once(':').map_or(key, |(_, iface)| iface)),
-    };
-    let mut daemons: Vec<(u64, String, PathBuf)> = Vec::new();
+    // (namespace, key, path) of every socket it matches.
+    let mut found: Vec<(Option<String>, String, PathBuf)> = Vec::new();
     for entry in std::fs::read_dir(SOCKET_DIR)
         .into_iter()
         .flatten()
@@ -412,18 +452,47 @@ fn socket_matching(pattern: &str) -> Result<PathBuf, ControlError> {
         let Some(key) = path.file_stem().and_then(|s| s.to_str()) else {
             continue;
         };
-        if path.extension().is_none_or(|e| e != "sock") || !matches(key) {
-            continue;
+        let (ns, iface) = match key.rsplit_once(':') {
+            Some((ns, iface)) => (Some(ns), iface),
+            None => (None, key),
+        };
+        let matches = match written {
+            true => glob.matches(key),
+            false => glob.matches(iface),
+        };
+        if path.extension().is_some_and(|e| e == "sock") && matches {
+            found.push((ns.map(str::to_string), key.to_string(), path));
         }
+    }
+    found.sort();
+    let in_own = found.iter().any(|(ns, ..)| *ns == own);
+    if !written && in_own {
+        found.retain(|(ns, ..)| *ns == own);
+    }
+    let mut namespaces: Vec<&Option<String>> = found.iter().map(|(ns, ..)| ns).collect();
+    namespaces.dedup();
+    if !written && namespaces.len() > 1 {
+        let keys: Vec<&str> = found.iter().map(|(_, key, _)| key.as_str()).collect();
+        return Err(ControlError::SeveralNamespaces {
+            iface: pattern.to_string(),
+            found: keys.join(", "),
+        });
+    }
+    let ns = namespaces
+        .first()
+        .and_then(|ns| ns.as_deref())
+        .map(str::to_string);
+    let mut daemons: Vec<(u64, String, PathBuf)> = Vec::new();
+    for (_, key, path) in found {
         if let Ok(meta) = std::fs::metadata(&path) {
             if !daemons.iter().any(|(ino, ..)| *ino == meta.ino()) {
-                daemons.push((meta.ino(), key.to_string(), path));
+                daemons.push((meta.ino(), key, path));
             }
         }
     }
     match daemons.as_slice() {
-        [(_, _, one)] => Ok(one.clone()),
-        [] => only_socket(),
+        [(_, _, one)] => Ok((one.clone(), found_in(ns.as_deref()))),
+        [] => Ok((only_socket()?, None)),
         _ => Err(ControlError::Several(
             daemons
                 .iter()
@@ -1035,5 +1104,32 @@ mod tests {
         check_key("eth0").unwrap();
         check_key(&key(Some("blue"), "eth0")).unwrap();
         check_key(&key(Some("netns-4026532"), "eth0")).unwrap();
+    }
+    /// The patterns without `NS:` of a rule sent to a daemon are read in
+    /// the namespace the first was found in; names and placed patterns are
+    /// sent as written.
+    #[test]
+    fn patterns_found_in_another_namespace_are_sent_with_it() {
+        let rule = |ifaces: &[&str]| Request::AddRule {
+            rule: Rule {
+                action: crate::policy::Action::Block,
+                matcher: crate::policy::Match {
+                    all: true,
+                    ifaces: ifaces.iter().map(|i| i.to_string()).collect(),
+                    ..Default::default()
+                },
+                source: None,
+            },
+        };
+        let ifaces = |request: &Request| match request {
+            Request::AddRule { rule } => rule.matcher.ifaces.clone(),
+            _ => unreachable!(),
+        };
+        let written = rule(&["veth*", "eth0", "blue:tap*", "cni-[ab]"]);
+        assert_eq!(
+            ifaces(&written.with_patterns_in(Some("red"))),
+            ["red:veth*", "eth0", "blue:tap*", "red:cni-[ab]"]
+        );
+        assert!(matches!(written.with_patterns_in(None), Cow::Borrowed(_)));
     }
 }

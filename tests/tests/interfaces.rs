@@ -676,6 +676,59 @@ fn a_pattern_alone_starts_before_anything_matches_and_outlives_its_last_interfac
     Ok(())
 }
 
+/// A pattern without `NS:` names interfaces of the namespace the CLI
+/// finds it in, and the daemon is told so: here not the daemon's own. One
+/// found in several namespaces is refused, with the fix.
+#[test]
+fn a_pattern_without_its_namespace_is_read_where_the_cli_finds_it() -> Result<()> {
+    let bpffs = TempMount::bpffs()?;
+    let net = Routed::create()?;
+    let dir = tempfile::tempdir()?;
+    let right = &net.router_right;
+    let ports = format!("{}*", right.iface);
+    let mut netmon = Netmon::on(&net.left)
+        .args(&["--netns", &right.netns, "--iface", &ports])
+        .logs_in(dir.path())
+        .bpffs(&bpffs)
+        .start()?;
+    let label = format!("{}:{}", right.netns, right.iface);
+    said(&mut netmon, &format!("counting on {label}"))?;
+    let target = net.right.ipv4.to_string();
+    // The left host's interface and the router's right port.
+    let both = format!("{}[lb]", &right.iface[..right.iface.len() - 1]);
+    let refused = ctl(&both, &["block", &target]).expect_err("in two namespaces");
+    let expected = format!(
+        "--iface {both} names interfaces in several network namespaces ({}:{}, {label}); \
+         pick one with --iface NS:{both}",
+        net.left.netns, net.left.iface
+    );
+    assert!(refused.contains(&expected), "{refused}");
+    assert_eq!(
+        ctl(&ports, &["block", &target]).map_err(anyhow::Error::msg)?,
+        format!(
+            "rule 0 added: block {target}/32 on {}:{ports}\n",
+            right.netns
+        )
+    );
+    let delivered = Flow::udp(&net.left, &net.right)
+        .port(7151)
+        .sizes(&[300; 10])
+        .delivered()?;
+    assert_eq!(
+        delivered,
+        Vec::<usize>::new(),
+        "dropped on the router's port"
+    );
+    two_polls();
+    netmon.stop()?;
+    let pair = (label, "egress".to_string(), v4(&net.left), v4(&net.right));
+    assert_eq!(
+        dropped(dir.path())?.get(&pair),
+        Some(&udp(10, &net.right, 300))
+    );
+    Ok(())
+}
+
 /// What a retired interface's maps held beside its traffic is written
 /// before its pins are removed: a crash right after, long before the next
 /// poll, loses none of its rule's hits.
