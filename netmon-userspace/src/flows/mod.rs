@@ -152,23 +152,37 @@ impl FlowExporter {
 
     /// The observation domain of the interface labelled `iface` now: its
     /// ifIndex in its own namespace (0 once it is gone), and its domain id.
-    fn domain(&self, iface: &str) -> Domain {
+    fn domain(&mut self, iface: &str) -> Domain {
         let (ns, name) = iface.rsplit_once(':').unwrap_or(("", iface));
-        let number = self.namespaces.get(ns).map_or(0, |(_, number)| *number);
-        let ifindex = match self.namespaces.get(ns) {
-            Some((Some(netns), _)) => match netns.upgrade() {
-                Some(netns) => Datapath::index_in(Some(&netns), name).unwrap_or(0),
+        let (number, ifindex) = match self.namespaces.get(ns) {
+            Some((Some(netns), number)) => match netns.upgrade() {
+                Some(netns) => (*number, Datapath::index_in(Some(&netns), name).unwrap_or(0)),
                 // Gone: nothing of it is watched any more.
-                None => 0,
+                None => (*number, 0),
             },
-            Some((None, _)) => Datapath::index_in(None, name).unwrap_or(0),
-            None if ns.is_empty() => Datapath::index_in(None, name).unwrap_or(0),
-            // A namespace the daemon never entered: one gone before it
-            // started, whose interface's pins an earlier run left.
-            None => 0,
+            Some((None, number)) => (*number, Datapath::index_in(None, name).unwrap_or(0)),
+            None if ns.is_empty() => (0, Datapath::index_in(None, name).unwrap_or(0)),
+            None => {
+                // A namespace the daemon never entered: one gone before it
+                // started, whose interfaces' pins an earlier run left. It
+                // is numbered as one gone (not looked in as the daemon's own).
+                let number = self.free_number();
+                self.namespaces
+                    .insert(ns.to_string(), (Some(std::sync::Weak::new()), number));
+                (number, 0)
+            }
+        };
+        // ifIndex unknown: the highest index of the namespace no domain holds,
+        // so that two such interfaces never share a domain and its sequence.
+        let id = match ifindex {
+            0 => (0..0xff_ffff)
+                .map(|below| domain_id(number, 0xff_ffff - below))
+                .find(|id| !self.domains.values().any(|(held, _)| held.id == *id))
+                .unwrap_or(domain_id(number, 0)),
+            _ => domain_id(number, ifindex),
         };
         Domain {
-            id: domain_id(number, ifindex),
+            id,
             ifindex,
             name: iface.to_string(),
             sequence: 0,
@@ -181,7 +195,8 @@ impl FlowExporter {
     /// container restarted) is a new domain, its sequence from zero.
     fn export(&mut self, iface: &str, records: &[FlowRecord]) {
         let now = Instant::now();
-        let due = |sent: &Option<Instant>| sent.is_none_or(|t| now - t >= self.template_refresh);
+        let refresh = self.template_refresh;
+        let due = |sent: &Option<Instant>| sent.is_none_or(|t| now - t >= refresh);
         if self.domains.get(iface).is_none_or(|(_, sent)| due(sent)) {
             let fresh = self.domain(iface);
             match self.domains.get_mut(iface) {

@@ -439,7 +439,8 @@ fn discarding_exporter() -> FlowExporter {
 /// id, so each namespace's domains are apart, numbered as they come. An
 /// interface a pattern brings in later is in its pattern's namespace. One
 /// of a namespace never entered (gone before the start) is gone: it is not
-/// looked for in the daemon's own.
+/// looked for in the daemon's own, and its namespace is numbered too. Gone
+/// interfaces never share a domain.
 #[test]
 fn each_namespaces_interfaces_are_observation_domains_of_their_own() {
     // Every label's namespace is this process's own here, so `lo` is 1 in each.
@@ -447,13 +448,26 @@ fn each_namespaces_interfaces_are_observation_domains_of_their_own() {
     for label in ["lo", "web:lo", "db:lo", "web:lo", "dmz:l*"] {
         exporter.watching(label, None);
     }
-    let ids: Vec<(u32, u32)> = ["lo", "web:lo", "db:lo", "dmz:lo", "web:nothing", "gone:lo"]
-        .iter()
-        .map(|iface| {
-            let domain = exporter.domain(iface);
-            (domain.ifindex, domain.id)
-        })
-        .collect();
+    let labels = [
+        "lo",
+        "web:lo",
+        "db:lo",
+        "dmz:lo",
+        "web:nothing",
+        "gone:lo",
+        "gone:eth1",
+        "lost:lo",
+        "nothing",
+    ];
+    let mut ids = Vec::new();
+    for iface in labels {
+        // Each exported, its domain held, as the sink holds it.
+        exporter.export(iface, &[]);
+        let (domain, _) = &exporter.domains[iface];
+        ids.push((domain.ifindex, domain.id));
+    }
+    // An interface not found, in a namespace entered or never entered, has
+    // the highest index its namespace's domains leave free.
     assert_eq!(
         ids,
         [
@@ -461,8 +475,11 @@ fn each_namespaces_interfaces_are_observation_domains_of_their_own() {
             (1, 1 << 24 | 1),
             (1, 2 << 24 | 1),
             (1, 3 << 24 | 1),
-            (0, 1 << 24),
-            (0, 0)
+            (0, 1 << 24 | 0xff_ffff),
+            (0, 4 << 24 | 0xff_ffff),
+            (0, 4 << 24 | 0xff_fffe),
+            (0, 5 << 24 | 0xff_ffff),
+            (0, 0xff_ffff),
         ]
     );
 }
@@ -477,14 +494,14 @@ fn a_namespace_gone_gives_its_number_back() {
 
     let mut exporter = discarding_exporter();
     let open = || Arc::new(Netns::open("/proc/self/ns/net").unwrap());
-    let number = |exporter: &FlowExporter, label: &str| exporter.domain(label).id >> 24;
+    let number = |exporter: &mut FlowExporter, label: &str| exporter.domain(label).id >> 24;
     let kept = open();
     exporter.watching("kept:lo", Some(&kept));
     for round in 0..300 {
         let netns = open();
         let label = format!("c{round}:lo");
         exporter.watching(&label, Some(&netns));
-        assert_eq!(number(&exporter, &label), 2, "round {round}");
+        assert_eq!(number(&mut exporter, &label), 2, "round {round}");
         // Gone, but its flows still go out under its domain until it is
         // retired: a namespace coming now takes another number.
         exporter.export(&label, &[]);
@@ -492,15 +509,15 @@ fn a_namespace_gone_gives_its_number_back() {
         let other = open();
         let other_label = format!("other{round}:lo");
         exporter.watching(&other_label, Some(&other));
-        assert_eq!(number(&exporter, &other_label), 3, "round {round}");
+        assert_eq!(number(&mut exporter, &other_label), 3, "round {round}");
         exporter.retired(&label);
     }
-    assert_eq!(number(&exporter, "kept:lo"), 1);
+    assert_eq!(number(&mut exporter, "kept:lo"), 1);
     let (a, b) = (open(), open());
     exporter.watching("a:lo", Some(&a));
     exporter.watching("b:lo", Some(&b));
     assert_eq!(
-        (number(&exporter, "a:lo"), number(&exporter, "b:lo")),
+        (number(&mut exporter, "a:lo"), number(&mut exporter, "b:lo")),
         (2, 3)
     );
 }
