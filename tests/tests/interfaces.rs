@@ -729,6 +729,58 @@ fn a_pattern_without_its_namespace_is_read_where_the_cli_finds_it() -> Result<()
     Ok(())
 }
 
+/// An interface the policy cannot be compiled for (more rules on one of its
+/// addresses than a rule list holds) is left out with one warning, and
+/// attached as soon as a change of the policy makes room, not at the next
+/// safety check (every 30 s), nor when the interface changes.
+#[test]
+fn an_interface_the_policy_crowds_out_is_attached_once_a_rule_makes_room() -> Result<()> {
+    let bpffs = TempMount::bpffs()?;
+    let net = Routed::create()?;
+    let dir = tempfile::tempdir()?;
+    let right = &net.router_right;
+    net.remove_right()?;
+    let pattern = format!("{}*", right.iface);
+    let mut netmon = Netmon::on(right)
+        .without_defaults()
+        .args(&["--iface", &pattern, "--interval", "1s", "--quiet"])
+        .logs_in(dir.path())
+        .bpffs(&bpffs)
+        .start_until(&format!("no interface matches {pattern} yet"))?;
+    let target = net.right.ipv4.to_string();
+    // Rules on a pattern are checked on the interfaces it matches: none yet.
+    for port in ["7161", "7162", "7163", "7164", "7165"] {
+        ctl(&pattern, &["block", &target, "--dport", port]).map_err(anyhow::Error::msg)?;
+    }
+    net.add_right()?;
+    let refused = netmon.wait_for(
+        &format!("attaching {}", right.iface),
+        Duration::from_secs(10),
+    )?;
+    assert!(
+        refused.contains(&format!("{target}/32 is covered by 5 rules and quotas")),
+        "{refused}"
+    );
+    ctl(&pattern, &["unblock", &target, "--dport", "7165"]).map_err(anyhow::Error::msg)?;
+    netmon.wait_for(
+        &format!("counting on {}", right.iface),
+        Duration::from_secs(5),
+    )?;
+    // Under the four rules left: 7161 dropped, 7165 delivered.
+    let dropped = Flow::udp(&net.left, &net.right)
+        .port(7161)
+        .sizes(&[300; 3])
+        .delivered()?;
+    assert_eq!(dropped, Vec::<usize>::new());
+    let delivered = Flow::udp(&net.left, &net.right)
+        .port(7165)
+        .sizes(&[300; 3])
+        .delivered()?;
+    assert_eq!(delivered, [300; 3]);
+    netmon.stop()?;
+    Ok(())
+}
+
 /// What a retired interface's maps held beside its traffic is written
 /// before its pins are removed: a crash right after, long before the next
 /// poll, loses none of its rule's hits.

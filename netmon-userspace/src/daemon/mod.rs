@@ -872,16 +872,21 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
         }
     }
 
-    /// Re-reads the policy file when it changed (or when `forced`, on SIGHUP).
-    pub fn reload(&mut self, forced: bool) {
+    /// Re-reads the policy file when it changed (or when `forced`, on
+    /// SIGHUP). Returns whether the policy changed.
+    pub fn reload(&mut self, forced: bool) -> bool {
         let now = self.clock.now();
         match self.enforcer.reload(&mut self.interfaces, now, forced) {
             Some(Ok(())) => {
                 log::info!("policy reloaded");
                 self.deliver(&[], &[], false);
+                true
             }
-            Some(Err(e)) => log::error!("policy not reloaded: {e}; the policy in force stays"),
-            None => {}
+            Some(Err(e)) => {
+                log::error!("policy not reloaded: {e}; the policy in force stays");
+                false
+            }
+            None => false,
         }
     }
 

@@ -753,7 +753,13 @@ pub async fn run(config: Config) -> Result<(), StartError> {
                 }
             }
             _ = policy_check.tick() => {
-                daemon.reload(false);
+                let changed = daemon.reload(false);
+                // An interface the policy in force could not be compiled
+                // for is tried again under the new one.
+                if let (true, Some(hotplug)) = (changed, &mut hotplug) {
+                    let mut watching = Watching { targets: &mut targets, patterns: &mut patterns, listener: &mut listener };
+                    join_appeared(&mut daemon, &mut watching, &Look::Everywhere, &joining, hotplug);
+                }
                 // Namespaces a pattern matches, made or deleted.
                 if let (true, Some(hotplug)) = (roams(&listed.configured), &mut hotplug) {
                     let mut watching = Watching { targets: &mut targets, patterns: &mut patterns, listener: &mut listener };
@@ -803,11 +809,21 @@ pub async fn run(config: Config) -> Result<(), StartError> {
                         Err(e) => log::error!("interfaces not reloaded: {e}; the interfaces in force stay"),
                     }
                 }
-                daemon.reload(true);
+                let changed = daemon.reload(true);
+                if let (true, Some(hotplug)) = (changed, &mut hotplug) {
+                    let mut watching = Watching { targets: &mut targets, patterns: &mut patterns, listener: &mut listener };
+                    join_appeared(&mut daemon, &mut watching, &Look::Everywhere, &joining, hotplug);
+                }
             }
             Some(incoming) = listener.next() => {
+                let changes_policy = incoming.request.changes_policy();
                 let response = daemon.handle(incoming.request);
+                let changed = changes_policy && matches!(response, control::Response::Ok(_));
                 let _ = incoming.reply.send(response);
+                if let (true, Some(hotplug)) = (changed, &mut hotplug) {
+                    let mut watching = Watching { targets: &mut targets, patterns: &mut patterns, listener: &mut listener };
+                    join_appeared(&mut daemon, &mut watching, &Look::Everywhere, &joining, hotplug);
+                }
             }
             _ = sigterm.recv() => break None,
             _ = sigint.recv() => break None,
@@ -1358,7 +1374,7 @@ fn tried(hotplug: &mut Hotplug, t: &Target, joined: Result<(), StartError>) {
     match joined {
         Ok(()) => hotplug.attached(netns_of(&t.label), &t.name),
         Err(e) if hotplug.failed(netns_of(&t.label), &t.name, &e.to_string()) => log::warn!(
-            "attaching {}: {e:#}; netmon tries again when the interface changes, and every {}",
+            "attaching {}: {e:#}; netmon tries again when the interface or the policy changes, and every {}",
             t.label,
             humantime::format_duration(hotplug::SAFETY_CHECK)
         ),
