@@ -194,27 +194,63 @@ pub enum Request {
 }
 
 impl Request {
-    /// The request with the patterns without `NS:` its rule or quota names
-    /// read in `netns`, the namespace the first was found in
-    /// ([`socket_matching`]).
-    fn with_patterns_in(&self, netns: Option<&str>) -> Cow<'_, Request> {
-        let Some(netns) = netns else {
-            return Cow::Borrowed(self);
-        };
+    /// The request with each pattern without `NS:` its rule or quota names
+    /// given the namespace it is meant in ([`namespace_for`], among the
+    /// keys of the daemon on `path`): the daemon reads such a pattern as one
+    /// of its own namespace, which need not be the caller's.
+    fn with_patterns_placed(&self, path: &Path) -> Result<Cow<'_, Request>, ControlError> {
+        let unplaced = |i: &String| crate::policy::is_pattern(i) && !i.contains(':');
+        let placing = self
+            .matcher()
+            .is_some_and(|m| m.ifaces.iter().any(unplaced));
+        if !placing {
+            return Ok(Cow::Borrowed(self));
+        }
+        let (keys, own) = (keys_of(path), crate::datapath::netns::own_label());
+        self.placed_with(|pattern| namespace_for(pattern, &keys, own.as_deref()))
+            .map(Cow::Owned)
+    }
+
+    /// The request with each pattern without `NS:` its rule or quota names
+    /// in the namespace `place` gives it (none: as written).
+    fn placed_with(
+        &self,
+        mut place: impl FnMut(&str) -> Result<Option<String>, ControlError>,
+    ) -> Result<Request, ControlError> {
         let mut request = self.clone();
-        let matcher = match &mut request {
+        if let Some(matcher) = request.matcher_mut() {
+            for iface in &mut matcher.ifaces {
+                if crate::policy::is_pattern(iface) && !iface.contains(':') {
+                    if let Some(ns) = place(iface)? {
+                        *iface = key(Some(&ns), iface);
+                    }
+                }
+            }
+        }
+        Ok(request)
+    }
+
+    /// What its rule or quota matches, for those that have one.
+    fn matcher(&self) -> Option<&crate::policy::Match> {
+        match self {
             Request::AddRule { rule }
             | Request::RemoveRule {
                 rule: Some(rule), ..
-            } => &mut rule.matcher,
-            Request::SetQuota { quota } => &mut quota.matcher,
-            _ => return Cow::Borrowed(self),
-        };
-        let unplaced = |i: &&mut String| crate::policy::is_pattern(i) && !i.contains(':');
-        for iface in matcher.ifaces.iter_mut().filter(unplaced) {
-            *iface = key(Some(netns), iface);
+            } => Some(&rule.matcher),
+            Request::SetQuota { quota } => Some(&quota.matcher),
+            _ => None,
         }
-        Cow::Owned(request)
+    }
+
+    fn matcher_mut(&mut self) -> Option<&mut crate::policy::Match> {
+        match self {
+            Request::AddRule { rule }
+            | Request::RemoveRule {
+                rule: Some(rule), ..
+            } => Some(&mut rule.matcher),
+            Request::SetQuota { quota } => Some(&mut quota.matcher),
+            _ => None,
+        }
     }
 
     /// True for the requests that change the policy, which need more than
@@ -313,13 +349,11 @@ pub enum Answer {
 /// `iface` is `IF`, looked for in the caller's network namespace and then
 /// in any other, or `NS:IF`.
 pub fn ask(iface: Option<&str>, request: &Request) -> Result<Answer, ControlError> {
-    let (path, request) = match iface {
-        Some(iface) => {
-            let (path, found_in) = socket_of(iface)?;
-            (path, request.with_patterns_in(found_in.as_deref()))
-        }
-        None => (only_socket()?, Cow::Borrowed(request)),
+    let path = match iface {
+        Some(iface) => socket_of(iface)?,
+        None => only_socket()?,
     };
+    let request = request.with_patterns_placed(&path)?;
     let mut stream = match UnixStream::connect(&path) {
         Ok(stream) => stream,
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => return Err(denied(path)),
@@ -354,6 +388,14 @@ pub fn ask(iface: Option<&str>, request: &Request) -> Result<Answer, ControlErro
 fn sockets() -> Vec<(String, PathBuf)> {
     use std::os::unix::fs::MetadataExt;
     let mut seen = std::collections::HashSet::new();
+    let mut found = every_key();
+    found.retain(|(_, p)| std::fs::metadata(p).is_ok_and(|m| seen.insert(m.ino())));
+    found
+}
+
+/// Every socket in [`SOCKET_DIR`] as (key, path), sorted: a daemon's under
+/// each of its keys.
+fn every_key() -> Vec<(String, PathBuf)> {
     let mut found: Vec<(String, PathBuf)> = std::fs::read_dir(SOCKET_DIR)
         .map(|dir| {
             dir.filter_map(Result::ok)
@@ -364,17 +406,37 @@ fn sockets() -> Vec<(String, PathBuf)> {
         })
         .unwrap_or_default();
     found.sort();
-    found.retain(|(_, p)| std::fs::metadata(p).is_ok_and(|m| seen.insert(m.ino())));
     found
 }
 
-/// The socket of the daemon on `iface` (`IF` or `NS:IF`, or a pattern of
-/// them), and for a pattern without `NS:`, the namespace it was found in.
-fn socket_of(iface: &str) -> Result<(PathBuf, Option<String>), ControlError> {
+/// The keys the daemon listening on `path` links its socket under: its
+/// interfaces and patterns, as [`key`] names them.
+fn keys_of(path: &Path) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(ours) = std::fs::metadata(path) else {
+        return Vec::new();
+    };
+    every_key()
+        .into_iter()
+        .filter(|(_, p)| std::fs::metadata(p).is_ok_and(|m| m.ino() == ours.ino()))
+        .map(|(key, _)| key)
+        .collect()
+}
+
+/// A key's namespace (`None` for the machine's own) and interface parts.
+fn split_key(key: &str) -> (Option<&str>, &str) {
+    match key.rsplit_once(':') {
+        Some((ns, iface)) => (Some(ns), iface),
+        None => (None, key),
+    }
+}
+
+/// The socket of the daemon on `iface` (`IF` or `NS:IF`, or a pattern of them).
+fn socket_of(iface: &str) -> Result<PathBuf, ControlError> {
     if crate::policy::is_pattern(iface) {
         return socket_matching(iface);
     }
-    Ok((socket_named(iface)?, None))
+    socket_named(iface)
 }
 
 /// The socket of the daemon on the interface `iface` (`IF` or `NS:IF`).
@@ -415,75 +477,38 @@ fn socket_named(iface: &str) -> Result<PathBuf, ControlError> {
     }
 }
 
-/// The socket of the daemon a pattern of interfaces (`veth*`) picks, and
-/// the namespace the pattern is to be read in: the daemon holding that
-/// pattern, else the one daemon whose interfaces it matches, else the only
-/// daemon running (which refuses a pattern that does not parse).
-///
-/// A daemon reads a pattern without `NS:` as one of its own namespace,
-/// which need not be the caller's. So the pattern is sent with the
-/// namespace where it matched: the caller's, when it matches there (as `IF`
-/// names an interface there first, see [`socket_named`]), else the one
-/// other namespace it matches in; several are refused. A pattern with
-/// `NS:` is sent as written.
-fn socket_matching(pattern: &str) -> Result<(PathBuf, Option<String>), ControlError> {
+/// The socket of the daemon a pattern of interfaces (`veth*`) picks: the
+/// daemon holding that pattern, else the one daemon whose interfaces it
+/// matches (without `NS:`, looked for as `IF` is: in the caller's namespace
+/// first, then in any), else the only daemon running (which refuses a
+/// pattern that does not parse).
+fn socket_matching(pattern: &str) -> Result<PathBuf, ControlError> {
     use std::os::unix::fs::MetadataExt;
     let own = crate::datapath::netns::own_label();
     let written = pattern.contains(':');
-    let found_in = |ns: Option<&str>| ns.filter(|_| !written).map(str::to_string);
     let claimed = match written {
         true => socket_path(pattern),
         false => socket_path(&key(own.as_deref(), pattern)),
     };
     if claimed.exists() {
-        return Ok((claimed, found_in(own.as_deref())));
+        return Ok(claimed);
     }
     let Ok(glob) = glob::Pattern::new(pattern) else {
-        return Ok((only_socket()?, None));
+        return only_socket();
     };
-    // (namespace, key, path) of every socket it matches.
-    let mut found: Vec<(Option<String>, String, PathBuf)> = Vec::new();
-    for entry in std::fs::read_dir(SOCKET_DIR)
+    let mut found: Vec<(String, PathBuf)> = every_key()
         .into_iter()
-        .flatten()
-        .flatten()
-    {
-        let path = entry.path();
-        let Some(key) = path.file_stem().and_then(|s| s.to_str()) else {
-            continue;
-        };
-        let (ns, iface) = match key.rsplit_once(':') {
-            Some((ns, iface)) => (Some(ns), iface),
-            None => (None, key),
-        };
-        let matches = match written {
+        .filter(|(key, _)| match written {
             true => glob.matches(key),
-            false => glob.matches(iface),
-        };
-        if path.extension().is_some_and(|e| e == "sock") && matches {
-            found.push((ns.map(str::to_string), key.to_string(), path));
-        }
+            false => glob.matches(split_key(key).1),
+        })
+        .collect();
+    let in_own = |key: &str| split_key(key).0 == own.as_deref();
+    if !written && found.iter().any(|(key, _)| in_own(key)) {
+        found.retain(|(key, _)| in_own(key));
     }
-    found.sort();
-    let in_own = found.iter().any(|(ns, ..)| *ns == own);
-    if !written && in_own {
-        found.retain(|(ns, ..)| *ns == own);
-    }
-    let mut namespaces: Vec<&Option<String>> = found.iter().map(|(ns, ..)| ns).collect();
-    namespaces.dedup();
-    if !written && namespaces.len() > 1 {
-        let keys: Vec<&str> = found.iter().map(|(_, key, _)| key.as_str()).collect();
-        return Err(ControlError::SeveralNamespaces {
-            iface: pattern.to_string(),
-            found: keys.join(", "),
-        });
-    }
-    let ns = namespaces
-        .first()
-        .and_then(|ns| ns.as_deref())
-        .map(str::to_string);
     let mut daemons: Vec<(u64, String, PathBuf)> = Vec::new();
-    for (_, key, path) in found {
+    for (key, path) in found {
         if let Ok(meta) = std::fs::metadata(&path) {
             if !daemons.iter().any(|(ino, ..)| *ino == meta.ino()) {
                 daemons.push((meta.ino(), key, path));
@@ -491,8 +516,8 @@ fn socket_matching(pattern: &str) -> Result<(PathBuf, Option<String>), ControlEr
         }
     }
     match daemons.as_slice() {
-        [(_, _, one)] => Ok((one.clone(), found_in(ns.as_deref()))),
-        [] => Ok((only_socket()?, None)),
+        [(_, _, one)] => Ok(one.clone()),
+        [] => only_socket(),
         _ => Err(ControlError::Several(
             daemons
                 .iter()
@@ -500,6 +525,42 @@ fn socket_matching(pattern: &str) -> Result<(PathBuf, Option<String>), ControlEr
                 .collect::<Vec<_>>()
                 .join(", "),
         )),
+    }
+}
+
+/// The namespace a pattern without `NS:` is to be read in by the daemon
+/// linked under `keys`, which would read it as one of its own namespace:
+/// the caller's, when the pattern matches there or nowhere (as `IF` names
+/// an interface of the caller's namespace first); else the one other
+/// namespace it matches in. Several are refused, naming them.
+fn namespace_for(
+    pattern: &str,
+    keys: &[String],
+    own: Option<&str>,
+) -> Result<Option<String>, ControlError> {
+    // One that does not parse is sent as written, for the daemon to refuse.
+    let Ok(glob) = glob::Pattern::new(pattern) else {
+        return Ok(None);
+    };
+    let matching: Vec<&String> = keys
+        .iter()
+        .filter(|key| glob.matches(split_key(key).1))
+        .collect();
+    let mut namespaces: Vec<Option<&str>> = matching.iter().map(|k| split_key(k).0).collect();
+    namespaces.sort();
+    namespaces.dedup();
+    match namespaces.as_slice() {
+        [] => Ok(own.map(str::to_string)),
+        some if some.contains(&own) => Ok(own.map(str::to_string)),
+        [one] => Ok(one.map(str::to_string)),
+        _ => Err(ControlError::SeveralNamespaces {
+            iface: pattern.to_string(),
+            found: matching
+                .iter()
+                .map(|k| k.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        }),
     }
 }
 
@@ -1105,11 +1166,12 @@ mod tests {
         check_key(&key(Some("blue"), "eth0")).unwrap();
         check_key(&key(Some("netns-4026532"), "eth0")).unwrap();
     }
-    /// The patterns without `NS:` of a rule sent to a daemon are read in
-    /// the namespace the first was found in; names and placed patterns are
-    /// sent as written.
+    /// A pattern without `NS:` is sent in the namespace where the daemon
+    /// has what it matches: the caller's first, else the one other, the
+    /// caller's when it matches nothing; several are refused. Names and
+    /// patterns with `NS:` are sent as written.
     #[test]
-    fn patterns_found_in_another_namespace_are_sent_with_it() {
+    fn patterns_are_sent_in_the_namespace_the_daemon_has_them_in() {
         let rule = |ifaces: &[&str]| Request::AddRule {
             rule: Rule {
                 action: crate::policy::Action::Block,
@@ -1121,15 +1183,33 @@ mod tests {
                 source: None,
             },
         };
-        let ifaces = |request: &Request| match request {
-            Request::AddRule { rule } => rule.matcher.ifaces.clone(),
-            _ => unreachable!(),
+        let keys: Vec<String> = ["eth0", "tap0", "blue:veth*", "blue:veth0", "red:veth1"]
+            .map(String::from)
+            .to_vec();
+        let sent = |ifaces: &[&str], own: Option<&str>| {
+            let placed = rule(ifaces).placed_with(|p| namespace_for(p, &keys, own));
+            placed.map(|request| request.matcher().unwrap().ifaces.clone())
         };
-        let written = rule(&["veth*", "eth0", "blue:tap*", "cni-[ab]"]);
         assert_eq!(
-            ifaces(&written.with_patterns_in(Some("red"))),
-            ["red:veth*", "eth0", "blue:tap*", "red:cni-[ab]"]
+            sent(&["veth0*", "tap*", "eth0", "red:v*", "wg*"], None).unwrap(),
+            ["blue:veth0*", "tap*", "eth0", "red:v*", "wg*"],
+            "blue's, the caller's own, a name, as written, matching nothing"
         );
-        assert!(matches!(written.with_patterns_in(None), Cow::Borrowed(_)));
+        assert_eq!(
+            sent(&["veth1", "v*", "e*", "wg*"], Some("blue")).unwrap(),
+            ["veth1", "blue:v*", "e*", "blue:wg*"],
+            "a name; matching in the caller's namespace among others; in the \
+             machine's own only; nothing"
+        );
+        let refused = sent(&["veth[01]"], None).unwrap_err().to_string();
+        assert_eq!(
+            refused,
+            "--iface veth[01] names interfaces in several network namespaces \
+             (blue:veth0, red:veth1); pick one with --iface NS:veth[01]"
+        );
+        assert!(matches!(
+            Request::Rules.with_patterns_placed(Path::new("/nonexistent")),
+            Ok(Cow::Borrowed(_))
+        ));
     }
 }

@@ -761,11 +761,15 @@ fn an_interface_the_policy_crowds_out_is_attached_once_a_rule_makes_room() -> Re
         refused.contains(&format!("{target}/32 is covered by 5 rules and quotas")),
         "{refused}"
     );
+    // The link's later events (carrier, operstate) are past: what attaches
+    // it below is the policy change.
+    let counting = format!("counting on {}", right.iface);
+    assert!(
+        netmon.wait_for(&counting, Duration::from_secs(2)).is_err(),
+        "attached before the policy changed"
+    );
     ctl(&pattern, &["unblock", &target, "--dport", "7165"]).map_err(anyhow::Error::msg)?;
-    netmon.wait_for(
-        &format!("counting on {}", right.iface),
-        Duration::from_secs(5),
-    )?;
+    netmon.wait_for(&counting, Duration::from_secs(5))?;
     // Under the four rules left: 7161 dropped, 7165 delivered.
     let dropped = Flow::udp(&net.left, &net.right)
         .port(7161)

@@ -77,6 +77,8 @@ pub struct Maps {
     pub retired: Vec<PairKey>,
     /// False once the interface is "deleted".
     pub gone: bool,
+    /// Detaching fails while this is set.
+    pub stuck: bool,
     /// The interface's index.
     pub ifindex: u32,
     /// The interfaces forwarding to this one, and what they charge.
@@ -140,7 +142,15 @@ impl Pairs for FakeKernel {
     }
 
     fn detach(&mut self) -> Result<(), DatapathError> {
-        self.0.borrow_mut().gone = true;
+        let mut maps = self.0.borrow_mut();
+        if maps.stuck {
+            return Err(DatapathError::PinFile {
+                action: "removing a link of",
+                path: "/sys/fs/bpf/netmon/fake".into(),
+                cause: std::io::ErrorKind::PermissionDenied.into(),
+            });
+        }
+        maps.gone = true;
         Ok(())
     }
 }

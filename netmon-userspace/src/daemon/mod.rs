@@ -352,6 +352,9 @@ pub struct Daemon<K, C> {
     /// The maps' instance of each interface retired whose pins are not yet
     /// known removed ([`Daemon::forget`]).
     retiring: HashMap<String, u64>,
+    /// Interfaces taken off the list whose detaching failed: they count on,
+    /// and each poll detaches them again.
+    detaching: BTreeSet<String>,
     /// The pairs of the latest screen's reading, kept so that a refresh
     /// does not allocate them again (dropped with the last view).
     screen_pairs: Vec<(PairKey, PairReading)>,
@@ -399,6 +402,7 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
             patterns: Vec::new(),
             retired: BTreeSet::new(),
             retiring: HashMap::new(),
+            detaching: BTreeSet::new(),
         }
     }
 
@@ -446,7 +450,8 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
     /// Stops counting on `iface`, which the configuration no longer lists:
     /// its programs are detached now, and the next poll reads its last
     /// traffic and finds it gone ([`Daemon::departed`]), to be retired.
-    /// False when it was not attached.
+    /// False when it was not attached. One that fails counts on, and each
+    /// poll detaches it again.
     pub fn detach(&mut self, iface: &str) -> Result<bool, DatapathError> {
         let watched = self
             .interfaces
@@ -457,8 +462,24 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
             return Ok(false);
         };
         let detached = w.kernel.detach();
+        match detached {
+            Ok(()) => self.detaching.remove(iface),
+            Err(_) => self.detaching.insert(iface.to_string()),
+        };
         self.interfaces.relink();
         detached.map(|()| true)
+    }
+
+    /// Detaches again the interfaces whose detaching failed, before a poll
+    /// reads them: one that is detached now has its last traffic read.
+    fn detach_again(&mut self) {
+        for iface in std::mem::take(&mut self.detaching) {
+            match self.detach(&iface) {
+                Ok(true) => log::info!("detached {iface}, taken off the list before"),
+                Ok(false) => {}
+                Err(e) => log::debug!("detaching {iface} again: {e}"),
+            }
+        }
     }
 
     /// Looks up the names of addresses no DNS answer named with `reverse`.
@@ -615,9 +636,10 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
         Some(gone.kernel)
     }
 
-    /// Writes the state now, without an interval: what [`Daemon::retire`]
-    /// took from maps about to be removed (rule hits, the quotas' use) is
-    /// then kept should the daemon stop before its next poll.
+    /// Hands the sinks the state now, without an interval: the history
+    /// store writes what [`Daemon::retire`] took from maps about to be
+    /// removed (rule hits, the quotas' use), kept then should the daemon
+    /// stop before its next poll.
     pub fn save(&mut self) {
         self.deliver(&[], &[], false);
     }
@@ -681,6 +703,7 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
     /// hands one report per interface to every sink. A read that fails
     /// part-way still reports what it read.
     pub fn poll(&mut self) -> Result<(), DaemonError> {
+        self.detach_again();
         let now_ns = self.clock.monotonic_ns();
         let mut read_error = None;
         let mut usages = Vec::new();

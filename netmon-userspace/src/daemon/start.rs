@@ -723,6 +723,8 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     };
     let mut policy_check = tokio::time::interval(Duration::from_secs(1));
     policy_check.tick().await;
+    // Set by a change of the policy, until the next policy check.
+    let mut policy_changed = false;
     let mut safety_check = tokio::time::interval(hotplug::SAFETY_CHECK);
     safety_check.tick().await;
     // The only interface, when it went away: its last traffic is polled, then netmon stops.
@@ -753,9 +755,9 @@ pub async fn run(config: Config) -> Result<(), StartError> {
                 }
             }
             _ = policy_check.tick() => {
-                let changed = daemon.reload(false);
                 // An interface the policy in force could not be compiled
-                // for is tried again under the new one.
+                // for is tried again under the new one, once a second at most.
+                let changed = daemon.reload(false) | std::mem::take(&mut policy_changed);
                 if let (true, Some(hotplug)) = (changed, &mut hotplug) {
                     let mut watching = Watching { targets: &mut targets, patterns: &mut patterns, listener: &mut listener };
                     join_appeared(&mut daemon, &mut watching, &Look::Everywhere, &joining, hotplug);
@@ -809,21 +811,13 @@ pub async fn run(config: Config) -> Result<(), StartError> {
                         Err(e) => log::error!("interfaces not reloaded: {e}; the interfaces in force stay"),
                     }
                 }
-                let changed = daemon.reload(true);
-                if let (true, Some(hotplug)) = (changed, &mut hotplug) {
-                    let mut watching = Watching { targets: &mut targets, patterns: &mut patterns, listener: &mut listener };
-                    join_appeared(&mut daemon, &mut watching, &Look::Everywhere, &joining, hotplug);
-                }
+                policy_changed |= daemon.reload(true);
             }
             Some(incoming) = listener.next() => {
                 let changes_policy = incoming.request.changes_policy();
                 let response = daemon.handle(incoming.request);
-                let changed = changes_policy && matches!(response, control::Response::Ok(_));
+                policy_changed |= changes_policy && matches!(response, control::Response::Ok(_));
                 let _ = incoming.reply.send(response);
-                if let (true, Some(hotplug)) = (changed, &mut hotplug) {
-                    let mut watching = Watching { targets: &mut targets, patterns: &mut patterns, listener: &mut listener };
-                    join_appeared(&mut daemon, &mut watching, &Look::Everywhere, &joining, hotplug);
-                }
             }
             _ = sigterm.recv() => break None,
             _ = sigint.recv() => break None,
@@ -1331,11 +1325,14 @@ fn relist(
             continue;
         }
         // Retired once detached and read; one that cannot be detached
-        // counts on, and is tried again at the next change.
-        match daemon.detach(&t.label) {
-            Ok(_) => t.unlisted = true,
-            Err(e) => log::warn!("detaching {}: {e}; it is still counted", t.label),
+        // counts on, and each poll detaches it again (`Daemon::poll`).
+        if let Err(e) = daemon.detach(&t.label) {
+            log::warn!(
+                "detaching {}: {e}; it is still counted, and detached again at each poll",
+                t.label
+            );
         }
+        t.unlisted = true;
     }
     // A namespace nothing is watched in is let go: its listener holds it.
     let in_use: Vec<String> = watching

@@ -1118,3 +1118,35 @@ fn an_interface_detached_is_read_once_more_then_retired() {
     );
     assert_eq!(daemon.kernels().count(), 1);
 }
+
+/// An interface whose detaching fails counts on, and each poll detaches it
+/// again; the poll that does reads its last traffic and finds it gone.
+#[test]
+fn a_failed_detach_is_tried_again_at_each_poll() {
+    let (x, y, clock) = (
+        FakeKernel::default(),
+        FakeKernel::default(),
+        FakeClock::at("2026-11-30T12:00:00Z"),
+    );
+    let mut daemon = on_two(&x, &y, &clock);
+    y.0.borrow_mut().stuck = true;
+    y.count(key(C, A), 2, 200);
+    assert!(daemon.detach("eth1").is_err());
+    daemon.poll().unwrap();
+    assert!(
+        daemon.departed().is_empty(),
+        "still attached, still counted"
+    );
+    y.count(key(C, A), 3, 300);
+    daemon.poll().unwrap();
+    assert!(daemon.departed().is_empty(), "failed again");
+    y.0.borrow_mut().stuck = false;
+    y.count(key(C, A), 4, 400);
+    daemon.poll().unwrap();
+    assert_eq!(daemon.departed(), ["eth1"], "detached by the poll");
+    assert_eq!(daemon.state.ledger.total().bytes, 400, "read up to then");
+    y.count(key(C, A), 5, 500);
+    daemon.poll().unwrap();
+    assert_eq!(daemon.state.ledger.total().bytes, 400, "and no more");
+    assert!(daemon.retire("eth1").is_some());
+}
