@@ -88,6 +88,15 @@ fn two_polls() {
     std::thread::sleep(Duration::from_millis(2300));
 }
 
+/// Sends `n` datagrams of 300 bytes from the router's left host to its
+/// right one, to `port`; returns the sizes delivered.
+fn through_router(net: &Routed, port: u16, n: usize) -> Result<Vec<usize>> {
+    Flow::udp(&net.left, &net.right)
+        .port(port)
+        .sizes(&vec![300; n])
+        .delivered()
+}
+
 #[test]
 fn two_veths_in_one_daemon_count_each_exactly_into_one_log() -> Result<()> {
     let bpffs = TempMount::bpffs()?;
@@ -546,10 +555,7 @@ fn a_rule_on_a_pattern_of_interfaces_holds_where_it_matches_and_on_one_that_come
         format!("rule 0 added: block {target}/32 on {right_only}\n")
     );
     // Routed to the right host: into the left port, out of the right one.
-    let delivered = Flow::udp(&net.left, &net.right)
-        .port(7131)
-        .sizes(&[300; 10])
-        .delivered()?;
+    let delivered = through_router(&net, 7131, 10)?;
     assert_eq!(delivered, Vec::<usize>::new());
     net.remove_right()?;
     netmon.wait_for(
@@ -558,10 +564,7 @@ fn a_rule_on_a_pattern_of_interfaces_holds_where_it_matches_and_on_one_that_come
     )?;
     net.add_right()?;
     netmon.wait_for(&counting, Duration::from_secs(10))?;
-    let delivered = Flow::udp(&net.left, &net.right)
-        .port(7132)
-        .sizes(&[300; 4])
-        .delivered()?;
+    let delivered = through_router(&net, 7132, 4)?;
     assert_eq!(delivered, Vec::<usize>::new());
     two_polls();
     netmon.stop()?;
@@ -710,10 +713,7 @@ fn a_pattern_without_its_namespace_is_read_where_the_cli_finds_it() -> Result<()
             right.netns
         )
     );
-    let delivered = Flow::udp(&net.left, &net.right)
-        .port(7151)
-        .sizes(&[300; 10])
-        .delivered()?;
+    let delivered = through_router(&net, 7151, 10)?;
     assert_eq!(
         delivered,
         Vec::<usize>::new(),
@@ -771,15 +771,9 @@ fn an_interface_the_policy_crowds_out_is_attached_once_a_rule_makes_room() -> Re
     ctl(&pattern, &["unblock", &target, "--dport", "7165"]).map_err(anyhow::Error::msg)?;
     netmon.wait_for(&counting, Duration::from_secs(5))?;
     // Under the four rules left: 7161 dropped, 7165 delivered.
-    let dropped = Flow::udp(&net.left, &net.right)
-        .port(7161)
-        .sizes(&[300; 3])
-        .delivered()?;
+    let dropped = through_router(&net, 7161, 3)?;
     assert_eq!(dropped, Vec::<usize>::new());
-    let delivered = Flow::udp(&net.left, &net.right)
-        .port(7165)
-        .sizes(&[300; 3])
-        .delivered()?;
+    let delivered = through_router(&net, 7165, 3)?;
     assert_eq!(delivered, [300; 3]);
     netmon.stop()?;
     Ok(())
@@ -807,10 +801,7 @@ fn a_crash_right_after_an_interface_is_retired_keeps_its_rule_hits() -> Result<(
     said(&mut netmon, &format!("counting on {}", right.iface))?;
     let target = net.right.ipv4.to_string();
     ctl(&pattern, &["block", &target]).map_err(anyhow::Error::msg)?;
-    let delivered = Flow::udp(&net.left, &net.right)
-        .port(7141)
-        .sizes(&[300; 10])
-        .delivered()?;
+    let delivered = through_router(&net, 7141, 10)?;
     assert_eq!(delivered, Vec::<usize>::new());
     net.remove_right()?;
     netmon.wait_for(
