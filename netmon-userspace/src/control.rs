@@ -353,13 +353,28 @@ pub fn ask(iface: Option<&str>, request: &Request) -> Result<Answer, ControlErro
         Some(iface) => socket_of(iface)?,
         None => only_socket()?,
     };
-    let request = request.with_patterns_placed(&path)?;
+    let placed = request.with_patterns_placed(&path)?;
+    let answer = send(&path, &placed);
+    // A rule whose pattern the daemon took as written (added while it
+    // matched nothing, or by an earlier netmon) is removed as written.
+    let as_written = matches!(placed, Cow::Owned(_))
+        && matches!(request, Request::RemoveRule { .. })
+        && matches!(answer, Err(ControlError::Refused(_)));
+    match as_written {
+        true => send(&path, request).or(answer),
+        false => answer,
+    }
+}
+
+/// Sends `request` to the daemon listening on `path`, and reads its answer.
+fn send(path: &Path, request: &Request) -> Result<Answer, ControlError> {
+    let path = path.to_path_buf();
     let mut stream = match UnixStream::connect(&path) {
         Ok(stream) => stream,
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => return Err(denied(path)),
         Err(cause) => return Err(ControlError::NoAnswer { path, cause }),
     };
-    let mut line = serde_json::to_string(&*request).expect("requests serialise");
+    let mut line = serde_json::to_string(request).expect("requests serialise");
     line.push('\n');
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
@@ -530,9 +545,9 @@ fn socket_matching(pattern: &str) -> Result<PathBuf, ControlError> {
 
 /// The namespace a pattern without `NS:` is to be read in by the daemon
 /// linked under `keys`, which would read it as one of its own namespace:
-/// the caller's, when the pattern matches there or nowhere (as `IF` names
-/// an interface of the caller's namespace first); else the one other
-/// namespace it matches in. Several are refused, naming them.
+/// the caller's, when the pattern matches there (as `IF` names an
+/// interface of the caller's namespace first); else the one other namespace
+/// it matches in. Several are refused, naming them.
 fn namespace_for(
     pattern: &str,
     keys: &[String],
@@ -550,7 +565,19 @@ fn namespace_for(
     namespaces.sort();
     namespaces.dedup();
     match namespaces.as_slice() {
-        [] => Ok(own.map(str::to_string)),
+        // Matching nothing yet: the caller's namespace, where the daemon
+        // watches something there; else the daemon's one namespace; else
+        // as written, for the daemon's own.
+        [] => {
+            let mut held: Vec<Option<&str>> = keys.iter().map(|k| split_key(k).0).collect();
+            held.sort();
+            held.dedup();
+            Ok(match held.as_slice() {
+                some if some.contains(&own) => own.map(str::to_string),
+                [one] => one.map(str::to_string),
+                _ => None,
+            })
+        }
         some if some.contains(&own) => Ok(own.map(str::to_string)),
         [one] => Ok(one.map(str::to_string)),
         _ => Err(ControlError::SeveralNamespaces {
@@ -1200,6 +1227,18 @@ mod tests {
             ["veth1", "blue:v*", "e*", "blue:wg*"],
             "a name; matching in the caller's namespace among others; in the \
              machine's own only; nothing"
+        );
+        assert_eq!(
+            sent(&["wg*"], Some("green")).unwrap(),
+            ["wg*"],
+            "matching nothing, the caller's namespace not the daemon's: as written"
+        );
+        let one: Vec<String> = ["left:nm1", "left:nm*"].map(String::from).to_vec();
+        let placed = rule(&["wg*"]).placed_with(|p| namespace_for(p, &one, None));
+        assert_eq!(
+            placed.unwrap().matcher().unwrap().ifaces,
+            ["left:wg*"],
+            "matching nothing, the daemon's one namespace"
         );
         let refused = sent(&["veth[01]"], None).unwrap_err().to_string();
         assert_eq!(

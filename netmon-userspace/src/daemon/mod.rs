@@ -470,6 +470,17 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
         detached.map(|()| true)
     }
 
+    /// True when `iface` was taken off the list and its detaching failed:
+    /// it counts on, and each poll detaches it again.
+    pub fn detaching(&self, iface: &str) -> bool {
+        self.detaching.contains(iface)
+    }
+
+    /// Keeps `iface`, listed again while its detaching was failing.
+    pub fn keep(&mut self, iface: &str) {
+        self.detaching.remove(iface);
+    }
+
     /// Detaches again the interfaces whose detaching failed, before a poll
     /// reads them: one that is detached now has its last traffic read.
     fn detach_again(&mut self) {
@@ -552,6 +563,7 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
         if instance != FOLDED {
             self.interfaces.retired_hits.remove(&instance);
         }
+        self.detaching.remove(iface);
         let mut joining = Watched {
             iface: iface.to_string(),
             kernel,
@@ -632,6 +644,7 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
         self.views.remove(iface);
         self.retired.insert(gone.instance);
         self.retiring.insert(iface.to_string(), gone.instance);
+        self.detaching.remove(iface);
         self.interfaces.relink();
         Some(gone.kernel)
     }

@@ -831,12 +831,22 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     // must not adopt pins this one is still removing.
     let (kernels, unwritten) = daemon.finish();
     let mut pin_dirs = Vec::new();
-    for (_, kernel) in kernels {
+    let mut failed = None;
+    for (label, kernel) in kernels {
         let datapath = kernel.datapath;
         pin_dirs.push(datapath.pin_dir().display().to_string());
-        // Links to a deleted interface count nothing: nothing to keep attached.
+        // Links to a deleted interface count nothing, and one taken off the
+        // list (its detach failing) is not the next run's: nothing to keep.
         let live = datapath.attached();
-        datapath.shutdown(config.keep_attached && live)?;
+        let unlisted = targets.iter().any(|t| t.label == label && t.unlisted);
+        // One that fails stops no other from stopping.
+        if let Err(e) = datapath.shutdown(config.keep_attached && live && !unlisted) {
+            log::error!("stopping on {label}: {e}");
+            failed.get_or_insert(e);
+        }
+    }
+    if let Some(e) = failed {
+        return Err(e.into());
     }
     let labels: Vec<String> = targets.iter().map(|t| t.label.clone()).collect();
     drop(targets);
@@ -1217,6 +1227,9 @@ fn relist(
                         return Err(StartError::NamedTwice(t.label));
                     }
                     match watching.targets.iter().find(|o| o.key == t.key) {
+                        // Taken off the list, its detach failing: taken back
+                        // below, still attached.
+                        Some(o) if o.unlisted && daemon.detaching(&o.label) => {}
                         // Pins of a namespace gone before the start are
                         // read and retired at the first poll: then this one.
                         Some(o) if o.unlisted || o.left.is_some() => {
@@ -1293,13 +1306,17 @@ fn relist(
         match watching
             .targets
             .iter_mut()
-            .find(|o| o.key == t.key && !o.unlisted)
+            .find(|o| o.key == t.key && (!o.unlisted || daemon.detaching(&o.label)))
         {
             // Named now, or named otherwise: kept when it goes, unless a
             // namespace pattern named it.
             Some(held) => {
                 held.matched = t.matched;
                 held.by_pattern = t.by_pattern;
+                if held.unlisted {
+                    held.unlisted = false;
+                    daemon.keep(&held.label);
+                }
             }
             None => {
                 listen_for(hotplug, &t.label, netns_of(&t.label), t.netns.clone());

@@ -1120,7 +1120,8 @@ fn an_interface_detached_is_read_once_more_then_retired() {
 }
 
 /// An interface whose detaching fails counts on, and each poll detaches it
-/// again; the poll that does reads its last traffic and finds it gone.
+/// again; the poll that does reads its last traffic and finds it gone. One
+/// listed again meanwhile is kept.
 #[test]
 fn a_failed_detach_is_tried_again_at_each_poll() {
     let (x, y, clock) = (
@@ -1129,6 +1130,15 @@ fn a_failed_detach_is_tried_again_at_each_poll() {
         FakeClock::at("2026-11-30T12:00:00Z"),
     );
     let mut daemon = on_two(&x, &y, &clock);
+    y.0.borrow_mut().stuck = true;
+    assert!(daemon.detach("eth1").is_err());
+    assert!(daemon.detaching("eth1"));
+    // Listed again meanwhile: kept, and not detached by the poll.
+    daemon.keep("eth1");
+    y.0.borrow_mut().stuck = false;
+    y.count(key(C, A), 1, 100);
+    daemon.poll().unwrap();
+    assert!(daemon.departed().is_empty(), "kept");
     y.0.borrow_mut().stuck = true;
     y.count(key(C, A), 2, 200);
     assert!(daemon.detach("eth1").is_err());
