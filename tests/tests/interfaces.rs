@@ -829,6 +829,70 @@ fn a_crash_right_after_an_interface_is_retired_keeps_its_rule_hits() -> Result<(
 /// A list that cannot be taken (a malformed pattern) changes nothing. Then
 /// a pattern alone replaces everything, and another pattern that one: the
 /// CLI reaches the daemon through each in turn.
+/// An interface taken off the list and listed again before the poll that
+/// would retire it is taken back: its maps and meter as they were, attached
+/// again, nothing lost or counted twice.
+#[test]
+fn an_interface_listed_again_before_the_next_poll_is_taken_back() -> Result<()> {
+    let bpffs = TempMount::bpffs()?;
+    let net = Routed::create()?;
+    let dir = tempfile::tempdir()?;
+    let (left, right) = (&net.router_left, &net.router_right);
+    let config = dir.path().join("netmon.toml");
+    // Polls far apart: both reloads come between two.
+    let list = |names: &[&str]| -> Result<()> {
+        let mut text = "interval = \"30s\"\nquiet = true\n".to_string();
+        for name in names {
+            text.push_str(&format!("[[interface]]\nname = \"{name}\"\n"));
+        }
+        Ok(std::fs::write(&config, text)?)
+    };
+    list(&[&left.iface, &right.iface])?;
+    let mut netmon = Netmon::on(left)
+        .without_defaults()
+        .args(&["--config", config.to_str().context("path")?])
+        .logs_in(dir.path())
+        .bpffs(&bpffs)
+        .start()?;
+    let counting = format!("counting on {}", right.iface);
+    said(&mut netmon, &counting)?;
+    let pins = bpffs.pins_of(&right.iface);
+    let send = |port: u16, n: usize| {
+        Flow::udp(&net.right, right)
+            .port(port)
+            .sizes(&vec![300; n])
+            .send()
+    };
+    send(7171, 6)?;
+    let reload = |netmon: &mut Netmon, names: &[&str]| -> Result<String> {
+        list(names)?;
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(netmon.pid() as i32, libc::SIGHUP) };
+        netmon.wait_for("interfaces reloaded", Duration::from_secs(10))
+    };
+    reload(&mut netmon, &[&left.iface])?;
+    reload(&mut netmon, &[&left.iface, &right.iface])?;
+    netmon.wait_for(&counting, Duration::from_secs(10))?;
+    assert_eq!(bpffs.pins_of(&right.iface), pins, "the same maps");
+    send(7172, 4)?;
+    let stderr = netmon.stop()?;
+    let retired = format!("interface {} is no longer listed", right.iface);
+    assert!(
+        !stderr
+            .iter()
+            .any(|l| l.contains(&retired) || l.contains("not reloaded")),
+        "{stderr:?}"
+    );
+    let pair = (
+        right.iface.clone(),
+        "ingress".to_string(),
+        v4(&net.right),
+        v4(right),
+    );
+    assert_eq!(detail(dir.path())?.get(&pair), Some(&udp(10, right, 300)));
+    Ok(())
+}
+
 #[test]
 fn sighup_takes_the_interfaces_the_configuration_file_lists_now() -> Result<()> {
     let bpffs = TempMount::bpffs()?;

@@ -61,8 +61,9 @@ pub enum StartError {
     /// that gave up entering namespaces at its start.
     #[error("{0} is in another network namespace, which takes CAP_SYS_ADMIN, given up at the start since no interface was in one; restart netmon to watch it")]
     EnteringGivenUp(String),
-    /// An interface listed again before the poll that retires it.
-    #[error("interface {0} was taken off the list, or went while no netmon ran, and is retired at the next poll; send SIGHUP again after it")]
+    /// An interface of pins a gone namespace left, named again before the
+    /// poll that retires it.
+    #[error("interface {0} went while no netmon ran, and its pins are read and removed at the next poll; send SIGHUP again after it")]
     StillRetiring(String),
     /// None of several interfaces exists.
     #[error("none of the interfaces exists: check the names with `ip link` (`ip -n NS link` for --netns)")]
@@ -1227,12 +1228,13 @@ fn relist(
                         return Err(StartError::NamedTwice(t.label));
                     }
                     match watching.targets.iter().find(|o| o.key == t.key) {
-                        // Taken off the list, its detach failing: taken back
-                        // below, still attached.
-                        Some(o) if o.unlisted && daemon.detaching(&o.label) => {}
+                        // Taken off the list, not retired yet: taken back
+                        // below, its maps and meter as they are; attached
+                        // again (or still, its detach failing).
+                        Some(o) if o.unlisted => {}
                         // Pins of a namespace gone before the start are
                         // read and retired at the first poll: then this one.
-                        Some(o) if o.unlisted || o.left.is_some() => {
+                        Some(o) if o.left.is_some() => {
                             return Err(StartError::StillRetiring(o.label.clone()))
                         }
                         Some(o) if named(o) => return Err(StartError::NamedTwice(t.label)),
@@ -1303,11 +1305,7 @@ fn relist(
         watching.patterns.push(p);
     }
     for t in new_targets {
-        match watching
-            .targets
-            .iter_mut()
-            .find(|o| o.key == t.key && (!o.unlisted || daemon.detaching(&o.label)))
-        {
+        match watching.targets.iter_mut().find(|o| o.key == t.key) {
             // Named now, or named otherwise: kept when it goes, unless a
             // namespace pattern named it.
             Some(held) => {
