@@ -353,17 +353,7 @@ pub fn ask(iface: Option<&str>, request: &Request) -> Result<Answer, ControlErro
         Some(iface) => socket_of(iface)?,
         None => only_socket()?,
     };
-    let placed = request.with_patterns_placed(&path)?;
-    let answer = send(&path, &placed);
-    // A rule whose pattern the daemon took as written (added while it
-    // matched nothing, or by an earlier netmon) is removed as written.
-    let as_written = matches!(placed, Cow::Owned(_))
-        && matches!(request, Request::RemoveRule { .. })
-        && matches!(answer, Err(ControlError::Refused(_)));
-    match as_written {
-        true => send(&path, request).or(answer),
-        false => answer,
-    }
+    send(&path, request.with_patterns_placed(&path)?.as_ref())
 }
 
 /// Sends `request` to the daemon listening on `path`, and reads its answer.

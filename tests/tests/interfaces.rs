@@ -821,14 +821,6 @@ fn a_crash_right_after_an_interface_is_retired_keeps_its_rule_hits() -> Result<(
     Ok(())
 }
 
-/// The configuration file's interfaces, changed while netmon runs, are
-/// taken on SIGHUP. A pattern added follows the router's right port; then
-/// the right port named outright replaces the pattern and the left port
-/// leaves the list: the right port counts on, never detached, the left one
-/// is detached, its traffic up to then kept, its pins and claim removed.
-/// A list that cannot be taken (a malformed pattern) changes nothing. Then
-/// a pattern alone replaces everything, and another pattern that one: the
-/// CLI reaches the daemon through each in turn.
 /// An interface taken off the list and listed again before the poll that
 /// would retire it is taken back: its maps and meter as they were, attached
 /// again, nothing lost or counted twice.
@@ -893,6 +885,14 @@ fn an_interface_listed_again_before_the_next_poll_is_taken_back() -> Result<()> 
     Ok(())
 }
 
+/// The configuration file's interfaces, changed while netmon runs, are
+/// taken on SIGHUP. A pattern added follows the router's right port; then
+/// the right port named outright replaces the pattern and the left port
+/// leaves the list: the right port counts on, never detached, the left one
+/// is detached, its traffic up to then kept, its pins and claim removed.
+/// A list that cannot be taken (a malformed pattern) changes nothing. Then
+/// a pattern alone replaces everything, and another pattern that one: the
+/// CLI reaches the daemon through each in turn.
 #[test]
 fn sighup_takes_the_interfaces_the_configuration_file_lists_now() -> Result<()> {
     let bpffs = TempMount::bpffs()?;
@@ -1093,6 +1093,68 @@ fn a_namespace_pattern_follows_namespaces_as_they_are_made_and_deleted() -> Resu
     assert_eq!(
         exact_totals(dir.path())?.get(&(v4(host), v4(port))),
         Some(udp(25, port, 300))
+    );
+    Ok(())
+}
+
+/// A namespace a pattern matched, deleted and made again under its name
+/// before the next poll: the interface of the one gone, taken off the list,
+/// is not taken back (it would be attached again in the dead namespace,
+/// and taken off again every second); it is retired at the poll.
+#[test]
+fn a_namespace_made_again_before_the_next_poll_is_not_the_one_taken_off() -> Result<()> {
+    let bpffs = TempMount::bpffs()?;
+    let net = Routed::create()?;
+    let dir = tempfile::tempdir()?;
+    let (host, port) = (&net.right, &net.router_right);
+    let namespaces = format!("{}*", host.netns);
+    let mut netmon = Netmon::on(&net.router_left)
+        .without_defaults()
+        .args(&["--netns", &namespaces, "--iface", &host.iface])
+        .args(&["--interval", "10s", "--quiet"])
+        .logs_in(dir.path())
+        .bpffs(&bpffs)
+        .start()?;
+    let label = format!("{}:{}", host.netns, host.iface);
+    let counting = format!("counting on {label}");
+    said(&mut netmon, &counting)?;
+    Flow::udp(host, port).port(7181).sizes(&[300; 6]).send()?;
+    net.remove_right_netns()?;
+    netmon.wait_for("the namespaces matched changed", Duration::from_secs(5))?;
+    net.add_right_netns()?;
+    // An interface of that name in the new namespace, as a runtime makes
+    // one (the router's end of the old link lives on with the old one).
+    let made = std::process::Command::new("ip")
+        .args([
+            "-n",
+            &port.netns,
+            "link",
+            "add",
+            &format!("{}n", port.iface),
+        ])
+        .args([
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &host.iface,
+            "netns",
+            &host.netns,
+        ])
+        .status()?;
+    assert!(made.success());
+    assert!(
+        netmon.wait_for(&counting, Duration::from_secs(3)).is_err(),
+        "attached again in the namespace deleted"
+    );
+    netmon.wait_for(
+        &format!("interface {label} is no longer listed: its traffic"),
+        Duration::from_secs(15),
+    )?;
+    netmon.stop()?;
+    assert_eq!(
+        exact_totals(dir.path())?.get(&(v4(host), v4(port))),
+        Some(udp(6, port, 300))
     );
     Ok(())
 }

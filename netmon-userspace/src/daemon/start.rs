@@ -61,9 +61,10 @@ pub enum StartError {
     /// that gave up entering namespaces at its start.
     #[error("{0} is in another network namespace, which takes CAP_SYS_ADMIN, given up at the start since no interface was in one; restart netmon to watch it")]
     EnteringGivenUp(String),
-    /// An interface of pins a gone namespace left, named again before the
-    /// poll that retires it.
-    #[error("interface {0} went while no netmon ran, and its pins are read and removed at the next poll; send SIGHUP again after it")]
+    /// An interface being retired, named again before the poll that
+    /// retires it: pins a gone namespace left, or one taken off the list
+    /// in a namespace made again since under its name.
+    #[error("interface {0} is being retired (its namespace gone, or made again since), and its pins are read and removed at the next poll; send SIGHUP again after it")]
     StillRetiring(String),
     /// None of several interfaces exists.
     #[error("none of the interfaces exists: check the names with `ip link` (`ip -n NS link` for --netns)")]
@@ -846,9 +847,6 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             failed.get_or_insert(e);
         }
     }
-    if let Some(e) = failed {
-        return Err(e.into());
-    }
     let labels: Vec<String> = targets.iter().map(|t| t.label.clone()).collect();
     drop(targets);
     let unwritten: String = unwritten.iter().map(|u| format!(" ({u})")).collect();
@@ -858,6 +856,9 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             log: files.log.clone(),
             unwritten,
         });
+    }
+    if let Some(e) = failed {
+        return Err(e.into());
     }
     if config.keep_attached && !pin_dirs.is_empty() {
         log::info!(
@@ -1227,14 +1228,22 @@ fn relist(
                     if new_targets.iter().any(|o| o.key == t.key) {
                         return Err(StartError::NamedTwice(t.label));
                     }
+                    // The same namespace, not one made since under its name.
+                    let same_netns = |o: &Target| match (&o.netns, &t.netns) {
+                        (Some(held), Some(now)) => held.is_same(now),
+                        (held, now) => held.is_none() && now.is_none(),
+                    };
                     match watching.targets.iter().find(|o| o.key == t.key) {
-                        // Taken off the list, not retired yet: taken back
-                        // below, its maps and meter as they are; attached
-                        // again (or still, its detach failing).
-                        Some(o) if o.unlisted => {}
                         // Pins of a namespace gone before the start are
                         // read and retired at the first poll: then this one.
                         Some(o) if o.left.is_some() => {
+                            return Err(StartError::StillRetiring(o.label.clone()))
+                        }
+                        // Taken off the list, not retired yet: taken back
+                        // below, its maps and meter as they are; attached
+                        // again (or still, its detach failing).
+                        Some(o) if o.unlisted && same_netns(o) => {}
+                        Some(o) if o.unlisted => {
                             return Err(StartError::StillRetiring(o.label.clone()))
                         }
                         Some(o) if named(o) => return Err(StartError::NamedTwice(t.label)),
@@ -1314,6 +1323,13 @@ fn relist(
                 if held.unlisted {
                     held.unlisted = false;
                     daemon.keep(&held.label);
+                    // Its namespace's listener may have been let go with it.
+                    listen_for(
+                        hotplug,
+                        &held.label,
+                        netns_of(&held.label),
+                        held.netns.clone(),
+                    );
                 }
             }
             None => {

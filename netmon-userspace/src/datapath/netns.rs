@@ -66,6 +66,12 @@ impl Netns {
         Ok(netns)
     }
 
+    /// True when `other` is this very namespace.
+    pub fn is_same(&self, other: &Netns) -> bool {
+        let id = |n: &Netns| n.file.metadata().map(|m| (m.dev(), m.ino())).ok();
+        id(self).is_some() && id(self) == id(other)
+    }
+
     /// True while `/run/netns/NAME` is this namespace: false once the name
     /// is gone, or names another made since.
     pub fn is_named(&self, name: &str) -> bool {
