@@ -199,10 +199,9 @@ impl Request {
     /// keys of the daemon on `path`): the daemon reads such a pattern as one
     /// of its own namespace, which need not be the caller's.
     fn with_patterns_placed(&self, path: &Path) -> Result<Cow<'_, Request>, ControlError> {
-        let unplaced = |i: &String| crate::policy::is_pattern(i) && !i.contains(':');
         let placing = self
             .matcher()
-            .is_some_and(|m| m.ifaces.iter().any(unplaced));
+            .is_some_and(|m| m.ifaces.iter().any(|i| unplaced(i)));
         if !placing {
             return Ok(Cow::Borrowed(self));
         }
@@ -220,7 +219,7 @@ impl Request {
         let mut request = self.clone();
         if let Some(matcher) = request.matcher_mut() {
             for iface in &mut matcher.ifaces {
-                if crate::policy::is_pattern(iface) && !iface.contains(':') {
+                if unplaced(iface) {
                     if let Some(ns) = place(iface)? {
                         *iface = key(Some(&ns), iface);
                     }
@@ -428,6 +427,20 @@ fn keys_of(path: &Path) -> Vec<String> {
         .collect()
 }
 
+/// True for a pattern of interfaces without `NS:`, which a daemon reads as
+/// one of its own namespace.
+fn unplaced(iface: &str) -> bool {
+    crate::policy::is_pattern(iface) && !iface.contains(':')
+}
+
+/// The namespaces of `keys`, each once.
+fn namespaces_of<'k>(keys: impl Iterator<Item = &'k String>) -> Vec<Option<&'k str>> {
+    let mut namespaces: Vec<Option<&str>> = keys.map(|k| split_key(k).0).collect();
+    namespaces.sort();
+    namespaces.dedup();
+    namespaces
+}
+
 /// A key's namespace (`None` for the machine's own) and interface parts.
 fn split_key(key: &str) -> (Option<&str>, &str) {
     match key.rsplit_once(':') {
@@ -551,23 +564,15 @@ fn namespace_for(
         .iter()
         .filter(|key| glob.matches(split_key(key).1))
         .collect();
-    let mut namespaces: Vec<Option<&str>> = matching.iter().map(|k| split_key(k).0).collect();
-    namespaces.sort();
-    namespaces.dedup();
-    match namespaces.as_slice() {
+    match namespaces_of(matching.iter().copied()).as_slice() {
         // Matching nothing yet: the caller's namespace, where the daemon
         // watches something there; else the daemon's one namespace; else
         // as written, for the daemon's own.
-        [] => {
-            let mut held: Vec<Option<&str>> = keys.iter().map(|k| split_key(k).0).collect();
-            held.sort();
-            held.dedup();
-            Ok(match held.as_slice() {
-                some if some.contains(&own) => own.map(str::to_string),
-                [one] => one.map(str::to_string),
-                _ => None,
-            })
-        }
+        [] => Ok(match namespaces_of(keys.iter()).as_slice() {
+            some if some.contains(&own) => own.map(str::to_string),
+            [one] => one.map(str::to_string),
+            _ => None,
+        }),
         some if some.contains(&own) => Ok(own.map(str::to_string)),
         [one] => Ok(one.map(str::to_string)),
         _ => Err(ControlError::SeveralNamespaces {

@@ -88,6 +88,15 @@ fn two_polls() {
     std::thread::sleep(Duration::from_millis(2300));
 }
 
+/// Writes a configuration file listing `names`, polled every `interval`.
+fn list_interfaces(config: &Path, interval: &str, names: &[&str]) -> Result<()> {
+    let mut text = format!("interval = \"{interval}\"\nquiet = true\n");
+    for name in names {
+        text.push_str(&format!("[[interface]]\nname = \"{name}\"\n"));
+    }
+    Ok(std::fs::write(config, text)?)
+}
+
 /// Sends `n` datagrams of 300 bytes from the router's left host to its
 /// right one, to `port`; returns the sizes delivered.
 fn through_router(net: &Routed, port: u16, n: usize) -> Result<Vec<usize>> {
@@ -832,13 +841,7 @@ fn an_interface_listed_again_before_the_next_poll_is_taken_back() -> Result<()> 
     let (left, right) = (&net.router_left, &net.router_right);
     let config = dir.path().join("netmon.toml");
     // Polls far apart: both reloads come between two.
-    let list = |names: &[&str]| -> Result<()> {
-        let mut text = "interval = \"30s\"\nquiet = true\n".to_string();
-        for name in names {
-            text.push_str(&format!("[[interface]]\nname = \"{name}\"\n"));
-        }
-        Ok(std::fs::write(&config, text)?)
-    };
+    let list = |names: &[&str]| list_interfaces(&config, "30s", names);
     list(&[&left.iface, &right.iface])?;
     let mut netmon = Netmon::on(left)
         .without_defaults()
@@ -900,13 +903,7 @@ fn sighup_takes_the_interfaces_the_configuration_file_lists_now() -> Result<()> 
     let dir = tempfile::tempdir()?;
     let (left, right) = (&net.router_left, &net.router_right);
     let config = dir.path().join("netmon.toml");
-    let list = |names: &[&str]| -> Result<()> {
-        let mut text = "interval = \"1s\"\nquiet = true\n".to_string();
-        for name in names {
-            text.push_str(&format!("[[interface]]\nname = \"{name}\"\n"));
-        }
-        Ok(std::fs::write(&config, text)?)
-    };
+    let list = |names: &[&str]| list_interfaces(&config, "1s", names);
     list(&[&left.iface])?;
     let mut netmon = Netmon::on(left)
         .without_defaults()
