@@ -656,7 +656,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         .enforce()
         .map_err(unenforceable(None))
         .and_then(|()| Ok(control::Listener::bind(claims, config.access)?));
-    let mut listener = match started {
+    let listener = match started {
         Ok(listener) => listener,
         Err(e) => {
             let (kernels, _) = daemon.finish();
@@ -729,23 +729,28 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let mut policy_changed = false;
     let mut safety_check = tokio::time::interval(hotplug::SAFETY_CHECK);
     safety_check.tick().await;
+    let mut watching = Watching {
+        targets,
+        patterns,
+        listener,
+    };
     // The only interface, when it went away: its last traffic is polled, then netmon stops.
     let gone = loop {
         tokio::select! {
             _ = ticker.tick() => {
                 daemon.poll()?;
                 let departed = daemon.departed();
-                let retired = retire_gone(&mut daemon, &mut targets, &mut listener);
+                let retired = retire_gone(&mut daemon, &mut watching);
                 let departed: Vec<String> =
                     departed.into_iter().filter(|i| !retired.contains(i)).collect();
-                let several = watches_several(&targets, &patterns) || roams(&listed.configured);
+                let several = watches_several(&watching.targets, &watching.patterns)
+                    || roams(&listed.configured);
                 if let (false, Some(iface)) = (several, departed.first()) {
                     break Some(iface.clone());
                 }
                 // One of a name a pattern still matches is attached anew
                 // (listed again before it was retired).
                 if let (false, Some(hotplug)) = (retired.is_empty(), &mut hotplug) {
-                    let mut watching = Watching { targets: &mut targets, patterns: &mut patterns, listener: &mut listener };
                     join_appeared(&mut daemon, &mut watching, &Look::Everywhere, &joining, hotplug);
                 }
                 for iface in departed {
@@ -761,12 +766,10 @@ pub async fn run(config: Config) -> Result<(), StartError> {
                 // for is tried again under the new one, once a second at most.
                 let changed = daemon.reload(false) | std::mem::take(&mut policy_changed);
                 if let (true, Some(hotplug)) = (changed, &mut hotplug) {
-                    let mut watching = Watching { targets: &mut targets, patterns: &mut patterns, listener: &mut listener };
                     join_appeared(&mut daemon, &mut watching, &Look::Everywhere, &joining, hotplug);
                 }
                 // Namespaces a pattern matches, made or deleted.
                 if let (true, Some(hotplug)) = (roams(&listed.configured), &mut hotplug) {
-                    let mut watching = Watching { targets: &mut targets, patterns: &mut patterns, listener: &mut listener };
                     let configured = listed.configured.clone();
                     match relist(&mut daemon, &mut watching, hotplug, &mut listed, configured) {
                         Ok(true) => {
@@ -787,13 +790,11 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             }
             Some(look) = hotplug::next(&mut hotplug) => {
                 if let Some(hotplug) = &mut hotplug {
-                    let mut watching = Watching { targets: &mut targets, patterns: &mut patterns, listener: &mut listener };
                     join_appeared(&mut daemon, &mut watching, &look, &joining, hotplug);
                 }
             }
             _ = safety_check.tick() => {
                 if let Some(hotplug) = &mut hotplug {
-                    let mut watching = Watching { targets: &mut targets, patterns: &mut patterns, listener: &mut listener };
                     join_appeared(&mut daemon, &mut watching, &Look::Everywhere, &joining, hotplug);
                 }
             }
@@ -803,7 +804,6 @@ pub async fn run(config: Config) -> Result<(), StartError> {
                     .as_ref()
                     .and_then(|reload| reload_options(reload, &mut ticker, &mut daemon, &config.tz));
                 if let (Some(interfaces), Some(hotplug)) = (interfaces, &mut hotplug) {
-                    let mut watching = Watching { targets: &mut targets, patterns: &mut patterns, listener: &mut listener };
                     match relist(&mut daemon, &mut watching, hotplug, &mut listed, interfaces) {
                         Ok(true) => {
                             log::info!("interfaces reloaded: {}", listing(&listed.configured));
@@ -815,7 +815,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
                 }
                 policy_changed |= daemon.reload(true);
             }
-            Some(incoming) = listener.next() => {
+            Some(incoming) = watching.listener.next() => {
                 let changes_policy = incoming.request.changes_policy();
                 let response = daemon.handle(incoming.request);
                 policy_changed |= changes_policy && matches!(response, control::Response::Ok(_));
@@ -828,6 +828,11 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     if gone.is_none() {
         daemon.poll()?;
     }
+    let Watching {
+        targets,
+        patterns: _held,
+        listener,
+    } = watching;
     drop(listener);
     // The claims are held until the end, the stop below included: a next run
     // must not adopt pins this one is still removing.
@@ -999,10 +1004,10 @@ struct Joining<'a> {
 
 /// The interfaces the daemon watches, the patterns that bring more, and
 /// the control socket linked under each.
-struct Watching<'a> {
-    targets: &'a mut Vec<Target>,
-    patterns: &'a mut Vec<Pattern>,
-    listener: &'a mut control::Listener,
+struct Watching {
+    targets: Vec<Target>,
+    patterns: Vec<Pattern>,
+    listener: control::Listener,
 }
 
 /// Links the control socket under `claim` too; without it, the CLI
@@ -1075,7 +1080,7 @@ fn join_appeared(
                 continue;
             }
             if let Some(claim) = &t.claim {
-                link(watching.listener, claim);
+                link(&mut watching.listener, claim);
             }
             watching.targets.push(t);
         }
@@ -1278,14 +1283,14 @@ fn relist(
     // Nothing refused: the change is made. The socket is linked under what
     // is new before it is unlinked from what goes: it always has a name.
     for (_, claim) in &new_claims {
-        link(watching.listener, claim);
+        link(&mut watching.listener, claim);
     }
     let new_links = new_patterns
         .iter()
         .filter_map(|p| p.claim.as_ref())
         .chain(new_targets.iter().filter_map(|t| t.claim.as_ref()));
     for claim in new_links {
-        link(watching.listener, claim);
+        link(&mut watching.listener, claim);
     }
     let roaming: Vec<String> = Listed::roaming(&configured)
         .map(InterfaceSpec::label)
@@ -1391,7 +1396,7 @@ fn relist(
         .collect();
     let named: Vec<&str> = labels.iter().map(String::as_str).collect();
     daemon.list(&named);
-    daemon.join_by(joining_by(watching.patterns, listed));
+    daemon.join_by(joining_by(&watching.patterns, listed));
     listed.configured = configured;
     listed.expanded = specs;
     Ok(true)
@@ -1460,11 +1465,10 @@ fn join(
 /// saved before their pins are removed; their socket links and claims are
 /// released; the patterns' claims keep the socket reachable. Returns those
 /// retired.
-fn retire_gone(
-    daemon: &mut Daemon<Attached, SystemClock>,
-    targets: &mut Vec<Target>,
-    listener: &mut control::Listener,
-) -> Vec<String> {
+fn retire_gone(daemon: &mut Daemon<Attached, SystemClock>, watching: &mut Watching) -> Vec<String> {
+    let Watching {
+        targets, listener, ..
+    } = watching;
     let mut due = Vec::new();
     let mut at = 0;
     while at < targets.len() {
