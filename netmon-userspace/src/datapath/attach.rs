@@ -14,7 +14,7 @@ use aya::{
 };
 
 use super::{
-    load::{program, EGRESS_PROGRAM, INGRESS_PROGRAM, INGRESS_TC_PROGRAM},
+    load::{load_programs, program, EGRESS_PROGRAM, INGRESS_PROGRAM, INGRESS_TC_PROGRAM},
     pins::{Hook, PinDir},
     DatapathError,
 };
@@ -65,6 +65,9 @@ pub(super) fn attach_programs(
     hook: IngressHook,
     pins: &PinDir,
 ) -> Result<(Option<Ingress>, Vec<PinnedLink>), DatapathError> {
+    // Verified before anything is attached: a program the kernel refuses
+    // leaves the interface as it was.
+    load_programs(ebpf, &[ingress_program(iface, hook, pins), EGRESS_PROGRAM])?;
     let mut links = Vec::new();
     let ingress = attach_ingress(ebpf, iface, hook, pins, &mut links)?;
     attach_tc(ebpf, iface, TcAttachType::Egress, pins, &mut links)?;
@@ -140,6 +143,22 @@ fn pin_link(
     }
 }
 
+/// The ingress program [`attach_ingress`] tries first: that of the link an
+/// earlier run pinned, else the one `hook` picks for `iface`.
+fn ingress_program(iface: &str, hook: IngressHook, pins: &PinDir) -> &'static str {
+    if pins.link(Hook::TcIngress).exists() {
+        return INGRESS_TC_PROGRAM;
+    }
+    if pins.link(Hook::Ingress).exists() {
+        return INGRESS_PROGRAM;
+    }
+    match hook {
+        IngressHook::Tc => INGRESS_TC_PROGRAM,
+        IngressHook::Auto if is_virtual(iface) => INGRESS_TC_PROGRAM,
+        IngressHook::Auto | IngressHook::Xdp | IngressHook::XdpSkb => INGRESS_PROGRAM,
+    }
+}
+
 /// Attaches the ingress program: into the link an earlier run pinned (XDP or
 /// TC, whichever it was), else at the hook `hook` picks. `None` when adopted.
 fn attach_ingress(
@@ -198,6 +217,7 @@ fn attach_xdp(
     pins: &PinDir,
     links: &mut Vec<PinnedLink>,
 ) -> Result<Option<XdpMode>, DatapathError> {
+    load_programs(ebpf, &[INGRESS_PROGRAM])?;
     let xdp = program::<Xdp>(ebpf, INGRESS_PROGRAM)?;
     let path = pins.link(Hook::Ingress);
     if let Ok(pinned) = PinnedLink::from_pin(&path) {
@@ -232,10 +252,9 @@ fn attach_tc(
         TcAttachType::Ingress => (INGRESS_TC_PROGRAM, Hook::TcIngress, "TC ingress"),
         _ => (EGRESS_PROGRAM, Hook::Egress, "TC egress"),
     };
+    // Loaded here when native XDP failed and TC ingress stands in.
+    load_programs(ebpf, &[name])?;
     let tc = program::<SchedClassifier>(ebpf, name)?;
-    if tc.fd().is_err() {
-        tc.load().map_err(|e| DatapathError::program(name, e))?;
-    }
     let path = pins.link(hook);
     if let Ok(pinned) = PinnedLink::from_pin(&path) {
         let link =

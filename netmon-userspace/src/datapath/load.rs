@@ -206,7 +206,8 @@ pub fn load_test_object(options: &LoadOptions) -> Result<Ebpf, DatapathError> {
 /// pair table.
 fn load_object(object: &[u8], options: &LoadOptions) -> Result<Ebpf, DatapathError> {
     let cache = SlotCache::for_slots(options.max_pairs);
-    let ebpf = load_with(&mut options.loader(&cache)?, object)?;
+    let mut ebpf = load_with(&mut options.loader(&cache)?, object)?;
+    load_programs(&mut ebpf, &[INGRESS_PROGRAM, EGRESS_PROGRAM])?;
     PairTable::of(&ebpf)?.free_all()?;
     Ok(ebpf)
 }
@@ -227,6 +228,7 @@ where
 /// Loads the object with its maps pinned in `pins`: the maps an earlier run
 /// left there (`adopted`) keep their capacity and granularity, whatever
 /// `options` asks, and their instance id; new maps are stamped with a new one.
+/// No program is loaded: attaching loads those it attaches.
 /// Returns the object and the instance id.
 pub(super) fn load_pinned(
     options: &LoadOptions,
@@ -305,16 +307,35 @@ fn leave_out(ebpf: &mut Ebpf, own: &OwnLookup) -> Result<(), DatapathError> {
         .map_err(cause)
 }
 
-/// Loads `object` and both programs with `loader`.
+/// Opens `object`'s maps with `loader`; no program is loaded yet.
 fn load_with(loader: &mut EbpfLoader<'_>, object: &[u8]) -> Result<Ebpf, DatapathError> {
-    let mut ebpf = loader.load(object).map_err(DatapathError::from_load)?;
-    program::<Xdp>(&mut ebpf, INGRESS_PROGRAM)?
-        .load()
-        .map_err(|e| DatapathError::program(INGRESS_PROGRAM, e))?;
-    program::<SchedClassifier>(&mut ebpf, EGRESS_PROGRAM)?
-        .load()
-        .map_err(|e| DatapathError::program(EGRESS_PROGRAM, e))?;
-    Ok(ebpf)
+    loader.load(object).map_err(DatapathError::from_load)
+}
+
+/// Loads (verifies) the programs named, those not loaded yet. Each costs the
+/// verifier about half a second of CPU, so only the programs an interface
+/// is attached with are loaded, and none for an interface gone.
+pub(super) fn load_programs(ebpf: &mut Ebpf, names: &[&str]) -> Result<(), DatapathError> {
+    for &name in names {
+        let loaded = match name {
+            INGRESS_PROGRAM => {
+                let xdp = program::<Xdp>(ebpf, name)?;
+                match xdp.fd() {
+                    Ok(_) => Ok(()),
+                    Err(_) => xdp.load(),
+                }
+            }
+            _ => {
+                let tc = program::<SchedClassifier>(ebpf, name)?;
+                match tc.fd() {
+                    Ok(_) => Ok(()),
+                    Err(_) => tc.load(),
+                }
+            }
+        };
+        loaded.map_err(|e| DatapathError::program(name, e))?;
+    }
+    Ok(())
 }
 
 /// Stamps new maps with the layout version and a random instance id; reads

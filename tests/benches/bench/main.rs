@@ -17,6 +17,7 @@ mod per_packet;
 mod readout;
 mod report;
 mod throughput;
+mod verify;
 mod workload;
 
 use report::Row;
@@ -24,6 +25,7 @@ use report::Row;
 /// Every section, in the order they run.
 const SECTIONS: &[&str] = &[
     "per-packet",
+    "verify",
     "readout",
     "blocklist",
     "memory",
@@ -89,6 +91,7 @@ fn main() {
         eprintln!("bench: {section}");
         let got = match section {
             "per-packet" => per_packet::run(scale),
+            "verify" => verify::run(scale),
             "readout" => readout::run(scale),
             "blocklist" => blocklist::run(scale),
             "memory" => memory::run(scale),
