@@ -65,9 +65,6 @@ pub(super) fn attach_programs(
     hook: IngressHook,
     pins: &PinDir,
 ) -> Result<(Option<Ingress>, Vec<PinnedLink>), DatapathError> {
-    // Verified before anything is attached: a program the kernel refuses
-    // leaves the interface as it was.
-    load_programs(ebpf, &[ingress_program(iface, hook, pins), EGRESS_PROGRAM])?;
     let mut links = Vec::new();
     let ingress = attach_ingress(ebpf, iface, hook, pins, &mut links)?;
     attach_tc(ebpf, iface, TcAttachType::Egress, pins, &mut links)?;
@@ -143,20 +140,29 @@ fn pin_link(
     }
 }
 
-/// The ingress program [`attach_ingress`] tries first: that of the link an
-/// earlier run pinned, else the one `hook` picks for `iface`.
-fn ingress_program(iface: &str, hook: IngressHook, pins: &PinDir) -> &'static str {
-    if pins.link(Hook::TcIngress).exists() {
-        return INGRESS_TC_PROGRAM;
-    }
-    if pins.link(Hook::Ingress).exists() {
-        return INGRESS_PROGRAM;
-    }
-    match hook {
-        IngressHook::Tc => INGRESS_TC_PROGRAM,
-        IngressHook::Auto if is_virtual(iface) => INGRESS_TC_PROGRAM,
-        IngressHook::Auto | IngressHook::Xdp | IngressHook::XdpSkb => INGRESS_PROGRAM,
-    }
+/// The programs [`attach_programs`] attaches to `iface` (index `ifindex`)
+/// first: the ingress one of the links an earlier run pinned for it, else
+/// the one `hook` picks; and the egress one. Links pinned for an earlier
+/// interface of the name are not this one's ([`unpin_stale_links`]).
+pub(super) fn programs_for(
+    iface: &str,
+    ifindex: u32,
+    hook: IngressHook,
+    pins: &PinDir,
+) -> [&'static str; 2] {
+    let adoptable = |h: Hook| pins.link(h).exists() && pins.stale_links(ifindex).is_empty();
+    let ingress = if adoptable(Hook::TcIngress) {
+        INGRESS_TC_PROGRAM
+    } else if adoptable(Hook::Ingress) {
+        INGRESS_PROGRAM
+    } else {
+        match hook {
+            IngressHook::Tc => INGRESS_TC_PROGRAM,
+            IngressHook::Auto if is_virtual(iface) => INGRESS_TC_PROGRAM,
+            IngressHook::Auto | IngressHook::Xdp | IngressHook::XdpSkb => INGRESS_PROGRAM,
+        }
+    };
+    [ingress, EGRESS_PROGRAM]
 }
 
 /// Attaches the ingress program: into the link an earlier run pinned (XDP or

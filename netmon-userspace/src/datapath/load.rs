@@ -228,12 +228,14 @@ where
 /// Loads the object with its maps pinned in `pins`: the maps an earlier run
 /// left there (`adopted`) keep their capacity and granularity, whatever
 /// `options` asks, and their instance id; new maps are stamped with a new one.
-/// No program is loaded: attaching loads those it attaches.
+/// Of the programs, only `programs` are loaded, before anything is written:
+/// one the kernel refuses leaves the pins and the maps as they were.
 /// Returns the object and the instance id.
 pub(super) fn load_pinned(
     options: &LoadOptions,
     pins: &PinDir,
     adopted: bool,
+    programs: &[&str],
 ) -> Result<(Ebpf, u64), DatapathError> {
     let mut options = *options;
     if adopted {
@@ -269,6 +271,7 @@ pub(super) fn load_pinned(
         loader.map_pin_path(name, path.as_path());
     }
     let mut ebpf = load_with(&mut loader, EBPF_OBJECT)?;
+    load_programs(&mut ebpf, programs)?;
     let instance = identify(&mut ebpf, adopted)?;
     pins.record_marker(options.granularity.marker())?;
     if let Some(own) = &options.own_lookup {
@@ -278,7 +281,8 @@ pub(super) fn load_pinned(
 }
 
 /// [`load_pinned`] of the maps of an interface gone, never to be attached:
-/// with their own capacity and granularity, and no word about `options`'.
+/// with their own capacity and granularity, no program loaded, and no word
+/// about `options`.
 pub(super) fn load_detached(
     options: &LoadOptions,
     pins: &PinDir,
@@ -288,7 +292,7 @@ pub(super) fn load_detached(
         options.max_pairs = info.max_entries();
     }
     options.granularity = Granularity::pinned(pins).unwrap_or_default();
-    load_pinned(&options, pins, true)
+    load_pinned(&options, pins, true, &[])
 }
 
 /// Tells the programs of `ebpf` to leave the lookups of `own` out of their

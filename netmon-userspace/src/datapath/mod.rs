@@ -211,7 +211,8 @@ impl Datapath {
         pins: PinDir,
         adopted: bool,
     ) -> Result<Self, DatapathError> {
-        let (mut ebpf, instance) = load::load_pinned(options, &pins, adopted)?;
+        let programs = attach::programs_for(iface, ifindex, hook, &pins);
+        let (mut ebpf, instance) = load::load_pinned(options, &pins, adopted, &programs)?;
         let table = PairTable::of(&ebpf)?;
         let claimed = if adopted {
             let orphans = table.release_orphans()?;
