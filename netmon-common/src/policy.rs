@@ -97,6 +97,25 @@ pub struct RuleEntry {
 }
 
 impl RuleEntry {
+    /// No entry (kind 0, no rule kind): what [`RuleList::entry`] gives past
+    /// the entries in use.
+    pub const NONE: RuleEntry = RuleEntry {
+        rule: NO_RULE,
+        kind: 0,
+        prefix_len: 0,
+        proto: 0,
+        directions: 0,
+        port: 0,
+        port_side: 0,
+        _pad: [0; 5],
+    };
+
+    /// True for [`RuleEntry::NONE`].
+    #[inline(always)]
+    pub fn is_none(&self) -> bool {
+        self.kind == 0
+    }
+
     /// True when the packet is one this rule is about.
     #[inline(always)]
     pub fn matches(&self, packet: &PacketFacts) -> bool {
@@ -172,9 +191,10 @@ impl QuotaSet {
     /// True when quota slot `slot` is in the set.
     #[inline(always)]
     pub fn contains(&self, slot: u32) -> bool {
-        self.0
-            .get((slot / 64) as usize)
-            .is_some_and(|word| (word >> (slot % 64)) & 1 == 1)
+        // The mask, not a bounds check, keeps the word in the set: the
+        // verifier sees it (LLVM moved a check away from the index it bounds).
+        let word = self.0[(slot / 64) as usize & (MAX_RULES as usize / 64 - 1)];
+        slot < MAX_RULES && (word >> (slot % 64)) & 1 == 1
     }
 
     /// Adds quota slot `slot` (ignored past [`MAX_RULES`]).
@@ -247,31 +267,39 @@ pub struct PacketFacts {
     pub direction: Direction,
 }
 
-/// The first matching filter (block/allow) and quota entries of one list.
+/// Where a list's first matching filter (block/allow) and quota entries
+/// are: indices into its entries, [`MAX_RULES_PER_LIST`] for none.
+///
+/// Walked last to first, each match over the one before: no choice depends
+/// on what another entry found, so the verifier's paths through the walk
+/// converge (choosing the first match as it is found multiplied them).
 #[inline(always)]
-fn first_matches(list: &RuleList, packet: &PacketFacts) -> (Option<RuleEntry>, Option<RuleEntry>) {
-    let mut filter = None;
-    let mut quota = None;
-    for i in 0..MAX_RULES_PER_LIST {
-        if i as u32 >= list.len {
-            break;
-        }
+pub fn first_matches(list: &RuleList, packet: &PacketFacts) -> (u32, u32) {
+    let mut filter = MAX_RULES_PER_LIST as u32;
+    let mut quota = MAX_RULES_PER_LIST as u32;
+    for i in (0..MAX_RULES_PER_LIST).rev() {
         let entry = list.entries[i];
-        if !entry.matches(packet) {
-            continue;
-        }
-        if entry.kind == RuleKind::Quota as u8 {
-            if quota.is_none() {
-                quota = Some(entry);
+        if (i as u32) < list.len && entry.matches(packet) {
+            if entry.kind == RuleKind::Quota as u8 {
+                quota = i as u32;
+            } else {
+                filter = i as u32;
             }
-        } else if filter.is_none() {
-            filter = Some(entry);
         }
     }
     (filter, quota)
 }
 
 impl RuleList {
+    /// Entry `at`, or [`RuleEntry::NONE`] past the entries in use.
+    #[inline(always)]
+    pub fn entry(&self, at: u32) -> RuleEntry {
+        match self.entries.get(at as usize) {
+            Some(entry) if at < self.len => *entry,
+            _ => RuleEntry::NONE,
+        }
+    }
+
     /// True when rule `rule` is one of the entries.
     #[inline(always)]
     fn holds(&self, rule: u32) -> bool {
@@ -286,56 +314,71 @@ impl RuleList {
     }
 }
 
-/// Visits every quota a packet counts against: each matching quota entry of
-/// the source's list, then of the destination's, a quota that covers both
-/// addresses once (its entries match the same packets). Stops at the first
-/// quota for which `stop` is true, and returns it. Nested quotas (a /64 and
-/// an address in it) and quotas on both ends of a pair are all visited.
+/// Most quotas one packet counts against: every quota entry of both lists.
+pub const MAX_QUOTAS_PER_PACKET: usize = 2 * MAX_RULES_PER_LIST;
+
+/// Hands `each` every quota a packet counts against, by position: the
+/// source list's entries at 0..4, the destination's at 4..8; each matching
+/// quota entry gives its rule, every other position [`NO_RULE`], and so does
+/// a destination quota the source's list holds too (a quota that covers
+/// both addresses counts once; its entries match the same packets). Nested
+/// quotas (a /64 and an address in it) and quotas on both ends of a pair
+/// are all there.
 ///
-/// No state carries from one entry to the next, so that the verifier's
-/// paths through the loops converge.
+/// Every position is handed over, whatever the entries before it held: the
+/// datapath stores each and reads them back, so that no path through one
+/// entry multiplies the verifier's paths through the next.
 #[inline(always)]
+pub fn quota_entries(
+    src: Option<&RuleList>,
+    dst: Option<&RuleList>,
+    packet: &PacketFacts,
+    mut each: impl FnMut(usize, u32),
+) {
+    for (side, list) in [src, dst].into_iter().enumerate() {
+        for i in 0..MAX_RULES_PER_LIST {
+            let entry = list.map_or(RuleEntry::NONE, |l| l.entry(i as u32));
+            let counts = entry.kind == RuleKind::Quota as u8
+                && entry.matches(packet)
+                && !(side == 1 && src.is_some_and(|o: &RuleList| o.holds(entry.rule)));
+            each(
+                side * MAX_RULES_PER_LIST + i,
+                if counts { entry.rule } else { NO_RULE },
+            );
+        }
+    }
+}
+
+/// The quotas of [`quota_entries`] in order, stopping at the first for
+/// which `stop` is true, and returning it.
 pub fn find_quota(
     src: Option<&RuleList>,
     dst: Option<&RuleList>,
     packet: &PacketFacts,
     mut stop: impl FnMut(u32) -> bool,
 ) -> Option<u32> {
-    for (list, other) in [(src, None), (dst, src)] {
-        let Some(list) = list else {
-            continue;
-        };
-        for i in 0..MAX_RULES_PER_LIST {
-            if i as u32 >= list.len {
-                break;
-            }
-            let entry = list.entries[i];
-            if entry.kind != RuleKind::Quota as u8 || !entry.matches(packet) {
-                continue;
-            }
-            if other.is_some_and(|o: &RuleList| o.holds(entry.rule)) {
-                continue;
-            }
-            if stop(entry.rule) {
-                return Some(entry.rule);
-            }
-        }
-    }
-    None
+    let mut ids = [NO_RULE; MAX_QUOTAS_PER_PACKET];
+    quota_entries(src, dst, packet, |at, id| ids[at] = id);
+    ids.into_iter().find(|&id| id != NO_RULE && stop(id))
 }
 
-/// More specific first; between equals, a block beats an allow and a lower rule id wins.
+/// More specific first; between equals, a block beats an allow and a lower
+/// rule id wins. [`RuleEntry::NONE`] loses to any entry.
 #[inline(always)]
-fn stronger(a: Option<RuleEntry>, b: Option<RuleEntry>) -> Option<RuleEntry> {
-    match (a, b) {
-        (Some(a), Some(b)) => {
-            let a_first = a.prefix_len > b.prefix_len
-                || (a.prefix_len == b.prefix_len
-                    && (a.kind < b.kind || (a.kind == b.kind && a.rule <= b.rule)));
-            Some(if a_first { a } else { b })
-        }
-        (a, None) => a,
-        (None, b) => b,
+fn stronger(a: RuleEntry, b: RuleEntry) -> RuleEntry {
+    if a.is_none() {
+        return b;
+    }
+    if b.is_none() {
+        return a;
+    }
+    let a_first = a.prefix_len > b.prefix_len
+        || (a.prefix_len == b.prefix_len
+            && (a.kind < b.kind || (a.kind == b.kind && a.rule <= b.rule)));
+    if a_first {
+        a
+    } else {
+        b
     }
 }
 
@@ -346,21 +389,29 @@ fn stronger(a: Option<RuleEntry>, b: Option<RuleEntry>) -> Option<RuleEntry> {
 /// then block over allow); unless that blocks, the stronger quota match applies.
 #[inline(always)]
 pub fn decide(src: Option<&RuleList>, dst: Option<&RuleList>, packet: &PacketFacts) -> Decision {
-    let (src_filter, src_quota) = match src {
-        Some(list) => first_matches(list, packet),
-        None => (None, None),
-    };
-    let (dst_filter, dst_quota) = match dst {
-        Some(list) => first_matches(list, packet),
-        None => (None, None),
-    };
+    let none = MAX_RULES_PER_LIST as u32;
+    let at = |list: Option<&RuleList>| list.map_or((none, none), |l| first_matches(l, packet));
+    decide_at(src, at(src), dst, at(dst))
+}
+
+/// [`decide`], from where [`first_matches`] found each list's matches.
+#[inline(always)]
+pub fn decide_at(
+    src: Option<&RuleList>,
+    (src_filter, src_quota): (u32, u32),
+    dst: Option<&RuleList>,
+    (dst_filter, dst_quota): (u32, u32),
+) -> Decision {
+    let entry = |list: Option<&RuleList>, at: u32| list.map_or(RuleEntry::NONE, |l| l.entry(at));
     let mut decision = Decision::PASS;
-    if let Some(filter) = stronger(src_filter, dst_filter) {
+    let filter = stronger(entry(src, src_filter), entry(dst, dst_filter));
+    if !filter.is_none() {
         decision.filter = filter.rule;
         decision.action = filter.kind;
     }
     if decision.action != RuleKind::Block as u8 {
-        if let Some(quota) = stronger(src_quota, dst_quota) {
+        let quota = stronger(entry(src, src_quota), entry(dst, dst_quota));
+        if !quota.is_none() {
             decision.quota = quota.rule;
         }
     }
@@ -378,6 +429,8 @@ mod pod {
 
 #[cfg(test)]
 mod tests {
+    extern crate std;
+
     use super::*;
 
     fn entry(rule: u32, kind: RuleKind, prefix_len: u8) -> RuleEntry {
@@ -520,5 +573,146 @@ mod tests {
             id == 5
         });
         assert_eq!((found, visited), (Some(5), 2));
+    }
+
+    /// The decision and quotas as first written: the first match of each
+    /// list taken as found, walking forward, and a destination quota
+    /// skipped when the source's list holds its rule. The datapath's walks
+    /// are ordered for the verifier; what they decide must not change.
+    mod as_first_written {
+        use super::super::*;
+        extern crate std;
+        use std::vec::Vec;
+
+        fn first_matches(
+            list: &RuleList,
+            packet: &PacketFacts,
+        ) -> (Option<RuleEntry>, Option<RuleEntry>) {
+            let (mut filter, mut quota) = (None, None);
+            for entry in &list.entries[..list.len as usize] {
+                if !entry.matches(packet) {
+                    continue;
+                }
+                if entry.kind == RuleKind::Quota as u8 {
+                    quota = quota.or(Some(*entry));
+                } else {
+                    filter = filter.or(Some(*entry));
+                }
+            }
+            (filter, quota)
+        }
+
+        fn stronger(a: Option<RuleEntry>, b: Option<RuleEntry>) -> Option<RuleEntry> {
+            match (a, b) {
+                (Some(a), Some(b)) => {
+                    let a_first = a.prefix_len > b.prefix_len
+                        || (a.prefix_len == b.prefix_len
+                            && (a.kind < b.kind || (a.kind == b.kind && a.rule <= b.rule)));
+                    Some(if a_first { a } else { b })
+                }
+                (a, None) => a,
+                (None, b) => b,
+            }
+        }
+
+        pub fn decide(src: Option<&RuleList>, dst: Option<&RuleList>, p: &PacketFacts) -> Decision {
+            let (sf, sq) = src.map_or((None, None), |l| first_matches(l, p));
+            let (df, dq) = dst.map_or((None, None), |l| first_matches(l, p));
+            let mut decision = Decision::PASS;
+            if let Some(filter) = stronger(sf, df) {
+                decision.filter = filter.rule;
+                decision.action = filter.kind;
+            }
+            if !decision.blocks() {
+                if let Some(quota) = stronger(sq, dq) {
+                    decision.quota = quota.rule;
+                }
+            }
+            decision
+        }
+
+        pub fn quotas(src: Option<&RuleList>, dst: Option<&RuleList>, p: &PacketFacts) -> Vec<u32> {
+            let mut out = Vec::new();
+            for (list, other) in [(src, None), (dst, src)] {
+                let Some(list) = list else { continue };
+                for entry in &list.entries[..list.len as usize] {
+                    let held = other.is_some_and(|o: &RuleList| {
+                        o.entries[..o.len as usize]
+                            .iter()
+                            .any(|e| e.rule == entry.rule)
+                    });
+                    if entry.kind == RuleKind::Quota as u8 && entry.matches(p) && !held {
+                        out.push(entry.rule);
+                    }
+                }
+            }
+            out
+        }
+    }
+
+    #[test]
+    fn decisions_and_quotas_are_those_first_written_for_random_lists_and_packets() {
+        use std::vec::Vec;
+        // xorshift64: deterministic, no dependency.
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = |below: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % below
+        };
+        let kinds = [RuleKind::Block, RuleKind::Allow, RuleKind::Quota];
+        // Rule ids: a few, so that both lists often share one, and one past
+        // MAX_RULES (no counters, no quota state).
+        let ids = [0, 1, 2, 3, 4, MAX_RULES + 7];
+        for _ in 0..200_000 {
+            // Each rule drawn anew: its entries match alike, as compile
+            // writes them, with any kind, protocol, directions and port.
+            let rules: Vec<RuleEntry> = ids
+                .iter()
+                .map(|&rule| RuleEntry {
+                    rule,
+                    kind: kinds[next(3) as usize] as u8,
+                    prefix_len: 0,
+                    proto: [0, 6, 17][next(3) as usize],
+                    directions: 1 + next(3) as u8,
+                    port: [0, 443, 53][next(3) as usize],
+                    port_side: next(3) as u8,
+                    _pad: [0; 5],
+                })
+                .collect();
+            let mut random_list = || {
+                let len = next(MAX_RULES_PER_LIST as u64 + 1) as usize;
+                let mut entries: Vec<RuleEntry> = (0..len)
+                    .map(|_| RuleEntry {
+                        // Equal lengths too: then kind and id decide.
+                        prefix_len: next(3) as u8 * 8,
+                        ..rules[next(ids.len() as u64) as usize]
+                    })
+                    .collect();
+                // Most specific first, as compile orders them.
+                entries.sort_by_key(|e| core::cmp::Reverse(e.prefix_len));
+                (next(4) != 0).then(|| list(&entries))
+            };
+            let (src, dst) = (random_list(), random_list());
+            let packet = PacketFacts {
+                proto: [6, 17, 1][next(3) as usize],
+                src_port: [443, 53, 40000][next(3) as usize],
+                dst_port: [443, 53, 40000][next(3) as usize],
+                direction: Direction::ALL[next(2) as usize],
+            };
+            let (src, dst) = (src.as_ref(), dst.as_ref());
+            assert_eq!(
+                decide(src, dst, &packet),
+                as_first_written::decide(src, dst, &packet),
+                "{src:?} {dst:?} {packet:?}"
+            );
+            let mut quotas = Vec::new();
+            find_quota(src, dst, &packet, |id| {
+                quotas.push(id);
+                false
+            });
+            assert_eq!(quotas, as_first_written::quotas(src, dst, &packet));
+        }
     }
 }

@@ -8,8 +8,8 @@ use netmon_common::{
     dns::{DnsStats, OwnLookup, DNS_RING_BYTES},
     maps::{cache_sets, CachedSlot, SlotKey, CACHE_WAYS, DEFAULT_MAX_PAIRS},
     policy::{
-        PolicyState, QuotaSet, QuotaState, RuleList, MAX_FORWARDERS, MAX_PREFIXES, MAX_RULES,
-        MAX_RULE_LISTS,
+        PolicyState, QuotaSet, QuotaState, RuleList, MAX_FORWARDERS, MAX_PREFIXES,
+        MAX_QUOTAS_PER_PACKET, MAX_RULES, MAX_RULE_LISTS,
     },
     service::SERVICE_COUNTERS,
     Counter, HookTotals, PairKey, PairKeyV4, PairStats,
@@ -60,6 +60,14 @@ pub static SLOT_EPOCH: Array<u32> = Array::with_max_entries(1, 0);
 /// pairs it retires; the datapath claims one per new pair.
 #[map(name = "FREE_SLOTS")]
 pub static FREE_SLOTS: Queue<u32> = Queue::with_max_entries(DEFAULT_MAX_PAIRS, 0);
+
+/// Words the policy's walks store and read back (see `record::Kept`): each
+/// list's first matches at 0..4, the quotas a packet counts against at 4..12.
+#[map(name = "KEPT")]
+pub static KEPT: PerCpuArray<[u32; KEPT_WORDS]> = PerCpuArray::with_max_entries(1, 0);
+
+/// Words of [`KEPT`].
+pub const KEPT_WORDS: usize = 4 + MAX_QUOTAS_PER_PACKET;
 
 /// Interface totals, one entry per `Direction`, as counters user space adds up.
 #[map(name = "TOTALS")]

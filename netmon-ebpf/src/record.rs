@@ -13,15 +13,16 @@ use netmon_common::{
     classify::{PROTO_TCP, PROTO_UDP},
     maps::{is_v4_mapped, lane_index, CacheProbe, CachedSlot, CACHE_WAYS},
     policy::{
-        decide, find_quota, rule_stats_index, Decision, FlowPolicy, PacketFacts, RuleKind,
-        RuleList, NO_LIST, NO_RULE,
+        decide_at, first_matches, quota_entries, rule_stats_index, Decision, FlowPolicy,
+        PacketFacts, RuleKind, RuleList, MAX_QUOTAS_PER_PACKET, MAX_RULES_PER_LIST, NO_LIST,
+        NO_RULE,
     },
     service, Classified, Direction, IpHeader, PairKey, PairKeyV4, PairStats, L3, L4,
 };
 
 use crate::maps::{
-    CHARGED_AT, FLOWS_V4, FLOWS_V6, FREE_SLOTS, LANES, POLICY, PREFIXES_V4, PREFIXES_V6, QUOTAS,
-    RULE_LISTS, RULE_STATS, SERVICES, SLOT_CACHE, SLOT_EPOCH, SLOT_KEYS, TOTALS,
+    CHARGED_AT, FLOWS_V4, FLOWS_V6, FREE_SLOTS, KEPT, LANES, POLICY, PREFIXES_V4, PREFIXES_V6,
+    QUOTAS, RULE_LISTS, RULE_STATS, SERVICES, SLOT_CACHE, SLOT_EPOCH, SLOT_KEYS, TOTALS,
 };
 
 /// Pair-table granularity, set by user space at load time (`--granularity`).
@@ -334,7 +335,9 @@ fn decision(
         _ => (list_of(&ip.src), list_of(&ip.dst)),
     };
     let (src, dst) = (list(src_list), list(dst_list));
-    let decision = decide(src, dst, packet);
+    let Some(decision) = decide_through_memory(src, dst, packet) else {
+        return (Decision::PASS, (src_list, dst_list));
+    };
     if let Some(stats) = stats {
         let port_free = |l: Option<&RuleList>| l.is_none_or(|l| l.port_free == 1);
         stats.policy = FlowPolicy {
@@ -347,6 +350,61 @@ fn decision(
         };
     }
     (decision, (src_list, dst_list))
+}
+
+/// [`netmon_common::policy::decide`], each list's first matches kept in
+/// memory between the walks (see [`Kept`]).
+#[inline(always)]
+fn decide_through_memory(
+    src: Option<&RuleList>,
+    dst: Option<&RuleList>,
+    packet: &PacketFacts,
+) -> Option<Decision> {
+    let kept = Kept::here()?;
+    let none = MAX_RULES_PER_LIST as u32;
+    for (at, list) in [src, dst].into_iter().enumerate() {
+        let (filter, quota) = list.map_or((none, none), |l| first_matches(l, packet));
+        kept.put(2 * at, filter);
+        kept.put(2 * at + 1, quota);
+    }
+    Some(decide_at(
+        src,
+        (kept.get(0), kept.get(1)),
+        dst,
+        (kept.get(2), kept.get(3)),
+    ))
+}
+
+/// Where the quotas of a packet are kept in [`Kept`].
+const KEPT_QUOTAS: usize = 4;
+
+/// This CPU's words of [`KEPT`]. What a walk over rule entries found is
+/// stored there and read back: the verifier does not follow values through
+/// a map's memory, so the paths of one walk converge before the next,
+/// instead of each walking it again (that product was most of the
+/// programs' verification: docs/design-notes.md). As the per-CPU counters
+/// do, this assumes that no other netmon program runs on this CPU in
+/// between, which holds unless the kernel is PREEMPT_RT (netmon warns).
+struct Kept(*mut u32);
+
+impl Kept {
+    #[inline(always)]
+    fn here() -> Option<Kept> {
+        KEPT.get_ptr_mut(0).map(|words| Kept(words.cast()))
+    }
+
+    #[inline(always)]
+    fn put(&self, at: usize, value: u32) {
+        // SAFETY: `at` < KEPT_WORDS (constant at every call); this CPU's
+        // value, which nothing else touches while we run.
+        unsafe { core::ptr::write_volatile(self.0.add(at), value) }
+    }
+
+    #[inline(always)]
+    fn get(&self, at: usize) -> u32 {
+        // SAFETY: as in `put`.
+        unsafe { core::ptr::read_volatile(self.0.add(at)) }
+    }
 }
 
 /// The rule list of an address, from the LPM tries.
@@ -395,30 +453,42 @@ fn enforce(
             index => unsafe { CHARGED_AT.get(index) },
         };
         let ours = |id: u32| charged.is_none_or(|set| !set.contains(id));
-        // Check all, then charge all: concurrent CPUs can each pass one
-        // packet past a limit, and no more.
-        let spent = find_quota(src, dst, packet, |id| {
-            ours(id)
-                && QUOTAS.get(id).is_some_and(|quota| {
-                    // SAFETY: a live array element shared by all CPUs; `used` is
-                    // only changed atomically, `limit` only by user space.
-                    unsafe { core::ptr::read_volatile(&quota.used) >= quota.limit }
-                })
-        });
-        if let Some(id) = spent {
-            count_rule(id, direction, frames, bytes);
-            return Verdict::Drop;
-        }
-        find_quota(src, dst, packet, |id| {
-            if let Some(quota) = QUOTAS.get_ptr_mut(id).filter(|_| ours(id)) {
-                // SAFETY: as above. The BPF target has no
-                // `AtomicU64::fetch_add`; this is BPF_ATOMIC add.
-                unsafe {
-                    atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&mut (*quota).used, bytes)
-                };
+        // Always there (one per-CPU entry); without it no quota is charged.
+        if let Some(kept) = Kept::here() {
+            quota_entries(src, dst, packet, |at, id| kept.put(KEPT_QUOTAS + at, id));
+            // Check all, then charge all: concurrent CPUs can each pass one
+            // packet past a limit, and no more.
+            for at in 0..MAX_QUOTAS_PER_PACKET {
+                let id = kept.get(KEPT_QUOTAS + at);
+                let spent = id != NO_RULE
+                    && ours(id)
+                    && QUOTAS.get(id).is_some_and(|quota| {
+                        // SAFETY: a live array element shared by all CPUs; `used` is
+                        // only changed atomically, `limit` only by user space.
+                        unsafe { core::ptr::read_volatile(&quota.used) >= quota.limit }
+                    });
+                if spent {
+                    count_rule(id, direction, frames, bytes);
+                    return Verdict::Drop;
+                }
             }
-            false
-        });
+            for at in 0..MAX_QUOTAS_PER_PACKET {
+                let id = kept.get(KEPT_QUOTAS + at);
+                if id == NO_RULE || !ours(id) {
+                    continue;
+                }
+                if let Some(quota) = QUOTAS.get_ptr_mut(id) {
+                    // SAFETY: as above. The BPF target has no
+                    // `AtomicU64::fetch_add`; this is BPF_ATOMIC add.
+                    unsafe {
+                        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
+                            &mut (*quota).used,
+                            bytes,
+                        )
+                    };
+                }
+            }
+        }
     }
     if decision.action == RuleKind::Allow as u8 {
         count_rule(decision.filter, direction, frames, bytes);

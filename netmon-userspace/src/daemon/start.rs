@@ -297,6 +297,14 @@ fn left_elsewhere(
 /// fails, detaches them again.
 pub async fn run(config: Config) -> Result<(), StartError> {
     crate::privileges::check()?;
+    if crate::datapath::sys::realtime_kernel() {
+        log::warn!(
+            "this kernel is PREEMPT_RT (/sys/kernel/realtime is 1): netmon's programs can \
+             interrupt one another on a CPU there, so a per-CPU count can miss a frame and a \
+             rule decision can take another packet's matches; for exact counts and \
+             enforcement, run netmon on a kernel without PREEMPT_RT"
+        );
+    }
     // Handlers first: a stop requested during start-up is then a clean stop after it.
     let handler = |kind, which| signal(kind).map_err(|cause| StartError::Signal { which, cause });
     let mut sigterm = handler(SignalKind::terminate(), "SIGTERM")?;

@@ -543,3 +543,31 @@ pub fn netns_id() -> std::io::Result<String> {
     let inode = std::fs::metadata("/proc/thread-self/ns/net")?.ino();
     Ok(format!("netns-ino-{inode}"))
 }
+
+/// True on a PREEMPT_RT kernel (`/sys/kernel/realtime` holds 1). There a
+/// softirq can be preempted, so two of netmon's programs can run
+/// interleaved on one CPU, which their per-CPU counters and the words the
+/// policy's walks keep per CPU assume never happens.
+pub fn realtime_kernel() -> bool {
+    realtime_in(std::path::Path::new("/sys/kernel/realtime"))
+}
+
+fn realtime_in(path: &std::path::Path) -> bool {
+    std::fs::read_to_string(path).is_ok_and(|s| s.trim() == "1")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::realtime_in;
+
+    #[test]
+    fn a_kernel_is_realtime_only_when_its_sysfs_file_says_1() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("realtime");
+        assert!(!realtime_in(&file), "absent: not PREEMPT_RT");
+        std::fs::write(&file, "1\n").unwrap();
+        assert!(realtime_in(&file));
+        std::fs::write(&file, "0\n").unwrap();
+        assert!(!realtime_in(&file));
+    }
+}
