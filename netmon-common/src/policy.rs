@@ -41,6 +41,9 @@ pub const MAX_RULES: u32 = 4_096;
 pub const MAX_PREFIXES: u32 = 1 << 20;
 /// "No list": the address matched no prefix.
 pub const NO_LIST: u32 = u32::MAX;
+/// The entry of [`RULE_LISTS_MAP`] user space never writes: the empty list,
+/// which the datapath reads for [`NO_LIST`].
+pub const EMPTY_LIST: u32 = MAX_RULE_LISTS - 1;
 /// "No rule".
 pub const NO_RULE: u32 = u32::MAX;
 

@@ -62,12 +62,13 @@ pub static SLOT_EPOCH: Array<u32> = Array::with_max_entries(1, 0);
 pub static FREE_SLOTS: Queue<u32> = Queue::with_max_entries(DEFAULT_MAX_PAIRS, 0);
 
 /// Words the policy's walks store and read back (see `record::Kept`): each
-/// list's first matches at 0..4, the quotas a packet counts against at 4..12.
+/// list's first matches at 0..4, the decision at 4..7, the quotas a packet
+/// counts against at 7..15.
 #[map(name = "KEPT")]
 pub static KEPT: PerCpuArray<[u32; KEPT_WORDS]> = PerCpuArray::with_max_entries(1, 0);
 
 /// Words of [`KEPT`].
-pub const KEPT_WORDS: usize = 4 + MAX_QUOTAS_PER_PACKET;
+pub const KEPT_WORDS: usize = 7 + MAX_QUOTAS_PER_PACKET;
 
 /// Interface totals, one entry per `Direction`, as counters user space adds up.
 #[map(name = "TOTALS")]

@@ -14,8 +14,7 @@ use netmon_common::{
     maps::{is_v4_mapped, lane_index, CacheProbe, CachedSlot, CACHE_WAYS},
     policy::{
         decide_at, first_matches, quota_entries, rule_stats_index, Decision, FlowPolicy,
-        PacketFacts, RuleKind, RuleList, MAX_QUOTAS_PER_PACKET, MAX_RULES_PER_LIST, NO_LIST,
-        NO_RULE,
+        PacketFacts, RuleKind, RuleList, EMPTY_LIST, MAX_QUOTAS_PER_PACKET, NO_LIST, NO_RULE,
     },
     service, Classified, Direction, IpHeader, PairKey, PairKeyV4, PairStats, L3, L4,
 };
@@ -334,12 +333,14 @@ fn decision(
         }
         _ => (list_of(&ip.src), list_of(&ip.dst)),
     };
-    let (src, dst) = (list(src_list), list(dst_list));
+    let (Some(src), Some(dst)) = (list(src_list), list(dst_list)) else {
+        return (Decision::PASS, (src_list, dst_list));
+    };
     let Some(decision) = decide_through_memory(src, dst, packet) else {
         return (Decision::PASS, (src_list, dst_list));
     };
     if let Some(stats) = stats {
-        let port_free = |l: Option<&RuleList>| l.is_none_or(|l| l.port_free == 1);
+        let port_free = |l: &RuleList| l.len == 0 || l.port_free == 1;
         stats.policy = FlowPolicy {
             generation,
             src_list,
@@ -355,28 +356,34 @@ fn decision(
 /// [`netmon_common::policy::decide`], each list's first matches kept in
 /// memory between the walks (see [`Kept`]).
 #[inline(always)]
-fn decide_through_memory(
-    src: Option<&RuleList>,
-    dst: Option<&RuleList>,
-    packet: &PacketFacts,
-) -> Option<Decision> {
+fn decide_through_memory(src: &RuleList, dst: &RuleList, packet: &PacketFacts) -> Option<Decision> {
     let kept = Kept::here()?;
-    let none = MAX_RULES_PER_LIST as u32;
     for (at, list) in [src, dst].into_iter().enumerate() {
-        let (filter, quota) = list.map_or((none, none), |l| first_matches(l, packet));
+        let (filter, quota) = first_matches(list, packet);
         kept.put(2 * at, filter);
         kept.put(2 * at + 1, quota);
     }
-    Some(decide_at(
-        src,
+    let decision = decide_at(
+        Some(src),
         (kept.get(0), kept.get(1)),
-        dst,
+        Some(dst),
         (kept.get(2), kept.get(3)),
-    ))
+    );
+    // The decision too: what follows it is then walked once, however the
+    // packet was decided.
+    kept.put(4, decision.filter);
+    kept.put(5, decision.quota);
+    kept.put(6, decision.action as u32);
+    Some(Decision {
+        filter: kept.get(4),
+        quota: kept.get(5),
+        action: kept.get(6) as u8,
+        _pad: [0; 3],
+    })
 }
 
 /// Where the quotas of a packet are kept in [`Kept`].
-const KEPT_QUOTAS: usize = 4;
+const KEPT_QUOTAS: usize = 7;
 
 /// This CPU's words of [`KEPT`]. What a walk over rule entries found is
 /// stored there and read back: the verifier does not follow values through
@@ -418,12 +425,12 @@ fn list_of(addr: &[u8; 16]) -> u32 {
     found.copied().unwrap_or(NO_LIST)
 }
 
+/// Rule list `index`; for [`NO_LIST`], the empty list user space never
+/// writes, so that a decision always has two lists (one path for the
+/// verifier, not one per list missing).
 #[inline(always)]
 fn list(index: u32) -> Option<&'static RuleList> {
-    if index == NO_LIST {
-        return None;
-    }
-    RULE_LISTS.get(index)
+    RULE_LISTS.get(if index == NO_LIST { EMPTY_LIST } else { index })
 }
 
 /// Applies a decision: block rules and spent quotas drop; every quota the
@@ -445,7 +452,6 @@ fn enforce(
     }
     // `quota` names the most specific one; the lists hold them all.
     if decision.quota != NO_RULE {
-        let (src, dst) = (list(src_list), list(dst_list));
         // SAFETY: a set user space writes whole; a torn read can only miss or
         // repeat one frame's charge while a policy change is written.
         let charged = match arrived_on {
@@ -453,9 +459,11 @@ fn enforce(
             index => unsafe { CHARGED_AT.get(index) },
         };
         let ours = |id: u32| charged.is_none_or(|set| !set.contains(id));
-        // Always there (one per-CPU entry); without it no quota is charged.
-        if let Some(kept) = Kept::here() {
-            quota_entries(src, dst, packet, |at, id| kept.put(KEPT_QUOTAS + at, id));
+        // Always there; without them no quota is charged.
+        if let (Some(src), Some(dst), Some(kept)) = (list(src_list), list(dst_list), Kept::here()) {
+            quota_entries(Some(src), Some(dst), packet, |at, id| {
+                kept.put(KEPT_QUOTAS + at, id)
+            });
             // Check all, then charge all: concurrent CPUs can each pass one
             // packet past a limit, and no more.
             for at in 0..MAX_QUOTAS_PER_PACKET {

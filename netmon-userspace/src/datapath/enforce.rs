@@ -13,9 +13,8 @@ use aya::{
 };
 use netmon_common::{
     policy::{
-        rule_stats_index, PolicyState, QuotaSet, QuotaState, RuleList, CHARGED_AT_MAP,
-        MAX_RULE_LISTS, POLICY_MAP, PREFIXES_V4_MAP, PREFIXES_V6_MAP, QUOTAS_MAP, RULE_LISTS_MAP,
-        RULE_STATS_MAP,
+        rule_stats_index, PolicyState, QuotaSet, QuotaState, RuleList, CHARGED_AT_MAP, EMPTY_LIST,
+        POLICY_MAP, PREFIXES_V4_MAP, PREFIXES_V6_MAP, QUOTAS_MAP, RULE_LISTS_MAP, RULE_STATS_MAP,
     },
     Counter, Direction,
 };
@@ -111,8 +110,12 @@ impl Enforcement {
     /// that flows drop their cached decisions.
     pub fn apply(&mut self, ebpf: &mut Ebpf, tables: &Tables) -> Result<Applied, DatapathError> {
         let mut applied = Applied::default();
+        // The empty list the datapath reads for NO_LIST is never written; one
+        // an earlier netmon wrote there gets another id below.
+        let reclaimed = self.lists.values().any(|&id| id == EMPTY_LIST);
+        self.lists.retain(|_, id| *id != EMPTY_LIST);
         let mut in_use: HashSet<u32> = self.lists.values().copied().collect();
-        let mut free = (0..MAX_RULE_LISTS)
+        let mut free = (0..EMPTY_LIST)
             .filter(|id| !in_use.contains(id))
             .collect::<Vec<_>>()
             .into_iter();
@@ -186,6 +189,15 @@ impl Enforcement {
                 .map_err(map_error(PREFIXES_V4_MAP))?;
                 applied.prefixes_removed += 1;
             }
+        }
+        if reclaimed {
+            // No prefix points at it any more: empty it again.
+            let mut lists: Array<&mut MapData, RuleList> =
+                Array::try_from(map_mut(ebpf, RULE_LISTS_MAP)?)
+                    .map_err(map_error(RULE_LISTS_MAP))?;
+            lists
+                .set(EMPTY_LIST, RuleList::default(), 0)
+                .map_err(map_error(RULE_LISTS_MAP))?;
         }
         // 0 tells the datapath there is no policy at all; otherwise never reuse a value.
         let generation = if tables.is_empty() {

@@ -1,7 +1,7 @@
 use std::path::PathBuf;
 
 use aya::{programs::ProgramError, EbpfError};
-use netmon_common::policy::MAX_RULE_LISTS;
+use netmon_common::policy::EMPTY_LIST;
 
 /// Why loading, attaching or reading the datapath failed. Each message names the fix.
 #[derive(Debug, thiserror::Error)]
@@ -153,7 +153,7 @@ pub enum DatapathError {
     #[error("the pair table is full")]
     TableFull,
     /// The policy compiles into more rule lists than the datapath holds.
-    #[error("the policy needs more than {MAX_RULE_LISTS} distinct rule lists")]
+    #[error("the policy needs more than {EMPTY_LIST} distinct rule lists")]
     TooManyRuleLists,
     /// A pair table's size times the CPUs overflows one map's size.
     #[error(
