@@ -5,7 +5,9 @@
 //! LPM tries, the rules that apply to addresses under it, its own first, then
 //! those inherited from shorter covering prefixes, most specific first. The
 //! datapath looks up the source's and the destination's list (or takes them
-//! from the flow's cache) and calls [`decide`].
+//! from the flow's cache) and decides as [`decide`] does ([`first_matches`]
+//! on each list, then [`decide_at`]); the quotas a packet counts against are
+//! those of [`quota_entries`].
 
 use crate::Direction;
 
@@ -233,7 +235,7 @@ pub struct Decision {
     /// Block or allow rule that decided, or [`NO_RULE`] (0 before any decision).
     pub filter: u32,
     /// The most specific quota the packet counts against, or [`NO_RULE`]
-    /// when none does; [`find_quota`] visits them all.
+    /// when none does; [`quota_entries`] gives them all.
     pub quota: u32,
     /// [`RuleKind::Block`] or [`RuleKind::Allow`] as `u8`, or 0 when no filter matched.
     pub action: u8,

@@ -333,6 +333,7 @@ fn decision(
         }
         _ => (list_of(&ip.src), list_of(&ip.dst)),
     };
+    // Neither lookup fails: every index is below MAX_RULE_LISTS.
     let (Some(src), Some(dst)) = (list(src_list), list(dst_list)) else {
         return (Decision::PASS, (src_list, dst_list));
     };
@@ -402,7 +403,8 @@ impl Kept {
 
     #[inline(always)]
     fn put(&self, at: usize, value: u32) {
-        // SAFETY: `at` < KEPT_WORDS (constant at every call); this CPU's
+        // SAFETY: `at` < KEPT_WORDS: every caller's position is a constant
+        // or a loop index below it (the verifier checks each); this CPU's
         // value, which nothing else touches while we run.
         unsafe { core::ptr::write_volatile(self.0.add(at), value) }
     }

@@ -336,42 +336,50 @@ fn a_policy_change_invalidates_cached_decisions() {
 }
 
 /// The datapath reads the last rule list for an address under no prefix; a
-/// netmon that predates that could have written a list there. Adopted, it
-/// is moved, its prefix re-pointed, and the entry emptied at the first
-/// update.
+/// netmon that predates that could have written a list there. Pinned maps
+/// are cleared of it before programs are attached: a prefix that points
+/// there is pointed at a copy, and the entry emptied.
 #[test]
 fn a_list_an_earlier_netmon_wrote_where_the_empty_list_is_is_moved() {
     use aya::maps::{lpm_trie::Key, Array, LpmTrie};
     use netmon_common::policy::{RuleList, EMPTY_LIST, PREFIXES_V4_MAP, RULE_LISTS_MAP};
 
-    let mut ebpf = load();
-    let policy = [(0, RuleKind::Block, cidr_match("10.200.1.0/24"))];
-    enforce(&mut ebpf, &mut Enforcement::default(), &policy);
-    // As an earlier netmon could have left it: the block list at the last
-    // entry, the prefix pointing there.
-    let mut lists: Array<_, RuleList> =
-        Array::try_from(ebpf.map_mut(RULE_LISTS_MAP).unwrap()).unwrap();
-    let block = lists.get(&0, 0).unwrap();
-    lists.set(EMPTY_LIST, block, 0).unwrap();
-    let mut prefixes: LpmTrie<_, [u8; 4], u32> =
-        LpmTrie::try_from(ebpf.map_mut(PREFIXES_V4_MAP).unwrap()).unwrap();
-    prefixes
-        .insert(&Key::new(24, [10, 200, 1, 0]), EMPTY_LIST, 0)
-        .unwrap();
-    let mut adopted = Enforcement::adopt(&ebpf).unwrap();
     let blocked = udp4(V4_SRC, Ipv4Addr::new(10, 200, 1, 5), 4000, 53, 100);
     let other = |port| udp4(V4_SRC, Ipv4Addr::new(10, 200, 2, 2), port, 53, 100);
-    assert_eq!(
-        tc(&mut ebpf, &other(4000), None),
-        TC_SHOT,
-        "before the update, what is under no prefix reads that list"
-    );
-    enforce(&mut ebpf, &mut adopted, &policy);
-    assert_eq!(tc(&mut ebpf, &other(4001), None), TC_NEXT, "no prefix");
-    assert_eq!(tc(&mut ebpf, &blocked, None), TC_SHOT, "still blocked");
-    let lists: Array<_, RuleList> = Array::try_from(ebpf.map(RULE_LISTS_MAP).unwrap()).unwrap();
-    assert_eq!(lists.get(&EMPTY_LIST, 0).unwrap(), RuleList::default());
-    reset(&mut ebpf);
+    for pointed in [true, false] {
+        let mut ebpf = load();
+        let policy = [(0, RuleKind::Block, cidr_match("10.200.1.0/24"))];
+        enforce(&mut ebpf, &mut Enforcement::default(), &policy);
+        // As an earlier netmon could have left it: the block list at the
+        // last entry (its only copy), the prefix pointing there or not.
+        let mut lists: Array<_, RuleList> =
+            Array::try_from(ebpf.map_mut(RULE_LISTS_MAP).unwrap()).unwrap();
+        let block = lists.get(&0, 0).unwrap();
+        lists.set(EMPTY_LIST, block, 0).unwrap();
+        if pointed {
+            lists.set(0, RuleList::default(), 0).unwrap();
+            let mut prefixes: LpmTrie<_, [u8; 4], u32> =
+                LpmTrie::try_from(ebpf.map_mut(PREFIXES_V4_MAP).unwrap()).unwrap();
+            prefixes
+                .insert(&Key::new(24, [10, 200, 1, 0]), EMPTY_LIST, 0)
+                .unwrap();
+        }
+        assert_eq!(
+            tc(&mut ebpf, &other(4000), None),
+            TC_SHOT,
+            "left as it was, what is under no prefix reads that list"
+        );
+        enforce::free_empty_list(&mut ebpf).unwrap();
+        assert_eq!(tc(&mut ebpf, &blocked, None), TC_SHOT, "blocked by the copy");
+        let lists: Array<_, RuleList> = Array::try_from(ebpf.map(RULE_LISTS_MAP).unwrap()).unwrap();
+        assert_eq!(lists.get(&EMPTY_LIST, 0).unwrap(), RuleList::default());
+        // A new generation, as the daemon's first update makes.
+        let mut adopted = Enforcement::adopt(&ebpf).unwrap();
+        enforce(&mut ebpf, &mut adopted, &policy);
+        assert_eq!(tc(&mut ebpf, &other(4001), None), TC_NEXT, "no prefix");
+        assert_eq!(tc(&mut ebpf, &blocked, None), TC_SHOT, "still blocked");
+        reset(&mut ebpf);
+    }
 }
 
 // Through the real binary and its CLI, on a veth pair.

@@ -110,10 +110,8 @@ impl Enforcement {
     /// that flows drop their cached decisions.
     pub fn apply(&mut self, ebpf: &mut Ebpf, tables: &Tables) -> Result<Applied, DatapathError> {
         let mut applied = Applied::default();
-        // The empty list the datapath reads for NO_LIST is never written; one
-        // an earlier netmon wrote there gets another id below.
-        let reclaimed = self.lists.values().any(|&id| id == EMPTY_LIST);
-        self.lists.retain(|_, id| *id != EMPTY_LIST);
+        // The empty list the datapath reads for NO_LIST is never written
+        // (see `free_empty_list`).
         let mut in_use: HashSet<u32> = self.lists.values().copied().collect();
         let mut free = (0..EMPTY_LIST)
             .filter(|id| !in_use.contains(id))
@@ -190,15 +188,6 @@ impl Enforcement {
                 applied.prefixes_removed += 1;
             }
         }
-        if reclaimed {
-            // No prefix points at it any more: empty it again.
-            let mut lists: Array<&mut MapData, RuleList> =
-                Array::try_from(map_mut(ebpf, RULE_LISTS_MAP)?)
-                    .map_err(map_error(RULE_LISTS_MAP))?;
-            lists
-                .set(EMPTY_LIST, RuleList::default(), 0)
-                .map_err(map_error(RULE_LISTS_MAP))?;
-        }
         // 0 tells the datapath there is no policy at all; otherwise never reuse a value.
         let generation = if tables.is_empty() {
             0
@@ -223,6 +212,67 @@ impl Enforcement {
         self.prefixes = wanted;
         Ok(applied)
     }
+}
+
+/// Empties the rule list the datapath reads for an address under no prefix
+/// ([`EMPTY_LIST`]), in maps an earlier netmon pinned: one that predates it
+/// may have written a list there. Run before the programs that read it are
+/// attached. A prefix that points there is pointed at a copy in a free
+/// entry first, so that neither those programs nor the ones still attached
+/// ever decide by a missing list.
+pub fn free_empty_list(ebpf: &mut Ebpf) -> Result<(), DatapathError> {
+    let lists: Array<&MapData, RuleList> = Array::try_from(
+        ebpf.map(RULE_LISTS_MAP)
+            .ok_or(DatapathError::MissingMap(RULE_LISTS_MAP))?,
+    )
+    .map_err(map_error(RULE_LISTS_MAP))?;
+    let stale = lists
+        .get(&EMPTY_LIST, 0)
+        .map_err(map_error(RULE_LISTS_MAP))?;
+    if stale == RuleList::default() {
+        return Ok(());
+    }
+    let pinned = Enforcement::adopt(ebpf)?;
+    let pointing: Vec<Cidr> = pinned
+        .prefixes
+        .iter()
+        .filter(|(_, id)| **id == EMPTY_LIST)
+        .map(|(cidr, _)| *cidr)
+        .collect();
+    if !pointing.is_empty() {
+        let used: HashSet<u32> = pinned.prefixes.values().copied().collect();
+        let copy = (0..EMPTY_LIST)
+            .find(|id| !used.contains(id))
+            .ok_or(DatapathError::TooManyRuleLists)?;
+        let mut lists: Array<&mut MapData, RuleList> =
+            Array::try_from(map_mut(ebpf, RULE_LISTS_MAP)?).map_err(map_error(RULE_LISTS_MAP))?;
+        lists
+            .set(copy, stale, 0)
+            .map_err(map_error(RULE_LISTS_MAP))?;
+        let [v4, v6] = ebpf.maps_disjoint_mut([PREFIXES_V4_MAP, PREFIXES_V6_MAP]);
+        let mut v4: LpmTrie<&mut MapData, [u8; 4], u32> =
+            LpmTrie::try_from(v4.ok_or(DatapathError::MissingMap(PREFIXES_V4_MAP))?)
+                .map_err(map_error(PREFIXES_V4_MAP))?;
+        let mut v6: LpmTrie<&mut MapData, [u8; 16], u32> =
+            LpmTrie::try_from(v6.ok_or(DatapathError::MissingMap(PREFIXES_V6_MAP))?)
+                .map_err(map_error(PREFIXES_V6_MAP))?;
+        for cidr in pointing {
+            let len = cidr.prefix_len() as u32;
+            match cidr.addr() {
+                std::net::IpAddr::V4(a) => v4
+                    .insert(&Key::new(len, a.octets()), copy, 0)
+                    .map_err(map_error(PREFIXES_V4_MAP))?,
+                std::net::IpAddr::V6(a) => v6
+                    .insert(&Key::new(len, a.octets()), copy, 0)
+                    .map_err(map_error(PREFIXES_V6_MAP))?,
+            }
+        }
+    }
+    let mut lists: Array<&mut MapData, RuleList> =
+        Array::try_from(map_mut(ebpf, RULE_LISTS_MAP)?).map_err(map_error(RULE_LISTS_MAP))?;
+    lists
+        .set(EMPTY_LIST, RuleList::default(), 0)
+        .map_err(map_error(RULE_LISTS_MAP))
 }
 
 /// Writes prefixes into a trie: batched (one syscall per 16k prefixes), or one

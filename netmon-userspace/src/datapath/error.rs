@@ -152,8 +152,12 @@ pub enum DatapathError {
     /// No free slot was left in the pair table.
     #[error("the pair table is full")]
     TableFull,
-    /// The policy compiles into more rule lists than the datapath holds.
-    #[error("the policy needs more than {EMPTY_LIST} distinct rule lists")]
+    /// The policy compiles into more rule lists than the datapath holds
+    /// (with those of the policy it replaces, which stay until it is in place).
+    #[error(
+        "the policy needs more distinct rule lists than the {EMPTY_LIST} the datapath holds, \
+         with those of the policy in force (replaced once the new one is in place)"
+    )]
     TooManyRuleLists,
     /// A pair table's size times the CPUs overflows one map's size.
     #[error(

@@ -272,6 +272,9 @@ pub(super) fn load_pinned(
     }
     let mut ebpf = load_with(&mut loader, EBPF_OBJECT)?;
     load_programs(&mut ebpf, programs)?;
+    if adopted {
+        super::enforce::free_empty_list(&mut ebpf)?;
+    }
     let instance = identify(&mut ebpf, adopted)?;
     pins.record_marker(options.granularity.marker())?;
     if let Some(own) = &options.own_lookup {
