@@ -370,7 +370,11 @@ fn a_list_an_earlier_netmon_wrote_where_the_empty_list_is_is_moved() {
             "left as it was, what is under no prefix reads that list"
         );
         enforce::free_empty_list(&mut ebpf).unwrap();
-        assert_eq!(tc(&mut ebpf, &blocked, None), TC_SHOT, "blocked by the copy");
+        assert_eq!(
+            tc(&mut ebpf, &blocked, None),
+            TC_SHOT,
+            "blocked by the copy"
+        );
         let lists: Array<_, RuleList> = Array::try_from(ebpf.map(RULE_LISTS_MAP).unwrap()).unwrap();
         assert_eq!(lists.get(&EMPTY_LIST, 0).unwrap(), RuleList::default());
         // A new generation, as the daemon's first update makes.

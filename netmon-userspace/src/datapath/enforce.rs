@@ -142,13 +142,7 @@ impl Enforcement {
             .map(|(cidr, local)| (*cidr, ids[*local as usize]))
             .collect();
         {
-            let [v4, v6] = ebpf.maps_disjoint_mut([PREFIXES_V4_MAP, PREFIXES_V6_MAP]);
-            let mut v4: LpmTrie<&mut MapData, [u8; 4], u32> =
-                LpmTrie::try_from(v4.ok_or(DatapathError::MissingMap(PREFIXES_V4_MAP))?)
-                    .map_err(map_error(PREFIXES_V4_MAP))?;
-            let mut v6: LpmTrie<&mut MapData, [u8; 16], u32> =
-                LpmTrie::try_from(v6.ok_or(DatapathError::MissingMap(PREFIXES_V6_MAP))?)
-                    .map_err(map_error(PREFIXES_V6_MAP))?;
+            let (mut v4, mut v6) = tries_mut(ebpf)?;
             let mut batch_v4 = (Vec::new(), Vec::new());
             let mut batch_v6 = (Vec::new(), Vec::new());
             for (cidr, id) in &wanted {
@@ -249,13 +243,7 @@ pub fn free_empty_list(ebpf: &mut Ebpf) -> Result<(), DatapathError> {
         lists
             .set(copy, stale, 0)
             .map_err(map_error(RULE_LISTS_MAP))?;
-        let [v4, v6] = ebpf.maps_disjoint_mut([PREFIXES_V4_MAP, PREFIXES_V6_MAP]);
-        let mut v4: LpmTrie<&mut MapData, [u8; 4], u32> =
-            LpmTrie::try_from(v4.ok_or(DatapathError::MissingMap(PREFIXES_V4_MAP))?)
-                .map_err(map_error(PREFIXES_V4_MAP))?;
-        let mut v6: LpmTrie<&mut MapData, [u8; 16], u32> =
-            LpmTrie::try_from(v6.ok_or(DatapathError::MissingMap(PREFIXES_V6_MAP))?)
-                .map_err(map_error(PREFIXES_V6_MAP))?;
+        let (mut v4, mut v6) = tries_mut(ebpf)?;
         for cidr in pointing {
             let len = cidr.prefix_len() as u32;
             match cidr.addr() {
@@ -273,6 +261,21 @@ pub fn free_empty_list(ebpf: &mut Ebpf) -> Result<(), DatapathError> {
     lists
         .set(EMPTY_LIST, RuleList::default(), 0)
         .map_err(map_error(RULE_LISTS_MAP))
+}
+
+/// The IPv4 and IPv6 prefix tries, to write.
+type Tries<'a> = (
+    LpmTrie<&'a mut MapData, [u8; 4], u32>,
+    LpmTrie<&'a mut MapData, [u8; 16], u32>,
+);
+
+fn tries_mut(ebpf: &mut Ebpf) -> Result<Tries<'_>, DatapathError> {
+    let [v4, v6] = ebpf.maps_disjoint_mut([PREFIXES_V4_MAP, PREFIXES_V6_MAP]);
+    let v4 = LpmTrie::try_from(v4.ok_or(DatapathError::MissingMap(PREFIXES_V4_MAP))?)
+        .map_err(map_error(PREFIXES_V4_MAP))?;
+    let v6 = LpmTrie::try_from(v6.ok_or(DatapathError::MissingMap(PREFIXES_V6_MAP))?)
+        .map_err(map_error(PREFIXES_V6_MAP))?;
+    Ok((v4, v6))
 }
 
 /// Writes prefixes into a trie: batched (one syscall per 16k prefixes), or one
