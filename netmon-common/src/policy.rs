@@ -354,19 +354,6 @@ pub fn quota_entries(
     }
 }
 
-/// The quotas of [`quota_entries`] in order, stopping at the first for
-/// which `stop` is true, and returning it.
-pub fn find_quota(
-    src: Option<&RuleList>,
-    dst: Option<&RuleList>,
-    packet: &PacketFacts,
-    mut stop: impl FnMut(u32) -> bool,
-) -> Option<u32> {
-    let mut ids = [NO_RULE; MAX_QUOTAS_PER_PACKET];
-    quota_entries(src, dst, packet, |at, id| ids[at] = id);
-    ids.into_iter().find(|&id| id != NO_RULE && stop(id))
-}
-
 /// More specific first; between equals, a block beats an allow and a lower
 /// rule id wins. [`RuleEntry::NONE`] loses to any entry.
 #[inline(always)]
@@ -437,6 +424,19 @@ mod tests {
     extern crate std;
 
     use super::*;
+
+    /// The quotas of [`quota_entries`] in order, stopping at the first for
+    /// which `stop` is true, and returning it.
+    fn find_quota(
+        src: Option<&RuleList>,
+        dst: Option<&RuleList>,
+        packet: &PacketFacts,
+        mut stop: impl FnMut(u32) -> bool,
+    ) -> Option<u32> {
+        let mut ids = [NO_RULE; MAX_QUOTAS_PER_PACKET];
+        quota_entries(src, dst, packet, |at, id| ids[at] = id);
+        ids.into_iter().find(|&id| id != NO_RULE && stop(id))
+    }
 
     fn entry(rule: u32, kind: RuleKind, prefix_len: u8) -> RuleEntry {
         RuleEntry {

@@ -83,6 +83,29 @@ fn on_both_ports<'n>(net: &'n Routed, dir: &Path, bpffs: &TempMount) -> Launch<'
         .args(&["--iface", &net.router_right.iface])
 }
 
+/// `netmon run` in the router's namespace on the right host's interface in
+/// every namespace its namespace's name begins (`NS*`), polling every
+/// `interval`.
+fn in_right_namespaces<'n>(
+    net: &'n Routed,
+    dir: &Path,
+    bpffs: &TempMount,
+    interval: &str,
+) -> Launch<'n> {
+    Netmon::on(&net.router_left)
+        .without_defaults()
+        .args(&["--netns", &format!("{}*", net.right.netns)])
+        .args(&[
+            "--iface",
+            &net.right.iface,
+            "--interval",
+            interval,
+            "--quiet",
+        ])
+        .logs_in(dir)
+        .bpffs(bpffs)
+}
+
 /// Waits until netmon has polled at least twice (1 s interval).
 fn two_polls() {
     std::thread::sleep(Duration::from_millis(2300));
@@ -1040,16 +1063,10 @@ fn a_namespace_pattern_follows_namespaces_as_they_are_made_and_deleted() -> Resu
     let leftover = Leftover(format!("/run/netns/{}-leftover", host.netns).into());
     std::fs::write(&leftover.0, "")?;
     let namespaces = format!("{}*", host.netns);
-    let mut netmon = Netmon::on(&net.router_left)
-        .without_defaults()
-        .args(&["--netns", &namespaces, "--iface", &host.iface])
-        .args(&["--interval", "1s", "--quiet"])
-        .logs_in(dir.path())
-        .bpffs(&bpffs)
-        .start_until(&format!(
-            "no interface matches {namespaces}:{} yet",
-            host.iface
-        ))?;
+    let mut netmon = in_right_namespaces(&net, dir.path(), &bpffs, "1s").start_until(&format!(
+        "no interface matches {namespaces}:{} yet",
+        host.iface
+    ))?;
     let label = format!("{}:{}", host.netns, host.iface);
     for (round, sent) in [(1u16, 20), (2, 5)] {
         if round == 2 {
@@ -1104,14 +1121,7 @@ fn a_namespace_made_again_before_the_next_poll_is_not_the_one_taken_off() -> Res
     let net = Routed::create()?;
     let dir = tempfile::tempdir()?;
     let (host, port) = (&net.right, &net.router_right);
-    let namespaces = format!("{}*", host.netns);
-    let mut netmon = Netmon::on(&net.router_left)
-        .without_defaults()
-        .args(&["--netns", &namespaces, "--iface", &host.iface])
-        .args(&["--interval", "10s", "--quiet"])
-        .logs_in(dir.path())
-        .bpffs(&bpffs)
-        .start()?;
+    let mut netmon = in_right_namespaces(&net, dir.path(), &bpffs, "10s").start()?;
     let label = format!("{}:{}", host.netns, host.iface);
     let counting = format!("counting on {label}");
     said(&mut netmon, &counting)?;
@@ -1284,16 +1294,9 @@ fn an_interface_whose_namespace_went_while_netmon_was_down_is_counted_and_its_pi
     let net = Routed::create()?;
     let dir = tempfile::tempdir()?;
     let (host, port) = (&net.right, &net.router_right);
-    let namespaces = format!("{}*", host.netns);
     let label = format!("{}:{}", host.netns, host.iface);
-    let launch = || {
-        Netmon::on(&net.router_left)
-            .without_defaults()
-            .args(&["--netns", &namespaces, "--iface", &host.iface])
-            .args(&["--interval", "1s", "--quiet", "--log-every", "0s"])
-            .logs_in(dir.path())
-            .bpffs(&bpffs)
-    };
+    let launch =
+        || in_right_namespaces(&net, dir.path(), &bpffs, "1s").args(&["--log-every", "0s"]);
     let netmon = launch().start_until(&format!("counting on {label}"))?;
     Flow::udp(host, port).port(7126).sizes(&[300; 12]).send()?;
     two_polls();

@@ -150,16 +150,15 @@ pub(super) fn programs_for(
     hook: IngressHook,
     pins: &PinDir,
 ) -> [&'static str; 2] {
-    let adoptable = |h: Hook| pins.link(h).exists() && pins.stale_links(ifindex).is_empty();
-    let ingress = if adoptable(Hook::TcIngress) {
+    let ours = pins.stale_links(ifindex).is_empty();
+    let ingress = if ours && pins.link(Hook::TcIngress).exists() {
         INGRESS_TC_PROGRAM
-    } else if adoptable(Hook::Ingress) {
+    } else if ours && pins.link(Hook::Ingress).exists() {
         INGRESS_PROGRAM
     } else {
-        match hook {
-            IngressHook::Tc => INGRESS_TC_PROGRAM,
-            IngressHook::Auto if is_virtual(iface) => INGRESS_TC_PROGRAM,
-            IngressHook::Auto | IngressHook::Xdp | IngressHook::XdpSkb => INGRESS_PROGRAM,
+        match xdp_mode(iface, hook) {
+            Some(_) => INGRESS_PROGRAM,
+            None => INGRESS_TC_PROGRAM,
         }
     };
     [ingress, EGRESS_PROGRAM]
@@ -178,15 +177,8 @@ fn attach_ingress(
         attach_tc(ebpf, iface, TcAttachType::Ingress, pins, links)?;
         return Ok(None);
     }
-    let xdp_mode = match hook {
-        IngressHook::Tc => None,
-        IngressHook::Xdp => Some(XdpMode::Driver),
-        IngressHook::XdpSkb => Some(XdpMode::Skb),
-        IngressHook::Auto if is_virtual(iface) => None,
-        IngressHook::Auto => Some(XdpMode::Driver),
-    };
     let adopting = pins.link(Hook::Ingress).exists();
-    match xdp_mode {
+    match xdp_mode(iface, hook) {
         Some(mode) => match attach_xdp(ebpf, iface, mode, pins, links) {
             Ok(used) => Ok(used.map(Ingress::Xdp)),
             Err(e) if hook == IngressHook::Auto && !adopting => {
@@ -202,6 +194,17 @@ fn attach_ingress(
             attach_tc(ebpf, iface, TcAttachType::Ingress, pins, links)?;
             Ok(Some(Ingress::Tc))
         }
+    }
+}
+
+/// The XDP mode `hook` picks for `iface`; `None` for TC ingress.
+fn xdp_mode(iface: &str, hook: IngressHook) -> Option<XdpMode> {
+    match hook {
+        IngressHook::Tc => None,
+        IngressHook::Xdp => Some(XdpMode::Driver),
+        IngressHook::XdpSkb => Some(XdpMode::Skb),
+        IngressHook::Auto if is_virtual(iface) => None,
+        IngressHook::Auto => Some(XdpMode::Driver),
     }
 }
 

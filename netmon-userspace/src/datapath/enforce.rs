@@ -119,9 +119,7 @@ impl Enforcement {
             .into_iter();
         let mut ids = Vec::with_capacity(tables.lists.len());
         {
-            let mut lists: Array<&mut MapData, RuleList> =
-                Array::try_from(map_mut(ebpf, RULE_LISTS_MAP)?)
-                    .map_err(map_error(RULE_LISTS_MAP))?;
+            let mut lists = lists_mut(ebpf)?;
             for list in &tables.lists {
                 let id = match self.lists.get(list) {
                     Some(id) => *id,
@@ -238,9 +236,7 @@ pub fn free_empty_list(ebpf: &mut Ebpf) -> Result<(), DatapathError> {
         let copy = (0..EMPTY_LIST)
             .find(|id| !used.contains(id))
             .ok_or(DatapathError::TooManyRuleLists)?;
-        let mut lists: Array<&mut MapData, RuleList> =
-            Array::try_from(map_mut(ebpf, RULE_LISTS_MAP)?).map_err(map_error(RULE_LISTS_MAP))?;
-        lists
+        lists_mut(ebpf)?
             .set(copy, stale, 0)
             .map_err(map_error(RULE_LISTS_MAP))?;
         let (mut v4, mut v6) = tries_mut(ebpf)?;
@@ -256,11 +252,14 @@ pub fn free_empty_list(ebpf: &mut Ebpf) -> Result<(), DatapathError> {
             }
         }
     }
-    let mut lists: Array<&mut MapData, RuleList> =
-        Array::try_from(map_mut(ebpf, RULE_LISTS_MAP)?).map_err(map_error(RULE_LISTS_MAP))?;
-    lists
+    lists_mut(ebpf)?
         .set(EMPTY_LIST, RuleList::default(), 0)
         .map_err(map_error(RULE_LISTS_MAP))
+}
+
+/// The rule lists, to write.
+fn lists_mut(ebpf: &mut Ebpf) -> Result<Array<&mut MapData, RuleList>, DatapathError> {
+    Array::try_from(map_mut(ebpf, RULE_LISTS_MAP)?).map_err(map_error(RULE_LISTS_MAP))
 }
 
 /// The IPv4 and IPv6 prefix tries, to write.

@@ -320,8 +320,9 @@ fn load_with(loader: &mut EbpfLoader<'_>, object: &[u8]) -> Result<Ebpf, Datapat
 }
 
 /// Loads (verifies) the programs named, those not loaded yet. Each costs the
-/// verifier about half a second of CPU, so only the programs an interface
-/// is attached with are loaded, and none for an interface gone.
+/// verifier a sizeable part of a second of CPU (`cargo xtask bench verify`),
+/// so only the programs an interface is attached with are loaded, and none
+/// for an interface gone.
 pub(super) fn load_programs(ebpf: &mut Ebpf, names: &[&str]) -> Result<(), DatapathError> {
     for &name in names {
         let loaded = match name {

@@ -69,7 +69,8 @@ impl Netns {
     /// True when `other` is this very namespace.
     pub fn is_same(&self, other: &Netns) -> bool {
         let id = |n: &Netns| n.file.metadata().map(|m| (m.dev(), m.ino())).ok();
-        id(self).is_some() && id(self) == id(other)
+        let mine = id(self);
+        mine.is_some() && mine == id(other)
     }
 
     /// True while `/run/netns/NAME` is this namespace: false once the name
