@@ -1433,3 +1433,116 @@ fn same_named_interfaces_of_two_namespaces_each_get_a_daemon_and_a_socket() -> R
     second.stop()?;
     Ok(())
 }
+
+/// Makes veths `names` in `netns`, all in one `ip -batch`, as containers
+/// starting together make theirs; each one's peer is named with `p` for
+/// `q`, and stays there too.
+fn veths(netns: &str, names: &[String]) -> Result<()> {
+    use std::io::Write as _;
+    let mut ip = std::process::Command::new("ip")
+        .args(["-n", netns, "-batch", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()?;
+    let batch: String = names
+        .iter()
+        .map(|n| {
+            let peer = n.replacen('q', "p", 1);
+            format!(
+                "link add {n} type veth peer name {peer}\nlink set {n} up\nlink set {peer} up\n"
+            )
+        })
+        .collect();
+    ip.stdin
+        .take()
+        .context("ip's stdin")?
+        .write_all(batch.as_bytes())?;
+    anyhow::ensure!(ip.wait()?.success(), "ip -batch failed");
+    Ok(())
+}
+
+/// Six interfaces a pattern matches appear at once. Attaching each is
+/// mostly the kernel verifying its programs: they are attached one at a
+/// time beside the daemon's loop, which answers `netmon top` meanwhile and
+/// shows those waiting. Six more appear, and SIGTERM comes while they are
+/// being attached: the stop is clean, and nothing of theirs is left.
+#[test]
+fn the_daemon_answers_while_interfaces_that_appeared_together_are_attached() -> Result<()> {
+    let bpffs = TempMount::bpffs()?;
+    let net = Routed::create()?;
+    let dir = tempfile::tempdir()?;
+    let left = &net.router_left;
+    let stem = &left.iface[..left.iface.len() - 1];
+    let names: Vec<String> = (0..12).map(|i| format!("{stem}q{i}")).collect();
+    let (first, second) = names.split_at(6);
+    let mut netmon = Netmon::on(left)
+        .logs_in(dir.path())
+        .bpffs(&bpffs)
+        .args(&["--iface", &format!("{stem}q*")])
+        .start()?;
+    said(&mut netmon, &format!("counting on {}", left.iface))?;
+    veths(&left.netns, first)?;
+    // Every answer while they are attached, with the interfaces it shows waiting.
+    let mut shown = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let out =
+            ctl(&left.iface, &["top", "--once", "--format", "json"]).map_err(anyhow::Error::msg)?;
+        let snapshot: serde_json::Value = serde_json::from_str(&out)?;
+        let attaching: Vec<String> = serde_json::from_value(snapshot["attaching"].clone())?;
+        let done = attaching.is_empty() && !shown.is_empty();
+        if !attaching.is_empty() {
+            shown.push(attaching);
+        }
+        if done {
+            break;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "no answer showed an interface being attached: {:?}",
+            netmon.stderr
+        );
+    }
+    for name in first {
+        said(&mut netmon, &format!("counting on {name} ("))?;
+        assert_eq!(bpffs.pins_of(name).len(), 1, "{name}");
+    }
+    // Several answers came while they were attached, each showing them in
+    // the order they wait, the next to go first.
+    assert!(shown.len() >= 2, "{shown:?}");
+    // The last waits behind five attaches: it is seen waiting.
+    assert!(shown.iter().flatten().any(|n| *n == first[5]), "{shown:?}");
+    for attaching in &shown {
+        let at = first
+            .iter()
+            .position(|n| *n == attaching[0])
+            .context("ours")?;
+        assert_eq!(attaching[..], first[at..at + attaching.len()], "{shown:?}");
+    }
+    veths(&left.netns, second)?;
+    netmon.wait_for(
+        &format!("counting on {} (", second[0]),
+        Duration::from_secs(20),
+    )?;
+    let stderr = netmon.stop()?;
+    for name in &names {
+        assert_eq!(
+            bpffs.pins_of(name),
+            Vec::<std::path::PathBuf>::new(),
+            "{name}"
+        );
+    }
+    let attached = |name: &String| {
+        let said = format!("counting on {name} (");
+        stderr.iter().filter(|l| l.contains(&said)).count()
+    };
+    // None attached twice.
+    assert!(names.iter().all(|n| attached(n) <= 1), "{stderr:?}");
+    assert_eq!(attached(&second[0]), 1, "{stderr:?}");
+    assert!(
+        !stderr
+            .iter()
+            .any(|l| l.contains("WARN") || l.contains("ERROR")),
+        "{stderr:?}"
+    );
+    Ok(())
+}

@@ -358,6 +358,8 @@ pub struct Daemon<K, C> {
     /// The pairs of the latest screen's reading, kept so that a refresh
     /// does not allocate them again (dropped with the last view).
     screen_pairs: Vec<(PairKey, PairReading)>,
+    /// Interfaces waiting to be attached or being attached, in that order.
+    attaching: Vec<String>,
 }
 
 impl<K: Kernel, C: Clock> Daemon<K, C> {
@@ -403,7 +405,14 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
             retired: BTreeSet::new(),
             retiring: HashMap::new(),
             detaching: BTreeSet::new(),
+            attaching: Vec::new(),
         }
+    }
+
+    /// The interfaces waiting to be attached or being attached, for
+    /// `netmon top`: the loop answers while they are.
+    pub fn attaching(&mut self, labels: Vec<String>) {
+        self.attaching = labels;
     }
 
     /// Learns names for `iface` from the DNS answers `listener` reads.
@@ -951,6 +960,7 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
         snapshot.quotas = self.enforcer.quotas(&self.interfaces, now.wall)?;
         snapshot.alerts = self.recent_alerts.iter().cloned().collect();
         (snapshot.names, snapshot.dns) = self.names_now(&iface, now.monotonic_ns);
+        snapshot.attaching = self.attaching.clone();
         Ok(snapshot)
     }
 

@@ -741,6 +741,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         targets,
         patterns,
         listener,
+        attaching: Attaching::default(),
     };
     // The only interface, when it went away: its last traffic is polled, then netmon stops.
     let gone = loop {
@@ -796,6 +797,11 @@ pub async fn run(config: Config) -> Result<(), StartError> {
                     }
                 }
             }
+            done = watching.attaching.done() => {
+                if let Some(hotplug) = &mut hotplug {
+                    join_attached(&mut daemon, &mut watching, &joining, hotplug, done);
+                }
+            }
             Some(look) = hotplug::next(&mut hotplug) => {
                 if let Some(hotplug) = &mut hotplug {
                     join_appeared(&mut daemon, &mut watching, &look, &joining, hotplug);
@@ -840,8 +846,17 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         targets,
         patterns: _held,
         listener,
+        mut attaching,
     } = watching;
     drop(listener);
+    // One attached as the stop came is let go as a failed start's are.
+    if attaching.under_way.is_some() {
+        let (joiner, done) = attaching.done().await;
+        if let Err(e) = done.and_then(|kernel| release([kernel])) {
+            log::error!("stopping on {}: {e}", joiner.key());
+        }
+    }
+    drop(attaching);
     // The claims are held until the end, the stop below included: a next run
     // must not adopt pins this one is still removing.
     let (kernels, unwritten) = daemon.finish();
@@ -1016,6 +1031,64 @@ struct Watching {
     targets: Vec<Target>,
     patterns: Vec<Pattern>,
     listener: control::Listener,
+    attaching: Attaching,
+}
+
+/// Interfaces waiting to be attached, and the one being attached on a
+/// blocking thread. Attaching one is mostly the kernel verifying its
+/// programs, a third of a second of CPU for a veth (docs/interfaces.md):
+/// the loop polls and answers the CLI meanwhile, and attaches them one at a
+/// time (the first to join creates the quota map the others share).
+#[derive(Default)]
+struct Attaching {
+    queue: std::collections::VecDeque<Joiner>,
+    under_way: Option<UnderWay>,
+}
+
+/// An interface to attach: one of the targets, or one a pattern matched,
+/// claimed, which becomes a target once attached.
+enum Joiner {
+    Listed(String),
+    Matched(Target),
+}
+
+impl Joiner {
+    fn key(&self) -> &str {
+        match self {
+            Joiner::Listed(key) => key,
+            Joiner::Matched(t) => &t.key,
+        }
+    }
+}
+
+struct UnderWay {
+    joiner: Joiner,
+    task: tokio::task::JoinHandle<Result<Attached, DatapathError>>,
+}
+
+impl Attaching {
+    /// True when the interface keyed `key` waits or is being attached.
+    fn holds(&self, key: &str) -> bool {
+        self.is_under_way(key) || self.queue.iter().any(|j| j.key() == key)
+    }
+
+    fn is_under_way(&self, key: &str) -> bool {
+        self.under_way
+            .as_ref()
+            .is_some_and(|u| u.joiner.key() == key)
+    }
+
+    /// The attach under way, once it ends: never, while none is.
+    async fn done(&mut self) -> (Joiner, Result<Attached, DatapathError>) {
+        let Some(under_way) = &mut self.under_way else {
+            return std::future::pending().await;
+        };
+        let result = (&mut under_way.task).await;
+        let UnderWay { joiner, .. } = self.under_way.take().expect("awaited above");
+        // A blocking task is never cancelled: it ended or it panicked.
+        let attached = result.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        (joiner, attached)
+    }
 }
 
 /// Links the control socket under `claim` too; without it, the CLI
@@ -1037,11 +1110,11 @@ fn listen_for(hotplug: &mut Hotplug, label: &str, key: &str, netns: Option<Arc<N
     }
 }
 
-/// Attaches the interfaces `look` covers that are there and not attached:
-/// configured ones that are new, back, or deleted and made again since the
-/// last poll, and new ones a pattern matches. One that cannot be attached
-/// is tried again when it changes, and at the safety check; each cause of
-/// failure is logged once.
+/// Queues for attaching the interfaces `look` covers that are there and
+/// not attached: configured ones that are new, back, or deleted and made
+/// again since the last poll, and new ones a pattern matches (claimed
+/// first). One that cannot be attached is tried again when it changes, and
+/// at the safety check; each cause of failure is logged once.
 fn join_appeared(
     daemon: &mut Daemon<Attached, SystemClock>,
     watching: &mut Watching,
@@ -1053,10 +1126,18 @@ fn join_appeared(
         let attached = daemon
             .kernel(&t.label)
             .is_some_and(|k| k.datapath.attached());
-        if !look.covers(netns_of(&t.label), &t.name) || attached || t.unlisted || !t.present() {
+        if !look.covers(netns_of(&t.label), &t.name)
+            || attached
+            || t.unlisted
+            || watching.attaching.holds(&t.key)
+            || !t.present()
+        {
             continue;
         }
-        tried(hotplug, t, join(daemon, t, joining));
+        watching
+            .attaching
+            .queue
+            .push_back(Joiner::Listed(t.key.clone()));
     }
     for p in watching.patterns.iter() {
         let names = match look {
@@ -1074,25 +1155,140 @@ fn join_appeared(
         };
         for name in names {
             let mut t = p.target(&name);
-            if watching.targets.iter().any(|o| o.key == t.key) || !t.present() {
+            let known = watching.targets.iter().any(|o| o.key == t.key);
+            if known || watching.attaching.holds(&t.key) || !t.present() {
                 continue;
             }
-            let joined = t
-                .claim()
-                .map_err(StartError::from)
-                .and_then(|()| join(daemon, &t, joining));
-            let ok = joined.is_ok();
-            tried(hotplug, &t, joined);
-            if !ok {
+            match t.claim() {
+                Ok(()) => watching.attaching.queue.push_back(Joiner::Matched(t)),
                 // The claim goes with it: tried again when the interface changes.
-                continue;
+                Err(e) => tried(hotplug, &t, Err(e.into())),
             }
-            if let Some(claim) = &t.claim {
-                link(&mut watching.listener, claim);
-            }
-            watching.targets.push(t);
         }
     }
+    attach_next(daemon, watching, joining);
+}
+
+/// Starts attaching the next interface queued that still wants it, unless
+/// one is being attached.
+fn attach_next(
+    daemon: &mut Daemon<Attached, SystemClock>,
+    watching: &mut Watching,
+    joining: &Joining,
+) {
+    let attaching = &mut watching.attaching;
+    while attaching.under_way.is_none() {
+        let Some(joiner) = attaching.queue.pop_front() else {
+            break;
+        };
+        let t = match &joiner {
+            Joiner::Listed(key) => match watching.targets.iter().find(|t| t.key == *key) {
+                Some(t) if !t.unlisted => t,
+                // Retired or taken off the list meanwhile.
+                _ => continue,
+            },
+            Joiner::Matched(t) => t,
+        };
+        // Gone while it waited: looked at again when it is back.
+        if !t.present() {
+            continue;
+        }
+        let quotas = daemon.kernels().next().map(|k| k.datapath.quota_pin());
+        let job = t.attach_job(joining.config, quotas.as_deref(), joining.own_lookup);
+        attaching.under_way = Some(UnderWay {
+            joiner,
+            task: tokio::task::spawn_blocking(move || job.run()),
+        });
+    }
+    daemon.attaching(attaching_labels(watching));
+}
+
+/// The interfaces waiting to be attached or being attached, as reports name them.
+fn attaching_labels(watching: &Watching) -> Vec<String> {
+    let attaching = &watching.attaching;
+    let joiners = attaching.under_way.iter().map(|u| &u.joiner);
+    joiners
+        .chain(&attaching.queue)
+        .filter_map(|joiner| match joiner {
+            Joiner::Listed(key) => watching
+                .targets
+                .iter()
+                .find(|t| t.key == *key && !t.unlisted)
+                .map(|t| t.label.clone()),
+            Joiner::Matched(t) => Some(t.label.clone()),
+        })
+        .collect()
+}
+
+/// Has the daemon watch the interface whose attach ended with `attached`,
+/// then starts the next. One taken off the list while it was attached (the
+/// pattern that matched it removed, too) is watched and detached at once,
+/// as the list's change would have done: read once more, then retired.
+fn join_attached(
+    daemon: &mut Daemon<Attached, SystemClock>,
+    watching: &mut Watching,
+    joining: &Joining,
+    hotplug: &mut Hotplug,
+    (joiner, attached): (Joiner, Result<Attached, DatapathError>),
+) {
+    match joiner {
+        Joiner::Listed(key) => {
+            // `retire_gone` keeps a target while it is attached.
+            let t = watching.targets.iter_mut().find(|t| t.key == key);
+            let t = t.expect("a target is not retired while it is attached");
+            let joined = attached
+                .map_err(StartError::from)
+                .and_then(|kernel| join(daemon, t, joining, kernel));
+            let ok = joined.is_ok();
+            tried(hotplug, t, joined);
+            if ok && t.unlisted {
+                detach_unlisted(daemon, t);
+            }
+        }
+        Joiner::Matched(mut t) => {
+            let joined = attached
+                .map_err(StartError::from)
+                .and_then(|kernel| join(daemon, &t, joining, kernel));
+            let ok = joined.is_ok();
+            tried(hotplug, &t, joined);
+            let listed = watching.targets.iter_mut().find(|o| o.key == t.key);
+            let ns = netns_of(&t.label);
+            match listed {
+                // Listed meanwhile, without the claim this one held.
+                Some(listed) => {
+                    if let Some(claim) = t.claim.take() {
+                        link(&mut watching.listener, &claim);
+                        listed.claim.get_or_insert(claim);
+                    }
+                }
+                // Its claim goes with it: tried again when the interface changes.
+                None if !ok => {}
+                None => {
+                    if let Some(claim) = &t.claim {
+                        link(&mut watching.listener, claim);
+                    }
+                    if !watching.patterns.iter().any(|p| p.covers(ns, &t.name)) {
+                        detach_unlisted(daemon, &mut t);
+                    }
+                    watching.targets.push(t);
+                }
+            }
+        }
+    }
+    attach_next(daemon, watching, joining);
+}
+
+/// Detaches `t`, which the configuration no longer lists: read once more
+/// at the next poll, then retired. One that cannot be detached counts on,
+/// and each poll detaches it again (`Daemon::poll`).
+fn detach_unlisted(daemon: &mut Daemon<Attached, SystemClock>, t: &mut Target) {
+    if let Err(e) = daemon.detach(&t.label) {
+        log::warn!(
+            "detaching {}: {e}; it is still counted, and detached again at each poll",
+            t.label
+        );
+    }
+    t.unlisted = true;
 }
 
 /// True when the namespace `spec` names under /run/netns is not the one
@@ -1262,6 +1458,9 @@ fn relist(
                         Some(o) if named(o) => return Err(StartError::NamedTwice(t.label)),
                         // Matched by a pattern already: this daemon holds its claim.
                         Some(_) => {}
+                        // Matched and being attached: the claim is held, and
+                        // goes to this target once attached (`join_attached`).
+                        None if watching.attaching.holds(&t.key) => {}
                         None => t.claim()?,
                     }
                     new_targets.push(t);
@@ -1368,15 +1567,8 @@ fn relist(
             t.matched = true;
             continue;
         }
-        // Retired once detached and read; one that cannot be detached
-        // counts on, and each poll detaches it again (`Daemon::poll`).
-        if let Err(e) = daemon.detach(&t.label) {
-            log::warn!(
-                "detaching {}: {e}; it is still counted, and detached again at each poll",
-                t.label
-            );
-        }
-        t.unlisted = true;
+        // Retired once detached and read.
+        detach_unlisted(daemon, t);
     }
     // A namespace nothing is watched in is let go: its listener holds it.
     let in_use: Vec<String> = watching
@@ -1423,20 +1615,19 @@ fn tried(hotplug: &mut Hotplug, t: &Target, joined: Result<(), StartError>) {
     }
 }
 
-/// Attaches `t` and has the daemon watch it under the policy in force.
+/// Has the daemon watch `t`, just attached as `kernel`, under the policy in force.
 fn join(
     daemon: &mut Daemon<Attached, SystemClock>,
     t: &Target,
     joining: &Joining,
+    mut kernel: Attached,
 ) -> Result<(), StartError> {
-    let quotas = daemon.kernels().next().map(|k| k.datapath.quota_pin());
-    let attach = || t.attach(joining.config, quotas.as_deref(), joining.own_lookup);
-    let mut kernel = attach()?;
     if kernel.datapath.adopted() && daemon.retired(kernel.datapath.instance()) {
         // Pins this daemon failed to remove when it retired the interface:
-        // what they hold is counted already.
+        // what they hold is counted already. Rare: attached again here.
         kernel.datapath.shutdown(false)?;
-        kernel = attach()?;
+        let quotas = daemon.kernels().next().map(|k| k.datapath.quota_pin());
+        kernel = t.attach(joining.config, quotas.as_deref(), joining.own_lookup)?;
     }
     let meter = match meter_for(joining.baselines, &kernel) {
         Ok(meter) => meter,
@@ -1475,13 +1666,18 @@ fn join(
 /// retired.
 fn retire_gone(daemon: &mut Daemon<Attached, SystemClock>, watching: &mut Watching) -> Vec<String> {
     let Watching {
-        targets, listener, ..
+        targets,
+        listener,
+        attaching,
+        ..
     } = watching;
     let mut due = Vec::new();
     let mut at = 0;
     while at < targets.len() {
         let t = &targets[at];
-        if !(t.unlisted || (t.matched && !t.present())) || daemon.watches(&t.label) {
+        // One being attached is retired once watched: its claim is held meanwhile.
+        let kept = daemon.watches(&t.label) || attaching.is_under_way(&t.key);
+        if !(t.unlisted || (t.matched && !t.present())) || kept {
             at += 1;
             continue;
         }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use super::{kernel::Attached, netns_of, start::Config};
 use crate::{
     control::{self, Claim},
-    datapath::{netns::Netns, pins::PinDir, Datapath, DatapathError, LoadOptions},
+    datapath::{netns::Netns, pins::PinDir, Datapath, DatapathError, IngressHook, LoadOptions},
 };
 use netmon_common::dns::OwnLookup;
 
@@ -231,18 +231,53 @@ impl Target {
         quotas: Option<&std::path::Path>,
         own_lookup: Option<OwnLookup>,
     ) -> Result<Attached, DatapathError> {
-        let options = LoadOptions {
-            max_pairs: self.max_pairs(config),
-            granularity: config.granularity,
-            own_lookup,
-        };
+        self.attach_job(config, quotas, own_lookup).run()
+    }
+
+    /// What [`Target::attach`] does, owned, to be run on another thread.
+    pub fn attach_job(
+        &self,
+        config: &Config,
+        quotas: Option<&std::path::Path>,
+        own_lookup: Option<OwnLookup>,
+    ) -> AttachJob {
+        AttachJob {
+            netns: self.netns.clone(),
+            name: self.name.clone(),
+            options: LoadOptions {
+                max_pairs: self.max_pairs(config),
+                granularity: config.granularity,
+                own_lookup,
+            },
+            hook: config.ingress,
+            bpffs: config.bpffs.clone(),
+            quotas: quotas.map(std::path::Path::to_path_buf),
+        }
+    }
+}
+
+/// An interface's attach, with everything it needs: most of its time is
+/// the kernel verifying the programs, which the daemon's loop does not wait
+/// for (`daemon::start`'s `Attaching`).
+pub(super) struct AttachJob {
+    netns: Option<Arc<Netns>>,
+    name: String,
+    options: LoadOptions,
+    hook: IngressHook,
+    bpffs: std::path::PathBuf,
+    quotas: Option<std::path::PathBuf>,
+}
+
+impl AttachJob {
+    /// Attaches (or adopts) the datapath and reads what its policy maps hold.
+    pub fn run(self) -> Result<Attached, DatapathError> {
         let datapath = Datapath::attach_in(
-            self.netns.clone(),
+            self.netns,
             &self.name,
-            &options,
-            config.ingress,
-            &config.bpffs,
-            quotas,
+            &self.options,
+            self.hook,
+            &self.bpffs,
+            self.quotas.as_deref(),
         )?;
         let adopted = datapath.adopted();
         let mut kernel = Attached::new(datapath);

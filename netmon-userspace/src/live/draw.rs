@@ -242,10 +242,14 @@ fn interfaces(frame: &mut Frame<'_>, area: Rect, snapshot: &Screen, view: &View)
             super::view::human(total[1] as f64, "B"),
         )),
         Line::from(format!(
-            "pairs {} of {} · dropped by the policy {}",
+            "pairs {} of {} · dropped by the policy {}{}",
             snapshot.table.pairs,
             snapshot.table.capacity,
-            super::view::human(dropped as f64, "B")
+            super::view::human(dropped as f64, "B"),
+            match snapshot.attaching.is_empty() {
+                true => String::new(),
+                false => format!(" · attaching {}", snapshot.attaching.join(", ")),
+            }
         )),
         Line::from(format!(
             "names {} · DNS answers read {}, ignored {} (oversized {}, cut short {}, \

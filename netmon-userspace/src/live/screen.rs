@@ -149,6 +149,9 @@ pub struct Screen {
     pub quotas: Vec<QuotaRow>,
     /// The latest alerts, oldest first.
     pub alerts: Vec<AlertEvent>,
+    /// The daemon's interfaces waiting to be attached or being attached.
+    #[serde(default)]
+    pub attaching: Vec<String>,
 }
 
 impl Live {
@@ -166,6 +169,7 @@ impl Live {
             table: snapshot.map(|s| s.table.clone()).unwrap_or_default(),
             names: self.names.len(),
             dns: snapshot.map(|s| s.dns).unwrap_or_default(),
+            attaching: snapshot.map(|s| s.attaching.clone()).unwrap_or_default(),
             matching,
             first,
             conversations,
@@ -332,6 +336,7 @@ mod tests {
             alerts: Vec::new(),
             names: Vec::new(),
             dns: DnsCounts::default(),
+            attaching: Vec::new(),
         }
     }
 

@@ -56,6 +56,9 @@ pub struct LiveSnapshot {
     /// What became of DNS answers.
     #[serde(default)]
     pub dns: DnsCounts,
+    /// The daemon's interfaces waiting to be attached or being attached.
+    #[serde(default)]
+    pub attaching: Vec<String>,
 }
 
 impl LiveSnapshot {
@@ -92,6 +95,7 @@ impl LiveSnapshot {
             alerts: Vec::new(),
             names: Vec::new(),
             dns: DnsCounts::default(),
+            attaching: Vec::new(),
         }
     }
 
