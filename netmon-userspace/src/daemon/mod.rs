@@ -705,6 +705,12 @@ impl<K: Kernel, C: Clock> Daemon<K, C> {
             .map(|w| &w.kernel)
     }
 
+    /// The kernel side of `iface`, when it is watched, present or not.
+    pub fn kernel_of(&self, iface: &str) -> Option<&K> {
+        let mut watched = self.interfaces.watched.iter();
+        watched.find(|w| w.iface == iface).map(|w| &w.kernel)
+    }
+
     /// True when `iface` is watched and present.
     pub fn watches(&self, iface: &str) -> bool {
         self.kernel(iface).is_some()

@@ -849,11 +849,16 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         mut attaching,
     } = watching;
     drop(listener);
+    let mut failed = None;
     // One attached as the stop came is let go as a failed start's are.
     if attaching.under_way.is_some() {
-        let (joiner, done) = attaching.done().await;
-        if let Err(e) = done.and_then(|kernel| release([kernel])) {
-            log::error!("stopping on {}: {e}", joiner.key());
+        let done = attaching.done().await;
+        // One that failed has nothing to let go.
+        if let Ok(kernel) = done.attached {
+            if let Err(e) = release([kernel]) {
+                log::error!("stopping on {}: {e}", done.joiner.key());
+                failed.get_or_insert(e);
+            }
         }
     }
     drop(attaching);
@@ -861,7 +866,6 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     // must not adopt pins this one is still removing.
     let (kernels, unwritten) = daemon.finish();
     let mut pin_dirs = Vec::new();
-    let mut failed = None;
     for (label, kernel) in kernels {
         let datapath = kernel.datapath;
         pin_dirs.push(datapath.pin_dir().display().to_string());
@@ -1063,6 +1067,12 @@ impl Joiner {
 
 struct UnderWay {
     joiner: Joiner,
+    /// The quota map it shares, pinned by another interface: that one is
+    /// retired only once this attach ends (`retire_gone`).
+    quotas: Option<PathBuf>,
+    /// Its interface changed (or was announced again) meanwhile: looked at
+    /// again once this attach ends.
+    seen_again: bool,
     task: tokio::task::JoinHandle<Result<Attached, DatapathError>>,
 }
 
@@ -1072,23 +1082,70 @@ impl Attaching {
         self.is_under_way(key) || self.queue.iter().any(|j| j.key() == key)
     }
 
+    /// Notes that the interface keyed `key`, if being attached, changed.
+    fn seen(&mut self, key: &str) {
+        if let Some(u) = self.under_way.as_mut().filter(|u| u.joiner.key() == key) {
+            u.seen_again = true;
+        }
+    }
+
     fn is_under_way(&self, key: &str) -> bool {
         self.under_way
             .as_ref()
             .is_some_and(|u| u.joiner.key() == key)
     }
 
-    /// The attach under way, once it ends: never, while none is.
-    async fn done(&mut self) -> (Joiner, Result<Attached, DatapathError>) {
+    /// True when the attach under way shares the quota map pinned at `pin`.
+    fn shares(&self, pin: &Path) -> bool {
+        let quotas = self.under_way.as_ref().and_then(|u| u.quotas.as_deref());
+        quotas == Some(pin)
+    }
+
+    /// The claim a queued or running attach of an interface a pattern
+    /// matched holds on `key`, for a target that now lists it; a queued
+    /// one is then attached as that target.
+    fn take_claim(&mut self, key: &str) -> Option<Claim> {
+        if let Some(UnderWay {
+            joiner: Joiner::Matched(t),
+            ..
+        }) = &mut self.under_way
+        {
+            if t.key == key {
+                return t.claim.take();
+            }
+        }
+        let at = self.queue.iter().position(|j| j.key() == key)?;
+        match std::mem::replace(&mut self.queue[at], Joiner::Listed(key.to_string())) {
+            Joiner::Matched(mut t) => t.claim.take(),
+            Joiner::Listed(_) => None,
+        }
+    }
+
+    /// The attach under way, once it ends, and whether its interface was
+    /// seen again meanwhile: never, while none is.
+    async fn done(&mut self) -> Done {
         let Some(under_way) = &mut self.under_way else {
             return std::future::pending().await;
         };
         let result = (&mut under_way.task).await;
-        let UnderWay { joiner, .. } = self.under_way.take().expect("awaited above");
+        let UnderWay {
+            joiner, seen_again, ..
+        } = self.under_way.take().expect("awaited above");
         // A blocking task is never cancelled: it ended or it panicked.
         let attached = result.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
-        (joiner, attached)
+        Done {
+            joiner,
+            attached,
+            seen_again,
+        }
     }
+}
+
+/// An attach that ended.
+struct Done {
+    joiner: Joiner,
+    attached: Result<Attached, DatapathError>,
+    seen_again: bool,
 }
 
 /// Links the control socket under `claim` too; without it, the CLI
@@ -1126,12 +1183,14 @@ fn join_appeared(
         let attached = daemon
             .kernel(&t.label)
             .is_some_and(|k| k.datapath.attached());
-        if !look.covers(netns_of(&t.label), &t.name)
-            || attached
-            || t.unlisted
-            || watching.attaching.holds(&t.key)
-            || !t.present()
-        {
+        if !look.covers(netns_of(&t.label), &t.name) {
+            continue;
+        }
+        if watching.attaching.holds(&t.key) {
+            watching.attaching.seen(&t.key);
+            continue;
+        }
+        if attached || t.unlisted || !t.present() {
             continue;
         }
         watching
@@ -1155,8 +1214,12 @@ fn join_appeared(
         };
         for name in names {
             let mut t = p.target(&name);
+            if watching.attaching.holds(&t.key) {
+                watching.attaching.seen(&t.key);
+                continue;
+            }
             let known = watching.targets.iter().any(|o| o.key == t.key);
-            if known || watching.attaching.holds(&t.key) || !t.present() {
+            if known || !t.present() {
                 continue;
             }
             match t.claim() {
@@ -1187,19 +1250,38 @@ fn attach_next(
                 // Retired or taken off the list meanwhile.
                 _ => continue,
             },
+            // Its pattern (or the namespace pattern that brought it) removed
+            // meanwhile: its claim goes with it.
+            Joiner::Matched(t) if !covered(&watching.patterns, t) => continue,
             Joiner::Matched(t) => t,
         };
         // Gone while it waited: looked at again when it is back.
         if !t.present() {
             continue;
         }
-        let quotas = daemon.kernels().next().map(|k| k.datapath.quota_pin());
+        // From one attached, where there is one: one gone is retired soon.
+        let attached = daemon.kernels().find(|k| k.datapath.attached());
+        let quotas = (attached.or_else(|| daemon.kernels().next())).map(|k| k.datapath.quota_pin());
         let job = t.attach_job(joining.config, quotas.as_deref(), joining.own_lookup);
         attaching.under_way = Some(UnderWay {
             joiner,
+            quotas,
+            seen_again: false,
             task: tokio::task::spawn_blocking(move || job.run()),
         });
     }
+    show_attaching(daemon, watching);
+}
+
+/// True when one of `patterns` matches `t`.
+fn covered(patterns: &[Pattern], t: &Target) -> bool {
+    patterns
+        .iter()
+        .any(|p| p.covers(netns_of(&t.label), &t.name))
+}
+
+/// Tells the daemon which interfaces wait to be attached, for `netmon top`.
+fn show_attaching(daemon: &mut Daemon<Attached, SystemClock>, watching: &Watching) {
     daemon.attaching(attaching_labels(watching));
 }
 
@@ -1220,18 +1302,26 @@ fn attaching_labels(watching: &Watching) -> Vec<String> {
         .collect()
 }
 
-/// Has the daemon watch the interface whose attach ended with `attached`,
-/// then starts the next. One taken off the list while it was attached (the
-/// pattern that matched it removed, too) is watched and detached at once,
-/// as the list's change would have done: read once more, then retired.
+/// Has the daemon watch the interface whose attach ended, then starts the
+/// next. One taken off the list while it was attached (the pattern that
+/// matched it removed, too) is watched and detached at once, as the list's
+/// change would have done: read once more, then retired. One that changed
+/// meanwhile is looked at again at once, as its announcement would have
+/// been: the attach may have gone to an interface deleted since. (One that
+/// failed is tried again at its next change, as before.)
 fn join_attached(
     daemon: &mut Daemon<Attached, SystemClock>,
     watching: &mut Watching,
     joining: &Joining,
     hotplug: &mut Hotplug,
-    (joiner, attached): (Joiner, Result<Attached, DatapathError>),
+    done: Done,
 ) {
-    match joiner {
+    let Done {
+        joiner,
+        attached,
+        seen_again,
+    } = done;
+    let look = match joiner {
         Joiner::Listed(key) => {
             // `retire_gone` keeps a target while it is attached.
             let t = watching.targets.iter_mut().find(|t| t.key == key);
@@ -1244,6 +1334,7 @@ fn join_attached(
             if ok && t.unlisted {
                 detach_unlisted(daemon, t);
             }
+            look_at(t)
         }
         Joiner::Matched(mut t) => {
             let joined = attached
@@ -1251,14 +1342,12 @@ fn join_attached(
                 .and_then(|kernel| join(daemon, &t, joining, kernel));
             let ok = joined.is_ok();
             tried(hotplug, &t, joined);
-            let listed = watching.targets.iter_mut().find(|o| o.key == t.key);
-            let ns = netns_of(&t.label);
-            match listed {
-                // Listed meanwhile, without the claim this one held.
+            let look = look_at(&t);
+            match watching.targets.iter_mut().find(|o| o.key == t.key) {
+                // Listed meanwhile; its claim was handed over (`relist`).
                 Some(listed) => {
-                    if let Some(claim) = t.claim.take() {
-                        link(&mut watching.listener, &claim);
-                        listed.claim.get_or_insert(claim);
+                    if ok && listed.unlisted {
+                        detach_unlisted(daemon, listed);
                     }
                 }
                 // Its claim goes with it: tried again when the interface changes.
@@ -1267,15 +1356,27 @@ fn join_attached(
                     if let Some(claim) = &t.claim {
                         link(&mut watching.listener, claim);
                     }
-                    if !watching.patterns.iter().any(|p| p.covers(ns, &t.name)) {
+                    if !covered(&watching.patterns, &t) {
                         detach_unlisted(daemon, &mut t);
                     }
                     watching.targets.push(t);
                 }
             }
+            look
         }
+    };
+    if seen_again {
+        join_appeared(daemon, watching, &look, joining, hotplug);
     }
     attach_next(daemon, watching, joining);
+}
+
+/// A look at `t` alone.
+fn look_at(t: &Target) -> Look {
+    Look::At {
+        netns: netns_of(&t.label).to_string(),
+        name: t.name.clone(),
+    }
 }
 
 /// Detaches `t`, which the configuration no longer lists: read once more
@@ -1458,8 +1559,8 @@ fn relist(
                         Some(o) if named(o) => return Err(StartError::NamedTwice(t.label)),
                         // Matched by a pattern already: this daemon holds its claim.
                         Some(_) => {}
-                        // Matched and being attached: the claim is held, and
-                        // goes to this target once attached (`join_attached`).
+                        // Matched and waiting or being attached: the claim
+                        // is held, and handed to this target below.
                         None if watching.attaching.holds(&t.key) => {}
                         None => t.claim()?,
                     }
@@ -1489,6 +1590,9 @@ fn relist(
 
     // Nothing refused: the change is made. The socket is linked under what
     // is new before it is unlinked from what goes: it always has a name.
+    for t in new_targets.iter_mut().filter(|t| t.claim.is_none()) {
+        t.claim = watching.attaching.take_claim(&t.key);
+    }
     for (_, claim) in &new_claims {
         link(&mut watching.listener, claim);
     }
@@ -1597,6 +1701,7 @@ fn relist(
     let named: Vec<&str> = labels.iter().map(String::as_str).collect();
     daemon.list(&named);
     daemon.join_by(joining_by(&watching.patterns, listed));
+    show_attaching(daemon, watching);
     listed.configured = configured;
     listed.expanded = specs;
     Ok(true)
@@ -1675,12 +1780,17 @@ fn retire_gone(daemon: &mut Daemon<Attached, SystemClock>, watching: &mut Watchi
     let mut at = 0;
     while at < targets.len() {
         let t = &targets[at];
-        // One being attached is retired once watched: its claim is held meanwhile.
-        let kept = daemon.watches(&t.label) || attaching.is_under_way(&t.key);
+        // One being attached is retired once watched: its claim is held
+        // meanwhile. So is one whose quota map that attach is sharing.
+        let sharing = daemon
+            .kernel_of(&t.label)
+            .is_some_and(|k| attaching.shares(&k.datapath.quota_pin()));
+        let kept = daemon.watches(&t.label) || attaching.is_under_way(&t.key) || sharing;
         if !(t.unlisted || (t.matched && !t.present())) || kept {
             at += 1;
             continue;
         }
+        attaching.queue.retain(|j| j.key() != t.key);
         // None when it was never attached.
         let kernel = daemon.retire(&t.label);
         due.push((targets.remove(at), kernel));
