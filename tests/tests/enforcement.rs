@@ -386,6 +386,52 @@ fn a_list_an_earlier_netmon_wrote_where_the_empty_list_is_is_moved() {
     }
 }
 
+/// A policy of more prefixes than one thread writes (`write_prefixes`
+/// splits the write in two halves written at once): every prefix of both
+/// halves decides its addresses, and a change of it too.
+#[test]
+fn a_policy_of_twenty_thousand_prefixes_is_written_whole_and_changed_whole() {
+    let mut ebpf = load();
+    let mut enforcement = Enforcement::default();
+    let nets: Vec<Ipv4Addr> = (0..30_000u32)
+        .map(|i| Ipv4Addr::new(10, (i / 256) as u8, (i % 256) as u8, 0))
+        .collect();
+    let block = |keep: &dyn Fn(usize) -> bool| Match {
+        cidrs: (nets.iter().enumerate())
+            .filter(|(i, _)| keep(*i))
+            .map(|(_, net)| format!("{net}/24").parse().unwrap())
+            .collect(),
+        ..Default::default()
+    };
+    // 20,000 prefixes, then 10,000 of them removed and 10,000 added.
+    let first: &dyn Fn(usize) -> bool = &|i| i % 3 != 2;
+    let then: &dyn Fn(usize) -> bool = &|i| i % 3 == 2 || i % 5 == 0;
+    for keep in [first, then] {
+        let matcher = block(keep);
+        let items = [Item {
+            id: 0,
+            kind: RuleKind::Block,
+            matcher: &matcher,
+        }];
+        let applied = enforcement
+            .apply(&mut ebpf, &compile(&items).unwrap())
+            .unwrap();
+        assert!(applied.prefixes_written >= 10_000, "{applied:?}");
+        // Every 7th /24, from both halves of the write; the pair table
+        // emptied now and then, so that each frame gets a slot.
+        for (i, net) in nets.iter().enumerate().step_by(7) {
+            let [a, b, c, _] = net.octets();
+            let frame = udp4(V4_SRC, Ipv4Addr::new(a, b, c, 5), 4000, 53, 100);
+            let want = if keep(i) { TC_SHOT } else { TC_NEXT };
+            assert_eq!(tc(&mut ebpf, &frame, None), want, "{net}/24, #{i}");
+            if i % 700 == 0 {
+                reset(&mut ebpf);
+            }
+        }
+        reset(&mut ebpf);
+    }
+}
+
 // Through the real binary and its CLI, on a veth pair.
 
 /// (ingress, egress) (frames, bytes) of the rule spelled `rule`.

@@ -10,7 +10,7 @@ use netmon::datapath::{self, enforce::Enforcement};
 use netmon_tests::{daemon::Netmon, TestNet};
 
 use crate::{
-    cpu::thread_cpu,
+    cpu::own_process_cpu,
     report::{Row, Target},
     throughput::{block_list, iptables_restore, write_list},
     workload::{blocklist, median, random_prefixes},
@@ -26,7 +26,7 @@ struct Took {
     cpu: f64,
 }
 
-/// Wall clock and this thread's CPU time from a start.
+/// Wall clock and this process's CPU time (every thread's) from a start.
 struct Stopwatch {
     wall: Instant,
     cpu: f64,
@@ -36,14 +36,14 @@ impl Stopwatch {
     fn start() -> Stopwatch {
         Stopwatch {
             wall: Instant::now(),
-            cpu: thread_cpu(),
+            cpu: own_process_cpu(),
         }
     }
 
     fn took(&self) -> Took {
         Took {
             wall: self.wall.elapsed().as_secs_f64() * 1000.0,
-            cpu: (thread_cpu() - self.cpu) * 1000.0,
+            cpu: (own_process_cpu() - self.cpu) * 1000.0,
         }
     }
 }

@@ -201,12 +201,22 @@ pub fn child_exit_and_cpu(child: &mut std::process::Child) -> (bool, f64) {
 
 /// CPU seconds the calling thread has used so far, its system calls included.
 pub fn thread_cpu() -> f64 {
+    cpu_clock(libc::CLOCK_THREAD_CPUTIME_ID)
+}
+
+/// CPU seconds this process has used so far, every thread's (those ended
+/// included) and their system calls.
+pub fn own_process_cpu() -> f64 {
+    cpu_clock(libc::CLOCK_PROCESS_CPUTIME_ID)
+}
+
+fn cpu_clock(clock: libc::clockid_t) -> f64 {
     let mut now = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: `now` is a valid timespec for the kernel to fill.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+    let rc = unsafe { libc::clock_gettime(clock, &mut now) };
     assert_eq!(rc, 0, "clock_gettime: {}", std::io::Error::last_os_error());
     now.tv_sec as f64 + now.tv_nsec as f64 / 1e9
 }
