@@ -749,9 +749,11 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             _ = ticker.tick() => {
                 daemon.poll()?;
                 let departed = daemon.departed();
-                let retired = retire_gone(&mut daemon, &mut watching);
-                let departed: Vec<String> =
-                    departed.into_iter().filter(|i| !retired.contains(i)).collect();
+                let Retired { retired, later } = retire_gone(&mut daemon, &mut watching);
+                let departed: Vec<String> = departed
+                    .into_iter()
+                    .filter(|i| !retired.contains(i) && !later.contains(i))
+                    .collect();
                 let several = watches_several(&watching.targets, &watching.patterns)
                     || roams(&listed.configured);
                 if let (false, Some(iface)) = (several, departed.first()) {
@@ -1070,9 +1072,10 @@ struct UnderWay {
     /// The quota map it shares, pinned by another interface: that one is
     /// retired only once this attach ends (`retire_gone`).
     quotas: Option<PathBuf>,
-    /// Its interface changed (or was announced again) meanwhile: looked at
-    /// again once this attach ends.
-    seen_again: bool,
+    /// The interface's index when the attach started: another once it
+    /// ends means the interface was deleted (and perhaps made again)
+    /// meanwhile, and it is looked at again.
+    ifindex: Option<u32>,
     task: tokio::task::JoinHandle<Result<Attached, DatapathError>>,
 }
 
@@ -1080,13 +1083,6 @@ impl Attaching {
     /// True when the interface keyed `key` waits or is being attached.
     fn holds(&self, key: &str) -> bool {
         self.is_under_way(key) || self.queue.iter().any(|j| j.key() == key)
-    }
-
-    /// Notes that the interface keyed `key`, if being attached, changed.
-    fn seen(&mut self, key: &str) {
-        if let Some(u) = self.under_way.as_mut().filter(|u| u.joiner.key() == key) {
-            u.seen_again = true;
-        }
     }
 
     fn is_under_way(&self, key: &str) -> bool {
@@ -1121,31 +1117,30 @@ impl Attaching {
         }
     }
 
-    /// The attach under way, once it ends, and whether its interface was
-    /// seen again meanwhile: never, while none is.
+    /// The attach under way, once it ends: never, while none is.
     async fn done(&mut self) -> Done {
         let Some(under_way) = &mut self.under_way else {
             return std::future::pending().await;
         };
         let result = (&mut under_way.task).await;
         let UnderWay {
-            joiner, seen_again, ..
+            joiner, ifindex, ..
         } = self.under_way.take().expect("awaited above");
         // A blocking task is never cancelled: it ended or it panicked.
         let attached = result.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
         Done {
             joiner,
             attached,
-            seen_again,
+            ifindex,
         }
     }
 }
 
-/// An attach that ended.
+/// An attach that ended, and the index its interface had when it started.
 struct Done {
     joiner: Joiner,
     attached: Result<Attached, DatapathError>,
-    seen_again: bool,
+    ifindex: Option<u32>,
 }
 
 /// Links the control socket under `claim` too; without it, the CLI
@@ -1186,11 +1181,7 @@ fn join_appeared(
         if !look.covers(netns_of(&t.label), &t.name) {
             continue;
         }
-        if watching.attaching.holds(&t.key) {
-            watching.attaching.seen(&t.key);
-            continue;
-        }
-        if attached || t.unlisted || !t.present() {
+        if attached || t.unlisted || watching.attaching.holds(&t.key) || !t.present() {
             continue;
         }
         watching
@@ -1214,12 +1205,8 @@ fn join_appeared(
         };
         for name in names {
             let mut t = p.target(&name);
-            if watching.attaching.holds(&t.key) {
-                watching.attaching.seen(&t.key);
-                continue;
-            }
             let known = watching.targets.iter().any(|o| o.key == t.key);
-            if known || !t.present() {
+            if known || watching.attaching.holds(&t.key) || !t.present() {
                 continue;
             }
             match t.claim() {
@@ -1263,10 +1250,11 @@ fn attach_next(
         let attached = daemon.kernels().find(|k| k.datapath.attached());
         let quotas = (attached.or_else(|| daemon.kernels().next())).map(|k| k.datapath.quota_pin());
         let job = t.attach_job(joining.config, quotas.as_deref(), joining.own_lookup);
+        let ifindex = t.index();
         attaching.under_way = Some(UnderWay {
             joiner,
             quotas,
-            seen_again: false,
+            ifindex,
             task: tokio::task::spawn_blocking(move || job.run()),
         });
     }
@@ -1305,10 +1293,11 @@ fn attaching_labels(watching: &Watching) -> Vec<String> {
 /// Has the daemon watch the interface whose attach ended, then starts the
 /// next. One taken off the list while it was attached (the pattern that
 /// matched it removed, too) is watched and detached at once, as the list's
-/// change would have done: read once more, then retired. One that changed
-/// meanwhile is looked at again at once, as its announcement would have
-/// been: the attach may have gone to an interface deleted since. (One that
-/// failed is tried again at its next change, as before.)
+/// change would have done: read once more, then retired. One deleted (and
+/// perhaps made again) meanwhile is looked at again at once, as its
+/// announcements, which came while it was being attached, would have had
+/// it: the attach went to the one deleted, or failed for it. (One that
+/// failed otherwise is tried again at its next change, as before.)
 fn join_attached(
     daemon: &mut Daemon<Attached, SystemClock>,
     watching: &mut Watching,
@@ -1319,9 +1308,10 @@ fn join_attached(
     let Done {
         joiner,
         attached,
-        seen_again,
+        ifindex,
     } = done;
-    let look = match joiner {
+    // The look at it, and whether it was deleted since the attach started.
+    let (look, deleted) = match joiner {
         Joiner::Listed(key) => {
             // `retire_gone` keeps a target while it is attached.
             let t = watching.targets.iter_mut().find(|t| t.key == key);
@@ -1334,7 +1324,7 @@ fn join_attached(
             if ok && t.unlisted {
                 detach_unlisted(daemon, t);
             }
-            look_at(t)
+            (look_at(t), t.index() != ifindex)
         }
         Joiner::Matched(mut t) => {
             let joined = attached
@@ -1342,7 +1332,7 @@ fn join_attached(
                 .and_then(|kernel| join(daemon, &t, joining, kernel));
             let ok = joined.is_ok();
             tried(hotplug, &t, joined);
-            let look = look_at(&t);
+            let look = (look_at(&t), t.index() != ifindex);
             match watching.targets.iter_mut().find(|o| o.key == t.key) {
                 // Listed meanwhile; its claim was handed over (`relist`).
                 Some(listed) => {
@@ -1365,7 +1355,7 @@ fn join_attached(
             look
         }
     };
-    if seen_again {
+    if deleted {
         join_appeared(daemon, watching, &look, joining, hotplug);
     }
     attach_next(daemon, watching, joining);
@@ -1629,6 +1619,10 @@ fn relist(
         daemon.watching(&p.label, p.netns().as_ref());
         watching.patterns.push(p);
     }
+    // Those a removed pattern brought in, waiting: let go with their claims.
+    let patterns = &watching.patterns;
+    let queue = &mut watching.attaching.queue;
+    queue.retain(|j| !matches!(j, Joiner::Matched(t) if !covered(patterns, t)));
     for t in new_targets {
         match watching.targets.iter_mut().find(|o| o.key == t.key) {
             // Named now, or named otherwise: kept when it goes, unless a
@@ -1767,26 +1761,33 @@ fn join(
 /// reported gone (their last traffic counted), and those never attached.
 /// What their maps hold beside the traffic (rule hits, the quotas' use) is
 /// saved before their pins are removed; their socket links and claims are
-/// released; the patterns' claims keep the socket reachable. Returns those
-/// retired.
-fn retire_gone(daemon: &mut Daemon<Attached, SystemClock>, watching: &mut Watching) -> Vec<String> {
+/// released; the patterns' claims keep the socket reachable. One being
+/// attached, or whose quota map the attach under way shares, is kept for a
+/// later poll.
+fn retire_gone(daemon: &mut Daemon<Attached, SystemClock>, watching: &mut Watching) -> Retired {
     let Watching {
         targets,
         listener,
         attaching,
         ..
     } = watching;
+    let mut later = Vec::new();
     let mut due = Vec::new();
     let mut at = 0;
     while at < targets.len() {
         let t = &targets[at];
         // One being attached is retired once watched: its claim is held
         // meanwhile. So is one whose quota map that attach is sharing.
+        let retiring = t.unlisted || (t.matched && !t.present());
+        if !retiring || daemon.watches(&t.label) {
+            at += 1;
+            continue;
+        }
         let sharing = daemon
             .kernel_of(&t.label)
             .is_some_and(|k| attaching.shares(&k.datapath.quota_pin()));
-        let kept = daemon.watches(&t.label) || attaching.is_under_way(&t.key) || sharing;
-        if !(t.unlisted || (t.matched && !t.present())) || kept {
+        if attaching.is_under_way(&t.key) || sharing {
+            later.push(t.label.clone());
             at += 1;
             continue;
         }
@@ -1843,5 +1844,13 @@ fn retire_gone(daemon: &mut Daemon<Attached, SystemClock>, watching: &mut Watchi
         }
         retired.push(label);
     }
-    retired
+    Retired { retired, later }
+}
+
+/// The interfaces [`retire_gone`] retired, and those due that it keeps
+/// for a later poll (an attach under way needs them): neither is reported
+/// gone.
+struct Retired {
+    retired: Vec<String>,
+    later: Vec<String>,
 }

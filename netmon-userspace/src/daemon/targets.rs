@@ -198,7 +198,12 @@ impl Target {
     }
 
     pub fn present(&self) -> bool {
-        self.left.is_none() && Datapath::index_in(self.netns.as_deref(), &self.name).is_some()
+        self.left.is_none() && self.index().is_some()
+    }
+
+    /// Its interface's index now, when there is one of its name.
+    pub fn index(&self) -> Option<u32> {
+        Datapath::index_in(self.netns.as_deref(), &self.name)
     }
 
     /// The maps an earlier run left pinned for it, gone since, without

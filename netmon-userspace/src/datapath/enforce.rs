@@ -107,8 +107,21 @@ impl Enforcement {
 
     /// Makes the kernel enforce `tables`: new lists first, then prefixes added or
     /// re-pointed, then stale prefixes removed, then the generation bumped so
-    /// that flows drop their cached decisions.
+    /// that flows drop their cached decisions. One that fails part-way
+    /// leaves what it wrote: what the maps hold then is read back, so that
+    /// the next update is a difference from it (and no list a prefix
+    /// points at is taken for free).
     pub fn apply(&mut self, ebpf: &mut Ebpf, tables: &Tables) -> Result<Applied, DatapathError> {
+        let applied = self.write(ebpf, tables);
+        if applied.is_err() {
+            if let Ok(now) = Enforcement::adopt(ebpf) {
+                *self = now;
+            }
+        }
+        applied
+    }
+
+    fn write(&mut self, ebpf: &mut Ebpf, tables: &Tables) -> Result<Applied, DatapathError> {
         let mut applied = Applied::default();
         // The empty list the datapath reads for NO_LIST is never written
         // (see `free_empty_list`).
@@ -297,23 +310,32 @@ fn write_prefixes<const N: usize>(
     let raw = RawMap::of(IterableMap::map(trie))?;
     let two = keys.len() >= WRITTEN_IN_TWO
         && std::thread::available_parallelism().is_ok_and(|n| n.get() > 1);
-    let written = match two {
-        false => raw.update_batch(keys, ids),
-        true => {
-            let half = keys.len() / 2;
-            std::thread::scope(|scope| {
-                let second = scope.spawn(|| raw.update_batch(&keys[half..], &ids[half..]));
+    let half = keys.len() / 2;
+    let written = std::thread::scope(|scope| {
+        let second = two.then(|| {
+            std::thread::Builder::new()
+                .spawn_scoped(scope, || raw.update_batch(&keys[half..], &ids[half..]))
+        });
+        match second {
+            Some(Ok(second)) => {
                 let first = raw.update_batch(&keys[..half], &ids[..half]);
                 let second = second
                     .join()
                     .unwrap_or_else(|p| std::panic::resume_unwind(p));
                 first.and(second)
-            })
+            }
+            // No thread to be had: all on this one.
+            Some(Err(_)) | None => raw.update_batch(keys, ids),
         }
-    };
+    });
+    // EINVAL: no BPF_MAP_UPDATE_BATCH; ENOTSUPP (524): none for LPM tries.
     match written {
         Ok(()) => return Ok(()),
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EINVAL | 524 | libc::EOPNOTSUPP)
+            ) => {}
         Err(io_error) => {
             return Err(aya::maps::MapError::SyscallError(aya::sys::SyscallError {
                 call: "bpf_map_update_batch",
