@@ -434,6 +434,50 @@ fn a_policy_of_twenty_thousand_prefixes_is_written_whole_and_changed_whole() {
     }
 }
 
+/// A policy whose prefixes of a family, with those of the policy in force
+/// it drops (removed only once it is in place), are more than the trie
+/// holds is refused before anything is written: the policy in force stays
+/// whole, and a write that would fail part-way never starts.
+#[test]
+fn a_policy_past_the_tries_room_is_refused_and_changes_nothing() {
+    use netmon::{datapath::DatapathError, policy::Cidr};
+    use netmon_common::policy::MAX_PREFIXES;
+
+    let mut ebpf = load();
+    let mut enforcement = Enforcement::default();
+    let hosts = |from: u32, count: u32| Match {
+        cidrs: (from..from + count)
+            .map(|i| Cidr::new(Ipv4Addr::from(0x0a00_0000 + i).into(), 32).unwrap())
+            .collect(),
+        ..Default::default()
+    };
+    let apply = |ebpf: &mut Ebpf, enforcement: &mut Enforcement, matcher: &Match| {
+        let items = [Item {
+            id: 0,
+            kind: RuleKind::Block,
+            matcher,
+        }];
+        enforcement.apply(ebpf, &compile(&items).unwrap())
+    };
+    // Each fits; the two together, while one replaces the other, do not.
+    let count = MAX_PREFIXES / 2 + 1;
+    apply(&mut ebpf, &mut enforcement, &hosts(0, count)).unwrap();
+    let refused = apply(&mut ebpf, &mut enforcement, &hosts(count, count)).unwrap_err();
+    assert!(
+        matches!(refused, DatapathError::TooManyPrefixes { family: "IPv4", count: c } if c == count as usize),
+        "{refused}"
+    );
+    let to = |i: u32| udp4(V4_SRC, Ipv4Addr::from(0x0a00_0000 + i), 4000, 53, 100);
+    assert_eq!(tc(&mut ebpf, &to(5), None), TC_SHOT, "the policy in force");
+    assert_eq!(tc(&mut ebpf, &to(count - 1), None), TC_SHOT, "all of it");
+    assert_eq!(
+        tc(&mut ebpf, &to(count + 5), None),
+        TC_NEXT,
+        "none of the refused"
+    );
+    assert_eq!(tc(&mut ebpf, &to(2 * count - 1), None), TC_NEXT);
+}
+
 // Through the real binary and its CLI, on a veth pair.
 
 /// (ingress, egress) (frames, bytes) of the rule spelled `rule`.

@@ -14,7 +14,8 @@ use aya::{
 use netmon_common::{
     policy::{
         rule_stats_index, PolicyState, QuotaSet, QuotaState, RuleList, CHARGED_AT_MAP, EMPTY_LIST,
-        POLICY_MAP, PREFIXES_V4_MAP, PREFIXES_V6_MAP, QUOTAS_MAP, RULE_LISTS_MAP, RULE_STATS_MAP,
+        MAX_PREFIXES, POLICY_MAP, PREFIXES_V4_MAP, PREFIXES_V6_MAP, QUOTAS_MAP, RULE_LISTS_MAP,
+        RULE_STATS_MAP,
     },
     Counter, Direction,
 };
@@ -112,6 +113,7 @@ impl Enforcement {
     /// the next update is a difference from it (and no list a prefix
     /// points at is taken for free).
     pub fn apply(&mut self, ebpf: &mut Ebpf, tables: &Tables) -> Result<Applied, DatapathError> {
+        self.check_room(tables)?;
         let applied = self.write(ebpf, tables);
         if applied.is_err() {
             if let Ok(now) = Enforcement::adopt(ebpf) {
@@ -119,6 +121,23 @@ impl Enforcement {
             }
         }
         applied
+    }
+
+    /// Refuses `tables` when a trie cannot hold its prefixes of a family
+    /// together with those of the policy in force that it drops: those are
+    /// removed only once the new ones are in place.
+    fn check_room(&self, tables: &Tables) -> Result<(), DatapathError> {
+        for (family, v4) in [("IPv4", true), ("IPv6", false)] {
+            let of_family = |cidr: &&Cidr| cidr.addr().is_ipv4() == v4;
+            let count = tables.prefixes.keys().filter(of_family).count();
+            let dropped = (self.prefixes.keys().filter(of_family))
+                .filter(|cidr| !tables.prefixes.contains_key(cidr))
+                .count();
+            if count + dropped > MAX_PREFIXES as usize {
+                return Err(DatapathError::TooManyPrefixes { family, count });
+            }
+        }
+        Ok(())
     }
 
     fn write(&mut self, ebpf: &mut Ebpf, tables: &Tables) -> Result<Applied, DatapathError> {

@@ -1,7 +1,7 @@
 use std::path::PathBuf;
 
 use aya::{programs::ProgramError, EbpfError};
-use netmon_common::policy::EMPTY_LIST;
+use netmon_common::policy::{EMPTY_LIST, MAX_PREFIXES};
 
 /// Why loading, attaching or reading the datapath failed. Each message names the fix.
 #[derive(Debug, thiserror::Error)]
@@ -159,6 +159,18 @@ pub enum DatapathError {
          with those of the policy in force (replaced once the new one is in place)"
     )]
     TooManyRuleLists,
+    /// The policy has more prefixes of a family than its trie holds.
+    #[error(
+        "the policy has {count} {family} prefixes; with those of the policy in force that it \
+         drops (removed once the new one is in place) that is more than the {MAX_PREFIXES} the \
+         datapath holds: merge adjacent prefixes, or apply the change in two steps"
+    )]
+    TooManyPrefixes {
+        /// IPv4 or IPv6.
+        family: &'static str,
+        /// The policy's prefixes of that family.
+        count: usize,
+    },
     /// A pair table's size times the CPUs overflows one map's size.
     #[error(
         "a pair table of {max_pairs} pairs times {cpus} CPUs is more counters than one map \
