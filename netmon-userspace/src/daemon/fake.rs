@@ -83,6 +83,8 @@ pub struct Maps {
     pub ifindex: u32,
     /// The interfaces forwarding to this one, and what they charge.
     pub charged_at: Vec<(u32, QuotaSet)>,
+    /// Tables of more prefixes than this are refused, when set.
+    pub room: Option<usize>,
 }
 
 /// A kernel that is a few maps in memory.
@@ -156,6 +158,16 @@ impl Pairs for FakeKernel {
 }
 
 impl PolicyMaps for FakeKernel {
+    fn check_tables(&self, tables: &Tables) -> Result<(), DatapathError> {
+        match self.0.borrow().room {
+            Some(room) if tables.prefixes.len() > room => Err(DatapathError::TooManyPrefixes {
+                family: "IPv4",
+                count: tables.prefixes.len(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
     fn write_tables(&mut self, tables: &Tables) -> Result<(), DatapathError> {
         self.0.borrow_mut().tables = tables.clone();
         Ok(())

@@ -94,6 +94,10 @@ impl Pairs for Attached {
 }
 
 impl PolicyMaps for Attached {
+    fn check_tables(&self, tables: &Tables) -> Result<(), DatapathError> {
+        self.enforcement.check(tables)
+    }
+
     fn write_tables(&mut self, tables: &Tables) -> Result<(), DatapathError> {
         let applied = self.enforcement.apply(self.datapath.ebpf_mut(), tables)?;
         log::debug!("policy applied: {applied:?}");

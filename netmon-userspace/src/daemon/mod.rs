@@ -212,6 +212,18 @@ impl<K: Kernel> PolicyMaps for Interfaces<K> {
         self.write_policy(&Compiled::same_everywhere(tables.clone()))
     }
 
+    fn check_tables(&self, tables: &Tables) -> Result<(), DatapathError> {
+        self.check_policy(&Compiled::same_everywhere(tables.clone()))
+    }
+
+    /// Every interface's, before any is written: one refused changes none.
+    fn check_policy(&self, policy: &Compiled) -> Result<(), DatapathError> {
+        self.watched
+            .iter()
+            .filter(|w| w.kernel.attached())
+            .try_for_each(|w| w.kernel.check_tables(&policy.on(&w.iface)))
+    }
+
     /// Not into the maps of an interface gone: they enforce nothing, and
     /// one that comes back gets the policy when it joins again.
     fn write_policy(&mut self, policy: &Compiled) -> Result<(), DatapathError> {
@@ -288,6 +300,14 @@ struct OnInterface<'a, K> {
 }
 
 impl<K: PolicyMaps> PolicyMaps for OnInterface<'_, K> {
+    fn check_tables(&self, tables: &Tables) -> Result<(), DatapathError> {
+        self.kernel.check_tables(tables)
+    }
+
+    fn check_policy(&self, policy: &Compiled) -> Result<(), DatapathError> {
+        self.kernel.check_tables(&policy.on(self.iface))
+    }
+
     fn write_tables(&mut self, tables: &Tables) -> Result<(), DatapathError> {
         self.kernel.write_tables(tables)
     }

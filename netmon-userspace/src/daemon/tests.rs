@@ -694,6 +694,50 @@ fn a_rule_on_one_interface_is_written_there_only_and_listed_with_it() {
     );
 }
 
+/// A change one interface's maps cannot take is refused before any is
+/// written: the other keeps the policy in force, not the new one.
+#[test]
+fn a_change_one_interface_cannot_take_is_written_to_none() {
+    let (x, y, clock) = (
+        FakeKernel::default(),
+        FakeKernel::default(),
+        FakeClock::at("2026-11-30T12:00:00Z"),
+    );
+    let mut daemon = on_two(&x, &y, &clock);
+    y.0.borrow_mut().room = Some(2);
+    assert!(matches!(
+        daemon.handle(block_on("10.200.0.0/16", &[])),
+        Response::Ok(Answer::RuleAdded { .. })
+    ));
+    let two_more = Request::AddRule {
+        rule: Rule {
+            action: Action::Block,
+            matcher: Match {
+                cidrs: vec![
+                    "10.201.0.0/16".parse().unwrap(),
+                    "10.202.0.0/16".parse().unwrap(),
+                ],
+                ..Default::default()
+            },
+            source: None,
+        },
+    };
+    let Response::Error(refused) = daemon.handle(two_more) else {
+        panic!("refused")
+    };
+    assert!(refused.contains("3 IPv4 prefixes"), "{refused}");
+    for maps in [&x, &y] {
+        let prefixes: Vec<String> = (maps.0.borrow().tables.prefixes.keys())
+            .map(|cidr| cidr.to_string())
+            .collect();
+        assert_eq!(prefixes, ["10.200.0.0/16"]);
+    }
+    let Response::Ok(Answer::Rules { rules }) = daemon.handle(Request::Rules) else {
+        panic!("rules")
+    };
+    assert_eq!(rules.len(), 1, "the refused rule is not kept");
+}
+
 /// A rule on a pattern of interfaces applies on each interface it matches,
 /// one that joins later too, and on no other; with a rule on one of them
 /// outright, that one holds both. A pattern that does not parse is refused

@@ -113,19 +113,39 @@ impl Enforcement {
     /// the next update is a difference from it (and no list a prefix
     /// points at is taken for free).
     pub fn apply(&mut self, ebpf: &mut Ebpf, tables: &Tables) -> Result<Applied, DatapathError> {
-        self.check_room(tables)?;
+        self.check(tables)?;
         let applied = self.write(ebpf, tables);
         if applied.is_err() {
-            if let Ok(now) = Enforcement::adopt(ebpf) {
-                *self = now;
+            match Enforcement::adopt(ebpf) {
+                // Generations never go back: a flow's cached decision of
+                // an old one would count as current again.
+                Ok(now) => {
+                    let last_generation = now.last_generation.max(self.last_generation);
+                    *self = Enforcement {
+                        last_generation,
+                        ..now
+                    };
+                }
+                Err(e) => log::warn!("reading back the policy maps after a failed write: {e}"),
             }
         }
         applied
     }
 
-    /// Refuses `tables` when a trie cannot hold its prefixes of a family
-    /// together with those of the policy in force that it drops: those are
-    /// removed only once the new ones are in place.
+    /// Refuses `tables` when the maps cannot hold them together with what
+    /// of the policy in force they replace, which goes only once they are
+    /// in place: a trie's prefixes of a family, or the rule lists.
+    pub fn check(&self, tables: &Tables) -> Result<(), DatapathError> {
+        let new_lists = (tables.lists.iter())
+            .filter(|list| !self.lists.contains_key(list))
+            .count();
+        if self.lists.len() + new_lists > EMPTY_LIST as usize {
+            return Err(DatapathError::TooManyRuleLists);
+        }
+        self.check_room(tables)
+    }
+
+    /// The prefixes' part of [`Enforcement::check`].
     fn check_room(&self, tables: &Tables) -> Result<(), DatapathError> {
         for (family, v4) in [("IPv4", true), ("IPv6", false)] {
             let of_family = |cidr: &&Cidr| cidr.addr().is_ipv4() == v4;

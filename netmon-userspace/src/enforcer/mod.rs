@@ -45,6 +45,16 @@ pub trait PolicyMaps {
     ) -> Result<(), DatapathError> {
         self.write_tables(&policy.everywhere)
     }
+    /// Refuses tables the maps cannot take whole (more prefixes or rule
+    /// lists than they hold, with those of the policy in force that the
+    /// tables drop): asked before anything is written.
+    fn check_tables(&self, _tables: &crate::policy::compile::Tables) -> Result<(), DatapathError> {
+        Ok(())
+    }
+    /// [`PolicyMaps::check_tables`] of each interface's tables.
+    fn check_policy(&self, policy: &crate::policy::compile::Compiled) -> Result<(), DatapathError> {
+        self.check_tables(&policy.everywhere)
+    }
     /// The interfaces the maps are of (as reports name them), whose tables
     /// are compiled before anything is written.
     fn interfaces(&self) -> Vec<String> {
@@ -169,7 +179,10 @@ impl Enforcer {
     /// than the datapath holds), without touching the kernel: run at start,
     /// before anything is loaded.
     pub fn check(&self) -> Result<(), PolicyError> {
-        self.plan(&[]).map(|_| ())
+        let plan = self.plan(&[])?;
+        // What no set of maps could hold, alone.
+        crate::datapath::enforce::Enforcement::default().check(&plan.compiled.everywhere)?;
+        Ok(())
     }
 
     fn quotas_in_force(&self) -> impl Iterator<Item = &Quota> {
@@ -198,6 +211,7 @@ impl Enforcer {
     pub fn apply(&mut self, maps: &mut dyn PolicyMaps, now: Timestamp) -> Result<(), PolicyError> {
         let watched = maps.interfaces();
         let plan = self.plan(&watched.iter().map(String::as_str).collect::<Vec<_>>())?;
+        maps.check_policy(&plan.compiled)?;
         // Counters and budgets before the lists that use them go live.
         for slot in &plan.fresh {
             maps.clear_rule_counters(*slot)?;
