@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context as _, Result};
 use aya::Ebpf;
 use common::*;
 use netmon::{
@@ -796,6 +796,50 @@ fn alerts_run_the_program_once_per_crossing() -> Result<()> {
 
 /// Replaces the policy file the way editors and configuration tools do: a
 /// new file renamed over the old one, so no reader ever sees half of it.
+/// A policy file of more prefixes of a family than the datapath holds is
+/// refused in one line before netmon loads, attaches or writes anything.
+#[test]
+fn a_policy_file_past_the_tries_room_is_refused_before_anything_is_loaded() -> Result<()> {
+    use netmon_common::policy::MAX_PREFIXES;
+    use netmon_tests::{daemon::FILES_OF_A_RUN, mounts::TempMount};
+
+    let (net, dir, bpffs) = (
+        TestNet::create()?,
+        tempfile::tempdir()?,
+        TempMount::bpffs()?,
+    );
+    let logs = dir.path().join("logs");
+    std::fs::create_dir(&logs)?;
+    let count = MAX_PREFIXES + 1;
+    let list: String = (0..count)
+        .map(|i| format!("{}\n", Ipv4Addr::from(0x0a00_0000 + i)))
+        .collect();
+    std::fs::write(dir.path().join("huge.netset"), list)?;
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, "[[block]]\nfile = \"huge.netset\"\n")?;
+    let err = Netmon::on(&net.a)
+        .logs_in(&logs)
+        .bpffs(&bpffs)
+        .args(&["--policy", policy.to_str().unwrap()])
+        .start()
+        .err()
+        .context("refused")?
+        .to_string();
+    assert!(
+        err.contains(&format!("the policy has {count} IPv4 prefixes")),
+        "{err}"
+    );
+    assert_eq!(
+        bpffs.pins_of(&net.a.iface),
+        Vec::<PathBuf>::new(),
+        "nothing loaded"
+    );
+    for file in FILES_OF_A_RUN {
+        assert!(!logs.join(file).exists(), "{file} written");
+    }
+    Ok(())
+}
+
 fn write_policy(path: &PathBuf, blocked: &str, extra: Option<&str>) {
     let mut text = format!("[[block]]\ncidr = \"{blocked}\"\n");
     if let Some(extra) = extra {
