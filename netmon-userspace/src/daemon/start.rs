@@ -1246,9 +1246,7 @@ fn attach_next(
         if !t.present() {
             continue;
         }
-        // From one attached, where there is one: one gone is retired soon.
-        let attached = daemon.kernels().find(|k| k.datapath.attached());
-        let quotas = (attached.or_else(|| daemon.kernels().next())).map(|k| k.datapath.quota_pin());
+        let quotas = quotas_to_share(daemon);
         let job = t.attach_job(joining.config, quotas.as_deref(), joining.own_lookup);
         let ifindex = t.index();
         attaching.under_way = Some(UnderWay {
@@ -1259,6 +1257,13 @@ fn attach_next(
         });
     }
     show_attaching(daemon, watching);
+}
+
+/// The quota map an interface that joins shares: pinned by one attached,
+/// where there is one (one gone is retired soon), else by any watched.
+fn quotas_to_share(daemon: &Daemon<Attached, SystemClock>) -> Option<PathBuf> {
+    let attached = daemon.kernels().find(|k| k.datapath.attached());
+    (attached.or_else(|| daemon.kernels().next())).map(|k| k.datapath.quota_pin())
 }
 
 /// True when one of `patterns` matches `t`.
@@ -1725,7 +1730,7 @@ fn join(
         // Pins this daemon failed to remove when it retired the interface:
         // what they hold is counted already. Rare: attached again here.
         kernel.datapath.shutdown(false)?;
-        let quotas = daemon.kernels().next().map(|k| k.datapath.quota_pin());
+        let quotas = quotas_to_share(daemon);
         kernel = t.attach(joining.config, quotas.as_deref(), joining.own_lookup)?;
     }
     let meter = match meter_for(joining.baselines, &kernel) {
