@@ -1556,3 +1556,128 @@ fn the_daemon_answers_while_interfaces_that_appeared_together_are_attached() -> 
     );
     Ok(())
 }
+
+/// The interfaces `top --once` shows waiting to be attached.
+fn attaching(iface: &str) -> Result<Vec<String>> {
+    let out = ctl(iface, &["top", "--once", "--format", "json"]).map_err(anyhow::Error::msg)?;
+    let snapshot: serde_json::Value = serde_json::from_str(&out)?;
+    Ok(serde_json::from_value(snapshot["attaching"].clone())?)
+}
+
+/// A named interface deleted and made again is attached again with its
+/// pins; SIGTERM comes while that attach is under way (or just after).
+/// With `--keep-attached` the stop joins it and leaves it counting like
+/// the others: what it carries while no netmon runs is counted by the next
+/// run, exactly.
+#[test]
+fn a_stop_during_an_attach_leaves_that_interface_counting_with_keep_attached() -> Result<()> {
+    let bpffs = TempMount::bpffs()?;
+    let net = Routed::create()?;
+    let dir = tempfile::tempdir()?;
+    let right = &net.router_right;
+    let mut netmon = on_both_ports(&net, dir.path(), &bpffs)
+        .args(&["--keep-attached"])
+        .start()?;
+    said(&mut netmon, &format!("counting on {} (", right.iface))?;
+    let to_right = |n: usize| {
+        Flow::udp(&net.right, right)
+            .port(7140)
+            .sizes(&vec![500; n])
+            .send()
+    };
+    to_right(4)?;
+    net.remove_right()?;
+    net.add_right()?;
+    // Until the daemon shows it being attached (a third of a second of
+    // verifying, against a few milliseconds an answer takes).
+    let counting = format!("counting on {} (", right.iface);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !attaching(&net.router_left.iface)?.contains(&right.iface) {
+        let attached = netmon.wait_for(&counting, Duration::from_millis(1)).is_ok();
+        anyhow::ensure!(!attached, "attached before it was seen being attached");
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "not attached again: {:?}",
+            netmon.stderr
+        );
+    }
+    let stderr = netmon.stop()?;
+    assert!(
+        stderr
+            .iter()
+            .any(|l| l.contains("left the programs attached")),
+        "{stderr:?}"
+    );
+    assert!(!stderr.iter().any(|l| l.contains("ERROR")), "{stderr:?}");
+    assert_eq!(bpffs.pins_of(&right.iface).len(), 1, "{stderr:?}");
+    // Counted by the programs left attached, while no netmon runs.
+    to_right(3)?;
+    let netmon = on_both_ports(&net, dir.path(), &bpffs).start()?;
+    to_right(2)?;
+    two_polls();
+    netmon.stop()?;
+    let totals = exact_totals(dir.path())?;
+    assert_eq!(
+        totals.get(&(v4(&net.right), v4(right))),
+        Some(udp(9, right, 500))
+    );
+    Ok(())
+}
+
+/// A daemon of a configuration file that watches one interface, which is
+/// deleted and made again (a container restarting): every poll during the
+/// remaking and the attach (at 100 ms, several) finds it gone, and the
+/// daemon goes on, counting it again with its pins, instead of stopping.
+/// Deleted for good, it stops the daemon as a single `--iface` does.
+#[test]
+fn a_single_interface_made_again_is_attached_again_and_the_daemon_goes_on() -> Result<()> {
+    let bpffs = TempMount::bpffs()?;
+    let net = Routed::create()?;
+    let dir = tempfile::tempdir()?;
+    let right = &net.router_right;
+    let config = dir.path().join("netmon.toml");
+    list_interfaces(&config, "100ms", &[&right.iface])?;
+    let mut netmon = Netmon::on(right)
+        .without_defaults()
+        .args(&["--config", config.to_str().context("path")?])
+        .logs_in(dir.path())
+        .bpffs(&bpffs)
+        .start()?;
+    let counting = format!("counting on {} (", right.iface);
+    said(&mut netmon, &counting)?;
+    let pins = bpffs.pins_of(&right.iface);
+    let to_right = |n: usize| {
+        Flow::udp(&net.right, right)
+            .port(7141)
+            .sizes(&vec![300; n])
+            .send()
+    };
+    to_right(5)?;
+    net.remove_right()?;
+    net.add_right()?;
+    netmon.wait_for(&counting, Duration::from_secs(20))?;
+    to_right(6)?;
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(bpffs.pins_of(&right.iface), pins, "the same pins");
+    // Deleted for good: gone at the second poll that finds it absent.
+    net.remove_right()?;
+    let gone = netmon.wait_for("is gone", Duration::from_secs(10))?;
+    assert!(gone.starts_with("netmon: error: interface"), "{gone}");
+    let stderr = &netmon.stderr;
+    // Said of the pins taken over, and nothing else.
+    let warned: Vec<&String> = stderr.iter().filter(|l| l.contains("WARN")).collect();
+    assert!(
+        warned.len() == 1 && warned[0].contains("were attached to an earlier"),
+        "{stderr:?}"
+    );
+    assert_eq!(
+        bpffs.pins_of(&right.iface),
+        Vec::<std::path::PathBuf>::new()
+    );
+    let totals = exact_totals(dir.path())?;
+    assert_eq!(
+        totals.get(&(v4(&net.right), v4(right))),
+        Some(udp(11, right, 300))
+    );
+    Ok(())
+}

@@ -743,6 +743,9 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         listener,
         attaching: Attaching::default(),
     };
+    // The only interface, found gone at a poll: given until the next to
+    // be back (`Missing`).
+    let mut missing: Option<Missing> = None;
     // The only interface, when it went away: its last traffic is polled, then netmon stops.
     let gone = loop {
         tokio::select! {
@@ -750,14 +753,26 @@ pub async fn run(config: Config) -> Result<(), StartError> {
                 daemon.poll()?;
                 let departed = daemon.departed();
                 let Retired { retired, later } = retire_gone(&mut daemon, &mut watching);
-                let departed: Vec<String> = departed
+                let mut departed: Vec<String> = departed
                     .into_iter()
                     .filter(|i| !retired.contains(i) && !later.contains(i))
                     .collect();
                 let several = watches_several(&watching.targets, &watching.patterns)
                     || roams(&listed.configured);
                 if let (false, Some(iface)) = (several, departed.first()) {
-                    break Some(iface.clone());
+                    missing = Some(Missing { label: iface.clone(), polls: 0 });
+                    departed.clear();
+                }
+                if let Some(m) = &mut missing {
+                    // One that cannot be attached again has no time to be back.
+                    let waits = hotplug.is_some() && m.polls == 0;
+                    let hotplug = hotplug.as_mut();
+                    match is_back(&mut daemon, &mut watching, &joining, hotplug, &m.label) {
+                        Back::Attached => missing = None,
+                        Back::Attaching => {}
+                        Back::Absent if waits => m.polls += 1,
+                        Back::Absent => break Some(m.label.clone()),
+                    }
                 }
                 // One of a name a pattern still matches is attached anew
                 // (listed again before it was retired).
@@ -803,6 +818,14 @@ pub async fn run(config: Config) -> Result<(), StartError> {
                 if let Some(hotplug) = &mut hotplug {
                     join_attached(&mut daemon, &mut watching, &joining, hotplug, done);
                 }
+                // The only interface, back, but its attach failed: it is gone.
+                if let Some(m) = &missing {
+                    match is_back(&mut daemon, &mut watching, &joining, None, &m.label) {
+                        Back::Attached => missing = None,
+                        Back::Attaching => {}
+                        Back::Absent => break Some(m.label.clone()),
+                    }
+                }
             }
             Some(look) = hotplug::next(&mut hotplug) => {
                 if let Some(hotplug) = &mut hotplug {
@@ -841,6 +864,14 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             _ = sigint.recv() => break None,
         }
     };
+    // The attach under way as the stop comes is joined as at any other
+    // time, and stopped with the others: its traffic so far is polled, and
+    // with `--keep-attached` it is left counting. No other is started.
+    watching.attaching.queue.clear();
+    if let (true, Some(hotplug)) = (watching.attaching.under_way.is_some(), &mut hotplug) {
+        let done = watching.attaching.done().await;
+        join_done(&mut daemon, &mut watching, &joining, hotplug, done);
+    }
     if gone.is_none() {
         daemon.poll()?;
     }
@@ -848,22 +879,10 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         targets,
         patterns: _held,
         listener,
-        mut attaching,
+        attaching: _,
     } = watching;
     drop(listener);
     let mut failed = None;
-    // One attached as the stop came is let go as a failed start's are.
-    if attaching.under_way.is_some() {
-        let done = attaching.done().await;
-        // One that failed has nothing to let go.
-        if let Ok(kernel) = done.attached {
-            if let Err(e) = release([kernel]) {
-                log::error!("stopping on {}: {e}", done.joiner.key());
-                failed.get_or_insert(e);
-            }
-        }
-    }
-    drop(attaching);
     // The claims are held until the end, the stop below included: a next run
     // must not adopt pins this one is still removing.
     let (kernels, unwritten) = daemon.finish();
@@ -1310,6 +1329,21 @@ fn join_attached(
     hotplug: &mut Hotplug,
     done: Done,
 ) {
+    if let Some(look) = join_done(daemon, watching, joining, hotplug, done) {
+        join_appeared(daemon, watching, &look, joining, hotplug);
+    }
+    attach_next(daemon, watching, joining);
+}
+
+/// [`join_attached`] but for what comes next: the look to take at an
+/// interface deleted since its attach started.
+fn join_done(
+    daemon: &mut Daemon<Attached, SystemClock>,
+    watching: &mut Watching,
+    joining: &Joining,
+    hotplug: &mut Hotplug,
+    done: Done,
+) -> Option<Look> {
     let Done {
         joiner,
         attached,
@@ -1360,10 +1394,50 @@ fn join_attached(
             look
         }
     };
-    if deleted {
+    deleted.then_some(look)
+}
+
+/// The only interface, found gone at a poll. A daemon that can attach it
+/// again (one of a configuration file) gives it until the next poll to be
+/// back, as when a container restarts, and then until its attach ends;
+/// otherwise it stops, its last traffic polled.
+struct Missing {
+    label: String,
+    /// Polls that found it absent since.
+    polls: u32,
+}
+
+/// Where the interface `label` found gone stands.
+enum Back {
+    Attached,
+    Attaching,
+    Absent,
+}
+
+/// Where `label` stands; one back and not yet queued is queued (given
+/// `hotplug`: a daemon without one attaches nothing after its start).
+fn is_back(
+    daemon: &mut Daemon<Attached, SystemClock>,
+    watching: &mut Watching,
+    joining: &Joining,
+    hotplug: Option<&mut Hotplug>,
+    label: &str,
+) -> Back {
+    let Some(t) = watching.targets.iter().find(|t| t.label == label) else {
+        return Back::Absent;
+    };
+    if daemon.kernel(label).is_some_and(|k| k.datapath.attached()) {
+        return Back::Attached;
+    }
+    let key = t.key.clone();
+    if let (false, Some(hotplug)) = (watching.attaching.holds(&key), hotplug) {
+        let look = look_at(t);
         join_appeared(daemon, watching, &look, joining, hotplug);
     }
-    attach_next(daemon, watching, joining);
+    match watching.attaching.holds(&key) {
+        true => Back::Attaching,
+        false => Back::Absent,
+    }
 }
 
 /// A look at `t` alone.
