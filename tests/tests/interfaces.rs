@@ -1681,3 +1681,86 @@ fn a_single_interface_made_again_is_attached_again_and_the_daemon_goes_on() -> R
     );
     Ok(())
 }
+
+/// Six interfaces a pattern of the configuration file matches appear at
+/// once; while the first is being attached and the rest wait, SIGHUP
+/// takes a file that drops the pattern and names the fourth outright. The
+/// waiting ones the pattern brought are let go with their claims, never
+/// attached; the one under way is detached once its attach ends, then
+/// retired; the one named now is attached as named, with the claim its
+/// match held, and stays.
+#[test]
+fn a_reload_while_interfaces_wait_to_be_attached_lets_go_of_those_it_drops() -> Result<()> {
+    let bpffs = TempMount::bpffs()?;
+    let net = Routed::create()?;
+    let dir = tempfile::tempdir()?;
+    let left = &net.router_left;
+    let stem = &left.iface[..left.iface.len() - 1];
+    let names: Vec<String> = (0..6).map(|i| format!("{stem}q{i}")).collect();
+    let config = dir.path().join("netmon.toml");
+    let pattern = format!("{stem}q*");
+    list_interfaces(&config, "1s", &[&left.iface, &pattern])?;
+    let mut netmon = Netmon::on(left)
+        .without_defaults()
+        .args(&["--config", config.to_str().context("path")?])
+        .logs_in(dir.path())
+        .bpffs(&bpffs)
+        .start()?;
+    said(&mut netmon, &format!("counting on {} (", left.iface))?;
+    veths(&left.netns, &names)?;
+    // Until one is under way and at least three wait behind it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let waiting = loop {
+        let waiting = attaching(&left.iface)?;
+        if waiting.len() >= 4 {
+            break waiting;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "never four waiting: {waiting:?}, {:?}",
+            netmon.stderr
+        );
+    };
+    let under_way = waiting[0].clone();
+    let named = names[3].clone();
+    assert_ne!(under_way, named, "{waiting:?}");
+    list_interfaces(&config, "1s", &[&left.iface, &named])?;
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(netmon.pid() as i32, libc::SIGHUP) };
+    said(&mut netmon, "interfaces reloaded")?;
+    said(&mut netmon, &format!("counting on {named} ("))?;
+    said(
+        &mut netmon,
+        &format!("interface {under_way} is no longer listed: its traffic"),
+    )?;
+    two_polls();
+    assert_eq!(attaching(&left.iface)?, Vec::<String>::new());
+    let claim =
+        |name: &str| std::path::PathBuf::from(format!("/run/netmon/{}:{name}.lock", left.netns));
+    for name in &names {
+        let kept = *name == named;
+        let pins = bpffs.pins_of(name);
+        assert_eq!(pins.len(), usize::from(kept), "{name}: {:?}", netmon.stderr);
+        assert_eq!(claim(name).exists(), kept, "{name}");
+        let counted = netmon
+            .stderr
+            .iter()
+            .filter(|l| l.contains(&format!("counting on {name} (")))
+            .count();
+        let attached = *name == named || *name == under_way;
+        assert_eq!(
+            counted,
+            usize::from(attached),
+            "{name}: {:?}",
+            netmon.stderr
+        );
+    }
+    let stderr = netmon.stop()?;
+    assert!(
+        !stderr
+            .iter()
+            .any(|l| l.contains("WARN") || l.contains("ERROR")),
+        "{stderr:?}"
+    );
+    Ok(())
+}
