@@ -1289,3 +1289,115 @@ fn installing_and_purging_the_package_leave_a_root_as_debian_expects() -> Result
     assert_eq!(after, users);
     Ok(())
 }
+
+/// Runs the maintainer script `script` of `dir` with `args` as dpkg does
+/// on a machine (no `$DPKG_ROOT`), in a mount namespace of its own: /run
+/// and /var/lib are fresh (with /run/systemd/system when `systemd` is
+/// booted, and a log in /var/lib/netmon), /etc and /usr read-only, and
+/// `systemctl` and `systemd-sysusers` are stand-ins that write their
+/// arguments to `calls`. Appends `purged` to `calls` when /var/lib/netmon
+/// is gone after the script.
+fn maintainer_script(dir: &Path, script: &str, args: &[&str], systemd: bool) -> Result<()> {
+    let calls = dir.join("calls");
+    let fakes = dir.join("bin");
+    std::fs::create_dir_all(&fakes)?;
+    for name in ["systemctl", "systemd-sysusers"] {
+        let fake = fakes.join(name);
+        std::fs::write(
+            &fake,
+            format!("#!/bin/sh\necho \"{name} $*\" >> '{}'\n", calls.display()),
+        )?;
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755))?;
+    }
+    let setup = "for d in /etc /usr; do \
+        mount --bind \"$d\" \"$d\" && mount -o remount,bind,ro \"$d\" || exit 1; done; \
+        mount -t tmpfs tmpfs /run && mount -t tmpfs tmpfs /var/lib || exit 1; \
+        if [ \"$SYSTEMD\" = yes ]; then mkdir -p /run/systemd/system; fi; \
+        mkdir /var/lib/netmon && echo '{}' > /var/lib/netmon/network_log.json; \
+        script=$1; shift; sh \"$script\" \"$@\" || exit; \
+        [ -e /var/lib/netmon ] || echo purged >> \"$CALLS\"";
+    let out = Command::new("unshare")
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            setup,
+            "sh",
+        ])
+        .arg(dir.join(script))
+        .args(args)
+        .env_remove("DPKG_ROOT")
+        .env("SYSTEMD", if systemd { "yes" } else { "no" })
+        .env("CALLS", &calls)
+        .env(
+            "PATH",
+            format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", fakes.display()),
+        )
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "{script} {args:?}: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    Ok(())
+}
+
+/// The maintainer scripts on a machine rather than a throw-away root:
+/// with systemd booted, the configure makes the accounts and reloads
+/// systemd, a removal stops the daemon (an upgrade does not: the operator
+/// restarts onto the new binary), the removal and the purge reload
+/// systemd, the purge removes the logs; without systemd, they leave
+/// systemctl alone.
+#[test]
+fn the_maintainer_scripts_tell_systemd_and_only_when_it_runs() -> Result<()> {
+    let deb = package()?;
+    let dir = tempfile::tempdir()?;
+    let scripts = dir.path();
+    let out = Command::new("dpkg-deb")
+        .arg("-e")
+        .arg(&deb)
+        .arg(scripts.join("DEBIAN"))
+        .output()?;
+    ensure!(out.status.success(), "dpkg-deb -e: {}", text(&out.stderr));
+    for script in ["postinst", "prerm", "postrm"] {
+        std::fs::rename(scripts.join("DEBIAN").join(script), scripts.join(script))?;
+    }
+    let calls = scripts.join("calls");
+    let steps: [(&str, &[&str], &[&str]); 6] = [
+        (
+            "postinst",
+            &["configure", ""],
+            &["systemd-sysusers netmon.conf", "systemctl daemon-reload"],
+        ),
+        (
+            "postinst",
+            &["configure", "0.1.0"],
+            &["systemd-sysusers netmon.conf", "systemctl daemon-reload"],
+        ),
+        ("prerm", &["upgrade", "0.1.0+1"], &[]),
+        ("prerm", &["remove"], &["systemctl stop netmon.service"]),
+        ("postrm", &["remove"], &["systemctl daemon-reload"]),
+        ("postrm", &["purge"], &["systemctl daemon-reload", "purged"]),
+    ];
+    for systemd in [true, false] {
+        for (script, args, expected) in steps {
+            let _ = std::fs::remove_file(&calls);
+            maintainer_script(scripts, script, args, systemd)?;
+            let called = std::fs::read_to_string(&calls).unwrap_or_default();
+            let expected: Vec<&str> = expected
+                .iter()
+                .copied()
+                .filter(|c| systemd || !c.starts_with("systemctl"))
+                .collect();
+            assert_eq!(
+                called.lines().collect::<Vec<_>>(),
+                expected,
+                "{script} {args:?}, systemd {systemd}"
+            );
+        }
+    }
+    Ok(())
+}
