@@ -1072,6 +1072,14 @@ fn empty_root(root: &Path) -> Result<()> {
     Ok(())
 }
 
+/// What the binary of [`next_version`] ends with.
+const NEXT_MARK: &[u8] = b"\0netmon next version\0";
+
+/// True when the process `pid` runs the binary of [`next_version`].
+fn runs_next(pid: u32) -> Result<bool> {
+    Ok(std::fs::read(format!("/proc/{pid}/exe"))?.ends_with(NEXT_MARK))
+}
+
 /// `deb` as the next version of itself (`VERSION+1`), repacked in `dir`:
 /// what an upgrade installs.
 fn next_version(deb: &Path, dir: &Path) -> Result<(PathBuf, String)> {
@@ -1097,6 +1105,12 @@ fn next_version(deb: &Path, dir: &Path) -> Result<(PathBuf, String)> {
             &format!("Version: {next}\n"),
         ),
     )?;
+    // Another binary, as a later version brings: this one with a mark at
+    // its end, past what the ELF loader reads.
+    let binary = tree.join("usr/bin/netmon");
+    let mut bytes = std::fs::read(&binary)?;
+    bytes.extend_from_slice(NEXT_MARK);
+    std::fs::write(&binary, bytes)?;
     let later = dir.join("netmon-next.deb");
     run(Command::new("dpkg-deb")
         .args(["--root-owner-group", "-b"])
@@ -1165,6 +1179,11 @@ fn an_upgrade_and_restart_under_traffic_count_exactly() -> Result<()> {
         "the later version is installed"
     );
     // The old binary runs on, replaced on the disk, until the restart.
+    assert!(!runs_next(netmon.pid())?, "the old binary runs on");
+    assert!(
+        std::fs::read(&installed)?.ends_with(NEXT_MARK),
+        "the later binary is installed"
+    );
     Flow::udp(b, a).port(7900).sizes(&[300]).send()?;
     assert_eq!(
         from_alt()?,
@@ -1175,6 +1194,10 @@ fn an_upgrade_and_restart_under_traffic_count_exactly() -> Result<()> {
     Flow::udp(b, a).port(7900).sizes(&[400]).send()?;
     assert_eq!(from_alt()?, 0, "blocked while no daemon runs");
     let netmon = launch().start()?;
+    assert!(
+        runs_next(netmon.pid())?,
+        "the restart runs the later binary"
+    );
     Flow::udp(b, a).port(7900).sizes(&[500]).send()?;
     assert_eq!(from_alt()?, 0, "blocked by the new daemon");
     netmon.stop()?;
