@@ -1315,8 +1315,8 @@ fn installing_and_purging_the_package_leave_a_root_as_debian_expects() -> Result
 
 /// Runs the maintainer script `script` of `dir` with `args` as dpkg does
 /// on a machine (no `$DPKG_ROOT`), in a mount namespace of its own: /run
-/// and /var/lib are fresh (with /run/systemd/system when `systemd` is
-/// booted, and a log in /var/lib/netmon), /etc and /usr read-only, and
+/// and /var are fresh (with /run/systemd/system when `systemd` is booted,
+/// and a log in /var/lib/netmon), /etc and /usr read-only, and
 /// `systemctl` and `systemd-sysusers` are stand-ins that write their
 /// arguments to `calls`. Appends `purged` to `calls` when /var/lib/netmon
 /// is gone after the script.
@@ -1334,9 +1334,9 @@ fn maintainer_script(dir: &Path, script: &str, args: &[&str], systemd: bool) -> 
     }
     let setup = "for d in /etc /usr; do \
         mount --bind \"$d\" \"$d\" && mount -o remount,bind,ro \"$d\" || exit 1; done; \
-        mount -t tmpfs tmpfs /run && mount -t tmpfs tmpfs /var/lib || exit 1; \
+        mount -t tmpfs tmpfs /run && mount -t tmpfs tmpfs /var || exit 1; \
         if [ \"$SYSTEMD\" = yes ]; then mkdir -p /run/systemd/system; fi; \
-        mkdir /var/lib/netmon && echo '{}' > /var/lib/netmon/network_log.json; \
+        mkdir -p /var/lib/netmon && echo '{}' > /var/lib/netmon/network_log.json; \
         script=$1; shift; sh \"$script\" \"$@\" || exit; \
         [ -e /var/lib/netmon ] || echo purged >> \"$CALLS\"";
     let out = Command::new("unshare")

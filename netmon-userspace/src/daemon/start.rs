@@ -746,8 +746,9 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     // The only interface, found gone at a poll: given until the next to
     // be back (`Missing`).
     let mut missing: Option<Missing> = None;
-    // The only interface, when it went away: its last traffic is polled, then netmon stops.
-    let gone = loop {
+    // The only interface, when it went away, and whether the loop polled
+    // last: its last traffic is polled, then netmon stops.
+    let (gone, polled) = loop {
         tokio::select! {
             _ = ticker.tick() => {
                 daemon.poll()?;
@@ -759,9 +760,24 @@ pub async fn run(config: Config) -> Result<(), StartError> {
                     .collect();
                 let several = watches_several(&watching.targets, &watching.patterns)
                     || roams(&listed.configured);
-                if let (false, Some(iface)) = (several, departed.first()) {
-                    missing = Some(Missing { label: iface.clone(), polls: 0 });
-                    departed.clear();
+                // One of several now (a reload): gone as any other is, unless
+                // attached again meanwhile. No longer named: retired.
+                if let Some(m) = missing.take_if(|m| several || !named_alone(&watching, &m.label)) {
+                    let attached = daemon.kernel(&m.label).is_some_and(|k| k.datapath.attached());
+                    if several && !attached {
+                        departed.push(m.label);
+                    }
+                }
+                let alone = departed.iter().find(|i| named_alone(&watching, i)).cloned();
+                if let (false, Some(iface)) = (several, alone) {
+                    if hotplug.is_some() {
+                        log::info!(
+                            "interface {iface} is gone: its traffic up to the removal is \
+                             counted; netmon stops unless it is back by the next poll"
+                        );
+                    }
+                    departed.retain(|i| *i != iface);
+                    missing = Some(Missing { label: iface, polls: 0 });
                 }
                 if let Some(m) = &mut missing {
                     // One that cannot be attached again has no time to be back.
@@ -771,7 +787,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
                         Back::Attached => missing = None,
                         Back::Attaching => {}
                         Back::Absent if waits => m.polls += 1,
-                        Back::Absent => break Some(m.label.clone()),
+                        Back::Absent => break (Some(m.label.clone()), true),
                     }
                 }
                 // One of a name a pattern still matches is attached anew
@@ -815,15 +831,22 @@ pub async fn run(config: Config) -> Result<(), StartError> {
                 }
             }
             done = watching.attaching.done() => {
+                let key = done.joiner.key().to_string();
                 if let Some(hotplug) = &mut hotplug {
                     join_attached(&mut daemon, &mut watching, &joining, hotplug, done);
                 }
-                // The only interface, back, but its attach failed: it is gone.
-                if let Some(m) = &missing {
+                // The only interface, back, but its attach failed (and it is
+                // not being attached again): it is gone. Left to the next
+                // poll when a reload changed what it is.
+                let its = |m: &Missing| {
+                    let t = watching.targets.iter().find(|t| t.label == m.label);
+                    t.is_some_and(|t| t.key == key) && named_alone(&watching, &m.label)
+                };
+                if let Some(m) = missing.as_ref().filter(|m| its(m)) {
                     match is_back(&mut daemon, &mut watching, &joining, None, &m.label) {
                         Back::Attached => missing = None,
                         Back::Attaching => {}
-                        Back::Absent => break Some(m.label.clone()),
+                        Back::Absent => break (Some(m.label.clone()), false),
                     }
                 }
             }
@@ -860,8 +883,8 @@ pub async fn run(config: Config) -> Result<(), StartError> {
                 policy_changed |= changes_policy && matches!(response, control::Response::Ok(_));
                 let _ = incoming.reply.send(response);
             }
-            _ = sigterm.recv() => break None,
-            _ = sigint.recv() => break None,
+            _ = sigterm.recv() => break (None, false),
+            _ = sigint.recv() => break (None, false),
         }
     };
     // The attach under way as the stop comes is joined as at any other
@@ -872,7 +895,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         let done = watching.attaching.done().await;
         join_done(&mut daemon, &mut watching, &joining, hotplug, done);
     }
-    if gone.is_none() {
+    if !polled {
         daemon.poll()?;
     }
     let Watching {
@@ -1405,6 +1428,14 @@ struct Missing {
     label: String,
     /// Polls that found it absent since.
     polls: u32,
+}
+
+/// True when `label` is the one interface the configuration names, as
+/// [`Missing`] needs: not taken off the list, not one a pattern brought.
+fn named_alone(watching: &Watching, label: &str) -> bool {
+    let listed = |t: &&Target| !t.unlisted && !t.matched;
+    let mut named = watching.targets.iter().filter(listed);
+    named.next().is_some_and(|t| t.label == label) && named.next().is_none()
 }
 
 /// Where the interface `label` found gone stands.
