@@ -807,6 +807,7 @@ pub struct Listener {
     requests: tokio::sync::mpsc::Receiver<Incoming>,
     paths: Vec<PathBuf>,
     accept: tokio::task::JoinHandle<()>,
+    closed: bool,
 }
 
 impl Listener {
@@ -885,6 +886,7 @@ impl Listener {
             requests,
             paths,
             accept,
+            closed: false,
         })
     }
 
@@ -893,9 +895,24 @@ impl Listener {
         self.requests.recv().await
     }
 
+    /// Stops serving and removes the socket's links: the daemon is
+    /// stopping, and a client finds no socket rather than one no one reads.
+    pub fn close(&mut self) {
+        self.accept.abort();
+        // Clients already connected are let go, unanswered.
+        self.requests.close();
+        for path in self.paths.drain(..) {
+            let _ = std::fs::remove_file(path);
+        }
+        self.closed = true;
+    }
+
     /// Links the socket under the interface of `claim` too, taken while
-    /// the daemon runs.
+    /// the daemon runs (not once it is closed).
     pub fn link(&mut self, claim: &Claim) -> Result<(), ControlError> {
+        if self.closed {
+            return Ok(());
+        }
         let path = claim.socket();
         remove_stale(&path)?;
         // Any link of the socket will do: the first may be unlinked already.
@@ -939,10 +956,7 @@ fn remove_stale(path: &Path) -> Result<(), ControlError> {
 
 impl Drop for Listener {
     fn drop(&mut self) {
-        self.accept.abort();
-        for path in &self.paths {
-            let _ = std::fs::remove_file(path);
-        }
+        self.close();
     }
 }
 
@@ -989,13 +1003,19 @@ async fn serve(
             Ok(request) => match access.refusal(&peer, &request) {
                 Some(refused) => Response::Error(refused),
                 None => {
+                    // Dropped unanswered only by a daemon that stops: it
+                    // handled nothing.
+                    let stopping = || {
+                        Response::Error(
+                            "the daemon is stopping; nothing was done: ask again once netmon \
+                             runs"
+                                .into(),
+                        )
+                    };
                     let (reply, answer) = tokio::sync::oneshot::channel();
-                    if daemon.send(Incoming { request, reply }).await.is_err() {
-                        return; // the daemon is stopping
-                    }
-                    match answer.await {
-                        Ok(response) => response,
-                        Err(_) => return,
+                    match daemon.send(Incoming { request, reply }).await {
+                        Err(_) => stopping(),
+                        Ok(()) => answer.await.unwrap_or_else(|_| stopping()),
                     }
                 }
             },

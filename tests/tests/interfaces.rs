@@ -1610,6 +1610,21 @@ fn a_stop_during_an_attach_leaves_that_interface_counting_with_keep_attached() -
             );
         }
     }
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(netmon.pid() as i32, libc::SIGTERM) };
+    // Asked while the stop waits for the attach: no socket (or, asked as
+    // the stop came, its answer), rather than a socket nobody answers.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let refused = loop {
+        match ctl(&net.router_left.iface, &["rules"]) {
+            Err(refused) => break refused,
+            Ok(_) => anyhow::ensure!(std::time::Instant::now() < deadline, "never stopped"),
+        }
+    };
+    assert!(
+        refused.contains("no netmon daemon") || refused.contains("the daemon is stopping"),
+        "{refused}"
+    );
     let stderr = netmon.stop()?;
     assert!(
         stderr

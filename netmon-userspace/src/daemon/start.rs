@@ -889,7 +889,9 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     };
     // The attach under way as the stop comes is joined as at any other
     // time, and stopped with the others: its traffic so far is polled, and
-    // with `--keep-attached` it is left counting. No other is started.
+    // with `--keep-attached` it is left counting. No other is started, and
+    // no client is answered meanwhile.
+    watching.listener.close();
     watching.attaching.queue.clear();
     if let (true, Some(hotplug)) = (watching.attaching.under_way.is_some(), &mut hotplug) {
         let done = watching.attaching.done().await;
