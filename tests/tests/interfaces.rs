@@ -120,6 +120,22 @@ fn list_interfaces(config: &Path, interval: &str, names: &[&str]) -> Result<()> 
     Ok(std::fs::write(config, text)?)
 }
 
+/// `netmon run --config CONFIG` on `host`'s namespace, watching what the
+/// file lists ([`list_interfaces`]).
+fn from_config<'h>(
+    host: &'h Host,
+    config: &Path,
+    dir: &Path,
+    bpffs: &TempMount,
+) -> Result<Launch<'h>> {
+    let config = config.to_str().context("path")?;
+    Ok(Netmon::on(host)
+        .without_defaults()
+        .args(&["--config", config])
+        .logs_in(dir)
+        .bpffs(bpffs))
+}
+
 /// Sends `n` datagrams of 300 bytes from the router's left host to its
 /// right one, to `port`; returns the sizes delivered.
 fn through_router(net: &Routed, port: u16, n: usize) -> Result<Vec<usize>> {
@@ -866,12 +882,7 @@ fn an_interface_listed_again_before_the_next_poll_is_taken_back() -> Result<()> 
     // Polls far apart: both reloads come between two.
     let list = |names: &[&str]| list_interfaces(&config, "30s", names);
     list(&[&left.iface, &right.iface])?;
-    let mut netmon = Netmon::on(left)
-        .without_defaults()
-        .args(&["--config", config.to_str().context("path")?])
-        .logs_in(dir.path())
-        .bpffs(&bpffs)
-        .start()?;
+    let mut netmon = from_config(left, &config, dir.path(), &bpffs)?.start()?;
     let counting = format!("counting on {}", right.iface);
     said(&mut netmon, &counting)?;
     let pins = bpffs.pins_of(&right.iface);
@@ -928,12 +939,7 @@ fn sighup_takes_the_interfaces_the_configuration_file_lists_now() -> Result<()> 
     let config = dir.path().join("netmon.toml");
     let list = |names: &[&str]| list_interfaces(&config, "1s", names);
     list(&[&left.iface])?;
-    let mut netmon = Netmon::on(left)
-        .without_defaults()
-        .args(&["--config", config.to_str().context("path")?])
-        .logs_in(dir.path())
-        .bpffs(&bpffs)
-        .start()?;
+    let mut netmon = from_config(left, &config, dir.path(), &bpffs)?.start()?;
     let reload = |netmon: &Netmon| {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(netmon.pid() as i32, libc::SIGHUP) };
@@ -1185,11 +1191,7 @@ fn a_namespace_named_again_by_a_pattern_on_reload_keeps_its_interface() -> Resul
     };
     list(&host.netns)?;
     let label = format!("{}:{}", host.netns, host.iface);
-    let mut netmon = Netmon::on(&net.router_left)
-        .without_defaults()
-        .args(&["--config", config.to_str().context("path")?])
-        .logs_in(dir.path())
-        .bpffs(&bpffs)
+    let mut netmon = from_config(&net.router_left, &config, dir.path(), &bpffs)?
         .start_until(&format!("counting on {label}"))?;
     let pins = bpffs.pins_of(&host.iface);
     assert_eq!(pins.len(), 1);
@@ -1661,12 +1663,7 @@ fn a_single_interface_made_again_is_attached_again_and_the_daemon_goes_on() -> R
     let right = &net.router_right;
     let config = dir.path().join("netmon.toml");
     list_interfaces(&config, "100ms", &[&right.iface])?;
-    let mut netmon = Netmon::on(right)
-        .without_defaults()
-        .args(&["--config", config.to_str().context("path")?])
-        .logs_in(dir.path())
-        .bpffs(&bpffs)
-        .start()?;
+    let mut netmon = from_config(right, &config, dir.path(), &bpffs)?.start()?;
     let counting = format!("counting on {} (", right.iface);
     said(&mut netmon, &counting)?;
     let pins = bpffs.pins_of(&right.iface);
@@ -1723,12 +1720,7 @@ fn a_reload_while_interfaces_wait_to_be_attached_lets_go_of_those_it_drops() -> 
     let config = dir.path().join("netmon.toml");
     let pattern = format!("{stem}q*");
     list_interfaces(&config, "1s", &[&left.iface, &pattern])?;
-    let mut netmon = Netmon::on(left)
-        .without_defaults()
-        .args(&["--config", config.to_str().context("path")?])
-        .logs_in(dir.path())
-        .bpffs(&bpffs)
-        .start()?;
+    let mut netmon = from_config(left, &config, dir.path(), &bpffs)?.start()?;
     said(&mut netmon, &format!("counting on {} (", left.iface))?;
     veths(&left.netns, &names)?;
     // Until one is under way and at least three wait behind it.
@@ -1799,12 +1791,7 @@ fn a_reload_that_adds_an_interface_while_the_only_one_is_gone_keeps_the_daemon()
     let (left, right) = (&net.router_left, &net.router_right);
     let config = dir.path().join("netmon.toml");
     list_interfaces(&config, "1s", &[&right.iface])?;
-    let mut netmon = Netmon::on(right)
-        .without_defaults()
-        .args(&["--config", config.to_str().context("path")?])
-        .logs_in(dir.path())
-        .bpffs(&bpffs)
-        .start()?;
+    let mut netmon = from_config(right, &config, dir.path(), &bpffs)?.start()?;
     said(&mut netmon, &format!("counting on {} (", right.iface))?;
     Flow::udp(&net.right, right)
         .port(7142)

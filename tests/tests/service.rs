@@ -990,36 +990,50 @@ fn the_package_holds_its_files_and_netmon_runs_from_it() -> Result<()> {
     Ok(())
 }
 
-/// `dpkg ARGS` on the throw-away root `$1`, with its own database and no
-/// chroot (the maintainer scripts get `$DPKG_ROOT`), in a mount namespace
-/// of its own where this machine's /etc, /usr and /var are read-only: a
-/// script that forgot `$DPKG_ROOT` fails instead of changing the machine.
-const DPKG_IN_ROOT: &str = "for d in /etc /usr /var; do \
-    mount --bind \"$d\" \"$d\" && mount -o remount,bind,ro \"$d\" || exit 1; done; \
-    root=$1; shift; exec dpkg --instdir=\"$root\" --admindir=\"$root/var/lib/dpkg\" \
-    --log=/dev/null --force-script-chrootless --force-depends \"$@\"";
+/// `sh -c SCRIPT sh ARGS…` in a mount namespace of its own where this
+/// machine's `read_only` directories are read-only: a script that writes
+/// where it should not fails instead of changing the machine.
+fn with_read_only(read_only: &str, script: &str) -> Command {
+    let script = format!(
+        "for d in {read_only}; do \
+         mount --bind \"$d\" \"$d\" && mount -o remount,bind,ro \"$d\" || exit 1; done; {script}"
+    );
+    let mut command = Command::new("unshare");
+    command.args([
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        &script,
+        "sh",
+    ]);
+    command
+}
 
-fn dpkg_in(root: &Path, args: &[&str]) -> Result<()> {
-    let out = Command::new("unshare")
-        .args([
-            "--mount",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            DPKG_IN_ROOT,
-            "sh",
-        ])
-        .arg(root)
-        .args(args)
-        .output()?;
+/// `Ok` when `out` is a success, else what it printed.
+fn succeeded(what: &str, out: Output) -> Result<()> {
     ensure!(
         out.status.success(),
-        "dpkg {args:?}: {}{}",
+        "{what}: {}{}",
         text(&out.stdout),
         text(&out.stderr)
     );
     Ok(())
+}
+
+/// `dpkg ARGS` on the throw-away root `root`, with its own database and no
+/// chroot (the maintainer scripts get `$DPKG_ROOT`), with this machine's
+/// /etc, /usr and /var read-only: a script that forgot `$DPKG_ROOT` fails.
+fn dpkg_in(root: &Path, args: &[&str]) -> Result<()> {
+    let dpkg = "root=$1; shift; exec dpkg --instdir=\"$root\" \
+        --admindir=\"$root/var/lib/dpkg\" --log=/dev/null --force-script-chrootless \
+        --force-depends \"$@\"";
+    let out = with_read_only("/etc /usr /var", dpkg)
+        .arg(root)
+        .args(args)
+        .output()?;
+    succeeded(&format!("dpkg {args:?}"), out)
 }
 
 /// What is under `root` but the dpkg database: absolute paths as in `root`,
@@ -1332,23 +1346,12 @@ fn maintainer_script(dir: &Path, script: &str, args: &[&str], systemd: bool) -> 
         )?;
         std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755))?;
     }
-    let setup = "for d in /etc /usr; do \
-        mount --bind \"$d\" \"$d\" && mount -o remount,bind,ro \"$d\" || exit 1; done; \
-        mount -t tmpfs tmpfs /run && mount -t tmpfs tmpfs /var || exit 1; \
+    let setup = "mount -t tmpfs tmpfs /run && mount -t tmpfs tmpfs /var || exit 1; \
         if [ \"$SYSTEMD\" = yes ]; then mkdir -p /run/systemd/system; fi; \
         mkdir -p /var/lib/netmon && echo '{}' > /var/lib/netmon/network_log.json; \
         script=$1; shift; sh \"$script\" \"$@\" || exit; \
         [ -e /var/lib/netmon ] || echo purged >> \"$CALLS\"";
-    let out = Command::new("unshare")
-        .args([
-            "--mount",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            setup,
-            "sh",
-        ])
+    let out = with_read_only("/etc /usr", setup)
         .arg(dir.join(script))
         .args(args)
         .env_remove("DPKG_ROOT")
@@ -1359,13 +1362,7 @@ fn maintainer_script(dir: &Path, script: &str, args: &[&str], systemd: bool) -> 
             format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", fakes.display()),
         )
         .output()?;
-    ensure!(
-        out.status.success(),
-        "{script} {args:?}: {}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    Ok(())
+    succeeded(&format!("{script} {args:?}"), out)
 }
 
 /// The maintainer scripts on a machine rather than a throw-away root:
