@@ -640,6 +640,13 @@ pub const MAX_READER_REQUEST: u64 = 4 << 10;
 const CLIENT_TIME: Duration = Duration::from_secs(5);
 /// Connections served at once; more wait for one of them to end.
 const CONNECTIONS: usize = 128;
+
+/// How long a stopping daemon gives its clients' connections to take their
+/// answers ([`Listener::close`]).
+const CLOSING_TIME: Duration = Duration::from_secs(1);
+
+/// The answer to a request a stopping daemon did not handle.
+const STOPPING: &str = "the daemon is stopping; nothing was done: ask again once netmon runs";
 /// Of those, the most that clients who may only read hold at once: the
 /// rest stay for root and the admin group, so that a reader's silent
 /// connections never keep them from changing the policy. A reader beyond
@@ -807,6 +814,9 @@ pub struct Listener {
     requests: tokio::sync::mpsc::Receiver<Incoming>,
     paths: Vec<PathBuf>,
     accept: tokio::task::JoinHandle<()>,
+    /// A permit per connection served, held by its task (and by the accept
+    /// task while it waits for one).
+    slots: std::sync::Arc<tokio::sync::Semaphore>,
     closed: bool,
 }
 
@@ -860,6 +870,7 @@ impl Listener {
         }
         let (sender, requests) = tokio::sync::mpsc::channel(CONNECTIONS);
         let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(CONNECTIONS));
+        let slots_held = slots.clone();
         let readers = std::sync::Arc::new(tokio::sync::Semaphore::new(READER_CONNECTIONS));
         let accept = tokio::spawn(async move {
             loop {
@@ -886,6 +897,7 @@ impl Listener {
             requests,
             paths,
             accept,
+            slots: slots_held,
             closed: false,
         })
     }
@@ -897,9 +909,21 @@ impl Listener {
 
     /// Stops serving and removes the socket's links: the daemon is
     /// stopping, and a client finds no socket rather than one no one reads.
-    pub fn close(&mut self) {
+    /// Requests not handled yet are answered that it stops; each
+    /// connection's task, which writes the answer, is given
+    /// [`CLOSING_TIME`] to end (a silent client's does not).
+    pub async fn close(&mut self) {
+        self.shut();
+        while let Ok(incoming) = self.requests.try_recv() {
+            let _ = incoming.reply.send(Response::Error(STOPPING.into()));
+        }
+        let every = CONNECTIONS as u32;
+        let _ = tokio::time::timeout(CLOSING_TIME, self.slots.acquire_many(every)).await;
+    }
+
+    /// [`Listener::close`] but for waiting: no more clients, no socket.
+    fn shut(&mut self) {
         self.accept.abort();
-        // Clients already connected are let go, unanswered.
         self.requests.close();
         for path in self.paths.drain(..) {
             let _ = std::fs::remove_file(path);
@@ -956,7 +980,7 @@ fn remove_stale(path: &Path) -> Result<(), ControlError> {
 
 impl Drop for Listener {
     fn drop(&mut self) {
-        self.close();
+        self.shut();
     }
 }
 
@@ -1005,13 +1029,7 @@ async fn serve(
                 None => {
                     // Dropped unanswered only by a daemon that stops: it
                     // handled nothing.
-                    let stopping = || {
-                        Response::Error(
-                            "the daemon is stopping; nothing was done: ask again once netmon \
-                             runs"
-                                .into(),
-                        )
-                    };
+                    let stopping = || Response::Error(STOPPING.into());
                     let (reply, answer) = tokio::sync::oneshot::channel();
                     match daemon.send(Incoming { request, reply }).await {
                         Err(_) => stopping(),

@@ -1783,6 +1783,7 @@ fn a_reload_while_interfaces_wait_to_be_attached_lets_go_of_those_it_drops() -> 
 /// before the next poll (which would stop the daemon), SIGHUP brings a
 /// second one. The daemon goes on as one of several: the second is
 /// attached and counted, and the first is attached again when it is back.
+/// Gone again, then listed alone by a reload, it stops the daemon.
 #[test]
 fn a_reload_that_adds_an_interface_while_the_only_one_is_gone_keeps_the_daemon() -> Result<()> {
     let bpffs = TempMount::bpffs()?;
@@ -1831,7 +1832,36 @@ fn a_reload_that_adds_an_interface_while_the_only_one_is_gone_keeps_the_daemon()
         .sizes(&[300; 2])
         .send()?;
     two_polls();
-    let stderr = netmon.stop()?;
+    // Gone again, as one of two; then a reload lists it alone: the daemon
+    // of one stops, as it does when its interface goes.
+    net.remove_right()?;
+    netmon.wait_for(
+        &format!("interface {} is gone (deleted", right.iface),
+        Duration::from_secs(10),
+    )?;
+    list_interfaces(&config, "1s", &[&right.iface])?;
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(netmon.pid() as i32, libc::SIGHUP) };
+    netmon.wait_for(
+        &format!(
+            "interface {}, the only one listed, is not attached; netmon stops unless it is by \
+             the next poll",
+            right.iface
+        ),
+        Duration::from_secs(10),
+    )?;
+    netmon.wait_for(
+        &format!("netmon: error: interface {} is gone", right.iface),
+        Duration::from_secs(10),
+    )?;
+    let stderr = &netmon.stderr;
+    assert!(
+        stderr.iter().any(|l| l.contains(&format!(
+            "interface {} is no longer listed: its traffic",
+            left.iface
+        ))),
+        "{stderr:?}"
+    );
     assert!(!stderr.iter().any(|l| l.contains("ERROR")), "{stderr:?}");
     let totals = exact_totals(dir.path())?;
     assert_eq!(

@@ -758,23 +758,34 @@ pub async fn run(config: Config) -> Result<(), StartError> {
                     .into_iter()
                     .filter(|i| !retired.contains(i) && !later.contains(i))
                     .collect();
-                let several = watches_several(&watching.targets, &watching.patterns)
-                    || roams(&listed.configured);
-                // One of several now (a reload): gone as any other is, unless
-                // attached again meanwhile. No longer named: retired.
-                if let Some(m) = missing.take_if(|m| several || !named_alone(&watching, &m.label)) {
+                let alone = alone(&watching, &listed);
+                // No longer the only one (a reload): one still named is
+                // reported gone as any other is, unless attached again
+                // meanwhile; one no longer named is retired as such.
+                if let Some(m) = missing.take_if(|m| alone.as_ref() != Some(&m.label)) {
+                    let named = named_outright(&watching).any(|t| t.label == m.label);
                     let attached = daemon.kernel(&m.label).is_some_and(|k| k.datapath.attached());
-                    if several && !attached {
+                    if named && !attached && !departed.contains(&m.label) {
                         departed.push(m.label);
                     }
                 }
-                let alone = departed.iter().find(|i| named_alone(&watching, i)).cloned();
-                if let (false, Some(iface)) = (several, alone) {
-                    if hotplug.is_some() {
-                        log::info!(
+                // The only one, not attached: gone, or (after a reload) not
+                // there at all.
+                let unattached = alone.filter(|label| {
+                    !daemon.kernel(label).is_some_and(|k| k.datapath.attached())
+                });
+                if let (None, Some(iface)) = (&missing, unattached) {
+                    let went = departed.contains(&iface);
+                    match (hotplug.is_some(), went) {
+                        (false, _) => {}
+                        (true, true) => log::info!(
                             "interface {iface} is gone: its traffic up to the removal is \
                              counted; netmon stops unless it is back by the next poll"
-                        );
+                        ),
+                        (true, false) => log::info!(
+                            "interface {iface}, the only one listed, is not attached; netmon \
+                             stops unless it is by the next poll"
+                        ),
                     }
                     departed.retain(|i| *i != iface);
                     missing = Some(Missing { label: iface, polls: 0 });
@@ -840,13 +851,15 @@ pub async fn run(config: Config) -> Result<(), StartError> {
                 // poll when a reload changed what it is.
                 let its = |m: &Missing| {
                     let t = watching.targets.iter().find(|t| t.label == m.label);
-                    t.is_some_and(|t| t.key == key) && named_alone(&watching, &m.label)
+                    t.is_some_and(|t| t.key == key)
                 };
                 if let Some(m) = missing.as_ref().filter(|m| its(m)) {
+                    let alone = alone(&watching, &listed).as_ref() == Some(&m.label);
                     match is_back(&mut daemon, &mut watching, &joining, None, &m.label) {
                         Back::Attached => missing = None,
                         Back::Attaching => {}
-                        Back::Absent => break (Some(m.label.clone()), false),
+                        Back::Absent if alone => break (Some(m.label.clone()), false),
+                        Back::Absent => {}
                     }
                 }
             }
@@ -891,11 +904,13 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     // time, and stopped with the others: its traffic so far is polled, and
     // with `--keep-attached` it is left counting. No other is started, and
     // no client is answered meanwhile.
-    watching.listener.close();
+    watching.listener.close().await;
     watching.attaching.queue.clear();
+    let mut polled = polled;
     if let (true, Some(hotplug)) = (watching.attaching.under_way.is_some(), &mut hotplug) {
         let done = watching.attaching.done().await;
         join_done(&mut daemon, &mut watching, &joining, hotplug, done);
+        polled = false;
     }
     if !polled {
         daemon.poll()?;
@@ -1432,12 +1447,22 @@ struct Missing {
     polls: u32,
 }
 
-/// True when `label` is the one interface the configuration names, as
-/// [`Missing`] needs: not taken off the list, not one a pattern brought.
-fn named_alone(watching: &Watching, label: &str) -> bool {
-    let listed = |t: &&Target| !t.unlisted && !t.matched;
-    let mut named = watching.targets.iter().filter(listed);
-    named.next().is_some_and(|t| t.label == label) && named.next().is_none()
+/// The interfaces named outright that the daemon watches: listed, not
+/// brought by a pattern.
+fn named_outright(watching: &Watching) -> impl Iterator<Item = &Target> {
+    (watching.targets.iter()).filter(|t| !t.unlisted && !t.matched)
+}
+
+/// The one interface a daemon of one watches, as [`Missing`] needs: `None`
+/// for a daemon of several (names, patterns or namespace patterns).
+fn alone(watching: &Watching, listed: &Listed) -> Option<String> {
+    let several =
+        watches_several(&watching.targets, &watching.patterns) || roams(&listed.configured);
+    let mut named = named_outright(watching);
+    match (several, named.next(), named.next()) {
+        (false, Some(t), None) => Some(t.label.clone()),
+        _ => None,
+    }
 }
 
 /// Where the interface `label` found gone stands.
