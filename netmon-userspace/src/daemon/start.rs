@@ -787,8 +787,12 @@ pub async fn run(config: Config) -> Result<(), StartError> {
                              stops unless it is by the next poll"
                         ),
                     }
-                    departed.retain(|i| *i != iface);
                     missing = Some(Missing { label: iface, polls: 0 });
+                }
+                // Said by the info line (also when it went between the poll
+                // and the look above, and is reported at this poll).
+                if let Some(m) = &missing {
+                    departed.retain(|i| *i != m.label);
                 }
                 if let Some(m) = &mut missing {
                     // One that cannot be attached again has no time to be back.
