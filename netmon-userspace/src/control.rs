@@ -640,6 +640,11 @@ pub const MAX_READER_REQUEST: u64 = 4 << 10;
 const CLIENT_TIME: Duration = Duration::from_secs(5);
 /// Connections served at once; more wait for one of them to end.
 const CONNECTIONS: usize = 128;
+/// Of those, the most that clients who may only read hold at once: the
+/// rest stay for root and the admin group, so that a reader's silent
+/// connections never keep them from changing the policy. A reader beyond
+/// it is refused at once.
+const READER_CONNECTIONS: usize = 96;
 
 /// How long a stopping daemon gives its clients' connections to take their
 /// answers ([`Listener::close`]).
@@ -647,11 +652,6 @@ const CLOSING_TIME: Duration = Duration::from_secs(1);
 
 /// The answer to a request a stopping daemon did not handle.
 const STOPPING: &str = "the daemon is stopping; nothing was done: ask again once netmon runs";
-/// Of those, the most that clients who may only read hold at once: the
-/// rest stay for root and the admin group, so that a reader's silent
-/// connections never keep them from changing the policy. A reader beyond
-/// it is refused at once.
-const READER_CONNECTIONS: usize = 96;
 
 /// The private directory for sockets and claims: created 0700, and refused
 /// when it is a link or another user's, since netmon runs as root.
@@ -921,7 +921,8 @@ impl Listener {
         let _ = tokio::time::timeout(CLOSING_TIME, self.slots.acquire_many(every)).await;
     }
 
-    /// [`Listener::close`] but for waiting: no more clients, no socket.
+    /// What [`Listener::close`] does before it waits: no more clients, no
+    /// socket. All a drop can do.
     fn shut(&mut self) {
         self.accept.abort();
         self.requests.close();

@@ -794,8 +794,6 @@ fn alerts_run_the_program_once_per_crossing() -> Result<()> {
     Ok(())
 }
 
-/// Replaces the policy file the way editors and configuration tools do: a
-/// new file renamed over the old one, so no reader ever sees half of it.
 /// A policy file of more prefixes of a family than the datapath holds is
 /// refused in one line before netmon loads, attaches or writes anything.
 #[test]
@@ -840,6 +838,8 @@ fn a_policy_file_past_the_tries_room_is_refused_before_anything_is_loaded() -> R
     Ok(())
 }
 
+/// Replaces the policy file the way editors and configuration tools do: a
+/// new file renamed over the old one, so no reader ever sees half of it.
 fn write_policy(path: &PathBuf, blocked: &str, extra: Option<&str>) {
     let mut text = format!("[[block]]\ncidr = \"{blocked}\"\n");
     if let Some(extra) = extra {

@@ -758,52 +758,14 @@ pub async fn run(config: Config) -> Result<(), StartError> {
                     .into_iter()
                     .filter(|i| !retired.contains(i) && !later.contains(i))
                     .collect();
-                let alone = alone(&watching, &listed);
-                // No longer the only one (a reload): one still named is
-                // reported gone as any other is, unless attached again
-                // meanwhile; one no longer named is retired as such.
-                if let Some(m) = missing.take_if(|m| alone.as_ref() != Some(&m.label)) {
-                    let named = named_outright(&watching).any(|t| t.label == m.label);
-                    let attached = daemon.kernel(&m.label).is_some_and(|k| k.datapath.attached());
-                    if named && !attached && !departed.contains(&m.label) {
-                        departed.push(m.label);
-                    }
-                }
-                // The only one, not attached: gone, or (after a reload) not
-                // there at all.
-                let unattached = alone.filter(|label| {
-                    !daemon.kernel(label).is_some_and(|k| k.datapath.attached())
-                });
-                if let (None, Some(iface)) = (&missing, unattached) {
-                    let went = departed.contains(&iface);
-                    match (hotplug.is_some(), went) {
-                        (false, _) => {}
-                        (true, true) => log::info!(
-                            "interface {iface} is gone: its traffic up to the removal is \
-                             counted; netmon stops unless it is back by the next poll"
-                        ),
-                        (true, false) => log::info!(
-                            "interface {iface}, the only one listed, is not attached; netmon \
-                             stops unless it is by the next poll"
-                        ),
-                    }
-                    missing = Some(Missing { label: iface, polls: 0 });
-                }
-                // Said by the info line (also when it went between the poll
-                // and the look above, and is reported at this poll).
-                if let Some(m) = &missing {
-                    departed.retain(|i| *i != m.label);
-                }
-                if let Some(m) = &mut missing {
-                    // One that cannot be attached again has no time to be back.
-                    let waits = hotplug.is_some() && m.polls == 0;
-                    let hotplug = hotplug.as_mut();
-                    match is_back(&mut daemon, &mut watching, &joining, hotplug, &m.label) {
-                        Back::Attached => missing = None,
-                        Back::Attaching => {}
-                        Back::Absent if waits => m.polls += 1,
-                        Back::Absent => break (Some(m.label.clone()), true),
-                    }
+                let mut looking = Looking {
+                    daemon: &mut daemon,
+                    watching: &mut watching,
+                    joining: &joining,
+                    hotplug: hotplug.as_mut(),
+                };
+                if let Some(gone) = looking.missing_at_poll(&listed, &mut missing, &mut departed) {
+                    break (Some(gone), true);
                 }
                 // One of a name a pattern still matches is attached anew
                 // (listed again before it was retired).
@@ -850,21 +812,15 @@ pub async fn run(config: Config) -> Result<(), StartError> {
                 if let Some(hotplug) = &mut hotplug {
                     join_attached(&mut daemon, &mut watching, &joining, hotplug, done);
                 }
-                // The only interface, back, but its attach failed (and it is
-                // not being attached again): it is gone. Left to the next
-                // poll when a reload changed what it is.
-                let its = |m: &Missing| {
-                    let t = watching.targets.iter().find(|t| t.label == m.label);
-                    t.is_some_and(|t| t.key == key)
+                // Not queued again from here: a failed attach stops a daemon of one.
+                let mut looking = Looking {
+                    daemon: &mut daemon,
+                    watching: &mut watching,
+                    joining: &joining,
+                    hotplug: None,
                 };
-                if let Some(m) = missing.as_ref().filter(|m| its(m)) {
-                    let alone = alone(&watching, &listed).as_ref() == Some(&m.label);
-                    match is_back(&mut daemon, &mut watching, &joining, None, &m.label) {
-                        Back::Attached => missing = None,
-                        Back::Attaching => {}
-                        Back::Absent if alone => break (Some(m.label.clone()), false),
-                        Back::Absent => {}
-                    }
+                if let Some(gone) = looking.missing_after_attach(&listed, &mut missing, &key) {
+                    break (Some(gone), false);
                 }
             }
             Some(look) = hotplug::next(&mut hotplug) => {
@@ -1238,9 +1194,7 @@ fn join_appeared(
     hotplug: &mut Hotplug,
 ) {
     for t in watching.targets.iter() {
-        let attached = daemon
-            .kernel(&t.label)
-            .is_some_and(|k| k.datapath.attached());
+        let attached = counting(daemon, &t.label);
         if !look.covers(netns_of(&t.label), &t.name) {
             continue;
         }
@@ -1447,8 +1401,123 @@ fn join_done(
 /// otherwise it stops, its last traffic polled.
 struct Missing {
     label: String,
-    /// Polls that found it absent since.
-    polls: u32,
+    /// A poll found it absent since, and the daemon waited once.
+    waited: bool,
+}
+
+/// What the poll's look at a missing interface needs of the loop's state.
+struct Looking<'l, 'j> {
+    daemon: &'l mut Daemon<Attached, SystemClock>,
+    watching: &'l mut Watching,
+    joining: &'l Joining<'j>,
+    hotplug: Option<&'l mut Hotplug>,
+}
+
+impl Looking<'_, '_> {
+    /// At a poll: follows the only interface of a daemon of one that is
+    /// not attached ([`Missing`]), and takes what it says of it out of
+    /// `departed`. Returns the interface when the daemon stops.
+    fn missing_at_poll(
+        &mut self,
+        listed: &Listed,
+        missing: &mut Option<Missing>,
+        departed: &mut Vec<String>,
+    ) -> Option<String> {
+        let alone = alone(self.watching, listed);
+        // No longer the only one (a reload): one still named is reported
+        // gone as any other is, unless attached again meanwhile; one no
+        // longer named is retired as such.
+        if let Some(m) = missing.take_if(|m| alone.as_ref() != Some(&m.label)) {
+            let named = named_outright(self.watching).any(|t| t.label == m.label);
+            if named && !counting(self.daemon, &m.label) && !departed.contains(&m.label) {
+                departed.push(m.label);
+            }
+        }
+        // The only one, not attached: gone, or (after a reload) not there
+        // at all.
+        let unattached = alone.filter(|label| !counting(self.daemon, label));
+        if let (None, Some(iface)) = (&missing, unattached) {
+            match (self.hotplug.is_some(), departed.contains(&iface)) {
+                (false, _) => {}
+                (true, true) => log::info!(
+                    "interface {iface} is gone: its traffic up to the removal is counted; \
+                     netmon stops unless it is back by the next poll"
+                ),
+                (true, false) => log::info!(
+                    "interface {iface}, the only one listed, is not attached; netmon stops \
+                     unless it is by the next poll"
+                ),
+            }
+            *missing = Some(Missing {
+                label: iface,
+                waited: false,
+            });
+        }
+        let m = missing.as_mut()?;
+        // Said by the info line (also when it went between the poll and the
+        // look above, and is reported at this poll).
+        departed.retain(|i| *i != m.label);
+        // One that cannot be attached again has no time to be back.
+        let waits = self.hotplug.is_some() && !m.waited;
+        match self.is_back(&m.label) {
+            Back::Attached => *missing = None,
+            Back::Attaching => {}
+            Back::Absent if waits => m.waited = true,
+            Back::Absent => return Some(m.label.clone()),
+        }
+        None
+    }
+
+    /// Once the attach of the interface keyed `key` ended: the only
+    /// interface, back, whose attach failed (and that is not being attached
+    /// again) is gone. Left to the next poll when a reload changed what it
+    /// is. Returns the interface when the daemon stops.
+    fn missing_after_attach(
+        &mut self,
+        listed: &Listed,
+        missing: &mut Option<Missing>,
+        key: &str,
+    ) -> Option<String> {
+        let m = missing.as_ref()?;
+        let t = self.watching.targets.iter().find(|t| t.label == m.label);
+        if t.is_none_or(|t| t.key != key) {
+            return None;
+        }
+        let alone = alone(self.watching, listed).as_ref() == Some(&m.label);
+        match self.is_back(&m.label) {
+            Back::Attached => *missing = None,
+            Back::Attaching => {}
+            Back::Absent if alone => return Some(m.label.clone()),
+            Back::Absent => {}
+        }
+        None
+    }
+
+    /// Where `label` stands; one back and not yet queued is queued (given
+    /// a hotplug: a daemon without one attaches nothing after its start).
+    fn is_back(&mut self, label: &str) -> Back {
+        let watching = &mut *self.watching;
+        let Some(t) = watching.targets.iter().find(|t| t.label == label) else {
+            return Back::Absent;
+        };
+        if counting(self.daemon, label) {
+            return Back::Attached;
+        }
+        let key = t.key.clone();
+        if let (false, Some(hotplug)) = (watching.attaching.holds(&key), &mut self.hotplug) {
+            let look = look_at(t);
+            join_appeared(self.daemon, watching, &look, self.joining, hotplug);
+        }
+        match watching.attaching.holds(&key) {
+            true => Back::Attaching,
+            false => Back::Absent,
+        }
+    }
+}
+
+/// True when the programs of `label` are attached to its interface now.
+fn counting(daemon: &Daemon<Attached, SystemClock>, label: &str) -> bool {
+    daemon.kernel(label).is_some_and(|k| k.datapath.attached())
 }
 
 /// The interfaces named outright that the daemon watches: listed, not
@@ -1474,32 +1543,6 @@ enum Back {
     Attached,
     Attaching,
     Absent,
-}
-
-/// Where `label` stands; one back and not yet queued is queued (given
-/// `hotplug`: a daemon without one attaches nothing after its start).
-fn is_back(
-    daemon: &mut Daemon<Attached, SystemClock>,
-    watching: &mut Watching,
-    joining: &Joining,
-    hotplug: Option<&mut Hotplug>,
-    label: &str,
-) -> Back {
-    let Some(t) = watching.targets.iter().find(|t| t.label == label) else {
-        return Back::Absent;
-    };
-    if daemon.kernel(label).is_some_and(|k| k.datapath.attached()) {
-        return Back::Attached;
-    }
-    let key = t.key.clone();
-    if let (false, Some(hotplug)) = (watching.attaching.holds(&key), hotplug) {
-        let look = look_at(t);
-        join_appeared(daemon, watching, &look, joining, hotplug);
-    }
-    match watching.attaching.holds(&key) {
-        true => Back::Attaching,
-        false => Back::Absent,
-    }
 }
 
 /// A look at `t` alone.

@@ -638,11 +638,16 @@ fn on_two(
 }
 
 fn block_on(cidr: &str, ifaces: &[&str]) -> Request {
+    block_all_on(&[cidr], ifaces)
+}
+
+/// A request to block `cidrs` in one rule on `ifaces` (all when empty).
+fn block_all_on(cidrs: &[&str], ifaces: &[&str]) -> Request {
     Request::AddRule {
         rule: Rule {
             action: Action::Block,
             matcher: Match {
-                cidrs: vec![cidr.parse().unwrap()],
+                cidrs: cidrs.iter().map(|c| c.parse().unwrap()).collect(),
                 ifaces: ifaces.iter().map(|i| i.to_string()).collect(),
                 ..Default::default()
             },
@@ -709,19 +714,7 @@ fn a_change_one_interface_cannot_take_is_written_to_none() {
         daemon.handle(block_on("10.200.0.0/16", &[])),
         Response::Ok(Answer::RuleAdded { .. })
     ));
-    let two_more = Request::AddRule {
-        rule: Rule {
-            action: Action::Block,
-            matcher: Match {
-                cidrs: vec![
-                    "10.201.0.0/16".parse().unwrap(),
-                    "10.202.0.0/16".parse().unwrap(),
-                ],
-                ..Default::default()
-            },
-            source: None,
-        },
-    };
+    let two_more = block_all_on(&["10.201.0.0/16", "10.202.0.0/16"], &[]);
     let Response::Error(refused) = daemon.handle(two_more) else {
         panic!("refused")
     };
